@@ -1,0 +1,9 @@
+//! One module per subcommand; each exposes `run(Args) -> Result<(), CliError>`.
+
+pub mod arena;
+pub mod bench;
+pub mod data;
+pub mod doctor;
+pub mod kernels;
+pub mod launch;
+pub mod train;

@@ -1,0 +1,9 @@
+//! `frugal train` (being built; see the issue tracker).
+
+use crate::args::Args;
+use crate::CliError;
+
+pub fn run(args: Args) -> Result<(), CliError> {
+    args.finish()?;
+    Err(CliError::Failed("'frugal train' is not built yet".into()))
+}

@@ -1,0 +1,461 @@
+//! LLaMA configuration, the presets (the paper's four sizes and two CPU sizes),
+//! the flat parameter layout every backend shares, and the counts derived from
+//! a config: parameters and training FLOPs per token.
+//!
+//! Shape vocabulary used across frugal: B batch, T time (sequence), C channels
+//! (hidden), L layers, NH query heads, NKV key/value heads, HS head size
+//! (C / NH), F FFN width, V vocabulary.
+
+use std::fmt;
+
+/// The architecture of one LLaMA-style model: untied input and output
+/// embeddings, RMSNorm, RoPE, multi-head (or grouped-query) attention, SwiGLU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// V: vocabulary size.
+    pub vocab_size: usize,
+    /// C: hidden size.
+    pub dim: usize,
+    /// L: transformer blocks.
+    pub n_layers: usize,
+    /// NH: query heads. HS = C / NH.
+    pub n_heads: usize,
+    /// NKV: key/value heads; divides NH (NKV == NH is plain multi-head attention).
+    pub n_kv_heads: usize,
+    /// F: SwiGLU hidden width.
+    pub ffn_dim: usize,
+    /// T: the longest sequence the model is trained on.
+    pub seq_len: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    pub norm_eps: f64,
+}
+
+/// Why a config cannot describe a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A dimension that must be positive was zero.
+    Zero { field: &'static str },
+    /// C is not a multiple of NH, so there is no integer head size.
+    HeadsDoNotDivide { dim: usize, n_heads: usize },
+    /// NKV does not divide NH, so query heads cannot share key/value heads evenly.
+    KvHeadsDoNotDivide { n_heads: usize, n_kv_heads: usize },
+    /// RoPE rotates pairs of channels, so HS must be even.
+    OddHeadSize { head_dim: usize },
+    /// Token ids are stored as u16 in shards and on devices (llm.c format).
+    VocabTooLarge { vocab_size: usize },
+    /// No preset has this name.
+    UnknownPreset { name: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Zero { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::HeadsDoNotDivide { dim, n_heads } => write!(
+                f,
+                "hidden size {dim} is not a multiple of the head count {n_heads}; choose --hidden and --heads so that hidden/heads is an integer"
+            ),
+            ConfigError::KvHeadsDoNotDivide { n_heads, n_kv_heads } => write!(
+                f,
+                "--kv-heads {n_kv_heads} does not divide --heads {n_heads}; use a divisor of {n_heads}"
+            ),
+            ConfigError::OddHeadSize { head_dim } => {
+                write!(f, "head size {head_dim} is odd; RoPE needs an even head size")
+            }
+            ConfigError::VocabTooLarge { vocab_size } => write!(
+                f,
+                "vocabulary {vocab_size} is larger than 65536; token ids are 16-bit"
+            ),
+            ConfigError::UnknownPreset { name } => write!(
+                f,
+                "unknown model preset '{name}'; known presets: {}",
+                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A named configuration with the batch size it trains at by default.
+#[derive(Clone, Copy, Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub ffn_dim: usize,
+    pub seq_len: usize,
+    /// Per-device micro-batch used when `--batch` is not given.
+    pub default_batch: usize,
+}
+
+/// Every preset. The paper's four (Ashkboos et al., 2024, table 1) have head size
+/// 64, vocabulary 32000 and sequence length 1024; their parameter counts are
+/// asserted in tests. `tiny` and `small` are sized to train on a CPU.
+pub const PRESETS: &[Preset] = &[
+    Preset { name: "tiny", vocab_size: 512, dim: 256, n_layers: 4, n_heads: 4, ffn_dim: 704, seq_len: 256, default_batch: 8 },
+    Preset { name: "small", vocab_size: 4096, dim: 512, n_layers: 8, n_heads: 8, ffn_dim: 1376, seq_len: 512, default_batch: 8 },
+    Preset { name: "paper-100m", vocab_size: 32000, dim: 832, n_layers: 9, n_heads: 13, ffn_dim: 2332, seq_len: 1024, default_batch: 32 },
+    Preset { name: "paper-500m", vocab_size: 32000, dim: 1536, n_layers: 15, n_heads: 24, ffn_dim: 4147, seq_len: 1024, default_batch: 32 },
+    Preset { name: "paper-1b", vocab_size: 32000, dim: 1920, n_layers: 19, n_heads: 30, ffn_dim: 5184, seq_len: 1024, default_batch: 16 },
+    Preset { name: "paper-2b", vocab_size: 32000, dim: 2496, n_layers: 24, n_heads: 39, ffn_dim: 6739, seq_len: 1024, default_batch: 8 },
+];
+
+impl Preset {
+    /// Looks a preset up by name.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownPreset`] listing the known names.
+    pub fn by_name(name: &str) -> Result<&'static Preset, ConfigError> {
+        PRESETS
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ConfigError::UnknownPreset { name: name.to_string() })
+    }
+
+    /// The preset's model config (multi-head attention: NKV = NH).
+    pub fn config(&self) -> Config {
+        Config {
+            vocab_size: self.vocab_size,
+            dim: self.dim,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_heads,
+            ffn_dim: self.ffn_dim,
+            seq_len: self.seq_len,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the dimensions describe a buildable model.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("vocab", self.vocab_size),
+            ("hidden", self.dim),
+            ("layers", self.n_layers),
+            ("heads", self.n_heads),
+            ("kv-heads", self.n_kv_heads),
+            ("ffn", self.ffn_dim),
+            ("seq", self.seq_len),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.dim % self.n_heads != 0 {
+            return Err(ConfigError::HeadsDoNotDivide { dim: self.dim, n_heads: self.n_heads });
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(ConfigError::KvHeadsDoNotDivide { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads });
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(ConfigError::OddHeadSize { head_dim: self.head_dim() });
+        }
+        if self.vocab_size > 65536 {
+            return Err(ConfigError::VocabTooLarge { vocab_size: self.vocab_size });
+        }
+        Ok(())
+    }
+
+    /// HS = C / NH.
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    /// NKV * HS: the width of the K and V projections.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim()
+    }
+
+    /// Total trainable parameters.
+    pub fn param_count(&self) -> usize {
+        ParamLayout::new(self).total()
+    }
+
+    /// Forward FLOPs per token at sequence length `t`: 2 per multiply-add of
+    /// every matrix (QKV, output, the three SwiGLU matrices, LM head) plus the
+    /// attention scores QKᵀ and the weighted sum PV, each 2·NH·HS per key, with
+    /// the causal mask halving the keys a token sees on average (t/2, as
+    /// FlashAttention's benchmarks count). Norms, RoPE and softmax are not
+    /// counted: they are O(C) per token and conventionally left out of MFU.
+    pub fn forward_flops_per_token(&self, t: usize) -> f64 {
+        let c = self.dim as f64;
+        let kv = self.kv_dim() as f64;
+        let f = self.ffn_dim as f64;
+        let v = self.vocab_size as f64;
+        let per_layer_matmul = 2.0 * (c * c + 2.0 * c * kv + c * c + 3.0 * c * f);
+        let per_layer_attention = 2.0 * 2.0 * c * (t as f64) / 2.0;
+        self.n_layers as f64 * (per_layer_matmul + per_layer_attention) + 2.0 * c * v
+    }
+
+    /// Training FLOPs per token: forward + backward, the backward costing twice
+    /// the forward (a gradient for the input and one for the weight per product).
+    pub fn train_flops_per_token(&self, t: usize) -> f64 {
+        3.0 * self.forward_flops_per_token(t)
+    }
+}
+
+/// What a parameter tensor is, for the optimizer (weight decay applies to
+/// matrices only) and for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Token embedding table (V, C): no weight decay.
+    Embedding,
+    /// RMSNorm gain (C): no weight decay.
+    Norm,
+    /// A linear layer's weight (out, in): weight decay.
+    Matrix,
+}
+
+/// The parameter tensors of one transformer block, in layout order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerTensor {
+    /// (C)
+    AttnNorm,
+    /// (C, C): out = NH·HS, in = C
+    Wq,
+    /// (NKV·HS, C)
+    Wk,
+    /// (NKV·HS, C)
+    Wv,
+    /// (C, C)
+    Wo,
+    /// (C)
+    MlpNorm,
+    /// (F, C)
+    WGate,
+    /// (F, C)
+    WUp,
+    /// (C, F)
+    WDown,
+}
+
+impl LayerTensor {
+    pub const ALL: [LayerTensor; 9] = [
+        LayerTensor::AttnNorm,
+        LayerTensor::Wq,
+        LayerTensor::Wk,
+        LayerTensor::Wv,
+        LayerTensor::Wo,
+        LayerTensor::MlpNorm,
+        LayerTensor::WGate,
+        LayerTensor::WUp,
+        LayerTensor::WDown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerTensor::AttnNorm => "attn_norm",
+            LayerTensor::Wq => "wq",
+            LayerTensor::Wk => "wk",
+            LayerTensor::Wv => "wv",
+            LayerTensor::Wo => "wo",
+            LayerTensor::MlpNorm => "mlp_norm",
+            LayerTensor::WGate => "w_gate",
+            LayerTensor::WUp => "w_up",
+            LayerTensor::WDown => "w_down",
+        }
+    }
+
+    /// (rows, cols) of the tensor; norms are (1, C).
+    pub fn shape(self, cfg: &Config) -> (usize, usize) {
+        let (c, kv, f) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim);
+        match self {
+            LayerTensor::AttnNorm | LayerTensor::MlpNorm => (1, c),
+            LayerTensor::Wq | LayerTensor::Wo => (c, c),
+            LayerTensor::Wk | LayerTensor::Wv => (kv, c),
+            LayerTensor::WGate | LayerTensor::WUp => (f, c),
+            LayerTensor::WDown => (c, f),
+        }
+    }
+
+    pub fn kind(self) -> ParamKind {
+        match self {
+            LayerTensor::AttnNorm | LayerTensor::MlpNorm => ParamKind::Norm,
+            _ => ParamKind::Matrix,
+        }
+    }
+}
+
+/// One tensor's place in the flat parameter vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    /// e.g. "tok_embedding", "layers.3.wq", "final_norm", "lm_head".
+    pub name: String,
+    /// (rows, cols), row-major; a vector is (1, n).
+    pub shape: (usize, usize),
+    /// First element in the flat vector.
+    pub offset: usize,
+    pub kind: ParamKind,
+    /// The block it belongs to, if any.
+    pub layer: Option<usize>,
+}
+
+impl TensorSpec {
+    pub fn len(&self) -> usize {
+        self.shape.0 * self.shape.1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Where every parameter lives in one flat vector, shared by every backend,
+/// the optimizer, checkpoints and gradient buckets. Order:
+/// `tok_embedding (V, C)`, then per layer `attn_norm, wq, wk, wv, wo, mlp_norm,
+/// w_gate, w_up, w_down`, then `final_norm (C)`, `lm_head (V, C)`. Each block is
+/// contiguous, so a block's gradients form one range (DDP buckets in reverse
+/// layer order are ranges of this vector).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamLayout {
+    pub tensors: Vec<TensorSpec>,
+    /// Index in `tensors` of each block's first tensor.
+    layer_start: Vec<usize>,
+    n_layers: usize,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &Config) -> ParamLayout {
+        let mut tensors = Vec::with_capacity(3 + 9 * cfg.n_layers);
+        let mut offset = 0;
+        let mut push = |name: String, shape: (usize, usize), kind: ParamKind, layer: Option<usize>| {
+            tensors.push(TensorSpec { name, shape, offset, kind, layer });
+            offset += shape.0 * shape.1;
+        };
+        push("tok_embedding".into(), (cfg.vocab_size, cfg.dim), ParamKind::Embedding, None);
+        let mut layer_start = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            layer_start.push(1 + 9 * l);
+            for t in LayerTensor::ALL {
+                push(format!("layers.{l}.{}", t.name()), t.shape(cfg), t.kind(), Some(l));
+            }
+        }
+        push("final_norm".into(), (1, cfg.dim), ParamKind::Norm, None);
+        push("lm_head".into(), (cfg.vocab_size, cfg.dim), ParamKind::Matrix, None);
+        ParamLayout { tensors, layer_start, n_layers: cfg.n_layers }
+    }
+
+    /// Number of f32 (or bf16) elements in the flat vector.
+    pub fn total(&self) -> usize {
+        self.tensors.last().map_or(0, |t| t.offset + t.len())
+    }
+
+    pub fn tok_embedding(&self) -> &TensorSpec {
+        &self.tensors[0]
+    }
+
+    pub fn layer(&self, l: usize, t: LayerTensor) -> &TensorSpec {
+        let i = LayerTensor::ALL.iter().position(|&x| x == t).unwrap_or(0);
+        &self.tensors[self.layer_start[l] + i]
+    }
+
+    /// The contiguous range of block `l`'s parameters.
+    pub fn layer_range(&self, l: usize) -> std::ops::Range<usize> {
+        let first = &self.tensors[self.layer_start[l]];
+        let last = &self.tensors[self.layer_start[l] + 8];
+        first.offset..last.offset + last.len()
+    }
+
+    pub fn final_norm(&self) -> &TensorSpec {
+        &self.tensors[1 + 9 * self.n_layers]
+    }
+
+    pub fn lm_head(&self) -> &TensorSpec {
+        &self.tensors[2 + 9 * self.n_layers]
+    }
+
+    /// True for elements that weight decay applies to (matrices), one per parameter.
+    pub fn decay_mask(&self) -> Vec<bool> {
+        let mut mask = vec![false; self.total()];
+        for t in &self.tensors {
+            if t.kind == ParamKind::Matrix {
+                mask[t.range()].iter_mut().for_each(|m| *m = true);
+            }
+        }
+        mask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_presets_have_the_papers_parameter_counts() {
+        for (name, expected) in [
+            ("paper-100m", 130_569_920),
+            ("paper-500m", 526_550_016),
+            ("paper-1b", 970_458_240),
+            ("paper-2b", 1_969_027_008),
+        ] {
+            let cfg = Preset::by_name(name).unwrap().config();
+            cfg.validate().unwrap();
+            assert_eq!(cfg.head_dim(), 64, "{name}");
+            assert_eq!(cfg.param_count(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn cpu_presets_are_sized_for_a_cpu() {
+        let tiny = Preset::by_name("tiny").unwrap().config();
+        let small = Preset::by_name("small").unwrap().config();
+        tiny.validate().unwrap();
+        small.validate().unwrap();
+        assert!((1_000_000..10_000_000).contains(&tiny.param_count()));
+        assert!((10_000_000..100_000_000).contains(&small.param_count()));
+    }
+
+    #[test]
+    fn layout_is_contiguous_and_layers_are_ranges() {
+        let mut cfg = Preset::by_name("tiny").unwrap().config();
+        cfg.n_kv_heads = 2;
+        let lay = ParamLayout::new(&cfg);
+        let mut next = 0;
+        for t in &lay.tensors {
+            assert_eq!(t.offset, next, "{}", t.name);
+            next += t.len();
+        }
+        assert_eq!(lay.layer(1, LayerTensor::Wk).shape, (2 * 64, 256));
+        assert_eq!(lay.layer_range(1).start, lay.layer(1, LayerTensor::AttnNorm).offset);
+        assert_eq!(lay.layer_range(1).end, lay.layer(2, LayerTensor::AttnNorm).offset);
+        assert_eq!(lay.final_norm().name, "final_norm");
+        assert_eq!(lay.lm_head().range().end, lay.total());
+    }
+
+    #[test]
+    fn flops_per_token_counts_the_matrices() {
+        // With T = 0 only the matrices count: 2 FLOPs per weight of the blocks and
+        // the LM head, and none for the embedding lookup.
+        let cfg = Preset::by_name("paper-100m").unwrap().config();
+        let lay = ParamLayout::new(&cfg);
+        let norms = (2 * cfg.n_layers + 1) * cfg.dim;
+        let matmul_weights = lay.total() - lay.tok_embedding().len() - norms;
+        assert_eq!(cfg.forward_flops_per_token(0), 2.0 * matmul_weights as f64);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut cfg = Preset::by_name("tiny").unwrap().config();
+        cfg.n_kv_heads = 3;
+        assert!(matches!(cfg.validate(), Err(ConfigError::KvHeadsDoNotDivide { .. })));
+        cfg.n_kv_heads = 4;
+        cfg.dim = 250;
+        assert!(matches!(cfg.validate(), Err(ConfigError::HeadsDoNotDivide { .. })));
+        assert!(Preset::by_name("huge").is_err());
+    }
+}
