@@ -29,7 +29,11 @@ pub struct Args {
 #[derive(Debug, Clone)]
 enum Item {
     /// `--name` with the value that followed it, if the next word was not a flag.
-    Flag { name: String, value: Option<String>, inline: bool },
+    Flag {
+        name: String,
+        value: Option<String>,
+        inline: bool,
+    },
     Positional(String),
 }
 
@@ -48,40 +52,75 @@ impl Args {
             }
             if let Some(body) = w.strip_prefix("--") {
                 if let Some((name, value)) = body.split_once('=') {
-                    items.push_back(Item::Flag { name: name.to_string(), value: Some(value.to_string()), inline: true });
+                    items.push_back(Item::Flag {
+                        name: name.to_string(),
+                        value: Some(value.to_string()),
+                        inline: true,
+                    });
                 } else {
-                    let next = words.get(i + 1).filter(|n| !n.starts_with("--") || n.parse::<f64>().is_ok());
+                    let next = words
+                        .get(i + 1)
+                        .filter(|n| !n.starts_with("--") || n.parse::<f64>().is_ok());
                     if let Some(n) = next {
-                        items.push_back(Item::Flag { name: body.to_string(), value: Some(n.clone()), inline: false });
+                        items.push_back(Item::Flag {
+                            name: body.to_string(),
+                            value: Some(n.clone()),
+                            inline: false,
+                        });
                         i += 1;
                     } else {
-                        items.push_back(Item::Flag { name: body.to_string(), value: None, inline: false });
+                        items.push_back(Item::Flag {
+                            name: body.to_string(),
+                            value: None,
+                            inline: false,
+                        });
                     }
                 }
             } else if w == "-h" {
-                items.push_back(Item::Flag { name: "help".into(), value: None, inline: false });
+                items.push_back(Item::Flag {
+                    name: "help".into(),
+                    value: None,
+                    inline: false,
+                });
             } else {
                 items.push_back(Item::Positional(w.clone()));
             }
             i += 1;
         }
-        Args { command: command.to_string(), items, rest }
+        Args {
+            command: command.to_string(),
+            items,
+            rest,
+        }
     }
 
     /// True when `--help` or `-h` was given.
     pub fn wants_help(&self) -> bool {
-        self.items.iter().any(|it| matches!(it, Item::Flag { name, .. } if name == "help"))
+        self.items
+            .iter()
+            .any(|it| matches!(it, Item::Flag { name, .. } if name == "help"))
     }
 
     /// Takes a switch such as `--dry-run`. A value glued to it with `=` is an error;
     /// a word after it that is not a flag is left as a positional.
     pub fn switch(&mut self, name: &str) -> Result<bool, UsageError> {
-        let Some(pos) = self.position(name) else { return Ok(false) };
+        let Some(pos) = self.position(name) else {
+            return Ok(false);
+        };
         match self.items.remove(pos) {
-            Some(Item::Flag { value: Some(v), inline: true, .. }) => {
-                Err(UsageError(format!("{}: --{name} takes no value (got '{v}')", self.command)))
-            }
-            Some(Item::Flag { value: Some(v), inline: false, .. }) => {
+            Some(Item::Flag {
+                value: Some(v),
+                inline: true,
+                ..
+            }) => Err(UsageError(format!(
+                "{}: --{name} takes no value (got '{v}')",
+                self.command
+            ))),
+            Some(Item::Flag {
+                value: Some(v),
+                inline: false,
+                ..
+            }) => {
                 self.items.insert(pos, Item::Positional(v));
                 Ok(true)
             }
@@ -91,10 +130,15 @@ impl Args {
 
     /// Takes `--name VALUE` as a string, if present.
     pub fn string(&mut self, name: &str) -> Result<Option<String>, UsageError> {
-        let Some(pos) = self.position(name) else { return Ok(None) };
+        let Some(pos) = self.position(name) else {
+            return Ok(None);
+        };
         match self.items.remove(pos) {
             Some(Item::Flag { value: Some(v), .. }) => Ok(Some(v)),
-            _ => Err(UsageError(format!("{}: --{name} needs a value", self.command))),
+            _ => Err(UsageError(format!(
+                "{}: --{name} needs a value",
+                self.command
+            ))),
         }
     }
 
@@ -106,7 +150,10 @@ impl Args {
         match self.string(name)? {
             None => Ok(None),
             Some(s) => s.parse::<T>().map(Some).map_err(|e| {
-                UsageError(format!("{}: --{name} '{s}' is not valid: {e}", self.command))
+                UsageError(format!(
+                    "{}: --{name} '{s}' is not valid: {e}",
+                    self.command
+                ))
             }),
         }
     }
@@ -157,7 +204,9 @@ impl Args {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
-        self.items.iter().position(|it| matches!(it, Item::Flag { name: n, .. } if n == name))
+        self.items
+            .iter()
+            .position(|it| matches!(it, Item::Flag { name: n, .. } if n == name))
     }
 }
 
@@ -192,7 +241,10 @@ mod tests {
 
     #[test]
     fn rest_after_double_dash() {
-        let words: Vec<String> = "--nproc 2 -- train --steps 5".split(' ').map(String::from).collect();
+        let words: Vec<String> = "--nproc 2 -- train --steps 5"
+            .split(' ')
+            .map(String::from)
+            .collect();
         let mut a = Args::parse("launch", &words);
         assert_eq!(a.value::<usize>("nproc").unwrap(), Some(2));
         assert_eq!(a.rest, vec!["train", "--steps", "5"]);

@@ -3,6 +3,8 @@
 
 mod args;
 mod cmd;
+mod logger;
+mod train;
 
 use args::{Args, UsageError};
 use std::process::ExitCode;
@@ -35,6 +37,7 @@ commands:
 ";
 
 fn main() -> ExitCode {
+    logger::init();
     let words: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = words.first().cloned() else {
         eprint!("{USAGE}");

@@ -1,1 +1,84 @@
-//! frugal-comm
+//! frugal-comm: how the ranks of a data-parallel job find each other and sum
+//! their gradients.
+//!
+//! - [`Rendezvous`] reads torchrun's or Slurm's variables (or is built by hand).
+//! - [`SocketComm`] is frugal's own ring all-reduce over TCP (no GPU needed);
+//!   [`NcclComm`] is NCCL through cudarc, loaded at run time. Both implement
+//!   [`Communicator`]: all-reduce (f32, and bf16 summed in f32), reduce-scatter,
+//!   all-gather, broadcast, barrier.
+//! - [`Ddp`] syncs gradients in buckets on a communication thread while the
+//!   backward pass goes on.
+//!
+//! # Walkthrough
+//!
+//! Two ranks on loopback, here as two threads (a real job runs one process per
+//! rank, started by `frugal launch`, torchrun or srun, and calls
+//! `Rendezvous::from_env(None)`):
+//!
+//! ```
+//! use frugal_comm::{chunk_range, Communicator, Ddp, Rendezvous, SocketComm, SocketOptions};
+//! use std::time::Duration;
+//!
+//! // Any free port; rank 0 listens on it for the rendezvous.
+//! let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+//! let ranks: Vec<_> = (0..2)
+//!     .map(|rank| {
+//!         std::thread::spawn(move || {
+//!             let rv = Rendezvous::loopback(rank, 2, port, "doc-token", Duration::from_secs(10));
+//!             let mut comm = SocketComm::connect(&rv, SocketOptions::default()).unwrap();
+//!
+//!             // All-reduce: every rank ends with the same sum, bit for bit.
+//!             let mut x = vec![rank as f32 + 1.0; 5];
+//!             comm.all_reduce_sum_f32(&mut x).unwrap();
+//!             assert_eq!(x, vec![3.0; 5]);
+//!
+//!             // Reduce-scatter leaves each rank its chunk of the sum.
+//!             let mut y = vec![1.0f32; 5];
+//!             let mine = comm.reduce_scatter_sum_f32(&mut y).unwrap();
+//!             assert_eq!(mine, chunk_range(5, 2, rank));
+//!             assert!(y[mine].iter().all(|&v| v == 2.0));
+//!
+//!             // DDP: parameters from rank 0, gradients averaged in buckets.
+//!             let mut params = vec![rank as f32; 8];
+//!             let mut grads = vec![rank as f32 * 2.0; 8];
+//!             let mut ddp = Ddp::new(Box::new(comm), 8, 16).unwrap();
+//!             ddp.broadcast_params(&mut params).unwrap();
+//!             assert_eq!(params, vec![0.0; 8]);
+//!             ddp.on_ready(&grads, 4..8).unwrap(); // last layers first, as backward finishes them
+//!             ddp.on_ready(&grads, 0..4).unwrap();
+//!             let stats = ddp.finish(&mut grads).unwrap();
+//!             assert_eq!(grads, vec![1.0; 8]); // (0 + 2) / 2
+//!             assert_eq!(stats.bytes, 32);
+//!         })
+//!     })
+//!     .collect();
+//! for r in ranks {
+//!     r.join().unwrap();
+//! }
+//! ```
+
+pub mod ddp;
+pub mod error;
+pub mod frame;
+pub mod nccl;
+pub mod ops;
+pub mod rendezvous;
+pub mod socket;
+
+pub use ddp::{CommStats, Ddp, DEFAULT_BUCKET_BYTES};
+pub use error::{CommError, FrameProblem, Refusal};
+pub use nccl::NcclComm;
+pub use ops::{chunk_range, ring_order_sum, Backend, Communicator};
+pub use rendezvous::{parse_nodelist, LaunchedBy, Rendezvous};
+pub use socket::{SocketComm, SocketOptions};
+
+/// Joins the job with the chosen backend (`local_rank` picks the GPU for NCCL).
+///
+/// # Errors
+/// Whatever the backend's `connect` reports.
+pub fn connect(backend: Backend, rv: &Rendezvous) -> Result<Box<dyn Communicator>, CommError> {
+    Ok(match backend {
+        Backend::Socket => Box::new(SocketComm::connect(rv, SocketOptions::default())?),
+        Backend::Nccl => Box::new(NcclComm::connect(rv, rv.local_rank)?),
+    })
+}

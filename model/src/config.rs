@@ -97,12 +97,66 @@ pub struct Preset {
 /// 64, vocabulary 32000 and sequence length 1024; their parameter counts are
 /// asserted in tests. `tiny` and `small` are sized to train on a CPU.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "tiny", vocab_size: 512, dim: 256, n_layers: 4, n_heads: 4, ffn_dim: 704, seq_len: 256, default_batch: 8 },
-    Preset { name: "small", vocab_size: 4096, dim: 512, n_layers: 8, n_heads: 8, ffn_dim: 1376, seq_len: 512, default_batch: 8 },
-    Preset { name: "paper-100m", vocab_size: 32000, dim: 832, n_layers: 9, n_heads: 13, ffn_dim: 2332, seq_len: 1024, default_batch: 32 },
-    Preset { name: "paper-500m", vocab_size: 32000, dim: 1536, n_layers: 15, n_heads: 24, ffn_dim: 4147, seq_len: 1024, default_batch: 32 },
-    Preset { name: "paper-1b", vocab_size: 32000, dim: 1920, n_layers: 19, n_heads: 30, ffn_dim: 5184, seq_len: 1024, default_batch: 16 },
-    Preset { name: "paper-2b", vocab_size: 32000, dim: 2496, n_layers: 24, n_heads: 39, ffn_dim: 6739, seq_len: 1024, default_batch: 8 },
+    Preset {
+        name: "tiny",
+        vocab_size: 512,
+        dim: 256,
+        n_layers: 4,
+        n_heads: 4,
+        ffn_dim: 704,
+        seq_len: 256,
+        default_batch: 8,
+    },
+    Preset {
+        name: "small",
+        vocab_size: 4096,
+        dim: 512,
+        n_layers: 8,
+        n_heads: 8,
+        ffn_dim: 1376,
+        seq_len: 512,
+        default_batch: 8,
+    },
+    Preset {
+        name: "paper-100m",
+        vocab_size: 32000,
+        dim: 832,
+        n_layers: 9,
+        n_heads: 13,
+        ffn_dim: 2332,
+        seq_len: 1024,
+        default_batch: 32,
+    },
+    Preset {
+        name: "paper-500m",
+        vocab_size: 32000,
+        dim: 1536,
+        n_layers: 15,
+        n_heads: 24,
+        ffn_dim: 4147,
+        seq_len: 1024,
+        default_batch: 32,
+    },
+    Preset {
+        name: "paper-1b",
+        vocab_size: 32000,
+        dim: 1920,
+        n_layers: 19,
+        n_heads: 30,
+        ffn_dim: 5184,
+        seq_len: 1024,
+        default_batch: 16,
+    },
+    Preset {
+        name: "paper-2b",
+        vocab_size: 32000,
+        dim: 2496,
+        n_layers: 24,
+        n_heads: 39,
+        ffn_dim: 6739,
+        seq_len: 1024,
+        default_batch: 8,
+    },
 ];
 
 impl Preset {
@@ -114,7 +168,9 @@ impl Preset {
         PRESETS
             .iter()
             .find(|p| p.name == name)
-            .ok_or_else(|| ConfigError::UnknownPreset { name: name.to_string() })
+            .ok_or_else(|| ConfigError::UnknownPreset {
+                name: name.to_string(),
+            })
     }
 
     /// The preset's model config (multi-head attention: NKV = NH).
@@ -153,16 +209,26 @@ impl Config {
             }
         }
         if self.dim % self.n_heads != 0 {
-            return Err(ConfigError::HeadsDoNotDivide { dim: self.dim, n_heads: self.n_heads });
+            return Err(ConfigError::HeadsDoNotDivide {
+                dim: self.dim,
+                n_heads: self.n_heads,
+            });
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(ConfigError::KvHeadsDoNotDivide { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads });
+            return Err(ConfigError::KvHeadsDoNotDivide {
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+            });
         }
         if self.head_dim() % 2 != 0 {
-            return Err(ConfigError::OddHeadSize { head_dim: self.head_dim() });
+            return Err(ConfigError::OddHeadSize {
+                head_dim: self.head_dim(),
+            });
         }
         if self.vocab_size > 65536 {
-            return Err(ConfigError::VocabTooLarge { vocab_size: self.vocab_size });
+            return Err(ConfigError::VocabTooLarge {
+                vocab_size: self.vocab_size,
+            });
         }
         Ok(())
     }
@@ -333,21 +399,47 @@ impl ParamLayout {
     pub fn new(cfg: &Config) -> ParamLayout {
         let mut tensors = Vec::with_capacity(3 + 9 * cfg.n_layers);
         let mut offset = 0;
-        let mut push = |name: String, shape: (usize, usize), kind: ParamKind, layer: Option<usize>| {
-            tensors.push(TensorSpec { name, shape, offset, kind, layer });
-            offset += shape.0 * shape.1;
-        };
-        push("tok_embedding".into(), (cfg.vocab_size, cfg.dim), ParamKind::Embedding, None);
+        let mut push =
+            |name: String, shape: (usize, usize), kind: ParamKind, layer: Option<usize>| {
+                tensors.push(TensorSpec {
+                    name,
+                    shape,
+                    offset,
+                    kind,
+                    layer,
+                });
+                offset += shape.0 * shape.1;
+            };
+        push(
+            "tok_embedding".into(),
+            (cfg.vocab_size, cfg.dim),
+            ParamKind::Embedding,
+            None,
+        );
         let mut layer_start = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             layer_start.push(1 + 9 * l);
             for t in LayerTensor::ALL {
-                push(format!("layers.{l}.{}", t.name()), t.shape(cfg), t.kind(), Some(l));
+                push(
+                    format!("layers.{l}.{}", t.name()),
+                    t.shape(cfg),
+                    t.kind(),
+                    Some(l),
+                );
             }
         }
         push("final_norm".into(), (1, cfg.dim), ParamKind::Norm, None);
-        push("lm_head".into(), (cfg.vocab_size, cfg.dim), ParamKind::Matrix, None);
-        ParamLayout { tensors, layer_start, n_layers: cfg.n_layers }
+        push(
+            "lm_head".into(),
+            (cfg.vocab_size, cfg.dim),
+            ParamKind::Matrix,
+            None,
+        );
+        ParamLayout {
+            tensors,
+            layer_start,
+            n_layers: cfg.n_layers,
+        }
     }
 
     /// Number of f32 (or bf16) elements in the flat vector.
@@ -431,8 +523,14 @@ mod tests {
             next += t.len();
         }
         assert_eq!(lay.layer(1, LayerTensor::Wk).shape, (2 * 64, 256));
-        assert_eq!(lay.layer_range(1).start, lay.layer(1, LayerTensor::AttnNorm).offset);
-        assert_eq!(lay.layer_range(1).end, lay.layer(2, LayerTensor::AttnNorm).offset);
+        assert_eq!(
+            lay.layer_range(1).start,
+            lay.layer(1, LayerTensor::AttnNorm).offset
+        );
+        assert_eq!(
+            lay.layer_range(1).end,
+            lay.layer(2, LayerTensor::AttnNorm).offset
+        );
         assert_eq!(lay.final_norm().name, "final_norm");
         assert_eq!(lay.lm_head().range().end, lay.total());
     }
@@ -452,10 +550,16 @@ mod tests {
     fn bad_configs_are_refused() {
         let mut cfg = Preset::by_name("tiny").unwrap().config();
         cfg.n_kv_heads = 3;
-        assert!(matches!(cfg.validate(), Err(ConfigError::KvHeadsDoNotDivide { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::KvHeadsDoNotDivide { .. })
+        ));
         cfg.n_kv_heads = 4;
         cfg.dim = 250;
-        assert!(matches!(cfg.validate(), Err(ConfigError::HeadsDoNotDivide { .. })));
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::HeadsDoNotDivide { .. })
+        ));
         assert!(Preset::by_name("huge").is_err());
     }
 }

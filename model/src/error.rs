@@ -14,9 +14,116 @@ pub enum ModelError {
 
     // --- data ---
     /// An I/O error while reading `path`.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A token shard's header does not start with the llm.c magic 20240520.
+    ShardMagic {
+        path: PathBuf,
+        offset: u64,
+        found: i32,
+    },
+    /// A token shard's header has a version other than 1.
+    ShardVersion {
+        path: PathBuf,
+        offset: u64,
+        found: i32,
+    },
+    /// A token shard is shorter (or longer) than its header's token count says.
+    ShardLength {
+        path: PathBuf,
+        offset: u64,
+        header_tokens: i64,
+        expected_bytes: u64,
+        file_bytes: u64,
+    },
+    /// A token shard is too short to hold its 1024-byte header.
+    ShardTooShort {
+        path: PathBuf,
+        file_bytes: u64,
+    },
+    /// A token id in a data file is not below the vocabulary size.
+    /// `max_token` is the largest token in that file, to size `--vocab`.
+    DataTokenOutOfRange {
+        path: PathBuf,
+        offset: u64,
+        token: u32,
+        vocab_size: usize,
+        max_token: u32,
+    },
+    /// A glob pattern matched no file.
+    EmptyGlob {
+        pattern: String,
+    },
+    /// The data source cannot be used with this vocabulary (e.g. byte-level text needs V >= 256).
+    VocabTooSmall {
+        source: String,
+        vocab_size: usize,
+        needed: usize,
+    },
+    /// A split holds too few tokens for even one window of T + 1 tokens.
+    NotEnoughTokens {
+        what: String,
+        tokens: u64,
+        needed: u64,
+    },
+    /// A bad argument to the data loader (batch 0, rank >= world, ...).
+    LoaderArgs {
+        what: String,
+    },
+    /// A saved loader state does not belong to this loader.
+    LoaderStateMismatch {
+        field: &'static str,
+        saved: u64,
+        current: u64,
+    },
 
     // --- checkpoints ---
+    /// A checkpoint file failed verification: bad magic or version, wrong
+    /// length, checksum mismatch, or a field out of range. `offset` is the byte
+    /// where the problem was found, when one byte can be named.
+    CheckpointCorrupt {
+        path: PathBuf,
+        offset: Option<u64>,
+        reason: String,
+    },
+    /// A checkpoint was written by a run with a different model or world size.
+    CheckpointMismatch {
+        diffs: Vec<Mismatch>,
+    },
+
+    // --- model (forward/backward) ---
+    /// A token id in a batch is not below the vocabulary size. `position` is the
+    /// flat index b·T + t in the (B, T) batch.
+    TokenOutOfRange {
+        role: TokenRole,
+        position: usize,
+        seq_len: usize,
+        value: u32,
+        vocab_size: usize,
+    },
+    /// A buffer handed to the model has the wrong number of elements.
+    ShapeMismatch {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// One field that differs between a checkpoint and the run resuming from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub field: &'static str,
+    pub checkpoint: String,
+    pub run: String,
+}
+
+/// Which of a batch's two token arrays an id came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRole {
+    Input,
+    Target,
 }
 
 impl fmt::Display for ModelError {
@@ -24,6 +131,78 @@ impl fmt::Display for ModelError {
         match self {
             ModelError::Config(e) => write!(f, "{e}"),
             ModelError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ModelError::ShardMagic { path, offset, found } => write!(
+                f,
+                "{}: byte {offset}: magic number is {found}, expected 20240520; this is not an llm.c token shard \
+                 (write shards with 'frugal data', or pass a text file without the .bin extension)",
+                path.display()
+            ),
+            ModelError::ShardVersion { path, offset, found } => write!(
+                f,
+                "{}: byte {offset}: shard version is {found}, only version 1 (uint16 tokens) is supported",
+                path.display()
+            ),
+            ModelError::ShardLength { path, offset, header_tokens, expected_bytes, file_bytes } => write!(
+                f,
+                "{}: byte {offset}: header says {header_tokens} tokens, so the file should be {expected_bytes} bytes, \
+                 but it is {file_bytes} bytes; the shard is truncated or damaged, write it again",
+                path.display()
+            ),
+            ModelError::ShardTooShort { path, file_bytes } => write!(
+                f,
+                "{}: byte {file_bytes}: the file ends inside the 1024-byte llm.c shard header; it is truncated or not a shard",
+                path.display()
+            ),
+            ModelError::DataTokenOutOfRange { path, offset, token, vocab_size, max_token } => write!(
+                f,
+                "{}: byte {offset}: token {token} is not below the vocabulary size {vocab_size} \
+                 (the largest token in this file is {max_token}); pass --vocab {} or more, or re-tokenize the data",
+                path.display(),
+                *max_token as u64 + 1
+            ),
+            ModelError::EmptyGlob { pattern } => {
+                write!(f, "no file matches '{pattern}'; check the path (wildcards * and ? work in the file name only)")
+            }
+            ModelError::VocabTooSmall { source, vocab_size, needed } => write!(
+                f,
+                "{source} needs a vocabulary of at least {needed} tokens, the model has {vocab_size}; pass --vocab {needed} or more"
+            ),
+            ModelError::NotEnoughTokens { what, tokens, needed } => write!(
+                f,
+                "{what} has {tokens} tokens, fewer than the {needed} one window needs; use a smaller --seq or more data"
+            ),
+            ModelError::LoaderArgs { what } => write!(f, "data loader: {what}"),
+            ModelError::LoaderStateMismatch { field, saved, current } => write!(
+                f,
+                "saved data position does not fit this run: {field} was {saved}, is now {current}; \
+                 resume with the same data, --batch, --seq and world size"
+            ),
+            ModelError::CheckpointCorrupt { path, offset, reason } => match offset {
+                Some(o) => write!(f, "{}: byte {o}: {reason}; the checkpoint is damaged, resume from an older one", path.display()),
+                None => write!(f, "{}: {reason}; the checkpoint is damaged, resume from an older one", path.display()),
+            },
+            ModelError::CheckpointMismatch { diffs } => {
+                write!(f, "the checkpoint does not match this run:")?;
+                for d in diffs {
+                    write!(f, " {} is {} in the checkpoint but {} in this run;", d.field, d.checkpoint, d.run)?;
+                }
+                write!(f, " resume with the same model flags and world size, or start a new --out directory")
+            }
+            ModelError::TokenOutOfRange { role, position, seq_len, value, vocab_size } => write!(
+                f,
+                "{} token {value} at batch row {}, time {} is not below the vocabulary size {vocab_size}; \
+                 the data was tokenized for a larger vocabulary: pass --vocab {} or more, or re-tokenize",
+                match role {
+                    TokenRole::Input => "input",
+                    TokenRole::Target => "target",
+                },
+                position / (*seq_len).max(1),
+                position % (*seq_len).max(1),
+                *value as u64 + 1
+            ),
+            ModelError::ShapeMismatch { what, expected, found } => {
+                write!(f, "{what} has {found} elements, expected {expected}")
+            }
         }
     }
 }

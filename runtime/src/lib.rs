@@ -1,1 +1,39 @@
-//! frugal-runtime
+//! frugal-runtime: devices (CPU, CUDA through cudarc, the emulated GPU), buffers,
+//! kernel launch, the statically planned memory arena, NVTX, and device facts.
+//!
+//! A walkthrough on the emulated GPU (the same code runs on `cuda`): plan the
+//! arena, open the device, allocate, copy, launch a shipped kernel, read back.
+//!
+//! ```
+//! use frugal_runtime::arena::{plan, BufferRequest, Category};
+//! use frugal_runtime::device::{Device, DeviceSpec};
+//! use frugal_runtime::launch::{dims_1d, KernelArg};
+//!
+//! # fn main() -> Result<(), frugal_runtime::RuntimeError> {
+//! let p = plan(&[BufferRequest::new("x", Category::Activations, 4 * 1000, 0, 1)])?;
+//! let dev = Device::open(DeviceSpec::Emu)?;
+//! let arena = dev.alloc_arena(p)?; // refuses (before allocating) a plan that does not fit
+//! let x = arena.view::<f32>("x")?;
+//! let dims = dims_1d(x.len as u64, 256, 4, 64);
+//! dev.launch("fill_f32", &dims, &[x.into(), KernelArg::U64(x.len as u64), KernelArg::F32(0.5)])?;
+//! let mut host = vec![0f32; x.len];
+//! arena.read("x", &mut host)?;
+//! assert!(host.iter().all(|&v| v == 0.5));
+//! dev.synchronize()?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod arena;
+pub mod buffer;
+pub mod device;
+pub mod dylib;
+pub mod error;
+pub mod facts;
+pub mod launch;
+pub mod modules;
+pub mod nvtx;
+pub mod profile;
+pub mod step_memory;
+
+pub use error::RuntimeError;

@@ -1,9 +1,279 @@
-//! `frugal arena` (being built; see the issue tracker).
+//! `frugal arena`: prints the memory arena plan (every buffer's offset, the peak
+//! and the breakdown by category) for a list of buffers from a file, or for the
+//! estimated buffers of a training step of a model preset.
 
-use crate::args::Args;
+use frugal_model::config::Preset;
+use frugal_runtime::arena::{self, plan, plan_fits, Plan};
+use frugal_runtime::device::{Device, DeviceSpec};
+use frugal_runtime::step_memory::{step_requests, Attention, StepShape};
+use frugal_runtime::RuntimeError;
+
+use crate::args::{Args, UsageError};
 use crate::CliError;
 
-pub fn run(args: Args) -> Result<(), CliError> {
+const HELP: &str = "\
+usage: frugal arena --buffers FILE [--available BYTES] [--summary]
+       frugal arena --model PRESET [--batch B] [--seq T] [--attention flash|vanilla]
+                    [--comm-bucket BYTES] [--available BYTES] [--summary]
+       frugal arena --model PRESET --mem-target F [--device auto|cpu|cuda[:N]|emu] [...]
+
+Plans the step's memory arena: one allocation, 256-byte aligned offsets, and
+buffers whose lifetimes do not overlap share bytes. Prints one line per buffer
+(by offset), then the breakdown by category: 'requested' sums the buffers as if
+nothing were shared, 'at peak' counts what is live at the busiest step.
+
+--buffers FILE   one buffer per line:  name category bytes first last [align]
+                   name      any word without spaces, unique
+                   category  params | grads | master | moments | activations |
+                             workspace | comm
+                   bytes     a number, optionally with K, M or G (powers of 1024)
+                   first, last
+                             first and last step-schedule index using the buffer
+                             (inclusive); buffers whose [first, last] ranges do
+                             not intersect may share memory
+                   align     optional power of two (at least 256 is used)
+                 '#' starts a comment; blank lines are skipped. Example:
+                   wte      params       64M  0  9
+                   act0     activations  16M  1  8
+                   scratch  workspace     4M  3  3
+--model PRESET   estimate a training step of a preset (tiny, small, paper-100m,
+                 paper-500m, paper-1b, paper-2b): bf16 weights, fp32 master
+                 weights, grads and AdamW moments, bf16 activations per layer
+--batch B        micro-batch per device (default: the preset's)
+--seq T          sequence length (default: the preset's)
+--attention A    flash (default) or vanilla (keeps B*NH*T*T scores per layer)
+--comm-bucket N  bytes of one gradient all-reduce bucket (default 0: one device)
+--available N    check the plan against N bytes (K/M/G suffixes allowed);
+                 with --model, name the largest batch that fits
+--mem-target F   with --model: the largest batch (up to 1024) whose plan fits
+                 under fraction F of the device's free memory (--device, default
+                 auto; emu's capacity is FRUGAL_EMU_MEMORY_GIB, default 16)
+--summary        print only the breakdown
+";
+
+fn parse_bytes(flag: &str, s: &str) -> Result<u64, UsageError> {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "arena: --{flag} '{s}' is not a byte count like 4096 or 80G"
+            ))
+        })
+}
+
+fn print_plan(p: &Plan, summary: bool) {
+    if summary {
+        print!("{}", p.breakdown_table());
+    } else {
+        print!("{}", p.table());
+    }
+}
+
+pub fn run(mut args: Args) -> Result<(), CliError> {
+    if args.wants_help() {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let buffers = args.string("buffers")?;
+    let model = args.string("model")?;
+    let batch: Option<usize> = args.value("batch")?;
+    let seq: Option<usize> = args.value("seq")?;
+    let attention = match args.string("attention")?.as_deref() {
+        None | Some("flash") => Attention::Flash,
+        Some("vanilla") => Attention::Vanilla,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "arena: --attention '{other}' is not flash or vanilla"
+            ))
+            .into())
+        }
+    };
+    let bucket = match args.string("comm-bucket")? {
+        Some(s) => parse_bytes("comm-bucket", &s)?,
+        None => 0,
+    };
+    let available = match args.string("available")? {
+        Some(s) => Some(parse_bytes("available", &s)?),
+        None => None,
+    };
+    let mem_target: Option<f64> = args.value("mem-target")?;
+    if let Some(f) = mem_target {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(UsageError(format!("arena: --mem-target {f} is not in (0, 1]")).into());
+        }
+    }
+    let device: DeviceSpec = match args.string("device")? {
+        Some(s) => s
+            .parse()
+            .map_err(|e: RuntimeError| UsageError(format!("arena: {e}")))?,
+        None => DeviceSpec::Auto,
+    };
+    let summary = args.switch("summary")?;
     args.finish()?;
-    Err(CliError::Failed("'frugal arena' is not built yet".into()))
+
+    match (buffers, model) {
+        (Some(file), None) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Failed(format!("cannot read buffer list '{file}': {e}")))?;
+            let requests = arena::parse_buffers(&text)
+                .map_err(|e| CliError::Failed(format!("{file}: {e}")))?;
+            let p = plan(&requests).map_err(|e| CliError::Failed(e.to_string()))?;
+            print_plan(&p, summary);
+            if let Some(avail) = available {
+                plan_fits(&p, avail).map_err(|e| CliError::Failed(e.to_string()))?;
+                println!("fits in {avail} bytes");
+            }
+            Ok(())
+        }
+        (None, Some(name)) => {
+            let preset = Preset::by_name(&name).map_err(|e| UsageError(format!("arena: {e}")))?;
+            let cfg = preset.config();
+            let batch = batch.unwrap_or(preset.default_batch);
+            let seq = seq.unwrap_or(cfg.seq_len);
+            if batch == 0 || seq == 0 {
+                return Err(
+                    UsageError("arena: --batch and --seq must be at least 1".into()).into(),
+                );
+            }
+            let shape_for = |b: usize| StepShape {
+                vocab: cfg.vocab_size as u64,
+                dim: cfg.dim as u64,
+                layers: cfg.n_layers as u64,
+                heads: cfg.n_heads as u64,
+                kv_heads: cfg.n_kv_heads as u64,
+                ffn: cfg.ffn_dim as u64,
+                seq: seq as u64,
+                batch: b as u64,
+                params: cfg.param_count() as u64,
+                attention,
+                comm_bucket_bytes: bucket,
+            };
+
+            if let Some(f) = mem_target {
+                let dev = Device::open(device).map_err(|e| CliError::Failed(e.to_string()))?;
+                let budget = dev
+                    .mem_budget(f)
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| {
+                    Ok(step_requests(&shape_for(b)))
+                })
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+                let batch = b;
+                println!(
+                    "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
+                    preset.name,
+                    cfg.param_count(),
+                    attention
+                );
+                print_plan(&p, summary);
+                println!(
+                    "--mem-target {f}: batch {b} is the largest that fits in {budget} bytes ({f} of {} free on {})",
+                    dev.memory_info().map(|m| m.free).unwrap_or(0),
+                    dev.name()
+                );
+                return Ok(());
+            }
+            println!(
+                "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
+                preset.name,
+                cfg.param_count(),
+                attention
+            );
+            match available {
+                None => {
+                    let p = plan(&step_requests(&shape_for(batch)))
+                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    print_plan(&p, summary);
+                }
+                Some(avail) => {
+                    let p =
+                        arena::plan_for_batch(batch, avail, |b| Ok(step_requests(&shape_for(b))))
+                            .map_err(|e| CliError::Failed(e.to_string()))?;
+                    print_plan(&p, summary);
+                    println!("fits in {avail} bytes");
+                }
+            }
+            Ok(())
+        }
+        (Some(_), Some(_)) => {
+            Err(UsageError("arena: give --buffers or --model, not both".into()).into())
+        }
+        (None, None) => Err(UsageError(format!(
+            "arena: give --buffers FILE or --model PRESET\n\n{HELP}"
+        ))
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Args {
+        let w: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        Args::parse("arena", &w)
+    }
+
+    #[test]
+    fn plans_a_buffer_file_and_refuses_what_does_not_fit() {
+        let dir = std::env::temp_dir().join(format!("frugal-arena-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("buffers.txt");
+        std::fs::write(
+            &file,
+            "w params 1M 0 9\na activations 2M 1 4\nb activations 2M 5 8\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        run(args(&["--buffers", f])).unwrap();
+        // a and b share: 3 MiB fits, 4 MiB would be needed without sharing.
+        run(args(&["--buffers", f, "--available", "3M"])).unwrap();
+        match run(args(&["--buffers", f, "--available", "2M"])) {
+            Err(CliError::Failed(msg)) => assert!(msg.contains("3145728 bytes"), "{msg}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        std::fs::write(&file, "w params lots 0 9\n").unwrap();
+        match run(args(&["--buffers", f])) {
+            Err(CliError::Failed(msg)) => assert!(msg.contains("line 1"), "{msg}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn model_estimates_name_the_largest_batch() {
+        run(args(&["--model", "tiny", "--batch", "4", "--summary"])).unwrap();
+        match run(args(&[
+            "--model",
+            "paper-1b",
+            "--batch",
+            "64",
+            "--available",
+            "80G",
+        ])) {
+            Err(CliError::Failed(msg)) => {
+                assert!(
+                    msg.contains("batch 64 needs") && msg.contains("largest batch that fits is"),
+                    "{msg}"
+                )
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(matches!(
+            run(args(&["--model", "nope"])),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(run(args(&[])), Err(CliError::Usage(_))));
+        assert!(matches!(
+            run(args(&["--model", "tiny", "--mem-target", "0"])),
+            Err(CliError::Usage(_))
+        ));
+    }
 }

@@ -1,5 +1,14 @@
 //! `frugal bench <what>`: one module per benchmark under `cmd/bench/`.
 
+#[path = "bench/allreduce.rs"]
+mod allreduce;
+#[path = "bench/kernels.rs"]
+mod kernels;
+#[path = "bench/matmul.rs"]
+mod matmul;
+#[path = "bench/step.rs"]
+mod step;
+
 use crate::args::{Args, UsageError};
 use crate::CliError;
 
@@ -19,6 +28,13 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         return Err(UsageError(format!("bench: unexpected argument '{extra}'\n{USAGE}")).into());
     }
     match what.as_str() {
-        other => Err(UsageError(format!("bench: '{other}' is not a benchmark (yet)\n{USAGE}")).into()),
+        "allreduce" => allreduce::run(args),
+        "kernels" => kernels::run(args),
+        "matmul" => matmul::run(args),
+        "step" => step::run(args),
+        other => Err(UsageError(format!(
+            "bench: '{other}' is not a benchmark (yet)\n{USAGE}"
+        ))
+        .into()),
     }
 }

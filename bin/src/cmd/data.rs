@@ -1,9 +1,315 @@
-//! `frugal data` (being built; see the issue tracker).
+//! `frugal data --text FILE... --out DIR`: byte-level tokenization of text
+//! files into llm.c token shards (`NAME_train_000000.bin`, ...,
+//! `NAME_val_000000.bin`, ...), which `frugal train --data 'DIR/*.bin'` reads
+//! (files named `*val*` become its validation split).
+//!
+//! Each byte is one token (V ≥ 256). The last `--val-fraction` of every file
+//! goes to the validation shards, the rest to the training shards, in the
+//! order the files were given; shards hold at most `--shard-tokens` tokens.
 
-use crate::args::Args;
+use std::path::{Path, PathBuf};
+
+use frugal_model::data::{glob, shard, VAL_FRACTION};
+
+use crate::args::{Args, UsageError};
 use crate::CliError;
 
-pub fn run(args: Args) -> Result<(), CliError> {
+const USAGE: &str = "\
+usage: frugal data --text FILE... --out DIR [--shard-tokens N] [--val-fraction F] [--name NAME]
+
+Writes llm.c-format token shards (uint16 tokens, one per byte of text) from text files.
+
+  --text FILE...      text files to tokenize (repeat --text, or list several after it)
+  --out DIR           directory for the shards (created if missing)
+  --shard-tokens N    tokens per shard, at most 2147483647 (default 100000000)
+  --val-fraction F    share of each file's tail held out for validation, 0 <= F < 1 (default 0.05)
+  --name NAME         shard file prefix (default text): NAME_train_000000.bin, NAME_val_000000.bin
+
+Then train on them: frugal train --data 'DIR/*.bin'   (byte-level tokens need --vocab 256 or more)
+";
+
+/// What one invocation wrote.
+#[derive(Debug, Default, PartialEq)]
+struct Written {
+    train_shards: Vec<PathBuf>,
+    val_shards: Vec<PathBuf>,
+    train_tokens: u64,
+    val_tokens: u64,
+}
+
+pub fn run(mut args: Args) -> Result<(), CliError> {
+    if args.wants_help() {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let mut texts: Vec<PathBuf> = args
+        .strings("text")?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    let out = args.string("out")?;
+    let shard_tokens: usize = args.value_or("shard-tokens", 100_000_000)?;
+    let val_fraction: f64 = args.value_or("val-fraction", VAL_FRACTION)?;
+    let name = args.string("name")?.unwrap_or_else(|| "text".to_string());
+    texts.extend(args.positionals().into_iter().map(PathBuf::from));
     args.finish()?;
-    Err(CliError::Failed("'frugal data' is not built yet".into()))
+
+    if texts.is_empty() {
+        return Err(UsageError(format!("data: give at least one --text FILE\n\n{USAGE}")).into());
+    }
+    let Some(out) = out else {
+        return Err(UsageError(format!("data: --out DIR is required\n\n{USAGE}")).into());
+    };
+    if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
+        return Err(UsageError(format!(
+            "data: --shard-tokens {shard_tokens} must be between 1 and 2147483647"
+        ))
+        .into());
+    }
+    if !(0.0..1.0).contains(&val_fraction) {
+        return Err(UsageError(format!(
+            "data: --val-fraction {val_fraction} must be at least 0 and below 1"
+        ))
+        .into());
+    }
+    if name.is_empty() || name.contains(['/', '\\', '*', '?']) {
+        return Err(UsageError(format!(
+            "data: --name '{name}' must be a plain file-name prefix"
+        ))
+        .into());
+    }
+    let w = write_shards(&texts, Path::new(&out), shard_tokens, val_fraction, &name)?;
+    println!(
+        "wrote {} train shard(s), {} tokens, and {} val shard(s), {} tokens, to {}",
+        w.train_shards.len(),
+        w.train_tokens,
+        w.val_shards.len(),
+        w.val_tokens,
+        out
+    );
+    println!(
+        "train on them with: frugal train --data '{}'",
+        Path::new(&out).join("*.bin").display()
+    );
+    Ok(())
+}
+
+/// Buffers one split's tokens and writes a shard whenever `shard_tokens` are ready.
+struct ShardWriter<'a> {
+    dir: &'a Path,
+    prefix: String,
+    shard_tokens: usize,
+    buf: Vec<u16>,
+    written: Vec<PathBuf>,
+    tokens: u64,
+}
+
+impl ShardWriter<'_> {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        for chunk in bytes.chunks(self.shard_tokens) {
+            for &b in chunk {
+                self.buf.push(b as u16);
+                if self.buf.len() == self.shard_tokens {
+                    self.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CliError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = self
+            .dir
+            .join(format!("{}_{:06}.bin", self.prefix, self.written.len()));
+        shard::write(&path, &self.buf).map_err(|e| CliError::Failed(e.to_string()))?;
+        self.tokens += self.buf.len() as u64;
+        self.buf.clear();
+        self.written.push(path);
+        Ok(())
+    }
+}
+
+fn write_shards(
+    texts: &[PathBuf],
+    out: &Path,
+    shard_tokens: usize,
+    val_fraction: f64,
+    name: &str,
+) -> Result<Written, CliError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", out.display())))?;
+    // Stale shards of an earlier run would be picked up by the same glob.
+    let existing = glob::expand(&out.join(format!("{name}_*.bin")))
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if let Some(first) = existing.first() {
+        return Err(CliError::Failed(format!(
+            "{} already holds shards named {name}_*.bin (e.g. {}); remove them, or choose another --out or --name",
+            out.display(),
+            first.display()
+        )));
+    }
+    let cap = shard_tokens.min(1 << 24);
+    let mut train = ShardWriter {
+        dir: out,
+        prefix: format!("{name}_train"),
+        shard_tokens,
+        buf: Vec::with_capacity(cap),
+        written: vec![],
+        tokens: 0,
+    };
+    let mut val = ShardWriter {
+        dir: out,
+        prefix: format!("{name}_val"),
+        shard_tokens,
+        buf: Vec::with_capacity(cap),
+        written: vec![],
+        tokens: 0,
+    };
+    for path in texts {
+        let bytes = std::fs::read(path)
+            .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        let n_val = ((bytes.len() as f64) * val_fraction).ceil() as usize;
+        let (head, tail) = bytes.split_at(bytes.len() - n_val.min(bytes.len()));
+        train.push(head)?;
+        val.push(tail)?;
+    }
+    train.flush()?;
+    val.flush()?;
+    if train.tokens == 0 {
+        return Err(CliError::Failed(
+            "the text files hold no bytes to train on".into(),
+        ));
+    }
+    Ok(Written {
+        train_shards: train.written,
+        val_shards: val.written,
+        train_tokens: train.tokens,
+        val_tokens: val.tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frugal_model::data::{DataSpec, Dataset, Split};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("frugal-cli-data-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn args(words: &[&str]) -> Args {
+        let words: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        Args::parse("data", &words)
+    }
+
+    #[test]
+    fn writes_shards_that_read_back_as_the_text() {
+        let dir = temp_dir("roundtrip");
+        let a: Vec<u8> = (0..3000u32).map(|i| (i * 13 % 256) as u8).collect();
+        let b: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".repeat(40);
+        std::fs::write(dir.join("a.txt"), &a).unwrap();
+        std::fs::write(dir.join("b.txt"), &b).unwrap();
+        let out = dir.join("shards");
+        let (pa, pb, po) = (dir.join("a.txt"), dir.join("b.txt"), out.clone());
+        let w = write_shards(&[pa, pb], &po, 1000, 0.1, "text").unwrap();
+        let val_a = (a.len() as f64 * 0.1).ceil() as usize;
+        let val_b = (b.len() as f64 * 0.1).ceil() as usize;
+        assert_eq!(w.train_tokens as usize, a.len() - val_a + b.len() - val_b);
+        assert_eq!(w.val_tokens as usize, val_a + val_b);
+        assert_eq!(
+            w.train_shards.len(),
+            (w.train_tokens as usize).div_ceil(1000)
+        );
+
+        // The shards hold the files' bytes in order: train = heads, val = tails.
+        let read_all = |paths: &[PathBuf]| -> Vec<u8> {
+            paths
+                .iter()
+                .flat_map(|p| {
+                    std::fs::read(p).unwrap()[1024..]
+                        .chunks_exact(2)
+                        .map(|c| c[0])
+                        .collect::<Vec<u8>>()
+                })
+                .collect()
+        };
+        assert_eq!(
+            read_all(&w.train_shards),
+            [&a[..a.len() - val_a], &b[..b.len() - val_b]].concat()
+        );
+        assert_eq!(
+            read_all(&w.val_shards),
+            [&a[a.len() - val_a..], &b[b.len() - val_b..]].concat()
+        );
+
+        // And the data loader reads them, with the val-named shards as validation.
+        let ds = Dataset::open(&DataSpec::Path(out.join("*.bin")), 256).unwrap();
+        assert_eq!(ds.split_tokens(Split::Train), w.train_tokens);
+        assert_eq!(ds.split_tokens(Split::Val), w.val_tokens);
+        let mut loader = ds.loader(Split::Train, 2, 32, 0, 1, 0).unwrap();
+        let (mut x, mut y) = (vec![0u32; 64], vec![0u32; 64]);
+        loader.next_batch(&mut x, &mut y).unwrap();
+        assert!(x.iter().all(|&t| t < 256));
+
+        // A second run into the same directory refuses to mix shards.
+        let err = write_shards(&[dir.join("a.txt")], &out, 1000, 0.1, "text").unwrap_err();
+        assert!(matches!(err, CliError::Failed(m) if m.contains("already holds")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_parses_flags_and_reports_mistakes() {
+        let dir = temp_dir("flags");
+        std::fs::write(dir.join("t.txt"), b"hello world, hello shards\n".repeat(20)).unwrap();
+        let t = dir.join("t.txt").display().to_string();
+        let out = dir.join("o").display().to_string();
+        run(args(&[
+            "--text",
+            &t,
+            "--out",
+            &out,
+            "--shard-tokens",
+            "100",
+            "--val-fraction",
+            "0.2",
+        ]))
+        .unwrap();
+        assert!(Path::new(&out).join("text_train_000000.bin").exists());
+        assert!(Path::new(&out).join("text_val_000000.bin").exists());
+        run(args(&["--help"])).unwrap();
+        let usage = |r: Result<(), CliError>| matches!(r, Err(CliError::Usage(_)));
+        assert!(usage(run(args(&["--out", &out]))), "no --text");
+        assert!(usage(run(args(&["--text", &t]))), "no --out");
+        assert!(usage(run(args(&[
+            "--text",
+            &t,
+            "--out",
+            &out,
+            "--val-fraction",
+            "1"
+        ]))));
+        assert!(usage(run(args(&[
+            "--text",
+            &t,
+            "--out",
+            &out,
+            "--shard-tokens",
+            "0"
+        ]))));
+        assert!(usage(run(args(&[
+            "--text", &t, "--out", &out, "--bogus", "1"
+        ]))));
+        let missing = dir.join("missing.txt").display().to_string();
+        let fresh = dir.join("o2").display().to_string();
+        let r = run(args(&["--text", &missing, "--out", &fresh]));
+        assert!(matches!(r, Err(CliError::Failed(m)) if m.contains("missing.txt")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

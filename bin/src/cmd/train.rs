@@ -1,9 +1,9 @@
-//! `frugal train` (being built; see the issue tracker).
+//! `frugal train`: the work lives in `crate::train` (options, loop, metrics, cost).
 
 use crate::args::Args;
 use crate::CliError;
 
+/// Runs `frugal train`; see `frugal train --help`.
 pub fn run(args: Args) -> Result<(), CliError> {
-    args.finish()?;
-    Err(CliError::Failed("'frugal train' is not built yet".into()))
+    crate::train::run(args)
 }

@@ -1,0 +1,278 @@
+//! `frugal bench allreduce`: the socket ring's all-reduce time, algorithm
+//! bandwidth and bus bandwidth, as nccl-tests define them:
+//! algbw = bytes / time, busbw = algbw · 2(n−1)/n (the bytes each rank's links
+//! must carry in an optimal all-reduce, so figures compare across rank counts).
+//!
+//! The parent starts n local rank processes (this executable with `--worker`,
+//! the same variables `frugal launch` sets) for each rank count; rank 0 prints
+//! one result line per size, which the parent collects and prints as a table
+//! or, with `--json`, one JSON object per (ranks, size).
+//! Time per size: the slowest rank's mean over the timed iterations, after warm-up.
+//! `cpu_ms` is the busiest rank's CPU time (user + system) per iteration: on an
+//! oversubscribed machine time_ms ≫ cpu_ms, and the figures say more about the
+//! other load than about the ring.
+
+use crate::args::{Args, UsageError};
+use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
+use crate::CliError;
+use frugal_comm::{Communicator, Rendezvous, SocketComm, SocketOptions};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: frugal bench allreduce [--ranks 2,4,8] [--sizes 4K,64K,1M,16M,64M,256M] [--iters N] [--json]
+
+Times the socket ring's f32 all-reduce between local rank processes on loopback.
+  --ranks LIST   rank counts to run (default 2,4,8)
+  --sizes LIST   message sizes in bytes, with K/M/G (binary) suffixes
+                 (default 4K,64K,1M,16M,64M,256M)
+  --iters N      timed iterations per size (default: about 512 MiB of traffic, 3..1000)
+  --slice BYTES  pipelining slice (default 256K)
+  --socket-buffer BYTES  SO_SNDBUF/SO_RCVBUF asked of the kernel (default 4M)
+  --json         one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms";
+
+const RESULT_TAG: &str = "allreduce-result";
+
+/// Parses `4K`, `64M`, `1G`, `4096` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches("i");
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 4K, 64M or 4096"))?;
+    n.checked_mul(mult)
+        .filter(|&b| b >= 4)
+        .ok_or_else(|| format!("'{s}' must be at least 4 bytes (one f32)"))
+}
+
+fn parse_list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| f(p.trim()))
+        .collect()
+}
+
+fn human(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+fn default_iters(bytes: usize) -> usize {
+    ((512usize << 20) / bytes).clamp(3, 1000)
+}
+
+pub fn run(mut args: Args) -> Result<(), CliError> {
+    if args.wants_help() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let worker = args.switch("worker")?;
+    let ranks = args.string("ranks")?.unwrap_or_else(|| "2,4,8".into());
+    let sizes = args
+        .string("sizes")?
+        .unwrap_or_else(|| "4K,64K,1M,16M,64M,256M".into());
+    let iters: Option<usize> = args.value("iters")?;
+    let slice = args.string("slice")?.unwrap_or_else(|| "256K".into());
+    let sockbuf = args.string("socket-buffer")?.unwrap_or_else(|| "4M".into());
+    let json = args.switch("json")?;
+    args.finish()?;
+    let usage = |m: String| CliError::Usage(UsageError(format!("bench allreduce: {m}\n{USAGE}")));
+    let ranks: Vec<usize> = parse_list(&ranks, |p| {
+        p.parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=64).contains(&n))
+            .ok_or_else(|| format!("rank count '{p}' must be 1..64"))
+    })
+    .map_err(usage)?;
+    let sizes: Vec<usize> = parse_list(&sizes, parse_size).map_err(usage)?;
+    let slice = parse_size(&slice).map_err(usage)?;
+    let sockbuf = parse_size(&sockbuf).map_err(usage)?;
+    if iters == Some(0) {
+        return Err(usage("--iters must be at least 1".into()));
+    }
+    if worker {
+        return run_worker(
+            &sizes,
+            iters,
+            SocketOptions {
+                slice_bytes: slice,
+                socket_buffer_bytes: sockbuf,
+            },
+        );
+    }
+    if !json {
+        println!(
+            "{:>5} {:>10} {:>7} {:>12} {:>12} {:>12} {:>10}",
+            "ranks", "size", "iters", "time_ms", "algbw_GB/s", "busbw_GB/s", "cpu_ms"
+        );
+    }
+    for &n in &ranks {
+        let port = free_port()
+            .map_err(|e| CliError::Failed(format!("bench allreduce: no free local port: {e}")))?;
+        let token = random_token();
+        let mut child = vec!["bench".to_string(), "allreduce".into(), "--worker".into()];
+        child.extend([
+            "--sizes".into(),
+            sizes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+        child.extend([
+            "--slice".into(),
+            slice.to_string(),
+            "--socket-buffer".into(),
+            sockbuf.to_string(),
+        ]);
+        if let Some(i) = iters {
+            child.extend(["--iters".into(), i.to_string()]);
+        }
+        let env = move |local: usize| {
+            vec![
+                ("RANK".to_string(), local.to_string()),
+                ("WORLD_SIZE".to_string(), n.to_string()),
+                ("LOCAL_RANK".to_string(), local.to_string()),
+                ("MASTER_ADDR".to_string(), "127.0.0.1".to_string()),
+                ("MASTER_PORT".to_string(), port.to_string()),
+                (
+                    frugal_comm::rendezvous::TOKEN_ENV.to_string(),
+                    token.clone(),
+                ),
+            ]
+        };
+        let set = RankSet {
+            args: &child,
+            env: &env,
+            count: n,
+            first_rank: 0,
+            prefix_output: false,
+        };
+        let (outcome, out) = run_ranks(&set)?;
+        if let Outcome::Failed { rank, status } = outcome {
+            return Err(CliError::Failed(format!(
+                "bench allreduce: rank {rank} of {n} failed ({status}); see its output above"
+            )));
+        }
+        for line in out.lines().filter_map(|l| l.strip_prefix(RESULT_TAG)) {
+            let f: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let [bytes, iters, ms, cpu_ms] = f[..] else {
+                continue;
+            };
+            let algbw = bytes / (ms * 1e-3) / 1e9;
+            let busbw = algbw * 2.0 * (n as f64 - 1.0) / n as f64;
+            if json {
+                println!(
+                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}}}",
+                    bytes as u64, iters as u64
+                );
+            } else {
+                println!(
+                    "{n:>5} {:>10} {:>7} {ms:>12.4} {algbw:>12.3} {busbw:>12.3} {cpu_ms:>10.4}",
+                    human(bytes as usize),
+                    iters as u64
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The largest `x` over ranks: an all-gather of one value per rank.
+fn max_over_ranks(comm: &mut SocketComm, scratch: &mut [f32], x: f64) -> Result<f64, CliError> {
+    scratch.iter_mut().for_each(|v| *v = 0.0);
+    scratch[comm.rank()] = x as f32;
+    comm.all_gather_f32(scratch)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    Ok(scratch.iter().cloned().fold(0.0f32, f32::max) as f64)
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass; RUSAGE_SELF is always valid.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// One rank: time each size, print rank 0's line for the parent.
+fn run_worker(
+    sizes: &[usize],
+    iters: Option<usize>,
+    options: SocketOptions,
+) -> Result<(), CliError> {
+    let failed = |e: frugal_comm::CommError| CliError::Failed(e.to_string());
+    let rv = Rendezvous::from_env(None).map_err(failed)?;
+    // Fault injection for the launch tests: this rank fails at once.
+    if std::env::var("FRUGAL_BENCH_FAIL_RANK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(rv.rank)
+    {
+        return Err(CliError::Failed(format!(
+            "rank {}: failing on purpose (FRUGAL_BENCH_FAIL_RANK)",
+            rv.rank
+        )));
+    }
+    let mut comm = SocketComm::connect(&rv, options).map_err(failed)?;
+    let mut times = vec![0.0f32; comm.world()];
+    for &bytes in sizes {
+        let mut buf = vec![1e-7f32; bytes / 4];
+        let iters = iters.unwrap_or_else(|| default_iters(bytes));
+        let warmup = (iters / 10).clamp(1, 20);
+        for _ in 0..warmup {
+            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+        }
+        comm.barrier().map_err(failed)?;
+        let t = Instant::now();
+        let cpu = cpu_seconds();
+        for _ in 0..iters {
+            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
+        let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
+        // The slowest rank's time: gather everyone's, one element each.
+        let (slowest, busiest) = (
+            max_over_ranks(&mut comm, &mut times, ms)?,
+            max_over_ranks(&mut comm, &mut times, cpu_ms)?,
+        );
+        if comm.rank() == 0 {
+            println!(
+                "{RESULT_TAG} {} {iters} {slowest:.6} {busiest:.6}",
+                (bytes / 4) * 4
+            );
+        }
+    }
+    comm.barrier().map_err(failed)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+}

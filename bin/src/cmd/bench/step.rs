@@ -1,0 +1,339 @@
+//! `frugal bench step`: the CPU training step, timed.
+//!
+//! One step is what `frugal train` does per step on the CPU with one micro-batch:
+//! zero the gradients, `CpuModel::forward_backward` over (B, T) tokens, the global
+//! gradient norm, clipping to 1.0, and the AdamW update of the f32 master weights.
+//! The batches are random tokens drawn before the clock starts (data loading is not
+//! part of the figure). After `--warmup` untimed steps (page faults, cold caches),
+//! each of `--steps` steps is timed on the host clock; the report gives mean, standard
+//! deviation (n−1), min and max step time, tokens/s = B·T / mean step time, and the
+//! achieved GFLOP/s = tokens/s × `Config::train_flops_per_token(T)` / 10^9 (the
+//! matmul and attention FLOPs, ×3 for training; norms and element-wise ops are not
+//! counted, as in MFU).
+//!
+//! The GPU step is not built yet: `--device cuda|emu` says so.
+
+use std::time::Instant;
+
+use crate::args::{Args, UsageError};
+use crate::train::options::default_threads;
+use crate::CliError;
+use frugal_model::config::{Config, ParamLayout, Preset};
+use frugal_model::cpu::CpuModel;
+use frugal_model::init::init_params;
+use frugal_model::optim::{clip_scale, grad_norm, AdamW};
+use frugal_model::rng::Rng;
+
+const USAGE: &str = "\
+usage: frugal bench step [--model PRESET] [--batch B] [--seq T] [--threads N]
+                         [--steps N] [--warmup N] [--json]
+
+Times the CPU training step (forward, backward, grad norm and clip, AdamW) on random tokens.
+  --model NAME  preset (default tiny)
+  --batch B     sequences per step (default: the preset's)
+  --seq T       tokens per sequence (default: the preset's)
+  --threads N   CPU worker threads (default: the cores available)
+  --steps N     timed steps (default 10)
+  --warmup N    untimed steps first (default 2)
+  --json        one JSON object with the figures instead of the text report
+The GPU step is not built yet (--device cuda|emu says so).";
+
+/// Learning rate of the timed updates: small, so that the random-token steps stay
+/// finite for any number of steps (the figure does not depend on it).
+const BENCH_LR: f32 = 1e-4;
+/// AdamW constants as the trainer's.
+const BETA1: f32 = 0.9;
+const BETA2: f32 = 0.95;
+const ADAM_EPS: f32 = 1e-8;
+const WEIGHT_DECAY: f32 = 0.1;
+/// Gradient clipping norm, the trainer's default.
+const CLIP: f64 = 1.0;
+
+/// What one benchmark run is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepBench {
+    /// Preset name.
+    pub model: String,
+    /// The model (T = `seq`).
+    pub config: Config,
+    /// B.
+    pub batch: usize,
+    /// T.
+    pub seq: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+}
+
+/// The measured figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// Each timed step, milliseconds.
+    pub step_ms: Vec<f64>,
+    /// Mean step time.
+    pub mean_ms: f64,
+    /// Sample standard deviation (0 for one step).
+    pub stddev_ms: f64,
+    /// Fastest step.
+    pub min_ms: f64,
+    /// Slowest step.
+    pub max_ms: f64,
+    /// B·T / mean step time.
+    pub tokens_per_s: f64,
+    /// Training FLOPs per token at T.
+    pub flops_per_token: f64,
+    /// tokens/s × FLOPs per token / 1e9.
+    pub gflops: f64,
+    /// Loss of the first and the last step (a finite loss shows the step computed).
+    pub first_loss: f32,
+    /// Loss of the last step.
+    pub last_loss: f32,
+}
+
+/// Mean, sample standard deviation, min and max of `xs` (non-empty).
+pub fn summary(xs: &[f64]) -> (f64, f64, f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    let min = xs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (mean, var.sqrt(), min, max)
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// A model error (shapes) or a non-finite loss or gradient norm, as `Failed`.
+pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
+    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
+    let cfg = &b.config;
+    let layout = ParamLayout::new(cfg);
+    let mut model =
+        CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(|e| failed(e.to_string()))?;
+    let mut params = init_params(cfg, 1);
+    let mut grads = vec![0.0f32; params.len()];
+    let decay_mask = layout.decay_mask();
+    let mut opt = AdamW::new(params.len(), BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY);
+    let n = b.batch * b.seq;
+    let mut rng = Rng::new(0x5354_4550);
+    let mut inputs = vec![0u32; n];
+    let mut targets = vec![0u32; n];
+    let mut step_ms = Vec::with_capacity(b.steps);
+    let mut losses = Vec::with_capacity(b.steps);
+    for i in 0..b.warmup + b.steps {
+        for x in inputs.iter_mut().chain(targets.iter_mut()) {
+            *x = rng.below(cfg.vocab_size as u64) as u32;
+        }
+        let started = Instant::now();
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        let loss = model
+            .forward_backward(&params, &inputs, &targets, &mut grads, 1.0, &mut |_| {})
+            .map_err(|e| failed(e.to_string()))?;
+        let norm = grad_norm(&grads);
+        if !loss.is_finite() || !norm.is_finite() {
+            return Err(failed(format!(
+                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
+                i + 1
+            )));
+        }
+        let scale = clip_scale(norm, CLIP);
+        if scale != 1.0 {
+            grads.iter_mut().for_each(|g| *g *= scale);
+        }
+        opt.update(&mut params, &grads, BENCH_LR, &decay_mask);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if i >= b.warmup {
+            step_ms.push(ms);
+            losses.push(loss);
+        }
+    }
+    let (mean_ms, stddev_ms, min_ms, max_ms) = summary(&step_ms);
+    let tokens_per_s = n as f64 / (mean_ms * 1e-3);
+    let flops_per_token = cfg.train_flops_per_token(b.seq);
+    Ok(StepStats {
+        mean_ms,
+        stddev_ms,
+        min_ms,
+        max_ms,
+        tokens_per_s,
+        flops_per_token,
+        gflops: tokens_per_s * flops_per_token / 1e9,
+        first_loss: losses.first().copied().unwrap_or(f32::NAN),
+        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+        step_ms,
+    })
+}
+
+/// The figures as one JSON object.
+pub fn json_line(b: &StepBench, s: &StepStats) -> String {
+    let steps: Vec<String> = s.step_ms.iter().map(|x| format!("{x:.3}")).collect();
+    format!(
+        "{{\"model\": \"{}\", \"device\": \"cpu\", \"timing\": \"host clock\", \"batch\": {}, \
+         \"seq\": {}, \"threads\": {}, \"params\": {}, \"warmup\": {}, \"steps\": {}, \
+         \"step_ms_mean\": {:.4}, \"step_ms_stddev\": {:.4}, \"step_ms_min\": {:.4}, \
+         \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
+         \"gflops\": {:.4}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
+        b.model,
+        b.batch,
+        b.seq,
+        b.threads,
+        b.config.param_count(),
+        b.warmup,
+        b.steps,
+        s.mean_ms,
+        s.stddev_ms,
+        s.min_ms,
+        s.max_ms,
+        s.tokens_per_s,
+        s.flops_per_token,
+        s.gflops,
+        s.first_loss,
+        s.last_loss,
+        steps.join(", ")
+    )
+}
+
+/// Runs `frugal bench step` with its flags.
+pub fn run(mut args: Args) -> Result<(), CliError> {
+    if args.wants_help() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let device = args.string("device")?;
+    let model = args.string("model")?.unwrap_or_else(|| "tiny".into());
+    let batch: Option<usize> = args.value("batch")?;
+    let seq: Option<usize> = args.value("seq")?;
+    let threads: usize = args.value_or("threads", default_threads())?;
+    let steps: usize = args.value_or("steps", 10)?;
+    let warmup: usize = args.value_or("warmup", 2)?;
+    let json = args.switch("json")?;
+    args.finish()?;
+    let usage = |m: String| CliError::Usage(UsageError(format!("bench step: {m}\n{USAGE}")));
+    match device.as_deref() {
+        None | Some("cpu") => {}
+        Some(d) => {
+            return Err(CliError::Failed(format!(
+                "bench step: the GPU training step ('--device {d}') is not built yet; \
+                 this benchmark times the CPU step (leave out --device), and \
+                 'frugal bench kernels' times the GPU kernels"
+            )))
+        }
+    }
+    for (name, v) in [
+        ("batch", batch.unwrap_or(1)),
+        ("seq", seq.unwrap_or(1)),
+        ("threads", threads),
+        ("steps", steps),
+    ] {
+        if v == 0 {
+            return Err(usage(format!("--{name} must be at least 1")));
+        }
+    }
+    let preset = Preset::by_name(&model).map_err(|e| usage(e.to_string()))?;
+    let mut config = preset.config();
+    let seq = seq.unwrap_or(preset.seq_len);
+    config.seq_len = seq;
+    let bench = StepBench {
+        model: preset.name.to_string(),
+        batch: batch.unwrap_or(preset.default_batch),
+        seq,
+        threads,
+        steps,
+        warmup,
+        config,
+    };
+    if !json {
+        println!(
+            "bench step: CPU training step (the GPU step is not built yet); model {} \
+             ({} parameters), B={} T={}, {} threads; {} timed steps after {} warm-up; \
+             timing: host clock",
+            bench.model,
+            bench.config.param_count(),
+            bench.batch,
+            bench.seq,
+            bench.threads,
+            bench.steps,
+            bench.warmup
+        );
+    }
+    let s = measure(&bench)?;
+    if json {
+        println!("{}", json_line(&bench, &s));
+    } else {
+        println!(
+            "{:>12} {:>12} {:>12} {:>12} {:>14} {:>10}",
+            "step_ms", "stddev_ms", "min_ms", "max_ms", "tokens/s", "GFLOP/s"
+        );
+        println!(
+            "{:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>14.1} {:>10.3}",
+            s.mean_ms, s.stddev_ms, s.min_ms, s.max_ms, s.tokens_per_s, s.gflops
+        );
+        println!(
+            "training FLOPs per token at T={}: {:.0}; loss {:.4} (first timed step) -> {:.4} (last)",
+            bench.seq, s.flops_per_token, s.first_loss, s.last_loss
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_known_values() {
+        // 1, 2, 3, 4: mean 2.5, sample variance 5/3.
+        let (mean, sd, min, max) = summary(&[3.0, 1.0, 4.0, 2.0]);
+        assert_eq!((mean, min, max), (2.5, 1.0, 4.0));
+        // Tolerance: one rounding of a square root of a value exact to an ulp.
+        assert!((sd - (5.0f64 / 3.0).sqrt()).abs() < 1e-12, "{sd}");
+        assert_eq!(summary(&[7.0]), (7.0, 0.0, 7.0, 7.0));
+    }
+
+    #[test]
+    fn a_tiny_step_gives_positive_finite_figures() {
+        let cfg = Config {
+            vocab_size: 64,
+            dim: 32,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 2,
+            ffn_dim: 48,
+            seq_len: 8,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        };
+        let b = StepBench {
+            model: "custom".into(),
+            config: cfg.clone(),
+            batch: 2,
+            seq: 8,
+            threads: 1,
+            steps: 3,
+            warmup: 1,
+        };
+        let s = measure(&b).unwrap();
+        assert_eq!(s.step_ms.len(), 3);
+        for x in [s.mean_ms, s.min_ms, s.max_ms, s.tokens_per_s, s.gflops] {
+            assert!(x.is_finite() && x > 0.0, "{s:?}");
+        }
+        assert!(s.min_ms <= s.mean_ms && s.mean_ms <= s.max_ms, "{s:?}");
+        assert!(s.stddev_ms.is_finite() && s.stddev_ms >= 0.0);
+        assert_eq!(s.flops_per_token, cfg.train_flops_per_token(8));
+        // Random tokens over V=64 start near ln(64) ≈ 4.16 (init std 0.02 keeps logits
+        // small); a broken forward would be far off or non-finite.
+        assert!((s.first_loss - 64f32.ln()).abs() < 0.5, "{s:?}");
+        let line = json_line(&b, &s);
+        assert!(
+            line.contains("\"step_ms\": [") && line.ends_with("]}"),
+            "{line}"
+        );
+    }
+}

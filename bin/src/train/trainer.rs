@@ -1,0 +1,662 @@
+//! The training loop on the CPU backend: micro-batches → forward/backward with
+//! gradients accumulated → global grad norm → clip → AdamW → metrics, with
+//! periodic validation and checkpoints.
+//!
+//! Determinism: the weights come from the seed, the data order from the seed
+//! and the loader's position, every reduction has a fixed order, and a
+//! checkpoint holds everything that changes during training (params, AdamW
+//! moments and step, loader position, money spent), so N steps equal N/2
+//! steps + resume + N/2 steps bit for bit.
+
+use std::time::Instant;
+
+use frugal_model::config::ParamLayout;
+use frugal_model::cpu::CpuModel;
+use frugal_model::data::{Dataset, Loader, Split};
+use frugal_model::init::init_params;
+use frugal_model::optim::{clip_scale, grad_norm, AdamW};
+use frugal_model::schedule::CosineSchedule;
+
+use super::cost::{tokens_per_money, CostMeter, Price};
+use super::metrics::{duration, human, JsonObject, MetricsFile};
+use super::options::TrainOptions;
+use super::progress::{Progress, ProgressMode};
+use super::snapshot;
+use super::sync::GradSync;
+use frugal_model::checkpoint::{Checkpoint, OptimizerState};
+use frugal_model::rng::Rng;
+
+/// AdamW's constants (LLaMA's β2 = 0.95 suits short runs better than 0.999).
+pub const BETA1: f32 = 0.9;
+pub const BETA2: f32 = 0.95;
+pub const ADAM_EPS: f32 = 1e-8;
+
+/// What trains: the CPU, one process per rank, in this version.
+pub struct Devices {
+    /// Ranks in the job (1 without a data-parallel launch).
+    pub world: usize,
+    /// This process's rank.
+    pub rank: usize,
+    /// Name for the log, e.g. "1 cpu, 2 threads".
+    pub label: String,
+    /// Dense peak FLOP/s of one device, when known (never guessed).
+    pub peak_flops: Option<f64>,
+}
+
+/// The numbers one step produced.
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    /// 1-based number of this step.
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    pub tokens_per_s_per_device: f64,
+    pub mfu: Option<f64>,
+    pub spent: Option<f64>,
+    pub tokens_per_money: Option<f64>,
+    /// Tokens trained on by the whole job so far.
+    pub tokens: u64,
+    /// Multi-rank jobs: how long the step waited for gradient all-reduces
+    /// that backward did not hide.
+    pub comm_wait_ms: Option<f64>,
+}
+
+impl StepReport {
+    /// The metrics-file object for this step.
+    pub fn json(&self) -> JsonObject {
+        JsonObject::new()
+            .uint("step", self.step as u64)
+            .num32("loss", self.loss)
+            .num("lr", self.lr)
+            .num("grad_norm", self.grad_norm)
+            .num("step_ms", self.step_ms)
+            .uint("tokens", self.tokens)
+            .num("tokens_per_s", self.tokens_per_s)
+            .num("tokens_per_s_per_device", self.tokens_per_s_per_device)
+            .opt_num("mfu", self.mfu)
+            .opt_num("usd_spent", self.spent)
+            .opt_num("tokens_per_usd", self.tokens_per_money)
+            .opt_num("comm_wait_ms", self.comm_wait_ms)
+    }
+
+    /// The log line for this step.
+    pub fn line(&self, steps: usize, devices: &Devices, price: &Price) -> String {
+        let mfu = match self.mfu {
+            Some(m) => format!("{:.1}%", m * 100.0),
+            None => "unknown".into(),
+        };
+        let spent = self
+            .spent
+            .map_or_else(|| "unknown".into(), |s| price.format(s));
+        let per_money = match self.tokens_per_money {
+            Some(t) => format!("{} tok/{}", human(t), price.unit_label()),
+            None => format!("unknown tok/{}", price.unit_label()),
+        };
+        let comm = self
+            .comm_wait_ms
+            .map_or_else(String::new, |w| format!(" | comm wait {w:.0} ms"));
+        format!(
+            "step {:>w$}/{steps} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} ms{comm} | tok/s {} global, {} per device ({}) | MFU {mfu} | spent {spent} | {per_money}",
+            self.step,
+            self.loss,
+            self.lr,
+            self.grad_norm,
+            self.step_ms,
+            human(self.tokens_per_s),
+            human(self.tokens_per_s_per_device),
+            devices.label,
+            w = steps.to_string().len(),
+        )
+    }
+}
+
+/// What the loop ends with, for the summary.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub steps_done: usize,
+    pub steps_this_run: usize,
+    pub tokens: u64,
+    pub tokens_this_run: u64,
+    pub wall_s: f64,
+    /// Wall seconds of the whole job, earlier runs included.
+    pub job_wall_s: f64,
+    pub spent: Option<f64>,
+    /// Tokens/s over this run's steps after the first (warm-up) one.
+    pub tokens_per_s: Option<f64>,
+    pub first_loss: Option<f32>,
+    pub last_loss: Option<f32>,
+    pub best_val_loss: Option<f64>,
+    pub loss_floor: Option<f64>,
+}
+
+/// Everything the loop needs, built by `train::run`.
+pub struct Trainer<'a> {
+    pub opts: &'a TrainOptions,
+    pub devices: Devices,
+    pub price: Price,
+    pub dataset: Dataset,
+    pub model: CpuModel,
+    /// How gradients are averaged across ranks (one call per step).
+    pub sync: GradSync,
+}
+
+/// The part of the state that a checkpoint restores.
+struct State {
+    params: Vec<f32>,
+    opt: AdamW,
+    loader: Loader,
+    steps_done: usize,
+    spent_before: f64,
+    /// Wall seconds of earlier runs of this job.
+    wall_before: f64,
+    /// Tokens trained on by earlier runs of this job.
+    tokens_before: u64,
+    best_val_loss: Option<f64>,
+}
+
+/// Failure while training: a message for the user (exit 1).
+pub type TrainError = String;
+
+impl Trainer<'_> {
+    /// Runs the loop from a fresh start or from `resume_from`, then prints the summary.
+    ///
+    /// # Errors
+    /// Data, model, checkpoint or metrics-file failures, and a non-finite loss.
+    pub fn run(
+        mut self,
+        resume_from: Option<Checkpoint>,
+        metrics: &mut Option<MetricsFile>,
+    ) -> Result<RunSummary, TrainError> {
+        let opts = self.opts;
+        let cfg = &opts.config;
+        let layout = ParamLayout::new(cfg);
+        let decay_mask = layout.decay_mask();
+        let n = layout.total();
+        let (b, t, k) = (opts.batch, cfg.seq_len, opts.grad_accum);
+        let world = self.devices.world;
+        let rank = self.devices.rank;
+
+        let mut loader = self
+            .dataset
+            .loader(Split::Train, b, t, rank, world, opts.seed)
+            .map_err(|e| format!("training data: {e}"))?;
+        let mut state = match resume_from {
+            None => State {
+                params: init_params(cfg, opts.seed),
+                opt: AdamW::new(n, BETA1, BETA2, ADAM_EPS, opts.weight_decay as f32),
+                loader,
+                steps_done: 0,
+                spent_before: 0.0,
+                wall_before: 0.0,
+                tokens_before: 0,
+                best_val_loss: None,
+            },
+            Some(ck) => {
+                loader
+                    .restore(&ck.loader)
+                    .map_err(|e| format!("cannot resume the data order: {e}"))?;
+                let o = ck.optimizer;
+                // The moments and step come from the checkpoint; β, ε and weight
+                // decay from the flags, as the rest of the schedule does.
+                let opt = AdamW::from_state(
+                    BETA1,
+                    BETA2,
+                    ADAM_EPS,
+                    opts.weight_decay as f32,
+                    o.m,
+                    o.v,
+                    o.step,
+                )
+                .ok_or("checkpoint: the optimizer's two moment arrays differ in length")?;
+                if ck.params.len() != n || opt.len() != n {
+                    return Err(format!(
+                        "checkpoint holds {} parameters, this model has {n}",
+                        ck.params.len()
+                    ));
+                }
+                State {
+                    params: ck.params,
+                    opt,
+                    loader,
+                    steps_done: ck.step as usize,
+                    spent_before: ck.usd_spent,
+                    wall_before: ck.wall_seconds,
+                    tokens_before: ck.tokens_seen,
+                    best_val_loss: ck.best_val_loss,
+                }
+            }
+        };
+        // Every rank starts from rank 0's weights (identical already when all
+        // came from one seed or one checkpoint; this makes it a fact).
+        self.sync.agree_on_step(state.steps_done as u64)?;
+        self.sync.broadcast_params(&mut state.params)?;
+        // Rank 0 speaks for the job: log lines, metrics and checkpoints.
+        let leader = rank == 0;
+        let first_step = state.steps_done;
+        if first_step >= opts.steps {
+            return Err(format!(
+                "the checkpoint is at step {first_step}, and --steps is {}: nothing left to train; raise --steps",
+                opts.steps
+            ));
+        }
+        let last_step = match opts.stop_after {
+            Some(s) => (first_step + s).min(opts.steps),
+            None => opts.steps,
+        };
+
+        let schedule = CosineSchedule {
+            max_lr: opts.lr,
+            min_lr: opts.min_lr,
+            warmup_steps: opts.warmup as u64,
+            total_steps: opts.steps as u64,
+        };
+        let tokens_per_step = (b * t * k * world) as u64;
+        let train_flops_per_token = cfg.train_flops_per_token(t);
+        let mut grads = vec![0.0f32; n];
+        let mut inputs = vec![0u32; b * t];
+        let mut targets = vec![0u32; b * t];
+        let mut val_loader = self
+            .dataset
+            .loader(Split::Val, b, t, rank, world, opts.seed)
+            .map_err(|e| format!("validation data: {e}"))?;
+        let val_start = val_loader.state();
+
+        let meter = CostMeter::start(&self.price, state.spent_before);
+        let mode = if leader {
+            ProgressMode::detect()
+        } else {
+            ProgressMode::Off
+        };
+        let mut progress = Progress::new(mode, first_step, last_step);
+        let mut first_loss = None;
+        let mut last_loss = None;
+        let mut measured_tokens = 0u64;
+        let mut measured_s = 0.0f64;
+
+        for step in first_step..last_step {
+            let started = Instant::now();
+            grads.iter_mut().for_each(|g| *g = 0.0);
+            let mut loss_sum = 0.0f32;
+            for micro in 0..k {
+                state
+                    .loader
+                    .next_batch(&mut inputs, &mut targets)
+                    .map_err(|e| format!("training data: {e}"))?;
+                // Gradients are final only after the last micro-batch; its
+                // backward hands each finished range to the all-reduce.
+                let last_micro = micro + 1 == k;
+                let sync = &mut self.sync;
+                // Each micro-batch's gradient is scaled by 1/K so the step sees
+                // the mean over all K·B sequences.
+                let loss = self
+                    .model
+                    .forward_backward_with(
+                        &state.params,
+                        &inputs,
+                        &targets,
+                        &mut grads,
+                        1.0 / k as f32,
+                        &mut |range, values| {
+                            if last_micro {
+                                sync.ready(range, values);
+                            }
+                        },
+                    )
+                    .map_err(|e| format!("step {}: {e}", step + 1))?;
+                loss_sum += loss;
+            }
+            // The one place the ranks meet: gradients and loss averaged over them.
+            let (loss, comm) = self.sync.step(&mut grads, loss_sum / k as f32)?;
+            if !loss.is_finite() {
+                return Err(format!(
+                    "step {}: the loss is {loss}; training diverged. Lower --lr (now {}) or --clip",
+                    step + 1,
+                    opts.lr
+                ));
+            }
+            let norm = grad_norm(&grads);
+            if !norm.is_finite() {
+                return Err(format!(
+                    "step {}: the gradient norm is {norm}; training diverged. Lower --lr (now {}) or --clip",
+                    step + 1,
+                    opts.lr
+                ));
+            }
+            let scale = clip_scale(norm, opts.clip);
+            if scale != 1.0 {
+                grads.iter_mut().for_each(|g| *g *= scale);
+            }
+            let lr = schedule.lr(step as u64);
+            state
+                .opt
+                .update(&mut state.params, &grads, lr as f32, &decay_mask);
+            state.steps_done = step + 1;
+            let step_s = started.elapsed().as_secs_f64();
+
+            // The first step of a run pays for page faults and cold caches: it
+            // is left out of the run's tokens/s (a one-step run reports none).
+            if step > first_step {
+                measured_tokens += tokens_per_step;
+                measured_s += step_s;
+            }
+            let tokens_per_s = tokens_per_step as f64 / step_s.max(1e-9);
+            let spent = meter.spent();
+            let tokens =
+                state.tokens_before + (state.steps_done - first_step) as u64 * tokens_per_step;
+            let report = StepReport {
+                step: step + 1,
+                loss,
+                lr,
+                grad_norm: norm,
+                step_ms: step_s * 1e3,
+                tokens_per_s,
+                tokens_per_s_per_device: tokens_per_s / world as f64,
+                mfu: self
+                    .devices
+                    .peak_flops
+                    .map(|p| tokens_per_s / world as f64 * train_flops_per_token / p),
+                spent,
+                tokens_per_money: tokens_per_money(tokens, spent),
+                tokens,
+                comm_wait_ms: comm.map(|c| c.wait_ms),
+            };
+            first_loss.get_or_insert(loss);
+            last_loss = Some(loss);
+            progress.clear();
+            if leader {
+                say!("{}", report.line(opts.steps, &self.devices, &self.price));
+            }
+            if let Some(m) = metrics.as_mut() {
+                m.write(&report.json())?;
+            }
+
+            let done = step + 1;
+            let is_last = done == last_step;
+            if (opts.val_every > 0 && done % opts.val_every == 0) || is_last {
+                progress.draw(done, "validating");
+                let val = validate(
+                    &mut self.model,
+                    &state.params,
+                    &mut val_loader,
+                    &val_start,
+                    opts.val_batches,
+                    b * t,
+                )?;
+                let val = self.sync.mean(val)?;
+                progress.clear();
+                let best = state.best_val_loss.map_or(val, |b| b.min(val));
+                state.best_val_loss = Some(best);
+                let floor = self.dataset.loss_floor_nats();
+                let floor_note = floor.map_or(String::new(), |f| format!(" (corpus floor {f:.4})"));
+                if leader {
+                    say!("step {done}: val loss {val:.4}{floor_note}");
+                }
+                if let Some(m) = metrics.as_mut() {
+                    let obj = JsonObject::new()
+                        .uint("step", done as u64)
+                        .num("val_loss", val)
+                        .uint("val_tokens", (opts.val_batches * b * t * world) as u64);
+                    m.write(&obj)?;
+                }
+            }
+            if leader && ((opts.ckpt_every > 0 && done % opts.ckpt_every == 0) || is_last) {
+                progress.draw(done, "checkpointing");
+                let ck = Checkpoint {
+                    config: cfg.clone(),
+                    world_size: world,
+                    step: done as u64,
+                    seed: opts.seed,
+                    params: state.params.clone(),
+                    optimizer: OptimizerState {
+                        beta1: BETA1,
+                        beta2: BETA2,
+                        eps: ADAM_EPS,
+                        weight_decay: opts.weight_decay as f32,
+                        step: state.opt.step(),
+                        m: state.opt.m().to_vec(),
+                        v: state.opt.v().to_vec(),
+                    },
+                    schedule: schedule.clone(),
+                    loader: state.loader.state(),
+                    // Nothing draws from an RNG during training; the state is
+                    // stored so a future use (dropout, sampling) resumes exactly.
+                    rng: Rng::new(opts.seed).state(),
+                    usd_spent: meter.spent_for_checkpoint(),
+                    tokens_seen: state.tokens_before + (done - first_step) as u64 * tokens_per_step,
+                    wall_seconds: state.wall_before + meter.elapsed_s(),
+                    best_val_loss: state.best_val_loss,
+                };
+                let path = snapshot::save(opts, &ck)?;
+                progress.clear();
+                say!("step {done}: checkpoint {}", path.display());
+            }
+            progress.draw(done, &format!("loss {loss:.4}"));
+        }
+        progress.clear();
+
+        let steps_this_run = last_step - first_step;
+        let tokens_per_s = if measured_s > 0.0 {
+            Some(measured_tokens as f64 / measured_s)
+        } else {
+            None
+        };
+        Ok(RunSummary {
+            steps_done: last_step,
+            steps_this_run,
+            tokens: state.tokens_before + steps_this_run as u64 * tokens_per_step,
+            tokens_this_run: steps_this_run as u64 * tokens_per_step,
+            wall_s: meter.elapsed_s(),
+            job_wall_s: state.wall_before + meter.elapsed_s(),
+            spent: meter.spent(),
+            tokens_per_s,
+            first_loss,
+            last_loss,
+            best_val_loss: state.best_val_loss,
+            loss_floor: self.dataset.loss_floor_nats(),
+        })
+    }
+}
+
+/// Mean loss over `batches` validation batches, always the same windows
+/// (the loader is rewound to `start`), so validation losses are comparable.
+fn validate(
+    model: &mut CpuModel,
+    params: &[f32],
+    loader: &mut Loader,
+    start: &frugal_model::data::LoaderState,
+    batches: usize,
+    batch_tokens: usize,
+) -> Result<f64, TrainError> {
+    loader
+        .restore(start)
+        .map_err(|e| format!("validation data: {e}"))?;
+    let mut sum = 0.0f64;
+    let n = batch_tokens;
+    let mut inputs = vec![0u32; n];
+    let mut targets = vec![0u32; n];
+    for _ in 0..batches {
+        loader
+            .next_batch(&mut inputs, &mut targets)
+            .map_err(|e| format!("validation data: {e}"))?;
+        sum += model
+            .loss(params, &inputs, &targets)
+            .map_err(|e| format!("validation: {e}"))? as f64;
+    }
+    Ok(sum / batches as f64)
+}
+
+/// Prints the final summary and returns the metrics-file object for it.
+pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
+    let spent = s
+        .spent
+        .map_or_else(|| "unknown".into(), |v| price.format(v));
+    let per_money = tokens_per_money(s.tokens, s.spent);
+    let mut text = String::from("summary:\n");
+    text += &format!(
+        "  steps          {} ({} in this run)\n  tokens         {} ({} in this run)\n",
+        s.steps_done, s.steps_this_run, s.tokens, s.tokens_this_run
+    );
+    text += &format!(
+        "  wall time      {} (this run), {} (whole job)\n",
+        duration(s.wall_s),
+        duration(s.job_wall_s)
+    );
+    text += &format!(
+        "  tokens/s       {}\n",
+        s.tokens_per_s.map_or("n/a (one step)".into(), |v| format!(
+            "{} (steps after the first)",
+            human(v)
+        ))
+    );
+    text += &format!("  spent          {spent} (whole job, carried across resume)\n");
+    text += &format!(
+        "  {:<15}{}\n",
+        format!("tokens/{}", price.unit_label()),
+        per_money.map_or("unknown".into(), human)
+    );
+    if let (Some(a), Some(b)) = (s.first_loss, s.last_loss) {
+        text += &format!("  train loss     {a:.4} -> {b:.4}\n");
+    }
+    text += &format!(
+        "  best val loss  {}\n",
+        s.best_val_loss.map_or("n/a".into(), |v| format!("{v:.4}"))
+    );
+    text += &format!(
+        "  loss floor     {}\n",
+        s.loss_floor
+            .map_or("unknown for this data".into(), |v| format!(
+                "{v:.4} nats/token (entropy rate of the embedded corpus)"
+            ))
+    );
+    let obj = JsonObject::new()
+        .boolean("summary", true)
+        .uint("steps", s.steps_done as u64)
+        .uint("steps_this_run", s.steps_this_run as u64)
+        .uint("tokens", s.tokens)
+        .uint("tokens_this_run", s.tokens_this_run)
+        .num("wall_s", s.wall_s)
+        .num("job_wall_s", s.job_wall_s)
+        .opt_num("tokens_per_s", s.tokens_per_s)
+        .opt_num("usd_spent", s.spent)
+        .opt_num("tokens_per_usd", per_money)
+        .string("price_units", &price.units.to_string())
+        .opt_num32("first_loss", s.first_loss)
+        .opt_num32("final_loss", s.last_loss)
+        .opt_num("best_val_loss", s.best_val_loss)
+        .opt_num("loss_floor", s.loss_floor);
+    (text, obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::cost::PriceSource;
+    use crate::train::options::PriceUnits;
+
+    fn report(mfu: Option<f64>, spent: Option<f64>) -> StepReport {
+        StepReport {
+            step: 3,
+            loss: 2.5,
+            lr: 1e-3,
+            grad_norm: 0.5,
+            step_ms: 10.0,
+            tokens_per_s: 2000.0,
+            tokens_per_s_per_device: 1000.0,
+            mfu,
+            spent,
+            tokens_per_money: tokens_per_money(300, spent),
+            tokens: 300,
+            comm_wait_ms: None,
+        }
+    }
+
+    #[test]
+    fn step_json_has_every_field_and_null_for_unknowns() {
+        let line = report(None, None).json().finish();
+        for key in [
+            "step",
+            "loss",
+            "lr",
+            "grad_norm",
+            "step_ms",
+            "tokens_per_s",
+            "tokens_per_s_per_device",
+            "mfu",
+            "usd_spent",
+            "tokens_per_usd",
+        ] {
+            assert!(
+                line.contains(&format!("\"{key}\":")),
+                "{key} missing in {line}"
+            );
+        }
+        assert!(
+            line.contains("\"mfu\":null") && line.contains("\"usd_spent\":null"),
+            "{line}"
+        );
+        let known = report(Some(0.25), Some(3.0)).json().finish();
+        assert!(
+            known.contains("\"mfu\":0.25") && known.contains("\"tokens_per_usd\":100.0"),
+            "{known}"
+        );
+    }
+
+    #[test]
+    fn log_line_labels_throughput_and_says_unknown() {
+        let devices = Devices {
+            world: 2,
+            rank: 0,
+            label: "2 cpu ranks".into(),
+            peak_flops: None,
+        };
+        let price = Price {
+            per_hour: None,
+            units: PriceUnits::Usd,
+            source: PriceSource::Unknown,
+        };
+        let line = report(None, None).line(10, &devices, &price);
+        for needle in [
+            "step  3/10",
+            "global",
+            "per device (2 cpu ranks)",
+            "MFU unknown",
+            "spent unknown",
+        ] {
+            assert!(line.contains(needle), "'{needle}' missing in {line}");
+        }
+    }
+
+    #[test]
+    fn summary_reports_money_and_floor() {
+        let s = RunSummary {
+            steps_done: 10,
+            steps_this_run: 5,
+            tokens: 1000,
+            tokens_this_run: 500,
+            wall_s: 2.0,
+            job_wall_s: 4.0,
+            spent: Some(0.5),
+            tokens_per_s: Some(250.0),
+            first_loss: Some(6.0),
+            last_loss: Some(3.0),
+            best_val_loss: Some(3.1),
+            loss_floor: Some(1.5),
+        };
+        let price = Price {
+            per_hour: Some(1.0),
+            units: PriceUnits::Usd,
+            source: PriceSource::GpuHourFlag,
+        };
+        let (text, obj) = summary(&s, &price);
+        assert!(text.contains("tokens/$") && text.contains("2000"), "{text}");
+        let line = obj.finish();
+        assert!(line.starts_with("{\"summary\":true,"), "{line}");
+        assert!(
+            line.contains("\"tokens_per_usd\":2000.0") && line.contains("\"loss_floor\":1.5"),
+            "{line}"
+        );
+    }
+}

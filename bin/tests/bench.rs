@@ -1,0 +1,250 @@
+//! End-to-end tests of `frugal bench kernels` and `frugal bench step`: they run the
+//! built binary at tiny sizes (the emulator for the kernels, a short CPU step) and check
+//! the output's columns and that every figure is a positive, finite number. They never
+//! assert on how fast anything is.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_frugal");
+
+/// Kernels at the tiny preset's widths with 16 tokens: every case runs in well under a
+/// second under the emulator except AdamW over the tiny model's 3.5M parameters.
+const KERNELS_TINY: &[&str] = &[
+    "bench", "kernels", "--device", "emu", "--model", "tiny", "--batch", "1", "--seq", "16",
+    "--iters", "1",
+];
+
+/// One micro-step of the tiny preset on one thread.
+const STEP_TINY: &[&str] = &[
+    "bench",
+    "step",
+    "--model",
+    "tiny",
+    "--batch",
+    "1",
+    "--seq",
+    "16",
+    "--threads",
+    "1",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+];
+
+/// Every case the kernels bench must report (a renamed or lost case fails here).
+const OPS: &[&str] = &[
+    "embedding_fwd",
+    "rmsnorm_fwd",
+    "rmsnorm_fwd_residual",
+    "rope_fwd(q)",
+    "attn_softmax_fwd",
+    "swiglu_fwd",
+    "cross_entropy",
+    "cross_entropy_mean",
+    "swiglu_bwd",
+    "attn_softmax_bwd",
+    "rope_bwd(dq)",
+    "rmsnorm_bwd",
+    "rmsnorm_dg_reduce",
+    "embedding_bwd",
+    "grad_norm_partial",
+    "grad_norm_finish",
+    "adamw",
+];
+
+fn frugal(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) -> (String, String) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{out}\nstderr:\n{err}",
+        o.status
+    );
+    (out, err)
+}
+
+/// The value of `"key": ` in a flat JSON object, up to the next `,` or `}` (strings
+/// keep their quotes).
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\": ");
+    let at = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + pat.len();
+    let rest = &line[at..];
+    if let Some(body) = rest.strip_prefix('"') {
+        let end = body.find('"').unwrap() + 2;
+        &rest[..end]
+    } else {
+        let end = rest.find([',', '}']).unwrap();
+        rest[..end].trim()
+    }
+}
+
+fn positive(line: &str, key: &str) -> f64 {
+    let v: f64 = field(line, key)
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in {line}: {e}"));
+    assert!(v.is_finite() && v > 0.0, "{key} = {v} in {line}");
+    v
+}
+
+#[test]
+fn kernels_json_has_one_labelled_object_per_kernel() {
+    let mut args = KERNELS_TINY.to_vec();
+    args.push("--json");
+    let (out, err) = ok(&frugal(&args));
+    assert!(
+        err.contains("EMULATED"),
+        "the emulated label goes to stderr: {err}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), OPS.len(), "{out}");
+    for (line, op) in lines.iter().zip(OPS) {
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        assert_eq!(field(line, "op"), format!("\"{op}\""));
+        assert_eq!(field(line, "emulated"), "true", "{line}");
+        assert!(field(line, "timing").contains("emulated"), "{line}");
+        assert_eq!(field(line, "model"), "\"tiny\"");
+        assert_eq!(field(line, "batch"), "1");
+        assert_eq!(field(line, "seq"), "16");
+        let bytes = positive(line, "bytes");
+        let us = positive(line, "time_us");
+        let gbps = positive(line, "gbps");
+        // gbps is printed with 7 significant digits and time_us to 4 decimals (of at
+        // least a microsecond): relative 1e-3 is far above both roundings, far below
+        // any formula error.
+        let expect = bytes / (us * 1e-6) / 1e9;
+        assert!(
+            (gbps - expect).abs() <= 1e-3 * expect,
+            "gbps {gbps} vs bytes/time {expect} in {line}"
+        );
+        positive(line, "emu_warp_instructions");
+    }
+}
+
+#[test]
+fn kernels_table_has_its_columns_and_labels_emulated_figures() {
+    let (out, _) = ok(&frugal(KERNELS_TINY));
+    assert!(out.contains("EMULATED"), "{out}");
+    assert!(out.contains("meaningless for GPU speed"), "{out}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no header in {out}"));
+    for col in [
+        "kernel",
+        "shape",
+        "bytes",
+        "iters",
+        "us/launch(EMU)",
+        "GB/s(EMU)",
+    ] {
+        assert!(header.contains(col), "{col} missing from {header}");
+    }
+    for op in OPS {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(op))
+            .unwrap_or_else(|| panic!("no row for {op} in {out}"));
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let n = words.len();
+        let iters: usize = words[n - 3].parse().unwrap();
+        assert_eq!(iters, 1, "{row}");
+        for w in &words[n - 2..] {
+            let v: f64 = w.parse().unwrap_or_else(|e| panic!("{w} in {row}: {e}"));
+            assert!(v.is_finite() && v > 0.0, "{row}");
+        }
+    }
+}
+
+#[test]
+fn kernels_refuse_the_cpu_and_bad_flags() {
+    let o = frugal(&["bench", "kernels", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bench step"));
+    let o = frugal(&["bench", "kernels", "--device", "emu", "--model", "huge"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("known presets"));
+    let o = frugal(&["bench", "kernels", "--device", "emu", "--iters", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn step_json_figures_are_positive_and_consistent() {
+    let mut args = STEP_TINY.to_vec();
+    args.push("--json");
+    let (out, _) = ok(&frugal(&args));
+    let line = out.trim();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(field(line, "device"), "\"cpu\"");
+    assert_eq!(field(line, "steps"), "2");
+    let mean = positive(line, "step_ms_mean");
+    let min = positive(line, "step_ms_min");
+    let max = positive(line, "step_ms_max");
+    assert!(min <= mean && mean <= max, "{line}");
+    let sd: f64 = field(line, "step_ms_stddev").parse().unwrap();
+    assert!(sd.is_finite() && sd >= 0.0, "{line}");
+    let tps = positive(line, "tokens_per_s");
+    let fpt = positive(line, "train_flops_per_token");
+    let gflops = positive(line, "gflops");
+    // tokens/s = B·T / mean step time; GFLOP/s = tokens/s × FLOPs per token. Relative
+    // 1e-3 covers the printed digits (mean to 4 decimals of ms, tokens/s to 2).
+    let expect_tps = 16.0 / (mean * 1e-3);
+    assert!((tps - expect_tps).abs() <= 1e-3 * expect_tps, "{line}");
+    let expect_gf = tps * fpt / 1e9;
+    assert!((gflops - expect_gf).abs() <= 1e-3 * expect_gf, "{line}");
+    for key in ["first_loss", "last_loss"] {
+        positive(line, key);
+    }
+}
+
+#[test]
+fn step_table_has_its_columns() {
+    let (out, _) = ok(&frugal(STEP_TINY));
+    assert!(out.contains("GPU step is not built yet"), "{out}");
+    let mut lines = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("step_ms"));
+    let header = lines.next().unwrap_or_else(|| panic!("no header in {out}"));
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "step_ms",
+            "stddev_ms",
+            "min_ms",
+            "max_ms",
+            "tokens/s",
+            "GFLOP/s"
+        ]
+    );
+    let values: Vec<f64> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), cols.len());
+    for (i, v) in values.iter().enumerate() {
+        // stddev may be 0; every other figure is a positive time or rate.
+        assert!(
+            v.is_finite() && (*v > 0.0 || (i == 1 && *v == 0.0)),
+            "{header}\n{values:?}"
+        );
+    }
+}
+
+#[test]
+fn gpu_step_says_it_is_not_built() {
+    let o = frugal(&["bench", "step", "--device", "cuda"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not built yet"));
+    let o = frugal(&["bench", "step", "--steps", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+}

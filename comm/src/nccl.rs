@@ -1,0 +1,320 @@
+//! The NCCL backend: NVIDIA's collectives through cudarc, with libnccl and
+//! libcuda loaded at run time.
+//!
+//! cudarc panics when a dynamically loaded library is missing, so
+//! [`NcclComm::connect`] first probes the same file names with `dlopen` and
+//! returns [`CommError::NcclUnavailable`] saying what it looked for and what
+//! to do (`--comm socket` works everywhere). NCCL's unique id travels through
+//! frugal's rendezvous ([`crate::rendezvous::exchange`]'s blob).
+//!
+//! The [`Communicator`] methods take host slices (copy in, reduce on the
+//! device, copy out) so the trait is the same as the socket ring's; the
+//! device-side entry point is [`NcclComm::all_reduce_device_f32`].
+//! Reduce-scatter and all-gather over host buffers run as an all-reduce
+//! (NCCL needs equal chunks; frugal's chunks differ by one element) — correct,
+//! at twice the traffic.
+
+use crate::error::CommError;
+use crate::ops::{chunk_range, Backend, Communicator};
+use crate::rendezvous::{self, Rendezvous};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::nccl::{Comm, Id, ReduceOp};
+use half::bf16;
+use std::ffi::CString;
+use std::mem::ManuallyDrop;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Where dlopen searches, for messages.
+fn search_path() -> String {
+    let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    format!("the dynamic loader's path (LD_LIBRARY_PATH='{ld}', /etc/ld.so.cache, /lib, /usr/lib)")
+}
+
+/// True when `name` can be loaded by the dynamic loader.
+fn can_load(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string. Loading runs the library's
+    // initialisers, exactly as cudarc's own loading would a moment later.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return false;
+    }
+    // SAFETY: `handle` came from a successful dlopen and is closed once.
+    unsafe { libc::dlclose(handle) };
+    true
+}
+
+/// Checks that cudarc will find `lib` (e.g. "cuda", "nccl") under one of the names it tries.
+fn probe(
+    lib: &'static str,
+    library: &'static str,
+    extra_names: &[&str],
+    hint: &str,
+) -> Result<(), CommError> {
+    let candidates = cudarc::get_lib_name_candidates(lib);
+    if candidates.iter().any(|n| can_load(n)) {
+        return Ok(());
+    }
+    let mut looked_for = candidates;
+    let found_other = extra_names
+        .iter()
+        .find(|n| can_load(n))
+        .map(|n| n.to_string());
+    looked_for.extend(extra_names.iter().map(|s| s.to_string()));
+    let mut seen = std::collections::HashSet::new();
+    looked_for.retain(|n| seen.insert(n.clone()));
+    let hint = match found_other {
+        Some(other) => format!(
+            "{other} exists but cudarc loads only the names above: link it as lib{lib}.so in a directory on LD_LIBRARY_PATH, or use --comm socket"
+        ),
+        None => format!("searched {}; {hint}", search_path()),
+    };
+    Err(CommError::NcclUnavailable {
+        library,
+        looked_for,
+        hint,
+    })
+}
+
+/// Checks that both the CUDA driver and NCCL can be loaded.
+///
+/// # Errors
+/// [`CommError::NcclUnavailable`] listing the names tried and what to do.
+pub fn check_available() -> Result<(), CommError> {
+    probe(
+        "cuda",
+        "the CUDA driver (libcuda)",
+        &["libcuda.so.1"],
+        "install the NVIDIA driver, or use --comm socket",
+    )?;
+    probe(
+        "nccl",
+        "NCCL (libnccl)",
+        &["libnccl.so.2"],
+        "install NCCL (e.g. the nvidia-nccl-cu12 wheel, then add its lib directory to LD_LIBRARY_PATH), or use --comm socket",
+    )
+}
+
+/// `ncclComm_t` is a handle to NCCL state that may be used from any thread as
+/// long as calls on it do not overlap; `NcclComm` owns it exclusively and takes `&mut self`.
+struct OwnedComm(ManuallyDrop<Comm>);
+
+// SAFETY: see the type's note: exclusive ownership, one caller at a time.
+unsafe impl Send for OwnedComm {}
+
+impl Drop for OwnedComm {
+    fn drop(&mut self) {
+        // cudarc's Drop panics if ncclCommAbort fails; a drop must never panic,
+        // so the panic is contained here (the process is usually exiting anyway).
+        let inner = &mut self.0;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: dropped exactly once, here; never used afterwards.
+            unsafe { ManuallyDrop::drop(inner) }
+        }));
+    }
+}
+
+/// The NCCL communicator. See the module docs.
+pub struct NcclComm {
+    rank: usize,
+    world: usize,
+    stream: Arc<CudaStream>,
+    comm: OwnedComm,
+    /// Device staging for host collectives, grown on demand.
+    staging: Option<CudaSlice<f32>>,
+    host: Vec<f32>,
+}
+
+fn nccl_err(
+    rank: usize,
+    call: &'static str,
+) -> impl Fn(cudarc::nccl::result::NcclError) -> CommError {
+    move |e| CommError::Nccl {
+        rank,
+        call,
+        message: format!("{e:?}"),
+    }
+}
+
+fn cuda_err(rank: usize, call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> CommError {
+    move |e| CommError::Nccl {
+        rank,
+        call,
+        message: format!("{e:?}"),
+    }
+}
+
+impl NcclComm {
+    /// Joins the job on GPU `device`: rank 0 makes NCCL's unique id and hands it
+    /// out through the rendezvous, then every rank initialises its communicator.
+    ///
+    /// # Errors
+    /// [`CommError::NcclUnavailable`] without the libraries; rendezvous and NCCL errors otherwise.
+    pub fn connect(rv: &Rendezvous, device: usize) -> Result<NcclComm, CommError> {
+        check_available()?;
+        let rank = rv.rank;
+        let id_bytes: Vec<u8> = if rank == 0 {
+            let id = Id::new().map_err(nccl_err(rank, "ncclGetUniqueId"))?;
+            id.internal().iter().map(|&c| c as u8).collect()
+        } else {
+            Vec::new()
+        };
+        let peers = rendezvous::exchange(rv, 0, &id_bytes)?;
+        let mut internal = [0 as std::ffi::c_char; 128];
+        if peers.blob.len() != internal.len() {
+            return Err(CommError::InvalidArgument {
+                what: format!(
+                    "rank {rank}: NCCL unique id from rank 0 has {} bytes, expected 128",
+                    peers.blob.len()
+                ),
+            });
+        }
+        for (d, s) in internal.iter_mut().zip(&peers.blob) {
+            *d = *s as std::ffi::c_char;
+        }
+        let ctx = CudaContext::new(device).map_err(cuda_err(rank, "cuCtxCreate"))?;
+        let stream = ctx.new_stream().map_err(cuda_err(rank, "cuStreamCreate"))?;
+        let comm = Comm::from_rank(stream.clone(), rank, rv.world, Id::uninit(internal))
+            .map_err(nccl_err(rank, "ncclCommInitRank"))?;
+        Ok(NcclComm {
+            rank,
+            world: rv.world,
+            stream,
+            comm: OwnedComm(ManuallyDrop::new(comm)),
+            staging: None,
+            host: Vec::new(),
+        })
+    }
+
+    /// The stream NCCL runs on (order compute before it with events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Sums a device buffer over ranks, in place, on [`NcclComm::stream`] (asynchronous).
+    pub fn all_reduce_device_f32(&mut self, buf: &mut CudaSlice<f32>) -> Result<(), CommError> {
+        self.comm
+            .0
+            .all_reduce_in_place(buf, &ReduceOp::Sum)
+            .map_err(nccl_err(self.rank, "ncclAllReduce"))?;
+        Ok(())
+    }
+
+    /// Host → device, `f` on the device buffer, device → host, synchronised.
+    fn via_device(
+        &mut self,
+        data: &mut [f32],
+        f: impl FnOnce(&Comm, &mut CudaSlice<f32>) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let rank = self.rank;
+        let mut dev = match self.staging.take() {
+            Some(d) if d.len() == data.len() => d,
+            _ => self
+                .stream
+                .alloc_zeros::<f32>(data.len())
+                .map_err(cuda_err(rank, "cuMemAlloc"))?,
+        };
+        self.stream
+            .memcpy_htod(&*data, &mut dev)
+            .map_err(cuda_err(rank, "cuMemcpyHtoD"))?;
+        f(&self.comm.0, &mut dev)?;
+        self.stream
+            .memcpy_dtoh(&dev, data)
+            .map_err(cuda_err(rank, "cuMemcpyDtoH"))?;
+        self.stream
+            .synchronize()
+            .map_err(cuda_err(rank, "cuStreamSynchronize"))?;
+        self.staging = Some(dev);
+        Ok(())
+    }
+}
+
+impl Communicator for NcclComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Nccl
+    }
+
+    fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        let rank = self.rank;
+        self.via_device(data, |c, d| {
+            c.all_reduce_in_place(d, &ReduceOp::Sum)
+                .map(|_| ())
+                .map_err(nccl_err(rank, "ncclAllReduce"))
+        })
+    }
+
+    fn all_reduce_sum_bf16(&mut self, data: &mut [bf16]) -> Result<(), CommError> {
+        let mut host = std::mem::take(&mut self.host);
+        host.clear();
+        host.extend(data.iter().map(|v| v.to_f32()));
+        let r = self.all_reduce_sum_f32(&mut host);
+        if r.is_ok() {
+            for (d, s) in data.iter_mut().zip(&host) {
+                *d = bf16::from_f32(*s);
+            }
+        }
+        self.host = host;
+        r
+    }
+
+    fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError> {
+        self.all_reduce_sum_f32(data)?;
+        Ok(chunk_range(data.len(), self.world, self.rank))
+    }
+
+    fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        // Zero what others own and sum: x + 0 is exact.
+        let mine = chunk_range(data.len(), self.world, self.rank);
+        for (i, v) in data.iter_mut().enumerate() {
+            if !mine.contains(&i) {
+                *v = 0.0;
+            }
+        }
+        self.all_reduce_sum_f32(data)
+    }
+
+    fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError> {
+        if root >= self.world {
+            return Err(CommError::InvalidArgument {
+                what: format!("rank {}: broadcast root {root} out of range", self.rank),
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let rank = self.rank;
+        let mut dev = self
+            .stream
+            .clone_htod(&*data)
+            .map_err(cuda_err(rank, "cuMemcpyHtoD"))?;
+        self.comm
+            .0
+            .broadcast_in_place(&mut dev, root as i32)
+            .map_err(nccl_err(rank, "ncclBroadcast"))?;
+        self.stream
+            .memcpy_dtoh(&dev, data)
+            .map_err(cuda_err(rank, "cuMemcpyDtoH"))?;
+        self.stream
+            .synchronize()
+            .map_err(cuda_err(rank, "cuStreamSynchronize"))
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        let mut one = [0.0f32];
+        self.all_reduce_sum_f32(&mut one)
+    }
+}

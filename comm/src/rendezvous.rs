@@ -1,0 +1,938 @@
+//! Rendezvous: who am I, how many are we, and where is everyone.
+//!
+//! [`Rendezvous::from_env`] reads the variables torchrun sets (RANK, WORLD_SIZE,
+//! LOCAL_RANK, MASTER_ADDR, MASTER_PORT), else Slurm's (SLURM_PROCID,
+//! SLURM_NTASKS, SLURM_LOCALID, and the first host of SLURM_NODELIST), so a
+//! frugal job starts the way cluster users already start jobs.
+//!
+//! [`exchange`] then meets the other ranks through rank 0: rank 0 listens on
+//! MASTER_ADDR:MASTER_PORT; every other rank connects, says hello (protocol
+//! version, job token, rank, world size, the port of its ring listener) and
+//! waits; once all have joined, rank 0 answers each with the table of every
+//! rank's ring address and an opaque blob (NCCL's unique id). A hello with a
+//! wrong token or version, a rank out of range or a duplicate is refused, logged
+//! and answered with the reason, and rank 0 goes on waiting for the right peer.
+
+use crate::error::{CommError, FrameProblem, Refusal};
+use crate::frame::{self, Hello, Purpose, HELLO_FIXED_BYTES, REPLY_FIXED_BYTES};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// The default for every connect and receive wait, overridable with FRUGAL_COMM_TIMEOUT (seconds).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The environment variable holding the job token.
+pub const TOKEN_ENV: &str = "FRUGAL_JOB_TOKEN";
+/// The environment variable that overrides the rendezvous port (else MASTER_PORT).
+pub const PORT_ENV: &str = "FRUGAL_MASTER_PORT";
+/// The environment variable holding the timeout in seconds.
+pub const TIMEOUT_ENV: &str = "FRUGAL_COMM_TIMEOUT";
+
+/// Where the rank numbers came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchedBy {
+    /// torchrun-style variables (also what `frugal launch` sets).
+    Torchrun,
+    /// Slurm's srun variables.
+    Slurm,
+    /// Given directly by the caller (tests, single process).
+    Explicit,
+}
+
+/// This process's place in the job and how to reach rank 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// This process's rank, 0..world.
+    pub rank: usize,
+    /// Number of ranks in the job.
+    pub world: usize,
+    /// Rank among the processes of this node (selects the GPU).
+    pub local_rank: usize,
+    /// Host name or address of rank 0.
+    pub master_host: String,
+    /// Port rank 0 listens on for the rendezvous.
+    pub master_port: u16,
+    /// Shared secret every rank must present.
+    pub token: Vec<u8>,
+    /// Limit for every connect and every wait on a peer.
+    pub timeout: Duration,
+    /// Where the numbers came from.
+    pub launched_by: LaunchedBy,
+}
+
+impl Rendezvous {
+    /// A one-process job: no sockets are opened.
+    pub fn single() -> Rendezvous {
+        Rendezvous {
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            master_host: "127.0.0.1".into(),
+            master_port: 0,
+            token: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            launched_by: LaunchedBy::Explicit,
+        }
+    }
+
+    /// A job on this machine's loopback interface with explicit numbers (tests, benches).
+    pub fn loopback(
+        rank: usize,
+        world: usize,
+        master_port: u16,
+        token: &str,
+        timeout: Duration,
+    ) -> Rendezvous {
+        Rendezvous {
+            rank,
+            world,
+            local_rank: rank,
+            master_host: "127.0.0.1".into(),
+            master_port,
+            token: token.as_bytes().to_vec(),
+            timeout,
+            launched_by: LaunchedBy::Explicit,
+        }
+    }
+
+    /// Reads the process environment; `job_token` (from `--job-token`) wins over FRUGAL_JOB_TOKEN.
+    ///
+    /// # Errors
+    /// [`CommError::Env`] naming the variable that is missing or malformed.
+    pub fn from_env(job_token: Option<&str>) -> Result<Rendezvous, CommError> {
+        Self::from_lookup(|name| std::env::var(name).ok(), job_token)
+    }
+
+    /// Like [`Rendezvous::from_env`], reading variables through `lookup` (testable).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        job_token: Option<&str>,
+    ) -> Result<Rendezvous, CommError> {
+        let timeout = match lookup(TIMEOUT_ENV) {
+            None => DEFAULT_TIMEOUT,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
+                _ => {
+                    return Err(CommError::Env {
+                        var: TIMEOUT_ENV,
+                        value: Some(v),
+                        reason: "expected a positive number of seconds, e.g. 60".into(),
+                    })
+                }
+            },
+        };
+        let (rank, world, local_rank, master_host, master_port, launched_by) = if lookup("RANK")
+            .is_some()
+            || lookup("WORLD_SIZE").is_some()
+        {
+            let rank = parse_usize(&lookup, "RANK")?;
+            let world = parse_usize(&lookup, "WORLD_SIZE")?;
+            let local_rank = match lookup("LOCAL_RANK") {
+                None => rank,
+                Some(_) => parse_usize(&lookup, "LOCAL_RANK")?,
+            };
+            let (host, port) = if world > 1 {
+                (required(&lookup, "MASTER_ADDR")?, torchrun_port(&lookup)?)
+            } else {
+                (
+                    lookup("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
+                    0,
+                )
+            };
+            (rank, world, local_rank, host, port, LaunchedBy::Torchrun)
+        } else if lookup("SLURM_PROCID").is_some() {
+            let rank = parse_usize(&lookup, "SLURM_PROCID")?;
+            let world = parse_usize(&lookup, "SLURM_NTASKS")?;
+            let local_rank = match lookup("SLURM_LOCALID") {
+                None => 0,
+                Some(_) => parse_usize(&lookup, "SLURM_LOCALID")?,
+            };
+            let host = match lookup("MASTER_ADDR") {
+                Some(h) => h,
+                None => {
+                    let list = required(&lookup, "SLURM_NODELIST")?;
+                    first_host(&list).map_err(|reason| CommError::Env {
+                        var: "SLURM_NODELIST",
+                        value: Some(list.clone()),
+                        reason,
+                    })?
+                }
+            };
+            let port = match lookup("MASTER_PORT") {
+                Some(_) => parse_port(&lookup, "MASTER_PORT")?,
+                // Same on every task of one job, different between jobs sharing a node.
+                None => match lookup("SLURM_JOB_ID").and_then(|j| j.trim().parse::<u64>().ok()) {
+                    Some(job) => 20000 + (job % 20000) as u16,
+                    None => 29500,
+                },
+            };
+            (rank, world, local_rank, host, port, LaunchedBy::Slurm)
+        } else {
+            return Err(CommError::Env {
+                var: "RANK",
+                value: None,
+                reason: "set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (as torchrun does), run under srun, or start the job with 'frugal launch --nproc N -- ...'".into(),
+            });
+        };
+        if world == 0 {
+            return Err(CommError::Env {
+                var: "WORLD_SIZE",
+                value: Some("0".into()),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if world > frame::MAX_WORLD {
+            return Err(CommError::Env {
+                var: "WORLD_SIZE",
+                value: Some(world.to_string()),
+                reason: format!("at most {} ranks are supported", frame::MAX_WORLD),
+            });
+        }
+        if rank >= world {
+            let var = if launched_by == LaunchedBy::Slurm {
+                "SLURM_PROCID"
+            } else {
+                "RANK"
+            };
+            return Err(CommError::Env {
+                var,
+                value: Some(rank.to_string()),
+                reason: format!("must be below the world size {world}"),
+            });
+        }
+        let token = match job_token.map(str::to_string).or_else(|| lookup(TOKEN_ENV)) {
+            Some(t) => t,
+            // torchrun and srun give every rank of a job the same id; it keeps other jobs out, not attackers.
+            None => lookup("TORCHELASTIC_RUN_ID")
+                .or_else(|| lookup("SLURM_JOB_ID"))
+                .unwrap_or_default(),
+        };
+        if token.len() > frame::MAX_TOKEN_BYTES {
+            return Err(CommError::Env {
+                var: TOKEN_ENV,
+                value: None,
+                reason: format!(
+                    "the job token has {} bytes; at most {} are allowed",
+                    token.len(),
+                    frame::MAX_TOKEN_BYTES
+                ),
+            });
+        }
+        Ok(Rendezvous {
+            rank,
+            world,
+            local_rank,
+            master_host,
+            master_port,
+            token: token.into_bytes(),
+            timeout,
+            launched_by,
+        })
+    }
+
+    /// The rank after this one on the ring.
+    pub fn next(&self) -> usize {
+        (self.rank + 1) % self.world
+    }
+
+    /// The rank before this one on the ring.
+    pub fn prev(&self) -> usize {
+        (self.rank + self.world - 1) % self.world
+    }
+
+    /// `host:port` of rank 0, for messages.
+    pub fn master(&self) -> String {
+        format!("{}:{}", self.master_host, self.master_port)
+    }
+
+    /// The master address, resolved.
+    pub fn master_addr(&self) -> Result<SocketAddr, CommError> {
+        let text = self.master();
+        let mut addrs = (self.master_host.as_str(), self.master_port)
+            .to_socket_addrs()
+            .map_err(|e| CommError::Env {
+                var: "MASTER_ADDR",
+                value: Some(self.master_host.clone()),
+                reason: format!("cannot resolve {text}: {e}"),
+            })?;
+        addrs.next().ok_or_else(|| CommError::Env {
+            var: "MASTER_ADDR",
+            value: Some(self.master_host.clone()),
+            reason: format!("{text} resolves to no address"),
+        })
+    }
+
+    /// The local address listeners bind to: loopback when the master is on
+    /// loopback (a single-machine job stays off the network), else every interface.
+    pub fn bind_ip(&self) -> Result<IpAddr, CommError> {
+        let master = self.master_addr()?;
+        Ok(match master.ip() {
+            ip if ip.is_loopback() => ip,
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        })
+    }
+}
+
+/// The rendezvous port under torchrun-style variables: FRUGAL_MASTER_PORT if
+/// set; else MASTER_PORT, plus one under a real torchrun (TORCHELASTIC_RUN_ID
+/// set), whose own key-value store already listens on MASTER_PORT on the master.
+fn torchrun_port(lookup: &impl Fn(&str) -> Option<String>) -> Result<u16, CommError> {
+    if lookup(PORT_ENV).is_some() {
+        return parse_port(lookup, PORT_ENV);
+    }
+    let port = parse_port(lookup, "MASTER_PORT")?;
+    if lookup("TORCHELASTIC_RUN_ID").is_some() {
+        return port.checked_add(1).ok_or_else(|| CommError::Env {
+            var: "MASTER_PORT",
+            value: Some(port.to_string()),
+            reason: format!("under torchrun frugal listens on MASTER_PORT+1; pick a lower port or set {PORT_ENV}"),
+        });
+    }
+    Ok(port)
+}
+
+fn required(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<String, CommError> {
+    match lookup(var) {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        Some(v) => Err(CommError::Env {
+            var,
+            value: Some(v),
+            reason: "is empty".into(),
+        }),
+        None => Err(CommError::Env {
+            var,
+            value: None,
+            reason: "needed for a job of more than one rank".into(),
+        }),
+    }
+}
+
+fn parse_usize(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<usize, CommError> {
+    let v = required(lookup, var)?;
+    v.parse::<usize>().map_err(|e| CommError::Env {
+        var,
+        value: Some(v.clone()),
+        reason: format!("expected a whole number: {e}"),
+    })
+}
+
+fn parse_port(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<u16, CommError> {
+    let v = required(lookup, var)?;
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(CommError::Env {
+            var,
+            value: Some(v),
+            reason: "expected a port number 1..65535".into(),
+        }),
+    }
+}
+
+/// Expands a Slurm node list such as `node[01-04,07],gpu5` into host names.
+///
+/// # Errors
+/// A description of the first malformed part.
+pub fn parse_nodelist(list: &str) -> Result<Vec<String>, String> {
+    let mut hosts = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        // One item runs to the next comma outside brackets.
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => {
+                    depth = depth
+                        .checked_sub(1)
+                        .ok_or_else(|| format!("unbalanced ']' in '{list}'"))?
+                }
+                ',' if depth == 0 => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return Err(format!("unbalanced '[' in '{list}'"));
+        }
+        expand_item(&rest[..end], &mut hosts)?;
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    if hosts.is_empty() {
+        return Err("the node list is empty".into());
+    }
+    Ok(hosts)
+}
+
+fn expand_item(item: &str, out: &mut Vec<String>) -> Result<(), String> {
+    let Some(open) = item.find('[') else {
+        if item.is_empty() {
+            return Err("empty host name".into());
+        }
+        out.push(item.to_string());
+        return Ok(());
+    };
+    let close = item
+        .find(']')
+        .ok_or_else(|| format!("missing ']' in '{item}'"))?;
+    let prefix = &item[..open];
+    let suffix = &item[close + 1..];
+    if suffix.contains('[') {
+        // Several bracket groups (a[1-2]b[3-4]): expand the first, recurse on the rest.
+        let mut tails = Vec::new();
+        expand_item(suffix, &mut tails)?;
+        for n in expand_ranges(&item[open + 1..close])? {
+            for t in &tails {
+                out.push(format!("{prefix}{n}{t}"));
+            }
+        }
+        return Ok(());
+    }
+    for n in expand_ranges(&item[open + 1..close])? {
+        out.push(format!("{prefix}{n}{suffix}"));
+    }
+    Ok(())
+}
+
+/// `01-04,07` → `01 02 03 04 07`, keeping the zero padding of the lower bound.
+fn expand_ranges(body: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for part in body.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let width = lo.len();
+        let a: u64 = lo
+            .parse()
+            .map_err(|_| format!("'{part}' is not a number or range"))?;
+        let b: u64 = hi
+            .parse()
+            .map_err(|_| format!("'{part}' is not a number or range"))?;
+        if b < a || b - a > 100_000 {
+            return Err(format!("range '{part}' is backwards or too long"));
+        }
+        for n in a..=b {
+            out.push(format!("{n:0width$}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The first host of a Slurm node list: where rank 0 runs.
+pub fn first_host(list: &str) -> Result<String, String> {
+    parse_nodelist(list)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the node list is empty".into())
+}
+
+/// What the rendezvous hands each rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// The ring listener address of every rank, indexed by rank.
+    pub ring_addrs: Vec<SocketAddr>,
+    /// The blob rank 0 passed in (NCCL's unique id), the same on every rank.
+    pub blob: Vec<u8>,
+    /// Connections rank 0 refused while waiting (wrong token, version, rank).
+    pub refused: usize,
+}
+
+/// Meets every rank through rank 0. `listen_port` is this rank's ring
+/// listener; `blob` is rank 0's payload for everyone (ignored on other ranks).
+///
+/// # Errors
+/// Timeouts name the ranks that never joined; a refusal names the reason.
+pub fn exchange(rv: &Rendezvous, listen_port: u16, blob: &[u8]) -> Result<Peers, CommError> {
+    if rv.world == 1 {
+        let ip = rv
+            .master_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        return Ok(Peers {
+            ring_addrs: vec![SocketAddr::new(ip, listen_port)],
+            blob: blob.to_vec(),
+            refused: 0,
+        });
+    }
+    let deadline = Instant::now() + rv.timeout;
+    if rv.rank == 0 {
+        serve(rv, listen_port, blob, deadline)
+    } else {
+        join(rv, listen_port, deadline)
+    }
+}
+
+/// Compares tokens in time independent of where they differ.
+pub(crate) fn tokens_match(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads exactly `buf.len()` bytes from a blocking stream before `deadline`.
+pub(crate) fn read_exact_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    rank: usize,
+    peer: Option<usize>,
+    what: &str,
+    timeout: Duration,
+) -> Result<(), CommError> {
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let mut done = 0;
+    while done < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CommError::Timeout {
+                rank,
+                peer,
+                addr,
+                waiting_for: what.to_string(),
+                timeout,
+            });
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|source| CommError::Io {
+                rank,
+                peer,
+                addr: addr.clone(),
+                during: what.to_string(),
+                source,
+            })?;
+        match stream.read(&mut buf[done..]) {
+            Ok(0) => {
+                return Err(match (peer, stream.peer_addr()) {
+                    (Some(peer), Ok(a)) => CommError::PeerClosed {
+                        rank,
+                        peer,
+                        addr: a,
+                        during: what.to_string(),
+                    },
+                    _ => CommError::Io {
+                        rank,
+                        peer,
+                        addr,
+                        during: what.to_string(),
+                        source: std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed"),
+                    },
+                })
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(source) => {
+                return Err(CommError::Io {
+                    rank,
+                    peer,
+                    addr,
+                    during: what.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole hello: the fixed part, then (its length checked) the token.
+pub(crate) fn read_hello(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    rank: usize,
+    timeout: Duration,
+) -> Result<Hello, CommError> {
+    let mut fixed = [0u8; HELLO_FIXED_BYTES];
+    read_exact_by(
+        stream,
+        &mut fixed,
+        deadline,
+        rank,
+        None,
+        "a peer's hello",
+        timeout,
+    )?;
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let h = frame::decode_hello_fixed(&fixed).map_err(|problem| CommError::Frame {
+        rank,
+        peer: None,
+        addr,
+        problem,
+    })?;
+    let mut token = vec![0u8; h.token_len];
+    read_exact_by(
+        stream,
+        &mut token,
+        deadline,
+        rank,
+        None,
+        "a peer's job token",
+        timeout,
+    )?;
+    Ok(Hello {
+        version: h.version,
+        purpose: h.purpose,
+        rank: h.rank,
+        world: h.world,
+        listen_port: h.listen_port,
+        token,
+    })
+}
+
+/// Checks a hello against this job; `expected_rank` restricts which rank may connect.
+pub(crate) fn judge_hello(
+    rv: &Rendezvous,
+    h: &Hello,
+    purpose: Purpose,
+    expected_rank: Option<usize>,
+) -> Result<(), Refusal> {
+    if h.version != frame::PROTOCOL_VERSION {
+        return Err(Refusal::WrongVersion);
+    }
+    if !tokens_match(&h.token, &rv.token) {
+        return Err(Refusal::WrongToken);
+    }
+    if h.purpose != purpose {
+        return Err(Refusal::BadRank);
+    }
+    if h.world as usize != rv.world {
+        return Err(Refusal::WrongWorld);
+    }
+    let r = h.rank as usize;
+    if r >= rv.world || r == rv.rank || expected_rank.is_some_and(|e| e != r) {
+        return Err(Refusal::BadRank);
+    }
+    Ok(())
+}
+
+/// Sends a refusal (best effort: the stranger may be gone) and logs it.
+pub(crate) fn refuse(
+    stream: &mut TcpStream,
+    rank: usize,
+    why: Refusal,
+    claimed_rank: Option<u32>,
+    where_: &str,
+) {
+    let from = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    log::warn!(
+        "rank {rank}: refused a connection to the {where_} from {from} (claims rank {}): {why}; still waiting for the right peer",
+        claimed_rank.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
+    );
+    if let Ok(bytes) = frame::encode_reply(Err(why), &[], &[]) {
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(&bytes);
+    }
+}
+
+/// Accepts one connection before `deadline` on a non-blocking listener.
+pub(crate) fn accept_by(
+    listener: &TcpListener,
+    deadline: Instant,
+    rank: usize,
+    waiting_for: &str,
+    timeout: Duration,
+) -> Result<TcpStream, CommError> {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| CommError::Io {
+            rank,
+            peer: None,
+            addr: local.clone(),
+            during: "listen".into(),
+            source,
+        })?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|source| CommError::Io {
+                    rank,
+                    peer: None,
+                    addr: local.clone(),
+                    during: "accept".into(),
+                    source,
+                })?;
+                return Ok(s);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(CommError::Timeout {
+                        rank,
+                        peer: None,
+                        addr: local,
+                        waiting_for: waiting_for.into(),
+                        timeout,
+                    });
+                }
+                crate::socket::poll_one(
+                    listener_fd(listener),
+                    libc::POLLIN,
+                    left.min(Duration::from_millis(100)),
+                );
+            }
+            Err(source) => {
+                return Err(CommError::Io {
+                    rank,
+                    peer: None,
+                    addr: local,
+                    during: "accept".into(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+fn listener_fd(l: &TcpListener) -> i32 {
+    use std::os::fd::AsRawFd;
+    l.as_raw_fd()
+}
+
+/// Connects to `addr` before `deadline`, retrying while the peer is not listening yet.
+pub(crate) fn connect_by(
+    addr: SocketAddr,
+    deadline: Instant,
+    rank: usize,
+    peer: usize,
+    timeout: Duration,
+) -> Result<TcpStream, CommError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = if left.is_zero() {
+            Err(std::io::Error::new(ErrorKind::TimedOut, "deadline passed"))
+        } else {
+            TcpStream::connect_timeout(&addr, left)
+        };
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let retry = matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::Interrupted
+                        | ErrorKind::ConnectionReset
+                );
+                if !retry || Instant::now() + Duration::from_millis(20) >= deadline {
+                    return Err(CommError::Connect {
+                        rank,
+                        peer,
+                        addr: addr.to_string(),
+                        timeout,
+                        source: e,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Rank 0: collect every other rank's hello, then answer all with the table.
+fn serve(
+    rv: &Rendezvous,
+    listen_port: u16,
+    blob: &[u8],
+    deadline: Instant,
+) -> Result<Peers, CommError> {
+    let bind = SocketAddr::new(rv.bind_ip()?, rv.master_port);
+    let listener = TcpListener::bind(bind).map_err(|source| CommError::Bind {
+        rank: 0,
+        addr: bind.to_string(),
+        source,
+    })?;
+    let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..rv.world).map(|_| None).collect();
+    let mut missing = rv.world - 1;
+    let mut refused = 0;
+    while missing > 0 {
+        let waiting = format!(
+            "ranks {} to join the rendezvous",
+            joined
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, j)| j.is_none())
+                .map(|(r, _)| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut stream = accept_by(&listener, deadline, 0, &waiting, rv.timeout)?;
+        // A stranger gets a few seconds to say hello, so it cannot stall the job.
+        let hello_deadline = deadline.min(Instant::now() + Duration::from_secs(10));
+        let hello = match read_hello(&mut stream, hello_deadline, 0, rv.timeout) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("rank 0: dropped a rendezvous connection: {e}");
+                refused += 1;
+                continue;
+            }
+        };
+        let verdict = judge_hello(rv, &hello, Purpose::Rendezvous, None).and_then(|()| {
+            if joined[hello.rank as usize].is_some() {
+                Err(Refusal::DuplicateRank)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(why) = verdict {
+            refuse(&mut stream, 0, why, Some(hello.rank), "rendezvous");
+            refused += 1;
+            continue;
+        }
+        let peer_ip = stream.peer_addr().map_err(|source| CommError::Io {
+            rank: 0,
+            peer: Some(hello.rank as usize),
+            addr: "?".into(),
+            during: "rendezvous".into(),
+            source,
+        })?;
+        joined[hello.rank as usize] =
+            Some((stream, SocketAddr::new(peer_ip.ip(), hello.listen_port)));
+        missing -= 1;
+    }
+    let mut table: Vec<SocketAddr> = joined
+        .iter()
+        .map(|j| {
+            j.as_ref()
+                .map(|(_, a)| *a)
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
+        })
+        .collect();
+    for (r, entry) in joined.iter_mut().enumerate().skip(1) {
+        if let Some((stream, _)) = entry.as_mut() {
+            // Rank 0's own entry: the address this peer reached us on.
+            let me = stream
+                .local_addr()
+                .map(|a| a.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            table[0] = SocketAddr::new(me, listen_port);
+            let bytes =
+                frame::encode_reply(Ok(()), &table, blob).map_err(|problem| CommError::Frame {
+                    rank: 0,
+                    peer: Some(r),
+                    addr: "-".into(),
+                    problem,
+                })?;
+            let addr = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            stream
+                .set_write_timeout(Some(rv.timeout))
+                .and_then(|()| stream.write_all(&bytes))
+                .map_err(|source| CommError::Io {
+                    rank: 0,
+                    peer: Some(r),
+                    addr,
+                    during: "sending the rendezvous table".into(),
+                    source,
+                })?;
+        }
+    }
+    let me = rv
+        .master_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    table[0] = SocketAddr::new(me, listen_port);
+    Ok(Peers {
+        ring_addrs: table,
+        blob: blob.to_vec(),
+        refused,
+    })
+}
+
+/// Ranks other than 0: say hello to rank 0 and wait for the table.
+fn join(rv: &Rendezvous, listen_port: u16, deadline: Instant) -> Result<Peers, CommError> {
+    let master = rv.master_addr()?;
+    let mut stream = connect_by(master, deadline, rv.rank, 0, rv.timeout)?;
+    let hello = Hello {
+        version: frame::PROTOCOL_VERSION,
+        purpose: Purpose::Rendezvous,
+        rank: rv.rank as u32,
+        world: rv.world as u32,
+        listen_port,
+        token: rv.token.clone(),
+    };
+    let io = |source| CommError::Io {
+        rank: rv.rank,
+        peer: Some(0),
+        addr: master.to_string(),
+        during: "rendezvous".into(),
+        source,
+    };
+    let bytes = hello.encode().map_err(|problem| CommError::Frame {
+        rank: rv.rank,
+        peer: Some(0),
+        addr: master.to_string(),
+        problem,
+    })?;
+    stream.set_write_timeout(Some(rv.timeout)).map_err(io)?;
+    stream.write_all(&bytes).map_err(io)?;
+    let mut fixed = [0u8; REPLY_FIXED_BYTES];
+    read_exact_by(
+        &mut stream,
+        &mut fixed,
+        deadline,
+        rv.rank,
+        Some(0),
+        "rank 0's rendezvous table (are all ranks started?)",
+        rv.timeout,
+    )?;
+    let frame_err = |problem: FrameProblem| CommError::Frame {
+        rank: rv.rank,
+        peer: Some(0),
+        addr: master.to_string(),
+        problem,
+    };
+    let reply = frame::decode_reply_fixed(&fixed, rv.world).map_err(frame_err)?;
+    if let Err(why) = reply.status {
+        return Err(CommError::Refused {
+            rank: rv.rank,
+            peer: 0,
+            addr: master.to_string(),
+            why,
+        });
+    }
+    let mut body = vec![0u8; reply.world * frame::TABLE_ENTRY_BYTES + reply.blob_len];
+    read_exact_by(
+        &mut stream,
+        &mut body,
+        deadline,
+        rv.rank,
+        Some(0),
+        "rank 0's rendezvous table",
+        rv.timeout,
+    )?;
+    let ring_addrs = frame::decode_table(&body, reply.world).map_err(frame_err)?;
+    let blob = body[reply.world * frame::TABLE_ENTRY_BYTES..].to_vec();
+    Ok(Peers {
+        ring_addrs,
+        blob,
+        refused: 0,
+    })
+}

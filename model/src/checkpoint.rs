@@ -1,0 +1,922 @@
+//! Checkpoints: everything a run needs to continue bit for bit, in one
+//! versioned, checksummed binary file written atomically.
+//!
+//! File layout (all integers and floats little-endian):
+//! ```text
+//! offset 0   magic      8 bytes  "FRUGALCK"
+//!        8   version    u32      1
+//!        12  reserved   u32      0
+//!        16  payload    u64      P, the payload's length in bytes
+//!        24  payload    P bytes  (fields in the order of `encode_payload`;
+//!                                 the three f32 arrays last, each a u64 count then data)
+//!   24 + P   checksum   u32      CRC-32 (IEEE) of bytes 0 .. 24 + P
+//! ```
+//! Loading checks, in order: the magic, the version, that 24 + P + 4 equals
+//! the file size (before any allocation), then reads while checksumming and
+//! compares the CRC. CRC-32 detects every error burst of up to 32 bits, so any
+//! single damaged byte is always caught; a truncated file fails the length
+//! check. Every array count is checked against the bytes left before it is
+//! allocated, so a damaged count cannot ask for gigabytes.
+//!
+//! Saving writes `.step-NNNNNNNN.ckpt.tmp-PID` in the target directory,
+//! flushes and fsyncs it, renames it to `step-NNNNNNNN.ckpt`, then fsyncs the
+//! directory so the rename itself survives a crash. A reader therefore sees
+//! either the old set of checkpoints or the new one, never a partial file
+//! under a checkpoint's name.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ParamLayout};
+use crate::data::{LoaderState, Split};
+use crate::error::{Mismatch, ModelError};
+use crate::schedule::CosineSchedule;
+
+/// The first 8 bytes of every checkpoint.
+pub const MAGIC: [u8; 8] = *b"FRUGALCK";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+const HEADER_BYTES: u64 = 24;
+const TRAILER_BYTES: u64 = 4;
+
+/// AdamW's state: hyper-parameters, step count, and both moments (one per parameter).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Updates applied so far (bias correction uses it).
+    pub step: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// Everything saved at a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: Config,
+    /// Ranks of the run that wrote it.
+    pub world_size: usize,
+    /// Steps completed; the resumed run starts at this step.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// f32 master weights, in [`ParamLayout`] order.
+    pub params: Vec<f32>,
+    pub optimizer: OptimizerState,
+    /// The learning-rate schedule (its position is `step`).
+    pub schedule: CosineSchedule,
+    /// The training loader's position.
+    pub loader: LoaderState,
+    /// The run's RNG state ([`crate::rng::Rng::state`]).
+    pub rng: [u64; 4],
+    /// Dollars spent so far, carried across resumes.
+    pub usd_spent: f64,
+    /// Training tokens processed so far (all ranks).
+    pub tokens_seen: u64,
+    /// Wall-clock seconds of training so far.
+    pub wall_seconds: f64,
+    /// Lowest validation loss seen, if any validation ran.
+    pub best_val_loss: Option<f64>,
+}
+
+// ---------------------------------------------------------------- CRC-32 ---
+
+/// Slicing-by-8 tables for the reflected IEEE polynomial 0xEDB88320.
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 256 {
+        let mut s = 1;
+        while s < 8 {
+            t[s][i] = (t[s - 1][i] >> 8) ^ t[0][(t[s - 1][i] & 0xFF) as usize];
+            s += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
+static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
+
+/// Incremental CRC-32 (IEEE 802.3, as zlib and PNG use).
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32::new()
+    }
+}
+
+impl Crc32 {
+    pub fn new() -> Crc32 {
+        Crc32(!0)
+    }
+
+    /// Feeds bytes; eight at a time through the sliced tables.
+    pub fn update(&mut self, data: &[u8]) {
+        let t = &CRC_TABLES;
+        let mut c = self.0;
+        let mut chunks = data.chunks_exact(8);
+        for ch in &mut chunks {
+            let lo = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]) ^ c;
+            let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
+            c = t[7][(lo & 0xFF) as usize]
+                ^ t[6][((lo >> 8) & 0xFF) as usize]
+                ^ t[5][((lo >> 16) & 0xFF) as usize]
+                ^ t[4][(lo >> 24) as usize]
+                ^ t[3][(hi & 0xFF) as usize]
+                ^ t[2][((hi >> 8) & 0xFF) as usize]
+                ^ t[1][((hi >> 16) & 0xFF) as usize]
+                ^ t[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            c = t[0][((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
+    }
+
+    pub fn finish(&self) -> u32 {
+        !self.0
+    }
+}
+
+/// CRC-32 of `data` in one call.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = Crc32::new();
+    c.update(data);
+    c.finish()
+}
+
+// --------------------------------------------------------------- writing ---
+
+/// Where encoded bytes go: a counter (to learn the payload length) or a file.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+
+    fn put_f32s(&mut self, xs: &[f32]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(4 * xs.len().min(16384));
+        for chunk in xs.chunks(16384) {
+            buf.clear();
+            for x in chunk {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            self.put(&buf)?;
+        }
+        Ok(())
+    }
+}
+
+struct Counter(u64);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0 += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn put_f32s(&mut self, xs: &[f32]) -> std::io::Result<()> {
+        self.0 += 4 * xs.len() as u64;
+        Ok(())
+    }
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: Crc32,
+}
+
+impl<W: Write> Sink for CrcWriter<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc.update(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+fn put_u64(s: &mut impl Sink, x: u64) -> std::io::Result<()> {
+    s.put(&x.to_le_bytes())
+}
+
+fn put_f64(s: &mut impl Sink, x: f64) -> std::io::Result<()> {
+    s.put(&x.to_le_bytes())
+}
+
+fn put_array(s: &mut impl Sink, xs: &[f32]) -> std::io::Result<()> {
+    put_u64(s, xs.len() as u64)?;
+    s.put_f32s(xs)
+}
+
+impl Checkpoint {
+    /// The payload, field by field; `load` reads the same order.
+    fn encode_payload(&self, s: &mut impl Sink) -> std::io::Result<()> {
+        let c = &self.config;
+        for x in [
+            c.vocab_size,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.ffn_dim,
+            c.seq_len,
+        ] {
+            put_u64(s, x as u64)?;
+        }
+        put_f64(s, c.rope_theta)?;
+        put_f64(s, c.norm_eps)?;
+        put_u64(s, self.world_size as u64)?;
+        put_u64(s, self.step)?;
+        put_u64(s, self.seed)?;
+        for x in self.rng {
+            put_u64(s, x)?;
+        }
+        put_f64(s, self.usd_spent)?;
+        put_u64(s, self.tokens_seen)?;
+        put_f64(s, self.wall_seconds)?;
+        s.put(&[self.best_val_loss.is_some() as u8])?;
+        put_f64(s, self.best_val_loss.unwrap_or(0.0))?;
+        let sc = &self.schedule;
+        put_f64(s, sc.max_lr)?;
+        put_f64(s, sc.min_lr)?;
+        put_u64(s, sc.warmup_steps)?;
+        put_u64(s, sc.total_steps)?;
+        let o = &self.optimizer;
+        for x in [o.beta1, o.beta2, o.eps, o.weight_decay] {
+            s.put(&x.to_le_bytes())?;
+        }
+        put_u64(s, o.step)?;
+        let l = &self.loader;
+        s.put(&[match l.split {
+            Split::Train => 0,
+            Split::Val => 1,
+        }])?;
+        for x in [
+            l.seed,
+            l.consumed,
+            l.windows_per_epoch,
+            l.batch,
+            l.seq,
+            l.world,
+        ] {
+            put_u64(s, x)?;
+        }
+        put_array(s, &self.params)?;
+        put_array(s, &o.m)?;
+        put_array(s, &o.v)
+    }
+
+    /// The file name of the checkpoint of `step`.
+    pub fn file_name(step: u64) -> String {
+        format!("step-{step:08}.ckpt")
+    }
+
+    /// Checks that this checkpoint can resume a run of model `cfg` on
+    /// `world_size` ranks.
+    ///
+    /// # Errors
+    /// [`ModelError::CheckpointMismatch`] listing every field that differs,
+    /// with the checkpoint's value and the run's.
+    pub fn check_compatible(&self, cfg: &Config, world_size: usize) -> Result<(), ModelError> {
+        let c = &self.config;
+        let mut diffs = Vec::new();
+        let mut cmp = |field: &'static str, ck: String, run: String| {
+            if ck != run {
+                diffs.push(Mismatch {
+                    field,
+                    checkpoint: ck,
+                    run,
+                });
+            }
+        };
+        cmp(
+            "vocabulary (--vocab)",
+            c.vocab_size.to_string(),
+            cfg.vocab_size.to_string(),
+        );
+        cmp(
+            "hidden size (--hidden)",
+            c.dim.to_string(),
+            cfg.dim.to_string(),
+        );
+        cmp(
+            "layers (--layers)",
+            c.n_layers.to_string(),
+            cfg.n_layers.to_string(),
+        );
+        cmp(
+            "heads (--heads)",
+            c.n_heads.to_string(),
+            cfg.n_heads.to_string(),
+        );
+        cmp(
+            "kv heads (--kv-heads)",
+            c.n_kv_heads.to_string(),
+            cfg.n_kv_heads.to_string(),
+        );
+        cmp(
+            "FFN width (--ffn)",
+            c.ffn_dim.to_string(),
+            cfg.ffn_dim.to_string(),
+        );
+        cmp(
+            "sequence length (--seq)",
+            c.seq_len.to_string(),
+            cfg.seq_len.to_string(),
+        );
+        // Bit patterns, so that a NaN or -0.0 cannot compare equal by accident.
+        if c.rope_theta.to_bits() != cfg.rope_theta.to_bits() {
+            cmp(
+                "RoPE theta",
+                c.rope_theta.to_string(),
+                cfg.rope_theta.to_string(),
+            );
+        }
+        if c.norm_eps.to_bits() != cfg.norm_eps.to_bits() {
+            cmp(
+                "norm epsilon",
+                c.norm_eps.to_string(),
+                cfg.norm_eps.to_string(),
+            );
+        }
+        cmp(
+            "world size",
+            self.world_size.to_string(),
+            world_size.to_string(),
+        );
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::CheckpointMismatch { diffs })
+        }
+    }
+}
+
+/// Writes `ckpt` atomically into `dir` as `step-NNNNNNNN.ckpt` (creating the
+/// directory if needed), then deletes all but the newest `keep` checkpoints
+/// that verify (`keep` = 0 keeps all; a failure to delete is only a warning).
+/// Returns the new file's path.
+///
+/// # Errors
+/// [`ModelError::Io`] naming the file or directory; the temporary file is
+/// removed on failure.
+pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, ModelError> {
+    let io_dir = |source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io_dir)?;
+    let final_path = dir.join(Checkpoint::file_name(ckpt.step));
+    let tmp_path = dir.join(format!(
+        ".{}.tmp-{}",
+        Checkpoint::file_name(ckpt.step),
+        std::process::id()
+    ));
+    if let Err(e) = write_file(&tmp_path, ckpt) {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(e);
+    }
+    if let Err(source) = std::fs::rename(&tmp_path, &final_path) {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(ModelError::Io {
+            path: final_path,
+            source,
+        });
+    }
+    // The rename is durable only once the directory entry is on disk.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_dir)?;
+    // The new checkpoint is safe on disk; failing to delete old ones must not
+    // stop the run.
+    if keep > 0 {
+        if let Err(e) = prune(dir, keep) {
+            log::warn!("could not delete old checkpoints: {e}");
+        }
+    }
+    Ok(final_path)
+}
+
+fn write_file(path: &Path, ckpt: &Checkpoint) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut counter = Counter(0);
+    ckpt.encode_payload(&mut counter).map_err(io)?;
+    let file = File::create(path).map_err(io)?;
+    let mut w = CrcWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        crc: Crc32::new(),
+    };
+    write_all(&mut w, ckpt, counter.0).map_err(io)?;
+    let crc = w.crc.finish();
+    w.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+    let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+/// Header and payload (the caller appends the CRC).
+fn write_all<W: Write>(
+    w: &mut CrcWriter<W>,
+    ckpt: &Checkpoint,
+    payload_len: u64,
+) -> std::io::Result<()> {
+    w.put(&MAGIC)?;
+    w.put(&VERSION.to_le_bytes())?;
+    w.put(&0u32.to_le_bytes())?;
+    w.put(&payload_len.to_le_bytes())?;
+    ckpt.encode_payload(w)
+}
+
+/// Deletes all but the newest `keep` checkpoints in `dir` that verify; a
+/// damaged one is deleted with a warning.
+fn prune(dir: &Path, keep: usize) -> Result<(), ModelError> {
+    let mut kept = 0;
+    for (_, path) in list(dir)?.into_iter().rev() {
+        if kept < keep {
+            match verify(&path) {
+                Ok(()) => {
+                    kept += 1;
+                    continue;
+                }
+                Err(e) => log::warn!("deleting a checkpoint that does not verify: {e}"),
+            }
+        }
+        std::fs::remove_file(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The checkpoints in `dir` (files named `step-N.ckpt`), by increasing step.
+/// A missing directory has none.
+///
+/// # Errors
+/// [`ModelError::Io`] when the directory exists but cannot be listed.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ModelError> {
+    let io = |source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let step = name
+            .strip_prefix("step-")
+            .and_then(|r| r.strip_suffix(".ckpt"))
+            .and_then(|d| d.parse::<u64>().ok());
+        if let Some(step) = step {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest checkpoint in `dir` that loads and verifies, skipping (with a
+/// warning) any that do not; `None` when there is none (or no directory).
+///
+/// # Errors
+/// [`ModelError::Io`] when the directory cannot be listed.
+pub fn latest_valid(dir: &Path) -> Result<Option<(PathBuf, Checkpoint)>, ModelError> {
+    for (_, path) in list(dir)?.into_iter().rev() {
+        match load(&path) {
+            Ok(ckpt) => return Ok(Some((path, ckpt))),
+            Err(e) => log::warn!("skipping checkpoint: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+// --------------------------------------------------------------- reading ---
+
+fn corrupt(path: &Path, offset: Option<u64>, reason: impl Into<String>) -> ModelError {
+    ModelError::CheckpointCorrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Reads the payload in order, checksumming every byte, never past its end.
+struct Reader<'a, R: Read> {
+    path: &'a Path,
+    file: R,
+    crc: Crc32,
+    pos: u64,
+    end: u64,
+}
+
+impl<R: Read> Reader<'_, R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], ModelError> {
+        if self.pos + N as u64 > self.end {
+            return Err(corrupt(
+                self.path,
+                Some(self.pos),
+                "a field runs past the end of the payload",
+            ));
+        }
+        let mut b = [0u8; N];
+        self.file
+            .read_exact(&mut b)
+            .map_err(|source| ModelError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        self.crc.update(&b);
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, ModelError> {
+        Ok(self.bytes::<1>()?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    fn usize(&mut self) -> Result<usize, ModelError> {
+        let at = self.pos;
+        let x = self.u64()?;
+        usize::try_from(x).map_err(|_| {
+            corrupt(
+                self.path,
+                Some(at),
+                format!("value {x} does not fit this machine"),
+            )
+        })
+    }
+
+    fn f64(&mut self) -> Result<f64, ModelError> {
+        Ok(f64::from_le_bytes(self.bytes()?))
+    }
+
+    fn f32(&mut self) -> Result<f32, ModelError> {
+        Ok(f32::from_le_bytes(self.bytes()?))
+    }
+
+    /// A u64 count then that many f32; the count is checked against the bytes
+    /// left before anything is allocated.
+    fn array(&mut self, what: &str) -> Result<Vec<f32>, ModelError> {
+        let at = self.pos;
+        let n = self.u64()?;
+        let left = self.end - self.pos;
+        if n > left / 4 {
+            return Err(corrupt(
+                self.path,
+                Some(at),
+                format!(
+                    "{what} claims {n} values ({} bytes) but only {left} bytes are left",
+                    n.saturating_mul(4)
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        let mut buf = vec![0u8; 4 * 16384];
+        let mut remaining = n as usize;
+        while remaining > 0 {
+            let k = remaining.min(16384);
+            let b = &mut buf[..4 * k];
+            self.file.read_exact(b).map_err(|source| ModelError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+            self.crc.update(b);
+            out.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            remaining -= k;
+        }
+        self.pos += 4 * n;
+        Ok(out)
+    }
+
+    /// Checksums what is left of the payload and returns the stored CRC and the computed one.
+    fn finish_crc(&mut self) -> Result<(u32, u32), ModelError> {
+        let io = |source| ModelError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        let mut buf = vec![0u8; 1 << 16];
+        while self.pos < self.end {
+            let k = ((self.end - self.pos) as usize).min(buf.len());
+            self.file.read_exact(&mut buf[..k]).map_err(io)?;
+            self.crc.update(&buf[..k]);
+            self.pos += k as u64;
+        }
+        let mut stored = [0u8; 4];
+        self.file.read_exact(&mut stored).map_err(io)?;
+        Ok((u32::from_le_bytes(stored), self.crc.finish()))
+    }
+}
+
+/// Opens `path` for reading with its length.
+fn open_file(path: &Path) -> Result<(BufReader<File>, u64), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    Ok((BufReader::with_capacity(1 << 20, file), file_len))
+}
+
+/// Checks magic, version and the length field against `file_len`; returns
+/// the reader positioned at the payload. `path` names the file in errors.
+fn open_checked<R: Read>(
+    path: &Path,
+    mut file: R,
+    file_len: u64,
+) -> Result<Reader<'_, R>, ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if file_len < HEADER_BYTES + TRAILER_BYTES {
+        return Err(corrupt(
+            path,
+            None,
+            format!(
+                "the file is {file_len} bytes, shorter than any checkpoint ({} bytes); it is truncated",
+                HEADER_BYTES + TRAILER_BYTES
+            ),
+        ));
+    }
+    let mut header = [0u8; HEADER_BYTES as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    if header[0..8] != MAGIC {
+        return Err(corrupt(
+            path,
+            Some(0),
+            "this is not a frugal checkpoint (the magic bytes differ)",
+        ));
+    }
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if word(8) != VERSION {
+        return Err(corrupt(
+            path,
+            Some(8),
+            format!(
+                "format version {} is not the version {VERSION} this build reads",
+                word(8)
+            ),
+        ));
+    }
+    if word(12) != 0 {
+        return Err(corrupt(
+            path,
+            Some(12),
+            format!("reserved field is {} instead of 0", word(12)),
+        ));
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&header[16..24]);
+    let payload = u64::from_le_bytes(len_bytes);
+    let expected = payload.checked_add(HEADER_BYTES + TRAILER_BYTES);
+    if expected != Some(file_len) {
+        return Err(corrupt(
+            path,
+            Some(16),
+            format!(
+                "the length field says the file is {} bytes but it is {file_len} bytes (truncated or damaged)",
+                expected.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
+            ),
+        ));
+    }
+    let mut crc = Crc32::new();
+    crc.update(&header);
+    Ok(Reader {
+        path,
+        file,
+        crc,
+        pos: HEADER_BYTES,
+        end: HEADER_BYTES + payload,
+    })
+}
+
+/// Checks a checkpoint's header, length and checksum without keeping its contents.
+///
+/// # Errors
+/// [`ModelError::CheckpointCorrupt`] or [`ModelError::Io`], naming the file.
+pub fn verify(path: &Path) -> Result<(), ModelError> {
+    let (file, len) = open_file(path)?;
+    let mut r = open_checked(path, file, len)?;
+    let (stored, computed) = r.finish_crc()?;
+    check_crc(path, r.end, stored, computed)
+}
+
+fn check_crc(path: &Path, at: u64, stored: u32, computed: u32) -> Result<(), ModelError> {
+    if stored != computed {
+        return Err(corrupt(
+            path,
+            Some(at),
+            format!("checksum mismatch: stored CRC-32 {stored:08x}, computed {computed:08x}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads and verifies a checkpoint.
+///
+/// # Errors
+/// [`ModelError::CheckpointCorrupt`] naming the file (and the byte, where one
+/// can be named) for a truncated or damaged file, a wrong magic or version, or
+/// contents that do not fit together; [`ModelError::Io`] when it cannot be read.
+pub fn load(path: &Path) -> Result<Checkpoint, ModelError> {
+    let (file, len) = open_file(path)?;
+    read_checked(path, file, len)
+}
+
+/// Decodes a checkpoint held in memory (as [`load`] does a file); `name`
+/// labels errors.
+///
+/// # Errors
+/// As [`load`].
+pub fn decode(name: &Path, bytes: &[u8]) -> Result<Checkpoint, ModelError> {
+    read_checked(name, bytes, bytes.len() as u64)
+}
+
+/// The bytes of the checkpoint file [`save`] would write.
+pub fn encode(ckpt: &Checkpoint) -> Vec<u8> {
+    let mut counter = Counter(0);
+    // Writing to a Vec cannot fail.
+    let _ = ckpt.encode_payload(&mut counter);
+    let mut w = CrcWriter {
+        inner: Vec::with_capacity((HEADER_BYTES + counter.0 + TRAILER_BYTES) as usize),
+        crc: Crc32::new(),
+    };
+    let _ = write_all(&mut w, ckpt, counter.0);
+    let crc = w.crc.finish();
+    w.inner.extend_from_slice(&crc.to_le_bytes());
+    w.inner
+}
+
+fn read_checked<R: Read>(path: &Path, file: R, len: u64) -> Result<Checkpoint, ModelError> {
+    let mut r = open_checked(path, file, len)?;
+    let parsed = parse_payload(&mut r);
+    // A damaged byte can make parsing fail before the checksum is known; the
+    // checksum is the better explanation, so it is checked first either way.
+    let (stored, computed) = r.finish_crc()?;
+    check_crc(path, r.end, stored, computed)?;
+    let ckpt = parsed?;
+    validate(path, &ckpt)?;
+    Ok(ckpt)
+}
+
+fn parse_payload<R: Read>(r: &mut Reader<'_, R>) -> Result<Checkpoint, ModelError> {
+    let config = Config {
+        vocab_size: r.usize()?,
+        dim: r.usize()?,
+        n_layers: r.usize()?,
+        n_heads: r.usize()?,
+        n_kv_heads: r.usize()?,
+        ffn_dim: r.usize()?,
+        seq_len: r.usize()?,
+        rope_theta: r.f64()?,
+        norm_eps: r.f64()?,
+    };
+    let world_size = r.usize()?;
+    let step = r.u64()?;
+    let seed = r.u64()?;
+    let rng = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+    let usd_spent = r.f64()?;
+    let tokens_seen = r.u64()?;
+    let wall_seconds = r.f64()?;
+    let flag_at = r.pos;
+    let has_best = r.u8()?;
+    let best = r.f64()?;
+    let best_val_loss = match has_best {
+        // Canonical form: no best loss is written as +0.0, so that a file
+        // decodes and re-encodes to the same bytes.
+        0 if best.to_bits() != 0 => {
+            return Err(corrupt(
+                r.path,
+                Some(flag_at + 1),
+                "a best loss is stored but its flag says there is none",
+            ))
+        }
+        0 => None,
+        1 => Some(best),
+        x => {
+            return Err(corrupt(
+                r.path,
+                Some(flag_at),
+                format!("best-loss flag is {x}, not 0 or 1"),
+            ))
+        }
+    };
+    let schedule = CosineSchedule {
+        max_lr: r.f64()?,
+        min_lr: r.f64()?,
+        warmup_steps: r.u64()?,
+        total_steps: r.u64()?,
+    };
+    let (beta1, beta2, eps, weight_decay) = (r.f32()?, r.f32()?, r.f32()?, r.f32()?);
+    let opt_step = r.u64()?;
+    let split_at = r.pos;
+    let split = match r.u8()? {
+        0 => Split::Train,
+        1 => Split::Val,
+        x => {
+            return Err(corrupt(
+                r.path,
+                Some(split_at),
+                format!("loader split is {x}, not 0 or 1"),
+            ))
+        }
+    };
+    let loader = LoaderState {
+        split,
+        seed: r.u64()?,
+        consumed: r.u64()?,
+        windows_per_epoch: r.u64()?,
+        batch: r.u64()?,
+        seq: r.u64()?,
+        world: r.u64()?,
+    };
+    let params = r.array("the parameter array")?;
+    let m = r.array("the first-moment array")?;
+    let v = r.array("the second-moment array")?;
+    if r.pos != r.end {
+        return Err(corrupt(
+            r.path,
+            Some(r.pos),
+            format!("{} bytes follow the last field", r.end - r.pos),
+        ));
+    }
+    Ok(Checkpoint {
+        config,
+        world_size,
+        step,
+        seed,
+        params,
+        optimizer: OptimizerState {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: opt_step,
+            m,
+            v,
+        },
+        schedule,
+        loader,
+        rng,
+        usd_spent,
+        tokens_seen,
+        wall_seconds,
+        best_val_loss,
+    })
+}
+
+/// Checks that the parts fit together: a buildable config, and arrays the size
+/// its layout needs.
+fn validate(path: &Path, c: &Checkpoint) -> Result<(), ModelError> {
+    c.config
+        .validate()
+        .map_err(|e| corrupt(path, None, format!("its model config is invalid: {e}")))?;
+    let n = ParamLayout::new(&c.config).total();
+    for (what, len) in [
+        ("parameters", c.params.len()),
+        ("first moments", c.optimizer.m.len()),
+        ("second moments", c.optimizer.v.len()),
+    ] {
+        if len != n {
+            return Err(corrupt(
+                path,
+                None,
+                format!("it holds {len} {what}, its model config needs {n}"),
+            ));
+        }
+    }
+    if c.world_size == 0 {
+        return Err(corrupt(path, None, "its world size is 0"));
+    }
+    Ok(())
+}

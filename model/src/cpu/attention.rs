@@ -1,0 +1,316 @@
+//! Causal multi-head attention with grouped-query heads, forward and backward.
+//!
+//! Shapes: q (N, NH·HS), k and v (N, NKV·HS), out (N, NH·HS), lse (B, NH, T),
+//! N = B·T. Query head h reads key/value head h / (NH/NKV).
+//!
+//! Algorithm: per sequence b and head h, query rows in blocks of [`BQ`]; a
+//! block's scores S = Q_blk·Kᵀ/√HS against keys 0..t1 (the causal prefix) come
+//! from the blocked GEMM, the row softmax is taken in place (entries above the
+//! diagonal are exactly 0), and O_blk = P·V. Only the log-sum-exp of each row
+//! is kept (FlashAttention's trick): the backward recomputes P from it instead
+//! of storing B·NH·T² probabilities. Backward per block:
+//! dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √HS, dQ = dS·K, dK += dSᵀ·Q,
+//! dV += Pᵀ·dO.
+//!
+//! Threads: one sequence b at a time per thread (fixed ranges of b), so every
+//! output row is written by one thread, and dK/dV of a kv head sum over its query
+//! heads and blocks in a fixed order (so at most B threads work here). Forward
+//! overwrites out and lse; backward overwrites dq, dk, dv.
+
+use super::fastmath;
+use super::matmul::{gemm, Accumulate, Kernel, View};
+use super::par;
+
+/// Query rows per block.
+const BQ: usize = 64;
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hs: usize,
+}
+
+impl AttnDims {
+    fn c(&self) -> usize {
+        self.nh * self.hs
+    }
+    fn kv(&self) -> usize {
+        self.nkv * self.hs
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.hs as f32).sqrt()
+    }
+}
+
+/// Raw scores q·k (the caller applies 1/√HS) of query rows t0..t0+bq of head
+/// h against keys 0..t0+bq, into s (bq, kv_len = t0+bq).
+#[allow(clippy::too_many_arguments)]
+fn scores(
+    d: AttnDims,
+    qb: &[f32],
+    kb: &[f32],
+    h: usize,
+    t0: usize,
+    bq: usize,
+    s: &mut [f32],
+    kernel: Kernel,
+) {
+    let kv_len = t0 + bq;
+    let kvh = h / (d.nh / d.nkv);
+    let a = View {
+        data: &qb[t0 * d.c() + h * d.hs..],
+        rs: d.c(),
+        cs: 1,
+    };
+    let b = View {
+        data: &kb[kvh * d.hs..],
+        rs: 1,
+        cs: d.kv(),
+    };
+    gemm(
+        bq,
+        kv_len,
+        d.hs,
+        a,
+        b,
+        s,
+        kv_len,
+        Accumulate::Overwrite,
+        kernel,
+    );
+}
+
+/// out, lse = causal attention(q, k, v).
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: AttnDims,
+    threads: usize,
+) {
+    let kernel = Kernel::detect();
+    let (c, kv, t) = (d.c(), d.kv(), d.t);
+    par::split2(
+        threads,
+        d.b,
+        out,
+        t * c,
+        lse,
+        d.nh * t,
+        |range, out, lse| {
+            let mut s = vec![0.0f32; BQ * t];
+            for (bi, b) in range.enumerate() {
+                let qb = &q[b * t * c..(b + 1) * t * c];
+                let kb = &k[b * t * kv..(b + 1) * t * kv];
+                let vb = &v[b * t * kv..(b + 1) * t * kv];
+                let ob = &mut out[bi * t * c..(bi + 1) * t * c];
+                for h in 0..d.nh {
+                    let kvh = h / (d.nh / d.nkv);
+                    let lse_h = &mut lse[(bi * d.nh + h) * t..(bi * d.nh + h + 1) * t];
+                    for t0 in (0..t).step_by(BQ) {
+                        let bq = BQ.min(t - t0);
+                        let kv_len = t0 + bq;
+                        let s = &mut s[..bq * kv_len];
+                        scores(d, qb, kb, h, t0, bq, s, kernel);
+                        for (r, row) in s.chunks_exact_mut(kv_len).enumerate() {
+                            let valid = t0 + r + 1;
+                            let scale = d.scale();
+                            row[..valid].iter_mut().for_each(|x| *x *= scale);
+                            let max = fastmath::max(&row[..valid]);
+                            let sum = fastmath::exp_shifted_sum(&mut row[..valid], max);
+                            let inv = 1.0 / sum;
+                            row[..valid].iter_mut().for_each(|x| *x *= inv);
+                            row[valid..].iter_mut().for_each(|x| *x = 0.0);
+                            lse_h[t0 + r] = max + sum.ln();
+                        }
+                        let p = View {
+                            data: s,
+                            rs: kv_len,
+                            cs: 1,
+                        };
+                        let vv = View {
+                            data: &vb[kvh * d.hs..],
+                            rs: kv,
+                            cs: 1,
+                        };
+                        gemm(
+                            bq,
+                            d.hs,
+                            kv_len,
+                            p,
+                            vv,
+                            &mut ob[t0 * c + h * d.hs..],
+                            c,
+                            Accumulate::Overwrite,
+                            kernel,
+                        );
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// dq, dk, dv from dout (N, NH·HS), given the forward's inputs and lse.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lse: &[f32],
+    d: AttnDims,
+    threads: usize,
+) {
+    let kernel = Kernel::detect();
+    let (c, kv, t) = (d.c(), d.kv(), d.t);
+    // dk and dv are handed out per sequence alongside dq: pair them in one buffer
+    // split so that each thread gets its own sequences' rows of all three.
+    let per_seq_kv = t * kv;
+    let mut dkv = vec![0.0f32; 2 * d.b * per_seq_kv];
+    par::split2(
+        threads,
+        d.b,
+        dq,
+        t * c,
+        &mut dkv,
+        2 * per_seq_kv,
+        |range, dq, dkv| {
+            let mut p = vec![0.0f32; BQ * t];
+            let mut ds = vec![0.0f32; BQ * t];
+            for (bi, b) in range.enumerate() {
+                let qb = &q[b * t * c..(b + 1) * t * c];
+                let kb = &k[b * t * kv..(b + 1) * t * kv];
+                let vb = &v[b * t * kv..(b + 1) * t * kv];
+                let dob = &dout[b * t * c..(b + 1) * t * c];
+                let lse_b = &lse[b * d.nh * t..(b + 1) * d.nh * t];
+                let dqb = &mut dq[bi * t * c..(bi + 1) * t * c];
+                let (dkb, dvb) =
+                    dkv[bi * 2 * per_seq_kv..(bi + 1) * 2 * per_seq_kv].split_at_mut(per_seq_kv);
+                for h in 0..d.nh {
+                    let kvh = h / (d.nh / d.nkv);
+                    for t0 in (0..t).step_by(BQ) {
+                        let bq = BQ.min(t - t0);
+                        let kv_len = t0 + bq;
+                        let p = &mut p[..bq * kv_len];
+                        let ds = &mut ds[..bq * kv_len];
+                        scores(d, qb, kb, h, t0, bq, p, kernel);
+                        // dP = dO_blk·Vᵀ
+                        let do_blk = View {
+                            data: &dob[t0 * c + h * d.hs..],
+                            rs: c,
+                            cs: 1,
+                        };
+                        let vt = View {
+                            data: &vb[kvh * d.hs..],
+                            rs: 1,
+                            cs: kv,
+                        };
+                        gemm(
+                            bq,
+                            kv_len,
+                            d.hs,
+                            do_blk,
+                            vt,
+                            ds,
+                            kv_len,
+                            Accumulate::Overwrite,
+                            kernel,
+                        );
+                        for r in 0..bq {
+                            let valid = t0 + r + 1;
+                            let l = lse_b[h * t + t0 + r];
+                            let prow = &mut p[r * kv_len..(r + 1) * kv_len];
+                            let dsrow = &mut ds[r * kv_len..(r + 1) * kv_len];
+                            let scale = d.scale();
+                            prow[..valid]
+                                .iter_mut()
+                                .for_each(|x| *x = fastmath::exp(*x * scale - l));
+                            let pdp = fastmath::dot(&prow[..valid], &dsrow[..valid]);
+                            for (ds, &p) in dsrow[..valid].iter_mut().zip(&prow[..valid]) {
+                                *ds = p * (*ds - pdp) * scale;
+                            }
+                            prow[valid..].iter_mut().for_each(|x| *x = 0.0);
+                            dsrow[valid..].iter_mut().for_each(|x| *x = 0.0);
+                        }
+                        let ds_v = View {
+                            data: ds,
+                            rs: kv_len,
+                            cs: 1,
+                        };
+                        let ds_t = View {
+                            data: ds,
+                            rs: 1,
+                            cs: kv_len,
+                        };
+                        let p_t = View {
+                            data: p,
+                            rs: 1,
+                            cs: kv_len,
+                        };
+                        let k_v = View {
+                            data: &kb[kvh * d.hs..],
+                            rs: kv,
+                            cs: 1,
+                        };
+                        let q_blk = View {
+                            data: &qb[t0 * c + h * d.hs..],
+                            rs: c,
+                            cs: 1,
+                        };
+                        // dQ_blk = dS·K (this head's columns, written once)
+                        gemm(
+                            bq,
+                            d.hs,
+                            kv_len,
+                            ds_v,
+                            k_v,
+                            &mut dqb[t0 * c + h * d.hs..],
+                            c,
+                            Accumulate::Overwrite,
+                            kernel,
+                        );
+                        // dK[0..kv_len] += dSᵀ·Q_blk; dV[0..kv_len] += Pᵀ·dO_blk
+                        gemm(
+                            kv_len,
+                            d.hs,
+                            bq,
+                            ds_t,
+                            q_blk,
+                            &mut dkb[kvh * d.hs..],
+                            kv,
+                            Accumulate::Add,
+                            kernel,
+                        );
+                        gemm(
+                            kv_len,
+                            d.hs,
+                            bq,
+                            p_t,
+                            do_blk,
+                            &mut dvb[kvh * d.hs..],
+                            kv,
+                            Accumulate::Add,
+                            kernel,
+                        );
+                    }
+                }
+            }
+        },
+    );
+    // Unpack the per-sequence (dk, dv) pairs into the (N, KV) outputs.
+    for b in 0..d.b {
+        let pair = &dkv[b * 2 * per_seq_kv..(b + 1) * 2 * per_seq_kv];
+        dk[b * per_seq_kv..(b + 1) * per_seq_kv].copy_from_slice(&pair[..per_seq_kv]);
+        dv[b * per_seq_kv..(b + 1) * per_seq_kv].copy_from_slice(&pair[per_seq_kv..]);
+    }
+}

@@ -1,0 +1,702 @@
+//! The CPU backend: the LLaMA forward and backward in f32, written out by hand
+//! (no autograd), one file per op, multi-threaded with scoped threads over
+//! fixed partitions, and deterministic: the same inputs give the same bits for
+//! any thread count (every element is computed by one thread with a fixed
+//! sequence of operations; sums over rows use fixed chunks added in order).
+//! Across machines: the AVX-512 and AVX2 matmul kernels give the same bits
+//! (one FMA per multiply-add, k in order); a CPU with neither uses the portable
+//! kernel, whose separate multiply and add round differently. exp is computed
+//! by plain arithmetic ([`fastmath`]), not libm, so it does not vary.
+//!
+//! The model and its conventions (RoPE pairs, GQA head mapping, the loss over
+//! non-ignored targets) are those of [`crate::reference`], which the tests hold
+//! this backend to.
+//!
+//! Saved activations per layer (N = B·T): x_in, a = rmsnorm(x_in), rstd1,
+//! q, k (after RoPE), v, lse (B, NH, T), o (attention output), x_mid, m =
+//! rmsnorm(x_mid), rstd2, gate, up. The backward recomputes attention
+//! probabilities from lse and silu(gate)⊙up from gate and up.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod fastmath;
+pub mod matmul;
+pub mod par;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+use std::ops::Range;
+
+use crate::config::{Config, LayerTensor, ParamLayout};
+use crate::error::TokenRole;
+use crate::{ModelError, IGNORE_INDEX};
+use attention::AttnDims;
+use matmul::{linear_backward_input, linear_backward_weight, linear_forward, Accumulate};
+
+/// One layer's saved forward activations.
+struct LayerActs {
+    /// (N, C) residual stream entering the layer
+    x_in: Vec<f32>,
+    /// (N, C) rmsnorm(x_in)·attn_norm
+    a: Vec<f32>,
+    /// (N)
+    rstd1: Vec<f32>,
+    /// (N, C) after RoPE
+    q: Vec<f32>,
+    /// (N, KV) after RoPE
+    k: Vec<f32>,
+    /// (N, KV)
+    v: Vec<f32>,
+    /// (B, NH, T) log-sum-exp of each attention row
+    lse: Vec<f32>,
+    /// (N, C) attention output, input of wo
+    o: Vec<f32>,
+    /// (N, C) residual after attention
+    x_mid: Vec<f32>,
+    /// (N, C) rmsnorm(x_mid)·mlp_norm
+    m: Vec<f32>,
+    /// (N)
+    rstd2: Vec<f32>,
+    /// (N, F)
+    gate: Vec<f32>,
+    /// (N, F)
+    up: Vec<f32>,
+}
+
+/// Backward scratch, reused by every layer.
+struct Scratch {
+    /// (N, C) gradient of the residual stream
+    dx: Vec<f32>,
+    /// (N, C) gradient of the residual after attention
+    dx_mid: Vec<f32>,
+    /// (N, C) gradient of a norm's output
+    dnorm: Vec<f32>,
+    /// (N, C) gradient of the attention output
+    dout: Vec<f32>,
+    /// (N, C)
+    dq: Vec<f32>,
+    /// (N, KV)
+    dk: Vec<f32>,
+    /// (N, KV)
+    dv: Vec<f32>,
+    /// (N, F) silu(gate)⊙up: forward scratch and backward recomputation
+    act: Vec<f32>,
+    /// (N, F)
+    dact: Vec<f32>,
+    /// (N, F)
+    dgate: Vec<f32>,
+    /// (N, F)
+    dup: Vec<f32>,
+    /// (N, V)
+    dlogits: Vec<f32>,
+}
+
+/// A model instance on the CPU: owns the activations of one (B, T) micro-batch
+/// and runs the forward and backward over `threads` threads.
+pub struct CpuModel {
+    cfg: Config,
+    layout: ParamLayout,
+    batch: usize,
+    seq: usize,
+    threads: usize,
+    rope: rope::RopeTable,
+    layers: Vec<LayerActs>,
+    /// (N, C) residual stream after the last layer
+    x_final: Vec<f32>,
+    /// (N, C) rmsnorm(x_final)·final_norm
+    xf: Vec<f32>,
+    /// (N)
+    rstd_f: Vec<f32>,
+    /// (N, V)
+    logits: Vec<f32>,
+    /// (N)
+    row_loss: Vec<f32>,
+    scratch: Scratch,
+}
+
+impl CpuModel {
+    /// Allocates activations for micro-batches of `batch` sequences of `seq`
+    /// tokens, computed with `threads` threads (0 is taken as 1).
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when `cfg` does not validate;
+    /// [`ModelError::ShapeMismatch`] when `batch` or `seq` is 0.
+    pub fn new(
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        threads: usize,
+    ) -> Result<CpuModel, ModelError> {
+        cfg.validate()?;
+        if batch == 0 {
+            return Err(ModelError::ShapeMismatch {
+                what: "batch size",
+                expected: 1,
+                found: 0,
+            });
+        }
+        if seq == 0 {
+            return Err(ModelError::ShapeMismatch {
+                what: "sequence length",
+                expected: 1,
+                found: 0,
+            });
+        }
+        let n = batch * seq;
+        let (c, kv, f, v) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
+        let z = |len: usize| vec![0.0f32; len];
+        let layers = (0..cfg.n_layers)
+            .map(|_| LayerActs {
+                x_in: z(n * c),
+                a: z(n * c),
+                rstd1: z(n),
+                q: z(n * c),
+                k: z(n * kv),
+                v: z(n * kv),
+                lse: z(batch * cfg.n_heads * seq),
+                o: z(n * c),
+                x_mid: z(n * c),
+                m: z(n * c),
+                rstd2: z(n),
+                gate: z(n * f),
+                up: z(n * f),
+            })
+            .collect();
+        let scratch = Scratch {
+            dx: z(n * c),
+            dx_mid: z(n * c),
+            dnorm: z(n * c),
+            dout: z(n * c),
+            dq: z(n * c),
+            dk: z(n * kv),
+            dv: z(n * kv),
+            act: z(n * f),
+            dact: z(n * f),
+            dgate: z(n * f),
+            dup: z(n * f),
+            dlogits: z(n * v),
+        };
+        Ok(CpuModel {
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg),
+            batch,
+            seq,
+            threads: threads.max(1),
+            rope: rope::RopeTable::new(seq, cfg.head_dim(), cfg.rope_theta),
+            layers,
+            x_final: z(n * c),
+            xf: z(n * c),
+            rstd_f: z(n),
+            logits: z(n * v),
+            row_loss: z(n),
+            scratch,
+        })
+    }
+
+    /// Bytes of activation and scratch buffers this instance holds (the
+    /// attention backward adds 2·B·T·KV + threads·2·64·T floats while it runs).
+    pub fn activation_bytes(&self) -> usize {
+        let l = &self.layers;
+        let per_layer: usize = l.first().map_or(0, |a| {
+            [
+                &a.x_in, &a.a, &a.rstd1, &a.q, &a.k, &a.v, &a.lse, &a.o, &a.x_mid, &a.m, &a.rstd2,
+                &a.gate, &a.up,
+            ]
+            .iter()
+            .map(|b| b.len())
+            .sum()
+        });
+        let s = &self.scratch;
+        let scratch: usize = [
+            &s.dx, &s.dx_mid, &s.dnorm, &s.dout, &s.dq, &s.dk, &s.dv, &s.act, &s.dact, &s.dgate,
+            &s.dup, &s.dlogits,
+        ]
+        .iter()
+        .map(|b| b.len())
+        .sum();
+        let top = self.x_final.len()
+            + self.xf.len()
+            + self.rstd_f.len()
+            + self.logits.len()
+            + self.row_loss.len();
+        4 * (l.len() * per_layer + scratch + top)
+    }
+
+    /// (B, T, V) logits of the last forward.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Forward only: the mean cross-entropy over targets that are not
+    /// [`IGNORE_INDEX`] (0 when all are). `inputs`, `targets`: (B, T).
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for wrong buffer sizes,
+    /// [`ModelError::TokenOutOfRange`] for a token id ≥ V (naming its position).
+    pub fn loss(
+        &mut self,
+        params: &[f32],
+        inputs: &[u32],
+        targets: &[u32],
+    ) -> Result<f32, ModelError> {
+        self.check(params, inputs, targets)?;
+        self.forward(params, inputs);
+        cross_entropy::cross_entropy(
+            &mut self.row_loss,
+            None,
+            &self.logits,
+            targets,
+            self.cfg.vocab_size,
+            self.threads,
+        );
+        Ok(cross_entropy::mean_loss(&self.row_loss, targets))
+    }
+
+    /// Forward and backward. Parameter gradients accumulate:
+    /// `grads += grad_scale · ∂loss/∂params` (grad_scale = 1/K for K micro-batches).
+    /// `on_ready(range)` is called as soon as a contiguous range of `grads` is
+    /// final for this micro-batch, in reverse layer order: final_norm + lm_head,
+    /// then layers L−1 … 0, then tok_embedding. Returns the mean loss.
+    /// (To read the finished gradients inside the callback, for example to start
+    /// an all-reduce, use [`CpuModel::forward_backward_with`].)
+    ///
+    /// # Errors
+    /// As [`CpuModel::loss`], checked before anything is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        params: &[f32],
+        inputs: &[u32],
+        targets: &[u32],
+        grads: &mut [f32],
+        grad_scale: f32,
+        on_ready: &mut dyn FnMut(Range<usize>),
+    ) -> Result<f32, ModelError> {
+        self.forward_backward_with(params, inputs, targets, grads, grad_scale, &mut |r, _| {
+            on_ready(r)
+        })
+    }
+
+    /// [`CpuModel::forward_backward`] whose callback also receives the finished
+    /// gradients of the range, `&grads[range]` (the model does not touch them
+    /// again in this call).
+    ///
+    /// # Errors
+    /// As [`CpuModel::loss`], checked before anything is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_with(
+        &mut self,
+        params: &[f32],
+        inputs: &[u32],
+        targets: &[u32],
+        grads: &mut [f32],
+        grad_scale: f32,
+        on_ready: &mut dyn FnMut(Range<usize>, &[f32]),
+    ) -> Result<f32, ModelError> {
+        self.check(params, inputs, targets)?;
+        if grads.len() != params.len() {
+            return Err(ModelError::ShapeMismatch {
+                what: "gradient vector",
+                expected: params.len(),
+                found: grads.len(),
+            });
+        }
+        self.forward(params, inputs);
+        let v = self.cfg.vocab_size;
+        cross_entropy::cross_entropy(
+            &mut self.row_loss,
+            Some((&mut self.scratch.dlogits, grad_scale)),
+            &self.logits,
+            targets,
+            v,
+            self.threads,
+        );
+        let loss = cross_entropy::mean_loss(&self.row_loss, targets);
+        self.backward(params, inputs, grads, on_ready);
+        Ok(loss)
+    }
+
+    fn check(&self, params: &[f32], inputs: &[u32], targets: &[u32]) -> Result<(), ModelError> {
+        let n = self.batch * self.seq;
+        if params.len() != self.layout.total() {
+            return Err(ModelError::ShapeMismatch {
+                what: "parameter vector",
+                expected: self.layout.total(),
+                found: params.len(),
+            });
+        }
+        if inputs.len() != n {
+            return Err(ModelError::ShapeMismatch {
+                what: "input tokens (B·T)",
+                expected: n,
+                found: inputs.len(),
+            });
+        }
+        if targets.len() != n {
+            return Err(ModelError::ShapeMismatch {
+                what: "target tokens (B·T)",
+                expected: n,
+                found: targets.len(),
+            });
+        }
+        let vocab_size = self.cfg.vocab_size;
+        let out_of_range = |role, position, value| ModelError::TokenOutOfRange {
+            role,
+            position,
+            seq_len: self.seq,
+            value,
+            vocab_size,
+        };
+        if let Some(i) = inputs.iter().position(|&t| t as usize >= vocab_size) {
+            return Err(out_of_range(TokenRole::Input, i, inputs[i]));
+        }
+        if let Some(i) = targets
+            .iter()
+            .position(|&t| t != IGNORE_INDEX && t as usize >= vocab_size)
+        {
+            return Err(out_of_range(TokenRole::Target, i, targets[i]));
+        }
+        Ok(())
+    }
+
+    fn dims(&self) -> AttnDims {
+        AttnDims {
+            b: self.batch,
+            t: self.seq,
+            nh: self.cfg.n_heads,
+            nkv: self.cfg.n_kv_heads,
+            hs: self.cfg.head_dim(),
+        }
+    }
+
+    /// Fills every saved activation and the logits.
+    fn forward(&mut self, params: &[f32], inputs: &[u32]) {
+        let th = self.threads;
+        let n = self.batch * self.seq;
+        let (c, kv, f, v) = (
+            self.cfg.dim,
+            self.cfg.kv_dim(),
+            self.cfg.ffn_dim,
+            self.cfg.vocab_size,
+        );
+        let eps = self.cfg.norm_eps as f32;
+        let lay = &self.layout;
+        let dims = self.dims();
+        let emb = &params[lay.tok_embedding().range()];
+        let first = match self.layers.first_mut() {
+            Some(l) => &mut l.x_in,
+            None => &mut self.x_final,
+        };
+        embedding::embedding_forward(first, emb, inputs, c, th);
+        let act = &mut self.scratch.act;
+        for l in 0..self.cfg.n_layers {
+            let p = |t: LayerTensor| &params[lay.layer(l, t).range()];
+            let (done, rest) = self.layers.split_at_mut(l + 1);
+            let la = &mut done[l];
+            rmsnorm::rmsnorm_forward(
+                &mut la.a,
+                &mut la.rstd1,
+                &la.x_in,
+                p(LayerTensor::AttnNorm),
+                c,
+                eps,
+                th,
+            );
+            linear_forward(
+                &mut la.q,
+                &la.a,
+                p(LayerTensor::Wq),
+                n,
+                c,
+                c,
+                Accumulate::Overwrite,
+                th,
+            );
+            linear_forward(
+                &mut la.k,
+                &la.a,
+                p(LayerTensor::Wk),
+                n,
+                c,
+                kv,
+                Accumulate::Overwrite,
+                th,
+            );
+            linear_forward(
+                &mut la.v,
+                &la.a,
+                p(LayerTensor::Wv),
+                n,
+                c,
+                kv,
+                Accumulate::Overwrite,
+                th,
+            );
+            self.rope.forward(&mut la.q, c, th);
+            self.rope.forward(&mut la.k, kv, th);
+            attention::attention_forward(&mut la.o, &mut la.lse, &la.q, &la.k, &la.v, dims, th);
+            la.x_mid.copy_from_slice(&la.x_in);
+            linear_forward(
+                &mut la.x_mid,
+                &la.o,
+                p(LayerTensor::Wo),
+                n,
+                c,
+                c,
+                Accumulate::Add,
+                th,
+            );
+            rmsnorm::rmsnorm_forward(
+                &mut la.m,
+                &mut la.rstd2,
+                &la.x_mid,
+                p(LayerTensor::MlpNorm),
+                c,
+                eps,
+                th,
+            );
+            linear_forward(
+                &mut la.gate,
+                &la.m,
+                p(LayerTensor::WGate),
+                n,
+                c,
+                f,
+                Accumulate::Overwrite,
+                th,
+            );
+            linear_forward(
+                &mut la.up,
+                &la.m,
+                p(LayerTensor::WUp),
+                n,
+                c,
+                f,
+                Accumulate::Overwrite,
+                th,
+            );
+            swiglu::swiglu_forward(act, &la.gate, &la.up, f, th);
+            let next = match rest.first_mut() {
+                Some(nl) => &mut nl.x_in,
+                None => &mut self.x_final,
+            };
+            next.copy_from_slice(&la.x_mid);
+            linear_forward(
+                next,
+                act,
+                p(LayerTensor::WDown),
+                n,
+                f,
+                c,
+                Accumulate::Add,
+                th,
+            );
+        }
+        let g = &params[lay.final_norm().range()];
+        rmsnorm::rmsnorm_forward(&mut self.xf, &mut self.rstd_f, &self.x_final, g, c, eps, th);
+        linear_forward(
+            &mut self.logits,
+            &self.xf,
+            &params[lay.lm_head().range()],
+            n,
+            c,
+            v,
+            Accumulate::Overwrite,
+            th,
+        );
+    }
+
+    /// Backward from scratch.dlogits (already scaled by grad_scale / count).
+    fn backward(
+        &mut self,
+        params: &[f32],
+        inputs: &[u32],
+        grads: &mut [f32],
+        on_ready: &mut dyn FnMut(Range<usize>, &[f32]),
+    ) {
+        let th = self.threads;
+        let n = self.batch * self.seq;
+        let (c, kv, f, v) = (
+            self.cfg.dim,
+            self.cfg.kv_dim(),
+            self.cfg.ffn_dim,
+            self.cfg.vocab_size,
+        );
+        let dims = self.dims();
+        let lay = &self.layout;
+        let s = &mut self.scratch;
+
+        // LM head and final norm.
+        let lm = lay.lm_head().range();
+        let fnorm = lay.final_norm().range();
+        linear_backward_weight(&mut grads[lm.clone()], &s.dlogits, &self.xf, n, c, v, th);
+        linear_backward_input(
+            &mut s.dnorm,
+            &s.dlogits,
+            &params[lm.clone()],
+            n,
+            c,
+            v,
+            Accumulate::Overwrite,
+            th,
+        );
+        s.dx.iter_mut().for_each(|x| *x = 0.0);
+        rmsnorm::rmsnorm_backward(
+            &mut s.dx,
+            &mut grads[fnorm.clone()],
+            &s.dnorm,
+            &self.x_final,
+            &self.rstd_f,
+            &params[fnorm.clone()],
+            c,
+            th,
+        );
+        on_ready(fnorm.start..lm.end, &grads[fnorm.start..lm.end]);
+
+        for l in (0..self.cfg.n_layers).rev() {
+            let la = &self.layers[l];
+            let p = |t: LayerTensor| &params[lay.layer(l, t).range()];
+            let r = |t: LayerTensor| lay.layer(l, t).range();
+            // MLP: x_out = x_mid + act·w_downᵀ, s.dx = ∂/∂x_out.
+            swiglu::swiglu_forward(&mut s.act, &la.gate, &la.up, f, th);
+            linear_backward_weight(
+                &mut grads[r(LayerTensor::WDown)],
+                &s.dx,
+                &s.act,
+                n,
+                f,
+                c,
+                th,
+            );
+            linear_backward_input(
+                &mut s.dact,
+                &s.dx,
+                p(LayerTensor::WDown),
+                n,
+                f,
+                c,
+                Accumulate::Overwrite,
+                th,
+            );
+            swiglu::swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &la.gate, &la.up, f, th);
+            linear_backward_weight(
+                &mut grads[r(LayerTensor::WGate)],
+                &s.dgate,
+                &la.m,
+                n,
+                c,
+                f,
+                th,
+            );
+            linear_backward_weight(&mut grads[r(LayerTensor::WUp)], &s.dup, &la.m, n, c, f, th);
+            linear_backward_input(
+                &mut s.dnorm,
+                &s.dgate,
+                p(LayerTensor::WGate),
+                n,
+                c,
+                f,
+                Accumulate::Overwrite,
+                th,
+            );
+            linear_backward_input(
+                &mut s.dnorm,
+                &s.dup,
+                p(LayerTensor::WUp),
+                n,
+                c,
+                f,
+                Accumulate::Add,
+                th,
+            );
+            s.dx_mid.copy_from_slice(&s.dx);
+            rmsnorm::rmsnorm_backward(
+                &mut s.dx_mid,
+                &mut grads[r(LayerTensor::MlpNorm)],
+                &s.dnorm,
+                &la.x_mid,
+                &la.rstd2,
+                p(LayerTensor::MlpNorm),
+                c,
+                th,
+            );
+
+            // Attention: x_mid = x_in + o·woᵀ.
+            linear_backward_weight(
+                &mut grads[r(LayerTensor::Wo)],
+                &s.dx_mid,
+                &la.o,
+                n,
+                c,
+                c,
+                th,
+            );
+            linear_backward_input(
+                &mut s.dout,
+                &s.dx_mid,
+                p(LayerTensor::Wo),
+                n,
+                c,
+                c,
+                Accumulate::Overwrite,
+                th,
+            );
+            attention::attention_backward(
+                &mut s.dq, &mut s.dk, &mut s.dv, &s.dout, &la.q, &la.k, &la.v, &la.lse, dims, th,
+            );
+            self.rope.backward(&mut s.dq, c, th);
+            self.rope.backward(&mut s.dk, kv, th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, n, c, c, th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wk)], &s.dk, &la.a, n, c, kv, th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wv)], &s.dv, &la.a, n, c, kv, th);
+            linear_backward_input(
+                &mut s.dnorm,
+                &s.dq,
+                p(LayerTensor::Wq),
+                n,
+                c,
+                c,
+                Accumulate::Overwrite,
+                th,
+            );
+            linear_backward_input(
+                &mut s.dnorm,
+                &s.dk,
+                p(LayerTensor::Wk),
+                n,
+                c,
+                kv,
+                Accumulate::Add,
+                th,
+            );
+            linear_backward_input(
+                &mut s.dnorm,
+                &s.dv,
+                p(LayerTensor::Wv),
+                n,
+                c,
+                kv,
+                Accumulate::Add,
+                th,
+            );
+            s.dx.copy_from_slice(&s.dx_mid);
+            rmsnorm::rmsnorm_backward(
+                &mut s.dx,
+                &mut grads[r(LayerTensor::AttnNorm)],
+                &s.dnorm,
+                &la.x_in,
+                &la.rstd1,
+                p(LayerTensor::AttnNorm),
+                c,
+                th,
+            );
+            on_ready(lay.layer_range(l), &grads[lay.layer_range(l)]);
+        }
+
+        let emb = lay.tok_embedding().range();
+        embedding::embedding_backward(&mut grads[emb.clone()], &s.dx, inputs, c);
+        on_ready(emb.clone(), &grads[emb]);
+    }
+}

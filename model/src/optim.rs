@@ -1,0 +1,155 @@
+//! AdamW with decoupled weight decay and bias correction, and the global
+//! gradient norm used for clipping. All state is f32 except the step count;
+//! the update is element-wise, so it is deterministic.
+
+/// AdamW (Loshchilov & Hutter): with g the gradient and t the 1-based step,
+/// `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+/// `p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε) − lr·λ·p` where λ applies only
+/// where the decay mask is true (matrices; not norms or embeddings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    step: u64,
+}
+
+impl AdamW {
+    /// Zero moments for `n` parameters, step 0.
+    pub fn new(n: usize, beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> AdamW {
+        AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            step: 0,
+        }
+    }
+
+    /// Restores state saved from [`AdamW::m`], [`AdamW::v`], [`AdamW::step`].
+    /// Returns `None` when `m` and `v` differ in length.
+    pub fn from_state(
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        m: Vec<f32>,
+        v: Vec<f32>,
+        step: u64,
+    ) -> Option<AdamW> {
+        if m.len() != v.len() {
+            return None;
+        }
+        Some(AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            m,
+            v,
+            step,
+        })
+    }
+
+    /// First moment, one per parameter.
+    pub fn m(&self) -> &[f32] {
+        &self.m
+    }
+
+    /// Second moment, one per parameter.
+    pub fn v(&self) -> &[f32] {
+        &self.v
+    }
+
+    /// Updates taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Number of parameters the state covers.
+    pub fn len(&self) -> usize {
+        self.m.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.m.is_empty()
+    }
+
+    /// One AdamW step over all parameters.
+    ///
+    /// # Panics
+    /// If `params`, `grads` or `decay_mask` differ in length from the state
+    /// (a programming error: all come from the same [`crate::config::ParamLayout`]).
+    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f32, decay_mask: &[bool]) {
+        assert_eq!(params.len(), self.m.len(), "params vs optimizer state");
+        assert_eq!(grads.len(), self.m.len(), "grads vs optimizer state");
+        assert_eq!(
+            decay_mask.len(),
+            self.m.len(),
+            "decay mask vs optimizer state"
+        );
+        self.step += 1;
+        // Bias corrections in f64: β2ᵗ for t in the millions underflows nothing
+        // in f64 and keeps 1−β2ᵗ exact enough for small t.
+        let t = self.step as i32;
+        let bc1 = (1.0 - (self.beta1 as f64).powi(t)) as f32;
+        let bc2 = (1.0 - (self.beta2 as f64).powi(t)) as f32;
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let decay = lr * self.weight_decay;
+        for i in 0..params.len() {
+            let g = grads[i];
+            let m = b1 * self.m[i] + (1.0 - b1) * g;
+            let v = b2 * self.v[i] + (1.0 - b2) * g * g;
+            self.m[i] = m;
+            self.v[i] = v;
+            let mhat = m / bc1;
+            let vhat = v / bc2;
+            let mut p = params[i];
+            if decay_mask[i] {
+                p -= decay * p;
+            }
+            params[i] = p - lr * mhat / (vhat.sqrt() + eps);
+        }
+    }
+}
+
+/// Elements summed per block in [`grad_norm`]; fixed, so the result does not
+/// depend on threads or chunking anywhere else.
+const NORM_BLOCK: usize = 4096;
+
+/// The global L2 norm √(Σ g²): squares summed in f64 within blocks of 4096
+/// elements, block sums added in order. Deterministic for a given vector.
+pub fn grad_norm(grads: &[f32]) -> f64 {
+    let mut total = 0.0f64;
+    for block in grads.chunks(NORM_BLOCK) {
+        // Four independent f64 lanes let the compiler vectorise; their order is fixed.
+        let mut lanes = [0.0f64; 4];
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            for j in 0..4 {
+                lanes[j] += q[j] as f64 * q[j] as f64;
+            }
+        }
+        for (j, &g) in quads.remainder().iter().enumerate() {
+            lanes[j] += g as f64 * g as f64;
+        }
+        total += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    }
+    total.sqrt()
+}
+
+/// The factor to multiply gradients by so their norm is at most `max_norm`:
+/// `max_norm / norm` when `norm > max_norm`, else 1. A non-positive `max_norm`
+/// disables clipping; a NaN norm gives 1 (the caller must check finiteness).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
+    if max_norm > 0.0 && norm > max_norm {
+        (max_norm / norm) as f32
+    } else {
+        1.0
+    }
+}

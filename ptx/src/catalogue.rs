@@ -1,0 +1,371 @@
+//! The one table of shipped PTX modules: each module's name, its text (embedded with
+//! `include_str!` from `ptx/kernels/<name>.ptx`) and the targets it is assembled and shipped for.
+//!
+//! Every module in the table is assembled by `ptxas` for each of its targets in the tests
+//! (`tests/ptxas.rs`, which fails on any error or spill), reported by `frugal kernels --report`
+//! and written out by `frugal kernels --dump DIR`.
+//!
+//! Conventions every module follows: `.version 8.0` (the oldest PTX ISA that `sm_90a`
+//! accepts, so the oldest driver JIT that can load it), `.address_size 64`, and a `.target`
+//! line naming the oldest target the module declares. When a module is assembled for another
+//! target, the `.target` line is rewritten to that target (see [`Target::retarget`]). The text
+//! is ASCII only: ptxas aborts on any other byte, even in a comment.
+//!
+//! # Examples
+//! ```
+//! use frugal_ptx::catalogue::{modules, Target};
+//! let util = modules().iter().find(|m| m.name == "util").unwrap();
+//! assert!(util.text.contains(".entry fill_f32"));
+//! assert!(util.targets.contains(&Target::Sm80));
+//! ```
+
+/// A GPU architecture a module is assembled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Ampere (A100): `mma.sync`, `ldmatrix`, `cp.async`.
+    Sm80,
+    /// Hopper (H100) with the architecture-specific features (`wgmma`, TMA).
+    Sm90a,
+}
+
+impl Target {
+    /// Every target, oldest first.
+    pub const ALL: [Target; 2] = [Target::Sm80, Target::Sm90a];
+
+    /// The name PTX and ptxas use: `sm_80`, `sm_90a`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Sm80 => "sm_80",
+            Target::Sm90a => "sm_90a",
+        }
+    }
+
+    /// Parses a name as [`Target::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// `text` with its `.target` directive naming this target instead.
+    ///
+    /// Modules are written once with the `.target` of their oldest target; assembling for a
+    /// newer one (or loading there) needs only the directive changed, because the newer target
+    /// accepts every instruction of the older one. Text without a `.target` line comes back
+    /// unchanged (ptxas then reports the missing directive itself).
+    pub fn retarget(self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 8);
+        let mut done = false;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if !done && trimmed.starts_with(".target") {
+                let indent = &line[..line.len() - trimmed.len()];
+                let newline = if line.ends_with("\r\n") {
+                    "\r\n"
+                } else if line.ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                };
+                out.push_str(indent);
+                out.push_str(".target ");
+                out.push_str(self.as_str());
+                out.push_str(newline);
+                done = true;
+            } else {
+                out.push_str(line);
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad` honours width and alignment, so tables can format targets in columns.
+        f.pad(self.as_str())
+    }
+}
+
+/// One shipped PTX module.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelModule {
+    /// The module's name; its file is `ptx/kernels/<name>.ptx`.
+    pub name: &'static str,
+    /// The PTX text, exactly as shipped.
+    pub text: &'static str,
+    /// The targets it is assembled for and loaded on, oldest first.
+    pub targets: &'static [Target],
+}
+
+impl KernelModule {
+    /// Names of the `.entry` kernels in the module, in the order they appear.
+    pub fn entries(&self) -> Vec<&'static str> {
+        entry_names(self.text)
+    }
+}
+
+/// Names of the `.entry` kernels in a PTX text, in order (a light scan, not a parser).
+pub fn entry_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        if let Some(at) = code.find(".entry") {
+            let rest = code[at + ".entry".len()..].trim_start();
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            if end > 0 {
+                names.push(&rest[..end]);
+            }
+        }
+    }
+    names
+}
+
+const BOTH: &[Target] = &[Target::Sm80, Target::Sm90a];
+
+static MODULES: &[KernelModule] = &[
+    KernelModule {
+        name: "util",
+        text: include_str!("../kernels/util.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "adamw",
+        text: include_str!("../kernels/adamw.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "cross_entropy",
+        text: include_str!("../kernels/cross_entropy.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "embedding",
+        text: include_str!("../kernels/embedding.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "rmsnorm",
+        text: include_str!("../kernels/rmsnorm.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "rope",
+        text: include_str!("../kernels/rope.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "softmax",
+        text: include_str!("../kernels/softmax.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "swiglu",
+        text: include_str!("../kernels/swiglu.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "flash_attn_fwd",
+        text: include_str!("../kernels/flash_attn_fwd.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "flash_attn_bwd",
+        text: include_str!("../kernels/flash_attn_bwd.ptx"),
+        targets: BOTH,
+    },
+    // matmul: SIMT fallback and the tensor-core tile configs, all emitted by
+    // `crate::matmul` (a test re-emits and compares).
+    KernelModule {
+        name: "matmul_simt",
+        text: include_str!("../kernels/matmul_simt.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_nt_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_nn_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_tn_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_nt_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_nn_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_tn_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_nt_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_nn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_tn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_nt_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_nn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_tn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_v8_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_v8_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+];
+
+/// Every shipped module.
+pub fn modules() -> &'static [KernelModule] {
+    MODULES
+}
+
+/// The shipped module called `name`, if there is one.
+pub fn module(name: &str) -> Option<&'static KernelModule> {
+    MODULES.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_match_entries() {
+        for (i, m) in modules().iter().enumerate() {
+            assert!(
+                modules()[..i].iter().all(|o| o.name != m.name),
+                "duplicate module {}",
+                m.name
+            );
+            assert!(!m.targets.is_empty(), "{} declares no target", m.name);
+            assert!(
+                m.text.contains(".version 8.0"),
+                "{} must use .version 8.0",
+                m.name
+            );
+            let oldest = m.targets[0].as_str();
+            assert!(
+                m.text
+                    .lines()
+                    .any(|l| l.trim() == format!(".target {oldest}")),
+                "{}: .target must name its oldest target {oldest}",
+                m.name
+            );
+            assert!(!m.entries().is_empty(), "{} has no .entry", m.name);
+            // ptxas aborts on any non-ASCII byte, comments included.
+            assert!(m.text.is_ascii(), "{}: PTX must be ASCII", m.name);
+        }
+        assert_eq!(
+            module("util").map(|m| m.entries()),
+            Some(vec![
+                "fill_f32",
+                "scale_f32",
+                "cast_f32_bf16",
+                "cast_bf16_f32"
+            ])
+        );
+    }
+
+    #[test]
+    fn retarget_rewrites_only_the_directive() {
+        let text =
+            "// .target in a comment stays\n.version 8.0\n  .target sm_80\n.address_size 64\n";
+        let out = Target::Sm90a.retarget(text);
+        assert_eq!(
+            out,
+            "// .target in a comment stays\n.version 8.0\n  .target sm_90a\n.address_size 64\n"
+        );
+        assert_eq!(Target::Sm80.retarget("no directive"), "no directive");
+        for t in Target::ALL {
+            assert_eq!(Target::parse(t.as_str()), Some(t));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The PTX emulator: runs the PTX text the project ships on the CPU, with sanitizer checks.
+//!
+//! Pipeline: [`Module::parse`] lexes and parses the text (`parse`), then decodes each
+//! `.entry` once into a compact instruction list with operands resolved to register
+//! indices (`decode`); [`launch`] interprets that list (`exec`) over host memory
+//! ([`DeviceMemory`]).
+//!
+//! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
+//! lockstep with an active mask. Divergence uses per-thread program counters and always
+//! runs the group of threads with the lowest PC ("min-PC" scheduling): for the structured
+//! code the project emits (forward branches for if/else, backward branches for loops)
+//! a group that is ahead waits at its higher PC until the others catch up, which is
+//! exactly reconvergence at the immediate post-dominator, without needing a CFG. Each warp
+//! runs until it reaches a barrier or exits; when every live warp waits, the barrier
+//! opens. A warp reaching `bar.sync` with only part of its live lanes is an error, as is a
+//! set of warps that can never all arrive (deadlock).
+//!
+//! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
+//! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the
+//! thread's local memory. `cp.async` reads its source when issued and writes shared memory
+//! when the thread's `cp.async.wait_group`/`wait_all` completes the group, so a kernel that
+//! reads too early sees the old contents (and the race check reports it).
+//!
+//! Numerics: f32/f16/bf16 results are correctly rounded in every rounding mode PTX names
+//! (see `float`); NaN results are the canonical NaN. `.approx` functions (ex2, lg2, rsqrt,
+//! sin, cos, tanh, rcp/sqrt.approx) are computed to the correctly rounded value, which is
+//! within the hardware's documented error. f64 `fma` with a directed rounding mode rounds
+//! to nearest. Integer division by zero (undefined in PTX) returns all ones.
+//!
+//! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
+//! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
+//! packed (x2) comparisons, `wgmma`, TMA and `cp.async.bulk`, mma shapes other than
+//! m16n8k16 row.col with f32 accumulators.
+//!
+//! # Examples
+//! ```
+//! use frugal_ptx::emu::{launch, Checks, DeviceMemory, LaunchDims, Module};
+//! let ptx = r#"
+//! .version 8.0
+//! .target sm_80
+//! .address_size 64
+//! .visible .entry twice(.param .u64 out)
+//! {
+//!     .reg .b32 %r<3>;
+//!     .reg .b64 %rd<4>;
+//!     ld.param.u64 %rd1, [out];
+//!     cvta.to.global.u64 %rd2, %rd1;
+//!     mov.u32 %r1, %tid.x;
+//!     shl.b32 %r2, %r1, 1;
+//!     mul.wide.u32 %rd3, %r1, 4;
+//!     add.s64 %rd3, %rd2, %rd3;
+//!     st.global.u32 [%rd3], %r2;
+//!     ret;
+//! }
+//! "#;
+//! let module = Module::parse(ptx).unwrap();
+//! let mut mem = DeviceMemory::new();
+//! let out = mem.alloc(4 * 64, "out");
+//! let dims = LaunchDims { grid: [1, 1, 1], block: [64, 1, 1], dynamic_shared_bytes: 0 };
+//! launch(&module, "twice", &dims, &out.to_le_bytes(), &mut mem, &Checks::default()).unwrap();
+//! let mut bytes = [0u8; 4];
+//! mem.read(out + 4 * 10, &mut bytes).unwrap();
+//! assert_eq!(u32::from_le_bytes(bytes), 20);
+//! ```
+
+mod decode;
+mod exec;
+mod float;
+mod memory;
+mod parse;
+pub mod tensor;
+
+pub use memory::DeviceMemory;
+
+use crate::error::PtxError;
+
+/// A parsed and decoded PTX module: its kernels (`.entry` functions), ready to launch.
+pub struct Module {
+    kernels: Vec<decode::Kernel>,
+}
+
+/// One kernel parameter's place in the packed parameter buffer.
+///
+/// Each parameter sits at `align_up(previous end, align)`; this is the buffer the CUDA
+/// launch passes via `CU_LAUNCH_PARAM_BUFFER_POINTER`, and the one [`launch`] takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// Parameter name as declared.
+    pub name: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Alignment in bytes.
+    pub align: usize,
+    /// Offset in the packed buffer.
+    pub offset: usize,
+}
+
+/// Grid and block shape of a launch, and the bytes of dynamic (`extern`) shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchDims {
+    /// CTAs per dimension (`%nctaid`).
+    pub grid: [u32; 3],
+    /// Threads per CTA per dimension (`%ntid`).
+    pub block: [u32; 3],
+    /// Bytes of dynamic shared memory after the static shared variables.
+    pub dynamic_shared_bytes: u32,
+}
+
+/// Which sanitizer checks run during a launch. `Default`: all on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Bounds of global (against live allocations), shared, local and param accesses.
+    pub bounds: bool,
+    /// Shared-memory reads of data another thread wrote since the last barrier, and of
+    /// bytes a not-yet-waited `cp.async` will write.
+    pub races: bool,
+    /// Addresses that are not a multiple of the access size.
+    pub alignment: bool,
+    /// Reads of registers the thread never wrote.
+    pub uninit_regs: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            bounds: true,
+            races: true,
+            alignment: true,
+            uninit_regs: true,
+        }
+    }
+}
+
+impl Checks {
+    /// Every check off (fastest; out-of-bounds accesses are still refused, as errors
+    /// without the sanitizer's detail being guaranteed).
+    pub fn none() -> Self {
+        Checks {
+            bounds: false,
+            races: false,
+            alignment: false,
+            uninit_regs: false,
+        }
+    }
+}
+
+/// What a launch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchStats {
+    /// Warp-level instructions issued (one per warp per instruction, whatever the mask).
+    pub instructions: u64,
+    /// Warps run (over all CTAs).
+    pub warps: u64,
+    /// Thread-level instructions executed (sum of active lanes over issued instructions).
+    pub thread_instructions: u64,
+    /// CTAs run.
+    pub ctas: u64,
+}
+
+impl Module {
+    /// Parses and decodes PTX text.
+    ///
+    /// # Errors
+    /// `PtxError::Parse` with line, column and the offending text for anything malformed
+    /// or unsupported. Never panics, whatever the input.
+    pub fn parse(text: &str) -> Result<Module, PtxError> {
+        let ast = parse::parse(text)?;
+        let kernels = decode::decode_module(&ast)?;
+        Ok(Module { kernels })
+    }
+
+    /// The names of the module's kernels, in the order they are defined.
+    pub fn kernel_names(&self) -> Vec<&str> {
+        self.kernels.iter().map(|k| k.name.as_str()).collect()
+    }
+
+    /// The parameters of `kernel`, with their offsets in the packed parameter buffer.
+    ///
+    /// # Errors
+    /// `UnknownKernel` if the module does not define `kernel`.
+    pub fn params(&self, kernel: &str) -> Result<Vec<ParamInfo>, PtxError> {
+        Ok(self.kernel(kernel)?.params.clone())
+    }
+
+    pub(crate) fn kernel(&self, name: &str) -> Result<&decode::Kernel, PtxError> {
+        self.kernels
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| PtxError::UnknownKernel {
+                name: name.to_string(),
+                available: self.kernels.iter().map(|k| k.name.clone()).collect(),
+            })
+    }
+}
+
+/// Runs `kernel` of `module` over `mem` with the given launch shape and packed parameter
+/// buffer (see [`ParamInfo`]), sanitizer checks as `checks` says.
+///
+/// # Errors
+/// `UnknownKernel`, `BadLaunch` for an invalid shape or parameter buffer, and the first
+/// sanitizer finding or runtime fault (`OutOfBounds`, `Misaligned`, `SharedRace`,
+/// `UninitRegister`, `Divergence`, `Deadlock`, `Trap`). Memory written before the fault
+/// stays written.
+pub fn launch(
+    module: &Module,
+    kernel: &str,
+    dims: &LaunchDims,
+    params: &[u8],
+    mem: &mut DeviceMemory,
+    checks: &Checks,
+) -> Result<LaunchStats, PtxError> {
+    let k = module.kernel(kernel)?;
+    exec::launch(k, dims, params, mem, checks)
+}

@@ -1,0 +1,465 @@
+//! Warp-level tensor-core operations of the emulator: `mma.sync.aligned.m16n8k16.row.col`
+//! with bf16/f16 inputs and f32 accumulators, and `ldmatrix.sync.aligned.m8n8.b16`
+//! (`.x1/.x2/.x4`, optional `.trans`).
+//!
+//! Both are pure functions over the 32 lanes of one warp: the interpreter gathers every
+//! lane's registers, calls these, and scatters the results back. The fragment layouts are
+//! the ones the PTX ISA documents ("Matrix Fragments for mma.m16n8k16 with floating point
+//! type" and "Warp-level matrix load instruction: ldmatrix"); the index formulas are
+//! written out once in [`a_index`], [`b_index`], [`cd_index`] and [`ldmatrix_element`], and
+//! the tests scatter whole matrices with those same formulas and compare against a naive
+//! product.
+//!
+//! Numerics of `mma`: each product of two bf16 (or two f16) values is exact in f32 (8×8 or
+//! 11×11 significand bits fit in 24), so the only rounding is in the accumulation. The ISA
+//! leaves the accumulation order unspecified; the emulator adds, for each output element,
+//! the 16 products in k order onto the C value, one f32 rounding per addition. That order
+//! is fixed, so results are deterministic run to run.
+
+// Matrix code indexes by (row, col) as the ISA's formulas do; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
+/// The element type of the A and B operands of `mma.m16n8k16` (C and D are always f32 here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmaType {
+    /// `.bf16`: 1 sign, 8 exponent, 7 mantissa bits.
+    Bf16,
+    /// `.f16`: IEEE binary16.
+    F16,
+}
+
+impl MmaType {
+    /// Widens one 16-bit element of this type to f32 (exact for both types).
+    pub fn to_f32(self, bits: u16) -> f32 {
+        match self {
+            MmaType::Bf16 => f32::from_bits(u32::from(bits) << 16),
+            MmaType::F16 => half::f16::from_bits(bits).to_f32(),
+        }
+    }
+}
+
+/// Lane and 16-bit slot holding element (row, col) of the 16×16 A matrix (row-major operand).
+///
+/// The slot numbers the elements a0..a7 of the lane's four .b32 registers, low half first:
+/// register r holds a(2r) in bits 0..16 and a(2r+1) in bits 16..32. From the ISA:
+/// `row = groupID` for a0,a1,a4,a5 and `groupID + 8` otherwise;
+/// `col = threadID_in_group*2 + (i & 1)` for i < 4 and that `+ 8` for i ≥ 4,
+/// with `groupID = laneid >> 2`, `threadID_in_group = laneid % 4`.
+pub fn a_index(row: usize, col: usize) -> (usize, usize) {
+    let group = row % 8;
+    let thread_in_group = (col % 8) / 2;
+    let lane = group * 4 + thread_in_group;
+    let slot = (col & 1) + if row >= 8 { 2 } else { 0 } + if col >= 8 { 4 } else { 0 };
+    (lane, slot)
+}
+
+/// Lane and 16-bit slot holding element (row = k, col = n) of the 16×8 B matrix (column operand).
+///
+/// Slots b0..b3 over the lane's two .b32 registers, low half first. From the ISA:
+/// `row = threadID_in_group*2 + (i & 1)` for i < 2 and that `+ 8` for i ≥ 2; `col = groupID`.
+pub fn b_index(row: usize, col: usize) -> (usize, usize) {
+    let lane = col * 4 + (row % 8) / 2;
+    let slot = (row & 1) + if row >= 8 { 2 } else { 0 };
+    (lane, slot)
+}
+
+/// Lane and register holding element (row, col) of the 16×8 f32 C or D matrix.
+///
+/// From the ISA: `row = groupID` for c0,c1 and `groupID + 8` for c2,c3;
+/// `col = threadID_in_group*2 + (i & 1)`.
+pub fn cd_index(row: usize, col: usize) -> (usize, usize) {
+    let lane = (row % 8) * 4 + col / 2;
+    let reg = (col & 1) + if row >= 8 { 2 } else { 0 };
+    (lane, reg)
+}
+
+/// The 16-bit element in `slot` (0 = low half of register 0) of a fragment of .b32 registers.
+fn half_of(regs: &[u32], slot: usize) -> u16 {
+    let word = regs[slot / 2];
+    // Truncation keeps the chosen 16-bit half.
+    (if slot.is_multiple_of(2) {
+        word
+    } else {
+        word >> 16
+    }) as u16
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`: D = A·B + C for one warp.
+///
+/// `a[lane]`, `b[lane]`, `c[lane]` are each lane's operand registers in the order they appear
+/// in the instruction's vector operands; the result is each lane's four D registers.
+pub fn mma_m16n8k16(
+    ty: MmaType,
+    a: &[[u32; 4]; 32],
+    b: &[[u32; 2]; 32],
+    c: &[[f32; 4]; 32],
+) -> [[f32; 4]; 32] {
+    // Unpack once into plain matrices so the product below reads like the math.
+    let mut a_mat = [[0f32; 16]; 16]; // (M=16, K=16)
+    let mut b_mat = [[0f32; 8]; 16]; // (K=16, N=8)
+    for row in 0..16 {
+        for col in 0..16 {
+            let (lane, slot) = a_index(row, col);
+            a_mat[row][col] = ty.to_f32(half_of(&a[lane], slot));
+        }
+        for col in 0..8 {
+            let (lane, slot) = b_index(row, col);
+            b_mat[row][col] = ty.to_f32(half_of(&b[lane], slot));
+        }
+    }
+    let mut d = [[0f32; 4]; 32];
+    for row in 0..16 {
+        for col in 0..8 {
+            let (lane, reg) = cd_index(row, col);
+            let mut acc = c[lane][reg];
+            for (k, b_row) in b_mat.iter().enumerate() {
+                // Exact product (see the module note); one rounding per addition, k order.
+                acc += a_mat[row][k] * b_row[col];
+            }
+            d[lane][reg] = acc;
+        }
+    }
+    d
+}
+
+/// Where lane `lane`'s register `matrix`, half `half` (0 = low 16 bits) comes from in
+/// `ldmatrix.m8n8.b16`: the (row, column) of that 8×8 matrix, column in 16-bit elements.
+///
+/// From the ISA: lane i holds row `i / 4`, elements `2*(i % 4)` and `2*(i % 4) + 1` of each
+/// matrix; with `.trans` the matrix is transposed on the way, so lane i holds column `i / 4`,
+/// rows `2*(i % 4)` and `2*(i % 4) + 1` of the matrix as stored.
+pub fn ldmatrix_element(trans: bool, lane: usize, half: usize) -> (usize, usize) {
+    let (fixed, moving) = (lane / 4, 2 * (lane % 4) + half);
+    if trans {
+        (moving, fixed)
+    } else {
+        (fixed, moving)
+    }
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x{num}{.trans}.shared.b16`: loads `num` (1, 2 or 4) 8×8 matrices
+/// of 16-bit elements for one warp.
+///
+/// Lanes `8*j .. 8*j + 8` supply the shared addresses of the 8 rows (16 bytes each) of matrix
+/// `j`; `rows[lane]` is that address as the lane computed it, and the other lanes' addresses
+/// are ignored. `read16` is called once per row, lanes in order, with the address unchanged
+/// (alignment and bounds are the caller's checks). The result holds each lane's registers
+/// `0..num`; registers from `num` on are zero.
+///
+/// # Errors
+/// The first error `read16` returns, unchanged.
+///
+/// # Panics
+/// If `num` is not 1, 2 or 4 (the parser only accepts `.x1/.x2/.x4`).
+pub fn ldmatrix<E>(
+    num: usize,
+    trans: bool,
+    rows: &[u64; 32],
+    read16: &mut dyn FnMut(u64) -> Result<[u8; 16], E>,
+) -> Result<[[u32; 4]; 32], E> {
+    assert!(
+        matches!(num, 1 | 2 | 4),
+        "ldmatrix .x{num} is not an ldmatrix shape"
+    );
+    // (matrix, row) -> the row's 8 elements, read once each.
+    let mut matrices = [[[0u16; 8]; 8]; 4];
+    for (j, matrix) in matrices.iter_mut().enumerate().take(num) {
+        for (r, row) in matrix.iter_mut().enumerate() {
+            let bytes = read16(rows[8 * j + r])?;
+            for (e, element) in row.iter_mut().enumerate() {
+                *element = u16::from_le_bytes([bytes[2 * e], bytes[2 * e + 1]]);
+            }
+        }
+    }
+    let mut out = [[0u32; 4]; 32];
+    for (lane, regs) in out.iter_mut().enumerate() {
+        for (j, reg) in regs.iter_mut().enumerate().take(num) {
+            let (r0, c0) = ldmatrix_element(trans, lane, 0);
+            let (r1, c1) = ldmatrix_element(trans, lane, 1);
+            *reg = u32::from(matrices[j][r0][c0]) | (u32::from(matrices[j][r1][c1]) << 16);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fragment formulas are checked by scattering whole matrices with them, running the
+    //! operation, and gathering the result; the product is checked against an f64 reference.
+    use super::*;
+
+    /// A tiny deterministic generator (splitmix64), so the tests need no rand crate.
+    struct Gen(u64);
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// Rounds to the 16-bit type (round to nearest even), returning the bits.
+    fn to_bits(ty: MmaType, x: f32) -> u16 {
+        match ty {
+            MmaType::Bf16 => half::bf16::from_f32(x).to_bits(),
+            MmaType::F16 => half::f16::from_f32(x).to_bits(),
+        }
+    }
+
+    fn set_half(regs: &mut [u32], slot: usize, bits: u16) {
+        let shift = 16 * (slot % 2);
+        regs[slot / 2] = (regs[slot / 2] & !(0xFFFF << shift)) | (u32::from(bits) << shift);
+    }
+
+    /// Scatters A (16×16), B (16×8), C (16×8) into lane fragments with the ISA formulas.
+    /// Each lane's A, B and C registers.
+    type Fragments = ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]);
+
+    fn scatter(a: &[[u16; 16]; 16], b: &[[u16; 8]; 16], c: &[[f32; 8]; 16]) -> Fragments {
+        let (mut fa, mut fb, mut fc) = ([[0u32; 4]; 32], [[0u32; 2]; 32], [[0f32; 4]; 32]);
+        // The formulas below are the ISA's, written as lane -> element (the inverse direction
+        // of a_index/b_index/cd_index), so the test does not just reuse the code under test.
+        for lane in 0..32 {
+            let (group, tig) = (lane >> 2, lane % 4);
+            for i in 0..8 {
+                let row = if i < 2 || (4..6).contains(&i) {
+                    group
+                } else {
+                    group + 8
+                };
+                let col = tig * 2 + (i & 1) + if i >= 4 { 8 } else { 0 };
+                set_half(&mut fa[lane], i, a[row][col]);
+            }
+            for i in 0..4 {
+                let row = tig * 2 + (i & 1) + if i >= 2 { 8 } else { 0 };
+                set_half(&mut fb[lane], i, b[row][group]);
+            }
+            for i in 0..4 {
+                let row = if i < 2 { group } else { group + 8 };
+                fc[lane][i] = c[row][tig * 2 + (i & 1)];
+            }
+        }
+        (fa, fb, fc)
+    }
+
+    fn check_mma(ty: MmaType, seed: u64, scale: f32) {
+        let mut g = Gen(seed);
+        let mut a = [[0u16; 16]; 16];
+        let mut b = [[0u16; 8]; 16];
+        let mut c = [[0f32; 8]; 16];
+        a.iter_mut()
+            .flatten()
+            .for_each(|x| *x = to_bits(ty, g.unit() * scale));
+        b.iter_mut()
+            .flatten()
+            .for_each(|x| *x = to_bits(ty, g.unit() * scale));
+        c.iter_mut().flatten().for_each(|x| *x = g.unit() * scale);
+        let (fa, fb, fc) = scatter(&a, &b, &c);
+        let d = mma_m16n8k16(ty, &fa, &fb, &fc);
+        for row in 0..16 {
+            for col in 0..8 {
+                let lane = (row % 8) * 4 + col / 2;
+                let got = d[lane][(col & 1) + if row >= 8 { 2 } else { 0 }];
+                let mut exact = f64::from(c[row][col]);
+                let mut magnitude = exact.abs();
+                for k in 0..16 {
+                    let p = f64::from(ty.to_f32(a[row][k])) * f64::from(ty.to_f32(b[k][col]));
+                    exact += p;
+                    magnitude += p.abs();
+                }
+                // Products are exact in f32; 16 f32 additions each add at most half an ulp of
+                // the running sum, bounded by 16 · 2^-24 · Σ|terms|. A layout mistake moves
+                // whole terms, an error of order |a·b| ≫ this bound.
+                let tol = 16.0 * f64::powi(2.0, -24) * magnitude;
+                assert!(
+                    (f64::from(got) - exact).abs() <= tol,
+                    "{ty:?} D[{row}][{col}] = {got}, expected {exact} ± {tol}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mma_bf16_matches_f64_product() {
+        for seed in 0..8 {
+            check_mma(MmaType::Bf16, seed, 1.0);
+        }
+        // bf16 has f32's exponent range: products near 1e30 and 1e-30 stay normal f32 values.
+        check_mma(MmaType::Bf16, 99, 1.0e15);
+        check_mma(MmaType::Bf16, 98, 1.0e-15);
+    }
+
+    #[test]
+    fn mma_f16_matches_f64_product() {
+        for seed in 0..8 {
+            check_mma(MmaType::F16, seed, 1.0);
+        }
+        check_mma(MmaType::F16, 77, 100.0);
+    }
+
+    #[test]
+    fn mma_single_element_lands_in_documented_place() {
+        // One nonzero A element and one nonzero B element: D has exactly one nonzero, at
+        // (row of A, col of B), iff the k indices agree. Exercises every (row, k, col) triple.
+        for row in 0..16 {
+            for k in 0..16 {
+                for col in 0..8 {
+                    let mut a = [[0u16; 16]; 16];
+                    let mut b = [[0u16; 8]; 16];
+                    a[row][k] = to_bits(MmaType::Bf16, 2.0);
+                    b[k][col] = to_bits(MmaType::Bf16, 3.0);
+                    let (fa, fb, fc) = scatter(&a, &b, &[[0.0; 8]; 16]);
+                    let d = mma_m16n8k16(MmaType::Bf16, &fa, &fb, &fc);
+                    for r in 0..16 {
+                        for n in 0..8 {
+                            let (lane, reg) = cd_index(r, n);
+                            let want = if (r, n) == (row, col) { 6.0 } else { 0.0 };
+                            assert_eq!(
+                                d[lane][reg], want,
+                                "A[{row}][{k}] B[{k}][{col}] D[{r}][{n}]"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mma_propagates_nan_and_infinity() {
+        let mut a = [[0u16; 16]; 16];
+        let mut b = [[0u16; 8]; 16];
+        a[0][0] = to_bits(MmaType::Bf16, f32::INFINITY);
+        b[0][0] = to_bits(MmaType::Bf16, 1.0);
+        b[0][1] = to_bits(MmaType::Bf16, -1.0);
+        a[1][0] = to_bits(MmaType::Bf16, f32::NAN);
+        let (fa, fb, fc) = scatter(&a, &b, &[[0.0; 8]; 16]);
+        let d = mma_m16n8k16(MmaType::Bf16, &fa, &fb, &fc);
+        let at = |r, n| {
+            let (lane, reg) = cd_index(r, n);
+            d[lane][reg]
+        };
+        assert_eq!(at(0, 0), f32::INFINITY);
+        assert_eq!(at(0, 1), f32::NEG_INFINITY);
+        // inf · 0 is NaN, as IEEE says.
+        assert!(at(0, 2).is_nan());
+        assert!(at(1, 0).is_nan());
+        assert_eq!(at(2, 0), 0.0);
+    }
+
+    /// Shared memory for the ldmatrix tests: `num` 8×8 matrices, each element's value encodes
+    /// (matrix, row, col), rows placed at scattered 16-byte-aligned addresses.
+    fn ldmatrix_case(num: usize, trans: bool) {
+        let mut shared = vec![0u8; 4096];
+        let mut rows = [0u64; 32];
+        for (lane, row_addr) in rows.iter_mut().enumerate() {
+            // A permutation of 16-byte slots, so a lane/row mix-up reads the wrong row.
+            *row_addr = ((lane * 7 + 3) % 32 * 16 + 512) as u64;
+        }
+        let value = |j: usize, r: usize, c: usize| (0x1000 * (j + 1) + 0x10 * r + c) as u16;
+        for j in 0..num {
+            for r in 0..8 {
+                let base = rows[8 * j + r] as usize;
+                for c in 0..8 {
+                    shared[base + 2 * c..base + 2 * c + 2]
+                        .copy_from_slice(&value(j, r, c).to_le_bytes());
+                }
+            }
+        }
+        let mut reads = Vec::new();
+        let mut read16 = |addr: u64| -> Result<[u8; 16], String> {
+            reads.push(addr);
+            let at = usize::try_from(addr).map_err(|e| e.to_string())?;
+            shared
+                .get(at..at + 16)
+                .and_then(|s| <[u8; 16]>::try_from(s).ok())
+                .ok_or_else(|| format!("out of bounds {addr}"))
+        };
+        let out = ldmatrix(num, trans, &rows, &mut read16).unwrap();
+        assert_eq!(
+            reads,
+            rows[..8 * num].to_vec(),
+            "one read per row, lanes in order"
+        );
+        for lane in 0..32 {
+            for j in 0..4 {
+                let got = out[lane][j];
+                if j >= num {
+                    assert_eq!(got, 0);
+                    continue;
+                }
+                // The documented distribution: thread i holds row i/4, elements 2(i%4) and
+                // 2(i%4)+1; .trans hands out the transposed matrix the same way.
+                let (r, c) = (lane / 4, 2 * (lane % 4));
+                let (lo, hi) = if trans {
+                    (value(j, c, r), value(j, c + 1, r))
+                } else {
+                    (value(j, r, c), value(j, r, c + 1))
+                };
+                assert_eq!(
+                    got,
+                    u32::from(lo) | u32::from(hi) << 16,
+                    "x{num} trans={trans} lane {lane} reg {j}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ldmatrix_matches_documented_distribution() {
+        for num in [1, 2, 4] {
+            for trans in [false, true] {
+                ldmatrix_case(num, trans);
+            }
+        }
+    }
+
+    #[test]
+    fn ldmatrix_passes_read_errors_through() {
+        let rows = [u64::MAX; 32];
+        let mut calls = 0;
+        let mut read16 = |addr: u64| -> Result<[u8; 16], u64> {
+            calls += 1;
+            Err(addr)
+        };
+        assert_eq!(ldmatrix(4, false, &rows, &mut read16), Err(u64::MAX));
+        assert_eq!(calls, 1, "stops at the first failing row");
+    }
+
+    #[test]
+    fn ldmatrix_x4_feeds_mma_a_operand() {
+        // The pairing kernels use: A (16×16, row-major in shared) loaded with ldmatrix.x4, lane
+        // l addressing row l%16, column block 8·(l/16). Matrices are then (rows 0-7, k 0-7),
+        // (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15): exactly a0..a3's order.
+        let mut g = Gen(5);
+        let mut a = [[0u16; 16]; 16];
+        a.iter_mut()
+            .flatten()
+            .for_each(|x| *x = (g.next() >> 48) as u16);
+        let mut rows = [0u64; 32];
+        for (lane, r) in rows.iter_mut().enumerate() {
+            *r = ((lane % 16) * 32 + (lane / 16) * 16) as u64;
+        }
+        let mut read16 = |addr: u64| -> Result<[u8; 16], ()> {
+            let (row, col0) = (addr as usize / 32, (addr as usize % 32) / 2);
+            let mut out = [0u8; 16];
+            for e in 0..8 {
+                out[2 * e..2 * e + 2].copy_from_slice(&a[row][col0 + e].to_le_bytes());
+            }
+            Ok(out)
+        };
+        let frags = ldmatrix(4, false, &rows, &mut read16).unwrap();
+        for row in 0..16 {
+            for col in 0..16 {
+                let (lane, slot) = a_index(row, col);
+                assert_eq!(half_of(&frags[lane], slot), a[row][col], "A[{row}][{col}]");
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Typed launchers for the element-wise and reduction kernels of a LLaMA training step
+//! (everything but matmul and FlashAttention).
+//!
+//! Each op file (`rmsnorm`, `swiglu`, ...) describes its kernels: the parameter list
+//! ([`KernelSpec`]), a function per kernel that takes the buffers (device addresses) and
+//! shapes, checks the kernel's shape and alignment assumptions (returning
+//! [`PtxError::BadLaunch`] naming what to change), computes the [`LaunchDims`] and packs
+//! the parameter buffer. The result, a [`Launch`], is backend-neutral: the CUDA path passes
+//! `params` as `CU_LAUNCH_PARAM_BUFFER_POINTER`, the emulator path passes it to
+//! [`crate::emu::launch`] (see [`Launch::run_emu`]).
+//!
+//! Parameter offsets are computed here from each spec with the PTX rule (each parameter at
+//! the previous end rounded up to its alignment); a test checks every spec against the
+//! offsets the emulator's parser derives from the shipped text, so the two cannot drift.
+
+pub mod adamw;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod rmsnorm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+use crate::emu::{Checks, DeviceMemory, LaunchDims, LaunchStats, Module};
+use crate::error::PtxError;
+
+/// Threads per block of the row-wise kernels (one block per row).
+pub const ROW_BLOCK: u32 = 256;
+/// Threads per block of the flat element-wise kernels.
+pub const FLAT_BLOCK: u32 = 256;
+/// Upper bound on blocks of a grid-stride kernel: enough to fill any current GPU
+/// (132 SMs x 16 blocks); more only adds scheduling overhead.
+pub const MAX_FLAT_GRID: u64 = 2048;
+
+/// The PTX type of one kernel parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A device address (`.u64`).
+    Ptr,
+    /// `.u32`.
+    U32,
+    /// `.u64` count.
+    U64,
+    /// `.f32`.
+    F32,
+}
+
+impl ParamKind {
+    /// Size (and alignment) in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            ParamKind::Ptr | ParamKind::U64 => 8,
+            ParamKind::U32 | ParamKind::F32 => 4,
+        }
+    }
+}
+
+/// A kernel's identity and parameter list, in declaration order.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    /// The catalogue module holding the kernel.
+    pub module: &'static str,
+    /// The `.entry` name.
+    pub kernel: &'static str,
+    /// Parameter names (without the `<kernel>_param_` prefix) and types.
+    pub params: &'static [(&'static str, ParamKind)],
+}
+
+/// A parameter value, in the order of the spec.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// Device address.
+    Ptr(u64),
+    /// 32-bit unsigned.
+    U32(u32),
+    /// 64-bit unsigned.
+    U64(u64),
+    /// 32-bit float.
+    F32(f32),
+}
+
+impl Arg {
+    fn kind(self) -> ParamKind {
+        match self {
+            Arg::Ptr(_) => ParamKind::Ptr,
+            Arg::U32(_) => ParamKind::U32,
+            Arg::U64(_) => ParamKind::U64,
+            Arg::F32(_) => ParamKind::F32,
+        }
+    }
+}
+
+impl KernelSpec {
+    /// Byte offset of each parameter in the packed buffer, and the buffer's size.
+    pub fn offsets(&self) -> (Vec<usize>, usize) {
+        let mut offsets = Vec::with_capacity(self.params.len());
+        let mut end = 0usize;
+        for &(_, kind) in self.params {
+            let at = end.div_ceil(kind.size()) * kind.size();
+            offsets.push(at);
+            end = at + kind.size();
+        }
+        (offsets, end)
+    }
+
+    /// Packs `args` (one per parameter, in order) into the parameter buffer.
+    ///
+    /// # Errors
+    /// `BadLaunch` if the count or a type differs from the spec (a launcher bug).
+    pub fn pack(&self, args: &[Arg]) -> Result<Vec<u8>, PtxError> {
+        if args.len() != self.params.len() {
+            return Err(self.bad(format!(
+                "{} arguments given, the kernel takes {}",
+                args.len(),
+                self.params.len()
+            )));
+        }
+        let (offsets, size) = self.offsets();
+        let mut buf = vec![0u8; size];
+        for ((&(name, kind), &arg), &at) in self.params.iter().zip(args).zip(&offsets) {
+            if arg.kind() != kind {
+                return Err(self.bad(format!("parameter {name} is {kind:?}, given {arg:?}")));
+            }
+            let bytes = match arg {
+                Arg::Ptr(v) | Arg::U64(v) => v.to_le_bytes().to_vec(),
+                Arg::U32(v) => v.to_le_bytes().to_vec(),
+                Arg::F32(v) => v.to_le_bytes().to_vec(),
+            };
+            buf[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(buf)
+    }
+
+    /// A `BadLaunch` error for this kernel.
+    pub fn bad(&self, reason: impl Into<String>) -> PtxError {
+        PtxError::BadLaunch {
+            kernel: self.kernel.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`Launch`] of this kernel with `dims` and `args`.
+    ///
+    /// # Errors
+    /// As [`KernelSpec::pack`].
+    pub fn launch(&self, dims: LaunchDims, args: &[Arg]) -> Result<Launch, PtxError> {
+        Ok(Launch {
+            module: self.module,
+            kernel: self.kernel,
+            dims,
+            params: self.pack(args)?,
+            args: args.to_vec(),
+        })
+    }
+}
+
+/// One ready-to-run kernel launch: module and kernel names, shape, packed parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    /// Catalogue module name.
+    pub module: &'static str,
+    /// `.entry` name.
+    pub kernel: &'static str,
+    /// Grid, block and dynamic shared memory.
+    pub dims: LaunchDims,
+    /// The packed parameter buffer.
+    pub params: Vec<u8>,
+    /// The same arguments, typed, in parameter order (for a launch API that packs itself,
+    /// such as the runtime's `Device::launch`).
+    pub args: Vec<Arg>,
+}
+
+impl Launch {
+    /// Runs the launch under the emulator; `module` must be the parse of the catalogue
+    /// module named by [`Launch::module`].
+    ///
+    /// # Errors
+    /// Whatever [`crate::emu::launch`] reports.
+    pub fn run_emu(
+        &self,
+        module: &Module,
+        mem: &mut DeviceMemory,
+        checks: &Checks,
+    ) -> Result<LaunchStats, PtxError> {
+        crate::emu::launch(module, self.kernel, &self.dims, &self.params, mem, checks)
+    }
+}
+
+/// Every kernel spec of this family, for the consistency test and reports.
+pub fn specs() -> Vec<&'static KernelSpec> {
+    let mut all: Vec<&'static KernelSpec> = Vec::new();
+    all.extend(rmsnorm::SPECS);
+    all.extend(swiglu::SPECS);
+    all.extend(rope::SPECS);
+    all.extend(embedding::SPECS);
+    all.extend(cross_entropy::SPECS);
+    all.extend(adamw::SPECS);
+    all.extend(softmax::SPECS);
+    all
+}
+
+/// A 1-D launch of `blocks` blocks of `threads`.
+pub(crate) fn dims_1d(blocks: u32, threads: u32) -> LaunchDims {
+    LaunchDims {
+        grid: [blocks, 1, 1],
+        block: [threads, 1, 1],
+        dynamic_shared_bytes: 0,
+    }
+}
+
+/// Grid size for a grid-stride loop over `items` work items of `FLAT_BLOCK` threads.
+pub(crate) fn flat_grid(items: u64) -> u32 {
+    // Bounded by MAX_FLAT_GRID, so the cast cannot truncate.
+    items
+        .div_ceil(u64::from(FLAT_BLOCK))
+        .clamp(1, MAX_FLAT_GRID) as u32
+}
+
+/// `BadLaunch` unless `addr` is a multiple of `align` (`what` names the buffer).
+pub(crate) fn check_aligned(
+    spec: &KernelSpec,
+    what: &str,
+    addr: u64,
+    align: u64,
+) -> Result<(), PtxError> {
+    if !addr.is_multiple_of(align) {
+        return Err(spec.bad(format!(
+            "{what} at {addr:#x} is not {align}-byte aligned; allocate it from the arena \
+             (256-byte aligned)"
+        )));
+    }
+    Ok(())
+}
+
+/// `BadLaunch` unless `value` fits in a u32 kernel parameter (`what` names it).
+pub(crate) fn to_u32(spec: &KernelSpec, what: &str, value: usize) -> Result<u32, PtxError> {
+    u32::try_from(value).map_err(|_| {
+        spec.bad(format!(
+            "{what} = {value} does not fit the kernel's 32-bit index"
+        ))
+    })
+}
+
+/// `BadLaunch` unless `n` is positive.
+pub(crate) fn check_positive(spec: &KernelSpec, what: &str, n: usize) -> Result<(), PtxError> {
+    if n == 0 {
+        return Err(spec.bad(format!("{what} must be positive")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_match_the_shipped_text() {
+        for spec in specs() {
+            let m = crate::catalogue::module(spec.module)
+                .unwrap_or_else(|| panic!("no catalogue module {}", spec.module));
+            let parsed = Module::parse(m.text).unwrap_or_else(|e| panic!("{}: {e}", spec.module));
+            let params = parsed.params(spec.kernel).unwrap_or_else(|e| panic!("{e}"));
+            let (offsets, _) = spec.offsets();
+            assert_eq!(params.len(), spec.params.len(), "{}", spec.kernel);
+            for ((p, &(name, kind)), &at) in params.iter().zip(spec.params).zip(&offsets) {
+                assert_eq!(
+                    p.name,
+                    format!("{}_param_{name}", spec.kernel),
+                    "{}",
+                    spec.kernel
+                );
+                assert_eq!(p.size, kind.size(), "{}::{name}", spec.kernel);
+                assert_eq!(p.offset, at, "{}::{name}", spec.kernel);
+            }
+        }
+    }
+
+    #[test]
+    fn pack_refuses_wrong_arguments() {
+        let spec = &swiglu::SWIGLU_FWD;
+        assert!(spec.pack(&[Arg::U32(1)]).is_err());
+        let mut args = vec![Arg::Ptr(0); spec.params.len()];
+        assert!(
+            spec.pack(&args).is_err(),
+            "the last parameter is a count, not a pointer"
+        );
+        if let Some(last) = args.last_mut() {
+            *last = Arg::U64(7);
+        }
+        assert!(spec.pack(&args).is_ok());
+    }
+}

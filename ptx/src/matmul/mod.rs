@@ -1,0 +1,639 @@
+//! bf16 matmul for every product of a training step: typed launchers and per-shape dispatch.
+//!
+//! The products of a linear layer with weight W (C_out, C_in) row-major and input X (M, C_in),
+//! M = B*T, each a [`Layout`]:
+//! - forward `Y = X * W^T` ([`Layout::Nt`]): A = X (M, K=C_in), B^T = W (N=C_out, K): both
+//!   operands K-contiguous, the natural `mma.sync ... .row.col` case;
+//! - `dX = dY * W` ([`Layout::Nn`]): A = dY (M, K=C_out), B = W (K, N=C_in) N-contiguous;
+//! - `dW += dY^T * X` ([`Layout::Tn`]): A^T = dY (K=M_tokens, M=C_out) M-contiguous, B = X
+//!   (K, N=C_in) N-contiguous; with [`Epilogue::Accumulate`] and fp32 C for gradient
+//!   accumulation across micro-batches.
+//!
+//! The LM head is the same three with C_out = V; the vanilla attention's `Q K^T` is a batched
+//! [`Layout::Nt`] and `P V` a batched [`Layout::Nn`] (grid z over B*NH with batch strides).
+//!
+//! Layouts by transposed loads, not by separate algorithms: every kernel reads each operand
+//! tile into shared memory in its global layout (`cp.async` chunks along the contiguous
+//! dimension) and `ldmatrix` fetches the mma fragments with `.trans` exactly for
+//! the operands that are M- or N-contiguous (A of `Tn`, B of `Nn` and `Tn`). So one emitter
+//! ([`emit`]) writes all three layouts from one tile config; the layouts differ only in chunk
+//! geometry and in the `.trans` flag, not in the pipeline or the epilogue.
+//!
+//! Kernels (all take the same 16 parameters, see [`simt::PARAM_NAMES`]):
+//! - [`KernelKind::Simt`] (`matmul_simt.ptx`): any shape, stride and 2-byte alignment;
+//! - [`KernelKind::MmaSync`] (`matmul_tc_<BM>x<BN>x<BK>[_v8]_<layout>_<out>.ptx`, sm_80+): `mma.sync.m16n8k16`
+//!   bf16, `ldmatrix`, a [`TileConfig::stages`]-stage `cp.async` pipeline in padded shared
+//!   memory; ragged M, N, K by `cp.async` src-size zero-fill and predicated stores. It needs
+//!   both operand pointers aligned to [`TileConfig::load_bytes`] (16, or 8 for the `_v8`
+//!   64x64 variant) and both leading dimensions (and batch strides) multiples of
+//!   `load_bytes / 2` elements (each chunk must be an aligned source), which
+//!   [`Gemm::alignment`] measures; C has no alignment requirement beyond its element size.
+//!   With `lda = K` (the dense `Nt`/`Nn` A) that is "K a multiple of 8" (or 4 for `_v8`):
+//!   otherwise (odd widths such as paper-2b's F = 6739) the dispatcher picks SIMT, unless the
+//!   caller pads that leading dimension.
+//! - [`KernelKind::Wgmma`]: the sm_90a `wgmma` + TMA slot, reserved (not implemented; no table
+//!   row selects it yet).
+//!
+//! Dispatch: [`select`] scans [`DISPATCH`], a const table a future `frugal bench matmul
+//! --autotune` would rewrite; [`plan`] = select + launch.
+
+pub mod emit;
+pub mod simt;
+
+use crate::emu::LaunchDims;
+use crate::error::PtxError;
+use crate::kernels::{Arg, KernelSpec, Launch, ParamKind};
+
+/// Which product of a linear layer (see the module docs); names say which operand is stored
+/// transposed relative to the logical A (M, K), B (K, N): `N` = as is, `T` = transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// A (M, K) row-major, B stored as B^T (N, K) row-major: forward `X * W^T`, `Q K^T`.
+    Nt,
+    /// A (M, K) row-major, B (K, N) row-major: `dY * W`, `P V`.
+    Nn,
+    /// A stored as A^T (K, M) row-major, B (K, N) row-major: `dY^T * X`.
+    Tn,
+}
+
+impl Layout {
+    /// Every layout.
+    pub const ALL: [Layout; 3] = [Layout::Nt, Layout::Nn, Layout::Tn];
+
+    /// Lower-case name used in kernel names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Nt => "nt",
+            Layout::Nn => "nn",
+            Layout::Tn => "tn",
+        }
+    }
+
+    /// True when A's contiguous dimension is K (else M).
+    pub fn a_k_contiguous(self) -> bool {
+        matches!(self, Layout::Nt | Layout::Nn)
+    }
+
+    /// True when B's contiguous dimension is K (else N).
+    pub fn b_k_contiguous(self) -> bool {
+        matches!(self, Layout::Nt)
+    }
+}
+
+/// Element type of C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutType {
+    /// fp32 (gradient accumulation, logits for the loss).
+    F32,
+    /// bf16, rounded to nearest even once, after the epilogue.
+    Bf16,
+}
+
+impl OutType {
+    /// Suffix of kernel names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            OutType::F32 => "f32",
+            OutType::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            OutType::F32 => 4,
+            OutType::Bf16 => 2,
+        }
+    }
+}
+
+/// What the kernel does with C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// C = alpha * A * B (C is only written).
+    Overwrite,
+    /// C = alpha * A * B + C (parameter gradients accumulate).
+    Accumulate,
+}
+
+/// One (possibly batched) product C = alpha * A * B (+ C); sizes and strides in elements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    /// Operand layout.
+    pub layout: Layout,
+    /// Element type of C.
+    pub out: OutType,
+    /// Overwrite or accumulate.
+    pub epilogue: Epilogue,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Reduction length.
+    pub k: usize,
+    /// Row stride of A as stored ((M, K) for `Nt`/`Nn`: >= K; (K, M) for `Tn`: >= M).
+    pub lda: usize,
+    /// Row stride of B as stored ((N, K) for `Nt`: >= K; (K, N) otherwise: >= N).
+    pub ldb: usize,
+    /// Row stride of C (M, N): >= N.
+    pub ldc: usize,
+    /// Number of products (grid z); 1 for a plain matmul.
+    pub batch: usize,
+    /// Element distance between consecutive A matrices of the batch.
+    pub batch_stride_a: usize,
+    /// Element distance between consecutive B matrices of the batch.
+    pub batch_stride_b: usize,
+    /// Element distance between consecutive C matrices of the batch.
+    pub batch_stride_c: usize,
+}
+
+impl Gemm {
+    /// A dense, unbatched product: leading dimensions as tight as the layout allows,
+    /// alpha 1, overwrite.
+    pub fn dense(layout: Layout, out: OutType, m: usize, n: usize, k: usize) -> Gemm {
+        let lda = if layout.a_k_contiguous() { k } else { m };
+        let ldb = if layout.b_k_contiguous() { k } else { n };
+        Gemm {
+            layout,
+            out,
+            epilogue: Epilogue::Overwrite,
+            alpha: 1.0,
+            m,
+            n,
+            k,
+            lda,
+            ldb,
+            ldc: n,
+            batch: 1,
+            batch_stride_a: 0,
+            batch_stride_b: 0,
+            batch_stride_c: 0,
+        }
+    }
+
+    /// The same product with `epilogue` and `alpha`.
+    pub fn with_epilogue(mut self, epilogue: Epilogue, alpha: f32) -> Gemm {
+        self.epilogue = epilogue;
+        self.alpha = alpha;
+        self
+    }
+
+    /// The same product repeated `batch` times, each matrix dense after the previous one.
+    pub fn batched(mut self, batch: usize) -> Gemm {
+        self.batch = batch;
+        self.batch_stride_a = self.a_elements();
+        self.batch_stride_b = self.b_elements();
+        self.batch_stride_c = self.m.saturating_sub(1) * self.ldc + self.n;
+        self
+    }
+
+    /// Elements spanned by one A matrix as stored.
+    pub fn a_elements(&self) -> usize {
+        let (rows, cols) = if self.layout.a_k_contiguous() {
+            (self.m, self.k)
+        } else {
+            (self.k, self.m)
+        };
+        rows.saturating_sub(1) * self.lda + cols
+    }
+
+    /// Elements spanned by one B matrix as stored.
+    pub fn b_elements(&self) -> usize {
+        let (rows, cols) = if self.layout.b_k_contiguous() {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        rows.saturating_sub(1) * self.ldb + cols
+    }
+
+    /// Elements spanned by all of C (the buffer size a caller needs).
+    pub fn c_elements(&self) -> usize {
+        self.batch.saturating_sub(1) * self.batch_stride_c
+            + self.m.saturating_sub(1) * self.ldc
+            + self.n
+    }
+
+    /// The operand alignment in bytes (a power of two, at most 16) that the tensor-core
+    /// kernel's 16-byte `cp.async` chunks see: the largest power of two dividing the A and
+    /// B addresses and the byte sizes of their leading dimensions and batch strides.
+    pub fn alignment(&self, a: u64, b: u64) -> u32 {
+        let mut bits = a | b | 16;
+        for elems in [self.lda, self.ldb] {
+            bits |= 2 * elems as u64;
+        }
+        if self.batch > 1 {
+            bits |= (2 * self.batch_stride_a as u64) | (2 * self.batch_stride_b as u64);
+        }
+        1u32 << bits.trailing_zeros().min(4)
+    }
+
+    /// The element strides the kernels take: (a_sm, a_sk, b_sk, b_sn).
+    fn strides(&self) -> (u64, u64, u64, u64) {
+        let (a_sm, a_sk) = if self.layout.a_k_contiguous() {
+            (self.lda as u64, 1)
+        } else {
+            (1, self.lda as u64)
+        };
+        let (b_sk, b_sn) = if self.layout.b_k_contiguous() {
+            (1, self.ldb as u64)
+        } else {
+            (self.ldb as u64, 1)
+        };
+        (a_sm, a_sk, b_sk, b_sn)
+    }
+
+    /// FLOPs of the whole (batched) product: 2*M*N*K*batch.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}
+
+/// A tensor-core tile configuration: the CTA tile, its warp grid and the pipeline depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    /// CTA tile rows (M).
+    pub bm: u32,
+    /// CTA tile columns (N).
+    pub bn: u32,
+    /// K per pipeline stage; 32 (two mma k16 steps).
+    pub bk: u32,
+    /// Warps along M.
+    pub warps_m: u32,
+    /// Warps along N.
+    pub warps_n: u32,
+    /// `cp.async` stages in flight (tiles resident in shared memory).
+    pub stages: u32,
+    /// Bytes per `cp.async` chunk: 16 (`.cg`), or 8 / 4 (`.ca`) for operands whose leading
+    /// dimension is only a multiple of 4 / 2 elements (paper-100m's F = 2332 is 4 mod 8).
+    pub load_bytes: u32,
+}
+
+/// 128x128x32, 8 warps as 2x4 (64x32 per warp), 3 stages: the large-shape workhorse.
+pub const TILE_128X128: TileConfig = TileConfig {
+    bm: 128,
+    bn: 128,
+    bk: 32,
+    warps_m: 2,
+    warps_n: 4,
+    stages: 3,
+    load_bytes: 16,
+};
+/// 128x64x32, 4 warps as 2x2 (64x32 per warp), 3 stages.
+pub const TILE_128X64: TileConfig = TileConfig {
+    bm: 128,
+    bn: 64,
+    bk: 32,
+    warps_m: 2,
+    warps_n: 2,
+    stages: 3,
+    load_bytes: 16,
+};
+/// 64x64x32, 4 warps as 2x2 (32x32 per warp), 3 stages: small shapes, more CTAs.
+pub const TILE_64X64: TileConfig = TileConfig {
+    bm: 64,
+    bn: 64,
+    bk: 32,
+    warps_m: 2,
+    warps_n: 2,
+    stages: 3,
+    load_bytes: 16,
+};
+/// [`TILE_64X64`] loading 8-byte chunks: leading dimensions multiples of 4 elements.
+pub const TILE_64X64_V8: TileConfig = TileConfig {
+    load_bytes: 8,
+    ..TILE_64X64
+};
+
+/// Every shipped tile config; each (config, layout, output type) is one catalogue module
+/// named like its entry ([`TileConfig::entry_name`]). Narrow loads exist only for the 64x64
+/// tile: more chunks per thread in the larger tiles would cost registers the accumulators
+/// need. (The emitter also writes 4-byte loads, for leading dimensions that are 2 mod 4; they
+/// passed the emulator tests during development but are not shipped: no preset needs them.)
+pub const TILE_CONFIGS: [TileConfig; 4] = [TILE_128X128, TILE_128X64, TILE_64X64, TILE_64X64_V8];
+
+impl TileConfig {
+    /// Threads per CTA.
+    pub fn threads(&self) -> u32 {
+        self.warps_m * self.warps_n * 32
+    }
+
+    /// The tile's name: `matmul_tc_<bm>x<bn>x<bk>`.
+    pub fn module_name(&self) -> String {
+        format!("matmul_tc_{}x{}x{}", self.bm, self.bn, self.bk)
+    }
+
+    /// `.entry` (and catalogue module) name of the variant for `layout` writing `out`
+    /// (`_v8`/`_v4` after the tile name for narrow loads).
+    pub fn entry_name(&self, layout: Layout, out: OutType) -> String {
+        let width = if self.load_bytes == 16 {
+            String::new()
+        } else {
+            format!("_v{}", self.load_bytes)
+        };
+        format!(
+            "{}{width}_{}_{}",
+            self.module_name(),
+            layout.name(),
+            out.suffix()
+        )
+    }
+
+    /// Dynamic shared memory of `layout`'s variant, bytes.
+    pub fn shared_bytes(&self, layout: Layout) -> u32 {
+        emit::Geometry::new(*self, layout).shared_bytes()
+    }
+
+    /// Checks the invariants the emitter relies on (a debug aid for new configs).
+    pub fn check(&self) -> Result<(), String> {
+        let wm = self.bm / self.warps_m.max(1);
+        let wn = self.bn / self.warps_n.max(1);
+        let ok = self.bk == 32
+            && self.stages >= 2
+            && self.bm.is_multiple_of(self.warps_m * 16)
+            && self.bn.is_multiple_of(self.warps_n * 16)
+            && wm >= 16
+            && wn >= 16
+            && matches!(self.load_bytes, 4 | 8 | 16)
+            && (self.bm * 64 / self.load_bytes).is_multiple_of(self.threads())
+            && (self.bn * 64 / self.load_bytes).is_multiple_of(self.threads());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "tile config {self:?} breaks the emitter's invariants"
+            ))
+        }
+    }
+}
+
+/// Which kernel family runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    /// `matmul_simt`: any shape and alignment.
+    Simt,
+    /// `mma.sync` tensor-core kernel with this tile config (sm_80+).
+    MmaSync(TileConfig),
+    /// Reserved slot for the sm_90a `wgmma` + TMA kernel (a later issue); [`launch`]
+    /// refuses it.
+    Wgmma(TileConfig),
+}
+
+/// What [`select`] picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Choice {
+    /// Kernel and tile config.
+    pub kernel: KernelKind,
+    /// Split of K over CTAs with a deterministic reduction: a slot for the autotuner (no
+    /// table row uses it yet, and [`launch`] refuses it).
+    pub split_k: Option<u32>,
+}
+
+/// One row of the dispatch table: the first row whose conditions hold wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchRule {
+    /// Oldest architecture (`80` = sm_80, `90` = sm_90a) the row applies to.
+    pub min_arch: u32,
+    /// Layout the row applies to; `None` = any.
+    pub layout: Option<Layout>,
+    /// Operand alignment in bytes ([`Gemm::alignment`]) the row needs.
+    pub min_alignment: u32,
+    /// Smallest M the row applies to.
+    pub min_m: usize,
+    /// Smallest N the row applies to.
+    pub min_n: usize,
+    /// Smallest K the row applies to.
+    pub min_k: usize,
+    /// The pick.
+    pub choice: Choice,
+}
+
+const fn rule(
+    min_arch: u32,
+    min_m: usize,
+    min_n: usize,
+    min_k: usize,
+    kernel: KernelKind,
+) -> DispatchRule {
+    DispatchRule {
+        min_arch,
+        layout: None,
+        min_alignment: match kernel {
+            KernelKind::Simt => 2,
+            KernelKind::MmaSync(cfg) | KernelKind::Wgmma(cfg) => cfg.load_bytes,
+        },
+        min_m,
+        min_n,
+        min_k,
+        choice: Choice {
+            kernel,
+            split_k: None,
+        },
+    }
+}
+
+/// The dispatch table, scanned in order; the last row (SIMT, anything) always matches.
+///
+/// Hand-written from occupancy reasoning, not measured (no GPU was available): 128x128 when
+/// both M and N give a full wave of 128-tiles on a 132-SM part for typical M = B*T = 8192,
+/// 128x64 when N is narrower, 64x64 for small products; `frugal bench matmul --autotune`
+/// is meant to rewrite it from measurements.
+pub const DISPATCH: &[DispatchRule] = &[
+    rule(80, 1024, 1024, 32, KernelKind::MmaSync(TILE_128X128)),
+    rule(80, 512, 128, 32, KernelKind::MmaSync(TILE_128X64)),
+    rule(80, 1, 1, 1, KernelKind::MmaSync(TILE_64X64)),
+    rule(80, 1, 1, 1, KernelKind::MmaSync(TILE_64X64_V8)),
+    rule(0, 1, 1, 1, KernelKind::Simt),
+];
+
+/// The kernel for a product on architecture `arch` (80 for sm_80, 90 for sm_90a; anything
+/// older gets SIMT), with operands of `alignment` bytes ([`Gemm::alignment`]).
+pub fn select(arch: u32, layout: Layout, m: usize, n: usize, k: usize, alignment: u32) -> Choice {
+    DISPATCH
+        .iter()
+        .find(|r| {
+            arch >= r.min_arch
+                && r.layout.is_none_or(|l| l == layout)
+                && alignment >= r.min_alignment
+                && m >= r.min_m
+                && n >= r.min_n
+                && k >= r.min_k
+        })
+        .map_or(
+            Choice {
+                kernel: KernelKind::Simt,
+                split_k: None,
+            },
+            |r| r.choice,
+        )
+}
+
+/// Parameter types of every matmul entry, in order (names in [`simt::PARAM_NAMES`]).
+pub const PARAMS: [(&str, ParamKind); 16] = [
+    ("a", ParamKind::Ptr),
+    ("b", ParamKind::Ptr),
+    ("c", ParamKind::Ptr),
+    ("m", ParamKind::U32),
+    ("n", ParamKind::U32),
+    ("k", ParamKind::U32),
+    ("a_sm", ParamKind::U64),
+    ("a_sk", ParamKind::U64),
+    ("b_sk", ParamKind::U64),
+    ("b_sn", ParamKind::U64),
+    ("ldc", ParamKind::U64),
+    ("a_sb", ParamKind::U64),
+    ("b_sb", ParamKind::U64),
+    ("c_sb", ParamKind::U64),
+    ("alpha", ParamKind::F32),
+    ("accumulate", ParamKind::U32),
+];
+
+/// The catalogue module and `.entry` (both `'static`, from the shipped text) of a choice.
+///
+/// # Errors
+/// `BadLaunch` for the reserved kinds, or if the catalogue lacks the entry (a build bug).
+pub fn kernel_spec(kind: KernelKind, layout: Layout, out: OutType) -> Result<KernelSpec, PtxError> {
+    let (module, entry) = match kind {
+        KernelKind::Simt => ("matmul_simt".to_string(), simt::entry_name(out)),
+        KernelKind::MmaSync(cfg) => (cfg.entry_name(layout, out), cfg.entry_name(layout, out)),
+        KernelKind::Wgmma(_) => {
+            return Err(PtxError::BadLaunch {
+                kernel: "matmul_wgmma".into(),
+                reason: "the sm_90a wgmma matmul is not implemented yet; select MmaSync".into(),
+            })
+        }
+    };
+    let m = crate::catalogue::module(&module).ok_or_else(|| PtxError::BadLaunch {
+        kernel: entry.clone(),
+        reason: format!("no catalogue module {module}"),
+    })?;
+    let kernel = m
+        .entries()
+        .into_iter()
+        .find(|e| *e == entry)
+        .ok_or_else(|| PtxError::BadLaunch {
+            kernel: entry.clone(),
+            reason: format!("module {module} has no entry {entry}"),
+        })?;
+    Ok(KernelSpec {
+        module: m.name,
+        kernel,
+        params: &PARAMS,
+    })
+}
+
+/// The launch of `g` with the kernel of `choice`; `a`, `b`, `c` are device addresses.
+///
+/// # Errors
+/// `BadLaunch` when a size is 0 or does not fit 32 bits, a leading dimension is smaller than
+/// its row, a pointer is not element-aligned, `choice` is a tensor-core kernel and the
+/// operands are not 16-byte aligned ([`Gemm::alignment`]), or `choice` asks for a reserved
+/// kind or split-K.
+pub fn launch(choice: &Choice, g: &Gemm, a: u64, b: u64, c: u64) -> Result<Launch, PtxError> {
+    let spec = kernel_spec(choice.kernel, g.layout, g.out)?;
+    if choice.split_k.is_some() {
+        return Err(spec.bad("split-K is not implemented; use split_k: None"));
+    }
+    for (what, v) in [("M", g.m), ("N", g.n), ("K", g.k), ("batch", g.batch)] {
+        if v == 0 || u32::try_from(v).is_err() {
+            return Err(spec.bad(format!("{what} = {v} must be in 1..2^32")));
+        }
+    }
+    let a_cols = if g.layout.a_k_contiguous() { g.k } else { g.m };
+    let (b_cols, b_what) = if g.layout.b_k_contiguous() {
+        (g.k, "K")
+    } else {
+        (g.n, "N")
+    };
+    if g.lda < a_cols || g.ldb < b_cols || g.ldc < g.n {
+        return Err(spec.bad(format!(
+            "leading dimensions lda {} ldb {} ldc {} are shorter than their rows ({a_cols}, \
+             {b_cols} ({b_what}), {})",
+            g.lda, g.ldb, g.ldc, g.n
+        )));
+    }
+    for (what, p, align) in [("A", a, 2), ("B", b, 2), ("C", c, g.out.size() as u64)] {
+        if !p.is_multiple_of(align) {
+            return Err(spec.bad(format!("{what} at {p:#x} is not {align}-byte aligned")));
+        }
+    }
+    let dims = match choice.kernel {
+        KernelKind::Simt => LaunchDims {
+            grid: [
+                grid_dim(&spec, g.n, simt::SIMT_TILE)?,
+                grid_dim(&spec, g.m, simt::SIMT_TILE)?,
+                g.batch as u32,
+            ],
+            block: [simt::SIMT_TILE, simt::SIMT_TILE, 1],
+            dynamic_shared_bytes: 0,
+        },
+        KernelKind::MmaSync(cfg) => {
+            let align = g.alignment(a, b);
+            if align < cfg.load_bytes {
+                return Err(spec.bad(format!(
+                    "this tensor-core kernel needs {}-byte operands (pointers, lda/ldb and batch \
+                     strides multiples of {} elements); these are {align}-byte: use a narrower \
+                     load or KernelKind::Simt (select() does)",
+                    cfg.load_bytes,
+                    cfg.load_bytes / 2
+                )));
+            }
+            LaunchDims {
+                grid: [
+                    grid_dim(&spec, g.n, cfg.bn)?,
+                    grid_dim(&spec, g.m, cfg.bm)?,
+                    g.batch as u32,
+                ],
+                block: [cfg.threads(), 1, 1],
+                dynamic_shared_bytes: cfg.shared_bytes(g.layout),
+            }
+        }
+        KernelKind::Wgmma(_) => unreachable_kind(&spec)?,
+    };
+    let (a_sm, a_sk, b_sk, b_sn) = g.strides();
+    let accumulate = match g.epilogue {
+        Epilogue::Overwrite => 0,
+        Epilogue::Accumulate => 1,
+    };
+    spec.launch(
+        dims,
+        &[
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::Ptr(c),
+            Arg::U32(g.m as u32),
+            Arg::U32(g.n as u32),
+            Arg::U32(g.k as u32),
+            Arg::U64(a_sm),
+            Arg::U64(a_sk),
+            Arg::U64(b_sk),
+            Arg::U64(b_sn),
+            Arg::U64(g.ldc as u64),
+            Arg::U64(g.batch_stride_a as u64),
+            Arg::U64(g.batch_stride_b as u64),
+            Arg::U64(g.batch_stride_c as u64),
+            Arg::F32(g.alpha),
+            Arg::U32(accumulate),
+        ],
+    )
+}
+
+fn unreachable_kind(spec: &KernelSpec) -> Result<LaunchDims, PtxError> {
+    Err(spec.bad("reserved kernel kind"))
+}
+
+fn grid_dim(spec: &KernelSpec, len: usize, tile: u32) -> Result<u32, PtxError> {
+    u32::try_from(len.div_ceil(tile as usize))
+        .map_err(|_| spec.bad(format!("{len} needs too many CTAs")))
+}
+
+/// [`select`] then [`launch`]: the launch of `g` on architecture `arch`.
+///
+/// # Errors
+/// As [`launch`].
+pub fn plan(arch: u32, g: &Gemm, a: u64, b: u64, c: u64) -> Result<(Choice, Launch), PtxError> {
+    let choice = select(arch, g.layout, g.m, g.n, g.k, g.alignment(a, b));
+    Ok((choice, launch(&choice, g, a, b, c)?))
+}

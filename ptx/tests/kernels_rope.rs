@@ -1,0 +1,154 @@
+//! RoPE forward and backward (`rope.ptx`) under the emulator against an f64 rotation of the
+//! same bf16 inputs by the same f32 table, for HS 64 and 128 (and 8, the smallest legal),
+//! Q-like and K-like head counts (13 and 39 are the paper's odd ones, scaled down to 3 and 5),
+//! rows = B*T with T not a multiple of anything.
+
+use frugal_ptx::emu::DeviceMemory;
+use frugal_ptx::kernels::rope::{self, Direction};
+use proptest::prelude::*;
+
+mod kernel_harness;
+use kernel_harness::*;
+
+/// Rotates each pair of a bf16 buffer by ±angle in f64; also returns, per element, the
+/// size of the two products (for the cancellation allowance).
+fn reference(
+    x: &[u16],
+    cos: &[f32],
+    sin: &[f32],
+    t: usize,
+    width: usize,
+    hs: usize,
+    dir: Direction,
+) -> (Vec<f64>, Vec<f64>) {
+    let half = hs / 2;
+    let mut out = vec![0.0; x.len()];
+    let mut mag = vec![0.0; x.len()];
+    for (row, chunk) in x.chunks(width).enumerate() {
+        let pos = row % t;
+        for (h, head) in chunk.chunks(hs).enumerate() {
+            for i in 0..half {
+                let c = f64::from(cos[pos * half + i]);
+                let mut s = f64::from(sin[pos * half + i]);
+                if dir == Direction::Backward {
+                    s = -s;
+                }
+                let (x0, x1) = (bf(head[2 * i]), bf(head[2 * i + 1]));
+                let at = row * width + h * hs + 2 * i;
+                out[at] = x0 * c - x1 * s;
+                out[at + 1] = x0 * s + x1 * c;
+                mag[at] = (x0 * c).abs() + (x1 * s).abs();
+                mag[at + 1] = (x0 * s).abs() + (x1 * c).abs();
+            }
+        }
+    }
+    (out, mag)
+}
+
+fn case(b: usize, t: usize, heads: usize, hs: usize, dir: Direction, seed: u64) {
+    let width = heads * hs;
+    let rows = b * t;
+    let n = rows * width;
+    let mut gen = Gen(seed);
+    let x = gen.bf16s(n, 3.0);
+    let (cos, sin) = rope::table(t, hs, rope::THETA);
+    let m = module("rope");
+    let mut mem = DeviceMemory::new();
+    let x_d = upload(&mut mem, &x, "x");
+    let cos_d = upload(&mut mem, &cos, "cos");
+    let sin_d = upload(&mut mem, &sin, "sin");
+    run(
+        &rope::rope(x_d, cos_d, sin_d, rows, t, heads, hs, dir).unwrap(),
+        &m,
+        &mut mem,
+    );
+    let got: Vec<u16> = download(&mem, x_d, n);
+    let (want, mag) = reference(&x, &cos, &sin, t, width, hs, dir);
+    for i in 0..n {
+        // Each product and the sum round once in f32 (2^-24 of the products' size each, so
+        // 2^-22 of `mag` covers them even when the sum cancels), then one bf16 rounding:
+        // 2^-9 of the result, 2^-8 allowing for an f32 error across a rounding boundary.
+        let tol = want[i].abs() * 2f64.powi(-8) + mag[i] * 2f64.powi(-22);
+        let g = bf(got[i]);
+        assert!(
+            (g - want[i]).abs() <= tol,
+            "x[{i}] {dir:?}: got {g}, want {} (tol {tol})",
+            want[i]
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #[test]
+    fn rope_matches_reference(
+        b in 1usize..3,
+        t in 1usize..6,
+        heads in prop::sample::select(vec![1usize, 3, 5]),
+        hs in prop::sample::select(vec![64usize, 128, 8]),
+        backward in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let dir = if backward { Direction::Backward } else { Direction::Forward };
+        case(b, t, heads, hs, dir, seed);
+    }
+}
+
+#[test]
+fn rope_long_sequence_positions() {
+    // Positions up to 299: large angles for the low pairs, tiny ones for the high pairs.
+    case(1, 300, 1, 64, Direction::Forward, 11);
+    case(1, 300, 1, 128, Direction::Backward, 12);
+}
+
+#[test]
+fn rope_backward_undoes_forward() {
+    // A rotation by -a after +a is the identity up to two bf16 roundings (2^-8 relative
+    // each, of values whose pair norm is preserved, so 2^-7 of the pair's norm).
+    let (t, heads, hs) = (7, 2, 64);
+    let n = t * heads * hs;
+    let x = Gen(5).bf16s(n, 2.0);
+    let (cos, sin) = rope::table(t, hs, rope::THETA);
+    let m = module("rope");
+    let mut mem = DeviceMemory::new();
+    let x_d = upload(&mut mem, &x, "x");
+    let cos_d = upload(&mut mem, &cos, "cos");
+    let sin_d = upload(&mut mem, &sin, "sin");
+    run(
+        &rope::rope(x_d, cos_d, sin_d, t, t, heads, hs, Direction::Forward).unwrap(),
+        &m,
+        &mut mem,
+    );
+    run(
+        &rope::rope(x_d, cos_d, sin_d, t, t, heads, hs, Direction::Backward).unwrap(),
+        &m,
+        &mut mem,
+    );
+    let got: Vec<u16> = download(&mem, x_d, n);
+    for p in 0..n / 2 {
+        let norm = bf(x[2 * p]).hypot(bf(x[2 * p + 1]));
+        for i in [2 * p, 2 * p + 1] {
+            assert!(
+                (bf(got[i]) - bf(x[i])).abs() <= norm * 2f64.powi(-7),
+                "x[{i}]"
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_refuses_bad_shapes() {
+    assert!(
+        rope::rope(256, 512, 768, 4, 4, 1, 12, Direction::Forward).is_err(),
+        "HS not a multiple of 8"
+    );
+    assert!(
+        rope::rope(256, 512, 768, 5, 4, 1, 64, Direction::Forward).is_err(),
+        "rows not B*T"
+    );
+    assert!(
+        rope::rope(264, 512, 768, 4, 4, 1, 64, Direction::Forward).is_err(),
+        "x misaligned"
+    );
+    assert!(rope::rope(256, 512, 768, 4, 4, 1, 64, Direction::Forward).is_ok());
+}

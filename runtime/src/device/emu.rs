@@ -1,0 +1,158 @@
+//! The `emu` backend: the shipped PTX run by frugal-ptx's emulator over host
+//! memory, with every sanitizer check on. Launches go through the same
+//! [`crate::launch`] code as CUDA's; a sanitizer finding is an ordinary
+//! `RuntimeError::Emulator`. Timings on this backend are host-clock times of
+//! the emulator and are labelled as such.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use frugal_ptx::emu::{self, Checks, DeviceMemory, LaunchStats};
+
+use crate::buffer::{Backing, DeviceBuffer, ErrorSlot};
+use crate::device::MemoryInfo;
+use crate::error::RuntimeError;
+use crate::launch::{check_dims, pack_params, KernelArg, LaunchDims};
+use crate::modules::ModuleSet;
+
+/// The emulated device's memory capacity unless `FRUGAL_EMU_MEMORY_GIB` says
+/// otherwise: what `--mem-target` and the arena check against on `emu`.
+pub const DEFAULT_EMU_MEMORY_GIB: u64 = 16;
+
+/// Shared state of an emulated device (buffers hold an `Arc` to it).
+pub struct EmuInner {
+    memory: Mutex<DeviceMemory>,
+    modules: ModuleSet,
+    checks: Checks,
+    errors: ErrorSlot,
+    capacity: u64,
+    used: Mutex<u64>,
+}
+
+/// The emulated GPU.
+pub struct EmuDevice {
+    inner: Arc<EmuInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data that is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EmuInner {
+    pub(crate) fn write(&self, label: &str, addr: u64, bytes: &[u8]) -> Result<(), RuntimeError> {
+        lock(&self.memory)
+            .write(addr, bytes)
+            .map_err(|e| RuntimeError::Emulator {
+                kernel: format!("host write to '{label}'"),
+                source: Box::new(e),
+            })
+    }
+
+    pub(crate) fn read(&self, label: &str, addr: u64, out: &mut [u8]) -> Result<(), RuntimeError> {
+        lock(&self.memory)
+            .read(addr, out)
+            .map_err(|e| RuntimeError::Emulator {
+                kernel: format!("host read from '{label}'"),
+                source: Box::new(e),
+            })
+    }
+
+    pub(crate) fn free(&self, addr: u64, bytes: usize, label: &str) {
+        match lock(&self.memory).free(addr) {
+            Ok(()) => {
+                let mut used = lock(&self.used);
+                *used = used.saturating_sub(bytes as u64);
+            }
+            Err(e) => self
+                .errors
+                .record(format!("freeing emulated buffer '{label}': {e}")),
+        }
+    }
+}
+
+impl EmuDevice {
+    /// An emulated device with every shipped module parsed.
+    ///
+    /// # Errors
+    /// `ModuleParse` naming a module the emulator cannot parse.
+    pub fn new() -> Result<EmuDevice, RuntimeError> {
+        Self::with_checks(Checks::default())
+    }
+
+    /// An emulated device running the given sanitizer checks.
+    ///
+    /// # Errors
+    /// As [`EmuDevice::new`].
+    pub fn with_checks(checks: Checks) -> Result<EmuDevice, RuntimeError> {
+        let gib = match std::env::var("FRUGAL_EMU_MEMORY_GIB") {
+            Err(_) => DEFAULT_EMU_MEMORY_GIB,
+            Ok(s) => s.trim().parse::<u64>().unwrap_or_else(|_| {
+                log::warn!(
+                    "FRUGAL_EMU_MEMORY_GIB='{s}' is not a whole number of GiB; using {DEFAULT_EMU_MEMORY_GIB}"
+                );
+                DEFAULT_EMU_MEMORY_GIB
+            }),
+        };
+        Ok(EmuDevice {
+            inner: Arc::new(EmuInner {
+                memory: Mutex::new(DeviceMemory::new()),
+                modules: ModuleSet::load()?,
+                checks,
+                errors: ErrorSlot::default(),
+                capacity: gib << 30,
+                used: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// The parsed modules.
+    pub fn modules(&self) -> &ModuleSet {
+        &self.inner.modules
+    }
+
+    pub(crate) fn errors(&self) -> &ErrorSlot {
+        &self.inner.errors
+    }
+
+    pub(crate) fn memory_info(&self) -> MemoryInfo {
+        let used = *lock(&self.inner.used);
+        MemoryInfo {
+            free: self.inner.capacity.saturating_sub(used),
+            total: self.inner.capacity,
+        }
+    }
+
+    pub(crate) fn alloc(&self, bytes: usize, label: &str) -> DeviceBuffer {
+        let ptr = lock(&self.inner.memory).alloc(bytes, label);
+        *lock(&self.inner.used) += bytes as u64;
+        DeviceBuffer {
+            ptr,
+            bytes,
+            label: label.to_string(),
+            backing: Backing::Emu(self.inner.clone()),
+        }
+    }
+
+    /// Runs `kernel` to completion.
+    ///
+    /// # Errors
+    /// As `Device::launch`; sanitizer findings as `Emulator`.
+    pub fn launch(
+        &self,
+        kernel: &str,
+        dims: &LaunchDims,
+        args: &[KernelArg],
+    ) -> Result<LaunchStats, RuntimeError> {
+        check_dims(kernel, dims)?;
+        let (idx, params) = self.inner.modules.find(kernel)?;
+        let packed = pack_params(kernel, &params, args)?;
+        let module = &self.inner.modules.modules[idx].parsed;
+        let mut mem = lock(&self.inner.memory);
+        emu::launch(module, kernel, dims, &packed, &mut mem, &self.inner.checks).map_err(|e| {
+            RuntimeError::Emulator {
+                kernel: kernel.to_string(),
+                source: Box::new(e),
+            }
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! Device facts: what frugal knows about a GPU model from its exact name.
+//!
+//! The table is keyed by the name the CUDA driver reports (`cuDeviceGetName`),
+//! matched exactly. An unknown name gives `None`, and callers must then say
+//! "unknown" (MFU, price) rather than guess from a similar-looking entry: a
+//! wrong peak makes every MFU figure wrong without anyone noticing.
+//!
+//! Figures:
+//! - `sm`: compute capability as major*10 + minor (sm_80 = 80).
+//! - `memory_bytes_nominal`: the marketed capacity in GiB, as bytes. The
+//!   runtime reads the real total and free bytes from the driver for the
+//!   device it runs on; this figure is for `sweep`/`plan` on hardware that is
+//!   not present, and is a little above what the driver reports (an
+//!   "80GB" H100 reports about 79.2 GiB).
+//! - `bf16_dense_flops`: NVIDIA's published peak dense (no 2:4 sparsity) BF16
+//!   tensor-core FLOP/s with FP32 accumulation, at boost clock. For GeForce
+//!   parts this is the FP32-accumulate figure, half of the FP16-accumulate one.
+//! - `default_usd_per_gpu_hour`: a DEFAULT to override, with
+//!   `--price-per-gpu-hour X` or `FRUGAL_PRICE_PER_GPU_HOUR`. The values are
+//!   rounded, typical on-demand prices for one GPU at specialised GPU clouds
+//!   as listed in 2025-2026 (for example A100 80GB SXM about $1.5-2.5 and
+//!   H100 SXM about $2.5-4.0 per GPU-hour). Cloud prices drift and vary by
+//!   provider and region by a factor of two; treat them as placeholders that
+//!   make tokens/$ comparable between GPU types, not as a quote.
+//! - `paper_price_units`: the relative prices of Ashkboos et al. 2024
+//!   (average of two clouds): A100-40GB 1.00, A100-80GB 1.46, H100-80GB 2.53,
+//!   used with `--price-units paper`. Only the three SXM parts the paper
+//!   measured carry them; every other device has `None`.
+
+/// What frugal knows about one GPU model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceFacts {
+    /// The name exactly as the CUDA driver reports it (`cuDeviceGetName`).
+    pub name: &'static str,
+    /// A short label for tables and plots, e.g. "H100-SXM-80GB".
+    pub label: &'static str,
+    /// Compute capability as major*10 + minor: 80 for sm_80, 90 for sm_90.
+    pub sm: u32,
+    /// Marketed memory capacity in bytes (GiB × 2^30); see the module notes.
+    pub memory_bytes_nominal: u64,
+    /// Peak dense BF16 tensor-core FLOP/s (FP32 accumulate, no sparsity).
+    pub bf16_dense_flops: f64,
+    /// Default price of one GPU for one hour, in USD; override it.
+    pub default_usd_per_gpu_hour: f64,
+    /// The paper's relative price (A100-40GB = 1.00), where the paper has one.
+    pub paper_price_units: Option<f64>,
+}
+
+const GIB: u64 = 1 << 30;
+const TFLOPS: f64 = 1e12;
+
+/// Every GPU model frugal has facts for. Peaks are from NVIDIA's data sheets
+/// and architecture white papers (dense BF16 = half the "with sparsity" figure).
+pub static DEVICES: &[DeviceFacts] = &[
+    // Ampere data centre (GA100): 312 TFLOPS dense BF16 for SXM4 and PCIe alike.
+    DeviceFacts {
+        name: "NVIDIA A100-SXM4-40GB",
+        label: "A100-SXM-40GB",
+        sm: 80,
+        memory_bytes_nominal: 40 * GIB,
+        bf16_dense_flops: 312.0 * TFLOPS,
+        default_usd_per_gpu_hour: 1.29,
+        paper_price_units: Some(1.00),
+    },
+    DeviceFacts {
+        name: "NVIDIA A100-SXM4-80GB",
+        label: "A100-SXM-80GB",
+        sm: 80,
+        memory_bytes_nominal: 80 * GIB,
+        bf16_dense_flops: 312.0 * TFLOPS,
+        default_usd_per_gpu_hour: 1.79,
+        paper_price_units: Some(1.46),
+    },
+    DeviceFacts {
+        name: "NVIDIA A100-PCIE-40GB",
+        label: "A100-PCIe-40GB",
+        sm: 80,
+        memory_bytes_nominal: 40 * GIB,
+        bf16_dense_flops: 312.0 * TFLOPS,
+        default_usd_per_gpu_hour: 1.19,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA A100 80GB PCIe",
+        label: "A100-PCIe-80GB",
+        sm: 80,
+        memory_bytes_nominal: 80 * GIB,
+        bf16_dense_flops: 312.0 * TFLOPS,
+        default_usd_per_gpu_hour: 1.59,
+        paper_price_units: None,
+    },
+    // Ampere GA102: A10 (data centre), RTX 3090 (FP32-accumulate rate).
+    DeviceFacts {
+        name: "NVIDIA A10",
+        label: "A10",
+        sm: 86,
+        memory_bytes_nominal: 24 * GIB,
+        bf16_dense_flops: 125.0 * TFLOPS,
+        default_usd_per_gpu_hour: 0.75,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA GeForce RTX 3090",
+        label: "RTX-3090",
+        sm: 86,
+        memory_bytes_nominal: 24 * GIB,
+        bf16_dense_flops: 71.0 * TFLOPS,
+        default_usd_per_gpu_hour: 0.25,
+        paper_price_units: None,
+    },
+    // Hopper (GH100). "H100 80GB HBM3" is the SXM5 part.
+    DeviceFacts {
+        name: "NVIDIA H100 80GB HBM3",
+        label: "H100-SXM-80GB",
+        sm: 90,
+        memory_bytes_nominal: 80 * GIB,
+        bf16_dense_flops: 989.4 * TFLOPS,
+        default_usd_per_gpu_hour: 2.99,
+        paper_price_units: Some(2.53),
+    },
+    DeviceFacts {
+        name: "NVIDIA H100 PCIe",
+        label: "H100-PCIe-80GB",
+        sm: 90,
+        memory_bytes_nominal: 80 * GIB,
+        bf16_dense_flops: 756.0 * TFLOPS,
+        default_usd_per_gpu_hour: 2.49,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA H100 NVL",
+        label: "H100-NVL-94GB",
+        sm: 90,
+        memory_bytes_nominal: 94 * GIB,
+        bf16_dense_flops: 835.5 * TFLOPS,
+        default_usd_per_gpu_hour: 2.79,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA H200",
+        label: "H200-SXM-141GB",
+        sm: 90,
+        memory_bytes_nominal: 141 * GIB,
+        bf16_dense_flops: 989.4 * TFLOPS,
+        default_usd_per_gpu_hour: 3.79,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA H200 NVL",
+        label: "H200-NVL-141GB",
+        sm: 90,
+        memory_bytes_nominal: 141 * GIB,
+        bf16_dense_flops: 835.5 * TFLOPS,
+        default_usd_per_gpu_hour: 3.49,
+        paper_price_units: None,
+    },
+    // Ada Lovelace. L4/L40/L40S are data-centre parts (full-rate FP32
+    // accumulate); the RTX 4090 figure is its FP32-accumulate rate.
+    DeviceFacts {
+        name: "NVIDIA L4",
+        label: "L4",
+        sm: 89,
+        memory_bytes_nominal: 24 * GIB,
+        bf16_dense_flops: 121.0 * TFLOPS,
+        default_usd_per_gpu_hour: 0.75,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA L40",
+        label: "L40",
+        sm: 89,
+        memory_bytes_nominal: 48 * GIB,
+        bf16_dense_flops: 181.0 * TFLOPS,
+        default_usd_per_gpu_hour: 0.99,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA L40S",
+        label: "L40S",
+        sm: 89,
+        memory_bytes_nominal: 48 * GIB,
+        bf16_dense_flops: 362.05 * TFLOPS,
+        default_usd_per_gpu_hour: 1.19,
+        paper_price_units: None,
+    },
+    DeviceFacts {
+        name: "NVIDIA GeForce RTX 4090",
+        label: "RTX-4090",
+        sm: 89,
+        memory_bytes_nominal: 24 * GIB,
+        bf16_dense_flops: 165.2 * TFLOPS,
+        default_usd_per_gpu_hour: 0.49,
+        paper_price_units: None,
+    },
+];
+
+/// Facts for the device the driver names `name`, matched exactly (only
+/// trailing NULs or whitespace from a C string are ignored). `None` for a
+/// device not in the table: report MFU and price as unknown.
+///
+/// # Examples
+/// ```
+/// use frugal_runtime::facts::lookup;
+/// let h100 = lookup("NVIDIA H100 80GB HBM3").unwrap();
+/// assert_eq!(h100.sm, 90);
+/// assert!(lookup("NVIDIA H100").is_none()); // never a near match
+/// ```
+pub fn lookup(name: &str) -> Option<&'static DeviceFacts> {
+    let name = name.trim_end_matches(|c: char| c == '\0' || c.is_whitespace());
+    DEVICES.iter().find(|d| d.name == name)
+}
+
+/// Facts for a device by its short label ("H100-SXM-80GB"), for `sweep`/`plan`
+/// on hardware that is not present. Case-insensitive, exact otherwise.
+pub fn lookup_label(label: &str) -> Option<&'static DeviceFacts> {
+    DEVICES.iter().find(|d| d.label.eq_ignore_ascii_case(label))
+}
+
+/// Default price of one CPU core (one hardware thread, what
+/// `std::thread::available_parallelism` counts) for one hour, in USD.
+///
+/// Derived from a general-purpose cloud VM on demand in 2025: a 2-vCPU
+/// compute-optimised instance at about $0.09/hour, i.e. $0.045 per vCPU-hour
+/// (a vCPU is one hardware thread). It is a DEFAULT to override with
+/// `--price-per-gpu-hour` (which on the CPU backend means the price of the
+/// whole machine per hour) or `FRUGAL_PRICE_PER_GPU_HOUR`.
+pub const CPU_USD_PER_CORE_HOUR: f64 = 0.045;
+
+/// Default price per hour of running on `cores` CPU hardware threads, in USD.
+pub fn cpu_usd_per_hour(cores: usize) -> f64 {
+    CPU_USD_PER_CORE_HOUR * cores as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_unique() {
+        for (i, a) in DEVICES.iter().enumerate() {
+            for b in &DEVICES[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert!(
+                    !a.label.eq_ignore_ascii_case(b.label),
+                    "{} and {}",
+                    a.label,
+                    b.label
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn paper_units_only_on_the_papers_three_gpus() {
+        let with_units: Vec<&str> = DEVICES
+            .iter()
+            .filter(|d| d.paper_price_units.is_some())
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(
+            with_units,
+            [
+                "NVIDIA A100-SXM4-40GB",
+                "NVIDIA A100-SXM4-80GB",
+                "NVIDIA H100 80GB HBM3"
+            ]
+        );
+    }
+
+    #[test]
+    fn lookup_is_exact() {
+        assert_eq!(lookup("NVIDIA A100-SXM4-80GB\0\0").map(|d| d.sm), Some(80));
+        assert!(lookup("nvidia a100-sxm4-80gb").is_none());
+        assert!(lookup("NVIDIA A100").is_none());
+        assert!(lookup("").is_none());
+        assert_eq!(
+            lookup_label("h100-sxm-80gb").map(|d| d.name),
+            Some("NVIDIA H100 80GB HBM3")
+        );
+    }
+}
