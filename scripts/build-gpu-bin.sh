@@ -8,11 +8,14 @@
 #
 # Produces:
 #   gpu-bin/frugal                      the frugal binary
-#   gpu-bin/tests/<crate>.<target>      every test binary of the workspace
-#                                       (`cargo test --no-run`), e.g.
-#                                       frugal-runtime.cuda, frugal-ptx.lib
-#   gpu-bin/ptxas                       ptxas, for the tests that assemble the kernels
+#   gpu-bin/tests/<crate>.<target>      the test binaries gpu-check.sh runs (names
+#                                       matching GPU_TESTS, as there; ALL_TESTS=1
+#                                       for every one), stripped, e.g.
+#                                       frugal-runtime.cuda, frugal.kernels
+#   gpu-bin/ptxas                       only with WITH_PTXAS=1 (the GPU machine's
+#                                       CUDA toolkit has its own, found on PATH)
 #   gpu-bin/MANIFEST                    the list, with the commit it was built from
+# The device tool carries at most 64 MiB: the script fails if gpu-bin/ is larger.
 # Needs: cargo, python3 (to read cargo's JSON messages).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +42,7 @@ for line in sys.stdin:
 echo "build-gpu-bin: building the test binaries ($profile)" >&2
 cargo test --workspace --profile "$profile" --no-run --message-format=json-render-diagnostics \
   | python3 -c '
-import json, shutil, sys
+import json, re, shutil, sys
 out = sys.argv[1]
 for line in sys.stdin:
     try:
@@ -51,11 +54,18 @@ for line in sys.stdin:
     pkg = m["package_id"].split("#")[-1].split("@")[0].split("/")[-1]
     kind = m["target"]["kind"][0]
     name = "lib" if kind == "lib" else m["target"]["name"]
-    shutil.copy2(m["executable"], "%s/tests/%s.%s" % (out, pkg, name))
-' "$out"
+    full = "%s.%s" % (pkg, name)
+    if sys.argv[2] != "1" and not re.search(sys.argv[3], full):
+        continue
+    shutil.copy2(m["executable"], "%s/tests/%s" % (out, full))
+' "$out" "${ALL_TESTS:-0}" "${GPU_TESTS:-cuda|gpu|kernel|nccl|ddp}"
+# Debug sections are most of a test binary's size; the carry limit is 64 MiB.
+strip "$out/frugal" "$out"/tests/* 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
 
-# ptxas for the tests that assemble the kernels (it is a static x86-64 binary).
-if ptxas_path="$(scripts/ensure-ptxas.sh 2>/dev/null)"; then
+# ptxas (35 MB) only on request: the GPU machine's toolkit has one.
+if [ "${WITH_PTXAS:-0}" != 1 ]; then
+  :
+elif ptxas_path="$(scripts/ensure-ptxas.sh 2>/dev/null)"; then
   cp "$ptxas_path" "$out/ptxas"
 else
   echo "build-gpu-bin: no ptxas (scripts/ensure-ptxas.sh failed); tests that assemble kernels will fail there" >&2
@@ -65,7 +75,13 @@ fi
 {
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
   echo "profile $profile"
-  (cd "$out" && ls -1 frugal tests/* && ls -1 ptxas 2>/dev/null)
+  (cd "$out" && ls -1 frugal tests/* && { ls -1 ptxas 2>/dev/null || true; })
 } > "$out/MANIFEST"
 cat "$out/MANIFEST"
+size_kib="$(du -sk "$out" | cut -f1)"
+echo "build-gpu-bin: gpu-bin/ is $((size_kib / 1024)) MiB" >&2
+if [ "$size_kib" -gt $((64 * 1024)) ]; then
+  echo "build-gpu-bin: over the 64 MiB the device tool carries; narrow GPU_TESTS or drop WITH_PTXAS" >&2
+  exit 1
+fi
 echo "build-gpu-bin: done; copy gpu-bin/ and scripts/gpu-check.sh to the GPU machine" >&2
