@@ -1,4 +1,35 @@
-//! frugal-ptx
+//! frugal-ptx: the PTX kernels frugal ships, as text, with the one table that
+//! knows them ([`catalogue`]), their typed launchers ([`kernels`], [`matmul`],
+//! [`flash`]), the `ptxas` harness ([`ptxas`]) and the PTX emulator ([`emu`])
+//! that runs the exact shipped text on the CPU, with bounds, race, alignment
+//! and uninitialised-register checks, so every kernel is tested without a GPU.
+//!
+//! Walkthrough: look a module up, parse it, allocate emulated device memory,
+//! pack the parameters by the kernel's own layout, launch, read back.
+//!
+//! ```
+//! use frugal_ptx::catalogue;
+//! use frugal_ptx::emu::{launch, Checks, DeviceMemory, LaunchDims, Module};
+//!
+//! let util = catalogue::module("util").unwrap();
+//! let module = Module::parse(util.text).unwrap();
+//! let mut mem = DeviceMemory::new();
+//! let n = 1000u64;
+//! let buf = mem.alloc(4 * n as usize, "buf");
+//!
+//! // fill_f32(ptr, n, value): each parameter at the offset the PTX declares.
+//! let layout = module.params("fill_f32").unwrap();
+//! let mut params = vec![0u8; layout.iter().map(|p| p.offset + p.size).max().unwrap()];
+//! params[layout[0].offset..][..8].copy_from_slice(&buf.to_le_bytes());
+//! params[layout[1].offset..][..8].copy_from_slice(&n.to_le_bytes());
+//! params[layout[2].offset..][..4].copy_from_slice(&1.5f32.to_le_bytes());
+//!
+//! let dims = LaunchDims { grid: [2, 1, 1], block: [128, 1, 1], dynamic_shared_bytes: 0 };
+//! launch(&module, "fill_f32", &dims, &params, &mut mem, &Checks::default()).unwrap();
+//! let mut last = [0u8; 4];
+//! mem.read(buf + 4 * (n - 1), &mut last).unwrap();
+//! assert_eq!(f32::from_le_bytes(last), 1.5);
+//! ```
 
 pub mod catalogue;
 pub mod emu;
