@@ -8,20 +8,37 @@
 #
 # Produces:
 #   gpu-bin/frugal                      the frugal binary
-#   gpu-bin/tests/<crate>.<target>      the test binaries gpu-check.sh runs (names
-#                                       matching GPU_TESTS, as there; ALL_TESTS=1
-#                                       for every one), stripped, e.g.
-#                                       frugal-runtime.cuda, frugal.kernels
+#   gpu-bin/tests/<crate>.<target>      the test binaries gpu-check.sh runs, stripped:
+#                                       names matching GPU_TESTS (default below, the
+#                                       same as gpu-check.sh's), or every test binary of
+#                                       the workspace with ALL_TESTS=1:
+#                                       frugal-runtime.device_kernels (every kernel
+#                                       family vs the host references, FRUGAL_TEST_DEVICE),
+#                                       frugal-model.device_step (the training step vs
+#                                       the CPU model), frugal-runtime.cuda and
+#                                       .cuda_missing, frugal-comm.nccl and .ddp
 #   gpu-bin/ptxas                       only with WITH_PTXAS=1 (the GPU machine's
 #                                       CUDA toolkit has its own, found on PATH)
 #   gpu-bin/MANIFEST                    the list, with the commit it was built from
-# The device tool carries at most 64 MiB: the script fails if gpu-bin/ is larger.
-# Needs: cargo, python3 (to read cargo's JSON messages).
+# A remote GPU runner may carry at most 64 MiB (working tree and gpu-bin/ together): the
+# script fails if that total is larger.
+# Needs: cargo, python3 (to read cargo's JSON messages), strip.
+#
+# Cargo's target dir is CARGO_TARGET_DIR as usual; TEST_PACKAGES (default: the crates
+# that hold the GPU tests) limits what is built unless ALL_TESTS=1.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 profile="${PROFILE:-release}"
 out="$root/gpu-bin"
+# Keep in step with gpu-check.sh: the test binaries that exercise a GPU.
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.device_step|frugal-comm\.(nccl|ddp))\$}"
+if [ "${ALL_TESTS:-0}" = 1 ]; then
+  packages=(--workspace)
+else
+  packages=()
+  for p in ${TEST_PACKAGES:-frugal-runtime frugal-model frugal-comm}; do packages+=(-p "$p"); done
+fi
 rm -rf "$out"
 mkdir -p "$out/tests"
 
@@ -40,7 +57,7 @@ for line in sys.stdin:
 ' "$out"
 
 echo "build-gpu-bin: building the test binaries ($profile)" >&2
-cargo test --workspace --profile "$profile" --no-run --message-format=json-render-diagnostics \
+cargo test "${packages[@]}" --profile "$profile" --no-run --message-format=json-render-diagnostics \
   | python3 -c '
 import json, re, shutil, sys
 out = sys.argv[1]
@@ -58,7 +75,7 @@ for line in sys.stdin:
     if sys.argv[2] != "1" and not re.search(sys.argv[3], full):
         continue
     shutil.copy2(m["executable"], "%s/tests/%s" % (out, full))
-' "$out" "${ALL_TESTS:-0}" "${GPU_TESTS:-cuda|gpu|kernel|nccl|ddp}"
+' "$out" "${ALL_TESTS:-0}" "$gpu_tests"
 # Debug sections are most of a test binary's size; the carry limit is 64 MiB.
 strip "$out/frugal" "$out"/tests/* 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
 
@@ -79,9 +96,13 @@ fi
 } > "$out/MANIFEST"
 cat "$out/MANIFEST"
 size_kib="$(du -sk "$out" | cut -f1)"
-echo "build-gpu-bin: gpu-bin/ is $((size_kib / 1024)) MiB" >&2
-if [ "$size_kib" -gt $((64 * 1024)) ]; then
-  echo "build-gpu-bin: over the 64 MiB the device tool carries; narrow GPU_TESTS or drop WITH_PTXAS" >&2
+# What travels besides gpu-bin/: tracked and untracked-not-ignored files.
+tree_kib="$( (git ls-files -co --exclude-standard -z 2>/dev/null || true) \
+  | du -ck --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)"
+tree_kib="${tree_kib:-0}"
+echo "build-gpu-bin: gpu-bin/ is $((size_kib / 1024)) MiB, the working tree $((tree_kib / 1024)) MiB" >&2
+if [ $((size_kib + tree_kib)) -gt $((64 * 1024)) ]; then
+  echo "build-gpu-bin: together over 64 MiB; narrow GPU_TESTS or drop WITH_PTXAS" >&2
   exit 1
 fi
-echo "build-gpu-bin: done; copy gpu-bin/ and scripts/gpu-check.sh to the GPU machine" >&2
+echo "build-gpu-bin: done; copy gpu-bin/ and scripts/ to the GPU machine (a runner that copies the tree must also carry gpu-bin/, which git ignores)" >&2

@@ -3,96 +3,238 @@
 # It needs no Rust toolchain: it runs prebuilt binaries from gpu-bin/.
 #
 # Prepare (on a machine with cargo, same CPU architecture):
-#   scripts/build-gpu-bin.sh        # builds frugal and every test binary into gpu-bin/
+#   scripts/build-gpu-bin.sh        # frugal and the GPU test binaries into gpu-bin/
 # then copy the checkout's gpu-bin/ and scripts/ to the GPU machine and run:
 #   scripts/gpu-check.sh            # or GPU_BIN=/path/to/gpu-bin scripts/gpu-check.sh
+# If OUT names a folder, the table and an archive of the logs are copied there too.
+#
+#   scripts/gpu-check.sh --emu-smoke
+# runs the same plumbing on the PTX emulator with tiny sizes, so the script itself is
+# tested on a machine without a GPU; without a GPU the plain form says so and does this.
 #
 # Steps, each under its own `timeout`, all within BUDGET seconds (default 450):
 #   1. frugal doctor: driver, devices, NCCL, every PTX module loads on the GPU;
-#   2. the test binaries that touch the GPU (names matching GPU_TESTS, default
-#      'cuda|gpu|kernel|nccl|ddp'; ALL_TESTS=1 runs every binary, time allowing),
-#      with FRUGAL_REQUIRE_CUDA=1 (tests that need a GPU fail instead of skipping)
-#      and FRUGAL_TEST_DEVICE=cuda (kernel tests compare the real device against
-#      the CPU reference); CPU-only test binaries are left to CI;
-#   3. the `frugal bench` entries that exist (each is skipped if not built yet);
+#   2. the test binaries that touch the GPU (names matching GPU_TESTS; ALL_TESTS=1 runs
+#      every binary in gpu-bin/tests), with FRUGAL_TEST_DEVICE=cuda (every kernel family
+#      and the whole training step against the host references, on the GPU) and
+#      FRUGAL_REQUIRE_CUDA=1 (tests that need a GPU fail instead of skipping);
+#   3. frugal bench kernels|matmul|attention|step --device cuda --json (a subcommand or
+#      device the build does not have yet is skipped with a note);
+#   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
+#      (same JSON schema), joined with frugal's lines into ratio columns;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
+# Per-step limits: LIMIT_TEST, LIMIT_BENCH, LIMIT_TORCH (seconds); extra flags per bench:
+# BENCH_ARGS_<WHAT> (e.g. BENCH_ARGS_MATMUL="--model paper-500m"), TORCH_ARGS_<WHAT>.
 set -u
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${GPU_BIN:-$root/gpu-bin}"
 budget="${BUDGET:-450}"
 logdir="${LOGDIR:-$bin/logs}"
 start=$(date +%s)
-mkdir -p "$logdir"
 rows=()
 failed=0
+
+mode=gpu
+case "${1:-}" in
+  --emu-smoke) mode=emu ;;
+  "") ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
+  *) echo "gpu-check: unknown argument '$1' (use --emu-smoke or nothing)" >&2; exit 2 ;;
+esac
 
 if [ ! -x "$bin/frugal" ]; then
   echo "gpu-check: $bin/frugal not found; run scripts/build-gpu-bin.sh on a machine with cargo and copy gpu-bin/ here" >&2
   exit 2
 fi
+rm -rf "$logdir"
+mkdir -p "$logdir"
 
-# run NAME LIMIT CMD...: runs CMD under timeout (LIMIT, or what is left of the
-# budget minus a reserve for the table), logs to $logdir/NAME.log, records a row.
+# A GPU is usable when the driver's tools see one; otherwise say so and check the
+# plumbing on the emulator instead.
+if [ "$mode" = gpu ]; then
+  if ! nvidia-smi -L > "$logdir/nvidia-smi.log" 2>&1 && [ ! -e /dev/nvidiactl ]; then
+    echo "gpu-check: no GPU on this machine (nvidia-smi: $(head -n 1 "$logdir/nvidia-smi.log"))."
+    echo "gpu-check: nothing here is a GPU result; running the emulator smoke check (--emu-smoke) instead."
+    mode=emu
+  fi
+fi
+
+if [ "$mode" = gpu ]; then
+  device=cuda
+  export FRUGAL_REQUIRE_CUDA=1 FRUGAL_TEST_DEVICE=cuda
+  limit_test="${LIMIT_TEST:-150}"
+  limit_bench="${LIMIT_BENCH:-60}"
+else
+  device=emu
+  unset FRUGAL_REQUIRE_CUDA
+  export FRUGAL_TEST_DEVICE=emu
+  limit_test="${LIMIT_TEST:-240}"
+  limit_bench="${LIMIT_BENCH:-120}"
+fi
+limit_torch="${LIMIT_TORCH:-90}"
+export RUST_BACKTRACE=1
+[ -x "$bin/ptxas" ] && export FRUGAL_PTXAS="$bin/ptxas"
+echo "gpu-check: mode $mode (device $device), budget ${budget}s, logs in $logdir"
+
+# run NAME LIMIT CMD...: runs CMD under timeout (LIMIT, or what is left of the budget
+# minus a reserve for the table), logs to $logdir/NAME.log, records a row. A command
+# that says its subcommand or device is "not built yet" (or "is not a benchmark") is
+# recorded as skipped, not failed.
 run() {
   local name="$1" limit="$2"; shift 2
   local left=$(( budget - ($(date +%s) - start) - 10 ))
   if [ "$left" -le 5 ]; then
-    rows+=("$name|SKIPPED (out of time)|0"); failed=1; return
+    rows+=("$name|SKIPPED (out of time)|0"); failed=1; return 1
   fi
   [ "$limit" -gt "$left" ] && limit="$left"
+  local log="$logdir/${name//[:\/ ]/_}.log"
   local t0=$(date +%s)
   echo "== $name (limit ${limit}s)"
-  timeout --kill-after=5 "$limit" "$@" > "$logdir/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" > "$log" 2>&1
   local rc=$?
   local dt=$(( $(date +%s) - t0 ))
-  tail -n 15 "$logdir/$name.log"
+  # The comparisons are printed whole before the table; other steps show their end.
+  [[ "$name" == compare:* ]] || tail -n 12 "$log"
   local status="ok"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; failed=1
+  elif [ "$rc" -ne 0 ] && grep -Eq "not built yet|is not a benchmark" "$log"; then
+    status="skipped: not built yet"
   elif [ "$rc" -ne 0 ]; then status="FAILED (exit $rc)"; failed=1; fi
   rows+=("$name|$status|$dt")
+  [ "$status" = ok ]
 }
 
-export FRUGAL_REQUIRE_CUDA=1 FRUGAL_TEST_DEVICE=cuda RUST_BACKTRACE=1
-[ -x "$bin/ptxas" ] && export FRUGAL_PTXAS="$bin/ptxas"
-
+# 1. The driver and the modules.
 run doctor 60 "$bin/frugal" doctor
 
-gpu_tests="${GPU_TESTS:-cuda|gpu|kernel|nccl|ddp}"
-skipped_cpu=0
+# 2. Tests on the device.
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.device_step|frugal-comm\.(nccl|ddp))\$}"
+threads="${TEST_THREADS:-4}"
+skipped=0
+# The kernel tests first (the most telling minutes), then the step, then the rest.
+ordered=()
+for first in frugal-runtime.device_kernels frugal-runtime.cuda frugal-model.device_step; do
+  [ -x "$bin/tests/$first" ] && ordered+=("$bin/tests/$first")
+done
 for t in "$bin"/tests/*; do
+  case " ${ordered[*]} " in *" $t "*) ;; *) ordered+=("$t") ;; esac
+done
+for t in "${ordered[@]}"; do
   [ -x "$t" ] || continue
   name="$(basename "$t")"
   if [ "${ALL_TESTS:-0}" != 1 ] && ! [[ "$name" =~ $gpu_tests ]]; then
-    skipped_cpu=$((skipped_cpu + 1))
+    skipped=$((skipped + 1))
     continue
   fi
-  run "test:$name" 120 "$t" --test-threads 4
+  run "test:$name" "$limit_test" "$t" --test-threads "$threads"
 done
-[ "$skipped_cpu" -gt 0 ] && rows+=("$skipped_cpu CPU-only test binaries|left to CI (ALL_TESTS=1)|0")
+[ "$skipped" -gt 0 ] && rows+=("$skipped other test binaries|not GPU tests (ALL_TESTS=1)|0")
+for want in frugal-runtime.device_kernels frugal-model.device_step; do
+  [ -x "$bin/tests/$want" ] || rows+=("test:$want|missing from gpu-bin|0")
+done
 
-for what in kernels matmul attention allreduce step; do
-  # `frugal bench` answers exit 2 and "is not a benchmark (yet)" for entries not built.
-  if "$bin/frugal" bench "$what" --help 2>&1 | grep -q "not a benchmark"; then
-    rows+=("bench:$what|not built yet|0")
+# 3. Benchmarks, as JSON lines for the comparison; the emulator gets tiny sizes.
+for what in kernels matmul attention step; do
+  if "$bin/frugal" bench "$what" --help 2>&1 | grep -q "is not a benchmark"; then
+    rows+=("bench:$what|skipped: not built yet|0")
     continue
   fi
-  # Each bench picks its own device (auto: the GPU when present). Sizes are kept
-  # small enough to fit the budget; override with BENCH_ARGS_<WHAT> (e.g.
-  # BENCH_ARGS_ALLREDUCE="--ranks 2,8 --sizes 256M").
-  case "$what" in
-    allreduce) default_args="--ranks 2,4 --sizes 1M,16M,64M" ;;
-    *) default_args="" ;;
-  esac
+  if [ "$mode" = emu ]; then
+    case "$what" in
+      kernels) default_args="--model tiny --batch 1 --seq 64 --iters 1 --warmup 0" ;;
+      matmul) default_args="--model tiny --batch 1 --seq 32 --iters 1 --warmup 0" ;;
+      attention) default_args="--batch 1 --seq 64 --iters 1 --warmup 0" ;;
+      step) default_args="--model tiny --batch 1 --seq 32 --steps 1 --warmup 0" ;;
+    esac
+  else
+    # matmul: the issue's two shape sets are paper-100m (here) and paper-1b (below).
+    case "$what" in
+      matmul) default_args="--model paper-100m" ;;
+      *) default_args="" ;;
+    esac
+  fi
   var="BENCH_ARGS_$(echo "$what" | tr '[:lower:]' '[:upper:]')"
   # shellcheck disable=SC2086  # word splitting of the flag list is intended
-  run "bench:$what" 90 "$bin/frugal" bench "$what" ${!var:-$default_args}
+  run "bench:$what" "$limit_bench" "$bin/frugal" bench "$what" --device "$device" --json \
+    ${!var-$default_args}
+  # The JSON lines (one object per line) for the comparison below.
+  grep -E '^\{' "$logdir/bench_$what.log" > "$logdir/frugal-$what.jsonl" 2>/dev/null || true
 done
 
-echo
-echo "gpu-check: $(( $(date +%s) - start ))s of ${budget}s; logs in $logdir"
-printf '%-44s %-22s %6s\n' step status seconds
-for r in "${rows[@]}"; do
-  IFS='|' read -r n s d <<< "$r"
-  printf '%-44s %-22s %6s\n' "$n" "$s" "$d"
+# 3b. Real training steps through the whole device path (loss must fall, no error).
+if [ "$mode" = emu ]; then
+  train_args="--layers 1 --hidden 128 --heads 2 --ffn 256 --seq 32 --batch 2 --steps 2"
+else
+  train_args="--model tiny --steps 20"
+fi
+# shellcheck disable=SC2086  # word splitting of the flag list is intended
+run "train:$device" "$limit_bench" "$bin/frugal" train --device "$device" \
+  --out "$logdir/train-run" ${TRAIN_ARGS-$train_args}
+
+# 4. PyTorch on the same shapes, joined with frugal's lines.
+join="$root/scripts/bench-join.py"
+# On the emulator, timing torch (on the CPU) would say nothing: the smoke check joins
+# frugal's lines with themselves instead, which exercises the same join.
+have_torch=0
+if [ "$mode" = emu ]; then
+  :
+elif python3 -c "import torch" > "$logdir/torch-import.log" 2>&1; then
+  have_torch=1
+else
+  rows+=("torch|not importable: $(tail -n 1 "$logdir/torch-import.log" | cut -c1-40)|0")
+fi
+for what in matmul attention; do
+  script="$root/scripts/torch/$what.py"
+  if [ ! -s "$logdir/frugal-$what.jsonl" ]; then
+    rows+=("compare:$what|skipped: no frugal JSON|0")
+    continue
+  fi
+  if [ "$have_torch" = 1 ] && [ -f "$script" ]; then
+    var="TORCH_ARGS_$(echo "$what" | tr '[:lower:]' '[:upper:]')"
+    # shellcheck disable=SC2086  # word splitting of the flag list is intended
+    [ "$what" = matmul ] && torch_default="--model paper-100m" || torch_default=""
+    run "torch:$what" "$limit_torch" env PYTHONUNBUFFERED=1 python3 "$script" --json ${!var-$torch_default}
+    grep -E '^\{' "$logdir/torch_$what.log" > "$logdir/torch-$what.jsonl" 2>/dev/null || true
+    run "compare:$what" 30 python3 "$join" "$what" "$logdir/frugal-$what.jsonl" \
+      "$logdir/torch-$what.jsonl" torch
+  elif [ "$mode" = emu ]; then
+    # The smoke check: every ratio must come out 1.000.
+    run "compare:$what" 30 python3 "$join" "$what" "$logdir/frugal-$what.jsonl" \
+      "$logdir/frugal-$what.jsonl" self
+  else
+    rows+=("compare:$what|skipped: $( [ -f "$script" ] && echo 'no torch' || echo "no scripts/torch/$what.py")|0")
+  fi
 done
+
+# The second matmul shape set (paper-1b), on a GPU with torch only.
+if [ "$mode" = gpu ] && [ "$have_torch" = 1 ]; then
+  run "bench:matmul-1b" "$limit_bench" "$bin/frugal" bench matmul --device "$device" --json \
+    --model paper-1b
+  grep -E '^\{' "$logdir/bench_matmul-1b.log" > "$logdir/frugal-matmul-1b.jsonl" 2>/dev/null || true
+  run "torch:matmul-1b" "$limit_torch" env PYTHONUNBUFFERED=1 python3 \
+    "$root/scripts/torch/matmul.py" --json --model paper-1b
+  grep -E '^\{' "$logdir/torch_matmul-1b.log" > "$logdir/torch-matmul-1b.jsonl" 2>/dev/null || true
+  run "compare:matmul-1b" 30 python3 "$join" matmul "$logdir/frugal-matmul-1b.jsonl" \
+    "$logdir/torch-matmul-1b.jsonl" torch
+fi
+
+echo
+for what in matmul attention matmul-1b; do
+  [ -f "$logdir/compare_$what.log" ] && cat "$logdir/compare_$what.log" && echo
+done
+summary="$logdir/summary.txt"
+{
+  echo "gpu-check ($mode, device $device): $(( $(date +%s) - start ))s of ${budget}s; logs in $logdir"
+  printf '%-44s %-30s %6s\n' step status seconds
+  for r in "${rows[@]}"; do
+    IFS='|' read -r n s d <<< "$r"
+    printf '%-44s %-30s %6s\n' "$n" "$s" "$d"
+  done
+} > "$summary"
+# A remote runner may collect only a few files from OUT: the table and one archive.
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  cp "$summary" "$OUT/gpu-check-summary.txt"
+  tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$(dirname "$logdir")" "$(basename "$logdir")" 2>/dev/null || true
+fi
+cat "$summary"
 exit "$failed"

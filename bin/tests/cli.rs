@@ -230,16 +230,6 @@ fn a_bad_price_in_the_environment_exits_2() {
 }
 
 #[test]
-fn gpu_devices_say_the_gpu_step_is_not_built() {
-    for dev in ["cuda", "cuda:1", "emu"] {
-        let o = frugal(&["train", "--device", dev, "--steps", "1"]);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{dev}: {err}");
-        assert!(err.contains("not built yet"), "{dev}: {err}");
-    }
-}
-
-#[test]
 fn dry_run_prints_the_papers_parameter_counts() {
     // The paper's Table 1 (Ashkboos et al. 2024); the spec, not a measurement.
     for (model, params) in [

@@ -78,7 +78,7 @@ pub struct Hello {
     pub rank: u32,
     /// The world size the sender believes in.
     pub world: u32,
-    /// The port of the sender's ring listener (rendezvous only; 0 otherwise).
+    /// Rendezvous: the port of the sender's ring listener. Ring: the lane this connection carries.
     pub listen_port: u16,
     /// The job token.
     pub token: Vec<u8>,

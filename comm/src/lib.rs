@@ -70,7 +70,7 @@ pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
 pub use ops::{chunk_range, ring_order_sum, Backend, Communicator};
 pub use rendezvous::{parse_nodelist, LaunchedBy, Rendezvous};
-pub use socket::{SocketComm, SocketOptions};
+pub use socket::{SameHost, SocketComm, SocketOptions};
 
 /// Joins the job with the chosen backend (`local_rank` picks the GPU for NCCL).
 ///

@@ -88,6 +88,21 @@ pub fn chunk_range(len: usize, world: usize, index: usize) -> Range<usize> {
     start..start + size
 }
 
+/// The elements of chunk `index` that lane `lane` of `lanes` carries: the
+/// chunk split again as [`chunk_range`] splits the buffer (lanes are parallel
+/// rings over disjoint parts of every chunk).
+pub(crate) fn lane_range(
+    len: usize,
+    world: usize,
+    index: usize,
+    lane: usize,
+    lanes: usize,
+) -> Range<usize> {
+    let chunk = chunk_range(len, world, index);
+    let part = chunk_range(chunk.len(), lanes, lane);
+    chunk.start + part.start..chunk.start + part.end
+}
+
 /// The reference for the ring's order: element `i` of the all-reduce, summed
 /// serially exactly as the ring sums it (tests compare bitwise against this).
 pub fn ring_order_sum(inputs: &[&[f32]], i: usize) -> f32 {
@@ -169,10 +184,28 @@ impl Plan {
         elem_bytes: usize,
         slice_bytes: usize,
     ) {
+        self.ring_lane(phases, rank, world, len, elem_bytes, slice_bytes, 0, 1);
+    }
+
+    /// Lane `lane` of `lanes` parallel rings: the same schedule restricted to
+    /// part `lane` of every chunk ([`lane_range`]). Each element still travels
+    /// the same ring in the same order, so the sums are the ones of [`Plan::ring`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn ring_lane(
+        &mut self,
+        phases: Phases,
+        rank: usize,
+        world: usize,
+        len: usize,
+        elem_bytes: usize,
+        slice_bytes: usize,
+        lane: usize,
+        lanes: usize,
+    ) {
         self.clear();
         let n = world;
         let slice_elems = (slice_bytes / elem_bytes).max(1);
-        let chunk = |c: isize| chunk_range(len, n, c.rem_euclid(n as isize) as usize);
+        let chunk = |c: isize| lane_range(len, n, c.rem_euclid(n as isize) as usize, lane, lanes);
         let r = rank as isize;
         let mut first_step = true;
         let mut recv_slices = Vec::new();

@@ -442,7 +442,7 @@ pub fn first_host(list: &str) -> Result<String, String> {
 pub struct Peers {
     /// The ring listener address of every rank, indexed by rank.
     pub ring_addrs: Vec<SocketAddr>,
-    /// The blob rank 0 passed in (NCCL's unique id), the same on every rank.
+    /// The blob rank 0 passed in (NCCL's unique id, or the socket ring's lane count), the same on every rank.
     pub blob: Vec<u8>,
     /// Connections rank 0 refused while waiting (wrong token, version, rank).
     pub refused: usize,
@@ -474,6 +474,48 @@ pub fn exchange(rv: &Rendezvous, listen_port: u16, blob: &[u8]) -> Result<Peers,
 }
 
 /// Compares tokens in time independent of where they differ.
+/// A connection the handshake helpers can use: TCP, or a Unix-domain socket
+/// between ranks on one host (see `socket.rs`).
+pub(crate) trait HandshakeStream: Read + Write {
+    /// The peer's TCP address, where there is one.
+    fn peer_socket_addr(&self) -> Option<SocketAddr>;
+    /// The peer, for messages.
+    fn peer_label(&self) -> String {
+        self.peer_socket_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into())
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl HandshakeStream for TcpStream {
+    fn peer_socket_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_write_timeout(self, t)
+    }
+}
+
+impl HandshakeStream for std::os::unix::net::UnixStream {
+    fn peer_socket_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    fn peer_label(&self) -> String {
+        "a Unix socket on this host".into()
+    }
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, t)
+    }
+}
+
 pub(crate) fn tokens_match(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -482,8 +524,8 @@ pub(crate) fn tokens_match(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads exactly `buf.len()` bytes from a blocking stream before `deadline`.
-pub(crate) fn read_exact_by(
-    stream: &mut TcpStream,
+pub(crate) fn read_exact_by<S: HandshakeStream>(
+    stream: &mut S,
     buf: &mut [u8],
     deadline: Instant,
     rank: usize,
@@ -491,10 +533,7 @@ pub(crate) fn read_exact_by(
     what: &str,
     timeout: Duration,
 ) -> Result<(), CommError> {
-    let addr = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let addr = stream.peer_label();
     let mut done = 0;
     while done < buf.len() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -518,8 +557,8 @@ pub(crate) fn read_exact_by(
             })?;
         match stream.read(&mut buf[done..]) {
             Ok(0) => {
-                return Err(match (peer, stream.peer_addr()) {
-                    (Some(peer), Ok(a)) => CommError::PeerClosed {
+                return Err(match (peer, stream.peer_socket_addr()) {
+                    (Some(peer), Some(a)) => CommError::PeerClosed {
                         rank,
                         peer,
                         addr: a,
@@ -552,8 +591,8 @@ pub(crate) fn read_exact_by(
 }
 
 /// Reads a whole hello: the fixed part, then (its length checked) the token.
-pub(crate) fn read_hello(
-    stream: &mut TcpStream,
+pub(crate) fn read_hello<S: HandshakeStream>(
+    stream: &mut S,
     deadline: Instant,
     rank: usize,
     timeout: Duration,
@@ -568,10 +607,7 @@ pub(crate) fn read_hello(
         "a peer's hello",
         timeout,
     )?;
-    let addr = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let addr = stream.peer_label();
     let h = frame::decode_hello_fixed(&fixed).map_err(|problem| CommError::Frame {
         rank,
         peer: None,
@@ -625,17 +661,14 @@ pub(crate) fn judge_hello(
 }
 
 /// Sends a refusal (best effort: the stranger may be gone) and logs it.
-pub(crate) fn refuse(
-    stream: &mut TcpStream,
+pub(crate) fn refuse<S: HandshakeStream>(
+    stream: &mut S,
     rank: usize,
     why: Refusal,
     claimed_rank: Option<u32>,
     where_: &str,
 ) {
-    let from = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let from = stream.peer_label();
     log::warn!(
         "rank {rank}: refused a connection to the {where_} from {from} (claims rank {}): {why}; still waiting for the right peer",
         claimed_rank.map(|r| r.to_string()).unwrap_or_else(|| "?".into())

@@ -25,12 +25,15 @@ fn layer_ranges() -> Vec<Range<usize>> {
         .collect()
 }
 
+/// One rank's outcome: the averaged gradients of every step, and the buckets it sent.
+type RankRun = Result<(Vec<Vec<f32>>, usize), CommError>;
+
 fn run_ddp(
     world: usize,
     bucket_bytes: usize,
     steps: usize,
     mark: fn(usize) -> bool,
-) -> Vec<Result<(Vec<Vec<f32>>, usize), CommError>> {
+) -> Vec<RankRun> {
     let port = free_port();
     let n: usize = layer_ranges().last().map(|r| r.end).unwrap_or(0);
     let handles: Vec<_> = (0..world)

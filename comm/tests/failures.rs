@@ -16,11 +16,12 @@ const WORKER_ENV: &str = "FRUGAL_COMM_TEST_WORKER";
 /// Exits the process: 0 never (the test always kills someone), 3 on a comm error.
 fn worker(spec: &str) -> ! {
     let mut it = spec.split(',').map(|s| s.parse::<u64>().unwrap_or(0));
-    let (rank, world, port, timeout_ms) = (
+    let (rank, world, port, timeout_ms, lanes) = (
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as u16,
         it.next().unwrap_or(0),
+        it.next().unwrap_or(0) as usize,
     );
     let rv = Rendezvous::loopback(
         rank,
@@ -29,7 +30,11 @@ fn worker(spec: &str) -> ! {
         "failure-test",
         Duration::from_millis(timeout_ms),
     );
-    let mut comm = match SocketComm::connect(&rv, SocketOptions::default()) {
+    let options = SocketOptions {
+        lanes,
+        ..SocketOptions::default()
+    };
+    let mut comm = match SocketComm::connect(&rv, options) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ERROR {e}");
@@ -48,7 +53,8 @@ fn worker(spec: &str) -> ! {
     std::process::exit(0)
 }
 
-fn spawn_ranks(test_name: &str, world: usize, timeout: Duration) -> Vec<Child> {
+/// `lanes`: the ring's lane count (0 = automatic).
+fn spawn_ranks(test_name: &str, world: usize, timeout: Duration, lanes: usize) -> Vec<Child> {
     let port = common::free_port();
     let exe = std::env::current_exe().expect("test executable");
     (0..world)
@@ -57,7 +63,7 @@ fn spawn_ranks(test_name: &str, world: usize, timeout: Duration) -> Vec<Child> {
                 .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
                 .env(
                     WORKER_ENV,
-                    format!("{rank},{world},{port},{}", timeout.as_millis()),
+                    format!("{rank},{world},{port},{},{lanes}", timeout.as_millis()),
                 )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -103,9 +109,9 @@ fn finish(mut child: Child, guard: Duration) -> (Option<i32>, String) {
     }
 }
 
-fn kill_one_and_check(test_name: &str, world: usize, victim: usize, signal: i32) {
+fn kill_one_and_check(test_name: &str, world: usize, victim: usize, signal: i32, lanes: usize) {
     let timeout = Duration::from_secs(3);
-    let mut ranks = spawn_ranks(test_name, world, timeout);
+    let mut ranks = spawn_ranks(test_name, world, timeout, lanes);
     for c in ranks.iter_mut() {
         wait_for_steps(c, 2);
     }
@@ -150,24 +156,28 @@ fn killed_rank_mid_all_reduce_fails_every_other_rank() {
         2,
         1,
         libc::SIGKILL,
+        0,
     );
     kill_one_and_check(
         "killed_rank_mid_all_reduce_fails_every_other_rank",
         3,
         1,
         libc::SIGKILL,
+        0,
     );
     kill_one_and_check(
         "killed_rank_mid_all_reduce_fails_every_other_rank",
         4,
         2,
         libc::SIGKILL,
+        0,
     );
     kill_one_and_check(
         "killed_rank_mid_all_reduce_fails_every_other_rank",
         4,
         0,
         libc::SIGKILL,
+        0,
     );
 }
 
@@ -177,7 +187,19 @@ fn frozen_rank_times_out_naming_it() {
         worker(&spec);
     }
     // SIGSTOP keeps the sockets open: only the timeout can notice.
-    kill_one_and_check("frozen_rank_times_out_naming_it", 2, 0, libc::SIGSTOP);
+    kill_one_and_check("frozen_rank_times_out_naming_it", 2, 0, libc::SIGSTOP, 0);
+}
+
+#[test]
+fn killed_rank_with_several_lanes_fails_every_other_rank() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        worker(&spec);
+    }
+    // 4 MiB buffers over 3 lanes: each lane's thread must stop, and the error
+    // that reaches the caller must name the dead rank, not a sibling lane's stop.
+    let name = "killed_rank_with_several_lanes_fails_every_other_rank";
+    kill_one_and_check(name, 3, 1, libc::SIGKILL, 3);
+    kill_one_and_check(name, 2, 0, libc::SIGSTOP, 3);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{data, with_ranks};
-use frugal_comm::{chunk_range, ring_order_sum, CommError, Communicator, SocketOptions};
+use frugal_comm::{chunk_range, ring_order_sum, CommError, Communicator, SameHost, SocketOptions};
 use half::bf16;
 use std::time::Duration;
 
@@ -287,5 +287,121 @@ fn many_collectives_in_a_row_keep_their_order() {
         for (step, s) in sums.iter().enumerate() {
             assert_eq!(*s, (3 * step + 3) as f32);
         }
+    }
+}
+
+/// `n` lanes over sockets of `kind`, with slices small enough that every lane
+/// carries several frames per chunk.
+fn lane_options(n: usize, kind: SameHost) -> SocketOptions {
+    SocketOptions {
+        slice_bytes: 64 << 10,
+        lanes: n,
+        same_host: kind,
+        ..SocketOptions::default()
+    }
+}
+
+#[test]
+fn lanes_and_socket_kinds_all_give_the_ring_order_sum() {
+    // 5 MiB + 5 elements: at least 1 MiB (LANE_MIN_BYTES) for each of up to 5
+    // lanes, and no split divides it evenly.
+    let len = (5 << 20) / 4 + 5;
+    for (world, lanes, kind) in [
+        (2, 2, SameHost::UnixSocket),
+        (3, 3, SameHost::Tcp),
+        (4, 4, SameHost::UnixSocket),
+        (3, 1, SameHost::Tcp),
+        (2, 5, SameHost::Tcp),
+    ] {
+        check_all_reduce(world, len, lane_options(lanes, kind));
+    }
+}
+
+#[test]
+fn reduce_scatter_and_all_gather_over_lanes() {
+    for (world, lanes) in [(2, 3), (4, 2)] {
+        // Over 3 MiB, so all 3 lanes run (each needs 1 MiB).
+        let len = 800_007;
+        let results = with_ranks(
+            world,
+            lane_options(lanes, SameHost::UnixSocket),
+            TIMEOUT,
+            move |rank, comm| {
+                let mut x = data(rank as u64 + 21, len);
+                let mine = comm.reduce_scatter_sum_f32(&mut x)?;
+                let reduced_chunk = x[mine.clone()].to_vec();
+                comm.all_gather_f32(&mut x)?;
+                Ok::<_, CommError>((mine, reduced_chunk, x))
+            },
+        );
+        let inputs: Vec<Vec<f32>> = (0..world).map(|r| data(r as u64 + 21, len)).collect();
+        let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        for (rank, r) in results.into_iter().enumerate() {
+            let (mine, chunk, gathered) = r.expect("connect").expect("collectives");
+            assert_eq!(mine, chunk_range(len, world, rank));
+            for (k, i) in mine.clone().enumerate() {
+                assert_eq!(chunk[k].to_bits(), ring_order_sum(&refs, i).to_bits());
+            }
+            for (i, v) in gathered.iter().enumerate() {
+                assert_eq!(
+                    v.to_bits(),
+                    ring_order_sum(&refs, i).to_bits(),
+                    "world {world} lanes {lanes}: rank {rank} element {i}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ranks_asking_for_different_lane_counts_use_rank_0s() {
+    // Rank r asks for r + 1 lanes; the rendezvous hands everyone rank 0's choice,
+    // so the ring forms and sums as usual instead of mismatching its lanes.
+    let world = 3;
+    let len = (2 << 20) / 4 + 1;
+    let port = common::free_port();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let rv = frugal_comm::Rendezvous::loopback(rank, world, port, "lanes", TIMEOUT);
+                let mut comm =
+                    frugal_comm::SocketComm::connect(&rv, lane_options(rank + 1, SameHost::Tcp))?;
+                let mut x = data(rank as u64 + 5, len);
+                comm.all_reduce_sum_f32(&mut x).map(|()| x)
+            })
+        })
+        .collect();
+    let outs: Vec<Vec<f32>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("rank thread").expect("all-reduce"))
+        .collect();
+    let inputs: Vec<Vec<f32>> = (0..world).map(|r| data(r as u64 + 5, len)).collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    for out in &outs {
+        for i in (0..len).step_by(97) {
+            assert_eq!(out[i].to_bits(), ring_order_sum(&refs, i).to_bits());
+        }
+    }
+}
+
+#[test]
+fn mismatched_large_lengths_fail_on_every_rank_instead_of_hanging() {
+    // Different lengths give different lane counts: lanes one rank runs and its
+    // neighbour does not must still end (another lane's failure stops them).
+    let results = with_ranks(
+        3,
+        lane_options(4, SameHost::UnixSocket),
+        Duration::from_secs(5),
+        |rank, comm| {
+            // 400 KB (one lane) against 4.8 MB (four lanes).
+            let mut x = vec![1.0f32; if rank == 1 { 100_000 } else { 1_200_000 }];
+            comm.all_reduce_sum_f32(&mut x)?;
+            comm.all_reduce_sum_f32(&mut x)
+        },
+    );
+    for (rank, r) in results.into_iter().enumerate() {
+        let e = r.expect("connect").expect_err("lengths differ");
+        let text = e.to_string();
+        assert!(text.contains(&format!("rank {rank}")), "{text}");
     }
 }

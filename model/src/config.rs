@@ -208,19 +208,19 @@ impl Config {
                 return Err(ConfigError::Zero { field });
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return Err(ConfigError::HeadsDoNotDivide {
                 dim: self.dim,
                 n_heads: self.n_heads,
             });
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::KvHeadsDoNotDivide {
                 n_heads: self.n_heads,
                 n_kv_heads: self.n_kv_heads,
             });
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::OddHeadSize {
                 head_dim: self.head_dim(),
             });

@@ -109,6 +109,22 @@ pub enum ModelError {
         expected: usize,
         found: usize,
     },
+    /// The device (CUDA or the emulator) failed while doing `what`.
+    Device {
+        what: String,
+        // Boxed: the runtime's error is large, and every `Result` of this crate would
+        // carry its size.
+        source: Box<frugal_runtime::RuntimeError>,
+    },
+    /// A kernel launcher refused the step's shapes (a bug or an unsupported config).
+    Kernel {
+        what: String,
+        source: Box<frugal_ptx::error::PtxError>,
+    },
+    /// The config cannot run on the device path (e.g. a head size without a kernel).
+    DeviceUnsupported {
+        what: String,
+    },
 }
 
 /// One field that differs between a checkpoint and the run resuming from it.
@@ -130,6 +146,9 @@ impl fmt::Display for ModelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelError::Config(e) => write!(f, "{e}"),
+            ModelError::Device { what, source } => write!(f, "device step, {what}: {source}"),
+            ModelError::Kernel { what, source } => write!(f, "device step, {what}: {source}"),
+            ModelError::DeviceUnsupported { what } => write!(f, "the device path cannot run this: {what}"),
             ModelError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             ModelError::ShardMagic { path, offset, found } => write!(
                 f,

@@ -174,6 +174,12 @@ static MODULES: &[KernelModule] = &[
         text: include_str!("../kernels/flash_attn_bwd.ptx"),
         targets: BOTH,
     },
+    // Vanilla attention's layout changes (`crate::flash::vanilla`).
+    KernelModule {
+        name: "attn_permute",
+        text: include_str!("../kernels/attn_permute.ptx"),
+        targets: BOTH,
+    },
     // matmul: SIMT fallback and the tensor-core tile configs, all emitted by
     // `crate::matmul` (a test re-emits and compares).
     KernelModule {
@@ -299,6 +305,102 @@ static MODULES: &[KernelModule] = &[
     KernelModule {
         name: "matmul_tc_64x64x32_v8_tn_bf16",
         text: include_str!("../kernels/matmul_tc_64x64x32_v8_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    // matmul: register-staged tensor-core variants (any alignment) and the split-K reduce.
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_nt_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_nn_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_tn_f32",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x128x32_rs_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x128x32_rs_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_nt_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_nn_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_tn_f32",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_128x64x32_rs_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_128x64x32_rs_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_nt_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nt_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_nt_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nt_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_nn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_nn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_tn_f32",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_tn_f32.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_tc_64x64x32_rs_tn_bf16",
+        text: include_str!("../kernels/matmul_tc_64x64x32_rs_tn_bf16.ptx"),
+        targets: BOTH,
+    },
+    KernelModule {
+        name: "matmul_splitk_reduce",
+        text: include_str!("../kernels/matmul_splitk_reduce.ptx"),
         targets: BOTH,
     },
 ];

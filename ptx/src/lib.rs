@@ -38,3 +38,7 @@ pub mod flash;
 pub mod kernels;
 pub mod matmul;
 pub mod ptxas;
+/// Kernel-test support shared by this crate's tests and the runtime's device tests:
+/// per-family cases over a [`testing::Runner`] (the emulator here, any device there).
+#[doc(hidden)]
+pub mod testing;

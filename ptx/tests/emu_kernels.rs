@@ -128,6 +128,7 @@ fn download<T: bytemuck::Pod + Default + Clone>(mem: &DeviceMemory, addr: u64, n
 /// |error| ≤ (k+1)·2^-24·Σ|terms| (first order; the 1.01 covers the higher-order terms).
 /// A fragment-layout bug moves whole products, an error of order |a·b| ~ 0.1, far above
 /// this bound (~1e-6 here).
+#[allow(clippy::too_many_arguments)]
 fn check_product(
     decode: fn(u16) -> f64,
     got: &[f32],

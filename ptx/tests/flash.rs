@@ -13,90 +13,10 @@ use frugal_ptx::flash::{self, emit, AttnShape};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// splitmix64: small, deterministic test inputs (no rand crate).
-struct Gen(u64);
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    /// Uniform in lo..=hi.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-    /// `n` bf16 values uniform in [-amp, amp], as bits.
-    fn bf16s(&mut self, n: usize, amp: f64) -> Vec<u16> {
-        (0..n)
-            .map(|_| half::bf16::from_f64(self.unit() * amp).to_bits())
-            .collect()
-    }
-}
-
-fn bf16_to_f64(bits: u16) -> f64 {
-    f64::from(f32::from_bits(u32::from(bits) << 16))
-}
-
-fn upload<T: bytemuck::Pod>(mem: &mut DeviceMemory, data: &[T], label: &str) -> u64 {
-    let bytes: &[u8] = bytemuck::cast_slice(data);
-    let addr = mem.alloc(bytes.len(), label);
-    mem.write(addr, bytes).unwrap_or_else(|e| panic!("{e}"));
-    addr
-}
-
-fn download<T: bytemuck::Pod + Default + Clone>(mem: &DeviceMemory, addr: u64, n: usize) -> Vec<T> {
-    let mut out = vec![T::default(); n];
-    mem.read(addr, bytemuck::cast_slice_mut(&mut out))
-        .unwrap_or_else(|e| panic!("{e}"));
-    out
-}
-
-/// Causal attention in f64: O (B, T, NH, HS), natural-log LSE (B, NH, T), and for each
-/// element of O its absolute mass `sum_j w_j |v_j|` (w the softmax weights), the scale of
-/// the error that rounding the weights can cause.
-fn reference(q: &[f64], k: &[f64], v: &[f64], s: AttnShape) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (b, t, nh, nkv, hs) = (s.b, s.t, s.nh, s.nkv, s.hs);
-    let scale = 1.0 / (hs as f64).sqrt();
-    let mut o = vec![0.0; b * t * nh * hs];
-    let mut mass = vec![0.0; b * t * nh * hs];
-    let mut lse = vec![0.0; b * nh * t];
-    let mut w = vec![0.0; t];
-    for bi in 0..b {
-        for h in 0..nh {
-            let kvh = h / (nh / nkv);
-            for i in 0..t {
-                let qi = &q[((bi * t + i) * nh + h) * hs..][..hs];
-                let mut max = f64::NEG_INFINITY;
-                for j in 0..=i {
-                    let kj = &k[((bi * t + j) * nkv + kvh) * hs..][..hs];
-                    w[j] = scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>();
-                    max = max.max(w[j]);
-                }
-                let mut sum = 0.0;
-                for wj in &mut w[..=i] {
-                    *wj = (*wj - max).exp();
-                    sum += *wj;
-                }
-                lse[(bi * nh + h) * t + i] = max + sum.ln();
-                let at = ((bi * t + i) * nh + h) * hs;
-                for (j, wj) in w[..=i].iter().enumerate() {
-                    let vj = &v[((bi * t + j) * nkv + kvh) * hs..][..hs];
-                    for (d, vd) in vj.iter().enumerate() {
-                        o[at + d] += wj / sum * vd;
-                        mass[at + d] += wj / sum * vd.abs();
-                    }
-                }
-            }
-        }
-    }
-    (o, lse, mass)
-}
+mod attn_reference;
+use attn_reference::{
+    bf16_to_f64, check_grad, download, reference, reference_backward, to64, upload, Gen, Slack,
+};
 
 fn flash_module() -> Module {
     let m =
@@ -115,9 +35,9 @@ fn run_forward(
 ) -> Result<(f64, f64), String> {
     let mut g = Gen(seed);
     let (b, t, nh, nkv, hs) = (shape.b, shape.t, shape.nh, shape.nkv, shape.hs);
-    let q = g.bf16s(b * t * nh * hs, amp);
-    let k = g.bf16s(b * t * nkv * hs, amp);
-    let v = g.bf16s(b * t * nkv * hs, 1.0);
+    let q = g.bf16s_f64(b * t * nh * hs, amp);
+    let k = g.bf16s_f64(b * t * nkv * hs, amp);
+    let v = g.bf16s_f64(b * t * nkv * hs, 1.0);
     let mut mem = DeviceMemory::new();
     let (pq, pk, pv) = (
         upload(&mut mem, &q, "q"),
@@ -135,8 +55,8 @@ fn run_forward(
     let secs = start.elapsed().as_secs_f64();
     let o: Vec<u16> = download(&mem, po, b * t * nh * hs);
     let lse: Vec<f32> = download(&mem, plse, b * nh * t);
-    let to64 = |x: &[u16]| x.iter().map(|&u| bf16_to_f64(u)).collect::<Vec<_>>();
-    let (o_ref, lse_ref, mass) = reference(&to64(&q), &to64(&k), &to64(&v), shape);
+    let fr = reference(&to64(&q), &to64(&k), &to64(&v), shape);
+    let (o_ref, lse_ref, mass) = (fr.o, fr.lse, fr.mass);
     // O tolerance, per element. Both sides start from the same bf16 inputs; the kernel's
     // errors are (1) the weights P rounded to bf16 for the PV product, each off by at most
     // 2^-8 relative (bf16 keeps 8 significant bits), so O is off by at most 2^-8 * mass
@@ -223,6 +143,9 @@ fn emitted_text_is_shipped() {
     for hs in [64, 128] {
         bwd_names.push(flash::emit_bwd::dkdv_kernel_name(hs));
         bwd_names.push(flash::emit_bwd::dq_kernel_name(hs));
+        if flash::emit_bwd::DQ_ATOMIC_HEAD_SIZES.contains(&hs) {
+            bwd_names.push(flash::emit_bwd::dkdv_dq_atomic_kernel_name(hs));
+        }
     }
     assert_eq!(
         catalogue::entry_names(&emit::emit_backward_module()),
@@ -232,20 +155,7 @@ fn emitted_text_is_shipped() {
 
 #[test]
 fn specs_match_the_shipped_params() {
-    for spec in flash::SPECS {
-        let text = catalogue::module(spec.module)
-            .unwrap_or_else(|| panic!("no module {}", spec.module))
-            .text;
-        let module = Module::parse(text).unwrap_or_else(|e| panic!("{e}"));
-        let params = module.params(spec.kernel).unwrap_or_else(|e| panic!("{e}"));
-        let (offsets, _) = spec.offsets();
-        assert_eq!(params.len(), spec.params.len());
-        for ((p, &(name, kind)), &at) in params.iter().zip(spec.params).zip(&offsets) {
-            assert_eq!(p.name, format!("{}_param_{name}", spec.kernel));
-            assert_eq!(p.size, kind.size());
-            assert_eq!(p.offset, at);
-        }
-    }
+    frugal_ptx::testing::assert_specs_match_shipped(flash::SPECS);
 }
 
 /// Hand-picked edges: a single token, one ragged tile, exact tiles, primes, GQA 1/2/4/3.
@@ -379,8 +289,8 @@ fn backward_preprocess_matches_reference() {
         };
         let (b, t, nh) = (shape.b, shape.t, shape.nh);
         let n = b * t * nh * hs;
-        let o = g.bf16s(n, 1.0);
-        let dout = g.bf16s(n, 1.0);
+        let o = g.bf16s_f64(n, 1.0);
+        let dout = g.bf16s_f64(n, 1.0);
         let mut mem = DeviceMemory::new();
         let po = upload(&mut mem, &o, "o");
         let pdo = upload(&mut mem, &dout, "dout");
@@ -423,129 +333,12 @@ fn backward_preprocess_matches_reference() {
     assert!(flash::backward_preprocess(0, 0, 0, odd).is_err());
 }
 
-/// The f64 causal attention backward with its error scales. Returns, for dQ (B, T, NH, HS),
-/// dK and dV (B, T, NKV, HS): the gradient and its mass (the sum of absolute terms the
-/// kernel rounds, see `run_backward`); and LSE (B, NH, T) and D (B, NH, T) as the kernel's
-/// inputs.
-struct BwdRef {
-    dq: Vec<f64>,
-    dk: Vec<f64>,
-    dv: Vec<f64>,
-    mq: Vec<f64>,
-    mk: Vec<f64>,
-    mv: Vec<f64>,
-    /// Absolute error allowed on top of the bf16 rounding: fp32 (and, chained, LSE and D)
-    /// errors of P and dS, propagated through the products.
-    sq: Vec<f64>,
-    sk: Vec<f64>,
-    sv: Vec<f64>,
-    lse: Vec<f64>,
-    d: Vec<f64>,
-}
-
-/// `Slack::Chained` widens the dS error scale for LSE and D that come from the kernels
-/// (forward and preprocess) instead of from this reference.
-#[derive(Clone, Copy, PartialEq)]
-enum Slack {
-    ExactInputs,
-    Chained,
-}
-
-fn reference_backward(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    dout: &[f64],
-    s: AttnShape,
-    slack: Slack,
-) -> BwdRef {
-    let (b, t, nh, nkv, hs) = (s.b, s.t, s.nh, s.nkv, s.hs);
-    let scale = 1.0 / (hs as f64).sqrt();
-    let nq = b * t * nh * hs;
-    let nk = b * t * nkv * hs;
-    let mut r = BwdRef {
-        dq: vec![0.0; nq],
-        dk: vec![0.0; nk],
-        dv: vec![0.0; nk],
-        mq: vec![0.0; nq],
-        mk: vec![0.0; nk],
-        mv: vec![0.0; nk],
-        sq: vec![0.0; nq],
-        sk: vec![0.0; nk],
-        sv: vec![0.0; nk],
-        lse: vec![0.0; b * nh * t],
-        d: vec![0.0; b * nh * t],
-    };
-    let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
-    let absdot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| (x * y).abs()).sum::<f64>();
-    let (mut p, mut dp, mut dpa) = (vec![0.0; t], vec![0.0; t], vec![0.0; t]);
-    for bi in 0..b {
-        for h in 0..nh {
-            let kvh = h / (nh / nkv);
-            let qrow = |i: usize| ((bi * t + i) * nh + h) * hs;
-            let krow = |j: usize| ((bi * t + j) * nkv + kvh) * hs;
-            for i in 0..t {
-                let qi = &q[qrow(i)..][..hs];
-                let doi = &dout[qrow(i)..][..hs];
-                let mut max = f64::NEG_INFINITY;
-                for j in 0..=i {
-                    p[j] = scale * dot(qi, &k[krow(j)..][..hs]);
-                    max = max.max(p[j]);
-                }
-                let sum: f64 = p[..=i].iter().map(|x| (x - max).exp()).sum();
-                let lse = max + sum.ln();
-                let mut d = 0.0;
-                for j in 0..=i {
-                    p[j] = (p[j] - lse).exp();
-                    dp[j] = dot(doi, &v[krow(j)..][..hs]);
-                    dpa[j] = absdot(doi, &v[krow(j)..][..hs]);
-                    d += p[j] * dp[j];
-                }
-                r.lse[(bi * nh + h) * t + i] = lse;
-                r.d[(bi * nh + h) * t + i] = d;
-                for j in 0..=i {
-                    let ds = p[j] * (dp[j] - d);
-                    // Absolute error of P and dS beyond bf16 rounding: P to ~1e-5 relative
-                    // (ex2 of fp32 scores), dP - D to ~1e-6 of its absolute terms.
-                    let mut p_rel = 1e-5;
-                    let mut ds_err = 1e-5 * ds.abs() + p[j] * 1e-6 * (dpa[j] + d.abs());
-                    if slack == Slack::Chained {
-                        // The forward's LSE is good to 1e-4 absolute, so P to 1.2e-4 relative;
-                        // D = dO . O from the bf16-rounded O: O is off by at most 2^-7 max|v|
-                        // (the forward's tolerance) per element, so D by 2^-7 sum|dO| (|v| <= 1).
-                        p_rel = 1.2e-4;
-                        let do_abs: f64 = doi.iter().map(|x| x.abs()).sum();
-                        ds_err += p[j] * (1.2e-4 * (dp[j] - d).abs() + 2f64.powi(-7) * do_abs);
-                    }
-                    for x in 0..hs {
-                        r.dq[qrow(i) + x] += scale * ds * k[krow(j) + x];
-                        r.mq[qrow(i) + x] += scale * ds.abs() * k[krow(j) + x].abs();
-                        r.sq[qrow(i) + x] += scale * ds_err * k[krow(j) + x].abs();
-                        r.dk[krow(j) + x] += scale * ds * q[qrow(i) + x];
-                        r.mk[krow(j) + x] += scale * ds.abs() * q[qrow(i) + x].abs();
-                        r.sk[krow(j) + x] += scale * ds_err * q[qrow(i) + x].abs();
-                        r.sv[krow(j) + x] += p_rel * p[j] * doi[x].abs();
-                        r.dv[krow(j) + x] += p[j] * doi[x];
-                        r.mv[krow(j) + x] += p[j] * doi[x].abs();
-                    }
-                }
-            }
-        }
-    }
-    r
-}
-
 /// Runs the dK/dV and dQ kernels on random inputs (LSE and D from the f64 reference, rounded
 /// to f32, so these kernels are checked on their own) and compares with the reference.
 fn run_backward(module: &Module, shape: AttnShape, seed: u64) -> Result<f64, String> {
-    let mut g = Gen(seed);
     let (b, t, nh, nkv, hs) = (shape.b, shape.t, shape.nh, shape.nkv, shape.hs);
     let (nq, nk) = (b * t * nh * hs, b * t * nkv * hs);
-    let q = g.bf16s(nq, 2.0);
-    let k = g.bf16s(nk, 2.0);
-    let v = g.bf16s(nk, 1.0);
-    let dout = g.bf16s(nq, 1.0);
-    let to64 = |x: &[u16]| x.iter().map(|&u| bf16_to_f64(u)).collect::<Vec<_>>();
+    let [q, k, v, dout] = attn_reference::draw_inputs(shape, seed);
     let r = reference_backward(
         &to64(&q),
         &to64(&k),
@@ -576,38 +369,14 @@ fn run_backward(module: &Module, shape: AttnShape, seed: u64) -> Result<f64, Str
         .run_emu(module, &mut mem, &Checks::default())
         .map_err(|e| format!("dq {shape:?}: {e}"))?;
     let secs = start.elapsed().as_secs_f64();
-    // Tolerance per element: the kernels round P (for dV) and dS (for dQ, dK) to bf16, 2^-8
-    // relative per term, so the error is at most 2^-8 times the element's mass (the sum of
-    // absolute terms, which includes the fp32 slack of dS and P), plus 2^-8 |x| for the bf16
-    // rounding of the output, plus 1e-5 of the mass for fp32 accumulation.
-    let u = 2f64.powi(-8);
-    for (what, ptr, want, mass, slack) in [
-        ("dQ", pdq, &r.dq, &r.mq, &r.sq),
-        ("dK", pdk, &r.dk, &r.mk, &r.sk),
-        ("dV", pdv, &r.dv, &r.mv, &r.sv),
+    // Tolerance per element: `attn_reference::grad_tolerance`.
+    for (what, ptr, want, mass, slack, heads) in [
+        ("dQ", pdq, &r.dq, &r.mq, &r.sq, nh),
+        ("dK", pdk, &r.dk, &r.mk, &r.sk, nkv),
+        ("dV", pdv, &r.dv, &r.mv, &r.sv, nkv),
     ] {
         let got: Vec<u16> = download(&mem, ptr, want.len());
-        let heads = if what == "dQ" { nh } else { nkv };
-        for (i, (((&x, &w), &m), &sl)) in got
-            .iter()
-            .zip(want.iter())
-            .zip(mass.iter())
-            .zip(slack.iter())
-            .enumerate()
-        {
-            let x = bf16_to_f64(x);
-            let tol = (u + 1e-5) * m + u * w.abs() + sl + 1e-6;
-            if (x - w).is_nan() || (x - w).abs() > tol {
-                return Err(format!(
-                    "{shape:?}: {what}[{i}] (b, t, head, d) = ({}, {}, {}, {}) is {x}, \
-                     reference {w}, tolerance {tol:.2e}",
-                    i / (hs * heads * t),
-                    i / (hs * heads) % t,
-                    i / hs % heads,
-                    i % hs
-                ));
-            }
-        }
+        check_grad(shape, what, heads, &got, want, mass, slack)?;
     }
     Ok(secs)
 }
@@ -752,24 +521,11 @@ fn forward_then_backward_chain_matches_reference() {
     .into_iter()
     .enumerate()
     {
-        let mut g = Gen(500 + i as u64);
-        let (b, t, nh, nkv, hs) = (shape.b, shape.t, shape.nh, shape.nkv, shape.hs);
-        let (nq, nk) = (b * t * nh * hs, b * t * nkv * hs);
-        let q = g.bf16s(nq, 2.0);
-        let k = g.bf16s(nk, 2.0);
-        let v = g.bf16s(nk, 1.0);
-        let dout = g.bf16s(nq, 1.0);
+        let (nh, nkv) = (shape.nh, shape.nkv);
+        let [q, k, v, dout] = attn_reference::draw_inputs(shape, 500 + i as u64);
         let mut mem = DeviceMemory::new();
-        let pq = upload(&mut mem, &q, "q");
-        let pk = upload(&mut mem, &k, "k");
-        let pv = upload(&mut mem, &v, "v");
-        let pdo = upload(&mut mem, &dout, "dout");
-        let po = upload(&mut mem, &vec![0x7FC0u16; nq], "o");
-        let plse = upload(&mut mem, &vec![f32::NAN; b * nh * t], "lse");
-        let pd = upload(&mut mem, &vec![f32::NAN; b * nh * t], "d");
-        let pdq = upload(&mut mem, &vec![0x7FC0u16; nq], "dq");
-        let pdk = upload(&mut mem, &vec![0x7FC0u16; nk], "dk");
-        let pdv = upload(&mut mem, &vec![0x7FC0u16; nk], "dv");
+        let [pq, pk, pv, pdo, po, plse, pd, pdq, pdk, pdv] =
+            upload_chain(&mut mem, [&q, &k, &v, &dout], shape);
         let checks = Checks::default();
         let run = |launch: Result<frugal_ptx::kernels::Launch, frugal_ptx::error::PtxError>,
                    module: &Module,
@@ -795,7 +551,6 @@ fn forward_then_backward_chain_matches_reference() {
             &bwd,
             &mut mem,
         );
-        let to64 = |x: &[u16]| x.iter().map(|&u| bf16_to_f64(u)).collect::<Vec<_>>();
         let r = reference_backward(
             &to64(&q),
             &to64(&k),
@@ -805,27 +560,263 @@ fn forward_then_backward_chain_matches_reference() {
             Slack::Chained,
         );
         // Same per-element rule as `run_backward`, on the chained error scales.
-        let u = 2f64.powi(-8);
-        for (what, ptr, want, mass, slack) in [
-            ("dQ", pdq, &r.dq, &r.mq, &r.sq),
-            ("dK", pdk, &r.dk, &r.mk, &r.sk),
-            ("dV", pdv, &r.dv, &r.mv, &r.sv),
+        for (what, ptr, want, mass, slack, heads) in [
+            ("dQ", pdq, &r.dq, &r.mq, &r.sq, nh),
+            ("dK", pdk, &r.dk, &r.mk, &r.sk, nkv),
+            ("dV", pdv, &r.dv, &r.mv, &r.sv, nkv),
         ] {
             let got: Vec<u16> = download(&mem, ptr, want.len());
-            for (j, (((&x, &w), &m), &sl)) in got
-                .iter()
-                .zip(want.iter())
-                .zip(mass.iter())
-                .zip(slack.iter())
-                .enumerate()
-            {
-                let x = bf16_to_f64(x);
-                let tol = (u + 1e-5) * m + u * w.abs() + sl + 1e-6;
-                assert!(
-                    (x - w).abs() <= tol,
-                    "{shape:?}: {what}[{j}] is {x}, reference {w}, tolerance {tol:.2e}"
-                );
+            if let Err(e) = check_grad(shape, what, heads, &got, want, mass, slack) {
+                panic!("{e}");
             }
         }
     }
+}
+
+/// Uploads the inputs of one forward + backward chain (Q, K, V, dO) and allocates its
+/// outputs NaN-poisoned (O, LSE, D, dQ, dK, dV: an element left unwritten fails); returns
+/// the ten addresses in that order.
+fn upload_chain(mem: &mut DeviceMemory, inputs: [&[u16]; 4], shape: AttnShape) -> [u64; 10] {
+    let [q, k, v, dout] = inputs;
+    let rows = shape.b * shape.nh * shape.t;
+    [
+        upload(mem, q, "q"),
+        upload(mem, k, "k"),
+        upload(mem, v, "v"),
+        upload(mem, dout, "dout"),
+        upload(mem, &vec![0x7FC0u16; q.len()], "o"),
+        upload(mem, &vec![f32::NAN; rows], "lse"),
+        upload(mem, &vec![f32::NAN; rows], "d"),
+        upload(mem, &vec![0x7FC0u16; q.len()], "dq"),
+        upload(mem, &vec![0x7FC0u16; k.len()], "dk"),
+        upload(mem, &vec![0x7FC0u16; k.len()], "dv"),
+    ]
+}
+
+/// Runs the forward and then `flash::backward(mode, ..)` (every launch of the mode, from the
+/// module each names, with `overrides` replacing a module's text); returns (dQ, dK, dV) bits.
+fn run_chain_mode(
+    shape: AttnShape,
+    mode: flash::DqMode,
+    seed: u64,
+    bwd_text: Option<&str>,
+) -> Result<[Vec<u16>; 3], String> {
+    let (b, t, nh, nkv, hs) = (shape.b, shape.t, shape.nh, shape.nkv, shape.hs);
+    let (nq, nk) = (b * t * nh * hs, b * t * nkv * hs);
+    let [q, k, v, dout] = attn_reference::draw_inputs(shape, seed);
+    let mut mem = DeviceMemory::new();
+    let [pq, pk, pv, pdo, po, plse, pd, pdq, pdk, pdv] =
+        upload_chain(&mut mem, [&q, &k, &v, &dout], shape);
+    // The accumulator is poisoned too: the zero-fill launch must clear it.
+    let accum_len = flash::dq_accum_bytes(shape, mode) / 4;
+    let paccum = if accum_len == 0 {
+        0
+    } else {
+        upload(&mut mem, &vec![f32::NAN; accum_len], "dq_accum")
+    };
+    let mut launches =
+        vec![flash::forward(pq, pk, pv, po, plse, shape).map_err(|e| e.to_string())?];
+    launches.extend(
+        flash::backward(
+            mode, pq, pk, pv, po, pdo, plse, pd, pdq, pdk, pdv, paccum, shape,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut modules: std::collections::HashMap<&str, Module> = Default::default();
+    for launch in &launches {
+        if !modules.contains_key(launch.module) {
+            let text = match (launch.module, bwd_text) {
+                ("flash_attn_bwd", Some(text)) => text,
+                (name, _) => {
+                    catalogue::module(name)
+                        .ok_or_else(|| format!("no module {name}"))?
+                        .text
+                }
+            };
+            modules.insert(
+                launch.module,
+                Module::parse(text).map_err(|e| e.to_string())?,
+            );
+        }
+        launch
+            .run_emu(&modules[launch.module], &mut mem, &Checks::default())
+            .map_err(|e| format!("{}: {e}", launch.kernel))?;
+    }
+    Ok([
+        download(&mem, pdq, nq),
+        download(&mem, pdk, nk),
+        download(&mem, pdv, nk),
+    ])
+}
+
+const ATOMIC_SHAPES: [AttnShape; 3] = [
+    AttnShape {
+        b: 1,
+        t: 77,
+        nh: 4,
+        nkv: 2,
+        hs: 64,
+    },
+    AttnShape {
+        b: 2,
+        t: 131,
+        nh: 3,
+        nkv: 1,
+        hs: 64,
+    },
+    AttnShape {
+        b: 1,
+        t: 70,
+        nh: 2,
+        nkv: 1,
+        hs: 128,
+    },
+];
+
+/// `DqMode::Atomic`: dK and dV come from the same instructions as in the deterministic mode
+/// (bit for bit); dQ is within tolerance of the reference and of the deterministic dQ (not
+/// bitwise: the atomic sums run in another order).
+#[test]
+fn atomic_dq_matches_reference_and_deterministic() {
+    for (i, shape) in ATOMIC_SHAPES.into_iter().enumerate() {
+        let seed = 800 + i as u64;
+        let start = Instant::now();
+        let det = run_chain_mode(shape, flash::DqMode::Deterministic, seed, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let atomic = run_chain_mode(shape, flash::DqMode::Atomic, seed, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "{shape:?}: both modes emulated in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(atomic[1] == det[1], "{shape:?}: dK differs between modes");
+        assert!(atomic[2] == det[2], "{shape:?}: dV differs between modes");
+        let nh = shape.nh;
+        let [q, k, v, dout] = attn_reference::draw_inputs(shape, seed);
+        let r = reference_backward(
+            &to64(&q),
+            &to64(&k),
+            &to64(&v),
+            &to64(&dout),
+            shape,
+            Slack::Chained,
+        );
+        if let Err(e) = check_grad(shape, "atomic dQ", nh, &atomic[0], &r.dq, &r.mq, &r.sq) {
+            panic!("{e}");
+        }
+        // Against the deterministic dQ: both round the same dS to bf16 up to one ulp of an
+        // element where the two kernels' fp32 P differ in the last bit (2^-8 * mass at most),
+        // sum in different fp32 orders (1e-5 * mass each) and round the result once
+        // (2^-8 |dQ| each).
+        let u = 2f64.powi(-8);
+        let mut worst = 0.0f64;
+        for (j, (&a, &d)) in atomic[0].iter().zip(&det[0]).enumerate() {
+            let (a, d) = (bf16_to_f64(a), bf16_to_f64(d));
+            let tol = (u + 2e-5) * r.mq[j] + 2.0 * u * d.abs() + 1e-6;
+            assert!(
+                (a - d).abs() <= tol,
+                "{shape:?}: dQ[{j}] atomic {a}, deterministic {d}, tolerance {tol:.2e}"
+            );
+            worst = worst.max((a - d).abs());
+        }
+        println!("{shape:?}: atomic vs deterministic dQ worst |diff| {worst:.2e}");
+    }
+}
+
+/// The atomic mode's checks can fail: a missing barrier before the dS^T tile is read (the
+/// sanitizer's shared-memory race check), unscaled dQ, and the second row block's adds
+/// dropped are each caught.
+#[test]
+fn broken_atomic_kernels_are_caught() {
+    let text = catalogue::module("flash_attn_bwd")
+        .unwrap_or_else(|| panic!("no flash_attn_bwd module"))
+        .text;
+    let shape = AttnShape {
+        b: 1,
+        t: 100,
+        nh: 2,
+        nkv: 1,
+        hs: 64,
+    };
+    let mutants = [
+        (
+            "no barrier before reading dS^T",
+            "bar.sync 0;\n    // dS fragments",
+            "// dS fragments",
+        ),
+        (
+            "dQ not scaled",
+            "mul.f32 %qc0, %qc0, %scale;",
+            "mov.f32 %qc0, %qc0;",
+        ),
+        (
+            "rows g+8 never added",
+            "@%pm red.global.add.f32",
+            "@!%pm red.global.add.f32",
+        ),
+    ];
+    for (what, from, to) in mutants {
+        assert!(text.contains(from), "{what}: pattern not in the kernels");
+        let mutant = text.replace(from, to);
+        let result = run_chain_mode(shape, flash::DqMode::Atomic, 17, Some(&mutant)).and_then(
+            |[dq, _, _]| {
+                let mut g = Gen(17);
+                let (t, nh, hs) = (shape.t, shape.nh, shape.hs);
+                let q = g.bf16s_f64(t * nh * hs, 2.0);
+                let k = g.bf16s_f64(t * hs, 2.0);
+                let v = g.bf16s_f64(t * hs, 1.0);
+                let dout = g.bf16s_f64(t * nh * hs, 1.0);
+                let r = reference_backward(
+                    &to64(&q),
+                    &to64(&k),
+                    &to64(&v),
+                    &to64(&dout),
+                    shape,
+                    Slack::Chained,
+                );
+                check_grad(shape, "atomic dQ", nh, &dq, &r.dq, &r.mq, &r.sq)
+            },
+        );
+        assert!(result.is_err(), "{what}: not caught");
+        println!("{what}: caught: {}", result.err().unwrap_or_default());
+    }
+}
+
+#[test]
+fn atomic_launcher_checks() {
+    let ok = AttnShape {
+        b: 1,
+        t: 10,
+        nh: 4,
+        nkv: 2,
+        hs: 64,
+    };
+    assert_eq!(
+        flash::dq_accum_bytes(ok, flash::DqMode::Atomic),
+        4 * 10 * 4 * 64
+    );
+    assert_eq!(flash::dq_accum_bytes(ok, flash::DqMode::Deterministic), 0);
+    let call = |shape, accum| {
+        flash::backward(
+            flash::DqMode::Atomic,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            accum,
+            shape,
+        )
+    };
+    assert_eq!(call(ok, 0).map(|l| l.len()).ok(), Some(4));
+    assert!(call(AttnShape { hs: 96, ..ok }, 0).is_err());
+    assert!(
+        call(ok, 2).is_err(),
+        "the accumulator must be 4-byte aligned"
+    );
 }

@@ -8,8 +8,9 @@
 use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
 use frugal_ptx::matmul::{
-    self, emit, launch, select, simt, Choice, Epilogue, Gemm, KernelKind, Layout, OutType,
-    TileConfig, TILE_128X128, TILE_128X64, TILE_64X64, TILE_64X64_V8, TILE_CONFIGS,
+    self, emit, launch, select, simt, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout,
+    OutType, TileConfig, TILE_128X128, TILE_128X128_RS, TILE_128X64, TILE_128X64_RS, TILE_64X64,
+    TILE_64X64_RS, TILE_64X64_V8, TILE_CONFIGS,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,32 +18,9 @@ use std::time::Instant;
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// splitmix64: small, deterministic test inputs.
-struct Gen(u64);
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn bf16s(&mut self, n: usize) -> Vec<u16> {
-        (0..n)
-            .map(|_| half::bf16::from_f32(self.unit()).to_bits())
-            .collect()
-    }
-}
-
-fn bf16_f64(bits: u16) -> f64 {
-    f64::from(f32::from_bits(u32::from(bits) << 16))
-}
+// Inputs: the crate's splitmix `Gen` (a draw below n is `range(0, n - 1)`).
+use frugal_ptx::testing::matmul::expected;
+use frugal_ptx::testing::{bf as bf16_f64, Gen};
 
 fn kernels_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels")
@@ -63,12 +41,45 @@ const PAD_BF16: u16 = 0x4242;
 /// Runs `g` with kernel `kind` under the emulator (all sanitizer checks on) and checks every
 /// element of C against an f64 reference on the same bf16 inputs.
 fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
+    let choice = Choice {
+        kernel: kind,
+        split_k: None,
+    };
+    verify(
+        g,
+        seed,
+        0,
+        Some((kind_module(kind, g), module)),
+        &|pa, pb, pc, _| vec![launch(&choice, g, pa, pb, pc).unwrap_or_else(|e| panic!("{e}"))],
+    );
+}
+
+fn kind_module(kind: KernelKind, g: &Gemm) -> &'static str {
+    matmul::kernel_spec(kind, g.layout, g.out)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .module
+}
+
+/// The launches of one product given the A, B, C and workspace addresses.
+type MakeLaunches<'a> = dyn Fn(u64, u64, u64, u64) -> Vec<frugal_ptx::kernels::Launch> + 'a;
+
+/// Runs the launches `make` returns under the emulator (all sanitizer checks on; A and B
+/// placed `shift` bytes past an allocation's 256-byte aligned start, the workspace poisoned
+/// with NaN) and checks every element of C against an f64 reference on the same bf16 inputs.
+/// Returns C's bytes.
+fn verify(
+    g: &Gemm,
+    seed: u64,
+    shift: u64,
+    given: Option<(&str, &Module)>,
+    make: &MakeLaunches,
+) -> Vec<u8> {
     let mut gen = Gen(seed);
     let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
     let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
     let c_len = g.c_elements();
-    let a = gen.bf16s(a_len);
-    let b = gen.bf16s(b_len);
+    let a = gen.bf16s(a_len, 1.0);
+    let b = gen.bf16s(b_len, 1.0);
     // Old C: random (accumulate) or poison (overwrite); padding columns hold a sentinel.
     let mut c_old = vec![0f64; c_len];
     let mut in_c = vec![false; c_len];
@@ -80,9 +91,17 @@ fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
         }
     }
     let mut mem = DeviceMemory::new();
-    let pa = mem.alloc(2 * a_len, "a");
-    let pb = mem.alloc(2 * b_len, "b");
+    // The sanitizer checks bounds per allocation: A and B get exactly their bytes after the
+    // shift, and the shift bytes before them belong to the same allocation.
+    let pa = mem.alloc(2 * a_len + shift as usize, "a") + shift;
+    let pb = mem.alloc(2 * b_len + shift as usize, "b") + shift;
     let pc = mem.alloc(g.out.size() * c_len, "c");
+    // Split-K workspace (f32 slices), NaN-poisoned so a slice the partial pass skipped fails.
+    let ws_elems = g.m * g.n * 8;
+    let pw = mem.alloc(4 * ws_elems, "workspace");
+    let poison: Vec<u32> = vec![POISON_F32; ws_elems];
+    mem.write(pw, bytemuck::cast_slice(&poison))
+        .unwrap_or_else(|e| panic!("{e}"));
     mem.write(pa, bytemuck::cast_slice(&a))
         .unwrap_or_else(|e| panic!("{e}"));
     mem.write(pb, bytemuck::cast_slice(&b))
@@ -117,33 +136,21 @@ fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
         }
     }
     mem.write(pc, &c_bytes).unwrap_or_else(|e| panic!("{e}"));
-    let choice = Choice {
-        kernel: kind,
-        split_k: None,
-    };
-    let l = launch(&choice, g, pa, pb, pc).unwrap_or_else(|e| panic!("{e}"));
-    l.run_emu(module, &mut mem, &Checks::default())
-        .unwrap_or_else(|e| panic!("{} {g:?}: {e}", l.kernel));
+    let launches = make(pa, pb, pc, pw);
+    let names: Vec<&str> = launches.iter().map(|l| l.kernel).collect();
+    let what = names.join(" + ");
+    let mut others = std::collections::HashMap::new();
+    for l in &launches {
+        let module = match given {
+            Some((name, m)) if name == l.module => m,
+            _ => &*others.entry(l.module).or_insert_with(|| parsed(l.module)),
+        };
+        l.run_emu(module, &mut mem, &Checks::default())
+            .unwrap_or_else(|e| panic!("{} {g:?}: {e}", l.kernel));
+    }
     let mut got = vec![0u8; c_bytes.len()];
     mem.read(pc, &mut got).unwrap_or_else(|e| panic!("{e}"));
 
-    let a_at = |z: usize, i: usize, kk: usize| {
-        let off = if g.layout.a_k_contiguous() {
-            i * g.lda + kk
-        } else {
-            kk * g.lda + i
-        };
-        bf16_f64(a[z * g.batch_stride_a + off])
-    };
-    let b_at = |z: usize, kk: usize, j: usize| {
-        let off = if g.layout.b_k_contiguous() {
-            j * g.ldb + kk
-        } else {
-            kk * g.ldb + j
-        };
-        bf16_f64(b[z * g.batch_stride_b + off])
-    };
-    let alpha = f64::from(g.alpha);
     let mut worst = 0f64;
     for (idx, &inside) in in_c.iter().enumerate() {
         let value = match g.out {
@@ -155,7 +162,7 @@ fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
                     got[4 * idx + 3],
                 ]);
                 if !inside {
-                    assert_eq!(bits, PAD_F32, "{} wrote C padding at {idx}", l.kernel);
+                    assert_eq!(bits, PAD_F32, "{what} wrote C padding at {idx}");
                     continue;
                 }
                 f64::from(f32::from_bits(bits))
@@ -163,7 +170,7 @@ fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
             OutType::Bf16 => {
                 let bits = u16::from_le_bytes([got[2 * idx], got[2 * idx + 1]]);
                 if !inside {
-                    assert_eq!(bits, PAD_BF16, "{} wrote C padding at {idx}", l.kernel);
+                    assert_eq!(bits, PAD_BF16, "{what} wrote C padding at {idx}");
                     continue;
                 }
                 bf16_f64(bits)
@@ -173,36 +180,26 @@ fn check(kind: KernelKind, g: &Gemm, module: &Module, seed: u64) {
         let z = if g.batch == 1 { 0 } else { z };
         let rem = idx - z * g.batch_stride_c;
         let (i, j) = (rem / g.ldc, rem % g.ldc);
-        let (mut dot, mut mag) = (0f64, 0f64);
-        for kk in 0..g.k {
-            let p = a_at(z, i, kk) * b_at(z, kk, j);
-            dot += p;
-            mag += p.abs();
-        }
-        let want = alpha * dot + c_old[idx];
-        // Tolerance: products of bf16 inputs are exact in f32 (8+8 significant bits); an f32
-        // sum of K terms in any order errs by at most ~K*2^-24 of the sum of magnitudes (the
-        // standard gamma_K bound, doubled for the alpha multiply and the add of old C), plus,
-        // for bf16 C, one rounding of the result: half an ulp, 2^-9 relative (2^-8 allowed).
-        let mut tol =
-            (g.k as f64 + 2.0) * 2f64.powi(-23) * (alpha.abs() * mag + c_old[idx].abs()) + 1e-30;
-        if g.out == OutType::Bf16 {
-            tol += 2f64.powi(-8) * want.abs();
-        }
+        // The reference and its tolerance (reasoned there): `frugal_ptx::testing::matmul`.
+        let (want, tol) = expected(g, &a, &b, c_old[idx], [z, i, j]);
         let err = (value - want).abs();
         assert!(
             err <= tol,
-            "{} {:?} M{} N{} K{} batch {}: C[{z}][{i}][{j}] = {value}, want {want} (err {err:e} > tol {tol:e})",
-            l.kernel,
+            "{what} {:?} M{} N{} K{} batch {} lda {} ldb {} ldc {}: C[{z}][{i}][{j}] = {value}, \
+             want {want} (err {err:e} > tol {tol:e})",
             g.layout,
             g.m,
             g.n,
             g.k,
-            g.batch
+            g.batch,
+            g.lda,
+            g.ldb,
+            g.ldc
         );
         worst = worst.max(err / tol);
     }
     assert!(worst.is_finite());
+    got
 }
 
 /// A random product: sizes from `sizes`, all layouts/out/epilogue chosen by `i`.
@@ -236,7 +233,10 @@ fn random_gemm(
 // Shipped text
 
 fn emitted() -> Vec<(String, String)> {
-    let mut all = vec![("matmul_simt".to_string(), simt::emit_module())];
+    let mut all = vec![
+        ("matmul_simt".to_string(), simt::emit_module()),
+        (splitk::MODULE.to_string(), splitk::emit_module()),
+    ];
     for cfg in TILE_CONFIGS {
         for layout in Layout::ALL {
             for out in [OutType::F32, OutType::Bf16] {
@@ -286,16 +286,22 @@ fn emitted_ptx_matches_committed_files() {
 fn every_entry_has_the_shared_parameter_list() {
     for (name, _) in emitted() {
         let module = parsed(&name);
+        // The split-K reduce has its own list; every matmul kernel shares PARAMS.
+        let list: &'static [(&str, frugal_ptx::kernels::ParamKind)] = if name == splitk::MODULE {
+            &splitk::PARAMS
+        } else {
+            &matmul::PARAMS
+        };
         for entry in module.kernel_names() {
             let params = module.params(entry).unwrap_or_else(|e| panic!("{e}"));
             let spec = frugal_ptx::kernels::KernelSpec {
                 module: "matmul",
                 kernel: "matmul",
-                params: &matmul::PARAMS,
+                params: list,
             };
             let (offsets, _) = spec.offsets();
-            assert_eq!(params.len(), matmul::PARAMS.len(), "{entry}");
-            for ((p, &(pname, kind)), at) in params.iter().zip(&matmul::PARAMS).zip(offsets) {
+            assert_eq!(params.len(), list.len(), "{entry}");
+            for ((p, &(pname, kind)), at) in params.iter().zip(list).zip(offsets) {
                 assert_eq!(p.name, format!("{entry}_param_{pname}"));
                 assert_eq!(p.size, kind.size(), "{entry}::{pname}");
                 assert_eq!(p.offset, at, "{entry}::{pname}");
@@ -327,10 +333,10 @@ fn simt_matches_reference_random_shapes() {
     for i in 0..24 {
         let sizes = |g: &mut Gen| loop {
             let pick = |g: &mut Gen| {
-                if g.below(2) == 0 {
-                    primes[g.below(primes.len())]
+                if g.range(0, 1) == 0 {
+                    primes[g.range(0, primes.len() - 1)]
                 } else {
-                    1 + g.below(299)
+                    1 + g.range(0, 298)
                 }
             };
             let (m, n, k) = (pick(g), pick(g), pick(g));
@@ -374,9 +380,9 @@ fn tc_random(cfg: TileConfig, cases: usize, seed: u64) {
         // contiguous operands; leading dimensions rounded up to a multiple of load_bytes/2
         // elements (the kernel's requirement) with 0..2 extra such groups of padding.
         let sizes = |g: &mut Gen| {
-            let m = 1 + g.below(cfg.bm as usize + 90);
-            let n = 1 + g.below(cfg.bn as usize + 90);
-            let k = 1 + g.below(130);
+            let m = 1 + g.range(0, cfg.bm as usize + 89);
+            let n = 1 + g.range(0, cfg.bn as usize + 89);
+            let k = 1 + g.range(0, 129);
             (m, n, k)
         };
         let mut g = random_gemm(&mut gen, i, &sizes, 0);
@@ -459,71 +465,445 @@ fn tc_refuses_misaligned_operands() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Dispatch
+// Register-staged tensor-core variants (any alignment, odd leading dimensions)
+
+const PRIMES: [usize; 14] = [1, 2, 3, 5, 7, 13, 31, 61, 67, 97, 127, 131, 193, 251];
+
+/// Random products for a staged tile: M, N, K anything (primes half of the time), lda and
+/// ldb padded by an odd amount (odd leading dimensions), odd ldc, and A/B pointers shifted by
+/// 2 bytes in half of the cases (2-byte alignment).
+fn tc_staged_random(cfg: TileConfig, cases: usize, seed: u64) {
+    assert!(cfg.staged());
+    let mut gen = Gen(seed);
+    let start = Instant::now();
+    for i in 0..cases {
+        let sizes = |g: &mut Gen| {
+            let mut pick = |max: usize| {
+                if g.range(0, 1) == 0 {
+                    PRIMES[g.range(0, PRIMES.len() - 1)].min(max)
+                } else {
+                    1 + g.range(0, max - 1)
+                }
+            };
+            (
+                pick(cfg.bm as usize + 90),
+                pick(cfg.bn as usize + 90),
+                pick(150),
+            )
+        };
+        let mut g = random_gemm(&mut gen, i, &sizes, 0);
+        g.lda += 2 * gen.range(0, 2) + usize::from(g.lda.is_multiple_of(2));
+        g.ldb += 2 * gen.range(0, 2) + usize::from(g.ldb.is_multiple_of(2));
+        g.ldc += usize::from(g.ldc.is_multiple_of(2));
+        assert_eq!(g.lda % 2, 1);
+        let shift = if i % 2 == 1 { 2 } else { 0 };
+        let choice = Choice {
+            kernel: KernelKind::MmaSync(cfg),
+            split_k: None,
+        };
+        let module = parsed(&cfg.entry_name(g.layout, g.out));
+        verify(
+            &g,
+            seed * 1000 + i as u64,
+            shift,
+            Some((module_name(cfg, &g), &module)),
+            &|pa, pb, pc, _| {
+                assert_eq!(g.alignment(pa, pb), 2, "the case must be 2-byte aligned");
+                vec![launch(&choice, &g, pa, pb, pc).unwrap_or_else(|e| panic!("{e}"))]
+            },
+        );
+    }
+    println!(
+        "{}: {cases} random odd-stride products in {:.2} s",
+        cfg.short_name(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn module_name(cfg: TileConfig, g: &Gemm) -> &'static str {
+    kind_module(KernelKind::MmaSync(cfg), g)
+}
 
 #[test]
-fn dispatch_picks_tensor_cores_for_the_paper_shapes() {
-    // (C, F) of paper-100m and paper-2b, V = 32000, M = B*T = 8192 tokens.
-    let tokens = 8192;
-    for (c, f) in [(832usize, 2332usize), (2496, 6739)] {
-        for (c_in, c_out) in [(c, 3 * c), (c, c), (c, f), (f, c), (c, 32000)] {
-            // Y = X W^T, dX = dY W, dW += dY^T X, with tight leading dimensions.
-            let products = [
-                Gemm::dense(Layout::Nt, OutType::Bf16, tokens, c_out, c_in),
-                Gemm::dense(Layout::Nn, OutType::Bf16, tokens, c_in, c_out),
-                Gemm::dense(Layout::Tn, OutType::F32, c_out, c_in, tokens),
-            ];
-            for g in products {
+fn tc_64x64_staged_matches_reference_odd_strides() {
+    tc_staged_random(TILE_64X64_RS, 24, 21);
+}
+
+#[test]
+fn tc_128x64_staged_matches_reference_odd_strides() {
+    tc_staged_random(TILE_128X64_RS, 12, 22);
+}
+
+#[test]
+fn tc_128x128_staged_matches_reference_odd_strides() {
+    tc_staged_random(TILE_128X128_RS, 12, 23);
+}
+
+#[test]
+fn tc_staged_batched_and_scaled_paper_widths() {
+    // Batched with odd batch strides, several CTAs and K tiles.
+    for (i, layout) in Layout::ALL.into_iter().enumerate() {
+        let module = parsed(&TILE_64X64_RS.entry_name(layout, OutType::Bf16));
+        let mut g = Gemm::dense(layout, OutType::Bf16, 131, 67, 97)
+            .with_epilogue(Epilogue::Accumulate, 0.5)
+            .batched(2);
+        g.batch_stride_a += 1;
+        g.batch_stride_b += 3;
+        check(
+            KernelKind::MmaSync(TILE_64X64_RS),
+            &g,
+            &module,
+            70 + i as u64,
+        );
+    }
+    // paper-2b's F = 6739 scaled down by 32 (to 211, prime) with C = 2496/32 = 78 and 96
+    // tokens: the down projection's three products, through the dispatcher.
+    let (c, f, tokens) = (78, 211, 96);
+    let products = [
+        Gemm::dense(Layout::Nt, OutType::Bf16, tokens, c, f),
+        Gemm::dense(Layout::Nn, OutType::Bf16, tokens, f, c),
+        Gemm::dense(Layout::Tn, OutType::F32, c, f, tokens)
+            .with_epilogue(Epilogue::Accumulate, 1.0),
+    ];
+    for (i, g) in products.into_iter().enumerate() {
+        let choice = select(80, g.layout, g.m, g.n, g.k, g.alignment(0, 0));
+        let KernelKind::MmaSync(cfg) = choice.kernel else {
+            panic!("{g:?}: {choice:?}");
+        };
+        if g.lda % 2 == 1 || g.ldb % 2 == 1 {
+            assert!(cfg.staged(), "{g:?}: {cfg:?}");
+        }
+        let module = parsed(&cfg.entry_name(g.layout, g.out));
+        check(choice.kernel, &g, &module, 80 + i as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Split-K
+
+/// Runs `g` split `split` ways with `kind` (through launch_split) and checks C.
+fn check_split(kind: KernelKind, g: &Gemm, split: u32, seed: u64) -> Vec<u8> {
+    let choice = Choice {
+        kernel: kind,
+        split_k: Some(split),
+    };
+    let (kslice, slices) = matmul::split_slices(&choice, g.k);
+    assert!(kslice % 32 == 0 && slices <= split as usize && (slices - 1) * kslice < g.k);
+    assert!(matmul::workspace_bytes(&choice, g) <= g.m * g.n * 8 * 4);
+    verify(g, seed, 0, None, &|pa, pb, pc, pw| {
+        let ls = matmul::launch_split(&choice, g, pa, pb, pc, pw).unwrap_or_else(|e| panic!("{e}"));
+        if slices >= 2 {
+            assert_eq!(ls.last().map(|l| l.module), Some(splitk::MODULE));
+            assert_eq!(ls.len(), 2 + usize::from(!g.k.is_multiple_of(kslice)));
+        } else {
+            assert_eq!(ls.len(), 1);
+        }
+        ls
+    })
+}
+
+#[test]
+fn split_k_matches_reference_for_splits_2_to_8() {
+    let mut gen = Gen(31);
+    let tiles = [TILE_64X64, TILE_64X64_V8, TILE_64X64_RS, TILE_128X64];
+    let mut i = 0;
+    for split in 2..=8u32 {
+        for _ in 0..2 {
+            // Ragged K (not a multiple of 32 or of the split), every layout/out/epilogue.
+            let sizes =
+                |g: &mut Gen| (1 + g.range(0, 89), 1 + g.range(0, 89), 65 + g.range(0, 399));
+            let mut g = random_gemm(&mut gen, i, &sizes, 0);
+            let cfg = tiles[i % tiles.len()];
+            if cfg.staged() {
+                g.lda += usize::from(g.lda.is_multiple_of(2));
+                g.ldb += usize::from(g.ldb.is_multiple_of(2));
+            } else {
+                let q = cfg.load_bytes as usize / 2;
+                g.lda = g.lda.div_ceil(q) * q;
+                g.ldb = g.ldb.div_ceil(q) * q;
+            }
+            check_split(KernelKind::MmaSync(cfg), &g, split, 500 + i as u64);
+            i += 1;
+        }
+    }
+}
+
+#[test]
+fn split_k_is_bitwise_deterministic_and_handles_short_k() {
+    let g = Gemm::dense(Layout::Tn, OutType::F32, 40, 72, 333)
+        .with_epilogue(Epilogue::Accumulate, 0.75);
+    let kind = KernelKind::MmaSync(TILE_64X64);
+    let first = check_split(kind, &g, 5, 900);
+    let again = check_split(kind, &g, 5, 900);
+    assert_eq!(first, again, "same inputs, same bits");
+    let g = Gemm::dense(Layout::Nt, OutType::Bf16, 33, 17, 24);
+    // K = 24 < 32: one slice, no reduce.
+    assert_eq!(
+        matmul::split_slices(
+            &Choice {
+                kernel: kind,
+                split_k: Some(4)
+            },
+            24
+        ),
+        (32, 1)
+    );
+    check_split(kind, &g, 4, 901);
+    // Batched products and missing workspaces are refused.
+    let choice = Choice {
+        kernel: kind,
+        split_k: Some(2),
+    };
+    let b = Gemm::dense(Layout::Nt, OutType::F32, 64, 64, 256).batched(2);
+    assert!(matmul::launch_split(&choice, &b, 0x1000, 0x2000, 0x3000, 0x4000).is_err());
+    let d = Gemm::dense(Layout::Nt, OutType::F32, 64, 64, 256);
+    assert!(matmul::launch_split(&choice, &d, 0x1000, 0x2000, 0x3000, 0).is_err());
+    assert!(
+        launch(&choice, &d, 0x1000, 0x2000, 0x3000).is_err(),
+        "one launch cannot split"
+    );
+}
+
+#[test]
+fn plan_split_splits_only_with_a_workspace() {
+    // dW of a small layer at many tokens: few tiles, long K.
+    let g = Gemm::dense(Layout::Tn, OutType::F32, 256, 256, 16384)
+        .with_epilogue(Epilogue::Accumulate, 1.0);
+    let (choice, launches) = matmul::plan_split(80, &g, 0x10000, 0x20000, 0x30000, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((choice.split_k, launches.len()), (None, 1));
+    let want = matmul::choose(80, &g, 16);
+    let split = want
+        .split_k
+        .unwrap_or_else(|| panic!("{want:?} does not split"));
+    assert!((2..=8).contains(&split));
+    let (choice, launches) = matmul::plan_split(80, &g, 0x10000, 0x20000, 0x30000, Some(0x40000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(choice, want);
+    assert_eq!(launches.len(), 2, "16384 splits evenly: partials + reduce");
+    assert_eq!(
+        matmul::workspace_bytes(&choice, &g),
+        split as usize * 256 * 256 * 4
+    );
+    // A product that fills the GPU does not split.
+    let big = Gemm::dense(Layout::Nt, OutType::Bf16, 8192, 2496, 832);
+    assert_eq!(matmul::choose(80, &big, 16).split_k, None);
+    assert_eq!(
+        matmul::workspace_bytes(&matmul::choose(80, &big, 16), &big),
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The measured dispatch table
+
+#[test]
+fn embedded_dispatch_table_parses() {
+    let rules =
+        table::parse_table(table::TABLE_TEXT).unwrap_or_else(|e| panic!("dispatch_table.txt: {e}"));
+    assert_eq!(table::embedded().len(), rules.len());
+    for r in &rules {
+        if let KernelKind::MmaSync(cfg) = r.choice.kernel {
+            assert!(TILE_CONFIGS.contains(&cfg));
+            assert!(r.min_alignment >= cfg.load_bytes);
+        }
+    }
+}
+
+#[test]
+fn dispatch_table_rules_round_trip_and_win_over_builtin() {
+    let text = "\
+# comment
+90   nt  8192 2496 832 16 mma 64x64x32 1
+80+  tn  ..1024 ..1024 4096.. 2 mma 64x64x32_rs 4   # trailing comment
+80   *   * * * 2 simt - 1
+";
+    let rules = table::parse_table(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules.len(), 3);
+    for r in &rules {
+        let again = table::parse_table(&r.to_line()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, vec![*r]);
+    }
+    // Exact shape on sm_90 only.
+    let g = Gemm::dense(Layout::Nt, OutType::Bf16, 8192, 2496, 832);
+    assert_eq!(
+        matmul::choose_in(&rules, 90, &g, 16).kernel,
+        KernelKind::MmaSync(TILE_64X64)
+    );
+    assert_eq!(
+        matmul::choose_in(&rules, 80, &g, 16).kernel,
+        KernelKind::Simt
+    );
+    assert_eq!(
+        matmul::select_in(&rules, 90, g.layout, g.m, g.n, g.k, 16).kernel,
+        KernelKind::MmaSync(TILE_64X64)
+    );
+    // Range rule with a split; a batched product keeps the kernel but never splits.
+    let dw = Gemm::dense(Layout::Tn, OutType::F32, 1000, 300, 8192);
+    let c = matmul::choose_in(&rules, 90, &dw, 16);
+    assert_eq!(
+        c,
+        Choice {
+            kernel: KernelKind::MmaSync(TILE_64X64_RS),
+            split_k: Some(4)
+        }
+    );
+    assert_eq!(
+        matmul::choose_in(&rules, 90, &dw.batched(2), 16).split_k,
+        None
+    );
+    // A rule whose kernel cannot run with these operands is skipped.
+    let only_v8 =
+        table::parse_table("80+ * * * * 8 mma 64x64x32_v8 1").unwrap_or_else(|e| panic!("{e}"));
+    let odd = Gemm::dense(Layout::Nt, OutType::F32, 64, 64, 63);
+    assert_eq!(
+        matmul::choose_in(&only_v8, 80, &odd, 2).kernel,
+        KernelKind::MmaSync(TILE_64X64_RS)
+    );
+    // Merge replaces the rule for the same shape and keeps the rest.
+    let new = table::parse_table("90 nt 8192 2496 832 16 mma 128x128x32 2")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let merged = table::merge(text, &new).unwrap_or_else(|e| panic!("{e}"));
+    let rules2 = table::parse_table(&merged).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rules2.len(), 3);
+    assert_eq!(rules2[2], new[0]);
+    assert!(merged.starts_with("# comment"));
+    assert!(table::merge("", &new)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .starts_with(table::HEADER));
+}
+
+#[test]
+fn malformed_dispatch_tables_are_rejected_with_their_line() {
+    for (bad, line) in [
+        ("90 nt 1 2 3 16 mma 64x64x32", 1),
+        ("# ok\n9x nt 1 2 3 16 mma 64x64x32 1", 2),
+        ("90 nx 1 2 3 16 mma 64x64x32 1", 1),
+        ("90 nt 5..3 2 3 16 mma 64x64x32 1", 1),
+        ("90 nt 1 2 3 12 mma 64x64x32 1", 1),
+        ("90 nt 1 2 3 16 mma 96x96x32 1", 1),
+        ("90 nt 1 2 3 4 mma 64x64x32_v8 1", 1),
+        ("90 nt 1 2 3 16 mma 64x64x32 9", 1),
+        ("90 nt 1 2 3 16 simt - 2", 1),
+        ("90 nt 1 2 3 16 wgmma 64x64x32 1", 1),
+    ] {
+        match table::parse_table(bad) {
+            Err(frugal_ptx::error::PtxError::Parse {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{bad}: {message}");
+                assert!(message.starts_with("dispatch table"), "{message}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch
+
+/// (C, F, L, default B) of every preset (model::config::PRESETS; copied: frugal-ptx cannot
+/// depend on frugal-model), V = 32000, HS = 64, T = 1024 for the paper presets.
+const PRESETS: [(&str, usize, usize, usize, usize); 6] = [
+    ("tiny", 256, 704, 4, 8),
+    ("small", 512, 1376, 8, 8),
+    ("paper-100m", 832, 2332, 9, 32),
+    ("paper-500m", 1536, 4147, 15, 32),
+    ("paper-1b", 1920, 5184, 19, 16),
+    ("paper-2b", 2496, 6739, 24, 8),
+];
+
+/// Every matmul of one step (as `frugal bench matmul` lists them): per linear its forward
+/// (Nt), dX (Nn) and dW (Tn, f32 accumulate, K = B*T), the LM head, the vanilla attention's
+/// batched products.
+fn step_gemms(c: usize, f: usize, tokens: usize, t: usize) -> Vec<Gemm> {
+    let mut out = Vec::new();
+    for (c_in, c_out) in [(c, 3 * c), (c, c), (c, f), (f, c), (c, 32000)] {
+        out.push(Gemm::dense(Layout::Nt, OutType::Bf16, tokens, c_out, c_in));
+        out.push(Gemm::dense(Layout::Nn, OutType::Bf16, tokens, c_in, c_out));
+        out.push(
+            Gemm::dense(Layout::Tn, OutType::F32, c_out, c_in, tokens)
+                .with_epilogue(Epilogue::Accumulate, 1.0),
+        );
+    }
+    let heads = (tokens / t) * (c / 64);
+    for (layout, m, n, k) in [
+        (Layout::Nt, t, t, 64),
+        (Layout::Nn, t, 64, t),
+        (Layout::Tn, t, 64, t),
+    ] {
+        out.push(Gemm::dense(layout, OutType::Bf16, m, n, k).batched(heads));
+    }
+    out
+}
+
+#[test]
+fn dispatch_picks_tensor_cores_for_every_preset_product() {
+    let mut odd_seen = 0;
+    for (name, c, f, _, batch) in PRESETS {
+        for b in [1, batch, 64] {
+            let t = 1024;
+            for g in step_gemms(c, f, b * t, t) {
+                // Arena buffers are 256-byte aligned: the operands' alignment is the strides'.
                 let align = g.alignment(0x10000, 0x20000);
-                let choice = select(90, g.layout, g.m, g.n, g.k, align);
-                let odd = [g.lda, g.ldb].iter().any(|ld| ld % 2 != 0);
-                match choice.kernel {
-                    // 2332 = 8*291 + 4: 8-byte chunks (the _v8 variant).
-                    KernelKind::MmaSync(cfg) => {
-                        assert!(!odd);
-                        assert!(
-                            cfg.load_bytes <= align,
-                            "{g:?}: {cfg:?} with {align}-byte operands"
-                        );
+                for arch in [80, 90] {
+                    let choice = select(arch, g.layout, g.m, g.n, g.k, align);
+                    let KernelKind::MmaSync(cfg) = choice.kernel else {
+                        panic!("{name} B={b} sm_{arch} {g:?}: got {:?}", choice.kernel);
+                    };
+                    assert!(
+                        cfg.load_bytes <= align,
+                        "{name} {g:?}: {cfg:?} with {align}-byte operands"
+                    );
+                    // The register-staged variant only where no cp.async variant can read.
+                    assert_eq!(cfg.staged(), align < 8, "{name} {g:?}: {cfg:?} at {align}");
+                    assert_eq!(choice.split_k, None, "select never splits");
+                    let full = matmul::choose(arch, &g, align);
+                    assert_eq!(full.kernel, choice.kernel);
+                    if g.batch > 1 {
+                        assert_eq!(full.split_k, None, "batched products never split");
                     }
-                    // 6739 is odd: no cp.async chunk is aligned, SIMT is the honest answer
-                    // (until the model pads that leading dimension to a multiple of 8).
-                    KernelKind::Simt => assert!(odd, "{g:?} got SIMT with aligned operands"),
-                    KernelKind::Wgmma(_) => panic!("wgmma is not implemented"),
+                }
+                if align < 8 {
+                    odd_seen += 1;
                 }
             }
         }
     }
-    // Aligned paper shapes always get the tensor cores, the big ones the 128x128 tile.
+    // paper-500m's 4147 and paper-2b's 6739 are odd: per step 5 products read an F-wide
+    // operand (gate/up dX and dW, down fwd, dX and dW), at 3 batch sizes: all staged.
+    assert_eq!(odd_seen, 2 * 3 * 5, "odd products");
+    // Aligned big shapes get the 128x128 cp.async tile.
     let big = select(80, Layout::Nt, 8192, 2496, 832, 16);
     assert_eq!(big.kernel, KernelKind::MmaSync(TILE_128X128));
-    assert_eq!(big.split_k, None);
-    assert!(matches!(
-        select(90, Layout::Tn, 832, 832, 8192, 16).kernel,
-        KernelKind::MmaSync(_)
-    ));
-    assert!(matches!(
-        select(80, Layout::Nn, 8192, 32000, 832, 16).kernel,
-        KernelKind::MmaSync(_)
-    ));
-    // Tiny odd K (lda = K = 7): 2-byte operands, SIMT; and anything pre-sm_80 is SIMT.
+    // Odd ones its register-staged twin; small odd ones the 64x64 staged tile.
+    let g = Gemm::dense(Layout::Nt, OutType::Bf16, 8192, 2496, 6739);
+    assert_eq!(
+        select(80, g.layout, g.m, g.n, g.k, g.alignment(0, 0)).kernel,
+        KernelKind::MmaSync(TILE_128X128_RS)
+    );
     let g = Gemm::dense(Layout::Nt, OutType::F32, 5, 9, 7);
     assert_eq!(
         select(80, g.layout, 5, 9, 7, g.alignment(0x1000, 0x2000)).kernel,
-        KernelKind::Simt
+        KernelKind::MmaSync(TILE_64X64_RS)
     );
+    // 8-byte operands keep the cp.async _v8 tile rather than the staged one.
+    assert_eq!(
+        select(80, Layout::Nt, 8192, 832, 2332, 8).kernel,
+        KernelKind::MmaSync(TILE_64X64_V8)
+    );
+    // Anything pre-sm_80 is SIMT, and the built-in table's last row catches everything.
     assert_eq!(
         select(75, Layout::Nt, 8192, 8192, 8192, 16).kernel,
         KernelKind::Simt
     );
-    // The table's last row catches everything.
     let last = matmul::DISPATCH.last().map(|r| r.choice.kernel);
     assert_eq!(last, Some(KernelKind::Simt));
 }
 
 #[test]
 fn tile_configs_fit_the_hardware() {
-    for cfg in [TILE_128X128, TILE_128X64, TILE_64X64] {
+    for cfg in TILE_CONFIGS {
         for layout in Layout::ALL {
             let bytes = cfg.shared_bytes(layout);
             // sm_80 allows 163 KiB of shared memory per CTA (227 KiB on sm_90).

@@ -2,6 +2,8 @@
 
 #[path = "bench/allreduce.rs"]
 mod allreduce;
+#[path = "bench/attention.rs"]
+mod attention;
 #[path = "bench/kernels.rs"]
 mod kernels;
 #[path = "bench/matmul.rs"]
@@ -29,6 +31,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     }
     match what.as_str() {
         "allreduce" => allreduce::run(args),
+        "attention" => attention::run(args),
         "kernels" => kernels::run(args),
         "matmul" => matmul::run(args),
         "step" => step::run(args),

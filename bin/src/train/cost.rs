@@ -30,8 +30,6 @@ pub enum PricedDevice<'a> {
     /// The CPU backend with this many worker threads (cores billed).
     Cpu { threads: usize },
     /// `count` GPUs of one model; `facts` is `None` for a model not in the table.
-    /// (Priced and tested now; constructed once the GPU training step exists.)
-    #[cfg_attr(not(test), allow(dead_code))]
     Gpu {
         name: &'a str,
         facts: Option<&'a DeviceFacts>,

@@ -7,6 +7,8 @@
 //! - [`snapshot`]: checkpoint policy: where they go, how many stay, which
 //!   one a resume starts from (the file format is the model crate's).
 //! - [`sync`]: joining a data-parallel job and averaging gradients over ranks.
+//! - [`target`]: which device trains (`--device`), and on a GPU the memory plan.
+//! - [`backend`]: the step behind one interface: the CPU, or a GPU / the emulator.
 //! - [`trainer`]: the loop.
 
 /// Prints a line to stdout, ignoring a closed stdout (`frugal train | head`):
@@ -27,24 +29,31 @@ macro_rules! say_raw {
     }};
 }
 
+pub mod backend;
 pub mod cost;
 pub mod metrics;
 pub mod options;
 pub mod progress;
 pub mod snapshot;
 pub mod sync;
+pub mod target;
 pub mod trainer;
 
 use frugal_model::config::ParamLayout;
 use frugal_model::cpu::CpuModel;
 use frugal_model::data::Dataset;
+use frugal_model::device::{DeviceModel, OptimHyper};
+use frugal_runtime::device::{Device, TimingSource};
+use frugal_runtime::facts::DeviceFacts;
 
 use crate::args::{Args, UsageError};
 use crate::CliError;
-use cost::{resolve_price, PriceFlags, PricedDevice, PRICE_ENV};
-use options::{DeviceChoice, TrainOptions};
+use backend::{CpuStep, DeviceStep, StepBackend};
+use cost::{resolve_price, Price, PriceFlags, PricedDevice, PRICE_ENV};
+use options::{CommBackend, TrainOptions};
 use sync::GradSync;
-use trainer::{Devices, Trainer};
+use target::Target;
+use trainer::{Devices, Trainer, ADAM_EPS, BETA1, BETA2};
 
 /// Runs `frugal train` with its flags.
 ///
@@ -56,19 +65,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         say_raw!("{}", options::help_text());
         return Ok(());
     }
-    let opts = TrainOptions::parse(&mut args)?;
+    let mut opts = TrainOptions::parse(&mut args)?;
     args.finish()?;
-
-    match opts.device {
-        DeviceChoice::Auto | DeviceChoice::Cpu => {}
-        DeviceChoice::Cuda(_) | DeviceChoice::Emu => {
-            return Err(CliError::Failed(format!(
-                "--device {}: the GPU training step is not built yet; only the CPU trains in this version \
-                 (use --device cpu or auto). 'frugal bench' and 'frugal kernels' exercise the GPU kernels.",
-                opts.device
-            )))
-        }
-    }
 
     let env_price = match std::env::var(PRICE_ENV) {
         Ok(v) => Some(v),
@@ -84,45 +82,29 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         per_core_hour: opts.price_per_core_hour,
         units: opts.price_units,
     };
-    // Every rank is billed for its threads.
-    let price_for = |ranks: usize| {
-        resolve_price(
-            flags,
-            env_price.as_deref(),
-            PricedDevice::Cpu {
-                threads: opts.threads.saturating_mul(ranks),
-            },
-        )
-        .map_err(|e| CliError::Usage(UsageError(format!("train: {}", e.0))))
-    };
-    let mut price = price_for(1)?;
 
-    // Activation buffers grow linearly with the batch: a one-sequence model
-    // (sized, its buffers not yet touched) tells what the real one would need,
-    // so a batch that cannot fit is refused before it is allocated.
-    let new_model = |batch: usize| {
-        CpuModel::new(&opts.config, batch, opts.config.seq_len, opts.threads)
-            .map_err(|e| CliError::Failed(format!("model: {e}")))
-    };
-    let per_sequence = new_model(1)?.activation_bytes();
-    let activations_estimate = per_sequence.saturating_mul(opts.batch);
-    let fits = check_fits(&opts, activations_estimate);
-
-    if opts.dry_run {
-        let activations = match fits {
-            Ok(()) => Activations::Exact(new_model(opts.batch)?.activation_bytes()),
-            Err(_) => Activations::Estimated(activations_estimate),
-        };
-        say_raw!("{}", dry_run_report(&opts, activations, &price));
-        if let Err(why) = fits {
-            say!("does not fit: {why}");
+    let target = target::open(opts.device).map_err(CliError::Failed)?;
+    // The first line the leader prints: which device trains, and why.
+    let first_line = target::describe(&target, opts.threads);
+    let Some(prepared) = (match target {
+        Target::Cpu { .. } => prepare_cpu(&opts, flags, env_price.as_deref(), &first_line)?,
+        Target::Gpu { device, .. } => {
+            prepare_gpu(&mut opts, device, flags, env_price.as_deref(), &first_line)?
         }
+    }) else {
+        // A dry run: printed, nothing trained.
         return Ok(());
-    }
-    fits.map_err(CliError::Failed)?;
-    let model = new_model(opts.batch)?;
+    };
+    let Prepared {
+        backend,
+        priced,
+        mut price,
+        timing,
+        peak_flops,
+        notes,
+    } = prepared;
 
-    let sync = GradSync::join(
+    let mut sync = GradSync::join(
         opts.comm,
         opts.job_token.as_deref(),
         opts.config.param_count(),
@@ -131,35 +113,27 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     .map_err(CliError::Failed)?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
-        price = price_for(world)?;
+        price = resolve(&priced, flags, env_price.as_deref(), world)?;
     }
+    sync.agree_on_batch(opts.batch).map_err(CliError::Failed)?;
     let devices = Devices {
         world,
         rank,
-        label: {
-            let threads = match opts.threads {
-                1 => "1 thread".to_string(),
-                n => format!("{n} threads"),
-            };
-            if world == 1 {
-                format!("1 cpu, {threads}")
-            } else {
-                format!("{world} cpu ranks, {threads} each")
-            }
-        },
-        // No table of CPU peaks: MFU on the CPU is "unknown", never a guess.
-        peak_flops: None,
+        label: priced.label(world),
+        peak_flops,
+        timing,
     };
     // Rank 0 speaks for the job; the other ranks report only errors.
     let leader = rank == 0;
 
     if leader {
+        say!("{first_line}");
         say_raw!("{}", opts.describe());
         if world > 1 {
             say!("job: {world} ranks, {} all-reduce", opts.comm);
         }
         say!("{price}");
-        for note in cpu_notes(&opts) {
+        for note in notes.iter().chain(&job_notes(&opts, &priced, world)) {
             say!("note: {note}");
         }
     }
@@ -229,7 +203,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         devices,
         price: price.clone(),
         dataset,
-        model,
+        backend,
         sync,
     };
     let summary = trainer
@@ -243,6 +217,238 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         m.write(&obj).map_err(CliError::Failed)?;
     }
     Ok(())
+}
+
+/// What trains, as far as prices and the step log's device label go.
+enum Priced {
+    /// The CPU backend with this many worker threads per rank.
+    Cpu { threads: usize },
+    /// A GPU (or the emulated one), by the driver's name; `facts` when known.
+    Gpu {
+        name: String,
+        facts: Option<&'static DeviceFacts>,
+        emulated: bool,
+    },
+}
+
+impl Priced {
+    /// The per-device label of the step log line, for a job of `world` ranks.
+    fn label(&self, world: usize) -> String {
+        match self {
+            Priced::Cpu { threads } => {
+                let threads = target::threads_label(*threads);
+                if world == 1 {
+                    format!("1 cpu, {threads}")
+                } else {
+                    format!("{world} cpu ranks, {threads} each")
+                }
+            }
+            Priced::Gpu { name, emulated, .. } => {
+                let name = if *emulated { "emulated GPU" } else { name };
+                if world == 1 {
+                    format!("1 {name}")
+                } else {
+                    format!("{world} ranks, 1 {name} each")
+                }
+            }
+        }
+    }
+}
+
+/// The price per hour of a job of `world` ranks.
+fn resolve(
+    priced: &Priced,
+    flags: PriceFlags,
+    env: Option<&str>,
+    world: usize,
+) -> Result<Price, CliError> {
+    let device = match priced {
+        // Every rank is billed for its threads.
+        Priced::Cpu { threads } => PricedDevice::Cpu {
+            threads: threads.saturating_mul(world),
+        },
+        Priced::Gpu { name, facts, .. } => PricedDevice::Gpu {
+            name,
+            facts: *facts,
+            count: world,
+        },
+    };
+    resolve_price(flags, env, device)
+        .map_err(|e| CliError::Usage(UsageError(format!("train: {}", e.0))))
+}
+
+/// What a device needs to train, once it is set up.
+struct Prepared {
+    backend: Box<dyn StepBackend>,
+    priced: Priced,
+    /// The price of one rank (recomputed for the job once the ranks are known).
+    price: Price,
+    timing: TimingSource,
+    /// Dense peak FLOP/s of one device, when known.
+    peak_flops: Option<f64>,
+    /// What the device ignores or does differently, said once at start.
+    notes: Vec<String>,
+}
+
+/// The CPU backend: checks the run fits in RAM (a dry run prints what it
+/// would hold), then sizes the model. `None` after a dry run.
+fn prepare_cpu(
+    opts: &TrainOptions,
+    flags: PriceFlags,
+    env_price: Option<&str>,
+    first_line: &str,
+) -> Result<Option<Prepared>, CliError> {
+    let priced = Priced::Cpu {
+        threads: opts.threads,
+    };
+    let price = resolve(&priced, flags, env_price, 1)?;
+
+    // Activation buffers grow linearly with the batch: a one-sequence model
+    // (sized, its buffers not yet touched) tells what the real one would need,
+    // so a batch that cannot fit is refused before it is allocated.
+    let new_model = |batch: usize| {
+        CpuModel::new(&opts.config, batch, opts.config.seq_len, opts.threads)
+            .map_err(|e| CliError::Failed(format!("model: {e}")))
+    };
+    let per_sequence = new_model(1)?.activation_bytes();
+    let activations_estimate = per_sequence.saturating_mul(opts.batch);
+    let fits = check_fits(opts, activations_estimate);
+
+    if opts.dry_run {
+        let activations = match fits {
+            Ok(()) => Activations::Exact(new_model(opts.batch)?.activation_bytes()),
+            Err(_) => Activations::Estimated(activations_estimate),
+        };
+        say!("{first_line}");
+        say_raw!("{}", dry_run_report(opts, activations, &price));
+        if let Err(why) = fits {
+            say!("does not fit: {why}");
+        }
+        return Ok(None);
+    }
+    fits.map_err(CliError::Failed)?;
+    let model = new_model(opts.batch)?;
+    let layout = ParamLayout::new(&opts.config);
+    Ok(Some(Prepared {
+        backend: Box::new(CpuStep::new(model, &layout, opts.weight_decay as f32)),
+        priced,
+        price,
+        timing: TimingSource::HostClock,
+        // No table of CPU peaks: MFU on the CPU is "unknown", never a guess.
+        peak_flops: None,
+        notes: cpu_notes(opts),
+    }))
+}
+
+/// A GPU or the emulator: plans the step's memory (a dry run prints the plan;
+/// `--mem-target` picks the batch; a plan that does not fit is refused before
+/// anything is allocated), then allocates the step. `None` after a dry run.
+fn prepare_gpu(
+    opts: &mut TrainOptions,
+    device: Device,
+    flags: PriceFlags,
+    env_price: Option<&str>,
+    first_line: &str,
+) -> Result<Option<Prepared>, CliError> {
+    let emulated = device.timing_source() == TimingSource::Emulated;
+    let priced = Priced::Gpu {
+        name: device.name(),
+        facts: device.facts(),
+        emulated,
+    };
+    let price = resolve(&priced, flags, env_price, 1)?;
+    let planned = target::plan_memory(&device, opts);
+    if opts.dry_run {
+        if let (Some(_), Ok(p)) = (opts.mem_target, &planned) {
+            opts.batch = p.batch;
+        }
+        say!("{first_line}");
+        say_raw!("{}", dry_run_header(opts, &price));
+        say_raw!("{}", target::dry_run_memory(&device, opts, &planned));
+        return Ok(None);
+    }
+    let planned = planned.map_err(|e| CliError::Failed(e.message(opts)))?;
+
+    let mut notes = Vec::new();
+    if let Some(f) = opts.mem_target {
+        notes.push(format!(
+            "--mem-target {f}: micro-batch {} (instead of {}), the largest whose memory plan fits in {}",
+            planned.batch,
+            opts.batch,
+            target::gib(planned.available)
+        ));
+        opts.batch = planned.batch;
+    }
+    notes.push(format!(
+        "device memory: the step's arena plan needs {} of {} available (--dry-run prints it by category)",
+        target::gib(planned.plan.peak_bytes),
+        target::gib(planned.available)
+    ));
+    if let Some((a, b)) = opts.profile_steps {
+        notes.push(if emulated {
+            format!("--profile-steps {a}:{b}: the emulator has no profiler; nothing to capture")
+        } else {
+            format!(
+                "--profile-steps {a}:{b}: the CUDA profiler runs for steps {a}..={b} only                  (nsys profile --capture-range=cudaProfilerApi)"
+            )
+        });
+    }
+    let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
+    let hyper = OptimHyper {
+        beta1: BETA1,
+        beta2: BETA2,
+        eps: ADAM_EPS,
+        weight_decay: opts.weight_decay as f32,
+    };
+    let model = DeviceModel::new(
+        device,
+        &opts.config,
+        opts.batch,
+        opts.config.seq_len,
+        opts.attention.for_device(),
+        hyper,
+    )
+    .map_err(|e| CliError::Failed(format!("setting up the device step: {e}")))?;
+    let layout = ParamLayout::new(&opts.config);
+    Ok(Some(Prepared {
+        backend: Box::new(DeviceStep::new(model, &layout)),
+        priced,
+        price,
+        timing: if emulated {
+            TimingSource::Emulated
+        } else {
+            TimingSource::HostClock
+        },
+        peak_flops,
+        notes,
+    }))
+}
+
+/// What the job's flags mean for this many ranks, said once at start.
+fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<String> {
+    let mut notes = Vec::new();
+    if world == 1 {
+        if opts.comm == CommBackend::Nccl {
+            notes.push(
+                "--comm nccl is for multi-GPU jobs; this run has one rank and no all-reduce"
+                    .to_string(),
+            );
+        }
+        if opts.job_token.is_some() {
+            notes.push("--job-token is for multi-rank jobs; this run has one rank".to_string());
+        }
+    } else if let Priced::Gpu { .. } = priced {
+        notes.push(format!(
+            "gradients are staged through host memory: device -> host as backward finishes each layer,              {} all-reduce, host -> device{}",
+            opts.comm,
+            if opts.comm == CommBackend::Nccl {
+                " (--comm nccl takes this host-staged path for now)"
+            } else {
+                ""
+            }
+        ));
+    }
+    notes
 }
 
 /// Bytes of RAM this machine has, when the OS says.
@@ -297,11 +503,6 @@ fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), String> {
 /// What the CPU ignores, said once at start.
 fn cpu_notes(opts: &TrainOptions) -> Vec<String> {
     let mut notes = Vec::new();
-    if opts.device == DeviceChoice::Auto {
-        notes.push(
-            "--device auto picked the CPU (the GPU training step is not built yet)".to_string(),
-        );
-    }
     notes.push(format!(
         "--attention {} is a GPU setting; the CPU backend has one attention path and ignores it",
         opts.attention
@@ -316,15 +517,6 @@ fn cpu_notes(opts: &TrainOptions) -> Vec<String> {
             "--profile-steps {a}:{b} limits GPU profiler capture; ignored on the CPU"
         ));
     }
-    if opts.comm == options::CommBackend::Nccl {
-        notes.push(
-            "--comm nccl is for multi-GPU jobs; this run has one rank and no all-reduce"
-                .to_string(),
-        );
-    }
-    if opts.job_token.is_some() {
-        notes.push("--job-token is for multi-rank jobs; this run has one rank".to_string());
-    }
     notes
 }
 
@@ -337,24 +529,11 @@ pub enum Activations {
     Estimated(usize),
 }
 
-/// `--dry-run`: the resolved config, parameter count, FLOPs per token and the
-/// memory the run would hold.
-pub fn dry_run_report(
-    opts: &TrainOptions,
-    activations: Activations,
-    price: &cost::Price,
-) -> String {
+/// The part of `--dry-run` every device prints: the resolved config, price,
+/// parameter count and FLOPs per token.
+pub fn dry_run_header(opts: &TrainOptions, price: &cost::Price) -> String {
     let cfg = &opts.config;
     let n = ParamLayout::new(cfg).total();
-    let f32_bytes = std::mem::size_of::<f32>();
-    let params = n * f32_bytes;
-    let grads = n * f32_bytes;
-    let moments = 2 * n * f32_bytes;
-    let (activations, how) = match activations {
-        Activations::Exact(b) => (b, ""),
-        Activations::Estimated(b) => (b, " (B x one sequence's)"),
-    };
-    let total = params + grads + moments + activations;
     let mut s = opts.describe();
     s += &format!("{price}\n");
     s += &format!("parameters: {n}\n");
@@ -369,6 +548,26 @@ pub fn dry_run_report(
         cfg.train_flops_per_token(cfg.seq_len) * opts.tokens_per_step_per_device() as f64,
         opts.tokens_per_step_per_device()
     );
+    s
+}
+
+/// `--dry-run` on the CPU: [`dry_run_header`] and the memory the run would hold.
+pub fn dry_run_report(
+    opts: &TrainOptions,
+    activations: Activations,
+    price: &cost::Price,
+) -> String {
+    let n = ParamLayout::new(&opts.config).total();
+    let f32_bytes = std::mem::size_of::<f32>();
+    let params = n * f32_bytes;
+    let grads = n * f32_bytes;
+    let moments = 2 * n * f32_bytes;
+    let (activations, how) = match activations {
+        Activations::Exact(b) => (b, ""),
+        Activations::Estimated(b) => (b, " (B x one sequence's)"),
+    };
+    let total = params + grads + moments + activations;
+    let mut s = dry_run_header(opts, price);
     s += "memory (CPU backend, f32):\n";
     for (what, bytes) in [
         ("params", params),

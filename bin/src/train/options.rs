@@ -51,18 +51,23 @@ fn rough_bytes(cfg: &Config, batch: usize) -> u128 {
     4 * (4 * params + activations)
 }
 
+/// The largest micro-batch `--mem-target` considers: beyond it a bigger batch
+/// only adds memory, not throughput, for any model this tool trains.
+pub const MEM_TARGET_MAX_BATCH: usize = 1024;
+
 /// More CPU worker threads than any machine has cores is a typo.
 pub const MAX_THREADS: usize = 4096;
 
 /// Which device trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// Pick the best available; the CPU for now.
+    /// A CUDA device when one opens and runs the kernels, else the CPU.
     Auto,
     Cpu,
-    /// CUDA device with this ordinal.
-    Cuda(usize),
-    /// The PTX emulator.
+    /// CUDA device with this ordinal; `None` (plain `cuda`): the rank's
+    /// LOCAL_RANK in a multi-rank job, else device 0.
+    Cuda(Option<usize>),
+    /// The PTX emulator: the GPU step on the CPU, slowly (for tests).
     Emu,
 }
 
@@ -71,7 +76,8 @@ impl fmt::Display for DeviceChoice {
         match self {
             DeviceChoice::Auto => f.write_str("auto"),
             DeviceChoice::Cpu => f.write_str("cpu"),
-            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Cuda(None) => f.write_str("cuda"),
+            DeviceChoice::Cuda(Some(n)) => write!(f, "cuda:{n}"),
             DeviceChoice::Emu => f.write_str("emu"),
         }
     }
@@ -82,6 +88,16 @@ impl fmt::Display for DeviceChoice {
 pub enum Attention {
     Flash,
     Vanilla,
+}
+
+impl Attention {
+    /// The device step's name for it.
+    pub fn for_device(self) -> frugal_model::device::Attention {
+        match self {
+            Attention::Flash => frugal_model::device::Attention::Flash,
+            Attention::Vanilla => frugal_model::device::Attention::Vanilla,
+        }
+    }
 }
 
 impl fmt::Display for Attention {
@@ -220,14 +236,24 @@ optimisation:
   --clip X                clip the global gradient norm to X; 0 = off (default {DEFAULT_CLIP})
   --seed S                seed for weights and data order (default {DEFAULT_SEED})
 device:
-  --device auto|cpu|cuda[:N]|emu  where to train (default auto = cpu in this version)
+  --device auto|cpu|cuda[:N]|emu  where to train (default auto: a CUDA GPU when one
+                          opens, else the CPU; plain 'cuda' in a multi-rank job is the
+                          rank's LOCAL_RANK; emu = the GPU step run by the PTX emulator,
+                          slow and with emulated timings, for tests)
   --threads N             CPU worker threads (default {threads}, the cores available)
-  --attention flash|vanilla  attention kernel on GPUs (default flash; the CPU has one path)
-  --mem-target F          fraction of device memory to fill, 0 < F <= 1 (GPU only)
-  --profile-steps A:B     limit profiler capture to steps A..=B (GPU only)
-  --comm socket|nccl      all-reduce backend for multi-rank runs (default socket)
+  --attention flash|vanilla  attention kernel on GPUs and emu (default flash; the CPU
+                          has one path and ignores it)
+  --mem-target F          GPU/emu: use the largest micro-batch (up to {max_target_batch}) whose
+                          memory plan fits in F of free device memory, 0 < F <= 1
+                          (replaces --batch; the CPU ignores it)
+  --profile-steps A:B     CUDA: wrap steps A..=B in cuProfilerStart/Stop for Nsight
+                          (nsys --capture-range=cudaProfilerApi); nothing to capture on cpu/emu
+  --comm socket|nccl      all-reduce backend for multi-rank runs (default socket); on
+                          GPUs both stage gradients through host memory for now
+                          (device -> host, all-reduce, host -> device)
   --job-token T           shared secret of a multi-rank job
-  --bucket-mb X           DDP gradient bucket size in MiB (default 25)
+  --bucket-mb X           DDP gradient bucket size in MiB (default: 25, or 1/8 of the
+                          gradients when that is smaller, at least 1)
 checkpoints and output:
   --out DIR               checkpoint folder (default runs/<model>-seed<S>, with a config hash if overridden)
   --ckpt-every N          checkpoint every N steps; 0 = only at the end (default steps/4)
@@ -236,7 +262,8 @@ checkpoints and output:
   --metrics FILE          write one JSON object per line: steps, val losses, a summary
   --val-every N           validation loss every N steps; 0 = only at the end (default steps/5)
   --val-batches N         batches per validation (default {DEFAULT_VAL_BATCHES})
-  --dry-run               print config, parameter count, FLOPs per token and memory; do not train
+  --dry-run               print config, parameter count, FLOPs per token and memory
+                          (on a GPU or emu: the arena plan by category); do not train
 cost:
   --price-per-gpu-hour X  price of one device-hour (also env FRUGAL_PRICE_PER_GPU_HOUR)
   --price-units usd|paper usd (default) or the paper's relative units (A100-40GB = 1.00)
@@ -244,6 +271,7 @@ cost:
 ",
         presets = frugal_model::config::PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join("|"),
         cpu_price = crate::train::cost::DEFAULT_PRICE_PER_CORE_HOUR,
+        max_target_batch = MEM_TARGET_MAX_BATCH,
     )
 }
 
@@ -273,14 +301,23 @@ fn finite_nonneg(name: &str, v: f64) -> Result<f64, UsageError> {
 }
 
 /// Parses `cuda`, `cuda:N`, `cpu`, `emu`, `auto`.
+/// The DDP bucket size when `--bucket-mb` is not given: 25 MiB (PyTorch DDP's default),
+/// but at most an eighth of the f32 gradients (at least 1 MiB), so that a small model's
+/// gradients still fill several buckets and their all-reduce overlaps backward instead of
+/// waiting for the whole vector at the end of it.
+pub fn default_bucket_bytes(params: usize) -> usize {
+    const MIB: usize = 1024 * 1024;
+    (params * 4 / 8).clamp(MIB, 25 * MIB)
+}
+
 pub fn parse_device(s: &str) -> Result<DeviceChoice, UsageError> {
     match s {
         "auto" => Ok(DeviceChoice::Auto),
         "cpu" => Ok(DeviceChoice::Cpu),
         "emu" => Ok(DeviceChoice::Emu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        "cuda" => Ok(DeviceChoice::Cuda(None)),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+            Some(Ok(n)) => Ok(DeviceChoice::Cuda(Some(n))),
             _ => Err(usage(format!(
                 "--device '{other}' is not one of auto, cpu, cuda, cuda:N, emu"
             ))),
@@ -479,14 +516,16 @@ impl TrainOptions {
             }
         };
         let job_token = args.string("job-token")?;
-        let bucket_mb = args.value_or::<f64>("bucket-mb", 25.0)?;
-        if !(bucket_mb.is_finite() && bucket_mb > 0.0 && bucket_mb <= 4096.0) {
-            return Err(usage(format!(
-                "--bucket-mb {bucket_mb} must be a size in MiB between 0 and 4096 (e.g. 25)"
-            )));
-        }
-        // At least one f32 per bucket.
-        let bucket_bytes = ((bucket_mb * 1024.0 * 1024.0) as usize).max(4);
+        let bucket_bytes = match args.value::<f64>("bucket-mb")? {
+            Some(mb) if !(mb.is_finite() && mb > 0.0 && mb <= 4096.0) => {
+                return Err(usage(format!(
+                    "--bucket-mb {mb} must be a size in MiB between 0 and 4096 (e.g. 25)"
+                )))
+            }
+            // At least one f32 per bucket.
+            Some(mb) => ((mb * 1024.0 * 1024.0) as usize).max(4),
+            None => default_bucket_bytes(config.param_count()),
+        };
 
         let resume = match args.string("resume")? {
             None => None,
@@ -729,8 +768,9 @@ mod tests {
 
     #[test]
     fn devices_and_windows_parse() {
-        assert_eq!(parse_device("cuda:3").unwrap(), DeviceChoice::Cuda(3));
-        assert_eq!(parse_device("cuda").unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(parse_device("cuda:3").unwrap(), DeviceChoice::Cuda(Some(3)));
+        assert_eq!(parse_device("cuda").unwrap(), DeviceChoice::Cuda(None));
+        assert_eq!(DeviceChoice::Cuda(None).to_string(), "cuda");
         assert_eq!(parse_profile_steps("10:20").unwrap(), (10, 20));
         assert_eq!(parse_profile_steps("4:4").unwrap(), (4, 4));
     }

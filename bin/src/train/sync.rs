@@ -31,6 +31,14 @@ pub enum GradSync {
     },
 }
 
+/// Why a rank's value differs from rank 0's.
+enum Disagreement {
+    /// Rank `rank` holds another value than rank 0's `root`.
+    Differs { rank: usize, root: u64 },
+    /// The broadcast itself failed.
+    Failed(String),
+}
+
 /// True when the environment describes a multi-process job.
 pub fn launched_as_job() -> bool {
     ["RANK", "WORLD_SIZE", "SLURM_PROCID"]
@@ -105,23 +113,52 @@ impl GradSync {
     /// # Errors
     /// On a rank whose step differs, saying what to do; a peer's failure.
     pub fn agree_on_step(&mut self, step: u64) -> Result<(), String> {
+        self.agree("the starting step", step).map_err(|e| match e {
+            Disagreement::Differs { rank, root } => format!(
+                "rank {rank} would start at step {step} but rank 0 at step {root}: every rank must resume from the same \
+                 checkpoint; put --out on storage all ranks share, or copy rank 0's checkpoints to this node"
+            ),
+            Disagreement::Failed(e) => e,
+        })
+    }
+
+    /// Checks that every rank trains at rank 0's micro-batch: `--mem-target`
+    /// picks it from each device's free memory, which other processes can make
+    /// differ, and ranks at different batches would not average to the global
+    /// batch's gradient.
+    ///
+    /// # Errors
+    /// On a rank whose batch differs, saying what to do; a peer's failure.
+    pub fn agree_on_batch(&mut self, batch: usize) -> Result<(), String> {
+        self.agree("the micro-batch", batch as u64)
+            .map_err(|e| match e {
+                Disagreement::Differs { rank, root } => format!(
+                    "rank {rank} would train at micro-batch {batch} but rank 0 at {root} (--mem-target chose them from \
+                     each device's free memory): pass --batch {} without --mem-target, or free the devices' memory",
+                    batch.min(root as usize)
+                ),
+                Disagreement::Failed(e) => e,
+            })
+    }
+
+    /// Whether this rank's `value` equals rank 0's.
+    fn agree(&mut self, what: &str, value: u64) -> Result<(), Disagreement> {
         let GradSync::Ddp { ddp: d, .. } = self else {
             return Ok(());
         };
         // Four 16-bit pieces: each is exact in an f32.
-        let mut pieces: [f32; 4] = std::array::from_fn(|i| ((step >> (16 * i)) & 0xFFFF) as f32);
+        let mut pieces: [f32; 4] = std::array::from_fn(|i| ((value >> (16 * i)) & 0xFFFF) as f32);
         d.broadcast_params(&mut pieces)
-            .map_err(|e| format!("agreeing on the starting step: {e}"))?;
+            .map_err(|e| Disagreement::Failed(format!("agreeing on {what}: {e}")))?;
         let root = pieces
             .iter()
             .enumerate()
             .fold(0u64, |acc, (i, &p)| acc | ((p as u64) << (16 * i)));
-        if root != step {
-            return Err(format!(
-                "rank {} would start at step {step} but rank 0 at step {root}: every rank must resume from the same \
-                 checkpoint; put --out on storage all ranks share, or copy rank 0's checkpoints to this node",
-                d.rank()
-            ));
+        if root != value {
+            return Err(Disagreement::Differs {
+                rank: d.rank(),
+                root,
+            });
         }
         Ok(())
     }

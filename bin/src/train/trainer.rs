@@ -1,22 +1,29 @@
-//! The training loop on the CPU backend: micro-batches → forward/backward with
-//! gradients accumulated → global grad norm → clip → AdamW → metrics, with
-//! periodic validation and checkpoints.
+//! The training loop: micro-batches → forward/backward with gradients
+//! accumulated → gradients averaged over ranks → global grad norm → clip →
+//! AdamW → metrics, with periodic validation and checkpoints. What runs each
+//! part (the CPU, or a GPU / the emulator) is behind [`StepBackend`].
 //!
 //! Determinism: the weights come from the seed, the data order from the seed
 //! and the loader's position, every reduction has a fixed order, and a
 //! checkpoint holds everything that changes during training (params, AdamW
 //! moments and step, loader position, money spent), so N steps equal N/2
-//! steps + resume + N/2 steps bit for bit.
+//! steps + resume + N/2 steps bit for bit, on every backend.
+//!
+//! Profiling: NVTX ranges "data", "comm", "optimizer", "validation" and
+//! "checkpoint" mark the loop's phases (the device step marks forward and
+//! backward inside); `--profile-steps A:B` starts the CUDA profiler before
+//! step A and stops it after step B.
 
 use std::time::Instant;
 
-use frugal_model::config::ParamLayout;
-use frugal_model::cpu::CpuModel;
 use frugal_model::data::{Dataset, Loader, Split};
 use frugal_model::init::init_params;
-use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::schedule::CosineSchedule;
+use frugal_runtime::device::TimingSource;
+use frugal_runtime::nvtx;
+use frugal_runtime::profile::{ProfileWindow, Profiler};
 
+use super::backend::{check_lengths, OptimState, StepBackend};
 use super::cost::{tokens_per_money, CostMeter, Price};
 use super::metrics::{duration, human, JsonObject, MetricsFile};
 use super::options::TrainOptions;
@@ -31,7 +38,7 @@ pub const BETA1: f32 = 0.9;
 pub const BETA2: f32 = 0.95;
 pub const ADAM_EPS: f32 = 1e-8;
 
-/// What trains: the CPU, one process per rank, in this version.
+/// What trains: one device (CPU, GPU or emulated GPU) per rank.
 pub struct Devices {
     /// Ranks in the job (1 without a data-parallel launch).
     pub world: usize,
@@ -41,6 +48,17 @@ pub struct Devices {
     pub label: String,
     /// Dense peak FLOP/s of one device, when known (never guessed).
     pub peak_flops: Option<f64>,
+    /// How step times are measured: emulated ones are labelled as such.
+    pub timing: TimingSource,
+}
+
+/// The metrics file's name for how a time was measured.
+pub fn timing_name(t: TimingSource) -> &'static str {
+    match t {
+        TimingSource::HostClock => "host clock",
+        TimingSource::DeviceEvents => "device events",
+        TimingSource::Emulated => "emulated",
+    }
 }
 
 /// The numbers one step produced.
@@ -62,6 +80,8 @@ pub struct StepReport {
     /// Multi-rank jobs: how long the step waited for gradient all-reduces
     /// that backward did not hide.
     pub comm_wait_ms: Option<f64>,
+    /// How `step_ms` was measured.
+    pub timing: TimingSource,
 }
 
 impl StepReport {
@@ -73,6 +93,7 @@ impl StepReport {
             .num("lr", self.lr)
             .num("grad_norm", self.grad_norm)
             .num("step_ms", self.step_ms)
+            .string("timing", timing_name(self.timing))
             .uint("tokens", self.tokens)
             .num("tokens_per_s", self.tokens_per_s)
             .num("tokens_per_s_per_device", self.tokens_per_s_per_device)
@@ -98,8 +119,12 @@ impl StepReport {
         let comm = self
             .comm_wait_ms
             .map_or_else(String::new, |w| format!(" | comm wait {w:.0} ms"));
+        let emulated = match self.timing {
+            TimingSource::Emulated => " (emulated)",
+            _ => "",
+        };
         format!(
-            "step {:>w$}/{steps} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} ms{comm} | tok/s {} global, {} per device ({}) | MFU {mfu} | spent {spent} | {per_money}",
+            "step {:>w$}/{steps} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} ms{emulated}{comm} | tok/s {} global, {} per device ({}) | MFU {mfu} | spent {spent} | {per_money}",
             self.step,
             self.loss,
             self.lr,
@@ -130,6 +155,8 @@ pub struct RunSummary {
     pub last_loss: Option<f32>,
     pub best_val_loss: Option<f64>,
     pub loss_floor: Option<f64>,
+    /// How the throughput was measured.
+    pub timing: TimingSource,
 }
 
 /// Everything the loop needs, built by `train::run`.
@@ -138,15 +165,15 @@ pub struct Trainer<'a> {
     pub devices: Devices,
     pub price: Price,
     pub dataset: Dataset,
-    pub model: CpuModel,
+    /// What runs the step: the CPU, or a GPU / the emulator.
+    pub backend: Box<dyn StepBackend>,
     /// How gradients are averaged across ranks (one call per step).
     pub sync: GradSync,
 }
 
-/// The part of the state that a checkpoint restores.
+/// The part of the loop's state, besides the backend's weights and optimizer
+/// state, that a checkpoint restores.
 struct State {
-    params: Vec<f32>,
-    opt: AdamW,
     loader: Loader,
     steps_done: usize,
     spent_before: f64,
@@ -172,9 +199,6 @@ impl Trainer<'_> {
     ) -> Result<RunSummary, TrainError> {
         let opts = self.opts;
         let cfg = &opts.config;
-        let layout = ParamLayout::new(cfg);
-        let decay_mask = layout.decay_mask();
-        let n = layout.total();
         let (b, t, k) = (opts.batch, cfg.seq_len, opts.grad_accum);
         let world = self.devices.world;
         let rank = self.devices.rank;
@@ -183,56 +207,47 @@ impl Trainer<'_> {
             .dataset
             .loader(Split::Train, b, t, rank, world, opts.seed)
             .map_err(|e| format!("training data: {e}"))?;
-        let mut state = match resume_from {
-            None => State {
-                params: init_params(cfg, opts.seed),
-                opt: AdamW::new(n, BETA1, BETA2, ADAM_EPS, opts.weight_decay as f32),
-                loader,
-                steps_done: 0,
-                spent_before: 0.0,
-                wall_before: 0.0,
-                tokens_before: 0,
-                best_val_loss: None,
-            },
+        let (mut start, mut state) = match resume_from {
+            None => (
+                OptimState::fresh(init_params(cfg, opts.seed)),
+                State {
+                    loader,
+                    steps_done: 0,
+                    spent_before: 0.0,
+                    wall_before: 0.0,
+                    tokens_before: 0,
+                    best_val_loss: None,
+                },
+            ),
             Some(ck) => {
                 loader
                     .restore(&ck.loader)
                     .map_err(|e| format!("cannot resume the data order: {e}"))?;
                 let o = ck.optimizer;
-                // The moments and step come from the checkpoint; β, ε and weight
-                // decay from the flags, as the rest of the schedule does.
-                let opt = AdamW::from_state(
-                    BETA1,
-                    BETA2,
-                    ADAM_EPS,
-                    opts.weight_decay as f32,
-                    o.m,
-                    o.v,
-                    o.step,
+                (
+                    OptimState {
+                        params: ck.params,
+                        m: o.m,
+                        v: o.v,
+                        step: o.step,
+                    },
+                    State {
+                        loader,
+                        steps_done: ck.step as usize,
+                        spent_before: ck.usd_spent,
+                        wall_before: ck.wall_seconds,
+                        tokens_before: ck.tokens_seen,
+                        best_val_loss: ck.best_val_loss,
+                    },
                 )
-                .ok_or("checkpoint: the optimizer's two moment arrays differ in length")?;
-                if ck.params.len() != n || opt.len() != n {
-                    return Err(format!(
-                        "checkpoint holds {} parameters, this model has {n}",
-                        ck.params.len()
-                    ));
-                }
-                State {
-                    params: ck.params,
-                    opt,
-                    loader,
-                    steps_done: ck.step as usize,
-                    spent_before: ck.usd_spent,
-                    wall_before: ck.wall_seconds,
-                    tokens_before: ck.tokens_seen,
-                    best_val_loss: ck.best_val_loss,
-                }
             }
         };
+        check_lengths(&start, cfg.param_count())?;
         // Every rank starts from rank 0's weights (identical already when all
         // came from one seed or one checkpoint; this makes it a fact).
         self.sync.agree_on_step(state.steps_done as u64)?;
-        self.sync.broadcast_params(&mut state.params)?;
+        self.sync.broadcast_params(&mut start.params)?;
+        self.backend.load(start)?;
         // Rank 0 speaks for the job: log lines, metrics and checkpoints.
         let leader = rank == 0;
         let first_step = state.steps_done;
@@ -255,7 +270,6 @@ impl Trainer<'_> {
         };
         let tokens_per_step = (b * t * k * world) as u64;
         let train_flops_per_token = cfg.train_flops_per_token(t);
-        let mut grads = vec![0.0f32; n];
         let mut inputs = vec![0u32; b * t];
         let mut targets = vec![0u32; b * t];
         let mut val_loader = self
@@ -271,70 +285,74 @@ impl Trainer<'_> {
             ProgressMode::Off
         };
         let mut progress = Progress::new(mode, first_step, last_step);
+        let mut profiler = Profiler::new(opts.profile_steps.map(|(a, b)| ProfileWindow {
+            first: a as u64,
+            last: b as u64,
+        }));
         let mut first_loss = None;
         let mut last_loss = None;
         let mut measured_tokens = 0u64;
         let mut measured_s = 0.0f64;
 
         for step in first_step..last_step {
+            // Step numbers in logs and in --profile-steps are 1-based.
+            let number = step as u64 + 1;
+            profiler
+                .step_begin(self.backend.device(), number)
+                .map_err(|e| format!("step {number}: starting the profiler: {e}"))?;
             let started = Instant::now();
-            grads.iter_mut().for_each(|g| *g = 0.0);
+            self.backend
+                .zero_grads()
+                .map_err(|e| format!("step {number}: {e}"))?;
             let mut loss_sum = 0.0f32;
             for micro in 0..k {
-                state
-                    .loader
-                    .next_batch(&mut inputs, &mut targets)
-                    .map_err(|e| format!("training data: {e}"))?;
+                {
+                    let _data = nvtx::range("data");
+                    state
+                        .loader
+                        .next_batch(&mut inputs, &mut targets)
+                        .map_err(|e| format!("training data: {e}"))?;
+                }
                 // Gradients are final only after the last micro-batch; its
                 // backward hands each finished range to the all-reduce.
-                let last_micro = micro + 1 == k;
-                let sync = &mut self.sync;
+                let hand_over = (micro + 1 == k).then_some(&mut self.sync);
                 // Each micro-batch's gradient is scaled by 1/K so the step sees
                 // the mean over all K·B sequences.
                 let loss = self
-                    .model
-                    .forward_backward_with(
-                        &state.params,
-                        &inputs,
-                        &targets,
-                        &mut grads,
-                        1.0 / k as f32,
-                        &mut |range, values| {
-                            if last_micro {
-                                sync.ready(range, values);
-                            }
-                        },
-                    )
-                    .map_err(|e| format!("step {}: {e}", step + 1))?;
+                    .backend
+                    .forward_backward(&inputs, &targets, 1.0 / k as f32, hand_over)
+                    .map_err(|e| format!("step {number}: {e}"))?;
                 loss_sum += loss;
             }
             // The one place the ranks meet: gradients and loss averaged over them.
-            let (loss, comm) = self.sync.step(&mut grads, loss_sum / k as f32)?;
+            let (loss, comm) = {
+                let _comm = nvtx::range("comm");
+                self.backend.sync(&mut self.sync, loss_sum / k as f32)?
+            };
             if !loss.is_finite() {
                 return Err(format!(
-                    "step {}: the loss is {loss}; training diverged. Lower --lr (now {}) or --clip",
-                    step + 1,
+                    "step {number}: the loss is {loss}; training diverged. Lower --lr (now {}) or --clip",
                     opts.lr
                 ));
-            }
-            let norm = grad_norm(&grads);
-            if !norm.is_finite() {
-                return Err(format!(
-                    "step {}: the gradient norm is {norm}; training diverged. Lower --lr (now {}) or --clip",
-                    step + 1,
-                    opts.lr
-                ));
-            }
-            let scale = clip_scale(norm, opts.clip);
-            if scale != 1.0 {
-                grads.iter_mut().for_each(|g| *g *= scale);
             }
             let lr = schedule.lr(step as u64);
-            state
-                .opt
-                .update(&mut state.params, &grads, lr as f32, &decay_mask);
+            let norm = {
+                let _optimizer = nvtx::range("optimizer");
+                self.backend
+                    .optimizer_step(lr as f32, opts.clip)
+                    .map_err(|e| format!("step {number}: {e}"))?
+            };
+            if !norm.is_finite() {
+                return Err(format!(
+                    "step {number}: the gradient norm is {norm}; training diverged. Lower --lr (now {}) or --clip",
+                    opts.lr
+                ));
+            }
             state.steps_done = step + 1;
             let step_s = started.elapsed().as_secs_f64();
+            profiler
+                .step_end(self.backend.device(), number)
+                .map_err(|e| format!("step {number}: stopping the profiler: {e}"))?;
 
             // The first step of a run pays for page faults and cold caches: it
             // is left out of the run's tokens/s (a one-step run reports none).
@@ -362,6 +380,7 @@ impl Trainer<'_> {
                 tokens_per_money: tokens_per_money(tokens, spent),
                 tokens,
                 comm_wait_ms: comm.map(|c| c.wait_ms),
+                timing: self.devices.timing,
             };
             first_loss.get_or_insert(loss);
             last_loss = Some(loss);
@@ -377,14 +396,16 @@ impl Trainer<'_> {
             let is_last = done == last_step;
             if (opts.val_every > 0 && done % opts.val_every == 0) || is_last {
                 progress.draw(done, "validating");
-                let val = validate(
-                    &mut self.model,
-                    &state.params,
-                    &mut val_loader,
-                    &val_start,
-                    opts.val_batches,
-                    b * t,
-                )?;
+                let val = {
+                    let _validation = nvtx::range("validation");
+                    validate(
+                        self.backend.as_mut(),
+                        &mut val_loader,
+                        &val_start,
+                        opts.val_batches,
+                        b * t,
+                    )?
+                };
                 let val = self.sync.mean(val)?;
                 progress.clear();
                 let best = state.best_val_loss.map_or(val, |b| b.min(val));
@@ -404,20 +425,22 @@ impl Trainer<'_> {
             }
             if leader && ((opts.ckpt_every > 0 && done % opts.ckpt_every == 0) || is_last) {
                 progress.draw(done, "checkpointing");
+                let _checkpoint = nvtx::range("checkpoint");
+                let saved = self.backend.state()?;
                 let ck = Checkpoint {
                     config: cfg.clone(),
                     world_size: world,
                     step: done as u64,
                     seed: opts.seed,
-                    params: state.params.clone(),
+                    params: saved.params,
                     optimizer: OptimizerState {
                         beta1: BETA1,
                         beta2: BETA2,
                         eps: ADAM_EPS,
                         weight_decay: opts.weight_decay as f32,
-                        step: state.opt.step(),
-                        m: state.opt.m().to_vec(),
-                        v: state.opt.v().to_vec(),
+                        step: saved.step,
+                        m: saved.m,
+                        v: saved.v,
                     },
                     schedule: schedule.clone(),
                     loader: state.loader.state(),
@@ -456,6 +479,7 @@ impl Trainer<'_> {
             last_loss,
             best_val_loss: state.best_val_loss,
             loss_floor: self.dataset.loss_floor_nats(),
+            timing: self.devices.timing,
         })
     }
 }
@@ -463,8 +487,7 @@ impl Trainer<'_> {
 /// Mean loss over `batches` validation batches, always the same windows
 /// (the loader is rewound to `start`), so validation losses are comparable.
 fn validate(
-    model: &mut CpuModel,
-    params: &[f32],
+    backend: &mut dyn StepBackend,
     loader: &mut Loader,
     start: &frugal_model::data::LoaderState,
     batches: usize,
@@ -481,8 +504,8 @@ fn validate(
         loader
             .next_batch(&mut inputs, &mut targets)
             .map_err(|e| format!("validation data: {e}"))?;
-        sum += model
-            .loss(params, &inputs, &targets)
+        sum += backend
+            .loss(&inputs, &targets)
             .map_err(|e| format!("validation: {e}"))? as f64;
     }
     Ok(sum / batches as f64)
@@ -504,10 +527,14 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
         duration(s.wall_s),
         duration(s.job_wall_s)
     );
+    let emulated = match s.timing {
+        TimingSource::Emulated => "; emulated: not GPU speed",
+        _ => "",
+    };
     text += &format!(
         "  tokens/s       {}\n",
         s.tokens_per_s.map_or("n/a (one step)".into(), |v| format!(
-            "{} (steps after the first)",
+            "{} (steps after the first{emulated})",
             human(v)
         ))
     );
@@ -540,6 +567,7 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
         .num("wall_s", s.wall_s)
         .num("job_wall_s", s.job_wall_s)
         .opt_num("tokens_per_s", s.tokens_per_s)
+        .string("timing", timing_name(s.timing))
         .opt_num("usd_spent", s.spent)
         .opt_num("tokens_per_usd", per_money)
         .string("price_units", &price.units.to_string())
@@ -570,6 +598,7 @@ mod tests {
             tokens_per_money: tokens_per_money(300, spent),
             tokens: 300,
             comm_wait_ms: None,
+            timing: TimingSource::HostClock,
         }
     }
 
@@ -611,6 +640,7 @@ mod tests {
             rank: 0,
             label: "2 cpu ranks".into(),
             peak_flops: None,
+            timing: TimingSource::HostClock,
         };
         let price = Price {
             per_hour: None,
@@ -630,6 +660,35 @@ mod tests {
     }
 
     #[test]
+    fn emulated_times_are_labelled_in_the_line_and_the_json() {
+        let devices = Devices {
+            world: 1,
+            rank: 0,
+            label: "1 emulated GPU".into(),
+            peak_flops: None,
+            timing: TimingSource::Emulated,
+        };
+        let price = Price {
+            per_hour: None,
+            units: PriceUnits::Usd,
+            source: PriceSource::Unknown,
+        };
+        let mut r = report(None, None);
+        r.timing = TimingSource::Emulated;
+        let line = r.line(10, &devices, &price);
+        assert!(line.contains("10 ms (emulated)"), "{line}");
+        assert!(r.json().finish().contains("\"timing\":\"emulated\""));
+        let host = report(None, None);
+        let cpu = Devices {
+            label: "1 cpu".into(),
+            timing: TimingSource::HostClock,
+            ..devices
+        };
+        assert!(!host.line(10, &cpu, &price).contains("emulated"));
+        assert!(host.json().finish().contains("\"timing\":\"host clock\""));
+    }
+
+    #[test]
     fn summary_reports_money_and_floor() {
         let s = RunSummary {
             steps_done: 10,
@@ -644,6 +703,7 @@ mod tests {
             last_loss: Some(3.0),
             best_val_loss: Some(3.1),
             loss_floor: Some(1.5),
+            timing: TimingSource::HostClock,
         };
         let price = Price {
             per_hour: Some(1.0),

@@ -319,7 +319,6 @@ impl CpuModel {
     }
 
     fn check(&self, params: &[f32], inputs: &[u32], targets: &[u32]) -> Result<(), ModelError> {
-        let n = self.batch * self.seq;
         if params.len() != self.layout.total() {
             return Err(ModelError::ShapeMismatch {
                 what: "parameter vector",
@@ -327,38 +326,7 @@ impl CpuModel {
                 found: params.len(),
             });
         }
-        if inputs.len() != n {
-            return Err(ModelError::ShapeMismatch {
-                what: "input tokens (B·T)",
-                expected: n,
-                found: inputs.len(),
-            });
-        }
-        if targets.len() != n {
-            return Err(ModelError::ShapeMismatch {
-                what: "target tokens (B·T)",
-                expected: n,
-                found: targets.len(),
-            });
-        }
-        let vocab_size = self.cfg.vocab_size;
-        let out_of_range = |role, position, value| ModelError::TokenOutOfRange {
-            role,
-            position,
-            seq_len: self.seq,
-            value,
-            vocab_size,
-        };
-        if let Some(i) = inputs.iter().position(|&t| t as usize >= vocab_size) {
-            return Err(out_of_range(TokenRole::Input, i, inputs[i]));
-        }
-        if let Some(i) = targets
-            .iter()
-            .position(|&t| t != IGNORE_INDEX && t as usize >= vocab_size)
-        {
-            return Err(out_of_range(TokenRole::Target, i, targets[i]));
-        }
-        Ok(())
+        check_tokens(inputs, targets, self.batch, self.seq, self.cfg.vocab_size)
     }
 
     fn dims(&self) -> AttnDims {
@@ -699,4 +667,48 @@ impl CpuModel {
         embedding::embedding_backward(&mut grads[emb.clone()], &s.dx, inputs, c);
         on_ready(emb.clone(), &grads[emb]);
     }
+}
+
+/// Checks one micro-batch's tokens, (B, T) each: both lengths B·T, every input below
+/// `vocab_size`, every target below it or [`IGNORE_INDEX`]. The CPU and device steps share it.
+///
+/// # Errors
+/// `ShapeMismatch` for a wrong length, `TokenOutOfRange` naming the first bad token.
+pub(crate) fn check_tokens(
+    inputs: &[u32],
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+    vocab_size: usize,
+) -> Result<(), ModelError> {
+    let n = batch * seq;
+    for (what, found) in [
+        ("input tokens (B·T)", inputs.len()),
+        ("target tokens (B·T)", targets.len()),
+    ] {
+        if found != n {
+            return Err(ModelError::ShapeMismatch {
+                what,
+                expected: n,
+                found,
+            });
+        }
+    }
+    let out_of_range = |role, position, value| ModelError::TokenOutOfRange {
+        role,
+        position,
+        seq_len: seq,
+        value,
+        vocab_size,
+    };
+    if let Some(i) = inputs.iter().position(|&t| t as usize >= vocab_size) {
+        return Err(out_of_range(TokenRole::Input, i, inputs[i]));
+    }
+    if let Some(i) = targets
+        .iter()
+        .position(|&t| t != IGNORE_INDEX && t as usize >= vocab_size)
+    {
+        return Err(out_of_range(TokenRole::Target, i, targets[i]));
+    }
+    Ok(())
 }

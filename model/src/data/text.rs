@@ -38,9 +38,8 @@ pub(crate) fn open(path: &Path, vocab_size: usize) -> Result<Source, ModelError>
     } else {
         // SAFETY: the map is read-only and frugal never writes a file it reads;
         // another process rewriting it during training is unsupported.
-        Tokens::Bytes {
-            map: unsafe { memmap2::Mmap::map(&file) }.map_err(io)?,
-        }
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Tokens::Bytes { map }
     };
     let n = tokens.len();
     let val = val_tokens(n);

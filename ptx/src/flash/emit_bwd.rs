@@ -8,11 +8,20 @@
 //! - `flash_attn_bwd_dq_hs<HS>`: query-parallel like the forward; each warp owns 16 query
 //!   rows: `S = Q K^T`, `P`, `dP = dO V^T`, `dS = P (dP - D)`, `dQ += dS K`.
 //!
-//! Helpers: [`mma_rows_by_tile_t`] (a 16 x 64 accumulator = 16 rows of a shared tile times
-//! the transpose of a 64-row shared tile) and [`mma_acc_by_tile`] (a 16 x HS accumulator +=
+//! and the opt-in variant that is not deterministic ([`super::DqMode::Atomic`]):
+//!
+//! - `flash_attn_bwd_dkdv_dq_atomic_hs<HS>`: the dK/dV kernel that also stores each
+//!   iteration's `dS^T` (bf16) in a shared tile and, after a barrier, computes this warp's 16
+//!   query rows of `dQ = scale * dS K` (16 columns at a time, from the dS^T tile by
+//!   `ldmatrix.trans` and the K tile) and adds them to an f32 `dq_accum` with
+//!   `red.global.add.f32`; it replaces the dQ kernel.
+//!
+//! Helpers: `mma_rows_by_tile_t` (a 16 x 64 accumulator = 16 rows of a shared tile times
+//! the transpose of a 64-row shared tile) and `mma_acc_by_tile` (a 16 x HS accumulator +=
 //! a 16 x 64 fp32 block rounded to bf16 times a 64-row shared tile).
 
 use super::emit::{load_tile, FwdConfig, Ptx, BLOCK_KV, THREADS};
+use super::DqMode;
 
 /// Parameters of the dK/dV kernel, in order.
 pub const DKDV_PARAMS: [&str; 12] = [
@@ -44,9 +53,36 @@ pub const DQ_PARAMS: [&str; 11] = [
     "scale_log2",
 ];
 
+/// Parameters of the dK/dV kernel with atomic dQ ([`super::DqMode::Atomic`]), in order.
+pub const DKDV_DQ_ATOMIC_PARAMS: [&str; 13] = [
+    "q",
+    "k",
+    "v",
+    "dout",
+    "lse",
+    "d",
+    "dk",
+    "dv",
+    "dq_accum",
+    "t",
+    "nh",
+    "nkv",
+    "scale_log2",
+];
+
+/// Head sizes with an atomic-dQ kernel: both. The extra live state (16 dS fragments, 8 dQ
+/// accumulators) replaces the dead S and dP blocks, so registers stay below 255 (ptxas: HS 64
+/// ~200, HS 128 ~245 on sm_80 and ~254 on sm_90a, no spills; tests/ptxas.rs guards it). If a
+/// change pushes HS 128 over, drop it here and [`super::backward`] refuses it.
+pub const DQ_ATOMIC_HEAD_SIZES: [usize; 2] = [64, 128];
+
 /// `.entry` name of the dK/dV kernel for head size `hs`.
 pub fn dkdv_kernel_name(hs: usize) -> String {
     format!("flash_attn_bwd_dkdv_hs{hs}")
+}
+/// `.entry` name of the dK/dV kernel with atomic dQ for head size `hs`.
+pub fn dkdv_dq_atomic_kernel_name(hs: usize) -> String {
+    format!("flash_attn_bwd_dkdv_dq_atomic_hs{hs}")
 }
 /// `.entry` name of the dQ kernel for head size `hs`.
 pub fn dq_kernel_name(hs: usize) -> String {
@@ -57,6 +93,16 @@ pub fn dq_kernel_name(hs: usize) -> String {
 /// of two) and, for dK/dV, two stages of 64 LSE and 64 D values.
 pub fn bwd_shared_bytes(hs: usize) -> usize {
     6 * FwdConfig { hs }.tile_bytes() + 2 * 512
+}
+
+/// Bytes of one row of the shared dS^T tile of the atomic variant: 64 queries of bf16 plus the
+/// same 16-byte pad as the other tiles (conflict-free ldmatrix).
+const DS_ROW_BYTES: usize = BLOCK_KV * 2 + super::emit::ROW_PAD_BYTES;
+
+/// Dynamic shared memory of the dK/dV kernel with atomic dQ: [`bwd_shared_bytes`] plus the
+/// 64 x 64 bf16 dS^T tile (65536 bytes for HS 64).
+pub fn dkdv_dq_atomic_shared_bytes(hs: usize) -> usize {
+    bwd_shared_bytes(hs) + BLOCK_KV * DS_ROW_BYTES
 }
 
 fn params(p: &mut Ptx, name: &str, list: &[&str]) {
@@ -281,20 +327,40 @@ fn store_rows(
 
 /// Emits both backward kernels for one head size.
 pub(crate) fn emit_bwd_kernels(p: &mut Ptx, hs: usize) {
-    emit_dkdv(p, hs);
+    emit_dkdv(p, hs, DqMode::Deterministic);
     p.raw("");
     emit_dq(p, hs);
+    if DQ_ATOMIC_HEAD_SIZES.contains(&hs) {
+        p.raw("");
+        emit_dkdv(p, hs, DqMode::Atomic);
+    }
 }
 
-fn emit_dkdv(p: &mut Ptx, hs: usize) {
+/// The key-parallel kernel; with [`DqMode::Atomic`] it also adds each iteration's
+/// dQ = scale * dS K into the f32 `dq_accum` with `red.global.add.f32` (FlashAttention-2's
+/// way), from a dS^T tile in shared memory after the stages (at `bwd_shared_bytes(hs)`).
+fn emit_dkdv(p: &mut Ptx, hs: usize, mode: DqMode) {
     let cfg = FwdConfig { hs };
-    let name = dkdv_kernel_name(hs);
     let tb = cfg.tile_bytes();
     // Shared: K at 0, V at tb, stage s at 2*tb + s*stage with Q, dO, LSE (256 B), D (256 B).
     let stage = 2 * tb + 512;
-    params(p, &name, &DKDV_PARAMS);
-    declare(p, hs);
-    setup_common(p, &name, &cfg, &["dk", "dv"]);
+    match mode {
+        DqMode::Deterministic => {
+            let name = dkdv_kernel_name(hs);
+            params(p, &name, &DKDV_PARAMS);
+            declare(p, hs);
+            setup_common(p, &name, &cfg, &["dk", "dv"]);
+        }
+        DqMode::Atomic => {
+            let name = dkdv_dq_atomic_kernel_name(hs);
+            params(p, &name, &DKDV_DQ_ATOMIC_PARAMS);
+            declare(p, hs);
+            p.line(".reg .b64 %pout2;");
+            p.line(".reg .b32 %qa<16>;");
+            p.line(".reg .f32 %qc<8>;");
+            setup_common(p, &name, &cfg, &["dk", "dv", "dq_accum"]);
+        }
+    }
     p.comment("this CTA: keys kv0..kv0+63 of kv head `head`; query heads grp*head .. +grp");
     p.line(format!(
         "shl.b32 %kv0, %tile, {};",
@@ -400,9 +466,15 @@ fn emit_dkdv(p: &mut Ptx, hs: usize) {
             p.line(format!("mul.f32 %s{s}, %s{s}, %fa;"));
         }
     }
+    if mode == DqMode::Atomic {
+        store_ds_t(p, &cfg);
+    }
     p.comment("dK += dS^T Q");
     p.line("add.u32 %a32, %ldt, %soff;");
     mma_acc_by_tile(p, &cfg, "%acd", "%s", "%a32");
+    if mode == DqMode::Atomic {
+        dq_atomic(p, &cfg);
+    }
     p.line("bar.sync 0;");
     p.line("add.u32 %it, %it, 1;");
     p.line("setp.lt.u32 %pp, %it, %nit;");
@@ -418,6 +490,119 @@ fn emit_dkdv(p: &mut Ptx, hs: usize) {
     store_rows(p, &cfg, "%acc", "%pout1", "%kvh", "%nkv", false);
     p.line("ret;");
     p.raw("}");
+}
+
+/// Atomic dQ, step 1: this warp's dS^T (16 keys x 64 queries, fp32 in `%s`) rounded to bf16
+/// (the same rounding the dK product applies) into the shared dS^T tile at
+/// `bwd_shared_bytes(hs)`: lane rows 16*warp + g (+8), columns 8*nj + 2*tq (+1).
+fn store_ds_t(p: &mut Ptx, cfg: &FwdConfig) {
+    let ds = bwd_shared_bytes(cfg.hs);
+    p.comment("atomic dQ: dS^T (bf16) to shared, rows 16*warp + g (+8), columns 8*nj + 2*tq");
+    p.line("shl.b32 %x, %warp, 4;");
+    p.line("add.u32 %x, %x, %g;");
+    p.line(format!("mul.lo.u32 %x, %x, {DS_ROW_BYTES};"));
+    p.line("shl.b32 %y, %tq, 2;");
+    p.line("add.u32 %x, %x, %y;");
+    p.line("add.u32 %x, %x, %smem;");
+    for nj in 0..BLOCK_KV / 8 {
+        let s = 4 * nj;
+        for half in 0..2 {
+            let (lo, hi) = (s + 2 * half, s + 2 * half + 1);
+            p.line(format!("cvt.rn.bf16x2.f32 %pf0, %s{hi}, %s{lo};"));
+            let off = ds + nj * 16 + half * 8 * DS_ROW_BYTES;
+            p.line(format!("st.shared.b32 [%x+{off}], %pf0;"));
+        }
+    }
+}
+
+/// Atomic dQ, step 2 (after every warp stored its dS^T): this warp's 16 queries
+/// 16*warp.. of the tile, dQ_w = scale * dS_w K (A from the dS^T tile by `ldmatrix.trans`,
+/// B the K tile), 16 columns at a time, added to `dq_accum` (B, T, NH, HS) f32 with
+/// `red.global.add.f32` for rows below T.
+fn dq_atomic(p: &mut Ptx, cfg: &FwdConfig) {
+    let hs = cfg.hs;
+    let ds = bwd_shared_bytes(hs);
+    let rb = cfg.row_bytes();
+    p.line("bar.sync 0;");
+    p.comment("dS fragments (queries 16*warp.., keys 16*kk..) from dS^T: lane row (key)");
+    p.comment("8*(lane/16) + lane%8, column (query) block (lane/8)%2, + 16*warp queries");
+    p.line("shr.u32 %x, %lane, 4;");
+    p.line("shl.b32 %x, %x, 3;");
+    p.line("and.b32 %y, %lane, 7;");
+    p.line("add.u32 %x, %x, %y;");
+    p.line(format!("mul.lo.u32 %x, %x, {DS_ROW_BYTES};"));
+    p.line("shr.u32 %y, %lane, 3;");
+    p.line("and.b32 %y, %y, 1;");
+    p.line("shl.b32 %y, %y, 4;");
+    p.line("add.u32 %x, %x, %y;");
+    p.line("shl.b32 %y, %warp, 5;");
+    p.line("add.u32 %x, %x, %y;");
+    p.line("add.u32 %x, %x, %smem;");
+    for kk in 0..BLOCK_KV / 16 {
+        p.line(format!(
+            "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{%qa{}, %qa{}, %qa{}, %qa{}}}, \
+             [%x+{}];",
+            4 * kk,
+            4 * kk + 1,
+            4 * kk + 2,
+            4 * kk + 3,
+            ds + kk * 16 * DS_ROW_BYTES
+        ));
+    }
+    p.comment("dq_accum rows q0 + 16*warp + g (%addr, %prow) and + 8 (%addr2, %pm)");
+    p.line("shl.b32 %row, %warp, 4;");
+    p.line("add.u32 %row, %row, %q0;");
+    p.line("add.u32 %row, %row, %g;");
+    p.line("setp.lt.u32 %prow, %row, %t;");
+    p.line("mad.lo.u32 %x, %b, %t, %row;");
+    p.line("mad.lo.u32 %x, %x, %nh, %h;");
+    p.line(format!("mul.wide.u32 %addr, %x, {};", hs * 4));
+    p.line("add.u64 %addr, %addr, %pout2;");
+    p.line("shl.b32 %y, %tq, 3;");
+    p.line("cvt.u64.u32 %off, %y;");
+    p.line("add.u64 %addr, %addr, %off;");
+    p.line("add.u32 %row, %row, 8;");
+    p.line("setp.lt.u32 %pm, %row, %t;");
+    p.line(format!("mul.wide.u32 %off, %nh, {};", 8 * hs * 4));
+    p.line("add.u64 %addr2, %addr, %off;");
+    for pair in 0..hs / 16 {
+        for i in 0..8 {
+            p.line(format!("mov.f32 %qc{i}, 0f00000000;"));
+        }
+        for kk in 0..BLOCK_KV / 16 {
+            let off = kk * 16 * rb + pair * 32;
+            p.line(format!(
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{%bf0, %bf1, %bf2, %bf3}}, \
+                 [%ldt+{off}];"
+            ));
+            for half in 0..2 {
+                let o = 4 * half;
+                let c = format!("%qc{o}, %qc{}, %qc{}, %qc{}", o + 1, o + 2, o + 3);
+                p.line(format!(
+                    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{c}}}, \
+                     {{%qa{}, %qa{}, %qa{}, %qa{}}}, {{%bf{}, %bf{}}}, {{{c}}};",
+                    4 * kk,
+                    4 * kk + 1,
+                    4 * kk + 2,
+                    4 * kk + 3,
+                    2 * half,
+                    2 * half + 1
+                ));
+            }
+        }
+        for half in 0..2 {
+            for (reg, pred, base) in [(0, "%prow", "%addr"), (2, "%pm", "%addr2")] {
+                for e in 0..2 {
+                    let r = 4 * half + reg + e;
+                    let off = pair * 64 + half * 32 + e * 4;
+                    p.line(format!("mul.f32 %qc{r}, %qc{r}, %scale;"));
+                    p.line(format!(
+                        "@{pred} red.global.add.f32 [{base}+{off}], %qc{r};"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Iteration `%it` of the dK/dV loop: query head `%h` and first query `%q0`.

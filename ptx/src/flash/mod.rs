@@ -1,11 +1,17 @@
 //! FlashAttention-2, causal: the typed launchers of `ptx/kernels/flash_attn_fwd.ptx` and
 //! `ptx/kernels/flash_attn_bwd.ptx` (emitted by [`emit`] and [`emit_bwd`]).
 //!
-//! Backward, deterministic by construction (no atomics): [`backward_preprocess`]
+//! Backward, by default deterministic by construction (no atomics): [`backward_preprocess`]
 //! (D = rowsum(dO * O)), then [`backward_dkdv`] (key-parallel; sums over the query heads of a
 //! GQA group inside the CTA) and [`backward_dq`] (query-parallel: a separate pass instead of
-//! FlashAttention-2's atomic dQ accumulation). The opt-in atomic dQ mode of the issue is not
-//! written.
+//! FlashAttention-2's atomic dQ accumulation). [`backward`] lists those launches for a
+//! [`DqMode`]: the opt-in [`DqMode::Atomic`] instead zeroes an f32 dQ accumulator, runs
+//! [`backward_dkdv_dq_atomic`] (the key-parallel kernel also adds dS K into it with
+//! `red.global.add.f32`, FlashAttention-2's way) and rounds it to bf16: one pass
+//! over K/V instead of two, but the float atomics make dQ's bits depend on timing.
+//!
+//! The vanilla path (materialised scores, "FlashAttention off") with the same inputs and
+//! outputs is [`vanilla`].
 //!
 //! Forward: `O = softmax(scale * Q K^T + causal mask) V` and the per-row natural-log
 //! `LSE = log sum_k exp(scale * q.k)` the backward recomputes P from; scale = 1/sqrt(HS), as
@@ -35,6 +41,7 @@
 
 pub mod emit;
 pub mod emit_bwd;
+pub mod vanilla;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
@@ -141,6 +148,52 @@ pub static FLASH_ATTN_BWD_DQ_HS128: KernelSpec = KernelSpec {
     params: DQ_PARAM_LIST,
 };
 
+const DKDV_DQ_ATOMIC_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
+    ("q", Ptr),
+    ("k", Ptr),
+    ("v", Ptr),
+    ("dout", Ptr),
+    ("lse", Ptr),
+    ("d", Ptr),
+    ("dk", Ptr),
+    ("dv", Ptr),
+    ("dq_accum", Ptr),
+    ("t", U32),
+    ("nh", U32),
+    ("nkv", U32),
+    ("scale_log2", F32),
+];
+
+/// `flash_attn_bwd_dkdv_dq_atomic_hs64(q, k, v, dout, lse, d, dk, dv, dq_accum, t, nh, nkv,
+/// scale_log2)`.
+pub static FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS64: KernelSpec = KernelSpec {
+    module: "flash_attn_bwd",
+    kernel: "flash_attn_bwd_dkdv_dq_atomic_hs64",
+    params: DKDV_DQ_ATOMIC_PARAM_LIST,
+};
+
+/// `flash_attn_bwd_dkdv_dq_atomic_hs128(q, k, v, dout, lse, d, dk, dv, dq_accum, t, nh, nkv,
+/// scale_log2)`.
+pub static FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS128: KernelSpec = KernelSpec {
+    module: "flash_attn_bwd",
+    kernel: "flash_attn_bwd_dkdv_dq_atomic_hs128",
+    params: DKDV_DQ_ATOMIC_PARAM_LIST,
+};
+
+/// `fill_f32(ptr, n, value)` of the `util` module (zeroes the atomic dQ accumulator).
+static UTIL_FILL_F32: KernelSpec = KernelSpec {
+    module: "util",
+    kernel: "fill_f32",
+    params: &[("ptr", Ptr), ("n", U64), ("value", F32)],
+};
+
+/// `cast_f32_bf16(src, dst, n)` of the `util` module (rounds the atomic dQ accumulator).
+static UTIL_CAST_F32_BF16: KernelSpec = KernelSpec {
+    module: "util",
+    kernel: "cast_f32_bf16",
+    params: &[("src", Ptr), ("dst", Ptr), ("n", U64)],
+};
+
 /// Every kernel of the flash modules.
 pub static SPECS: &[&KernelSpec] = &[
     &FLASH_ATTN_FWD_HS64,
@@ -150,7 +203,24 @@ pub static SPECS: &[&KernelSpec] = &[
     &FLASH_ATTN_BWD_DKDV_HS128,
     &FLASH_ATTN_BWD_DQ_HS64,
     &FLASH_ATTN_BWD_DQ_HS128,
+    &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS64,
+    &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS128,
+    &UTIL_FILL_F32,
+    &UTIL_CAST_F32_BF16,
 ];
+
+/// How the flash backward computes dQ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DqMode {
+    /// A separate query-parallel pass ([`backward_dq`]): every dQ element summed by one
+    /// thread in a fixed order, so reruns give the same bits. The default.
+    #[default]
+    Deterministic,
+    /// FlashAttention-2's: the key-parallel pass adds each tile's dQ into an f32 buffer with
+    /// float atomics ([`backward_dkdv_dq_atomic`]), then a cast to bf16. Saves the second
+    /// pass over K/V; the summation order (hence the last bits of dQ) depends on timing.
+    Atomic,
+}
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,45 +267,8 @@ pub fn forward(
     lse: u64,
     shape: AttnShape,
 ) -> Result<Launch, PtxError> {
-    let spec = forward_spec(shape.hs).ok_or_else(|| PtxError::BadLaunch {
-        kernel: "flash_attn_fwd".to_string(),
-        reason: format!(
-            "head size {} has no flash kernel; use HS 64 or 128 (or --attention vanilla)",
-            shape.hs
-        ),
-    })?;
-    for (what, n) in [
-        ("B", shape.b),
-        ("T", shape.t),
-        ("NH", shape.nh),
-        ("NKV", shape.nkv),
-    ] {
-        check_positive(spec, what, n)?;
-    }
-    if !shape.nh.is_multiple_of(shape.nkv) {
-        return Err(spec.bad(format!(
-            "NKV = {} does not divide NH = {}; GQA needs whole groups of query heads",
-            shape.nkv, shape.nh
-        )));
-    }
-    // The kernel indexes rows as (b*T + t)*NH + h in 32 bits (bytes are 64-bit).
-    to_u32(
-        spec,
-        "B*T*NH",
-        shape.b.saturating_mul(shape.t).saturating_mul(shape.nh),
-    )?;
-    let tiles = to_u32(spec, "T/64", shape.t.div_ceil(emit::BLOCK_Q))?;
-    let (t, nh, nkv) = (
-        to_u32(spec, "T", shape.t)?,
-        to_u32(spec, "NH", shape.nh)?,
-        to_u32(spec, "NKV", shape.nkv)?,
-    );
-    let b = to_u32(spec, "B", shape.b)?;
-    if nh > 65535 || b > 65535 {
-        return Err(spec.bad(format!(
-            "grid (T/64, NH = {nh}, B = {b}) exceeds CUDA's 65535 in y or z; split the batch"
-        )));
-    }
+    let spec = forward_spec(shape.hs).ok_or_else(|| no_kernel("flash_attn_fwd", shape.hs))?;
+    let [t, nh, nkv, b, tiles] = check_shape(spec, shape)?;
     for (what, x) in [("Q", q), ("K", k), ("V", v)] {
         check_aligned(spec, what, x, 16)?;
     }
@@ -386,35 +419,14 @@ pub fn backward_dkdv(
         128 => &FLASH_ATTN_BWD_DKDV_HS128,
         hs => return Err(no_kernel("flash_attn_bwd_dkdv", hs)),
     };
-    let [t, nh, nkv, b, tiles] = check_shape(spec, shape)?;
-    for (what, x) in [("Q", q), ("K", k), ("V", v), ("dO", dout)] {
-        check_aligned(spec, what, x, 16)?;
-    }
-    for (what, x) in [("LSE", lse), ("D", d), ("dK", dk), ("dV", dv)] {
-        check_aligned(spec, what, x, 4)?;
-    }
-    let dims = LaunchDims {
-        grid: [tiles, nkv, b],
-        block: [emit::THREADS as u32, 1, 1],
+    backward_pass(
+        spec,
+        shape,
+        [q, k, v, dout, lse, d],
+        &[("dK", dk), ("dV", dv)],
+        GridHeads::Kv,
         // At most 6 * 64 * 272 + 1024 bytes: fits.
-        dynamic_shared_bytes: emit_bwd::bwd_shared_bytes(shape.hs) as u32,
-    };
-    spec.launch(
-        dims,
-        &[
-            Arg::Ptr(q),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(dout),
-            Arg::Ptr(lse),
-            Arg::Ptr(d),
-            Arg::Ptr(dk),
-            Arg::Ptr(dv),
-            Arg::U32(t),
-            Arg::U32(nh),
-            Arg::U32(nkv),
-            Arg::F32(shape.scale_log2()),
-        ],
+        emit_bwd::bwd_shared_bytes(shape.hs),
     )
 }
 
@@ -439,32 +451,153 @@ pub fn backward_dq(
         128 => &FLASH_ATTN_BWD_DQ_HS128,
         hs => return Err(no_kernel("flash_attn_bwd_dq", hs)),
     };
+    backward_pass(
+        spec,
+        shape,
+        [q, k, v, dout, lse, d],
+        &[("dQ", dq)],
+        GridHeads::Query,
+        emit_bwd::bwd_shared_bytes(shape.hs),
+    )
+}
+
+/// The atomic-dQ variant of [`backward_dkdv`]: dK and dV as there, and `dq_accum`
+/// (B, T, NH, HS) f32 ACCUMULATED with `red.global.add.f32` (zero it first; [`backward`]
+/// does). Dynamic shared memory [`emit_bwd::dkdv_dq_atomic_shared_bytes`].
+///
+/// # Errors
+/// As [`backward_dkdv`], and `BadLaunch` for a `dq_accum` not 4-byte aligned.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_dkdv_dq_atomic(
+    q: u64,
+    k: u64,
+    v: u64,
+    dout: u64,
+    lse: u64,
+    d: u64,
+    dk: u64,
+    dv: u64,
+    dq_accum: u64,
+    shape: AttnShape,
+) -> Result<Launch, PtxError> {
+    let spec = match shape.hs {
+        64 => &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS64,
+        128 => &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS128,
+        hs => return Err(no_kernel("flash_attn_bwd_dkdv_dq_atomic", hs)),
+    };
+    backward_pass(
+        spec,
+        shape,
+        [q, k, v, dout, lse, d],
+        &[("dK", dk), ("dV", dv), ("dQ accumulator", dq_accum)],
+        GridHeads::Kv,
+        emit_bwd::dkdv_dq_atomic_shared_bytes(shape.hs),
+    )
+}
+
+/// Which heads a backward pass runs one CTA row over (grid y).
+#[derive(Clone, Copy)]
+enum GridHeads {
+    /// NKV: the key-parallel passes (each CTA sums over its group's query heads).
+    Kv,
+    /// NH: the query-parallel dQ pass.
+    Query,
+}
+
+/// What the backward passes share: the shape checks, `inputs` (Q, K, V, dO 16-byte aligned;
+/// LSE, D) and `outputs` 4-byte aligned, a grid of (T/64 tiles, `heads`, B) CTAs of
+/// [`emit::THREADS`], and the parameters (Q, K, V, dO, LSE, D, outputs.., T, NH, NKV,
+/// scale * log2 e).
+fn backward_pass(
+    spec: &KernelSpec,
+    shape: AttnShape,
+    inputs: [u64; 6],
+    outputs: &[(&str, u64)],
+    heads: GridHeads,
+    shared_bytes: usize,
+) -> Result<Launch, PtxError> {
     let [t, nh, nkv, b, tiles] = check_shape(spec, shape)?;
+    let [q, k, v, dout, lse, d] = inputs;
     for (what, x) in [("Q", q), ("K", k), ("V", v), ("dO", dout)] {
         check_aligned(spec, what, x, 16)?;
     }
-    for (what, x) in [("LSE", lse), ("D", d), ("dQ", dq)] {
+    for &(what, x) in [("LSE", lse), ("D", d)].iter().chain(outputs) {
         check_aligned(spec, what, x, 4)?;
     }
     let dims = LaunchDims {
-        grid: [tiles, nh, b],
-        block: [emit::THREADS as u32, 1, 1],
-        dynamic_shared_bytes: emit_bwd::bwd_shared_bytes(shape.hs) as u32,
-    };
-    spec.launch(
-        dims,
-        &[
-            Arg::Ptr(q),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(dout),
-            Arg::Ptr(lse),
-            Arg::Ptr(d),
-            Arg::Ptr(dq),
-            Arg::U32(t),
-            Arg::U32(nh),
-            Arg::U32(nkv),
-            Arg::F32(shape.scale_log2()),
+        grid: [
+            tiles,
+            match heads {
+                GridHeads::Kv => nkv,
+                GridHeads::Query => nh,
+            },
+            b,
         ],
-    )
+        block: [emit::THREADS as u32, 1, 1],
+        dynamic_shared_bytes: shared_bytes as u32,
+    };
+    let mut args: Vec<Arg> = inputs.iter().map(|&p| Arg::Ptr(p)).collect();
+    args.extend(outputs.iter().map(|&(_, p)| Arg::Ptr(p)));
+    args.extend([
+        Arg::U32(t),
+        Arg::U32(nh),
+        Arg::U32(nkv),
+        Arg::F32(shape.scale_log2()),
+    ]);
+    spec.launch(dims, &args)
+}
+
+/// Bytes of the f32 dQ accumulator (B, T, NH, HS) that [`backward`] needs in `mode`: 0 for
+/// [`DqMode::Deterministic`].
+pub fn dq_accum_bytes(shape: AttnShape, mode: DqMode) -> usize {
+    match mode {
+        DqMode::Deterministic => 0,
+        DqMode::Atomic => 4 * shape.b * shape.t * shape.nh * shape.hs,
+    }
+}
+
+/// Every launch of the flash backward, in order on one stream: dQ (B, T, NH, HS), dK and
+/// dV (B, T, NKV, HS) bf16, overwritten, from Q, K, V, the forward's O and LSE, and dO. `d`
+/// is the (B, NH, T) f32 scratch for D; `dq_accum` the f32 scratch of
+/// [`dq_accum_bytes`] (unused, may be 0, in [`DqMode::Deterministic`]).
+///
+/// # Errors
+/// As the launchers it calls.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    mode: DqMode,
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    dout: u64,
+    lse: u64,
+    d: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    dq_accum: u64,
+    shape: AttnShape,
+) -> Result<Vec<Launch>, PtxError> {
+    let pre = backward_preprocess(o, dout, d, shape)?;
+    match mode {
+        DqMode::Deterministic => Ok(vec![
+            pre,
+            backward_dkdv(q, k, v, dout, lse, d, dk, dv, shape)?,
+            backward_dq(q, k, v, dout, lse, d, dq, shape)?,
+        ]),
+        DqMode::Atomic => {
+            let atomic = backward_dkdv_dq_atomic(q, k, v, dout, lse, d, dk, dv, dq_accum, shape)?;
+            let n = (dq_accum_bytes(shape, mode) / 4) as u64;
+            // The util kernels take 16-byte vectors when aligned, scalars otherwise.
+            check_aligned(&UTIL_CAST_F32_BF16, "dQ", dq, 2)?;
+            let grid = crate::kernels::flat_grid(n.div_ceil(4));
+            let dims = crate::kernels::dims_1d(grid, crate::kernels::FLAT_BLOCK);
+            let zero =
+                UTIL_FILL_F32.launch(dims, &[Arg::Ptr(dq_accum), Arg::U64(n), Arg::F32(0.0)])?;
+            let cast = UTIL_CAST_F32_BF16
+                .launch(dims, &[Arg::Ptr(dq_accum), Arg::Ptr(dq), Arg::U64(n)])?;
+            Ok(vec![pre, zero, atomic, cast])
+        }
+    }
 }

@@ -255,24 +255,7 @@ mod tests {
 
     #[test]
     fn specs_match_the_shipped_text() {
-        for spec in specs() {
-            let m = crate::catalogue::module(spec.module)
-                .unwrap_or_else(|| panic!("no catalogue module {}", spec.module));
-            let parsed = Module::parse(m.text).unwrap_or_else(|e| panic!("{}: {e}", spec.module));
-            let params = parsed.params(spec.kernel).unwrap_or_else(|e| panic!("{e}"));
-            let (offsets, _) = spec.offsets();
-            assert_eq!(params.len(), spec.params.len(), "{}", spec.kernel);
-            for ((p, &(name, kind)), &at) in params.iter().zip(spec.params).zip(&offsets) {
-                assert_eq!(
-                    p.name,
-                    format!("{}_param_{name}", spec.kernel),
-                    "{}",
-                    spec.kernel
-                );
-                assert_eq!(p.size, kind.size(), "{}::{name}", spec.kernel);
-                assert_eq!(p.offset, at, "{}::{name}", spec.kernel);
-            }
-        }
+        crate::testing::assert_specs_match_shipped(&specs());
     }
 
     #[test]

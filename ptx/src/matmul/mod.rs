@@ -28,17 +28,29 @@
 //!   64x64 variant) and both leading dimensions (and batch strides) multiples of
 //!   `load_bytes / 2` elements (each chunk must be an aligned source), which
 //!   [`Gemm::alignment`] measures; C has no alignment requirement beyond its element size.
-//!   With `lda = K` (the dense `Nt`/`Nn` A) that is "K a multiple of 8" (or 4 for `_v8`):
-//!   otherwise (odd widths such as paper-2b's F = 6739) the dispatcher picks SIMT, unless the
-//!   caller pads that leading dimension.
+//!   With `lda = K` (the dense `Nt`/`Nn` A) that is "K a multiple of 8" (or 4 for `_v8`).
+//! - [`KernelKind::MmaSync`] with a register-staged tile (`matmul_tc_<BM>x<BN>x<BK>_rs_...`,
+//!   [`TileConfig::staged`]): the same `ldmatrix` + `mma.sync` from shared memory, but operands
+//!   fetched by predicated scalar loads into registers: any alignment and leading dimension
+//!   (odd widths such as paper-2b's F = 6739). Dispatch picks it only where no `cp.async`
+//!   variant can read the operands, so on sm_80+ no product of a preset needs SIMT.
 //! - [`KernelKind::Wgmma`]: the sm_90a `wgmma` + TMA slot, reserved (not implemented; no table
 //!   row selects it yet).
 //!
-//! Dispatch: [`select`] scans [`DISPATCH`], a const table a future `frugal bench matmul
-//! --autotune` would rewrite; [`plan`] = select + launch.
+//! Dispatch: [`select`] consults the embedded measured table ([`table`],
+//! `dispatch_table.txt`, written by `frugal bench matmul --autotune`) and then the built-in
+//! rules [`DISPATCH`]; [`plan`] = select + launch.
+//!
+//! Split-K (deterministic): [`choose`] may also pick a split of K for unbatched products
+//! whose tiles do not fill the GPU (the weight gradients of small layers at large B*T);
+//! [`launch_split`] / [`plan_split`] then launch the kernel per K slice into an f32 workspace
+//! ([`workspace_bytes`]) and a reduce ([`splitk`]) that adds the slices in fixed order and
+//! applies the epilogue. [`plan`] and [`select`] never split.
 
 pub mod emit;
 pub mod simt;
+pub mod splitk;
+pub mod table;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
@@ -267,9 +279,16 @@ pub struct TileConfig {
     /// `cp.async` stages in flight (tiles resident in shared memory).
     pub stages: u32,
     /// Bytes per `cp.async` chunk: 16 (`.cg`), or 8 / 4 (`.ca`) for operands whose leading
-    /// dimension is only a multiple of 4 / 2 elements (paper-100m's F = 2332 is 4 mod 8).
+    /// dimension is only a multiple of 4 / 2 elements (paper-100m's F = 2332 is 4 mod 8);
+    /// 2 = no `cp.async`: register-staged scalar element loads ([`STAGED_RUN`] per chunk,
+    /// predicated per element) that take any alignment and any leading dimension (the
+    /// paper's odd F = 4147, 6739), with [`TileConfig::stages`] = 2 shared buffers.
     pub load_bytes: u32,
 }
+
+/// Elements per thread chunk of the register-staged (`load_bytes` = 2) variants: 8 scalar
+/// `ld.global.b16` into registers, one 16-byte `st.shared.v4.b32`.
+pub const STAGED_RUN: u32 = 8;
 
 /// 128x128x32, 8 warps as 2x4 (64x32 per warp), 3 stages: the large-shape workhorse.
 pub const TILE_128X128: TileConfig = TileConfig {
@@ -307,12 +326,40 @@ pub const TILE_64X64_V8: TileConfig = TileConfig {
     ..TILE_64X64
 };
 
+/// [`TILE_128X128`] with register-staged loads (any alignment), 2 shared buffers.
+pub const TILE_128X128_RS: TileConfig = TileConfig {
+    load_bytes: 2,
+    stages: 2,
+    ..TILE_128X128
+};
+/// [`TILE_128X64`] with register-staged loads (any alignment), 2 shared buffers.
+pub const TILE_128X64_RS: TileConfig = TileConfig {
+    load_bytes: 2,
+    stages: 2,
+    ..TILE_128X64
+};
+/// [`TILE_64X64`] with register-staged loads (any alignment), 2 shared buffers.
+pub const TILE_64X64_RS: TileConfig = TileConfig {
+    load_bytes: 2,
+    stages: 2,
+    ..TILE_64X64
+};
+
 /// Every shipped tile config; each (config, layout, output type) is one catalogue module
-/// named like its entry ([`TileConfig::entry_name`]). Narrow loads exist only for the 64x64
-/// tile: more chunks per thread in the larger tiles would cost registers the accumulators
-/// need. (The emitter also writes 4-byte loads, for leading dimensions that are 2 mod 4; they
-/// passed the emulator tests during development but are not shipped: no preset needs them.)
-pub const TILE_CONFIGS: [TileConfig; 4] = [TILE_128X128, TILE_128X64, TILE_64X64, TILE_64X64_V8];
+/// named like its entry ([`TileConfig::entry_name`]). Narrow `cp.async` loads exist only for
+/// the 64x64 tile: more chunks per thread in the larger tiles would cost registers the
+/// accumulators need. (The emitter also writes 4-byte loads, for leading dimensions that are
+/// 2 mod 4; they passed the emulator tests during development but are not shipped: the
+/// register-staged `_rs` variants cover every alignment below 8.)
+pub const TILE_CONFIGS: [TileConfig; 7] = [
+    TILE_128X128,
+    TILE_128X64,
+    TILE_64X64,
+    TILE_64X64_V8,
+    TILE_128X128_RS,
+    TILE_128X64_RS,
+    TILE_64X64_RS,
+];
 
 impl TileConfig {
     /// Threads per CTA.
@@ -325,13 +372,38 @@ impl TileConfig {
         format!("matmul_tc_{}x{}x{}", self.bm, self.bn, self.bk)
     }
 
-    /// `.entry` (and catalogue module) name of the variant for `layout` writing `out`
-    /// (`_v8`/`_v4` after the tile name for narrow loads).
-    pub fn entry_name(&self, layout: Layout, out: OutType) -> String {
-        let width = if self.load_bytes == 16 {
-            String::new()
+    /// True for the register-staged variants (`load_bytes` = 2: no `cp.async`).
+    pub fn staged(&self) -> bool {
+        self.load_bytes == 2
+    }
+
+    /// Elements of one load chunk: `load_bytes / 2` for `cp.async`, [`STAGED_RUN`] staged.
+    pub fn chunk_elems(&self) -> u32 {
+        if self.staged() {
+            STAGED_RUN
         } else {
-            format!("_v{}", self.load_bytes)
+            self.load_bytes / 2
+        }
+    }
+
+    /// The tile's name without the `matmul_tc_` prefix: `<bm>x<bn>x<bk>[_v8|_v4|_rs]`, the
+    /// spelling of the dispatch table file.
+    pub fn short_name(&self) -> String {
+        let width = match self.load_bytes {
+            16 => String::new(),
+            2 => "_rs".to_string(),
+            b => format!("_v{b}"),
+        };
+        format!("{}x{}x{}{width}", self.bm, self.bn, self.bk)
+    }
+
+    /// `.entry` (and catalogue module) name of the variant for `layout` writing `out`
+    /// (`_v8`/`_v4` after the tile name for narrow loads, `_rs` for register-staged ones).
+    pub fn entry_name(&self, layout: Layout, out: OutType) -> String {
+        let width = match self.load_bytes {
+            16 => String::new(),
+            2 => "_rs".to_string(),
+            b => format!("_v{b}"),
         };
         format!(
             "{}{width}_{}_{}",
@@ -356,9 +428,10 @@ impl TileConfig {
             && self.bn.is_multiple_of(self.warps_n * 16)
             && wm >= 16
             && wn >= 16
-            && matches!(self.load_bytes, 4 | 8 | 16)
-            && (self.bm * 64 / self.load_bytes).is_multiple_of(self.threads())
-            && (self.bn * 64 / self.load_bytes).is_multiple_of(self.threads());
+            && matches!(self.load_bytes, 2 | 4 | 8 | 16)
+            && (!self.staged() || self.stages == 2)
+            && (self.bm * 32 / self.chunk_elems()).is_multiple_of(self.threads())
+            && (self.bn * 32 / self.chunk_elems()).is_multiple_of(self.threads());
         if ok {
             Ok(())
         } else {
@@ -386,8 +459,9 @@ pub enum KernelKind {
 pub struct Choice {
     /// Kernel and tile config.
     pub kernel: KernelKind,
-    /// Split of K over CTAs with a deterministic reduction: a slot for the autotuner (no
-    /// table row uses it yet, and [`launch`] refuses it).
+    /// Split of K into this many slices (2..=8) computed into an f32 workspace and added in
+    /// fixed order by a reduce kernel ([`launch_split`], [`plan_split`]); `None` = one
+    /// launch. [`select`] never splits and [`launch`] refuses a split (one launch cannot).
     pub split_k: Option<u32>,
 }
 
@@ -434,23 +508,113 @@ const fn rule(
     }
 }
 
-/// The dispatch table, scanned in order; the last row (SIMT, anything) always matches.
+/// The built-in dispatch rules, scanned in order after the measured table ([`table`]); the
+/// last row (SIMT, anything) always matches.
 ///
 /// Hand-written from occupancy reasoning, not measured (no GPU was available): 128x128 when
 /// both M and N give a full wave of 128-tiles on a 132-SM part for typical M = B*T = 8192,
-/// 128x64 when N is narrower, 64x64 for small products; `frugal bench matmul --autotune`
-/// is meant to rewrite it from measurements.
+/// 128x64 when N is narrower, 64x64 for small products; cp.async tiles before the
+/// register-staged ones. `frugal bench matmul --autotune` writes measured rules into
+/// `dispatch_table.txt`, which [`select`] consults first.
 pub const DISPATCH: &[DispatchRule] = &[
     rule(80, 1024, 1024, 32, KernelKind::MmaSync(TILE_128X128)),
     rule(80, 512, 128, 32, KernelKind::MmaSync(TILE_128X64)),
     rule(80, 1, 1, 1, KernelKind::MmaSync(TILE_64X64)),
     rule(80, 1, 1, 1, KernelKind::MmaSync(TILE_64X64_V8)),
+    // Register-staged loads: only where no cp.async variant can read the operands (odd
+    // leading dimensions, 2- or 4-byte alignment); same size classes as above.
+    rule(80, 1024, 1024, 32, KernelKind::MmaSync(TILE_128X128_RS)),
+    rule(80, 512, 128, 32, KernelKind::MmaSync(TILE_128X64_RS)),
+    rule(80, 1, 1, 1, KernelKind::MmaSync(TILE_64X64_RS)),
     rule(0, 1, 1, 1, KernelKind::Simt),
 ];
 
 /// The kernel for a product on architecture `arch` (80 for sm_80, 90 for sm_90a; anything
-/// older gets SIMT), with operands of `alignment` bytes ([`Gemm::alignment`]).
+/// older gets SIMT), with operands of `alignment` bytes ([`Gemm::alignment`]): the embedded
+/// measured table ([`table`]) first, then the built-in rules ([`DISPATCH`]). Never splits K
+/// (`split_k` is `None`): a split needs a workspace, see [`choose`] and [`plan_split`].
 pub fn select(arch: u32, layout: Layout, m: usize, n: usize, k: usize, alignment: u32) -> Choice {
+    let mut choice = select_in(table::embedded(), arch, layout, m, n, k, alignment);
+    choice.split_k = None;
+    choice
+}
+
+/// [`select`] with split-K: the choice for `g` with operands of `alignment` bytes, including
+/// the split a table rule asks for or, without one, the built-in heuristic
+/// ([`builtin_split`]). Batched products never split.
+pub fn choose(arch: u32, g: &Gemm, alignment: u32) -> Choice {
+    choose_in(table::embedded(), arch, g, alignment)
+}
+
+/// [`choose`] over the table `rules` instead of the embedded one (tests, autotuning).
+pub fn choose_in(rules: &[table::TableRule], arch: u32, g: &Gemm, alignment: u32) -> Choice {
+    let measured = table::lookup(rules, arch, g.layout, g.m, g.n, g.k, alignment)
+        .filter(|c| feasible(c.kernel, arch, alignment));
+    let mut choice = match measured {
+        Some(c) => c,
+        None => {
+            let mut c = builtin(arch, g.layout, g.m, g.n, g.k, alignment);
+            c.split_k = builtin_split(c.kernel, g);
+            c
+        }
+    };
+    if g.batch != 1 {
+        choice.split_k = None;
+    }
+    choice
+}
+
+/// [`select`] over the table `rules` then the built-in rules.
+pub fn select_in(
+    rules: &[table::TableRule],
+    arch: u32,
+    layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+    alignment: u32,
+) -> Choice {
+    table::lookup(rules, arch, layout, m, n, k, alignment)
+        .filter(|c| feasible(c.kernel, arch, alignment))
+        .unwrap_or_else(|| builtin(arch, layout, m, n, k, alignment))
+}
+
+/// True when `kernel` can run on `arch` with operands of `alignment` bytes.
+pub fn feasible(kernel: KernelKind, arch: u32, alignment: u32) -> bool {
+    match kernel {
+        KernelKind::Simt => true,
+        KernelKind::MmaSync(cfg) => arch >= 80 && alignment >= cfg.load_bytes,
+        KernelKind::Wgmma(_) => false,
+    }
+}
+
+/// SMs of the largest part the heuristic plans for (H100 SXM: 132).
+const SPLIT_TARGET_CTAS: usize = 132;
+/// The shortest K slice worth a partial pass (the reduce reads split*M*N*4 bytes).
+const SPLIT_MIN_SLICE: usize = 512;
+
+/// The built-in split-K heuristic (unmeasured): split an unbatched tensor-core product whose
+/// tiles fill less than half of a 132-SM GPU, into as many K slices as fill it, at most
+/// [`table::MAX_SPLIT`], each at least 512 long. `None` = no split.
+pub fn builtin_split(kernel: KernelKind, g: &Gemm) -> Option<u32> {
+    let KernelKind::MmaSync(cfg) = kernel else {
+        return None;
+    };
+    if g.batch != 1 {
+        return None;
+    }
+    let ctas = g.m.div_ceil(cfg.bm as usize) * g.n.div_ceil(cfg.bn as usize);
+    if 2 * ctas > SPLIT_TARGET_CTAS {
+        return None;
+    }
+    let split = (SPLIT_TARGET_CTAS / ctas.max(1))
+        .min(g.k / SPLIT_MIN_SLICE)
+        .min(table::MAX_SPLIT as usize);
+    (split >= 2).then_some(split as u32)
+}
+
+/// The built-in rules alone ([`DISPATCH`]).
+pub fn builtin(arch: u32, layout: Layout, m: usize, n: usize, k: usize, alignment: u32) -> Choice {
     DISPATCH
         .iter()
         .find(|r| {
@@ -505,8 +669,21 @@ pub fn kernel_spec(kind: KernelKind, layout: Layout, out: OutType) -> Result<Ker
             })
         }
     };
-    let m = crate::catalogue::module(&module).ok_or_else(|| PtxError::BadLaunch {
-        kernel: entry.clone(),
+    let (module, kernel) = catalogue_entry(&module, &entry)?;
+    Ok(KernelSpec {
+        module,
+        kernel,
+        params: &PARAMS,
+    })
+}
+
+/// The shipped module `module` and its `.entry` `entry`, as the catalogue's `'static` names.
+///
+/// # Errors
+/// `BadLaunch` if the catalogue lacks the module or the entry (a build bug).
+fn catalogue_entry(module: &str, entry: &str) -> Result<(&'static str, &'static str), PtxError> {
+    let m = crate::catalogue::module(module).ok_or_else(|| PtxError::BadLaunch {
+        kernel: entry.to_string(),
         reason: format!("no catalogue module {module}"),
     })?;
     let kernel = m
@@ -514,14 +691,10 @@ pub fn kernel_spec(kind: KernelKind, layout: Layout, out: OutType) -> Result<Ker
         .into_iter()
         .find(|e| *e == entry)
         .ok_or_else(|| PtxError::BadLaunch {
-            kernel: entry.clone(),
+            kernel: entry.to_string(),
             reason: format!("module {module} has no entry {entry}"),
         })?;
-    Ok(KernelSpec {
-        module: m.name,
-        kernel,
-        params: &PARAMS,
-    })
+    Ok((m.name, kernel))
 }
 
 /// The launch of `g` with the kernel of `choice`; `a`, `b`, `c` are device addresses.
@@ -636,4 +809,165 @@ fn grid_dim(spec: &KernelSpec, len: usize, tile: u32) -> Result<u32, PtxError> {
 pub fn plan(arch: u32, g: &Gemm, a: u64, b: u64, c: u64) -> Result<(Choice, Launch), PtxError> {
     let choice = select(arch, g.layout, g.m, g.n, g.k, g.alignment(a, b));
     Ok((choice, launch(&choice, g, a, b, c)?))
+}
+
+/// How `choice` cuts K: `(kslice, slices)`, `kslice` a multiple of 32 (BK, so every slice
+/// but the last starts on a tile boundary and keeps the operands' alignment), `slices` =
+/// ceil(K / kslice) <= the requested split. `(K, 1)` without a split.
+pub fn split_slices(choice: &Choice, k: usize) -> (usize, usize) {
+    match choice.split_k {
+        Some(s) if s > 1 && k > 0 => {
+            let kslice = k.div_ceil(s as usize).div_ceil(32) * 32;
+            (kslice, k.div_ceil(kslice))
+        }
+        _ => (k, 1),
+    }
+}
+
+/// Bytes of f32 workspace [`launch_split`] needs for `choice` on `g`: slices * M * N * 4,
+/// or 0 when `choice` does not split (or `g` is batched, which never splits).
+pub fn workspace_bytes(choice: &Choice, g: &Gemm) -> usize {
+    let (_, slices) = split_slices(choice, g.k);
+    if slices < 2 || g.batch != 1 {
+        return 0;
+    }
+    slices * g.m * g.n * 4
+}
+
+/// The launches of `g` with `choice`, split-K included: for a split, the partial products
+/// of each K slice into `workspace` (f32, [`workspace_bytes`], 4-byte aligned; one launch for
+/// the whole slices through grid z, one for a ragged last slice), then the reduce
+/// ([`splitk`]) that adds the slices in fixed order and applies `g`'s epilogue into C. Run
+/// them in order on one stream. Without a split, the one launch of [`launch`].
+///
+/// # Errors
+/// As [`launch`]; `BadLaunch` when the split product is batched or `workspace` is 0 or not
+/// 4-byte aligned.
+pub fn launch_split(
+    choice: &Choice,
+    g: &Gemm,
+    a: u64,
+    b: u64,
+    c: u64,
+    workspace: u64,
+) -> Result<Vec<Launch>, PtxError> {
+    let plain = Choice {
+        kernel: choice.kernel,
+        split_k: None,
+    };
+    let (kslice, slices) = split_slices(choice, g.k);
+    if slices < 2 {
+        return Ok(vec![launch(&plain, g, a, b, c)?]);
+    }
+    let spec = kernel_spec(choice.kernel, g.layout, OutType::F32)?;
+    if g.batch != 1 {
+        return Err(spec.bad(format!(
+            "split-K of a batched product (batch {}) is not supported; use split_k: None",
+            g.batch
+        )));
+    }
+    if workspace == 0 || !workspace.is_multiple_of(4) {
+        return Err(spec.bad(format!(
+            "split-K workspace at {workspace:#x} must be a non-null 4-byte aligned buffer of \
+             {} bytes (workspace_bytes)",
+            workspace_bytes(choice, g)
+        )));
+    }
+    let (_, a_sk, b_sk, _) = g.strides();
+    let mn = g.m * g.n;
+    let whole = g.k / kslice;
+    let rest = g.k - whole * kslice;
+    // Each slice: the same operands advanced by s*kslice along K, C = W[s] dense (M, N).
+    let partial = |k: usize, batch: usize| Gemm {
+        out: OutType::F32,
+        epilogue: Epilogue::Overwrite,
+        alpha: 1.0,
+        k,
+        ldc: g.n,
+        batch,
+        batch_stride_a: kslice * a_sk as usize,
+        batch_stride_b: kslice * b_sk as usize,
+        batch_stride_c: mn,
+        ..*g
+    };
+    let mut launches = Vec::with_capacity(3);
+    if whole > 0 {
+        launches.push(launch(&plain, &partial(kslice, whole), a, b, workspace)?);
+    }
+    if rest > 0 {
+        let skip = (whole * kslice) as u64;
+        launches.push(launch(
+            &plain,
+            &partial(rest, 1),
+            a + 2 * skip * a_sk,
+            b + 2 * skip * b_sk,
+            workspace + 4 * (whole * mn) as u64,
+        )?);
+    }
+    launches.push(reduce_launch(g, c, workspace, slices)?);
+    Ok(launches)
+}
+
+/// The split-K reduce of `slices` partial products at `workspace` into `g`'s C.
+fn reduce_launch(g: &Gemm, c: u64, workspace: u64, slices: usize) -> Result<Launch, PtxError> {
+    let (module, kernel) = catalogue_entry(splitk::MODULE, &splitk::entry_name(g.out))?;
+    let spec = KernelSpec {
+        module,
+        kernel,
+        params: &splitk::PARAMS,
+    };
+    if !c.is_multiple_of(g.out.size() as u64) {
+        return Err(spec.bad(format!("C at {c:#x} is not {}-byte aligned", g.out.size())));
+    }
+    let mn = g.m * g.n;
+    let grid = u32::try_from(mn.div_ceil(splitk::REDUCE_THREADS as usize))
+        .map_err(|_| spec.bad(format!("M*N = {mn} needs too many CTAs")))?;
+    let accumulate = match g.epilogue {
+        Epilogue::Overwrite => 0,
+        Epilogue::Accumulate => 1,
+    };
+    spec.launch(
+        LaunchDims {
+            grid: [grid, 1, 1],
+            block: [splitk::REDUCE_THREADS, 1, 1],
+            dynamic_shared_bytes: 0,
+        },
+        &[
+            Arg::Ptr(workspace),
+            Arg::Ptr(c),
+            Arg::U32(g.m as u32),
+            Arg::U32(g.n as u32),
+            Arg::U64(g.ldc as u64),
+            Arg::U32(slices as u32),
+            Arg::U64(mn as u64),
+            Arg::F32(g.alpha),
+            Arg::U32(accumulate),
+        ],
+    )
+}
+
+/// [`choose`] then [`launch_split`]: the launches of `g` on `arch`, split-K when the choice
+/// asks for it and a `workspace` of at least [`workspace_bytes`] is given; `None` = no split
+/// (the choice comes back with `split_k: None`, as [`plan`]'s).
+///
+/// # Errors
+/// As [`launch_split`].
+pub fn plan_split(
+    arch: u32,
+    g: &Gemm,
+    a: u64,
+    b: u64,
+    c: u64,
+    workspace: Option<u64>,
+) -> Result<(Choice, Vec<Launch>), PtxError> {
+    let mut choice = choose(arch, g, g.alignment(a, b));
+    let Some(ws) = workspace else {
+        choice.split_k = None;
+        return Ok((choice, vec![launch(&choice, g, a, b, c)?]));
+    };
+    if split_slices(&choice, g.k).1 < 2 {
+        choice.split_k = None;
+    }
+    let launches = launch_split(&choice, g, a, b, c, ws)?;
+    Ok((choice, launches))
 }

@@ -336,6 +336,26 @@ impl Device {
         }
     }
 
+    /// Runs a typed launch from `frugal_ptx` (a kernel family's launcher built it:
+    /// shapes, alignment and grid already checked) through [`Device::launch`].
+    ///
+    /// # Errors
+    /// As [`Device::launch`].
+    pub fn run(&self, launch: &frugal_ptx::kernels::Launch) -> Result<LaunchReport, RuntimeError> {
+        use frugal_ptx::kernels::Arg;
+        let args: Vec<KernelArg> = launch
+            .args
+            .iter()
+            .map(|&a| match a {
+                Arg::Ptr(p) => KernelArg::Ptr(p),
+                Arg::U32(x) => KernelArg::U32(x),
+                Arg::U64(x) => KernelArg::U64(x),
+                Arg::F32(x) => KernelArg::F32(x),
+            })
+            .collect();
+        self.launch(launch.kernel, &launch.dims, &args)
+    }
+
     /// Waits for all work on the device, then reports any error recorded while
     /// releasing resources since the last synchronisation.
     ///

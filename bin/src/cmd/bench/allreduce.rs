@@ -15,7 +15,7 @@
 use crate::args::{Args, UsageError};
 use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
 use crate::CliError;
-use frugal_comm::{Communicator, Rendezvous, SocketComm, SocketOptions};
+use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
 use std::time::Instant;
 
 const USAGE: &str = "\
@@ -27,8 +27,13 @@ Times the socket ring's f32 all-reduce between local rank processes on loopback.
                  (default 4K,64K,1M,16M,64M,256M)
   --iters N      timed iterations per size (default: about 512 MiB of traffic, 3..1000)
   --slice BYTES  pipelining slice (default 256K)
-  --socket-buffer BYTES  SO_SNDBUF/SO_RCVBUF asked of the kernel (default 4M)
-  --json         one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms";
+  --socket-buffer BYTES  SO_SNDBUF/SO_RCVBUF asked of the kernel (default 4M; 0 = its autotuning)
+  --lanes N      parallel rings (connections and threads) for large messages
+                 (default 0: one per 8 cores of rank 0, 1 to 4)
+  --same-host unix|tcp  socket between ranks on this host (default unix: Unix-domain sockets)
+  --json         one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms
+With FRUGAL_BENCH_DELAY=1 each rank also prints, per size, how long its main thread
+waited runnable for a CPU (Linux schedstat): on a loaded machine, most of time_ms.";
 
 const RESULT_TAG: &str = "allreduce-result";
 
@@ -82,6 +87,10 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let iters: Option<usize> = args.value("iters")?;
     let slice = args.string("slice")?.unwrap_or_else(|| "256K".into());
     let sockbuf = args.string("socket-buffer")?.unwrap_or_else(|| "4M".into());
+    let lanes: usize = args
+        .value("lanes")?
+        .unwrap_or(frugal_comm::socket::DEFAULT_LANES);
+    let same_host = args.string("same-host")?.unwrap_or_else(|| "unix".into());
     let json = args.switch("json")?;
     args.finish()?;
     let usage = |m: String| CliError::Usage(UsageError(format!("bench allreduce: {m}\n{USAGE}")));
@@ -94,7 +103,19 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     .map_err(usage)?;
     let sizes: Vec<usize> = parse_list(&sizes, parse_size).map_err(usage)?;
     let slice = parse_size(&slice).map_err(usage)?;
-    let sockbuf = parse_size(&sockbuf).map_err(usage)?;
+    let sockbuf = if sockbuf.trim() == "0" {
+        0
+    } else {
+        parse_size(&sockbuf).map_err(usage)?
+    };
+    let same_host_mode = match same_host.as_str() {
+        "unix" => SameHost::UnixSocket,
+        "tcp" => SameHost::Tcp,
+        other => return Err(usage(format!("--same-host '{other}': unix or tcp"))),
+    };
+    if lanes > 64 {
+        return Err(usage("--lanes must be 0..64 (0 = automatic)".into()));
+    }
     if iters == Some(0) {
         return Err(usage("--iters must be at least 1".into()));
     }
@@ -105,6 +126,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             SocketOptions {
                 slice_bytes: slice,
                 socket_buffer_bytes: sockbuf,
+                lanes,
+                same_host: same_host_mode,
             },
         );
     }
@@ -132,6 +155,10 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             slice.to_string(),
             "--socket-buffer".into(),
             sockbuf.to_string(),
+            "--lanes".into(),
+            lanes.to_string(),
+            "--same-host".into(),
+            same_host.clone(),
         ]);
         if let Some(i) = iters {
             child.extend(["--iters".into(), i.to_string()]);
@@ -210,6 +237,19 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// Time the calling thread waited, runnable, for a CPU (Linux schedstat), in seconds; 0 where unknown.
+fn run_delay_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|ns| ns * 1e-9)
+        .unwrap_or(0.0)
+}
+
 /// One rank: time each size, print rank 0's line for the parent.
 fn run_worker(
     sizes: &[usize],
@@ -241,11 +281,16 @@ fn run_worker(
         comm.barrier().map_err(failed)?;
         let t = Instant::now();
         let cpu = cpu_seconds();
+        let delay = run_delay_seconds();
         for _ in 0..iters {
             comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
+        let delay_ms = (run_delay_seconds() - delay) * 1e3 / iters as f64;
+        if std::env::var_os("FRUGAL_BENCH_DELAY").is_some() {
+            eprintln!("rank {} bytes {bytes} ms {ms:.3} cpu_ms {cpu_ms:.3} waiting_for_cpu_ms {delay_ms:.3}", comm.rank());
+        }
         // The slowest rank's time: gather everyone's, one element each.
         let (slowest, busiest) = (
             max_over_ranks(&mut comm, &mut times, ms)?,

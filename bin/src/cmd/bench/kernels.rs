@@ -566,13 +566,13 @@ pub fn measure(
 
 /// Which device the flag asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Choice {
+pub(crate) enum Choice {
     Auto,
     Cuda(usize),
     Emu,
 }
 
-fn parse_device(s: &str) -> Result<Choice, String> {
+pub(crate) fn parse_device(s: &str) -> Result<Choice, String> {
     match s.parse::<DeviceSpec>() {
         Ok(DeviceSpec::Auto) => Ok(Choice::Auto),
         Ok(DeviceSpec::Cuda(n)) => Ok(Choice::Cuda(n)),
@@ -587,11 +587,11 @@ fn parse_device(s: &str) -> Result<Choice, String> {
 }
 
 /// Opens the device; `auto` without a usable GPU says why and uses the emulator.
-fn open(choice: Choice) -> Result<(Device, Option<String>), CliError> {
+pub(crate) fn open(choice: Choice) -> Result<(Device, Option<String>), CliError> {
     let open_failed = |e: RuntimeError| CliError::Failed(format!("bench kernels: {e}"));
     let emu = |why: String| -> Result<(Device, Option<String>), CliError> {
         let note = format!(
-            "device auto: no usable GPU ({why}); using the emulator, so every time and GB/s \
+            "device auto: no usable GPU ({why}); using the emulator, so every time and rate \
              below is emulation speed and meaningless for a GPU"
         );
         Ok((
@@ -616,7 +616,9 @@ fn open(choice: Choice) -> Result<(Device, Option<String>), CliError> {
     }
 }
 
-fn json_str(s: &str) -> String {
+/// A JSON string literal (quotes, backslashes and control characters escaped); shared by
+/// the `--json` lines of every `frugal bench` subcommand.
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for ch in s.chars() {
         match ch {
@@ -655,7 +657,7 @@ pub fn json_line(row: &Row, s: &StepShapes, device: &str, timing: &str, emulated
 }
 
 /// A rate with at least three significant digits: emulated GB/s are far below 0.001.
-fn rate(x: f64) -> String {
+pub(crate) fn rate(x: f64) -> String {
     if x >= 0.01 {
         format!("{x:.3}")
     } else {
@@ -663,7 +665,7 @@ fn rate(x: f64) -> String {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),

@@ -13,21 +13,30 @@
 //! a synchronise) and TFLOP/s = 2*M*N*K*batch / time; the total is FLOP-weighted:
 //! sum(count * flops) / sum(count * time). On the emulator every figure is host emulation
 //! speed, labelled EMULATED: the run checks the shapes, dispatch and launches, not speed.
+//!
+//! Products run through `frugal_ptx::matmul::plan_split` with a workspace, so split-K runs
+//! where the dispatcher picks it (the `split` column). `--variants` times every eligible
+//! (kernel, tile, split) per shape instead of the dispatcher's pick; `--autotune` (a GPU
+//! only) does the same and writes the fastest per shape as rules of the dispatch table file
+//! (`ptx/src/matmul/dispatch_table.txt`, embedded by the next build). `--json` prints one JSON
+//! object per product (and a summary) in the schema `scripts/torch/matmul.py` also prints;
+//! `--compare FILE` reads such lines (the torch script's) and adds their time and the ratio.
 
+use super::kernels::json_str;
 use crate::args::{Args, UsageError};
 use crate::CliError;
 use frugal_model::config::Preset;
 use frugal_model::rng::Rng;
-use frugal_ptx::kernels::Arg;
-use frugal_ptx::matmul::{self, Epilogue, Gemm, KernelKind, Layout, OutType};
+use frugal_ptx::matmul::table::{self, ArchMatch, SizeRange, TableRule};
+use frugal_ptx::matmul::{self, Choice, Epilogue, Gemm, KernelKind, Layout, OutType, TILE_CONFIGS};
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device, DeviceSpec};
-use frugal_runtime::launch::KernelArg;
 use half::bf16;
 
 const USAGE: &str = "\
 usage: frugal bench matmul [--device auto|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                           [--iters N] [--warmup N]
+                           [--ffn F] [--iters N] [--warmup N] [--variants] [--json]
+                           [--compare FILE] [--autotune [--out FILE]]
 
 Times every matmul of one training step of the preset (forward, input and weight gradients
 of each linear, the LM head, the vanilla attention's batched products) through the
@@ -38,7 +47,17 @@ dispatcher, and reports TFLOP/s per shape and the FLOP-weighted total.
   --seq T       tokens per sequence (default: the preset's on a GPU, 32 on the emulator)
   --iters N     timed launches per shape (default 20 on a GPU, 1 on the emulator)
   --warmup N    untimed launches first (default 3 on a GPU, 0 on the emulator)
+  --ffn F       override the preset's FFN width (e.g. an odd one, to see the staged kernels)
+  --variants    time every eligible (kernel, tile, split) per shape, not only the pick
+  --json        one JSON object per product and a summary line (the torch script's schema)
+  --compare F   JSON lines of another run (scripts/torch/matmul.py): add its time and ratio
+  --autotune    (GPU only) time every variant, write the fastest per shape to the dispatch
+                table (default ptx/src/matmul/dispatch_table.txt; rebuild to embed it)
+  --out FILE    where --autotune writes the table
 On the emulator every time and TFLOP/s is the host's emulation speed, not a GPU's.";
+
+/// The dispatch table file `--autotune` writes by default (relative to the repository root).
+const TABLE_PATH: &str = "ptx/src/matmul/dispatch_table.txt";
 
 /// One product of the step.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,41 +168,59 @@ fn buffer(
     Ok(buf)
 }
 
-/// One measured product.
+/// One measured (product, choice).
 struct Row {
     kernel: &'static str,
+    choice: Choice,
     us: f64,
 }
 
+/// Device buffers for one product: A, B, C and a split-K workspace.
+struct Operands {
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    workspace: DeviceBuffer,
+}
+
+/// Buffers for `g` with a workspace of `workspace` bytes (at least 4: never null).
+fn operands(dev: &Device, g: &Gemm, workspace: usize) -> Result<Operands, CliError> {
+    let mut rng = Rng::new(0x6d61_746d_756c);
+    let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
+    let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
+    let ws = workspace.max(4);
+    Ok(Operands {
+        a: buffer(dev, &mut rng, "a", a_len, OutType::Bf16)?,
+        b: buffer(dev, &mut rng, "b", b_len, OutType::Bf16)?,
+        c: buffer(dev, &mut rng, "c", g.c_elements(), g.out)?,
+        workspace: dev
+            .alloc(ws, "split-K workspace")
+            .map_err(|e| failed("workspace", e))?,
+    })
+}
+
+/// Times `choice` (or, with `None`, the dispatcher's pick) on `p`.
 fn measure(
     dev: &Device,
     arch: u32,
     p: &Product,
+    ops: &Operands,
+    choice: Option<Choice>,
     iters: usize,
     warmup: usize,
 ) -> Result<Row, CliError> {
     let g = &p.gemm;
-    let mut rng = Rng::new(0x6d61_746d_756c);
-    let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
-    let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
-    let a = buffer(dev, &mut rng, "a", a_len, OutType::Bf16)?;
-    let b = buffer(dev, &mut rng, "b", b_len, OutType::Bf16)?;
-    let c = buffer(dev, &mut rng, "c", g.c_elements(), g.out)?;
-    let (_, launch) =
-        matmul::plan(arch, g, a.ptr(), b.ptr(), c.ptr()).map_err(|e| failed(&p.name, e))?;
-    let args: Vec<KernelArg> = launch
-        .args
-        .iter()
-        .map(|&x| match x {
-            Arg::Ptr(v) => KernelArg::Ptr(v),
-            Arg::U32(v) => KernelArg::U32(v),
-            Arg::U64(v) => KernelArg::U64(v),
-            Arg::F32(v) => KernelArg::F32(v),
-        })
-        .collect();
-    let run = || {
-        dev.launch(launch.kernel, &launch.dims, &args)
-            .map_err(|e| failed(&p.name, e))
+    let (a, b, c, w) = (ops.a.ptr(), ops.b.ptr(), ops.c.ptr(), ops.workspace.ptr());
+    let (choice, launches) = match choice {
+        None => matmul::plan_split(arch, g, a, b, c, Some(w)),
+        Some(ch) => matmul::launch_split(&ch, g, a, b, c, w).map(|l| (ch, l)),
+    }
+    .map_err(|e| failed(&p.name, e))?;
+    let run = || -> Result<(), CliError> {
+        for l in &launches {
+            dev.run(l).map_err(|e| failed(&p.name, e))?;
+        }
+        Ok(())
     };
     for _ in 0..warmup {
         run()?;
@@ -196,9 +233,308 @@ fn measure(
     let (ms, _) = dev.elapsed_ms(timer).map_err(|e| failed(&p.name, e))?;
     dev.synchronize().map_err(|e| failed(&p.name, e))?;
     Ok(Row {
-        kernel: launch.kernel,
+        kernel: launches.first().map_or("-", |l| l.kernel),
+        choice,
         us: ms * 1e3 / iters.max(1) as f64,
     })
+}
+
+/// Every (kernel, tile, split) that can run `g` on `arch` with operands of `align` bytes:
+/// each shipped tile the alignment allows, unsplit and (unbatched) split 2, 3, 4, 6, 8 where
+/// that gives distinct slice counts; SIMT only where no tensor-core kernel runs.
+pub fn candidates(arch: u32, g: &Gemm, align: u32) -> Vec<Choice> {
+    let mut out = Vec::new();
+    for cfg in TILE_CONFIGS {
+        let kernel = KernelKind::MmaSync(cfg);
+        if !matmul::feasible(kernel, arch, align) {
+            continue;
+        }
+        out.push(Choice {
+            kernel,
+            split_k: None,
+        });
+        if g.batch != 1 {
+            continue;
+        }
+        let mut seen = vec![1];
+        for split in [2, 3, 4, 6, 8] {
+            let choice = Choice {
+                kernel,
+                split_k: Some(split),
+            };
+            let (_, slices) = matmul::split_slices(&choice, g.k);
+            if !seen.contains(&slices) {
+                seen.push(slices);
+                out.push(choice);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Choice {
+            kernel: KernelKind::Simt,
+            split_k: None,
+        });
+    }
+    out
+}
+
+/// The table's name of a choice's kernel and tile, e.g. `mma 128x64x32_rs`.
+fn variant_name(choice: &Choice) -> String {
+    match choice.kernel {
+        KernelKind::Simt => "simt".to_string(),
+        KernelKind::MmaSync(cfg) => format!("mma {}", cfg.short_name()),
+        KernelKind::Wgmma(cfg) => format!("wgmma {}", cfg.short_name()),
+    }
+}
+
+/// The `--json` line of one measured product (the schema `scripts/torch/matmul.py` prints).
+#[allow(clippy::too_many_arguments)]
+pub fn json_line(
+    model: &str,
+    p: &Product,
+    kernel: &str,
+    split: u32,
+    us: f64,
+    emulated: bool,
+) -> String {
+    let g = &p.gemm;
+    let epilogue = match g.epilogue {
+        Epilogue::Overwrite => "overwrite",
+        Epilogue::Accumulate => "accumulate",
+    };
+    format!(
+        "{{\"bench\":\"matmul\",\"model\":{},\"product\":{},\"layout\":\"{}\",\"m\":{},\"n\":{},\
+         \"k\":{},\"batch\":{},\"lda\":{},\"ldb\":{},\"ldc\":{},\"out\":\"{}\",\"epilogue\":\"{epilogue}\",\
+         \"alpha\":{},\"count\":{},\"kernel\":{},\"split\":{split},\"us\":{},\"flops\":{},\
+         \"tflops\":{},\"emulated\":{emulated}}}",
+        json_str(model),
+        json_str(&p.name),
+        g.layout.name(),
+        g.m,
+        g.n,
+        g.k,
+        g.batch,
+        g.lda,
+        g.ldb,
+        g.ldc,
+        g.out.suffix(),
+        g.alpha,
+        p.count,
+        json_str(kernel),
+        json_num(us),
+        g.flops(),
+        json_num(g.flops() / (us * 1e-6) / 1e12),
+    )
+}
+
+/// A JSON number, or `null` for NaN and infinities (which JSON cannot spell).
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".to_string()
+    }
+}
+
+/// A value of a flat JSON object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JsonValue {
+    /// A string.
+    Str(String),
+    /// A number.
+    Num(f64),
+    /// true / false.
+    Bool(bool),
+    /// null.
+    Null,
+}
+
+/// Parses one flat JSON object (string keys; string, number, bool or null values): what
+/// `--json` and the torch script print. Not a general JSON parser.
+///
+/// # Errors
+/// A message saying what was expected where.
+pub fn parse_flat_json(line: &str) -> Result<Vec<(String, JsonValue)>, String> {
+    let b = line.trim().as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let string = |i: &mut usize| -> Result<String, String> {
+        if b.get(*i) != Some(&b'"') {
+            return Err(format!("expected '\"' at byte {}", *i));
+        }
+        *i += 1;
+        let mut out = Vec::new();
+        while let Some(&c) = b.get(*i) {
+            *i += 1;
+            match c {
+                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
+                b'\\' => {
+                    let e = b.get(*i).copied().ok_or("unfinished escape")?;
+                    *i += 1;
+                    match e {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let hex = b.get(*i..*i + 4).ok_or("short \\u escape")?;
+                            let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
+                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                            let ch = char::from_u32(code).unwrap_or('?');
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                            *i += 4;
+                        }
+                        other => out.push(other),
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        Err("unterminated string".into())
+    };
+    let mut fields = Vec::new();
+    ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return Err("expected '{'".into());
+    }
+    i += 1;
+    loop {
+        ws(&mut i);
+        if b.get(i) == Some(&b'}') && fields.is_empty() {
+            i += 1;
+            break;
+        }
+        let key = string(&mut i)?;
+        ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return Err(format!("expected ':' after \"{key}\""));
+        }
+        i += 1;
+        ws(&mut i);
+        let value = match b.get(i) {
+            Some(b'"') => JsonValue::Str(string(&mut i)?),
+            Some(_) if b[i..].starts_with(b"true") => {
+                i += 4;
+                JsonValue::Bool(true)
+            }
+            Some(_) if b[i..].starts_with(b"false") => {
+                i += 5;
+                JsonValue::Bool(false)
+            }
+            Some(_) if b[i..].starts_with(b"null") => {
+                i += 4;
+                JsonValue::Null
+            }
+            Some(_) => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let text = std::str::from_utf8(&b[start..i]).map_err(|e| e.to_string())?;
+                JsonValue::Num(
+                    text.parse()
+                        .map_err(|_| format!("bad value for \"{key}\" at byte {start}"))?,
+                )
+            }
+            None => return Err(format!("missing value for \"{key}\"")),
+        };
+        fields.push((key, value));
+        ws(&mut i);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => {
+                i += 1;
+                break;
+            }
+            _ => return Err(format!("expected ',' or '}}' at byte {i}")),
+        }
+    }
+    ws(&mut i);
+    if i != b.len() {
+        return Err(format!("trailing text at byte {i}"));
+    }
+    Ok(fields)
+}
+
+/// One line of a `--compare` file: the product's name and shape, and its time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    /// Product name (`qkv fwd`, ...).
+    pub product: String,
+    /// (M, N, K, batch).
+    pub shape: [usize; 4],
+    /// Microseconds per launch.
+    pub us: f64,
+}
+
+impl Measured {
+    /// True when this line measured `p` (same name and shape).
+    pub fn is(&self, p: &Product) -> bool {
+        let g = &p.gemm;
+        self.product == p.name && self.shape == [g.m, g.n, g.k, g.batch]
+    }
+}
+
+/// The products and times of JSON lines (summary lines and blank lines skipped).
+///
+/// # Errors
+/// The file and line of a malformed line.
+pub fn read_compare(path: &str, text: &str) -> Result<Vec<Measured>, CliError> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| {
+            CliError::Failed(format!(
+                "bench matmul: --compare {path}:{}: {why} (expected the JSON lines of \
+                 `frugal bench matmul --json` or scripts/torch/matmul.py)",
+                n + 1
+            ))
+        };
+        let fields = parse_flat_json(line).map_err(bad)?;
+        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        if get("summary") == Some(&JsonValue::Bool(true)) {
+            continue;
+        }
+        let size = |k: &str| match get(k) {
+            Some(JsonValue::Num(v)) if *v >= 1.0 && v.fract() == 0.0 => Some(*v as usize),
+            _ => None,
+        };
+        match (
+            get("product"),
+            get("us"),
+            size("m"),
+            size("n"),
+            size("k"),
+            size("batch"),
+        ) {
+            (
+                Some(JsonValue::Str(name)),
+                Some(JsonValue::Num(us)),
+                Some(m),
+                Some(n),
+                Some(k),
+                Some(batch),
+            ) if *us > 0.0 => out.push(Measured {
+                product: name.clone(),
+                shape: [m, n, k, batch],
+                us: *us,
+            }),
+            _ => {
+                return Err(bad(
+                    "needs \"product\" (string), \"m\", \"n\", \"k\", \"batch\" (sizes) and \
+                     \"us\" (> 0)"
+                        .into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `frugal bench matmul` with its flags.
@@ -211,15 +547,39 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let model: Option<String> = args.string("model")?;
     let batch: Option<usize> = args.value("batch")?;
     let seq: Option<usize> = args.value("seq")?;
+    let ffn: Option<usize> = args.value("ffn")?;
     let iters: Option<usize> = args.value("iters")?;
     let warmup: Option<usize> = args.value("warmup")?;
+    let variants = args.switch("variants")?;
+    let json = args.switch("json")?;
+    let compare: Option<String> = args.string("compare")?;
+    let autotune = args.switch("autotune")?;
+    let out: Option<String> = args.string("out")?;
     args.finish()?;
     let usage = |m: String| CliError::Usage(UsageError(format!("bench matmul: {m}\n{USAGE}")));
-    for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
+    for (name, v) in [
+        ("batch", batch),
+        ("seq", seq),
+        ("iters", iters),
+        ("ffn", ffn),
+    ] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
         }
     }
+    if out.is_some() && !autotune {
+        return Err(usage(
+            "--out is where --autotune writes; add --autotune".into(),
+        ));
+    }
+    let compare = match &compare {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| failed(&format!("--compare {path}"), e))?;
+            Some(read_compare(path, &text)?)
+        }
+        None => None,
+    };
     let spec: DeviceSpec = device.parse().map_err(|e| usage(format!("{e}")))?;
     if spec == DeviceSpec::Cpu {
         return Err(usage(
@@ -236,6 +596,13 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         (_, Err(e)) => return Err(failed("open", e)),
     };
     let emulated = dev.backend() == Backend::Emu;
+    if autotune && dev.backend() != Backend::Cuda {
+        return Err(CliError::Failed(format!(
+            "bench matmul --autotune needs a GPU (--device cuda): it picks kernels by measured \
+             time, and {} timings would pick nonsense; run it on the GPU the table is for",
+            dev.backend().as_str()
+        )));
+    }
     // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
     let arch = dev.facts().map_or(80, |f| f.sm);
     let preset = match &model {
@@ -249,63 +616,156 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let t = seq.unwrap_or(if emulated { 32 } else { preset.seq_len });
     let iters = iters.unwrap_or(if emulated { 1 } else { 20 });
     let warmup = warmup.unwrap_or(if emulated { 0 } else { 3 });
+    let f = ffn.unwrap_or(cfg.ffn_dim);
     let hs = cfg.head_dim();
     let products = step_products(
         cfg.dim,
         cfg.n_heads,
         hs,
-        cfg.ffn_dim,
+        f,
         cfg.vocab_size,
         cfg.n_layers,
         b,
         t,
     );
+    // With --json, stdout carries only JSON lines; the human report goes to stderr.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     if let Some(n) = note {
-        println!("{n}");
+        say(n);
     }
-    println!(
-        "bench matmul: {}; model {} (B={b} T={t} C={} NH={} HS={hs} F={} V={} L={}), sm_{arch} \
+    say(format!(
+        "bench matmul: {}; model {} (B={b} T={t} C={} NH={} HS={hs} F={f} V={} L={}), sm_{arch} \
          dispatch; {iters} timed launch(es) after {warmup} warm-up; timing: {}",
         dev.name(),
         preset.name,
         cfg.dim,
         cfg.n_heads,
-        cfg.ffn_dim,
         cfg.vocab_size,
         cfg.n_layers,
         dev.timing_source().label()
-    );
+    ));
     if emulated {
-        println!(
+        say(
             "EMULATED: times and TFLOP/s below measure the PTX emulator on the host; they are \
              meaningless for GPU speed (this run checks shapes, dispatch and launches)"
+                .to_string(),
         );
     }
     let tf_head = if emulated { "TFLOP/s(EMU)" } else { "TFLOP/s" };
-    println!(
-        "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<34} {:>5} {:>12} {:>12}",
-        "product", "M", "N", "K", "batch", "lay", "kernel", "count", "us/launch", tf_head
-    );
+    let cmp_head = if compare.is_some() {
+        format!(" {:>12} {:>7}", "other us", "ratio")
+    } else {
+        String::new()
+    };
+    say(format!(
+        "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12} {:>12}{cmp_head}",
+        "product", "M", "N", "K", "batch", "lay", "kernel", "split", "count", "us/launch", tf_head
+    ));
     let (mut flops, mut us) = (0f64, 0f64);
+    let (mut cmp_flops, mut cmp_ours, mut cmp_theirs) = (0f64, 0f64, 0f64);
+    let mut rules = Vec::new();
+    let mut staged = 0;
     for p in &products {
-        let row = measure(&dev, arch, p, iters, warmup)?;
         let g = &p.gemm;
-        let tflops = g.flops() / (row.us * 1e-6) / 1e12;
-        println!(
-            "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<34} {:>5} {:>12.3} {:>12.3e}",
-            p.name,
-            g.m,
-            g.n,
-            g.k,
-            g.batch,
-            g.layout.name(),
-            row.kernel,
-            p.count,
-            row.us,
-            tflops
-        );
-        flops += g.flops() * p.count as f64;
-        us += row.us * p.count as f64;
+        // Buffers are 256-byte aligned, so the operands' alignment is their strides'.
+        let align = g.alignment(0, 0);
+        let others = if variants || autotune {
+            candidates(arch, g, align)
+        } else {
+            Vec::new()
+        };
+        let workspace = others
+            .iter()
+            .chain([&matmul::choose(arch, g, align)])
+            .map(|c| matmul::workspace_bytes(c, g))
+            .max()
+            .unwrap_or(0);
+        let ops = operands(&dev, g, workspace)?;
+        let picked = measure(&dev, arch, p, &ops, None, iters, warmup)?;
+        let mut rows = vec![picked];
+        for choice in others {
+            if choice != rows[0].choice {
+                rows.push(measure(&dev, arch, p, &ops, Some(choice), iters, warmup)?);
+            }
+        }
+        let best = rows
+            .iter()
+            .enumerate()
+            .min_by(|x, y| x.1.us.total_cmp(&y.1.us))
+            .map_or(0, |(i, _)| i);
+        for (i, row) in rows.iter().enumerate() {
+            let tflops = g.flops() / (row.us * 1e-6) / 1e12;
+            let split = row.choice.split_k.unwrap_or(1);
+            let mark = match (rows.len() > 1, i == 0, i == best) {
+                (true, true, true) => " (pick, fastest)",
+                (true, true, false) => " (pick)",
+                (true, false, true) => " (fastest)",
+                _ => "",
+            };
+            let theirs = compare
+                .as_ref()
+                .and_then(|c| c.iter().find(|x| x.is(p)).map(|x| x.us));
+            let cmp = match (&compare, theirs) {
+                (None, _) => String::new(),
+                (Some(_), Some(t)) => format!(" {t:>12.3} {:>7.3}", t / row.us),
+                (Some(_), None) => format!(" {:>12} {:>7}", "-", "-"),
+            };
+            let name = if i == 0 {
+                p.name.clone()
+            } else {
+                format!("  {}", variant_name(&row.choice))
+            };
+            say(format!(
+                "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12.3} {:>12.3e}{cmp}{mark}",
+                name,
+                g.m,
+                g.n,
+                g.k,
+                g.batch,
+                g.layout.name(),
+                row.kernel,
+                split,
+                p.count,
+                row.us,
+                tflops
+            ));
+            if i == 0 {
+                if json {
+                    println!(
+                        "{}",
+                        json_line(preset.name, p, row.kernel, split, row.us, emulated)
+                    );
+                }
+                flops += g.flops() * p.count as f64;
+                us += row.us * p.count as f64;
+                if let Some(t) = theirs {
+                    cmp_flops += g.flops() * p.count as f64;
+                    cmp_ours += row.us * p.count as f64;
+                    cmp_theirs += t * p.count as f64;
+                }
+                if matches!(row.choice.kernel, KernelKind::MmaSync(c) if c.staged()) {
+                    staged += 1;
+                }
+            }
+        }
+        if autotune {
+            let fastest = &rows[best];
+            rules.push(TableRule {
+                arch: ArchMatch::Exactly(arch),
+                layout: Some(g.layout),
+                m: SizeRange::exactly(g.m),
+                n: SizeRange::exactly(g.n),
+                k: SizeRange::exactly(g.k),
+                min_alignment: align,
+                choice: fastest.choice,
+            });
+        }
     }
     let simt = products
         .iter()
@@ -316,15 +776,59 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
                 == KernelKind::Simt
         })
         .count();
-    println!(
+    let total_tflops = flops / (us * 1e-6) / 1e12;
+    say(format!(
         "total: {:.3e} FLOP per step in {:.3} ms of matmul: {:.3e} TFLOP/s{} (FLOP-weighted); \
-         {simt} of {} shapes on the SIMT fallback",
+         {simt} of {} shapes on the SIMT fallback, {staged} on the register-staged kernels",
         flops,
         us * 1e-3,
-        flops / (us * 1e-6) / 1e12,
+        total_tflops,
         if emulated { " EMULATED" } else { "" },
         products.len()
-    );
+    ));
+    if compare.is_some() {
+        if cmp_ours > 0.0 {
+            say(format!(
+                "compare: on the {:.3e} FLOP found in both: ours {:.3e} TFLOP/s, other {:.3e} \
+                 TFLOP/s, ratio {:.3} (FLOP-weighted; > 1 = ours faster)",
+                cmp_flops,
+                cmp_flops / (cmp_ours * 1e-6) / 1e12,
+                cmp_flops / (cmp_theirs * 1e-6) / 1e12,
+                cmp_theirs / cmp_ours
+            ));
+        } else {
+            say("compare: no product of this run is in the --compare file".to_string());
+        }
+    }
+    if json {
+        println!(
+            "{{\"bench\":\"matmul\",\"summary\":true,\"model\":{},\"kernel\":\"frugal\",\"flops\":{flops},\
+             \"us\":{},\"tflops\":{},\"emulated\":{emulated}}}",
+            json_str(preset.name),
+            json_num(us),
+            json_num(total_tflops)
+        );
+    }
+    if autotune {
+        let path = out.as_deref().unwrap_or(TABLE_PATH);
+        let existing = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(failed(&format!("read {path}"), e)),
+        };
+        let text = table::merge(&existing, &rules)
+            .map_err(|e| failed(&format!("{path} is not a valid dispatch table"), e))?;
+        std::fs::write(path, text).map_err(|e| {
+            failed(
+                &format!("write {path} (run from the repository root, or pass --out FILE)"),
+                e,
+            )
+        })?;
+        say(format!(
+            "autotune: wrote {} rule(s) for sm_{arch} to {path}; rebuild to embed them",
+            rules.len()
+        ));
+    }
     Ok(())
 }
 
@@ -352,5 +856,152 @@ mod tests {
             .iter()
             .filter(|p| p.name.ends_with(" dW"))
             .all(|p| p.gemm.epilogue == Epilogue::Accumulate && p.gemm.out == OutType::F32));
+    }
+
+    /// Every product of every preset, at its default batch and at 64 sequences of its T,
+    /// runs on tensor cores on sm_80 and sm_90 (odd F included), and every candidate the
+    /// autotuner would time can run.
+    #[test]
+    fn every_preset_product_gets_tensor_cores() {
+        for preset in frugal_model::config::PRESETS {
+            let cfg = preset.config();
+            for b in [preset.default_batch, 64] {
+                let ps = step_products(
+                    cfg.dim,
+                    cfg.n_heads,
+                    cfg.head_dim(),
+                    cfg.ffn_dim,
+                    cfg.vocab_size,
+                    cfg.n_layers,
+                    b,
+                    preset.seq_len,
+                );
+                for p in &ps {
+                    let g = &p.gemm;
+                    let align = g.alignment(0, 0);
+                    for arch in [80, 90] {
+                        let choice = matmul::choose(arch, g, align);
+                        assert!(
+                            matches!(choice.kernel, KernelKind::MmaSync(_)),
+                            "{} B={b} {} sm_{arch}: {choice:?}",
+                            preset.name,
+                            p.name
+                        );
+                        let cands = candidates(arch, g, align);
+                        assert!(cands.contains(&Choice {
+                            kernel: choice.kernel,
+                            split_k: None
+                        }));
+                        for c in cands {
+                            assert!(matmul::feasible(c.kernel, arch, align), "{c:?}");
+                            assert!(g.batch == 1 || c.split_k.is_none());
+                            let ws = matmul::workspace_bytes(&c, g);
+                            let max = Choice {
+                                kernel: c.kernel,
+                                split_k: Some(table::MAX_SPLIT),
+                            };
+                            assert!(ws <= matmul::workspace_bytes(&max, g));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_words(words: &[&str]) -> Result<(), CliError> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        run(Args::parse("bench", &words))
+    }
+
+    #[test]
+    fn autotune_needs_a_gpu_and_bad_flags_are_refused() {
+        // The emulator's timings would pick nonsense: refused with a message saying why.
+        match run_words(&[
+            "--device",
+            "emu",
+            "--autotune",
+            "--out",
+            "never-written.txt",
+        ]) {
+            Err(CliError::Failed(m)) => assert!(m.contains("needs a GPU"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!std::path::Path::new("never-written.txt").exists());
+        for bad in [
+            &["--device", "emu", "--out", "x.txt"][..],
+            &["--device", "cpu"],
+            &["--device", "emu", "--ffn", "0"],
+        ] {
+            assert!(
+                matches!(run_words(bad), Err(CliError::Usage(_))),
+                "{bad:?} must be a usage error"
+            );
+        }
+        match run_words(&["--device", "emu", "--compare", "no/such/file.jsonl"]) {
+            Err(CliError::Failed(m)) => assert!(m.contains("no/such/file.jsonl"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_back_and_compare_reads_them() {
+        let p = Product {
+            name: "ffn_down \"dW\"".into(),
+            gemm: Gemm::dense(Layout::Tn, OutType::F32, 2496, 6739, 8192)
+                .with_epilogue(Epilogue::Accumulate, 1.0),
+            count: 24,
+        };
+        let line = json_line(
+            "paper-2b",
+            &p,
+            "matmul_tc_128x128x32_rs_tn_f32",
+            2,
+            812.5,
+            false,
+        );
+        let fields = parse_flat_json(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("product"), Some(JsonValue::Str(p.name.clone())));
+        assert_eq!(get("k"), Some(JsonValue::Num(8192.0)));
+        assert_eq!(get("ldb"), Some(JsonValue::Num(6739.0)));
+        assert_eq!(get("split"), Some(JsonValue::Num(2.0)));
+        assert_eq!(get("us"), Some(JsonValue::Num(812.5)));
+        assert_eq!(get("emulated"), Some(JsonValue::Bool(false)));
+        assert_eq!(get("epilogue"), Some(JsonValue::Str("accumulate".into())));
+        let Some(JsonValue::Num(tf)) = get("tflops") else {
+            panic!("no tflops in {line}");
+        };
+        assert!((tf - p.gemm.flops() / 812.5e-6 / 1e12).abs() < 1e-9 * tf);
+        // A zero time gives null TFLOP/s, still valid.
+        let zero = json_line("m", &p, "k", 1, 0.0, true);
+        assert!(parse_flat_json(&zero).is_ok(), "{zero}");
+        let summary = "{\"bench\":\"matmul\",\"summary\":true,\"us\":null}";
+        let text = format!("{line}\n\n{summary}\n");
+        let rows = read_compare("t.jsonl", &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].is(&p) && rows[0].us == 812.5, "{rows:?}");
+        let other = Product {
+            gemm: Gemm::dense(Layout::Tn, OutType::F32, 1920, 5184, 8192),
+            ..p.clone()
+        };
+        assert!(!rows[0].is(&other), "another preset's shape must not match");
+        for bad in [
+            "not json",
+            "{\"product\":\"x\"}",
+            "{\"product\":\"x\",\"m\":1,\"n\":1,\"k\":1,\"batch\":1,\"us\":-1}",
+            "{\"product\":\"x\",\"m\":1.5,\"n\":1,\"k\":1,\"batch\":1,\"us\":1}",
+            "{\"product\":\"x\",\"us\":1",
+            "{\"product\":\"x\",\"us\":1} extra",
+        ] {
+            match read_compare("t.jsonl", &format!("{line}\n{bad}")) {
+                Err(CliError::Failed(m)) => assert!(m.contains("t.jsonl:2"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

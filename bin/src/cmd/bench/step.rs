@@ -1,42 +1,47 @@
-//! `frugal bench step`: the CPU training step, timed.
+//! `frugal bench step`: the training step, timed, on the CPU or a GPU device.
 //!
-//! One step is what `frugal train` does per step on the CPU with one micro-batch:
-//! zero the gradients, `CpuModel::forward_backward` over (B, T) tokens, the global
-//! gradient norm, clipping to 1.0, and the AdamW update of the f32 master weights.
+//! One step is what `frugal train` does per step with one micro-batch: zero the
+//! gradients, forward and backward over (B, T) tokens, the global gradient norm,
+//! clipping to 1.0, and the AdamW update of the f32 master weights. On the CPU
+//! (default) that is `CpuModel` and host AdamW; with `--device cuda|emu` it is
+//! `DeviceModel` (the PTX kernels; on `emu` run by the emulator, so the times are
+//! emulated and say nothing about a GPU's speed). A device step ends by reading
+//! the gradient norm back, so the host clock around it covers the device's work.
 //! The batches are random tokens drawn before the clock starts (data loading is not
 //! part of the figure). After `--warmup` untimed steps (page faults, cold caches),
 //! each of `--steps` steps is timed on the host clock; the report gives mean, standard
 //! deviation (n−1), min and max step time, tokens/s = B·T / mean step time, and the
 //! achieved GFLOP/s = tokens/s × `Config::train_flops_per_token(T)` / 10^9 (the
 //! matmul and attention FLOPs, ×3 for training; norms and element-wise ops are not
-//! counted, as in MFU).
-//!
-//! The GPU step is not built yet: `--device cuda|emu` says so.
+//! counted, as in MFU). On a GPU in the facts table the report adds MFU.
 
 use std::time::Instant;
 
 use crate::args::{Args, UsageError};
-use crate::train::options::default_threads;
+use crate::train::options::{default_threads, parse_device, Attention, DeviceChoice};
 use crate::CliError;
 use frugal_model::config::{Config, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
+use frugal_model::device::{DeviceModel, OptimHyper};
 use frugal_model::init::init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
+use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
 
 const USAGE: &str = "\
-usage: frugal bench step [--model PRESET] [--batch B] [--seq T] [--threads N]
-                         [--steps N] [--warmup N] [--json]
+usage: frugal bench step [--device cpu|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
+                         [--attention flash|vanilla] [--threads N] [--steps N] [--warmup N] [--json]
 
-Times the CPU training step (forward, backward, grad norm and clip, AdamW) on random tokens.
+Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.
+  --device D    cpu (default), cuda[:N], or emu (the PTX emulator: slow, times emulated)
   --model NAME  preset (default tiny)
   --batch B     sequences per step (default: the preset's)
   --seq T       tokens per sequence (default: the preset's)
-  --threads N   CPU worker threads (default: the cores available)
+  --attention A flash (default) or vanilla, on cuda and emu
+  --threads N   CPU worker threads, cpu only (default: the cores available)
   --steps N     timed steps (default 10)
   --warmup N    untimed steps first (default 2)
-  --json        one JSON object with the figures instead of the text report
-The GPU step is not built yet (--device cuda|emu says so).";
+  --json        one JSON object with the figures instead of the text report";
 
 /// Learning rate of the timed updates: small, so that the random-token steps stay
 /// finite for any number of steps (the figure does not depend on it).
@@ -49,9 +54,35 @@ const WEIGHT_DECAY: f32 = 0.1;
 /// Gradient clipping norm, the trainer's default.
 const CLIP: f64 = 1.0;
 
+/// Where the step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepDevice {
+    /// `CpuModel` and host AdamW.
+    Cpu,
+    /// `DeviceModel` on this CUDA device.
+    Cuda(usize),
+    /// `DeviceModel` on the emulator.
+    Emu,
+}
+
+impl StepDevice {
+    /// "cpu", "cuda:N" or "emu".
+    pub fn name(self) -> String {
+        match self {
+            StepDevice::Cpu => "cpu".into(),
+            StepDevice::Cuda(n) => format!("cuda:{n}"),
+            StepDevice::Emu => "emu".into(),
+        }
+    }
+}
+
 /// What one benchmark run is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepBench {
+    /// Where it runs.
+    pub device: StepDevice,
+    /// Flash or vanilla attention (device steps only).
+    pub attention: Attention,
     /// Preset name.
     pub model: String,
     /// The model (T = `seq`).
@@ -91,6 +122,12 @@ pub struct StepStats {
     pub first_loss: f32,
     /// Loss of the last step.
     pub last_loss: f32,
+    /// How the times were measured (emulated times are not GPU speed).
+    pub timing: TimingSource,
+    /// The device's name, e.g. "CPU (2 threads)" or the driver's GPU name.
+    pub device_name: String,
+    /// Achieved FLOP/s ÷ the device's dense bf16 peak, when the device is in the facts table.
+    pub mfu: Option<f64>,
 }
 
 /// Mean, sample standard deviation, min and max of `xs` (non-empty).
@@ -107,11 +144,113 @@ pub fn summary(xs: &[f64]) -> (f64, f64, f64, f64) {
     (mean, var.sqrt(), min, max)
 }
 
-/// Runs the benchmark.
+/// Random tokens in `0..vocab` for one step's inputs and targets.
+fn draw_tokens(rng: &mut Rng, vocab: usize, inputs: &mut [u32], targets: &mut [u32]) {
+    for x in inputs.iter_mut().chain(targets.iter_mut()) {
+        *x = rng.below(vocab as u64) as u32;
+    }
+}
+
+/// The figures from the timed steps.
+fn stats(
+    b: &StepBench,
+    step_ms: Vec<f64>,
+    losses: &[f32],
+    timing: TimingSource,
+    device_name: String,
+    peak_flops: Option<f64>,
+) -> StepStats {
+    let (mean_ms, stddev_ms, min_ms, max_ms) = summary(&step_ms);
+    let tokens_per_s = (b.batch * b.seq) as f64 / (mean_ms * 1e-3);
+    let flops_per_token = b.config.train_flops_per_token(b.seq);
+    StepStats {
+        mean_ms,
+        stddev_ms,
+        min_ms,
+        max_ms,
+        tokens_per_s,
+        flops_per_token,
+        gflops: tokens_per_s * flops_per_token / 1e9,
+        first_loss: losses.first().copied().unwrap_or(f32::NAN),
+        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+        step_ms,
+        timing,
+        device_name,
+        mfu: peak_flops.map(|p| tokens_per_s * flops_per_token / p),
+    }
+}
+
+/// Runs the benchmark on the device `b` names.
 ///
 /// # Errors
-/// A model error (shapes) or a non-finite loss or gradient norm, as `Failed`.
+/// A device that does not open, a model error (shapes), a plan that does not fit,
+/// or a non-finite loss or gradient norm, as `Failed`.
 pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
+    match b.device {
+        StepDevice::Cpu => measure_cpu(b),
+        StepDevice::Cuda(n) => measure_device(b, DeviceSpec::Cuda(n)),
+        StepDevice::Emu => measure_device(b, DeviceSpec::Emu),
+    }
+}
+
+/// The step on a GPU device (or the emulator) through `DeviceModel`.
+fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError> {
+    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
+    let cfg = &b.config;
+    let device = Device::open(spec).map_err(|e| failed(format!("--device {spec}: {e}")))?;
+    let timing = match device.timing_source() {
+        TimingSource::Emulated => TimingSource::Emulated,
+        // Each step ends by reading the norm back: the host clock covers the device's work.
+        _ => TimingSource::HostClock,
+    };
+    let device_name = device.name();
+    let peak = device.facts().map(|f| f.bf16_dense_flops);
+    let hyper = OptimHyper {
+        beta1: BETA1,
+        beta2: BETA2,
+        eps: ADAM_EPS,
+        weight_decay: WEIGHT_DECAY,
+    };
+    let mut model = DeviceModel::new(device, cfg, b.batch, b.seq, b.attention.for_device(), hyper)
+        .map_err(|e| failed(e.to_string()))?;
+    let params = init_params(cfg, 1);
+    let zeros = vec![0.0f32; params.len()];
+    model
+        .set_state(&params, &zeros, &zeros, 0)
+        .map_err(|e| failed(e.to_string()))?;
+    let n = b.batch * b.seq;
+    let mut rng = Rng::new(0x5354_4550);
+    let mut inputs = vec![0u32; n];
+    let mut targets = vec![0u32; n];
+    let mut step_ms = Vec::with_capacity(b.steps);
+    let mut losses = Vec::with_capacity(b.steps);
+    for i in 0..b.warmup + b.steps {
+        draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
+        let started = Instant::now();
+        model.zero_grads().map_err(|e| failed(e.to_string()))?;
+        let loss = model
+            .forward_backward(&inputs, &targets, 1.0, None)
+            .map_err(|e| failed(e.to_string()))?;
+        let norm = model
+            .optimizer_step(BENCH_LR, CLIP)
+            .map_err(|e| failed(e.to_string()))?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if !loss.is_finite() || !norm.is_finite() {
+            return Err(failed(format!(
+                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
+                i + 1
+            )));
+        }
+        if i >= b.warmup {
+            step_ms.push(ms);
+            losses.push(loss);
+        }
+    }
+    Ok(stats(b, step_ms, &losses, timing, device_name, peak))
+}
+
+/// The CPU step: `CpuModel` and host AdamW.
+fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
     let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
     let layout = ParamLayout::new(cfg);
@@ -128,9 +267,7 @@ pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
     let mut step_ms = Vec::with_capacity(b.steps);
     let mut losses = Vec::with_capacity(b.steps);
     for i in 0..b.warmup + b.steps {
-        for x in inputs.iter_mut().chain(targets.iter_mut()) {
-            *x = rng.below(cfg.vocab_size as u64) as u32;
-        }
+        draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
         let started = Instant::now();
         grads.iter_mut().for_each(|g| *g = 0.0);
         let loss = model
@@ -154,33 +291,39 @@ pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
             losses.push(loss);
         }
     }
-    let (mean_ms, stddev_ms, min_ms, max_ms) = summary(&step_ms);
-    let tokens_per_s = n as f64 / (mean_ms * 1e-3);
-    let flops_per_token = cfg.train_flops_per_token(b.seq);
-    Ok(StepStats {
-        mean_ms,
-        stddev_ms,
-        min_ms,
-        max_ms,
-        tokens_per_s,
-        flops_per_token,
-        gflops: tokens_per_s * flops_per_token / 1e9,
-        first_loss: losses.first().copied().unwrap_or(f32::NAN),
-        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+    let name = format!("CPU ({} threads)", b.threads);
+    Ok(stats(
+        b,
         step_ms,
-    })
+        &losses,
+        TimingSource::HostClock,
+        name,
+        None,
+    ))
+}
+
+/// The JSON name of how times were measured.
+fn timing_name(t: TimingSource) -> &'static str {
+    match t {
+        TimingSource::HostClock => "host clock",
+        TimingSource::DeviceEvents => "device events",
+        TimingSource::Emulated => "emulated",
+    }
 }
 
 /// The figures as one JSON object.
 pub fn json_line(b: &StepBench, s: &StepStats) -> String {
     let steps: Vec<String> = s.step_ms.iter().map(|x| format!("{x:.3}")).collect();
     format!(
-        "{{\"model\": \"{}\", \"device\": \"cpu\", \"timing\": \"host clock\", \"batch\": {}, \
+        "{{\"model\": \"{}\", \"device\": \"{}\", \"timing\": \"{}\", \"attention\": \"{}\", \"batch\": {}, \
          \"seq\": {}, \"threads\": {}, \"params\": {}, \"warmup\": {}, \"steps\": {}, \
          \"step_ms_mean\": {:.4}, \"step_ms_stddev\": {:.4}, \"step_ms_min\": {:.4}, \
          \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
-         \"gflops\": {:.4}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
+         \"gflops\": {:.4}, \"mfu\": {}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
         b.model,
+        b.device.name(),
+        timing_name(s.timing),
+        b.attention,
         b.batch,
         b.seq,
         b.threads,
@@ -194,6 +337,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
         s.tokens_per_s,
         s.flops_per_token,
         s.gflops,
+        s.mfu.map_or("null".to_string(), |m| format!("{m:.6}")),
         s.first_loss,
         s.last_loss,
         steps.join(", ")
@@ -207,6 +351,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         return Ok(());
     }
     let device = args.string("device")?;
+    let attention = args.string("attention")?;
     let model = args.string("model")?.unwrap_or_else(|| "tiny".into());
     let batch: Option<usize> = args.value("batch")?;
     let seq: Option<usize> = args.value("seq")?;
@@ -216,16 +361,28 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let json = args.switch("json")?;
     args.finish()?;
     let usage = |m: String| CliError::Usage(UsageError(format!("bench step: {m}\n{USAGE}")));
-    match device.as_deref() {
-        None | Some("cpu") => {}
-        Some(d) => {
-            return Err(CliError::Failed(format!(
-                "bench step: the GPU training step ('--device {d}') is not built yet; \
-                 this benchmark times the CPU step (leave out --device), and \
-                 'frugal bench kernels' times the GPU kernels"
+    let device = match device.as_deref() {
+        None => StepDevice::Cpu,
+        Some(d) => match parse_device(d) {
+            Ok(DeviceChoice::Cpu) => StepDevice::Cpu,
+            Ok(DeviceChoice::Emu) => StepDevice::Emu,
+            Ok(DeviceChoice::Cuda(n)) => StepDevice::Cuda(n.unwrap_or(0)),
+            Ok(DeviceChoice::Auto) | Err(_) => {
+                return Err(usage(format!(
+                    "--device '{d}' is not one of cpu, cuda, cuda:N, emu"
+                )))
+            }
+        },
+    };
+    let attention = match attention.as_deref() {
+        None | Some("flash") => Attention::Flash,
+        Some("vanilla") => Attention::Vanilla,
+        Some(other) => {
+            return Err(usage(format!(
+                "--attention '{other}' is not one of flash, vanilla"
             )))
         }
-    }
+    };
     for (name, v) in [
         ("batch", batch.unwrap_or(1)),
         ("seq", seq.unwrap_or(1)),
@@ -241,6 +398,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let seq = seq.unwrap_or(preset.seq_len);
     config.seq_len = seq;
     let bench = StepBench {
+        device,
+        attention,
         model: preset.name.to_string(),
         batch: batch.unwrap_or(preset.default_batch),
         seq,
@@ -249,16 +408,24 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         warmup,
         config,
     };
+    let where_ = match bench.device {
+        StepDevice::Cpu => format!("CPU training step, {} threads", bench.threads),
+        StepDevice::Cuda(n) => format!(
+            "GPU training step on cuda:{n}, attention {}",
+            bench.attention
+        ),
+        StepDevice::Emu => format!(
+            "GPU training step on the emulator (emu), attention {}",
+            bench.attention
+        ),
+    };
     if !json {
         println!(
-            "bench step: CPU training step (the GPU step is not built yet); model {} \
-             ({} parameters), B={} T={}, {} threads; {} timed steps after {} warm-up; \
-             timing: host clock",
+            "bench step: {where_}; model {} ({} parameters), B={} T={}; {} timed steps after {} warm-up",
             bench.model,
             bench.config.param_count(),
             bench.batch,
             bench.seq,
-            bench.threads,
             bench.steps,
             bench.warmup
         );
@@ -279,6 +446,15 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             "training FLOPs per token at T={}: {:.0}; loss {:.4} (first timed step) -> {:.4} (last)",
             bench.seq, s.flops_per_token, s.first_loss, s.last_loss
         );
+        let mfu = s.mfu.map_or_else(
+            || "MFU unknown (no dense bf16 peak for this device)".to_string(),
+            |m| format!("MFU {:.1}%", m * 100.0),
+        );
+        let timing = match s.timing {
+            TimingSource::Emulated => "emulated (host clock around the emulator; not GPU speed)",
+            _ => "host clock",
+        };
+        println!("device: {}; timing: {timing}; {mfu}", s.device_name);
     }
     Ok(())
 }
@@ -311,6 +487,8 @@ mod tests {
             norm_eps: 1e-5,
         };
         let b = StepBench {
+            device: StepDevice::Cpu,
+            attention: Attention::Flash,
             model: "custom".into(),
             config: cfg.clone(),
             batch: 2,

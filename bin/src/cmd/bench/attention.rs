@@ -1,0 +1,635 @@
+//! `frugal bench attention`: causal attention through frugal's own kernels, FlashAttention-2
+//! (`frugal_ptx::flash`) against the vanilla path that materialises the scores
+//! (`frugal_ptx::flash::vanilla`, the paper's "FlashAttention off"), forward and
+//! forward+backward, at the paper's head counts (the four `paper-*` presets: NH = 13, 24, 30,
+//! 39, HS = 64) and T = 1024.
+//!
+//! FLOPs are counted as FlashAttention's benchmarks count them, for both paths: forward
+//! 4·B·NH·T²·HS halved for causal, backward 2.5× forward, so forward+backward is 3.5×
+//! forward; TFLOP/s = those FLOPs / time. (The vanilla path computes the full T×T scores, so
+//! its TFLOP/s is "useful" FLOP/s, the figure that compares the two.) Default batch: 16384
+//! tokens per call (B = 16384 / T), as FlashAttention's benchmark. Time: device timing (CUDA
+//! events on `cuda`) around `iters` repetitions of the whole launch list after `warmup`
+//! untimed ones and a synchronise. Memory: the bytes each path needs beyond Q, K, V, O and
+//! their gradients (flash: LSE and D, plus the atomic dQ accumulator; vanilla: the saved
+//! probabilities and its scratch).
+//!
+//! `--json` prints one object per (model, attention, pass) in the schema that
+//! `scripts/torch/attention.py` prints for PyTorch's `scaled_dot_product_attention` (flash
+//! backend) and eager attention, so `scripts/bench-join.py` can join them into ratios.
+//! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
+
+use super::kernels::{human_bytes, json_str, open, parse_device, rate};
+use crate::args::{Args, UsageError};
+use crate::CliError;
+use frugal_model::config::Preset;
+use frugal_model::rng::Rng;
+use frugal_ptx::flash::vanilla::{self, VanillaBuffers};
+use frugal_ptx::flash::{self, AttnShape, DqMode};
+use frugal_ptx::kernels::Launch;
+use frugal_runtime::buffer::DeviceBuffer;
+use frugal_runtime::device::{Backend, Device};
+use half::bf16;
+
+const USAGE: &str = "\
+usage: frugal bench attention [--device auto|cuda[:N]|emu] [--model PRESET[,PRESET...]|paper]
+                              [--batch B] [--seq T] [--heads NH] [--kv-heads NKV]
+                              [--attention both|flash|vanilla] [--dq deterministic|atomic]
+                              [--iters N] [--warmup N] [--json]
+
+Times causal attention, FlashAttention-2 against the vanilla path (materialised scores),
+forward and forward+backward, and reports TFLOP/s as FlashAttention's benchmarks count them
+(forward 4*B*NH*T^2*HS / 2 for causal, backward 2.5x forward).
+  --device D     auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
+  --model M      presets whose head counts to use; `paper` = the four paper presets
+                 (default on a GPU; paper-100m on the emulator)
+  --batch B      sequences per call (default 16384 / T on a GPU, 1 on the emulator)
+  --seq T        tokens per sequence (default 1024 on a GPU, 64 on the emulator)
+  --heads NH     override the presets' query heads (HS stays the preset's)
+  --kv-heads NKV key/value heads (default NH; must divide NH)
+  --attention A  both (default), flash or vanilla
+  --dq MODE      flash backward's dQ: deterministic (default) or atomic
+  --iters N      timed repetitions (default 20 on a GPU, 1 on the emulator)
+  --warmup N     untimed repetitions first (default 3 on a GPU, 0 on the emulator)
+  --json         one JSON object per row instead of the table
+On the emulator every time and TFLOP/s is the host's emulation speed, not a GPU's.";
+
+/// Which attention implementation a row times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// FlashAttention-2 kernels.
+    Flash,
+    /// Materialised scores: permutes, batched matmuls, softmax.
+    Vanilla,
+}
+
+impl Attention {
+    /// The name in tables and JSON (as `--attention`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Attention::Flash => "flash",
+            Attention::Vanilla => "vanilla",
+        }
+    }
+}
+
+/// What a row times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The forward launches.
+    Forward,
+    /// Forward then backward launches.
+    ForwardBackward,
+}
+
+impl Pass {
+    /// The name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "fwd",
+            Pass::ForwardBackward => "fwd_bwd",
+        }
+    }
+}
+
+/// FLOPs of one call as FlashAttention's benchmarks count them: forward
+/// 4·B·NH·T²·HS / 2 (causal), backward 2.5× forward.
+pub fn flops(shape: AttnShape, pass: Pass) -> f64 {
+    let fwd = 4.0 * (shape.b * shape.nh) as f64 * (shape.t as f64).powi(2) * shape.hs as f64 / 2.0;
+    match pass {
+        Pass::Forward => fwd,
+        Pass::ForwardBackward => 3.5 * fwd,
+    }
+}
+
+/// One measured row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Preset whose head count this is.
+    pub model: String,
+    /// The call's sizes.
+    pub shape: AttnShape,
+    /// Flash or vanilla.
+    pub attention: Attention,
+    /// Forward or forward+backward.
+    pub pass: Pass,
+    /// Kernel launches per repetition.
+    pub launches: usize,
+    /// Bytes beyond Q, K, V, O, dO and dQ, dK, dV (see the module docs).
+    pub extra_bytes: usize,
+    /// Timed repetitions.
+    pub iters: usize,
+    /// Milliseconds per repetition.
+    pub time_ms: f64,
+}
+
+impl Row {
+    /// TFLOP/s (FlashAttention's count over the time).
+    pub fn tflops(&self) -> f64 {
+        flops(self.shape, self.pass) / (self.time_ms * 1e-3) / 1e12
+    }
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(format!("bench attention: {what}: {e}"))
+}
+
+/// Device buffers of one shape (freed on drop).
+struct Operands {
+    held: Vec<DeviceBuffer>,
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    dout: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    lse: u64,
+    d: u64,
+    dq_accum: u64,
+    vanilla: Option<VanillaBuffers>,
+    extra_flash: usize,
+    extra_vanilla: usize,
+}
+
+/// Largest host chunk of random values written at once (inputs are tiled with it).
+const FILL_CHUNK: usize = 1 << 20;
+
+fn alloc(
+    dev: &Device,
+    held: &mut Vec<DeviceBuffer>,
+    bytes: usize,
+    label: &str,
+) -> Result<u64, CliError> {
+    let buf = dev
+        .alloc(bytes.max(16), label)
+        .map_err(|e| failed(label, e))?;
+    let ptr = buf.ptr();
+    held.push(buf);
+    Ok(ptr)
+}
+
+/// A bf16 buffer of `n` values ~ N(0, 1), tiled every [`FILL_CHUNK`] values.
+fn random_bf16(
+    dev: &Device,
+    held: &mut Vec<DeviceBuffer>,
+    rng: &mut Rng,
+    n: usize,
+    label: &str,
+) -> Result<u64, CliError> {
+    let mut buf = dev
+        .alloc(2 * n.max(8), label)
+        .map_err(|e| failed(label, e))?;
+    let chunk: Vec<bf16> = (0..n.min(FILL_CHUNK))
+        .map(|_| bf16::from_f64(rng.normal()))
+        .collect();
+    let mut at = 0;
+    while at < n {
+        let len = chunk.len().min(n - at);
+        buf.write(2 * at, &chunk[..len])
+            .map_err(|e| failed(label, e))?;
+        at += len;
+    }
+    let ptr = buf.ptr();
+    held.push(buf);
+    Ok(ptr)
+}
+
+fn operands(
+    dev: &Device,
+    shape: AttnShape,
+    which: &[Attention],
+    dq_mode: DqMode,
+) -> Result<Operands, CliError> {
+    let mut held = Vec::new();
+    let mut rng = Rng::new(0x6174_746e);
+    let nq = shape.b * shape.t * shape.nh * shape.hs;
+    let nk = shape.b * shape.t * shape.nkv * shape.hs;
+    let rows = shape.b * shape.nh * shape.t;
+    let q = random_bf16(dev, &mut held, &mut rng, nq, "q")?;
+    let k = random_bf16(dev, &mut held, &mut rng, nk, "k")?;
+    let v = random_bf16(dev, &mut held, &mut rng, nk, "v")?;
+    let dout = random_bf16(dev, &mut held, &mut rng, nq, "dout")?;
+    let o = alloc(dev, &mut held, 2 * nq, "o")?;
+    let dq = alloc(dev, &mut held, 2 * nq, "dq")?;
+    let dk = alloc(dev, &mut held, 2 * nk, "dk")?;
+    let dv = alloc(dev, &mut held, 2 * nk, "dv")?;
+    let accum_bytes = flash::dq_accum_bytes(shape, dq_mode);
+    let extra_flash = 8 * rows + accum_bytes;
+    let (lse, d, dq_accum) = if which.contains(&Attention::Flash) {
+        (
+            alloc(dev, &mut held, 4 * rows, "lse")?,
+            alloc(dev, &mut held, 4 * rows, "d")?,
+            if accum_bytes > 0 {
+                alloc(dev, &mut held, accum_bytes, "dq_accum")?
+            } else {
+                0
+            },
+        )
+    } else {
+        (0, 0, 0)
+    };
+    let needs = vanilla::buffers(shape);
+    let extra_vanilla = needs.iter().map(|n| n.bytes).sum();
+    let vanilla = if which.contains(&Attention::Vanilla) {
+        let mut at = |name: &str| -> Result<u64, CliError> {
+            let bytes = needs.iter().find(|n| n.name == name).map_or(0, |n| n.bytes);
+            alloc(dev, &mut held, bytes, name)
+        };
+        Some(VanillaBuffers {
+            probs: at("probs")?,
+            q_heads: at("q_heads")?,
+            k_heads: at("k_heads")?,
+            v_heads: at("v_heads")?,
+            dout_heads: at("dout_heads")?,
+            heads_f32: at("heads_f32")?,
+            dscores: at("dscores")?,
+        })
+    } else {
+        None
+    };
+    Ok(Operands {
+        held,
+        q,
+        k,
+        v,
+        o,
+        dout,
+        dq,
+        dk,
+        dv,
+        lse,
+        d,
+        dq_accum,
+        vanilla,
+        extra_flash,
+        extra_vanilla,
+    })
+}
+
+/// The launches of one repetition of (`attention`, `pass`).
+fn launches(
+    arch: u32,
+    shape: AttnShape,
+    m: &Operands,
+    attention: Attention,
+    pass: Pass,
+    dq_mode: DqMode,
+) -> Result<Vec<Launch>, CliError> {
+    let what = attention.name();
+    let err = |e| failed(what, e);
+    let mut out = Vec::new();
+    match attention {
+        Attention::Flash => {
+            out.push(flash::forward(m.q, m.k, m.v, m.o, m.lse, shape).map_err(err)?);
+            if pass == Pass::ForwardBackward {
+                out.extend(
+                    flash::backward(
+                        dq_mode, m.q, m.k, m.v, m.o, m.dout, m.lse, m.d, m.dq, m.dk, m.dv,
+                        m.dq_accum, shape,
+                    )
+                    .map_err(err)?,
+                );
+            }
+        }
+        Attention::Vanilla => {
+            let bufs = m
+                .vanilla
+                .as_ref()
+                .ok_or_else(|| failed(what, "vanilla buffers were not allocated"))?;
+            out.extend(vanilla::forward(arch, shape, m.q, m.k, m.v, m.o, bufs).map_err(err)?);
+            if pass == Pass::ForwardBackward {
+                out.extend(
+                    vanilla::backward(arch, shape, m.q, m.k, m.v, m.dout, m.dq, m.dk, m.dv, bufs)
+                        .map_err(err)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Times `iters` repetitions of `list` on `dev` after `warmup` untimed ones; ms per
+/// repetition.
+fn time_launches(
+    dev: &Device,
+    list: &[Launch],
+    iters: usize,
+    warmup: usize,
+    what: &str,
+) -> Result<f64, CliError> {
+    let run_all = || -> Result<(), CliError> {
+        for l in list {
+            dev.run(l).map_err(|e| failed(what, e))?;
+        }
+        Ok(())
+    };
+    for _ in 0..warmup {
+        run_all()?;
+    }
+    dev.synchronize().map_err(|e| failed(what, e))?;
+    let timer = dev.start_timer().map_err(|e| failed(what, e))?;
+    for _ in 0..iters {
+        run_all()?;
+    }
+    // `elapsed_ms` records the end event behind the last launch and waits for it.
+    let (ms, _) = dev.elapsed_ms(timer).map_err(|e| failed(what, e))?;
+    dev.synchronize().map_err(|e| failed(what, e))?;
+    Ok(ms / iters.max(1) as f64)
+}
+
+/// Measures every (attention, pass) of `which` for one shape.
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    dev: &Device,
+    arch: u32,
+    model: &str,
+    shape: AttnShape,
+    which: &[Attention],
+    dq_mode: DqMode,
+    iters: usize,
+    warmup: usize,
+) -> Result<Vec<Row>, CliError> {
+    let m = operands(dev, shape, which, dq_mode)?;
+    let mut rows = Vec::new();
+    for &attention in which {
+        for pass in [Pass::Forward, Pass::ForwardBackward] {
+            let list = launches(arch, shape, &m, attention, pass, dq_mode)?;
+            let what = format!("{model} {} {}", attention.name(), pass.name());
+            let time_ms = time_launches(dev, &list, iters, warmup, &what)?;
+            rows.push(Row {
+                model: model.to_string(),
+                shape,
+                attention,
+                pass,
+                launches: list.len(),
+                extra_bytes: match attention {
+                    Attention::Flash => m.extra_flash,
+                    Attention::Vanilla => m.extra_vanilla,
+                },
+                iters: iters.max(1),
+                time_ms,
+            });
+        }
+    }
+    drop(m.held);
+    Ok(rows)
+}
+
+/// One JSON object for `row` (the schema `scripts/torch/attention.py` shares: the shape
+/// fields `name`, `attention`, `pass`, `model`, `batch`, `seq`, `heads`, `kv_heads`,
+/// `head_dim`, `causal` join the two; `impl`, `time_ms`, `tflops` are measurements).
+pub fn json_line(row: &Row, device: &str, timing: &str, emulated: bool, dq_mode: DqMode) -> String {
+    let s = row.shape;
+    let dq = match (row.attention, dq_mode) {
+        (Attention::Vanilla, _) => "null",
+        (Attention::Flash, DqMode::Deterministic) => "\"deterministic\"",
+        (Attention::Flash, DqMode::Atomic) => "\"atomic\"",
+    };
+    format!(
+        "{{\"bench\": \"attention\", \"name\": {}, \"attention\": \"{}\", \"pass\": \"{}\", \
+         \"model\": {}, \"batch\": {}, \"seq\": {}, \"heads\": {}, \"kv_heads\": {}, \
+         \"head_dim\": {}, \"causal\": true, \"impl\": \"frugal\", \"dq\": {dq}, \
+         \"device\": {}, \"timing\": {}, \"emulated\": {emulated}, \"launches\": {}, \
+         \"extra_bytes\": {}, \"iters\": {}, \"flops\": {:.0}, \"time_ms\": {:.6}, \
+         \"tflops\": {:.6e}}}",
+        json_str(&format!(
+            "{} {} {}",
+            row.model,
+            row.attention.name(),
+            row.pass.name()
+        )),
+        row.attention.name(),
+        row.pass.name(),
+        json_str(&row.model),
+        s.b,
+        s.t,
+        s.nh,
+        s.nkv,
+        s.hs,
+        json_str(device),
+        json_str(timing),
+        row.launches,
+        row.extra_bytes,
+        row.iters,
+        flops(s, row.pass),
+        row.time_ms,
+        row.tflops(),
+    )
+}
+
+/// Runs `frugal bench attention` with its flags.
+pub fn run(mut args: Args) -> Result<(), CliError> {
+    if args.wants_help() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let device = args.string("device")?.unwrap_or_else(|| "auto".into());
+    let model: Option<String> = args.string("model")?;
+    let batch: Option<usize> = args.value("batch")?;
+    let seq: Option<usize> = args.value("seq")?;
+    let heads: Option<usize> = args.value("heads")?;
+    let kv_heads: Option<usize> = args.value("kv-heads")?;
+    let attention = args.string("attention")?.unwrap_or_else(|| "both".into());
+    let dq = args.string("dq")?.unwrap_or_else(|| "deterministic".into());
+    let iters: Option<usize> = args.value("iters")?;
+    let warmup: Option<usize> = args.value("warmup")?;
+    let json = args.switch("json")?;
+    args.finish()?;
+    let usage = |m: String| CliError::Usage(UsageError(format!("bench attention: {m}\n{USAGE}")));
+    let choice = parse_device(&device).map_err(usage)?;
+    for (name, v) in [
+        ("batch", batch),
+        ("seq", seq),
+        ("iters", iters),
+        ("heads", heads),
+        ("kv-heads", kv_heads),
+    ] {
+        if v == Some(0) {
+            return Err(usage(format!("--{name} must be at least 1")));
+        }
+    }
+    let which: Vec<Attention> = match attention.as_str() {
+        "both" => vec![Attention::Flash, Attention::Vanilla],
+        "flash" => vec![Attention::Flash],
+        "vanilla" => vec![Attention::Vanilla],
+        other => {
+            return Err(usage(format!(
+                "--attention '{other}': use both, flash or vanilla"
+            )))
+        }
+    };
+    let dq_mode = match dq.as_str() {
+        "deterministic" => DqMode::Deterministic,
+        "atomic" => DqMode::Atomic,
+        other => {
+            return Err(usage(format!(
+                "--dq '{other}': use deterministic or atomic"
+            )))
+        }
+    };
+
+    let (dev, note) = open(choice)?;
+    let emulated = dev.backend() == Backend::Emu;
+    let paper = || {
+        ["paper-100m", "paper-500m", "paper-1b", "paper-2b"]
+            .map(String::from)
+            .to_vec()
+    };
+    let names: Vec<String> = match model.as_deref() {
+        Some("paper") => paper(),
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None if emulated => vec!["paper-100m".to_string()],
+        None => paper(),
+    };
+    let t = seq.unwrap_or(if emulated { 64 } else { 1024 });
+    let b = batch.unwrap_or(if emulated { 1 } else { (16384 / t).max(1) });
+    let iters = iters.unwrap_or(if emulated { 1 } else { 20 });
+    let warmup = warmup.unwrap_or(if emulated { 0 } else { 3 });
+    let arch = dev.facts().map_or(80, |f| f.sm);
+    let mut shapes = Vec::new();
+    for name in &names {
+        let preset = Preset::by_name(name).map_err(|e| usage(e.to_string()))?;
+        let hs = preset.dim / preset.n_heads;
+        let nh = heads.unwrap_or(preset.n_heads);
+        let nkv = kv_heads.unwrap_or(nh);
+        if nkv > nh || !nh.is_multiple_of(nkv) {
+            return Err(usage(format!(
+                "--kv-heads {nkv} must divide the {nh} query heads"
+            )));
+        }
+        shapes.push((preset.name, AttnShape { b, t, nh, nkv, hs }));
+    }
+    let timing = dev.timing_source().label();
+    let dev_name = dev.name();
+    let preamble = [
+        note.unwrap_or_default(),
+        format!(
+            "bench attention: {dev_name}; causal, B={b} T={t}, dQ {}; sm_{arch} matmul dispatch \
+             for vanilla; {iters} timed repetition(s) after {warmup} warm-up; timing: {timing}; \
+             FLOPs as FlashAttention's benchmarks (fwd 4*B*NH*T^2*HS/2, bwd 2.5x fwd)",
+            match dq_mode {
+                DqMode::Deterministic => "deterministic",
+                DqMode::Atomic => "atomic",
+            }
+        ),
+        if emulated {
+            "EMULATED: times and TFLOP/s below measure the PTX emulator on the host; they are \
+             meaningless for GPU speed (this run checks that the launches work)"
+                .to_string()
+        } else {
+            String::new()
+        },
+    ];
+    for line in preamble.iter().filter(|l| !l.is_empty()) {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    let (ms_head, tf_head) = if emulated {
+        ("ms(EMU)", "TFLOP/s(EMU)")
+    } else {
+        ("ms", "TFLOP/s")
+    };
+    if !json {
+        println!(
+            "{:<12} {:>4} {:>4} {:>4} {:<8} {:<8} {:>9} {:>12} {:>14} {:>12}",
+            "model", "NH", "NKV", "HS", "attn", "pass", "launches", "extra", ms_head, tf_head
+        );
+    }
+    for (model, shape) in shapes {
+        let rows = measure(&dev, arch, model, shape, &which, dq_mode, iters, warmup)?;
+        for row in &rows {
+            if json {
+                println!("{}", json_line(row, &dev_name, timing, emulated, dq_mode));
+            } else {
+                println!(
+                    "{:<12} {:>4} {:>4} {:>4} {:<8} {:<8} {:>9} {:>12} {:>14.3} {:>12}",
+                    row.model,
+                    row.shape.nh,
+                    row.shape.nkv,
+                    row.shape.hs,
+                    row.attention.name(),
+                    row.pass.name(),
+                    row.launches,
+                    human_bytes(row.extra_bytes as u64),
+                    row.time_ms,
+                    rate(row.tflops())
+                );
+            }
+        }
+        if !json && which.len() == 2 {
+            let t = |a, p| {
+                rows.iter()
+                    .find(|r| r.attention == a && r.pass == p)
+                    .map_or(f64::NAN, |r| r.time_ms)
+            };
+            for p in [Pass::Forward, Pass::ForwardBackward] {
+                println!(
+                    "{:<12} vanilla/flash time, {}: {:.2}x",
+                    model,
+                    p.name(),
+                    t(Attention::Vanilla, p) / t(Attention::Flash, p)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frugal_runtime::device::DeviceSpec;
+
+    #[test]
+    fn flops_follow_flash_attention_benchmarks() {
+        let s = AttnShape {
+            b: 2,
+            t: 1024,
+            nh: 13,
+            nkv: 13,
+            hs: 64,
+        };
+        let fwd = 4.0 * 2.0 * 13.0 * 1024.0 * 1024.0 * 64.0 / 2.0;
+        assert_eq!(flops(s, Pass::Forward), fwd);
+        assert_eq!(flops(s, Pass::ForwardBackward), fwd + 2.5 * fwd);
+    }
+
+    #[test]
+    fn both_paths_run_on_the_emulator_with_positive_figures() {
+        let dev = Device::open(DeviceSpec::Emu).unwrap_or_else(|e| panic!("{e}"));
+        let shape = AttnShape {
+            b: 1,
+            t: 20,
+            nh: 2,
+            nkv: 1,
+            hs: 64,
+        };
+        let rows = measure(
+            &dev,
+            80,
+            "test",
+            shape,
+            &[Attention::Flash, Attention::Vanilla],
+            DqMode::Atomic,
+            1,
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            assert!(r.time_ms > 0.0 && r.tflops().is_finite(), "{r:?}");
+            let line = json_line(r, "emu", "host", true, DqMode::Atomic);
+            assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        }
+        // Vanilla keeps the (B, NH, T, T) probabilities; flash only 8 bytes per row plus
+        // the atomic accumulator.
+        assert!(rows[2].extra_bytes >= 2 * 2 * 20 * 20);
+        assert_eq!(rows[0].extra_bytes, 8 * 2 * 20 + 4 * 20 * 2 * 64);
+        assert_eq!(rows[1].launches, 1 + 4);
+    }
+}

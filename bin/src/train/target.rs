@@ -1,0 +1,383 @@
+//! Which device trains (`--device`), what the log says about it, and on a GPU
+//! (or the emulator) the step's memory plan, checked before anything is
+//! allocated (`--dry-run`, `--mem-target`).
+//!
+//! `auto` opens CUDA device 0 (or the rank's LOCAL_RANK) when the driver
+//! loads and sees one that runs the kernels, and falls back to the CPU
+//! otherwise, saying why in the first log line.
+
+use frugal_model::config::Config;
+use frugal_model::device::DeviceModel;
+use frugal_model::error::ModelError;
+use frugal_runtime::arena::{self, BufferRequest, Plan};
+use frugal_runtime::device::{cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
+use frugal_runtime::RuntimeError;
+
+use super::options::{DeviceChoice, TrainOptions, MEM_TARGET_MAX_BATCH};
+
+/// Where the step runs.
+pub enum Target {
+    /// The CPU backend; `fallback` says why `--device auto` did not pick a GPU.
+    Cpu { fallback: Option<String> },
+    /// A CUDA GPU or the emulated one; `auto` when `--device auto` picked it.
+    Gpu { device: Device, auto: bool },
+}
+
+/// The local rank of a multi-rank job (torchrun's or Slurm's variable), 0 alone.
+fn local_rank() -> usize {
+    ["LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A one-line reason the CUDA path is not usable, for `auto`'s log line.
+fn short_reason(e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::CudaUnavailable { .. } => {
+            "the CUDA driver library (libcuda.so.1) is not installed".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Opens the device `--device` names.
+///
+/// # Errors
+/// A message for `cuda` without a usable driver or device (the runtime's,
+/// which says what is missing and what to do), or a device that fails to open.
+pub fn open(choice: DeviceChoice) -> Result<Target, String> {
+    let opened =
+        |spec: DeviceSpec| Device::open(spec).map_err(|e| format!("--device {choice}: {e}"));
+    match choice {
+        DeviceChoice::Cpu => Ok(Target::Cpu { fallback: None }),
+        DeviceChoice::Emu => Ok(Target::Gpu {
+            device: opened(DeviceSpec::Emu)?,
+            auto: false,
+        }),
+        DeviceChoice::Cuda(n) => Ok(Target::Gpu {
+            device: opened(DeviceSpec::Cuda(n.unwrap_or_else(local_rank)))?,
+            auto: false,
+        }),
+        DeviceChoice::Auto => {
+            let fallback = |why: String| {
+                Ok(Target::Cpu {
+                    fallback: Some(why),
+                })
+            };
+            match cuda::device_count() {
+                Err(e) => fallback(short_reason(&e)),
+                Ok(0) => fallback("the CUDA driver sees no device".into()),
+                Ok(_) => match Device::open(DeviceSpec::Cuda(local_rank())) {
+                    Ok(device) => Ok(Target::Gpu { device, auto: true }),
+                    // A GPU too old for the kernels: the CPU trains instead.
+                    Err(e @ RuntimeError::UnsupportedArch { .. }) => fallback(e.to_string()),
+                    Err(e) => Err(format!("--device auto: {e} (or pass --device cpu)")),
+                },
+            }
+        }
+    }
+}
+
+/// The first log line: which device trains, and for `auto` why.
+pub fn describe(target: &Target, threads: usize) -> String {
+    match target {
+        Target::Cpu { fallback: None } => format!("device: cpu, {}", threads_label(threads)),
+        Target::Cpu {
+            fallback: Some(why),
+        } => format!(
+            "device: cpu, {} (--device auto: no usable GPU: {why})",
+            threads_label(threads)
+        ),
+        Target::Gpu { device, auto } => {
+            let picked = if *auto {
+                " (--device auto picked the GPU)"
+            } else {
+                ""
+            };
+            let memory = match device.memory_info() {
+                Ok(MemoryInfo { free, total }) => format!("{} free of {}", gib(free), gib(total)),
+                Err(e) => format!("memory unknown: {e}"),
+            };
+            match device.timing_source() {
+                TimingSource::Emulated => format!(
+                    "device: emu, {} ({memory}); the GPU step run by the emulator: slow, timings emulated \
+                     (host clock; not GPU speed), MFU unknown",
+                    device.name()
+                ),
+                _ => {
+                    let peak = match device.facts() {
+                        Some(f) => format!("dense bf16 peak {:.0} TFLOP/s", f.bf16_dense_flops / 1e12),
+                        None => "not in the facts table: MFU unknown".to_string(),
+                    };
+                    format!("device: cuda, {} ({memory}; {peak}){picked}", device.name())
+                }
+            }
+        }
+    }
+}
+
+/// "1 thread" / "N threads".
+pub fn threads_label(threads: usize) -> String {
+    match threads {
+        1 => "1 thread".to_string(),
+        n => format!("{n} threads"),
+    }
+}
+
+/// The device step's memory for this run, as planned.
+pub struct MemoryPlan {
+    /// The micro-batch the plan is for (`--mem-target`'s choice, or `--batch`).
+    pub batch: usize,
+    /// The arena plan at that batch.
+    pub plan: Plan,
+    /// Bytes the plan may use: free memory, times `--mem-target` when given.
+    pub available: u64,
+}
+
+/// Why the device step's memory cannot be planned.
+pub enum MemoryError {
+    /// The model cannot run on the device path (e.g. a head size without kernels).
+    Model(Box<ModelError>),
+    /// The plan does not fit; the runtime's error names bytes and the largest batch.
+    DoesNotFit(RuntimeError),
+    /// Anything else the runtime reported (planning, the driver's memory query).
+    Runtime(RuntimeError),
+}
+
+impl MemoryError {
+    /// The message for the user, saying what to do.
+    pub fn message(&self, opts: &TrainOptions) -> String {
+        match self {
+            MemoryError::Model(e) => format!(
+                "the device step cannot run this model: {e}; change the model, or train it with --device cpu"
+            ),
+            MemoryError::Runtime(e) => format!("memory plan: {e}"),
+            MemoryError::DoesNotFit(e) => {
+                let advice = match e {
+                    RuntimeError::OutOfMemory {
+                        largest_batch: Some(lb),
+                        ..
+                    } => {
+                        // Sequences per optimizer step now, and the accumulation
+                        // that keeps about as many at the smaller batch.
+                        let sequences = opts.batch * opts.grad_accum;
+                        let accum = ((sequences + lb / 2) / lb).max(1);
+                        let keep = if accum > opts.grad_accum {
+                            format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
+                        } else {
+                            String::new()
+                        };
+                        format!("run with --batch {lb}{keep}, or let --mem-target 0.9 pick the batch")
+                    }
+                    // Data parallelism replicates the whole step: more devices do not help.
+                    _ => "choose a smaller --model or a shorter --seq".to_string(),
+                };
+                format!("does not fit in device memory: {e}. Nothing was allocated; {advice}")
+            }
+        }
+    }
+}
+
+/// The step's buffers at `batch`; a model error is kept in `first_error` (the
+/// arena's batch search only passes runtime errors along).
+fn requests_at(
+    cfg: &Config,
+    opts: &TrainOptions,
+    batch: usize,
+    first_error: &mut Option<ModelError>,
+) -> Result<Vec<BufferRequest>, RuntimeError> {
+    DeviceModel::requests(cfg, batch, cfg.seq_len, opts.attention.for_device()).map_err(|e| {
+        let text = e.to_string();
+        first_error.get_or_insert(e);
+        RuntimeError::BadRequest {
+            name: "device step".into(),
+            reason: text,
+        }
+    })
+}
+
+/// Plans the device step's memory: at `--batch`, or with `--mem-target F` at the
+/// largest micro-batch (up to [`MEM_TARGET_MAX_BATCH`]) whose plan fits in F
+/// of free memory. Nothing is allocated.
+///
+/// # Errors
+/// [`MemoryError::DoesNotFit`] naming bytes needed and available and the
+/// largest batch that fits; [`MemoryError::Model`] for a config the device
+/// step cannot run.
+pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, MemoryError> {
+    let cfg = &opts.config;
+    let mut model_error = None;
+    let available = match opts.mem_target {
+        Some(f) => device.mem_budget(f),
+        None => device.memory_info().map(|m| m.free),
+    }
+    .map_err(MemoryError::Runtime)?;
+    let result = match opts.mem_target {
+        Some(_) => arena::largest_batch_that_fits(MEM_TARGET_MAX_BATCH, available, |b| {
+            requests_at(cfg, opts, b, &mut model_error)
+        }),
+        None => arena::plan_for_batch(opts.batch, available, |b| {
+            requests_at(cfg, opts, b, &mut model_error)
+        })
+        .map(|plan| (opts.batch, plan)),
+    };
+    if let Some(e) = model_error {
+        return Err(MemoryError::Model(Box::new(e)));
+    }
+    match result {
+        Ok((batch, plan)) => Ok(MemoryPlan {
+            batch,
+            plan,
+            available,
+        }),
+        Err(e @ RuntimeError::OutOfMemory { .. }) => Err(MemoryError::DoesNotFit(e)),
+        Err(e) => Err(MemoryError::Runtime(e)),
+    }
+}
+
+/// `--dry-run` on a GPU: the arena plan by category, and what `--mem-target`
+/// chose or why the run would not fit.
+pub fn dry_run_memory(
+    device: &Device,
+    opts: &TrainOptions,
+    planned: &Result<MemoryPlan, MemoryError>,
+) -> String {
+    let what = match device.timing_source() {
+        TimingSource::Emulated => "emulated GPU",
+        _ => "GPU",
+    };
+    let mut s = format!(
+        "memory ({what} step: bf16 weights and activations; fp32 master weights, gradients and AdamW moments; \
+         attention {}):\n",
+        opts.attention
+    );
+    match planned {
+        Ok(p) => {
+            if let Some(f) = opts.mem_target {
+                let free = device.memory_info().map_or_else(
+                    |e| format!("free memory unknown: {e}"),
+                    |m| format!("{} free", gib(m.free)),
+                );
+                s += &format!(
+                    "--mem-target {f}: batch {} is the largest (up to {MEM_TARGET_MAX_BATCH}) whose plan fits in {} \
+                     ({f} x {free})\n",
+                    p.batch,
+                    gib(p.available),
+                );
+            }
+            s += &indent(&p.plan.breakdown_table());
+            s += &format!(
+                "fits: the plan needs {} of the {} available\n",
+                gib(p.plan.peak_bytes),
+                gib(p.available)
+            );
+        }
+        Err(e) => {
+            // Show the plan at the asked batch even when it does not fit.
+            if let Ok(reqs) = DeviceModel::requests(
+                &opts.config,
+                opts.batch,
+                opts.config.seq_len,
+                opts.attention.for_device(),
+            ) {
+                if let Ok(plan) = arena::plan(&reqs) {
+                    s += &format!("at --batch {}:\n", opts.batch);
+                    s += &indent(&plan.breakdown_table());
+                }
+            }
+            s += &format!("{}\n", e.message(opts));
+        }
+    }
+    s
+}
+
+/// Bytes in GiB with two decimals.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Args;
+
+    fn opts(flags: &str) -> TrainOptions {
+        let words: Vec<String> = flags.split_whitespace().map(String::from).collect();
+        let mut a = Args::parse("train", &words);
+        let o = TrainOptions::parse(&mut a).unwrap();
+        a.finish().unwrap();
+        o
+    }
+
+    fn does_not_fit(batch: usize, largest: Option<usize>) -> MemoryError {
+        MemoryError::DoesNotFit(RuntimeError::OutOfMemory {
+            needed: 3 << 30,
+            available: 2 << 30,
+            largest_batch: largest,
+            batch: Some(batch),
+        })
+    }
+
+    #[test]
+    fn does_not_fit_says_which_batch_to_run_and_keeps_the_sequences_per_step() {
+        let o = opts("--batch 200");
+        let m = does_not_fit(200, Some(52)).message(&o);
+        // 200 sequences per step at batch 52: 4 micro-batches (208) is closest.
+        assert!(m.contains("--batch 52 --grad-accum 4"), "{m}");
+        assert!(m.contains("Nothing was allocated"), "{m}");
+        // 64 at batch 52: one micro-batch is closer than two.
+        let m = does_not_fit(64, Some(52)).message(&opts("--batch 64"));
+        assert!(
+            m.contains("--batch 52,") && !m.contains("--grad-accum"),
+            "{m}"
+        );
+        let m = does_not_fit(1, None).message(&o);
+        assert!(m.contains("smaller --model"), "{m}");
+    }
+
+    #[test]
+    fn emu_plans_the_asked_batch_and_mem_target_a_larger_one() {
+        let device = Device::open(DeviceSpec::Emu).unwrap();
+        let small = "--layers 1 --hidden 128 --heads 2 --ffn 256 --seq 32 --batch 2";
+        let o = opts(small);
+        let p = plan_memory(&device, &o).unwrap_or_else(|e| panic!("{}", e.message(&o)));
+        assert_eq!(p.batch, 2);
+        assert!(p.plan.peak_bytes > 0 && p.plan.peak_bytes <= p.available);
+        // A model of ~0.3M parameters fits the emulator's gigabytes at any batch
+        // up to the cap.
+        let t = opts(&format!("{small} --mem-target 0.5"));
+        let q = plan_memory(&device, &t).unwrap_or_else(|e| panic!("{}", e.message(&t)));
+        assert_eq!(q.batch, MEM_TARGET_MAX_BATCH);
+        assert!(q.plan.peak_bytes > p.plan.peak_bytes);
+        let text = describe(
+            &Target::Gpu {
+                device,
+                auto: false,
+            },
+            1,
+        );
+        assert!(
+            text.starts_with("device: emu") && text.contains("emulated"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_head_size_without_kernels_is_a_model_error() {
+        // C / NH = 48: no flash kernel for head size 48.
+        let device = Device::open(DeviceSpec::Emu).unwrap();
+        let o = opts("--layers 1 --hidden 96 --heads 2 --ffn 128 --seq 32 --batch 2");
+        match plan_memory(&device, &o) {
+            Err(e @ MemoryError::Model(_)) => {
+                assert!(e.message(&o).contains("--device cpu"), "{}", e.message(&o))
+            }
+            Err(e) => panic!("expected a model error, got: {}", e.message(&o)),
+            Ok(p) => panic!("head size 48 planned at batch {}", p.batch),
+        }
+    }
+}

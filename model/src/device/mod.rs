@@ -1,0 +1,665 @@
+//! The training step on a GPU device (`cuda`, or `emu`: the same PTX kernels and the
+//! same launch code run by the emulator): forward, backward, loss and AdamW through
+//! frugal's own kernels, every buffer placed by the arena planner before anything is
+//! allocated.
+//!
+//! The step is data ([`program`]): a list of operations over named buffers, built once per
+//! (config, B, T, attention). The arena requests are derived from that list (each buffer
+//! lives from its first use to its last), the planner places them, and the operations are
+//! turned into ready launches with real addresses once, in [`DeviceModel::new`]; a step then
+//! only uploads the batch's tokens and runs the list. The behaviour matched is the CPU
+//! model's ([`crate::cpu::CpuModel`]): same parameter layout, RoPE convention, GQA mapping,
+//! loss (mean over targets that are not [`crate::IGNORE_INDEX`]), `grad_scale` semantics,
+//! `on_ready` ranges (final norm + LM head, layers L−1 … 0, embedding) and AdamW (the
+//! `adamw` kernel repeats [`crate::optim::AdamW::update`]'s f32 operations, with the clip
+//! factor of [`crate::optim::clip_scale`] applied to the gradient first).
+//!
+//! # Precision
+//! - f32: master weights, gradients, both AdamW moments, RMSNorm's 1/rms, the attention
+//!   log-sum-exp, per-row losses; every matmul accumulates in f32.
+//! - bf16: the weight copy every matmul, the embedding lookup and the norms read (written by
+//!   the `adamw` kernel after each update, by a cast in [`DeviceModel::set_state`]); all
+//!   activations, including the residual stream and the logits.
+//! - Weight gradients are produced by `Tn` matmuls with an f32 output accumulating straight
+//!   into the gradient vector (micro-batches add up without a bf16 rounding); the norm gains'
+//!   gradients by a fixed-order f32 reduction; the embedding's by a per-token f32 sum.
+//! - The gradient of the residual stream is bf16. Every kernel that reads it takes bf16 (it
+//!   is the A operand of the `Nn` and `Tn` matmuls, the `dO` of attention's backward, the
+//!   embedding backward's input) and RMSNorm's backward writes its `dx` in bf16, adding the
+//!   norm's contribution to the stream in f32 and rounding once ([`frugal_ptx::kernels::rmsnorm::DxMode`]).
+//!   An f32 stream would need a cast before every use and would still be rounded to bf16
+//!   where the matmuls read it, so it would buy one rounding per layer (relative 2⁻⁹) at the
+//!   cost of twice the bytes and two extra passes per layer. The cost of this choice is
+//!   measured by the tests against the f32 CPU model: 4e-3 to 1e-2 relative L2 per gradient
+//!   tensor at the tested sizes, the same as the f32 model's own gradients move when its
+//!   weights get one random bf16-sized perturbation (so the step adds no error beyond its
+//!   storage format).
+//!
+//! # Determinism
+//! No kernel on the path uses float atomics: matmuls own their output tiles, the norm and
+//! embedding gradients are reduced in a fixed order, flash attention's dQ is a separate
+//! pass, the gradient norm is a fixed tree. The same inputs give the same bits.
+//!
+//! # Memory
+//! [`DeviceModel::requests`] lists every buffer (weights bf16, master f32, gradients f32,
+//! moments f32, constant tables, activations, workspaces; vanilla attention adds its saved
+//! probabilities, B·NH·T·T bf16 per layer). [`DeviceModel::new`] refuses a plan that does not
+//! fit the device before allocating anything (the runtime's `OutOfMemory`).
+//!
+//! # Overlap
+//! `on_ready` gets each finished range as soon as its backward is done, copied to the host
+//! with a synchronous copy (which waits for the kernels before it): the hand-over order is
+//! right for an all-reduce that overlaps backward, but the copy itself does not yet overlap
+//! the kernels that follow.
+
+pub(crate) mod program;
+pub(crate) mod vanilla;
+
+use std::ops::Range;
+
+use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
+use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Plan};
+use frugal_runtime::buffer::DeviceArena;
+use frugal_runtime::device::{Backend, Device};
+use frugal_runtime::launch::{dims_1d, KernelArg};
+use frugal_runtime::nvtx;
+pub use frugal_runtime::step_memory::Attention;
+
+use crate::config::{Config, ParamLayout};
+use crate::error::ModelError;
+use program::{At, Ids, OpKind, Program, Shape};
+
+/// The optional per-range gradient hand-over of [`DeviceModel::forward_backward`].
+type OnReady<'a> = Option<&'a mut dyn FnMut(Range<usize>, &[f32])>;
+
+/// AdamW's constants (the learning rate comes per step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimHyper {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// The matmul dispatch architecture assumed by [`DeviceModel::requests`] (which has no
+/// device): the launchers' shape checks do not depend on it.
+const PLANNING_ARCH: u32 = 80;
+
+/// Threads per block of the runtime's utility kernels (fill, cast).
+const UTIL_BLOCK: u32 = 256;
+/// Grid bound of the utility kernels (grid-stride loops).
+const UTIL_MAX_CTAS: u32 = 1024;
+
+/// One operation, ready to run.
+enum Step {
+    /// Fixed launches.
+    Launches {
+        label: String,
+        launches: Vec<Launch>,
+    },
+    /// Host → device batch upload.
+    Upload,
+    /// Cross-entropy + mean (per-call arguments).
+    CrossEntropy,
+    /// Embedding backward (per-call distinct token count).
+    EmbeddingBackward,
+    /// A finished gradient range.
+    GradsReady(Range<usize>),
+    /// The optimizer (run by [`DeviceModel::optimizer_step`] only).
+    Optimizer,
+}
+
+/// The per-micro-batch values the dynamic operations need.
+struct BatchInfo {
+    num_valid: usize,
+    distinct: usize,
+    grad_scale: f32,
+}
+
+/// One replica's model, gradients and optimizer state in device memory.
+pub struct DeviceModel {
+    device: Device,
+    plan: Plan,
+    arena: DeviceArena,
+    cfg: Config,
+    layout: ParamLayout,
+    batch: usize,
+    seq: usize,
+    hyper: OptimHyper,
+    arch: u32,
+    ids: Ids,
+    /// Byte offset of each program buffer in the arena allocation.
+    offsets: Vec<u64>,
+    /// (NVTX phase, operation), in schedule order.
+    steps: Vec<(String, Step)>,
+    forward_end: usize,
+    optimizer: usize,
+    /// AdamW steps taken.
+    step: u64,
+}
+
+fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
+    let what = what.into();
+    move |source| ModelError::Device {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn kernel_err(what: impl Into<String>) -> impl FnOnce(frugal_ptx::error::PtxError) -> ModelError {
+    let what = what.into();
+    move |source| ModelError::Kernel {
+        what,
+        source: Box::new(source),
+    }
+}
+
+impl DeviceModel {
+    /// Every buffer of the step (parameters, master weights, gradients, moments,
+    /// activations, workspaces) with its lifetime, for `--dry-run` and `--mem-target`.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for an invalid config, [`ModelError::DeviceUnsupported`] for
+    /// a config the kernels cannot run (flash attention needs a head size of 64 or 128;
+    /// vanilla attention and RoPE any multiple of 8), [`ModelError::ShapeMismatch`] for a
+    /// batch or sequence of 0, [`ModelError::Kernel`] when a launcher refuses a shape
+    /// (sizes past the kernels' 32-bit indices or CUDA's grid limits).
+    pub fn requests(
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        attention: Attention,
+    ) -> Result<Vec<BufferRequest>, ModelError> {
+        let prog = program::build(cfg, Shape { b: batch, t: seq }, attention, PLANNING_ARCH)?;
+        Ok(prog.requests())
+    }
+
+    /// Plans the arena, checks it fits the device (before allocating), allocates it
+    /// and uploads the constant tables. Parameters start at zero: call
+    /// [`DeviceModel::set_state`].
+    ///
+    /// # Errors
+    /// As [`DeviceModel::requests`]; [`ModelError::DeviceUnsupported`] on the `cpu`
+    /// device; [`ModelError::Device`] when the plan does not fit (nothing allocated) or the
+    /// device fails.
+    pub fn new(
+        device: Device,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        attention: Attention,
+        hyper: OptimHyper,
+    ) -> Result<DeviceModel, ModelError> {
+        if device.backend() == Backend::Cpu {
+            return Err(ModelError::DeviceUnsupported {
+                what: "the cpu device runs no PTX kernels; the CPU model (crate::cpu) trains there"
+                    .into(),
+            });
+        }
+        // The emulator runs the sm_80 code path; a GPU its own architecture (unknown
+        // devices get sm_80 kernels, which every supported GPU runs).
+        let arch = device.facts().map_or(80, |f| f.sm);
+        let prog = program::build(cfg, Shape { b: batch, t: seq }, attention, arch)?;
+        let requests = prog.requests();
+        let plan = plan_arena(&requests).map_err(device_err("planning the arena"))?;
+        let arena = device
+            .alloc_arena(plan.clone())
+            .map_err(device_err("allocating the arena"))?;
+        let base = arena.buffer.ptr();
+        let mut offsets = Vec::with_capacity(prog.decls.len());
+        for d in &prog.decls {
+            let placed = plan
+                .get(&d.name)
+                .ok_or_else(|| ModelError::DeviceUnsupported {
+                    what: format!("internal: buffer {} missing from the arena plan", d.name),
+                })?;
+            offsets.push(placed.offset);
+        }
+        let resolve = |at: At| base + offsets[at.buf] + at.byte;
+        let Program {
+            ops,
+            ids,
+            forward_end,
+            optimizer,
+            ..
+        } = prog;
+        let mut steps = Vec::with_capacity(ops.len());
+        for op in ops {
+            let step = match op.kind {
+                OpKind::Kernels { label, emit } => {
+                    let launches = emit(&resolve).map_err(kernel_err(label.clone()))?;
+                    Step::Launches { label, launches }
+                }
+                OpKind::UploadBatch => Step::Upload,
+                OpKind::CrossEntropy => Step::CrossEntropy,
+                OpKind::EmbeddingBackward => Step::EmbeddingBackward,
+                OpKind::GradsReady(r) => Step::GradsReady(r),
+                OpKind::Optimizer => Step::Optimizer,
+            };
+            steps.push((op.phase, step));
+        }
+        let mut model = DeviceModel {
+            device,
+            plan,
+            arena,
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg),
+            batch,
+            seq,
+            hyper,
+            arch,
+            ids,
+            offsets,
+            steps,
+            forward_end,
+            optimizer,
+            step: 0,
+        };
+        model.upload_tables()?;
+        Ok(model)
+    }
+
+    /// RoPE's cos/sin tables and the weight-decay mask.
+    fn upload_tables(&mut self) -> Result<(), ModelError> {
+        let hs = self.cfg.head_dim();
+        let (cos, sin) = frugal_ptx::kernels::rope::table(self.seq, hs, self.cfg.rope_theta);
+        let mask: Vec<u8> = self
+            .layout
+            .decay_mask()
+            .iter()
+            .map(|&d| u8::from(d))
+            .collect();
+        for (id, what) in [(self.ids.rope_cos, "cos"), (self.ids.rope_sin, "sin")] {
+            let data = if what == "cos" { &cos } else { &sin };
+            self.write_at(id, 0, data, "uploading the RoPE table")?;
+        }
+        self.write_at(
+            self.ids.decay_mask,
+            0,
+            &mask,
+            "uploading the weight-decay mask",
+        )
+    }
+
+    fn write_at<T: frugal_runtime::buffer::Element>(
+        &mut self,
+        id: usize,
+        byte: u64,
+        data: &[T],
+        what: &str,
+    ) -> Result<(), ModelError> {
+        let off = (self.offsets[id] + byte) as usize;
+        self.arena.buffer.write(off, data).map_err(device_err(what))
+    }
+
+    fn read_at<T: frugal_runtime::buffer::Element>(
+        &self,
+        id: usize,
+        byte: u64,
+        out: &mut [T],
+        what: &str,
+    ) -> Result<(), ModelError> {
+        let off = (self.offsets[id] + byte) as usize;
+        self.arena.buffer.read(off, out).map_err(device_err(what))
+    }
+
+    fn addr(&self, id: usize) -> u64 {
+        self.arena.buffer.ptr() + self.offsets[id]
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The arena plan (peak and breakdown).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The matmul dispatch architecture the launches were planned for (80 on `emu`).
+    pub fn arch(&self) -> u32 {
+        self.arch
+    }
+
+    /// The micro-batch shape (B, T) the model was built for.
+    pub fn batch_shape(&self) -> (usize, usize) {
+        (self.batch, self.seq)
+    }
+
+    /// Kernel launches of one `forward_backward` (for reports and benches).
+    pub fn launches_per_step(&self) -> usize {
+        self.steps[..self.optimizer]
+            .iter()
+            .map(|(_, s)| match s {
+                Step::Launches { launches, .. } => launches.len(),
+                Step::CrossEntropy => 2,
+                Step::EmbeddingBackward => 1,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn check_len(what: &'static str, expected: usize, found: usize) -> Result<(), ModelError> {
+        if expected != found {
+            return Err(ModelError::ShapeMismatch {
+                what,
+                expected,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Uploads f32 master weights (flat [`crate::config::ParamLayout`] order), both
+    /// AdamW moments and the optimizer's step count; refreshes the bf16 copy.
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for a vector of the wrong length; device errors.
+    pub fn set_state(
+        &mut self,
+        params: &[f32],
+        m: &[f32],
+        v: &[f32],
+        step: u64,
+    ) -> Result<(), ModelError> {
+        let p = self.layout.total();
+        Self::check_len("parameter vector", p, params.len())?;
+        Self::check_len("AdamW first moment", p, m.len())?;
+        Self::check_len("AdamW second moment", p, v.len())?;
+        self.write_at(self.ids.master, 0, params, "uploading the master weights")?;
+        self.write_at(self.ids.m, 0, m, "uploading the AdamW first moment")?;
+        self.write_at(self.ids.v, 0, v, "uploading the AdamW second moment")?;
+        let dims = dims_1d(p as u64, UTIL_BLOCK, 4, UTIL_MAX_CTAS);
+        self.device
+            .launch(
+                "cast_f32_bf16",
+                &dims,
+                &[
+                    KernelArg::Ptr(self.addr(self.ids.master)),
+                    KernelArg::Ptr(self.addr(self.ids.weights)),
+                    KernelArg::U64(p as u64),
+                ],
+            )
+            .map_err(device_err("casting the weights to bf16"))?;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Downloads (master weights, m, v) for a checkpoint.
+    ///
+    /// # Errors
+    /// Device errors.
+    #[allow(clippy::type_complexity)] // the contract's signature: (master weights, m, v)
+    pub fn state(&self) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
+        let p = self.layout.total();
+        let mut out = (vec![0.0; p], vec![0.0; p], vec![0.0; p]);
+        self.read_at(self.ids.master, 0, &mut out.0, "reading the master weights")?;
+        self.read_at(self.ids.m, 0, &mut out.1, "reading the AdamW first moment")?;
+        self.read_at(self.ids.v, 0, &mut out.2, "reading the AdamW second moment")?;
+        Ok(out)
+    }
+
+    /// AdamW steps taken so far.
+    pub fn optimizer_step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the f32 gradients to zero (before the first micro-batch of a step).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn zero_grads(&mut self) -> Result<(), ModelError> {
+        let p = self.layout.total() as u64;
+        self.device
+            .launch(
+                "fill_f32",
+                &dims_1d(p, UTIL_BLOCK, 4, UTIL_MAX_CTAS),
+                &[
+                    KernelArg::Ptr(self.addr(self.ids.grads)),
+                    KernelArg::U64(p),
+                    KernelArg::F32(0.0),
+                ],
+            )
+            .map_err(device_err("zeroing the gradients"))?;
+        Ok(())
+    }
+
+    /// Checks the batch, uploads the tokens and the embedding-gradient index.
+    fn upload_batch(&mut self, inputs: &[u32], targets: &[u32]) -> Result<BatchInfo, ModelError> {
+        let vocab_size = self.cfg.vocab_size;
+        crate::cpu::check_tokens(inputs, targets, self.batch, self.seq, vocab_size)?;
+        let index = embedding::GradIndex::build(inputs, vocab_size)
+            .map_err(kernel_err("building the embedding gradient index"))?;
+        let ids = self.ids;
+        let what = "uploading the batch";
+        self.write_at(ids.tokens_in, 0, inputs, what)?;
+        self.write_at(ids.tokens_tgt, 0, targets, what)?;
+        self.write_at(ids.emb_rows, 0, &index.rows, what)?;
+        self.write_at(ids.emb_offsets, 0, &index.offsets, what)?;
+        self.write_at(ids.emb_positions, 0, &index.positions, what)?;
+        Ok(BatchInfo {
+            num_valid: cross_entropy::count_valid(targets),
+            distinct: index.rows.len(),
+            grad_scale: 1.0,
+        })
+    }
+
+    fn launch_all(&self, label: &str, launches: &[Launch]) -> Result<(), ModelError> {
+        for l in launches {
+            self.device.run(l).map_err(device_err(label))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `steps[range]` (the upload must have been done).
+    fn run_steps(
+        &self,
+        range: Range<usize>,
+        info: &BatchInfo,
+        mut on_ready: OnReady,
+    ) -> Result<(), ModelError> {
+        let n = self.batch * self.seq;
+        let ids = self.ids;
+        // The NVTX range of the current phase, ended when the phase changes.
+        let mut phase: Option<(&str, nvtx::Range)> = None;
+        let mut host = Vec::new();
+        for (name, step) in &self.steps[range] {
+            if phase.as_ref().is_none_or(|(p, _)| *p != name.as_str()) {
+                drop(phase.take()); // end the previous range before opening the next
+                phase = Some((name.as_str(), nvtx::range(name)));
+            }
+            match step {
+                Step::Launches { label, launches } => self.launch_all(label, launches)?,
+                Step::Upload | Step::Optimizer => {}
+                Step::CrossEntropy => {
+                    let (logits, loss) = (self.addr(ids.logits), self.addr(ids.loss_rows));
+                    let launches = [
+                        cross_entropy::forward_backward(
+                            logits,
+                            self.addr(ids.tokens_tgt),
+                            loss,
+                            logits,
+                            n,
+                            self.cfg.vocab_size,
+                            info.num_valid,
+                            info.grad_scale,
+                        )
+                        .map_err(kernel_err("cross-entropy"))?,
+                        cross_entropy::mean(loss, n, info.num_valid, self.addr(ids.loss_mean))
+                            .map_err(kernel_err("mean loss"))?,
+                    ];
+                    self.launch_all("cross-entropy", &launches)?;
+                }
+                Step::EmbeddingBackward => {
+                    let emb = self.layout.tok_embedding().offset as u64 * 4;
+                    let launch = embedding::backward(
+                        self.addr(ids.emb_rows),
+                        self.addr(ids.emb_offsets),
+                        self.addr(ids.emb_positions),
+                        self.addr(ids.dresid),
+                        self.addr(ids.grads) + emb,
+                        info.distinct,
+                        self.cfg.dim,
+                    )
+                    .map_err(kernel_err("embedding backward"))?;
+                    self.launch_all("embedding backward", &[launch])?;
+                }
+                Step::GradsReady(r) => {
+                    if let Some(f) = on_ready.as_mut() {
+                        host.resize(r.len(), 0.0f32);
+                        self.read_at(
+                            ids.grads,
+                            r.start as u64 * 4,
+                            &mut host,
+                            "reading a finished gradient range",
+                        )?;
+                        f(r.clone(), &host);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_loss(&self) -> Result<f32, ModelError> {
+        let mut mean = [0.0f32];
+        self.read_at(self.ids.loss_mean, 0, &mut mean, "reading the loss")?;
+        Ok(mean[0])
+    }
+
+    /// Hands every gradient range over unchanged (a micro-batch with no counted target).
+    fn ready_unchanged(&self, on_ready: OnReady) -> Result<(), ModelError> {
+        let Some(f) = on_ready else { return Ok(()) };
+        for (_, step) in &self.steps[..self.optimizer] {
+            if let Step::GradsReady(r) = step {
+                let mut host = vec![0.0f32; r.len()];
+                self.read_at(
+                    self.ids.grads,
+                    r.start as u64 * 4,
+                    &mut host,
+                    "reading gradients",
+                )?;
+                f(r.clone(), &host);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward and backward of one micro-batch (`inputs`, `targets`: B*T tokens),
+    /// ACCUMULATING `grad_scale` times the gradient of the mean loss into the device
+    /// gradients; returns the mean loss. When `on_ready` is given, each range of the flat
+    /// gradient vector is copied to the host as soon as its backward is done and handed
+    /// over with its values (reverse layer order), for an all-reduce that overlaps the
+    /// rest of backward.
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for wrong token counts, [`ModelError::TokenOutOfRange`]
+    /// (checked before anything runs), device errors.
+    #[allow(clippy::type_complexity)] // the contract's signature
+    pub fn forward_backward(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        on_ready: Option<&mut dyn FnMut(Range<usize>, &[f32])>,
+    ) -> Result<f32, ModelError> {
+        let mut info = self.upload_batch(inputs, targets)?;
+        if info.num_valid == 0 {
+            // No target counts: loss 0 and a zero gradient, as on the CPU.
+            self.ready_unchanged(on_ready)?;
+            return Ok(0.0);
+        }
+        info.grad_scale = grad_scale;
+        self.run_steps(0..self.optimizer, &info, on_ready)?;
+        self.read_loss()
+    }
+
+    /// Mean loss of one batch, forward only (validation).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::forward_backward`].
+    pub fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, ModelError> {
+        let info = self.upload_batch(inputs, targets)?;
+        if info.num_valid == 0 {
+            return Ok(0.0);
+        }
+        self.run_steps(0..self.forward_end, &info, None)?;
+        self.read_loss()
+    }
+
+    /// Copies the f32 gradients to the host.
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] when `out` is not one value per parameter; device errors.
+    pub fn read_grads(&self, out: &mut [f32]) -> Result<(), ModelError> {
+        Self::check_len("gradient vector", self.layout.total(), out.len())?;
+        self.read_at(self.ids.grads, 0, out, "reading the gradients")
+    }
+
+    /// Replaces the f32 gradients (after a host all-reduce).
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] when `values` is not one value per parameter; device
+    /// errors.
+    pub fn write_grads(&mut self, values: &[f32]) -> Result<(), ModelError> {
+        Self::check_len("gradient vector", self.layout.total(), values.len())?;
+        self.write_at(self.ids.grads, 0, values, "writing the gradients")
+    }
+
+    /// Global gradient norm, clip to `max_norm` (0: no clipping), AdamW with `lr`,
+    /// refresh of the bf16 weights; returns the norm before clipping. Deterministic.
+    ///
+    /// The norm is summed in f64 in a fixed tree (its last bits may differ from
+    /// [`crate::optim::grad_norm`]'s, which blocks differently); the clip factor is
+    /// `max_norm / norm` in f64 rounded to f32, with `max_norm` passed to the kernel as f32.
+    /// A norm that is not finite leaves weights, moments and the step count untouched (the
+    /// caller sees it and stops, as the CPU trainer does).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn optimizer_step(&mut self, lr: f32, max_norm: f64) -> Result<f64, ModelError> {
+        let _range = nvtx::range("optimizer");
+        let p = self.layout.total();
+        let ids = self.ids;
+        let (partials, norm, scale) = (
+            self.addr(ids.norm_partials),
+            self.addr(ids.norm_value),
+            self.addr(ids.clip_scale),
+        );
+        let grads = self.addr(ids.grads);
+        let norm_launches = [
+            adamw::grad_norm_partial(grads, p, partials).map_err(kernel_err("gradient norm"))?,
+            adamw::grad_norm_finish(partials, p, max_norm as f32, norm, scale)
+                .map_err(kernel_err("gradient norm"))?,
+        ];
+        self.launch_all("gradient norm", &norm_launches)?;
+        let mut bytes = [0u8; 8];
+        self.read_at(ids.norm_value, 0, &mut bytes, "reading the gradient norm")?;
+        let value = f64::from_le_bytes(bytes);
+        if !value.is_finite() {
+            return Ok(value);
+        }
+        let h = adamw::AdamwHyper {
+            lr,
+            beta1: self.hyper.beta1,
+            beta2: self.hyper.beta2,
+            eps: self.hyper.eps,
+            weight_decay: self.hyper.weight_decay,
+            step: self.step + 1,
+        };
+        let bufs = adamw::AdamwBuffers {
+            param: self.addr(ids.master),
+            grad: grads,
+            m: self.addr(ids.m),
+            v: self.addr(ids.v),
+            param_bf16: self.addr(ids.weights),
+            decay_mask: self.addr(ids.decay_mask),
+            scale,
+        };
+        let launch = adamw::adamw(&bufs, p, &h).map_err(kernel_err("AdamW"))?;
+        self.launch_all("AdamW", &[launch])?;
+        self.step += 1;
+        Ok(value)
+    }
+}
