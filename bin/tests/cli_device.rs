@@ -195,6 +195,130 @@ fn emu_trains_logs_emulated_timing_and_writes_every_metric() {
     assert!(ck.params.iter().all(|p| p.is_finite()));
 }
 
+/// `--attention-dq atomic` trains, says so in the log's opening lines, its notes and the
+/// metrics' summary, and leaves the forward alone: the first step's loss (computed before
+/// any update) is bit for bit the deterministic mode's. (The emulator runs the atomics in
+/// a fixed order, so nothing here asserts that reruns differ.)
+#[test]
+fn emu_trains_with_atomic_dq_and_says_so() {
+    let dir = scratch("atomic-dq");
+    let run = |mode: &str| {
+        let metrics = dir.join(format!("{mode}.jsonl"));
+        let o = train_emu(&[
+            "--steps",
+            "2",
+            "--val-every",
+            "0",
+            "--attention-dq",
+            mode,
+            "--out",
+            dir.join(mode).to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ]);
+        assert_ok(&o);
+        (text(&o).0, metrics)
+    };
+    let (out, metrics) = run("atomic");
+    let opening: Vec<&str> = out.lines().take(12).collect();
+    assert!(
+        opening
+            .iter()
+            .any(|l| l.contains("attention: flash  attention-dq: atomic")),
+        "the opening lines name the dQ mode:\n{out}"
+    );
+    assert!(
+        out.contains("not bitwise identical"),
+        "the log warns about reproducibility:\n{out}"
+    );
+    let summary = metrics_lines(&metrics).pop().unwrap();
+    assert_eq!(summary["attention_dq"], "\"atomic\"");
+    let atomic = losses(&metrics);
+    assert_eq!(atomic.len(), 2);
+    assert!(atomic.iter().all(|(_, l)| number(l).is_finite()));
+    let (out, metrics) = run("deterministic");
+    assert!(out.contains("attention-dq: deterministic"), "{out}");
+    assert_eq!(
+        metrics_lines(&metrics).pop().unwrap()["attention_dq"],
+        "\"deterministic\""
+    );
+    assert_eq!(
+        losses(&metrics)[0],
+        atomic[0],
+        "the first loss is forward only"
+    );
+}
+
+#[test]
+fn bad_attention_dq_values_exit_2_listing_the_choices() {
+    let choices = &["--attention-dq", "deterministic", "atomic"][..];
+    for (args, needles) in [
+        (
+            &["train", "--device", "emu", "--attention-dq", "fast"][..],
+            choices,
+        ),
+        (
+            &[
+                "train",
+                "--device",
+                "emu",
+                "--attention",
+                "vanilla",
+                "--attention-dq",
+                "atomic",
+            ][..],
+            &["--attention-dq atomic", "--attention flash"][..],
+        ),
+        (
+            &["bench", "step", "--device", "emu", "--attention-dq", "fast"][..],
+            choices,
+        ),
+    ] {
+        let o = frugal(args);
+        let (out, err) = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{args:?}: lacks '{needle}': {err}");
+        }
+    }
+}
+
+#[test]
+fn bench_step_on_emu_runs_the_atomic_dq_mode() {
+    let o = frugal(&[
+        "bench",
+        "step",
+        "--device",
+        "emu",
+        "--model",
+        "tiny",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--attention-dq",
+        "atomic",
+        "--json",
+    ]);
+    assert_ok(&o);
+    let line = text(&o).0;
+    for (key, want) in [
+        ("\"attention\"", "\"flash\""),
+        ("\"attention_dq\"", "\"atomic\""),
+    ] {
+        assert!(line.contains(&format!("{key}: {want}")), "{key} in {line}");
+    }
+}
+
 /// Same weights (same seed), same first batch: the device's first loss, with
 /// either attention, is the CPU's up to bf16 rounding. This checks the device
 /// step computes the model the CPU trains, not only that it runs.

@@ -24,7 +24,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 /// The first four bytes of every handshake message.
 pub const MAGIC: [u8; 4] = *b"FRGL";
 /// Bumped whenever the wire format changes; peers must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: after the ring forms, lane 0 carries the shared-memory vote and verdict.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The longest job token accepted.
 pub const MAX_TOKEN_BYTES: usize = 256;
 /// The largest world size the protocol accepts.

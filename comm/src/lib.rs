@@ -2,7 +2,9 @@
 //! their gradients.
 //!
 //! - [`Rendezvous`] reads torchrun's or Slurm's variables (or is built by hand).
-//! - [`SocketComm`] is frugal's own ring all-reduce over TCP (no GPU needed);
+//! - [`SocketComm`] is frugal's own ring all-reduce over TCP (no GPU needed;
+//!   Unix sockets between ranks on one host, and all-reduces through shared
+//!   memory when every rank is on one host);
 //!   [`NcclComm`] is NCCL through cudarc, loaded at run time. Both implement
 //!   [`Communicator`]: all-reduce (f32, and bf16 summed in f32), reduce-scatter,
 //!   all-gather, broadcast, barrier.
@@ -63,6 +65,7 @@ pub mod frame;
 pub mod nccl;
 pub mod ops;
 pub mod rendezvous;
+mod shm;
 pub mod socket;
 
 pub use ddp::{CommStats, Ddp, DEFAULT_BUCKET_BYTES};

@@ -4,6 +4,9 @@
 //! ([`SameHost`]), which carry the same frames for less CPU per byte and
 //! about half the latency. Both go through the same handshake (version, job
 //! token, rank), and a rank with no Unix listener is reached over TCP.
+//! When every rank of the job is on one host ([`SameHost::SharedMemory`], the
+//! default, and every ring link a Unix socket), all-reduces go through a
+//! shared-memory segment instead (`shm.rs`); the ring carries the rest.
 //!
 //! Each collective is a [`Plan`] (see `ops.rs`) executed by one event loop
 //! per lane with non-blocking sockets: it writes every slice that is
@@ -32,6 +35,7 @@ use crate::error::{CommError, FrameProblem, Refusal};
 use crate::frame::{self, Header, Hello, OpCode, Purpose, HEADER_BYTES, REPLY_FIXED_BYTES};
 use crate::ops::{chunk_range, lane_range, Backend, Combine, Communicator, Phases, Plan};
 use crate::rendezvous::{self, Rendezvous};
+use crate::shm;
 use half::bf16;
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -53,8 +57,11 @@ pub struct SocketOptions {
     /// 0 = one per [`CORES_PER_AUTO_LANE`] cores of rank 0, 1 to [`MAX_AUTO_LANES`]. Through
     /// [`SocketComm::connect`] every rank uses rank 0's choice.
     pub lanes: usize,
-    /// The socket between ranks on the same host.
+    /// The transport between ranks on the same host.
     pub same_host: SameHost,
+    /// [`SameHost::SharedMemory`]: bytes per rank of each of the segment's two
+    /// halves; larger all-reduces go through it in pieces of this size.
+    pub shm_slot_bytes: usize,
 }
 
 /// Default [`SocketOptions::lanes`]: automatic (from rank 0's core count).
@@ -98,7 +105,8 @@ impl Default for SocketOptions {
             slice_bytes: 256 << 10,
             socket_buffer_bytes: 4 << 20,
             lanes: DEFAULT_LANES,
-            same_host: SameHost::UnixSocket,
+            same_host: SameHost::SharedMemory,
+            shm_slot_bytes: crate::shm::DEFAULT_SLOT_BYTES,
         }
     }
 }
@@ -106,6 +114,10 @@ impl Default for SocketOptions {
 /// Which socket carries the ring between two ranks on the same host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameHost {
+    /// When every rank of the job is on this host: all-reduces through a
+    /// shared-memory segment (see `shm.rs`), everything else over Unix sockets.
+    /// Otherwise the same as [`SameHost::UnixSocket`].
+    SharedMemory,
     /// A Unix-domain stream socket (abstract name, Linux): the same bytes
     /// without the TCP/IP stack, which costs about half the CPU per byte.
     UnixSocket,
@@ -328,6 +340,8 @@ pub struct SocketComm {
     refused: usize,
     /// The first error; once set, every call fails with it.
     broken: Option<String>,
+    /// The shared-memory segment all-reduces go through, when every rank is on this host.
+    shm: Option<crate::shm::Segment>,
 }
 
 /// Where a lane's event loop stood when it failed (so the abort frame can follow a whole frame).
@@ -504,13 +518,14 @@ impl SocketComm {
             })?
             .port();
         let unix = match options.same_host {
-            SameHost::UnixSocket => unix_listener(rv, port),
+            SameHost::UnixSocket | SameHost::SharedMemory => unix_listener(rv, port),
             SameHost::Tcp => None,
         };
         let lanes = (lanes_wanted(&options) as u16).to_le_bytes();
         let peers = rendezvous::exchange(rv, port, &lanes)?;
         comm.refused += peers.refused;
         comm.join_ring(rv, listener, unix, &peers)?;
+        comm.setup_shm(&peers)?;
         Ok(comm)
     }
 
@@ -525,6 +540,7 @@ impl SocketComm {
             staging: Vec::new(),
             refused: 0,
             broken: None,
+            shm: None,
         }
     }
 
@@ -554,10 +570,13 @@ impl SocketComm {
         comm.refused = peers.refused;
         if rv.world > 1 {
             let unix = match (options.same_host, listener.local_addr()) {
-                (SameHost::UnixSocket, Ok(a)) => unix_listener(rv, a.port()),
+                (SameHost::UnixSocket | SameHost::SharedMemory, Ok(a)) => {
+                    unix_listener(rv, a.port())
+                }
                 _ => None,
             };
             comm.join_ring(rv, listener, unix, peers)?;
+            comm.setup_shm(peers)?;
         }
         Ok(comm)
     }
@@ -601,7 +620,7 @@ impl SocketComm {
         //    On the ring the hello's `listen_port` carries the lane index.
         // A neighbour on this host (same address as ours, or loopback) is tried
         // over its Unix listener first; TCP when it has none.
-        let same_host = options.same_host == SameHost::UnixSocket
+        let same_host = options.same_host != SameHost::Tcp
             && (next_addr.ip().is_loopback()
                 || peers.ring_addrs.get(rank).map(|a| a.ip()) == Some(next_addr.ip()));
         let next_unix = unix_name(&rv.master(), next, next_addr.port());
@@ -756,6 +775,165 @@ impl SocketComm {
         Ok(())
     }
 
+    /// Whether all-reduces go through shared memory ([`SameHost::SharedMemory`]
+    /// with every rank on this host).
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shm.is_some()
+    }
+
+    /// Agrees with every rank whether to use shared memory and, if so, maps the
+    /// segment rank 0 creates, whose descriptor goes round the ring on lane 0.
+    ///
+    /// Two passes over lane 0: (1) a byte ANDs every rank's willingness (option
+    /// set, all ranks on one host, both lane-0 links Unix sockets) from rank 0
+    /// round to rank 0; (2) rank 0 sends the verdict, with the segment's
+    /// descriptor when yes, and each rank forwards it to the next (not back to 0).
+    fn setup_shm(&mut self, peers: &rendezvous::Peers) -> Result<(), CommError> {
+        let (rank, world) = (self.rank, self.world);
+        let Some(lane) = self.lanes.first() else {
+            return Ok(());
+        };
+        let my_ip = peers.ring_addrs.get(rank).map(|a| a.ip());
+        let one_host = peers.ring_addrs.iter().all(|a| {
+            Some(a.ip()) == my_ip
+                || (a.ip().is_loopback() && my_ip.is_some_and(|m| m.is_loopback()))
+        });
+        let unix_links = matches!(lane.next.stream, Stream::Unix(_))
+            && matches!(lane.prev.stream, Stream::Unix(_));
+        let willing = self.options.same_host == SameHost::SharedMemory && one_host && unix_links;
+        let (next_fd, prev_fd) = (lane.next.stream.as_raw_fd(), lane.prev.stream.as_raw_fd());
+        let (next, prev) = (lane.next.peer, lane.prev.peer);
+        let (next_addr, prev_addr) = (lane.next.addr, lane.prev.addr);
+        let timeout = self.timeout;
+        let io = |peer: usize, addr: SocketAddr| {
+            move |source| CommError::Io {
+                rank,
+                peer: Some(peer),
+                addr: addr.to_string(),
+                during: "shared-memory setup".into(),
+                source,
+            }
+        };
+        for s in [&lane.next.stream, &lane.prev.stream] {
+            s.set_nonblocking(false).map_err(io(next, next_addr))?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(io(next, next_addr))?;
+            rendezvous::HandshakeStream::set_read_timeout(s, Some(timeout))
+                .map_err(io(prev, prev_addr))?;
+        }
+        let recv = |what: &str| {
+            shm::recv_byte_with_fd(prev_fd).map_err(|e| match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => CommError::Timeout {
+                    rank,
+                    peer: Some(prev),
+                    addr: prev_addr.to_string(),
+                    waiting_for: what.to_string(),
+                    timeout,
+                },
+                _ => io(prev, prev_addr)(e),
+            })
+        };
+        // Pass 1.
+        let all_willing = if rank == 0 {
+            shm::send_byte_with_fd(next_fd, u8::from(willing), None)
+                .map_err(io(next, next_addr))?;
+            recv("the shared-memory vote")?.0 == 1
+        } else {
+            let (b, _) = recv("the shared-memory vote")?;
+            shm::send_byte_with_fd(next_fd, u8::from(b == 1 && willing), None)
+                .map_err(io(next, next_addr))?;
+            false
+        };
+        // Pass 2.
+        let addrs = peers.ring_addrs.clone();
+        if rank == 0 {
+            let created = if all_willing {
+                match shm::Segment::create(rank, world, self.options.shm_slot_bytes, addrs, timeout)
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        log::warn!("rank 0: no shared-memory segment ({e}); all-reduces use the socket ring");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match created {
+                Some((seg, fd)) => {
+                    shm::send_byte_with_fd(next_fd, 1, Some(fd.as_raw_fd()))
+                        .map_err(io(next, next_addr))?;
+                    self.shm = Some(seg);
+                }
+                None => shm::send_byte_with_fd(next_fd, 0, None).map_err(io(next, next_addr))?,
+            }
+        } else {
+            let (verdict, fd) = recv("rank 0's shared-memory verdict")?;
+            match (verdict, fd) {
+                (1, Some(fd)) => {
+                    let seg = shm::Segment::open(fd.as_raw_fd(), rank, world, addrs, timeout)?;
+                    if next != 0 {
+                        shm::send_byte_with_fd(next_fd, 1, Some(fd.as_raw_fd()))
+                            .map_err(io(next, next_addr))?;
+                    }
+                    self.shm = Some(seg);
+                }
+                (1, None) => {
+                    return Err(CommError::InvalidArgument {
+                        what: format!("rank {rank}: rank {prev} announced shared memory without passing the segment"),
+                    })
+                }
+                _ => {
+                    if next != 0 {
+                        shm::send_byte_with_fd(next_fd, 0, None).map_err(io(next, next_addr))?;
+                    }
+                }
+            }
+        }
+        for s in [&lane.next.stream, &lane.prev.stream] {
+            s.set_nonblocking(true).map_err(io(next, next_addr))?;
+        }
+        log::debug!(
+            "rank {rank}: all-reduce over shared memory: {}",
+            self.shm.is_some()
+        );
+        Ok(())
+    }
+
+    /// The all-reduce through the shared-memory segment; on failure tells the others
+    /// (segment abort word, then the ring) and breaks the communicator.
+    fn shm_all_reduce<T: shm::ShmElem>(&mut self, data: &mut [T]) -> Result<(), CommError> {
+        self.check_usable()?;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let watch: Vec<shm::Watch> = self
+            .lanes
+            .first()
+            .map(|l| {
+                vec![
+                    shm::Watch {
+                        fd: l.prev.stream.as_raw_fd(),
+                        peer: l.prev.peer,
+                    },
+                    shm::Watch {
+                        fd: l.next.stream.as_raw_fd(),
+                        peer: l.next.peer,
+                    },
+                ]
+            })
+            .unwrap_or_default();
+        let Some(seg) = self.shm.as_mut() else {
+            return Ok(());
+        };
+        match seg.all_reduce(data, &watch, &format!("all-reduce #{seq}")) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let states = vec![(0usize, true); self.lanes.len()];
+                Err(self.fail(e, &states))
+            }
+        }
+    }
+
     /// Connections refused (wrong token, version or rank) while this rank's ring formed.
     pub fn refused_connections(&self) -> usize {
         self.refused
@@ -868,6 +1046,11 @@ impl SocketComm {
     /// remembers the error.
     fn fail(&mut self, error: CommError, states: &[(usize, bool)]) -> CommError {
         let failed_rank = error.failed_peer().unwrap_or(self.rank);
+        // Shared memory first: ranks that are not our neighbours learn of it there,
+        // and our neighbours read it before they notice the sockets close.
+        if let Some(shm) = &self.shm {
+            shm.post_abort(failed_rank);
+        }
         for (lane, &(owed_bytes, next_usable)) in self.lanes.iter_mut().zip(states) {
             if next_usable {
                 let s = &mut lane.next.stream;
@@ -1299,10 +1482,16 @@ impl Communicator for SocketComm {
     }
 
     fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            return self.shm_all_reduce(data);
+        }
         self.ring_f32(OpCode::AllReduce, Phases::Both, data)
     }
 
     fn all_reduce_sum_bf16(&mut self, data: &mut [bf16]) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            return self.shm_all_reduce(data);
+        }
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         staging.extend(data.iter().map(|v| v.to_f32()));

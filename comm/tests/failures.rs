@@ -5,7 +5,7 @@
 
 mod common;
 
-use frugal_comm::{Communicator, Rendezvous, SocketComm, SocketOptions};
+use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,12 +16,13 @@ const WORKER_ENV: &str = "FRUGAL_COMM_TEST_WORKER";
 /// Exits the process: 0 never (the test always kills someone), 3 on a comm error.
 fn worker(spec: &str) -> ! {
     let mut it = spec.split(',').map(|s| s.parse::<u64>().unwrap_or(0));
-    let (rank, world, port, timeout_ms, lanes) = (
+    let (rank, world, port, timeout_ms, lanes, unix) = (
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as u16,
         it.next().unwrap_or(0),
         it.next().unwrap_or(0) as usize,
+        it.next().unwrap_or(0) == 1,
     );
     let rv = Rendezvous::loopback(
         rank,
@@ -30,8 +31,14 @@ fn worker(spec: &str) -> ! {
         "failure-test",
         Duration::from_millis(timeout_ms),
     );
+    // Default: all-reduces through shared memory; `unix`: the socket ring.
     let options = SocketOptions {
         lanes,
+        same_host: if unix {
+            SameHost::UnixSocket
+        } else {
+            SameHost::SharedMemory
+        },
         ..SocketOptions::default()
     };
     let mut comm = match SocketComm::connect(&rv, options) {
@@ -53,8 +60,15 @@ fn worker(spec: &str) -> ! {
     std::process::exit(0)
 }
 
-/// `lanes`: the ring's lane count (0 = automatic).
-fn spawn_ranks(test_name: &str, world: usize, timeout: Duration, lanes: usize) -> Vec<Child> {
+/// `lanes`: the ring's lane count (0 = automatic); `transport`: shared memory or the socket ring.
+fn spawn_ranks(
+    test_name: &str,
+    world: usize,
+    timeout: Duration,
+    lanes: usize,
+    transport: SameHost,
+) -> Vec<Child> {
+    let unix = u8::from(transport != SameHost::SharedMemory);
     let port = common::free_port();
     let exe = std::env::current_exe().expect("test executable");
     (0..world)
@@ -63,7 +77,10 @@ fn spawn_ranks(test_name: &str, world: usize, timeout: Duration, lanes: usize) -
                 .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
                 .env(
                     WORKER_ENV,
-                    format!("{rank},{world},{port},{},{lanes}", timeout.as_millis()),
+                    format!(
+                        "{rank},{world},{port},{},{lanes},{unix}",
+                        timeout.as_millis()
+                    ),
                 )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -110,8 +127,26 @@ fn finish(mut child: Child, guard: Duration) -> (Option<i32>, String) {
 }
 
 fn kill_one_and_check(test_name: &str, world: usize, victim: usize, signal: i32, lanes: usize) {
+    kill_one_over(
+        test_name,
+        world,
+        victim,
+        signal,
+        lanes,
+        SameHost::SharedMemory,
+    );
+}
+
+fn kill_one_over(
+    test_name: &str,
+    world: usize,
+    victim: usize,
+    signal: i32,
+    lanes: usize,
+    transport: SameHost,
+) {
     let timeout = Duration::from_secs(3);
-    let mut ranks = spawn_ranks(test_name, world, timeout, lanes);
+    let mut ranks = spawn_ranks(test_name, world, timeout, lanes, transport);
     for c in ranks.iter_mut() {
         wait_for_steps(c, 2);
     }
@@ -198,8 +233,19 @@ fn killed_rank_with_several_lanes_fails_every_other_rank() {
     // 4 MiB buffers over 3 lanes: each lane's thread must stop, and the error
     // that reaches the caller must name the dead rank, not a sibling lane's stop.
     let name = "killed_rank_with_several_lanes_fails_every_other_rank";
-    kill_one_and_check(name, 3, 1, libc::SIGKILL, 3);
-    kill_one_and_check(name, 2, 0, libc::SIGSTOP, 3);
+    kill_one_over(name, 3, 1, libc::SIGKILL, 3, SameHost::UnixSocket);
+    kill_one_over(name, 2, 0, libc::SIGSTOP, 3, SameHost::UnixSocket);
+}
+
+#[test]
+fn killed_rank_on_the_socket_ring_fails_every_other_rank() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        worker(&spec);
+    }
+    // The same checks with shared memory off: the ring relays the abort.
+    let name = "killed_rank_on_the_socket_ring_fails_every_other_rank";
+    kill_one_over(name, 4, 2, libc::SIGKILL, 1, SameHost::UnixSocket);
+    kill_one_over(name, 2, 0, libc::SIGSTOP, 1, SameHost::UnixSocket);
 }
 
 #[test]

@@ -17,7 +17,7 @@
 
 use frugal_model::config::{Config, LayerTensor, ParamKind, ParamLayout};
 use frugal_model::cpu::CpuModel;
-use frugal_model::device::{Attention, DeviceModel, OptimHyper};
+use frugal_model::device::{Attention, DeviceModel, DqMode, OptimHyper, StepOptions};
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
 use frugal_model::{ModelError, IGNORE_INDEX};
@@ -139,9 +139,9 @@ fn tokens(cfg: &Config, n: usize, seed: u64, ignored: usize) -> (Vec<u32>, Vec<u
     (inputs, targets)
 }
 
-fn device_model(cfg: &Config, b: usize, t: usize, attention: Attention) -> DeviceModel {
-    DeviceModel::new(open_device(), cfg, b, t, attention, HYPER)
-        .unwrap_or_else(|e| panic!("DeviceModel::new: {e}"))
+fn device_model(cfg: &Config, b: usize, t: usize, opts: impl Into<StepOptions>) -> DeviceModel {
+    DeviceModel::new_with(open_device(), cfg, b, t, opts.into(), HYPER)
+        .unwrap_or_else(|e| panic!("DeviceModel::new_with: {e}"))
 }
 
 fn zeros(n: usize) -> Vec<f32> {
@@ -153,12 +153,12 @@ fn device_grads(
     cfg: &Config,
     b: usize,
     t: usize,
-    attention: Attention,
+    opts: impl Into<StepOptions>,
     params: &[f32],
     inputs: &[u32],
     targets: &[u32],
 ) -> (f32, Vec<f32>) {
-    let mut dm = device_model(cfg, b, t, attention);
+    let mut dm = device_model(cfg, b, t, opts);
     let n = params.len();
     dm.set_state(params, &zeros(n), &zeros(n), 0).unwrap();
     dm.zero_grads().unwrap();
@@ -271,16 +271,17 @@ fn check_against_cpu(
     cfg: &Config,
     b: usize,
     t: usize,
-    attention: Attention,
+    opts: impl Into<StepOptions>,
     ignored: usize,
     seed: u64,
     zero: ZeroGradient,
 ) {
+    let opts = opts.into();
     let params = params_for(cfg, seed);
     let (inputs, targets) = tokens(cfg, b * t, seed + 1, ignored);
-    let (loss_d, g_d) = device_grads(cfg, b, t, attention, &params, &inputs, &targets);
+    let (loss_d, g_d) = device_grads(cfg, b, t, opts, &params, &inputs, &targets);
     let (loss_c, g_c) = cpu_grads(cfg, b, t, &params, &inputs, &targets);
-    let what = format!("{cfg:?} B={b} T={t} {attention:?}");
+    let what = format!("{cfg:?} B={b} T={t} {opts:?}");
     let loss_err = ((loss_d - loss_c) / loss_c).abs() as f64;
     assert!(
         loss_err < LOSS_TOL,
@@ -314,6 +315,80 @@ fn gradients_match_cpu_head_size_128() {
 fn gradients_match_cpu_vanilla_attention() {
     let cfg = config(101, 128, 2, 2, 1, 171, 37);
     check_against_cpu(&cfg, 2, 37, Attention::Vanilla, 2, 4, ZeroGradient::Refuse);
+}
+
+/// The opt-in atomic dQ mode (FlashAttention-2's backward).
+const ATOMIC: StepOptions = StepOptions {
+    attention: Attention::Flash,
+    dq: DqMode::Atomic,
+};
+
+#[test]
+fn atomic_dq_gradients_match_cpu() {
+    // The same cases and tolerances as the deterministic mode: GQA with a ragged second
+    // tile and ignored targets, and HS = 128. (The emulator runs the atomics in a fixed
+    // order, so nothing here can or does assert that reruns differ.)
+    let cfg = config(101, 128, 2, 2, 1, 171, 70);
+    check_against_cpu(&cfg, 2, 70, ATOMIC, 5, 2, ZeroGradient::Refuse);
+    let cfg = config(96, 256, 1, 2, 2, 344, 40);
+    check_against_cpu(&cfg, 1, 40, ATOMIC, 0, 3, ZeroGradient::Refuse);
+}
+
+#[test]
+fn atomic_dq_changes_only_what_dq_reaches() {
+    // The forward is the same program in both modes, so the loss is bit for bit the same.
+    // The backward of the last layer's attention is the first place the modes differ, and
+    // there only in dQ: dK and dV come from the same instructions (bit for bit, as the
+    // flash kernel tests check), so the last layer's Wk and Wv gradients (dKᵀ·a, dVᵀ·a)
+    // and every gradient finished before that attention backward (head, final norm, the
+    // last layer's MLP, norm and Wo) are identical; Wq and everything below it see the
+    // atomically summed dQ and are held to the CPU tolerance instead.
+    let cfg = config(101, 128, 2, 2, 1, 171, 70);
+    let (b, t) = (1, 70);
+    let params = params_for(&cfg, 11);
+    let (inputs, targets) = tokens(&cfg, b * t, 12, 3);
+    let det = StepOptions::from(Attention::Flash);
+    let (ld, gd) = device_grads(&cfg, b, t, det, &params, &inputs, &targets);
+    let (la, ga) = device_grads(&cfg, b, t, ATOMIC, &params, &inputs, &targets);
+    assert_eq!(ld.to_bits(), la.to_bits(), "loss {ld} vs {la}");
+    // The atomic mode really runs: per layer its backward is zero, one key-parallel pass
+    // with the atomic adds, cast (three launches after the preprocess) instead of the dK/dV
+    // and dQ passes (two).
+    let launches = |opts| device_model(&cfg, b, t, opts).launches_per_step();
+    assert_eq!(launches(ATOMIC), launches(det) + cfg.n_layers);
+    assert_eq!(device_model(&cfg, b, t, ATOMIC).options(), ATOMIC);
+    let layout = ParamLayout::new(&cfg);
+    let last = cfg.n_layers - 1;
+    let mut identical = vec![layout.lm_head().range(), layout.final_norm().range()];
+    for tt in [
+        LayerTensor::Wk,
+        LayerTensor::Wv,
+        LayerTensor::Wo,
+        LayerTensor::MlpNorm,
+        LayerTensor::WGate,
+        LayerTensor::WUp,
+        LayerTensor::WDown,
+    ] {
+        identical.push(layout.layer(last, tt).range());
+    }
+    for r in &identical {
+        let differ = (r.clone())
+            .filter(|&i| gd[i].to_bits() != ga[i].to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{differ} values of {r:?} differ between dQ modes"
+        );
+    }
+    // Two bf16 steps against each other: twice the CPU tolerance, as flash vs vanilla.
+    for ts in &layout.tensors {
+        let err = rel_l2(&ga[ts.range()], &gd[ts.range()]);
+        assert!(
+            err < 2.0 * GRAD_TOL,
+            "{}: atomic vs deterministic {err:.3e}",
+            ts.name
+        );
+    }
 }
 
 #[test]
@@ -648,6 +723,50 @@ fn unsupported_configs_are_refused() {
         DeviceModel::new(Device::cpu(), &ok, 1, 16, Attention::Flash, HYPER),
         Err(ModelError::DeviceUnsupported { .. })
     ));
+    // The atomic dQ mode is flash attention's: with vanilla it is refused, naming why.
+    let vanilla_atomic = StepOptions {
+        attention: Attention::Vanilla,
+        dq: DqMode::Atomic,
+    };
+    for result in [
+        DeviceModel::requests_with(&ok, 1, 16, vanilla_atomic).map(|_| ()),
+        DeviceModel::new_with(open_device(), &ok, 1, 16, vanilla_atomic, HYPER).map(|_| ()),
+    ] {
+        match result {
+            Err(ModelError::DeviceUnsupported { what }) => {
+                assert!(what.contains("flash"), "{what}")
+            }
+            other => panic!("vanilla + atomic dQ: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn atomic_dq_plans_one_f32_accumulator_per_layer() {
+    let cfg = frugal_model::config::Preset::by_name("paper-100m")
+        .unwrap()
+        .config();
+    let (b, t) = (2usize, 256usize);
+    let det = DeviceModel::requests(&cfg, b, t, Attention::Flash).unwrap();
+    let atomic = DeviceModel::requests_with(&cfg, b, t, ATOMIC).unwrap();
+    let accum = |reqs: &[frugal_runtime::arena::BufferRequest]| {
+        reqs.iter()
+            .filter(|r| r.name.ends_with("attn.dq_accum.f32"))
+            .map(|r| (r.bytes, r.last_use - r.first_use))
+            .collect::<Vec<_>>()
+    };
+    assert!(accum(&det).is_empty());
+    // (B, T, NH, HS) f32, live during its layer's attention backward only.
+    let one = (b * t * cfg.n_heads * cfg.head_dim() * 4) as u64;
+    assert_eq!(accum(&atomic), vec![(one, 0); cfg.n_layers]);
+    // The accumulators are never live together, so the peak grows by at most one of them.
+    let (pd, pa) = (plan(&det).unwrap(), plan(&atomic).unwrap());
+    assert!(
+        pa.peak_bytes >= pd.peak_bytes && pa.peak_bytes <= pd.peak_bytes + one,
+        "atomic {} vs deterministic {}",
+        pa.peak_bytes,
+        pd.peak_bytes
+    );
 }
 
 #[test]

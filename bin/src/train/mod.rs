@@ -210,6 +210,10 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         .run(resume_from, &mut metrics_out)
         .map_err(CliError::Failed)?;
     let (text, obj) = trainer::summary(&summary, &price);
+    // Which attention ran: the atomic dQ mode makes a run's bits timing-dependent.
+    let obj = obj
+        .string("attention", &opts.attention.to_string())
+        .string("attention_dq", options::dq_name(opts.attention_dq));
     if leader {
         say_raw!("{text}");
     }
@@ -393,6 +397,13 @@ fn prepare_gpu(
             )
         });
     }
+    if opts.attention_dq == options::AttentionDq::Atomic {
+        notes.push(
+            "--attention-dq atomic: flash attention's dQ is summed with float atomics; faster \
+             on GPUs, and a rerun with the same seed is not bitwise identical there"
+                .to_string(),
+        );
+    }
     let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
     let hyper = OptimHyper {
         beta1: BETA1,
@@ -400,12 +411,12 @@ fn prepare_gpu(
         eps: ADAM_EPS,
         weight_decay: opts.weight_decay as f32,
     };
-    let model = DeviceModel::new(
+    let model = DeviceModel::new_with(
         device,
         &opts.config,
         opts.batch,
         opts.config.seq_len,
-        opts.attention.for_device(),
+        opts.step_options(),
         hyper,
     )
     .map_err(|e| CliError::Failed(format!("setting up the device step: {e}")))?;
@@ -507,6 +518,12 @@ fn cpu_notes(opts: &TrainOptions) -> Vec<String> {
         "--attention {} is a GPU setting; the CPU backend has one attention path and ignores it",
         opts.attention
     ));
+    if opts.attention_dq != options::AttentionDq::Deterministic {
+        notes.push(format!(
+            "--attention-dq {} is a GPU setting; ignored on the CPU",
+            options::dq_name(opts.attention_dq)
+        ));
+    }
     if let Some(f) = opts.mem_target {
         notes.push(format!(
             "--mem-target {f} is a GPU setting; ignored on the CPU"

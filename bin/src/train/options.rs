@@ -91,7 +91,8 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// The device step's name for it.
+    /// The device step's name for it (deterministic dQ; see
+    /// [`TrainOptions::step_options`] for the flags' full choice).
     pub fn for_device(self) -> frugal_model::device::Attention {
         match self {
             Attention::Flash => frugal_model::device::Attention::Flash,
@@ -106,6 +107,32 @@ impl fmt::Display for Attention {
             Attention::Flash => "flash",
             Attention::Vanilla => "vanilla",
         })
+    }
+}
+
+/// How flash attention's backward sums dQ (`--attention-dq`), as the device step's
+/// [`frugal_model::device::DqMode`].
+pub type AttentionDq = frugal_model::device::DqMode;
+
+/// The flag's name for a dQ mode.
+pub fn dq_name(dq: AttentionDq) -> &'static str {
+    match dq {
+        AttentionDq::Deterministic => "deterministic",
+        AttentionDq::Atomic => "atomic",
+    }
+}
+
+/// Parses `--attention-dq` (None: the deterministic default).
+///
+/// # Errors
+/// A usage error listing the choices.
+pub fn parse_attention_dq(value: Option<&str>) -> Result<AttentionDq, UsageError> {
+    match value {
+        None | Some("deterministic") => Ok(AttentionDq::Deterministic),
+        Some("atomic") => Ok(AttentionDq::Atomic),
+        Some(other) => Err(usage(format!(
+            "--attention-dq '{other}' is not one of deterministic, atomic"
+        ))),
     }
 }
 
@@ -177,6 +204,9 @@ pub struct TrainOptions {
     pub seed: u64,
     pub device: DeviceChoice,
     pub attention: Attention,
+    /// Flash attention's dQ summation; atomic is faster on GPUs and not bitwise
+    /// reproducible run to run.
+    pub attention_dq: AttentionDq,
     pub mem_target: Option<f64>,
     pub out: PathBuf,
     pub resume: Option<Resume>,
@@ -243,6 +273,9 @@ device:
   --threads N             CPU worker threads (default {threads}, the cores available)
   --attention flash|vanilla  attention kernel on GPUs and emu (default flash; the CPU
                           has one path and ignores it)
+  --attention-dq deterministic|atomic  flash attention backward's dQ (default
+                          deterministic); atomic sums dQ with float atomics: faster on
+                          GPUs and NOT bitwise reproducible run to run (flash only)
   --mem-target F          GPU/emu: use the largest micro-batch (up to {max_target_batch}) whose
                           memory plan fits in F of free device memory, 0 < F <= 1
                           (replaces --batch; the CPU ignores it)
@@ -362,6 +395,14 @@ fn config_hash(cfg: &Config) -> u32 {
 }
 
 impl TrainOptions {
+    /// The device step's attention options (`--attention`, `--attention-dq`).
+    pub fn step_options(&self) -> frugal_model::device::StepOptions {
+        frugal_model::device::StepOptions {
+            attention: self.attention.for_device(),
+            dq: self.attention_dq,
+        }
+    }
+
     /// Takes every `train` flag from `args` and checks it. Unknown flags are left
     /// in `args` for [`Args::finish`] to report.
     ///
@@ -486,6 +527,14 @@ impl TrainOptions {
                 )))
             }
         };
+        let attention_dq = parse_attention_dq(args.string("attention-dq")?.as_deref())?;
+        if attention == Attention::Vanilla && attention_dq == AttentionDq::Atomic {
+            return Err(usage(
+                "--attention-dq atomic needs --attention flash (vanilla attention's dQ is a \
+                 plain matmul, with no atomic variant)"
+                    .to_string(),
+            ));
+        }
         let mem_target = match args.value::<f64>("mem-target")? {
             None => None,
             Some(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Some(f),
@@ -597,6 +646,7 @@ impl TrainOptions {
             seed,
             device,
             attention,
+            attention_dq,
             mem_target,
             out,
             resume,
@@ -670,8 +720,11 @@ impl TrainOptions {
             self.seed
         );
         s += &format!(
-            "device: {}  threads: {}  attention: {}\n",
-            self.device, self.threads, self.attention
+            "device: {}  threads: {}  attention: {}  attention-dq: {}\n",
+            self.device,
+            self.threads,
+            self.attention,
+            dq_name(self.attention_dq)
         );
         s += &format!(
             "out: {}  ckpt-every: {}  keep: {}  val-every: {}  val-batches: {}\n",
@@ -750,6 +803,8 @@ mod tests {
             "--device gpu",
             "--device cuda:x",
             "--attention fast",
+            "--attention-dq fast",
+            "--attention vanilla --attention-dq atomic",
             "--profile-steps 5",
             "--profile-steps 9:3",
             "--mem-target 1.5",
@@ -764,6 +819,22 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn attention_dq_defaults_to_deterministic_and_takes_atomic() {
+        let d = parse("").unwrap();
+        assert_eq!(d.attention_dq, AttentionDq::Deterministic);
+        assert!(d.describe().contains("attention-dq: deterministic"));
+        let a = parse("--attention-dq atomic").unwrap();
+        assert_eq!(a.step_options().dq, AttentionDq::Atomic);
+        assert!(a.describe().contains("attention-dq: atomic"));
+        let msg = parse("--attention-dq fast").err().map(|e| e.to_string());
+        let msg = msg.unwrap_or_default();
+        assert!(
+            msg.contains("deterministic") && msg.contains("atomic"),
+            "{msg}"
+        );
     }
 
     #[test]

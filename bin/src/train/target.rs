@@ -187,7 +187,7 @@ fn requests_at(
     batch: usize,
     first_error: &mut Option<ModelError>,
 ) -> Result<Vec<BufferRequest>, RuntimeError> {
-    DeviceModel::requests(cfg, batch, cfg.seq_len, opts.attention.for_device()).map_err(|e| {
+    DeviceModel::requests_with(cfg, batch, cfg.seq_len, opts.step_options()).map_err(|e| {
         let text = e.to_string();
         first_error.get_or_insert(e);
         RuntimeError::BadRequest {
@@ -249,8 +249,9 @@ pub fn dry_run_memory(
     };
     let mut s = format!(
         "memory ({what} step: bf16 weights and activations; fp32 master weights, gradients and AdamW moments; \
-         attention {}):\n",
-        opts.attention
+         attention {}, dQ {}):\n",
+        opts.attention,
+        super::options::dq_name(opts.attention_dq)
     );
     match planned {
         Ok(p) => {
@@ -275,11 +276,11 @@ pub fn dry_run_memory(
         }
         Err(e) => {
             // Show the plan at the asked batch even when it does not fit.
-            if let Ok(reqs) = DeviceModel::requests(
+            if let Ok(reqs) = DeviceModel::requests_with(
                 &opts.config,
                 opts.batch,
                 opts.config.seq_len,
-                opts.attention.for_device(),
+                opts.step_options(),
             ) {
                 if let Ok(plan) = arena::plan(&reqs) {
                     s += &format!("at --batch {}:\n", opts.batch);

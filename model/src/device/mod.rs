@@ -36,15 +36,22 @@
 //!   storage format).
 //!
 //! # Determinism
-//! No kernel on the path uses float atomics: matmuls own their output tiles, the norm and
-//! embedding gradients are reduced in a fixed order, flash attention's dQ is a separate
-//! pass, the gradient norm is a fixed tree. The same inputs give the same bits.
+//! By default no kernel on the path uses float atomics: matmuls own their output tiles, the
+//! norm and embedding gradients are reduced in a fixed order, flash attention's dQ is a
+//! separate pass, the gradient norm is a fixed tree. The same inputs give the same bits.
+//! The one exception is opt-in: [`StepOptions::dq`] = [`DqMode::Atomic`] (flash only, the
+//! trainer's `--attention-dq atomic`) runs FlashAttention-2's backward, which adds each key
+//! tile's dQ into an f32 accumulator with float atomics; it saves a pass over K and V, and
+//! the last bits of dQ (hence of everything after it) then depend on the GPU's timing. dK
+//! and dV stay deterministic in both modes.
 //!
 //! # Memory
 //! [`DeviceModel::requests`] lists every buffer (weights bf16, master f32, gradients f32,
 //! moments f32, constant tables, activations, workspaces; vanilla attention adds its saved
-//! probabilities, B·NH·T·T bf16 per layer). [`DeviceModel::new`] refuses a plan that does not
-//! fit the device before allocating anything (the runtime's `OutOfMemory`).
+//! probabilities, B·NH·T·T bf16 per layer; the atomic dQ mode a B·T·NH·HS f32 accumulator
+//! per layer, a workspace of the attention backward only). [`DeviceModel::new`] refuses a
+//! plan that does not fit the device before allocating anything (the runtime's
+//! `OutOfMemory`).
 //!
 //! # Overlap
 //! `on_ready` gets each finished range as soon as its backward is done, copied to the host
@@ -57,6 +64,7 @@ pub(crate) mod vanilla;
 
 use std::ops::Range;
 
+pub use frugal_ptx::flash::DqMode;
 use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
 use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Plan};
 use frugal_runtime::buffer::DeviceArena;
@@ -79,6 +87,43 @@ pub struct OptimHyper {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+}
+
+/// How the step computes attention: which attention, and (flash only) how its backward
+/// sums dQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Flash (the default) or vanilla attention.
+    pub attention: Attention,
+    /// [`DqMode::Deterministic`] (the default) or the opt-in, not bitwise reproducible
+    /// [`DqMode::Atomic`]. Only flash attention has the atomic mode: the step refuses it
+    /// with vanilla attention ([`ModelError::DeviceUnsupported`]) rather than silently
+    /// running something other than what was asked for.
+    pub dq: DqMode,
+}
+
+impl StepOptions {
+    /// `attention` with the deterministic dQ.
+    pub fn deterministic(attention: Attention) -> StepOptions {
+        StepOptions {
+            attention,
+            dq: DqMode::Deterministic,
+        }
+    }
+}
+
+impl From<Attention> for StepOptions {
+    /// `attention` with the deterministic dQ.
+    fn from(attention: Attention) -> StepOptions {
+        StepOptions::deterministic(attention)
+    }
+}
+
+impl Default for StepOptions {
+    /// Flash attention, deterministic dQ.
+    fn default() -> StepOptions {
+        StepOptions::deterministic(Attention::Flash)
+    }
 }
 
 /// The matmul dispatch architecture assumed by [`DeviceModel::requests`] (which has no
@@ -127,6 +172,7 @@ pub struct DeviceModel {
     seq: usize,
     hyper: OptimHyper,
     arch: u32,
+    options: StepOptions,
     ids: Ids,
     /// Byte offset of each program buffer in the arena allocation.
     offsets: Vec<u64>,
@@ -170,7 +216,22 @@ impl DeviceModel {
         seq: usize,
         attention: Attention,
     ) -> Result<Vec<BufferRequest>, ModelError> {
-        let prog = program::build(cfg, Shape { b: batch, t: seq }, attention, PLANNING_ARCH)?;
+        Self::requests_with(cfg, batch, seq, StepOptions::deterministic(attention))
+    }
+
+    /// [`DeviceModel::requests`] for any [`StepOptions`] (the atomic dQ mode adds its
+    /// per-layer f32 accumulator).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::requests`]; [`ModelError::DeviceUnsupported`] for the atomic dQ
+    /// mode with vanilla attention.
+    pub fn requests_with(
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        options: StepOptions,
+    ) -> Result<Vec<BufferRequest>, ModelError> {
+        let prog = program::build(cfg, Shape { b: batch, t: seq }, options, PLANNING_ARCH)?;
         Ok(prog.requests())
     }
 
@@ -190,6 +251,23 @@ impl DeviceModel {
         attention: Attention,
         hyper: OptimHyper,
     ) -> Result<DeviceModel, ModelError> {
+        let options = StepOptions::deterministic(attention);
+        Self::new_with(device, cfg, batch, seq, options, hyper)
+    }
+
+    /// [`DeviceModel::new`] for any [`StepOptions`] (e.g. the atomic dQ mode).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::new`]; [`ModelError::DeviceUnsupported`] for the atomic dQ mode
+    /// with vanilla attention.
+    pub fn new_with(
+        device: Device,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        options: StepOptions,
+        hyper: OptimHyper,
+    ) -> Result<DeviceModel, ModelError> {
         if device.backend() == Backend::Cpu {
             return Err(ModelError::DeviceUnsupported {
                 what: "the cpu device runs no PTX kernels; the CPU model (crate::cpu) trains there"
@@ -199,7 +277,7 @@ impl DeviceModel {
         // The emulator runs the sm_80 code path; a GPU its own architecture (unknown
         // devices get sm_80 kernels, which every supported GPU runs).
         let arch = device.facts().map_or(80, |f| f.sm);
-        let prog = program::build(cfg, Shape { b: batch, t: seq }, attention, arch)?;
+        let prog = program::build(cfg, Shape { b: batch, t: seq }, options, arch)?;
         let requests = prog.requests();
         let plan = plan_arena(&requests).map_err(device_err("planning the arena"))?;
         let arena = device
@@ -248,6 +326,7 @@ impl DeviceModel {
             seq,
             hyper,
             arch,
+            options,
             ids,
             offsets,
             steps,
@@ -320,6 +399,11 @@ impl DeviceModel {
     /// The matmul dispatch architecture the launches were planned for (80 on `emu`).
     pub fn arch(&self) -> u32 {
         self.arch
+    }
+
+    /// The attention and dQ mode the step runs.
+    pub fn options(&self) -> StepOptions {
+        self.options
     }
 
     /// The micro-batch shape (B, T) the model was built for.

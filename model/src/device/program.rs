@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use frugal_ptx::error::PtxError;
-use frugal_ptx::flash::{self, AttnShape};
+use frugal_ptx::flash::{self, AttnShape, DqMode};
 use frugal_ptx::kernels::{adamw, embedding, rmsnorm, rope, swiglu, Launch};
 use frugal_ptx::matmul::{self, Epilogue, Gemm, Layout, OutType};
 use frugal_runtime::arena::{BufferRequest, Category};
@@ -31,6 +31,8 @@ use frugal_runtime::step_memory::Attention;
 
 use crate::config::{Config, LayerTensor, ParamLayout, TensorSpec};
 use crate::error::ModelError;
+
+use super::StepOptions;
 
 /// A place in a named buffer: the buffer's index in [`Program::decls`] and a byte offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,14 +253,26 @@ pub(crate) struct Shape {
 ///
 /// # Errors
 /// `Config` for an invalid config, `ShapeMismatch` for B or T of 0, `DeviceUnsupported`
-/// for a head size the attention kernels lack, `Kernel` when a launcher refuses a shape.
+/// for a head size the attention kernels lack or for [`DqMode::Atomic`] with vanilla
+/// attention, `Kernel` when a launcher refuses a shape.
 pub(crate) fn build(
     cfg: &Config,
     shape: Shape,
-    attention: Attention,
+    opts: StepOptions,
     arch: u32,
 ) -> Result<Program, ModelError> {
     cfg.validate()?;
+    let StepOptions { attention, dq } = opts;
+    if attention == Attention::Vanilla && dq == DqMode::Atomic {
+        // Refused rather than ignored: the caller asked for a non-reproducible mode and
+        // would otherwise report one that did not run. Vanilla's dQ is a matmul that owns
+        // its output tiles; there is nothing atomic to switch to.
+        return Err(ModelError::DeviceUnsupported {
+            what: "the atomic dQ mode exists only for flash attention (vanilla attention's \
+                   dQ is a plain matmul); use --attention flash or --attention-dq deterministic"
+                .into(),
+        });
+    }
     for (what, x) in [("batch size", shape.b), ("sequence length", shape.t)] {
         if x == 0 {
             return Err(ModelError::ShapeMismatch {
@@ -697,36 +711,38 @@ pub(crate) fn build(
             w(&lt(LayerTensor::Wo)),
             At::start(dout),
         )?;
-        let dq = bld.act(name("attn.d_q"), nn * c64 * BF16); // (N, NH*HS)
+        let dq_buf = bld.act(name("attn.d_q"), nn * c64 * BF16); // (N, NH*HS)
         let dk = bld.act(name("attn.d_k"), nn * kv64 * BF16); // (N, NKV*HS)
         let dv = bld.act(name("attn.d_v"), nn * kv64 * BF16); // (N, NKV*HS)
         match s.vanilla {
             None => {
                 let d = bld.act(name("attn.d_rowsum"), (b * nh * t) as u64 * F32); // (B, NH, T)
+
+                // The atomic mode's f32 dQ accumulator (B, T, NH, HS): a workspace of this
+                // op only, so the layers share its bytes.
+                let accum = match dq {
+                    DqMode::Deterministic => None,
+                    DqMode::Atomic => Some(bld.ws(
+                        name("attn.dq_accum.f32"),
+                        flash::dq_accum_bytes(attn, dq) as u64,
+                    )),
+                };
                 bld.kernels(name("flash attention backward"), move |r| {
-                    let (q, k, v, o, lse) = (
+                    flash::backward(
+                        dq,
                         r(At::start(s.q)),
                         r(At::start(s.k)),
                         r(At::start(s.v)),
                         r(At::start(s.o)),
+                        r(At::start(dout)),
                         r(At::start(s.lse)),
-                    );
-                    let (dout, d) = (r(At::start(dout)), r(At::start(d)));
-                    Ok(vec![
-                        flash::backward_preprocess(o, dout, d, attn)?,
-                        flash::backward_dkdv(
-                            q,
-                            k,
-                            v,
-                            dout,
-                            lse,
-                            d,
-                            r(At::start(dk)),
-                            r(At::start(dv)),
-                            attn,
-                        )?,
-                        flash::backward_dq(q, k, v, dout, lse, d, r(At::start(dq)), attn)?,
-                    ])
+                        r(At::start(d)),
+                        r(At::start(dq_buf)),
+                        r(At::start(dk)),
+                        r(At::start(dv)),
+                        accum.map_or(0, |a| r(At::start(a))),
+                        attn,
+                    )
                 })?;
             }
             Some(probs) => {
@@ -736,12 +752,14 @@ pub(crate) fn build(
                     probs,
                 );
                 bld.kernels(name("vanilla attention backward"), move |r| {
-                    super::vanilla::backward(arch, attn, r, s.q, s.k, s.v, dout, dq, dk, dv, &bufs)
+                    super::vanilla::backward(
+                        arch, attn, r, s.q, s.k, s.v, dout, dq_buf, dk, dv, &bufs,
+                    )
                 })?;
             }
         }
         for (label, x, heads) in [
-            ("rope backward(dq)", dq, nh),
+            ("rope backward(dq)", dq_buf, nh),
             ("rope backward(dk)", dk, nkv),
         ] {
             rope_op(
@@ -754,7 +772,7 @@ pub(crate) fn build(
             )?;
         }
         for (label, d, tt, width) in [
-            ("dWq += d_qᵀ·a", dq, LayerTensor::Wq, c),
+            ("dWq += d_qᵀ·a", dq_buf, LayerTensor::Wq, c),
             ("dWk += d_kᵀ·a", dk, LayerTensor::Wk, kv),
             ("dWv += d_vᵀ·a", dv, LayerTensor::Wv, kv),
         ] {
@@ -768,7 +786,13 @@ pub(crate) fn build(
         }
         let dnorm1 = bld.act(name("attn_norm.d_out"), nn * c64 * BF16); // (N, C)
         for (label, d, tt, width, epi) in [
-            ("d_a = d_q·Wq", dq, LayerTensor::Wq, c, Epilogue::Overwrite),
+            (
+                "d_a = d_q·Wq",
+                dq_buf,
+                LayerTensor::Wq,
+                c,
+                Epilogue::Overwrite,
+            ),
             (
                 "d_a += d_k·Wk",
                 dk,
@@ -1063,8 +1087,13 @@ mod tests {
 
     #[test]
     fn every_buffer_is_used_and_lives_inside_the_schedule() {
-        for attention in [Attention::Flash, Attention::Vanilla] {
-            let prog = build(&cfg(128, 2, 1), Shape { b: 2, t: 40 }, attention, 80).unwrap();
+        for (attention, dq) in [
+            (Attention::Flash, DqMode::Deterministic),
+            (Attention::Flash, DqMode::Atomic),
+            (Attention::Vanilla, DqMode::Deterministic),
+        ] {
+            let opts = StepOptions { attention, dq };
+            let prog = build(&cfg(128, 2, 1), Shape { b: 2, t: 40 }, opts, 80).unwrap();
             let mut used = vec![false; prog.decls.len()];
             for op in &prog.ops {
                 for &u in &op.uses {
@@ -1097,13 +1126,52 @@ mod tests {
         let unsupported =
             |r: Result<Program, ModelError>| matches!(r, Err(ModelError::DeviceUnsupported { .. }));
         let s = Shape { b: 1, t: 16 };
-        assert!(unsupported(build(&cfg(96, 2, 2), s, Attention::Flash, 80)));
-        assert!(build(&cfg(96, 2, 2), s, Attention::Vanilla, 80).is_ok());
-        assert!(unsupported(build(
-            &cfg(72, 2, 2),
+        let flash = StepOptions::default();
+        let vanilla = StepOptions {
+            attention: Attention::Vanilla,
+            dq: DqMode::Deterministic,
+        };
+        assert!(unsupported(build(&cfg(96, 2, 2), s, flash, 80)));
+        assert!(build(&cfg(96, 2, 2), s, vanilla, 80).is_ok());
+        assert!(unsupported(build(&cfg(72, 2, 2), s, vanilla, 80)));
+    }
+
+    #[test]
+    fn atomic_dq_adds_one_accumulator_per_layer_and_needs_flash() {
+        let (c, s) = (cfg(128, 2, 1), Shape { b: 2, t: 40 });
+        let accumulators = |dq| {
+            let opts = StepOptions {
+                attention: Attention::Flash,
+                dq,
+            };
+            let prog = build(&c, s, opts, 80).unwrap();
+            prog.decls
+                .iter()
+                .filter(|d| d.name.ends_with("attn.dq_accum.f32"))
+                .map(|d| (d.category, d.bytes))
+                .collect::<Vec<_>>()
+        };
+        assert!(accumulators(DqMode::Deterministic).is_empty());
+        // (B, T, NH, HS) f32 per layer: 2 * 40 * 2 * 64 * 4 bytes.
+        let expected = (2 * 40 * 2 * 64 * 4) as u64;
+        assert_eq!(
+            accumulators(DqMode::Atomic),
+            vec![(Category::Workspace, expected); c.n_layers]
+        );
+        let refused = build(
+            &c,
             s,
-            Attention::Vanilla,
-            80
-        )));
+            StepOptions {
+                attention: Attention::Vanilla,
+                dq: DqMode::Atomic,
+            },
+            80,
+        );
+        match refused {
+            Err(ModelError::DeviceUnsupported { what }) => {
+                assert!(what.contains("flash"), "{what}")
+            }
+            other => panic!("vanilla + atomic dQ must be refused, got {:?}", other.err()),
+        }
     }
 }

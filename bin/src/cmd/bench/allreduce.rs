@@ -21,16 +21,19 @@ use std::time::Instant;
 const USAGE: &str = "\
 usage: frugal bench allreduce [--ranks 2,4,8] [--sizes 4K,64K,1M,16M,64M,256M] [--iters N] [--json]
 
-Times the socket ring's f32 all-reduce between local rank processes on loopback.
+Times the socket communicator's f32 all-reduce between local rank processes on loopback.
   --ranks LIST   rank counts to run (default 2,4,8)
   --sizes LIST   message sizes in bytes, with K/M/G (binary) suffixes
                  (default 4K,64K,1M,16M,64M,256M)
   --iters N      timed iterations per size (default: about 512 MiB of traffic, 3..1000)
   --slice BYTES  pipelining slice (default 256K)
+  --shm-slot BYTES  shared memory: bytes per rank per piece (default 1M)
   --socket-buffer BYTES  SO_SNDBUF/SO_RCVBUF asked of the kernel (default 4M; 0 = its autotuning)
   --lanes N      parallel rings (connections and threads) for large messages
                  (default 0: one per 8 cores of rank 0, 1 to 4)
-  --same-host unix|tcp  socket between ranks on this host (default unix: Unix-domain sockets)
+  --same-host shm|unix|tcp  transport between ranks on this host (default shm: all-reduce
+                        through shared memory when every rank is local; unix: Unix-domain
+                        socket ring; tcp: loopback TCP ring)
   --json         one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms
 With FRUGAL_BENCH_DELAY=1 each rank also prints, per size, how long its main thread
 waited runnable for a CPU (Linux schedstat): on a loaded machine, most of time_ms.";
@@ -86,11 +89,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         .unwrap_or_else(|| "4K,64K,1M,16M,64M,256M".into());
     let iters: Option<usize> = args.value("iters")?;
     let slice = args.string("slice")?.unwrap_or_else(|| "256K".into());
+    let shm_slot = args.string("shm-slot")?.unwrap_or_else(|| "1M".into());
     let sockbuf = args.string("socket-buffer")?.unwrap_or_else(|| "4M".into());
     let lanes: usize = args
         .value("lanes")?
         .unwrap_or(frugal_comm::socket::DEFAULT_LANES);
-    let same_host = args.string("same-host")?.unwrap_or_else(|| "unix".into());
+    let same_host = args.string("same-host")?.unwrap_or_else(|| "shm".into());
     let json = args.switch("json")?;
     args.finish()?;
     let usage = |m: String| CliError::Usage(UsageError(format!("bench allreduce: {m}\n{USAGE}")));
@@ -103,15 +107,17 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     .map_err(usage)?;
     let sizes: Vec<usize> = parse_list(&sizes, parse_size).map_err(usage)?;
     let slice = parse_size(&slice).map_err(usage)?;
+    let shm_slot = parse_size(&shm_slot).map_err(usage)?;
     let sockbuf = if sockbuf.trim() == "0" {
         0
     } else {
         parse_size(&sockbuf).map_err(usage)?
     };
     let same_host_mode = match same_host.as_str() {
+        "shm" => SameHost::SharedMemory,
         "unix" => SameHost::UnixSocket,
         "tcp" => SameHost::Tcp,
-        other => return Err(usage(format!("--same-host '{other}': unix or tcp"))),
+        other => return Err(usage(format!("--same-host '{other}': shm, unix or tcp"))),
     };
     if lanes > 64 {
         return Err(usage("--lanes must be 0..64 (0 = automatic)".into()));
@@ -128,6 +134,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
                 socket_buffer_bytes: sockbuf,
                 lanes,
                 same_host: same_host_mode,
+                shm_slot_bytes: shm_slot,
             },
         );
     }
@@ -153,6 +160,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         child.extend([
             "--slice".into(),
             slice.to_string(),
+            "--shm-slot".into(),
+            shm_slot.to_string(),
             "--socket-buffer".into(),
             sockbuf.to_string(),
             "--lanes".into(),

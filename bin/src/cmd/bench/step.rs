@@ -18,11 +18,14 @@
 use std::time::Instant;
 
 use crate::args::{Args, UsageError};
-use crate::train::options::{default_threads, parse_device, Attention, DeviceChoice};
+use crate::train::options::{
+    default_threads, dq_name, parse_attention_dq, parse_device, Attention, AttentionDq,
+    DeviceChoice,
+};
 use crate::CliError;
 use frugal_model::config::{Config, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
-use frugal_model::device::{DeviceModel, OptimHyper};
+use frugal_model::device::{DeviceModel, OptimHyper, StepOptions};
 use frugal_model::init::init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
@@ -30,7 +33,8 @@ use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
 
 const USAGE: &str = "\
 usage: frugal bench step [--device cpu|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                         [--attention flash|vanilla] [--threads N] [--steps N] [--warmup N] [--json]
+                         [--attention flash|vanilla] [--attention-dq deterministic|atomic]
+                         [--threads N] [--steps N] [--warmup N] [--json]
 
 Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.
   --device D    cpu (default), cuda[:N], or emu (the PTX emulator: slow, times emulated)
@@ -38,6 +42,8 @@ Times the training step (forward, backward, grad norm and clip, AdamW) on random
   --batch B     sequences per step (default: the preset's)
   --seq T       tokens per sequence (default: the preset's)
   --attention A flash (default) or vanilla, on cuda and emu
+  --attention-dq M  flash backward's dQ: deterministic (default) or atomic (faster on
+                GPUs, not bitwise reproducible run to run), on cuda and emu
   --threads N   CPU worker threads, cpu only (default: the cores available)
   --steps N     timed steps (default 10)
   --warmup N    untimed steps first (default 2)
@@ -83,6 +89,8 @@ pub struct StepBench {
     pub device: StepDevice,
     /// Flash or vanilla attention (device steps only).
     pub attention: Attention,
+    /// Flash attention's dQ mode (device steps only).
+    pub attention_dq: AttentionDq,
     /// Preset name.
     pub model: String,
     /// The model (T = `seq`).
@@ -211,7 +219,11 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         eps: ADAM_EPS,
         weight_decay: WEIGHT_DECAY,
     };
-    let mut model = DeviceModel::new(device, cfg, b.batch, b.seq, b.attention.for_device(), hyper)
+    let options = StepOptions {
+        attention: b.attention.for_device(),
+        dq: b.attention_dq,
+    };
+    let mut model = DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper)
         .map_err(|e| failed(e.to_string()))?;
     let params = init_params(cfg, 1);
     let zeros = vec![0.0f32; params.len()];
@@ -315,7 +327,8 @@ fn timing_name(t: TimingSource) -> &'static str {
 pub fn json_line(b: &StepBench, s: &StepStats) -> String {
     let steps: Vec<String> = s.step_ms.iter().map(|x| format!("{x:.3}")).collect();
     format!(
-        "{{\"model\": \"{}\", \"device\": \"{}\", \"timing\": \"{}\", \"attention\": \"{}\", \"batch\": {}, \
+        "{{\"model\": \"{}\", \"device\": \"{}\", \"timing\": \"{}\", \"attention\": \"{}\", \"attention_dq\": \"{}\", \
+         \"batch\": {}, \
          \"seq\": {}, \"threads\": {}, \"params\": {}, \"warmup\": {}, \"steps\": {}, \
          \"step_ms_mean\": {:.4}, \"step_ms_stddev\": {:.4}, \"step_ms_min\": {:.4}, \
          \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
@@ -324,6 +337,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
         b.device.name(),
         timing_name(s.timing),
         b.attention,
+        dq_name(b.attention_dq),
         b.batch,
         b.seq,
         b.threads,
@@ -352,6 +366,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     }
     let device = args.string("device")?;
     let attention = args.string("attention")?;
+    let attention_dq = args.string("attention-dq")?;
     let model = args.string("model")?.unwrap_or_else(|| "tiny".into());
     let batch: Option<usize> = args.value("batch")?;
     let seq: Option<usize> = args.value("seq")?;
@@ -383,6 +398,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             )))
         }
     };
+    let attention_dq = parse_attention_dq(attention_dq.as_deref()).map_err(|e| usage(e.0))?;
+    if attention == Attention::Vanilla && attention_dq == AttentionDq::Atomic {
+        return Err(usage(
+            "--attention-dq atomic needs --attention flash (vanilla has no atomic dQ)".into(),
+        ));
+    }
     for (name, v) in [
         ("batch", batch.unwrap_or(1)),
         ("seq", seq.unwrap_or(1)),
@@ -400,6 +421,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let bench = StepBench {
         device,
         attention,
+        attention_dq,
         model: preset.name.to_string(),
         batch: batch.unwrap_or(preset.default_batch),
         seq,
@@ -411,12 +433,14 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let where_ = match bench.device {
         StepDevice::Cpu => format!("CPU training step, {} threads", bench.threads),
         StepDevice::Cuda(n) => format!(
-            "GPU training step on cuda:{n}, attention {}",
-            bench.attention
+            "GPU training step on cuda:{n}, attention {} (dQ {})",
+            bench.attention,
+            dq_name(bench.attention_dq)
         ),
         StepDevice::Emu => format!(
-            "GPU training step on the emulator (emu), attention {}",
-            bench.attention
+            "GPU training step on the emulator (emu), attention {} (dQ {})",
+            bench.attention,
+            dq_name(bench.attention_dq)
         ),
     };
     if !json {
@@ -489,6 +513,7 @@ mod tests {
         let b = StepBench {
             device: StepDevice::Cpu,
             attention: Attention::Flash,
+            attention_dq: AttentionDq::Deterministic,
             model: "custom".into(),
             config: cfg.clone(),
             batch: 2,

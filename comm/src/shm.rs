@@ -1,0 +1,648 @@
+//! Shared-memory all-reduce for a job whose ranks all run on one host (what
+//! NCCL's SHM transport does): no byte goes through the kernel.
+//!
+//! Rank 0 creates an anonymous segment (`memfd_create`, never named in a file
+//! system, so nothing leaks when a process dies) and hands its descriptor
+//! round the ring over the Unix sockets (`SCM_RIGHTS`). The segment holds a
+//! header (an abort word and one arrival counter per rank, each on its own
+//! cache line) and two halves of `world` slots of `slot_elems` f32 each.
+//!
+//! All-reduce of `len` elements, cut into pieces of at most `slot_elems`:
+//! 1. each rank converts its piece into its slot (f32; bf16 is widened here),
+//! 2. barrier,
+//! 3. rank r sums part r of the piece ([`chunk_range`] of the piece), reading
+//!    the slots in the ring's order for each element's owner (owner = the
+//!    element's chunk in the WHOLE buffer, so the sum is bitwise
+//!    [`crate::ring_order_sum`]), and writes it into its own slot,
+//! 4. barrier, 5. every rank copies every part back (bf16 rounded once here).
+//!
+//! Pieces alternate between the two halves, so the next piece's copy-in can
+//! start without a third barrier: a rank writes a half again only after it
+//! passed the barrier that every rank reaches after reading that half.
+//!
+//! Waiting: spin briefly, then sleep on a futex on the awaited counter for at
+//! most [`WAIT_SLICE`], looking in between at the abort word and at the Unix
+//! sockets to the ring neighbours (a dead neighbour hangs up). A rank that
+//! fails posts an abort word naming the failed rank, so ranks that are not
+//! its neighbours learn of it too. Every wait is bounded by the timeout and
+//! its error names the rank waited for.
+
+use crate::error::CommError;
+use crate::ops::chunk_range;
+use half::bf16;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Default [`crate::SocketOptions::shm_slot_bytes`]: 1 MiB per rank per half, so a
+/// piece written by one rank is still in cache when the others read it.
+pub const DEFAULT_SLOT_BYTES: usize = 1 << 20;
+
+/// The segment's bounds per rank per half: 4 KiB to 64 MiB.
+const MIN_SLOT_ELEMS: usize = 1024;
+const MAX_SLOT_BYTES: usize = 64 << 20;
+
+/// The longest a waiter sleeps before it looks at the abort word, the sockets and the clock.
+const WAIT_SLICE: Duration = Duration::from_millis(2);
+
+/// How long a wait goes before it also polls the neighbours' sockets for hang-up.
+const HANGUP_CHECK_AFTER: Duration = Duration::from_micros(500);
+
+/// Busy polls of a counter before sleeping: a few hundred nanoseconds, as ranks often
+/// outnumber free cores and a spinning waiter then only delays the rank it waits for.
+const SPINS: u32 = 64;
+
+const MAGIC: u64 = 0x6672_7567_616c_5348; // "frugalSH"
+const ABORT_OFFSET: usize = 64;
+const ARRIVE_OFFSET: usize = 128;
+const LINE: usize = 64;
+
+/// An element type the shared-memory all-reduce carries (summed in f32).
+pub(crate) trait ShmElem: Copy {
+    fn widen(src: &[Self], dst: &mut [f32]);
+    fn narrow(src: &[f32], dst: &mut [Self]);
+}
+
+impl ShmElem for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn narrow(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl ShmElem for bf16 {
+    fn widen(src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+    fn narrow(src: &[f32], dst: &mut [bf16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = bf16::from_f32(*s);
+        }
+    }
+}
+
+/// A ring neighbour's Unix socket, watched for hang-up while waiting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch {
+    pub fd: i32,
+    pub peer: usize,
+}
+
+/// The mapped segment and this rank's place in it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base: *mut u8,
+    len: usize,
+    rank: usize,
+    world: usize,
+    slot_elems: usize,
+    data_offset: usize,
+    /// Barriers this rank has passed (every rank passes the same ones).
+    barriers: u32,
+    /// Pieces done so far; its parity picks the half.
+    pieces: u64,
+    /// Every rank's ring listener, to name peers in errors.
+    addrs: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
+// SAFETY: the segment is plain shared memory owned by this value (unmapped on
+// drop); every cross-process access goes through atomics or is ordered by them.
+unsafe impl Send for Segment {}
+
+fn header_bytes(world: usize) -> usize {
+    (ARRIVE_OFFSET + LINE * world).div_ceil(4096) * 4096
+}
+
+fn segment_bytes(world: usize, slot_elems: usize) -> usize {
+    header_bytes(world) + 2 * world * slot_elems * 4
+}
+
+fn os_error(rank: usize, during: &str) -> CommError {
+    CommError::Io {
+        rank,
+        peer: None,
+        addr: "shared-memory segment".into(),
+        during: during.into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+impl Segment {
+    /// Rank 0: creates and maps a segment for `world` ranks; returns it and its descriptor.
+    pub fn create(
+        rank: usize,
+        world: usize,
+        slot_bytes: usize,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(Segment, std::os::fd::OwnedFd), CommError> {
+        use std::os::fd::FromRawFd;
+        let slot_elems = (slot_bytes / 4).clamp(MIN_SLOT_ELEMS, MAX_SLOT_BYTES / 4);
+        let len = segment_bytes(world, slot_elems);
+        // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"frugal-comm-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_error(rank, "memfd_create"));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `fd` is an open memfd; the length fits off_t on 64-bit Linux.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(os_error(rank, "sizing the segment (ftruncate)"));
+        }
+        let seg = Self::map(fd, len, rank, world, slot_elems, addrs, timeout)?;
+        // SAFETY: the header lies inside the fresh mapping; nobody else has it yet.
+        unsafe {
+            let h = seg.base.cast::<u64>();
+            h.write(MAGIC);
+            h.add(1).write(world as u64);
+            h.add(2).write(slot_elems as u64);
+        }
+        Ok((seg, owned))
+    }
+
+    /// Other ranks: maps the segment rank 0 created, checking its header.
+    pub fn open(
+        fd: i32,
+        rank: usize,
+        world: usize,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Segment, CommError> {
+        // SAFETY: `stat` is plain data, for which all-zero bytes are a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor we own, into a struct that lives across the call.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(os_error(rank, "fstat of the segment"));
+        }
+        let len = st.st_size as usize;
+        if len < header_bytes(world) {
+            return Err(CommError::InvalidArgument {
+                what: format!(
+                    "rank {rank}: the shared-memory segment from rank 0 is too short ({len} bytes)"
+                ),
+            });
+        }
+        let mut seg = Self::map(fd, len, rank, world, 1, addrs, timeout)?;
+        // SAFETY: the header lies inside the mapping (checked above); rank 0 wrote it
+        // before passing the descriptor, and the socket hand-off orders that write before us.
+        let (magic, w, slot) = unsafe {
+            let h = seg.base.cast::<u64>();
+            (h.read(), h.add(1).read(), h.add(2).read())
+        };
+        if magic != MAGIC || w != world as u64 || segment_bytes(world, slot as usize) != len {
+            return Err(CommError::InvalidArgument {
+                what: format!(
+                    "rank {rank}: the shared-memory segment from rank 0 does not match this job \
+                     (world {w}, expected {world}): run the same frugal binary on every rank"
+                ),
+            });
+        }
+        seg.slot_elems = slot as usize;
+        Ok(seg)
+    }
+
+    fn map(
+        fd: i32,
+        len: usize,
+        rank: usize,
+        world: usize,
+        slot_elems: usize,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Segment, CommError> {
+        // SAFETY: mapping `len` bytes of an open memfd of at least that size, shared.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_error(rank, "mapping the segment (mmap)"));
+        }
+        Ok(Segment {
+            base: p.cast(),
+            len,
+            rank,
+            world,
+            slot_elems,
+            data_offset: header_bytes(world),
+            barriers: 0,
+            pieces: 0,
+            addrs,
+            timeout,
+        })
+    }
+
+    fn abort_word(&self) -> &AtomicU64 {
+        // SAFETY: 8-aligned offset inside the mapping, only ever accessed atomically.
+        unsafe { &*self.base.add(ABORT_OFFSET).cast::<AtomicU64>() }
+    }
+
+    fn arrival(&self, rank: usize) -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the header (rank < world), only accessed atomically.
+        unsafe {
+            &*self
+                .base
+                .add(ARRIVE_OFFSET + LINE * rank)
+                .cast::<AtomicU32>()
+        }
+    }
+
+    /// The element count `rank` passed to the current all-reduce (checked by every rank).
+    fn length_word(&self, rank: usize) -> &AtomicU64 {
+        // SAFETY: 8-aligned offset inside rank's header line, only accessed atomically.
+        unsafe {
+            &*self
+                .base
+                .add(ARRIVE_OFFSET + LINE * rank + 8)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    fn slot_ptr(&self, half: usize, rank: usize) -> *mut f32 {
+        let at = self.data_offset + (half * self.world + rank) * self.slot_elems * 4;
+        debug_assert!(at + self.slot_elems * 4 <= self.len);
+        // SAFETY: inside the mapping by construction of `segment_bytes`.
+        unsafe { self.base.add(at).cast::<f32>() }
+    }
+
+    fn addr(&self, rank: usize) -> SocketAddr {
+        self.addrs
+            .get(rank)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Tells every rank that `failed_rank` failed (the first report wins).
+    pub fn post_abort(&self, failed_rank: usize) {
+        let word = 1 | ((failed_rank as u64) << 1 & 0xffff_fffe) | ((self.rank as u64) << 32);
+        let _ = self
+            .abort_word()
+            .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire);
+        for r in 0..self.world {
+            futex_wake(self.arrival(r));
+        }
+    }
+
+    fn posted_abort(&self) -> Option<CommError> {
+        let w = self.abort_word().load(Ordering::Acquire);
+        if w == 0 {
+            return None;
+        }
+        let failed_rank = ((w & 0xffff_ffff) >> 1) as usize;
+        let reported_by = (w >> 32) as usize;
+        Some(CommError::PeerFailed {
+            rank: self.rank,
+            failed_rank,
+            reported_by,
+            reporter_addr: self.addr(reported_by),
+        })
+    }
+
+    /// Waits until every rank reached this barrier.
+    fn barrier(&mut self, watch: &[Watch], what: &str) -> Result<(), CommError> {
+        self.barriers = self.barriers.wrapping_add(1);
+        let k = self.barriers;
+        let mine = self.arrival(self.rank);
+        mine.store(k, Ordering::Release);
+        futex_wake(mine);
+        for p in 0..self.world {
+            if p != self.rank {
+                self.wait_for(p, k, watch, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for(&self, peer: usize, k: u32, watch: &[Watch], what: &str) -> Result<(), CommError> {
+        let counter = self.arrival(peer);
+        let reached = |v: u32| v.wrapping_sub(k) as i32 >= 0;
+        for _ in 0..SPINS {
+            if reached(counter.load(Ordering::Acquire)) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        let start = Instant::now();
+        loop {
+            let v = counter.load(Ordering::Acquire);
+            if reached(v) {
+                return Ok(());
+            }
+            if let Some(e) = self.posted_abort() {
+                return Err(e);
+            }
+            // A poll(2) per wake-up would double the cost of a short wait: look at the
+            // sockets only once the wait is long enough for a death to be the likely cause.
+            let long = start.elapsed() >= HANGUP_CHECK_AFTER;
+            if let Some(dead) = long.then(|| hung_up(watch)).flatten() {
+                // The peer may have arrived and left normally just before: look again.
+                if reached(counter.load(Ordering::Acquire)) {
+                    return Ok(());
+                }
+                if let Some(e) = self.posted_abort() {
+                    return Err(e);
+                }
+                return Err(CommError::PeerClosed {
+                    rank: self.rank,
+                    peer: dead,
+                    addr: self.addr(dead),
+                    during: format!("{what} (shared memory)"),
+                });
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(CommError::Timeout {
+                    rank: self.rank,
+                    peer: Some(peer),
+                    addr: self.addr(peer).to_string(),
+                    waiting_for: format!("{what}: shared-memory barrier {k}"),
+                    timeout: self.timeout,
+                });
+            }
+            futex_wait(counter, v, WAIT_SLICE);
+        }
+    }
+
+    /// In-place all-reduce of `data` through the segment; bitwise the ring's sum.
+    pub fn all_reduce<T: ShmElem>(
+        &mut self,
+        data: &mut [T],
+        watch: &[Watch],
+        what: &str,
+    ) -> Result<(), CommError> {
+        let len = data.len();
+        let n = self.world;
+        let mut off = 0;
+        // Published before the first barrier, read after it by every rank: a rank
+        // whose length differs fails every rank instead of desynchronising the barriers.
+        self.length_word(self.rank)
+            .store(len as u64, Ordering::Relaxed);
+        let mut first = true;
+        // At least one piece, even when empty: the length check needs its barrier.
+        while first || off < len {
+            let plen = self.slot_elems.min(len - off);
+            let half = (self.pieces % 2) as usize;
+            self.pieces += 1;
+            let me = self.rank;
+            let mine = self.slot_ptr(half, me);
+            for q in (0..n).filter(|&q| q != me) {
+                // Only the parts other ranks reduce: our own part is read from `data`.
+                let w = chunk_range(plen, n, q);
+                // SAFETY: part `w` of our own slot of this half; no other rank reads it until
+                // the barrier below (see the module docs for why the half is free).
+                let dst = unsafe { std::slice::from_raw_parts_mut(mine.add(w.start), w.len()) };
+                T::widen(&data[off + w.start..off + w.end], dst);
+            }
+            self.barrier(watch, what)?;
+            if first {
+                first = false;
+                for p in 0..n {
+                    let theirs = self.length_word(p).load(Ordering::Relaxed);
+                    if theirs != len as u64 {
+                        return Err(CommError::InvalidArgument {
+                            what: format!(
+                                "rank {me}: {what}: rank {p} passed {theirs} elements, this rank {len} \
+                                 (every rank must pass buffers of the same length)"
+                            ),
+                        });
+                    }
+                }
+            }
+            let work = chunk_range(plen, n, me);
+            for owner in 0..n {
+                let g = chunk_range(len, n, owner);
+                let a = g.start.max(off + work.start);
+                let b = g.end.min(off + work.end);
+                if a < b {
+                    self.reduce_part(half, owner, off, a - off..b - off, data);
+                }
+            }
+            self.barrier(watch, what)?;
+            for q in (0..n).filter(|&q| q != me) {
+                let w = chunk_range(plen, n, q);
+                // SAFETY: part `w` of rank q's slot, final since the barrier; nobody writes
+                // it until every rank passed the next piece's first barrier.
+                let src = unsafe {
+                    std::slice::from_raw_parts(self.slot_ptr(half, q).add(w.start), w.len())
+                };
+                T::narrow(src, &mut data[off + w.start..off + w.end]);
+            }
+            off += plen;
+        }
+        Ok(())
+    }
+
+    /// Sums `range` of the piece at `off` in the ring's order for chunk `owner`
+    /// (starting at rank owner+1, ending at owner): the peers' values from their
+    /// slots, ours from `data`. The sum goes into our slot (for the peers) and `data`.
+    fn reduce_part<T: ShmElem>(
+        &self,
+        half: usize,
+        owner: usize,
+        off: usize,
+        range: std::ops::Range<usize>,
+        data: &mut [T],
+    ) {
+        const BLOCK: usize = 2048;
+        let n = self.world;
+        let me = self.rank;
+        let mut acc = [0f32; BLOCK];
+        let mut own = [0f32; BLOCK];
+        let mut at = range.start;
+        while at < range.end {
+            let m = BLOCK.min(range.end - at);
+            let acc = &mut acc[..m];
+            let own = &mut own[..m];
+            let ours = &mut data[off + at..off + at + m];
+            T::widen(ours, own);
+            for k in 1..=n {
+                let src_rank = (owner + k) % n;
+                let src: &[f32] = if src_rank == me {
+                    own
+                } else {
+                    // SAFETY: elements at..at+m of a peer's slot, which it wrote before the
+                    // barrier and nobody writes during this phase.
+                    unsafe { std::slice::from_raw_parts(self.slot_ptr(half, src_rank).add(at), m) }
+                };
+                if k == 1 {
+                    acc.copy_from_slice(src);
+                } else {
+                    for (a, s) in acc.iter_mut().zip(src) {
+                        *a += *s;
+                    }
+                }
+            }
+            // SAFETY: our own slot's part, which only we write and nobody reads until the barrier.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(half, me).add(at), m) };
+            dst.copy_from_slice(acc);
+            T::narrow(acc, ours);
+            at += m;
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are our mapping, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// The first watched neighbour whose socket hung up, if any.
+fn hung_up(watch: &[Watch]) -> Option<usize> {
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 2];
+    for (slot, w) in fds.iter_mut().zip(watch) {
+        *slot = libc::pollfd {
+            fd: w.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+    }
+    let n = watch.len().min(2);
+    // SAFETY: `fds` holds `n` valid pollfds; timeout 0 never blocks.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, 0) };
+    if r <= 0 {
+        return None;
+    }
+    fds[..n]
+        .iter()
+        .zip(watch)
+        .find(|(p, _)| p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+        .map(|(_, w)| w.peer)
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, wait: Duration) {
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a shared (not PRIVATE) futex wait on an aligned u32 in shared memory with a
+    // relative timeout; it returns at once if the value is no longer `expected`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: waking waiters of an aligned u32; no memory is accessed beyond the word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Sends one byte, and `fd` with it when given, over a Unix stream socket.
+pub(crate) fn send_byte_with_fd(sock: i32, byte: u8, fd: Option<i32>) -> std::io::Result<()> {
+    let mut b = [byte];
+    let mut iov = libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64 storage keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr zeroed then filled with pointers to locals that outlive the call;
+    // CMSG_* macros stay within `control`, which is large enough for one fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+            libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        }
+        loop {
+            let r = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+            if r == 1 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if r < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(if r < 0 {
+                e
+            } else {
+                std::io::ErrorKind::WriteZero.into()
+            });
+        }
+    }
+}
+
+/// Receives one byte and the descriptor sent with it, if any (blocking, bounded by the
+/// socket's receive timeout).
+pub(crate) fn recv_byte_with_fd(sock: i32) -> std::io::Result<(u8, Option<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let mut b = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: as in `send_byte_with_fd`; the received fd, if any, is taken into an OwnedFd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let r = loop {
+            let r = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break r;
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if r == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut fd = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = libc::CMSG_DATA(c).cast::<i32>().read_unaligned();
+                fd = Some(std::os::fd::OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok((b[0], fd))
+    }
+}
