@@ -488,6 +488,26 @@ fn cuda_without_a_usable_device_exits_1_with_the_runtime_message() {
     }
 }
 
+#[test]
+fn a_malformed_local_rank_is_refused_instead_of_opening_gpu_0() {
+    // Checked before any device is opened, so the message is the same with or without
+    // a GPU; a rank that silently opened GPU 0 would share it with rank 0.
+    for (var, value) in [("LOCAL_RANK", "abc"), ("SLURM_LOCALID", "-1")] {
+        let o = command(&["train", "--device", "cuda", "--steps", "1"])
+            .env_remove("LOCAL_RANK")
+            .env_remove("SLURM_LOCALID")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = assert_fails_cleanly(&o);
+        assert!(
+            err.contains(&format!("{var}='{value}' is not a local rank")),
+            "{err}"
+        );
+        assert!(err.contains("--device cuda:N"), "says what to do: {err}");
+    }
+}
+
 /// The largest batch `--mem-target 1` picks for paper-100m on the emulated
 /// device, read from a dry run (so the test follows the planner, not a number).
 fn largest_batch_paper_100m() -> usize {
@@ -685,4 +705,28 @@ fn bench_step_on_emu_labels_its_times_emulated() {
     // spread, and a broken step is far off or not finite.
     let loss = field("first_loss");
     assert!((loss - 512f64.ln()).abs() < 0.5, "{line}");
+}
+
+#[test]
+fn resuming_with_mem_target_at_another_batch_says_which_batch_to_pass() {
+    // --mem-target picks the batch from free memory, so a resume can land on another batch
+    // than the checkpoint's; the data order cannot follow, and the user, who typed no batch
+    // for this run, must be told which --batch resumes it.
+    let dir = scratch("resume-mem-target");
+    let out = dir.to_str().unwrap();
+    let common = ["--steps", "2", "--val-every", "0", "--out", out];
+    let mut first = common.to_vec();
+    first.extend_from_slice(&["--stop-after", "1"]);
+    assert_ok(&train_emu(&first));
+    let mut again = common.to_vec();
+    again.extend_from_slice(&["--mem-target", "1", "--resume", "auto"]);
+    let err = assert_fails_cleanly(&train_emu(&again));
+    // SMALL trains at batch 2; --mem-target 1 on 16 GiB picks a far larger one.
+    assert!(
+        err.contains("pass --batch 2 instead of --mem-target"),
+        "{err}"
+    );
+    let mut advised = common.to_vec();
+    advised.extend_from_slice(&["--resume", "auto"]);
+    assert_ok(&train_emu(&advised));
 }

@@ -195,7 +195,14 @@ impl Segment {
             let h = seg.base.cast::<u64>();
             (h.read(), h.add(1).read(), h.add(2).read())
         };
-        if magic != MAGIC || w != world as u64 || segment_bytes(world, slot as usize) != len {
+        // The slot size is bounded before any arithmetic on it: an out-of-range one would
+        // overflow `segment_bytes` or, at 0, make `all_reduce` loop without advancing.
+        let slot_ok = (MIN_SLOT_ELEMS as u64..=(MAX_SLOT_BYTES / 4) as u64).contains(&slot);
+        if magic != MAGIC
+            || w != world as u64
+            || !slot_ok
+            || segment_bytes(world, slot as usize) != len
+        {
             return Err(CommError::InvalidArgument {
                 what: format!(
                     "rank {rank}: the shared-memory segment from rank 0 does not match this job \
@@ -644,5 +651,43 @@ pub(crate) fn recv_byte_with_fd(sock: i32) -> std::io::Result<(u8, Option<std::o
             c = libc::CMSG_NXTHDR(&msg, c);
         }
         Ok((b[0], fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A segment whose header claims slots of `slot` elements, sized to match that claim
+    /// (so only the bound on the slot size can refuse it).
+    fn forged(world: usize, slot: u64) -> std::os::fd::OwnedFd {
+        let (seg, fd) =
+            Segment::create(0, world, 4096, Vec::new(), Duration::from_secs(1)).expect("create");
+        // SAFETY: the header lies inside the mapping; only this test uses it.
+        unsafe { seg.base.cast::<u64>().add(2).write(slot) };
+        // Wrapping, as unchecked `segment_bytes` would compute it: 2^62 wraps to the header alone.
+        let len =
+            (header_bytes(world) as u64).wrapping_add((2 * world as u64 * 4).wrapping_mul(slot));
+        // SAFETY: `fd` is an open memfd owned by this test.
+        let resized = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+        assert_eq!(resized, 0);
+        fd
+    }
+
+    #[test]
+    fn open_refuses_a_slot_size_out_of_bounds() {
+        // 0 would loop forever in `all_reduce`; 2^62 overflows `segment_bytes`.
+        for slot in [0, 1 << 62] {
+            let fd = forged(2, slot);
+            let r = Segment::open(fd.as_raw_fd(), 1, 2, Vec::new(), Duration::from_secs(1));
+            assert!(
+                matches!(r, Err(CommError::InvalidArgument { .. })),
+                "slot {slot}: {r:?}"
+            );
+        }
+        // The slot size rank 0 writes itself is accepted.
+        let fd = forged(2, 1024);
+        assert!(Segment::open(fd.as_raw_fd(), 1, 2, Vec::new(), Duration::from_secs(1)).is_ok());
     }
 }

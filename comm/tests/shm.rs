@@ -230,3 +230,23 @@ fn ranks_asking_for_different_transports_agree_on_the_socket_ring() {
         }
     }
 }
+
+/// Lengths that differ across ranks (here also in their number of pieces) fail every
+/// rank with an error naming it, found at the first barrier instead of by a timeout.
+#[test]
+fn mismatched_lengths_through_shared_memory_fail_every_rank() {
+    let results = with_ranks(3, shm(4096), Duration::from_secs(20), |rank, comm| {
+        assert!(comm.uses_shared_memory(), "rank {rank}");
+        let mut x = vec![1.0f32; if rank == 2 { 100 } else { 5000 }];
+        comm.all_reduce_sum_f32(&mut x)?;
+        comm.all_reduce_sum_f32(&mut x)
+    });
+    for (rank, r) in results.into_iter().enumerate() {
+        let e = r.expect("connect").expect_err("lengths differ");
+        assert!(
+            !matches!(e, frugal_comm::CommError::Timeout { .. }),
+            "rank {rank}: {e}"
+        );
+        assert!(e.to_string().contains(&format!("rank {rank}")), "{e}");
+    }
+}

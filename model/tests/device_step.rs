@@ -692,6 +692,55 @@ fn loss_only_equals_the_training_loss() {
 }
 
 #[test]
+fn validation_between_micro_batches_leaves_the_gradients_alone() {
+    // `loss` reuses the forward's arena bytes; it must not reach the gradients (or the
+    // tables and weights the next micro-batch reads), so a run with a validation pass
+    // between its two micro-batches ends with the same gradient bits as one without.
+    let cfg = config(96, 128, 2, 2, 2, 344, 16);
+    let p = ParamLayout::new(&cfg).total();
+    let params = params_for(&cfg, 81);
+    let (inputs, targets) = tokens(&cfg, 2 * 16, 82, 3);
+    let (val_in, val_tgt) = tokens(&cfg, 16, 83, 0);
+    let (first, second) = (0..16, 16..32);
+    let run = |validate: bool| {
+        let mut dm = device_model(&cfg, 1, 16, Attention::Flash);
+        dm.set_state(&params, &zeros(p), &zeros(p), 0).unwrap();
+        dm.zero_grads().unwrap();
+        dm.forward_backward(&inputs[first.clone()], &targets[first.clone()], 0.5, None)
+            .unwrap();
+        let mut after_first = zeros(p);
+        dm.read_grads(&mut after_first).unwrap();
+        if validate {
+            dm.loss(&val_in, &val_tgt).unwrap();
+            let mut g = zeros(p);
+            dm.read_grads(&mut g).unwrap();
+            assert!(
+                g.iter()
+                    .zip(&after_first)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "validation changed the accumulated gradients"
+            );
+        }
+        let loss = dm
+            .forward_backward(&inputs[second.clone()], &targets[second.clone()], 0.5, None)
+            .unwrap();
+        let mut g = zeros(p);
+        dm.read_grads(&mut g).unwrap();
+        (loss, g)
+    };
+    let (loss_plain, g_plain) = run(false);
+    let (loss_val, g_val) = run(true);
+    assert_eq!(loss_plain.to_bits(), loss_val.to_bits());
+    assert!(
+        g_plain
+            .iter()
+            .zip(&g_val)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a validation pass between micro-batches changed the step's gradients"
+    );
+}
+
+#[test]
 fn bad_tokens_and_shapes_are_refused_before_running() {
     let cfg = config(96, 128, 1, 2, 2, 344, 16);
     let mut dm = device_model(&cfg, 1, 16, Attention::Flash);

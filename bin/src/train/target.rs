@@ -24,11 +24,21 @@ pub enum Target {
 }
 
 /// The local rank of a multi-rank job (torchrun's or Slurm's variable), 0 alone.
-fn local_rank() -> usize {
-    ["LOCAL_RANK", "SLURM_LOCALID"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
-        .unwrap_or(0)
+///
+/// # Errors
+/// A variable that is set but not a rank: every rank would otherwise open GPU 0.
+fn local_rank() -> Result<usize, String> {
+    for var in ["LOCAL_RANK", "SLURM_LOCALID"] {
+        if let Ok(value) = std::env::var(var) {
+            return value.trim().parse().map_err(|_| {
+                format!(
+                    "{var}='{value}' is not a local rank (a number from 0): fix the launcher's \
+                     environment, or pass --device cuda:N"
+                )
+            });
+        }
+    }
+    Ok(0)
 }
 
 /// A one-line reason the CUDA path is not usable, for `auto`'s log line.
@@ -56,7 +66,10 @@ pub fn open(choice: DeviceChoice) -> Result<Target, String> {
             auto: false,
         }),
         DeviceChoice::Cuda(n) => Ok(Target::Gpu {
-            device: opened(DeviceSpec::Cuda(n.unwrap_or_else(local_rank)))?,
+            device: opened(DeviceSpec::Cuda(match n {
+                Some(n) => n,
+                None => local_rank()?,
+            }))?,
             auto: false,
         }),
         DeviceChoice::Auto => {
@@ -68,7 +81,7 @@ pub fn open(choice: DeviceChoice) -> Result<Target, String> {
             match cuda::device_count() {
                 Err(e) => fallback(short_reason(&e)),
                 Ok(0) => fallback("the CUDA driver sees no device".into()),
-                Ok(_) => match Device::open(DeviceSpec::Cuda(local_rank())) {
+                Ok(_) => match Device::open(DeviceSpec::Cuda(local_rank()?)) {
                     Ok(device) => Ok(Target::Gpu { device, auto: true }),
                     // A GPU too old for the kernels: the CPU trains instead.
                     Err(e @ RuntimeError::UnsupportedArch { .. }) => fallback(e.to_string()),

@@ -220,9 +220,19 @@ impl Trainer<'_> {
                 },
             ),
             Some(ck) => {
-                loader
-                    .restore(&ck.loader)
-                    .map_err(|e| format!("cannot resume the data order: {e}"))?;
+                loader.restore(&ck.loader).map_err(|e| {
+                    // --mem-target picks the batch from today's free memory, so it
+                    // can differ from the checkpoint's; the user never typed a --batch.
+                    let hint = match opts.mem_target {
+                        Some(f) if ck.loader.batch != b as u64 => format!(
+                            " (--mem-target {f} chose batch {b} this time; to resume, pass --batch {} \
+                             instead of --mem-target)",
+                            ck.loader.batch
+                        ),
+                        _ => String::new(),
+                    };
+                    format!("cannot resume the data order: {e}{hint}")
+                })?;
                 let o = ck.optimizer;
                 (
                     OptimState {
