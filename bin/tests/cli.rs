@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use frugal_model::checkpoint;
 
+mod common;
+use common::*;
+
 const BIN: &str = env!("CARGO_BIN_EXE_frugal");
 
 /// A model of ~50k parameters: each step takes milliseconds.
@@ -28,12 +31,8 @@ const SMALL: &[&str] = &[
     "1",
 ];
 
-/// A fresh folder under the target dir, removed first if a previous run left it.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch_in("cli", name)
 }
 
 fn frugal(args: &[&str]) -> Output {
@@ -54,80 +53,6 @@ fn train(extra: &[&str]) -> Output {
     args.extend_from_slice(SMALL);
     args.extend_from_slice(extra);
     frugal(&args)
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn assert_ok(o: &Output) {
-    let (out, err) = text(o);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{err}",
-        o.status.code()
-    );
-}
-
-/// One flat JSON object (what the metrics file holds) as key → raw value text.
-/// Strings keep their quotes; only what these tests need is parsed.
-fn parse_flat_json(line: &str) -> BTreeMap<String, String> {
-    let body = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not an object: {line}"));
-    let mut out = BTreeMap::new();
-    let mut chars = body.chars().peekable();
-    loop {
-        // key
-        assert_eq!(chars.next(), Some('"'), "{line}");
-        let mut key = String::new();
-        for c in chars.by_ref() {
-            if c == '"' {
-                break;
-            }
-            key.push(c);
-        }
-        assert_eq!(chars.next(), Some(':'), "{line}");
-        let mut value = String::new();
-        let mut in_string = false;
-        let mut escaped = false;
-        while let Some(&c) = chars.peek() {
-            if !in_string && c == ',' {
-                break;
-            }
-            chars.next();
-            value.push(c);
-            if in_string {
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '"' {
-                    in_string = false;
-                }
-            } else if c == '"' {
-                in_string = true;
-            }
-        }
-        out.insert(key, value);
-        if chars.next().is_none() {
-            break;
-        }
-    }
-    out
-}
-
-fn metrics_lines(path: &Path) -> Vec<BTreeMap<String, String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(parse_flat_json)
-        .collect()
 }
 
 fn step_lines(lines: &[BTreeMap<String, String>]) -> Vec<&BTreeMap<String, String>> {
@@ -345,24 +270,6 @@ fn dry_run_does_not_train_or_write() {
     assert_ok(&o);
     assert!(text(&o).0.contains("parameters: "));
     assert!(!out_dir.exists(), "a dry run wrote {}", out_dir.display());
-}
-
-/// The losses of a metrics file's step objects, as written (bit-exact text).
-fn losses(path: &Path) -> Vec<(String, String)> {
-    metrics_lines(path)
-        .iter()
-        .filter(|l| l.contains_key("loss"))
-        .map(|l| (l["step"].clone(), l["loss"].clone()))
-        .collect()
-}
-
-fn params_bits(path: &Path) -> Vec<u32> {
-    checkpoint::load(path)
-        .unwrap()
-        .params
-        .iter()
-        .map(|p| p.to_bits())
-        .collect()
 }
 
 #[test]

@@ -7,11 +7,13 @@
 //! What a missing GPU does (`--device cuda` without a driver) is tested too; on a
 //! machine with a GPU that test checks a device ordinal that does not exist.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use frugal_model::checkpoint::{self, Checkpoint};
+
+mod common;
+use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_frugal");
 
@@ -25,12 +27,8 @@ const SMALL: &[&str] = &[
 /// against this, whatever the emulator's default.
 const EMU_GIB: &str = "16";
 
-/// A fresh folder under the target dir, removed first if a previous run left it.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-device-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch_in("cli-device", name)
 }
 
 fn command(args: &[&str]) -> Command {
@@ -54,66 +52,6 @@ fn train_emu(extra: &[&str]) -> Output {
     args.extend_from_slice(SMALL);
     args.extend_from_slice(extra);
     frugal(&args)
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn assert_ok(o: &Output) {
-    let (out, err) = text(o);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{err}",
-        o.status.code()
-    );
-}
-
-/// Exit 1 with a message, and no panic.
-fn assert_fails_cleanly(o: &Output) -> String {
-    let (out, err) = text(o);
-    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-/// One flat JSON object (a metrics line) as key → raw value text (strings keep
-/// their quotes). The metrics writer escapes strings; these tests' values hold
-/// no commas inside strings.
-fn parse_flat_json(line: &str) -> BTreeMap<String, String> {
-    let body = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not an object: {line}"));
-    body.split(',')
-        .map(|kv| {
-            let (k, v) = kv
-                .split_once(':')
-                .unwrap_or_else(|| panic!("no ':' in {kv}"));
-            (k.trim_matches('"').to_string(), v.to_string())
-        })
-        .collect()
-}
-
-fn metrics_lines(path: &Path) -> Vec<BTreeMap<String, String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(parse_flat_json)
-        .collect()
-}
-
-/// (step, loss) of a metrics file's step objects, as written (bit-exact text).
-fn losses(path: &Path) -> Vec<(String, String)> {
-    metrics_lines(path)
-        .iter()
-        .filter(|l| l.contains_key("loss"))
-        .map(|l| (l["step"].clone(), l["loss"].clone()))
-        .collect()
 }
 
 fn number(v: &str) -> f64 {

@@ -1,0 +1,118 @@
+//! Helpers the end-to-end CLI tests share (`cli.rs`, `cli_device.rs`): running the
+//! binary's output checks, and reading metrics files and checkpoints.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use frugal_model::checkpoint;
+
+/// A fresh folder `<prefix>-<name>` under the target dir, removed first if a previous
+/// run left it.
+pub fn scratch_in(prefix: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+pub fn assert_ok(o: &Output) {
+    let (out, err) = text(o);
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{out}\nstderr:\n{err}",
+        o.status.code()
+    );
+}
+
+/// One flat JSON object (what the metrics file holds) as key → raw value text.
+/// Strings keep their quotes; only what these tests need is parsed.
+pub fn parse_flat_json(line: &str) -> BTreeMap<String, String> {
+    let body = line
+        .trim()
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not an object: {line}"));
+    let mut out = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        // key
+        assert_eq!(chars.next(), Some('"'), "{line}");
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '"' {
+                break;
+            }
+            key.push(c);
+        }
+        assert_eq!(chars.next(), Some(':'), "{line}");
+        let mut value = String::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        while let Some(&c) = chars.peek() {
+            if !in_string && c == ',' {
+                break;
+            }
+            chars.next();
+            value.push(c);
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+            } else if c == '"' {
+                in_string = true;
+            }
+        }
+        out.insert(key, value);
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    out
+}
+
+/// Exit 1 with a message, and no panic.
+pub fn assert_fails_cleanly(o: &Output) -> String {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+pub fn metrics_lines(path: &Path) -> Vec<BTreeMap<String, String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(parse_flat_json)
+        .collect()
+}
+
+/// The losses of a metrics file's step objects, as written (bit-exact text).
+pub fn losses(path: &Path) -> Vec<(String, String)> {
+    metrics_lines(path)
+        .iter()
+        .filter(|l| l.contains_key("loss"))
+        .map(|l| (l["step"].clone(), l["loss"].clone()))
+        .collect()
+}
+
+pub fn params_bits(path: &Path) -> Vec<u32> {
+    checkpoint::load(path)
+        .unwrap()
+        .params
+        .iter()
+        .map(|p| p.to_bits())
+        .collect()
+}
