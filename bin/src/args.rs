@@ -1,10 +1,19 @@
 //! A small flag parser for the command line: `--name value`, `--name=value`,
 //! and switches. Every subcommand takes its flags from an [`Args`] and then
-//! calls [`Args::finish`], so an unknown flag or a bad value is an error with
-//! exit code 2 instead of being silently ignored.
+//! calls [`Args::finish`], so an unknown flag, a flag given twice or a bad
+//! value is an error with exit code 2 instead of being silently ignored.
+//!
+//! Words are kept as the operating system gave them ([`OsString`]): a file
+//! name may be any bytes, so flags that name files are taken with
+//! [`Args::path`] and accept them all, while [`Args::string`] and
+//! [`Args::value`] (names, numbers, choices) turn a value that is not UTF-8
+//! into a usage error naming the flag, never a panic.
 
 use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A command-line mistake: printed with the subcommand's usage hint, exit code 2.
@@ -23,7 +32,11 @@ pub struct Args {
     command: String,
     items: VecDeque<Item>,
     /// Everything after a bare `--`, untouched (for `frugal launch -- train ...`).
+    /// Text only: a word there that is not UTF-8 is left out and reported by
+    /// [`Args::finish`] (see `rest_not_text`).
     pub rest: Vec<String>,
+    /// The first word after `--` that is not UTF-8, if any.
+    rest_not_text: Option<OsString>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,59 +44,83 @@ enum Item {
     /// `--name` with the value that followed it, if the next word was not a flag.
     Flag {
         name: String,
-        value: Option<String>,
+        value: Option<OsString>,
         inline: bool,
     },
-    Positional(String),
+    /// `--name` whose name is not UTF-8: no flag can match it, so it is
+    /// reported by [`Args::finish`].
+    NotTextFlag(OsString),
+    Positional(OsString),
 }
 
 impl Args {
-    /// Splits raw words into flags and positionals. `command` names the
-    /// subcommand in error messages.
+    /// As [`Args::parse_os`], for words that are text (what tests build).
+    #[cfg(test)]
     pub fn parse(command: &str, words: &[String]) -> Args {
+        let words: Vec<OsString> = words.iter().map(OsString::from).collect();
+        Args::parse_os(command, &words)
+    }
+
+    /// Splits raw words, as the OS gives them (`std::env::args_os`), into
+    /// flags and positionals. `command` names the subcommand in error messages.
+    pub fn parse_os(command: &str, words: &[OsString]) -> Args {
         let mut items = VecDeque::new();
         let mut rest = Vec::new();
+        let mut rest_not_text = None;
         let mut i = 0;
         while i < words.len() {
-            let w = &words[i];
-            if w == "--" {
-                rest = words[i + 1..].to_vec();
+            let w = words[i].as_bytes();
+            if w == b"--" {
+                for word in &words[i + 1..] {
+                    match word.to_str() {
+                        Some(s) => rest.push(s.to_string()),
+                        None => {
+                            rest_not_text.get_or_insert_with(|| word.clone());
+                        }
+                    }
+                }
                 break;
             }
-            if let Some(body) = w.strip_prefix("--") {
-                if let Some((name, value)) = body.split_once('=') {
+            if let Some(body) = w.strip_prefix(b"--") {
+                let (name, inline_value) = match body.iter().position(|&c| c == b'=') {
+                    Some(eq) => (&body[..eq], Some(OsStr::from_bytes(&body[eq + 1..]))),
+                    None => (body, None),
+                };
+                let Ok(name) = std::str::from_utf8(name) else {
+                    items.push_back(Item::NotTextFlag(words[i].clone()));
+                    i += 1;
+                    continue;
+                };
+                if let Some(value) = inline_value {
                     items.push_back(Item::Flag {
                         name: name.to_string(),
-                        value: Some(value.to_string()),
+                        value: Some(value.to_os_string()),
                         inline: true,
                     });
                 } else {
-                    let next = words
-                        .get(i + 1)
-                        .filter(|n| !n.starts_with("--") || n.parse::<f64>().is_ok());
-                    if let Some(n) = next {
-                        items.push_back(Item::Flag {
-                            name: body.to_string(),
-                            value: Some(n.clone()),
-                            inline: false,
-                        });
+                    // The next word is this flag's value unless it is itself a
+                    // flag; a negative number such as `--seed -1` is a value.
+                    let next = words.get(i + 1).filter(|n| {
+                        !n.as_bytes().starts_with(b"--")
+                            || n.to_str().is_some_and(|s| s.parse::<f64>().is_ok())
+                    });
+                    if next.is_some() {
                         i += 1;
-                    } else {
-                        items.push_back(Item::Flag {
-                            name: body.to_string(),
-                            value: None,
-                            inline: false,
-                        });
                     }
+                    items.push_back(Item::Flag {
+                        name: name.to_string(),
+                        value: next.cloned(),
+                        inline: false,
+                    });
                 }
-            } else if w == "-h" {
+            } else if w == b"-h" {
                 items.push_back(Item::Flag {
                     name: "help".into(),
                     value: None,
                     inline: false,
                 });
             } else {
-                items.push_back(Item::Positional(w.clone()));
+                items.push_back(Item::Positional(words[i].clone()));
             }
             i += 1;
         }
@@ -91,6 +128,7 @@ impl Args {
             command: command.to_string(),
             items,
             rest,
+            rest_not_text,
         }
     }
 
@@ -107,14 +145,17 @@ impl Args {
         let Some(pos) = self.position(name) else {
             return Ok(false);
         };
-        match self.items.remove(pos) {
+        let taken = self.items.remove(pos);
+        self.refuse_repeat(name, None)?;
+        match taken {
             Some(Item::Flag {
                 value: Some(v),
                 inline: true,
                 ..
             }) => Err(UsageError(format!(
-                "{}: --{name} takes no value (got '{v}')",
-                self.command
+                "{}: --{name} takes no value (got '{}')",
+                self.command,
+                v.to_string_lossy()
             ))),
             Some(Item::Flag {
                 value: Some(v),
@@ -128,18 +169,22 @@ impl Args {
         }
     }
 
-    /// Takes `--name VALUE` as a string, if present.
+    /// Takes `--name VALUE` as text, if present.
+    ///
+    /// # Errors
+    /// The flag has no value, is given twice, or its value is not UTF-8.
     pub fn string(&mut self, name: &str) -> Result<Option<String>, UsageError> {
-        let Some(pos) = self.position(name) else {
-            return Ok(None);
-        };
-        match self.items.remove(pos) {
-            Some(Item::Flag { value: Some(v), .. }) => Ok(Some(v)),
-            _ => Err(UsageError(format!(
-                "{}: --{name} needs a value",
-                self.command
-            ))),
-        }
+        let value = self.take_once(name)?;
+        value.map(|v| self.text(name, v)).transpose()
+    }
+
+    /// Takes `--name PATH`, if present: any bytes are accepted, as file names
+    /// may hold any.
+    ///
+    /// # Errors
+    /// The flag has no value or is given twice.
+    pub fn path(&mut self, name: &str) -> Result<Option<PathBuf>, UsageError> {
+        Ok(self.take_once(name)?.map(PathBuf::from))
     }
 
     /// Takes `--name VALUE` parsed as `T`, if present.
@@ -166,21 +211,51 @@ impl Args {
         Ok(self.value(name)?.unwrap_or(default))
     }
 
-    /// Takes every value given for a repeatable flag, e.g. `--text a --text b`.
+    /// Takes every value given for a repeatable flag, e.g. `--tag a --tag b`.
+    // No command has a repeatable text flag today (`data --text` takes paths);
+    // kept as the text twin of `paths`.
+    #[allow(dead_code)]
     pub fn strings(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
         let mut out = Vec::new();
-        while let Some(v) = self.string(name)? {
-            out.push(v);
+        while let Some(v) = self.take_value(name)? {
+            out.push(self.text(name, v)?);
         }
         Ok(out)
     }
 
-    /// Takes the positionals, in order.
+    /// Takes every value given for a repeatable path flag, e.g. `--text a --text b`.
+    pub fn paths(&mut self, name: &str) -> Result<Vec<PathBuf>, UsageError> {
+        let mut out = Vec::new();
+        while let Some(v) = self.take_value(name)? {
+            out.push(PathBuf::from(v));
+        }
+        Ok(out)
+    }
+
+    /// Takes the positionals that are text, in order. One that is not UTF-8 is
+    /// left for [`Args::finish`] to report; take file names with
+    /// [`Args::positional_paths`] instead.
     pub fn positionals(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         self.items.retain(|it| match it {
+            Item::Positional(p) => match p.to_str() {
+                Some(s) => {
+                    out.push(s.to_string());
+                    false
+                }
+                None => true,
+            },
+            _ => true,
+        });
+        out
+    }
+
+    /// Takes every positional, in order, as a path (any bytes).
+    pub fn positional_paths(&mut self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        self.items.retain(|it| match it {
             Item::Positional(p) => {
-                out.push(p.clone());
+                out.push(PathBuf::from(p));
                 false
             }
             _ => true,
@@ -190,17 +265,98 @@ impl Args {
 
     /// Fails on anything not taken: an unknown flag or a stray word.
     pub fn finish(self) -> Result<(), UsageError> {
+        let cmd = &self.command;
+        if let Some(w) = &self.rest_not_text {
+            return Err(UsageError(format!(
+                "{cmd}: the word '{}' after -- is not valid UTF-8; the command after -- must be text",
+                w.to_string_lossy()
+            )));
+        }
         match self.items.front() {
             None => Ok(()),
             Some(Item::Flag { name, .. }) => Err(UsageError(format!(
-                "{}: unknown flag --{name}; see 'frugal {} --help'",
-                self.command, self.command
+                "{cmd}: unknown flag --{name}; see 'frugal {cmd} --help'"
             ))),
-            Some(Item::Positional(p)) => Err(UsageError(format!(
-                "{}: unexpected argument '{p}'; see 'frugal {} --help'",
-                self.command, self.command
+            Some(Item::NotTextFlag(w)) => Err(UsageError(format!(
+                "{cmd}: unknown flag '{}' (its name is not valid UTF-8); see 'frugal {cmd} --help'",
+                w.to_string_lossy()
+            ))),
+            Some(Item::Positional(p)) => match p.to_str() {
+                Some(p) => Err(UsageError(format!(
+                    "{cmd}: unexpected argument '{p}'; see 'frugal {cmd} --help'"
+                ))),
+                None => Err(UsageError(format!(
+                    "{cmd}: unexpected argument '{}' (not valid UTF-8); see 'frugal {cmd} --help'",
+                    p.to_string_lossy()
+                ))),
+            },
+        }
+    }
+
+    /// Takes the value of a flag that may be given once.
+    fn take_once(&mut self, name: &str) -> Result<Option<OsString>, UsageError> {
+        let value = self.take_value(name)?;
+        if value.is_some() {
+            self.refuse_repeat(name, value.as_deref())?;
+        }
+        Ok(value)
+    }
+
+    /// Takes the first `--name` and its value; a flag without a value is an error.
+    fn take_value(&mut self, name: &str) -> Result<Option<OsString>, UsageError> {
+        let Some(pos) = self.position(name) else {
+            return Ok(None);
+        };
+        match self.items.remove(pos) {
+            Some(Item::Flag { value: Some(v), .. }) => Ok(Some(v)),
+            _ => Err(UsageError(format!(
+                "{}: --{name} needs a value",
+                self.command
             ))),
         }
+    }
+
+    /// After the first `--name` was taken: an error if another is left, since
+    /// the flag would otherwise be reported as unknown (or silently win).
+    fn refuse_repeat(&self, name: &str, first: Option<&OsStr>) -> Result<(), UsageError> {
+        let others: Vec<Option<&OsString>> = self
+            .items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Flag { name: n, value, .. } if n == name => Some(value.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let times = match others.len() + 1 {
+            2 => "twice".to_string(),
+            n => format!("{n} times"),
+        };
+        let values = match (first, others[0]) {
+            (Some(a), Some(b)) => format!(
+                " ('{}', then '{}')",
+                a.to_string_lossy(),
+                b.to_string_lossy()
+            ),
+            _ => String::new(),
+        };
+        Err(UsageError(format!(
+            "{}: --{name} given {times}{values}; give it once",
+            self.command
+        )))
+    }
+
+    /// A flag's value as text, or an error naming the flag.
+    fn text(&self, name: &str, value: OsString) -> Result<String, UsageError> {
+        value.into_string().map_err(|v| {
+            UsageError(format!(
+                "{}: --{name} '{}' is not valid UTF-8; this flag takes text",
+                self.command,
+                v.to_string_lossy()
+            ))
+        })
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -213,10 +369,23 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     fn args(s: &str) -> Args {
         let words: Vec<String> = s.split_whitespace().map(String::from).collect();
         Args::parse("train", &words)
+    }
+
+    /// Words where `\xff` stands for the byte 0xff (not valid UTF-8 anywhere).
+    fn os_args(s: &str) -> Args {
+        let words: Vec<OsString> = s
+            .split_whitespace()
+            .map(|w| {
+                let parts: Vec<&[u8]> = w.split("\\xff").map(str::as_bytes).collect();
+                OsString::from_vec(parts.join(&0xffu8))
+            })
+            .collect();
+        Args::parse_os("train", &words)
     }
 
     #[test]
@@ -240,6 +409,50 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_given_twice_is_named_and_repeatable_flags_repeat() {
+        let mut a = args("--steps 5 --steps 6");
+        let e = a.value::<usize>("steps").unwrap_err().0;
+        assert!(e.contains("--steps given twice ('5', then '6')"), "{e}");
+        let mut a = args("--dry-run --dry-run");
+        let e = a.switch("dry-run").unwrap_err().0;
+        assert!(e.contains("--dry-run given twice"), "{e}");
+        let mut a = args("--out a --out=b --out c");
+        let e = a.path("out").unwrap_err().0;
+        assert!(e.contains("--out given 3 times"), "{e}");
+        let mut a = args("--tag a --tag b");
+        assert_eq!(a.strings("tag").unwrap(), ["a", "b"]);
+        a.finish().unwrap();
+    }
+
+    #[test]
+    fn paths_take_any_bytes_and_text_flags_refuse_them() {
+        let mut a = os_args("--data \\xff.txt --model \\xff --out=o\\xff");
+        let data = a.path("data").unwrap().unwrap();
+        assert_eq!(data.as_os_str().as_bytes(), b"\xff.txt");
+        let e = a.string("model").unwrap_err().0;
+        assert!(
+            e.contains("--model") && e.contains("not valid UTF-8"),
+            "{e}"
+        );
+        assert_eq!(a.paths("out").unwrap()[0].as_os_str().as_bytes(), b"o\xff");
+        a.finish().unwrap();
+
+        let mut a = os_args("--steps \\xff");
+        assert!(a.value::<usize>("steps").unwrap_err().0.contains("--steps"));
+
+        // A flag name or a stray word that is not text is reported, not dropped.
+        let a = os_args("--\\xff 1");
+        assert!(a.finish().unwrap_err().0.contains("unknown flag"));
+        let mut a = os_args("a \\xff.txt");
+        assert_eq!(a.positionals(), ["a"]);
+        assert!(a.finish().unwrap_err().0.contains("not valid UTF-8"));
+        let mut a = os_args("a \\xff.txt");
+        let p = a.positional_paths();
+        assert_eq!(p[1].as_os_str().as_bytes(), b"\xff.txt");
+        a.finish().unwrap();
+    }
+
+    #[test]
     fn rest_after_double_dash() {
         let words: Vec<String> = "--nproc 2 -- train --steps 5"
             .split(' ')
@@ -249,5 +462,13 @@ mod tests {
         assert_eq!(a.value::<usize>("nproc").unwrap(), Some(2));
         assert_eq!(a.rest, vec!["train", "--steps", "5"]);
         a.finish().unwrap();
+
+        let a = os_args("--nproc 2 -- train --data \\xff");
+        assert_eq!(a.rest, vec!["train", "--data"]);
+        let e = a.finish().unwrap_err().0;
+        assert!(
+            e.contains("after --") && e.contains("not valid UTF-8"),
+            "{e}"
+        );
     }
 }

@@ -7,6 +7,7 @@ mod logger;
 mod train;
 
 use args::{Args, UsageError};
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 /// How a subcommand failed: a usage mistake (exit 2) or a failure while running (exit 1).
@@ -38,13 +39,22 @@ commands:
 
 fn main() -> ExitCode {
     logger::init();
-    let words: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = words.first().cloned() else {
+    // args_os, not args: std::env::args panics on a word that is not UTF-8, and
+    // a file name may be any bytes. Each flag says whether it takes text or a path.
+    let words: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Some(first) = words.first() else {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
-    let args = Args::parse(&command, &words[1..]);
-    let result = match command.as_str() {
+    let Some(command) = first.to_str() else {
+        eprintln!(
+            "error: unknown command '{}' (not valid UTF-8); commands are train, launch, data, bench, kernels, doctor",
+            first.to_string_lossy()
+        );
+        return ExitCode::from(2);
+    };
+    let args = Args::parse_os(command, &words[1..]);
+    let result = match command {
         "train" => cmd::train::run(args),
         "launch" => cmd::launch::run(args),
         "data" => cmd::data::run(args),

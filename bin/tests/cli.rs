@@ -674,12 +674,19 @@ fn a_fresh_run_sets_earlier_checkpoints_aside() {
     let first = std::fs::read(dir.join(checkpoint::Checkpoint::file_name(2))).unwrap();
     let o = train(&args);
     assert_ok(&o);
-    assert!(text(&o).0.contains("moved 2 checkpoints"), "{}", text(&o).0);
-    let kept = std::fs::read(
-        dir.join("replaced")
-            .join(checkpoint::Checkpoint::file_name(2)),
-    )
-    .unwrap();
+    assert!(
+        text(&o).0.contains("moved 2 checkpoint(s)"),
+        "{}",
+        text(&o).0
+    );
+    // One folder per replaced run, inside replaced/.
+    let folder = std::fs::read_dir(dir.join("replaced"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let kept = std::fs::read(folder.join(checkpoint::Checkpoint::file_name(2))).unwrap();
     assert_eq!(
         kept, first,
         "the earlier run's checkpoint is kept, unchanged"

@@ -437,7 +437,10 @@ fn a_malformed_local_rank_is_refused_instead_of_opening_gpu_0() {
             .env(var, value)
             .output()
             .unwrap();
-        let err = assert_fails_cleanly(&o);
+        // The launcher's environment is a usage matter, like a flag: exit 2.
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
         assert!(
             err.contains(&format!("{var}='{value}' is not a local rank")),
             "{err}"

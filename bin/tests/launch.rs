@@ -1,7 +1,9 @@
 //! `frugal launch` and `frugal bench allreduce` end to end: ranks are real
 //! processes of the built binary on loopback.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn frugal(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_frugal"));
@@ -204,4 +206,150 @@ fn bench_allreduce_prints_json_per_ranks_and_size() {
             "{line}: busbw {bus} vs {want}"
         );
     }
+}
+
+/// A loopback port nothing listens on (bound a moment ago and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Waits for `child` up to `limit`; kills it and fails the test after that.
+fn wait_for(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ranks of node 1 of a two-node job whose node 0 never comes: they wait at
+/// the rendezvous (retrying to reach rank 0) until told to stop.
+fn waiting_ranks(nproc: usize) -> Vec<String> {
+    let master = format!("127.0.0.1:{}", free_port());
+    let words = format!(
+        "launch --nproc {nproc} --nnodes 2 --node-rank 1 --master {master} --job-token t \
+         -- bench allreduce --worker --sizes 4K --iters 1"
+    );
+    words.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn sigterm_is_passed_on_to_the_ranks_and_launch_exits_with_their_status() {
+    let mut launch = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(waiting_ranks(2))
+        .env_remove("FRUGAL_BENCH_FAIL_RANK")
+        .env("FRUGAL_COMM_TIMEOUT", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start frugal launch");
+    let stderr = launch.stderr.take().expect("stderr");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("starting ranks") {
+                let _ = started_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if started_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        let _ = launch.kill();
+        panic!(
+            "launch never started its ranks: {}",
+            reader.join().unwrap_or_default()
+        );
+    }
+    // Let the ranks start and settle into waiting for rank 0.
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = i32::try_from(launch.id()).expect("pid");
+    // SAFETY: `pid` is our own child, still running (not waited for yet).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = wait_for(&mut launch, Duration::from_secs(30), "launch after SIGTERM");
+    let err = reader.join().expect("stderr reader");
+    // 143 = 128 + SIGTERM: the ranks' status (killed by it, or exiting 143 on it).
+    assert_eq!(status.code(), Some(143), "{status:?}\n{err}");
+    assert!(
+        err.contains("launch: got SIGTERM; passed it on to ranks 2, 3; waiting up to"),
+        "{err}"
+    );
+    assert!(
+        err.contains("launch: the ranks stopped after SIGTERM (rank 2: ")
+            && err.contains(", rank 3: ")
+            && err.contains("exiting with status 143"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nproc_is_bounded_by_what_one_node_runs() {
+    let started = Instant::now();
+    let o = frugal(&["launch", "--nproc", "70000", "--", "train"], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--nproc 70000 is more ranks than one node runs usefully (at most 256)")
+            && err.contains("--nnodes"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no rank should start"
+    );
+}
+
+#[test]
+fn a_rank_that_cannot_be_started_stops_the_launch() {
+    // Too few descriptors for the pipes of 64 ranks: starting one fails part way.
+    let started = Instant::now();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_frugal"))
+        .args(waiting_ranks(64))
+        .env_remove("FRUGAL_BENCH_FAIL_RANK")
+        .env("FRUGAL_COMM_TIMEOUT", "60")
+        .output()
+        .expect("run frugal launch");
+    let took = started.elapsed();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("launch: cannot start rank "), "{err}");
+    assert!(err.contains("Too many open files"), "the OS error: {err}");
+    assert!(
+        err.contains("ranks already started") && err.contains("'ulimit -n'"),
+        "{err}"
+    );
+    // The started ranks are stopped at once, not after they would have timed out.
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+}
+
+#[test]
+fn a_rank_failing_at_once_stops_the_starting_of_the_rest() {
+    let o = frugal(&["launch", "--nproc", "256", "--", "no-such-command"], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown command 'no-such-command'"), "{err}");
+    let started: usize = err
+        .split_once("(exit status 2, with ")
+        .and_then(|(_, rest)| rest.split_once(" of 256 ranks started)"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("launch should say how many ranks it started: {err}"));
+    assert!(
+        started < 256,
+        "launch went on starting ranks after one failed: {err}"
+    );
 }

@@ -12,11 +12,18 @@
 //! rank's ring address and an opaque blob (NCCL's unique id). A hello with a
 //! wrong token or version, a rank out of range or a duplicate is refused, logged
 //! and answered with the reason, and rank 0 goes on waiting for the right peer.
+//!
+//! Rank 0 reads every connection's hello at once (`HelloGate`): a stranger
+//! that connects and says nothing (a port scanner, a health check, a stale
+//! process) holds one of a bounded number of slots for a few seconds and
+//! delays no one. The ring listeners (`socket.rs`) go through the same gate.
 
 use crate::error::{CommError, FrameProblem, Refusal};
-use crate::frame::{self, Hello, Purpose, HELLO_FIXED_BYTES, REPLY_FIXED_BYTES};
+use crate::frame::{self, Hello, HelloFixed, Purpose, HELLO_FIXED_BYTES, REPLY_FIXED_BYTES};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// The default for every connect and receive wait, overridable with FRUGAL_COMM_TIMEOUT (seconds).
@@ -473,7 +480,6 @@ pub fn exchange(rv: &Rendezvous, listen_port: u16, blob: &[u8]) -> Result<Peers,
     }
 }
 
-/// Compares tokens in time independent of where they differ.
 /// A connection the handshake helpers can use: TCP, or a Unix-domain socket
 /// between ranks on one host (see `socket.rs`).
 pub(crate) trait HandshakeStream: Read + Write {
@@ -487,11 +493,20 @@ pub(crate) trait HandshakeStream: Read + Write {
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+    /// The descriptor, for `poll(2)`.
+    fn raw_fd(&self) -> RawFd;
 }
 
 impl HandshakeStream for TcpStream {
     fn peer_socket_addr(&self) -> Option<SocketAddr> {
         self.peer_addr().ok()
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         TcpStream::set_read_timeout(self, t)
@@ -514,8 +529,15 @@ impl HandshakeStream for std::os::unix::net::UnixStream {
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         std::os::unix::net::UnixStream::set_write_timeout(self, t)
     }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_nonblocking(self, on)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
 }
 
+/// Compares tokens in time independent of where they differ.
 pub(crate) fn tokens_match(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -590,48 +612,315 @@ pub(crate) fn read_exact_by<S: HandshakeStream>(
     Ok(())
 }
 
-/// Reads a whole hello: the fixed part, then (its length checked) the token.
-pub(crate) fn read_hello<S: HandshakeStream>(
-    stream: &mut S,
+/// How long an accepted connection gets to send its whole hello. A real peer
+/// sends it right after connecting; a stranger that says nothing is dropped
+/// after this, and meanwhile every other connection is served.
+pub(crate) const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+
+/// At most this many accepted connections wait to finish their hello; one
+/// more drops the oldest. Bounds the descriptors and memory strangers can
+/// hold, while a real peer, whose hello follows its connect at once, never
+/// stays long enough to be the oldest.
+pub(crate) const MAX_PENDING_HELLOS: usize = 64;
+
+/// A listener whose connections go through a [`HelloGate`].
+pub(crate) trait HelloListener<S> {
+    /// The descriptor, for `poll(2)`.
+    fn listener_fd(&self) -> RawFd;
+    /// This listener's address, for messages.
+    fn local_label(&self) -> String;
+    /// Makes `accept_stream` return `WouldBlock` instead of waiting.
+    fn make_nonblocking(&self) -> std::io::Result<()>;
+    /// Accepts one waiting connection.
+    fn accept_stream(&self) -> std::io::Result<S>;
+}
+
+impl HelloListener<TcpStream> for TcpListener {
+    fn listener_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    fn local_label(&self) -> String {
+        self.local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into())
+    }
+    fn make_nonblocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn accept_stream(&self) -> std::io::Result<TcpStream> {
+        self.accept().map(|(s, _)| s)
+    }
+}
+
+/// An accepted connection whose hello is not complete yet.
+struct PendingHello<S> {
+    stream: S,
+    /// The peer, for messages.
+    label: String,
+    /// The bytes received so far: the fixed part, then the token.
+    bytes: Vec<u8>,
+    /// The fixed part, decoded once all of it arrived.
+    fixed: Option<HelloFixed>,
+    /// When it is dropped if still incomplete.
     deadline: Instant,
+}
+
+/// What reading a pending connection gave.
+enum HelloProgress {
+    /// Nothing more to read now.
+    Waiting,
+    /// The whole hello arrived.
+    Complete,
+    /// Closed, broken or not a frugal hello; the reason, for the log.
+    Dropped(String),
+}
+
+impl<S: HandshakeStream> PendingHello<S> {
+    /// Bytes the whole hello has: known once the fixed part gave the token length.
+    fn wanted(&self) -> usize {
+        HELLO_FIXED_BYTES + self.fixed.map_or(0, |f| f.token_len)
+    }
+
+    /// Reads what has arrived on the non-blocking stream, never past the hello.
+    fn read_available(&mut self) -> HelloProgress {
+        let mut chunk = [0u8; HELLO_FIXED_BYTES + frame::MAX_TOKEN_BYTES];
+        loop {
+            if self.fixed.is_none() && self.bytes.len() == HELLO_FIXED_BYTES {
+                let mut fixed = [0u8; HELLO_FIXED_BYTES];
+                fixed.copy_from_slice(&self.bytes);
+                match frame::decode_hello_fixed(&fixed) {
+                    Ok(f) => self.fixed = Some(f),
+                    Err(problem) => return HelloProgress::Dropped(problem.to_string()),
+                }
+            }
+            let missing = self.wanted() - self.bytes.len();
+            if self.fixed.is_some() && missing == 0 {
+                return HelloProgress::Complete;
+            }
+            match self.stream.read(&mut chunk[..missing]) {
+                Ok(0) => {
+                    return HelloProgress::Dropped(format!(
+                        "closed the connection after {} bytes of its hello",
+                        self.bytes.len()
+                    ))
+                }
+                Ok(n) => self.bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return HelloProgress::Waiting,
+                Err(e) => return HelloProgress::Dropped(e.to_string()),
+            }
+        }
+    }
+
+    /// The complete hello, and the stream made blocking again for the answer.
+    fn finish(self) -> Result<(S, Hello), (String, String)> {
+        let Some(f) = self.fixed else {
+            return Err((self.label, "incomplete hello".into()));
+        };
+        if let Err(e) = self.stream.set_nonblocking(false) {
+            return Err((self.label, e.to_string()));
+        }
+        let hello = Hello {
+            version: f.version,
+            purpose: f.purpose,
+            rank: f.rank,
+            world: f.world,
+            listen_port: f.listen_port,
+            token: self.bytes[HELLO_FIXED_BYTES..].to_vec(),
+        };
+        Ok((self.stream, hello))
+    }
+}
+
+/// Reads the hellos of all connections accepted on some listeners at once, so
+/// that a connection that says nothing costs only a slot for
+/// [`HELLO_DEADLINE`], never the time of the peers behind it. Connections
+/// still pending when the gate is dropped are closed.
+pub(crate) struct HelloGate<S> {
     rank: usize,
-    timeout: Duration,
-) -> Result<Hello, CommError> {
-    let mut fixed = [0u8; HELLO_FIXED_BYTES];
-    read_exact_by(
-        stream,
-        &mut fixed,
-        deadline,
-        rank,
-        None,
-        "a peer's hello",
-        timeout,
-    )?;
-    let addr = stream.peer_label();
-    let h = frame::decode_hello_fixed(&fixed).map_err(|problem| CommError::Frame {
-        rank,
-        peer: None,
-        addr,
-        problem,
-    })?;
-    let mut token = vec![0u8; h.token_len];
-    read_exact_by(
-        stream,
-        &mut token,
-        deadline,
-        rank,
-        None,
-        "a peer's job token",
-        timeout,
-    )?;
-    Ok(Hello {
-        version: h.version,
-        purpose: h.purpose,
-        rank: h.rank,
-        world: h.world,
-        listen_port: h.listen_port,
-        token,
-    })
+    /// Which listener, for messages: "rendezvous" or "ring listener".
+    place: &'static str,
+    /// Oldest first.
+    pending: VecDeque<PendingHello<S>>,
+    dropped: usize,
+}
+
+impl<S: HandshakeStream> HelloGate<S> {
+    pub(crate) fn new(rank: usize, place: &'static str) -> HelloGate<S> {
+        HelloGate {
+            rank,
+            place,
+            pending: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Connections dropped so far: silent too long, closed, not a frugal
+    /// hello, or crowded out.
+    pub(crate) fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// The next complete hello from any connection to `listeners` (not yet
+    /// judged: the caller checks it and answers), its stream blocking again.
+    ///
+    /// # Errors
+    /// [`CommError::Timeout`] with `waiting_for` once `deadline` passes;
+    /// [`CommError::Io`] when a listener fails.
+    pub(crate) fn next_hello(
+        &mut self,
+        listeners: &[&dyn HelloListener<S>],
+        deadline: Instant,
+        waiting_for: &str,
+        timeout: Duration,
+    ) -> Result<(S, Hello), CommError> {
+        let rank = self.rank;
+        let local = listeners
+            .first()
+            .map(|l| l.local_label())
+            .unwrap_or_else(|| "?".into());
+        let io = |during: &str, source| CommError::Io {
+            rank,
+            peer: None,
+            addr: local.clone(),
+            during: during.into(),
+            source,
+        };
+        for l in listeners {
+            l.make_nonblocking().map_err(|e| io("listen", e))?;
+        }
+        loop {
+            for l in listeners {
+                self.accept_waiting(*l).map_err(|e| io("accept", e))?;
+            }
+            if let Some(done) = self.read_pending() {
+                return Ok(done);
+            }
+            let now = Instant::now();
+            self.drop_expired(now);
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(CommError::Timeout {
+                    rank,
+                    peer: None,
+                    addr: local,
+                    waiting_for: waiting_for.into(),
+                    timeout,
+                });
+            }
+            let next_expiry = self
+                .pending
+                .iter()
+                .map(|p| p.deadline.saturating_duration_since(now))
+                .min()
+                .unwrap_or(left);
+            self.wait(listeners, left.min(next_expiry));
+        }
+    }
+
+    fn log_drop(&mut self, from: &str, why: &str) {
+        self.dropped += 1;
+        log::warn!(
+            "rank {}: dropped a connection to the {} from {from}: {why}; still waiting for the right peer",
+            self.rank,
+            self.place
+        );
+    }
+
+    /// Accepts every connection waiting on `l` (at most one gate's worth per
+    /// call, so a flood cannot keep this rank from reading the hellos).
+    fn accept_waiting(&mut self, l: &dyn HelloListener<S>) -> std::io::Result<()> {
+        for _ in 0..MAX_PENDING_HELLOS {
+            let s = match l.accept_stream() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                // The peer gave up between connect and accept, or a signal: try the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let label = s.peer_label();
+            if let Err(e) = s.set_nonblocking(true) {
+                self.log_drop(&label, &e.to_string());
+                continue;
+            }
+            if self.pending.len() >= MAX_PENDING_HELLOS {
+                if let Some(oldest) = self.pending.pop_front() {
+                    let why = format!(
+                        "{MAX_PENDING_HELLOS} connections were waiting to say hello; the oldest makes room"
+                    );
+                    self.log_drop(&oldest.label, &why);
+                }
+            }
+            self.pending.push_back(PendingHello {
+                stream: s,
+                label,
+                bytes: Vec::with_capacity(HELLO_FIXED_BYTES),
+                fixed: None,
+                deadline: Instant::now() + HELLO_DEADLINE,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads every pending connection; returns the first whole hello.
+    fn read_pending(&mut self) -> Option<(S, Hello)> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.pending[i].read_available() {
+                HelloProgress::Waiting => i += 1,
+                HelloProgress::Dropped(why) => {
+                    if let Some(p) = self.pending.remove(i) {
+                        self.log_drop(&p.label, &why);
+                    }
+                }
+                HelloProgress::Complete => match self.pending.remove(i).map(PendingHello::finish) {
+                    Some(Ok(done)) => return Some(done),
+                    Some(Err((label, why))) => self.log_drop(&label, &why),
+                    None => {}
+                },
+            }
+        }
+        None
+    }
+
+    fn drop_expired(&mut self, now: Instant) {
+        while let Some(i) = self.pending.iter().position(|p| p.deadline <= now) {
+            if let Some(p) = self.pending.remove(i) {
+                let why = format!(
+                    "no complete hello within {} s ({} bytes received)",
+                    HELLO_DEADLINE.as_secs(),
+                    p.bytes.len()
+                );
+                self.log_drop(&p.label, &why);
+            }
+        }
+    }
+
+    /// Sleeps until a listener or a pending connection is readable, or `wait` passes.
+    fn wait(&self, listeners: &[&dyn HelloListener<S>], wait: Duration) {
+        let mut fds: Vec<libc::pollfd> = listeners
+            .iter()
+            .map(|l| l.listener_fd())
+            .chain(self.pending.iter().map(|p| p.stream.raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // At least 1 ms so that a deadline a few microseconds away does not spin;
+        // at most 100 ms, a bound on any wake-up this loop could miss.
+        let ms = wait.min(Duration::from_millis(100)).as_millis().max(1) as libc::c_int;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds for the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
 }
 
 /// Checks a hello against this job; `expected_rank` restricts which rank may connect.
@@ -677,74 +966,6 @@ pub(crate) fn refuse<S: HandshakeStream>(
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = stream.write_all(&bytes);
     }
-}
-
-/// Accepts one connection before `deadline` on a non-blocking listener.
-pub(crate) fn accept_by(
-    listener: &TcpListener,
-    deadline: Instant,
-    rank: usize,
-    waiting_for: &str,
-    timeout: Duration,
-) -> Result<TcpStream, CommError> {
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| CommError::Io {
-            rank,
-            peer: None,
-            addr: local.clone(),
-            during: "listen".into(),
-            source,
-        })?;
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|source| CommError::Io {
-                    rank,
-                    peer: None,
-                    addr: local.clone(),
-                    during: "accept".into(),
-                    source,
-                })?;
-                return Ok(s);
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(CommError::Timeout {
-                        rank,
-                        peer: None,
-                        addr: local,
-                        waiting_for: waiting_for.into(),
-                        timeout,
-                    });
-                }
-                crate::socket::poll_one(
-                    listener_fd(listener),
-                    libc::POLLIN,
-                    left.min(Duration::from_millis(100)),
-                );
-            }
-            Err(source) => {
-                return Err(CommError::Io {
-                    rank,
-                    peer: None,
-                    addr: local,
-                    during: "accept".into(),
-                    source,
-                })
-            }
-        }
-    }
-}
-
-fn listener_fd(l: &TcpListener) -> i32 {
-    use std::os::fd::AsRawFd;
-    l.as_raw_fd()
 }
 
 /// Connects to `addr` before `deadline`, retrying while the peer is not listening yet.
@@ -802,6 +1023,7 @@ fn serve(
     let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..rv.world).map(|_| None).collect();
     let mut missing = rv.world - 1;
     let mut refused = 0;
+    let mut gate = HelloGate::<TcpStream>::new(0, "rendezvous");
     while missing > 0 {
         let waiting = format!(
             "ranks {} to join the rendezvous",
@@ -814,17 +1036,7 @@ fn serve(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut stream = accept_by(&listener, deadline, 0, &waiting, rv.timeout)?;
-        // A stranger gets a few seconds to say hello, so it cannot stall the job.
-        let hello_deadline = deadline.min(Instant::now() + Duration::from_secs(10));
-        let hello = match read_hello(&mut stream, hello_deadline, 0, rv.timeout) {
-            Ok(h) => h,
-            Err(e) => {
-                log::warn!("rank 0: dropped a rendezvous connection: {e}");
-                refused += 1;
-                continue;
-            }
-        };
+        let (mut stream, hello) = gate.next_hello(&[&listener], deadline, &waiting, rv.timeout)?;
         let verdict = judge_hello(rv, &hello, Purpose::Rendezvous, None).and_then(|()| {
             if joined[hello.rank as usize].is_some() {
                 Err(Refusal::DuplicateRank)
@@ -848,6 +1060,7 @@ fn serve(
             Some((stream, SocketAddr::new(peer_ip.ip(), hello.listen_port)));
         missing -= 1;
     }
+    refused += gate.dropped();
     let mut table: Vec<SocketAddr> = joined
         .iter()
         .map(|j| {

@@ -214,6 +214,12 @@ impl rendezvous::HandshakeStream for Stream {
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         Stream::set_write_timeout(self, t)
     }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        Stream::set_nonblocking(self, on)
+    }
+    fn raw_fd(&self) -> i32 {
+        self.as_raw_fd()
+    }
 }
 
 /// The abstract Unix socket name of the ring listener of `rank`, whose TCP ring
@@ -354,18 +360,6 @@ struct Failure {
     next_usable: bool,
 }
 
-/// Waits until `fd` is ready for `events` or `wait` passes.
-pub(crate) fn poll_one(fd: i32, events: i16, wait: Duration) {
-    let mut p = [libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }];
-    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `p` is a valid array of one pollfd for the duration of the call.
-    unsafe { libc::poll(p.as_mut_ptr(), 1, ms) };
-}
-
 /// Sets TCP_NODELAY (latency of small frames) and large kernel buffers (bandwidth).
 fn tune(stream: &Stream, options: &SocketOptions) -> std::io::Result<()> {
     if let Stream::Tcp(s) = stream {
@@ -375,84 +369,35 @@ fn tune(stream: &Stream, options: &SocketOptions) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Accepts one ring connection before `deadline` on the TCP listener or, when
-/// there is one, the Unix listener, whichever a peer connects to first.
-fn accept_ring(
-    tcp: &TcpListener,
-    unix: Option<&UnixListener>,
-    deadline: Instant,
-    rank: usize,
-    waiting_for: &str,
-    timeout: Duration,
-) -> Result<Stream, CommError> {
-    let local = tcp
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    let io = |during: &str| {
-        let (local, during) = (local.clone(), during.to_string());
-        move |source| CommError::Io {
-            rank,
-            peer: None,
-            addr: local,
-            during,
-            source,
-        }
-    };
-    tcp.set_nonblocking(true).map_err(io("listen"))?;
-    if let Some(u) = unix {
-        u.set_nonblocking(true).map_err(io("listen"))?;
+// The ring listeners, TCP and (same host) Unix, feed one `HelloGate`: whichever
+// a peer connects to first, and no silent stranger on either delays the other.
+impl rendezvous::HelloListener<Stream> for TcpListener {
+    fn listener_fd(&self) -> i32 {
+        self.as_raw_fd()
     }
-    let transient = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted
-        )
-    };
-    loop {
-        match tcp.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(io("accept"))?;
-                return Ok(Stream::Tcp(s));
-            }
-            Err(e) if transient(&e) => {}
-            Err(e) => return Err(io("accept")(e)),
-        }
-        if let Some(u) = unix {
-            match u.accept() {
-                Ok((s, _)) => {
-                    s.set_nonblocking(false).map_err(io("accept"))?;
-                    return Ok(Stream::Unix(s));
-                }
-                Err(e) if transient(&e) => {}
-                Err(e) => return Err(io("accept")(e)),
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(CommError::Timeout {
-                rank,
-                peer: None,
-                addr: local,
-                waiting_for: waiting_for.into(),
-                timeout,
-            });
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: tcp.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: unix.map(|u| u.as_raw_fd()).unwrap_or(-1),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = left.min(Duration::from_millis(100)).as_millis().max(1) as i32;
-        // SAFETY: `fds` is a valid array of two pollfds for the call (a negative fd is ignored).
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    fn local_label(&self) -> String {
+        rendezvous::HelloListener::<TcpStream>::local_label(self)
+    }
+    fn make_nonblocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn accept_stream(&self) -> std::io::Result<Stream> {
+        self.accept().map(|(s, _)| Stream::Tcp(s))
+    }
+}
+
+impl rendezvous::HelloListener<Stream> for UnixListener {
+    fn listener_fd(&self) -> i32 {
+        self.as_raw_fd()
+    }
+    fn local_label(&self) -> String {
+        "a Unix socket on this host".into()
+    }
+    fn make_nonblocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn accept_stream(&self) -> std::io::Result<Stream> {
+        self.accept().map(|(s, _)| Stream::Unix(s))
     }
 }
 
@@ -663,24 +608,14 @@ impl SocketComm {
 
         // 2. Accept the previous rank's lanes, refusing anyone else.
         let mut from_prev: Vec<Option<Link>> = (0..lanes).map(|_| None).collect();
+        let mut listeners: Vec<&dyn rendezvous::HelloListener<Stream>> = vec![&listener];
+        if let Some(u) = unix.as_ref() {
+            listeners.push(u);
+        }
+        let mut gate = rendezvous::HelloGate::new(rank, "ring listener");
+        let waiting = format!("rank {prev} to connect to the ring");
         while from_prev.iter().any(Option::is_none) {
-            let mut s = accept_ring(
-                &listener,
-                unix.as_ref(),
-                deadline,
-                rank,
-                &format!("rank {prev} to connect to the ring"),
-                rv.timeout,
-            )?;
-            let hello_deadline = deadline.min(Instant::now() + Duration::from_secs(10));
-            let h = match rendezvous::read_hello(&mut s, hello_deadline, rank, rv.timeout) {
-                Ok(h) => h,
-                Err(e) => {
-                    log::warn!("rank {rank}: dropped a ring connection: {e}");
-                    comm.refused += 1;
-                    continue;
-                }
-            };
+            let (mut s, h) = gate.next_hello(&listeners, deadline, &waiting, rv.timeout)?;
             let lane = h.listen_port as usize;
             let verdict =
                 rendezvous::judge_hello(rv, &h, Purpose::Ring, Some(prev)).and_then(|()| {
@@ -723,6 +658,7 @@ impl SocketComm {
                 addr,
             });
         }
+        comm.refused += gate.dropped();
 
         // 3. The next rank's answers, one per lane.
         for (s, from) in to_next.into_iter().zip(from_prev) {

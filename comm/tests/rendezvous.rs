@@ -1,5 +1,6 @@
 //! Rendezvous: torchrun and Slurm variables, Slurm node lists, and strangers
-//! (wrong token, wrong version, duplicate rank) refused while the job carries on.
+//! (wrong token, wrong version, duplicate rank, idle connections) refused or
+//! dropped while the job carries on.
 
 mod common;
 
@@ -12,7 +13,7 @@ use frugal_comm::{
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = pairs
@@ -396,4 +397,117 @@ fn a_stranger_on_the_ring_listener_is_refused_and_the_ring_still_forms() {
         "rank 0 refused both strangers"
     );
     assert_eq!(results[1], (vec![3.0; 5], 0));
+}
+
+/// Opens `n` connections to `port` on loopback that never send a byte: the
+/// first once something listens there (retrying for up to 10 s), the rest at once.
+fn idle_connections(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    let until = Instant::now() + Duration::from_secs(10);
+    while idle.is_empty() && Instant::now() < until {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => idle.push(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(
+        !idle.is_empty(),
+        "nothing listened on port {port} within 10 s"
+    );
+    while idle.len() < n {
+        idle.push(TcpStream::connect(("127.0.0.1", port)).expect("idle connection"));
+    }
+    idle
+}
+
+/// How long the rendezvous may take with idle strangers about: far less than
+/// one stranger's hello deadline (seconds), let alone one per stranger, and
+/// less than the job's own timeout, so a rendezvous that serves strangers one
+/// after another fails here instead of passing slowly.
+const QUICK: Duration = Duration::from_secs(3);
+
+#[test]
+fn idle_connections_do_not_stall_the_rendezvous() {
+    let port = free_port();
+    let world = 3;
+    let rank = move |rank: usize| {
+        std::thread::spawn(move || {
+            let rv = Rendezvous::loopback(rank, world, port, "right", Duration::from_secs(20));
+            let mut comm = SocketComm::connect(&rv, SocketOptions::default())?;
+            let mut x = vec![1.0f32; 4];
+            comm.all_reduce_sum_f32(&mut x)?;
+            Ok::<_, CommError>((x, comm.refused_connections()))
+        })
+    };
+    let rank0 = rank(0);
+    // More strangers than rank 0 keeps waiting for a hello (64) connect before
+    // the real ranks and say nothing...
+    let before = idle_connections(port, 70);
+    let started = Instant::now();
+    let others: Vec<_> = (1..world).map(rank).collect();
+    // ...and a few more while they join.
+    let during = idle_connections(port, 4);
+    let mut results = vec![rank0.join().expect("thread")];
+    results.extend(others.into_iter().map(|h| h.join().expect("thread")));
+    let took = started.elapsed();
+    let results: Vec<_> = results
+        .into_iter()
+        .enumerate()
+        .map(|(r, x)| x.unwrap_or_else(|e| panic!("rank {r}: {e}")))
+        .collect();
+    for (x, _) in &results {
+        assert_eq!(x, &vec![3.0; 4]);
+    }
+    assert!(
+        took < QUICK,
+        "74 idle connections delayed the job by {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(
+        results[0].1 >= 70 - 64,
+        "the oldest silent connections make room for new ones: {} dropped",
+        results[0].1
+    );
+    drop((before, during));
+}
+
+#[test]
+fn idle_connections_on_the_ring_listener_do_not_stall_the_ring() {
+    let port = free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let rv = Rendezvous::loopback(rank, 3, port, "right", Duration::from_secs(20));
+                let mut comm = SocketComm::connect(&rv, SocketOptions::default())?;
+                let mut x = vec![1.0f32; 5];
+                comm.all_reduce_sum_f32(&mut x)?;
+                Ok::<_, CommError>(x)
+            })
+        })
+        .collect();
+    // Rank 2 goes step by step so that strangers reach rank 0's ring listener
+    // (where rank 0 waits for rank 2) before rank 2 does.
+    let rv2 = Rendezvous::loopback(2, 3, port, "right", Duration::from_secs(20));
+    let options = SocketOptions::default();
+    let listener = SocketComm::listen(&rv2, &options).expect("listen");
+    let peers =
+        frugal_comm::rendezvous::exchange(&rv2, listener.local_addr().expect("addr").port(), &[])
+            .expect("rendezvous");
+    let idle = idle_connections(peers.ring_addrs[0].port(), 5);
+    let started = Instant::now();
+    let mut comm =
+        SocketComm::connect_ring(&rv2, listener, &peers, options).expect("rank 2 joins the ring");
+    let mut x = vec![1.0f32; 5];
+    comm.all_reduce_sum_f32(&mut x).expect("all-reduce");
+    for h in handles {
+        assert_eq!(h.join().expect("thread").expect("rank"), vec![3.0; 5]);
+    }
+    let took = started.elapsed();
+    assert_eq!(x, vec![3.0; 5]);
+    assert!(
+        took < QUICK,
+        "5 idle connections delayed the ring by {:.1} s",
+        took.as_secs_f64()
+    );
+    drop(idle);
 }

@@ -4,13 +4,17 @@
 //! File layout (all integers and floats little-endian):
 //! ```text
 //! offset 0   magic      8 bytes  "FRUGALCK"
-//!        8   version    u32      1
+//!        8   version    u32      2 (1 is still read: it has no provenance)
 //!        12  reserved   u32      0
 //!        16  payload    u64      P, the payload's length in bytes
 //!        24  payload    P bytes  (fields in the order of `encode_payload`;
 //!                                 the three f32 arrays last, each a u64 count then data)
 //!   24 + P   checksum   u32      CRC-32 (IEEE) of bytes 0 .. 24 + P
 //! ```
+//! Version 2 adds the provenance (see [`Provenance`]) between the loader state
+//! and the arrays, so it can be read from the first few hundred bytes of a file
+//! ([`read_provenance`]) without reading the arrays.
+//!
 //! Loading checks, in order: the magic, the version, that 24 + P + 4 equals
 //! the file size (before any allocation), then reads while checksumming and
 //! compares the CRC. CRC-32 detects every error burst of up to 32 bits, so any
@@ -36,7 +40,9 @@ use crate::schedule::CosineSchedule;
 /// The first 8 bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"FRUGALCK";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest format version this build still reads.
+pub const OLDEST_VERSION: u32 = 1;
 const HEADER_BYTES: u64 = 24;
 const TRAILER_BYTES: u64 = 4;
 
@@ -80,6 +86,56 @@ pub struct Checkpoint {
     pub wall_seconds: f64,
     /// Lowest validation loss seen, if any validation ran.
     pub best_val_loss: Option<f64>,
+    /// Which run wrote it, what it descends from, and the settings a resume
+    /// compares against. Default (all unknown) for a version-1 file.
+    pub provenance: Provenance,
+}
+
+/// One run (one invocation of `frugal train`) in a checkpoint's history: it
+/// started from the checkpoint at `start_step` of the run before it in the
+/// lineage (0 for a fresh start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub run_id: u64,
+    pub start_step: u64,
+}
+
+/// Where a checkpoint comes from and the run settings a checkpoint alone does
+/// not otherwise hold. Run id 0 and an empty lineage mean "unknown" (a
+/// version-1 file).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provenance {
+    /// The run that wrote this checkpoint.
+    pub run_id: u64,
+    /// Every run this checkpoint descends from, oldest first; the last one is
+    /// `run_id`'s own. The checkpoint at step `s` of run `lineage[i]` is an
+    /// ancestor when `lineage[i].start_step < s <= lineage[i + 1].start_step`.
+    pub lineage: Vec<Segment>,
+    /// The gradient-norm clip (`--clip`); NaN when unknown.
+    pub clip: f64,
+    /// Micro-batches per step (`--grad-accum`); 0 when unknown.
+    pub grad_accum: u64,
+    /// A fingerprint of the training data's names, sizes and sampled contents; 0 when unknown.
+    pub data_fingerprint: u64,
+    /// What `--data` said, for messages.
+    pub data: String,
+}
+
+impl Provenance {
+    /// True when the checkpoint of run `run_id` at `step` lies on the history
+    /// this lineage describes (the last segment open-ended).
+    /// Run id 0 (a version-1 file: its run is unknown) is on no lineage, so
+    /// unrelated old runs are never mistaken for one another.
+    pub fn contains(lineage: &[Segment], run_id: u64, step: u64) -> bool {
+        run_id != 0
+            && lineage.iter().enumerate().any(|(i, seg)| {
+                seg.run_id == run_id
+                    && step > seg.start_step
+                    && lineage
+                        .get(i + 1)
+                        .is_none_or(|next| step <= next.start_step)
+            })
+    }
 }
 
 // ---------------------------------------------------------------- CRC-32 ---
@@ -173,6 +229,15 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 
     fn put_f32s(&mut self, xs: &[f32]) -> std::io::Result<()> {
+        // The file is little-endian: on such a machine the bytes in memory
+        // are the bytes on disk, with no copy (checkpoints are written on a
+        // background thread, but its CPU time still competes with training).
+        if cfg!(target_endian = "little") {
+            for chunk in xs.chunks(1 << 18) {
+                self.put(bytemuck::cast_slice(chunk))?;
+            }
+            return Ok(());
+        }
         let mut buf = Vec::with_capacity(4 * xs.len().min(16384));
         for chunk in xs.chunks(16384) {
             buf.clear();
@@ -277,6 +342,18 @@ impl Checkpoint {
         ] {
             put_u64(s, x)?;
         }
+        let p = &self.provenance;
+        put_u64(s, p.run_id)?;
+        put_u64(s, p.lineage.len() as u64)?;
+        for seg in &p.lineage {
+            put_u64(s, seg.run_id)?;
+            put_u64(s, seg.start_step)?;
+        }
+        put_f64(s, p.clip)?;
+        put_u64(s, p.grad_accum)?;
+        put_u64(s, p.data_fingerprint)?;
+        put_u64(s, p.data.len() as u64)?;
+        s.put(p.data.as_bytes())?;
         put_array(s, &self.params)?;
         put_array(s, &o.m)?;
         put_array(s, &o.v)
@@ -369,14 +446,16 @@ impl Checkpoint {
 }
 
 /// Writes `ckpt` atomically into `dir` as `step-NNNNNNNN.ckpt` (creating the
-/// directory if needed), then deletes all but the newest `keep` checkpoints
-/// that verify (`keep` = 0 keeps all; a failure to delete is only a warning).
-/// Returns the new file's path.
+/// directory if needed) and returns the new file's path. The CRC is computed
+/// over the bytes as they are written and the file is fsynced before the
+/// rename, so the file is verified without being read back. Which old
+/// checkpoints to delete is the caller's policy (it knows which run each
+/// belongs to); nothing else in `dir` is touched.
 ///
 /// # Errors
 /// [`ModelError::Io`] naming the file or directory; the temporary file is
 /// removed on failure.
-pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, ModelError> {
+pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf, ModelError> {
     let io_dir = |source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -384,7 +463,7 @@ pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, Model
     std::fs::create_dir_all(dir).map_err(io_dir)?;
     let final_path = dir.join(Checkpoint::file_name(ckpt.step));
     let tmp_path = dir.join(format!(
-        ".{}.tmp-{}",
+        "{TMP_PREFIX}{}.tmp-{}",
         Checkpoint::file_name(ckpt.step),
         std::process::id()
     ));
@@ -401,14 +480,35 @@ pub fn save(dir: &Path, ckpt: &Checkpoint, keep: usize) -> Result<PathBuf, Model
     }
     // The rename is durable only once the directory entry is on disk.
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_dir)?;
-    // The new checkpoint is safe on disk; failing to delete old ones must not
-    // stop the run.
-    if keep > 0 {
-        if let Err(e) = prune(dir, keep) {
-            log::warn!("could not delete old checkpoints: {e}");
-        }
-    }
     Ok(final_path)
+}
+
+/// Temporary files of a save in progress start with this; one left behind by
+/// a killed process is garbage once no process writes into the folder.
+pub const TMP_PREFIX: &str = ".";
+
+/// True for the name of a save's temporary file (`.step-N.ckpt.tmp-PID`).
+pub fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    name.starts_with(b".step-") && name.windows(9).any(|w| w == b".ckpt.tmp")
+}
+
+/// The size in bytes of the file [`save`] writes for `ckpt`.
+pub fn encoded_len(ckpt: &Checkpoint) -> u64 {
+    let mut counter = Counter(0);
+    // Counting cannot fail.
+    let _ = ckpt.encode_payload(&mut counter);
+    HEADER_BYTES + counter.0 + TRAILER_BYTES
+}
+
+/// An upper bound on the file size of a checkpoint of `n_params` parameters
+/// (three f32 arrays and a few kilobytes of fields), for free-space checks
+/// before anything is trained.
+pub fn size_bound(n_params: u64, lineage_len: usize, data_label_len: usize) -> u64 {
+    (n_params.saturating_mul(12))
+        .saturating_add(4096)
+        .saturating_add(16 * lineage_len as u64)
+        .saturating_add(data_label_len as u64)
 }
 
 fn write_file(path: &Path, ckpt: &Checkpoint) -> Result<(), ModelError> {
@@ -443,28 +543,6 @@ fn write_all<W: Write>(
     ckpt.encode_payload(w)
 }
 
-/// Deletes all but the newest `keep` checkpoints in `dir` that verify; a
-/// damaged one is deleted with a warning.
-fn prune(dir: &Path, keep: usize) -> Result<(), ModelError> {
-    let mut kept = 0;
-    for (_, path) in list(dir)?.into_iter().rev() {
-        if kept < keep {
-            match verify(&path) {
-                Ok(()) => {
-                    kept += 1;
-                    continue;
-                }
-                Err(e) => log::warn!("deleting a checkpoint that does not verify: {e}"),
-            }
-        }
-        std::fs::remove_file(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
 /// The checkpoints in `dir` (files named `step-N.ckpt`), by increasing step.
 /// A missing directory has none.
 ///
@@ -483,7 +561,10 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ModelError> {
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
         let step = name
             .strip_prefix("step-")
             .and_then(|r| r.strip_suffix(".ckpt"))
@@ -528,6 +609,8 @@ struct Reader<'a, R: Read> {
     crc: Crc32,
     pos: u64,
     end: u64,
+    /// The file's format version.
+    version: u32,
 }
 
 impl<R: Read> Reader<'_, R> {
@@ -678,13 +761,14 @@ fn open_checked<R: Read>(
     }
     let word =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    if word(8) != VERSION {
+    let version = word(8);
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(corrupt(
             path,
             Some(8),
             format!(
-                "format version {} is not the version {VERSION} this build reads",
-                word(8)
+                "format version {version} is not one this build reads ({OLDEST_VERSION} to {VERSION}); \
+                 a newer frugal wrote it"
             ),
         ));
     }
@@ -717,6 +801,7 @@ fn open_checked<R: Read>(
         crc,
         pos: HEADER_BYTES,
         end: HEADER_BYTES + payload,
+        version,
     })
 }
 
@@ -790,6 +875,22 @@ fn read_checked<R: Read>(path: &Path, file: R, len: u64) -> Result<Checkpoint, M
 }
 
 fn parse_payload<R: Read>(r: &mut Reader<'_, R>) -> Result<Checkpoint, ModelError> {
+    let mut ckpt = parse_head(r)?;
+    ckpt.params = r.array("the parameter array")?;
+    ckpt.optimizer.m = r.array("the first-moment array")?;
+    ckpt.optimizer.v = r.array("the second-moment array")?;
+    if r.pos != r.end {
+        return Err(corrupt(
+            r.path,
+            Some(r.pos),
+            format!("{} bytes follow the last field", r.end - r.pos),
+        ));
+    }
+    Ok(ckpt)
+}
+
+/// Every field before the arrays (which are left empty).
+fn parse_head<R: Read>(r: &mut Reader<'_, R>) -> Result<Checkpoint, ModelError> {
     let config = Config {
         vocab_size: r.usize()?,
         dim: r.usize()?,
@@ -860,30 +961,28 @@ fn parse_payload<R: Read>(r: &mut Reader<'_, R>) -> Result<Checkpoint, ModelErro
         seq: r.u64()?,
         world: r.u64()?,
     };
-    let params = r.array("the parameter array")?;
-    let m = r.array("the first-moment array")?;
-    let v = r.array("the second-moment array")?;
-    if r.pos != r.end {
-        return Err(corrupt(
-            r.path,
-            Some(r.pos),
-            format!("{} bytes follow the last field", r.end - r.pos),
-        ));
-    }
+    let provenance = if r.version >= 2 {
+        parse_provenance(r)?
+    } else {
+        Provenance {
+            clip: f64::NAN,
+            ..Provenance::default()
+        }
+    };
     Ok(Checkpoint {
         config,
         world_size,
         step,
         seed,
-        params,
+        params: Vec::new(),
         optimizer: OptimizerState {
             beta1,
             beta2,
             eps,
             weight_decay,
             step: opt_step,
-            m,
-            v,
+            m: Vec::new(),
+            v: Vec::new(),
         },
         schedule,
         loader,
@@ -892,7 +991,68 @@ fn parse_payload<R: Read>(r: &mut Reader<'_, R>) -> Result<Checkpoint, ModelErro
         tokens_seen,
         wall_seconds,
         best_val_loss,
+        provenance,
     })
+}
+
+fn parse_provenance<R: Read>(r: &mut Reader<'_, R>) -> Result<Provenance, ModelError> {
+    let run_id = r.u64()?;
+    let count_at = r.pos;
+    let count = r.u64()?;
+    if count > (r.end - r.pos) / 16 {
+        return Err(corrupt(
+            r.path,
+            Some(count_at),
+            format!("the lineage claims {count} runs, more than the bytes left hold"),
+        ));
+    }
+    let mut lineage = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        lineage.push(Segment {
+            run_id: r.u64()?,
+            start_step: r.u64()?,
+        });
+    }
+    let clip = r.f64()?;
+    let grad_accum = r.u64()?;
+    let data_fingerprint = r.u64()?;
+    let len_at = r.pos;
+    let len = r.u64()?;
+    if len > (r.end - r.pos).min(1 << 20) {
+        return Err(corrupt(
+            r.path,
+            Some(len_at),
+            format!("the data label claims {len} bytes"),
+        ));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    for _ in 0..len {
+        data.push(r.u8()?);
+    }
+    let data = String::from_utf8(data)
+        .map_err(|_| corrupt(r.path, Some(len_at + 8), "the data label is not UTF-8"))?;
+    Ok(Provenance {
+        run_id,
+        lineage,
+        clip,
+        grad_accum,
+        data_fingerprint,
+        data,
+    })
+}
+
+/// The step and provenance of the checkpoint at `path`, read from its first
+/// few hundred bytes: the arrays are not read and the checksum is not
+/// checked (a resume loads the whole file, which checks it). For deciding
+/// which run a file belongs to without reading gigabytes.
+///
+/// # Errors
+/// [`ModelError::CheckpointCorrupt`] or [`ModelError::Io`], naming the file.
+pub fn read_provenance(path: &Path) -> Result<(u64, Provenance), ModelError> {
+    let (file, len) = open_file(path)?;
+    let mut r = open_checked(path, file, len)?;
+    let head = parse_head(&mut r)?;
+    Ok((head.step, head.provenance))
 }
 
 /// Checks that the parts fit together: a buildable config, and arrays the size

@@ -47,6 +47,9 @@ pub enum ConfigError {
     VocabTooLarge { vocab_size: usize },
     /// No preset has this name.
     UnknownPreset { name: String },
+    /// The host could not allocate a buffer of this size (RAM, a container's limit or
+    /// `ulimit -v`): the model, batch or sequence is too large for this machine.
+    HostMemory { what: String, bytes: u64 },
 }
 
 impl fmt::Display for ConfigError {
@@ -67,6 +70,13 @@ impl fmt::Display for ConfigError {
             ConfigError::VocabTooLarge { vocab_size } => write!(
                 f,
                 "vocabulary {vocab_size} is larger than 65536; token ids are 16-bit"
+            ),
+            ConfigError::HostMemory { what, bytes } => write!(
+                f,
+                "could not allocate {bytes} bytes ({:.2} GiB) of host memory for {what}: this machine, \
+                 its container or the process's limit (ulimit -v) allows less; use a smaller model, \
+                 --batch or --seq (--dry-run prints what a run needs)",
+                *bytes as f64 / (1u64 << 30) as f64
             ),
             ConfigError::UnknownPreset { name } => write!(
                 f,
@@ -243,9 +253,23 @@ impl Config {
         self.n_kv_heads * self.head_dim()
     }
 
-    /// Total trainable parameters.
+    /// Total trainable parameters, by arithmetic (equal to [`ParamLayout::total`], without
+    /// building the layout's per-tensor list, so any config is answered at once). Saturates
+    /// at `usize::MAX` for dimensions whose product overflows.
     pub fn param_count(&self) -> usize {
-        ParamLayout::new(self).total()
+        let (v, c, kv, f) = (
+            self.vocab_size as u128,
+            self.dim as u128,
+            self.kv_dim() as u128,
+            self.ffn_dim as u128,
+        );
+        // Per block: two norm gains (C), wq and wo (C, C), wk and wv (KV, C), and the
+        // three SwiGLU matrices (F, C); then tok_embedding and lm_head (V, C), final_norm (C).
+        let per_layer = 2 * c + 2 * c * c + 2 * kv * c + 3 * f * c;
+        let total = (self.n_layers as u128)
+            .saturating_mul(per_layer)
+            .saturating_add(2 * v * c + c);
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 
     /// Forward FLOPs per token at sequence length `t`: 2 per multiply-add of
@@ -533,6 +557,41 @@ mod tests {
         );
         assert_eq!(lay.final_norm().name, "final_norm");
         assert_eq!(lay.lm_head().range().end, lay.total());
+    }
+
+    #[test]
+    fn param_count_is_the_layouts_total() {
+        let mut gqa = Preset::by_name("tiny").unwrap().config();
+        gqa.n_kv_heads = 2;
+        for cfg in PRESETS
+            .iter()
+            .map(|p| p.config())
+            .chain([gqa, odd_config()])
+        {
+            assert_eq!(cfg.param_count(), ParamLayout::new(&cfg).total(), "{cfg:?}");
+        }
+        // A million layers is answered without a per-tensor list.
+        let mut deep = odd_config();
+        deep.n_layers = 1 << 20;
+        let per_layer = 2 * 64 + 2 * 64 * 64 + 2 * 32 * 64 + 3 * 172 * 64;
+        assert_eq!(
+            deep.param_count(),
+            (1 << 20) * per_layer + 2 * 300 * 64 + 64
+        );
+    }
+
+    fn odd_config() -> Config {
+        Config {
+            vocab_size: 300,
+            dim: 64,
+            n_layers: 3,
+            n_heads: 2,
+            n_kv_heads: 1,
+            ffn_dim: 172,
+            seq_len: 32,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        }
     }
 
     #[test]

@@ -52,6 +52,24 @@ pub enum ModelError {
         vocab_size: usize,
         max_token: u32,
     },
+    /// A data file ended before a byte it held when it was opened: it was
+    /// truncated or rewritten while in use. `offset..end` is the read that
+    /// came up short; `now_bytes` is the file's length after it, when known.
+    DataFileShrunk {
+        path: PathBuf,
+        offset: u64,
+        end: u64,
+        opened_bytes: u64,
+        now_bytes: Option<u64>,
+    },
+    /// A data file could not be opened because the process may not keep
+    /// that many files open (every data file stays open while training).
+    TooManyDataFiles {
+        path: PathBuf,
+        opened: usize,
+        files: usize,
+        source: std::io::Error,
+    },
     /// A glob pattern matched no file.
     EmptyGlob {
         pattern: String,
@@ -179,6 +197,22 @@ impl fmt::Display for ModelError {
                 path.display(),
                 *max_token as u64 + 1
             ),
+            ModelError::DataFileShrunk { path, offset, end, opened_bytes, now_bytes } => write!(
+                f,
+                "{}: byte {offset}: the file ends before byte {end}; it was {opened_bytes} bytes when it was opened \
+                 and is now {}, so it was truncated or rewritten while in use; restore it (or write the data again) \
+                 and resume from the last checkpoint",
+                path.display(),
+                now_bytes.map_or_else(|| "shorter".to_string(), |n| format!("{n} bytes"))
+            ),
+            ModelError::TooManyDataFiles { path, opened, files, source } => write!(
+                f,
+                "{}: {source}; the data has {files} files, each kept open while training, and the process \
+                 ran out of file descriptors after opening {opened} of them; raise the limit \
+                 (ulimit -n {}) or merge the data into fewer, larger files",
+                path.display(),
+                (files + 256).next_power_of_two()
+            ),
             ModelError::EmptyGlob { pattern } => {
                 write!(f, "no file matches '{pattern}'; check the path (wildcards * and ? work in the file name only)")
             }
@@ -229,7 +263,9 @@ impl fmt::Display for ModelError {
 impl std::error::Error for ModelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ModelError::Io { source, .. } => Some(source),
+            ModelError::Io { source, .. } | ModelError::TooManyDataFiles { source, .. } => {
+                Some(source)
+            }
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 //! residual's variance does not grow with depth; RMSNorm gains are 1.
 
 use crate::config::{Config, LayerTensor, ParamKind, ParamLayout};
+use crate::error::ModelError;
 use crate::rng::Rng;
 
 /// Standard deviation of matrices and the embedding.
@@ -13,10 +14,25 @@ pub const INIT_STD: f64 = 0.02;
 
 /// Fresh parameters for `cfg`, deterministic in `seed`: tensors are filled in
 /// layout order from one [`Rng`] stream, so the same seed gives the same bits
-/// on every machine.
+/// on every machine. Aborts, as `vec!` does, when the host cannot allocate them;
+/// [`try_init_params`] returns an error instead.
 pub fn init_params(cfg: &Config, seed: u64) -> Vec<f32> {
+    fill(cfg, seed, vec![0.0f32; cfg.param_count()])
+}
+
+/// [`init_params`], with an error naming the bytes instead of an abort when the host
+/// cannot allocate the parameters (their size comes from the user's flags).
+///
+/// # Errors
+/// [`ModelError::Config`] ([`crate::config::ConfigError::HostMemory`]) naming the bytes.
+pub fn try_init_params(cfg: &Config, seed: u64) -> Result<Vec<f32>, ModelError> {
+    let params = crate::cpu::zeroed(cfg.param_count(), || "the model's parameters".into())?;
+    Ok(fill(cfg, seed, params))
+}
+
+/// Fills `params` (zeroed, `cfg.param_count()` long) tensor by tensor.
+fn fill(cfg: &Config, seed: u64, mut params: Vec<f32>) -> Vec<f32> {
     let layout = ParamLayout::new(cfg);
-    let mut params = vec![0.0f32; layout.total()];
     let mut rng = Rng::new(seed);
     let residual_std = INIT_STD / (2.0 * cfg.n_layers.max(1) as f64).sqrt();
     for t in &layout.tensors {
@@ -47,7 +63,7 @@ mod tests {
     fn init_is_deterministic_and_has_the_documented_scales() {
         let cfg = Preset::by_name("tiny").unwrap().config();
         let a = init_params(&cfg, 5);
-        let b = init_params(&cfg, 5);
+        let b = try_init_params(&cfg, 5).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, init_params(&cfg, 6));
         let lay = ParamLayout::new(&cfg);

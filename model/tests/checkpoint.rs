@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use frugal_model::checkpoint::{self, crc32, Checkpoint, OptimizerState};
+use frugal_model::checkpoint::{self, crc32, Checkpoint, OptimizerState, Provenance, Segment};
 use frugal_model::config::{Config, ParamLayout, Preset};
 use frugal_model::data::{DataSpec, Dataset, LoaderState, Split};
 use frugal_model::rng::Rng;
@@ -68,6 +68,23 @@ fn sample(cfg: Config, step: u64, best: Option<f64>) -> Checkpoint {
             world: 2,
         },
         rng: Rng::new(99).state(),
+        provenance: Provenance {
+            run_id: 0xfeed_0000 + step,
+            lineage: vec![
+                Segment {
+                    run_id: 3,
+                    start_step: 0,
+                },
+                Segment {
+                    run_id: 0xfeed_0000 + step,
+                    start_step: step / 2,
+                },
+            ],
+            clip: 1.0,
+            grad_accum: 2,
+            data_fingerprint: 0xabcdef,
+            data: "shards/*.bin".to_string(),
+        },
         usd_spent: 0.125 * step as f64,
         tokens_seen: step * 64,
         wall_seconds: 1.5 * step as f64,
@@ -95,7 +112,7 @@ fn save_then_load_round_trips_every_field() {
     let dir = temp_dir("roundtrip");
     for best in [None, Some(2.75)] {
         let ck = sample(small_config(), 7, best);
-        let path = checkpoint::save(&dir, &ck, 0).unwrap();
+        let path = checkpoint::save(&dir, &ck).unwrap();
         assert_eq!(path.file_name().unwrap(), "step-00000007.ckpt");
         let back = checkpoint::load(&path).unwrap();
         assert_eq!(back, ck);
@@ -118,7 +135,7 @@ fn save_then_load_round_trips_every_field() {
 fn a_preset_sized_checkpoint_round_trips() {
     let dir = temp_dir("tiny");
     let ck = sample(Preset::by_name("tiny").unwrap().config(), 100, Some(1.9));
-    let path = checkpoint::save(&dir, &ck, 1).unwrap();
+    let path = checkpoint::save(&dir, &ck).unwrap();
     assert_eq!(checkpoint::load(&path).unwrap(), ck);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -197,7 +214,7 @@ fn contents_must_fit_the_config() {
     let dir = temp_dir("fit");
     let mut ck = sample(small_config(), 5, None);
     ck.params.pop();
-    let path = checkpoint::save(&dir, &ck, 0).unwrap();
+    let path = checkpoint::save(&dir, &ck).unwrap();
     let e = checkpoint::load(&path).unwrap_err();
     assert!(
         e.to_string().contains("parameters") && e.to_string().contains("step-00000005"),
@@ -207,32 +224,102 @@ fn contents_must_fit_the_config() {
 }
 
 #[test]
-fn keep_holds_the_newest_valid_ones() {
+fn save_touches_nothing_else_and_provenance_reads_without_the_arrays() {
     let dir = temp_dir("keep");
-    for step in 1..=5 {
-        checkpoint::save(&dir, &sample(small_config(), step, None), 2).unwrap();
-    }
-    let steps = |dir: &Path| {
-        checkpoint::list(dir)
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(steps(&dir), vec![4, 5]);
-    // Damage step 5; saving step 6 keeps 6 and 4 and deletes the damaged 5.
-    let p5 = dir.join("step-00000005.ckpt");
-    let mut bytes = std::fs::read(&p5).unwrap();
-    bytes[100] ^= 4;
-    std::fs::write(&p5, bytes).unwrap();
-    checkpoint::save(&dir, &sample(small_config(), 6, None), 2).unwrap();
-    assert_eq!(steps(&dir), vec![4, 6]);
-    // keep = 0 keeps everything; unrelated files are left alone.
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
-    checkpoint::save(&dir, &sample(small_config(), 7, None), 0).unwrap();
-    assert_eq!(steps(&dir), vec![4, 6, 7]);
+    for step in 1..=3 {
+        checkpoint::save(&dir, &sample(small_config(), step, None)).unwrap();
+    }
+    let steps: Vec<u64> = checkpoint::list(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
     assert!(dir.join("notes.txt").exists());
+    let path = dir.join("step-00000003.ckpt");
+    let (step, prov) = checkpoint::read_provenance(&path).unwrap();
+    assert_eq!(step, 3);
+    assert_eq!(prov, sample(small_config(), 3, None).provenance);
+    let ck = sample(small_config(), 3, None);
+    assert_eq!(
+        checkpoint::encoded_len(&ck),
+        std::fs::metadata(&path).unwrap().len()
+    );
+    let n = ParamLayout::new(&small_config()).total() as u64;
+    assert!(checkpoint::size_bound(n, 2, 9) >= checkpoint::encoded_len(&ck));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lineage_membership() {
+    let lineage = [
+        Segment {
+            run_id: 7,
+            start_step: 0,
+        },
+        Segment {
+            run_id: 9,
+            start_step: 50,
+        },
+    ];
+    // Run 7's checkpoints up to the branch point belong; after it they are an abandoned branch.
+    assert!(Provenance::contains(&lineage, 7, 10));
+    assert!(Provenance::contains(&lineage, 7, 50));
+    assert!(!Provenance::contains(&lineage, 7, 60));
+    // The last run is open-ended; its steps start after the branch point.
+    assert!(Provenance::contains(&lineage, 9, 60));
+    assert!(Provenance::contains(&lineage, 9, 1000));
+    assert!(!Provenance::contains(&lineage, 9, 50));
+    assert!(!Provenance::contains(&lineage, 8, 60));
+    // Run 0 is "unknown" (a version-1 file): on no lineage, even one that names it.
+    let from_v1 = [
+        Segment {
+            run_id: 0,
+            start_step: 0,
+        },
+        Segment {
+            run_id: 9,
+            start_step: 50,
+        },
+    ];
+    assert!(!Provenance::contains(&from_v1, 0, 40));
+    assert!(Provenance::contains(&from_v1, 9, 51));
+}
+
+#[test]
+fn version_1_files_still_load_with_unknown_provenance() {
+    let mut ck = sample(small_config(), 4, Some(2.5));
+    let v2 = checkpoint::encode(&ck);
+    // Rebuild the version-1 bytes: header with version 1, the payload without
+    // the provenance block, then the CRC.
+    let prov_len = checkpoint::encode(&ck).len() - {
+        let mut bare = ck.clone();
+        bare.provenance = Provenance::default();
+        checkpoint::encode(&bare).len()
+    };
+    let arrays = 3 * (8 + 4 * ck.params.len());
+    let payload_v2 = v2.len() - 28;
+    let head_end = 24 + payload_v2 - arrays; // end of the provenance block
+    let bare_prov = 8 + 8 + 8 + 8 + 8 + 8; // run id, count, clip, accum, fingerprint, label length
+    let prov_total = bare_prov + 16 * ck.provenance.lineage.len() + ck.provenance.data.len();
+    assert_eq!(prov_total - bare_prov, prov_len);
+    let mut v1 = Vec::new();
+    v1.extend_from_slice(&v2[..8]);
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    v1.extend_from_slice(&0u32.to_le_bytes());
+    v1.extend_from_slice(&((payload_v2 - prov_total) as u64).to_le_bytes());
+    v1.extend_from_slice(&v2[24..head_end - prov_total]);
+    v1.extend_from_slice(&v2[head_end..24 + payload_v2]);
+    let crc = checkpoint::crc32(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    let back = checkpoint::decode(Path::new("v1.ckpt"), &v1).unwrap();
+    assert_eq!(back.provenance.run_id, 0);
+    assert!(back.provenance.lineage.is_empty() && back.provenance.clip.is_nan());
+    ck.provenance = back.provenance.clone();
+    assert_eq!(back.params, ck.params);
+    assert_eq!(back.optimizer, ck.optimizer);
+    assert_eq!(back.loader, ck.loader);
 }
 
 #[test]
@@ -243,7 +330,7 @@ fn latest_valid_falls_back_past_damaged_and_truncated_files() {
         .is_none());
     assert!(checkpoint::latest_valid(&dir).unwrap().is_none());
     for step in [10, 20, 30] {
-        checkpoint::save(&dir, &sample(small_config(), step, None), 0).unwrap();
+        checkpoint::save(&dir, &sample(small_config(), step, None)).unwrap();
     }
     let (path, ck) = checkpoint::latest_valid(&dir).unwrap().unwrap();
     assert_eq!(
@@ -317,7 +404,7 @@ fn loader_position_survives_a_checkpoint() {
     }
     let mut ck = sample(small_config(), 3, None);
     ck.loader = loader.state();
-    let path = checkpoint::save(&dir, &ck, 0).unwrap();
+    let path = checkpoint::save(&dir, &ck).unwrap();
     loader.next_batch(&mut x, &mut y).unwrap();
     let mut resumed = ds.loader(Split::Train, b, t, 0, 1, 77).unwrap();
     resumed

@@ -374,6 +374,49 @@ fn files_named_val_form_the_validation_split() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn shards_whose_names_are_not_utf8_are_read_not_skipped() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp_dir("bytes");
+    let v = 65536;
+    // 0xff never occurs in UTF-8: this name is not text.
+    let odd = dir.join(OsStr::from_bytes(b"s_\xff_001.bin"));
+    shard::write(&dir.join("s_000.bin"), &counting(2000, v, 0)).unwrap();
+    shard::write(&odd, &counting(3000, v, 10000)).unwrap();
+    let all = 2000 + 3000;
+    for spec in [
+        dir.clone(),
+        dir.join("*.bin"),
+        dir.join("s_?_001.bin"),
+        dir.join(OsStr::from_bytes(b"s_\xff*")),
+    ] {
+        let ds = Dataset::open(&DataSpec::Path(spec.clone()), v).unwrap();
+        let tokens = ds.split_tokens(Split::Train) + ds.split_tokens(Split::Val);
+        let expected = if spec.ends_with("*.bin") || spec == dir {
+            all
+        } else {
+            3000
+        };
+        assert_eq!(tokens, expected, "{}", spec.display());
+    }
+    // The file named directly, and its windows read back.
+    let ds = Dataset::open(&DataSpec::Path(odd.clone()), v).unwrap();
+    let (x, _) = batch(&mut ds.loader(Split::Train, 2, 16, 0, 1, 0).unwrap(), 2, 16);
+    assert!(x.iter().all(|&t| (10000..13000).contains(&t)), "{x:?}");
+    // A --data value that is not UTF-8 is a path, not an error.
+    assert_eq!(
+        DataSpec::from_os(odd.as_os_str()).unwrap(),
+        DataSpec::Path(odd.clone())
+    );
+    assert_eq!(
+        DataSpec::from_os(OsStr::new("default")).unwrap(),
+        DataSpec::Default
+    );
+    assert!(DataSpec::from_os(OsStr::new("")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn expect_err(path: &Path, v: usize) -> ModelError {
     let err = Dataset::open(&DataSpec::Path(path.to_path_buf()), v).unwrap_err();
     assert!(
@@ -487,6 +530,93 @@ fn out_of_range_scan_finds_the_first_bad_token_in_any_block() {
         );
         assert_eq!(shard::find_out_of_range(&bytes, 11), None);
     }
+}
+
+#[test]
+fn a_bad_token_past_the_first_read_block_is_reported_at_its_file_offset() {
+    // Opening reads a shard in blocks of 1 MiB (512Ki tokens): put the first
+    // bad token in the second block and the largest in the third.
+    let dir = temp_dir("blocks");
+    let mut toks = vec![5u16; 1_300_000];
+    let (first, largest) = (600_001usize, 1_200_000usize);
+    toks[first] = 40;
+    toks[largest] = 900;
+    toks[first + 7] = 41;
+    let path = dir.join("big.bin");
+    shard::write(&path, &toks).unwrap();
+    let e = expect_err(&path, 32);
+    assert!(
+        matches!(e, ModelError::DataTokenOutOfRange { offset, token: 40, max_token: 900, .. }
+            if offset == (1024 + 2 * first) as u64),
+        "{e}"
+    );
+    assert!(Dataset::open(&DataSpec::Path(path), 901).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------- files changed while open ---
+
+/// Truncates `path` to `len` bytes, as another process might during training.
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+#[test]
+fn a_shard_truncated_after_opening_is_an_error_naming_it() {
+    // With the shard memory-mapped, this batch touched pages past the new end
+    // of file and the process died of SIGBUS, without a word.
+    let dir = temp_dir("shrunk-shard");
+    let v = 65536;
+    let path = dir.join("s_000.bin");
+    shard::write(&path, &counting(100_000, v, 0)).unwrap();
+    let ds = Dataset::open(&DataSpec::Path(path.clone()), v).unwrap();
+    let (b, t) = (4, 64);
+    let mut loader = ds.loader(Split::Train, b, t, 0, 1, 1).unwrap();
+    batch(&mut loader, b, t);
+    let before = loader.state();
+    truncate(&path, 1024);
+    let (mut x, mut y) = (vec![0u32; b * t], vec![0u32; b * t]);
+    let e = loader.next_batch(&mut x, &mut y).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ModelError::DataFileShrunk { path: p, opened_bytes, now_bytes: Some(1024), .. }
+                if p == &path && *opened_bytes == 1024 + 200_000
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("truncated"), "{msg}");
+    // The position did not move: once the file is whole again, the loader
+    // continues where it was.
+    assert_eq!(loader.state(), before);
+    shard::write(&path, &counting(100_000, v, 0)).unwrap();
+    loader.next_batch(&mut x, &mut y).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_text_file_truncated_after_opening_is_an_error_naming_it() {
+    let dir = temp_dir("shrunk-text");
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, vec![b'a'; 64 * 1024]).unwrap();
+    let ds = Dataset::open(&DataSpec::Path(path.clone()), 256).unwrap();
+    let mut val = ds.loader(Split::Val, 2, 32, 0, 1, 0).unwrap();
+    truncate(&path, 0);
+    let (mut x, mut y) = (vec![0u32; 64], vec![0u32; 64]);
+    let e = val.next_batch(&mut x, &mut y).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::DataFileShrunk { path: p, now_bytes: Some(0), .. } if p == &path),
+        "{e}"
+    );
+    assert!(e.to_string().contains("corpus.txt"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ------------------------------------------------------------------ text ---
@@ -671,6 +801,46 @@ fn loader_refuses_bad_arguments_and_short_data() {
     ));
 }
 
+#[test]
+fn a_validation_split_smaller_than_one_batch_says_so() {
+    let dir = temp_dir("valnote");
+    let t = 8;
+    shard::write(&dir.join("d_train.bin"), &vec![1u16; 1000]).unwrap();
+    // 3·T + 1 tokens: exactly 3 windows of T inputs.
+    shard::write(&dir.join("d_val.bin"), &vec![2u16; 3 * t + 1]).unwrap();
+    let ds = Dataset::open(&DataSpec::Path(dir.join("d_*.bin")), 16).unwrap();
+    assert_eq!(ds.windows(Split::Val, t), 3);
+    assert_eq!(
+        ds.windows(Split::Val, t),
+        ds.loader(Split::Val, 1, t, 0, 1, 0)
+            .unwrap()
+            .windows_per_epoch()
+    );
+    assert_eq!(ds.windows(Split::Train, t), 999 / t as u64);
+
+    let note = ds.val_note(4, t, 1).expect("3 windows < one batch of 4");
+    assert!(note.contains("3 windows of 8 tokens"), "{note}");
+    assert!(note.contains("4 x 1 rank = 4"), "{note}");
+    assert!(note.contains("repeats windows"), "{note}");
+    // Across ranks: the global batch is B · world.
+    let note = ds.val_note(2, t, 2).expect("3 windows < 2 x 2");
+    assert!(note.contains("2 x 2 ranks = 4"), "{note}");
+    assert_eq!(ds.val_note(3, t, 1), None, "one batch fits exactly");
+    assert_eq!(ds.val_note(1, t, 3), None);
+    // A longer T leaves 1 window; T past the split leaves none, which the
+    // loader reports as an error, so there is no note.
+    assert!(ds
+        .val_note(2, 3 * t, 1)
+        .unwrap()
+        .contains("1 window of 24 tokens"));
+    assert_eq!(ds.windows(Split::Val, 4 * t), 0);
+    assert_eq!(ds.val_note(2, 4 * t, 1), None);
+    // The embedded corpus has plenty.
+    let default = Dataset::open(&DataSpec::Default, 512).unwrap();
+    assert_eq!(default.val_note(64, 256, 8), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ------------------------------------------------------------------ glob ---
 
 /// The obviously right matcher: recursion over both strings.
@@ -690,4 +860,37 @@ proptest! {
         let nc: Vec<char> = n.chars().collect();
         prop_assert_eq!(glob::matches(&p, &n), reference_match(&pc, &nc));
     }
+}
+
+#[test]
+fn the_fingerprint_follows_the_tokens_not_the_folder() {
+    let v = 1000;
+    let (a, b) = (temp_dir("fp-a"), temp_dir("fp-b"));
+    let tokens = counting(50_000, v, 7);
+    shard::write(&a.join("s_000.bin"), &tokens).unwrap();
+    shard::write(&b.join("s_000.bin"), &tokens).unwrap();
+    let fp = |dir: &Path| {
+        Dataset::open(&DataSpec::Path(dir.join("s_000.bin")), v)
+            .unwrap()
+            .fingerprint()
+            .unwrap()
+    };
+    let first = fp(&a);
+    assert_ne!(first, 0);
+    assert_eq!(first, fp(&a), "deterministic");
+    assert_eq!(first, fp(&b), "the same tokens in another folder");
+    // One token changed inside a sampled run (the first 256 tokens are always sampled).
+    let mut changed = tokens.clone();
+    changed[100] = (changed[100] + 1) % v as u16;
+    shard::write(&b.join("s_000.bin"), &changed).unwrap();
+    assert_ne!(first, fp(&b), "other contents");
+    // Another length.
+    shard::write(&b.join("s_000.bin"), &tokens[..40_000]).unwrap();
+    assert_ne!(first, fp(&b));
+    let default = Dataset::open(&DataSpec::Default, 512).unwrap();
+    assert_eq!(
+        default.fingerprint().unwrap(),
+        default.fingerprint().unwrap()
+    );
+    assert_ne!(default.fingerprint().unwrap(), first);
 }

@@ -361,7 +361,20 @@ unsafe impl Send for PinnedHostBuffer {}
 impl PinnedHostBuffer {
     /// A plain (not page-locked) buffer of `bytes` zero bytes.
     pub fn plain(bytes: usize) -> PinnedHostBuffer {
-        let mut v = vec![0u128; bytes.div_ceil(16)];
+        Self::from_words(vec![0u128; bytes.div_ceil(16)], bytes)
+    }
+
+    /// [`PinnedHostBuffer::plain`], with an error instead of an abort when the host
+    /// cannot allocate `bytes`.
+    ///
+    /// # Errors
+    /// [`RuntimeError::HostOutOfMemory`] naming the bytes.
+    pub fn try_plain(bytes: usize) -> Result<PinnedHostBuffer, RuntimeError> {
+        let words = crate::host::try_zeroed_vec(bytes.div_ceil(16), "a host staging buffer")?;
+        Ok(Self::from_words(words, bytes))
+    }
+
+    fn from_words(mut v: Vec<u128>, bytes: usize) -> PinnedHostBuffer {
         let ptr = v.as_mut_ptr() as *mut u8;
         PinnedHostBuffer {
             ptr,

@@ -153,6 +153,14 @@ pub enum RuntimeError {
         /// What was given.
         given: String,
     },
+    /// The host could not allocate a buffer (no memory left, `ulimit -v`, the size
+    /// overflows); see [`crate::host::try_zeroed_vec`].
+    HostOutOfMemory {
+        /// What the buffer was for, e.g. "the emulated device's arena".
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+    },
 }
 
 /// The first few library names tried, and how many more.
@@ -258,6 +266,13 @@ impl fmt::Display for RuntimeError {
             RuntimeError::BadProfileSteps { given } => write!(
                 f,
                 "--profile-steps '{given}' is not A:B with A <= B (step numbers, B inclusive)"
+            ),
+            RuntimeError::HostOutOfMemory { what, bytes } => write!(
+                f,
+                "could not allocate {bytes} bytes ({}) of host memory for {what}: this machine, its \
+                 container or the process's limit (ulimit -v) allows less; use a smaller model, \
+                 --batch or --seq, or raise the limit",
+                gib(*bytes)
             ),
         }
     }

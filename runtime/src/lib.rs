@@ -30,6 +30,7 @@ pub mod device;
 pub mod dylib;
 pub mod error;
 pub mod facts;
+pub mod host;
 pub mod launch;
 pub mod modules;
 pub mod nvtx;

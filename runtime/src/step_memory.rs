@@ -52,38 +52,75 @@ pub struct StepShape {
 const BF16: u64 = 2;
 const F32: u64 = 4;
 
-/// The step's buffers as arena requests.
+/// The product of `xs`, saturating: a shape from absurd flags gives a size the planner
+/// refuses as implausible, instead of one that wrapped around.
+fn bytes(xs: &[u64]) -> u64 {
+    xs.iter().fold(1u64, |acc, &x| acc.saturating_mul(x))
+}
+
+/// The step's buffers as arena requests. Sizes saturate at `u64::MAX` rather than
+/// overflow (the planner then refuses them as implausible).
 pub fn step_requests(s: &StepShape) -> Vec<BufferRequest> {
     let (b, t, c, l) = (s.batch, s.seq, s.dim, s.layers);
     let hs = c / s.heads.max(1);
-    let kv = s.kv_heads * hs;
-    let bt = b * t;
+    let kv = s.kv_heads.saturating_mul(hs);
+    let bt = b.saturating_mul(t);
     let l32 = l as u32;
     let end = 2 * l32 + 4;
     let fwd = |layer: u32| 2 + layer;
     let bwd = |layer: u32| l32 + 4 + (l32 - 1 - layer);
     let mut r = vec![
-        BufferRequest::new("params.bf16", Category::Params, s.params * BF16, 0, end),
         BufferRequest::new(
-            "master.f32",
-            Category::MasterWeights,
-            s.params * F32,
+            "params.bf16",
+            Category::Params,
+            bytes(&[s.params, BF16]),
             0,
             end,
         ),
-        BufferRequest::new("grads.f32", Category::Grads, s.params * F32, 0, end),
-        BufferRequest::new("adam.m", Category::OptimizerMoments, s.params * F32, 0, end),
-        BufferRequest::new("adam.v", Category::OptimizerMoments, s.params * F32, 0, end),
+        BufferRequest::new(
+            "master.f32",
+            Category::MasterWeights,
+            bytes(&[s.params, F32]),
+            0,
+            end,
+        ),
+        BufferRequest::new(
+            "grads.f32",
+            Category::Grads,
+            bytes(&[s.params, F32]),
+            0,
+            end,
+        ),
+        BufferRequest::new(
+            "adam.m",
+            Category::OptimizerMoments,
+            bytes(&[s.params, F32]),
+            0,
+            end,
+        ),
+        BufferRequest::new(
+            "adam.v",
+            Category::OptimizerMoments,
+            bytes(&[s.params, F32]),
+            0,
+            end,
+        ),
         // (B, T+1) u32 tokens: inputs and shifted targets.
         BufferRequest::new(
             "tokens",
             Category::Activations,
-            b * (t + 1) * F32,
+            bytes(&[b, t.saturating_add(1), F32]),
             0,
             l32 + 3,
         ),
         // Residual stream after the embedding: (B, T, C).
-        BufferRequest::new("embed.out", Category::Activations, bt * c * BF16, 1, bwd(0)),
+        BufferRequest::new(
+            "embed.out",
+            Category::Activations,
+            bytes(&[bt, c, BF16]),
+            1,
+            bwd(0),
+        ),
     ];
     for layer in 0..l32 {
         let (f0, b0) = (fwd(layer), bwd(layer));
@@ -96,22 +133,25 @@ pub fn step_requests(s: &StepShape) -> Vec<BufferRequest> {
                 b0,
             ));
         };
-        act("norm1.out", bt * c * BF16); // (B, T, C)
-        act("norm1.rstd", bt * F32); // (B, T)
-        act("qkv", bt * (c + 2 * kv) * BF16); // (B, T, C + 2*NKV*HS)
+        act("norm1.out", bytes(&[bt, c, BF16])); // (B, T, C)
+        act("norm1.rstd", bytes(&[bt, F32])); // (B, T)
+        act(
+            "qkv",
+            bytes(&[bt, c.saturating_add(kv.saturating_mul(2)), BF16]),
+        ); // (B, T, C + 2*NKV*HS)
         match s.attention {
-            Attention::Flash => act("attn.lse", b * s.heads * t * F32), // (B, NH, T)
-            Attention::Vanilla => act("attn.probs", b * s.heads * t * t * BF16), // (B, NH, T, T)
+            Attention::Flash => act("attn.lse", bytes(&[b, s.heads, t, F32])), // (B, NH, T)
+            Attention::Vanilla => act("attn.probs", bytes(&[b, s.heads, t, t, BF16])), // (B, NH, T, T)
         }
-        act("attn.out", bt * c * BF16); // (B, T, C)
-        act("resid1", bt * c * BF16); // (B, T, C)
-        act("norm2.out", bt * c * BF16);
-        act("norm2.rstd", bt * F32);
-        act("mlp.gate", bt * s.ffn * BF16); // (B, T, F)
-        act("mlp.up", bt * s.ffn * BF16); // (B, T, F)
-        act("mlp.act", bt * s.ffn * BF16); // (B, T, F)
-        act("resid2", bt * c * BF16); // (B, T, C): the next layer's input
-                                      // Backward scratch of this layer only: d(qkv), d(gate/up), d(attn scores).
+        act("attn.out", bytes(&[bt, c, BF16])); // (B, T, C)
+        act("resid1", bytes(&[bt, c, BF16])); // (B, T, C)
+        act("norm2.out", bytes(&[bt, c, BF16]));
+        act("norm2.rstd", bytes(&[bt, F32]));
+        act("mlp.gate", bytes(&[bt, s.ffn, BF16])); // (B, T, F)
+        act("mlp.up", bytes(&[bt, s.ffn, BF16])); // (B, T, F)
+        act("mlp.act", bytes(&[bt, s.ffn, BF16])); // (B, T, F)
+        act("resid2", bytes(&[bt, c, BF16])); // (B, T, C): the next layer's input
+                                              // Backward scratch of this layer only: d(qkv), d(gate/up), d(attn scores).
         let mut ws = |name: &str, bytes: u64| {
             r.push(BufferRequest::new(
                 format!("layer{layer}.{name}"),
@@ -121,31 +161,34 @@ pub fn step_requests(s: &StepShape) -> Vec<BufferRequest> {
                 b0,
             ));
         };
-        ws("d.qkv", bt * (c + 2 * kv) * BF16);
-        ws("d.mlp", 2 * bt * s.ffn * BF16);
+        ws(
+            "d.qkv",
+            bytes(&[bt, c.saturating_add(kv.saturating_mul(2)), BF16]),
+        );
+        ws("d.mlp", bytes(&[2, bt, s.ffn, BF16]));
         if s.attention == Attention::Vanilla {
-            ws("d.scores", b * s.heads * t * t * BF16);
+            ws("d.scores", bytes(&[b, s.heads, t, t, BF16]));
         }
     }
     // Final norm output and the fused cross-entropy's d(logits): (B, T, V).
     r.push(BufferRequest::new(
         "final.norm",
         Category::Activations,
-        bt * c * BF16,
+        bytes(&[bt, c, BF16]),
         l32 + 2,
         l32 + 3,
     ));
     r.push(BufferRequest::new(
         "dlogits",
         Category::Activations,
-        bt * s.vocab * BF16,
+        bytes(&[bt, s.vocab, BF16]),
         l32 + 2,
         l32 + 3,
     ));
     r.push(BufferRequest::new(
         "losses",
         Category::Activations,
-        bt * F32,
+        bytes(&[bt, F32]),
         l32 + 2,
         end,
     ));
@@ -153,7 +196,7 @@ pub fn step_requests(s: &StepShape) -> Vec<BufferRequest> {
     r.push(BufferRequest::new(
         "dresid",
         Category::Activations,
-        2 * bt * c * BF16,
+        bytes(&[2, bt, c, BF16]),
         l32 + 3,
         end - 1,
     ));
@@ -168,7 +211,7 @@ pub fn step_requests(s: &StepShape) -> Vec<BufferRequest> {
         r.push(BufferRequest::new(
             "comm.buckets",
             Category::CommBuckets,
-            2 * s.comm_bucket_bytes,
+            s.comm_bucket_bytes.saturating_mul(2),
             l32 + 3,
             end,
         ));
@@ -207,5 +250,15 @@ mod tests {
         // Weights, master, grads and two moments: 2 + 4 * 4 bytes per parameter,
         // always live, so the peak can never be below them.
         assert!(p4.peak_bytes >= 18 * 130_569_920);
+    }
+
+    #[test]
+    fn absurd_shapes_saturate_and_are_refused_instead_of_wrapping() {
+        let mut s = shape(1 << 40, Attention::Vanilla);
+        s.seq = 1 << 20;
+        let reqs = step_requests(&s);
+        assert!(reqs.iter().any(|r| r.bytes == u64::MAX));
+        let e = plan(&reqs).unwrap_err().to_string();
+        assert!(e.contains("not a plausible buffer size"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ use frugal_runtime::step_memory::{step_requests, Attention, StepShape};
 use frugal_runtime::RuntimeError;
 
 use crate::args::{Args, UsageError};
+use crate::train::options::MAX_DIM;
 use crate::CliError;
 
 const HELP: &str = "\
@@ -141,6 +142,15 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
                 return Err(
                     UsageError("arena: --batch and --seq must be at least 1".into()).into(),
                 );
+            }
+            // As `train` bounds them: far above any real run, low enough that the sizes
+            // stay arithmetic (an estimate is printed, nothing is allocated).
+            for (flag, v) in [("batch", batch), ("seq", seq)] {
+                if v > MAX_DIM {
+                    return Err(
+                        UsageError(format!("arena: --{flag} {v} is more than {MAX_DIM}")).into(),
+                    );
+                }
             }
             let shape_for = |b: usize| StepShape {
                 vocab: cfg.vocab_size as u64,

@@ -42,16 +42,13 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         print!("{USAGE}");
         return Ok(());
     }
-    let mut texts: Vec<PathBuf> = args
-        .strings("text")?
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
-    let out = args.string("out")?;
+    // File names may be any bytes, so --text, --out and the positionals are paths.
+    let mut texts: Vec<PathBuf> = args.paths("text")?;
+    let out = args.path("out")?;
     let shard_tokens: usize = args.value_or("shard-tokens", 100_000_000)?;
     let val_fraction: f64 = args.value_or("val-fraction", VAL_FRACTION)?;
     let name = args.string("name")?.unwrap_or_else(|| "text".to_string());
-    texts.extend(args.positionals().into_iter().map(PathBuf::from));
+    texts.extend(args.positional_paths());
     args.finish()?;
 
     if texts.is_empty() {
@@ -78,18 +75,18 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         ))
         .into());
     }
-    let w = write_shards(&texts, Path::new(&out), shard_tokens, val_fraction, &name)?;
+    let w = write_shards(&texts, &out, shard_tokens, val_fraction, &name)?;
     println!(
         "wrote {} train shard(s), {} tokens, and {} val shard(s), {} tokens, to {}",
         w.train_shards.len(),
         w.train_tokens,
         w.val_shards.len(),
         w.val_tokens,
-        out
+        out.display()
     );
     println!(
         "train on them with: frugal train --data '{}'",
-        Path::new(&out).join("*.bin").display()
+        out.join("*.bin").display()
     );
     Ok(())
 }

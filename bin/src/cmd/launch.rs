@@ -7,12 +7,22 @@
 //! rank fails, the others are stopped and launch exits non-zero naming the
 //! rank; with `--max-restarts K` all ranks are started again, up to K times,
 //! and a `train` command gets `--resume auto` so it continues from its newest
-//! valid checkpoint.
+//! valid checkpoint. A rank that cannot be started (or fails while the others
+//! are still being started) stops the launch at once.
+//!
+//! SIGINT and SIGTERM are passed on to every rank (a `train` rank finishes its
+//! step, saves a checkpoint and exits 130 or 143); launch waits for them up to
+//! [`STOP_GRACE`] and exits with their status. The same signal again is passed
+//! on again (a rank then stops at once) and launch exits within
+//! [`FORCED_STOP_GRACE`]. Each rank runs in its own process group, so that a
+//! terminal's Ctrl-C reaches the ranks once, through launch, and not twice.
 
 use crate::args::{Args, UsageError};
 use crate::CliError;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +31,7 @@ usage: frugal launch --nproc N [--nnodes M --node-rank R --master HOST:PORT]
                      [--max-restarts K] [--job-token T] -- <command> [flags]
 
 Starts N ranks of '<command>' on this node (e.g. '-- train --model tiny').
-  --nproc N          ranks on this node
+  --nproc N          ranks on this node (at most 256)
   --nnodes M         nodes in the job (default 1); run one launch per node
   --node-rank R      this node's index, 0..M (default 0)
   --master HOST:PORT where rank 0 listens (default: 127.0.0.1 and a free port;
@@ -30,6 +40,12 @@ Starts N ranks of '<command>' on this node (e.g. '-- train --model tiny').
                      ('train' continues with --resume auto)
   --job-token T      shared secret in every handshake (default: FRUGAL_JOB_TOKEN,
                      else a random one; required across nodes)";
+
+/// The most ranks one launch starts on its node. One rank per GPU, or per
+/// few CPU cores, is what a host runs usefully; each rank also costs launch
+/// two pipes and two threads, and 256 keeps those within the usual limit of
+/// 1024 open files.
+pub const MAX_NPROC: usize = 256;
 
 /// What `launch` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +92,17 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         token,
         command,
     )?;
-    launch(&plan)
+    catch_stop_signals()?;
+    match launch(&plan)? {
+        Ended::Finished => Ok(()),
+        Ended::Stopped { code: 0 } => Ok(()),
+        Ended::Stopped { code } => {
+            // The ranks' own status (130/143 after a signal), which the
+            // Ok/usage/failure codes of the other commands cannot carry.
+            let _ = std::io::stdout().flush();
+            std::process::exit(code)
+        }
+    }
 }
 
 /// Checks the flags and fills in the defaults.
@@ -92,6 +118,19 @@ pub fn plan(
     let usage = |m: String| CliError::Usage(UsageError(format!("launch: {m}\n{USAGE}")));
     if nproc == 0 || nnodes == 0 {
         return Err(usage("--nproc and --nnodes must be at least 1".into()));
+    }
+    if nproc > MAX_NPROC {
+        return Err(usage(format!(
+            "--nproc {nproc} is more ranks than one node runs usefully (at most {MAX_NPROC}): \
+             start one rank per GPU (or per few CPU cores), and for a larger job run one \
+             launch per node with --nnodes"
+        )));
+    }
+    let max_world = frugal_comm::frame::MAX_WORLD;
+    if nproc.checked_mul(nnodes).is_none_or(|w| w > max_world) {
+        return Err(usage(format!(
+            "--nproc {nproc} × --nnodes {nnodes} ranks is more than the {max_world} a job can have"
+        )));
     }
     if node_rank >= nnodes {
         return Err(usage(format!(
@@ -201,6 +240,15 @@ pub enum Outcome {
     Success,
     /// `rank` failed first with `status`; the others were stopped.
     Failed { rank: usize, status: String },
+    /// A stop signal came, was passed on, and every rank ended: `code` is the
+    /// status of the first rank (in rank order) that did not exit 0, 128 + the
+    /// signal's number for one a signal killed, and 0 when all exited 0;
+    /// `ranks` says how each ended.
+    Stopped {
+        signal: i32,
+        code: i32,
+        ranks: Vec<(usize, String)>,
+    },
 }
 
 /// Options for [`run_ranks`].
@@ -217,44 +265,119 @@ pub struct RankSet<'a> {
     pub prefix_output: bool,
 }
 
+/// How long the ranks get, after the first stop signal, to finish their step,
+/// save a checkpoint and exit, before launch kills them.
+pub const STOP_GRACE: Duration = Duration::from_secs(300);
+
+/// How long the ranks get after the second stop signal (on which they stop at
+/// once) before launch kills them.
+pub const FORCED_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stop signals (SIGINT, SIGTERM) received: how many, and the latest.
+struct Signals {
+    count: AtomicUsize,
+    last: AtomicI32,
+}
+
+impl Signals {
+    const fn new() -> Signals {
+        Signals {
+            count: AtomicUsize::new(0),
+            last: AtomicI32::new(0),
+        }
+    }
+
+    /// Records `signal`. Touches only atomics, so a signal handler may call it.
+    fn note(&self, signal: i32) {
+        // `last` first: whoever sees the new count also sees its signal.
+        self.last.store(signal, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn last(&self) -> i32 {
+        self.last.load(Ordering::SeqCst)
+    }
+}
+
+/// What launch's signal handlers record; read by the wait loop.
+static RECEIVED: Signals = Signals::new();
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    RECEIVED.note(signal);
+}
+
+/// Routes SIGINT and SIGTERM into [`RECEIVED`] instead of ending launch, so
+/// that the wait loop passes them on to the ranks and waits for them.
+fn catch_stop_signals() -> Result<(), CliError> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: all-zero bytes are a valid `sigaction` (no handler, no flags), filled in below.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // Reads interrupted by the signal (the output pumps) resume by themselves.
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action` is a valid, initialised sigaction whose handler only
+        // stores to atomics (async-signal-safe); a null old-action pointer is allowed.
+        let rc = unsafe {
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(CliError::Failed(format!(
+                "launch: cannot catch {}: {}",
+                signal_name(signal),
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        s => format!("signal {s}"),
+    }
+}
+
 /// Starts the ranks, streams their output, and stops all when one fails.
 /// Returns the outcome and, without prefixing, the first rank's captured stdout.
 pub fn run_ranks(set: &RankSet) -> Result<(Outcome, String), CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Failed(format!("launch: cannot find this executable: {e}")))?;
+    run_program(&exe, set, &RECEIVED)
+}
+
+/// [`run_ranks`] with `program` as every rank's executable and `signals` as
+/// the stop signals to pass on (tests run `sh` and note signals themselves).
+fn run_program(
+    program: &Path,
+    set: &RankSet,
+    signals: &Signals,
+) -> Result<(Outcome, String), CliError> {
     let mut children: Vec<(usize, Child)> = Vec::new();
     let mut pumps: Vec<JoinHandle<String>> = Vec::new();
-    for local in 0..set.count {
-        let rank = set.first_rank + local;
-        let mut cmd = Command::new(&exe);
-        cmd.args(set.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in (set.env)(local) {
-            cmd.env(k, v);
+    let started = start_ranks(program, set, signals, &mut children, &mut pumps);
+    let outcome = match started {
+        Ok(None) => supervise(&mut children, signals),
+        Ok(Some(failed)) => {
+            // The others would only wait at the rendezvous for ranks never started.
+            stop_now(&mut children);
+            failed
         }
-        die_with_parent(&mut cmd);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                stop_all(&mut children);
-                return Err(CliError::Failed(format!(
-                    "launch: cannot start rank {rank} ({}): {e}",
-                    exe.display()
-                )));
+        Err(e) => {
+            stop_now(&mut children);
+            for p in pumps {
+                let _ = p.join();
             }
-        };
-        let capture = !set.prefix_output && local == 0;
-        if let Some(out) = child.stdout.take() {
-            pumps.push(pump(out, rank, Stream::Out, set.prefix_output, capture));
+            return Err(e);
         }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(pump(err, rank, Stream::Err, true, false));
-        }
-        children.push((rank, child));
-    }
-    let outcome = supervise(&mut children);
+    };
     let mut captured = String::new();
     for p in pumps {
         if let Ok(s) = p.join() {
@@ -262,6 +385,96 @@ pub fn run_ranks(set: &RankSet) -> Result<(Outcome, String), CliError> {
         }
     }
     Ok((outcome, captured))
+}
+
+/// Starts the ranks one by one into `children`, stopping early on a stop
+/// signal (`Ok(None)`: the wait loop passes it on), on a rank that already
+/// failed (`Ok(Some(..))`), or on a rank that cannot be started (`Err`).
+fn start_ranks(
+    program: &Path,
+    set: &RankSet,
+    signals: &Signals,
+    children: &mut Vec<(usize, Child)>,
+    pumps: &mut Vec<JoinHandle<String>>,
+) -> Result<Option<Outcome>, CliError> {
+    use std::os::unix::process::CommandExt;
+    for local in 0..set.count {
+        if signals.count() > 0 {
+            return Ok(None);
+        }
+        if let Some((rank, status)) = first_failure(children) {
+            return Ok(Some(Outcome::Failed {
+                rank,
+                status: format!(
+                    "{status}, with {} of {} ranks started",
+                    children.len(),
+                    set.count
+                ),
+            }));
+        }
+        let rank = set.first_rank + local;
+        let mut cmd = Command::new(program);
+        cmd.args(set.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C goes to launch alone,
+            // which passes it on once (a second SIGINT would stop the rank
+            // before its checkpoint).
+            .process_group(0);
+        for (k, v) in (set.env)(local) {
+            cmd.env(k, v);
+        }
+        die_with_parent(&mut cmd);
+        let started = children.len();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| cannot_start(rank, &program.display().to_string(), started, &e))?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        children.push((rank, child));
+        let capture = !set.prefix_output && local == 0;
+        let pumped = [
+            out.map(|o| pump(o, rank, Stream::Out, set.prefix_output, capture)),
+            err.map(|e| pump(e, rank, Stream::Err, true, false)),
+        ];
+        for p in pumped.into_iter().flatten() {
+            let p = p.map_err(|e| {
+                cannot_start(rank, "a thread to read its output", children.len(), &e)
+            })?;
+            pumps.push(p);
+        }
+    }
+    Ok(None)
+}
+
+/// The first rank (in start order) that has already exited non-zero, and how.
+fn first_failure(children: &mut [(usize, Child)]) -> Option<(usize, String)> {
+    children
+        .iter_mut()
+        .find_map(|(rank, c)| match c.try_wait() {
+            Ok(Some(status)) if !status.success() => Some((*rank, describe(status))),
+            _ => None,
+        })
+}
+
+/// The error for a rank that could not be started, with what to do about it.
+fn cannot_start(rank: usize, what: &str, started: usize, e: &std::io::Error) -> CliError {
+    let advice = match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => {
+            "raise the open-file limit ('ulimit -n') or start fewer ranks (--nproc)"
+        }
+        Some(libc::EAGAIN) => {
+            "raise the process limit ('ulimit -u') or start fewer ranks (--nproc)"
+        }
+        Some(libc::ENOMEM) => "start fewer ranks (--nproc)",
+        Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC) => {
+            "was the executable replaced or removed while launching?"
+        }
+        _ => "check the limits this host sets on processes and files ('ulimit -a')",
+    };
+    CliError::Failed(format!(
+        "launch: cannot start rank {rank} ({what}): {e}; stopped the {started} ranks already started ({advice})"
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -277,37 +490,39 @@ fn pump(
     stream: Stream,
     prefix: bool,
     capture: bool,
-) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(src);
-        let mut line = Vec::new();
-        let mut captured = String::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+) -> std::io::Result<JoinHandle<String>> {
+    std::thread::Builder::new()
+        .name(format!("rank {rank} output"))
+        .spawn(move || {
+            let mut reader = BufReader::new(src);
+            let mut line = Vec::new();
+            let mut captured = String::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if capture {
+                    captured.push_str(text);
+                    captured.push('\n');
+                    continue;
+                }
+                let shown = if prefix {
+                    format!("[rank {rank}] {text}\n")
+                } else {
+                    format!("{text}\n")
+                };
+                // One write per line keeps lines of different ranks whole.
+                let _ = match stream {
+                    Stream::Out => std::io::stdout().lock().write_all(shown.as_bytes()),
+                    Stream::Err => std::io::stderr().lock().write_all(shown.as_bytes()),
+                };
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if capture {
-                captured.push_str(text);
-                captured.push('\n');
-                continue;
-            }
-            let shown = if prefix {
-                format!("[rank {rank}] {text}\n")
-            } else {
-                format!("{text}\n")
-            };
-            // One write per line keeps lines of different ranks whole.
-            let _ = match stream {
-                Stream::Out => std::io::stdout().lock().write_all(shown.as_bytes()),
-                Stream::Err => std::io::stderr().lock().write_all(shown.as_bytes()),
-            };
-        }
-        captured
-    })
+            captured
+        })
 }
 
 /// The child is killed if launch dies, so no rank outlives its launcher.
@@ -333,43 +548,168 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Waits for all children; on the first failure stops the rest (a grace to exit on their
-/// own, then SIGTERM, then SIGKILL after 3 s).
-fn supervise(children: &mut [(usize, Child)]) -> Outcome {
-    let mut running: Vec<bool> = vec![true; children.len()];
+/// The status a shell would report: the exit code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+fn rank_list(ranks: impl Iterator<Item = usize>) -> String {
+    ranks.map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Sends `signal` to every child that has not ended yet; returns their ranks.
+fn send_to_running(
+    children: &[(usize, Child)],
+    ended: &[Option<(i32, String)>],
+    signal: i32,
+) -> String {
+    let mut sent = Vec::new();
+    for ((rank, c), end) in children.iter().zip(ended) {
+        if end.is_some() {
+            continue;
+        }
+        if let Ok(pid) = i32::try_from(c.id()) {
+            // SAFETY: `pid` is our own child, not yet reaped (no status recorded), so not reused.
+            unsafe { libc::kill(pid, signal) };
+            sent.push(*rank);
+        }
+    }
+    rank_list(sent.into_iter())
+}
+
+/// Waits for all children. Without a stop signal, the first failure stops the
+/// rest (a grace to exit on their own, then SIGTERM, then SIGKILL after 3 s).
+/// On a stop signal, passes it on and waits for every rank ([`STOP_GRACE`];
+/// [`FORCED_STOP_GRACE`] after a second signal; a third kills them).
+fn supervise(children: &mut [(usize, Child)], signals: &Signals) -> Outcome {
+    // How each rank ended: its exit code (as a shell reports it) and a description.
+    let mut ended: Vec<Option<(i32, String)>> = vec![None; children.len()];
+    let mut passed_on = 0;
+    // Once a stop signal came: which, and when ranks still running are killed.
+    let mut stopping: Option<(i32, Instant)> = None;
     loop {
+        let received = signals.count();
+        if received > passed_on {
+            let signal = signals.last();
+            let name = signal_name(signal);
+            let now = Instant::now();
+            let kill_at = stopping.map_or(now + STOP_GRACE, |(_, at)| at);
+            let (first, kill_at) = match received {
+                1 => {
+                    let ranks = send_to_running(children, &ended, signal);
+                    eprintln!(
+                        "launch: got {name}; passed it on to ranks {ranks}; waiting up to {} s for them \
+                         to finish the current step, save a checkpoint and exit ({name} again stops them at once)",
+                        STOP_GRACE.as_secs()
+                    );
+                    (signal, kill_at)
+                }
+                2 => {
+                    let ranks = send_to_running(children, &ended, signal);
+                    eprintln!(
+                        "launch: got {name} again; passed it on to ranks {ranks}, which stop at once; \
+                         killing any still running in {} s",
+                        FORCED_STOP_GRACE.as_secs()
+                    );
+                    (
+                        stopping.map_or(signal, |(s, _)| s),
+                        kill_at.min(now + FORCED_STOP_GRACE),
+                    )
+                }
+                _ => (stopping.map_or(signal, |(s, _)| s), now),
+            };
+            stopping = Some((first, kill_at));
+            passed_on = received;
+        }
         let mut all_done = true;
         for (i, (rank, child)) in children.iter_mut().enumerate() {
-            if !running[i] {
+            if ended[i].is_some() {
                 continue;
             }
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    running[i] = false;
-                    if !status.success() {
-                        let rank = *rank;
-                        stop_all(children);
-                        return Outcome::Failed {
-                            rank,
-                            status: describe(status),
-                        };
+            let end = match child.try_wait() {
+                Ok(Some(status)) => (exit_code(status), describe(status)),
+                Ok(None) => {
+                    all_done = false;
+                    continue;
+                }
+                Err(e) => (1, format!("cannot be waited for: {e}")),
+            };
+            // A rank that exits 130 or 143 stopped on a signal: the job's ranks
+            // agreed to stop after one step, and the others are saving and
+            // exiting too (a preempted node's rank may be the first to go). That
+            // is a stop, not a failure: wait for the rest.
+            if stopping.is_none() && (end.0 == 128 + libc::SIGINT || end.0 == 128 + libc::SIGTERM) {
+                let signal = end.0 - 128;
+                eprintln!(
+                    "launch: rank {rank} stopped on {}; waiting up to {} s for the other ranks to save and exit",
+                    signal_name(signal),
+                    STOP_GRACE.as_secs()
+                );
+                stopping = Some((signal, Instant::now() + STOP_GRACE));
+                ended[i] = Some(end);
+                continue;
+            }
+            if stopping.is_none() && end.0 != 0 {
+                let rank = *rank;
+                stop_all(children);
+                return Outcome::Failed {
+                    rank,
+                    status: end.1,
+                };
+            }
+            ended[i] = Some(end);
+        }
+        match stopping {
+            Some((signal, _)) if all_done => return stopped(children, ended, signal),
+            None if all_done => return Outcome::Success,
+            Some((signal, kill_at)) if Instant::now() >= kill_at => {
+                let late = rank_list(
+                    children
+                        .iter()
+                        .zip(&ended)
+                        .filter(|(_, e)| e.is_none())
+                        .map(|((r, _), _)| *r),
+                );
+                eprintln!(
+                    "launch: ranks {late} are still running after {}; killing them",
+                    signal_name(signal)
+                );
+                for ((_, c), end) in children.iter_mut().zip(ended.iter_mut()) {
+                    if end.is_none() {
+                        let _ = c.kill();
+                        *end = Some(match c.wait() {
+                            Ok(status) => (exit_code(status), describe(status)),
+                            Err(e) => (1, format!("cannot be waited for: {e}")),
+                        });
                     }
                 }
-                Ok(None) => all_done = false,
-                Err(e) => {
-                    let rank = *rank;
-                    stop_all(children);
-                    return Outcome::Failed {
-                        rank,
-                        status: format!("cannot be waited for: {e}"),
-                    };
-                }
+                return stopped(children, ended, signal);
             }
-        }
-        if all_done {
-            return Outcome::Success;
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The outcome once every rank ended after a stop signal.
+fn stopped(children: &[(usize, Child)], ended: Vec<Option<(i32, String)>>, signal: i32) -> Outcome {
+    let ranks: Vec<(usize, i32, String)> = children
+        .iter()
+        .zip(ended)
+        .map(|((rank, _), end)| {
+            let (code, how) = end.unwrap_or((1, "unknown".into()));
+            (*rank, code, how)
+        })
+        .collect();
+    let code = ranks.iter().map(|r| r.1).find(|&c| c != 0).unwrap_or(0);
+    Outcome::Stopped {
+        signal,
+        code,
+        ranks: ranks.into_iter().map(|(r, _, how)| (r, how)).collect(),
     }
 }
 
@@ -377,6 +717,7 @@ fn supervise(children: &mut [(usize, Child)]) -> Outcome {
 /// (their communicators fail within milliseconds of a peer's death) before SIGTERM.
 const REPORT_GRACE: Duration = Duration::from_secs(2);
 
+/// Stops the children after a rank failed: first a grace to report it themselves.
 fn stop_all(children: &mut [(usize, Child)]) {
     let grace = Instant::now() + REPORT_GRACE;
     while Instant::now() < grace
@@ -386,6 +727,11 @@ fn stop_all(children: &mut [(usize, Child)]) {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    stop_now(children);
+}
+
+/// SIGTERM to every child still running, SIGKILL to those still there after 3 s.
+fn stop_now(children: &mut [(usize, Child)]) {
     for (_, c) in children.iter_mut() {
         if let Ok(None) = c.try_wait() {
             if let Ok(pid) = i32::try_from(c.id()) {
@@ -410,11 +756,29 @@ fn stop_all(children: &mut [(usize, Child)]) {
     }
 }
 
+/// How a launch ended without an error of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every rank exited 0.
+    Finished,
+    /// A stop signal came; `code` is the ranks' status (see [`Outcome::Stopped`]).
+    Stopped { code: i32 },
+}
+
 /// Runs the job, restarting all ranks after a failure up to `max_restarts` times.
-pub fn launch(plan: &LaunchPlan) -> Result<(), CliError> {
+pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
     let world = plan.nproc * plan.nnodes;
     let mut port = plan.master_port;
     for attempt in 0..=plan.max_restarts {
+        if RECEIVED.count() > 0 {
+            // A stop signal between attempts: start nothing more.
+            let signal = RECEIVED.last();
+            eprintln!(
+                "launch: got {}; not restarting the ranks",
+                signal_name(signal)
+            );
+            return Ok(Ended::Stopped { code: 128 + signal });
+        }
         let args = child_args(&plan.command, attempt);
         let first_rank = plan.node_rank * plan.nproc;
         let host = plan.master_host.clone();
@@ -456,10 +820,27 @@ pub fn launch(plan: &LaunchPlan) -> Result<(), CliError> {
             prefix_output: true,
         };
         match run_ranks(&set)?.0 {
-            Outcome::Success => return Ok(()),
+            Outcome::Success => return Ok(Ended::Finished),
+            Outcome::Stopped {
+                signal,
+                code,
+                ranks,
+            } => {
+                let how: Vec<String> = ranks
+                    .iter()
+                    .map(|(r, how)| format!("rank {r}: {how}"))
+                    .collect();
+                eprintln!(
+                    "launch: the ranks stopped after {} ({}); exiting with status {code}",
+                    signal_name(signal),
+                    how.join(", ")
+                );
+                return Ok(Ended::Stopped { code });
+            }
             Outcome::Failed { rank, status } => {
                 let msg = format!("rank {rank} failed ({status}); the other ranks were stopped");
-                if attempt == plan.max_restarts {
+                // After a stop signal, a failure is not worth a restart.
+                if attempt == plan.max_restarts || RECEIVED.count() > 0 {
                     let tail = if plan.max_restarts > 0 {
                         format!(" (after {} restarts)", plan.max_restarts)
                     } else {
@@ -481,7 +862,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<(), CliError> {
             }
         }
     }
-    Ok(())
+    Ok(Ended::Finished)
 }
 
 #[cfg(test)]
@@ -533,6 +914,130 @@ mod tests {
             (p.master_host.as_str(), p.master_port, p.token.as_str()),
             ("node01", 29500, "tok")
         );
+    }
+
+    #[test]
+    fn nproc_is_bounded() {
+        let cmd = words("train");
+        let e = plan(70_000, 1, 0, None, 0, None, cmd.clone()).expect_err("too many ranks");
+        let CliError::Usage(UsageError(m)) = e else {
+            panic!("a usage error (exit 2) expected");
+        };
+        assert!(m.contains("at most 256") && m.contains("--nnodes"), "{m}");
+        assert!(plan(MAX_NPROC, 1, 0, None, 0, None, cmd.clone()).is_ok());
+        // The world, too, stays within what the rendezvous accepts.
+        assert!(plan(256, 1 << 9, 0, Some("h:1"), 0, Some("t".into()), cmd).is_err());
+    }
+
+    /// Runs `count` ranks of `sh -c script`, noting a stop signal for each of
+    /// `signal_after` (from the start) on another thread, as the handler would.
+    fn run_sh(
+        script: &str,
+        count: usize,
+        signal_after: &[Duration],
+    ) -> (Outcome, String, Duration) {
+        let signals: &'static Signals = Box::leak(Box::new(Signals::new()));
+        let args = vec!["-c".to_string(), script.to_string()];
+        let env = |_: usize| Vec::new();
+        let set = RankSet {
+            args: &args,
+            env: &env,
+            count,
+            first_rank: 0,
+            prefix_output: false,
+        };
+        let at = signal_after.to_vec();
+        let started = Instant::now();
+        let noter = std::thread::spawn(move || {
+            for t in at {
+                std::thread::sleep(t.saturating_sub(started.elapsed()));
+                signals.note(libc::SIGTERM);
+            }
+        });
+        let (outcome, out) = run_program(Path::new("/bin/sh"), &set, signals).expect("ranks start");
+        let took = started.elapsed();
+        noter.join().expect("noter");
+        (outcome, out, took)
+    }
+
+    #[test]
+    fn a_stop_signal_is_passed_on_and_the_ranks_status_returned() {
+        // Ranks that exit 143 on SIGTERM, as `train` does after its checkpoint.
+        let script = "trap 'echo stopping; exit 143' TERM; echo up; while :; do sleep 0.05; done";
+        let (outcome, out, took) = run_sh(script, 3, &[Duration::from_millis(300)]);
+        match outcome {
+            Outcome::Stopped {
+                signal,
+                code,
+                ranks,
+            } => {
+                assert_eq!((signal, code), (libc::SIGTERM, 143));
+                assert_eq!(ranks.len(), 3);
+                assert!(
+                    ranks.iter().all(|(_, how)| how == "exit status 143"),
+                    "{ranks:?}"
+                );
+            }
+            other => panic!("expected the ranks stopped by the signal, got {other:?}"),
+        }
+        assert_eq!(out, "up\nstopping\n", "rank 0 got the signal once");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+
+    #[test]
+    fn a_second_stop_signal_is_passed_on_again() {
+        // Ranks that keep going on the first SIGTERM and stop on the second.
+        let script = "n=0; trap 'n=$((n+1)); echo got $n; [ $n -ge 2 ] && exit 143' TERM; \
+                      while :; do sleep 0.05; done";
+        let (outcome, out, took) = run_sh(
+            script,
+            2,
+            &[Duration::from_millis(300), Duration::from_millis(900)],
+        );
+        assert!(
+            matches!(outcome, Outcome::Stopped { code: 143, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(out, "got 1\ngot 2\n");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "the ranks ran on after the first signal and stopped on the second: {took:?}"
+        );
+    }
+
+    #[test]
+    fn ranks_killed_by_the_signal_give_128_plus_its_number() {
+        let (outcome, _, _) = run_sh(
+            "while :; do sleep 0.05; done",
+            2,
+            &[Duration::from_millis(200)],
+        );
+        match outcome {
+            Outcome::Stopped { code, ranks, .. } => {
+                assert_eq!(code, 128 + libc::SIGTERM);
+                assert!(
+                    ranks.iter().all(|(_, how)| how == "killed by signal 15"),
+                    "{ranks:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rank_failing_while_others_start_stops_the_starting() {
+        let (outcome, _, took) = run_sh("exit 3", MAX_NPROC, &[]);
+        match outcome {
+            Outcome::Failed { status, .. } => {
+                assert!(status.starts_with("exit status 3, with "), "{status}");
+                assert!(
+                    !status.contains(&format!("with {MAX_NPROC} of")),
+                    "{status}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use frugal_runtime::device::Device;
 
 use super::sync::GradSync;
 use super::trainer::{TrainError, ADAM_EPS, BETA1, BETA2};
+use frugal_runtime::host::try_zeroed_vec;
 
 /// Everything the optimizer carries from step to step: f32 master weights (flat
 /// [`ParamLayout`] order), AdamW's two moments and its step count. What a
@@ -44,14 +45,18 @@ pub struct OptimState {
 
 impl OptimState {
     /// A fresh start: these weights, zero moments, step 0.
-    pub fn fresh(params: Vec<f32>) -> OptimState {
+    ///
+    /// # Errors
+    /// The host cannot allocate the moments (the message names the bytes).
+    pub fn fresh(params: Vec<f32>) -> Result<OptimState, TrainError> {
         let n = params.len();
-        OptimState {
+        let zeroed = |what| try_zeroed_vec::<f32>(n, what).map_err(|e| e.to_string());
+        Ok(OptimState {
+            m: zeroed("the AdamW first moment")?,
+            v: zeroed("the AdamW second moment")?,
             params,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
             step: 0,
-        }
+        })
     }
 }
 
@@ -117,6 +122,16 @@ pub trait StepBackend {
     /// A device failure.
     fn state(&self) -> Result<OptimState, TrainError>;
 
+    /// As [`StepBackend::state`], into `into`'s buffers (resized as needed),
+    /// so a checkpoint snapshot reuses the last one's memory.
+    ///
+    /// # Errors
+    /// As [`StepBackend::state`].
+    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+        *into = self.state()?;
+        Ok(())
+    }
+
     /// The device, for the profiler window (the CPU device never captures).
     fn device(&self) -> &Device;
 }
@@ -135,17 +150,30 @@ pub struct CpuStep {
 impl CpuStep {
     /// A CPU step around `model` (sized for the run's batch); weights come with
     /// [`StepBackend::load`].
-    pub fn new(model: CpuModel, layout: &ParamLayout, weight_decay: f32) -> CpuStep {
+    ///
+    /// # Errors
+    /// The host cannot allocate the gradients or moments (the message names the bytes).
+    pub fn new(
+        model: CpuModel,
+        layout: &ParamLayout,
+        weight_decay: f32,
+    ) -> Result<CpuStep, TrainError> {
         let n = layout.total();
-        CpuStep {
+        let zeroed = |what| try_zeroed_vec::<f32>(n, what).map_err(|e| e.to_string());
+        let grads = zeroed("the gradients")?;
+        let m = zeroed("the AdamW first moment")?;
+        let v = zeroed("the AdamW second moment")?;
+        Ok(CpuStep {
             model,
             params: Vec::new(),
-            grads: vec![0.0; n],
-            opt: AdamW::new(n, BETA1, BETA2, ADAM_EPS, weight_decay),
+            grads,
+            // Both moments have n entries, so from_state always accepts them.
+            opt: AdamW::from_state(BETA1, BETA2, ADAM_EPS, weight_decay, m, v, 0)
+                .ok_or_else(|| "internal: AdamW moments of different lengths".to_string())?,
             decay_mask: layout.decay_mask(),
             weight_decay,
             device: Device::cpu(),
-        }
+        })
     }
 }
 
@@ -257,6 +285,25 @@ impl StepBackend for CpuStep {
         })
     }
 
+    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+        for (dst, src) in [
+            (&mut into.params, &self.params[..]),
+            (&mut into.m, self.opt.m()),
+            (&mut into.v, self.opt.v()),
+        ] {
+            dst.clear();
+            dst.try_reserve_exact(src.len()).map_err(|_| {
+                format!(
+                    "cannot allocate {} bytes of host memory for a checkpoint snapshot",
+                    4 * src.len()
+                )
+            })?;
+            dst.extend_from_slice(src);
+        }
+        into.step = self.opt.step();
+        Ok(())
+    }
+
     fn device(&self) -> &Device {
         &self.device
     }
@@ -359,6 +406,14 @@ impl StepBackend for DeviceStep {
 
     fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, TrainError> {
         self.model.loss(inputs, targets).map_err(|e| e.to_string())
+    }
+
+    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+        self.model
+            .state_into(&mut into.params, &mut into.m, &mut into.v)
+            .map_err(|e| device_failed("downloading the weights for a checkpoint", e))?;
+        into.step = self.model.optimizer_step_count();
+        Ok(())
     }
 
     fn state(&self) -> Result<OptimState, TrainError> {

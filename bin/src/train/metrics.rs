@@ -118,6 +118,128 @@ impl JsonObject {
     }
 }
 
+/// A sibling of `path` named `<name>.<what>-<unix time>` that does not exist yet.
+fn sibling(path: &Path, what: &str) -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path
+        .file_name()
+        .map_or_else(|| "metrics".into(), |n| n.to_string_lossy().into_owned());
+    let mut n = 0;
+    loop {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let candidate = path.with_file_name(format!("{name}.{what}-{now}{suffix}"));
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// Before a resume from `step` appends to the metrics file at `path`: moves
+/// every line from the first one about a later step (steps the resume will
+/// train again) to a sibling file, so the file never holds a step twice.
+/// Returns how many lines moved and where; `None` when none had to.
+///
+/// # Errors
+/// The file cannot be read or rewritten (the message names it).
+pub fn drop_after(path: &Path, step: u64) -> Result<Option<(usize, PathBuf)>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the metrics file {}: {e}",
+                path.display()
+            ))
+        }
+    };
+    let mut cut = None;
+    let mut offset = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        // A last line without its newline was cut short by a crash: it goes
+        // too, or the next line appended would run into it.
+        if !line.ends_with(b"\n") {
+            cut = Some(offset);
+            break;
+        }
+        let later = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+            .is_some_and(|s| s > step);
+        if later {
+            cut = Some(offset);
+            break;
+        }
+        offset += line.len();
+    }
+    let Some(cut) = cut else {
+        return Ok(None);
+    };
+    let (keep, dropped) = text.split_at(cut);
+    let lines = dropped
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let aside = sibling(path, &format!("after-step-{step}"));
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map_or_else(|| "metrics".into(), |n| n.to_string_lossy().into_owned()),
+        std::process::id()
+    ));
+    let io = |what: &Path, e: std::io::Error| format!("cannot write {}: {e}", what.display());
+    write_synced(&aside, dropped).map_err(|e| io(&aside, e))?;
+    write_synced(&tmp, keep).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(path, e)
+    })?;
+    Ok(Some((lines, aside)))
+}
+
+/// Checks, before anything is moved, that the metrics file at `path` can be
+/// opened for appending (it is created if missing, never truncated).
+///
+/// # Errors
+/// A message naming the file and what to do.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "cannot write the metrics file {}: {e}; pass --metrics a file in a folder you can write",
+                path.display()
+            )
+        })
+}
+
+/// Moves the metrics file of an earlier run out of a fresh run's way, next
+/// to itself. Returns where it went.
+///
+/// # Errors
+/// The rename failed (the message names both paths).
+pub fn set_aside(path: &Path) -> Result<PathBuf, String> {
+    let to = sibling(path, "replaced");
+    std::fs::rename(path, &to)
+        .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), to.display()))?;
+    Ok(to)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Appends an f64 as JSON: shortest round-trip digits, `null` when not finite.
 /// Rust's `{:?}` prints e.g. `1e-7` and `0.1`, both valid JSON numbers.
 pub fn push_json_number(out: &mut String, v: f64) {

@@ -33,27 +33,29 @@ pub mod backend;
 pub mod cost;
 pub mod metrics;
 pub mod options;
+pub mod prepare;
 pub mod progress;
+pub mod run_dir;
+pub mod saver;
+pub mod signals;
 pub mod snapshot;
 pub mod sync;
 pub mod target;
 pub mod trainer;
 
-use frugal_model::config::ParamLayout;
-use frugal_model::cpu::CpuModel;
+use frugal_model::checkpoint::{self, Provenance};
 use frugal_model::data::Dataset;
-use frugal_model::device::{DeviceModel, OptimHyper};
-use frugal_runtime::device::{Device, TimingSource};
-use frugal_runtime::facts::DeviceFacts;
 
 use crate::args::{Args, UsageError};
 use crate::CliError;
-use backend::{CpuStep, DeviceStep, StepBackend};
-use cost::{resolve_price, Price, PriceFlags, PricedDevice, PRICE_ENV};
-use options::{CommBackend, TrainOptions};
+use cost::{PriceFlags, PRICE_ENV};
+use options::TrainOptions;
+use prepare::{job_notes, prepare_cpu, prepare_gpu, resolve, Prepared};
+use run_dir::RunDir;
+use saver::Saver;
 use sync::GradSync;
 use target::Target;
-use trainer::{Devices, Trainer, ADAM_EPS, BETA1, BETA2};
+use trainer::{Devices, RunContext, Trainer};
 
 /// Runs `frugal train` with its flags.
 ///
@@ -83,6 +85,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         units: opts.price_units,
     };
 
+    // A malformed launcher variable is a usage error (exit 2), like a bad flag.
+    target::local_rank().map_err(|e| CliError::Usage(UsageError(format!("train: {e}"))))?;
     let target = target::open(opts.device).map_err(CliError::Failed)?;
     // The first line the leader prints: which device trains, and why.
     let first_line = target::describe(&target, opts.threads);
@@ -104,13 +108,18 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         notes,
     } = prepared;
 
+    // From here on a signal stops training after a step, with a checkpoint.
+    signals::install().map_err(CliError::Failed)?;
     let mut sync = GradSync::join(
         opts.comm,
         opts.job_token.as_deref(),
         opts.config.param_count(),
         opts.bucket_bytes,
     )
-    .map_err(CliError::Failed)?;
+    .map_err(|e| match e {
+        sync::JoinError::Environment(m) => CliError::Usage(UsageError(format!("train: {m}"))),
+        sync::JoinError::Failed(m) => CliError::Failed(m),
+    })?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
         price = resolve(&priced, flags, env_price.as_deref(), world)?;
@@ -126,6 +135,20 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     // Rank 0 speaks for the job; the other ranks report only errors.
     let leader = rank == 0;
 
+    // The leader owns the run folder: it takes the lock and proves the folder
+    // writable, with room for a checkpoint, before anything is trained.
+    let data_label = opts.data.to_string();
+    let run_dir = if leader {
+        let bound = checkpoint::size_bound(opts.config.param_count() as u64, 64, data_label.len());
+        let dir = RunDir::open(&opts.out, bound).map_err(|e| match e {
+            run_dir::OpenError::Busy(m) => CliError::Usage(UsageError(format!("train: {m}"))),
+            run_dir::OpenError::Failed(m) => CliError::Failed(m),
+        })?;
+        Some(dir)
+    } else {
+        None
+    };
+
     if leader {
         say!("{first_line}");
         say_raw!("{}", opts.describe());
@@ -136,12 +159,25 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         for note in notes.iter().chain(&job_notes(&opts, &priced, world)) {
             say!("note: {note}");
         }
+        if let Some(d) = run_dir.as_ref().filter(|d| d.stale_removed > 0) {
+            say!(
+                "note: removed {} temporary file(s) of a checkpoint save that was interrupted in {}",
+                d.stale_removed,
+                d.path().display()
+            );
+        }
     }
 
     let dataset = Dataset::open(&opts.data, opts.config.vocab_size)
         .map_err(|e| CliError::Failed(format!("data: {e}")))?;
+    let data_fingerprint = dataset
+        .fingerprint()
+        .map_err(|e| CliError::Failed(format!("data: {e}")))?;
     if leader {
         say!("  {}", dataset.describe());
+        if let Some(note) = dataset.val_note(opts.batch, opts.config.seq_len, world) {
+            say!("note: {note}");
+        }
         say!(
             "parameters: {}  training FLOPs/token: {:.4e}",
             opts.config.param_count(),
@@ -155,7 +191,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             None => {
                 if leader {
                     say!(
-                        "--resume auto: no checkpoint in {} yet; starting from step 0",
+                        "--resume auto: no checkpoint of this run in {} yet; starting from step 0",
                         opts.out.display()
                     );
                 }
@@ -166,37 +202,54 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
                     for why in &found.skipped {
                         say!("--resume auto: skipping {why}");
                     }
-                    say!(
-                        "resuming from {} (step {})",
-                        found.path.display(),
-                        found.checkpoint.step
-                    );
                 }
-                Some(found.checkpoint)
+                let step = found.checkpoint.step;
+                if opts.resume == Some(options::Resume::Auto) && step >= opts.steps as u64 {
+                    if leader {
+                        say!(
+                            "the run in {} is complete: its checkpoint {} is at step {step} of --steps {}; \
+                             nothing to do (raise --steps to train longer)",
+                            opts.out.display(),
+                            found.path.display(),
+                            opts.steps
+                        );
+                    }
+                    return Ok(());
+                }
+                if leader {
+                    say!("resuming from {} (step {step})", found.path.display());
+                    for c in snapshot::changes(&found.checkpoint, &opts, data_fingerprint) {
+                        say!(
+                            "note: {} changed since the checkpoint: {} -> {}",
+                            c.flag,
+                            c.old,
+                            c.new
+                        );
+                    }
+                }
+                Some((found.path, found.checkpoint))
             }
         },
     };
-
-    if resume_from.is_none() && leader {
-        let moved = snapshot::set_aside_earlier(&opts.out).map_err(CliError::Failed)?;
-        if moved > 0 {
-            say!(
-                "note: moved {moved} checkpoints of an earlier run to {} (to continue a run, pass --resume auto)",
-                opts.out.join(snapshot::REPLACED_DIR).display()
-            );
-        }
-    }
-
-    // A resumed job continues its metrics file: one file per job.
-    let mode = if resume_from.is_some() {
-        metrics::OpenMode::Append
-    } else {
-        metrics::OpenMode::Truncate
+    let (resumed_path, resume_from) = match resume_from {
+        Some((path, ck)) => (Some(path), Some(ck)),
+        None => (None, None),
     };
-    let mut metrics_out = match &opts.metrics {
-        Some(p) if leader => Some(metrics::MetricsFile::create(p, mode).map_err(CliError::Failed)?),
-        _ => None,
+    sync.agree_on_config(&run_fields(&opts, data_fingerprint))
+        .map_err(CliError::Failed)?;
+
+    // This run's identity: its id, and the runs its checkpoints descend from.
+    let run_id = new_run_id();
+    let lineage = snapshot::lineage_for(resume_from.as_ref(), run_id);
+    let provenance = Provenance {
+        run_id,
+        lineage: lineage.clone(),
+        clip: opts.clip,
+        grad_accum: opts.grad_accum as u64,
+        data_fingerprint,
+        data: data_label.clone(),
     };
+    let resumed_at = resume_from.as_ref().map(|ck| ck.step);
 
     let trainer = Trainer {
         opts: &opts,
@@ -206,9 +259,132 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         backend,
         sync,
     };
-    let summary = trainer
-        .run(resume_from, &mut metrics_out)
+    // Every input is checked (flags, data, the checkpoint and its data order):
+    // only now is anything in --out moved.
+    let mut trainer = trainer;
+    let started = trainer.start(resume_from);
+    // Every rank got this far and starts at rank 0's step: only then may rank 0
+    // change the folder. Each rank takes part in both collectives whatever
+    // happened to it, so none is left waiting.
+    let my_step = started.as_ref().map_or(u64::MAX, |s| s.step() as u64);
+    let agreed = trainer.sync.agree_on_step(my_step);
+    let all_ok = trainer
+        .sync
+        .all_ok(started.is_ok() && agreed.is_ok())
         .map_err(CliError::Failed)?;
+    let start = started.map_err(CliError::Failed)?;
+    agreed.map_err(CliError::Failed)?;
+    if !all_ok {
+        return Err(CliError::Failed(
+            "another rank of this job could not start (its log says why); nothing was changed in --out"
+                .to_string(),
+        ));
+    }
+    if let Some(sig) = signals::pending() {
+        if leader {
+            say!(
+                "stopped by {} before training started; nothing in {} was changed",
+                signals::name(sig),
+                opts.out.display()
+            );
+        }
+        std::process::exit(128 + sig);
+    }
+    if leader {
+        if let Some(m) = &opts.metrics {
+            metrics::check_writable(m).map_err(CliError::Failed)?;
+        }
+    }
+
+    let mut metrics_out = None;
+    let mut ctx = RunContext {
+        saver: None,
+        provenance,
+    };
+    if let Some(dir) = &run_dir {
+        let out = dir.path();
+        // A metrics file in --out goes with the run it describes when that run
+        // is replaced (a fresh start, or a resume from another run's checkpoint).
+        let replaces_run = resumed_at.is_none() || run_dir::manifest_moves(out, &lineage);
+        let mut extra = Vec::new();
+        let mut metrics_moved = false;
+        if let Some(m) = &opts.metrics {
+            if replaces_run && m.parent().is_some_and(|p| same_dir(p, out)) && nonempty(m) {
+                extra.push(m.clone());
+                metrics_moved = true;
+            }
+        }
+        if let Some(aside) =
+            run_dir::set_aside(out, &lineage, run_id, resumed_path.as_deref(), &extra)
+                .map_err(CliError::Failed)?
+        {
+            let mut what = vec![format!("{} checkpoint(s)", aside.checkpoints)];
+            if aside.manifest {
+                what.push(format!("the previous {}", run_dir::MANIFEST));
+            }
+            if aside.others > 0 {
+                what.push("its metrics file".to_string());
+            }
+            say!(
+                "note: moved {} of another run (or of a branch this resume abandons) to {}; nothing was deleted",
+                what.join(" and "),
+                aside.folder.display()
+            );
+        }
+        let manifest = manifest(
+            &opts,
+            run_id,
+            &lineage,
+            resumed_path.as_deref(),
+            resumed_at,
+            world,
+            data_fingerprint,
+            out,
+        );
+        run_dir::write_manifest(out, &manifest).map_err(CliError::Failed)?;
+        if let Some(m) = &opts.metrics {
+            let mode = match resumed_at.filter(|_| !metrics_moved) {
+                Some(step) => {
+                    let dropped = metrics::drop_after(m, step).map_err(CliError::Failed)?;
+                    if let Some((n, kept)) = dropped {
+                        say!(
+                            "note: {n} metrics line(s) after step {step} (steps this resume repeats) moved from {} to {}",
+                            m.display(),
+                            kept.display()
+                        );
+                    }
+                    metrics::OpenMode::Append
+                }
+                None => {
+                    if nonempty(m) {
+                        let kept = metrics::set_aside(m).map_err(CliError::Failed)?;
+                        say!(
+                            "note: the metrics file of an earlier run was moved to {}",
+                            kept.display()
+                        );
+                    }
+                    metrics::OpenMode::Truncate
+                }
+            };
+            metrics_out = Some(metrics::MetricsFile::create(m, mode).map_err(CliError::Failed)?);
+        }
+        ctx.saver = Some(
+            Saver::start(
+                out.to_path_buf(),
+                run_dir::Retention::scan(out, &lineage, opts.keep),
+                opts.config.param_count(),
+            )
+            .map_err(CliError::Failed)?,
+        );
+    }
+
+    let outcome = trainer
+        .run(start, &mut ctx, &mut metrics_out)
+        .map_err(CliError::Failed)?;
+    let (summary, stopped) = match outcome {
+        trainer::Outcome::Completed(s) => (s, None),
+        trainer::Outcome::Stopped { summary, signal } => (summary, Some(signal)),
+    };
     let (text, obj) = trainer::summary(&summary, &price);
     // Which attention ran: the atomic dQ mode makes a run's bits timing-dependent.
     let obj = obj
@@ -217,399 +393,252 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     if leader {
         say_raw!("{text}");
     }
+    let obj = match stopped {
+        Some(sig) => obj.string("stopped_by", signals::name(sig)),
+        None => obj,
+    };
     if let Some(mut m) = metrics_out {
         m.write(&obj).map_err(CliError::Failed)?;
     }
-    Ok(())
-}
-
-/// What trains, as far as prices and the step log's device label go.
-enum Priced {
-    /// The CPU backend with this many worker threads per rank.
-    Cpu { threads: usize },
-    /// A GPU (or the emulated one), by the driver's name; `facts` when known.
-    Gpu {
-        name: String,
-        facts: Option<&'static DeviceFacts>,
-        emulated: bool,
-    },
-}
-
-impl Priced {
-    /// The per-device label of the step log line, for a job of `world` ranks.
-    fn label(&self, world: usize) -> String {
-        match self {
-            Priced::Cpu { threads } => {
-                let threads = target::threads_label(*threads);
-                if world == 1 {
-                    format!("1 cpu, {threads}")
-                } else {
-                    format!("{world} cpu ranks, {threads} each")
-                }
-            }
-            Priced::Gpu { name, emulated, .. } => {
-                let name = if *emulated { "emulated GPU" } else { name };
-                if world == 1 {
-                    format!("1 {name}")
-                } else {
-                    format!("{world} ranks, 1 {name} each")
-                }
-            }
-        }
-    }
-}
-
-/// The price per hour of a job of `world` ranks.
-fn resolve(
-    priced: &Priced,
-    flags: PriceFlags,
-    env: Option<&str>,
-    world: usize,
-) -> Result<Price, CliError> {
-    let device = match priced {
-        // Every rank is billed for its threads.
-        Priced::Cpu { threads } => PricedDevice::Cpu {
-            threads: threads.saturating_mul(world),
-        },
-        Priced::Gpu { name, facts, .. } => PricedDevice::Gpu {
-            name,
-            facts: *facts,
-            count: world,
-        },
+    let Some(signal) = stopped else {
+        return Ok(());
     };
-    resolve_price(flags, env, device)
-        .map_err(|e| CliError::Usage(UsageError(format!("train: {}", e.0))))
-}
-
-/// What a device needs to train, once it is set up.
-struct Prepared {
-    backend: Box<dyn StepBackend>,
-    priced: Priced,
-    /// The price of one rank (recomputed for the job once the ranks are known).
-    price: Price,
-    timing: TimingSource,
-    /// Dense peak FLOP/s of one device, when known.
-    peak_flops: Option<f64>,
-    /// What the device ignores or does differently, said once at start.
-    notes: Vec<String>,
-}
-
-/// The CPU backend: checks the run fits in RAM (a dry run prints what it
-/// would hold), then sizes the model. `None` after a dry run.
-fn prepare_cpu(
-    opts: &TrainOptions,
-    flags: PriceFlags,
-    env_price: Option<&str>,
-    first_line: &str,
-) -> Result<Option<Prepared>, CliError> {
-    let priced = Priced::Cpu {
-        threads: opts.threads,
-    };
-    let price = resolve(&priced, flags, env_price, 1)?;
-
-    // Activation buffers grow linearly with the batch: a one-sequence model
-    // (sized, its buffers not yet touched) tells what the real one would need,
-    // so a batch that cannot fit is refused before it is allocated.
-    let new_model = |batch: usize| {
-        CpuModel::new(&opts.config, batch, opts.config.seq_len, opts.threads)
-            .map_err(|e| CliError::Failed(format!("model: {e}")))
-    };
-    let per_sequence = new_model(1)?.activation_bytes();
-    let activations_estimate = per_sequence.saturating_mul(opts.batch);
-    let fits = check_fits(opts, activations_estimate);
-
-    if opts.dry_run {
-        let activations = match fits {
-            Ok(()) => Activations::Exact(new_model(opts.batch)?.activation_bytes()),
-            Err(_) => Activations::Estimated(activations_estimate),
-        };
-        say!("{first_line}");
-        say_raw!("{}", dry_run_report(opts, activations, &price));
-        if let Err(why) = fits {
-            say!("does not fit: {why}");
-        }
-        return Ok(None);
-    }
-    fits.map_err(CliError::Failed)?;
-    let model = new_model(opts.batch)?;
-    let layout = ParamLayout::new(&opts.config);
-    Ok(Some(Prepared {
-        backend: Box::new(CpuStep::new(model, &layout, opts.weight_decay as f32)),
-        priced,
-        price,
-        timing: TimingSource::HostClock,
-        // No table of CPU peaks: MFU on the CPU is "unknown", never a guess.
-        peak_flops: None,
-        notes: cpu_notes(opts),
-    }))
-}
-
-/// A GPU or the emulator: plans the step's memory (a dry run prints the plan;
-/// `--mem-target` picks the batch; a plan that does not fit is refused before
-/// anything is allocated), then allocates the step. `None` after a dry run.
-fn prepare_gpu(
-    opts: &mut TrainOptions,
-    device: Device,
-    flags: PriceFlags,
-    env_price: Option<&str>,
-    first_line: &str,
-) -> Result<Option<Prepared>, CliError> {
-    let emulated = device.timing_source() == TimingSource::Emulated;
-    let priced = Priced::Gpu {
-        name: device.name(),
-        facts: device.facts(),
-        emulated,
-    };
-    let price = resolve(&priced, flags, env_price, 1)?;
-    let planned = target::plan_memory(&device, opts);
-    if opts.dry_run {
-        if let (Some(_), Ok(p)) = (opts.mem_target, &planned) {
-            opts.batch = p.batch;
-        }
-        say!("{first_line}");
-        say_raw!("{}", dry_run_header(opts, &price));
-        say_raw!("{}", target::dry_run_memory(&device, opts, &planned));
-        return Ok(None);
-    }
-    let planned = planned.map_err(|e| CliError::Failed(e.message(opts)))?;
-
-    let mut notes = Vec::new();
-    if let Some(f) = opts.mem_target {
-        notes.push(format!(
-            "--mem-target {f}: micro-batch {} (instead of {}), the largest whose memory plan fits in {}",
-            planned.batch,
-            opts.batch,
-            target::gib(planned.available)
-        ));
-        opts.batch = planned.batch;
-    }
-    notes.push(format!(
-        "device memory: the step's arena plan needs {} of {} available (--dry-run prints it by category)",
-        target::gib(planned.plan.peak_bytes),
-        target::gib(planned.available)
-    ));
-    if let Some((a, b)) = opts.profile_steps {
-        notes.push(if emulated {
-            format!("--profile-steps {a}:{b}: the emulator has no profiler; nothing to capture")
-        } else {
-            format!(
-                "--profile-steps {a}:{b}: the CUDA profiler runs for steps {a}..={b} only                  (nsys profile --capture-range=cudaProfilerApi)"
-            )
-        });
-    }
-    if opts.attention_dq == options::AttentionDq::Atomic {
-        notes.push(
-            "--attention-dq atomic: flash attention's dQ is summed with float atomics; faster \
-             on GPUs, and a rerun with the same seed is not bitwise identical there"
-                .to_string(),
+    if leader {
+        say!(
+            "stopped by {} after step {}; checkpoint {} holds it",
+            signals::name(signal),
+            summary.steps_done,
+            snapshot::path_of(&opts, summary.steps_done as u64).display()
         );
-    }
-    let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
-    let hyper = OptimHyper {
-        beta1: BETA1,
-        beta2: BETA2,
-        eps: ADAM_EPS,
-        weight_decay: opts.weight_decay as f32,
-    };
-    let model = DeviceModel::new_with(
-        device,
-        &opts.config,
-        opts.batch,
-        opts.config.seq_len,
-        opts.step_options(),
-        hyper,
-    )
-    .map_err(|e| CliError::Failed(format!("setting up the device step: {e}")))?;
-    let layout = ParamLayout::new(&opts.config);
-    Ok(Some(Prepared {
-        backend: Box::new(DeviceStep::new(model, &layout)),
-        priced,
-        price,
-        timing: if emulated {
-            TimingSource::Emulated
+        if world == 1 {
+            say!("to resume: {}", resume_command(&opts));
         } else {
-            TimingSource::HostClock
-        },
-        peak_flops,
-        notes,
-    }))
-}
-
-/// What the job's flags mean for this many ranks, said once at start.
-fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<String> {
-    let mut notes = Vec::new();
-    if world == 1 {
-        if opts.comm == CommBackend::Nccl {
-            notes.push(
-                "--comm nccl is for multi-GPU jobs; this run has one rank and no all-reduce"
-                    .to_string(),
+            say!(
+                "to resume: start the job again with --resume auto among the train flags (this rank ran: {})",
+                resume_command(&opts)
             );
         }
-        if opts.job_token.is_some() {
-            notes.push("--job-token is for multi-rank jobs; this run has one rank".to_string());
-        }
-    } else if let Priced::Gpu { .. } = priced {
-        notes.push(format!(
-            "gradients are staged through host memory: device -> host as backward finishes each layer,              {} all-reduce, host -> device{}",
-            opts.comm,
-            if opts.comm == CommBackend::Nccl {
-                " (--comm nccl takes this host-staged path for now)"
-            } else {
-                ""
-            }
-        ));
     }
-    notes
+    // 128 + the signal, as a shell reports a process the signal ended; the
+    // lock goes with the process.
+    drop(run_dir);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(128 + signal);
 }
 
-/// Bytes of RAM this machine has, when the OS says.
-fn physical_memory_bytes() -> Option<u64> {
-    // SAFETY: sysconf only reads system configuration; it returns -1 for a
-    // name it does not know, which is handled below.
-    let (pages, page_size) = unsafe {
+/// A new run id: random, never 0 (0 marks an unknown run).
+fn new_run_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most bytes.len() bytes into bytes.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let mut id = u64::from_le_bytes(bytes);
+    if got != 8 {
+        // No entropy source: time and pid still tell runs apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        id = nanos ^ ((std::process::id() as u64) << 40);
+    }
+    id.max(1)
+}
+
+/// Every setting the ranks of one job must share, as (name, bits, shown).
+fn run_fields(opts: &TrainOptions, data_fingerprint: u64) -> Vec<(&'static str, u64, String)> {
+    let c = &opts.config;
+    let int = |name, v: usize| (name, v as u64, v.to_string());
+    let float = |name, v: f64| (name, v.to_bits(), v.to_string());
+    vec![
+        int("--vocab", c.vocab_size),
+        int("--hidden", c.dim),
+        int("--layers", c.n_layers),
+        int("--heads", c.n_heads),
+        int("--kv-heads", c.n_kv_heads),
+        int("--ffn", c.ffn_dim),
+        int("--seq", c.seq_len),
+        float("RoPE theta", c.rope_theta),
+        float("norm epsilon", c.norm_eps),
+        ("--seed", opts.seed, opts.seed.to_string()),
+        int("--steps", opts.steps),
+        int("--batch", opts.batch),
+        int("--grad-accum", opts.grad_accum),
+        float("--lr", opts.lr),
+        float("--min-lr", opts.min_lr),
+        int("--warmup", opts.warmup),
+        float("--weight-decay", opts.weight_decay),
+        float("--clip", opts.clip),
         (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages <= 0 || page_size <= 0 {
-        return None;
-    }
-    (pages as u64).checked_mul(page_size as u64)
+            "--data",
+            data_fingerprint,
+            format!("{} (fingerprint {data_fingerprint:016x})", opts.data),
+        ),
+        int("--val-every", opts.val_every),
+        int("--val-batches", opts.val_batches),
+        int("--ckpt-every", opts.ckpt_every),
+        int("--stop-after", opts.stop_after.unwrap_or(0)),
+        (
+            "--attention",
+            fnv(&opts.attention.to_string()),
+            opts.attention.to_string(),
+        ),
+        (
+            "--attention-dq",
+            fnv(options::dq_name(opts.attention_dq)),
+            options::dq_name(opts.attention_dq).to_string(),
+        ),
+        ("--comm", fnv(&opts.comm.to_string()), opts.comm.to_string()),
+        int("--bucket-mb (bytes)", opts.bucket_bytes),
+    ]
 }
 
-/// Refuses, before any buffer is touched, a run whose params, gradients,
-/// AdamW moments and activations do not fit in this machine's RAM, naming
-/// the largest batch that would. (The activation buffers are reserved lazily
-/// by the OS, so sizing the model does not use the memory yet.)
-fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), String> {
-    let Some(ram) = physical_memory_bytes() else {
-        return Ok(());
-    };
-    let n = opts.config.param_count() as u64;
-    let fixed = 16 * n; // f32 params, grads, m, v
-    let activations = activations as u64;
-    let need = fixed.saturating_add(activations);
-    if need <= ram {
-        return Ok(());
-    }
-    // Activations grow linearly with the batch.
-    let per_sequence = (activations / opts.batch as u64).max(1);
-    let largest = ram.saturating_sub(fixed) / per_sequence;
-    let advice = if largest >= 1 {
-        format!("the largest batch that fits is {largest} (--batch {largest}, with --grad-accum to keep the tokens per step)")
-    } else {
-        "the parameters and optimizer state alone do not fit; choose a smaller --model".to_string()
-    };
-    Err(format!(
-        "batch {} needs {} ({} for params, grads and AdamW moments, {} for activations); this machine has {}; {advice}",
-        opts.batch,
-        gib(need as usize),
-        gib(fixed as usize),
-        gib(activations as usize),
-        gib(ram as usize)
-    ))
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
-/// What the CPU ignores, said once at start.
-fn cpu_notes(opts: &TrainOptions) -> Vec<String> {
-    let mut notes = Vec::new();
-    notes.push(format!(
-        "--attention {} is a GPU setting; the CPU backend has one attention path and ignores it",
-        opts.attention
-    ));
-    if opts.attention_dq != options::AttentionDq::Deterministic {
-        notes.push(format!(
-            "--attention-dq {} is a GPU setting; ignored on the CPU",
-            options::dq_name(opts.attention_dq)
-        ));
-    }
-    if let Some(f) = opts.mem_target {
-        notes.push(format!(
-            "--mem-target {f} is a GPU setting; ignored on the CPU"
-        ));
-    }
-    if let Some((a, b)) = opts.profile_steps {
-        notes.push(format!(
-            "--profile-steps {a}:{b} limits GPU profiler capture; ignored on the CPU"
-        ));
-    }
-    notes
-}
-
-/// The activation bytes a dry run reports.
-pub enum Activations {
-    /// From the model sized at the run's batch.
-    Exact(usize),
-    /// The batch times one sequence's, when the full batch would not fit in
-    /// this machine's memory (and so is not even sized).
-    Estimated(usize),
-}
-
-/// The part of `--dry-run` every device prints: the resolved config, price,
-/// parameter count and FLOPs per token.
-pub fn dry_run_header(opts: &TrainOptions, price: &cost::Price) -> String {
-    let cfg = &opts.config;
-    let n = ParamLayout::new(cfg).total();
-    let mut s = opts.describe();
-    s += &format!("{price}\n");
-    s += &format!("parameters: {n}\n");
-    s += &format!(
-        "training FLOPs per token: {:.6e} (forward {:.6e} x 3, at T = {})\n",
-        cfg.train_flops_per_token(cfg.seq_len),
-        cfg.forward_flops_per_token(cfg.seq_len),
-        cfg.seq_len
-    );
-    s += &format!(
-        "training FLOPs per step: {:.6e} ({} tokens per step per device)\n",
-        cfg.train_flops_per_token(cfg.seq_len) * opts.tokens_per_step_per_device() as f64,
-        opts.tokens_per_step_per_device()
-    );
-    s
-}
-
-/// `--dry-run` on the CPU: [`dry_run_header`] and the memory the run would hold.
-pub fn dry_run_report(
+/// `run.json`: who this run is, what it descends from, and what it runs.
+#[allow(clippy::too_many_arguments)]
+fn manifest(
     opts: &TrainOptions,
-    activations: Activations,
-    price: &cost::Price,
-) -> String {
-    let n = ParamLayout::new(&opts.config).total();
-    let f32_bytes = std::mem::size_of::<f32>();
-    let params = n * f32_bytes;
-    let grads = n * f32_bytes;
-    let moments = 2 * n * f32_bytes;
-    let (activations, how) = match activations {
-        Activations::Exact(b) => (b, ""),
-        Activations::Estimated(b) => (b, " (B x one sequence's)"),
+    run_id: u64,
+    lineage: &[frugal_model::checkpoint::Segment],
+    resumed_from: Option<&std::path::Path>,
+    resumed_at: Option<u64>,
+    world: usize,
+    data_fingerprint: u64,
+    out: &std::path::Path,
+) -> serde_json::Value {
+    let c = &opts.config;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // The previous manifest's history, when this run continues its lineage.
+    let history = match run_dir::read_manifest(out) {
+        Ok(Some((m, value))) if lineage.iter().any(|s| s.run_id == m.run_id) => {
+            let mut h = value
+                .get("history")
+                .and_then(|h| h.as_array())
+                .cloned()
+                .unwrap_or_default();
+            h.push(serde_json::json!({
+                "run_id": value.get("run_id"),
+                "started_unix": value.get("started_unix"),
+                "command": value.get("command"),
+                "resumed_from": value.get("resumed_from"),
+            }));
+            h
+        }
+        _ => Vec::new(),
     };
-    let total = params + grads + moments + activations;
-    let mut s = dry_run_header(opts, price);
-    s += "memory (CPU backend, f32):\n";
-    for (what, bytes) in [
-        ("params", params),
-        ("grads", grads),
-        ("master weights", 0),
-        ("optimizer moments (AdamW m, v)", moments),
-        ("activations (B x T)", activations),
-        ("total", total),
-    ] {
-        s += &format!("  {what:<32} {:>14} bytes  {:>10}\n", bytes, gib(bytes));
-    }
-    s += "  (master weights: the CPU trains the f32 params directly, no separate copy)\n";
-    if !how.is_empty() {
-        s += &format!(
-            "  (activations estimated{how}: the batch would not fit in this machine's memory)\n"
-        );
-    }
-    s
+    let command: Vec<String> = std::env::args_os()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    serde_json::json!({
+        "format": "frugal-run/1",
+        "run_id": run_dir::id_text(run_id),
+        "started_unix": now,
+        "host": run_dir::host_name(),
+        "pid": std::process::id(),
+        "command": command,
+        "resumed_from": resumed_at.map(|step| serde_json::json!({
+            // Absolute, so a later `--resume auto` finds it from anywhere.
+            "path": resumed_from.map(|p| {
+                p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+            }),
+            "step": step,
+        })),
+        "lineage": run_dir::lineage_json(lineage),
+        "history": history,
+        "world_size": world,
+        "config": {
+            "model": opts.model,
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.dim,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "intermediate_size": c.ffn_dim,
+            "seq_len": c.seq_len,
+            "rope_theta": c.rope_theta,
+            "rms_norm_eps": c.norm_eps,
+            "parameters": c.param_count(),
+        },
+        "data": {
+            "spec": opts.data.to_string(),
+            "fingerprint": format!("{data_fingerprint:016x}"),
+        },
+        "hyper": {
+            "seed": opts.seed,
+            "steps": opts.steps,
+            "batch": opts.batch,
+            "grad_accum": opts.grad_accum,
+            "lr": opts.lr,
+            "min_lr": opts.min_lr,
+            "warmup": opts.warmup,
+            "weight_decay": opts.weight_decay,
+            "clip": opts.clip,
+            "val_every": opts.val_every,
+            "val_batches": opts.val_batches,
+            "ckpt_every": opts.ckpt_every,
+            "keep": opts.keep,
+            "attention": opts.attention.to_string(),
+            "attention_dq": options::dq_name(opts.attention_dq),
+            "comm": opts.comm.to_string(),
+        },
+    })
 }
 
-fn gib(bytes: usize) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+/// The command that resumes this run: this process's own words, with any
+/// `--resume` replaced by `--resume auto` and `--out` made explicit.
+fn resume_command(opts: &TrainOptions) -> String {
+    let words: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut out = Vec::new();
+    let mut has_out = false;
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].to_string_lossy();
+        if w == "--resume" {
+            i += 2;
+            continue;
+        }
+        if w.starts_with("--resume=") {
+            i += 1;
+            continue;
+        }
+        if w == "--out" || w.starts_with("--out=") {
+            has_out = true;
+        }
+        out.push(shell_quote(&w));
+        i += 1;
+    }
+    if !has_out {
+        out.push("--out".into());
+        out.push(shell_quote(&opts.out.display().to_string()));
+    }
+    out.push("--resume auto".into());
+    out.join(" ")
+}
+
+/// `s` as one word for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        s.to_string()
     } else {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn nonempty(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }

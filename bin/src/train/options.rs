@@ -288,10 +288,14 @@ device:
   --bucket-mb X           DDP gradient bucket size in MiB (default: 25, or 1/8 of the
                           gradients when that is smaller, at least 1)
 checkpoints and output:
-  --out DIR               checkpoint folder (default runs/<model>-seed<S>, with a config hash if overridden)
-  --ckpt-every N          checkpoint every N steps; 0 = only at the end (default steps/4)
-  --keep K                checkpoints kept (default {DEFAULT_KEEP})
-  --resume auto|PATH      continue from the newest verifying checkpoint in --out, or from PATH
+  --out DIR               run folder: checkpoints, run.json, a lock held while training
+                          (default runs/<model>-seed<S>, with a config hash if overridden)
+  --ckpt-every N          checkpoint every N steps; 0 = only at the end (default steps/4);
+                          written in the background; SIGINT/SIGTERM also save and stop
+  --keep K                this run's checkpoints kept in --out (default {DEFAULT_KEEP}); other
+                          runs' are moved to --out/replaced/, never deleted
+  --resume auto|PATH      continue this run from its newest verifying checkpoint in --out
+                          (the run named by --out/run.json), or from PATH
   --metrics FILE          write one JSON object per line: steps, val losses, a summary
   --val-every N           validation loss every N steps; 0 = only at the end (default steps/5)
   --val-batches N         batches per validation (default {DEFAULT_VAL_BATCHES})
@@ -467,9 +471,10 @@ impl TrainOptions {
             }
         }
 
-        let data = match args.string("data")? {
+        // Paths are taken as the OS gives them: a file name need not be UTF-8.
+        let data = match args.path("data")? {
             None => DataSpec::Default,
-            Some(s) => s.parse::<DataSpec>().map_err(|e| usage(e.to_string()))?,
+            Some(p) => DataSpec::from_os(p.as_os_str()).map_err(|e| usage(e.to_string()))?,
         };
 
         let steps = positive("steps", args.value_or("steps", DEFAULT_STEPS)?)?;
@@ -576,15 +581,20 @@ impl TrainOptions {
             None => default_bucket_bytes(config.param_count()),
         };
 
-        let resume = match args.string("resume")? {
+        let resume = match args.path("resume")? {
             None => None,
-            Some(s) if s == "auto" => Some(Resume::Auto),
-            Some(s) if s.is_empty() => {
+            Some(p) if p.as_os_str() == "auto" => Some(Resume::Auto),
+            Some(p) if p.as_os_str().is_empty() => {
                 return Err(usage("--resume needs 'auto' or a checkpoint path".into()))
             }
-            Some(s) => Some(Resume::Path(PathBuf::from(s))),
+            Some(p) => Some(Resume::Path(p)),
         };
-        let metrics = args.string("metrics")?.map(PathBuf::from);
+        let metrics = match args.path("metrics")? {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(usage("--metrics needs a file name".into()))
+            }
+            other => other,
+        };
         let dry_run = args.switch("dry-run")?;
 
         let price_per_gpu_hour = match args.value::<f64>("price-per-gpu-hour")? {
@@ -619,9 +629,11 @@ impl TrainOptions {
         )?;
         let ckpt_every = args.value_or("ckpt-every", (steps / 4).max(1))?;
 
-        let out = match args.string("out")? {
-            Some(s) if s.is_empty() => return Err(usage("--out needs a folder".into())),
-            Some(s) => PathBuf::from(s),
+        let out = match args.path("out")? {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(usage("--out needs a folder".into()))
+            }
+            Some(p) => p,
             None if overrides.is_empty() => PathBuf::from(format!("runs/{model}-seed{seed}")),
             None => PathBuf::from(format!(
                 "runs/{model}-{:08x}-seed{seed}",

@@ -1,39 +1,42 @@
-//! Checkpoints for `frugal train`: where they go (`--out`), how many stay
-//! (`--keep`), and which one a resume starts from (`--resume auto|PATH`).
-//! The file format, its checksum and the atomic write are the model crate's
-//! (`frugal_model::checkpoint`); this file only decides policy.
+//! Which checkpoint a resume starts from (`--resume auto|PATH`), and what a
+//! resume changes. The file format, its checksum and the atomic write are the
+//! model crate's (`frugal_model::checkpoint`); the run folder's rules are
+//! [`super::run_dir`]'s.
 
 use std::path::{Path, PathBuf};
 
-use frugal_model::checkpoint::{self, Checkpoint};
+use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 
 use super::options::{Resume, TrainOptions};
+use super::run_dir::{self, id_text};
 
-/// Writes `ckpt` into `--out`, keeping the newest `--keep`.
-///
-/// # Errors
-/// The I/O error, naming the file.
-pub fn save(opts: &TrainOptions, ckpt: &Checkpoint) -> Result<PathBuf, String> {
-    checkpoint::save(&opts.out, ckpt, opts.keep)
-        .map_err(|e| format!("cannot write a checkpoint: {e}"))
+/// The path of the checkpoint of `step` in `--out`.
+pub fn path_of(opts: &TrainOptions, step: u64) -> PathBuf {
+    opts.out.join(Checkpoint::file_name(step))
 }
 
 /// What `--resume` found.
 pub struct Resumed {
     pub checkpoint: Checkpoint,
     pub path: PathBuf,
-    /// Newer checkpoints that did not verify and were passed over, with why.
+    /// Newer checkpoints that were passed over, with why.
     pub skipped: Vec<String>,
 }
 
 /// Finds and loads the checkpoint `--resume` names, and checks that it can
 /// resume this run (same model config and world size). `Ok(None)` for
-/// `--resume auto` when `--out` holds no checkpoint at all: the run starts
-/// fresh, so one command line both starts and restarts a job.
+/// `--resume auto` when `--out` holds no checkpoint of its run at all: the
+/// run starts fresh, so one command line both starts and restarts a job.
+///
+/// `--resume auto` follows the run in `--out/run.json`: the newest checkpoint
+/// that verifies among those on that run's lineage, so a checkpoint that
+/// another run left in the folder is never continued by mistake. A folder
+/// without a manifest (written by an older frugal) takes the newest that
+/// verifies.
 ///
 /// # Errors
 /// A message naming the file and what is wrong: damaged or truncated, no
-/// checkpoint in `--out` verifies, or the config or world size differs.
+/// checkpoint of the run verifies, or the config or world size differs.
 pub fn load(opts: &TrainOptions, world: usize, resume: &Resume) -> Result<Option<Resumed>, String> {
     let resumed = match resume {
         Resume::Path(path) => {
@@ -46,7 +49,7 @@ pub fn load(opts: &TrainOptions, world: usize, resume: &Resume) -> Result<Option
                 skipped: Vec::new(),
             }
         }
-        Resume::Auto => match newest_valid(&opts.out)? {
+        Resume::Auto => match newest_of_run(&opts.out)? {
             None => return Ok(None),
             Some(r) => r,
         },
@@ -58,15 +61,38 @@ pub fn load(opts: &TrainOptions, world: usize, resume: &Resume) -> Result<Option
     Ok(Some(resumed))
 }
 
-/// The newest checkpoint in `dir` that loads and verifies; the damaged ones
-/// newer than it are reported in `skipped`.
-fn newest_valid(dir: &Path) -> Result<Option<Resumed>, String> {
+/// The newest checkpoint in `dir` that is on the manifest's lineage and
+/// verifies; the ones passed over are reported in `skipped`.
+fn newest_of_run(dir: &Path) -> Result<Option<Resumed>, String> {
     let all = checkpoint::list(dir).map_err(|e| format!("--resume auto: {e}"))?;
+    let manifest = run_dir::read_manifest(dir).map_err(|e| {
+        format!(
+            "--resume auto: {e}; move it away to resume from the newest checkpoint that verifies"
+        )
+    })?;
     if all.is_empty() {
-        return Ok(None);
+        return started_from(dir, manifest.as_ref().map(|(_, v)| v), Vec::new());
     }
     let mut skipped = Vec::new();
+    let mut candidates = 0;
     for (_, path) in all.iter().rev() {
+        if let Some((m, _)) = &manifest {
+            match checkpoint::read_provenance(path) {
+                Ok((step, prov)) if !Provenance::contains(&m.lineage, prov.run_id, step) => {
+                    skipped.push(format!(
+                        "{}: written by run {}, not part of run {}'s history (see {})",
+                        path.display(),
+                        id_text(prov.run_id),
+                        id_text(m.run_id),
+                        run_dir::MANIFEST
+                    ));
+                    continue;
+                }
+                // A file whose head cannot be read fails the full load below too.
+                _ => {}
+            }
+        }
+        candidates += 1;
         match checkpoint::load(path) {
             Ok(checkpoint) => {
                 return Ok(Some(Resumed {
@@ -78,44 +104,129 @@ fn newest_valid(dir: &Path) -> Result<Option<Resumed>, String> {
             Err(e) => skipped.push(e.to_string()),
         }
     }
+    if candidates == 0 {
+        return started_from(dir, manifest.as_ref().map(|(_, v)| v), skipped);
+    }
     Err(format!(
-        "--resume auto: none of the {} checkpoints in {} verifies:\n  {}\nremove them to start afresh, or pass --out for a new folder",
+        "--resume auto: none of the {} checkpoints in {} verifies:\n  {}\nmove them away to start afresh, or pass --out for a new folder",
         all.len(),
         dir.display(),
         skipped.join("\n  ")
     ))
 }
 
-/// The folder inside `--out` where a fresh run moves the checkpoints of an
-/// earlier run it would otherwise mix with its own.
-pub const REPLACED_DIR: &str = "replaced";
-
-/// Before a fresh (not resumed) run writes into `out`: moves any checkpoints
-/// already there into `out/replaced/` (replacing what an even earlier run left
-/// there), so that `--keep` pruning and `--resume auto` see only this run's
-/// checkpoints, and an accidental restart without `--resume` loses nothing.
-/// Returns how many were moved.
+/// When the run in the manifest has no checkpoint in `dir` yet: the
+/// checkpoint it started from, if it started from one (a run stopped before
+/// its first save resumes where it began, never from step 0), else `None`.
 ///
 /// # Errors
-/// The folder cannot be listed or a file cannot be moved.
-pub fn set_aside_earlier(out: &Path) -> Result<usize, String> {
-    let earlier = checkpoint::list(out).map_err(|e| format!("--out: {e}"))?;
-    if earlier.is_empty() {
-        return Ok(0);
+/// That checkpoint cannot be loaded (the message names it).
+fn started_from(
+    dir: &Path,
+    manifest: Option<&serde_json::Value>,
+    skipped: Vec<String>,
+) -> Result<Option<Resumed>, String> {
+    let Some(from) = manifest
+        .and_then(|m| m.get("resumed_from"))
+        .and_then(|r| r.get("path"))
+        .and_then(|p| p.as_str())
+    else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(from);
+    let checkpoint = checkpoint::load(&path).map_err(|e| {
+        format!(
+            "--resume auto: the run in {} started from {} and has saved no checkpoint since, \
+             but that file cannot be loaded: {e}; pass --resume PATH, or move {} away to start afresh",
+            dir.display(),
+            path.display(),
+            run_dir::MANIFEST
+        )
+    })?;
+    Ok(Some(Resumed {
+        checkpoint,
+        path,
+        skipped,
+    }))
+}
+
+/// The lineage of a run that starts from `from` (or fresh, when `None`):
+/// the checkpoint's own lineage, then this run.
+pub fn lineage_for(from: Option<&Checkpoint>, run_id: u64) -> Vec<Segment> {
+    let mut lineage = match from {
+        None => Vec::new(),
+        Some(ck) if ck.provenance.lineage.is_empty() => vec![Segment {
+            // A version-1 checkpoint: its run is unknown (id 0).
+            run_id: ck.provenance.run_id,
+            start_step: 0,
+        }],
+        Some(ck) => ck.provenance.lineage.clone(),
+    };
+    lineage.push(Segment {
+        run_id,
+        start_step: from.map_or(0, |ck| ck.step),
+    });
+    lineage
+}
+
+/// One setting a resume compares with the checkpoint.
+pub struct Change {
+    pub flag: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+/// The run settings that differ between `ck` and this run, each as old → new.
+/// Changing them is allowed (extending a run with more `--steps` is a real
+/// need), but never silent.
+pub fn changes(ck: &Checkpoint, opts: &TrainOptions, data_fingerprint: u64) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut cmp = |flag: &'static str, old: String, new: String| {
+        if old != new {
+            out.push(Change { flag, old, new });
+        }
+    };
+    let s = &ck.schedule;
+    cmp("--steps", s.total_steps.to_string(), opts.steps.to_string());
+    cmp("--lr", s.max_lr.to_string(), opts.lr.to_string());
+    cmp("--min-lr", s.min_lr.to_string(), opts.min_lr.to_string());
+    cmp(
+        "--warmup",
+        s.warmup_steps.to_string(),
+        opts.warmup.to_string(),
+    );
+    cmp(
+        "--weight-decay",
+        ck.optimizer.weight_decay.to_string(),
+        (opts.weight_decay as f32).to_string(),
+    );
+    cmp(
+        "--batch",
+        ck.loader.batch.to_string(),
+        opts.batch.to_string(),
+    );
+    let p = &ck.provenance;
+    if !p.clip.is_nan() {
+        cmp("--clip", p.clip.to_string(), opts.clip.to_string());
     }
-    let aside = out.join(REPLACED_DIR);
-    std::fs::create_dir_all(&aside)
-        .map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
-    for (_, old) in checkpoint::list(&aside).map_err(|e| format!("--out: {e}"))? {
-        std::fs::remove_file(&old).map_err(|e| format!("cannot remove {}: {e}", old.display()))?;
+    if p.grad_accum != 0 {
+        cmp(
+            "--grad-accum",
+            p.grad_accum.to_string(),
+            opts.grad_accum.to_string(),
+        );
     }
-    for (_, path) in &earlier {
-        let Some(name) = path.file_name() else {
-            continue;
+    if p.data_fingerprint != 0 && p.data_fingerprint != data_fingerprint {
+        let new = opts.data.to_string();
+        let (old, new) = if p.data == new {
+            (
+                format!("{} (fingerprint {:016x})", p.data, p.data_fingerprint),
+                format!("{new} (fingerprint {data_fingerprint:016x}: its files changed)"),
+            )
+        } else {
+            (p.data.clone(), new)
         };
-        let to = aside.join(name);
-        std::fs::rename(path, &to)
-            .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), to.display()))?;
+        cmp("--data", old, new);
     }
-    Ok(earlier.len())
+    out
 }

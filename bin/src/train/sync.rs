@@ -19,8 +19,17 @@ use frugal_comm::{connect, Backend, CommStats, Ddp, Rendezvous};
 
 use super::options::CommBackend;
 
-/// How gradients become global.
-pub enum GradSync {
+/// How gradients become global, and how the ranks agree on when to stop.
+pub struct GradSync {
+    link: Link,
+    /// The stop this rank asks for at the end of the current step (a signal
+    /// number), sent with the step's loss.
+    stop_local: Option<i32>,
+    /// The stop every rank agreed on at the last step: the same on all ranks.
+    stop_agreed: Option<i32>,
+}
+
+enum Link {
     /// One rank: the local gradients are the global ones.
     Single,
     /// Several ranks: averaged through DDP. `deferred` holds the first error
@@ -30,6 +39,22 @@ pub enum GradSync {
         deferred: Option<String>,
     },
 }
+
+/// Why a rank could not join the job: a mistake in its environment (a usage
+/// error, exit 2) or a failure to reach its peers (exit 1).
+pub enum JoinError {
+    Environment(String),
+    Failed(String),
+}
+
+/// How long a rank waits for the leader's background save between two
+/// "still saving" messages; well under any sensible communication timeout, so
+/// a long save never trips a peer's.
+const HOLD_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What a rank sends in [`GradSync::hold_until`] when it failed: more than
+/// any count of busy ranks.
+const HOLD_FAILED: f32 = 1.0e6;
 
 /// Why a rank's value differs from rank 0's.
 enum Disagreement {
@@ -58,39 +83,183 @@ impl GradSync {
         job_token: Option<&str>,
         n_params: usize,
         bucket_bytes: usize,
-    ) -> Result<GradSync, String> {
+    ) -> Result<GradSync, JoinError> {
+        let single = GradSync {
+            link: Link::Single,
+            stop_local: None,
+            stop_agreed: None,
+        };
         if !launched_as_job() {
-            return Ok(GradSync::Single);
+            return Ok(single);
         }
-        let rv = Rendezvous::from_env(job_token).map_err(|e| format!("joining the job: {e}"))?;
+        // Every error of from_env is about the variables themselves.
+        let rv = Rendezvous::from_env(job_token)
+            .map_err(|e| JoinError::Environment(format!("joining the job: {e}")))?;
         if rv.world == 1 {
-            return Ok(GradSync::Single);
+            return Ok(single);
         }
         let backend = match backend {
             CommBackend::Socket => Backend::Socket,
             CommBackend::Nccl => Backend::Nccl,
         };
-        let comm = connect(backend, &rv).map_err(|e| format!("joining the job: {e}"))?;
-        let ddp =
-            Ddp::new(comm, n_params, bucket_bytes).map_err(|e| format!("joining the job: {e}"))?;
-        Ok(GradSync::Ddp {
-            ddp: Box::new(ddp),
-            deferred: None,
+        let failed = |e| JoinError::Failed(format!("joining the job: {e}"));
+        let comm = connect(backend, &rv).map_err(failed)?;
+        let ddp = Ddp::new(comm, n_params, bucket_bytes).map_err(failed)?;
+        Ok(GradSync {
+            link: Link::Ddp {
+                ddp: Box::new(ddp),
+                deferred: None,
+            },
+            ..single
         })
     }
 
     pub fn rank(&self) -> usize {
-        match self {
-            GradSync::Single => 0,
-            GradSync::Ddp { ddp, .. } => ddp.rank(),
+        match &self.link {
+            Link::Single => 0,
+            Link::Ddp { ddp, .. } => ddp.rank(),
         }
     }
 
     pub fn world(&self) -> usize {
-        match self {
-            GradSync::Single => 1,
-            GradSync::Ddp { ddp, .. } => ddp.world(),
+        match &self.link {
+            Link::Single => 1,
+            Link::Ddp { ddp, .. } => ddp.world(),
         }
+    }
+
+    /// Asks the job to stop after the current step (`signal` says why); the
+    /// request travels with the step's loss, so every rank learns at the same
+    /// step that some rank asked.
+    pub fn request_stop(&mut self, signal: i32) {
+        self.stop_local.get_or_insert(signal);
+    }
+
+    /// The stop the ranks agreed on at the last [`GradSync::step`]: `Some`
+    /// on every rank, at the same step, once any rank asked. SIGTERM wins over
+    /// SIGINT when ranks got different signals (the instance is going away).
+    pub fn stop_agreed(&self) -> Option<i32> {
+        self.stop_agreed
+    }
+
+    /// Holds every rank until the leader's `done` returns true, without any
+    /// rank waiting long in one collective: the leader waits at most
+    /// [`HOLD_SLICE`] per round, then all ranks exchange one number. So a
+    /// long background save on the leader never looks like a dead peer.
+    /// Non-leaders pass a `done` that returns true at once.
+    ///
+    /// # Errors
+    /// The leader's own error, or a peer's failure.
+    pub fn hold_until(
+        &mut self,
+        mut done: impl FnMut(std::time::Duration) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        match &mut self.link {
+            Link::Single => {
+                while !done(std::time::Duration::from_secs(3600))? {}
+                Ok(())
+            }
+            Link::Ddp { ddp, .. } => loop {
+                // A failure is sent too, so no peer is left waiting in the
+                // all-reduce for a rank that has given up.
+                let mine = done(HOLD_SLICE);
+                let mut state = [match mine {
+                    Ok(true) => 0.0f32,
+                    Ok(false) => 1.0,
+                    Err(_) => HOLD_FAILED,
+                }];
+                let sent = ddp.all_reduce_now(&mut state);
+                mine?;
+                sent.map_err(|e| format!("waiting for the leader's checkpoint: {e}"))?;
+                if state[0] >= HOLD_FAILED {
+                    return Err(
+                        "rank 0 could not write its checkpoint (its log says why); this rank stops too"
+                            .to_string(),
+                    );
+                }
+                if state[0] == 0.0 {
+                    return Ok(());
+                }
+            },
+        }
+    }
+
+    /// Whether every rank's `ok` is true (an all-reduce: every rank learns it,
+    /// unlike a broadcast, after which only the rank that differs knows).
+    ///
+    /// # Errors
+    /// A peer's failure or a timeout.
+    pub fn all_ok(&mut self, ok: bool) -> Result<bool, String> {
+        match &mut self.link {
+            Link::Single => Ok(ok),
+            Link::Ddp { ddp, .. } => {
+                let mut bad = [if ok { 0.0f32 } else { 1.0 }];
+                ddp.all_reduce_now(&mut bad)
+                    .map_err(|e| format!("checking that every rank is ready: {e}"))?;
+                Ok(bad[0] == 0.0)
+            }
+        }
+    }
+
+    /// Checks that every rank runs the same configuration: compares a hash
+    /// of all `fields` (name, value as bits) with rank 0's, and on a mismatch
+    /// finds each field that differs and the ranks it differs on.
+    ///
+    /// # Errors
+    /// A message (on every rank) naming each differing field with this rank's
+    /// value and rank 0's, and the ranks that differ; a peer's failure.
+    pub fn agree_on_config(&mut self, fields: &[(&str, u64, String)]) -> Result<(), String> {
+        let Link::Ddp { ddp, .. } = &mut self.link else {
+            return Ok(());
+        };
+        let (rank, world) = (ddp.rank(), ddp.world());
+        let hash = fields
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, (name, v, _)| {
+                let h = name
+                    .bytes()
+                    .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+                (h ^ v).wrapping_mul(0x100_0000_01b3)
+            });
+        let root = broadcast_u64(ddp, hash).map_err(|e| format!("comparing run configs: {e}"))?;
+        let mut differs = [if root == hash { 0.0f32 } else { 1.0 }];
+        ddp.all_reduce_now(&mut differs)
+            .map_err(|e| format!("comparing run configs: {e}"))?;
+        if differs[0] == 0.0 {
+            return Ok(());
+        }
+        // Someone differs: find which fields, on which ranks (every rank runs
+        // the same sequence of collectives, so all learn the same answer).
+        let mut lines = Vec::new();
+        for (name, value, shown) in fields {
+            let root =
+                broadcast_u64(ddp, *value).map_err(|e| format!("comparing run configs: {e}"))?;
+            let mut who = vec![0.0f32; world];
+            who[rank] = if root == *value { 0.0 } else { 1.0 };
+            ddp.all_reduce_now(&mut who)
+                .map_err(|e| format!("comparing run configs: {e}"))?;
+            let ranks: Vec<String> = (0..world)
+                .filter(|&r| who[r] != 0.0)
+                .map(|r| r.to_string())
+                .collect();
+            if ranks.is_empty() {
+                continue;
+            }
+            let here = if root == *value {
+                String::new()
+            } else {
+                format!(" (here, on rank {rank}: {shown})")
+            };
+            lines.push(format!(
+                "{name} differs from rank 0's on rank(s) {}{here}",
+                ranks.join(", ")
+            ));
+        }
+        Err(format!(
+            "the ranks of this job were started with different settings; start every rank with the same flags, \
+             data and environment:\n  {}",
+            lines.join("\n  ")
+        ))
     }
 
     /// Copies rank 0's parameters to every rank.
@@ -98,9 +267,9 @@ impl GradSync {
     /// # Errors
     /// A peer's failure or a timeout.
     pub fn broadcast_params(&mut self, params: &mut [f32]) -> Result<(), String> {
-        match self {
-            GradSync::Single => Ok(()),
-            GradSync::Ddp { ddp, .. } => ddp
+        match &mut self.link {
+            Link::Single => Ok(()),
+            Link::Ddp { ddp, .. } => ddp
                 .broadcast_params(params)
                 .map_err(|e| format!("broadcasting the parameters: {e}")),
         }
@@ -143,17 +312,11 @@ impl GradSync {
 
     /// Whether this rank's `value` equals rank 0's.
     fn agree(&mut self, what: &str, value: u64) -> Result<(), Disagreement> {
-        let GradSync::Ddp { ddp: d, .. } = self else {
+        let Link::Ddp { ddp: d, .. } = &mut self.link else {
             return Ok(());
         };
-        // Four 16-bit pieces: each is exact in an f32.
-        let mut pieces: [f32; 4] = std::array::from_fn(|i| ((value >> (16 * i)) & 0xFFFF) as f32);
-        d.broadcast_params(&mut pieces)
+        let root = broadcast_u64(d, value)
             .map_err(|e| Disagreement::Failed(format!("agreeing on {what}: {e}")))?;
-        let root = pieces
-            .iter()
-            .enumerate()
-            .fold(0u64, |acc, (i, &p)| acc | ((p as u64) << (16 * i)));
         if root != value {
             return Err(Disagreement::Differs {
                 rank: d.rank(),
@@ -167,7 +330,7 @@ impl GradSync {
     /// thread (called from backward, last micro-batch only). An error is kept
     /// and returned by [`GradSync::step`].
     pub fn ready(&mut self, range: Range<usize>, values: &[f32]) {
-        if let GradSync::Ddp { ddp, deferred } = self {
+        if let Link::Ddp { ddp, deferred } = &mut self.link {
             if deferred.is_none() {
                 if let Err(e) = ddp.on_ready_values(range, values) {
                     *deferred = Some(format!("all-reducing gradients: {e}"));
@@ -187,18 +350,34 @@ impl GradSync {
         grads: &mut [f32],
         loss: f32,
     ) -> Result<(f32, Option<CommStats>), String> {
-        match self {
-            GradSync::Single => Ok((loss, None)),
-            GradSync::Ddp { ddp, deferred } => {
+        match &mut self.link {
+            Link::Single => {
+                self.stop_agreed = self.stop_local;
+                Ok((loss, None))
+            }
+            Link::Ddp { ddp, deferred } => {
                 if let Some(e) = deferred.take() {
                     return Err(e);
                 }
                 let stats = ddp
                     .finish(grads)
                     .map_err(|e| format!("all-reducing gradients: {e}"))?;
-                let mut l = [loss];
+                // The stop requests ride with the loss: no extra round trip.
+                let (int, term) = match self.stop_local {
+                    Some(libc::SIGTERM) => (0.0, 1.0),
+                    Some(_) => (1.0, 0.0),
+                    None => (0.0, 0.0),
+                };
+                let mut l = [loss, int, term];
                 ddp.all_reduce_now(&mut l)
                     .map_err(|e| format!("all-reducing the loss: {e}"))?;
+                self.stop_agreed = if l[2] > 0.0 {
+                    Some(libc::SIGTERM)
+                } else if l[1] > 0.0 {
+                    Some(libc::SIGINT)
+                } else {
+                    None
+                };
                 Ok((l[0] / ddp.world() as f32, Some(stats)))
             }
         }
@@ -209,9 +388,9 @@ impl GradSync {
     /// # Errors
     /// A peer's failure or a timeout.
     pub fn mean(&mut self, x: f64) -> Result<f64, String> {
-        match self {
-            GradSync::Single => Ok(x),
-            GradSync::Ddp { ddp, .. } => {
+        match &mut self.link {
+            Link::Single => Ok(x),
+            Link::Ddp { ddp, .. } => {
                 let mut v = [x as f32];
                 ddp.all_reduce_now(&mut v)
                     .map_err(|e| format!("all-reducing the validation loss: {e}"))?;
@@ -219,4 +398,14 @@ impl GradSync {
             }
         }
     }
+}
+
+/// Rank 0's `value` on every rank, as four 16-bit pieces (each exact in an f32).
+fn broadcast_u64(ddp: &mut Ddp, value: u64) -> Result<u64, frugal_comm::CommError> {
+    let mut pieces: [f32; 4] = std::array::from_fn(|i| ((value >> (16 * i)) & 0xFFFF) as f32);
+    ddp.broadcast_params(&mut pieces)?;
+    Ok(pieces
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, &p)| acc | ((p as u64) << (16 * i))))
 }

@@ -7,7 +7,7 @@
 //! otherwise, saying why in the first log line.
 
 use frugal_model::config::Config;
-use frugal_model::device::DeviceModel;
+use frugal_model::device::{DeviceModel, MemoryFloor};
 use frugal_model::error::ModelError;
 use frugal_runtime::arena::{self, BufferRequest, Plan};
 use frugal_runtime::device::{cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
@@ -27,7 +27,7 @@ pub enum Target {
 ///
 /// # Errors
 /// A variable that is set but not a rank: every rank would otherwise open GPU 0.
-fn local_rank() -> Result<usize, String> {
+pub fn local_rank() -> Result<usize, String> {
     for var in ["LOCAL_RANK", "SLURM_LOCALID"] {
         if let Ok(value) = std::env::var(var) {
             return value.trim().parse().map_err(|_| {
@@ -154,8 +154,22 @@ pub enum MemoryError {
     Model(Box<ModelError>),
     /// The plan does not fit; the runtime's error names bytes and the largest batch.
     DoesNotFit(RuntimeError),
+    /// Even what is live at the loss (every layer's saved activations and the optimizer
+    /// state, counted by arithmetic) exceeds the memory, so the plan was not built.
+    /// `error` is the runtime's `OutOfMemory` with that floor as the bytes needed.
+    FloorDoesNotFit(Box<FloorRefusal>),
     /// Anything else the runtime reported (planning, the driver's memory query).
     Runtime(RuntimeError),
+}
+
+/// A batch refused by [`MemoryError::FloorDoesNotFit`].
+pub struct FloorRefusal {
+    /// What is live at the loss at that batch.
+    pub floor: MemoryFloor,
+    /// The batch.
+    pub batch: usize,
+    /// The runtime's `OutOfMemory`, the floor as the bytes needed.
+    pub error: RuntimeError,
 }
 
 impl MemoryError {
@@ -166,30 +180,40 @@ impl MemoryError {
                 "the device step cannot run this model: {e}; change the model, or train it with --device cpu"
             ),
             MemoryError::Runtime(e) => format!("memory plan: {e}"),
-            MemoryError::DoesNotFit(e) => {
-                let advice = match e {
-                    RuntimeError::OutOfMemory {
-                        largest_batch: Some(lb),
-                        ..
-                    } => {
-                        // Sequences per optimizer step now, and the accumulation
-                        // that keeps about as many at the smaller batch.
-                        let sequences = opts.batch * opts.grad_accum;
-                        let accum = ((sequences + lb / 2) / lb).max(1);
-                        let keep = if accum > opts.grad_accum {
-                            format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
-                        } else {
-                            String::new()
-                        };
-                        format!("run with --batch {lb}{keep}, or let --mem-target 0.9 pick the batch")
-                    }
-                    // Data parallelism replicates the whole step: more devices do not help.
-                    _ => "choose a smaller --model or a shorter --seq".to_string(),
-                };
-                format!("does not fit in device memory: {e}. Nothing was allocated; {advice}")
-            }
+            MemoryError::FloorDoesNotFit(refusal) => does_not_fit(
+                &refusal.error,
+                opts,
+                " (counting only what is live at the loss, every layer's saved activations and \
+                 the optimizer state; the whole step needs more)",
+            ),
+            MemoryError::DoesNotFit(e) => does_not_fit(e, opts, ""),
         }
     }
+}
+
+/// "does not fit in device memory", the runtime's numbers (`what_counts` says what they
+/// count), and what to run instead.
+fn does_not_fit(e: &RuntimeError, opts: &TrainOptions, what_counts: &str) -> String {
+    let advice = match e {
+        RuntimeError::OutOfMemory {
+            largest_batch: Some(lb),
+            ..
+        } => {
+            // Sequences per optimizer step now, and the accumulation
+            // that keeps about as many at the smaller batch.
+            let sequences = opts.batch * opts.grad_accum;
+            let accum = ((sequences + lb / 2) / lb).max(1);
+            let keep = if accum > opts.grad_accum {
+                format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
+            } else {
+                String::new()
+            };
+            format!("run with --batch {lb}{keep}, or let --mem-target 0.9 pick the batch")
+        }
+        // Data parallelism replicates the whole step: more devices do not help.
+        _ => "choose a smaller --model or a shorter --seq".to_string(),
+    };
+    format!("does not fit in device memory{what_counts}: {e}. Nothing was allocated; {advice}")
 }
 
 /// The step's buffers at `batch`; a model error is kept in `first_error` (the
@@ -210,14 +234,42 @@ fn requests_at(
     })
 }
 
+/// What is live at the loss at `batch`, by arithmetic over the layers.
+fn floor_at(opts: &TrainOptions, batch: usize) -> Result<MemoryFloor, MemoryError> {
+    let cfg = &opts.config;
+    DeviceModel::memory_floor(cfg, batch, cfg.seq_len, opts.step_options())
+        .map_err(|e| MemoryError::Model(Box::new(e)))
+}
+
+/// The largest batch in `1..=max_batch` whose floor fits in `available` (the floor grows
+/// with the batch), 0 when not even batch 1's does: no batch above it can fit.
+fn largest_floor_that_fits(
+    opts: &TrainOptions,
+    max_batch: usize,
+    available: u64,
+) -> Result<usize, MemoryError> {
+    let (mut lo, mut hi) = (0usize, max_batch + 1); // lo fits (0: nothing), hi does not
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if floor_at(opts, mid)?.bytes <= available {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 /// Plans the device step's memory: at `--batch`, or with `--mem-target F` at the
 /// largest micro-batch (up to [`MEM_TARGET_MAX_BATCH`]) whose plan fits in F
-/// of free memory. Nothing is allocated.
+/// of free memory. Nothing is allocated. A batch whose live set at the loss alone
+/// exceeds the memory is refused by arithmetic before any plan is built, so a model
+/// of any depth is answered at once.
 ///
 /// # Errors
-/// [`MemoryError::DoesNotFit`] naming bytes needed and available and the
-/// largest batch that fits; [`MemoryError::Model`] for a config the device
-/// step cannot run.
+/// [`MemoryError::DoesNotFit`] (or [`MemoryError::FloorDoesNotFit`]) naming bytes
+/// needed and available and the largest batch that fits; [`MemoryError::Model`] for a
+/// config the device step cannot run.
 pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, MemoryError> {
     let cfg = &opts.config;
     let mut model_error = None;
@@ -226,6 +278,39 @@ pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, M
         None => device.memory_info().map(|m| m.free),
     }
     .map_err(MemoryError::Runtime)?;
+    // The arithmetic floor first: what cannot fit is refused without planning it.
+    let asked = match opts.mem_target {
+        Some(_) => 1,
+        None => opts.batch,
+    };
+    let floor = floor_at(opts, asked)?;
+    if floor.bytes > available {
+        // For --batch, the largest smaller batch that fits, searched as the planner
+        // would (`plan_for_batch`), from below the largest batch whose floor fits.
+        let below = asked.saturating_sub(1);
+        let largest_batch = match largest_floor_that_fits(opts, below, available)? {
+            0 => None,
+            _ => arena::largest_batch_that_fits(below, available, |b| {
+                requests_at(cfg, opts, b, &mut model_error)
+            })
+            .ok()
+            .map(|(b, _)| b),
+        };
+        if let Some(e) = model_error {
+            return Err(MemoryError::Model(Box::new(e)));
+        }
+        let error = RuntimeError::OutOfMemory {
+            needed: floor.bytes,
+            available,
+            largest_batch,
+            batch: Some(asked),
+        };
+        return Err(MemoryError::FloorDoesNotFit(Box::new(FloorRefusal {
+            floor,
+            batch: asked,
+            error,
+        })));
+    }
     let result = match opts.mem_target {
         Some(_) => arena::largest_batch_that_fits(MEM_TARGET_MAX_BATCH, available, |b| {
             requests_at(cfg, opts, b, &mut model_error)
@@ -286,6 +371,29 @@ pub fn dry_run_memory(
                 gib(p.plan.peak_bytes),
                 gib(p.available)
             );
+        }
+        Err(e @ MemoryError::FloorDoesNotFit(refusal)) => {
+            let FloorRefusal { floor, batch, .. } = refusal.as_ref();
+            // The plan was not built: show what is live at the loss, by category.
+            s += &format!(
+                "at --batch {batch}, live at the loss alone (by arithmetic over the {} layers; \
+                 the whole plan was not built):\n",
+                opts.config.n_layers
+            );
+            for (category, bytes) in &floor.by_category {
+                s += &format!(
+                    "  {:<13}  {bytes:>20}  {:>11}\n",
+                    category.as_str(),
+                    gib(*bytes)
+                );
+            }
+            s += &format!(
+                "  {:<13}  {:>20}  {:>11}\n",
+                "at least",
+                floor.bytes,
+                gib(floor.bytes)
+            );
+            s += &format!("{}\n", e.message(opts));
         }
         Err(e) => {
             // Show the plan at the asked batch even when it does not fit.

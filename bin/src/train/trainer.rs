@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use frugal_model::data::{Dataset, Loader, Split};
-use frugal_model::init::init_params;
+use frugal_model::init::try_init_params;
 use frugal_model::schedule::CosineSchedule;
 use frugal_runtime::device::TimingSource;
 use frugal_runtime::nvtx;
@@ -28,9 +28,11 @@ use super::cost::{tokens_per_money, CostMeter, Price};
 use super::metrics::{duration, human, JsonObject, MetricsFile};
 use super::options::TrainOptions;
 use super::progress::{Progress, ProgressMode};
+use super::saver::{Saved, Saver};
+use super::signals;
 use super::snapshot;
 use super::sync::GradSync;
-use frugal_model::checkpoint::{Checkpoint, OptimizerState};
+use frugal_model::checkpoint::{Checkpoint, OptimizerState, Provenance};
 use frugal_model::rng::Rng;
 
 /// AdamW's constants (LLaMA's β2 = 0.95 suits short runs better than 0.999).
@@ -187,29 +189,55 @@ struct State {
 /// Failure while training: a message for the user (exit 1).
 pub type TrainError = String;
 
+/// Where training starts: the weights and optimizer state, and the loop's
+/// state. Built (and so checked) before anything in `--out` is touched.
+pub struct Start {
+    optim: OptimState,
+    state: State,
+}
+
+impl Start {
+    /// Steps completed before this run (the resumed checkpoint's step, or 0).
+    pub fn step(&self) -> usize {
+        self.state.steps_done
+    }
+}
+
+/// What the loop needs from the run around it.
+pub struct RunContext {
+    /// The background checkpoint writer (the leader's; `None` on other ranks).
+    pub saver: Option<Saver>,
+    /// This run's identity and settings, stamped on every checkpoint it writes.
+    pub provenance: Provenance,
+}
+
+/// How the loop ended.
+pub enum Outcome {
+    /// It reached its last step.
+    Completed(RunSummary),
+    /// A signal stopped it after a step, with a checkpoint of that step.
+    Stopped { summary: RunSummary, signal: i32 },
+}
+
 impl Trainer<'_> {
-    /// Runs the loop from a fresh start or from `resume_from`, then prints the summary.
+    /// Builds the starting point from a fresh start or from `resume_from`:
+    /// the initial weights, or the checkpoint's weights with the data order
+    /// restored. Touches no file.
     ///
     /// # Errors
-    /// Data, model, checkpoint or metrics-file failures, and a non-finite loss.
-    pub fn run(
-        mut self,
-        resume_from: Option<Checkpoint>,
-        metrics: &mut Option<MetricsFile>,
-    ) -> Result<RunSummary, TrainError> {
+    /// The data order cannot be restored, or the state does not fit the model.
+    pub fn start(&self, resume_from: Option<Checkpoint>) -> Result<Start, TrainError> {
         let opts = self.opts;
         let cfg = &opts.config;
-        let (b, t, k) = (opts.batch, cfg.seq_len, opts.grad_accum);
-        let world = self.devices.world;
-        let rank = self.devices.rank;
-
+        let b = opts.batch;
+        let (world, rank) = (self.devices.world, self.devices.rank);
         let mut loader = self
             .dataset
-            .loader(Split::Train, b, t, rank, world, opts.seed)
+            .loader(Split::Train, b, cfg.seq_len, rank, world, opts.seed)
             .map_err(|e| format!("training data: {e}"))?;
-        let (mut start, mut state) = match resume_from {
+        let (optim, state) = match resume_from {
             None => (
-                OptimState::fresh(init_params(cfg, opts.seed)),
+                OptimState::fresh(try_init_params(cfg, opts.seed).map_err(|e| e.to_string())?)?,
                 State {
                     loader,
                     steps_done: 0,
@@ -252,21 +280,44 @@ impl Trainer<'_> {
                 )
             }
         };
+        check_lengths(&optim, cfg.param_count())?;
+        if state.steps_done >= opts.steps {
+            return Err(format!(
+                "the checkpoint is at step {}, and --steps is {}: nothing left to train; raise --steps",
+                state.steps_done, opts.steps
+            ));
+        }
+        Ok(Start { optim, state })
+    }
+
+    /// Runs the loop from `start`; returns how it ended.
+    ///
+    /// # Errors
+    /// Data, model, checkpoint or metrics-file failures, and a non-finite loss.
+    pub fn run(
+        mut self,
+        start: Start,
+        ctx: &mut RunContext,
+        metrics: &mut Option<MetricsFile>,
+    ) -> Result<Outcome, TrainError> {
+        let opts = self.opts;
+        let cfg = &opts.config;
+        let (b, t, k) = (opts.batch, cfg.seq_len, opts.grad_accum);
+        let world = self.devices.world;
+        let rank = self.devices.rank;
+        let Start {
+            optim: mut start,
+            mut state,
+        } = start;
         check_lengths(&start, cfg.param_count())?;
-        // Every rank starts from rank 0's weights (identical already when all
+        // (That every rank starts at rank 0's step was agreed before `--out`
+        // was touched.) Every rank starts from rank 0's weights (identical already when all
         // came from one seed or one checkpoint; this makes it a fact).
-        self.sync.agree_on_step(state.steps_done as u64)?;
         self.sync.broadcast_params(&mut start.params)?;
         self.backend.load(start)?;
         // Rank 0 speaks for the job: log lines, metrics and checkpoints.
         let leader = rank == 0;
         let first_step = state.steps_done;
-        if first_step >= opts.steps {
-            return Err(format!(
-                "the checkpoint is at step {first_step}, and --steps is {}: nothing left to train; raise --steps",
-                opts.steps
-            ));
-        }
         let last_step = match opts.stop_after {
             Some(s) => (first_step + s).min(opts.steps),
             None => opts.steps,
@@ -303,6 +354,7 @@ impl Trainer<'_> {
         let mut last_loss = None;
         let mut measured_tokens = 0u64;
         let mut measured_s = 0.0f64;
+        let mut last_stopped: Option<(usize, i32)> = None;
 
         for step in first_step..last_step {
             // Step numbers in logs and in --profile-steps are 1-based.
@@ -333,6 +385,11 @@ impl Trainer<'_> {
                     .forward_backward(&inputs, &targets, 1.0 / k as f32, hand_over)
                     .map_err(|e| format!("step {number}: {e}"))?;
                 loss_sum += loss;
+            }
+            // A signal asks to stop: the request rides with this step's loss,
+            // so every rank stops after the same step.
+            if let Some(sig) = signals::pending() {
+                self.sync.request_stop(sig);
             }
             // The one place the ranks meet: gradients and loss averaged over them.
             let (loss, comm) = {
@@ -403,8 +460,10 @@ impl Trainer<'_> {
             }
 
             let done = step + 1;
-            let is_last = done == last_step;
-            if (opts.val_every > 0 && done % opts.val_every == 0) || is_last {
+            let stop = self.sync.stop_agreed();
+            let is_last = done == last_step || stop.is_some();
+            // A stop skips validation: the instance may have seconds left.
+            if stop.is_none() && ((opts.val_every > 0 && done % opts.val_every == 0) || is_last) {
                 progress.draw(done, "validating");
                 let val = {
                     let _validation = nvtx::range("validation");
@@ -433,50 +492,93 @@ impl Trainer<'_> {
                     m.write(&obj)?;
                 }
             }
-            if leader && ((opts.ckpt_every > 0 && done % opts.ckpt_every == 0) || is_last) {
+            if (opts.ckpt_every > 0 && done % opts.ckpt_every == 0) || is_last {
                 progress.draw(done, "checkpointing");
                 let _checkpoint = nvtx::range("checkpoint");
-                let saved = self.backend.state()?;
-                let ck = Checkpoint {
-                    config: cfg.clone(),
-                    world_size: world,
-                    step: done as u64,
-                    seed: opts.seed,
-                    params: saved.params,
-                    optimizer: OptimizerState {
-                        beta1: BETA1,
-                        beta2: BETA2,
-                        eps: ADAM_EPS,
-                        weight_decay: opts.weight_decay as f32,
-                        step: saved.step,
-                        m: saved.m,
-                        v: saved.v,
-                    },
-                    schedule: schedule.clone(),
-                    loader: state.loader.state(),
-                    // Nothing draws from an RNG during training; the state is
-                    // stored so a future use (dropout, sampling) resumes exactly.
-                    rng: Rng::new(opts.seed).state(),
-                    usd_spent: meter.spent_for_checkpoint(),
-                    tokens_seen: state.tokens_before + (done - first_step) as u64 * tokens_per_step,
-                    wall_seconds: state.wall_before + meter.elapsed_s(),
-                    best_val_loss: state.best_val_loss,
-                };
-                let path = snapshot::save(opts, &ck)?;
+                let stall = Instant::now();
+                // One save in flight at most: every rank waits together (in
+                // short rounds) until the leader's previous save is on disk.
+                wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
+                if let Some(saver) = ctx.saver.as_mut() {
+                    let mut saved = saver.take_spare();
+                    let waited_ms = stall.elapsed().as_secs_f64() * 1e3;
+                    self.backend.state_into(&mut saved)?;
+                    let ck = Checkpoint {
+                        config: cfg.clone(),
+                        world_size: world,
+                        step: done as u64,
+                        seed: opts.seed,
+                        params: saved.params,
+                        optimizer: OptimizerState {
+                            beta1: BETA1,
+                            beta2: BETA2,
+                            eps: ADAM_EPS,
+                            weight_decay: opts.weight_decay as f32,
+                            step: saved.step,
+                            m: saved.m,
+                            v: saved.v,
+                        },
+                        schedule: schedule.clone(),
+                        loader: state.loader.state(),
+                        // Nothing draws from an RNG during training; the state is
+                        // stored so a future use (dropout, sampling) resumes exactly.
+                        rng: Rng::new(opts.seed).state(),
+                        usd_spent: meter.spent_for_checkpoint(),
+                        tokens_seen: state.tokens_before
+                            + (done - first_step) as u64 * tokens_per_step,
+                        wall_seconds: state.wall_before + meter.elapsed_s(),
+                        best_val_loss: state.best_val_loss,
+                        provenance: ctx.provenance.clone(),
+                    };
+                    saver.submit(ck)?;
+                    let stall_ms = stall.elapsed().as_secs_f64() * 1e3;
+                    progress.clear();
+                    say!(
+                        "step {done}: saving checkpoint {} in the background (the step waited {stall_ms:.0} ms: \
+                         {waited_ms:.0} for the previous save, the rest copying the snapshot)",
+                        snapshot::path_of(opts, done as u64).display()
+                    );
+                    if let Some(m) = metrics.as_mut() {
+                        let obj = JsonObject::new()
+                            .uint("step", done as u64)
+                            .boolean("checkpoint", true)
+                            .num("ckpt_stall_ms", stall_ms)
+                            .num("ckpt_wait_previous_ms", waited_ms);
+                        m.write(&obj)?;
+                    }
+                }
+            }
+            if let Some(s) = ctx.saver.as_mut() {
+                if let Some(saved) = s.wait(std::time::Duration::ZERO)? {
+                    progress.clear();
+                    report_saved(&saved, metrics)?;
+                }
+            }
+            if let Some(signal) = stop {
                 progress.clear();
-                say!("step {done}: checkpoint {}", path.display());
+                // Every rank stays until the leader's checkpoint of this step is
+                // on disk: a launcher that sees one rank exit may stop the rest.
+                wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
+                last_stopped = Some((done, signal));
+                break;
             }
             progress.draw(done, &format!("loss {loss:.4}"));
         }
         progress.clear();
+        if let Some(s) = ctx.saver.as_mut() {
+            if let Some(saved) = s.finish()? {
+                report_saved(&saved, metrics)?;
+            }
+        }
 
+        let last_step = last_stopped.map_or(last_step, |(done, _)| done);
         let steps_this_run = last_step - first_step;
         let tokens_per_s = if measured_s > 0.0 {
             Some(measured_tokens as f64 / measured_s)
         } else {
             None
         };
-        Ok(RunSummary {
+        let summary = RunSummary {
             steps_done: last_step,
             steps_this_run,
             tokens: state.tokens_before + steps_this_run as u64 * tokens_per_step,
@@ -490,8 +592,61 @@ impl Trainer<'_> {
             best_val_loss: state.best_val_loss,
             loss_floor: self.dataset.loss_floor_nats(),
             timing: self.devices.timing,
+        };
+        Ok(match last_stopped {
+            Some((_, signal)) => Outcome::Stopped { summary, signal },
+            None => Outcome::Completed(summary),
         })
     }
+}
+
+/// Holds every rank until the leader's save in flight (if any) is on disk,
+/// reporting it when it lands. `saver` is `None` on the other ranks.
+fn wait_for_save(
+    sync: &mut GradSync,
+    saver: &mut Option<Saver>,
+    metrics: &mut Option<MetricsFile>,
+) -> Result<(), TrainError> {
+    sync.hold_until(|limit| match saver.as_mut() {
+        Some(s) => {
+            if let Some(saved) = s.wait(limit)? {
+                report_saved(&saved, metrics)?;
+            }
+            Ok(!s.busy())
+        }
+        None => Ok(true),
+    })
+}
+
+/// Says (and records in the metrics file) that a background save finished.
+fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), TrainError> {
+    say!(
+        "step {}: checkpoint {} written ({} in {:.2} s)",
+        saved.step,
+        saved.path.display(),
+        super::run_dir::size(saved.bytes),
+        saved.write_s
+    );
+    if !saved.deleted.is_empty() {
+        let names: Vec<String> = saved
+            .deleted
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        say!("  --keep: deleted {} of this run", names.join(", "));
+    }
+    for w in &saved.warnings {
+        say!("warning: {w}");
+    }
+    if let Some(m) = metrics.as_mut() {
+        let obj = JsonObject::new()
+            .uint("step", saved.step)
+            .string("checkpoint_written", &saved.path.display().to_string())
+            .uint("ckpt_bytes", saved.bytes)
+            .num("ckpt_write_s", saved.write_s);
+        m.write(&obj)?;
+    }
+    Ok(())
 }
 
 /// Mean loss over `batches` validation batches, always the same windows

@@ -99,6 +99,15 @@ pub fn metrics_lines(path: &Path) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// The step numbers of a metrics file's step objects, in file order.
+pub fn step_numbers(path: &Path) -> Vec<u64> {
+    metrics_lines(path)
+        .iter()
+        .filter(|l| l.contains_key("loss"))
+        .map(|l| l["step"].parse().unwrap())
+        .collect()
+}
+
 /// The losses of a metrics file's step objects, as written (bit-exact text).
 pub fn losses(path: &Path) -> Vec<(String, String)> {
     metrics_lines(path)

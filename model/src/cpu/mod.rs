@@ -29,7 +29,7 @@ pub mod swiglu;
 
 use std::ops::Range;
 
-use crate::config::{Config, LayerTensor, ParamLayout};
+use crate::config::{Config, ConfigError, LayerTensor, ParamLayout};
 use crate::error::TokenRole;
 use crate::{ModelError, IGNORE_INDEX};
 use attention::AttnDims;
@@ -121,7 +121,9 @@ impl CpuModel {
     /// tokens, computed with `threads` threads (0 is taken as 1).
     ///
     /// # Errors
-    /// [`ModelError::Config`] when `cfg` does not validate;
+    /// [`ModelError::Config`] when `cfg` does not validate, or
+    /// ([`ConfigError::HostMemory`]) when the host cannot allocate a buffer: the error
+    /// names its bytes, where Rust would otherwise abort;
     /// [`ModelError::ShapeMismatch`] when `batch` or `seq` is 0.
     pub fn new(
         cfg: &Config,
@@ -144,40 +146,55 @@ impl CpuModel {
                 found: 0,
             });
         }
+        // Past this check no element count below overflows: each is at most the total.
+        let total = Self::activation_bytes_for(cfg, batch, seq);
+        if total == usize::MAX {
+            return Err(host_memory("the CPU model's activations", total));
+        }
         let n = batch * seq;
         let (c, kv, f, v) = (cfg.dim, cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
-        let z = |len: usize| vec![0.0f32; len];
-        let layers = (0..cfg.n_layers)
-            .map(|_| LayerActs {
-                x_in: z(n * c),
-                a: z(n * c),
-                rstd1: z(n),
-                q: z(n * c),
-                k: z(n * kv),
-                v: z(n * kv),
-                lse: z(batch * cfg.n_heads * seq),
-                o: z(n * c),
-                x_mid: z(n * c),
-                m: z(n * c),
-                rstd2: z(n),
-                gate: z(n * f),
-                up: z(n * f),
-            })
-            .collect();
+        let lse = batch * cfg.n_heads * seq;
+        let mut layers = Vec::new();
+        layers.try_reserve_exact(cfg.n_layers).map_err(|_| {
+            let bytes = cfg
+                .n_layers
+                .saturating_mul(std::mem::size_of::<LayerActs>());
+            host_memory("the CPU model's list of layers", bytes)
+        })?;
+        for l in 0..cfg.n_layers {
+            let z = |len: usize| zeroed(len, || format!("layer {l}'s saved activations"));
+            layers.push(LayerActs {
+                x_in: z(n * c)?,
+                a: z(n * c)?,
+                rstd1: z(n)?,
+                q: z(n * c)?,
+                k: z(n * kv)?,
+                v: z(n * kv)?,
+                lse: z(lse)?,
+                o: z(n * c)?,
+                x_mid: z(n * c)?,
+                m: z(n * c)?,
+                rstd2: z(n)?,
+                gate: z(n * f)?,
+                up: z(n * f)?,
+            });
+        }
+        let z = |len: usize| zeroed(len, || "the backward's scratch buffers".to_string());
         let scratch = Scratch {
-            dx: z(n * c),
-            dx_mid: z(n * c),
-            dnorm: z(n * c),
-            dout: z(n * c),
-            dq: z(n * c),
-            dk: z(n * kv),
-            dv: z(n * kv),
-            act: z(n * f),
-            dact: z(n * f),
-            dgate: z(n * f),
-            dup: z(n * f),
-            dlogits: z(n * v),
+            dx: z(n * c)?,
+            dx_mid: z(n * c)?,
+            dnorm: z(n * c)?,
+            dout: z(n * c)?,
+            dq: z(n * c)?,
+            dk: z(n * kv)?,
+            dv: z(n * kv)?,
+            act: z(n * f)?,
+            dact: z(n * f)?,
+            dgate: z(n * f)?,
+            dup: z(n * f)?,
+            dlogits: z(n * v)?,
         };
+        let z = |len: usize| zeroed(len, || "the final norm's output and the logits".to_string());
         Ok(CpuModel {
             cfg: cfg.clone(),
             layout: ParamLayout::new(cfg),
@@ -186,11 +203,11 @@ impl CpuModel {
             threads: threads.max(1),
             rope: rope::RopeTable::new(seq, cfg.head_dim(), cfg.rope_theta),
             layers,
-            x_final: z(n * c),
-            xf: z(n * c),
-            rstd_f: z(n),
-            logits: z(n * v),
-            row_loss: z(n),
+            x_final: z(n * c)?,
+            xf: z(n * c)?,
+            rstd_f: z(n)?,
+            logits: z(n * v)?,
+            row_loss: z(n)?,
             scratch,
         })
     }
@@ -222,6 +239,34 @@ impl CpuModel {
             + self.logits.len()
             + self.row_loss.len();
         4 * (l.len() * per_layer + scratch + top)
+    }
+
+    /// [`CpuModel::activation_bytes`] of a model that [`CpuModel::new`] would size for
+    /// `cfg` at (`batch`, `seq`), by arithmetic: nothing is allocated, so a fit check or
+    /// a dry run answers any configuration at once. Saturates at `usize::MAX`.
+    ///
+    /// Per layer (N = B·T): 6·N·C (x_in, a, q, o, x_mid, m) + 2·N·KV (k, v) + 2·N (the
+    /// norms' 1/rms) + B·NH·T (lse) + 2·N·F (gate, up); the backward's scratch 5·N·C +
+    /// 2·N·KV + 4·N·F + N·V; after the last layer 2·N·C + 2·N + N·V; 4 bytes each.
+    pub fn activation_bytes_for(cfg: &Config, batch: usize, seq: usize) -> usize {
+        let n = batch as u128 * seq as u128;
+        let (c, kv, f, v) = (
+            cfg.dim as u128,
+            cfg.kv_dim() as u128,
+            cfg.ffn_dim as u128,
+            cfg.vocab_size as u128,
+        );
+        let lse = batch as u128 * cfg.n_heads as u128 * seq as u128;
+        let per_layer = n
+            .saturating_mul(6 * c + 2 * kv + 2 + 2 * f)
+            .saturating_add(lse);
+        let scratch = n.saturating_mul(5 * c + 2 * kv + 4 * f + v);
+        let top = n.saturating_mul(2 * c + 2 + v);
+        let floats = (cfg.n_layers as u128)
+            .saturating_mul(per_layer)
+            .saturating_add(scratch)
+            .saturating_add(top);
+        usize::try_from(floats.saturating_mul(4)).unwrap_or(usize::MAX)
     }
 
     /// (B, T, V) logits of the last forward.
@@ -669,6 +714,31 @@ impl CpuModel {
     }
 }
 
+/// The error for a host buffer of `bytes` (for `what`) that could not be allocated.
+pub(crate) fn host_memory(what: &str, bytes: usize) -> ModelError {
+    ModelError::Config(ConfigError::HostMemory {
+        what: what.to_string(),
+        bytes: bytes as u64,
+    })
+}
+
+/// `len` zeroed f32, or an error naming the bytes and `what()` they were for (never the
+/// abort of a failed `vec!`): the sizes come from the user's config, batch and sequence.
+pub(crate) fn zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Vec<f32>, ModelError> {
+    frugal_runtime::host::try_zeroed_vec(len, "").map_err(|e| match e {
+        frugal_runtime::RuntimeError::HostOutOfMemory { bytes, .. } => {
+            ModelError::Config(ConfigError::HostMemory {
+                what: what(),
+                bytes,
+            })
+        }
+        other => ModelError::Device {
+            what: what(),
+            source: Box::new(other),
+        },
+    })
+}
+
 /// Checks one micro-batch's tokens, (B, T) each: both lengths B·T, every input below
 /// `vocab_size`, every target below it or [`IGNORE_INDEX`]. The CPU and device steps share it.
 ///
@@ -711,4 +781,67 @@ pub(crate) fn check_tokens(
         return Err(out_of_range(TokenRole::Target, i, targets[i]));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(layers: usize, dim: usize, heads: usize, kv: usize, ffn: usize) -> Config {
+        Config {
+            vocab_size: 97,
+            dim,
+            n_layers: layers,
+            n_heads: heads,
+            n_kv_heads: kv,
+            ffn_dim: ffn,
+            seq_len: 16,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        }
+    }
+
+    #[test]
+    fn activation_bytes_by_arithmetic_are_the_models() {
+        for (cfg, batch, seq) in [
+            (config(1, 8, 2, 2, 12), 1, 1),
+            (config(2, 64, 2, 1, 172), 4, 32),
+            (config(3, 32, 4, 2, 40), 3, 7),
+            (config(1, 16, 1, 1, 24), 2, 16),
+        ] {
+            let model = CpuModel::new(&cfg, batch, seq, 1).unwrap();
+            assert_eq!(
+                CpuModel::activation_bytes_for(&cfg, batch, seq),
+                model.activation_bytes(),
+                "{cfg:?} B={batch} T={seq}"
+            );
+        }
+        // Any size is answered, saturating instead of overflowing.
+        let huge = config(1 << 20, 1 << 20, 1, 1, 1 << 20);
+        assert_eq!(
+            CpuModel::activation_bytes_for(&huge, usize::MAX, 1 << 20),
+            usize::MAX
+        );
+    }
+
+    #[test]
+    fn a_model_the_host_cannot_hold_is_an_error_naming_its_bytes() {
+        // Sized past any address space: refused before anything is allocated.
+        let cfg = config(1 << 20, 1 << 20, 1, 1, 1 << 20);
+        match CpuModel::new(&cfg, 1 << 20, 1 << 20, 1) {
+            Err(e @ ModelError::Config(ConfigError::HostMemory { .. })) => {
+                assert!(e.to_string().contains("bytes"), "{e}")
+            }
+            other => panic!("expected a host-memory error, got {:?}", other.err()),
+        }
+        match zeroed(1 << 61, || "a test buffer".into()) {
+            Err(ModelError::Config(ConfigError::HostMemory { what, bytes })) => {
+                assert_eq!((what.as_str(), bytes), ("a test buffer", 1 << 63))
+            }
+            other => panic!(
+                "expected a host-memory error, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
 }

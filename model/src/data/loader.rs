@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::{Inner, Split};
+use super::{windows_per_source, Inner, Split};
 use crate::error::ModelError;
 use crate::rng::Rng;
 
@@ -61,6 +61,9 @@ pub struct Loader {
     /// The epoch whose order `order` holds.
     order_epoch: Option<u64>,
     order: Vec<u32>,
+    /// One window's T + 1 tokens, and the file bytes they are read from.
+    window_tokens: Vec<u32>,
+    window_bytes: Vec<u8>,
 }
 
 impl Loader {
@@ -85,15 +88,12 @@ impl Loader {
         }
         let mut segments = Vec::new();
         let mut n_windows = 0u64;
-        for (i, src) in data.sources.iter().enumerate() {
-            let r = src.range(split);
-            let w = if r.len() > seq {
-                ((r.len() - 1) / seq) as u64
-            } else {
-                0
-            };
+        for (i, w) in windows_per_source(&data, split, seq)
+            .into_iter()
+            .enumerate()
+        {
             if w > 0 {
-                segments.push((n_windows, i, r.start));
+                segments.push((n_windows, i, data.sources[i].range(split).start));
                 n_windows += w;
             }
         }
@@ -137,6 +137,8 @@ impl Loader {
             consumed: 0,
             order_epoch: None,
             order: Vec::new(),
+            window_tokens: vec![0; seq + 1],
+            window_bytes: Vec::new(),
         })
     }
 
@@ -145,7 +147,10 @@ impl Loader {
     /// `inputs[b·T + t]`. Advances the global position by world·B.
     ///
     /// # Errors
-    /// [`ModelError::ShapeMismatch`] when a buffer is not B·T long.
+    /// [`ModelError::ShapeMismatch`] when a buffer is not B·T long;
+    /// [`ModelError::DataFileShrunk`] when a data file was truncated since it
+    /// was opened, [`ModelError::Io`] when it cannot be read (both name the
+    /// file). The position does not advance on an error.
     pub fn next_batch(
         &mut self,
         inputs: &mut [u32],
@@ -164,9 +169,15 @@ impl Loader {
         let first = self.consumed + (self.rank * b) as u64;
         for row in 0..b {
             let (src, start) = self.window(first + row as u64);
-            let tokens = &self.data.sources[src].tokens;
-            tokens.copy_to(start, &mut inputs[row * t..(row + 1) * t]);
-            tokens.copy_to(start + 1, &mut targets[row * t..(row + 1) * t]);
+            // One read per window: its T + 1 tokens are the row's inputs and,
+            // shifted by one, its targets.
+            self.data.sources[src].tokens.read_to(
+                start,
+                &mut self.window_tokens,
+                &mut self.window_bytes,
+            )?;
+            inputs[row * t..(row + 1) * t].copy_from_slice(&self.window_tokens[..t]);
+            targets[row * t..(row + 1) * t].copy_from_slice(&self.window_tokens[1..]);
         }
         self.consumed += (self.world * b) as u64;
         Ok(())

@@ -1,13 +1,13 @@
 //! llm.c token shards: a header of 256 little-endian int32 (magic 20240520,
 //! version 1, token count N, the rest unused), then N little-endian uint16
-//! tokens. Read through a memory map: opening costs one pass over the tokens
-//! (checking every id against V), a batch costs a copy of its windows.
+//! tokens. Opening costs one pass over the tokens (checking every id against
+//! V); a batch costs one positioned read per window.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{val_tokens, Source, Tokens};
+use super::{read_at, val_tokens, Source, TokenWidth, Tokens};
 use crate::error::ModelError;
 
 /// The first int32 of every shard.
@@ -53,6 +53,13 @@ pub fn looks_like_shard(path: &Path) -> Result<bool, ModelError> {
 /// [`ModelError::ShardTooShort`], [`ModelError::ShardMagic`],
 /// [`ModelError::ShardVersion`], [`ModelError::ShardLength`].
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<usize, ModelError> {
+    let head = &bytes[..bytes.len().min(HEADER_BYTES)];
+    check_header(path, head, bytes.len() as u64)
+}
+
+/// As [`parse_header`], given the file's first `min(1024, file_bytes)` bytes
+/// and its length, so the tokens need not be in memory.
+fn check_header(path: &Path, bytes: &[u8], file_bytes: u64) -> Result<usize, ModelError> {
     let int = |i: usize| {
         i32::from_le_bytes([
             bytes[4 * i],
@@ -61,7 +68,6 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<usize, ModelError> {
             bytes[4 * i + 3],
         ])
     };
-    let file_bytes = bytes.len() as u64;
     if bytes.len() >= 4 && int(0) != MAGIC {
         return Err(ModelError::ShardMagic {
             path: path.to_path_buf(),
@@ -122,59 +128,88 @@ pub fn find_out_of_range(bytes: &[u8], vocab_size: usize) -> Option<(usize, u32)
     None
 }
 
-/// Opens, checks and maps one shard; its tail ([`super::VAL_FRACTION`]) is
-/// validation until the caller decides the split by file names.
+/// Bytes read per call while checking a shard's tokens (even: whole tokens).
+const SCAN_BYTES: usize = 1 << 20;
+
+/// Opens and checks one shard and keeps it open for reading windows; its tail
+/// ([`super::VAL_FRACTION`]) is validation until the caller decides the split
+/// by file names.
 ///
 /// # Errors
-/// As [`parse_header`], plus [`ModelError::Io`] and
-/// [`ModelError::DataTokenOutOfRange`] (byte offset in the file).
+/// As [`parse_header`], plus [`ModelError::Io`],
+/// [`ModelError::DataFileShrunk`] and [`ModelError::DataTokenOutOfRange`]
+/// (byte offset in the file).
 pub(crate) fn open(path: &Path, vocab_size: usize) -> Result<Source, ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len < HEADER_BYTES as u64 {
-        // Too short to map usefully (and an empty file cannot be mapped everywhere).
-        let mut bytes = Vec::with_capacity(len as usize);
-        (&file)
-            .take(HEADER_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        parse_header(path, &bytes)?;
-    }
-    // SAFETY: the map is read-only and frugal never writes a shard it reads.
-    // Another process truncating or rewriting the file while it is mapped is
-    // outside what frugal supports (as for every memory-mapped data loader).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    let count = parse_header(path, &map)?;
-    if let Some((off, token)) = find_out_of_range(&map[HEADER_BYTES..], vocab_size) {
-        // Only on failure: one more pass for the largest token, so the message
-        // names a vocabulary that fits the whole file, not just this token.
-        let max_token = map[HEADER_BYTES..]
-            .chunks_exact(2)
-            .map(|p| u16::from_le_bytes([p[0], p[1]]) as u32)
-            .max()
-            .unwrap_or(token);
-        return Err(ModelError::DataTokenOutOfRange {
-            path: path.to_path_buf(),
-            offset: (HEADER_BYTES + off) as u64,
-            token,
-            vocab_size,
-            max_token,
-        });
-    }
+    let file_bytes = file.metadata().map_err(io)?.len();
+    let mut head = vec![0u8; file_bytes.min(HEADER_BYTES as u64) as usize];
+    read_at(&file, path, 0, &mut head, file_bytes)?;
+    let count = check_header(path, &head, file_bytes)?;
+    check_tokens(&file, path, file_bytes, vocab_size)?;
     let val = val_tokens(count);
     Ok(Source {
-        tokens: Tokens::ShardU16 {
-            map,
-            offset: HEADER_BYTES,
+        tokens: Tokens::File {
+            file,
+            path: path.to_path_buf(),
+            offset: HEADER_BYTES as u64,
+            width: TokenWidth::U16,
             len: count,
+            file_bytes,
         },
         train: 0..count - val,
         val: count - val..count,
     })
+}
+
+/// Reads every token of a shard whose header was checked, in blocks of
+/// [`SCAN_BYTES`], and fails on the first not below `vocab_size`.
+///
+/// # Errors
+/// [`ModelError::DataTokenOutOfRange`] with the token's byte offset in the file
+/// and the file's largest token; the read errors of [`read_at`].
+fn check_tokens(
+    file: &File,
+    path: &Path,
+    file_bytes: u64,
+    vocab_size: usize,
+) -> Result<(), ModelError> {
+    let mut buf = vec![0u8; SCAN_BYTES.min(file_bytes as usize)];
+    let mut bad: Option<(u64, u32)> = None;
+    let mut max_token = 0u32;
+    let mut at = HEADER_BYTES as u64;
+    while at < file_bytes {
+        let block = &mut buf[..(file_bytes - at).min(SCAN_BYTES as u64) as usize];
+        read_at(file, path, at, block, file_bytes)?;
+        if bad.is_none() {
+            bad = find_out_of_range(block, vocab_size).map(|(off, t)| (at + off as u64, t));
+        }
+        if bad.is_some() {
+            // Only on failure: the largest token from here on (every earlier
+            // one is below the bad one), so the message names a vocabulary
+            // that fits the whole file, not just this token.
+            let block_max = block
+                .chunks_exact(2)
+                .map(|p| u16::from_le_bytes([p[0], p[1]]) as u32)
+                .max()
+                .unwrap_or(0);
+            max_token = max_token.max(block_max);
+        }
+        at += block.len() as u64;
+    }
+    match bad {
+        None => Ok(()),
+        Some((offset, token)) => Err(ModelError::DataTokenOutOfRange {
+            path: path.to_path_buf(),
+            offset,
+            token,
+            vocab_size,
+            max_token,
+        }),
+    }
 }
 
 /// The bytes of a shard holding `tokens`.

@@ -1,11 +1,11 @@
-//! Plain text as byte-level tokens: token = byte value, so V ≥ 256. The file is
-//! memory-mapped; its last [`super::VAL_FRACTION`] is validation.
+//! Plain text as byte-level tokens: token = byte value, so V ≥ 256. The file
+//! stays open and windows are read from it as needed; its last
+//! [`super::VAL_FRACTION`] is validation.
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 
-use super::{val_tokens, Source, Tokens};
+use super::{val_tokens, Source, TokenWidth, Tokens};
 use crate::error::ModelError;
 
 /// Byte-level tokens need ids 0..=255.
@@ -31,20 +31,18 @@ pub(crate) fn open(path: &Path, vocab_size: usize) -> Result<Source, ModelError>
         source,
     };
     let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len() as usize;
-    let tokens = if len == 0 {
-        // An empty file cannot be mapped on every platform; it holds no tokens anyway.
-        Tokens::Owned(Arc::new(Vec::new()))
-    } else {
-        // SAFETY: the map is read-only and frugal never writes a file it reads;
-        // another process rewriting it during training is unsupported.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Tokens::Bytes { map }
-    };
-    let n = tokens.len();
+    let file_bytes = file.metadata().map_err(io)?.len();
+    let n = file_bytes as usize;
     let val = val_tokens(n);
     Ok(Source {
-        tokens,
+        tokens: Tokens::File {
+            file,
+            path: path.to_path_buf(),
+            offset: 0,
+            width: TokenWidth::Byte,
+            len: n,
+            file_bytes,
+        },
         train: 0..n - val,
         val: n - val..n,
     })

@@ -51,7 +51,9 @@
 //! probabilities, B·NH·T·T bf16 per layer; the atomic dQ mode a B·T·NH·HS f32 accumulator
 //! per layer, a workspace of the attention backward only). [`DeviceModel::new`] refuses a
 //! plan that does not fit the device before allocating anything (the runtime's
-//! `OutOfMemory`).
+//! `OutOfMemory`). [`DeviceModel::memory_floor`] bounds the plan's peak from below without
+//! building the step, for a model of any depth; the step itself is built for at most
+//! 1024 layers.
 //!
 //! # Overlap
 //! `on_ready` gets each finished range as soon as its backward is done, copied to the host
@@ -66,14 +68,14 @@ use std::ops::Range;
 
 pub use frugal_ptx::flash::DqMode;
 use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
-use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Plan};
+use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Category, Plan};
 use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, KernelArg};
 use frugal_runtime::nvtx;
 pub use frugal_runtime::step_memory::Attention;
 
-use crate::config::{Config, ParamLayout};
+use crate::config::{Config, ParamKind, ParamLayout};
 use crate::error::ModelError;
 use program::{At, Ids, OpKind, Program, Shape};
 
@@ -124,6 +126,17 @@ impl Default for StepOptions {
     fn default() -> StepOptions {
         StepOptions::deterministic(Attention::Flash)
     }
+}
+
+/// A lower bound of the step's arena peak, by arithmetic over the layers (see
+/// [`DeviceModel::memory_floor`]): what is live at the loss, by category.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryFloor {
+    /// Bytes live at the loss per category, in [`Category::ALL`] order, leaving out
+    /// categories with none.
+    pub by_category: Vec<(Category, u64)>,
+    /// Their sum: no plan of the step needs less.
+    pub bytes: u64,
 }
 
 /// The matmul dispatch architecture assumed by [`DeviceModel::requests`] (which has no
@@ -192,6 +205,16 @@ fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeErr
     }
 }
 
+/// `len` zeroed host elements for `what`, or an error naming the bytes (not an abort).
+fn host_vec<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, ModelError> {
+    frugal_runtime::host::try_zeroed_vec(len, what).map_err(|e| match e {
+        frugal_runtime::RuntimeError::HostOutOfMemory { what, bytes } => {
+            ModelError::Config(crate::config::ConfigError::HostMemory { what, bytes })
+        }
+        other => device_err(what)(other),
+    })
+}
+
 fn kernel_err(what: impl Into<String>) -> impl FnOnce(frugal_ptx::error::PtxError) -> ModelError {
     let what = what.into();
     move |source| ModelError::Kernel {
@@ -233,6 +256,56 @@ impl DeviceModel {
     ) -> Result<Vec<BufferRequest>, ModelError> {
         let prog = program::build(cfg, Shape { b: batch, t: seq }, options, PLANNING_ARCH)?;
         Ok(prog.requests())
+    }
+
+    /// A lower bound of the arena peak of the step [`DeviceModel::requests_with`] lists,
+    /// without building it: the bytes live at the loss (every layer's saved activations,
+    /// the weights, master weights, gradients and moments, the logits), which no plan can
+    /// go below. Layers are alike, so that live set grows by the same bytes per layer: it is
+    /// read off the programs of two and three layers and extended to L, and a model of any
+    /// depth is answered in milliseconds, with nothing per layer or per parameter sized.
+    /// (For L <= 3 it is the real program's.) A fit check refuses with it what cannot fit
+    /// before planning (or allocating) anything.
+    ///
+    /// # Errors
+    /// As [`DeviceModel::requests_with`].
+    pub fn memory_floor(
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        options: StepOptions,
+    ) -> Result<MemoryFloor, ModelError> {
+        cfg.validate()?;
+        let live = |layers: usize| -> Result<[u64; Category::ALL.len()], ModelError> {
+            let mut few = cfg.clone();
+            few.n_layers = layers;
+            let shape = Shape { b: batch, t: seq };
+            Ok(program::build(&few, shape, options, PLANNING_ARCH)?.live_at_loss())
+        };
+        let l = cfg.n_layers;
+        let per_category: Vec<u128> = if l <= 3 {
+            live(l)?.iter().map(|&b| b as u128).collect()
+        } else {
+            // Layer 0 reads the embedding's output where later layers have their own
+            // input buffer, so the per-layer step is taken between layers 1 and 2.
+            let (two, three) = (live(2)?, live(3)?);
+            two.iter()
+                .zip(three)
+                .map(|(&a, b)| {
+                    let per_layer = (b as u128).saturating_sub(a as u128);
+                    (a as u128).saturating_add(per_layer.saturating_mul(l as u128 - 2))
+                })
+                .collect()
+        };
+        let clamp = |b: u128| u64::try_from(b).unwrap_or(u64::MAX);
+        let by_category: Vec<(Category, u64)> = Category::ALL
+            .iter()
+            .zip(&per_category)
+            .filter(|(_, &b)| b > 0)
+            .map(|(&c, &b)| (c, clamp(b)))
+            .collect();
+        let bytes = clamp(per_category.iter().fold(0u128, |s, &b| s.saturating_add(b)));
+        Ok(MemoryFloor { by_category, bytes })
     }
 
     /// Plans the arena, checks it fits the device (before allocating), allocates it
@@ -284,10 +357,15 @@ impl DeviceModel {
             .alloc_arena(plan.clone())
             .map_err(device_err("allocating the arena"))?;
         let base = arena.buffer.ptr();
+        // The plan lists the buffers in request order, which is declaration order: one
+        // pass (a lookup by name per buffer would be quadratic in the layers).
         let mut offsets = Vec::with_capacity(prog.decls.len());
-        for d in &prog.decls {
+        for (i, d) in prog.decls.iter().enumerate() {
             let placed = plan
-                .get(&d.name)
+                .buffers
+                .get(i)
+                .filter(|b| b.request.name == d.name)
+                .or_else(|| plan.get(&d.name))
                 .ok_or_else(|| ModelError::DeviceUnsupported {
                     what: format!("internal: buffer {} missing from the arena plan", d.name),
                 })?;
@@ -342,12 +420,14 @@ impl DeviceModel {
     fn upload_tables(&mut self) -> Result<(), ModelError> {
         let hs = self.cfg.head_dim();
         let (cos, sin) = frugal_ptx::kernels::rope::table(self.seq, hs, self.cfg.rope_theta);
-        let mask: Vec<u8> = self
-            .layout
-            .decay_mask()
-            .iter()
-            .map(|&d| u8::from(d))
-            .collect();
+        // 1 for the matrices weight decay applies to (as `ParamLayout::decay_mask`), sized
+        // fallibly: one byte per parameter of a model the user chose.
+        let mut mask: Vec<u8> = host_vec(self.layout.total(), "the weight-decay mask")?;
+        for t in &self.layout.tensors {
+            if t.kind == ParamKind::Matrix {
+                mask[t.range()].fill(1);
+            }
+        }
         for (id, what) in [(self.ids.rope_cos, "cos"), (self.ids.rope_sin, "sin")] {
             let data = if what == "cos" { &cos } else { &sin };
             self.write_at(id, 0, data, "uploading the RoPE table")?;
@@ -477,11 +557,48 @@ impl DeviceModel {
     #[allow(clippy::type_complexity)] // the contract's signature: (master weights, m, v)
     pub fn state(&self) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
         let p = self.layout.total();
-        let mut out = (vec![0.0; p], vec![0.0; p], vec![0.0; p]);
+        let mut out = (
+            host_vec(p, "the downloaded master weights")?,
+            host_vec(p, "the downloaded AdamW first moment")?,
+            host_vec(p, "the downloaded AdamW second moment")?,
+        );
         self.read_at(self.ids.master, 0, &mut out.0, "reading the master weights")?;
         self.read_at(self.ids.m, 0, &mut out.1, "reading the AdamW first moment")?;
         self.read_at(self.ids.v, 0, &mut out.2, "reading the AdamW second moment")?;
         Ok(out)
+    }
+
+    /// As [`DeviceModel::state`], into the given vectors (resized as
+    /// needed): a checkpoint snapshot refills the last one's memory instead
+    /// of faulting in new pages.
+    ///
+    /// # Errors
+    /// Device errors; the host cannot grow a vector (naming the bytes).
+    pub fn state_into(
+        &self,
+        params: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let p = self.layout.total();
+        for (out, id, what) in [
+            (params, self.ids.master, "the downloaded master weights"),
+            (m, self.ids.m, "the downloaded AdamW first moment"),
+            (v, self.ids.v, "the downloaded AdamW second moment"),
+        ] {
+            if out.len() != p {
+                out.clear();
+                out.try_reserve_exact(p).map_err(|_| {
+                    ModelError::Config(crate::config::ConfigError::HostMemory {
+                        what: what.to_string(),
+                        bytes: 4 * p as u64,
+                    })
+                })?;
+                out.resize(p, 0.0);
+            }
+            self.read_at(id, 0, out, what)?;
+        }
+        Ok(())
     }
 
     /// AdamW steps taken so far.

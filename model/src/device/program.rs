@@ -20,6 +20,7 @@
 //! gradient range ready ‖ optimizer (norm, clip, AdamW, bf16 refresh).
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::ops::Range;
 
 use frugal_ptx::error::PtxError;
@@ -142,6 +143,11 @@ struct Builder {
     phase: String,
     /// Matmul dispatch architecture used to validate launches while recording.
     arch: u32,
+    /// Matmuls whose launch was already built and checked while recording, by shape and
+    /// the operands' low address bits (all a launch's checks can see of an address, the
+    /// arena's offsets being 256-byte aligned): every layer repeats the same products, and
+    /// building one launch looks its kernel up in the PTX catalogue.
+    checked_matmuls: HashSet<String>,
 }
 
 impl Builder {
@@ -221,9 +227,28 @@ impl Builder {
         c: At,
     ) -> Result<(), ModelError> {
         let arch = self.arch;
-        self.kernels(label, move |r| {
-            Ok(vec![matmul::plan(arch, &gemm, r(a), r(b), r(c))?.1])
-        })
+        let emit = move |r: Resolve| Ok(vec![matmul::plan(arch, &gemm, r(a), r(b), r(c))?.1]);
+        let low = |at: At| at.byte % 256;
+        let key = format!("{gemm:?} {} {} {}", low(a), low(b), low(c));
+        if !self.checked_matmuls.contains(&key) {
+            self.kernels(label, emit)?;
+            self.checked_matmuls.insert(key);
+            return Ok(());
+        }
+        // The launch of a shape already checked: its uses are its three operands (those
+        // `emit` resolves), so recording them needs no second catalogue lookup.
+        let mut uses = vec![a.buf, b.buf, c.buf];
+        uses.sort_unstable();
+        uses.dedup();
+        self.ops.push(Op {
+            phase: self.phase.clone(),
+            kind: OpKind::Kernels {
+                label: label.into(),
+                emit: Box::new(emit),
+            },
+            uses,
+        });
+        Ok(())
     }
 }
 
@@ -241,6 +266,12 @@ fn linear_dx(m: usize, n: usize, k: usize, epilogue: Epilogue) -> Gemm {
 fn linear_dw(out: usize, inp: usize, tokens: usize) -> Gemm {
     Gemm::dense(Layout::Tn, OutType::F32, out, inp, tokens).with_epilogue(Epilogue::Accumulate, 1.0)
 }
+
+/// The most layers a step is built for: its program holds about 35 buffers and 45
+/// operations a layer, so this bounds building and planning it to well under a second
+/// and 100 MB of host memory. (Real models have tens of layers; a deeper one that fits
+/// in memory at all has tiny layers, which the CPU backend trains.)
+pub(crate) const MAX_LAYERS: usize = 1024;
 
 /// The shapes the step is built for.
 #[derive(Clone, Copy, Debug)]
@@ -262,6 +293,15 @@ pub(crate) fn build(
     arch: u32,
 ) -> Result<Program, ModelError> {
     cfg.validate()?;
+    if cfg.n_layers > MAX_LAYERS {
+        return Err(ModelError::DeviceUnsupported {
+            what: format!(
+                "{} layers, more than the {MAX_LAYERS} the device step builds and plans \
+                 (every buffer of every layer); use fewer, wider layers",
+                cfg.n_layers
+            ),
+        });
+    }
     let StepOptions { attention, dq } = opts;
     if attention == Attention::Vanilla && dq == DqMode::Atomic {
         // Refused rather than ignored: the caller asked for a non-reproducible mode and
@@ -316,6 +356,7 @@ pub(crate) fn build(
         ops: Vec::new(),
         phase: "forward".into(),
         arch,
+        checked_matmuls: HashSet::new(),
     };
     // State and constant tables: the whole schedule.
     let weights = bld.state("weights.bf16", Category::Params, p * BF16);
@@ -1037,6 +1078,28 @@ fn norm_backward(
 }
 
 impl Program {
+    /// Bytes of each category ([`Category::ALL`] order) live at the cross-entropy: every
+    /// layer's saved activations are held there at once, with the whole optimizer state
+    /// and the logits, so no arena plan can be smaller than their sum.
+    pub fn live_at_loss(&self) -> [u64; Category::ALL.len()] {
+        let at = self
+            .ops
+            .iter()
+            .position(|op| matches!(op.kind, OpKind::CrossEntropy))
+            .unwrap_or(0) as u32;
+        let mut live = [0u64; Category::ALL.len()];
+        for r in self.requests() {
+            if r.first_use <= at && at <= r.last_use {
+                let i = Category::ALL
+                    .iter()
+                    .position(|&c| c == r.category)
+                    .unwrap_or(0);
+                live[i] += r.bytes;
+            }
+        }
+        live
+    }
+
     /// The arena requests: each buffer lives from its first use to its last (persistent
     /// ones for the whole schedule).
     pub fn requests(&self) -> Vec<BufferRequest> {
@@ -1117,6 +1180,57 @@ mod tests {
                 assert!(r.first_use <= r.last_use && r.last_use <= last, "{r:?}");
             }
             assert!(prog.forward_end < prog.optimizer && prog.optimizer == prog.ops.len() - 1);
+        }
+    }
+
+    #[test]
+    fn the_memory_floor_is_the_live_set_at_the_loss_for_any_depth() {
+        use crate::device::DeviceModel;
+        let shape = Shape { b: 2, t: 40 };
+        for opts in [
+            StepOptions::default(),
+            StepOptions {
+                attention: Attention::Vanilla,
+                dq: DqMode::Deterministic,
+            },
+        ] {
+            for layers in 1..=6 {
+                let mut c = cfg(128, 2, 1);
+                c.n_layers = layers;
+                let prog = build(&c, shape, opts, 80).unwrap();
+                let live: u64 = prog.live_at_loss().iter().sum();
+                let floor = DeviceModel::memory_floor(&c, shape.b, shape.t, opts).unwrap();
+                assert_eq!(floor.bytes, live, "{layers} layers, {opts:?}");
+                assert_eq!(
+                    floor.by_category.iter().map(|(_, b)| b).sum::<u64>(),
+                    floor.bytes
+                );
+                let plan = frugal_runtime::arena::plan(&prog.requests()).unwrap();
+                assert!(floor.bytes <= plan.max_live_bytes, "{layers} layers");
+            }
+        }
+        // A million layers: answered from two small programs.
+        let mut deep = cfg(128, 2, 1);
+        deep.n_layers = 1 << 20;
+        let started = std::time::Instant::now();
+        let floor = DeviceModel::memory_floor(&deep, 4, 32, StepOptions::default()).unwrap();
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+        // At least the f32 master weights, gradients and both moments (16 bytes a parameter).
+        assert!(floor.bytes >= 16 * deep.param_count() as u64, "{floor:?}");
+    }
+
+    #[test]
+    fn deeper_steps_than_the_planner_takes_are_refused_at_once() {
+        let mut c = cfg(128, 2, 1);
+        c.n_layers = MAX_LAYERS + 1;
+        match build(&c, Shape { b: 1, t: 8 }, StepOptions::default(), 80) {
+            Err(ModelError::DeviceUnsupported { what }) => {
+                assert!(
+                    what.contains(&format!("more than the {MAX_LAYERS}")),
+                    "{what}"
+                )
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
         }
     }
 

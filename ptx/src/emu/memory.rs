@@ -55,8 +55,29 @@ impl DeviceMemory {
     /// reports). The address is 256-byte aligned, never 0, and distinct from every other
     /// allocation made by this `DeviceMemory`, even freed ones.
     pub fn alloc(&mut self, bytes: usize, label: &str) -> u64 {
+        self.insert(vec![0; bytes], label)
+    }
+
+    /// [`DeviceMemory::alloc`], with an error instead of an abort when the host cannot
+    /// provide `bytes` (device memory here is host memory, and its size often comes from
+    /// a user's flags).
+    ///
+    /// # Errors
+    /// The allocator's refusal; nothing is allocated then.
+    pub fn try_alloc(
+        &mut self,
+        bytes: usize,
+        label: &str,
+    ) -> Result<u64, std::collections::TryReserveError> {
+        let mut data = Vec::new();
+        data.try_reserve_exact(bytes)?;
+        data.resize(bytes, 0);
+        Ok(self.insert(data, label))
+    }
+
+    fn insert(&mut self, data: Vec<u8>, label: &str) -> u64 {
         let addr = self.next;
-        let span = (bytes as u64).saturating_add(RED_ZONE);
+        let span = (data.len() as u64).saturating_add(RED_ZONE);
         self.next = addr
             .saturating_add(span)
             .div_ceil(ALIGN)
@@ -65,7 +86,7 @@ impl DeviceMemory {
             addr,
             Allocation {
                 label: label.to_string(),
-                data: vec![0; bytes],
+                data,
             },
         );
         addr

@@ -122,15 +122,22 @@ impl EmuDevice {
         }
     }
 
-    pub(crate) fn alloc(&self, bytes: usize, label: &str) -> DeviceBuffer {
-        let ptr = lock(&self.inner.memory).alloc(bytes, label);
+    /// Emulated device memory is host memory: a size the host cannot provide is an
+    /// error naming the bytes (never an abort), whatever the emulated capacity says.
+    pub(crate) fn alloc(&self, bytes: usize, label: &str) -> Result<DeviceBuffer, RuntimeError> {
+        let ptr = lock(&self.inner.memory)
+            .try_alloc(bytes, label)
+            .map_err(|_| RuntimeError::HostOutOfMemory {
+                what: format!("the emulated device's buffer '{label}'"),
+                bytes: bytes as u64,
+            })?;
         *lock(&self.inner.used) += bytes as u64;
-        DeviceBuffer {
+        Ok(DeviceBuffer {
             ptr,
             bytes,
             label: label.to_string(),
             backing: Backing::Emu(self.inner.clone()),
-        }
+        })
     }
 
     /// Runs `kernel` to completion.

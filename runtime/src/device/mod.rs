@@ -270,11 +270,15 @@ impl Device {
     /// sanitizer reports and in errors).
     ///
     /// # Errors
-    /// Driver errors (out of memory).
+    /// Driver errors (out of memory); [`RuntimeError::HostOutOfMemory`] on `cpu` and
+    /// `emu` when the host cannot provide the bytes.
     pub fn alloc(&self, bytes: usize, label: &str) -> Result<DeviceBuffer, RuntimeError> {
         match self {
             Device::Cpu(_) => {
-                let mut v = vec![0u128; bytes.div_ceil(16)];
+                let mut v: Vec<u128> = crate::host::try_zeroed_vec(
+                    bytes.div_ceil(16),
+                    &format!("host buffer '{label}'"),
+                )?;
                 let ptr = v.as_mut_ptr() as u64;
                 Ok(DeviceBuffer {
                     ptr,
@@ -284,7 +288,7 @@ impl Device {
                 })
             }
             Device::Cuda(d) => d.alloc(bytes, label),
-            Device::Emu(d) => Ok(d.alloc(bytes, label)),
+            Device::Emu(d) => d.alloc(bytes, label),
         }
     }
 
@@ -305,7 +309,7 @@ impl Device {
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedHostBuffer, RuntimeError> {
         match self {
             Device::Cuda(d) => d.alloc_pinned(bytes),
-            _ => Ok(PinnedHostBuffer::plain(bytes)),
+            _ => PinnedHostBuffer::try_plain(bytes),
         }
     }
 

@@ -21,6 +21,7 @@
 
 use super::kernels::{human_bytes, json_str, open, parse_device, rate};
 use crate::args::{Args, UsageError};
+use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::Preset;
 use frugal_model::rng::Rng;
@@ -448,6 +449,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     ] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
+        }
+        // Far above any real shape, low enough that the sizes derived from them (and
+        // the host buffers they fill) cannot overflow; as `train` bounds its dimensions.
+        if let Some(v) = v.filter(|&v| v > MAX_DIM) {
+            return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
         }
     }
     let which: Vec<Attention> = match attention.as_str() {

@@ -19,6 +19,7 @@
 //! labelled as such; it says nothing about a GPU.
 
 use crate::args::{Args, UsageError};
+use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Config, Preset};
 use frugal_model::rng::Rng;
@@ -27,6 +28,7 @@ use frugal_ptx::kernels::{
 };
 use frugal_runtime::buffer::{DeviceBuffer, Element};
 use frugal_runtime::device::{cuda, Backend, Device, DeviceSpec};
+use frugal_runtime::host::try_zeroed_vec;
 use frugal_runtime::launch::KernelArg;
 use frugal_runtime::RuntimeError;
 use half::bf16;
@@ -254,6 +256,15 @@ impl<'d> Buffers<'d> {
         self.filled(label, n, |r| (r.normal() * std) as f32)
     }
 
+    /// `n` random token ids below `vocab`, on the host (fallibly: `n` comes from the
+    /// flags, and a failed `collect` would abort).
+    fn tokens(&mut self, label: &str, n: usize, vocab: u64) -> Result<Vec<u32>, RuntimeError> {
+        let mut ids: Vec<u32> = try_zeroed_vec(n, &format!("the host copy of '{label}'"))?;
+        ids.iter_mut()
+            .for_each(|t| *t = self.rng.below(vocab) as u32);
+        Ok(ids)
+    }
+
     /// An upload of exactly `data`.
     fn upload<T: Element>(&mut self, label: &str, data: &[T]) -> Result<u64, RuntimeError> {
         let mut buf = self.dev.alloc(std::mem::size_of_val(data).max(1), label)?;
@@ -280,7 +291,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
     let eps = 1e-5f32;
     let (launch, bytes, shape) = match op {
         Op::EmbeddingFwd => {
-            let tokens: Vec<u32> = (0..n).map(|_| m.rng.below(v64) as u32).collect();
+            let tokens = m.tokens("tokens", n, v64).map_err(rt)?;
             let tok = m.upload("tokens", &tokens).map_err(rt)?;
             let table = m.bf16s("table", v * c).map_err(rt)?;
             let out = m.zeros::<bf16>("out", n * c).map_err(rt)?;
@@ -372,7 +383,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
         }
         Op::CrossEntropy => {
             let logits = m.bf16s("logits", n * v).map_err(rt)?;
-            let targets: Vec<u32> = (0..n).map(|_| m.rng.below(v64) as u32).collect();
+            let targets = m.tokens("targets", n, v64).map_err(rt)?;
             let tg = m.upload("targets", &targets).map_err(rt)?;
             let loss = m.zeros::<f32>("loss", n).map_err(rt)?;
             let dlogits = m.zeros::<bf16>("dlogits", n * v).map_err(rt)?;
@@ -430,7 +441,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             (l, bytes, format!("N={n} C={c} parts={}", parts / c))
         }
         Op::EmbeddingBwd => {
-            let tokens: Vec<u32> = (0..n).map(|_| m.rng.below(v64) as u32).collect();
+            let tokens = m.tokens("tokens", n, v64).map_err(rt)?;
             let index = embedding::GradIndex::build(&tokens, v).map_err(px)?;
             let u = index.rows.len();
             let rows = m.upload("rows", &index.rows).map_err(rt)?;
@@ -693,6 +704,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
+        }
+        // Far above any real shape, low enough that the sizes derived from them (and
+        // the host buffers they fill) cannot overflow; as `train` bounds its dimensions.
+        if let Some(v) = v.filter(|&v| v > MAX_DIM) {
+            return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
         }
     }
 

@@ -23,13 +23,14 @@ use crate::train::options::{
     DeviceChoice,
 };
 use crate::CliError;
-use frugal_model::config::{Config, ParamLayout, Preset};
+use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
 use frugal_model::device::{DeviceModel, OptimHyper, StepOptions};
-use frugal_model::init::init_params;
+use frugal_model::init::try_init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
 use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
+use frugal_runtime::host::{memory_limit, try_zeroed_vec};
 
 const USAGE: &str = "\
 usage: frugal bench step [--device cpu|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
@@ -188,6 +189,53 @@ fn stats(
     }
 }
 
+/// `len` zeroed host elements for `what`, or a `Failed` naming the bytes (not an abort).
+fn host<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
+    try_zeroed_vec(len, what).map_err(|e| CliError::Failed(format!("bench step: {e}")))
+}
+
+/// B·T, or a `Failed` when the product overflows.
+fn tokens_per_step(b: &StepBench) -> Result<usize, CliError> {
+    b.batch.checked_mul(b.seq).ok_or_else(|| {
+        CliError::Failed(format!(
+            "bench step: --batch {} times --seq {} tokens is more than this machine can count; \
+             use a smaller --batch or --seq",
+            b.batch, b.seq
+        ))
+    })
+}
+
+/// Refuses, by arithmetic and before anything is allocated, a CPU step whose f32
+/// params, gradients, AdamW moments and activations exceed what this process may
+/// allocate (RAM, `ulimit -v`, the container's limit), naming the bytes and the
+/// largest batch that fits.
+fn check_fits_cpu(b: &StepBench) -> Result<(), String> {
+    let Some(limit) = memory_limit() else {
+        return Ok(());
+    };
+    let fixed = (b.config.param_count() as u64).saturating_mul(16);
+    let activations = CpuModel::activation_bytes_for(&b.config, b.batch, b.seq) as u64;
+    let need = fixed.saturating_add(activations);
+    if need <= limit.bytes {
+        return Ok(());
+    }
+    let per_sequence = (activations / b.batch as u64).max(1);
+    let largest = limit.bytes.saturating_sub(fixed) / per_sequence;
+    let advice = match largest {
+        0 => "the parameters and optimizer state alone do not fit: choose a smaller --model"
+            .to_string(),
+        n => format!("the largest batch that fits is {n} (--batch {n})"),
+    };
+    Err(format!(
+        "model {} at B={} T={} needs {need} bytes ({:.2} GiB: {fixed} for params, grads and \
+         AdamW moments, {activations} for activations); {limit}; {advice}",
+        b.model,
+        b.batch,
+        b.seq,
+        need as f64 / (1u64 << 30) as f64,
+    ))
+}
+
 /// Runs the benchmark on the device `b` names.
 ///
 /// # Errors
@@ -223,17 +271,18 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         attention: b.attention.for_device(),
         dq: b.attention_dq,
     };
+    let n = tokens_per_step(b)?;
+    // The arena is planned, and refused if it does not fit, before it is allocated.
     let mut model = DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper)
         .map_err(|e| failed(e.to_string()))?;
-    let params = init_params(cfg, 1);
-    let zeros = vec![0.0f32; params.len()];
+    let params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let zeros: Vec<f32> = host(params.len(), "the AdamW moments' zeros")?;
     model
         .set_state(&params, &zeros, &zeros, 0)
         .map_err(|e| failed(e.to_string()))?;
-    let n = b.batch * b.seq;
     let mut rng = Rng::new(0x5354_4550);
-    let mut inputs = vec![0u32; n];
-    let mut targets = vec![0u32; n];
+    let mut inputs: Vec<u32> = host(n, "the input tokens")?;
+    let mut targets: Vec<u32> = host(n, "the target tokens")?;
     let mut step_ms = Vec::with_capacity(b.steps);
     let mut losses = Vec::with_capacity(b.steps);
     for i in 0..b.warmup + b.steps {
@@ -265,17 +314,27 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
 fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
     let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
-    let layout = ParamLayout::new(cfg);
+    let n = tokens_per_step(b)?;
+    check_fits_cpu(b).map_err(failed)?;
+    // Every buffer sized from the flags is allocated fallibly: a size the host still
+    // refuses is an error naming its bytes, never an abort.
     let mut model =
         CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(|e| failed(e.to_string()))?;
-    let mut params = init_params(cfg, 1);
-    let mut grads = vec![0.0f32; params.len()];
-    let decay_mask = layout.decay_mask();
-    let mut opt = AdamW::new(params.len(), BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY);
-    let n = b.batch * b.seq;
+    let mut params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let p = params.len();
+    let mut grads: Vec<f32> = host(p, "the gradients")?;
+    let mut decay_mask: Vec<bool> = host(p, "the weight-decay mask")?;
+    for t in &ParamLayout::new(cfg).tensors {
+        if t.kind == ParamKind::Matrix {
+            decay_mask[t.range()].fill(true);
+        }
+    }
+    let (m, v) = (host(p, "AdamW's m")?, host(p, "AdamW's v")?);
+    let mut opt = AdamW::from_state(BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY, m, v, 0)
+        .ok_or_else(|| failed("AdamW's two moments differ in length".into()))?;
     let mut rng = Rng::new(0x5354_4550);
-    let mut inputs = vec![0u32; n];
-    let mut targets = vec![0u32; n];
+    let mut inputs: Vec<u32> = host(n, "the input tokens")?;
+    let mut targets: Vec<u32> = host(n, "the target tokens")?;
     let mut step_ms = Vec::with_capacity(b.steps);
     let mut losses = Vec::with_capacity(b.steps);
     for i in 0..b.warmup + b.steps {

@@ -1,0 +1,387 @@
+//! Getting a device ready to train: the price of what trains, the memory
+//! check or plan (and `--dry-run`'s report of it), then the step backend.
+
+use frugal_model::config::ParamLayout;
+use frugal_model::cpu::CpuModel;
+use frugal_model::device::{DeviceModel, OptimHyper};
+use frugal_runtime::device::{Device, TimingSource};
+use frugal_runtime::facts::DeviceFacts;
+
+use super::backend::{CpuStep, DeviceStep, StepBackend};
+use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
+use super::options::{self, CommBackend, TrainOptions};
+use super::target;
+use super::trainer::{ADAM_EPS, BETA1, BETA2};
+use crate::args::UsageError;
+use crate::CliError;
+
+/// What trains, as far as prices and the step log's device label go.
+pub enum Priced {
+    /// The CPU backend with this many worker threads per rank.
+    Cpu { threads: usize },
+    /// A GPU (or the emulated one), by the driver's name; `facts` when known.
+    Gpu {
+        name: String,
+        facts: Option<&'static DeviceFacts>,
+        emulated: bool,
+    },
+}
+
+impl Priced {
+    /// The per-device label of the step log line, for a job of `world` ranks.
+    pub fn label(&self, world: usize) -> String {
+        match self {
+            Priced::Cpu { threads } => {
+                let threads = target::threads_label(*threads);
+                if world == 1 {
+                    format!("1 cpu, {threads}")
+                } else {
+                    format!("{world} cpu ranks, {threads} each")
+                }
+            }
+            Priced::Gpu { name, emulated, .. } => {
+                let name = if *emulated { "emulated GPU" } else { name };
+                if world == 1 {
+                    format!("1 {name}")
+                } else {
+                    format!("{world} ranks, 1 {name} each")
+                }
+            }
+        }
+    }
+}
+
+/// The price per hour of a job of `world` ranks.
+pub fn resolve(
+    priced: &Priced,
+    flags: PriceFlags,
+    env: Option<&str>,
+    world: usize,
+) -> Result<Price, CliError> {
+    let device = match priced {
+        // Every rank is billed for its threads.
+        Priced::Cpu { threads } => PricedDevice::Cpu {
+            threads: threads.saturating_mul(world),
+        },
+        Priced::Gpu { name, facts, .. } => PricedDevice::Gpu {
+            name,
+            facts: *facts,
+            count: world,
+        },
+    };
+    resolve_price(flags, env, device)
+        .map_err(|e| CliError::Usage(UsageError(format!("train: {}", e.0))))
+}
+
+/// What a device needs to train, once it is set up.
+pub struct Prepared {
+    pub backend: Box<dyn StepBackend>,
+    pub priced: Priced,
+    /// The price of one rank (recomputed for the job once the ranks are known).
+    pub price: Price,
+    pub timing: TimingSource,
+    /// Dense peak FLOP/s of one device, when known.
+    pub peak_flops: Option<f64>,
+    /// What the device ignores or does differently, said once at start.
+    pub notes: Vec<String>,
+}
+
+/// The CPU backend: checks, by arithmetic, that the run fits in the memory this
+/// process may use (a dry run prints what it would hold), then allocates the
+/// model. `None` after a dry run.
+pub fn prepare_cpu(
+    opts: &TrainOptions,
+    flags: PriceFlags,
+    env_price: Option<&str>,
+    first_line: &str,
+) -> Result<Option<Prepared>, CliError> {
+    let priced = Priced::Cpu {
+        threads: opts.threads,
+    };
+    let price = resolve(&priced, flags, env_price, 1)?;
+
+    // Activations by arithmetic: a plan or a refusal sizes nothing, so any
+    // configuration is answered at once, and a run that cannot fit is refused
+    // before anything is allocated.
+    let cfg = &opts.config;
+    let activations = CpuModel::activation_bytes_for(cfg, opts.batch, cfg.seq_len);
+    let fits = check_fits(opts, activations);
+
+    if opts.dry_run {
+        say!("{first_line}");
+        say_raw!("{}", dry_run_report(opts, activations, &price));
+        if let Err(why) = fits {
+            say!("does not fit: {why}");
+        }
+        return Ok(None);
+    }
+    fits.map_err(CliError::Failed)?;
+    // Fallible: a size the host still refuses is an error naming its bytes, not an abort.
+    let model = CpuModel::new(cfg, opts.batch, cfg.seq_len, opts.threads)
+        .map_err(|e| CliError::Failed(format!("model: {e}")))?;
+    let layout = ParamLayout::new(&opts.config);
+    Ok(Some(Prepared {
+        backend: Box::new(
+            CpuStep::new(model, &layout, opts.weight_decay as f32).map_err(CliError::Failed)?,
+        ),
+        priced,
+        price,
+        timing: TimingSource::HostClock,
+        // No table of CPU peaks: MFU on the CPU is "unknown", never a guess.
+        peak_flops: None,
+        notes: cpu_notes(opts),
+    }))
+}
+
+/// A GPU or the emulator: plans the step's memory (a dry run prints the plan;
+/// `--mem-target` picks the batch; a plan that does not fit is refused before
+/// anything is allocated), then allocates the step. `None` after a dry run.
+pub fn prepare_gpu(
+    opts: &mut TrainOptions,
+    device: Device,
+    flags: PriceFlags,
+    env_price: Option<&str>,
+    first_line: &str,
+) -> Result<Option<Prepared>, CliError> {
+    let emulated = device.timing_source() == TimingSource::Emulated;
+    let priced = Priced::Gpu {
+        name: device.name(),
+        facts: device.facts(),
+        emulated,
+    };
+    let price = resolve(&priced, flags, env_price, 1)?;
+    let planned = target::plan_memory(&device, opts);
+    if opts.dry_run {
+        if let (Some(_), Ok(p)) = (opts.mem_target, &planned) {
+            opts.batch = p.batch;
+        }
+        say!("{first_line}");
+        say_raw!("{}", dry_run_header(opts, &price));
+        say_raw!("{}", target::dry_run_memory(&device, opts, &planned));
+        return Ok(None);
+    }
+    let planned = planned.map_err(|e| CliError::Failed(e.message(opts)))?;
+
+    let mut notes = Vec::new();
+    if let Some(f) = opts.mem_target {
+        notes.push(format!(
+            "--mem-target {f}: micro-batch {} (instead of {}), the largest whose memory plan fits in {}",
+            planned.batch,
+            opts.batch,
+            target::gib(planned.available)
+        ));
+        opts.batch = planned.batch;
+    }
+    notes.push(format!(
+        "device memory: the step's arena plan needs {} of {} available (--dry-run prints it by category)",
+        target::gib(planned.plan.peak_bytes),
+        target::gib(planned.available)
+    ));
+    if let Some((a, b)) = opts.profile_steps {
+        notes.push(if emulated {
+            format!("--profile-steps {a}:{b}: the emulator has no profiler; nothing to capture")
+        } else {
+            format!(
+                "--profile-steps {a}:{b}: the CUDA profiler runs for steps {a}..={b} only                  (nsys profile --capture-range=cudaProfilerApi)"
+            )
+        });
+    }
+    if opts.attention_dq == options::AttentionDq::Atomic {
+        notes.push(
+            "--attention-dq atomic: flash attention's dQ is summed with float atomics; faster \
+             on GPUs, and a rerun with the same seed is not bitwise identical there"
+                .to_string(),
+        );
+    }
+    let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
+    let hyper = OptimHyper {
+        beta1: BETA1,
+        beta2: BETA2,
+        eps: ADAM_EPS,
+        weight_decay: opts.weight_decay as f32,
+    };
+    let model = DeviceModel::new_with(
+        device,
+        &opts.config,
+        opts.batch,
+        opts.config.seq_len,
+        opts.step_options(),
+        hyper,
+    )
+    .map_err(|e| CliError::Failed(format!("setting up the device step: {e}")))?;
+    let layout = ParamLayout::new(&opts.config);
+    Ok(Some(Prepared {
+        backend: Box::new(DeviceStep::new(model, &layout)),
+        priced,
+        price,
+        timing: if emulated {
+            TimingSource::Emulated
+        } else {
+            TimingSource::HostClock
+        },
+        peak_flops,
+        notes,
+    }))
+}
+
+/// What the job's flags mean for this many ranks, said once at start.
+pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<String> {
+    let mut notes = Vec::new();
+    if world == 1 {
+        if opts.comm == CommBackend::Nccl {
+            notes.push(
+                "--comm nccl is for multi-GPU jobs; this run has one rank and no all-reduce"
+                    .to_string(),
+            );
+        }
+        if opts.job_token.is_some() {
+            notes.push("--job-token is for multi-rank jobs; this run has one rank".to_string());
+        }
+    } else if let Priced::Gpu { .. } = priced {
+        notes.push(format!(
+            "gradients are staged through host memory: device -> host as backward finishes each layer,              {} all-reduce, host -> device{}",
+            opts.comm,
+            if opts.comm == CommBackend::Nccl {
+                " (--comm nccl takes this host-staged path for now)"
+            } else {
+                ""
+            }
+        ));
+    }
+    notes
+}
+
+/// Bytes the CPU backend holds per parameter: f32 params, gradients and both AdamW
+/// moments, and the weight-decay mask (a `bool`).
+const CPU_BYTES_PER_PARAM: u64 = 4 * 4 + 1 + SNAPSHOT_BYTES_PER_PARAM;
+
+/// The host snapshot a checkpoint is written from in the background: f32
+/// params and both moments, kept between saves for reuse.
+const SNAPSHOT_BYTES_PER_PARAM: u64 = 3 * 4;
+
+/// Refuses, before any buffer is allocated, a run whose params, gradients,
+/// AdamW moments and activations do not fit in the memory this process may use
+/// (the least of RAM, `ulimit -v`, `ulimit -d` and the container's limit),
+/// naming the bytes and the largest batch that would fit.
+fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), String> {
+    let Some(limit) = frugal_runtime::host::memory_limit() else {
+        return Ok(());
+    };
+    let n = opts.config.param_count() as u64;
+    // f32 params, grads, m, v, the one-byte weight-decay mask and the
+    // checkpoint snapshot.
+    let fixed = n.saturating_mul(CPU_BYTES_PER_PARAM);
+    let activations = activations as u64;
+    let need = fixed.saturating_add(activations);
+    if need <= limit.bytes {
+        return Ok(());
+    }
+    // Activations grow linearly with the batch.
+    let per_sequence = (activations / opts.batch as u64).max(1);
+    let largest = limit.bytes.saturating_sub(fixed) / per_sequence;
+    let advice = if largest >= 1 {
+        format!("the largest batch that fits is {largest} (--batch {largest}, with --grad-accum to keep the tokens per step)")
+    } else {
+        "the parameters and optimizer state alone do not fit; choose a smaller --model (or fewer --layers, a smaller --hidden)".to_string()
+    };
+    Err(format!(
+        "batch {} needs {} ({need} bytes: {} for params, grads, AdamW moments, the weight-decay mask and the checkpoint snapshot, {} for activations); {limit}; {advice}",
+        opts.batch,
+        gib(need),
+        gib(fixed),
+        gib(activations),
+    ))
+}
+
+/// What the CPU ignores, said once at start.
+fn cpu_notes(opts: &TrainOptions) -> Vec<String> {
+    let mut notes = Vec::new();
+    notes.push(format!(
+        "--attention {} is a GPU setting; the CPU backend has one attention path and ignores it",
+        opts.attention
+    ));
+    if opts.attention_dq != options::AttentionDq::Deterministic {
+        notes.push(format!(
+            "--attention-dq {} is a GPU setting; ignored on the CPU",
+            options::dq_name(opts.attention_dq)
+        ));
+    }
+    if let Some(f) = opts.mem_target {
+        notes.push(format!(
+            "--mem-target {f} is a GPU setting; ignored on the CPU"
+        ));
+    }
+    if let Some((a, b)) = opts.profile_steps {
+        notes.push(format!(
+            "--profile-steps {a}:{b} limits GPU profiler capture; ignored on the CPU"
+        ));
+    }
+    notes
+}
+
+/// The part of `--dry-run` every device prints: the resolved config, price,
+/// parameter count and FLOPs per token.
+pub fn dry_run_header(opts: &TrainOptions, price: &cost::Price) -> String {
+    let cfg = &opts.config;
+    let n = cfg.param_count();
+    let mut s = opts.describe();
+    s += &format!("{price}\n");
+    s += &format!("parameters: {n}\n");
+    s += &format!(
+        "training FLOPs per token: {:.6e} (forward {:.6e} x 3, at T = {})\n",
+        cfg.train_flops_per_token(cfg.seq_len),
+        cfg.forward_flops_per_token(cfg.seq_len),
+        cfg.seq_len
+    );
+    s += &format!(
+        "training FLOPs per step: {:.6e} ({} tokens per step per device)\n",
+        cfg.train_flops_per_token(cfg.seq_len) * opts.tokens_per_step_per_device() as f64,
+        opts.tokens_per_step_per_device()
+    );
+    s
+}
+
+/// `--dry-run` on the CPU: [`dry_run_header`] and the memory the run would hold
+/// (`activations` from [`CpuModel::activation_bytes_for`]).
+pub fn dry_run_report(opts: &TrainOptions, activations: usize, price: &cost::Price) -> String {
+    let n = opts.config.param_count() as u64;
+    let f32_bytes = std::mem::size_of::<f32>() as u64;
+    let params = n.saturating_mul(f32_bytes);
+    let grads = params;
+    let moments = params.saturating_mul(2);
+    let mask = n;
+    let snapshot = n.saturating_mul(SNAPSHOT_BYTES_PER_PARAM);
+    let activations = activations as u64;
+    let total = params
+        .saturating_add(grads)
+        .saturating_add(moments)
+        .saturating_add(mask)
+        .saturating_add(snapshot)
+        .saturating_add(activations);
+    let mut s = dry_run_header(opts, price);
+    s += "memory (CPU backend, f32):\n";
+    for (what, bytes) in [
+        ("params", params),
+        ("grads", grads),
+        ("master weights", 0),
+        ("optimizer moments (AdamW m, v)", moments),
+        ("weight-decay mask (1 byte each)", mask),
+        ("checkpoint snapshot (params, m, v)", snapshot),
+        ("activations (B x T)", activations),
+        ("total", total),
+    ] {
+        s += &format!("  {what:<32} {:>14} bytes  {:>10}\n", bytes, gib(bytes));
+    }
+    s += "  (master weights: the CPU trains the f32 params directly, no separate copy)\n";
+    s += "  (checkpoint snapshot: copied at a checkpoint step and written in the background)\n";
+    s
+}
+
+fn gib(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
