@@ -722,3 +722,35 @@ fn sigterm_to_launch_saves_the_job_and_exits_143() {
     assert_eq!(saved.len(), 1, "{log}");
     assert!(log.contains(&format!("after step {}", saved[0])), "{log}");
 }
+
+/// Item 6: a second signal (more than a second after the first) stops at
+/// once. The run waits in the rendezvous for a rank that never comes, so the
+/// first signal can only be noted and the second must end it.
+#[test]
+fn a_second_signal_stops_at_once() {
+    let dir = scratch("second-signal");
+    let port = free_port();
+    let mut c = cmd(&["--steps", "10", "--out", s(&dir.join("run"))]);
+    as_rank(&mut c, 0, &port, "run-folder-second");
+    c.env("FRUGAL_COMM_TIMEOUT", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = Guard::spawn(c);
+    // Rank 0 listens once its handlers are in place (they come first).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(Instant::now() < deadline, "rank 0 never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(1300));
+    let second = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let o = child.finish();
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "it stopped at once, not at the 60 s rendezvous timeout"
+    );
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o).1);
+    assert!(text(&o).1.contains("second signal"), "{}", text(&o).1);
+}
