@@ -754,3 +754,53 @@ fn a_second_signal_stops_at_once() {
     assert_eq!(o.status.code(), Some(143), "{}", text(&o).1);
     assert!(text(&o).1.contains("second signal"), "{}", text(&o).1);
 }
+
+/// The children of process `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Item 6: a preempted node's rank may be the only one signalled. Under
+/// `frugal launch`, SIGTERM to one rank stops the whole job after one step:
+/// rank 0 saves it, launch takes the rank's 143 for the job's stop (not a
+/// failure that kills rank 0 mid-save) and exits 143.
+#[test]
+fn sigterm_to_one_rank_under_launch_stops_the_job_with_its_checkpoint() {
+    let dir = scratch("launch-one-rank");
+    let out = dir.join("run");
+    let mut c = Command::new(BIN);
+    c.args(["launch", "--nproc", "2", "--", "train"])
+        .args(S)
+        .args(["--steps", "1000000", "--ckpt-every", "0", "--out", s(&out)])
+        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env("FRUGAL_COMM_TIMEOUT", "30");
+    let (launcher, lines) = spawn_until(c, "3/1000000 |");
+    let ranks = children_of(launcher.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    // The higher pid was started second: rank 1.
+    let rank1 = *ranks.iter().max().unwrap();
+    // SAFETY: kill sends a signal to a grandchild of this test.
+    assert_eq!(unsafe { libc::kill(rank1, libc::SIGTERM) }, 0);
+    let o = launcher.finish();
+    let log = lines.all();
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(143), "{log}\n{err}");
+    assert!(!err.contains("failed"), "{err}");
+    let saved = steps_in(&out);
+    assert_eq!(saved.len(), 1, "{log}\n{err}");
+    assert!(log.contains(&format!("after step {}", saved[0])), "{log}");
+}
