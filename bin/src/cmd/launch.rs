@@ -39,7 +39,12 @@ Starts N ranks of '<command>' on this node (e.g. '-- train --model tiny').
   --max-restarts K   restart every rank up to K times after a failure
                      ('train' continues with --resume auto)
   --job-token T      shared secret in every handshake (default: FRUGAL_JOB_TOKEN,
-                     else a random one; required across nodes)";
+                     else a random one; required across nodes)
+
+Signals: SIGINT or SIGTERM to launch is passed on to every rank ('train' finishes
+the step, saves it and exits 130/143); launch waits for them and exits with their
+status. A second signal stops the ranks at once. A rank that exits 130/143 by
+itself (a signal sent to it alone) is the job's stop too, not a failure.";
 
 /// The most ranks one launch starts on its node. One rank per GPU, or per
 /// few CPU cores, is what a host runs usefully; each rank also costs launch
