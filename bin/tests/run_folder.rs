@@ -699,21 +699,26 @@ fn auto_after_a_crash_before_the_first_save_resumes_where_the_run_began() {
     assert!(out.contains("(step 50)") && out.contains("MY"), "{out}");
 }
 
+/// `frugal launch` of two ranks training S (almost) forever into `out`.
+fn endless_launch(out: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["launch", "--nproc", "2", "--", "train"])
+        .args(S)
+        .args(["--steps", "1000000", "--ckpt-every", "0", "--out", s(out)])
+        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env("FRUGAL_COMM_TIMEOUT", "30");
+    c
+}
+
 /// Item 6, as a user meets it: SIGTERM to `frugal launch` reaches both
 /// ranks, which stop after one step with its checkpoint; launch exits 143.
 #[test]
 fn sigterm_to_launch_saves_the_job_and_exits_143() {
     let dir = scratch("launch-signal");
     let out = dir.join("run");
-    let mut c = Command::new(BIN);
-    c.args(["launch", "--nproc", "2", "--", "train"])
-        .args(S)
-        .args(["--steps", "1000000", "--ckpt-every", "0", "--out", s(&out)])
-        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env("FRUGAL_COMM_TIMEOUT", "30");
-    let (launcher, lines) = spawn_until(c, "3/1000000 |");
+    let (launcher, lines) = spawn_until(endless_launch(&out), "3/1000000 |");
     signal(&launcher, libc::SIGTERM);
     let o = launcher.finish();
     let log = lines.all();
@@ -780,15 +785,7 @@ fn children_of(pid: u32) -> Vec<i32> {
 fn sigterm_to_one_rank_under_launch_stops_the_job_with_its_checkpoint() {
     let dir = scratch("launch-one-rank");
     let out = dir.join("run");
-    let mut c = Command::new(BIN);
-    c.args(["launch", "--nproc", "2", "--", "train"])
-        .args(S)
-        .args(["--steps", "1000000", "--ckpt-every", "0", "--out", s(&out)])
-        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env("FRUGAL_COMM_TIMEOUT", "30");
-    let (launcher, lines) = spawn_until(c, "3/1000000 |");
+    let (launcher, lines) = spawn_until(endless_launch(&out), "3/1000000 |");
     let ranks = children_of(launcher.id());
     assert_eq!(ranks.len(), 2, "{ranks:?}");
     // The higher pid was started second: rank 1.

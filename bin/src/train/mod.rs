@@ -492,9 +492,7 @@ fn run_fields(opts: &TrainOptions, data_fingerprint: u64) -> Vec<(&'static str, 
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    sync::fnv1a(sync::FNV_OFFSET, s.as_bytes())
 }
 
 /// `run.json`: who this run is, what it descends from, and what it runs.

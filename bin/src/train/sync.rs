@@ -213,14 +213,9 @@ impl GradSync {
             return Ok(());
         };
         let (rank, world) = (ddp.rank(), ddp.world());
-        let hash = fields
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, (name, v, _)| {
-                let h = name
-                    .bytes()
-                    .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-                (h ^ v).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = fields.iter().fold(FNV_OFFSET, |h, (name, v, _)| {
+            fnv1a(fnv1a(h, name.as_bytes()), &v.to_le_bytes())
+        });
         let root = broadcast_u64(ddp, hash).map_err(|e| format!("comparing run configs: {e}"))?;
         let mut differs = [if root == hash { 0.0f32 } else { 1.0 }];
         ddp.all_reduce_now(&mut differs)
@@ -408,4 +403,15 @@ fn broadcast_u64(ddp: &mut Ddp, value: u64) -> Result<u64, frugal_comm::CommErro
         .iter()
         .enumerate()
         .fold(0u64, |acc, (i, &p)| acc | ((p as u64) << (16 * i))))
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Folds `bytes` into the FNV-1a hash `h`: a fingerprint of settings, not a
+/// defence against a chosen collision.
+pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
