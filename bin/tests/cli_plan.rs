@@ -350,25 +350,69 @@ fn arena_answers_any_flags_by_arithmetic() {
     assert_eq!(ran.code, Some(2), "{}", ran.describe());
     assert!(ran.stderr.contains("more than"), "{}", ran.describe());
     ran.assert_quick_and_small();
-    // In bounds, but a size past any memory: refused by the planner, no panic.
-    let ran = run_limited(
-        PLAN_VM_KIB,
-        &[
-            "arena",
-            "--model",
-            "paper-2b",
-            "--batch",
-            "1048576",
-            "--seq",
-            "1048576",
-            "--attention",
-            "vanilla",
-            "--summary",
-        ],
-    );
-    let err = ran.assert_refused_naming_bytes();
-    assert!(err.contains("not a plausible buffer size"), "{err}");
-    ran.assert_quick_and_small();
+    // In bounds, but a shape past any device: refused by the step's own launchers (as
+    // `train` would refuse it), no panic, no allocation.
+    for (attention, reason) in [
+        ("vanilla", "exceeds CUDA's 65535 CTAs"),
+        ("flash", "does not fit the kernel's 32-bit index"),
+    ] {
+        let ran = run_limited(
+            PLAN_VM_KIB,
+            &[
+                "arena",
+                "--model",
+                "paper-2b",
+                "--batch",
+                "1048576",
+                "--seq",
+                "1048576",
+                "--attention",
+                attention,
+                "--summary",
+            ],
+        );
+        assert_eq!(ran.signal, None, "killed by a signal: {}", ran.describe());
+        assert_eq!(ran.code, Some(1), "{}", ran.describe());
+        assert!(ran.stderr.contains(reason), "{}", ran.describe());
+        ran.assert_quick_and_small();
+    }
+}
+
+/// The first `peak N bytes` of a plan print-out.
+fn peak_bytes(out: &str) -> u64 {
+    out.split("peak ")
+        .skip(1)
+        .find_map(|rest| rest.split(" bytes").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no 'peak N bytes' in:\n{out}"))
+}
+
+/// `arena --model` and `train --dry-run` plan the same step: the same peak.
+#[test]
+fn arena_and_dry_run_agree_on_the_peak() {
+    for (model, batch, seq, attention) in [
+        ("tiny", "4", None, "flash"),
+        ("paper-100m", "32", None, "flash"),
+        ("tiny", "2", Some("128"), "vanilla"),
+    ] {
+        let seq_flags: Vec<&str> = seq.map(|s| vec!["--seq", s]).unwrap_or_default();
+        let common = with(
+            &["--model", model, "--batch", batch, "--attention", attention],
+            &seq_flags,
+        );
+        let arena = run_limited(PLAN_VM_KIB, &with(&["arena", "--summary"], &common));
+        let dry = run_limited(
+            PLAN_VM_KIB,
+            &with(&["train", "--device", "emu", "--dry-run"], &common),
+        );
+        let (a, d) = (
+            peak_bytes(arena.assert_answered()),
+            peak_bytes(dry.assert_answered()),
+        );
+        assert_eq!(
+            a, d,
+            "{model} batch {batch} {attention}: arena {a}, --dry-run {d}"
+        );
+    }
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub enum ConfigError {
     /// The host could not allocate a buffer of this size (RAM, a container's limit or
     /// `ulimit -v`): the model, batch or sequence is too large for this machine.
     HostMemory { what: String, bytes: u64 },
+    /// No [`Attention`] has this name.
+    UnknownAttention { name: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -78,6 +80,9 @@ impl fmt::Display for ConfigError {
                  --batch or --seq (--dry-run prints what a run needs)",
                 *bytes as f64 / (1u64 << 30) as f64
             ),
+            ConfigError::UnknownAttention { name } => {
+                write!(f, "'{name}' is not one of flash, vanilla")
+            }
             ConfigError::UnknownPreset { name } => write!(
                 f,
                 "unknown model preset '{name}'; known presets: {}",
@@ -88,6 +93,50 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Which attention a GPU step runs (the paper's axis; `--attention`). The CPU model has
+/// one attention path and ignores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// FlashAttention-2: keeps only the log-sum-exp per row (f32, B×NH×T) per layer.
+    Flash,
+    /// Materialised scores ("FlashAttention off"): keeps the probabilities (bf16,
+    /// B×NH×T×T) per layer.
+    Vanilla,
+}
+
+impl Attention {
+    /// Both, in flag order.
+    pub const ALL: [Attention; 2] = [Attention::Flash, Attention::Vanilla];
+
+    /// The flag word (`flash`, `vanilla`), as tables and JSON print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Attention::Flash => "flash",
+            Attention::Vanilla => "vanilla",
+        }
+    }
+}
+
+impl fmt::Display for Attention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Attention {
+    type Err = ConfigError;
+
+    /// The flag word; [`ConfigError::UnknownAttention`] names any other.
+    fn from_str(s: &str) -> Result<Attention, ConfigError> {
+        Attention::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| ConfigError::UnknownAttention {
+                name: s.to_string(),
+            })
+    }
+}
 
 /// A named configuration with the batch size it trains at by default.
 #[derive(Clone, Copy, Debug)]
@@ -510,6 +559,16 @@ impl ParamLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_reads_and_prints_its_flag_words() {
+        for a in Attention::ALL {
+            assert_eq!(a.to_string().parse::<Attention>(), Ok(a));
+        }
+        assert_eq!("vanilla".parse(), Ok(Attention::Vanilla));
+        let e = "sdpa".parse::<Attention>().unwrap_err();
+        assert_eq!(e.to_string(), "'sdpa' is not one of flash, vanilla");
+    }
 
     #[test]
     fn paper_presets_have_the_papers_parameter_counts() {

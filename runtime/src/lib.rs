@@ -35,6 +35,5 @@ pub mod launch;
 pub mod modules;
 pub mod nvtx;
 pub mod profile;
-pub mod step_memory;
 
 pub use error::RuntimeError;

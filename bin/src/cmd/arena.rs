@@ -1,11 +1,14 @@
 //! `frugal arena`: prints the memory arena plan (every buffer's offset, the peak
 //! and the breakdown by category) for a list of buffers from a file, or for the
-//! estimated buffers of a training step of a model preset.
+//! buffers of a training step of a model preset: the device step's own program
+//! (`frugal_model::device::program`), built without a device as `train --dry-run`
+//! builds it, so both print the same plan.
 
-use frugal_model::config::Preset;
-use frugal_runtime::arena::{self, plan, plan_fits, Plan};
+use frugal_model::config::{Attention, Config, Preset};
+use frugal_model::device::program::Program;
+use frugal_model::device::StepOptions;
+use frugal_runtime::arena::{self, plan, plan_fits, BufferRequest, Category, Plan};
 use frugal_runtime::device::{Device, DeviceSpec};
-use frugal_runtime::step_memory::{step_requests, Attention, StepShape};
 use frugal_runtime::RuntimeError;
 
 use crate::args::{Args, UsageError};
@@ -37,9 +40,10 @@ nothing were shared, 'at peak' counts what is live at the busiest step.
                    wte      params       64M  0  9
                    act0     activations  16M  1  8
                    scratch  workspace     4M  3  3
---model PRESET   estimate a training step of a preset (tiny, small, paper-100m,
-                 paper-500m, paper-1b, paper-2b): bf16 weights, fp32 master
-                 weights, grads and AdamW moments, bf16 activations per layer
+--model PRESET   plan the device training step of a preset (tiny, small, paper-100m,
+                 paper-500m, paper-1b, paper-2b), as train --dry-run does: bf16
+                 weights, fp32 master weights, grads and AdamW moments, bf16
+                 activations per layer
 --batch B        micro-batch per device (default: the preset's)
 --seq T          sequence length (default: the preset's)
 --attention A    flash (default) or vanilla (keeps B*NH*T*T scores per layer)
@@ -86,15 +90,13 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let model = args.string("model")?;
     let batch: Option<usize> = args.value("batch")?;
     let seq: Option<usize> = args.value("seq")?;
-    let attention = match args.string("attention")?.as_deref() {
-        None | Some("flash") => Attention::Flash,
-        Some("vanilla") => Attention::Vanilla,
-        Some(other) => {
-            return Err(UsageError(format!(
-                "arena: --attention '{other}' is not flash or vanilla"
+    let attention = match args.string("attention")? {
+        None => Attention::Flash,
+        Some(word) => word.parse::<Attention>().map_err(|_| {
+            UsageError(format!(
+                "arena: --attention '{word}' is not flash or vanilla"
             ))
-            .into())
-        }
+        })?,
     };
     let bucket = match args.string("comm-bucket")? {
         Some(s) => parse_bytes("comm-bucket", &s)?,
@@ -152,29 +154,26 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
                     );
                 }
             }
-            let shape_for = |b: usize| StepShape {
-                vocab: cfg.vocab_size as u64,
-                dim: cfg.dim as u64,
-                layers: cfg.n_layers as u64,
-                heads: cfg.n_heads as u64,
-                kv_heads: cfg.n_kv_heads as u64,
-                ffn: cfg.ffn_dim as u64,
-                seq: seq as u64,
-                batch: b as u64,
-                params: cfg.param_count() as u64,
-                attention,
-                comm_bucket_bytes: bucket,
+            let mut cfg = cfg;
+            cfg.seq_len = seq;
+            let step = StepRequests {
+                cfg: &cfg,
+                options: StepOptions::deterministic(attention),
+                bucket,
             };
+            // Built once up front so that a config the step cannot run is refused with the
+            // step's own words (the batch search only passes runtime errors on).
+            let asked = step
+                .at(batch)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
 
             if let Some(f) = mem_target {
                 let dev = Device::open(device).map_err(|e| CliError::Failed(e.to_string()))?;
                 let budget = dev
                     .mem_budget(f)
                     .map_err(|e| CliError::Failed(e.to_string()))?;
-                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| {
-                    Ok(step_requests(&shape_for(b)))
-                })
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
                 let batch = b;
                 println!(
                     "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
@@ -198,14 +197,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             );
             match available {
                 None => {
-                    let p = plan(&step_requests(&shape_for(batch)))
-                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = plan(&asked).map_err(|e| CliError::Failed(e.to_string()))?;
                     print_plan(&p, summary);
                 }
                 Some(avail) => {
-                    let p =
-                        arena::plan_for_batch(batch, avail, |b| Ok(step_requests(&shape_for(b))))
-                            .map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))
+                        .map_err(|e| CliError::Failed(e.to_string()))?;
                     print_plan(&p, summary);
                     println!("fits in {avail} bytes");
                 }
@@ -219,6 +216,40 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             "arena: give --buffers FILE or --model PRESET\n\n{HELP}"
         ))
         .into()),
+    }
+}
+
+/// The device step's requests for one model at any batch, with the all-reduce buckets
+/// `--comm-bucket` adds (two of them, live from the start of the backward to the end).
+struct StepRequests<'a> {
+    cfg: &'a Config,
+    options: StepOptions,
+    bucket: u64,
+}
+
+impl StepRequests<'_> {
+    fn at(&self, batch: usize) -> Result<Vec<BufferRequest>, frugal_model::ModelError> {
+        let prog = Program::plan_only(self.cfg, batch, self.cfg.seq_len, self.options)?;
+        let mut requests = prog.requests();
+        if self.bucket > 0 {
+            let last = requests.iter().map(|r| r.last_use).max().unwrap_or(0);
+            requests.push(BufferRequest::new(
+                "comm.buckets",
+                Category::CommBuckets,
+                self.bucket.saturating_mul(2),
+                prog.backward_start(),
+                last,
+            ));
+        }
+        Ok(requests)
+    }
+
+    /// [`StepRequests::at`] for the arena's batch search, which passes runtime errors on.
+    fn searched(&self, batch: usize) -> Result<Vec<BufferRequest>, RuntimeError> {
+        self.at(batch).map_err(|e| RuntimeError::BadRequest {
+            name: "device step".into(),
+            reason: e.to_string(),
+        })
     }
 }
 

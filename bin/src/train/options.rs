@@ -83,32 +83,8 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// Attention implementation on GPUs (the paper's axis).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attention {
-    Flash,
-    Vanilla,
-}
-
-impl Attention {
-    /// The device step's name for it (deterministic dQ; see
-    /// [`TrainOptions::step_options`] for the flags' full choice).
-    pub fn for_device(self) -> frugal_model::device::Attention {
-        match self {
-            Attention::Flash => frugal_model::device::Attention::Flash,
-            Attention::Vanilla => frugal_model::device::Attention::Vanilla,
-        }
-    }
-}
-
-impl fmt::Display for Attention {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Attention::Flash => "flash",
-            Attention::Vanilla => "vanilla",
-        })
-    }
-}
+/// Attention implementation on GPUs (the paper's axis): the project's one type.
+pub use frugal_model::config::Attention;
 
 /// How flash attention's backward sums dQ (`--attention-dq`), as the device step's
 /// [`frugal_model::device::DqMode`].
@@ -402,7 +378,7 @@ impl TrainOptions {
     /// The device step's attention options (`--attention`, `--attention-dq`).
     pub fn step_options(&self) -> frugal_model::device::StepOptions {
         frugal_model::device::StepOptions {
-            attention: self.attention.for_device(),
+            attention: self.attention,
             dq: self.attention_dq,
         }
     }

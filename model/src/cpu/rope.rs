@@ -20,22 +20,14 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// The table for positions 0..seq and head size `head_dim` (even).
+    /// The table for positions 0..seq and head size `head_dim` (even): the GPU step's
+    /// own ([`frugal_ptx::kernels::rope::table`]), so both backends rotate by the same bits.
     pub fn new(seq: usize, head_dim: usize, theta: f64) -> RopeTable {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for pos in 0..seq {
-            for i in 0..half {
-                let angle = pos as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64);
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = frugal_ptx::kernels::rope::table(seq, head_dim, theta);
         RopeTable {
             cos,
             sin,
-            half,
+            half: head_dim / 2,
             seq,
         }
     }

@@ -61,11 +61,13 @@
 //! right for an all-reduce that overlaps backward, but the copy itself does not yet overlap
 //! the kernels that follow.
 
-pub(crate) mod program;
-pub(crate) mod vanilla;
+mod place;
+pub mod program;
+mod vanilla;
 
 use std::ops::Range;
 
+pub use crate::config::Attention;
 pub use frugal_ptx::flash::DqMode;
 use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
 use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Category, Plan};
@@ -73,11 +75,11 @@ use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, KernelArg};
 use frugal_runtime::nvtx;
-pub use frugal_runtime::step_memory::Attention;
 
 use crate::config::{Config, ParamKind, ParamLayout};
 use crate::error::ModelError;
-use program::{At, Ids, OpKind, Program, Shape};
+use place::At;
+use program::{Ids, OpKind, Program, Shape};
 
 /// The optional per-range gradient hand-over of [`DeviceModel::forward_backward`].
 type OnReady<'a> = Option<&'a mut dyn FnMut(Range<usize>, &[f32])>;
@@ -254,8 +256,7 @@ impl DeviceModel {
         seq: usize,
         options: StepOptions,
     ) -> Result<Vec<BufferRequest>, ModelError> {
-        let prog = program::build(cfg, Shape { b: batch, t: seq }, options, PLANNING_ARCH)?;
-        Ok(prog.requests())
+        Ok(Program::plan_only(cfg, batch, seq, options)?.requests())
     }
 
     /// A lower bound of the arena peak of the step [`DeviceModel::requests_with`] lists,
@@ -279,8 +280,7 @@ impl DeviceModel {
         let live = |layers: usize| -> Result<[u64; Category::ALL.len()], ModelError> {
             let mut few = cfg.clone();
             few.n_layers = layers;
-            let shape = Shape { b: batch, t: seq };
-            Ok(program::build(&few, shape, options, PLANNING_ARCH)?.live_at_loss())
+            Ok(Program::plan_only(&few, batch, seq, options)?.live_at_loss())
         };
         let l = cfg.n_layers;
         let per_category: Vec<u128> = if l <= 3 {
@@ -382,7 +382,8 @@ impl DeviceModel {
         let mut steps = Vec::with_capacity(ops.len());
         for op in ops {
             let step = match op.kind {
-                OpKind::Kernels { label, emit } => {
+                OpKind::Kernels { emit } => {
+                    let label = op.label;
                     let launches = emit(&resolve).map_err(kernel_err(label.clone()))?;
                     Step::Launches { label, launches }
                 }

@@ -13,7 +13,7 @@ use frugal_ptx::flash::AttnShape;
 use frugal_ptx::kernels::Launch;
 use frugal_runtime::arena::Category;
 
-use super::program::{At, Resolve};
+use super::place::{At, Resolve};
 use crate::error::ModelError;
 
 /// Buffer ids of one vanilla call (`None`: the call does not use it).

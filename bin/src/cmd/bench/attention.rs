@@ -23,7 +23,7 @@ use super::kernels::{human_bytes, json_str, open, parse_device, rate};
 use crate::args::{Args, UsageError};
 use crate::train::options::MAX_DIM;
 use crate::CliError;
-use frugal_model::config::Preset;
+use frugal_model::config::{Attention, Preset};
 use frugal_model::rng::Rng;
 use frugal_ptx::flash::vanilla::{self, VanillaBuffers};
 use frugal_ptx::flash::{self, AttnShape, DqMode};
@@ -47,32 +47,13 @@ forward and forward+backward, and reports TFLOP/s as FlashAttention's benchmarks
   --batch B      sequences per call (default 16384 / T on a GPU, 1 on the emulator)
   --seq T        tokens per sequence (default 1024 on a GPU, 64 on the emulator)
   --heads NH     override the presets' query heads (HS stays the preset's)
-  --kv-heads NKV key/value heads (default NH; must divide NH)
+  --kv-heads NKV key/value heads (default: the preset's, or NH with --heads; must divide NH)
   --attention A  both (default), flash or vanilla
   --dq MODE      flash backward's dQ: deterministic (default) or atomic
   --iters N      timed repetitions (default 20 on a GPU, 1 on the emulator)
   --warmup N     untimed repetitions first (default 3 on a GPU, 0 on the emulator)
   --json         one JSON object per row instead of the table
 On the emulator every time and TFLOP/s is the host's emulation speed, not a GPU's.";
-
-/// Which attention implementation a row times.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attention {
-    /// FlashAttention-2 kernels.
-    Flash,
-    /// Materialised scores: permutes, batched matmuls, softmax.
-    Vanilla,
-}
-
-impl Attention {
-    /// The name in tables and JSON (as `--attention`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Attention::Flash => "flash",
-            Attention::Vanilla => "vanilla",
-        }
-    }
-}
 
 /// What a row times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -457,14 +438,10 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         }
     }
     let which: Vec<Attention> = match attention.as_str() {
-        "both" => vec![Attention::Flash, Attention::Vanilla],
-        "flash" => vec![Attention::Flash],
-        "vanilla" => vec![Attention::Vanilla],
-        other => {
-            return Err(usage(format!(
-                "--attention '{other}': use both, flash or vanilla"
-            )))
-        }
+        "both" => Attention::ALL.to_vec(),
+        word => vec![word
+            .parse::<Attention>()
+            .map_err(|_| usage(format!("--attention '{word}': use both, flash or vanilla")))?],
     };
     let dq_mode = match dq.as_str() {
         "deterministic" => DqMode::Deterministic,
@@ -497,9 +474,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let mut shapes = Vec::new();
     for name in &names {
         let preset = Preset::by_name(name).map_err(|e| usage(e.to_string()))?;
-        let hs = preset.dim / preset.n_heads;
-        let nh = heads.unwrap_or(preset.n_heads);
-        let nkv = kv_heads.unwrap_or(nh);
+        // The model's own head size and key/value heads (--heads keeps HS and, without
+        // --kv-heads, runs plain multi-head attention).
+        let cfg = preset.config();
+        let hs = cfg.head_dim();
+        let nh = heads.unwrap_or(cfg.n_heads);
+        let nkv = kv_heads.unwrap_or(if heads.is_some() { nh } else { cfg.n_kv_heads });
         if nkv > nh || !nh.is_multiple_of(nkv) {
             return Err(usage(format!(
                 "--kv-heads {nkv} must divide the {nh} query heads"

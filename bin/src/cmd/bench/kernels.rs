@@ -69,6 +69,10 @@ pub struct StepShapes {
     pub v: usize,
     /// P: trainable parameters (the optimizer's length).
     pub p: usize,
+    /// RMSNorm's epsilon (the model's).
+    pub eps: f32,
+    /// RoPE's base frequency (the model's).
+    pub theta: f64,
 }
 
 impl StepShapes {
@@ -84,6 +88,9 @@ impl StepShapes {
             f: cfg.ffn_dim,
             v: cfg.vocab_size,
             p: cfg.param_count(),
+            // As the device step passes them to the kernels.
+            eps: cfg.norm_eps as f32,
+            theta: cfg.rope_theta,
         }
     }
 
@@ -288,7 +295,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
     let (n64, c64, f64_, v64, p64, t64) =
         (n as u64, c as u64, f as u64, v as u64, p as u64, t as u64);
     let heads = s.b * s.nh;
-    let eps = 1e-5f32;
+    let eps = s.eps;
     let (launch, bytes, shape) = match op {
         Op::EmbeddingFwd => {
             let tokens = m.tokens("tokens", n, v64).map_err(rt)?;
@@ -324,7 +331,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
         }
         Op::RopeFwd | Op::RopeBwd => {
             // Q: (N, NH·HS), rotated in place; K is the same launch with NKV heads.
-            let (cos_t, sin_t) = rope::table(t, s.hs, 10000.0);
+            let (cos_t, sin_t) = rope::table(t, s.hs, s.theta);
             let x = m.bf16s("q", n * s.nh * s.hs).map_err(rt)?;
             let cos = m.upload("cos", &cos_t).map_err(rt)?;
             let sin = m.upload("sin", &sin_t).map_err(rt)?;
@@ -791,7 +798,11 @@ mod tests {
     /// A model small enough that all 17 cases run under the emulator in a moment, with
     /// T not a multiple of 8 and an odd F so the kernels' scalar paths run too.
     fn small_shapes() -> StepShapes {
-        let cfg = Config {
+        StepShapes::new("custom", &small_shapes_config(), 2, 12)
+    }
+
+    fn small_shapes_config() -> Config {
+        Config {
             vocab_size: 100,
             dim: 64,
             n_layers: 1,
@@ -801,8 +812,36 @@ mod tests {
             seq_len: 12,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
-        };
-        StepShapes::new("custom", &cfg, 2, 12)
+        }
+    }
+
+    /// The constants the cases launch with are the ones the device step launches with.
+    #[test]
+    fn eps_and_theta_are_the_steps() {
+        use frugal_model::device::program::{Program, Work};
+        let mut cfg = small_shapes_config();
+        cfg.dim = 128;
+        cfg.norm_eps = 1e-6;
+        cfg.rope_theta = 500000.0;
+        let s = StepShapes::new("custom", &cfg, 2, 12);
+        let opts = frugal_model::device::StepOptions::default();
+        let prog = Program::plan_only(&cfg, 2, 12, opts).unwrap();
+        let (mut eps, mut theta) = (Vec::new(), Vec::new());
+        for op in prog.ops() {
+            match *op.work() {
+                Work::RmsNorm { eps: e, .. } => eps.push(e),
+                Work::Rope { theta: th, .. } => theta.push(th),
+                _ => {}
+            }
+        }
+        assert!(
+            !eps.is_empty() && eps.iter().all(|&e| e == s.eps),
+            "{eps:?}"
+        );
+        assert!(
+            !theta.is_empty() && theta.iter().all(|&t| t == s.theta),
+            "{theta:?}"
+        );
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `frugal bench matmul`: every matmul of one training step at its real shapes, through
 //! the dispatcher (`frugal_ptx::matmul::plan`) and the runtime's launch path.
 //!
-//! Products per layer (N = B*T tokens, W (C_out, C_in)): for each linear (QKV: C -> 3C, the
-//! attention output C -> C, the SwiGLU gate and up C -> F, down F -> C) its forward
-//! `Y = X W^T` (Nt), input gradient `dX = dY W` (Nn) and weight gradient `dW += dY^T X` (Tn,
-//! fp32, accumulate); the vanilla attention's batched products over B*NH matrices of
-//! (T, HS): S = Q K^T, O = P V, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q; once per
-//! step the LM head's three products with C_out = V. Each row is launched `count` times per
-//! step (L for per-layer products).
+//! The products are the step program's own (`frugal_model::device::program`, flash
+//! attention), deduplicated by shape (N = B*T tokens, W (C_out, C_in)): for each linear
+//! (Q: C -> C, K and V: C -> NKV*HS, the attention output C -> C, the SwiGLU gate and up
+//! C -> F, down F -> C) its forward `Y = X W^T` (Nt), input gradient `dX = dY W` (Nn,
+//! overwrite or accumulate) and weight gradient `dW += dY^T X` (Tn, fp32, accumulate); once
+//! per step the LM head's forward, dX and dW with C_out = V. A row is named by the step's
+//! operations it serves and launched `count` times per step (e.g. 2L for Q's and the
+//! output projection's forward when NKV = NH: one shape).
 //!
 //! Per row: microseconds per launch from device timing (events on `cuda`, after warm-up and
 //! a synchronise) and TFLOP/s = 2*M*N*K*batch / time; the total is FLOP-weighted:
@@ -26,10 +27,13 @@ use super::kernels::json_str;
 use crate::args::{Args, UsageError};
 use crate::train::options::MAX_DIM;
 use crate::CliError;
-use frugal_model::config::Preset;
+use frugal_model::config::{Config, Preset};
+use frugal_model::device::program::Program;
+use frugal_model::device::StepOptions;
 use frugal_model::rng::Rng;
+use frugal_model::ModelError;
 use frugal_ptx::matmul::table::{self, ArchMatch, SizeRange, TableRule};
-use frugal_ptx::matmul::{self, Choice, Epilogue, Gemm, KernelKind, Layout, OutType, TILE_CONFIGS};
+use frugal_ptx::matmul::{self, Choice, Epilogue, Gemm, KernelKind, OutType, TILE_CONFIGS};
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use half::bf16;
@@ -39,9 +43,10 @@ usage: frugal bench matmul [--device auto|cuda[:N]|emu] [--model PRESET] [--batc
                            [--ffn F] [--iters N] [--warmup N] [--variants] [--json]
                            [--compare FILE] [--autotune [--out FILE]]
 
-Times every matmul of one training step of the preset (forward, input and weight gradients
-of each linear, the LM head, the vanilla attention's batched products) through the
-dispatcher, and reports TFLOP/s per shape and the FLOP-weighted total.
+Times every matmul of one training step of the preset, as the device step runs them
+(forward, input and weight gradients of Q, K, V, the output projection, gate, up, down
+and the LM head; one row per distinct shape), through the dispatcher, and reports
+TFLOP/s per shape and the FLOP-weighted total.
   --device D    auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
   --model NAME  preset (default paper-100m on a GPU, tiny on the emulator)
   --batch B     sequences per step (default: the preset's on a GPU, 1 on the emulator)
@@ -71,61 +76,23 @@ pub struct Product {
     pub count: usize,
 }
 
-/// Every matmul of one step of a model with hidden size `c`, `nh` heads of `hs`, FFN width
-/// `f`, vocabulary `v`, `l` layers, `b` sequences of `t` tokens.
-#[allow(clippy::too_many_arguments)]
-pub fn step_products(
-    c: usize,
-    nh: usize,
-    hs: usize,
-    f: usize,
-    v: usize,
-    l: usize,
-    b: usize,
-    t: usize,
-) -> Vec<Product> {
-    let n = b * t;
-    let mut out = Vec::new();
-    let mut linear = |name: &str, c_in: usize, c_out: usize, count: usize| {
-        out.push(Product {
-            name: format!("{name} fwd"),
-            gemm: Gemm::dense(Layout::Nt, OutType::Bf16, n, c_out, c_in),
-            count,
-        });
-        out.push(Product {
-            name: format!("{name} dX"),
-            gemm: Gemm::dense(Layout::Nn, OutType::Bf16, n, c_in, c_out),
-            count,
-        });
-        out.push(Product {
-            name: format!("{name} dW"),
-            gemm: Gemm::dense(Layout::Tn, OutType::F32, c_out, c_in, n)
-                .with_epilogue(Epilogue::Accumulate, 1.0),
-            count,
-        });
-    };
-    linear("qkv", c, 3 * nh * hs, l);
-    linear("attn_out", nh * hs, c, l);
-    linear("ffn_gate", c, f, l);
-    linear("ffn_up", c, f, l);
-    linear("ffn_down", f, c, l);
-    linear("lm_head", c, v, 1);
-    let heads = b * nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let attn = |name: &str, layout: Layout, m: usize, nn: usize, k: usize, alpha: f32| Product {
-        name: name.to_string(),
-        gemm: Gemm::dense(layout, OutType::Bf16, m, nn, k)
-            .with_epilogue(Epilogue::Overwrite, alpha)
-            .batched(heads),
-        count: l,
-    };
-    out.push(attn("attn S=QK^T", Layout::Nt, t, t, hs, scale));
-    out.push(attn("attn O=PV", Layout::Nn, t, hs, t, 1.0));
-    out.push(attn("attn dP=dO V^T", Layout::Nt, t, t, hs, 1.0));
-    out.push(attn("attn dV=P^T dO", Layout::Tn, t, hs, t, 1.0));
-    out.push(attn("attn dQ=dS K", Layout::Nn, t, hs, t, scale));
-    out.push(attn("attn dK=dS^T Q", Layout::Tn, t, hs, t, scale));
-    out
+/// Every distinct matmul of one step of `cfg` at `b` sequences of `t` tokens, as the
+/// device step runs it (flash attention): the step program's matmul operations,
+/// deduplicated by shape, each with its launches per step and the operations it serves.
+///
+/// # Errors
+/// The step's own refusal of the config (e.g. a head size without flash kernels).
+pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, ModelError> {
+    let prog = Program::plan_only(cfg, b, t, StepOptions::default())?;
+    Ok(prog
+        .matmuls()
+        .into_iter()
+        .map(|m| Product {
+            name: m.labels.join(" | "),
+            gemm: m.gemm,
+            count: m.count,
+        })
+        .collect())
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
@@ -464,7 +431,7 @@ pub fn parse_flat_json(line: &str) -> Result<Vec<(String, JsonValue)>, String> {
 /// One line of a `--compare` file: the product's name and shape, and its time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measured {
-    /// Product name (`qkv fwd`, ...).
+    /// Product name (`q = a·Wqᵀ | o·Woᵀ`, ...).
     pub product: String,
     /// (M, N, K, batch).
     pub shape: [usize; 4],
@@ -622,18 +589,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let t = seq.unwrap_or(if emulated { 32 } else { preset.seq_len });
     let iters = iters.unwrap_or(if emulated { 1 } else { 20 });
     let warmup = warmup.unwrap_or(if emulated { 0 } else { 3 });
-    let f = ffn.unwrap_or(cfg.ffn_dim);
-    let hs = cfg.head_dim();
-    let products = step_products(
-        cfg.dim,
-        cfg.n_heads,
-        hs,
-        f,
-        cfg.vocab_size,
-        cfg.n_layers,
-        b,
-        t,
-    );
+    let mut cfg = cfg;
+    cfg.ffn_dim = ffn.unwrap_or(cfg.ffn_dim);
+    cfg.seq_len = t;
+    let (f, hs) = (cfg.ffn_dim, cfg.head_dim());
+    let products = step_products(&cfg, b, t).map_err(|e| failed("the step", e))?;
     // With --json, stdout carries only JSON lines; the human report goes to stderr.
     let say = |line: String| {
         if json {
@@ -841,27 +801,71 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use frugal_model::device::program::Work;
+    use frugal_ptx::matmul::Layout;
+
+    fn gqa() -> Config {
+        Config {
+            vocab_size: 320,
+            dim: 256,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            ffn_dim: 344,
+            seq_len: 16,
+            rope_theta: 500000.0,
+            norm_eps: 1e-6,
+        }
+    }
 
     #[test]
     fn step_products_cover_every_linear_and_count_flops() {
-        let (c, nh, hs, f, v, l, b, t) = (832, 13, 64, 2332, 32000, 9, 2, 16);
-        let ps = step_products(c, nh, hs, f, v, l, b, t);
-        // 6 linears x 3 products + 6 attention products.
-        assert_eq!(ps.len(), 24);
+        let cfg = gqa();
+        let (b, t) = (2, 16);
+        let (c, kv, f, v, l) = (256, 128, 344, 320, 3);
+        let ps = step_products(&cfg, b, t).unwrap();
         let n = b * t;
         // Linear FLOPs per step: 3 products x 2*N*C_in*C_out each, L times per layer.
-        let per_layer = (c * 3 * c + c * c + 2 * c * f + f * c) as f64;
+        let per_layer = (c * c + 2 * c * kv + c * c + 3 * c * f) as f64;
         let want = 3.0 * 2.0 * n as f64 * (per_layer * l as f64 + (c * v) as f64);
-        let got: f64 = ps
-            .iter()
-            .filter(|p| !p.name.starts_with("attn "))
-            .map(|p| p.gemm.flops() * p.count as f64)
-            .sum();
+        let got: f64 = ps.iter().map(|p| p.gemm.flops() * p.count as f64).sum();
         assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
         assert!(ps
             .iter()
-            .filter(|p| p.name.ends_with(" dW"))
+            .filter(|p| p.name.starts_with("dW"))
             .all(|p| p.gemm.epilogue == Epilogue::Accumulate && p.gemm.out == OutType::F32));
+        // Q, K and V run as separate products, K and V at NKV*HS (one shape for both).
+        let kv_fwd = Gemm::dense(Layout::Nt, OutType::Bf16, n, kv, c);
+        let k_and_v = ps.iter().find(|p| p.gemm == kv_fwd).unwrap();
+        assert_eq!(
+            (k_and_v.name.as_str(), k_and_v.count),
+            ("k = a·Wkᵀ | v = a·Wvᵀ", 2 * l)
+        );
+        assert!(!ps
+            .iter()
+            .any(|p| p.gemm.n == c + 2 * kv || p.gemm.m == c + 2 * kv));
+    }
+
+    /// The list `bench matmul` times is the step program's matmul operations: every
+    /// launch of the step, once per shape, with its count.
+    #[test]
+    fn step_products_are_the_programs_matmuls() {
+        let cfg = gqa();
+        let prog = Program::plan_only(&cfg, 2, 16, StepOptions::default()).unwrap();
+        let launches: Vec<Gemm> = prog
+            .ops()
+            .filter_map(|op| match op.work() {
+                Work::Matmul(g) => Some(*g),
+                _ => None,
+            })
+            .collect();
+        let ps = step_products(&cfg, 2, 16).unwrap();
+        assert_eq!(ps.iter().map(|p| p.count).sum::<usize>(), launches.len());
+        for p in &ps {
+            let runs = launches.iter().filter(|g| **g == p.gemm).count();
+            assert_eq!(runs, p.count, "{}", p.name);
+        }
+        assert!(launches.iter().all(|g| ps.iter().any(|p| p.gemm == *g)));
     }
 
     /// Every product of every preset, at its default batch and at 64 sequences of its T,
@@ -872,16 +876,7 @@ mod tests {
         for preset in frugal_model::config::PRESETS {
             let cfg = preset.config();
             for b in [preset.default_batch, 64] {
-                let ps = step_products(
-                    cfg.dim,
-                    cfg.n_heads,
-                    cfg.head_dim(),
-                    cfg.ffn_dim,
-                    cfg.vocab_size,
-                    cfg.n_layers,
-                    b,
-                    preset.seq_len,
-                );
+                let ps = step_products(&cfg, b, preset.seq_len).unwrap();
                 for p in &ps {
                     let g = &p.gemm;
                     let align = g.alignment(0, 0);

@@ -268,7 +268,7 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         weight_decay: WEIGHT_DECAY,
     };
     let options = StepOptions {
-        attention: b.attention.for_device(),
+        attention: b.attention,
         dq: b.attention_dq,
     };
     let n = tokens_per_step(b)?;

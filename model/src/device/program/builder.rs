@@ -1,0 +1,329 @@
+//! The recorder the step is built with: declares buffers, records each operation with
+//! what it computes ([`Work`]) and the buffers its launches touch, and the small
+//! operations (RMSNorm, SwiGLU, RoPE) every part of the step repeats.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+use frugal_ptx::error::PtxError;
+use frugal_ptx::kernels::{rmsnorm, rope, swiglu, Launch};
+use frugal_ptx::matmul::{self, Epilogue, Gemm, Layout, OutType};
+use frugal_runtime::arena::Category;
+
+use super::{Decl, Op, OpKind, Work};
+use crate::device::place::{At, Resolve};
+use crate::error::ModelError;
+
+pub(super) const BF16: u64 = 2;
+pub(super) const F32: u64 = 4;
+pub(super) const U32: u64 = 4;
+
+/// A fake, generously aligned address for `at` while recording uses (the real arena's
+/// offsets are 256-byte aligned, so every alignment check sees the same low bits).
+fn fake_address(at: At) -> u64 {
+    ((at.buf as u64 + 1) << 40) + at.byte
+}
+
+pub(super) struct Builder {
+    pub decls: Vec<Decl>,
+    pub ops: Vec<Op>,
+    phase: String,
+    /// Matmul dispatch architecture used to validate launches while recording.
+    pub arch: u32,
+    /// Matmuls whose launch was already built and checked while recording, by shape and
+    /// the operands' low address bits (all a launch's checks can see of an address, the
+    /// arena's offsets being 256-byte aligned): every layer repeats the same products, and
+    /// building one launch looks its kernel up in the PTX catalogue.
+    checked_matmuls: HashSet<String>,
+}
+
+impl Builder {
+    pub fn new(arch: u32) -> Builder {
+        Builder {
+            decls: Vec::new(),
+            ops: Vec::new(),
+            phase: "forward".into(),
+            arch,
+            checked_matmuls: HashSet::new(),
+        }
+    }
+
+    pub fn declare(
+        &mut self,
+        name: String,
+        category: Category,
+        bytes: u64,
+        persistent: bool,
+    ) -> usize {
+        self.decls.push(Decl {
+            name,
+            category,
+            // Zero-sized buffers are not useful to the planner; one element keeps names valid.
+            bytes: bytes.max(4),
+            persistent,
+        });
+        self.decls.len() - 1
+    }
+
+    pub fn state(&mut self, name: &str, category: Category, bytes: u64) -> usize {
+        self.declare(name.to_string(), category, bytes, true)
+    }
+
+    pub fn act(&mut self, name: String, bytes: u64) -> usize {
+        self.declare(name, Category::Activations, bytes, false)
+    }
+
+    pub fn ws(&mut self, name: String, bytes: u64) -> usize {
+        self.declare(name, Category::Workspace, bytes, false)
+    }
+
+    pub fn phase(&mut self, name: impl Into<String>) {
+        self.phase = name.into();
+    }
+
+    fn push(&mut self, label: String, work: Work, kind: OpKind, mut uses: Vec<usize>) {
+        uses.sort_unstable();
+        uses.dedup();
+        self.ops.push(Op {
+            phase: self.phase.clone(),
+            label,
+            work,
+            kind,
+            uses,
+        });
+    }
+
+    /// Records an operation of fixed launches; the launches are built once here with fake
+    /// addresses, which both checks shapes early and records the buffers used.
+    pub fn kernels(
+        &mut self,
+        label: impl Into<String>,
+        work: Work,
+        emit: impl Fn(Resolve) -> Result<Vec<Launch>, PtxError> + 'static,
+    ) -> Result<(), ModelError> {
+        let label = label.into();
+        let used = RefCell::new(Vec::new());
+        let record = |at: At| {
+            used.borrow_mut().push(at.buf);
+            fake_address(at)
+        };
+        emit(&record).map_err(|source| ModelError::Kernel {
+            what: label.clone(),
+            source: Box::new(source),
+        })?;
+        let kind = OpKind::Kernels {
+            emit: Box::new(emit),
+        };
+        self.push(label, work, kind, used.into_inner());
+        Ok(())
+    }
+
+    /// An operation the executor runs itself (transfers, per-call arguments).
+    pub fn host(&mut self, label: &str, work: Work, kind: OpKind, uses: Vec<usize>) {
+        self.push(label.to_string(), work, kind, uses);
+    }
+
+    /// `c = a·bᵀ`-style products through the dispatcher (see [`matmul::plan`]).
+    pub fn matmul(
+        &mut self,
+        label: impl Into<String>,
+        gemm: Gemm,
+        a: At,
+        b: At,
+        c: At,
+    ) -> Result<(), ModelError> {
+        let arch = self.arch;
+        let emit = move |r: Resolve| Ok(vec![matmul::plan(arch, &gemm, r(a), r(b), r(c))?.1]);
+        let low = |at: At| at.byte % 256;
+        let key = format!("{gemm:?} {} {} {}", low(a), low(b), low(c));
+        if !self.checked_matmuls.contains(&key) {
+            self.kernels(label, Work::Matmul(gemm), emit)?;
+            self.checked_matmuls.insert(key);
+            return Ok(());
+        }
+        // The launch of a shape already checked: its uses are its three operands (those
+        // `emit` resolves), so recording them needs no second catalogue lookup.
+        let kind = OpKind::Kernels {
+            emit: Box::new(emit),
+        };
+        let uses = vec![a.buf, b.buf, c.buf];
+        self.push(label.into(), Work::Matmul(gemm), kind, uses);
+        Ok(())
+    }
+}
+
+/// Y (m, n) = X (m, k) · Wᵀ, W (n, k): the forward of a linear layer, bf16 out.
+pub(super) fn linear_fwd(m: usize, n: usize, k: usize) -> Gemm {
+    Gemm::dense(Layout::Nt, OutType::Bf16, m, n, k)
+}
+
+/// dX (m, n) = dY (m, k) · W, W (k, n): the input gradient, bf16 out, overwrite or accumulate.
+pub(super) fn linear_dx(m: usize, n: usize, k: usize, epilogue: Epilogue) -> Gemm {
+    Gemm::dense(Layout::Nn, OutType::Bf16, m, n, k).with_epilogue(epilogue, 1.0)
+}
+
+/// dW (out, in) += dYᵀ · X over `tokens` rows: f32, accumulated into the gradients.
+pub(super) fn linear_dw(out: usize, inp: usize, tokens: usize) -> Gemm {
+    Gemm::dense(Layout::Tn, OutType::F32, out, inp, tokens).with_epilogue(Epilogue::Accumulate, 1.0)
+}
+
+/// The token shapes every layer's row-wise kernels share: N = B·T rows of C channels.
+#[derive(Clone, Copy)]
+pub(super) struct Rows {
+    pub n: usize,
+    pub c: usize,
+    pub eps: f32,
+}
+
+/// The buffers of one RMSNorm forward: y (N, C) and rstd (N) from x, or with
+/// `residual: Some((res, sum))` from sum = x + res (written to `sum`, the fused residual add).
+#[derive(Clone, Copy)]
+pub(super) struct NormFwd {
+    pub x: usize,
+    pub residual: Option<(usize, usize)>,
+    pub g: At,
+    pub y: usize,
+    pub rstd: usize,
+}
+
+/// One RMSNorm forward launch (plain or with the fused residual add, per `nf.residual`).
+pub(super) fn norm_forward(
+    bld: &mut Builder,
+    label: impl Into<String>,
+    nf: NormFwd,
+    rows: Rows,
+) -> Result<(), ModelError> {
+    let Rows { n, c, eps } = rows;
+    let work = Work::RmsNorm {
+        rows: n,
+        c,
+        eps,
+        residual: nf.residual.is_some(),
+    };
+    bld.kernels(label, work, move |r| {
+        let (x, g, y, rstd) = (
+            r(At::start(nf.x)),
+            r(nf.g),
+            r(At::start(nf.y)),
+            r(At::start(nf.rstd)),
+        );
+        Ok(vec![match nf.residual {
+            None => rmsnorm::forward(x, g, y, rstd, n, c, eps)?,
+            Some((res, sum)) => rmsnorm::forward_residual(
+                x,
+                r(At::start(res)),
+                r(At::start(sum)),
+                g,
+                y,
+                rstd,
+                n,
+                c,
+                eps,
+            )?,
+        }])
+    })
+}
+
+/// The buffers of one RMSNorm backward.
+pub(super) struct NormBwd {
+    pub dy: usize,
+    pub x: usize,
+    pub g: At,
+    pub rstd: usize,
+    pub dx: usize,
+    pub dg: At,
+    pub mode: rmsnorm::DxMode,
+}
+
+/// dx (per mode) and dg += through the two deterministic launches, with the dg workspace
+/// as a buffer of its own (it lives for this op only).
+pub(super) fn norm_backward(
+    bld: &mut Builder,
+    label: impl Into<String>,
+    nb: NormBwd,
+    rows: Rows,
+) -> Result<(), ModelError> {
+    let Rows { n, c, .. } = rows;
+    let label = label.into();
+    let part = bld.ws(
+        format!("{label}.dg_parts"),
+        rmsnorm::workspace_elems(n, c) as u64 * F32,
+    );
+    let work = Work::RmsNormBackward { rows: n, c };
+    bld.kernels(label, work, move |r| {
+        let part = r(At::start(part));
+        Ok(vec![
+            rmsnorm::backward(
+                r(At::start(nb.dy)),
+                r(At::start(nb.x)),
+                r(nb.g),
+                r(At::start(nb.rstd)),
+                r(At::start(nb.dx)),
+                part,
+                n,
+                c,
+                nb.mode,
+            )?,
+            rmsnorm::dg_reduce(part, r(nb.dg), n, c)?,
+        ])
+    })
+}
+
+/// act = SwiGLU(gate, up) over `len` elements, from buffers `[gate, up, act]`.
+pub(super) fn swiglu_forward(
+    bld: &mut Builder,
+    label: impl Into<String>,
+    [gate, up, act]: [usize; 3],
+    len: usize,
+) -> Result<(), ModelError> {
+    bld.kernels(label, Work::SwiGlu { len }, move |r| {
+        Ok(vec![swiglu::forward(
+            r(At::start(gate)),
+            r(At::start(up)),
+            r(At::start(act)),
+            len,
+        )?])
+    })
+}
+
+/// The RoPE tables (T, HS/2) and the token shapes every rotation uses.
+#[derive(Clone, Copy)]
+pub(super) struct RopeAt {
+    pub cos: usize,
+    pub sin: usize,
+    pub n: usize,
+    pub t: usize,
+    pub hs: usize,
+    pub theta: f64,
+}
+
+/// Rotates `x` (N, heads*HS) in place, forward or (the transpose) backward.
+pub(super) fn rope_op(
+    bld: &mut Builder,
+    label: impl Into<String>,
+    x: usize,
+    heads: usize,
+    tables: RopeAt,
+    direction: rope::Direction,
+) -> Result<(), ModelError> {
+    let work = Work::Rope {
+        rows: tables.n,
+        t: tables.t,
+        heads,
+        hs: tables.hs,
+        theta: tables.theta,
+        direction,
+    };
+    bld.kernels(label, work, move |r| {
+        Ok(vec![rope::rope(
+            r(At::start(x)),
+            r(At::start(tables.cos)),
+            r(At::start(tables.sin)),
+            tables.n,
+            tables.t,
+            heads,
+            tables.hs,
+            direction,
+        )?])
+    })
+}
