@@ -8,8 +8,8 @@ use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
 use frugal_ptx::generated::{self, Generated};
 use frugal_ptx::matmul::{
-    self, emit, launch, select, simt, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout,
-    OutType, TileConfig, TILE_128X128, TILE_128X128_RS, TILE_128X64, TILE_128X64_RS, TILE_64X64,
+    self, launch, select, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout, OutType,
+    TileConfig, TILE_128X128, TILE_128X128_RS, TILE_128X64, TILE_128X64_RS, TILE_64X64,
     TILE_64X64_RS, TILE_64X64_V8, TILE_CONFIGS,
 };
 use std::time::Instant;

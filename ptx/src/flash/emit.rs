@@ -14,7 +14,7 @@
 //! `%o*` the 16xHS output accumulators (f32). Lane notation: `g = lane / 4` (row in an
 //! m16n8 tile, plus 8 for the second half), `tq = lane % 4` (column pair).
 
-use super::tile::{load_tile, FwdConfig, BLOCK_KV, BLOCK_Q};
+use super::tile::{load_tile, typed_params, FwdConfig, BLOCK_KV, BLOCK_Q};
 use crate::ptx_text::{Ptx, F32_LN2, F32_NEG_INF, F32_ZERO};
 
 /// Catalogue name of the forward module.
@@ -58,22 +58,6 @@ pub fn emit_forward_module() -> String {
         emit_forward(&mut p, &cfg);
     }
     p.finish()
-}
-
-/// The `(name, type)` list of `params` as every flash kernel declares them: sizes `.u32`,
-/// `scale_log2` `.f32`, the rest pointers.
-pub(crate) fn typed_params<'a>(params: &[&'a str]) -> Vec<(&'a str, &'static str)> {
-    params
-        .iter()
-        .map(|&param| {
-            let ty = match param {
-                "t" | "nh" | "nkv" => ".u32",
-                "scale_log2" => ".f32",
-                _ => ".u64",
-            };
-            (param, ty)
-        })
-        .collect()
 }
 
 fn emit_forward(p: &mut Ptx, cfg: &FwdConfig) {

@@ -21,12 +21,11 @@
 //! a 16 x 64 fp32 block rounded to bf16 times a 64-row shared tile).
 
 //!
-//! The module also holds `flash_attn_bwd_preprocess` (D = rowsum(dO * O)); the whole text is
-//! committed as `ptx/kernels/generated/flash_attn_bwd.ptx` (see [`super::emit`] for how it is
-//! checked and regenerated).
+//! The module also holds `flash_attn_bwd_preprocess` (D = rowsum(dO * O)); the whole text
+//! is committed as `ptx/kernels/generated/flash_attn_bwd.ptx` (see [`crate::generated`] for
+//! how it is checked and regenerated).
 
-use super::emit::typed_params;
-use super::tile::{load_tile, FwdConfig, BLOCK_KV, ROW_PAD_BYTES, THREADS};
+use super::tile::{load_tile, typed_params, FwdConfig, BLOCK_KV, ROW_PAD_BYTES, THREADS};
 use super::DqMode;
 use crate::ptx_text::{Ptx, F32_LN2, F32_NEG_INF, F32_NEG_LOG2E, F32_ZERO};
 

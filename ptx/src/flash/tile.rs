@@ -1,6 +1,7 @@
 //! The CTA geometry the FlashAttention-2 forward and backward emitters (and the launchers)
-//! share: block sizes, the per-head-size [`FwdConfig`] of padded shared-memory tiles, and
-//! [`load_tile`], the `cp.async` copy of one 64-row tile both directions stream.
+//! share: block sizes, the per-head-size [`FwdConfig`] of padded shared-memory tiles,
+//! [`load_tile`], the `cp.async` copy of one 64-row tile both directions stream, and the
+//! parameter typing every flash entry declares.
 
 use crate::ptx_text::Ptx;
 
@@ -92,4 +93,20 @@ pub(crate) fn load_tile(
             p.line("cp.async.cg.shared.global [%a32], [%addr2], 16, %sz;");
         }
     }
+}
+
+/// The `(name, type)` list of `params` as every flash kernel declares them: sizes `.u32`,
+/// `scale_log2` `.f32`, the rest pointers.
+pub(crate) fn typed_params<'a>(params: &[&'a str]) -> Vec<(&'a str, &'static str)> {
+    params
+        .iter()
+        .map(|&param| {
+            let ty = match param {
+                "t" | "nh" | "nkv" => ".u32",
+                "scale_log2" => ".f32",
+                _ => ".u64",
+            };
+            (param, ty)
+        })
+        .collect()
 }

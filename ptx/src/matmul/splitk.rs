@@ -1,4 +1,5 @@
-//! Emitter of `ptx/kernels/generated/matmul_splitk_reduce.ptx`: the second pass of a split-K matmul.
+//! Emitter of `ptx/kernels/generated/matmul_splitk_reduce.ptx`: the second pass of a
+//! split-K matmul.
 //!
 //! Split-K ([`super::launch_split`]): the K range is cut into `slices` pieces of `kslice`
 //! (a multiple of BK = 32, the last one ragged); each slice s runs the ordinary matmul kernel
