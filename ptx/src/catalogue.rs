@@ -1,5 +1,7 @@
 //! The one table of shipped PTX modules: each module's name, its text (embedded with
-//! `include_str!` from `ptx/kernels/<name>.ptx`) and the targets it is assembled and shipped for.
+//! `include_str!` from `ptx/kernels/<name>.ptx` when hand-written, from
+//! `ptx/kernels/generated/<name>.ptx` when an emitter writes it, see [`crate::generated`])
+//! and the targets it is assembled and shipped for.
 //!
 //! Every module in the table is assembled by `ptxas` for each of its targets in the tests
 //! (`tests/ptxas.rs`, which fails on any error or spill), reported by `frugal kernels --report`
@@ -88,12 +90,16 @@ impl std::fmt::Display for Target {
 /// One shipped PTX module.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelModule {
-    /// The module's name; its file is `ptx/kernels/<name>.ptx`.
+    /// The module's name; its file is `ptx/kernels/<name>.ptx`, or
+    /// `ptx/kernels/generated/<name>.ptx` when [`KernelModule::generated`].
     pub name: &'static str,
     /// The PTX text, exactly as shipped.
     pub text: &'static str,
     /// The targets it is assembled for and loaded on, oldest first.
     pub targets: &'static [Target],
+    /// Written by an emitter (`crate::generated`), not by hand: never edit its file, change
+    /// the emitter and regenerate (see the crate docs).
+    pub generated: bool,
 }
 
 impl KernelModule {
@@ -123,287 +129,79 @@ pub fn entry_names(text: &str) -> Vec<&str> {
 
 const BOTH: &[Target] = &[Target::Sm80, Target::Sm90a];
 
-static MODULES: &[KernelModule] = &[
-    KernelModule {
-        name: "util",
-        text: include_str!("../kernels/util.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "adamw",
-        text: include_str!("../kernels/adamw.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "cross_entropy",
-        text: include_str!("../kernels/cross_entropy.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "embedding",
-        text: include_str!("../kernels/embedding.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "rmsnorm",
-        text: include_str!("../kernels/rmsnorm.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "rope",
-        text: include_str!("../kernels/rope.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "softmax",
-        text: include_str!("../kernels/softmax.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "swiglu",
-        text: include_str!("../kernels/swiglu.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "flash_attn_fwd",
-        text: include_str!("../kernels/flash_attn_fwd.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "flash_attn_bwd",
-        text: include_str!("../kernels/flash_attn_bwd.ptx"),
-        targets: BOTH,
-    },
-    // Vanilla attention's layout changes (`crate::flash::vanilla`).
-    KernelModule {
-        name: "attn_permute",
-        text: include_str!("../kernels/attn_permute.ptx"),
-        targets: BOTH,
-    },
-    // matmul: SIMT fallback and the tensor-core tile configs, all emitted by
-    // `crate::matmul` (a test re-emits and compares).
-    KernelModule {
-        name: "matmul_simt",
-        text: include_str!("../kernels/matmul_simt.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_nt_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_nn_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_tn_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_nt_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_nn_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_tn_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_nt_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_nn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_tn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_nt_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_nn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_tn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_v8_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_v8_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    // matmul: register-staged tensor-core variants (any alignment) and the split-K reduce.
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_nt_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_nn_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_tn_f32",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x128x32_rs_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x128x32_rs_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_nt_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_nn_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_tn_f32",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_128x64x32_rs_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_128x64x32_rs_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_nt_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nt_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_nt_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nt_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_nn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_nn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_nn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_tn_f32",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_tn_f32.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_tc_64x64x32_rs_tn_bf16",
-        text: include_str!("../kernels/matmul_tc_64x64x32_rs_tn_bf16.ptx"),
-        targets: BOTH,
-    },
-    KernelModule {
-        name: "matmul_splitk_reduce",
-        text: include_str!("../kernels/matmul_splitk_reduce.ptx"),
-        targets: BOTH,
-    },
-];
+/// Expands the module list below into [`KernelModule`] rows, in order. `hand NAME` embeds
+/// `ptx/kernels/NAME.ptx`; `generated NAME` embeds `ptx/kernels/generated/NAME.ptx`;
+/// `matmul_tc [TILE, ..]` embeds the tensor-core module of every tile x layout (nt, nn, tn) x
+/// output type (f32, bf16), as `matmul_tc_<TILE>_<layout>_<out>`. Names must be literals
+/// (`include_str!` takes literal paths), so the generated ones repeat the emitters'
+/// configurations; `crate::generated` holds those configurations and a test checks that the
+/// two lists name the same modules in the same order.
+macro_rules! module_table {
+    (@rows [$($row:expr,)*]) => { &[$($row,)*] };
+    (@rows [$($row:expr,)*] hand $name:literal, $($rest:tt)*) => {
+        module_table!(@rows [$($row,)* module_table!(@row $name, "", false),] $($rest)*)
+    };
+    (@rows [$($row:expr,)*] generated $name:literal, $($rest:tt)*) => {
+        module_table!(@rows [$($row,)* module_table!(@row $name, "generated/", true),] $($rest)*)
+    };
+    (@rows [$($row:expr,)*] matmul_tc [$($tile:literal),* $(,)?], $($rest:tt)*) => {
+        module_table!(@rows [$($row,)* $(
+            module_table!(@tc $tile, "nt", "f32"),
+            module_table!(@tc $tile, "nt", "bf16"),
+            module_table!(@tc $tile, "nn", "f32"),
+            module_table!(@tc $tile, "nn", "bf16"),
+            module_table!(@tc $tile, "tn", "f32"),
+            module_table!(@tc $tile, "tn", "bf16"),
+        )*] $($rest)*)
+    };
+    (@tc $tile:literal, $layout:literal, $out:literal) => {
+        KernelModule {
+            name: concat!("matmul_tc_", $tile, "_", $layout, "_", $out),
+            text: include_str!(concat!(
+                "../kernels/generated/matmul_tc_", $tile, "_", $layout, "_", $out, ".ptx"
+            )),
+            targets: BOTH,
+            generated: true,
+        }
+    };
+    (@row $name:literal, $dir:literal, $generated:literal) => {
+        KernelModule {
+            name: $name,
+            text: include_str!(concat!("../kernels/", $dir, $name, ".ptx")),
+            targets: BOTH,
+            generated: $generated,
+        }
+    };
+    ($($list:tt)*) => { module_table!(@rows [] $($list)*) };
+}
+
+static MODULES: &[KernelModule] = module_table! {
+    hand "util",
+    hand "adamw",
+    hand "cross_entropy",
+    hand "embedding",
+    hand "rmsnorm",
+    hand "rope",
+    hand "softmax",
+    hand "swiglu",
+    generated "flash_attn_fwd",
+    generated "flash_attn_bwd",
+    // Vanilla attention's layout changes (`crate::vanilla`).
+    hand "attn_permute",
+    // matmul: the SIMT fallback, the tensor-core tiles (`crate::matmul::TILE_CONFIGS`, in
+    // order: cp.async ones, then the register-staged `_rs` ones) and the split-K reduce.
+    generated "matmul_simt",
+    matmul_tc [
+        "128x128x32",
+        "128x64x32",
+        "64x64x32",
+        "64x64x32_v8",
+        "128x128x32_rs",
+        "128x64x32_rs",
+        "64x64x32_rs",
+    ],
+    generated "matmul_splitk_reduce",
+};
 
 /// Every shipped module.
 pub fn modules() -> &'static [KernelModule] {
@@ -454,6 +252,17 @@ mod tests {
                 "cast_bf16_f32"
             ])
         );
+    }
+
+    #[test]
+    fn generated_rows_are_the_emitters_modules_in_order() {
+        let rows: Vec<&str> = modules()
+            .iter()
+            .filter(|m| m.generated)
+            .map(|m| m.name)
+            .collect();
+        let emitted: Vec<String> = crate::generated::all().iter().map(|g| g.name()).collect();
+        assert_eq!(rows, emitted);
     }
 
     #[test]

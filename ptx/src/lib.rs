@@ -1,8 +1,22 @@
 //! frugal-ptx: the PTX kernels frugal ships, as text, with the one table that
 //! knows them ([`catalogue`]), their typed launchers ([`kernels`], [`matmul`],
-//! [`flash`]), the `ptxas` harness ([`ptxas`]) and the PTX emulator ([`emu`])
+//! [`flash`], [`vanilla`]), the `ptxas` harness ([`ptxas`]) and the PTX emulator ([`emu`])
 //! that runs the exact shipped text on the CPU, with bounds, race, alignment
 //! and uninitialised-register checks, so every kernel is tested without a GPU.
+//!
+//! # Where the PTX lives
+//!
+//! Hand-written modules are `ptx/kernels/<name>.ptx`. Modules written by the Rust emitters
+//! (flash attention, every matmul) are `ptx/kernels/generated/<name>.ptx`, listed by
+//! [`generated::all`] and written with the shared text builder `ptx_text`; never edit those
+//! files by hand. After changing an emitter, regenerate every generated module with
+//!
+//! ```text
+//! FRUGAL_BLESS_PTX=1 cargo test --profile opt-test -p frugal-ptx --test generated
+//! ```
+//!
+//! and review the diff; without the variable that test fails on any file that differs from
+//! its emitter, is missing, or is no longer emitted.
 //!
 //! Walkthrough: look a module up, parse it, allocate emulated device memory,
 //! pack the parameters by the kernel's own layout, launch, read back.
@@ -35,10 +49,13 @@ pub mod catalogue;
 pub mod emu;
 pub mod error;
 pub mod flash;
+pub mod generated;
 pub mod kernels;
 pub mod matmul;
+mod ptx_text;
 pub mod ptxas;
 /// Kernel-test support shared by this crate's tests and the runtime's device tests:
 /// per-family cases over a [`testing::Runner`] (the emulator here, any device there).
 #[doc(hidden)]
 pub mod testing;
+pub mod vanilla;

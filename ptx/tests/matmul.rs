@@ -1,18 +1,17 @@
-//! Matmul: the shipped text equals the emitters' output, every kernel (SIMT and each
-//! tensor-core tile config) matches an f64 reference under the emulator for random shapes,
-//! layouts, output types and epilogues, and dispatch picks what the paper's shapes need.
+//! Matmul: every kernel (SIMT and each tensor-core tile config) matches an f64 reference
+//! under the emulator for random shapes, layouts, output types and epilogues, every entry
+//! declares the shared parameter list, and dispatch picks what the paper's shapes need.
 //!
-//! Regenerate the committed PTX after changing an emitter:
-//! `FRUGAL_BLESS_PTX=1 cargo test -p frugal-ptx --profile opt-test --test matmul emitted`.
+//! The shipped text against the emitters, and how to regenerate it: `tests/generated.rs`.
 
 use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
+use frugal_ptx::generated::{self, Generated};
 use frugal_ptx::matmul::{
-    self, emit, launch, select, simt, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout,
-    OutType, TileConfig, TILE_128X128, TILE_128X128_RS, TILE_128X64, TILE_128X64_RS, TILE_64X64,
+    self, launch, select, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout, OutType,
+    TileConfig, TILE_128X128, TILE_128X128_RS, TILE_128X64, TILE_128X64_RS, TILE_64X64,
     TILE_64X64_RS, TILE_64X64_V8, TILE_CONFIGS,
 };
-use std::path::PathBuf;
 use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------
@@ -21,10 +20,6 @@ use std::time::Instant;
 // Inputs: the crate's splitmix `Gen` (a draw below n is `range(0, n - 1)`).
 use frugal_ptx::testing::matmul::expected;
 use frugal_ptx::testing::{bf as bf16_f64, Gen};
-
-fn kernels_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels")
-}
 
 fn parsed(name: &str) -> Module {
     let m = catalogue::module(name).unwrap_or_else(|| panic!("no catalogue module {name}"));
@@ -230,61 +225,20 @@ fn random_gemm(
 }
 
 // ---------------------------------------------------------------------------------------
-// Shipped text
+// Shipped entries
 
-fn emitted() -> Vec<(String, String)> {
-    let mut all = vec![
-        ("matmul_simt".to_string(), simt::emit_module()),
-        (splitk::MODULE.to_string(), splitk::emit_module()),
-    ];
-    for cfg in TILE_CONFIGS {
-        for layout in Layout::ALL {
-            for out in [OutType::F32, OutType::Bf16] {
-                all.push((
-                    cfg.entry_name(layout, out),
-                    emit::emit_module(cfg, layout, out),
-                ));
-            }
-        }
-    }
-    all
-}
-
-#[test]
-fn emitted_ptx_matches_committed_files() {
-    if std::env::var_os("FRUGAL_BLESS_PTX").is_some() {
-        for (name, text) in emitted() {
-            let path = kernels_dir().join(format!("{name}.ptx"));
-            std::fs::write(&path, &text)
-                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        }
-    }
-    for (name, text) in emitted() {
-        assert!(text.is_ascii(), "{name}: PTX must be ASCII");
-        let path = kernels_dir().join(format!("{name}.ptx"));
-        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "read {}: {e} (FRUGAL_BLESS_PTX=1 writes it)",
-                path.display()
-            )
-        });
-        assert!(
-            committed == text,
-            "{} differs from its emitter; rerun with FRUGAL_BLESS_PTX=1 and review the diff",
-            path.display()
-        );
-        let shipped =
-            catalogue::module(&name).unwrap_or_else(|| panic!("{name} not in the catalogue"));
-        assert_eq!(
-            shipped.text, text,
-            "{name}: catalogue text is stale (rebuild)"
-        );
-    }
+/// Names of the generated matmul modules (SIMT, every tensor-core variant, split-K reduce).
+fn matmul_modules() -> Vec<String> {
+    generated::all()
+        .iter()
+        .filter(|g| !matches!(g, Generated::FlashForward | Generated::FlashBackward))
+        .map(|g| g.name())
+        .collect()
 }
 
 #[test]
 fn every_entry_has_the_shared_parameter_list() {
-    for (name, _) in emitted() {
+    for name in matmul_modules() {
         let module = parsed(&name);
         // The split-K reduce has its own list; every matmul kernel shares PARAMS.
         let list: &'static [(&str, frugal_ptx::kernels::ParamKind)] = if name == splitk::MODULE {
@@ -924,7 +878,7 @@ fn ptxas_matmul_variants_do_not_spill() {
         Err(e) => panic!("{e}"),
     };
     let mut problems = Vec::new();
-    for (name, _) in emitted() {
+    for name in matmul_modules() {
         let m = catalogue::module(&name).unwrap_or_else(|| panic!("{name}"));
         for &target in m.targets {
             let report = ptxas

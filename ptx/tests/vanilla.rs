@@ -1,4 +1,4 @@
-//! The vanilla attention path (`frugal_ptx::flash::vanilla`) under the emulator: the permute
+//! The vanilla attention path (`frugal_ptx::vanilla`) under the emulator: the permute
 //! kernels (`attn_permute`) against host loops, the whole forward and backward launch lists
 //! against the f64 reference of `attn_reference`, and against the flash kernels.
 //!
@@ -9,9 +9,9 @@
 
 use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
-use frugal_ptx::flash::vanilla::{self, BufferLife, VanillaBuffers};
 use frugal_ptx::flash::{self, AttnShape};
 use frugal_ptx::kernels::Launch;
+use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
 use std::collections::HashMap;
 use std::time::Instant;
 

@@ -1,5 +1,5 @@
 //! The step's side of vanilla attention ("FlashAttention off"): declares the buffers of
-//! `frugal_ptx::flash::vanilla` in the step program and hands it their addresses.
+//! `frugal_ptx::vanilla` in the step program and hands it their addresses.
 //!
 //! Lifetimes: each layer keeps its probabilities P (B, NH, T, T) bf16 from its forward to
 //! its backward (the memory the paper's vanilla runs pay); the head-major copies, the f32
@@ -8,9 +8,9 @@
 //! to other layers' buffers in between.
 
 use frugal_ptx::error::PtxError;
-use frugal_ptx::flash::vanilla::{self, BufferLife, VanillaBuffers};
 use frugal_ptx::flash::AttnShape;
 use frugal_ptx::kernels::Launch;
+use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
 use frugal_runtime::arena::Category;
 
 use super::place::{At, Resolve};

@@ -1,5 +1,6 @@
-//! FlashAttention-2, causal: the typed launchers of `ptx/kernels/flash_attn_fwd.ptx` and
-//! `ptx/kernels/flash_attn_bwd.ptx` (emitted by [`emit`] and [`emit_bwd`]).
+//! FlashAttention-2, causal: the typed launchers of `ptx/kernels/generated/flash_attn_fwd.ptx`
+//! and `ptx/kernels/generated/flash_attn_bwd.ptx` (emitted by [`emit`] and [`emit_bwd`] on the
+//! shared CTA geometry of [`tile`]).
 //!
 //! Backward, by default deterministic by construction (no atomics): [`backward_preprocess`]
 //! (D = rowsum(dO * O)), then [`backward_dkdv`] (key-parallel; sums over the query heads of a
@@ -11,7 +12,7 @@
 //! over K/V instead of two, but the float atomics make dQ's bits depend on timing.
 //!
 //! The vanilla path (materialised scores, "FlashAttention off") with the same inputs and
-//! outputs is [`vanilla`].
+//! outputs is [`crate::vanilla`].
 //!
 //! Forward: `O = softmax(scale * Q K^T + causal mask) V` and the per-row natural-log
 //! `LSE = log sum_k exp(scale * q.k)` the backward recomputes P from; scale = 1/sqrt(HS), as
@@ -26,7 +27,7 @@
 //! head h / (NH/NKV).
 //!
 //! Launch: grid (ceil(T/64), NH, B), 128 threads (4 warps x 16 query rows), dynamic shared
-//! memory [`emit::FwdConfig::shared_bytes`] (36 KiB for HS 64, 68 KiB for HS 128, which needs
+//! memory [`tile::FwdConfig::shared_bytes`] (36 KiB for HS 64, 68 KiB for HS 128, which needs
 //! the opt-in attribute the runtime sets above 48 KiB). The CTA of query tile i visits K/V
 //! tiles 0..=i only (causal), so CTAs do unequal work (i + 1 tiles each).
 //!
@@ -41,7 +42,7 @@
 
 pub mod emit;
 pub mod emit_bwd;
-pub mod vanilla;
+pub mod tile;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
@@ -79,7 +80,7 @@ pub static FLASH_ATTN_FWD_HS128: KernelSpec = KernelSpec {
 /// `flash_attn_bwd_preprocess(o, dout, d, rows, t, nh, hs)`: D = rowsum(dO * O).
 pub static FLASH_ATTN_BWD_PREPROCESS: KernelSpec = KernelSpec {
     module: "flash_attn_bwd",
-    kernel: emit::BWD_PRE_KERNEL,
+    kernel: emit_bwd::BWD_PRE_KERNEL,
     params: &[
         ("o", Ptr),
         ("dout", Ptr),
@@ -274,10 +275,10 @@ pub fn forward(
     }
     check_aligned(spec, "O", o, 4)?;
     check_aligned(spec, "LSE", lse, 4)?;
-    let cfg = emit::FwdConfig { hs: shape.hs };
+    let cfg = tile::FwdConfig { hs: shape.hs };
     let dims = LaunchDims {
         grid: [tiles, nh, b],
-        block: [emit::THREADS as u32, 1, 1],
+        block: [tile::THREADS as u32, 1, 1],
         // At most 4 * 64 * 272 bytes: fits.
         dynamic_shared_bytes: cfg.shared_bytes() as u32,
     };
@@ -330,7 +331,7 @@ pub fn backward_preprocess(
     for (what, x) in [("O", o), ("dO", dout), ("D", d)] {
         check_aligned(spec, what, x, 4)?;
     }
-    let per_cta = emit::BWD_PRE_ROWS_PER_CTA as u32;
+    let per_cta = emit_bwd::BWD_PRE_ROWS_PER_CTA as u32;
     spec.launch(
         LaunchDims {
             grid: [rows.div_ceil(per_cta), 1, 1],
@@ -376,7 +377,7 @@ fn check_shape(spec: &KernelSpec, shape: AttnShape) -> Result<[u32; 5], PtxError
         to_u32(spec, "NH", shape.nh)?,
         to_u32(spec, "NKV", shape.nkv)?,
         to_u32(spec, "B", shape.b)?,
-        to_u32(spec, "T/64", shape.t.div_ceil(emit::BLOCK_Q))?,
+        to_u32(spec, "T/64", shape.t.div_ceil(tile::BLOCK_Q))?,
     ];
     if out[1] > 65535 || out[3] > 65535 {
         return Err(spec.bad(format!(
@@ -506,7 +507,7 @@ enum GridHeads {
 
 /// What the backward passes share: the shape checks, `inputs` (Q, K, V, dO 16-byte aligned;
 /// LSE, D) and `outputs` 4-byte aligned, a grid of (T/64 tiles, `heads`, B) CTAs of
-/// [`emit::THREADS`], and the parameters (Q, K, V, dO, LSE, D, outputs.., T, NH, NKV,
+/// [`tile::THREADS`], and the parameters (Q, K, V, dO, LSE, D, outputs.., T, NH, NKV,
 /// scale * log2 e).
 fn backward_pass(
     spec: &KernelSpec,
@@ -533,7 +534,7 @@ fn backward_pass(
             },
             b,
         ],
-        block: [emit::THREADS as u32, 1, 1],
+        block: [tile::THREADS as u32, 1, 1],
         dynamic_shared_bytes: shared_bytes as u32,
     };
     let mut args: Vec<Arg> = inputs.iter().map(|&p| Arg::Ptr(p)).collect();

@@ -9,8 +9,8 @@
 //! [`super`] explain.
 
 use super::{bf, download, run, upload, Gen, Runner};
-use crate::flash::vanilla::{self, VanillaBuffers};
 use crate::flash::{self, AttnShape, DqMode};
+use crate::vanilla::{self, VanillaBuffers};
 
 const POISON_BF16: u16 = 0x7FC0;
 
@@ -334,7 +334,7 @@ pub(super) fn upload_chain(r: &mut dyn Runner, inputs: [&[u16]; 4], shape: AttnS
     ]
 }
 
-/// The vanilla path (`flash::vanilla`), forward then backward, on random inputs: O, dQ, dK,
+/// The vanilla path (`vanilla`), forward then backward, on random inputs: O, dQ, dK,
 /// dV against the f64 reference; every buffer (the scratch and saved ones of
 /// [`vanilla::buffers`] included) allocated exactly and NaN-poisoned. Matmul dispatch for
 /// [`Runner::arch`].

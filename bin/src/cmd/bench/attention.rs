@@ -1,6 +1,6 @@
 //! `frugal bench attention`: causal attention through frugal's own kernels, FlashAttention-2
 //! (`frugal_ptx::flash`) against the vanilla path that materialises the scores
-//! (`frugal_ptx::flash::vanilla`, the paper's "FlashAttention off"), forward and
+//! (`frugal_ptx::vanilla`, the paper's "FlashAttention off"), forward and
 //! forward+backward, at the paper's head counts (the four `paper-*` presets: NH = 13, 24, 30,
 //! 39, HS = 64) and T = 1024.
 //!
@@ -25,9 +25,9 @@ use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Attention, Preset};
 use frugal_model::rng::Rng;
-use frugal_ptx::flash::vanilla::{self, VanillaBuffers};
 use frugal_ptx::flash::{self, AttnShape, DqMode};
 use frugal_ptx::kernels::Launch;
+use frugal_ptx::vanilla::{self, VanillaBuffers};
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device};
 use half::bf16;

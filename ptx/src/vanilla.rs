@@ -31,7 +31,7 @@
 //!
 //! # Examples
 //! ```
-//! use frugal_ptx::flash::vanilla::{self, BufferLife, VanillaBuffers};
+//! use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
 //! use frugal_ptx::flash::AttnShape;
 //! let shape = AttnShape { b: 2, t: 100, nh: 8, nkv: 2, hs: 64 };
 //! let needs = vanilla::buffers(shape);
@@ -55,7 +55,7 @@ use crate::kernels::{
 };
 use crate::matmul::{self, Gemm, Layout, OutType};
 
-use super::AttnShape;
+use crate::flash::AttnShape;
 
 /// Threads per CTA of the permute kernels; each moves 8 elements (16 bytes of bf16).
 pub const PERMUTE_BLOCK: u32 = 256;

@@ -1,0 +1,73 @@
+//! The generated PTX modules: the one list of every module an emitter writes (flash forward
+//! and backward, the SIMT matmul, each tensor-core tile config x layout x output type, the
+//! split-K reduce), in catalogue order, each with the emitter call that writes its text.
+//!
+//! Their files live in `ptx/kernels/generated/` ([`DIR`]); the catalogue embeds them, and
+//! `tests/generated.rs` checks that the folder holds exactly these modules, each equal to its
+//! emitter's output (`FRUGAL_BLESS_PTX=1` rewrites them all; see the crate docs).
+
+use crate::flash::{emit, emit_bwd};
+use crate::matmul::{self, simt, splitk, Layout, OutType, TileConfig};
+
+/// Folder of the generated modules, relative to the `frugal-ptx` crate root.
+pub const DIR: &str = "kernels/generated";
+
+/// Output types of the matmul modules, in catalogue order.
+pub const MATMUL_OUTS: [OutType; 2] = [OutType::F32, OutType::Bf16];
+
+/// One generated module: which emitter writes it, with which configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generated {
+    /// `flash_attn_fwd`: every forward head size ([`emit::FWD_CONFIGS`]).
+    FlashForward,
+    /// `flash_attn_bwd`: the preprocess and every backward kernel.
+    FlashBackward,
+    /// `matmul_simt`: the SIMT fallback, both output types.
+    MatmulSimt,
+    /// One tensor-core module: tile config, operand layout, output type.
+    MatmulTc(TileConfig, Layout, OutType),
+    /// `matmul_splitk_reduce`: the split-K second pass, both output types.
+    MatmulSplitkReduce,
+}
+
+impl Generated {
+    /// The catalogue name (and file stem) of the module.
+    pub fn name(&self) -> String {
+        match self {
+            Generated::FlashForward => emit::MODULE.to_string(),
+            Generated::FlashBackward => emit_bwd::MODULE.to_string(),
+            Generated::MatmulSimt => simt::MODULE.to_string(),
+            Generated::MatmulTc(cfg, layout, out) => cfg.entry_name(*layout, *out),
+            Generated::MatmulSplitkReduce => splitk::MODULE.to_string(),
+        }
+    }
+
+    /// The module's text, freshly emitted.
+    pub fn emit(&self) -> String {
+        match self {
+            Generated::FlashForward => emit::emit_forward_module(),
+            Generated::FlashBackward => emit_bwd::emit_backward_module(),
+            Generated::MatmulSimt => simt::emit_module(),
+            Generated::MatmulTc(cfg, layout, out) => matmul::emit::emit_module(*cfg, *layout, *out),
+            Generated::MatmulSplitkReduce => splitk::emit_module(),
+        }
+    }
+}
+
+/// Every generated module, in catalogue order.
+pub fn all() -> Vec<Generated> {
+    let mut all = vec![
+        Generated::FlashForward,
+        Generated::FlashBackward,
+        Generated::MatmulSimt,
+    ];
+    for cfg in matmul::TILE_CONFIGS {
+        for layout in Layout::ALL {
+            for out in MATMUL_OUTS {
+                all.push(Generated::MatmulTc(cfg, layout, out));
+            }
+        }
+    }
+    all.push(Generated::MatmulSplitkReduce);
+    all
+}
