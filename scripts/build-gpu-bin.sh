@@ -86,7 +86,10 @@ for line in sys.stdin:
     shutil.copy2(m["executable"], "%s/tests/%s" % (out, full))
 ' "$out" "${ALL_TESTS:-0}" "$gpu_tests"
 # Debug sections are most of a test binary's size; the carry limit is 64 MiB.
-strip "$out/frugal" "$out"/tests/* 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
+# The portable frugal is stripped at link time; stripping it again would rewrite it.
+to_strip=("$out"/tests/*)
+if [ "${PORTABLE:-0}" != 1 ]; then to_strip+=("$out/frugal"); fi
+strip "${to_strip[@]}" 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
 
 # ptxas (35 MB) only on request: the GPU machine's toolkit has one.
 if [ "${WITH_PTXAS:-0}" != 1 ]; then
