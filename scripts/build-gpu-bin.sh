@@ -5,6 +5,9 @@
 #
 #   scripts/build-gpu-bin.sh            # release profile (as shipped)
 #   PROFILE=opt-test scripts/build-gpu-bin.sh   # faster to build, debug assertions on
+#   PORTABLE=1 scripts/build-gpu-bin.sh # gpu-bin/frugal from scripts/build-portable.sh:
+#                                       # release, starts on glibc 2.17 (the test binaries
+#                                       # still need this machine's glibc)
 #
 # Produces:
 #   gpu-bin/frugal                      the frugal binary
@@ -42,9 +45,14 @@ fi
 rm -rf "$out"
 mkdir -p "$out/tests"
 
-echo "build-gpu-bin: building frugal ($profile)" >&2
-cargo build -p frugal --profile "$profile" --message-format=json-render-diagnostics \
-  | python3 -c '
+if [ "${PORTABLE:-0}" = 1 ]; then
+  echo "build-gpu-bin: building the portable frugal (scripts/build-portable.sh)" >&2
+  scripts/build-portable.sh
+  cp dist/frugal-x86_64-linux-gnu "$out/frugal"
+else
+  echo "build-gpu-bin: building frugal ($profile)" >&2
+  cargo build -p frugal --profile "$profile" --message-format=json-render-diagnostics \
+    | python3 -c '
 import json, shutil, sys
 out = sys.argv[1]
 for line in sys.stdin:
@@ -55,6 +63,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "frugal":
         shutil.copy2(m["executable"], out + "/frugal")
 ' "$out"
+fi
 
 echo "build-gpu-bin: building the test binaries ($profile)" >&2
 cargo test "${packages[@]}" --profile "$profile" --no-run --message-format=json-render-diagnostics \
@@ -77,7 +86,10 @@ for line in sys.stdin:
     shutil.copy2(m["executable"], "%s/tests/%s" % (out, full))
 ' "$out" "${ALL_TESTS:-0}" "$gpu_tests"
 # Debug sections are most of a test binary's size; the carry limit is 64 MiB.
-strip "$out/frugal" "$out"/tests/* 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
+# The portable frugal is stripped at link time; stripping it again would rewrite it.
+to_strip=("$out"/tests/*)
+if [ "${PORTABLE:-0}" != 1 ]; then to_strip+=("$out/frugal"); fi
+strip "${to_strip[@]}" 2>/dev/null || echo "build-gpu-bin: strip failed; binaries left unstripped" >&2
 
 # ptxas (35 MB) only on request: the GPU machine's toolkit has one.
 if [ "${WITH_PTXAS:-0}" != 1 ]; then
@@ -92,6 +104,7 @@ fi
 {
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
   echo "profile $profile"
+  if [ "${PORTABLE:-0}" = 1 ]; then echo "frugal portable (release, glibc 2.17)"; fi
   (cd "$out" && ls -1 frugal tests/* && { ls -1 ptxas 2>/dev/null || true; })
 } > "$out/MANIFEST"
 cat "$out/MANIFEST"
