@@ -4,7 +4,7 @@
 //! # The API the trainer uses
 //!
 //! ```text
-//! let comm = frugal_comm::connect(Backend::Socket, &Rendezvous::from_env(job_token)?)?;
+//! let comm = frugal_comm::connect(Transport::Socket, &Rendezvous::from_env(job_token)?)?;
 //! let mut ddp = Ddp::new(comm, n_params, bucket_bytes)?;   // bucket_bytes: DEFAULT_BUCKET_BYTES = 25 MiB
 //! ddp.broadcast_params(&mut params)?;                      // once, before the first step: rank 0's weights everywhere
 //! // each step, with this rank's shard of the batch (rank = ddp.rank(), world = ddp.world()):

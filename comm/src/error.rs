@@ -133,6 +133,8 @@ pub enum CommError {
     },
     /// A setting passed by the caller is invalid (world size, root rank, buffer lengths).
     InvalidArgument { what: String },
+    /// A transport name that is neither `socket` nor `nccl`.
+    UnknownTransport { given: String },
     /// Could not bind a listening socket.
     Bind {
         rank: usize,
@@ -229,6 +231,7 @@ impl fmt::Display for CommError {
             CommError::Env { var, value: None, reason } => write!(f, "environment variable {var} is not set: {reason}"),
             CommError::Env { var, value: Some(v), reason } => write!(f, "environment variable {var}='{v}' is not valid: {reason}"),
             CommError::InvalidArgument { what } => write!(f, "{what}"),
+            CommError::UnknownTransport { given } => write!(f, "unknown backend '{given}' (socket or nccl)"),
             CommError::Bind { rank, addr, source } => {
                 write!(f, "rank {rank}: cannot listen on {addr}: {source} (is the port in use? pick another MASTER_PORT)")
             }

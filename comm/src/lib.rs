@@ -59,29 +59,44 @@
 //! }
 //! ```
 
+//!
+//! # Layout
+//!
+//! Each module uses only modules to its left (no cycles):
+//! `error <- wait <- ops <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`.
+//! `wait` bounds every wait on a peer (poll, connect, accept, read, write, the
+//! timeouts); `handshake` is the one accept-by-identity, used by rank 0's
+//! rendezvous and by every ring listener; `socket/` is the ring in rooms
+//! (options, link, setup, ring, event_loop).
+
 pub mod ddp;
 pub mod error;
 pub mod frame;
+mod handshake;
 pub mod nccl;
+pub mod nodelist;
 pub mod ops;
 pub mod rendezvous;
 mod shm;
 pub mod socket;
+mod wait;
 
 pub use ddp::{CommStats, Ddp, DEFAULT_BUCKET_BYTES};
 pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
-pub use ops::{chunk_range, ring_order_sum, Backend, Communicator};
-pub use rendezvous::{parse_nodelist, LaunchedBy, Rendezvous};
+pub use nodelist::parse_nodelist;
+pub use ops::{chunk_range, ring_order_sum, Communicator, Transport};
+pub use rendezvous::{LaunchedBy, Rendezvous};
 pub use socket::{SameHost, SocketComm, SocketOptions};
+pub use wait::{DEFAULT_TIMEOUT, TIMEOUT_ENV};
 
-/// Joins the job with the chosen backend (`local_rank` picks the GPU for NCCL).
+/// Joins the job over the chosen transport (`local_rank` picks the GPU for NCCL).
 ///
 /// # Errors
-/// Whatever the backend's `connect` reports.
-pub fn connect(backend: Backend, rv: &Rendezvous) -> Result<Box<dyn Communicator>, CommError> {
-    Ok(match backend {
-        Backend::Socket => Box::new(SocketComm::connect(rv, SocketOptions::default())?),
-        Backend::Nccl => Box::new(NcclComm::connect(rv, rv.local_rank)?),
+/// Whatever the transport's `connect` reports.
+pub fn connect(transport: Transport, rv: &Rendezvous) -> Result<Box<dyn Communicator>, CommError> {
+    Ok(match transport {
+        Transport::Socket => Box::new(SocketComm::connect(rv, SocketOptions::default())?),
+        Transport::Nccl => Box::new(NcclComm::connect(rv, rv.local_rank)?),
     })
 }

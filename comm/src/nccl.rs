@@ -2,7 +2,8 @@
 //! libcuda loaded at run time.
 //!
 //! cudarc panics when a dynamically loaded library is missing, so
-//! [`NcclComm::connect`] first probes the same file names with `dlopen` and
+//! [`NcclComm::connect`] first probes the same file names with the runtime's
+//! `dylib::probe_names` (`dlopen`) and
 //! returns [`CommError::NcclUnavailable`] saying what it looked for and what
 //! to do (`--comm socket` works everywhere). NCCL's unique id travels through
 //! frugal's rendezvous ([`crate::rendezvous::exchange`]'s blob).
@@ -15,12 +16,12 @@
 //! at twice the traffic.
 
 use crate::error::CommError;
-use crate::ops::{chunk_range, Backend, Communicator};
+use crate::ops::{chunk_range, Communicator, Transport};
 use crate::rendezvous::{self, Rendezvous};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
+use frugal_runtime::dylib;
 use half::bf16;
-use std::ffi::CString;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::sync::Arc;
@@ -31,38 +32,21 @@ fn search_path() -> String {
     format!("the dynamic loader's path (LD_LIBRARY_PATH='{ld}', /etc/ld.so.cache, /lib, /usr/lib)")
 }
 
-/// True when `name` can be loaded by the dynamic loader.
-fn can_load(name: &str) -> bool {
-    let Ok(c) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string. Loading runs the library's
-    // initialisers, exactly as cudarc's own loading would a moment later.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return false;
-    }
-    // SAFETY: `handle` came from a successful dlopen and is closed once.
-    unsafe { libc::dlclose(handle) };
-    true
-}
-
-/// Checks that cudarc will find `lib` (e.g. "cuda", "nccl") under one of the names it tries.
+/// Checks that cudarc will find `lib` (e.g. "cuda", "nccl") under one of the
+/// names it tries; `extra_names` are other names the library goes by, which
+/// cudarc may not try (the hint then says how to make it).
 fn probe(
     lib: &'static str,
     library: &'static str,
     extra_names: &[&str],
     hint: &str,
 ) -> Result<(), CommError> {
-    let candidates = cudarc::get_lib_name_candidates(lib);
-    if candidates.iter().any(|n| can_load(n)) {
+    let cudarc_names = dylib::probe_names(cudarc::get_lib_name_candidates(lib));
+    if cudarc_names.found.is_some() {
         return Ok(());
     }
-    let mut looked_for = candidates;
-    let found_other = extra_names
-        .iter()
-        .find(|n| can_load(n))
-        .map(|n| n.to_string());
+    let found_other = dylib::probe_names(extra_names.iter().map(|s| s.to_string()).collect()).found;
+    let mut looked_for = cudarc_names.looked_for;
     looked_for.extend(extra_names.iter().map(|s| s.to_string()));
     let mut seen = std::collections::HashSet::new();
     looked_for.retain(|n| seen.insert(n.clone()));
@@ -244,8 +228,8 @@ impl Communicator for NcclComm {
         self.world
     }
 
-    fn backend(&self) -> Backend {
-        Backend::Nccl
+    fn transport(&self) -> Transport {
+        Transport::Nccl
     }
 
     fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {

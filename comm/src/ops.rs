@@ -1,10 +1,10 @@
-//! The collectives every backend offers ([`Communicator`]) and the ring
-//! schedules the socket backend runs them with.
+//! The collectives every transport offers ([`Communicator`]), how a buffer is
+//! split between ranks ([`chunk_range`]), and the order every sum is taken in.
 //!
 //! A buffer of `len` elements is split into `world` chunks ([`chunk_range`]:
-//! the first `len % world` chunks one element longer). Each chunk is cut into
-//! slices of at most `slice_bytes`; a slice is one frame on the wire, so while
-//! one slice is reduced the next is already in the socket buffer.
+//! the first `len % world` chunks one element longer); the socket ring
+//! (`socket/ring.rs`) and the shared-memory all-reduce (`shm.rs`) both reduce
+//! chunk by chunk in the ring's order, so their sums are bitwise the same.
 //!
 //! Ring all-reduce = reduce-scatter then all-gather, 2·(world−1) steps. At
 //! reduce-scatter step s rank r sends chunk (r−s−1) mod n and receives chunk
@@ -16,25 +16,29 @@
 //! are bitwise identical whatever the timing.
 
 use crate::error::CommError;
+use crate::wait::DEFAULT_TIMEOUT;
 use half::bf16;
 use std::ops::Range;
 
-/// The backend a communicator runs on.
+/// What carries a communicator's bytes between ranks (not to be confused with
+/// the device a rank computes on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum Transport {
     /// frugal's ring over TCP sockets (no GPU needed).
     Socket,
     /// NVIDIA's NCCL through cudarc.
     Nccl,
 }
 
-impl std::str::FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Backend, String> {
+impl std::str::FromStr for Transport {
+    type Err = CommError;
+    fn from_str(s: &str) -> Result<Transport, CommError> {
         match s {
-            "socket" => Ok(Backend::Socket),
-            "nccl" => Ok(Backend::Nccl),
-            other => Err(format!("unknown backend '{other}' (socket or nccl)")),
+            "socket" => Ok(Transport::Socket),
+            "nccl" => Ok(Transport::Nccl),
+            other => Err(CommError::UnknownTransport {
+                given: other.to_string(),
+            }),
         }
     }
 }
@@ -49,8 +53,8 @@ pub trait Communicator: Send {
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn world(&self) -> usize;
-    /// Which backend this is.
-    fn backend(&self) -> Backend;
+    /// Which transport this is.
+    fn transport(&self) -> Transport;
     /// In-place sum over ranks; every rank ends with the same bits.
     fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError>;
     /// In-place sum of bf16 values, accumulated in f32 and rounded once at the end.
@@ -68,7 +72,7 @@ pub trait Communicator: Send {
     /// The longest this communicator waits for a peer without progress (its
     /// errors name the peer); callers waiting on it (the DDP thread) wait longer.
     fn timeout(&self) -> std::time::Duration {
-        crate::rendezvous::DEFAULT_TIMEOUT
+        DEFAULT_TIMEOUT
     }
 
     /// Copies `root`'s values to every rank.
@@ -88,21 +92,6 @@ pub fn chunk_range(len: usize, world: usize, index: usize) -> Range<usize> {
     start..start + size
 }
 
-/// The elements of chunk `index` that lane `lane` of `lanes` carries: the
-/// chunk split again as [`chunk_range`] splits the buffer (lanes are parallel
-/// rings over disjoint parts of every chunk).
-pub(crate) fn lane_range(
-    len: usize,
-    world: usize,
-    index: usize,
-    lane: usize,
-    lanes: usize,
-) -> Range<usize> {
-    let chunk = chunk_range(len, world, index);
-    let part = chunk_range(chunk.len(), lanes, lane);
-    chunk.start + part.start..chunk.start + part.end
-}
-
 /// The reference for the ring's order: element `i` of the all-reduce, summed
 /// serially exactly as the ring sums it (tests compare bitwise against this).
 pub fn ring_order_sum(inputs: &[&[f32]], i: usize) -> f32 {
@@ -116,146 +105,4 @@ pub fn ring_order_sum(inputs: &[&[f32]], i: usize) -> f32 {
         acc += inputs[(owner + k) % n][i];
     }
     acc
-}
-
-/// How a received slice combines with the local buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Combine {
-    /// Overwrite (all-gather, broadcast).
-    Copy,
-    /// Add f32 values (reduce-scatter).
-    SumF32,
-}
-
-/// Which part of the ring a schedule covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phases {
-    ReduceScatter,
-    AllGather,
-    Both,
-}
-
-/// What one rank sends and receives, in order, for one collective. Ranges are in bytes.
-#[derive(Debug, Default)]
-pub(crate) struct Plan {
-    pub sends: Vec<Range<usize>>,
-    pub recvs: Vec<(Range<usize>, Combine)>,
-    /// Send `i` may go once `i < free_sends` or receive `i - free_sends` is done:
-    /// what a rank forwards at step s is what it received at step s−1.
-    pub free_sends: usize,
-}
-
-impl Plan {
-    pub fn send_ready(&self, send: usize, recvs_done: usize) -> bool {
-        send < self.free_sends || send - self.free_sends < recvs_done
-    }
-
-    fn clear(&mut self) {
-        self.sends.clear();
-        self.recvs.clear();
-        self.free_sends = 0;
-    }
-
-    /// Cuts `elems` (element range) into slices of at most `slice_elems`, as byte ranges.
-    fn push_slices(
-        out: &mut Vec<Range<usize>>,
-        elems: Range<usize>,
-        elem_bytes: usize,
-        slice_elems: usize,
-    ) -> usize {
-        let mut n = 0;
-        let mut at = elems.start;
-        while at < elems.end {
-            let end = (at + slice_elems).min(elems.end);
-            out.push(at * elem_bytes..end * elem_bytes);
-            at = end;
-            n += 1;
-        }
-        n
-    }
-
-    /// The ring schedule for `phases` over `len` elements of `elem_bytes` each.
-    pub fn ring(
-        &mut self,
-        phases: Phases,
-        rank: usize,
-        world: usize,
-        len: usize,
-        elem_bytes: usize,
-        slice_bytes: usize,
-    ) {
-        self.ring_lane(phases, rank, world, len, elem_bytes, slice_bytes, 0, 1);
-    }
-
-    /// Lane `lane` of `lanes` parallel rings: the same schedule restricted to
-    /// part `lane` of every chunk ([`lane_range`]). Each element still travels
-    /// the same ring in the same order, so the sums are the ones of [`Plan::ring`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn ring_lane(
-        &mut self,
-        phases: Phases,
-        rank: usize,
-        world: usize,
-        len: usize,
-        elem_bytes: usize,
-        slice_bytes: usize,
-        lane: usize,
-        lanes: usize,
-    ) {
-        self.clear();
-        let n = world;
-        let slice_elems = (slice_bytes / elem_bytes).max(1);
-        let chunk = |c: isize| lane_range(len, n, c.rem_euclid(n as isize) as usize, lane, lanes);
-        let r = rank as isize;
-        let mut first_step = true;
-        let mut recv_slices = Vec::new();
-        if matches!(phases, Phases::ReduceScatter | Phases::Both) {
-            for s in 0..(n as isize - 1) {
-                let k =
-                    Self::push_slices(&mut self.sends, chunk(r - s - 1), elem_bytes, slice_elems);
-                if first_step {
-                    self.free_sends = k;
-                    first_step = false;
-                }
-                Self::push_slices(&mut recv_slices, chunk(r - s - 2), elem_bytes, slice_elems);
-                self.recvs
-                    .extend(recv_slices.drain(..).map(|b| (b, Combine::SumF32)));
-            }
-        }
-        if matches!(phases, Phases::AllGather | Phases::Both) {
-            for t in 0..(n as isize - 1) {
-                let k = Self::push_slices(&mut self.sends, chunk(r - t), elem_bytes, slice_elems);
-                if first_step {
-                    self.free_sends = k;
-                    first_step = false;
-                }
-                Self::push_slices(&mut recv_slices, chunk(r - t - 1), elem_bytes, slice_elems);
-                self.recvs
-                    .extend(recv_slices.drain(..).map(|b| (b, Combine::Copy)));
-            }
-        }
-    }
-
-    /// The pipelined chain root → root+1 → … → root−1 over `bytes` bytes.
-    pub fn broadcast(
-        &mut self,
-        rank: usize,
-        world: usize,
-        root: usize,
-        bytes: usize,
-        slice_bytes: usize,
-    ) {
-        self.clear();
-        let mut slices = Vec::new();
-        Self::push_slices(&mut slices, 0..bytes, 1, slice_bytes.max(1));
-        let last = (root + world - 1) % world;
-        if rank != root {
-            self.recvs
-                .extend(slices.iter().cloned().map(|b| (b, Combine::Copy)));
-        }
-        if rank != last {
-            self.sends = slices;
-        }
-        self.free_sends = if rank == root { self.sends.len() } else { 0 };
-    }
 }

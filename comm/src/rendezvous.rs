@@ -13,27 +13,21 @@
 //! wrong token or version, a rank out of range or a duplicate is refused, logged
 //! and answered with the reason, and rank 0 goes on waiting for the right peer.
 //!
-//! Rank 0 reads every connection's hello at once (`HelloGate`): a stranger
-//! that connects and says nothing (a port scanner, a health check, a stale
-//! process) holds one of a bounded number of slots for a few seconds and
-//! delays no one. The ring listeners (`socket.rs`) go through the same gate.
+//! Rank 0 waits for the ranks through a `HelloGate` (`handshake.rs`), as the
+//! ring listeners do, so a silent stranger delays no one.
 
 use crate::error::{CommError, FrameProblem, Refusal};
-use crate::frame::{self, Hello, HelloFixed, Purpose, HELLO_FIXED_BYTES, REPLY_FIXED_BYTES};
-use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use crate::frame::{self, Hello, Purpose, REPLY_FIXED_BYTES};
+use crate::handshake::{Awaited, HelloGate, Identity};
+use crate::nodelist::first_host;
+use crate::wait::{self, Deadline, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The default for every connect and receive wait, overridable with FRUGAL_COMM_TIMEOUT (seconds).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The environment variable holding the job token.
 pub const TOKEN_ENV: &str = "FRUGAL_JOB_TOKEN";
 /// The environment variable that overrides the rendezvous port (else MASTER_PORT).
 pub const PORT_ENV: &str = "FRUGAL_MASTER_PORT";
-/// The environment variable holding the timeout in seconds.
-pub const TIMEOUT_ENV: &str = "FRUGAL_COMM_TIMEOUT";
 
 /// Where the rank numbers came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +231,15 @@ impl Rendezvous {
         })
     }
 
+    /// This rank as the handshake checks peers against it.
+    pub(crate) fn identity(&self) -> Identity<'_> {
+        Identity {
+            rank: self.rank,
+            world: self.world,
+            token: &self.token,
+        }
+    }
+
     /// The rank after this one on the ring.
     pub fn next(&self) -> usize {
         (self.rank + 1) % self.world
@@ -345,105 +348,6 @@ fn parse_port(
     }
 }
 
-/// Expands a Slurm node list such as `node[01-04,07],gpu5` into host names.
-///
-/// # Errors
-/// A description of the first malformed part.
-pub fn parse_nodelist(list: &str) -> Result<Vec<String>, String> {
-    let mut hosts = Vec::new();
-    let mut rest = list.trim();
-    while !rest.is_empty() {
-        // One item runs to the next comma outside brackets.
-        let mut depth = 0usize;
-        let mut end = rest.len();
-        for (i, c) in rest.char_indices() {
-            match c {
-                '[' => depth += 1,
-                ']' => {
-                    depth = depth
-                        .checked_sub(1)
-                        .ok_or_else(|| format!("unbalanced ']' in '{list}'"))?
-                }
-                ',' if depth == 0 => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if depth != 0 {
-            return Err(format!("unbalanced '[' in '{list}'"));
-        }
-        expand_item(&rest[..end], &mut hosts)?;
-        rest = rest.get(end + 1..).unwrap_or("");
-    }
-    if hosts.is_empty() {
-        return Err("the node list is empty".into());
-    }
-    Ok(hosts)
-}
-
-fn expand_item(item: &str, out: &mut Vec<String>) -> Result<(), String> {
-    let Some(open) = item.find('[') else {
-        if item.is_empty() {
-            return Err("empty host name".into());
-        }
-        out.push(item.to_string());
-        return Ok(());
-    };
-    let close = item
-        .find(']')
-        .ok_or_else(|| format!("missing ']' in '{item}'"))?;
-    let prefix = &item[..open];
-    let suffix = &item[close + 1..];
-    if suffix.contains('[') {
-        // Several bracket groups (a[1-2]b[3-4]): expand the first, recurse on the rest.
-        let mut tails = Vec::new();
-        expand_item(suffix, &mut tails)?;
-        for n in expand_ranges(&item[open + 1..close])? {
-            for t in &tails {
-                out.push(format!("{prefix}{n}{t}"));
-            }
-        }
-        return Ok(());
-    }
-    for n in expand_ranges(&item[open + 1..close])? {
-        out.push(format!("{prefix}{n}{suffix}"));
-    }
-    Ok(())
-}
-
-/// `01-04,07` → `01 02 03 04 07`, keeping the zero padding of the lower bound.
-fn expand_ranges(body: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for part in body.split(',') {
-        let part = part.trim();
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        let width = lo.len();
-        let a: u64 = lo
-            .parse()
-            .map_err(|_| format!("'{part}' is not a number or range"))?;
-        let b: u64 = hi
-            .parse()
-            .map_err(|_| format!("'{part}' is not a number or range"))?;
-        if b < a || b - a > 100_000 {
-            return Err(format!("range '{part}' is backwards or too long"));
-        }
-        for n in a..=b {
-            out.push(format!("{n:0width$}"));
-        }
-    }
-    Ok(out)
-}
-
-/// The first host of a Slurm node list: where rank 0 runs.
-pub fn first_host(list: &str) -> Result<String, String> {
-    parse_nodelist(list)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| "the node list is empty".into())
-}
-
 /// What the rendezvous hands each rank.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peers {
@@ -472,538 +376,11 @@ pub fn exchange(rv: &Rendezvous, listen_port: u16, blob: &[u8]) -> Result<Peers,
             refused: 0,
         });
     }
-    let deadline = Instant::now() + rv.timeout;
+    let deadline = Deadline::after(rv.timeout);
     if rv.rank == 0 {
-        serve(rv, listen_port, blob, deadline)
+        serve(rv, listen_port, blob, &deadline)
     } else {
-        join(rv, listen_port, deadline)
-    }
-}
-
-/// A connection the handshake helpers can use: TCP, or a Unix-domain socket
-/// between ranks on one host (see `socket.rs`).
-pub(crate) trait HandshakeStream: Read + Write {
-    /// The peer's TCP address, where there is one.
-    fn peer_socket_addr(&self) -> Option<SocketAddr>;
-    /// The peer, for messages.
-    fn peer_label(&self) -> String {
-        self.peer_socket_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "?".into())
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
-    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
-    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
-    /// The descriptor, for `poll(2)`.
-    fn raw_fd(&self) -> RawFd;
-}
-
-impl HandshakeStream for TcpStream {
-    fn peer_socket_addr(&self) -> Option<SocketAddr> {
-        self.peer_addr().ok()
-    }
-    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
-        TcpStream::set_nonblocking(self, on)
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        TcpStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        TcpStream::set_write_timeout(self, t)
-    }
-}
-
-impl HandshakeStream for std::os::unix::net::UnixStream {
-    fn peer_socket_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-    fn peer_label(&self) -> String {
-        "a Unix socket on this host".into()
-    }
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        std::os::unix::net::UnixStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        std::os::unix::net::UnixStream::set_write_timeout(self, t)
-    }
-    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
-        std::os::unix::net::UnixStream::set_nonblocking(self, on)
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-}
-
-/// Compares tokens in time independent of where they differ.
-pub(crate) fn tokens_match(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads exactly `buf.len()` bytes from a blocking stream before `deadline`.
-pub(crate) fn read_exact_by<S: HandshakeStream>(
-    stream: &mut S,
-    buf: &mut [u8],
-    deadline: Instant,
-    rank: usize,
-    peer: Option<usize>,
-    what: &str,
-    timeout: Duration,
-) -> Result<(), CommError> {
-    let addr = stream.peer_label();
-    let mut done = 0;
-    while done < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(CommError::Timeout {
-                rank,
-                peer,
-                addr,
-                waiting_for: what.to_string(),
-                timeout,
-            });
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|source| CommError::Io {
-                rank,
-                peer,
-                addr: addr.clone(),
-                during: what.to_string(),
-                source,
-            })?;
-        match stream.read(&mut buf[done..]) {
-            Ok(0) => {
-                return Err(match (peer, stream.peer_socket_addr()) {
-                    (Some(peer), Some(a)) => CommError::PeerClosed {
-                        rank,
-                        peer,
-                        addr: a,
-                        during: what.to_string(),
-                    },
-                    _ => CommError::Io {
-                        rank,
-                        peer,
-                        addr,
-                        during: what.to_string(),
-                        source: std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed"),
-                    },
-                })
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(source) => {
-                return Err(CommError::Io {
-                    rank,
-                    peer,
-                    addr,
-                    during: what.to_string(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How long an accepted connection gets to send its whole hello. A real peer
-/// sends it right after connecting; a stranger that says nothing is dropped
-/// after this, and meanwhile every other connection is served.
-pub(crate) const HELLO_DEADLINE: Duration = Duration::from_secs(5);
-
-/// At most this many accepted connections wait to finish their hello; one
-/// more drops the oldest. Bounds the descriptors and memory strangers can
-/// hold, while a real peer, whose hello follows its connect at once, never
-/// stays long enough to be the oldest.
-pub(crate) const MAX_PENDING_HELLOS: usize = 64;
-
-/// A listener whose connections go through a [`HelloGate`].
-pub(crate) trait HelloListener<S> {
-    /// The descriptor, for `poll(2)`.
-    fn listener_fd(&self) -> RawFd;
-    /// This listener's address, for messages.
-    fn local_label(&self) -> String;
-    /// Makes `accept_stream` return `WouldBlock` instead of waiting.
-    fn make_nonblocking(&self) -> std::io::Result<()>;
-    /// Accepts one waiting connection.
-    fn accept_stream(&self) -> std::io::Result<S>;
-}
-
-impl HelloListener<TcpStream> for TcpListener {
-    fn listener_fd(&self) -> RawFd {
-        self.as_raw_fd()
-    }
-    fn local_label(&self) -> String {
-        self.local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into())
-    }
-    fn make_nonblocking(&self) -> std::io::Result<()> {
-        self.set_nonblocking(true)
-    }
-    fn accept_stream(&self) -> std::io::Result<TcpStream> {
-        self.accept().map(|(s, _)| s)
-    }
-}
-
-/// An accepted connection whose hello is not complete yet.
-struct PendingHello<S> {
-    stream: S,
-    /// The peer, for messages.
-    label: String,
-    /// The bytes received so far: the fixed part, then the token.
-    bytes: Vec<u8>,
-    /// The fixed part, decoded once all of it arrived.
-    fixed: Option<HelloFixed>,
-    /// When it is dropped if still incomplete.
-    deadline: Instant,
-}
-
-/// What reading a pending connection gave.
-enum HelloProgress {
-    /// Nothing more to read now.
-    Waiting,
-    /// The whole hello arrived.
-    Complete,
-    /// Closed, broken or not a frugal hello; the reason, for the log.
-    Dropped(String),
-}
-
-impl<S: HandshakeStream> PendingHello<S> {
-    /// Bytes the whole hello has: known once the fixed part gave the token length.
-    fn wanted(&self) -> usize {
-        HELLO_FIXED_BYTES + self.fixed.map_or(0, |f| f.token_len)
-    }
-
-    /// Reads what has arrived on the non-blocking stream, never past the hello.
-    fn read_available(&mut self) -> HelloProgress {
-        let mut chunk = [0u8; HELLO_FIXED_BYTES + frame::MAX_TOKEN_BYTES];
-        loop {
-            if self.fixed.is_none() && self.bytes.len() == HELLO_FIXED_BYTES {
-                let mut fixed = [0u8; HELLO_FIXED_BYTES];
-                fixed.copy_from_slice(&self.bytes);
-                match frame::decode_hello_fixed(&fixed) {
-                    Ok(f) => self.fixed = Some(f),
-                    Err(problem) => return HelloProgress::Dropped(problem.to_string()),
-                }
-            }
-            let missing = self.wanted() - self.bytes.len();
-            if self.fixed.is_some() && missing == 0 {
-                return HelloProgress::Complete;
-            }
-            match self.stream.read(&mut chunk[..missing]) {
-                Ok(0) => {
-                    return HelloProgress::Dropped(format!(
-                        "closed the connection after {} bytes of its hello",
-                        self.bytes.len()
-                    ))
-                }
-                Ok(n) => self.bytes.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return HelloProgress::Waiting,
-                Err(e) => return HelloProgress::Dropped(e.to_string()),
-            }
-        }
-    }
-
-    /// The complete hello, and the stream made blocking again for the answer.
-    fn finish(self) -> Result<(S, Hello), (String, String)> {
-        let Some(f) = self.fixed else {
-            return Err((self.label, "incomplete hello".into()));
-        };
-        if let Err(e) = self.stream.set_nonblocking(false) {
-            return Err((self.label, e.to_string()));
-        }
-        let hello = Hello {
-            version: f.version,
-            purpose: f.purpose,
-            rank: f.rank,
-            world: f.world,
-            listen_port: f.listen_port,
-            token: self.bytes[HELLO_FIXED_BYTES..].to_vec(),
-        };
-        Ok((self.stream, hello))
-    }
-}
-
-/// Reads the hellos of all connections accepted on some listeners at once, so
-/// that a connection that says nothing costs only a slot for
-/// [`HELLO_DEADLINE`], never the time of the peers behind it. Connections
-/// still pending when the gate is dropped are closed.
-pub(crate) struct HelloGate<S> {
-    rank: usize,
-    /// Which listener, for messages: "rendezvous" or "ring listener".
-    place: &'static str,
-    /// Oldest first.
-    pending: VecDeque<PendingHello<S>>,
-    dropped: usize,
-}
-
-impl<S: HandshakeStream> HelloGate<S> {
-    pub(crate) fn new(rank: usize, place: &'static str) -> HelloGate<S> {
-        HelloGate {
-            rank,
-            place,
-            pending: VecDeque::new(),
-            dropped: 0,
-        }
-    }
-
-    /// Connections dropped so far: silent too long, closed, not a frugal
-    /// hello, or crowded out.
-    pub(crate) fn dropped(&self) -> usize {
-        self.dropped
-    }
-
-    /// The next complete hello from any connection to `listeners` (not yet
-    /// judged: the caller checks it and answers), its stream blocking again.
-    ///
-    /// # Errors
-    /// [`CommError::Timeout`] with `waiting_for` once `deadline` passes;
-    /// [`CommError::Io`] when a listener fails.
-    pub(crate) fn next_hello(
-        &mut self,
-        listeners: &[&dyn HelloListener<S>],
-        deadline: Instant,
-        waiting_for: &str,
-        timeout: Duration,
-    ) -> Result<(S, Hello), CommError> {
-        let rank = self.rank;
-        let local = listeners
-            .first()
-            .map(|l| l.local_label())
-            .unwrap_or_else(|| "?".into());
-        let io = |during: &str, source| CommError::Io {
-            rank,
-            peer: None,
-            addr: local.clone(),
-            during: during.into(),
-            source,
-        };
-        for l in listeners {
-            l.make_nonblocking().map_err(|e| io("listen", e))?;
-        }
-        loop {
-            for l in listeners {
-                self.accept_waiting(*l).map_err(|e| io("accept", e))?;
-            }
-            if let Some(done) = self.read_pending() {
-                return Ok(done);
-            }
-            let now = Instant::now();
-            self.drop_expired(now);
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                return Err(CommError::Timeout {
-                    rank,
-                    peer: None,
-                    addr: local,
-                    waiting_for: waiting_for.into(),
-                    timeout,
-                });
-            }
-            let next_expiry = self
-                .pending
-                .iter()
-                .map(|p| p.deadline.saturating_duration_since(now))
-                .min()
-                .unwrap_or(left);
-            self.wait(listeners, left.min(next_expiry));
-        }
-    }
-
-    fn log_drop(&mut self, from: &str, why: &str) {
-        self.dropped += 1;
-        log::warn!(
-            "rank {}: dropped a connection to the {} from {from}: {why}; still waiting for the right peer",
-            self.rank,
-            self.place
-        );
-    }
-
-    /// Accepts every connection waiting on `l` (at most one gate's worth per
-    /// call, so a flood cannot keep this rank from reading the hellos).
-    fn accept_waiting(&mut self, l: &dyn HelloListener<S>) -> std::io::Result<()> {
-        for _ in 0..MAX_PENDING_HELLOS {
-            let s = match l.accept_stream() {
-                Ok(s) => s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                // The peer gave up between connect and accept, or a signal: try the next.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e),
-            };
-            let label = s.peer_label();
-            if let Err(e) = s.set_nonblocking(true) {
-                self.log_drop(&label, &e.to_string());
-                continue;
-            }
-            if self.pending.len() >= MAX_PENDING_HELLOS {
-                if let Some(oldest) = self.pending.pop_front() {
-                    let why = format!(
-                        "{MAX_PENDING_HELLOS} connections were waiting to say hello; the oldest makes room"
-                    );
-                    self.log_drop(&oldest.label, &why);
-                }
-            }
-            self.pending.push_back(PendingHello {
-                stream: s,
-                label,
-                bytes: Vec::with_capacity(HELLO_FIXED_BYTES),
-                fixed: None,
-                deadline: Instant::now() + HELLO_DEADLINE,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reads every pending connection; returns the first whole hello.
-    fn read_pending(&mut self) -> Option<(S, Hello)> {
-        let mut i = 0;
-        while i < self.pending.len() {
-            match self.pending[i].read_available() {
-                HelloProgress::Waiting => i += 1,
-                HelloProgress::Dropped(why) => {
-                    if let Some(p) = self.pending.remove(i) {
-                        self.log_drop(&p.label, &why);
-                    }
-                }
-                HelloProgress::Complete => match self.pending.remove(i).map(PendingHello::finish) {
-                    Some(Ok(done)) => return Some(done),
-                    Some(Err((label, why))) => self.log_drop(&label, &why),
-                    None => {}
-                },
-            }
-        }
-        None
-    }
-
-    fn drop_expired(&mut self, now: Instant) {
-        while let Some(i) = self.pending.iter().position(|p| p.deadline <= now) {
-            if let Some(p) = self.pending.remove(i) {
-                let why = format!(
-                    "no complete hello within {} s ({} bytes received)",
-                    HELLO_DEADLINE.as_secs(),
-                    p.bytes.len()
-                );
-                self.log_drop(&p.label, &why);
-            }
-        }
-    }
-
-    /// Sleeps until a listener or a pending connection is readable, or `wait` passes.
-    fn wait(&self, listeners: &[&dyn HelloListener<S>], wait: Duration) {
-        let mut fds: Vec<libc::pollfd> = listeners
-            .iter()
-            .map(|l| l.listener_fd())
-            .chain(self.pending.iter().map(|p| p.stream.raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // At least 1 ms so that a deadline a few microseconds away does not spin;
-        // at most 100 ms, a bound on any wake-up this loop could miss.
-        let ms = wait.min(Duration::from_millis(100)).as_millis().max(1) as libc::c_int;
-        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds for the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    }
-}
-
-/// Checks a hello against this job; `expected_rank` restricts which rank may connect.
-pub(crate) fn judge_hello(
-    rv: &Rendezvous,
-    h: &Hello,
-    purpose: Purpose,
-    expected_rank: Option<usize>,
-) -> Result<(), Refusal> {
-    if h.version != frame::PROTOCOL_VERSION {
-        return Err(Refusal::WrongVersion);
-    }
-    if !tokens_match(&h.token, &rv.token) {
-        return Err(Refusal::WrongToken);
-    }
-    if h.purpose != purpose {
-        return Err(Refusal::BadRank);
-    }
-    if h.world as usize != rv.world {
-        return Err(Refusal::WrongWorld);
-    }
-    let r = h.rank as usize;
-    if r >= rv.world || r == rv.rank || expected_rank.is_some_and(|e| e != r) {
-        return Err(Refusal::BadRank);
-    }
-    Ok(())
-}
-
-/// Sends a refusal (best effort: the stranger may be gone) and logs it.
-pub(crate) fn refuse<S: HandshakeStream>(
-    stream: &mut S,
-    rank: usize,
-    why: Refusal,
-    claimed_rank: Option<u32>,
-    where_: &str,
-) {
-    let from = stream.peer_label();
-    log::warn!(
-        "rank {rank}: refused a connection to the {where_} from {from} (claims rank {}): {why}; still waiting for the right peer",
-        claimed_rank.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
-    );
-    if let Ok(bytes) = frame::encode_reply(Err(why), &[], &[]) {
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = stream.write_all(&bytes);
-    }
-}
-
-/// Connects to `addr` before `deadline`, retrying while the peer is not listening yet.
-pub(crate) fn connect_by(
-    addr: SocketAddr,
-    deadline: Instant,
-    rank: usize,
-    peer: usize,
-    timeout: Duration,
-) -> Result<TcpStream, CommError> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = if left.is_zero() {
-            Err(std::io::Error::new(ErrorKind::TimedOut, "deadline passed"))
-        } else {
-            TcpStream::connect_timeout(&addr, left)
-        };
-        match attempt {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                let retry = matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionRefused
-                        | ErrorKind::Interrupted
-                        | ErrorKind::ConnectionReset
-                );
-                if !retry || Instant::now() + Duration::from_millis(20) >= deadline {
-                    return Err(CommError::Connect {
-                        rank,
-                        peer,
-                        addr: addr.to_string(),
-                        timeout,
-                        source: e,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        join(rv, listen_port, &deadline)
     }
 }
 
@@ -1012,7 +389,7 @@ fn serve(
     rv: &Rendezvous,
     listen_port: u16,
     blob: &[u8],
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<Peers, CommError> {
     let bind = SocketAddr::new(rv.bind_ip()?, rv.master_port);
     let listener = TcpListener::bind(bind).map_err(|source| CommError::Bind {
@@ -1022,8 +399,7 @@ fn serve(
     })?;
     let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..rv.world).map(|_| None).collect();
     let mut missing = rv.world - 1;
-    let mut refused = 0;
-    let mut gate = HelloGate::<TcpStream>::new(0, "rendezvous");
+    let mut gate = HelloGate::<TcpStream>::new(rv.identity(), "rendezvous");
     while missing > 0 {
         let waiting = format!(
             "ranks {} to join the rendezvous",
@@ -1036,19 +412,17 @@ fn serve(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let (mut stream, hello) = gate.next_hello(&[&listener], deadline, &waiting, rv.timeout)?;
-        let verdict = judge_hello(rv, &hello, Purpose::Rendezvous, None).and_then(|()| {
-            if joined[hello.rank as usize].is_some() {
-                Err(Refusal::DuplicateRank)
-            } else {
-                Ok(())
+        let awaited = Awaited {
+            purpose: Purpose::Rendezvous,
+            rank: None,
+            waiting_for: &waiting,
+        };
+        let (stream, hello) = gate.accept(&[&listener], awaited, deadline, |h| {
+            match joined[h.rank as usize] {
+                Some(_) => Err(Refusal::DuplicateRank),
+                None => Ok(()),
             }
-        });
-        if let Err(why) = verdict {
-            refuse(&mut stream, 0, why, Some(hello.rank), "rendezvous");
-            refused += 1;
-            continue;
-        }
+        })?;
         let peer_ip = stream.peer_addr().map_err(|source| CommError::Io {
             rank: 0,
             peer: Some(hello.rank as usize),
@@ -1060,7 +434,6 @@ fn serve(
             Some((stream, SocketAddr::new(peer_ip.ip(), hello.listen_port)));
         missing -= 1;
     }
-    refused += gate.dropped();
     let mut table: Vec<SocketAddr> = joined
         .iter()
         .map(|j| {
@@ -1088,16 +461,13 @@ fn serve(
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into());
-            stream
-                .set_write_timeout(Some(rv.timeout))
-                .and_then(|()| stream.write_all(&bytes))
-                .map_err(|source| CommError::Io {
-                    rank: 0,
-                    peer: Some(r),
-                    addr,
-                    during: "sending the rendezvous table".into(),
-                    source,
-                })?;
+            wait::write_all_within(stream, &bytes, rv.timeout).map_err(|source| CommError::Io {
+                rank: 0,
+                peer: Some(r),
+                addr,
+                during: "sending the rendezvous table".into(),
+                source,
+            })?;
         }
     }
     let me = rv
@@ -1108,14 +478,14 @@ fn serve(
     Ok(Peers {
         ring_addrs: table,
         blob: blob.to_vec(),
-        refused,
+        refused: gate.turned_away(),
     })
 }
 
 /// Ranks other than 0: say hello to rank 0 and wait for the table.
-fn join(rv: &Rendezvous, listen_port: u16, deadline: Instant) -> Result<Peers, CommError> {
+fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers, CommError> {
     let master = rv.master_addr()?;
-    let mut stream = connect_by(master, deadline, rv.rank, 0, rv.timeout)?;
+    let mut stream = wait::connect_by(master, deadline, rv.rank, 0)?;
     let hello = Hello {
         version: frame::PROTOCOL_VERSION,
         purpose: Purpose::Rendezvous,
@@ -1137,17 +507,15 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: Instant) -> Result<Peers, C
         addr: master.to_string(),
         problem,
     })?;
-    stream.set_write_timeout(Some(rv.timeout)).map_err(io)?;
-    stream.write_all(&bytes).map_err(io)?;
+    wait::write_all_within(&mut stream, &bytes, rv.timeout).map_err(io)?;
     let mut fixed = [0u8; REPLY_FIXED_BYTES];
-    read_exact_by(
+    wait::read_exact_by(
         &mut stream,
         &mut fixed,
         deadline,
         rv.rank,
         Some(0),
         "rank 0's rendezvous table (are all ranks started?)",
-        rv.timeout,
     )?;
     let frame_err = |problem: FrameProblem| CommError::Frame {
         rank: rv.rank,
@@ -1165,14 +533,13 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: Instant) -> Result<Peers, C
         });
     }
     let mut body = vec![0u8; reply.world * frame::TABLE_ENTRY_BYTES + reply.blob_len];
-    read_exact_by(
+    wait::read_exact_by(
         &mut stream,
         &mut body,
         deadline,
         rv.rank,
         Some(0),
         "rank 0's rendezvous table",
-        rv.timeout,
     )?;
     let ring_addrs = frame::decode_table(&body, reply.world).map_err(frame_err)?;
     let blob = body[reply.world * frame::TABLE_ENTRY_BYTES..].to_vec();

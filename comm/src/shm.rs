@@ -29,12 +29,13 @@
 
 use crate::error::CommError;
 use crate::ops::chunk_range;
+use crate::wait;
 use half::bf16;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Default [`crate::SocketOptions::shm_slot_bytes`]: 1 MiB per rank per half, so a
+/// Default `SocketOptions::shm_slot_bytes`: 1 MiB per rank per half, so a
 /// piece written by one rank is still in cache when the others read it.
 pub const DEFAULT_SLOT_BYTES: usize = 1 << 20;
 
@@ -508,22 +509,13 @@ impl Drop for Segment {
 
 /// The first watched neighbour whose socket hung up, if any.
 fn hung_up(watch: &[Watch]) -> Option<usize> {
-    let mut fds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 2];
+    let mut fds = [wait::pollfd(-1, 0); 2];
     for (slot, w) in fds.iter_mut().zip(watch) {
-        *slot = libc::pollfd {
-            fd: w.fd,
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
+        *slot = wait::pollfd(w.fd, libc::POLLRDHUP);
     }
     let n = watch.len().min(2);
-    // SAFETY: `fds` holds `n` valid pollfds; timeout 0 never blocks.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, 0) };
-    if r <= 0 {
+    // A zero wait never blocks; a failed poll counts as no hang-up (the wait's timeout still bounds it).
+    if !matches!(wait::poll(&mut fds[..n], Duration::ZERO), Ok(ready) if ready > 0) {
         return None;
     }
     fds[..n]
@@ -566,92 +558,6 @@ fn futex_wake(word: &AtomicU32) {
             0u32,
         )
     };
-}
-
-/// Sends one byte, and `fd` with it when given, over a Unix stream socket.
-pub(crate) fn send_byte_with_fd(sock: i32, byte: u8, fd: Option<i32>) -> std::io::Result<()> {
-    let mut b = [byte];
-    let mut iov = libc::iovec {
-        iov_base: b.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // u64 storage keeps the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr zeroed then filled with pointers to locals that outlive the call;
-    // CMSG_* macros stay within `control`, which is large enough for one fd.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-            libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
-        }
-        loop {
-            let r = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-            if r == 1 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if r < 0 && e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(if r < 0 {
-                e
-            } else {
-                std::io::ErrorKind::WriteZero.into()
-            });
-        }
-    }
-}
-
-/// Receives one byte and the descriptor sent with it, if any (blocking, bounded by the
-/// socket's receive timeout).
-pub(crate) fn recv_byte_with_fd(sock: i32) -> std::io::Result<(u8, Option<std::os::fd::OwnedFd>)> {
-    use std::os::fd::FromRawFd;
-    let mut b = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: b.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: as in `send_byte_with_fd`; the received fd, if any, is taken into an OwnedFd.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        let r = loop {
-            let r = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            break r;
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if r == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut fd = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let raw = libc::CMSG_DATA(c).cast::<i32>().read_unaligned();
-                fd = Some(std::os::fd::OwnedFd::from_raw_fd(raw));
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-        Ok((b[0], fd))
-    }
 }
 
 #[cfg(test)]

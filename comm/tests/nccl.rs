@@ -1,7 +1,7 @@
 //! The NCCL backend: without libnccl or the CUDA driver, joining is a clear
 //! error (never a panic inside cudarc); with them, a one-rank job works.
 
-use frugal_comm::{Backend, CommError, Rendezvous};
+use frugal_comm::{CommError, Rendezvous, Transport};
 
 #[test]
 fn nccl_is_a_clear_error_without_its_libraries_and_works_with_them() {
@@ -16,17 +16,17 @@ fn nccl_is_a_clear_error_without_its_libraries_and_works_with_them() {
             );
             assert!(text.contains("--comm socket"), "says what to do: {text}");
             // The same error through the public entry point, not a panic.
-            let e = frugal_comm::connect(Backend::Nccl, &Rendezvous::single())
+            let e = frugal_comm::connect(Transport::Nccl, &Rendezvous::single())
                 .err()
                 .expect("no NCCL here");
             assert!(matches!(e, CommError::NcclUnavailable { .. }), "{e}");
         }
         Ok(()) => {
-            let mut comm = frugal_comm::connect(Backend::Nccl, &Rendezvous::single())
+            let mut comm = frugal_comm::connect(Transport::Nccl, &Rendezvous::single())
                 .expect("one-rank NCCL job");
             assert_eq!(
-                (comm.rank(), comm.world(), comm.backend()),
-                (0, 1, Backend::Nccl)
+                (comm.rank(), comm.world(), comm.transport()),
+                (0, 1, Transport::Nccl)
             );
             let mut x = vec![1.5f32, -2.0, 3.25];
             comm.all_reduce_sum_f32(&mut x).expect("all-reduce");

@@ -4,7 +4,8 @@
 //! frugal must not: it first tries the same file names with `dlopen` itself and
 //! turns a failure into [`RuntimeError::CudaUnavailable`] or
 //! [`RuntimeError::NcclUnavailable`], which say what is missing, where the loader
-//! looked and what to install. `comm` uses [`check_nccl`] before touching NCCL.
+//! looked and what to install. `comm` probes cudarc's own names for NCCL with
+//! [`probe_names`] before touching it.
 
 use std::ffi::{CStr, CString};
 use std::sync::OnceLock;
@@ -45,7 +46,13 @@ pub fn candidates(stem: &str) -> Vec<String> {
 
 /// Tries `dlopen` on each candidate for `stem` and closes what it opened.
 pub fn probe(stem: &str) -> LibraryProbe {
-    let looked_for = candidates(stem);
+    probe_names(candidates(stem))
+}
+
+/// Tries `dlopen` on each of `looked_for`, in order, until one loads, and
+/// closes what it opened. For a caller that needs its own list of names
+/// (comm probes exactly the names cudarc's NCCL loader tries).
+pub fn probe_names(looked_for: Vec<String>) -> LibraryProbe {
     let mut reason = String::new();
     for name in &looked_for {
         let Ok(cname) = CString::new(name.as_str()) else {

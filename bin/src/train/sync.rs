@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use frugal_comm::{connect, Backend, CommStats, Ddp, Rendezvous};
+use frugal_comm::{connect, CommStats, Ddp, Rendezvous, Transport};
 
 use super::options::CommBackend;
 
@@ -98,12 +98,12 @@ impl GradSync {
         if rv.world == 1 {
             return Ok(single);
         }
-        let backend = match backend {
-            CommBackend::Socket => Backend::Socket,
-            CommBackend::Nccl => Backend::Nccl,
+        let transport = match backend {
+            CommBackend::Socket => Transport::Socket,
+            CommBackend::Nccl => Transport::Nccl,
         };
         let failed = |e| JoinError::Failed(format!("joining the job: {e}"));
-        let comm = connect(backend, &rv).map_err(failed)?;
+        let comm = connect(transport, &rv).map_err(failed)?;
         let ddp = Ddp::new(comm, n_params, bucket_bytes).map_err(failed)?;
         Ok(GradSync {
             link: Link::Ddp {

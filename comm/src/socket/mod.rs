@@ -1,0 +1,459 @@
+//! The socket backend: a ring of stream sockets, one to the next rank (we
+//! send on it) and one from the previous rank (we receive on it). Between
+//! hosts they are TCP; between ranks on one host, Unix-domain sockets
+//! ([`SameHost`]), which carry the same frames for less CPU per byte and
+//! about half the latency. Both go through the same handshake (version, job
+//! token, rank), and a rank with no Unix listener is reached over TCP.
+//! When every rank of the job is on one host ([`SameHost::SharedMemory`], the
+//! default, and every ring link a Unix socket), all-reduces go through a
+//! shared-memory segment instead (`shm.rs`); the ring carries the rest.
+//!
+//! Each collective is a plan (`ring.rs`: which slices go where, in which
+//! order) executed by one event loop per lane with non-blocking sockets
+//! (`event_loop.rs`): it writes every slice that is ready, reads whatever has
+//! arrived, reduces each slice as soon as it is complete, and sleeps in
+//! `poll(2)` only when neither side can move. Large
+//! socket buffers let the kernel carry the next slices while this thread adds
+//! the current one, so sending, receiving and reducing overlap without extra
+//! threads, wake-ups or locks, and a 4 KiB all-reduce costs a few system calls.
+//!
+//! Lanes: a large collective is split over [`SocketOptions::lanes`] parallel
+//! rings, each its own pair of connections driven by its own thread (the
+//! caller's thread runs lane 0). Lane `l` carries part `l` of every chunk, so
+//! each element still goes round the same ring in the same order and the
+//! result is bitwise the same as with one lane. One thread can only copy so
+//! many bytes in and out of the kernel per second; lanes let a rank use more
+//! cores, as NCCL's socket threads do. Small collectives use lane 0 alone (no
+//! thread hand-off on the latency path).
+//!
+//! Failure: every wait is bounded by the timeout (no progress for that long →
+//! [`CommError::Timeout`] naming the peer). A closed connection names the
+//! peer. A rank that fails sends an abort frame to its successor naming the
+//! rank that failed, so the news goes round the ring and every rank's error
+//! names the dead peer, not just its neighbour.
+//!
+//! Rooms: `options.rs` (the settings), `link.rs` (a connection), `setup.rs`
+//! (forming the ring and the shared-memory vote), `ring.rs` (the schedules),
+//! `event_loop.rs` (running them); this file holds [`SocketComm`], which ties
+//! them to the [`Communicator`] calls and handles failure.
+
+mod event_loop;
+mod link;
+mod options;
+mod ring;
+mod setup;
+
+pub use options::{
+    SameHost, SocketOptions, CORES_PER_AUTO_LANE, DEFAULT_LANES, LANE_MIN_BYTES, MAX_AUTO_LANES,
+};
+
+use crate::error::CommError;
+use crate::frame::{self, OpCode};
+use crate::ops::{chunk_range, Communicator, Transport};
+use crate::rendezvous::{self, Peers, Rendezvous};
+use crate::shm;
+use event_loop::{Call, Lane, LanesFailed};
+use half::bf16;
+use link::set_buffers;
+use options::lanes_wanted;
+use ring::{split_lanes, LaneData, Layout, Phases};
+use setup::RingListeners;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// The TCP ring communicator. See the module docs.
+#[derive(Debug)]
+pub struct SocketComm {
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    options: SocketOptions,
+    /// The parallel rings; empty in a one-rank job.
+    lanes: Vec<Lane>,
+    /// Sequence number of the next collective; both ends check it.
+    seq: u32,
+    /// bf16 → f32 staging for `all_reduce_sum_bf16`, kept between calls.
+    staging: Vec<f32>,
+    /// Connections refused while the ring formed.
+    refused: usize,
+    /// The first error; once set, every call fails with it.
+    broken: Option<String>,
+    /// The shared-memory segment all-reduces go through, when every rank is on this host.
+    shm: Option<shm::Segment>,
+}
+
+impl SocketComm {
+    /// Joins the job described by `rv`: rendezvous through rank 0, then connect
+    /// to the next rank and accept the previous one. A one-rank job opens no socket.
+    ///
+    /// # Errors
+    /// Timeouts, refusals and socket errors, each naming this rank and the peer.
+    pub fn connect(rv: &Rendezvous, options: SocketOptions) -> Result<SocketComm, CommError> {
+        if rv.world == 0 || rv.rank >= rv.world {
+            return Err(CommError::InvalidArgument {
+                what: format!(
+                    "rank {} of world {}: the rank must be below the world size",
+                    rv.rank, rv.world
+                ),
+            });
+        }
+        let mut comm = Self::unconnected(rv, options);
+        if rv.world == 1 {
+            return Ok(comm);
+        }
+        let listener = Self::listen(rv, &options)?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| CommError::Io {
+                rank: rv.rank,
+                peer: None,
+                addr: "ring listener".into(),
+                during: "listen".into(),
+                source,
+            })?
+            .port();
+        let unix = match options.same_host {
+            SameHost::UnixSocket | SameHost::SharedMemory => setup::unix_listener(rv, port),
+            SameHost::Tcp => None,
+        };
+        let lanes = (lanes_wanted(&options) as u16).to_le_bytes();
+        let peers = rendezvous::exchange(rv, port, &lanes)?;
+        comm.refused += peers.refused;
+        comm.join_ring(
+            rv,
+            RingListeners {
+                tcp: listener,
+                unix,
+            },
+            &peers,
+        )?;
+        Ok(comm)
+    }
+
+    fn unconnected(rv: &Rendezvous, options: SocketOptions) -> SocketComm {
+        SocketComm {
+            rank: rv.rank,
+            world: rv.world,
+            timeout: rv.timeout,
+            options,
+            lanes: Vec::new(),
+            seq: 0,
+            staging: Vec::new(),
+            refused: 0,
+            broken: None,
+            shm: None,
+        }
+    }
+
+    /// Binds this rank's ring listener (step one of [`SocketComm::connect`]).
+    pub fn listen(rv: &Rendezvous, options: &SocketOptions) -> Result<TcpListener, CommError> {
+        let rank = rv.rank;
+        let bind = SocketAddr::new(rv.bind_ip()?, 0);
+        let listener = TcpListener::bind(bind).map_err(|source| CommError::Bind {
+            rank,
+            addr: bind.to_string(),
+            source,
+        })?;
+        // Accepted sockets inherit the buffer sizes; set before the handshake so TCP window scaling uses them.
+        set_buffers(listener.as_raw_fd(), options.socket_buffer_bytes);
+        Ok(listener)
+    }
+
+    /// Joins the ring once the rendezvous gave every rank's address (step two of
+    /// [`SocketComm::connect`]; separate so tests can act between the steps).
+    pub fn connect_ring(
+        rv: &Rendezvous,
+        listener: TcpListener,
+        peers: &Peers,
+        options: SocketOptions,
+    ) -> Result<SocketComm, CommError> {
+        let mut comm = Self::unconnected(rv, options);
+        comm.refused = peers.refused;
+        if rv.world > 1 {
+            let unix = match (options.same_host, listener.local_addr()) {
+                (SameHost::UnixSocket | SameHost::SharedMemory, Ok(a)) => {
+                    setup::unix_listener(rv, a.port())
+                }
+                _ => None,
+            };
+            comm.join_ring(
+                rv,
+                RingListeners {
+                    tcp: listener,
+                    unix,
+                },
+                peers,
+            )?;
+        }
+        Ok(comm)
+    }
+
+    /// Forms the ring (both connections of every lane), then agrees on shared memory.
+    fn join_ring(
+        &mut self,
+        rv: &Rendezvous,
+        listeners: RingListeners,
+        peers: &Peers,
+    ) -> Result<(), CommError> {
+        let ring = setup::join_ring(rv, listeners, peers, &self.options)?;
+        self.refused += ring.turned_away;
+        self.lanes = ring.lanes;
+        if let Some(lane) = self.lanes.first() {
+            self.shm = setup::setup_shm(rv, &self.options, lane, peers)?;
+        }
+        Ok(())
+    }
+
+    /// Whether all-reduces go through shared memory ([`SameHost::SharedMemory`]
+    /// with every rank on this host).
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shm.is_some()
+    }
+
+    /// The all-reduce through the shared-memory segment; on failure tells the others
+    /// (segment abort word, then the ring) and breaks the communicator.
+    fn shm_all_reduce<T: shm::ShmElem>(&mut self, data: &mut [T]) -> Result<(), CommError> {
+        self.check_usable()?;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let watch: Vec<shm::Watch> = self
+            .lanes
+            .first()
+            .map(|l| {
+                vec![
+                    shm::Watch {
+                        fd: l.prev.stream.as_raw_fd(),
+                        peer: l.prev.peer,
+                    },
+                    shm::Watch {
+                        fd: l.next.stream.as_raw_fd(),
+                        peer: l.next.peer,
+                    },
+                ]
+            })
+            .unwrap_or_default();
+        let Some(seg) = self.shm.as_mut() else {
+            return Ok(());
+        };
+        match seg.all_reduce(data, &watch, &format!("all-reduce #{seq}")) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let states = vec![(0usize, true); self.lanes.len()];
+                Err(self.fail(e, &states))
+            }
+        }
+    }
+
+    /// Connections refused (wrong token, version or rank) while this rank's ring formed.
+    pub fn refused_connections(&self) -> usize {
+        self.refused
+    }
+
+    fn check_usable(&self) -> Result<(), CommError> {
+        match &self.broken {
+            Some(first) => Err(CommError::Broken {
+                rank: self.rank,
+                first_error: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the plans of the first `parts.len()` lanes, each over its part of
+    /// the buffer; on failure tells the next rank and breaks the communicator.
+    fn run(&mut self, op: OpCode, parts: Vec<LaneData<'_>>) -> Result<(), CommError> {
+        self.check_usable()?;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        if self.lanes.is_empty() || parts.is_empty() {
+            return Ok(());
+        }
+        let call = Call {
+            rank: self.rank,
+            timeout: self.timeout,
+            op,
+            seq,
+        };
+        match event_loop::run_lanes(&mut self.lanes, parts, &call) {
+            Ok(()) => Ok(()),
+            Err(LanesFailed { error, states }) => Err(self.fail(error, &states)),
+        }
+    }
+
+    /// Relays the failure to the next rank on every lane (finishing a half-written
+    /// frame first so the abort header lands on a frame boundary; `states[lane]` =
+    /// (bytes owed, whether `next` is still writable)), closes every link, and
+    /// remembers the error.
+    fn fail(&mut self, error: CommError, states: &[(usize, bool)]) -> CommError {
+        let failed_rank = error.failed_peer().unwrap_or(self.rank);
+        // Shared memory first: ranks that are not our neighbours learn of it there,
+        // and our neighbours read it before they notice the sockets close.
+        if let Some(shm) = &self.shm {
+            shm.post_abort(failed_rank);
+        }
+        for (lane, &(owed_bytes, next_usable)) in self.lanes.iter_mut().zip(states) {
+            if next_usable {
+                let s = &mut lane.next.stream;
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let zeros = [0u8; 4096];
+                let mut owed = owed_bytes;
+                while owed > 0 {
+                    match s.write(&zeros[..owed.min(zeros.len())]) {
+                        Ok(n) if n > 0 => owed -= n,
+                        _ => break,
+                    }
+                }
+                if owed == 0 {
+                    let _ = s.write_all(&frame::encode_abort_header(
+                        failed_rank as u32,
+                        self.rank as u32,
+                    ));
+                }
+            }
+        }
+        for lane in &self.lanes {
+            let _ = lane.next.stream.shutdown(Shutdown::Both);
+            let _ = lane.prev.stream.shutdown(Shutdown::Both);
+        }
+        self.broken = Some(error.to_string());
+        error
+    }
+
+    /// How many lanes a collective of `bytes` uses (the same on every rank, as
+    /// every rank passes the same length).
+    fn lanes_for(&self, bytes: usize) -> usize {
+        (bytes / LANE_MIN_BYTES).clamp(1, self.lanes.len().max(1))
+    }
+
+    fn ring_f32(&mut self, op: OpCode, phases: Phases, data: &mut [f32]) -> Result<(), CommError> {
+        let len = data.len();
+        let used = self.lanes_for(len * 4);
+        let layout = Layout {
+            phases,
+            rank: self.rank,
+            world: self.world,
+            len,
+            elem_bytes: 4,
+            slice_bytes: self.options.slice_bytes,
+        };
+        for (i, lane) in self.lanes.iter_mut().take(used).enumerate() {
+            lane.plan.ring_lane(&layout, i, used);
+        }
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(data);
+        let parts = if used == 1 {
+            vec![LaneData::whole(bytes)]
+        } else {
+            split_lanes(bytes, len, self.world, 4, used)
+        };
+        self.run(op, parts)
+    }
+}
+
+impl Communicator for SocketComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::Socket
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            return self.shm_all_reduce(data);
+        }
+        self.ring_f32(OpCode::AllReduce, Phases::Both, data)
+    }
+
+    fn all_reduce_sum_bf16(&mut self, data: &mut [bf16]) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            return self.shm_all_reduce(data);
+        }
+        let mut staging = std::mem::take(&mut self.staging);
+        staging.clear();
+        staging.extend(data.iter().map(|v| v.to_f32()));
+        let result = self.ring_f32(OpCode::AllReduce, Phases::Both, &mut staging);
+        if result.is_ok() {
+            for (d, s) in data.iter_mut().zip(&staging) {
+                *d = bf16::from_f32(*s);
+            }
+        }
+        self.staging = staging;
+        result
+    }
+
+    fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError> {
+        self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data)?;
+        Ok(chunk_range(data.len(), self.world, self.rank))
+    }
+
+    fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        self.ring_f32(OpCode::AllGather, Phases::AllGather, data)
+    }
+
+    fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError> {
+        if root >= self.world {
+            return Err(CommError::InvalidArgument {
+                what: format!(
+                    "rank {}: broadcast root {root} is not a rank of this world of {}",
+                    self.rank, self.world
+                ),
+            });
+        }
+        if let Some(lane) = self.lanes.first_mut() {
+            lane.plan.broadcast(
+                self.rank,
+                self.world,
+                root,
+                data.len(),
+                self.options.slice_bytes,
+            );
+        }
+        self.run(OpCode::Broadcast, vec![LaneData::whole(data)])
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        // An all-gather of one byte per rank: a rank leaves only after a byte that
+        // passed through every other rank's barrier reached it.
+        let mut bytes = [0u8; 256];
+        let mut heap;
+        let buf: &mut [u8] = if self.world <= bytes.len() {
+            &mut bytes[..self.world]
+        } else {
+            heap = vec![0u8; self.world];
+            &mut heap
+        };
+        if let Some(lane) = self.lanes.first_mut() {
+            lane.plan.ring(&Layout {
+                phases: Phases::AllGather,
+                rank: self.rank,
+                world: self.world,
+                len: buf.len(),
+                elem_bytes: 1,
+                slice_bytes: self.options.slice_bytes,
+            });
+        }
+        self.run(OpCode::Barrier, vec![LaneData::whole(buf)])
+    }
+}
+
+impl Drop for SocketComm {
+    fn drop(&mut self) {
+        for lane in &self.lanes {
+            let _ = lane.next.stream.shutdown(Shutdown::Both);
+            let _ = lane.prev.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
