@@ -145,8 +145,17 @@ impl Segment {
         use std::os::fd::FromRawFd;
         let slot_elems = (slot_bytes / 4).clamp(MIN_SLOT_ELEMS, MAX_SLOT_BYTES / 4);
         let len = segment_bytes(world, slot_elems);
+        // The raw system call, not glibc's wrapper: the wrapper arrived in glibc 2.27
+        // and the portable build (scripts/build-portable.sh) targets glibc 2.17, whose
+        // kernels (3.17+) all have the call.
         // SAFETY: a NUL-terminated name and valid flags; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"frugal-comm-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_memfd_create,
+                c"frugal-comm-shm".as_ptr(),
+                libc::MFD_CLOEXEC,
+            )
+        } as libc::c_int;
         if fd < 0 {
             return Err(os_error(rank, "memfd_create"));
         }
