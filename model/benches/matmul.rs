@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use frugal_model::config::Preset;
 use frugal_model::cpu::matmul::{
-    linear_backward_input, linear_backward_weight, linear_forward, Accumulate,
+    linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
 };
 use frugal_model::rng::Rng;
 
@@ -39,6 +39,7 @@ fn bench_matmul(c: &mut Criterion) {
             let mut y = vec![0.0f32; rows * out];
             let mut dx = vec![0.0f32; rows * inp];
             let mut dw = vec![0.0f32; out * inp];
+            let dims = LinearDims { rows, inp, out };
             group.throughput(Throughput::Elements((2 * rows * inp * out) as u64));
             let shape = format!("{name}-{what}-{rows}x{inp}x{out}-t{threads}");
             group.bench_function(BenchmarkId::new("forward", &shape), |b| {
@@ -47,9 +48,7 @@ fn bench_matmul(c: &mut Criterion) {
                         black_box(&mut y),
                         &x,
                         &w,
-                        rows,
-                        inp,
-                        out,
+                        dims,
                         Accumulate::Overwrite,
                         threads,
                     )
@@ -61,18 +60,14 @@ fn bench_matmul(c: &mut Criterion) {
                         black_box(&mut dx),
                         &dy,
                         &w,
-                        rows,
-                        inp,
-                        out,
+                        dims,
                         Accumulate::Overwrite,
                         threads,
                     )
                 })
             });
             group.bench_function(BenchmarkId::new("backward_weight", &shape), |b| {
-                b.iter(|| {
-                    linear_backward_weight(black_box(&mut dw), &dy, &x, rows, inp, out, threads)
-                })
+                b.iter(|| linear_backward_weight(black_box(&mut dw), &dy, &x, dims, threads))
             });
         }
     }

@@ -88,6 +88,33 @@ impl Dims {
     fn n(&self) -> usize {
         self.b * self.t
     }
+    /// The linear from width `inp` to width `out` over this call's N = B·T rows.
+    fn linear_dims(&self, inp: usize, out: usize) -> LinearDims {
+        LinearDims {
+            rows: self.n(),
+            inp,
+            out,
+        }
+    }
+}
+
+/// Shape of a linear layer y = x·wᵀ: x (rows, inp), w (out, inp), y (rows, out).
+#[derive(Clone, Copy)]
+struct LinearDims {
+    /// The tokens, N = B·T.
+    rows: usize,
+    /// Width of x: C (F for w_down).
+    inp: usize,
+    /// Width of y: C, KV, F or V.
+    out: usize,
+}
+
+/// The gradients [`linear_backward`] adds into.
+struct LinearGrads<'a> {
+    /// (rows, inp) the input's gradient
+    dx: &'a mut [f64],
+    /// (out, inp) the weight's gradient
+    dw: &'a mut [f64],
 }
 
 fn tensor<'a>(params: &'a [f64], layout: &ParamLayout, l: usize, t: LayerTensor) -> &'a [f64] {
@@ -95,7 +122,8 @@ fn tensor<'a>(params: &'a [f64], layout: &ParamLayout, l: usize, t: LayerTensor)
 }
 
 /// y (rows, out) = x (rows, inp) · wᵀ, w (out, inp).
-fn linear(x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64> {
+fn linear(x: &[f64], w: &[f64], dims: LinearDims) -> Vec<f64> {
+    let LinearDims { rows, inp, out } = dims;
     let mut y = vec![0.0; rows * out];
     for i in 0..rows {
         for o in 0..out {
@@ -110,17 +138,9 @@ fn linear(x: &[f64], w: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64>
 }
 
 /// Backward of [`linear`]: dx (rows, inp) += dy·w, dw (out, inp) += dyᵀ·x.
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    dy: &[f64],
-    x: &[f64],
-    w: &[f64],
-    rows: usize,
-    inp: usize,
-    out: usize,
-    dx: &mut [f64],
-    dw: &mut [f64],
-) {
+fn linear_backward(dy: &[f64], x: &[f64], w: &[f64], dims: LinearDims, grads: LinearGrads) {
+    let LinearDims { rows, inp, out } = dims;
+    let LinearGrads { dx, dw } = grads;
     for i in 0..rows {
         for o in 0..out {
             let g = dy[i * out + o];
@@ -303,23 +323,23 @@ pub fn forward(
     for l in 0..cfg.n_layers {
         let p = |t| tensor(params, &lay, l, t);
         let a = rmsnorm(&x, p(LayerTensor::AttnNorm), d.c, eps);
-        let mut q = linear(&a, p(LayerTensor::Wq), d.n(), d.c, d.c);
-        let mut k = linear(&a, p(LayerTensor::Wk), d.n(), d.c, d.kv);
-        let v = linear(&a, p(LayerTensor::Wv), d.n(), d.c, d.kv);
+        let mut q = linear(&a, p(LayerTensor::Wq), d.linear_dims(d.c, d.c));
+        let mut k = linear(&a, p(LayerTensor::Wk), d.linear_dims(d.c, d.kv));
+        let v = linear(&a, p(LayerTensor::Wv), d.linear_dims(d.c, d.kv));
         rope(&mut q, d, d.nh, cfg.rope_theta, 1.0);
         rope(&mut k, d, d.nkv, cfg.rope_theta, 1.0);
         let (probs, o) = attention(&q, &k, &v, d);
-        let proj = linear(&o, p(LayerTensor::Wo), d.n(), d.c, d.c);
+        let proj = linear(&o, p(LayerTensor::Wo), d.linear_dims(d.c, d.c));
         let x_mid: Vec<f64> = x.iter().zip(&proj).map(|(a, b)| a + b).collect();
         let m = rmsnorm(&x_mid, p(LayerTensor::MlpNorm), d.c, eps);
-        let gate = linear(&m, p(LayerTensor::WGate), d.n(), d.c, d.f);
-        let up = linear(&m, p(LayerTensor::WUp), d.n(), d.c, d.f);
+        let gate = linear(&m, p(LayerTensor::WGate), d.linear_dims(d.c, d.f));
+        let up = linear(&m, p(LayerTensor::WUp), d.linear_dims(d.c, d.f));
         let act: Vec<f64> = gate
             .iter()
             .zip(&up)
             .map(|(&g, &u)| g * sigmoid(g) * u)
             .collect();
-        let down = linear(&act, p(LayerTensor::WDown), d.n(), d.f, d.c);
+        let down = linear(&act, p(LayerTensor::WDown), d.linear_dims(d.f, d.c));
         let x_out: Vec<f64> = x_mid.iter().zip(&down).map(|(a, b)| a + b).collect();
         layers.push(LayerTape {
             x_in: x,
@@ -338,7 +358,7 @@ pub fn forward(
         x = x_out;
     }
     let xf = rmsnorm(&x, &params[lay.final_norm().range()], d.c, eps);
-    let logits = linear(&xf, &params[lay.lm_head().range()], d.n(), d.c, d.v);
+    let logits = linear(&xf, &params[lay.lm_head().range()], d.linear_dims(d.c, d.v));
     let mut loss_sum = 0.0;
     for (i, &tgt) in targets.iter().enumerate() {
         if tgt == IGNORE_INDEX {
@@ -406,11 +426,11 @@ pub fn loss_and_grads(
         &dlogits,
         &fw.xf,
         &params[lay.lm_head().range()],
-        d.n(),
-        d.c,
-        d.v,
-        &mut dxf,
-        &mut grads[lay.lm_head().range()],
+        d.linear_dims(d.c, d.v),
+        LinearGrads {
+            dx: &mut dxf,
+            dw: &mut grads[lay.lm_head().range()],
+        },
     );
     let mut dx = vec![0.0; d.n() * d.c];
     rmsnorm_backward(
@@ -433,11 +453,11 @@ pub fn loss_and_grads(
             &dx,
             &tape.act,
             p(LayerTensor::WDown),
-            d.n(),
-            d.f,
-            d.c,
-            &mut dact,
-            &mut grads[r(LayerTensor::WDown)],
+            d.linear_dims(d.f, d.c),
+            LinearGrads {
+                dx: &mut dact,
+                dw: &mut grads[r(LayerTensor::WDown)],
+            },
         );
         let mut dgate = vec![0.0; d.n() * d.f];
         let mut dup = vec![0.0; d.n() * d.f];
@@ -452,21 +472,21 @@ pub fn loss_and_grads(
             &dgate,
             &tape.m,
             p(LayerTensor::WGate),
-            d.n(),
-            d.c,
-            d.f,
-            &mut dm,
-            &mut grads[r(LayerTensor::WGate)],
+            d.linear_dims(d.c, d.f),
+            LinearGrads {
+                dx: &mut dm,
+                dw: &mut grads[r(LayerTensor::WGate)],
+            },
         );
         linear_backward(
             &dup,
             &tape.m,
             p(LayerTensor::WUp),
-            d.n(),
-            d.c,
-            d.f,
-            &mut dm,
-            &mut grads[r(LayerTensor::WUp)],
+            d.linear_dims(d.c, d.f),
+            LinearGrads {
+                dx: &mut dm,
+                dw: &mut grads[r(LayerTensor::WUp)],
+            },
         );
         let mut dx_mid = dx.clone(); // the residual path
         rmsnorm_backward(
@@ -485,11 +505,11 @@ pub fn loss_and_grads(
             &dx_mid,
             &tape.o,
             p(LayerTensor::Wo),
-            d.n(),
-            d.c,
-            d.c,
-            &mut dout,
-            &mut grads[r(LayerTensor::Wo)],
+            d.linear_dims(d.c, d.c),
+            LinearGrads {
+                dx: &mut dout,
+                dw: &mut grads[r(LayerTensor::Wo)],
+            },
         );
         let (mut dq, mut dk, dv) =
             attention_backward(&dout, &tape.q, &tape.k, &tape.v, &tape.probs, d);
@@ -500,31 +520,31 @@ pub fn loss_and_grads(
             &dq,
             &tape.a,
             p(LayerTensor::Wq),
-            d.n(),
-            d.c,
-            d.c,
-            &mut da,
-            &mut grads[r(LayerTensor::Wq)],
+            d.linear_dims(d.c, d.c),
+            LinearGrads {
+                dx: &mut da,
+                dw: &mut grads[r(LayerTensor::Wq)],
+            },
         );
         linear_backward(
             &dk,
             &tape.a,
             p(LayerTensor::Wk),
-            d.n(),
-            d.c,
-            d.kv,
-            &mut da,
-            &mut grads[r(LayerTensor::Wk)],
+            d.linear_dims(d.c, d.kv),
+            LinearGrads {
+                dx: &mut da,
+                dw: &mut grads[r(LayerTensor::Wk)],
+            },
         );
         linear_backward(
             &dv,
             &tape.a,
             p(LayerTensor::Wv),
-            d.n(),
-            d.c,
-            d.kv,
-            &mut da,
-            &mut grads[r(LayerTensor::Wv)],
+            d.linear_dims(d.c, d.kv),
+            LinearGrads {
+                dx: &mut da,
+                dw: &mut grads[r(LayerTensor::Wv)],
+            },
         );
         let mut dx_in = dx_mid.clone();
         rmsnorm_backward(

@@ -18,7 +18,7 @@
 //! overwrites out and lse; backward overwrites dq, dk, dv.
 
 use super::fastmath;
-use super::matmul::{gemm, Accumulate, Kernel, View};
+use super::matmul::{gemm, Accumulate, Gemm, Kernel, View, ViewMut};
 use super::par;
 
 /// Query rows per block.
@@ -27,11 +27,54 @@ const BQ: usize = 64;
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnDims {
+    /// B: sequences in the batch.
     pub b: usize,
+    /// T: tokens per sequence.
     pub t: usize,
+    /// NH: query heads.
     pub nh: usize,
+    /// NKV: key/value heads, a divisor of NH.
     pub nkv: usize,
+    /// HS: head size.
     pub hs: usize,
+}
+
+/// The attention's inputs, as the forward saved them (q and k after RoPE).
+#[derive(Clone, Copy, Debug)]
+pub struct Qkv<'a> {
+    /// (N, NH·HS) queries.
+    pub q: &'a [f32],
+    /// (N, NKV·HS) keys.
+    pub k: &'a [f32],
+    /// (N, NKV·HS) values.
+    pub v: &'a [f32],
+}
+
+/// The gradients of q, k and v, each overwritten by [`attention_backward`].
+#[derive(Debug)]
+pub struct AttentionGrads<'a> {
+    /// (N, NH·HS)
+    pub dq: &'a mut [f32],
+    /// (N, NKV·HS)
+    pub dk: &'a mut [f32],
+    /// (N, NKV·HS)
+    pub dv: &'a mut [f32],
+}
+
+/// One block of the loop: query rows t0..t0+rows of head h, which see the
+/// causal prefix of keys 0..t0+rows.
+#[derive(Clone, Copy, Debug)]
+struct QueryBlock {
+    h: usize,
+    t0: usize,
+    rows: usize,
+}
+
+impl QueryBlock {
+    /// Keys the block's rows see (the last row sees all of them).
+    fn kv_len(&self) -> usize {
+        self.t0 + self.rows
+    }
 }
 
 impl AttnDims {
@@ -46,20 +89,11 @@ impl AttnDims {
     }
 }
 
-/// Raw scores q·k (the caller applies 1/√HS) of query rows t0..t0+bq of head
-/// h against keys 0..t0+bq, into s (bq, kv_len = t0+bq).
-#[allow(clippy::too_many_arguments)]
-fn scores(
-    d: AttnDims,
-    qb: &[f32],
-    kb: &[f32],
-    h: usize,
-    t0: usize,
-    bq: usize,
-    s: &mut [f32],
-    kernel: Kernel,
-) {
-    let kv_len = t0 + bq;
+/// Raw scores q·k (the caller applies 1/√HS) of the block's query rows against
+/// the keys they see, into s (rows, kv_len); qb, kb are one sequence's q and k.
+fn scores(d: AttnDims, blk: QueryBlock, qb: &[f32], kb: &[f32], s: &mut [f32], kernel: Kernel) {
+    let QueryBlock { h, t0, rows: bq } = blk;
+    let kv_len = blk.kv_len();
     let kvh = h / (d.nh / d.nkv);
     let a = View {
         data: &qb[t0 * d.c() + h * d.hs..],
@@ -71,29 +105,18 @@ fn scores(
         rs: 1,
         cs: d.kv(),
     };
-    gemm(
-        bq,
-        kv_len,
-        d.hs,
-        a,
-        b,
-        s,
-        kv_len,
-        Accumulate::Overwrite,
-        kernel,
-    );
+    let shape = Gemm {
+        m: bq,
+        n: kv_len,
+        k: d.hs,
+    };
+    let s = ViewMut::row_major(s, kv_len);
+    gemm(shape, a, b, s, Accumulate::Overwrite, kernel);
 }
 
 /// out, lse = causal attention(q, k, v).
-pub fn attention_forward(
-    out: &mut [f32],
-    lse: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    d: AttnDims,
-    threads: usize,
-) {
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: Qkv, d: AttnDims, threads: usize) {
+    let Qkv { q, k, v } = qkv;
     let kernel = Kernel::detect();
     let (c, kv, t) = (d.c(), d.kv(), d.t);
     par::split2(
@@ -117,7 +140,8 @@ pub fn attention_forward(
                         let bq = BQ.min(t - t0);
                         let kv_len = t0 + bq;
                         let s = &mut s[..bq * kv_len];
-                        scores(d, qb, kb, h, t0, bq, s, kernel);
+                        let blk = QueryBlock { h, t0, rows: bq };
+                        scores(d, blk, qb, kb, s, kernel);
                         for (r, row) in s.chunks_exact_mut(kv_len).enumerate() {
                             let valid = t0 + r + 1;
                             let scale = d.scale();
@@ -139,17 +163,16 @@ pub fn attention_forward(
                             rs: kv,
                             cs: 1,
                         };
-                        gemm(
-                            bq,
-                            d.hs,
-                            kv_len,
-                            p,
-                            vv,
-                            &mut ob[t0 * c + h * d.hs..],
-                            c,
-                            Accumulate::Overwrite,
-                            kernel,
-                        );
+                        let o_blk = ViewMut {
+                            data: &mut ob[t0 * c + h * d.hs..],
+                            rs: c,
+                        };
+                        let shape = Gemm {
+                            m: bq,
+                            n: d.hs,
+                            k: kv_len,
+                        };
+                        gemm(shape, p, vv, o_blk, Accumulate::Overwrite, kernel);
                     }
                 }
             }
@@ -158,19 +181,16 @@ pub fn attention_forward(
 }
 
 /// dq, dk, dv from dout (N, NH·HS), given the forward's inputs and lse.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    grads: AttentionGrads,
     dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv,
     lse: &[f32],
     d: AttnDims,
     threads: usize,
 ) {
+    let AttentionGrads { dq, dk, dv } = grads;
+    let Qkv { q, k, v } = qkv;
     let kernel = Kernel::detect();
     let (c, kv, t) = (d.c(), d.kv(), d.t);
     // dk and dv are handed out per sequence alongside dq: pair them in one buffer
@@ -203,7 +223,8 @@ pub fn attention_backward(
                         let kv_len = t0 + bq;
                         let p = &mut p[..bq * kv_len];
                         let ds = &mut ds[..bq * kv_len];
-                        scores(d, qb, kb, h, t0, bq, p, kernel);
+                        let blk = QueryBlock { h, t0, rows: bq };
+                        scores(d, blk, qb, kb, p, kernel);
                         // dP = dO_blk·Vᵀ
                         let do_blk = View {
                             data: &dob[t0 * c + h * d.hs..],
@@ -215,17 +236,13 @@ pub fn attention_backward(
                             rs: 1,
                             cs: kv,
                         };
-                        gemm(
-                            bq,
-                            kv_len,
-                            d.hs,
-                            do_blk,
-                            vt,
-                            ds,
-                            kv_len,
-                            Accumulate::Overwrite,
-                            kernel,
-                        );
+                        let shape = Gemm {
+                            m: bq,
+                            n: kv_len,
+                            k: d.hs,
+                        };
+                        let ds_out = ViewMut::row_major(ds, kv_len);
+                        gemm(shape, do_blk, vt, ds_out, Accumulate::Overwrite, kernel);
                         for r in 0..bq {
                             let valid = t0 + r + 1;
                             let l = lse_b[h * t + t0 + r];
@@ -268,40 +285,32 @@ pub fn attention_backward(
                             cs: 1,
                         };
                         // dQ_blk = dS·K (this head's columns, written once)
-                        gemm(
-                            bq,
-                            d.hs,
-                            kv_len,
-                            ds_v,
-                            k_v,
-                            &mut dqb[t0 * c + h * d.hs..],
-                            c,
-                            Accumulate::Overwrite,
-                            kernel,
-                        );
+                        let dq_blk = ViewMut {
+                            data: &mut dqb[t0 * c + h * d.hs..],
+                            rs: c,
+                        };
+                        let shape = Gemm {
+                            m: bq,
+                            n: d.hs,
+                            k: kv_len,
+                        };
+                        gemm(shape, ds_v, k_v, dq_blk, Accumulate::Overwrite, kernel);
                         // dK[0..kv_len] += dSᵀ·Q_blk; dV[0..kv_len] += Pᵀ·dO_blk
-                        gemm(
-                            kv_len,
-                            d.hs,
-                            bq,
-                            ds_t,
-                            q_blk,
-                            &mut dkb[kvh * d.hs..],
-                            kv,
-                            Accumulate::Add,
-                            kernel,
-                        );
-                        gemm(
-                            kv_len,
-                            d.hs,
-                            bq,
-                            p_t,
-                            do_blk,
-                            &mut dvb[kvh * d.hs..],
-                            kv,
-                            Accumulate::Add,
-                            kernel,
-                        );
+                        let shape = Gemm {
+                            m: kv_len,
+                            n: d.hs,
+                            k: bq,
+                        };
+                        let dk_head = ViewMut {
+                            data: &mut dkb[kvh * d.hs..],
+                            rs: kv,
+                        };
+                        gemm(shape, ds_t, q_blk, dk_head, Accumulate::Add, kernel);
+                        let dv_head = ViewMut {
+                            data: &mut dvb[kvh * d.hs..],
+                            rs: kv,
+                        };
+                        gemm(shape, p_t, do_blk, dv_head, Accumulate::Add, kernel);
                     }
                 }
             }

@@ -96,6 +96,29 @@ impl Kernel {
     }
 }
 
+/// Shape of one product C (M, N) = A (M, K) · B (K, N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    /// Rows of A and of C.
+    pub m: usize,
+    /// Columns of B and of C.
+    pub n: usize,
+    /// Depth, the summed index: columns of A, rows of B.
+    pub k: usize,
+}
+
+/// Shape of a linear layer y = x·wᵀ, the weight row-major (out, inp) as in
+/// [`crate::config::ParamLayout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    /// Rows of x and y: the tokens, N = B·T.
+    pub rows: usize,
+    /// Width of x: C (F for w_down).
+    pub inp: usize,
+    /// Width of y: C, KV = NKV·HS, F or V.
+    pub out: usize,
+}
+
 /// A read-only strided matrix: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct View<'a> {
@@ -123,10 +146,10 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The view starting at row `i`.
-    fn at_row(self, i: usize) -> View<'a> {
+    /// The view whose element (0, 0) is this one's (i, j).
+    fn at(self, i: usize, j: usize) -> View<'a> {
         View {
-            data: &self.data[i * self.rs..],
+            data: &self.data[i * self.rs + j * self.cs..],
             ..self
         }
     }
@@ -141,6 +164,20 @@ impl<'a> View<'a> {
                 self.data.len()
             );
         }
+    }
+}
+
+/// A writable row-major matrix with a row stride: element (i, j) is `data[i·rs + j]`.
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    pub data: &'a mut [f32],
+    pub rs: usize,
+}
+
+impl<'a> ViewMut<'a> {
+    /// A row-major (rows, cols) matrix.
+    pub fn row_major(data: &'a mut [f32], cols: usize) -> ViewMut<'a> {
+        ViewMut { data, rs: cols }
     }
 }
 
@@ -161,23 +198,14 @@ thread_local! {
     static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// C (m, n), row stride `ldc`, (=|+=) A (m, k) · B (k, n) on the calling thread.
+/// C (M, N) (=|+=) A (M, K) · B (K, N) on the calling thread.
 ///
 /// # Panics
 /// If a view or C is too short for its shape, or `kernel` is not available on
 /// this CPU (both are programming errors).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: View,
-    b: View,
-    c: &mut [f32],
-    ldc: usize,
-    acc: Accumulate,
-    kernel: Kernel,
-) {
+pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: Kernel) {
+    let Gemm { m, n, k } = shape;
+    let ViewMut { data: c, rs: ldc } = c;
     if m == 0 || n == 0 {
         return;
     }
@@ -219,11 +247,11 @@ pub fn gemm(
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack_b(b, pc, jc, kc, nc, nr, bpack);
+                pack_b(b.at(pc, jc), kc, nc, nr, bpack);
                 let write = if pc == 0 { acc } else { Accumulate::Add };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    pack_a(a, ic, pc, mc, kc, apack);
+                    pack_a(a.at(ic, pc), mc, kc, apack);
                     for jr in (0..nc).step_by(nr) {
                         let bpanel = &bpack[jr / nr * kc * nr..][..kc * nr];
                         for ir in (0..mc).step_by(MR) {
@@ -251,9 +279,9 @@ pub fn gemm(
     });
 }
 
-/// Packs A[ic.., pc..] (mc × kc) into MR-row panels: `apack[p·kc·MR + kk·MR + i]`,
-/// rows past `mc` zero.
-fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, apack: &mut [f32]) {
+/// Packs the top-left mc × kc block of `a` (the caller offsets the view to the
+/// block) into MR-row panels: `apack[p·kc·MR + kk·MR + i]`, rows past `mc` zero.
+fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
     for (p, ir) in (0..mc).step_by(MR).enumerate() {
         let panel = &mut apack[p * kc * MR..(p + 1) * kc * MR];
         let rows = MR.min(mc - ir);
@@ -263,7 +291,7 @@ fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, apack: &mut [f32]
         if a.cs == 1 {
             // Row-major A: read each row contiguously.
             for i in 0..rows {
-                let src = &a.data[(ic + ir + i) * a.rs + pc..][..kc];
+                let src = &a.data[(ir + i) * a.rs..][..kc];
                 for (kk, &x) in src.iter().enumerate() {
                     panel[kk * MR + i] = x;
                 }
@@ -271,7 +299,7 @@ fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, apack: &mut [f32]
         } else {
             // Column-major A (a transposed row-major matrix): read MR rows of one column.
             for kk in 0..kc {
-                let base = (ic + ir) * a.rs + (pc + kk) * a.cs;
+                let base = ir * a.rs + kk * a.cs;
                 for i in 0..rows {
                     panel[kk * MR + i] = a.data[base + i * a.rs];
                 }
@@ -280,10 +308,9 @@ fn pack_a(a: View, ic: usize, pc: usize, mc: usize, kc: usize, apack: &mut [f32]
     }
 }
 
-/// Packs B[pc.., jc..] (kc × nc) into nr-column panels: `bpack[p·kc·nr + kk·nr + j]`,
-/// columns past `nc` zero.
-#[allow(clippy::too_many_arguments)]
-fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]) {
+/// Packs the top-left kc × nc block of `b` (the caller offsets the view to the
+/// block) into nr-column panels: `bpack[p·kc·nr + kk·nr + j]`, columns past `nc` zero.
+fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]) {
     for (p, jr) in (0..nc).step_by(nr).enumerate() {
         let panel = &mut bpack[p * kc * nr..(p + 1) * kc * nr];
         let cols = nr.min(nc - jr);
@@ -292,13 +319,13 @@ fn pack_b(b: View, pc: usize, jc: usize, kc: usize, nc: usize, nr: usize, bpack:
         }
         if b.cs == 1 {
             for kk in 0..kc {
-                let src = &b.data[(pc + kk) * b.rs + jc + jr..][..cols];
+                let src = &b.data[kk * b.rs + jr..][..cols];
                 panel[kk * nr..kk * nr + cols].copy_from_slice(src);
             }
         } else {
             // B is a transposed row-major matrix (W for Y = X·Wᵀ): each column is contiguous.
             for j in 0..cols {
-                let src = &b.data[pc * b.rs + (jc + jr + j) * b.cs..][..(kc - 1) * b.rs + 1];
+                let src = &b.data[(jr + j) * b.cs..][..(kc - 1) * b.rs + 1];
                 for kk in 0..kc {
                     panel[kk * nr + j] = src[kk * b.rs];
                 }
@@ -425,25 +452,16 @@ const MIN_CHUNK_ROWS: usize = 128;
 /// at least [`MIN_CHUNK_ROWS`] rows unless that leaves a thread idle) that
 /// `threads` scoped threads claim in turn. Results are bitwise the same for
 /// any `threads` and any claiming order.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_parallel(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: View,
-    b: View,
-    c: &mut [f32],
-    ldc: usize,
-    acc: Accumulate,
-    threads: usize,
-) {
+pub fn gemm_parallel(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, threads: usize) {
     let kernel = Kernel::detect();
+    let Gemm { m, n, k } = shape;
     let by_work = (m * n * k / MIN_MACS_PER_THREAD).max(1);
     let parts = threads.max(1).min(m.div_ceil(MR)).min(by_work);
     if parts <= 1 || m == 0 || n == 0 {
-        gemm(m, n, k, a, b, c, ldc, acc, kernel);
+        gemm(shape, a, b, c, acc, kernel);
         return;
     }
+    let ViewMut { data: c, rs: ldc } = c;
     // Every chunk packs all of B (k × n) for itself, a cost of about 1/rows of
     // its multiply-adds: chunks of at least MIN_CHUNK_ROWS keep that small. (The
     // weight gradient has m = out features, often only a few hundred.)
@@ -468,55 +486,57 @@ pub fn gemm_parallel(
         i0 += rows;
     }
     par::run_tasks(parts, tasks, |(i0, rows, mine)| {
-        gemm(rows, n, k, a.at_row(i0), b, mine, ldc, acc, kernel)
+        let c = ViewMut {
+            data: mine,
+            rs: ldc,
+        };
+        gemm(Gemm { m: rows, n, k }, a.at(i0, 0), b, c, acc, kernel)
     });
 }
 
 /// Forward of a linear layer: y (rows, out) (=|+=) x (rows, inp) · wᵀ, w (out, inp).
-#[allow(clippy::too_many_arguments)]
 pub fn linear_forward(
     y: &mut [f32],
     x: &[f32],
     w: &[f32],
-    rows: usize,
-    inp: usize,
-    out: usize,
+    dims: LinearDims,
     acc: Accumulate,
     threads: usize,
 ) {
+    let LinearDims { rows, inp, out } = dims;
     gemm_parallel(
-        rows,
-        out,
-        inp,
+        Gemm {
+            m: rows,
+            n: out,
+            k: inp,
+        },
         View::row_major(x, inp),
         View::transposed(w, inp),
-        y,
-        out,
+        ViewMut::row_major(y, out),
         acc,
         threads,
     );
 }
 
 /// Input gradient of a linear layer: dx (rows, inp) (=|+=) dy (rows, out) · w.
-#[allow(clippy::too_many_arguments)]
 pub fn linear_backward_input(
     dx: &mut [f32],
     dy: &[f32],
     w: &[f32],
-    rows: usize,
-    inp: usize,
-    out: usize,
+    dims: LinearDims,
     acc: Accumulate,
     threads: usize,
 ) {
+    let LinearDims { rows, inp, out } = dims;
     gemm_parallel(
-        rows,
-        inp,
-        out,
+        Gemm {
+            m: rows,
+            n: inp,
+            k: out,
+        },
         View::row_major(dy, out),
         View::row_major(w, inp),
-        dx,
-        inp,
+        ViewMut::row_major(dx, inp),
         acc,
         threads,
     );
@@ -527,19 +547,19 @@ pub fn linear_backward_weight(
     dw: &mut [f32],
     dy: &[f32],
     x: &[f32],
-    rows: usize,
-    inp: usize,
-    out: usize,
+    dims: LinearDims,
     threads: usize,
 ) {
+    let LinearDims { rows, inp, out } = dims;
     gemm_parallel(
-        out,
-        inp,
-        rows,
+        Gemm {
+            m: out,
+            n: inp,
+            k: rows,
+        },
         View::transposed(dy, out),
         View::row_major(x, inp),
-        dw,
-        inp,
+        ViewMut::row_major(dw, inp),
         Accumulate::Add,
         threads,
     );
@@ -583,24 +603,25 @@ mod tests {
             let prior = random(out * inp, &mut rng);
             let (xd, wd, dyd) = (|i: usize, k: usize| x[i * inp + k] as f64, |o: usize, k: usize| w[o * inp + k] as f64, |i: usize, o: usize| dy[i * out + o] as f64);
 
+            let dims = LinearDims { rows, inp, out };
             let mut y = vec![f32::NAN; rows * out];
-            linear_forward(&mut y, &x, &w, rows, inp, out, Accumulate::Overwrite, threads);
+            linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads);
             let want: Vec<f64> = (0..rows * out).map(|e| (0..inp).map(|k| xd(e / out, k) * wd(e % out, k)).sum()).collect();
             check(&y, &want, inp);
 
             let mut dx = vec![1.0f32; rows * inp];
-            linear_backward_input(&mut dx, &dy, &w, rows, inp, out, Accumulate::Add, threads);
+            linear_backward_input(&mut dx, &dy, &w, dims, Accumulate::Add, threads);
             let want: Vec<f64> = (0..rows * inp).map(|e| 1.0 + (0..out).map(|o| dyd(e / inp, o) * wd(o, e % inp)).sum::<f64>()).collect();
             check(&dx, &want, out);
 
             let mut dw = prior.clone();
-            linear_backward_weight(&mut dw, &dy, &x, rows, inp, out, threads);
+            linear_backward_weight(&mut dw, &dy, &x, dims, threads);
             let want: Vec<f64> = (0..out * inp).map(|e| prior[e] as f64 + (0..rows).map(|i| dyd(i, e / inp) * xd(i, e % inp)).sum::<f64>()).collect();
             check(&dw, &want, rows);
 
             // Thread count never changes a bit.
             let mut dw1 = prior.clone();
-            linear_backward_weight(&mut dw1, &dy, &x, rows, inp, out, 1);
+            linear_backward_weight(&mut dw1, &dy, &x, dims, 1);
             prop_assert!(dw1.iter().zip(&dw).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
 
@@ -620,7 +641,8 @@ mod tests {
             let mut fma_result: Option<Vec<f32>> = None;
             for kernel in Kernel::available() {
                 let mut c = vec![7.0f32; m * ldc];
-                gemm(m, n, k, View::transposed(&a, m), View { data: &b, rs: n + 3, cs: 1 }, &mut c, ldc, Accumulate::Overwrite, kernel);
+                let c_view = ViewMut { data: &mut c, rs: ldc };
+                gemm(Gemm { m, n, k }, View::transposed(&a, m), View { data: &b, rs: n + 3, cs: 1 }, c_view, Accumulate::Overwrite, kernel);
                 for i in 0..m {
                     check(&c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n], k);
                     prop_assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&x| x == 7.0));
@@ -638,27 +660,25 @@ mod tests {
     #[test]
     fn zero_depth_overwrites_with_zeros_or_leaves_alone() {
         let mut c = vec![3.0f32; 6];
+        let shape = Gemm { m: 2, n: 3, k: 0 };
+        let (a, b) = (View::row_major(&[], 0), View::row_major(&[], 3));
+        let add = Accumulate::Add;
         gemm(
-            2,
-            3,
-            0,
-            View::row_major(&[], 0),
-            View::row_major(&[], 3),
-            &mut c,
-            3,
-            Accumulate::Add,
+            shape,
+            a,
+            b,
+            ViewMut::row_major(&mut c, 3),
+            add,
             Kernel::Portable,
         );
         assert!(c.iter().all(|&x| x == 3.0));
+        let overwrite = Accumulate::Overwrite;
         gemm(
-            2,
-            3,
-            0,
-            View::row_major(&[], 0),
-            View::row_major(&[], 3),
-            &mut c,
-            3,
-            Accumulate::Overwrite,
+            shape,
+            a,
+            b,
+            ViewMut::row_major(&mut c, 3),
+            overwrite,
             Kernel::Portable,
         );
         assert!(c.iter().all(|&x| x == 0.0));

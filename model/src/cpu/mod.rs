@@ -32,8 +32,11 @@ use std::ops::Range;
 use crate::config::{Config, ConfigError, LayerTensor, ParamLayout};
 use crate::error::TokenRole;
 use crate::{ModelError, IGNORE_INDEX};
-use attention::AttnDims;
-use matmul::{linear_backward_input, linear_backward_weight, linear_forward, Accumulate};
+use attention::{AttentionGrads, AttnDims, Qkv};
+use matmul::{
+    linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
+};
+use rmsnorm::RmsNormGrads;
 
 /// One layer's saved forward activations.
 struct LayerActs {
@@ -309,7 +312,6 @@ impl CpuModel {
     ///
     /// # Errors
     /// As [`CpuModel::loss`], checked before anything is written.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,
         params: &[f32],
@@ -330,7 +332,6 @@ impl CpuModel {
     ///
     /// # Errors
     /// As [`CpuModel::loss`], checked before anything is written.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_with(
         &mut self,
         params: &[f32],
@@ -397,6 +398,8 @@ impl CpuModel {
         let eps = self.cfg.norm_eps as f32;
         let lay = &self.layout;
         let dims = self.dims();
+        // Every linear of the step runs over the N = B·T token rows.
+        let lin = |inp, out| LinearDims { rows: n, inp, out };
         let emb = &params[lay.tok_embedding().range()];
         let first = match self.layers.first_mut() {
             Some(l) => &mut l.x_in,
@@ -421,9 +424,7 @@ impl CpuModel {
                 &mut la.q,
                 &la.a,
                 p(LayerTensor::Wq),
-                n,
-                c,
-                c,
+                lin(c, c),
                 Accumulate::Overwrite,
                 th,
             );
@@ -431,9 +432,7 @@ impl CpuModel {
                 &mut la.k,
                 &la.a,
                 p(LayerTensor::Wk),
-                n,
-                c,
-                kv,
+                lin(c, kv),
                 Accumulate::Overwrite,
                 th,
             );
@@ -441,23 +440,24 @@ impl CpuModel {
                 &mut la.v,
                 &la.a,
                 p(LayerTensor::Wv),
-                n,
-                c,
-                kv,
+                lin(c, kv),
                 Accumulate::Overwrite,
                 th,
             );
             self.rope.forward(&mut la.q, c, th);
             self.rope.forward(&mut la.k, kv, th);
-            attention::attention_forward(&mut la.o, &mut la.lse, &la.q, &la.k, &la.v, dims, th);
+            let qkv = Qkv {
+                q: &la.q,
+                k: &la.k,
+                v: &la.v,
+            };
+            attention::attention_forward(&mut la.o, &mut la.lse, qkv, dims, th);
             la.x_mid.copy_from_slice(&la.x_in);
             linear_forward(
                 &mut la.x_mid,
                 &la.o,
                 p(LayerTensor::Wo),
-                n,
-                c,
-                c,
+                lin(c, c),
                 Accumulate::Add,
                 th,
             );
@@ -474,9 +474,7 @@ impl CpuModel {
                 &mut la.gate,
                 &la.m,
                 p(LayerTensor::WGate),
-                n,
-                c,
-                f,
+                lin(c, f),
                 Accumulate::Overwrite,
                 th,
             );
@@ -484,9 +482,7 @@ impl CpuModel {
                 &mut la.up,
                 &la.m,
                 p(LayerTensor::WUp),
-                n,
-                c,
-                f,
+                lin(c, f),
                 Accumulate::Overwrite,
                 th,
             );
@@ -500,9 +496,7 @@ impl CpuModel {
                 next,
                 act,
                 p(LayerTensor::WDown),
-                n,
-                f,
-                c,
+                lin(f, c),
                 Accumulate::Add,
                 th,
             );
@@ -513,9 +507,7 @@ impl CpuModel {
             &mut self.logits,
             &self.xf,
             &params[lay.lm_head().range()],
-            n,
-            c,
-            v,
+            lin(c, v),
             Accumulate::Overwrite,
             th,
         );
@@ -538,27 +530,28 @@ impl CpuModel {
             self.cfg.vocab_size,
         );
         let dims = self.dims();
+        let lin = |inp, out| LinearDims { rows: n, inp, out };
         let lay = &self.layout;
         let s = &mut self.scratch;
 
         // LM head and final norm.
         let lm = lay.lm_head().range();
         let fnorm = lay.final_norm().range();
-        linear_backward_weight(&mut grads[lm.clone()], &s.dlogits, &self.xf, n, c, v, th);
+        linear_backward_weight(&mut grads[lm.clone()], &s.dlogits, &self.xf, lin(c, v), th);
         linear_backward_input(
             &mut s.dnorm,
             &s.dlogits,
             &params[lm.clone()],
-            n,
-            c,
-            v,
+            lin(c, v),
             Accumulate::Overwrite,
             th,
         );
         s.dx.iter_mut().for_each(|x| *x = 0.0);
         rmsnorm::rmsnorm_backward(
-            &mut s.dx,
-            &mut grads[fnorm.clone()],
+            RmsNormGrads {
+                dx: &mut s.dx,
+                dg: &mut grads[fnorm.clone()],
+            },
             &s.dnorm,
             &self.x_final,
             &self.rstd_f,
@@ -578,18 +571,14 @@ impl CpuModel {
                 &mut grads[r(LayerTensor::WDown)],
                 &s.dx,
                 &s.act,
-                n,
-                f,
-                c,
+                lin(f, c),
                 th,
             );
             linear_backward_input(
                 &mut s.dact,
                 &s.dx,
                 p(LayerTensor::WDown),
-                n,
-                f,
-                c,
+                lin(f, c),
                 Accumulate::Overwrite,
                 th,
             );
@@ -598,19 +587,21 @@ impl CpuModel {
                 &mut grads[r(LayerTensor::WGate)],
                 &s.dgate,
                 &la.m,
-                n,
-                c,
-                f,
+                lin(c, f),
                 th,
             );
-            linear_backward_weight(&mut grads[r(LayerTensor::WUp)], &s.dup, &la.m, n, c, f, th);
+            linear_backward_weight(
+                &mut grads[r(LayerTensor::WUp)],
+                &s.dup,
+                &la.m,
+                lin(c, f),
+                th,
+            );
             linear_backward_input(
                 &mut s.dnorm,
                 &s.dgate,
                 p(LayerTensor::WGate),
-                n,
-                c,
-                f,
+                lin(c, f),
                 Accumulate::Overwrite,
                 th,
             );
@@ -618,16 +609,16 @@ impl CpuModel {
                 &mut s.dnorm,
                 &s.dup,
                 p(LayerTensor::WUp),
-                n,
-                c,
-                f,
+                lin(c, f),
                 Accumulate::Add,
                 th,
             );
             s.dx_mid.copy_from_slice(&s.dx);
             rmsnorm::rmsnorm_backward(
-                &mut s.dx_mid,
-                &mut grads[r(LayerTensor::MlpNorm)],
+                RmsNormGrads {
+                    dx: &mut s.dx_mid,
+                    dg: &mut grads[r(LayerTensor::MlpNorm)],
+                },
                 &s.dnorm,
                 &la.x_mid,
                 &la.rstd2,
@@ -641,36 +632,38 @@ impl CpuModel {
                 &mut grads[r(LayerTensor::Wo)],
                 &s.dx_mid,
                 &la.o,
-                n,
-                c,
-                c,
+                lin(c, c),
                 th,
             );
             linear_backward_input(
                 &mut s.dout,
                 &s.dx_mid,
                 p(LayerTensor::Wo),
-                n,
-                c,
-                c,
+                lin(c, c),
                 Accumulate::Overwrite,
                 th,
             );
-            attention::attention_backward(
-                &mut s.dq, &mut s.dk, &mut s.dv, &s.dout, &la.q, &la.k, &la.v, &la.lse, dims, th,
-            );
+            let grads_qkv = AttentionGrads {
+                dq: &mut s.dq,
+                dk: &mut s.dk,
+                dv: &mut s.dv,
+            };
+            let qkv = Qkv {
+                q: &la.q,
+                k: &la.k,
+                v: &la.v,
+            };
+            attention::attention_backward(grads_qkv, &s.dout, qkv, &la.lse, dims, th);
             self.rope.backward(&mut s.dq, c, th);
             self.rope.backward(&mut s.dk, kv, th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, n, c, c, th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wk)], &s.dk, &la.a, n, c, kv, th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wv)], &s.dv, &la.a, n, c, kv, th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, lin(c, c), th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wk)], &s.dk, &la.a, lin(c, kv), th);
+            linear_backward_weight(&mut grads[r(LayerTensor::Wv)], &s.dv, &la.a, lin(c, kv), th);
             linear_backward_input(
                 &mut s.dnorm,
                 &s.dq,
                 p(LayerTensor::Wq),
-                n,
-                c,
-                c,
+                lin(c, c),
                 Accumulate::Overwrite,
                 th,
             );
@@ -678,9 +671,7 @@ impl CpuModel {
                 &mut s.dnorm,
                 &s.dk,
                 p(LayerTensor::Wk),
-                n,
-                c,
-                kv,
+                lin(c, kv),
                 Accumulate::Add,
                 th,
             );
@@ -688,16 +679,16 @@ impl CpuModel {
                 &mut s.dnorm,
                 &s.dv,
                 p(LayerTensor::Wv),
-                n,
-                c,
-                kv,
+                lin(c, kv),
                 Accumulate::Add,
                 th,
             );
             s.dx.copy_from_slice(&s.dx_mid);
             rmsnorm::rmsnorm_backward(
-                &mut s.dx,
-                &mut grads[r(LayerTensor::AttnNorm)],
+                RmsNormGrads {
+                    dx: &mut s.dx,
+                    dg: &mut grads[r(LayerTensor::AttnNorm)],
+                },
                 &s.dnorm,
                 &la.x_in,
                 &la.rstd1,

@@ -36,12 +36,19 @@ pub fn rmsnorm_forward(
     });
 }
 
+/// The gradients [`rmsnorm_backward`] adds into.
+#[derive(Debug)]
+pub struct RmsNormGrads<'a> {
+    /// (N, C) the input's gradient: the residual stream's, which the norm's joins.
+    pub dx: &'a mut [f32],
+    /// (C) the gain's gradient, a parameter gradient.
+    pub dg: &'a mut [f32],
+}
+
 /// dx += ∂L/∂x and dg += ∂L/∂g for dy = ∂L/∂y: with x̂ = x·rstd,
 /// dx = rstd·(g⊙dy − x̂·mean(g⊙dy⊙x̂)), dg = Σ_rows dy⊙x̂.
-#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
-    dx: &mut [f32],
-    dg: &mut [f32],
+    grads: RmsNormGrads,
     dy: &[f32],
     x: &[f32],
     rstd: &[f32],
@@ -49,6 +56,7 @@ pub fn rmsnorm_backward(
     c: usize,
     threads: usize,
 ) {
+    let RmsNormGrads { dx, dg } = grads;
     let rows = rstd.len();
     let chunks = rows.div_ceil(ROW_CHUNK);
     let mut partial = vec![0.0f32; chunks * c];
