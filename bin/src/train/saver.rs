@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use frugal_model::checkpoint::{self, Checkpoint};
 
-use super::backend::OptimState;
+use super::optim::OptimState;
 use super::run_dir::Retention;
 
 /// Makes the calling thread (the writer) yield the cores to training: Linux
