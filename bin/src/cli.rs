@@ -48,6 +48,8 @@ pub struct Cli {
 }
 
 /// One variant per subcommand; `bench` and `arena` still parse their own words.
+// Built once per process: the size of `train`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// train a model (default: tiny preset on the embedded corpus, on the CPU)

@@ -61,6 +61,22 @@ pub enum CliError {
         lr: f64,
     },
     Ptx(PtxError),
+    /// A thread could not be started: "cannot start the {what} thread: {source}".
+    Thread {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// A rename of `from` to `to` failed: "cannot move {from} to {to}: {source}".
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+    /// `source`, with what to do about it: "{source}; {hint}".
+    Hinted {
+        source: Box<CliError>,
+        hint: &'static str,
+    },
     Runtime(RuntimeError),
     Model(ModelError),
     Comm(CommError),
@@ -81,7 +97,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::In { source, .. } => source.exit_code(),
+            CliError::In { source, .. } | CliError::Hinted { source, .. } => source.exit_code(),
             _ => 1,
         }
     }
@@ -131,6 +147,16 @@ impl fmt::Display for CliError {
                 f,
                 "step {step}: the {what} is {value}; training diverged. Lower --lr (now {lr}) or --clip"
             ),
+            CliError::Move { from, to, source } => write!(
+                f,
+                "cannot move {} to {}: {source}",
+                from.display(),
+                to.display()
+            ),
+            CliError::Hinted { source, hint } => write!(f, "{source}; {hint}"),
+            CliError::Thread { what, source } => {
+                write!(f, "cannot start the {what} thread: {source}")
+            }
             CliError::Ptx(e) => e.fmt(f),
             CliError::Runtime(e) => e.fmt(f),
             CliError::Model(e) => e.fmt(f),
@@ -141,6 +167,17 @@ impl fmt::Display for CliError {
 }
 
 impl std::error::Error for CliError {}
+
+impl CliError {
+    /// An I/O failure on `path`: "cannot {action} {path}: {source}".
+    pub fn io(action: &'static str, path: &std::path::Path, source: io::Error) -> CliError {
+        CliError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 impl From<UsageError> for CliError {
     fn from(e: UsageError) -> Self {

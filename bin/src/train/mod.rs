@@ -442,7 +442,7 @@ fn open_metrics(m: &Path, resumed_at: Option<u64>) -> Result<metrics::MetricsFil
             metrics::OpenMode::Truncate
         }
     };
-    Ok(metrics::MetricsFile::create(m, mode)?)
+    metrics::MetricsFile::create(m, mode)
 }
 
 /// Prints the summary and records it; after a signal, says how to resume and

@@ -147,7 +147,7 @@ pub struct TrainOptions {
     /// The model after preset overrides, validated.
     pub config: Config,
     /// Which preset dimensions were overridden (flag name, value), for printing.
-    pub overrides: Vec<(&'static str, usize)>,
+    pub overrides: Overrides,
     pub data: DataSpec,
     /// Optimizer steps of the whole run (the schedule's length).
     pub steps: usize,
@@ -653,12 +653,12 @@ impl TrainOptions {
     }
 }
 
+/// The dimensions a run overrode, as (flag name, value).
+pub type Overrides = Vec<(&'static str, usize)>;
+
 /// The preset's config with `--layers` .. `--seq` applied, validated, and the
 /// overrides given (flag name, value) for printing.
-fn overridden(
-    mut config: Config,
-    flags: &TrainFlags,
-) -> Result<(Config, Vec<(&'static str, usize)>), UsageError> {
+fn overridden(mut config: Config, flags: &TrainFlags) -> Result<(Config, Overrides), UsageError> {
     let mut overrides = Vec::new();
     for (name, v) in [
         ("layers", flags.layers),

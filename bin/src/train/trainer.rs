@@ -672,7 +672,7 @@ impl Trainer<'_> {
 
 /// True when a periodic action with period `every` (0: never) falls on step `done`.
 fn every(every: usize, done: usize) -> bool {
-    every > 0 && done % every == 0
+    every > 0 && done.is_multiple_of(every)
 }
 
 /// What the loop carries from step to step besides [`State`]: the schedule,
