@@ -61,6 +61,11 @@ pub enum CliError {
         lr: f64,
     },
     Ptx(PtxError),
+    /// `path` is not a run manifest: "{path} is not a frugal run manifest ({why})".
+    BadManifest {
+        path: PathBuf,
+        why: String,
+    },
     /// A thread could not be started: "cannot start the {what} thread: {source}".
     Thread {
         what: &'static str,
@@ -154,6 +159,11 @@ impl fmt::Display for CliError {
                 to.display()
             ),
             CliError::Hinted { source, hint } => write!(f, "{source}; {hint}"),
+            CliError::BadManifest { path, why } => write!(
+                f,
+                "{} is not a frugal run manifest ({why})",
+                path.display()
+            ),
             CliError::Thread { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }
