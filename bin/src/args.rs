@@ -1,19 +1,17 @@
-//! A small flag parser for the command line: `--name value`, `--name=value`,
-//! and switches. Every subcommand takes its flags from an [`Args`] and then
-//! calls [`Args::finish`], so an unknown flag, a flag given twice or a bad
-//! value is an error with exit code 2 instead of being silently ignored.
+//! The flag parser of the commands clap does not parse yet (`bench`, `arena`):
+//! clap hands them their words untouched and they take their flags from an
+//! [`Args`] and then call [`Args::finish`], so an unknown flag, a flag given
+//! twice or a bad value is an error with exit code 2 instead of being silently
+//! ignored. [`UsageError`] is every command's usage mistake.
 //!
-//! Words are kept as the operating system gave them ([`OsString`]): a file
-//! name may be any bytes, so flags that name files are taken with
-//! [`Args::path`] and accept them all, while [`Args::string`] and
-//! [`Args::value`] (names, numbers, choices) turn a value that is not UTF-8
-//! into a usage error naming the flag, never a panic.
+//! Words are kept as the operating system gave them ([`OsString`]):
+//! [`Args::string`] and [`Args::value`] (names, numbers, choices) turn a value
+//! that is not UTF-8 into a usage error naming the flag, never a panic.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A command-line mistake: printed with the subcommand's usage hint, exit code 2.
@@ -31,12 +29,6 @@ impl fmt::Display for UsageError {
 pub struct Args {
     command: String,
     items: VecDeque<Item>,
-    /// Everything after a bare `--`, untouched (for `frugal launch -- train ...`).
-    /// Text only: a word there that is not UTF-8 is left out and reported by
-    /// [`Args::finish`] (see `rest_not_text`).
-    pub rest: Vec<String>,
-    /// The first word after `--` that is not UTF-8, if any.
-    rest_not_text: Option<OsString>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,22 +57,9 @@ impl Args {
     /// flags and positionals. `command` names the subcommand in error messages.
     pub fn parse_os(command: &str, words: &[OsString]) -> Args {
         let mut items = VecDeque::new();
-        let mut rest = Vec::new();
-        let mut rest_not_text = None;
         let mut i = 0;
         while i < words.len() {
             let w = words[i].as_bytes();
-            if w == b"--" {
-                for word in &words[i + 1..] {
-                    match word.to_str() {
-                        Some(s) => rest.push(s.to_string()),
-                        None => {
-                            rest_not_text.get_or_insert_with(|| word.clone());
-                        }
-                    }
-                }
-                break;
-            }
             if let Some(body) = w.strip_prefix(b"--") {
                 let (name, inline_value) = match body.iter().position(|&c| c == b'=') {
                     Some(eq) => (&body[..eq], Some(OsStr::from_bytes(&body[eq + 1..]))),
@@ -127,8 +106,6 @@ impl Args {
         Args {
             command: command.to_string(),
             items,
-            rest,
-            rest_not_text,
         }
     }
 
@@ -178,15 +155,6 @@ impl Args {
         value.map(|v| self.text(name, v)).transpose()
     }
 
-    /// Takes `--name PATH`, if present: any bytes are accepted, as file names
-    /// may hold any.
-    ///
-    /// # Errors
-    /// The flag has no value or is given twice.
-    pub fn path(&mut self, name: &str) -> Result<Option<PathBuf>, UsageError> {
-        Ok(self.take_once(name)?.map(PathBuf::from))
-    }
-
     /// Takes `--name VALUE` parsed as `T`, if present.
     pub fn value<T: FromStr>(&mut self, name: &str) -> Result<Option<T>, UsageError>
     where
@@ -211,30 +179,8 @@ impl Args {
         Ok(self.value(name)?.unwrap_or(default))
     }
 
-    /// Takes every value given for a repeatable flag, e.g. `--tag a --tag b`.
-    // No command has a repeatable text flag today (`data --text` takes paths);
-    // kept as the text twin of `paths`.
-    #[allow(dead_code)]
-    pub fn strings(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
-        let mut out = Vec::new();
-        while let Some(v) = self.take_value(name)? {
-            out.push(self.text(name, v)?);
-        }
-        Ok(out)
-    }
-
-    /// Takes every value given for a repeatable path flag, e.g. `--text a --text b`.
-    pub fn paths(&mut self, name: &str) -> Result<Vec<PathBuf>, UsageError> {
-        let mut out = Vec::new();
-        while let Some(v) = self.take_value(name)? {
-            out.push(PathBuf::from(v));
-        }
-        Ok(out)
-    }
-
     /// Takes the positionals that are text, in order. One that is not UTF-8 is
-    /// left for [`Args::finish`] to report; take file names with
-    /// [`Args::positional_paths`] instead.
+    /// left for [`Args::finish`] to report.
     pub fn positionals(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         self.items.retain(|it| match it {
@@ -250,28 +196,9 @@ impl Args {
         out
     }
 
-    /// Takes every positional, in order, as a path (any bytes).
-    pub fn positional_paths(&mut self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        self.items.retain(|it| match it {
-            Item::Positional(p) => {
-                out.push(PathBuf::from(p));
-                false
-            }
-            _ => true,
-        });
-        out
-    }
-
     /// Fails on anything not taken: an unknown flag or a stray word.
     pub fn finish(self) -> Result<(), UsageError> {
         let cmd = &self.command;
-        if let Some(w) = &self.rest_not_text {
-            return Err(UsageError(format!(
-                "{cmd}: the word '{}' after -- is not valid UTF-8; the command after -- must be text",
-                w.to_string_lossy()
-            )));
-        }
         match self.items.front() {
             None => Ok(()),
             Some(Item::Flag { name, .. }) => Err(UsageError(format!(
@@ -409,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flag_given_twice_is_named_and_repeatable_flags_repeat() {
+    fn a_flag_given_twice_is_named() {
         let mut a = args("--steps 5 --steps 6");
         let e = a.value::<usize>("steps").unwrap_err().0;
         assert!(e.contains("--steps given twice ('5', then '6')"), "{e}");
@@ -417,24 +344,18 @@ mod tests {
         let e = a.switch("dry-run").unwrap_err().0;
         assert!(e.contains("--dry-run given twice"), "{e}");
         let mut a = args("--out a --out=b --out c");
-        let e = a.path("out").unwrap_err().0;
+        let e = a.string("out").unwrap_err().0;
         assert!(e.contains("--out given 3 times"), "{e}");
-        let mut a = args("--tag a --tag b");
-        assert_eq!(a.strings("tag").unwrap(), ["a", "b"]);
-        a.finish().unwrap();
     }
 
     #[test]
-    fn paths_take_any_bytes_and_text_flags_refuse_them() {
-        let mut a = os_args("--data \\xff.txt --model \\xff --out=o\\xff");
-        let data = a.path("data").unwrap().unwrap();
-        assert_eq!(data.as_os_str().as_bytes(), b"\xff.txt");
+    fn text_flags_refuse_bytes_that_are_not_utf8() {
+        let mut a = os_args("--model \\xff");
         let e = a.string("model").unwrap_err().0;
         assert!(
             e.contains("--model") && e.contains("not valid UTF-8"),
             "{e}"
         );
-        assert_eq!(a.paths("out").unwrap()[0].as_os_str().as_bytes(), b"o\xff");
         a.finish().unwrap();
 
         let mut a = os_args("--steps \\xff");
@@ -446,29 +367,5 @@ mod tests {
         let mut a = os_args("a \\xff.txt");
         assert_eq!(a.positionals(), ["a"]);
         assert!(a.finish().unwrap_err().0.contains("not valid UTF-8"));
-        let mut a = os_args("a \\xff.txt");
-        let p = a.positional_paths();
-        assert_eq!(p[1].as_os_str().as_bytes(), b"\xff.txt");
-        a.finish().unwrap();
-    }
-
-    #[test]
-    fn rest_after_double_dash() {
-        let words: Vec<String> = "--nproc 2 -- train --steps 5"
-            .split(' ')
-            .map(String::from)
-            .collect();
-        let mut a = Args::parse("launch", &words);
-        assert_eq!(a.value::<usize>("nproc").unwrap(), Some(2));
-        assert_eq!(a.rest, vec!["train", "--steps", "5"]);
-        a.finish().unwrap();
-
-        let a = os_args("--nproc 2 -- train --data \\xff");
-        assert_eq!(a.rest, vec!["train", "--data"]);
-        let e = a.finish().unwrap_err().0;
-        assert!(
-            e.contains("after --") && e.contains("not valid UTF-8"),
-            "{e}"
-        );
     }
 }

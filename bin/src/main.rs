@@ -1,85 +1,81 @@
 //! `frugal`: train small LLaMA-style models at the lowest cost per token, and
-//! report that cost. One subcommand per file under `cmd/`.
+//! report that cost. The command line is [`cli::Cli`]; one subcommand per file
+//! under `cmd/`; every failure is a [`CliError`].
 
 mod args;
+mod cli;
 mod cmd;
+mod error;
 mod logger;
 mod train;
 
-use args::{Args, UsageError};
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-/// How a subcommand failed: a usage mistake (exit 2) or a failure while running (exit 1).
-#[derive(Debug)]
-pub enum CliError {
-    Usage(UsageError),
-    Failed(String),
-}
+use clap::{CommandFactory, Parser};
 
-impl From<UsageError> for CliError {
-    fn from(e: UsageError) -> Self {
-        CliError::Usage(e)
-    }
-}
-
-const USAGE: &str = "\
-frugal: train small LLaMA-style models at the lowest cost per token
-
-usage: frugal <command> [flags]      (frugal <command> --help for its flags)
-
-commands:
-  train     train a model (default: tiny preset on the embedded corpus, on the CPU)
-  launch    start N local ranks of a data-parallel job
-  data      write llm.c-format token shards from text files
-  bench     measure kernels, matmul, attention, all-reduce or a training step
-  kernels   report or dump the shipped PTX kernels
-  doctor    say which devices, drivers and libraries this machine has
-";
+use args::Args;
+use cli::{Cli, Command};
+pub use error::CliError;
 
 fn main() -> ExitCode {
     logger::init();
     // args_os, not args: std::env::args panics on a word that is not UTF-8, and
     // a file name may be any bytes. Each flag says whether it takes text or a path.
-    let words: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let Some(first) = words.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
+    let words: Vec<OsString> = std::env::args_os().collect();
+    let cli = match parse(&words) {
+        Ok(cli) => cli,
+        Err(e) => return fail(&e),
     };
-    let Some(command) = first.to_str() else {
-        eprintln!(
-            "error: unknown command '{}' (not valid UTF-8); commands are train, launch, data, bench, kernels, doctor",
-            first.to_string_lossy()
-        );
-        return ExitCode::from(2);
-    };
-    let args = Args::parse_os(command, &words[1..]);
-    let result = match command {
-        "train" => cmd::train::run(args),
-        "launch" => cmd::launch::run(args),
-        "data" => cmd::data::run(args),
-        "bench" => cmd::bench::run(args),
-        "kernels" => cmd::kernels::run(args),
-        "doctor" => cmd::doctor::run(args),
-        "arena" => cmd::arena::run(args),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        "sweep" | "plan" | "export" => Err(CliError::Failed(format!(
-            "'frugal {command}' is planned but not built yet; use 'frugal train' and 'frugal bench' for now"
-        ))),
-        other => Err(CliError::Usage(UsageError(format!("unknown command '{other}'\n\n{USAGE}")))),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Usage(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(CliError::Failed(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(1)
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &CliError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+/// The words as a [`Cli`]. clap prints its own errors, help and version and
+/// exits (2 for a mistake, 0 for help); what it cannot check is checked here.
+fn parse(words: &[OsString]) -> Result<Cli, CliError> {
+    if let Some(first) = words.get(1) {
+        let Some(name) = first.to_str() else {
+            return Err(CliError::usage(format!(
+                "unknown command '{}' (not valid UTF-8); commands are train, launch, data, bench, kernels, doctor, arena",
+                first.to_string_lossy()
+            )));
+        };
+        if let Some(sub) = Cli::command().find_subcommand(name) {
+            cli::refuse_repeats(sub, &words[2..])?;
         }
     }
+    Ok(Cli::try_parse_from(words).unwrap_or_else(|e| e.exit()))
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Train(flags) => cmd::train::run(flags),
+        Command::Launch(flags) => cmd::launch::run(flags),
+        Command::Data(flags) => cmd::data::run(flags),
+        Command::Bench(w) => cmd::bench::run(Args::parse_os("bench", &w.words)),
+        Command::Kernels(flags) => cmd::kernels::run(flags),
+        Command::Doctor(flags) => cmd::doctor::run(flags),
+        Command::Arena(w) => cmd::arena::run(Args::parse_os("arena", &w.words)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "frugal", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Sweep(_) => planned("sweep"),
+        Command::Plan(_) => planned("plan"),
+        Command::Export(_) => planned("export"),
+    }
+}
+
+fn planned(command: &str) -> Result<(), CliError> {
+    Err(CliError::Failed(format!(
+        "'frugal {command}' is planned but not built yet; use 'frugal train' and 'frugal bench' for now"
+    )))
 }

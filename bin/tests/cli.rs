@@ -110,7 +110,12 @@ fn help_lists_every_flag_with_defaults() {
 #[test]
 fn unknown_flags_and_bad_values_exit_2_with_a_message() {
     for (args, needle) in [
-        (vec!["train", "--stepz", "3"], "unknown flag --stepz"),
+        // clap's wording; its tip names the flag meant.
+        (
+            vec!["train", "--stepz", "3"],
+            "unexpected argument '--stepz'",
+        ),
+        (vec!["train", "--stepz", "3"], "'--steps'"),
         (vec!["train", "--steps", "ten"], "--steps"),
         (vec!["train", "--device", "gpu"], "--device"),
         (vec!["train", "--lr", "-1"], "--lr"),

@@ -345,7 +345,10 @@ fn a_rank_failing_at_once_stops_the_starting_of_the_rest() {
     let o = frugal(&["launch", "--nproc", "256", "--", "no-such-command"], &[]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unknown command 'no-such-command'"), "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'no-such-command'"),
+        "{err}"
+    );
     let started: usize = err
         .split_once("(exit status 2, with ")
         .and_then(|(_, rest)| rest.split_once(" of 256 ranks started)"))

@@ -32,7 +32,7 @@ use frugal_runtime::RuntimeError;
 fn test_spec() -> DeviceSpec {
     let name = std::env::var("FRUGAL_TEST_DEVICE").unwrap_or_else(|_| "emu".into());
     match name.parse::<DeviceSpec>() {
-        Ok(s @ (DeviceSpec::Emu | DeviceSpec::Cuda(_))) => s,
+        Ok(s @ (DeviceSpec::Emu | DeviceSpec::Cuda(_) | DeviceSpec::LocalCuda)) => s,
         _ => panic!("FRUGAL_TEST_DEVICE='{name}': use emu (the default) or cuda[:N]"),
     }
 }

@@ -11,22 +11,45 @@ use std::path::{Path, PathBuf};
 
 use frugal_model::data::{glob, shard, VAL_FRACTION};
 
-use crate::args::{Args, UsageError};
+use crate::cli::{path, text};
 use crate::CliError;
 
-const USAGE: &str = "\
-usage: frugal data --text FILE... --out DIR [--shard-tokens N] [--val-fraction F] [--name NAME]
+/// What `frugal data --help` says first.
+pub const ABOUT: &str =
+    "Writes llm.c-format token shards (uint16 tokens, one per byte of text) from text files.";
 
-Writes llm.c-format token shards (uint16 tokens, one per byte of text) from text files.
+/// `frugal data`'s flags.
+#[derive(Debug, clap::Args)]
+#[command(
+    allow_negative_numbers = true,
+    override_usage = "frugal data --text FILE... --out DIR [--shard-tokens N] [--val-fraction F] [--name NAME]",
+    after_help = "Then train on them: frugal train --data 'DIR/*.bin'   (byte-level tokens need --vocab 256 or more)"
+)]
+pub struct DataFlags {
+    /// text files to tokenize (repeat --text, or list several after it)
+    // File names may be any bytes, so --text, --out and the positionals are paths.
+    #[arg(long, value_name = "FILE", num_args = 1.., value_parser = path())]
+    text: Vec<PathBuf>,
+    /// more text files, as after --text
+    #[arg(value_name = "FILE", value_parser = path(), hide = true)]
+    files: Vec<PathBuf>,
+    /// directory for the shards (created if missing)
+    #[arg(long, value_name = "DIR", value_parser = path())]
+    out: Option<PathBuf>,
+    /// tokens per shard, at most 2147483647
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), default_value_t = 100_000_000)]
+    shard_tokens: usize,
+    /// share of each file's tail held out for validation, 0 <= F < 1
+    #[arg(long, value_name = "F", value_parser = text::<f64>(), default_value_t = VAL_FRACTION)]
+    val_fraction: f64,
+    /// shard file prefix: NAME_train_000000.bin, NAME_val_000000.bin
+    #[arg(long, value_name = "NAME", value_parser = text::<String>(), default_value = "text")]
+    name: String,
+}
 
-  --text FILE...      text files to tokenize (repeat --text, or list several after it)
-  --out DIR           directory for the shards (created if missing)
-  --shard-tokens N    tokens per shard, at most 2147483647 (default 100000000)
-  --val-fraction F    share of each file's tail held out for validation, 0 <= F < 1 (default 0.05)
-  --name NAME         shard file prefix (default text): NAME_train_000000.bin, NAME_val_000000.bin
-
-Then train on them: frugal train --data 'DIR/*.bin'   (byte-level tokens need --vocab 256 or more)
-";
+fn usage_with_help(message: String) -> CliError {
+    CliError::usage(format!("{message}\n\n{}", crate::cli::help_of("data")))
+}
 
 /// What one invocation wrote.
 #[derive(Debug, Default, PartialEq)]
@@ -37,43 +60,39 @@ struct Written {
     val_tokens: u64,
 }
 
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        print!("{USAGE}");
-        return Ok(());
-    }
-    // File names may be any bytes, so --text, --out and the positionals are paths.
-    let mut texts: Vec<PathBuf> = args.paths("text")?;
-    let out = args.path("out")?;
-    let shard_tokens: usize = args.value_or("shard-tokens", 100_000_000)?;
-    let val_fraction: f64 = args.value_or("val-fraction", VAL_FRACTION)?;
-    let name = args.string("name")?.unwrap_or_else(|| "text".to_string());
-    texts.extend(args.positional_paths());
-    args.finish()?;
-
+pub fn run(flags: DataFlags) -> Result<(), CliError> {
+    let DataFlags {
+        mut text,
+        files,
+        out,
+        shard_tokens,
+        val_fraction,
+        name,
+    } = flags;
+    text.extend(files);
+    let texts = text;
     if texts.is_empty() {
-        return Err(UsageError(format!("data: give at least one --text FILE\n\n{USAGE}")).into());
+        return Err(usage_with_help(
+            "data: give at least one --text FILE".into(),
+        ));
     }
     let Some(out) = out else {
-        return Err(UsageError(format!("data: --out DIR is required\n\n{USAGE}")).into());
+        return Err(usage_with_help("data: --out DIR is required".into()));
     };
     if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
-        return Err(UsageError(format!(
+        return Err(CliError::usage(format!(
             "data: --shard-tokens {shard_tokens} must be between 1 and 2147483647"
-        ))
-        .into());
+        )));
     }
     if !(0.0..1.0).contains(&val_fraction) {
-        return Err(UsageError(format!(
+        return Err(CliError::usage(format!(
             "data: --val-fraction {val_fraction} must be at least 0 and below 1"
-        ))
-        .into());
+        )));
     }
     if name.is_empty() || name.contains(['/', '\\', '*', '?']) {
-        return Err(UsageError(format!(
+        return Err(CliError::usage(format!(
             "data: --name '{name}' must be a plain file-name prefix"
-        ))
-        .into());
+        )));
     }
     let w = write_shards(&texts, &out, shard_tokens, val_fraction, &name)?;
     println!(
@@ -121,7 +140,7 @@ impl ShardWriter<'_> {
         let path = self
             .dir
             .join(format!("{}_{:06}.bin", self.prefix, self.written.len()));
-        shard::write(&path, &self.buf).map_err(|e| CliError::Failed(e.to_string()))?;
+        shard::write(&path, &self.buf)?;
         self.tokens += self.buf.len() as u64;
         self.buf.clear();
         self.written.push(path);
@@ -136,11 +155,13 @@ fn write_shards(
     val_fraction: f64,
     name: &str,
 ) -> Result<Written, CliError> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|source| CliError::Io {
+        action: "create",
+        path: out.to_path_buf(),
+        source,
+    })?;
     // Stale shards of an earlier run would be picked up by the same glob.
-    let existing = glob::expand(&out.join(format!("{name}_*.bin")))
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let existing = glob::expand(&out.join(format!("{name}_*.bin")))?;
     if let Some(first) = existing.first() {
         return Err(CliError::Failed(format!(
             "{} already holds shards named {name}_*.bin (e.g. {}); remove them, or choose another --out or --name",
@@ -166,8 +187,11 @@ fn write_shards(
         tokens: 0,
     };
     for path in texts {
-        let bytes = std::fs::read(path)
-            .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|source| CliError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
         let n_val = ((bytes.len() as f64) * val_fraction).ceil() as usize;
         let (head, tail) = bytes.split_at(bytes.len() - n_val.min(bytes.len()));
         train.push(head)?;
@@ -201,9 +225,14 @@ mod tests {
         dir
     }
 
-    fn args(words: &[&str]) -> Args {
-        let words: Vec<String> = words.iter().map(|s| s.to_string()).collect();
-        Args::parse("data", &words)
+    /// `frugal data` with `words`, parsed as the command line is.
+    fn args(words: &[&str]) -> Result<DataFlags, clap::Error> {
+        use clap::Parser;
+        let all = ["frugal", "data"].iter().chain(words);
+        match crate::cli::Cli::try_parse_from(all)?.command {
+            crate::cli::Command::Data(flags) => Ok(flags),
+            other => panic!("not data: {other:?}"),
+        }
     }
 
     #[test]
@@ -276,37 +305,27 @@ mod tests {
             "100",
             "--val-fraction",
             "0.2",
-        ]))
+        ])
+        .unwrap())
         .unwrap();
         assert!(Path::new(&out).join("text_train_000000.bin").exists());
         assert!(Path::new(&out).join("text_val_000000.bin").exists());
-        run(args(&["--help"])).unwrap();
-        let usage = |r: Result<(), CliError>| matches!(r, Err(CliError::Usage(_)));
-        assert!(usage(run(args(&["--out", &out]))), "no --text");
-        assert!(usage(run(args(&["--text", &t]))), "no --out");
-        assert!(usage(run(args(&[
-            "--text",
-            &t,
-            "--out",
-            &out,
-            "--val-fraction",
-            "1"
-        ]))));
-        assert!(usage(run(args(&[
-            "--text",
-            &t,
-            "--out",
-            &out,
-            "--shard-tokens",
-            "0"
-        ]))));
-        assert!(usage(run(args(&[
-            "--text", &t, "--out", &out, "--bogus", "1"
-        ]))));
+        let help = args(&["--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        let usage = |words: &[&str]| matches!(run(args(words).unwrap()), Err(CliError::Usage(_)));
+        assert!(usage(&["--out", &out]), "no --text");
+        assert!(usage(&["--text", &t]), "no --out");
+        assert!(usage(&["--text", &t, "--out", &out, "--val-fraction", "1"]));
+        assert!(usage(&["--text", &t, "--out", &out, "--shard-tokens", "0"]));
+        let bogus = args(&["--text", &t, "--out", &out, "--bogus", "1"]).unwrap_err();
+        assert_eq!(bogus.exit_code(), 2);
         let missing = dir.join("missing.txt").display().to_string();
         let fresh = dir.join("o2").display().to_string();
-        let r = run(args(&["--text", &missing, "--out", &fresh]));
-        assert!(matches!(r, Err(CliError::Failed(m)) if m.contains("missing.txt")));
+        let r = run(args(&["--text", &missing, "--out", &fresh]).unwrap());
+        assert!(
+            matches!(&r, Err(e @ CliError::Io { .. }) if e.to_string().contains("missing.txt")),
+            "{r:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

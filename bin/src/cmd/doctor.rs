@@ -10,29 +10,27 @@ use frugal_runtime::device::{Device, DeviceSpec};
 use frugal_runtime::launch::{dims_1d, KernelArg};
 use frugal_runtime::{dylib, facts, RuntimeError};
 
-use crate::args::Args;
 use crate::CliError;
 
-const HELP: &str = "\
-usage: frugal doctor
-
+/// What `frugal doctor --help` says first.
+pub const ABOUT: &str = "\
 Reports: CPU threads and memory; the CUDA driver (library, version); each GPU
 (name, SM version, SMs, memory, dense bf16 peak and default price from the facts
 table, or 'unknown'); whether every shipped PTX module loads on it; NCCL and NVTX
-presence; and whether every kernel parses in the emulator.
-Exit status 0 when everything present works (no GPU at all is fine), 1 otherwise.
-";
+presence; and whether every kernel parses in the emulator.";
+
+/// `frugal doctor` takes no flags.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status 0 when everything present works (no GPU at all is fine), 1 otherwise."
+)]
+pub struct DoctorFlags {}
 
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-pub fn run(args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        print!("{HELP}");
-        return Ok(());
-    }
-    args.finish()?;
+pub fn run(_flags: DoctorFlags) -> Result<(), CliError> {
     let mut problems: Vec<String> = Vec::new();
 
     let cpu = Device::cpu();
@@ -207,11 +205,7 @@ mod tests {
     #[test]
     fn doctor_runs_and_succeeds_on_this_machine() {
         // Without a GPU it must say so and succeed; with one, every module must load.
-        let result = run(Args::parse("doctor", &[]));
+        let result = run(DoctorFlags {});
         assert!(result.is_ok(), "{result:?}");
-        assert!(matches!(
-            run(Args::parse("doctor", &["--bogus".to_string()])),
-            Err(CliError::Usage(_))
-        ));
     }
 }

@@ -5,34 +5,34 @@
 use frugal_ptx::catalogue;
 use frugal_ptx::ptxas::Ptxas;
 
-use crate::args::Args;
+use std::path::{Path, PathBuf};
+
 use crate::CliError;
 
-const HELP: &str = "\
-usage: frugal kernels --report
-       frugal kernels --dump DIR
+/// `frugal kernels`'s flags.
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "frugal kernels --report\n       frugal kernels --dump DIR")]
+pub struct KernelsFlags {
+    /// assemble every shipped PTX module with ptxas for each target it declares
+    /// (sm_80, sm_90a) and print, per kernel: registers per thread, static shared
+    /// memory, stack frame and spill bytes. Needs ptxas: $FRUGAL_PTXAS or ptxas on
+    /// PATH (scripts/ensure-ptxas.sh fetches one and prints its path).
+    /// Exit status 1 when a module fails to assemble or a kernel spills.
+    #[arg(long, verbatim_doc_comment)]
+    report: bool,
+    /// write every shipped module's PTX, exactly as embedded, to DIR/<module>.ptx
+    /// (DIR is created if missing).
+    #[arg(long, value_name = "DIR", value_parser = crate::cli::path(), verbatim_doc_comment)]
+    dump: Option<PathBuf>,
+}
 
-  --report     assemble every shipped PTX module with ptxas for each target it declares
-               (sm_80, sm_90a) and print, per kernel: registers per thread, static shared
-               memory, stack frame and spill bytes. Needs ptxas: $FRUGAL_PTXAS or ptxas on
-               PATH (scripts/ensure-ptxas.sh fetches one and prints its path).
-               Exit status 1 when a module fails to assemble or a kernel spills.
-  --dump DIR   write every shipped module's PTX, exactly as embedded, to DIR/<module>.ptx
-               (DIR is created if missing).
-";
-
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        print!("{HELP}");
-        return Ok(());
-    }
-    let report = args.switch("report")?;
-    let dump = args.string("dump")?;
-    args.finish()?;
+pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
+    let KernelsFlags { report, dump } = flags;
     if !report && dump.is_none() {
-        return Err(CliError::Usage(crate::args::UsageError(format!(
-            "kernels: say --report or --dump DIR\n\n{HELP}"
-        ))));
+        return Err(CliError::usage(format!(
+            "kernels: say --report or --dump DIR\n\n{}",
+            crate::cli::help_of("kernels")
+        )));
     }
     if let Some(dir) = dump {
         dump_modules(&dir)?;
@@ -43,14 +43,21 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn dump_modules(dir: &str) -> Result<(), CliError> {
-    let dir = std::path::Path::new(dir);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+fn dump_modules(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|source| CliError::Io {
+        action: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for m in catalogue::modules() {
         let path = dir.join(format!("{}.ptx", m.name));
-        std::fs::write(&path, m.text)
-            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+        if let Err(source) = std::fs::write(&path, m.text) {
+            return Err(CliError::Io {
+                action: "write",
+                path,
+                source,
+            });
+        }
         println!(
             "wrote {} ({} bytes, kernels: {})",
             path.display(),
@@ -62,10 +69,8 @@ fn dump_modules(dir: &str) -> Result<(), CliError> {
 }
 
 fn print_report() -> Result<(), CliError> {
-    let ptxas = Ptxas::locate().map_err(|e| CliError::Failed(e.to_string()))?;
-    let version = ptxas
-        .version()
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let ptxas = Ptxas::locate()?;
+    let version = ptxas.version()?;
     println!("ptxas: {} ({version})", ptxas.path().display());
     println!(
         "{:<12} {:<24} {:<7} {:>5} {:>8} {:>6} {:>7}",

@@ -17,8 +17,9 @@
 //! [`FORCED_STOP_GRACE`]. Each rank runs in its own process group, so that a
 //! terminal's Ctrl-C reaches the ranks once, through launch, and not twice.
 
-use crate::args::{Args, UsageError};
+use crate::cli::text;
 use crate::CliError;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -26,25 +27,57 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: frugal launch --nproc N [--nnodes M --node-rank R --master HOST:PORT]
-                     [--max-restarts K] [--job-token T] -- <command> [flags]
-
-Starts N ranks of '<command>' on this node (e.g. '-- train --model tiny').
-  --nproc N          ranks on this node (at most 256)
-  --nnodes M         nodes in the job (default 1); run one launch per node
-  --node-rank R      this node's index, 0..M (default 0)
-  --master HOST:PORT where rank 0 listens (default: 127.0.0.1 and a free port;
-                     required with --nnodes > 1)
-  --max-restarts K   restart every rank up to K times after a failure
-                     ('train' continues with --resume auto)
-  --job-token T      shared secret in every handshake (default: FRUGAL_JOB_TOKEN,
-                     else a random one; required across nodes)
-
+/// What `frugal launch --help` says after the flags.
+const SIGNALS: &str = "\
 Signals: SIGINT or SIGTERM to launch is passed on to every rank ('train' finishes
 the step, saves it and exits 130/143); launch waits for them and exits with their
 status. A second signal stops the ranks at once. A rank that exits 130/143 by
 itself (a signal sent to it alone) is the job's stop too, not a failure.";
+
+/// What `frugal launch --help` says first.
+pub const ABOUT: &str =
+    "Starts N ranks of '<command>' on this node (e.g. '-- train --model tiny').";
+
+/// `frugal launch`'s flags and the command after `--`.
+#[derive(Debug, clap::Args)]
+#[command(
+    allow_negative_numbers = true,
+    override_usage = "frugal launch --nproc N [--nnodes M --node-rank R --master HOST:PORT]
+                     [--max-restarts K] [--job-token T] -- <command> [flags]",
+    after_help = SIGNALS
+)]
+pub struct LaunchFlags {
+    /// ranks on this node (at most 256)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    nproc: Option<usize>,
+    /// nodes in the job; run one launch per node
+    #[arg(long, value_name = "M", value_parser = text::<usize>(), default_value_t = 1)]
+    nnodes: usize,
+    /// this node's index, 0..M
+    #[arg(long, value_name = "R", value_parser = text::<usize>(), default_value_t = 0)]
+    node_rank: usize,
+    /// where rank 0 listens (default: 127.0.0.1 and a free port; required with --nnodes > 1)
+    #[arg(long, value_name = "HOST:PORT", value_parser = text::<String>())]
+    master: Option<String>,
+    /// restart every rank up to K times after a failure ('train' continues with --resume auto)
+    #[arg(long, value_name = "K", value_parser = text::<usize>(), default_value_t = 0)]
+    max_restarts: usize,
+    /// shared secret in every handshake (default: FRUGAL_JOB_TOKEN, else a random one;
+    /// required across nodes)
+    #[arg(long, value_name = "T", value_parser = text::<String>())]
+    job_token: Option<String>,
+    /// the command each rank runs, e.g. 'train --model tiny'
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+/// A usage error of `launch`, followed by its help.
+fn usage(message: String) -> CliError {
+    CliError::usage(format!(
+        "launch: {message}\n{}",
+        crate::cli::help_of("launch")
+    ))
+}
 
 /// The most ranks one launch starts on its node. One rank per GPU, or per
 /// few CPU cores, is what a host runs usefully; each rank also costs launch
@@ -73,21 +106,28 @@ pub struct LaunchPlan {
     pub command: Vec<String>,
 }
 
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let nproc: usize = args
-        .value("nproc")?
-        .ok_or_else(|| UsageError(format!("launch: --nproc is required\n{USAGE}")))?;
-    let nnodes: usize = args.value_or("nnodes", 1)?;
-    let node_rank: usize = args.value_or("node-rank", 0)?;
-    let master = args.string("master")?;
-    let max_restarts: usize = args.value_or("max-restarts", 0)?;
-    let token = args.string("job-token")?;
-    let command = std::mem::take(&mut args.rest);
-    args.finish()?;
+pub fn run(flags: LaunchFlags) -> Result<(), CliError> {
+    let LaunchFlags {
+        nproc,
+        nnodes,
+        node_rank,
+        master,
+        max_restarts,
+        job_token: token,
+        command,
+    } = flags;
+    let nproc = nproc.ok_or_else(|| usage("--nproc is required".into()))?;
+    let command = command
+        .into_iter()
+        .map(|w| {
+            w.into_string().map_err(|w| {
+                CliError::usage(format!(
+                    "launch: the word '{}' after -- is not valid UTF-8; the command after -- must be text",
+                    w.to_string_lossy()
+                ))
+            })
+        })
+        .collect::<Result<Vec<String>, CliError>>()?;
     let plan = plan(
         nproc,
         nnodes,
@@ -120,7 +160,6 @@ pub fn plan(
     token: Option<String>,
     command: Vec<String>,
 ) -> Result<LaunchPlan, CliError> {
-    let usage = |m: String| CliError::Usage(UsageError(format!("launch: {m}\n{USAGE}")));
     if nproc == 0 || nnodes == 0 {
         return Err(usage("--nproc and --nnodes must be at least 1".into()));
     }
@@ -925,7 +964,7 @@ mod tests {
     fn nproc_is_bounded() {
         let cmd = words("train");
         let e = plan(70_000, 1, 0, None, 0, None, cmd.clone()).expect_err("too many ranks");
-        let CliError::Usage(UsageError(m)) = e else {
+        let CliError::Usage(crate::args::UsageError(m)) = e else {
             panic!("a usage error (exit 2) expected");
         };
         assert!(m.contains("at most 256") && m.contains("--nnodes"), "{m}");

@@ -28,37 +28,10 @@ use frugal_model::error::ModelError;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_runtime::device::Device;
 
+use super::optim::{check_lengths, OptimState, ADAM_EPS, BETA1, BETA2};
 use super::sync::GradSync;
-use super::trainer::{TrainError, ADAM_EPS, BETA1, BETA2};
+use crate::CliError;
 use frugal_runtime::host::try_zeroed_vec;
-
-/// Everything the optimizer carries from step to step: f32 master weights (flat
-/// [`ParamLayout`] order), AdamW's two moments and its step count. What a
-/// checkpoint stores and a resume restores.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OptimState {
-    pub params: Vec<f32>,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-    pub step: u64,
-}
-
-impl OptimState {
-    /// A fresh start: these weights, zero moments, step 0.
-    ///
-    /// # Errors
-    /// The host cannot allocate the moments (the message names the bytes).
-    pub fn fresh(params: Vec<f32>) -> Result<OptimState, TrainError> {
-        let n = params.len();
-        let zeroed = |what| try_zeroed_vec::<f32>(n, what).map_err(|e| e.to_string());
-        Ok(OptimState {
-            m: zeroed("the AdamW first moment")?,
-            v: zeroed("the AdamW second moment")?,
-            params,
-            step: 0,
-        })
-    }
-}
 
 /// One replica's training step, whatever runs it.
 pub trait StepBackend {
@@ -67,13 +40,13 @@ pub trait StepBackend {
     ///
     /// # Errors
     /// Lengths that do not match the model, or a device failure.
-    fn load(&mut self, start: OptimState) -> Result<(), TrainError>;
+    fn load(&mut self, start: OptimState) -> Result<(), CliError>;
 
     /// Sets the gradients to zero before the first micro-batch of a step.
     ///
     /// # Errors
     /// A device failure.
-    fn zero_grads(&mut self) -> Result<(), TrainError>;
+    fn zero_grads(&mut self) -> Result<(), CliError>;
 
     /// Forward and backward of one micro-batch, ACCUMULATING `grad_scale` times
     /// the gradient of its mean loss; returns that mean loss. With `hand_over`
@@ -88,7 +61,7 @@ pub trait StepBackend {
         targets: &[u32],
         grad_scale: f32,
         hand_over: Option<&mut GradSync>,
-    ) -> Result<f32, TrainError>;
+    ) -> Result<f32, CliError>;
 
     /// Averages the step's gradients and `loss` over the ranks (nothing to do on
     /// one rank); returns the global mean loss and what communication cost.
@@ -99,7 +72,7 @@ pub trait StepBackend {
         &mut self,
         sync: &mut GradSync,
         loss: f32,
-    ) -> Result<(f32, Option<CommStats>), TrainError>;
+    ) -> Result<(f32, Option<CommStats>), CliError>;
 
     /// Global gradient norm, clip to `clip` (0: off), AdamW with `lr`; returns the
     /// norm before clipping. A non-finite norm is returned for the loop to stop
@@ -107,27 +80,27 @@ pub trait StepBackend {
     ///
     /// # Errors
     /// A device failure.
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, TrainError>;
+    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError>;
 
     /// Mean loss of one batch, forward only (validation).
     ///
     /// # Errors
     /// As [`StepBackend::forward_backward`].
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, TrainError>;
+    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError>;
 
     /// The weights and optimizer state, for a checkpoint (downloaded from the
     /// device when they live there).
     ///
     /// # Errors
     /// A device failure.
-    fn state(&self) -> Result<OptimState, TrainError>;
+    fn state(&self) -> Result<OptimState, CliError>;
 
     /// As [`StepBackend::state`], into `into`'s buffers (resized as needed),
     /// so a checkpoint snapshot reuses the last one's memory.
     ///
     /// # Errors
     /// As [`StepBackend::state`].
-    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+    fn state_into(&self, into: &mut OptimState) -> Result<(), CliError> {
         *into = self.state()?;
         Ok(())
     }
@@ -157,9 +130,9 @@ impl CpuStep {
         model: CpuModel,
         layout: &ParamLayout,
         weight_decay: f32,
-    ) -> Result<CpuStep, TrainError> {
+    ) -> Result<CpuStep, CliError> {
         let n = layout.total();
-        let zeroed = |what| try_zeroed_vec::<f32>(n, what).map_err(|e| e.to_string());
+        let zeroed = |what| try_zeroed_vec::<f32>(n, what);
         let grads = zeroed("the gradients")?;
         let m = zeroed("the AdamW first moment")?;
         let v = zeroed("the AdamW second moment")?;
@@ -177,32 +150,8 @@ impl CpuStep {
     }
 }
 
-/// Refuses weights or moments whose lengths do not match a model of `n`
-/// parameters (a checkpoint of another model).
-///
-/// # Errors
-/// A message naming both lengths.
-pub fn check_lengths(start: &OptimState, n: usize) -> Result<(), TrainError> {
-    if start.params.len() != n {
-        return Err(format!(
-            "checkpoint holds {} parameters, this model has {n}",
-            start.params.len()
-        ));
-    }
-    if start.m.len() != start.v.len() {
-        return Err("checkpoint: the optimizer's two moment arrays differ in length".into());
-    }
-    if start.m.len() != n {
-        return Err(format!(
-            "checkpoint holds optimizer moments for {} parameters, this model has {n}",
-            start.m.len()
-        ));
-    }
-    Ok(())
-}
-
 impl StepBackend for CpuStep {
-    fn load(&mut self, start: OptimState) -> Result<(), TrainError> {
+    fn load(&mut self, start: OptimState) -> Result<(), CliError> {
         check_lengths(&start, self.grads.len())?;
         // The moments and step come from the checkpoint; β, ε and weight
         // decay from the flags, as the rest of the schedule does.
@@ -215,12 +164,12 @@ impl StepBackend for CpuStep {
             start.v,
             start.step,
         )
-        .ok_or("checkpoint: the optimizer's two moment arrays differ in length")?;
+        .ok_or(CliError::CheckpointMomentsDiffer)?;
         self.params = start.params;
         Ok(())
     }
 
-    fn zero_grads(&mut self) -> Result<(), TrainError> {
+    fn zero_grads(&mut self) -> Result<(), CliError> {
         self.grads.iter_mut().for_each(|g| *g = 0.0);
         Ok(())
     }
@@ -231,7 +180,7 @@ impl StepBackend for CpuStep {
         targets: &[u32],
         grad_scale: f32,
         mut hand_over: Option<&mut GradSync>,
-    ) -> Result<f32, TrainError> {
+    ) -> Result<f32, CliError> {
         self.model
             .forward_backward_with(
                 &self.params,
@@ -245,18 +194,18 @@ impl StepBackend for CpuStep {
                     }
                 },
             )
-            .map_err(|e| e.to_string())
+            .map_err(CliError::from)
     }
 
     fn sync(
         &mut self,
         sync: &mut GradSync,
         loss: f32,
-    ) -> Result<(f32, Option<CommStats>), TrainError> {
+    ) -> Result<(f32, Option<CommStats>), CliError> {
         sync.step(&mut self.grads, loss)
     }
 
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, TrainError> {
+    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError> {
         let norm = grad_norm(&self.grads);
         if !norm.is_finite() {
             return Ok(norm);
@@ -270,13 +219,13 @@ impl StepBackend for CpuStep {
         Ok(norm)
     }
 
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, TrainError> {
+    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {
         self.model
             .loss(&self.params, inputs, targets)
-            .map_err(|e| e.to_string())
+            .map_err(CliError::from)
     }
 
-    fn state(&self) -> Result<OptimState, TrainError> {
+    fn state(&self) -> Result<OptimState, CliError> {
         Ok(OptimState {
             params: self.params.clone(),
             m: self.opt.m().to_vec(),
@@ -285,19 +234,18 @@ impl StepBackend for CpuStep {
         })
     }
 
-    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+    fn state_into(&self, into: &mut OptimState) -> Result<(), CliError> {
         for (dst, src) in [
             (&mut into.params, &self.params[..]),
             (&mut into.m, self.opt.m()),
             (&mut into.v, self.opt.v()),
         ] {
             dst.clear();
-            dst.try_reserve_exact(src.len()).map_err(|_| {
-                format!(
-                    "cannot allocate {} bytes of host memory for a checkpoint snapshot",
-                    4 * src.len()
-                )
-            })?;
+            dst.try_reserve_exact(src.len())
+                .map_err(|_| CliError::HostMemory {
+                    bytes: 4 * src.len(),
+                    what: "a checkpoint snapshot",
+                })?;
             dst.extend_from_slice(src);
         }
         into.step = self.opt.step();
@@ -331,19 +279,22 @@ impl DeviceStep {
     }
 }
 
-fn device_failed(what: &str, e: ModelError) -> TrainError {
-    format!("{what}: {e}")
+fn device_failed(what: &str, e: ModelError) -> CliError {
+    CliError::In {
+        context: what.to_string(),
+        source: Box::new(e.into()),
+    }
 }
 
 impl StepBackend for DeviceStep {
-    fn load(&mut self, start: OptimState) -> Result<(), TrainError> {
+    fn load(&mut self, start: OptimState) -> Result<(), CliError> {
         check_lengths(&start, self.n_params)?;
         self.model
             .set_state(&start.params, &start.m, &start.v, start.step)
             .map_err(|e| device_failed("uploading the weights and optimizer state", e))
     }
 
-    fn zero_grads(&mut self) -> Result<(), TrainError> {
+    fn zero_grads(&mut self) -> Result<(), CliError> {
         self.handed_over = 0;
         self.model
             .zero_grads()
@@ -356,13 +307,13 @@ impl StepBackend for DeviceStep {
         targets: &[u32],
         grad_scale: f32,
         hand_over: Option<&mut GradSync>,
-    ) -> Result<f32, TrainError> {
+    ) -> Result<f32, CliError> {
         // One rank: no hook, so the gradients never leave the device.
         let Some(sync) = hand_over.filter(|s| s.world() > 1) else {
             return self
                 .model
                 .forward_backward(inputs, targets, grad_scale, None)
-                .map_err(|e| e.to_string());
+                .map_err(CliError::from);
         };
         let handed_over = &mut self.handed_over;
         let mut ready = |range: Range<usize>, values: &[f32]| {
@@ -371,14 +322,14 @@ impl StepBackend for DeviceStep {
         };
         self.model
             .forward_backward(inputs, targets, grad_scale, Some(&mut ready))
-            .map_err(|e| e.to_string())
+            .map_err(CliError::from)
     }
 
     fn sync(
         &mut self,
         sync: &mut GradSync,
         loss: f32,
-    ) -> Result<(f32, Option<CommStats>), TrainError> {
+    ) -> Result<(f32, Option<CommStats>), CliError> {
         if sync.world() == 1 {
             return sync.step(&mut [], loss);
         }
@@ -398,17 +349,17 @@ impl StepBackend for DeviceStep {
         Ok(out)
     }
 
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, TrainError> {
+    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError> {
         self.model
             .optimizer_step(lr, clip)
             .map_err(|e| device_failed("optimizer step", e))
     }
 
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, TrainError> {
-        self.model.loss(inputs, targets).map_err(|e| e.to_string())
+    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {
+        self.model.loss(inputs, targets).map_err(CliError::from)
     }
 
-    fn state_into(&self, into: &mut OptimState) -> Result<(), TrainError> {
+    fn state_into(&self, into: &mut OptimState) -> Result<(), CliError> {
         self.model
             .state_into(&mut into.params, &mut into.m, &mut into.v)
             .map_err(|e| device_failed("downloading the weights for a checkpoint", e))?;
@@ -416,7 +367,7 @@ impl StepBackend for DeviceStep {
         Ok(())
     }
 
-    fn state(&self) -> Result<OptimState, TrainError> {
+    fn state(&self) -> Result<OptimState, CliError> {
         let (params, m, v) = self
             .model
             .state()

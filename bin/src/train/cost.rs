@@ -16,13 +16,29 @@ use std::time::Instant;
 
 use frugal_runtime::facts::{DeviceFacts, CPU_USD_PER_CORE_HOUR};
 
-use super::options::PriceUnits;
-
 /// The environment variable that sets the price of one device-hour.
 pub const PRICE_ENV: &str = "FRUGAL_PRICE_PER_GPU_HOUR";
 
 /// The built-in price of one CPU core-hour (see runtime facts for its origin).
 pub const DEFAULT_PRICE_PER_CORE_HOUR: f64 = CPU_USD_PER_CORE_HOUR;
+
+/// Units of the price table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriceUnits {
+    /// US dollars.
+    Usd,
+    /// The paper's relative prices (A100-40GB = 1.00).
+    Paper,
+}
+
+impl fmt::Display for PriceUnits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PriceUnits::Usd => "usd",
+            PriceUnits::Paper => "paper",
+        })
+    }
+}
 
 /// What trains, as far as pricing is concerned.
 #[derive(Clone, Copy, Debug)]

@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::CliError;
+
 /// One JSON object being built, field by field, in insertion order.
 #[derive(Clone, Debug, Default)]
 pub struct JsonObject {
@@ -148,16 +150,11 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
 ///
 /// # Errors
 /// The file cannot be read or rewritten (the message names it).
-pub fn drop_after(path: &Path, step: u64) -> Result<Option<(usize, PathBuf)>, String> {
+pub fn drop_after(path: &Path, step: u64) -> Result<Option<(usize, PathBuf)>, CliError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(format!(
-                "cannot read the metrics file {}: {e}",
-                path.display()
-            ))
-        }
+        Err(e) => return Err(CliError::io("read the metrics file", path, e)),
     };
     let mut cut = None;
     let mut offset = 0;
@@ -193,12 +190,11 @@ pub fn drop_after(path: &Path, step: u64) -> Result<Option<(usize, PathBuf)>, St
             .map_or_else(|| "metrics".into(), |n| n.to_string_lossy().into_owned()),
         std::process::id()
     ));
-    let io = |what: &Path, e: std::io::Error| format!("cannot write {}: {e}", what.display());
-    write_synced(&aside, dropped).map_err(|e| io(&aside, e))?;
-    write_synced(&tmp, keep).map_err(|e| io(&tmp, e))?;
+    write_synced(&aside, dropped).map_err(|e| CliError::io("write", &aside, e))?;
+    write_synced(&tmp, keep).map_err(|e| CliError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        io(path, e)
+        CliError::io("write", path, e)
     })?;
     Ok(Some((lines, aside)))
 }
@@ -208,17 +204,15 @@ pub fn drop_after(path: &Path, step: u64) -> Result<Option<(usize, PathBuf)>, St
 ///
 /// # Errors
 /// A message naming the file and what to do.
-pub fn check_writable(path: &Path) -> Result<(), String> {
+pub fn check_writable(path: &Path) -> Result<(), CliError> {
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .map(drop)
-        .map_err(|e| {
-            format!(
-                "cannot write the metrics file {}: {e}; pass --metrics a file in a folder you can write",
-                path.display()
-            )
+        .map_err(|e| CliError::Hinted {
+            source: Box::new(CliError::io("write the metrics file", path, e)),
+            hint: "pass --metrics a file in a folder you can write",
         })
 }
 
@@ -227,11 +221,16 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
 ///
 /// # Errors
 /// The rename failed (the message names both paths).
-pub fn set_aside(path: &Path) -> Result<PathBuf, String> {
+pub fn set_aside(path: &Path) -> Result<PathBuf, CliError> {
     let to = sibling(path, "replaced");
-    std::fs::rename(path, &to)
-        .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), to.display()))?;
-    Ok(to)
+    match std::fs::rename(path, &to) {
+        Ok(()) => Ok(to),
+        Err(source) => Err(CliError::Move {
+            from: path.to_path_buf(),
+            to,
+            source,
+        }),
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -270,14 +269,10 @@ impl MetricsFile {
     ///
     /// # Errors
     /// The I/O error, with the path in the message.
-    pub fn create(path: &Path, mode: OpenMode) -> Result<MetricsFile, String> {
+    pub fn create(path: &Path, mode: OpenMode) -> Result<MetricsFile, CliError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                format!(
-                    "cannot create the folder of --metrics {}: {e}",
-                    path.display()
-                )
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::io("create the folder of --metrics", path, e))?;
         }
         let mut open = std::fs::OpenOptions::new();
         match mode {
@@ -286,7 +281,7 @@ impl MetricsFile {
         };
         let file = open
             .open(path)
-            .map_err(|e| format!("cannot open --metrics {}: {e}", path.display()))?;
+            .map_err(|e| CliError::io("open --metrics", path, e))?;
         Ok(MetricsFile {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
@@ -297,13 +292,13 @@ impl MetricsFile {
     ///
     /// # Errors
     /// The I/O error, with the path in the message.
-    pub fn write(&mut self, obj: &JsonObject) -> Result<(), String> {
+    pub fn write(&mut self, obj: &JsonObject) -> Result<(), CliError> {
         let line = obj.finish();
         self.out
             .write_all(line.as_bytes())
             .and_then(|_| self.out.write_all(b"\n"))
             .and_then(|_| self.out.flush())
-            .map_err(|e| format!("cannot write --metrics {}: {e}", self.path.display()))
+            .map_err(|e| CliError::io("write --metrics", &self.path, e))
     }
 }
 

@@ -8,6 +8,8 @@
 //!   one a resume starts from (the file format is the model crate's).
 //! - [`sync`]: joining a data-parallel job and averaging gradients over ranks.
 //! - [`target`]: which device trains (`--device`), and on a GPU the memory plan.
+//! - [`optim`]: AdamW's constants and the optimizer state the backends, the loop
+//!   and the checkpoint writer share.
 //! - [`backend`]: the step behind one interface: the CPU, or a GPU / the emulator.
 //! - [`trainer`]: the loop.
 
@@ -32,6 +34,7 @@ macro_rules! say_raw {
 pub mod backend;
 pub mod cost;
 pub mod metrics;
+pub mod optim;
 pub mod options;
 pub mod prepare;
 pub mod progress;
@@ -43,13 +46,15 @@ pub mod sync;
 pub mod target;
 pub mod trainer;
 
-use frugal_model::checkpoint::{self, Provenance};
+use std::path::{Path, PathBuf};
+
+use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 use frugal_model::data::Dataset;
 
-use crate::args::{Args, UsageError};
+use crate::error::Context;
 use crate::CliError;
 use cost::{PriceFlags, PRICE_ENV};
-use options::TrainOptions;
+use options::{TrainFlags, TrainOptions};
 use prepare::{job_notes, prepare_cpu, prepare_gpu, resolve, Prepared};
 use run_dir::RunDir;
 use saver::Saver;
@@ -60,25 +65,11 @@ use trainer::{Devices, RunContext, Trainer};
 /// Runs `frugal train` with its flags.
 ///
 /// # Errors
-/// [`CliError::Usage`] for bad flags, values or prices (exit 2);
-/// [`CliError::Failed`] for anything that goes wrong while running (exit 1).
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        say_raw!("{}", options::help_text());
-        return Ok(());
-    }
-    let mut opts = TrainOptions::parse(&mut args)?;
-    args.finish()?;
-
-    let env_price = match std::env::var(PRICE_ENV) {
-        Ok(v) => Some(v),
-        Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(CliError::Usage(UsageError(format!(
-                "train: env {PRICE_ENV} is not valid text; set it to a number (dollars per device-hour) or unset it"
-            ))))
-        }
-    };
+/// [`CliError::Usage`] for bad flags, values or prices (exit 2); any other
+/// [`CliError`] for what goes wrong while running (exit 1).
+pub fn run(flags: TrainFlags) -> Result<(), CliError> {
+    let mut opts = TrainOptions::from_flags(flags)?;
+    let env_price = env_price()?;
     let flags = PriceFlags {
         per_gpu_hour: opts.price_per_gpu_hour,
         per_core_hour: opts.price_per_core_hour,
@@ -86,8 +77,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     };
 
     // A malformed launcher variable is a usage error (exit 2), like a bad flag.
-    target::local_rank().map_err(|e| CliError::Usage(UsageError(format!("train: {e}"))))?;
-    let target = target::open(opts.device).map_err(CliError::Failed)?;
+    target::local_rank().map_err(|e| CliError::usage(format!("train: {e}")))?;
+    let target = target::open(opts.device)?;
     // The first line the leader prints: which device trains, and why.
     let first_line = target::describe(&target, opts.threads);
     let Some(prepared) = (match target {
@@ -109,22 +100,18 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     } = prepared;
 
     // From here on a signal stops training after a step, with a checkpoint.
-    signals::install().map_err(CliError::Failed)?;
+    signals::install()?;
     let mut sync = GradSync::join(
         opts.comm,
         opts.job_token.as_deref(),
         opts.config.param_count(),
         opts.bucket_bytes,
-    )
-    .map_err(|e| match e {
-        sync::JoinError::Environment(m) => CliError::Usage(UsageError(format!("train: {m}"))),
-        sync::JoinError::Failed(m) => CliError::Failed(m),
-    })?;
+    )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
         price = resolve(&priced, flags, env_price.as_deref(), world)?;
     }
-    sync.agree_on_batch(opts.batch).map_err(CliError::Failed)?;
+    sync.agree_on_batch(opts.batch)?;
     let devices = Devices {
         world,
         rank,
@@ -134,45 +121,129 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     };
     // Rank 0 speaks for the job; the other ranks report only errors.
     let leader = rank == 0;
-
-    // The leader owns the run folder: it takes the lock and proves the folder
-    // writable, with room for a checkpoint, before anything is trained.
-    let data_label = opts.data.to_string();
     let run_dir = if leader {
-        let bound = checkpoint::size_bound(opts.config.param_count() as u64, 64, data_label.len());
-        let dir = RunDir::open(&opts.out, bound).map_err(|e| match e {
-            run_dir::OpenError::Busy(m) => CliError::Usage(UsageError(format!("train: {m}"))),
-            run_dir::OpenError::Failed(m) => CliError::Failed(m),
-        })?;
-        Some(dir)
+        Some(open_run_dir(&opts)?)
     } else {
         None
     };
+    if let Some(dir) = &run_dir {
+        let mut notes = notes;
+        notes.extend(job_notes(&opts, &priced, world));
+        print_header(&opts, &first_line, world, &price, &notes, dir);
+    }
+    let (dataset, data_fingerprint) = open_data(&opts, leader, world)?;
+    let Some(resume_from) = find_resume(&opts, leader, world, data_fingerprint)? else {
+        return Ok(());
+    };
+    sync.agree_on_config(&run_fields(&opts, data_fingerprint))?;
 
+    // This run's identity: its id, and the runs its checkpoints descend from.
+    let run_id = new_run_id();
+    let resumed_path = resume_from.as_ref().map(|(path, _)| path.clone());
+    let resume_from = resume_from.map(|(_, ck)| ck);
+    let lineage = snapshot::lineage_for(resume_from.as_ref(), run_id);
+    let provenance = Provenance {
+        run_id,
+        lineage: lineage.clone(),
+        clip: opts.clip,
+        grad_accum: opts.grad_accum as u64,
+        data_fingerprint,
+        data: opts.data.to_string(),
+    };
+    let resumed = Resumed {
+        path: resumed_path,
+        at: resume_from.as_ref().map(|ck| ck.step),
+    };
+    let mut trainer = Trainer {
+        opts: &opts,
+        devices,
+        price: price.clone(),
+        dataset,
+        backend,
+        sync,
+    };
+    let start = start_everywhere(&mut trainer, resume_from, leader)?;
     if leader {
-        say!("{first_line}");
-        say_raw!("{}", opts.describe());
-        if world > 1 {
-            say!("job: {world} ranks, {} all-reduce", opts.comm);
-        }
-        say!("{price}");
-        for note in notes.iter().chain(&job_notes(&opts, &priced, world)) {
-            say!("note: {note}");
-        }
-        if let Some(d) = run_dir.as_ref().filter(|d| d.stale_removed > 0) {
-            say!(
-                "note: removed {} temporary file(s) of a checkpoint save that was interrupted in {}",
-                d.stale_removed,
-                d.path().display()
-            );
+        if let Some(m) = &opts.metrics {
+            metrics::check_writable(m)?;
         }
     }
+    let mut ctx = RunContext {
+        saver: None,
+        provenance,
+    };
+    let mut metrics_out = None;
+    if let Some(dir) = &run_dir {
+        let identity = RunIdentity {
+            run_id,
+            lineage: &lineage,
+            resumed: &resumed,
+            world,
+            data_fingerprint,
+        };
+        let (saver, metrics_file) = take_over_out(&opts, dir.path(), &identity)?;
+        ctx.saver = Some(saver);
+        metrics_out = metrics_file;
+    }
 
-    let dataset = Dataset::open(&opts.data, opts.config.vocab_size)
-        .map_err(|e| CliError::Failed(format!("data: {e}")))?;
-    let data_fingerprint = dataset
-        .fingerprint()
-        .map_err(|e| CliError::Failed(format!("data: {e}")))?;
+    let outcome = trainer.run(start, &mut ctx, &mut metrics_out)?;
+    finish(&opts, outcome, &price, world, metrics_out, run_dir)
+}
+
+/// The leader's first lines: the device, the resolved flags, the job, the
+/// price and what to note.
+fn print_header(
+    opts: &TrainOptions,
+    first_line: &str,
+    world: usize,
+    price: &cost::Price,
+    notes: &[String],
+    run_dir: &RunDir,
+) {
+    say!("{first_line}");
+    say_raw!("{}", opts.describe());
+    if world > 1 {
+        say!("job: {world} ranks, {} all-reduce", opts.comm);
+    }
+    say!("{price}");
+    for note in notes {
+        say!("note: {note}");
+    }
+    if run_dir.stale_removed > 0 {
+        say!(
+            "note: removed {} temporary file(s) of a checkpoint save that was interrupted in {}",
+            run_dir.stale_removed,
+            run_dir.path().display()
+        );
+    }
+}
+
+/// The price from `FRUGAL_PRICE_PER_GPU_HOUR`, as text, if set.
+fn env_price() -> Result<Option<String>, CliError> {
+    match std::env::var(PRICE_ENV) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::usage(format!(
+            "train: env {PRICE_ENV} is not valid text; set it to a number (dollars per device-hour) or unset it"
+        ))),
+    }
+}
+
+/// The leader's run folder: locked, and proven writable with room for a
+/// checkpoint, before anything is trained.
+fn open_run_dir(opts: &TrainOptions) -> Result<RunDir, CliError> {
+    let data_label = opts.data.to_string();
+    let bound = checkpoint::size_bound(opts.config.param_count() as u64, 64, data_label.len());
+    RunDir::open(&opts.out, bound).map_err(|e| match e {
+        run_dir::OpenError::Busy(m) => CliError::usage(format!("train: {m}")),
+        run_dir::OpenError::Failed(m) => CliError::Failed(m),
+    })
+}
+
+/// The training data, opened and fingerprinted, described by the leader.
+fn open_data(opts: &TrainOptions, leader: bool, world: usize) -> Result<(Dataset, u64), CliError> {
+    let dataset = Dataset::open(&opts.data, opts.config.vocab_size).context("data")?;
+    let data_fingerprint = dataset.fingerprint().context("data")?;
     if leader {
         say!("  {}", dataset.describe());
         if let Some(note) = dataset.val_note(opts.batch, opts.config.seq_len, world) {
@@ -184,96 +255,80 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             opts.config.train_flops_per_token(opts.config.seq_len)
         );
     }
+    Ok((dataset, data_fingerprint))
+}
 
-    let resume_from = match &opts.resume {
-        None => None,
-        Some(r) => match snapshot::load(&opts, devices.world, r).map_err(CliError::Failed)? {
-            None => {
-                if leader {
-                    say!(
-                        "--resume auto: no checkpoint of this run in {} yet; starting from step 0",
-                        opts.out.display()
-                    );
-                }
-                None
-            }
-            Some(found) => {
-                if leader {
-                    for why in &found.skipped {
-                        say!("--resume auto: skipping {why}");
-                    }
-                }
-                let step = found.checkpoint.step;
-                if opts.resume == Some(options::Resume::Auto) && step >= opts.steps as u64 {
-                    if leader {
-                        say!(
-                            "the run in {} is complete: its checkpoint {} is at step {step} of --steps {}; \
-                             nothing to do (raise --steps to train longer)",
-                            opts.out.display(),
-                            found.path.display(),
-                            opts.steps
-                        );
-                    }
-                    return Ok(());
-                }
-                if leader {
-                    say!("resuming from {} (step {step})", found.path.display());
-                    for c in snapshot::changes(&found.checkpoint, &opts, data_fingerprint) {
-                        say!(
-                            "note: {} changed since the checkpoint: {} -> {}",
-                            c.flag,
-                            c.old,
-                            c.new
-                        );
-                    }
-                }
-                Some((found.path, found.checkpoint))
-            }
-        },
+/// The checkpoint `--resume` names, if any, with its path: `Ok(None)` when
+/// `--resume auto` finds this run already complete (nothing to do).
+#[allow(clippy::type_complexity)]
+fn find_resume(
+    opts: &TrainOptions,
+    leader: bool,
+    world: usize,
+    data_fingerprint: u64,
+) -> Result<Option<Option<(PathBuf, Checkpoint)>>, CliError> {
+    let Some(r) = &opts.resume else {
+        return Ok(Some(None));
     };
-    let (resumed_path, resume_from) = match resume_from {
-        Some((path, ck)) => (Some(path), Some(ck)),
-        None => (None, None),
+    let Some(found) = snapshot::load(opts, world, r)? else {
+        if leader {
+            say!(
+                "--resume auto: no checkpoint of this run in {} yet; starting from step 0",
+                opts.out.display()
+            );
+        }
+        return Ok(Some(None));
     };
-    sync.agree_on_config(&run_fields(&opts, data_fingerprint))
-        .map_err(CliError::Failed)?;
+    if leader {
+        for why in &found.skipped {
+            say!("--resume auto: skipping {why}");
+        }
+    }
+    let step = found.checkpoint.step;
+    if opts.resume == Some(options::Resume::Auto) && step >= opts.steps as u64 {
+        if leader {
+            say!(
+                "the run in {} is complete: its checkpoint {} is at step {step} of --steps {}; \
+                 nothing to do (raise --steps to train longer)",
+                opts.out.display(),
+                found.path.display(),
+                opts.steps
+            );
+        }
+        return Ok(None);
+    }
+    if leader {
+        say!("resuming from {} (step {step})", found.path.display());
+        for c in snapshot::changes(&found.checkpoint, opts, data_fingerprint) {
+            say!(
+                "note: {} changed since the checkpoint: {} -> {}",
+                c.flag,
+                c.old,
+                c.new
+            );
+        }
+    }
+    Ok(Some(Some((found.path, found.checkpoint))))
+}
 
-    // This run's identity: its id, and the runs its checkpoints descend from.
-    let run_id = new_run_id();
-    let lineage = snapshot::lineage_for(resume_from.as_ref(), run_id);
-    let provenance = Provenance {
-        run_id,
-        lineage: lineage.clone(),
-        clip: opts.clip,
-        grad_accum: opts.grad_accum as u64,
-        data_fingerprint,
-        data: data_label.clone(),
-    };
-    let resumed_at = resume_from.as_ref().map(|ck| ck.step);
-
-    let trainer = Trainer {
-        opts: &opts,
-        devices,
-        price: price.clone(),
-        dataset,
-        backend,
-        sync,
-    };
-    // Every input is checked (flags, data, the checkpoint and its data order):
-    // only now is anything in --out moved.
-    let mut trainer = trainer;
+/// Builds the starting point on every rank and checks that all got it, at
+/// rank 0's step; exits 128 + the signal when one came meanwhile. Every input
+/// is checked (flags, data, the checkpoint and its data order): only after
+/// this is anything in --out moved.
+fn start_everywhere(
+    trainer: &mut Trainer<'_>,
+    resume_from: Option<Checkpoint>,
+    leader: bool,
+) -> Result<trainer::Start, CliError> {
     let started = trainer.start(resume_from);
     // Every rank got this far and starts at rank 0's step: only then may rank 0
     // change the folder. Each rank takes part in both collectives whatever
     // happened to it, so none is left waiting.
     let my_step = started.as_ref().map_or(u64::MAX, |s| s.step() as u64);
     let agreed = trainer.sync.agree_on_step(my_step);
-    let all_ok = trainer
-        .sync
-        .all_ok(started.is_ok() && agreed.is_ok())
-        .map_err(CliError::Failed)?;
-    let start = started.map_err(CliError::Failed)?;
-    agreed.map_err(CliError::Failed)?;
+    let all_ok = trainer.sync.all_ok(started.is_ok() && agreed.is_ok())?;
+    let start = started?;
+    agreed?;
     if !all_ok {
         return Err(CliError::Failed(
             "another rank of this job could not start (its log says why); nothing was changed in --out"
@@ -285,107 +340,127 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             say!(
                 "stopped by {} before training started; nothing in {} was changed",
                 signals::name(sig),
-                opts.out.display()
+                trainer.opts.out.display()
             );
         }
         std::process::exit(128 + sig);
     }
-    if leader {
-        if let Some(m) = &opts.metrics {
-            metrics::check_writable(m).map_err(CliError::Failed)?;
+    Ok(start)
+}
+
+/// Where this run resumed from, if it did.
+struct Resumed {
+    path: Option<PathBuf>,
+    /// The step of the checkpoint it resumed from.
+    at: Option<u64>,
+}
+
+/// Who this run is, for the run folder it takes over.
+struct RunIdentity<'a> {
+    run_id: u64,
+    lineage: &'a [Segment],
+    resumed: &'a Resumed,
+    world: usize,
+    data_fingerprint: u64,
+}
+
+/// The leader makes `out` this run's: another run's checkpoints (and its
+/// metrics file, when in `out`) set aside, the manifest written, the metrics
+/// file opened, and the background checkpoint writer started.
+fn take_over_out(
+    opts: &TrainOptions,
+    out: &Path,
+    id: &RunIdentity<'_>,
+) -> Result<(Saver, Option<metrics::MetricsFile>), CliError> {
+    // A metrics file in --out goes with the run it describes when that run
+    // is replaced (a fresh start, or a resume from another run's checkpoint).
+    let replaces_run = id.resumed.at.is_none() || run_dir::manifest_moves(out, id.lineage);
+    let mut extra = Vec::new();
+    let mut metrics_moved = false;
+    if let Some(m) = &opts.metrics {
+        if replaces_run && m.parent().is_some_and(|p| same_dir(p, out)) && nonempty(m) {
+            extra.push(m.clone());
+            metrics_moved = true;
         }
     }
-
-    let mut metrics_out = None;
-    let mut ctx = RunContext {
-        saver: None,
-        provenance,
+    if let Some(aside) = run_dir::set_aside(
+        out,
+        id.lineage,
+        id.run_id,
+        id.resumed.path.as_deref(),
+        &extra,
+    )? {
+        let mut what = vec![format!("{} checkpoint(s)", aside.checkpoints)];
+        if aside.manifest {
+            what.push(format!("the previous {}", run_dir::MANIFEST));
+        }
+        if aside.others > 0 {
+            what.push("its metrics file".to_string());
+        }
+        say!(
+            "note: moved {} of another run (or of a branch this resume abandons) to {}; nothing was deleted",
+            what.join(" and "),
+            aside.folder.display()
+        );
+    }
+    run_dir::write_manifest(out, &manifest(opts, id, out))?;
+    let metrics_out = match &opts.metrics {
+        Some(m) => Some(open_metrics(m, id.resumed.at.filter(|_| !metrics_moved))?),
+        None => None,
     };
-    if let Some(dir) = &run_dir {
-        let out = dir.path();
-        // A metrics file in --out goes with the run it describes when that run
-        // is replaced (a fresh start, or a resume from another run's checkpoint).
-        let replaces_run = resumed_at.is_none() || run_dir::manifest_moves(out, &lineage);
-        let mut extra = Vec::new();
-        let mut metrics_moved = false;
-        if let Some(m) = &opts.metrics {
-            if replaces_run && m.parent().is_some_and(|p| same_dir(p, out)) && nonempty(m) {
-                extra.push(m.clone());
-                metrics_moved = true;
-            }
-        }
-        if let Some(aside) =
-            run_dir::set_aside(out, &lineage, run_id, resumed_path.as_deref(), &extra)
-                .map_err(CliError::Failed)?
-        {
-            let mut what = vec![format!("{} checkpoint(s)", aside.checkpoints)];
-            if aside.manifest {
-                what.push(format!("the previous {}", run_dir::MANIFEST));
-            }
-            if aside.others > 0 {
-                what.push("its metrics file".to_string());
-            }
-            say!(
-                "note: moved {} of another run (or of a branch this resume abandons) to {}; nothing was deleted",
-                what.join(" and "),
-                aside.folder.display()
-            );
-        }
-        let manifest = manifest(
-            &opts,
-            run_id,
-            &lineage,
-            resumed_path.as_deref(),
-            resumed_at,
-            world,
-            data_fingerprint,
-            out,
-        );
-        run_dir::write_manifest(out, &manifest).map_err(CliError::Failed)?;
-        if let Some(m) = &opts.metrics {
-            let mode = match resumed_at.filter(|_| !metrics_moved) {
-                Some(step) => {
-                    let dropped = metrics::drop_after(m, step).map_err(CliError::Failed)?;
-                    if let Some((n, kept)) = dropped {
-                        say!(
-                            "note: {n} metrics line(s) after step {step} (steps this resume repeats) moved from {} to {}",
-                            m.display(),
-                            kept.display()
-                        );
-                    }
-                    metrics::OpenMode::Append
-                }
-                None => {
-                    if nonempty(m) {
-                        let kept = metrics::set_aside(m).map_err(CliError::Failed)?;
-                        say!(
-                            "note: the metrics file of an earlier run was moved to {}",
-                            kept.display()
-                        );
-                    }
-                    metrics::OpenMode::Truncate
-                }
-            };
-            metrics_out = Some(metrics::MetricsFile::create(m, mode).map_err(CliError::Failed)?);
-        }
-        ctx.saver = Some(
-            Saver::start(
-                out.to_path_buf(),
-                run_dir::Retention::scan(out, &lineage, opts.keep),
-                opts.config.param_count(),
-            )
-            .map_err(CliError::Failed)?,
-        );
-    }
+    let saver = Saver::start(
+        out.to_path_buf(),
+        run_dir::Retention::scan(out, id.lineage, opts.keep),
+        opts.config.param_count(),
+    )?;
+    Ok((saver, metrics_out))
+}
 
-    let outcome = trainer
-        .run(start, &mut ctx, &mut metrics_out)
-        .map_err(CliError::Failed)?;
+/// Opens `--metrics`: appended to after the lines past `resumed_at` are moved
+/// out (a resume of this run), else started afresh with an earlier run's
+/// file moved aside.
+fn open_metrics(m: &Path, resumed_at: Option<u64>) -> Result<metrics::MetricsFile, CliError> {
+    let mode = match resumed_at {
+        Some(step) => {
+            if let Some((n, kept)) = metrics::drop_after(m, step)? {
+                say!(
+                    "note: {n} metrics line(s) after step {step} (steps this resume repeats) moved from {} to {}",
+                    m.display(),
+                    kept.display()
+                );
+            }
+            metrics::OpenMode::Append
+        }
+        None => {
+            if nonempty(m) {
+                let kept = metrics::set_aside(m)?;
+                say!(
+                    "note: the metrics file of an earlier run was moved to {}",
+                    kept.display()
+                );
+            }
+            metrics::OpenMode::Truncate
+        }
+    };
+    metrics::MetricsFile::create(m, mode)
+}
+
+/// Prints the summary and records it; after a signal, says how to resume and
+/// exits 128 + the signal.
+fn finish(
+    opts: &TrainOptions,
+    outcome: trainer::Outcome,
+    price: &cost::Price,
+    world: usize,
+    metrics_out: Option<metrics::MetricsFile>,
+    run_dir: Option<RunDir>,
+) -> Result<(), CliError> {
+    let leader = run_dir.is_some();
     let (summary, stopped) = match outcome {
         trainer::Outcome::Completed(s) => (s, None),
         trainer::Outcome::Stopped { summary, signal } => (summary, Some(signal)),
     };
-    let (text, obj) = trainer::summary(&summary, &price);
+    let (text, obj) = trainer::summary(&summary, price);
     // Which attention ran: the atomic dQ mode makes a run's bits timing-dependent.
     let obj = obj
         .string("attention", &opts.attention.to_string())
@@ -398,7 +473,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         None => obj,
     };
     if let Some(mut m) = metrics_out {
-        m.write(&obj).map_err(CliError::Failed)?;
+        m.write(&obj)?;
     }
     let Some(signal) = stopped else {
         return Ok(());
@@ -408,14 +483,14 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             "stopped by {} after step {}; checkpoint {} holds it",
             signals::name(signal),
             summary.steps_done,
-            snapshot::path_of(&opts, summary.steps_done as u64).display()
+            snapshot::path_of(opts, summary.steps_done as u64).display()
         );
         if world == 1 {
-            say!("to resume: {}", resume_command(&opts));
+            say!("to resume: {}", resume_command(opts));
         } else {
             say!(
                 "to resume: start the job again with --resume auto among the train flags (this rank ran: {})",
-                resume_command(&opts)
+                resume_command(opts)
             );
         }
     }
@@ -496,17 +571,15 @@ fn fnv(s: &str) -> u64 {
 }
 
 /// `run.json`: who this run is, what it descends from, and what it runs.
-#[allow(clippy::too_many_arguments)]
-fn manifest(
-    opts: &TrainOptions,
-    run_id: u64,
-    lineage: &[frugal_model::checkpoint::Segment],
-    resumed_from: Option<&std::path::Path>,
-    resumed_at: Option<u64>,
-    world: usize,
-    data_fingerprint: u64,
-    out: &std::path::Path,
-) -> serde_json::Value {
+fn manifest(opts: &TrainOptions, id: &RunIdentity<'_>, out: &Path) -> serde_json::Value {
+    let RunIdentity {
+        run_id,
+        lineage,
+        resumed,
+        world,
+        data_fingerprint,
+    } = *id;
+    let (resumed_from, resumed_at) = (resumed.path.as_deref(), resumed.at);
     let c = &opts.config;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -630,11 +703,11 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-fn nonempty(path: &std::path::Path) -> bool {
+fn nonempty(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
 }
 
-fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+fn same_dir(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,

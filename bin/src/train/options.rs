@@ -1,14 +1,18 @@
-//! `frugal train`'s flags, parsed and checked into one [`TrainOptions`] before
-//! anything is allocated. Every value from the command line is validated here,
-//! so a bad flag is a usage error (exit 2) and never a panic later.
+//! `frugal train`'s flags ([`TrainFlags`], parsed by clap), checked into one
+//! [`TrainOptions`] before anything is allocated. Every value from the command
+//! line is validated here, so a bad flag is a usage error (exit 2) and never a
+//! panic later.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
+use frugal_runtime::device::DeviceSpec;
 
-use crate::args::{Args, UsageError};
+use crate::args::UsageError;
+use crate::cli::{path, text};
+use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
 
 /// The preset `frugal train` uses when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "tiny";
@@ -58,31 +62,6 @@ pub const MEM_TARGET_MAX_BATCH: usize = 1024;
 /// More CPU worker threads than any machine has cores is a typo.
 pub const MAX_THREADS: usize = 4096;
 
-/// Which device trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// A CUDA device when one opens and runs the kernels, else the CPU.
-    Auto,
-    Cpu,
-    /// CUDA device with this ordinal; `None` (plain `cuda`): the rank's
-    /// LOCAL_RANK in a multi-rank job, else device 0.
-    Cuda(Option<usize>),
-    /// The PTX emulator: the GPU step on the CPU, slowly (for tests).
-    Emu,
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => f.write_str("auto"),
-            DeviceChoice::Cpu => f.write_str("cpu"),
-            DeviceChoice::Cuda(None) => f.write_str("cuda"),
-            DeviceChoice::Cuda(Some(n)) => write!(f, "cuda:{n}"),
-            DeviceChoice::Emu => f.write_str("emu"),
-        }
-    }
-}
-
 /// Attention implementation on GPUs (the paper's axis): the project's one type.
 pub use frugal_model::config::Attention;
 
@@ -109,24 +88,6 @@ pub fn parse_attention_dq(value: Option<&str>) -> Result<AttentionDq, UsageError
         Some(other) => Err(usage(format!(
             "--attention-dq '{other}' is not one of deterministic, atomic"
         ))),
-    }
-}
-
-/// Units of the price table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PriceUnits {
-    /// US dollars.
-    Usd,
-    /// The paper's relative prices (A100-40GB = 1.00).
-    Paper,
-}
-
-impl fmt::Display for PriceUnits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PriceUnits::Usd => "usd",
-            PriceUnits::Paper => "paper",
-        })
     }
 }
 
@@ -162,7 +123,7 @@ pub struct TrainOptions {
     /// The model after preset overrides, validated.
     pub config: Config,
     /// Which preset dimensions were overridden (flag name, value), for printing.
-    pub overrides: Vec<(&'static str, usize)>,
+    pub overrides: Overrides,
     pub data: DataSpec,
     /// Optimizer steps of the whole run (the schedule's length).
     pub steps: usize,
@@ -178,7 +139,7 @@ pub struct TrainOptions {
     /// Global grad-norm clip; 0 turns clipping off.
     pub clip: f64,
     pub seed: u64,
-    pub device: DeviceChoice,
+    pub device: DeviceSpec,
     pub attention: Attention,
     /// Flash attention's dQ summation; atomic is faster on GPUs and not bitwise
     /// reproducible run to run.
@@ -209,83 +170,168 @@ pub struct TrainOptions {
     pub ckpt_every: usize,
 }
 
-/// `frugal train --help`.
-pub fn help_text() -> String {
-    let threads = default_threads();
+/// `frugal train`'s flags, as given; [`TrainOptions::from_flags`] checks them
+/// and fills in the defaults that depend on other flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+// A negative number such as `--lr -1` is a value, refused by the checks below
+// with the flag named, not an unknown flag.
+#[command(allow_negative_numbers = true)]
+pub struct TrainFlags {
+    #[arg(long, value_name = "NAME", value_parser = text::<String>(), help_heading = "model",
+          help = format!("preset: {} (default {DEFAULT_MODEL})", preset_names()))]
+    pub model: Option<String>,
+    /// override the preset's layer count
+    #[arg(long, value_name = "L", value_parser = text::<usize>(), help_heading = "model")]
+    pub layers: Option<usize>,
+    /// override the hidden size
+    #[arg(long, value_name = "C", value_parser = text::<usize>(), help_heading = "model")]
+    pub hidden: Option<usize>,
+    /// override the query head count (C must divide by NH)
+    #[arg(long, value_name = "NH", value_parser = text::<usize>(), help_heading = "model")]
+    pub heads: Option<usize>,
+    /// override the key/value head count (must divide NH; default NH)
+    #[arg(long, value_name = "NKV", value_parser = text::<usize>(), help_heading = "model")]
+    pub kv_heads: Option<usize>,
+    /// override the SwiGLU width
+    #[arg(long, value_name = "F", value_parser = text::<usize>(), help_heading = "model")]
+    pub ffn: Option<usize>,
+    /// override the vocabulary size (at most 65536)
+    #[arg(long, value_name = "V", value_parser = text::<usize>(), help_heading = "model")]
+    pub vocab: Option<usize>,
+    /// override the sequence length
+    #[arg(long, value_name = "T", value_parser = text::<usize>(), help_heading = "model")]
+    pub seq: Option<usize>,
+
+    /// training data: the embedded corpus, llm.c shards or text (default: default)
+    // Paths are taken as the OS gives them: a file name need not be UTF-8.
+    #[arg(long, value_name = "default|FILE|GLOB", value_parser = path(), help_heading = "data")]
+    pub data: Option<PathBuf>,
+
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "optimisation",
+          help = format!("optimizer steps of the whole run (default {DEFAULT_STEPS})"))]
+    pub steps: Option<usize>,
+    /// stop this invocation after N more steps; the schedule still spans --steps
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "optimisation")]
+    pub stop_after: Option<usize>,
+    /// micro-batch per device (default: the preset's)
+    #[arg(long, value_name = "B", value_parser = text::<usize>(), help_heading = "optimisation")]
+    pub batch: Option<usize>,
+    /// micro-batches per optimizer step (default 1)
+    #[arg(long, value_name = "K", value_parser = text::<usize>(), help_heading = "optimisation")]
+    pub grad_accum: Option<usize>,
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "optimisation",
+          help = format!("peak learning rate (default {DEFAULT_LR})"))]
+    pub lr: Option<f64>,
+    /// final learning rate of the cosine decay (default lr/10)
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "optimisation")]
+    pub min_lr: Option<f64>,
+    /// linear warm-up steps (default steps/10, at most 100)
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "optimisation")]
+    pub warmup: Option<usize>,
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "optimisation",
+          help = format!("AdamW decoupled weight decay on matrices (default {DEFAULT_WEIGHT_DECAY})"))]
+    pub weight_decay: Option<f64>,
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "optimisation",
+          help = format!("clip the global gradient norm to X; 0 = off (default {DEFAULT_CLIP})"))]
+    pub clip: Option<f64>,
+    #[arg(long, value_name = "S", value_parser = text::<u64>(), help_heading = "optimisation",
+          help = format!("seed for weights and data order (default {DEFAULT_SEED})"))]
+    pub seed: Option<u64>,
+
+    /// where to train (default auto: a CUDA GPU when one opens, else the CPU;
+    /// plain 'cuda' in a multi-rank job is the rank's LOCAL_RANK; emu = the GPU
+    /// step run by the PTX emulator, slow and with emulated timings, for tests)
+    #[arg(long, value_name = "auto|cpu|cuda[:N]|emu", value_parser = text::<String>(), help_heading = "device")]
+    pub device: Option<String>,
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "device",
+          help = format!("CPU worker threads (default {}, the cores available)", default_threads()))]
+    pub threads: Option<usize>,
+    /// attention kernel on GPUs and emu (default flash; the CPU has one path and ignores it)
+    #[arg(long, value_name = "flash|vanilla", value_parser = text::<String>(), help_heading = "device")]
+    pub attention: Option<String>,
+    /// flash attention backward's dQ (default deterministic); atomic sums dQ
+    /// with float atomics: faster on GPUs and NOT bitwise reproducible run to
+    /// run (flash only)
+    #[arg(long, value_name = "deterministic|atomic", value_parser = text::<String>(), help_heading = "device")]
+    pub attention_dq: Option<String>,
+    #[arg(long, value_name = "F", value_parser = text::<f64>(), help_heading = "device",
+          help = format!("GPU/emu: use the largest micro-batch (up to {MEM_TARGET_MAX_BATCH}) whose \
+                          memory plan fits in F of free device memory, 0 < F <= 1 \
+                          (replaces --batch; the CPU ignores it)"))]
+    pub mem_target: Option<f64>,
+    /// CUDA: wrap steps A..=B in cuProfilerStart/Stop for Nsight
+    /// (nsys --capture-range=cudaProfilerApi); nothing to capture on cpu/emu
+    #[arg(long, value_name = "A:B", value_parser = text::<String>(), help_heading = "device")]
+    pub profile_steps: Option<String>,
+    /// all-reduce backend for multi-rank runs (default socket); on GPUs both
+    /// stage gradients through host memory for now (device -> host, all-reduce,
+    /// host -> device)
+    #[arg(long, value_name = "socket|nccl", value_parser = text::<String>(), help_heading = "device")]
+    pub comm: Option<String>,
+    /// shared secret of a multi-rank job
+    #[arg(long, value_name = "T", value_parser = text::<String>(), help_heading = "device")]
+    pub job_token: Option<String>,
+    /// DDP gradient bucket size in MiB (default: 25, or 1/8 of the gradients
+    /// when that is smaller, at least 1)
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "device")]
+    pub bucket_mb: Option<f64>,
+
+    /// run folder: checkpoints, run.json, a lock held while training
+    /// (default runs/<model>-seed<S>, with a config hash if overridden)
+    #[arg(long, value_name = "DIR", value_parser = path(), help_heading = "checkpoints and output")]
+    pub out: Option<PathBuf>,
+    /// checkpoint every N steps; 0 = only at the end (default steps/4); written
+    /// in the background; SIGINT/SIGTERM also save and stop
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output")]
+    pub ckpt_every: Option<usize>,
+    #[arg(long, value_name = "K", value_parser = text::<usize>(), help_heading = "checkpoints and output",
+          help = format!("this run's checkpoints kept in --out (default {DEFAULT_KEEP}); other \
+                          runs' are moved to --out/replaced/, never deleted"))]
+    pub keep: Option<usize>,
+    /// continue this run from its newest verifying checkpoint in --out (the run
+    /// named by --out/run.json), or from PATH
+    #[arg(long, value_name = "auto|PATH", value_parser = path(), help_heading = "checkpoints and output")]
+    pub resume: Option<PathBuf>,
+    /// write one JSON object per line: steps, val losses, a summary
+    #[arg(long, value_name = "FILE", value_parser = path(), help_heading = "checkpoints and output")]
+    pub metrics: Option<PathBuf>,
+    /// validation loss every N steps; 0 = only at the end (default steps/5)
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output")]
+    pub val_every: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output",
+          help = format!("batches per validation (default {DEFAULT_VAL_BATCHES})"))]
+    pub val_batches: Option<usize>,
+    /// print config, parameter count, FLOPs per token and memory (on a GPU or
+    /// emu: the arena plan by category); do not train
+    #[arg(long, help_heading = "checkpoints and output")]
+    pub dry_run: bool,
+
+    /// price of one device-hour (also env FRUGAL_PRICE_PER_GPU_HOUR)
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "cost")]
+    pub price_per_gpu_hour: Option<f64>,
+    /// usd (default) or the paper's relative units (A100-40GB = 1.00)
+    #[arg(long, value_name = "usd|paper", value_parser = text::<String>(), help_heading = "cost")]
+    pub price_units: Option<String>,
+    #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "cost",
+          help = format!("price of one CPU core-hour when training on the CPU (default {DEFAULT_PRICE_PER_CORE_HOUR})"))]
+    pub price_per_core_hour: Option<f64>,
+}
+
+/// What `frugal train --help` says first.
+pub fn about() -> String {
     format!(
-        "\
-usage: frugal train [flags]
-
-Trains a LLaMA-style model and reports throughput and cost per step.
-With no flags: the '{DEFAULT_MODEL}' preset on the embedded corpus, on the CPU.
-
-model:
-  --model NAME            preset: {presets} (default {DEFAULT_MODEL})
-  --layers L              override the preset's layer count
-  --hidden C              override the hidden size
-  --heads NH              override the query head count (C must divide by NH)
-  --kv-heads NKV          override the key/value head count (must divide NH; default NH)
-  --ffn F                 override the SwiGLU width
-  --vocab V               override the vocabulary size (at most 65536)
-  --seq T                 override the sequence length
-data:
-  --data default|FILE|GLOB  training data: the embedded corpus, llm.c shards or text (default: default)
-optimisation:
-  --steps N               optimizer steps of the whole run (default {DEFAULT_STEPS})
-  --stop-after N          stop this invocation after N more steps; the schedule still spans --steps
-  --batch B               micro-batch per device (default: the preset's)
-  --grad-accum K          micro-batches per optimizer step (default 1)
-  --lr X                  peak learning rate (default {DEFAULT_LR})
-  --min-lr X              final learning rate of the cosine decay (default lr/10)
-  --warmup N              linear warm-up steps (default steps/10, at most 100)
-  --weight-decay X        AdamW decoupled weight decay on matrices (default {DEFAULT_WEIGHT_DECAY})
-  --clip X                clip the global gradient norm to X; 0 = off (default {DEFAULT_CLIP})
-  --seed S                seed for weights and data order (default {DEFAULT_SEED})
-device:
-  --device auto|cpu|cuda[:N]|emu  where to train (default auto: a CUDA GPU when one
-                          opens, else the CPU; plain 'cuda' in a multi-rank job is the
-                          rank's LOCAL_RANK; emu = the GPU step run by the PTX emulator,
-                          slow and with emulated timings, for tests)
-  --threads N             CPU worker threads (default {threads}, the cores available)
-  --attention flash|vanilla  attention kernel on GPUs and emu (default flash; the CPU
-                          has one path and ignores it)
-  --attention-dq deterministic|atomic  flash attention backward's dQ (default
-                          deterministic); atomic sums dQ with float atomics: faster on
-                          GPUs and NOT bitwise reproducible run to run (flash only)
-  --mem-target F          GPU/emu: use the largest micro-batch (up to {max_target_batch}) whose
-                          memory plan fits in F of free device memory, 0 < F <= 1
-                          (replaces --batch; the CPU ignores it)
-  --profile-steps A:B     CUDA: wrap steps A..=B in cuProfilerStart/Stop for Nsight
-                          (nsys --capture-range=cudaProfilerApi); nothing to capture on cpu/emu
-  --comm socket|nccl      all-reduce backend for multi-rank runs (default socket); on
-                          GPUs both stage gradients through host memory for now
-                          (device -> host, all-reduce, host -> device)
-  --job-token T           shared secret of a multi-rank job
-  --bucket-mb X           DDP gradient bucket size in MiB (default: 25, or 1/8 of the
-                          gradients when that is smaller, at least 1)
-checkpoints and output:
-  --out DIR               run folder: checkpoints, run.json, a lock held while training
-                          (default runs/<model>-seed<S>, with a config hash if overridden)
-  --ckpt-every N          checkpoint every N steps; 0 = only at the end (default steps/4);
-                          written in the background; SIGINT/SIGTERM also save and stop
-  --keep K                this run's checkpoints kept in --out (default {DEFAULT_KEEP}); other
-                          runs' are moved to --out/replaced/, never deleted
-  --resume auto|PATH      continue this run from its newest verifying checkpoint in --out
-                          (the run named by --out/run.json), or from PATH
-  --metrics FILE          write one JSON object per line: steps, val losses, a summary
-  --val-every N           validation loss every N steps; 0 = only at the end (default steps/5)
-  --val-batches N         batches per validation (default {DEFAULT_VAL_BATCHES})
-  --dry-run               print config, parameter count, FLOPs per token and memory
-                          (on a GPU or emu: the arena plan by category); do not train
-cost:
-  --price-per-gpu-hour X  price of one device-hour (also env FRUGAL_PRICE_PER_GPU_HOUR)
-  --price-units usd|paper usd (default) or the paper's relative units (A100-40GB = 1.00)
-  --price-per-core-hour X price of one CPU core-hour when training on the CPU (default {cpu_price})
-",
-        presets = frugal_model::config::PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join("|"),
-        cpu_price = crate::train::cost::DEFAULT_PRICE_PER_CORE_HOUR,
-        max_target_batch = MEM_TARGET_MAX_BATCH,
+        "Trains a LLaMA-style model and reports throughput and cost per step.\n\
+         With no flags: the '{DEFAULT_MODEL}' preset on the embedded corpus, on the CPU."
     )
+}
+
+/// The preset names, as `--model` lists them.
+fn preset_names() -> String {
+    frugal_model::config::PRESETS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// The number of cores this process may use, 1 when unknown.
@@ -313,7 +359,6 @@ fn finite_nonneg(name: &str, v: f64) -> Result<f64, UsageError> {
     Ok(v)
 }
 
-/// Parses `cuda`, `cuda:N`, `cpu`, `emu`, `auto`.
 /// The DDP bucket size when `--bucket-mb` is not given: 25 MiB (PyTorch DDP's default),
 /// but at most an eighth of the f32 gradients (at least 1 MiB), so that a small model's
 /// gradients still fill several buckets and their all-reduce overlaps backward instead of
@@ -321,21 +366,6 @@ fn finite_nonneg(name: &str, v: f64) -> Result<f64, UsageError> {
 pub fn default_bucket_bytes(params: usize) -> usize {
     const MIB: usize = 1024 * 1024;
     (params * 4 / 8).clamp(MIB, 25 * MIB)
-}
-
-pub fn parse_device(s: &str) -> Result<DeviceChoice, UsageError> {
-    match s {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "emu" => Ok(DeviceChoice::Emu),
-        "cuda" => Ok(DeviceChoice::Cuda(None)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(DeviceChoice::Cuda(Some(n))),
-            _ => Err(usage(format!(
-                "--device '{other}' is not one of auto, cpu, cuda, cuda:N, emu"
-            ))),
-        },
-    }
 }
 
 /// Parses `A:B` with A <= B.
@@ -383,140 +413,48 @@ impl TrainOptions {
         }
     }
 
-    /// Takes every `train` flag from `args` and checks it. Unknown flags are left
-    /// in `args` for [`Args::finish`] to report.
+    /// Checks every `train` flag and fills in the defaults.
     ///
     /// # Errors
     /// A [`UsageError`] naming the flag and what would be accepted.
-    pub fn parse(args: &mut Args) -> Result<TrainOptions, UsageError> {
+    pub fn from_flags(flags: TrainFlags) -> Result<TrainOptions, UsageError> {
+        let mut args = flags;
         let model: String = args
-            .string("model")?
+            .model
+            .take()
             .unwrap_or_else(|| DEFAULT_MODEL.to_string());
         let preset = Preset::by_name(&model).map_err(|e| usage(e.to_string()))?;
-        let mut config = preset.config();
-        let mut overrides = Vec::new();
-        let mut take_dim =
-            |args: &mut Args, name: &'static str| -> Result<Option<usize>, UsageError> {
-                let v: Option<usize> = args.value(name)?;
-                if let Some(v) = v {
-                    overrides.push((name, positive(name, v)?));
-                }
-                Ok(v)
-            };
-        let layers = take_dim(args, "layers")?;
-        let hidden = take_dim(args, "hidden")?;
-        let heads = take_dim(args, "heads")?;
-        let kv_heads = take_dim(args, "kv-heads")?;
-        let ffn = take_dim(args, "ffn")?;
-        let vocab = take_dim(args, "vocab")?;
-        let seq = take_dim(args, "seq")?;
-        if let Some(v) = layers {
-            config.n_layers = v;
-        }
-        if let Some(v) = hidden {
-            config.dim = v;
-        }
-        if let Some(v) = heads {
-            config.n_heads = v;
-            // A preset is multi-head; overriding the head count keeps it so
-            // unless --kv-heads asks for grouped-query attention.
-            config.n_kv_heads = v;
-        }
-        if let Some(v) = kv_heads {
-            config.n_kv_heads = v;
-        }
-        if let Some(v) = ffn {
-            config.ffn_dim = v;
-        }
-        if let Some(v) = vocab {
-            config.vocab_size = v;
-        }
-        if let Some(v) = seq {
-            config.seq_len = v;
-        }
-        config.validate().map_err(|e| usage(e.to_string()))?;
-        for (name, v) in [
-            ("layers", config.n_layers),
-            ("hidden", config.dim),
-            ("heads", config.n_heads),
-            ("ffn", config.ffn_dim),
-            ("seq", config.seq_len),
-        ] {
-            if v > MAX_DIM {
-                return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
-            }
-        }
+        let (config, overrides) = overridden(preset.config(), &args)?;
 
-        // Paths are taken as the OS gives them: a file name need not be UTF-8.
-        let data = match args.path("data")? {
+        let data = match args.data.take() {
             None => DataSpec::Default,
             Some(p) => DataSpec::from_os(p.as_os_str()).map_err(|e| usage(e.to_string()))?,
         };
 
-        let steps = positive("steps", args.value_or("steps", DEFAULT_STEPS)?)?;
-        let stop_after = match args.value::<usize>("stop-after")? {
+        let steps = positive("steps", args.steps.unwrap_or(DEFAULT_STEPS))?;
+        let stop_after = match args.stop_after {
             None => None,
             Some(n) => Some(positive("stop-after", n)?),
         };
-        let batch = positive("batch", args.value_or("batch", preset.default_batch)?)?;
-        let grad_accum = positive("grad-accum", args.value_or("grad-accum", 1)?)?;
-        for (name, v) in [("batch", batch), ("grad-accum", grad_accum)] {
-            if v > MAX_DIM {
-                return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
-            }
-        }
-        let rough = rough_bytes(&config, batch);
-        if rough > MAX_ROUGH_BYTES {
-            return Err(usage(format!(
-                "this model at --batch {batch} would need about {:.0} TiB; lower --batch, --seq or the model size",
-                rough as f64 / (1u128 << 40) as f64
-            )));
-        }
-        let lr = finite_nonneg("lr", args.value_or("lr", DEFAULT_LR)?)?;
-        if lr == 0.0 {
-            return Err(usage("--lr must be above 0".into()));
-        }
-        let min_lr = finite_nonneg("min-lr", args.value_or("min-lr", lr / 10.0)?)?;
-        if min_lr > lr {
-            return Err(usage(format!(
-                "--min-lr {min_lr} is above --lr {lr}; the schedule only decays"
-            )));
-        }
-        let warmup = args.value_or("warmup", (steps / 10).min(100))?;
-        if warmup > steps {
-            return Err(usage(format!(
-                "--warmup {warmup} is longer than --steps {steps}"
-            )));
-        }
-        let weight_decay = finite_nonneg(
-            "weight-decay",
-            args.value_or("weight-decay", DEFAULT_WEIGHT_DECAY)?,
-        )?;
-        let clip = finite_nonneg("clip", args.value_or("clip", DEFAULT_CLIP)?)?;
-        let seed: u64 = args.value_or("seed", DEFAULT_SEED)?;
-
-        let device = match args.string("device")? {
-            None => DeviceChoice::Auto,
-            Some(s) => parse_device(&s)?,
+        let (batch, grad_accum) = batch_flags(&args, preset.default_batch, &config)?;
+        let Schedule {
+            lr,
+            min_lr,
+            warmup,
+            weight_decay,
+            clip,
+        } = schedule_flags(&args, steps)?;
+        let seed: u64 = args.seed.unwrap_or(DEFAULT_SEED);
+        let device = match &args.device {
+            None => DeviceSpec::Auto,
+            Some(s) => s.parse::<DeviceSpec>().map_err(|_| {
+                usage(format!(
+                    "--device '{s}' is not one of auto, cpu, cuda, cuda:N, emu"
+                ))
+            })?,
         };
-        let attention = match args.string("attention")?.as_deref() {
-            None | Some("flash") => Attention::Flash,
-            Some("vanilla") => Attention::Vanilla,
-            Some(other) => {
-                return Err(usage(format!(
-                    "--attention '{other}' is not one of flash, vanilla"
-                )))
-            }
-        };
-        let attention_dq = parse_attention_dq(args.string("attention-dq")?.as_deref())?;
-        if attention == Attention::Vanilla && attention_dq == AttentionDq::Atomic {
-            return Err(usage(
-                "--attention-dq atomic needs --attention flash (vanilla attention's dQ is a \
-                 plain matmul, with no atomic variant)"
-                    .to_string(),
-            ));
-        }
-        let mem_target = match args.value::<f64>("mem-target")? {
+        let (attention, attention_dq) = attention_flags(&args)?;
+        let mem_target = match args.mem_target {
             None => None,
             Some(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Some(f),
             Some(f) => {
@@ -525,9 +463,9 @@ impl TrainOptions {
                 )))
             }
         };
-        let profile_steps = match args.string("profile-steps")? {
+        let profile_steps = match &args.profile_steps {
             None => None,
-            Some(s) => Some(parse_profile_steps(&s)?),
+            Some(s) => Some(parse_profile_steps(s)?),
         };
         if let Some((_, b)) = profile_steps {
             if b > steps {
@@ -536,76 +474,28 @@ impl TrainOptions {
                 )));
             }
         }
-        let comm = match args.string("comm")?.as_deref() {
-            None | Some("socket") => CommBackend::Socket,
-            Some("nccl") => CommBackend::Nccl,
-            Some(other) => {
-                return Err(usage(format!(
-                    "--comm '{other}' is not one of socket, nccl"
-                )))
-            }
-        };
-        let job_token = args.string("job-token")?;
-        let bucket_bytes = match args.value::<f64>("bucket-mb")? {
-            Some(mb) if !(mb.is_finite() && mb > 0.0 && mb <= 4096.0) => {
-                return Err(usage(format!(
-                    "--bucket-mb {mb} must be a size in MiB between 0 and 4096 (e.g. 25)"
-                )))
-            }
-            // At least one f32 per bucket.
-            Some(mb) => ((mb * 1024.0 * 1024.0) as usize).max(4),
-            None => default_bucket_bytes(config.param_count()),
-        };
+        let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
+        let job_token = args.job_token.clone();
 
-        let resume = match args.path("resume")? {
-            None => None,
-            Some(p) if p.as_os_str() == "auto" => Some(Resume::Auto),
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(usage("--resume needs 'auto' or a checkpoint path".into()))
-            }
-            Some(p) => Some(Resume::Path(p)),
-        };
-        let metrics = match args.path("metrics")? {
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(usage("--metrics needs a file name".into()))
-            }
-            other => other,
-        };
-        let dry_run = args.switch("dry-run")?;
+        let (resume, metrics) = resume_and_metrics(&mut args)?;
+        let dry_run = args.dry_run;
+        let (price_per_gpu_hour, price_per_core_hour, price_units) = price_flags(&args)?;
 
-        let price_per_gpu_hour = match args.value::<f64>("price-per-gpu-hour")? {
-            None => None,
-            Some(p) => Some(finite_nonneg("price-per-gpu-hour", p)?),
-        };
-        let price_per_core_hour = match args.value::<f64>("price-per-core-hour")? {
-            None => None,
-            Some(p) => Some(finite_nonneg("price-per-core-hour", p)?),
-        };
-        let price_units = match args.string("price-units")?.as_deref() {
-            None | Some("usd") => PriceUnits::Usd,
-            Some("paper") => PriceUnits::Paper,
-            Some(other) => {
-                return Err(usage(format!(
-                    "--price-units '{other}' is not one of usd, paper"
-                )))
-            }
-        };
-
-        let threads = positive("threads", args.value_or("threads", default_threads())?)?;
+        let threads = positive("threads", args.threads.unwrap_or_else(default_threads))?;
         if threads > MAX_THREADS {
             return Err(usage(format!(
                 "--threads {threads} is more than {MAX_THREADS}"
             )));
         }
-        let keep = positive("keep", args.value_or("keep", DEFAULT_KEEP)?)?;
-        let val_every = args.value_or("val-every", (steps / 5).max(1))?;
+        let keep = positive("keep", args.keep.unwrap_or(DEFAULT_KEEP))?;
+        let val_every = args.val_every.unwrap_or((steps / 5).max(1));
         let val_batches = positive(
             "val-batches",
-            args.value_or("val-batches", DEFAULT_VAL_BATCHES)?,
+            args.val_batches.unwrap_or(DEFAULT_VAL_BATCHES),
         )?;
-        let ckpt_every = args.value_or("ckpt-every", (steps / 4).max(1))?;
+        let ckpt_every = args.ckpt_every.unwrap_or((steps / 4).max(1));
 
-        let out = match args.path("out")? {
+        let out = match args.out.take() {
             Some(p) if p.as_os_str().is_empty() => {
                 return Err(usage("--out needs a folder".into()))
             }
@@ -653,6 +543,19 @@ impl TrainOptions {
             val_batches,
             ckpt_every,
         })
+    }
+
+    /// `frugal train` with the words of `s`, parsed as the command line is
+    /// (tests); the message of a usage error.
+    #[cfg(test)]
+    pub fn from_words(s: &str) -> Result<TrainOptions, String> {
+        use clap::Parser;
+        let words = ["frugal", "train"].into_iter().chain(s.split_whitespace());
+        let cli = crate::cli::Cli::try_parse_from(words).map_err(|e| e.to_string())?;
+        let crate::cli::Command::Train(flags) = cli.command else {
+            unreachable!("the words start with train");
+        };
+        TrainOptions::from_flags(flags).map_err(|e| e.0)
     }
 
     /// Tokens one device processes per optimizer step: B · T · K.
@@ -726,6 +629,220 @@ impl TrainOptions {
     }
 }
 
+/// The dimensions a run overrode, as (flag name, value).
+pub type Overrides = Vec<(&'static str, usize)>;
+
+/// The preset's config with `--layers` .. `--seq` applied, validated, and the
+/// overrides given (flag name, value) for printing.
+fn overridden(mut config: Config, flags: &TrainFlags) -> Result<(Config, Overrides), UsageError> {
+    let mut overrides = Vec::new();
+    for (name, v) in [
+        ("layers", flags.layers),
+        ("hidden", flags.hidden),
+        ("heads", flags.heads),
+        ("kv-heads", flags.kv_heads),
+        ("ffn", flags.ffn),
+        ("vocab", flags.vocab),
+        ("seq", flags.seq),
+    ] {
+        if let Some(v) = v {
+            overrides.push((name, positive(name, v)?));
+        }
+    }
+    if let Some(v) = flags.layers {
+        config.n_layers = v;
+    }
+    if let Some(v) = flags.hidden {
+        config.dim = v;
+    }
+    if let Some(v) = flags.heads {
+        config.n_heads = v;
+        // A preset is multi-head; overriding the head count keeps it so
+        // unless --kv-heads asks for grouped-query attention.
+        config.n_kv_heads = v;
+    }
+    if let Some(v) = flags.kv_heads {
+        config.n_kv_heads = v;
+    }
+    if let Some(v) = flags.ffn {
+        config.ffn_dim = v;
+    }
+    if let Some(v) = flags.vocab {
+        config.vocab_size = v;
+    }
+    if let Some(v) = flags.seq {
+        config.seq_len = v;
+    }
+    config.validate().map_err(|e| usage(e.to_string()))?;
+    for (name, v) in [
+        ("layers", config.n_layers),
+        ("hidden", config.dim),
+        ("heads", config.n_heads),
+        ("ffn", config.ffn_dim),
+        ("seq", config.seq_len),
+    ] {
+        if v > MAX_DIM {
+            return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
+        }
+    }
+    Ok((config, overrides))
+}
+
+/// `--batch` (default: the preset's `default_batch`) and `--grad-accum`,
+/// checked against what the model `config` would need.
+fn batch_flags(
+    flags: &TrainFlags,
+    default_batch: usize,
+    config: &Config,
+) -> Result<(usize, usize), UsageError> {
+    let batch = positive("batch", flags.batch.unwrap_or(default_batch))?;
+    let grad_accum = positive("grad-accum", flags.grad_accum.unwrap_or(1))?;
+    for (name, v) in [("batch", batch), ("grad-accum", grad_accum)] {
+        if v > MAX_DIM {
+            return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
+        }
+    }
+    let rough = rough_bytes(config, batch);
+    if rough > MAX_ROUGH_BYTES {
+        return Err(usage(format!(
+            "this model at --batch {batch} would need about {:.0} TiB; lower --batch, --seq or the model size",
+            rough as f64 / (1u128 << 40) as f64
+        )));
+    }
+    Ok((batch, grad_accum))
+}
+
+/// The optimisation flags after `--steps`, checked against it.
+struct Schedule {
+    lr: f64,
+    min_lr: f64,
+    warmup: usize,
+    weight_decay: f64,
+    clip: f64,
+}
+
+/// `--lr`, `--min-lr`, `--warmup`, `--weight-decay` and `--clip`.
+fn schedule_flags(flags: &TrainFlags, steps: usize) -> Result<Schedule, UsageError> {
+    let lr = finite_nonneg("lr", flags.lr.unwrap_or(DEFAULT_LR))?;
+    if lr == 0.0 {
+        return Err(usage("--lr must be above 0".into()));
+    }
+    let min_lr = finite_nonneg("min-lr", flags.min_lr.unwrap_or(lr / 10.0))?;
+    if min_lr > lr {
+        return Err(usage(format!(
+            "--min-lr {min_lr} is above --lr {lr}; the schedule only decays"
+        )));
+    }
+    let warmup = flags.warmup.unwrap_or((steps / 10).min(100));
+    if warmup > steps {
+        return Err(usage(format!(
+            "--warmup {warmup} is longer than --steps {steps}"
+        )));
+    }
+    let weight_decay = finite_nonneg(
+        "weight-decay",
+        flags.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+    )?;
+    let clip = finite_nonneg("clip", flags.clip.unwrap_or(DEFAULT_CLIP))?;
+    Ok(Schedule {
+        lr,
+        min_lr,
+        warmup,
+        weight_decay,
+        clip,
+    })
+}
+
+/// `--comm` and `--bucket-mb` (in bytes; the default depends on the model's
+/// `params`).
+fn comm_flags(flags: &TrainFlags, params: usize) -> Result<(CommBackend, usize), UsageError> {
+    let comm = match flags.comm.as_deref() {
+        None | Some("socket") => CommBackend::Socket,
+        Some("nccl") => CommBackend::Nccl,
+        Some(other) => {
+            return Err(usage(format!(
+                "--comm '{other}' is not one of socket, nccl"
+            )))
+        }
+    };
+    let bucket_bytes = match flags.bucket_mb {
+        Some(mb) if !(mb.is_finite() && mb > 0.0 && mb <= 4096.0) => {
+            return Err(usage(format!(
+                "--bucket-mb {mb} must be a size in MiB between 0 and 4096 (e.g. 25)"
+            )))
+        }
+        // At least one f32 per bucket.
+        Some(mb) => ((mb * 1024.0 * 1024.0) as usize).max(4),
+        None => default_bucket_bytes(params),
+    };
+    Ok((comm, bucket_bytes))
+}
+
+/// `--resume` and `--metrics`, taken from `flags`.
+fn resume_and_metrics(
+    flags: &mut TrainFlags,
+) -> Result<(Option<Resume>, Option<PathBuf>), UsageError> {
+    let resume = match flags.resume.take() {
+        None => None,
+        Some(p) if p.as_os_str() == "auto" => Some(Resume::Auto),
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(usage("--resume needs 'auto' or a checkpoint path".into()))
+        }
+        Some(p) => Some(Resume::Path(p)),
+    };
+    let metrics = match flags.metrics.take() {
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(usage("--metrics needs a file name".into()))
+        }
+        other => other,
+    };
+    Ok((resume, metrics))
+}
+
+/// `--attention` and `--attention-dq`, checked together.
+fn attention_flags(flags: &TrainFlags) -> Result<(Attention, AttentionDq), UsageError> {
+    let attention = match flags.attention.as_deref() {
+        None | Some("flash") => Attention::Flash,
+        Some("vanilla") => Attention::Vanilla,
+        Some(other) => {
+            return Err(usage(format!(
+                "--attention '{other}' is not one of flash, vanilla"
+            )))
+        }
+    };
+    let attention_dq = parse_attention_dq(flags.attention_dq.as_deref())?;
+    if attention == Attention::Vanilla && attention_dq == AttentionDq::Atomic {
+        return Err(usage(
+            "--attention-dq atomic needs --attention flash (vanilla attention's dQ is a \
+             plain matmul, with no atomic variant)"
+                .to_string(),
+        ));
+    }
+    Ok((attention, attention_dq))
+}
+
+/// `--price-per-gpu-hour`, `--price-per-core-hour` and `--price-units`.
+fn price_flags(flags: &TrainFlags) -> Result<(Option<f64>, Option<f64>, PriceUnits), UsageError> {
+    let per_gpu_hour = match flags.price_per_gpu_hour {
+        None => None,
+        Some(p) => Some(finite_nonneg("price-per-gpu-hour", p)?),
+    };
+    let per_core_hour = match flags.price_per_core_hour {
+        None => None,
+        Some(p) => Some(finite_nonneg("price-per-core-hour", p)?),
+    };
+    let units = match flags.price_units.as_deref() {
+        None | Some("usd") => PriceUnits::Usd,
+        Some("paper") => PriceUnits::Paper,
+        Some(other) => {
+            return Err(usage(format!(
+                "--price-units '{other}' is not one of usd, paper"
+            )))
+        }
+    };
+    Ok((per_gpu_hour, per_core_hour, units))
+}
+
 /// A flag value for display: at f32 precision, so that `3e-3 / 10` reads
 /// `0.0003` and not `0.00030000000000000003`.
 fn short(x: f64) -> String {
@@ -736,12 +853,8 @@ fn short(x: f64) -> String {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<TrainOptions, UsageError> {
-        let words: Vec<String> = s.split_whitespace().map(String::from).collect();
-        let mut a = Args::parse("train", &words);
-        let o = TrainOptions::parse(&mut a)?;
-        a.finish()?;
-        Ok(o)
+    fn parse(s: &str) -> Result<TrainOptions, String> {
+        TrainOptions::from_words(s)
     }
 
     #[test]
@@ -749,7 +862,7 @@ mod tests {
         let o = parse("").unwrap();
         assert_eq!(o.model, DEFAULT_MODEL);
         assert_eq!(o.config, Preset::by_name(DEFAULT_MODEL).unwrap().config());
-        assert_eq!(o.device, DeviceChoice::Auto);
+        assert_eq!(o.device, DeviceSpec::Auto);
         assert_eq!(o.data, DataSpec::Default);
         assert_eq!(
             o.out,
@@ -786,6 +899,7 @@ mod tests {
             "--kv-heads 3",
             "--steps 0",
             "--lr -1",
+            "--seed -1",
             "--lr nan",
             "--lr 1e-3 --min-lr 1e-2",
             "--device gpu",
@@ -817,8 +931,7 @@ mod tests {
         let a = parse("--attention-dq atomic").unwrap();
         assert_eq!(a.step_options().dq, AttentionDq::Atomic);
         assert!(a.describe().contains("attention-dq: atomic"));
-        let msg = parse("--attention-dq fast").err().map(|e| e.to_string());
-        let msg = msg.unwrap_or_default();
+        let msg = parse("--attention-dq fast").err().unwrap_or_default();
         assert!(
             msg.contains("deterministic") && msg.contains("atomic"),
             "{msg}"
@@ -827,9 +940,19 @@ mod tests {
 
     #[test]
     fn devices_and_windows_parse() {
-        assert_eq!(parse_device("cuda:3").unwrap(), DeviceChoice::Cuda(Some(3)));
-        assert_eq!(parse_device("cuda").unwrap(), DeviceChoice::Cuda(None));
-        assert_eq!(DeviceChoice::Cuda(None).to_string(), "cuda");
+        assert_eq!(
+            parse("--device cuda:3").unwrap().device,
+            DeviceSpec::Cuda(3)
+        );
+        assert_eq!(
+            parse("--device cuda").unwrap().device,
+            DeviceSpec::LocalCuda
+        );
+        let e = parse("--device gpu").unwrap_err();
+        assert_eq!(
+            e,
+            "train: --device 'gpu' is not one of auto, cpu, cuda, cuda:N, emu"
+        );
         assert_eq!(parse_profile_steps("10:20").unwrap(), (10, 20));
         assert_eq!(parse_profile_steps("4:4").unwrap(), (4, 4));
     }

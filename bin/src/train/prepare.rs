@@ -9,9 +9,9 @@ use frugal_runtime::facts::DeviceFacts;
 
 use super::backend::{CpuStep, DeviceStep, StepBackend};
 use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
+use super::optim::{ADAM_EPS, BETA1, BETA2};
 use super::options::{self, CommBackend, TrainOptions};
 use super::target;
-use super::trainer::{ADAM_EPS, BETA1, BETA2};
 use crate::args::UsageError;
 use crate::CliError;
 
@@ -121,9 +121,7 @@ pub fn prepare_cpu(
         .map_err(|e| CliError::Failed(format!("model: {e}")))?;
     let layout = ParamLayout::new(&opts.config);
     Ok(Some(Prepared {
-        backend: Box::new(
-            CpuStep::new(model, &layout, opts.weight_decay as f32).map_err(CliError::Failed)?,
-        ),
+        backend: Box::new(CpuStep::new(model, &layout, opts.weight_decay as f32)?),
         priced,
         price,
         timing: TimingSource::HostClock,

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 use frugal_model::checkpoint::{self, Provenance, Segment};
 
+use crate::error::Context;
+use crate::CliError;
+
 /// The lock file inside `--out`.
 pub const LOCK_FILE: &str = "lock";
 /// The manifest inside `--out`.
@@ -239,14 +242,17 @@ fn parse_id(v: &serde_json::Value) -> Option<u64> {
 /// # Errors
 /// The file exists but cannot be read or is not a manifest (the message
 /// names it).
-pub fn read_manifest(out: &Path) -> Result<Option<(ManifestLineage, serde_json::Value)>, String> {
+pub fn read_manifest(out: &Path) -> Result<Option<(ManifestLineage, serde_json::Value)>, CliError> {
     let path = out.join(MANIFEST);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(CliError::io("read", &path, e)),
     };
-    let bad = |why: &str| format!("{} is not a frugal run manifest ({why})", path.display());
+    let bad = |why: &str| CliError::BadManifest {
+        path: path.clone(),
+        why: why.to_string(),
+    };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
     let run_id = value
         .get("run_id")
@@ -275,11 +281,11 @@ pub fn read_manifest(out: &Path) -> Result<Option<(ManifestLineage, serde_json::
 ///
 /// # Errors
 /// The I/O error, naming the file.
-pub fn write_manifest(out: &Path, manifest: &serde_json::Value) -> Result<(), String> {
+pub fn write_manifest(out: &Path, manifest: &serde_json::Value) -> Result<(), CliError> {
     let path = out.join(MANIFEST);
     let tmp = out.join(format!(".{MANIFEST}.tmp-{}", std::process::id()));
     let text = serde_json::to_string_pretty(manifest)
-        .map_err(|e| format!("cannot encode {}: {e}", path.display()))?;
+        .map_err(|e| CliError::io("encode", &path, e.into()))?;
     let result = File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(text.as_bytes())?;
@@ -290,7 +296,7 @@ pub fn write_manifest(out: &Path, manifest: &serde_json::Value) -> Result<(), St
         .and_then(|()| File::open(out)?.sync_all());
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
+        CliError::io("write", &path, e)
     })
 }
 
@@ -341,8 +347,8 @@ pub fn set_aside(
     new_run: u64,
     resumed: Option<&Path>,
     extra: &[PathBuf],
-) -> Result<Option<SetAside>, String> {
-    let all = checkpoint::list(out).map_err(|e| format!("--out: {e}"))?;
+) -> Result<Option<SetAside>, CliError> {
+    let all = checkpoint::list(out).context("--out")?;
     let resumed = resumed.and_then(|p| p.canonicalize().ok());
     let mut strangers = Vec::new();
     for (_, path) in all {
@@ -368,20 +374,19 @@ pub fn set_aside(
     let folder = out
         .join(REPLACED_DIR)
         .join(format!("{now}-{}", id_text(new_run)));
-    std::fs::create_dir_all(&folder)
-        .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    std::fs::create_dir_all(&folder).map_err(|e| CliError::io("create", &folder, e))?;
     let mut moved = 0;
-    let mut move_one = |from: &Path| -> Result<(), String> {
+    let mut move_one = |from: &Path| -> Result<(), CliError> {
         let Some(name) = from.file_name() else {
             return Ok(());
         };
         let to = folder.join(name);
         std::fs::rename(from, &to).map_err(|e| {
-            format!(
+            CliError::Failed(format!(
                 "cannot move {} to {}: {e} ({moved} files were moved there before this one)",
                 from.display(),
                 to.display()
-            )
+            ))
         })?;
         moved += 1;
         Ok(())
@@ -401,7 +406,7 @@ pub fn set_aside(
     for dir in [folder.as_path(), &out.join(REPLACED_DIR), out] {
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            .map_err(|e| CliError::io("sync", dir, e))?;
     }
     Ok(Some(SetAside {
         folder,

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use frugal_model::checkpoint::{self, Checkpoint};
 
-use super::backend::OptimState;
+use super::optim::OptimState;
 use super::run_dir::Retention;
+use crate::error::Context;
+use crate::CliError;
 
 /// Makes the calling thread (the writer) yield the cores to training: Linux
 /// applies a nice value to one thread when given its thread id. A failure only
@@ -46,11 +48,11 @@ pub struct Saved {
 /// The background writer.
 pub struct Saver {
     jobs: Option<SyncSender<Checkpoint>>,
-    results: Receiver<(Result<Saved, String>, OptimState)>,
+    results: Receiver<(Result<Saved, CliError>, OptimState)>,
     /// The buffers of the last snapshot written, to fill for the next one.
     spare: Option<OptimState>,
     /// The first snapshot's buffers, being faulted in.
-    prefault: Option<JoinHandle<Result<OptimState, String>>>,
+    prefault: Option<JoinHandle<Result<OptimState, CliError>>>,
     worker: Option<JoinHandle<()>>,
     /// The step of the save in flight.
     in_flight: Option<u64>,
@@ -61,7 +63,11 @@ impl Saver {
     ///
     /// # Errors
     /// The thread cannot be started.
-    pub fn start(dir: PathBuf, mut retention: Retention, n_params: usize) -> Result<Saver, String> {
+    pub fn start(
+        dir: PathBuf,
+        mut retention: Retention,
+        n_params: usize,
+    ) -> Result<Saver, CliError> {
         let (jobs, inbox) = mpsc::sync_channel::<Checkpoint>(1);
         let (outbox, results) = mpsc::channel();
         let worker = std::thread::Builder::new()
@@ -85,8 +91,8 @@ impl Saver {
                                 warnings,
                             }
                         })
-                        .map_err(|e| {
-                            format!("cannot write the checkpoint of step {}: {e}", ckpt.step)
+                        .with_context(|| {
+                            format!("cannot write the checkpoint of step {}", ckpt.step)
                         });
                     // The snapshot's buffers go back to the loop for the next one:
                     // refilling them costs no page faults.
@@ -101,7 +107,10 @@ impl Saver {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the checkpoint writer thread: {e}"))?;
+            .map_err(|e| CliError::Thread {
+                what: "checkpoint writer",
+                source: e,
+            })?;
         // The snapshot's pages are faulted in now, off the training thread,
         // so the first checkpoint's copy costs what the later ones do (on a
         // VM, first-touching 1.5 GB took 6 s; refilling it, 0.2 s).
@@ -109,25 +118,27 @@ impl Saver {
             .name("checkpoint-prefault".into())
             .spawn(move || {
                 lower_priority();
-                let touched = |what| -> Result<Vec<f32>, String> {
+                let touched = |what| -> Result<Vec<f32>, CliError> {
                     let mut v = Vec::new();
-                    v.try_reserve_exact(n_params).map_err(|_| {
-                        format!(
-                            "cannot allocate {} bytes of host memory for the checkpoint snapshot's {what}",
-                            4 * n_params
-                        )
-                    })?;
+                    v.try_reserve_exact(n_params)
+                        .map_err(|_| CliError::HostMemory {
+                            bytes: 4 * n_params,
+                            what,
+                        })?;
                     v.resize(n_params, 0.0);
                     Ok(v)
                 };
                 Ok(OptimState {
-                    params: touched("parameters")?,
-                    m: touched("first moment")?,
-                    v: touched("second moment")?,
+                    params: touched("the checkpoint snapshot's parameters")?,
+                    m: touched("the checkpoint snapshot's first moment")?,
+                    v: touched("the checkpoint snapshot's second moment")?,
                     step: 0,
                 })
             })
-            .map_err(|e| format!("cannot start the checkpoint snapshot thread: {e}"))?;
+            .map_err(|e| CliError::Thread {
+                what: "checkpoint snapshot",
+                source: e,
+            })?;
         Ok(Saver {
             jobs: Some(jobs),
             results,
@@ -148,7 +159,7 @@ impl Saver {
     ///
     /// # Errors
     /// The save failed (the message names the file), or the writer died.
-    pub fn wait(&mut self, limit: Duration) -> Result<Option<Saved>, String> {
+    pub fn wait(&mut self, limit: Duration) -> Result<Option<Saved>, CliError> {
         let Some(step) = self.in_flight else {
             return Ok(None);
         };
@@ -161,9 +172,9 @@ impl Saver {
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
                 self.in_flight = None;
-                Err(format!(
+                Err(CliError::Failed(format!(
                     "the checkpoint writer stopped while saving step {step}"
-                ))
+                )))
             }
         }
     }
@@ -190,20 +201,17 @@ impl Saver {
     ///
     /// # Errors
     /// A save is still in flight, or the writer died.
-    pub fn submit(&mut self, ckpt: Checkpoint) -> Result<(), String> {
+    pub fn submit(&mut self, ckpt: Checkpoint) -> Result<(), CliError> {
         if let Some(step) = self.in_flight {
-            return Err(format!(
+            return Err(CliError::Failed(format!(
                 "internal: the checkpoint of step {} was handed over while step {step}'s is still being written",
                 ckpt.step
-            ));
+            )));
         }
         let step = ckpt.step;
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| "the checkpoint writer has stopped".to_string())?;
-        jobs.send(ckpt)
-            .map_err(|_| "the checkpoint writer has stopped".to_string())?;
+        let stopped = || CliError::Failed("the checkpoint writer has stopped".to_string());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(ckpt).map_err(|_| stopped())?;
         self.in_flight = Some(step);
         Ok(())
     }
@@ -212,7 +220,7 @@ impl Saver {
     ///
     /// # Errors
     /// As [`Saver::wait`].
-    pub fn finish(&mut self) -> Result<Option<Saved>, String> {
+    pub fn finish(&mut self) -> Result<Option<Saved>, CliError> {
         let mut last = None;
         while self.busy() {
             if let Some(saved) = self.wait(Duration::from_secs(3600))? {

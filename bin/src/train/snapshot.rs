@@ -9,6 +9,8 @@ use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 
 use super::options::{Resume, TrainOptions};
 use super::run_dir::{self, id_text};
+use crate::error::Context;
+use crate::CliError;
 
 /// The path of the checkpoint of `step` in `--out`.
 pub fn path_of(opts: &TrainOptions, step: u64) -> PathBuf {
@@ -37,12 +39,19 @@ pub struct Resumed {
 /// # Errors
 /// A message naming the file and what is wrong: damaged or truncated, no
 /// checkpoint of the run verifies, or the config or world size differs.
-pub fn load(opts: &TrainOptions, world: usize, resume: &Resume) -> Result<Option<Resumed>, String> {
+pub fn load(
+    opts: &TrainOptions,
+    world: usize,
+    resume: &Resume,
+) -> Result<Option<Resumed>, CliError> {
     let resumed = match resume {
         Resume::Path(path) => {
-            let checkpoint = checkpoint::load(path).map_err(|e| {
-                format!("cannot resume: {e}; or use --resume auto for the newest checkpoint in --out that verifies")
-            })?;
+            let checkpoint = checkpoint::load(path)
+                .context("cannot resume")
+                .map_err(|e| CliError::Hinted {
+                    source: Box::new(e),
+                    hint: "or use --resume auto for the newest checkpoint in --out that verifies",
+                })?;
             Resumed {
                 checkpoint,
                 path: path.clone(),
@@ -57,19 +66,20 @@ pub fn load(opts: &TrainOptions, world: usize, resume: &Resume) -> Result<Option
     resumed
         .checkpoint
         .check_compatible(&opts.config, world)
-        .map_err(|e| format!("cannot resume from {}: {e}", resumed.path.display()))?;
+        .with_context(|| format!("cannot resume from {}", resumed.path.display()))?;
     Ok(Some(resumed))
 }
 
 /// The newest checkpoint in `dir` that is on the manifest's lineage and
 /// verifies; the ones passed over are reported in `skipped`.
-fn newest_of_run(dir: &Path) -> Result<Option<Resumed>, String> {
-    let all = checkpoint::list(dir).map_err(|e| format!("--resume auto: {e}"))?;
-    let manifest = run_dir::read_manifest(dir).map_err(|e| {
-        format!(
-            "--resume auto: {e}; move it away to resume from the newest checkpoint that verifies"
-        )
-    })?;
+fn newest_of_run(dir: &Path) -> Result<Option<Resumed>, CliError> {
+    let all = checkpoint::list(dir).context("--resume auto")?;
+    let manifest = run_dir::read_manifest(dir)
+        .context("--resume auto")
+        .map_err(|e| CliError::Hinted {
+            source: Box::new(e),
+            hint: "move it away to resume from the newest checkpoint that verifies",
+        })?;
     if all.is_empty() {
         return started_from(dir, manifest.as_ref().map(|(_, v)| v), Vec::new());
     }
@@ -107,12 +117,12 @@ fn newest_of_run(dir: &Path) -> Result<Option<Resumed>, String> {
     if candidates == 0 {
         return started_from(dir, manifest.as_ref().map(|(_, v)| v), skipped);
     }
-    Err(format!(
+    Err(CliError::Failed(format!(
         "--resume auto: none of the {} checkpoints in {} verifies:\n  {}\nmove them away to start afresh, or pass --out for a new folder",
         all.len(),
         dir.display(),
         skipped.join("\n  ")
-    ))
+    )))
 }
 
 /// When the run in the manifest has no checkpoint in `dir` yet: the
@@ -125,7 +135,7 @@ fn started_from(
     dir: &Path,
     manifest: Option<&serde_json::Value>,
     skipped: Vec<String>,
-) -> Result<Option<Resumed>, String> {
+) -> Result<Option<Resumed>, CliError> {
     let Some(from) = manifest
         .and_then(|m| m.get("resumed_from"))
         .and_then(|r| r.get("path"))
@@ -135,13 +145,13 @@ fn started_from(
     };
     let path = PathBuf::from(from);
     let checkpoint = checkpoint::load(&path).map_err(|e| {
-        format!(
+        CliError::Failed(format!(
             "--resume auto: the run in {} started from {} and has saved no checkpoint since, \
              but that file cannot be loaded: {e}; pass --resume PATH, or move {} away to start afresh",
             dir.display(),
             path.display(),
             run_dir::MANIFEST
-        )
+        ))
     })?;
     Ok(Some(Resumed {
         checkpoint,

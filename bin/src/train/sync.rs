@@ -18,6 +18,8 @@ use std::ops::Range;
 use frugal_comm::{connect, CommStats, Ddp, Rendezvous, Transport};
 
 use super::options::CommBackend;
+use crate::error::Context;
+use crate::CliError;
 
 /// How gradients become global, and how the ranks agree on when to stop.
 pub struct GradSync {
@@ -36,15 +38,8 @@ enum Link {
     /// raised inside backward's callback, which cannot return it.
     Ddp {
         ddp: Box<Ddp>,
-        deferred: Option<String>,
+        deferred: Option<CliError>,
     },
-}
-
-/// Why a rank could not join the job: a mistake in its environment (a usage
-/// error, exit 2) or a failure to reach its peers (exit 1).
-pub enum JoinError {
-    Environment(String),
-    Failed(String),
 }
 
 /// How long a rank waits for the leader's background save between two
@@ -61,7 +56,7 @@ enum Disagreement {
     /// Rank `rank` holds another value than rank 0's `root`.
     Differs { rank: usize, root: u64 },
     /// The broadcast itself failed.
-    Failed(String),
+    Failed(CliError),
 }
 
 /// True when the environment describes a multi-process job.
@@ -76,14 +71,14 @@ impl GradSync {
     /// describes none (or a job of one rank).
     ///
     /// # Errors
-    /// Bad rendezvous variables, or peers that do not answer in time (the
-    /// message names them).
+    /// Bad rendezvous variables (a usage error, exit 2), or peers that do not
+    /// answer in time (the message names them).
     pub fn join(
         backend: CommBackend,
         job_token: Option<&str>,
         n_params: usize,
         bucket_bytes: usize,
-    ) -> Result<GradSync, JoinError> {
+    ) -> Result<GradSync, CliError> {
         let single = GradSync {
             link: Link::Single,
             stop_local: None,
@@ -94,7 +89,7 @@ impl GradSync {
         }
         // Every error of from_env is about the variables themselves.
         let rv = Rendezvous::from_env(job_token)
-            .map_err(|e| JoinError::Environment(format!("joining the job: {e}")))?;
+            .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
         if rv.world == 1 {
             return Ok(single);
         }
@@ -102,9 +97,8 @@ impl GradSync {
             CommBackend::Socket => Transport::Socket,
             CommBackend::Nccl => Transport::Nccl,
         };
-        let failed = |e| JoinError::Failed(format!("joining the job: {e}"));
-        let comm = connect(transport, &rv).map_err(failed)?;
-        let ddp = Ddp::new(comm, n_params, bucket_bytes).map_err(failed)?;
+        let comm = connect(transport, &rv).context("joining the job")?;
+        let ddp = Ddp::new(comm, n_params, bucket_bytes).context("joining the job")?;
         Ok(GradSync {
             link: Link::Ddp {
                 ddp: Box::new(ddp),
@@ -152,8 +146,8 @@ impl GradSync {
     /// The leader's own error, or a peer's failure.
     pub fn hold_until(
         &mut self,
-        mut done: impl FnMut(std::time::Duration) -> Result<bool, String>,
-    ) -> Result<(), String> {
+        mut done: impl FnMut(std::time::Duration) -> Result<bool, CliError>,
+    ) -> Result<(), CliError> {
         match &mut self.link {
             Link::Single => {
                 while !done(std::time::Duration::from_secs(3600))? {}
@@ -170,12 +164,12 @@ impl GradSync {
                 }];
                 let sent = ddp.all_reduce_now(&mut state);
                 mine?;
-                sent.map_err(|e| format!("waiting for the leader's checkpoint: {e}"))?;
+                sent.context("waiting for the leader's checkpoint")?;
                 if state[0] >= HOLD_FAILED {
-                    return Err(
+                    return Err(CliError::Failed(
                         "rank 0 could not write its checkpoint (its log says why); this rank stops too"
                             .to_string(),
-                    );
+                    ));
                 }
                 if state[0] == 0.0 {
                     return Ok(());
@@ -189,13 +183,13 @@ impl GradSync {
     ///
     /// # Errors
     /// A peer's failure or a timeout.
-    pub fn all_ok(&mut self, ok: bool) -> Result<bool, String> {
+    pub fn all_ok(&mut self, ok: bool) -> Result<bool, CliError> {
         match &mut self.link {
             Link::Single => Ok(ok),
             Link::Ddp { ddp, .. } => {
                 let mut bad = [if ok { 0.0f32 } else { 1.0 }];
                 ddp.all_reduce_now(&mut bad)
-                    .map_err(|e| format!("checking that every rank is ready: {e}"))?;
+                    .context("checking that every rank is ready")?;
                 Ok(bad[0] == 0.0)
             }
         }
@@ -208,7 +202,7 @@ impl GradSync {
     /// # Errors
     /// A message (on every rank) naming each differing field with this rank's
     /// value and rank 0's, and the ranks that differ; a peer's failure.
-    pub fn agree_on_config(&mut self, fields: &[(&str, u64, String)]) -> Result<(), String> {
+    pub fn agree_on_config(&mut self, fields: &[(&str, u64, String)]) -> Result<(), CliError> {
         let Link::Ddp { ddp, .. } = &mut self.link else {
             return Ok(());
         };
@@ -216,10 +210,10 @@ impl GradSync {
         let hash = fields.iter().fold(FNV_OFFSET, |h, (name, v, _)| {
             fnv1a(fnv1a(h, name.as_bytes()), &v.to_le_bytes())
         });
-        let root = broadcast_u64(ddp, hash).map_err(|e| format!("comparing run configs: {e}"))?;
+        let root = broadcast_u64(ddp, hash).context("comparing run configs")?;
         let mut differs = [if root == hash { 0.0f32 } else { 1.0 }];
         ddp.all_reduce_now(&mut differs)
-            .map_err(|e| format!("comparing run configs: {e}"))?;
+            .context("comparing run configs")?;
         if differs[0] == 0.0 {
             return Ok(());
         }
@@ -227,12 +221,11 @@ impl GradSync {
         // the same sequence of collectives, so all learn the same answer).
         let mut lines = Vec::new();
         for (name, value, shown) in fields {
-            let root =
-                broadcast_u64(ddp, *value).map_err(|e| format!("comparing run configs: {e}"))?;
+            let root = broadcast_u64(ddp, *value).context("comparing run configs")?;
             let mut who = vec![0.0f32; world];
             who[rank] = if root == *value { 0.0 } else { 1.0 };
             ddp.all_reduce_now(&mut who)
-                .map_err(|e| format!("comparing run configs: {e}"))?;
+                .context("comparing run configs")?;
             let ranks: Vec<String> = (0..world)
                 .filter(|&r| who[r] != 0.0)
                 .map(|r| r.to_string())
@@ -250,23 +243,23 @@ impl GradSync {
                 ranks.join(", ")
             ));
         }
-        Err(format!(
+        Err(CliError::Failed(format!(
             "the ranks of this job were started with different settings; start every rank with the same flags, \
              data and environment:\n  {}",
             lines.join("\n  ")
-        ))
+        )))
     }
 
     /// Copies rank 0's parameters to every rank.
     ///
     /// # Errors
     /// A peer's failure or a timeout.
-    pub fn broadcast_params(&mut self, params: &mut [f32]) -> Result<(), String> {
+    pub fn broadcast_params(&mut self, params: &mut [f32]) -> Result<(), CliError> {
         match &mut self.link {
             Link::Single => Ok(()),
             Link::Ddp { ddp, .. } => ddp
                 .broadcast_params(params)
-                .map_err(|e| format!("broadcasting the parameters: {e}")),
+                .context("broadcasting the parameters"),
         }
     }
 
@@ -276,12 +269,12 @@ impl GradSync {
     ///
     /// # Errors
     /// On a rank whose step differs, saying what to do; a peer's failure.
-    pub fn agree_on_step(&mut self, step: u64) -> Result<(), String> {
+    pub fn agree_on_step(&mut self, step: u64) -> Result<(), CliError> {
         self.agree("the starting step", step).map_err(|e| match e {
-            Disagreement::Differs { rank, root } => format!(
+            Disagreement::Differs { rank, root } => CliError::Failed(format!(
                 "rank {rank} would start at step {step} but rank 0 at step {root}: every rank must resume from the same \
                  checkpoint; put --out on storage all ranks share, or copy rank 0's checkpoints to this node"
-            ),
+            )),
             Disagreement::Failed(e) => e,
         })
     }
@@ -293,14 +286,14 @@ impl GradSync {
     ///
     /// # Errors
     /// On a rank whose batch differs, saying what to do; a peer's failure.
-    pub fn agree_on_batch(&mut self, batch: usize) -> Result<(), String> {
+    pub fn agree_on_batch(&mut self, batch: usize) -> Result<(), CliError> {
         self.agree("the micro-batch", batch as u64)
             .map_err(|e| match e {
-                Disagreement::Differs { rank, root } => format!(
+                Disagreement::Differs { rank, root } => CliError::Failed(format!(
                     "rank {rank} would train at micro-batch {batch} but rank 0 at {root} (--mem-target chose them from \
                      each device's free memory): pass --batch {} without --mem-target, or free the devices' memory",
                     batch.min(root as usize)
-                ),
+                )),
                 Disagreement::Failed(e) => e,
             })
     }
@@ -311,7 +304,8 @@ impl GradSync {
             return Ok(());
         };
         let root = broadcast_u64(d, value)
-            .map_err(|e| Disagreement::Failed(format!("agreeing on {what}: {e}")))?;
+            .with_context(|| format!("agreeing on {what}"))
+            .map_err(Disagreement::Failed)?;
         if root != value {
             return Err(Disagreement::Differs {
                 rank: d.rank(),
@@ -328,7 +322,10 @@ impl GradSync {
         if let Link::Ddp { ddp, deferred } = &mut self.link {
             if deferred.is_none() {
                 if let Err(e) = ddp.on_ready_values(range, values) {
-                    *deferred = Some(format!("all-reducing gradients: {e}"));
+                    *deferred = Some(CliError::In {
+                        context: "all-reducing gradients".into(),
+                        source: Box::new(e.into()),
+                    });
                 }
             }
         }
@@ -344,7 +341,7 @@ impl GradSync {
         &mut self,
         grads: &mut [f32],
         loss: f32,
-    ) -> Result<(f32, Option<CommStats>), String> {
+    ) -> Result<(f32, Option<CommStats>), CliError> {
         match &mut self.link {
             Link::Single => {
                 self.stop_agreed = self.stop_local;
@@ -354,9 +351,7 @@ impl GradSync {
                 if let Some(e) = deferred.take() {
                     return Err(e);
                 }
-                let stats = ddp
-                    .finish(grads)
-                    .map_err(|e| format!("all-reducing gradients: {e}"))?;
+                let stats = ddp.finish(grads).context("all-reducing gradients")?;
                 // The stop requests ride with the loss: no extra round trip.
                 let (int, term) = match self.stop_local {
                     Some(libc::SIGTERM) => (0.0, 1.0),
@@ -365,7 +360,7 @@ impl GradSync {
                 };
                 let mut l = [loss, int, term];
                 ddp.all_reduce_now(&mut l)
-                    .map_err(|e| format!("all-reducing the loss: {e}"))?;
+                    .context("all-reducing the loss")?;
                 self.stop_agreed = if l[2] > 0.0 {
                     Some(libc::SIGTERM)
                 } else if l[1] > 0.0 {
@@ -382,13 +377,13 @@ impl GradSync {
     ///
     /// # Errors
     /// A peer's failure or a timeout.
-    pub fn mean(&mut self, x: f64) -> Result<f64, String> {
+    pub fn mean(&mut self, x: f64) -> Result<f64, CliError> {
         match &mut self.link {
             Link::Single => Ok(x),
             Link::Ddp { ddp, .. } => {
                 let mut v = [x as f32];
                 ddp.all_reduce_now(&mut v)
-                    .map_err(|e| format!("all-reducing the validation loss: {e}"))?;
+                    .context("all-reducing the validation loss")?;
                 Ok(v[0] as f64 / ddp.world() as f64)
             }
         }

@@ -10,10 +10,12 @@ use frugal_model::config::Config;
 use frugal_model::device::{DeviceModel, MemoryFloor};
 use frugal_model::error::ModelError;
 use frugal_runtime::arena::{self, BufferRequest, Plan};
-use frugal_runtime::device::{cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
+use frugal_runtime::device::{cuda, Device, DeviceSpec, MemoryInfo, TimingSource, LOCAL_RANK_VARS};
 use frugal_runtime::RuntimeError;
 
-use super::options::{DeviceChoice, TrainOptions, MEM_TARGET_MAX_BATCH};
+use super::options::{TrainOptions, MEM_TARGET_MAX_BATCH};
+use crate::error::Context;
+use crate::CliError;
 
 /// Where the step runs.
 pub enum Target {
@@ -28,7 +30,7 @@ pub enum Target {
 /// # Errors
 /// A variable that is set but not a rank: every rank would otherwise open GPU 0.
 pub fn local_rank() -> Result<usize, String> {
-    for var in ["LOCAL_RANK", "SLURM_LOCALID"] {
+    for var in LOCAL_RANK_VARS {
         if let Ok(value) = std::env::var(var) {
             return value.trim().parse().map_err(|_| {
                 format!(
@@ -56,23 +58,21 @@ fn short_reason(e: &RuntimeError) -> String {
 /// # Errors
 /// A message for `cuda` without a usable driver or device (the runtime's,
 /// which says what is missing and what to do), or a device that fails to open.
-pub fn open(choice: DeviceChoice) -> Result<Target, String> {
+pub fn open(choice: DeviceSpec) -> Result<Target, CliError> {
     let opened =
-        |spec: DeviceSpec| Device::open(spec).map_err(|e| format!("--device {choice}: {e}"));
+        |spec: DeviceSpec| Device::open(spec).with_context(|| format!("--device {choice}"));
     match choice {
-        DeviceChoice::Cpu => Ok(Target::Cpu { fallback: None }),
-        DeviceChoice::Emu => Ok(Target::Gpu {
-            device: opened(DeviceSpec::Emu)?,
+        DeviceSpec::Cpu => Ok(Target::Cpu { fallback: None }),
+        DeviceSpec::Emu | DeviceSpec::Cuda(_) => Ok(Target::Gpu {
+            device: opened(choice)?,
             auto: false,
         }),
-        DeviceChoice::Cuda(n) => Ok(Target::Gpu {
-            device: opened(DeviceSpec::Cuda(match n {
-                Some(n) => n,
-                None => local_rank()?,
-            }))?,
+        // Resolved here, not by the runtime, for the launcher-facing message.
+        DeviceSpec::LocalCuda => Ok(Target::Gpu {
+            device: opened(DeviceSpec::Cuda(local_rank()?))?,
             auto: false,
         }),
-        DeviceChoice::Auto => {
+        DeviceSpec::Auto => {
             let fallback = |why: String| {
                 Ok(Target::Cpu {
                     fallback: Some(why),
@@ -85,7 +85,9 @@ pub fn open(choice: DeviceChoice) -> Result<Target, String> {
                     Ok(device) => Ok(Target::Gpu { device, auto: true }),
                     // A GPU too old for the kernels: the CPU trains instead.
                     Err(e @ RuntimeError::UnsupportedArch { .. }) => fallback(e.to_string()),
-                    Err(e) => Err(format!("--device auto: {e} (or pass --device cpu)")),
+                    Err(e) => Err(CliError::Failed(format!(
+                        "--device auto: {e} (or pass --device cpu)"
+                    ))),
                 },
             }
         }
@@ -426,14 +428,9 @@ fn indent(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::Args;
 
     fn opts(flags: &str) -> TrainOptions {
-        let words: Vec<String> = flags.split_whitespace().map(String::from).collect();
-        let mut a = Args::parse("train", &words);
-        let o = TrainOptions::parse(&mut a).unwrap();
-        a.finish().unwrap();
-        o
+        TrainOptions::from_words(flags).unwrap()
     }
 
     fn does_not_fit(batch: usize, largest: Option<usize>) -> MemoryError {

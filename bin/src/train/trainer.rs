@@ -16,29 +16,28 @@
 
 use std::time::Instant;
 
-use frugal_model::data::{Dataset, Loader, Split};
+use frugal_comm::CommStats;
+use frugal_model::data::{Dataset, Loader, LoaderState, Split};
 use frugal_model::init::try_init_params;
 use frugal_model::schedule::CosineSchedule;
 use frugal_runtime::device::TimingSource;
 use frugal_runtime::nvtx;
 use frugal_runtime::profile::{ProfileWindow, Profiler};
 
-use super::backend::{check_lengths, OptimState, StepBackend};
+use super::backend::StepBackend;
 use super::cost::{tokens_per_money, CostMeter, Price};
 use super::metrics::{duration, human, JsonObject, MetricsFile};
+use super::optim::{check_lengths, OptimState, ADAM_EPS, BETA1, BETA2};
 use super::options::TrainOptions;
 use super::progress::{Progress, ProgressMode};
 use super::saver::{Saved, Saver};
 use super::signals;
 use super::snapshot;
 use super::sync::GradSync;
+use crate::error::Context;
+use crate::CliError;
 use frugal_model::checkpoint::{Checkpoint, OptimizerState, Provenance};
 use frugal_model::rng::Rng;
-
-/// AdamW's constants (LLaMA's β2 = 0.95 suits short runs better than 0.999).
-pub const BETA1: f32 = 0.9;
-pub const BETA2: f32 = 0.95;
-pub const ADAM_EPS: f32 = 1e-8;
 
 /// What trains: one device (CPU, GPU or emulated GPU) per rank.
 pub struct Devices {
@@ -186,9 +185,6 @@ struct State {
     best_val_loss: Option<f64>,
 }
 
-/// Failure while training: a message for the user (exit 1).
-pub type TrainError = String;
-
 /// Where training starts: the weights and optimizer state, and the loop's
 /// state. Built (and so checked) before anything in `--out` is touched.
 pub struct Start {
@@ -226,7 +222,7 @@ impl Trainer<'_> {
     ///
     /// # Errors
     /// The data order cannot be restored, or the state does not fit the model.
-    pub fn start(&self, resume_from: Option<Checkpoint>) -> Result<Start, TrainError> {
+    pub fn start(&self, resume_from: Option<Checkpoint>) -> Result<Start, CliError> {
         let opts = self.opts;
         let cfg = &opts.config;
         let b = opts.batch;
@@ -234,10 +230,10 @@ impl Trainer<'_> {
         let mut loader = self
             .dataset
             .loader(Split::Train, b, cfg.seq_len, rank, world, opts.seed)
-            .map_err(|e| format!("training data: {e}"))?;
+            .context("training data")?;
         let (optim, state) = match resume_from {
             None => (
-                OptimState::fresh(try_init_params(cfg, opts.seed).map_err(|e| e.to_string())?)?,
+                OptimState::fresh(try_init_params(cfg, opts.seed)?)?,
                 State {
                     loader,
                     steps_done: 0,
@@ -252,14 +248,14 @@ impl Trainer<'_> {
                     // --mem-target picks the batch from today's free memory, so it
                     // can differ from the checkpoint's; the user never typed a --batch.
                     let hint = match opts.mem_target {
-                        Some(f) if ck.loader.batch != b as u64 => format!(
-                            " (--mem-target {f} chose batch {b} this time; to resume, pass --batch {} \
-                             instead of --mem-target)",
+                        Some(f) if ck.loader.batch != b as u64 => Some(format!(
+                            "--mem-target {f} chose batch {b} this time; to resume, pass --batch {} \
+                             instead of --mem-target",
                             ck.loader.batch
-                        ),
-                        _ => String::new(),
+                        )),
+                        _ => None,
                     };
-                    format!("cannot resume the data order: {e}{hint}")
+                    CliError::DataOrder { source: e, hint }
                 })?;
                 let o = ck.optimizer;
                 (
@@ -282,10 +278,10 @@ impl Trainer<'_> {
         };
         check_lengths(&optim, cfg.param_count())?;
         if state.steps_done >= opts.steps {
-            return Err(format!(
-                "the checkpoint is at step {}, and --steps is {}: nothing left to train; raise --steps",
-                state.steps_done, opts.steps
-            ));
+            return Err(CliError::NothingToTrain {
+                at: state.steps_done,
+                steps: opts.steps,
+            });
         }
         Ok(Start { optim, state })
     }
@@ -299,305 +295,409 @@ impl Trainer<'_> {
         start: Start,
         ctx: &mut RunContext,
         metrics: &mut Option<MetricsFile>,
-    ) -> Result<Outcome, TrainError> {
+    ) -> Result<Outcome, CliError> {
         let opts = self.opts;
-        let cfg = &opts.config;
-        let (b, t, k) = (opts.batch, cfg.seq_len, opts.grad_accum);
-        let world = self.devices.world;
-        let rank = self.devices.rank;
-        let Start {
-            optim: mut start,
-            mut state,
-        } = start;
-        check_lengths(&start, cfg.param_count())?;
-        // (That every rank starts at rank 0's step was agreed before `--out`
-        // was touched.) Every rank starts from rank 0's weights (identical already when all
-        // came from one seed or one checkpoint; this makes it a fact).
-        self.sync.broadcast_params(&mut start.params)?;
-        self.backend.load(start)?;
-        // Rank 0 speaks for the job: log lines, metrics and checkpoints.
-        let leader = rank == 0;
-        let first_step = state.steps_done;
-        let last_step = match opts.stop_after {
-            Some(s) => (first_step + s).min(opts.steps),
-            None => opts.steps,
-        };
-
-        let schedule = CosineSchedule {
-            max_lr: opts.lr,
-            min_lr: opts.min_lr,
-            warmup_steps: opts.warmup as u64,
-            total_steps: opts.steps as u64,
-        };
-        let tokens_per_step = (b * t * k * world) as u64;
-        let train_flops_per_token = cfg.train_flops_per_token(t);
-        let mut inputs = vec![0u32; b * t];
-        let mut targets = vec![0u32; b * t];
-        let mut val_loader = self
-            .dataset
-            .loader(Split::Val, b, t, rank, world, opts.seed)
-            .map_err(|e| format!("validation data: {e}"))?;
-        let val_start = val_loader.state();
-
-        let meter = CostMeter::start(&self.price, state.spent_before);
-        let mode = if leader {
-            ProgressMode::detect()
-        } else {
-            ProgressMode::Off
-        };
-        let mut progress = Progress::new(mode, first_step, last_step);
-        let mut profiler = Profiler::new(opts.profile_steps.map(|(a, b)| ProfileWindow {
-            first: a as u64,
-            last: b as u64,
-        }));
-        let mut first_loss = None;
-        let mut last_loss = None;
-        let mut measured_tokens = 0u64;
-        let mut measured_s = 0.0f64;
-        let mut last_stopped: Option<(usize, i32)> = None;
-
-        for step in first_step..last_step {
-            // Step numbers in logs and in --profile-steps are 1-based.
-            let number = step as u64 + 1;
-            profiler
-                .step_begin(self.backend.device(), number)
-                .map_err(|e| format!("step {number}: starting the profiler: {e}"))?;
-            let started = Instant::now();
-            self.backend
-                .zero_grads()
-                .map_err(|e| format!("step {number}: {e}"))?;
-            let mut loss_sum = 0.0f32;
-            for micro in 0..k {
-                {
-                    let _data = nvtx::range("data");
-                    state
-                        .loader
-                        .next_batch(&mut inputs, &mut targets)
-                        .map_err(|e| format!("training data: {e}"))?;
-                }
-                // Gradients are final only after the last micro-batch; its
-                // backward hands each finished range to the all-reduce.
-                let hand_over = (micro + 1 == k).then_some(&mut self.sync);
-                // Each micro-batch's gradient is scaled by 1/K so the step sees
-                // the mean over all K·B sequences.
-                let loss = self
-                    .backend
-                    .forward_backward(&inputs, &targets, 1.0 / k as f32, hand_over)
-                    .map_err(|e| format!("step {number}: {e}"))?;
-                loss_sum += loss;
-            }
-            // A signal asks to stop: the request rides with this step's loss,
-            // so every rank stops after the same step.
-            if let Some(sig) = signals::pending() {
-                self.sync.request_stop(sig);
-            }
-            // The one place the ranks meet: gradients and loss averaged over them.
-            let (loss, comm) = {
-                let _comm = nvtx::range("comm");
-                self.backend.sync(&mut self.sync, loss_sum / k as f32)?
-            };
-            if !loss.is_finite() {
-                return Err(format!(
-                    "step {number}: the loss is {loss}; training diverged. Lower --lr (now {}) or --clip",
-                    opts.lr
-                ));
-            }
-            let lr = schedule.lr(step as u64);
-            let norm = {
-                let _optimizer = nvtx::range("optimizer");
-                self.backend
-                    .optimizer_step(lr as f32, opts.clip)
-                    .map_err(|e| format!("step {number}: {e}"))?
-            };
-            if !norm.is_finite() {
-                return Err(format!(
-                    "step {number}: the gradient norm is {norm}; training diverged. Lower --lr (now {}) or --clip",
-                    opts.lr
-                ));
-            }
-            state.steps_done = step + 1;
-            let step_s = started.elapsed().as_secs_f64();
-            profiler
-                .step_end(self.backend.device(), number)
-                .map_err(|e| format!("step {number}: stopping the profiler: {e}"))?;
-
-            // The first step of a run pays for page faults and cold caches: it
-            // is left out of the run's tokens/s (a one-step run reports none).
-            if step > first_step {
-                measured_tokens += tokens_per_step;
-                measured_s += step_s;
-            }
-            let tokens_per_s = tokens_per_step as f64 / step_s.max(1e-9);
-            let spent = meter.spent();
-            let tokens =
-                state.tokens_before + (state.steps_done - first_step) as u64 * tokens_per_step;
-            let report = StepReport {
-                step: step + 1,
-                loss,
-                lr,
-                grad_norm: norm,
-                step_ms: step_s * 1e3,
-                tokens_per_s,
-                tokens_per_s_per_device: tokens_per_s / world as f64,
-                mfu: self
-                    .devices
-                    .peak_flops
-                    .map(|p| tokens_per_s / world as f64 * train_flops_per_token / p),
-                spent,
-                tokens_per_money: tokens_per_money(tokens, spent),
-                tokens,
-                comm_wait_ms: comm.map(|c| c.wait_ms),
-                timing: self.devices.timing,
-            };
-            first_loss.get_or_insert(loss);
-            last_loss = Some(loss);
-            progress.clear();
-            if leader {
-                say!("{}", report.line(opts.steps, &self.devices, &self.price));
-            }
-            if let Some(m) = metrics.as_mut() {
-                m.write(&report.json())?;
-            }
-
+        let Start { optim, mut state } = start;
+        self.load(optim)?;
+        let mut lp = self.begin(&state)?;
+        let mut stopped: Option<(usize, i32)> = None;
+        for step in lp.first_step..lp.last_step {
+            let loss = self.one_step(&mut lp, &mut state, step, metrics)?;
             let done = step + 1;
             let stop = self.sync.stop_agreed();
-            let is_last = done == last_step || stop.is_some();
+            let is_last = done == lp.last_step || stop.is_some();
             // A stop skips validation: the instance may have seconds left.
-            if stop.is_none() && ((opts.val_every > 0 && done % opts.val_every == 0) || is_last) {
-                progress.draw(done, "validating");
-                let val = {
-                    let _validation = nvtx::range("validation");
-                    validate(
-                        self.backend.as_mut(),
-                        &mut val_loader,
-                        &val_start,
-                        opts.val_batches,
-                        b * t,
-                    )?
-                };
-                let val = self.sync.mean(val)?;
-                progress.clear();
-                let best = state.best_val_loss.map_or(val, |b| b.min(val));
-                state.best_val_loss = Some(best);
-                let floor = self.dataset.loss_floor_nats();
-                let floor_note = floor.map_or(String::new(), |f| format!(" (corpus floor {f:.4})"));
-                if leader {
-                    say!("step {done}: val loss {val:.4}{floor_note}");
-                }
-                if let Some(m) = metrics.as_mut() {
-                    let obj = JsonObject::new()
-                        .uint("step", done as u64)
-                        .num("val_loss", val)
-                        .uint("val_tokens", (opts.val_batches * b * t * world) as u64);
-                    m.write(&obj)?;
-                }
+            if stop.is_none() && (every(opts.val_every, done) || is_last) {
+                self.evaluate(&mut lp, &mut state, done, metrics)?;
             }
-            if (opts.ckpt_every > 0 && done % opts.ckpt_every == 0) || is_last {
-                progress.draw(done, "checkpointing");
-                let _checkpoint = nvtx::range("checkpoint");
-                let stall = Instant::now();
-                // One save in flight at most: every rank waits together (in
-                // short rounds) until the leader's previous save is on disk.
-                wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
-                if let Some(saver) = ctx.saver.as_mut() {
-                    let mut saved = saver.take_spare();
-                    let waited_ms = stall.elapsed().as_secs_f64() * 1e3;
-                    self.backend.state_into(&mut saved)?;
-                    let ck = Checkpoint {
-                        config: cfg.clone(),
-                        world_size: world,
-                        step: done as u64,
-                        seed: opts.seed,
-                        params: saved.params,
-                        optimizer: OptimizerState {
-                            beta1: BETA1,
-                            beta2: BETA2,
-                            eps: ADAM_EPS,
-                            weight_decay: opts.weight_decay as f32,
-                            step: saved.step,
-                            m: saved.m,
-                            v: saved.v,
-                        },
-                        schedule: schedule.clone(),
-                        loader: state.loader.state(),
-                        // Nothing draws from an RNG during training; the state is
-                        // stored so a future use (dropout, sampling) resumes exactly.
-                        rng: Rng::new(opts.seed).state(),
-                        usd_spent: meter.spent_for_checkpoint(),
-                        tokens_seen: state.tokens_before
-                            + (done - first_step) as u64 * tokens_per_step,
-                        wall_seconds: state.wall_before + meter.elapsed_s(),
-                        best_val_loss: state.best_val_loss,
-                        provenance: ctx.provenance.clone(),
-                    };
-                    saver.submit(ck)?;
-                    let stall_ms = stall.elapsed().as_secs_f64() * 1e3;
-                    progress.clear();
-                    say!(
-                        "step {done}: saving checkpoint {} in the background (the step waited {stall_ms:.0} ms: \
-                         {waited_ms:.0} for the previous save, the rest copying the snapshot)",
-                        snapshot::path_of(opts, done as u64).display()
-                    );
-                    if let Some(m) = metrics.as_mut() {
-                        let obj = JsonObject::new()
-                            .uint("step", done as u64)
-                            .boolean("checkpoint", true)
-                            .num("ckpt_stall_ms", stall_ms)
-                            .num("ckpt_wait_previous_ms", waited_ms);
-                        m.write(&obj)?;
-                    }
-                }
+            if every(opts.ckpt_every, done) || is_last {
+                self.checkpoint(&mut lp, &state, done, ctx, metrics)?;
             }
             if let Some(s) = ctx.saver.as_mut() {
                 if let Some(saved) = s.wait(std::time::Duration::ZERO)? {
-                    progress.clear();
+                    lp.progress.clear();
                     report_saved(&saved, metrics)?;
                 }
             }
             if let Some(signal) = stop {
-                progress.clear();
+                lp.progress.clear();
                 // Every rank stays until the leader's checkpoint of this step is
                 // on disk: a launcher that sees one rank exit may stop the rest.
                 wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
-                last_stopped = Some((done, signal));
+                stopped = Some((done, signal));
                 break;
             }
-            progress.draw(done, &format!("loss {loss:.4}"));
+            lp.progress.draw(done, &format!("loss {loss:.4}"));
         }
-        progress.clear();
+        lp.progress.clear();
         if let Some(s) = ctx.saver.as_mut() {
             if let Some(saved) = s.finish()? {
                 report_saved(&saved, metrics)?;
             }
         }
-
-        let last_step = last_stopped.map_or(last_step, |(done, _)| done);
-        let steps_this_run = last_step - first_step;
-        let tokens_per_s = if measured_s > 0.0 {
-            Some(measured_tokens as f64 / measured_s)
-        } else {
-            None
-        };
-        let summary = RunSummary {
-            steps_done: last_step,
-            steps_this_run,
-            tokens: state.tokens_before + steps_this_run as u64 * tokens_per_step,
-            tokens_this_run: steps_this_run as u64 * tokens_per_step,
-            wall_s: meter.elapsed_s(),
-            job_wall_s: state.wall_before + meter.elapsed_s(),
-            spent: meter.spent(),
-            tokens_per_s,
-            first_loss,
-            last_loss,
-            best_val_loss: state.best_val_loss,
-            loss_floor: self.dataset.loss_floor_nats(),
-            timing: self.devices.timing,
-        };
-        Ok(match last_stopped {
+        let last_step = stopped.map_or(lp.last_step, |(done, _)| done);
+        let summary = self.summary_of(&lp, &state, last_step);
+        Ok(match stopped {
             Some((_, signal)) => Outcome::Stopped { summary, signal },
             None => Outcome::Completed(summary),
         })
     }
+
+    /// Puts rank 0's starting weights and optimizer state on every rank's backend.
+    fn load(&mut self, mut start: OptimState) -> Result<(), CliError> {
+        check_lengths(&start, self.opts.config.param_count())?;
+        // (That every rank starts at rank 0's step was agreed before `--out`
+        // was touched.) Every rank starts from rank 0's weights (identical already when all
+        // came from one seed or one checkpoint; this makes it a fact).
+        self.sync.broadcast_params(&mut start.params)?;
+        self.backend.load(start)
+    }
+
+    /// The loop's state for this run, from where `state` left off.
+    fn begin(&self, state: &State) -> Result<Loop, CliError> {
+        let opts = self.opts;
+        let cfg = &opts.config;
+        let (b, t) = (opts.batch, cfg.seq_len);
+        let (world, rank) = (self.devices.world, self.devices.rank);
+        let first_step = state.steps_done;
+        let last_step = match opts.stop_after {
+            Some(s) => (first_step + s).min(opts.steps),
+            None => opts.steps,
+        };
+        let val_loader = self
+            .dataset
+            .loader(Split::Val, b, t, rank, world, opts.seed)
+            .context("validation data")?;
+        // Rank 0 speaks for the job: log lines, metrics and checkpoints.
+        let mode = if rank == 0 {
+            ProgressMode::detect()
+        } else {
+            ProgressMode::Off
+        };
+        Ok(Loop {
+            first_step,
+            last_step,
+            schedule: CosineSchedule {
+                max_lr: opts.lr,
+                min_lr: opts.min_lr,
+                warmup_steps: opts.warmup as u64,
+                total_steps: opts.steps as u64,
+            },
+            tokens_per_step: (b * t * opts.grad_accum * world) as u64,
+            inputs: vec![0u32; b * t],
+            targets: vec![0u32; b * t],
+            val_start: val_loader.state(),
+            val_loader,
+            meter: CostMeter::start(&self.price, state.spent_before),
+            progress: Progress::new(mode, first_step, last_step),
+            profiler: Profiler::new(opts.profile_steps.map(|(a, b)| ProfileWindow {
+                first: a as u64,
+                last: b as u64,
+            })),
+            first_loss: None,
+            last_loss: None,
+            measured_tokens: 0,
+            measured_s: 0.0,
+        })
+    }
+
+    /// Step `step` (0-based): K micro-batches, the all-reduce, the optimizer,
+    /// then its log line and metrics. Returns the step's (averaged) loss.
+    fn one_step(
+        &mut self,
+        lp: &mut Loop,
+        state: &mut State,
+        step: usize,
+        metrics: &mut Option<MetricsFile>,
+    ) -> Result<f32, CliError> {
+        let opts = self.opts;
+        let k = opts.grad_accum;
+        // Step numbers in logs and in --profile-steps are 1-based.
+        let number = step as u64 + 1;
+        let in_step = || format!("step {number}");
+        lp.profiler
+            .step_begin(self.backend.device(), number)
+            .with_context(|| format!("step {number}: starting the profiler"))?;
+        let started = Instant::now();
+        self.backend.zero_grads().with_context(in_step)?;
+        let mut loss_sum = 0.0f32;
+        for micro in 0..k {
+            {
+                let _data = nvtx::range("data");
+                state
+                    .loader
+                    .next_batch(&mut lp.inputs, &mut lp.targets)
+                    .context("training data")?;
+            }
+            // Gradients are final only after the last micro-batch; its
+            // backward hands each finished range to the all-reduce.
+            let hand_over = (micro + 1 == k).then_some(&mut self.sync);
+            // Each micro-batch's gradient is scaled by 1/K so the step sees
+            // the mean over all K·B sequences.
+            let loss = self
+                .backend
+                .forward_backward(&lp.inputs, &lp.targets, 1.0 / k as f32, hand_over)
+                .with_context(in_step)?;
+            loss_sum += loss;
+        }
+        // A signal asks to stop: the request rides with this step's loss,
+        // so every rank stops after the same step.
+        if let Some(sig) = signals::pending() {
+            self.sync.request_stop(sig);
+        }
+        // The one place the ranks meet: gradients and loss averaged over them.
+        let (loss, comm) = {
+            let _comm = nvtx::range("comm");
+            self.backend.sync(&mut self.sync, loss_sum / k as f32)?
+        };
+        let diverged = |what, value| CliError::Diverged {
+            step: number,
+            what,
+            value,
+            lr: opts.lr,
+        };
+        if !loss.is_finite() {
+            return Err(diverged("loss", f64::from(loss)));
+        }
+        let lr = lp.schedule.lr(step as u64);
+        let norm = {
+            let _optimizer = nvtx::range("optimizer");
+            self.backend
+                .optimizer_step(lr as f32, opts.clip)
+                .with_context(in_step)?
+        };
+        if !norm.is_finite() {
+            return Err(diverged("gradient norm", norm));
+        }
+        state.steps_done = step + 1;
+        let step_s = started.elapsed().as_secs_f64();
+        lp.profiler
+            .step_end(self.backend.device(), number)
+            .with_context(|| format!("step {number}: stopping the profiler"))?;
+        let report = self.report(lp, state, step, step_s, (loss, lr, norm), comm);
+        lp.progress.clear();
+        if self.devices.rank == 0 {
+            say!("{}", report.line(opts.steps, &self.devices, &self.price));
+        }
+        if let Some(m) = metrics.as_mut() {
+            m.write(&report.json())?;
+        }
+        Ok(loss)
+    }
+
+    /// The numbers of step `step` (0-based), which took `step_s` seconds,
+    /// and the run's throughput and loss bookkeeping updated with them.
+    fn report(
+        &self,
+        lp: &mut Loop,
+        state: &State,
+        step: usize,
+        step_s: f64,
+        (loss, lr, grad_norm): (f32, f64, f64),
+        comm: Option<CommStats>,
+    ) -> StepReport {
+        let world = self.devices.world;
+        let tokens_per_step = lp.tokens_per_step;
+        // The first step of a run pays for page faults and cold caches: it
+        // is left out of the run's tokens/s (a one-step run reports none).
+        if step > lp.first_step {
+            lp.measured_tokens += tokens_per_step;
+            lp.measured_s += step_s;
+        }
+        lp.first_loss.get_or_insert(loss);
+        lp.last_loss = Some(loss);
+        let tokens_per_s = tokens_per_step as f64 / step_s.max(1e-9);
+        let spent = lp.meter.spent();
+        let tokens =
+            state.tokens_before + (state.steps_done - lp.first_step) as u64 * tokens_per_step;
+        let train_flops_per_token = self
+            .opts
+            .config
+            .train_flops_per_token(self.opts.config.seq_len);
+        StepReport {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+            step_ms: step_s * 1e3,
+            tokens_per_s,
+            tokens_per_s_per_device: tokens_per_s / world as f64,
+            mfu: self
+                .devices
+                .peak_flops
+                .map(|p| tokens_per_s / world as f64 * train_flops_per_token / p),
+            spent,
+            tokens_per_money: tokens_per_money(tokens, spent),
+            tokens,
+            comm_wait_ms: comm.map(|c| c.wait_ms),
+            timing: self.devices.timing,
+        }
+    }
+
+    /// The validation loss after step `done`, averaged over ranks: logged,
+    /// recorded, and kept as the best when it is.
+    fn evaluate(
+        &mut self,
+        lp: &mut Loop,
+        state: &mut State,
+        done: usize,
+        metrics: &mut Option<MetricsFile>,
+    ) -> Result<(), CliError> {
+        let opts = self.opts;
+        let batch_tokens = opts.batch * opts.config.seq_len;
+        lp.progress.draw(done, "validating");
+        let val = {
+            let _validation = nvtx::range("validation");
+            validate(
+                self.backend.as_mut(),
+                &mut lp.val_loader,
+                &lp.val_start,
+                opts.val_batches,
+                batch_tokens,
+            )?
+        };
+        let val = self.sync.mean(val)?;
+        lp.progress.clear();
+        let best = state.best_val_loss.map_or(val, |b| b.min(val));
+        state.best_val_loss = Some(best);
+        let floor = self.dataset.loss_floor_nats();
+        let floor_note = floor.map_or(String::new(), |f| format!(" (corpus floor {f:.4})"));
+        if self.devices.rank == 0 {
+            say!("step {done}: val loss {val:.4}{floor_note}");
+        }
+        if let Some(m) = metrics.as_mut() {
+            let val_tokens = opts.val_batches * batch_tokens * self.devices.world;
+            let obj = JsonObject::new()
+                .uint("step", done as u64)
+                .num("val_loss", val)
+                .uint("val_tokens", val_tokens as u64);
+            m.write(&obj)?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of step `done`: every rank waits for the previous save,
+    /// then the leader snapshots the state and hands it to the background writer.
+    fn checkpoint(
+        &mut self,
+        lp: &mut Loop,
+        state: &State,
+        done: usize,
+        ctx: &mut RunContext,
+        metrics: &mut Option<MetricsFile>,
+    ) -> Result<(), CliError> {
+        let opts = self.opts;
+        lp.progress.draw(done, "checkpointing");
+        let _checkpoint = nvtx::range("checkpoint");
+        let stall = Instant::now();
+        // One save in flight at most: every rank waits together (in
+        // short rounds) until the leader's previous save is on disk.
+        wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
+        let Some(saver) = ctx.saver.as_mut() else {
+            return Ok(());
+        };
+        let mut saved = saver.take_spare();
+        let waited_ms = stall.elapsed().as_secs_f64() * 1e3;
+        self.backend.state_into(&mut saved)?;
+        let ck = Checkpoint {
+            config: opts.config.clone(),
+            world_size: self.devices.world,
+            step: done as u64,
+            seed: opts.seed,
+            params: saved.params,
+            optimizer: OptimizerState {
+                beta1: BETA1,
+                beta2: BETA2,
+                eps: ADAM_EPS,
+                weight_decay: opts.weight_decay as f32,
+                step: saved.step,
+                m: saved.m,
+                v: saved.v,
+            },
+            schedule: lp.schedule.clone(),
+            loader: state.loader.state(),
+            // Nothing draws from an RNG during training; the state is
+            // stored so a future use (dropout, sampling) resumes exactly.
+            rng: Rng::new(opts.seed).state(),
+            usd_spent: lp.meter.spent_for_checkpoint(),
+            tokens_seen: state.tokens_before + (done - lp.first_step) as u64 * lp.tokens_per_step,
+            wall_seconds: state.wall_before + lp.meter.elapsed_s(),
+            best_val_loss: state.best_val_loss,
+            provenance: ctx.provenance.clone(),
+        };
+        saver.submit(ck)?;
+        let stall_ms = stall.elapsed().as_secs_f64() * 1e3;
+        lp.progress.clear();
+        say!(
+            "step {done}: saving checkpoint {} in the background (the step waited {stall_ms:.0} ms: \
+             {waited_ms:.0} for the previous save, the rest copying the snapshot)",
+            snapshot::path_of(opts, done as u64).display()
+        );
+        if let Some(m) = metrics.as_mut() {
+            let obj = JsonObject::new()
+                .uint("step", done as u64)
+                .boolean("checkpoint", true)
+                .num("ckpt_stall_ms", stall_ms)
+                .num("ckpt_wait_previous_ms", waited_ms);
+            m.write(&obj)?;
+        }
+        Ok(())
+    }
+
+    /// The run's summary, ended after `last_step` steps of the whole job.
+    fn summary_of(&self, lp: &Loop, state: &State, last_step: usize) -> RunSummary {
+        let steps_this_run = last_step - lp.first_step;
+        let tokens_per_s = if lp.measured_s > 0.0 {
+            Some(lp.measured_tokens as f64 / lp.measured_s)
+        } else {
+            None
+        };
+        RunSummary {
+            steps_done: last_step,
+            steps_this_run,
+            tokens: state.tokens_before + steps_this_run as u64 * lp.tokens_per_step,
+            tokens_this_run: steps_this_run as u64 * lp.tokens_per_step,
+            wall_s: lp.meter.elapsed_s(),
+            job_wall_s: state.wall_before + lp.meter.elapsed_s(),
+            spent: lp.meter.spent(),
+            tokens_per_s,
+            first_loss: lp.first_loss,
+            last_loss: lp.last_loss,
+            best_val_loss: state.best_val_loss,
+            loss_floor: self.dataset.loss_floor_nats(),
+            timing: self.devices.timing,
+        }
+    }
+}
+
+/// True when a periodic action with period `every` (0: never) falls on step `done`.
+fn every(every: usize, done: usize) -> bool {
+    every > 0 && done.is_multiple_of(every)
+}
+
+/// What the loop carries from step to step besides [`State`]: the schedule,
+/// buffers, validation windows, cost meter, progress line and profiler, and
+/// the run's loss and throughput bookkeeping.
+struct Loop {
+    first_step: usize,
+    /// The step this invocation stops after (`--stop-after`), at most `--steps`.
+    last_step: usize,
+    schedule: CosineSchedule,
+    /// Tokens the whole job trains on per optimizer step: B · T · K · ranks.
+    tokens_per_step: u64,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    val_loader: Loader,
+    /// Where validation starts each time, so every validation sees the same windows.
+    val_start: LoaderState,
+    meter: CostMeter,
+    progress: Progress,
+    profiler: Profiler,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    /// Tokens and seconds of this run's steps after the first.
+    measured_tokens: u64,
+    measured_s: f64,
 }
 
 /// Holds every rank until the leader's save in flight (if any) is on disk,
@@ -606,7 +706,7 @@ fn wait_for_save(
     sync: &mut GradSync,
     saver: &mut Option<Saver>,
     metrics: &mut Option<MetricsFile>,
-) -> Result<(), TrainError> {
+) -> Result<(), CliError> {
     sync.hold_until(|limit| match saver.as_mut() {
         Some(s) => {
             if let Some(saved) = s.wait(limit)? {
@@ -619,7 +719,7 @@ fn wait_for_save(
 }
 
 /// Says (and records in the metrics file) that a background save finished.
-fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), TrainError> {
+fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), CliError> {
     say!(
         "step {}: checkpoint {} written ({} in {:.2} s)",
         saved.step,
@@ -654,13 +754,11 @@ fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), 
 fn validate(
     backend: &mut dyn StepBackend,
     loader: &mut Loader,
-    start: &frugal_model::data::LoaderState,
+    start: &LoaderState,
     batches: usize,
     batch_tokens: usize,
-) -> Result<f64, TrainError> {
-    loader
-        .restore(start)
-        .map_err(|e| format!("validation data: {e}"))?;
+) -> Result<f64, CliError> {
+    loader.restore(start).context("validation data")?;
     let mut sum = 0.0f64;
     let n = batch_tokens;
     let mut inputs = vec![0u32; n];
@@ -668,10 +766,8 @@ fn validate(
     for _ in 0..batches {
         loader
             .next_batch(&mut inputs, &mut targets)
-            .map_err(|e| format!("validation data: {e}"))?;
-        sum += backend
-            .loss(&inputs, &targets)
-            .map_err(|e| format!("validation: {e}"))? as f64;
+            .context("validation data")?;
+        sum += backend.loss(&inputs, &targets).context("validation")? as f64;
     }
     Ok(sum / batches as f64)
 }
@@ -747,7 +843,7 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
 mod tests {
     use super::*;
     use crate::train::cost::PriceSource;
-    use crate::train::options::PriceUnits;
+    use crate::train::cost::PriceUnits;
 
     fn report(mfu: Option<f64>, spent: Option<f64>) -> StepReport {
         StepReport {

@@ -19,17 +19,43 @@ use crate::error::RuntimeError;
 use crate::facts::{self, DeviceFacts};
 use crate::launch::{KernelArg, LaunchDims};
 
-/// What `--device` asked for.
+/// What `--device` asked for: every command's one device choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// CUDA device 0 when the driver and a device are usable, else the CPU.
     Auto,
     /// The CPU backend.
     Cpu,
-    /// CUDA device N.
+    /// CUDA device N (`cuda:N`).
     Cuda(usize),
+    /// Plain `cuda`: the CUDA device of this process's local rank in a
+    /// multi-rank job (see [`local_rank`]), else device 0.
+    LocalCuda,
     /// The emulated GPU.
     Emu,
+}
+
+/// The launcher variables that name a process's local rank (torchrun's,
+/// Slurm's), the first one set wins.
+pub const LOCAL_RANK_VARS: [&str; 2] = ["LOCAL_RANK", "SLURM_LOCALID"];
+
+/// This process's local rank from [`LOCAL_RANK_VARS`], 0 when none is set.
+///
+/// # Errors
+/// `BadDeviceSpec` naming the variable when it is set but not a number: every
+/// rank would otherwise open GPU 0.
+pub fn local_rank() -> Result<usize, RuntimeError> {
+    for var in LOCAL_RANK_VARS {
+        if let Ok(value) = std::env::var(var) {
+            return value
+                .trim()
+                .parse()
+                .map_err(|_| RuntimeError::BadDeviceSpec {
+                    given: format!("cuda (with {var}='{value}', not a local rank)"),
+                });
+        }
+    }
+    Ok(0)
 }
 
 impl FromStr for DeviceSpec {
@@ -42,7 +68,7 @@ impl FromStr for DeviceSpec {
             "auto" => DeviceSpec::Auto,
             "cpu" => DeviceSpec::Cpu,
             "emu" => DeviceSpec::Emu,
-            "cuda" => DeviceSpec::Cuda(0),
+            "cuda" => DeviceSpec::LocalCuda,
             _ => match s.strip_prefix("cuda:") {
                 Some(n) => DeviceSpec::Cuda(n.parse().map_err(|_| bad())?),
                 None => return Err(bad()),
@@ -57,6 +83,7 @@ impl fmt::Display for DeviceSpec {
             DeviceSpec::Auto => f.write_str("auto"),
             DeviceSpec::Cpu => f.write_str("cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::LocalCuda => f.write_str("cuda"),
             DeviceSpec::Emu => f.write_str("emu"),
         }
     }
@@ -180,6 +207,7 @@ impl Device {
             DeviceSpec::Cpu => Ok(Device::cpu()),
             DeviceSpec::Emu => Ok(Device::Emu(emu::EmuDevice::new()?)),
             DeviceSpec::Cuda(n) => Ok(Device::Cuda(cuda::CudaDevice::open(n)?)),
+            DeviceSpec::LocalCuda => Ok(Device::Cuda(cuda::CudaDevice::open(local_rank()?)?)),
             DeviceSpec::Auto => match cuda::device_count() {
                 Ok(n) if n > 0 => match cuda::CudaDevice::open(0) {
                     Ok(d) => Ok(Device::Cuda(d)),
@@ -437,7 +465,7 @@ mod tests {
     #[test]
     fn device_specs_parse() {
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
-        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::LocalCuda);
         assert_eq!("emu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Emu);
         for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
             assert!(bad
@@ -446,7 +474,7 @@ mod tests {
                 .to_string()
                 .contains(bad));
         }
-        for s in ["auto", "cpu", "cuda:1", "emu"] {
+        for s in ["auto", "cpu", "cuda", "cuda:1", "emu"] {
             assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
         }
     }

@@ -594,6 +594,7 @@ pub(crate) fn parse_device(s: &str) -> Result<Choice, String> {
     match s.parse::<DeviceSpec>() {
         Ok(DeviceSpec::Auto) => Ok(Choice::Auto),
         Ok(DeviceSpec::Cuda(n)) => Ok(Choice::Cuda(n)),
+        Ok(DeviceSpec::LocalCuda) => Ok(Choice::Cuda(0)),
         Ok(DeviceSpec::Emu) => Ok(Choice::Emu),
         Ok(DeviceSpec::Cpu) => Err(
             "--device cpu has no PTX kernels to time; use cuda or emu here, and \

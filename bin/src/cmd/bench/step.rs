@@ -18,10 +18,7 @@
 use std::time::Instant;
 
 use crate::args::{Args, UsageError};
-use crate::train::options::{
-    default_threads, dq_name, parse_attention_dq, parse_device, Attention, AttentionDq,
-    DeviceChoice,
-};
+use crate::train::options::{default_threads, dq_name, parse_attention_dq, Attention, AttentionDq};
 use crate::CliError;
 use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
@@ -437,11 +434,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let usage = |m: String| CliError::Usage(UsageError(format!("bench step: {m}\n{USAGE}")));
     let device = match device.as_deref() {
         None => StepDevice::Cpu,
-        Some(d) => match parse_device(d) {
-            Ok(DeviceChoice::Cpu) => StepDevice::Cpu,
-            Ok(DeviceChoice::Emu) => StepDevice::Emu,
-            Ok(DeviceChoice::Cuda(n)) => StepDevice::Cuda(n.unwrap_or(0)),
-            Ok(DeviceChoice::Auto) | Err(_) => {
+        Some(d) => match d.parse::<DeviceSpec>() {
+            Ok(DeviceSpec::Cpu) => StepDevice::Cpu,
+            Ok(DeviceSpec::Emu) => StepDevice::Emu,
+            Ok(DeviceSpec::Cuda(n)) => StepDevice::Cuda(n),
+            Ok(DeviceSpec::LocalCuda) => StepDevice::Cuda(0),
+            Ok(DeviceSpec::Auto) | Err(_) => {
                 return Err(usage(format!(
                     "--device '{d}' is not one of cpu, cuda, cuda:N, emu"
                 )))
