@@ -1,9 +1,43 @@
 //! The PTX emulator: runs the PTX text the project ships on the CPU, with sanitizer checks.
 //!
-//! Pipeline: [`Module::parse`] lexes and parses the text (`parse`), then decodes each
+//! Pipeline: [`Module::parse`] lexes and parses the text (`lex`, `parse`), then decodes each
 //! `.entry` once into a compact instruction list with operands resolved to register
-//! indices (`decode`); [`launch`] interprets that list (`exec`) over host memory
-//! ([`DeviceMemory`]).
+//! indices (`decode`, into the representation of `inst`); [`launch`] interprets that list
+//! (`exec`) over host memory ([`DeviceMemory`]).
+//!
+//! # Where the code for an instruction is
+//!
+//! Each instruction family's decoding and execution sit together in one file of `ops/`:
+//!
+//! | Instructions | File |
+//! |---|---|
+//! | `add` `sub` `mul` `mad` `min` `max` `div` `rem` `and` `or` `xor` `shl` `shr` `abs` `neg` `not` `cnot` `popc` `clz` `brev` `prmt` `lop3` `bfe` `bfi` on integers | `ops/integer.rs` |
+//! | `add` `sub` `mul` `div` `min` `max` `copysign` `fma`/`mad` `abs` `neg` `sqrt` `rsqrt` `rcp` `ex2` `lg2` `sin` `cos` `tanh` on floats | `ops/float.rs` |
+//! | `mov`, `cvt` | `ops/convert.rs` |
+//! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
+//! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
+//! | `mma` `ldmatrix` | `ops/tensor.rs` |
+//! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
+//!
+//! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
+//! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
+//! `exit` and `bar.sync` are decoded in their family but run by the scheduler in `exec`.
+//!
+//! Around the families:
+//!
+//! | What | File |
+//! |---|---|
+//! | tokens, source positions, the `Parse` error | `lex.rs` |
+//! | syntax tree of the text | `parse.rs` |
+//! | opcode table, parameters, variables, labels | `decode/mod.rs` |
+//! | reading modifiers and operands | `decode/operands.rs` |
+//! | the decoded instruction (`Op`, one struct per operation) | `inst.rs` |
+//! | scalar types, float formats, rounding modes | `types.rs` |
+//! | correctly rounded float results, `.ftz`/`.sat`, NaN rules | `rounding.rs` |
+//! | CTAs, the scheduler, the operation table | `exec.rs` |
+//! | a warp's registers, per-lane PCs, min-PC regrouping | `warp.rs` |
+//! | sanitized loads and stores (bounds, alignment, races) | `access.rs` |
+//! | global memory ([`DeviceMemory`]) | `memory.rs` |
 //!
 //! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
 //! lockstep with an active mask. Divergence uses per-thread program counters and always
@@ -22,7 +56,7 @@
 //! reads too early sees the old contents (and the race check reports it).
 //!
 //! Numerics: f32/f16/bf16 results are correctly rounded in every rounding mode PTX names
-//! (see `float`); NaN results are the canonical NaN. `.approx` functions (ex2, lg2, rsqrt,
+//! (see `rounding`); NaN results are the canonical NaN. `.approx` functions (ex2, lg2, rsqrt,
 //! sin, cos, tanh, rcp/sqrt.approx) are computed to the correctly rounded value, which is
 //! within the hardware's documented error. f64 `fma` with a directed rounding mode rounds
 //! to nearest. Integer division by zero (undefined in PTX) returns all ones.
@@ -63,12 +97,19 @@
 //! assert_eq!(u32::from_le_bytes(bytes), 20);
 //! ```
 
+// `warp` defines `lanes!`, which `exec` and the families use: it must come first.
+#[macro_use]
+mod warp;
+mod access;
 mod decode;
 mod exec;
-mod float;
+mod inst;
+mod lex;
 mod memory;
+mod ops;
 mod parse;
-pub mod tensor;
+mod rounding;
+mod types;
 
 pub use memory::DeviceMemory;
 
@@ -76,7 +117,7 @@ use crate::error::PtxError;
 
 /// A parsed and decoded PTX module: its kernels (`.entry` functions), ready to launch.
 pub struct Module {
-    kernels: Vec<decode::Kernel>,
+    kernels: Vec<inst::Kernel>,
 }
 
 /// One kernel parameter's place in the packed parameter buffer.
@@ -182,7 +223,7 @@ impl Module {
         Ok(self.kernel(kernel)?.params.clone())
     }
 
-    pub(crate) fn kernel(&self, name: &str) -> Result<&decode::Kernel, PtxError> {
+    pub(crate) fn kernel(&self, name: &str) -> Result<&inst::Kernel, PtxError> {
         self.kernels
             .iter()
             .find(|k| k.name == name)

@@ -6,68 +6,11 @@
 //! div and sqrt the exact result equals an f64 value plus a residual whose sign an
 //! error-free transformation (TwoSum, FMA) gives us. Knowing that sign is all a directed
 //! rounding needs, and it makes round-to-nearest immune to double rounding too.
+//!
+//! Also here: PTX's float-value rules that several instruction families apply the same way
+//! (`.ftz` and `.sat` on operands and results, `min`/`max` with NaN and signed zeros).
 
-/// A narrow float format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fmt {
-    F16,
-    Bf16,
-    F32,
-}
-
-/// A PTX rounding mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Rnd {
-    /// Nearest, ties to even.
-    Rn,
-    /// Toward zero.
-    Rz,
-    /// Toward minus infinity.
-    Rm,
-    /// Toward plus infinity.
-    Rp,
-    /// Nearest, ties away from zero.
-    Rna,
-}
-
-impl Fmt {
-    /// (precision including the implicit bit, min normal exponent, max exponent, width).
-    fn params(self) -> (i32, i32, i32, u32) {
-        match self {
-            Fmt::F16 => (11, -14, 15, 16),
-            Fmt::Bf16 => (8, -126, 127, 16),
-            Fmt::F32 => (24, -126, 127, 32),
-        }
-    }
-    /// The canonical NaN PTX produces.
-    pub(crate) fn nan(self) -> u64 {
-        match self {
-            Fmt::F16 | Fmt::Bf16 => 0x7FFF,
-            Fmt::F32 => 0x7FFF_FFFF,
-        }
-    }
-    /// Widens bits of this format to f64 (exact).
-    pub(crate) fn to_f64(self, bits: u64) -> f64 {
-        match self {
-            Fmt::F16 => f64::from(half::f16::from_bits(bits as u16).to_f32()),
-            Fmt::Bf16 => f64::from(f32::from_bits((bits as u32 & 0xFFFF) << 16)),
-            Fmt::F32 => f64::from(f32::from_bits(bits as u32)),
-        }
-    }
-    /// Whether `bits` is a subnormal of this format.
-    pub(crate) fn is_subnormal(self, bits: u64) -> bool {
-        let (p, _, _, w) = self.params();
-        let exp_bits = w as i32 - p;
-        let exp = (bits >> (p - 1)) & ((1 << exp_bits) - 1);
-        let man = bits & ((1 << (p - 1)) - 1);
-        exp == 0 && man != 0
-    }
-    /// Sign bit of this format.
-    pub(crate) fn sign_bit(self) -> u64 {
-        let (_, _, _, w) = self.params();
-        1 << (w - 1)
-    }
-}
+use super::types::{Fmt, IntRnd, Rnd};
 
 /// 2^k for k in [-1022, 1023], exactly.
 fn pow2(k: i32) -> f64 {
@@ -259,14 +202,90 @@ pub(crate) fn sqrt_resid(a: f64) -> (f64, i32) {
 }
 
 /// Rounds a float to an integer-valued float with an integer rounding mode.
-pub(crate) fn round_int(x: f64, mode: super::decode::IntRnd) -> f64 {
-    use super::decode::IntRnd;
+#[inline]
+pub(crate) fn round_int(x: f64, mode: IntRnd) -> f64 {
     match mode {
         IntRnd::Nearest => x.round_ties_even(),
         IntRnd::Zero => x.trunc(),
         IntRnd::Down => x.floor(),
         IntRnd::Up => x.ceil(),
     }
+}
+
+/// Reads a float operand of a narrow format as f64, flushing f32 subnormals under `.ftz`.
+#[inline]
+pub(crate) fn fin(bits: u64, fmt: Fmt, ftz: bool) -> f64 {
+    if ftz && fmt == Fmt::F32 && fmt.is_subnormal(bits) {
+        return if bits & fmt.sign_bit() != 0 {
+            -0.0
+        } else {
+            0.0
+        };
+    }
+    fmt.to_f64(bits)
+}
+
+/// Applies `.ftz` (f32 only) and `.sat` to a result of a narrow format.
+#[inline]
+pub(crate) fn fout(bits: u64, fmt: Fmt, ftz: bool, sat: bool) -> u64 {
+    let mut bits = bits;
+    if ftz && fmt == Fmt::F32 && fmt.is_subnormal(bits) {
+        bits &= fmt.sign_bit();
+    }
+    if sat {
+        let v = fmt.to_f64(bits);
+        if v.is_nan() || v <= 0.0 {
+            bits = 0;
+        } else if v >= 1.0 {
+            bits = round_f64(1.0, 0, Rnd::Rn, fmt);
+        }
+    }
+    bits
+}
+
+/// `.sat` of an f64 result: clamps to [0, 1], NaN to +0.
+#[inline]
+pub(crate) fn sat64(v: f64, sat: bool) -> f64 {
+    if !sat {
+        v
+    } else if v.is_nan() || v <= 0.0 {
+        0.0
+    } else if v >= 1.0 {
+        1.0
+    } else {
+        v
+    }
+}
+
+/// PTX `min`: -0 below +0; a NaN operand loses to a number unless `.NaN` (`nan`) is given.
+#[inline]
+pub(crate) fn fmin(a: f64, b: f64, nan: bool) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        if nan || (a.is_nan() && b.is_nan()) {
+            return f64::NAN;
+        }
+        return if a.is_nan() { b } else { a };
+    }
+    if a == b {
+        // -0 is below +0.
+        return if a.is_sign_negative() { a } else { b };
+    }
+    a.min(b)
+}
+
+/// PTX `max`, the mirror of [`fmin`].
+#[inline]
+pub(crate) fn fmax(a: f64, b: f64, nan: bool) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        if nan || (a.is_nan() && b.is_nan()) {
+            return f64::NAN;
+        }
+        return if a.is_nan() { b } else { a };
+    }
+    if a == b {
+        return if a.is_sign_negative() { b } else { a };
+    }
+    a.max(b)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-//! Warp-level tensor-core operations of the emulator: `mma.sync.aligned.m16n8k16.row.col`
-//! with bf16/f16 inputs and f32 accumulators, and `ldmatrix.sync.aligned.m8n8.b16`
-//! (`.x1/.x2/.x4`, optional `.trans`).
+//! Tensor family: `mma.sync.aligned.m16n8k16.row.col` with bf16/f16 inputs and f32
+//! accumulators, and `ldmatrix.sync.aligned.m8n8.b16` (`.x1/.x2/.x4`, optional `.trans`):
+//! decoding, and execution.
 //!
-//! Both are pure functions over the 32 lanes of one warp: the interpreter gathers every
-//! lane's registers, calls these, and scatters the results back. The fragment layouts are
+//! The arithmetic is pure functions over the 32 lanes of one warp: the executor gathers
+//! every lane's registers, calls these, and scatters the results back. The fragment layouts are
 //! the ones the PTX ISA documents ("Matrix Fragments for mma.m16n8k16 with floating point
 //! type" and "Warp-level matrix load instruction: ldmatrix"); the index formulas are
 //! written out once in [`a_index`], [`b_index`], [`cd_index`] and [`ldmatrix_element`], and
@@ -19,24 +19,13 @@
 // Matrix code indexes by (row, col) as the ISA's formulas do; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
-/// The element type of the A and B operands of `mma.m16n8k16` (C and D are always f32 here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MmaType {
-    /// `.bf16`: 1 sign, 8 exponent, 7 mantissa bits.
-    Bf16,
-    /// `.f16`: IEEE binary16.
-    F16,
-}
-
-impl MmaType {
-    /// Widens one 16-bit element of this type to f32 (exact for both types).
-    pub fn to_f32(self, bits: u16) -> f32 {
-        match self {
-            MmaType::Bf16 => f32::from_bits(u32::from(bits) << 16),
-            MmaType::F16 => half::f16::from_bits(bits).to_f32(),
-        }
-    }
-}
+use crate::emu::access::{Access, Site};
+use crate::emu::decode::{Dec, Mods};
+use crate::emu::exec::Cta;
+use crate::emu::inst::{Ldmatrix, MemSpace, Mma, Op};
+use crate::emu::types::{MmaType, Ty};
+use crate::emu::warp::Warp;
+use crate::error::{PtxError, Space};
 
 /// Lane and 16-bit slot holding element (row, col) of the 16×16 A matrix (row-major operand).
 ///
@@ -45,7 +34,7 @@ impl MmaType {
 /// `row = groupID` for a0,a1,a4,a5 and `groupID + 8` otherwise;
 /// `col = threadID_in_group*2 + (i & 1)` for i < 4 and that `+ 8` for i ≥ 4,
 /// with `groupID = laneid >> 2`, `threadID_in_group = laneid % 4`.
-pub fn a_index(row: usize, col: usize) -> (usize, usize) {
+pub(crate) fn a_index(row: usize, col: usize) -> (usize, usize) {
     let group = row % 8;
     let thread_in_group = (col % 8) / 2;
     let lane = group * 4 + thread_in_group;
@@ -57,7 +46,7 @@ pub fn a_index(row: usize, col: usize) -> (usize, usize) {
 ///
 /// Slots b0..b3 over the lane's two .b32 registers, low half first. From the ISA:
 /// `row = threadID_in_group*2 + (i & 1)` for i < 2 and that `+ 8` for i ≥ 2; `col = groupID`.
-pub fn b_index(row: usize, col: usize) -> (usize, usize) {
+pub(crate) fn b_index(row: usize, col: usize) -> (usize, usize) {
     let lane = col * 4 + (row % 8) / 2;
     let slot = (row & 1) + if row >= 8 { 2 } else { 0 };
     (lane, slot)
@@ -67,7 +56,7 @@ pub fn b_index(row: usize, col: usize) -> (usize, usize) {
 ///
 /// From the ISA: `row = groupID` for c0,c1 and `groupID + 8` for c2,c3;
 /// `col = threadID_in_group*2 + (i & 1)`.
-pub fn cd_index(row: usize, col: usize) -> (usize, usize) {
+pub(crate) fn cd_index(row: usize, col: usize) -> (usize, usize) {
     let lane = (row % 8) * 4 + col / 2;
     let reg = (col & 1) + if row >= 8 { 2 } else { 0 };
     (lane, reg)
@@ -88,7 +77,7 @@ fn half_of(regs: &[u32], slot: usize) -> u16 {
 ///
 /// `a[lane]`, `b[lane]`, `c[lane]` are each lane's operand registers in the order they appear
 /// in the instruction's vector operands; the result is each lane's four D registers.
-pub fn mma_m16n8k16(
+pub(crate) fn mma_m16n8k16(
     ty: MmaType,
     a: &[[u32; 4]; 32],
     b: &[[u32; 2]; 32],
@@ -128,7 +117,7 @@ pub fn mma_m16n8k16(
 /// From the ISA: lane i holds row `i / 4`, elements `2*(i % 4)` and `2*(i % 4) + 1` of each
 /// matrix; with `.trans` the matrix is transposed on the way, so lane i holds column `i / 4`,
 /// rows `2*(i % 4)` and `2*(i % 4) + 1` of the matrix as stored.
-pub fn ldmatrix_element(trans: bool, lane: usize, half: usize) -> (usize, usize) {
+pub(crate) fn ldmatrix_element(trans: bool, lane: usize, half: usize) -> (usize, usize) {
     let (fixed, moving) = (lane / 4, 2 * (lane % 4) + half);
     if trans {
         (moving, fixed)
@@ -151,7 +140,7 @@ pub fn ldmatrix_element(trans: bool, lane: usize, half: usize) -> (usize, usize)
 ///
 /// # Panics
 /// If `num` is not 1, 2 or 4 (the parser only accepts `.x1/.x2/.x4`).
-pub fn ldmatrix<E>(
+pub(crate) fn ldmatrix<E>(
     num: usize,
     trans: bool,
     rows: &[u64; 32],
@@ -180,6 +169,159 @@ pub fn ldmatrix<E>(
         }
     }
     Ok(out)
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col` with `.f32.bf16.bf16.f32` or `.f32.f16.f16.f32`.
+pub(in crate::emu) fn decode_mma(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
+    if !m.has("m16n8k16") || !m.has("row") || !m.has("col") {
+        return Err(m.err("only mma.sync.aligned.m16n8k16.row.col is supported"));
+    }
+    let tys = m.types();
+    let ty = match tys.as_slice() {
+        [Ty::F32, Ty::Bf16, Ty::Bf16, Ty::F32] => MmaType::Bf16,
+        [Ty::F32, Ty::F16, Ty::F16, Ty::F32] => MmaType::F16,
+        _ => return Err(m.err("mma types must be .f32.bf16.bf16.f32 or .f32.f16.f16.f32")),
+    };
+    d.count(4)?;
+    let dd = d.vec_dsts(0, 4)?;
+    let a = d.vec_srcs(1, 4, Ty::B32)?;
+    let b = d.vec_srcs(2, 2, Ty::B32)?;
+    let c = d.vec_srcs(3, 4, Ty::F32)?;
+    let mut dr = [0; 4];
+    for (k, r) in dd.iter().enumerate() {
+        dr[k] = r.ok_or_else(|| m.err("mma destinations must be registers"))?;
+    }
+    Ok(Op::Mma(Mma {
+        ty,
+        d: dr,
+        a,
+        b: [b[0], b[1]],
+        c,
+    }))
+}
+
+/// `ldmatrix.sync.aligned.m8n8{.x1,.x2,.x4}{.trans}.shared.b16`.
+pub(in crate::emu) fn decode_ldmatrix(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
+    if !m.has("m8n8") {
+        return Err(m.err("only ldmatrix .m8n8 is supported"));
+    }
+    let num = match m.one_of(&["x1", "x2", "x4"]) {
+        Some("x1") => 1u8,
+        Some("x2") => 2,
+        Some(_) => 4,
+        None => return Err(m.err("ldmatrix needs .x1, .x2 or .x4")),
+    };
+    let trans = m.has("trans");
+    let space = m.space();
+    if space != MemSpace::Shared {
+        return Err(m.err("ldmatrix reads .shared"));
+    }
+    if m.one_type()? != Ty::B16 {
+        return Err(m.err("ldmatrix takes .b16"));
+    }
+    d.count(2)?;
+    let dd = d.vec_dsts(0, num as usize)?;
+    let mut dr = [0; 4];
+    for (k, r) in dd.iter().take(num as usize).enumerate() {
+        dr[k] = r.ok_or_else(|| m.err("ldmatrix destinations must be registers"))?;
+    }
+    let addr = d.addr(1, MemSpace::Shared)?;
+    Ok(Op::Ldmatrix(Ldmatrix {
+        num,
+        trans,
+        d: dr,
+        addr,
+    }))
+}
+
+impl Cta<'_> {
+    /// `mma.sync.aligned.m16n8k16`: gathers the warp's fragments and calls the tensor unit.
+    #[inline(never)]
+    pub(in crate::emu) fn exec_mma(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        i: &Mma,
+    ) -> Result<(), PtxError> {
+        let Mma { ty, d, a, b, c } = i;
+        if exec != u32::MAX {
+            return Err(self.divergence(w, line, "mma.sync", exec, u32::MAX));
+        }
+        let mut fa = [[0u32; 4]; 32];
+        let mut fb = [[0u32; 2]; 32];
+        let mut fc = [[0f32; 4]; 32];
+        for i in 0..4 {
+            let (va, vc) = (self.gather(w, a[i], exec), self.gather(w, c[i], exec));
+            for l in 0..32 {
+                fa[l][i] = va[l] as u32;
+                fc[l][i] = f32::from_bits(vc[l] as u32);
+            }
+        }
+        for i in 0..2 {
+            let vb = self.gather(w, b[i], exec);
+            for l in 0..32 {
+                fb[l][i] = vb[l] as u32;
+            }
+        }
+        let out = mma_m16n8k16(*ty, &fa, &fb, &fc);
+        for (l, regs) in out.iter().enumerate() {
+            for i in 0..4 {
+                w.set(d[i], l, u64::from(regs[i].to_bits()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ldmatrix.sync.aligned.m8n8`: each lane's row address, read through the sanitizer.
+    #[inline(never)]
+    pub(in crate::emu) fn exec_ldmatrix(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        i: &Ldmatrix,
+    ) -> Result<(), PtxError> {
+        let Ldmatrix {
+            num,
+            trans,
+            d,
+            addr,
+        } = i;
+        if exec != u32::MAX {
+            return Err(self.divergence(w, line, "ldmatrix", exec, u32::MAX));
+        }
+        let mut rows = [0u64; 32];
+        for (l, r) in rows.iter_mut().enumerate() {
+            *r = self.addr_of(w, addr, l);
+        }
+        let mut call = 0usize;
+        let this = &*self;
+        let wref = &*w;
+        let mut read16 = |a: u64| -> Result<[u8; 16], PtxError> {
+            // ldmatrix reads the rows in lane order, once each.
+            let at = Site::lane(wref, call.min(31), line);
+            call += 1;
+            let acc = Access {
+                space: Space::Shared,
+                addr: a,
+                size: 16,
+            };
+            this.check_align(at, acc)?;
+            let r = this.shared_range(at, a, 16)?;
+            this.check_shared_read(at, r.clone())?;
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&this.shared[r]);
+            Ok(out)
+        };
+        let out = ldmatrix(*num as usize, *trans, &rows, &mut read16)?;
+        for (l, regs) in out.iter().enumerate() {
+            for i in 0..*num as usize {
+                w.set(d[i], l, u64::from(regs[i]));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

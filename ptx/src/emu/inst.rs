@@ -1,0 +1,578 @@
+//! The decoded instruction: what `decode` produces and `exec` runs. Operands are register
+//! indices, immediates already encoded in the instruction's type, and addresses with
+//! variables resolved to offsets, so the interpreter does no string work at run time.
+//!
+//! One [`Op`] variant per operation. A variant with several operands carries a struct of
+//! the same name, which its family's decoder builds and its executor takes (see the family
+//! table in `mod.rs`); the few with one or two (`Bra`, `Bar`, `BarWarp`, `CpWait`,
+//! `Activemask`) keep them inline.
+
+use super::types::{Fmt, IntRnd, MmaType, Rnd, Ty};
+use super::ParamInfo;
+
+/// Start of the generic-address window that maps to the CTA's shared memory.
+pub(crate) const SHARED_WINDOW: u64 = 0x0000_7E00_0000_0000;
+/// Start of the generic-address window that maps to the thread's local memory.
+pub(crate) const LOCAL_WINDOW: u64 = 0x0000_7D00_0000_0000;
+/// Size of each window.
+pub(crate) const WINDOW_SIZE: u64 = 1 << 32;
+
+/// Index of a register in the kernel's register file.
+pub(crate) type Reg = u32;
+
+/// Special registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sreg {
+    Tid(u8),
+    Ntid(u8),
+    Ctaid(u8),
+    Nctaid(u8),
+    LaneId,
+    WarpId,
+    NWarpId,
+    LaneMaskEq,
+    LaneMaskLt,
+    LaneMaskLe,
+    LaneMaskGt,
+    LaneMaskGe,
+    /// `%clock`, `%clock64`, `%globaltimer`: the warp's instruction count (deterministic).
+    Clock,
+    SmId,
+    DynSmemSize,
+    TotalSmemSize,
+}
+
+/// A source operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    Reg(Reg),
+    Imm(u64),
+    Sreg(Sreg),
+}
+
+/// Memory state spaces as instructions name them (`Generic` when none is given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemSpace {
+    Global,
+    Shared,
+    Local,
+    Param,
+    Generic,
+}
+
+/// An address operand: `base register + offset`, or an absolute offset in its space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Addr {
+    pub base: Option<Reg>,
+    pub offset: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IntOp {
+    Add,
+    AddSat,
+    Sub,
+    SubSat,
+    MulLo,
+    MulHi,
+    MulWide,
+    Min,
+    Max,
+    Div,
+    Rem,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IntUnOp {
+    Abs,
+    Neg,
+    Not,
+    Cnot,
+    Popc,
+    Clz,
+    Brev,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MadMode {
+    Lo,
+    Hi,
+    Wide,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+    Copysign,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FUnOp {
+    Abs,
+    Neg,
+    Sqrt,
+    Rsqrt,
+    Rcp,
+    Ex2,
+    Lg2,
+    Sin,
+    Cos,
+    Tanh,
+}
+
+/// Float modifiers shared by the float instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FMods {
+    pub rnd: Rnd,
+    pub ftz: bool,
+    pub sat: bool,
+    /// `.NaN` on min/max: NaN in, NaN out.
+    pub nan: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Lo,
+    Ls,
+    Hi,
+    Hs,
+    Equ,
+    Neu,
+    Ltu,
+    Leu,
+    Gtu,
+    Geu,
+    Num,
+    Nan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BoolOp {
+    And,
+    Or,
+    Xor,
+}
+
+/// Optional `.and/.or/.xor c` combination of setp/set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Combine {
+    pub op: BoolOp,
+    pub pred: Src,
+    pub negate: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShflMode {
+    Up,
+    Down,
+    Bfly,
+    Idx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VoteMode {
+    All,
+    Any,
+    Uni,
+    Ballot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AtomOp {
+    And,
+    Or,
+    Xor,
+    Cas,
+    Exch,
+    Add,
+    Inc,
+    Dec,
+    Min,
+    Max,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PrmtMode {
+    Generic,
+    F4e,
+    B4e,
+    Rc8,
+    Ecl,
+    Ecr,
+    Rc16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Mov {
+    pub d: Reg,
+    pub a: Src,
+    pub mask: u64,
+}
+
+/// `mov.bN d, {a, b, ..}`: parts low first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Pack {
+    pub d: Reg,
+    pub parts: [Src; 4],
+    pub n: u8,
+    pub part_bits: u8,
+}
+
+/// `mov.bN {a, b, ..}, s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Unpack {
+    pub ds: [Option<Reg>; 4],
+    pub n: u8,
+    pub a: Src,
+    pub part_bits: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Int {
+    pub op: IntOp,
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct IntUn {
+    pub op: IntUnOp,
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Mad {
+    pub mode: MadMode,
+    pub sat: bool,
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Float {
+    pub op: FOp,
+    pub ty: Ty,
+    pub m: FMods,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Fma {
+    pub ty: Ty,
+    pub m: FMods,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct FloatUn {
+    pub op: FUnOp,
+    pub ty: Ty,
+    pub m: FMods,
+    pub approx: bool,
+    pub d: Reg,
+    pub a: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Setp {
+    pub cmp: Cmp,
+    pub ty: Ty,
+    pub p: Reg,
+    pub q: Option<Reg>,
+    pub a: Src,
+    pub b: Src,
+    pub comb: Option<Combine>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Set {
+    pub cmp: Cmp,
+    pub dty: Ty,
+    pub sty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub comb: Option<Combine>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Selp {
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Cvt {
+    pub dty: Ty,
+    pub sty: Ty,
+    pub rnd: Option<Rnd>,
+    pub irnd: Option<IntRnd>,
+    pub sat: bool,
+    pub ftz: bool,
+    pub d: Reg,
+    pub a: Src,
+    pub dmask: u64,
+}
+
+/// `cvt.rn{.satfinite}.{bf16x2,f16x2}.f32 d, a, b`: a to the upper half, b to the lower.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct CvtPack {
+    pub fmt: Fmt,
+    pub rnd: Rnd,
+    pub sat: bool,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Ld {
+    pub space: MemSpace,
+    pub ty: Ty,
+    pub n: u8,
+    pub ds: [Option<Reg>; 4],
+    pub dmask: u64,
+    pub addr: Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct St {
+    pub space: MemSpace,
+    pub ty: Ty,
+    pub n: u8,
+    pub srcs: [Src; 4],
+    pub addr: Addr,
+}
+
+/// `cvta.space` (to generic) or `cvta.to.space` (from generic).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Cvta {
+    pub to: bool,
+    pub space: MemSpace,
+    pub d: Reg,
+    pub a: Src,
+    pub mask: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Shfl {
+    pub mode: ShflMode,
+    pub d: Reg,
+    pub p: Option<Reg>,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+    pub mask: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Vote {
+    pub mode: VoteMode,
+    pub d: Reg,
+    pub a: Src,
+    pub negate: bool,
+    pub mask: Option<Src>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Atom {
+    pub space: MemSpace,
+    pub op: AtomOp,
+    pub ty: Ty,
+    pub d: Option<Reg>,
+    pub addr: Addr,
+    pub b: Src,
+    pub c: Option<Src>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Prmt {
+    pub mode: PrmtMode,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Lop3 {
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+    pub lut: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bfe {
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bfi {
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+    pub e: Src,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct CpAsync {
+    pub dst: Addr,
+    pub src: Addr,
+    pub size: u8,
+    pub src_size: Option<Src>,
+    pub ignore_src: Option<Src>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Mma {
+    pub ty: MmaType,
+    pub d: [Reg; 4],
+    pub a: [Src; 4],
+    pub b: [Src; 2],
+    pub c: [Src; 4],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Ldmatrix {
+    pub num: u8,
+    pub trans: bool,
+    pub d: [Reg; 4],
+    pub addr: Addr,
+}
+
+/// `redux.sync.op.type d, a, membermask`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Redux {
+    pub op: IntOp,
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub mask: Src,
+}
+
+/// One decoded instruction's operation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    Mov(Mov),
+    /// `mov.bN d, {a, b, ..}`: parts low first.
+    Pack(Pack),
+    /// `mov.bN {a, b, ..}, s`.
+    Unpack(Unpack),
+    Int(Int),
+    IntUn(IntUn),
+    Mad(Mad),
+    Float(Float),
+    Fma(Fma),
+    FloatUn(FloatUn),
+    Setp(Setp),
+    Set(Set),
+    Selp(Selp),
+    Cvt(Cvt),
+    /// `cvt.rn{.satfinite}.{bf16x2,f16x2}.f32 d, a, b`: a to the upper half, b to the lower.
+    CvtPack(CvtPack),
+    Ld(Ld),
+    St(St),
+    /// `cvta.space` (to generic) or `cvta.to.space` (from generic).
+    Cvta(Cvta),
+    Bra {
+        target: u32,
+    },
+    Exit,
+    Bar {
+        id: Src,
+        count: Option<Src>,
+    },
+    BarWarp {
+        mask: Src,
+    },
+    Shfl(Shfl),
+    Vote(Vote),
+    Atom(Atom),
+    Nop,
+    Prmt(Prmt),
+    Lop3(Lop3),
+    Bfe(Bfe),
+    Bfi(Bfi),
+    CpAsync(CpAsync),
+    CpCommit,
+    CpWait {
+        n: u32,
+    },
+    CpWaitAll,
+    Mma(Mma),
+    Ldmatrix(Ldmatrix),
+    Trap,
+    /// `activemask.b32 d`.
+    Activemask {
+        d: Reg,
+    },
+    /// `redux.sync.op.type d, a, membermask`.
+    Redux(Redux),
+}
+
+/// One decoded instruction.
+#[derive(Clone, Debug)]
+pub(crate) struct Inst {
+    pub op: Op,
+    /// `@p` / `@!p`.
+    pub guard: Option<(Reg, bool)>,
+    /// PTX source line.
+    pub line: u32,
+    /// Registers the instruction reads (for the uninitialised-register check).
+    pub uses: Box<[Reg]>,
+    /// Registers it writes.
+    pub defs: Box<[Reg]>,
+}
+
+/// A decoded kernel.
+pub(crate) struct Kernel {
+    pub name: String,
+    pub params: Vec<ParamInfo>,
+    /// Bytes of the packed parameter buffer the kernel reads.
+    pub param_bytes: usize,
+    pub insts: Vec<Inst>,
+    pub reg_names: Vec<String>,
+    /// Offset where dynamic (extern) shared memory starts.
+    pub dyn_shared_base: u32,
+    /// Bytes of local memory per thread.
+    pub local_bytes: u32,
+}

@@ -1,0 +1,14 @@
+//! The instruction families. Each file holds one family's decoders (`decode_*`, called
+//! from the opcode table in `decode`) and its executors (`Cta::exec_*`, called from the
+//! operation table in `exec`), next to the arithmetic they share. Families depend on the
+//! instruction representation (`inst`), the shared types (`types`, `rounding`) and the
+//! interpreter's warp state (`exec`, `access`), not on each other, except that `redux`
+//! (sync) steps with the integer family's `int_bin`.
+
+pub(super) mod control;
+pub(super) mod convert;
+pub(super) mod float;
+pub(super) mod integer;
+pub(super) mod memory;
+pub(super) mod sync;
+pub(super) mod tensor;
