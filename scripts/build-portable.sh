@@ -14,8 +14,8 @@
 #
 # Needs: cargo, python3 with venv. zig and cargo-zigbuild come from PyPI into a
 # virtual environment under the target dir (PORTABLE_TOOLS to put it elsewhere;
-# nothing is installed system-wide). glibc 2.17 has no getrandom or memfd_create:
-# scripts/portable-syscalls.c supplies both as plain system calls. Last it runs
+# nothing is installed system-wide). frugal calls getrandom and memfd_create as
+# raw system calls, so glibc 2.17's lack of their wrappers does not matter. Last it runs
 # scripts/check-portable.py: no glibc symbol above 2.17 and no shared library
 # outside glibc's own (libc, libm, libpthread, libdl, librt, libgcc_s, ld-linux).
 # The binary needs the NVIDIA driver's libcuda (and libnccl for --comm nccl) only
@@ -62,16 +62,10 @@ fi
 # cargo-zigbuild runs zig as `python3 -m ziglang` when no zig is on PATH: the venv's.
 export PATH="$tools/bin:$PATH"
 
-# glibc 2.17 lacks getrandom and memfd_create, which frugal calls; see the file.
-syscalls="$target_dir/portable-syscalls-$arch.o"
-python3 -m ziglang cc -target "$arch-linux-gnu.$glibc" -O2 -fPIC -Wall -Werror \
-  -c "$root/scripts/portable-syscalls.c" -o "$syscalls"
-
 echo "build-portable: cargo zigbuild --release -p frugal --target $triple.$glibc" >&2
 start=$SECONDS
 # Strip at link time: no binutils needed, and the symbol table is most of the size.
-CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=$syscalls" \
-  cargo zigbuild --release -p frugal --target "$triple.$glibc"
+CARGO_PROFILE_RELEASE_STRIP=symbols cargo zigbuild --release -p frugal --target "$triple.$glibc"
 echo "build-portable: built in $((SECONDS - start)) s" >&2
 
 mkdir -p "$root/dist"

@@ -505,8 +505,11 @@ fn finish(
 /// A new run id: random, never 0 (0 marks an unknown run).
 fn new_run_id() -> u64 {
     let mut bytes = [0u8; 8];
+    // The raw system call, not glibc's wrapper: the wrapper arrived in glibc 2.25 and
+    // the portable build (scripts/build-portable.sh) targets glibc 2.17. A kernel
+    // without the call (before 3.17) returns -1: the fallback below.
     // SAFETY: getrandom writes at most bytes.len() bytes into bytes.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let got = unsafe { libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), bytes.len(), 0) };
     let mut id = u64::from_le_bytes(bytes);
     if got != 8 {
         // No entropy source: time and pid still tell runs apart.
