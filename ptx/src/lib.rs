@@ -51,6 +51,7 @@ pub mod error;
 pub mod flash;
 pub mod generated;
 pub mod kernels;
+pub mod launch;
 pub mod matmul;
 mod ptx_text;
 pub mod ptxas;

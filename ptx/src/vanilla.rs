@@ -31,7 +31,7 @@
 //!
 //! # Examples
 //! ```
-//! use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
+//! use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers, VanillaFwd};
 //! use frugal_ptx::flash::AttnShape;
 //! let shape = AttnShape { b: 2, t: 100, nh: 8, nkv: 2, hs: 64 };
 //! let needs = vanilla::buffers(shape);
@@ -44,15 +44,15 @@
 //!     probs: at(0), q_heads: at(1), k_heads: at(2), v_heads: at(3),
 //!     dout_heads: at(4), heads_f32: at(5), dscores: at(6),
 //! };
-//! let launches = vanilla::forward(80, shape, at(7), at(8), at(9), at(10), &bufs).unwrap();
+//! let io = VanillaFwd { q: at(7), k: at(8), v: at(9), o: at(10) };
+//! let launches = vanilla::forward(80, shape, &io, &bufs).unwrap();
 //! assert_eq!(launches.len(), 7);
 //! ```
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
-use crate::kernels::{
-    check_aligned, check_positive, softmax, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-};
+use crate::kernels::{check_aligned, check_positive, softmax, to_u32, KernelSpec, Launch};
+use crate::launch::{Arg, ParamKind::*};
 use crate::matmul::{self, Gemm, Layout, OutType};
 
 use crate::flash::AttnShape;
@@ -329,6 +329,38 @@ fn product(
     Ok(matmul::plan(arch, &g, a, b, c)?.1)
 }
 
+/// The forward's inputs and output: device addresses of bf16 tensors, 16-byte aligned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VanillaFwd {
+    /// Queries Q (B, T, NH, HS).
+    pub q: u64,
+    /// Keys K (B, T, NKV, HS).
+    pub k: u64,
+    /// Values V (B, T, NKV, HS).
+    pub v: u64,
+    /// Output O (B, T, NH, HS), overwritten.
+    pub o: u64,
+}
+
+/// The backward's inputs and outputs: device addresses of bf16 tensors, 16-byte aligned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VanillaBwd {
+    /// Q (B, T, NH, HS).
+    pub q: u64,
+    /// K (B, T, NKV, HS).
+    pub k: u64,
+    /// V (B, T, NKV, HS).
+    pub v: u64,
+    /// The upstream gradient dO (B, T, NH, HS).
+    pub dout: u64,
+    /// dQ (B, T, NH, HS), overwritten.
+    pub dq: u64,
+    /// dK (B, T, NKV, HS), overwritten.
+    pub dk: u64,
+    /// dV (B, T, NKV, HS), overwritten.
+    pub dv: u64,
+}
+
 /// The launches of the causal forward: O (B, T, NH, HS) bf16, overwritten, from Q, K, V;
 /// leaves P in `bufs.probs` for [`backward`]. `arch` is the matmul dispatch architecture
 /// (80 = sm_80, 90 = sm_90a; see [`matmul::select`]). Run the launches in order on one
@@ -340,12 +372,10 @@ fn product(
 pub fn forward(
     arch: u32,
     shape: AttnShape,
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
+    io: &VanillaFwd,
     bufs: &VanillaBuffers,
 ) -> Result<Vec<Launch>, PtxError> {
+    let &VanillaFwd { q, k, v, o } = io;
     check_shape(&ATTN_HEADS_GATHER, shape)?;
     let scale = (shape.hs as f64).sqrt().recip() as f32;
     let heads = shape.b * shape.nh;
@@ -382,19 +412,21 @@ pub fn forward(
 ///
 /// # Errors
 /// As [`forward`].
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     arch: u32,
     shape: AttnShape,
-    q: u64,
-    k: u64,
-    v: u64,
-    dout: u64,
-    dq: u64,
-    dk: u64,
-    dv: u64,
+    io: &VanillaBwd,
     bufs: &VanillaBuffers,
 ) -> Result<Vec<Launch>, PtxError> {
+    let &VanillaBwd {
+        q,
+        k,
+        v,
+        dout,
+        dq,
+        dk,
+        dv,
+    } = io;
     check_shape(&ATTN_HEADS_GATHER, shape)?;
     let scale = (shape.hs as f64).sqrt().recip() as f32;
     let heads = shape.b * shape.nh;

@@ -120,6 +120,14 @@ fn download<T: bytemuck::Pod + Default + Clone>(mem: &DeviceMemory, addr: u64, n
     out
 }
 
+/// The sizes of a product C (M, N) = A (M, K) B (K, N).
+#[derive(Clone, Copy)]
+struct Mnk {
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
 /// Checks `got` (m, n) against the f64 product `c + a·b` of 16-bit float `a` (m, k) and `b`
 /// (k, n), both row-major, elements widened by `decode`.
 ///
@@ -128,17 +136,15 @@ fn download<T: bytemuck::Pod + Default + Clone>(mem: &DeviceMemory, addr: u64, n
 /// |error| ≤ (k+1)·2^-24·Σ|terms| (first order; the 1.01 covers the higher-order terms).
 /// A fragment-layout bug moves whole products, an error of order |a·b| ~ 0.1, far above
 /// this bound (~1e-6 here).
-#[allow(clippy::too_many_arguments)]
 fn check_product(
     decode: fn(u16) -> f64,
     got: &[f32],
     a: &[u16],
     b: &[u16],
     c: Option<&[f32]>,
-    m: usize,
-    n: usize,
-    k: usize,
+    shape: Mnk,
 ) {
+    let Mnk { m, n, k } = shape;
     let mut worst = 0f64;
     for i in 0..m {
         for j in 0..n {
@@ -202,7 +208,7 @@ fn run_single_mma(kernel: &str, layout: BLayout, f16: bool, seed: u64) {
     run(&module, kernel, [1, 1, 1], [32, 1, 1], &args, &mut mem).unwrap_or_else(|e| panic!("{e}"));
     let d: Vec<f32> = download(&mem, pd, 16 * 8);
     let decode = if f16 { f16_to_f64 } else { bf16_to_f64 };
-    check_product(decode, &d, &a, &b, Some(&c), 16, 8, 16);
+    check_product(decode, &d, &a, &b, Some(&c), Mnk { m: 16, n: 8, k: 16 });
 }
 
 #[test]
@@ -306,7 +312,7 @@ fn matmul_bf16_cp_async_128_cubed() {
         stats.instructions as f64 / elapsed.as_secs_f64() / 1e6
     );
     let c: Vec<f32> = download(&mem, pc, M * N);
-    check_product(bf16_to_f64, &c, &a, &b, None, M, N, K);
+    check_product(bf16_to_f64, &c, &a, &b, None, Mnk { m: M, n: N, k: K });
 }
 
 /// The pipeline's two synchronisations are load-bearing: without the `cp.async.wait_group`

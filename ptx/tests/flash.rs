@@ -9,7 +9,7 @@
 
 use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
-use frugal_ptx::flash::{self, emit, AttnShape};
+use frugal_ptx::flash::{self, emit, AttnShape, FlashBwd, FlashFwd};
 use std::time::Instant;
 
 mod attn_reference;
@@ -46,7 +46,17 @@ fn run_forward(
     // Poison: bf16 NaN in O, f32 NaN in LSE; any element left unwritten fails below.
     let po = upload(&mut mem, &vec![0x7FC0u16; b * t * nh * hs], "o");
     let plse = upload(&mut mem, &vec![f32::NAN; b * nh * t], "lse");
-    let launch = flash::forward(pq, pk, pv, po, plse, shape).map_err(|e| e.to_string())?;
+    let launch = flash::forward(
+        &FlashFwd {
+            q: pq,
+            k: pk,
+            v: pv,
+            o: po,
+            lse: plse,
+        },
+        shape,
+    )
+    .map_err(|e| e.to_string())?;
     let start = Instant::now();
     launch
         .run_emu(module, &mut mem, &Checks::default())
@@ -191,7 +201,7 @@ fn launcher_refuses_bad_shapes() {
         nkv: 2,
         hs: 64,
     };
-    assert!(flash::forward(0, 0, 0, 0, 0, ok).is_ok());
+    assert!(flash::forward(&FlashFwd::default(), ok).is_ok());
     let bad = [
         AttnShape { hs: 96, ..ok },
         AttnShape { nkv: 3, ..ok },
@@ -199,14 +209,31 @@ fn launcher_refuses_bad_shapes() {
         AttnShape { b: 0, ..ok },
     ];
     for shape in bad {
-        assert!(flash::forward(0, 0, 0, 0, 0, shape).is_err(), "{shape:?}");
+        assert!(
+            flash::forward(&FlashFwd::default(), shape).is_err(),
+            "{shape:?}"
+        );
     }
     assert!(
-        flash::forward(8, 0, 0, 0, 0, ok).is_err(),
+        flash::forward(
+            &FlashFwd {
+                q: 8,
+                ..FlashFwd::default()
+            },
+            ok
+        )
+        .is_err(),
         "Q must be 16-byte aligned"
     );
     assert!(
-        flash::forward(0, 0, 0, 2, 0, ok).is_err(),
+        flash::forward(
+            &FlashFwd {
+                o: 2,
+                ..FlashFwd::default()
+            },
+            ok
+        )
+        .is_err(),
         "O must be 4-byte aligned"
     );
 }
@@ -275,8 +302,16 @@ fn backward_preprocess_matches_reference() {
         let po = upload(&mut mem, &o, "o");
         let pdo = upload(&mut mem, &dout, "dout");
         let pd = upload(&mut mem, &vec![f32::NAN; b * nh * t], "d");
-        let launch =
-            flash::backward_preprocess(po, pdo, pd, shape).unwrap_or_else(|e| panic!("{e}"));
+        let launch = flash::backward_preprocess(
+            &FlashBwd {
+                o: po,
+                dout: pdo,
+                d: pd,
+                ..FlashBwd::default()
+            },
+            shape,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         launch
             .run_emu(&module, &mut mem, &Checks::default())
             .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
@@ -310,7 +345,16 @@ fn backward_preprocess_matches_reference() {
         nkv: 1,
         hs: 63,
     };
-    assert!(flash::backward_preprocess(0, 0, 0, odd).is_err());
+    assert!(flash::backward_preprocess(
+        &FlashBwd {
+            o: 0,
+            dout: 0,
+            d: 0,
+            ..FlashBwd::default()
+        },
+        odd
+    )
+    .is_err());
 }
 
 /// Runs the dK/dV and dQ kernels on random inputs (LSE and D from the f64 reference, rounded
@@ -340,14 +384,39 @@ fn run_backward(module: &Module, shape: AttnShape, seed: u64) -> Result<f64, Str
     let pdk = upload(&mut mem, &vec![0x7FC0u16; nk], "dk");
     let pdv = upload(&mut mem, &vec![0x7FC0u16; nk], "dv");
     let start = Instant::now();
-    flash::backward_dkdv(pq, pk, pv, pdo, plse, pd, pdk, pdv, shape)
-        .map_err(|e| e.to_string())?
-        .run_emu(module, &mut mem, &Checks::default())
-        .map_err(|e| format!("dkdv {shape:?}: {e}"))?;
-    flash::backward_dq(pq, pk, pv, pdo, plse, pd, pdq, shape)
-        .map_err(|e| e.to_string())?
-        .run_emu(module, &mut mem, &Checks::default())
-        .map_err(|e| format!("dq {shape:?}: {e}"))?;
+    flash::backward_dkdv(
+        &FlashBwd {
+            q: pq,
+            k: pk,
+            v: pv,
+            dout: pdo,
+            lse: plse,
+            d: pd,
+            dk: pdk,
+            dv: pdv,
+            ..FlashBwd::default()
+        },
+        shape,
+    )
+    .map_err(|e| e.to_string())?
+    .run_emu(module, &mut mem, &Checks::default())
+    .map_err(|e| format!("dkdv {shape:?}: {e}"))?;
+    flash::backward_dq(
+        &FlashBwd {
+            q: pq,
+            k: pk,
+            v: pv,
+            dout: pdo,
+            lse: plse,
+            d: pd,
+            dq: pdq,
+            ..FlashBwd::default()
+        },
+        shape,
+    )
+    .map_err(|e| e.to_string())?
+    .run_emu(module, &mut mem, &Checks::default())
+    .map_err(|e| format!("dq {shape:?}: {e}"))?;
     let secs = start.elapsed().as_secs_f64();
     // Tolerance per element: `attn_reference::grad_tolerance`.
     for (what, ptr, want, mass, slack, heads) in [
@@ -515,19 +584,65 @@ fn forward_then_backward_chain_matches_reference() {
                 .run_emu(module, mem, &checks)
                 .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
         };
-        run(flash::forward(pq, pk, pv, po, plse, shape), &fwd, &mut mem);
         run(
-            flash::backward_preprocess(po, pdo, pd, shape),
+            flash::forward(
+                &FlashFwd {
+                    q: pq,
+                    k: pk,
+                    v: pv,
+                    o: po,
+                    lse: plse,
+                },
+                shape,
+            ),
+            &fwd,
+            &mut mem,
+        );
+        run(
+            flash::backward_preprocess(
+                &FlashBwd {
+                    o: po,
+                    dout: pdo,
+                    d: pd,
+                    ..FlashBwd::default()
+                },
+                shape,
+            ),
             &bwd,
             &mut mem,
         );
         run(
-            flash::backward_dkdv(pq, pk, pv, pdo, plse, pd, pdk, pdv, shape),
+            flash::backward_dkdv(
+                &FlashBwd {
+                    q: pq,
+                    k: pk,
+                    v: pv,
+                    dout: pdo,
+                    lse: plse,
+                    d: pd,
+                    dk: pdk,
+                    dv: pdv,
+                    ..FlashBwd::default()
+                },
+                shape,
+            ),
             &bwd,
             &mut mem,
         );
         run(
-            flash::backward_dq(pq, pk, pv, pdo, plse, pd, pdq, shape),
+            flash::backward_dq(
+                &FlashBwd {
+                    q: pq,
+                    k: pk,
+                    v: pv,
+                    dout: pdo,
+                    lse: plse,
+                    d: pd,
+                    dq: pdq,
+                    ..FlashBwd::default()
+                },
+                shape,
+            ),
             &bwd,
             &mut mem,
         );
@@ -594,11 +709,34 @@ fn run_chain_mode(
     } else {
         upload(&mut mem, &vec![f32::NAN; accum_len], "dq_accum")
     };
-    let mut launches =
-        vec![flash::forward(pq, pk, pv, po, plse, shape).map_err(|e| e.to_string())?];
+    let mut launches = vec![flash::forward(
+        &FlashFwd {
+            q: pq,
+            k: pk,
+            v: pv,
+            o: po,
+            lse: plse,
+        },
+        shape,
+    )
+    .map_err(|e| e.to_string())?];
     launches.extend(
         flash::backward(
-            mode, pq, pk, pv, po, pdo, plse, pd, pdq, pdk, pdv, paccum, shape,
+            mode,
+            &FlashBwd {
+                q: pq,
+                k: pk,
+                v: pv,
+                o: po,
+                dout: pdo,
+                lse: plse,
+                d: pd,
+                dq: pdq,
+                dk: pdk,
+                dv: pdv,
+                dq_accum: paccum,
+            },
+            shape,
         )
         .map_err(|e| e.to_string())?,
     );
@@ -779,17 +917,19 @@ fn atomic_launcher_checks() {
     let call = |shape, accum| {
         flash::backward(
             flash::DqMode::Atomic,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            accum,
+            &FlashBwd {
+                q: 0,
+                k: 0,
+                v: 0,
+                o: 0,
+                dout: 0,
+                lse: 0,
+                d: 0,
+                dq: 0,
+                dk: 0,
+                dv: 0,
+                dq_accum: accum,
+            },
             shape,
         )
     };

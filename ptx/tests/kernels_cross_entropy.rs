@@ -2,7 +2,7 @@
 //! reference from the same bf16 logits: V = 32000 (the presets' vocabulary) and small or odd
 //! V, some targets ignored, loss and dlogits poisoned beforehand.
 
-use frugal_ptx::kernels::cross_entropy;
+use frugal_ptx::kernels::cross_entropy::{self, CrossEntropyBufs, CrossEntropyShape};
 use proptest::prelude::*;
 
 mod kernel_harness;
@@ -38,7 +38,27 @@ fn cross_entropy_full_vocabulary() {
 
 #[test]
 fn cross_entropy_refuses_bad_launches() {
-    assert!(cross_entropy::forward_backward(256, 512, 768, 1024, 2, 10, 0, 1.0).is_err());
-    assert!(cross_entropy::forward_backward(256, 514, 768, 1024, 2, 10, 1, 1.0).is_err());
-    assert!(cross_entropy::forward_backward(256, 512, 768, 1024, 0, 10, 1, 1.0).is_err());
+    let bufs = CrossEntropyBufs {
+        logits: 256,
+        targets: 512,
+        loss: 768,
+        dlogits: 1024,
+    };
+    let shape = CrossEntropyShape {
+        rows: 2,
+        v: 10,
+        num_valid: 1,
+    };
+    let no_valid = CrossEntropyShape {
+        num_valid: 0,
+        ..shape
+    };
+    assert!(cross_entropy::forward_backward(bufs, no_valid, 1.0).is_err());
+    let misaligned = CrossEntropyBufs {
+        targets: 514,
+        ..bufs
+    };
+    assert!(cross_entropy::forward_backward(misaligned, shape, 1.0).is_err());
+    let no_rows = CrossEntropyShape { rows: 0, ..shape };
+    assert!(cross_entropy::forward_backward(bufs, no_rows, 1.0).is_err());
 }

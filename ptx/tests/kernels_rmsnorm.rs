@@ -5,7 +5,7 @@
 //! poisoned with NaN first.
 
 use frugal_ptx::emu::DeviceMemory;
-use frugal_ptx::kernels::rmsnorm::{self, DxMode};
+use frugal_ptx::kernels::rmsnorm::{self, DxMode, RmsNormBwd, RmsNormFwd};
 use frugal_ptx::testing::rmsnorm::Fwd;
 use proptest::prelude::*;
 
@@ -79,21 +79,30 @@ fn rmsnorm_dg_sums_in_the_documented_order() {
         );
         let dg_d = upload(&mut mem, &dg0, "dg");
         run(
-            &rmsnorm::forward(x_d, g_d, y_d, rstd_d, rows, c, EPS).unwrap(),
+            &rmsnorm::forward(
+                RmsNormFwd {
+                    x: x_d,
+                    g: g_d,
+                    y: y_d,
+                    rstd: rstd_d,
+                },
+                rows,
+                c,
+                EPS,
+            )
+            .unwrap(),
             &m,
             &mut mem,
         );
-        let backward = rmsnorm::backward(
-            dy_d,
-            x_d,
-            g_d,
-            rstd_d,
-            dx_d,
-            part_d,
-            rows,
-            c,
-            DxMode::Overwrite,
-        );
+        let bufs = RmsNormBwd {
+            dy: dy_d,
+            x: x_d,
+            g: g_d,
+            rstd: rstd_d,
+            dx: dx_d,
+            dg_part: part_d,
+        };
+        let backward = rmsnorm::backward(bufs, rows, c, DxMode::Overwrite);
         run(&backward.unwrap(), &m, &mut mem);
         run(
             &rmsnorm::dg_reduce(part_d, dg_d, rows, c).unwrap(),
@@ -126,8 +135,22 @@ fn rmsnorm_dg_sums_in_the_documented_order() {
 
 #[test]
 fn rmsnorm_refuses_bad_shapes() {
-    assert!(rmsnorm::forward(256, 512, 768, 1024, 0, 8, EPS).is_err());
-    assert!(rmsnorm::forward(256, 512, 768, 1026, 4, 8, EPS).is_err());
-    assert!(rmsnorm::backward(256, 512, 768, 1024, 1280, 1536, 4, 0, DxMode::Overwrite).is_err());
+    let fwd = RmsNormFwd {
+        x: 256,
+        g: 512,
+        y: 768,
+        rstd: 1024,
+    };
+    assert!(rmsnorm::forward(fwd, 0, 8, EPS).is_err());
+    assert!(rmsnorm::forward(RmsNormFwd { rstd: 1026, ..fwd }, 4, 8, EPS).is_err());
+    let bwd = RmsNormBwd {
+        dy: 256,
+        x: 512,
+        g: 768,
+        rstd: 1024,
+        dx: 1280,
+        dg_part: 1536,
+    };
+    assert!(rmsnorm::backward(bwd, 4, 0, DxMode::Overwrite).is_err());
     assert!(rmsnorm::dg_reduce(256, 514, 4, 8).is_err());
 }

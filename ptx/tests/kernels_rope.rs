@@ -4,7 +4,7 @@
 //! rows = B*T with T not a multiple of anything.
 
 use frugal_ptx::emu::DeviceMemory;
-use frugal_ptx::kernels::rope::{self, Direction};
+use frugal_ptx::kernels::rope::{self, Direction, RopeBufs, RopeShape};
 use proptest::prelude::*;
 
 mod kernel_harness;
@@ -53,12 +53,40 @@ fn rope_backward_undoes_forward() {
     let cos_d = upload(&mut mem, &cos, "cos");
     let sin_d = upload(&mut mem, &sin, "sin");
     run(
-        &rope::rope(x_d, cos_d, sin_d, t, t, heads, hs, Direction::Forward).unwrap(),
+        &rope::rope(
+            RopeBufs {
+                x: x_d,
+                cos: cos_d,
+                sin: sin_d,
+            },
+            RopeShape {
+                rows: t,
+                t,
+                heads,
+                hs,
+            },
+            Direction::Forward,
+        )
+        .unwrap(),
         &m,
         &mut mem,
     );
     run(
-        &rope::rope(x_d, cos_d, sin_d, t, t, heads, hs, Direction::Backward).unwrap(),
+        &rope::rope(
+            RopeBufs {
+                x: x_d,
+                cos: cos_d,
+                sin: sin_d,
+            },
+            RopeShape {
+                rows: t,
+                t,
+                heads,
+                hs,
+            },
+            Direction::Backward,
+        )
+        .unwrap(),
         &m,
         &mut mem,
     );
@@ -77,16 +105,72 @@ fn rope_backward_undoes_forward() {
 #[test]
 fn rope_refuses_bad_shapes() {
     assert!(
-        rope::rope(256, 512, 768, 4, 4, 1, 12, Direction::Forward).is_err(),
+        rope::rope(
+            RopeBufs {
+                x: 256,
+                cos: 512,
+                sin: 768
+            },
+            RopeShape {
+                rows: 4,
+                t: 4,
+                heads: 1,
+                hs: 12
+            },
+            Direction::Forward
+        )
+        .is_err(),
         "HS not a multiple of 8"
     );
     assert!(
-        rope::rope(256, 512, 768, 5, 4, 1, 64, Direction::Forward).is_err(),
+        rope::rope(
+            RopeBufs {
+                x: 256,
+                cos: 512,
+                sin: 768
+            },
+            RopeShape {
+                rows: 5,
+                t: 4,
+                heads: 1,
+                hs: 64
+            },
+            Direction::Forward
+        )
+        .is_err(),
         "rows not B*T"
     );
     assert!(
-        rope::rope(264, 512, 768, 4, 4, 1, 64, Direction::Forward).is_err(),
+        rope::rope(
+            RopeBufs {
+                x: 264,
+                cos: 512,
+                sin: 768
+            },
+            RopeShape {
+                rows: 4,
+                t: 4,
+                heads: 1,
+                hs: 64
+            },
+            Direction::Forward
+        )
+        .is_err(),
         "x misaligned"
     );
-    assert!(rope::rope(256, 512, 768, 4, 4, 1, 64, Direction::Forward).is_ok());
+    assert!(rope::rope(
+        RopeBufs {
+            x: 256,
+            cos: 512,
+            sin: 768
+        },
+        RopeShape {
+            rows: 4,
+            t: 4,
+            heads: 1,
+            hs: 64
+        },
+        Direction::Forward
+    )
+    .is_ok());
 }

@@ -241,7 +241,7 @@ fn every_entry_has_the_shared_parameter_list() {
     for name in matmul_modules() {
         let module = parsed(&name);
         // The split-K reduce has its own list; every matmul kernel shares PARAMS.
-        let list: &'static [(&str, frugal_ptx::kernels::ParamKind)] = if name == splitk::MODULE {
+        let list: &'static [(&str, frugal_ptx::launch::ParamKind)] = if name == splitk::MODULE {
             &splitk::PARAMS
         } else {
             &matmul::PARAMS

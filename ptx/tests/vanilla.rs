@@ -9,9 +9,9 @@
 
 use frugal_ptx::catalogue;
 use frugal_ptx::emu::{Checks, DeviceMemory, Module};
-use frugal_ptx::flash::{self, AttnShape};
+use frugal_ptx::flash::{self, AttnShape, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::Launch;
-use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
+use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers, VanillaBwd, VanillaFwd};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -129,20 +129,54 @@ fn run_path(
     match path {
         Path::Vanilla => {
             let bufs = alloc_buffers(&mut mem, shape);
-            let fwd = vanilla::forward(ARCH, shape, pq, pk, pv, po, &bufs).map_err(err)?;
+            let io = VanillaFwd {
+                q: pq,
+                k: pk,
+                v: pv,
+                o: po,
+            };
+            let fwd = vanilla::forward(ARCH, shape, &io, &bufs).map_err(err)?;
             modules.run(&fwd, &mut mem)?;
-            let bwd = vanilla::backward(ARCH, shape, pq, pk, pv, pdo, pdq, pdk, pdv, &bufs)
-                .map_err(err)?;
+            let io = VanillaBwd {
+                q: pq,
+                k: pk,
+                v: pv,
+                dout: pdo,
+                dq: pdq,
+                dk: pdk,
+                dv: pdv,
+            };
+            let bwd = vanilla::backward(ARCH, shape, &io, &bufs).map_err(err)?;
             modules.run(&bwd, &mut mem)?;
         }
         Path::Flash => {
             let plse = upload(&mut mem, &vec![f32::NAN; rows], "lse");
             let pd = upload(&mut mem, &vec![f32::NAN; rows], "d");
+            let fwd = FlashFwd {
+                q: pq,
+                k: pk,
+                v: pv,
+                o: po,
+                lse: plse,
+            };
+            let bwd = FlashBwd {
+                q: pq,
+                k: pk,
+                v: pv,
+                o: po,
+                dout: pdo,
+                lse: plse,
+                d: pd,
+                dq: pdq,
+                dk: pdk,
+                dv: pdv,
+                dq_accum: 0,
+            };
             let launches = vec![
-                flash::forward(pq, pk, pv, po, plse, shape).map_err(err)?,
-                flash::backward_preprocess(po, pdo, pd, shape).map_err(err)?,
-                flash::backward_dkdv(pq, pk, pv, pdo, plse, pd, pdk, pdv, shape).map_err(err)?,
-                flash::backward_dq(pq, pk, pv, pdo, plse, pd, pdq, shape).map_err(err)?,
+                flash::forward(&fwd, shape).map_err(err)?,
+                flash::backward_preprocess(&bwd, shape).map_err(err)?,
+                flash::backward_dkdv(&bwd, shape).map_err(err)?,
+                flash::backward_dq(&bwd, shape).map_err(err)?,
             ];
             modules.run(&launches, &mut mem)?;
         }
@@ -291,11 +325,12 @@ fn launchers_refuse_bad_shapes() {
         heads_f32: 0,
         dscores: 0,
     };
+    let (zero_fwd, zero_bwd) = (VanillaFwd::default(), VanillaBwd::default());
     assert!(vanilla::validate(ok).is_ok());
-    assert!(vanilla::forward(ARCH, ok, 0, 0, 0, 0, &bufs).is_ok());
-    assert!(vanilla::backward(ARCH, ok, 0, 0, 0, 0, 0, 0, 0, &bufs).is_ok());
+    assert!(vanilla::forward(ARCH, ok, &zero_fwd, &bufs).is_ok());
+    assert!(vanilla::backward(ARCH, ok, &zero_bwd, &bufs).is_ok());
     // HS 96 has no flash kernel but is fine here; 12 is not a multiple of 8.
-    assert!(vanilla::forward(ARCH, AttnShape { hs: 96, ..ok }, 0, 0, 0, 0, &bufs).is_ok());
+    assert!(vanilla::forward(ARCH, AttnShape { hs: 96, ..ok }, &zero_fwd, &bufs).is_ok());
     for bad in [
         AttnShape { hs: 12, ..ok },
         AttnShape { nkv: 3, ..ok },
@@ -310,16 +345,16 @@ fn launchers_refuse_bad_shapes() {
     ] {
         assert!(vanilla::validate(bad).is_err(), "{bad:?}");
         assert!(
-            vanilla::forward(ARCH, bad, 0, 0, 0, 0, &bufs).is_err(),
+            vanilla::forward(ARCH, bad, &zero_fwd, &bufs).is_err(),
             "{bad:?}"
         );
         assert!(
-            vanilla::backward(ARCH, bad, 0, 0, 0, 0, 0, 0, 0, &bufs).is_err(),
+            vanilla::backward(ARCH, bad, &zero_bwd, &bufs).is_err(),
             "{bad:?}"
         );
     }
     assert!(
-        vanilla::forward(ARCH, ok, 8, 0, 0, 0, &bufs).is_err(),
+        vanilla::forward(ARCH, ok, &VanillaFwd { q: 8, ..zero_fwd }, &bufs).is_err(),
         "Q must be 16-byte aligned"
     );
     assert!(

@@ -16,7 +16,7 @@ use half::bf16;
 use crate::arena::Plan;
 use crate::device::{cuda::CudaInner, emu::EmuInner};
 use crate::error::RuntimeError;
-use crate::launch::KernelArg;
+use crate::launch::Arg;
 
 /// The element types buffers are viewed as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,9 +118,9 @@ impl<T> Clone for DeviceView<T> {
 }
 impl<T> Copy for DeviceView<T> {}
 
-impl<T> From<DeviceView<T>> for KernelArg {
-    fn from(v: DeviceView<T>) -> KernelArg {
-        KernelArg::Ptr(v.ptr)
+impl<T> From<DeviceView<T>> for Arg {
+    fn from(v: DeviceView<T>) -> Arg {
+        Arg::Ptr(v.ptr)
     }
 }
 

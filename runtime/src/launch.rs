@@ -1,107 +1,59 @@
-//! The one launch path: launch shape checks and parameter packing, shared by the
+//! The one launch path: launch shape checks and parameter checks, shared by the
 //! `cuda` and `emu` backends so that emulator tests cover the real launch code.
 //!
-//! Parameters are packed into one byte buffer, each at `align_up(previous end,
-//! align)` with its size and alignment taken from the kernel's PTX declaration
-//! (as the emulator's parser reports them). CUDA receives that buffer through
+//! Parameters are packed once, by `frugal_ptx::launch::pack`, into one byte buffer,
+//! each at `align_up(previous end, align)`: a typed launcher's bytes are checked here
+//! against the kernel's PTX declaration (as the emulator's parser reports it), a
+//! kernel named by hand is packed against that declaration. CUDA receives that buffer through
 //! `cuLaunchKernel`'s `extra` argument (`CU_LAUNCH_PARAM_BUFFER_POINTER` and
 //! `CU_LAUNCH_PARAM_BUFFER_SIZE`); the emulator receives the same bytes.
 
 pub use frugal_ptx::emu::{LaunchDims, ParamInfo};
+pub use frugal_ptx::launch::Arg;
+
+use frugal_ptx::error::PtxError;
+use frugal_ptx::launch::{self, Param};
 
 use crate::error::RuntimeError;
 
-/// One kernel argument, as the kernel's `.param` declaration expects it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum KernelArg {
-    /// A device address (`.param .u64` holding a pointer).
-    Ptr(u64),
-    /// `.u64` / `.s64` / `.b64` value.
-    U64(u64),
-    /// `.s64` value.
-    I64(i64),
-    /// `.u32` / `.b32` value.
-    U32(u32),
-    /// `.s32` value.
-    I32(i32),
-    /// `.f32` value.
-    F32(f32),
-}
-
-impl KernelArg {
-    /// The argument's bytes, little-endian, as the kernel reads them.
-    pub fn to_bytes(self) -> Vec<u8> {
-        match self {
-            KernelArg::Ptr(v) | KernelArg::U64(v) => v.to_le_bytes().to_vec(),
-            KernelArg::I64(v) => v.to_le_bytes().to_vec(),
-            KernelArg::U32(v) => v.to_le_bytes().to_vec(),
-            KernelArg::I32(v) => v.to_le_bytes().to_vec(),
-            KernelArg::F32(v) => v.to_le_bytes().to_vec(),
-        }
-    }
-
-    fn kind(self) -> &'static str {
-        match self {
-            KernelArg::Ptr(_) => "pointer",
-            KernelArg::U64(_) => "u64",
-            KernelArg::I64(_) => "i64",
-            KernelArg::U32(_) => "u32",
-            KernelArg::I32(_) => "i32",
-            KernelArg::F32(_) => "f32",
-        }
-    }
-}
-
-fn align_up(x: usize, align: usize) -> usize {
-    x.div_ceil(align.max(1)) * align.max(1)
-}
-
-/// Packs `args` for `kernel` whose parameters are `params`.
+/// Packs `args` for `kernel` against its parsed declaration `params` (the launch of a
+/// kernel named by hand), with frugal-ptx's one packer.
 ///
 /// # Errors
 /// `BadArguments` when the count differs, an argument's size differs from its
 /// parameter's, or the declared offsets disagree with the packing rule.
-pub fn pack_params(
-    kernel: &str,
-    params: &[ParamInfo],
-    args: &[KernelArg],
-) -> Result<Vec<u8>, RuntimeError> {
-    let bad = |reason: String| RuntimeError::BadArguments {
-        kernel: kernel.to_string(),
-        reason,
-    };
-    if params.len() != args.len() {
-        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-        return Err(bad(format!(
-            "{} argument(s) given, the kernel takes {} ({})",
-            args.len(),
-            params.len(),
-            names.join(", ")
-        )));
+pub fn pack(kernel: &str, params: &[ParamInfo], args: &[Arg]) -> Result<Vec<u8>, RuntimeError> {
+    launch::pack(kernel, params.iter().map(Param::declared), args).map_err(bad_arguments)
+}
+
+/// Checks that `packed` (a typed launcher's bytes) is as long as `kernel`'s parsed
+/// declaration `params`.
+///
+/// # Errors
+/// `BadArguments` naming both sizes.
+pub fn check_packed(kernel: &str, params: &[ParamInfo], packed: &[u8]) -> Result<(), RuntimeError> {
+    let declared = launch::declared_size(params);
+    if packed.len() != declared {
+        return Err(RuntimeError::BadArguments {
+            kernel: kernel.to_string(),
+            reason: format!(
+                "{} bytes of packed parameters given, the kernel declares {declared}",
+                packed.len()
+            ),
+        });
     }
-    let mut buf = Vec::new();
-    for (p, a) in params.iter().zip(args) {
-        let bytes = a.to_bytes();
-        if bytes.len() != p.size {
-            return Err(bad(format!(
-                "parameter '{}' is {} bytes, but a {} ({} bytes) was given",
-                p.name,
-                p.size,
-                a.kind(),
-                bytes.len()
-            )));
-        }
-        let offset = align_up(buf.len(), p.align);
-        if offset != p.offset {
-            return Err(bad(format!(
-                "parameter '{}' is declared at offset {} but packs at {} (align {})",
-                p.name, p.offset, offset, p.align
-            )));
-        }
-        buf.resize(offset, 0);
-        buf.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// The packer's refusal as this crate's error (its reason names the parameter and sizes).
+fn bad_arguments(e: PtxError) -> RuntimeError {
+    match e {
+        PtxError::BadLaunch { kernel, reason } => RuntimeError::BadArguments { kernel, reason },
+        other => RuntimeError::BadArguments {
+            kernel: String::new(),
+            reason: other.to_string(),
+        },
     }
-    Ok(buf)
 }
 
 /// Hardware limits a launch shape is checked against (the same on every
@@ -197,49 +149,28 @@ mod tests {
     }
 
     #[test]
-    fn packs_with_alignment_padding() {
-        // (u32 n, u64 ptr, f32 s): ptr is padded to offset 8.
-        let params = [
-            info("n", 4, 4, 0),
-            info("ptr", 8, 8, 8),
-            info("s", 4, 4, 16),
-        ];
-        let buf = pack_params(
-            "k",
-            &params,
-            &[
-                KernelArg::U32(7),
-                KernelArg::Ptr(0x1122),
-                KernelArg::F32(2.0),
-            ],
-        )
-        .unwrap();
-        assert_eq!(buf.len(), 20);
-        assert_eq!(&buf[0..4], &7u32.to_le_bytes());
-        assert_eq!(&buf[4..8], &[0, 0, 0, 0]);
-        assert_eq!(&buf[8..16], &0x1122u64.to_le_bytes());
-        assert_eq!(&buf[16..20], &2.0f32.to_le_bytes());
-    }
-
-    #[test]
-    fn mismatches_are_errors() {
+    fn mismatches_are_bad_arguments() {
         let params = [info("ptr", 8, 8, 0), info("n", 8, 8, 8)];
-        let e = pack_params("k", &params, &[KernelArg::Ptr(1)])
+        let e = pack("k", &params, &[Arg::Ptr(1)]).unwrap_err().to_string();
+        assert!(
+            e.contains("arguments for kernel 'k' do not match its parameters")
+                && e.contains("1 argument(s) given, the kernel takes 2 (ptr, n)"),
+            "{e}"
+        );
+        assert_eq!(
+            pack("k", &params, &[Arg::Ptr(1), Arg::U64(2)])
+                .unwrap()
+                .len(),
+            16
+        );
+        check_packed("k", &params, &[0; 16]).unwrap();
+        let e = check_packed("k", &params, &[0; 12])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("1 argument(s) given, the kernel takes 2 (ptr, n)"),
+            e.contains("12 bytes of packed parameters given, the kernel declares 16"),
             "{e}"
         );
-        let e = pack_params("k", &params, &[KernelArg::Ptr(1), KernelArg::U32(3)])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("parameter 'n' is 8 bytes, but a u32 (4 bytes)"),
-            "{e}"
-        );
-        let skewed = [info("ptr", 8, 8, 0), info("n", 8, 8, 12)];
-        assert!(pack_params("k", &skewed, &[KernelArg::Ptr(1), KernelArg::U64(3)]).is_err());
     }
 
     #[test]

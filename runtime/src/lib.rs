@@ -7,7 +7,7 @@
 //! ```
 //! use frugal_runtime::arena::{plan, BufferRequest, Category};
 //! use frugal_runtime::device::{Device, DeviceSpec};
-//! use frugal_runtime::launch::{dims_1d, KernelArg};
+//! use frugal_runtime::launch::{dims_1d, Arg};
 //!
 //! # fn main() -> Result<(), frugal_runtime::RuntimeError> {
 //! let p = plan(&[BufferRequest::new("x", Category::Activations, 4 * 1000, 0, 1)])?;
@@ -15,7 +15,7 @@
 //! let arena = dev.alloc_arena(p)?; // refuses (before allocating) a plan that does not fit
 //! let x = arena.view::<f32>("x")?;
 //! let dims = dims_1d(x.len as u64, 256, 4, 64);
-//! dev.launch("fill_f32", &dims, &[x.into(), KernelArg::U64(x.len as u64), KernelArg::F32(0.5)])?;
+//! dev.launch("fill_f32", &dims, &[x.into(), Arg::U64(x.len as u64), Arg::F32(0.5)])?;
 //! let mut host = vec![0f32; x.len];
 //! arena.read("x", &mut host)?;
 //! assert!(host.iter().all(|&v| v == 0.5));

@@ -4,7 +4,7 @@
 //! and sets FRUGAL_REQUIRE_CUDA=1 so that a missing GPU fails instead.
 
 use frugal_runtime::device::{cuda, Device, DeviceSpec, TimingSource};
-use frugal_runtime::launch::{dims_1d, KernelArg};
+use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::{dylib, facts, RuntimeError};
 
 fn gpu() -> Option<Device> {
@@ -31,13 +31,13 @@ fn fill_then_scale_on_the_gpu() {
     dev.launch(
         "fill_f32",
         &dims,
-        &[x.into(), KernelArg::U64(n as u64), KernelArg::F32(1.5)],
+        &[x.into(), Arg::U64(n as u64), Arg::F32(1.5)],
     )
     .unwrap();
     dev.launch(
         "scale_f32",
         &dims,
-        &[x.into(), KernelArg::U64(n as u64), KernelArg::F32(-2.0)],
+        &[x.into(), Arg::U64(n as u64), Arg::F32(-2.0)],
     )
     .unwrap();
     let (ms, source) = dev.elapsed_ms(t).unwrap();
@@ -94,7 +94,7 @@ fn pinned_buffers_and_bad_launches() {
     let back: Vec<u32> = buf.to_vec().unwrap();
     assert_eq!((back[3], back[5]), (7, 11));
     let e = dev
-        .launch("fill_f32", &dims_1d(16, 32, 1, 1), &[KernelArg::U32(1)])
+        .launch("fill_f32", &dims_1d(16, 32, 1, 1), &[Arg::U32(1)])
         .unwrap_err();
     assert!(matches!(e, RuntimeError::BadArguments { .. }), "{e}");
     dev.synchronize().unwrap();

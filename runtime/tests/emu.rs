@@ -5,7 +5,7 @@
 use frugal_ptx::error::PtxError;
 use frugal_runtime::arena::{plan, BufferRequest, Category};
 use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
-use frugal_runtime::launch::{dims_1d, KernelArg, LaunchDims};
+use frugal_runtime::launch::{dims_1d, Arg, LaunchDims};
 use frugal_runtime::RuntimeError;
 
 fn emu() -> Device {
@@ -23,14 +23,14 @@ fn fill_then_scale_through_the_runtime() {
     dev.launch(
         "fill_f32",
         &dims,
-        &[x.into(), KernelArg::U64(n as u64), KernelArg::F32(1.5)],
+        &[x.into(), Arg::U64(n as u64), Arg::F32(1.5)],
     )
     .unwrap();
     let report = dev
         .launch(
             "scale_f32",
             &dims,
-            &[x.into(), KernelArg::U64(n as u64), KernelArg::F32(-2.0)],
+            &[x.into(), Arg::U64(n as u64), Arg::F32(-2.0)],
         )
         .unwrap();
     assert!(report
@@ -61,13 +61,13 @@ fn arena_views_are_launchable() {
     dev.launch(
         "fill_f32",
         &dims,
-        &[a.into(), KernelArg::U64(a.len as u64), KernelArg::F32(7.0)],
+        &[a.into(), Arg::U64(a.len as u64), Arg::F32(7.0)],
     )
     .unwrap();
     dev.launch(
         "fill_f32",
         &dims,
-        &[b.into(), KernelArg::U64(b.len as u64), KernelArg::F32(9.0)],
+        &[b.into(), Arg::U64(b.len as u64), Arg::F32(9.0)],
     )
     .unwrap();
     let mut ha = vec![0f32; 300];
@@ -95,11 +95,7 @@ fn out_of_bounds_is_a_normal_error() {
         .launch(
             "fill_f32",
             &dims,
-            &[
-                buf.as_view::<f32>().into(),
-                KernelArg::U64(4096),
-                KernelArg::F32(1.0),
-            ],
+            &[buf.as_view::<f32>().into(), Arg::U64(4096), Arg::F32(1.0)],
         )
         .unwrap_err();
     let RuntimeError::Emulator { kernel, source } = &e else {
@@ -123,11 +119,7 @@ fn bad_arguments_and_shapes_are_caught_before_the_launch() {
     let e = dev.launch(
         "fill_f32",
         &dims,
-        &[
-            buf.as_view::<f32>().into(),
-            KernelArg::U32(16),
-            KernelArg::F32(0.0),
-        ],
+        &[buf.as_view::<f32>().into(), Arg::U32(16), Arg::F32(0.0)],
     );
     assert!(matches!(e, Err(RuntimeError::BadArguments { .. })), "{e:?}");
     let e = dev.launch("fill_f32", &dims, &[buf.as_view::<f32>().into()]);
@@ -140,11 +132,7 @@ fn bad_arguments_and_shapes_are_caught_before_the_launch() {
     let e = dev.launch(
         "fill_f32",
         &zero,
-        &[
-            buf.as_view::<f32>().into(),
-            KernelArg::U64(16),
-            KernelArg::F32(0.0),
-        ],
+        &[buf.as_view::<f32>().into(), Arg::U64(16), Arg::F32(0.0)],
     );
     assert!(matches!(e, Err(RuntimeError::BadLaunch { .. })), "{e:?}");
     let e = dev.launch("no_such_kernel", &dims, &[]);

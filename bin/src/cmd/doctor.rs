@@ -7,7 +7,7 @@
 use frugal_ptx::catalogue;
 use frugal_runtime::device::cuda::{self, CudaDevice};
 use frugal_runtime::device::{Device, DeviceSpec};
-use frugal_runtime::launch::{dims_1d, KernelArg};
+use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::{dylib, facts, RuntimeError};
 
 use crate::CliError;
@@ -131,7 +131,7 @@ fn emu_smoke() -> Result<(), RuntimeError> {
     let n = 1000;
     let buf = dev.alloc(n * 4, "doctor")?;
     let x = buf.as_view::<f32>();
-    let args = [x.into(), KernelArg::U64(n as u64), KernelArg::F32(2.5)];
+    let args = [x.into(), Arg::U64(n as u64), Arg::F32(2.5)];
     dev.launch("fill_f32", &dims_1d(n as u64, 128, 4, 8), &args)?;
     dev.synchronize()?;
     match buf.to_vec::<f32>()?.iter().position(|&v| v != 2.5) {

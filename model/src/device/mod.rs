@@ -69,11 +69,12 @@ use std::ops::Range;
 
 pub use crate::config::Attention;
 pub use frugal_ptx::flash::DqMode;
+use frugal_ptx::kernels::cross_entropy::{CrossEntropyBufs, CrossEntropyShape};
 use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
 use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Category, Plan};
 use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
-use frugal_runtime::launch::{dims_1d, KernelArg};
+use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
 
 use crate::config::{Config, ParamKind, ParamLayout};
@@ -541,9 +542,9 @@ impl DeviceModel {
                 "cast_f32_bf16",
                 &dims,
                 &[
-                    KernelArg::Ptr(self.addr(self.ids.master)),
-                    KernelArg::Ptr(self.addr(self.ids.weights)),
-                    KernelArg::U64(p as u64),
+                    Arg::Ptr(self.addr(self.ids.master)),
+                    Arg::Ptr(self.addr(self.ids.weights)),
+                    Arg::U64(p as u64),
                 ],
             )
             .map_err(device_err("casting the weights to bf16"))?;
@@ -618,9 +619,9 @@ impl DeviceModel {
                 "fill_f32",
                 &dims_1d(p, UTIL_BLOCK, 4, UTIL_MAX_CTAS),
                 &[
-                    KernelArg::Ptr(self.addr(self.ids.grads)),
-                    KernelArg::U64(p),
-                    KernelArg::F32(0.0),
+                    Arg::Ptr(self.addr(self.ids.grads)),
+                    Arg::U64(p),
+                    Arg::F32(0.0),
                 ],
             )
             .map_err(device_err("zeroing the gradients"))?;
@@ -678,13 +679,17 @@ impl DeviceModel {
                     let (logits, loss) = (self.addr(ids.logits), self.addr(ids.loss_rows));
                     let launches = [
                         cross_entropy::forward_backward(
-                            logits,
-                            self.addr(ids.tokens_tgt),
-                            loss,
-                            logits,
-                            n,
-                            self.cfg.vocab_size,
-                            info.num_valid,
+                            CrossEntropyBufs {
+                                logits,
+                                targets: self.addr(ids.tokens_tgt),
+                                loss,
+                                dlogits: logits,
+                            },
+                            CrossEntropyShape {
+                                rows: n,
+                                v: self.cfg.vocab_size,
+                                num_valid: info.num_valid,
+                            },
                             info.grad_scale,
                         )
                         .map_err(kernel_err("cross-entropy"))?,

@@ -10,7 +10,7 @@
 use frugal_ptx::error::PtxError;
 use frugal_ptx::flash::AttnShape;
 use frugal_ptx::kernels::Launch;
-use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers};
+use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers, VanillaBwd, VanillaFwd};
 use frugal_runtime::arena::Category;
 
 use super::place::{At, Resolve};
@@ -41,7 +41,13 @@ pub(crate) fn check(shape: AttnShape) -> Result<(), ModelError> {
         heads_f32: 6 << 40,
         dscores: 7 << 40,
     };
-    vanilla::forward(80, shape, 8 << 40, 9 << 40, 10 << 40, 11 << 40, &fake)
+    let io = VanillaFwd {
+        q: 8 << 40,
+        k: 9 << 40,
+        v: 10 << 40,
+        o: 11 << 40,
+    };
+    vanilla::forward(80, shape, &io, &fake)
         .map(|_| ())
         .map_err(|e| ModelError::DeviceUnsupported {
             what: format!("vanilla attention cannot run this shape: {e}"),
@@ -128,56 +134,25 @@ fn resolve(r: Resolve, b: &Bufs) -> VanillaBuffers {
     }
 }
 
-/// The forward's launches: O from Q, K, V (buffer ids), P kept in `b.probs`.
-#[allow(clippy::too_many_arguments)]
+/// The forward's launches: O from Q, K, V (`io`, resolved addresses), P kept in `b.probs`.
 pub(crate) fn forward(
     arch: u32,
     shape: AttnShape,
     r: Resolve,
-    q: usize,
-    k: usize,
-    v: usize,
-    o: usize,
+    io: &VanillaFwd,
     b: &Bufs,
 ) -> Result<Vec<Launch>, PtxError> {
-    let bufs = resolve(r, b);
-    vanilla::forward(
-        arch,
-        shape,
-        r(At::start(q)),
-        r(At::start(k)),
-        r(At::start(v)),
-        r(At::start(o)),
-        &bufs,
-    )
+    vanilla::forward(arch, shape, io, &resolve(r, b))
 }
 
-/// The backward's launches: dQ, dK, dV (overwritten) from Q, K, V, dO and the saved P.
-#[allow(clippy::too_many_arguments)]
+/// The backward's launches: dQ, dK, dV (overwritten) from Q, K, V, dO (`io`, resolved
+/// addresses) and the saved P.
 pub(crate) fn backward(
     arch: u32,
     shape: AttnShape,
     r: Resolve,
-    q: usize,
-    k: usize,
-    v: usize,
-    dout: usize,
-    dq: usize,
-    dk: usize,
-    dv: usize,
+    io: &VanillaBwd,
     b: &Bufs,
 ) -> Result<Vec<Launch>, PtxError> {
-    let bufs = resolve(r, b);
-    vanilla::backward(
-        arch,
-        shape,
-        r(At::start(q)),
-        r(At::start(k)),
-        r(At::start(v)),
-        r(At::start(dout)),
-        r(At::start(dq)),
-        r(At::start(dk)),
-        r(At::start(dv)),
-        &bufs,
-    )
+    vanilla::backward(arch, shape, io, &resolve(r, b))
 }

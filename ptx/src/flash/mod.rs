@@ -35,7 +35,9 @@
 //! ```
 //! use frugal_ptx::flash::{forward, AttnShape};
 //! let shape = AttnShape { b: 2, t: 100, nh: 8, nkv: 2, hs: 64 };
-//! let launch = forward(0x1000, 0x2000, 0x3000, 0x4000, 0x5000, shape).unwrap();
+//! use frugal_ptx::flash::FlashFwd;
+//! let bufs = FlashFwd { q: 0x1000, k: 0x2000, v: 0x3000, o: 0x4000, lse: 0x5000 };
+//! let launch = forward(&bufs, shape).unwrap();
 //! assert_eq!(launch.kernel, "flash_attn_fwd_hs64");
 //! assert_eq!(launch.dims.grid, [2, 8, 2]);
 //! ```
@@ -46,12 +48,11 @@ pub mod tile;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
-use crate::kernels::{
-    check_aligned, check_positive, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-};
+use crate::kernels::{check_aligned, check_positive, to_u32, KernelSpec, Launch};
+use crate::launch::{Arg, ParamKind, ParamKind::*};
 
 /// The forward kernel's parameters (names as in [`emit::FWD_PARAMS`]).
-const FWD_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
+const FWD_PARAM_LIST: &[(&str, ParamKind)] = &[
     ("q", Ptr),
     ("k", Ptr),
     ("v", Ptr),
@@ -92,7 +93,7 @@ pub static FLASH_ATTN_BWD_PREPROCESS: KernelSpec = KernelSpec {
     ],
 };
 
-const DKDV_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
+const DKDV_PARAM_LIST: &[(&str, ParamKind)] = &[
     ("q", Ptr),
     ("k", Ptr),
     ("v", Ptr),
@@ -107,7 +108,7 @@ const DKDV_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
     ("scale_log2", F32),
 ];
 
-const DQ_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
+const DQ_PARAM_LIST: &[(&str, ParamKind)] = &[
     ("q", Ptr),
     ("k", Ptr),
     ("v", Ptr),
@@ -149,7 +150,7 @@ pub static FLASH_ATTN_BWD_DQ_HS128: KernelSpec = KernelSpec {
     params: DQ_PARAM_LIST,
 };
 
-const DKDV_DQ_ATOMIC_PARAM_LIST: &[(&str, crate::kernels::ParamKind)] = &[
+const DKDV_DQ_ATOMIC_PARAM_LIST: &[(&str, ParamKind)] = &[
     ("q", Ptr),
     ("k", Ptr),
     ("v", Ptr),
@@ -245,6 +246,58 @@ impl AttnShape {
     }
 }
 
+/// The forward's buffers: device addresses of bf16 tensors in the layout of the fused QKV
+/// projection (rows of B*T tokens, heads side by side), except LSE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlashFwd {
+    /// Queries Q (B, T, NH, HS), 16-byte aligned.
+    pub q: u64,
+    /// Keys K (B, T, NKV, HS), 16-byte aligned.
+    pub k: u64,
+    /// Values V (B, T, NKV, HS), 16-byte aligned.
+    pub v: u64,
+    /// Output O (B, T, NH, HS), overwritten; 4-byte aligned.
+    pub o: u64,
+    /// Per-row log-sum-exp LSE (B, NH, T) f32, overwritten; 4-byte aligned.
+    pub lse: u64,
+}
+
+/// The backward's buffers (device addresses; bf16 unless noted). Each pass reads the fields
+/// its doc names; the others may be 0 (as in `Default`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlashBwd {
+    /// Q (B, T, NH, HS), 16-byte aligned.
+    pub q: u64,
+    /// K (B, T, NKV, HS), 16-byte aligned.
+    pub k: u64,
+    /// V (B, T, NKV, HS), 16-byte aligned.
+    pub v: u64,
+    /// The forward's O (B, T, NH, HS).
+    pub o: u64,
+    /// The upstream gradient dO (B, T, NH, HS), 16-byte aligned.
+    pub dout: u64,
+    /// The forward's LSE (B, NH, T) f32.
+    pub lse: u64,
+    /// Scratch D = rowsum(dO * O) (B, NH, T) f32.
+    pub d: u64,
+    /// dQ (B, T, NH, HS), overwritten.
+    pub dq: u64,
+    /// dK (B, T, NKV, HS), overwritten.
+    pub dk: u64,
+    /// dV (B, T, NKV, HS), overwritten.
+    pub dv: u64,
+    /// The f32 dQ accumulator (B, T, NH, HS) of [`DqMode::Atomic`] ([`dq_accum_bytes`]);
+    /// unused in [`DqMode::Deterministic`].
+    pub dq_accum: u64,
+}
+
+impl FlashBwd {
+    /// The inputs every backward pass reads: Q, K, V, dO, LSE, D.
+    fn inputs(&self) -> [u64; 6] {
+        [self.q, self.k, self.v, self.dout, self.lse, self.d]
+    }
+}
+
 /// The forward kernel for head size `hs`, if one is shipped.
 pub fn forward_spec(hs: usize) -> Option<&'static KernelSpec> {
     match hs {
@@ -254,20 +307,14 @@ pub fn forward_spec(hs: usize) -> Option<&'static KernelSpec> {
     }
 }
 
-/// The launch of the causal forward: O and LSE from Q, K, V (device addresses).
+/// The launch of the causal forward: O and LSE from Q, K, V.
 ///
 /// # Errors
 /// `BadLaunch` for a head size other than 64 or 128, NKV not dividing NH, empty shapes,
 /// shapes whose row index overflows 32 bits, grids past CUDA's limits, Q/K/V not 16-byte
 /// aligned (cp.async copies 16 bytes) or O/LSE not 4-byte aligned.
-pub fn forward(
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    lse: u64,
-    shape: AttnShape,
-) -> Result<Launch, PtxError> {
+pub fn forward(bufs: &FlashFwd, shape: AttnShape) -> Result<Launch, PtxError> {
+    let &FlashFwd { q, k, v, o, lse } = bufs;
     let spec = forward_spec(shape.hs).ok_or_else(|| no_kernel("flash_attn_fwd", shape.hs))?;
     let [t, nh, nkv, b, tiles] = check_shape(spec, shape)?;
     for (what, x) in [("Q", q), ("K", k), ("V", v)] {
@@ -299,16 +346,13 @@ pub fn forward(
 }
 
 /// The launch of the backward's preprocess: `D[b, h, t] = sum_d dO[b, t, h, d] * O[b, t, h, d]`
-/// (D (B, NH, T) f32, overwritten; O and dO (B, T, NH, HS) bf16). Any even head size.
+/// (D (B, NH, T) f32, overwritten; O and dO (B, T, NH, HS) bf16). Any even head size. Reads
+/// `o`, `dout` and `d` of `bufs`.
 ///
 /// # Errors
 /// `BadLaunch` for empty shapes, an odd HS, B*T*NH*HS past 32 bits, O/dO/D not 4-byte aligned.
-pub fn backward_preprocess(
-    o: u64,
-    dout: u64,
-    d: u64,
-    shape: AttnShape,
-) -> Result<Launch, PtxError> {
+pub fn backward_preprocess(bufs: &FlashBwd, shape: AttnShape) -> Result<Launch, PtxError> {
+    let &FlashBwd { o, dout, d, .. } = bufs;
     let spec = &FLASH_ATTN_BWD_PREPROCESS;
     for (what, n) in [
         ("B", shape.b),
@@ -400,21 +444,11 @@ fn no_kernel(kernel: &str, hs: usize) -> PtxError {
 /// The backward's key-parallel pass: dK and dV (B, T, NKV, HS) bf16, overwritten, from Q, K,
 /// V, dO, the forward's LSE and the preprocess's D. Deterministic: each dK/dV row is summed
 /// by one warp over the query heads of its group and the query tiles, in a fixed order.
+/// Reads every field of `bufs` but `o`, `dq` and `dq_accum`.
 ///
 /// # Errors
 /// As [`forward`]; dK and dV must be 4-byte aligned, dO 16-byte aligned.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_dkdv(
-    q: u64,
-    k: u64,
-    v: u64,
-    dout: u64,
-    lse: u64,
-    d: u64,
-    dk: u64,
-    dv: u64,
-    shape: AttnShape,
-) -> Result<Launch, PtxError> {
+pub fn backward_dkdv(bufs: &FlashBwd, shape: AttnShape) -> Result<Launch, PtxError> {
     let spec = match shape.hs {
         64 => &FLASH_ATTN_BWD_DKDV_HS64,
         128 => &FLASH_ATTN_BWD_DKDV_HS128,
@@ -423,8 +457,8 @@ pub fn backward_dkdv(
     backward_pass(
         spec,
         shape,
-        [q, k, v, dout, lse, d],
-        &[("dK", dk), ("dV", dv)],
+        bufs.inputs(),
+        &[("dK", bufs.dk), ("dV", bufs.dv)],
         GridHeads::Kv,
         // At most 6 * 64 * 272 + 1024 bytes: fits.
         emit_bwd::bwd_shared_bytes(shape.hs),
@@ -432,21 +466,12 @@ pub fn backward_dkdv(
 }
 
 /// The backward's query-parallel pass: dQ (B, T, NH, HS) bf16, overwritten (a separate pass
-/// rather than atomics, so dQ is deterministic).
+/// rather than atomics, so dQ is deterministic). Reads every field of `bufs` but `o`, `dk`,
+/// `dv` and `dq_accum`.
 ///
 /// # Errors
 /// As [`forward`]; dQ must be 4-byte aligned, dO 16-byte aligned.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_dq(
-    q: u64,
-    k: u64,
-    v: u64,
-    dout: u64,
-    lse: u64,
-    d: u64,
-    dq: u64,
-    shape: AttnShape,
-) -> Result<Launch, PtxError> {
+pub fn backward_dq(bufs: &FlashBwd, shape: AttnShape) -> Result<Launch, PtxError> {
     let spec = match shape.hs {
         64 => &FLASH_ATTN_BWD_DQ_HS64,
         128 => &FLASH_ATTN_BWD_DQ_HS128,
@@ -455,8 +480,8 @@ pub fn backward_dq(
     backward_pass(
         spec,
         shape,
-        [q, k, v, dout, lse, d],
-        &[("dQ", dq)],
+        bufs.inputs(),
+        &[("dQ", bufs.dq)],
         GridHeads::Query,
         emit_bwd::bwd_shared_bytes(shape.hs),
     )
@@ -464,23 +489,12 @@ pub fn backward_dq(
 
 /// The atomic-dQ variant of [`backward_dkdv`]: dK and dV as there, and `dq_accum`
 /// (B, T, NH, HS) f32 ACCUMULATED with `red.global.add.f32` (zero it first; [`backward`]
-/// does). Dynamic shared memory [`emit_bwd::dkdv_dq_atomic_shared_bytes`].
+/// does). Dynamic shared memory [`emit_bwd::dkdv_dq_atomic_shared_bytes`]. Reads every field
+/// of `bufs` but `o` and `dq`.
 ///
 /// # Errors
 /// As [`backward_dkdv`], and `BadLaunch` for a `dq_accum` not 4-byte aligned.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_dkdv_dq_atomic(
-    q: u64,
-    k: u64,
-    v: u64,
-    dout: u64,
-    lse: u64,
-    d: u64,
-    dk: u64,
-    dv: u64,
-    dq_accum: u64,
-    shape: AttnShape,
-) -> Result<Launch, PtxError> {
+pub fn backward_dkdv_dq_atomic(bufs: &FlashBwd, shape: AttnShape) -> Result<Launch, PtxError> {
     let spec = match shape.hs {
         64 => &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS64,
         128 => &FLASH_ATTN_BWD_DKDV_DQ_ATOMIC_HS128,
@@ -489,8 +503,12 @@ pub fn backward_dkdv_dq_atomic(
     backward_pass(
         spec,
         shape,
-        [q, k, v, dout, lse, d],
-        &[("dK", dk), ("dV", dv), ("dQ accumulator", dq_accum)],
+        bufs.inputs(),
+        &[
+            ("dK", bufs.dk),
+            ("dV", bufs.dv),
+            ("dQ accumulator", bufs.dq_accum),
+        ],
         GridHeads::Kv,
         emit_bwd::dkdv_dq_atomic_shared_bytes(shape.hs),
     )
@@ -558,37 +576,22 @@ pub fn dq_accum_bytes(shape: AttnShape, mode: DqMode) -> usize {
 }
 
 /// Every launch of the flash backward, in order on one stream: dQ (B, T, NH, HS), dK and
-/// dV (B, T, NKV, HS) bf16, overwritten, from Q, K, V, the forward's O and LSE, and dO. `d`
-/// is the (B, NH, T) f32 scratch for D; `dq_accum` the f32 scratch of
-/// [`dq_accum_bytes`] (unused, may be 0, in [`DqMode::Deterministic`]).
+/// dV (B, T, NKV, HS) bf16, overwritten, from Q, K, V, the forward's O and LSE, and dO (see
+/// [`FlashBwd`]; `dq_accum` may be 0 in [`DqMode::Deterministic`]).
 ///
 /// # Errors
 /// As the launchers it calls.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    mode: DqMode,
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    dout: u64,
-    lse: u64,
-    d: u64,
-    dq: u64,
-    dk: u64,
-    dv: u64,
-    dq_accum: u64,
-    shape: AttnShape,
-) -> Result<Vec<Launch>, PtxError> {
-    let pre = backward_preprocess(o, dout, d, shape)?;
+pub fn backward(mode: DqMode, bufs: &FlashBwd, shape: AttnShape) -> Result<Vec<Launch>, PtxError> {
+    let pre = backward_preprocess(bufs, shape)?;
+    let &FlashBwd { dq, dq_accum, .. } = bufs;
     match mode {
         DqMode::Deterministic => Ok(vec![
             pre,
-            backward_dkdv(q, k, v, dout, lse, d, dk, dv, shape)?,
-            backward_dq(q, k, v, dout, lse, d, dq, shape)?,
+            backward_dkdv(bufs, shape)?,
+            backward_dq(bufs, shape)?,
         ]),
         DqMode::Atomic => {
-            let atomic = backward_dkdv_dq_atomic(q, k, v, dout, lse, d, dk, dv, dq_accum, shape)?;
+            let atomic = backward_dkdv_dq_atomic(bufs, shape)?;
             let n = (dq_accum_bytes(shape, mode) / 4) as u64;
             // The util kernels take 16-byte vectors when aligned, scalars otherwise.
             check_aligned(&UTIL_CAST_F32_BF16, "dQ", dq, 2)?;

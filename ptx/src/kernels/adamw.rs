@@ -16,10 +16,10 @@
 //! decay_mask 4-byte aligned, one at a time otherwise and for the n % 4 tail.
 
 use super::{
-    check_aligned, check_positive, dims_1d, flat_grid, to_u32, Arg, KernelSpec, Launch,
-    ParamKind::*, FLAT_BLOCK,
+    check_aligned, check_positive, dims_1d, flat_grid, to_u32, KernelSpec, Launch, FLAT_BLOCK,
 };
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// Elements per block of the norm's first pass (256 threads x 256 elements).
 pub const NORM_CHUNK: usize = 65536;

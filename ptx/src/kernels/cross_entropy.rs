@@ -12,11 +12,9 @@
 //! Accesses: 16-byte vectors of 8 logits when V % 8 == 0 and logits/dlogits are 16-byte
 //! aligned (V = 32000 qualifies), 2-byte scalars otherwise (chosen in the kernel).
 
-use super::{
-    check_aligned, check_positive, dims_1d, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-    ROW_BLOCK,
-};
+use super::{check_aligned, check_positive, dims_1d, to_u32, KernelSpec, Launch, ROW_BLOCK};
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// The target value of a position that does not count (padding): no loss, no gradient.
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -56,23 +54,48 @@ pub fn count_valid(targets: &[u32]) -> usize {
     targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
 }
 
+/// The fused forward-backward's buffers (device addresses; N = B*T rows of V logits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossEntropyBufs {
+    /// Logits (N, V) bf16, 2-byte aligned.
+    pub logits: u64,
+    /// Targets (N) u32 ([`IGNORE_INDEX`] for none), 4-byte aligned.
+    pub targets: u64,
+    /// Loss per row (N) f32, overwritten; 4-byte aligned.
+    pub loss: u64,
+    /// dlogits (N, V) bf16, overwritten (may alias `logits`); 2-byte aligned.
+    pub dlogits: u64,
+}
+
+/// The sizes of one cross-entropy call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossEntropyShape {
+    /// Rows N = B*T.
+    pub rows: usize,
+    /// Vocabulary size V.
+    pub v: usize,
+    /// Non-ignored targets in the whole batch ([`count_valid`]).
+    pub num_valid: usize,
+}
+
 /// Loss per row and dlogits for `rows` rows of `v` logits; `num_valid` is the number of
 /// non-ignored targets in the whole batch ([`count_valid`]); the gradient is multiplied by
 /// `scale / num_valid`.
 ///
 /// # Errors
 /// `BadLaunch` for empty or oversized shapes, `num_valid` of 0, misaligned pointers.
-#[allow(clippy::too_many_arguments)] // the kernel's own parameter list, in its order
 pub fn forward_backward(
-    logits: u64,
-    targets: u64,
-    loss: u64,
-    dlogits: u64,
-    rows: usize,
-    v: usize,
-    num_valid: usize,
+    bufs: CrossEntropyBufs,
+    shape: CrossEntropyShape,
     scale: f32,
 ) -> Result<Launch, PtxError> {
+    let CrossEntropyBufs {
+        logits,
+        targets,
+        loss,
+        dlogits,
+    } = bufs;
+    let CrossEntropyShape { rows, v, num_valid } = shape;
     let spec = &CROSS_ENTROPY;
     check_positive(spec, "rows", rows)?;
     check_positive(spec, "V", v)?;

@@ -11,11 +11,9 @@
 //! are there before the step); one block per distinct token adds its positions in
 //! increasing order, the CPU backend's order. Work O(N*C); no shared memory.
 
-use super::{
-    check_aligned, check_positive, dims_1d, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-    ROW_BLOCK,
-};
+use super::{check_aligned, check_positive, dims_1d, to_u32, KernelSpec, Launch, ROW_BLOCK};
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// `embedding_fwd(tokens, table, out, c, v)`.
 pub static EMBEDDING_FWD: KernelSpec = KernelSpec {

@@ -9,8 +9,8 @@
 //! `params` as `CU_LAUNCH_PARAM_BUFFER_POINTER`, the emulator path passes it to
 //! [`crate::emu::launch`] (see [`Launch::run_emu`]).
 //!
-//! Parameter offsets are computed here from each spec with the PTX rule (each parameter at
-//! the previous end rounded up to its alignment); a test checks every spec against the
+//! Parameters are packed by [`crate::launch::pack`] from each spec with the PTX rule (each
+//! parameter at the previous end rounded up to its alignment); a test checks every spec against the
 //! offsets the emulator's parser derives from the shipped text, so the two cannot drift.
 
 pub mod adamw;
@@ -23,6 +23,7 @@ pub mod swiglu;
 
 use crate::emu::{Checks, DeviceMemory, LaunchDims, LaunchStats, Module};
 use crate::error::PtxError;
+use crate::launch::{self, Arg, Param, ParamKind};
 
 /// Threads per block of the row-wise kernels (one block per row).
 pub const ROW_BLOCK: u32 = 256;
@@ -31,29 +32,6 @@ pub const FLAT_BLOCK: u32 = 256;
 /// Upper bound on blocks of a grid-stride kernel: enough to fill any current GPU
 /// (132 SMs x 16 blocks); more only adds scheduling overhead.
 pub const MAX_FLAT_GRID: u64 = 2048;
-
-/// The PTX type of one kernel parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    /// A device address (`.u64`).
-    Ptr,
-    /// `.u32`.
-    U32,
-    /// `.u64` count.
-    U64,
-    /// `.f32`.
-    F32,
-}
-
-impl ParamKind {
-    /// Size (and alignment) in bytes.
-    pub fn size(self) -> usize {
-        match self {
-            ParamKind::Ptr | ParamKind::U64 => 8,
-            ParamKind::U32 | ParamKind::F32 => 4,
-        }
-    }
-}
 
 /// A kernel's identity and parameter list, in declaration order.
 #[derive(Clone, Copy, Debug)]
@@ -66,37 +44,13 @@ pub struct KernelSpec {
     pub params: &'static [(&'static str, ParamKind)],
 }
 
-/// A parameter value, in the order of the spec.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Arg {
-    /// Device address.
-    Ptr(u64),
-    /// 32-bit unsigned.
-    U32(u32),
-    /// 64-bit unsigned.
-    U64(u64),
-    /// 32-bit float.
-    F32(f32),
-}
-
-impl Arg {
-    fn kind(self) -> ParamKind {
-        match self {
-            Arg::Ptr(_) => ParamKind::Ptr,
-            Arg::U32(_) => ParamKind::U32,
-            Arg::U64(_) => ParamKind::U64,
-            Arg::F32(_) => ParamKind::F32,
-        }
-    }
-}
-
 impl KernelSpec {
     /// Byte offset of each parameter in the packed buffer, and the buffer's size.
     pub fn offsets(&self) -> (Vec<usize>, usize) {
         let mut offsets = Vec::with_capacity(self.params.len());
         let mut end = 0usize;
         for &(_, kind) in self.params {
-            let at = end.div_ceil(kind.size()) * kind.size();
+            let at = launch::align_up(end, kind.size());
             offsets.push(at);
             end = at + kind.size();
         }
@@ -108,27 +62,11 @@ impl KernelSpec {
     /// # Errors
     /// `BadLaunch` if the count or a type differs from the spec (a launcher bug).
     pub fn pack(&self, args: &[Arg]) -> Result<Vec<u8>, PtxError> {
-        if args.len() != self.params.len() {
-            return Err(self.bad(format!(
-                "{} arguments given, the kernel takes {}",
-                args.len(),
-                self.params.len()
-            )));
-        }
-        let (offsets, size) = self.offsets();
-        let mut buf = vec![0u8; size];
-        for ((&(name, kind), &arg), &at) in self.params.iter().zip(args).zip(&offsets) {
-            if arg.kind() != kind {
-                return Err(self.bad(format!("parameter {name} is {kind:?}, given {arg:?}")));
-            }
-            let bytes = match arg {
-                Arg::Ptr(v) | Arg::U64(v) => v.to_le_bytes().to_vec(),
-                Arg::U32(v) => v.to_le_bytes().to_vec(),
-                Arg::F32(v) => v.to_le_bytes().to_vec(),
-            };
-            buf[at..at + bytes.len()].copy_from_slice(&bytes);
-        }
-        Ok(buf)
+        let params = self
+            .params
+            .iter()
+            .map(|&(name, kind)| Param::typed(name, kind));
+        launch::pack(self.kernel, params, args)
     }
 
     /// A `BadLaunch` error for this kernel.
@@ -149,7 +87,6 @@ impl KernelSpec {
             kernel: self.kernel,
             dims,
             params: self.pack(args)?,
-            args: args.to_vec(),
         })
     }
 }
@@ -163,11 +100,9 @@ pub struct Launch {
     pub kernel: &'static str,
     /// Grid, block and dynamic shared memory.
     pub dims: LaunchDims,
-    /// The packed parameter buffer.
+    /// The packed parameter buffer (packed once, by [`crate::launch::pack`]; every backend
+    /// launches these bytes).
     pub params: Vec<u8>,
-    /// The same arguments, typed, in parameter order (for a launch API that packs itself,
-    /// such as the runtime's `Device::launch`).
-    pub args: Vec<Arg>,
 }
 
 impl Launch {

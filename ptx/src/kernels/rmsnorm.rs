@@ -17,11 +17,9 @@
 //! and every pointer is 16-byte aligned (all the presets' widths, arena buffers), 2-byte
 //! scalars otherwise (the kernels choose at run time; both paths are tested).
 
-use super::{
-    check_aligned, check_positive, dims_1d, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-    ROW_BLOCK,
-};
+use super::{check_aligned, check_positive, dims_1d, to_u32, KernelSpec, Launch, ROW_BLOCK};
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// Rows of one backward block (and one workspace row).
 pub const ROWS_PER_BLOCK: usize = 32;
@@ -110,19 +108,59 @@ fn check_rows(spec: &KernelSpec, rows: usize, c: usize) -> Result<(u32, u32), Pt
     Ok((to_u32(spec, "rows", rows)?, to_u32(spec, "C", c)?))
 }
 
+/// The forward's buffers (device addresses; N rows of width C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RmsNormFwd {
+    /// Input x (N, C) bf16.
+    pub x: u64,
+    /// Gain g (C) bf16.
+    pub g: u64,
+    /// Output y (N, C) bf16, overwritten.
+    pub y: u64,
+    /// Per-row reciprocal RMS rstd (N) f32, overwritten (the backward reads it).
+    pub rstd: u64,
+}
+
+/// The fused residual forward's buffers (device addresses; N rows of width C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RmsNormResidualFwd {
+    /// Input x (N, C) bf16.
+    pub x: u64,
+    /// Residual res (N, C) bf16.
+    pub res: u64,
+    /// The sum h = bf16(x + res) (N, C), written; may alias x or res.
+    pub h: u64,
+    /// Gain g (C) bf16.
+    pub g: u64,
+    /// Output y = rmsnorm(h, g) (N, C) bf16, overwritten.
+    pub y: u64,
+    /// Per-row rstd of h (N) f32, overwritten.
+    pub rstd: u64,
+}
+
+/// The backward's buffers (device addresses; N rows of width C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RmsNormBwd {
+    /// Upstream gradient dy (N, C) bf16.
+    pub dy: u64,
+    /// The forward's input x (N, C) bf16.
+    pub x: u64,
+    /// Gain g (C) bf16.
+    pub g: u64,
+    /// The forward's rstd (N) f32.
+    pub rstd: u64,
+    /// Input gradient dx (N, C) bf16, written per [`DxMode`].
+    pub dx: u64,
+    /// The dg workspace, [`workspace_elems`] f32, overwritten.
+    pub dg_part: u64,
+}
+
 /// y, rstd = rmsnorm(x, g) over `rows` rows of width `c`.
 ///
 /// # Errors
 /// `BadLaunch` for empty or oversized shapes and misaligned pointers.
-pub fn forward(
-    x: u64,
-    g: u64,
-    y: u64,
-    rstd: u64,
-    rows: usize,
-    c: usize,
-    eps: f32,
-) -> Result<Launch, PtxError> {
+pub fn forward(bufs: RmsNormFwd, rows: usize, c: usize, eps: f32) -> Result<Launch, PtxError> {
+    let RmsNormFwd { x, g, y, rstd } = bufs;
     let spec = &RMSNORM_FWD;
     let (rows, c32) = check_rows(spec, rows, c)?;
     for (what, p) in [("x", x), ("g", g), ("y", y)] {
@@ -147,18 +185,20 @@ pub fn forward(
 ///
 /// # Errors
 /// `BadLaunch` for empty or oversized shapes and misaligned pointers.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_residual(
-    x: u64,
-    res: u64,
-    h: u64,
-    g: u64,
-    y: u64,
-    rstd: u64,
+    bufs: RmsNormResidualFwd,
     rows: usize,
     c: usize,
     eps: f32,
 ) -> Result<Launch, PtxError> {
+    let RmsNormResidualFwd {
+        x,
+        res,
+        h,
+        g,
+        y,
+        rstd,
+    } = bufs;
     let spec = &RMSNORM_FWD_RESIDUAL;
     let (rows, c32) = check_rows(spec, rows, c)?;
     for (what, p) in [("x", x), ("res", res), ("h", h), ("g", g), ("y", y)] {
@@ -184,18 +224,15 @@ pub fn forward_residual(
 ///
 /// # Errors
 /// `BadLaunch` for empty or oversized shapes and misaligned pointers.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dy: u64,
-    x: u64,
-    g: u64,
-    rstd: u64,
-    dx: u64,
-    dg_part: u64,
-    rows: usize,
-    c: usize,
-    mode: DxMode,
-) -> Result<Launch, PtxError> {
+pub fn backward(bufs: RmsNormBwd, rows: usize, c: usize, mode: DxMode) -> Result<Launch, PtxError> {
+    let RmsNormBwd {
+        dy,
+        x,
+        g,
+        rstd,
+        dx,
+        dg_part,
+    } = bufs;
     let spec = &RMSNORM_BWD;
     let (rows32, c32) = check_rows(spec, rows, c)?;
     for (what, p) in [("dy", dy), ("x", x), ("g", g), ("dx", dx)] {

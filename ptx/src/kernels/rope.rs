@@ -11,10 +11,10 @@
 //! x, cos and sin 16-byte aligned (arena buffers are); N*heads*HS < 2^32.
 
 use super::{
-    check_aligned, check_positive, dims_1d, flat_grid, to_u32, Arg, KernelSpec, Launch,
-    ParamKind::*, FLAT_BLOCK,
+    check_aligned, check_positive, dims_1d, flat_grid, to_u32, KernelSpec, Launch, FLAT_BLOCK,
 };
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// The base of RoPE's angles in the presets.
 pub const THETA: f64 = 10000.0;
@@ -63,21 +63,37 @@ pub fn table(t: usize, hs: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Rotates x (rows, heads*hs) in place; `cos`, `sin` hold [`table`]`(t, hs, theta)`.
+/// The rotation's buffers (device addresses, 16-byte aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RopeBufs {
+    /// The heads to rotate in place: x (rows, heads*HS) bf16 (Q or K, or their gradients).
+    pub x: u64,
+    /// The cos table (T, HS/2) f32 of [`table`].
+    pub cos: u64,
+    /// The sin table (T, HS/2) f32 of [`table`].
+    pub sin: u64,
+}
+
+/// The sizes of one rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RopeShape {
+    /// Rows B*T.
+    pub rows: usize,
+    /// Sequence length T (position = row % T).
+    pub t: usize,
+    /// Heads per row (NH for Q, NKV for K).
+    pub heads: usize,
+    /// Head size HS, a multiple of 8.
+    pub hs: usize,
+}
+
+/// Rotates `bufs.x` in place; `cos`, `sin` hold [`table`]`(t, hs, theta)`.
 ///
 /// # Errors
 /// `BadLaunch` when a shape or alignment assumption above does not hold.
-#[allow(clippy::too_many_arguments)]
-pub fn rope(
-    x: u64,
-    cos: u64,
-    sin: u64,
-    rows: usize,
-    t: usize,
-    heads: usize,
-    hs: usize,
-    dir: Direction,
-) -> Result<Launch, PtxError> {
+pub fn rope(bufs: RopeBufs, shape: RopeShape, dir: Direction) -> Result<Launch, PtxError> {
+    let RopeBufs { x, cos, sin } = bufs;
+    let RopeShape { rows, t, heads, hs } = shape;
     let spec = &ROPE;
     check_positive(spec, "rows", rows)?;
     check_positive(spec, "T", t)?;

@@ -11,11 +11,9 @@
 //! memory; 16-byte vectors of 8 when T % 8 == 0 and the pointers are 16-byte aligned,
 //! 2-byte scalars otherwise (chosen in the kernel).
 
-use super::{
-    check_aligned, check_positive, dims_1d, to_u32, Arg, KernelSpec, Launch, ParamKind::*,
-    ROW_BLOCK,
-};
+use super::{check_aligned, check_positive, dims_1d, to_u32, KernelSpec, Launch, ROW_BLOCK};
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// `attn_softmax_fwd(s, p, t, scale)`.
 pub static ATTN_SOFTMAX_FWD: KernelSpec = KernelSpec {

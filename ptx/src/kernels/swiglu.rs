@@ -7,11 +7,9 @@
 //! elements when every pointer is 16-byte aligned (the arena's are), a scalar path
 //! otherwise; pointers must be at least 2-byte aligned (bf16).
 
-use super::{
-    check_aligned, check_positive, dims_1d, flat_grid, Arg, KernelSpec, Launch, ParamKind::*,
-    FLAT_BLOCK,
-};
+use super::{check_aligned, check_positive, dims_1d, flat_grid, KernelSpec, Launch, FLAT_BLOCK};
 use crate::error::PtxError;
+use crate::launch::{Arg, ParamKind::*};
 
 /// `swiglu_fwd(gate, up, out, n)`.
 pub static SWIGLU_FWD: KernelSpec = KernelSpec {

@@ -52,9 +52,13 @@ pub mod simt;
 pub mod splitk;
 pub mod table;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
-use crate::kernels::{Arg, KernelSpec, Launch, ParamKind};
+use crate::kernels::{KernelSpec, Launch};
+use crate::launch::{Arg, ParamKind};
 
 /// Which product of a linear layer (see the module docs); names say which operand is stored
 /// transposed relative to the logical A (M, K), B (K, N): `N` = as is, `T` = transposed.
@@ -682,19 +686,25 @@ pub fn kernel_spec(kind: KernelKind, layout: Layout, out: OutType) -> Result<Ker
 /// # Errors
 /// `BadLaunch` if the catalogue lacks the module or the entry (a build bug).
 fn catalogue_entry(module: &str, entry: &str) -> Result<(&'static str, &'static str), PtxError> {
-    let m = crate::catalogue::module(module).ok_or_else(|| PtxError::BadLaunch {
+    // Every matmul launch of a step build asks; scanning the module text each time made
+    // deep-model step builds slow, so the entries are listed once per process.
+    static ENTRIES: OnceLock<HashMap<&'static str, (&'static str, HashSet<&'static str>)>> =
+        OnceLock::new();
+    let entries = ENTRIES.get_or_init(|| {
+        crate::catalogue::modules()
+            .iter()
+            .map(|m| (m.name, (m.name, m.entries().into_iter().collect())))
+            .collect()
+    });
+    let (name, kernels) = entries.get(module).ok_or_else(|| PtxError::BadLaunch {
         kernel: entry.to_string(),
         reason: format!("no catalogue module {module}"),
     })?;
-    let kernel = m
-        .entries()
-        .into_iter()
-        .find(|e| *e == entry)
-        .ok_or_else(|| PtxError::BadLaunch {
-            kernel: entry.to_string(),
-            reason: format!("module {module} has no entry {entry}"),
-        })?;
-    Ok((m.name, kernel))
+    let kernel = kernels.get(entry).ok_or_else(|| PtxError::BadLaunch {
+        kernel: entry.to_string(),
+        reason: format!("module {module} has no entry {entry}"),
+    })?;
+    Ok((name, kernel))
 }
 
 /// The launch of `g` with the kernel of `choice`; `a`, `b`, `c` are device addresses.

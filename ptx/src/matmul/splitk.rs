@@ -14,7 +14,7 @@
 //! Launch: block ([`REDUCE_THREADS`], 1, 1), grid (ceil(M*N / REDUCE_THREADS), 1, 1).
 
 use super::OutType;
-use crate::kernels::ParamKind;
+use crate::launch::ParamKind;
 use crate::ptx_text::{Ptx, F32_ZERO};
 
 /// Threads per CTA of the reduce.

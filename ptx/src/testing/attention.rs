@@ -9,8 +9,8 @@
 //! [`super`] explain.
 
 use super::{bf, download, run, upload, Gen, Runner};
-use crate::flash::{self, AttnShape, DqMode};
-use crate::vanilla::{self, VanillaBuffers};
+use crate::flash::{self, AttnShape, DqMode, FlashBwd, FlashFwd};
+use crate::vanilla::{self, VanillaBuffers, VanillaBwd, VanillaFwd};
 
 const POISON_BF16: u16 = 0x7FC0;
 
@@ -351,11 +351,24 @@ pub fn vanilla_case(r: &mut dyn Runner, shape: AttnShape, seed: u64) {
     let pdv = upload(r, &vec![POISON_BF16; nk], "dv");
     let bufs = vanilla_buffers(shape, &mut |data, name| upload(r, data, name));
     let arch = r.arch();
-    let launches = vanilla::forward(arch, shape, pq, pk, pv, po, &bufs)
+    let fwd = VanillaFwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        o: po,
+    };
+    let bwd = VanillaBwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        dout: pdo,
+        dq: pdq,
+        dk: pdk,
+        dv: pdv,
+    };
+    let launches = vanilla::forward(arch, shape, &fwd, &bufs)
         .and_then(|mut l| {
-            l.extend(vanilla::backward(
-                arch, shape, pq, pk, pv, pdo, pdq, pdk, pdv, &bufs,
-            )?);
+            l.extend(vanilla::backward(arch, shape, &bwd, &bufs)?);
             Ok(l)
         })
         .unwrap_or_else(|e| panic!("vanilla launchers refused {shape:?}: {e}"));
@@ -402,23 +415,29 @@ pub fn flash_atomic_case(r: &mut dyn Runner, shape: AttnShape, seed: u64) {
         upload_chain(r, [&q, &k, &v, &dout], shape);
     let accum = flash::dq_accum_bytes(shape, DqMode::Atomic) / 4;
     let paccum = upload(r, &vec![f32::NAN; accum], "dq_accum");
-    run(r, flash::forward(pq, pk, pv, po, plse, shape));
-    let launches = flash::backward(
-        DqMode::Atomic,
-        pq,
-        pk,
-        pv,
-        po,
-        pdo,
-        plse,
-        pd,
-        pdq,
-        pdk,
-        pdv,
-        paccum,
-        shape,
-    )
-    .unwrap_or_else(|e| panic!("flash atomic launchers refused {shape:?}: {e}"));
+    let fwd = FlashFwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        o: po,
+        lse: plse,
+    };
+    let bwd = FlashBwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        o: po,
+        dout: pdo,
+        lse: plse,
+        d: pd,
+        dq: pdq,
+        dk: pdk,
+        dv: pdv,
+        dq_accum: paccum,
+    };
+    run(r, flash::forward(&fwd, shape));
+    let launches = flash::backward(DqMode::Atomic, &bwd, shape)
+        .unwrap_or_else(|e| panic!("flash atomic launchers refused {shape:?}: {e}"));
     for l in launches {
         run(r, Ok(l));
     }

@@ -2,7 +2,7 @@
 //! from the same bf16 logits, every third target ignored, loss and dlogits poisoned.
 
 use super::{bf, download, run, upload, Gen, Runner, POISON_BF16, POISON_F32};
-use crate::kernels::cross_entropy::{self, IGNORE_INDEX};
+use crate::kernels::cross_entropy::{self, CrossEntropyBufs, CrossEntropyShape, IGNORE_INDEX};
 
 /// `rows` rows of `v` logits uniform in [-amp, amp]; dlogits scaled by `scale`.
 pub fn case(r: &mut dyn Runner, rows: usize, v: usize, amp: f32, scale: f32, seed: u64) {
@@ -24,7 +24,20 @@ pub fn case(r: &mut dyn Runner, rows: usize, v: usize, amp: f32, scale: f32, see
     let dl_d = upload(r, &vec![POISON_BF16; rows * v], "dlogits");
     run(
         r,
-        cross_entropy::forward_backward(z_d, t_d, loss_d, dl_d, rows, v, nv, scale),
+        cross_entropy::forward_backward(
+            CrossEntropyBufs {
+                logits: z_d,
+                targets: t_d,
+                loss: loss_d,
+                dlogits: dl_d,
+            },
+            CrossEntropyShape {
+                rows,
+                v,
+                num_valid: nv,
+            },
+            scale,
+        ),
     );
     let mean_d = upload(r, &[POISON_F32], "mean");
     run(r, cross_entropy::mean(loss_d, rows, nv, mean_d));

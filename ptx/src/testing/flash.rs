@@ -8,7 +8,7 @@ use super::attention::{
     check_grad, flash_o_tolerance, inputs, reference, reference_backward, upload_chain, Slack,
 };
 use super::{bf, download, run, Runner};
-use crate::flash::{self, AttnShape};
+use crate::flash::{self, AttnShape, FlashBwd, FlashFwd};
 
 /// Forward then backward on `shape` with Q, K uniform in [-2, 2], V and dO in [-1, 1].
 pub fn chain_case(r: &mut dyn Runner, shape: AttnShape, seed: u64) {
@@ -17,13 +17,30 @@ pub fn chain_case(r: &mut dyn Runner, shape: AttnShape, seed: u64) {
     let (nq, nrow) = (q.len(), b * nh * t);
     let [pq, pk, pv, pdo, po, plse, pd, pdq, pdk, pdv] =
         upload_chain(r, [&q, &k, &v, &dout], shape);
-    run(r, flash::forward(pq, pk, pv, po, plse, shape));
-    run(r, flash::backward_preprocess(po, pdo, pd, shape));
-    run(
-        r,
-        flash::backward_dkdv(pq, pk, pv, pdo, plse, pd, pdk, pdv, shape),
-    );
-    run(r, flash::backward_dq(pq, pk, pv, pdo, plse, pd, pdq, shape));
+    let fwd = FlashFwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        o: po,
+        lse: plse,
+    };
+    let bwd = FlashBwd {
+        q: pq,
+        k: pk,
+        v: pv,
+        o: po,
+        dout: pdo,
+        lse: plse,
+        d: pd,
+        dq: pdq,
+        dk: pdk,
+        dv: pdv,
+        dq_accum: 0,
+    };
+    run(r, flash::forward(&fwd, shape));
+    run(r, flash::backward_preprocess(&bwd, shape));
+    run(r, flash::backward_dkdv(&bwd, shape));
+    run(r, flash::backward_dq(&bwd, shape));
     let want = reference(&q64, &k64, &v64, shape);
 
     // O: the weights P rounded to bf16 for the PV product (2^-8 of the mass), O rounded to

@@ -3,7 +3,7 @@
 //! and the workspace poisoned with NaN first.
 
 use super::{bf, bf16_bits, download, run, upload, Gen, Runner, POISON_BF16, POISON_F32};
-use crate::kernels::rmsnorm::{self, DxMode};
+use crate::kernels::rmsnorm::{self, DxMode, RmsNormBwd, RmsNormFwd, RmsNormResidualFwd};
 
 /// The epsilon the checks use.
 pub const EPS: f32 = 1e-5;
@@ -43,7 +43,13 @@ pub fn case(r: &mut dyn Runner, rows: usize, c: usize, mode: DxMode, fwd: Fwd, s
     let x_d = match fwd {
         Fwd::Plain => {
             let x_d = upload(r, &x, "x");
-            run(r, rmsnorm::forward(x_d, g_d, y_d, rstd_d, rows, c, EPS));
+            let bufs = RmsNormFwd {
+                x: x_d,
+                g: g_d,
+                y: y_d,
+                rstd: rstd_d,
+            };
+            run(r, rmsnorm::forward(bufs, rows, c, EPS));
             x_d
         }
         Fwd::Residual => {
@@ -52,7 +58,19 @@ pub fn case(r: &mut dyn Runner, rows: usize, c: usize, mode: DxMode, fwd: Fwd, s
             let h_d = upload(r, &res, "res/h");
             run(
                 r,
-                rmsnorm::forward_residual(xi_d, h_d, h_d, g_d, y_d, rstd_d, rows, c, EPS),
+                rmsnorm::forward_residual(
+                    RmsNormResidualFwd {
+                        x: xi_d,
+                        res: h_d,
+                        h: h_d,
+                        g: g_d,
+                        y: y_d,
+                        rstd: rstd_d,
+                    },
+                    rows,
+                    c,
+                    EPS,
+                ),
             );
             let h: Vec<u16> = download(r, h_d, n);
             assert!(h == x, "h = bf16(x + res) differs ({})", r.name());
@@ -69,7 +87,19 @@ pub fn case(r: &mut dyn Runner, rows: usize, c: usize, mode: DxMode, fwd: Fwd, s
     let dg_d = upload(r, &dg0, "dg");
     run(
         r,
-        rmsnorm::backward(dy_d, x_d, g_d, rstd_d, dx_d, part_d, rows, c, mode),
+        rmsnorm::backward(
+            RmsNormBwd {
+                dy: dy_d,
+                x: x_d,
+                g: g_d,
+                rstd: rstd_d,
+                dx: dx_d,
+                dg_part: part_d,
+            },
+            rows,
+            c,
+            mode,
+        ),
     );
     run(r, rmsnorm::dg_reduce(part_d, dg_d, rows, c));
 

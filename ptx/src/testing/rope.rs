@@ -2,7 +2,7 @@
 //! the same f32 table.
 
 use super::{bf, download, run, upload, Gen, Runner};
-use crate::kernels::rope::{self, Direction};
+use crate::kernels::rope::{self, Direction, RopeBufs, RopeShape};
 
 /// Rotates each pair of a bf16 buffer by ±angle in f64; also returns, per element, the
 /// size of the two products (for the cancellation allowance).
@@ -58,7 +58,13 @@ pub fn case(
     let x_d = upload(r, &x, "x");
     let cos_d = upload(r, &cos, "cos");
     let sin_d = upload(r, &sin, "sin");
-    run(r, rope::rope(x_d, cos_d, sin_d, rows, t, heads, hs, dir));
+    let bufs = RopeBufs {
+        x: x_d,
+        cos: cos_d,
+        sin: sin_d,
+    };
+    let shape = RopeShape { rows, t, heads, hs };
+    run(r, rope::rope(bufs, shape, dir));
     let got: Vec<u16> = download(r, x_d, n);
     let (want, mag) = reference(&x, &cos, &sin, t, width, hs, dir);
     for i in 0..n {

@@ -5,7 +5,8 @@
 
 use super::{download, upload, Gen, Runner};
 use crate::emu::LaunchDims;
-use crate::kernels::{Arg, KernelSpec, Launch, ParamKind::*, FLAT_BLOCK, MAX_FLAT_GRID};
+use crate::kernels::{KernelSpec, Launch, FLAT_BLOCK, MAX_FLAT_GRID};
+use crate::launch::{Arg, ParamKind::*};
 
 /// `fill_f32(ptr, n, value)`.
 pub static FILL_F32: KernelSpec = KernelSpec {

@@ -26,7 +26,7 @@ use crate::buffer::{Backing, DeviceBuffer, ErrorSlot, PinnedHostBuffer, PinnedOw
 use crate::device::MemoryInfo;
 use crate::dylib;
 use crate::error::RuntimeError;
-use crate::launch::{check_dims, limits, pack_params, KernelArg, LaunchDims};
+use crate::launch::{limits, LaunchDims};
 use crate::modules::{check_ptx_isa, ModuleSet};
 
 /// Turns a driver status into a `Result`, naming the call.
@@ -484,37 +484,43 @@ impl CudaDevice {
         })
     }
 
-    /// Launches `kernel` on the device's stream (asynchronous).
+    /// The parsed modules (for the kernels' parameter declarations).
+    pub(crate) fn modules(&self) -> &ModuleSet {
+        &self.inner.parsed
+    }
+
+    /// Launches `kernel` of module `module` (an index into [`CudaDevice::modules`]) on the
+    /// device's stream (asynchronous) with the packed parameter bytes `params` (checked
+    /// against the kernel's declaration by `Device`'s launch).
     ///
     /// # Errors
-    /// `UnknownKernel`, `BadArguments`, `BadLaunch`, driver errors.
-    pub fn launch(
+    /// `BadLaunch`, driver errors.
+    pub(crate) fn launch(
         &self,
         kernel: &str,
+        module: usize,
         dims: &LaunchDims,
-        args: &[KernelArg],
+        params: &[u8],
     ) -> Result<(), RuntimeError> {
-        check_dims(kernel, dims)?;
-        let (idx, params) = self.inner.parsed.find(kernel)?;
-        let mut packed = pack_params(kernel, &params, args)?;
-        let module_name = self.inner.parsed.modules[idx].source.name;
+        let module_name = self.inner.parsed.modules[module].source.name;
         let function = self
             .inner
             .function(module_name, kernel, dims.dynamic_shared_bytes)?;
-        let mut size = packed.len();
+        let mut size = params.len();
         // The `extra` form: a NULL-terminated list of (key, value) pointers; the
         // keys are the small integers the driver defines for these markers.
         let mut extra: [*mut c_void; 5] = [
             sys::CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT as usize as *mut c_void,
-            packed.as_mut_ptr().cast(),
+            // The driver only reads the buffer; the list's type is `void**` regardless.
+            params.as_ptr().cast_mut().cast(),
             sys::CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT as usize as *mut c_void,
             (&mut size as *mut usize).cast(),
             sys::CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
         ];
         self.inner.make_current()?;
         // SAFETY: `function` belongs to a module loaded on this context; the packed
-        // buffer matches the kernel's parameter layout (checked by pack_params) and
-        // the driver copies it before returning, so `packed` and `size` may drop after.
+        // buffer matches the kernel's parameter layout (checked against its declaration
+        // before this call) and the driver copies it before returning.
         let r = unsafe {
             sys::cuLaunchKernel(
                 function,

@@ -11,7 +11,7 @@ use frugal_ptx::emu::{self, Checks, DeviceMemory, LaunchStats};
 use crate::buffer::{Backing, DeviceBuffer, ErrorSlot};
 use crate::device::MemoryInfo;
 use crate::error::RuntimeError;
-use crate::launch::{check_dims, pack_params, KernelArg, LaunchDims};
+use crate::launch::LaunchDims;
 use crate::modules::ModuleSet;
 
 /// The emulated device's memory capacity unless `FRUGAL_EMU_MEMORY_GIB` says
@@ -140,22 +140,21 @@ impl EmuDevice {
         })
     }
 
-    /// Runs `kernel` to completion.
+    /// Runs `kernel` of module `module` (an index into [`EmuDevice::modules`]) to
+    /// completion with the packed parameter bytes `params` (checked by `Device`'s launch).
     ///
     /// # Errors
-    /// As `Device::launch`; sanitizer findings as `Emulator`.
-    pub fn launch(
+    /// Sanitizer findings and emulator errors as `Emulator`.
+    pub(crate) fn launch(
         &self,
         kernel: &str,
+        module: usize,
         dims: &LaunchDims,
-        args: &[KernelArg],
+        params: &[u8],
     ) -> Result<LaunchStats, RuntimeError> {
-        check_dims(kernel, dims)?;
-        let (idx, params) = self.inner.modules.find(kernel)?;
-        let packed = pack_params(kernel, &params, args)?;
-        let module = &self.inner.modules.modules[idx].parsed;
+        let module = &self.inner.modules.modules[module].parsed;
         let mut mem = lock(&self.inner.memory);
-        emu::launch(module, kernel, dims, &packed, &mut mem, &self.inner.checks).map_err(|e| {
+        emu::launch(module, kernel, dims, params, &mut mem, &self.inner.checks).map_err(|e| {
             RuntimeError::Emulator {
                 kernel: kernel.to_string(),
                 source: Box::new(e),

@@ -9,6 +9,7 @@
 pub mod cuda;
 pub mod emu;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -17,7 +18,8 @@ use crate::arena::{plan_fits, Plan};
 use crate::buffer::{Backing, DeviceArena, DeviceBuffer, PinnedHostBuffer};
 use crate::error::RuntimeError;
 use crate::facts::{self, DeviceFacts};
-use crate::launch::{KernelArg, LaunchDims};
+use crate::launch::{self, check_dims, Arg, LaunchDims};
+use crate::modules::ModuleSet;
 
 /// What `--device` asked for: every command's one device choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,8 +344,9 @@ impl Device {
     }
 
     /// Launches `kernel` (any kernel of the shipped PTX modules) with `dims` and
-    /// `args`. Asynchronous on `cuda`; on `emu` it runs to completion with every
-    /// sanitizer check on, and a finding comes back as `RuntimeError::Emulator`.
+    /// `args`, packed against the kernel's parsed declaration. Asynchronous on `cuda`;
+    /// on `emu` it runs to completion with every sanitizer check on, and a finding comes
+    /// back as `RuntimeError::Emulator`.
     ///
     /// # Errors
     /// `UnknownKernel`, `BadArguments`, `BadLaunch`, driver or emulator errors;
@@ -352,40 +355,58 @@ impl Device {
         &self,
         kernel: &str,
         dims: &LaunchDims,
-        args: &[KernelArg],
+        args: &[Arg],
     ) -> Result<LaunchReport, RuntimeError> {
+        self.launch_packed(kernel, dims, |declared| {
+            Ok(Cow::Owned(launch::pack(kernel, declared, args)?))
+        })
+    }
+
+    /// Runs a typed launch from `frugal_ptx` (a kernel family's launcher built it:
+    /// shapes, alignment and grid already checked, parameters already packed) after
+    /// checking its parameter bytes against the kernel's parsed declaration.
+    ///
+    /// # Errors
+    /// As [`Device::launch`].
+    pub fn run(&self, launch: &frugal_ptx::kernels::Launch) -> Result<LaunchReport, RuntimeError> {
+        self.launch_packed(launch.kernel, &launch.dims, |declared| {
+            launch::check_packed(launch.kernel, declared, &launch.params)?;
+            Ok(Cow::Borrowed(&launch.params))
+        })
+    }
+
+    /// What [`Device::launch`] and [`Device::run`] share: the shape check, the kernel's
+    /// module and declaration, then `params` (which packs or checks the bytes against
+    /// that declaration) and the backend's launch of those bytes.
+    fn launch_packed<'a>(
+        &self,
+        kernel: &str,
+        dims: &LaunchDims,
+        params: impl FnOnce(&[launch::ParamInfo]) -> Result<Cow<'a, [u8]>, RuntimeError>,
+    ) -> Result<LaunchReport, RuntimeError> {
+        let prepare = |modules: &ModuleSet| {
+            check_dims(kernel, dims)?;
+            let (module, declared) = modules.find(kernel)?;
+            Ok::<_, RuntimeError>((module, params(&declared)?))
+        };
         match self {
             Device::Cpu(_) => Err(RuntimeError::Unsupported {
                 backend: "cpu",
                 what: format!("PTX kernel '{kernel}'"),
             }),
-            Device::Cuda(d) => d
-                .launch(kernel, dims, args)
-                .map(|()| LaunchReport::default()),
-            Device::Emu(d) => d
-                .launch(kernel, dims, args)
-                .map(|s| LaunchReport { emulated: Some(s) }),
+            Device::Cuda(d) => {
+                let (module, bytes) = prepare(d.modules())?;
+                d.launch(kernel, module, dims, &bytes)?;
+                Ok(LaunchReport::default())
+            }
+            Device::Emu(d) => {
+                let (module, bytes) = prepare(d.modules())?;
+                let stats = d.launch(kernel, module, dims, &bytes)?;
+                Ok(LaunchReport {
+                    emulated: Some(stats),
+                })
+            }
         }
-    }
-
-    /// Runs a typed launch from `frugal_ptx` (a kernel family's launcher built it:
-    /// shapes, alignment and grid already checked) through [`Device::launch`].
-    ///
-    /// # Errors
-    /// As [`Device::launch`].
-    pub fn run(&self, launch: &frugal_ptx::kernels::Launch) -> Result<LaunchReport, RuntimeError> {
-        use frugal_ptx::kernels::Arg;
-        let args: Vec<KernelArg> = launch
-            .args
-            .iter()
-            .map(|&a| match a {
-                Arg::Ptr(p) => KernelArg::Ptr(p),
-                Arg::U32(x) => KernelArg::U32(x),
-                Arg::U64(x) => KernelArg::U64(x),
-                Arg::F32(x) => KernelArg::F32(x),
-            })
-            .collect();
-        self.launch(launch.kernel, &launch.dims, &args)
     }
 
     /// Waits for all work on the device, then reports any error recorded while

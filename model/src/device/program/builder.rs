@@ -6,6 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 
 use frugal_ptx::error::PtxError;
+use frugal_ptx::kernels::rmsnorm::{RmsNormBwd, RmsNormFwd, RmsNormResidualFwd};
+use frugal_ptx::kernels::rope::{RopeBufs, RopeShape};
 use frugal_ptx::kernels::{rmsnorm, rope, swiglu, Launch};
 use frugal_ptx::matmul::{self, Epilogue, Gemm, Layout, OutType};
 use frugal_runtime::arena::Category;
@@ -208,18 +210,18 @@ pub(super) fn norm_forward(
             r(At::start(nf.rstd)),
         );
         Ok(vec![match nf.residual {
-            None => rmsnorm::forward(x, g, y, rstd, n, c, eps)?,
-            Some((res, sum)) => rmsnorm::forward_residual(
-                x,
-                r(At::start(res)),
-                r(At::start(sum)),
-                g,
-                y,
-                rstd,
-                n,
-                c,
-                eps,
-            )?,
+            None => rmsnorm::forward(RmsNormFwd { x, g, y, rstd }, n, c, eps)?,
+            Some((res, sum)) => {
+                let bufs = RmsNormResidualFwd {
+                    x,
+                    res: r(At::start(res)),
+                    h: r(At::start(sum)),
+                    g,
+                    y,
+                    rstd,
+                };
+                rmsnorm::forward_residual(bufs, n, c, eps)?
+            }
         }])
     })
 }
@@ -254,12 +256,14 @@ pub(super) fn norm_backward(
         let part = r(At::start(part));
         Ok(vec![
             rmsnorm::backward(
-                r(At::start(nb.dy)),
-                r(At::start(nb.x)),
-                r(nb.g),
-                r(At::start(nb.rstd)),
-                r(At::start(nb.dx)),
-                part,
+                RmsNormBwd {
+                    dy: r(At::start(nb.dy)),
+                    x: r(At::start(nb.x)),
+                    g: r(nb.g),
+                    rstd: r(At::start(nb.rstd)),
+                    dx: r(At::start(nb.dx)),
+                    dg_part: part,
+                },
                 n,
                 c,
                 nb.mode,
@@ -315,15 +319,17 @@ pub(super) fn rope_op(
         direction,
     };
     bld.kernels(label, work, move |r| {
-        Ok(vec![rope::rope(
-            r(At::start(x)),
-            r(At::start(tables.cos)),
-            r(At::start(tables.sin)),
-            tables.n,
-            tables.t,
+        let bufs = RopeBufs {
+            x: r(At::start(x)),
+            cos: r(At::start(tables.cos)),
+            sin: r(At::start(tables.sin)),
+        };
+        let shape = RopeShape {
+            rows: tables.n,
+            t: tables.t,
             heads,
-            tables.hs,
-            direction,
-        )?])
+            hs: tables.hs,
+        };
+        Ok(vec![rope::rope(bufs, shape, direction)?])
     })
 }

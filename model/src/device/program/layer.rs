@@ -1,9 +1,10 @@
 //! One transformer layer of the step: its forward (norm, Q/K/V, RoPE, attention, output
 //! projection, norm, SwiGLU MLP) and, in reverse, its backward (MLP, then attention).
 
-use frugal_ptx::flash::{self, DqMode};
+use frugal_ptx::flash::{self, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::{rmsnorm, rope, swiglu};
 use frugal_ptx::matmul::Epilogue;
+use frugal_ptx::vanilla::{VanillaBwd, VanillaFwd};
 
 use super::builder::{
     linear_dw, linear_dx, linear_fwd, norm_backward, norm_forward, rope_op, swiglu_forward,
@@ -175,14 +176,14 @@ fn attention_forward(
         Attention::Flash => {
             let lse = bld.act(name("attn.lse"), (d.b * d.nh * d.t) as u64 * F32); // (B, NH, T)
             bld.kernels(name("flash attention"), work, move |r| {
-                Ok(vec![flash::forward(
-                    r(At::start(q)),
-                    r(At::start(k)),
-                    r(At::start(v)),
-                    r(At::start(o)),
-                    r(At::start(lse)),
-                    attn,
-                )?])
+                let bufs = FlashFwd {
+                    q: r(At::start(q)),
+                    k: r(At::start(k)),
+                    v: r(At::start(v)),
+                    o: r(At::start(o)),
+                    lse: r(At::start(lse)),
+                };
+                Ok(vec![flash::forward(&bufs, attn)?])
             })?;
             Ok((lse, None))
         }
@@ -193,7 +194,13 @@ fn attention_forward(
             );
             let arch = bld.arch;
             bld.kernels(name("vanilla attention"), work, move |r| {
-                vanilla::forward(arch, attn, r, q, k, v, o, &bufs)
+                let io = VanillaFwd {
+                    q: r(At::start(q)),
+                    k: r(At::start(k)),
+                    v: r(At::start(v)),
+                    o: r(At::start(o)),
+                };
+                vanilla::forward(arch, attn, r, &io, &bufs)
             })?;
             // No log-sum-exp on this path; the backward uses the saved probabilities.
             Ok((usize::MAX, Some(bufs.probs)))
@@ -417,21 +424,20 @@ fn attention_core_backward(
                 )),
             };
             bld.kernels(name("flash attention backward"), work, move |r| {
-                flash::backward(
-                    mode,
-                    r(At::start(s.q)),
-                    r(At::start(s.k)),
-                    r(At::start(s.v)),
-                    r(At::start(s.o)),
-                    r(At::start(dout)),
-                    r(At::start(s.lse)),
-                    r(At::start(rowsum)),
-                    r(At::start(dq)),
-                    r(At::start(dk)),
-                    r(At::start(dv)),
-                    accum.map_or(0, |a| r(At::start(a))),
-                    attn,
-                )
+                let bufs = FlashBwd {
+                    q: r(At::start(s.q)),
+                    k: r(At::start(s.k)),
+                    v: r(At::start(s.v)),
+                    o: r(At::start(s.o)),
+                    dout: r(At::start(dout)),
+                    lse: r(At::start(s.lse)),
+                    d: r(At::start(rowsum)),
+                    dq: r(At::start(dq)),
+                    dk: r(At::start(dk)),
+                    dv: r(At::start(dv)),
+                    dq_accum: accum.map_or(0, |a| r(At::start(a))),
+                };
+                flash::backward(mode, &bufs, attn)
             })?;
         }
         Some(probs) => {
@@ -442,7 +448,16 @@ fn attention_core_backward(
             );
             let arch = bld.arch;
             bld.kernels(name("vanilla attention backward"), work, move |r| {
-                vanilla::backward(arch, attn, r, s.q, s.k, s.v, dout, dq, dk, dv, &bufs)
+                let io = VanillaBwd {
+                    q: r(At::start(s.q)),
+                    k: r(At::start(s.k)),
+                    v: r(At::start(s.v)),
+                    dout: r(At::start(dout)),
+                    dq: r(At::start(dq)),
+                    dk: r(At::start(dk)),
+                    dv: r(At::start(dv)),
+                };
+                vanilla::backward(arch, attn, r, &io, &bufs)
             })?;
         }
     }
