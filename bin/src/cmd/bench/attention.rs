@@ -25,9 +25,9 @@ use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Attention, Preset};
 use frugal_model::rng::Rng;
-use frugal_ptx::flash::{self, AttnShape, DqMode};
+use frugal_ptx::flash::{self, AttnShape, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::Launch;
-use frugal_ptx::vanilla::{self, VanillaBuffers};
+use frugal_ptx::vanilla::{self, VanillaBuffers, VanillaBwd, VanillaFwd};
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device};
 use half::bf16;
@@ -264,12 +264,37 @@ fn launches(
     let mut out = Vec::new();
     match attention {
         Attention::Flash => {
-            out.push(flash::forward(m.q, m.k, m.v, m.o, m.lse, shape).map_err(err)?);
+            out.push(
+                flash::forward(
+                    &FlashFwd {
+                        q: m.q,
+                        k: m.k,
+                        v: m.v,
+                        o: m.o,
+                        lse: m.lse,
+                    },
+                    shape,
+                )
+                .map_err(err)?,
+            );
             if pass == Pass::ForwardBackward {
                 out.extend(
                     flash::backward(
-                        dq_mode, m.q, m.k, m.v, m.o, m.dout, m.lse, m.d, m.dq, m.dk, m.dv,
-                        m.dq_accum, shape,
+                        dq_mode,
+                        &FlashBwd {
+                            q: m.q,
+                            k: m.k,
+                            v: m.v,
+                            o: m.o,
+                            dout: m.dout,
+                            lse: m.lse,
+                            d: m.d,
+                            dq: m.dq,
+                            dk: m.dk,
+                            dv: m.dv,
+                            dq_accum: m.dq_accum,
+                        },
+                        shape,
                     )
                     .map_err(err)?,
                 );
@@ -280,11 +305,37 @@ fn launches(
                 .vanilla
                 .as_ref()
                 .ok_or_else(|| failed(what, "vanilla buffers were not allocated"))?;
-            out.extend(vanilla::forward(arch, shape, m.q, m.k, m.v, m.o, bufs).map_err(err)?);
+            out.extend(
+                vanilla::forward(
+                    arch,
+                    shape,
+                    &VanillaFwd {
+                        q: m.q,
+                        k: m.k,
+                        v: m.v,
+                        o: m.o,
+                    },
+                    bufs,
+                )
+                .map_err(err)?,
+            );
             if pass == Pass::ForwardBackward {
                 out.extend(
-                    vanilla::backward(arch, shape, m.q, m.k, m.v, m.dout, m.dq, m.dk, m.dv, bufs)
-                        .map_err(err)?,
+                    vanilla::backward(
+                        arch,
+                        shape,
+                        &VanillaBwd {
+                            q: m.q,
+                            k: m.k,
+                            v: m.v,
+                            dout: m.dout,
+                            dq: m.dq,
+                            dk: m.dk,
+                            dv: m.dv,
+                        },
+                        bufs,
+                    )
+                    .map_err(err)?,
                 );
             }
         }

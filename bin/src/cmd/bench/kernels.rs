@@ -24,12 +24,11 @@ use crate::CliError;
 use frugal_model::config::{Config, Preset};
 use frugal_model::rng::Rng;
 use frugal_ptx::kernels::{
-    adamw, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu, Arg, Launch,
+    adamw, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu, Launch,
 };
 use frugal_runtime::buffer::{DeviceBuffer, Element};
 use frugal_runtime::device::{cuda, Backend, Device, DeviceSpec};
 use frugal_runtime::host::try_zeroed_vec;
-use frugal_runtime::launch::KernelArg;
 use frugal_runtime::RuntimeError;
 use half::bf16;
 
@@ -314,7 +313,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let rstd = m.zeros::<f32>("rstd", n).map_err(rt)?;
             // x (N, C) read, g (C) read, y (N, C) written, rstd (N) f32 written.
             let bytes = 2 * n64 * c64 + 2 * c64 + 2 * n64 * c64 + 4 * n64;
-            let l = rmsnorm::forward(x, g, y, rstd, n, c, eps).map_err(px)?;
+            let l =
+                rmsnorm::forward(rmsnorm::RmsNormFwd { x, g, y, rstd }, n, c, eps).map_err(px)?;
             (l, bytes, format!("N={n} C={c}"))
         }
         Op::RmsnormFwdResidual => {
@@ -326,7 +326,20 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let rstd = m.zeros::<f32>("rstd", n).map_err(rt)?;
             // x, res (N, C) read, h (N, C) written, g (C) read, y (N, C) written, rstd (N) f32 written.
             let bytes = 4 * n64 * c64 + 2 * n64 * c64 + 2 * c64 + 2 * n64 * c64 + 4 * n64;
-            let l = rmsnorm::forward_residual(x, res, h, g, y, rstd, n, c, eps).map_err(px)?;
+            let l = rmsnorm::forward_residual(
+                rmsnorm::RmsNormResidualFwd {
+                    x,
+                    res,
+                    h,
+                    g,
+                    y,
+                    rstd,
+                },
+                n,
+                c,
+                eps,
+            )
+            .map_err(px)?;
             (l, bytes, format!("N={n} C={c}"))
         }
         Op::RopeFwd | Op::RopeBwd => {
@@ -343,7 +356,17 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let q = n64 * (s.nh * s.hs) as u64;
             // x (N, NH·HS) read and written; cos, sin (T, HS/2) f32 read.
             let bytes = 2 * q + 2 * q + 2 * 4 * t64 * (s.hs / 2) as u64;
-            let l = rope::rope(x, cos, sin, n, t, s.nh, s.hs, dir).map_err(px)?;
+            let l = rope::rope(
+                rope::RopeBufs { x, cos, sin },
+                rope::RopeShape {
+                    rows: n,
+                    t,
+                    heads: s.nh,
+                    hs: s.hs,
+                },
+                dir,
+            )
+            .map_err(px)?;
             (l, bytes, format!("N={n} NH={} HS={} T={t}", s.nh, s.hs))
         }
         Op::SoftmaxFwd => {
@@ -399,8 +422,21 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             // compulsory traffic).
             let bytes = 2 * n64 * v64 + 4 * n64 + 4 * n64 + 2 * n64 * v64;
             let nv = cross_entropy::count_valid(&targets);
-            let l = cross_entropy::forward_backward(logits, tg, loss, dlogits, n, v, nv, 1.0)
-                .map_err(px)?;
+            let l = cross_entropy::forward_backward(
+                cross_entropy::CrossEntropyBufs {
+                    logits,
+                    targets: tg,
+                    loss,
+                    dlogits,
+                },
+                cross_entropy::CrossEntropyShape {
+                    rows: n,
+                    v,
+                    num_valid: nv,
+                },
+                1.0,
+            )
+            .map_err(px)?;
             (l, bytes, format!("N={n} V={v}"))
         }
         Op::CrossEntropyMean => {
@@ -425,12 +461,14 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let bytes =
                 2 * 2 * n64 * c64 + 2 * c64 + 4 * n64 + 2 * 2 * n64 * c64 + 4 * parts as u64;
             let l = rmsnorm::backward(
-                dy,
-                x,
-                g,
-                rstd,
-                dx,
-                dg_part,
+                rmsnorm::RmsNormBwd {
+                    dy,
+                    x,
+                    g,
+                    rstd,
+                    dx,
+                    dg_part,
+                },
                 n,
                 c,
                 rmsnorm::DxMode::Accumulate,
@@ -524,16 +562,6 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
     })
 }
 
-/// The PTX crate's typed argument as the runtime's launch API takes it.
-fn kernel_arg(a: Arg) -> KernelArg {
-    match a {
-        Arg::Ptr(p) => KernelArg::Ptr(p),
-        Arg::U32(x) => KernelArg::U32(x),
-        Arg::U64(x) => KernelArg::U64(x),
-        Arg::F32(x) => KernelArg::F32(x),
-    }
-}
-
 /// Builds, warms up and times `op` on `dev`: `iters` launches between two device
 /// timestamps (events on `cuda`), after `warmup` untimed launches and a synchronise.
 ///
@@ -547,12 +575,7 @@ pub fn measure(
     warmup: usize,
 ) -> Result<Row, CliError> {
     let case = build(op, dev, s)?;
-    let args: Vec<KernelArg> = case.launch.args.iter().map(|&a| kernel_arg(a)).collect();
-    let kernel = case.launch.kernel;
-    let launch = || {
-        dev.launch(kernel, &case.launch.dims, &args)
-            .map_err(|e| failed(op, e))
-    };
+    let launch = || dev.run(&case.launch).map_err(|e| failed(op, e));
     for _ in 0..warmup {
         launch()?;
     }
@@ -573,7 +596,7 @@ pub fn measure(
     let iters = iters.max(1);
     Ok(Row {
         op: op.name(),
-        kernel,
+        kernel: case.launch.kernel,
         shape: case.shape,
         bytes: case.bytes,
         iters,
