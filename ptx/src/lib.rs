@@ -19,11 +19,13 @@
 //! its emitter, is missing, or is no longer emitted.
 //!
 //! Walkthrough: look a module up, parse it, allocate emulated device memory,
-//! pack the parameters by the kernel's own layout, launch, read back.
+//! pack the parameters by the kernel's own declaration ([`launch::pack`], the one
+//! packer every launch path uses), launch, read back.
 //!
 //! ```
 //! use frugal_ptx::catalogue;
 //! use frugal_ptx::emu::{launch, Checks, DeviceMemory, LaunchDims, Module};
+//! use frugal_ptx::launch::{pack, Arg, Param};
 //!
 //! let util = catalogue::module("util").unwrap();
 //! let module = Module::parse(util.text).unwrap();
@@ -31,12 +33,10 @@
 //! let n = 1000u64;
 //! let buf = mem.alloc(4 * n as usize, "buf");
 //!
-//! // fill_f32(ptr, n, value): each parameter at the offset the PTX declares.
-//! let layout = module.params("fill_f32").unwrap();
-//! let mut params = vec![0u8; layout.iter().map(|p| p.offset + p.size).max().unwrap()];
-//! params[layout[0].offset..][..8].copy_from_slice(&buf.to_le_bytes());
-//! params[layout[1].offset..][..8].copy_from_slice(&n.to_le_bytes());
-//! params[layout[2].offset..][..4].copy_from_slice(&1.5f32.to_le_bytes());
+//! // fill_f32(ptr, n, value): checked against, and placed at, the offsets the PTX declares.
+//! let declared = module.params("fill_f32").unwrap();
+//! let args = [Arg::Ptr(buf), Arg::U64(n), Arg::F32(1.5)];
+//! let params = pack("fill_f32", declared.iter().map(Param::declared), &args).unwrap();
 //!
 //! let dims = LaunchDims { grid: [2, 1, 1], block: [128, 1, 1], dynamic_shared_bytes: 0 };
 //! launch(&module, "fill_f32", &dims, &params, &mut mem, &Checks::default()).unwrap();
