@@ -29,8 +29,8 @@
 //! |---|---|
 //! | tokens, source positions, the `Parse` error | `lex.rs` |
 //! | syntax tree of the text | `parse.rs` |
-//! | opcode table, parameters, variables, labels | `decode/mod.rs` |
-//! | reading modifiers and operands | `decode/operands.rs` |
+//! | opcode table, parameters, variables, labels | `decode.rs` |
+//! | reading modifiers and operands (`Dec`, `Mods`; families use them, not `decode`) | `operands.rs` |
 //! | the decoded instruction (`Op`, one struct per operation) | `inst.rs` |
 //! | scalar types, float formats, rounding modes | `types.rs` |
 //! | correctly rounded float results, `.ftz`/`.sat`, NaN rules | `rounding.rs` |
@@ -106,6 +106,7 @@ mod exec;
 mod inst;
 mod lex;
 mod memory;
+mod operands;
 mod ops;
 mod parse;
 mod rounding;

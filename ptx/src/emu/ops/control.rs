@@ -1,9 +1,9 @@
 //! Control family: branches and exits (`bra`, `ret`, `exit`: decoded here, run by the
 //! scheduler in `exec`), `trap`, and the predicate instructions `setp`, `set`, `selp`.
 
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{BoolOp, Cmp, Combine, Op, Selp, Set, Setp};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::parse::Operand;
 use crate::emu::rounding;
 use crate::emu::types::{fmt_of, int_value, Rnd, Ty};

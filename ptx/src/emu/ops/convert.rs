@@ -1,9 +1,9 @@
 //! Moves and conversions: `mov` (with vector packing and unpacking) and `cvt` between
 //! integer and float types (and the packing `cvt` to bf16x2/f16x2): decoding and execution.
 
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{Cvt, CvtPack, Mov, Op, Pack, Src, Unpack};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::parse::Operand;
 use crate::emu::rounding::{self, fin, fout, sat64};
 use crate::emu::types::{fmt_of, int_range, int_value, sext, width_mask, Fmt, IntRnd, Rnd, Ty};

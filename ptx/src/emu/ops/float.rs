@@ -3,9 +3,9 @@
 //! on f32, f64, f16, bf16 and the packed x2 types: decoding and execution. The rounding
 //! itself is `rounding`'s.
 
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{FMods, FOp, FUnOp, Float, FloatUn, Fma, Op};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::rounding::{self, fin, fmax, fmin, fout, sat64};
 use crate::emu::types::{fmt_of, Fmt, Rnd, Ty};
 use crate::emu::warp::{map2, reg_lanes, Warp};

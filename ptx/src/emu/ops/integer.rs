@@ -2,11 +2,11 @@
 //! `shl`/`shr`, `mad`, the unary `abs`/`neg`/`not`/`cnot`/`popc`/`clz`/`brev`, and the bit
 //! manipulations `prmt`, `lop3`, `bfe`, `bfi`: their decoding and their execution.
 
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{
     Bfe, Bfi, Int, IntOp, IntUn, IntUnOp, Lop3, Mad, MadMode, Op, Prmt, PrmtMode,
 };
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::types::{sext, wide_of, width_mask, Ty};
 use crate::emu::warp::{map2, reg_lanes, Warp};
 use crate::error::PtxError;

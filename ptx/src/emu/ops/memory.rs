@@ -3,11 +3,11 @@
 //! lane is `access`'s; `cp.async` bookkeeping (copies in flight per thread) is here.
 
 use crate::emu::access::{Access, Site};
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::{AsyncCopy, Cta};
 use crate::emu::inst::{
     Atom, AtomOp, CpAsync, Cvta, Ld, MemSpace, Op, Src, St, LOCAL_WINDOW, SHARED_WINDOW,
 };
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::parse::Operand;
 use crate::emu::rounding::{self, fmax, fmin};
 use crate::emu::types::{sext, Fmt, Rnd, Ty};

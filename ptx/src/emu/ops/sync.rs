@@ -2,9 +2,9 @@
 //! waited for by the scheduler in `exec`), `bar.warp.sync`, `membar`/`fence`, `shfl.sync`,
 //! `vote`, `activemask` and `redux.sync`: decoding and execution.
 
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{IntOp, Op, Redux, Reg, Shfl, ShflMode, Src, Vote, VoteMode};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::ops::integer::int_bin;
 use crate::emu::parse::Operand;
 use crate::emu::types::Ty;

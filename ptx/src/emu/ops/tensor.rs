@@ -20,9 +20,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::emu::access::{Access, Site};
-use crate::emu::decode::{Dec, Mods};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{Ldmatrix, MemSpace, Mma, Op};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::types::{MmaType, Ty};
 use crate::emu::warp::Warp;
 use crate::error::{PtxError, Space};

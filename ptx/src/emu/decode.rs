@@ -1,24 +1,22 @@
 //! Decoding: the parsed syntax tree of each `.entry` becomes a flat list of [`Inst`]s
 //! (see `inst`). This file lays out parameters, variables, registers and labels, and
 //! sends each instruction to its family's decoder by opcode (the `decode_op` table);
-//! `operands` reads modifiers and operands for those decoders.
+//! `operands` (a sibling module the families import directly, so no family depends on this
+//! dispatcher) reads modifiers and operands for those decoders.
 //!
 //! Unsupported opcodes, modifiers and operand shapes are `PtxError::Parse` errors that
 //! name the line, column and instruction text.
-
-mod operands;
 
 use std::collections::HashMap;
 
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
+use super::operands::{Ctx, Dec, Mods, Var};
 use super::ops::{control, convert, float, integer, memory, sync, tensor};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
 use super::ParamInfo;
 use crate::error::PtxError;
-use operands::{Ctx, Var};
-pub(in crate::emu) use operands::{Dec, Mods};
 
 pub(crate) fn decode_module(ast: &Ast) -> Result<Vec<Kernel>, PtxError> {
     let mut out: Vec<Kernel> = Vec::new();
