@@ -11,7 +11,7 @@ use frugal_model::ModelError;
 use frugal_ptx::error::PtxError;
 use frugal_runtime::RuntimeError;
 
-use crate::args::UsageError;
+use crate::cli::UsageError;
 
 /// How a command failed.
 #[derive(Debug)]

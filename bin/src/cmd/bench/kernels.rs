@@ -18,7 +18,8 @@
 //! the launch code are exercised, and every time and GB/s is the host's emulation speed,
 //! labelled as such; it says nothing about a GPU.
 
-use crate::args::{Args, UsageError};
+use super::{kernel_device, open_kernel_device};
+use crate::cli::text;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Config, Preset};
@@ -27,25 +28,41 @@ use frugal_ptx::kernels::{
     adamw, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu, Launch,
 };
 use frugal_runtime::buffer::{DeviceBuffer, Element};
-use frugal_runtime::device::{cuda, Backend, Device, DeviceSpec};
+use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use frugal_runtime::host::try_zeroed_vec;
 use frugal_runtime::RuntimeError;
 use half::bf16;
 
-const USAGE: &str = "\
-usage: frugal bench kernels [--device auto|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                            [--iters N] [--warmup N] [--json]
-
+/// What `frugal bench kernels --help` says first.
+pub const ABOUT: &str = "\
 Times each non-matmul kernel at the shapes of one training step of the preset, through
-the runtime's launch path, and reports bytes moved per launch, time per launch and GB/s.
-  --device D    auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
-  --model NAME  preset (default paper-100m on a GPU, tiny on the emulator)
-  --batch B     sequences per step (default: the preset's on a GPU, 1 on the emulator)
-  --seq T       tokens per sequence (default: the preset's)
-  --iters N     timed launches per kernel (default 50 on a GPU, 1 on the emulator)
-  --warmup N    untimed launches first (default 5 on a GPU, 0 on the emulator)
-  --json        one JSON object per kernel instead of the table
-On the emulator every time and GB/s is the host's emulation speed, not a GPU's.";
+the runtime's launch path, and reports bytes moved per launch, time per launch and GB/s.";
+
+/// `frugal bench kernels`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct KernelsFlags {
+    /// auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
+    #[arg(long, value_name = "D", default_value = "auto", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// preset (default paper-100m on a GPU, tiny on the emulator)
+    #[arg(long, value_name = "NAME", value_parser = text::<String>())]
+    model: Option<String>,
+    /// sequences per step (default: the preset's on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the preset's)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// timed launches per kernel (default 50 on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    iters: Option<usize>,
+    /// untimed launches first (default 5 on a GPU, 0 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    warmup: Option<usize>,
+    /// one JSON object per kernel instead of the table
+    #[arg(long)]
+    json: bool,
+}
 
 /// The shapes of one training step.
 #[derive(Clone, Debug, PartialEq)]
@@ -605,59 +622,6 @@ pub fn measure(
     })
 }
 
-/// Which device the flag asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Choice {
-    Auto,
-    Cuda(usize),
-    Emu,
-}
-
-pub(crate) fn parse_device(s: &str) -> Result<Choice, String> {
-    match s.parse::<DeviceSpec>() {
-        Ok(DeviceSpec::Auto) => Ok(Choice::Auto),
-        Ok(DeviceSpec::Cuda(n)) => Ok(Choice::Cuda(n)),
-        Ok(DeviceSpec::LocalCuda) => Ok(Choice::Cuda(0)),
-        Ok(DeviceSpec::Emu) => Ok(Choice::Emu),
-        Ok(DeviceSpec::Cpu) => Err(
-            "--device cpu has no PTX kernels to time; use cuda or emu here, and \
-             'frugal bench step' for the CPU"
-                .into(),
-        ),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Opens the device; `auto` without a usable GPU says why and uses the emulator.
-pub(crate) fn open(choice: Choice) -> Result<(Device, Option<String>), CliError> {
-    let open_failed = |e: RuntimeError| CliError::Failed(format!("bench kernels: {e}"));
-    let emu = |why: String| -> Result<(Device, Option<String>), CliError> {
-        let note = format!(
-            "device auto: no usable GPU ({why}); using the emulator, so every time and rate \
-             below is emulation speed and meaningless for a GPU"
-        );
-        Ok((
-            Device::open(DeviceSpec::Emu).map_err(open_failed)?,
-            Some(note),
-        ))
-    };
-    match choice {
-        Choice::Emu => Ok((Device::open(DeviceSpec::Emu).map_err(open_failed)?, None)),
-        Choice::Cuda(n) => Ok((
-            Device::open(DeviceSpec::Cuda(n)).map_err(open_failed)?,
-            None,
-        )),
-        Choice::Auto => match cuda::device_count() {
-            Ok(0) => emu("the CUDA driver sees no device".into()),
-            Ok(_) => match Device::open(DeviceSpec::Cuda(0)) {
-                Ok(d) => Ok((d, None)),
-                Err(e) => emu(e.to_string()),
-            },
-            Err(e) => emu(e.to_string()),
-        },
-    }
-}
-
 /// A JSON string literal (quotes, backslashes and control characters escaped); shared by
 /// the `--json` lines of every `frugal bench` subcommand.
 pub(crate) fn json_str(s: &str) -> String {
@@ -717,21 +681,18 @@ pub(crate) fn human_bytes(b: u64) -> String {
 }
 
 /// Runs `frugal bench kernels` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let device = args.string("device")?.unwrap_or_else(|| "auto".into());
-    let model: Option<String> = args.string("model")?;
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let iters: Option<usize> = args.value("iters")?;
-    let warmup: Option<usize> = args.value("warmup")?;
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench kernels: {m}\n{USAGE}")));
-    let choice = parse_device(&device).map_err(usage)?;
+pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
+    let KernelsFlags {
+        device,
+        model,
+        batch,
+        seq,
+        iters,
+        warmup,
+        json,
+    } = flags;
+    let usage = |m: String| super::usage("bench kernels", m);
+    let device = kernel_device("bench kernels", device)?;
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
@@ -743,7 +704,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         }
     }
 
-    let (dev, note) = open(choice)?;
+    let (dev, note) = open_kernel_device(device)?;
     let emulated = dev.backend() == Backend::Emu;
     let preset = match &model {
         Some(m) => m.as_str(),
@@ -961,9 +922,11 @@ mod tests {
 
     #[test]
     fn cpu_is_refused_with_a_pointer_to_bench_step() {
-        assert!(parse_device("cpu").unwrap_err().contains("bench step"));
-        assert_eq!(parse_device("emu"), Ok(Choice::Emu));
-        assert_eq!(parse_device("cuda:1"), Ok(Choice::Cuda(1)));
-        assert!(parse_device("gpu").is_err());
+        let e = kernel_device("bench kernels", DeviceSpec::Cpu).unwrap_err();
+        assert!(e.to_string().contains("bench step"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        for spec in [DeviceSpec::Emu, DeviceSpec::Cuda(1), DeviceSpec::LocalCuda] {
+            assert_eq!(kernel_device("bench kernels", spec).unwrap(), spec);
+        }
     }
 }

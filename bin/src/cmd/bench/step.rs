@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use crate::args::{Args, UsageError};
+use crate::cli::text;
 use crate::train::options::{default_threads, dq_name, parse_attention_dq, Attention, AttentionDq};
 use crate::CliError;
 use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
@@ -29,23 +29,45 @@ use frugal_model::rng::Rng;
 use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
 use frugal_runtime::host::{memory_limit, try_zeroed_vec};
 
-const USAGE: &str = "\
-usage: frugal bench step [--device cpu|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                         [--attention flash|vanilla] [--attention-dq deterministic|atomic]
-                         [--threads N] [--steps N] [--warmup N] [--json]
+/// What `frugal bench step --help` says first.
+pub const ABOUT: &str =
+    "Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.";
 
-Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.
-  --device D    cpu (default), cuda[:N], or emu (the PTX emulator: slow, times emulated)
-  --model NAME  preset (default tiny)
-  --batch B     sequences per step (default: the preset's)
-  --seq T       tokens per sequence (default: the preset's)
-  --attention A flash (default) or vanilla, on cuda and emu
-  --attention-dq M  flash backward's dQ: deterministic (default) or atomic (faster on
-                GPUs, not bitwise reproducible run to run), on cuda and emu
-  --threads N   CPU worker threads, cpu only (default: the cores available)
-  --steps N     timed steps (default 10)
-  --warmup N    untimed steps first (default 2)
-  --json        one JSON object with the figures instead of the text report";
+/// `frugal bench step`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct StepFlags {
+    /// cpu, cuda[:N], or emu (the PTX emulator: slow, times emulated)
+    #[arg(long, value_name = "D", default_value = "cpu", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// preset
+    #[arg(long, value_name = "NAME", default_value = "tiny", value_parser = text::<String>())]
+    model: String,
+    /// sequences per step (default: the preset's)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the preset's)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// flash (default) or vanilla, on cuda and emu
+    #[arg(long, value_name = "A", value_parser = text::<String>())]
+    attention: Option<String>,
+    /// flash backward's dQ: deterministic (default) or atomic (faster on GPUs, not
+    /// bitwise reproducible run to run), on cuda and emu
+    #[arg(long, value_name = "M", value_parser = text::<String>())]
+    attention_dq: Option<String>,
+    /// CPU worker threads, cpu only (default: the cores available)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    threads: Option<usize>,
+    /// timed steps
+    #[arg(long, value_name = "N", default_value = "10", value_parser = text::<usize>())]
+    steps: usize,
+    /// untimed steps first
+    #[arg(long, value_name = "N", default_value = "2", value_parser = text::<usize>())]
+    warmup: usize,
+    /// one JSON object with the figures instead of the text report
+    #[arg(long)]
+    json: bool,
+}
 
 /// Learning rate of the timed updates: small, so that the random-token steps stay
 /// finite for any number of steps (the figure does not depend on it).
@@ -58,33 +80,11 @@ const WEIGHT_DECAY: f32 = 0.1;
 /// Gradient clipping norm, the trainer's default.
 const CLIP: f64 = 1.0;
 
-/// Where the step runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepDevice {
-    /// `CpuModel` and host AdamW.
-    Cpu,
-    /// `DeviceModel` on this CUDA device.
-    Cuda(usize),
-    /// `DeviceModel` on the emulator.
-    Emu,
-}
-
-impl StepDevice {
-    /// "cpu", "cuda:N" or "emu".
-    pub fn name(self) -> String {
-        match self {
-            StepDevice::Cpu => "cpu".into(),
-            StepDevice::Cuda(n) => format!("cuda:{n}"),
-            StepDevice::Emu => "emu".into(),
-        }
-    }
-}
-
 /// What one benchmark run is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepBench {
     /// Where it runs.
-    pub device: StepDevice,
+    pub device: DeviceSpec,
     /// Flash or vanilla attention (device steps only).
     pub attention: Attention,
     /// Flash attention's dQ mode (device steps only).
@@ -240,9 +240,8 @@ fn check_fits_cpu(b: &StepBench) -> Result<(), String> {
 /// or a non-finite loss or gradient norm, as `Failed`.
 pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
     match b.device {
-        StepDevice::Cpu => measure_cpu(b),
-        StepDevice::Cuda(n) => measure_device(b, DeviceSpec::Cuda(n)),
-        StepDevice::Emu => measure_device(b, DeviceSpec::Emu),
+        DeviceSpec::Cpu => measure_cpu(b),
+        spec => measure_device(b, spec),
     }
 }
 
@@ -390,7 +389,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
          \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
          \"gflops\": {:.4}, \"mfu\": {}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
         b.model,
-        b.device.name(),
+        b.device,
         timing_name(s.timing),
         b.attention,
         dq_name(b.attention_dq),
@@ -415,37 +414,27 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
 }
 
 /// Runs `frugal bench step` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
+pub fn run(flags: StepFlags) -> Result<(), CliError> {
+    let StepFlags {
+        device,
+        model,
+        batch,
+        seq,
+        attention,
+        attention_dq,
+        threads,
+        steps,
+        warmup,
+        json,
+    } = flags;
+    let threads = threads.unwrap_or_else(default_threads);
+    let usage = |m: String| super::usage("bench step", m);
+    // The step runs where it is told: `auto` would hide which step was timed.
+    if device == DeviceSpec::Auto {
+        return Err(usage(format!(
+            "--device '{device}' is not one of cpu, cuda, cuda:N, emu"
+        )));
     }
-    let device = args.string("device")?;
-    let attention = args.string("attention")?;
-    let attention_dq = args.string("attention-dq")?;
-    let model = args.string("model")?.unwrap_or_else(|| "tiny".into());
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let threads: usize = args.value_or("threads", default_threads())?;
-    let steps: usize = args.value_or("steps", 10)?;
-    let warmup: usize = args.value_or("warmup", 2)?;
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench step: {m}\n{USAGE}")));
-    let device = match device.as_deref() {
-        None => StepDevice::Cpu,
-        Some(d) => match d.parse::<DeviceSpec>() {
-            Ok(DeviceSpec::Cpu) => StepDevice::Cpu,
-            Ok(DeviceSpec::Emu) => StepDevice::Emu,
-            Ok(DeviceSpec::Cuda(n)) => StepDevice::Cuda(n),
-            Ok(DeviceSpec::LocalCuda) => StepDevice::Cuda(0),
-            Ok(DeviceSpec::Auto) | Err(_) => {
-                return Err(usage(format!(
-                    "--device '{d}' is not one of cpu, cuda, cuda:N, emu"
-                )))
-            }
-        },
-    };
     let attention = match attention.as_deref() {
         None | Some("flash") => Attention::Flash,
         Some("vanilla") => Attention::Vanilla,
@@ -488,14 +477,14 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         config,
     };
     let where_ = match bench.device {
-        StepDevice::Cpu => format!("CPU training step, {} threads", bench.threads),
-        StepDevice::Cuda(n) => format!(
-            "GPU training step on cuda:{n}, attention {} (dQ {})",
+        DeviceSpec::Cpu => format!("CPU training step, {} threads", bench.threads),
+        DeviceSpec::Emu => format!(
+            "GPU training step on the emulator (emu), attention {} (dQ {})",
             bench.attention,
             dq_name(bench.attention_dq)
         ),
-        StepDevice::Emu => format!(
-            "GPU training step on the emulator (emu), attention {} (dQ {})",
+        spec => format!(
+            "GPU training step on {spec}, attention {} (dQ {})",
             bench.attention,
             dq_name(bench.attention_dq)
         ),
@@ -568,7 +557,7 @@ mod tests {
             norm_eps: 1e-5,
         };
         let b = StepBench {
-            device: StepDevice::Cpu,
+            device: DeviceSpec::Cpu,
             attention: Attention::Flash,
             attention_dq: AttentionDq::Deterministic,
             model: "custom".into(),
