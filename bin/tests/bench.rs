@@ -347,3 +347,63 @@ fn attention_refuses_bad_flags() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// Usage mistakes on any benchmark exit 2 and say what is wrong: a flag given twice
+/// (with its values), a misspelt flag (with clap's suggestion), an unknown benchmark.
+#[test]
+fn usage_mistakes_are_named_with_exit_2() {
+    let o = frugal(&["bench", "matmul", "--iters", "2", "--iters=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench matmul: --iters given twice ('2', then '3')"),
+        "{err}"
+    );
+    let o = frugal(&["bench", "step", "--stepz", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--steps"));
+    let o = frugal(&["bench", "kernels", "--iters", "ten"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench kernels: --iters 'ten' is not valid"),
+        "{err}"
+    );
+    for words in [&["bench"][..], &["bench", "nosuch"], &["arena"]] {
+        assert_eq!(frugal(words).status.code(), Some(2), "{words:?}");
+    }
+    for words in [
+        &["bench", "--help"][..],
+        &["bench", "step", "--help"],
+        &["arena", "--help"],
+    ] {
+        assert_eq!(frugal(words).status.code(), Some(0), "{words:?}");
+    }
+}
+
+/// `bench matmul --list --json` lists the step's products without a device, in the
+/// schema `scripts/torch/matmul.py` reads.
+#[test]
+fn matmul_list_names_every_product_with_its_shape() {
+    let (out, _) = ok(&frugal(&[
+        "bench", "matmul", "--list", "--json", "--model", "tiny",
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines.is_empty(), "{out}");
+    for line in lines {
+        for key in [
+            "\"product\":",
+            "\"layout\":",
+            "\"m\":",
+            "\"lda\":",
+            "\"alpha\":",
+            "\"count\":",
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        assert!(
+            !line.contains("\"us\""),
+            "a listed product has no time: {line}"
+        );
+    }
+}

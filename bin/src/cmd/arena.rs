@@ -12,6 +12,7 @@ use frugal_runtime::device::{Device, DeviceSpec};
 use frugal_runtime::RuntimeError;
 
 use crate::cli::{text, UsageError};
+use crate::error::Context;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
 
@@ -145,14 +146,15 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
 
     match (buffers, model) {
         (Some(file), None) => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Failed(format!("cannot read buffer list '{file}': {e}")))?;
-            let requests = arena::parse_buffers(&text)
-                .map_err(|e| CliError::Failed(format!("{file}: {e}")))?;
-            let p = plan(&requests).map_err(|e| CliError::Failed(e.to_string()))?;
+            let text = std::fs::read_to_string(&file).map_err(|source| CliError::BufferList {
+                file: file.clone(),
+                source,
+            })?;
+            let requests = arena::parse_buffers(&text).context(file.as_str())?;
+            let p = plan(&requests)?;
             print_plan(&p, summary);
             if let Some(avail) = available {
-                plan_fits(&p, avail).map_err(|e| CliError::Failed(e.to_string()))?;
+                plan_fits(&p, avail)?;
                 println!("fits in {avail} bytes");
             }
             Ok(())
@@ -185,17 +187,12 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
             };
             // Built once up front so that a config the step cannot run is refused with the
             // step's own words (the batch search only passes runtime errors on).
-            let asked = step
-                .at(batch)
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let asked = step.at(batch)?;
 
             if let Some(f) = mem_target {
-                let dev = Device::open(device).map_err(|e| CliError::Failed(e.to_string()))?;
-                let budget = dev
-                    .mem_budget(f)
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
-                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                let dev = Device::open(device)?;
+                let budget = dev.mem_budget(f)?;
+                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))?;
                 let batch = b;
                 println!(
                     "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
@@ -219,12 +216,11 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
             );
             match available {
                 None => {
-                    let p = plan(&asked).map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = plan(&asked)?;
                     print_plan(&p, summary);
                 }
                 Some(avail) => {
-                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))
-                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))?;
                     print_plan(&p, summary);
                     println!("fits in {avail} bytes");
                 }
@@ -304,12 +300,14 @@ mod tests {
         // a and b share: 3 MiB fits, 4 MiB would be needed without sharing.
         run(args(&["--buffers", f, "--available", "3M"])).unwrap();
         match run(args(&["--buffers", f, "--available", "2M"])) {
-            Err(CliError::Failed(msg)) => assert!(msg.contains("3145728 bytes"), "{msg}"),
+            Err(e @ CliError::Runtime(_)) => {
+                assert!(e.to_string().contains("3145728 bytes"), "{e}")
+            }
             other => panic!("expected a failure, got {other:?}"),
         }
         std::fs::write(&file, "w params lots 0 9\n").unwrap();
         match run(args(&["--buffers", f])) {
-            Err(CliError::Failed(msg)) => assert!(msg.contains("line 1"), "{msg}"),
+            Err(e @ CliError::In { .. }) => assert!(e.to_string().contains("line 1"), "{e}"),
             other => panic!("expected a failure, got {other:?}"),
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -326,7 +324,8 @@ mod tests {
             "--available",
             "80G",
         ])) {
-            Err(CliError::Failed(msg)) => {
+            Err(e @ CliError::Runtime(_)) => {
+                let msg = e.to_string();
                 assert!(
                     msg.contains("batch 64 needs") && msg.contains("largest batch that fits is"),
                     "{msg}"

@@ -87,7 +87,11 @@ fn usage(command: &str, message: impl std::fmt::Display) -> CliError {
 /// Opens a kernel benchmark's device; `auto` without a usable GPU says why (the note)
 /// and uses the emulator.
 fn open_kernel_device(device: DeviceSpec) -> Result<(Device, Option<String>), CliError> {
-    let open_failed = |e: RuntimeError| CliError::Failed(format!("bench kernels: {e}"));
+    let open_failed = |e: RuntimeError| CliError::Bench {
+        bench: "bench kernels",
+        what: None,
+        source: Box::new(e),
+    };
     let emu = |why: String| -> Result<(Device, Option<String>), CliError> {
         let note = format!(
             "device auto: no usable GPU ({why}); using the emulator, so every time and rate \

@@ -164,8 +164,11 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         );
     }
     for &n in &ranks {
-        let port = free_port()
-            .map_err(|e| CliError::Failed(format!("bench allreduce: no free local port: {e}")))?;
+        let port = free_port().map_err(|e| CliError::Bench {
+            bench: "bench allreduce",
+            what: Some("no free local port".into()),
+            source: Box::new(e),
+        })?;
         let token = random_token();
         let mut child = vec!["bench".to_string(), "allreduce".into(), "--worker".into()];
         child.extend([
@@ -213,9 +216,11 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         };
         let (outcome, out) = run_ranks(&set)?;
         if let Outcome::Failed { rank, status } = outcome {
-            return Err(CliError::Failed(format!(
-                "bench allreduce: rank {rank} of {n} failed ({status}); see its output above"
-            )));
+            return Err(CliError::BenchRankFailed {
+                rank,
+                ranks: n,
+                status,
+            });
         }
         for line in out.lines().filter_map(|l| l.strip_prefix(RESULT_TAG)) {
             let f: Vec<f64> = line
@@ -248,8 +253,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
 fn max_over_ranks(comm: &mut SocketComm, scratch: &mut [f32], x: f64) -> Result<f64, CliError> {
     scratch.iter_mut().for_each(|v| *v = 0.0);
     scratch[comm.rank()] = x as f32;
-    comm.all_gather_f32(scratch)
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    comm.all_gather_f32(scratch)?;
     Ok(scratch.iter().cloned().fold(0.0f32, f32::max) as f64)
 }
 
@@ -284,34 +288,30 @@ fn run_worker(
     iters: Option<usize>,
     options: SocketOptions,
 ) -> Result<(), CliError> {
-    let failed = |e: frugal_comm::CommError| CliError::Failed(e.to_string());
-    let rv = Rendezvous::from_env(None).map_err(failed)?;
+    let rv = Rendezvous::from_env(None)?;
     // Fault injection for the launch tests: this rank fails at once.
     if std::env::var("FRUGAL_BENCH_FAIL_RANK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         == Some(rv.rank)
     {
-        return Err(CliError::Failed(format!(
-            "rank {}: failing on purpose (FRUGAL_BENCH_FAIL_RANK)",
-            rv.rank
-        )));
+        return Err(CliError::FailingOnPurpose { rank: rv.rank });
     }
-    let mut comm = SocketComm::connect(&rv, options).map_err(failed)?;
+    let mut comm = SocketComm::connect(&rv, options)?;
     let mut times = vec![0.0f32; comm.world()];
     for &bytes in sizes {
         let mut buf = vec![1e-7f32; bytes / 4];
         let iters = iters.unwrap_or_else(|| default_iters(bytes));
         let warmup = (iters / 10).clamp(1, 20);
         for _ in 0..warmup {
-            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+            comm.all_reduce_sum_f32(&mut buf)?;
         }
-        comm.barrier().map_err(failed)?;
+        comm.barrier()?;
         let t = Instant::now();
         let cpu = cpu_seconds();
         let delay = run_delay_seconds();
         for _ in 0..iters {
-            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+            comm.all_reduce_sum_f32(&mut buf)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
@@ -331,7 +331,7 @@ fn run_worker(
             );
         }
     }
-    comm.barrier().map_err(failed)?;
+    comm.barrier()?;
     Ok(())
 }
 

@@ -135,8 +135,12 @@ impl Row {
     }
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench attention: {what}: {e}"))
+fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench attention",
+        what: Some(what.to_string()),
+        source: e.into(),
+    }
 }
 
 /// Device buffers of one shape (freed on drop).

@@ -420,8 +420,12 @@ impl<'d> Buffers<'d> {
     }
 }
 
-fn failed(case: &Case, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench kernels: {}: {e}", case.name()))
+fn failed(case: &Case, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench kernels",
+        what: Some(case.name().to_string()),
+        source: e.into(),
+    }
 }
 
 /// Builds `case`'s buffers and launch on `dev`.
@@ -883,7 +887,11 @@ pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
     let StepCases {
         cases,
         vanilla_refused,
-    } = step_cases(&cfg, b, t).map_err(|e| CliError::Failed(format!("bench kernels: {e}")))?;
+    } = step_cases(&cfg, b, t).map_err(|e| CliError::Bench {
+        bench: "bench kernels",
+        what: None,
+        source: Box::new(e),
+    })?;
     let iters = iters.unwrap_or(if emulated { 1 } else { 50 });
     let warmup = warmup.unwrap_or(if emulated { 0 } else { 5 });
     let timing = dev.timing_source().label();

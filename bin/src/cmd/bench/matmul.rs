@@ -22,6 +22,8 @@
 //! (`ptx/src/matmul/dispatch_table.txt`, embedded by the next build). `--json` prints one JSON
 //! object per product (and a summary) in the schema `scripts/torch/matmul.py` also prints;
 //! `--compare FILE` reads such lines (the torch script's) and adds their time and the ratio.
+//! `--list --json` prints the products alone, with no device: the torch script times
+//! those, so its list of shapes is this one.
 
 use super::kernel_device;
 use super::kernels::json_str;
@@ -79,7 +81,7 @@ pub struct MatmulFlags {
     /// print the products (name, shape, launches per step) and time nothing: no device
     /// is opened and the defaults are a GPU's; with --json one object per product
     /// (what scripts/torch/matmul.py reads)
-    #[arg(long, conflicts_with_all = ["variants", "compare", "autotune"], verbatim_doc_comment)]
+    #[arg(long, conflicts_with_all = ["variants", "compare", "autotune"])]
     list: bool,
     /// JSON lines of another run (scripts/torch/matmul.py): add its time and ratio
     #[arg(long, value_name = "FILE", value_parser = text::<String>())]
@@ -126,8 +128,12 @@ pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, M
         .collect())
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench matmul: {what}: {e}"))
+fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench matmul",
+        what: Some(what.to_string()),
+        source: e.into(),
+    }
 }
 
 /// A buffer of `n` bf16 (or f32 when `f32s`) values from a tiled random pattern.
@@ -503,12 +509,10 @@ pub fn read_compare(path: &str, text: &str) -> Result<Vec<Measured>, CliError> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| {
-            CliError::Failed(format!(
-                "bench matmul: --compare {path}:{}: {why} (expected the JSON lines of \
-                 `frugal bench matmul --json` or scripts/torch/matmul.py)",
-                n + 1
-            ))
+        let bad = |why: String| CliError::CompareLine {
+            path: path.to_string(),
+            line: n + 1,
+            why,
         };
         let fields = parse_flat_json(line).map_err(bad)?;
         let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v);
@@ -660,11 +664,9 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
     };
     let emulated = dev.backend() == Backend::Emu;
     if autotune && dev.backend() != Backend::Cuda {
-        return Err(CliError::Failed(format!(
-            "bench matmul --autotune needs a GPU (--device cuda): it picks kernels by measured \
-             time, and {} timings would pick nonsense; run it on the GPU the table is for",
-            dev.backend().as_str()
-        )));
+        return Err(CliError::AutotuneNeedsGpu {
+            backend: dev.backend().as_str(),
+        });
     }
     // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
     let arch = dev.facts().map_or(80, |f| f.sm);
@@ -1013,7 +1015,9 @@ mod tests {
             "--out",
             "never-written.txt",
         ]) {
-            Err(CliError::Failed(m)) => assert!(m.contains("needs a GPU"), "{m}"),
+            Err(e @ CliError::AutotuneNeedsGpu { .. }) => {
+                assert!(e.to_string().contains("needs a GPU"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(!std::path::Path::new("never-written.txt").exists());
@@ -1028,7 +1032,9 @@ mod tests {
             );
         }
         match run_words(&["--device", "emu", "--compare", "no/such/file.jsonl"]) {
-            Err(CliError::Failed(m)) => assert!(m.contains("no/such/file.jsonl"), "{m}"),
+            Err(e @ CliError::Bench { .. }) => {
+                assert!(e.to_string().contains("no/such/file.jsonl"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -1089,7 +1095,9 @@ mod tests {
             "{\"product\":\"x\",\"us\":1} extra",
         ] {
             match read_compare("t.jsonl", &format!("{line}\n{bad}")) {
-                Err(CliError::Failed(m)) => assert!(m.contains("t.jsonl:2"), "{m}"),
+                Err(e @ CliError::CompareLine { .. }) => {
+                    assert!(e.to_string().contains("t.jsonl:2"), "{e}")
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }

@@ -186,20 +186,28 @@ fn stats(
     }
 }
 
-/// `len` zeroed host elements for `what`, or a `Failed` naming the bytes (not an abort).
-fn host<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
-    try_zeroed_vec(len, what).map_err(|e| CliError::Failed(format!("bench step: {e}")))
+/// A failure of the step being timed: "bench step: {e}".
+fn failed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench step",
+        what: None,
+        source: e.into(),
+    }
 }
 
-/// B·T, or a `Failed` when the product overflows.
+/// `len` zeroed host elements for `what`, or an error naming the bytes (not an abort).
+fn host<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
+    try_zeroed_vec(len, what).map_err(failed)
+}
+
+/// B·T, or an error when the product overflows.
 fn tokens_per_step(b: &StepBench) -> Result<usize, CliError> {
-    b.batch.checked_mul(b.seq).ok_or_else(|| {
-        CliError::Failed(format!(
-            "bench step: --batch {} times --seq {} tokens is more than this machine can count; \
-             use a smaller --batch or --seq",
-            b.batch, b.seq
-        ))
-    })
+    b.batch
+        .checked_mul(b.seq)
+        .ok_or(CliError::StepTokensOverflow {
+            batch: b.batch,
+            seq: b.seq,
+        })
 }
 
 /// Refuses, by arithmetic and before anything is allocated, a CPU step whose f32
@@ -237,7 +245,7 @@ fn check_fits_cpu(b: &StepBench) -> Result<(), String> {
 ///
 /// # Errors
 /// A device that does not open, a model error (shapes), a plan that does not fit,
-/// or a non-finite loss or gradient norm, as `Failed`.
+/// or a non-finite loss or gradient norm.
 pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
     match b.device {
         DeviceSpec::Cpu => measure_cpu(b),
@@ -247,9 +255,12 @@ pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
 
 /// The step on a GPU device (or the emulator) through `DeviceModel`.
 fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError> {
-    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
-    let device = Device::open(spec).map_err(|e| failed(format!("--device {spec}: {e}")))?;
+    let device = Device::open(spec).map_err(|e| CliError::Bench {
+        bench: "bench step",
+        what: Some(format!("--device {spec}")),
+        source: Box::new(e),
+    })?;
     let timing = match device.timing_source() {
         TimingSource::Emulated => TimingSource::Emulated,
         // Each step ends by reading the norm back: the host clock covers the device's work.
@@ -269,13 +280,13 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     };
     let n = tokens_per_step(b)?;
     // The arena is planned, and refused if it does not fit, before it is allocated.
-    let mut model = DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper)
-        .map_err(|e| failed(e.to_string()))?;
-    let params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let mut model =
+        DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper).map_err(failed)?;
+    let params = try_init_params(cfg, 1).map_err(failed)?;
     let zeros: Vec<f32> = host(params.len(), "the AdamW moments' zeros")?;
     model
         .set_state(&params, &zeros, &zeros, 0)
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     let mut rng = Rng::new(0x5354_4550);
     let mut inputs: Vec<u32> = host(n, "the input tokens")?;
     let mut targets: Vec<u32> = host(n, "the target tokens")?;
@@ -284,19 +295,18 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     for i in 0..b.warmup + b.steps {
         draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
         let started = Instant::now();
-        model.zero_grads().map_err(|e| failed(e.to_string()))?;
+        model.zero_grads().map_err(failed)?;
         let loss = model
             .forward_backward(&inputs, &targets, 1.0, None)
-            .map_err(|e| failed(e.to_string()))?;
-        let norm = model
-            .optimizer_step(BENCH_LR, CLIP)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
+        let norm = model.optimizer_step(BENCH_LR, CLIP).map_err(failed)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if !loss.is_finite() || !norm.is_finite() {
-            return Err(failed(format!(
-                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
-                i + 1
-            )));
+            return Err(CliError::StepDiverged {
+                step: i + 1,
+                loss,
+                norm,
+            });
         }
         if i >= b.warmup {
             step_ms.push(ms);
@@ -308,15 +318,13 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
 
 /// The CPU step: `CpuModel` and host AdamW.
 fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
-    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
     let n = tokens_per_step(b)?;
     check_fits_cpu(b).map_err(failed)?;
     // Every buffer sized from the flags is allocated fallibly: a size the host still
     // refuses is an error naming its bytes, never an abort.
-    let mut model =
-        CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(|e| failed(e.to_string()))?;
-    let mut params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let mut model = CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(failed)?;
+    let mut params = try_init_params(cfg, 1).map_err(failed)?;
     let p = params.len();
     let mut grads: Vec<f32> = host(p, "the gradients")?;
     let mut decay_mask: Vec<bool> = host(p, "the weight-decay mask")?;
@@ -327,7 +335,7 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
     }
     let (m, v) = (host(p, "AdamW's m")?, host(p, "AdamW's v")?);
     let mut opt = AdamW::from_state(BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY, m, v, 0)
-        .ok_or_else(|| failed("AdamW's two moments differ in length".into()))?;
+        .ok_or_else(|| failed("AdamW's two moments differ in length"))?;
     let mut rng = Rng::new(0x5354_4550);
     let mut inputs: Vec<u32> = host(n, "the input tokens")?;
     let mut targets: Vec<u32> = host(n, "the target tokens")?;
@@ -339,13 +347,14 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
         grads.iter_mut().for_each(|g| *g = 0.0);
         let loss = model
             .forward_backward(&params, &inputs, &targets, &mut grads, 1.0, &mut |_| {})
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
         let norm = grad_norm(&grads);
         if !loss.is_finite() || !norm.is_finite() {
-            return Err(failed(format!(
-                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
-                i + 1
-            )));
+            return Err(CliError::StepDiverged {
+                step: i + 1,
+                loss,
+                norm,
+            });
         }
         let scale = clip_scale(norm, CLIP);
         if scale != 1.0 {
