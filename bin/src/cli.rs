@@ -1,9 +1,10 @@
 //! The command line: one clap [`Cli`] whose subcommands are each command's
 //! flags, the value parsers that keep frugal's own messages (a value that is
 //! not text, a number that does not parse), the check that a flag is given
-//! once, and `--version`.
+//! once, `--version`, and [`UsageError`], every command's usage mistake.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::marker::PhantomData;
 use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
@@ -12,7 +13,6 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
-use crate::args::UsageError;
 use crate::cmd;
 
 const VERSION: &str = concat!(
@@ -32,6 +32,17 @@ const LONG_VERSION: &str = concat!(
     ")\nkernels: PTX ISA 8.0, JIT-compiled by NVIDIA driver 525.60.13 or newer (CUDA 12.0)"
 );
 
+/// A command-line mistake found after clap parsed the words: printed with the
+/// subcommand's usage hint, exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `frugal`: train small LLaMA-style models at the lowest cost per token.
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +58,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// One variant per subcommand; `bench` and `arena` still parse their own words.
+/// One variant per subcommand; the planned ones take any words.
 // Built once per process: the size of `train`'s flags costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -62,16 +73,15 @@ pub enum Command {
     #[command(long_about = cmd::data::ABOUT)]
     Data(cmd::data::DataFlags),
     /// measure kernels, matmul, attention, all-reduce or a training step
-    #[command(disable_help_flag = true)]
-    Bench(Words),
+    Bench(cmd::bench::BenchFlags),
     /// report or dump the shipped PTX kernels
     Kernels(cmd::kernels::KernelsFlags),
     /// say which devices, drivers and libraries this machine has
     #[command(long_about = cmd::doctor::ABOUT)]
     Doctor(cmd::doctor::DoctorFlags),
     /// print the memory arena plan of a buffer list or of a preset's training step
-    #[command(disable_help_flag = true)]
-    Arena(Words),
+    #[command(long_about = cmd::arena::ABOUT, after_long_help = cmd::arena::BUFFERS_FORMAT)]
+    Arena(cmd::arena::ArenaFlags),
     /// print shell completions for frugal (bash, zsh, fish, ...)
     Completions {
         /// the shell to complete for
@@ -88,7 +98,7 @@ pub enum Command {
     Export(Words),
 }
 
-/// A command's words, untouched, for the commands that parse their own flags.
+/// A planned command's words, untouched.
 #[derive(Debug, clap::Args)]
 pub struct Words {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -123,7 +133,7 @@ where
         arg: Option<&clap::Arg>,
         value: &OsStr,
     ) -> Result<T, clap::Error> {
-        let command = cmd.get_name();
+        let command = command_path(cmd);
         let flag = arg.and_then(|a| a.get_long()).unwrap_or_default();
         let refuse = |m: String| clap::Error::raw(ErrorKind::ValueValidation, format!("{m}\n"));
         let Some(s) = value.to_str() else {
@@ -144,13 +154,25 @@ pub fn path() -> impl TypedValueParser<Value = std::path::PathBuf> {
 }
 
 /// A subcommand's help, as `frugal <name> --help` prints it, for usage errors
-/// found after parsing that show it.
+/// found after parsing that show it. `name` may be a path: "bench matmul".
 pub fn help_of(name: &str) -> String {
     let mut cli = Cli::command();
     cli.build();
-    cli.find_subcommand_mut(name)
+    let mut found = Some(&mut cli);
+    for word in name.split_whitespace() {
+        found = found.and_then(|c| c.find_subcommand_mut(word));
+    }
+    found
         .map(|c| c.render_help().to_string())
         .unwrap_or_default()
+}
+
+/// How messages name a (sub)command: its words after `frugal` ("bench matmul"),
+/// known once clap has built the command line, else its own name.
+fn command_path(cmd: &clap::Command) -> &str {
+    cmd.get_bin_name()
+        .and_then(|b| b.strip_prefix("frugal "))
+        .unwrap_or_else(|| cmd.get_name())
 }
 
 /// Refuses a flag given more than once, before clap sees the words, with the
@@ -202,7 +224,7 @@ pub fn refuse_repeats(cmd: &clap::Command, words: &[OsString]) -> Result<(), Usa
         };
         return Err(UsageError(format!(
             "{}: --{long} given {times}{values}; give it once",
-            cmd.get_name()
+            command_path(cmd)
         )));
     }
     Ok(())

@@ -11,7 +11,7 @@ use frugal_model::ModelError;
 use frugal_ptx::error::PtxError;
 use frugal_runtime::RuntimeError;
 
-use crate::args::UsageError;
+use crate::cli::UsageError;
 
 /// How a command failed.
 #[derive(Debug)]
@@ -89,6 +89,52 @@ pub enum CliError {
     In {
         context: String,
         source: Box<CliError>,
+    },
+    // bench and arena
+    /// A benchmark's failure: "{bench}: {what}: {source}", or "{bench}: {source}"
+    /// without `what` (the kernel, product or step that failed).
+    Bench {
+        bench: &'static str,
+        what: Option<String>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `bench step`'s timed step `step` is not finite: "bench step: step {step}: loss
+    /// {loss}, gradient norm {norm}: the step diverged".
+    StepDiverged {
+        step: usize,
+        loss: f32,
+        norm: f64,
+    },
+    /// `bench step --batch B --seq T` whose B·T overflows.
+    StepTokensOverflow {
+        batch: usize,
+        seq: usize,
+    },
+    /// `bench matmul --autotune` on a device without GPU timings (`backend`).
+    AutotuneNeedsGpu {
+        backend: &'static str,
+    },
+    /// Line `line` of `bench matmul --compare {path}` is not a product's JSON line.
+    CompareLine {
+        path: String,
+        line: usize,
+        why: String,
+    },
+    /// A rank of `bench allreduce` ended badly: "bench allreduce: rank {rank} of
+    /// {ranks} failed ({status}); see its output above".
+    BenchRankFailed {
+        rank: usize,
+        ranks: usize,
+        status: String,
+    },
+    /// `FRUGAL_BENCH_FAIL_RANK` named this rank (the launch tests' fault injection).
+    FailingOnPurpose {
+        rank: usize,
+    },
+    /// `arena --buffers FILE` cannot be read.
+    BufferList {
+        file: String,
+        source: io::Error,
     },
 }
 
@@ -172,6 +218,50 @@ impl fmt::Display for CliError {
             CliError::Model(e) => e.fmt(f),
             CliError::Comm(e) => e.fmt(f),
             CliError::In { context, source } => write!(f, "{context}: {source}"),
+            CliError::Bench {
+                bench,
+                what: Some(what),
+                source,
+            } => write!(f, "{bench}: {what}: {source}"),
+            CliError::Bench {
+                bench,
+                what: None,
+                source,
+            } => write!(f, "{bench}: {source}"),
+            CliError::StepDiverged { step, loss, norm } => write!(
+                f,
+                "bench step: step {step}: loss {loss}, gradient norm {norm}: the step diverged"
+            ),
+            CliError::StepTokensOverflow { batch, seq } => write!(
+                f,
+                "bench step: --batch {batch} times --seq {seq} tokens is more than this machine \
+                 can count; use a smaller --batch or --seq"
+            ),
+            CliError::AutotuneNeedsGpu { backend } => write!(
+                f,
+                "bench matmul --autotune needs a GPU (--device cuda): it picks kernels by \
+                 measured time, and {backend} timings would pick nonsense; run it on the GPU \
+                 the table is for"
+            ),
+            CliError::CompareLine { path, line, why } => write!(
+                f,
+                "bench matmul: --compare {path}:{line}: {why} (expected the JSON lines of \
+                 `frugal bench matmul --json` or scripts/torch/matmul.py)"
+            ),
+            CliError::BenchRankFailed {
+                rank,
+                ranks,
+                status,
+            } => write!(
+                f,
+                "bench allreduce: rank {rank} of {ranks} failed ({status}); see its output above"
+            ),
+            CliError::FailingOnPurpose { rank } => {
+                write!(f, "rank {rank}: failing on purpose (FRUGAL_BENCH_FAIL_RANK)")
+            }
+            CliError::BufferList { file, source } => {
+                write!(f, "cannot read buffer list '{file}': {source}")
+            }
         }
     }
 }

@@ -2,7 +2,6 @@
 //! report that cost. The command line is [`cli::Cli`]; one subcommand per file
 //! under `cmd/`; every failure is a [`CliError`].
 
-mod args;
 mod cli;
 mod cmd;
 mod error;
@@ -14,7 +13,6 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use args::Args;
 use cli::{Cli, Command};
 pub use error::CliError;
 
@@ -48,8 +46,19 @@ fn parse(words: &[OsString]) -> Result<Cli, CliError> {
                 first.to_string_lossy()
             )));
         };
-        if let Some(sub) = Cli::command().find_subcommand(name) {
-            cli::refuse_repeats(sub, &words[2..])?;
+        let mut command = Cli::command();
+        command.build();
+        if let Some(sub) = command.find_subcommand(name) {
+            // `bench matmul ...`: the flags are the inner subcommand's.
+            let rest = &words[2..];
+            let inner = rest
+                .first()
+                .and_then(|w| w.to_str())
+                .and_then(|w| sub.find_subcommand(w));
+            match inner {
+                Some(inner) => cli::refuse_repeats(inner, &rest[1..])?,
+                None => cli::refuse_repeats(sub, rest)?,
+            }
         }
     }
     Ok(Cli::try_parse_from(words).unwrap_or_else(|e| e.exit()))
@@ -60,10 +69,10 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Train(flags) => cmd::train::run(flags),
         Command::Launch(flags) => cmd::launch::run(flags),
         Command::Data(flags) => cmd::data::run(flags),
-        Command::Bench(w) => cmd::bench::run(Args::parse_os("bench", &w.words)),
+        Command::Bench(flags) => cmd::bench::run(flags),
         Command::Kernels(flags) => cmd::kernels::run(flags),
         Command::Doctor(flags) => cmd::doctor::run(flags),
-        Command::Arena(w) => cmd::arena::run(Args::parse_os("arena", &w.words)),
+        Command::Arena(flags) => cmd::arena::run(flags),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "frugal", &mut std::io::stdout());
             Ok(())

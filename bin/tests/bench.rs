@@ -32,25 +32,27 @@ const STEP_TINY: &[&str] = &[
     "1",
 ];
 
-/// Every case the kernels bench must report (a renamed or lost case fails here).
-const OPS: &[&str] = &[
-    "embedding_fwd",
-    "rmsnorm_fwd",
-    "rmsnorm_fwd_residual",
-    "rope_fwd(q)",
-    "attn_softmax_fwd",
-    "swiglu_fwd",
-    "cross_entropy",
-    "cross_entropy_mean",
-    "swiglu_bwd",
-    "attn_softmax_bwd",
-    "rope_bwd(dq)",
-    "rmsnorm_bwd",
-    "rmsnorm_dg_reduce",
-    "embedding_bwd",
-    "grad_norm_partial",
-    "grad_norm_finish",
-    "adamw",
+/// Every case the kernels bench must report for the tiny preset, in the order its step
+/// first launches them (the flash step's, then the vanilla attention's softmax), with
+/// the launches per step of its 4 layers (a renamed, lost or miscounted case fails here).
+const OPS: &[(&str, usize)] = &[
+    ("embedding_fwd", 1),
+    ("rmsnorm_fwd", 1),
+    ("rope_fwd", 8),
+    ("rmsnorm_fwd_residual", 8),
+    ("swiglu_fwd", 8),
+    ("cross_entropy", 1),
+    ("cross_entropy_mean", 1),
+    ("rmsnorm_bwd", 9),
+    ("rmsnorm_dg_reduce", 9),
+    ("swiglu_bwd", 4),
+    ("rope_bwd", 8),
+    ("embedding_bwd", 1),
+    ("grad_norm_partial", 1),
+    ("grad_norm_finish", 1),
+    ("adamw", 1),
+    ("attn_softmax_fwd", 4),
+    ("attn_softmax_bwd", 4),
 ];
 
 fn frugal(args: &[&str]) -> Output {
@@ -105,9 +107,10 @@ fn kernels_json_has_one_labelled_object_per_kernel() {
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), OPS.len(), "{out}");
-    for (line, op) in lines.iter().zip(OPS) {
+    for (line, (op, count)) in lines.iter().zip(OPS) {
         assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
         assert_eq!(field(line, "op"), format!("\"{op}\""));
+        assert_eq!(field(line, "count"), count.to_string(), "{line}");
         assert_eq!(field(line, "emulated"), "true", "{line}");
         assert!(field(line, "timing").contains("emulated"), "{line}");
         assert_eq!(field(line, "model"), "\"tiny\"");
@@ -140,6 +143,7 @@ fn kernels_table_has_its_columns_and_labels_emulated_figures() {
     for col in [
         "kernel",
         "shape",
+        "count",
         "bytes",
         "iters",
         "us/launch(EMU)",
@@ -147,10 +151,10 @@ fn kernels_table_has_its_columns_and_labels_emulated_figures() {
     ] {
         assert!(header.contains(col), "{col} missing from {header}");
     }
-    for op in OPS {
+    for (op, _) in OPS {
         let row = out
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(op))
+            .find(|l| l.split_whitespace().next() == Some(*op))
             .unwrap_or_else(|| panic!("no row for {op} in {out}"));
         let words: Vec<&str> = row.split_whitespace().collect();
         let n = words.len();
@@ -341,5 +345,65 @@ fn attention_refuses_bad_flags() {
     ] {
         let o = frugal(&[&["bench", "attention", "--device", "emu"][..], bad].concat());
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+/// Usage mistakes on any benchmark exit 2 and say what is wrong: a flag given twice
+/// (with its values), a misspelt flag (with clap's suggestion), an unknown benchmark.
+#[test]
+fn usage_mistakes_are_named_with_exit_2() {
+    let o = frugal(&["bench", "matmul", "--iters", "2", "--iters=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench matmul: --iters given twice ('2', then '3')"),
+        "{err}"
+    );
+    let o = frugal(&["bench", "step", "--stepz", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--steps"));
+    let o = frugal(&["bench", "kernels", "--iters", "ten"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench kernels: --iters 'ten' is not valid"),
+        "{err}"
+    );
+    for words in [&["bench"][..], &["bench", "nosuch"], &["arena"]] {
+        assert_eq!(frugal(words).status.code(), Some(2), "{words:?}");
+    }
+    for words in [
+        &["bench", "--help"][..],
+        &["bench", "step", "--help"],
+        &["arena", "--help"],
+    ] {
+        assert_eq!(frugal(words).status.code(), Some(0), "{words:?}");
+    }
+}
+
+/// `bench matmul --list --json` lists the step's products without a device, in the
+/// schema `scripts/torch/matmul.py` reads.
+#[test]
+fn matmul_list_names_every_product_with_its_shape() {
+    let (out, _) = ok(&frugal(&[
+        "bench", "matmul", "--list", "--json", "--model", "tiny",
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines.is_empty(), "{out}");
+    for line in lines {
+        for key in [
+            "\"product\":",
+            "\"layout\":",
+            "\"m\":",
+            "\"lda\":",
+            "\"alpha\":",
+            "\"count\":",
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        assert!(
+            !line.contains("\"us\""),
+            "a listed product has no time: {line}"
+        );
     }
 }

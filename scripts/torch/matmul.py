@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch (cuBLAS) bf16 matmuls at the shapes `frugal bench matmul` times.
 
-Shapes: every matmul of one training step of a preset, exactly as frugal lists them
-(bin/src/cmd/bench/matmul.rs, step_products): per linear (QKV C -> 3C, attention output
-C -> C, SwiGLU gate and up C -> F, down F -> C) the forward Y = X W^T (layout nt), the input
-gradient dX = dY W (nn) and the weight gradient dW += dY^T X (tn, accumulate); the LM head
-(C -> V) once per step; the vanilla attention's batched products over B*NH heads of (T, HS).
-Or, with --shapes FILE, the shapes of the JSON lines `frugal bench matmul --json` printed.
+Shapes: every matmul of one training step of a preset, exactly as frugal lists them. They
+are not copied here: the script runs `frugal bench matmul --list --json` (the step
+program's matmuls, deduplicated by shape, named by the operations they serve, with their
+launches per step) and times those rows, so the two lists cannot drift. Or, with
+--shapes FILE, the shapes of the JSON lines `frugal bench matmul --json` printed.
+--dry-run prints the shapes it would time and needs neither torch nor a GPU.
 
 Each product runs as torch.mm / torch.bmm on bf16 views in frugal's storage layout (a
 transposed operand is a transposed view, no copy: cuBLAS picks its transposed kernel),
@@ -25,85 +25,60 @@ reads them.
   python3 scripts/torch/matmul.py --model paper-100m --json > torch-matmul.jsonl
   python3 scripts/torch/matmul.py --model paper-1b --batch 16
   python3 scripts/torch/matmul.py --shapes frugal-matmul.jsonl --json
+  python3 scripts/torch/matmul.py --model tiny --dry-run
 """
 
 import argparse
 import json
-import struct
+import os
+import shutil
+import subprocess
 import sys
 
-# (vocab, C, L, NH, F, T, default B): model/src/config.rs PRESETS, copied (no Rust here).
-PRESETS = {
-    "tiny": (512, 256, 4, 4, 704, 256, 8),
-    "small": (4096, 512, 8, 8, 1376, 512, 8),
-    "paper-100m": (32000, 832, 9, 13, 2332, 1024, 32),
-    "paper-500m": (32000, 1536, 15, 24, 4147, 1024, 32),
-    "paper-1b": (32000, 1920, 19, 30, 5184, 1024, 16),
-    "paper-2b": (32000, 2496, 24, 39, 6739, 1024, 8),
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GEMM_KEYS = ("layout", "m", "n", "k", "batch", "lda", "ldb", "ldc", "out", "epilogue", "alpha")
 
 
-def f32(x):
-    """x rounded to f32, as frugal stores alpha."""
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
-def f32_text(x):
-    """The shortest decimal that reads back as the same f32 (what Rust's Display prints)."""
-    x = f32(x)
-    for p in range(1, 10):
-        t = "%.*g" % (p, x)
-        if f32(float(t)) == x:
-            return float(t)
-    return x
-
-
-def dense(layout, out, m, n, k, epilogue="overwrite", alpha=1.0, batch=1):
-    lda = k if layout in ("nt", "nn") else m
-    ldb = k if layout == "nt" else n
-    return {"layout": layout, "m": m, "n": n, "k": k, "batch": batch, "lda": lda,
-            "ldb": ldb, "ldc": n, "out": out, "epilogue": epilogue, "alpha": f32_text(alpha)}
-
-
-def step_products(c, nh, hs, f, v, layers, b, t):
-    """frugal's step_products: (name, gemm, count) in the same order."""
-    n = b * t
-    out = []
-    for name, c_in, c_out, count in (("qkv", c, 3 * nh * hs, layers),
-                                     ("attn_out", nh * hs, c, layers),
-                                     ("ffn_gate", c, f, layers), ("ffn_up", c, f, layers),
-                                     ("ffn_down", f, c, layers), ("lm_head", c, v, 1)):
-        out.append((f"{name} fwd", dense("nt", "bf16", n, c_out, c_in), count))
-        out.append((f"{name} dX", dense("nn", "bf16", n, c_in, c_out), count))
-        out.append((f"{name} dW", dense("tn", "f32", c_out, c_in, n, "accumulate"), count))
-    heads = b * nh
-    scale = 1.0 / hs ** 0.5
-    for name, layout, m, nn, k, alpha in (("attn S=QK^T", "nt", t, t, hs, scale),
-                                          ("attn O=PV", "nn", t, hs, t, 1.0),
-                                          ("attn dP=dO V^T", "nt", t, t, hs, 1.0),
-                                          ("attn dV=P^T dO", "tn", t, hs, t, 1.0),
-                                          ("attn dQ=dS K", "nn", t, hs, t, scale),
-                                          ("attn dK=dS^T Q", "tn", t, hs, t, scale)):
-        out.append((name, dense(layout, "bf16", m, nn, k, "overwrite", alpha, heads), layers))
-    return out
-
-
-def from_json(path):
-    """(model, [(name, gemm, count)]) from `frugal bench matmul --json` lines."""
+def read_products(lines):
+    """(model, [(name, gemm, count)]) from `frugal bench matmul` JSON lines (--list or timed)."""
     products, model = [], None
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            obj = json.loads(line)
-            if obj.get("summary") or obj.get("bench") != "matmul":
-                continue
-            model = obj.get("model", model)
-            g = {key: obj[key] for key in ("layout", "m", "n", "k", "batch", "lda", "ldb",
-                                           "ldc", "out", "epilogue", "alpha")}
-            products.append((obj["product"], g, obj.get("count", 1)))
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        obj = json.loads(line)
+        if obj.get("summary") or obj.get("bench") != "matmul":
+            continue
+        model = obj.get("model", model)
+        g = {key: obj[key] for key in GEMM_KEYS}
+        products.append((obj["product"], g, obj.get("count", 1)))
     return model, products
+
+
+def default_frugal():
+    """$FRUGAL_BIN, else the binary scripts/build-gpu-bin.sh or cargo left in this tree,
+    else frugal on PATH."""
+    if os.environ.get("FRUGAL_BIN"):
+        return os.environ["FRUGAL_BIN"]
+    for rel in ("gpu-bin/frugal", "target/release/frugal", "target/opt-test/frugal"):
+        path = os.path.join(ROOT, rel)
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("frugal") or "frugal"
+
+
+def from_frugal(frugal, model, batch, seq, ffn):
+    """The step's products as `frugal bench matmul --list --json` lists them."""
+    cmd = [frugal, "bench", "matmul", "--list", "--json", "--model", model]
+    for flag, value in (("--batch", batch), ("--seq", seq), ("--ffn", ffn)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [""])[0]
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {said}")
+    return read_products(done.stdout.splitlines())
 
 
 def operand(torch, rows, cols, ld, batch, dev):
@@ -163,19 +138,53 @@ def time_product(torch, g, iters, warmup, dev):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--model", default="paper-100m", choices=sorted(PRESETS))
+    ap.add_argument("--model", default="paper-100m", help="preset (default paper-100m)")
     ap.add_argument("--batch", type=int, default=None, help="sequences (default: the preset's)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: the preset's)")
     ap.add_argument("--ffn", type=int, default=None, help="override the preset's FFN width")
+    ap.add_argument("--frugal", default=None,
+                    help="the frugal binary that lists the shapes (default: $FRUGAL_BIN, "
+                         "gpu-bin/frugal, target/release/frugal, target/opt-test/frugal, "
+                         "then frugal on PATH)")
     ap.add_argument("--shapes", default=None,
                     help="time the shapes of these `frugal bench matmul --json` lines instead")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the shapes that would be timed; no torch, no GPU")
     args = ap.parse_args()
     if args.iters < 1 or args.warmup < 0:
         print("matmul.py: --iters must be at least 1, --warmup at least 0", file=sys.stderr)
         return 2
+
+    if args.shapes:
+        try:
+            with open(args.shapes) as fh:
+                model, products = read_products(fh)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"matmul.py: --shapes {args.shapes}: {e} (expected the lines of "
+                  "`frugal bench matmul --json`)", file=sys.stderr)
+            return 2
+        if not products:
+            print(f"matmul.py: --shapes {args.shapes} has no matmul lines", file=sys.stderr)
+            return 2
+    else:
+        frugal = args.frugal or default_frugal()
+        try:
+            model, products = from_frugal(frugal, args.model, args.batch, args.seq, args.ffn)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            print(f"matmul.py: cannot list the step's matmuls with {frugal}: {e} "
+                  "(pass --frugal PATH, or --shapes FILE)", file=sys.stderr)
+            return 2
+
+    if args.dry_run:
+        print(f"model {model}: {len(products)} products", file=sys.stdout)
+        for name, g, count in products:
+            print(f"{name:<18} {g['m']:>6} {g['n']:>6} {g['k']:>6} {g['batch']:>5} "
+                  f"{g['layout']:>3} {g['out']:>4} {g['epilogue']:<10} alpha {g['alpha']} "
+                  f"x{count}")
+        return 0
 
     try:
         import torch
@@ -188,22 +197,6 @@ def main():
     # cuBLAS as PyTorch ships it, no TF32 games (inputs are bf16 anyway).
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     dev = torch.device("cuda")
-
-    if args.shapes:
-        try:
-            model, products = from_json(args.shapes)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"matmul.py: --shapes {args.shapes}: {e} (expected the lines of "
-                  "`frugal bench matmul --json`)", file=sys.stderr)
-            return 2
-        if not products:
-            print(f"matmul.py: --shapes {args.shapes} has no matmul lines", file=sys.stderr)
-            return 2
-    else:
-        model = args.model
-        v, c, layers, nh, f, t, b = PRESETS[model]
-        products = step_products(c, nh, 64, args.ffn or f, v, layers, args.batch or b,
-                                 args.seq or t)
 
     out = sys.stdout
     if not args.json:

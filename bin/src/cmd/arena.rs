@@ -11,50 +11,78 @@ use frugal_runtime::arena::{self, plan, plan_fits, BufferRequest, Category, Plan
 use frugal_runtime::device::{Device, DeviceSpec};
 use frugal_runtime::RuntimeError;
 
-use crate::args::{Args, UsageError};
+use crate::cli::{text, UsageError};
+use crate::error::Context;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
 
-const HELP: &str = "\
-usage: frugal arena --buffers FILE [--available BYTES] [--summary]
-       frugal arena --model PRESET [--batch B] [--seq T] [--attention flash|vanilla]
-                    [--comm-bucket BYTES] [--available BYTES] [--summary]
-       frugal arena --model PRESET --mem-target F [--device auto|cpu|cuda[:N]|emu] [...]
-
+/// What `frugal arena --help` says first.
+pub const ABOUT: &str = "\
 Plans the step's memory arena: one allocation, 256-byte aligned offsets, and
 buffers whose lifetimes do not overlap share bytes. Prints one line per buffer
 (by offset), then the breakdown by category: 'requested' sums the buffers as if
-nothing were shared, 'at peak' counts what is live at the busiest step.
+nothing were shared, 'at peak' counts what is live at the busiest step.";
 
---buffers FILE   one buffer per line:  name category bytes first last [align]
-                   name      any word without spaces, unique
-                   category  params | grads | master | moments | activations |
-                             workspace | comm
-                   bytes     a number, optionally with K, M or G (powers of 1024)
-                   first, last
-                             first and last step-schedule index using the buffer
-                             (inclusive); buffers whose [first, last] ranges do
-                             not intersect may share memory
-                   align     optional power of two (at least 256 is used)
-                 '#' starts a comment; blank lines are skipped. Example:
-                   wte      params       64M  0  9
-                   act0     activations  16M  1  8
-                   scratch  workspace     4M  3  3
---model PRESET   plan the device training step of a preset (tiny, small, paper-100m,
-                 paper-500m, paper-1b, paper-2b), as train --dry-run does: bf16
-                 weights, fp32 master weights, grads and AdamW moments, bf16
-                 activations per layer
---batch B        micro-batch per device (default: the preset's)
---seq T          sequence length (default: the preset's)
---attention A    flash (default) or vanilla (keeps B*NH*T*T scores per layer)
---comm-bucket N  bytes of one gradient all-reduce bucket (default 0: one device)
---available N    check the plan against N bytes (K/M/G suffixes allowed);
-                 with --model, name the largest batch that fits
---mem-target F   with --model: the largest batch (up to 1024) whose plan fits
-                 under fraction F of the device's free memory (--device, default
-                 auto; emu's capacity is FRUGAL_EMU_MEMORY_GIB, default 16)
---summary        print only the breakdown
-";
+/// What `frugal arena --help` says last: the `--buffers` file format.
+pub const BUFFERS_FORMAT: &str = "\
+--buffers FILE: one buffer per line:  name category bytes first last [align]
+  name      any word without spaces, unique
+  category  params | grads | master | moments | activations | workspace | comm
+  bytes     a number, optionally with K, M or G (powers of 1024)
+  first, last
+            first and last step-schedule index using the buffer (inclusive);
+            buffers whose [first, last] ranges do not intersect may share memory
+  align     optional power of two (at least 256 is used)
+'#' starts a comment; blank lines are skipped. Example:
+  wte      params       64M  0  9
+  act0     activations  16M  1  8
+  scratch  workspace     4M  3  3";
+
+/// `frugal arena`'s flags.
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "\
+frugal arena --buffers FILE [--available BYTES] [--summary]
+       frugal arena --model PRESET [--batch B] [--seq T] [--attention flash|vanilla]
+                    [--comm-bucket BYTES] [--available BYTES] [--summary]
+       frugal arena --model PRESET --mem-target F [--device auto|cpu|cuda[:N]|emu] [...]")]
+pub struct ArenaFlags {
+    /// plan the buffers listed in FILE, one per line (format below)
+    #[arg(long, value_name = "FILE", value_parser = text::<String>())]
+    buffers: Option<String>,
+    /// plan the device training step of a preset (tiny, small, paper-100m,
+    /// paper-500m, paper-1b, paper-2b), as train --dry-run does: bf16
+    /// weights, fp32 master weights, grads and AdamW moments, bf16
+    /// activations per layer
+    #[arg(long, value_name = "PRESET", value_parser = text::<String>(), verbatim_doc_comment)]
+    model: Option<String>,
+    /// micro-batch per device (default: the preset's)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// sequence length (default: the preset's)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// flash (default) or vanilla (keeps B*NH*T*T scores per layer)
+    #[arg(long, value_name = "A", value_parser = text::<String>())]
+    attention: Option<String>,
+    /// bytes of one gradient all-reduce bucket (default 0: one device)
+    #[arg(long, value_name = "N", value_parser = text::<String>())]
+    comm_bucket: Option<String>,
+    /// check the plan against N bytes (K/M/G suffixes allowed);
+    /// with --model, name the largest batch that fits
+    #[arg(long, value_name = "N", value_parser = text::<String>(), verbatim_doc_comment)]
+    available: Option<String>,
+    /// with --model: the largest batch (up to 1024) whose plan fits
+    /// under fraction F of the device's free memory (--device, default
+    /// auto; emu's capacity is FRUGAL_EMU_MEMORY_GIB, default 16)
+    #[arg(long, value_name = "F", value_parser = text::<f64>(), verbatim_doc_comment)]
+    mem_target: Option<f64>,
+    /// the device whose free memory --mem-target divides: auto, cpu, cuda[:N] or emu
+    #[arg(long, value_name = "D", default_value = "auto", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// print only the breakdown
+    #[arg(long)]
+    summary: bool,
+}
 
 fn parse_bytes(flag: &str, s: &str) -> Result<u64, UsageError> {
     let (num, mult) = match s.chars().last() {
@@ -81,16 +109,20 @@ fn print_plan(p: &Plan, summary: bool) {
     }
 }
 
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        print!("{HELP}");
-        return Ok(());
-    }
-    let buffers = args.string("buffers")?;
-    let model = args.string("model")?;
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let attention = match args.string("attention")? {
+pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
+    let ArenaFlags {
+        buffers,
+        model,
+        batch,
+        seq,
+        attention,
+        comm_bucket,
+        available,
+        mem_target,
+        device,
+        summary,
+    } = flags;
+    let attention = match attention {
         None => Attention::Flash,
         Some(word) => word.parse::<Attention>().map_err(|_| {
             UsageError(format!(
@@ -98,39 +130,31 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             ))
         })?,
     };
-    let bucket = match args.string("comm-bucket")? {
+    let bucket = match comm_bucket {
         Some(s) => parse_bytes("comm-bucket", &s)?,
         None => 0,
     };
-    let available = match args.string("available")? {
+    let available = match available {
         Some(s) => Some(parse_bytes("available", &s)?),
         None => None,
     };
-    let mem_target: Option<f64> = args.value("mem-target")?;
     if let Some(f) = mem_target {
         if !(f > 0.0 && f <= 1.0) {
             return Err(UsageError(format!("arena: --mem-target {f} is not in (0, 1]")).into());
         }
     }
-    let device: DeviceSpec = match args.string("device")? {
-        Some(s) => s
-            .parse()
-            .map_err(|e: RuntimeError| UsageError(format!("arena: {e}")))?,
-        None => DeviceSpec::Auto,
-    };
-    let summary = args.switch("summary")?;
-    args.finish()?;
 
     match (buffers, model) {
         (Some(file), None) => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Failed(format!("cannot read buffer list '{file}': {e}")))?;
-            let requests = arena::parse_buffers(&text)
-                .map_err(|e| CliError::Failed(format!("{file}: {e}")))?;
-            let p = plan(&requests).map_err(|e| CliError::Failed(e.to_string()))?;
+            let text = std::fs::read_to_string(&file).map_err(|source| CliError::BufferList {
+                file: file.clone(),
+                source,
+            })?;
+            let requests = arena::parse_buffers(&text).context(file.as_str())?;
+            let p = plan(&requests)?;
             print_plan(&p, summary);
             if let Some(avail) = available {
-                plan_fits(&p, avail).map_err(|e| CliError::Failed(e.to_string()))?;
+                plan_fits(&p, avail)?;
                 println!("fits in {avail} bytes");
             }
             Ok(())
@@ -163,17 +187,12 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             };
             // Built once up front so that a config the step cannot run is refused with the
             // step's own words (the batch search only passes runtime errors on).
-            let asked = step
-                .at(batch)
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let asked = step.at(batch)?;
 
             if let Some(f) = mem_target {
-                let dev = Device::open(device).map_err(|e| CliError::Failed(e.to_string()))?;
-                let budget = dev
-                    .mem_budget(f)
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
-                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                let dev = Device::open(device)?;
+                let budget = dev.mem_budget(f)?;
+                let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))?;
                 let batch = b;
                 println!(
                     "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
@@ -197,12 +216,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             );
             match available {
                 None => {
-                    let p = plan(&asked).map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = plan(&asked)?;
                     print_plan(&p, summary);
                 }
                 Some(avail) => {
-                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))
-                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))?;
                     print_plan(&p, summary);
                     println!("fits in {avail} bytes");
                 }
@@ -213,7 +231,8 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
             Err(UsageError("arena: give --buffers or --model, not both".into()).into())
         }
         (None, None) => Err(UsageError(format!(
-            "arena: give --buffers FILE or --model PRESET\n\n{HELP}"
+            "arena: give --buffers FILE or --model PRESET\n\n{}",
+            crate::cli::help_of("arena")
         ))
         .into()),
     }
@@ -256,10 +275,14 @@ impl StepRequests<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Args as _, FromArgMatches as _};
 
-    fn args(words: &[&str]) -> Args {
-        let w: Vec<String> = words.iter().map(|s| s.to_string()).collect();
-        Args::parse("arena", &w)
+    fn args(words: &[&str]) -> ArenaFlags {
+        let command = ArenaFlags::augment_args(clap::Command::new("arena"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("arena").chain(words.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        ArenaFlags::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -277,12 +300,14 @@ mod tests {
         // a and b share: 3 MiB fits, 4 MiB would be needed without sharing.
         run(args(&["--buffers", f, "--available", "3M"])).unwrap();
         match run(args(&["--buffers", f, "--available", "2M"])) {
-            Err(CliError::Failed(msg)) => assert!(msg.contains("3145728 bytes"), "{msg}"),
+            Err(e @ CliError::Runtime(_)) => {
+                assert!(e.to_string().contains("3145728 bytes"), "{e}")
+            }
             other => panic!("expected a failure, got {other:?}"),
         }
         std::fs::write(&file, "w params lots 0 9\n").unwrap();
         match run(args(&["--buffers", f])) {
-            Err(CliError::Failed(msg)) => assert!(msg.contains("line 1"), "{msg}"),
+            Err(e @ CliError::In { .. }) => assert!(e.to_string().contains("line 1"), "{e}"),
             other => panic!("expected a failure, got {other:?}"),
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -299,7 +324,8 @@ mod tests {
             "--available",
             "80G",
         ])) {
-            Err(CliError::Failed(msg)) => {
+            Err(e @ CliError::Runtime(_)) => {
+                let msg = e.to_string();
                 assert!(
                     msg.contains("batch 64 needs") && msg.contains("largest batch that fits is"),
                     "{msg}"

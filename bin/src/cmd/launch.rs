@@ -964,7 +964,7 @@ mod tests {
     fn nproc_is_bounded() {
         let cmd = words("train");
         let e = plan(70_000, 1, 0, None, 0, None, cmd.clone()).expect_err("too many ranks");
-        let CliError::Usage(crate::args::UsageError(m)) = e else {
+        let CliError::Usage(crate::cli::UsageError(m)) = e else {
             panic!("a usage error (exit 2) expected");
         };
         assert!(m.contains("at most 256") && m.contains("--nnodes"), "{m}");

@@ -1,5 +1,5 @@
 //! One module per subcommand; each exposes `run(...) -> Result<(), CliError>`,
-//! taking its clap flags (or, for `bench` and `arena`, its raw words as `Args`).
+//! taking its clap flags.
 
 pub mod arena;
 pub mod bench;

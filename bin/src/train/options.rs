@@ -10,7 +10,7 @@ use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
 use frugal_runtime::device::DeviceSpec;
 
-use crate::args::UsageError;
+use crate::cli::UsageError;
 use crate::cli::{path, text};
 use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
 

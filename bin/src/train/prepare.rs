@@ -12,7 +12,7 @@ use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
 use super::optim::{ADAM_EPS, BETA1, BETA2};
 use super::options::{self, CommBackend, TrainOptions};
 use super::target;
-use crate::args::UsageError;
+use crate::cli::UsageError;
 use crate::CliError;
 
 /// What trains, as far as prices and the step log's device label go.

@@ -12,31 +12,57 @@
 //! oversubscribed machine time_ms ≫ cpu_ms, and the figures say more about the
 //! other load than about the ring.
 
-use crate::args::{Args, UsageError};
+use crate::cli::text;
 use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
 use crate::CliError;
 use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
 use std::time::Instant;
 
-const USAGE: &str = "\
-usage: frugal bench allreduce [--ranks 2,4,8] [--sizes 4K,64K,1M,16M,64M,256M] [--iters N] [--json]
+/// What `frugal bench allreduce --help` says first.
+pub const ABOUT: &str =
+    "Times the socket communicator's f32 all-reduce between local rank processes on loopback.";
 
-Times the socket communicator's f32 all-reduce between local rank processes on loopback.
-  --ranks LIST   rank counts to run (default 2,4,8)
-  --sizes LIST   message sizes in bytes, with K/M/G (binary) suffixes
-                 (default 4K,64K,1M,16M,64M,256M)
-  --iters N      timed iterations per size (default: about 512 MiB of traffic, 3..1000)
-  --slice BYTES  pipelining slice (default 256K)
-  --shm-slot BYTES  shared memory: bytes per rank per piece (default 1M)
-  --socket-buffer BYTES  SO_SNDBUF/SO_RCVBUF asked of the kernel (default 4M; 0 = its autotuning)
-  --lanes N      parallel rings (connections and threads) for large messages
-                 (default 0: one per 8 cores of rank 0, 1 to 4)
-  --same-host shm|unix|tcp  transport between ranks on this host (default shm: all-reduce
-                        through shared memory when every rank is local; unix: Unix-domain
-                        socket ring; tcp: loopback TCP ring)
-  --json         one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms
+/// What `frugal bench allreduce --help` says last.
+pub const DELAY_NOTE: &str = "\
 With FRUGAL_BENCH_DELAY=1 each rank also prints, per size, how long its main thread
 waited runnable for a CPU (Linux schedstat): on a loaded machine, most of time_ms.";
+
+/// `frugal bench allreduce`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct AllreduceFlags {
+    /// rank counts to run
+    #[arg(long, value_name = "LIST", default_value = "2,4,8", value_parser = text::<String>())]
+    ranks: String,
+    /// message sizes in bytes, with K/M/G (binary) suffixes
+    #[arg(long, value_name = "LIST", default_value = "4K,64K,1M,16M,64M,256M", value_parser = text::<String>())]
+    sizes: String,
+    /// timed iterations per size (default: about 512 MiB of traffic, 3..1000)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    iters: Option<usize>,
+    /// pipelining slice
+    #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = text::<String>())]
+    slice: String,
+    /// shared memory: bytes per rank per piece
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = text::<String>())]
+    shm_slot: String,
+    /// SO_SNDBUF/SO_RCVBUF asked of the kernel (0 = its autotuning)
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = text::<String>())]
+    socket_buffer: String,
+    /// parallel rings (connections and threads) for large messages
+    /// (default 0: one per 8 cores of rank 0, 1 to 4)
+    #[arg(long, value_name = "N", default_value_t = frugal_comm::socket::DEFAULT_LANES, value_parser = text::<usize>(), verbatim_doc_comment)]
+    lanes: usize,
+    /// transport between ranks on this host: shm (all-reduce through shared memory
+    /// when every rank is local), unix (Unix-domain socket ring) or tcp (loopback TCP ring)
+    #[arg(long, value_name = "MODE", default_value = "shm", value_parser = text::<String>(), verbatim_doc_comment)]
+    same_host: String,
+    /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms
+    #[arg(long)]
+    json: bool,
+    /// run as one rank of the measurement (what the parent starts)
+    #[arg(long, hide = true)]
+    worker: bool,
+}
 
 const RESULT_TAG: &str = "allreduce-result";
 
@@ -77,27 +103,20 @@ fn default_iters(bytes: usize) -> usize {
     ((512usize << 20) / bytes).clamp(3, 1000)
 }
 
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let worker = args.switch("worker")?;
-    let ranks = args.string("ranks")?.unwrap_or_else(|| "2,4,8".into());
-    let sizes = args
-        .string("sizes")?
-        .unwrap_or_else(|| "4K,64K,1M,16M,64M,256M".into());
-    let iters: Option<usize> = args.value("iters")?;
-    let slice = args.string("slice")?.unwrap_or_else(|| "256K".into());
-    let shm_slot = args.string("shm-slot")?.unwrap_or_else(|| "1M".into());
-    let sockbuf = args.string("socket-buffer")?.unwrap_or_else(|| "4M".into());
-    let lanes: usize = args
-        .value("lanes")?
-        .unwrap_or(frugal_comm::socket::DEFAULT_LANES);
-    let same_host = args.string("same-host")?.unwrap_or_else(|| "shm".into());
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench allreduce: {m}\n{USAGE}")));
+pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
+    let AllreduceFlags {
+        ranks,
+        sizes,
+        iters,
+        slice,
+        shm_slot,
+        socket_buffer: sockbuf,
+        lanes,
+        same_host,
+        json,
+        worker,
+    } = flags;
+    let usage = |m: String| super::usage("bench allreduce", m);
     let ranks: Vec<usize> = parse_list(&ranks, |p| {
         p.parse::<usize>()
             .ok()
@@ -145,8 +164,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         );
     }
     for &n in &ranks {
-        let port = free_port()
-            .map_err(|e| CliError::Failed(format!("bench allreduce: no free local port: {e}")))?;
+        let port = free_port().map_err(|e| CliError::Bench {
+            bench: "bench allreduce",
+            what: Some("no free local port".into()),
+            source: Box::new(e),
+        })?;
         let token = random_token();
         let mut child = vec!["bench".to_string(), "allreduce".into(), "--worker".into()];
         child.extend([
@@ -194,9 +216,11 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         };
         let (outcome, out) = run_ranks(&set)?;
         if let Outcome::Failed { rank, status } = outcome {
-            return Err(CliError::Failed(format!(
-                "bench allreduce: rank {rank} of {n} failed ({status}); see its output above"
-            )));
+            return Err(CliError::BenchRankFailed {
+                rank,
+                ranks: n,
+                status,
+            });
         }
         for line in out.lines().filter_map(|l| l.strip_prefix(RESULT_TAG)) {
             let f: Vec<f64> = line
@@ -229,8 +253,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
 fn max_over_ranks(comm: &mut SocketComm, scratch: &mut [f32], x: f64) -> Result<f64, CliError> {
     scratch.iter_mut().for_each(|v| *v = 0.0);
     scratch[comm.rank()] = x as f32;
-    comm.all_gather_f32(scratch)
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    comm.all_gather_f32(scratch)?;
     Ok(scratch.iter().cloned().fold(0.0f32, f32::max) as f64)
 }
 
@@ -265,34 +288,30 @@ fn run_worker(
     iters: Option<usize>,
     options: SocketOptions,
 ) -> Result<(), CliError> {
-    let failed = |e: frugal_comm::CommError| CliError::Failed(e.to_string());
-    let rv = Rendezvous::from_env(None).map_err(failed)?;
+    let rv = Rendezvous::from_env(None)?;
     // Fault injection for the launch tests: this rank fails at once.
     if std::env::var("FRUGAL_BENCH_FAIL_RANK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         == Some(rv.rank)
     {
-        return Err(CliError::Failed(format!(
-            "rank {}: failing on purpose (FRUGAL_BENCH_FAIL_RANK)",
-            rv.rank
-        )));
+        return Err(CliError::FailingOnPurpose { rank: rv.rank });
     }
-    let mut comm = SocketComm::connect(&rv, options).map_err(failed)?;
+    let mut comm = SocketComm::connect(&rv, options)?;
     let mut times = vec![0.0f32; comm.world()];
     for &bytes in sizes {
         let mut buf = vec![1e-7f32; bytes / 4];
         let iters = iters.unwrap_or_else(|| default_iters(bytes));
         let warmup = (iters / 10).clamp(1, 20);
         for _ in 0..warmup {
-            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+            comm.all_reduce_sum_f32(&mut buf)?;
         }
-        comm.barrier().map_err(failed)?;
+        comm.barrier()?;
         let t = Instant::now();
         let cpu = cpu_seconds();
         let delay = run_delay_seconds();
         for _ in 0..iters {
-            comm.all_reduce_sum_f32(&mut buf).map_err(failed)?;
+            comm.all_reduce_sum_f32(&mut buf)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
@@ -312,7 +331,7 @@ fn run_worker(
             );
         }
     }
-    comm.barrier().map_err(failed)?;
+    comm.barrier()?;
     Ok(())
 }
 

@@ -19,8 +19,9 @@
 //! backend) and eager attention, so `scripts/bench-join.py` can join them into ratios.
 //! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
 
-use super::kernels::{human_bytes, json_str, open, parse_device, rate};
-use crate::args::{Args, UsageError};
+use super::kernels::{human_bytes, json_str, rate};
+use super::{kernel_device, open_kernel_device};
+use crate::cli::text;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Attention, Preset};
@@ -29,31 +30,53 @@ use frugal_ptx::flash::{self, AttnShape, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::Launch;
 use frugal_ptx::vanilla::{self, VanillaBuffers, VanillaBwd, VanillaFwd};
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::device::{Backend, Device};
+use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use half::bf16;
 
-const USAGE: &str = "\
-usage: frugal bench attention [--device auto|cuda[:N]|emu] [--model PRESET[,PRESET...]|paper]
-                              [--batch B] [--seq T] [--heads NH] [--kv-heads NKV]
-                              [--attention both|flash|vanilla] [--dq deterministic|atomic]
-                              [--iters N] [--warmup N] [--json]
-
+/// What `frugal bench attention --help` says first.
+pub const ABOUT: &str = "\
 Times causal attention, FlashAttention-2 against the vanilla path (materialised scores),
 forward and forward+backward, and reports TFLOP/s as FlashAttention's benchmarks count them
-(forward 4*B*NH*T^2*HS / 2 for causal, backward 2.5x forward).
-  --device D     auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
-  --model M      presets whose head counts to use; `paper` = the four paper presets
-                 (default on a GPU; paper-100m on the emulator)
-  --batch B      sequences per call (default 16384 / T on a GPU, 1 on the emulator)
-  --seq T        tokens per sequence (default 1024 on a GPU, 64 on the emulator)
-  --heads NH     override the presets' query heads (HS stays the preset's)
-  --kv-heads NKV key/value heads (default: the preset's, or NH with --heads; must divide NH)
-  --attention A  both (default), flash or vanilla
-  --dq MODE      flash backward's dQ: deterministic (default) or atomic
-  --iters N      timed repetitions (default 20 on a GPU, 1 on the emulator)
-  --warmup N     untimed repetitions first (default 3 on a GPU, 0 on the emulator)
-  --json         one JSON object per row instead of the table
-On the emulator every time and TFLOP/s is the host's emulation speed, not a GPU's.";
+(forward 4*B*NH*T^2*HS / 2 for causal, backward 2.5x forward).";
+
+/// `frugal bench attention`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct AttentionFlags {
+    /// auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
+    #[arg(long, value_name = "D", default_value = "auto", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// presets whose head counts to use, PRESET[,PRESET...]; `paper` = the four paper
+    /// presets (default on a GPU; paper-100m on the emulator)
+    #[arg(long, value_name = "M", value_parser = text::<String>(), verbatim_doc_comment)]
+    model: Option<String>,
+    /// sequences per call (default 16384 / T on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default 1024 on a GPU, 64 on the emulator)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// override the presets' query heads (HS stays the preset's)
+    #[arg(long, value_name = "NH", value_parser = text::<usize>())]
+    heads: Option<usize>,
+    /// key/value heads (default: the preset's, or NH with --heads; must divide NH)
+    #[arg(long, value_name = "NKV", value_parser = text::<usize>())]
+    kv_heads: Option<usize>,
+    /// both, flash or vanilla
+    #[arg(long, value_name = "A", default_value = "both", value_parser = text::<String>())]
+    attention: String,
+    /// flash backward's dQ: deterministic or atomic
+    #[arg(long, value_name = "MODE", default_value = "deterministic", value_parser = text::<String>())]
+    dq: String,
+    /// timed repetitions (default 20 on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    iters: Option<usize>,
+    /// untimed repetitions first (default 3 on a GPU, 0 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    warmup: Option<usize>,
+    /// one JSON object per row instead of the table
+    #[arg(long)]
+    json: bool,
+}
 
 /// What a row times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,8 +135,12 @@ impl Row {
     }
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench attention: {what}: {e}"))
+fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench attention",
+        what: Some(what.to_string()),
+        source: e.into(),
+    }
 }
 
 /// Device buffers of one shape (freed on drop).
@@ -453,25 +480,22 @@ pub fn json_line(row: &Row, device: &str, timing: &str, emulated: bool, dq_mode:
 }
 
 /// Runs `frugal bench attention` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let device = args.string("device")?.unwrap_or_else(|| "auto".into());
-    let model: Option<String> = args.string("model")?;
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let heads: Option<usize> = args.value("heads")?;
-    let kv_heads: Option<usize> = args.value("kv-heads")?;
-    let attention = args.string("attention")?.unwrap_or_else(|| "both".into());
-    let dq = args.string("dq")?.unwrap_or_else(|| "deterministic".into());
-    let iters: Option<usize> = args.value("iters")?;
-    let warmup: Option<usize> = args.value("warmup")?;
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench attention: {m}\n{USAGE}")));
-    let choice = parse_device(&device).map_err(usage)?;
+pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
+    let AttentionFlags {
+        device,
+        model,
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        attention,
+        dq,
+        iters,
+        warmup,
+        json,
+    } = flags;
+    let usage = |m: String| super::usage("bench attention", m);
+    let device = kernel_device("bench attention", device)?;
     for (name, v) in [
         ("batch", batch),
         ("seq", seq),
@@ -504,7 +528,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         }
     };
 
-    let (dev, note) = open(choice)?;
+    let (dev, note) = open_kernel_device(device)?;
     let emulated = dev.backend() == Backend::Emu;
     let paper = || {
         ["paper-100m", "paper-500m", "paper-1b", "paper-2b"]
@@ -620,7 +644,6 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use frugal_runtime::device::DeviceSpec;
 
     #[test]
     fn flops_follow_flash_attention_benchmarks() {

@@ -3,6 +3,10 @@
 //! norm and AdamW) at the shapes one step of a preset launches it with, through the
 //! runtime's one launch path (`Device::launch`) on `cuda` or `emu`.
 //!
+//! The cases are the step program's own operations (`Program::plan_only`, see
+//! [`step_cases`]): each distinct launch once, with its shape, eps and theta as the
+//! step passes them and how many times one step makes it (the `count` column).
+//!
 //! Per kernel: the bytes its real operands move per launch (reads + writes, each
 //! formula written next to its case below; the compulsory traffic, not what caches or
 //! a second pass add), the time per launch from device timing (CUDA events around
@@ -18,160 +22,293 @@
 //! the launch code are exercised, and every time and GB/s is the host's emulation speed,
 //! labelled as such; it says nothing about a GPU.
 
-use crate::args::{Args, UsageError};
+use super::{kernel_device, open_kernel_device};
+use crate::cli::text;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
-use frugal_model::config::{Config, Preset};
+use frugal_model::config::{Attention, Config, Preset};
+use frugal_model::device::program::{Program, Work};
+use frugal_model::device::StepOptions;
 use frugal_model::rng::Rng;
+use frugal_model::ModelError;
 use frugal_ptx::kernels::{
     adamw, cross_entropy, embedding, rmsnorm, rope, softmax, swiglu, Launch,
 };
 use frugal_runtime::buffer::{DeviceBuffer, Element};
-use frugal_runtime::device::{cuda, Backend, Device, DeviceSpec};
+use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use frugal_runtime::host::try_zeroed_vec;
 use frugal_runtime::RuntimeError;
 use half::bf16;
 
-const USAGE: &str = "\
-usage: frugal bench kernels [--device auto|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                            [--iters N] [--warmup N] [--json]
-
+/// What `frugal bench kernels --help` says first.
+pub const ABOUT: &str = "\
 Times each non-matmul kernel at the shapes of one training step of the preset, through
-the runtime's launch path, and reports bytes moved per launch, time per launch and GB/s.
-  --device D    auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
-  --model NAME  preset (default paper-100m on a GPU, tiny on the emulator)
-  --batch B     sequences per step (default: the preset's on a GPU, 1 on the emulator)
-  --seq T       tokens per sequence (default: the preset's)
-  --iters N     timed launches per kernel (default 50 on a GPU, 1 on the emulator)
-  --warmup N    untimed launches first (default 5 on a GPU, 0 on the emulator)
-  --json        one JSON object per kernel instead of the table
-On the emulator every time and GB/s is the host's emulation speed, not a GPU's.";
+the runtime's launch path, and reports bytes moved per launch, time per launch and GB/s.";
 
-/// The shapes of one training step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepShapes {
-    /// Preset name (or "custom" in tests).
-    pub model: String,
-    /// B.
-    pub b: usize,
-    /// T.
-    pub t: usize,
-    /// C.
-    pub c: usize,
-    /// NH.
-    pub nh: usize,
-    /// HS.
-    pub hs: usize,
-    /// F.
-    pub f: usize,
-    /// V.
-    pub v: usize,
-    /// P: trainable parameters (the optimizer's length).
-    pub p: usize,
-    /// RMSNorm's epsilon (the model's).
-    pub eps: f32,
-    /// RoPE's base frequency (the model's).
-    pub theta: f64,
+/// `frugal bench kernels`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct KernelsFlags {
+    /// auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
+    #[arg(long, value_name = "D", default_value = "auto", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// preset (default paper-100m on a GPU, tiny on the emulator)
+    #[arg(long, value_name = "NAME", value_parser = text::<String>())]
+    model: Option<String>,
+    /// sequences per step (default: the preset's on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the preset's)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// timed launches per kernel (default 50 on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    iters: Option<usize>,
+    /// untimed launches first (default 5 on a GPU, 0 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    warmup: Option<usize>,
+    /// one JSON object per kernel instead of the table
+    #[arg(long)]
+    json: bool,
 }
 
-impl StepShapes {
-    /// The shapes of a step of `cfg` with `b` sequences of `t` tokens.
-    pub fn new(model: &str, cfg: &Config, b: usize, t: usize) -> StepShapes {
-        StepShapes {
-            model: model.to_string(),
-            b,
-            t,
-            c: cfg.dim,
-            nh: cfg.n_heads,
-            hs: cfg.head_dim(),
-            f: cfg.ffn_dim,
-            v: cfg.vocab_size,
-            p: cfg.param_count(),
-            // As the device step passes them to the kernels.
-            eps: cfg.norm_eps as f32,
-            theta: cfg.rope_theta,
-        }
-    }
-
-    /// N = B·T.
-    pub fn n(&self) -> usize {
-        self.b * self.t
-    }
+/// One kernel launch of the step with everything it is launched with, taken from the
+/// step program's operations (an operation may be several launches: RMSNorm's backward
+/// is the backward and the gain's reduction, the loss is the fused cross-entropy and its
+/// mean, the optimizer is the two gradient-norm kernels and AdamW).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Case {
+    EmbeddingFwd {
+        rows: usize,
+        c: usize,
+        vocab: usize,
+    },
+    RmsnormFwd {
+        rows: usize,
+        c: usize,
+        eps: f32,
+        residual: bool,
+    },
+    Rope {
+        rows: usize,
+        t: usize,
+        heads: usize,
+        hs: usize,
+        theta: f64,
+        direction: rope::Direction,
+    },
+    /// The vanilla attention's softmax over B·NH causal (T, T) matrices.
+    SoftmaxFwd {
+        heads: usize,
+        t: usize,
+        hs: usize,
+    },
+    SoftmaxBwd {
+        heads: usize,
+        t: usize,
+        hs: usize,
+    },
+    SwigluFwd {
+        len: usize,
+    },
+    SwigluBwd {
+        len: usize,
+    },
+    CrossEntropy {
+        rows: usize,
+        vocab: usize,
+    },
+    CrossEntropyMean {
+        rows: usize,
+    },
+    RmsnormBwd {
+        rows: usize,
+        c: usize,
+    },
+    RmsnormDgReduce {
+        rows: usize,
+        c: usize,
+    },
+    EmbeddingBwd {
+        rows: usize,
+        c: usize,
+        vocab: usize,
+    },
+    GradNormPartial {
+        params: usize,
+    },
+    GradNormFinish {
+        params: usize,
+    },
+    Adamw {
+        params: usize,
+    },
 }
 
-/// The cases, one launch each, in the order a step runs them (forward, loss, backward,
-/// optimizer). Every kernel of the seven families appears at least once (a test holds
-/// this list to the PTX crate's list of kernels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    EmbeddingFwd,
-    RmsnormFwd,
-    RmsnormFwdResidual,
-    RopeFwd,
-    SoftmaxFwd,
-    SwigluFwd,
-    CrossEntropy,
-    CrossEntropyMean,
-    SwigluBwd,
-    SoftmaxBwd,
-    RopeBwd,
-    RmsnormBwd,
-    RmsnormDgReduce,
-    EmbeddingBwd,
-    GradNormPartial,
-    GradNormFinish,
-    Adamw,
-}
-
-impl Op {
-    /// Every case, in step order.
-    pub const ALL: [Op; 17] = [
-        Op::EmbeddingFwd,
-        Op::RmsnormFwd,
-        Op::RmsnormFwdResidual,
-        Op::RopeFwd,
-        Op::SoftmaxFwd,
-        Op::SwigluFwd,
-        Op::CrossEntropy,
-        Op::CrossEntropyMean,
-        Op::SwigluBwd,
-        Op::SoftmaxBwd,
-        Op::RopeBwd,
-        Op::RmsnormBwd,
-        Op::RmsnormDgReduce,
-        Op::EmbeddingBwd,
-        Op::GradNormPartial,
-        Op::GradNormFinish,
-        Op::Adamw,
-    ];
-
+impl Case {
     /// The case's name in the table and the JSON.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            Op::EmbeddingFwd => "embedding_fwd",
-            Op::RmsnormFwd => "rmsnorm_fwd",
-            Op::RmsnormFwdResidual => "rmsnorm_fwd_residual",
-            Op::RopeFwd => "rope_fwd(q)",
-            Op::SoftmaxFwd => "attn_softmax_fwd",
-            Op::SwigluFwd => "swiglu_fwd",
-            Op::CrossEntropy => "cross_entropy",
-            Op::CrossEntropyMean => "cross_entropy_mean",
-            Op::SwigluBwd => "swiglu_bwd",
-            Op::SoftmaxBwd => "attn_softmax_bwd",
-            Op::RopeBwd => "rope_bwd(dq)",
-            Op::RmsnormBwd => "rmsnorm_bwd",
-            Op::RmsnormDgReduce => "rmsnorm_dg_reduce",
-            Op::EmbeddingBwd => "embedding_bwd",
-            Op::GradNormPartial => "grad_norm_partial",
-            Op::GradNormFinish => "grad_norm_finish",
-            Op::Adamw => "adamw",
+            Case::EmbeddingFwd { .. } => "embedding_fwd",
+            Case::RmsnormFwd {
+                residual: false, ..
+            } => "rmsnorm_fwd",
+            Case::RmsnormFwd { residual: true, .. } => "rmsnorm_fwd_residual",
+            Case::Rope {
+                direction: rope::Direction::Forward,
+                ..
+            } => "rope_fwd",
+            Case::Rope { .. } => "rope_bwd",
+            Case::SoftmaxFwd { .. } => "attn_softmax_fwd",
+            Case::SoftmaxBwd { .. } => "attn_softmax_bwd",
+            Case::SwigluFwd { .. } => "swiglu_fwd",
+            Case::SwigluBwd { .. } => "swiglu_bwd",
+            Case::CrossEntropy { .. } => "cross_entropy",
+            Case::CrossEntropyMean { .. } => "cross_entropy_mean",
+            Case::RmsnormBwd { .. } => "rmsnorm_bwd",
+            Case::RmsnormDgReduce { .. } => "rmsnorm_dg_reduce",
+            Case::EmbeddingBwd { .. } => "embedding_bwd",
+            Case::GradNormPartial { .. } => "grad_norm_partial",
+            Case::GradNormFinish { .. } => "grad_norm_finish",
+            Case::Adamw { .. } => "adamw",
         }
     }
+
+    /// The launches one program operation makes, as cases. Matmuls (`bench matmul`),
+    /// flash attention (`bench attention`) and host transfers are not cases.
+    fn of(work: &Work) -> Vec<Case> {
+        match *work {
+            Work::Embedding { rows, c, vocab } => vec![Case::EmbeddingFwd { rows, c, vocab }],
+            Work::RmsNorm {
+                rows,
+                c,
+                eps,
+                residual,
+            } => vec![Case::RmsnormFwd {
+                rows,
+                c,
+                eps,
+                residual,
+            }],
+            Work::RmsNormBackward { rows, c } => vec![
+                Case::RmsnormBwd { rows, c },
+                Case::RmsnormDgReduce { rows, c },
+            ],
+            Work::Rope {
+                rows,
+                t,
+                heads,
+                hs,
+                theta,
+                direction,
+            } => vec![Case::Rope {
+                rows,
+                t,
+                heads,
+                hs,
+                theta,
+                direction,
+            }],
+            Work::Attention {
+                attention: Attention::Vanilla,
+                shape,
+            } => vec![Case::SoftmaxFwd {
+                heads: shape.b * shape.nh,
+                t: shape.t,
+                hs: shape.hs,
+            }],
+            Work::AttentionBackward {
+                attention: Attention::Vanilla,
+                shape,
+                ..
+            } => vec![Case::SoftmaxBwd {
+                heads: shape.b * shape.nh,
+                t: shape.t,
+                hs: shape.hs,
+            }],
+            Work::SwiGlu { len } => vec![Case::SwigluFwd { len }],
+            Work::SwiGluBackward { len } => vec![Case::SwigluBwd { len }],
+            Work::CrossEntropy { rows, vocab } => vec![
+                Case::CrossEntropy { rows, vocab },
+                Case::CrossEntropyMean { rows },
+            ],
+            Work::EmbeddingBackward { rows, c, vocab } => {
+                vec![Case::EmbeddingBwd { rows, c, vocab }]
+            }
+            Work::Optimizer { params } => vec![
+                Case::GradNormPartial { params },
+                Case::GradNormFinish { params },
+                Case::Adamw { params },
+            ],
+            Work::Attention { .. }
+            | Work::AttentionBackward { .. }
+            | Work::Matmul(_)
+            | Work::UploadBatch { .. }
+            | Work::GradsReady(_) => Vec::new(),
+        }
+    }
+}
+
+/// A distinct launch of the step and how many times one step makes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCase {
+    pub case: Case,
+    pub count: usize,
+}
+
+/// The distinct launches of one step and, when the vanilla step refuses the shape, its
+/// words (its softmax rows are then left out).
+pub struct StepCases {
+    pub cases: Vec<StepCase>,
+    pub vanilla_refused: Option<ModelError>,
+}
+
+/// Every distinct non-matmul launch of one step of `cfg` (B = `b`, T = `t`), in the
+/// order the step first makes it, with its launches per step: the flash step's program,
+/// then the softmax launches of the vanilla step's (the one kernel family only vanilla
+/// attention runs), where the vanilla step can run the shape.
+///
+/// # Errors
+/// The flash step's own refusal of the config.
+pub fn step_cases(cfg: &Config, b: usize, t: usize) -> Result<StepCases, ModelError> {
+    let mut out: Vec<StepCase> = Vec::new();
+    let mut add = |case: Case| match out.iter_mut().find(|c| c.case == case) {
+        Some(c) => c.count += 1,
+        None => out.push(StepCase { case, count: 1 }),
+    };
+    let flash = Program::plan_only(cfg, b, t, StepOptions::deterministic(Attention::Flash))?;
+    flash
+        .ops()
+        .flat_map(|op| Case::of(op.work()))
+        .for_each(&mut add);
+    let vanilla =
+        match Program::plan_only(cfg, b, t, StepOptions::deterministic(Attention::Vanilla)) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(StepCases {
+                    cases: out,
+                    vanilla_refused: Some(e),
+                })
+            }
+        };
+    vanilla
+        .ops()
+        .filter(|op| {
+            matches!(
+                op.work(),
+                Work::Attention { .. } | Work::AttentionBackward { .. }
+            )
+        })
+        .flat_map(|op| Case::of(op.work()))
+        .for_each(&mut add);
+    Ok(StepCases {
+        cases: out,
+        vanilla_refused: None,
+    })
 }
 
 /// One case ready to run: its launch, the bytes it moves and the buffers it uses
 /// (kept alive until the case is dropped).
-struct Case {
+struct Built {
     shape: String,
     bytes: u64,
     launch: Launch,
@@ -183,6 +320,8 @@ struct Case {
 pub struct Row {
     /// The case's name.
     pub op: &'static str,
+    /// Launches of this case per step.
+    pub count: usize,
     /// The PTX `.entry` launched.
     pub kernel: &'static str,
     /// The shape, in the B/T/C/NH/HS/F/V/P vocabulary.
@@ -281,22 +420,30 @@ impl<'d> Buffers<'d> {
     }
 }
 
-fn failed(op: Op, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench kernels: {}: {e}", op.name()))
+fn failed(case: &Case, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench kernels",
+        what: Some(case.name().to_string()),
+        source: e.into(),
+    }
 }
 
-/// Builds `op`'s buffers and launch at shapes `s` on `dev`.
-fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
-    let rt = |e: RuntimeError| failed(op, e);
-    let px = |e: frugal_ptx::error::PtxError| failed(op, e);
-    let mut m = Buffers::new(dev, 0x6265_6e63_6800 + op as u64);
-    let (n, c, f, v, p, t) = (s.n(), s.c, s.f, s.v, s.p, s.t);
-    let (n64, c64, f64_, v64, p64, t64) =
-        (n as u64, c as u64, f as u64, v as u64, p as u64, t as u64);
-    let heads = s.b * s.nh;
-    let eps = s.eps;
-    let (launch, bytes, shape) = match op {
-        Op::EmbeddingFwd => {
+/// Builds `case`'s buffers and launch on `dev`.
+fn build(case: &Case, dev: &Device) -> Result<Built, CliError> {
+    let rt = |e: RuntimeError| failed(case, e);
+    let px = |e: frugal_ptx::error::PtxError| failed(case, e);
+    // A seed per kernel, so that the cases do not share their random inputs.
+    let seed = case.name().bytes().fold(0x6265_6e63_6800u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(b.into())
+    });
+    let mut m = Buffers::new(dev, seed);
+    let (launch, bytes, shape) = match *case {
+        Case::EmbeddingFwd {
+            rows: n,
+            c,
+            vocab: v,
+        } => {
+            let (n64, c64, v64) = (n as u64, c as u64, v as u64);
             let tokens = m.tokens("tokens", n, v64).map_err(rt)?;
             let tok = m.upload("tokens", &tokens).map_err(rt)?;
             let table = m.bf16s("table", v * c).map_err(rt)?;
@@ -306,7 +453,13 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let l = embedding::forward(tok, table, out, n, c, v).map_err(px)?;
             (l, bytes, format!("N={n} C={c} V={v}"))
         }
-        Op::RmsnormFwd => {
+        Case::RmsnormFwd {
+            rows: n,
+            c,
+            eps,
+            residual: false,
+        } => {
+            let (n64, c64) = (n as u64, c as u64);
             let x = m.bf16s("x", n * c).map_err(rt)?;
             let g = m.bf16s("g", c).map_err(rt)?;
             let y = m.zeros::<bf16>("y", n * c).map_err(rt)?;
@@ -317,7 +470,13 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
                 rmsnorm::forward(rmsnorm::RmsNormFwd { x, g, y, rstd }, n, c, eps).map_err(px)?;
             (l, bytes, format!("N={n} C={c}"))
         }
-        Op::RmsnormFwdResidual => {
+        Case::RmsnormFwd {
+            rows: n,
+            c,
+            eps,
+            residual: true,
+        } => {
+            let (n64, c64) = (n as u64, c as u64);
             let x = m.bf16s("x", n * c).map_err(rt)?;
             let res = m.bf16s("res", n * c).map_err(rt)?;
             let h = m.zeros::<bf16>("h", n * c).map_err(rt)?;
@@ -342,76 +501,83 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             .map_err(px)?;
             (l, bytes, format!("N={n} C={c}"))
         }
-        Op::RopeFwd | Op::RopeBwd => {
-            // Q: (N, NH·HS), rotated in place; K is the same launch with NKV heads.
-            let (cos_t, sin_t) = rope::table(t, s.hs, s.theta);
-            let x = m.bf16s("q", n * s.nh * s.hs).map_err(rt)?;
+        Case::Rope {
+            rows: n,
+            t,
+            heads,
+            hs,
+            theta,
+            direction,
+        } => {
+            // Q (NH heads) or K (NKV heads): (N, heads·HS), rotated in place.
+            let (cos_t, sin_t) = rope::table(t, hs, theta);
+            let x = m.bf16s("x", n * heads * hs).map_err(rt)?;
             let cos = m.upload("cos", &cos_t).map_err(rt)?;
             let sin = m.upload("sin", &sin_t).map_err(rt)?;
-            let dir = if op == Op::RopeFwd {
-                rope::Direction::Forward
-            } else {
-                rope::Direction::Backward
-            };
-            let q = n64 * (s.nh * s.hs) as u64;
-            // x (N, NH·HS) read and written; cos, sin (T, HS/2) f32 read.
-            let bytes = 2 * q + 2 * q + 2 * 4 * t64 * (s.hs / 2) as u64;
+            let q = (n * heads * hs) as u64;
+            // x (N, heads·HS) read and written; cos, sin (T, HS/2) f32 read.
+            let bytes = 2 * q + 2 * q + 2 * 4 * t as u64 * (hs / 2) as u64;
             let l = rope::rope(
                 rope::RopeBufs { x, cos, sin },
                 rope::RopeShape {
                     rows: n,
                     t,
-                    heads: s.nh,
-                    hs: s.hs,
+                    heads,
+                    hs,
                 },
-                dir,
+                direction,
             )
             .map_err(px)?;
-            (l, bytes, format!("N={n} NH={} HS={} T={t}", s.nh, s.hs))
+            (l, bytes, format!("N={n} heads={heads} HS={hs} T={t}"))
         }
-        Op::SoftmaxFwd => {
+        Case::SoftmaxFwd { heads, t, hs } => {
+            let t64 = t as u64;
             let sc = m.bf16s("S", heads * t * t).map_err(rt)?;
             let pr = m.zeros::<bf16>("P", heads * t * t).map_err(rt)?;
             // Causal: S read on and below the diagonal (T(T+1)/2 per matrix), P (T, T)
             // written in full (zeros above), for B·NH matrices.
             let tri = t64 * (t64 + 1) / 2;
             let bytes = heads as u64 * (2 * tri + 2 * t64 * t64);
-            let scale = 1.0 / (s.hs as f32).sqrt();
+            // As the vanilla attention passes it (`frugal_ptx::vanilla`).
+            let scale = (hs as f64).sqrt().recip() as f32;
             let l = softmax::forward(sc, pr, heads, t, scale).map_err(px)?;
             (l, bytes, format!("B*NH={heads} T={t} (vanilla attention)"))
         }
-        Op::SoftmaxBwd => {
+        Case::SoftmaxBwd { heads, t, hs } => {
+            let t64 = t as u64;
             let pr = m.bf16s("P", heads * t * t).map_err(rt)?;
             let dp = m.bf16s("dP", heads * t * t).map_err(rt)?;
             let ds = m.zeros::<bf16>("dS", heads * t * t).map_err(rt)?;
             // P and dP read on and below the diagonal, dS (T, T) written in full, per matrix.
             let tri = t64 * (t64 + 1) / 2;
             let bytes = heads as u64 * (2 * 2 * tri + 2 * t64 * t64);
-            let scale = 1.0 / (s.hs as f32).sqrt();
+            // As the vanilla attention passes it (`frugal_ptx::vanilla`).
+            let scale = (hs as f64).sqrt().recip() as f32;
             let l = softmax::backward(pr, dp, ds, heads, t, scale).map_err(px)?;
             (l, bytes, format!("B*NH={heads} T={t} (vanilla attention)"))
         }
-        Op::SwigluFwd => {
-            let gate = m.bf16s("gate", n * f).map_err(rt)?;
-            let up = m.bf16s("up", n * f).map_err(rt)?;
-            let out = m.zeros::<bf16>("out", n * f).map_err(rt)?;
+        Case::SwigluFwd { len } => {
+            let gate = m.bf16s("gate", len).map_err(rt)?;
+            let up = m.bf16s("up", len).map_err(rt)?;
+            let out = m.zeros::<bf16>("out", len).map_err(rt)?;
             // gate, up (N, F) read, out (N, F) written.
-            let bytes = 3 * 2 * n64 * f64_;
-            let l = swiglu::forward(gate, up, out, n * f).map_err(px)?;
-            (l, bytes, format!("N={n} F={f}"))
+            let bytes = 3 * 2 * len as u64;
+            let l = swiglu::forward(gate, up, out, len).map_err(px)?;
+            (l, bytes, format!("N*F={len}"))
         }
-        Op::SwigluBwd => {
-            let dout = m.bf16s("dout", n * f).map_err(rt)?;
-            let gate = m.bf16s("gate", n * f).map_err(rt)?;
-            let up = m.bf16s("up", n * f).map_err(rt)?;
-            let dgate = m.zeros::<bf16>("dgate", n * f).map_err(rt)?;
-            let dup = m.zeros::<bf16>("dup", n * f).map_err(rt)?;
+        Case::SwigluBwd { len } => {
+            let dout = m.bf16s("dout", len).map_err(rt)?;
+            let gate = m.bf16s("gate", len).map_err(rt)?;
+            let up = m.bf16s("up", len).map_err(rt)?;
+            let dgate = m.zeros::<bf16>("dgate", len).map_err(rt)?;
+            let dup = m.zeros::<bf16>("dup", len).map_err(rt)?;
             // dout, gate, up (N, F) read, dgate, dup (N, F) written.
-            let bytes = 5 * 2 * n64 * f64_;
-            let l = swiglu::backward(dout, gate, up, dgate, dup, n * f).map_err(px)?;
-            (l, bytes, format!("N={n} F={f}"))
+            let bytes = 5 * 2 * len as u64;
+            let l = swiglu::backward(dout, gate, up, dgate, dup, len).map_err(px)?;
+            (l, bytes, format!("N*F={len}"))
         }
-        Op::CrossEntropy => {
+        Case::CrossEntropy { rows: n, vocab: v } => {
+            let (n64, v64) = (n as u64, v as u64);
             let logits = m.bf16s("logits", n * v).map_err(rt)?;
             let targets = m.tokens("targets", n, v64).map_err(rt)?;
             let tg = m.upload("targets", &targets).map_err(rt)?;
@@ -439,7 +605,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             .map_err(px)?;
             (l, bytes, format!("N={n} V={v}"))
         }
-        Op::CrossEntropyMean => {
+        Case::CrossEntropyMean { rows: n } => {
+            let n64 = n as u64;
             let loss = m.f32s("loss", n, 1.0).map_err(rt)?;
             let mean = m.zeros::<f32>("mean", 1).map_err(rt)?;
             // loss (N) f32 read, mean (1) f32 written.
@@ -447,7 +614,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let l = cross_entropy::mean(loss, n, n, mean).map_err(px)?;
             (l, bytes, format!("N={n}"))
         }
-        Op::RmsnormBwd => {
+        Case::RmsnormBwd { rows: n, c } => {
+            let (n64, c64) = (n as u64, c as u64);
             let dy = m.bf16s("dy", n * c).map_err(rt)?;
             let x = m.bf16s("x", n * c).map_err(rt)?;
             let g = m.bf16s("g", c).map_err(rt)?;
@@ -476,7 +644,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             .map_err(px)?;
             (l, bytes, format!("N={n} C={c}"))
         }
-        Op::RmsnormDgReduce => {
+        Case::RmsnormDgReduce { rows: n, c } => {
+            let c64 = c as u64;
             let parts = rmsnorm::workspace_elems(n, c);
             let dg_part = m.f32s("dg_part", parts, 1.0).map_err(rt)?;
             let dg = m.zeros::<f32>("dg", c).map_err(rt)?;
@@ -485,7 +654,12 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let l = rmsnorm::dg_reduce(dg_part, dg, n, c).map_err(px)?;
             (l, bytes, format!("N={n} C={c} parts={}", parts / c))
         }
-        Op::EmbeddingBwd => {
+        Case::EmbeddingBwd {
+            rows: n,
+            c,
+            vocab: v,
+        } => {
+            let (n64, c64, v64) = (n as u64, c as u64, v as u64);
             let tokens = m.tokens("tokens", n, v64).map_err(rt)?;
             let index = embedding::GradIndex::build(&tokens, v).map_err(px)?;
             let u = index.rows.len();
@@ -502,7 +676,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
                 embedding::backward(rows, offsets, positions, dout, dtable, u, c).map_err(px)?;
             (l, bytes, format!("N={n} C={c} U={u}"))
         }
-        Op::GradNormPartial => {
+        Case::GradNormPartial { params: p } => {
+            let p64 = p as u64;
             let grad = m.f32s("grad", p, 1e-3).map_err(rt)?;
             let parts = adamw::norm_parts(p);
             // f64 parts: the buffer is allocated as pairs of u32 (the runtime has no f64 element).
@@ -512,7 +687,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let l = adamw::grad_norm_partial(grad, p, partial).map_err(px)?;
             (l, bytes, format!("P={p}"))
         }
-        Op::GradNormFinish => {
+        Case::GradNormFinish { params: p } => {
             let parts = adamw::norm_parts(p);
             let sums: Vec<f64> = (0..parts).map(|_| m.rng.next_f64()).collect();
             let partial = m
@@ -525,7 +700,8 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             let l = adamw::grad_norm_finish(partial, p, 1.0, norm, scale).map_err(px)?;
             (l, bytes, format!("P={p} parts={parts}"))
         }
-        Op::Adamw => {
+        Case::Adamw { params: p } => {
+            let p64 = p as u64;
             let b = adamw::AdamwBuffers {
                 param: m.f32s("param", p, 0.02).map_err(rt)?,
                 grad: m.f32s("grad", p, 1e-3).map_err(rt)?,
@@ -554,7 +730,7 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
             (l, bytes, format!("P={p}"))
         }
     };
-    Ok(Case {
+    Ok(Built {
         shape,
         bytes,
         launch,
@@ -568,13 +744,13 @@ fn build(op: Op, dev: &Device, s: &StepShapes) -> Result<Case, CliError> {
 /// # Errors
 /// Allocation, launch (sanitizer findings on `emu`) and driver errors, naming the op.
 pub fn measure(
-    op: Op,
+    step: &StepCase,
     dev: &Device,
-    s: &StepShapes,
     iters: usize,
     warmup: usize,
 ) -> Result<Row, CliError> {
-    let case = build(op, dev, s)?;
+    let op = &step.case;
+    let case = build(op, dev)?;
     let launch = || dev.run(&case.launch).map_err(|e| failed(op, e));
     for _ in 0..warmup {
         launch()?;
@@ -596,6 +772,7 @@ pub fn measure(
     let iters = iters.max(1);
     Ok(Row {
         op: op.name(),
+        count: step.count,
         kernel: case.launch.kernel,
         shape: case.shape,
         bytes: case.bytes,
@@ -603,59 +780,6 @@ pub fn measure(
         time_us: ms * 1e3 / iters as f64,
         emu_warp_instructions: (dev.backend() == Backend::Emu).then(|| instructions / iters as u64),
     })
-}
-
-/// Which device the flag asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Choice {
-    Auto,
-    Cuda(usize),
-    Emu,
-}
-
-pub(crate) fn parse_device(s: &str) -> Result<Choice, String> {
-    match s.parse::<DeviceSpec>() {
-        Ok(DeviceSpec::Auto) => Ok(Choice::Auto),
-        Ok(DeviceSpec::Cuda(n)) => Ok(Choice::Cuda(n)),
-        Ok(DeviceSpec::LocalCuda) => Ok(Choice::Cuda(0)),
-        Ok(DeviceSpec::Emu) => Ok(Choice::Emu),
-        Ok(DeviceSpec::Cpu) => Err(
-            "--device cpu has no PTX kernels to time; use cuda or emu here, and \
-             'frugal bench step' for the CPU"
-                .into(),
-        ),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Opens the device; `auto` without a usable GPU says why and uses the emulator.
-pub(crate) fn open(choice: Choice) -> Result<(Device, Option<String>), CliError> {
-    let open_failed = |e: RuntimeError| CliError::Failed(format!("bench kernels: {e}"));
-    let emu = |why: String| -> Result<(Device, Option<String>), CliError> {
-        let note = format!(
-            "device auto: no usable GPU ({why}); using the emulator, so every time and rate \
-             below is emulation speed and meaningless for a GPU"
-        );
-        Ok((
-            Device::open(DeviceSpec::Emu).map_err(open_failed)?,
-            Some(note),
-        ))
-    };
-    match choice {
-        Choice::Emu => Ok((Device::open(DeviceSpec::Emu).map_err(open_failed)?, None)),
-        Choice::Cuda(n) => Ok((
-            Device::open(DeviceSpec::Cuda(n)).map_err(open_failed)?,
-            None,
-        )),
-        Choice::Auto => match cuda::device_count() {
-            Ok(0) => emu("the CUDA driver sees no device".into()),
-            Ok(_) => match Device::open(DeviceSpec::Cuda(0)) {
-                Ok(d) => Ok((d, None)),
-                Err(e) => emu(e.to_string()),
-            },
-            Err(e) => emu(e.to_string()),
-        },
-    }
 }
 
 /// A JSON string literal (quotes, backslashes and control characters escaped); shared by
@@ -675,20 +799,28 @@ pub(crate) fn json_str(s: &str) -> String {
 }
 
 /// One JSON object for `row` measured on `device` with timing labelled `timing`.
-pub fn json_line(row: &Row, s: &StepShapes, device: &str, timing: &str, emulated: bool) -> String {
+pub fn json_line(
+    row: &Row,
+    model: &str,
+    (b, t): (usize, usize),
+    device: &str,
+    timing: &str,
+    emulated: bool,
+) -> String {
     let instr = row
         .emu_warp_instructions
         .map_or("null".to_string(), |i| i.to_string());
     format!(
         "{{\"op\": {}, \"kernel\": {}, \"model\": {}, \"batch\": {}, \"seq\": {}, \"shape\": {}, \
-         \"device\": {}, \"timing\": {}, \"emulated\": {emulated}, \"bytes\": {}, \"iters\": {}, \
+         \"count\": {}, \"device\": {}, \"timing\": {}, \"emulated\": {emulated}, \"bytes\": {}, \"iters\": {}, \
          \"time_us\": {:.4}, \"gbps\": {:.6e}, \"emu_warp_instructions\": {instr}}}",
         json_str(row.op),
         json_str(row.kernel),
-        json_str(&s.model),
-        s.b,
-        s.t,
+        json_str(model),
+        b,
+        t,
         json_str(&row.shape),
+        row.count,
         json_str(device),
         json_str(timing),
         row.bytes,
@@ -717,21 +849,18 @@ pub(crate) fn human_bytes(b: u64) -> String {
 }
 
 /// Runs `frugal bench kernels` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let device = args.string("device")?.unwrap_or_else(|| "auto".into());
-    let model: Option<String> = args.string("model")?;
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let iters: Option<usize> = args.value("iters")?;
-    let warmup: Option<usize> = args.value("warmup")?;
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench kernels: {m}\n{USAGE}")));
-    let choice = parse_device(&device).map_err(usage)?;
+pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
+    let KernelsFlags {
+        device,
+        model,
+        batch,
+        seq,
+        iters,
+        warmup,
+        json,
+    } = flags;
+    let usage = |m: String| super::usage("bench kernels", m);
+    let device = kernel_device("bench kernels", device)?;
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
@@ -743,7 +872,7 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         }
     }
 
-    let (dev, note) = open(choice)?;
+    let (dev, note) = open_kernel_device(device)?;
     let emulated = dev.backend() == Backend::Emu;
     let preset = match &model {
         Some(m) => m.as_str(),
@@ -755,7 +884,14 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     let b = batch.unwrap_or(if emulated { 1 } else { preset.default_batch });
     let t = seq.unwrap_or(preset.seq_len);
     cfg.seq_len = t;
-    let shapes = StepShapes::new(preset.name, &cfg, b, t);
+    let StepCases {
+        cases,
+        vanilla_refused,
+    } = step_cases(&cfg, b, t).map_err(|e| CliError::Bench {
+        bench: "bench kernels",
+        what: None,
+        source: Box::new(e),
+    })?;
     let iters = iters.unwrap_or(if emulated { 1 } else { 50 });
     let warmup = warmup.unwrap_or(if emulated { 0 } else { 5 });
     let timing = dev.timing_source().label();
@@ -766,7 +902,13 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         format!(
             "bench kernels: {name}; model {} (B={b} T={t} C={} NH={} HS={} F={} V={} P={}); \
              {iters} timed launch(es) after {warmup} warm-up; timing: {timing}",
-            shapes.model, shapes.c, shapes.nh, shapes.hs, shapes.f, shapes.v, shapes.p
+            preset.name,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.head_dim(),
+            cfg.ffn_dim,
+            cfg.vocab_size,
+            cfg.param_count()
         ),
         if emulated {
             "EMULATED: times and GB/s below measure the PTX emulator on the host; they are \
@@ -775,6 +917,9 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         } else {
             String::new()
         },
+        vanilla_refused.map_or_else(String::new, |e| {
+            format!("no attn_softmax rows: the vanilla-attention step cannot run this shape ({e})")
+        }),
     ];
     for line in preamble.iter().filter(|l| !l.is_empty()) {
         // Keep stdout pure JSON lines under --json.
@@ -792,19 +937,23 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     };
     if !json {
         println!(
-            "{:<22} {:<40} {:>12} {:>6} {:>14} {:>10}",
-            "kernel", "shape", "bytes", "iters", us_head, gbps_head
+            "{:<22} {:<40} {:>5} {:>12} {:>6} {:>14} {:>10}",
+            "kernel", "shape", "count", "bytes", "iters", us_head, gbps_head
         );
     }
-    for op in Op::ALL {
-        let row = measure(op, &dev, &shapes, iters, warmup)?;
+    for step in &cases {
+        let row = measure(step, &dev, iters, warmup)?;
         if json {
-            println!("{}", json_line(&row, &shapes, &name, timing, emulated));
+            println!(
+                "{}",
+                json_line(&row, preset.name, (b, t), &name, timing, emulated)
+            );
         } else {
             println!(
-                "{:<22} {:<40} {:>12} {:>6} {:>14.3} {:>10}",
+                "{:<22} {:<40} {:>5} {:>12} {:>6} {:>14.3} {:>10}",
                 row.op,
                 row.shape,
+                row.count,
                 human_bytes(row.bytes),
                 row.iters,
                 row.time_us,
@@ -819,62 +968,83 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    /// A model small enough that all 17 cases run under the emulator in a moment, with
-    /// T not a multiple of 8 and an odd F so the kernels' scalar paths run too.
-    fn small_shapes() -> StepShapes {
-        StepShapes::new("custom", &small_shapes_config(), 2, 12)
-    }
-
-    fn small_shapes_config() -> Config {
+    /// A model small enough that every case runs under the emulator in a moment, with
+    /// T not a multiple of 8, an odd F so the kernels' scalar paths run too, and GQA so
+    /// that Q's and K's RoPE are distinct launches.
+    fn small_config() -> Config {
         Config {
             vocab_size: 100,
-            dim: 64,
-            n_layers: 1,
+            dim: 128,
+            n_layers: 2,
             n_heads: 2,
-            n_kv_heads: 2,
+            n_kv_heads: 1,
             ffn_dim: 90,
             seq_len: 12,
-            rope_theta: 10000.0,
-            norm_eps: 1e-5,
+            rope_theta: 500000.0,
+            norm_eps: 1e-6,
         }
     }
 
-    /// The constants the cases launch with are the ones the device step launches with.
+    /// The cases are the flash program's operations of each kind, launch for launch
+    /// (each distinct one once, with its count), plus the vanilla program's softmax.
     #[test]
-    fn eps_and_theta_are_the_steps() {
-        use frugal_model::device::program::{Program, Work};
-        let mut cfg = small_shapes_config();
-        cfg.dim = 128;
-        cfg.norm_eps = 1e-6;
-        cfg.rope_theta = 500000.0;
-        let s = StepShapes::new("custom", &cfg, 2, 12);
-        let opts = frugal_model::device::StepOptions::default();
-        let prog = Program::plan_only(&cfg, 2, 12, opts).unwrap();
-        let (mut eps, mut theta) = (Vec::new(), Vec::new());
-        for op in prog.ops() {
-            match *op.work() {
-                Work::RmsNorm { eps: e, .. } => eps.push(e),
-                Work::Rope { theta: th, .. } => theta.push(th),
-                _ => {}
+    fn the_cases_are_the_programs_operations() {
+        let cfg = small_config();
+        let (b, t) = (2, 12);
+        let cases = step_cases(&cfg, b, t).unwrap().cases;
+        let flash =
+            Program::plan_only(&cfg, b, t, StepOptions::deterministic(Attention::Flash)).unwrap();
+        let launches: Vec<Case> = flash.ops().flat_map(|op| Case::of(op.work())).collect();
+        for c in &cases {
+            assert_eq!(
+                cases.iter().filter(|d| d.case == c.case).count(),
+                1,
+                "{c:?} listed twice"
+            );
+        }
+        for launch in &launches {
+            let listed = cases.iter().find(|c| c.case == *launch).expect("listed");
+            let runs = launches.iter().filter(|l| *l == launch).count();
+            assert_eq!(listed.count, runs, "{launch:?}");
+        }
+        // Everything but the softmax is the flash step's; the softmax runs once per layer
+        // each way in the vanilla step.
+        for c in &cases {
+            match c.case {
+                Case::SoftmaxFwd { heads, t: tt, hs } | Case::SoftmaxBwd { heads, t: tt, hs } => {
+                    assert_eq!((heads, tt, hs, c.count), (b * 2, t, 64, cfg.n_layers));
+                }
+                other => assert!(launches.contains(&other), "{other:?}"),
             }
         }
-        assert!(
-            !eps.is_empty() && eps.iter().all(|&e| e == s.eps),
-            "{eps:?}"
-        );
-        assert!(
-            !theta.is_empty() && theta.iter().all(|&t| t == s.theta),
-            "{theta:?}"
-        );
+        // The constants are the step's: RMSNorm's eps and RoPE's theta, Q and K apart.
+        let norms: Vec<f32> = cases
+            .iter()
+            .filter_map(|c| match c.case {
+                Case::RmsnormFwd { eps, .. } => Some(eps),
+                _ => None,
+            })
+            .collect();
+        assert!(!norms.is_empty() && norms.iter().all(|&e| e == cfg.norm_eps as f32));
+        let ropes: Vec<(usize, f64)> = cases
+            .iter()
+            .filter_map(|c| match c.case {
+                Case::Rope { heads, theta, .. } => Some((heads, theta)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ropes.len(), 4, "Q and K, forward and backward: {ropes:?}");
+        assert!(ropes.iter().all(|&(_, th)| th == cfg.rope_theta));
+        assert!(ropes.iter().any(|&(h, _)| h == 1) && ropes.iter().any(|&(h, _)| h == 2));
     }
 
     #[test]
     fn every_kernel_of_the_families_is_benchmarked() {
         let dev = Device::open(DeviceSpec::Emu).unwrap();
-        let s = small_shapes();
-        let covered: Vec<&str> = Op::ALL
+        let cases = step_cases(&small_config(), 2, 12).unwrap().cases;
+        let covered: Vec<&str> = cases
             .iter()
-            .map(|&op| build(op, &dev, &s).unwrap().launch.kernel)
+            .map(|c| build(&c.case, &dev).unwrap().launch.kernel)
             .collect();
         for spec in frugal_ptx::kernels::specs() {
             assert!(
@@ -883,23 +1053,18 @@ mod tests {
                 spec.kernel
             );
         }
-        let mut names: Vec<&str> = Op::ALL.iter().map(|op| op.name()).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), Op::ALL.len(), "case names must be unique");
     }
 
     #[test]
     fn every_case_runs_on_the_emulator_with_positive_finite_figures() {
         let dev = Device::open(DeviceSpec::Emu).unwrap();
-        let s = small_shapes();
-        for op in Op::ALL {
-            let row = measure(op, &dev, &s, 2, 1).unwrap();
+        for step in step_cases(&small_config(), 2, 12).unwrap().cases {
+            let row = measure(&step, &dev, 2, 1).unwrap();
             assert!(row.bytes > 0, "{row:?}");
             assert!(row.time_us.is_finite() && row.time_us > 0.0, "{row:?}");
             assert!(row.gbps().is_finite() && row.gbps() > 0.0, "{row:?}");
             assert!(row.emu_warp_instructions.is_some_and(|i| i > 0), "{row:?}");
-            let line = json_line(&row, &s, &dev.name(), "emulated", true);
+            let line = json_line(&row, "custom", (2, 12), &dev.name(), "emulated", true);
             assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
             assert!(line.contains("\"emulated\": true"), "{line}");
         }
@@ -911,59 +1076,66 @@ mod tests {
         // as a norm's gain; the softmax's is proportional to B·NH·T²; the optimizer's
         // does not depend on B. A formula that ignored a shape would fail here.
         let dev = Device::open(DeviceSpec::Emu).unwrap();
-        let s1 = small_shapes();
-        let with_b = |k: usize| StepShapes {
-            b: s1.b * k,
-            ..s1.clone()
+        let cfg = small_config();
+        let bytes_at = |b: usize, t: usize| -> Vec<(&'static str, u64)> {
+            step_cases(&cfg, b, t)
+                .unwrap()
+                .cases
+                .iter()
+                .map(|c| (c.case.name(), build(&c.case, &dev).unwrap().bytes))
+                .collect()
         };
-        let bytes = |op: Op, s: &StepShapes| build(op, &dev, s).unwrap().bytes;
-        let rows = [
-            Op::EmbeddingFwd,
-            Op::RmsnormFwd,
-            Op::RmsnormFwdResidual,
-            Op::RopeFwd,
-            Op::SwigluFwd,
-            Op::SwigluBwd,
-            Op::CrossEntropy,
-            Op::CrossEntropyMean,
-            Op::RmsnormBwd,
+        let (b1, b2, b3) = (bytes_at(2, 12), bytes_at(4, 12), bytes_at(6, 12));
+        let affine = [
+            "embedding_fwd",
+            "rmsnorm_fwd",
+            "rmsnorm_fwd_residual",
+            "rope_fwd",
+            "swiglu_fwd",
+            "swiglu_bwd",
+            "cross_entropy",
+            "cross_entropy_mean",
+            "rmsnorm_bwd",
         ];
-        for op in rows {
-            let (a, b, c) = (bytes(op, &s1), bytes(op, &with_b(2)), bytes(op, &with_b(3)));
-            assert!(b > a && c - b == b - a, "{}: {a} {b} {c}", op.name());
-        }
-        for op in [
-            Op::SwigluFwd,
-            Op::SwigluBwd,
-            Op::CrossEntropy,
-            Op::SoftmaxFwd,
-            Op::SoftmaxBwd,
-        ] {
-            assert_eq!(bytes(op, &with_b(2)), 2 * bytes(op, &s1), "{}", op.name());
+        for (i, &(name, a)) in b1.iter().enumerate() {
+            let (b, c) = (b2[i].1, b3[i].1);
+            if affine.contains(&name) {
+                assert!(b > a && c - b == b - a, "{name}: {a} {b} {c}");
+            }
+            if [
+                "swiglu_fwd",
+                "swiglu_bwd",
+                "cross_entropy",
+                "attn_softmax_fwd",
+                "attn_softmax_bwd",
+            ]
+            .contains(&name)
+            {
+                assert_eq!(b, 2 * a, "{name}");
+            }
+            if name == "adamw" {
+                assert_eq!(a, b);
+                // AdamW: 31 bytes per parameter (+4 for the scale), the figure the paper
+                // presets' optimizer memory traffic is planned with.
+                assert_eq!(a, 31 * cfg.param_count() as u64 + 4);
+            }
         }
         // SwiGLU forward: gate and up read, out written, three bf16 (N, F) tensors.
-        assert_eq!(bytes(Op::SwigluFwd, &s1), 3 * 2 * (s1.n() * s1.f) as u64);
-        let t2 = StepShapes {
-            t: s1.t * 2,
-            ..s1.clone()
-        };
-        let (sa, sb) = (bytes(Op::SoftmaxFwd, &s1), bytes(Op::SoftmaxFwd, &t2));
+        let swiglu = b1.iter().find(|(n, _)| *n == "swiglu_fwd").unwrap().1;
+        assert_eq!(swiglu, 3 * 2 * (2 * 12 * cfg.ffn_dim) as u64);
+        let softmax =
+            |v: &[(&str, u64)]| v.iter().find(|(n, _)| *n == "attn_softmax_fwd").unwrap().1;
+        let (sa, sb) = (softmax(&b1), softmax(&bytes_at(2, 24)));
         assert!(sb > 3 * sa && sb < 4 * sa + 1, "quadratic in T: {sa} {sb}");
-        let (a, b) = (
-            build(Op::Adamw, &dev, &s1).unwrap(),
-            build(Op::Adamw, &dev, &with_b(2)).unwrap(),
-        );
-        assert_eq!(a.bytes, b.bytes);
-        // AdamW: 31 bytes per parameter (+4 for the scale), the figure the paper presets'
-        // optimizer memory traffic is planned with.
-        assert_eq!(a.bytes, 31 * s1.p as u64 + 4);
     }
 
     #[test]
     fn cpu_is_refused_with_a_pointer_to_bench_step() {
-        assert!(parse_device("cpu").unwrap_err().contains("bench step"));
-        assert_eq!(parse_device("emu"), Ok(Choice::Emu));
-        assert_eq!(parse_device("cuda:1"), Ok(Choice::Cuda(1)));
-        assert!(parse_device("gpu").is_err());
+        let e = kernel_device("bench kernels", DeviceSpec::Cpu).unwrap_err();
+        assert!(e.to_string().contains("bench step"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        for spec in [DeviceSpec::Emu, DeviceSpec::Cuda(1), DeviceSpec::LocalCuda] {
+            assert_eq!(kernel_device("bench kernels", spec).unwrap(), spec);
+        }
     }
 }

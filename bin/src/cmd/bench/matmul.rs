@@ -22,9 +22,12 @@
 //! (`ptx/src/matmul/dispatch_table.txt`, embedded by the next build). `--json` prints one JSON
 //! object per product (and a summary) in the schema `scripts/torch/matmul.py` also prints;
 //! `--compare FILE` reads such lines (the torch script's) and adds their time and the ratio.
+//! `--list --json` prints the products alone, with no device: the torch script times
+//! those, so its list of shapes is this one.
 
+use super::kernel_device;
 use super::kernels::json_str;
-use crate::args::{Args, UsageError};
+use crate::cli::text;
 use crate::train::options::MAX_DIM;
 use crate::CliError;
 use frugal_model::config::{Config, Preset};
@@ -38,29 +41,59 @@ use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use half::bf16;
 
-const USAGE: &str = "\
-usage: frugal bench matmul [--device auto|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                           [--ffn F] [--iters N] [--warmup N] [--variants] [--json]
-                           [--compare FILE] [--autotune [--out FILE]]
-
+/// What `frugal bench matmul --help` says first.
+pub const ABOUT: &str = "\
 Times every matmul of one training step of the preset, as the device step runs them
 (forward, input and weight gradients of Q, K, V, the output projection, gate, up, down
 and the LM head; one row per distinct shape), through the dispatcher, and reports
-TFLOP/s per shape and the FLOP-weighted total.
-  --device D    auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
-  --model NAME  preset (default paper-100m on a GPU, tiny on the emulator)
-  --batch B     sequences per step (default: the preset's on a GPU, 1 on the emulator)
-  --seq T       tokens per sequence (default: the preset's on a GPU, 32 on the emulator)
-  --iters N     timed launches per shape (default 20 on a GPU, 1 on the emulator)
-  --warmup N    untimed launches first (default 3 on a GPU, 0 on the emulator)
-  --ffn F       override the preset's FFN width (e.g. an odd one, to see the staged kernels)
-  --variants    time every eligible (kernel, tile, split) per shape, not only the pick
-  --json        one JSON object per product and a summary line (the torch script's schema)
-  --compare F   JSON lines of another run (scripts/torch/matmul.py): add its time and ratio
-  --autotune    (GPU only) time every variant, write the fastest per shape to the dispatch
-                table (default ptx/src/matmul/dispatch_table.txt; rebuild to embed it)
-  --out FILE    where --autotune writes the table
-On the emulator every time and TFLOP/s is the host's emulation speed, not a GPU's.";
+TFLOP/s per shape and the FLOP-weighted total.";
+
+/// `frugal bench matmul`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct MatmulFlags {
+    /// auto (a CUDA GPU if there is one, else the emulator), cuda[:N] or emu
+    #[arg(long, value_name = "D", default_value = "auto", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// preset (default paper-100m on a GPU, tiny on the emulator)
+    #[arg(long, value_name = "NAME", value_parser = text::<String>())]
+    model: Option<String>,
+    /// sequences per step (default: the preset's on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the preset's on a GPU, 32 on the emulator)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// timed launches per shape (default 20 on a GPU, 1 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    iters: Option<usize>,
+    /// untimed launches first (default 3 on a GPU, 0 on the emulator)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    warmup: Option<usize>,
+    /// override the preset's FFN width (e.g. an odd one, to see the staged kernels)
+    #[arg(long, value_name = "F", value_parser = text::<usize>())]
+    ffn: Option<usize>,
+    /// time every eligible (kernel, tile, split) per shape, not only the pick
+    #[arg(long)]
+    variants: bool,
+    /// one JSON object per product and a summary line (the torch script's schema)
+    #[arg(long)]
+    json: bool,
+    /// print the products (name, shape, launches per step) and time nothing: no device
+    /// is opened and the defaults are a GPU's; with --json one object per product
+    /// (what scripts/torch/matmul.py reads)
+    #[arg(long, conflicts_with_all = ["variants", "compare", "autotune"])]
+    list: bool,
+    /// JSON lines of another run (scripts/torch/matmul.py): add its time and ratio
+    #[arg(long, value_name = "FILE", value_parser = text::<String>())]
+    compare: Option<String>,
+    /// (GPU only) time every variant, write the fastest per shape to the dispatch
+    /// table (default ptx/src/matmul/dispatch_table.txt; rebuild to embed it)
+    #[arg(long, verbatim_doc_comment)]
+    autotune: bool,
+    /// where --autotune writes the table
+    #[arg(long, value_name = "FILE", value_parser = text::<String>())]
+    out: Option<String>,
+}
 
 /// The dispatch table file `--autotune` writes by default (relative to the repository root).
 const TABLE_PATH: &str = "ptx/src/matmul/dispatch_table.txt";
@@ -95,8 +128,12 @@ pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, M
         .collect())
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("bench matmul: {what}: {e}"))
+fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench matmul",
+        what: Some(what.to_string()),
+        source: e.into(),
+    }
 }
 
 /// A buffer of `n` bf16 (or f32 when `f32s`) values from a tiled random pattern.
@@ -266,6 +303,26 @@ pub fn json_line(
     emulated: bool,
 ) -> String {
     let g = &p.gemm;
+    format!(
+        "{},\"kernel\":{},\"split\":{split},\"us\":{},\"flops\":{},\
+         \"tflops\":{},\"emulated\":{emulated}}}",
+        product_fields(model, p),
+        json_str(kernel),
+        json_num(us),
+        g.flops(),
+        json_num(g.flops() / (us * 1e-6) / 1e12),
+    )
+}
+
+/// The JSON object of `p` as `--list --json` prints it: what it computes, never a time.
+pub fn list_line(model: &str, p: &Product) -> String {
+    format!("{}}}", product_fields(model, p))
+}
+
+/// The opening of a product's JSON object, up to its count (no closing brace): the
+/// fields `--list --json` and the timed lines share.
+fn product_fields(model: &str, p: &Product) -> String {
+    let g = &p.gemm;
     let epilogue = match g.epilogue {
         Epilogue::Overwrite => "overwrite",
         Epilogue::Accumulate => "accumulate",
@@ -273,8 +330,7 @@ pub fn json_line(
     format!(
         "{{\"bench\":\"matmul\",\"model\":{},\"product\":{},\"layout\":\"{}\",\"m\":{},\"n\":{},\
          \"k\":{},\"batch\":{},\"lda\":{},\"ldb\":{},\"ldc\":{},\"out\":\"{}\",\"epilogue\":\"{epilogue}\",\
-         \"alpha\":{},\"count\":{},\"kernel\":{},\"split\":{split},\"us\":{},\"flops\":{},\
-         \"tflops\":{},\"emulated\":{emulated}}}",
+         \"alpha\":{},\"count\":{}",
         json_str(model),
         json_str(&p.name),
         g.layout.name(),
@@ -288,10 +344,6 @@ pub fn json_line(
         g.out.suffix(),
         g.alpha,
         p.count,
-        json_str(kernel),
-        json_num(us),
-        g.flops(),
-        json_num(g.flops() / (us * 1e-6) / 1e12),
     )
 }
 
@@ -457,12 +509,10 @@ pub fn read_compare(path: &str, text: &str) -> Result<Vec<Measured>, CliError> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| {
-            CliError::Failed(format!(
-                "bench matmul: --compare {path}:{}: {why} (expected the JSON lines of \
-                 `frugal bench matmul --json` or scripts/torch/matmul.py)",
-                n + 1
-            ))
+        let bad = |why: String| CliError::CompareLine {
+            path: path.to_string(),
+            line: n + 1,
+            why,
         };
         let fields = parse_flat_json(line).map_err(bad)?;
         let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v);
@@ -505,26 +555,72 @@ pub fn read_compare(path: &str, text: &str) -> Result<Vec<Measured>, CliError> {
     Ok(out)
 }
 
-/// Runs `frugal bench matmul` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
+/// `--list`: the products of one step at a GPU's defaults (paper-100m, the preset's
+/// batch and T), as text or, with `json`, one [`list_line`] each.
+fn list_products(
+    model: Option<&str>,
+    batch: Option<usize>,
+    seq: Option<usize>,
+    ffn: Option<usize>,
+    json: bool,
+) -> Result<(), CliError> {
+    let preset = Preset::by_name(model.unwrap_or("paper-100m"))
+        .map_err(|e| super::usage("bench matmul", e))?;
+    let mut cfg = preset.config();
+    let b = batch.unwrap_or(preset.default_batch);
+    let t = seq.unwrap_or(preset.seq_len);
+    cfg.ffn_dim = ffn.unwrap_or(cfg.ffn_dim);
+    cfg.seq_len = t;
+    let products = step_products(&cfg, b, t).map_err(|e| failed("the step", e))?;
+    if !json {
+        println!(
+            "bench matmul: model {} B={b} T={t}: {} products",
+            preset.name,
+            products.len()
+        );
+        println!(
+            "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
+            "product", "M", "N", "K", "batch", "lay", "count"
+        );
     }
-    let device = args.string("device")?.unwrap_or_else(|| "auto".into());
-    let model: Option<String> = args.string("model")?;
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let ffn: Option<usize> = args.value("ffn")?;
-    let iters: Option<usize> = args.value("iters")?;
-    let warmup: Option<usize> = args.value("warmup")?;
-    let variants = args.switch("variants")?;
-    let json = args.switch("json")?;
-    let compare: Option<String> = args.string("compare")?;
-    let autotune = args.switch("autotune")?;
-    let out: Option<String> = args.string("out")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench matmul: {m}\n{USAGE}")));
+    for p in &products {
+        let g = &p.gemm;
+        if json {
+            println!("{}", list_line(preset.name, p));
+        } else {
+            println!(
+                "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
+                p.name,
+                g.m,
+                g.n,
+                g.k,
+                g.batch,
+                g.layout.name(),
+                p.count
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `frugal bench matmul` with its flags.
+pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
+    let MatmulFlags {
+        device,
+        model,
+        batch,
+        seq,
+        iters,
+        warmup,
+        ffn,
+        variants,
+        json,
+        list,
+        compare,
+        autotune,
+        out,
+    } = flags;
+    let usage = |m: String| super::usage("bench matmul", m);
     for (name, v) in [
         ("batch", batch),
         ("seq", seq),
@@ -553,12 +649,10 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         }
         None => None,
     };
-    let spec: DeviceSpec = device.parse().map_err(|e| usage(format!("{e}")))?;
-    if spec == DeviceSpec::Cpu {
-        return Err(usage(
-            "--device cpu has no PTX kernels to time; use cuda or emu".into(),
-        ));
+    if list {
+        return list_products(model.as_deref(), batch, seq, ffn, json);
     }
+    let spec = kernel_device("bench matmul", device)?;
     let (dev, note) = match (spec, Device::open(spec)) {
         (_, Ok(d)) if d.backend() != Backend::Cpu => (d, None),
         (DeviceSpec::Auto, _) => (
@@ -570,11 +664,9 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
     };
     let emulated = dev.backend() == Backend::Emu;
     if autotune && dev.backend() != Backend::Cuda {
-        return Err(CliError::Failed(format!(
-            "bench matmul --autotune needs a GPU (--device cuda): it picks kernels by measured \
-             time, and {} timings would pick nonsense; run it on the GPU the table is for",
-            dev.backend().as_str()
-        )));
+        return Err(CliError::AutotuneNeedsGpu {
+            backend: dev.backend().as_str(),
+        });
     }
     // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
     let arch = dev.facts().map_or(80, |f| f.sm);
@@ -910,8 +1002,7 @@ mod tests {
     }
 
     fn run_words(words: &[&str]) -> Result<(), CliError> {
-        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
-        run(Args::parse("bench", &words))
+        run(super::super::parse_flags(words))
     }
 
     #[test]
@@ -924,7 +1015,9 @@ mod tests {
             "--out",
             "never-written.txt",
         ]) {
-            Err(CliError::Failed(m)) => assert!(m.contains("needs a GPU"), "{m}"),
+            Err(e @ CliError::AutotuneNeedsGpu { .. }) => {
+                assert!(e.to_string().contains("needs a GPU"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(!std::path::Path::new("never-written.txt").exists());
@@ -939,7 +1032,9 @@ mod tests {
             );
         }
         match run_words(&["--device", "emu", "--compare", "no/such/file.jsonl"]) {
-            Err(CliError::Failed(m)) => assert!(m.contains("no/such/file.jsonl"), "{m}"),
+            Err(e @ CliError::Bench { .. }) => {
+                assert!(e.to_string().contains("no/such/file.jsonl"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -1000,7 +1095,9 @@ mod tests {
             "{\"product\":\"x\",\"us\":1} extra",
         ] {
             match read_compare("t.jsonl", &format!("{line}\n{bad}")) {
-                Err(CliError::Failed(m)) => assert!(m.contains("t.jsonl:2"), "{m}"),
+                Err(e @ CliError::CompareLine { .. }) => {
+                    assert!(e.to_string().contains("t.jsonl:2"), "{e}")
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }

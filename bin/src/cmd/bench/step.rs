@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use crate::args::{Args, UsageError};
+use crate::cli::text;
 use crate::train::options::{default_threads, dq_name, parse_attention_dq, Attention, AttentionDq};
 use crate::CliError;
 use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
@@ -29,23 +29,45 @@ use frugal_model::rng::Rng;
 use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
 use frugal_runtime::host::{memory_limit, try_zeroed_vec};
 
-const USAGE: &str = "\
-usage: frugal bench step [--device cpu|cuda[:N]|emu] [--model PRESET] [--batch B] [--seq T]
-                         [--attention flash|vanilla] [--attention-dq deterministic|atomic]
-                         [--threads N] [--steps N] [--warmup N] [--json]
+/// What `frugal bench step --help` says first.
+pub const ABOUT: &str =
+    "Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.";
 
-Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.
-  --device D    cpu (default), cuda[:N], or emu (the PTX emulator: slow, times emulated)
-  --model NAME  preset (default tiny)
-  --batch B     sequences per step (default: the preset's)
-  --seq T       tokens per sequence (default: the preset's)
-  --attention A flash (default) or vanilla, on cuda and emu
-  --attention-dq M  flash backward's dQ: deterministic (default) or atomic (faster on
-                GPUs, not bitwise reproducible run to run), on cuda and emu
-  --threads N   CPU worker threads, cpu only (default: the cores available)
-  --steps N     timed steps (default 10)
-  --warmup N    untimed steps first (default 2)
-  --json        one JSON object with the figures instead of the text report";
+/// `frugal bench step`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct StepFlags {
+    /// cpu, cuda[:N], or emu (the PTX emulator: slow, times emulated)
+    #[arg(long, value_name = "D", default_value = "cpu", value_parser = text::<DeviceSpec>())]
+    device: DeviceSpec,
+    /// preset
+    #[arg(long, value_name = "NAME", default_value = "tiny", value_parser = text::<String>())]
+    model: String,
+    /// sequences per step (default: the preset's)
+    #[arg(long, value_name = "B", value_parser = text::<usize>())]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the preset's)
+    #[arg(long, value_name = "T", value_parser = text::<usize>())]
+    seq: Option<usize>,
+    /// flash (default) or vanilla, on cuda and emu
+    #[arg(long, value_name = "A", value_parser = text::<String>())]
+    attention: Option<String>,
+    /// flash backward's dQ: deterministic (default) or atomic (faster on GPUs, not
+    /// bitwise reproducible run to run), on cuda and emu
+    #[arg(long, value_name = "M", value_parser = text::<String>())]
+    attention_dq: Option<String>,
+    /// CPU worker threads, cpu only (default: the cores available)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    threads: Option<usize>,
+    /// timed steps
+    #[arg(long, value_name = "N", default_value = "10", value_parser = text::<usize>())]
+    steps: usize,
+    /// untimed steps first
+    #[arg(long, value_name = "N", default_value = "2", value_parser = text::<usize>())]
+    warmup: usize,
+    /// one JSON object with the figures instead of the text report
+    #[arg(long)]
+    json: bool,
+}
 
 /// Learning rate of the timed updates: small, so that the random-token steps stay
 /// finite for any number of steps (the figure does not depend on it).
@@ -58,33 +80,11 @@ const WEIGHT_DECAY: f32 = 0.1;
 /// Gradient clipping norm, the trainer's default.
 const CLIP: f64 = 1.0;
 
-/// Where the step runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepDevice {
-    /// `CpuModel` and host AdamW.
-    Cpu,
-    /// `DeviceModel` on this CUDA device.
-    Cuda(usize),
-    /// `DeviceModel` on the emulator.
-    Emu,
-}
-
-impl StepDevice {
-    /// "cpu", "cuda:N" or "emu".
-    pub fn name(self) -> String {
-        match self {
-            StepDevice::Cpu => "cpu".into(),
-            StepDevice::Cuda(n) => format!("cuda:{n}"),
-            StepDevice::Emu => "emu".into(),
-        }
-    }
-}
-
 /// What one benchmark run is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepBench {
     /// Where it runs.
-    pub device: StepDevice,
+    pub device: DeviceSpec,
     /// Flash or vanilla attention (device steps only).
     pub attention: Attention,
     /// Flash attention's dQ mode (device steps only).
@@ -186,20 +186,28 @@ fn stats(
     }
 }
 
-/// `len` zeroed host elements for `what`, or a `Failed` naming the bytes (not an abort).
-fn host<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
-    try_zeroed_vec(len, what).map_err(|e| CliError::Failed(format!("bench step: {e}")))
+/// A failure of the step being timed: "bench step: {e}".
+fn failed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "bench step",
+        what: None,
+        source: e.into(),
+    }
 }
 
-/// B·T, or a `Failed` when the product overflows.
+/// `len` zeroed host elements for `what`, or an error naming the bytes (not an abort).
+fn host<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>, CliError> {
+    try_zeroed_vec(len, what).map_err(failed)
+}
+
+/// B·T, or an error when the product overflows.
 fn tokens_per_step(b: &StepBench) -> Result<usize, CliError> {
-    b.batch.checked_mul(b.seq).ok_or_else(|| {
-        CliError::Failed(format!(
-            "bench step: --batch {} times --seq {} tokens is more than this machine can count; \
-             use a smaller --batch or --seq",
-            b.batch, b.seq
-        ))
-    })
+    b.batch
+        .checked_mul(b.seq)
+        .ok_or(CliError::StepTokensOverflow {
+            batch: b.batch,
+            seq: b.seq,
+        })
 }
 
 /// Refuses, by arithmetic and before anything is allocated, a CPU step whose f32
@@ -237,20 +245,22 @@ fn check_fits_cpu(b: &StepBench) -> Result<(), String> {
 ///
 /// # Errors
 /// A device that does not open, a model error (shapes), a plan that does not fit,
-/// or a non-finite loss or gradient norm, as `Failed`.
+/// or a non-finite loss or gradient norm.
 pub fn measure(b: &StepBench) -> Result<StepStats, CliError> {
     match b.device {
-        StepDevice::Cpu => measure_cpu(b),
-        StepDevice::Cuda(n) => measure_device(b, DeviceSpec::Cuda(n)),
-        StepDevice::Emu => measure_device(b, DeviceSpec::Emu),
+        DeviceSpec::Cpu => measure_cpu(b),
+        spec => measure_device(b, spec),
     }
 }
 
 /// The step on a GPU device (or the emulator) through `DeviceModel`.
 fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError> {
-    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
-    let device = Device::open(spec).map_err(|e| failed(format!("--device {spec}: {e}")))?;
+    let device = Device::open(spec).map_err(|e| CliError::Bench {
+        bench: "bench step",
+        what: Some(format!("--device {spec}")),
+        source: Box::new(e),
+    })?;
     let timing = match device.timing_source() {
         TimingSource::Emulated => TimingSource::Emulated,
         // Each step ends by reading the norm back: the host clock covers the device's work.
@@ -270,13 +280,13 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     };
     let n = tokens_per_step(b)?;
     // The arena is planned, and refused if it does not fit, before it is allocated.
-    let mut model = DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper)
-        .map_err(|e| failed(e.to_string()))?;
-    let params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let mut model =
+        DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper).map_err(failed)?;
+    let params = try_init_params(cfg, 1).map_err(failed)?;
     let zeros: Vec<f32> = host(params.len(), "the AdamW moments' zeros")?;
     model
         .set_state(&params, &zeros, &zeros, 0)
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     let mut rng = Rng::new(0x5354_4550);
     let mut inputs: Vec<u32> = host(n, "the input tokens")?;
     let mut targets: Vec<u32> = host(n, "the target tokens")?;
@@ -285,19 +295,18 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     for i in 0..b.warmup + b.steps {
         draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
         let started = Instant::now();
-        model.zero_grads().map_err(|e| failed(e.to_string()))?;
+        model.zero_grads().map_err(failed)?;
         let loss = model
             .forward_backward(&inputs, &targets, 1.0, None)
-            .map_err(|e| failed(e.to_string()))?;
-        let norm = model
-            .optimizer_step(BENCH_LR, CLIP)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
+        let norm = model.optimizer_step(BENCH_LR, CLIP).map_err(failed)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if !loss.is_finite() || !norm.is_finite() {
-            return Err(failed(format!(
-                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
-                i + 1
-            )));
+            return Err(CliError::StepDiverged {
+                step: i + 1,
+                loss,
+                norm,
+            });
         }
         if i >= b.warmup {
             step_ms.push(ms);
@@ -309,15 +318,13 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
 
 /// The CPU step: `CpuModel` and host AdamW.
 fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
-    let failed = |m: String| CliError::Failed(format!("bench step: {m}"));
     let cfg = &b.config;
     let n = tokens_per_step(b)?;
     check_fits_cpu(b).map_err(failed)?;
     // Every buffer sized from the flags is allocated fallibly: a size the host still
     // refuses is an error naming its bytes, never an abort.
-    let mut model =
-        CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(|e| failed(e.to_string()))?;
-    let mut params = try_init_params(cfg, 1).map_err(|e| failed(e.to_string()))?;
+    let mut model = CpuModel::new(cfg, b.batch, b.seq, b.threads).map_err(failed)?;
+    let mut params = try_init_params(cfg, 1).map_err(failed)?;
     let p = params.len();
     let mut grads: Vec<f32> = host(p, "the gradients")?;
     let mut decay_mask: Vec<bool> = host(p, "the weight-decay mask")?;
@@ -328,7 +335,7 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
     }
     let (m, v) = (host(p, "AdamW's m")?, host(p, "AdamW's v")?);
     let mut opt = AdamW::from_state(BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY, m, v, 0)
-        .ok_or_else(|| failed("AdamW's two moments differ in length".into()))?;
+        .ok_or_else(|| failed("AdamW's two moments differ in length"))?;
     let mut rng = Rng::new(0x5354_4550);
     let mut inputs: Vec<u32> = host(n, "the input tokens")?;
     let mut targets: Vec<u32> = host(n, "the target tokens")?;
@@ -340,13 +347,14 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
         grads.iter_mut().for_each(|g| *g = 0.0);
         let loss = model
             .forward_backward(&params, &inputs, &targets, &mut grads, 1.0, &mut |_| {})
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
         let norm = grad_norm(&grads);
         if !loss.is_finite() || !norm.is_finite() {
-            return Err(failed(format!(
-                "step {}: loss {loss}, gradient norm {norm}: the step diverged",
-                i + 1
-            )));
+            return Err(CliError::StepDiverged {
+                step: i + 1,
+                loss,
+                norm,
+            });
         }
         let scale = clip_scale(norm, CLIP);
         if scale != 1.0 {
@@ -390,7 +398,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
          \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
          \"gflops\": {:.4}, \"mfu\": {}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
         b.model,
-        b.device.name(),
+        b.device,
         timing_name(s.timing),
         b.attention,
         dq_name(b.attention_dq),
@@ -415,37 +423,27 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
 }
 
 /// Runs `frugal bench step` with its flags.
-pub fn run(mut args: Args) -> Result<(), CliError> {
-    if args.wants_help() {
-        println!("{USAGE}");
-        return Ok(());
+pub fn run(flags: StepFlags) -> Result<(), CliError> {
+    let StepFlags {
+        device,
+        model,
+        batch,
+        seq,
+        attention,
+        attention_dq,
+        threads,
+        steps,
+        warmup,
+        json,
+    } = flags;
+    let threads = threads.unwrap_or_else(default_threads);
+    let usage = |m: String| super::usage("bench step", m);
+    // The step runs where it is told: `auto` would hide which step was timed.
+    if device == DeviceSpec::Auto {
+        return Err(usage(format!(
+            "--device '{device}' is not one of cpu, cuda, cuda:N, emu"
+        )));
     }
-    let device = args.string("device")?;
-    let attention = args.string("attention")?;
-    let attention_dq = args.string("attention-dq")?;
-    let model = args.string("model")?.unwrap_or_else(|| "tiny".into());
-    let batch: Option<usize> = args.value("batch")?;
-    let seq: Option<usize> = args.value("seq")?;
-    let threads: usize = args.value_or("threads", default_threads())?;
-    let steps: usize = args.value_or("steps", 10)?;
-    let warmup: usize = args.value_or("warmup", 2)?;
-    let json = args.switch("json")?;
-    args.finish()?;
-    let usage = |m: String| CliError::Usage(UsageError(format!("bench step: {m}\n{USAGE}")));
-    let device = match device.as_deref() {
-        None => StepDevice::Cpu,
-        Some(d) => match d.parse::<DeviceSpec>() {
-            Ok(DeviceSpec::Cpu) => StepDevice::Cpu,
-            Ok(DeviceSpec::Emu) => StepDevice::Emu,
-            Ok(DeviceSpec::Cuda(n)) => StepDevice::Cuda(n),
-            Ok(DeviceSpec::LocalCuda) => StepDevice::Cuda(0),
-            Ok(DeviceSpec::Auto) | Err(_) => {
-                return Err(usage(format!(
-                    "--device '{d}' is not one of cpu, cuda, cuda:N, emu"
-                )))
-            }
-        },
-    };
     let attention = match attention.as_deref() {
         None | Some("flash") => Attention::Flash,
         Some("vanilla") => Attention::Vanilla,
@@ -488,14 +486,14 @@ pub fn run(mut args: Args) -> Result<(), CliError> {
         config,
     };
     let where_ = match bench.device {
-        StepDevice::Cpu => format!("CPU training step, {} threads", bench.threads),
-        StepDevice::Cuda(n) => format!(
-            "GPU training step on cuda:{n}, attention {} (dQ {})",
+        DeviceSpec::Cpu => format!("CPU training step, {} threads", bench.threads),
+        DeviceSpec::Emu => format!(
+            "GPU training step on the emulator (emu), attention {} (dQ {})",
             bench.attention,
             dq_name(bench.attention_dq)
         ),
-        StepDevice::Emu => format!(
-            "GPU training step on the emulator (emu), attention {} (dQ {})",
+        spec => format!(
+            "GPU training step on {spec}, attention {} (dQ {})",
             bench.attention,
             dq_name(bench.attention_dq)
         ),
@@ -568,7 +566,7 @@ mod tests {
             norm_eps: 1e-5,
         };
         let b = StepBench {
-            device: StepDevice::Cpu,
+            device: DeviceSpec::Cpu,
             attention: Attention::Flash,
             attention_dq: AttentionDq::Deterministic,
             model: "custom".into(),
