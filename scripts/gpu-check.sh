@@ -78,7 +78,8 @@ echo "gpu-check: mode $mode (device $device), budget ${budget}s, logs in $logdir
 
 # run NAME LIMIT CMD...: runs CMD under timeout (LIMIT, or what is left of the budget
 # minus a reserve for the table), logs to $logdir/NAME.log, records a row. A command
-# that says its subcommand or device is "not built yet" (or "is not a benchmark") is
+# that says its subcommand or device is "not built yet" (or that it is not a benchmark:
+# clap's "unrecognized subcommand") is
 # recorded as skipped, not failed.
 run() {
   local name="$1" limit="$2"; shift 2
@@ -97,7 +98,7 @@ run() {
   [[ "$name" == compare:* ]] || tail -n 12 "$log"
   local status="ok"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; failed=1
-  elif [ "$rc" -ne 0 ] && grep -Eq "not built yet|is not a benchmark" "$log"; then
+  elif [ "$rc" -ne 0 ] && grep -Eq "not built yet|is not a benchmark|unrecognized subcommand" "$log"; then
     status="skipped: not built yet"
   elif [ "$rc" -ne 0 ]; then status="FAILED (exit $rc)"; failed=1; fi
   rows+=("$name|$status|$dt")
@@ -135,7 +136,7 @@ done
 
 # 3. Benchmarks, as JSON lines for the comparison; the emulator gets tiny sizes.
 for what in kernels matmul attention step; do
-  if "$bin/frugal" bench "$what" --help 2>&1 | grep -q "is not a benchmark"; then
+  if "$bin/frugal" bench "$what" --help 2>&1 | grep -Eq "is not a benchmark|unrecognized subcommand"; then
     rows+=("bench:$what|skipped: not built yet|0")
     continue
   fi

@@ -195,7 +195,7 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                 let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))?;
                 let batch = b;
                 println!(
-                    "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
+                    "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the step program's buffers, planned without a device)",
                     preset.name,
                     cfg.param_count(),
                     attention
@@ -209,7 +209,7 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "model {} (parameters: {}), batch {batch}, seq {seq}, attention {:?} (estimate)",
+                "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the step program's buffers, planned without a device)",
                 preset.name,
                 cfg.param_count(),
                 attention
