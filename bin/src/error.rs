@@ -9,16 +9,23 @@ use std::path::PathBuf;
 use frugal_comm::CommError;
 use frugal_model::ModelError;
 use frugal_ptx::error::PtxError;
+use frugal_runtime::host::MemoryLimit;
 use frugal_runtime::RuntimeError;
 
 use crate::cli::UsageError;
+use crate::cmd::launch::signal_name;
+use crate::train::prepare::gib;
+use crate::train::run_dir::size;
+use crate::train::sync::FieldDifference;
+use crate::train::target::MemoryError;
 
 /// How a command failed.
 #[derive(Debug)]
 pub enum CliError {
     /// A command-line mistake, found after clap parsed the words (exit 2).
     Usage(UsageError),
-    /// A failure described in words where no typed source exists (exit 1).
+    /// A failure described in words (exit 1); only `bench` and `arena` still
+    /// build these.
     Failed(String),
     /// A file-system operation on `path` failed: "cannot {action} {path}: {source}".
     Io {
@@ -77,6 +84,141 @@ pub enum CliError {
         to: PathBuf,
         source: io::Error,
     },
+    /// A subcommand that is named but not built yet.
+    Planned {
+        command: &'static str,
+    },
+    /// `frugal launch` could not reserve a port for the ranks to meet on.
+    NoFreePort {
+        command: &'static str,
+        source: io::Error,
+    },
+    /// `frugal launch` could not find its own executable to start the ranks.
+    CurrentExe(io::Error),
+    /// `frugal launch` could not install its handler for `signal`.
+    CatchSignal {
+        signal: i32,
+        source: io::Error,
+    },
+    /// Rank `rank` (its `what`) could not be started; `started` ranks were
+    /// stopped again; `advice` says what limit to raise.
+    RankStart {
+        rank: usize,
+        what: String,
+        started: usize,
+        source: io::Error,
+        advice: &'static str,
+    },
+    /// Rank `rank` failed with `status` after `restarts` restarts.
+    RankFailed {
+        rank: usize,
+        status: String,
+        restarts: usize,
+    },
+    /// `frugal train` could not install its handler for `signal` (a name).
+    SignalHandler {
+        signal: &'static str,
+        source: io::Error,
+    },
+    /// The launcher variable `var` holds `value`, which is not a local rank: a
+    /// usage matter, like a flag (exit 2).
+    BadLocalRank {
+        var: &'static str,
+        value: String,
+    },
+    /// `--device auto` found a GPU that failed to open.
+    AutoDevice(RuntimeError),
+    /// The device step's memory plan at micro-batch `batch` (with
+    /// `--grad-accum grad_accum`, for the advice) failed or does not fit.
+    DeviceMemory {
+        error: Box<MemoryError>,
+        batch: usize,
+        grad_accum: usize,
+    },
+    /// The CPU run at `batch` needs `fixed` (params, optimizer, snapshot) plus
+    /// `activations` bytes, more than `limit`; `largest` batch fits (0: none).
+    CpuMemory {
+        batch: usize,
+        fixed: u64,
+        activations: u64,
+        limit: MemoryLimit,
+        largest: u64,
+    },
+    /// The AdamW moments built for the CPU step differ in length (a bug).
+    AdamMomentsDiffer,
+    /// The checkpoint writer thread is gone, while saving `step` if known.
+    WriterStopped {
+        step: Option<u64>,
+    },
+    /// A checkpoint of `step` was submitted while `in_flight`'s is written (a bug).
+    SaveOverlap {
+        step: u64,
+        in_flight: u64,
+    },
+    /// Rank 0 failed to write the checkpoint every rank waited for.
+    LeaderSaveFailed,
+    /// Another rank failed to start; `--out` was left as it was.
+    PeerNotStarted,
+    /// The ranks were started with different settings: each field that differs.
+    ConfigDiffers {
+        fields: Vec<FieldDifference>,
+    },
+    /// Rank `rank` would start at `step`, rank 0 at `root`.
+    StepDiffers {
+        rank: usize,
+        step: u64,
+        root: u64,
+    },
+    /// Rank `rank` would train at micro-batch `batch`, rank 0 at `root`.
+    BatchDiffers {
+        rank: usize,
+        batch: usize,
+        root: u64,
+    },
+    /// `--resume auto`: none of the `count` checkpoints in `dir` verifies.
+    NoCheckpointVerifies {
+        count: usize,
+        dir: PathBuf,
+        skipped: Vec<String>,
+    },
+    /// `--resume auto`: the run in `dir` started from `path`, which no longer loads.
+    StartCheckpointLost {
+        dir: PathBuf,
+        path: PathBuf,
+        source: ModelError,
+    },
+    /// Another process holds the run folder's lock (exit 2); `holder` is what
+    /// its lock file says.
+    RunFolderBusy {
+        holder: String,
+        folder: PathBuf,
+        lock: PathBuf,
+    },
+    /// The run folder has `free` bytes, one checkpoint needs `need`.
+    RunFolderFull {
+        folder: PathBuf,
+        free: u64,
+        need: u64,
+    },
+    /// A checkpoint of another run could not be moved away, after `moved` were.
+    MoveReplaced {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+        moved: usize,
+    },
+    /// `frugal data`: `dir` already holds shards of that name (`example` is one).
+    ShardsExist {
+        dir: PathBuf,
+        name: String,
+        example: PathBuf,
+    },
+    /// `frugal data`: the text files are empty.
+    NoText,
+    /// `frugal doctor` found these problems.
+    DoctorProblems(Vec<String>),
+    /// `frugal kernels`: ptxas refused a module or a kernel spills.
+    KernelProblems(Vec<String>),
     /// `source`, with what to do about it: "{source}; {hint}".
     Hinted {
         source: Box<CliError>,
@@ -147,7 +289,9 @@ impl CliError {
     /// The process exit code: 2 for a usage mistake, 1 for a failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::RunFolderBusy { .. } | CliError::BadLocalRank { .. } => {
+                2
+            }
             CliError::In { source, .. } | CliError::Hinted { source, .. } => source.exit_code(),
             _ => 1,
         }
@@ -213,6 +357,34 @@ impl fmt::Display for CliError {
             CliError::Thread { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }
+            CliError::Planned { .. }
+            | CliError::NoFreePort { .. }
+            | CliError::CurrentExe(_)
+            | CliError::CatchSignal { .. }
+            | CliError::RankStart { .. }
+            | CliError::RankFailed { .. }
+            | CliError::ShardsExist { .. }
+            | CliError::NoText
+            | CliError::DoctorProblems(_)
+            | CliError::KernelProblems(_) => self.fmt_command(f),
+            CliError::SignalHandler { .. }
+            | CliError::BadLocalRank { .. }
+            | CliError::AutoDevice(_)
+            | CliError::DeviceMemory { .. }
+            | CliError::CpuMemory { .. }
+            | CliError::AdamMomentsDiffer
+            | CliError::RunFolderBusy { .. }
+            | CliError::RunFolderFull { .. }
+            | CliError::MoveReplaced { .. } => self.fmt_train(f),
+            CliError::WriterStopped { .. }
+            | CliError::SaveOverlap { .. }
+            | CliError::LeaderSaveFailed
+            | CliError::PeerNotStarted
+            | CliError::ConfigDiffers { .. }
+            | CliError::StepDiffers { .. }
+            | CliError::BatchDiffers { .. }
+            | CliError::NoCheckpointVerifies { .. }
+            | CliError::StartCheckpointLost { .. } => self.fmt_ranks(f),
             CliError::Ptx(e) => e.fmt(f),
             CliError::Runtime(e) => e.fmt(f),
             CliError::Model(e) => e.fmt(f),
@@ -266,6 +438,208 @@ impl fmt::Display for CliError {
     }
 }
 
+impl CliError {
+    /// The message of a failure of `launch`, `data`, `doctor`, `kernels` or a
+    /// planned command; `fmt` sends only those here.
+    fn fmt_command(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Planned { command } => write!(
+                f,
+                "'frugal {command}' is planned but not built yet; use 'frugal train' and 'frugal bench' for now"
+            ),
+            CliError::NoFreePort { command, source } => {
+                write!(f, "{command}: no free local port: {source}")
+            }
+            CliError::CurrentExe(e) => write!(f, "launch: cannot find this executable: {e}"),
+            CliError::CatchSignal { signal, source } => {
+                write!(f, "launch: cannot catch {}: {source}", signal_name(*signal))
+            }
+            CliError::RankStart {
+                rank,
+                what,
+                started,
+                source,
+                advice,
+            } => write!(
+                f,
+                "launch: cannot start rank {rank} ({what}): {source}; stopped the {started} ranks already started ({advice})"
+            ),
+            CliError::RankFailed {
+                rank,
+                status,
+                restarts,
+            } => {
+                write!(f, "launch: rank {rank} failed ({status}); the other ranks were stopped")?;
+                if *restarts > 0 {
+                    write!(f, " (after {restarts} restarts)")?;
+                }
+                write!(f, "; see the [rank {rank}] lines above")
+            }
+            CliError::ShardsExist { dir, name, example } => write!(
+                f,
+                "{} already holds shards named {name}_*.bin (e.g. {}); remove them, or choose another --out or --name",
+                dir.display(),
+                example.display()
+            ),
+            CliError::NoText => f.write_str("the text files hold no bytes to train on"),
+            CliError::DoctorProblems(problems) => write!(
+                f,
+                "doctor found {} problem(s): {}",
+                problems.len(),
+                problems.join("; ")
+            ),
+            CliError::KernelProblems(problems) => f.write_str(&problems.join("\n")),
+            other => unreachable!("not a command's failure: {other:?}"),
+        }
+    }
+
+    /// The message of a failure while setting up training (device, memory,
+    /// run folder); `fmt` sends only those here.
+    fn fmt_train(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::SignalHandler { signal, source } => {
+                write!(f, "cannot install the {signal} handler: {source}")
+            }
+            CliError::BadLocalRank { var, value } => write!(
+                f,
+                "train: {var}='{value}' is not a local rank (a number from 0): fix the launcher's \
+                 environment, or pass --device cuda:N"
+            ),
+            CliError::AutoDevice(e) => write!(f, "--device auto: {e} (or pass --device cpu)"),
+            CliError::DeviceMemory {
+                error,
+                batch,
+                grad_accum,
+            } => f.write_str(&error.message(*batch, *grad_accum)),
+            CliError::CpuMemory {
+                batch,
+                fixed,
+                activations,
+                limit,
+                largest,
+            } => {
+                let need = fixed.saturating_add(*activations);
+                write!(
+                    f,
+                    "batch {batch} needs {} ({need} bytes: {} for params, grads, AdamW moments, the weight-decay mask and the checkpoint snapshot, {} for activations); {limit}; ",
+                    gib(need),
+                    gib(*fixed),
+                    gib(*activations),
+                )?;
+                if *largest >= 1 {
+                    write!(f, "the largest batch that fits is {largest} (--batch {largest}, with --grad-accum to keep the tokens per step)")
+                } else {
+                    f.write_str("the parameters and optimizer state alone do not fit; choose a smaller --model (or fewer --layers, a smaller --hidden)")
+                }
+            }
+            CliError::AdamMomentsDiffer => {
+                f.write_str("internal: AdamW moments of different lengths")
+            }
+            CliError::RunFolderBusy {
+                holder,
+                folder,
+                lock,
+            } => {
+                f.write_str("train: ")?;
+                if holder.is_empty() {
+                    f.write_str("another process")?;
+                } else {
+                    write!(f, "another frugal run ({holder})")?;
+                }
+                write!(
+                    f,
+                    " is writing to {} (it holds {}); wait for it to finish or stop it, \
+                     or pass another --out",
+                    folder.display(),
+                    lock.display()
+                )
+            }
+            CliError::RunFolderFull { folder, free, need } => write!(
+                f,
+                "--out {} has {} free, and one checkpoint of this model needs {}; free space there or pass \
+                 --out on a larger disk",
+                folder.display(),
+                size(*free),
+                size(*need)
+            ),
+            CliError::MoveReplaced {
+                from,
+                to,
+                source,
+                moved,
+            } => write!(
+                f,
+                "cannot move {} to {}: {source} ({moved} files were moved there before this one)",
+                from.display(),
+                to.display()
+            ),
+            other => unreachable!("not a training failure: {other:?}"),
+        }
+    }
+
+    /// The message of a failure between the ranks of a job or of its
+    /// checkpoints; `fmt` sends only those here.
+    fn fmt_ranks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::WriterStopped { step: Some(step) } => {
+                write!(f, "the checkpoint writer stopped while saving step {step}")
+            }
+            CliError::WriterStopped { step: None } => {
+                f.write_str("the checkpoint writer has stopped")
+            }
+            CliError::SaveOverlap { step, in_flight } => write!(
+                f,
+                "internal: the checkpoint of step {step} was handed over while step {in_flight}'s is still being written"
+            ),
+            CliError::LeaderSaveFailed => f.write_str(
+                "rank 0 could not write its checkpoint (its log says why); this rank stops too",
+            ),
+            CliError::PeerNotStarted => f.write_str(
+                "another rank of this job could not start (its log says why); nothing was changed in --out",
+            ),
+            CliError::ConfigDiffers { fields } => {
+                let lines: Vec<String> = fields.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "the ranks of this job were started with different settings; start every rank with the same flags, \
+                     data and environment:\n  {}",
+                    lines.join("\n  ")
+                )
+            }
+            CliError::StepDiffers { rank, step, root } => write!(
+                f,
+                "rank {rank} would start at step {step} but rank 0 at step {root}: every rank must resume from the same \
+                 checkpoint; put --out on storage all ranks share, or copy rank 0's checkpoints to this node"
+            ),
+            CliError::BatchDiffers { rank, batch, root } => write!(
+                f,
+                "rank {rank} would train at micro-batch {batch} but rank 0 at {root} (--mem-target chose them from \
+                 each device's free memory): pass --batch {} without --mem-target, or free the devices' memory",
+                (*batch).min(*root as usize)
+            ),
+            CliError::NoCheckpointVerifies {
+                count,
+                dir,
+                skipped,
+            } => write!(
+                f,
+                "--resume auto: none of the {count} checkpoints in {} verifies:\n  {}\nmove them away to start afresh, or pass --out for a new folder",
+                dir.display(),
+                skipped.join("\n  ")
+            ),
+            CliError::StartCheckpointLost { dir, path, source } => write!(
+                f,
+                "--resume auto: the run in {} started from {} and has saved no checkpoint since, \
+                 but that file cannot be loaded: {source}; pass --resume PATH, or move {} away to start afresh",
+                dir.display(),
+                path.display(),
+                crate::train::run_dir::MANIFEST
+            ),
+            other => unreachable!("not a failure between ranks or of checkpoints: {other:?}"),
+        }
+    }
+}
+
 impl std::error::Error for CliError {}
 
 impl CliError {
@@ -282,12 +656,6 @@ impl CliError {
 impl From<UsageError> for CliError {
     fn from(e: UsageError) -> Self {
         CliError::Usage(e)
-    }
-}
-
-impl From<String> for CliError {
-    fn from(message: String) -> Self {
-        CliError::Failed(message)
     }
 }
 

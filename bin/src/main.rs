@@ -83,8 +83,6 @@ fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
-fn planned(command: &str) -> Result<(), CliError> {
-    Err(CliError::Failed(format!(
-        "'frugal {command}' is planned but not built yet; use 'frugal train' and 'frugal bench' for now"
-    )))
+fn planned(command: &'static str) -> Result<(), CliError> {
+    Err(CliError::Planned { command })
 }

@@ -43,6 +43,16 @@ impl std::str::FromStr for Transport {
     }
 }
 
+/// The name [`Transport`]'s `FromStr` reads: "socket" or "nccl".
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Socket => "socket",
+            Transport::Nccl => "nccl",
+        })
+    }
+}
+
 /// The collectives of a data-parallel job. Every rank must call the same
 /// collectives, in the same order, with buffers of the same length.
 ///

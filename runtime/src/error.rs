@@ -44,6 +44,14 @@ pub enum RuntimeError {
         /// What was given.
         given: String,
     },
+    /// A launcher variable naming the local rank (`LOCAL_RANK`, `SLURM_LOCALID`)
+    /// is set but not a number, so plain `cuda` cannot pick the rank's GPU.
+    BadLocalRank {
+        /// The variable.
+        var: &'static str,
+        /// What it holds.
+        value: String,
+    },
     /// The device's architecture is older than any target the kernels are built for.
     UnsupportedArch {
         /// The device's name.
@@ -209,6 +217,10 @@ impl fmt::Display for RuntimeError {
             RuntimeError::BadDeviceSpec { given } => {
                 write!(f, "device '{given}' is not one of auto, cpu, cuda, cuda:N, emu")
             }
+            RuntimeError::BadLocalRank { var, value } => write!(
+                f,
+                "device 'cuda (with {var}='{value}', not a local rank)' is not one of auto, cpu, cuda, cuda:N, emu"
+            ),
             RuntimeError::UnsupportedArch { device, sm } => write!(
                 f,
                 "{device} is sm_{sm}; frugal's kernels need sm_80 or newer (A100, A10, L4, L40S, RTX 30/40, H100, H200); \

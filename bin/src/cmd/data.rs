@@ -163,11 +163,11 @@ fn write_shards(
     // Stale shards of an earlier run would be picked up by the same glob.
     let existing = glob::expand(&out.join(format!("{name}_*.bin")))?;
     if let Some(first) = existing.first() {
-        return Err(CliError::Failed(format!(
-            "{} already holds shards named {name}_*.bin (e.g. {}); remove them, or choose another --out or --name",
-            out.display(),
-            first.display()
-        )));
+        return Err(CliError::ShardsExist {
+            dir: out.to_path_buf(),
+            name: name.to_string(),
+            example: first.clone(),
+        });
     }
     let cap = shard_tokens.min(1 << 24);
     let mut train = ShardWriter {
@@ -200,9 +200,7 @@ fn write_shards(
     train.flush()?;
     val.flush()?;
     if train.tokens == 0 {
-        return Err(CliError::Failed(
-            "the text files hold no bytes to train on".into(),
-        ));
+        return Err(CliError::NoText);
     }
     Ok(Written {
         train_shards: train.written,
@@ -286,7 +284,8 @@ mod tests {
 
         // A second run into the same directory refuses to mix shards.
         let err = write_shards(&[dir.join("a.txt")], &out, 1000, 0.1, "text").unwrap_err();
-        assert!(matches!(err, CliError::Failed(m) if m.contains("already holds")));
+        assert!(matches!(err, CliError::ShardsExist { .. }));
+        assert!(err.to_string().contains("already holds"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

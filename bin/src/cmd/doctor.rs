@@ -116,11 +116,7 @@ pub fn run(_flags: DoctorFlags) -> Result<(), CliError> {
         println!("ok");
         Ok(())
     } else {
-        Err(CliError::Failed(format!(
-            "doctor found {} problem(s): {}",
-            problems.len(),
-            problems.join("; ")
-        )))
+        Err(CliError::DoctorProblems(problems))
     }
 }
 

@@ -113,6 +113,6 @@ fn print_report() -> Result<(), CliError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(CliError::Failed(problems.join("\n")))
+        Err(CliError::KernelProblems(problems))
     }
 }

@@ -214,8 +214,10 @@ pub fn plan(
         }
         None => (
             "127.0.0.1".to_string(),
-            free_port()
-                .map_err(|e| CliError::Failed(format!("launch: no free local port: {e}")))?,
+            free_port().map_err(|source| CliError::NoFreePort {
+                command: "launch",
+                source,
+            })?,
         ),
     };
     let token = match token.or_else(|| std::env::var(frugal_comm::rendezvous::TOKEN_ENV).ok()) {
@@ -370,17 +372,16 @@ fn catch_stop_signals() -> Result<(), CliError> {
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(CliError::Failed(format!(
-                "launch: cannot catch {}: {}",
-                signal_name(signal),
-                std::io::Error::last_os_error()
-            )));
+            return Err(CliError::CatchSignal {
+                signal,
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(())
 }
 
-fn signal_name(signal: i32) -> String {
+pub(crate) fn signal_name(signal: i32) -> String {
     match signal {
         libc::SIGINT => "SIGINT".into(),
         libc::SIGTERM => "SIGTERM".into(),
@@ -392,8 +393,7 @@ fn signal_name(signal: i32) -> String {
 /// Starts the ranks, streams their output, and stops all when one fails.
 /// Returns the outcome and, without prefixing, the first rank's captured stdout.
 pub fn run_ranks(set: &RankSet) -> Result<(Outcome, String), CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::Failed(format!("launch: cannot find this executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(CliError::CurrentExe)?;
     run_program(&exe, set, &RECEIVED)
 }
 
@@ -473,7 +473,7 @@ fn start_ranks(
         let started = children.len();
         let mut child = cmd
             .spawn()
-            .map_err(|e| cannot_start(rank, &program.display().to_string(), started, &e))?;
+            .map_err(|e| cannot_start(rank, program.display().to_string(), started, e))?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         children.push((rank, child));
         let capture = !set.prefix_output && local == 0;
@@ -483,7 +483,12 @@ fn start_ranks(
         ];
         for p in pumped.into_iter().flatten() {
             let p = p.map_err(|e| {
-                cannot_start(rank, "a thread to read its output", children.len(), &e)
+                cannot_start(
+                    rank,
+                    "a thread to read its output".to_string(),
+                    children.len(),
+                    e,
+                )
             })?;
             pumps.push(p);
         }
@@ -502,8 +507,8 @@ fn first_failure(children: &mut [(usize, Child)]) -> Option<(usize, String)> {
 }
 
 /// The error for a rank that could not be started, with what to do about it.
-fn cannot_start(rank: usize, what: &str, started: usize, e: &std::io::Error) -> CliError {
-    let advice = match e.raw_os_error() {
+fn cannot_start(rank: usize, what: String, started: usize, source: std::io::Error) -> CliError {
+    let advice = match source.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE) => {
             "raise the open-file limit ('ulimit -n') or start fewer ranks (--nproc)"
         }
@@ -516,9 +521,13 @@ fn cannot_start(rank: usize, what: &str, started: usize, e: &std::io::Error) -> 
         }
         _ => "check the limits this host sets on processes and files ('ulimit -a')",
     };
-    CliError::Failed(format!(
-        "launch: cannot start rank {rank} ({what}): {e}; stopped the {started} ranks already started ({advice})"
-    ))
+    CliError::RankStart {
+        rank,
+        what,
+        started,
+        source,
+        advice,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -885,14 +894,11 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
                 let msg = format!("rank {rank} failed ({status}); the other ranks were stopped");
                 // After a stop signal, a failure is not worth a restart.
                 if attempt == plan.max_restarts || RECEIVED.count() > 0 {
-                    let tail = if plan.max_restarts > 0 {
-                        format!(" (after {} restarts)", plan.max_restarts)
-                    } else {
-                        String::new()
-                    };
-                    return Err(CliError::Failed(format!(
-                        "launch: {msg}{tail}; see the [rank {rank}] lines above"
-                    )));
+                    return Err(CliError::RankFailed {
+                        rank,
+                        status,
+                        restarts: plan.max_restarts,
+                    });
                 }
                 eprintln!(
                     "launch: {msg}; restarting all ranks ({}/{})",

@@ -142,7 +142,7 @@ impl CpuStep {
             grads,
             // Both moments have n entries, so from_state always accepts them.
             opt: AdamW::from_state(BETA1, BETA2, ADAM_EPS, weight_decay, m, v, 0)
-                .ok_or_else(|| "internal: AdamW moments of different lengths".to_string())?,
+                .ok_or(CliError::AdamMomentsDiffer)?,
             decay_mask: layout.decay_mask(),
             weight_decay,
             device: Device::cpu(),

@@ -76,17 +76,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         units: opts.price_units,
     };
 
-    // A malformed launcher variable is a usage error (exit 2), like a bad flag.
-    target::local_rank().map_err(|e| CliError::usage(format!("train: {e}")))?;
-    let target = target::open(opts.device)?;
-    // The first line the leader prints: which device trains, and why.
-    let first_line = target::describe(&target, opts.threads);
-    let Some(prepared) = (match target {
-        Target::Cpu { .. } => prepare_cpu(&opts, flags, env_price.as_deref(), &first_line)?,
-        Target::Gpu { device, .. } => {
-            prepare_gpu(&mut opts, device, flags, env_price.as_deref(), &first_line)?
-        }
-    }) else {
+    let Some((prepared, first_line)) = open_device(&mut opts, flags, env_price.as_deref())? else {
         // A dry run: printed, nothing trained.
         return Ok(());
     };
@@ -190,6 +180,25 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
     finish(&opts, outcome, &price, world, metrics_out, run_dir)
 }
 
+/// Opens the device `--device` names and prepares the step on it; with it the
+/// first line the leader prints (which device trains, and why). `None` after
+/// a dry run.
+fn open_device(
+    opts: &mut TrainOptions,
+    flags: PriceFlags,
+    env_price: Option<&str>,
+) -> Result<Option<(Prepared, String)>, CliError> {
+    // A malformed launcher variable is a usage error (exit 2), like a bad flag.
+    target::local_rank()?;
+    let target = target::open(opts.device)?;
+    let first_line = target::describe(&target, opts.threads);
+    let prepared = match target {
+        Target::Cpu { .. } => prepare_cpu(opts, flags, env_price, &first_line)?,
+        Target::Gpu { device, .. } => prepare_gpu(opts, device, flags, env_price, &first_line)?,
+    };
+    Ok(prepared.map(|p| (p, first_line)))
+}
+
 /// The leader's first lines: the device, the resolved flags, the job, the
 /// price and what to note.
 fn print_header(
@@ -234,10 +243,7 @@ fn env_price() -> Result<Option<String>, CliError> {
 fn open_run_dir(opts: &TrainOptions) -> Result<RunDir, CliError> {
     let data_label = opts.data.to_string();
     let bound = checkpoint::size_bound(opts.config.param_count() as u64, 64, data_label.len());
-    RunDir::open(&opts.out, bound).map_err(|e| match e {
-        run_dir::OpenError::Busy(m) => CliError::usage(format!("train: {m}")),
-        run_dir::OpenError::Failed(m) => CliError::Failed(m),
-    })
+    RunDir::open(&opts.out, bound)
 }
 
 /// The training data, opened and fingerprinted, described by the leader.
@@ -330,10 +336,7 @@ fn start_everywhere(
     let start = started?;
     agreed?;
     if !all_ok {
-        return Err(CliError::Failed(
-            "another rank of this job could not start (its log says why); nothing was changed in --out"
-                .to_string(),
-        ));
+        return Err(CliError::PeerNotStarted);
     }
     if let Some(sig) = signals::pending() {
         if leader {

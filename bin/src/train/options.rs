@@ -3,9 +3,11 @@
 //! line is validated here, so a bad flag is a usage error (exit 2) and never a
 //! panic later.
 
-use std::fmt;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use frugal_comm::Transport;
 use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
 use frugal_runtime::device::DeviceSpec;
@@ -91,22 +93,6 @@ pub fn parse_attention_dq(value: Option<&str>) -> Result<AttentionDq, UsageError
     }
 }
 
-/// Gradient all-reduce backend for multi-rank runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommBackend {
-    Socket,
-    Nccl,
-}
-
-impl fmt::Display for CommBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CommBackend::Socket => "socket",
-            CommBackend::Nccl => "nccl",
-        })
-    }
-}
-
 /// Which checkpoint to resume from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resume {
@@ -154,7 +140,7 @@ pub struct TrainOptions {
     pub price_units: PriceUnits,
     /// Inclusive step window for profiler capture.
     pub profile_steps: Option<(usize, usize)>,
-    pub comm: CommBackend,
+    pub comm: Transport,
     pub job_token: Option<String>,
     /// DDP bucket size in bytes: finished gradients are all-reduced in
     /// buckets of about this size while backward continues.
@@ -266,8 +252,8 @@ pub struct TrainFlags {
     /// all-reduce backend for multi-rank runs (default socket); on GPUs both
     /// stage gradients through host memory for now (device -> host, all-reduce,
     /// host -> device)
-    #[arg(long, value_name = "socket|nccl", value_parser = text::<String>(), help_heading = "device")]
-    pub comm: Option<String>,
+    #[arg(long, value_name = "socket|nccl", value_parser = CommParser, help_heading = "device")]
+    pub comm: Option<Transport>,
     /// shared secret of a multi-rank job
     #[arg(long, value_name = "T", value_parser = text::<String>(), help_heading = "device")]
     pub job_token: Option<String>,
@@ -445,35 +431,10 @@ impl TrainOptions {
             clip,
         } = schedule_flags(&args, steps)?;
         let seed: u64 = args.seed.unwrap_or(DEFAULT_SEED);
-        let device = match &args.device {
-            None => DeviceSpec::Auto,
-            Some(s) => s.parse::<DeviceSpec>().map_err(|_| {
-                usage(format!(
-                    "--device '{s}' is not one of auto, cpu, cuda, cuda:N, emu"
-                ))
-            })?,
-        };
+        let device = device_flag(&args)?;
         let (attention, attention_dq) = attention_flags(&args)?;
-        let mem_target = match args.mem_target {
-            None => None,
-            Some(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Some(f),
-            Some(f) => {
-                return Err(usage(format!(
-                    "--mem-target {f} must be a fraction in (0, 1], e.g. 0.8"
-                )))
-            }
-        };
-        let profile_steps = match &args.profile_steps {
-            None => None,
-            Some(s) => Some(parse_profile_steps(s)?),
-        };
-        if let Some((_, b)) = profile_steps {
-            if b > steps {
-                return Err(usage(format!(
-                    "--profile-steps window ends at step {b}, after the last step {steps}"
-                )));
-            }
-        }
+        let mem_target = mem_target_flag(&args)?;
+        let profile_steps = profile_steps_flag(&args, steps)?;
         let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
         let job_token = args.job_token.clone();
 
@@ -495,17 +456,7 @@ impl TrainOptions {
         )?;
         let ckpt_every = args.ckpt_every.unwrap_or((steps / 4).max(1));
 
-        let out = match args.out.take() {
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(usage("--out needs a folder".into()))
-            }
-            Some(p) => p,
-            None if overrides.is_empty() => PathBuf::from(format!("runs/{model}-seed{seed}")),
-            None => PathBuf::from(format!(
-                "runs/{model}-{:08x}-seed{seed}",
-                config_hash(&config)
-            )),
-        };
+        let out = out_flag(&mut args, &model, seed, &overrides, &config)?;
 
         Ok(TrainOptions {
             model,
@@ -753,18 +704,97 @@ fn schedule_flags(flags: &TrainFlags, steps: usize) -> Result<Schedule, UsageErr
     })
 }
 
+/// `--device`, `auto` when not given.
+fn device_flag(flags: &TrainFlags) -> Result<DeviceSpec, UsageError> {
+    match &flags.device {
+        None => Ok(DeviceSpec::Auto),
+        Some(s) => s.parse::<DeviceSpec>().map_err(|_| {
+            usage(format!(
+                "--device '{s}' is not one of auto, cpu, cuda, cuda:N, emu"
+            ))
+        }),
+    }
+}
+
+/// `--mem-target`, a fraction of free device memory.
+fn mem_target_flag(flags: &TrainFlags) -> Result<Option<f64>, UsageError> {
+    match flags.mem_target {
+        None => Ok(None),
+        Some(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(Some(f)),
+        Some(f) => Err(usage(format!(
+            "--mem-target {f} must be a fraction in (0, 1], e.g. 0.8"
+        ))),
+    }
+}
+
+/// `--profile-steps A:B`, a window that ends by the last of `steps`.
+fn profile_steps_flag(
+    flags: &TrainFlags,
+    steps: usize,
+) -> Result<Option<(usize, usize)>, UsageError> {
+    let Some(s) = &flags.profile_steps else {
+        return Ok(None);
+    };
+    let (a, b) = parse_profile_steps(s)?;
+    if b > steps {
+        return Err(usage(format!(
+            "--profile-steps window ends at step {b}, after the last step {steps}"
+        )));
+    }
+    Ok(Some((a, b)))
+}
+
+/// `--out`, taken from `flags`; by default a folder named after the model
+/// (and the config's hash when flags override the preset) and the seed.
+fn out_flag(
+    flags: &mut TrainFlags,
+    model: &str,
+    seed: u64,
+    overrides: &[(&'static str, usize)],
+    config: &Config,
+) -> Result<PathBuf, UsageError> {
+    Ok(match flags.out.take() {
+        Some(p) if p.as_os_str().is_empty() => return Err(usage("--out needs a folder".into())),
+        Some(p) => p,
+        None if overrides.is_empty() => PathBuf::from(format!("runs/{model}-seed{seed}")),
+        None => PathBuf::from(format!(
+            "runs/{model}-{:08x}-seed{seed}",
+            config_hash(config)
+        )),
+    })
+}
+
+/// `--comm`'s value parser: a [`Transport`] by its name, refused with the
+/// names it may be.
+#[derive(Clone)]
+struct CommParser;
+
+impl TypedValueParser for CommParser {
+    type Value = Transport;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Transport, clap::Error> {
+        let name = text::<String>().parse_ref(cmd, arg, value)?;
+        name.parse().map_err(|_| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "{}: --comm '{name}' is not one of socket, nccl\n",
+                    cmd.get_name()
+                ),
+            )
+        })
+    }
+}
+
 /// `--comm` and `--bucket-mb` (in bytes; the default depends on the model's
 /// `params`).
-fn comm_flags(flags: &TrainFlags, params: usize) -> Result<(CommBackend, usize), UsageError> {
-    let comm = match flags.comm.as_deref() {
-        None | Some("socket") => CommBackend::Socket,
-        Some("nccl") => CommBackend::Nccl,
-        Some(other) => {
-            return Err(usage(format!(
-                "--comm '{other}' is not one of socket, nccl"
-            )))
-        }
-    };
+fn comm_flags(flags: &TrainFlags, params: usize) -> Result<(Transport, usize), UsageError> {
+    let comm = flags.comm.unwrap_or(Transport::Socket);
     let bucket_bytes = match flags.bucket_mb {
         Some(mb) if !(mb.is_finite() && mb > 0.0 && mb <= 4096.0) => {
             return Err(usage(format!(

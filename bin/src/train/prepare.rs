@@ -1,6 +1,7 @@
 //! Getting a device ready to train: the price of what trains, the memory
 //! check or plan (and `--dry-run`'s report of it), then the step backend.
 
+use frugal_comm::Transport;
 use frugal_model::config::ParamLayout;
 use frugal_model::cpu::CpuModel;
 use frugal_model::device::{DeviceModel, OptimHyper};
@@ -10,9 +11,10 @@ use frugal_runtime::facts::DeviceFacts;
 use super::backend::{CpuStep, DeviceStep, StepBackend};
 use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
 use super::optim::{ADAM_EPS, BETA1, BETA2};
-use super::options::{self, CommBackend, TrainOptions};
+use super::options::{self, TrainOptions};
 use super::target;
 use crate::cli::UsageError;
+use crate::error::Context;
 use crate::CliError;
 
 /// What trains, as far as prices and the step log's device label go.
@@ -115,10 +117,9 @@ pub fn prepare_cpu(
         }
         return Ok(None);
     }
-    fits.map_err(CliError::Failed)?;
+    fits?;
     // Fallible: a size the host still refuses is an error naming its bytes, not an abort.
-    let model = CpuModel::new(cfg, opts.batch, cfg.seq_len, opts.threads)
-        .map_err(|e| CliError::Failed(format!("model: {e}")))?;
+    let model = CpuModel::new(cfg, opts.batch, cfg.seq_len, opts.threads).context("model")?;
     let layout = ParamLayout::new(&opts.config);
     Ok(Some(Prepared {
         backend: Box::new(CpuStep::new(model, &layout, opts.weight_decay as f32)?),
@@ -158,7 +159,11 @@ pub fn prepare_gpu(
         say_raw!("{}", target::dry_run_memory(&device, opts, &planned));
         return Ok(None);
     }
-    let planned = planned.map_err(|e| CliError::Failed(e.message(opts)))?;
+    let planned = planned.map_err(|e| CliError::DeviceMemory {
+        error: Box::new(e),
+        batch: opts.batch,
+        grad_accum: opts.grad_accum,
+    })?;
 
     let mut notes = Vec::new();
     if let Some(f) = opts.mem_target {
@@ -206,7 +211,7 @@ pub fn prepare_gpu(
         opts.step_options(),
         hyper,
     )
-    .map_err(|e| CliError::Failed(format!("setting up the device step: {e}")))?;
+    .context("setting up the device step")?;
     let layout = ParamLayout::new(&opts.config);
     Ok(Some(Prepared {
         backend: Box::new(DeviceStep::new(model, &layout)),
@@ -226,7 +231,7 @@ pub fn prepare_gpu(
 pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<String> {
     let mut notes = Vec::new();
     if world == 1 {
-        if opts.comm == CommBackend::Nccl {
+        if opts.comm == Transport::Nccl {
             notes.push(
                 "--comm nccl is for multi-GPU jobs; this run has one rank and no all-reduce"
                     .to_string(),
@@ -239,7 +244,7 @@ pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<Stri
         notes.push(format!(
             "gradients are staged through host memory: device -> host as backward finishes each layer,              {} all-reduce, host -> device{}",
             opts.comm,
-            if opts.comm == CommBackend::Nccl {
+            if opts.comm == Transport::Nccl {
                 " (--comm nccl takes this host-staged path for now)"
             } else {
                 ""
@@ -261,7 +266,7 @@ const SNAPSHOT_BYTES_PER_PARAM: u64 = 3 * 4;
 /// AdamW moments and activations do not fit in the memory this process may use
 /// (the least of RAM, `ulimit -v`, `ulimit -d` and the container's limit),
 /// naming the bytes and the largest batch that would fit.
-fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), String> {
+fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), CliError> {
     let Some(limit) = frugal_runtime::host::memory_limit() else {
         return Ok(());
     };
@@ -276,19 +281,13 @@ fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), String> {
     }
     // Activations grow linearly with the batch.
     let per_sequence = (activations / opts.batch as u64).max(1);
-    let largest = limit.bytes.saturating_sub(fixed) / per_sequence;
-    let advice = if largest >= 1 {
-        format!("the largest batch that fits is {largest} (--batch {largest}, with --grad-accum to keep the tokens per step)")
-    } else {
-        "the parameters and optimizer state alone do not fit; choose a smaller --model (or fewer --layers, a smaller --hidden)".to_string()
-    };
-    Err(format!(
-        "batch {} needs {} ({need} bytes: {} for params, grads, AdamW moments, the weight-decay mask and the checkpoint snapshot, {} for activations); {limit}; {advice}",
-        opts.batch,
-        gib(need),
-        gib(fixed),
-        gib(activations),
-    ))
+    Err(CliError::CpuMemory {
+        batch: opts.batch,
+        fixed,
+        activations,
+        limit,
+        largest: limit.bytes.saturating_sub(fixed) / per_sequence,
+    })
 }
 
 /// What the CPU ignores, said once at start.
@@ -375,7 +374,8 @@ pub fn dry_run_report(opts: &TrainOptions, activations: usize, price: &cost::Pri
     s
 }
 
-fn gib(bytes: u64) -> String {
+/// GiB, or MiB below one GiB, for the CPU's memory report and refusal.
+pub(crate) fn gib(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)

@@ -33,13 +33,6 @@ pub const MANIFEST: &str = "run.json";
 /// Where checkpoints of other runs are moved.
 pub const REPLACED_DIR: &str = "replaced";
 
-/// Why the folder cannot be used: another run holds it (a usage matter:
-/// exit 2), or it cannot be written (exit 1).
-pub enum OpenError {
-    Busy(String),
-    Failed(String),
-}
-
 /// The run folder, locked for this process while the value lives.
 pub struct RunDir {
     path: PathBuf,
@@ -56,15 +49,11 @@ impl RunDir {
     /// `checkpoint_bytes`.
     ///
     /// # Errors
-    /// [`OpenError::Busy`] naming the process that holds the lock;
-    /// [`OpenError::Failed`] naming the folder and what to do.
-    pub fn open(out: &Path, checkpoint_bytes: u64) -> Result<RunDir, OpenError> {
-        let shown = out.display();
-        std::fs::create_dir_all(out).map_err(|e| {
-            OpenError::Failed(format!(
-                "cannot create the run folder --out {shown}: {e}; pass --out a folder you can write"
-            ))
-        })?;
+    /// [`CliError::RunFolderBusy`] (exit 2) naming the process that holds the
+    /// lock; otherwise an error naming the folder and what to do.
+    pub fn open(out: &Path, checkpoint_bytes: u64) -> Result<RunDir, CliError> {
+        std::fs::create_dir_all(out)
+            .map_err(|e| unusable("create the run folder --out", out, e, WRITABLE))?;
         let lock_path = out.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -72,12 +61,7 @@ impl RunDir {
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(|e| {
-                OpenError::Failed(format!(
-                    "cannot open {}: {e}; pass --out a folder you can write",
-                    lock_path.display()
-                ))
-            })?;
+            .map_err(|e| unusable("open", &lock_path, e, WRITABLE))?;
         // SAFETY: flock on a descriptor this File owns; no memory is involved.
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -85,22 +69,18 @@ impl RunDir {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut holder = String::new();
                 let _ = lock.read_to_string(&mut holder);
-                let holder = holder.split_whitespace().collect::<Vec<_>>().join(" ");
-                let who = if holder.is_empty() {
-                    "another process".to_string()
-                } else {
-                    format!("another frugal run ({holder})")
-                };
-                return Err(OpenError::Busy(format!(
-                    "{who} is writing to {shown} (it holds {}); wait for it to finish or stop it, \
-                     or pass another --out",
-                    lock_path.display()
-                )));
+                return Err(CliError::RunFolderBusy {
+                    holder: holder.split_whitespace().collect::<Vec<_>>().join(" "),
+                    folder: out.to_path_buf(),
+                    lock: lock_path,
+                });
             }
-            return Err(OpenError::Failed(format!(
-                "cannot lock {}: {err}; put --out on a file system that supports flock",
-                lock_path.display()
-            )));
+            return Err(unusable(
+                "lock",
+                &lock_path,
+                err,
+                "put --out on a file system that supports flock",
+            ));
         }
         let holder = format!("pid {} on {}\n", std::process::id(), host_name());
         let written = lock
@@ -109,10 +89,12 @@ impl RunDir {
             .and_then(|()| lock.write_all(holder.as_bytes()))
             .and_then(|()| lock.sync_all());
         if let Err(e) = written {
-            return Err(OpenError::Failed(format!(
-                "cannot write {}: {e}; free space in --out or pass another --out",
-                lock_path.display()
-            )));
+            return Err(unusable(
+                "write",
+                &lock_path,
+                e,
+                "free space in --out or pass another --out",
+            ));
         }
         let stale_removed = remove_stale_temporaries(out);
         probe(out)?;
@@ -126,6 +108,22 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// What to do about a run folder that cannot be written.
+const WRITABLE: &str = "pass --out a folder you can write";
+
+/// "cannot {action} {path}: {source}; {hint}".
+fn unusable(
+    action: &'static str,
+    path: &Path,
+    source: std::io::Error,
+    hint: &'static str,
+) -> CliError {
+    CliError::Hinted {
+        source: Box::new(CliError::io(action, path, source)),
+        hint,
     }
 }
 
@@ -165,17 +163,19 @@ fn remove_stale_temporaries(out: &Path) -> usize {
 /// Creates, fsyncs and removes a probe file: a folder that takes a name but
 /// not data (a full disk, a read-only mount, /proc) fails here, before any
 /// step is trained.
-fn probe(out: &Path) -> Result<(), OpenError> {
+fn probe(out: &Path) -> Result<(), CliError> {
     let path = out.join(format!(".probe-{}", std::process::id()));
     let result = File::create(&path)
         .and_then(|mut f| f.write_all(&[0u8; 4096]).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::remove_file(&path));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&path);
-        OpenError::Failed(format!(
-            "cannot write into --out {}: {e}; checkpoints could not be saved. Pass --out a folder you can write",
-            out.display()
-        ))
+        unusable(
+            "write into --out",
+            out,
+            e,
+            "checkpoints could not be saved. Pass --out a folder you can write",
+        )
     })
 }
 
@@ -193,15 +193,13 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     (st.f_bavail as u64).checked_mul(st.f_frsize as u64)
 }
 
-fn check_free_space(out: &Path, need: u64) -> Result<(), OpenError> {
+fn check_free_space(out: &Path, need: u64) -> Result<(), CliError> {
     match free_bytes(out) {
-        Some(free) if free < need => Err(OpenError::Failed(format!(
-            "--out {} has {} free, and one checkpoint of this model needs {}; free space there or pass \
-             --out on a larger disk",
-            out.display(),
-            size(free),
-            size(need)
-        ))),
+        Some(free) if free < need => Err(CliError::RunFolderFull {
+            folder: out.to_path_buf(),
+            free,
+            need,
+        }),
         _ => Ok(()),
     }
 }
@@ -381,13 +379,14 @@ pub fn set_aside(
             return Ok(());
         };
         let to = folder.join(name);
-        std::fs::rename(from, &to).map_err(|e| {
-            CliError::Failed(format!(
-                "cannot move {} to {}: {e} ({moved} files were moved there before this one)",
-                from.display(),
-                to.display()
-            ))
-        })?;
+        if let Err(source) = std::fs::rename(from, &to) {
+            return Err(CliError::MoveReplaced {
+                from: from.to_path_buf(),
+                to,
+                source,
+                moved,
+            });
+        }
         moved += 1;
         Ok(())
     };

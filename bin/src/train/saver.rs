@@ -172,9 +172,7 @@ impl Saver {
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
                 self.in_flight = None;
-                Err(CliError::Failed(format!(
-                    "the checkpoint writer stopped while saving step {step}"
-                )))
+                Err(CliError::WriterStopped { step: Some(step) })
             }
         }
     }
@@ -203,13 +201,13 @@ impl Saver {
     /// A save is still in flight, or the writer died.
     pub fn submit(&mut self, ckpt: Checkpoint) -> Result<(), CliError> {
         if let Some(step) = self.in_flight {
-            return Err(CliError::Failed(format!(
-                "internal: the checkpoint of step {} was handed over while step {step}'s is still being written",
-                ckpt.step
-            )));
+            return Err(CliError::SaveOverlap {
+                step: ckpt.step,
+                in_flight: step,
+            });
         }
         let step = ckpt.step;
-        let stopped = || CliError::Failed("the checkpoint writer has stopped".to_string());
+        let stopped = || CliError::WriterStopped { step: None };
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
         jobs.send(ckpt).map_err(|_| stopped())?;
         self.in_flight = Some(step);

@@ -11,6 +11,8 @@
 
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 
+use crate::CliError;
+
 /// The first signal received, or 0.
 static FIRST: AtomicI32 = AtomicI32::new(0);
 /// When it arrived (CLOCK_MONOTONIC, nanoseconds).
@@ -57,7 +59,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 ///
 /// # Errors
 /// The OS refused (the message names the signal).
-pub fn install() -> Result<(), String> {
+pub fn install() -> Result<(), CliError> {
     for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
         // the handler is an extern "C" fn that only makes async-signal-safe
@@ -73,10 +75,10 @@ pub fn install() -> Result<(), String> {
             libc::sigaction(sig, &action, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(format!(
-                "cannot install the {name} handler: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(CliError::SignalHandler {
+                signal: name,
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(())

@@ -117,12 +117,11 @@ fn newest_of_run(dir: &Path) -> Result<Option<Resumed>, CliError> {
     if candidates == 0 {
         return started_from(dir, manifest.as_ref().map(|(_, v)| v), skipped);
     }
-    Err(CliError::Failed(format!(
-        "--resume auto: none of the {} checkpoints in {} verifies:\n  {}\nmove them away to start afresh, or pass --out for a new folder",
-        all.len(),
-        dir.display(),
-        skipped.join("\n  ")
-    )))
+    Err(CliError::NoCheckpointVerifies {
+        count: all.len(),
+        dir: dir.to_path_buf(),
+        skipped,
+    })
 }
 
 /// When the run in the manifest has no checkpoint in `dir` yet: the
@@ -144,15 +143,16 @@ fn started_from(
         return Ok(None);
     };
     let path = PathBuf::from(from);
-    let checkpoint = checkpoint::load(&path).map_err(|e| {
-        CliError::Failed(format!(
-            "--resume auto: the run in {} started from {} and has saved no checkpoint since, \
-             but that file cannot be loaded: {e}; pass --resume PATH, or move {} away to start afresh",
-            dir.display(),
-            path.display(),
-            run_dir::MANIFEST
-        ))
-    })?;
+    let checkpoint = match checkpoint::load(&path) {
+        Ok(c) => c,
+        Err(source) => {
+            return Err(CliError::StartCheckpointLost {
+                dir: dir.to_path_buf(),
+                path,
+                source,
+            })
+        }
+    };
     Ok(Some(Resumed {
         checkpoint,
         path,

@@ -17,7 +17,6 @@ use std::ops::Range;
 
 use frugal_comm::{connect, CommStats, Ddp, Rendezvous, Transport};
 
-use super::options::CommBackend;
 use crate::error::Context;
 use crate::CliError;
 
@@ -59,6 +58,34 @@ enum Disagreement {
     Failed(CliError),
 }
 
+/// One setting on which some ranks differ from rank 0, found by
+/// [`GradSync::agree_on_config`].
+#[derive(Debug)]
+pub struct FieldDifference {
+    /// The setting's name.
+    pub name: String,
+    /// The ranks whose value is not rank 0's.
+    pub ranks: Vec<usize>,
+    /// This rank and its value, when this rank is one of them.
+    pub here: Option<(usize, String)>,
+}
+
+impl std::fmt::Display for FieldDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranks: Vec<String> = self.ranks.iter().map(usize::to_string).collect();
+        write!(
+            f,
+            "{} differs from rank 0's on rank(s) {}",
+            self.name,
+            ranks.join(", ")
+        )?;
+        match &self.here {
+            Some((rank, shown)) => write!(f, " (here, on rank {rank}: {shown})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// True when the environment describes a multi-process job.
 pub fn launched_as_job() -> bool {
     ["RANK", "WORLD_SIZE", "SLURM_PROCID"]
@@ -74,7 +101,7 @@ impl GradSync {
     /// Bad rendezvous variables (a usage error, exit 2), or peers that do not
     /// answer in time (the message names them).
     pub fn join(
-        backend: CommBackend,
+        transport: Transport,
         job_token: Option<&str>,
         n_params: usize,
         bucket_bytes: usize,
@@ -93,10 +120,6 @@ impl GradSync {
         if rv.world == 1 {
             return Ok(single);
         }
-        let transport = match backend {
-            CommBackend::Socket => Transport::Socket,
-            CommBackend::Nccl => Transport::Nccl,
-        };
         let comm = connect(transport, &rv).context("joining the job")?;
         let ddp = Ddp::new(comm, n_params, bucket_bytes).context("joining the job")?;
         Ok(GradSync {
@@ -166,10 +189,7 @@ impl GradSync {
                 mine?;
                 sent.context("waiting for the leader's checkpoint")?;
                 if state[0] >= HOLD_FAILED {
-                    return Err(CliError::Failed(
-                        "rank 0 could not write its checkpoint (its log says why); this rank stops too"
-                            .to_string(),
-                    ));
+                    return Err(CliError::LeaderSaveFailed);
                 }
                 if state[0] == 0.0 {
                     return Ok(());
@@ -219,35 +239,26 @@ impl GradSync {
         }
         // Someone differs: find which fields, on which ranks (every rank runs
         // the same sequence of collectives, so all learn the same answer).
-        let mut lines = Vec::new();
+        let mut fields_differing = Vec::new();
         for (name, value, shown) in fields {
             let root = broadcast_u64(ddp, *value).context("comparing run configs")?;
             let mut who = vec![0.0f32; world];
             who[rank] = if root == *value { 0.0 } else { 1.0 };
             ddp.all_reduce_now(&mut who)
                 .context("comparing run configs")?;
-            let ranks: Vec<String> = (0..world)
-                .filter(|&r| who[r] != 0.0)
-                .map(|r| r.to_string())
-                .collect();
+            let ranks: Vec<usize> = (0..world).filter(|&r| who[r] != 0.0).collect();
             if ranks.is_empty() {
                 continue;
             }
-            let here = if root == *value {
-                String::new()
-            } else {
-                format!(" (here, on rank {rank}: {shown})")
-            };
-            lines.push(format!(
-                "{name} differs from rank 0's on rank(s) {}{here}",
-                ranks.join(", ")
-            ));
+            fields_differing.push(FieldDifference {
+                name: name.to_string(),
+                ranks,
+                here: (root != *value).then(|| (rank, shown.clone())),
+            });
         }
-        Err(CliError::Failed(format!(
-            "the ranks of this job were started with different settings; start every rank with the same flags, \
-             data and environment:\n  {}",
-            lines.join("\n  ")
-        )))
+        Err(CliError::ConfigDiffers {
+            fields: fields_differing,
+        })
     }
 
     /// Copies rank 0's parameters to every rank.
@@ -271,10 +282,7 @@ impl GradSync {
     /// On a rank whose step differs, saying what to do; a peer's failure.
     pub fn agree_on_step(&mut self, step: u64) -> Result<(), CliError> {
         self.agree("the starting step", step).map_err(|e| match e {
-            Disagreement::Differs { rank, root } => CliError::Failed(format!(
-                "rank {rank} would start at step {step} but rank 0 at step {root}: every rank must resume from the same \
-                 checkpoint; put --out on storage all ranks share, or copy rank 0's checkpoints to this node"
-            )),
+            Disagreement::Differs { rank, root } => CliError::StepDiffers { rank, step, root },
             Disagreement::Failed(e) => e,
         })
     }
@@ -289,11 +297,9 @@ impl GradSync {
     pub fn agree_on_batch(&mut self, batch: usize) -> Result<(), CliError> {
         self.agree("the micro-batch", batch as u64)
             .map_err(|e| match e {
-                Disagreement::Differs { rank, root } => CliError::Failed(format!(
-                    "rank {rank} would train at micro-batch {batch} but rank 0 at {root} (--mem-target chose them from \
-                     each device's free memory): pass --batch {} without --mem-target, or free the devices' memory",
-                    batch.min(root as usize)
-                )),
+                Disagreement::Differs { rank, root } => {
+                    CliError::BatchDiffers { rank, batch, root }
+                }
                 Disagreement::Failed(e) => e,
             })
     }

@@ -10,7 +10,7 @@ use frugal_model::config::Config;
 use frugal_model::device::{DeviceModel, MemoryFloor};
 use frugal_model::error::ModelError;
 use frugal_runtime::arena::{self, BufferRequest, Plan};
-use frugal_runtime::device::{cuda, Device, DeviceSpec, MemoryInfo, TimingSource, LOCAL_RANK_VARS};
+use frugal_runtime::device::{self, cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
 use frugal_runtime::RuntimeError;
 
 use super::options::{TrainOptions, MEM_TARGET_MAX_BATCH};
@@ -25,22 +25,16 @@ pub enum Target {
     Gpu { device: Device, auto: bool },
 }
 
-/// The local rank of a multi-rank job (torchrun's or Slurm's variable), 0 alone.
+/// The local rank of a multi-rank job (the runtime's [`device::local_rank`]), 0 alone.
 ///
 /// # Errors
-/// A variable that is set but not a rank: every rank would otherwise open GPU 0.
-pub fn local_rank() -> Result<usize, String> {
-    for var in LOCAL_RANK_VARS {
-        if let Ok(value) = std::env::var(var) {
-            return value.trim().parse().map_err(|_| {
-                format!(
-                    "{var}='{value}' is not a local rank (a number from 0): fix the launcher's \
-                     environment, or pass --device cuda:N"
-                )
-            });
-        }
-    }
-    Ok(0)
+/// [`CliError::BadLocalRank`], a usage matter (exit 2), for a variable that is set
+/// but not a rank: every rank would otherwise open GPU 0.
+pub fn local_rank() -> Result<usize, CliError> {
+    device::local_rank().map_err(|e| match e {
+        RuntimeError::BadLocalRank { var, value } => CliError::BadLocalRank { var, value },
+        other => CliError::Runtime(other),
+    })
 }
 
 /// A one-line reason the CUDA path is not usable, for `auto`'s log line.
@@ -85,9 +79,7 @@ pub fn open(choice: DeviceSpec) -> Result<Target, CliError> {
                     Ok(device) => Ok(Target::Gpu { device, auto: true }),
                     // A GPU too old for the kernels: the CPU trains instead.
                     Err(e @ RuntimeError::UnsupportedArch { .. }) => fallback(e.to_string()),
-                    Err(e) => Err(CliError::Failed(format!(
-                        "--device auto: {e} (or pass --device cpu)"
-                    ))),
+                    Err(e) => Err(CliError::AutoDevice(e)),
                 },
             }
         }
@@ -151,6 +143,7 @@ pub struct MemoryPlan {
 }
 
 /// Why the device step's memory cannot be planned.
+#[derive(Debug)]
 pub enum MemoryError {
     /// The model cannot run on the device path (e.g. a head size without kernels).
     Model(Box<ModelError>),
@@ -165,6 +158,7 @@ pub enum MemoryError {
 }
 
 /// A batch refused by [`MemoryError::FloorDoesNotFit`].
+#[derive(Debug)]
 pub struct FloorRefusal {
     /// What is live at the loss at that batch.
     pub floor: MemoryFloor,
@@ -176,7 +170,8 @@ pub struct FloorRefusal {
 
 impl MemoryError {
     /// The message for the user, saying what to do.
-    pub fn message(&self, opts: &TrainOptions) -> String {
+    /// `batch` and `grad_accum` are the run's, for the advice.
+    pub fn message(&self, batch: usize, grad_accum: usize) -> String {
         match self {
             MemoryError::Model(e) => format!(
                 "the device step cannot run this model: {e}; change the model, or train it with --device cpu"
@@ -184,18 +179,19 @@ impl MemoryError {
             MemoryError::Runtime(e) => format!("memory plan: {e}"),
             MemoryError::FloorDoesNotFit(refusal) => does_not_fit(
                 &refusal.error,
-                opts,
+                batch,
+                grad_accum,
                 " (counting only what is live at the loss, every layer's saved activations and \
                  the optimizer state; the whole step needs more)",
             ),
-            MemoryError::DoesNotFit(e) => does_not_fit(e, opts, ""),
+            MemoryError::DoesNotFit(e) => does_not_fit(e, batch, grad_accum, ""),
         }
     }
 }
 
 /// "does not fit in device memory", the runtime's numbers (`what_counts` says what they
 /// count), and what to run instead.
-fn does_not_fit(e: &RuntimeError, opts: &TrainOptions, what_counts: &str) -> String {
+fn does_not_fit(e: &RuntimeError, batch: usize, grad_accum: usize, what_counts: &str) -> String {
     let advice = match e {
         RuntimeError::OutOfMemory {
             largest_batch: Some(lb),
@@ -203,9 +199,9 @@ fn does_not_fit(e: &RuntimeError, opts: &TrainOptions, what_counts: &str) -> Str
         } => {
             // Sequences per optimizer step now, and the accumulation
             // that keeps about as many at the smaller batch.
-            let sequences = opts.batch * opts.grad_accum;
+            let sequences = batch * grad_accum;
             let accum = ((sequences + lb / 2) / lb).max(1);
-            let keep = if accum > opts.grad_accum {
+            let keep = if accum > grad_accum {
                 format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
             } else {
                 String::new()
@@ -395,7 +391,7 @@ pub fn dry_run_memory(
                 floor.bytes,
                 gib(floor.bytes)
             );
-            s += &format!("{}\n", e.message(opts));
+            s += &format!("{}\n", e.message(opts.batch, opts.grad_accum));
         }
         Err(e) => {
             // Show the plan at the asked batch even when it does not fit.
@@ -410,7 +406,7 @@ pub fn dry_run_memory(
                     s += &indent(&plan.breakdown_table());
                 }
             }
-            s += &format!("{}\n", e.message(opts));
+            s += &format!("{}\n", e.message(opts.batch, opts.grad_accum));
         }
     }
     s
@@ -445,17 +441,18 @@ mod tests {
     #[test]
     fn does_not_fit_says_which_batch_to_run_and_keeps_the_sequences_per_step() {
         let o = opts("--batch 200");
-        let m = does_not_fit(200, Some(52)).message(&o);
+        let m = does_not_fit(200, Some(52)).message(o.batch, o.grad_accum);
         // 200 sequences per step at batch 52: 4 micro-batches (208) is closest.
         assert!(m.contains("--batch 52 --grad-accum 4"), "{m}");
         assert!(m.contains("Nothing was allocated"), "{m}");
         // 64 at batch 52: one micro-batch is closer than two.
-        let m = does_not_fit(64, Some(52)).message(&opts("--batch 64"));
+        let o = opts("--batch 64");
+        let m = does_not_fit(64, Some(52)).message(o.batch, o.grad_accum);
         assert!(
             m.contains("--batch 52,") && !m.contains("--grad-accum"),
             "{m}"
         );
-        let m = does_not_fit(1, None).message(&o);
+        let m = does_not_fit(1, None).message(o.batch, o.grad_accum);
         assert!(m.contains("smaller --model"), "{m}");
     }
 
@@ -464,13 +461,15 @@ mod tests {
         let device = Device::open(DeviceSpec::Emu).unwrap();
         let small = "--layers 1 --hidden 128 --heads 2 --ffn 256 --seq 32 --batch 2";
         let o = opts(small);
-        let p = plan_memory(&device, &o).unwrap_or_else(|e| panic!("{}", e.message(&o)));
+        let p = plan_memory(&device, &o)
+            .unwrap_or_else(|e| panic!("{}", e.message(o.batch, o.grad_accum)));
         assert_eq!(p.batch, 2);
         assert!(p.plan.peak_bytes > 0 && p.plan.peak_bytes <= p.available);
         // A model of ~0.3M parameters fits the emulator's gigabytes at any batch
         // up to the cap.
         let t = opts(&format!("{small} --mem-target 0.5"));
-        let q = plan_memory(&device, &t).unwrap_or_else(|e| panic!("{}", e.message(&t)));
+        let q = plan_memory(&device, &t)
+            .unwrap_or_else(|e| panic!("{}", e.message(t.batch, t.grad_accum)));
         assert_eq!(q.batch, MEM_TARGET_MAX_BATCH);
         assert!(q.plan.peak_bytes > p.plan.peak_bytes);
         let text = describe(
@@ -493,9 +492,16 @@ mod tests {
         let o = opts("--layers 1 --hidden 96 --heads 2 --ffn 128 --seq 32 --batch 2");
         match plan_memory(&device, &o) {
             Err(e @ MemoryError::Model(_)) => {
-                assert!(e.message(&o).contains("--device cpu"), "{}", e.message(&o))
+                assert!(
+                    e.message(o.batch, o.grad_accum).contains("--device cpu"),
+                    "{}",
+                    e.message(o.batch, o.grad_accum)
+                )
             }
-            Err(e) => panic!("expected a model error, got: {}", e.message(&o)),
+            Err(e) => panic!(
+                "expected a model error, got: {}",
+                e.message(o.batch, o.grad_accum)
+            ),
             Ok(p) => panic!("head size 48 planned at batch {}", p.batch),
         }
     }

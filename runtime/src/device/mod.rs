@@ -44,17 +44,15 @@ pub const LOCAL_RANK_VARS: [&str; 2] = ["LOCAL_RANK", "SLURM_LOCALID"];
 /// This process's local rank from [`LOCAL_RANK_VARS`], 0 when none is set.
 ///
 /// # Errors
-/// `BadDeviceSpec` naming the variable when it is set but not a number: every
-/// rank would otherwise open GPU 0.
+/// [`RuntimeError::BadLocalRank`] naming the variable and its value when it is
+/// set but not a number: every rank would otherwise open GPU 0.
 pub fn local_rank() -> Result<usize, RuntimeError> {
     for var in LOCAL_RANK_VARS {
         if let Ok(value) = std::env::var(var) {
             return value
                 .trim()
                 .parse()
-                .map_err(|_| RuntimeError::BadDeviceSpec {
-                    given: format!("cuda (with {var}='{value}', not a local rank)"),
-                });
+                .map_err(|_| RuntimeError::BadLocalRank { var, value });
         }
     }
     Ok(0)
