@@ -24,9 +24,6 @@ use crate::train::target::MemoryError;
 pub enum CliError {
     /// A command-line mistake, found after clap parsed the words (exit 2).
     Usage(UsageError),
-    /// A failure described in words (exit 1); only `bench` and `arena` still
-    /// build these.
-    Failed(String),
     /// A file-system operation on `path` failed: "cannot {action} {path}: {source}".
     Io {
         action: &'static str,
@@ -302,7 +299,6 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage(e) => e.fmt(f),
-            CliError::Failed(m) => f.write_str(m),
             CliError::Io {
                 action,
                 path,

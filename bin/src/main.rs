@@ -65,6 +65,14 @@ fn parse(words: &[OsString]) -> Result<Cli, CliError> {
 }
 
 fn run(command: Command) -> Result<(), CliError> {
+    let owns_sockets = match &command {
+        Command::Train(_) | Command::Launch(_) => true,
+        Command::Bench(flags) => cmd::bench::uses_sockets(flags),
+        _ => false,
+    };
+    if !owns_sockets {
+        end_quietly_on_closed_stdout();
+    }
     match command {
         Command::Train(flags) => cmd::train::run(flags),
         Command::Launch(flags) => cmd::launch::run(flags),
@@ -85,4 +93,16 @@ fn run(command: Command) -> Result<(), CliError> {
 
 fn planned(command: &'static str) -> Result<(), CliError> {
     Err(CliError::Planned { command })
+}
+
+/// A report printed into a pipe that closes early (`frugal arena ... | head`) ends the
+/// process quietly, as other Unix tools do, instead of panicking in `println!` (Rust
+/// ignores SIGPIPE, so the write fails with EPIPE). Only for commands that own no sockets:
+/// there a peer that goes away must come back as an error naming it, not kill the process.
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread
+    // exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

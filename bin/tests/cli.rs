@@ -730,3 +730,35 @@ fn a_batch_that_cannot_fit_is_refused_before_allocating() {
         "{out}"
     );
 }
+
+/// A report read by a reader that stops early (`frugal arena ... | head -1`) ends quietly:
+/// killed by SIGPIPE as other Unix tools are, never a panic from `println!`.
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        // About 80 KB of report: more than a pipe holds, so frugal is still writing when
+        // the reader has gone.
+        .args(["arena", "--model", "paper-2b", "--batch", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start frugal");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read the first line");
+    assert!(first.starts_with("model paper-2b"), "{first}");
+    // The reader is gone (dropped with the BufReader); the report has ~730 more lines.
+    let o = child.wait_with_output().expect("wait for frugal");
+    let (_, err) = text(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        o.status.signal() == Some(libc::SIGPIPE) || o.status.success(),
+        "{:?}: {err}",
+        o.status
+    );
+}

@@ -49,6 +49,11 @@ enum Bench {
 const EMULATED_NOTE: &str =
     "On the emulator every time and rate is the host's emulation speed, not a GPU's.";
 
+/// Whether the benchmark connects ranks over sockets (only `allreduce`).
+pub fn uses_sockets(flags: &BenchFlags) -> bool {
+    matches!(flags.what, Bench::Allreduce(_))
+}
+
 pub fn run(flags: BenchFlags) -> Result<(), CliError> {
     match flags.what {
         Bench::Allreduce(f) => allreduce::run(f),
