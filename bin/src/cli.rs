@@ -1,19 +1,15 @@
 //! The command line: one clap [`Cli`] whose subcommands are each command's
-//! flags, the value parsers that keep frugal's own messages (a value that is
-//! not text, a number that does not parse), the check that a flag is given
-//! once, `--version`, and [`UsageError`], every command's usage mistake.
+//! flags, the check that a flag is given once, `--version`, and the help that
+//! a usage error found after parsing is printed with ([`help_of`]).
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
-use std::marker::PhantomData;
 use std::os::unix::ffi::OsStrExt;
-use std::str::FromStr;
 
-use clap::builder::TypedValueParser;
-use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
+use crate::flags::{command_path, UsageError};
+use crate::train;
 
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -31,17 +27,6 @@ const LONG_VERSION: &str = concat!(
     env!("FRUGAL_GIT_COMMIT"),
     ")\nkernels: PTX ISA 8.0, JIT-compiled by NVIDIA driver 525.60.13 or newer (CUDA 12.0)"
 );
-
-/// A command-line mistake found after clap parsed the words: printed with the
-/// subcommand's usage hint, exit code 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// `frugal`: train small LLaMA-style models at the lowest cost per token.
 #[derive(Debug, Parser)]
@@ -64,8 +49,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// train a model (default: tiny preset on the embedded corpus, on the CPU)
-    #[command(long_about = crate::train::options::about())]
-    Train(crate::train::options::TrainFlags),
+    #[command(long_about = train::options::about())]
+    Train(train::options::TrainFlags),
     /// start N local ranks of a data-parallel job
     #[command(long_about = cmd::launch::ABOUT)]
     Launch(cmd::launch::LaunchFlags),
@@ -105,54 +90,6 @@ pub struct Words {
     pub words: Vec<OsString>,
 }
 
-/// A flag value parsed as `T` from text, with frugal's messages: the command
-/// and the flag named, and why the value is refused.
-pub struct Text<T>(PhantomData<fn() -> T>);
-
-impl<T> Clone for Text<T> {
-    fn clone(&self) -> Self {
-        Text(PhantomData)
-    }
-}
-
-/// The value parser of a flag that takes `T`.
-pub fn text<T>() -> Text<T> {
-    Text(PhantomData)
-}
-
-impl<T> TypedValueParser for Text<T>
-where
-    T: FromStr + Clone + Send + Sync + 'static,
-    T::Err: std::fmt::Display,
-{
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &OsStr,
-    ) -> Result<T, clap::Error> {
-        let command = command_path(cmd);
-        let flag = arg.and_then(|a| a.get_long()).unwrap_or_default();
-        let refuse = |m: String| clap::Error::raw(ErrorKind::ValueValidation, format!("{m}\n"));
-        let Some(s) = value.to_str() else {
-            return Err(refuse(format!(
-                "{command}: --{flag} '{}' is not valid UTF-8; this flag takes text",
-                value.to_string_lossy()
-            )));
-        };
-        s.parse()
-            .map_err(|e| refuse(format!("{command}: --{flag} '{s}' is not valid: {e}")))
-    }
-}
-
-/// The value parser of a flag that names a file: any bytes, empty included
-/// (each command says what an empty one lacks).
-pub fn path() -> impl TypedValueParser<Value = std::path::PathBuf> {
-    clap::builder::OsStringValueParser::new().map(std::path::PathBuf::from)
-}
-
 /// A subcommand's help, as `frugal <name> --help` prints it, for usage errors
 /// found after parsing that show it. `name` may be a path: "bench matmul".
 pub fn help_of(name: &str) -> String {
@@ -165,14 +102,6 @@ pub fn help_of(name: &str) -> String {
     found
         .map(|c| c.render_help().to_string())
         .unwrap_or_default()
-}
-
-/// How messages name a (sub)command: its words after `frugal` ("bench matmul"),
-/// known once clap has built the command line, else its own name.
-fn command_path(cmd: &clap::Command) -> &str {
-    cmd.get_bin_name()
-        .and_then(|b| b.strip_prefix("frugal "))
-        .unwrap_or_else(|| cmd.get_name())
 }
 
 /// Refuses a flag given more than once, before clap sees the words, with the

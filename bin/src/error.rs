@@ -1,29 +1,34 @@
 //! The binary's one error type, [`CliError`]: every way a command fails, with
 //! the message it prints after `error: ` and the exit code it gives (2 for a
 //! usage mistake, 1 for a failure while running).
+//! It also holds the data some failures carry and the commands that build them
+//! share ([`MemoryError`], [`FieldDifference`]), so that it imports no command.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
 use frugal_comm::CommError;
+use frugal_model::device::MemoryFloor;
 use frugal_model::ModelError;
 use frugal_ptx::error::PtxError;
 use frugal_runtime::host::MemoryLimit;
 use frugal_runtime::RuntimeError;
 
-use crate::cli::UsageError;
-use crate::cmd::launch::signal_name;
-use crate::train::prepare::gib;
-use crate::train::run_dir::size;
-use crate::train::sync::FieldDifference;
-use crate::train::target::MemoryError;
+use crate::flags::UsageError;
+use crate::units::{gib_or_mib, signal_name, size};
 
 /// How a command failed.
 #[derive(Debug)]
 pub enum CliError {
     /// A command-line mistake, found after clap parsed the words (exit 2).
     Usage(UsageError),
+    /// A command-line mistake printed with `command`'s help after it ("bench
+    /// matmul"): the help is the command line's, so `main` appends it (exit 2).
+    UsageWithHelp {
+        command: &'static str,
+        message: String,
+    },
     /// A file-system operation on `path` failed: "cannot {action} {path}: {source}".
     Io {
         action: &'static str,
@@ -182,7 +187,9 @@ pub enum CliError {
     StartCheckpointLost {
         dir: PathBuf,
         path: PathBuf,
-        source: ModelError,
+        source: Box<ModelError>,
+        /// The manifest's file name, to move away.
+        manifest: &'static str,
     },
     /// Another process holds the run folder's lock (exit 2); `holder` is what
     /// its lock file says.
@@ -283,12 +290,30 @@ impl CliError {
         CliError::Usage(UsageError(message.into()))
     }
 
+    /// A usage mistake of `command` whose message is followed by its help.
+    pub fn usage_with_help(command: &'static str, message: impl Into<String>) -> CliError {
+        CliError::UsageWithHelp {
+            command,
+            message: message.into(),
+        }
+    }
+
+    /// The command whose help is printed after this error's message, if any.
+    pub fn help_command(&self) -> Option<&'static str> {
+        match self {
+            CliError::UsageWithHelp { command, .. } => Some(command),
+            CliError::In { source, .. } | CliError::Hinted { source, .. } => source.help_command(),
+            _ => None,
+        }
+    }
+
     /// The process exit code: 2 for a usage mistake, 1 for a failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) | CliError::RunFolderBusy { .. } | CliError::BadLocalRank { .. } => {
-                2
-            }
+            CliError::Usage(_)
+            | CliError::UsageWithHelp { .. }
+            | CliError::RunFolderBusy { .. }
+            | CliError::BadLocalRank { .. } => 2,
             CliError::In { source, .. } | CliError::Hinted { source, .. } => source.exit_code(),
             _ => 1,
         }
@@ -299,6 +324,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage(e) => e.fmt(f),
+            CliError::UsageWithHelp { message, .. } => f.write_str(message),
             CliError::Io {
                 action,
                 path,
@@ -518,9 +544,9 @@ impl CliError {
                 write!(
                     f,
                     "batch {batch} needs {} ({need} bytes: {} for params, grads, AdamW moments, the weight-decay mask and the checkpoint snapshot, {} for activations); {limit}; ",
-                    gib(need),
-                    gib(*fixed),
-                    gib(*activations),
+                    gib_or_mib(need),
+                    gib_or_mib(*fixed),
+                    gib_or_mib(*activations),
                 )?;
                 if *largest >= 1 {
                     write!(f, "the largest batch that fits is {largest} (--batch {largest}, with --grad-accum to keep the tokens per step)")
@@ -623,15 +649,122 @@ impl CliError {
                 dir.display(),
                 skipped.join("\n  ")
             ),
-            CliError::StartCheckpointLost { dir, path, source } => write!(
+            CliError::StartCheckpointLost {
+                dir,
+                path,
+                source,
+                manifest,
+            } => write!(
                 f,
                 "--resume auto: the run in {} started from {} and has saved no checkpoint since, \
                  but that file cannot be loaded: {source}; pass --resume PATH, or move {} away to start afresh",
                 dir.display(),
                 path.display(),
-                crate::train::run_dir::MANIFEST
+                manifest
             ),
             other => unreachable!("not a failure between ranks or of checkpoints: {other:?}"),
+        }
+    }
+}
+
+// ------------------------------------------------- what some failures hold ---
+
+/// Why the device step's memory cannot be planned.
+#[derive(Debug)]
+pub enum MemoryError {
+    /// The model cannot run on the device path (e.g. a head size without kernels).
+    Model(Box<ModelError>),
+    /// The plan does not fit; the runtime's error names bytes and the largest batch.
+    DoesNotFit(RuntimeError),
+    /// Even what is live at the loss (every layer's saved activations and the optimizer
+    /// state, counted by arithmetic) exceeds the memory, so the plan was not built.
+    /// `error` is the runtime's `OutOfMemory` with that floor as the bytes needed.
+    FloorDoesNotFit(Box<FloorRefusal>),
+    /// Anything else the runtime reported (planning, the driver's memory query).
+    Runtime(RuntimeError),
+}
+
+/// A batch refused by [`MemoryError::FloorDoesNotFit`].
+#[derive(Debug)]
+pub struct FloorRefusal {
+    /// What is live at the loss at that batch.
+    pub floor: MemoryFloor,
+    /// The batch.
+    pub batch: usize,
+    /// The runtime's `OutOfMemory`, the floor as the bytes needed.
+    pub error: RuntimeError,
+}
+
+impl MemoryError {
+    /// The message for the user, saying what to do.
+    /// `batch` and `grad_accum` are the run's, for the advice.
+    pub fn message(&self, batch: usize, grad_accum: usize) -> String {
+        match self {
+            MemoryError::Model(e) => format!(
+                "the device step cannot run this model: {e}; change the model, or train it with --device cpu"
+            ),
+            MemoryError::Runtime(e) => format!("memory plan: {e}"),
+            MemoryError::FloorDoesNotFit(refusal) => does_not_fit(
+                &refusal.error,
+                batch,
+                grad_accum,
+                " (counting only what is live at the loss, every layer's saved activations and \
+                 the optimizer state; the whole step needs more)",
+            ),
+            MemoryError::DoesNotFit(e) => does_not_fit(e, batch, grad_accum, ""),
+        }
+    }
+}
+
+/// "does not fit in device memory", the runtime's numbers (`what_counts` says what they
+/// count), and what to run instead.
+fn does_not_fit(e: &RuntimeError, batch: usize, grad_accum: usize, what_counts: &str) -> String {
+    let advice = match e {
+        RuntimeError::OutOfMemory {
+            largest_batch: Some(lb),
+            ..
+        } => {
+            // Sequences per optimizer step now, and the accumulation
+            // that keeps about as many at the smaller batch.
+            let sequences = batch * grad_accum;
+            let accum = ((sequences + lb / 2) / lb).max(1);
+            let keep = if accum > grad_accum {
+                format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
+            } else {
+                String::new()
+            };
+            format!("run with --batch {lb}{keep}, or let --mem-target 0.9 pick the batch")
+        }
+        // Data parallelism replicates the whole step: more devices do not help.
+        _ => "choose a smaller --model or a shorter --seq".to_string(),
+    };
+    format!("does not fit in device memory{what_counts}: {e}. Nothing was allocated; {advice}")
+}
+
+/// One setting on which some ranks differ from rank 0, found by
+/// `GradSync::agree_on_config`.
+#[derive(Debug)]
+pub struct FieldDifference {
+    /// The setting's name.
+    pub name: String,
+    /// The ranks whose value is not rank 0's.
+    pub ranks: Vec<usize>,
+    /// This rank and its value, when this rank is one of them.
+    pub here: Option<(usize, String)>,
+}
+
+impl std::fmt::Display for FieldDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranks: Vec<String> = self.ranks.iter().map(usize::to_string).collect();
+        write!(
+            f,
+            "{} differs from rank 0's on rank(s) {}",
+            self.name,
+            ranks.join(", ")
+        )?;
+        match &self.here {
+            Some((rank, shown)) => write!(f, " (here, on rank {rank}: {shown})"),
+            None => Ok(()),
         }
     }
 }

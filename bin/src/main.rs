@@ -1,12 +1,17 @@
 //! `frugal`: train small LLaMA-style models at the lowest cost per token, and
 //! report that cost. The command line is [`cli::Cli`]; one subcommand per file
 //! under `cmd/`; every failure is a [`CliError`].
+//!
+//! Modules, each importing only from those after it: `main` → `cli` → `cmd/*` →
+//! `train/*` → `error` → `flags`, `units` (and `logger`, used by `main` alone).
 
 mod cli;
 mod cmd;
 mod error;
+mod flags;
 mod logger;
 mod train;
+mod units;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -14,7 +19,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
-pub use error::CliError;
+use error::CliError;
 
 fn main() -> ExitCode {
     logger::init();
@@ -31,8 +36,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `e` (and the help of the command it names, after a blank line) and
+/// gives its exit code.
 fn fail(e: &CliError) -> ExitCode {
-    eprintln!("error: {e}");
+    match e.help_command() {
+        Some(command) => eprintln!("error: {e}\n\n{}", cli::help_of(command)),
+        None => eprintln!("error: {e}"),
+    }
     ExitCode::from(e.exit_code())
 }
 

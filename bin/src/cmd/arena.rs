@@ -11,10 +11,10 @@ use frugal_runtime::arena::{self, plan, plan_fits, BufferRequest, Category, Plan
 use frugal_runtime::device::{Device, DeviceSpec};
 use frugal_runtime::RuntimeError;
 
-use crate::cli::{text, UsageError};
+use crate::error::CliError;
 use crate::error::Context;
+use crate::flags::{text, UsageError};
 use crate::train::options::MAX_DIM;
-use crate::CliError;
 
 /// What `frugal arena --help` says first.
 pub const ABOUT: &str = "\
@@ -230,11 +230,10 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
         (Some(_), Some(_)) => {
             Err(UsageError("arena: give --buffers or --model, not both".into()).into())
         }
-        (None, None) => Err(UsageError(format!(
-            "arena: give --buffers FILE or --model PRESET\n\n{}",
-            crate::cli::help_of("arena")
-        ))
-        .into()),
+        (None, None) => Err(CliError::usage_with_help(
+            "arena",
+            "arena: give --buffers FILE or --model PRESET",
+        )),
     }
 }
 
@@ -337,7 +336,10 @@ mod tests {
             run(args(&["--model", "nope"])),
             Err(CliError::Usage(_))
         ));
-        assert!(matches!(run(args(&[])), Err(CliError::Usage(_))));
+        assert!(matches!(
+            run(args(&[])),
+            Err(CliError::UsageWithHelp { .. })
+        ));
         assert!(matches!(
             run(args(&["--model", "tiny", "--mem-target", "0"])),
             Err(CliError::Usage(_))

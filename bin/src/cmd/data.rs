@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use frugal_model::data::{glob, shard, VAL_FRACTION};
 
-use crate::cli::{path, text};
-use crate::CliError;
+use crate::error::CliError;
+use crate::flags::{path, text};
 
 /// What `frugal data --help` says first.
 pub const ABOUT: &str =
@@ -47,10 +47,6 @@ pub struct DataFlags {
     name: String,
 }
 
-fn usage_with_help(message: String) -> CliError {
-    CliError::usage(format!("{message}\n\n{}", crate::cli::help_of("data")))
-}
-
 /// What one invocation wrote.
 #[derive(Debug, Default, PartialEq)]
 struct Written {
@@ -72,12 +68,16 @@ pub fn run(flags: DataFlags) -> Result<(), CliError> {
     text.extend(files);
     let texts = text;
     if texts.is_empty() {
-        return Err(usage_with_help(
-            "data: give at least one --text FILE".into(),
+        return Err(CliError::usage_with_help(
+            "data",
+            "data: give at least one --text FILE",
         ));
     }
     let Some(out) = out else {
-        return Err(usage_with_help("data: --out DIR is required".into()));
+        return Err(CliError::usage_with_help(
+            "data",
+            "data: --out DIR is required",
+        ));
     };
     if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
         return Err(CliError::usage(format!(
@@ -223,14 +223,19 @@ mod tests {
         dir
     }
 
-    /// `frugal data` with `words`, parsed as the command line is.
+    /// `data`'s flags alone, as a command of their own.
+    #[derive(clap::Parser)]
+    #[command(name = "data")]
+    struct DataWords {
+        #[command(flatten)]
+        flags: DataFlags,
+    }
+
+    /// `frugal data` with `words`, parsed as the command line parses them.
     fn args(words: &[&str]) -> Result<DataFlags, clap::Error> {
         use clap::Parser;
-        let all = ["frugal", "data"].iter().chain(words);
-        match crate::cli::Cli::try_parse_from(all)?.command {
-            crate::cli::Command::Data(flags) => Ok(flags),
-            other => panic!("not data: {other:?}"),
-        }
+        let all = ["data"].iter().chain(words);
+        Ok(DataWords::try_parse_from(all)?.flags)
     }
 
     #[test]
@@ -311,7 +316,12 @@ mod tests {
         assert!(Path::new(&out).join("text_val_000000.bin").exists());
         let help = args(&["--help"]).unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
-        let usage = |words: &[&str]| matches!(run(args(words).unwrap()), Err(CliError::Usage(_)));
+        let usage = |words: &[&str]| {
+            matches!(
+                run(args(words).unwrap()),
+                Err(CliError::Usage(_) | CliError::UsageWithHelp { .. })
+            )
+        };
         assert!(usage(&["--out", &out]), "no --text");
         assert!(usage(&["--text", &t]), "no --out");
         assert!(usage(&["--text", &t, "--out", &out, "--val-fraction", "1"]));

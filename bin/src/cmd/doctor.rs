@@ -10,7 +10,7 @@ use frugal_runtime::device::{Device, DeviceSpec};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::{dylib, facts, RuntimeError};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// What `frugal doctor --help` says first.
 pub const ABOUT: &str = "\

@@ -7,7 +7,7 @@ use frugal_ptx::ptxas::Ptxas;
 
 use std::path::{Path, PathBuf};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// `frugal kernels`'s flags.
 #[derive(Debug, clap::Args)]
@@ -22,17 +22,17 @@ pub struct KernelsFlags {
     report: bool,
     /// write every shipped module's PTX, exactly as embedded, to DIR/<module>.ptx
     /// (DIR is created if missing).
-    #[arg(long, value_name = "DIR", value_parser = crate::cli::path(), verbatim_doc_comment)]
+    #[arg(long, value_name = "DIR", value_parser = crate::flags::path(), verbatim_doc_comment)]
     dump: Option<PathBuf>,
 }
 
 pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
     let KernelsFlags { report, dump } = flags;
     if !report && dump.is_none() {
-        return Err(CliError::usage(format!(
-            "kernels: say --report or --dump DIR\n\n{}",
-            crate::cli::help_of("kernels")
-        )));
+        return Err(CliError::usage_with_help(
+            "kernels",
+            "kernels: say --report or --dump DIR",
+        ));
     }
     if let Some(dir) = dump {
         dump_modules(&dir)?;

@@ -17,8 +17,9 @@
 //! [`FORCED_STOP_GRACE`]. Each rank runs in its own process group, so that a
 //! terminal's Ctrl-C reaches the ranks once, through launch, and not twice.
 
-use crate::cli::text;
-use crate::CliError;
+use crate::error::CliError;
+use crate::flags::text;
+use crate::units::signal_name;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -73,10 +74,7 @@ pub struct LaunchFlags {
 
 /// A usage error of `launch`, followed by its help.
 fn usage(message: String) -> CliError {
-    CliError::usage(format!(
-        "launch: {message}\n{}",
-        crate::cli::help_of("launch")
-    ))
+    CliError::usage_with_help("launch", format!("launch: {message}"))
 }
 
 /// The most ranks one launch starts on its node. One rank per GPU, or per
@@ -379,15 +377,6 @@ fn catch_stop_signals() -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn signal_name(signal: i32) -> String {
-    match signal {
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGKILL => "SIGKILL".into(),
-        s => format!("signal {s}"),
-    }
 }
 
 /// Starts the ranks, streams their output, and stops all when one fails.
@@ -970,7 +959,7 @@ mod tests {
     fn nproc_is_bounded() {
         let cmd = words("train");
         let e = plan(70_000, 1, 0, None, 0, None, cmd.clone()).expect_err("too many ranks");
-        let CliError::Usage(crate::cli::UsageError(m)) = e else {
+        let CliError::UsageWithHelp { message: m, .. } = e else {
             panic!("a usage error (exit 2) expected");
         };
         assert!(m.contains("at most 256") && m.contains("--nnodes"), "{m}");

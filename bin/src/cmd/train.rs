@@ -1,7 +1,7 @@
 //! `frugal train`: the work lives in `crate::train` (options, loop, metrics, cost).
 
+use crate::error::CliError;
 use crate::train::options::TrainFlags;
-use crate::CliError;
 
 /// Runs `frugal train`; see `frugal train --help`.
 pub fn run(flags: TrainFlags) -> Result<(), CliError> {

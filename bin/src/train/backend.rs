@@ -30,7 +30,7 @@ use frugal_runtime::device::Device;
 
 use super::optim::{check_lengths, OptimState, ADAM_EPS, BETA1, BETA2};
 use super::sync::GradSync;
-use crate::CliError;
+use crate::error::CliError;
 use frugal_runtime::host::try_zeroed_vec;
 
 /// One replica's training step, whatever runs it.

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// One JSON object being built, field by field, in insertion order.
 #[derive(Clone, Debug, Default)]

@@ -51,8 +51,8 @@ use std::path::{Path, PathBuf};
 use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 use frugal_model::data::Dataset;
 
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
 use cost::{PriceFlags, PRICE_ENV};
 use options::{TrainFlags, TrainOptions};
 use prepare::{job_notes, prepare_cpu, prepare_gpu, resolve, Prepared};

@@ -3,7 +3,7 @@
 
 use frugal_runtime::host::try_zeroed_vec;
 
-use crate::CliError;
+use crate::error::CliError;
 
 // AdamW's constants (LLaMA's β2 = 0.95 suits short runs better than 0.999).
 /// AdamW's first-moment decay.

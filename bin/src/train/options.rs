@@ -12,8 +12,8 @@ use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
 use frugal_runtime::device::DeviceSpec;
 
-use crate::cli::UsageError;
-use crate::cli::{path, text};
+use crate::flags::UsageError;
+use crate::flags::{path, text};
 use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
 
 /// The preset `frugal train` uses when `--model` is not given.
@@ -496,17 +496,21 @@ impl TrainOptions {
         })
     }
 
-    /// `frugal train` with the words of `s`, parsed as the command line is
-    /// (tests); the message of a usage error.
+    /// `frugal train` with the words of `s`, parsed as the command line
+    /// parses them (tests); the message of a usage error.
     #[cfg(test)]
     pub fn from_words(s: &str) -> Result<TrainOptions, String> {
         use clap::Parser;
-        let words = ["frugal", "train"].into_iter().chain(s.split_whitespace());
-        let cli = crate::cli::Cli::try_parse_from(words).map_err(|e| e.to_string())?;
-        let crate::cli::Command::Train(flags) = cli.command else {
-            unreachable!("the words start with train");
-        };
-        TrainOptions::from_flags(flags).map_err(|e| e.0)
+        /// `train`'s flags alone, as a command of their own.
+        #[derive(clap::Parser)]
+        #[command(name = "train")]
+        struct TrainWords {
+            #[command(flatten)]
+            flags: TrainFlags,
+        }
+        let words = ["train"].into_iter().chain(s.split_whitespace());
+        let parsed = TrainWords::try_parse_from(words).map_err(|e| e.to_string())?;
+        TrainOptions::from_flags(parsed.flags).map_err(|e| e.0)
     }
 
     /// Tokens one device processes per optimizer step: B · T · K.

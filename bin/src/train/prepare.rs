@@ -13,9 +13,10 @@ use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
 use super::optim::{ADAM_EPS, BETA1, BETA2};
 use super::options::{self, TrainOptions};
 use super::target;
-use crate::cli::UsageError;
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
+use crate::flags::UsageError;
+use crate::units::{gib, gib_or_mib};
 
 /// What trains, as far as prices and the step log's device label go.
 pub enum Priced {
@@ -171,14 +172,14 @@ pub fn prepare_gpu(
             "--mem-target {f}: micro-batch {} (instead of {}), the largest whose memory plan fits in {}",
             planned.batch,
             opts.batch,
-            target::gib(planned.available)
+            gib(planned.available)
         ));
         opts.batch = planned.batch;
     }
     notes.push(format!(
         "device memory: the step's arena plan needs {} of {} available (--dry-run prints it by category)",
-        target::gib(planned.plan.peak_bytes),
-        target::gib(planned.available)
+        gib(planned.plan.peak_bytes),
+        gib(planned.available)
     ));
     if let Some((a, b)) = opts.profile_steps {
         notes.push(if emulated {
@@ -367,19 +368,13 @@ pub fn dry_run_report(opts: &TrainOptions, activations: usize, price: &cost::Pri
         ("activations (B x T)", activations),
         ("total", total),
     ] {
-        s += &format!("  {what:<32} {:>14} bytes  {:>10}\n", bytes, gib(bytes));
+        s += &format!(
+            "  {what:<32} {:>14} bytes  {:>10}\n",
+            bytes,
+            gib_or_mib(bytes)
+        );
     }
     s += "  (master weights: the CPU trains the f32 params directly, no separate copy)\n";
     s += "  (checkpoint snapshot: copied at a checkpoint step and written in the background)\n";
     s
-}
-
-/// GiB, or MiB below one GiB, for the CPU's memory report and refusal.
-pub(crate) fn gib(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
-    }
 }

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use frugal_model::checkpoint::{self, Provenance, Segment};
 
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
 
 /// The lock file inside `--out`.
 pub const LOCK_FILE: &str = "lock";
@@ -201,18 +201,6 @@ fn check_free_space(out: &Path, need: u64) -> Result<(), CliError> {
             need,
         }),
         _ => Ok(()),
-    }
-}
-
-/// Bytes for messages.
-pub fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else if b >= (1u64 << 20) as f64 {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", b / 1024.0)
     }
 }
 

@@ -15,8 +15,8 @@ use frugal_model::checkpoint::{self, Checkpoint};
 
 use super::optim::OptimState;
 use super::run_dir::Retention;
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
 
 /// Makes the calling thread (the writer) yield the cores to training: Linux
 /// applies a nice value to one thread when given its thread id. A failure only

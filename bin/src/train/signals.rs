@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// The first signal received, or 0.
 static FIRST: AtomicI32 = AtomicI32::new(0);

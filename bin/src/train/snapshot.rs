@@ -9,8 +9,8 @@ use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 
 use super::options::{Resume, TrainOptions};
 use super::run_dir::{self, id_text};
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
 
 /// The path of the checkpoint of `step` in `--out`.
 pub fn path_of(opts: &TrainOptions, step: u64) -> PathBuf {
@@ -149,7 +149,8 @@ fn started_from(
             return Err(CliError::StartCheckpointLost {
                 dir: dir.to_path_buf(),
                 path,
-                source,
+                source: Box::new(source),
+                manifest: run_dir::MANIFEST,
             })
         }
     };

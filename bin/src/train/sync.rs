@@ -17,8 +17,7 @@ use std::ops::Range;
 
 use frugal_comm::{connect, CommStats, Ddp, Rendezvous, Transport};
 
-use crate::error::Context;
-use crate::CliError;
+use crate::error::{CliError, Context, FieldDifference};
 
 /// How gradients become global, and how the ranks agree on when to stop.
 pub struct GradSync {
@@ -56,34 +55,6 @@ enum Disagreement {
     Differs { rank: usize, root: u64 },
     /// The broadcast itself failed.
     Failed(CliError),
-}
-
-/// One setting on which some ranks differ from rank 0, found by
-/// [`GradSync::agree_on_config`].
-#[derive(Debug)]
-pub struct FieldDifference {
-    /// The setting's name.
-    pub name: String,
-    /// The ranks whose value is not rank 0's.
-    pub ranks: Vec<usize>,
-    /// This rank and its value, when this rank is one of them.
-    pub here: Option<(usize, String)>,
-}
-
-impl std::fmt::Display for FieldDifference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranks: Vec<String> = self.ranks.iter().map(usize::to_string).collect();
-        write!(
-            f,
-            "{} differs from rank 0's on rank(s) {}",
-            self.name,
-            ranks.join(", ")
-        )?;
-        match &self.here {
-            Some((rank, shown)) => write!(f, " (here, on rank {rank}: {shown})"),
-            None => Ok(()),
-        }
-    }
 }
 
 /// True when the environment describes a multi-process job.

@@ -14,8 +14,8 @@ use frugal_runtime::device::{self, cuda, Device, DeviceSpec, MemoryInfo, TimingS
 use frugal_runtime::RuntimeError;
 
 use super::options::{TrainOptions, MEM_TARGET_MAX_BATCH};
-use crate::error::Context;
-use crate::CliError;
+use crate::error::{CliError, Context, FloorRefusal, MemoryError};
+use crate::units::gib;
 
 /// Where the step runs.
 pub enum Target {
@@ -140,78 +140,6 @@ pub struct MemoryPlan {
     pub plan: Plan,
     /// Bytes the plan may use: free memory, times `--mem-target` when given.
     pub available: u64,
-}
-
-/// Why the device step's memory cannot be planned.
-#[derive(Debug)]
-pub enum MemoryError {
-    /// The model cannot run on the device path (e.g. a head size without kernels).
-    Model(Box<ModelError>),
-    /// The plan does not fit; the runtime's error names bytes and the largest batch.
-    DoesNotFit(RuntimeError),
-    /// Even what is live at the loss (every layer's saved activations and the optimizer
-    /// state, counted by arithmetic) exceeds the memory, so the plan was not built.
-    /// `error` is the runtime's `OutOfMemory` with that floor as the bytes needed.
-    FloorDoesNotFit(Box<FloorRefusal>),
-    /// Anything else the runtime reported (planning, the driver's memory query).
-    Runtime(RuntimeError),
-}
-
-/// A batch refused by [`MemoryError::FloorDoesNotFit`].
-#[derive(Debug)]
-pub struct FloorRefusal {
-    /// What is live at the loss at that batch.
-    pub floor: MemoryFloor,
-    /// The batch.
-    pub batch: usize,
-    /// The runtime's `OutOfMemory`, the floor as the bytes needed.
-    pub error: RuntimeError,
-}
-
-impl MemoryError {
-    /// The message for the user, saying what to do.
-    /// `batch` and `grad_accum` are the run's, for the advice.
-    pub fn message(&self, batch: usize, grad_accum: usize) -> String {
-        match self {
-            MemoryError::Model(e) => format!(
-                "the device step cannot run this model: {e}; change the model, or train it with --device cpu"
-            ),
-            MemoryError::Runtime(e) => format!("memory plan: {e}"),
-            MemoryError::FloorDoesNotFit(refusal) => does_not_fit(
-                &refusal.error,
-                batch,
-                grad_accum,
-                " (counting only what is live at the loss, every layer's saved activations and \
-                 the optimizer state; the whole step needs more)",
-            ),
-            MemoryError::DoesNotFit(e) => does_not_fit(e, batch, grad_accum, ""),
-        }
-    }
-}
-
-/// "does not fit in device memory", the runtime's numbers (`what_counts` says what they
-/// count), and what to run instead.
-fn does_not_fit(e: &RuntimeError, batch: usize, grad_accum: usize, what_counts: &str) -> String {
-    let advice = match e {
-        RuntimeError::OutOfMemory {
-            largest_batch: Some(lb),
-            ..
-        } => {
-            // Sequences per optimizer step now, and the accumulation
-            // that keeps about as many at the smaller batch.
-            let sequences = batch * grad_accum;
-            let accum = ((sequences + lb / 2) / lb).max(1);
-            let keep = if accum > grad_accum {
-                format!(" --grad-accum {accum} (about {sequences} sequences per step, as now)")
-            } else {
-                String::new()
-            };
-            format!("run with --batch {lb}{keep}, or let --mem-target 0.9 pick the batch")
-        }
-        // Data parallelism replicates the whole step: more devices do not help.
-        _ => "choose a smaller --model or a shorter --seq".to_string(),
-    };
-    format!("does not fit in device memory{what_counts}: {e}. Nothing was allocated; {advice}")
 }
 
 /// The step's buffers at `batch`; a model error is kept in `first_error` (the
@@ -410,11 +338,6 @@ pub fn dry_run_memory(
         }
     }
     s
-}
-
-/// Bytes in GiB with two decimals.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 fn indent(text: &str) -> String {

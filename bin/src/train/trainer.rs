@@ -34,8 +34,8 @@ use super::saver::{Saved, Saver};
 use super::signals;
 use super::snapshot;
 use super::sync::GradSync;
+use crate::error::CliError;
 use crate::error::Context;
-use crate::CliError;
 use frugal_model::checkpoint::{Checkpoint, OptimizerState, Provenance};
 use frugal_model::rng::Rng;
 
@@ -724,7 +724,7 @@ fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), 
         "step {}: checkpoint {} written ({} in {:.2} s)",
         saved.step,
         saved.path.display(),
-        super::run_dir::size(saved.bytes),
+        crate::units::size(saved.bytes),
         saved.write_s
     );
     if !saved.deleted.is_empty() {

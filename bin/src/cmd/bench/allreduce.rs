@@ -12,9 +12,9 @@
 //! oversubscribed machine time_ms ≫ cpu_ms, and the figures say more about the
 //! other load than about the ring.
 
-use crate::cli::text;
 use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
-use crate::CliError;
+use crate::error::CliError;
+use crate::flags::text;
 use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
 use std::time::Instant;
 
@@ -116,7 +116,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         json,
         worker,
     } = flags;
-    let usage = |m: String| super::usage("bench allreduce", m);
+    let usage = |m: String| super::shared::usage("bench allreduce", m);
     let ranks: Vec<usize> = parse_list(&ranks, |p| {
         p.parse::<usize>()
             .ok()

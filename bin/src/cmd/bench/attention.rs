@@ -20,10 +20,10 @@
 //! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
 
 use super::kernels::{human_bytes, json_str, rate};
-use super::{kernel_device, open_kernel_device};
-use crate::cli::text;
+use super::shared::{kernel_device, open_kernel_device};
+use crate::error::CliError;
+use crate::flags::text;
 use crate::train::options::MAX_DIM;
-use crate::CliError;
 use frugal_model::config::{Attention, Preset};
 use frugal_model::rng::Rng;
 use frugal_ptx::flash::{self, AttnShape, DqMode, FlashBwd, FlashFwd};
@@ -494,7 +494,7 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
         warmup,
         json,
     } = flags;
-    let usage = |m: String| super::usage("bench attention", m);
+    let usage = |m: String| super::shared::usage("bench attention", m);
     let device = kernel_device("bench attention", device)?;
     for (name, v) in [
         ("batch", batch),

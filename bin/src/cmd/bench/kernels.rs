@@ -22,10 +22,10 @@
 //! the launch code are exercised, and every time and GB/s is the host's emulation speed,
 //! labelled as such; it says nothing about a GPU.
 
-use super::{kernel_device, open_kernel_device};
-use crate::cli::text;
+use super::shared::{kernel_device, open_kernel_device};
+use crate::error::CliError;
+use crate::flags::text;
 use crate::train::options::MAX_DIM;
-use crate::CliError;
 use frugal_model::config::{Attention, Config, Preset};
 use frugal_model::device::program::{Program, Work};
 use frugal_model::device::StepOptions;
@@ -859,7 +859,7 @@ pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
         warmup,
         json,
     } = flags;
-    let usage = |m: String| super::usage("bench kernels", m);
+    let usage = |m: String| super::shared::usage("bench kernels", m);
     let device = kernel_device("bench kernels", device)?;
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {

@@ -25,11 +25,11 @@
 //! `--list --json` prints the products alone, with no device: the torch script times
 //! those, so its list of shapes is this one.
 
-use super::kernel_device;
 use super::kernels::json_str;
-use crate::cli::text;
+use super::shared::kernel_device;
+use crate::error::CliError;
+use crate::flags::text;
 use crate::train::options::MAX_DIM;
-use crate::CliError;
 use frugal_model::config::{Config, Preset};
 use frugal_model::device::program::Program;
 use frugal_model::device::StepOptions;
@@ -565,7 +565,7 @@ fn list_products(
     json: bool,
 ) -> Result<(), CliError> {
     let preset = Preset::by_name(model.unwrap_or("paper-100m"))
-        .map_err(|e| super::usage("bench matmul", e))?;
+        .map_err(|e| super::shared::usage("bench matmul", e))?;
     let mut cfg = preset.config();
     let b = batch.unwrap_or(preset.default_batch);
     let t = seq.unwrap_or(preset.seq_len);
@@ -620,7 +620,7 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
         autotune,
         out,
     } = flags;
-    let usage = |m: String| super::usage("bench matmul", m);
+    let usage = |m: String| super::shared::usage("bench matmul", m);
     for (name, v) in [
         ("batch", batch),
         ("seq", seq),
@@ -1002,7 +1002,7 @@ mod tests {
     }
 
     fn run_words(words: &[&str]) -> Result<(), CliError> {
-        run(super::super::parse_flags(words))
+        run(super::super::shared::parse_flags(words))
     }
 
     #[test]
@@ -1027,7 +1027,10 @@ mod tests {
             &["--device", "emu", "--ffn", "0"],
         ] {
             assert!(
-                matches!(run_words(bad), Err(CliError::Usage(_))),
+                matches!(
+                    run_words(bad),
+                    Err(CliError::Usage(_) | CliError::UsageWithHelp { .. })
+                ),
                 "{bad:?} must be a usage error"
             );
         }

@@ -17,9 +17,9 @@
 
 use std::time::Instant;
 
-use crate::cli::text;
+use crate::error::CliError;
+use crate::flags::text;
 use crate::train::options::{default_threads, dq_name, parse_attention_dq, Attention, AttentionDq};
-use crate::CliError;
 use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
 use frugal_model::device::{DeviceModel, OptimHyper, StepOptions};
@@ -437,7 +437,7 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         json,
     } = flags;
     let threads = threads.unwrap_or_else(default_threads);
-    let usage = |m: String| super::usage("bench step", m);
+    let usage = |m: String| super::shared::usage("bench step", m);
     // The step runs where it is told: `auto` would hide which step was timed.
     if device == DeviceSpec::Auto {
         return Err(usage(format!(
