@@ -115,6 +115,17 @@ pub struct Product {
 ///
 /// # Errors
 /// The step's own refusal of the config (e.g. a head size without flash kernels).
+/// The width of the product column: the longest name (names list every op a product
+/// serves, so they vary a lot), at least the header's.
+fn name_width(products: &[Product]) -> usize {
+    products
+        .iter()
+        .map(|p| p.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18)
+}
+
 pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, ModelError> {
     let prog = Program::plan_only(cfg, b, t, StepOptions::default())?;
     Ok(prog
@@ -572,6 +583,7 @@ fn list_products(
     cfg.ffn_dim = ffn.unwrap_or(cfg.ffn_dim);
     cfg.seq_len = t;
     let products = step_products(&cfg, b, t).map_err(|e| failed("the step", e))?;
+    let w = name_width(&products);
     if !json {
         println!(
             "bench matmul: model {} B={b} T={t}: {} products",
@@ -579,7 +591,7 @@ fn list_products(
             products.len()
         );
         println!(
-            "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
+            "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
             "product", "M", "N", "K", "batch", "lay", "count"
         );
     }
@@ -589,7 +601,7 @@ fn list_products(
             println!("{}", list_line(preset.name, p));
         } else {
             println!(
-                "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
+                "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:>5}",
                 p.name,
                 g.m,
                 g.n,
@@ -715,6 +727,7 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
                 .to_string(),
         );
     }
+    let w = name_width(&products);
     let tf_head = if emulated { "TFLOP/s(EMU)" } else { "TFLOP/s" };
     let cmp_head = if compare.is_some() {
         format!(" {:>12} {:>7}", "other us", "ratio")
@@ -722,7 +735,7 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
         String::new()
     };
     say(format!(
-        "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12} {:>12}{cmp_head}",
+        "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12} {:>12}{cmp_head}",
         "product", "M", "N", "K", "batch", "lay", "kernel", "split", "count", "us/launch", tf_head
     ));
     let (mut flops, mut us) = (0f64, 0f64);
@@ -780,7 +793,7 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
                 format!("  {}", variant_name(&row.choice))
             };
             say(format!(
-                "{:<18} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12.3} {:>12.3e}{cmp}{mark}",
+                "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12.3} {:>12.3e}{cmp}{mark}",
                 name,
                 g.m,
                 g.n,
