@@ -81,7 +81,6 @@ fn open_device() -> Device {
     Device::open(spec).unwrap_or_else(|e| panic!("FRUGAL_TEST_DEVICE={which}: {e}"))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn config(v: usize, c: usize, l: usize, nh: usize, nkv: usize, f: usize, t: usize) -> Config {
     Config {
         vocab_size: v,

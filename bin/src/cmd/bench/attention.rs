@@ -20,7 +20,7 @@
 //! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
 
 use super::kernels::{human_bytes, json_str, rate};
-use super::shared::{kernel_device, open_kernel_device};
+use super::shared::{kernel_device, open_kernel_device, Repeats};
 use crate::error::CliError;
 use crate::flags::text;
 use crate::train::options::MAX_DIM;
@@ -370,15 +370,15 @@ fn launches(
     Ok(out)
 }
 
-/// Times `iters` repetitions of `list` on `dev` after `warmup` untimed ones; ms per
-/// repetition.
+/// Times `repeats.iters` repetitions of `list` on `dev` after `repeats.warmup` untimed
+/// ones; ms per repetition.
 fn time_launches(
     dev: &Device,
     list: &[Launch],
-    iters: usize,
-    warmup: usize,
+    repeats: Repeats,
     what: &str,
 ) -> Result<f64, CliError> {
+    let Repeats { iters, warmup } = repeats;
     let run_all = || -> Result<(), CliError> {
         for l in list {
             dev.run(l).map_err(|e| failed(what, e))?;
@@ -400,7 +400,6 @@ fn time_launches(
 }
 
 /// Measures every (attention, pass) of `which` for one shape.
-#[allow(clippy::too_many_arguments)]
 pub fn measure(
     dev: &Device,
     arch: u32,
@@ -408,8 +407,7 @@ pub fn measure(
     shape: AttnShape,
     which: &[Attention],
     dq_mode: DqMode,
-    iters: usize,
-    warmup: usize,
+    repeats: Repeats,
 ) -> Result<Vec<Row>, CliError> {
     let m = operands(dev, shape, which, dq_mode)?;
     let mut rows = Vec::new();
@@ -417,7 +415,7 @@ pub fn measure(
         for pass in [Pass::Forward, Pass::ForwardBackward] {
             let list = launches(arch, shape, &m, attention, pass, dq_mode)?;
             let what = format!("{model} {} {}", attention.name(), pass.name());
-            let time_ms = time_launches(dev, &list, iters, warmup, &what)?;
+            let time_ms = time_launches(dev, &list, repeats, &what)?;
             rows.push(Row {
                 model: model.to_string(),
                 shape,
@@ -428,7 +426,7 @@ pub fn measure(
                     Attention::Flash => m.extra_flash,
                     Attention::Vanilla => m.extra_vanilla,
                 },
-                iters: iters.max(1),
+                iters: repeats.iters.max(1),
                 time_ms,
             });
         }
@@ -602,7 +600,15 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
         );
     }
     for (model, shape) in shapes {
-        let rows = measure(&dev, arch, model, shape, &which, dq_mode, iters, warmup)?;
+        let rows = measure(
+            &dev,
+            arch,
+            model,
+            shape,
+            &which,
+            dq_mode,
+            Repeats { iters, warmup },
+        )?;
         for row in &rows {
             if json {
                 println!("{}", json_line(row, &dev_name, timing, emulated, dq_mode));
@@ -676,8 +682,10 @@ mod tests {
             shape,
             &[Attention::Flash, Attention::Vanilla],
             DqMode::Atomic,
-            1,
-            0,
+            Repeats {
+                iters: 1,
+                warmup: 0,
+            },
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(rows.len(), 4);

@@ -69,3 +69,12 @@ pub fn parse_flags<F: clap::Args + clap::FromArgMatches>(words: &[&str]) -> F {
         .unwrap_or_else(|e| panic!("{e}"));
     F::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// How often a benchmark runs what it times: `warmup` untimed runs, then `iters` timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeats {
+    /// Timed runs.
+    pub iters: usize,
+    /// Untimed runs first (module loads, caches, clocks).
+    pub warmup: usize,
+}
