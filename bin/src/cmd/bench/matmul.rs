@@ -617,27 +617,52 @@ fn list_products(
 
 /// Runs `frugal bench matmul` with its flags.
 pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
-    let MatmulFlags {
-        device,
-        model,
-        batch,
-        seq,
-        iters,
-        warmup,
-        ffn,
-        variants,
-        json,
-        list,
-        compare,
-        autotune,
-        out,
-    } = flags;
+    check_flags(&flags)?;
+    let compare = match &flags.compare {
+        Some(path) => Some(read_compare_file(path)?),
+        None => None,
+    };
+    if flags.list {
+        return list_products(
+            flags.model.as_deref(),
+            flags.batch,
+            flags.seq,
+            flags.ffn,
+            flags.json,
+        );
+    }
+    let (dev, note) = open_device(flags.device)?;
+    if flags.autotune && dev.backend() != Backend::Cuda {
+        return Err(CliError::AutotuneNeedsGpu {
+            backend: dev.backend().as_str(),
+        });
+    }
+    let bench = Bench::resolve(&flags, dev, compare)?;
+    bench.print_header(note);
+    let mut totals = Totals::default();
+    let mut rules = Vec::new();
+    for p in &bench.products {
+        let (rows, best) = bench.time_product(p, flags.variants || flags.autotune)?;
+        bench.report_product(p, &rows, best, &mut totals);
+        if flags.autotune {
+            rules.push(bench.table_rule(p, rows[best].choice));
+        }
+    }
+    bench.print_summary(&totals);
+    if flags.autotune {
+        bench.write_table(flags.out.as_deref(), &rules)?;
+    }
+    Ok(())
+}
+
+/// Refuses sizes of 0 or beyond [`MAX_DIM`], and `--out` without `--autotune`.
+fn check_flags(flags: &MatmulFlags) -> Result<(), CliError> {
     let usage = |m: String| super::shared::usage("bench matmul", m);
     for (name, v) in [
-        ("batch", batch),
-        ("seq", seq),
-        ("iters", iters),
-        ("ffn", ffn),
+        ("batch", flags.batch),
+        ("seq", flags.seq),
+        ("iters", flags.iters),
+        ("ffn", flags.ffn),
     ] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
@@ -648,105 +673,192 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
             return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
         }
     }
-    if out.is_some() && !autotune {
+    if flags.out.is_some() && !flags.autotune {
         return Err(usage(
             "--out is where --autotune writes; add --autotune".into(),
         ));
     }
-    let compare = match &compare {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| failed(&format!("--compare {path}"), e))?;
-            Some(read_compare(path, &text)?)
-        }
-        None => None,
-    };
-    if list {
-        return list_products(model.as_deref(), batch, seq, ffn, json);
-    }
+    Ok(())
+}
+
+/// The measured products of the `--compare` file at `path`.
+fn read_compare_file(path: &str) -> Result<Vec<Measured>, CliError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| failed(&format!("--compare {path}"), e))?;
+    read_compare(path, &text)
+}
+
+/// Opens `device` (cuda or emu; auto falls back to the emulator with a note saying so).
+fn open_device(device: DeviceSpec) -> Result<(Device, Option<String>), CliError> {
     let spec = kernel_device("bench matmul", device)?;
-    let (dev, note) = match (spec, Device::open(spec)) {
-        (_, Ok(d)) if d.backend() != Backend::Cpu => (d, None),
-        (DeviceSpec::Auto, _) => (
+    match (spec, Device::open(spec)) {
+        (_, Ok(d)) if d.backend() != Backend::Cpu => Ok((d, None)),
+        (DeviceSpec::Auto, _) => Ok((
             Device::open(DeviceSpec::Emu).map_err(|e| failed("open", e))?,
             Some("device auto: no usable GPU; using the emulator".to_string()),
-        ),
-        (_, Ok(_)) => return Err(usage("this benchmark needs cuda or emu".into())),
-        (_, Err(e)) => return Err(failed("open", e)),
-    };
-    let emulated = dev.backend() == Backend::Emu;
-    if autotune && dev.backend() != Backend::Cuda {
-        return Err(CliError::AutotuneNeedsGpu {
-            backend: dev.backend().as_str(),
-        });
+        )),
+        (_, Ok(_)) => Err(super::shared::usage(
+            "bench matmul",
+            "this benchmark needs cuda or emu".to_string(),
+        )),
+        (_, Err(e)) => Err(failed("open", e)),
     }
-    // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
-    let arch = dev.facts().map_or(80, |f| f.sm);
-    let preset = match &model {
-        Some(m) => m.as_str(),
-        None if emulated => "tiny",
-        None => "paper-100m",
-    };
-    let preset = Preset::by_name(preset).map_err(|e| usage(e.to_string()))?;
-    let cfg = preset.config();
-    let b = batch.unwrap_or(if emulated { 1 } else { preset.default_batch });
-    let t = seq.unwrap_or(if emulated { 32 } else { preset.seq_len });
-    let iters = iters.unwrap_or(if emulated { 1 } else { 20 });
-    let warmup = warmup.unwrap_or(if emulated { 0 } else { 3 });
-    let mut cfg = cfg;
-    cfg.ffn_dim = ffn.unwrap_or(cfg.ffn_dim);
-    cfg.seq_len = t;
-    let (f, hs) = (cfg.ffn_dim, cfg.head_dim());
-    let products = step_products(&cfg, b, t).map_err(|e| failed("the step", e))?;
-    // With --json, stdout carries only JSON lines; the human report goes to stderr.
-    let say = |line: String| {
-        if json {
+}
+
+/// A timed run: the device, the flags with the device's defaults filled in, and the
+/// products of the step they give.
+struct Bench {
+    dev: Device,
+    /// The architecture the dispatcher picks for.
+    arch: u32,
+    emulated: bool,
+    json: bool,
+    preset: &'static Preset,
+    cfg: Config,
+    b: usize,
+    t: usize,
+    iters: usize,
+    warmup: usize,
+    products: Vec<Product>,
+    /// The width of the product column.
+    width: usize,
+    compare: Option<Vec<Measured>>,
+}
+
+/// The FLOP-weighted sums over the products' picks that the summary reports.
+#[derive(Default)]
+struct Totals {
+    /// FLOP per step.
+    flops: f64,
+    /// Microseconds per step.
+    us: f64,
+    /// FLOP per step of the products the `--compare` file also measured.
+    cmp_flops: f64,
+    /// Our microseconds per step on those products.
+    cmp_ours: f64,
+    /// The other run's microseconds per step on those products.
+    cmp_theirs: f64,
+    /// Products whose pick is a register-staged kernel.
+    staged: usize,
+}
+
+impl Bench {
+    /// Fills in the defaults of `flags` for `dev` (a GPU's, or the emulator's small
+    /// ones) and lists the step's products.
+    fn resolve(
+        flags: &MatmulFlags,
+        dev: Device,
+        compare: Option<Vec<Measured>>,
+    ) -> Result<Bench, CliError> {
+        let emulated = dev.backend() == Backend::Emu;
+        // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
+        let arch = dev.facts().map_or(80, |f| f.sm);
+        let preset = match &flags.model {
+            Some(m) => m.as_str(),
+            None if emulated => "tiny",
+            None => "paper-100m",
+        };
+        let preset = Preset::by_name(preset)
+            .map_err(|e| super::shared::usage("bench matmul", e.to_string()))?;
+        let b = flags
+            .batch
+            .unwrap_or(if emulated { 1 } else { preset.default_batch });
+        let t = flags
+            .seq
+            .unwrap_or(if emulated { 32 } else { preset.seq_len });
+        let iters = flags.iters.unwrap_or(if emulated { 1 } else { 20 });
+        let warmup = flags.warmup.unwrap_or(if emulated { 0 } else { 3 });
+        let mut cfg = preset.config();
+        cfg.ffn_dim = flags.ffn.unwrap_or(cfg.ffn_dim);
+        cfg.seq_len = t;
+        let products = step_products(&cfg, b, t).map_err(|e| failed("the step", e))?;
+        Ok(Bench {
+            dev,
+            arch,
+            emulated,
+            json: flags.json,
+            preset,
+            cfg,
+            b,
+            t,
+            iters,
+            warmup,
+            width: name_width(&products),
+            products,
+            compare,
+        })
+    }
+
+    /// One line of the human report: with --json, stdout carries only JSON lines and
+    /// the report goes to stderr.
+    fn say(&self, line: String) {
+        if self.json {
             eprintln!("{line}");
         } else {
             println!("{line}");
         }
-    };
-    if let Some(n) = note {
-        say(n);
     }
-    say(format!(
-        "bench matmul: {}; model {} (B={b} T={t} C={} NH={} HS={hs} F={f} V={} L={}), sm_{arch} \
-         dispatch; {iters} timed launch(es) after {warmup} warm-up; timing: {}",
-        dev.name(),
-        preset.name,
-        cfg.dim,
-        cfg.n_heads,
-        cfg.vocab_size,
-        cfg.n_layers,
-        dev.timing_source().label()
-    ));
-    if emulated {
-        say(
-            "EMULATED: times and TFLOP/s below measure the PTX emulator on the host; they are \
-             meaningless for GPU speed (this run checks shapes, dispatch and launches)"
-                .to_string(),
-        );
+
+    /// The device's note, the run's settings, the emulator's warning and the column heads.
+    fn print_header(&self, note: Option<String>) {
+        let (cfg, arch, b, t) = (&self.cfg, self.arch, self.b, self.t);
+        let (iters, warmup) = (self.iters, self.warmup);
+        let (f, hs) = (cfg.ffn_dim, cfg.head_dim());
+        if let Some(n) = note {
+            self.say(n);
+        }
+        self.say(format!(
+            "bench matmul: {}; model {} (B={b} T={t} C={} NH={} HS={hs} F={f} V={} L={}), sm_{arch} \
+             dispatch; {iters} timed launch(es) after {warmup} warm-up; timing: {}",
+            self.dev.name(),
+            self.preset.name,
+            cfg.dim,
+            cfg.n_heads,
+            cfg.vocab_size,
+            cfg.n_layers,
+            self.dev.timing_source().label()
+        ));
+        if self.emulated {
+            self.say(
+                "EMULATED: times and TFLOP/s below measure the PTX emulator on the host; they are \
+                 meaningless for GPU speed (this run checks shapes, dispatch and launches)"
+                    .to_string(),
+            );
+        }
+        let w = self.width;
+        let tf_head = if self.emulated {
+            "TFLOP/s(EMU)"
+        } else {
+            "TFLOP/s"
+        };
+        let cmp_head = if self.compare.is_some() {
+            format!(" {:>12} {:>7}", "other us", "ratio")
+        } else {
+            String::new()
+        };
+        self.say(format!(
+            "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12} {:>12}{cmp_head}",
+            "product",
+            "M",
+            "N",
+            "K",
+            "batch",
+            "lay",
+            "kernel",
+            "split",
+            "count",
+            "us/launch",
+            tf_head
+        ));
     }
-    let w = name_width(&products);
-    let tf_head = if emulated { "TFLOP/s(EMU)" } else { "TFLOP/s" };
-    let cmp_head = if compare.is_some() {
-        format!(" {:>12} {:>7}", "other us", "ratio")
-    } else {
-        String::new()
-    };
-    say(format!(
-        "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12} {:>12}{cmp_head}",
-        "product", "M", "N", "K", "batch", "lay", "kernel", "split", "count", "us/launch", tf_head
-    ));
-    let (mut flops, mut us) = (0f64, 0f64);
-    let (mut cmp_flops, mut cmp_ours, mut cmp_theirs) = (0f64, 0f64, 0f64);
-    let mut rules = Vec::new();
-    let mut staged = 0;
-    for p in &products {
-        let g = &p.gemm;
+
+    /// Times the dispatcher's pick for `p` and, with `all_variants`, every other
+    /// candidate; returns the rows (the pick first) and the index of the fastest.
+    fn time_product(&self, p: &Product, all_variants: bool) -> Result<(Vec<Row>, usize), CliError> {
+        let (dev, arch, g) = (&self.dev, self.arch, &p.gemm);
         // Buffers are 256-byte aligned, so the operands' alignment is their strides'.
         let align = g.alignment(0, 0);
-        let others = if variants || autotune {
+        let others = if all_variants {
             candidates(arch, g, align)
         } else {
             Vec::new()
@@ -757,12 +869,20 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
             .map(|c| matmul::workspace_bytes(c, g))
             .max()
             .unwrap_or(0);
-        let ops = operands(&dev, g, workspace)?;
-        let picked = measure(&dev, arch, p, &ops, None, iters, warmup)?;
+        let ops = operands(dev, g, workspace)?;
+        let picked = measure(dev, arch, p, &ops, None, self.iters, self.warmup)?;
         let mut rows = vec![picked];
         for choice in others {
             if choice != rows[0].choice {
-                rows.push(measure(&dev, arch, p, &ops, Some(choice), iters, warmup)?);
+                rows.push(measure(
+                    dev,
+                    arch,
+                    p,
+                    &ops,
+                    Some(choice),
+                    self.iters,
+                    self.warmup,
+                )?);
             }
         }
         let best = rows
@@ -770,6 +890,13 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
             .enumerate()
             .min_by(|x, y| x.1.us.total_cmp(&y.1.us))
             .map_or(0, |(i, _)| i);
+        Ok((rows, best))
+    }
+
+    /// Prints `p`'s rows (the pick, then its variants, marked pick and fastest), its
+    /// JSON line, and adds the pick to `totals`.
+    fn report_product(&self, p: &Product, rows: &[Row], best: usize, totals: &mut Totals) {
+        let (g, w) = (&p.gemm, self.width);
         for (i, row) in rows.iter().enumerate() {
             let tflops = g.flops() / (row.us * 1e-6) / 1e12;
             let split = row.choice.split_k.unwrap_or(1);
@@ -779,10 +906,11 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
                 (true, false, true) => " (fastest)",
                 _ => "",
             };
-            let theirs = compare
+            let theirs = self
+                .compare
                 .as_ref()
                 .and_then(|c| c.iter().find(|x| x.is(p)).map(|x| x.us));
-            let cmp = match (&compare, theirs) {
+            let cmp = match (&self.compare, theirs) {
                 (None, _) => String::new(),
                 (Some(_), Some(t)) => format!(" {t:>12.3} {:>7.3}", t / row.us),
                 (Some(_), None) => format!(" {:>12} {:>7}", "-", "-"),
@@ -792,7 +920,7 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
             } else {
                 format!("  {}", variant_name(&row.choice))
             };
-            say(format!(
+            self.say(format!(
                 "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>3} {:<38} {:>5} {:>5} {:>12.3} {:>12.3e}{cmp}{mark}",
                 name,
                 g.m,
@@ -807,87 +935,108 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
                 tflops
             ));
             if i == 0 {
-                if json {
+                if self.json {
                     println!(
                         "{}",
-                        json_line(preset.name, p, row.kernel, split, row.us, emulated)
+                        json_line(
+                            self.preset.name,
+                            p,
+                            row.kernel,
+                            split,
+                            row.us,
+                            self.emulated
+                        )
                     );
                 }
-                flops += g.flops() * p.count as f64;
-                us += row.us * p.count as f64;
+                totals.flops += g.flops() * p.count as f64;
+                totals.us += row.us * p.count as f64;
                 if let Some(t) = theirs {
-                    cmp_flops += g.flops() * p.count as f64;
-                    cmp_ours += row.us * p.count as f64;
-                    cmp_theirs += t * p.count as f64;
+                    totals.cmp_flops += g.flops() * p.count as f64;
+                    totals.cmp_ours += row.us * p.count as f64;
+                    totals.cmp_theirs += t * p.count as f64;
                 }
                 if matches!(row.choice.kernel, KernelKind::MmaSync(c) if c.staged()) {
-                    staged += 1;
+                    totals.staged += 1;
                 }
             }
         }
-        if autotune {
-            let fastest = &rows[best];
-            rules.push(TableRule {
-                arch: ArchMatch::Exactly(arch),
-                layout: Some(g.layout),
-                m: SizeRange::exactly(g.m),
-                n: SizeRange::exactly(g.n),
-                k: SizeRange::exactly(g.k),
-                min_alignment: align,
-                choice: fastest.choice,
-            });
-        }
     }
-    let simt = products
-        .iter()
-        .filter(|p| {
-            let g = &p.gemm;
+
+    /// The dispatch table's rule for exactly `p`'s shape on this architecture.
+    fn table_rule(&self, p: &Product, choice: Choice) -> TableRule {
+        let g = &p.gemm;
+        TableRule {
+            arch: ArchMatch::Exactly(self.arch),
+            layout: Some(g.layout),
+            m: SizeRange::exactly(g.m),
+            n: SizeRange::exactly(g.n),
+            k: SizeRange::exactly(g.k),
             // Buffers are 256-byte aligned, so the operands' alignment is their strides'.
-            matmul::select(arch, g.layout, g.m, g.n, g.k, g.alignment(0, 0)).kernel
-                == KernelKind::Simt
-        })
-        .count();
-    let total_tflops = flops / (us * 1e-6) / 1e12;
-    say(format!(
-        "total: {:.3e} FLOP per step in {:.3} ms of matmul: {:.3e} TFLOP/s{} (FLOP-weighted); \
-         {simt} of {} shapes on the SIMT fallback, {staged} on the register-staged kernels",
-        flops,
-        us * 1e-3,
-        total_tflops,
-        if emulated { " EMULATED" } else { "" },
-        products.len()
-    ));
-    if compare.is_some() {
-        if cmp_ours > 0.0 {
-            say(format!(
-                "compare: on the {:.3e} FLOP found in both: ours {:.3e} TFLOP/s, other {:.3e} \
-                 TFLOP/s, ratio {:.3} (FLOP-weighted; > 1 = ours faster)",
-                cmp_flops,
-                cmp_flops / (cmp_ours * 1e-6) / 1e12,
-                cmp_flops / (cmp_theirs * 1e-6) / 1e12,
-                cmp_theirs / cmp_ours
-            ));
-        } else {
-            say("compare: no product of this run is in the --compare file".to_string());
+            min_alignment: g.alignment(0, 0),
+            choice,
         }
     }
-    if json {
-        println!(
-            "{{\"bench\":\"matmul\",\"summary\":true,\"model\":{},\"kernel\":\"frugal\",\"flops\":{flops},\
-             \"us\":{},\"tflops\":{},\"emulated\":{emulated}}}",
-            json_str(preset.name),
-            json_num(us),
-            json_num(total_tflops)
-        );
+
+    /// The FLOP-weighted total, the comparison with the other run and the JSON summary.
+    fn print_summary(&self, totals: &Totals) {
+        let (arch, products, emulated) = (self.arch, &self.products, self.emulated);
+        let (flops, us, staged) = (totals.flops, totals.us, totals.staged);
+        let simt = products
+            .iter()
+            .filter(|p| {
+                let g = &p.gemm;
+                // Buffers are 256-byte aligned, so the operands' alignment is their strides'.
+                matmul::select(arch, g.layout, g.m, g.n, g.k, g.alignment(0, 0)).kernel
+                    == KernelKind::Simt
+            })
+            .count();
+        let total_tflops = flops / (us * 1e-6) / 1e12;
+        self.say(format!(
+            "total: {:.3e} FLOP per step in {:.3} ms of matmul: {:.3e} TFLOP/s{} (FLOP-weighted); \
+             {simt} of {} shapes on the SIMT fallback, {staged} on the register-staged kernels",
+            flops,
+            us * 1e-3,
+            total_tflops,
+            if emulated { " EMULATED" } else { "" },
+            products.len()
+        ));
+        if self.compare.is_some() {
+            let (cmp_flops, cmp_ours, cmp_theirs) =
+                (totals.cmp_flops, totals.cmp_ours, totals.cmp_theirs);
+            if cmp_ours > 0.0 {
+                self.say(format!(
+                    "compare: on the {:.3e} FLOP found in both: ours {:.3e} TFLOP/s, other {:.3e} \
+                     TFLOP/s, ratio {:.3} (FLOP-weighted; > 1 = ours faster)",
+                    cmp_flops,
+                    cmp_flops / (cmp_ours * 1e-6) / 1e12,
+                    cmp_flops / (cmp_theirs * 1e-6) / 1e12,
+                    cmp_theirs / cmp_ours
+                ));
+            } else {
+                self.say("compare: no product of this run is in the --compare file".to_string());
+            }
+        }
+        if self.json {
+            println!(
+                "{{\"bench\":\"matmul\",\"summary\":true,\"model\":{},\"kernel\":\"frugal\",\"flops\":{flops},\
+                 \"us\":{},\"tflops\":{},\"emulated\":{emulated}}}",
+                json_str(self.preset.name),
+                json_num(us),
+                json_num(total_tflops)
+            );
+        }
     }
-    if autotune {
-        let path = out.as_deref().unwrap_or(TABLE_PATH);
+
+    /// `--autotune`: merges `rules` into the dispatch table at `out` (default
+    /// [`TABLE_PATH`]).
+    fn write_table(&self, out: Option<&str>, rules: &[TableRule]) -> Result<(), CliError> {
+        let path = out.unwrap_or(TABLE_PATH);
         let existing = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(failed(&format!("read {path}"), e)),
         };
-        let text = table::merge(&existing, &rules)
+        let text = table::merge(&existing, rules)
             .map_err(|e| failed(&format!("{path} is not a valid dispatch table"), e))?;
         std::fs::write(path, text).map_err(|e| {
             failed(
@@ -895,12 +1044,13 @@ pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
                 e,
             )
         })?;
-        say(format!(
-            "autotune: wrote {} rule(s) for sm_{arch} to {path}; rebuild to embed them",
-            rules.len()
+        self.say(format!(
+            "autotune: wrote {} rule(s) for sm_{} to {path}; rebuild to embed them",
+            rules.len(),
+            self.arch
         ));
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
