@@ -304,7 +304,6 @@ fn variant_name(choice: &Choice) -> String {
 }
 
 /// The `--json` line of one measured product (the schema `scripts/torch/matmul.py` prints).
-#[allow(clippy::too_many_arguments)]
 pub fn json_line(
     model: &str,
     p: &Product,
