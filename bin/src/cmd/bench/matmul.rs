@@ -40,6 +40,7 @@ use frugal_ptx::matmul::{self, Choice, Epilogue, Gemm, KernelKind, OutType, TILE
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device, DeviceSpec};
 use half::bf16;
+use serde_json::Value;
 
 /// What `frugal bench matmul --help` says first.
 pub const ABOUT: &str = "\
@@ -115,17 +116,6 @@ pub struct Product {
 ///
 /// # Errors
 /// The step's own refusal of the config (e.g. a head size without flash kernels).
-/// The width of the product column: the longest name (names list every op a product
-/// serves, so they vary a lot), at least the header's.
-fn name_width(products: &[Product]) -> usize {
-    products
-        .iter()
-        .map(|p| p.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(18)
-}
-
 pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, ModelError> {
     let prog = Program::plan_only(cfg, b, t, StepOptions::default())?;
     Ok(prog
@@ -137,6 +127,17 @@ pub fn step_products(cfg: &Config, b: usize, t: usize) -> Result<Vec<Product>, M
             count: m.count,
         })
         .collect())
+}
+
+/// The width of the product column: the longest name (names list every op a product
+/// serves, so they vary a lot), at least the header's.
+fn name_width(products: &[Product]) -> usize {
+    products
+        .iter()
+        .map(|p| p.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(18)
 }
 
 fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
@@ -366,128 +367,16 @@ fn json_num(x: f64) -> String {
     }
 }
 
-/// A value of a flat JSON object.
-#[derive(Clone, Debug, PartialEq)]
-pub enum JsonValue {
-    /// A string.
-    Str(String),
-    /// A number.
-    Num(f64),
-    /// true / false.
-    Bool(bool),
-    /// null.
-    Null,
-}
-
-/// Parses one flat JSON object (string keys; string, number, bool or null values): what
-/// `--json` and the torch script print. Not a general JSON parser.
+/// One JSON object per line (what `--json` and the torch script print), as serde_json
+/// reads it.
 ///
 /// # Errors
-/// A message saying what was expected where.
-pub fn parse_flat_json(line: &str) -> Result<Vec<(String, JsonValue)>, String> {
-    let b = line.trim().as_bytes();
-    let mut i = 0;
-    let ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    let string = |i: &mut usize| -> Result<String, String> {
-        if b.get(*i) != Some(&b'"') {
-            return Err(format!("expected '\"' at byte {}", *i));
-        }
-        *i += 1;
-        let mut out = Vec::new();
-        while let Some(&c) = b.get(*i) {
-            *i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = b.get(*i).copied().ok_or("unfinished escape")?;
-                    *i += 1;
-                    match e {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let hex = b.get(*i..*i + 4).ok_or("short \\u escape")?;
-                            let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
-                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            let ch = char::from_u32(code).unwrap_or('?');
-                            let mut buf = [0u8; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                            *i += 4;
-                        }
-                        other => out.push(other),
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        Err("unterminated string".into())
-    };
-    let mut fields = Vec::new();
-    ws(&mut i);
-    if b.get(i) != Some(&b'{') {
-        return Err("expected '{'".into());
+/// serde_json's message saying what was expected where, or that the line is not an object.
+pub fn parse_json_object(line: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(line).map_err(|e| e.to_string())? {
+        Value::Object(fields) => Ok(fields),
+        other => Err(format!("expected a JSON object, found {other}")),
     }
-    i += 1;
-    loop {
-        ws(&mut i);
-        if b.get(i) == Some(&b'}') && fields.is_empty() {
-            i += 1;
-            break;
-        }
-        let key = string(&mut i)?;
-        ws(&mut i);
-        if b.get(i) != Some(&b':') {
-            return Err(format!("expected ':' after \"{key}\""));
-        }
-        i += 1;
-        ws(&mut i);
-        let value = match b.get(i) {
-            Some(b'"') => JsonValue::Str(string(&mut i)?),
-            Some(_) if b[i..].starts_with(b"true") => {
-                i += 4;
-                JsonValue::Bool(true)
-            }
-            Some(_) if b[i..].starts_with(b"false") => {
-                i += 5;
-                JsonValue::Bool(false)
-            }
-            Some(_) if b[i..].starts_with(b"null") => {
-                i += 4;
-                JsonValue::Null
-            }
-            Some(_) => {
-                let start = i;
-                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
-                    i += 1;
-                }
-                let text = std::str::from_utf8(&b[start..i]).map_err(|e| e.to_string())?;
-                JsonValue::Num(
-                    text.parse()
-                        .map_err(|_| format!("bad value for \"{key}\" at byte {start}"))?,
-                )
-            }
-            None => return Err(format!("missing value for \"{key}\"")),
-        };
-        fields.push((key, value));
-        ws(&mut i);
-        match b.get(i) {
-            Some(b',') => i += 1,
-            Some(b'}') => {
-                i += 1;
-                break;
-            }
-            _ => return Err(format!("expected ',' or '}}' at byte {i}")),
-        }
-    }
-    ws(&mut i);
-    if i != b.len() {
-        return Err(format!("trailing text at byte {i}"));
-    }
-    Ok(fields)
 }
 
 /// One line of a `--compare` file: the product's name and shape, and its time.
@@ -524,35 +413,24 @@ pub fn read_compare(path: &str, text: &str) -> Result<Vec<Measured>, CliError> {
             line: n + 1,
             why,
         };
-        let fields = parse_flat_json(line).map_err(bad)?;
-        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-        if get("summary") == Some(&JsonValue::Bool(true)) {
+        let fields = parse_json_object(line).map_err(bad)?;
+        if fields.get("summary") == Some(&Value::Bool(true)) {
             continue;
         }
-        let size = |k: &str| match get(k) {
-            Some(JsonValue::Num(v)) if *v >= 1.0 && v.fract() == 0.0 => Some(*v as usize),
+        let size = |k: &str| match fields.get(k).and_then(Value::as_f64) {
+            Some(v) if v >= 1.0 && v.fract() == 0.0 => Some(v as usize),
             _ => None,
         };
-        match (
-            get("product"),
-            get("us"),
-            size("m"),
-            size("n"),
-            size("k"),
-            size("batch"),
-        ) {
-            (
-                Some(JsonValue::Str(name)),
-                Some(JsonValue::Num(us)),
-                Some(m),
-                Some(n),
-                Some(k),
-                Some(batch),
-            ) if *us > 0.0 => out.push(Measured {
-                product: name.clone(),
-                shape: [m, n, k, batch],
-                us: *us,
-            }),
+        let name = fields.get("product").and_then(Value::as_str);
+        let us = fields.get("us").and_then(Value::as_f64);
+        match (name, us, size("m"), size("n"), size("k"), size("batch")) {
+            (Some(name), Some(us), Some(m), Some(n), Some(k), Some(batch)) if us > 0.0 => {
+                out.push(Measured {
+                    product: name.to_string(),
+                    shape: [m, n, k, batch],
+                    us,
+                })
+            }
             _ => {
                 return Err(bad(
                     "needs \"product\" (string), \"m\", \"n\", \"k\", \"batch\" (sizes) and \
@@ -1220,27 +1098,22 @@ mod tests {
             812.5,
             false,
         );
-        let fields = parse_flat_json(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(get("product"), Some(JsonValue::Str(p.name.clone())));
-        assert_eq!(get("k"), Some(JsonValue::Num(8192.0)));
-        assert_eq!(get("ldb"), Some(JsonValue::Num(6739.0)));
-        assert_eq!(get("split"), Some(JsonValue::Num(2.0)));
-        assert_eq!(get("us"), Some(JsonValue::Num(812.5)));
-        assert_eq!(get("emulated"), Some(JsonValue::Bool(false)));
-        assert_eq!(get("epilogue"), Some(JsonValue::Str("accumulate".into())));
-        let Some(JsonValue::Num(tf)) = get("tflops") else {
+        let fields = parse_json_object(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let get = |k: &str| fields.get(k).cloned();
+        assert_eq!(get("product"), Some(Value::from(p.name.clone())));
+        assert_eq!(get("k"), Some(Value::from(8192)));
+        assert_eq!(get("ldb"), Some(Value::from(6739)));
+        assert_eq!(get("split"), Some(Value::from(2)));
+        assert_eq!(get("us"), Some(Value::from(812.5)));
+        assert_eq!(get("emulated"), Some(Value::Bool(false)));
+        assert_eq!(get("epilogue"), Some(Value::from("accumulate")));
+        let Some(tf) = get("tflops").and_then(|v| v.as_f64()) else {
             panic!("no tflops in {line}");
         };
         assert!((tf - p.gemm.flops() / 812.5e-6 / 1e12).abs() < 1e-9 * tf);
         // A zero time gives null TFLOP/s, still valid.
         let zero = json_line("m", &p, "k", 1, 0.0, true);
-        assert!(parse_flat_json(&zero).is_ok(), "{zero}");
+        assert!(parse_json_object(&zero).is_ok(), "{zero}");
         let summary = "{\"bench\":\"matmul\",\"summary\":true,\"us\":null}";
         let text = format!("{line}\n\n{summary}\n");
         let rows = read_compare("t.jsonl", &text).unwrap_or_else(|e| panic!("{e:?}"));
