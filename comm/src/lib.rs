@@ -63,7 +63,7 @@
 //! # Layout
 //!
 //! Each module uses only modules to its left (no cycles):
-//! `error <- wait <- ops <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`.
+//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`.
 //! `wait` bounds every wait on a peer (poll, connect, accept, read, write, the
 //! timeouts); `handshake` is the one accept-by-identity, used by rank 0's
 //! rendezvous and by every ring listener; `socket/` is the ring in rooms
@@ -77,6 +77,7 @@ pub mod nccl;
 pub mod nodelist;
 pub mod ops;
 pub mod rendezvous;
+pub mod shard;
 mod shm;
 pub mod socket;
 mod wait;
@@ -85,7 +86,8 @@ pub use ddp::{CommStats, Ddp, DEFAULT_BUCKET_BYTES};
 pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;
-pub use ops::{chunk_range, ring_order_sum, Communicator, Transport};
+pub use ops::{chunk_range, ring_order_sum, ring_order_sum_in, Communicator, Transport};
+pub use shard::{ShardMode, Shards};
 pub use rendezvous::{LaunchedBy, Rendezvous};
 pub use socket::{SameHost, SocketComm, SocketOptions};
 pub use wait::{DEFAULT_TIMEOUT, TIMEOUT_ENV};

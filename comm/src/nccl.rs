@@ -16,7 +16,7 @@
 //! at twice the traffic.
 
 use crate::error::CommError;
-use crate::ops::{chunk_range, Communicator, Transport};
+use crate::ops::{check_bounds, chunk_range, Communicator, Transport};
 use crate::rendezvous::{self, Rendezvous};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
@@ -269,6 +269,33 @@ impl Communicator for NcclComm {
             }
         }
         self.all_reduce_sum_f32(data)
+    }
+
+    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError> {
+        check_bounds(bounds, data.len(), self.world, self.rank)?;
+        // NCCL sums in its own order; the chunks only say who owns what.
+        self.all_reduce_sum_f32(data)
+    }
+
+    fn reduce_scatter_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
+        check_bounds(bounds, data.len(), self.world, self.rank)?;
+        self.all_reduce_sum_f32(data)
+    }
+
+    fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError> {
+        check_bounds(bounds, data.len(), self.world, self.rank)?;
+        // One broadcast per owner: copies bits, whatever they encode.
+        for c in 0..self.world {
+            let chunk = bounds[c]..bounds[c + 1];
+            if !chunk.is_empty() {
+                self.broadcast_bytes(&mut data[chunk], c)?;
+            }
+        }
+        Ok(())
     }
 
     fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError> {

@@ -74,6 +74,18 @@ pub trait Communicator: Send {
     fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError>;
     /// In place: this rank's chunk ([`chunk_range`]) is its input; afterwards every chunk holds its owner's values.
     fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError>;
+    /// In-place sum over ranks, chunk `c` = `bounds[c]..bounds[c + 1]` reduced
+    /// on rank `c` (`world + 1` non-decreasing bounds from 0 to `data.len()`;
+    /// chunks may be empty). Element `i` of chunk `c` is summed in the ring's
+    /// order starting at rank `c + 1` ([`ring_order_sum_in`]), whatever the
+    /// transport (NCCL: in NCCL's order); every rank ends with the same bits.
+    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError>;
+    /// As [`Communicator::all_reduce_sum_f32_in`], but only this rank's chunk
+    /// ends reduced (the same bits the all-reduce gives it); the rest is scratch.
+    fn reduce_scatter_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError>;
+    /// In place: chunk `c` (`bounds` in bytes) of rank `c` is copied, bit for
+    /// bit, to every rank.
+    fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError>;
     /// Copies `root`'s bytes to every rank.
     fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError>;
     /// Returns once every rank has entered the barrier.
@@ -83,6 +95,12 @@ pub trait Communicator: Send {
     /// errors name the peer); callers waiting on it (the DDP thread) wait longer.
     fn timeout(&self) -> std::time::Duration {
         DEFAULT_TIMEOUT
+    }
+
+    /// [`Communicator::all_gather_bytes_in`] over f32 values (`bounds` in elements).
+    fn all_gather_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError> {
+        let bytes: Vec<usize> = bounds.iter().map(|b| b * 4).collect();
+        self.all_gather_bytes_in(bytemuck::cast_slice_mut(data), &bytes)
     }
 
     /// Copies `root`'s values to every rank.
@@ -102,13 +120,51 @@ pub fn chunk_range(len: usize, world: usize, index: usize) -> Range<usize> {
     start..start + size
 }
 
+/// Checks that `bounds` partitions a buffer of `len` elements into `world`
+/// chunks: `world + 1` values, non-decreasing, from 0 to `len`.
+///
+/// # Errors
+/// [`CommError::InvalidArgument`] saying what is wrong.
+pub fn check_bounds(bounds: &[usize], len: usize, world: usize, rank: usize) -> Result<(), CommError> {
+    let ok = bounds.len() == world + 1
+        && bounds.first() == Some(&0)
+        && bounds.last() == Some(&len)
+        && bounds.windows(2).all(|w| w[0] <= w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(CommError::InvalidArgument {
+            what: format!(
+                "rank {rank}: chunk bounds {bounds:?} do not split {len} elements into {world} chunks \
+                 (need {} non-decreasing values from 0 to {len})",
+                world + 1
+            ),
+        })
+    }
+}
+
+/// The even split of [`chunk_range`] as `world + 1` bounds.
+pub fn even_bounds(len: usize, world: usize) -> Vec<usize> {
+    let world = world.max(1);
+    (0..=world)
+        .map(|c| if c == world { len } else { chunk_range(len, world, c).start })
+        .collect()
+}
+
 /// The reference for the ring's order: element `i` of the all-reduce, summed
 /// serially exactly as the ring sums it (tests compare bitwise against this).
 pub fn ring_order_sum(inputs: &[&[f32]], i: usize) -> f32 {
+    let bounds = even_bounds(inputs[0].len(), inputs.len());
+    ring_order_sum_in(inputs, &bounds, i)
+}
+
+/// [`ring_order_sum`] with the chunks `bounds` (chunk `c` =
+/// `bounds[c]..bounds[c + 1]`): element `i` summed serially starting at
+/// rank `owner + 1` and ending at its owner, as the ring sums it.
+pub fn ring_order_sum_in(inputs: &[&[f32]], bounds: &[usize], i: usize) -> f32 {
     let n = inputs.len();
-    let len = inputs[0].len();
     let owner = (0..n)
-        .find(|&c| chunk_range(len, n, c).contains(&i))
+        .find(|&c| (bounds[c]..bounds[c + 1]).contains(&i))
         .unwrap_or(0);
     let mut acc = inputs[(owner + 1) % n][i];
     for k in 2..=n {

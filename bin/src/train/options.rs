@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
-use frugal_comm::Transport;
+use frugal_comm::{ShardMode, Transport};
 use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
 use frugal_runtime::device::DeviceSpec;
@@ -141,6 +141,10 @@ pub struct TrainOptions {
     /// Inclusive step window for profiler capture.
     pub profile_steps: Option<(usize, usize)>,
     pub comm: Transport,
+    /// How model state is sharded over the ranks (`none` = DDP).
+    pub shard: ShardMode,
+    /// `--world N`: the number of ranks a `--dry-run` plans for (without a launch).
+    pub plan_world: Option<usize>,
     pub job_token: Option<String>,
     /// DDP bucket size in bytes: finished gradients are all-reduced in
     /// buckets of about this size while backward continues.
@@ -254,6 +258,15 @@ pub struct TrainFlags {
     /// host -> device)
     #[arg(long, value_name = "socket|nccl", value_parser = CommParser, help_heading = "device")]
     pub comm: Option<Transport>,
+    /// how ranks share model state (default none = DDP): grad-op shards
+    /// gradients, master weights and AdamW moments (ZeRO-2); full shards the
+    /// weights too, gathered layer by layer (ZeRO-3)
+    #[arg(long, value_name = "none|grad-op|full", value_parser = text::<String>(), help_heading = "device")]
+    pub shard: Option<String>,
+    /// with --dry-run: plan the memory of one rank of an N-rank job (without
+    /// launching one; a launched job takes WORLD_SIZE)
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "device")]
+    pub world: Option<usize>,
     /// shared secret of a multi-rank job
     #[arg(long, value_name = "T", value_parser = text::<String>(), help_heading = "device")]
     pub job_token: Option<String>,
@@ -436,6 +449,7 @@ impl TrainOptions {
         let mem_target = mem_target_flag(&args)?;
         let profile_steps = profile_steps_flag(&args, steps)?;
         let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
+        let (shard, plan_world) = shard_flags(&args)?;
         let job_token = args.job_token.clone();
 
         let (resume, metrics) = resume_and_metrics(&mut args)?;
@@ -486,6 +500,8 @@ impl TrainOptions {
             price_units,
             profile_steps,
             comm,
+            shard,
+            plan_world,
             job_token,
             bucket_bytes,
             threads,
@@ -571,6 +587,12 @@ impl TrainOptions {
             self.threads,
             self.attention,
             dq_name(self.attention_dq)
+        );
+        s += &format!(
+            "shard: {}{}\n",
+            self.shard,
+            self.plan_world
+                .map_or_else(String::new, |w| format!("  world (planned): {w}"))
         );
         s += &format!(
             "out: {}  ckpt-every: {}  keep: {}  val-every: {}  val-batches: {}\n",
@@ -810,6 +832,36 @@ fn comm_flags(flags: &TrainFlags, params: usize) -> Result<(Transport, usize), U
         None => default_bucket_bytes(params),
     };
     Ok((comm, bucket_bytes))
+}
+
+/// The most ranks `--world` plans for.
+const MAX_PLAN_WORLD: usize = 65_536;
+
+/// `--shard` and `--world` (planning only: it needs `--dry-run`).
+fn shard_flags(flags: &TrainFlags) -> Result<(ShardMode, Option<usize>), UsageError> {
+    let shard = match flags.shard.as_deref() {
+        None => ShardMode::None,
+        Some(name) => name.parse().map_err(|_| {
+            usage(format!("--shard '{name}' is not one of none, grad-op, full"))
+        })?,
+    };
+    let world = match flags.world {
+        None => None,
+        Some(_) if !flags.dry_run => {
+            return Err(usage(
+                "--world plans a job without launching it and needs --dry-run; to train on N ranks \
+                 run frugal launch --nproc N -- train ..."
+                    .to_string(),
+            ))
+        }
+        Some(n) if n == 0 || n > MAX_PLAN_WORLD => {
+            return Err(usage(format!(
+                "--world {n} must be between 1 and {MAX_PLAN_WORLD}"
+            )))
+        }
+        Some(n) => Some(n),
+    };
+    Ok((shard, world))
 }
 
 /// `--resume` and `--metrics`, taken from `flags`.

@@ -49,7 +49,7 @@ pub use options::{
 
 use crate::error::CommError;
 use crate::frame::{self, OpCode};
-use crate::ops::{chunk_range, Communicator, Transport};
+use crate::ops::{check_bounds, chunk_range, even_bounds, Communicator, Transport};
 use crate::rendezvous::{self, Peers, Rendezvous};
 use crate::shm;
 use event_loop::{Call, Lane, LanesFailed};
@@ -329,27 +329,44 @@ impl SocketComm {
         (bytes / LANE_MIN_BYTES).clamp(1, self.lanes.len().max(1))
     }
 
-    fn ring_f32(&mut self, op: OpCode, phases: Phases, data: &mut [f32]) -> Result<(), CommError> {
-        let len = data.len();
-        let used = self.lanes_for(len * 4);
+    /// Runs the ring schedule `phases` over `data` (elements of `elem_bytes`)
+    /// with chunk `c` = `bounds[c]..bounds[c + 1]` (in elements).
+    fn ring(
+        &mut self,
+        op: OpCode,
+        phases: Phases,
+        data: &mut [u8],
+        bounds: &[usize],
+        elem_bytes: usize,
+    ) -> Result<(), CommError> {
+        check_bounds(bounds, data.len() / elem_bytes, self.world, self.rank)?;
+        let used = self.lanes_for(data.len());
         let layout = Layout {
             phases,
             rank: self.rank,
-            world: self.world,
-            len,
-            elem_bytes: 4,
+            bounds,
+            elem_bytes,
             slice_bytes: self.options.slice_bytes,
         };
         for (i, lane) in self.lanes.iter_mut().take(used).enumerate() {
             lane.plan.ring_lane(&layout, i, used);
         }
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(data);
         let parts = if used == 1 {
-            vec![LaneData::whole(bytes)]
+            vec![LaneData::whole(data)]
         } else {
-            split_lanes(bytes, len, self.world, 4, used)
+            split_lanes(data, bounds, elem_bytes, used)
         };
         self.run(op, parts)
+    }
+
+    fn ring_f32(
+        &mut self,
+        op: OpCode,
+        phases: Phases,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
+        self.ring(op, phases, bytemuck::cast_slice_mut(data), bounds, 4)
     }
 }
 
@@ -374,7 +391,8 @@ impl Communicator for SocketComm {
         if self.shm.is_some() {
             return self.shm_all_reduce(data);
         }
-        self.ring_f32(OpCode::AllReduce, Phases::Both, data)
+        let bounds = even_bounds(data.len(), self.world);
+        self.ring_f32(OpCode::AllReduce, Phases::Both, data, &bounds)
     }
 
     fn all_reduce_sum_bf16(&mut self, data: &mut [bf16]) -> Result<(), CommError> {
@@ -384,7 +402,8 @@ impl Communicator for SocketComm {
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         staging.extend(data.iter().map(|v| v.to_f32()));
-        let result = self.ring_f32(OpCode::AllReduce, Phases::Both, &mut staging);
+        let bounds = even_bounds(staging.len(), self.world);
+        let result = self.ring_f32(OpCode::AllReduce, Phases::Both, &mut staging, &bounds);
         if result.is_ok() {
             for (d, s) in data.iter_mut().zip(&staging) {
                 *d = bf16::from_f32(*s);
@@ -395,12 +414,30 @@ impl Communicator for SocketComm {
     }
 
     fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError> {
-        self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data)?;
+        let bounds = even_bounds(data.len(), self.world);
+        self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data, &bounds)?;
         Ok(chunk_range(data.len(), self.world, self.rank))
     }
 
     fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        self.ring_f32(OpCode::AllGather, Phases::AllGather, data)
+        let bounds = even_bounds(data.len(), self.world);
+        self.ring_f32(OpCode::AllGather, Phases::AllGather, data, &bounds)
+    }
+
+    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError> {
+        self.ring_f32(OpCode::AllReduce, Phases::Both, data, bounds)
+    }
+
+    fn reduce_scatter_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
+        self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data, bounds)
+    }
+
+    fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError> {
+        self.ring(OpCode::AllGather, Phases::AllGather, data, bounds, 1)
     }
 
     fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError> {
@@ -435,12 +472,12 @@ impl Communicator for SocketComm {
             heap = vec![0u8; self.world];
             &mut heap
         };
+        let ones: Vec<usize> = (0..=self.world).collect();
         if let Some(lane) = self.lanes.first_mut() {
             lane.plan.ring(&Layout {
                 phases: Phases::AllGather,
                 rank: self.rank,
-                world: self.world,
-                len: buf.len(),
+                bounds: &ones,
                 elem_bytes: 1,
                 slice_bytes: self.options.slice_bytes,
             });

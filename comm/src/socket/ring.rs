@@ -14,28 +14,28 @@ use std::ops::Range;
 
 /// The buffer a ring schedule covers and how it is cut.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Layout {
+pub(super) struct Layout<'a> {
     pub phases: Phases,
     pub rank: usize,
-    pub world: usize,
-    /// Elements in the whole buffer.
-    pub len: usize,
+    /// `world + 1` element offsets: chunk `c` (reduced on rank `c`) is
+    /// `bounds[c]..bounds[c + 1]`; the last is the buffer's length.
+    pub bounds: &'a [usize],
     pub elem_bytes: usize,
     /// The most bytes of one frame.
     pub slice_bytes: usize,
 }
 
-/// The elements of chunk `index` that lane `lane` of `lanes` carries: the
-/// chunk split again as [`chunk_range`] splits the buffer (lanes are parallel
-/// rings over disjoint parts of every chunk).
-pub(super) fn lane_range(
-    len: usize,
-    world: usize,
-    index: usize,
-    lane: usize,
-    lanes: usize,
-) -> Range<usize> {
-    let chunk = chunk_range(len, world, index);
+impl Layout<'_> {
+    fn world(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+}
+
+/// The elements of chunk `index` (of `bounds`) that lane `lane` of `lanes`
+/// carries: the chunk split as [`chunk_range`] splits a buffer (lanes are
+/// parallel rings over disjoint parts of every chunk).
+pub(super) fn lane_range(bounds: &[usize], index: usize, lane: usize, lanes: usize) -> Range<usize> {
+    let chunk = bounds[index]..bounds[index + 1];
     let part = chunk_range(chunk.len(), lanes, lane);
     chunk.start + part.start..chunk.start + part.end
 }
@@ -108,15 +108,14 @@ impl Plan {
         let Layout {
             phases,
             rank,
-            world,
-            len,
+            bounds,
             elem_bytes,
             slice_bytes,
         } = *layout;
         self.clear();
-        let n = world;
+        let n = layout.world();
         let slice_elems = (slice_bytes / elem_bytes).max(1);
-        let chunk = |c: isize| lane_range(len, n, c.rem_euclid(n as isize) as usize, lane, lanes);
+        let chunk = |c: isize| lane_range(bounds, c.rem_euclid(n as isize) as usize, lane, lanes);
         let r = rank as isize;
         let mut first_step = true;
         let mut recv_slices = Vec::new();
@@ -203,15 +202,15 @@ impl<'a> LaneData<'a> {
     }
 }
 
-/// Splits a ring collective's buffer (`len` elements of `elem_bytes`) between
-/// `lanes` lanes as [`lane_range`] assigns it.
-pub(super) fn split_lanes(
-    data: &mut [u8],
-    len: usize,
-    world: usize,
+/// Splits a ring collective's buffer (chunks `bounds`, elements of
+/// `elem_bytes`) between `lanes` lanes as [`lane_range`] assigns it.
+pub(super) fn split_lanes<'a>(
+    data: &'a mut [u8],
+    bounds: &[usize],
     elem_bytes: usize,
     lanes: usize,
-) -> Vec<LaneData<'_>> {
+) -> Vec<LaneData<'a>> {
+    let world = bounds.len().saturating_sub(1);
     let mut out: Vec<LaneData<'_>> = (0..lanes)
         .map(|_| LaneData {
             parts: Vec::with_capacity(world),
@@ -221,7 +220,7 @@ pub(super) fn split_lanes(
     let mut offset = 0;
     for c in 0..world {
         for (lane, lane_data) in out.iter_mut().enumerate() {
-            let r = lane_range(len, world, c, lane, lanes);
+            let r = lane_range(bounds, c, lane, lanes);
             let bytes = r.len() * elem_bytes;
             let whole = std::mem::take(&mut rest);
             let (head, tail) = whole.split_at_mut(bytes.min(whole.len()));
