@@ -87,8 +87,8 @@ pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;
 pub use ops::{chunk_range, ring_order_sum, ring_order_sum_in, Communicator, Transport};
-pub use shard::{ShardMode, Shards};
 pub use rendezvous::{LaunchedBy, Rendezvous};
+pub use shard::{ShardMode, Shards};
 pub use socket::{SameHost, SocketComm, SocketOptions};
 pub use wait::{DEFAULT_TIMEOUT, TIMEOUT_ENV};
 

@@ -271,7 +271,11 @@ impl Communicator for NcclComm {
         self.all_reduce_sum_f32(data)
     }
 
-    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError> {
+    fn all_reduce_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
         check_bounds(bounds, data.len(), self.world, self.rank)?;
         // NCCL sums in its own order; the chunks only say who owns what.
         self.all_reduce_sum_f32(data)

@@ -79,10 +79,18 @@ pub trait Communicator: Send {
     /// chunks may be empty). Element `i` of chunk `c` is summed in the ring's
     /// order starting at rank `c + 1` ([`ring_order_sum_in`]), whatever the
     /// transport (NCCL: in NCCL's order); every rank ends with the same bits.
-    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError>;
+    fn all_reduce_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError>;
     /// As [`Communicator::all_reduce_sum_f32_in`], but only this rank's chunk
     /// ends reduced (the same bits the all-reduce gives it); the rest is scratch.
-    fn reduce_scatter_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError>;
+    fn reduce_scatter_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError>;
     /// In place: chunk `c` (`bounds` in bytes) of rank `c` is copied, bit for
     /// bit, to every rank.
     fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError>;
@@ -125,7 +133,12 @@ pub fn chunk_range(len: usize, world: usize, index: usize) -> Range<usize> {
 ///
 /// # Errors
 /// [`CommError::InvalidArgument`] saying what is wrong.
-pub fn check_bounds(bounds: &[usize], len: usize, world: usize, rank: usize) -> Result<(), CommError> {
+pub fn check_bounds(
+    bounds: &[usize],
+    len: usize,
+    world: usize,
+    rank: usize,
+) -> Result<(), CommError> {
     let ok = bounds.len() == world + 1
         && bounds.first() == Some(&0)
         && bounds.last() == Some(&len)
@@ -147,7 +160,13 @@ pub fn check_bounds(bounds: &[usize], len: usize, world: usize, rank: usize) -> 
 pub fn even_bounds(len: usize, world: usize) -> Vec<usize> {
     let world = world.max(1);
     (0..=world)
-        .map(|c| if c == world { len } else { chunk_range(len, world, c).start })
+        .map(|c| {
+            if c == world {
+                len
+            } else {
+                chunk_range(len, world, c).start
+            }
+        })
         .collect()
 }
 

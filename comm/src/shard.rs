@@ -157,14 +157,23 @@ mod tests {
 
     #[test]
     fn shards_are_aligned_cover_everything_and_name_their_owner() {
-        for (n, world, align) in [(10_000, 3, 4096), (5, 4, 4096), (65_537, 2, 65_536), (12, 4, 1), (0, 2, 8)] {
+        for (n, world, align) in [
+            (10_000, 3, 4096),
+            (5, 4, 4096),
+            (65_537, 2, 65_536),
+            (12, 4, 1),
+            (0, 2, 8),
+        ] {
             let s = Shards::new(n, world, align);
             assert_eq!(s.bounds().len(), world + 1);
             assert_eq!(s.range(0).start, 0);
             assert_eq!(s.range(world - 1).end, n);
             for r in 0..world {
                 let range = s.range(r);
-                assert!(range.start % align == 0 || range.start == n, "{n} {world} {align}: {range:?}");
+                assert!(
+                    range.start.is_multiple_of(align) || range.start == n,
+                    "{n} {world} {align}: {range:?}"
+                );
                 for i in range.clone() {
                     assert_eq!(s.owner(i), r);
                 }
@@ -188,7 +197,11 @@ mod tests {
         for m in ShardMode::ALL {
             assert_eq!(m.name().parse::<ShardMode>().ok(), Some(m));
         }
-        let e = "zero3".parse::<ShardMode>().err().map(|e| e.to_string()).unwrap_or_default();
+        let e = "zero3"
+            .parse::<ShardMode>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("none, grad-op, full"), "{e}");
     }
 

@@ -22,6 +22,9 @@ pub struct OptimState {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub step: u64,
+    /// The flat range of the model that `params`, `m` and `v` cover: the whole
+    /// model (`0..n`), or one rank's shard when the optimizer state is sharded.
+    pub range: std::ops::Range<usize>,
 }
 
 impl OptimState {
@@ -35,6 +38,7 @@ impl OptimState {
         Ok(OptimState {
             m: zeroed("the AdamW first moment")?,
             v: zeroed("the AdamW second moment")?,
+            range: 0..n,
             params,
             step: 0,
         })

@@ -842,18 +842,18 @@ fn shard_flags(flags: &TrainFlags) -> Result<(ShardMode, Option<usize>), UsageEr
     let shard = match flags.shard.as_deref() {
         None => ShardMode::None,
         Some(name) => name.parse().map_err(|_| {
-            usage(format!("--shard '{name}' is not one of none, grad-op, full"))
+            usage(format!(
+                "--shard '{name}' is not one of none, grad-op, full"
+            ))
         })?,
     };
     let world = match flags.world {
         None => None,
-        Some(_) if !flags.dry_run => {
-            return Err(usage(
-                "--world plans a job without launching it and needs --dry-run; to train on N ranks \
+        Some(_) if !flags.dry_run => return Err(usage(
+            "--world plans a job without launching it and needs --dry-run; to train on N ranks \
                  run frugal launch --nproc N -- train ..."
-                    .to_string(),
-            ))
-        }
+                .to_string(),
+        )),
         Some(n) if n == 0 || n > MAX_PLAN_WORLD => {
             return Err(usage(format!(
                 "--world {n} must be between 1 and {MAX_PLAN_WORLD}"

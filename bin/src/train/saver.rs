@@ -101,6 +101,7 @@ impl Saver {
                         m: ckpt.optimizer.m,
                         v: ckpt.optimizer.v,
                         step: 0,
+                        range: 0..0,
                     };
                     if outbox.send((result, spare)).is_err() {
                         break;
@@ -133,6 +134,7 @@ impl Saver {
                     m: touched("the checkpoint snapshot's first moment")?,
                     v: touched("the checkpoint snapshot's second moment")?,
                     step: 0,
+                    range: 0..n_params,
                 })
             })
             .map_err(|e| CliError::Thread {
@@ -191,6 +193,7 @@ impl Saver {
             m: Vec::new(),
             v: Vec::new(),
             step: 0,
+            range: 0..0,
         })
     }
 

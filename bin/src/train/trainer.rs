@@ -260,6 +260,7 @@ impl Trainer<'_> {
                 let o = ck.optimizer;
                 (
                     OptimState {
+                        range: 0..ck.params.len(),
                         params: ck.params,
                         m: o.m,
                         v: o.v,

@@ -424,7 +424,11 @@ impl Communicator for SocketComm {
         self.ring_f32(OpCode::AllGather, Phases::AllGather, data, &bounds)
     }
 
-    fn all_reduce_sum_f32_in(&mut self, data: &mut [f32], bounds: &[usize]) -> Result<(), CommError> {
+    fn all_reduce_sum_f32_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
         self.ring_f32(OpCode::AllReduce, Phases::Both, data, bounds)
     }
 

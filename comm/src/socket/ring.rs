@@ -34,7 +34,12 @@ impl Layout<'_> {
 /// The elements of chunk `index` (of `bounds`) that lane `lane` of `lanes`
 /// carries: the chunk split as [`chunk_range`] splits a buffer (lanes are
 /// parallel rings over disjoint parts of every chunk).
-pub(super) fn lane_range(bounds: &[usize], index: usize, lane: usize, lanes: usize) -> Range<usize> {
+pub(super) fn lane_range(
+    bounds: &[usize],
+    index: usize,
+    lane: usize,
+    lanes: usize,
+) -> Range<usize> {
     let chunk = bounds[index]..bounds[index + 1];
     let part = chunk_range(chunk.len(), lanes, lane);
     chunk.start + part.start..chunk.start + part.end
