@@ -8,8 +8,11 @@
 //!   [`NcclComm`] is NCCL through cudarc, loaded at run time. Both implement
 //!   [`Communicator`]: all-reduce (f32, and bf16 summed in f32), reduce-scatter,
 //!   all-gather, broadcast, barrier.
-//! - [`Ddp`] syncs gradients in buckets on a communication thread while the
-//!   backward pass goes on.
+//! - [`Ddp`] is the sync engine of every sharding mode: gradients reduced in
+//!   fixed buckets on a communication thread while the backward pass goes on
+//!   ([`Reduce::AllReduce`] for `--shard none`, [`Reduce::ReduceScatter`]
+//!   for `grad-op` and `full`), parameters gathered on the same thread, each
+//!   element reduced on its owner in [`Shards`], so every mode gives the same bits.
 //!
 //! # Walkthrough
 //!
@@ -18,7 +21,7 @@
 //! `Rendezvous::from_env(None)`):
 //!
 //! ```
-//! use frugal_comm::{chunk_range, Communicator, Ddp, Rendezvous, SocketComm, SocketOptions};
+//! use frugal_comm::{chunk_range, Communicator, Ddp, Reduce, Rendezvous, Shards, SocketComm, SocketOptions};
 //! use std::time::Duration;
 //!
 //! // Any free port; rank 0 listens on it for the rendezvous.
@@ -40,7 +43,7 @@
 //!             assert_eq!(mine, chunk_range(5, 2, rank));
 //!             assert!(y[mine].iter().all(|&v| v == 2.0));
 //!
-//!             // DDP: parameters from rank 0, gradients averaged in buckets.
+//!             // --shard none (DDP): parameters from rank 0, gradients averaged in buckets.
 //!             let mut params = vec![rank as f32; 8];
 //!             let mut grads = vec![rank as f32 * 2.0; 8];
 //!             let mut ddp = Ddp::new(Box::new(comm), 8, 16).unwrap();
@@ -50,7 +53,28 @@
 //!             ddp.on_ready(&grads, 0..4).unwrap();
 //!             let stats = ddp.finish(&mut grads).unwrap();
 //!             assert_eq!(grads, vec![1.0; 8]); // (0 + 2) / 2
-//!             assert_eq!(stats.bytes, 32);
+//!             assert_eq!((stats.bytes, stats.buckets), (32, 2));
+//!
+//!             // --shard grad-op / full: 8 parameters in blocks of 4, rank 0 owns 0..4,
+//!             // rank 1 owns 4..8; each rank gets the averaged gradients of its shard only.
+//!             let shards = Shards::new(8, 2, 4);
+//!             let comm = ddp.into_comm().unwrap();
+//!             let mut ddp = Ddp::with_shards(comm, shards, 16, Reduce::ReduceScatter).unwrap();
+//!             let grads = vec![rank as f32 * 2.0; 8];
+//!             ddp.on_ready_values(6..8, &grads[6..8]).unwrap(); // the rest comes from `grads`
+//!             let mut shard_grads = vec![0.0; 4];
+//!             ddp.finish_shard(&grads, &mut shard_grads).unwrap();
+//!             assert_eq!(shard_grads, vec![1.0; 4]); // the bits finish gives those elements
+//!             // The gradient norm: each rank's block partial sums, gathered in rank order.
+//!             let mine = [shard_grads.iter().map(|g| (g * g) as f64).sum::<f64>()];
+//!             let partials = ddp.all_gather_now_f64(&mine, &[1, 1]).unwrap();
+//!             assert_eq!(partials, vec![4.0, 4.0]);
+//!             // Each rank updates its shard; weights are gathered whole (a unit at a time).
+//!             let my_weights = vec![rank as f32 + 10.0; 4];
+//!             let unit = ddp.start_gather(2..6, &my_weights[..2]).unwrap(); // 2..4 or 4..6
+//!             let mut weights = Vec::new();
+//!             ddp.wait_gather(unit, &mut weights).unwrap();
+//!             assert_eq!(weights, vec![10.0, 10.0, 11.0, 11.0]); // each from its owner
 //!         })
 //!     })
 //!     .collect();
@@ -82,7 +106,7 @@ mod shm;
 pub mod socket;
 mod wait;
 
-pub use ddp::{CommStats, Ddp, DEFAULT_BUCKET_BYTES};
+pub use ddp::{CommStats, Ddp, Reduce, Ticket, DEFAULT_BUCKET_BYTES};
 pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;
