@@ -260,7 +260,7 @@ fn gathers_return_the_owners_bits_in_flight_together_and_among_buckets() {
                     ddp.wait_gather(t, &mut out)?;
                     step_got.push((range, out.clone()));
                 }
-                got.push(step_got);
+                got.push((step_got, stats.sent_bytes));
             }
             Ok(got)
         });
@@ -268,8 +268,10 @@ fn gathers_return_the_owners_bits_in_flight_together_and_among_buckets() {
         let owners: Vec<Vec<f32>> = (0..world)
             .map(|r| data(1000 + r as u64, n_params()))
             .collect();
+        let mut sent = [0usize; 2];
         for (rank, r) in results.into_iter().enumerate() {
-            for step_got in r.expect("rank") {
+            for (step, (step_got, sent_bytes)) in r.expect("rank").into_iter().enumerate() {
+                sent[step] += sent_bytes;
                 assert_eq!(step_got.len(), 6);
                 for (range, values) in step_got {
                     let want: Vec<f32> = range.clone().map(|i| owners[s.owner(i)][i]).collect();
@@ -280,7 +282,55 @@ fn gathers_return_the_owners_bits_in_flight_together_and_among_buckets() {
                 }
             }
         }
+        // The ring sends every bucket and every gathered range (world − 1) times over.
+        let gathered = n_params() + (n_params() - 8) + 300 + 17 + 7;
+        let each_step = (world - 1) * 4 * (n_params() + gathered);
+        assert_eq!(sent, [each_step; 2], "world {world}");
     }
+}
+
+#[test]
+fn a_gather_no_peer_answers_times_out_naming_it() {
+    let port = free_port();
+    let n = 1000;
+    // Rank 1 joins, then neither gathers nor leaves for a while.
+    let idle = std::thread::spawn(move || {
+        let rv = Rendezvous::loopback(1, 2, port, "ddp", TIMEOUT);
+        let comm = SocketComm::connect(&rv, SocketOptions::default())?;
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(comm);
+        Ok::<_, CommError>(())
+    });
+    let rv = Rendezvous::loopback(0, 2, port, "ddp", TIMEOUT);
+    let comm = SocketComm::connect(&rv, SocketOptions::default()).expect("connect");
+    let mut ddp = Ddp::with_shards(
+        Box::new(comm),
+        Shards::new(n, 2, 1),
+        4096,
+        Reduce::ReduceScatter,
+    )
+    .expect("ddp");
+    ddp.set_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let ticket = ddp.start_gather(0..n, &vec![1.0; 500]).expect("queued");
+    let e = ddp
+        .wait_gather(ticket, &mut Vec::new())
+        .expect_err("nobody answers")
+        .to_string();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        e.contains("gather of parameters 0..1000") && e.contains("0.3 s"),
+        "{e}"
+    );
+    let e = ddp
+        .start_gather(0..n, &vec![1.0; 500])
+        .expect_err("a timed-out engine stays broken");
+    assert!(e.to_string().contains("failed earlier"), "{e}");
+    idle.join().expect("thread").expect("rank 1");
 }
 
 #[test]
