@@ -101,7 +101,9 @@ pub struct CommStats {
 }
 
 /// A parameter gather in flight ([`Ddp::start_gather`]); redeem it with
-/// [`Ddp::wait_gather`] (once: it is not `Clone`).
+/// [`Ddp::wait_gather`] (once: it is not `Clone`). A ticket dropped unredeemed
+/// still runs its collective (every rank must) and keeps a small entry in the
+/// engine until it is dropped.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a gather's values are only had through wait_gather"]
 pub struct Ticket {
