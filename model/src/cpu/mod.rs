@@ -12,6 +12,11 @@
 //! non-ignored targets) are those of [`crate::reference`], which the tests hold
 //! this backend to.
 //!
+//! Weights: the `_units` entry points read them from a [`Weights`] provider one
+//! FSDP unit at a time ([`weights`] has the order), so a sharded run gathers each
+//! unit just before use; the flat-slice entry points wrap [`FlatWeights`], which
+//! hands out subslices (no copy) and gives the same bits.
+//!
 //! Saved activations per layer (N = B·T): x_in, a = rmsnorm(x_in), rstd1,
 //! q, k (after RoPE), v, lse (B, NH, T), o (attention output), x_mid, m =
 //! rmsnorm(x_mid), rstd2, gate, up. The backward recomputes attention
