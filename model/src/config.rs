@@ -454,6 +454,31 @@ impl TensorSpec {
     }
 }
 
+/// An FSDP unit: a contiguous range of the flat parameter vector that a sharded
+/// run gathers whole before the model uses it and frees after. The model asks for
+/// one unit at a time (see [`crate::cpu::Weights`]), so a rank holds its shard plus
+/// at most one gathered unit (and a prefetched next one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// `tok_embedding (V, C)`.
+    Embedding,
+    /// Block `l`'s nine tensors.
+    Layer(usize),
+    /// `final_norm (C)` and `lm_head (V, C)`: adjacent in the layout, and used
+    /// together at the end of the forward and the start of the backward.
+    Head,
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unit::Embedding => write!(f, "the token embedding"),
+            Unit::Layer(l) => write!(f, "layer {l}"),
+            Unit::Head => write!(f, "the final norm and LM head"),
+        }
+    }
+}
+
 /// Where every parameter lives in one flat vector, shared by every backend,
 /// the optimizer, checkpoints and gradient buckets. Order:
 /// `tok_embedding (V, C)`, then per layer `attn_norm, wq, wk, wv, wo, mlp_norm,
@@ -544,6 +569,29 @@ impl ParamLayout {
         &self.tensors[2 + 9 * self.n_layers]
     }
 
+    /// The flat range of `unit`'s parameters.
+    ///
+    /// # Panics
+    /// For [`Unit::Layer`]`(l)` with `l` not below the number of layers (the units
+    /// come from [`ParamLayout::units`], so that is a programming error).
+    pub fn unit_range(&self, unit: Unit) -> std::ops::Range<usize> {
+        match unit {
+            Unit::Embedding => self.tok_embedding().range(),
+            Unit::Layer(l) => self.layer_range(l),
+            Unit::Head => self.final_norm().offset..self.lm_head().range().end,
+        }
+    }
+
+    /// Every unit in forward order: the embedding, layers 0..L−1, the head. Their
+    /// ranges tile `0..total()` in this order.
+    pub fn units(&self) -> Vec<Unit> {
+        let mut units = Vec::with_capacity(self.n_layers + 2);
+        units.push(Unit::Embedding);
+        units.extend((0..self.n_layers).map(Unit::Layer));
+        units.push(Unit::Head);
+        units
+    }
+
     /// True for elements that weight decay applies to (matrices), one per parameter.
     pub fn decay_mask(&self) -> Vec<bool> {
         let mut mask = vec![false; self.total()];
@@ -616,6 +664,38 @@ mod tests {
         );
         assert_eq!(lay.final_norm().name, "final_norm");
         assert_eq!(lay.lm_head().range().end, lay.total());
+    }
+
+    #[test]
+    fn units_tile_the_layout_in_forward_order() {
+        for cfg in [
+            Preset::by_name("tiny").unwrap().config(),
+            odd_config(),
+            Config {
+                n_layers: 0,
+                ..odd_config()
+            },
+        ] {
+            let lay = ParamLayout::new(&cfg);
+            let units = lay.units();
+            assert_eq!(units.len(), cfg.n_layers + 2);
+            assert_eq!(units.first(), Some(&Unit::Embedding));
+            assert_eq!(units.last(), Some(&Unit::Head));
+            let mut next = 0;
+            for &u in &units {
+                let r = lay.unit_range(u);
+                assert_eq!(r.start, next, "{u}");
+                assert!(!r.is_empty(), "{u}");
+                next = r.end;
+            }
+            assert_eq!(next, lay.total());
+            for l in 0..cfg.n_layers {
+                assert_eq!(lay.unit_range(Unit::Layer(l)), lay.layer_range(l));
+            }
+            let head = lay.unit_range(Unit::Head);
+            assert_eq!(head.start, lay.final_norm().offset);
+            assert_eq!(head.len(), lay.final_norm().len() + lay.lm_head().len());
+        }
     }
 
     #[test]

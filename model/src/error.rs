@@ -5,7 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Unit};
+use crate::cpu::Pass;
 
 #[derive(Debug)]
 pub enum ModelError {
@@ -126,6 +127,13 @@ pub enum ModelError {
         what: &'static str,
         expected: usize,
         found: usize,
+    },
+    /// A weights provider could not hand the model a unit's weights (in a sharded
+    /// run, the gather failed: a peer died or timed out); `reason` says why.
+    WeightsUnavailable {
+        unit: Unit,
+        pass: Pass,
+        reason: String,
     },
     /// The device (CUDA or the emulator) failed while doing `what`.
     Device {
@@ -253,6 +261,9 @@ impl fmt::Display for ModelError {
                 position % (*seq_len).max(1),
                 *value as u64 + 1
             ),
+            ModelError::WeightsUnavailable { unit, pass, reason } => {
+                write!(f, "the weights of {unit} for the {pass} could not be had: {reason}")
+            }
             ModelError::ShapeMismatch { what, expected, found } => {
                 write!(f, "{what} has {found} elements, expected {expected}")
             }

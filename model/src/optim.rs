@@ -6,6 +6,10 @@
 /// `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
 /// `p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε) − lr·λ·p` where λ applies only
 /// where the decay mask is true (matrices; not norms or embeddings).
+///
+/// Element-wise, and nothing depends on the length: a sharded run gives each rank
+/// an `AdamW::new(shard_len, ..)` (or [`AdamW::from_state`] with its slice of the
+/// moments) and updates `params[shard]`, with the same bits as the whole vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     pub beta1: f32,
@@ -119,28 +123,55 @@ impl AdamW {
 }
 
 /// Elements summed per block in [`grad_norm`]; fixed, so the result does not
-/// depend on threads or chunking anywhere else.
-const NORM_BLOCK: usize = 4096;
+/// depend on threads or chunking anywhere else. A sharded run aligns its shard
+/// boundaries to it, so each rank's [`norm_block_sums`] are whole blocks of the
+/// full vector's and the norm comes out with the same bits.
+pub const NORM_BLOCK: usize = 4096;
 
-/// The global L2 norm √(Σ g²): squares summed in f64 within blocks of 4096
-/// elements, block sums added in order. Deterministic for a given vector.
+/// The global L2 norm √(Σ g²): squares summed in f64 within blocks of
+/// [`NORM_BLOCK`] elements, block sums added in order. Deterministic for a given
+/// vector; exactly `norm_from_block_sums(&norm_block_sums(grads))`.
 pub fn grad_norm(grads: &[f32]) -> f64 {
+    // The same two steps without the vector of block sums in between.
+    root_of_sum(grads.chunks(NORM_BLOCK).map(block_sum))
+}
+
+/// Σ g² of each block of [`NORM_BLOCK`] elements (the last may be shorter), in f64,
+/// in order. For a vector split at multiples of `NORM_BLOCK`, the pieces' block sums
+/// concatenated are the whole's, so ranks owning such pieces can gather these and
+/// get [`grad_norm`]'s bits from [`norm_from_block_sums`].
+pub fn norm_block_sums(grads: &[f32]) -> Vec<f64> {
+    grads.chunks(NORM_BLOCK).map(block_sum).collect()
+}
+
+/// √ of the block sums added in order from 0 (the order [`grad_norm`] uses).
+pub fn norm_from_block_sums(block_sums: &[f64]) -> f64 {
+    root_of_sum(block_sums.iter().copied())
+}
+
+/// The one summation both paths share: from 0, in order, then √.
+fn root_of_sum(block_sums: impl Iterator<Item = f64>) -> f64 {
     let mut total = 0.0f64;
-    for block in grads.chunks(NORM_BLOCK) {
-        // Four independent f64 lanes let the compiler vectorise; their order is fixed.
-        let mut lanes = [0.0f64; 4];
-        let mut quads = block.chunks_exact(4);
-        for q in &mut quads {
-            for j in 0..4 {
-                lanes[j] += q[j] as f64 * q[j] as f64;
-            }
-        }
-        for (j, &g) in quads.remainder().iter().enumerate() {
-            lanes[j] += g as f64 * g as f64;
-        }
-        total += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for b in block_sums {
+        total += b;
     }
     total.sqrt()
+}
+
+/// Σ g² of one block in f64.
+fn block_sum(block: &[f32]) -> f64 {
+    // Four independent f64 lanes let the compiler vectorise; their order is fixed.
+    let mut lanes = [0.0f64; 4];
+    let mut quads = block.chunks_exact(4);
+    for q in &mut quads {
+        for j in 0..4 {
+            lanes[j] += q[j] as f64 * q[j] as f64;
+        }
+    }
+    for (j, &g) in quads.remainder().iter().enumerate() {
+        lanes[j] += g as f64 * g as f64;
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 }
 
 /// The factor to multiply gradients by so their norm is at most `max_norm`:

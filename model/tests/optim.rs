@@ -1,9 +1,15 @@
 //! AdamW against hand-computed steps, the cosine schedule's shape, and the
-//! global gradient norm and clipping.
+//! global gradient norm and clipping; the norm by blocks and AdamW by shards give
+//! the whole vector's bits (what sharded data parallelism relies on).
 
-use frugal_model::optim::{clip_scale, grad_norm, AdamW};
+use std::ops::Range;
+
+use frugal_model::optim::{
+    clip_scale, grad_norm, norm_block_sums, norm_from_block_sums, AdamW, NORM_BLOCK,
+};
 use frugal_model::rng::Rng;
 use frugal_model::schedule::CosineSchedule;
+use proptest::prelude::*;
 
 #[test]
 fn adamw_matches_a_hand_computed_step_with_bias_correction_and_decay_mask() {
@@ -140,4 +146,139 @@ fn grad_norm_is_the_l2_norm_and_clipping_bounds_it() {
     let clipped: Vec<f32> = g.iter().map(|&x| x * scale).collect();
     // One f32 rounding of the scale and of each product: relative ~1e-7.
     assert!((grad_norm(&clipped) - 1.0).abs() < 1e-6);
+}
+
+/// `grad_norm` as it was written before it was split into block sums (kept here
+/// to hold the refactor to the same bits: checkpoints and runs compare norms).
+fn grad_norm_as_before(grads: &[f32]) -> f64 {
+    let mut total = 0.0f64;
+    for block in grads.chunks(4096) {
+        let mut lanes = [0.0f64; 4];
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            for j in 0..4 {
+                lanes[j] += q[j] as f64 * q[j] as f64;
+            }
+        }
+        for (j, &g) in quads.remainder().iter().enumerate() {
+            lanes[j] += g as f64 * g as f64;
+        }
+        total += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    }
+    total.sqrt()
+}
+
+/// Values spread over many binades, so the association of the sum shows in the bits.
+fn spread(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..len)
+        .map(|_| (rng.normal() * (4.0 * rng.normal()).exp()) as f32)
+        .collect()
+}
+
+/// Sorted cut points in 0..=len (duplicates allowed: empty pieces), made
+/// multiples of `align` when it is not 1, always with 0 and len at the ends.
+fn pieces(len: usize, cuts: &[usize], align: usize) -> Vec<Range<usize>> {
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .map(|&c| (c % (len + 1)) / align * align)
+        .collect();
+    at.push(0);
+    at.push(len);
+    at.sort_unstable();
+    at.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+fn bits(xs: &[f32]) -> Vec<u32> {
+    xs.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn the_norm_block_is_the_one_the_cpu_shards_align_to() {
+    assert_eq!(NORM_BLOCK, 4096);
+    let g = spread(3 * NORM_BLOCK + 5, 1);
+    assert_eq!(norm_block_sums(&g).len(), 4);
+    assert!(norm_block_sums(&[]).is_empty());
+    assert_eq!(norm_from_block_sums(&[]), 0.0);
+    assert_eq!(norm_from_block_sums(&[9.0, 16.0]), 5.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn block_sums_of_aligned_pieces_concatenate_to_the_wholes(
+        len in 0usize..6 * NORM_BLOCK,
+        cuts in proptest::collection::vec(any::<usize>(), 0..5),
+        seed in any::<u64>(),
+    ) {
+        let g = spread(len, seed);
+        let whole = norm_block_sums(&g);
+        prop_assert_eq!(whole.len(), len.div_ceil(NORM_BLOCK));
+        let joined: Vec<f64> = pieces(len, &cuts, NORM_BLOCK)
+            .into_iter()
+            .flat_map(|r| norm_block_sums(&g[r]))
+            .collect();
+        let b = |xs: &[f64]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(b(&joined), b(&whole));
+        let norm = grad_norm(&g);
+        prop_assert_eq!(norm_from_block_sums(&joined).to_bits(), norm.to_bits());
+        prop_assert_eq!(norm.to_bits(), grad_norm_as_before(&g).to_bits());
+    }
+
+    #[test]
+    fn adamw_on_shards_gives_the_whole_vectors_bits(
+        len in 1usize..3000,
+        cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        seed in any::<u64>(),
+    ) {
+        // Shards at any element (AdamW is element-wise; the run aligns them, the
+        // optimizer does not need it).
+        let shards = pieces(len, &cuts, 1);
+        let mut rng = Rng::new(seed);
+        let mask: Vec<bool> = (0..len).map(|_| rng.below(3) != 0).collect();
+        let mut whole_p = spread(len, seed ^ 1);
+        let mut shard_p = whole_p.clone();
+        let mut whole = AdamW::new(len, 0.9, 0.95, 1e-8, 0.1);
+        let mut parts: Vec<AdamW> = shards
+            .iter()
+            .map(|r| AdamW::new(r.len(), 0.9, 0.95, 1e-8, 0.1))
+            .collect();
+        for step in 0..5u64 {
+            let g = spread(len, seed ^ (step + 2));
+            let lr = 1e-3 * (step + 1) as f32;
+            whole.update(&mut whole_p, &g, lr, &mask);
+            for (opt, r) in parts.iter_mut().zip(&shards) {
+                opt.update(&mut shard_p[r.clone()], &g[r.clone()], lr, &mask[r.clone()]);
+            }
+        }
+        prop_assert_eq!(bits(&shard_p), bits(&whole_p));
+        let m: Vec<f32> = parts.iter().flat_map(|o| o.m().to_vec()).collect();
+        let v: Vec<f32> = parts.iter().flat_map(|o| o.v().to_vec()).collect();
+        prop_assert_eq!(bits(&m), bits(whole.m()));
+        prop_assert_eq!(bits(&v), bits(whole.v()));
+        prop_assert!(parts.iter().all(|o| o.step() == whole.step()));
+
+        // Re-sharding mid-run (a resume on another world size): the whole state cut
+        // into other shards with from_state carries on with the same bits.
+        let other = pieces(len, &[len / 3, len / 2], 1);
+        let mut resharded: Vec<AdamW> = other
+            .iter()
+            .map(|r| {
+                AdamW::from_state(
+                    0.9, 0.95, 1e-8, 0.1,
+                    whole.m()[r.clone()].to_vec(),
+                    whole.v()[r.clone()].to_vec(),
+                    whole.step(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let g = spread(len, seed ^ 99);
+        whole.update(&mut whole_p, &g, 2e-3, &mask);
+        for (opt, r) in resharded.iter_mut().zip(&other) {
+            opt.update(&mut shard_p[r.clone()], &g[r.clone()], 2e-3, &mask[r.clone()]);
+        }
+        prop_assert_eq!(bits(&shard_p), bits(&whole_p));
+    }
 }

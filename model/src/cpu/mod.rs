@@ -12,6 +12,11 @@
 //! non-ignored targets) are those of [`crate::reference`], which the tests hold
 //! this backend to.
 //!
+//! Weights: the `_units` entry points read them from a [`Weights`] provider one
+//! FSDP unit at a time ([`weights`] has the order), so a sharded run gathers each
+//! unit just before use; the flat-slice entry points wrap [`FlatWeights`], which
+//! hands out subslices (no copy) and gives the same bits.
+//!
 //! Saved activations per layer (N = B·T): x_in, a = rmsnorm(x_in), rstd1,
 //! q, k (after RoPE), v, lse (B, NH, T), o (attention output), x_mid, m =
 //! rmsnorm(x_mid), rstd2, gate, up. The backward recomputes attention
@@ -26,10 +31,11 @@ pub mod par;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+pub mod weights;
 
 use std::ops::Range;
 
-use crate::config::{Config, ConfigError, LayerTensor, ParamLayout};
+use crate::config::{Config, ConfigError, LayerTensor, ParamLayout, TensorSpec, Unit};
 use crate::error::TokenRole;
 use crate::{ModelError, IGNORE_INDEX};
 use attention::{AttentionGrads, AttnDims, Qkv};
@@ -37,6 +43,8 @@ use matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
 };
 use rmsnorm::RmsNormGrads;
+use weights::UnitRanges;
+pub use weights::{FlatWeights, Pass, Weights};
 
 /// One layer's saved forward activations.
 struct LayerActs {
@@ -101,6 +109,8 @@ struct Scratch {
 pub struct CpuModel {
     cfg: Config,
     layout: ParamLayout,
+    /// The layout's unit ranges, for the flat path's provider.
+    units: UnitRanges,
     batch: usize,
     seq: usize,
     threads: usize,
@@ -198,9 +208,11 @@ impl CpuModel {
             dlogits: z(n * v)?,
         };
         let z = |len: usize| zeroed(len, || "the final norm's output and the logits".to_string());
+        let layout = ParamLayout::new(cfg);
         Ok(CpuModel {
             cfg: cfg.clone(),
-            layout: ParamLayout::new(cfg),
+            units: UnitRanges::of(&layout),
+            layout,
             batch,
             seq,
             threads: threads.max(1),
@@ -289,8 +301,25 @@ impl CpuModel {
         inputs: &[u32],
         targets: &[u32],
     ) -> Result<f32, ModelError> {
-        self.check(params, inputs, targets)?;
-        self.forward(params, inputs);
+        self.check_params(params)?;
+        let mut weights = FlatWeights::with_units(params, self.units);
+        self.loss_units(&mut weights, inputs, targets)
+    }
+
+    /// [`CpuModel::loss`] with the weights from a provider, asked for each unit in
+    /// forward order (the embedding, layers 0..L−1, the head).
+    ///
+    /// # Errors
+    /// As [`CpuModel::loss`] (checked before the provider is asked), and the
+    /// provider's error unchanged.
+    pub fn loss_units(
+        &mut self,
+        weights: &mut dyn Weights,
+        inputs: &[u32],
+        targets: &[u32],
+    ) -> Result<f32, ModelError> {
+        check_tokens(inputs, targets, self.batch, self.seq, self.cfg.vocab_size)?;
+        self.forward(weights, inputs)?;
         cross_entropy::cross_entropy(
             &mut self.row_loss,
             None,
@@ -341,15 +370,40 @@ impl CpuModel {
         grad_scale: f32,
         on_ready: &mut dyn FnMut(Range<usize>, &[f32]),
     ) -> Result<f32, ModelError> {
-        self.check(params, inputs, targets)?;
-        if grads.len() != params.len() {
+        self.check_params(params)?;
+        let mut weights = FlatWeights::with_units(params, self.units);
+        self.forward_backward_units(&mut weights, inputs, targets, grads, grad_scale, on_ready)
+    }
+
+    /// [`CpuModel::forward_backward_with`] with the weights from a provider: the
+    /// forward asks for the embedding, layers 0..L−1 and the head; the backward for
+    /// the head and layers L−1..0 (not the embedding, whose backward reads no
+    /// weight). Each unit once per pass, one at a time. Gives the same bits as the
+    /// flat path when the provider returns the same values.
+    ///
+    /// # Errors
+    /// As [`CpuModel::loss`] and a `grads` of the wrong length (both checked before
+    /// anything is written), [`ModelError::WeightsUnavailable`] for a unit of the wrong
+    /// length, and the provider's error unchanged. After a provider error in the
+    /// backward, `grads` holds part of this micro-batch's gradients: drop the step.
+    pub fn forward_backward_units(
+        &mut self,
+        weights: &mut dyn Weights,
+        inputs: &[u32],
+        targets: &[u32],
+        grads: &mut [f32],
+        grad_scale: f32,
+        on_ready: &mut dyn FnMut(Range<usize>, &[f32]),
+    ) -> Result<f32, ModelError> {
+        check_tokens(inputs, targets, self.batch, self.seq, self.cfg.vocab_size)?;
+        if grads.len() != self.layout.total() {
             return Err(ModelError::ShapeMismatch {
                 what: "gradient vector",
-                expected: params.len(),
+                expected: self.layout.total(),
                 found: grads.len(),
             });
         }
-        self.forward(params, inputs);
+        self.forward(weights, inputs)?;
         let v = self.cfg.vocab_size;
         cross_entropy::cross_entropy(
             &mut self.row_loss,
@@ -360,11 +414,12 @@ impl CpuModel {
             self.threads,
         );
         let loss = cross_entropy::mean_loss(&self.row_loss, targets);
-        self.backward(params, inputs, grads, on_ready);
+        self.backward(weights, inputs, grads, on_ready)?;
         Ok(loss)
     }
 
-    fn check(&self, params: &[f32], inputs: &[u32], targets: &[u32]) -> Result<(), ModelError> {
+    /// The flat path's own check; the tokens are checked by the `_units` call.
+    fn check_params(&self, params: &[f32]) -> Result<(), ModelError> {
         if params.len() != self.layout.total() {
             return Err(ModelError::ShapeMismatch {
                 what: "parameter vector",
@@ -372,7 +427,7 @@ impl CpuModel {
                 found: params.len(),
             });
         }
-        check_tokens(inputs, targets, self.batch, self.seq, self.cfg.vocab_size)
+        Ok(())
     }
 
     fn dims(&self) -> AttnDims {
@@ -386,7 +441,7 @@ impl CpuModel {
     }
 
     /// Fills every saved activation and the logits.
-    fn forward(&mut self, params: &[f32], inputs: &[u32]) {
+    fn forward(&mut self, weights: &mut dyn Weights, inputs: &[u32]) -> Result<(), ModelError> {
         let th = self.threads;
         let n = self.batch * self.seq;
         let (c, kv, f, v) = (
@@ -400,7 +455,7 @@ impl CpuModel {
         let dims = self.dims();
         // Every linear of the step runs over the N = B·T token rows.
         let lin = |inp, out| LinearDims { rows: n, inp, out };
-        let emb = &params[lay.tok_embedding().range()];
+        let emb = unit_weights(weights, lay, Unit::Embedding, Pass::Forward)?;
         let first = match self.layers.first_mut() {
             Some(l) => &mut l.x_in,
             None => &mut self.x_final,
@@ -408,7 +463,9 @@ impl CpuModel {
         embedding::embedding_forward(first, emb, inputs, c, th);
         let act = &mut self.scratch.act;
         for l in 0..self.cfg.n_layers {
-            let p = |t: LayerTensor| &params[lay.layer(l, t).range()];
+            let w = unit_weights(weights, lay, Unit::Layer(l), Pass::Forward)?;
+            let base = lay.layer_range(l).start;
+            let p = |t: LayerTensor| &w[within(lay.layer(l, t), base)];
             let (done, rest) = self.layers.split_at_mut(l + 1);
             let la = &mut done[l];
             rmsnorm::rmsnorm_forward(
@@ -501,26 +558,29 @@ impl CpuModel {
                 th,
             );
         }
-        let g = &params[lay.final_norm().range()];
+        let head = unit_weights(weights, lay, Unit::Head, Pass::Forward)?;
+        let base = lay.unit_range(Unit::Head).start;
+        let g = &head[within(lay.final_norm(), base)];
         rmsnorm::rmsnorm_forward(&mut self.xf, &mut self.rstd_f, &self.x_final, g, c, eps, th);
         linear_forward(
             &mut self.logits,
             &self.xf,
-            &params[lay.lm_head().range()],
+            &head[within(lay.lm_head(), base)],
             lin(c, v),
             Accumulate::Overwrite,
             th,
         );
+        Ok(())
     }
 
     /// Backward from scratch.dlogits (already scaled by grad_scale / count).
     fn backward(
         &mut self,
-        params: &[f32],
+        weights: &mut dyn Weights,
         inputs: &[u32],
         grads: &mut [f32],
         on_ready: &mut dyn FnMut(Range<usize>, &[f32]),
-    ) {
+    ) -> Result<(), ModelError> {
         let th = self.threads;
         let n = self.batch * self.seq;
         let (c, kv, f, v) = (
@@ -537,11 +597,13 @@ impl CpuModel {
         // LM head and final norm.
         let lm = lay.lm_head().range();
         let fnorm = lay.final_norm().range();
+        let head = unit_weights(weights, lay, Unit::Head, Pass::Backward)?;
+        let base = lay.unit_range(Unit::Head).start;
         linear_backward_weight(&mut grads[lm.clone()], &s.dlogits, &self.xf, lin(c, v), th);
         linear_backward_input(
             &mut s.dnorm,
             &s.dlogits,
-            &params[lm.clone()],
+            &head[within(lay.lm_head(), base)],
             lin(c, v),
             Accumulate::Overwrite,
             th,
@@ -555,7 +617,7 @@ impl CpuModel {
             &s.dnorm,
             &self.x_final,
             &self.rstd_f,
-            &params[fnorm.clone()],
+            &head[within(lay.final_norm(), base)],
             c,
             th,
         );
@@ -563,7 +625,9 @@ impl CpuModel {
 
         for l in (0..self.cfg.n_layers).rev() {
             let la = &self.layers[l];
-            let p = |t: LayerTensor| &params[lay.layer(l, t).range()];
+            let w = unit_weights(weights, lay, Unit::Layer(l), Pass::Backward)?;
+            let base = lay.layer_range(l).start;
+            let p = |t: LayerTensor| &w[within(lay.layer(l, t), base)];
             let r = |t: LayerTensor| lay.layer(l, t).range();
             // MLP: x_out = x_mid + act·w_downᵀ, s.dx = ∂/∂x_out.
             swiglu::swiglu_forward(&mut s.act, &la.gate, &la.up, f, th);
@@ -702,7 +766,37 @@ impl CpuModel {
         let emb = lay.tok_embedding().range();
         embedding::embedding_backward(&mut grads[emb.clone()], &s.dx, inputs, c);
         on_ready(emb.clone(), &grads[emb]);
+        Ok(())
     }
+}
+
+/// `unit`'s weights from the provider, checked to be the unit's length (the model
+/// slices tensors out of them; a short slice must be an error, not a panic).
+fn unit_weights<'w>(
+    weights: &'w mut dyn Weights,
+    layout: &ParamLayout,
+    unit: Unit,
+    pass: Pass,
+) -> Result<&'w [f32], ModelError> {
+    let expected = layout.unit_range(unit).len();
+    let w = weights.unit(unit, pass)?;
+    if w.len() != expected {
+        return Err(ModelError::WeightsUnavailable {
+            unit,
+            pass,
+            reason: format!(
+                "the provider gave {} values, the unit has {expected}",
+                w.len()
+            ),
+        });
+    }
+    Ok(w)
+}
+
+/// `tensor`'s range within a unit that starts at flat offset `base`.
+fn within(tensor: &TensorSpec, base: usize) -> Range<usize> {
+    let r = tensor.range();
+    r.start - base..r.end - base
 }
 
 /// The error for a host buffer of `bytes` (for `what`) that could not be allocated.
