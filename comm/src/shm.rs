@@ -143,7 +143,8 @@ impl CallId {
     }
 }
 
-/// The elements both ranges hold (empty, at `b.start` or later, when none).
+/// The elements both ranges hold; when none, an empty range whose start may
+/// lie outside both (callers skip it before making a pointer from it).
 fn intersect(a: Range<usize>, b: Range<usize>) -> Range<usize> {
     let start = a.start.max(b.start);
     start..a.end.min(b.end).max(start)
@@ -654,6 +655,10 @@ impl Segment {
             let slot = self.slot_ptr(half, me);
             for q in (0..n).filter(|&q| q != me) {
                 let r = intersect(bounds[q]..bounds[q + 1], piece.clone());
+                // An empty intersection may start past the piece: no pointer is made for it.
+                if r.is_empty() {
+                    continue;
+                }
                 // SAFETY: elements r - off of our own slot of this half, inside the slot
                 // (r lies in the piece, at most `slot_elems` long); nobody reads it
                 // before the barrier below, and the half is free (see above).
@@ -698,14 +703,21 @@ impl Segment {
             let half = self.next_half();
             let area = self.slot_ptr(half, 0).cast::<u8>();
             let r = intersect(bounds[me]..bounds[me + 1], piece.clone());
-            // SAFETY: bytes r - off of this half's area (the half's `world` slots, one
-            // after another), inside it as r lies in the piece; only this rank writes
-            // them, and nobody reads them before the barrier below.
-            let dst = unsafe { std::slice::from_raw_parts_mut(area.add(r.start - off), r.len()) };
-            dst.copy_from_slice(&data[r]);
+            // An empty intersection may start past the piece: no pointer is made for it.
+            if !r.is_empty() {
+                // SAFETY: bytes r - off of this half's area (the half's `world` slots, one
+                // after another), inside it as r lies in the piece; only this rank writes
+                // them, and nobody reads them before the barrier below.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(area.add(r.start - off), r.len()) };
+                dst.copy_from_slice(&data[r]);
+            }
             self.first_barrier(&call, &mut first, watch, what)?;
             for q in (0..n).filter(|&q| q != me) {
                 let r = intersect(bounds[q]..bounds[q + 1], piece.clone());
+                if r.is_empty() {
+                    continue;
+                }
                 // SAFETY: bytes rank q wrote before the barrier; nobody writes this half
                 // again until every rank passed the next piece's barrier.
                 let src = unsafe { std::slice::from_raw_parts(area.add(r.start - off), r.len()) };
