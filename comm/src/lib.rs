@@ -3,8 +3,8 @@
 //!
 //! - [`Rendezvous`] reads torchrun's or Slurm's variables (or is built by hand).
 //! - [`SocketComm`] is frugal's own ring all-reduce over TCP (no GPU needed;
-//!   Unix sockets between ranks on one host, and all-reduces through shared
-//!   memory when every rank is on one host);
+//!   Unix sockets between ranks on one host, and all-reduces, reduce-scatters
+//!   and all-gathers through shared memory when every rank is on one host);
 //!   [`NcclComm`] is NCCL through cudarc, loaded at run time. Both implement
 //!   [`Communicator`]: all-reduce (f32, and bf16 summed in f32), reduce-scatter,
 //!   all-gather, broadcast, barrier.

@@ -11,12 +11,23 @@
 //! The [`Communicator`] methods take host slices (copy in, reduce on the
 //! device, copy out) so the trait is the same as the socket ring's; the
 //! device-side entry point is [`NcclComm::all_reduce_device_f32`].
-//! Reduce-scatter and all-gather over host buffers run as an all-reduce
-//! (NCCL needs equal chunks; frugal's chunks differ by one element) — correct,
-//! at twice the traffic.
+//!
+//! Chunks: NCCL's own reduce-scatter and all-gather need equal chunks, and
+//! frugal's differ (by one element for the even split, arbitrarily for a
+//! bucket's part of each rank's shard). So a reduce-scatter is one grouped
+//! `ncclReduce` per non-empty chunk, to its owner, and an all-gather one
+//! grouped `ncclBroadcast` per non-empty chunk, from its owner: the same
+//! bytes on the wire as NCCL's collectives, launched together (the group lets
+//! NCCL run them at once instead of one after another).
+//!
+//! Numerics: NCCL sums in its own order (its algorithm, channel count and
+//! topology pick it), so sums over NCCL are NOT bitwise equal to the socket
+//! ring's ([`crate::ring_order_sum_in`]) and may differ between an all-reduce
+//! and a reduce-scatter of the same values; they are the same from run to run
+//! on the same machine and NCCL version. All-gathers and broadcasts copy bits.
 
 use crate::error::CommError;
-use crate::ops::{check_bounds, chunk_range, Communicator, Transport};
+use crate::ops::{check_bounds, chunk_range, even_bounds, Communicator, Transport};
 use crate::rendezvous::{self, Rendezvous};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
@@ -109,6 +120,8 @@ pub struct NcclComm {
     comm: OwnedComm,
     /// Device staging for host collectives, grown on demand.
     staging: Option<CudaSlice<f32>>,
+    /// The same for byte collectives (all-gather).
+    staging_bytes: Option<CudaSlice<u8>>,
     host: Vec<f32>,
 }
 
@@ -169,6 +182,7 @@ impl NcclComm {
             stream,
             comm: OwnedComm(ManuallyDrop::new(comm)),
             staging: None,
+            staging_bytes: None,
             host: Vec::new(),
         })
     }
@@ -193,30 +207,85 @@ impl NcclComm {
         data: &mut [f32],
         f: impl FnOnce(&Comm, &mut CudaSlice<f32>) -> Result<(), CommError>,
     ) -> Result<(), CommError> {
+        let mut staging = self.staging.take();
+        let r = Self::staged(self.rank, &self.stream, &self.comm.0, &mut staging, data, f);
+        self.staging = staging;
+        r
+    }
+
+    /// [`NcclComm::via_device`] for bytes.
+    fn via_device_bytes(
+        &mut self,
+        data: &mut [u8],
+        f: impl FnOnce(&Comm, &mut CudaSlice<u8>) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
+        let mut staging = self.staging_bytes.take();
+        let r = Self::staged(self.rank, &self.stream, &self.comm.0, &mut staging, data, f);
+        self.staging_bytes = staging;
+        r
+    }
+
+    /// Copies `data` into `staging` (reallocated when its length differs),
+    /// runs `f` on it, copies it back and waits for the stream. Everything runs
+    /// on the one stream, so its order alone orders the copies and NCCL's calls.
+    fn staged<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        rank: usize,
+        stream: &Arc<CudaStream>,
+        comm: &Comm,
+        staging: &mut Option<CudaSlice<T>>,
+        data: &mut [T],
+        f: impl FnOnce(&Comm, &mut CudaSlice<T>) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
         if data.is_empty() {
             return Ok(());
         }
-        let rank = self.rank;
-        let mut dev = match self.staging.take() {
+        let mut dev = match staging.take() {
             Some(d) if d.len() == data.len() => d,
-            _ => self
-                .stream
-                .alloc_zeros::<f32>(data.len())
+            _ => stream
+                .alloc_zeros::<T>(data.len())
                 .map_err(cuda_err(rank, "cuMemAlloc"))?,
         };
-        self.stream
+        stream
             .memcpy_htod(&*data, &mut dev)
             .map_err(cuda_err(rank, "cuMemcpyHtoD"))?;
-        f(&self.comm.0, &mut dev)?;
-        self.stream
+        f(comm, &mut dev)?;
+        stream
             .memcpy_dtoh(&dev, data)
             .map_err(cuda_err(rank, "cuMemcpyDtoH"))?;
-        self.stream
+        stream
             .synchronize()
             .map_err(cuda_err(rank, "cuStreamSynchronize"))?;
-        self.staging = Some(dev);
+        *staging = Some(dev);
         Ok(())
     }
+}
+
+/// Runs `f` between `ncclGroupStart` and `ncclGroupEnd`, so NCCL launches
+/// the calls `f` makes together (several roots at once cannot deadlock). The
+/// group is closed even when `f` fails (an open group would swallow the next
+/// calls); the first error is returned. cudarc's `Comm::group` is not used:
+/// it panics when either call fails.
+fn grouped(rank: usize, f: impl FnOnce() -> Result<(), CommError>) -> Result<(), CommError> {
+    cudarc::nccl::result::group_start().map_err(nccl_err(rank, "ncclGroupStart"))?;
+    let r = f();
+    let end = cudarc::nccl::result::group_end()
+        .map(|_| ())
+        .map_err(nccl_err(rank, "ncclGroupEnd"));
+    r.and(end)
+}
+
+/// A device view of `range`, or an error naming it (the bounds were checked,
+/// so this is a bug guard, not a panic).
+fn view<'a, T>(
+    rank: usize,
+    dev: &'a mut CudaSlice<T>,
+    range: Range<usize>,
+) -> Result<cudarc::driver::CudaViewMut<'a, T>, CommError> {
+    let len = dev.len();
+    dev.try_slice_mut(range.clone())
+        .ok_or_else(|| CommError::InvalidArgument {
+            what: format!("rank {rank}: chunk {range:?} outside a device buffer of {len}"),
+        })
 }
 
 impl Communicator for NcclComm {
@@ -256,19 +325,14 @@ impl Communicator for NcclComm {
     }
 
     fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError> {
-        self.all_reduce_sum_f32(data)?;
+        let bounds = even_bounds(data.len(), self.world);
+        self.reduce_scatter_sum_f32_in(data, &bounds)?;
         Ok(chunk_range(data.len(), self.world, self.rank))
     }
 
     fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        // Zero what others own and sum: x + 0 is exact.
-        let mine = chunk_range(data.len(), self.world, self.rank);
-        for (i, v) in data.iter_mut().enumerate() {
-            if !mine.contains(&i) {
-                *v = 0.0;
-            }
-        }
-        self.all_reduce_sum_f32(data)
+        let bounds = even_bounds(data.len(), self.world);
+        self.all_gather_f32_in(data, &bounds)
     }
 
     fn all_reduce_sum_f32_in(
@@ -277,29 +341,55 @@ impl Communicator for NcclComm {
         bounds: &[usize],
     ) -> Result<(), CommError> {
         check_bounds(bounds, data.len(), self.world, self.rank)?;
-        // NCCL sums in its own order; the chunks only say who owns what.
+        // NCCL sums in its own order (see the module docs); the chunks only
+        // say who would own what, which an all-reduce does not need.
         self.all_reduce_sum_f32(data)
     }
 
+    /// One grouped `ncclReduce` per non-empty chunk, in place, to its owner
+    /// (NCCL's order of summation, not the ring's; see the module docs).
     fn reduce_scatter_sum_f32_in(
         &mut self,
         data: &mut [f32],
         bounds: &[usize],
     ) -> Result<(), CommError> {
         check_bounds(bounds, data.len(), self.world, self.rank)?;
-        self.all_reduce_sum_f32(data)
+        let rank = self.rank;
+        let world = self.world;
+        self.via_device(data, |comm, dev| {
+            grouped(rank, || {
+                for c in 0..world {
+                    // Every rank skips the same chunks: the bounds are the same everywhere.
+                    if bounds[c] == bounds[c + 1] {
+                        continue;
+                    }
+                    let mut chunk = view(rank, dev, bounds[c]..bounds[c + 1])?;
+                    comm.reduce_in_place(&mut chunk, &ReduceOp::Sum, c as i32)
+                        .map_err(nccl_err(rank, "ncclReduce"))?;
+                }
+                Ok(())
+            })
+        })
     }
 
+    /// One grouped `ncclBroadcast` per non-empty chunk, in place, from its owner.
     fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError> {
         check_bounds(bounds, data.len(), self.world, self.rank)?;
-        // One broadcast per owner: copies bits, whatever they encode.
-        for c in 0..self.world {
-            let chunk = bounds[c]..bounds[c + 1];
-            if !chunk.is_empty() {
-                self.broadcast_bytes(&mut data[chunk], c)?;
-            }
-        }
-        Ok(())
+        let rank = self.rank;
+        let world = self.world;
+        self.via_device_bytes(data, |comm, dev| {
+            grouped(rank, || {
+                for c in 0..world {
+                    if bounds[c] == bounds[c + 1] {
+                        continue;
+                    }
+                    let mut chunk = view(rank, dev, bounds[c]..bounds[c + 1])?;
+                    comm.broadcast_in_place(&mut chunk, c as i32)
+                        .map_err(nccl_err(rank, "ncclBroadcast"))?;
+                }
+                Ok(())
+            })
+        })
     }
 
     fn broadcast_bytes(&mut self, data: &mut [u8], root: usize) -> Result<(), CommError> {

@@ -2,8 +2,9 @@
 //! split between ranks ([`chunk_range`]), and the order every sum is taken in.
 //!
 //! A buffer of `len` elements is split into `world` chunks ([`chunk_range`]:
-//! the first `len % world` chunks one element longer); the socket ring
-//! (`socket/ring.rs`) and the shared-memory all-reduce (`shm.rs`) both reduce
+//! the first `len % world` chunks one element longer), or into explicit chunks
+//! (the `*_in` calls: `bounds`, see [`check_bounds`]); the socket ring
+//! (`socket/ring.rs`) and the shared-memory collectives (`shm.rs`) both reduce
 //! chunk by chunk in the ring's order, so their sums are bitwise the same.
 //!
 //! Ring all-reduce = reduce-scatter then all-gather, 2·(world−1) steps. At

@@ -1,24 +1,41 @@
-//! Shared-memory all-reduce for a job whose ranks all run on one host (what
+//! Shared-memory collectives for a job whose ranks all run on one host (what
 //! NCCL's SHM transport does): no byte goes through the kernel.
 //!
 //! Rank 0 creates an anonymous segment (`memfd_create`, never named in a file
 //! system, so nothing leaks when a process dies) and hands its descriptor
 //! round the ring over the Unix sockets (`SCM_RIGHTS`). The segment holds a
-//! header (an abort word and one arrival counter per rank, each on its own
-//! cache line) and two halves of `world` slots of `slot_elems` f32 each.
+//! header (an abort word, and per rank on its own cache line an arrival
+//! counter and what the rank announced for the current call) and two halves
+//! of `world` slots of `slot_elems` f32 each.
 //!
-//! All-reduce of `len` elements, cut into pieces of at most `slot_elems`:
+//! Every collective takes explicit chunks (`bounds`, chunk `c` owned by rank
+//! `c`, empty chunks allowed; the even-split calls pass
+//! [`crate::ops::even_bounds`]) and goes in pieces of at most one slot (the
+//! all-gather: one half). All-reduce of a piece:
 //! 1. each rank converts its piece into its slot (f32; bf16 is widened here),
 //! 2. barrier,
-//! 3. rank r sums part r of the piece ([`chunk_range`] of the piece), reading
-//!    the slots in the ring's order for each element's owner (owner = the
-//!    element's chunk in the WHOLE buffer, so the sum is bitwise
-//!    [`crate::ring_order_sum`]), and writes it into its own slot,
+//! 3. rank r sums part r of the piece ([`chunk_range`] of the piece, so the
+//!    work is even whatever the chunks), reading the slots in the ring's order
+//!    for each element's owner (owner = the element's chunk in the WHOLE
+//!    buffer, so the sum is bitwise [`crate::ring_order_sum_in`], the socket
+//!    ring's), and writes it into its own slot,
 //! 4. barrier, 5. every rank copies every part back (bf16 rounded once here).
 //!
+//! Reduce-scatter: each rank copies the parts of the piece the others own
+//! into its slot, barrier, each rank sums the part it owns as in step 3.
+//! All-gather: each owner copies its part of the piece into the half (one
+//! area of `world` slots; the chunks are disjoint), barrier, everyone copies
+//! the rest out. Bits are copied, never converted (NaN payloads, -0.0 stay).
+//!
 //! Pieces alternate between the two halves, so the next piece's copy-in can
-//! start without a third barrier: a rank writes a half again only after it
-//! passed the barrier that every rank reaches after reading that half.
+//! start without another barrier: a rank writes a half again only after it
+//! passed the next piece's first barrier, which every rank reaches only once
+//! done reading that half.
+//!
+//! Before its first barrier a rank announces the call (collective, length,
+//! a hash of the bounds); after it every rank checks all the announcements,
+//! so ranks that disagree all fail at once, naming the odd rank, instead of
+//! desynchronising the barriers.
 //!
 //! Waiting: spin briefly, then sleep on a futex on the awaited counter for at
 //! most [`WAIT_SLICE`], looking in between at the abort word and at the Unix
@@ -32,6 +49,7 @@ use crate::ops::chunk_range;
 use crate::wait;
 use half::bf16;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,14 +75,91 @@ const MAGIC: u64 = 0x6672_7567_616c_5348; // "frugalSH"
 const ABORT_OFFSET: usize = 64;
 const ARRIVE_OFFSET: usize = 128;
 const LINE: usize = 64;
+/// The words of a rank's header line after its arrival counter: what it
+/// announced for the current call (see [`Segment::check_peers`]), in two sets
+/// that calls alternate between, as pieces alternate halves: a call with one
+/// barrier lets a fast rank announce its next call while a slow one is still
+/// reading this call's announcements.
+const LEN_WORD: usize = 1;
+const OP_WORD: usize = 2;
+const BOUNDS_WORD: usize = 3;
+const ANNOUNCE_WORDS: usize = 3;
+
+/// The collectives the segment carries, as announced in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    AllReduceF32 = 1,
+    AllReduceBf16 = 2,
+    ReduceScatter = 3,
+    AllGather = 4,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::AllReduceF32 => "an f32 all-reduce",
+            Op::AllReduceBf16 => "a bf16 all-reduce",
+            Op::ReduceScatter => "a reduce-scatter",
+            Op::AllGather => "an all-gather",
+        }
+    }
+
+    /// The name of an announced op code (a peer's, so possibly anything).
+    fn name_of(code: u64) -> &'static str {
+        [
+            Op::AllReduceF32,
+            Op::AllReduceBf16,
+            Op::ReduceScatter,
+            Op::AllGather,
+        ]
+        .into_iter()
+        .find(|op| *op as u64 == code)
+        .map_or("an unknown collective", Op::name)
+    }
+}
+
+/// What a rank announces for one call: every rank must make the same.
+struct CallId {
+    op: Op,
+    len: usize,
+    /// FNV-1a of the chunk bounds: equal bounds give equal hashes, and a
+    /// different split is caught with near certainty.
+    bounds_hash: u64,
+}
+
+impl CallId {
+    fn new(op: Op, len: usize, bounds: &[usize]) -> CallId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bounds {
+            for byte in (*b as u64).to_le_bytes() {
+                h = (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        CallId {
+            op,
+            len,
+            bounds_hash: h,
+        }
+    }
+}
+
+/// The elements both ranges hold; when none, an empty range whose start may
+/// lie outside both (callers skip it before making a pointer from it).
+fn intersect(a: Range<usize>, b: Range<usize>) -> Range<usize> {
+    let start = a.start.max(b.start);
+    start..a.end.min(b.end).max(start)
+}
 
 /// An element type the shared-memory all-reduce carries (summed in f32).
 pub(crate) trait ShmElem: Copy {
+    /// The all-reduce of this type, as announced.
+    const ALL_REDUCE: Op;
     fn widen(src: &[Self], dst: &mut [f32]);
     fn narrow(src: &[f32], dst: &mut [Self]);
 }
 
 impl ShmElem for f32 {
+    const ALL_REDUCE: Op = Op::AllReduceF32;
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
@@ -74,6 +169,7 @@ impl ShmElem for f32 {
 }
 
 impl ShmElem for bf16 {
+    const ALL_REDUCE: Op = Op::AllReduceBf16;
     fn widen(src: &[bf16], dst: &mut [f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = s.to_f32();
@@ -106,6 +202,8 @@ pub(crate) struct Segment {
     barriers: u32,
     /// Pieces done so far; its parity picks the half.
     pieces: u64,
+    /// Calls announced so far; its parity picks the set of announcement words.
+    calls: u64,
     /// Every rank's ring listener, to name peers in errors.
     addrs: Vec<SocketAddr>,
     timeout: Duration,
@@ -256,6 +354,7 @@ impl Segment {
             data_offset: header_bytes(world),
             barriers: 0,
             pieces: 0,
+            calls: 0,
             addrs,
             timeout,
         })
@@ -276,13 +375,18 @@ impl Segment {
         }
     }
 
-    /// The element count `rank` passed to the current all-reduce (checked by every rank).
-    fn length_word(&self, rank: usize) -> &AtomicU64 {
-        // SAFETY: 8-aligned offset inside rank's header line, only accessed atomically.
+    /// Word `index` ([`LEN_WORD`], [`OP_WORD`] or [`BOUNDS_WORD`]) of rank's
+    /// header line, in the set of the current call: what it announced for it.
+    fn header_word(&self, rank: usize, index: usize) -> &AtomicU64 {
+        let word = index + (self.calls % 2) as usize * ANNOUNCE_WORDS;
+        debug_assert!((1..LINE / 8).contains(&word));
+        // SAFETY: 8-aligned offset inside rank's header line (after its arrival
+        // counter; word < 8 as 1 + 2 sets of 3 words fit a 64-byte line), only
+        // accessed atomically.
         unsafe {
             &*self
                 .base
-                .add(ARRIVE_OFFSET + LINE * rank + 8)
+                .add(ARRIVE_OFFSET + LINE * rank + 8 * word)
                 .cast::<AtomicU64>()
         }
     }
@@ -391,27 +495,99 @@ impl Segment {
         }
     }
 
-    /// In-place all-reduce of `data` through the segment; bitwise the ring's sum.
-    pub fn all_reduce<T: ShmElem>(
+    /// Publishes what this rank is about to do; read by every rank after the
+    /// call's first barrier ([`Segment::check_peers`]).
+    fn announce(&mut self, call: &CallId) {
+        self.calls += 1;
+        let me = self.rank;
+        self.header_word(me, LEN_WORD)
+            .store(call.len as u64, Ordering::Relaxed);
+        self.header_word(me, OP_WORD)
+            .store(call.op as u64, Ordering::Relaxed);
+        self.header_word(me, BOUNDS_WORD)
+            .store(call.bounds_hash, Ordering::Relaxed);
+    }
+
+    /// After the first barrier of a call: every rank announced the same
+    /// collective, length and chunks. A rank that differs fails every rank at
+    /// once (naming it) instead of desynchronising the barriers that follow.
+    fn check_peers(&self, call: &CallId, what: &str) -> Result<(), CommError> {
+        let me = self.rank;
+        for p in 0..self.world {
+            let len = self.header_word(p, LEN_WORD).load(Ordering::Relaxed);
+            let op = self.header_word(p, OP_WORD).load(Ordering::Relaxed);
+            let hash = self.header_word(p, BOUNDS_WORD).load(Ordering::Relaxed);
+            let problem = if op != call.op as u64 {
+                format!(
+                    "rank {p} called {}, this rank {}",
+                    Op::name_of(op),
+                    call.op.name()
+                )
+            } else if len != call.len as u64 {
+                format!(
+                    "rank {p} passed {len} elements, this rank {} \
+                     (every rank must pass buffers of the same length)",
+                    call.len
+                )
+            } else if hash != call.bounds_hash {
+                format!(
+                    "rank {p} passed other chunk bounds than this rank's \
+                     (every rank must split the buffer alike)"
+                )
+            } else {
+                continue;
+            };
+            return Err(CommError::InvalidArgument {
+                what: format!("rank {me}: {what}: {problem}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The half the next piece uses: pieces alternate (see the module docs).
+    fn next_half(&mut self) -> usize {
+        let half = (self.pieces % 2) as usize;
+        self.pieces += 1;
+        half
+    }
+
+    /// A piece's first barrier; on the call's first piece it also checks the peers.
+    fn first_barrier(
+        &mut self,
+        call: &CallId,
+        first: &mut bool,
+        watch: &[Watch],
+        what: &str,
+    ) -> Result<(), CommError> {
+        self.barrier(watch, what)?;
+        if std::mem::take(first) {
+            self.check_peers(call, what)?;
+        }
+        Ok(())
+    }
+
+    /// In-place all-reduce of `data` through the segment, chunk `c` =
+    /// `bounds[c]..bounds[c + 1]` summed in the ring's order for owner `c`
+    /// (bitwise [`crate::ring_order_sum_in`], the socket ring's sum). `bounds`
+    /// must have passed [`crate::ops::check_bounds`].
+    pub fn all_reduce_in<T: ShmElem>(
         &mut self,
         data: &mut [T],
+        bounds: &[usize],
         watch: &[Watch],
         what: &str,
     ) -> Result<(), CommError> {
         let len = data.len();
         let n = self.world;
+        let me = self.rank;
+        let call = CallId::new(T::ALL_REDUCE, len, bounds);
+        self.announce(&call);
         let mut off = 0;
-        // Published before the first barrier, read after it by every rank: a rank
-        // whose length differs fails every rank instead of desynchronising the barriers.
-        self.length_word(self.rank)
-            .store(len as u64, Ordering::Relaxed);
         let mut first = true;
-        // At least one piece, even when empty: the length check needs its barrier.
+        // At least one piece, even when empty: the peer check needs its barrier.
         while first || off < len {
             let plen = self.slot_elems.min(len - off);
-            let half = (self.pieces % 2) as usize;
-            self.pieces += 1;
-            let me = self.rank;
+            let half = self.next_half();
             let mine = self.slot_ptr(half, me);
             for q in (0..n).filter(|&q| q != me) {
                 // Only the parts other ranks reduce: our own part is read from `data`.
@@ -421,28 +597,17 @@ impl Segment {
                 let dst = unsafe { std::slice::from_raw_parts_mut(mine.add(w.start), w.len()) };
                 T::widen(&data[off + w.start..off + w.end], dst);
             }
-            self.barrier(watch, what)?;
-            if first {
-                first = false;
-                for p in 0..n {
-                    let theirs = self.length_word(p).load(Ordering::Relaxed);
-                    if theirs != len as u64 {
-                        return Err(CommError::InvalidArgument {
-                            what: format!(
-                                "rank {me}: {what}: rank {p} passed {theirs} elements, this rank {len} \
-                                 (every rank must pass buffers of the same length)"
-                            ),
-                        });
-                    }
-                }
-            }
+            self.first_barrier(&call, &mut first, watch, what)?;
+            // The work is split evenly over the piece (each rank sums 1/n of it,
+            // whoever owns it); the order of each element's sum follows its owner.
             let work = chunk_range(plen, n, me);
             for owner in 0..n {
-                let g = chunk_range(len, n, owner);
-                let a = g.start.max(off + work.start);
-                let b = g.end.min(off + work.end);
-                if a < b {
-                    self.reduce_part(half, owner, off, a - off..b - off, data);
+                let r = intersect(
+                    bounds[owner]..bounds[owner + 1],
+                    off + work.start..off + work.end,
+                );
+                if !r.is_empty() {
+                    self.reduce_part(half, owner, off, r.start - off..r.end - off, data, true);
                 }
             }
             self.barrier(watch, what)?;
@@ -460,16 +625,121 @@ impl Segment {
         Ok(())
     }
 
+    /// In-place reduce-scatter through the segment: only this rank's chunk
+    /// (`bounds[rank]..bounds[rank + 1]`) ends reduced, with the bits
+    /// [`Segment::all_reduce_in`] gives it; the rest of `data` is untouched.
+    ///
+    /// One barrier per piece: every rank copies the parts the others own into
+    /// its slot, then each sums its own part reading the peers' slots. A half
+    /// is written again two pieces later, after the next piece's barrier,
+    /// which every rank reaches only once done reading it.
+    pub fn reduce_scatter_in(
+        &mut self,
+        data: &mut [f32],
+        bounds: &[usize],
+        watch: &[Watch],
+        what: &str,
+    ) -> Result<(), CommError> {
+        let len = data.len();
+        let n = self.world;
+        let me = self.rank;
+        let call = CallId::new(Op::ReduceScatter, len, bounds);
+        self.announce(&call);
+        let own = bounds[me]..bounds[me + 1];
+        let mut off = 0;
+        let mut first = true;
+        while first || off < len {
+            let plen = self.slot_elems.min(len - off);
+            let piece = off..off + plen;
+            let half = self.next_half();
+            let slot = self.slot_ptr(half, me);
+            for q in (0..n).filter(|&q| q != me) {
+                let r = intersect(bounds[q]..bounds[q + 1], piece.clone());
+                // An empty intersection may start past the piece: no pointer is made for it.
+                if r.is_empty() {
+                    continue;
+                }
+                // SAFETY: elements r - off of our own slot of this half, inside the slot
+                // (r lies in the piece, at most `slot_elems` long); nobody reads it
+                // before the barrier below, and the half is free (see above).
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(slot.add(r.start - off), r.len()) };
+                dst.copy_from_slice(&data[r]);
+            }
+            self.first_barrier(&call, &mut first, watch, what)?;
+            let r = intersect(own.clone(), piece);
+            if !r.is_empty() {
+                self.reduce_part(half, me, off, r.start - off..r.end - off, data, false);
+            }
+            off += plen;
+        }
+        Ok(())
+    }
+
+    /// In-place all-gather of bytes through the segment: chunk `c` (`bounds`
+    /// in bytes) of rank `c` is copied, bit for bit, to every rank.
+    ///
+    /// The chunks are disjoint, so a half serves as one area of
+    /// `world · slot` bytes that every owner writes its part of a piece into;
+    /// one barrier per piece, as in [`Segment::reduce_scatter_in`].
+    pub fn all_gather_bytes_in(
+        &mut self,
+        data: &mut [u8],
+        bounds: &[usize],
+        watch: &[Watch],
+        what: &str,
+    ) -> Result<(), CommError> {
+        let len = data.len();
+        let n = self.world;
+        let me = self.rank;
+        let call = CallId::new(Op::AllGather, len, bounds);
+        self.announce(&call);
+        let area_bytes = n * self.slot_elems * 4;
+        let mut off = 0;
+        let mut first = true;
+        while first || off < len {
+            let plen = area_bytes.min(len - off);
+            let piece = off..off + plen;
+            let half = self.next_half();
+            let area = self.slot_ptr(half, 0).cast::<u8>();
+            let r = intersect(bounds[me]..bounds[me + 1], piece.clone());
+            // An empty intersection may start past the piece: no pointer is made for it.
+            if !r.is_empty() {
+                // SAFETY: bytes r - off of this half's area (the half's `world` slots, one
+                // after another), inside it as r lies in the piece; only this rank writes
+                // them, and nobody reads them before the barrier below.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(area.add(r.start - off), r.len()) };
+                dst.copy_from_slice(&data[r]);
+            }
+            self.first_barrier(&call, &mut first, watch, what)?;
+            for q in (0..n).filter(|&q| q != me) {
+                let r = intersect(bounds[q]..bounds[q + 1], piece.clone());
+                if r.is_empty() {
+                    continue;
+                }
+                // SAFETY: bytes rank q wrote before the barrier; nobody writes this half
+                // again until every rank passed the next piece's barrier.
+                let src = unsafe { std::slice::from_raw_parts(area.add(r.start - off), r.len()) };
+                data[r].copy_from_slice(src);
+            }
+            off += plen;
+        }
+        Ok(())
+    }
+
     /// Sums `range` of the piece at `off` in the ring's order for chunk `owner`
     /// (starting at rank owner+1, ending at owner): the peers' values from their
-    /// slots, ours from `data`. The sum goes into our slot (for the peers) and `data`.
+    /// slots, ours from `data`. The sum goes into `data` and, when `publish`
+    /// (the all-reduce, whose peers copy it back), into our slot.
     fn reduce_part<T: ShmElem>(
         &self,
         half: usize,
         owner: usize,
         off: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
         data: &mut [T],
+        publish: bool,
     ) {
         const BLOCK: usize = 2048;
         let n = self.world;
@@ -500,9 +770,13 @@ impl Segment {
                     }
                 }
             }
-            // SAFETY: our own slot's part, which only we write and nobody reads until the barrier.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(half, me).add(at), m) };
-            dst.copy_from_slice(acc);
+            if publish {
+                // SAFETY: our own slot's part, which only we write and nobody reads until
+                // the barrier.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(half, me).add(at), m) };
+                dst.copy_from_slice(acc);
+            }
             T::narrow(acc, ours);
             at += m;
         }

@@ -1,6 +1,7 @@
 //! Failure handling with real processes: a rank killed in the middle of an
-//! all-reduce, or frozen, makes every other rank fail within the timeout with
-//! an error naming it, never hang. The test binary re-runs itself as the
+//! all-reduce, a reduce-scatter or an all-gather (uneven chunks, as sharded
+//! training calls them), or frozen, makes every other rank fail within the
+//! timeout with an error naming it, never hang. The test binary re-runs itself as the
 //! ranks (env FRUGAL_COMM_TEST_WORKER), so each rank is a separate process.
 
 mod common;
@@ -12,17 +13,37 @@ use std::time::{Duration, Instant};
 
 const WORKER_ENV: &str = "FRUGAL_COMM_TEST_WORKER";
 
-/// The rank's side: join, announce, all-reduce 4 MiB buffers until an error.
+/// The collective a worker repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    AllReduce = 0,
+    ReduceScatter = 1,
+    AllGather = 2,
+}
+
+/// Uneven chunks of `len` over `world` ranks: rank c owns a share c + 1 (and
+/// the boundaries fall at no round number).
+fn uneven_bounds(len: usize, world: usize) -> Vec<usize> {
+    let total: usize = (1..=world).sum();
+    let mut b: Vec<usize> = (0..world)
+        .map(|c| len * (c * (c + 1) / 2) / total + c)
+        .collect();
+    b.push(len);
+    b
+}
+
+/// The rank's side: join, announce, run `op` on 4 MiB buffers until an error.
 /// Exits the process: 0 never (the test always kills someone), 3 on a comm error.
 fn worker(spec: &str) -> ! {
     let mut it = spec.split(',').map(|s| s.parse::<u64>().unwrap_or(0));
-    let (rank, world, port, timeout_ms, lanes, unix) = (
+    let (rank, world, port, timeout_ms, lanes, unix, op) = (
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) as u16,
         it.next().unwrap_or(0),
         it.next().unwrap_or(0) as usize,
         it.next().unwrap_or(0) == 1,
+        it.next().unwrap_or(0),
     );
     let rv = Rendezvous::loopback(
         rank,
@@ -49,8 +70,14 @@ fn worker(spec: &str) -> ! {
         }
     };
     let mut buf = vec![1.0f32; 1 << 20];
+    let bounds = uneven_bounds(buf.len(), world);
     for step in 0..100_000 {
-        if let Err(e) = comm.all_reduce_sum_f32(&mut buf) {
+        let result = match op {
+            1 => comm.reduce_scatter_sum_f32_in(&mut buf, &bounds),
+            2 => comm.all_gather_f32_in(&mut buf, &bounds),
+            _ => comm.all_reduce_sum_f32(&mut buf),
+        };
+        if let Err(e) = result {
             eprintln!("ERROR {e}");
             std::process::exit(3);
         }
@@ -67,6 +94,7 @@ fn spawn_ranks(
     timeout: Duration,
     lanes: usize,
     transport: SameHost,
+    op: Op,
 ) -> Vec<Child> {
     let unix = u8::from(transport != SameHost::SharedMemory);
     let port = common::free_port();
@@ -78,8 +106,9 @@ fn spawn_ranks(
                 .env(
                     WORKER_ENV,
                     format!(
-                        "{rank},{world},{port},{},{lanes},{unix}",
-                        timeout.as_millis()
+                        "{rank},{world},{port},{},{lanes},{unix},{}",
+                        timeout.as_millis(),
+                        op as u8
                     ),
                 )
                 .stdout(Stdio::piped())
@@ -145,8 +174,28 @@ fn kill_one_over(
     lanes: usize,
     transport: SameHost,
 ) {
+    kill_one_during(
+        test_name,
+        world,
+        victim,
+        signal,
+        lanes,
+        transport,
+        Op::AllReduce,
+    );
+}
+
+fn kill_one_during(
+    test_name: &str,
+    world: usize,
+    victim: usize,
+    signal: i32,
+    lanes: usize,
+    transport: SameHost,
+    op: Op,
+) {
     let timeout = Duration::from_secs(3);
-    let mut ranks = spawn_ranks(test_name, world, timeout, lanes, transport);
+    let mut ranks = spawn_ranks(test_name, world, timeout, lanes, transport, op);
     for c in ranks.iter_mut() {
         wait_for_steps(c, 2);
     }
@@ -164,7 +213,7 @@ fn kill_one_over(
         assert_eq!(
             code,
             Some(3),
-            "rank {rank} should fail with a comm error; stderr: {err}"
+            "{op:?} over {transport:?}: rank {rank} should fail with a comm error; stderr: {err}"
         );
         assert!(
             err.contains(&format!("rank {rank}:")),
@@ -246,6 +295,42 @@ fn killed_rank_on_the_socket_ring_fails_every_other_rank() {
     let name = "killed_rank_on_the_socket_ring_fails_every_other_rank";
     kill_one_over(name, 4, 2, libc::SIGKILL, 1, SameHost::UnixSocket);
     kill_one_over(name, 2, 0, libc::SIGSTOP, 1, SameHost::UnixSocket);
+}
+
+#[test]
+fn killed_rank_mid_reduce_scatter_fails_every_other_rank() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        worker(&spec);
+    }
+    // Uneven chunks, through shared memory and over the socket ring; the
+    // victim owns the largest chunk in one case and the smallest in the other.
+    let name = "killed_rank_mid_reduce_scatter_fails_every_other_rank";
+    for transport in [SameHost::SharedMemory, SameHost::UnixSocket] {
+        kill_one_during(name, 3, 2, libc::SIGKILL, 1, transport, Op::ReduceScatter);
+        kill_one_during(name, 4, 0, libc::SIGKILL, 1, transport, Op::ReduceScatter);
+    }
+}
+
+#[test]
+fn killed_rank_mid_all_gather_fails_every_other_rank() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        worker(&spec);
+    }
+    let name = "killed_rank_mid_all_gather_fails_every_other_rank";
+    for transport in [SameHost::SharedMemory, SameHost::UnixSocket] {
+        kill_one_during(name, 3, 1, libc::SIGKILL, 1, transport, Op::AllGather);
+        kill_one_during(name, 4, 3, libc::SIGKILL, 1, transport, Op::AllGather);
+    }
+    // A frozen rank: only the timeout notices, and names it.
+    kill_one_during(
+        name,
+        3,
+        0,
+        libc::SIGSTOP,
+        1,
+        SameHost::SharedMemory,
+        Op::AllGather,
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The NCCL backend: without libnccl or the CUDA driver, joining is a clear
-//! error (never a panic inside cudarc); with them, a one-rank job works.
+//! error (never a panic inside cudarc); with them, a one-rank job works,
+//! the collectives over explicit chunks included.
 
 use frugal_comm::{CommError, Rendezvous, Transport};
 
@@ -34,6 +35,21 @@ fn nccl_is_a_clear_error_without_its_libraries_and_works_with_them() {
             let mut b = vec![7u8; 5];
             comm.broadcast_bytes(&mut b, 0).expect("broadcast");
             assert_eq!(b, vec![7u8; 5]);
+            // The grouped reduce-scatter and all-gather over explicit chunks:
+            // one rank owns everything, so both leave the values as they were.
+            let mut y = vec![0.5f32, -0.0, 4.0];
+            comm.reduce_scatter_sum_f32_in(&mut y, &[0, 3])
+                .expect("reduce-scatter");
+            assert_eq!(y, vec![0.5, -0.0, 4.0]);
+            let mut g = vec![1u8, 2, 3];
+            comm.all_gather_bytes_in(&mut g, &[0, 3])
+                .expect("all-gather");
+            assert_eq!(g, vec![1, 2, 3]);
+            let bad = comm.all_gather_bytes_in(&mut g, &[0, 2]).err();
+            assert!(
+                matches!(bad, Some(CommError::InvalidArgument { .. })),
+                "{bad:?}"
+            );
         }
     }
 }

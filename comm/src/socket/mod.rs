@@ -5,8 +5,9 @@
 //! about half the latency. Both go through the same handshake (version, job
 //! token, rank), and a rank with no Unix listener is reached over TCP.
 //! When every rank of the job is on one host ([`SameHost::SharedMemory`], the
-//! default, and every ring link a Unix socket), all-reduces go through a
-//! shared-memory segment instead (`shm.rs`); the ring carries the rest.
+//! default, and every ring link a Unix socket), all-reduces, reduce-scatters
+//! and all-gathers go through a shared-memory segment instead (`shm.rs`),
+//! with the same bits as the ring; the ring carries broadcasts and barriers.
 //!
 //! Each collective is a plan (`ring.rs`: which slices go where, in which
 //! order) executed by one event loop per lane with non-blocking sockets
@@ -81,7 +82,8 @@ pub struct SocketComm {
     refused: usize,
     /// The first error; once set, every call fails with it.
     broken: Option<String>,
-    /// The shared-memory segment all-reduces go through, when every rank is on this host.
+    /// The shared-memory segment the reducing and gathering collectives go
+    /// through, when every rank is on this host.
     shm: Option<shm::Segment>,
 }
 
@@ -207,15 +209,20 @@ impl SocketComm {
         Ok(())
     }
 
-    /// Whether all-reduces go through shared memory ([`SameHost::SharedMemory`]
-    /// with every rank on this host).
+    /// Whether all-reduces, reduce-scatters and all-gathers go through shared
+    /// memory ([`SameHost::SharedMemory`] with every rank on this host).
     pub fn uses_shared_memory(&self) -> bool {
         self.shm.is_some()
     }
 
-    /// The all-reduce through the shared-memory segment; on failure tells the others
-    /// (segment abort word, then the ring) and breaks the communicator.
-    fn shm_all_reduce<T: shm::ShmElem>(&mut self, data: &mut [T]) -> Result<(), CommError> {
+    /// Runs `f` (a collective through the shared-memory segment, named `name`
+    /// in errors); on failure tells the others (segment abort word, then the
+    /// ring) and breaks the communicator. Only called when `self.shm` is set.
+    fn through_shm(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut shm::Segment, &[shm::Watch], &str) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
         self.check_usable()?;
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -238,7 +245,7 @@ impl SocketComm {
         let Some(seg) = self.shm.as_mut() else {
             return Ok(());
         };
-        match seg.all_reduce(data, &watch, &format!("all-reduce #{seq}")) {
+        match f(seg, &watch, &format!("{name} #{seq}")) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let states = vec![(0usize, true); self.lanes.len()];
@@ -388,21 +395,20 @@ impl Communicator for SocketComm {
     }
 
     fn all_reduce_sum_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        if self.shm.is_some() {
-            return self.shm_all_reduce(data);
-        }
         let bounds = even_bounds(data.len(), self.world);
-        self.ring_f32(OpCode::AllReduce, Phases::Both, data, &bounds)
+        self.all_reduce_sum_f32_in(data, &bounds)
     }
 
     fn all_reduce_sum_bf16(&mut self, data: &mut [bf16]) -> Result<(), CommError> {
+        let bounds = even_bounds(data.len(), self.world);
         if self.shm.is_some() {
-            return self.shm_all_reduce(data);
+            return self.through_shm("all-reduce", |seg, watch, what| {
+                seg.all_reduce_in(data, &bounds, watch, what)
+            });
         }
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
         staging.extend(data.iter().map(|v| v.to_f32()));
-        let bounds = even_bounds(staging.len(), self.world);
         let result = self.ring_f32(OpCode::AllReduce, Phases::Both, &mut staging, &bounds);
         if result.is_ok() {
             for (d, s) in data.iter_mut().zip(&staging) {
@@ -415,12 +421,15 @@ impl Communicator for SocketComm {
 
     fn reduce_scatter_sum_f32(&mut self, data: &mut [f32]) -> Result<Range<usize>, CommError> {
         let bounds = even_bounds(data.len(), self.world);
-        self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data, &bounds)?;
+        self.reduce_scatter_sum_f32_in(data, &bounds)?;
         Ok(chunk_range(data.len(), self.world, self.rank))
     }
 
     fn all_gather_f32(&mut self, data: &mut [f32]) -> Result<(), CommError> {
         let bounds = even_bounds(data.len(), self.world);
+        if self.shm.is_some() {
+            return self.all_gather_f32_in(data, &bounds);
+        }
         self.ring_f32(OpCode::AllGather, Phases::AllGather, data, &bounds)
     }
 
@@ -429,6 +438,12 @@ impl Communicator for SocketComm {
         data: &mut [f32],
         bounds: &[usize],
     ) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            check_bounds(bounds, data.len(), self.world, self.rank)?;
+            return self.through_shm("all-reduce", |seg, watch, what| {
+                seg.all_reduce_in(data, bounds, watch, what)
+            });
+        }
         self.ring_f32(OpCode::AllReduce, Phases::Both, data, bounds)
     }
 
@@ -437,10 +452,22 @@ impl Communicator for SocketComm {
         data: &mut [f32],
         bounds: &[usize],
     ) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            check_bounds(bounds, data.len(), self.world, self.rank)?;
+            return self.through_shm("reduce-scatter", |seg, watch, what| {
+                seg.reduce_scatter_in(data, bounds, watch, what)
+            });
+        }
         self.ring_f32(OpCode::ReduceScatter, Phases::ReduceScatter, data, bounds)
     }
 
     fn all_gather_bytes_in(&mut self, data: &mut [u8], bounds: &[usize]) -> Result<(), CommError> {
+        if self.shm.is_some() {
+            check_bounds(bounds, data.len(), self.world, self.rank)?;
+            return self.through_shm("all-gather", |seg, watch, what| {
+                seg.all_gather_bytes_in(data, bounds, watch, what)
+            });
+        }
         self.ring(OpCode::AllGather, Phases::AllGather, data, bounds, 1)
     }
 

@@ -2,6 +2,9 @@
 //! bandwidth and bus bandwidth, as nccl-tests define them:
 //! algbw = bytes / time, busbw = algbw · 2(n−1)/n (the bytes each rank's links
 //! must carry in an optimal all-reduce, so figures compare across rank counts).
+//! `--op reduce-scatter|all-gather` times those instead (what sharded training
+//! calls; the even split over ranks), with busbw = algbw · (n−1)/n, where
+//! bytes is the whole buffer, as nccl-tests count them.
 //!
 //! The parent starts n local rank processes (this executable with `--worker`,
 //! the same variables `frugal launch` sets) for each rank count; rank 0 prints
@@ -20,7 +23,8 @@ use std::time::Instant;
 
 /// What `frugal bench allreduce --help` says first.
 pub const ABOUT: &str =
-    "Times the socket communicator's f32 all-reduce between local rank processes on loopback.";
+    "Times the socket communicator's f32 all-reduce (or, with --op, reduce-scatter \
+     or all-gather) between local rank processes on loopback.";
 
 /// What `frugal bench allreduce --help` says last.
 pub const DELAY_NOTE: &str = "\
@@ -52,11 +56,14 @@ pub struct AllreduceFlags {
     /// (default 0: one per 8 cores of rank 0, 1 to 4)
     #[arg(long, value_name = "N", default_value_t = frugal_comm::socket::DEFAULT_LANES, value_parser = text::<usize>(), verbatim_doc_comment)]
     lanes: usize,
-    /// transport between ranks on this host: shm (all-reduce through shared memory
+    /// transport between ranks on this host: shm (collectives through shared memory
     /// when every rank is local), unix (Unix-domain socket ring) or tcp (loopback TCP ring)
     #[arg(long, value_name = "MODE", default_value = "shm", value_parser = text::<String>(), verbatim_doc_comment)]
     same_host: String,
-    /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms
+    /// the collective to time: all-reduce, reduce-scatter or all-gather
+    #[arg(long, value_name = "OP", default_value = "all-reduce", value_parser = text::<String>())]
+    op: String,
+    /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms, op
     #[arg(long)]
     json: bool,
     /// run as one rank of the measurement (what the parent starts)
@@ -65,6 +72,54 @@ pub struct AllreduceFlags {
 }
 
 const RESULT_TAG: &str = "allreduce-result";
+
+/// The collective `--op` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
+}
+
+impl Op {
+    fn parse(s: &str) -> Result<Op, String> {
+        match s {
+            "all-reduce" => Ok(Op::AllReduce),
+            "reduce-scatter" => Ok(Op::ReduceScatter),
+            "all-gather" => Ok(Op::AllGather),
+            other => Err(format!(
+                "--op '{other}': all-reduce, reduce-scatter or all-gather"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::AllReduce => "all-reduce",
+            Op::ReduceScatter => "reduce-scatter",
+            Op::AllGather => "all-gather",
+        }
+    }
+
+    /// busbw / algbw for `n` ranks, as nccl-tests define it: the share of
+    /// the buffer each rank's links carry in an optimal algorithm.
+    fn bus_factor(self, n: usize) -> f64 {
+        let share = (n as f64 - 1.0) / n as f64;
+        match self {
+            Op::AllReduce => 2.0 * share,
+            Op::ReduceScatter | Op::AllGather => share,
+        }
+    }
+
+    /// One call on `buf` (the even split over ranks).
+    fn run(self, comm: &mut SocketComm, buf: &mut [f32]) -> Result<(), frugal_comm::CommError> {
+        match self {
+            Op::AllReduce => comm.all_reduce_sum_f32(buf),
+            Op::ReduceScatter => comm.reduce_scatter_sum_f32(buf).map(|_| ()),
+            Op::AllGather => comm.all_gather_f32(buf),
+        }
+    }
+}
 
 /// Parses `4K`, `64M`, `1G`, `4096` (binary multiples).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -113,6 +168,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         socket_buffer: sockbuf,
         lanes,
         same_host,
+        op: op_name,
         json,
         worker,
     } = flags;
@@ -144,8 +200,10 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
     if iters == Some(0) {
         return Err(usage("--iters must be at least 1".into()));
     }
+    let op = Op::parse(&op_name).map_err(usage)?;
     if worker {
         return run_worker(
+            op,
             &sizes,
             iters,
             SocketOptions {
@@ -190,6 +248,8 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             lanes.to_string(),
             "--same-host".into(),
             same_host.clone(),
+            "--op".into(),
+            op.name().into(),
         ]);
         if let Some(i) = iters {
             child.extend(["--iters".into(), i.to_string()]);
@@ -231,11 +291,11 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
                 continue;
             };
             let algbw = bytes / (ms * 1e-3) / 1e9;
-            let busbw = algbw * 2.0 * (n as f64 - 1.0) / n as f64;
+            let busbw = algbw * op.bus_factor(n);
             if json {
                 println!(
-                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}}}",
-                    bytes as u64, iters as u64
+                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}, \"op\": \"{}\"}}",
+                    bytes as u64, iters as u64, op.name()
                 );
             } else {
                 println!(
@@ -284,6 +344,7 @@ fn run_delay_seconds() -> f64 {
 
 /// One rank: time each size, print rank 0's line for the parent.
 fn run_worker(
+    op: Op,
     sizes: &[usize],
     iters: Option<usize>,
     options: SocketOptions,
@@ -304,14 +365,14 @@ fn run_worker(
         let iters = iters.unwrap_or_else(|| default_iters(bytes));
         let warmup = (iters / 10).clamp(1, 20);
         for _ in 0..warmup {
-            comm.all_reduce_sum_f32(&mut buf)?;
+            op.run(&mut comm, &mut buf)?;
         }
         comm.barrier()?;
         let t = Instant::now();
         let cpu = cpu_seconds();
         let delay = run_delay_seconds();
         for _ in 0..iters {
-            comm.all_reduce_sum_f32(&mut buf)?;
+            op.run(&mut comm, &mut buf)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
@@ -347,5 +408,16 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("2").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn ops_parse_by_name_with_nccl_tests_bus_factors() {
+        for op in [Op::AllReduce, Op::ReduceScatter, Op::AllGather] {
+            assert_eq!(Op::parse(op.name()), Ok(op));
+        }
+        assert!(Op::parse("all_reduce").is_err());
+        assert_eq!(Op::AllReduce.bus_factor(4), 1.5);
+        assert_eq!(Op::ReduceScatter.bus_factor(4), 0.75);
+        assert_eq!(Op::AllGather.bus_factor(2), 0.5);
     }
 }
