@@ -38,7 +38,8 @@ enum Bench {
     /// time each non-matmul kernel at the shapes of one training step
     #[command(long_about = kernels::ABOUT, after_help = EMULATED_NOTE)]
     Kernels(kernels::KernelsFlags),
-    /// time the socket communicator's f32 all-reduce between local ranks
+    /// time the socket communicator's f32 all-reduce (or, with --op, reduce-scatter
+    /// or all-gather) between local ranks
     #[command(long_about = allreduce::ABOUT, after_help = allreduce::DELAY_NOTE)]
     Allreduce(allreduce::AllreduceFlags),
     /// time the training step (forward, backward, grad norm and clip, AdamW)
