@@ -17,7 +17,9 @@
 
 use frugal_model::config::{Config, LayerTensor, ParamKind, ParamLayout};
 use frugal_model::cpu::CpuModel;
-use frugal_model::device::{Attention, DeviceModel, DqMode, OptimHyper, StepOptions};
+use frugal_model::device::{
+    Attention, DeviceModel, DqMode, OptimHyper, ShardState, Sharding, StepOptions,
+};
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
 use frugal_model::{ModelError, IGNORE_INDEX};
@@ -320,6 +322,10 @@ fn gradients_match_cpu_vanilla_attention() {
 const ATOMIC: StepOptions = StepOptions {
     attention: Attention::Flash,
     dq: DqMode::Atomic,
+    sharding: Sharding {
+        mode: ShardState::None,
+        world: 1,
+    },
 };
 
 #[test]
@@ -775,6 +781,7 @@ fn unsupported_configs_are_refused() {
     let vanilla_atomic = StepOptions {
         attention: Attention::Vanilla,
         dq: DqMode::Atomic,
+        ..Default::default()
     };
     for result in [
         DeviceModel::requests_with(&ok, 1, 16, vanilla_atomic).map(|_| ()),

@@ -63,6 +63,7 @@
 
 mod place;
 pub mod program;
+pub mod sharding;
 mod vanilla;
 
 use std::ops::Range;
@@ -76,6 +77,7 @@ use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
+pub use sharding::{ShardState, Sharding};
 
 use crate::config::{Config, ParamKind, ParamLayout};
 use crate::error::ModelError;
@@ -105,6 +107,10 @@ pub struct StepOptions {
     /// with vanilla attention ([`ModelError::DeviceUnsupported`]) rather than silently
     /// running something other than what was asked for.
     pub dq: DqMode,
+    /// Which model state this rank holds only its shard of, over how many ranks (the
+    /// default: nothing sharded). The arena holds the largest shard (rank 0's) so that
+    /// every rank plans the same arena; see [`sharding`].
+    pub sharding: Sharding,
 }
 
 impl StepOptions {
@@ -113,6 +119,7 @@ impl StepOptions {
         StepOptions {
             attention,
             dq: DqMode::Deterministic,
+            sharding: Sharding::default(),
         }
     }
 }
@@ -278,10 +285,17 @@ impl DeviceModel {
         options: StepOptions,
     ) -> Result<MemoryFloor, ModelError> {
         cfg.validate()?;
+        // The small programs are built unsharded (a shard's size is not linear in the
+        // layers); the L-layer model's unsharded state is then swapped for its sharded
+        // state, both by arithmetic (program::StateBytes, what the builder declares).
+        let unsharded = StepOptions {
+            sharding: Sharding::default(),
+            ..options
+        };
         let live = |layers: usize| -> Result<[u64; Category::ALL.len()], ModelError> {
             let mut few = cfg.clone();
             few.n_layers = layers;
-            Ok(Program::plan_only(&few, batch, seq, options)?.live_at_loss())
+            Ok(Program::plan_only(&few, batch, seq, unsharded)?.live_at_loss())
         };
         let l = cfg.n_layers;
         let per_category: Vec<u128> = if l <= 3 {
@@ -298,6 +312,13 @@ impl DeviceModel {
                 })
                 .collect()
         };
+        let whole = program::StateBytes::new(cfg, Sharding::default()).by_category();
+        let sharded = program::StateBytes::new(cfg, options.sharding).by_category();
+        let per_category: Vec<u128> = per_category
+            .iter()
+            .zip(whole.iter().zip(sharded))
+            .map(|(&b, (&w, s))| b.saturating_sub(w as u128).saturating_add(s as u128))
+            .collect();
         let clamp = |b: u128| u64::try_from(b).unwrap_or(u64::MAX);
         let by_category: Vec<(Category, u64)> = Category::ALL
             .iter()
@@ -346,6 +367,19 @@ impl DeviceModel {
             return Err(ModelError::DeviceUnsupported {
                 what: "the cpu device runs no PTX kernels; the CPU model (crate::cpu) trains there"
                     .into(),
+            });
+        }
+        if options.sharding.shards_weights() {
+            return Err(ModelError::DeviceUnsupported {
+                what: "--shard full: the device step does not gather the weights unit by unit \
+                       yet (its memory is planned, not run); use --shard grad-op on emu/cuda, \
+                       or --shard full on the CPU"
+                    .into(),
+            });
+        }
+        if options.sharding.shards_optimizer() {
+            return Err(ModelError::DeviceUnsupported {
+                what: "--shard grad-op: not yet on the device step".into(),
             });
         }
         // The emulator runs the sm_80 code path; a GPU its own architecture (unknown
