@@ -163,6 +163,7 @@ pub fn prepare_gpu(
         say_raw!("{}", target::dry_run_memory(&device, opts, world, &planned));
         return Ok(None);
     }
+    refuse_unwired_sharding(opts, world)?;
     let planned = planned.map_err(|e| CliError::DeviceMemory {
         error: Box::new(e),
         batch: opts.batch,
@@ -229,6 +230,30 @@ pub fn prepare_gpu(
         peak_flops,
         notes,
     }))
+}
+
+/// `--shard grad-op`/`full` at several ranks on emu/cuda, refused before anything is
+/// allocated (a dry run still plans it). The device step shards its optimizer
+/// (`DeviceModel::set_rank`, `norm_partials`, `optimizer_step_with_partials`: the
+/// unsharded bits, tested on emu), but the job's gradient reduce-scatter and the
+/// all-gathers of norm partials and bf16 weights are not wired to it yet; `full` also
+/// needs the per-unit weight gathers in the step program.
+fn refuse_unwired_sharding(opts: &TrainOptions, world: usize) -> Result<(), CliError> {
+    let sharding = target::sharding(opts.shard, world);
+    if !sharding.shards_optimizer() {
+        return Ok(());
+    }
+    let why = if sharding.shards_weights() {
+        "the device step does not gather the weights unit by unit yet"
+    } else {
+        "the device step's shard optimizer is not wired to the job's reduce-scatter and \
+         all-gathers yet"
+    };
+    Err(CliError::usage(format!(
+        "train: --shard {} over {world} ranks on --device {}: {why}; train with --shard none \
+         on emu/cuda, or --shard {} on the CPU (--device cpu); --dry-run plans it",
+        opts.shard, opts.device, opts.shard
+    )))
 }
 
 /// What the job's flags mean for this many ranks, said once at start.
