@@ -671,3 +671,35 @@ fn resuming_with_mem_target_at_another_batch_says_which_batch_to_pass() {
     advised.extend_from_slice(&["--resume", "auto"]);
     assert_ok(&train_emu(&advised));
 }
+
+/// A rank of a sharded job on emu is refused before anything is allocated (exit 2, naming
+/// what works), until the device step's shard optimizer is wired to the job's collectives;
+/// a dry run plans it. Read from WORLD_SIZE before the rank joins, so no peer is needed.
+#[test]
+fn sharded_emu_ranks_are_refused_naming_what_works() {
+    for mode in ["grad-op", "full"] {
+        let mut args = vec!["train", "--device", "emu"];
+        args.extend_from_slice(SMALL);
+        args.extend_from_slice(&["--steps", "1", "--shard", mode]);
+        let o = command(&args)
+            .env("WORLD_SIZE", "2")
+            .env("RANK", "1")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", "1")
+            .output()
+            .unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{mode}: {err}");
+        assert!(err.contains("--shard none"), "{mode}: {err}");
+        assert!(err.contains("--device cpu"), "{mode}: {err}");
+        args.push("--dry-run");
+        let o = command(&args)
+            .env("WORLD_SIZE", "2")
+            .env("RANK", "1")
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{mode}: {err}");
+        assert!(out.contains("(shard 1/2"), "{mode}: {out}");
+    }
+}

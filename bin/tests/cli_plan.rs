@@ -102,10 +102,16 @@ impl Ran {
 }
 
 /// Runs `frugal args` under `ulimit -v vm_kib`, measuring that one child.
+fn run_limited(vm_kib: u64, args: &[&str]) -> Ran {
+    run_limited_env(vm_kib, args, &[])
+}
+
+/// [`run_limited`] with `env` set in the child (after the defaults, which it may override).
 // The child is reaped by `wait4` (for its rusage), not `Child::wait`.
 #[allow(clippy::zombie_processes)]
-fn run_limited(vm_kib: u64, args: &[&str]) -> Ran {
-    let mut child = Command::new("/bin/sh")
+fn run_limited_env(vm_kib: u64, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut command = Command::new("/bin/sh");
+    command
         .arg("-c")
         .arg(format!("ulimit -v {vm_kib} && exec \"$0\" \"$@\""))
         .arg(BIN)
@@ -115,7 +121,11 @@ fn run_limited(vm_kib: u64, args: &[&str]) -> Ran {
         .env_remove("WORLD_SIZE")
         .env_remove("LOCAL_RANK")
         .env_remove("SLURM_PROCID")
-        .env("FRUGAL_EMU_MEMORY_GIB", "16")
+        .env("FRUGAL_EMU_MEMORY_GIB", "16");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -438,4 +448,219 @@ fn arena_plans_a_long_buffer_list_quickly() {
     );
     let out = ran.assert_answered();
     assert!(out.contains("schedule-order"), "{out}");
+}
+
+/// The bytes of `category`'s row ("at peak" column) in a breakdown print-out.
+fn category_bytes(out: &str, category: &str) -> u64 {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(category))
+        .and_then(|l| {
+            let rest = l.trim_start()[category.len()..].trim_start();
+            // buffers, requested, requested GiB, GiB, at peak
+            rest.split_whitespace().nth(4)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no '{category}' row in:\n{out}"))
+}
+
+/// paper-2b's step planned for one rank of 8 and 32 at batch 32 and 64: the sharded
+/// categories are 1/W of the model's, and each mode needs less than the one before.
+/// Prints the table of planned peaks per GPU (`--nocapture` shows it).
+#[test]
+fn sharded_plans_of_paper_2b_scale_with_the_world() {
+    let params: u64 = 1_969_027_008;
+    let chunk = 65_536u64;
+    let mut table = String::from(
+        "paper-2b, planned peak per GPU (GiB)\nworld batch        none     grad-op        full\n",
+    );
+    for world in ["8", "32"] {
+        let w: u64 = world.parse().unwrap();
+        for batch in ["32", "64"] {
+            let mut peaks = Vec::new();
+            for mode in ["none", "grad-op", "full"] {
+                let ran = run_limited(
+                    PLAN_VM_KIB,
+                    &[
+                        "arena",
+                        "--model",
+                        "paper-2b",
+                        "--batch",
+                        batch,
+                        "--shard",
+                        mode,
+                        "--world",
+                        world,
+                        "--summary",
+                    ],
+                );
+                let out = ran.assert_answered();
+                let (master, moments) = if mode == "none" {
+                    (
+                        category_bytes(out, "master "),
+                        category_bytes(out, "moments "),
+                    )
+                } else {
+                    let m = category_bytes(out, &format!("master (shard 1/{world})"));
+                    let v = category_bytes(out, &format!("moments (shard 1/{world})"));
+                    // The largest shard: 1/W of the model, rounded up to a norm chunk.
+                    let shard = 4 * params.div_ceil(chunk).div_ceil(w) * chunk;
+                    assert_eq!(m, shard, "{mode} at {world}: {out}");
+                    assert_eq!(v, 2 * shard, "{mode} at {world}: {out}");
+                    assert!(m <= 4 * params / w + 4 * chunk, "{out}");
+                    (m, v)
+                };
+                // Gradients stay whole in every mode.
+                assert_eq!(category_bytes(out, "grads "), 4 * params, "{out}");
+                assert!(master > 0 && moments > 0);
+                if mode == "full" {
+                    let p = category_bytes(out, &format!("params (shard 1/{world}"));
+                    assert!(p < 2 * params / 2, "full's bf16 weights are sharded: {out}");
+                    let per = 14.0 / w as f64;
+                    assert!(
+                        out.contains(&format!("model state {per:.3} bytes")),
+                        "{out}"
+                    );
+                }
+                if mode == "grad-op" {
+                    // 2 + 12/W bytes per parameter.
+                    let per = 2.0 + 12.0 / w as f64;
+                    assert!(
+                        out.contains(&format!("model state {per:.3} bytes")),
+                        "{out}"
+                    );
+                }
+                peaks.push(peak_bytes(out));
+            }
+            assert!(
+                peaks[0] > peaks[1] && peaks[1] > peaks[2],
+                "none > grad-op > full at world {world} batch {batch}: {peaks:?}"
+            );
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            table += &format!(
+                "{world:>5} {batch:>5} {:>11.2} {:>11.2} {:>11.2}\n",
+                gib(peaks[0]),
+                gib(peaks[1]),
+                gib(peaks[2])
+            );
+        }
+    }
+    println!("{table}");
+}
+
+/// `train --dry-run` plans one rank of the job `--world` (or the launcher's WORLD_SIZE)
+/// describes, and `--mem-target` picks its batch with the sharded plan.
+#[test]
+fn dry_runs_plan_one_rank_of_a_sharded_job() {
+    // --world is for planning: without --dry-run it is a usage error.
+    let ran = run_limited(
+        PLAN_VM_KIB,
+        &[
+            "train", "--model", "tiny", "--shard", "grad-op", "--world", "4",
+        ],
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.describe());
+    assert!(ran.stderr.contains("--dry-run"), "{}", ran.describe());
+
+    // The same plan from --world 8 and from WORLD_SIZE=8 (a launched rank's view).
+    let dry = [
+        "train",
+        "--device",
+        "emu",
+        "--dry-run",
+        "--model",
+        "paper-100m",
+        "--batch",
+        "4",
+        "--shard",
+        "grad-op",
+    ];
+    let by_flag = run_limited(PLAN_VM_KIB, &with(&dry, &["--world", "8"]));
+    let by_env = run_limited_env(
+        PLAN_VM_KIB,
+        &dry,
+        &[
+            ("WORLD_SIZE", "8"),
+            ("RANK", "3"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "1"),
+        ],
+    );
+    let out = by_flag.assert_answered();
+    assert!(out.contains("master (shard 1/8)"), "{out}");
+    assert!(out.contains("shard grad-op over 8 rank(s)"), "{out}");
+    assert_eq!(peak_bytes(out), peak_bytes(by_env.assert_answered()));
+    let alone = run_limited(PLAN_VM_KIB, &dry);
+    assert!(peak_bytes(alone.assert_answered()) > peak_bytes(out));
+
+    // --mem-target at the same memory: grad-op over 8 ranks frees 10.5 bytes a parameter
+    // of paper-2b (~19 GiB), room for more sequences than DDP's plan leaves.
+    let batch_of = |mode: &str| {
+        let ran = run_limited_env(
+            PLAN_VM_KIB,
+            &[
+                "train",
+                "--device",
+                "emu",
+                "--dry-run",
+                "--model",
+                "paper-2b",
+                "--mem-target",
+                "0.9",
+                "--shard",
+                mode,
+                "--world",
+                "8",
+            ],
+            &[("FRUGAL_EMU_MEMORY_GIB", "80")],
+        );
+        let out = ran.assert_answered().to_string();
+        let b = out
+            .split("--mem-target 0.9: batch ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no chosen batch in:\n{out}"));
+        (b, out)
+    };
+    let (none, out_none) = batch_of("none");
+    let (grad_op, out_grad_op) = batch_of("grad-op");
+    assert!(
+        grad_op > none,
+        "grad-op picks batch {grad_op}, none {none}:\n{out_none}\n{out_grad_op}"
+    );
+}
+
+/// The CPU backend's dry run shows one rank's share of a sharded job's host memory.
+#[test]
+fn cpu_dry_runs_show_the_sharded_host_bytes() {
+    let ran = run_limited(
+        PLAN_VM_KIB,
+        &[
+            "train",
+            "--device",
+            "cpu",
+            "--dry-run",
+            "--model",
+            "small",
+            "--shard",
+            "grad-op",
+            "--world",
+            "4",
+        ],
+    );
+    let out = ran.assert_answered();
+    assert!(
+        out.contains("optimizer moments (AdamW m, v) (shard 1/4)"),
+        "{out}"
+    );
+    assert!(out.contains("shard grad-op over 4 rank(s)"), "{out}");
+    let total = |out: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with("total "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no total in:\n{out}"))
+    };
+    let none = run_limited(
+        PLAN_VM_KIB,
+        &["train", "--device", "cpu", "--dry-run", "--model", "small"],
+    );
+    assert!(total(out) < total(none.assert_answered()), "{out}");
 }

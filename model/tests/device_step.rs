@@ -17,7 +17,9 @@
 
 use frugal_model::config::{Config, LayerTensor, ParamKind, ParamLayout};
 use frugal_model::cpu::CpuModel;
-use frugal_model::device::{Attention, DeviceModel, DqMode, OptimHyper, StepOptions};
+use frugal_model::device::{
+    Attention, DeviceModel, DqMode, OptimHyper, ShardState, Sharding, StepOptions,
+};
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
 use frugal_model::{ModelError, IGNORE_INDEX};
@@ -320,6 +322,10 @@ fn gradients_match_cpu_vanilla_attention() {
 const ATOMIC: StepOptions = StepOptions {
     attention: Attention::Flash,
     dq: DqMode::Atomic,
+    sharding: Sharding {
+        mode: ShardState::None,
+        world: 1,
+    },
 };
 
 #[test]
@@ -775,6 +781,7 @@ fn unsupported_configs_are_refused() {
     let vanilla_atomic = StepOptions {
         attention: Attention::Vanilla,
         dq: DqMode::Atomic,
+        ..Default::default()
     };
     for result in [
         DeviceModel::requests_with(&ok, 1, 16, vanilla_atomic).map(|_| ()),
@@ -943,5 +950,118 @@ fn print_tiny_step_wall_time() {
             start.elapsed().as_secs_f64(),
             dm.launches_per_step()
         );
+    }
+}
+
+/// `--shard grad-op` on the device step, ranks simulated in turn: each rank's model holds
+/// the master weights and moments of its shard only; the gradients every rank holds are
+/// the DDP all-reduce's (a reduce-scatter gives the shard's same bits: both reduce each
+/// element on its owner), the norm partials and the bf16 weights are exchanged as the
+/// host all-gathers do. After a few clipped steps every rank's shard, its bf16 weights and
+/// the norms are the unsharded step's, bit for bit, at 2 and 3 ranks, with shard
+/// boundaries (multiples of 65536) inside tensors.
+#[test]
+fn grad_op_shards_train_the_same_bits_as_one_replica() {
+    // 393,856 parameters: 7 norm chunks; the boundaries (262144 at 2 ranks; 196608 and
+    // 327680 at 3) fall inside layer 1's and layer 0's matrices.
+    let cfg = config(256, 128, 2, 2, 2, 256, 16);
+    let layout = ParamLayout::new(&cfg);
+    let p = layout.total();
+    let (b, t) = (2, 16);
+    let params = params_for(&cfg, 11);
+    let steps = 2;
+    let (lr, clip) = (1e-3f32, 0.5f64);
+    let batches: Vec<_> = (0..steps)
+        .map(|s| tokens(&cfg, b * t, 100 + s as u64, 3))
+        .collect();
+
+    // The unsharded replica.
+    let mut one = device_model(&cfg, b, t, StepOptions::default());
+    one.set_state(&params, &zeros(p), &zeros(p), 0).unwrap();
+    let mut norms = Vec::new();
+    for (inputs, targets) in &batches {
+        one.zero_grads().unwrap();
+        one.forward_backward(inputs, targets, 1.0, None).unwrap();
+        norms.push(one.optimizer_step(lr, clip).unwrap());
+    }
+    let (want_master, want_m, want_v) = one.state().unwrap();
+    let mut want_weights = vec![half::bf16::ZERO; p];
+    one.read_weights(0..p, &mut want_weights).unwrap();
+    assert!(
+        norms.iter().all(|&n| n > clip),
+        "clipping is exercised: {norms:?}"
+    );
+
+    for world in [2, 3] {
+        let opts = StepOptions {
+            sharding: Sharding::new(ShardState::GradOp, world),
+            ..Default::default()
+        };
+        let mut ranks: Vec<DeviceModel> = (0..world)
+            .map(|r| {
+                let mut m = device_model(&cfg, b, t, opts);
+                m.set_rank(r).unwrap();
+                m.set_state(&params, &zeros(p), &zeros(p), 0).unwrap();
+                m
+            })
+            .collect();
+        let shards: Vec<_> = ranks.iter().map(|m| m.shard()).collect();
+        assert!(shards.iter().all(|s| s.len() < p && s.start % 65536 == 0));
+        assert!(
+            shards[1..].iter().all(|s| layout
+                .tensors
+                .iter()
+                .any(|ts| ts.offset < s.start && s.start < ts.offset + ts.len())),
+            "boundaries inside tensors: {shards:?}"
+        );
+        for (step, (inputs, targets)) in batches.iter().enumerate() {
+            // Every rank's forward and backward with its gathered weights: the same
+            // gradients on every rank (one micro-batch each, as after the all-reduce).
+            let mut grads = Vec::new();
+            for m in ranks.iter_mut() {
+                m.zero_grads().unwrap();
+                m.forward_backward(inputs, targets, 1.0, None).unwrap();
+                let mut g = zeros(p);
+                m.read_grads(&mut g).unwrap();
+                grads.push(g);
+            }
+            assert!(grads.iter().all(|g| g == &grads[0]), "step {step}");
+            // The norm partials of each shard, gathered.
+            let mut partials = vec![0.0f64; frugal_ptx::kernels::adamw::norm_parts(p)];
+            for m in ranks.iter_mut() {
+                let (chunks, parts) = m.norm_partials().unwrap();
+                partials[chunks.clone()].copy_from_slice(&parts[chunks]);
+            }
+            // The shard optimizers, then the bf16 weights all-gathered.
+            let mut gathered = vec![half::bf16::ZERO; p];
+            for (m, s) in ranks.iter_mut().zip(&shards) {
+                let norm = m.optimizer_step_with_partials(lr, clip, &partials).unwrap();
+                assert_eq!(
+                    norm.to_bits(),
+                    norms[step].to_bits(),
+                    "world {world} step {step}"
+                );
+                m.read_weights(s.clone(), &mut gathered[s.clone()]).unwrap();
+            }
+            for m in ranks.iter_mut() {
+                m.write_weights(0..p, &gathered).unwrap();
+            }
+        }
+        for (m, s) in ranks.iter().zip(&shards) {
+            let (master, mm, vv) = m.state().unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&master),
+                bits(&want_master[s.clone()]),
+                "world {world} {s:?}"
+            );
+            assert_eq!(bits(&mm), bits(&want_m[s.clone()]), "world {world} {s:?}");
+            assert_eq!(bits(&vv), bits(&want_v[s.clone()]), "world {world} {s:?}");
+            let mut w = vec![half::bf16::ZERO; p];
+            m.read_weights(0..p, &mut w).unwrap();
+            assert!(w == want_weights, "world {world}: bf16 weights differ");
+        }
+        // The whole-vector optimizer refuses a sharded step instead of updating garbage.
+        assert!(ranks[0].optimizer_step(lr, clip).is_err());
     }
 }

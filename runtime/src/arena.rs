@@ -210,6 +210,9 @@ pub struct Plan {
     pub breakdown: Vec<CategoryUsage>,
     /// Which placement rule produced the plan.
     pub rule: PlacementRule,
+    /// How the breakdown names a category, where not by [`Category::as_str`]: e.g.
+    /// "master (shard 1/8)" for one rank's share of a sharded job ([`Plan::labelled`]).
+    pub labels: Vec<(Category, String)>,
 }
 
 /// How the planner chooses among the free gaps for a buffer.
@@ -225,6 +228,21 @@ pub enum PlacementRule {
 }
 
 impl Plan {
+    /// The plan with the breakdown naming `labels`' categories by their text (a
+    /// category's bytes are one rank's share, say, of a sharded job's state).
+    pub fn labelled(mut self, labels: Vec<(Category, String)>) -> Plan {
+        self.labels = labels;
+        self
+    }
+
+    /// What the breakdown calls `category`.
+    pub fn label(&self, category: Category) -> &str {
+        self.labels
+            .iter()
+            .find(|(c, _)| *c == category)
+            .map_or(category.as_str(), |(_, l)| l.as_str())
+    }
+
     /// The placed buffer called `name`.
     pub fn get(&self, name: &str) -> Option<&PlacedBuffer> {
         self.buffers.iter().find(|b| b.request.name == name)
@@ -272,14 +290,21 @@ impl Plan {
     /// The breakdown by category, with totals.
     pub fn breakdown_table(&self) -> String {
         let mut out = String::new();
+        let w = self
+            .breakdown
+            .iter()
+            .map(|u| self.label(u.category).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(13);
         out.push_str(&format!(
-            "{:<13}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
+            "{:<w$}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
             "category", "buffers", "requested", "", "at peak", ""
         ));
         for u in &self.breakdown {
             out.push_str(&format!(
-                "{:<13}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
-                u.category.as_str(),
+                "{:<w$}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
+                self.label(u.category),
                 u.count,
                 u.requested,
                 gib(u.requested),
@@ -288,7 +313,7 @@ impl Plan {
             ));
         }
         out.push_str(&format!(
-            "{:<13}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
+            "{:<w$}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
             "fragmentation",
             "",
             "",
@@ -298,7 +323,7 @@ impl Plan {
         ));
         let requested = self.requested_bytes();
         out.push_str(&format!(
-            "{:<13}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
+            "{:<w$}  {:>7}  {:>16}  {:>11}  {:>16}  {:>11}\n",
             "total",
             self.buffers.len(),
             requested,
@@ -438,6 +463,7 @@ pub fn plan(requests: &[BufferRequest]) -> Result<Plan, RuntimeError> {
         fragmentation: peak_bytes - at_peak_total,
         breakdown,
         rule,
+        labels: Vec::new(),
     })
 }
 
@@ -945,6 +971,23 @@ mod tests {
         let stacked = 10_240 + u64::from(layers) * 6400 + 4096;
         assert!(p.peak_bytes <= stacked, "{} > {stacked}", p.peak_bytes);
         assert!(p.breakdown_table().contains("schedule-order"));
+    }
+
+    #[test]
+    fn labels_rename_categories_in_the_breakdown() {
+        let p = plan(&[
+            BufferRequest::new("m", Category::OptimizerMoments, 1000, 0, 1),
+            BufferRequest::new("w", Category::Params, 1000, 0, 1),
+        ])
+        .unwrap()
+        .labelled(vec![(
+            Category::OptimizerMoments,
+            "moments (shard 1/8)".into(),
+        )]);
+        let t = p.breakdown_table();
+        assert!(t.contains("moments (shard 1/8)  "), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("params ")), "{t}");
+        assert_eq!(p.label(Category::Params), "params");
     }
 
     #[test]

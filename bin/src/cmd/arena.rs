@@ -4,6 +4,7 @@
 //! (`frugal_model::device::program`), built without a device as `train --dry-run`
 //! builds it, so both print the same plan.
 
+use frugal_comm::ShardMode;
 use frugal_model::config::{Attention, Config, Preset};
 use frugal_model::device::program::Program;
 use frugal_model::device::StepOptions;
@@ -14,7 +15,7 @@ use frugal_runtime::RuntimeError;
 use crate::error::CliError;
 use crate::error::Context;
 use crate::flags::{text, UsageError};
-use crate::train::options::MAX_DIM;
+use crate::train::options::{MAX_DIM, MAX_PLAN_WORLD};
 
 /// What `frugal arena --help` says first.
 pub const ABOUT: &str = "\
@@ -43,6 +44,7 @@ pub const BUFFERS_FORMAT: &str = "\
 #[command(override_usage = "\
 frugal arena --buffers FILE [--available BYTES] [--summary]
        frugal arena --model PRESET [--batch B] [--seq T] [--attention flash|vanilla]
+                    [--shard none|grad-op|full --world N]
                     [--comm-bucket BYTES] [--available BYTES] [--summary]
        frugal arena --model PRESET --mem-target F [--device auto|cpu|cuda[:N]|emu] [...]")]
 pub struct ArenaFlags {
@@ -64,6 +66,14 @@ pub struct ArenaFlags {
     /// flash (default) or vanilla (keeps B*NH*T*T scores per layer)
     #[arg(long, value_name = "A", value_parser = text::<String>())]
     attention: Option<String>,
+    /// with --model: plan one rank of a job sharding its model state:
+    /// none (DDP, default), grad-op (master weights and AdamW moments
+    /// sharded) or full (the bf16 weights too, gathered unit by unit)
+    #[arg(long, value_name = "MODE", value_parser = text::<String>(), verbatim_doc_comment)]
+    shard: Option<String>,
+    /// with --model: the ranks of the job --shard splits the state over (default 1)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    world: Option<usize>,
     /// bytes of one gradient all-reduce bucket (default 0: one device)
     #[arg(long, value_name = "N", value_parser = text::<String>())]
     comm_bucket: Option<String>,
@@ -116,12 +126,33 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
         batch,
         seq,
         attention,
+        shard,
+        world,
         comm_bucket,
         available,
         mem_target,
         device,
         summary,
     } = flags;
+    let shard = match shard {
+        None => ShardMode::None,
+        Some(word) => word.parse::<ShardMode>().map_err(|_| {
+            UsageError(format!(
+                "arena: --shard '{word}' is not one of none, grad-op, full"
+            ))
+        })?,
+    };
+    let world = match world {
+        None => 1,
+        Some(n) if (1..=MAX_PLAN_WORLD).contains(&n) => n,
+        Some(n) => {
+            return Err(UsageError(format!(
+                "arena: --world {n} must be between 1 and {MAX_PLAN_WORLD}"
+            ))
+            .into())
+        }
+    };
+    let sharding = crate::train::target::sharding(shard, world);
     let attention = match attention {
         None => Attention::Flash,
         Some(word) => word.parse::<Attention>().map_err(|_| {
@@ -182,7 +213,10 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
             cfg.seq_len = seq;
             let step = StepRequests {
                 cfg: &cfg,
-                options: StepOptions::deterministic(attention),
+                options: StepOptions {
+                    sharding,
+                    ..StepOptions::deterministic(attention)
+                },
                 bucket,
             };
             // Built once up front so that a config the step cannot run is refused with the
@@ -193,6 +227,7 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                 let dev = Device::open(device)?;
                 let budget = dev.mem_budget(f)?;
                 let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))?;
+                let p = p.labelled(sharding.labels());
                 let batch = b;
                 println!(
                     "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the step program's buffers, planned without a device)",
@@ -200,6 +235,7 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                     cfg.param_count(),
                     attention
                 );
+                println!("{}", sharding.describe());
                 print_plan(&p, summary);
                 println!(
                     "--mem-target {f}: batch {b} is the largest that fits in {budget} bytes ({f} of {} free on {})",
@@ -214,13 +250,15 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                 cfg.param_count(),
                 attention
             );
+            println!("{}", sharding.describe());
             match available {
                 None => {
-                    let p = plan(&asked)?;
+                    let p = plan(&asked)?.labelled(sharding.labels());
                     print_plan(&p, summary);
                 }
                 Some(avail) => {
-                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))?;
+                    let p = arena::plan_for_batch(batch, avail, |b| step.searched(b))?
+                        .labelled(sharding.labels());
                     print_plan(&p, summary);
                     println!("fits in {avail} bytes");
                 }

@@ -409,6 +409,8 @@ impl TrainOptions {
         frugal_model::device::StepOptions {
             attention: self.attention,
             dq: self.attention_dq,
+            // One rank's view of --shard needs the job's size: train::target::step_options.
+            sharding: Default::default(),
         }
     }
 
@@ -835,7 +837,7 @@ fn comm_flags(flags: &TrainFlags, params: usize) -> Result<(Transport, usize), U
 }
 
 /// The most ranks `--world` plans for.
-const MAX_PLAN_WORLD: usize = 65_536;
+pub const MAX_PLAN_WORLD: usize = 65_536;
 
 /// `--shard` and `--world` (planning only: it needs `--dry-run`).
 fn shard_flags(flags: &TrainFlags) -> Result<(ShardMode, Option<usize>), UsageError> {

@@ -102,17 +102,19 @@ pub fn prepare_cpu(
         threads: opts.threads,
     };
     let price = resolve(&priced, flags, env_price, 1)?;
+    let world = target::planned_world(opts)?;
 
     // Activations by arithmetic: a plan or a refusal sizes nothing, so any
     // configuration is answered at once, and a run that cannot fit is refused
     // before anything is allocated.
     let cfg = &opts.config;
     let activations = CpuModel::activation_bytes_for(cfg, opts.batch, cfg.seq_len);
-    let fits = check_fits(opts, activations);
+    let host = CpuState::new(opts, world);
+    let fits = check_fits(opts, &host, activations);
 
     if opts.dry_run {
         say!("{first_line}");
-        say_raw!("{}", dry_run_report(opts, activations, &price));
+        say_raw!("{}", dry_run_report(opts, &host, activations, &price));
         if let Err(why) = fits {
             say!("does not fit: {why}");
         }
@@ -150,16 +152,18 @@ pub fn prepare_gpu(
         emulated,
     };
     let price = resolve(&priced, flags, env_price, 1)?;
-    let planned = target::plan_memory(&device, opts);
+    let world = target::planned_world(opts)?;
+    let planned = target::plan_memory(&device, opts, world);
     if opts.dry_run {
         if let (Some(_), Ok(p)) = (opts.mem_target, &planned) {
             opts.batch = p.batch;
         }
         say!("{first_line}");
         say_raw!("{}", dry_run_header(opts, &price));
-        say_raw!("{}", target::dry_run_memory(&device, opts, &planned));
+        say_raw!("{}", target::dry_run_memory(&device, opts, world, &planned));
         return Ok(None);
     }
+    refuse_unwired_sharding(opts, world)?;
     let planned = planned.map_err(|e| CliError::DeviceMemory {
         error: Box::new(e),
         batch: opts.batch,
@@ -209,7 +213,7 @@ pub fn prepare_gpu(
         &opts.config,
         opts.batch,
         opts.config.seq_len,
-        opts.step_options(),
+        target::step_options(opts, world),
         hyper,
     )
     .context("setting up the device step")?;
@@ -226,6 +230,30 @@ pub fn prepare_gpu(
         peak_flops,
         notes,
     }))
+}
+
+/// `--shard grad-op`/`full` at several ranks on emu/cuda, refused before anything is
+/// allocated (a dry run still plans it). The device step shards its optimizer
+/// (`DeviceModel::set_rank`, `norm_partials`, `optimizer_step_with_partials`: the
+/// unsharded bits, tested on emu), but the job's gradient reduce-scatter and the
+/// all-gathers of norm partials and bf16 weights are not wired to it yet; `full` also
+/// needs the per-unit weight gathers in the step program.
+fn refuse_unwired_sharding(opts: &TrainOptions, world: usize) -> Result<(), CliError> {
+    let sharding = target::sharding(opts.shard, world);
+    if !sharding.shards_optimizer() {
+        return Ok(());
+    }
+    let why = if sharding.shards_weights() {
+        "the device step does not gather the weights unit by unit yet"
+    } else {
+        "the device step's shard optimizer is not wired to the job's reduce-scatter and \
+         all-gathers yet"
+    };
+    Err(CliError::usage(format!(
+        "train: --shard {} over {world} ranks on --device {}: {why}; train with --shard none \
+         on emu/cuda, or --shard {} on the CPU (--device cpu); --dry-run plans it",
+        opts.shard, opts.device, opts.shard
+    )))
 }
 
 /// What the job's flags mean for this many ranks, said once at start.
@@ -255,26 +283,90 @@ pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<Stri
     notes
 }
 
-/// Bytes the CPU backend holds per parameter: f32 params, gradients and both AdamW
-/// moments, and the weight-decay mask (a `bool`).
-const CPU_BYTES_PER_PARAM: u64 = 4 * 4 + 1 + SNAPSHOT_BYTES_PER_PARAM;
+/// The CPU backend's shard alignment: `frugal_model::optim`'s gradient-norm block
+/// (4096 f32), so each rank sums the squares of whole blocks.
+pub const CPU_SHARD_ALIGN: usize = 4096;
 
-/// The host snapshot a checkpoint is written from in the background: f32
-/// params and both moments, kept between saves for reuse.
-const SNAPSHOT_BYTES_PER_PARAM: u64 = 3 * 4;
+/// What one CPU rank holds in host memory, by arithmetic (nothing is sized): f32
+/// params, gradients and AdamW moments, the one-byte weight-decay mask and the
+/// checkpoint snapshot (f32 params and both moments, written in the background).
+/// Sharded (`--shard grad-op`/`full` at W ranks, the largest shard of
+/// `Shards::new(n, W, CPU_SHARD_ALIGN)`): the moments, mask and snapshot are the
+/// rank's shard; `full` shards the params too and gathers one unit at a time into
+/// a buffer of the largest unit. Gradients stay whole: micro-batches accumulate
+/// locally, bitwise as DDP.
+pub struct CpuState {
+    pub world: usize,
+    pub shard: frugal_comm::ShardMode,
+    pub params: u64,
+    /// The `--shard full` gather buffer (0 otherwise).
+    pub gathered: u64,
+    pub grads: u64,
+    pub moments: u64,
+    pub mask: u64,
+    pub snapshot: u64,
+}
+
+impl CpuState {
+    pub fn new(opts: &TrainOptions, world: usize) -> CpuState {
+        let cfg = &opts.config;
+        let n = cfg.param_count();
+        let sharded = opts.shard.shards_optimizer() && world > 1;
+        let shard = if sharded {
+            frugal_comm::Shards::new(n, world, CPU_SHARD_ALIGN)
+                .range(0)
+                .len()
+        } else {
+            n
+        } as u64;
+        let f32_bytes = std::mem::size_of::<f32>() as u64;
+        let full = sharded && opts.shard == frugal_comm::ShardMode::Full;
+        let (params, gathered) = if full {
+            let head = cfg.vocab_size.saturating_mul(cfg.dim) as u64;
+            let mut one = cfg.clone();
+            one.n_layers = 1;
+            let layer = (one.param_count() as u64).saturating_sub(2 * head + cfg.dim as u64);
+            let unit = layer.max(head + cfg.dim as u64);
+            (shard * f32_bytes, unit * f32_bytes)
+        } else {
+            ((n as u64).saturating_mul(f32_bytes), 0)
+        };
+        CpuState {
+            world,
+            shard: opts.shard,
+            params,
+            gathered,
+            grads: (n as u64).saturating_mul(f32_bytes),
+            moments: shard.saturating_mul(2 * f32_bytes),
+            mask: shard,
+            snapshot: shard.saturating_mul(3 * f32_bytes),
+        }
+    }
+
+    /// Everything but the activations.
+    pub fn fixed(&self) -> u64 {
+        [
+            self.params,
+            self.gathered,
+            self.grads,
+            self.moments,
+            self.mask,
+            self.snapshot,
+        ]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b))
+    }
+}
 
 /// Refuses, before any buffer is allocated, a run whose params, gradients,
-/// AdamW moments and activations do not fit in the memory this process may use
-/// (the least of RAM, `ulimit -v`, `ulimit -d` and the container's limit),
-/// naming the bytes and the largest batch that would fit.
-fn check_fits(opts: &TrainOptions, activations: usize) -> Result<(), CliError> {
+/// AdamW moments and activations (this rank's share, [`CpuState`]) do not fit in
+/// the memory this process may use (the least of RAM, `ulimit -v`, `ulimit -d`
+/// and the container's limit), naming the bytes and the largest batch that would fit.
+fn check_fits(opts: &TrainOptions, host: &CpuState, activations: usize) -> Result<(), CliError> {
     let Some(limit) = frugal_runtime::host::memory_limit() else {
         return Ok(());
     };
-    let n = opts.config.param_count() as u64;
-    // f32 params, grads, m, v, the one-byte weight-decay mask and the
-    // checkpoint snapshot.
-    let fixed = n.saturating_mul(CPU_BYTES_PER_PARAM);
+    let fixed = host.fixed();
     let activations = activations as u64;
     let need = fixed.saturating_add(activations);
     if need <= limit.bytes {
@@ -339,42 +431,62 @@ pub fn dry_run_header(opts: &TrainOptions, price: &cost::Price) -> String {
     s
 }
 
-/// `--dry-run` on the CPU: [`dry_run_header`] and the memory the run would hold
+/// `--dry-run` on the CPU: [`dry_run_header`] and the memory one rank would hold
 /// (`activations` from [`CpuModel::activation_bytes_for`]).
-pub fn dry_run_report(opts: &TrainOptions, activations: usize, price: &cost::Price) -> String {
-    let n = opts.config.param_count() as u64;
-    let f32_bytes = std::mem::size_of::<f32>() as u64;
-    let params = n.saturating_mul(f32_bytes);
-    let grads = params;
-    let moments = params.saturating_mul(2);
-    let mask = n;
-    let snapshot = n.saturating_mul(SNAPSHOT_BYTES_PER_PARAM);
+pub fn dry_run_report(
+    opts: &TrainOptions,
+    host: &CpuState,
+    activations: usize,
+    price: &cost::Price,
+) -> String {
     let activations = activations as u64;
-    let total = params
-        .saturating_add(grads)
-        .saturating_add(moments)
-        .saturating_add(mask)
-        .saturating_add(snapshot)
-        .saturating_add(activations);
+    let total = host.fixed().saturating_add(activations);
+    let w = host.world;
+    let sharded = host.shard.shards_optimizer() && w > 1;
+    let of = |what: &str, is_sharded: bool| {
+        if is_sharded {
+            format!("{what} (shard 1/{w})")
+        } else {
+            what.to_string()
+        }
+    };
+    let full = sharded && host.shard == frugal_comm::ShardMode::Full;
     let mut s = dry_run_header(opts, price);
-    s += "memory (CPU backend, f32):\n";
-    for (what, bytes) in [
-        ("params", params),
-        ("grads", grads),
-        ("master weights", 0),
-        ("optimizer moments (AdamW m, v)", moments),
-        ("weight-decay mask (1 byte each)", mask),
-        ("checkpoint snapshot (params, m, v)", snapshot),
-        ("activations (B x T)", activations),
-        ("total", total),
-    ] {
+    s += &format!(
+        "memory (CPU backend, f32; shard {} over {w} rank(s), one rank's share):\n",
+        host.shard
+    );
+    let mut rows = vec![
+        (of("params", full), host.params),
+        ("grads".to_string(), host.grads),
+        ("master weights".to_string(), 0),
+        (of("optimizer moments (AdamW m, v)", sharded), host.moments),
+        (of("weight-decay mask (1 byte each)", sharded), host.mask),
+        (
+            of("checkpoint snapshot (params, m, v)", sharded),
+            host.snapshot,
+        ),
+    ];
+    if full {
+        rows.insert(
+            1,
+            ("params gathered (largest unit)".to_string(), host.gathered),
+        );
+    }
+    rows.push(("activations (B x T)".to_string(), activations));
+    rows.push(("total".to_string(), total));
+    for (what, bytes) in rows {
         s += &format!(
-            "  {what:<32} {:>14} bytes  {:>10}\n",
+            "  {what:<40} {:>14} bytes  {:>10}\n",
             bytes,
             gib_or_mib(bytes)
         );
     }
     s += "  (master weights: the CPU trains the f32 params directly, no separate copy)\n";
     s += "  (checkpoint snapshot: copied at a checkpoint step and written in the background)\n";
+    if sharded {
+        s += "  (grads: whole on every rank, accumulated locally over micro-batches, then \
+              reduce-scattered: bitwise as DDP)\n";
+    }
     s
 }

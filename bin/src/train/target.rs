@@ -6,8 +6,9 @@
 //! loads and sees one that runs the kernels, and falls back to the CPU
 //! otherwise, saying why in the first log line.
 
+use frugal_comm::ShardMode;
 use frugal_model::config::Config;
-use frugal_model::device::{DeviceModel, MemoryFloor};
+use frugal_model::device::{DeviceModel, MemoryFloor, ShardState, Sharding, StepOptions};
 use frugal_model::error::ModelError;
 use frugal_runtime::arena::{self, BufferRequest, Plan};
 use frugal_runtime::device::{self, cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
@@ -132,6 +133,49 @@ pub fn threads_label(threads: usize) -> String {
     }
 }
 
+/// The number of ranks the plan is for: `--world` (a dry run planning a job), else the
+/// launcher's WORLD_SIZE (or SLURM_NTASKS under srun), else 1.
+///
+/// # Errors
+/// A usage error (exit 2) for a variable that is set but not a positive count.
+pub fn planned_world(opts: &TrainOptions) -> Result<usize, CliError> {
+    if let Some(w) = opts.plan_world {
+        return Ok(w);
+    }
+    let var = if std::env::var_os("WORLD_SIZE").is_some() {
+        "WORLD_SIZE"
+    } else if std::env::var_os("SLURM_PROCID").is_some() {
+        "SLURM_NTASKS"
+    } else {
+        return Ok(1);
+    };
+    let value = std::env::var(var).unwrap_or_default();
+    match value.trim().parse::<usize>() {
+        Ok(w) if w >= 1 => Ok(w),
+        _ => Err(CliError::usage(format!(
+            "train: {var}='{value}' is not a number of ranks (a positive integer)"
+        ))),
+    }
+}
+
+/// The step's view of `--shard` at `world` ranks.
+pub fn sharding(mode: ShardMode, world: usize) -> Sharding {
+    let mode = match mode {
+        ShardMode::None => ShardState::None,
+        ShardMode::GradOp => ShardState::GradOp,
+        ShardMode::Full => ShardState::Full,
+    };
+    Sharding::new(mode, world)
+}
+
+/// The device step's options for this run at `world` ranks (attention, dQ, sharding).
+pub fn step_options(opts: &TrainOptions, world: usize) -> StepOptions {
+    StepOptions {
+        sharding: sharding(opts.shard, world),
+        ..opts.step_options()
+    }
+}
+
 /// The device step's memory for this run, as planned.
 pub struct MemoryPlan {
     /// The micro-batch the plan is for (`--mem-target`'s choice, or `--batch`).
@@ -146,11 +190,11 @@ pub struct MemoryPlan {
 /// arena's batch search only passes runtime errors along).
 fn requests_at(
     cfg: &Config,
-    opts: &TrainOptions,
+    options: StepOptions,
     batch: usize,
     first_error: &mut Option<ModelError>,
 ) -> Result<Vec<BufferRequest>, RuntimeError> {
-    DeviceModel::requests_with(cfg, batch, cfg.seq_len, opts.step_options()).map_err(|e| {
+    DeviceModel::requests_with(cfg, batch, cfg.seq_len, options).map_err(|e| {
         let text = e.to_string();
         first_error.get_or_insert(e);
         RuntimeError::BadRequest {
@@ -161,9 +205,13 @@ fn requests_at(
 }
 
 /// What is live at the loss at `batch`, by arithmetic over the layers.
-fn floor_at(opts: &TrainOptions, batch: usize) -> Result<MemoryFloor, MemoryError> {
+fn floor_at(
+    opts: &TrainOptions,
+    options: StepOptions,
+    batch: usize,
+) -> Result<MemoryFloor, MemoryError> {
     let cfg = &opts.config;
-    DeviceModel::memory_floor(cfg, batch, cfg.seq_len, opts.step_options())
+    DeviceModel::memory_floor(cfg, batch, cfg.seq_len, options)
         .map_err(|e| MemoryError::Model(Box::new(e)))
 }
 
@@ -171,13 +219,14 @@ fn floor_at(opts: &TrainOptions, batch: usize) -> Result<MemoryFloor, MemoryErro
 /// with the batch), 0 when not even batch 1's does: no batch above it can fit.
 fn largest_floor_that_fits(
     opts: &TrainOptions,
+    options: StepOptions,
     max_batch: usize,
     available: u64,
 ) -> Result<usize, MemoryError> {
     let (mut lo, mut hi) = (0usize, max_batch + 1); // lo fits (0: nothing), hi does not
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if floor_at(opts, mid)?.bytes <= available {
+        if floor_at(opts, options, mid)?.bytes <= available {
             lo = mid;
         } else {
             hi = mid;
@@ -186,8 +235,8 @@ fn largest_floor_that_fits(
     Ok(lo)
 }
 
-/// Plans the device step's memory: at `--batch`, or with `--mem-target F` at the
-/// largest micro-batch (up to [`MEM_TARGET_MAX_BATCH`]) whose plan fits in F
+/// Plans one rank's device step memory at `world` ranks (the sharded categories are
+/// its share): at `--batch`, or with `--mem-target F` at the largest micro-batch (up to [`MEM_TARGET_MAX_BATCH`]) whose plan fits in F
 /// of free memory. Nothing is allocated. A batch whose live set at the loss alone
 /// exceeds the memory is refused by arithmetic before any plan is built, so a model
 /// of any depth is answered at once.
@@ -196,8 +245,13 @@ fn largest_floor_that_fits(
 /// [`MemoryError::DoesNotFit`] (or [`MemoryError::FloorDoesNotFit`]) naming bytes
 /// needed and available and the largest batch that fits; [`MemoryError::Model`] for a
 /// config the device step cannot run.
-pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, MemoryError> {
+pub fn plan_memory(
+    device: &Device,
+    opts: &TrainOptions,
+    world: usize,
+) -> Result<MemoryPlan, MemoryError> {
     let cfg = &opts.config;
+    let options = step_options(opts, world);
     let mut model_error = None;
     let available = match opts.mem_target {
         Some(f) => device.mem_budget(f),
@@ -209,15 +263,15 @@ pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, M
         Some(_) => 1,
         None => opts.batch,
     };
-    let floor = floor_at(opts, asked)?;
+    let floor = floor_at(opts, options, asked)?;
     if floor.bytes > available {
         // For --batch, the largest smaller batch that fits, searched as the planner
         // would (`plan_for_batch`), from below the largest batch whose floor fits.
         let below = asked.saturating_sub(1);
-        let largest_batch = match largest_floor_that_fits(opts, below, available)? {
+        let largest_batch = match largest_floor_that_fits(opts, options, below, available)? {
             0 => None,
             _ => arena::largest_batch_that_fits(below, available, |b| {
-                requests_at(cfg, opts, b, &mut model_error)
+                requests_at(cfg, options, b, &mut model_error)
             })
             .ok()
             .map(|(b, _)| b),
@@ -239,10 +293,10 @@ pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, M
     }
     let result = match opts.mem_target {
         Some(_) => arena::largest_batch_that_fits(MEM_TARGET_MAX_BATCH, available, |b| {
-            requests_at(cfg, opts, b, &mut model_error)
+            requests_at(cfg, options, b, &mut model_error)
         }),
         None => arena::plan_for_batch(opts.batch, available, |b| {
-            requests_at(cfg, opts, b, &mut model_error)
+            requests_at(cfg, options, b, &mut model_error)
         })
         .map(|plan| (opts.batch, plan)),
     };
@@ -252,7 +306,7 @@ pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, M
     match result {
         Ok((batch, plan)) => Ok(MemoryPlan {
             batch,
-            plan,
+            plan: plan.labelled(options.sharding.labels()),
             available,
         }),
         Err(e @ RuntimeError::OutOfMemory { .. }) => Err(MemoryError::DoesNotFit(e)),
@@ -265,8 +319,10 @@ pub fn plan_memory(device: &Device, opts: &TrainOptions) -> Result<MemoryPlan, M
 pub fn dry_run_memory(
     device: &Device,
     opts: &TrainOptions,
+    world: usize,
     planned: &Result<MemoryPlan, MemoryError>,
 ) -> String {
+    let options = step_options(opts, world);
     let what = match device.timing_source() {
         TimingSource::Emulated => "emulated GPU",
         _ => "GPU",
@@ -277,6 +333,7 @@ pub fn dry_run_memory(
         opts.attention,
         super::options::dq_name(opts.attention_dq)
     );
+    s += &format!("{}\n", options.sharding.describe());
     match planned {
         Ok(p) => {
             if let Some(f) = opts.mem_target {
@@ -309,7 +366,12 @@ pub fn dry_run_memory(
             for (category, bytes) in &floor.by_category {
                 s += &format!(
                     "  {:<13}  {bytes:>20}  {:>11}\n",
-                    category.as_str(),
+                    options
+                        .sharding
+                        .labels()
+                        .iter()
+                        .find(|(c, _)| c == category)
+                        .map_or(category.as_str(), |(_, l)| l.as_str()),
                     gib(*bytes)
                 );
             }
@@ -323,13 +385,11 @@ pub fn dry_run_memory(
         }
         Err(e) => {
             // Show the plan at the asked batch even when it does not fit.
-            if let Ok(reqs) = DeviceModel::requests_with(
-                &opts.config,
-                opts.batch,
-                opts.config.seq_len,
-                opts.step_options(),
-            ) {
+            if let Ok(reqs) =
+                DeviceModel::requests_with(&opts.config, opts.batch, opts.config.seq_len, options)
+            {
                 if let Ok(plan) = arena::plan(&reqs) {
+                    let plan = plan.labelled(options.sharding.labels());
                     s += &format!("at --batch {}:\n", opts.batch);
                     s += &indent(&plan.breakdown_table());
                 }
@@ -384,14 +444,14 @@ mod tests {
         let device = Device::open(DeviceSpec::Emu).unwrap();
         let small = "--layers 1 --hidden 128 --heads 2 --ffn 256 --seq 32 --batch 2";
         let o = opts(small);
-        let p = plan_memory(&device, &o)
+        let p = plan_memory(&device, &o, 1)
             .unwrap_or_else(|e| panic!("{}", e.message(o.batch, o.grad_accum)));
         assert_eq!(p.batch, 2);
         assert!(p.plan.peak_bytes > 0 && p.plan.peak_bytes <= p.available);
         // A model of ~0.3M parameters fits the emulator's gigabytes at any batch
         // up to the cap.
         let t = opts(&format!("{small} --mem-target 0.5"));
-        let q = plan_memory(&device, &t)
+        let q = plan_memory(&device, &t, 1)
             .unwrap_or_else(|e| panic!("{}", e.message(t.batch, t.grad_accum)));
         assert_eq!(q.batch, MEM_TARGET_MAX_BATCH);
         assert!(q.plan.peak_bytes > p.plan.peak_bytes);
@@ -409,11 +469,30 @@ mod tests {
     }
 
     #[test]
+    fn the_steps_shards_are_comms_partition() {
+        use frugal_ptx::kernels::adamw::NORM_CHUNK;
+        for (n, world) in [
+            (300_000, 2),
+            (300_000, 3),
+            (1_969_027_008, 8),
+            (5, 4),
+            (65_536, 3),
+        ] {
+            let s = sharding(ShardMode::GradOp, world);
+            let comm = frugal_comm::Shards::new(n, world, NORM_CHUNK);
+            for r in 0..world {
+                assert_eq!(s.range(n, r), comm.range(r), "{n} {world} {r}");
+            }
+            assert_eq!(s.max_len(n), comm.range(0).len());
+        }
+    }
+
+    #[test]
     fn a_head_size_without_kernels_is_a_model_error() {
         // C / NH = 48: no flash kernel for head size 48.
         let device = Device::open(DeviceSpec::Emu).unwrap();
         let o = opts("--layers 1 --hidden 96 --heads 2 --ffn 128 --seq 32 --batch 2");
-        match plan_memory(&device, &o) {
+        match plan_memory(&device, &o, 1) {
             Err(e @ MemoryError::Model(_)) => {
                 assert!(
                     e.message(o.batch, o.grad_accum).contains("--device cpu"),

@@ -63,6 +63,7 @@
 
 mod place;
 pub mod program;
+pub mod sharding;
 mod vanilla;
 
 use std::ops::Range;
@@ -76,6 +77,7 @@ use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
+pub use sharding::{ShardState, Sharding};
 
 use crate::config::{Config, ParamKind, ParamLayout};
 use crate::error::ModelError;
@@ -105,6 +107,10 @@ pub struct StepOptions {
     /// with vanilla attention ([`ModelError::DeviceUnsupported`]) rather than silently
     /// running something other than what was asked for.
     pub dq: DqMode,
+    /// Which model state this rank holds only its shard of, over how many ranks (the
+    /// default: nothing sharded). The arena holds the largest shard (rank 0's) so that
+    /// every rank plans the same arena; see [`sharding`].
+    pub sharding: Sharding,
 }
 
 impl StepOptions {
@@ -113,6 +119,7 @@ impl StepOptions {
         StepOptions {
             attention,
             dq: DqMode::Deterministic,
+            sharding: Sharding::default(),
         }
     }
 }
@@ -198,6 +205,10 @@ pub struct DeviceModel {
     optimizer: usize,
     /// AdamW steps taken.
     step: u64,
+    /// The flat range this rank's master weights, moments and decay mask cover
+    /// (`0..P` unless [`StepOptions::sharding`] shards the optimizer; see
+    /// [`DeviceModel::set_rank`]).
+    shard: Range<usize>,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -278,10 +289,17 @@ impl DeviceModel {
         options: StepOptions,
     ) -> Result<MemoryFloor, ModelError> {
         cfg.validate()?;
+        // The small programs are built unsharded (a shard's size is not linear in the
+        // layers); the L-layer model's unsharded state is then swapped for its sharded
+        // state, both by arithmetic (program::StateBytes, what the builder declares).
+        let unsharded = StepOptions {
+            sharding: Sharding::default(),
+            ..options
+        };
         let live = |layers: usize| -> Result<[u64; Category::ALL.len()], ModelError> {
             let mut few = cfg.clone();
             few.n_layers = layers;
-            Ok(Program::plan_only(&few, batch, seq, options)?.live_at_loss())
+            Ok(Program::plan_only(&few, batch, seq, unsharded)?.live_at_loss())
         };
         let l = cfg.n_layers;
         let per_category: Vec<u128> = if l <= 3 {
@@ -298,6 +316,13 @@ impl DeviceModel {
                 })
                 .collect()
         };
+        let whole = program::StateBytes::new(cfg, Sharding::default()).by_category();
+        let sharded = program::StateBytes::new(cfg, options.sharding).by_category();
+        let per_category: Vec<u128> = per_category
+            .iter()
+            .zip(whole.iter().zip(sharded))
+            .map(|(&b, (&w, s))| b.saturating_sub(w as u128).saturating_add(s as u128))
+            .collect();
         let clamp = |b: u128| u64::try_from(b).unwrap_or(u64::MAX);
         let by_category: Vec<(Category, u64)> = Category::ALL
             .iter()
@@ -345,6 +370,14 @@ impl DeviceModel {
         if device.backend() == Backend::Cpu {
             return Err(ModelError::DeviceUnsupported {
                 what: "the cpu device runs no PTX kernels; the CPU model (crate::cpu) trains there"
+                    .into(),
+            });
+        }
+        if options.sharding.shards_weights() {
+            return Err(ModelError::DeviceUnsupported {
+                what: "--shard full: the device step does not gather the weights unit by unit \
+                       yet (its memory is planned, not run); use --shard grad-op on emu/cuda, \
+                       or --shard full on the CPU"
                     .into(),
             });
         }
@@ -413,6 +446,7 @@ impl DeviceModel {
             forward_end,
             optimizer,
             step: 0,
+            shard: options.sharding.range(cfg.param_count(), 0),
         };
         model.upload_tables()?;
         Ok(model)
@@ -430,6 +464,8 @@ impl DeviceModel {
                 mask[t.range()].fill(1);
             }
         }
+        // AdamW runs over this rank's shard only, with the mask's slice of it.
+        let mask = &mask[self.shard.clone()];
         for (id, what) in [(self.ids.rope_cos, "cos"), (self.ids.rope_sin, "sin")] {
             let data = if what == "cos" { &cos } else { &sin };
             self.write_at(id, 0, data, "uploading the RoPE table")?;
@@ -437,7 +473,7 @@ impl DeviceModel {
         self.write_at(
             self.ids.decay_mask,
             0,
-            &mask,
+            mask,
             "uploading the weight-decay mask",
         )
     }
@@ -517,8 +553,39 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// This rank's flat range of the parameters: what its master weights, AdamW moments
+    /// and decay mask hold and its optimizer updates (`0..P` when not sharded).
+    pub fn shard(&self) -> Range<usize> {
+        self.shard.clone()
+    }
+
+    /// Makes this model rank `rank`'s of a sharded job (the shard `frugal_comm::Shards`
+    /// gives it, aligned to the norm kernel's chunk): call before [`DeviceModel::set_state`].
+    /// Every rank's arena holds the largest shard, so all ranks plan the same arena.
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for a rank outside the job; device errors.
+    pub fn set_rank(&mut self, rank: usize) -> Result<(), ModelError> {
+        let world = self.options.sharding.world;
+        if rank >= world {
+            return Err(ModelError::ShapeMismatch {
+                what: "rank of the sharded job (must be below the world size)",
+                expected: world - 1,
+                found: rank,
+            });
+        }
+        self.shard = self.options.sharding.range(self.layout.total(), rank);
+        self.upload_tables()
+    }
+
     /// Uploads f32 master weights (flat [`crate::config::ParamLayout`] order), both
     /// AdamW moments and the optimizer's step count; refreshes the bf16 copy.
+    ///
+    /// `params` is the whole vector (every rank's forward reads all the weights); `m` and
+    /// `v` are the whole moments or this rank's shard of them ([`DeviceModel::shard`]).
+    /// Sharded, the master weights keep the shard's values and the bf16 copy is cast
+    /// from the whole vector (staged through the gradient buffer, which the next step
+    /// zeroes anyway), with the same kernel, so its bits are the unsharded copy's.
     ///
     /// # Errors
     /// [`ModelError::ShapeMismatch`] for a vector of the wrong length; device errors.
@@ -530,39 +597,66 @@ impl DeviceModel {
         step: u64,
     ) -> Result<(), ModelError> {
         let p = self.layout.total();
+        let shard = self.shard.clone();
         Self::check_len("parameter vector", p, params.len())?;
-        Self::check_len("AdamW first moment", p, m.len())?;
-        Self::check_len("AdamW second moment", p, v.len())?;
-        self.write_at(self.ids.master, 0, params, "uploading the master weights")?;
-        self.write_at(self.ids.m, 0, m, "uploading the AdamW first moment")?;
-        self.write_at(self.ids.v, 0, v, "uploading the AdamW second moment")?;
+        let slice =
+            |x: &'static str, values: &[f32]| -> Result<std::ops::Range<usize>, ModelError> {
+                if values.len() == p {
+                    Ok(shard.clone())
+                } else {
+                    Self::check_len(x, shard.len(), values.len())?;
+                    Ok(0..shard.len())
+                }
+            };
+        let (mr, vr) = (
+            slice("AdamW first moment", m)?,
+            slice("AdamW second moment", v)?,
+        );
+        self.write_at(
+            self.ids.master,
+            0,
+            &params[shard.clone()],
+            "uploading the master weights",
+        )?;
+        self.write_at(self.ids.m, 0, &m[mr], "uploading the AdamW first moment")?;
+        self.write_at(self.ids.v, 0, &v[vr], "uploading the AdamW second moment")?;
+        let source = if shard.len() == p {
+            self.ids.master
+        } else {
+            self.write_at(self.ids.grads, 0, params, "staging the weights")?;
+            self.ids.grads
+        };
         let dims = dims_1d(p as u64, UTIL_BLOCK, 4, UTIL_MAX_CTAS);
         self.device
             .launch(
                 "cast_f32_bf16",
                 &dims,
                 &[
-                    Arg::Ptr(self.addr(self.ids.master)),
+                    Arg::Ptr(self.addr(source)),
                     Arg::Ptr(self.addr(self.ids.weights)),
                     Arg::U64(p as u64),
                 ],
             )
             .map_err(device_err("casting the weights to bf16"))?;
+        if source == self.ids.grads {
+            self.zero_grads()?;
+        }
         self.step = step;
         Ok(())
     }
 
-    /// Downloads (master weights, m, v) for a checkpoint.
+    /// Downloads (master weights, m, v) of this rank's shard ([`DeviceModel::shard`]; the
+    /// whole model when not sharded) for a checkpoint.
     ///
     /// # Errors
     /// Device errors.
     #[allow(clippy::type_complexity)] // the contract's signature: (master weights, m, v)
     pub fn state(&self) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
-        let p = self.layout.total();
+        let n = self.shard.len();
         let mut out = (
-            host_vec(p, "the downloaded master weights")?,
-            host_vec(p, "the downloaded AdamW first moment")?,
-            host_vec(p, "the downloaded AdamW second moment")?,
+            host_vec(n, "the downloaded master weights")?,
+            host_vec(n, "the downloaded AdamW first moment")?,
+            host_vec(n, "the downloaded AdamW second moment")?,
         );
         self.read_at(self.ids.master, 0, &mut out.0, "reading the master weights")?;
         self.read_at(self.ids.m, 0, &mut out.1, "reading the AdamW first moment")?;
@@ -582,7 +676,7 @@ impl DeviceModel {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
-        let p = self.layout.total();
+        let p = self.shard.len();
         for (out, id, what) in [
             (params, self.ids.master, "the downloaded master weights"),
             (m, self.ids.m, "the downloaded AdamW first moment"),
@@ -601,6 +695,55 @@ impl DeviceModel {
             self.read_at(id, 0, out, what)?;
         }
         Ok(())
+    }
+
+    /// Reads the bf16 weights of `range` (a sharded step's all-gather sends its shard's).
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for a range outside the model or an `out` of
+    /// another length; device errors.
+    pub fn read_weights(
+        &self,
+        range: Range<usize>,
+        out: &mut [half::bf16],
+    ) -> Result<(), ModelError> {
+        self.check_range(&range, out.len())?;
+        self.read_at(
+            self.ids.weights,
+            range.start as u64 * 2,
+            out,
+            "reading the bf16 weights",
+        )
+    }
+
+    /// Writes the bf16 weights of `range` (a sharded step's all-gathered weights).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::read_weights`].
+    pub fn write_weights(
+        &mut self,
+        range: Range<usize>,
+        values: &[half::bf16],
+    ) -> Result<(), ModelError> {
+        self.check_range(&range, values.len())?;
+        self.write_at(
+            self.ids.weights,
+            range.start as u64 * 2,
+            values,
+            "writing the bf16 weights",
+        )
+    }
+
+    fn check_range(&self, range: &Range<usize>, len: usize) -> Result<(), ModelError> {
+        let p = self.layout.total();
+        if range.start > range.end || range.end > p {
+            return Err(ModelError::ShapeMismatch {
+                what: "weight range end (at most the parameter count)",
+                expected: p,
+                found: range.end,
+            });
+        }
+        Self::check_len("weight values for the range", range.len(), len)
     }
 
     /// AdamW steps taken so far.
@@ -823,10 +966,96 @@ impl DeviceModel {
     /// A norm that is not finite leaves weights, moments and the step count untouched (the
     /// caller sees it and stops, as the CPU trainer does).
     ///
+    /// A sharded step needs every rank's norm partials: it calls
+    /// [`DeviceModel::norm_partials`], gathers them, then
+    /// [`DeviceModel::optimizer_step_with_partials`]; this refuses it.
+    ///
     /// # Errors
-    /// Device errors.
+    /// Device errors; [`ModelError::DeviceUnsupported`] on a sharded step.
     pub fn optimizer_step(&mut self, lr: f32, max_norm: f64) -> Result<f64, ModelError> {
         let _range = nvtx::range("optimizer");
+        let p = self.layout.total();
+        if self.shard.len() != p {
+            return Err(ModelError::DeviceUnsupported {
+                what: "a sharded optimizer step needs every rank's norm partials: call \
+                       norm_partials, gather them, then optimizer_step_with_partials"
+                    .into(),
+            });
+        }
+        let ids = self.ids;
+        let (partials, grads) = (self.addr(ids.norm_partials), self.addr(ids.grads));
+        let launch =
+            adamw::grad_norm_partial(grads, p, partials).map_err(kernel_err("gradient norm"))?;
+        self.launch_all("gradient norm", &[launch])?;
+        self.finish_and_update(lr, max_norm)
+    }
+
+    /// The first pass of the gradient norm over this rank's shard: returns the norm
+    /// chunks it covers (indices into the whole vector's [`adamw::norm_parts`]) and the
+    /// whole partials vector with those entries filled (the rest 0). The shard starts on
+    /// a chunk ([`adamw::NORM_CHUNK`]), so each entry is exactly the unsharded step's.
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn norm_partials(&mut self) -> Result<(Range<usize>, Vec<f64>), ModelError> {
+        let p = self.layout.total();
+        let shard = self.shard.clone();
+        let mut parts = host_vec::<f64>(adamw::norm_parts(p), "the gradient norm partials")?;
+        let first = shard.start / adamw::NORM_CHUNK;
+        let chunks = first..first + adamw::norm_parts(shard.len());
+        if shard.is_empty() {
+            return Ok((first..first, parts));
+        }
+        let ids = self.ids;
+        let launch = adamw::grad_norm_partial(
+            self.addr(ids.grads) + shard.start as u64 * 4,
+            shard.len(),
+            self.addr(ids.norm_partials) + first as u64 * 8,
+        )
+        .map_err(kernel_err("gradient norm"))?;
+        self.launch_all("gradient norm", &[launch])?;
+        self.read_at(
+            ids.norm_partials,
+            first as u64 * 8,
+            bytemuck::cast_slice_mut::<f64, u8>(&mut parts[chunks.clone()]),
+            "reading the gradient norm partials",
+        )?;
+        Ok((chunks, parts))
+    }
+
+    /// The rest of a sharded optimizer step, given every rank's norm partials (gathered
+    /// from [`DeviceModel::norm_partials`]): the norm and clip factor over all of them
+    /// (the unsharded step's bits), then AdamW on this rank's shard, which writes the
+    /// shard's bf16 weights; the other shards' arrive by [`DeviceModel::write_weights`].
+    /// Returns the norm before clipping (a non-finite one changes nothing).
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for a partials vector of the wrong length; device
+    /// errors.
+    pub fn optimizer_step_with_partials(
+        &mut self,
+        lr: f32,
+        max_norm: f64,
+        partials: &[f64],
+    ) -> Result<f64, ModelError> {
+        let _range = nvtx::range("optimizer");
+        let p = self.layout.total();
+        Self::check_len(
+            "gradient norm partials",
+            adamw::norm_parts(p),
+            partials.len(),
+        )?;
+        self.write_at(
+            self.ids.norm_partials,
+            0,
+            bytemuck::cast_slice::<f64, u8>(partials),
+            "writing the gradient norm partials",
+        )?;
+        self.finish_and_update(lr, max_norm)
+    }
+
+    /// The norm from the partials buffer, the clip factor, AdamW over the shard.
+    fn finish_and_update(&mut self, lr: f32, max_norm: f64) -> Result<f64, ModelError> {
         let p = self.layout.total();
         let ids = self.ids;
         let (partials, norm, scale) = (
@@ -834,13 +1063,9 @@ impl DeviceModel {
             self.addr(ids.norm_value),
             self.addr(ids.clip_scale),
         );
-        let grads = self.addr(ids.grads);
-        let norm_launches = [
-            adamw::grad_norm_partial(grads, p, partials).map_err(kernel_err("gradient norm"))?,
-            adamw::grad_norm_finish(partials, p, max_norm as f32, norm, scale)
-                .map_err(kernel_err("gradient norm"))?,
-        ];
-        self.launch_all("gradient norm", &norm_launches)?;
+        let launch = adamw::grad_norm_finish(partials, p, max_norm as f32, norm, scale)
+            .map_err(kernel_err("gradient norm"))?;
+        self.launch_all("gradient norm", &[launch])?;
         let mut bytes = [0u8; 8];
         self.read_at(ids.norm_value, 0, &mut bytes, "reading the gradient norm")?;
         let value = f64::from_le_bytes(bytes);
@@ -855,17 +1080,22 @@ impl DeviceModel {
             weight_decay: self.hyper.weight_decay,
             step: self.step + 1,
         };
-        let bufs = adamw::AdamwBuffers {
-            param: self.addr(ids.master),
-            grad: grads,
-            m: self.addr(ids.m),
-            v: self.addr(ids.v),
-            param_bf16: self.addr(ids.weights),
-            decay_mask: self.addr(ids.decay_mask),
-            scale,
-        };
-        let launch = adamw::adamw(&bufs, p, &h).map_err(kernel_err("AdamW"))?;
-        self.launch_all("AdamW", &[launch])?;
+        let shard = self.shard.clone();
+        if !shard.is_empty() {
+            // The shard's own master, moments and mask start at 0; the whole-model
+            // gradients and bf16 weights at the shard's offset.
+            let bufs = adamw::AdamwBuffers {
+                param: self.addr(ids.master),
+                grad: self.addr(ids.grads) + shard.start as u64 * 4,
+                m: self.addr(ids.m),
+                v: self.addr(ids.v),
+                param_bf16: self.addr(ids.weights) + shard.start as u64 * 2,
+                decay_mask: self.addr(ids.decay_mask),
+                scale,
+            };
+            let launch = adamw::adamw(&bufs, shard.len(), &h).map_err(kernel_err("AdamW"))?;
+            self.launch_all("AdamW", &[launch])?;
+        }
         self.step += 1;
         Ok(value)
     }

@@ -277,6 +277,7 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     let options = StepOptions {
         attention: b.attention,
         dq: b.attention_dq,
+        ..Default::default()
     };
     let n = tokens_per_step(b)?;
     // The arena is planned, and refused if it does not fit, before it is allocated.

@@ -120,7 +120,7 @@ impl StepBackend for DeviceStep {
             .state_into(&mut into.params, &mut into.m, &mut into.v)
             .map_err(|e| device_failed("downloading the weights for a checkpoint", e))?;
         into.step = self.model.optimizer_step_count();
-        into.range = 0..self.n_params;
+        into.range = self.model.shard();
         Ok(())
     }
 
@@ -134,7 +134,7 @@ impl StepBackend for DeviceStep {
             m,
             v,
             step: self.model.optimizer_step_count(),
-            range: 0..self.n_params,
+            range: self.model.shard(),
         })
     }
 

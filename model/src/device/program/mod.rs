@@ -37,6 +37,9 @@ use frugal_ptx::matmul::Gemm;
 use frugal_runtime::arena::{BufferRequest, Category};
 
 use super::place::{At, Emit};
+#[cfg(test)]
+use super::sharding::units;
+use super::sharding::Sharding;
 use super::{StepOptions, PLANNING_ARCH};
 use crate::config::{Attention, Config, ParamLayout, TensorSpec};
 use crate::error::ModelError;
@@ -192,6 +195,82 @@ pub struct Program {
 /// in memory at all has tiny layers, which the CPU backend trains.)
 pub(crate) const MAX_LAYERS: usize = 1024;
 
+/// Bytes of the persistent state buffers of one rank: what [`build`] declares, and what
+/// [`super::DeviceModel::memory_floor`] swaps in for the unsharded state it extends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StateBytes {
+    /// bf16 weights: whole, or (`--shard full`) the rank's shard.
+    pub weights: u64,
+    /// Each of the two `--shard full` gather buffers (the largest unit, bf16); 0 otherwise.
+    pub gather: u64,
+    /// f32 master weights: whole or the largest shard.
+    pub master: u64,
+    /// f32 gradients: always whole (micro-batches accumulate locally, bitwise as DDP).
+    pub grads: u64,
+    /// Each AdamW moment: as the master weights.
+    pub moment: u64,
+    /// The weight-decay mask, one byte per parameter AdamW updates.
+    pub mask: u64,
+}
+
+impl StateBytes {
+    /// By arithmetic on `cfg` (nothing per layer is built, so any depth is answered at once).
+    pub fn new(cfg: &Config, s: Sharding) -> StateBytes {
+        let p = cfg.param_count();
+        let shard = s.max_len(p) as u64;
+        let (weights, gather) = if s.shards_weights() {
+            (shard * BF16, max_unit(cfg) as u64 * BF16)
+        } else {
+            (p as u64 * BF16, 0)
+        };
+        StateBytes {
+            weights,
+            gather,
+            master: shard * F32,
+            grads: p as u64 * F32,
+            moment: shard * F32,
+            mask: shard,
+        }
+    }
+
+    /// Bytes per category ([`Category::ALL`] order) as the builder declares them (at
+    /// least 4 bytes a buffer).
+    pub fn by_category(&self) -> [u64; Category::ALL.len()] {
+        let mut out = [0u64; Category::ALL.len()];
+        let mut add = |c: Category, b: u64| {
+            if let Some(i) = Category::ALL.iter().position(|&x| x == c) {
+                out[i] += b.max(4);
+            }
+        };
+        add(Category::Params, self.weights);
+        if self.gather > 0 {
+            add(Category::Params, self.gather);
+            add(Category::Params, self.gather);
+        }
+        add(Category::MasterWeights, self.master);
+        add(Category::Grads, self.grads);
+        add(Category::OptimizerMoments, self.moment);
+        add(Category::OptimizerMoments, self.moment);
+        add(Category::Params, self.mask);
+        out
+    }
+}
+
+/// Parameters of the largest unit `--shard full` gathers at once ([`units`]): a layer, the
+/// embedding, or the final norm with the LM head.
+pub(crate) fn max_unit(cfg: &Config) -> usize {
+    let head = cfg
+        .vocab_size
+        .saturating_mul(cfg.dim)
+        .saturating_add(cfg.dim);
+    let mut one = cfg.clone();
+    one.n_layers = 1;
+    let layer = one
+        .param_count()
+        .saturating_sub(head + cfg.vocab_size * cfg.dim);
+    layer.max(head)
+}
+
 /// The shapes the step is built for.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Shape {
@@ -278,7 +357,7 @@ fn dims(cfg: &Config, shape: Shape, opts: StepOptions) -> Result<Dims, ModelErro
             ),
         });
     }
-    let StepOptions { attention, dq } = opts;
+    let StepOptions { attention, dq, .. } = opts;
     if attention == Attention::Vanilla && dq == DqMode::Atomic {
         // Refused rather than ignored: the caller asked for a non-reproducible mode and
         // would otherwise report one that did not run. Vanilla's dQ is a matmul that owns
@@ -356,15 +435,26 @@ pub(crate) fn build(
 ) -> Result<Program, ModelError> {
     let dims = dims(cfg, shape, opts)?;
     let layout = ParamLayout::new(cfg);
-    let p = layout.total() as u64;
     let mut bld = Builder::new(arch);
     // State and constant tables: the whole schedule.
-    let weights = bld.state("weights.bf16", Category::Params, p * BF16);
-    let master = bld.state("master.f32", Category::MasterWeights, p * F32);
-    let grads = bld.state("grads.f32", Category::Grads, p * F32);
-    let m = bld.state("adam.m", Category::OptimizerMoments, p * F32);
-    let v = bld.state("adam.v", Category::OptimizerMoments, p * F32);
-    let decay_mask = bld.state("decay_mask.u8", Category::Params, p);
+    let sizes = StateBytes::new(cfg, opts.sharding);
+    let weights = bld.state("weights.bf16", Category::Params, sizes.weights);
+    if sizes.gather > 0 {
+        // --shard full: two units' gather buffers (the one in use, the next prefetched).
+        // Planned only: the device step refuses `full` before building (see DeviceModel).
+        for i in 0..2 {
+            bld.state(
+                &format!("weights.gather{i}.bf16"),
+                Category::Params,
+                sizes.gather,
+            );
+        }
+    }
+    let master = bld.state("master.f32", Category::MasterWeights, sizes.master);
+    let grads = bld.state("grads.f32", Category::Grads, sizes.grads);
+    let m = bld.state("adam.m", Category::OptimizerMoments, sizes.moment);
+    let v = bld.state("adam.v", Category::OptimizerMoments, sizes.moment);
+    let decay_mask = bld.state("decay_mask.u8", Category::Params, sizes.mask);
     let hs = cfg.head_dim();
     let table_bytes = (shape.t * hs / 2) as u64 * F32;
     let rope_cos = bld.state("rope.cos", Category::Workspace, table_bytes);
@@ -594,7 +684,11 @@ mod tests {
             (Attention::Flash, DqMode::Atomic),
             (Attention::Vanilla, DqMode::Deterministic),
         ] {
-            let opts = StepOptions { attention, dq };
+            let opts = StepOptions {
+                attention,
+                dq,
+                ..Default::default()
+            };
             let prog = build(&cfg(128, 2, 1), Shape { b: 2, t: 40 }, opts, 80).unwrap();
             let mut used = vec![false; prog.decls.len()];
             for op in &prog.ops {
@@ -629,8 +723,17 @@ mod tests {
         for opts in [
             StepOptions::default(),
             StepOptions {
+                sharding: Sharding::new(super::super::ShardState::GradOp, 3),
+                ..Default::default()
+            },
+            StepOptions {
+                sharding: Sharding::new(super::super::ShardState::Full, 2),
+                ..Default::default()
+            },
+            StepOptions {
                 attention: Attention::Vanilla,
                 dq: DqMode::Deterministic,
+                ..Default::default()
             },
         ] {
             for layers in 1..=6 {
@@ -656,6 +759,55 @@ mod tests {
         assert!(started.elapsed().as_secs_f64() < 1.0);
         // At least the f32 master weights, gradients and both moments (16 bytes a parameter).
         assert!(floor.bytes >= 16 * deep.param_count() as u64, "{floor:?}");
+    }
+
+    #[test]
+    fn sharded_state_is_the_largest_shard_and_full_adds_two_unit_gathers() {
+        use super::super::ShardState;
+        let mut c = cfg(128, 2, 1);
+        c.n_layers = 6;
+        let p = c.param_count();
+        let bytes = |mode, world| {
+            let opts = StepOptions {
+                sharding: Sharding::new(mode, world),
+                ..Default::default()
+            };
+            let prog = build(&c, Shape { b: 2, t: 40 }, opts, 80).unwrap();
+            let of = |name: &str| {
+                prog.decls
+                    .iter()
+                    .find(|d| d.name == name)
+                    .map_or(0, |d| d.bytes)
+            };
+            (
+                of("master.f32"),
+                of("adam.m"),
+                of("grads.f32"),
+                of("weights.bf16"),
+                of("weights.gather0.bf16"),
+            )
+        };
+        let none = bytes(ShardState::None, 4);
+        assert_eq!(
+            none,
+            (4 * p as u64, 4 * p as u64, 4 * p as u64, 2 * p as u64, 0)
+        );
+        for world in [2, 3, 4] {
+            let shard = Sharding::new(ShardState::GradOp, world).max_len(p) as u64;
+            assert!(shard < p as u64 && shard.is_multiple_of(65536));
+            let g = bytes(ShardState::GradOp, world);
+            assert_eq!(g, (4 * shard, 4 * shard, 4 * p as u64, 2 * p as u64, 0));
+            let f = bytes(ShardState::Full, world);
+            let unit = units(&ParamLayout::new(&c), c.n_layers)
+                .iter()
+                .map(|u| u.len())
+                .max()
+                .unwrap() as u64;
+            assert_eq!(unit, max_unit(&c) as u64);
+            assert_eq!(f, (4 * shard, 4 * shard, 4 * p as u64, 2 * shard, 2 * unit));
+        }
+        // One rank: nothing to shard.
+        assert_eq!(bytes(ShardState::GradOp, 1), none);
     }
 
     #[test]
@@ -741,6 +893,7 @@ mod tests {
         let vanilla = StepOptions {
             attention: Attention::Vanilla,
             dq: DqMode::Deterministic,
+            ..Default::default()
         };
         assert!(unsupported(build(&cfg(96, 2, 2), s, flash, 80)));
         assert!(build(&cfg(96, 2, 2), s, vanilla, 80).is_ok());
@@ -754,6 +907,7 @@ mod tests {
             let opts = StepOptions {
                 attention: Attention::Flash,
                 dq,
+                ..Default::default()
             };
             let prog = build(&c, s, opts, 80).unwrap();
             prog.decls
@@ -775,6 +929,7 @@ mod tests {
             StepOptions {
                 attention: Attention::Vanilla,
                 dq: DqMode::Atomic,
+                ..Default::default()
             },
             80,
         );
