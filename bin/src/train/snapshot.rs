@@ -25,8 +25,10 @@ pub struct Resumed {
     pub skipped: Vec<String>,
 }
 
-/// Finds and loads the checkpoint `--resume` names, and checks that it can
-/// resume this run (same model config and world size). `Ok(None)` for
+/// Finds and loads the checkpoint `--resume` names (a whole file, or a
+/// sharded set's folder, whose every part this rank reads and assembles), and
+/// checks that it can resume this run (same model config and global batch:
+/// the world size and sharding mode may differ). `Ok(None)` for
 /// `--resume auto` when `--out` holds no checkpoint of its run at all: the
 /// run starts fresh, so one command line both starts and restarts a job.
 ///
@@ -65,7 +67,7 @@ pub fn load(
     };
     resumed
         .checkpoint
-        .check_compatible(&opts.config, world)
+        .check_compatible(&opts.config, world, opts.batch, opts.grad_accum)
         .with_context(|| format!("cannot resume from {}", resumed.path.display()))?;
     Ok(Some(resumed))
 }
