@@ -40,7 +40,7 @@ pub struct Resumed {
 ///
 /// # Errors
 /// A message naming the file and what is wrong: damaged or truncated, no
-/// checkpoint of the run verifies, or the config or world size differs.
+/// checkpoint of the run verifies, or the config or global batch differs.
 pub fn load(
     opts: &TrainOptions,
     world: usize,
