@@ -65,10 +65,32 @@ pub fn load(
             Some(r) => r,
         },
     };
-    resumed
-        .checkpoint
-        .check_compatible(&opts.config, world, opts.batch, opts.grad_accum)
-        .with_context(|| format!("cannot resume from {}", resumed.path.display()))?;
+    let ck = &resumed.checkpoint;
+    ck.check_compatible(&opts.config, world, opts.batch, opts.grad_accum)
+        .with_context(|| {
+            let mut context = format!("cannot resume from {}", resumed.path.display());
+            // --mem-target picks the batch from today's free memory, so the
+            // global batch can differ from the checkpoint's; the user never
+            // typed a --batch, so say which one resumes.
+            let global = (ck.world_size as u64)
+                .saturating_mul(ck.loader.batch)
+                .saturating_mul(ck.provenance.grad_accum);
+            let per_step = (world * opts.grad_accum) as u64;
+            if let Some(f) = opts.mem_target {
+                if global != 0
+                    && global.is_multiple_of(per_step)
+                    && global / per_step != opts.batch as u64
+                {
+                    context.push_str(&format!(
+                        " (--mem-target {f} chose batch {} this time; to resume, pass --batch {} \
+                         instead of --mem-target)",
+                        opts.batch,
+                        global / per_step
+                    ));
+                }
+            }
+            context
+        })?;
     Ok(Some(resumed))
 }
 
