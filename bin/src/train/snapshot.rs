@@ -17,6 +17,11 @@ pub fn path_of(opts: &TrainOptions, step: u64) -> PathBuf {
     opts.out.join(Checkpoint::file_name(step))
 }
 
+/// The folder of the sharded checkpoint of `step` in `--out`.
+pub fn set_path_of(opts: &TrainOptions, step: u64) -> PathBuf {
+    opts.out.join(checkpoint::sharded::set_name(step))
+}
+
 /// What `--resume` found.
 pub struct Resumed {
     pub checkpoint: Checkpoint,
