@@ -379,11 +379,12 @@ impl Checkpoint {
 
     /// Checks that this checkpoint can resume a run of model `cfg` on
     /// `world_size` ranks of `batch` windows and `grad_accum` micro-batches
-    /// per step. The world size may change if the global batch (ranks ×
-    /// batch × micro-batches) stays the same: the data position is global
-    /// (see [`crate::data`]), so the same windows make up each step. A file
-    /// that does not record its micro-batch count (version 1) must keep its
-    /// world size.
+    /// per step. The same ranks and batch resume whatever `grad_accum` (a
+    /// changed setting the caller reports). Another world size or batch is
+    /// accepted if the global batch (ranks × batch × micro-batches) stays the
+    /// same: the data position is global (see [`crate::data`]), so the same
+    /// windows make up each step. A file that does not record its micro-batch
+    /// count (version 1) must keep both.
     ///
     /// # Errors
     /// [`ModelError::CheckpointMismatch`] listing every field that differs,
@@ -457,12 +458,17 @@ impl Checkpoint {
                 cfg.norm_eps.to_string(),
             );
         }
+        // The same ranks and batch resume as always (a new --grad-accum is a
+        // noted change, like a new --lr); another split of the windows must
+        // keep the global batch, so that each step takes the same windows.
         let ck_accum = self.provenance.grad_accum;
-        if ck_accum == 0 {
+        let same_split = self.world_size == world_size && self.loader.batch == batch as u64;
+        if same_split {
+        } else if ck_accum == 0 {
             cmp(
-                "world size (a version-1 checkpoint does not record --grad-accum)",
-                self.world_size.to_string(),
-                world_size.to_string(),
+                "ranks x --batch (a version-1 checkpoint does not record --grad-accum, so both must stay)",
+                format!("{} x {}", self.world_size, self.loader.batch),
+                format!("{world_size} x {batch}"),
             );
         } else {
             let ck_global = (self.world_size as u64)
