@@ -67,6 +67,9 @@ pub enum Command {
     /// print the memory arena plan of a buffer list or of a preset's training step
     #[command(long_about = cmd::arena::ABOUT, after_long_help = cmd::arena::BUFFERS_FORMAT)]
     Arena(cmd::arena::ArenaFlags),
+    /// assemble a sharded checkpoint (a .shards folder) into one .ckpt file
+    #[command(long_about = cmd::consolidate::ABOUT)]
+    Consolidate(cmd::consolidate::ConsolidateFlags),
     /// print shell completions for frugal (bash, zsh, fish, ...)
     Completions {
         /// the shell to complete for

@@ -157,7 +157,8 @@ pub enum CliError {
         step: u64,
         in_flight: u64,
     },
-    /// Rank 0 failed to write the checkpoint every rank waited for.
+    /// Rank 0 failed to write the checkpoint every rank waited for (or, with
+    /// sharded saves, some rank its part).
     LeaderSaveFailed,
     /// Another rank failed to start; `--out` was left as it was.
     PeerNotStarted,
@@ -614,7 +615,8 @@ impl CliError {
                 "internal: the checkpoint of step {step} was handed over while step {in_flight}'s is still being written"
             ),
             CliError::LeaderSaveFailed => f.write_str(
-                "rank 0 could not write its checkpoint (its log says why); this rank stops too",
+                "rank 0 could not write its checkpoint, or a rank its part of a sharded one (its log \
+                 says why); this rank stops too",
             ),
             CliError::PeerNotStarted => f.write_str(
                 "another rank of this job could not start (its log says why); nothing was changed in --out",

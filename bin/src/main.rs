@@ -91,6 +91,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Kernels(flags) => cmd::kernels::run(flags),
         Command::Doctor(flags) => cmd::doctor::run(flags),
         Command::Arena(flags) => cmd::arena::run(flags),
+        Command::Consolidate(flags) => cmd::consolidate::run(flags),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "frugal", &mut std::io::stdout());
             Ok(())

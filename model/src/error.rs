@@ -107,7 +107,7 @@ pub enum ModelError {
         offset: Option<u64>,
         reason: String,
     },
-    /// A checkpoint was written by a run with a different model or world size.
+    /// A checkpoint was written by a run with a different model or global batch.
     CheckpointMismatch {
         diffs: Vec<Mismatch>,
     },
@@ -236,7 +236,7 @@ impl fmt::Display for ModelError {
             ModelError::LoaderStateMismatch { field, saved, current } => write!(
                 f,
                 "saved data position does not fit this run: {field} was {saved}, is now {current}; \
-                 resume with the same data, --batch, --seq and world size"
+                 resume with the same data, --seq and global batch (ranks x --batch x --grad-accum)"
             ),
             ModelError::CheckpointCorrupt { path, offset, reason } => match offset {
                 Some(o) => write!(f, "{}: byte {o}: {reason}; the checkpoint is damaged, resume from an older one", path.display()),
@@ -247,7 +247,7 @@ impl fmt::Display for ModelError {
                 for d in diffs {
                     write!(f, " {} is {} in the checkpoint but {} in this run;", d.field, d.checkpoint, d.run)?;
                 }
-                write!(f, " resume with the same model flags and world size, or start a new --out directory")
+                write!(f, " resume with the same model flags and global batch, or start a new --out directory")
             }
             ModelError::TokenOutOfRange { role, position, seq_len, value, vocab_size } => write!(
                 f,

@@ -3,6 +3,7 @@
 
 pub mod arena;
 pub mod bench;
+pub mod consolidate;
 pub mod data;
 pub mod doctor;
 pub mod kernels;

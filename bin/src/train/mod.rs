@@ -112,7 +112,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
     // Rank 0 speaks for the job; the other ranks report only errors.
     let leader = rank == 0;
     let run_dir = if leader {
-        Some(open_run_dir(&opts)?)
+        Some(open_run_dir(&opts, world)?)
     } else {
         None
     };
@@ -174,6 +174,12 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         let (saver, metrics_file) = take_over_out(&opts, dir.path(), &identity)?;
         ctx.saver = Some(saver);
         metrics_out = metrics_file;
+    } else if sharded_saves(&opts, world) {
+        // Every rank writes its own part of each sharded checkpoint.
+        ctx.saver = Some(Saver::start_part_writer(
+            opts.out.clone(),
+            snapshot_len(&opts, world),
+        )?);
     }
 
     let outcome = trainer.run(start, &mut ctx, &mut metrics_out)?;
@@ -240,10 +246,34 @@ fn env_price() -> Result<Option<String>, CliError> {
 
 /// The leader's run folder: locked, and proven writable with room for a
 /// checkpoint, before anything is trained.
-fn open_run_dir(opts: &TrainOptions) -> Result<RunDir, CliError> {
+fn open_run_dir(opts: &TrainOptions, world: usize) -> Result<RunDir, CliError> {
     let data_label = opts.data.to_string();
-    let bound = checkpoint::size_bound(opts.config.param_count() as u64, 64, data_label.len());
+    let n = opts.config.param_count() as u64;
+    // A sharded set repeats the fields in each rank's part.
+    let bound = if sharded_saves(opts, world) {
+        checkpoint::sharded::set_size_bound(n, world, 64, data_label.len())
+    } else {
+        checkpoint::size_bound(n, 64, data_label.len())
+    };
     RunDir::open(&opts.out, bound)
+}
+
+/// Whether each rank saves its own part of every checkpoint (a sharded set):
+/// the optimizer state is sharded over several ranks.
+fn sharded_saves(opts: &TrainOptions, world: usize) -> bool {
+    opts.shard.shards_optimizer() && world > 1
+}
+
+/// Values per array of one rank's checkpoint snapshot: the whole model, or
+/// with sharded saves at most one shard (an even share, rounded up to the
+/// largest shard alignment, 65536).
+fn snapshot_len(opts: &TrainOptions, world: usize) -> usize {
+    let n = opts.config.param_count();
+    if sharded_saves(opts, world) {
+        n.div_ceil(world).next_multiple_of(1 << 16).min(n)
+    } else {
+        n
+    }
 }
 
 /// The training data, opened and fingerprinted, described by the leader.
@@ -414,7 +444,7 @@ fn take_over_out(
     let saver = Saver::start(
         out.to_path_buf(),
         run_dir::Retention::scan(out, id.lineage, opts.keep),
-        opts.config.param_count(),
+        snapshot_len(opts, id.world),
     )?;
     Ok((saver, metrics_out))
 }
@@ -486,7 +516,7 @@ fn finish(
             "stopped by {} after step {}; checkpoint {} holds it",
             signals::name(signal),
             summary.steps_done,
-            snapshot::path_of(opts, summary.steps_done as u64).display()
+            held_by(opts, summary.steps_done as u64).display()
         );
         if world == 1 {
             say!("to resume: {}", resume_command(opts));
@@ -503,6 +533,16 @@ fn finish(
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     std::process::exit(128 + signal);
+}
+
+/// The checkpoint of `step` in `--out`: the sharded set if one was saved, else the file.
+fn held_by(opts: &TrainOptions, step: u64) -> PathBuf {
+    let set = snapshot::set_path_of(opts, step);
+    if set.is_dir() {
+        set
+    } else {
+        snapshot::path_of(opts, step)
+    }
 }
 
 /// A new run id: random, never 0 (0 marks an unknown run).

@@ -9,7 +9,8 @@
 //!   checkpoints descend from, with the step each started at), config, data
 //!   fingerprint, world size and hyper-parameters. Rewritten atomically when
 //!   a run starts.
-//! - Nothing is ever deleted but this run's own older checkpoints (`--keep`).
+//! - Nothing is ever deleted but this run's own older checkpoints (`--keep`;
+//!   a sharded checkpoint, a `step-N.shards` folder, goes whole).
 //!   Checkpoints that are not part of this run's history — another run's, or
 //!   a branch abandoned by resuming from an older step — are moved to their
 //!   own new folder `replaced/<time>-<run id>/`, never emptied, and only after
@@ -140,7 +141,8 @@ pub fn host_name() -> String {
 }
 
 /// Removes the temporary files of a killed run (`.step-N.ckpt.tmp-PID`, the
-/// manifest's, the write probe): with the lock held, no process is writing
+/// manifest's, the write probe, and inside a sharded set's folder a part or
+/// set manifest being written): with the lock held, no process is writing
 /// them. Returns how many went.
 fn remove_stale_temporaries(out: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(out) else {
@@ -150,6 +152,23 @@ fn remove_stale_temporaries(out: &Path) -> usize {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b"step-")
+            && bytes.ends_with(checkpoint::sharded::SET_SUFFIX.as_bytes())
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            for inner in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if checkpoint::sharded::is_temporary(&inner.file_name())
+                    && std::fs::remove_file(inner.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            continue;
+        }
         let ours = checkpoint::is_temporary(&name)
             || bytes.starts_with(format!(".{MANIFEST}.tmp-").as_bytes())
             || bytes.starts_with(b".probe-");
@@ -441,7 +460,14 @@ impl Retention {
                 break;
             }
             if let Some(old) = self.files.remove(&oldest) {
-                match std::fs::remove_file(&old) {
+                // A sharded set goes whole: its manifest first, so an
+                // interrupted delete leaves an incomplete set, never a wrong one.
+                let gone = if old.is_dir() {
+                    checkpoint::sharded::remove_set(&old).map_err(|e| e.to_string())
+                } else {
+                    std::fs::remove_file(&old).map_err(|e| e.to_string())
+                };
+                match gone {
                     Ok(()) => deleted.push(old),
                     Err(e) => failed.push(format!("cannot delete {}: {e}", old.display())),
                 }

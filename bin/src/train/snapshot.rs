@@ -17,6 +17,11 @@ pub fn path_of(opts: &TrainOptions, step: u64) -> PathBuf {
     opts.out.join(Checkpoint::file_name(step))
 }
 
+/// The folder of the sharded checkpoint of `step` in `--out`.
+pub fn set_path_of(opts: &TrainOptions, step: u64) -> PathBuf {
+    opts.out.join(checkpoint::sharded::set_name(step))
+}
+
 /// What `--resume` found.
 pub struct Resumed {
     pub checkpoint: Checkpoint,
@@ -25,8 +30,10 @@ pub struct Resumed {
     pub skipped: Vec<String>,
 }
 
-/// Finds and loads the checkpoint `--resume` names, and checks that it can
-/// resume this run (same model config and world size). `Ok(None)` for
+/// Finds and loads the checkpoint `--resume` names (a whole file, or a
+/// sharded set's folder, whose every part this rank reads and assembles), and
+/// checks that it can resume this run (same model config and global batch:
+/// the world size and sharding mode may differ). `Ok(None)` for
 /// `--resume auto` when `--out` holds no checkpoint of its run at all: the
 /// run starts fresh, so one command line both starts and restarts a job.
 ///
@@ -38,7 +45,7 @@ pub struct Resumed {
 ///
 /// # Errors
 /// A message naming the file and what is wrong: damaged or truncated, no
-/// checkpoint of the run verifies, or the config or world size differs.
+/// checkpoint of the run verifies, or the config or global batch differs.
 pub fn load(
     opts: &TrainOptions,
     world: usize,
@@ -63,10 +70,32 @@ pub fn load(
             Some(r) => r,
         },
     };
-    resumed
-        .checkpoint
-        .check_compatible(&opts.config, world)
-        .with_context(|| format!("cannot resume from {}", resumed.path.display()))?;
+    let ck = &resumed.checkpoint;
+    ck.check_compatible(&opts.config, world, opts.batch, opts.grad_accum)
+        .with_context(|| {
+            let mut context = format!("cannot resume from {}", resumed.path.display());
+            // --mem-target picks the batch from today's free memory, so the
+            // global batch can differ from the checkpoint's; the user never
+            // typed a --batch, so say which one resumes.
+            let global = (ck.world_size as u64)
+                .saturating_mul(ck.loader.batch)
+                .saturating_mul(ck.provenance.grad_accum);
+            let per_step = (world * opts.grad_accum) as u64;
+            if let Some(f) = opts.mem_target {
+                if global != 0
+                    && global.is_multiple_of(per_step)
+                    && global / per_step != opts.batch as u64
+                {
+                    context.push_str(&format!(
+                        " (--mem-target {f} chose batch {} this time; to resume, pass --batch {} \
+                         instead of --mem-target)",
+                        opts.batch,
+                        global / per_step
+                    ));
+                }
+            }
+            context
+        })?;
     Ok(Some(resumed))
 }
 

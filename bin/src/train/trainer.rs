@@ -201,7 +201,8 @@ impl Start {
 
 /// What the loop needs from the run around it.
 pub struct RunContext {
-    /// The background checkpoint writer (the leader's; `None` on other ranks).
+    /// The background checkpoint writer: the leader's, and every rank's when
+    /// the optimizer state is sharded (each writes its part); else `None`.
     pub saver: Option<Saver>,
     /// This run's identity and settings, stamped on every checkpoint it writes.
     pub provenance: Provenance,
@@ -331,6 +332,10 @@ impl Trainer<'_> {
             lp.progress.draw(done, &format!("loss {loss:.4}"));
         }
         lp.progress.clear();
+        // Every rank stays until the last save is on disk: with sharded state
+        // the set is complete only once every rank's part is, and a rank whose
+        // part failed must fail the others rather than leave them waiting.
+        wait_for_save(&mut self.sync, &mut ctx.saver, metrics)?;
         if let Some(s) = ctx.saver.as_mut() {
             if let Some(saved) = s.finish()? {
                 report_saved(&saved, metrics)?;
@@ -600,6 +605,9 @@ impl Trainer<'_> {
         let mut saved = saver.take_spare();
         let waited_ms = stall.elapsed().as_secs_f64() * 1e3;
         self.backend.state_into(&mut saved)?;
+        let n = opts.config.param_count();
+        // Sharded optimizer state: this rank saves its part of the set.
+        let part = (saved.range != (0..n)).then(|| saved.range.clone());
         let ck = Checkpoint {
             config: opts.config.clone(),
             world_size: self.devices.world,
@@ -626,13 +634,27 @@ impl Trainer<'_> {
             best_val_loss: state.best_val_loss,
             provenance: ctx.provenance.clone(),
         };
-        saver.submit(ck)?;
+        let (rank, world) = (self.devices.rank, self.devices.world);
+        let path = match part {
+            Some(range) => {
+                saver.submit_part(ck, rank, world, range)?;
+                snapshot::set_path_of(opts, done as u64)
+            }
+            None => {
+                saver.submit(ck)?;
+                snapshot::path_of(opts, done as u64)
+            }
+        };
         let stall_ms = stall.elapsed().as_secs_f64() * 1e3;
+        if rank != 0 {
+            // Rank 0 speaks for the job.
+            return Ok(());
+        }
         lp.progress.clear();
         say!(
             "step {done}: saving checkpoint {} in the background (the step waited {stall_ms:.0} ms: \
              {waited_ms:.0} for the previous save, the rest copying the snapshot)",
-            snapshot::path_of(opts, done as u64).display()
+            path.display()
         );
         if let Some(m) = metrics.as_mut() {
             let obj = JsonObject::new()
@@ -702,7 +724,9 @@ struct Loop {
 }
 
 /// Holds every rank until the leader's save in flight (if any) is on disk,
-/// reporting it when it lands. `saver` is `None` on the other ranks.
+/// reporting it when it lands. `saver` is `None` on the other ranks unless the
+/// optimizer state is sharded: then every rank waits for its own part and the
+/// leader for the whole set, and a failure on any rank fails every rank.
 fn wait_for_save(
     sync: &mut GradSync,
     saver: &mut Option<Saver>,
@@ -721,6 +745,10 @@ fn wait_for_save(
 
 /// Says (and records in the metrics file) that a background save finished.
 fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), CliError> {
+    if saved.part_only {
+        // Rank 0 reports the set once every part is in it.
+        return Ok(());
+    }
     say!(
         "step {}: checkpoint {} written ({} in {:.2} s)",
         saved.step,

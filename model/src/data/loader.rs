@@ -213,7 +213,11 @@ impl Loader {
     }
 
     /// Continues from a saved position. The state must come from a loader over
-    /// the same data, split, seed, B, T and world size (any rank).
+    /// the same data, split, seed and T (any rank). B and the world size may
+    /// differ from the saver's: the position counts windows of all ranks, so
+    /// a run whose ranks × B × micro-batches equals the saver's takes the same
+    /// windows at each step, split differently over ranks. The position must
+    /// fall on a whole batch of this loader (world·B windows).
     ///
     /// # Errors
     /// [`ModelError::LoaderStateMismatch`] naming the first field that differs.
@@ -234,9 +238,7 @@ impl Loader {
                 state.windows_per_epoch,
                 self.n_windows,
             ),
-            ("batch", state.batch, self.batch as u64),
             ("seq", state.seq, self.seq as u64),
-            ("world size", state.world, self.world as u64),
         ];
         for (field, saved, current) in checks {
             if saved != current {
@@ -246,6 +248,18 @@ impl Loader {
                     current,
                 });
             }
+        }
+        // The saver's windows per step were a multiple of its world·B; a
+        // position that is not one of this loader's would start its ranks
+        // mid-batch: another global batch (the caller checks it, knowing the
+        // micro-batch counts).
+        let per_batch = (self.world * self.batch) as u64;
+        if !state.consumed.is_multiple_of(per_batch) {
+            return Err(ModelError::LoaderStateMismatch {
+                field: "windows per batch (ranks x --batch; the position must be a multiple)",
+                saved: state.world.saturating_mul(state.batch),
+                current: per_batch,
+            });
         }
         self.consumed = state.consumed;
         Ok(())

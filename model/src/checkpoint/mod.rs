@@ -27,6 +27,11 @@
 //! directory so the rename itself survives a crash. A reader therefore sees
 //! either the old set of checkpoints or the new one, never a partial file
 //! under a checkpoint's name.
+//!
+//! A sharded checkpoint (each rank holding its own flat range of the optimizer
+//! state) is a folder of one part per rank plus a manifest written last:
+//! see [`sharded`]. [`load`], [`verify`], [`read_provenance`] and [`list`]
+//! take either form; [`load`] assembles a set into one whole [`Checkpoint`].
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -36,6 +41,8 @@ use crate::config::{Config, ParamLayout};
 use crate::data::{LoaderState, Split};
 use crate::error::{Mismatch, ModelError};
 use crate::schedule::CosineSchedule;
+
+pub mod sharded;
 
 /// The first 8 bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"FRUGALCK";
@@ -292,6 +299,15 @@ fn put_array(s: &mut impl Sink, xs: &[f32]) -> std::io::Result<()> {
 impl Checkpoint {
     /// The payload, field by field; `load` reads the same order.
     fn encode_payload(&self, s: &mut impl Sink) -> std::io::Result<()> {
+        self.encode_head(s)?;
+        put_array(s, &self.params)?;
+        put_array(s, &self.optimizer.m)?;
+        put_array(s, &self.optimizer.v)
+    }
+
+    /// Every field before the arrays (a shard part's payload starts with the
+    /// same bytes: see [`sharded`]).
+    fn encode_head(&self, s: &mut impl Sink) -> std::io::Result<()> {
         let c = &self.config;
         for x in [
             c.vocab_size,
@@ -353,10 +369,7 @@ impl Checkpoint {
         put_u64(s, p.grad_accum)?;
         put_u64(s, p.data_fingerprint)?;
         put_u64(s, p.data.len() as u64)?;
-        s.put(p.data.as_bytes())?;
-        put_array(s, &self.params)?;
-        put_array(s, &o.m)?;
-        put_array(s, &o.v)
+        s.put(p.data.as_bytes())
     }
 
     /// The file name of the checkpoint of `step`.
@@ -365,12 +378,25 @@ impl Checkpoint {
     }
 
     /// Checks that this checkpoint can resume a run of model `cfg` on
-    /// `world_size` ranks.
+    /// `world_size` ranks of `batch` windows and `grad_accum` micro-batches
+    /// per step. The same ranks and batch resume whatever `grad_accum` (a
+    /// changed setting the caller reports). Another world size or batch is
+    /// accepted if the global batch (ranks × batch × micro-batches) stays the
+    /// same: the data position is global (see [`crate::data`]), so the same
+    /// windows make up each step. A file that does not record its micro-batch
+    /// count (version 1) must keep both.
     ///
     /// # Errors
     /// [`ModelError::CheckpointMismatch`] listing every field that differs,
-    /// with the checkpoint's value and the run's.
-    pub fn check_compatible(&self, cfg: &Config, world_size: usize) -> Result<(), ModelError> {
+    /// with the checkpoint's value and the run's; a different global batch
+    /// says which `--batch`/`--grad-accum` would match.
+    pub fn check_compatible(
+        &self,
+        cfg: &Config,
+        world_size: usize,
+        batch: usize,
+        grad_accum: usize,
+    ) -> Result<(), ModelError> {
         let c = &self.config;
         let mut diffs = Vec::new();
         let mut cmp = |field: &'static str, ck: String, run: String| {
@@ -432,17 +458,61 @@ impl Checkpoint {
                 cfg.norm_eps.to_string(),
             );
         }
-        cmp(
-            "world size",
-            self.world_size.to_string(),
-            world_size.to_string(),
-        );
+        // The same ranks and batch resume as always (a new --grad-accum is a
+        // noted change, like a new --lr); another split of the windows must
+        // keep the global batch, so that each step takes the same windows.
+        let ck_accum = self.provenance.grad_accum;
+        let same_split = self.world_size == world_size && self.loader.batch == batch as u64;
+        if same_split {
+        } else if ck_accum == 0 {
+            cmp(
+                "ranks x --batch (a version-1 checkpoint does not record --grad-accum, so both must stay)",
+                format!("{} x {}", self.world_size, self.loader.batch),
+                format!("{world_size} x {batch}"),
+            );
+        } else {
+            let ck_global = (self.world_size as u64)
+                .saturating_mul(self.loader.batch)
+                .saturating_mul(ck_accum);
+            let run_global = (world_size as u64)
+                .saturating_mul(batch as u64)
+                .saturating_mul(grad_accum as u64);
+            if ck_global != run_global {
+                diffs.push(Mismatch {
+                    field: "global batch (ranks x --batch x --grad-accum)",
+                    checkpoint: format!(
+                        "{} x {} x {ck_accum} = {ck_global}",
+                        self.world_size, self.loader.batch
+                    ),
+                    run: format!(
+                        "{world_size} x {batch} x {grad_accum} = {run_global} ({})",
+                        matching_flags(ck_global, world_size)
+                    ),
+                });
+            }
+        }
         if diffs.is_empty() {
             Ok(())
         } else {
             Err(ModelError::CheckpointMismatch { diffs })
         }
     }
+}
+
+/// The `--batch`/`--grad-accum` pairs that make `global` windows per step on
+/// `world` ranks, as advice (the largest batches first, at most three).
+fn matching_flags(global: u64, world: usize) -> String {
+    let world = world.max(1) as u64;
+    if global == 0 || !global.is_multiple_of(world) {
+        return format!("no --batch and --grad-accum make {global} on {world} ranks; use a world size that divides it");
+    }
+    let per_rank = global / world;
+    let pairs: Vec<String> = (1..=per_rank)
+        .filter(|k| per_rank.is_multiple_of(*k))
+        .take(3)
+        .map(|k| format!("--batch {} --grad-accum {k}", per_rank / k))
+        .collect();
+    format!("on {world} ranks {} would match", pairs.join(" or "))
 }
 
 /// Writes `ckpt` atomically into `dir` as `step-NNNNNNNN.ckpt` (creating the
@@ -467,19 +537,7 @@ pub fn save(dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf, ModelError> {
         Checkpoint::file_name(ckpt.step),
         std::process::id()
     ));
-    if let Err(e) = write_file(&tmp_path, ckpt) {
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-    if let Err(source) = std::fs::rename(&tmp_path, &final_path) {
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(ModelError::Io {
-            path: final_path,
-            source,
-        });
-    }
-    // The rename is durable only once the directory entry is on disk.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_dir)?;
+    write_atomic(dir, &tmp_path, &final_path, ckpt)?;
     Ok(final_path)
 }
 
@@ -495,10 +553,7 @@ pub fn is_temporary(name: &std::ffi::OsStr) -> bool {
 
 /// The size in bytes of the file [`save`] writes for `ckpt`.
 pub fn encoded_len(ckpt: &Checkpoint) -> u64 {
-    let mut counter = Counter(0);
-    // Counting cannot fail.
-    let _ = ckpt.encode_payload(&mut counter);
-    HEADER_BYTES + counter.0 + TRAILER_BYTES
+    HEADER_BYTES + Encoded::payload_len(ckpt) + TRAILER_BYTES
 }
 
 /// An upper bound on the file size of a checkpoint of `n_params` parameters
@@ -511,39 +566,161 @@ pub fn size_bound(n_params: u64, lineage_len: usize, data_label_len: usize) -> u
         .saturating_add(data_label_len as u64)
 }
 
-fn write_file(path: &Path, ckpt: &Checkpoint) -> Result<(), ModelError> {
+/// A file in the checkpoint container format: magic, version, reserved
+/// word, payload length, payload, CRC-32. A whole checkpoint is one; a shard
+/// part of a sharded checkpoint ([`sharded`]) is another, with its own magic.
+trait Encoded {
+    const MAGIC: [u8; 8];
+    fn encode_payload(&self, s: &mut impl Sink) -> std::io::Result<()>;
+
+    /// The payload's length in bytes.
+    fn payload_len(&self) -> u64 {
+        let mut counter = Counter(0);
+        // Counting cannot fail.
+        let _ = self.encode_payload(&mut counter);
+        counter.0
+    }
+}
+
+impl Encoded for Checkpoint {
+    const MAGIC: [u8; 8] = MAGIC;
+    fn encode_payload(&self, s: &mut impl Sink) -> std::io::Result<()> {
+        Checkpoint::encode_payload(self, s)
+    }
+}
+
+/// What a written file is: its length and the CRC-32 stored in its last four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Written {
+    bytes: u64,
+    crc: u32,
+}
+
+/// Writes `item` to `path` (created or truncated), checksumming as it
+/// writes, and fsyncs it.
+fn write_file<E: Encoded>(path: &Path, item: &E) -> Result<Written, ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut counter = Counter(0);
-    ckpt.encode_payload(&mut counter).map_err(io)?;
+    let payload_len = item.payload_len();
     let file = File::create(path).map_err(io)?;
     let mut w = CrcWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: Crc32::new(),
     };
-    write_all(&mut w, ckpt, counter.0).map_err(io)?;
+    write_all(&mut w, item, payload_len).map_err(io)?;
     let crc = w.crc.finish();
     w.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
     let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)
+    file.sync_all().map_err(io)?;
+    Ok(Written {
+        bytes: HEADER_BYTES + payload_len + TRAILER_BYTES,
+        crc,
+    })
 }
 
 /// Header and payload (the caller appends the CRC).
-fn write_all<W: Write>(
+fn write_all<W: Write, E: Encoded>(
     w: &mut CrcWriter<W>,
-    ckpt: &Checkpoint,
+    item: &E,
     payload_len: u64,
 ) -> std::io::Result<()> {
-    w.put(&MAGIC)?;
+    w.put(&E::MAGIC)?;
     w.put(&VERSION.to_le_bytes())?;
     w.put(&0u32.to_le_bytes())?;
     w.put(&payload_len.to_le_bytes())?;
-    ckpt.encode_payload(w)
+    item.encode_payload(w)
 }
 
-/// The checkpoints in `dir` (files named `step-N.ckpt`), by increasing step.
+/// The bytes of `item`'s file.
+fn encode_bytes<E: Encoded>(item: &E) -> Vec<u8> {
+    let payload_len = item.payload_len();
+    let mut w = CrcWriter {
+        inner: Vec::with_capacity((HEADER_BYTES + payload_len + TRAILER_BYTES) as usize),
+        crc: Crc32::new(),
+    };
+    // Writing to a Vec cannot fail.
+    let _ = write_all(&mut w, item, payload_len);
+    let crc = w.crc.finish();
+    w.inner.extend_from_slice(&crc.to_le_bytes());
+    w.inner
+}
+
+/// Writes `item` to `tmp`, renames it to `final_path` and fsyncs `dir` (the
+/// folder of both) so the rename itself is durable. The temporary file is
+/// removed on failure.
+fn write_atomic<E: Encoded>(
+    dir: &Path,
+    tmp: &Path,
+    final_path: &Path,
+    item: &E,
+) -> Result<Written, ModelError> {
+    let written = match write_file(tmp, item) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
+    if let Err(source) = std::fs::rename(tmp, final_path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(ModelError::Io {
+            path: final_path.to_path_buf(),
+            source,
+        });
+    }
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// Fsyncs a folder: a rename or a new entry in it is durable only then.
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes `ckpt` as a new whole checkpoint file at `path`, never replacing
+/// one: written to a temporary file beside it, fsynced, then linked to
+/// `path` (which fails if `path` exists, even if it appeared meanwhile), the
+/// temporary name removed and the folder fsynced. For `frugal consolidate`.
+///
+/// # Errors
+/// [`ModelError::Io`] naming `path` (kind `AlreadyExists` when it exists) or
+/// its folder; nothing is left behind on failure.
+pub fn save_new(path: &Path, ckpt: &Checkpoint) -> Result<u64, ModelError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".to_string());
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}.tmp-{}", std::process::id()));
+    let written = match write_file(&tmp, ckpt) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sync_dir(&dir)?;
+    Ok(written.bytes)
+}
+
+/// The checkpoints in `dir` (files named `step-N.ckpt` and sharded sets,
+/// folders named `step-N.shards`), by increasing step.
 /// A missing directory has none.
 ///
 /// # Errors
@@ -565,10 +742,13 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ModelError> {
         let Some(name) = name.to_str() else {
             continue;
         };
-        let step = name
-            .strip_prefix("step-")
-            .and_then(|r| r.strip_suffix(".ckpt"))
-            .and_then(|d| d.parse::<u64>().ok());
+        // A whole file, or a sharded set's folder (complete or not: loading
+        // an incomplete one fails, naming what is missing).
+        let step = name.strip_prefix("step-").and_then(|r| {
+            r.strip_suffix(".ckpt")
+                .or_else(|| r.strip_suffix(sharded::SET_SUFFIX))
+                .and_then(|d| d.parse::<u64>().ok())
+        });
         if let Some(step) = step {
             out.push((step, entry.path()));
         }
@@ -731,10 +911,16 @@ fn open_file(path: &Path) -> Result<(BufReader<File>, u64), ModelError> {
 
 /// Checks magic, version and the length field against `file_len`; returns
 /// the reader positioned at the payload. `path` names the file in errors.
-fn open_checked<R: Read>(
+fn open_checked<R: Read>(path: &Path, file: R, file_len: u64) -> Result<Reader<'_, R>, ModelError> {
+    open_checked_as(path, file, file_len, MAGIC)
+}
+
+/// [`open_checked`] for a file of the container format with magic `magic`.
+fn open_checked_as<R: Read>(
     path: &Path,
     mut file: R,
     file_len: u64,
+    magic: [u8; 8],
 ) -> Result<Reader<'_, R>, ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
@@ -752,12 +938,15 @@ fn open_checked<R: Read>(
     }
     let mut header = [0u8; HEADER_BYTES as usize];
     file.read_exact(&mut header).map_err(io)?;
-    if header[0..8] != MAGIC {
-        return Err(corrupt(
-            path,
-            Some(0),
-            "this is not a frugal checkpoint (the magic bytes differ)",
-        ));
+    if header[0..8] != magic {
+        let why = if header[0..8] == sharded::PART_MAGIC {
+            "this is one rank's part of a sharded checkpoint: load its .shards folder"
+        } else if magic == sharded::PART_MAGIC {
+            "this is not a part of a sharded checkpoint (the magic bytes differ)"
+        } else {
+            "this is not a frugal checkpoint (the magic bytes differ)"
+        };
+        return Err(corrupt(path, Some(0), why));
     }
     let word =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
@@ -810,6 +999,9 @@ fn open_checked<R: Read>(
 /// # Errors
 /// [`ModelError::CheckpointCorrupt`] or [`ModelError::Io`], naming the file.
 pub fn verify(path: &Path) -> Result<(), ModelError> {
+    if is_set(path) {
+        return sharded::verify_set(path).map(|_| ());
+    }
     let (file, len) = open_file(path)?;
     let mut r = open_checked(path, file, len)?;
     let (stored, computed) = r.finish_crc()?;
@@ -827,13 +1019,23 @@ fn check_crc(path: &Path, at: u64, stored: u32, computed: u32) -> Result<(), Mod
     Ok(())
 }
 
-/// Loads and verifies a checkpoint.
+/// True when `path` is a sharded checkpoint (a folder) rather than a file.
+pub fn is_set(path: &Path) -> bool {
+    path.is_dir()
+}
+
+/// Loads and verifies a checkpoint: a whole file, or a sharded set's folder,
+/// whose parts are verified against its manifest and assembled in range
+/// order into one whole checkpoint ([`sharded::load_set`]).
 ///
 /// # Errors
 /// [`ModelError::CheckpointCorrupt`] naming the file (and the byte, where one
 /// can be named) for a truncated or damaged file, a wrong magic or version, or
 /// contents that do not fit together; [`ModelError::Io`] when it cannot be read.
 pub fn load(path: &Path) -> Result<Checkpoint, ModelError> {
+    if is_set(path) {
+        return sharded::load_set(path);
+    }
     let (file, len) = open_file(path)?;
     read_checked(path, file, len)
 }
@@ -849,17 +1051,7 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<Checkpoint, ModelError> {
 
 /// The bytes of the checkpoint file [`save`] would write.
 pub fn encode(ckpt: &Checkpoint) -> Vec<u8> {
-    let mut counter = Counter(0);
-    // Writing to a Vec cannot fail.
-    let _ = ckpt.encode_payload(&mut counter);
-    let mut w = CrcWriter {
-        inner: Vec::with_capacity((HEADER_BYTES + counter.0 + TRAILER_BYTES) as usize),
-        crc: Crc32::new(),
-    };
-    let _ = write_all(&mut w, ckpt, counter.0);
-    let crc = w.crc.finish();
-    w.inner.extend_from_slice(&crc.to_le_bytes());
-    w.inner
+    encode_bytes(ckpt)
 }
 
 fn read_checked<R: Read>(path: &Path, file: R, len: u64) -> Result<Checkpoint, ModelError> {
@@ -1049,6 +1241,9 @@ fn parse_provenance<R: Read>(r: &mut Reader<'_, R>) -> Result<Provenance, ModelE
 /// # Errors
 /// [`ModelError::CheckpointCorrupt`] or [`ModelError::Io`], naming the file.
 pub fn read_provenance(path: &Path) -> Result<(u64, Provenance), ModelError> {
+    if is_set(path) {
+        return sharded::read_set_provenance(path);
+    }
     let (file, len) = open_file(path)?;
     let mut r = open_checked(path, file, len)?;
     let head = parse_head(&mut r)?;
