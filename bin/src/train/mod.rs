@@ -96,6 +96,8 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         opts.job_token.as_deref(),
         opts.config.param_count(),
         opts.bucket_bytes,
+        opts.shard,
+        priced.shard_align(),
     )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
