@@ -130,7 +130,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
     sync.agree_on_config(&run_fields(&opts, data_fingerprint))?;
 
     // This run's identity: its id, and the runs its checkpoints descend from.
-    let run_id = new_run_id();
+    let run_id = sync.leaders_u64(new_run_id())?;
     let resumed_path = resume_from.as_ref().map(|(path, _)| path.clone());
     let resume_from = resume_from.map(|(_, ck)| ck);
     let lineage = snapshot::lineage_for(resume_from.as_ref(), run_id);

@@ -537,6 +537,17 @@ impl GradSync {
         })
     }
 
+    /// Rank 0's `value` on every rank (the run id every rank's checkpoint part names).
+    ///
+    /// # Errors
+    /// A peer's failure or a timeout.
+    pub fn leaders_u64(&mut self, value: u64) -> Result<u64, CliError> {
+        match &mut self.link {
+            Link::Single => Ok(value),
+            Link::Ddp { ddp, .. } => broadcast_u64(ddp, value).context("agreeing on the run id"),
+        }
+    }
+
     /// The mean of `x` over the ranks (validation loss).
     ///
     /// # Errors
