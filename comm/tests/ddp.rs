@@ -356,6 +356,54 @@ fn norm_partials_are_gathered_in_rank_order() {
 }
 
 #[test]
+fn bytes_are_gathered_from_their_owners_and_misuse_is_refused() {
+    // Uneven chunks, one empty, odd lengths: bf16 shards are 2 bytes per
+    // element but nothing here assumes it.
+    let bounds = [0usize, 7, 7, 20];
+    let results = with_ranks(3, move |rank, comm| {
+        let mut ddp = Ddp::new(comm, 40, 64)?;
+        let mut data = vec![0xEEu8; 20];
+        for (i, b) in data[bounds[rank]..bounds[rank + 1]].iter_mut().enumerate() {
+            *b = (rank * 50 + i) as u8;
+        }
+        ddp.all_gather_bytes_now(&mut data, &bounds)?;
+        let short = ddp.all_gather_bytes_now(&mut data, &bounds[..3]).err();
+        let past = ddp.all_gather_bytes_now(&mut data, &[0, 7, 7, 21]).err();
+        // Mid-step it is refused, like every collective the caller waits for.
+        ddp.on_ready_values(0..4, &[1.0; 4])?;
+        let mid = ddp.all_gather_bytes_now(&mut data, &bounds).err();
+        let mut grads = vec![1.0f32; 40];
+        ddp.finish(&mut grads)?;
+        // And the engine still works afterwards.
+        let mut again = vec![rank as u8; 20];
+        ddp.all_gather_bytes_now(&mut again, &bounds)?;
+        let errors = [short, past, mid].map(|e| e.map(|e| e.to_string()));
+        Ok((data, again, errors))
+    });
+    let mut expected: Vec<u8> = (0..7).collect();
+    expected.extend((0..13).map(|i| 100 + i));
+    for r in results {
+        let (data, again, [short, past, mid]) = r.expect("rank");
+        assert_eq!(data, expected);
+        let mut owners = vec![0u8; 7];
+        owners.extend([2u8; 13]);
+        assert_eq!(again, owners);
+        assert!(
+            short.as_ref().is_some_and(|e| e.contains("need 4 offsets")),
+            "{short:?}"
+        );
+        assert!(
+            past.as_ref().is_some_and(|e| e.contains("from 0 to 20")),
+            "{past:?}"
+        );
+        assert!(
+            mid.as_ref().is_some_and(|e| e.contains("middle of a step")),
+            "{mid:?}"
+        );
+    }
+}
+
+#[test]
 fn misuse_is_reported_and_the_next_step_works() {
     let rv = Rendezvous::single();
     let comm = SocketComm::connect(&rv, SocketOptions::default()).expect("single");

@@ -96,6 +96,8 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         opts.job_token.as_deref(),
         opts.config.param_count(),
         opts.bucket_bytes,
+        opts.shard,
+        priced.shard_align(),
     )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
@@ -128,7 +130,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
     sync.agree_on_config(&run_fields(&opts, data_fingerprint))?;
 
     // This run's identity: its id, and the runs its checkpoints descend from.
-    let run_id = new_run_id();
+    let run_id = sync.leaders_u64(new_run_id())?;
     let resumed_path = resume_from.as_ref().map(|(path, _)| path.clone());
     let resume_from = resume_from.map(|(_, ck)| ck);
     let lineage = snapshot::lineage_for(resume_from.as_ref(), run_id);

@@ -31,6 +31,17 @@ pub enum Priced {
 }
 
 impl Priced {
+    /// The backend's shard alignment (`Shards::new`'s `align`): the block its
+    /// gradient norm sums, so each rank's norm partials are whole blocks of
+    /// the unsharded norm's — the CPU's [`CPU_SHARD_ALIGN`], the device norm
+    /// kernel's `NORM_CHUNK`.
+    pub fn shard_align(&self) -> usize {
+        match self {
+            Priced::Cpu { .. } => CPU_SHARD_ALIGN,
+            Priced::Gpu { .. } => frugal_ptx::kernels::adamw::NORM_CHUNK,
+        }
+    }
+
     /// The per-device label of the step log line, for a job of `world` ranks.
     pub fn label(&self, world: usize) -> String {
         match self {
@@ -232,27 +243,20 @@ pub fn prepare_gpu(
     }))
 }
 
-/// `--shard grad-op`/`full` at several ranks on emu/cuda, refused before anything is
-/// allocated (a dry run still plans it). The device step shards its optimizer
-/// (`DeviceModel::set_rank`, `norm_partials`, `optimizer_step_with_partials`: the
-/// unsharded bits, tested on emu), but the job's gradient reduce-scatter and the
-/// all-gathers of norm partials and bf16 weights are not wired to it yet; `full` also
-/// needs the per-unit weight gathers in the step program.
+/// `--shard full` at several ranks on emu/cuda, refused before anything is allocated
+/// (a dry run still plans it): the step program does not gather the weights unit by
+/// unit yet. (`grad-op` trains: [`DeviceStep`] reduce-scatters the gradients, shards
+/// the optimizer and all-gathers the bf16 weights.)
 fn refuse_unwired_sharding(opts: &TrainOptions, world: usize) -> Result<(), CliError> {
     let sharding = target::sharding(opts.shard, world);
-    if !sharding.shards_optimizer() {
+    if !sharding.shards_weights() {
         return Ok(());
     }
-    let why = if sharding.shards_weights() {
-        "the device step does not gather the weights unit by unit yet"
-    } else {
-        "the device step's shard optimizer is not wired to the job's reduce-scatter and \
-         all-gathers yet"
-    };
     Err(CliError::usage(format!(
-        "train: --shard {} over {world} ranks on --device {}: {why}; train with --shard none \
-         on emu/cuda, or --shard {} on the CPU (--device cpu); --dry-run plans it",
-        opts.shard, opts.device, opts.shard
+        "train: --shard full over {world} ranks on --device {}: the device step does not \
+         gather the weights unit by unit yet; train with --shard grad-op or none on emu/cuda, \
+         or --shard full on the CPU (--device cpu); --dry-run plans it",
+        opts.device
     )))
 }
 
@@ -270,8 +274,14 @@ pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<Stri
             notes.push("--job-token is for multi-rank jobs; this run has one rank".to_string());
         }
     } else if let Priced::Gpu { .. } = priced {
+        let collective = if target::sharding(opts.shard, world).shards_optimizer() {
+            "reduce-scatter (each rank's shard; its updated bf16 weights are all-gathered \
+             after the optimizer)"
+        } else {
+            "all-reduce"
+        };
         notes.push(format!(
-            "gradients are staged through host memory: device -> host as backward finishes each layer,              {} all-reduce, host -> device{}",
+            "gradients are staged through host memory: device -> host as backward finishes each layer,              {} {collective}, host -> device{}",
             opts.comm,
             if opts.comm == Transport::Nccl {
                 " (--comm nccl takes this host-staged path for now)"

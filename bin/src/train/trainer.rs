@@ -355,8 +355,9 @@ impl Trainer<'_> {
         // (That every rank starts at rank 0's step was agreed before `--out`
         // was touched.) Every rank starts from rank 0's weights (identical already when all
         // came from one seed or one checkpoint; this makes it a fact).
+        // Whole, before any rank keeps only its shard of it.
         self.sync.broadcast_params(&mut start.params)?;
-        self.backend.load(start)
+        self.backend.load(start, &self.sync)
     }
 
     /// The loop's state for this run, from where `state` left off.
@@ -469,9 +470,12 @@ impl Trainer<'_> {
         let norm = {
             let _optimizer = nvtx::range("optimizer");
             self.backend
-                .optimizer_step(lr as f32, opts.clip)
+                .optimizer_step(lr as f32, opts.clip, &mut self.sync)
                 .with_context(in_step)?
         };
+        // The optimizer's own collectives (a sharded norm, the device's weight
+        // gather) count in the step.
+        let comm = self.sync.step_stats(comm);
         if !norm.is_finite() {
             return Err(diverged("gradient norm", norm));
         }

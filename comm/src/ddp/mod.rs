@@ -21,6 +21,7 @@
 //! ddp.on_ready_values(range, &values)?;
 //! let stats = ddp.finish_shard(&grads, &mut shard_grads)?;   // grads: for the gaps (or &[] if none)
 //! let partials = ddp.all_gather_now_f64(&my_block_sums, &blocks_per_rank)?;  // the norm's block sums
+//! ddp.all_gather_bytes_now(&mut bf16_bytes, &byte_bounds)?;  // grad-op: every shard's updated weights
 //! // weights: each rank updates its shard, then gathers a unit's weights whole
 //! let t = ddp.start_gather(unit_range, &my_part_of_unit)?;  // several may be in flight (prefetch)
 //! ddp.wait_gather(t, &mut unit_weights)?;
@@ -496,7 +497,51 @@ impl Ddp {
         let what = "gathering the norm's partial sums";
         match self.run_plain(PlainJob::GatherF64 { buf, byte_bounds }, what)? {
             Plain::F64(buf) => Ok(buf),
-            Plain::F32(_) => Err(self.out_of_order(what)),
+            Plain::F32(_) | Plain::Bytes(_) => Err(self.out_of_order(what)),
+        }
+    }
+
+    /// Every rank's chunk of `data` on every rank now, bit for bit: chunk `c`
+    /// (`bounds[c]..bounds[c + 1]`, in bytes; the same `bounds` on every rank,
+    /// `world + 1` of them from 0 to `data.len()`) is copied from rank `c`.
+    /// For a sharded step's bf16 weights: each rank updates its shard, then
+    /// every rank needs all of them before the next forward. The bytes go
+    /// through the communication thread (behind whatever it was given); like
+    /// the other plain collectives it is not counted in [`CommStats`].
+    ///
+    /// # Errors
+    /// Bounds that are not `world + 1` non-decreasing offsets ending at
+    /// `data.len()`, called mid-step, or a peer's failure.
+    pub fn all_gather_bytes_now(
+        &mut self,
+        data: &mut [u8],
+        bounds: &[usize],
+    ) -> Result<(), CommError> {
+        let well_formed = bounds.len() == self.world + 1
+            && bounds.first() == Some(&0)
+            && bounds.last() == Some(&data.len())
+            && bounds.windows(2).all(|w| w[0] <= w[1]);
+        if !well_formed {
+            return Err(self.invalid(format!(
+                "gathering {} bytes over chunks {bounds:?}: need {} offsets from 0 to {}, non-decreasing",
+                data.len(),
+                self.world + 1,
+                data.len()
+            )));
+        }
+        let what = "gathering bytes (the sharded weights)";
+        match self.run_plain(
+            PlainJob::GatherBytes {
+                buf: data.to_vec(),
+                bounds: bounds.to_vec(),
+            },
+            what,
+        )? {
+            Plain::Bytes(buf) if buf.len() == data.len() => {
+                data.copy_from_slice(&buf);
+                Ok(())
+            }
+            _ => Err(self.out_of_order(what)),
         }
     }
 

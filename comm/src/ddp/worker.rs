@@ -38,12 +38,15 @@ pub(super) enum PlainJob {
         buf: Vec<f64>,
         byte_bounds: Vec<usize>,
     },
+    /// Chunk `c` of `bounds` (bytes) from rank `c`, bit for bit (bf16 weights).
+    GatherBytes { buf: Vec<u8>, bounds: Vec<usize> },
 }
 
 /// A plain job's buffer, back.
 pub(super) enum Plain {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    Bytes(Vec<u8>),
 }
 
 pub(super) enum Reply {
@@ -142,6 +145,17 @@ pub(super) fn run(
                 };
                 Reply::Plain {
                     buf: Plain::F64(buf),
+                    result,
+                }
+            }
+            Job::Plain(PlainJob::GatherBytes { mut buf, bounds }) => {
+                let result = if buf.is_empty() {
+                    Ok(())
+                } else {
+                    comm.all_gather_bytes_in(&mut buf, &bounds)
+                };
+                Reply::Plain {
+                    buf: Plain::Bytes(buf),
                     result,
                 }
             }

@@ -957,6 +957,26 @@ impl DeviceModel {
         self.write_at(self.ids.grads, 0, values, "writing the gradients")
     }
 
+    /// Replaces the f32 gradients of `range` (a sharded step's averaged shard, after
+    /// the reduce-scatter: the norm partials and AdamW read only the shard's).
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] for a range outside the model or `values` of
+    /// another length; device errors.
+    pub fn write_grads_at(
+        &mut self,
+        range: Range<usize>,
+        values: &[f32],
+    ) -> Result<(), ModelError> {
+        self.check_range(&range, values.len())?;
+        self.write_at(
+            self.ids.grads,
+            range.start as u64 * 4,
+            values,
+            "writing the gradients",
+        )
+    }
+
     /// Global gradient norm, clip to `max_norm` (0: no clipping), AdamW with `lr`,
     /// refresh of the bf16 weights; returns the norm before clipping. Deterministic.
     ///

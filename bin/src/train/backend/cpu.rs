@@ -54,7 +54,16 @@ impl CpuStep {
 }
 
 impl StepBackend for CpuStep {
-    fn load(&mut self, start: OptimState) -> Result<(), CliError> {
+    fn load(&mut self, start: OptimState, sync: &GradSync) -> Result<(), CliError> {
+        // The CPU's sharded step is another change's (it owns this file):
+        // refuse rather than run the all-reduce step on a reduce-scatter engine.
+        if sync.shards().is_some() {
+            return Err(CliError::usage(format!(
+                "train: --shard {} over several ranks is not built for --device cpu yet; use \
+                 --shard none there",
+                sync.shard_mode()
+            )));
+        }
         check_lengths(&start, self.grads.len())?;
         // The moments and step come from the checkpoint; β, ε and weight
         // decay from the flags, as the rest of the schedule does.
@@ -108,7 +117,12 @@ impl StepBackend for CpuStep {
         sync.step(&mut self.grads, loss)
     }
 
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError> {
+    fn optimizer_step(
+        &mut self,
+        lr: f32,
+        clip: f64,
+        _sync: &mut GradSync,
+    ) -> Result<f64, CliError> {
         let norm = grad_norm(&self.grads);
         if !norm.is_finite() {
             return Ok(norm);

@@ -1,11 +1,24 @@
 //! [`DeviceStep`]: the step on `cuda` or `emu`, everything in device memory.
+//!
+//! `--shard grad-op` at several ranks (ZeRO-2): backward hands its gradients
+//! over as with `none`, but the job's engine reduce-scatters them, so each
+//! rank gets the averaged gradients of its shard only (`Shards::new(n, world,
+//! NORM_CHUNK)`, the partition the model's `set_rank` uses too). They go into
+//! the device's gradient buffer at the shard's offset: the norm partials and
+//! AdamW read nothing else. The norm's chunk partials of every rank are
+//! gathered in rank order (the unsharded norm's bits), AdamW updates the
+//! shard's master weights, moments and bf16 weights, and the bf16 shards are
+//! all-gathered into every rank's whole bf16 copy before the next forward.
+//! Every element is summed on its owner in the same order under `none` and
+//! `grad-op`, so both train the same bits at the same world size.
 
 use std::ops::Range;
 
-use frugal_comm::CommStats;
+use frugal_comm::{CommStats, ShardMode, Shards};
 use frugal_model::config::ParamLayout;
 use frugal_model::device::DeviceModel;
 use frugal_model::error::ModelError;
+use frugal_ptx::kernels::adamw::{norm_parts, NORM_CHUNK};
 use frugal_runtime::device::Device;
 
 use super::StepBackend;
@@ -21,6 +34,38 @@ pub struct DeviceStep {
     staged: Vec<f32>,
     /// Gradient values backward handed to the all-reduce in this step.
     handed_over: usize,
+    /// `--shard grad-op` over several ranks; `None` when every rank holds everything.
+    sharded: Option<GradOp>,
+}
+
+/// What a grad-op rank keeps between the calls of a step.
+struct GradOp {
+    /// This rank's flat range (its master weights, moments and updates).
+    shard: Range<usize>,
+    /// Norm chunks (`NORM_CHUNK` elements) of each rank's shard, in rank order.
+    chunks_per_rank: Vec<usize>,
+    /// The bf16 all-gather's chunks: the shards' bounds, in bytes.
+    byte_bounds: Vec<usize>,
+    /// This rank's averaged gradients, from the reduce-scatter.
+    grads: Vec<f32>,
+    /// The whole bf16 weights: this rank's updated shard, then every rank's.
+    weights: Vec<half::bf16>,
+}
+
+impl GradOp {
+    fn new(shards: &Shards, rank: usize) -> GradOp {
+        let world = shards.world();
+        let shard = shards.range(rank);
+        GradOp {
+            chunks_per_rank: (0..world)
+                .map(|r| norm_parts(shards.range(r).len()))
+                .collect(),
+            byte_bounds: shards.bounds().iter().map(|b| b * 2).collect(),
+            grads: vec![0.0; shard.len()],
+            weights: vec![half::bf16::ZERO; shards.len()],
+            shard,
+        }
+    }
 }
 
 impl DeviceStep {
@@ -31,6 +76,7 @@ impl DeviceStep {
             n_params: layout.total(),
             staged: Vec::new(),
             handed_over: 0,
+            sharded: None,
         }
     }
 }
@@ -42,9 +88,67 @@ fn device_failed(what: &str, e: ModelError) -> CliError {
     }
 }
 
+impl DeviceStep {
+    /// Makes the model this rank's of the job's sharding (nothing when every
+    /// rank holds everything), checking that the model was planned for it.
+    fn shard_for(&mut self, sync: &GradSync) -> Result<(), CliError> {
+        let planned = self.model.options().sharding;
+        let Some(shards) = sync.shards() else {
+            if planned.shards_optimizer() {
+                return Err(CliError::usage(format!(
+                    "train: the device step was planned sharded over {} ranks, but this job \
+                     has {} and shards nothing",
+                    planned.world,
+                    sync.world()
+                )));
+            }
+            self.sharded = None;
+            return Ok(());
+        };
+        if sync.shard_mode() == ShardMode::Full {
+            return Err(CliError::usage(
+                "train: --shard full on --device emu/cuda: the device step does not gather \
+                 the weights unit by unit yet; use --shard grad-op there, or --shard full on \
+                 the CPU (--device cpu)",
+            ));
+        }
+        let rank = sync.rank();
+        self.model
+            .set_rank(rank)
+            .map_err(|e| device_failed("taking this rank's shard", e))?;
+        // The model's partition repeats the job's; the two must agree, or
+        // ranks would update and gather different ranges.
+        if shards.align() != NORM_CHUNK
+            || planned.world != shards.world()
+            || self.model.shard() != shards.range(rank)
+        {
+            return Err(CliError::In {
+                context: "taking this rank's shard".into(),
+                source: Box::new(
+                    ModelError::DeviceUnsupported {
+                        what: format!(
+                            "rank {rank}: the job's shard {:?} (aligned to {}, {} ranks) is not \
+                             the device step's {:?} ({} ranks)",
+                            shards.range(rank),
+                            shards.align(),
+                            shards.world(),
+                            self.model.shard(),
+                            planned.world
+                        ),
+                    }
+                    .into(),
+                ),
+            });
+        }
+        self.sharded = Some(GradOp::new(shards, rank));
+        Ok(())
+    }
+}
+
 impl StepBackend for DeviceStep {
-    fn load(&mut self, start: OptimState) -> Result<(), CliError> {
+    fn load(&mut self, start: OptimState, sync: &GradSync) -> Result<(), CliError> {
         check_lengths(&start, self.n_params)?;
+        self.shard_for(sync)?;
         self.model
             .set_state(&start.params, &start.m, &start.v, start.step)
             .map_err(|e| device_failed("uploading the weights and optimizer state", e))
@@ -98,6 +202,22 @@ impl StepBackend for DeviceStep {
                 .read_grads(&mut self.staged)
                 .map_err(|e| device_failed("copying the gradients to the host", e))?;
         }
+        if let Some(g) = self.sharded.as_mut() {
+            // The reduce-scatter takes the gaps from the host copy (read above
+            // when there are any); only this rank's shard comes back.
+            let gaps: &[f32] = if self.handed_over < self.n_params {
+                &self.staged
+            } else {
+                &[]
+            };
+            let out = sync.step_shard(gaps, &mut g.grads, loss)?;
+            self.model
+                .write_grads_at(g.shard.clone(), &g.grads)
+                .map_err(|e| {
+                    device_failed("copying the averaged gradient shard to the device", e)
+                })?;
+            return Ok(out);
+        }
         let out = sync.step(&mut self.staged, loss)?;
         self.model
             .write_grads(&self.staged)
@@ -105,10 +225,40 @@ impl StepBackend for DeviceStep {
         Ok(out)
     }
 
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError> {
+    fn optimizer_step(&mut self, lr: f32, clip: f64, sync: &mut GradSync) -> Result<f64, CliError> {
+        let Some(g) = self.sharded.as_mut() else {
+            return self
+                .model
+                .optimizer_step(lr, clip)
+                .map_err(|e| device_failed("optimizer step", e));
+        };
+        let (chunks, partials) = self
+            .model
+            .norm_partials()
+            .map_err(|e| device_failed("the gradient norm's partial sums", e))?;
+        let all = sync.gather_norm_partials(&partials[chunks], &g.chunks_per_rank)?;
+        let norm = self
+            .model
+            .optimizer_step_with_partials(lr, clip, &all)
+            .map_err(|e| device_failed("optimizer step", e))?;
+        // Every rank has the same norm: all skip the gather together, and the
+        // loop stops on it.
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
+        let shard = g.shard.clone();
         self.model
-            .optimizer_step(lr, clip)
-            .map_err(|e| device_failed("optimizer step", e))
+            .read_weights(shard.clone(), &mut g.weights[shard.clone()])
+            .map_err(|e| device_failed("reading this rank's updated bf16 weights", e))?;
+        sync.gather_weight_bytes(bytemuck::cast_slice_mut(&mut g.weights), &g.byte_bounds)?;
+        // The other ranks' shards; this rank's is on the device already.
+        let n = self.n_params;
+        for range in [0..shard.start, shard.end..n] {
+            self.model
+                .write_weights(range.clone(), &g.weights[range])
+                .map_err(|e| device_failed("writing the gathered bf16 weights", e))?;
+        }
+        Ok(norm)
     }
 
     fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {

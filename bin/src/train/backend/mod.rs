@@ -34,11 +34,12 @@ use crate::error::CliError;
 /// One replica's training step, whatever runs it.
 pub trait StepBackend {
     /// Puts the starting weights and optimizer state in place (a fresh start or
-    /// a checkpoint's, after rank 0's weights were broadcast).
+    /// a checkpoint's, whole, after rank 0's weights were broadcast); a
+    /// sharded run keeps its shard of it (`sync.shards()`).
     ///
     /// # Errors
     /// Lengths that do not match the model, or a device failure.
-    fn load(&mut self, start: OptimState) -> Result<(), CliError>;
+    fn load(&mut self, start: OptimState, sync: &GradSync) -> Result<(), CliError>;
 
     /// Sets the gradients to zero before the first micro-batch of a step.
     ///
@@ -78,7 +79,7 @@ pub trait StepBackend {
     ///
     /// # Errors
     /// A device failure.
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError>;
+    fn optimizer_step(&mut self, lr: f32, clip: f64, sync: &mut GradSync) -> Result<f64, CliError>;
 
     /// Mean loss of one batch, forward only (validation).
     ///
