@@ -10,12 +10,30 @@
 //!
 //! Overlap: backward hands each finished range of the gradient vector to
 //! [`GradSync::ready`] (reverse layer order); DDP copies it into a bucket and
-//! the communication thread all-reduces full buckets while backward goes on
-//! with the earlier layers. [`GradSync::step`] then waits for what is left.
+//! the communication thread reduces full buckets while backward goes on
+//! with the earlier layers. [`GradSync::step`] (or [`GradSync::step_shard`])
+//! then waits for what is left.
+//!
+//! Sharding (`--shard`): every mode uses the same engine over the same
+//! ownership partition ([`Shards`], aligned to the backend's norm block), so
+//! element `i` of every gradient is summed on its owner in the same order and
+//! `none`, `grad-op` and `full` give the same bits. `none` all-reduces
+//! ([`GradSync::step`]); `grad-op` and `full` reduce-scatter
+//! ([`GradSync::step_shard`]: each rank gets its shard), gather the norm's
+//! block partials ([`GradSync::gather_norm_partials`]) and gather weights
+//! ([`GradSync::start_gather`] / [`GradSync::wait_gather`]). On one rank the
+//! mode changes nothing: there is nothing to shard over.
+//!
+//! Order: gathers, buckets and the plain collectives (loss, norm partials)
+//! run on one communication thread in the order they are called, so every
+//! rank must make the same calls in the same order.
 
 use std::ops::Range;
+use std::time::Instant;
 
-use frugal_comm::{connect, CommStats, Ddp, Rendezvous, Transport};
+use frugal_comm::{
+    connect, CommStats, Ddp, Reduce, Rendezvous, ShardMode, Shards, Ticket, Transport,
+};
 
 use crate::error::{CliError, Context, FieldDifference};
 
@@ -33,10 +51,15 @@ enum Link {
     /// One rank: the local gradients are the global ones.
     Single,
     /// Several ranks: averaged through DDP. `deferred` holds the first error
-    /// raised inside backward's callback, which cannot return it.
+    /// raised inside backward's callback, which cannot return it. `mode` is
+    /// how the run shards (the engine reduce-scatters unless it is `None`);
+    /// `extra` what the step's plain collectives (the norm's partials) cost
+    /// since the last [`GradSync::step_stats`].
     Ddp {
         ddp: Box<Ddp>,
         deferred: Option<CliError>,
+        mode: ShardMode,
+        extra: CommStats,
     },
 }
 
@@ -44,6 +67,9 @@ enum Link {
 /// "still saving" messages; well under any sensible communication timeout, so
 /// a long save never trips a peer's.
 const HOLD_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Parameters broadcast per collective at the start (16 MiB of f32).
+const BROADCAST_PIECE: usize = 4 << 20;
 
 /// What a rank sends in [`GradSync::hold_until`] when it failed: more than
 /// any count of busy ranks.
@@ -65,8 +91,11 @@ pub fn launched_as_job() -> bool {
 }
 
 impl GradSync {
-    /// Joins the job the environment describes, or [`GradSync::Single`] when it
-    /// describes none (or a job of one rank).
+    /// Joins the job the environment describes, or a one-rank sync when it
+    /// describes none (or a job of one rank). `shard` is the run's `--shard`;
+    /// `align` the backend's norm block (the CPU's `NORM_BLOCK`, the device
+    /// norm's `NORM_CHUNK`): shard boundaries fall on its multiples, so each
+    /// rank's norm partials are whole blocks of the unsharded norm's.
     ///
     /// # Errors
     /// Bad rendezvous variables (a usage error, exit 2), or peers that do not
@@ -76,6 +105,8 @@ impl GradSync {
         job_token: Option<&str>,
         n_params: usize,
         bucket_bytes: usize,
+        shard: ShardMode,
+        align: usize,
     ) -> Result<GradSync, CliError> {
         let single = GradSync {
             link: Link::Single,
@@ -92,14 +123,43 @@ impl GradSync {
             return Ok(single);
         }
         let comm = connect(transport, &rv).context("joining the job")?;
-        let ddp = Ddp::new(comm, n_params, bucket_bytes).context("joining the job")?;
+        // `none` too is cut by the aligned partition: its all-reduce then sums
+        // each element on the rank that owns it under grad-op and full, so the
+        // three modes agree bit for bit.
+        let shards = Shards::new(n_params, rv.world, align);
+        let reduce = match shard {
+            ShardMode::None => Reduce::AllReduce,
+            ShardMode::GradOp | ShardMode::Full => Reduce::ReduceScatter,
+        };
+        let ddp =
+            Ddp::with_shards(comm, shards, bucket_bytes, reduce).context("joining the job")?;
         Ok(GradSync {
             link: Link::Ddp {
                 ddp: Box::new(ddp),
                 deferred: None,
+                mode: shard,
+                extra: CommStats::default(),
             },
             ..single
         })
+    }
+
+    /// How this job shards its model state: the run's `--shard` on several
+    /// ranks, [`ShardMode::None`] on one (nothing to shard over).
+    pub fn shard_mode(&self) -> ShardMode {
+        match &self.link {
+            Link::Single => ShardMode::None,
+            Link::Ddp { mode, .. } => *mode,
+        }
+    }
+
+    /// The ownership partition when optimizer state is sharded (`grad-op`,
+    /// `full` on several ranks); `None` when every rank holds everything.
+    pub fn shards(&self) -> Option<&Shards> {
+        match &self.link {
+            Link::Ddp { ddp, mode, .. } if mode.shards_optimizer() => Some(ddp.shards()),
+            _ => None,
+        }
     }
 
     pub fn rank(&self) -> usize {
@@ -239,8 +299,11 @@ impl GradSync {
     pub fn broadcast_params(&mut self, params: &mut [f32]) -> Result<(), CliError> {
         match &mut self.link {
             Link::Single => Ok(()),
-            Link::Ddp { ddp, .. } => ddp
-                .broadcast_params(params)
+            // In pieces: the engine copies what it sends, and a copy of the
+            // whole model would set a sharded rank's peak memory.
+            Link::Ddp { ddp, .. } => params
+                .chunks_mut(BROADCAST_PIECE)
+                .try_for_each(|piece| ddp.broadcast_params(piece))
                 .context("broadcasting the parameters"),
         }
     }
@@ -296,11 +359,17 @@ impl GradSync {
     /// thread (called from backward, last micro-batch only). An error is kept
     /// and returned by [`GradSync::step`].
     pub fn ready(&mut self, range: Range<usize>, values: &[f32]) {
-        if let Link::Ddp { ddp, deferred } = &mut self.link {
+        if let Link::Ddp {
+            ddp,
+            deferred,
+            mode,
+            ..
+        } = &mut self.link
+        {
             if deferred.is_none() {
                 if let Err(e) = ddp.on_ready_values(range, values) {
                     *deferred = Some(CliError::In {
-                        context: "all-reducing gradients".into(),
+                        context: reducing(*mode).into(),
                         source: Box::new(e.into()),
                     });
                 }
@@ -310,44 +379,166 @@ impl GradSync {
 
     /// Averages the step's gradients (in place) and its loss over the ranks;
     /// returns the global mean loss and, for a multi-rank job, what the step
-    /// spent on communication.
+    /// spent on communication. For `--shard none` (or one rank).
     ///
     /// # Errors
-    /// A peer's failure or a timeout.
+    /// A peer's failure or a timeout; a sharded job (use [`GradSync::step_shard`]).
     pub fn step(
         &mut self,
         grads: &mut [f32],
         loss: f32,
     ) -> Result<(f32, Option<CommStats>), CliError> {
-        match &mut self.link {
-            Link::Single => {
-                self.stop_agreed = self.stop_local;
-                Ok((loss, None))
-            }
-            Link::Ddp { ddp, deferred } => {
+        let stats = match &mut self.link {
+            Link::Single => None,
+            Link::Ddp {
+                ddp,
+                deferred,
+                mode,
+                ..
+            } => {
                 if let Some(e) = deferred.take() {
                     return Err(e);
                 }
-                let stats = ddp.finish(grads).context("all-reducing gradients")?;
-                // The stop requests ride with the loss: no extra round trip.
-                let (int, term) = match self.stop_local {
-                    Some(libc::SIGTERM) => (0.0, 1.0),
-                    Some(_) => (1.0, 0.0),
-                    None => (0.0, 0.0),
-                };
-                let mut l = [loss, int, term];
-                ddp.all_reduce_now(&mut l)
-                    .context("all-reducing the loss")?;
-                self.stop_agreed = if l[2] > 0.0 {
-                    Some(libc::SIGTERM)
-                } else if l[1] > 0.0 {
-                    Some(libc::SIGINT)
-                } else {
-                    None
-                };
-                Ok((l[0] / ddp.world() as f32, Some(stats)))
+                Some(ddp.finish(grads).context(reducing(*mode))?)
             }
+        };
+        self.agree_on_loss(loss, stats)
+    }
+
+    /// The sharded step's reduce-scatter: waits for every gradient bucket
+    /// (what backward never handed over is taken from `grads`, the full local
+    /// gradients) and writes this rank's shard of the averaged gradients
+    /// (`shards().range(rank)`) into `shard_out`: the bits [`GradSync::step`]
+    /// gives those elements. Averages the loss as [`GradSync::step`] does.
+    ///
+    /// # Errors
+    /// One rank (nothing to scatter: use [`GradSync::step`]), a `shard_out`
+    /// of another length, a peer's failure or a timeout.
+    pub fn step_shard(
+        &mut self,
+        grads: &[f32],
+        shard_out: &mut [f32],
+        loss: f32,
+    ) -> Result<(f32, Option<CommStats>), CliError> {
+        let stats = match &mut self.link {
+            Link::Single => return Err(one_rank("asked for a reduce-scatter; it has no shards")),
+            Link::Ddp {
+                ddp,
+                deferred,
+                mode,
+                ..
+            } => {
+                if let Some(e) = deferred.take() {
+                    return Err(e);
+                }
+                ddp.finish_shard(grads, shard_out)
+                    .context(reducing(*mode))?
+            }
+        };
+        self.agree_on_loss(loss, Some(stats))
+    }
+
+    /// The loss averaged over the ranks, with the stop requests riding along.
+    fn agree_on_loss(
+        &mut self,
+        loss: f32,
+        stats: Option<CommStats>,
+    ) -> Result<(f32, Option<CommStats>), CliError> {
+        let Link::Ddp { ddp, .. } = &mut self.link else {
+            self.stop_agreed = self.stop_local;
+            return Ok((loss, None));
+        };
+        // The stop requests ride with the loss: no extra round trip.
+        let (int, term) = match self.stop_local {
+            Some(libc::SIGTERM) => (0.0, 1.0),
+            Some(_) => (1.0, 0.0),
+            None => (0.0, 0.0),
+        };
+        let mut l = [loss, int, term];
+        ddp.all_reduce_now(&mut l)
+            .context("all-reducing the loss")?;
+        self.stop_agreed = if l[2] > 0.0 {
+            Some(libc::SIGTERM)
+        } else if l[1] > 0.0 {
+            Some(libc::SIGINT)
+        } else {
+            None
+        };
+        Ok((l[0] / ddp.world() as f32, stats))
+    }
+
+    /// Every rank's norm block partials concatenated in rank order, bit for
+    /// bit (rank `r` gives `counts_per_rank[r]` of them): summed in order they
+    /// give the unsharded norm's bits. One rank: `mine` itself. Its bytes
+    /// and wait count in the step's [`GradSync::step_stats`].
+    ///
+    /// # Errors
+    /// Counts that do not match, a peer's failure or a timeout.
+    pub fn gather_norm_partials(
+        &mut self,
+        mine: &[f64],
+        counts_per_rank: &[usize],
+    ) -> Result<Vec<f64>, CliError> {
+        let Link::Ddp { ddp, extra, .. } = &mut self.link else {
+            return Ok(mine.to_vec());
+        };
+        let started = Instant::now();
+        let all = ddp
+            .all_gather_now_f64(mine, counts_per_rank)
+            .context("gathering the gradient norm's partial sums")?;
+        extra.wait_ms += started.elapsed().as_secs_f64() * 1e3;
+        // The ring's all-gather: each rank sends every chunk but the one of
+        // the rank after it (which that rank already holds when it comes round).
+        let (rank, world) = (ddp.rank(), ddp.world());
+        let total: usize = counts_per_rank.iter().sum();
+        extra.sent_bytes += (total - counts_per_rank[(rank + 1) % world]) * 8;
+        Ok(all)
+    }
+
+    /// Starts gathering the weights of `range` (`mine`: this rank's values of
+    /// `range ∩ shards().range(rank)`), behind whatever the communication
+    /// thread was given before. Every rank must start the same gathers in the
+    /// same order.
+    ///
+    /// # Errors
+    /// One rank (nothing to gather), a bad range, or a failed communicator.
+    pub fn start_gather(&mut self, range: Range<usize>, mine: &[f32]) -> Result<Ticket, CliError> {
+        match &mut self.link {
+            Link::Single => Err(one_rank("asked for a weight gather; it holds every weight")),
+            Link::Ddp { ddp, .. } => ddp
+                .start_gather(range.clone(), mine)
+                .with_context(|| gathering(&range)),
         }
+    }
+
+    /// Waits for the gather `ticket` and puts the whole range's weights in
+    /// `out` (its old buffer is reused by a later gather).
+    ///
+    /// # Errors
+    /// A peer's failure (naming it) or a timeout naming the range.
+    pub fn wait_gather(&mut self, ticket: Ticket, out: &mut Vec<f32>) -> Result<(), CliError> {
+        let range = ticket.range();
+        match &mut self.link {
+            Link::Single => Err(one_rank("waited for a weight gather")),
+            Link::Ddp { ddp, .. } => ddp
+                .wait_gather(ticket, out)
+                .with_context(|| gathering(&range)),
+        }
+    }
+
+    /// `stats` (the step's bucket and gather costs, from [`GradSync::step`] or
+    /// [`GradSync::step_shard`]) with the plain collectives the optimizer ran
+    /// since (the norm's partials) added; resets the latter.
+    pub fn step_stats(&mut self, stats: Option<CommStats>) -> Option<CommStats> {
+        let Link::Ddp { extra, .. } = &mut self.link else {
+            return stats;
+        };
+        let extra = std::mem::take(extra);
+        stats.map(|mut s| {
+            s.wait_ms += extra.wait_ms;
+            s.sent_bytes += extra.sent_bytes;
+            s
+        })
     }
 
     /// The mean of `x` over the ranks (validation loss).
@@ -365,6 +556,27 @@ impl GradSync {
             }
         }
     }
+}
+
+/// What the step's gradient collective is called in errors.
+fn reducing(mode: ShardMode) -> &'static str {
+    match mode {
+        ShardMode::None => "all-reducing gradients",
+        ShardMode::GradOp | ShardMode::Full => "reduce-scattering gradients",
+    }
+}
+
+/// A sharding call on a one-rank run: a bug of the caller, reported as the
+/// engine reports misuse.
+fn one_rank(what: &str) -> CliError {
+    CliError::Comm(frugal_comm::CommError::InvalidArgument {
+        what: format!("a one-rank run {what}"),
+    })
+}
+
+/// What a weight gather is called in errors.
+fn gathering(range: &Range<usize>) -> String {
+    format!("gathering weights {}..{}", range.start, range.end)
 }
 
 /// Rank 0's `value` on every rank, as four 16-bit pieces (each exact in an f32).

@@ -43,7 +43,16 @@ fn device_failed(what: &str, e: ModelError) -> CliError {
 }
 
 impl StepBackend for DeviceStep {
-    fn load(&mut self, start: OptimState) -> Result<(), CliError> {
+    fn load(&mut self, start: OptimState, sync: &GradSync) -> Result<(), CliError> {
+        // The sharded device step is not here yet: refuse it rather than run
+        // the all-reduce step on a reduce-scatter engine.
+        if sync.shards().is_some() {
+            return Err(CliError::usage(format!(
+                "train: --shard {} is not built for --device cuda/emu yet; use --shard none there, \
+                 or --device cpu",
+                sync.shard_mode()
+            )));
+        }
         check_lengths(&start, self.n_params)?;
         self.model
             .set_state(&start.params, &start.m, &start.v, start.step)
@@ -62,10 +71,11 @@ impl StepBackend for DeviceStep {
         inputs: &[u32],
         targets: &[u32],
         grad_scale: f32,
-        hand_over: Option<&mut GradSync>,
+        sync: &mut GradSync,
+        hand_over: bool,
     ) -> Result<f32, CliError> {
         // One rank: no hook, so the gradients never leave the device.
-        let Some(sync) = hand_over.filter(|s| s.world() > 1) else {
+        let Some(sync) = hand_over.then_some(sync).filter(|s| s.world() > 1) else {
             return self
                 .model
                 .forward_backward(inputs, targets, grad_scale, None)
@@ -105,13 +115,23 @@ impl StepBackend for DeviceStep {
         Ok(out)
     }
 
-    fn optimizer_step(&mut self, lr: f32, clip: f64) -> Result<f64, CliError> {
+    fn optimizer_step(
+        &mut self,
+        lr: f32,
+        clip: f64,
+        _sync: &mut GradSync,
+    ) -> Result<f64, CliError> {
         self.model
             .optimizer_step(lr, clip)
             .map_err(|e| device_failed("optimizer step", e))
     }
 
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {
+    fn loss(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        _sync: &mut GradSync,
+    ) -> Result<f32, CliError> {
         self.model.loss(inputs, targets).map_err(CliError::from)
     }
 
@@ -136,6 +156,10 @@ impl StepBackend for DeviceStep {
             step: self.model.optimizer_step_count(),
             range: 0..self.n_params,
         })
+    }
+
+    fn norm_align(&self) -> usize {
+        frugal_ptx::kernels::adamw::NORM_CHUNK
     }
 
     fn device(&self) -> &Device {
