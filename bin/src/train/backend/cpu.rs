@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use frugal_comm::{CommStats, ShardMode, Ticket};
+use frugal_comm::{CommStats, ShardMode};
 use frugal_model::config::{ParamLayout, Unit};
 use frugal_model::cpu::CpuModel;
 use frugal_model::optim::{
@@ -29,8 +29,7 @@ use frugal_runtime::device::Device;
 use frugal_runtime::host::try_zeroed_vec;
 
 use super::cpu_weights::{
-    failure, forward_backward_order, forward_order, owned_part, settle_all, GatheredWeights,
-    ShardedWeights,
+    failure, forward_backward_order, forward_order, GatheredWeights, Outgoing, ShardedWeights,
 };
 use super::StepBackend;
 use crate::error::CliError;
@@ -61,9 +60,8 @@ enum Held {
     GradOp {
         params: Vec<f32>,
         shard: Shard,
-        /// Gathers started after the last update, in forward order.
-        pending: Vec<(Unit, Ticket)>,
-        landing: Vec<f32>,
+        /// The gathers of the others' updated shards.
+        outgoing: Outgoing,
     },
     /// `full`: only the shard (the f32 master weights).
     Full {
@@ -199,8 +197,7 @@ impl StepBackend for CpuStep {
             _ => Held::GradOp {
                 params: start.params,
                 shard,
-                pending: Vec::new(),
-                landing: Vec::new(),
+                outgoing: Outgoing::default(),
             },
         };
         Ok(())
@@ -237,16 +234,15 @@ impl StepBackend for CpuStep {
             ),
             Held::GradOp {
                 params,
-                pending,
-                landing,
-                ..
+                shard,
+                outgoing,
             } => {
                 let mut weights = GatheredWeights {
                     sync: &sync,
                     params,
+                    shard: &shard.range,
                     units: &self.units,
-                    pending,
-                    landing,
+                    outgoing,
                     failed: &mut failed,
                 };
                 self.model.forward_backward_units(
@@ -318,8 +314,7 @@ impl StepBackend for CpuStep {
             Held::GradOp {
                 params,
                 shard,
-                pending,
-                ..
+                outgoing,
             } => {
                 let mine = &mut params[shard.range.clone()];
                 let norm = shard_update(
@@ -336,12 +331,7 @@ impl StepBackend for CpuStep {
                 // The updated shard goes out now, unit by unit in forward
                 // order; the next forward waits for each unit just before it
                 // uses it, so the later units' gathers overlap its compute.
-                for (unit, range) in &self.units {
-                    let own = owned_part(range, &shard.range);
-                    let start = shard.range.start;
-                    let mine = &params[start + own.start..start + own.end];
-                    pending.push((*unit, sync.start_gather(range.clone(), mine)?));
-                }
+                outgoing.restart(sync, params, &shard.range, &self.units)?;
                 Ok(norm)
             }
             Held::Full { master, shard, .. } => shard_update(
@@ -368,12 +358,11 @@ impl StepBackend for CpuStep {
                 .map_err(CliError::from),
             Held::GradOp {
                 params,
-                pending,
-                landing,
-                ..
+                shard,
+                outgoing,
             } => {
                 // Validation reads every weight: the update's gathers first.
-                settle_all(sync, params, pending, landing)?;
+                outgoing.settle_all(sync, params, &shard.range, &self.units)?;
                 self.model
                     .loss(params, inputs, targets)
                     .map_err(CliError::from)

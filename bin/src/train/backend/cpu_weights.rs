@@ -64,31 +64,125 @@ fn unavailable(unit: Unit, pass: Pass, e: &CliError) -> ModelError {
     }
 }
 
-/// grad-op: the whole vector, each unit waited for while its gather is pending.
+/// Gathers of a grad-op rank's updated shard that are started ahead of the
+/// unit the forward uses: beyond this many, the next starts only when one is
+/// redeemed. Each gather in flight holds a buffer of its unit's size, so
+/// starting every unit's at once would cost a whole model's worth of memory;
+/// the communication thread runs them one after the other anyway.
+pub const GATHERS_AHEAD: usize = 2;
+
+/// grad-op's outgoing weights: after an update, each unit's values are
+/// gathered from every rank (in forward order, a few ahead of their use) and
+/// copied into the whole vector.
+#[derive(Default)]
+pub struct Outgoing {
+    /// Gathers started and not yet redeemed, in forward order.
+    pending: Vec<(Unit, Ticket)>,
+    /// Index (in forward order) of the next unit to start a gather for;
+    /// `None` when the weights are current (no update since the last settle).
+    next: Option<usize>,
+    /// Where a gathered unit lands before it is copied into the vector.
+    landing: Vec<f32>,
+}
+
+impl Outgoing {
+    /// After an update of `shard`: the first units' gathers start now, the
+    /// rest as the forward redeems them.
+    ///
+    /// # Errors
+    /// A failed communicator.
+    pub fn restart(
+        &mut self,
+        sync: &mut GradSync,
+        params: &[f32],
+        shard: &Range<usize>,
+        units: &UnitRanges,
+    ) -> Result<(), CliError> {
+        self.next = Some(0);
+        self.start_upto(sync, params, shard, units, GATHERS_AHEAD - 1)
+    }
+
+    /// Starts the gathers of units `next..=last` (forward order).
+    fn start_upto(
+        &mut self,
+        sync: &mut GradSync,
+        params: &[f32],
+        shard: &Range<usize>,
+        units: &UnitRanges,
+        last: usize,
+    ) -> Result<(), CliError> {
+        let Some(next) = self.next.as_mut() else {
+            return Ok(());
+        };
+        while *next <= last && *next < units.len() {
+            let (unit, range) = &units[*next];
+            let own = owned_part(range, shard);
+            let mine = &params[shard.start + own.start..shard.start + own.end];
+            self.pending
+                .push((*unit, sync.start_gather(range.clone(), mine)?));
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes `unit`'s weights in `params` current: starts the gathers up to
+    /// [`GATHERS_AHEAD`] past it, then waits for its own, if it has one.
+    ///
+    /// # Errors
+    /// A failed gather (naming the peer) or a timeout.
+    pub fn settle(
+        &mut self,
+        sync: &mut GradSync,
+        params: &mut [f32],
+        shard: &Range<usize>,
+        units: &UnitRanges,
+        unit: Unit,
+    ) -> Result<(), CliError> {
+        if self.next.is_none() {
+            return Ok(());
+        }
+        let at = units.iter().position(|(u, _)| *u == unit).unwrap_or(0);
+        self.start_upto(sync, params, shard, units, at + GATHERS_AHEAD)?;
+        if let Some(pos) = self.pending.iter().position(|(u, _)| *u == unit) {
+            let (_, ticket) = self.pending.remove(pos);
+            let range = ticket.range();
+            sync.wait_gather(ticket, &mut self.landing)?;
+            // The owner's part comes back with its own bits: copying it is a no-op.
+            params[range].copy_from_slice(&self.landing);
+        }
+        if self.pending.is_empty() && self.next.is_some_and(|n| n >= units.len()) {
+            self.next = None;
+        }
+        Ok(())
+    }
+
+    /// Makes every weight current (validation, before reading them all): the
+    /// remaining gathers, in order, so every rank redeems the same tickets.
+    ///
+    /// # Errors
+    /// A failed gather (naming the peer) or a timeout.
+    pub fn settle_all(
+        &mut self,
+        sync: &mut GradSync,
+        params: &mut [f32],
+        shard: &Range<usize>,
+        units: &UnitRanges,
+    ) -> Result<(), CliError> {
+        for (unit, _) in units {
+            self.settle(sync, params, shard, units, *unit)?;
+        }
+        Ok(())
+    }
+}
+
+/// grad-op: the whole vector, each unit made current just before its use.
 pub struct GatheredWeights<'a, 's> {
     pub sync: &'a RefCell<&'s mut GradSync>,
     pub params: &'a mut [f32],
+    pub shard: &'a Range<usize>,
     pub units: &'a UnitRanges,
-    /// Gathers started after the last update, in forward order.
-    pub pending: &'a mut Vec<(Unit, Ticket)>,
-    /// Where a gathered unit lands before it is copied into `params`.
-    pub landing: &'a mut Vec<f32>,
+    pub outgoing: &'a mut Outgoing,
     pub failed: &'a mut Option<CliError>,
-}
-
-impl GatheredWeights<'_, '_> {
-    /// Waits for the pending gather of `unit`, if any, and copies it in.
-    fn settle(&mut self, unit: Unit) -> Result<(), CliError> {
-        let Some(pos) = self.pending.iter().position(|(u, _)| *u == unit) else {
-            return Ok(());
-        };
-        let (_, ticket) = self.pending.remove(pos);
-        let range = ticket.range();
-        self.sync.borrow_mut().wait_gather(ticket, self.landing)?;
-        // The owner's part comes back with its own bits: copying it is a no-op.
-        self.params[range].copy_from_slice(self.landing);
-        Ok(())
-    }
 }
 
 impl Weights for GatheredWeights<'_, '_> {
@@ -100,32 +194,20 @@ impl Weights for GatheredWeights<'_, '_> {
                 reason: "the model has no such unit".into(),
             });
         };
-        if let Err(e) = self.settle(unit) {
+        let settled = self.outgoing.settle(
+            &mut self.sync.borrow_mut(),
+            self.params,
+            self.shard,
+            self.units,
+            unit,
+        );
+        if let Err(e) = settled {
             let err = unavailable(unit, pass, &e);
             self.failed.get_or_insert(e);
             return Err(err);
         }
         Ok(&self.params[range])
     }
-}
-
-/// Waits for every gather still pending (validation, the end of a run): in
-/// order, so every rank redeems the same tickets.
-///
-/// # Errors
-/// A failed gather (naming the peer) or a timeout.
-pub fn settle_all(
-    sync: &mut GradSync,
-    params: &mut [f32],
-    pending: &mut Vec<(Unit, Ticket)>,
-    landing: &mut Vec<f32>,
-) -> Result<(), CliError> {
-    for (_, ticket) in pending.drain(..) {
-        let range = ticket.range();
-        sync.wait_gather(ticket, landing)?;
-        params[range].copy_from_slice(landing);
-    }
-    Ok(())
 }
 
 /// full: the shard only; each unit gathered just before use, the next prefetched.
