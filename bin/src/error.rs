@@ -146,8 +146,6 @@ pub enum CliError {
         limit: MemoryLimit,
         largest: u64,
     },
-    /// The AdamW moments built for the CPU step differ in length (a bug).
-    AdamMomentsDiffer,
     /// The checkpoint writer thread is gone, while saving `step` if known.
     WriterStopped {
         step: Option<u64>,
@@ -395,7 +393,6 @@ impl fmt::Display for CliError {
             | CliError::AutoDevice(_)
             | CliError::DeviceMemory { .. }
             | CliError::CpuMemory { .. }
-            | CliError::AdamMomentsDiffer
             | CliError::RunFolderBusy { .. }
             | CliError::RunFolderFull { .. }
             | CliError::MoveReplaced { .. } => self.fmt_train(f),
@@ -554,9 +551,6 @@ impl CliError {
                 } else {
                     f.write_str("the parameters and optimizer state alone do not fit; choose a smaller --model (or fewer --layers, a smaller --hidden)")
                 }
-            }
-            CliError::AdamMomentsDiffer => {
-                f.write_str("internal: AdamW moments of different lengths")
             }
             CliError::RunFolderBusy {
                 holder,

@@ -96,6 +96,14 @@ impl JsonObject {
         }
     }
 
+    /// An unsigned integer, or `null` when unknown.
+    pub fn opt_uint(self, key: &str, v: Option<u64>) -> JsonObject {
+        match v {
+            Some(x) => self.uint(key, x),
+            None => self.null(key),
+        }
+    }
+
     pub fn null(mut self, key: &str) -> JsonObject {
         self.key(key);
         self.body.push_str("null");
@@ -117,6 +125,24 @@ impl JsonObject {
     /// The object as one line of text, without the newline.
     pub fn finish(&self) -> String {
         format!("{{{}}}", self.body)
+    }
+}
+
+/// This process's peak resident memory in bytes: Linux's `VmHWM` from
+/// `/proc/self/status`; `None` where there is no such file or line.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// The `VmHWM:  N kB` line of a `/proc/PID/status` text, in bytes.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut words = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
     }
 }
 
@@ -353,6 +379,18 @@ pub fn duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_rss_is_read_from_vm_hwm_in_kib() {
+        let status = "Name:\tfrugal\nVmPeak:\t  900 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS:\t1 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\tlots kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t12 MB\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
 
     #[test]
     fn strings_are_escaped() {

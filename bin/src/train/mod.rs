@@ -48,6 +48,7 @@ pub mod trainer;
 
 use std::path::{Path, PathBuf};
 
+use frugal_comm::ShardMode;
 use frugal_model::checkpoint::{self, Checkpoint, Provenance, Segment};
 use frugal_model::data::Dataset;
 
@@ -97,7 +98,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         opts.config.param_count(),
         opts.bucket_bytes,
         opts.shard,
-        priced.shard_align(),
+        backend.norm_align(),
     )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {
@@ -220,7 +221,21 @@ fn print_header(
     say!("{first_line}");
     say_raw!("{}", opts.describe());
     if world > 1 {
-        say!("job: {world} ranks, {} all-reduce", opts.comm);
+        let how = match opts.shard {
+            ShardMode::None => "all-reduce",
+            ShardMode::GradOp | ShardMode::Full => "reduce-scatter and all-gather",
+        };
+        say!(
+            "job: {world} ranks, {} {how}, --shard {} ({})",
+            opts.comm,
+            opts.shard,
+            shard_meaning(opts.shard)
+        );
+    } else if opts.shard != ShardMode::None {
+        say!(
+            "note: --shard {} changes nothing on one rank: there is nothing to shard over",
+            opts.shard
+        );
     }
     say!("{price}");
     for note in notes {
@@ -232,6 +247,19 @@ fn print_header(
             run_dir.stale_removed,
             run_dir.path().display()
         );
+    }
+}
+
+/// What each rank holds under `mode`, for the job line.
+fn shard_meaning(mode: ShardMode) -> &'static str {
+    match mode {
+        ShardMode::None => "every rank holds all weights and optimizer state",
+        ShardMode::GradOp => {
+            "gradients reduce-scattered; master weights' update and AdamW moments sharded"
+        }
+        ShardMode::Full => {
+            "weights, master weights and AdamW moments sharded; units gathered before use"
+        }
     }
 }
 

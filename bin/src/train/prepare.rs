@@ -31,17 +31,6 @@ pub enum Priced {
 }
 
 impl Priced {
-    /// The backend's shard alignment (`Shards::new`'s `align`): the block its
-    /// gradient norm sums, so each rank's norm partials are whole blocks of
-    /// the unsharded norm's — the CPU's [`CPU_SHARD_ALIGN`], the device norm
-    /// kernel's `NORM_CHUNK`.
-    pub fn shard_align(&self) -> usize {
-        match self {
-            Priced::Cpu { .. } => CPU_SHARD_ALIGN,
-            Priced::Gpu { .. } => frugal_ptx::kernels::adamw::NORM_CHUNK,
-        }
-    }
-
     /// The per-device label of the step log line, for a job of `world` ranks.
     pub fn label(&self, world: usize) -> String {
         match self {
@@ -295,7 +284,7 @@ pub fn job_notes(opts: &TrainOptions, priced: &Priced, world: usize) -> Vec<Stri
 
 /// The CPU backend's shard alignment: `frugal_model::optim`'s gradient-norm block
 /// (4096 f32), so each rank sums the squares of whole blocks.
-pub const CPU_SHARD_ALIGN: usize = 4096;
+pub const CPU_SHARD_ALIGN: usize = frugal_model::optim::NORM_BLOCK;
 
 /// What one CPU rank holds in host memory, by arithmetic (nothing is sized): f32
 /// params, gradients and AdamW moments, the one-byte weight-decay mask and the

@@ -21,8 +21,8 @@
 //! ([`GradSync::step`]); `grad-op` and `full` reduce-scatter
 //! ([`GradSync::step_shard`]: each rank gets its shard), gather the norm's
 //! block partials ([`GradSync::gather_norm_partials`]) and gather weights
-//! (on the device, all of the bf16 weights after the optimizer:
-//! [`GradSync::gather_weight_bytes`]). On one rank the
+//! ([`GradSync::start_gather`] / [`GradSync::wait_gather`]; on the device, all
+//! of the bf16 weights after the optimizer: [`GradSync::gather_weight_bytes`]). On one rank the
 //! mode changes nothing: there is nothing to shard over.
 //!
 //! Order: gathers, buckets and the plain collectives (loss, norm partials)
@@ -32,7 +32,9 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use frugal_comm::{connect, CommStats, Ddp, Reduce, Rendezvous, ShardMode, Shards, Transport};
+use frugal_comm::{
+    connect, CommStats, Ddp, Reduce, Rendezvous, ShardMode, Shards, Ticket, Transport,
+};
 
 use crate::error::{CliError, Context, FieldDifference};
 
@@ -522,6 +524,48 @@ impl GradSync {
         Ok(())
     }
 
+    /// Rank 0's `value` on every rank (the run id every rank's checkpoint part names).
+    ///
+    /// # Errors
+    /// A peer's failure or a timeout.
+    pub fn leaders_u64(&mut self, value: u64) -> Result<u64, CliError> {
+        match &mut self.link {
+            Link::Single => Ok(value),
+            Link::Ddp { ddp, .. } => broadcast_u64(ddp, value).context("agreeing on the run id"),
+        }
+    }
+
+    /// Starts gathering the weights of `range` (`mine`: this rank's values of
+    /// `range ∩ shards().range(rank)`), behind whatever the communication
+    /// thread was given before. Every rank must start the same gathers in the
+    /// same order.
+    ///
+    /// # Errors
+    /// One rank (nothing to gather), a bad range, or a failed communicator.
+    pub fn start_gather(&mut self, range: Range<usize>, mine: &[f32]) -> Result<Ticket, CliError> {
+        match &mut self.link {
+            Link::Single => Err(one_rank("asked for a weight gather; it holds every weight")),
+            Link::Ddp { ddp, .. } => ddp
+                .start_gather(range.clone(), mine)
+                .with_context(|| gathering(&range)),
+        }
+    }
+
+    /// Waits for the gather `ticket` and puts the whole range's weights in
+    /// `out` (its old buffer is reused by a later gather).
+    ///
+    /// # Errors
+    /// A peer's failure (naming it) or a timeout naming the range.
+    pub fn wait_gather(&mut self, ticket: Ticket, out: &mut Vec<f32>) -> Result<(), CliError> {
+        let range = ticket.range();
+        match &mut self.link {
+            Link::Single => Err(one_rank("waited for a weight gather")),
+            Link::Ddp { ddp, .. } => ddp
+                .wait_gather(ticket, out)
+                .with_context(|| gathering(&range)),
+        }
+    }
+
     /// `stats` (the step's bucket and gather costs, from [`GradSync::step`] or
     /// [`GradSync::step_shard`]) with the plain collectives the optimizer ran
     /// since (the norm's partials) added; resets the latter.
@@ -535,17 +579,6 @@ impl GradSync {
             s.sent_bytes += extra.sent_bytes;
             s
         })
-    }
-
-    /// Rank 0's `value` on every rank (the run id every rank's checkpoint part names).
-    ///
-    /// # Errors
-    /// A peer's failure or a timeout.
-    pub fn leaders_u64(&mut self, value: u64) -> Result<u64, CliError> {
-        match &mut self.link {
-            Link::Single => Ok(value),
-            Link::Ddp { ddp, .. } => broadcast_u64(ddp, value).context("agreeing on the run id"),
-        }
     }
 
     /// The mean of `x` over the ranks (validation loss).
@@ -579,6 +612,11 @@ fn one_rank(what: &str) -> CliError {
     CliError::Comm(frugal_comm::CommError::InvalidArgument {
         what: format!("a one-rank run {what}"),
     })
+}
+
+/// What a weight gather is called in errors.
+fn gathering(range: &Range<usize>) -> String {
+    format!("gathering weights {}..{}", range.start, range.end)
 }
 
 /// Rank 0's `value` on every rank, as four 16-bit pieces (each exact in an f32).

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use frugal_comm::CommStats;
+use frugal_comm::{CommStats, ShardMode};
 use frugal_model::data::{Dataset, Loader, LoaderState, Split};
 use frugal_model::init::try_init_params;
 use frugal_model::schedule::CosineSchedule;
@@ -26,7 +26,7 @@ use frugal_runtime::profile::{ProfileWindow, Profiler};
 
 use super::backend::StepBackend;
 use super::cost::{tokens_per_money, CostMeter, Price};
-use super::metrics::{duration, human, JsonObject, MetricsFile};
+use super::metrics::{duration, human, peak_rss_bytes, JsonObject, MetricsFile};
 use super::optim::{check_lengths, OptimState, ADAM_EPS, BETA1, BETA2};
 use super::options::TrainOptions;
 use super::progress::{Progress, ProgressMode};
@@ -78,9 +78,15 @@ pub struct StepReport {
     pub tokens_per_money: Option<f64>,
     /// Tokens trained on by the whole job so far.
     pub tokens: u64,
-    /// Multi-rank jobs: how long the step waited for gradient all-reduces
-    /// that backward did not hide.
+    /// Multi-rank jobs: how long the step blocked on communication that
+    /// compute did not hide (gradient buckets, weight gathers, the norm's
+    /// partials).
     pub comm_wait_ms: Option<f64>,
+    /// Multi-rank jobs: the bytes this rank sent in the step's collectives
+    /// (gradients, weight gathers, the norm's partials).
+    pub comm_sent_bytes: Option<u64>,
+    /// How the job shards its model state (`none` on one rank).
+    pub shard: ShardMode,
     /// How `step_ms` was measured.
     pub timing: TimingSource,
 }
@@ -102,6 +108,8 @@ impl StepReport {
             .opt_num("usd_spent", self.spent)
             .opt_num("tokens_per_usd", self.tokens_per_money)
             .opt_num("comm_wait_ms", self.comm_wait_ms)
+            .opt_uint("comm_sent_bytes", self.comm_sent_bytes)
+            .string("shard", self.shard.name())
     }
 
     /// The log line for this step.
@@ -158,6 +166,10 @@ pub struct RunSummary {
     pub loss_floor: Option<f64>,
     /// How the throughput was measured.
     pub timing: TimingSource,
+    /// How the job sharded its model state (`none` on one rank).
+    pub shard: ShardMode,
+    /// This process's peak resident memory, when the OS says (Linux's VmHWM).
+    pub peak_rss: Option<u64>,
 }
 
 /// Everything the loop needs, built by `train::run`.
@@ -437,13 +449,19 @@ impl Trainer<'_> {
                     .context("training data")?;
             }
             // Gradients are final only after the last micro-batch; its
-            // backward hands each finished range to the all-reduce.
-            let hand_over = (micro + 1 == k).then_some(&mut self.sync);
+            // backward hands each finished range to the reduction.
+            let hand_over = micro + 1 == k;
             // Each micro-batch's gradient is scaled by 1/K so the step sees
             // the mean over all K·B sequences.
             let loss = self
                 .backend
-                .forward_backward(&lp.inputs, &lp.targets, 1.0 / k as f32, hand_over)
+                .forward_backward(
+                    &lp.inputs,
+                    &lp.targets,
+                    1.0 / k as f32,
+                    &mut self.sync,
+                    hand_over,
+                )
                 .with_context(in_step)?;
             loss_sum += loss;
         }
@@ -540,6 +558,8 @@ impl Trainer<'_> {
             tokens_per_money: tokens_per_money(tokens, spent),
             tokens,
             comm_wait_ms: comm.map(|c| c.wait_ms),
+            comm_sent_bytes: comm.map(|c| c.sent_bytes as u64),
+            shard: self.sync.shard_mode(),
             timing: self.devices.timing,
         }
     }
@@ -560,6 +580,7 @@ impl Trainer<'_> {
             let _validation = nvtx::range("validation");
             validate(
                 self.backend.as_mut(),
+                &mut self.sync,
                 &mut lp.val_loader,
                 &lp.val_start,
                 opts.val_batches,
@@ -693,6 +714,8 @@ impl Trainer<'_> {
             best_val_loss: state.best_val_loss,
             loss_floor: self.dataset.loss_floor_nats(),
             timing: self.devices.timing,
+            shard: self.sync.shard_mode(),
+            peak_rss: peak_rss_bytes(),
         }
     }
 }
@@ -786,6 +809,7 @@ fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), 
 /// (the loader is rewound to `start`), so validation losses are comparable.
 fn validate(
     backend: &mut dyn StepBackend,
+    sync: &mut GradSync,
     loader: &mut Loader,
     start: &LoaderState,
     batches: usize,
@@ -800,7 +824,9 @@ fn validate(
         loader
             .next_batch(&mut inputs, &mut targets)
             .context("validation data")?;
-        sum += backend.loss(&inputs, &targets).context("validation")? as f64;
+        sum += backend
+            .loss(&inputs, &targets, sync)
+            .context("validation")? as f64;
     }
     Ok(sum / batches as f64)
 }
@@ -845,6 +871,12 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
         "  best val loss  {}\n",
         s.best_val_loss.map_or("n/a".into(), |v| format!("{v:.4}"))
     );
+    if let Some(bytes) = s.peak_rss {
+        text += &format!(
+            "  peak memory    {} (this rank's resident set)\n",
+            crate::units::size(bytes)
+        );
+    }
     text += &format!(
         "  loss floor     {}\n",
         s.loss_floor
@@ -868,7 +900,9 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
         .opt_num32("first_loss", s.first_loss)
         .opt_num32("final_loss", s.last_loss)
         .opt_num("best_val_loss", s.best_val_loss)
-        .opt_num("loss_floor", s.loss_floor);
+        .opt_num("loss_floor", s.loss_floor)
+        .string("shard", s.shard.name())
+        .opt_uint("peak_rss", s.peak_rss);
     (text, obj)
 }
 
@@ -892,6 +926,8 @@ mod tests {
             tokens_per_money: tokens_per_money(300, spent),
             tokens: 300,
             comm_wait_ms: None,
+            comm_sent_bytes: None,
+            shard: ShardMode::None,
             timing: TimingSource::HostClock,
         }
     }
@@ -910,6 +946,9 @@ mod tests {
             "mfu",
             "usd_spent",
             "tokens_per_usd",
+            "comm_wait_ms",
+            "comm_sent_bytes",
+            "shard",
         ] {
             assert!(
                 line.contains(&format!("\"{key}\":")),
@@ -998,6 +1037,8 @@ mod tests {
             best_val_loss: Some(3.1),
             loss_floor: Some(1.5),
             timing: TimingSource::HostClock,
+            shard: ShardMode::GradOp,
+            peak_rss: Some(1 << 20),
         };
         let price = Price {
             per_hour: Some(1.0),
@@ -1010,6 +1051,10 @@ mod tests {
         assert!(line.starts_with("{\"summary\":true,"), "{line}");
         assert!(
             line.contains("\"tokens_per_usd\":2000.0") && line.contains("\"loss_floor\":1.5"),
+            "{line}"
+        );
+        assert!(
+            line.contains("\"shard\":\"grad-op\"") && line.contains("\"peak_rss\":1048576"),
             "{line}"
         );
     }

@@ -166,10 +166,11 @@ impl StepBackend for DeviceStep {
         inputs: &[u32],
         targets: &[u32],
         grad_scale: f32,
-        hand_over: Option<&mut GradSync>,
+        sync: &mut GradSync,
+        hand_over: bool,
     ) -> Result<f32, CliError> {
         // One rank: no hook, so the gradients never leave the device.
-        let Some(sync) = hand_over.filter(|s| s.world() > 1) else {
+        let Some(sync) = hand_over.then_some(sync).filter(|s| s.world() > 1) else {
             return self
                 .model
                 .forward_backward(inputs, targets, grad_scale, None)
@@ -261,7 +262,12 @@ impl StepBackend for DeviceStep {
         Ok(norm)
     }
 
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {
+    fn loss(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        _sync: &mut GradSync,
+    ) -> Result<f32, CliError> {
         self.model.loss(inputs, targets).map_err(CliError::from)
     }
 
@@ -286,6 +292,10 @@ impl StepBackend for DeviceStep {
             step: self.model.optimizer_step_count(),
             range: self.model.shard(),
         })
+    }
+
+    fn norm_align(&self) -> usize {
+        NORM_CHUNK
     }
 
     fn device(&self) -> &Device {

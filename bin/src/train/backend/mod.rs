@@ -15,10 +15,15 @@
 //!   `--comm nccl` too (NCCL then reduces host-staged buffers as well).
 //!
 //! Per step the loop calls: [`StepBackend::zero_grads`], then per micro-batch
-//! [`StepBackend::forward_backward`] (the last one with the [`GradSync`] to hand
-//! finished ranges to), [`StepBackend::sync`], [`StepBackend::optimizer_step`].
+//! [`StepBackend::forward_backward`] (the last one handing finished ranges to
+//! the [`GradSync`]), [`StepBackend::sync`], [`StepBackend::optimizer_step`].
+//! Every call that may communicate gets the [`GradSync`]: a sharded step
+//! (`--shard grad-op|full`) gathers weights in the forward and the backward,
+//! gathers the norm's partials in the optimizer step, and gathers weights for
+//! validation; every rank makes the same calls in the same order.
 
 mod cpu;
+mod cpu_weights;
 mod device;
 
 pub use cpu::CpuStep;
@@ -49,8 +54,8 @@ pub trait StepBackend {
 
     /// Forward and backward of one micro-batch, ACCUMULATING `grad_scale` times
     /// the gradient of its mean loss; returns that mean loss. With `hand_over`
-    /// (the step's last micro-batch), each gradient range is given to the
-    /// all-reduce as soon as backward has finished it.
+    /// (the step's last micro-batch), each gradient range is given to `sync`'s
+    /// reduction as soon as backward has finished it.
     ///
     /// # Errors
     /// Shapes that do not match the model, or a device failure.
@@ -59,7 +64,8 @@ pub trait StepBackend {
         inputs: &[u32],
         targets: &[u32],
         grad_scale: f32,
-        hand_over: Option<&mut GradSync>,
+        sync: &mut GradSync,
+        hand_over: bool,
     ) -> Result<f32, CliError>;
 
     /// Averages the step's gradients and `loss` over the ranks (nothing to do on
@@ -85,7 +91,12 @@ pub trait StepBackend {
     ///
     /// # Errors
     /// As [`StepBackend::forward_backward`].
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError>;
+    fn loss(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        sync: &mut GradSync,
+    ) -> Result<f32, CliError>;
 
     /// The weights and optimizer state, for a checkpoint (downloaded from the
     /// device when they live there).
@@ -103,6 +114,11 @@ pub trait StepBackend {
         *into = self.state()?;
         Ok(())
     }
+
+    /// The block of this backend's gradient norm: shard boundaries fall on
+    /// its multiples, so each rank's norm partials are whole blocks of the
+    /// unsharded norm's and the sharded norm has the same bits.
+    fn norm_align(&self) -> usize;
 
     /// The device, for the profiler window (the CPU device never captures).
     fn device(&self) -> &Device;
