@@ -563,6 +563,45 @@ impl GradSync {
             }
         }
     }
+
+    /// Starts gathering the weights of `range` (`mine`: this rank's values of
+    /// `range ∩ shards().range(rank)`), behind whatever the communication
+    /// thread was given before (allowed mid-step). Every rank must start the
+    /// same gathers in the same order.
+    ///
+    /// # Errors
+    /// One rank (nothing to gather), a bad range, or a failed communicator.
+    pub fn start_gather(
+        &mut self,
+        range: Range<usize>,
+        mine: &[f32],
+    ) -> Result<frugal_comm::Ticket, CliError> {
+        match &mut self.link {
+            Link::Single => Err(one_rank("asked for a weight gather; it holds every weight")),
+            Link::Ddp { ddp, .. } => ddp
+                .start_gather(range.clone(), mine)
+                .with_context(|| format!("gathering weights {}..{}", range.start, range.end)),
+        }
+    }
+
+    /// Waits for the gather `ticket` and puts the whole range's weights in
+    /// `out` (its old buffer is reused by a later gather).
+    ///
+    /// # Errors
+    /// A peer's failure (naming it) or a timeout naming the range.
+    pub fn wait_gather(
+        &mut self,
+        ticket: frugal_comm::Ticket,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CliError> {
+        let range = ticket.range();
+        match &mut self.link {
+            Link::Single => Err(one_rank("waited for a weight gather")),
+            Link::Ddp { ddp, .. } => ddp
+                .wait_gather(ticket, out)
+                .with_context(|| format!("gathering weights {}..{}", range.start, range.end)),
+        }
+    }
 }
 
 /// What the step's gradient collective is called in errors.

@@ -437,13 +437,19 @@ impl Trainer<'_> {
                     .context("training data")?;
             }
             // Gradients are final only after the last micro-batch; its
-            // backward hands each finished range to the all-reduce.
-            let hand_over = (micro + 1 == k).then_some(&mut self.sync);
+            // backward hands each finished range to the reduction.
+            let hand_over = micro + 1 == k;
             // Each micro-batch's gradient is scaled by 1/K so the step sees
             // the mean over all K·B sequences.
             let loss = self
                 .backend
-                .forward_backward(&lp.inputs, &lp.targets, 1.0 / k as f32, hand_over)
+                .forward_backward(
+                    &lp.inputs,
+                    &lp.targets,
+                    1.0 / k as f32,
+                    &mut self.sync,
+                    hand_over,
+                )
                 .with_context(in_step)?;
             loss_sum += loss;
         }
@@ -560,6 +566,7 @@ impl Trainer<'_> {
             let _validation = nvtx::range("validation");
             validate(
                 self.backend.as_mut(),
+                &mut self.sync,
                 &mut lp.val_loader,
                 &lp.val_start,
                 opts.val_batches,
@@ -786,6 +793,7 @@ fn report_saved(saved: &Saved, metrics: &mut Option<MetricsFile>) -> Result<(), 
 /// (the loader is rewound to `start`), so validation losses are comparable.
 fn validate(
     backend: &mut dyn StepBackend,
+    sync: &mut GradSync,
     loader: &mut Loader,
     start: &LoaderState,
     batches: usize,
@@ -800,7 +808,9 @@ fn validate(
         loader
             .next_batch(&mut inputs, &mut targets)
             .context("validation data")?;
-        sum += backend.loss(&inputs, &targets).context("validation")? as f64;
+        sum += backend
+            .loss(&inputs, &targets, sync)
+            .context("validation")? as f64;
     }
     Ok(sum / batches as f64)
 }

@@ -91,7 +91,8 @@ impl StepBackend for CpuStep {
         inputs: &[u32],
         targets: &[u32],
         grad_scale: f32,
-        mut hand_over: Option<&mut GradSync>,
+        sync: &mut GradSync,
+        hand_over: bool,
     ) -> Result<f32, CliError> {
         self.model
             .forward_backward_with(
@@ -101,7 +102,7 @@ impl StepBackend for CpuStep {
                 &mut self.grads,
                 grad_scale,
                 &mut |range, values| {
-                    if let Some(sync) = hand_over.as_deref_mut() {
+                    if hand_over {
                         sync.ready(range, values);
                     }
                 },
@@ -136,7 +137,12 @@ impl StepBackend for CpuStep {
         Ok(norm)
     }
 
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError> {
+    fn loss(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        _sync: &mut GradSync,
+    ) -> Result<f32, CliError> {
         self.model
             .loss(&self.params, inputs, targets)
             .map_err(CliError::from)

@@ -49,8 +49,11 @@ pub trait StepBackend {
 
     /// Forward and backward of one micro-batch, ACCUMULATING `grad_scale` times
     /// the gradient of its mean loss; returns that mean loss. With `hand_over`
-    /// (the step's last micro-batch), each gradient range is given to the
-    /// all-reduce as soon as backward has finished it.
+    /// (the step's last micro-batch), each gradient range is given to `sync`'s
+    /// reduction as soon as backward has finished it. `sync` is given on every
+    /// micro-batch: `--shard full` gathers the weights of each unit through it
+    /// (and `loss`'s validation forward too); every rank makes the same calls
+    /// in the same order.
     ///
     /// # Errors
     /// Shapes that do not match the model, or a device failure.
@@ -59,7 +62,8 @@ pub trait StepBackend {
         inputs: &[u32],
         targets: &[u32],
         grad_scale: f32,
-        hand_over: Option<&mut GradSync>,
+        sync: &mut GradSync,
+        hand_over: bool,
     ) -> Result<f32, CliError>;
 
     /// Averages the step's gradients and `loss` over the ranks (nothing to do on
@@ -85,7 +89,12 @@ pub trait StepBackend {
     ///
     /// # Errors
     /// As [`StepBackend::forward_backward`].
-    fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, CliError>;
+    fn loss(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        sync: &mut GradSync,
+    ) -> Result<f32, CliError>;
 
     /// The weights and optimizer state, for a checkpoint (downloaded from the
     /// device when they live there).
