@@ -41,35 +41,15 @@ const DIMS: &[&str] = &[
     "1",
 ];
 
-/// [`DIMS`] at micro-batch 2.
-const MODEL: &[&str] = &[
-    "--layers",
-    "2",
-    "--hidden",
-    "64",
-    "--heads",
-    "2",
-    "--ffn",
-    "172",
-    "--vocab",
-    "512",
-    "--seq",
-    "32",
-    "--threads",
-    "1",
-    "--batch",
-    "2",
-];
-
 const MODES: [&str; 3] = ["none", "grad-op", "full"];
 
 fn scratch(name: &str) -> PathBuf {
     scratch_in("shard", name)
 }
 
-/// `frugal launch --nproc N -- train MODEL extra…`.
+/// `frugal launch --nproc N -- train DIMS --batch 2 extra…`.
 fn launch_train(world: usize, extra: &[&str]) -> Output {
-    launch_model(world, MODEL, extra)
+    launch_model(world, &[DIMS, &["--batch", "2"]].concat(), extra)
 }
 
 /// `frugal launch --nproc N -- train model extra…`.
@@ -301,7 +281,7 @@ fn a_rank_killed_during_a_grad_op_step_makes_the_others_fail_naming_it() {
         .map(|rank| {
             let out = dir.join(format!("rank{rank}"));
             let mut cmd = Command::new(BIN);
-            cmd.arg("train").args(MODEL).args([
+            cmd.arg("train").args(DIMS).args(["--batch", "2"]).args([
                 "--steps",
                 "100000",
                 "--val-every",

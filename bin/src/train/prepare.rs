@@ -163,7 +163,6 @@ pub fn prepare_gpu(
         say_raw!("{}", target::dry_run_memory(&device, opts, world, &planned));
         return Ok(None);
     }
-    refuse_unwired_sharding(opts, world)?;
     let planned = planned.map_err(|e| CliError::DeviceMemory {
         error: Box::new(e),
         batch: opts.batch,
@@ -230,23 +229,6 @@ pub fn prepare_gpu(
         peak_flops,
         notes,
     }))
-}
-
-/// `--shard full` at several ranks on emu/cuda, refused before anything is allocated
-/// (a dry run still plans it): the step program does not gather the weights unit by
-/// unit yet. (`grad-op` trains: [`DeviceStep`] reduce-scatters the gradients, shards
-/// the optimizer and all-gathers the bf16 weights.)
-fn refuse_unwired_sharding(opts: &TrainOptions, world: usize) -> Result<(), CliError> {
-    let sharding = target::sharding(opts.shard, world);
-    if !sharding.shards_weights() {
-        return Ok(());
-    }
-    Err(CliError::usage(format!(
-        "train: --shard full over {world} ranks on --device {}: the device step does not \
-         gather the weights unit by unit yet; train with --shard grad-op or none on emu/cuda, \
-         or --shard full on the CPU (--device cpu); --dry-run plans it",
-        opts.device
-    )))
 }
 
 /// What the job's flags mean for this many ranks, said once at start.

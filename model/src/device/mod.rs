@@ -60,6 +60,22 @@
 //! with a synchronous copy (which waits for the kernels before it): the hand-over order is
 //! right for an all-reduce that overlaps backward, but the copy itself does not yet overlap
 //! the kernels that follow.
+//!
+//! # `--shard full` (ZeRO-3)
+//! The rank holds only its shard of the bf16 weights (the AdamW kernel writes it) and two
+//! gather buffers of the largest unit ([`sharding::units`]: the embedding, each layer, the
+//! final norm with the LM head). The program binds each unit's weights to one of the two,
+//! alternating, and puts a gather operation before the unit's first launch of each pass:
+//! forward embedding, layers 0.., head; backward layers L−2..0 (the head and layer L−1 are
+//! still in their buffers; the embedding's backward reads no weights). The gather reads this
+//! rank's part of the unit from its shard, the caller's callback completes it from the other
+//! ranks ([`DeviceModel::forward_backward_gathered`], [`DeviceModel::loss_gathered`]) and it
+//! is uploaded with a synchronous copy. What overlaps: on `cuda`, kernel launches are
+//! asynchronous, so the host's gather of unit u+1 runs while the GPU still executes the
+//! kernels of unit u already queued; the upload then waits for them (the other buffer is
+//! not theirs, but the copy is ordered on the same stream). Nothing is gathered ahead of
+//! that point, and on `emu` (synchronous launches) nothing overlaps. The bf16 values the
+//! kernels read are the unsharded step's bytes, so the step trains the same bits.
 
 mod place;
 pub mod program;
@@ -86,6 +102,13 @@ use program::{Ids, OpKind, Program, Shape};
 
 /// The optional per-range gradient hand-over of [`DeviceModel::forward_backward`].
 type OnReady<'a> = Option<&'a mut dyn FnMut(Range<usize>, &[f32])>;
+
+/// `--shard full`'s weight gather ([`DeviceModel::forward_backward_gathered`],
+/// [`DeviceModel::loss_gathered`]): called with a unit's flat range and its whole bf16
+/// weights, of which this rank's part (its shard ∩ the unit) is filled in; it fills in the
+/// other ranks' parts (an all-gather). Every rank's step calls it for the same units in
+/// the same order.
+pub type GatherUnit<'a, E> = dyn FnMut(Range<usize>, &mut [half::bf16]) -> Result<(), E> + 'a;
 
 /// AdamW's constants (the learning rate comes per step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -173,6 +196,8 @@ enum Step {
     EmbeddingBackward,
     /// A finished gradient range.
     GradsReady(Range<usize>),
+    /// `--shard full`: unit `range`'s whole bf16 weights into gather buffer `buf`.
+    GatherWeights { range: Range<usize>, buf: usize },
     /// The optimizer (run by [`DeviceModel::optimizer_step`] only).
     Optimizer,
 }
@@ -373,14 +398,6 @@ impl DeviceModel {
                     .into(),
             });
         }
-        if options.sharding.shards_weights() {
-            return Err(ModelError::DeviceUnsupported {
-                what: "--shard full: the device step does not gather the weights unit by unit \
-                       yet (its memory is planned, not run); use --shard grad-op on emu/cuda, \
-                       or --shard full on the CPU"
-                    .into(),
-            });
-        }
         // The emulator runs the sm_80 code path; a GPU its own architecture (unknown
         // devices get sm_80 kernels, which every supported GPU runs).
         let arch = device.facts().map_or(80, |f| f.sm);
@@ -425,6 +442,7 @@ impl DeviceModel {
                 OpKind::CrossEntropy => Step::CrossEntropy,
                 OpKind::EmbeddingBackward => Step::EmbeddingBackward,
                 OpKind::GradsReady(r) => Step::GradsReady(r),
+                OpKind::GatherWeights { range, buf } => Step::GatherWeights { range, buf },
                 OpKind::Optimizer => Step::Optimizer,
             };
             steps.push((op.phase, step));
@@ -620,24 +638,27 @@ impl DeviceModel {
         )?;
         self.write_at(self.ids.m, 0, &m[mr], "uploading the AdamW first moment")?;
         self.write_at(self.ids.v, 0, &v[vr], "uploading the AdamW second moment")?;
-        let source = if shard.len() == p {
-            self.ids.master
+        // --shard full keeps only the shard's bf16 weights: cast from its master weights.
+        let (source, count) = if shard.len() == p || self.options.sharding.shards_weights() {
+            (self.ids.master, shard.len())
         } else {
             self.write_at(self.ids.grads, 0, params, "staging the weights")?;
-            self.ids.grads
+            (self.ids.grads, p)
         };
-        let dims = dims_1d(p as u64, UTIL_BLOCK, 4, UTIL_MAX_CTAS);
-        self.device
-            .launch(
-                "cast_f32_bf16",
-                &dims,
-                &[
-                    Arg::Ptr(self.addr(source)),
-                    Arg::Ptr(self.addr(self.ids.weights)),
-                    Arg::U64(p as u64),
-                ],
-            )
-            .map_err(device_err("casting the weights to bf16"))?;
+        if count > 0 {
+            let dims = dims_1d(count as u64, UTIL_BLOCK, 4, UTIL_MAX_CTAS);
+            self.device
+                .launch(
+                    "cast_f32_bf16",
+                    &dims,
+                    &[
+                        Arg::Ptr(self.addr(source)),
+                        Arg::Ptr(self.addr(self.ids.weights)),
+                        Arg::U64(count as u64),
+                    ],
+                )
+                .map_err(device_err("casting the weights to bf16"))?;
+        }
         if source == self.ids.grads {
             self.zero_grads()?;
         }
@@ -698,10 +719,11 @@ impl DeviceModel {
     }
 
     /// Reads the bf16 weights of `range` (a sharded step's all-gather sends its shard's).
+    /// Under `--shard full` the rank holds only its shard's: `range` must lie in it.
     ///
     /// # Errors
-    /// [`ModelError::ShapeMismatch`] for a range outside the model or an `out` of
-    /// another length; device errors.
+    /// [`ModelError::ShapeMismatch`] for a range outside the model (or, `--shard full`,
+    /// outside the shard) or an `out` of another length; device errors.
     pub fn read_weights(
         &self,
         range: Range<usize>,
@@ -710,7 +732,7 @@ impl DeviceModel {
         self.check_range(&range, out.len())?;
         self.read_at(
             self.ids.weights,
-            range.start as u64 * 2,
+            self.weights_offset(range.start),
             out,
             "reading the bf16 weights",
         )
@@ -728,14 +750,34 @@ impl DeviceModel {
         self.check_range(&range, values.len())?;
         self.write_at(
             self.ids.weights,
-            range.start as u64 * 2,
+            self.weights_offset(range.start),
             values,
             "writing the bf16 weights",
         )
     }
 
+    /// Byte offset of parameter `i` in the bf16 weights buffer (which holds only the
+    /// shard under `--shard full`; `i` is then in it).
+    fn weights_offset(&self, i: usize) -> u64 {
+        if self.options.sharding.shards_weights() {
+            i.saturating_sub(self.shard.start) as u64 * 2
+        } else {
+            i as u64 * 2
+        }
+    }
+
     fn check_range(&self, range: &Range<usize>, len: usize) -> Result<(), ModelError> {
         let p = self.layout.total();
+        if self.options.sharding.shards_weights()
+            && !range.is_empty()
+            && (range.start < self.shard.start || range.end > self.shard.end)
+        {
+            return Err(ModelError::ShapeMismatch {
+                what: "bf16 weight range end (--shard full: within this rank's shard)",
+                expected: self.shard.end,
+                found: range.end,
+            });
+        }
         if range.start > range.end || range.end > p {
             return Err(ModelError::ShapeMismatch {
                 what: "weight range end (at most the parameter count)",
@@ -798,26 +840,102 @@ impl DeviceModel {
         Ok(())
     }
 
-    /// Runs `steps[range]` (the upload must have been done).
-    fn run_steps(
-        &self,
+    /// `--shard full`: gathers unit `range`'s whole bf16 weights into gather buffer `buf`
+    /// through `gather` (this rank's part, its shard ∩ the unit, read from its bf16 shard
+    /// and staged in `host` at its place; `gather` fills in the rest), then uploads them.
+    fn gather_unit<E: From<ModelError>>(
+        &mut self,
+        range: &Range<usize>,
+        buf: usize,
+        host: &mut Vec<half::bf16>,
+        gather: Option<&mut GatherUnit<'_, E>>,
+    ) -> Result<(), E> {
+        let Some(gather) = gather else {
+            return Err(ModelError::DeviceUnsupported {
+                what: "--shard full: the step needs every rank's weights of each unit; call \
+                       forward_backward_gathered / loss_gathered with the ranks' gather"
+                    .into(),
+            }
+            .into());
+        };
+        host.clear();
+        host.resize(range.len(), half::bf16::ZERO);
+        let own = range.start.max(self.shard.start)..range.end.min(self.shard.end);
+        if !own.is_empty() {
+            let at = own.start - range.start..own.end - range.start;
+            self.read_weights(own.clone(), &mut host[at])?;
+        }
+        gather(range.clone(), host)?;
+        let off = self.offsets[buf] as usize;
+        self.arena
+            .buffer
+            .write(off, host.as_slice())
+            .map_err(device_err("uploading a gathered unit's weights"))?;
+        Ok(())
+    }
+
+    /// Runs `steps[range]` (the upload must have been done). With `launch` false, runs
+    /// only the weight gathers (a micro-batch with nothing to compute still gathers with
+    /// the other ranks, which do).
+    fn run_steps<E: From<ModelError>>(
+        &mut self,
         range: Range<usize>,
         info: &BatchInfo,
         mut on_ready: OnReady,
-    ) -> Result<(), ModelError> {
+        mut gather: Option<&mut GatherUnit<'_, E>>,
+        launch: bool,
+    ) -> Result<(), E> {
         let n = self.batch * self.seq;
         let ids = self.ids;
+        let mut host = Vec::new();
+        let mut staged = Vec::new();
+        // The steps are taken out for the run (gathers write the arena) and put back
+        // whatever happens.
+        let steps = std::mem::take(&mut self.steps);
+        let mut result = Ok(());
         // The NVTX range of the current phase, ended when the phase changes.
         let mut phase: Option<(&str, nvtx::Range)> = None;
-        let mut host = Vec::new();
-        for (name, step) in &self.steps[range] {
+        for (name, step) in &steps[range] {
+            if let Step::GatherWeights { range, buf } = step {
+                result = self.gather_unit(range, *buf, &mut staged, gather.as_deref_mut());
+                if result.is_err() {
+                    break;
+                }
+                continue;
+            }
+            if !launch {
+                continue;
+            }
             if phase.as_ref().is_none_or(|(p, _)| *p != name.as_str()) {
                 drop(phase.take()); // end the previous range before opening the next
                 phase = Some((name.as_str(), nvtx::range(name)));
             }
+            result = self
+                .run_step(step, n, ids, info, &mut on_ready, &mut host)
+                .map_err(E::from);
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(phase);
+        self.steps = steps;
+        result
+    }
+
+    /// One step that is not a gather.
+    fn run_step(
+        &self,
+        step: &Step,
+        n: usize,
+        ids: Ids,
+        info: &BatchInfo,
+        on_ready: &mut OnReady,
+        host: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        {
             match step {
                 Step::Launches { label, launches } => self.launch_all(label, launches)?,
-                Step::Upload | Step::Optimizer => {}
+                Step::Upload | Step::Optimizer | Step::GatherWeights { .. } => {}
                 Step::CrossEntropy => {
                     let (logits, loss) = (self.addr(ids.logits), self.addr(ids.loss_rows));
                     let launches = [
@@ -861,10 +979,10 @@ impl DeviceModel {
                         self.read_at(
                             ids.grads,
                             r.start as u64 * 4,
-                            &mut host,
+                            host,
                             "reading a finished gradient range",
                         )?;
-                        f(r.clone(), &host);
+                        f(r.clone(), host);
                     }
                 }
             }
@@ -905,7 +1023,8 @@ impl DeviceModel {
     ///
     /// # Errors
     /// [`ModelError::ShapeMismatch`] for wrong token counts, [`ModelError::TokenOutOfRange`]
-    /// (checked before anything runs), device errors.
+    /// (checked before anything runs), device errors; [`ModelError::DeviceUnsupported`]
+    /// under `--shard full` at several ranks (use [`DeviceModel::forward_backward_gathered`]).
     #[allow(clippy::type_complexity)] // the contract's signature
     pub fn forward_backward(
         &mut self,
@@ -914,15 +1033,37 @@ impl DeviceModel {
         grad_scale: f32,
         on_ready: Option<&mut dyn FnMut(Range<usize>, &[f32])>,
     ) -> Result<f32, ModelError> {
+        self.forward_backward_gathered::<ModelError>(inputs, targets, grad_scale, on_ready, None)
+    }
+
+    /// [`DeviceModel::forward_backward`] with `--shard full`'s weight gather: before each
+    /// unit's first kernel of a pass (forward: embedding, layers 0.., final norm with the LM
+    /// head; backward: layers L−2..0, the head and the last layer being still in their
+    /// buffers), `gather` completes the unit's bf16 weights from the other ranks and they
+    /// are uploaded into one of the two gather buffers. A micro-batch with no counted
+    /// target still makes every gather (the other ranks' steps wait for this rank's part).
+    /// `gather` may be `None` when the step does not shard the weights.
+    ///
+    /// # Errors
+    /// As [`DeviceModel::forward_backward`], and whatever `gather` returns.
+    pub fn forward_backward_gathered<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        on_ready: OnReady,
+        gather: Option<&mut GatherUnit<'_, E>>,
+    ) -> Result<f32, E> {
         let mut info = self.upload_batch(inputs, targets)?;
         if info.num_valid == 0 {
             // No target counts: loss 0 and a zero gradient, as on the CPU.
+            self.run_steps(0..self.optimizer, &info, None, gather, false)?;
             self.ready_unchanged(on_ready)?;
             return Ok(0.0);
         }
         info.grad_scale = grad_scale;
-        self.run_steps(0..self.optimizer, &info, on_ready)?;
-        self.read_loss()
+        self.run_steps(0..self.optimizer, &info, on_ready, gather, true)?;
+        Ok(self.read_loss()?)
     }
 
     /// Mean loss of one batch, forward only (validation).
@@ -930,12 +1071,27 @@ impl DeviceModel {
     /// # Errors
     /// As [`DeviceModel::forward_backward`].
     pub fn loss(&mut self, inputs: &[u32], targets: &[u32]) -> Result<f32, ModelError> {
+        self.loss_gathered::<ModelError>(inputs, targets, None)
+    }
+
+    /// [`DeviceModel::loss`] with `--shard full`'s weight gather (the forward's units, as
+    /// [`DeviceModel::forward_backward_gathered`]).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::forward_backward_gathered`].
+    pub fn loss_gathered<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        gather: Option<&mut GatherUnit<'_, E>>,
+    ) -> Result<f32, E> {
         let info = self.upload_batch(inputs, targets)?;
-        if info.num_valid == 0 {
+        let launch = info.num_valid > 0;
+        self.run_steps(0..self.forward_end, &info, None, gather, launch)?;
+        if !launch {
             return Ok(0.0);
         }
-        self.run_steps(0..self.forward_end, &info, None)?;
-        self.read_loss()
+        Ok(self.read_loss()?)
     }
 
     /// Copies the f32 gradients to the host.
@@ -1109,7 +1265,7 @@ impl DeviceModel {
                 grad: self.addr(ids.grads) + shard.start as u64 * 4,
                 m: self.addr(ids.m),
                 v: self.addr(ids.v),
-                param_bf16: self.addr(ids.weights) + shard.start as u64 * 2,
+                param_bf16: self.addr(ids.weights) + self.weights_offset(shard.start),
                 decay_mask: self.addr(ids.decay_mask),
                 scale,
             };

@@ -26,7 +26,7 @@ pub enum ShardState {
     /// and f32 gradients whole.
     GradOp,
     /// ZeRO-3: the bf16 weights sharded too, each unit's gathered into one of
-    /// two buffers before it is used (the next unit's prefetched into the other).
+    /// two buffers (alternating) before its first use in each pass.
     Full,
 }
 

@@ -243,7 +243,8 @@ impl Case {
             | Work::AttentionBackward { .. }
             | Work::Matmul(_)
             | Work::UploadBatch { .. }
-            | Work::GradsReady(_) => Vec::new(),
+            | Work::GradsReady(_)
+            | Work::GatherWeights(_) => Vec::new(),
         }
     }
 }

@@ -11,6 +11,19 @@
 //! all-gathered into every rank's whole bf16 copy before the next forward.
 //! Every element is summed on its owner in the same order under `none` and
 //! `grad-op`, so both train the same bits at the same world size.
+//!
+//! `--shard full` (ZeRO-3) is grad-op with the bf16 weights sharded too: the
+//! device holds only this rank's bf16 shard, and the step program asks for
+//! each unit's whole weights before the unit's first kernel of a pass
+//! (forward: embedding, layers, head; backward: layers L-2..0), on every
+//! micro-batch and in validation. This backend answers with the engine's
+//! parameter gather (`GradSync::start_gather`/`wait_gather`, allowed while
+//! gradient buckets are in flight, in the same order on every rank): the
+//! bf16 bits travel widened into f32 (the gather only copies them, so they
+//! come back exact, at twice the bytes of a byte gather). The gather is
+//! waited for at once: on `cuda` it overlaps the kernels of the unit before,
+//! which were queued asynchronously; nothing is prefetched further ahead.
+//! After the optimizer nothing is gathered (each unit is, before its use).
 
 use std::ops::Range;
 
@@ -48,21 +61,35 @@ struct GradOp {
     byte_bounds: Vec<usize>,
     /// This rank's averaged gradients, from the reduce-scatter.
     grads: Vec<f32>,
-    /// The whole bf16 weights: this rank's updated shard, then every rank's.
+    /// The whole bf16 weights: this rank's updated shard, then every rank's
+    /// (grad-op only; `full` gathers unit by unit).
     weights: Vec<half::bf16>,
+    /// `--shard full`: the bf16 weights are gathered per unit before use.
+    full: bool,
+    /// `--shard full`: this rank's part of a unit, widened to f32 for the gather.
+    mine: Vec<f32>,
+    /// `--shard full`: the gathered unit, widened.
+    unit: Vec<f32>,
 }
 
 impl GradOp {
-    fn new(shards: &Shards, rank: usize) -> GradOp {
+    fn new(shards: &Shards, rank: usize, full: bool) -> GradOp {
         let world = shards.world();
         let shard = shards.range(rank);
         GradOp {
+            full,
+            mine: Vec::new(),
+            unit: Vec::new(),
             chunks_per_rank: (0..world)
                 .map(|r| norm_parts(shards.range(r).len()))
                 .collect(),
             byte_bounds: shards.bounds().iter().map(|b| b * 2).collect(),
             grads: vec![0.0; shard.len()],
-            weights: vec![half::bf16::ZERO; shards.len()],
+            weights: if full {
+                Vec::new()
+            } else {
+                vec![half::bf16::ZERO; shards.len()]
+            },
             shard,
         }
     }
@@ -79,6 +106,48 @@ impl DeviceStep {
             sharded: None,
         }
     }
+}
+
+/// `--shard full`: completes unit `range`'s bf16 weights `w` (this rank's
+/// part, `range ∩ shard`, filled in by the model) from the other ranks. The
+/// bits travel widened into f32 (a bf16 is the top half of an f32), which the
+/// gather copies exactly.
+fn gather_unit(
+    sync: &mut GradSync,
+    shard: &Range<usize>,
+    range: Range<usize>,
+    w: &mut [half::bf16],
+    mine: &mut Vec<f32>,
+    unit: &mut Vec<f32>,
+) -> Result<(), CliError> {
+    // This rank's part of the unit (empty, at the unit's start, when it owns none).
+    let lo = range.start.max(shard.start).min(range.end);
+    let own = lo..range.end.min(shard.end).max(lo);
+    mine.clear();
+    mine.extend(
+        w[own.start - range.start..own.end - range.start]
+            .iter()
+            .map(|x| f32::from_bits(u32::from(x.to_bits()) << 16)),
+    );
+    let ticket = sync.start_gather(range.clone(), mine)?;
+    sync.wait_gather(ticket, unit)?;
+    if unit.len() != w.len() {
+        return Err(CliError::In {
+            context: format!("gathering weights {}..{}", range.start, range.end),
+            source: Box::new(
+                ModelError::ShapeMismatch {
+                    what: "gathered unit weights",
+                    expected: w.len(),
+                    found: unit.len(),
+                }
+                .into(),
+            ),
+        });
+    }
+    for (o, v) in w.iter_mut().zip(unit.iter()) {
+        *o = half::bf16::from_bits((v.to_bits() >> 16) as u16);
+    }
+    Ok(())
 }
 
 fn device_failed(what: &str, e: ModelError) -> CliError {
@@ -105,12 +174,18 @@ impl DeviceStep {
             self.sharded = None;
             return Ok(());
         };
-        if sync.shard_mode() == ShardMode::Full {
-            return Err(CliError::usage(
-                "train: --shard full on --device emu/cuda: the device step does not gather \
-                 the weights unit by unit yet; use --shard grad-op there, or --shard full on \
-                 the CPU (--device cpu)",
-            ));
+        let full = sync.shard_mode() == ShardMode::Full;
+        if full != planned.shards_weights() {
+            return Err(CliError::usage(format!(
+                "train: the device step was planned {} the bf16 weights, but this job runs \
+                 --shard {}",
+                if planned.shards_weights() {
+                    "sharding"
+                } else {
+                    "with whole"
+                },
+                sync.shard_mode()
+            )));
         }
         let rank = sync.rank();
         self.model
@@ -140,7 +215,7 @@ impl DeviceStep {
                 ),
             });
         }
-        self.sharded = Some(GradOp::new(shards, rank));
+        self.sharded = Some(GradOp::new(shards, rank, full));
         Ok(())
     }
 }
@@ -169,13 +244,35 @@ impl StepBackend for DeviceStep {
         sync: &mut GradSync,
         hand_over: bool,
     ) -> Result<f32, CliError> {
+        if let Some(g) = self.sharded.as_mut().filter(|g| g.full) {
+            // The gathers and the hand-over both talk to the engine, one call
+            // at a time: the sync is shared through a cell.
+            let sync = std::cell::RefCell::new(sync);
+            let handed_over = &mut self.handed_over;
+            let mut ready = |range: Range<usize>, values: &[f32]| {
+                *handed_over += range.len();
+                sync.borrow_mut().ready(range, values);
+            };
+            let (mine, unit) = (&mut g.mine, &mut g.unit);
+            let shard = g.shard.clone();
+            let mut gather = |range: Range<usize>, w: &mut [half::bf16]| {
+                gather_unit(&mut sync.borrow_mut(), &shard, range, w, mine, unit)
+            };
+            return self.model.forward_backward_gathered(
+                inputs,
+                targets,
+                grad_scale,
+                if hand_over { Some(&mut ready) } else { None },
+                Some(&mut gather),
+            );
+        }
         // One rank: no hook, so the gradients never leave the device.
-        let Some(sync) = hand_over.then_some(sync).filter(|s| s.world() > 1) else {
+        if !hand_over || sync.world() == 1 {
             return self
                 .model
                 .forward_backward(inputs, targets, grad_scale, None)
                 .map_err(CliError::from);
-        };
+        }
         let handed_over = &mut self.handed_over;
         let mut ready = |range: Range<usize>, values: &[f32]| {
             *handed_over += range.len();
@@ -243,8 +340,8 @@ impl StepBackend for DeviceStep {
             .optimizer_step_with_partials(lr, clip, &all)
             .map_err(|e| device_failed("optimizer step", e))?;
         // Every rank has the same norm: all skip the gather together, and the
-        // loop stops on it.
-        if !norm.is_finite() {
+        // loop stops on it. `full` gathers each unit before its next use instead.
+        if !norm.is_finite() || g.full {
             return Ok(norm);
         }
         let shard = g.shard.clone();
@@ -266,8 +363,16 @@ impl StepBackend for DeviceStep {
         &mut self,
         inputs: &[u32],
         targets: &[u32],
-        _sync: &mut GradSync,
+        sync: &mut GradSync,
     ) -> Result<f32, CliError> {
+        if let Some(g) = self.sharded.as_mut().filter(|g| g.full) {
+            let (mine, unit) = (&mut g.mine, &mut g.unit);
+            let shard = g.shard.clone();
+            let mut gather = |range: Range<usize>, w: &mut [half::bf16]| {
+                gather_unit(sync, &shard, range, w, mine, unit)
+            };
+            return self.model.loss_gathered(inputs, targets, Some(&mut gather));
+        }
         self.model.loss(inputs, targets).map_err(CliError::from)
     }
 

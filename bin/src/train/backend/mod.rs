@@ -55,7 +55,10 @@ pub trait StepBackend {
     /// Forward and backward of one micro-batch, ACCUMULATING `grad_scale` times
     /// the gradient of its mean loss; returns that mean loss. With `hand_over`
     /// (the step's last micro-batch), each gradient range is given to `sync`'s
-    /// reduction as soon as backward has finished it.
+    /// reduction as soon as backward has finished it. `sync` is given on every
+    /// micro-batch: `--shard full` gathers the weights of each unit through it
+    /// (and `loss`'s validation forward too); every rank makes the same calls
+    /// in the same order.
     ///
     /// # Errors
     /// Shapes that do not match the model, or a device failure.

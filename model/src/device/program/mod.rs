@@ -29,6 +29,7 @@ mod builder;
 mod head;
 mod layer;
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use frugal_ptx::flash::{self, AttnShape, DqMode};
@@ -69,6 +70,10 @@ pub(crate) enum OpKind {
     EmbeddingBackward,
     /// The gradients of this flat range are final for the micro-batch.
     GradsReady(Range<usize>),
+    /// `--shard full`: the bf16 weights of unit `range` (a flat parameter range), gathered
+    /// whole from every rank's shard, go into gather buffer `buf` before the unit's first
+    /// launch of a pass.
+    GatherWeights { range: Range<usize>, buf: usize },
     /// Gradient norm, clip scale and AdamW; lr and the step count change per call.
     Optimizer,
 }
@@ -122,6 +127,9 @@ pub enum Work {
     EmbeddingBackward { rows: usize, c: usize, vocab: usize },
     /// The gradients of this flat parameter range are final (the all-reduce hand-over).
     GradsReady(Range<usize>),
+    /// `--shard full`: this unit's bf16 weights are gathered from the ranks' shards into a
+    /// gather buffer (host-staged; see [`super::DeviceModel`]'s module docs).
+    GatherWeights(Range<usize>),
     /// Gradient norm, clip and AdamW over `params` parameters.
     Optimizer { params: usize },
 }
@@ -315,14 +323,40 @@ struct Ctx<'a> {
     weights: usize,
     grads: usize,
     rope: RopeAt,
+    /// `--shard full`: the two gather buffers the units' weights alternate between.
+    gather: Option<[usize; 2]>,
+    /// `--shard full`: (gather buffer, first parameter) of the unit the operations being
+    /// recorded read their weights from ([`Ctx::unit`] sets it).
+    bound: Cell<Option<(usize, usize)>>,
 }
 
 impl Ctx<'_> {
-    /// Where tensor `ts` is in the bf16 weights.
+    /// Where tensor `ts` is in the bf16 weights: the whole copy, or (`--shard full`) the
+    /// gather buffer its unit was bound to.
     fn w(&self, ts: &TensorSpec) -> At {
-        At {
-            buf: self.weights,
-            byte: ts.offset as u64 * BF16,
+        match self.bound.get() {
+            Some((buf, first)) => At {
+                buf,
+                byte: (ts.offset - first) as u64 * BF16,
+            },
+            None => At {
+                buf: self.weights,
+                byte: ts.offset as u64 * BF16,
+            },
+        }
+    }
+
+    /// `--shard full` (nothing otherwise): the operations recorded next read the weights
+    /// of unit `range` from gather buffer `k`; with `fetch`, an operation gathering them
+    /// there comes first (without, the buffer still holds them from the forward).
+    fn unit(&self, bld: &mut Builder, range: Range<usize>, k: usize, fetch: bool) {
+        let Some(gather) = self.gather else { return };
+        let buf = gather[k % 2];
+        self.bound.set(Some((buf, range.start)));
+        if fetch {
+            let work = Work::GatherWeights(range.clone());
+            let kind = OpKind::GatherWeights { range, buf };
+            bld.host("gather unit weights", work, kind, vec![buf, self.weights]);
         }
     }
 
@@ -439,17 +473,17 @@ pub(crate) fn build(
     // State and constant tables: the whole schedule.
     let sizes = StateBytes::new(cfg, opts.sharding);
     let weights = bld.state("weights.bf16", Category::Params, sizes.weights);
-    if sizes.gather > 0 {
-        // --shard full: two units' gather buffers (the one in use, the next prefetched).
-        // Planned only: the device step refuses `full` before building (see DeviceModel).
-        for i in 0..2 {
+    // --shard full: two units' gather buffers; consecutive units alternate between them,
+    // so a unit's gather never overwrites the weights of the unit before it.
+    let gather = (sizes.gather > 0).then(|| {
+        [0, 1].map(|i| {
             bld.state(
                 &format!("weights.gather{i}.bf16"),
                 Category::Params,
                 sizes.gather,
-            );
-        }
-    }
+            )
+        })
+    });
     let master = bld.state("master.f32", Category::MasterWeights, sizes.master);
     let grads = bld.state("grads.f32", Category::Grads, sizes.grads);
     let m = bld.state("adam.m", Category::OptimizerMoments, sizes.moment);
@@ -480,26 +514,43 @@ pub(crate) fn build(
         weights,
         grads,
         rope,
+        gather,
+        bound: Cell::new(None),
     };
 
+    // --shard full: unit u of the forward (embedding, layers, head) reads gather buffer
+    // u % 2; the backward keeps each unit's buffer, so it alternates too.
+    let l_count = cfg.n_layers;
+    let head_range = {
+        let (fnorm, lm) = (layout.final_norm(), layout.lm_head());
+        fnorm.offset..lm.offset + lm.len()
+    };
+    cx.unit(&mut bld, layout.tok_embedding().range(), 0, true);
     let (tokens, x0) = head::embed(&mut bld, &cx)?;
     let mut saved = Vec::with_capacity(cfg.n_layers);
     let mut stream = (x0, None);
     for l in 0..cfg.n_layers {
+        cx.unit(&mut bld, layout.layer_range(l), l + 1, true);
         let (next, s) = layer::forward(&mut bld, &cx, l, stream)?;
         stream = next;
         saved.push(s);
     }
+    cx.unit(&mut bld, head_range.clone(), l_count + 1, true);
     let h = head::head_and_loss(&mut bld, &cx, stream, tokens.targets, loss_mean)?;
     let forward_end = bld.ops.len();
 
     let dresid = bld.act("d.residual".into(), (dims.n * dims.c) as u64 * BF16); // (N, C)
+                                                                                // The head and the last layer are still in their buffers from the forward (nothing
+                                                                                // was gathered after them): only the layers below are gathered again.
     head::head_backward(&mut bld, &cx, h, dresid)?;
     for (l, s) in saved.into_iter().enumerate().rev() {
         bld.phase(format!("layer{l}.backward"));
+        cx.unit(&mut bld, layout.layer_range(l), l + 1, l + 1 < l_count);
         layer::backward(&mut bld, &cx, l, s, dresid)?;
         cx.grads_ready(&mut bld, layout.layer_range(l));
     }
+    // The embedding's backward reads no weights.
+    cx.bound.set(None);
     head::embedding_backward(&mut bld, &cx, tokens, dresid);
 
     let optimizer = bld.ops.len();
