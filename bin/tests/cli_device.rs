@@ -699,67 +699,21 @@ fn final_params(dir: &Path, step: u64) -> Vec<u32> {
     params_bits(&path)
 }
 
-/// `--shard grad-op` on emu (reduce-scatter, sharded AdamW, bf16 all-gather)
-/// trains the bits of `--shard none` at the same world size: every element is
-/// summed on its owner in the ring's order in both, the norm is gathered from
-/// whole chunks, AdamW is element-wise. SMALL has 295296 parameters, 5 norm
-/// chunks of 65536: 2 ranks split at 196608 (inside layer 0's FFN up
-/// projection), 3 ranks at 131072 (inside the attention output) and 262144
-/// (inside the LM head). Tiny buckets cut across the shards.
+/// `--shard grad-op` (reduce-scatter, sharded AdamW, bf16 all-gather) and
+/// `--shard full` (each unit's bf16 weights gathered before its first kernel
+/// of a pass, in every micro-batch and in validation) on emu train the bits of
+/// `--shard none` at 2, 3 and 4 ranks: every element is summed on its owner in
+/// the ring's order in all three, the norm is gathered from whole chunks,
+/// AdamW is element-wise, the kernels read the same bf16 bytes. Two layers
+/// (459392 parameters, 8 norm chunks of 65536: 2 ranks split at 262144, 3 at
+/// 196608 and 393216, 4 at 131072, 262144 and 393216, all inside tensors), so
+/// the backward gathers layer 0 again; grad-accum 2, so the gathers of a
+/// micro-batch that hands nothing over and of the one whose buckets are in
+/// flight both run; tiny buckets cut across the shards; validation after
+/// every step.
 #[test]
-fn grad_op_on_emu_trains_the_bits_of_shard_none() {
-    let dir = scratch("grad-op");
-    for world in ["2", "3"] {
-        let run = |mode: &str| {
-            let out = dir.join(format!("{mode}-{world}"));
-            let metrics = dir.join(format!("{mode}-{world}.jsonl"));
-            let mut args = vec!["launch", "--nproc", world, "--", "train", "--device", "emu"];
-            args.extend_from_slice(SMALL);
-            args.extend_from_slice(&["--steps", "2", "--val-every", "0", "--val-batches", "1"]);
-            args.extend_from_slice(&["--comm", "socket", "--bucket-mb", "0.05"]);
-            args.extend_from_slice(&["--shard", mode, "--out", out.to_str().unwrap()]);
-            args.extend_from_slice(&["--metrics", metrics.to_str().unwrap()]);
-            let o = command(&args)
-                .env("FRUGAL_COMM_TIMEOUT", "120")
-                .env_remove("FRUGAL_JOB_TOKEN")
-                .output()
-                .unwrap();
-            assert_ok(&o);
-            let steps: Vec<_> = metrics_lines(&metrics)
-                .into_iter()
-                .filter(|l| l.contains_key("loss"))
-                .collect();
-            (out, steps)
-        };
-        let (none_dir, none) = run("none");
-        let (grad_op_dir, grad_op) = run("grad-op");
-        assert_eq!(none.len(), 2, "world {world}");
-        assert_eq!(grad_op.len(), 2, "world {world}");
-        for (a, b) in none.iter().zip(&grad_op) {
-            // As written: the shortest text that round-trips, so equal text is equal bits.
-            for key in ["loss", "grad_norm"] {
-                assert_eq!(a[key], b[key], "world {world} step {}: {key}", a["step"]);
-            }
-        }
-        let a = final_params(&none_dir, 2);
-        let b = final_params(&grad_op_dir, 2);
-        assert_eq!(a.len(), b.len(), "world {world}");
-        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-        assert_eq!(differ, 0, "world {world}: {differ} parameters differ");
-    }
-}
-
-/// `--shard full` on emu (each unit's bf16 weights gathered before its first
-/// kernel of a pass, in every micro-batch and in validation) trains the bits
-/// of `--shard none` at the same world size: the kernels read the same bf16
-/// bytes, the gradients and the optimizer are grad-op's. Two layers (459392
-/// parameters, 8 norm chunks: 2 ranks split at 262144, 3 at 196608 and
-/// 393216, inside tensors), so the backward gathers layer 0 again; grad-accum
-/// 2, so the gathers of a micro-batch that hands nothing over and of the one
-/// whose buckets are in flight both run; validation after every step.
-#[test]
-fn full_on_emu_trains_the_bits_of_shard_none() {
-    let dir = scratch("full");
+fn sharded_modes_on_emu_train_the_bits_of_shard_none() {
+    let dir = scratch("sharded");
     let model = [
         "--layers",
         "2",
@@ -776,7 +730,7 @@ fn full_on_emu_trains_the_bits_of_shard_none() {
         "--grad-accum",
         "2",
     ];
-    for world in ["2", "3"] {
+    for world in ["2", "3", "4"] {
         let run = |mode: &str| {
             let out = dir.join(format!("{mode}-{world}"));
             let metrics = dir.join(format!("{mode}-{world}.jsonl"));
@@ -792,37 +746,32 @@ fn full_on_emu_trains_the_bits_of_shard_none() {
                 .output()
                 .unwrap();
             assert_ok(&o);
-            (out, metrics_lines(&metrics))
+            // As written: the shortest text that round-trips, so equal text is equal bits.
+            let numbers: Vec<String> = metrics_lines(&metrics)
+                .iter()
+                .filter_map(|l| match (l.get("loss"), l.get("val_loss")) {
+                    (Some(loss), _) => Some(format!("{} {loss} {}", l["step"], l["grad_norm"])),
+                    (None, Some(val)) => Some(format!("{} val {val}", l["step"])),
+                    _ => None,
+                })
+                .collect();
+            (final_params(&out, 2), numbers)
         };
-        let (none_dir, none) = run("none");
-        let (full_dir, full) = run("full");
-        for key in ["loss", "val_loss"] {
-            let of = |lines: &[std::collections::BTreeMap<String, String>]| -> Vec<_> {
-                lines
-                    .iter()
-                    .filter(|l| l.contains_key(key))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            };
-            let (a, b) = (of(&none), of(&full));
-            assert_eq!(a.len(), 2, "world {world}: {key} lines");
-            assert_eq!(b.len(), 2, "world {world}: {key} lines");
-            for (x, y) in a.iter().zip(&b) {
-                // As written: the shortest text that round-trips, so equal text is equal bits.
-                for k in [key, "grad_norm"] {
-                    assert_eq!(
-                        x.get(k),
-                        y.get(k),
-                        "world {world} step {:?}: {k}",
-                        x.get("step")
-                    );
-                }
-            }
+        let (none_params, none) = run("none");
+        assert_eq!(none.len(), 4, "world {world}: {none:?}");
+        for mode in ["grad-op", "full"] {
+            let (params, numbers) = run(mode);
+            assert_eq!(numbers, none, "world {world}: {mode} vs none");
+            assert_eq!(params.len(), none_params.len(), "world {world}");
+            let differ = params
+                .iter()
+                .zip(&none_params)
+                .filter(|(x, y)| x != y)
+                .count();
+            assert_eq!(
+                differ, 0,
+                "world {world}: {differ} parameters of {mode} differ from none"
+            );
         }
-        let a = final_params(&none_dir, 2);
-        let b = final_params(&full_dir, 2);
-        assert_eq!(a.len(), b.len(), "world {world}");
-        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-        assert_eq!(differ, 0, "world {world}: {differ} parameters differ");
     }
 }
