@@ -289,6 +289,86 @@ fn gathers_return_the_owners_bits_in_flight_together_and_among_buckets() {
     }
 }
 
+/// bf16 gathers (a GPU's weights) travel at two bytes an element, in the same
+/// queue as f32 gathers and buckets, and bring every element its owner's bits
+/// (NaN payloads and -0.0 included); a ticket redeemed at the other width is
+/// refused, naming the call to use.
+#[test]
+fn bf16_gathers_carry_the_owners_bits_at_two_bytes_an_element() {
+    use half::bf16;
+    for world in [2, 3] {
+        let results = with_ranks(world, move |rank, comm| {
+            let s = shards(world);
+            let n = n_params();
+            // Each rank's own idea of the weights, with odd bit patterns in it.
+            let weights: Vec<bf16> = data(2000 + rank as u64, n)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match i % 97 {
+                    0 => bf16::from_bits(0x7fc1 + rank as u16),
+                    1 => bf16::from_bits(0x8000),
+                    _ => bf16::from_f32(*v),
+                })
+                .collect();
+            let mut ddp = Ddp::with_shards(comm, s.clone(), BUCKET_BYTES, Reduce::ReduceScatter)?;
+            let own = |r: &Range<usize>| {
+                let lo = r.start.max(s.range(rank).start);
+                lo..r.end.min(s.range(rank).end).max(lo)
+            };
+            let ranges = [0..n, 3..n - 5, 1200..1201];
+            let mut tickets = Vec::new();
+            for r in &ranges {
+                tickets.push(ddp.start_gather_bf16(r.clone(), &weights[own(r)])?);
+            }
+            let grads = grads_of(0, rank);
+            let mut mine = vec![0.0; s.range(rank).len()];
+            let stats = ddp.finish_shard(&grads, &mut mine)?;
+            let mut got = Vec::new();
+            let mut out = Vec::new();
+            for t in tickets {
+                let range = t.range();
+                ddp.wait_gather_bf16(t, &mut out)?;
+                got.push((range, out.clone()));
+            }
+            // The other width is refused (the engine stays usable).
+            let t = ddp.start_gather_bf16(0..10, &weights[own(&(0..10))])?;
+            let refused = ddp
+                .wait_gather(t, &mut Vec::new())
+                .err()
+                .map(|e| e.to_string());
+            Ok((got, stats.sent_bytes, refused))
+        });
+        let s = shards(world);
+        let grad_bytes = n_params() * 4;
+        let gathered: usize = [n_params(), n_params() - 8, 1].iter().sum();
+        let mut sent = 0;
+        for (rank, r) in results.into_iter().enumerate() {
+            let (got, sent_bytes, refused) = r.expect("rank");
+            sent += sent_bytes;
+            for (range, values) in got {
+                for (i, v) in range.clone().zip(&values) {
+                    let owner = s.owner(i);
+                    let want = match i % 97 {
+                        0 => 0x7fc1 + owner as u16,
+                        1 => 0x8000,
+                        _ => bf16::from_f32(data(2000 + owner as u64, n_params())[i]).to_bits(),
+                    };
+                    assert_eq!(v.to_bits(), want, "world {world} rank {rank} element {i}");
+                }
+            }
+            let refused = refused.unwrap_or_default();
+            assert!(refused.contains("wait_gather_bf16"), "{refused}");
+        }
+        // Over all ranks the ring sends the reduce-scatter's gradients and each
+        // gathered range (world − 1) times: bf16 at 2 bytes an element.
+        assert_eq!(
+            sent,
+            (world - 1) * (grad_bytes + 2 * gathered),
+            "world {world}"
+        );
+    }
+}
+
 #[test]
 fn a_gather_no_peer_answers_times_out_naming_it() {
     let port = free_port();

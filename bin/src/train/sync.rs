@@ -566,6 +566,42 @@ impl GradSync {
         }
     }
 
+    /// [`GradSync::start_gather`] for bf16 weights (a GPU's): two bytes an
+    /// element on the wire; redeemed with [`GradSync::wait_gather_bf16`].
+    ///
+    /// # Errors
+    /// As [`GradSync::start_gather`].
+    pub fn start_gather_bf16(
+        &mut self,
+        range: Range<usize>,
+        mine: &[half::bf16],
+    ) -> Result<Ticket, CliError> {
+        match &mut self.link {
+            Link::Single => Err(one_rank("asked for a weight gather; it holds every weight")),
+            Link::Ddp { ddp, .. } => ddp
+                .start_gather_bf16(range.clone(), mine)
+                .with_context(|| gathering(&range)),
+        }
+    }
+
+    /// [`GradSync::wait_gather`] of a [`GradSync::start_gather_bf16`].
+    ///
+    /// # Errors
+    /// As [`GradSync::wait_gather`].
+    pub fn wait_gather_bf16(
+        &mut self,
+        ticket: Ticket,
+        out: &mut Vec<half::bf16>,
+    ) -> Result<(), CliError> {
+        let range = ticket.range();
+        match &mut self.link {
+            Link::Single => Err(one_rank("waited for a weight gather")),
+            Link::Ddp { ddp, .. } => ddp
+                .wait_gather_bf16(ticket, out)
+                .with_context(|| gathering(&range)),
+        }
+    }
+
     /// `stats` (the step's bucket and gather costs, from [`GradSync::step`] or
     /// [`GradSync::step_shard`]) with the plain collectives the optimizer ran
     /// since (the norm's partials) added; resets the latter.

@@ -60,12 +60,13 @@ use crate::error::CommError;
 use crate::ops::Communicator;
 use crate::shard::Shards;
 use buckets::{ring_sent_bytes, Layout, Marked};
+use half::bf16;
 use std::ops::Range;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use worker::{Job, Plain, PlainJob, Reply};
+use worker::{GatherBuf, Job, Plain, PlainJob, Reply};
 
 /// The default bucket size: 25 MiB, as PyTorch DDP.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -128,7 +129,7 @@ struct Slot {
 
 struct PendingGather {
     id: u64,
-    buf: Option<Vec<f32>>,
+    buf: Option<GatherBuf>,
 }
 
 /// The sync engine. See the module docs.
@@ -156,6 +157,7 @@ pub struct Ddp {
     gathers: Vec<PendingGather>,
     next_ticket: u64,
     gather_spare: Vec<Vec<f32>>,
+    gather_spare_bf16: Vec<Vec<bf16>>,
     plain: Option<Plain>,
     /// Accumulated since the last `finish`.
     stats: CommStats,
@@ -265,6 +267,7 @@ impl Ddp {
             gathers: Vec::new(),
             next_ticket: 0,
             gather_spare: Vec::new(),
+            gather_spare_bf16: Vec::new(),
             plain: None,
             stats: CommStats::default(),
             broken: None,
@@ -792,6 +795,40 @@ impl Ddp {
     /// # Errors
     /// A range outside the vector, `mine` of another length, or a failed communicator.
     pub fn start_gather(&mut self, range: Range<usize>, mine: &[f32]) -> Result<Ticket, CommError> {
+        let own = self.gather_own(&range, mine.len())?;
+        let mut buf = self.gather_spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(range.len(), 0.0);
+        buf[own].copy_from_slice(mine);
+        self.submit_gather(range, GatherBuf::F32(buf), 4)
+    }
+
+    /// [`Ddp::start_gather`] for bf16 values (a GPU's weights): two bytes an
+    /// element on the wire, the bits of the owner's values. Redeemed with
+    /// [`Ddp::wait_gather_bf16`].
+    ///
+    /// # Errors
+    /// As [`Ddp::start_gather`].
+    pub fn start_gather_bf16(
+        &mut self,
+        range: Range<usize>,
+        mine: &[bf16],
+    ) -> Result<Ticket, CommError> {
+        let own = self.gather_own(&range, mine.len())?;
+        let mut buf = self.gather_spare_bf16.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(range.len(), bf16::ZERO);
+        buf[own].copy_from_slice(mine);
+        self.submit_gather(range, GatherBuf::Bf16(buf), 2)
+    }
+
+    /// This rank's part of a gather of `range` (relative), checked against
+    /// the `given` values.
+    fn gather_own(
+        &mut self,
+        range: &Range<usize>,
+        given: usize,
+    ) -> Result<Range<usize>, CommError> {
         self.check()?;
         if range.start > range.end || range.end > self.n() {
             return Err(self.invalid(format!(
@@ -803,20 +840,25 @@ impl Ddp {
         }
         let bounds = self.shards.bounds_in(range.clone());
         let own = bounds[self.rank]..bounds[self.rank + 1];
-        if mine.len() != own.len() {
+        if given != own.len() {
             return Err(self.invalid(format!(
-                "gathering {}..{} with {} values of this rank's, it owns {} of them",
+                "gathering {}..{} with {given} values of this rank's, it owns {} of them",
                 range.start,
                 range.end,
-                mine.len(),
                 own.len()
             )));
         }
-        let mut buf = self.gather_spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(range.len(), 0.0);
-        buf[own].copy_from_slice(mine);
-        self.stats.sent_bytes += ring_sent_bytes(&bounds, self.rank, false, true, 4);
+        Ok(own)
+    }
+
+    fn submit_gather(
+        &mut self,
+        range: Range<usize>,
+        buf: GatherBuf,
+        elem_bytes: usize,
+    ) -> Result<Ticket, CommError> {
+        let bounds = self.shards.bounds_in(range.clone());
+        self.stats.sent_bytes += ring_sent_bytes(&bounds, self.rank, false, true, elem_bytes);
         self.stats.gathers += 1;
         let id = self.next_ticket;
         self.next_ticket += 1;
@@ -835,31 +877,75 @@ impl Ddp {
     /// # Errors
     /// A ticket of another engine, a peer's failure, or no reply within the timeout.
     pub fn wait_gather(&mut self, ticket: Ticket, out: &mut Vec<f32>) -> Result<(), CommError> {
+        let range = ticket.range();
+        match self.redeem(ticket)? {
+            GatherBuf::F32(mut buf) => {
+                std::mem::swap(out, &mut buf);
+                self.gather_spare.push(buf);
+                Ok(())
+            }
+            GatherBuf::Bf16(buf) => {
+                self.gather_spare_bf16.push(buf);
+                Err(self.wrong_width(&range, "wait_gather_bf16"))
+            }
+        }
+    }
+
+    /// [`Ddp::wait_gather`] of a [`Ddp::start_gather_bf16`].
+    ///
+    /// # Errors
+    /// As [`Ddp::wait_gather`]; a ticket of an f32 gather.
+    pub fn wait_gather_bf16(
+        &mut self,
+        ticket: Ticket,
+        out: &mut Vec<bf16>,
+    ) -> Result<(), CommError> {
+        let range = ticket.range();
+        match self.redeem(ticket)? {
+            GatherBuf::Bf16(mut buf) => {
+                std::mem::swap(out, &mut buf);
+                self.gather_spare_bf16.push(buf);
+                Ok(())
+            }
+            GatherBuf::F32(buf) => {
+                self.gather_spare.push(buf);
+                Err(self.wrong_width(&range, "wait_gather"))
+            }
+        }
+    }
+
+    fn wrong_width(&mut self, range: &Range<usize>, use_instead: &str) -> CommError {
+        self.invalid(format!(
+            "the gather of {}..{} holds values of the other width; redeem it with {use_instead}",
+            range.start, range.end
+        ))
+    }
+
+    /// Waits until gather `ticket` is back and takes its buffer.
+    fn redeem(&mut self, ticket: Ticket) -> Result<GatherBuf, CommError> {
         self.check()?;
         let waiting = Instant::now();
-        loop {
+        let buf = loop {
             let Some(pos) = self.gathers.iter().position(|g| g.id == ticket.id) else {
                 return Err(self.invalid(format!(
                     "no gather {} of {}..{} is in flight on this engine",
                     ticket.id, ticket.range.start, ticket.range.end
                 )));
             };
-            if let Some(mut buf) = self.gathers[pos].buf.take() {
+            if let Some(buf) = self.gathers[pos].buf.take() {
                 self.gathers.swap_remove(pos);
-                std::mem::swap(out, &mut buf);
-                self.gather_spare.push(buf);
-                break;
+                break buf;
             }
             let what = format!(
                 "the gather of parameters {}..{}",
                 ticket.range.start, ticket.range.end
             );
             self.pump(&what)?;
-        }
+        };
         let waited = ms(waiting.elapsed());
         self.stats.wait_ms += waited;
         self.stats.gather_wait_ms += waited;
-        Ok(())
+        Ok(buf)
     }
 
     /// Stops the thread and returns the communicator.

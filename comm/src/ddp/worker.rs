@@ -7,6 +7,7 @@
 use super::Reduce;
 use crate::error::CommError;
 use crate::ops::Communicator;
+use half::bf16;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ pub(super) enum Job {
         buf: Vec<f32>,
         reduce: Reduce,
     },
-    /// Gather a parameter range: chunk `c` of `bounds` from rank `c`.
+    /// Gather a parameter range: chunk `c` of `bounds` (elements) from rank `c`.
     Gather {
         ticket: u64,
-        buf: Vec<f32>,
+        buf: GatherBuf,
         bounds: Vec<usize>,
     },
     /// A collective the caller waits for right away.
@@ -42,6 +43,22 @@ pub(super) enum PlainJob {
     GatherBytes { buf: Vec<u8>, bounds: Vec<usize> },
 }
 
+/// A parameter gather's values: f32 (the CPU's weights) or bf16 (a GPU's),
+/// each sent at its own width.
+pub(super) enum GatherBuf {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+impl GatherBuf {
+    fn is_empty(&self) -> bool {
+        match self {
+            GatherBuf::F32(b) => b.is_empty(),
+            GatherBuf::Bf16(b) => b.is_empty(),
+        }
+    }
+}
+
 /// A plain job's buffer, back.
 pub(super) enum Plain {
     F32(Vec<f32>),
@@ -58,7 +75,7 @@ pub(super) enum Reply {
     },
     Gather {
         ticket: u64,
-        buf: Vec<f32>,
+        buf: GatherBuf,
         took: Duration,
         result: Result<(), CommError>,
     },
@@ -108,10 +125,14 @@ pub(super) fn run(
             } => {
                 let t = Instant::now();
                 // Every rank gathers the same range: all skip an empty one.
-                let result = if buf.is_empty() {
-                    Ok(())
-                } else {
-                    comm.all_gather_f32_in(&mut buf, &bounds)
+                let empty = buf.is_empty();
+                let result = match &mut buf {
+                    _ if empty => Ok(()),
+                    GatherBuf::F32(b) => comm.all_gather_f32_in(b, &bounds),
+                    GatherBuf::Bf16(b) => {
+                        let bytes: Vec<usize> = bounds.iter().map(|e| e * 2).collect();
+                        comm.all_gather_bytes_in(bytemuck::cast_slice_mut(b), &bytes)
+                    }
                 };
                 Reply::Gather {
                     ticket,

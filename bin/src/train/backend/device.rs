@@ -17,10 +17,9 @@
 //! each unit's whole weights before the unit's first kernel of a pass
 //! (forward: embedding, layers, head; backward: layers L-2..0), on every
 //! micro-batch and in validation. This backend answers with the engine's
-//! parameter gather (`GradSync::start_gather`/`wait_gather`, allowed while
-//! gradient buckets are in flight, in the same order on every rank): the
-//! bf16 bits travel widened into f32 (the gather only copies them, so they
-//! come back exact, at twice the bytes of a byte gather). The gather is
+//! parameter gather (`GradSync::start_gather_bf16`/`wait_gather_bf16`, allowed
+//! while gradient buckets are in flight, in the same order on every rank):
+//! two bytes an element, the owner's bits. The gather is
 //! waited for at once: on `cuda` it overlaps the kernels of the unit before,
 //! which were queued asynchronously; nothing is prefetched further ahead.
 //! After the optimizer nothing is gathered (each unit is, before its use).
@@ -66,10 +65,8 @@ struct GradOp {
     weights: Vec<half::bf16>,
     /// `--shard full`: the bf16 weights are gathered per unit before use.
     full: bool,
-    /// `--shard full`: this rank's part of a unit, widened to f32 for the gather.
-    mine: Vec<f32>,
-    /// `--shard full`: the gathered unit, widened.
-    unit: Vec<f32>,
+    /// `--shard full`: the gathered unit (its buffer reused by the next gather).
+    unit: Vec<half::bf16>,
 }
 
 impl GradOp {
@@ -78,7 +75,6 @@ impl GradOp {
         let shard = shards.range(rank);
         GradOp {
             full,
-            mine: Vec::new(),
             unit: Vec::new(),
             chunks_per_rank: (0..world)
                 .map(|r| norm_parts(shards.range(r).len()))
@@ -109,28 +105,23 @@ impl DeviceStep {
 }
 
 /// `--shard full`: completes unit `range`'s bf16 weights `w` (this rank's
-/// part, `range ∩ shard`, filled in by the model) from the other ranks. The
-/// bits travel widened into f32 (a bf16 is the top half of an f32), which the
-/// gather copies exactly.
+/// part, `range ∩ shard`, filled in by the model) from the other ranks, bit
+/// for bit.
 fn gather_unit(
     sync: &mut GradSync,
     shard: &Range<usize>,
     range: Range<usize>,
     w: &mut [half::bf16],
-    mine: &mut Vec<f32>,
-    unit: &mut Vec<f32>,
+    unit: &mut Vec<half::bf16>,
 ) -> Result<(), CliError> {
     // This rank's part of the unit (empty, at the unit's start, when it owns none).
     let lo = range.start.max(shard.start).min(range.end);
     let own = lo..range.end.min(shard.end).max(lo);
-    mine.clear();
-    mine.extend(
-        w[own.start - range.start..own.end - range.start]
-            .iter()
-            .map(|x| f32::from_bits(u32::from(x.to_bits()) << 16)),
-    );
-    let ticket = sync.start_gather(range.clone(), mine)?;
-    sync.wait_gather(ticket, unit)?;
+    let ticket = sync.start_gather_bf16(
+        range.clone(),
+        &w[own.start - range.start..own.end - range.start],
+    )?;
+    sync.wait_gather_bf16(ticket, unit)?;
     if unit.len() != w.len() {
         return Err(CliError::In {
             context: format!("gathering weights {}..{}", range.start, range.end),
@@ -144,9 +135,7 @@ fn gather_unit(
             ),
         });
     }
-    for (o, v) in w.iter_mut().zip(unit.iter()) {
-        *o = half::bf16::from_bits((v.to_bits() >> 16) as u16);
-    }
+    w.copy_from_slice(unit);
     Ok(())
 }
 
@@ -253,10 +242,10 @@ impl StepBackend for DeviceStep {
                 *handed_over += range.len();
                 sync.borrow_mut().ready(range, values);
             };
-            let (mine, unit) = (&mut g.mine, &mut g.unit);
+            let unit = &mut g.unit;
             let shard = g.shard.clone();
             let mut gather = |range: Range<usize>, w: &mut [half::bf16]| {
-                gather_unit(&mut sync.borrow_mut(), &shard, range, w, mine, unit)
+                gather_unit(&mut sync.borrow_mut(), &shard, range, w, unit)
             };
             return self.model.forward_backward_gathered(
                 inputs,
@@ -366,10 +355,10 @@ impl StepBackend for DeviceStep {
         sync: &mut GradSync,
     ) -> Result<f32, CliError> {
         if let Some(g) = self.sharded.as_mut().filter(|g| g.full) {
-            let (mine, unit) = (&mut g.mine, &mut g.unit);
+            let unit = &mut g.unit;
             let shard = g.shard.clone();
             let mut gather = |range: Range<usize>, w: &mut [half::bf16]| {
-                gather_unit(sync, &shard, range, w, mine, unit)
+                gather_unit(sync, &shard, range, w, unit)
             };
             return self.model.loss_gathered(inputs, targets, Some(&mut gather));
         }
