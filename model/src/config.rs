@@ -454,6 +454,23 @@ impl TensorSpec {
     }
 }
 
+/// Which pass a unit is requested for (a sharded provider may gather a unit for
+/// the forward, free it, and gather it again for the backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+impl fmt::Display for Pass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+        })
+    }
+}
+
 /// An FSDP unit: a contiguous range of the flat parameter vector that a sharded
 /// run gathers whole before the model uses it and frees after. The model asks for
 /// one unit at a time (see [`crate::cpu::Weights`]), so a rank holds its shard plus

@@ -5,8 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, Unit};
-use crate::cpu::Pass;
+use crate::config::{ConfigError, Pass, Unit};
 
 #[derive(Debug)]
 pub enum ModelError {

@@ -9,28 +9,11 @@
 //! A sharded run's provider gathers the unit from every rank there (and may
 //! prefetch the next one); [`FlatWeights`] hands out ranges of one whole vector.
 
-use std::fmt;
 use std::ops::Range;
 
+pub use crate::config::Pass;
 use crate::config::{ParamLayout, Unit};
 use crate::ModelError;
-
-/// Which pass a unit is requested for (a sharded provider may gather a unit for
-/// the forward, free it, and gather it again for the backward).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pass {
-    Forward,
-    Backward,
-}
-
-impl fmt::Display for Pass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Pass::Forward => "forward",
-            Pass::Backward => "backward",
-        })
-    }
-}
 
 /// A source of the model's weights, by unit.
 pub trait Weights {
