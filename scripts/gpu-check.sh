@@ -19,7 +19,9 @@
 #      and the whole training step against the host references, on the GPU) and
 #      FRUGAL_REQUIRE_CUDA=1 (tests that need a GPU fail instead of skipping);
 #   3. frugal bench kernels|matmul|attention|step --device cuda --json (a subcommand or
-#      device the build does not have yet is skipped with a note);
+#      device the build does not have yet is skipped with a note); a short training run;
+#      scripts/shard-check.sh: --shard none, grad-op and full on 2 ranks of the one GPU
+#      give the same losses, bit for bit (SHARD_ARGS: its train flags);
 #   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
 #      (same JSON schema), joined with frugal's lines into ratio columns;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
@@ -171,6 +173,19 @@ fi
 # shellcheck disable=SC2086  # word splitting of the flag list is intended
 run "train:$device" "$limit_bench" "$bin/frugal" train --device "$device" \
   --out "$logdir/train-run" ${TRAIN_ARGS-$train_args}
+
+# 3c. Sharding: one 2-rank job (both ranks on the one device) with --shard none,
+# grad-op and full must log the same losses and gradient norms, bit for bit.
+if [ "$mode" = emu ]; then
+  shard_args="--layers 1 --hidden 128 --heads 2 --ffn 256 --seq 32 --batch 2 --steps 2"
+  shard_device=emu
+else
+  shard_args="--model tiny --steps 8"
+  shard_device=cuda:0
+fi
+# shellcheck disable=SC2086  # word splitting of the flag list is intended
+run "train:shard-bits" "$limit_bench" "$root/scripts/shard-check.sh" "$bin/frugal" \
+  "$shard_device" "$logdir/shard" ${SHARD_ARGS-$shard_args}
 
 # 4. PyTorch on the same shapes, joined with frugal's lines.
 join="$root/scripts/bench-join.py"
