@@ -125,9 +125,13 @@ impl StepReport {
             Some(t) => format!("{} tok/{}", human(t), price.unit_label()),
             None => format!("unknown tok/{}", price.unit_label()),
         };
-        let comm = self
-            .comm_wait_ms
-            .map_or_else(String::new, |w| format!(" | comm wait {w:.0} ms"));
+        let comm = match (self.comm_wait_ms, self.comm_sent_bytes) {
+            (Some(w), Some(sent)) => {
+                format!(" | comm wait {w:.0} ms, sent {}", crate::units::size(sent))
+            }
+            (Some(w), None) => format!(" | comm wait {w:.0} ms"),
+            _ => String::new(),
+        };
         let emulated = match self.timing {
             TimingSource::Emulated => " (emulated)",
             _ => "",
@@ -990,6 +994,30 @@ mod tests {
         ] {
             assert!(line.contains(needle), "'{needle}' missing in {line}");
         }
+    }
+
+    #[test]
+    fn a_multi_rank_line_says_the_wait_and_the_bytes_sent() {
+        let devices = Devices {
+            world: 2,
+            rank: 0,
+            label: "2 cpu ranks".into(),
+            peak_flops: None,
+            timing: TimingSource::HostClock,
+        };
+        let price = Price {
+            per_hour: None,
+            units: PriceUnits::Usd,
+            source: PriceSource::Unknown,
+        };
+        let mut r = report(None, None);
+        r.comm_wait_ms = Some(3.2);
+        r.comm_sent_bytes = Some(2 << 20);
+        let line = r.line(10, &devices, &price);
+        assert!(line.contains("| comm wait 3 ms, sent 2.0 MiB |"), "{line}");
+        assert!(!report(None, None)
+            .line(10, &devices, &price)
+            .contains("comm wait"));
     }
 
     #[test]
