@@ -710,7 +710,11 @@ fn final_params(dir: &Path, step: u64) -> Vec<u32> {
 /// the backward gathers layer 0 again; grad-accum 2, so the gathers of a
 /// micro-batch that hands nothing over and of the one whose buckets are in
 /// flight both run; tiny buckets cut across the shards; validation after
-/// every step.
+/// every step. grad-op's weight gathers are started after the optimizer and
+/// waited for in the next forward (validation's, here), so their bytes count
+/// in the next step's `comm_sent_bytes`: step 2 sends more than step 1, which
+/// a gather finished inside the optimizer step would not (both steps would
+/// count one, as both count the same under none).
 #[test]
 fn sharded_modes_on_emu_train_the_bits_of_shard_none() {
     let dir = scratch("sharded");
@@ -746,8 +750,21 @@ fn sharded_modes_on_emu_train_the_bits_of_shard_none() {
                 .output()
                 .unwrap();
             assert_ok(&o);
+            let lines = metrics_lines(&metrics);
+            let sent: Vec<f64> = lines
+                .iter()
+                .filter(|l| l.get("loss").is_some())
+                .map(|l| number(&l["comm_sent_bytes"]))
+                .collect();
+            assert_eq!(sent.len(), 2, "world {world} {mode}");
+            match mode {
+                "grad-op" => assert!(sent[1] > sent[0], "world {world}: {sent:?}"),
+                "none" => assert_eq!(sent[1], sent[0], "world {world}"),
+                // full: validation's gathers count in the step after it.
+                _ => {}
+            }
             // As written: the shortest text that round-trips, so equal text is equal bits.
-            let numbers: Vec<String> = metrics_lines(&metrics)
+            let numbers: Vec<String> = lines
                 .iter()
                 .filter_map(|l| match (l.get("loss"), l.get("val_loss")) {
                     (Some(loss), _) => Some(format!("{} {loss} {}", l["step"], l["grad_norm"])),

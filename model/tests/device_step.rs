@@ -956,12 +956,18 @@ fn print_tiny_step_wall_time() {
 /// `--shard grad-op` on the device step, ranks simulated in turn: each rank's model holds
 /// the master weights and moments of its shard only; the gradients every rank holds are
 /// the DDP all-reduce's (a reduce-scatter gives the shard's same bits: both reduce each
-/// element on its owner), the norm partials and the bf16 weights are exchanged as the
-/// host all-gathers do. After a few clipped steps every rank's shard, its bf16 weights and
-/// the norms are the unsharded step's, bit for bit, at 2 and 3 ranks, with shard
-/// boundaries (multiples of 65536) inside tensors.
+/// element on its owner), the norm partials are exchanged as the host all-gather does,
+/// and the other ranks' updated bf16 shards come in through the await callback, unit by
+/// unit, just before each unit's forward (as the trainer's gathers started after the
+/// optimizer do). The callback is asked for exactly the forward's units, in order, once
+/// per forward (not in the backward); handed-over weights land at their place (the next
+/// step and validation see them), and when nothing is pending the device's weights are
+/// used. After a few clipped steps every rank's shard, its bf16 weights, the norms and
+/// the validation loss are the unsharded step's, bit for bit, at 2 and 3 ranks, with
+/// shard boundaries (multiples of 65536) inside tensors.
 #[test]
 fn grad_op_shards_train_the_same_bits_as_one_replica() {
+    use std::ops::Range;
     // 393,856 parameters: 7 norm chunks; the boundaries (262144 at 2 ranks; 196608 and
     // 327680 at 3) fall inside layer 1's and layer 0's matrices.
     let cfg = config(256, 128, 2, 2, 2, 256, 16);
@@ -991,6 +997,10 @@ fn grad_op_shards_train_the_same_bits_as_one_replica() {
         norms.iter().all(|&n| n > clip),
         "clipping is exercised: {norms:?}"
     );
+    let (val_in, val_tgt) = tokens(&cfg, b * t, 7, 0);
+    let want_val = one.loss(&val_in, &val_tgt).unwrap();
+    let forward_order = one.units();
+    assert_eq!(forward_order.len(), cfg.n_layers + 2);
 
     for world in [2, 3] {
         let opts = StepOptions {
@@ -1014,13 +1024,31 @@ fn grad_op_shards_train_the_same_bits_as_one_replica() {
                 .any(|ts| ts.offset < s.start && s.start < ts.offset + ts.len())),
             "boundaries inside tensors: {shards:?}"
         );
+        // Per rank, the units whose gathered weights are waiting to be taken.
+        let mut pending: Vec<Vec<Range<usize>>> = vec![Vec::new(); world];
+        let mut gathered = vec![half::bf16::ZERO; p];
         for (step, (inputs, targets)) in batches.iter().enumerate() {
             // Every rank's forward and backward with its gathered weights: the same
             // gradients on every rank (one micro-batch each, as after the all-reduce).
             let mut grads = Vec::new();
-            for m in ranks.iter_mut() {
+            for (m, left) in ranks.iter_mut().zip(pending.iter_mut()) {
                 m.zero_grads().unwrap();
-                m.forward_backward(inputs, targets, 1.0, None).unwrap();
+                let mut seen: Vec<Range<usize>> = Vec::new();
+                let mut awaits =
+                    |r: Range<usize>, w: &mut Vec<half::bf16>| -> Result<bool, ModelError> {
+                        seen.push(r.clone());
+                        let Some(at) = left.iter().position(|x| *x == r) else {
+                            return Ok(false);
+                        };
+                        left.remove(at);
+                        w.clear();
+                        w.extend_from_slice(&gathered[r]);
+                        Ok(true)
+                    };
+                m.forward_backward_awaited(inputs, targets, 1.0, None, Some(&mut awaits))
+                    .unwrap();
+                assert_eq!(seen, forward_order, "world {world} step {step}");
+                assert!(left.is_empty(), "every pending unit is taken");
                 let mut g = zeros(p);
                 m.read_grads(&mut g).unwrap();
                 grads.push(g);
@@ -1032,8 +1060,7 @@ fn grad_op_shards_train_the_same_bits_as_one_replica() {
                 let (chunks, parts) = m.norm_partials().unwrap();
                 partials[chunks.clone()].copy_from_slice(&parts[chunks]);
             }
-            // The shard optimizers, then the bf16 weights all-gathered.
-            let mut gathered = vec![half::bf16::ZERO; p];
+            // The shard optimizers, then every unit's gather pending on every rank.
             for (m, s) in ranks.iter_mut().zip(&shards) {
                 let norm = m.optimizer_step_with_partials(lr, clip, &partials).unwrap();
                 assert_eq!(
@@ -1043,8 +1070,31 @@ fn grad_op_shards_train_the_same_bits_as_one_replica() {
                 );
                 m.read_weights(s.clone(), &mut gathered[s.clone()]).unwrap();
             }
-            for m in ranks.iter_mut() {
-                m.write_weights(0..p, &gathered).unwrap();
+            for left in pending.iter_mut() {
+                *left = forward_order.clone();
+            }
+        }
+        // Validation takes the last update's gathers; a second batch finds none.
+        for (m, left) in ranks.iter_mut().zip(pending.iter_mut()) {
+            for pass in 0..2 {
+                let mut taken = 0;
+                let mut awaits =
+                    |r: Range<usize>, w: &mut Vec<half::bf16>| -> Result<bool, ModelError> {
+                        let Some(at) = left.iter().position(|x| *x == r) else {
+                            return Ok(false);
+                        };
+                        left.remove(at);
+                        taken += 1;
+                        w.clear();
+                        w.extend_from_slice(&gathered[r]);
+                        Ok(true)
+                    };
+                let v = m
+                    .loss_awaited(&val_in, &val_tgt, Some(&mut awaits))
+                    .unwrap();
+                assert_eq!(v.to_bits(), want_val.to_bits(), "world {world} pass {pass}");
+                let want_taken = if pass == 0 { forward_order.len() } else { 0 };
+                assert_eq!(taken, want_taken, "world {world} pass {pass}");
             }
         }
         for (m, s) in ranks.iter().zip(&shards) {
@@ -1063,6 +1113,15 @@ fn grad_op_shards_train_the_same_bits_as_one_replica() {
         }
         // The whole-vector optimizer refuses a sharded step instead of updating garbage.
         assert!(ranks[0].optimizer_step(lr, clip).is_err());
+        // Weights of another length than the unit's are refused, not written.
+        let mut short = |_: Range<usize>, w: &mut Vec<half::bf16>| -> Result<bool, ModelError> {
+            w.clear();
+            Ok(true)
+        };
+        assert!(matches!(
+            ranks[0].loss_awaited(&val_in, &val_tgt, Some(&mut short)),
+            Err(ModelError::ShapeMismatch { .. })
+        ));
     }
 }
 

@@ -21,9 +21,9 @@
 //! ([`GradSync::step`]); `grad-op` and `full` reduce-scatter
 //! ([`GradSync::step_shard`]: each rank gets its shard), gather the norm's
 //! block partials ([`GradSync::gather_norm_partials`]) and gather weights
-//! ([`GradSync::start_gather`] / [`GradSync::wait_gather`]; on the device, all
-//! of the bf16 weights after the optimizer: [`GradSync::gather_weight_bytes`]). On one rank the
-//! mode changes nothing: there is nothing to shard over.
+//! ([`GradSync::start_gather`] / [`GradSync::wait_gather`]; on the device,
+//! [`GradSync::start_gather_bf16`] / [`GradSync::wait_gather_bf16`]). On one
+//! rank the mode changes nothing: there is nothing to shard over.
 //!
 //! Order: gathers, buckets and the plain collectives (loss, norm partials)
 //! run on one communication thread in the order they are called, so every
@@ -494,34 +494,6 @@ impl GradSync {
         let total: usize = counts_per_rank.iter().sum();
         extra.sent_bytes += (total - counts_per_rank[(rank + 1) % world]) * 8;
         Ok(all)
-    }
-
-    /// Every rank's chunk of `data` on every rank, bit for bit: chunk `c`
-    /// (`bounds[c]..bounds[c + 1]`, bytes) from rank `c`. For the device's
-    /// grad-op step: each rank's updated bf16 shard to every rank before the
-    /// next forward. One rank: nothing to do. Its bytes and wait count in the
-    /// step's [`GradSync::step_stats`].
-    ///
-    /// # Errors
-    /// Bounds that do not cover `data` in `world` chunks, a peer's failure or
-    /// a timeout.
-    pub fn gather_weight_bytes(
-        &mut self,
-        data: &mut [u8],
-        bounds: &[usize],
-    ) -> Result<(), CliError> {
-        let Link::Ddp { ddp, extra, .. } = &mut self.link else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        ddp.all_gather_bytes_now(data, bounds)
-            .context("gathering the updated bf16 weights")?;
-        extra.wait_ms += started.elapsed().as_secs_f64() * 1e3;
-        // As the ring's all-gather sends: all but the chunk of the rank after this one.
-        let (rank, world) = (ddp.rank(), ddp.world());
-        extra.sent_bytes +=
-            data.len() - (bounds[(rank + 1) % world + 1] - bounds[(rank + 1) % world]);
-        Ok(())
     }
 
     /// Rank 0's `value` on every rank (the run id every rank's checkpoint part names).

@@ -61,6 +61,16 @@
 //! right for an all-reduce that overlaps backward, but the copy itself does not yet overlap
 //! the kernels that follow.
 //!
+//! # `--shard grad-op` (ZeRO-2)
+//! The rank holds the whole bf16 weights but updates only its shard of them. Its program
+//! has an "await unit weights" operation before each unit's first launch of the forward
+//! (embedding, layers 0.., head; not in the backward, which follows in the same
+//! micro-batch): the caller's callback ([`DeviceModel::forward_backward_awaited`],
+//! [`DeviceModel::loss_awaited`]) may hand over the unit's whole weights, gathered from
+//! the ranks' updated shards since the last optimizer step, and they are written over the
+//! unit's place with a synchronous copy. The operation names only the persistent weights,
+//! so the arena plan is the one without it.
+//!
 //! # `--shard full` (ZeRO-3)
 //! The rank holds only its shard of the bf16 weights (the AdamW kernel writes it) and two
 //! gather buffers of the largest unit ([`sharding::units`]: the embedding, each layer, the
@@ -109,6 +119,14 @@ type OnReady<'a> = Option<&'a mut dyn FnMut(Range<usize>, &[f32])>;
 /// other ranks' parts (an all-gather). Every rank's step calls it for the same units in
 /// the same order.
 pub type GatherUnit<'a, E> = dyn FnMut(Range<usize>, &mut [half::bf16]) -> Result<(), E> + 'a;
+
+/// `--shard grad-op`'s wait for the weights gathered after an update
+/// ([`DeviceModel::forward_backward_awaited`], [`DeviceModel::loss_awaited`]): called with
+/// a unit's flat range before the forward's first launch of the unit. It either puts the
+/// unit's whole bf16 weights in the vector (any length it had is replaced) and returns
+/// true, and they are written over the unit's place in the weights, or returns false when
+/// the weights on the device are current (nothing was gathered since they were written).
+pub type AwaitUnit<'a, E> = dyn FnMut(Range<usize>, &mut Vec<half::bf16>) -> Result<bool, E> + 'a;
 
 /// AdamW's constants (the learning rate comes per step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -198,8 +216,17 @@ enum Step {
     GradsReady(Range<usize>),
     /// `--shard full`: unit `range`'s whole bf16 weights into gather buffer `buf`.
     GatherWeights { range: Range<usize>, buf: usize },
+    /// `--shard grad-op`: unit `range`'s whole bf16 weights made current.
+    AwaitWeights(Range<usize>),
     /// The optimizer (run by [`DeviceModel::optimizer_step`] only).
     Optimizer,
+}
+
+/// How a sharded step completes the bf16 weights its kernels read: `--shard full`'s
+/// gather into the gather buffers, `--shard grad-op`'s wait for the updated shards.
+struct WeightHooks<'a, 'f, E> {
+    gather: Option<&'a mut GatherUnit<'f, E>>,
+    awaits: Option<&'a mut AwaitUnit<'f, E>>,
 }
 
 /// The per-micro-batch values the dynamic operations need.
@@ -443,6 +470,7 @@ impl DeviceModel {
                 OpKind::EmbeddingBackward => Step::EmbeddingBackward,
                 OpKind::GradsReady(r) => Step::GradsReady(r),
                 OpKind::GatherWeights { range, buf } => Step::GatherWeights { range, buf },
+                OpKind::AwaitWeights(range) => Step::AwaitWeights(range),
                 OpKind::Optimizer => Step::Optimizer,
             };
             steps.push((op.phase, step));
@@ -569,6 +597,13 @@ impl DeviceModel {
             });
         }
         Ok(())
+    }
+
+    /// The units a sharded step completes weights by ([`sharding::units`]: the
+    /// embedding, each layer, the final norm with the LM head), in the forward's order:
+    /// the ranges [`GatherUnit`] and [`AwaitUnit`] are called with.
+    pub fn units(&self) -> Vec<Range<usize>> {
+        sharding::units(&self.layout, self.cfg.n_layers)
     }
 
     /// This rank's flat range of the parameters: what its master weights, AdamW moments
@@ -874,15 +909,31 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// `--shard grad-op`: makes unit `range`'s whole bf16 weights current through
+    /// `awaits` (they are written when it hands them over). Without `awaits` the weights on
+    /// the device are taken as current (a caller that wrote them whole itself).
+    fn await_unit<E: From<ModelError>>(
+        &mut self,
+        range: &Range<usize>,
+        host: &mut Vec<half::bf16>,
+        awaits: Option<&mut AwaitUnit<'_, E>>,
+    ) -> Result<(), E> {
+        let Some(awaits) = awaits else { return Ok(()) };
+        if awaits(range.clone(), host)? {
+            self.write_weights(range.clone(), host)?;
+        }
+        Ok(())
+    }
+
     /// Runs `steps[range]` (the upload must have been done). With `launch` false, runs
-    /// only the weight gathers (a micro-batch with nothing to compute still gathers with
-    /// the other ranks, which do).
+    /// only the weight gathers and awaits (a micro-batch with nothing to compute still
+    /// gathers with the other ranks, which do, and still takes the updated weights).
     fn run_steps<E: From<ModelError>>(
         &mut self,
         range: Range<usize>,
         info: &BatchInfo,
         mut on_ready: OnReady,
-        mut gather: Option<&mut GatherUnit<'_, E>>,
+        mut weights: WeightHooks<'_, '_, E>,
         launch: bool,
     ) -> Result<(), E> {
         let n = self.batch * self.seq;
@@ -897,7 +948,15 @@ impl DeviceModel {
         let mut phase: Option<(&str, nvtx::Range)> = None;
         for (name, step) in &steps[range] {
             if let Step::GatherWeights { range, buf } = step {
-                result = self.gather_unit(range, *buf, &mut staged, gather.as_deref_mut());
+                let gather = weights.gather.as_deref_mut();
+                result = self.gather_unit(range, *buf, &mut staged, gather);
+                if result.is_err() {
+                    break;
+                }
+                continue;
+            }
+            if let Step::AwaitWeights(range) = step {
+                result = self.await_unit(range, &mut staged, weights.awaits.as_deref_mut());
                 if result.is_err() {
                     break;
                 }
@@ -935,7 +994,10 @@ impl DeviceModel {
         {
             match step {
                 Step::Launches { label, launches } => self.launch_all(label, launches)?,
-                Step::Upload | Step::Optimizer | Step::GatherWeights { .. } => {}
+                Step::Upload
+                | Step::Optimizer
+                | Step::GatherWeights { .. }
+                | Step::AwaitWeights(_) => {}
                 Step::CrossEntropy => {
                     let (logits, loss) = (self.addr(ids.logits), self.addr(ids.loss_rows));
                     let launches = [
@@ -1054,15 +1116,55 @@ impl DeviceModel {
         on_ready: OnReady,
         gather: Option<&mut GatherUnit<'_, E>>,
     ) -> Result<f32, E> {
+        let hooks = WeightHooks {
+            gather,
+            awaits: None,
+        };
+        self.forward_backward_with(inputs, targets, grad_scale, on_ready, hooks)
+    }
+
+    /// [`DeviceModel::forward_backward`] with `--shard grad-op`'s wait for the weights
+    /// gathered after the last update: before each unit's first kernel of the forward
+    /// (embedding, layers 0.., final norm with the LM head), `awaits` may hand over the
+    /// unit's whole bf16 weights, which are written into the weights first. A micro-batch
+    /// with no counted target still makes every wait. `awaits` may be `None` when the
+    /// weights on the device are current.
+    ///
+    /// # Errors
+    /// As [`DeviceModel::forward_backward`], [`ModelError::ShapeMismatch`] for handed-over
+    /// weights of another length than the unit's, and whatever `awaits` returns.
+    pub fn forward_backward_awaited<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        on_ready: OnReady,
+        awaits: Option<&mut AwaitUnit<'_, E>>,
+    ) -> Result<f32, E> {
+        let hooks = WeightHooks {
+            gather: None,
+            awaits,
+        };
+        self.forward_backward_with(inputs, targets, grad_scale, on_ready, hooks)
+    }
+
+    fn forward_backward_with<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+        on_ready: OnReady,
+        hooks: WeightHooks<'_, '_, E>,
+    ) -> Result<f32, E> {
         let mut info = self.upload_batch(inputs, targets)?;
         if info.num_valid == 0 {
             // No target counts: loss 0 and a zero gradient, as on the CPU.
-            self.run_steps(0..self.optimizer, &info, None, gather, false)?;
+            self.run_steps(0..self.optimizer, &info, None, hooks, false)?;
             self.ready_unchanged(on_ready)?;
             return Ok(0.0);
         }
         info.grad_scale = grad_scale;
-        self.run_steps(0..self.optimizer, &info, on_ready, gather, true)?;
+        self.run_steps(0..self.optimizer, &info, on_ready, hooks, true)?;
         Ok(self.read_loss()?)
     }
 
@@ -1085,9 +1187,40 @@ impl DeviceModel {
         targets: &[u32],
         gather: Option<&mut GatherUnit<'_, E>>,
     ) -> Result<f32, E> {
+        let hooks = WeightHooks {
+            gather,
+            awaits: None,
+        };
+        self.loss_with(inputs, targets, hooks)
+    }
+
+    /// [`DeviceModel::loss`] with `--shard grad-op`'s wait for gathered weights (the
+    /// forward's units, as [`DeviceModel::forward_backward_awaited`]).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::forward_backward_awaited`].
+    pub fn loss_awaited<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        awaits: Option<&mut AwaitUnit<'_, E>>,
+    ) -> Result<f32, E> {
+        let hooks = WeightHooks {
+            gather: None,
+            awaits,
+        };
+        self.loss_with(inputs, targets, hooks)
+    }
+
+    fn loss_with<E: From<ModelError>>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        hooks: WeightHooks<'_, '_, E>,
+    ) -> Result<f32, E> {
         let info = self.upload_batch(inputs, targets)?;
         let launch = info.num_valid > 0;
-        self.run_steps(0..self.forward_end, &info, None, gather, launch)?;
+        self.run_steps(0..self.forward_end, &info, None, hooks, launch)?;
         if !launch {
             return Ok(0.0);
         }

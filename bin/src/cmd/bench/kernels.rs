@@ -244,7 +244,8 @@ impl Case {
             | Work::Matmul(_)
             | Work::UploadBatch { .. }
             | Work::GradsReady(_)
-            | Work::GatherWeights(_) => Vec::new(),
+            | Work::GatherWeights(_)
+            | Work::AwaitWeights(_) => Vec::new(),
         }
     }
 }

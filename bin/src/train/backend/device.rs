@@ -7,8 +7,20 @@
 //! the device's gradient buffer at the shard's offset: the norm partials and
 //! AdamW read nothing else. The norm's chunk partials of every rank are
 //! gathered in rank order (the unsharded norm's bits), AdamW updates the
-//! shard's master weights, moments and bf16 weights, and the bf16 shards are
-//! all-gathered into every rank's whole bf16 copy before the next forward.
+//! shard's master weights, moments and bf16 weights. Then the rank reads its
+//! updated bf16 shard to the host and starts one bf16 gather per unit (the
+//! embedding, each layer, the head: `DeviceModel::units`), in forward order,
+//! all before any bucket of the next step, so every rank queues them at the
+//! same place among its engine calls. The step program has an "await unit
+//! weights" operation before each unit's first kernel of the forward (and so
+//! of validation): there this backend waits for that unit's gather and the
+//! model writes the whole unit into its bf16 weights; with none pending (later
+//! micro-batches, a second validation batch, the first step after a load) the
+//! device's weights are current and nothing is done. The later units' gathers
+//! thus run while the earlier units compute (on `cuda`, whose launches are
+//! asynchronous). Their bytes and waits count in the next step's `CommStats`.
+//! Only the forward reads the whole bf16 weights; a checkpoint reads the
+//! shard's master weights and moments, which are final after the optimizer.
 //! Every element is summed on its owner in the same order under `none` and
 //! `grad-op`, so both train the same bits at the same world size.
 //!
@@ -26,7 +38,7 @@
 
 use std::ops::Range;
 
-use frugal_comm::{CommStats, ShardMode, Shards};
+use frugal_comm::{CommStats, ShardMode, Shards, Ticket};
 use frugal_model::config::ParamLayout;
 use frugal_model::device::DeviceModel;
 use frugal_model::error::ModelError;
@@ -56,13 +68,17 @@ struct GradOp {
     shard: Range<usize>,
     /// Norm chunks (`NORM_CHUNK` elements) of each rank's shard, in rank order.
     chunks_per_rank: Vec<usize>,
-    /// The bf16 all-gather's chunks: the shards' bounds, in bytes.
-    byte_bounds: Vec<usize>,
     /// This rank's averaged gradients, from the reduce-scatter.
     grads: Vec<f32>,
-    /// The whole bf16 weights: this rank's updated shard, then every rank's
-    /// (grad-op only; `full` gathers unit by unit).
+    /// grad-op: this rank's updated bf16 shard, read after the optimizer and
+    /// sent in the units' gathers.
     weights: Vec<half::bf16>,
+    /// grad-op: the units' weight gathers started after the last optimizer
+    /// step and not yet waited for, in forward order (embedding, layers 0..,
+    /// head).
+    pending: Vec<(Range<usize>, Ticket)>,
+    /// grad-op: the units (forward order) whose weights are gathered.
+    units: Vec<Range<usize>>,
     /// `--shard full`: the bf16 weights are gathered per unit before use.
     full: bool,
     /// `--shard full`: the gathered unit (its buffer reused by the next gather).
@@ -70,7 +86,7 @@ struct GradOp {
 }
 
 impl GradOp {
-    fn new(shards: &Shards, rank: usize, full: bool) -> GradOp {
+    fn new(shards: &Shards, rank: usize, full: bool, units: Vec<Range<usize>>) -> GradOp {
         let world = shards.world();
         let shard = shards.range(rank);
         GradOp {
@@ -79,16 +95,55 @@ impl GradOp {
             chunks_per_rank: (0..world)
                 .map(|r| norm_parts(shards.range(r).len()))
                 .collect(),
-            byte_bounds: shards.bounds().iter().map(|b| b * 2).collect(),
             grads: vec![0.0; shard.len()],
             weights: if full {
                 Vec::new()
             } else {
-                vec![half::bf16::ZERO; shards.len()]
+                vec![half::bf16::ZERO; shard.len()]
             },
+            pending: Vec::new(),
+            units: if full { Vec::new() } else { units },
             shard,
         }
     }
+
+    /// grad-op: the model asks for unit `range`'s weights before its forward.
+    /// A gather of it pending since the last update is waited for and its
+    /// values go to `w` (true: the model writes them over the unit); none
+    /// pending (later micro-batches, a second validation batch, the first step
+    /// after a load), the device's weights are current (false).
+    fn await_unit(
+        pending: &mut Vec<(Range<usize>, Ticket)>,
+        sync: &mut GradSync,
+        range: Range<usize>,
+        w: &mut Vec<half::bf16>,
+    ) -> Result<bool, CliError> {
+        let Some(at) = pending.iter().position(|(r, _)| *r == range) else {
+            return Ok(false);
+        };
+        let (_, ticket) = pending.remove(at);
+        sync.wait_gather_bf16(ticket, w)?;
+        check_unit_len(&range, range.len(), w.len())?;
+        Ok(true)
+    }
+}
+
+/// A gathered unit of `found` values where `expected` were asked for.
+fn check_unit_len(range: &Range<usize>, expected: usize, found: usize) -> Result<(), CliError> {
+    if expected == found {
+        return Ok(());
+    }
+    Err(CliError::In {
+        context: format!("gathering weights {}..{}", range.start, range.end),
+        source: Box::new(
+            ModelError::ShapeMismatch {
+                what: "gathered unit weights",
+                expected,
+                found,
+            }
+            .into(),
+        ),
+    })
 }
 
 impl DeviceStep {
@@ -122,19 +177,7 @@ fn gather_unit(
         &w[own.start - range.start..own.end - range.start],
     )?;
     sync.wait_gather_bf16(ticket, unit)?;
-    if unit.len() != w.len() {
-        return Err(CliError::In {
-            context: format!("gathering weights {}..{}", range.start, range.end),
-            source: Box::new(
-                ModelError::ShapeMismatch {
-                    what: "gathered unit weights",
-                    expected: w.len(),
-                    found: unit.len(),
-                }
-                .into(),
-            ),
-        });
-    }
+    check_unit_len(&range, w.len(), unit.len())?;
     w.copy_from_slice(unit);
     Ok(())
 }
@@ -204,7 +247,7 @@ impl DeviceStep {
                 ),
             });
         }
-        self.sharded = Some(GradOp::new(shards, rank, full));
+        self.sharded = Some(GradOp::new(shards, rank, full, self.model.units()));
         Ok(())
     }
 }
@@ -253,6 +296,27 @@ impl StepBackend for DeviceStep {
                 grad_scale,
                 if hand_over { Some(&mut ready) } else { None },
                 Some(&mut gather),
+            );
+        }
+        if let Some(g) = self.sharded.as_mut() {
+            // grad-op: each unit's forward waits for its gather (started after
+            // the last update), sharing the sync with the hand-over as above.
+            let sync = std::cell::RefCell::new(sync);
+            let handed_over = &mut self.handed_over;
+            let mut ready = |range: Range<usize>, values: &[f32]| {
+                *handed_over += range.len();
+                sync.borrow_mut().ready(range, values);
+            };
+            let pending = &mut g.pending;
+            let mut awaits = |range: Range<usize>, w: &mut Vec<half::bf16>| {
+                GradOp::await_unit(pending, &mut sync.borrow_mut(), range, w)
+            };
+            return self.model.forward_backward_awaited(
+                inputs,
+                targets,
+                grad_scale,
+                if hand_over { Some(&mut ready) } else { None },
+                Some(&mut awaits),
             );
         }
         // One rank: no hook, so the gradients never leave the device.
@@ -335,15 +399,20 @@ impl StepBackend for DeviceStep {
         }
         let shard = g.shard.clone();
         self.model
-            .read_weights(shard.clone(), &mut g.weights[shard.clone()])
+            .read_weights(shard.clone(), &mut g.weights)
             .map_err(|e| device_failed("reading this rank's updated bf16 weights", e))?;
-        sync.gather_weight_bytes(bytemuck::cast_slice_mut(&mut g.weights), &g.byte_bounds)?;
-        // The other ranks' shards; this rank's is on the device already.
-        let n = self.n_params;
-        for range in [0..shard.start, shard.end..n] {
-            self.model
-                .write_weights(range.clone(), &g.weights[range])
-                .map_err(|e| device_failed("writing the gathered bf16 weights", e))?;
+        // One gather per unit, in forward order, all started now: before any
+        // bucket of the next step, so every rank queues them at the same place
+        // among its engine calls. The next forward waits for each just before
+        // its unit's first kernel; the later units' gathers run meanwhile.
+        // (Gathers of the previous update are all redeemed by now: the forward
+        // of every step takes every unit.)
+        for range in &g.units {
+            let lo = range.start.clamp(shard.start, shard.end);
+            let hi = range.end.clamp(lo, shard.end);
+            let mine = &g.weights[lo - shard.start..hi - shard.start];
+            let ticket = sync.start_gather_bf16(range.clone(), mine)?;
+            g.pending.push((range.clone(), ticket));
         }
         Ok(norm)
     }
@@ -361,6 +430,13 @@ impl StepBackend for DeviceStep {
                 gather_unit(sync, &shard, range, w, unit)
             };
             return self.model.loss_gathered(inputs, targets, Some(&mut gather));
+        }
+        if let Some(g) = self.sharded.as_mut() {
+            let pending = &mut g.pending;
+            let mut awaits = |range: Range<usize>, w: &mut Vec<half::bf16>| {
+                GradOp::await_unit(pending, sync, range, w)
+            };
+            return self.model.loss_awaited(inputs, targets, Some(&mut awaits));
         }
         self.model.loss(inputs, targets).map_err(CliError::from)
     }

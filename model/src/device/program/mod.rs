@@ -74,6 +74,11 @@ pub(crate) enum OpKind {
     /// whole from every rank's shard, go into gather buffer `buf` before the unit's first
     /// launch of a pass.
     GatherWeights { range: Range<usize>, buf: usize },
+    /// `--shard grad-op`: the whole bf16 weights of unit `range` (a flat parameter range)
+    /// must be current before the unit's first launch of the forward: the other ranks'
+    /// updated shards, gathered after the last optimizer step, may still be on their way
+    /// and are written over the unit's place in the weights here.
+    AwaitWeights(Range<usize>),
     /// Gradient norm, clip scale and AdamW; lr and the step count change per call.
     Optimizer,
 }
@@ -130,6 +135,10 @@ pub enum Work {
     /// `--shard full`: this unit's bf16 weights are gathered from the ranks' shards into a
     /// gather buffer (host-staged; see [`super::DeviceModel`]'s module docs).
     GatherWeights(Range<usize>),
+    /// `--shard grad-op`: this unit's bf16 weights, gathered since the last update, are
+    /// waited for and written into the whole weights (host-staged; see
+    /// [`super::DeviceModel`]'s module docs).
+    AwaitWeights(Range<usize>),
     /// Gradient norm, clip and AdamW over `params` parameters.
     Optimizer { params: usize },
 }
@@ -325,6 +334,9 @@ struct Ctx<'a> {
     rope: RopeAt,
     /// `--shard full`: the two gather buffers the units' weights alternate between.
     gather: Option<[usize; 2]>,
+    /// `--shard grad-op` at several ranks: each unit's forward waits for its gathered
+    /// weights ([`Ctx::await_unit`]).
+    awaits: bool,
     /// `--shard full`: (gather buffer, first parameter) of the unit the operations being
     /// recorded read their weights from ([`Ctx::unit`] sets it).
     bound: Cell<Option<(usize, usize)>>,
@@ -358,6 +370,19 @@ impl Ctx<'_> {
             let kind = OpKind::GatherWeights { range, buf };
             bld.host("gather unit weights", work, kind, vec![buf, self.weights]);
         }
+    }
+
+    /// `--shard grad-op` (nothing otherwise): before the forward's first launch of unit
+    /// `range`, an operation makes its whole bf16 weights current. Only the forward: the
+    /// backward runs after it in the same micro-batch, and validation runs the forward.
+    /// It names only the persistent weights, so the arena plan is the same as without it.
+    fn await_unit(&self, bld: &mut Builder, range: Range<usize>) {
+        if !self.awaits {
+            return;
+        }
+        let work = Work::AwaitWeights(range.clone());
+        let kind = OpKind::AwaitWeights(range);
+        bld.host("await unit weights", work, kind, vec![self.weights]);
     }
 
     /// Where tensor `ts` is in the f32 gradients.
@@ -515,6 +540,7 @@ pub(crate) fn build(
         grads,
         rope,
         gather,
+        awaits: opts.sharding.shards_optimizer() && !opts.sharding.shards_weights(),
         bound: Cell::new(None),
     };
 
@@ -526,16 +552,19 @@ pub(crate) fn build(
         fnorm.offset..lm.offset + lm.len()
     };
     cx.unit(&mut bld, layout.tok_embedding().range(), 0, true);
+    cx.await_unit(&mut bld, layout.tok_embedding().range());
     let (tokens, x0) = head::embed(&mut bld, &cx)?;
     let mut saved = Vec::with_capacity(cfg.n_layers);
     let mut stream = (x0, None);
     for l in 0..cfg.n_layers {
         cx.unit(&mut bld, layout.layer_range(l), l + 1, true);
+        cx.await_unit(&mut bld, layout.layer_range(l));
         let (next, s) = layer::forward(&mut bld, &cx, l, stream)?;
         stream = next;
         saved.push(s);
     }
     cx.unit(&mut bld, head_range.clone(), l_count + 1, true);
+    cx.await_unit(&mut bld, head_range.clone());
     let h = head::head_and_loss(&mut bld, &cx, stream, tokens.targets, loss_mean)?;
     let forward_end = bld.ops.len();
 
