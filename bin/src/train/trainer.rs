@@ -994,30 +994,13 @@ mod tests {
         ] {
             assert!(line.contains(needle), "'{needle}' missing in {line}");
         }
-    }
-
-    #[test]
-    fn a_multi_rank_line_says_the_wait_and_the_bytes_sent() {
-        let devices = Devices {
-            world: 2,
-            rank: 0,
-            label: "2 cpu ranks".into(),
-            peak_flops: None,
-            timing: TimingSource::HostClock,
-        };
-        let price = Price {
-            per_hour: None,
-            units: PriceUnits::Usd,
-            source: PriceSource::Unknown,
-        };
+        // A multi-rank step says its communication wait and the bytes it sent.
+        assert!(!line.contains("comm wait"), "{line}");
         let mut r = report(None, None);
         r.comm_wait_ms = Some(3.2);
         r.comm_sent_bytes = Some(2 << 20);
         let line = r.line(10, &devices, &price);
         assert!(line.contains("| comm wait 3 ms, sent 2.0 MiB |"), "{line}");
-        assert!(!report(None, None)
-            .line(10, &devices, &price)
-            .contains("comm wait"));
     }
 
     #[test]

@@ -261,6 +261,11 @@ pub struct DeviceModel {
     /// (`0..P` unless [`StepOptions::sharding`] shards the optimizer; see
     /// [`DeviceModel::set_rank`]).
     shard: Range<usize>,
+    /// `--shard full`: this rank's bf16 weights as last written (by `set_state`'s cast
+    /// and by each AdamW step), kept on the host so that a unit's gather takes this
+    /// rank's part without reading the device, which would wait for the kernels in
+    /// flight: on `cuda` the next unit's gather then overlaps the current unit's kernels.
+    own_bf16: Vec<half::bf16>,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -493,6 +498,7 @@ impl DeviceModel {
             optimizer,
             step: 0,
             shard: options.sharding.range(cfg.param_count(), 0),
+            own_bf16: Vec::new(),
         };
         model.upload_tables()?;
         Ok(model)
@@ -698,7 +704,21 @@ impl DeviceModel {
             self.zero_grads()?;
         }
         self.step = step;
-        Ok(())
+        self.refresh_own_bf16()
+    }
+
+    /// `--shard full`: reads this rank's bf16 weights into the host copy the unit
+    /// gathers take their part from (nothing otherwise).
+    fn refresh_own_bf16(&mut self) -> Result<(), ModelError> {
+        if !self.options.sharding.shards_weights() {
+            return Ok(());
+        }
+        let mut own = std::mem::take(&mut self.own_bf16);
+        own.clear();
+        own.resize(self.shard.len(), half::bf16::ZERO);
+        let read = self.read_weights(self.shard.clone(), &mut own);
+        self.own_bf16 = own;
+        read
     }
 
     /// Downloads (master weights, m, v) of this rank's shard ([`DeviceModel::shard`]; the
@@ -788,7 +808,14 @@ impl DeviceModel {
             self.weights_offset(range.start),
             values,
             "writing the bf16 weights",
-        )
+        )?;
+        if self.options.sharding.shards_weights() && !range.is_empty() {
+            let at = range.start - self.shard.start..range.end - self.shard.start;
+            if let Some(own) = self.own_bf16.get_mut(at) {
+                own.copy_from_slice(values);
+            }
+        }
+        Ok(())
     }
 
     /// Byte offset of parameter `i` in the bf16 weights buffer (which holds only the
@@ -898,7 +925,11 @@ impl DeviceModel {
         let own = range.start.max(self.shard.start)..range.end.min(self.shard.end);
         if !own.is_empty() {
             let at = own.start - range.start..own.end - range.start;
-            self.read_weights(own.clone(), &mut host[at])?;
+            let mine = own.start - self.shard.start..own.end - self.shard.start;
+            match self.own_bf16.get(mine) {
+                Some(values) => host[at].copy_from_slice(values),
+                None => self.read_weights(own.clone(), &mut host[at])?,
+            }
         }
         gather(range.clone(), host)?;
         let off = self.offsets[buf] as usize;
@@ -1406,6 +1437,7 @@ impl DeviceModel {
             self.launch_all("AdamW", &[launch])?;
         }
         self.step += 1;
+        self.refresh_own_bf16()?;
         Ok(value)
     }
 }
