@@ -18,7 +18,8 @@
 #                                       frugal-runtime.device_kernels (every kernel
 #                                       family vs the host references, FRUGAL_TEST_DEVICE),
 #                                       frugal-model.device_step (the training step vs
-#                                       the CPU model), frugal-runtime.cuda and
+#                                       the CPU model) and .device_sharded (grad-op and
+#                                       full, bitwise), frugal-runtime.cuda and
 #                                       .cuda_missing, frugal-comm.nccl and .ddp
 #   gpu-bin/ptxas                       only with WITH_PTXAS=1 (the GPU machine's
 #                                       CUDA toolkit has its own, found on PATH)
@@ -35,7 +36,7 @@ cd "$root"
 profile="${PROFILE:-release}"
 out="$root/gpu-bin"
 # Keep in step with gpu-check.sh: the test binaries that exercise a GPU.
-gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.device_step|frugal-comm\.(nccl|ddp))\$}"
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.(device_step|device_sharded)|frugal-comm\.(nccl|ddp))\$}"
 if [ "${ALL_TESTS:-0}" = 1 ]; then
   packages=(--workspace)
 else

@@ -111,7 +111,7 @@ run() {
 run doctor 60 "$bin/frugal" doctor
 
 # 2. Tests on the device.
-gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.device_step|frugal-comm\.(nccl|ddp))\$}"
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.(device_step|device_sharded)|frugal-comm\.(nccl|ddp))\$}"
 threads="${TEST_THREADS:-4}"
 skipped=0
 # The kernel tests first (the most telling minutes), then the step, then the rest.
