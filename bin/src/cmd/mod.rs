@@ -8,4 +8,5 @@ pub mod data;
 pub mod doctor;
 pub mod kernels;
 pub mod launch;
+pub mod sweep;
 pub mod train;
