@@ -42,9 +42,18 @@ pub struct DeviceFacts {
     pub bf16_dense_flops: f64,
     /// Default price of one GPU for one hour, in USD; override it.
     pub default_usd_per_gpu_hour: f64,
+    /// Where `default_usd_per_gpu_hour` comes from, for tables that cite it.
+    pub price_source: &'static str,
+    /// When that source listed the price (YYYY or YYYY-MM).
+    pub price_date: &'static str,
     /// The paper's relative price (A100-40GB = 1.00), where the paper has one.
     pub paper_price_units: Option<f64>,
 }
+
+/// The source of a default price that is a rounded typical figure rather than
+/// one provider's list price.
+pub const TYPICAL_CLOUD_PRICE: &str =
+    "typical on-demand price of one GPU at specialised GPU clouds (rounded)";
 
 const GIB: u64 = 1 << 30;
 const TFLOPS: f64 = 1e12;
@@ -60,6 +69,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 40 * GIB,
         bf16_dense_flops: 312.0 * TFLOPS,
         default_usd_per_gpu_hour: 1.29,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: Some(1.00),
     },
     DeviceFacts {
@@ -69,6 +80,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 80 * GIB,
         bf16_dense_flops: 312.0 * TFLOPS,
         default_usd_per_gpu_hour: 1.79,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: Some(1.46),
     },
     DeviceFacts {
@@ -78,6 +91,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 40 * GIB,
         bf16_dense_flops: 312.0 * TFLOPS,
         default_usd_per_gpu_hour: 1.19,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -87,6 +102,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 80 * GIB,
         bf16_dense_flops: 312.0 * TFLOPS,
         default_usd_per_gpu_hour: 1.59,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     // Ampere GA102: A10 (data centre), RTX 3090 (FP32-accumulate rate).
@@ -97,6 +114,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 24 * GIB,
         bf16_dense_flops: 125.0 * TFLOPS,
         default_usd_per_gpu_hour: 0.75,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -106,6 +125,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 24 * GIB,
         bf16_dense_flops: 71.0 * TFLOPS,
         default_usd_per_gpu_hour: 0.25,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     // Hopper (GH100). "H100 80GB HBM3" is the SXM5 part.
@@ -116,6 +137,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 80 * GIB,
         bf16_dense_flops: 989.4 * TFLOPS,
         default_usd_per_gpu_hour: 2.99,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: Some(2.53),
     },
     DeviceFacts {
@@ -125,6 +148,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 80 * GIB,
         bf16_dense_flops: 756.0 * TFLOPS,
         default_usd_per_gpu_hour: 2.49,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -134,6 +159,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 94 * GIB,
         bf16_dense_flops: 835.5 * TFLOPS,
         default_usd_per_gpu_hour: 2.79,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -143,6 +170,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 141 * GIB,
         bf16_dense_flops: 989.4 * TFLOPS,
         default_usd_per_gpu_hour: 3.79,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -152,6 +181,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 141 * GIB,
         bf16_dense_flops: 835.5 * TFLOPS,
         default_usd_per_gpu_hour: 3.49,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     // Ada Lovelace. L4/L40/L40S are data-centre parts (full-rate FP32
@@ -163,6 +194,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 24 * GIB,
         bf16_dense_flops: 121.0 * TFLOPS,
         default_usd_per_gpu_hour: 0.75,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -172,6 +205,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 48 * GIB,
         bf16_dense_flops: 181.0 * TFLOPS,
         default_usd_per_gpu_hour: 0.99,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -181,6 +216,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 48 * GIB,
         bf16_dense_flops: 362.05 * TFLOPS,
         default_usd_per_gpu_hour: 1.19,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -190,6 +227,8 @@ pub static DEVICES: &[DeviceFacts] = &[
         memory_bytes_nominal: 24 * GIB,
         bf16_dense_flops: 165.2 * TFLOPS,
         default_usd_per_gpu_hour: 0.49,
+        price_source: TYPICAL_CLOUD_PRICE,
+        price_date: "2025",
         paper_price_units: None,
     },
 ];
