@@ -66,8 +66,12 @@ pub struct PriceFlags {
 pub enum PriceSource {
     GpuHourFlag,
     Env,
+    /// The built-in table's entry: its label, and where and when its price
+    /// was listed.
     Table {
         label: &'static str,
+        source: &'static str,
+        date: &'static str,
     },
     PaperUnits {
         label: &'static str,
@@ -111,6 +115,49 @@ impl Price {
     }
 }
 
+impl Price {
+    /// The price of one device (one rank) for one hour: the job's price over
+    /// its `world` ranks. On the CPU a rank's device is its threads.
+    pub fn per_device_hour(&self, world: usize) -> Option<f64> {
+        self.per_hour.map(|p| p / world.max(1) as f64)
+    }
+
+    /// Where the price came from, as one line of text for files that cite it
+    /// (the metrics file's run line, a sweep's results).
+    pub fn source_text(&self) -> String {
+        match &self.source {
+            PriceSource::GpuHourFlag => "--price-per-gpu-hour".to_string(),
+            PriceSource::Env => format!("env {PRICE_ENV}"),
+            PriceSource::Table { label, source, .. } => {
+                format!("built-in table, {label}: {source}")
+            }
+            PriceSource::PaperUnits { label } => {
+                format!("the paper's relative prices (Ashkboos et al. 2024), {label}")
+            }
+            PriceSource::CoreHourFlag {
+                per_core_hour,
+                threads,
+            } => format!("--price-per-core-hour {per_core_hour} x {threads} threads of the job"),
+            PriceSource::CoreHourDefault {
+                per_core_hour,
+                threads,
+            } => format!(
+                "built-in CPU price {per_core_hour} usd/core-hour x {threads} threads of the job"
+            ),
+            PriceSource::Unknown => "unknown".to_string(),
+        }
+    }
+
+    /// When the source listed the price, where the source says: only the
+    /// built-in table's entries carry a date.
+    pub fn date(&self) -> Option<&'static str> {
+        match self.source {
+            PriceSource::Table { date, .. } => Some(date),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Price {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(per_hour) = self.per_hour else {
@@ -123,7 +170,9 @@ impl fmt::Display for Price {
         match &self.source {
             PriceSource::GpuHourFlag => write!(f, "--price-per-gpu-hour"),
             PriceSource::Env => write!(f, "env {PRICE_ENV}"),
-            PriceSource::Table { label } => write!(f, "the built-in table ({label}, a typical on-demand price)"),
+            PriceSource::Table { label, source, date } => {
+                write!(f, "the built-in table ({label}: {source}, {date})")
+            }
             PriceSource::PaperUnits { label } => write!(f, "the paper's relative prices ({label})"),
             PriceSource::CoreHourFlag { per_core_hour, threads } => {
                 write!(f, "--price-per-core-hour {per_core_hour} x {threads} threads")
@@ -225,7 +274,11 @@ pub fn resolve_price(
                 (Some(f), PriceUnits::Usd) => Ok(Price {
                     per_hour: Some(f.default_usd_per_gpu_hour * n),
                     units,
-                    source: PriceSource::Table { label: f.label },
+                    source: PriceSource::Table {
+                        label: f.label,
+                        source: f.price_source,
+                        date: f.price_date,
+                    },
                 }),
                 (Some(DeviceFacts { paper_price_units: Some(p), label, .. }), PriceUnits::Paper) => {
                     Ok(Price { per_hour: Some(p * n), units, source: PriceSource::PaperUnits { label } })
@@ -328,6 +381,37 @@ mod tests {
             p.per_hour,
             h100.and_then(|f| f.paper_price_units).map(|u| u * 2.0)
         );
+    }
+
+    #[test]
+    fn the_table_price_cites_its_source_and_date_per_device() {
+        let a100 = lookup("NVIDIA A100-SXM4-80GB").unwrap();
+        let dev = PricedDevice::Gpu {
+            name: a100.name,
+            facts: Some(a100),
+            count: 4,
+        };
+        let p = resolve_price(flags(None, None, PriceUnits::Usd), None, dev).unwrap();
+        assert_eq!(p.per_device_hour(4), Some(a100.default_usd_per_gpu_hour));
+        assert!(
+            p.source_text().contains(a100.price_source),
+            "{}",
+            p.source_text()
+        );
+        assert!(p.source_text().contains(a100.label), "{}", p.source_text());
+        assert_eq!(p.date(), Some(a100.price_date));
+        assert!(p.to_string().contains(a100.price_date), "{p}");
+        let flag = resolve_price(flags(Some(2.0), None, PriceUnits::Usd), None, dev).unwrap();
+        assert_eq!((flag.per_device_hour(4), flag.date()), (Some(2.0), None));
+        assert_eq!(flag.source_text(), "--price-per-gpu-hour");
+        // The CPU: one rank's threads at the core price.
+        let cpu = resolve_price(
+            flags(None, Some(0.5), PriceUnits::Usd),
+            None,
+            PricedDevice::Cpu { threads: 3 * 2 },
+        )
+        .unwrap();
+        assert_eq!(cpu.per_device_hour(2), Some(1.5));
     }
 
     #[test]

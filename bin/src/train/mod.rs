@@ -1,8 +1,10 @@
 //! `frugal train`: flags → checks → (dry run | training loop) → summary.
 //!
-//! - [`options`]: the flags, parsed and validated into `TrainOptions`.
+//! - [`options`]: the flags, parsed and validated into `TrainOptions`;
+//!   [`every`]: `--ckpt-every`/`--val-every`'s N, 0 or never.
 //! - [`cost`]: the price per hour, its source, money spent and tokens per dollar.
-//! - [`metrics`]: the log line and the JSON-lines metrics file.
+//! - [`metrics`]: the log line and the JSON-lines metrics file; [`run_line`]:
+//!   its first line, what ran and at what price.
 //! - [`progress`]: the progress indicator on a terminal.
 //! - [`snapshot`]: checkpoint policy: where they go, how many stay, which
 //!   one a resume starts from (the file format is the model crate's).
@@ -33,12 +35,14 @@ macro_rules! say_raw {
 
 pub mod backend;
 pub mod cost;
+pub mod every;
 pub mod metrics;
 pub mod optim;
 pub mod options;
 pub mod prepare;
 pub mod progress;
 pub mod run_dir;
+pub mod run_line;
 pub mod saver;
 pub mod signals;
 pub mod snapshot;
@@ -88,6 +92,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         timing,
         peak_flops,
         notes,
+        info,
     } = prepared;
 
     // From here on a signal stops training after a step, with a checkpoint.
@@ -177,6 +182,11 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         let (saver, metrics_file) = take_over_out(&opts, dir.path(), &identity)?;
         ctx.saver = Some(saver);
         metrics_out = metrics_file;
+        if let Some(m) = metrics_out.as_mut() {
+            // Before any step line: what ran, for a reader that files the run.
+            let tokens_per_step = opts.tokens_per_step_per_device() as u64 * world as u64;
+            m.write(&info.json(world, rank, tokens_per_step, &price))?;
+        }
     } else if sharded_saves(&opts, world) {
         // Every rank writes its own part of each sharded checkpoint.
         ctx.saver = Some(Saver::start_part_writer(
@@ -541,7 +551,14 @@ fn finish(
     let Some(signal) = stopped else {
         return Ok(());
     };
-    if leader {
+    if leader && opts.ckpt_every == every::Every::Never {
+        // Nothing to resume from: say so rather than print a resume command.
+        say!(
+            "stopped by {} after step {}; nothing was saved (--ckpt-every never)",
+            signals::name(signal),
+            summary.steps_done
+        );
+    } else if leader {
         say!(
             "stopped by {} after step {}; checkpoint {} holds it",
             signals::name(signal),
@@ -599,6 +616,7 @@ fn run_fields(opts: &TrainOptions, data_fingerprint: u64) -> Vec<(&'static str, 
     let c = &opts.config;
     let int = |name, v: usize| (name, v as u64, v.to_string());
     let float = |name, v: f64| (name, v.to_bits(), v.to_string());
+    let every = |name, v: every::Every| (name, v.bits(), v.to_string());
     vec![
         int("--vocab", c.vocab_size),
         int("--hidden", c.dim),
@@ -623,9 +641,9 @@ fn run_fields(opts: &TrainOptions, data_fingerprint: u64) -> Vec<(&'static str, 
             data_fingerprint,
             format!("{} (fingerprint {data_fingerprint:016x})", opts.data),
         ),
-        int("--val-every", opts.val_every),
+        every("--val-every", opts.val_every),
         int("--val-batches", opts.val_batches),
-        int("--ckpt-every", opts.ckpt_every),
+        every("--ckpt-every", opts.ckpt_every),
         int("--stop-after", opts.stop_after.unwrap_or(0)),
         (
             "--attention",
@@ -725,9 +743,9 @@ fn manifest(opts: &TrainOptions, id: &RunIdentity<'_>, out: &Path) -> serde_json
             "warmup": opts.warmup,
             "weight_decay": opts.weight_decay,
             "clip": opts.clip,
-            "val_every": opts.val_every,
+            "val_every": opts.val_every.json(),
             "val_batches": opts.val_batches,
-            "ckpt_every": opts.ckpt_every,
+            "ckpt_every": opts.ckpt_every.json(),
             "keep": opts.keep,
             "attention": opts.attention.to_string(),
             "attention_dq": options::dq_name(opts.attention_dq),

@@ -15,6 +15,7 @@ use frugal_runtime::device::DeviceSpec;
 use crate::flags::UsageError;
 use crate::flags::{path, text};
 use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
+pub use crate::train::every::Every;
 
 /// The preset `frugal train` uses when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "tiny";
@@ -153,11 +154,11 @@ pub struct TrainOptions {
     pub threads: usize,
     /// Checkpoints kept in `out`.
     pub keep: usize,
-    /// Validate every N steps (0 = only at the end).
-    pub val_every: usize,
+    /// When to validate (`--val-every N|0|never`).
+    pub val_every: Every,
     pub val_batches: usize,
-    /// Checkpoint every N steps (0 = only at the end).
-    pub ckpt_every: usize,
+    /// When to checkpoint (`--ckpt-every N|0|never`).
+    pub ckpt_every: Every,
 }
 
 /// `frugal train`'s flags, as given; [`TrainOptions::from_flags`] checks them
@@ -280,9 +281,10 @@ pub struct TrainFlags {
     #[arg(long, value_name = "DIR", value_parser = path(), help_heading = "checkpoints and output")]
     pub out: Option<PathBuf>,
     /// checkpoint every N steps; 0 = only at the end (default steps/4); written
-    /// in the background; SIGINT/SIGTERM also save and stop
-    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output")]
-    pub ckpt_every: Option<usize>,
+    /// in the background; SIGINT/SIGTERM also save and stop. never = no
+    /// checkpoint at all (a signal then stops without saving)
+    #[arg(long, value_name = "N|never", value_parser = text::<Every>(), help_heading = "checkpoints and output")]
+    pub ckpt_every: Option<Every>,
     #[arg(long, value_name = "K", value_parser = text::<usize>(), help_heading = "checkpoints and output",
           help = format!("this run's checkpoints kept in --out (default {DEFAULT_KEEP}); other \
                           runs' are moved to --out/replaced/, never deleted"))]
@@ -294,9 +296,10 @@ pub struct TrainFlags {
     /// write one JSON object per line: steps, val losses, a summary
     #[arg(long, value_name = "FILE", value_parser = path(), help_heading = "checkpoints and output")]
     pub metrics: Option<PathBuf>,
-    /// validation loss every N steps; 0 = only at the end (default steps/5)
-    #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output")]
-    pub val_every: Option<usize>,
+    /// validation loss every N steps; 0 = only at the end (default steps/5);
+    /// never = no validation at all
+    #[arg(long, value_name = "N|never", value_parser = text::<Every>(), help_heading = "checkpoints and output")]
+    pub val_every: Option<Every>,
     #[arg(long, value_name = "N", value_parser = text::<usize>(), help_heading = "checkpoints and output",
           help = format!("batches per validation (default {DEFAULT_VAL_BATCHES})"))]
     pub val_batches: Option<usize>,
@@ -465,12 +468,12 @@ impl TrainOptions {
             )));
         }
         let keep = positive("keep", args.keep.unwrap_or(DEFAULT_KEEP))?;
-        let val_every = args.val_every.unwrap_or((steps / 5).max(1));
+        let val_every = args.val_every.unwrap_or(Every::Steps((steps / 5).max(1)));
         let val_batches = positive(
             "val-batches",
             args.val_batches.unwrap_or(DEFAULT_VAL_BATCHES),
         )?;
-        let ckpt_every = args.ckpt_every.unwrap_or((steps / 4).max(1));
+        let ckpt_every = args.ckpt_every.unwrap_or(Every::Steps((steps / 4).max(1)));
 
         let out = out_flag(&mut args, &model, seed, &overrides, &config)?;
 
@@ -1006,6 +1009,8 @@ mod tests {
             "--hidden 4194304 --heads 1",
             "--batch 1000000 --seq 65536",
             "--warmup 1000 --steps 10",
+            "--ckpt-every nevr",
+            "--val-every -1",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
@@ -1024,6 +1029,32 @@ mod tests {
             msg.contains("deterministic") && msg.contains("atomic"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn ckpt_and_val_every_take_steps_zero_and_never() {
+        let d = parse("--steps 20").unwrap();
+        assert_eq!(
+            (d.ckpt_every, d.val_every),
+            (Every::Steps(5), Every::Steps(4))
+        );
+        let z = parse("--ckpt-every 0 --val-every 0").unwrap();
+        assert_eq!((z.ckpt_every, z.val_every), (Every::AtEnd, Every::AtEnd));
+        let n = parse("--ckpt-every never --val-every never").unwrap();
+        assert_eq!((n.ckpt_every, n.val_every), (Every::Never, Every::Never));
+        assert!(
+            n.describe().contains("ckpt-every: never") && n.describe().contains("val-every: never"),
+            "{}",
+            n.describe()
+        );
+        // A typo names the flag and what it takes.
+        let e = parse("--ckpt-every nevr").unwrap_err();
+        assert!(
+            e.contains("--ckpt-every 'nevr'") && e.contains("never"),
+            "{e}"
+        );
+        let e = parse("--val-every sometimes").unwrap_err();
+        assert!(e.contains("--val-every 'sometimes'"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::backend::{CpuStep, DeviceStep, StepBackend};
 use super::cost::{self, resolve_price, Price, PriceFlags, PricedDevice};
 use super::optim::{ADAM_EPS, BETA1, BETA2};
 use super::options::{self, TrainOptions};
+use super::run_line::RunInfo;
 use super::target;
 use crate::error::CliError;
 use crate::error::Context;
@@ -87,6 +88,8 @@ pub struct Prepared {
     pub peak_flops: Option<f64>,
     /// What the device ignores or does differently, said once at start.
     pub notes: Vec<String>,
+    /// The device, its plan and its capacity, for the metrics file's run line.
+    pub info: RunInfo,
 }
 
 /// The CPU backend: checks, by arithmetic, that the run fits in the memory this
@@ -121,6 +124,11 @@ pub fn prepare_cpu(
         return Ok(None);
     }
     fits?;
+    let info = RunInfo::cpu(
+        opts.threads,
+        host.fixed().saturating_add(activations as u64),
+        frugal_runtime::host::memory_limit().map(|l| l.bytes),
+    );
     // Fallible: a size the host still refuses is an error naming its bytes, not an abort.
     let model = CpuModel::new(cfg, opts.batch, cfg.seq_len, opts.threads).context("model")?;
     let layout = ParamLayout::new(&opts.config);
@@ -132,6 +140,7 @@ pub fn prepare_cpu(
         // No table of CPU peaks: MFU on the CPU is "unknown", never a guess.
         peak_flops: None,
         notes: cpu_notes(opts),
+        info,
     }))
 }
 
@@ -201,6 +210,7 @@ pub fn prepare_gpu(
         );
     }
     let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
+    let info = RunInfo::gpu(&device, planned.plan.peak_bytes, planned.available);
     let hyper = OptimHyper {
         beta1: BETA1,
         beta2: BETA2,
@@ -228,6 +238,7 @@ pub fn prepare_gpu(
         },
         peak_flops,
         notes,
+        info,
     }))
 }
 

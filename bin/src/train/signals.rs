@@ -1,7 +1,7 @@
 //! SIGINT and SIGTERM while training. Cloud spot and preemptible instances
 //! send SIGTERM and give 30–120 s: the first signal asks the loop to finish
-//! the step it is in, save a checkpoint and exit 130 (SIGINT) or 143
-//! (SIGTERM); a second one exits at once (checkpoints are written to a
+//! the step it is in, save a checkpoint (none with `--ckpt-every never`) and
+//! exit 130 (SIGINT) or 143 (SIGTERM); a second one exits at once (checkpoints are written to a
 //! temporary name and renamed, so the last complete one stays valid).
 //!
 //! A Ctrl-C on a terminal reaches every process of the foreground group, and

@@ -30,6 +30,7 @@ use super::metrics::{duration, human, peak_rss_bytes, JsonObject, MetricsFile};
 use super::optim::{check_lengths, OptimState, ADAM_EPS, BETA1, BETA2};
 use super::options::TrainOptions;
 use super::progress::{Progress, ProgressMode};
+use super::run_line::device_in_use;
 use super::saver::{Saved, Saver};
 use super::signals;
 use super::snapshot;
@@ -174,6 +175,12 @@ pub struct RunSummary {
     pub shard: ShardMode,
     /// This process's peak resident memory, when the OS says (Linux's VmHWM).
     pub peak_rss: Option<u64>,
+    /// GPU/emu: the most device memory in use after any step of this run
+    /// ([`device_in_use`]); `None` on the CPU.
+    pub device_peak: Option<u64>,
+    /// Multi-rank jobs: milliseconds this rank's steps waited on
+    /// communication, summed over this run's steps; `None` on one rank.
+    pub comm_wait_ms_total: Option<f64>,
 }
 
 /// Everything the loop needs, built by `train::run`.
@@ -228,7 +235,8 @@ pub struct RunContext {
 pub enum Outcome {
     /// It reached its last step.
     Completed(RunSummary),
-    /// A signal stopped it after a step, with a checkpoint of that step.
+    /// A signal stopped it after a step, with a checkpoint of that step
+    /// (none with `--ckpt-every never`).
     Stopped { summary: RunSummary, signal: i32 },
 }
 
@@ -325,10 +333,11 @@ impl Trainer<'_> {
             let stop = self.sync.stop_agreed();
             let is_last = done == lp.last_step || stop.is_some();
             // A stop skips validation: the instance may have seconds left.
-            if stop.is_none() && (every(opts.val_every, done) || is_last) {
+            if stop.is_none() && opts.val_every.falls_on(done, is_last) {
                 self.evaluate(&mut lp, &mut state, done, metrics)?;
             }
-            if every(opts.ckpt_every, done) || is_last {
+            // `--ckpt-every never` saves nothing, not even at a stop.
+            if opts.ckpt_every.falls_on(done, is_last) {
                 self.checkpoint(&mut lp, &state, done, ctx, metrics)?;
             }
             if let Some(s) = ctx.saver.as_mut() {
@@ -421,6 +430,8 @@ impl Trainer<'_> {
             last_loss: None,
             measured_tokens: 0,
             measured_s: 0.0,
+            device_peak: None,
+            comm_wait_ms_total: None,
         })
     }
 
@@ -507,6 +518,10 @@ impl Trainer<'_> {
             .step_end(self.backend.device(), number)
             .with_context(|| format!("step {number}: stopping the profiler"))?;
         let report = self.report(lp, state, step, step_s, (loss, lr, norm), comm);
+        // After the step, while everything it allocated is still held.
+        if let Some(bytes) = device_in_use(self.backend.device()) {
+            lp.device_peak = Some(lp.device_peak.map_or(bytes, |p| p.max(bytes)));
+        }
         lp.progress.clear();
         if self.devices.rank == 0 {
             say!("{}", report.line(opts.steps, &self.devices, &self.price));
@@ -538,6 +553,9 @@ impl Trainer<'_> {
         }
         lp.first_loss.get_or_insert(loss);
         lp.last_loss = Some(loss);
+        if let Some(c) = comm {
+            *lp.comm_wait_ms_total.get_or_insert(0.0) += c.wait_ms;
+        }
         let tokens_per_s = tokens_per_step as f64 / step_s.max(1e-9);
         let spent = lp.meter.spent();
         let tokens =
@@ -720,13 +738,10 @@ impl Trainer<'_> {
             timing: self.devices.timing,
             shard: self.sync.shard_mode(),
             peak_rss: peak_rss_bytes(),
+            device_peak: lp.device_peak,
+            comm_wait_ms_total: lp.comm_wait_ms_total,
         }
     }
-}
-
-/// True when a periodic action with period `every` (0: never) falls on step `done`.
-fn every(every: usize, done: usize) -> bool {
-    every > 0 && done.is_multiple_of(every)
 }
 
 /// What the loop carries from step to step besides [`State`]: the schedule,
@@ -752,6 +767,10 @@ struct Loop {
     /// Tokens and seconds of this run's steps after the first.
     measured_tokens: u64,
     measured_s: f64,
+    /// GPU/emu: the most device memory seen in use after a step.
+    device_peak: Option<u64>,
+    /// Multi-rank jobs: the communication wait of this run's steps, summed.
+    comm_wait_ms_total: Option<f64>,
 }
 
 /// Holds every rank until the leader's save in flight (if any) is on disk,
@@ -881,6 +900,12 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
             crate::units::size(bytes)
         );
     }
+    if let Some(bytes) = s.device_peak {
+        text += &format!(
+            "  device memory  {} in use at most (this rank's device, after a step)\n",
+            crate::units::size(bytes)
+        );
+    }
     text += &format!(
         "  loss floor     {}\n",
         s.loss_floor
@@ -906,7 +931,9 @@ pub fn summary(s: &RunSummary, price: &Price) -> (String, JsonObject) {
         .opt_num("best_val_loss", s.best_val_loss)
         .opt_num("loss_floor", s.loss_floor)
         .string("shard", s.shard.name())
-        .opt_uint("peak_rss", s.peak_rss);
+        .opt_uint("peak_rss", s.peak_rss)
+        .opt_uint("device_peak_bytes", s.device_peak)
+        .opt_num("comm_wait_ms_total", s.comm_wait_ms_total);
     (text, obj)
 }
 
@@ -1050,6 +1077,8 @@ mod tests {
             timing: TimingSource::HostClock,
             shard: ShardMode::GradOp,
             peak_rss: Some(1 << 20),
+            device_peak: Some(3 << 30),
+            comm_wait_ms_total: None,
         };
         let price = Price {
             per_hour: Some(1.0),
@@ -1068,5 +1097,11 @@ mod tests {
             line.contains("\"shard\":\"grad-op\"") && line.contains("\"peak_rss\":1048576"),
             "{line}"
         );
+        assert!(
+            line.contains("\"device_peak_bytes\":3221225472")
+                && line.contains("\"comm_wait_ms_total\":null"),
+            "{line}"
+        );
+        assert!(text.contains("device memory  3.00 GiB"), "{text}");
     }
 }
