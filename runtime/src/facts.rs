@@ -15,13 +15,17 @@
 //! - `bf16_dense_flops`: NVIDIA's published peak dense (no 2:4 sparsity) BF16
 //!   tensor-core FLOP/s with FP32 accumulation, at boost clock. For GeForce
 //!   parts this is the FP32-accumulate figure, half of the FP16-accumulate one.
+//!   `None` where no figure is published (AWS's A10G).
 //! - `default_usd_per_gpu_hour`: a DEFAULT to override, with
-//!   `--price-per-gpu-hour X` or `FRUGAL_PRICE_PER_GPU_HOUR`. The values are
-//!   rounded, typical on-demand prices for one GPU at specialised GPU clouds
-//!   as listed in 2025-2026 (for example A100 80GB SXM about $1.5-2.5 and
-//!   H100 SXM about $2.5-4.0 per GPU-hour). Cloud prices drift and vary by
-//!   provider and region by a factor of two; treat them as placeholders that
-//!   make tokens/$ comparable between GPU types, not as a quote.
+//!   `--price-per-gpu-hour X` or `FRUGAL_PRICE_PER_GPU_HOUR`. Each entry names
+//!   its `price_source` (provider and product) and `price_date` (YYYY-MM, when
+//!   the listing was read): one provider's on-demand list price for one GPU-hour
+//!   (Lambda where it lists the GPU, else RunPod's Secure Cloud, AWS for the
+//!   A10G). Entries still marked [`TYPICAL_CLOUD_PRICE`] with the year only
+//!   are rounded typical figures for which no listing was found. Cloud prices
+//!   drift and vary by provider and region by a factor of two or more (the
+//!   same H100 SXM is listed from about $2.7 to over $10 per GPU-hour); they
+//!   make tokens/$ comparable between GPU types, they are not a quote.
 //! - `paper_price_units`: the relative prices of Ashkboos et al. 2024
 //!   (average of two clouds): A100-40GB 1.00, A100-80GB 1.46, H100-80GB 2.53,
 //!   used with `--price-units paper`. Only the three SXM parts the paper
@@ -38,8 +42,9 @@ pub struct DeviceFacts {
     pub sm: u32,
     /// Marketed memory capacity in bytes (GiB × 2^30); see the module notes.
     pub memory_bytes_nominal: u64,
-    /// Peak dense BF16 tensor-core FLOP/s (FP32 accumulate, no sparsity).
-    pub bf16_dense_flops: f64,
+    /// Peak dense BF16 tensor-core FLOP/s (FP32 accumulate, no sparsity);
+    /// `None` where NVIDIA publishes no figure (MFU is then "unknown").
+    pub bf16_dense_flops: Option<f64>,
     /// Default price of one GPU for one hour, in USD; override it.
     pub default_usd_per_gpu_hour: f64,
     /// Where `default_usd_per_gpu_hour` comes from, for tables that cite it.
@@ -55,6 +60,18 @@ pub struct DeviceFacts {
 pub const TYPICAL_CLOUD_PRICE: &str =
     "typical on-demand price of one GPU at specialised GPU clouds (rounded)";
 
+/// Lambda's on-demand price of a 1-GPU instance, per GPU-hour.
+const LAMBDA_1X: &str = "Lambda on-demand, 1-GPU instance (lambda.ai pricing page as transcribed by public price trackers)";
+/// Lambda lists these A100s only as 8-GPU instances; the price is per GPU-hour.
+const LAMBDA_8X_A100_40: &str = "Lambda on-demand, 8x A100 SXM 40 GB instance, per GPU (lambda.ai pricing page as transcribed by public price trackers)";
+const LAMBDA_8X_A100_80: &str = "Lambda on-demand, 8x A100 SXM 80 GB instance, per GPU (lambda.ai pricing page as transcribed by public price trackers)";
+/// RunPod's Secure Cloud (its own data centres; Community Cloud is cheaper).
+const RUNPOD_SECURE: &str =
+    "RunPod Secure Cloud on-demand, per GPU (runpod.io/pricing as transcribed by a public price tracker)";
+/// AWS sells the A10G only inside instances: g5.xlarge is one A10G with 4 vCPUs.
+const AWS_G5_XLARGE: &str =
+    "AWS EC2 on-demand g5.xlarge (1 A10G, 4 vCPU, Linux, us-east-1), whole instance, as quoted by a third-party EC2 pricing article";
+
 const GIB: u64 = 1 << 30;
 const TFLOPS: f64 = 1e12;
 
@@ -67,10 +84,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "A100-SXM-40GB",
         sm: 80,
         memory_bytes_nominal: 40 * GIB,
-        bf16_dense_flops: 312.0 * TFLOPS,
-        default_usd_per_gpu_hour: 1.29,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(312.0 * TFLOPS),
+        default_usd_per_gpu_hour: 1.99,
+        price_source: LAMBDA_8X_A100_40,
+        price_date: "2026-09",
         paper_price_units: Some(1.00),
     },
     DeviceFacts {
@@ -78,10 +95,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "A100-SXM-80GB",
         sm: 80,
         memory_bytes_nominal: 80 * GIB,
-        bf16_dense_flops: 312.0 * TFLOPS,
-        default_usd_per_gpu_hour: 1.79,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(312.0 * TFLOPS),
+        default_usd_per_gpu_hour: 2.79,
+        price_source: LAMBDA_8X_A100_80,
+        price_date: "2026-09",
         paper_price_units: Some(1.46),
     },
     DeviceFacts {
@@ -89,7 +106,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "A100-PCIe-40GB",
         sm: 80,
         memory_bytes_nominal: 40 * GIB,
-        bf16_dense_flops: 312.0 * TFLOPS,
+        bf16_dense_flops: Some(312.0 * TFLOPS),
         default_usd_per_gpu_hour: 1.19,
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
@@ -100,10 +117,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "A100-PCIe-80GB",
         sm: 80,
         memory_bytes_nominal: 80 * GIB,
-        bf16_dense_flops: 312.0 * TFLOPS,
+        bf16_dense_flops: Some(312.0 * TFLOPS),
         default_usd_per_gpu_hour: 1.59,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        price_source: RUNPOD_SECURE,
+        price_date: "2026-09",
         paper_price_units: None,
     },
     // Ampere GA102: A10 (data centre), RTX 3090 (FP32-accumulate rate).
@@ -112,10 +129,25 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "A10",
         sm: 86,
         memory_bytes_nominal: 24 * GIB,
-        bf16_dense_flops: 125.0 * TFLOPS,
-        default_usd_per_gpu_hour: 0.75,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(125.0 * TFLOPS),
+        default_usd_per_gpu_hour: 1.29,
+        price_source: LAMBDA_1X,
+        price_date: "2026-09",
+        paper_price_units: None,
+    },
+    // AWS's A10G (G5 instances): GA102 like the A10, sm_86, 24 GB GDDR6.
+    // Neither NVIDIA nor AWS publishes a tensor-core figure for it (AWS's G5
+    // page gives none; NVIDIA has no A10G data sheet), so its peak is unknown
+    // rather than borrowed from the A10, whose clocks and tensor rate differ.
+    DeviceFacts {
+        name: "NVIDIA A10G",
+        label: "A10G",
+        sm: 86,
+        memory_bytes_nominal: 24 * GIB,
+        bf16_dense_flops: None,
+        default_usd_per_gpu_hour: 1.006,
+        price_source: AWS_G5_XLARGE,
+        price_date: "2026-06",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -123,7 +155,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "RTX-3090",
         sm: 86,
         memory_bytes_nominal: 24 * GIB,
-        bf16_dense_flops: 71.0 * TFLOPS,
+        bf16_dense_flops: Some(71.0 * TFLOPS),
         default_usd_per_gpu_hour: 0.25,
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
@@ -135,10 +167,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "H100-SXM-80GB",
         sm: 90,
         memory_bytes_nominal: 80 * GIB,
-        bf16_dense_flops: 989.4 * TFLOPS,
-        default_usd_per_gpu_hour: 2.99,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(989.4 * TFLOPS),
+        default_usd_per_gpu_hour: 4.29,
+        price_source: LAMBDA_1X,
+        price_date: "2026-09",
         paper_price_units: Some(2.53),
     },
     DeviceFacts {
@@ -146,10 +178,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "H100-PCIe-80GB",
         sm: 90,
         memory_bytes_nominal: 80 * GIB,
-        bf16_dense_flops: 756.0 * TFLOPS,
-        default_usd_per_gpu_hour: 2.49,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(756.0 * TFLOPS),
+        default_usd_per_gpu_hour: 3.29,
+        price_source: LAMBDA_1X,
+        price_date: "2026-09",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -157,10 +189,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "H100-NVL-94GB",
         sm: 90,
         memory_bytes_nominal: 94 * GIB,
-        bf16_dense_flops: 835.5 * TFLOPS,
-        default_usd_per_gpu_hour: 2.79,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(835.5 * TFLOPS),
+        default_usd_per_gpu_hour: 3.19,
+        price_source: RUNPOD_SECURE,
+        price_date: "2026-09",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -168,10 +200,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "H200-SXM-141GB",
         sm: 90,
         memory_bytes_nominal: 141 * GIB,
-        bf16_dense_flops: 989.4 * TFLOPS,
-        default_usd_per_gpu_hour: 3.79,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(989.4 * TFLOPS),
+        default_usd_per_gpu_hour: 4.59,
+        price_source: RUNPOD_SECURE,
+        price_date: "2026-09",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -179,7 +211,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "H200-NVL-141GB",
         sm: 90,
         memory_bytes_nominal: 141 * GIB,
-        bf16_dense_flops: 835.5 * TFLOPS,
+        bf16_dense_flops: Some(835.5 * TFLOPS),
         default_usd_per_gpu_hour: 3.49,
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
@@ -192,7 +224,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "L4",
         sm: 89,
         memory_bytes_nominal: 24 * GIB,
-        bf16_dense_flops: 121.0 * TFLOPS,
+        bf16_dense_flops: Some(121.0 * TFLOPS),
         default_usd_per_gpu_hour: 0.75,
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
@@ -203,7 +235,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "L40",
         sm: 89,
         memory_bytes_nominal: 48 * GIB,
-        bf16_dense_flops: 181.0 * TFLOPS,
+        bf16_dense_flops: Some(181.0 * TFLOPS),
         default_usd_per_gpu_hour: 0.99,
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
@@ -214,10 +246,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "L40S",
         sm: 89,
         memory_bytes_nominal: 48 * GIB,
-        bf16_dense_flops: 362.05 * TFLOPS,
-        default_usd_per_gpu_hour: 1.19,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(362.05 * TFLOPS),
+        default_usd_per_gpu_hour: 1.09,
+        price_source: RUNPOD_SECURE,
+        price_date: "2026-09",
         paper_price_units: None,
     },
     DeviceFacts {
@@ -225,10 +257,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         label: "RTX-4090",
         sm: 89,
         memory_bytes_nominal: 24 * GIB,
-        bf16_dense_flops: 165.2 * TFLOPS,
-        default_usd_per_gpu_hour: 0.49,
-        price_source: TYPICAL_CLOUD_PRICE,
-        price_date: "2025",
+        bf16_dense_flops: Some(165.2 * TFLOPS),
+        default_usd_per_gpu_hour: 0.74,
+        price_source: RUNPOD_SECURE,
+        price_date: "2026-09",
         paper_price_units: None,
     },
 ];
@@ -304,6 +336,25 @@ mod tests {
                 "NVIDIA H100 80GB HBM3"
             ]
         );
+    }
+
+    #[test]
+    fn every_listed_price_names_its_source_and_month() {
+        for d in DEVICES {
+            assert!(d.default_usd_per_gpu_hour > 0.0, "{}", d.name);
+            assert!(!d.price_source.is_empty(), "{}", d.name);
+            // A provider's listing is dated to the month; only the typical
+            // placeholder carries a bare year.
+            let month = d.price_date.len() == 7 && d.price_date.as_bytes()[4] == b'-';
+            let year_only = d.price_date.len() == 4;
+            if d.price_source == TYPICAL_CLOUD_PRICE {
+                assert!(year_only, "{}: {}", d.name, d.price_date);
+            } else {
+                assert!(month, "{}: {}", d.name, d.price_date);
+            }
+        }
+        let a10g = lookup("NVIDIA A10G").unwrap();
+        assert_eq!((a10g.sm, a10g.bf16_dense_flops), (86, None));
     }
 
     #[test]

@@ -157,9 +157,13 @@ fn gpu_report(ordinal: usize, problems: &mut Vec<String>) {
     );
     match facts::lookup(&info.name) {
         Some(f) => println!(
-            "          facts: {}  bf16 dense {:.1} TFLOP/s  default ${:.2}/GPU-hour{}",
+            "          facts: {}  bf16 dense {}  default ${:.2}/GPU-hour{}",
             f.label,
-            f.bf16_dense_flops / 1e12,
+            f.bf16_dense_flops
+                .map_or("unknown".to_string(), |p| format!(
+                    "{:.1} TFLOP/s",
+                    p / 1e12
+                )),
             f.default_usd_per_gpu_hour,
             f.paper_price_units
                 .map(|u| format!("  paper units {u:.2}"))

@@ -209,7 +209,7 @@ pub fn prepare_gpu(
                 .to_string(),
         );
     }
-    let peak_flops = device.facts().map(|f| f.bf16_dense_flops);
+    let peak_flops = device.facts().and_then(|f| f.bf16_dense_flops);
     let info = RunInfo::gpu(&device, planned.plan.peak_bytes, planned.available);
     let hyper = OptimHyper {
         beta1: BETA1,

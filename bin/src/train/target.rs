@@ -115,7 +115,10 @@ pub fn describe(target: &Target, threads: usize) -> String {
                 ),
                 _ => {
                     let peak = match device.facts() {
-                        Some(f) => format!("dense bf16 peak {:.0} TFLOP/s", f.bf16_dense_flops / 1e12),
+                        Some(f) => match f.bf16_dense_flops {
+                            Some(p) => format!("dense bf16 peak {:.0} TFLOP/s", p / 1e12),
+                            None => "no published bf16 peak: MFU unknown".to_string(),
+                        },
                         None => "not in the facts table: MFU unknown".to_string(),
                     };
                     format!("device: cuda, {} ({memory}; {peak}){picked}", device.name())

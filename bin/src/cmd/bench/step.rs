@@ -267,7 +267,7 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         _ => TimingSource::HostClock,
     };
     let device_name = device.name();
-    let peak = device.facts().map(|f| f.bf16_dense_flops);
+    let peak = device.facts().and_then(|f| f.bf16_dense_flops);
     let hyper = OptimHyper {
         beta1: BETA1,
         beta2: BETA2,
