@@ -75,9 +75,9 @@ pub enum Command {
         /// the shell to complete for
         shell: clap_complete::Shell,
     },
-    /// planned: sweep a grid of runs
-    #[command(hide = true, disable_help_flag = true)]
-    Sweep(Words),
+    /// measure a grid of training configurations into results.jsonl
+    #[command(long_about = cmd::sweep::ABOUT)]
+    Sweep(cmd::sweep::SweepFlags),
     /// planned: the cheapest configuration for a budget
     #[command(hide = true, disable_help_flag = true)]
     Plan(Words),

@@ -96,7 +96,7 @@ fn run(command: Command) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut Cli::command(), "frugal", &mut std::io::stdout());
             Ok(())
         }
-        Command::Sweep(_) => planned("sweep"),
+        Command::Sweep(flags) => cmd::sweep::run(flags),
         Command::Plan(_) => planned("plan"),
         Command::Export(_) => planned("export"),
     }

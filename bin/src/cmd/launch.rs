@@ -568,7 +568,7 @@ fn pump(
 }
 
 /// The child is killed if launch dies, so no rank outlives its launcher.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // prctl, which is async-signal-safe; it touches no memory of the parent.
