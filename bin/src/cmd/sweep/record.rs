@@ -38,7 +38,13 @@ impl Config {
             .map_or(String::new(), |t| format!(",threads={t}"));
         format!(
             "model={},device={},devices={},batch={},attention={},shard={},comm={}{threads}",
-            self.model, self.device, self.devices, self.batch, self.attention, self.shard, self.comm
+            self.model,
+            self.device,
+            self.devices,
+            self.batch,
+            self.attention,
+            self.shard,
+            self.comm
         )
     }
 }
