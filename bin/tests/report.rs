@@ -575,3 +575,13 @@ fn bad_input_is_refused_with_what_to_do() {
     let o = frugal(&["report"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }
+
+#[test]
+fn a_sweep_with_no_record_yet_reports_so() {
+    let root = scratch_in("report", "empty");
+    std::fs::write(root.join("results.jsonl"), "").unwrap();
+    assert_ok(&frugal(&["report", root.to_str().unwrap()]));
+    let md = std::fs::read_to_string(root.join("report.md")).unwrap();
+    assert!(md.contains("No configuration has finished yet"), "{md}");
+    assert!(md.contains("0: 0 ok, 0 oom, 0 failed, 0 timeout"), "{md}");
+}

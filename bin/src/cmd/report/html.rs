@@ -37,6 +37,16 @@ pub fn page(doc: &Document, drawn: &Drawn) -> String {
         ));
     }
     out.push_str("</ul>\n");
+    out.push_str(&format!(
+        "<p>{}</p>\n",
+        html_escape(super::summary::FIGURES)
+    ));
+    if doc.models.is_empty() {
+        out.push_str(&format!(
+            "<p>{}</p>\n",
+            html_escape(super::summary::NOTHING_YET)
+        ));
+    }
     for m in &doc.models {
         out.push_str(&format!("<h2>{}</h2>\n", html_escape(&m.model)));
         out.push_str("<h3>Best configurations</h3>\n");

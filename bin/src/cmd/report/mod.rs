@@ -152,7 +152,7 @@ fn missing(dir: &Path, path: &Path, e: std::io::Error) -> CliError {
         "a sweep folder holds the results.jsonl that `frugal sweep --out DIR` writes: run the \
          sweep first, then `frugal report DIR`"
     } else {
-        "check the file's permissions, or run the sweep again into a new folder"
+        "check that it is readable and is the results.jsonl that `frugal sweep` wrote"
     };
     let source = if dir.is_dir() {
         CliError::io("read", path, e)

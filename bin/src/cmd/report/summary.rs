@@ -10,6 +10,15 @@ use super::table::{self, sig4, Table};
 use super::{device_type, Loaded};
 use crate::cmd::sweep::record::{Record, Status};
 
+/// How the tables print their figures (`table.rs` says the same for tests).
+pub const FIGURES: &str = "Figures: tokens/s, prices, tokens per money unit and comm wait with \
+    at least 4 significant digits (mean ± sample std over the repeats); MFU in percent with one \
+    decimal; memory in GiB (2^30 bytes) with two decimals; - where a figure does not apply.";
+
+/// What the report says when the sweeps hold no record.
+pub const NOTHING_YET: &str =
+    "No configuration has finished yet: the sweeps hold no record. Run the report again later.";
+
 /// One fact of the header: "protocol: 3 repeats × 10 steps ...".
 #[derive(Clone, Debug)]
 pub struct Fact {
@@ -98,12 +107,10 @@ impl Document {
                 table::md_cell(&f.value)
             ));
         }
-        out.push_str(
-            "\nFigures: tokens/s, prices, tokens per money unit and comm wait with at least 4 \
-             significant digits (mean ± sample std over the repeats); MFU in percent with one \
-             decimal; memory in GiB (2^30 bytes) with two decimals; `-` where a figure does not \
-             apply.\n",
-        );
+        out.push_str(&format!("\n{FIGURES}\n"));
+        if self.models.is_empty() {
+            out.push_str(&format!("\n{NOTHING_YET}\n"));
+        }
         for m in &self.models {
             out.push_str(&format!("\n## {}\n\n", table::md_cell(&m.model)));
             out.push_str("### Best configurations\n\n");
