@@ -70,6 +70,9 @@ pub enum Command {
     /// assemble a sharded checkpoint (a .shards folder) into one .ckpt file
     #[command(long_about = cmd::consolidate::ABOUT)]
     Consolidate(cmd::consolidate::ConsolidateFlags),
+    /// turn sweeps' results.jsonl into report.md, SVG plots and index.html
+    #[command(long_about = cmd::report::ABOUT)]
+    Report(cmd::report::ReportFlags),
     /// print shell completions for frugal (bash, zsh, fish, ...)
     Completions {
         /// the shell to complete for

@@ -265,6 +265,13 @@ pub enum CliError {
         line: usize,
         why: String,
     },
+    /// Line `line` of a sweep's results file is not a record (and is not a
+    /// last line cut off by a stopped sweep, which `frugal report` skips).
+    ResultsLine {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     /// A rank of `bench allreduce` ended badly: "bench allreduce: rank {rank} of
     /// {ranks} failed ({status}); see its output above".
     BenchRankFailed {
@@ -439,6 +446,13 @@ impl fmt::Display for CliError {
                 f,
                 "bench matmul: --compare {path}:{line}: {why} (expected the JSON lines of \
                  `frugal bench matmul --json` or scripts/torch/matmul.py)"
+            ),
+            CliError::ResultsLine { path, line, why } => write!(
+                f,
+                "{}:{line}: not a sweep record ({why}); each line is one configuration as \
+                 `frugal sweep` wrote it: restore the line or delete it (the sweep, re-run, \
+                 measures a deleted configuration again)",
+                path.display()
             ),
             CliError::BenchRankFailed {
                 rank,

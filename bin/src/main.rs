@@ -92,6 +92,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Doctor(flags) => cmd::doctor::run(flags),
         Command::Arena(flags) => cmd::arena::run(flags),
         Command::Consolidate(flags) => cmd::consolidate::run(flags),
+        Command::Report(flags) => cmd::report::run(flags),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "frugal", &mut std::io::stdout());
             Ok(())

@@ -8,5 +8,6 @@ pub mod data;
 pub mod doctor;
 pub mod kernels;
 pub mod launch;
+pub mod report;
 pub mod sweep;
 pub mod train;
