@@ -391,7 +391,7 @@ fn the_report_shows_the_records() {
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        md.contains("3 repeats × 10 measured steps after 2 warm-up steps"),
+        md.contains("3 repeat(s) × 10 measured step(s) after 2 warm-up step(s)"),
         "{md}"
     );
     assert!(md.contains("NVIDIA H100 80GB HBM3 (cuda, driver 550.54.15)"));

@@ -250,7 +250,7 @@ fn facts(loaded: &Loaded) -> Vec<Fact> {
         value: distinct(records, |r| {
             let p = r.protocol;
             format!(
-                "{} repeats × {} measured steps after {} warm-up steps",
+                "{} repeat(s) × {} measured step(s) after {} warm-up step(s)",
                 p.repeats, p.steps, p.warmup_steps
             )
         })
@@ -350,7 +350,7 @@ mod tests {
         for text in [
             "sweeps/a (3 records, a cut-off last line skipped)",
             "2: 2 ok, 0 oom, 0 failed, 0 timeout; 1 earlier record(s) replaced",
-            "1 repeats × 2 measured steps after 1 warm-up steps",
+            "1 repeat(s) × 2 measured step(s) after 1 warm-up step(s)",
             "0.1.0 (commit abc)",
             "NVIDIA H100 80GB HBM3 (cuda, driver 550.54)",
             "Some CPU (cpu)",

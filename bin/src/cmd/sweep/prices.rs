@@ -130,7 +130,11 @@ impl Prices {
         let t = threads as f64;
         if let Some(mut p) = self.given_for(&[CPU_CORE_KEY]) {
             p.per_device_hour *= t;
-            p.source = format!("{threads} threads x {}", p.source);
+            p.source = format!(
+                "{} x {}",
+                crate::train::target::threads_label(threads),
+                p.source
+            );
             return Some(p);
         }
         // The paper prices GPUs only: a CPU has no paper units.
@@ -138,8 +142,9 @@ impl Prices {
             per_device_hour: CPU_USD_PER_CORE_HOUR * t,
             units: self.units.to_string(),
             source: format!(
-                "{threads} threads x frugal's default ${CPU_USD_PER_CORE_HOUR} per core-hour \
-                 (a general-purpose cloud vCPU on demand)"
+                "{} x frugal's default ${CPU_USD_PER_CORE_HOUR} per core-hour \
+                 (a general-purpose cloud vCPU on demand)",
+                crate::train::target::threads_label(threads)
             ),
             date: Some("2025".into()),
         })

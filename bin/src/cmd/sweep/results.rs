@@ -50,12 +50,10 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, u64), CliError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record = serde_json::from_slice::<Record>(line).map_err(|e| {
-            CliError::usage(format!(
-                "{}:{}: not a sweep result ({e}); move the file away or delete that line, then run again",
-                path.display(),
-                i + 1
-            ))
+        let record = serde_json::from_slice::<Record>(line).map_err(|e| CliError::ResultsLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            why: e.to_string(),
         })?;
         records.push(record);
     }
