@@ -20,10 +20,10 @@
 //!   the CUDA driver reserves per block on sm_80 and later (Ampere tuning guide, "Shared
 //!   Memory": this is why an A100 block may address 163 KB of a 164 KB carveout), rounded up to
 //!   the 128-byte allocation unit; zero blocks when the request exceeds the per-block maximum.
-//!   The SM's shared memory is taken at its largest carveout: the driver picks the carveout
-//!   per kernel, and frugal's kernels that use much shared memory opt into the maximum. A
-//!   smaller carveout can only lower the figure, so this is the upper bound Nsight reports as
-//!   theoretical.
+//!   The SM's shared memory is taken at its largest carveout. frugal sets no carveout
+//!   preference (only the per-block opt-in above 48 KiB), so the driver picks the carveout per
+//!   kernel and may pick a smaller one; a smaller carveout can only lower the figure, so this
+//!   is an upper bound on the blocks that shared memory allows.
 //!
 //! Figures per architecture are from the CUDA C++ Programming Guide, "Compute Capabilities",
 //! table "Technical Specifications per Compute Capability" (max resident blocks and warps per

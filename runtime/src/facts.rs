@@ -137,9 +137,10 @@ const HOPPER_ESTIMATES: &str = "mma_sync_bf16_flops (2/3 of the wgmma peak), l2_
 const LAUNCH_ONLY_ESTIMATE: &str = "launch_overhead_s";
 const GBPS: f64 = 1e9;
 
-/// The roofline of a part whose peaks are published, built from its SM count,
-/// clock and rates (see [`Roofline`] for what each means).
-const fn published(
+/// A roofline from its SM count, clock and rates (see [`Roofline`] for what each
+/// means); the scheduler count, shared-memory width and launch overhead are the
+/// same for every part here.
+const fn roofline_of(
     sms: u32,
     boost_clock_ghz: f64,
     mma_sync_bf16_flops: f64,
@@ -198,7 +199,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: Some(1.00),
         // 108 SMs at 1410 MHz: 108 × 2048 dense BF16 FLOP/clk = 312 TFLOPS; FP32
         // 19.5 TFLOPS; HBM2 1555 GB/s (A100 data sheet; A100 white paper).
-        roofline: published(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
             Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -212,7 +213,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_date: "2026-09",
         paper_price_units: Some(1.46),
         // As the 40 GB part, with HBM2e at 2039 GB/s (A100 data sheet).
-        roofline: published(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 2039.0 * GBPS,
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 2039.0 * GBPS,
             Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -227,7 +228,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // Same GA100 configuration and peaks as the SXM4 part, 1555 GB/s (A100
         // data sheet); its lower power limit makes sustained clocks lower.
-        roofline: published(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
             Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -241,7 +242,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_date: "2026-09",
         paper_price_units: None,
         // 1935 GB/s HBM2e (A100 data sheet, PCIe 80GB column).
-        roofline: published(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1935.0 * GBPS,
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1935.0 * GBPS,
             Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     // Ampere GA102: A10 (data centre), RTX 3090 (FP32-accumulate rate).
@@ -257,7 +258,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // GA102, 72 SMs at 1695 MHz: 72 × 1024 dense BF16 FLOP/clk = 125 TFLOPS;
         // FP32 31.2 TFLOPS; GDDR6 600 GB/s (A10 data sheet). No L2 figure.
-        roofline: published(72, 1.695, 125.0 * TFLOPS, 31.2 * TFLOPS, 600.0 * GBPS, None,
+        roofline: roofline_of(72, 1.695, 125.0 * TFLOPS, 31.2 * TFLOPS, 600.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
     // AWS's A10G (G5 instances): GA102 like the A10, sm_86, 24 GB GDDR6.
@@ -281,7 +282,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         // A10's 600 GB/s GDDR6, the figure commonly given for the A10G (AWS's G5
         // page gives none). `bf16_dense_flops` stays None: MFU needs a
         // published peak, a prediction can live with a labelled estimate.
-        roofline: published(80, 1.71, 80.0 * 1024.0 * 1.71e9, 80.0 * 256.0 * 1.71e9,
+        roofline: roofline_of(80, 1.71, 80.0 * 1024.0 * 1.71e9, 80.0 * 256.0 * 1.71e9,
             600.0 * GBPS, None,
             "sms, boost_clock_ghz, mma_sync_bf16_flops, fp32_flops (deviceQuery and the A10's per-SM rates), dram_bytes_per_s (the A10's), launch_overhead_s"),
     },
@@ -299,7 +300,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         // half the FP16-accumulate one: 82 × 512 × 1.695 GHz = 71 TFLOPS; FP32
         // 35.6 TFLOPS; GDDR6X 936 GB/s (GeForce RTX 3090 specifications; Ampere
         // GA102 white paper, appendix). No L2 figure.
-        roofline: published(82, 1.695, 71.0 * TFLOPS, 35.6 * TFLOPS, 936.0 * GBPS, None,
+        roofline: roofline_of(82, 1.695, 71.0 * TFLOPS, 35.6 * TFLOPS, 936.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
     // Hopper (GH100). "H100 80GB HBM3" is the SXM5 part.
@@ -315,7 +316,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: Some(2.53),
         // 132 SMs; 989.4 TFLOPS = 132 × 4096 dense BF16 FLOP/clk at 1830 MHz
         // (H100 data sheet; Hopper white paper); FP32 67 TFLOPS; HBM3 3.35 TB/s.
-        roofline: published(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
+        roofline: roofline_of(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
             3350.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.83e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
@@ -330,7 +331,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // 114 SMs; 756 TFLOPS = 114 × 4096 at about 1620 MHz; FP32 51.2 TFLOPS;
         // HBM2e 2.0 TB/s (H100 data sheet, PCIe column).
-        roofline: published(114, 1.62, 756.0 * TFLOPS * 2.0 / 3.0, 51.2 * TFLOPS,
+        roofline: roofline_of(114, 1.62, 756.0 * TFLOPS * 2.0 / 3.0, 51.2 * TFLOPS,
             2000.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.62e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
@@ -345,7 +346,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // 132 SMs; 835.5 TFLOPS = 132 × 4096 at about 1545 MHz; FP32 60 TFLOPS;
         // HBM3 3.9 TB/s (H100 NVL data sheet / product brief).
-        roofline: published(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
+        roofline: roofline_of(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
             3900.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.545e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
@@ -359,7 +360,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_date: "2026-09",
         paper_price_units: None,
         // GH100 as the H100 SXM (same peaks), HBM3e 4.8 TB/s (H200 data sheet).
-        roofline: published(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
+        roofline: roofline_of(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
             4800.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.83e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
@@ -374,7 +375,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // As the H100 NVL's peaks (835.5 TFLOPS, FP32 60), HBM3e 4.8 TB/s (H200
         // data sheet, NVL column).
-        roofline: published(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
+        roofline: roofline_of(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
             4800.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.545e9), HOPPER_ESTIMATES),
     },
     // Ada Lovelace. L4/L40/L40S are data-centre parts (full-rate FP32
@@ -391,7 +392,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // AD104, 58 SMs at 2040 MHz: 58 × 1024 dense BF16 FLOP/clk = 121 TFLOPS;
         // FP32 30.3 TFLOPS; GDDR6 300 GB/s (L4 data sheet; Ada white paper).
-        roofline: published(58, 2.04, 121.0 * TFLOPS, 30.3 * TFLOPS, 300.0 * GBPS, None,
+        roofline: roofline_of(58, 2.04, 121.0 * TFLOPS, 30.3 * TFLOPS, 300.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -406,7 +407,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // AD102, 142 SMs at 2490 MHz: 142 × 512 = 181 TFLOPS dense BF16; FP32
         // 90.5 TFLOPS; GDDR6 864 GB/s (L40 data sheet).
-        roofline: published(142, 2.49, 181.0 * TFLOPS, 90.5 * TFLOPS, 864.0 * GBPS, None,
+        roofline: roofline_of(142, 2.49, 181.0 * TFLOPS, 90.5 * TFLOPS, 864.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -421,7 +422,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // AD102, 142 SMs: 362 TFLOPS = 142 × 1024 at about 2490 MHz; FP32 91.6
         // TFLOPS; GDDR6 864 GB/s (L40S data sheet).
-        roofline: published(142, 2.49, 362.05 * TFLOPS, 91.6 * TFLOPS, 864.0 * GBPS, None,
+        roofline: roofline_of(142, 2.49, 362.05 * TFLOPS, 91.6 * TFLOPS, 864.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
@@ -436,7 +437,7 @@ pub static DEVICES: &[DeviceFacts] = &[
         paper_price_units: None,
         // AD102, 128 SMs at 2520 MHz: 128 × 512 (FP32 accumulate) = 165.2 TFLOPS;
         // FP32 82.6 TFLOPS; GDDR6X 1008 GB/s (Ada white paper, appendix table).
-        roofline: published(128, 2.52, 165.2 * TFLOPS, 82.6 * TFLOPS, 1008.0 * GBPS, None,
+        roofline: roofline_of(128, 2.52, 165.2 * TFLOPS, 82.6 * TFLOPS, 1008.0 * GBPS, None,
             LAUNCH_ONLY_ESTIMATE),
     },
 ];
