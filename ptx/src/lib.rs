@@ -53,8 +53,10 @@ pub mod generated;
 pub mod kernels;
 pub mod launch;
 pub mod matmul;
+pub mod occupancy;
 mod ptx_text;
 pub mod ptxas;
+pub mod resources;
 /// Kernel-test support shared by this crate's tests and the runtime's device tests:
 /// per-family cases over a [`testing::Runner`] (the emulator here, any device there).
 #[doc(hidden)]

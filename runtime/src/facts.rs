@@ -30,6 +30,10 @@
 //!   (average of two clouds): A100-40GB 1.00, A100-80GB 1.46, H100-80GB 2.53,
 //!   used with `--price-units paper`. Only the three SXM parts the paper
 //!   measured carry them; every other device has `None`.
+//! - `roofline`: the throughput figures `frugal profile` predicts kernel times
+//!   from ([`Roofline`], used by [`crate::roofline::predict`]); each figure's
+//!   source is on the field and next to the entry, and figures that are
+//!   estimates rather than published are listed in [`Roofline::estimated`].
 
 /// What frugal knows about one GPU model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +57,110 @@ pub struct DeviceFacts {
     pub price_date: &'static str,
     /// The paper's relative price (A100-40GB = 1.00), where the paper has one.
     pub paper_price_units: Option<f64>,
+    /// Throughput figures for the roofline prediction of kernel times.
+    pub roofline: Option<Roofline>,
+}
+
+/// What bounds a kernel's speed on one GPU model: the figures the roofline
+/// prediction ([`crate::roofline::predict`]) divides a kernel's work by.
+///
+/// Rates are whole-GPU peaks at [`Roofline::boost_clock_ghz`]. That clock is
+/// the one NVIDIA's data-sheet peaks are computed at (peak ÷ (SMs × per-SM
+/// FLOP per clock)), which for some parts is below the maximum boost clock the
+/// driver reports; using it keeps the tensor, issue and shared-memory bounds
+/// consistent with the published peaks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Roofline {
+    /// Streaming multiprocessors.
+    pub sms: u32,
+    /// SM clock in GHz at which the peaks below hold (see the type's notes).
+    pub boost_clock_ghz: f64,
+    /// Dense BF16 FLOP/s (FP32 accumulate) that `mma.sync.m16n8k16` can reach.
+    /// On Ampere and Ada this is the data-sheet peak (`mma.sync` is the native
+    /// tensor-core instruction there). On Hopper the data-sheet peak needs the
+    /// asynchronous warpgroup `wgmma`; `mma.sync` reaches about 2/3 of it
+    /// (Shah et al. 2024, "FlashAttention-3", arXiv 2407.08608, section 2: "the
+    /// older mma.sync instruction can only reach about 2/3 the peak throughput
+    /// of the Hopper Tensor Cores"), so Hopper entries use 2/3 of the peak: an
+    /// estimate from that ratio, not a published figure.
+    pub mma_sync_bf16_flops: f64,
+    /// Peak FP32 FLOP/s on the CUDA cores (an FMA counts 2), from the data sheet.
+    pub fp32_flops: f64,
+    /// Warp instructions one SM can issue per clock: one per warp scheduler,
+    /// four schedulers per SM since Volta (Ampere, Ada and Hopper white papers:
+    /// four processing blocks per SM). Also the rate of INT32 and other simple
+    /// instructions, which are issue-bound at one warp instruction per
+    /// scheduler per clock.
+    pub warp_issue_per_clock_per_sm: u32,
+    /// DRAM (HBM or GDDR) bandwidth in bytes/s, from the data sheet.
+    pub dram_bytes_per_s: f64,
+    /// L2 cache bandwidth in bytes/s, where there is a basis for one; `None`
+    /// where NVIDIA publishes none and no estimate is made (the prediction
+    /// then leaves the L2 bound out and says so).
+    pub l2_bytes_per_s: Option<f64>,
+    /// Shared-memory bandwidth of one SM in bytes per clock: 32 banks of 4
+    /// bytes each per clock (CUDA C++ Programming Guide, "Shared Memory" for
+    /// compute capabilities 8.x and 9.0), i.e. one 128-byte wavefront per clock.
+    pub smem_bytes_per_clock_per_sm: u32,
+    /// Fixed cost of one kernel launch in seconds, added to every prediction.
+    /// An estimate: NVIDIA's "Getting Started with CUDA Graphs" (developer
+    /// blog, 2019) measures a few microseconds per short kernel launched from a
+    /// stream, and CUDA Graphs remove part of it. frugal uses 3 µs everywhere.
+    pub launch_overhead_s: f64,
+    /// Which figures of this entry are estimates, in words (empty: none).
+    pub estimated: &'static str,
+}
+
+impl Roofline {
+    /// The SM clock in Hz.
+    pub fn clock_hz(&self) -> f64 {
+        self.boost_clock_ghz * 1e9
+    }
+}
+
+/// Launch overhead used for every GPU (see [`Roofline::launch_overhead_s`]).
+pub const LAUNCH_OVERHEAD_S: f64 = 3e-6;
+/// Four warp schedulers per SM (see [`Roofline::warp_issue_per_clock_per_sm`]).
+const SCHEDULERS_PER_SM: u32 = 4;
+/// 32 banks × 4 bytes (see [`Roofline::smem_bytes_per_clock_per_sm`]).
+const SMEM_BYTES_PER_CLOCK: u32 = 128;
+/// GA100's L2 read bandwidth per clock: "5120 Bytes/clk" (NVIDIA A100 Tensor
+/// Core GPU Architecture white paper, 2020, section on the L2 cache, against
+/// V100's 2048).
+const GA100_L2_BYTES_PER_CLOCK: f64 = 5120.0;
+/// NVIDIA publishes no L2 bandwidth for GH100. Estimate: GA100's bytes per
+/// clock at the Hopper clock (both are two-partition L2s serving 108-132 SMs;
+/// microbenchmarks of Hopper, e.g. Luo et al. 2025, arXiv 2501.12084, find its
+/// L2 throughput no lower than A100's).
+const GH100_L2_BYTES_PER_CLOCK_ESTIMATE: f64 = 5120.0;
+const HOPPER_ESTIMATES: &str = "mma_sync_bf16_flops (2/3 of the wgmma peak), l2_bytes_per_s (GA100's bytes per clock), launch_overhead_s";
+const LAUNCH_ONLY_ESTIMATE: &str = "launch_overhead_s";
+const GBPS: f64 = 1e9;
+
+/// A roofline from its SM count, clock and rates (see [`Roofline`] for what each
+/// means); the scheduler count, shared-memory width and launch overhead are the
+/// same for every part here.
+const fn roofline_of(
+    sms: u32,
+    boost_clock_ghz: f64,
+    mma_sync_bf16_flops: f64,
+    fp32_flops: f64,
+    dram_bytes_per_s: f64,
+    l2_bytes_per_s: Option<f64>,
+    estimated: &'static str,
+) -> Option<Roofline> {
+    Some(Roofline {
+        sms,
+        boost_clock_ghz,
+        mma_sync_bf16_flops,
+        fp32_flops,
+        warp_issue_per_clock_per_sm: SCHEDULERS_PER_SM,
+        dram_bytes_per_s,
+        l2_bytes_per_s,
+        smem_bytes_per_clock_per_sm: SMEM_BYTES_PER_CLOCK,
+        launch_overhead_s: LAUNCH_OVERHEAD_S,
+        estimated,
+    })
 }
 
 /// The source of a default price that is a rounded typical figure rather than
@@ -89,6 +197,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: LAMBDA_8X_A100_40,
         price_date: "2026-09",
         paper_price_units: Some(1.00),
+        // 108 SMs at 1410 MHz: 108 × 2048 dense BF16 FLOP/clk = 312 TFLOPS; FP32
+        // 19.5 TFLOPS; HBM2 1555 GB/s (A100 data sheet; A100 white paper).
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
+            Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA A100-SXM4-80GB",
@@ -100,6 +212,9 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: LAMBDA_8X_A100_80,
         price_date: "2026-09",
         paper_price_units: Some(1.46),
+        // As the 40 GB part, with HBM2e at 2039 GB/s (A100 data sheet).
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 2039.0 * GBPS,
+            Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA A100-PCIE-40GB",
@@ -111,6 +226,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
         paper_price_units: None,
+        // Same GA100 configuration and peaks as the SXM4 part, 1555 GB/s (A100
+        // data sheet); its lower power limit makes sustained clocks lower.
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1555.0 * GBPS,
+            Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA A100 80GB PCIe",
@@ -122,6 +241,9 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: RUNPOD_SECURE,
         price_date: "2026-09",
         paper_price_units: None,
+        // 1935 GB/s HBM2e (A100 data sheet, PCIe 80GB column).
+        roofline: roofline_of(108, 1.41, 312.0 * TFLOPS, 19.5 * TFLOPS, 1935.0 * GBPS,
+            Some(GA100_L2_BYTES_PER_CLOCK * 1.41e9), LAUNCH_ONLY_ESTIMATE),
     },
     // Ampere GA102: A10 (data centre), RTX 3090 (FP32-accumulate rate).
     DeviceFacts {
@@ -134,6 +256,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: LAMBDA_1X,
         price_date: "2026-09",
         paper_price_units: None,
+        // GA102, 72 SMs at 1695 MHz: 72 × 1024 dense BF16 FLOP/clk = 125 TFLOPS;
+        // FP32 31.2 TFLOPS; GDDR6 600 GB/s (A10 data sheet). No L2 figure.
+        roofline: roofline_of(72, 1.695, 125.0 * TFLOPS, 31.2 * TFLOPS, 600.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
     // AWS's A10G (G5 instances): GA102 like the A10, sm_86, 24 GB GDDR6.
     // Neither NVIDIA nor AWS publishes a tensor-core figure for it (AWS's G5
@@ -149,6 +275,16 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: AWS_G5_XLARGE,
         price_date: "2026-06",
         paper_price_units: None,
+        // ESTIMATE throughout: 80 SMs and a 1710 MHz maximum clock as
+        // deviceQuery reports them on AWS G5 instances (public deviceQuery logs),
+        // the A10's per-SM tensor rate (1024 dense BF16 FLOP/clk, full-rate FP32
+        // accumulate as on the data-centre GA102) and 256 FP32 FLOP/clk; the
+        // A10's 600 GB/s GDDR6, the figure commonly given for the A10G (AWS's G5
+        // page gives none). `bf16_dense_flops` stays None: MFU needs a
+        // published peak, a prediction can live with a labelled estimate.
+        roofline: roofline_of(80, 1.71, 80.0 * 1024.0 * 1.71e9, 80.0 * 256.0 * 1.71e9,
+            600.0 * GBPS, None,
+            "sms, boost_clock_ghz, mma_sync_bf16_flops, fp32_flops (deviceQuery and the A10's per-SM rates), dram_bytes_per_s (the A10's), launch_overhead_s"),
     },
     DeviceFacts {
         name: "NVIDIA GeForce RTX 3090",
@@ -160,6 +296,12 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
         paper_price_units: None,
+        // GA102, 82 SMs at 1695 MHz; GeForce tensor rate with FP32 accumulate is
+        // half the FP16-accumulate one: 82 × 512 × 1.695 GHz = 71 TFLOPS; FP32
+        // 35.6 TFLOPS; GDDR6X 936 GB/s (GeForce RTX 3090 specifications; Ampere
+        // GA102 white paper, appendix). No L2 figure.
+        roofline: roofline_of(82, 1.695, 71.0 * TFLOPS, 35.6 * TFLOPS, 936.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
     // Hopper (GH100). "H100 80GB HBM3" is the SXM5 part.
     DeviceFacts {
@@ -172,6 +314,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: LAMBDA_1X,
         price_date: "2026-09",
         paper_price_units: Some(2.53),
+        // 132 SMs; 989.4 TFLOPS = 132 × 4096 dense BF16 FLOP/clk at 1830 MHz
+        // (H100 data sheet; Hopper white paper); FP32 67 TFLOPS; HBM3 3.35 TB/s.
+        roofline: roofline_of(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
+            3350.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.83e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
         name: "NVIDIA H100 PCIe",
@@ -183,6 +329,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: LAMBDA_1X,
         price_date: "2026-09",
         paper_price_units: None,
+        // 114 SMs; 756 TFLOPS = 114 × 4096 at about 1620 MHz; FP32 51.2 TFLOPS;
+        // HBM2e 2.0 TB/s (H100 data sheet, PCIe column).
+        roofline: roofline_of(114, 1.62, 756.0 * TFLOPS * 2.0 / 3.0, 51.2 * TFLOPS,
+            2000.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.62e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
         name: "NVIDIA H100 NVL",
@@ -194,6 +344,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: RUNPOD_SECURE,
         price_date: "2026-09",
         paper_price_units: None,
+        // 132 SMs; 835.5 TFLOPS = 132 × 4096 at about 1545 MHz; FP32 60 TFLOPS;
+        // HBM3 3.9 TB/s (H100 NVL data sheet / product brief).
+        roofline: roofline_of(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
+            3900.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.545e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
         name: "NVIDIA H200",
@@ -205,6 +359,9 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: RUNPOD_SECURE,
         price_date: "2026-09",
         paper_price_units: None,
+        // GH100 as the H100 SXM (same peaks), HBM3e 4.8 TB/s (H200 data sheet).
+        roofline: roofline_of(132, 1.83, 989.4 * TFLOPS * 2.0 / 3.0, 67.0 * TFLOPS,
+            4800.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.83e9), HOPPER_ESTIMATES),
     },
     DeviceFacts {
         name: "NVIDIA H200 NVL",
@@ -216,6 +373,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
         paper_price_units: None,
+        // As the H100 NVL's peaks (835.5 TFLOPS, FP32 60), HBM3e 4.8 TB/s (H200
+        // data sheet, NVL column).
+        roofline: roofline_of(132, 1.545, 835.5 * TFLOPS * 2.0 / 3.0, 60.0 * TFLOPS,
+            4800.0 * GBPS, Some(GH100_L2_BYTES_PER_CLOCK_ESTIMATE * 1.545e9), HOPPER_ESTIMATES),
     },
     // Ada Lovelace. L4/L40/L40S are data-centre parts (full-rate FP32
     // accumulate); the RTX 4090 figure is its FP32-accumulate rate.
@@ -229,6 +390,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
         paper_price_units: None,
+        // AD104, 58 SMs at 2040 MHz: 58 × 1024 dense BF16 FLOP/clk = 121 TFLOPS;
+        // FP32 30.3 TFLOPS; GDDR6 300 GB/s (L4 data sheet; Ada white paper).
+        roofline: roofline_of(58, 2.04, 121.0 * TFLOPS, 30.3 * TFLOPS, 300.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA L40",
@@ -240,6 +405,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: TYPICAL_CLOUD_PRICE,
         price_date: "2025",
         paper_price_units: None,
+        // AD102, 142 SMs at 2490 MHz: 142 × 512 = 181 TFLOPS dense BF16; FP32
+        // 90.5 TFLOPS; GDDR6 864 GB/s (L40 data sheet).
+        roofline: roofline_of(142, 2.49, 181.0 * TFLOPS, 90.5 * TFLOPS, 864.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA L40S",
@@ -251,6 +420,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: RUNPOD_SECURE,
         price_date: "2026-09",
         paper_price_units: None,
+        // AD102, 142 SMs: 362 TFLOPS = 142 × 1024 at about 2490 MHz; FP32 91.6
+        // TFLOPS; GDDR6 864 GB/s (L40S data sheet).
+        roofline: roofline_of(142, 2.49, 362.05 * TFLOPS, 91.6 * TFLOPS, 864.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
     DeviceFacts {
         name: "NVIDIA GeForce RTX 4090",
@@ -262,6 +435,10 @@ pub static DEVICES: &[DeviceFacts] = &[
         price_source: RUNPOD_SECURE,
         price_date: "2026-09",
         paper_price_units: None,
+        // AD102, 128 SMs at 2520 MHz: 128 × 512 (FP32 accumulate) = 165.2 TFLOPS;
+        // FP32 82.6 TFLOPS; GDDR6X 1008 GB/s (Ada white paper, appendix table).
+        roofline: roofline_of(128, 2.52, 165.2 * TFLOPS, 82.6 * TFLOPS, 1008.0 * GBPS, None,
+            LAUNCH_ONLY_ESTIMATE),
     },
 ];
 
@@ -355,6 +532,66 @@ mod tests {
         }
         let a10g = lookup("NVIDIA A10G").unwrap();
         assert_eq!((a10g.sm, a10g.bf16_dense_flops), (86, None));
+    }
+
+    #[test]
+    fn every_device_has_a_roofline_consistent_with_its_peak() {
+        for d in DEVICES {
+            let r = d
+                .roofline
+                .unwrap_or_else(|| panic!("{} has no roofline", d.label));
+            assert!(
+                r.sms > 0 && r.boost_clock_ghz > 1.0 && r.boost_clock_ghz < 3.0,
+                "{}",
+                d.label
+            );
+            assert!(
+                r.dram_bytes_per_s > 1e11 && r.fp32_flops > 1e12,
+                "{}",
+                d.label
+            );
+            assert_eq!(
+                (r.warp_issue_per_clock_per_sm, r.smem_bytes_per_clock_per_sm),
+                (4, 128)
+            );
+            assert_eq!(r.launch_overhead_s, LAUNCH_OVERHEAD_S);
+            // The tensor rate per SM per clock must be one of the architectures' own:
+            // 512 (GeForce, FP32 accumulate), 1024 (GA102/AD10x data centre), 2048
+            // (GA100), or 2/3 of GH100's 4096 for mma.sync. A typo in SMs, clock or
+            // peak shows up here.
+            let per_sm_clock = r.mma_sync_bf16_flops / (f64::from(r.sms) * r.clock_hz());
+            let expected: &[f64] = if d.sm == 90 {
+                &[4096.0 * 2.0 / 3.0]
+            } else {
+                &[512.0, 1024.0, 2048.0]
+            };
+            assert!(
+                expected
+                    .iter()
+                    .any(|e| (per_sm_clock / e - 1.0).abs() < 0.01),
+                "{}: {per_sm_clock} FLOP/clk/SM",
+                d.label
+            );
+            match (d.sm, d.bf16_dense_flops) {
+                // Hopper: mma.sync reaches 2/3 of the published (wgmma) peak.
+                (90, Some(peak)) => {
+                    assert!(
+                        (r.mma_sync_bf16_flops / peak - 2.0 / 3.0).abs() < 1e-9,
+                        "{}",
+                        d.label
+                    );
+                    assert!(r.estimated.contains("mma_sync_bf16_flops"), "{}", d.label);
+                }
+                // Elsewhere mma.sync is the native instruction: the published peak.
+                (_, Some(peak)) => assert_eq!(r.mma_sync_bf16_flops, peak, "{}", d.label),
+                // No published peak (A10G): every derived figure is marked an estimate.
+                (_, None) => assert!(r.estimated.contains("mma_sync_bf16_flops"), "{}", d.label),
+            }
+            assert!(r.estimated.contains("launch_overhead_s"), "{}", d.label);
+            if r.l2_bytes_per_s.is_some() && d.sm == 90 {
+                assert!(r.estimated.contains("l2_bytes_per_s"), "{}", d.label);
+            }
+        }
     }
 
     #[test]

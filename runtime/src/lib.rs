@@ -35,5 +35,6 @@ pub mod launch;
 pub mod modules;
 pub mod nvtx;
 pub mod profile;
+pub mod roofline;
 
 pub use error::RuntimeError;
