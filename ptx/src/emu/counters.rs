@@ -90,7 +90,8 @@ pub struct Profiling {
     /// Run only this many CTAs, spread evenly over the grid (first, last, and evenly between,
     /// in linear CTA order), and extrapolate the counters to the whole grid: each count is
     /// scaled by total/sampled CTAs and rounded (the distinct-sector counts too). `None` =
-    /// every CTA. The CTAs not run write nothing, so a sampled launch's outputs are partial.
+    /// every CTA. Sampling applies with counting off too. The CTAs not run write nothing, so
+    /// a sampled launch's outputs are partial, and its `LaunchStats` count the CTAs run.
     pub sample_ctas: Option<u32>,
 }
 
@@ -127,9 +128,8 @@ pub struct Counters {
     /// Ideal sectors of global atomics, as for loads.
     pub global_atomic_sectors_ideal: u64,
 
-    /// Shared-memory load requests (`ld.shared`, and generic loads into the shared window)
-    /// (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld` counts their wavefronts; the
-    /// requests are `sm__sass_inst_executed_op_shared_ld.sum`).
+    /// Shared-memory load requests: `ld.shared`, and generic loads into the shared window
+    /// (`smsp__inst_executed_op_shared_ld.sum`).
     pub shared_load_requests: u64,
     /// Wavefronts of shared loads, per the bank model in the module note
     /// (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum`).
@@ -137,13 +137,13 @@ pub struct Counters {
     /// Wavefronts shared loads would take without bank conflicts: one per phase with an
     /// active lane.
     pub shared_load_wavefronts_ideal: u64,
-    /// Shared-memory store requests (`sm__sass_inst_executed_op_shared_st.sum`).
+    /// Shared-memory store requests (`smsp__inst_executed_op_shared_st.sum`).
     pub shared_store_requests: u64,
     /// Wavefronts of shared stores (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum`).
     pub shared_store_wavefronts: u64,
     /// Conflict-free wavefronts of shared stores.
     pub shared_store_wavefronts_ideal: u64,
-    /// `ldmatrix` requests (`sm__sass_inst_executed_op_ldsm.sum`).
+    /// `ldmatrix` requests (`smsp__inst_executed_op_ldsm.sum`).
     pub ldmatrix_requests: u64,
     /// Wavefronts of `ldmatrix`: per 8×8 matrix, the largest number of distinct words one
     /// bank serves (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ldsm.sum`).
@@ -151,25 +151,27 @@ pub struct Counters {
     /// Conflict-free wavefronts of `ldmatrix`: one per matrix.
     pub ldmatrix_wavefronts_ideal: u64,
 
-    /// `cp.async` requests (global → shared copies; `LDGSTS`,
-    /// `l1tex__t_requests_pipe_lsu_mem_global_op_ldgsts.sum`).
+    /// `cp.async` requests: global → shared copies, SASS `LDGSTS`
+    /// (`smsp__inst_executed_op_ldgsts.sum`).
     pub cp_async_requests: u64,
     /// Bytes `cp.async` read from global memory (thread-level: the source size of each
     /// active lane's copy; an ignored source reads nothing).
     pub cp_async_bytes: u64,
-    /// Distinct sectors each `cp.async` reads, summed over requests
-    /// (`l1tex__t_sectors_pipe_lsu_mem_global_op_ldgsts.sum`).
+    /// Distinct sectors each `cp.async` reads, summed over requests: the `LDGSTS`
+    /// counterpart of `l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum`.
     pub cp_async_sectors: u64,
     /// ceil(bytes read / 32) per `cp.async` request.
     pub cp_async_sectors_ideal: u64,
 
-    /// `mma` instructions (`sm__inst_executed_pipe_tensor_op_hmma.sum`).
+    /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
     pub mma_instructions: u64,
     /// Floating-point operations of those `mma`s: 2·M·N·K each (2·16·8·16 = 4096 for
     /// m16n8k16), one multiply and one add per product term.
     pub tensor_flops: u64,
 
-    /// `bar.sync`/`barrier.sync` executed, per warp (`smsp__inst_executed_op_barrier.sum`).
+    /// `bar.sync`/`barrier.sync` executed, per warp: the `BAR` instructions among
+    /// `smsp__inst_executed.sum` (Nsight Compute's related stall reason is
+    /// `smsp__warp_issue_stalled_barrier`).
     pub barriers: u64,
 
     /// Distinct 32-byte global sectors read over the whole launch (loads, atomics,
@@ -338,10 +340,10 @@ impl Recorder {
 
     /// One `cp.async` request: each active lane's (source address, bytes read).
     pub(super) fn cp_async(&mut self, lanes: &[(u64, u32)]) {
+        // Lanes reading nothing (ignored source, src-size 0) touch no sector.
         let mut sectors = [0u64; 2 * 32];
-        let reading: Vec<(u64, u32)> = lanes.iter().copied().filter(|&(_, b)| b > 0).collect();
-        let n = distinct_sectors(&reading, &mut sectors);
-        let bytes: u64 = reading.iter().map(|&(_, b)| u64::from(b)).sum();
+        let n = distinct_sectors(lanes, &mut sectors);
+        let bytes: u64 = lanes.iter().map(|&(_, b)| u64::from(b)).sum();
         let c = &mut self.counters;
         c.cp_async_requests += 1;
         c.cp_async_bytes += bytes;
