@@ -139,6 +139,34 @@ SKIP:
     ret;
 }
 
+// cta_ids: thread 0 of each CTA writes 1 + x + 100 y + 10000 z at its linear CTA index
+// x + nx (y + ny z).
+.visible .entry cta_ids(.param .u64 out)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<12>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out];
+    mov.u32 %r1, %tid.x;
+    setp.ne.u32 %p1, %r1, 0;
+    @%p1 bra DONE;
+    mov.u32 %r2, %ctaid.x;
+    mov.u32 %r3, %ctaid.y;
+    mov.u32 %r4, %ctaid.z;
+    mov.u32 %r5, %nctaid.x;
+    mov.u32 %r6, %nctaid.y;
+    mad.lo.u32 %r7, %r4, %r6, %r3;
+    mad.lo.u32 %r7, %r7, %r5, %r2;
+    mad.lo.u32 %r8, %r3, 100, %r2;
+    mad.lo.u32 %r8, %r4, 10000, %r8;
+    add.u32 %r8, %r8, 1;
+    mul.wide.u32 %rd2, %r7, 4;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.u32 [%rd3], %r8;
+DONE:
+    ret;
+}
+
 // cp16: lane l copies 16 bytes src[16l..] to shared, reading src_size of them.
 .visible .entry cp16(.param .u64 src, .param .u32 src_size)
 {
@@ -464,6 +492,50 @@ fn sampled_ctas_extrapolate_to_the_full_run() {
     };
     let (_, c, _) = run_gload(1, 64, &all);
     assert_eq!(c, full);
+}
+
+#[test]
+fn sampling_a_3d_grid_runs_the_chosen_ctas_with_their_coordinates() {
+    let module = kernels();
+    let mut mem = DeviceMemory::new();
+    let out = mem.alloc(4 * 24, "out");
+    let d = LaunchDims {
+        grid: [4, 3, 2],
+        block: [32, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    let sample = Profiling {
+        count: true,
+        sample_ctas: Some(5),
+    };
+    let (stats, c) = profiled(
+        &module,
+        "cta_ids",
+        &d,
+        &out.to_le_bytes(),
+        &mut mem,
+        &sample,
+    );
+    assert_eq!(stats.ctas, 5);
+    assert_eq!((c.ctas_total, c.ctas_run), (24, 5));
+    let mut bytes = vec![0u8; 4 * 24];
+    mem.read(out, &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<u32> = bytes
+        .chunks(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    // Linear CTAs 0, 5, 11, 17, 23 (floor(i * 23 / 4)), x fastest.
+    for (linear, &id) in ids.iter().enumerate() {
+        let (x, y, z) = (linear % 4, linear / 4 % 3, linear / 12);
+        let want = if [0, 5, 11, 17, 23].contains(&linear) {
+            (1 + x + 100 * y + 10000 * z) as u32
+        } else {
+            0
+        };
+        assert_eq!(id, want, "CTA {linear}");
+    }
+    // One store per sampled CTA, extrapolated to the grid's 24.
+    assert_eq!(c.global_store_requests, 24);
 }
 
 #[test]
