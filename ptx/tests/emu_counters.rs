@@ -237,7 +237,7 @@ fn run_gload(stride: u32, ctas: u32, profiling: &Profiling) -> (LaunchStats, Cou
     let module = kernels();
     let mut mem = DeviceMemory::new();
     let threads = 32 * ctas as usize;
-    let src = mem.alloc(4 * threads * stride as usize, "src");
+    let src = mem.alloc(4 * threads * stride.max(1) as usize, "src");
     let dst = mem.alloc(4 * threads, "dst");
     mem.write(dst, &vec![0xEE; 4 * threads])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -284,6 +284,11 @@ fn strided_global_load_touches_a_sector_per_lane() {
     assert_eq!(c.global_load_sectors, 32);
     assert_eq!(c.global_load_sectors_ideal, 4);
     assert_eq!(c.dram_read_sectors, 32);
+    // Stride 0: every lane reads word 0, one sector, and one is all it needs.
+    let (_, c, _) = run_gload(0, 1, &COUNT);
+    assert_eq!(c.global_load_requests, 1);
+    assert_eq!(c.global_load_sectors, 1);
+    assert_eq!(c.global_load_sectors_ideal, 1);
 }
 
 #[test]

@@ -110,8 +110,10 @@ pub struct Counters {
     /// Distinct 32-byte sectors each global load touches over its active lanes' byte ranges,
     /// summed over requests (`l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum`).
     pub global_load_sectors: u64,
-    /// The fewest sectors those loads could have touched: ceil(active lanes × bytes per lane
-    /// / 32) per request. Coalescing efficiency = ideal / actual.
+    /// The fewest sectors those loads could have touched: ceil(distinct bytes the active
+    /// lanes read / 32) per request, i.e. ceil(active lanes × bytes per lane / 32) when no
+    /// two lanes read the same byte (lanes sharing an address, a broadcast, need it once).
+    /// Coalescing efficiency = ideal / actual, at most 1.
     pub global_load_sectors_ideal: u64,
     /// Global store requests (`l1tex__t_requests_pipe_lsu_mem_global_op_st.sum`).
     pub global_store_requests: u64,
@@ -160,7 +162,7 @@ pub struct Counters {
     /// Distinct sectors each `cp.async` reads, summed over requests: the `LDGSTS`
     /// counterpart of `l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum`.
     pub cp_async_sectors: u64,
-    /// ceil(bytes read / 32) per `cp.async` request.
+    /// ceil(distinct bytes read / 32) per `cp.async` request.
     pub cp_async_sectors_ideal: u64,
 
     /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
@@ -306,8 +308,7 @@ impl Recorder {
         }
         let mut sectors = [0u64; 2 * 32];
         let n = distinct_sectors(lanes, &mut sectors);
-        let bytes: u64 = lanes.iter().map(|&(_, b)| u64::from(b)).sum();
-        let ideal = bytes.div_ceil(SECTOR_BYTES);
+        let ideal = distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
         let c = &mut self.counters;
         let (requests, actual, ideal_count) = match kind {
             GlobalKind::Load => (
@@ -348,7 +349,7 @@ impl Recorder {
         c.cp_async_requests += 1;
         c.cp_async_bytes += bytes;
         c.cp_async_sectors += n as u64;
-        c.cp_async_sectors_ideal += bytes.div_ceil(SECTOR_BYTES);
+        c.cp_async_sectors_ideal += distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
         self.read_sectors.extend(&sectors[..n]);
     }
 
@@ -592,6 +593,29 @@ fn distinct_sectors(ranges: &[(u64, u32)], out: &mut [u64; 64]) -> usize {
     kept
 }
 
+/// How many distinct bytes the ranges `(address, bytes)` cover (the size of their union).
+fn distinct_bytes(ranges: &[(u64, u32)]) -> u64 {
+    let mut spans = [(0u64, 0u64); 32];
+    let mut n = 0;
+    for &(addr, bytes) in ranges.iter().take(32) {
+        if bytes > 0 {
+            spans[n] = (addr, addr.saturating_add(u64::from(bytes)));
+            n += 1;
+        }
+    }
+    let spans = &mut spans[..n];
+    spans.sort_unstable();
+    let (mut total, mut covered_to) = (0u64, 0u64);
+    for &(start, end) in spans.iter() {
+        let from = start.max(covered_to);
+        if end > from {
+            total += end - from;
+            covered_to = end;
+        }
+    }
+    total
+}
+
 /// Lanes per phase of a shared access of `bytes` bytes per lane: the whole warp up to 4
 /// bytes, half-warps for 8, quarter-warps for 16 (128 bytes per wavefront).
 fn lanes_per_phase(bytes: u32) -> usize {
@@ -725,6 +749,15 @@ mod tests {
         assert_eq!(distinct_sectors(&strided, &mut out), 32);
         // A misaligned 16-byte range spans two sectors.
         assert_eq!(distinct_sectors(&[(24, 16)], &mut out), 2);
+        // Ideal sectors count each byte once: a broadcast needs one sector, not 32 lanes' worth.
+        let broadcast: Vec<_> = (0..32).map(|_| (64u64, 4u32)).collect();
+        assert_eq!(distinct_bytes(&broadcast), 4);
+        assert_eq!(distinct_bytes(&coalesced), 128);
+        assert_eq!(distinct_bytes(&[(0, 8), (4, 8), (100, 4), (0, 0)]), 16);
+        let mut r = Recorder::default();
+        r.global(GlobalKind::Load, &broadcast);
+        assert_eq!(r.counters.global_load_sectors, 1);
+        assert_eq!(r.counters.global_load_sectors_ideal, 1);
     }
 
     #[test]
