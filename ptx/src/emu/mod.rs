@@ -39,7 +39,7 @@
 //! | a warp's registers, per-lane PCs, min-PC regrouping | `warp.rs` |
 //! | sanitized loads and stores (bounds, alignment, races) | `access.rs` |
 //! | global memory ([`DeviceMemory`]) | `memory.rs` |
-//! | hardware counters of a launch ([`Profiling`], [`Counters`], [`launch_profiled`]) | `counters.rs` |
+//! | hardware counters of a launch ([`Profiling`], [`Counters`], [`launch_profiled`]) | `counters/` |
 //!
 //! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
 //! lockstep with an active mask. Divergence uses per-thread program counters and always

@@ -2,7 +2,10 @@
 //! for the same kernel, from the addresses every lane touches.
 //!
 //! Counting is opt-in ([`Profiling::count`]); with it off the scheduler runs its uncounted
-//! instantiation (a `const` parameter of `exec`), so the emulator runs as fast as before.
+//! instantiation (`run_warp::<false>` in `exec`), so the emulator runs as fast as before.
+//!
+//! Here: what is counted ([`Counters`], the launch's `Recorder`); `hooks`: what the scheduler
+//! hands over per instruction; `geometry`: sectors, banks and wavefronts of one request.
 //!
 //! The memory model follows NVIDIA's description of the L1TEX unit (Nsight Compute Kernel
 //! Profiling Guide, "Memory Tables", and the NVIDIA developer forum answer "What's the
@@ -24,10 +27,10 @@
 
 use std::collections::HashSet;
 
-use super::exec::Cta;
-use super::inst::{Addr, Inst, MemSpace, Op};
-use super::warp::Warp;
-use crate::error::Space;
+mod geometry;
+mod hooks;
+
+use geometry::{distinct_bytes, distinct_sectors, ldmatrix_wavefronts, shared_wavefronts};
 
 /// The kinds of warp-level instruction the counters tell apart.
 ///
@@ -286,10 +289,8 @@ pub(super) enum SharedKind {
     Store,
 }
 
-/// Size of a global sector and of a shared bank word, in bytes.
+/// Size of a global sector, in bytes.
 const SECTOR_BYTES: u64 = 32;
-const WORD_BYTES: u64 = 4;
-const BANKS: usize = 32;
 
 /// The counters of a launch while it runs, with the sets of global sectors it has read and
 /// written (kept only while counting; the counts are taken at the end).
@@ -400,360 +401,19 @@ impl Recorder {
     }
 }
 
-/// Floating-point operations of one `mma.m16n8k16`: a multiply and an add per product term.
-const MMA_M16N8K16_FLOPS: u64 = 2 * 16 * 8 * 16;
-
-/// The class an operation counts under (see [`InstClass`]). No wildcard: a new operation
-/// must be given a class.
-fn class_of(op: &Op) -> InstClass {
-    match op {
-        Op::Int(_)
-        | Op::IntUn(_)
-        | Op::Mad(_)
-        | Op::Prmt(_)
-        | Op::Lop3(_)
-        | Op::Bfe(_)
-        | Op::Bfi(_)
-        | Op::Cvta(_) => InstClass::Integer,
-        Op::Setp(s) if s.ty.is_float() => InstClass::Float,
-        Op::Set(s) if s.sty.is_float() => InstClass::Float,
-        Op::Setp(_) | Op::Set(_) => InstClass::Integer,
-        Op::Float(_) | Op::Fma(_) | Op::FloatUn(_) => InstClass::Float,
-        Op::Mov(_) | Op::Pack(_) | Op::Unpack(_) | Op::Cvt(_) | Op::CvtPack(_) | Op::Selp(_) => {
-            InstClass::ConvertMove
-        }
-        Op::Ld(_) | Op::St(_) | Op::Atom(_) | Op::CpAsync(_) | Op::Ldmatrix(_) => InstClass::Memory,
-        Op::Bar { .. }
-        | Op::BarWarp { .. }
-        | Op::Shfl(_)
-        | Op::Vote(_)
-        | Op::Activemask { .. }
-        | Op::Redux(_)
-        | Op::CpCommit
-        | Op::CpWait { .. }
-        | Op::CpWaitAll => InstClass::Sync,
-        Op::Mma(_) => InstClass::Tensor,
-        Op::Bra { .. } | Op::Exit | Op::Trap | Op::Nop => InstClass::Control,
-    }
-}
-
-/// The scheduler's counting hooks, called only from its counting instantiation
-/// (`run_warp::<true>`), before the instruction runs (so addresses are read from the
-/// registers the instruction reads, not the ones it writes).
-impl Cta<'_> {
-    /// One warp-level instruction issued, whatever its predicate.
-    pub(super) fn count_instruction(&mut self, op: &Op) {
-        if let Some(r) = self.recorder.as_mut() {
-            r.counters.instructions += 1;
-            r.counters.instructions_by_class[class_of(op) as usize] += 1;
-        }
-    }
-
-    /// One warp arriving at `bar.sync`.
-    pub(super) fn count_barrier(&mut self) {
-        if let Some(r) = self.recorder.as_mut() {
-            r.counters.barriers += 1;
-        }
-    }
-
-    /// The memory and tensor counts of `inst` run by the lanes of `exec` (non-empty).
-    pub(super) fn count_access(&mut self, w: &Warp, inst: &Inst, exec: u32) {
-        match &inst.op {
-            Op::Ld(i) => self.count_ld_st(
-                w,
-                exec,
-                i.space,
-                &i.addr,
-                i.ty.bytes() * u32::from(i.n),
-                GlobalKind::Load,
-            ),
-            Op::St(i) => self.count_ld_st(
-                w,
-                exec,
-                i.space,
-                &i.addr,
-                i.ty.bytes() * u32::from(i.n),
-                GlobalKind::Store,
-            ),
-            // Shared-memory atomics are not counted: none of the project's kernels use them.
-            Op::Atom(i) => {
-                self.count_ld_st(w, exec, i.space, &i.addr, i.ty.bytes(), GlobalKind::Atomic)
-            }
-            Op::CpAsync(i) => {
-                let mut lanes = [(0u64, 0u32); 32];
-                let mut n = 0;
-                lanes!(exec, l, {
-                    let ignore = i.ignore_src.is_some_and(|p| self.val(w, p, l) != 0);
-                    let size = u64::from(i.size);
-                    let bytes = if ignore {
-                        0
-                    } else {
-                        i.src_size.map_or(size, |s| self.val(w, s, l).min(size))
-                    };
-                    // `bytes` is at most the copy size, 16.
-                    lanes[n] = (self.addr_of(w, &i.src, l), bytes as u32);
-                    n += 1;
-                });
-                if let Some(r) = self.recorder.as_mut() {
-                    r.cp_async(&lanes[..n]);
-                }
-            }
-            Op::Ldmatrix(i) => {
-                let mut rows = [0u64; 32];
-                for (l, row) in rows.iter_mut().enumerate() {
-                    *row = self.addr_of(w, &i.addr, l);
-                }
-                if let Some(r) = self.recorder.as_mut() {
-                    r.ldmatrix(usize::from(i.num), &rows);
-                }
-            }
-            Op::Mma(_) => {
-                if let Some(r) = self.recorder.as_mut() {
-                    r.counters.mma_instructions += 1;
-                    r.counters.tensor_flops += MMA_M16N8K16_FLOPS;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A load, store or atomic of `bytes` bytes per lane: each lane's address resolved to its
-    /// space (a generic access may mix global and shared lanes), one request per space
-    /// touched. Local and parameter accesses are not counted.
-    fn count_ld_st(
-        &mut self,
-        w: &Warp,
-        exec: u32,
-        space: MemSpace,
-        addr: &Addr,
-        bytes: u32,
-        kind: GlobalKind,
-    ) {
-        if matches!(space, MemSpace::Param | MemSpace::Local) {
-            return;
-        }
-        let mut global = [(0u64, 0u32); 32];
-        let mut shared = [(0usize, 0u64); 32];
-        let (mut ng, mut ns) = (0, 0);
-        lanes!(exec, l, {
-            match Self::resolve(space, self.addr_of(w, addr, l)) {
-                (Space::Global, a) => {
-                    global[ng] = (a, bytes);
-                    ng += 1;
-                }
-                (Space::Shared, a) => {
-                    shared[ns] = (l, a);
-                    ns += 1;
-                }
-                _ => {}
-            }
-        });
-        let Some(r) = self.recorder.as_mut() else {
-            return;
-        };
-        r.global(kind, &global[..ng]);
-        match kind {
-            GlobalKind::Load => r.shared(SharedKind::Load, &shared[..ns], bytes),
-            GlobalKind::Store => r.shared(SharedKind::Store, &shared[..ns], bytes),
-            GlobalKind::Atomic => {}
-        }
-    }
-}
-
 /// `x · total / run`, rounded to nearest (halves up), without overflow.
 fn scale_rounded(x: u64, total: u64, run: u64) -> u64 {
     let v = (u128::from(x) * u128::from(total) + u128::from(run / 2)) / u128::from(run);
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// The distinct 32-byte sectors the byte ranges `(address, bytes)` touch, written to the
-/// front of `out` (room for two per range: a range of at most 32 bytes spans at most two);
-/// returns how many.
-fn distinct_sectors(ranges: &[(u64, u32)], out: &mut [u64; 64]) -> usize {
-    let mut n = 0;
-    for &(addr, bytes) in ranges.iter().take(32) {
-        if bytes == 0 {
-            continue;
-        }
-        let first = addr / SECTOR_BYTES;
-        let last = addr.saturating_add(u64::from(bytes.min(32)) - 1) / SECTOR_BYTES;
-        for s in first..=last {
-            out[n] = s;
-            n += 1;
-        }
-    }
-    out[..n].sort_unstable();
-    let mut kept = 0;
-    for i in 0..n {
-        if kept == 0 || out[kept - 1] != out[i] {
-            out[kept] = out[i];
-            kept += 1;
-        }
-    }
-    kept
-}
-
-/// How many distinct bytes the ranges `(address, bytes)` cover (the size of their union).
-fn distinct_bytes(ranges: &[(u64, u32)]) -> u64 {
-    let mut spans = [(0u64, 0u64); 32];
-    let mut n = 0;
-    for &(addr, bytes) in ranges.iter().take(32) {
-        if bytes > 0 {
-            spans[n] = (addr, addr.saturating_add(u64::from(bytes)));
-            n += 1;
-        }
-    }
-    let spans = &mut spans[..n];
-    spans.sort_unstable();
-    let (mut total, mut covered_to) = (0u64, 0u64);
-    for &(start, end) in spans.iter() {
-        let from = start.max(covered_to);
-        if end > from {
-            total += end - from;
-            covered_to = end;
-        }
-    }
-    total
-}
-
-/// Lanes per phase of a shared access of `bytes` bytes per lane: the whole warp up to 4
-/// bytes, half-warps for 8, quarter-warps for 16 (128 bytes per wavefront).
-fn lanes_per_phase(bytes: u32) -> usize {
-    match bytes {
-        0..=4 => 32,
-        5..=8 => 16,
-        _ => 8,
-    }
-}
-
-/// Wavefronts one phase needs: the largest number of distinct 4-byte words any bank serves
-/// (lanes on the same word share it). `addrs` are the phase's lanes' addresses, `bytes` each.
-fn phase_wavefronts(addrs: &[u64], bytes: u32) -> u64 {
-    // At most 8 lanes × 4 words or 32 lanes × 1 word (4 bytes or less, unaligned: 2 words).
-    let mut words = [0u64; 64];
-    let mut n = 0;
-    for &a in addrs {
-        let first = a / WORD_BYTES;
-        let last = a.saturating_add(u64::from(bytes.clamp(1, 16)) - 1) / WORD_BYTES;
-        for word in first..=last {
-            if n < words.len() {
-                words[n] = word;
-                n += 1;
-            }
-        }
-    }
-    let words = &mut words[..n];
-    words.sort_unstable();
-    let mut per_bank = [0u64; BANKS];
-    let mut previous = None;
-    for &word in words.iter() {
-        if previous != Some(word) {
-            per_bank[(word % BANKS as u64) as usize] += 1;
-            previous = Some(word);
-        }
-    }
-    per_bank.iter().copied().max().unwrap_or(0).max(1)
-}
-
-/// Wavefronts and conflict-free wavefronts of one shared request: `lanes` holds each active
-/// lane's (lane index, address), each access `bytes` bytes.
-pub(super) fn shared_wavefronts(lanes: &[(usize, u64)], bytes: u32) -> (u64, u64) {
-    let per_phase = lanes_per_phase(bytes);
-    let (mut wavefronts, mut ideal) = (0, 0);
-    for phase in 0..32 / per_phase {
-        let mut addrs = [0u64; 32];
-        let mut n = 0;
-        for &(lane, addr) in lanes {
-            if lane / per_phase == phase {
-                addrs[n] = addr;
-                n += 1;
-            }
-        }
-        if n > 0 {
-            wavefronts += phase_wavefronts(&addrs[..n], bytes);
-            ideal += 1;
-        }
-    }
-    (wavefronts, ideal)
-}
-
-/// Wavefronts of an `ldmatrix` of `num` 8×8 matrices: matrix j's 8 rows (16 bytes each, at
-/// `rows[8j..8j+8]`) are one phase.
-pub(super) fn ldmatrix_wavefronts(num: usize, rows: &[u64; 32]) -> u64 {
-    rows.chunks(8)
-        .take(num.min(4))
-        .map(|matrix| phase_wavefronts(matrix, 16))
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lanes_at(addr: impl Fn(usize) -> u64) -> Vec<(usize, u64)> {
-        (0..32).map(|l| (l, addr(l))).collect()
-    }
-
     #[test]
-    fn four_byte_shared_accesses() {
-        // Consecutive words: one per bank.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 4 * l as u64), 4), (1, 1));
-        // Stride 32 words: every lane in bank 0, 32 distinct words.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 128 * l as u64), 4), (32, 1));
-        // Stride 2 words: banks 0, 2, .., 30 each hold two distinct words.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 8 * l as u64), 4), (2, 1));
-        // Everyone on one word: a broadcast.
-        assert_eq!(shared_wavefronts(&lanes_at(|_| 64), 4), (1, 1));
-        // Two-byte accesses, two lanes per word: still one word per bank.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 2 * l as u64), 2), (1, 1));
-    }
-
-    #[test]
-    fn wide_shared_accesses_go_by_phases() {
-        // 8 bytes, consecutive: two half-warps of 128 bytes, conflict-free.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 8 * l as u64), 8), (2, 2));
-        // 16 bytes, consecutive: four quarter-warps.
-        assert_eq!(shared_wavefronts(&lanes_at(|l| 16 * l as u64), 16), (4, 4));
-        // 16 bytes, stride 128 bytes: each quarter-warp's 8 lanes hit banks 0-3, 8 words each.
-        assert_eq!(
-            shared_wavefronts(&lanes_at(|l| 128 * l as u64), 16),
-            (32, 4)
-        );
-        // Only lanes 0-7 active with 16 bytes: one phase.
-        let first_quarter: Vec<_> = (0..8).map(|l| (l, 16 * l as u64)).collect();
-        assert_eq!(shared_wavefronts(&first_quarter, 16), (1, 1));
-    }
-
-    #[test]
-    fn ldmatrix_rows_conflict_by_pitch() {
-        // A 64-byte pitch puts rows 0, 2, 4, 6 on banks 0-3: 4 wavefronts per matrix.
-        let mut rows = [0u64; 32];
-        for (l, r) in rows.iter_mut().enumerate() {
-            *r = (l as u64 % 16) * 64 + (l as u64 / 16) * 16;
-        }
-        assert_eq!(ldmatrix_wavefronts(4, &rows), 16);
-        // An 80-byte pitch walks the 8 rows over all 32 banks.
-        for (l, r) in rows.iter_mut().enumerate() {
-            *r = (l as u64 % 16) * 80 + (l as u64 / 16) * 16;
-        }
-        assert_eq!(ldmatrix_wavefronts(4, &rows), 4);
-        assert_eq!(ldmatrix_wavefronts(1, &rows), 1);
-    }
-
-    #[test]
-    fn sectors_are_distinct_per_request() {
-        let mut out = [0u64; 64];
-        let coalesced: Vec<_> = (0..32).map(|l| (4 * l as u64, 4)).collect();
-        assert_eq!(distinct_sectors(&coalesced, &mut out), 4);
-        let strided: Vec<_> = (0..32).map(|l| (128 * l as u64, 4)).collect();
-        assert_eq!(distinct_sectors(&strided, &mut out), 32);
-        // A misaligned 16-byte range spans two sectors.
-        assert_eq!(distinct_sectors(&[(24, 16)], &mut out), 2);
-        // Ideal sectors count each byte once: a broadcast needs one sector, not 32 lanes' worth.
+    fn a_broadcast_load_is_one_sector_and_ideal() {
         let broadcast: Vec<_> = (0..32).map(|_| (64u64, 4u32)).collect();
-        assert_eq!(distinct_bytes(&broadcast), 4);
-        assert_eq!(distinct_bytes(&coalesced), 128);
-        assert_eq!(distinct_bytes(&[(0, 8), (4, 8), (100, 4), (0, 0)]), 16);
         let mut r = Recorder::default();
         r.global(GlobalKind::Load, &broadcast);
         assert_eq!(r.counters.global_load_sectors, 1);
