@@ -92,7 +92,9 @@ pub struct Profiling {
     pub count: bool,
     /// Run only this many CTAs, spread evenly over the grid (first, last, and evenly between,
     /// in linear CTA order), and extrapolate the counters to the whole grid: each count is
-    /// scaled by total/sampled CTAs and rounded (the distinct-sector counts too). `None` =
+    /// scaled by total/sampled CTAs and rounded. The distinct-sector counts scale the same
+    /// way, which is exact when each CTA touches its own data and overstates data many CTAs
+    /// share (a matmul's operands: a sample of CTAs may already read all of B). `None` =
     /// every CTA. Sampling applies with counting off too. The CTAs not run write nothing, so
     /// a sampled launch's outputs are partial, and its `LaunchStats` count the CTAs run.
     pub sample_ctas: Option<u32>,
@@ -181,7 +183,8 @@ pub struct Counters {
 
     /// Distinct 32-byte global sectors read over the whole launch (loads, atomics,
     /// `cp.async`): a lower bound on `dram__sectors_read.sum` (every byte fetched at least
-    /// once, none evicted and refetched).
+    /// once, none evicted and refetched); extrapolated from a sample it may exceed that
+    /// bound (see [`Profiling::sample_ctas`]).
     pub dram_read_sectors: u64,
     /// Distinct 32-byte global sectors written over the whole launch (stores, atomics): a
     /// lower bound on `dram__sectors_write.sum`.
