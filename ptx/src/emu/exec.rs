@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 
+use super::counters::{Counters, Profiling, Recorder};
 use super::inst::{Inst, Kernel, Op, Reg, Src, Sreg};
 use super::types::width_mask;
 use super::warp::{Warp, WarpState, NO_PC};
@@ -70,6 +71,8 @@ pub(super) struct Cta<'a> {
     pub(super) nthreads: u32,
     pub(super) nwarps: u32,
     pub(super) stats: LaunchStats,
+    /// The launch's counters while counting (`Profiling::count`); `None` otherwise.
+    pub(super) recorder: Option<Box<Recorder>>,
 }
 
 pub(crate) fn launch(
@@ -78,8 +81,9 @@ pub(crate) fn launch(
     params: &[u8],
     mem: &mut DeviceMemory,
     checks: &Checks,
-) -> Result<LaunchStats, PtxError> {
-    launch_limited(k, dims, params, mem, checks, STEP_LIMIT)
+    profiling: &Profiling,
+) -> Result<(LaunchStats, Option<Counters>), PtxError> {
+    launch_limited(k, dims, params, mem, checks, profiling, STEP_LIMIT)
 }
 
 /// [`launch`] with a given step limit (warp instructions per CTA).
@@ -89,8 +93,9 @@ fn launch_limited(
     params: &[u8],
     mem: &mut DeviceMemory,
     checks: &Checks,
+    profiling: &Profiling,
     step_limit: u64,
-) -> Result<LaunchStats, PtxError> {
+) -> Result<(LaunchStats, Option<Counters>), PtxError> {
     let bad = |reason: String| PtxError::BadLaunch {
         kernel: k.name.clone(),
         reason,
@@ -133,6 +138,16 @@ fn launch_limited(
             k.dyn_shared_base, dims.dynamic_shared_bytes
         )));
     }
+    let ctas_total = u64::from(dims.grid[0]) * u64::from(dims.grid[1]) * u64::from(dims.grid[2]);
+    let sample = match profiling.sample_ctas {
+        Some(0) => {
+            return Err(bad(
+                "sampling 0 CTAs counts nothing; sample at least 1 (or None for all)".into(),
+            ))
+        }
+        Some(n) if u64::from(n) < ctas_total => Some(u64::from(n)),
+        _ => None,
+    };
     let nthreads = nthreads as u32;
     let nwarps = nthreads.div_ceil(32);
     let nregs = k.reg_names.len();
@@ -159,6 +174,7 @@ fn launch_limited(
         nthreads,
         nwarps,
         stats: LaunchStats::default(),
+        recorder: profiling.count.then(Box::default),
     };
     let mut warps: Vec<Warp> = (0..nwarps)
         .map(|w| Warp {
@@ -175,17 +191,41 @@ fn launch_limited(
             issued: 0,
         })
         .collect();
-    for z in 0..dims.grid[2] {
-        for y in 0..dims.grid[1] {
-            for x in 0..dims.grid[0] {
-                cta.reset([x, y, z], &mut warps);
-                cta.run(&mut warps, mem)?;
-                cta.stats.ctas += 1;
-                cta.stats.warps += u64::from(nwarps);
-            }
+    let ctas_run = sample.unwrap_or(ctas_total);
+    let counting = cta.recorder.is_some();
+    for i in 0..ctas_run {
+        let linear = match sample {
+            Some(n) => sampled_cta(i, n, ctas_total),
+            None => i,
+        };
+        let (gx, gy) = (u64::from(dims.grid[0]), u64::from(dims.grid[1]));
+        // Each coordinate is below its grid dimension, a u32.
+        let ctaid = [
+            (linear % gx) as u32,
+            (linear / gx % gy) as u32,
+            (linear / (gx * gy)) as u32,
+        ];
+        cta.reset(ctaid, &mut warps);
+        if counting {
+            cta.run::<true>(&mut warps, mem)?;
+        } else {
+            cta.run::<false>(&mut warps, mem)?;
         }
+        cta.stats.ctas += 1;
+        cta.stats.warps += u64::from(nwarps);
     }
-    Ok(cta.stats)
+    let counters = cta.recorder.take().map(|r| r.finish(ctas_total, ctas_run));
+    Ok((cta.stats, counters))
+}
+
+/// Linear index of the `i`-th of `n` CTAs sampled from `total` (`n < total`): the first,
+/// the last, and evenly spaced between (rounded down), in increasing order.
+fn sampled_cta(i: u64, n: u64, total: u64) -> u64 {
+    if n <= 1 {
+        return 0;
+    }
+    // Steps of (total-1)/(n-1) > 1 never round two samples onto one CTA.
+    (u128::from(i) * u128::from(total - 1) / u128::from(n - 1)) as u64
 }
 
 impl Cta<'_> {
@@ -225,12 +265,17 @@ impl Cta<'_> {
         self.thread_pos(w.base + lane as u32)
     }
 
-    fn run(&mut self, warps: &mut [Warp], mem: &mut DeviceMemory) -> Result<(), PtxError> {
+    /// Runs the CTA to completion; `COUNT`: record counters (the recorder is present).
+    fn run<const COUNT: bool>(
+        &mut self,
+        warps: &mut [Warp],
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
         self.step_limit = self.stats.instructions.saturating_add(self.step_budget);
         loop {
             for w in warps.iter_mut() {
                 if w.state == WarpState::Running {
-                    self.run_warp(w, mem)?;
+                    self.run_warp::<COUNT>(w, mem)?;
                 }
             }
             if warps.iter().all(|w| w.state == WarpState::Done) {
@@ -351,7 +396,11 @@ impl Cta<'_> {
         })
     }
 
-    fn run_warp(&mut self, w: &mut Warp, mem: &mut DeviceMemory) -> Result<(), PtxError> {
+    fn run_warp<const COUNT: bool>(
+        &mut self,
+        w: &mut Warp,
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
         let k = self.k;
         loop {
             if w.active == 0 {
@@ -376,6 +425,9 @@ impl Cta<'_> {
                     limit: self.step_budget,
                     line: inst.line,
                 });
+            }
+            if COUNT {
+                self.count_instruction(&inst.op);
             }
             let exec = match inst.guard {
                 None => active,
@@ -444,6 +496,9 @@ impl Cta<'_> {
                     if id > 15 {
                         return Err(self.oob_special(w, l0, inst.line, "barrier id above 15"));
                     }
+                    if COUNT {
+                        self.count_barrier();
+                    }
                     w.advance();
                     w.state = WarpState::AtBarrier {
                         id,
@@ -455,6 +510,9 @@ impl Cta<'_> {
                 _ => {}
             }
             if exec != 0 {
+                if COUNT {
+                    self.count_access(w, inst, exec);
+                }
                 self.exec(w, inst, exec, mem)?;
                 for &r in inst.defs.iter() {
                     w.written[r as usize] |= exec;
@@ -578,8 +636,10 @@ mod tests {
             &[],
             &mut DeviceMemory::new(),
             &Checks::default(),
+            &Profiling::default(),
             10_000,
         )
+        .map(|_| ())
         .unwrap_err();
         assert_eq!(
             err,

@@ -3,7 +3,8 @@
 //! Pipeline: [`Module::parse`] lexes and parses the text (`lex`, `parse`), then decodes each
 //! `.entry` once into a compact instruction list with operands resolved to register
 //! indices (`decode`, into the representation of `inst`); [`launch`] interprets that list
-//! (`exec`) over host memory ([`DeviceMemory`]).
+//! (`exec`) over host memory ([`DeviceMemory`]); [`launch_profiled`] also counts what
+//! Nsight Compute would (requests, sectors, wavefronts, instructions by class).
 //!
 //! # Where the code for an instruction is
 //!
@@ -38,6 +39,7 @@
 //! | a warp's registers, per-lane PCs, min-PC regrouping | `warp.rs` |
 //! | sanitized loads and stores (bounds, alignment, races) | `access.rs` |
 //! | global memory ([`DeviceMemory`]) | `memory.rs` |
+//! | hardware counters of a launch ([`Profiling`], [`Counters`], [`launch_profiled`]) | `counters/` |
 //!
 //! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
 //! lockstep with an active mask. Divergence uses per-thread program counters and always
@@ -101,6 +103,7 @@
 #[macro_use]
 mod warp;
 mod access;
+mod counters;
 mod decode;
 mod exec;
 mod inst;
@@ -112,6 +115,7 @@ mod parse;
 mod rounding;
 mod types;
 
+pub use counters::{Counters, InstClass, Profiling};
 pub use memory::DeviceMemory;
 
 use crate::error::PtxError;
@@ -251,6 +255,72 @@ pub fn launch(
     mem: &mut DeviceMemory,
     checks: &Checks,
 ) -> Result<LaunchStats, PtxError> {
+    launch_profiled(
+        module,
+        kernel,
+        dims,
+        params,
+        mem,
+        checks,
+        &Profiling::default(),
+    )
+    .map(|(stats, _)| stats)
+}
+
+/// [`launch`], profiled as `profiling` says: with [`Profiling::count`], the launch's
+/// [`Counters`] (what Nsight Compute would count; see each field); with
+/// [`Profiling::sample_ctas`], only that many CTAs run (the first, the last and evenly
+/// between) and the counters are extrapolated to the grid ([`Counters::extrapolated`]).
+/// With `Profiling::default()` this is exactly [`launch`], at the same speed.
+///
+/// # Errors
+/// As [`launch`]; `BadLaunch` also for `sample_ctas: Some(0)`.
+///
+/// # Examples
+/// ```
+/// use frugal_ptx::emu::{launch_profiled, Checks, DeviceMemory, LaunchDims, Module, Profiling};
+/// let ptx = r#"
+/// .version 8.0
+/// .target sm_80
+/// .address_size 64
+/// .visible .entry copy(.param .u64 src, .param .u64 dst)
+/// {
+///     .reg .b32 %r<2>;
+///     .reg .b64 %rd<6>;
+///     ld.param.u64 %rd1, [src];
+///     ld.param.u64 %rd2, [dst];
+///     mov.u32 %r1, %tid.x;
+///     mul.wide.u32 %rd3, %r1, 4;
+///     add.s64 %rd4, %rd1, %rd3;
+///     add.s64 %rd5, %rd2, %rd3;
+///     ld.global.u32 %r1, [%rd4];
+///     st.global.u32 [%rd5], %r1;
+///     ret;
+/// }
+/// "#;
+/// let module = Module::parse(ptx).unwrap();
+/// let mut mem = DeviceMemory::new();
+/// let (src, dst) = (mem.alloc(128, "src"), mem.alloc(128, "dst"));
+/// let params = [src.to_le_bytes(), dst.to_le_bytes()].concat();
+/// let dims = LaunchDims { grid: [1, 1, 1], block: [32, 1, 1], dynamic_shared_bytes: 0 };
+/// let profiling = Profiling { count: true, sample_ctas: None };
+/// let (_, counters) =
+///     launch_profiled(&module, "copy", &dims, &params, &mut mem, &Checks::default(), &profiling)
+///         .unwrap();
+/// let c = counters.unwrap();
+/// // 32 lanes × 4 consecutive bytes: one request, four 32-byte sectors.
+/// assert_eq!((c.global_load_requests, c.global_load_sectors), (1, 4));
+/// assert_eq!(c.global_load_sectors_ideal, 4);
+/// ```
+pub fn launch_profiled(
+    module: &Module,
+    kernel: &str,
+    dims: &LaunchDims,
+    params: &[u8],
+    mem: &mut DeviceMemory,
+    checks: &Checks,
+    profiling: &Profiling,
+) -> Result<(LaunchStats, Option<Counters>), PtxError> {
     let k = module.kernel(kernel)?;
-    exec::launch(k, dims, params, mem, checks)
+    exec::launch(k, dims, params, mem, checks, profiling)
 }

@@ -1,0 +1,456 @@
+//! Hardware counters of one launch, counted by the emulator: what Nsight Compute would report
+//! for the same kernel, from the addresses every lane touches.
+//!
+//! Counting is opt-in ([`Profiling::count`]); with it off the scheduler runs its uncounted
+//! instantiation (`run_warp::<false>` in `exec`), so the emulator runs as fast as before.
+//!
+//! Here: what is counted ([`Counters`], the launch's `Recorder`); `hooks`: what the scheduler
+//! hands over per instruction; `geometry`: sectors, banks and wavefronts of one request.
+//!
+//! The memory model follows NVIDIA's description of the L1TEX unit (Nsight Compute Kernel
+//! Profiling Guide, "Memory Tables", and the NVIDIA developer forum answer "What's the
+//! difference between wavefronts and sectors/req"): a warp-level memory instruction is one
+//! *request*; a global request touches some 32-byte *sectors*; a shared request is served in
+//! *wavefronts*, each of which reads or writes at most one 4-byte word per bank of the 32
+//! banks (CUDA C++ Programming Guide, "Compute Capability 5.x and later: Shared Memory":
+//! successive 4-byte words map to successive banks; lanes reading the same word share it).
+//!
+//! 8- and 16-byte shared accesses: the warp is served in phases, each at least one wavefront —
+//! half-warps (lanes 0-15, 16-31) for 8 bytes and quarter-warps (lanes 8q..8q+7) for 16
+//! bytes, since one wavefront moves at most 128 bytes (32 banks × 4 bytes). This is the model
+//! Nsight Compute's own ideal counts use: a conflict-free `LDS.128` takes 4 wavefronts and
+//! reports 0 bank conflicts, i.e. `l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld`
+//! counts wavefronts beyond the ideal ones (NVIDIA developer forum, "Clarification: bank
+//! conflicts metric vs wavefronts for shared memory LDS.128"). Inside a phase the wavefronts
+//! are the largest number of distinct words any one bank must serve. `ldmatrix` is served
+//! the same way with one phase per 8×8 matrix: its 8 row addresses of 16 bytes each.
+
+use std::collections::HashSet;
+
+mod geometry;
+mod hooks;
+
+use geometry::{distinct_bytes, distinct_sectors, ldmatrix_wavefronts, shared_wavefronts};
+
+/// The kinds of warp-level instruction the counters tell apart.
+///
+/// A grouping by what the instruction does, close to Nsight Compute's pipelines
+/// (`sm__inst_executed_pipe_*`) but independent of how ptxas lowers PTX to SASS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InstClass {
+    /// Integer arithmetic, logic, shifts, bit fields, integer compares and `cvta`.
+    Integer = 0,
+    /// Floating-point arithmetic and float compares.
+    Float = 1,
+    /// `mov` (and packing), `cvt`, `selp`.
+    ConvertMove = 2,
+    /// `ld`, `st`, `atom`, `red`, `cp.async`, `ldmatrix`.
+    Memory = 3,
+    /// `bar.sync`, `bar.warp.sync`, `shfl`, `vote`, `activemask`, `redux`, `cp.async`'s
+    /// commit and wait.
+    Sync = 4,
+    /// `mma`.
+    Tensor = 5,
+    /// `bra`, `exit`/`ret`, `trap`, and instructions without effect here (`prefetch`,
+    /// `membar`/`fence`, which the decoder folds into one no-op).
+    Control = 6,
+}
+
+impl InstClass {
+    /// How many classes there are (the length of [`Counters::instructions_by_class`]).
+    pub const COUNT: usize = 7;
+    /// Every class, in index order.
+    pub const ALL: [InstClass; InstClass::COUNT] = [
+        InstClass::Integer,
+        InstClass::Float,
+        InstClass::ConvertMove,
+        InstClass::Memory,
+        InstClass::Sync,
+        InstClass::Tensor,
+        InstClass::Control,
+    ];
+
+    /// A short lower-case name, for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstClass::Integer => "integer",
+            InstClass::Float => "float",
+            InstClass::ConvertMove => "convert/move",
+            InstClass::Memory => "memory",
+            InstClass::Sync => "sync",
+            InstClass::Tensor => "tensor",
+            InstClass::Control => "control",
+        }
+    }
+}
+
+/// How a launch is profiled; `Default` = off (the emulator runs exactly as without profiling,
+/// at the same speed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Profiling {
+    /// Count [`Counters`] for the launch.
+    pub count: bool,
+    /// Run only this many CTAs, spread evenly over the grid (first, last, and evenly between,
+    /// in linear CTA order), and extrapolate the counters to the whole grid: each count is
+    /// scaled by total/sampled CTAs and rounded. The distinct-sector counts scale the same
+    /// way, which is exact when each CTA touches its own data and overstates data many CTAs
+    /// share (a matmul's operands: a sample of CTAs may already read all of B). `None` =
+    /// every CTA. Sampling applies with counting off too. The CTAs not run write nothing, so
+    /// a sampled launch's outputs are partial, and its `LaunchStats` count the CTAs run.
+    pub sample_ctas: Option<u32>,
+}
+
+/// What one launch did, as Nsight Compute counts it. Every count is warp-level (one per warp
+/// per instruction) unless its documentation says otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Warp-level instructions executed, whatever their predicate (`smsp__inst_executed.sum`).
+    pub instructions: u64,
+    /// [`Counters::instructions`] by [`InstClass`], indexed by `class as usize`.
+    pub instructions_by_class: [u64; InstClass::COUNT],
+
+    /// Global load requests: `ld`/`ldu` with at least one active lane addressing global memory
+    /// (`l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum`).
+    pub global_load_requests: u64,
+    /// Distinct 32-byte sectors each global load touches over its active lanes' byte ranges,
+    /// summed over requests (`l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum`).
+    pub global_load_sectors: u64,
+    /// The fewest sectors those loads could have touched: ceil(distinct bytes the active
+    /// lanes read / 32) per request, i.e. ceil(active lanes × bytes per lane / 32) when no
+    /// two lanes read the same byte (lanes sharing an address, a broadcast, need it once).
+    /// Coalescing efficiency = ideal / actual, at most 1.
+    pub global_load_sectors_ideal: u64,
+    /// Global store requests (`l1tex__t_requests_pipe_lsu_mem_global_op_st.sum`).
+    pub global_store_requests: u64,
+    /// Sectors of global stores (`l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum`).
+    pub global_store_sectors: u64,
+    /// Ideal sectors of global stores, as for loads.
+    pub global_store_sectors_ideal: u64,
+    /// Global `atom` and `red` requests (`l1tex__t_requests_pipe_lsu_mem_global_op_atom.sum`
+    /// plus `..._op_red.sum`).
+    pub global_atomic_requests: u64,
+    /// Sectors of global atomics (`l1tex__t_sectors_pipe_lsu_mem_global_op_atom.sum` plus
+    /// `..._op_red.sum`).
+    pub global_atomic_sectors: u64,
+    /// Ideal sectors of global atomics, as for loads.
+    pub global_atomic_sectors_ideal: u64,
+
+    /// Shared-memory load requests: `ld.shared`, and generic loads into the shared window
+    /// (`smsp__inst_executed_op_shared_ld.sum`).
+    pub shared_load_requests: u64,
+    /// Wavefronts of shared loads, per the bank model in the module note
+    /// (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum`).
+    pub shared_load_wavefronts: u64,
+    /// Wavefronts shared loads would take without bank conflicts: one per phase with an
+    /// active lane.
+    pub shared_load_wavefronts_ideal: u64,
+    /// Shared-memory store requests (`smsp__inst_executed_op_shared_st.sum`).
+    pub shared_store_requests: u64,
+    /// Wavefronts of shared stores (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum`).
+    pub shared_store_wavefronts: u64,
+    /// Conflict-free wavefronts of shared stores.
+    pub shared_store_wavefronts_ideal: u64,
+    /// `ldmatrix` requests (`smsp__inst_executed_op_ldsm.sum`).
+    pub ldmatrix_requests: u64,
+    /// Wavefronts of `ldmatrix`: per 8×8 matrix, the largest number of distinct words one
+    /// bank serves (`l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ldsm.sum`).
+    pub ldmatrix_wavefronts: u64,
+    /// Conflict-free wavefronts of `ldmatrix`: one per matrix.
+    pub ldmatrix_wavefronts_ideal: u64,
+
+    /// `cp.async` requests: global → shared copies, SASS `LDGSTS`
+    /// (`smsp__inst_executed_op_ldgsts.sum`).
+    pub cp_async_requests: u64,
+    /// Bytes `cp.async` read from global memory (thread-level: the source size of each
+    /// active lane's copy; an ignored source reads nothing).
+    pub cp_async_bytes: u64,
+    /// Distinct sectors each `cp.async` reads, summed over requests: the `LDGSTS`
+    /// counterpart of `l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum`.
+    pub cp_async_sectors: u64,
+    /// ceil(distinct bytes read / 32) per `cp.async` request.
+    pub cp_async_sectors_ideal: u64,
+
+    /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
+    pub mma_instructions: u64,
+    /// Floating-point operations of those `mma`s: 2·M·N·K each (2·16·8·16 = 4096 for
+    /// m16n8k16), one multiply and one add per product term.
+    pub tensor_flops: u64,
+
+    /// `bar.sync`/`barrier.sync` executed, per warp: the `BAR` instructions among
+    /// `smsp__inst_executed.sum` (Nsight Compute's related stall reason is
+    /// `smsp__warp_issue_stalled_barrier`).
+    pub barriers: u64,
+
+    /// Distinct 32-byte global sectors read over the whole launch (loads, atomics,
+    /// `cp.async`): a lower bound on `dram__sectors_read.sum` (every byte fetched at least
+    /// once, none evicted and refetched); extrapolated from a sample it may exceed that
+    /// bound (see [`Profiling::sample_ctas`]).
+    pub dram_read_sectors: u64,
+    /// Distinct 32-byte global sectors written over the whole launch (stores, atomics): a
+    /// lower bound on `dram__sectors_write.sum`.
+    pub dram_write_sectors: u64,
+
+    /// CTAs in the grid.
+    pub ctas_total: u64,
+    /// CTAs the emulator ran; fewer than `ctas_total` when sampled, and then every count above
+    /// is extrapolated.
+    pub ctas_run: u64,
+}
+
+impl Counters {
+    /// Whether the counts were extrapolated from a sample of the CTAs.
+    pub fn extrapolated(&self) -> bool {
+        self.ctas_run < self.ctas_total
+    }
+
+    /// Adds `other`'s counts to these (the counters of several launches, e.g. one step).
+    /// The distinct-sector counts add up: sectors shared by two launches count twice.
+    pub fn add(&mut self, other: &Counters) {
+        let mut theirs = other.clone();
+        for (mine, theirs) in self.counts_mut().into_iter().zip(theirs.counts_mut()) {
+            *mine += *theirs;
+        }
+        self.ctas_total += other.ctas_total;
+        self.ctas_run += other.ctas_run;
+    }
+
+    /// Instructions of one class.
+    pub fn class(&self, class: InstClass) -> u64 {
+        self.instructions_by_class[class as usize]
+    }
+
+    /// Shared-load wavefronts beyond the conflict-free ones
+    /// (`l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum`).
+    pub fn shared_load_bank_conflicts(&self) -> u64 {
+        self.shared_load_wavefronts
+            .saturating_sub(self.shared_load_wavefronts_ideal)
+    }
+
+    /// Shared-store wavefronts beyond the conflict-free ones
+    /// (`l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum`).
+    pub fn shared_store_bank_conflicts(&self) -> u64 {
+        self.shared_store_wavefronts
+            .saturating_sub(self.shared_store_wavefronts_ideal)
+    }
+
+    /// `ldmatrix` wavefronts beyond the conflict-free ones (one per matrix).
+    pub fn ldmatrix_bank_conflicts(&self) -> u64 {
+        self.ldmatrix_wavefronts
+            .saturating_sub(self.ldmatrix_wavefronts_ideal)
+    }
+
+    /// Every count except the CTA numbers, in declaration order: what [`Counters::add`] sums
+    /// and extrapolation scales.
+    fn counts_mut(&mut self) -> Vec<&mut u64> {
+        let mut v: Vec<&mut u64> = vec![&mut self.instructions];
+        v.extend(self.instructions_by_class.iter_mut());
+        v.extend([
+            &mut self.global_load_requests,
+            &mut self.global_load_sectors,
+            &mut self.global_load_sectors_ideal,
+            &mut self.global_store_requests,
+            &mut self.global_store_sectors,
+            &mut self.global_store_sectors_ideal,
+            &mut self.global_atomic_requests,
+            &mut self.global_atomic_sectors,
+            &mut self.global_atomic_sectors_ideal,
+            &mut self.shared_load_requests,
+            &mut self.shared_load_wavefronts,
+            &mut self.shared_load_wavefronts_ideal,
+            &mut self.shared_store_requests,
+            &mut self.shared_store_wavefronts,
+            &mut self.shared_store_wavefronts_ideal,
+            &mut self.ldmatrix_requests,
+            &mut self.ldmatrix_wavefronts,
+            &mut self.ldmatrix_wavefronts_ideal,
+            &mut self.cp_async_requests,
+            &mut self.cp_async_bytes,
+            &mut self.cp_async_sectors,
+            &mut self.cp_async_sectors_ideal,
+            &mut self.mma_instructions,
+            &mut self.tensor_flops,
+            &mut self.barriers,
+            &mut self.dram_read_sectors,
+            &mut self.dram_write_sectors,
+        ]);
+        v
+    }
+}
+
+/// Which global counters a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GlobalKind {
+    Load,
+    Store,
+    Atomic,
+}
+
+/// Which shared counters a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SharedKind {
+    Load,
+    Store,
+}
+
+/// Size of a global sector, in bytes.
+const SECTOR_BYTES: u64 = 32;
+
+/// The counters of a launch while it runs, with the sets of global sectors it has read and
+/// written (kept only while counting; the counts are taken at the end).
+#[derive(Default)]
+pub(super) struct Recorder {
+    pub(super) counters: Counters,
+    read_sectors: HashSet<u64>,
+    written_sectors: HashSet<u64>,
+}
+
+impl Recorder {
+    /// One global request: `lanes` holds each active lane's (address, bytes).
+    pub(super) fn global(&mut self, kind: GlobalKind, lanes: &[(u64, u32)]) {
+        if lanes.is_empty() {
+            return;
+        }
+        let mut sectors = [0u64; 2 * 32];
+        let n = distinct_sectors(lanes, &mut sectors);
+        let ideal = distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
+        let c = &mut self.counters;
+        let (requests, actual, ideal_count) = match kind {
+            GlobalKind::Load => (
+                &mut c.global_load_requests,
+                &mut c.global_load_sectors,
+                &mut c.global_load_sectors_ideal,
+            ),
+            GlobalKind::Store => (
+                &mut c.global_store_requests,
+                &mut c.global_store_sectors,
+                &mut c.global_store_sectors_ideal,
+            ),
+            GlobalKind::Atomic => (
+                &mut c.global_atomic_requests,
+                &mut c.global_atomic_sectors,
+                &mut c.global_atomic_sectors_ideal,
+            ),
+        };
+        *requests += 1;
+        *actual += n as u64;
+        *ideal_count += ideal;
+        let touched = &sectors[..n];
+        if kind != GlobalKind::Store {
+            self.read_sectors.extend(touched);
+        }
+        if kind != GlobalKind::Load {
+            self.written_sectors.extend(touched);
+        }
+    }
+
+    /// One `cp.async` request: each active lane's (source address, bytes read).
+    pub(super) fn cp_async(&mut self, lanes: &[(u64, u32)]) {
+        // Lanes reading nothing (ignored source, src-size 0) touch no sector.
+        let mut sectors = [0u64; 2 * 32];
+        let n = distinct_sectors(lanes, &mut sectors);
+        let bytes: u64 = lanes.iter().map(|&(_, b)| u64::from(b)).sum();
+        let c = &mut self.counters;
+        c.cp_async_requests += 1;
+        c.cp_async_bytes += bytes;
+        c.cp_async_sectors += n as u64;
+        c.cp_async_sectors_ideal += distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
+        self.read_sectors.extend(&sectors[..n]);
+    }
+
+    /// One shared request: each active lane's (lane, address in shared memory), all of
+    /// `bytes` bytes.
+    pub(super) fn shared(&mut self, kind: SharedKind, lanes: &[(usize, u64)], bytes: u32) {
+        if lanes.is_empty() {
+            return;
+        }
+        let (wavefronts, ideal) = shared_wavefronts(lanes, bytes);
+        let c = &mut self.counters;
+        match kind {
+            SharedKind::Load => {
+                c.shared_load_requests += 1;
+                c.shared_load_wavefronts += wavefronts;
+                c.shared_load_wavefronts_ideal += ideal;
+            }
+            SharedKind::Store => {
+                c.shared_store_requests += 1;
+                c.shared_store_wavefronts += wavefronts;
+                c.shared_store_wavefronts_ideal += ideal;
+            }
+        }
+    }
+
+    /// One `ldmatrix` of `num` matrices whose row addresses are `rows[..8 * num]`.
+    pub(super) fn ldmatrix(&mut self, num: usize, rows: &[u64; 32]) {
+        let c = &mut self.counters;
+        c.ldmatrix_requests += 1;
+        c.ldmatrix_wavefronts += ldmatrix_wavefronts(num, rows);
+        c.ldmatrix_wavefronts_ideal += num as u64;
+    }
+
+    /// The counters of the launch, with the distinct sectors taken and, when only
+    /// `ctas_run` of `ctas_total` CTAs ran, every count extrapolated to the whole grid.
+    pub(super) fn finish(mut self, ctas_total: u64, ctas_run: u64) -> Counters {
+        let mut c = std::mem::take(&mut self.counters);
+        c.dram_read_sectors = self.read_sectors.len() as u64;
+        c.dram_write_sectors = self.written_sectors.len() as u64;
+        if ctas_run > 0 && ctas_run < ctas_total {
+            for x in c.counts_mut() {
+                *x = scale_rounded(*x, ctas_total, ctas_run);
+            }
+        }
+        c.ctas_total = ctas_total;
+        c.ctas_run = ctas_run;
+        c
+    }
+}
+
+/// `x · total / run`, rounded to nearest (halves up), without overflow.
+fn scale_rounded(x: u64, total: u64, run: u64) -> u64 {
+    let v = (u128::from(x) * u128::from(total) + u128::from(run / 2)) / u128::from(run);
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_load_is_one_sector_and_ideal() {
+        let broadcast: Vec<_> = (0..32).map(|_| (64u64, 4u32)).collect();
+        let mut r = Recorder::default();
+        r.global(GlobalKind::Load, &broadcast);
+        assert_eq!(r.counters.global_load_sectors, 1);
+        assert_eq!(r.counters.global_load_sectors_ideal, 1);
+    }
+
+    #[test]
+    fn extrapolation_scales_and_rounds() {
+        assert_eq!(scale_rounded(3, 64, 8), 24);
+        assert_eq!(scale_rounded(1, 3, 2), 2); // 1.5 rounds up
+        assert_eq!(scale_rounded(1, 5, 4), 1); // 1.25 rounds down
+        let mut r = Recorder::default();
+        r.counters.instructions = 10;
+        r.global(GlobalKind::Load, &[(0, 4), (32, 4)]);
+        let c = r.finish(10, 5);
+        assert_eq!(c.instructions, 20);
+        assert_eq!(c.global_load_sectors, 4);
+        assert_eq!(c.dram_read_sectors, 4);
+        assert!(c.extrapolated());
+    }
+
+    #[test]
+    fn add_sums_every_count() {
+        let mut r = Recorder::default();
+        r.counters.instructions_by_class[InstClass::Tensor as usize] = 2;
+        r.global(GlobalKind::Atomic, &[(0, 4)]);
+        let one = r.finish(3, 3);
+        let mut sum = one.clone();
+        sum.add(&one);
+        assert_eq!(sum.class(InstClass::Tensor), 4);
+        assert_eq!(sum.global_atomic_requests, 2);
+        assert_eq!(sum.dram_read_sectors, 2);
+        assert_eq!(sum.dram_write_sectors, 2);
+        assert_eq!((sum.ctas_total, sum.ctas_run), (6, 6));
+        assert!(!sum.extrapolated());
+    }
+}
