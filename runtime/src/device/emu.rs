@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use frugal_ptx::emu::{self, Checks, DeviceMemory, LaunchStats};
+use frugal_ptx::emu::{self, Checks, Counters, DeviceMemory, LaunchStats, Profiling};
 
 use crate::buffer::{Backing, DeviceBuffer, ErrorSlot};
 use crate::device::MemoryInfo;
@@ -26,6 +26,20 @@ pub struct EmuInner {
     errors: ErrorSlot,
     capacity: u64,
     used: Mutex<u64>,
+    /// Counting (and CTA sampling) for the launches that follow; off by default.
+    profiling: Mutex<Profiling>,
+    /// What each counted launch did, in launch order, until taken.
+    profile: Mutex<Vec<LaunchRecord>>,
+}
+
+/// One counted launch: which kernel, its shape, and the emulator's counters
+/// (extrapolated to the whole grid when CTAs were sampled).
+#[derive(Clone, Debug)]
+pub struct LaunchRecord {
+    pub kernel: String,
+    pub dims: LaunchDims,
+    pub stats: LaunchStats,
+    pub counters: Counters,
 }
 
 /// The emulated GPU.
@@ -101,8 +115,21 @@ impl EmuDevice {
                 errors: ErrorSlot::default(),
                 capacity: gib << 30,
                 used: Mutex::new(0),
+                profiling: Mutex::new(Profiling::default()),
+                profile: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Counts (and with `sample_ctas` samples) the launches that follow, as
+    /// `profiling` says; `Profiling::default()` turns it off again.
+    pub fn set_profiling(&self, profiling: Profiling) {
+        *lock(&self.inner.profiling) = profiling;
+    }
+
+    /// The counted launches since the last call, in launch order.
+    pub fn take_launch_records(&self) -> Vec<LaunchRecord> {
+        std::mem::take(&mut *lock(&self.inner.profile))
     }
 
     /// The parsed modules.
@@ -153,12 +180,22 @@ impl EmuDevice {
         params: &[u8],
     ) -> Result<LaunchStats, RuntimeError> {
         let module = &self.inner.modules.modules[module].parsed;
+        let profiling = *lock(&self.inner.profiling);
         let mut mem = lock(&self.inner.memory);
-        emu::launch(module, kernel, dims, params, &mut mem, &self.inner.checks).map_err(|e| {
-            RuntimeError::Emulator {
+        let (stats, counters) =
+            emu::launch_profiled(module, kernel, dims, params, &mut mem, &self.inner.checks, &profiling)
+                .map_err(|e| RuntimeError::Emulator {
+                    kernel: kernel.to_string(),
+                    source: Box::new(e),
+                })?;
+        if let Some(counters) = counters {
+            lock(&self.inner.profile).push(LaunchRecord {
                 kernel: kernel.to_string(),
-                source: Box::new(e),
-            }
-        })
+                dims: *dims,
+                stats,
+                counters,
+            });
+        }
+        Ok(stats)
     }
 }
