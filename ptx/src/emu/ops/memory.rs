@@ -504,8 +504,8 @@ fn atom_apply(op: AtomOp, ty: Ty, space: Space, old: u64, b: u64, c: u64) -> u64
                 // PTX ISA, "Parallel Synchronization and Communication Instructions: atom"
                 // (and the same for `red`): `.add.f32` rounds to nearest even; on global
                 // memory the implementation flushes subnormal inputs and results to
-                // sign-preserving zero, on shared memory it keeps them. sm_80 and sm_90
-                // behave so (ptxas emits the `.FTZ` reduction for global addresses).
+                // sign-preserving zero, on shared memory it keeps them (whatever `-ftz` a
+                // compiler was given).
                 let ftz = space == Space::Global;
                 let x = rounding::fin(old & mask, Fmt::F32, ftz);
                 let y = rounding::fin(b & mask, Fmt::F32, ftz);
