@@ -59,7 +59,10 @@
 //! (see `rounding`); NaN results are the canonical NaN. `.approx` functions (ex2, lg2, rsqrt,
 //! sin, cos, tanh, rcp/sqrt.approx) are computed to the correctly rounded value, which is
 //! within the hardware's documented error. f64 `fma` with a directed rounding mode rounds
-//! to nearest. Integer division by zero (undefined in PTX) returns all ones.
+//! to nearest. Integer division by zero (undefined in PTX) returns all ones. `atom`/`red`
+//! `.add.f32` flush subnormals on global memory and keep them on shared memory, as the ISA
+//! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
+//! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
 //! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
 //! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
@@ -227,7 +230,8 @@ pub enum MmaNumerics {
     ///   of the exact products would (NaN canonical).
     ///
     /// sm_90's `mma.sync` (H100) adds all 16 products in one group with 25 fraction bits
-    /// (MMA-Sim), which errs less: a tolerance that holds in this mode holds there too.
+    /// (MMA-Sim): fewer truncations of finer steps, so its worst-case error is below this
+    /// mode's, and a tolerance derived from this mode's bound covers it.
     Hardware,
 }
 
