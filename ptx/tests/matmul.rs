@@ -5,7 +5,7 @@
 //! The shipped text against the emitters, and how to regenerate it: `tests/generated.rs`.
 
 use frugal_ptx::catalogue;
-use frugal_ptx::emu::{Checks, DeviceMemory, Module};
+use frugal_ptx::emu::{DeviceMemory, Module};
 use frugal_ptx::generated::{self, Generated};
 use frugal_ptx::matmul::{
     self, launch, select, splitk, table, Choice, Epilogue, Gemm, KernelKind, Layout, OutType,
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 // Inputs: the crate's splitmix `Gen` (a draw below n is `range(0, n - 1)`).
 use frugal_ptx::testing::matmul::expected;
-use frugal_ptx::testing::{bf as bf16_f64, Gen};
+use frugal_ptx::testing::{bf as bf16_f64, emu_checks, for_each_mma, Gen};
 
 fn parsed(name: &str) -> Module {
     let m = catalogue::module(name).unwrap_or_else(|| panic!("no catalogue module {name}"));
@@ -60,9 +60,26 @@ type MakeLaunches<'a> = dyn Fn(u64, u64, u64, u64) -> Vec<frugal_ptx::kernels::L
 
 /// Runs the launches `make` returns under the emulator (all sanitizer checks on; A and B
 /// placed `shift` bytes past an allocation's 256-byte aligned start, the workspace poisoned
-/// with NaN) and checks every element of C against an f64 reference on the same bf16 inputs.
-/// Returns C's bytes.
+/// with NaN) and checks every element of C against an f64 reference on the same bf16 inputs,
+/// once with each `mma.sync` numerics ([`for_each_mma`]; the reference's tolerance holds for
+/// both). Returns C's bytes from the first pass (`FRUGAL_EMU_MMA`'s numerics).
 fn verify(
+    g: &Gemm,
+    seed: u64,
+    shift: u64,
+    given: Option<(&str, &Module)>,
+    make: &MakeLaunches,
+) -> Vec<u8> {
+    let mut first = None;
+    for_each_mma(|_| {
+        let got = verify_once(g, seed, shift, given, make);
+        first.get_or_insert(got);
+    });
+    first.unwrap_or_default()
+}
+
+/// One pass of [`verify`], with [`emu_checks`]'s numerics.
+fn verify_once(
     g: &Gemm,
     seed: u64,
     shift: u64,
@@ -140,7 +157,7 @@ fn verify(
             Some((name, m)) if name == l.module => m,
             _ => &*others.entry(l.module).or_insert_with(|| parsed(l.module)),
         };
-        l.run_emu(module, &mut mem, &Checks::default())
+        l.run_emu(module, &mut mem, &emu_checks())
             .unwrap_or_else(|e| panic!("{} {g:?}: {e}", l.kernel));
     }
     let mut got = vec![0u8; c_bytes.len()];
@@ -180,8 +197,9 @@ fn verify(
         let err = (value - want).abs();
         assert!(
             err <= tol,
-            "{what} {:?} M{} N{} K{} batch {} lda {} ldb {} ldc {}: C[{z}][{i}][{j}] = {value}, \
-             want {want} (err {err:e} > tol {tol:e})",
+            "{what} ({} mma) {:?} M{} N{} K{} batch {} lda {} ldb {} ldc {}: C[{z}][{i}][{j}] = \
+             {value}, want {want} (err {err:e} > tol {tol:e})",
+            emu_checks().mma.name(),
             g.layout,
             g.m,
             g.n,

@@ -8,9 +8,10 @@
 //! sanitizer.
 
 use frugal_ptx::catalogue;
-use frugal_ptx::emu::{Checks, DeviceMemory, Module};
+use frugal_ptx::emu::{DeviceMemory, Module};
 use frugal_ptx::flash::{self, AttnShape, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::Launch;
+use frugal_ptx::testing::{emu_checks, for_each_mma};
 use frugal_ptx::vanilla::{self, BufferLife, VanillaBuffers, VanillaBwd, VanillaFwd};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -60,7 +61,7 @@ impl Modules {
             }
             let module = &self.parsed[launch.module];
             launch
-                .run_emu(module, mem, &Checks::default())
+                .run_emu(module, mem, &emu_checks())
                 .map_err(|e| format!("{}: {e}", launch.kernel))?;
         }
         Ok(())
@@ -391,116 +392,122 @@ fn buffers_name_the_saved_probabilities() {
 /// fall back to SIMT, GQA ratios 1, 2, 3, 4, both flash head sizes and two others.
 #[test]
 fn vanilla_matches_reference_on_edge_shapes() {
-    let mut modules = Modules::new();
-    let shapes = [
-        shape(1, 1, 1, 1, 64),
-        shape(1, 64, 2, 1, 64),
-        shape(2, 67, 2, 2, 64),
-        shape(1, 131, 4, 2, 64),
-        shape(1, 1, 2, 2, 128),
-        shape(1, 96, 3, 1, 128),
-        shape(1, 97, 4, 1, 128),
-        // Head sizes without a flash kernel: any multiple of 8 runs here.
-        shape(1, 40, 2, 1, 32),
-        shape(1, 33, 2, 2, 96),
-    ];
-    let mut total = 0.0;
-    for (i, s) in shapes.into_iter().enumerate() {
-        match check_vanilla(&mut modules, s, 100 + i as u64) {
-            Ok(secs) => {
-                // Printed, never asserted: speed belongs to benches.
-                println!("{s:?}: emulated in {secs:.3} s");
-                total += secs;
+    for_each_mma(|_| {
+        let mut modules = Modules::new();
+        let shapes = [
+            shape(1, 1, 1, 1, 64),
+            shape(1, 64, 2, 1, 64),
+            shape(2, 67, 2, 2, 64),
+            shape(1, 131, 4, 2, 64),
+            shape(1, 1, 2, 2, 128),
+            shape(1, 96, 3, 1, 128),
+            shape(1, 97, 4, 1, 128),
+            // Head sizes without a flash kernel: any multiple of 8 runs here.
+            shape(1, 40, 2, 1, 32),
+            shape(1, 33, 2, 2, 96),
+        ];
+        let mut total = 0.0;
+        for (i, s) in shapes.into_iter().enumerate() {
+            match check_vanilla(&mut modules, s, 100 + i as u64) {
+                Ok(secs) => {
+                    // Printed, never asserted: speed belongs to benches.
+                    println!("{s:?}: emulated in {secs:.3} s");
+                    total += secs;
+                }
+                Err(e) => panic!("{e}"),
             }
-            Err(e) => panic!("{e}"),
         }
-    }
-    println!("edge shapes: {total:.2} s in the emulator");
+        println!("edge shapes: {total:.2} s in the emulator");
+    });
 }
 
 /// Random B, NH, NKV (GQA ratio 1..4), T in 1..=200, both head sizes.
 #[test]
 fn vanilla_matches_reference_on_random_shapes() {
-    let mut modules = Modules::new();
-    let mut g = Gen(77);
-    let mut total = 0.0;
-    for case in 0..6 {
-        let nkv = g.range(1, 2);
-        let s = shape(
-            g.range(1, 2),
-            g.range(1, 200),
-            nkv * g.range(1, 4),
-            nkv,
-            if case % 2 == 0 { 64 } else { 128 },
-        );
-        match check_vanilla(&mut modules, s, 1000 + case) {
-            Ok(secs) => {
-                println!("{s:?}: emulated in {secs:.3} s");
-                total += secs;
+    for_each_mma(|_| {
+        let mut modules = Modules::new();
+        let mut g = Gen(77);
+        let mut total = 0.0;
+        for case in 0..6 {
+            let nkv = g.range(1, 2);
+            let s = shape(
+                g.range(1, 2),
+                g.range(1, 200),
+                nkv * g.range(1, 4),
+                nkv,
+                if case % 2 == 0 { 64 } else { 128 },
+            );
+            match check_vanilla(&mut modules, s, 1000 + case) {
+                Ok(secs) => {
+                    println!("{s:?}: emulated in {secs:.3} s");
+                    total += secs;
+                }
+                Err(e) => panic!("{e}"),
             }
-            Err(e) => panic!("{e}"),
         }
-    }
-    println!("random shapes: {total:.2} s in the emulator");
+        println!("random shapes: {total:.2} s in the emulator");
+    });
 }
 
 /// Flash and vanilla on the same inputs agree element-wise within the sum of their two
 /// tolerances against the reference (|a - b| <= |a - ref| + |ref - b|).
 #[test]
 fn flash_and_vanilla_agree() {
-    let mut modules = Modules::new();
-    for (i, s) in [
-        shape(1, 77, 4, 2, 64),
-        shape(2, 50, 2, 1, 128),
-        shape(1, 128, 3, 3, 64),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let inp = Inputs::new(s, 700 + i as u64);
-        let (van, _) =
-            run_path(&mut modules, Path::Vanilla, s, &inp).unwrap_or_else(|e| panic!("{e}"));
-        let (fl, _) =
-            run_path(&mut modules, Path::Flash, s, &inp).unwrap_or_else(|e| panic!("{e}"));
-        let (q, k, v, dout) = (to64(&inp.q), to64(&inp.k), to64(&inp.v), to64(&inp.dout));
-        let fr = reference(&q, &k, &v, s);
-        let (t, nh, hs) = (s.t, s.nh, s.hs);
-        let mut worst = 0.0f64;
-        for (j, (&a, &b)) in van.o.iter().zip(&fl.o).enumerate() {
-            let (bi, ti, h) = (j / (hs * nh * t), j / (hs * nh) % t, j / hs % nh);
-            let smax = fr.smax[(bi * nh + h) * t + ti];
-            let tol = vanilla_o_tolerance(fr.o[j], fr.mass[j], smax)
-                + flash_o_tolerance(fr.o[j], fr.mass[j]);
-            let diff = (bf16_to_f64(a) - bf16_to_f64(b)).abs();
-            assert!(
-                diff <= tol,
-                "{s:?}: O[{j}] vanilla {a:#06x} flash {b:#06x}, tolerance {tol:.2e}"
-            );
-            worst = worst.max(diff);
-        }
-        // Gradients: flash's chained scales plus vanilla's.
-        let rv = reference_backward(&q, &k, &v, &dout, s, Slack::Vanilla);
-        let rf = reference_backward(&q, &k, &v, &dout, s, Slack::Chained);
-        for (what, a, b, want, mass, sv, sf) in [
-            ("dQ", &van.dq, &fl.dq, &rv.dq, &rv.mq, &rv.sq, &rf.sq),
-            ("dK", &van.dk, &fl.dk, &rv.dk, &rv.mk, &rv.sk, &rf.sk),
-            ("dV", &van.dv, &fl.dv, &rv.dv, &rv.mv, &rv.sv, &rf.sv),
-        ] {
-            for j in 0..a.len() {
-                let tol = grad_tolerance(want[j], mass[j], sv[j])
-                    + grad_tolerance(want[j], mass[j], sf[j]);
-                let diff = (bf16_to_f64(a[j]) - bf16_to_f64(b[j])).abs();
+    for_each_mma(|_| {
+        let mut modules = Modules::new();
+        for (i, s) in [
+            shape(1, 77, 4, 2, 64),
+            shape(2, 50, 2, 1, 128),
+            shape(1, 128, 3, 3, 64),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let inp = Inputs::new(s, 700 + i as u64);
+            let (van, _) =
+                run_path(&mut modules, Path::Vanilla, s, &inp).unwrap_or_else(|e| panic!("{e}"));
+            let (fl, _) =
+                run_path(&mut modules, Path::Flash, s, &inp).unwrap_or_else(|e| panic!("{e}"));
+            let (q, k, v, dout) = (to64(&inp.q), to64(&inp.k), to64(&inp.v), to64(&inp.dout));
+            let fr = reference(&q, &k, &v, s);
+            let (t, nh, hs) = (s.t, s.nh, s.hs);
+            let mut worst = 0.0f64;
+            for (j, (&a, &b)) in van.o.iter().zip(&fl.o).enumerate() {
+                let (bi, ti, h) = (j / (hs * nh * t), j / (hs * nh) % t, j / hs % nh);
+                let smax = fr.smax[(bi * nh + h) * t + ti];
+                let tol = vanilla_o_tolerance(fr.o[j], fr.mass[j], smax)
+                    + flash_o_tolerance(fr.o[j], fr.mass[j]);
+                let diff = (bf16_to_f64(a) - bf16_to_f64(b)).abs();
                 assert!(
                     diff <= tol,
-                    "{s:?}: {what}[{j}] vanilla {} flash {}, tolerance {tol:.2e}",
-                    bf16_to_f64(a[j]),
-                    bf16_to_f64(b[j])
+                    "{s:?}: O[{j}] vanilla {a:#06x} flash {b:#06x}, tolerance {tol:.2e}"
                 );
                 worst = worst.max(diff);
             }
+            // Gradients: flash's chained scales plus vanilla's.
+            let rv = reference_backward(&q, &k, &v, &dout, s, Slack::Vanilla);
+            let rf = reference_backward(&q, &k, &v, &dout, s, Slack::Chained);
+            for (what, a, b, want, mass, sv, sf) in [
+                ("dQ", &van.dq, &fl.dq, &rv.dq, &rv.mq, &rv.sq, &rf.sq),
+                ("dK", &van.dk, &fl.dk, &rv.dk, &rv.mk, &rv.sk, &rf.sk),
+                ("dV", &van.dv, &fl.dv, &rv.dv, &rv.mv, &rv.sv, &rf.sv),
+            ] {
+                for j in 0..a.len() {
+                    let tol = grad_tolerance(want[j], mass[j], sv[j])
+                        + grad_tolerance(want[j], mass[j], sf[j]);
+                    let diff = (bf16_to_f64(a[j]) - bf16_to_f64(b[j])).abs();
+                    assert!(
+                        diff <= tol,
+                        "{s:?}: {what}[{j}] vanilla {} flash {}, tolerance {tol:.2e}",
+                        bf16_to_f64(a[j]),
+                        bf16_to_f64(b[j])
+                    );
+                    worst = worst.max(diff);
+                }
+            }
+            println!("{s:?}: flash vs vanilla worst |diff| {worst:.2e}");
         }
-        println!("{s:?}: flash vs vanilla worst |diff| {worst:.2e}");
-    }
+    });
 }
 
 /// The checks can fail: planted bugs in the permute kernels are caught.
@@ -540,10 +547,12 @@ fn broken_permutes_are_caught() {
 /// through the runtime) pass on the emulator: the vanilla path, and flash with atomic dQ.
 #[test]
 fn device_cases_pass_on_the_emulator() {
-    use frugal_ptx::testing::{attention, EmuRunner};
-    let mut r = EmuRunner::new();
-    attention::vanilla_case(&mut r, shape(1, 45, 4, 2, 64), 5);
-    attention::vanilla_case(&mut r, shape(1, 64, 2, 1, 128), 6);
-    attention::flash_atomic_case(&mut r, shape(2, 70, 4, 2, 64), 7);
-    attention::flash_atomic_case(&mut r, shape(1, 90, 2, 1, 128), 8);
+    for_each_mma(|_| {
+        use frugal_ptx::testing::{attention, EmuRunner};
+        let mut r = EmuRunner::new();
+        attention::vanilla_case(&mut r, shape(1, 45, 4, 2, 64), 5);
+        attention::vanilla_case(&mut r, shape(1, 64, 2, 1, 128), 6);
+        attention::flash_atomic_case(&mut r, shape(2, 70, 4, 2, 64), 7);
+        attention::flash_atomic_case(&mut r, shape(1, 90, 2, 1, 128), 8);
+    });
 }

@@ -61,7 +61,10 @@
 //! (see `rounding`); NaN results are the canonical NaN. `.approx` functions (ex2, lg2, rsqrt,
 //! sin, cos, tanh, rcp/sqrt.approx) are computed to the correctly rounded value, which is
 //! within the hardware's documented error. f64 `fma` with a directed rounding mode rounds
-//! to nearest. Integer division by zero (undefined in PTX) returns all ones.
+//! to nearest. Integer division by zero (undefined in PTX) returns all ones. `atom`/`red`
+//! `.add.f32` flush subnormals on global memory and keep them on shared memory, as the ISA
+//! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
+//! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
 //! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
 //! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
@@ -164,6 +167,9 @@ pub struct Checks {
     pub alignment: bool,
     /// Reads of registers the thread never wrote.
     pub uninit_regs: bool,
+    /// How `mma.sync` adds its products (not a check, but a property of the run that tests
+    /// choose the same way): [`MmaNumerics::Exact`] unless set.
+    pub mma: MmaNumerics,
 }
 
 impl Default for Checks {
@@ -173,19 +179,102 @@ impl Default for Checks {
             races: true,
             alignment: true,
             uninit_regs: true,
+            mma: MmaNumerics::Exact,
         }
     }
 }
 
 impl Checks {
     /// Every check off (fastest; out-of-bounds accesses are still refused, as errors
-    /// without the sanitizer's detail being guaranteed).
+    /// without the sanitizer's detail being guaranteed). `mma` stays [`MmaNumerics::Exact`].
     pub fn none() -> Self {
         Checks {
             bounds: false,
             races: false,
             alignment: false,
             uninit_regs: false,
+            mma: MmaNumerics::Exact,
+        }
+    }
+}
+
+/// How the emulator's `mma.sync` (f32 accumulation) adds its products and the C value.
+///
+/// The PTX ISA leaves the order and the intermediate precision of the accumulation
+/// unspecified, and the tensor cores do not round like a chain of IEEE additions. Both
+/// modes give a canonical NaN (0x7FFF_FFFF) for a NaN result, as the hardware does (the
+/// MMA-Sim model, below).
+///
+/// Select it for a whole run with the environment variable [`MmaNumerics::ENV`]
+/// (`FRUGAL_EMU_MMA=hardware`): the runtime's emulated device and the kernel test harness
+/// (`frugal_ptx::testing`) read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MmaNumerics {
+    /// Each output adds its 16 exact products onto C in k order, one IEEE round-to-nearest
+    /// f32 addition each: deterministic and as accurate as a sequential f32 sum.
+    #[default]
+    Exact,
+    /// The tensor-core datapath of sm_80 (A100), bit for bit as modelled by MMA-Sim
+    /// (Microsoft, "MMA-Sim: Bit-Accurate Modeling of GPU Matrix Multiply-Accumulate Units",
+    /// arXiv 2511.10909, and its public simulator) and consistent with the experiments of
+    /// Fasi, Higham, Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor cores",
+    /// PeerJ Computer Science 7:e330 (2021):
+    ///
+    /// - k is split in two halves of 8; each half is one fused dot-add `d = c + Σ aᵢ·bᵢ`,
+    ///   and the first half's result is the second half's c;
+    /// - the products are exact; every addend (the 8 products and c) is written as
+    ///   significand × 2^e with e its exponent as encoded (a product's e is the sum of its
+    ///   factors' exponents, its significand in [1, 4); subnormals keep the format's minimum
+    ///   exponent; a zero counts as 2^-126);
+    /// - each significand is shifted to the largest e and truncated (toward zero) to 24 bits
+    ///   after the binary point (one more than f32 keeps), then the addends are summed
+    ///   exactly (no rounding inside the group, no normalisation between addends);
+    /// - the sum is normalised and truncated toward zero to f32 (subnormal results kept;
+    ///   beyond the f32 range, infinity); a NaN or infinite operand gives what the IEEE sum
+    ///   of the exact products would (NaN canonical).
+    ///
+    /// sm_90's `mma.sync` (H100) adds all 16 products in one group with 25 fraction bits
+    /// (MMA-Sim): fewer truncations of finer steps, so its worst-case error is below this
+    /// mode's, and a tolerance derived from this mode's bound covers it.
+    Hardware,
+}
+
+impl MmaNumerics {
+    /// The environment variable that selects the numerics for a whole run: `exact` or
+    /// `hardware` (any case); unset or empty means [`MmaNumerics::Exact`].
+    pub const ENV: &'static str = "FRUGAL_EMU_MMA";
+
+    /// The numerics called `name` (`exact` or `hardware`, any case, spaces around ignored).
+    pub fn from_name(name: &str) -> Option<MmaNumerics> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "exact" => Some(MmaNumerics::Exact),
+            "hardware" => Some(MmaNumerics::Hardware),
+            _ => None,
+        }
+    }
+
+    /// The name [`MmaNumerics::from_name`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            MmaNumerics::Exact => "exact",
+            MmaNumerics::Hardware => "hardware",
+        }
+    }
+
+    /// The numerics [`MmaNumerics::ENV`] selects.
+    ///
+    /// # Errors
+    /// A message naming the variable and its value when it is set to neither name.
+    pub fn from_env() -> Result<MmaNumerics, String> {
+        match std::env::var(Self::ENV) {
+            Err(_) => Ok(MmaNumerics::Exact),
+            Ok(v) if v.trim().is_empty() => Ok(MmaNumerics::Exact),
+            Ok(v) => Self::from_name(&v).ok_or_else(|| {
+                format!(
+                    "{}='{v}' names no mma numerics: use 'exact' or 'hardware'",
+                    Self::ENV
+                )
+            }),
         }
     }
 }

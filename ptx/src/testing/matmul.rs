@@ -28,10 +28,14 @@ const PAD_BF16: u16 = 0x4242;
 /// The f64 reference of C[z][i][j] (`at` = [z, i, j]) of `g` from the bf16 bits of A and B
 /// (strided as `g` says) and the old value of that element (0 for overwrite), with its
 /// tolerance: products of bf16 inputs are exact in f32 (8+8 significant bits); an f32 sum of
-/// K terms in any order (tensor cores and FMAs included) errs by at most ~K*2^-24 of the sum
-/// of magnitudes (the standard gamma_K bound, doubled for the alpha multiply and the add of
-/// old C), plus, for bf16 C, one rounding of the result: half an ulp, 2^-9 relative (2^-8
-/// allowed). Returns (want, tolerance).
+/// K terms in any order with round-to-nearest (FMAs, the emulator's exact `mma`) errs by at
+/// most ~K*2^-24 of the sum of magnitudes (the standard gamma_K bound). The tensor cores'
+/// truncating fused adds (sm_80, [`crate::emu::MmaNumerics::Hardware`]) lose, per group of 8
+/// products, less than 2^-24 of the largest addend on each of the 9 addends and 2^-23 of the
+/// result: 11*2^-24 per 8 terms, 1.375*K*2^-24 in all. The tolerance, (K+2)*2^-23 of the sum
+/// of magnitudes (doubled for the alpha multiply and the add of old C), covers both (the
+/// tests use at most a sixth of it in either mode); plus, for bf16 C, one rounding of the
+/// result: half an ulp, 2^-9 relative (2^-8 allowed). Returns (want, tolerance).
 pub fn expected(g: &Gemm, a: &[u16], b: &[u16], c_old: f64, at: [usize; 3]) -> (f64, f64) {
     let [z, i, j] = at;
     let a_at = |kk: usize| {

@@ -17,6 +17,16 @@
 //! the kernel uses IEEE-rounded `.rn` operations alone (AdamW, the embedding gradient, the
 //! fused residual add, the casts, fill and scale), which every device computes identically.
 //!
+//! `mma.sync` numerics: emulator launches take their `Checks` from `emu_checks`, whose
+//! `MmaNumerics` is `FRUGAL_EMU_MMA`'s (`MmaNumerics::ENV`; exact when unset), or, inside
+//! `for_each_mma`, the pass's. The tests of the kernels that use tensor cores (matmul, flash
+//! forward and backward, vanilla attention) run their cases through `for_each_mma`, so a
+//! normal test run checks every such case both with the emulator's exact accumulation and
+//! with the hardware's truncating one, against the same tolerances: no tolerance had to
+//! change. Matmul's f32 allowance covers the truncation's worst case (see
+//! `matmul::expected`); in attention, the bf16 roundings (2^-8 of the mass) dwarf any f32
+//! accumulation error, and the measured errors agree to three digits in both passes.
+//!
 //! Test code: a failed check panics with the element, the values and the tolerance.
 
 pub mod adamw;
@@ -31,11 +41,58 @@ pub mod softmax;
 pub mod swiglu;
 pub mod util;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use crate::catalogue;
-use crate::emu::{Checks, DeviceMemory, Module};
+use crate::emu::{Checks, DeviceMemory, MmaNumerics, Module};
 use crate::kernels::Launch;
+
+thread_local! {
+    /// The numerics of the [`for_each_mma`] pass running on this thread (each test has its
+    /// own thread), if any.
+    static MMA_PASS: Cell<Option<MmaNumerics>> = const { Cell::new(None) };
+}
+
+/// The numerics `FRUGAL_EMU_MMA` selects (panics, naming the variable, on an unknown value:
+/// a typo must not quietly test the default).
+pub fn env_mma() -> MmaNumerics {
+    MmaNumerics::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The checks kernel tests launch the emulator with: every sanitizer check on, and the
+/// `mma.sync` numerics of the current [`for_each_mma`] pass, or else [`env_mma`]'s.
+pub fn emu_checks() -> Checks {
+    Checks {
+        mma: MMA_PASS.with(Cell::get).unwrap_or_else(env_mma),
+        ..Checks::default()
+    }
+}
+
+/// Runs `f` once per [`MmaNumerics`], `FRUGAL_EMU_MMA`'s first, with [`emu_checks`] (and so
+/// [`EmuRunner`]) giving that pass's numerics; a panic inside says which pass failed.
+pub fn for_each_mma(mut f: impl FnMut(MmaNumerics)) {
+    let first = env_mma();
+    let second = match first {
+        MmaNumerics::Exact => MmaNumerics::Hardware,
+        MmaNumerics::Hardware => MmaNumerics::Exact,
+    };
+    for mma in [first, second] {
+        /// Restores the previous pass, and names the failing one while unwinding.
+        struct Pass(Option<MmaNumerics>, MmaNumerics);
+        impl Drop for Pass {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    eprintln!("(in the {} mma numerics pass)", self.1.name());
+                }
+                MMA_PASS.with(|p| p.set(self.0));
+            }
+        }
+        let _pass = Pass(MMA_PASS.with(|p| p.replace(Some(mma))), mma);
+        println!("({} mma numerics)", mma.name());
+        f(mma);
+    }
+}
 
 /// splitmix64: small, deterministic test inputs (no rand crate).
 #[derive(Clone, Debug)]
@@ -158,7 +215,8 @@ pub fn run(r: &mut dyn Runner, launch: Result<Launch, crate::error::PtxError>) {
     }
 }
 
-/// The emulator as a [`Runner`]: every sanitizer check on, modules parsed once each.
+/// The emulator as a [`Runner`]: launches with [`emu_checks`] (every sanitizer check on),
+/// modules parsed once each.
 pub struct EmuRunner {
     /// The emulated device memory.
     pub mem: DeviceMemory,
@@ -199,7 +257,7 @@ impl Runner for EmuRunner {
             Module::parse(m.text).unwrap_or_else(|e| panic!("{}: {e}", launch.module))
         });
         launch
-            .run_emu(module, &mut self.mem, &Checks::default())
+            .run_emu(module, &mut self.mem, &emu_checks())
             .unwrap_or_else(|e| panic!("{}: {e}", launch.kernel));
     }
 
@@ -208,7 +266,7 @@ impl Runner for EmuRunner {
     }
 
     fn name(&self) -> String {
-        "emu".into()
+        format!("emu ({} mma)", emu_checks().mma.name())
     }
 }
 

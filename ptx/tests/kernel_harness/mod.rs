@@ -5,7 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 use frugal_ptx::catalogue;
-use frugal_ptx::emu::{Checks, DeviceMemory, Module};
+use frugal_ptx::emu::{DeviceMemory, Module};
 use frugal_ptx::kernels::Launch;
 /// The emulator runner of the shared per-family checks in `frugal_ptx::testing`.
 pub use frugal_ptx::testing::EmuRunner;
@@ -20,6 +20,6 @@ pub fn module(name: &str) -> Module {
 
 pub fn run(launch: &Launch, m: &Module, mem: &mut DeviceMemory) {
     launch
-        .run_emu(m, mem, &Checks::default())
+        .run_emu(m, mem, &frugal_ptx::testing::emu_checks())
         .unwrap_or_else(|e| panic!("{}: {e}", launch.kernel));
 }

@@ -3,10 +3,15 @@
 //! [`crate::launch`] code as CUDA's; a sanitizer finding is an ordinary
 //! `RuntimeError::Emulator`. Timings on this backend are host-clock times of
 //! the emulator and are labelled as such.
+//!
+//! `mma.sync` accumulates as `FRUGAL_EMU_MMA` says (`exact`, the default, or
+//! `hardware`: the tensor cores' truncating sum, see
+//! [`frugal_ptx::emu::MmaNumerics`]), so a whole run (training, the device
+//! kernel tests) can be checked against the hardware's rounding.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use frugal_ptx::emu::{self, Checks, Counters, DeviceMemory, LaunchStats, Profiling};
+use frugal_ptx::emu::{self, Checks, Counters, DeviceMemory, LaunchStats, MmaNumerics, Profiling};
 
 use crate::buffer::{Backing, DeviceBuffer, ErrorSlot};
 use crate::device::MemoryInfo;
@@ -85,15 +90,25 @@ impl EmuInner {
 }
 
 impl EmuDevice {
-    /// An emulated device with every shipped module parsed.
+    /// An emulated device with every shipped module parsed, every sanitizer
+    /// check on and the `mma.sync` numerics `FRUGAL_EMU_MMA` selects
+    /// ([`MmaNumerics::ENV`]; an unknown value is reported and exact used).
     ///
     /// # Errors
     /// `ModuleParse` naming a module the emulator cannot parse.
     pub fn new() -> Result<EmuDevice, RuntimeError> {
-        Self::with_checks(Checks::default())
+        let mma = MmaNumerics::from_env().unwrap_or_else(|e| {
+            log::warn!("{e}; using exact");
+            MmaNumerics::Exact
+        });
+        Self::with_checks(Checks {
+            mma,
+            ..Checks::default()
+        })
     }
 
-    /// An emulated device running the given sanitizer checks.
+    /// An emulated device running the given sanitizer checks and numerics
+    /// (the environment is not read).
     ///
     /// # Errors
     /// As [`EmuDevice::new`].

@@ -350,7 +350,7 @@ impl Cta<'_> {
             };
             let bv = self.val(w, *b, l);
             let cv = c.map(|c| self.val(w, c, l)).unwrap_or(0);
-            let new = atom_apply(*op, *ty, old, bv, cv);
+            let new = atom_apply(*op, *ty, sp, old, bv, cv);
             if sp == Space::Shared {
                 let r = self.shared_range(at, off, size)?;
                 self.shared[r.clone()].copy_from_slice(&new.to_le_bytes()[..size as usize]);
@@ -494,19 +494,34 @@ impl Cta<'_> {
     }
 }
 
-fn atom_apply(op: AtomOp, ty: Ty, old: u64, b: u64, c: u64) -> u64 {
+/// The value an atomic writes: `op` of the old value and `b` (and `c` for `cas`) as `ty`, in
+/// the resolved `space` (which decides `.add.f32`'s subnormals).
+fn atom_apply(op: AtomOp, ty: Ty, space: Space, old: u64, b: u64, c: u64) -> u64 {
     let mask = ty.mask();
     match ty {
         Ty::F32 => {
+            if op == AtomOp::Add {
+                // PTX ISA, "Parallel Synchronization and Communication Instructions: atom"
+                // (and the same for `red`): `.add.f32` rounds to nearest even; on global
+                // memory the implementation flushes subnormal inputs and results to
+                // sign-preserving zero, on shared memory it keeps them (whatever `-ftz` a
+                // compiler was given).
+                let ftz = space == Space::Global;
+                let x = rounding::fin(old & mask, Fmt::F32, ftz);
+                let y = rounding::fin(b & mask, Fmt::F32, ftz);
+                let (s, r) = rounding::add_resid(x, y);
+                return rounding::fout(
+                    rounding::round_f64(s, r, Rnd::Rn, Fmt::F32),
+                    Fmt::F32,
+                    ftz,
+                    false,
+                );
+            }
             let (x, y) = (
                 f64::from(f32::from_bits(old as u32)),
                 f64::from(f32::from_bits(b as u32)),
             );
             let v = match op {
-                AtomOp::Add => {
-                    let (s, r) = rounding::add_resid(x, y);
-                    return rounding::round_f64(s, r, Rnd::Rn, Fmt::F32);
-                }
                 AtomOp::Min => fmin(x, y, false),
                 AtomOp::Max => fmax(x, y, false),
                 _ => return b & mask,

@@ -12,3 +12,4 @@ pub(super) mod integer;
 pub(super) mod memory;
 pub(super) mod sync;
 pub(super) mod tensor;
+pub(super) mod tensor_core;

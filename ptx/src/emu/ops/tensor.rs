@@ -10,21 +10,26 @@
 //! the tests scatter whole matrices with those same formulas and compare against a naive
 //! product.
 //!
-//! Numerics of `mma`: each product of two bf16 (or two f16) values is exact in f32 (8×8 or
-//! 11×11 significand bits fit in 24), so the only rounding is in the accumulation. The ISA
-//! leaves the accumulation order unspecified; the emulator adds, for each output element,
-//! the 16 products in k order onto the C value, one f32 rounding per addition. That order
-//! is fixed, so results are deterministic run to run.
+//! Numerics of `mma`, as [`Checks::mma`](crate::emu::Checks::mma) says:
+//! [`MmaNumerics::Exact`]: each product of two bf16 (or two f16) values is exact in f32 (8×8
+//! or 11×11 significand bits fit in 24), so the only rounding is in the accumulation. The
+//! ISA leaves the accumulation order unspecified; the emulator adds, for each output
+//! element, the 16 products in k order onto the C value, one f32 rounding per addition.
+//! [`MmaNumerics::Hardware`]: the tensor core's fused, truncating dot-add of `tensor_core`.
+//! Both orders are fixed, so results are deterministic run to run, and a NaN result is the
+//! canonical NaN 0x7FFF_FFFF in both (what the hardware returns, per MMA-Sim's model).
 
 // Matrix code indexes by (row, col) as the ISA's formulas do; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
+use super::tensor_core;
 use crate::emu::access::{Access, Site};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{Ldmatrix, MemSpace, Mma, Op};
 use crate::emu::operands::{Dec, Mods};
 use crate::emu::types::{MmaType, Ty};
 use crate::emu::warp::Warp;
+use crate::emu::MmaNumerics;
 use crate::error::{PtxError, Space};
 
 /// Lane and 16-bit slot holding element (row, col) of the 16×16 A matrix (row-major operand).
@@ -73,11 +78,37 @@ fn half_of(regs: &[u32], slot: usize) -> u16 {
     }) as u16
 }
 
-/// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`: D = A·B + C for one warp.
+/// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`: D = A·B + C for one warp,
+/// accumulated as `numerics` says (see the module note).
 ///
 /// `a[lane]`, `b[lane]`, `c[lane]` are each lane's operand registers in the order they appear
 /// in the instruction's vector operands; the result is each lane's four D registers.
 pub(crate) fn mma_m16n8k16(
+    numerics: MmaNumerics,
+    ty: MmaType,
+    a: &[[u32; 4]; 32],
+    b: &[[u32; 2]; 32],
+    c: &[[f32; 4]; 32],
+) -> [[f32; 4]; 32] {
+    let mut d = match numerics {
+        MmaNumerics::Exact => mma_in_k_order(ty, a, b, c),
+        MmaNumerics::Hardware => mma_fused(&tensor_core::SM80, ty, a, b, c),
+    };
+    for v in d.iter_mut().flatten() {
+        if v.is_nan() {
+            *v = f32::from_bits(CANONICAL_NAN);
+        }
+    }
+    d
+}
+
+/// The f32 NaN `mma.sync` returns whatever NaN or invalid operation produced it: MMA-Sim's
+/// model of every NVIDIA architecture returns 0x7FFF_FFFF (and PTX's other f32 operations
+/// produce the same canonical NaN, `Fmt::nan`).
+const CANONICAL_NAN: u32 = 0x7FFF_FFFF;
+
+/// [`MmaNumerics::Exact`]: the 16 exact products added onto C in k order, one f32 rounding each.
+fn mma_in_k_order(
     ty: MmaType,
     a: &[[u32; 4]; 32],
     b: &[[u32; 2]; 32],
@@ -106,6 +137,58 @@ pub(crate) fn mma_m16n8k16(
                 acc += a_mat[row][k] * b_row[col];
             }
             d[lane][reg] = acc;
+        }
+    }
+    d
+}
+
+/// [`MmaNumerics::Hardware`]: each output element as the tensor core's fused dot-add of
+/// `model` over the inputs' bits.
+fn mma_fused(
+    model: &tensor_core::TensorCoreModel,
+    ty: MmaType,
+    a: &[[u32; 4]; 32],
+    b: &[[u32; 2]; 32],
+    c: &[[f32; 4]; 32],
+) -> [[f32; 4]; 32] {
+    // A's rows and B's columns (k order) as bits, and split into addends once: the model
+    // aligns on the encoded exponents. Any infinite or NaN input sends every element through
+    // the bitwise path, which handles them.
+    let mut a_rows = [[0u16; 16]; 16]; // (M=16, K=16)
+    let mut b_cols = [[0u16; 16]; 8]; // (N=8, K=16)
+    for k in 0..16 {
+        for row in 0..16 {
+            let (lane, slot) = a_index(row, k);
+            a_rows[row][k] = half_of(&a[lane], slot);
+        }
+        for col in 0..8 {
+            let (lane, slot) = b_index(k, col);
+            b_cols[col][k] = half_of(&b[lane], slot);
+        }
+    }
+    let mut finite = true;
+    let mut split = |bits: &[u16; 16]| {
+        let mut out = [tensor_core::Operand::ZERO; 16];
+        for (o, &x) in out.iter_mut().zip(bits) {
+            match tensor_core::input(ty, x) {
+                Some(v) => *o = v,
+                None => finite = false,
+            }
+        }
+        out
+    };
+    let a_split = a_rows.map(|r| split(&r));
+    let b_split = b_cols.map(|r| split(&r));
+    let mut d = [[0f32; 4]; 32];
+    for row in 0..16 {
+        for col in 0..8 {
+            let (lane, reg) = cd_index(row, col);
+            let c = c[lane][reg];
+            d[lane][reg] = if finite {
+                tensor_core::dot_add_finite(model, &a_split[row], &b_split[col], c)
+            } else {
+                tensor_core::dot_add(model, ty, &a_rows[row], &b_cols[col], c)
+            };
         }
     }
     d
@@ -264,7 +347,7 @@ impl Cta<'_> {
                 fb[l][i] = vb[l] as u32;
             }
         }
-        let out = mma_m16n8k16(*ty, &fa, &fb, &fc);
+        let out = mma_m16n8k16(self.checks.mma, *ty, &fa, &fb, &fc);
         for (l, regs) in out.iter().enumerate() {
             for i in 0..4 {
                 w.set(d[i], l, u64::from(regs[i].to_bits()));
@@ -390,7 +473,7 @@ mod tests {
         (fa, fb, fc)
     }
 
-    fn check_mma(ty: MmaType, seed: u64, scale: f32) {
+    fn check_mma(numerics: MmaNumerics, ty: MmaType, seed: u64, scale: f32) {
         let mut g = Gen(seed);
         let mut a = [[0u16; 16]; 16];
         let mut b = [[0u16; 8]; 16];
@@ -403,7 +486,7 @@ mod tests {
             .for_each(|x| *x = to_bits(ty, g.unit() * scale));
         c.iter_mut().flatten().for_each(|x| *x = g.unit() * scale);
         let (fa, fb, fc) = scatter(&a, &b, &c);
-        let d = mma_m16n8k16(ty, &fa, &fb, &fc);
+        let d = mma_m16n8k16(numerics, ty, &fa, &fb, &fc);
         for row in 0..16 {
             for col in 0..8 {
                 let lane = (row % 8) * 4 + col / 2;
@@ -415,40 +498,60 @@ mod tests {
                     exact += p;
                     magnitude += p.abs();
                 }
-                // Products are exact in f32; 16 f32 additions each add at most half an ulp of
-                // the running sum, bounded by 16 · 2^-24 · Σ|terms|. A layout mistake moves
-                // whole terms, an error of order |a·b| ≫ this bound.
-                let tol = 16.0 * f64::powi(2.0, -24) * magnitude;
+                // Exact: products are exact in f32; 16 f32 additions each add at most half an
+                // ulp of the running sum, bounded by 16 · 2^-24 · Σ|terms|. Hardware: in each
+                // of the two groups, 9 addends each lose less than 2^-24 of the largest
+                // (≤ Σ|terms|) and the result one f32 ulp (2^-23 relative): 11 · 2^-24 ·
+                // Σ|terms| per group, 22 for both. A layout mistake moves whole terms, an
+                // error of order |a·b| ≫ either bound.
+                let units = match numerics {
+                    MmaNumerics::Exact => 16.0,
+                    MmaNumerics::Hardware => 22.0,
+                };
+                let tol = units * f64::powi(2.0, -24) * magnitude;
                 assert!(
                     (f64::from(got) - exact).abs() <= tol,
-                    "{ty:?} D[{row}][{col}] = {got}, expected {exact} ± {tol}"
+                    "{numerics:?} {ty:?} D[{row}][{col}] = {got}, expected {exact} ± {tol}"
                 );
             }
         }
     }
 
+    const BOTH: [MmaNumerics; 2] = [MmaNumerics::Exact, MmaNumerics::Hardware];
+
     #[test]
     fn mma_bf16_matches_f64_product() {
-        for seed in 0..8 {
-            check_mma(MmaType::Bf16, seed, 1.0);
+        for numerics in BOTH {
+            for seed in 0..8 {
+                check_mma(numerics, MmaType::Bf16, seed, 1.0);
+            }
+            // bf16 has f32's exponent range: products near 1e30 and 1e-30 stay normal f32
+            // values.
+            check_mma(numerics, MmaType::Bf16, 99, 1.0e15);
+            check_mma(numerics, MmaType::Bf16, 98, 1.0e-15);
         }
-        // bf16 has f32's exponent range: products near 1e30 and 1e-30 stay normal f32 values.
-        check_mma(MmaType::Bf16, 99, 1.0e15);
-        check_mma(MmaType::Bf16, 98, 1.0e-15);
     }
 
     #[test]
     fn mma_f16_matches_f64_product() {
-        for seed in 0..8 {
-            check_mma(MmaType::F16, seed, 1.0);
+        for numerics in BOTH {
+            for seed in 0..8 {
+                check_mma(numerics, MmaType::F16, seed, 1.0);
+            }
+            check_mma(numerics, MmaType::F16, 77, 100.0);
         }
-        check_mma(MmaType::F16, 77, 100.0);
     }
 
     #[test]
     fn mma_single_element_lands_in_documented_place() {
         // One nonzero A element and one nonzero B element: D has exactly one nonzero, at
         // (row of A, col of B), iff the k indices agree. Exercises every (row, k, col) triple.
+        for numerics in BOTH {
+            single_element_cases(numerics);
+        }
+    }
+
+    fn single_element_cases(numerics: MmaNumerics) {
         for row in 0..16 {
             for k in 0..16 {
                 for col in 0..8 {
@@ -457,14 +560,14 @@ mod tests {
                     a[row][k] = to_bits(MmaType::Bf16, 2.0);
                     b[k][col] = to_bits(MmaType::Bf16, 3.0);
                     let (fa, fb, fc) = scatter(&a, &b, &[[0.0; 8]; 16]);
-                    let d = mma_m16n8k16(MmaType::Bf16, &fa, &fb, &fc);
+                    let d = mma_m16n8k16(numerics, MmaType::Bf16, &fa, &fb, &fc);
                     for r in 0..16 {
                         for n in 0..8 {
                             let (lane, reg) = cd_index(r, n);
                             let want = if (r, n) == (row, col) { 6.0 } else { 0.0 };
                             assert_eq!(
                                 d[lane][reg], want,
-                                "A[{row}][{k}] B[{k}][{col}] D[{r}][{n}]"
+                                "{numerics:?} A[{row}][{k}] B[{k}][{col}] D[{r}][{n}]"
                             );
                         }
                     }
@@ -480,19 +583,29 @@ mod tests {
         a[0][0] = to_bits(MmaType::Bf16, f32::INFINITY);
         b[0][0] = to_bits(MmaType::Bf16, 1.0);
         b[0][1] = to_bits(MmaType::Bf16, -1.0);
-        a[1][0] = to_bits(MmaType::Bf16, f32::NAN);
-        let (fa, fb, fc) = scatter(&a, &b, &[[0.0; 8]; 16]);
-        let d = mma_m16n8k16(MmaType::Bf16, &fa, &fb, &fc);
-        let at = |r, n| {
-            let (lane, reg) = cd_index(r, n);
-            d[lane][reg]
-        };
-        assert_eq!(at(0, 0), f32::INFINITY);
-        assert_eq!(at(0, 1), f32::NEG_INFINITY);
-        // inf · 0 is NaN, as IEEE says.
-        assert!(at(0, 2).is_nan());
-        assert!(at(1, 0).is_nan());
-        assert_eq!(at(2, 0), 0.0);
+        // A NaN with a payload and the sign set: the result is still the canonical NaN.
+        a[1][0] = 0xFFC1;
+        let mut c = [[0.0; 8]; 16];
+        c[3][0] = f32::from_bits(0xFF80_0001);
+        let (fa, fb, fc) = scatter(&a, &b, &c);
+        for numerics in BOTH {
+            let d = mma_m16n8k16(numerics, MmaType::Bf16, &fa, &fb, &fc);
+            let at = |r, n| {
+                let (lane, reg) = cd_index(r, n);
+                d[lane][reg]
+            };
+            assert_eq!(at(0, 0), f32::INFINITY, "{numerics:?}");
+            assert_eq!(at(0, 1), f32::NEG_INFINITY, "{numerics:?}");
+            // inf · 0 is NaN, as IEEE says; NaN inputs give NaN; all canonical.
+            for (r, n) in [(0, 2), (1, 0), (1, 1), (3, 0)] {
+                assert_eq!(
+                    at(r, n).to_bits(),
+                    CANONICAL_NAN,
+                    "{numerics:?} D[{r}][{n}]"
+                );
+            }
+            assert_eq!(at(2, 0), 0.0, "{numerics:?}");
+        }
     }
 
     /// Shared memory for the ldmatrix tests: `num` 8×8 matrices, each element's value encodes
