@@ -64,6 +64,9 @@ pub enum Command {
     /// say which devices, drivers and libraries this machine has
     #[command(long_about = cmd::doctor::ABOUT)]
     Doctor(cmd::doctor::DoctorFlags),
+    /// predict each kernel's time on a GPU model from one emulated step's counters
+    #[command(long_about = cmd::profile::ABOUT)]
+    Profile(cmd::profile::ProfileFlags),
     /// print the memory arena plan of a buffer list or of a preset's training step
     #[command(long_about = cmd::arena::ABOUT, after_long_help = cmd::arena::BUFFERS_FORMAT)]
     Arena(cmd::arena::ArenaFlags),

@@ -98,6 +98,7 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Sweep(flags) => cmd::sweep::run(flags),
+        Command::Profile(flags) => cmd::profile::run(flags),
         Command::Plan(_) => planned("plan"),
         Command::Export(_) => planned("export"),
     }

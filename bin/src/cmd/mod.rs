@@ -8,6 +8,7 @@ pub mod data;
 pub mod doctor;
 pub mod kernels;
 pub mod launch;
+pub mod profile;
 pub mod report;
 pub mod sweep;
 pub mod train;

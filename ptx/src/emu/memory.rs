@@ -69,9 +69,7 @@ impl DeviceMemory {
         bytes: usize,
         label: &str,
     ) -> Result<u64, std::collections::TryReserveError> {
-        let mut data = Vec::new();
-        data.try_reserve_exact(bytes)?;
-        data.resize(bytes, 0);
+        let data = zeroed(bytes)?;
         Ok(self.insert(data, label))
     }
 
@@ -191,4 +189,39 @@ impl DeviceMemory {
             (b, a) => b.or(a),
         }
     }
+}
+
+/// `bytes` zero bytes from the allocator's zeroed memory (`calloc`): the OS maps
+/// zero pages lazily, so a large emulated buffer (a whole step's arena) costs
+/// nothing until a kernel touches it, and a profile that samples CTAs touches
+/// only their share.
+fn zeroed(bytes: usize) -> Result<Vec<u8>, std::collections::TryReserveError> {
+    if bytes == 0 {
+        return Ok(Vec::new());
+    }
+    // The same refusal a plain `try_reserve_exact` gives for a size the allocator
+    // cannot provide (overflow or no memory), without touching the memory.
+    let refused = |n: usize| {
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(n).err()
+    };
+    let Ok(layout) = std::alloc::Layout::array::<u8>(bytes) else {
+        return match refused(bytes) {
+            Some(e) => Err(e),
+            None => Ok(vec![0; bytes]),
+        };
+    };
+    // SAFETY: `layout` has a non-zero size (bytes > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        // Ask once more the way `Vec` does, for its error value.
+        return match refused(bytes) {
+            Some(e) => Err(e),
+            None => Ok(vec![0; bytes]),
+        };
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of
+    // `[u8; bytes]` (what a `Vec<u8>` of capacity `bytes` uses) and all of its
+    // bytes are zero, so `bytes` elements are initialised.
+    Ok(unsafe { Vec::from_raw_parts(ptr, bytes, bytes) })
 }
