@@ -28,11 +28,12 @@
 //!
 //! Register-staged variants (`_rs`, [`TileConfig::staged`]): for operands no `cp.async` chunk
 //! can read (odd leading dimensions such as paper-2b's F = 6739, or 2-byte aligned pointers),
-//! each thread fetches its chunks of [`super::STAGED_RUN`] elements with predicated scalar
-//! `ld.global.b16` into registers (0 past M/N or K), computes the current tile from shared
-//! memory while those loads are in flight, then packs and stores them (`st.shared.v4.b32`)
-//! into the other of 2 shared buffers; one barrier per k tile. Shared layout, `ldmatrix`,
-//! `mma.sync` and the epilogue are the cp.async variant's.
+//! each thread fetches its 4-byte units (2 elements; lanes on consecutive units, see
+//! [`staged`]) with scalar `ld.global.b16` into registers (predicated, 0 past M/N or K, in
+//! edge tiles only), computes the current tile from shared memory while those loads are in
+//! flight, then packs and stores them (`st.shared.b32`, conflict free) into the other of 2
+//! shared buffers; one barrier per k tile. Shared layout, `ldmatrix`, `mma.sync` and the
+//! epilogue are the cp.async variant's.
 //!
 //! Epilogue: C = alpha*acc (overwrite) or alpha*acc + C (accumulate, runtime flag), in fp32,
 //! rounded once to bf16 for bf16 C. Shared memory is dynamic (`matmul_smem`), sized by
@@ -40,6 +41,8 @@
 
 use super::{simt, Layout, OutType, TileConfig};
 use crate::ptx_text::{Ptx, F32_ZERO};
+
+mod staged;
 
 /// Shared-memory geometry of one (config, layout) variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,8 +135,9 @@ pub fn emit_module(cfg: TileConfig, layout: Layout, out: OutType) -> String {
             format!(
                 "Ragged M, N, K: predicated\n\
                  // loads (zero past the edges) and predicated stores. Loads: {} scalar\n\
-                 // ld.global.b16 per chunk into registers, stored to shared after the compute of\n\
-                 // the previous tile: any alignment and any lda, ldb (odd ones included).",
+                 // ld.global.b16 per 4-byte unit into registers (lanes on consecutive units),\n\
+                 // stored to shared after the compute of the previous tile: any alignment and\n\
+                 // any lda, ldb (odd ones included).",
                 cfg.chunk_elems()
             ),
         )
@@ -234,10 +238,15 @@ impl Kernel {
         let name = self.name.clone();
         self.p.entry(&name, &simt::typed_params());
         self.p.raw("{");
-        let (ca, cb) = (self.chunks(&self.geo.a()), self.chunks(&self.geo.b()));
+        // Per-thread load chunks; the staged path addresses all its units from one set.
+        let (ca, cb) = if self.cfg.staged() {
+            (1, 1)
+        } else {
+            (self.chunks(&self.geo.a()), self.chunks(&self.geo.b()))
+        };
         let (mi, nj) = (self.mi(), self.nj());
         let p = &mut self.p;
-        p.regs(".pred", "p", 8);
+        p.regs(".pred", "p", 10);
         p.regs(".pred", "pc", 2 * nj);
         p.regs(".b16", "rs", 4);
         p.regs(".b32", "r", 40);
@@ -255,14 +264,20 @@ impl Kernel {
         p.regs(".b32", "ma", ca);
         p.regs(".b32", "mb", cb);
         if self.cfg.staged() {
-            // The register stage: one b16 per element of the thread's chunks.
-            let run = self.elems();
-            self.p.regs(".b16", "ha", ca * run);
-            self.p.regs(".b16", "hb", cb * run);
+            // The register stage: one b16 per element of the thread's units.
+            let ua = self.units(&self.geo.a()).per_thread;
+            let ub = self.units(&self.geo.b()).per_thread;
+            self.p.regs(".b16", "ha", 2 * ua);
+            self.p.regs(".b16", "hb", 2 * ub);
         }
         self.prologue();
-        self.chunk_setup('a');
-        self.chunk_setup('b');
+        if self.cfg.staged() {
+            self.staged_setup('a');
+            self.staged_setup('b');
+        } else {
+            self.chunk_setup('a');
+            self.chunk_setup('b');
+        }
         self.lane_offsets();
         self.zero_accumulators();
         self.main_loop();
@@ -634,75 +649,6 @@ impl Kernel {
         self.p.line("sub.u32 %r12, %r12, 1;");
         self.p.line("setp.ne.u32 %p5, %r12, 0;");
         self.p.line("@%p5 bra K_LOOP;");
-    }
-
-    /// Staged variant: loads the next k tile (k0 = %r11) into %ha/%hb, one `ld.global.b16`
-    /// per element, predicated in edge chunks (0 past M/N or K: the same zero-fill as
-    /// `cp.async`'s src-size), and advances k0 and the tile bases. Any alignment: scalar
-    /// 2-byte loads.
-    fn fetch_tile(&mut self) {
-        let run = self.elems();
-        for (op, tile) in [('a', self.geo.a()), ('b', self.geo.b())] {
-            let count = self.chunks(&tile);
-            let next = if op == 'a' { "%rd7" } else { "%rd8" };
-            for c in 0..count {
-                // %r20 = real bytes of the chunk (a prefix of it), as in load_tile.
-                self.chunk_real_bytes(op, c, tile.k_contiguous);
-                self.p.line(format!("add.u64 %rd11, {next}, %g{op}{c};"));
-                // Interior chunks (all elements real, the common case) skip the
-                // per-element predicates; edge chunks zero what lies past M/N or K.
-                let n = self.p.label_id();
-                self.p.line(format!("setp.eq.s32 %p3, %r20, {};", 2 * run));
-                self.p.line(format!("@%p3 bra FETCH_FULL_{n};"));
-                for e in 0..run {
-                    let h = c * run + e;
-                    self.p.line(format!("setp.gt.s32 %p3, %r20, {};", 2 * e));
-                    self.p.line(format!("mov.b16 %h{op}{h}, 0;"));
-                    self.p
-                        .line(format!("@%p3 ld.global.b16 %h{op}{h}, [%rd11+{}];", 2 * e));
-                }
-                self.p.line(format!("bra FETCH_DONE_{n};"));
-                self.p.label(&format!("FETCH_FULL_{n}"));
-                for e in 0..run {
-                    let h = c * run + e;
-                    self.p
-                        .line(format!("ld.global.b16 %h{op}{h}, [%rd11+{}];", 2 * e));
-                }
-                self.p.label(&format!("FETCH_DONE_{n}"));
-            }
-        }
-        let lines = [
-            format!("add.u32 %r11, %r11, {};", self.cfg.bk),
-            "add.u64 %rd7, %rd7, %rd9;".into(),
-            "add.u64 %rd8, %rd8, %rd10;".into(),
-        ];
-        self.p.lines(&lines);
-    }
-
-    /// Staged variant: packs the fetched elements in pairs and stores each chunk with one
-    /// 16-byte `st.shared.v4.b32` into the write stage, then advances the write stage.
-    fn stash_tile(&mut self) {
-        let run = self.elems();
-        for (op, tile) in [('a', self.geo.a()), ('b', self.geo.b())] {
-            let count = self.chunks(&tile);
-            let shared_base = if op == 'a' { 0 } else { self.geo.a().bytes() };
-            for c in 0..count {
-                self.p.line(format!("add.u32 %r21, %r13, %s{op}{c};"));
-                let mut words = Vec::new();
-                for w in 0..run / 2 {
-                    let h = c * run + 2 * w;
-                    let reg = format!("%r{}", 28 + w);
-                    self.p
-                        .line(format!("mov.b32 {reg}, {{%h{op}{h}, %h{op}{}}};", h + 1));
-                    words.push(reg);
-                }
-                self.p.line(format!(
-                    "st.shared.v4.b32 [%r21+{shared_base}], {{{}}};",
-                    words.join(", ")
-                ));
-            }
-        }
-        self.advance_stage("%r13");
     }
 
     /// One k16 step on the read stage: ldmatrix the warp's A and B fragments, then mi x nj mma.
