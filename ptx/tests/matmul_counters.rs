@@ -214,4 +214,4 @@ fn shipped_matmuls_coalesce_and_have_no_bank_conflicts() {
 }
 
 /// Global store sectors / ideal of the epilogue.
-const EPILOGUE_BOUND: f64 = 4.0;
+const EPILOGUE_BOUND: f64 = 1.0;

@@ -16,8 +16,9 @@
 //!
 //! Ragged edges: a chunk past M/N or K is loaded with `cp.async` src-size 0 (partial chunks
 //! with the remaining bytes), which zero-fills shared memory, so out-of-range products add
-//! exact zeros; the epilogue stores only rows < M and columns < N (scalar predicated stores,
-//! so C needs no alignment beyond its element size). Requirements (checked by the launcher):
+//! exact zeros; the epilogue stores only rows < M and columns < N (vector stores of whole
+//! sectors where C's rows are 8-byte aligned and the CTA's columns lie inside N, else scalar
+//! predicated stores, so C needs no alignment beyond its element size; see [`epilogue`]). Requirements (checked by the launcher):
 //! A and B `load_bytes`-aligned, their leading dimensions and batch strides multiples of
 //! `load_bytes / 2` elements. Chunks of 16 bytes use `cp.async.cg` (L2 only); 8 and 4-byte
 //! chunks (the `_v8` entries) must use `.ca`.
@@ -35,13 +36,14 @@
 //! shared buffers; one barrier per k tile. Shared layout, `ldmatrix`, `mma.sync` and the
 //! epilogue are the cp.async variant's.
 //!
-//! Epilogue: C = alpha*acc (overwrite) or alpha*acc + C (accumulate, runtime flag), in fp32,
-//! rounded once to bf16 for bf16 C. Shared memory is dynamic (`matmul_smem`), sized by
+//! Epilogue ([`epilogue`]): C = alpha*acc (overwrite) or alpha*acc + C (accumulate, runtime
+//! flag), in fp32, rounded once to bf16 for bf16 C. Shared memory is dynamic (`matmul_smem`), sized by
 //! [`Geometry::shared_bytes`]; above 48 KiB the runtime opts in per function.
 
 use super::{simt, Layout, OutType, TileConfig};
 use crate::ptx_text::{Ptx, F32_ZERO};
 
+mod epilogue;
 mod staged;
 
 /// Shared-memory geometry of one (config, layout) variant.
@@ -253,7 +255,7 @@ impl Kernel {
         p.regs(".b32", "fa", 4 * mi);
         p.regs(".b32", "fb", 2 * nj);
         p.regs(".f32", "acc", 4 * mi * nj);
-        p.regs(".f32", "f", 8);
+        p.regs(".f32", "f", 16);
         p.regs(".b64", "rd", 24);
         p.regs(".b64", "ga", ca);
         p.regs(".b64", "gb", cb);
@@ -705,80 +707,6 @@ impl Kernel {
                     2 * nj,
                     2 * nj + 1
                 ));
-            }
-        }
-    }
-
-    /// C = alpha*acc (+ C): lane holds rows g, g+8 and columns 2t, 2t+1 of each m16n8 tile;
-    /// scalar stores predicated on row < M and column < N.
-    fn epilogue(&mut self) {
-        let wm = self.cfg.bm / self.cfg.warps_m;
-        let wn = self.cfg.bn / self.cfg.warps_n;
-        let (esize, shift) = match self.out {
-            OutType::F32 => (4, 2),
-            OutType::Bf16 => (2, 1),
-        };
-        let lines = [
-            "// epilogue: g = lane/4, t = lane%4".to_string(),
-            "shr.u32 %r20, %r6, 2;".into(),
-            "and.b32 %r21, %r6, 3;".into(),
-            format!("mad.lo.u32 %r22, %r7, {wm}, %r9;"),
-            "add.u32 %r22, %r22, %r20;               // row of (mi 0, half 0)".into(),
-            format!("mad.lo.u32 %r23, %r8, {wn}, %r10;"),
-            "shl.b32 %r24, %r21, 1;".into(),
-            "add.u32 %r23, %r23, %r24;               // column of (nj 0, e 0)".into(),
-            "cvt.u64.u32 %rd13, %r23;".into(),
-            "setp.ne.u32 %p6, %r4, 0;                // accumulate?".into(),
-        ];
-        self.p.lines(&lines);
-        for nj in 0..self.nj() {
-            for e in 0..2 {
-                self.p.line(format!("add.u32 %r24, %r23, {};", nj * 8 + e));
-                self.p
-                    .line(format!("setp.lt.u32 %pc{}, %r24, %r2;", 2 * nj + e));
-            }
-        }
-        for mi in 0..self.mi() {
-            for h in 0..2 {
-                let lines = [
-                    format!("add.u32 %r24, %r22, {};", mi * 16 + h * 8),
-                    "setp.lt.u32 %p1, %r24, %r1;".into(),
-                    "cvt.u64.u32 %rd14, %r24;".into(),
-                    "mad.lo.u64 %rd14, %rd14, %rd6, %rd13;".into(),
-                    format!("shl.b64 %rd14, %rd14, {shift};"),
-                    "add.u64 %rd14, %rd3, %rd14;".into(),
-                ];
-                self.p.lines(&lines);
-                for nj in 0..self.nj() {
-                    for e in 0..2 {
-                        let acc = 4 * (mi * self.nj() + nj) + 2 * h + e;
-                        let off = (nj * 8 + e) * esize;
-                        let pc = 2 * nj + e;
-                        self.p.line(format!("and.pred %p2, %p1, %pc{pc};"));
-                        self.p.line("and.pred %p3, %p2, %p6;");
-                        self.p.line(format!("mul.f32 %f2, %acc{acc}, %f1;"));
-                        match self.out {
-                            OutType::F32 => {
-                                self.p
-                                    .line(format!("@%p3 ld.global.f32 %f3, [%rd14+{off}];"));
-                                self.p.line("@%p3 add.f32 %f2, %f2, %f3;");
-                                self.p
-                                    .line(format!("@%p2 st.global.f32 [%rd14+{off}], %f2;"));
-                            }
-                            OutType::Bf16 => {
-                                self.p
-                                    .line(format!("@%p3 ld.global.b16 %rs1, [%rd14+{off}];"));
-                                self.p.line("@%p3 cvt.u32.u16 %r25, %rs1;");
-                                self.p.line("@%p3 shl.b32 %r25, %r25, 16;");
-                                self.p.line("@%p3 mov.b32 %f3, %r25;");
-                                self.p.line("@%p3 add.f32 %f2, %f2, %f3;");
-                                self.p.line("cvt.rn.bf16.f32 %rs2, %f2;");
-                                self.p
-                                    .line(format!("@%p2 st.global.b16 [%rd14+{off}], %rs2;"));
-                            }
-                        }
-                    }
-                }
             }
         }
     }
