@@ -25,12 +25,15 @@ struct Case {
     out: OutType,
     epilogue: Epilogue,
     pad: usize,
+    /// Padding of C's leading dimension: 1 misaligns C's rows, which takes the scalar
+    /// epilogue.
+    ldc_pad: usize,
 }
 
 impl Case {
     fn name(&self) -> String {
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             self.cfg.entry_name(self.layout, self.out),
             if self.epilogue == Epilogue::Accumulate {
                 " acc"
@@ -39,6 +42,11 @@ impl Case {
             },
             if self.pad > 0 {
                 format!(" ld+{}", self.pad)
+            } else {
+                String::new()
+            },
+            if self.ldc_pad > 0 {
+                format!(" ldc+{}", self.ldc_pad)
             } else {
                 String::new()
             }
@@ -52,6 +60,7 @@ impl Case {
             Gemm::dense(self.layout, self.out, 128, 128, 64).with_epilogue(self.epilogue, 1.0);
         g.lda += self.pad;
         g.ldb += self.pad;
+        g.ldc += self.ldc_pad;
         g
     }
 }
@@ -124,8 +133,12 @@ fn cases() -> Vec<Case> {
                     out,
                     epilogue: Epilogue::Overwrite,
                     pad: 0,
+                    ldc_pad: 0,
                 };
                 v.push(case);
+                if cfg == TILE_64X64 && layout == Layout::Nt {
+                    v.push(Case { ldc_pad: 1, ..case });
+                }
                 if cfg.staged() {
                     v.push(Case { pad: 1, ..case });
                 } else {
@@ -204,7 +217,15 @@ fn shipped_matmuls_coalesce_and_have_no_bank_conflicts() {
             "no ldmatrix bank conflicts",
             c.ldmatrix_bank_conflicts() == 0,
         );
-        let epilogue_bound = EPILOGUE_BOUND;
+        // Misaligned C rows take the scalar epilogue: one element per lane, a quad's 4
+        // elements spread over 32 (f32) or 16 (bf16) bytes (2x, 4x the ideal sectors when
+        // rows are sector-aligned), and rows that are not cross a sector boundary in most
+        // fragment rows (measured 3.5x and 5.5x here).
+        let epilogue_bound = match (case.ldc_pad, case.out) {
+            (0, _) => EPILOGUE_BOUND,
+            (_, OutType::F32) => 4.0,
+            (_, OutType::Bf16) => 6.0,
+        };
         expect(
             &format!("epilogue store sectors <= {epilogue_bound}x ideal"),
             ratio(c.global_store_sectors, c.global_store_sectors_ideal) <= epilogue_bound,
@@ -213,5 +234,5 @@ fn shipped_matmuls_coalesce_and_have_no_bank_conflicts() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Global store sectors / ideal of the epilogue.
+/// Global store sectors / ideal of the vector epilogue (C's rows 8-byte aligned).
 const EPILOGUE_BOUND: f64 = 1.0;
