@@ -16,8 +16,9 @@
 //!
 //! Ragged edges: a chunk past M/N or K is loaded with `cp.async` src-size 0 (partial chunks
 //! with the remaining bytes), which zero-fills shared memory, so out-of-range products add
-//! exact zeros; the epilogue stores only rows < M and columns < N (scalar predicated stores,
-//! so C needs no alignment beyond its element size). Requirements (checked by the launcher):
+//! exact zeros; the epilogue stores only rows < M and columns < N (vector stores of whole
+//! sectors where C's rows are 8-byte aligned and the CTA's columns lie inside N, else scalar
+//! predicated stores, so C needs no alignment beyond its element size; see [`epilogue`]). Requirements (checked by the launcher):
 //! A and B `load_bytes`-aligned, their leading dimensions and batch strides multiples of
 //! `load_bytes / 2` elements. Chunks of 16 bytes use `cp.async.cg` (L2 only); 8 and 4-byte
 //! chunks (the `_v8` entries) must use `.ca`.
@@ -28,18 +29,22 @@
 //!
 //! Register-staged variants (`_rs`, [`TileConfig::staged`]): for operands no `cp.async` chunk
 //! can read (odd leading dimensions such as paper-2b's F = 6739, or 2-byte aligned pointers),
-//! each thread fetches its chunks of [`super::STAGED_RUN`] elements with predicated scalar
-//! `ld.global.b16` into registers (0 past M/N or K), computes the current tile from shared
-//! memory while those loads are in flight, then packs and stores them (`st.shared.v4.b32`)
-//! into the other of 2 shared buffers; one barrier per k tile. Shared layout, `ldmatrix`,
-//! `mma.sync` and the epilogue are the cp.async variant's.
+//! each thread fetches its 4-byte units (2 elements; lanes on consecutive units, see
+//! [`staged`]) with scalar `ld.global.b16` into registers (predicated, 0 past M/N or K, in
+//! edge tiles only), computes the current tile from shared memory while those loads are in
+//! flight, then packs and stores them (`st.shared.b32`, conflict free) into the other of 2
+//! shared buffers; one barrier per k tile. Shared layout, `ldmatrix`, `mma.sync` and the
+//! epilogue are the cp.async variant's.
 //!
-//! Epilogue: C = alpha*acc (overwrite) or alpha*acc + C (accumulate, runtime flag), in fp32,
-//! rounded once to bf16 for bf16 C. Shared memory is dynamic (`matmul_smem`), sized by
+//! Epilogue ([`epilogue`]): C = alpha*acc (overwrite) or alpha*acc + C (accumulate, runtime
+//! flag), in fp32, rounded once to bf16 for bf16 C. Shared memory is dynamic (`matmul_smem`), sized by
 //! [`Geometry::shared_bytes`]; above 48 KiB the runtime opts in per function.
 
 use super::{simt, Layout, OutType, TileConfig};
 use crate::ptx_text::{Ptx, F32_ZERO};
+
+mod epilogue;
+mod staged;
 
 /// Shared-memory geometry of one (config, layout) variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,8 +137,9 @@ pub fn emit_module(cfg: TileConfig, layout: Layout, out: OutType) -> String {
             format!(
                 "Ragged M, N, K: predicated\n\
                  // loads (zero past the edges) and predicated stores. Loads: {} scalar\n\
-                 // ld.global.b16 per chunk into registers, stored to shared after the compute of\n\
-                 // the previous tile: any alignment and any lda, ldb (odd ones included).",
+                 // ld.global.b16 per 4-byte unit into registers (lanes on consecutive units),\n\
+                 // stored to shared after the compute of the previous tile: any alignment and\n\
+                 // any lda, ldb (odd ones included).",
                 cfg.chunk_elems()
             ),
         )
@@ -234,17 +240,22 @@ impl Kernel {
         let name = self.name.clone();
         self.p.entry(&name, &simt::typed_params());
         self.p.raw("{");
-        let (ca, cb) = (self.chunks(&self.geo.a()), self.chunks(&self.geo.b()));
+        // Per-thread load chunks; the staged path addresses all its units from one set.
+        let (ca, cb) = if self.cfg.staged() {
+            (1, 1)
+        } else {
+            (self.chunks(&self.geo.a()), self.chunks(&self.geo.b()))
+        };
         let (mi, nj) = (self.mi(), self.nj());
         let p = &mut self.p;
-        p.regs(".pred", "p", 8);
+        p.regs(".pred", "p", 10);
         p.regs(".pred", "pc", 2 * nj);
         p.regs(".b16", "rs", 4);
         p.regs(".b32", "r", 40);
         p.regs(".b32", "fa", 4 * mi);
         p.regs(".b32", "fb", 2 * nj);
         p.regs(".f32", "acc", 4 * mi * nj);
-        p.regs(".f32", "f", 8);
+        p.regs(".f32", "f", 16);
         p.regs(".b64", "rd", 24);
         p.regs(".b64", "ga", ca);
         p.regs(".b64", "gb", cb);
@@ -255,14 +266,20 @@ impl Kernel {
         p.regs(".b32", "ma", ca);
         p.regs(".b32", "mb", cb);
         if self.cfg.staged() {
-            // The register stage: one b16 per element of the thread's chunks.
-            let run = self.elems();
-            self.p.regs(".b16", "ha", ca * run);
-            self.p.regs(".b16", "hb", cb * run);
+            // The register stage: one b16 per element of the thread's units.
+            let ua = self.units(&self.geo.a()).per_thread;
+            let ub = self.units(&self.geo.b()).per_thread;
+            self.p.regs(".b16", "ha", 2 * ua);
+            self.p.regs(".b16", "hb", 2 * ub);
         }
         self.prologue();
-        self.chunk_setup('a');
-        self.chunk_setup('b');
+        if self.cfg.staged() {
+            self.staged_setup('a');
+            self.staged_setup('b');
+        } else {
+            self.chunk_setup('a');
+            self.chunk_setup('b');
+        }
         self.lane_offsets();
         self.zero_accumulators();
         self.main_loop();
@@ -636,75 +653,6 @@ impl Kernel {
         self.p.line("@%p5 bra K_LOOP;");
     }
 
-    /// Staged variant: loads the next k tile (k0 = %r11) into %ha/%hb, one `ld.global.b16`
-    /// per element, predicated in edge chunks (0 past M/N or K: the same zero-fill as
-    /// `cp.async`'s src-size), and advances k0 and the tile bases. Any alignment: scalar
-    /// 2-byte loads.
-    fn fetch_tile(&mut self) {
-        let run = self.elems();
-        for (op, tile) in [('a', self.geo.a()), ('b', self.geo.b())] {
-            let count = self.chunks(&tile);
-            let next = if op == 'a' { "%rd7" } else { "%rd8" };
-            for c in 0..count {
-                // %r20 = real bytes of the chunk (a prefix of it), as in load_tile.
-                self.chunk_real_bytes(op, c, tile.k_contiguous);
-                self.p.line(format!("add.u64 %rd11, {next}, %g{op}{c};"));
-                // Interior chunks (all elements real, the common case) skip the
-                // per-element predicates; edge chunks zero what lies past M/N or K.
-                let n = self.p.label_id();
-                self.p.line(format!("setp.eq.s32 %p3, %r20, {};", 2 * run));
-                self.p.line(format!("@%p3 bra FETCH_FULL_{n};"));
-                for e in 0..run {
-                    let h = c * run + e;
-                    self.p.line(format!("setp.gt.s32 %p3, %r20, {};", 2 * e));
-                    self.p.line(format!("mov.b16 %h{op}{h}, 0;"));
-                    self.p
-                        .line(format!("@%p3 ld.global.b16 %h{op}{h}, [%rd11+{}];", 2 * e));
-                }
-                self.p.line(format!("bra FETCH_DONE_{n};"));
-                self.p.label(&format!("FETCH_FULL_{n}"));
-                for e in 0..run {
-                    let h = c * run + e;
-                    self.p
-                        .line(format!("ld.global.b16 %h{op}{h}, [%rd11+{}];", 2 * e));
-                }
-                self.p.label(&format!("FETCH_DONE_{n}"));
-            }
-        }
-        let lines = [
-            format!("add.u32 %r11, %r11, {};", self.cfg.bk),
-            "add.u64 %rd7, %rd7, %rd9;".into(),
-            "add.u64 %rd8, %rd8, %rd10;".into(),
-        ];
-        self.p.lines(&lines);
-    }
-
-    /// Staged variant: packs the fetched elements in pairs and stores each chunk with one
-    /// 16-byte `st.shared.v4.b32` into the write stage, then advances the write stage.
-    fn stash_tile(&mut self) {
-        let run = self.elems();
-        for (op, tile) in [('a', self.geo.a()), ('b', self.geo.b())] {
-            let count = self.chunks(&tile);
-            let shared_base = if op == 'a' { 0 } else { self.geo.a().bytes() };
-            for c in 0..count {
-                self.p.line(format!("add.u32 %r21, %r13, %s{op}{c};"));
-                let mut words = Vec::new();
-                for w in 0..run / 2 {
-                    let h = c * run + 2 * w;
-                    let reg = format!("%r{}", 28 + w);
-                    self.p
-                        .line(format!("mov.b32 {reg}, {{%h{op}{h}, %h{op}{}}};", h + 1));
-                    words.push(reg);
-                }
-                self.p.line(format!(
-                    "st.shared.v4.b32 [%r21+{shared_base}], {{{}}};",
-                    words.join(", ")
-                ));
-            }
-        }
-        self.advance_stage("%r13");
-    }
-
     /// One k16 step on the read stage: ldmatrix the warp's A and B fragments, then mi x nj mma.
     fn mma_k_step(&mut self, step: u32) {
         let (a, b) = (self.geo.a(), self.geo.b());
@@ -759,80 +707,6 @@ impl Kernel {
                     2 * nj,
                     2 * nj + 1
                 ));
-            }
-        }
-    }
-
-    /// C = alpha*acc (+ C): lane holds rows g, g+8 and columns 2t, 2t+1 of each m16n8 tile;
-    /// scalar stores predicated on row < M and column < N.
-    fn epilogue(&mut self) {
-        let wm = self.cfg.bm / self.cfg.warps_m;
-        let wn = self.cfg.bn / self.cfg.warps_n;
-        let (esize, shift) = match self.out {
-            OutType::F32 => (4, 2),
-            OutType::Bf16 => (2, 1),
-        };
-        let lines = [
-            "// epilogue: g = lane/4, t = lane%4".to_string(),
-            "shr.u32 %r20, %r6, 2;".into(),
-            "and.b32 %r21, %r6, 3;".into(),
-            format!("mad.lo.u32 %r22, %r7, {wm}, %r9;"),
-            "add.u32 %r22, %r22, %r20;               // row of (mi 0, half 0)".into(),
-            format!("mad.lo.u32 %r23, %r8, {wn}, %r10;"),
-            "shl.b32 %r24, %r21, 1;".into(),
-            "add.u32 %r23, %r23, %r24;               // column of (nj 0, e 0)".into(),
-            "cvt.u64.u32 %rd13, %r23;".into(),
-            "setp.ne.u32 %p6, %r4, 0;                // accumulate?".into(),
-        ];
-        self.p.lines(&lines);
-        for nj in 0..self.nj() {
-            for e in 0..2 {
-                self.p.line(format!("add.u32 %r24, %r23, {};", nj * 8 + e));
-                self.p
-                    .line(format!("setp.lt.u32 %pc{}, %r24, %r2;", 2 * nj + e));
-            }
-        }
-        for mi in 0..self.mi() {
-            for h in 0..2 {
-                let lines = [
-                    format!("add.u32 %r24, %r22, {};", mi * 16 + h * 8),
-                    "setp.lt.u32 %p1, %r24, %r1;".into(),
-                    "cvt.u64.u32 %rd14, %r24;".into(),
-                    "mad.lo.u64 %rd14, %rd14, %rd6, %rd13;".into(),
-                    format!("shl.b64 %rd14, %rd14, {shift};"),
-                    "add.u64 %rd14, %rd3, %rd14;".into(),
-                ];
-                self.p.lines(&lines);
-                for nj in 0..self.nj() {
-                    for e in 0..2 {
-                        let acc = 4 * (mi * self.nj() + nj) + 2 * h + e;
-                        let off = (nj * 8 + e) * esize;
-                        let pc = 2 * nj + e;
-                        self.p.line(format!("and.pred %p2, %p1, %pc{pc};"));
-                        self.p.line("and.pred %p3, %p2, %p6;");
-                        self.p.line(format!("mul.f32 %f2, %acc{acc}, %f1;"));
-                        match self.out {
-                            OutType::F32 => {
-                                self.p
-                                    .line(format!("@%p3 ld.global.f32 %f3, [%rd14+{off}];"));
-                                self.p.line("@%p3 add.f32 %f2, %f2, %f3;");
-                                self.p
-                                    .line(format!("@%p2 st.global.f32 [%rd14+{off}], %f2;"));
-                            }
-                            OutType::Bf16 => {
-                                self.p
-                                    .line(format!("@%p3 ld.global.b16 %rs1, [%rd14+{off}];"));
-                                self.p.line("@%p3 cvt.u32.u16 %r25, %rs1;");
-                                self.p.line("@%p3 shl.b32 %r25, %r25, 16;");
-                                self.p.line("@%p3 mov.b32 %f3, %r25;");
-                                self.p.line("@%p3 add.f32 %f2, %f2, %f3;");
-                                self.p.line("cvt.rn.bf16.f32 %rs2, %f2;");
-                                self.p
-                                    .line(format!("@%p2 st.global.b16 [%rd14+{off}], %rs2;"));
-                            }
-                        }
-                    }
-                }
             }
         }
     }

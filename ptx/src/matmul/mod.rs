@@ -284,15 +284,16 @@ pub struct TileConfig {
     pub stages: u32,
     /// Bytes per `cp.async` chunk: 16 (`.cg`), or 8 / 4 (`.ca`) for operands whose leading
     /// dimension is only a multiple of 4 / 2 elements (paper-100m's F = 2332 is 4 mod 8);
-    /// 2 = no `cp.async`: register-staged scalar element loads ([`STAGED_RUN`] per chunk,
-    /// predicated per element) that take any alignment and any leading dimension (the
+    /// 2 = no `cp.async`: register-staged scalar element loads (in units of [`STAGED_RUN`]
+    /// elements, predicated per element in edge tiles) that take any alignment and any leading dimension (the
     /// paper's odd F = 4147, 6739), with [`TileConfig::stages`] = 2 shared buffers.
     pub load_bytes: u32,
 }
 
-/// Elements per thread chunk of the register-staged (`load_bytes` = 2) variants: 8 scalar
-/// `ld.global.b16` into registers, one 16-byte `st.shared.v4.b32`.
-pub const STAGED_RUN: u32 = 8;
+/// Elements per unit of the register-staged (`load_bytes` = 2) variants: 2 scalar
+/// `ld.global.b16` into registers, one 4-byte `st.shared.b32`; lanes take consecutive units
+/// so a warp's loads and stores are contiguous (see `emit`'s staged path).
+pub const STAGED_RUN: u32 = 2;
 
 /// 128x128x32, 8 warps as 2x4 (64x32 per warp), 3 stages: the large-shape workhorse.
 pub const TILE_128X128: TileConfig = TileConfig {
@@ -435,7 +436,15 @@ impl TileConfig {
             && matches!(self.load_bytes, 2 | 4 | 8 | 16)
             && (!self.staged() || self.stages == 2)
             && (self.bm * 32 / self.chunk_elems()).is_multiple_of(self.threads())
-            && (self.bn * 32 / self.chunk_elems()).is_multiple_of(self.threads());
+            && (self.bn * 32 / self.chunk_elems()).is_multiple_of(self.threads())
+            // The staged split: K-contiguous rows (16 units) pair warps' half-warps in
+            // groups of 4 warps; M/N-contiguous rows must hold at least a warp's 32 units.
+            && (!self.staged()
+                || ((self.threads() / 32).is_multiple_of(4)
+                    && self.bm >= 64
+                    && self.bn >= 64
+                    && self.threads().is_multiple_of(self.bm / 2)
+                    && self.threads().is_multiple_of(self.bn / 2)));
         if ok {
             Ok(())
         } else {
