@@ -113,6 +113,16 @@ impl EmuDevice {
     /// # Errors
     /// As [`EmuDevice::new`].
     pub fn with_checks(checks: Checks) -> Result<EmuDevice, RuntimeError> {
+        Self::with_capacity(checks, None)
+    }
+
+    /// An emulated device of `capacity` bytes (None: `FRUGAL_EMU_MEMORY_GIB`, else
+    /// [`DEFAULT_EMU_MEMORY_GIB`]), e.g. the memory of the GPU a profile predicts
+    /// for. Buffers are zeroed lazily: capacity costs nothing until it is used.
+    ///
+    /// # Errors
+    /// As [`EmuDevice::new`].
+    pub fn with_capacity(checks: Checks, capacity: Option<u64>) -> Result<EmuDevice, RuntimeError> {
         let gib = match std::env::var("FRUGAL_EMU_MEMORY_GIB") {
             Err(_) => DEFAULT_EMU_MEMORY_GIB,
             Ok(s) => s.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -128,7 +138,7 @@ impl EmuDevice {
                 modules: ModuleSet::load()?,
                 checks,
                 errors: ErrorSlot::default(),
-                capacity: gib << 30,
+                capacity: capacity.unwrap_or(gib << 30),
                 used: Mutex::new(0),
                 profiling: Mutex::new(Profiling::default()),
                 profile: Mutex::new(Vec::new()),

@@ -93,7 +93,7 @@ pub fn run(flags: ProfileFlags) -> Result<(), CliError> {
         }
     }
     let sample = (flags.sample_ctas > 0).then_some(flags.sample_ctas);
-    let profiled = profile_step(&opts, sample)?;
+    let profiled = profile_step(&opts, sample, &gpus)?;
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Step)> = gpus
         .iter()
         .map(|(facts, line)| (*facts, *line, predict_step(&opts, &profiled, facts, line, &calibration)))
@@ -153,7 +153,11 @@ fn load_calibration(path: &std::path::Path) -> Result<Calibration, CliError> {
 }
 
 /// Runs one step on an emulated device with counting on, phase by phase.
-fn profile_step(opts: &TrainOptions, sample: Option<u32>) -> Result<Profiled, CliError> {
+fn profile_step(
+    opts: &TrainOptions,
+    sample: Option<u32>,
+    gpus: &[(&DeviceFacts, &Roofline)],
+) -> Result<Profiled, CliError> {
     let cfg = &opts.config;
     // The sanitizer is off (a profile is of kernels the tests check), the
     // tensor cores' numerics as FRUGAL_EMU_MMA says.
@@ -161,7 +165,13 @@ fn profile_step(opts: &TrainOptions, sample: Option<u32>) -> Result<Profiled, Cl
         mma: MmaNumerics::from_env().map_err(|e| usage(format!("profile: {e}")))?,
         ..Checks::none()
     };
-    let emu = EmuDevice::with_checks(checks).context("opening the emulated device")?;
+    // The step is planned against the memory of the GPU it is predicted for
+    // (the largest of --gpu), unless FRUGAL_EMU_MEMORY_GIB says otherwise.
+    let capacity = match std::env::var_os("FRUGAL_EMU_MEMORY_GIB") {
+        Some(_) => None,
+        None => gpus.iter().map(|(f, _)| f.memory_bytes_nominal).max(),
+    };
+    let emu = EmuDevice::with_capacity(checks, capacity).context("opening the emulated device")?;
     let device = Device::Emu(emu);
     let planned = target::plan_memory(&device, opts, 1).map_err(|e| CliError::DeviceMemory {
         error: Box::new(e),
