@@ -207,12 +207,19 @@ impl EmuDevice {
         let module = &self.inner.modules.modules[module].parsed;
         let profiling = *lock(&self.inner.profiling);
         let mut mem = lock(&self.inner.memory);
-        let (stats, counters) =
-            emu::launch_profiled(module, kernel, dims, params, &mut mem, &self.inner.checks, &profiling)
-                .map_err(|e| RuntimeError::Emulator {
-                    kernel: kernel.to_string(),
-                    source: Box::new(e),
-                })?;
+        let (stats, counters) = emu::launch_profiled(
+            module,
+            kernel,
+            dims,
+            params,
+            &mut mem,
+            &self.inner.checks,
+            &profiling,
+        )
+        .map_err(|e| RuntimeError::Emulator {
+            kernel: kernel.to_string(),
+            source: Box::new(e),
+        })?;
         if let Some(counters) = counters {
             lock(&self.inner.profile).push(LaunchRecord {
                 kernel: kernel.to_string(),

@@ -157,7 +157,8 @@ pub fn rows(
             + c.global_atomic_sectors_ideal;
         row.sectors_per_request = ratio(sectors, requests);
         row.coalescing = ratio(ideal, sectors);
-        let shared_requests = c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests;
+        let shared_requests =
+            c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests;
         let conflicts = c.shared_load_bank_conflicts()
             + c.shared_store_bank_conflicts()
             + c.ldmatrix_bank_conflicts();

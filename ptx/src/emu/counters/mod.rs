@@ -311,6 +311,9 @@ pub(super) struct Recorder {
 #[derive(Default)]
 struct SectorHasher(u64);
 
+/// An odd 64-bit multiplier with well-mixed bits (the one FxHash uses).
+const SECTOR_HASH_MUL: u64 = 0x517c_c1b7_2722_0a95;
+
 impl Hasher for SectorHasher {
     fn finish(&self) -> u64 {
         self.0
@@ -318,12 +321,12 @@ impl Hasher for SectorHasher {
 
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(SECTOR_HASH_MUL);
         }
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(SECTOR_HASH_MUL);
     }
 }
 
