@@ -13,24 +13,6 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_frugal");
 
-/// A model of ~50k parameters: each step takes milliseconds.
-const SMALL: &[&str] = &[
-    "--layers",
-    "1",
-    "--hidden",
-    "64",
-    "--heads",
-    "2",
-    "--ffn",
-    "96",
-    "--seq",
-    "32",
-    "--batch",
-    "2",
-    "--threads",
-    "1",
-];
-
 fn scratch(name: &str) -> PathBuf {
     scratch_in("cli", name)
 }

@@ -125,3 +125,21 @@ pub fn params_bits(path: &Path) -> Vec<u32> {
         .map(|p| p.to_bits())
         .collect()
 }
+
+/// A model of ~50k parameters: each step takes milliseconds.
+pub const SMALL: &[&str] = &[
+    "--layers",
+    "1",
+    "--hidden",
+    "64",
+    "--heads",
+    "2",
+    "--ffn",
+    "96",
+    "--seq",
+    "32",
+    "--batch",
+    "2",
+    "--threads",
+    "1",
+];
