@@ -374,3 +374,128 @@ fn bad_grids_are_usage_errors() {
         "a usage error writes nothing"
     );
 }
+
+#[test]
+fn failed_and_timed_out_runs_are_recorded_and_the_sweep_goes_on() {
+    let out = scratch("failed2");
+    let o = frugal()
+        .arg("sweep")
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--batch",
+            "1,2",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--steps",
+            "1",
+        ])
+        .args(DIMS)
+        .args(["--data", "/nonexistent/shard.bin"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let rs = records(&out);
+    assert_eq!(rs.len(), 2, "both configurations tried");
+    for r in &rs {
+        assert_eq!(r["status"], "failed", "{r}");
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("repeat 1: exit status 1")
+                && reason.contains("/nonexistent/shard.bin"),
+            "{reason}"
+        );
+    }
+
+    let out = scratch("timeout");
+    let t0 = Instant::now();
+    let o = frugal()
+        .arg("sweep")
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--batch",
+            "1,2",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--steps",
+            "1000000",
+            "--timeout",
+            "1",
+        ])
+        .args(DIMS)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let rs = records(&out);
+    assert_eq!(rs.len(), 2);
+    for r in &rs {
+        assert_eq!(r["status"], "timeout", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("passed --timeout 1s"),
+            "{r}"
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "a stopped run ends within the grace"
+    );
+}
+
+#[test]
+fn inside_a_launched_job_every_rank_sweeps_and_rank_0_records() {
+    let out = scratch("job");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            frugal()
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("FRUGAL_JOB_TOKEN", "sweep-test")
+                .arg("sweep")
+                .arg("--out")
+                .arg(&out)
+                .args([
+                    "--batch",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--repeats",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--warmup-steps",
+                    "1",
+                ])
+                .args(DIMS)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in ranks {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let rs = records(&out);
+    assert_eq!(rs.len(), 1, "rank 0 alone records");
+    assert_eq!(rs[0]["status"], "ok", "{}", rs[0]);
+    assert_eq!(f(&rs[0], &["config", "devices"]), 2.0, "the job's world");
+    assert!(rs[0]["comm_wait_ms"].as_f64().is_some());
+}

@@ -620,9 +620,17 @@ fn measure(plan: &Plan, p: &Point) -> Result<Option<Record>, CliError> {
     for i in 1..=plan.protocol.repeats {
         let run_dir = dir.join(format!("r{i}"));
         let metrics = dir.join(format!("r{i}.metrics.jsonl"));
-        let log = dir.join(format!("r{i}.log"));
-        let _ = std::fs::remove_file(&metrics);
-        let _ = std::fs::remove_dir_all(&run_dir);
+        // Inside a job every rank runs the sweep over one shared --out: each
+        // keeps its own log, and only rank 0 (whose train writes the run
+        // folder and metrics) clears what an earlier attempt left.
+        let log = match plan.job {
+            Some(j) if j.rank != 0 => dir.join(format!("r{i}.rank{}.log", j.rank)),
+            _ => dir.join(format!("r{i}.log")),
+        };
+        if plan.writes() {
+            let _ = std::fs::remove_file(&metrics);
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
         let args = child_args(plan, p, &run_dir, &metrics);
         let failed = |status: Status, why: String| (status, format!("repeat {i}: {why}"));
         let outcome = match run::run(&plan.exe, &args, &[], &log, plan.timeout)? {
@@ -639,6 +647,8 @@ fn measure(plan: &Plan, p: &Point) -> Result<Option<Record>, CliError> {
                 Status::Failed,
                 format!("{}: {}", run::describe(s), run::tail(&log)),
             )),
+            // A rank that records nothing has nothing to measure.
+            Ended::Exited(_) if !plan.writes() => continue,
             Ended::Exited(_) => {
                 measure::read(&metrics, plan.protocol.warmup_steps, plan.protocol.steps)
                     .map_err(|why| failed(Status::Failed, why))
