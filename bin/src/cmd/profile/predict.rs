@@ -16,6 +16,22 @@ const SECTOR: f64 = 32.0;
 /// Per-family time factors (`--calibration`): measured ÷ predicted.
 pub type Calibration = Vec<(String, f64)>;
 
+/// How the DRAM traffic of a launch whose CTAs were sampled is estimated.
+///
+/// The emulator scales the distinct sectors the sampled CTAs touched to the
+/// whole grid. That is right for kernels whose CTAs touch disjoint data (the
+/// element-wise ones) and too high for those whose CTAs share it (a matmul's
+/// CTAs of one row read the same panel of A, which DRAM serves once): the
+/// sampled CTAs, spread over the grid, rarely share. The sampled CTAs' own
+/// sectors are a lower bound. A profile predicts with both and says the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DramEstimate {
+    /// The counters as extrapolated (an upper estimate for shared data).
+    Scaled,
+    /// Only what the sampled CTAs touched (a lower bound).
+    SampledOnly,
+}
+
 /// The kernel family a calibration factor applies to: the name's first word
 /// (`matmul_tc_64x64x32_nt_f32` -> `matmul`).
 pub fn family(kernel: &str) -> &str {
@@ -33,8 +49,19 @@ fn usage_sm(sm: u32) -> u32 {
 }
 
 /// One launch's work for the roofline, and its occupancy on `gpu`.
-pub fn work(r: &LaunchRecord, gpu: &DeviceFacts) -> (KernelWork, Option<Occupancy>) {
+pub fn work(
+    r: &LaunchRecord,
+    gpu: &DeviceFacts,
+    dram: DramEstimate,
+) -> (KernelWork, Option<Occupancy>) {
     let c = &r.counters;
+    let dram_sectors = (c.dram_read_sectors + c.dram_write_sectors) as f64;
+    let dram_sectors = match dram {
+        DramEstimate::SampledOnly if c.extrapolated() && c.ctas_total > 0 => {
+            dram_sectors * c.ctas_run as f64 / c.ctas_total as f64
+        }
+        _ => dram_sectors,
+    };
     let threads = r.dims.block.iter().product::<u32>();
     let occ = resources::usage(usage_sm(gpu.sm), &r.kernel).and_then(|u| {
         let smem = u32::try_from(u.shared_bytes)
@@ -51,7 +78,7 @@ pub fn work(r: &LaunchRecord, gpu: &DeviceFacts) -> (KernelWork, Option<Occupanc
         // A float warp instruction is at least 32 lane operations: a lower
         // bound of the FP32 work (an FMA counts once, not twice).
         fp32_flops: float_warp_insts * 32.0,
-        dram_bytes: (c.dram_read_sectors + c.dram_write_sectors) as f64 * SECTOR,
+        dram_bytes: dram_sectors * SECTOR,
         l2_bytes: (c.global_load_sectors
             + c.global_store_sectors
             + c.global_atomic_sectors
@@ -101,11 +128,12 @@ pub fn rows(
     gpu: &DeviceFacts,
     line: &Roofline,
     calibration: &Calibration,
+    dram: DramEstimate,
 ) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut bound_time: Vec<Vec<(Bound, f64)>> = Vec::new();
     for r in records {
-        let (w, occ) = work(r, gpu);
+        let (w, occ) = work(r, gpu, dram);
         let p: Prediction = roofline::predict(line, &w);
         let factor = calibration
             .iter()
