@@ -45,9 +45,22 @@ fn every_kernel_of_the_step_is_predicted_and_they_add_up() {
     assert_eq!(gpus[0]["gpu"], "H100-SXM-80GB");
     for g in gpus {
         let kernels = g["kernels"].as_array().unwrap();
-        let names: Vec<&str> = kernels.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
-        for want in ["matmul_tc_", "flash_attn_fwd", "flash_attn_bwd", "rmsnorm_fwd", "cross_entropy", "embedding_fwd"] {
-            assert!(names.iter().any(|n| n.starts_with(want)), "{want} missing in {names:?}");
+        let names: Vec<&str> = kernels
+            .iter()
+            .map(|k| k["kernel"].as_str().unwrap())
+            .collect();
+        for want in [
+            "matmul_tc_",
+            "flash_attn_fwd",
+            "flash_attn_bwd",
+            "rmsnorm_fwd",
+            "cross_entropy",
+            "embedding_fwd",
+        ] {
+            assert!(
+                names.iter().any(|n| n.starts_with(want)),
+                "{want} missing in {names:?}"
+            );
         }
         let step = f(&g["step"]["predicted_s"]);
         let sum: f64 = kernels.iter().map(|k| f(&k["predicted_s"])).sum();
@@ -61,8 +74,10 @@ fn every_kernel_of_the_step_is_predicted_and_they_add_up() {
         for k in kernels {
             let name = k["kernel"].as_str().unwrap();
             assert!(f(&k["launches"]) >= 1.0);
-            assert!(["tensor", "fp32", "issue", "dram", "l2", "shared", "launch"]
-                .contains(&k["bound"].as_str().unwrap()));
+            assert!(
+                ["tensor", "fp32", "issue", "dram", "l2", "shared", "launch"]
+                    .contains(&k["bound"].as_str().unwrap())
+            );
             if name.starts_with("matmul_tc_") {
                 assert!(f(&k["counters"]["tensor_flops"]) > 0.0, "{k}");
                 let occ = f(&k["occupancy"]);
@@ -82,7 +97,10 @@ fn sampled_ctas_are_said_and_the_text_says_predicted() {
     let (out, _) = text(&o);
     assert!(out.contains("PREDICTED for A100-SXM-80GB"), "{out}");
     assert!(out.contains("extrapolated from 1 CTAs"), "{out}");
-    assert!(out.contains("step: predicted") && out.contains("(predicted)"), "{out}");
+    assert!(
+        out.contains("step: predicted") && out.contains("(predicted)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -91,11 +109,20 @@ fn calibration_factors_scale_their_family() {
     let file = dir.join("cal.json");
     std::fs::write(&file, r#"{"matmul": 2.0}"#).unwrap();
     let plain = json(&["--sample-ctas", "2"]);
-    let scaled = json(&["--sample-ctas", "2", "--calibration", file.to_str().unwrap()]);
+    let scaled = json(&[
+        "--sample-ctas",
+        "2",
+        "--calibration",
+        file.to_str().unwrap(),
+    ]);
     let rows = |v: &Value| v["gpus"][0]["kernels"].as_array().unwrap().clone();
     for (a, b) in rows(&plain).iter().zip(rows(&scaled).iter()) {
         assert_eq!(a["kernel"], b["kernel"]);
-        let factor = if a["kernel"].as_str().unwrap().starts_with("matmul") { 2.0 } else { 1.0 };
+        let factor = if a["kernel"].as_str().unwrap().starts_with("matmul") {
+            2.0
+        } else {
+            1.0
+        };
         assert!((f(&b["predicted_s"]) - factor * f(&a["predicted_s"])).abs() <= 1e-12);
     }
 }
@@ -110,7 +137,10 @@ fn bad_input_is_a_usage_error() {
         (vec!["--gpu", ""], "empty list"),
         (vec!["--device", "cpu"], "use --device emu"),
         (vec!["--sample-ctas", "x"], "--sample-ctas"),
-        (vec!["--calibration", bad_cal.to_str().unwrap()], "not a positive factor"),
+        (
+            vec!["--calibration", bad_cal.to_str().unwrap()],
+            "not a positive factor",
+        ),
     ] {
         let o = profile(&args);
         let (_, err) = text(&o);

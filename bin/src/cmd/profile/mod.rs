@@ -96,7 +96,13 @@ pub fn run(flags: ProfileFlags) -> Result<(), CliError> {
     let profiled = profile_step(&opts, sample)?;
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Step)> = gpus
         .iter()
-        .map(|(facts, line)| (*facts, *line, predict_step(&opts, &profiled, facts, line, &calibration)))
+        .map(|(facts, line)| {
+            (
+                *facts,
+                *line,
+                predict_step(&opts, &profiled, facts, line, &calibration),
+            )
+        })
         .collect();
     if flags.json {
         println!("{}", json(&opts, sample, &profiled, &per_gpu));
@@ -120,7 +126,10 @@ fn gpus(list: &str) -> Result<Vec<(&'static DeviceFacts, &'static Roofline)>, Cl
                 ))
             })?;
             let line = f.roofline.as_ref().ok_or_else(|| {
-                usage(format!("profile: --gpu '{n}' ({}) has no roofline figures", f.label))
+                usage(format!(
+                    "profile: --gpu '{n}' ({}) has no roofline figures",
+                    f.label
+                ))
             })?;
             Ok((f, line))
         })
@@ -140,7 +149,8 @@ fn load_calibration(path: &std::path::Path) -> Result<Calibration, CliError> {
             path.display()
         ))
     };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
     let serde_json::Value::Object(map) = v else {
         return Err(bad("not a JSON object".into()));
     };
@@ -186,14 +196,22 @@ fn profile_step(opts: &TrainOptions, sample: Option<u32>) -> Result<Profiled, Cl
     let params = try_init_params(cfg, opts.seed).context("initial weights")?;
     let zeros = frugal_runtime::host::try_zeroed_vec::<f32>(params.len(), "the AdamW moments")
         .context("AdamW moments")?;
-    model.set_state(&params, &zeros, &zeros, 0).context("loading the weights")?;
+    model
+        .set_state(&params, &zeros, &zeros, 0)
+        .context("loading the weights")?;
     let n = planned.batch * cfg.seq_len;
     let mut rng = Rng::new(opts.seed);
-    let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let inputs: Vec<u32> = (0..n)
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
+    let targets: Vec<u32> = (0..n)
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
 
     let Device::Emu(emu) = model.device() else {
-        return Err(usage("profile: the step is not on the emulated device".into()));
+        return Err(usage(
+            "profile: the step is not on the emulated device".into(),
+        ));
     };
     emu.set_profiling(Profiling {
         count: true,
@@ -211,7 +229,9 @@ fn profile_step(opts: &TrainOptions, sample: Option<u32>) -> Result<Profiled, Cl
         .forward_backward(&inputs, &targets, 1.0, None)
         .context("forward and backward")?;
     let micro = take(&model);
-    let _ = model.optimizer_step(1e-4, opts.clip).context("the optimizer step")?;
+    let _ = model
+        .optimizer_step(1e-4, opts.clip)
+        .context("the optimizer step")?;
     let update = take(&model);
     Ok(Profiled {
         zero,
@@ -310,14 +330,26 @@ fn text_report(
         );
         s += &format!(
             "  {:<44} {:>8} {:>7} {:>13} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
-            "kernel", "launches", "share", "predicted us", "bound", "sectors/req", "coalesced",
-            "conflicts/req", "occupancy", "tensor"
+            "kernel",
+            "launches",
+            "share",
+            "predicted us",
+            "bound",
+            "sectors/req",
+            "coalesced",
+            "conflicts/req",
+            "occupancy",
+            "tensor"
         );
         for r in &step.rows {
-            let share = if step.time_s > 0.0 { r.time_s / step.time_s } else { 0.0 };
-            let occ = r
-                .occupancy
-                .map_or("-".into(), |o| format!("{:.0}% ({})", o.fraction * 100.0, o.limited_by));
+            let share = if step.time_s > 0.0 {
+                r.time_s / step.time_s
+            } else {
+                0.0
+            };
+            let occ = r.occupancy.map_or("-".into(), |o| {
+                format!("{:.0}% ({})", o.fraction * 100.0, o.limited_by)
+            });
             let calibrated = if r.factor.is_some() { "*" } else { "" };
             s += &format!(
                 "  {:<44} {:>8} {:>6.1}% {:>12.1}{calibrated:1} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
@@ -338,7 +370,10 @@ fn text_report(
             step.time_s * 1e3,
             human(step.tokens_per_s),
             step.mfu
-                .map_or("unknown (no published bf16 peak)".into(), |m| format!("{:.1}%", m * 100.0))
+                .map_or("unknown (no published bf16 peak)".into(), |m| format!(
+                    "{:.1}%",
+                    m * 100.0
+                ))
         );
         if step.rows.iter().any(|r| r.factor.is_some()) {
             s += "  (* calibrated by --calibration's factor for the kernel's family)\n";
