@@ -515,8 +515,8 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
         counters,
     } = flags;
     let usage = |m: String| super::shared::usage("bench attention", m);
-    let device = kernel_device("bench attention", device)?;
     counters::check_device("bench attention", counters, device)?;
+    let device = kernel_device("bench attention", device)?;
     for (name, v) in [
         ("batch", batch),
         ("seq", seq),

@@ -953,8 +953,8 @@ pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
         counters,
     } = flags;
     let usage = |m: String| super::shared::usage("bench kernels", m);
-    let device = kernel_device("bench kernels", device)?;
     super::counters::check_device("bench kernels", counters, device)?;
+    let device = kernel_device("bench kernels", device)?;
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {
             return Err(usage(format!("--{name} must be at least 1")));
