@@ -51,14 +51,21 @@ fn usage(message: String) -> CliError {
     CliError::usage_with_help("profile", format!("profile: {message}"))
 }
 
-/// `--shape`'s numbers: a comma list of positive integers up to [`MAX_DIM`].
+/// The largest one-number shape (a length or a parameter count: AdamW over a model's
+/// parameters): 2^32 elements, whose buffers still have sizes a `usize` holds.
+const MAX_LEN: usize = 1 << 32;
+
+/// `--shape`'s numbers: a comma list of positive integers up to [`MAX_DIM`] each (up to
+/// [`MAX_LEN`] for a one-number shape), so that no product of them overflows.
 fn dims(shape: &str) -> Result<Vec<usize>, CliError> {
-    shape
-        .split(',')
+    let words: Vec<&str> = shape.split(',').collect();
+    let max = if words.len() == 1 { MAX_LEN } else { MAX_DIM };
+    words
+        .iter()
         .map(|w| match w.trim().parse::<usize>() {
-            Ok(n) if n > 0 && n <= MAX_DIM => Ok(n),
+            Ok(n) if n > 0 && n <= max => Ok(n),
             _ => Err(usage(format!(
-                "--shape '{shape}': '{w}' is not a number from 1 to {MAX_DIM}"
+                "--shape '{shape}': '{w}' is not a number from 1 to {max}"
             ))),
         })
         .collect()
