@@ -22,6 +22,12 @@
 #      device the build does not have yet is skipped with a note); a short training run;
 #      scripts/shard-check.sh: --shard none, grad-op and full on 2 ranks of the one GPU
 #      give the same losses, bit for bit (SHARD_ARGS: its train flags);
+#   3a. calibration (scripts/calibrate.py): for a fixed list of the benches' rows (the
+#      matmul products, flash forward and forward+backward, a few other kernels), the
+#      MEASURED time next to the time `frugal profile --kernel ... --gpu <this GPU>`
+#      PREDICTS from the emulator's counters (run here on the CPU), and
+#      calibration.json = per kernel family the median of measured/predicted, for
+#      `frugal profile --calibration` (copied to OUT too);
 #   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
 #      (same JSON schema), joined with frugal's lines into ratio columns;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
@@ -97,7 +103,7 @@ run() {
   local rc=$?
   local dt=$(( $(date +%s) - t0 ))
   # The comparisons are printed whole before the table; other steps show their end.
-  [[ "$name" == compare:* ]] || tail -n 12 "$log"
+  [[ "$name" == compare:* || "$name" == calibrate ]] || tail -n 12 "$log"
   local status="ok"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT"; failed=1
   elif [ "$rc" -ne 0 ] && grep -Eq "not built yet|is not a benchmark|unrecognized subcommand" "$log"; then
@@ -163,6 +169,21 @@ for what in kernels matmul attention step; do
   # The JSON lines (one object per line) for the comparison below.
   grep -E '^\{' "$logdir/bench_$what.log" > "$logdir/frugal-$what.jsonl" 2>/dev/null || true
 done
+
+# 3a. Calibration: predicted (the emulator's counters on this GPU's roofline) next to
+# measured (the bench lines above). On the emulator the "measured" times are emulation
+# speed, so the factors are meaningless: the smoke check exercises the plumbing only.
+if [ "$mode" = gpu ]; then
+  gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+else
+  gpu_name=h100-sxm
+fi
+if [ -z "$gpu_name" ]; then
+  rows+=("calibrate|skipped: nvidia-smi gave no GPU name|0")
+else
+  run calibrate "${LIMIT_CALIBRATE:-180}" python3 "$root/scripts/calibrate.py" "$bin/frugal" \
+    "$gpu_name" "$logdir" "$logdir/calibration.json"
+fi
 
 # 3b. Real training steps through the whole device path (loss must fall, no error).
 if [ "$mode" = emu ]; then
@@ -238,6 +259,7 @@ echo
 for what in matmul attention matmul-1b; do
   [ -f "$logdir/compare_$what.log" ] && cat "$logdir/compare_$what.log" && echo
 done
+[ -f "$logdir/calibrate.log" ] && cat "$logdir/calibrate.log" && echo
 summary="$logdir/summary.txt"
 {
   echo "gpu-check ($mode, device $device): $(( $(date +%s) - start ))s of ${budget}s; logs in $logdir"
@@ -250,6 +272,7 @@ summary="$logdir/summary.txt"
 # A remote runner may collect only a few files from OUT: the table and one archive.
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
   cp "$summary" "$OUT/gpu-check-summary.txt"
+  [ -f "$logdir/calibration.json" ] && cp "$logdir/calibration.json" "$OUT/calibration.json"
   tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$(dirname "$logdir")" "$(basename "$logdir")" 2>/dev/null || true
 fi
 cat "$summary"

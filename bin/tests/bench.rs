@@ -407,3 +407,90 @@ fn matmul_list_names_every_product_with_its_shape() {
         );
     }
 }
+
+/// The counters of a `--counters` JSON line, checked for the figures every kernel has.
+fn counters_of(line: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let c = v["counters"].clone();
+    assert_eq!(c["source"], "emulator", "{line}");
+    assert!(c["instructions"].as_u64().unwrap_or(0) > 0, "{line}");
+    let read = c["dram_read_sectors"].as_u64().unwrap_or(0);
+    assert!(read > 0, "{line}");
+    if let Some(x) = c["coalescing"].as_f64() {
+        assert!(x > 0.0 && x <= 1.0, "{line}");
+    }
+    c
+}
+
+#[test]
+fn counters_on_the_emulator_are_printed_and_in_the_json() {
+    // Matmul: the pick's tensor FLOPs are 2*M*N*K over whole tiles, at least the product's.
+    let (out, _) = ok(&frugal(&[
+        "bench",
+        "matmul",
+        "--device",
+        "emu",
+        "--model",
+        "tiny",
+        "--seq",
+        "64",
+        "--counters",
+        "--json",
+    ]));
+    let products: Vec<&str> = out.lines().filter(|l| !l.contains("\"summary\"")).collect();
+    assert!(!products.is_empty(), "{out}");
+    for line in products {
+        let c = counters_of(line);
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let flops = v["flops"].as_f64().unwrap();
+        let tensor = c["tensor_flops"].as_f64().unwrap();
+        assert!(
+            tensor >= flops && tensor < 4.0 * flops,
+            "{tensor} vs {flops}: {line}"
+        );
+        assert!(c["sectors_per_request"].as_f64().unwrap() >= 1.0, "{line}");
+    }
+    // Attention: both passes of flash run tensor-core instructions.
+    let (out, _) = ok(&frugal(&[
+        "bench",
+        "attention",
+        "--device",
+        "emu",
+        "--attention",
+        "flash",
+        "--seq",
+        "32",
+        "--heads",
+        "2",
+        "--counters",
+        "--json",
+    ]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for line in out.lines() {
+        assert!(
+            counters_of(line)["tensor_flops"].as_u64().unwrap_or(0) > 0,
+            "{line}"
+        );
+    }
+    // Kernels, as a table: a counters line under each row.
+    let mut args = KERNELS_TINY.to_vec();
+    args.push("--counters");
+    let (out, _) = ok(&frugal(&args));
+    assert_eq!(
+        out.matches("counters (emulated): sectors/req").count(),
+        OPS.len(),
+        "{out}"
+    );
+}
+
+#[test]
+fn counters_off_the_emulator_are_a_usage_error_pointing_at_nsight() {
+    for bench in ["matmul", "attention", "kernels"] {
+        for device in ["cpu", "cuda"] {
+            let o = frugal(&["bench", bench, "--device", device, "--counters"]);
+            assert_eq!(o.status.code(), Some(2), "{bench} {device}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("emulator") && err.contains("Nsight"), "{err}");
+        }
+    }
+}

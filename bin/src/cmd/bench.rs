@@ -5,11 +5,15 @@
 #[path = "bench/allreduce.rs"]
 mod allreduce;
 #[path = "bench/attention.rs"]
-mod attention;
+pub(crate) mod attention;
+#[path = "bench/case_words.rs"]
+pub(crate) mod case_words;
+#[path = "bench/counters.rs"]
+pub(crate) mod counters;
 #[path = "bench/kernels.rs"]
-mod kernels;
+pub(crate) mod kernels;
 #[path = "bench/matmul.rs"]
-mod matmul;
+pub(crate) mod matmul;
 #[path = "bench/shared.rs"]
 mod shared;
 #[path = "bench/step.rs"]

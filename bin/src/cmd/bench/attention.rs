@@ -19,6 +19,7 @@
 //! backend) and eager attention, so `scripts/bench-join.py` can join them into ratios.
 //! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
 
+use super::counters::{self, with_counters, Summary};
 use super::kernels::{human_bytes, json_str, rate};
 use super::shared::{kernel_device, open_kernel_device, Repeats};
 use crate::error::CliError;
@@ -76,6 +77,11 @@ pub struct AttentionFlags {
     /// one JSON object per row instead of the table
     #[arg(long)]
     json: bool,
+    /// (emu only) one more repetition of each row with the emulator's hardware counters
+    /// on: sectors/request, coalescing, bank conflicts/request, tensor FLOPs, DRAM sectors,
+    /// printed under the row and in its --json line
+    #[arg(long)]
+    counters: bool,
 }
 
 /// What a row times.
@@ -126,6 +132,8 @@ pub struct Row {
     pub iters: usize,
     /// Milliseconds per repetition.
     pub time_ms: f64,
+    /// `--counters`: one counted repetition's figures (all its launches summed).
+    pub counters: Option<Summary>,
 }
 
 impl Row {
@@ -144,7 +152,7 @@ fn failed(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
 }
 
 /// Device buffers of one shape (freed on drop).
-struct Operands {
+pub(crate) struct Operands {
     held: Vec<DeviceBuffer>,
     q: u64,
     k: u64,
@@ -205,7 +213,7 @@ fn random_bf16(
     Ok(ptr)
 }
 
-fn operands(
+pub(crate) fn operands(
     dev: &Device,
     shape: AttnShape,
     which: &[Attention],
@@ -278,7 +286,7 @@ fn operands(
 }
 
 /// The launches of one repetition of (`attention`, `pass`).
-fn launches(
+pub(crate) fn launches(
     arch: u32,
     shape: AttnShape,
     m: &Operands,
@@ -399,7 +407,9 @@ fn time_launches(
     Ok(ms / iters.max(1) as f64)
 }
 
-/// Measures every (attention, pass) of `which` for one shape.
+/// Measures every (attention, pass) of `which` for one shape; with `counters`, counts
+/// one more repetition of each on the emulator.
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     dev: &Device,
     arch: u32,
@@ -408,6 +418,7 @@ pub fn measure(
     which: &[Attention],
     dq_mode: DqMode,
     repeats: Repeats,
+    counters: bool,
 ) -> Result<Vec<Row>, CliError> {
     let m = operands(dev, shape, which, dq_mode)?;
     let mut rows = Vec::new();
@@ -416,6 +427,15 @@ pub fn measure(
             let list = launches(arch, shape, &m, attention, pass, dq_mode)?;
             let what = format!("{model} {} {}", attention.name(), pass.name());
             let time_ms = time_launches(dev, &list, repeats, &what)?;
+            let counted = if counters {
+                Some(Summary::of(&counters::count(
+                    "bench attention",
+                    dev,
+                    &list,
+                )?))
+            } else {
+                None
+            };
             rows.push(Row {
                 model: model.to_string(),
                 shape,
@@ -428,6 +448,7 @@ pub fn measure(
                 },
                 iters: repeats.iters.max(1),
                 time_ms,
+                counters: counted,
             });
         }
     }
@@ -491,8 +512,10 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
         iters,
         warmup,
         json,
+        counters,
     } = flags;
     let usage = |m: String| super::shared::usage("bench attention", m);
+    counters::check_device("bench attention", counters, device)?;
     let device = kernel_device("bench attention", device)?;
     for (name, v) in [
         ("batch", batch),
@@ -608,10 +631,12 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
             &which,
             dq_mode,
             Repeats { iters, warmup },
+            counters,
         )?;
         for row in &rows {
             if json {
-                println!("{}", json_line(row, &dev_name, timing, emulated, dq_mode));
+                let line = json_line(row, &dev_name, timing, emulated, dq_mode);
+                println!("{}", with_counters(line, row.counters.as_ref()));
             } else {
                 println!(
                     "{:<12} {:>4} {:>4} {:>4} {:<8} {:<8} {:>9} {:>12} {:>14.3} {:>12}",
@@ -626,6 +651,9 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
                     row.time_ms,
                     rate(row.tflops())
                 );
+                if let Some(c) = &row.counters {
+                    println!("{:<12} {}", "", c.text());
+                }
             }
         }
         if !json && which.len() == 2 {
@@ -686,11 +714,18 @@ mod tests {
                 iters: 1,
                 warmup: 0,
             },
+            true,
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(rows.len(), 4);
         for r in &rows {
             assert!(r.time_ms > 0.0 && r.tflops().is_finite(), "{r:?}");
+            // Both paths run on the tensor cores; the counted repetition says so.
+            let c = r
+                .counters
+                .as_ref()
+                .unwrap_or_else(|| panic!("no counters: {r:?}"));
+            assert!(c.tensor_flops > 0 && c.instructions > 0, "{c:?}");
             let line = json_line(r, "emu", "host", true, DqMode::Atomic);
             assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
         }

@@ -22,6 +22,7 @@
 //! the launch code are exercised, and every time and GB/s is the host's emulation speed,
 //! labelled as such; it says nothing about a GPU.
 
+use super::counters::{with_counters, Summary};
 use super::shared::{kernel_device, open_kernel_device};
 use crate::error::CliError;
 use crate::flags::text;
@@ -69,6 +70,11 @@ pub struct KernelsFlags {
     /// one JSON object per kernel instead of the table
     #[arg(long)]
     json: bool,
+    /// (emu only) one more launch of each kernel with the emulator's hardware counters
+    /// on: sectors/request, coalescing, bank conflicts/request, DRAM sectors, printed
+    /// under the row and in its --json line
+    #[arg(long)]
+    counters: bool,
 }
 
 /// One kernel launch of the step with everything it is launched with, taken from the
@@ -310,10 +316,10 @@ pub fn step_cases(cfg: &Config, b: usize, t: usize) -> Result<StepCases, ModelEr
 
 /// One case ready to run: its launch, the bytes it moves and the buffers it uses
 /// (kept alive until the case is dropped).
-struct Built {
-    shape: String,
-    bytes: u64,
-    launch: Launch,
+pub(crate) struct Built {
+    pub(crate) shape: String,
+    pub(crate) bytes: u64,
+    pub(crate) launch: Launch,
     _buffers: Vec<DeviceBuffer>,
 }
 
@@ -336,6 +342,10 @@ pub struct Row {
     pub time_us: f64,
     /// Warp instructions per launch (emulator only).
     pub emu_warp_instructions: Option<u64>,
+    /// `--counters`: one counted launch's figures.
+    pub counters: Option<Summary>,
+    /// The words `frugal profile --kernel NAME --shape DIMS` profiles this launch with.
+    pub profile: (String, String),
 }
 
 impl Row {
@@ -435,7 +445,7 @@ fn failed(case: &Case, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -
 type Piece = Result<(Launch, u64, String), Box<dyn std::error::Error + Send + Sync>>;
 
 /// Builds `case`'s buffers and launch on `dev`.
-fn build(case: &Case, dev: &Device) -> Result<Built, CliError> {
+pub(crate) fn build(case: &Case, dev: &Device) -> Result<Built, CliError> {
     // A seed per kernel, so that the cases do not share their random inputs.
     let seed = case.name().bytes().fold(0x6265_6e63_6800u64, |h, b| {
         h.wrapping_mul(31).wrapping_add(b.into())
@@ -780,7 +790,8 @@ fn adamw_update(m: &mut Buffers, p: usize) -> Piece {
 }
 
 /// Builds, warms up and times `op` on `dev`: `iters` launches between two device
-/// timestamps (events on `cuda`), after `warmup` untimed launches and a synchronise.
+/// timestamps (events on `cuda`), after `warmup` untimed launches and a synchronise;
+/// with `counters`, one more launch counted on the emulator.
 ///
 /// # Errors
 /// Allocation, launch (sanitizer findings on `emu`) and driver errors, naming the op.
@@ -789,6 +800,7 @@ pub fn measure(
     dev: &Device,
     iters: usize,
     warmup: usize,
+    counters: bool,
 ) -> Result<Row, CliError> {
     let op = &step.case;
     let case = build(op, dev)?;
@@ -811,6 +823,12 @@ pub fn measure(
     let (ms, _) = dev.elapsed_ms(timer).map_err(|e| failed(op, e))?;
     dev.synchronize().map_err(|e| failed(op, e))?;
     let iters = iters.max(1);
+    let counted = if counters {
+        let c = super::counters::count("bench kernels", dev, std::slice::from_ref(&case.launch))?;
+        Some(Summary::of(&c))
+    } else {
+        None
+    };
     Ok(Row {
         op: op.name(),
         count: step.count,
@@ -820,6 +838,8 @@ pub fn measure(
         iters,
         time_us: ms * 1e3 / iters as f64,
         emu_warp_instructions: (dev.backend() == Backend::Emu).then(|| instructions / iters as u64),
+        counters: counted,
+        profile: op.profile_words(),
     })
 }
 
@@ -854,7 +874,8 @@ pub fn json_line(
     format!(
         "{{\"op\": {}, \"kernel\": {}, \"model\": {}, \"batch\": {}, \"seq\": {}, \"shape\": {}, \
          \"count\": {}, \"device\": {}, \"timing\": {}, \"emulated\": {emulated}, \"bytes\": {}, \"iters\": {}, \
-         \"time_us\": {:.4}, \"gbps\": {:.6e}, \"emu_warp_instructions\": {instr}}}",
+         \"time_us\": {:.4}, \"gbps\": {:.6e}, \"emu_warp_instructions\": {instr}, \
+         \"profile_kernel\": {}, \"profile_shape\": {}}}",
         json_str(row.op),
         json_str(row.kernel),
         json_str(model),
@@ -868,6 +889,8 @@ pub fn json_line(
         row.iters,
         row.time_us,
         row.gbps(),
+        json_str(&row.profile.0),
+        json_str(&row.profile.1),
     )
 }
 
@@ -927,8 +950,10 @@ pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
         iters,
         warmup,
         json,
+        counters,
     } = flags;
     let usage = |m: String| super::shared::usage("bench kernels", m);
+    super::counters::check_device("bench kernels", counters, device)?;
     let device = kernel_device("bench kernels", device)?;
     for (name, v) in [("batch", batch), ("seq", seq), ("iters", iters)] {
         if v == Some(0) {
@@ -1002,14 +1027,15 @@ pub fn run(flags: KernelsFlags) -> Result<(), CliError> {
         print_table_head(emulated);
     }
     for step in &cases {
-        let row = measure(step, &dev, iters, warmup)?;
+        let row = measure(step, &dev, iters, warmup, counters)?;
         if json {
-            println!(
-                "{}",
-                json_line(&row, preset.name, (b, t), &name, timing, emulated)
-            );
+            let line = json_line(&row, preset.name, (b, t), &name, timing, emulated);
+            println!("{}", with_counters(line, row.counters.as_ref()));
         } else {
             print_table_row(&row);
+            if let Some(c) = &row.counters {
+                println!("{:<22} {}", "", c.text());
+            }
         }
     }
     Ok(())
@@ -1110,7 +1136,16 @@ mod tests {
     fn every_case_runs_on_the_emulator_with_positive_finite_figures() {
         let dev = Device::open(DeviceSpec::Emu).unwrap();
         for step in step_cases(&small_config(), 2, 12).unwrap().cases {
-            let row = measure(&step, &dev, 2, 1).unwrap();
+            let row = measure(&step, &dev, 2, 1, true).unwrap();
+            let c = row
+                .counters
+                .as_ref()
+                .unwrap_or_else(|| panic!("no counters: {row:?}"));
+            assert!(
+                c.instructions > 0 && c.dram_read_sectors > 0,
+                "{}: {c:?}",
+                row.op
+            );
             assert!(row.bytes > 0, "{row:?}");
             assert!(row.time_us.is_finite() && row.time_us > 0.0, "{row:?}");
             assert!(row.gbps().is_finite() && row.gbps() > 0.0, "{row:?}");

@@ -25,6 +25,7 @@
 //! `--list --json` prints the products alone, with no device: the torch script times
 //! those, so its list of shapes is this one.
 
+use super::counters::{self, with_counters, Summary};
 use super::kernels::json_str;
 use super::shared::kernel_device;
 use crate::error::CliError;
@@ -35,6 +36,7 @@ use frugal_model::device::program::Program;
 use frugal_model::device::StepOptions;
 use frugal_model::rng::Rng;
 use frugal_model::ModelError;
+use frugal_ptx::kernels::Launch;
 use frugal_ptx::matmul::table::{self, ArchMatch, SizeRange, TableRule};
 use frugal_ptx::matmul::{self, Choice, Epilogue, Gemm, KernelKind, OutType, TILE_CONFIGS};
 use frugal_runtime::buffer::DeviceBuffer;
@@ -94,6 +96,11 @@ pub struct MatmulFlags {
     /// where --autotune writes the table
     #[arg(long, value_name = "FILE", value_parser = text::<String>())]
     out: Option<String>,
+    /// (emu only) one more launch of each pick with the emulator's hardware counters
+    /// on: sectors/request, coalescing, bank conflicts/request, tensor FLOPs, DRAM
+    /// sectors, printed under the row and in its --json line
+    #[arg(long, conflicts_with = "list")]
+    counters: bool,
 }
 
 /// The dispatch table file `--autotune` writes by default (relative to the repository root).
@@ -190,18 +197,43 @@ struct Row {
     kernel: &'static str,
     choice: Choice,
     us: f64,
+    /// `--counters`: the counted launch's figures (the pick only).
+    counters: Option<Summary>,
 }
 
 /// Device buffers for one product: A, B, C and a split-K workspace.
-struct Operands {
+pub(crate) struct Operands {
     a: DeviceBuffer,
     b: DeviceBuffer,
     c: DeviceBuffer,
     workspace: DeviceBuffer,
 }
 
+/// The split-K workspace bytes the dispatcher's pick for `g` on `arch` needs (buffers
+/// are 256-byte aligned, so the operands' alignment is their strides').
+pub(crate) fn pick_workspace(arch: u32, g: &Gemm) -> usize {
+    matmul::workspace_bytes(&matmul::choose(arch, g, g.alignment(0, 0)), g)
+}
+
+/// The launches of `choice` (with `None`, the dispatcher's pick on `arch`) for `g` on
+/// `ops`; errors name `what`.
+pub(crate) fn plan(
+    arch: u32,
+    g: &Gemm,
+    ops: &Operands,
+    choice: Option<Choice>,
+    what: &str,
+) -> Result<(Choice, Vec<Launch>), CliError> {
+    let (a, b, c, w) = (ops.a.ptr(), ops.b.ptr(), ops.c.ptr(), ops.workspace.ptr());
+    match choice {
+        None => matmul::plan_split(arch, g, a, b, c, Some(w)),
+        Some(ch) => matmul::launch_split(&ch, g, a, b, c, w).map(|l| (ch, l)),
+    }
+    .map_err(|e| failed(what, e))
+}
+
 /// Buffers for `g` with a workspace of `workspace` bytes (at least 4: never null).
-fn operands(dev: &Device, g: &Gemm, workspace: usize) -> Result<Operands, CliError> {
+pub(crate) fn operands(dev: &Device, g: &Gemm, workspace: usize) -> Result<Operands, CliError> {
     let mut rng = Rng::new(0x6d61_746d_756c);
     let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
     let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
@@ -226,13 +258,7 @@ fn measure(
     iters: usize,
     warmup: usize,
 ) -> Result<Row, CliError> {
-    let g = &p.gemm;
-    let (a, b, c, w) = (ops.a.ptr(), ops.b.ptr(), ops.c.ptr(), ops.workspace.ptr());
-    let (choice, launches) = match choice {
-        None => matmul::plan_split(arch, g, a, b, c, Some(w)),
-        Some(ch) => matmul::launch_split(&ch, g, a, b, c, w).map(|l| (ch, l)),
-    }
-    .map_err(|e| failed(&p.name, e))?;
+    let (choice, launches) = plan(arch, &p.gemm, ops, choice, &p.name)?;
     let run = || -> Result<(), CliError> {
         for l in &launches {
             dev.run(l).map_err(|e| failed(&p.name, e))?;
@@ -253,6 +279,7 @@ fn measure(
         kernel: launches.first().map_or("-", |l| l.kernel),
         choice,
         us: ms * 1e3 / iters.max(1) as f64,
+        counters: None,
     })
 }
 
@@ -495,6 +522,7 @@ fn list_products(
 /// Runs `frugal bench matmul` with its flags.
 pub fn run(flags: MatmulFlags) -> Result<(), CliError> {
     check_flags(&flags)?;
+    counters::check_device("bench matmul", flags.counters, flags.device)?;
     let compare = match &flags.compare {
         Some(path) => Some(read_compare_file(path)?),
         None => None,
@@ -590,6 +618,8 @@ struct Bench {
     arch: u32,
     emulated: bool,
     json: bool,
+    /// `--counters`: count one more launch of each pick.
+    counters: bool,
     preset: &'static Preset,
     cfg: Config,
     b: usize,
@@ -654,6 +684,7 @@ impl Bench {
             arch,
             emulated,
             json: flags.json,
+            counters: flags.counters,
             preset,
             cfg,
             b,
@@ -747,7 +778,12 @@ impl Bench {
             .max()
             .unwrap_or(0);
         let ops = operands(dev, g, workspace)?;
-        let picked = measure(dev, arch, p, &ops, None, self.iters, self.warmup)?;
+        let mut picked = measure(dev, arch, p, &ops, None, self.iters, self.warmup)?;
+        if self.counters {
+            let (_, launches) = plan(arch, g, &ops, Some(picked.choice), &p.name)?;
+            let c = counters::count("bench matmul", dev, &launches)?;
+            picked.counters = Some(Summary::of(&c));
+        }
         let mut rows = vec![picked];
         for choice in others {
             if choice != rows[0].choice {
@@ -812,18 +848,19 @@ impl Bench {
                 tflops
             ));
             if i == 0 {
+                if let Some(c) = &row.counters {
+                    self.say(format!("{:<w$} {}", "", c.text()));
+                }
                 if self.json {
-                    println!(
-                        "{}",
-                        json_line(
-                            self.preset.name,
-                            p,
-                            row.kernel,
-                            split,
-                            row.us,
-                            self.emulated
-                        )
+                    let line = json_line(
+                        self.preset.name,
+                        p,
+                        row.kernel,
+                        split,
+                        row.us,
+                        self.emulated,
                     );
+                    println!("{}", with_counters(line, row.counters.as_ref()));
                 }
                 totals.flops += g.flops() * p.count as f64;
                 totals.us += row.us * p.count as f64;

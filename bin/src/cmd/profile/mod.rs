@@ -10,6 +10,7 @@
 //! (`--sample-ctas`, spread over the grid) and its counters are extrapolated
 //! to the whole grid; `--sample-ctas 0` runs every CTA.
 
+pub mod kernel;
 pub mod predict;
 
 use std::path::PathBuf;
@@ -57,6 +58,24 @@ pub struct ProfileFlags {
     /// one JSON object instead of the tables
     #[arg(long, help_heading = "profile")]
     pub json: bool,
+    /// profile one kernel (or one op's launches) at --shape instead of a training step:
+    /// matmul, flash-fwd, flash-bwd, rmsnorm-fwd, cross-entropy, adamw, ... (a wrong
+    /// name lists them all with their shapes)
+    #[arg(long, value_name = "NAME", value_parser = text::<String>(), requires = "shape", help_heading = "profile --kernel")]
+    pub kernel: Option<String>,
+    /// the kernel's sizes, a comma list: matmul M,N,K; flash-fwd/-bwd B,NH,T,HS[,NKV];
+    /// rmsnorm-fwd ROWS,C; ...
+    #[arg(long, value_name = "DIMS", value_parser = text::<String>(), requires = "kernel", help_heading = "profile --kernel")]
+    pub shape: Option<String>,
+    /// --kernel matmul's operand layout: nt (default), nn or tn
+    #[arg(long, value_name = "L", value_parser = text::<String>(), requires = "kernel", help_heading = "profile --kernel")]
+    pub layout: Option<String>,
+    /// --kernel matmul's C type: bf16 (default) or f32
+    #[arg(long, value_name = "T", value_parser = text::<String>(), requires = "kernel", help_heading = "profile --kernel")]
+    pub out_type: Option<String>,
+    /// --kernel matmul adds into C (C += A·B) instead of overwriting it
+    #[arg(long, requires = "kernel", help_heading = "profile --kernel")]
+    pub accumulate: bool,
     #[command(flatten)]
     pub train: TrainFlags,
 }
@@ -93,6 +112,16 @@ pub fn run(flags: ProfileFlags) -> Result<(), CliError> {
         }
     }
     let sample = (flags.sample_ctas > 0).then_some(flags.sample_ctas);
+    if let (Some(name), Some(shape)) = (&flags.kernel, &flags.shape) {
+        let words = kernel::MatmulWords {
+            layout: flags.layout.clone(),
+            out_type: flags.out_type.clone(),
+            accumulate: flags.accumulate,
+        };
+        let target = kernel::parse(name, shape, &words)?;
+        let profiled = kernel::profile(&target, sample, opts.attention_dq)?;
+        return kernel::report(&target, sample, &profiled, &gpus, &calibration, flags.json);
+    }
     let profiled = profile_step(&opts, sample, &gpus)?;
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Step)> = gpus
         .iter()
@@ -313,7 +342,11 @@ fn num(x: Option<f64>, digits: usize) -> String {
 }
 
 fn sampled_note(sample: Option<u32>, p: &Profiled) -> String {
-    let all = p.zero.iter().chain(&p.micro).chain(&p.update);
+    sampled(sample, p.zero.iter().chain(&p.micro).chain(&p.update))
+}
+
+/// What the output says of sampling: which launches' counters were extrapolated.
+fn sampled<'a>(sample: Option<u32>, all: impl Iterator<Item = &'a LaunchRecord> + Clone) -> String {
     let extrapolated = all.clone().filter(|r| r.counters.extrapolated()).count();
     match sample {
         Some(n) if extrapolated > 0 => format!(
@@ -322,6 +355,49 @@ fn sampled_note(sample: Option<u32>, p: &Profiled) -> String {
         ),
         _ => "every CTA emulated".to_string(),
     }
+}
+
+/// The column heads of the per-kernel table.
+fn table_head() -> String {
+    format!(
+        "  {:<44} {:>8} {:>7} {:>13} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
+        "kernel",
+        "launches",
+        "share",
+        "predicted us",
+        "bound",
+        "sectors/req",
+        "coalesced",
+        "conflicts/req",
+        "occupancy",
+        "tensor"
+    )
+}
+
+/// One kernel's line of the table; `total_s` is what its share is of.
+fn table_row(r: &Row, total_s: f64) -> String {
+    let share = if total_s > 0.0 {
+        r.time_s / total_s
+    } else {
+        0.0
+    };
+    let occ = r.occupancy.map_or("-".into(), |o| {
+        format!("{:.0}% ({})", o.fraction * 100.0, o.limited_by)
+    });
+    let calibrated = if r.factor.is_some() { "*" } else { "" };
+    format!(
+        "  {:<44} {:>8} {:>6.1}% {:>12.1}{calibrated:1} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
+        r.kernel,
+        r.launches,
+        share * 100.0,
+        r.time_s * 1e6,
+        r.bound.as_str(),
+        num(r.sectors_per_request, 1),
+        pct(r.coalescing),
+        num(r.conflicts_per_request, 2),
+        occ,
+        pct(Some(r.tensor_utilisation)),
+    )
 }
 
 fn text_report(
@@ -351,42 +427,9 @@ fn text_report(
             "\nPREDICTED for {} ({}; {} SMs at {:.2} GHz; roofline, not a measurement):\n",
             gpu.label, gpu.name, line.sms, line.boost_clock_ghz
         );
-        s += &format!(
-            "  {:<44} {:>8} {:>7} {:>13} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
-            "kernel",
-            "launches",
-            "share",
-            "predicted us",
-            "bound",
-            "sectors/req",
-            "coalesced",
-            "conflicts/req",
-            "occupancy",
-            "tensor"
-        );
+        s += &table_head();
         for r in &step.rows {
-            let share = if step.time_s > 0.0 {
-                r.time_s / step.time_s
-            } else {
-                0.0
-            };
-            let occ = r.occupancy.map_or("-".into(), |o| {
-                format!("{:.0}% ({})", o.fraction * 100.0, o.limited_by)
-            });
-            let calibrated = if r.factor.is_some() { "*" } else { "" };
-            s += &format!(
-                "  {:<44} {:>8} {:>6.1}% {:>12.1}{calibrated:1} {:>7} {:>11} {:>9} {:>13} {:>10} {:>7}\n",
-                r.kernel,
-                r.launches,
-                share * 100.0,
-                r.time_s * 1e6,
-                r.bound.as_str(),
-                num(r.sectors_per_request, 1),
-                pct(r.coalescing),
-                num(r.conflicts_per_request, 2),
-                occ,
-                pct(Some(r.tensor_utilisation)),
-            );
+            s += &table_row(r, step.time_s);
         }
         let mfu = |m: Option<f64>| {
             m.map_or("unknown (no published bf16 peak)".into(), |m| {
@@ -415,6 +458,42 @@ fn text_report(
     s
 }
 
+/// One kernel's JSON object; `total_s` is what its share is of.
+fn row_json(r: &Row, total_s: f64) -> serde_json::Value {
+    let c = &r.counters;
+    serde_json::json!({
+        "kernel": r.kernel,
+        "launches": r.launches,
+        "predicted_s": r.time_s,
+        "share": if total_s > 0.0 { r.time_s / total_s } else { 0.0 },
+        "bound": r.bound.as_str(),
+        "sectors_per_request": r.sectors_per_request,
+        "coalescing": r.coalescing,
+        "conflicts_per_request": r.conflicts_per_request,
+        "occupancy": r.occupancy.map(|o| o.fraction),
+        "occupancy_limited_by": r.occupancy.map(|o| o.limited_by.to_string()),
+        "tensor_utilisation": r.tensor_utilisation,
+        "calibration_factor": r.factor,
+        "counters": {
+            "instructions": c.instructions,
+            "global_load_requests": c.global_load_requests,
+            "global_load_sectors": c.global_load_sectors,
+            "global_load_sectors_ideal": c.global_load_sectors_ideal,
+            "global_store_requests": c.global_store_requests,
+            "global_store_sectors": c.global_store_sectors,
+            "global_store_sectors_ideal": c.global_store_sectors_ideal,
+            "shared_load_bank_conflicts": c.shared_load_bank_conflicts(),
+            "shared_store_bank_conflicts": c.shared_store_bank_conflicts(),
+            "ldmatrix_bank_conflicts": c.ldmatrix_bank_conflicts(),
+            "cp_async_bytes": c.cp_async_bytes,
+            "tensor_flops": c.tensor_flops,
+            "barriers": c.barriers,
+            "dram_read_sectors": c.dram_read_sectors,
+            "dram_write_sectors": c.dram_write_sectors,
+        },
+    })
+}
+
 fn json(
     opts: &TrainOptions,
     sample: Option<u32>,
@@ -424,44 +503,8 @@ fn json(
     let gpus: Vec<serde_json::Value> = per_gpu
         .iter()
         .map(|(gpu, _, step)| {
-            let kernels: Vec<serde_json::Value> = step
-                .rows
-                .iter()
-                .map(|r| {
-                    let c = &r.counters;
-                    serde_json::json!({
-                        "kernel": r.kernel,
-                        "launches": r.launches,
-                        "predicted_s": r.time_s,
-                        "share": if step.time_s > 0.0 { r.time_s / step.time_s } else { 0.0 },
-                        "bound": r.bound.as_str(),
-                        "sectors_per_request": r.sectors_per_request,
-                        "coalescing": r.coalescing,
-                        "conflicts_per_request": r.conflicts_per_request,
-                        "occupancy": r.occupancy.map(|o| o.fraction),
-                        "occupancy_limited_by": r.occupancy.map(|o| o.limited_by.to_string()),
-                        "tensor_utilisation": r.tensor_utilisation,
-                        "calibration_factor": r.factor,
-                        "counters": {
-                            "instructions": c.instructions,
-                            "global_load_requests": c.global_load_requests,
-                            "global_load_sectors": c.global_load_sectors,
-                            "global_load_sectors_ideal": c.global_load_sectors_ideal,
-                            "global_store_requests": c.global_store_requests,
-                            "global_store_sectors": c.global_store_sectors,
-                            "global_store_sectors_ideal": c.global_store_sectors_ideal,
-                            "shared_load_bank_conflicts": c.shared_load_bank_conflicts(),
-                            "shared_store_bank_conflicts": c.shared_store_bank_conflicts(),
-                            "ldmatrix_bank_conflicts": c.ldmatrix_bank_conflicts(),
-                            "cp_async_bytes": c.cp_async_bytes,
-                            "tensor_flops": c.tensor_flops,
-                            "barriers": c.barriers,
-                            "dram_read_sectors": c.dram_read_sectors,
-                            "dram_write_sectors": c.dram_write_sectors,
-                        },
-                    })
-                })
-                .collect();
+            let kernels: Vec<serde_json::Value> =
+                step.rows.iter().map(|r| row_json(r, step.time_s)).collect();
             serde_json::json!({
                 "gpu": gpu.label,
                 "name": gpu.name,

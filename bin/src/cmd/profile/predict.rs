@@ -121,6 +121,34 @@ fn ratio(a: u64, b: u64) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
+/// What a launch's (or a sum of launches') counters say about its memory accesses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratios {
+    /// Global-memory 32-byte sectors per request (loads, stores, atomics).
+    pub sectors_per_request: Option<f64>,
+    /// Ideal ÷ actual global sectors: 1 is perfectly coalesced.
+    pub coalescing: Option<f64>,
+    /// Shared-memory bank conflicts per request (ld, st, ldmatrix).
+    pub conflicts_per_request: Option<f64>,
+}
+
+/// The ratios of `c`; `None` where there is no request to divide by.
+pub fn ratios(c: &Counters) -> Ratios {
+    let requests = c.global_load_requests + c.global_store_requests + c.global_atomic_requests;
+    let sectors = c.global_load_sectors + c.global_store_sectors + c.global_atomic_sectors;
+    let ideal =
+        c.global_load_sectors_ideal + c.global_store_sectors_ideal + c.global_atomic_sectors_ideal;
+    let shared_requests = c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests;
+    let conflicts = c.shared_load_bank_conflicts()
+        + c.shared_store_bank_conflicts()
+        + c.ldmatrix_bank_conflicts();
+    Ratios {
+        sectors_per_request: ratio(sectors, requests),
+        coalescing: ratio(ideal, sectors),
+        conflicts_per_request: ratio(conflicts, shared_requests),
+    }
+}
+
 /// The prediction of every launch of `records` on `gpu`, summed per kernel in
 /// order of first launch.
 pub fn rows(
@@ -177,20 +205,10 @@ pub fn rows(
         if row.time_s > 0.0 {
             row.tensor_utilisation /= row.time_s;
         }
-        let c = &row.counters;
-        let requests = c.global_load_requests + c.global_store_requests + c.global_atomic_requests;
-        let sectors = c.global_load_sectors + c.global_store_sectors + c.global_atomic_sectors;
-        let ideal = c.global_load_sectors_ideal
-            + c.global_store_sectors_ideal
-            + c.global_atomic_sectors_ideal;
-        row.sectors_per_request = ratio(sectors, requests);
-        row.coalescing = ratio(ideal, sectors);
-        let shared_requests =
-            c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests;
-        let conflicts = c.shared_load_bank_conflicts()
-            + c.shared_store_bank_conflicts()
-            + c.ldmatrix_bank_conflicts();
-        row.conflicts_per_request = ratio(conflicts, shared_requests);
+        let r = ratios(&row.counters);
+        row.sectors_per_request = r.sectors_per_request;
+        row.coalescing = r.coalescing;
+        row.conflicts_per_request = r.conflicts_per_request;
     }
     rows
 }

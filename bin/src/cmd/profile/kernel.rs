@@ -1,0 +1,436 @@
+//! `frugal profile --kernel NAME --shape DIMS`: one kernel (or one op's launches) at a
+//! shape, instead of a whole step. The buffers and launches are the benchmarks' own
+//! (`bench matmul`'s dispatcher pick, `bench attention`'s flash launches, `bench
+//! kernels`' cases), run once on the emulated GPU with counters on; the prediction is
+//! the step profile's (`predict::rows`). Every time it prints is PREDICTED.
+
+use std::time::Instant;
+
+use frugal_model::config::Attention;
+use frugal_ptx::emu::{Checks, MmaNumerics, Profiling};
+use frugal_ptx::flash::{AttnShape, DqMode};
+use frugal_ptx::kernels::Launch;
+use frugal_ptx::matmul::{Epilogue, Gemm, Layout, OutType};
+use frugal_runtime::device::emu::{EmuDevice, LaunchRecord};
+use frugal_runtime::device::Device;
+
+use frugal_runtime::facts::{DeviceFacts, Roofline};
+
+use super::predict::{self, Calibration, DramEstimate, Row};
+use crate::cmd::bench::attention::{self, Pass};
+use crate::cmd::bench::case_words::VOCABULARY;
+use crate::cmd::bench::kernels::{self, Case};
+use crate::cmd::bench::matmul;
+use crate::error::{CliError, Context};
+use crate::train::options::MAX_DIM;
+
+/// What `--kernel` names with `--shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// The dispatcher's pick (split-K included) for the product.
+    Matmul(Gemm),
+    /// FlashAttention-2's forward, or its backward launches (the forward runs first,
+    /// uncounted, to give them their inputs).
+    Flash { shape: AttnShape, backward: bool },
+    /// One `bench kernels` case.
+    Case(Case),
+}
+
+/// The `--kernel` words with their `--shape`, for help and errors.
+pub fn known() -> String {
+    let mut words = vec![
+        "matmul (M,N,K; --layout nt|nn|tn, --out-type bf16|f32, --accumulate)".to_string(),
+        "flash-fwd (B,NH,T,HS[,NKV])".to_string(),
+        "flash-bwd (B,NH,T,HS[,NKV]; --attention-dq)".to_string(),
+    ];
+    words.extend(VOCABULARY.iter().map(|(w, shape)| format!("{w} ({shape})")));
+    words.join(", ")
+}
+
+fn usage(message: String) -> CliError {
+    CliError::usage_with_help("profile", format!("profile: {message}"))
+}
+
+/// The largest one-number shape (a length or a parameter count: AdamW over a model's
+/// parameters): 2^32 elements, whose buffers still have sizes a `usize` holds.
+const MAX_LEN: usize = 1 << 32;
+
+/// `--shape`'s numbers: a comma list of positive integers up to [`MAX_DIM`] each (up to
+/// [`MAX_LEN`] for a one-number shape), so that no product of them overflows.
+fn dims(shape: &str) -> Result<Vec<usize>, CliError> {
+    let words: Vec<&str> = shape.split(',').collect();
+    let max = if words.len() == 1 { MAX_LEN } else { MAX_DIM };
+    words
+        .iter()
+        .map(|w| match w.trim().parse::<usize>() {
+            Ok(n) if n > 0 && n <= max => Ok(n),
+            _ => Err(usage(format!(
+                "--shape '{shape}': '{w}' is not a number from 1 to {max}"
+            ))),
+        })
+        .collect()
+}
+
+/// Matmul-only options of `--kernel matmul`.
+#[derive(Clone, Debug, Default)]
+pub struct MatmulWords {
+    pub layout: Option<String>,
+    pub out_type: Option<String>,
+    pub accumulate: bool,
+}
+
+impl MatmulWords {
+    fn given(&self) -> bool {
+        self.layout.is_some() || self.out_type.is_some() || self.accumulate
+    }
+}
+
+/// The target `--kernel name --shape shape` names.
+///
+/// # Errors
+/// Usage errors: an unknown kernel (listing the known ones), a shape of the wrong
+/// arity or with a zero, matmul options on another kernel.
+pub fn parse(name: &str, shape: &str, mm: &MatmulWords) -> Result<Target, CliError> {
+    let d = dims(shape)?;
+    let arity = |want: &str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(usage(format!(
+                "--kernel {name} takes --shape {want}, not '{shape}'"
+            )))
+        }
+    };
+    let name = name.trim().to_ascii_lowercase().replace('_', "-");
+    if name != "matmul" && mm.given() {
+        return Err(usage(format!(
+            "--layout, --out-type and --accumulate are options of --kernel matmul, not {name}"
+        )));
+    }
+    match name.as_str() {
+        "matmul" => {
+            arity("M,N,K", d.len() == 3)?;
+            let layout = match mm.layout.as_deref().unwrap_or("nt") {
+                "nt" => Layout::Nt,
+                "nn" => Layout::Nn,
+                "tn" => Layout::Tn,
+                other => return Err(usage(format!("--layout '{other}': use nt, nn or tn"))),
+            };
+            let out = match mm.out_type.as_deref().unwrap_or("bf16") {
+                "bf16" => OutType::Bf16,
+                "f32" => OutType::F32,
+                other => return Err(usage(format!("--out-type '{other}': use bf16 or f32"))),
+            };
+            let mut g = Gemm::dense(layout, out, d[0], d[1], d[2]);
+            if mm.accumulate {
+                g = g.with_epilogue(Epilogue::Accumulate, 1.0);
+            }
+            Ok(Target::Matmul(g))
+        }
+        "flash-fwd" | "flash-bwd" => {
+            arity("B,NH,T,HS[,NKV]", d.len() == 4 || d.len() == 5)?;
+            let (b, nh, t, hs) = (d[0], d[1], d[2], d[3]);
+            let nkv = d.get(4).copied().unwrap_or(nh);
+            if !nh.is_multiple_of(nkv) {
+                return Err(usage(format!("--shape: NKV {nkv} must divide NH {nh}")));
+            }
+            if hs != 64 && hs != 128 {
+                return Err(usage(format!(
+                    "--shape: flash attention's HS is 64 or 128, not {hs}"
+                )));
+            }
+            Ok(Target::Flash {
+                shape: AttnShape { b, t, nh, nkv, hs },
+                backward: name == "flash-bwd",
+            })
+        }
+        other => match Case::from_words(other, &d) {
+            Some(Ok(case)) => Ok(Target::Case(case)),
+            Some(Err(why)) => Err(usage(why)),
+            None => Err(usage(format!(
+                "--kernel '{name}' is not a kernel profile knows; known: {}",
+                known()
+            ))),
+        },
+    }
+}
+
+impl Target {
+    /// What the report says was profiled.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Matmul(g) => format!(
+                "matmul M={} N={} K={} layout {} out {} {}",
+                g.m,
+                g.n,
+                g.k,
+                g.layout.name(),
+                g.out.suffix(),
+                match g.epilogue {
+                    Epilogue::Overwrite => "overwrite",
+                    Epilogue::Accumulate => "accumulate",
+                }
+            ),
+            Target::Flash { shape: s, backward } => format!(
+                "flash attention {} B={} NH={} NKV={} T={} HS={} (causal)",
+                if *backward { "backward" } else { "forward" },
+                s.b,
+                s.nh,
+                s.nkv,
+                s.t,
+                s.hs
+            ),
+            Target::Case(c) => {
+                let (w, shape) = c.profile_words();
+                format!("{w} {shape}")
+            }
+        }
+    }
+
+    /// The FLOPs the op does by its own count (2·M·N·K for a matmul; FlashAttention's
+    /// count for attention, as `bench attention`); `None` for the memory-bound kernels.
+    pub fn flops(&self) -> Option<f64> {
+        match self {
+            Target::Matmul(g) => Some(g.flops()),
+            Target::Flash { shape, backward } => {
+                let fwd = attention::flops(*shape, Pass::Forward);
+                Some(if *backward { 2.5 * fwd } else { fwd })
+            }
+            Target::Case(_) => None,
+        }
+    }
+}
+
+/// The counted launches of one target and how long emulating them took.
+pub struct Profiled {
+    pub records: Vec<LaunchRecord>,
+    pub emulation_s: f64,
+}
+
+fn launch_failed(what: String, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+    CliError::Bench {
+        bench: "profile",
+        what: Some(what),
+        source: e.into(),
+    }
+}
+
+/// Runs `target` once on a fresh emulated GPU with counting on, `sample` CTAs per launch.
+pub fn profile(target: &Target, sample: Option<u32>, dq: DqMode) -> Result<Profiled, CliError> {
+    // As the step profile: sanitizer off, the tensor cores' numerics as FRUGAL_EMU_MMA says.
+    let checks = Checks {
+        mma: MmaNumerics::from_env().map_err(|e| usage(e.to_string()))?,
+        ..Checks::none()
+    };
+    let emu = EmuDevice::with_checks(checks).context("opening the emulated device")?;
+    let dev = Device::Emu(emu);
+    // The emulator runs the sm_80 path (mma.sync, ldmatrix, cp.async), as bench does.
+    let arch = dev.facts().map_or(80, |f| f.sm);
+    let Device::Emu(emu) = &dev else {
+        return Err(usage("the profile is not on the emulated device".into()));
+    };
+    let what = target.describe();
+    let run = |list: &[Launch]| -> Result<Vec<LaunchRecord>, CliError> {
+        emu.set_profiling(Profiling {
+            count: true,
+            sample_ctas: sample,
+        });
+        for l in list {
+            dev.run(l).map_err(|e| launch_failed(what.clone(), e))?;
+        }
+        Ok(emu.take_launch_records())
+    };
+    let started = Instant::now();
+    let records = match target {
+        Target::Matmul(g) => {
+            let ops = matmul::operands(&dev, g, matmul::pick_workspace(arch, g))?;
+            let (_, list) = matmul::plan(arch, g, &ops, None, &what)?;
+            run(&list)?
+        }
+        Target::Flash { shape, backward } => {
+            let ops = attention::operands(&dev, *shape, &[Attention::Flash], dq)?;
+            let fwd = attention::launches(arch, *shape, &ops, Attention::Flash, Pass::Forward, dq)?;
+            let counted = run(&fwd)?;
+            if *backward {
+                let both = attention::launches(
+                    arch,
+                    *shape,
+                    &ops,
+                    Attention::Flash,
+                    Pass::ForwardBackward,
+                    dq,
+                )?;
+                run(both.get(fwd.len()..).unwrap_or_default())?
+            } else {
+                counted
+            }
+        }
+        Target::Case(case) => {
+            let built = kernels::build(case, &dev)?;
+            run(std::slice::from_ref(&built.launch))?
+        }
+    };
+    emu.set_profiling(Profiling::default());
+    Ok(Profiled {
+        records,
+        emulation_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Prints the prediction of `p` on each GPU: the per-kernel table (or `--json`), its
+/// total and, where the op counts its FLOPs, the predicted TFLOP/s.
+pub fn report(
+    target: &Target,
+    sample: Option<u32>,
+    p: &Profiled,
+    gpus: &[(&'static DeviceFacts, &'static Roofline)],
+    calibration: &Calibration,
+    json: bool,
+) -> Result<(), CliError> {
+    let sampling = super::sampled(sample, p.records.iter());
+    let per_gpu: Vec<(&DeviceFacts, &Roofline, Vec<Row>, f64, f64)> = gpus
+        .iter()
+        .map(|(gpu, line)| {
+            let rows = predict::rows(&p.records, gpu, line, calibration, DramEstimate::Scaled);
+            let total = predict::total(&rows);
+            let low = predict::total(&predict::rows(
+                &p.records,
+                gpu,
+                line,
+                calibration,
+                DramEstimate::SampledOnly,
+            ));
+            (*gpu, *line, rows, total, low)
+        })
+        .collect();
+    let tflops = |t: f64| target.flops().filter(|_| t > 0.0).map(|f| f / t / 1e12);
+    if json {
+        let gpus: Vec<serde_json::Value> = per_gpu
+            .iter()
+            .map(|(gpu, _, rows, total, low)| {
+                serde_json::json!({
+                    "gpu": gpu.label,
+                    "name": gpu.name,
+                    "kernels": rows.iter().map(|r| super::row_json(r, *total)).collect::<Vec<_>>(),
+                    "total": {
+                        "predicted_s": total,
+                        "tflops": tflops(*total),
+                        "predicted_s_dram_sampled_only": low,
+                    },
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "predicted": true,
+            "note": "times and TFLOP/s are predicted from emulated counters and a roofline, not measured",
+            "kernel": target.describe(),
+            "flops": target.flops(),
+            "launches": p.records.len(),
+            "sample_ctas": sample,
+            "sampling": sampling,
+            "emulation_s": p.emulation_s,
+            "gpus": gpus,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let mut s = format!(
+        "profile: {}; {} launch(es) emulated in {:.1} s ({sampling})\n",
+        target.describe(),
+        p.records.len(),
+        p.emulation_s
+    );
+    for (gpu, line, rows, total, low) in &per_gpu {
+        s += &format!(
+            "\nPREDICTED for {} ({}; {} SMs at {:.2} GHz; roofline, not a measurement):\n",
+            gpu.label, gpu.name, line.sms, line.boost_clock_ghz
+        );
+        s += &super::table_head();
+        for r in rows {
+            s += &super::table_row(r, *total);
+        }
+        s += &format!("  total: predicted {:.1} us", total * 1e6);
+        if let Some(tf) = tflops(*total) {
+            s += &format!(", {tf:.1} TFLOP/s (predicted)");
+        }
+        s += "\n";
+        if *low < total * 0.999 {
+            s += &format!(
+                "  total if sampled launches read from DRAM only what their sampled CTAs touched \
+                 (CTAs sharing data, as a matmul's do): {:.1} us",
+                low * 1e6
+            );
+            if let Some(tf) = tflops(*low) {
+                s += &format!(", {tf:.1} TFLOP/s");
+            }
+            s += " (predicted)\n";
+        }
+        if rows.iter().any(|r| r.factor.is_some()) {
+            s += "  (* calibrated by --calibration's factor for the kernel's family)\n";
+        }
+    }
+    print!("{s}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(name: &str, shape: &str, mm: &MatmulWords) -> String {
+        match parse(name, shape, mm) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("{name} {shape} parsed: {t:?}"),
+        }
+    }
+
+    #[test]
+    fn kernels_and_shapes_parse_and_bad_ones_say_why() {
+        let none = MatmulWords::default();
+        let Target::Matmul(g) = parse("matmul", "64,128,32", &none).unwrap() else {
+            panic!("not a matmul")
+        };
+        assert_eq!(
+            (g.m, g.n, g.k, g.layout, g.out),
+            (64, 128, 32, Layout::Nt, OutType::Bf16)
+        );
+        let tn = MatmulWords {
+            layout: Some("tn".into()),
+            out_type: Some("f32".into()),
+            accumulate: true,
+        };
+        let Target::Matmul(g) = parse("matmul", "64,128,32", &tn).unwrap() else {
+            panic!("not a matmul")
+        };
+        assert_eq!(
+            (g.layout, g.out, g.epilogue),
+            (Layout::Tn, OutType::F32, Epilogue::Accumulate)
+        );
+        assert_eq!(
+            parse("flash_bwd", "2,4,128,64,2", &none).unwrap(),
+            Target::Flash {
+                shape: AttnShape {
+                    b: 2,
+                    t: 128,
+                    nh: 4,
+                    nkv: 2,
+                    hs: 64
+                },
+                backward: true
+            }
+        );
+        assert!(matches!(
+            parse("rmsnorm-fwd", "8,256", &none),
+            Ok(Target::Case(_))
+        ));
+        let unknown = err("conv2d", "1,2", &none);
+        assert!(
+            unknown.contains("known") && unknown.contains("flash-fwd") && unknown.contains("adamw"),
+            "{unknown}"
+        );
+        assert!(err("matmul", "64,128", &none).contains("M,N,K"));
+        assert!(err("matmul", "64,0,32", &none).contains("not a number"));
+        assert!(err("flash-fwd", "1,2,64,96", &none).contains("HS"));
+        assert!(err("rmsnorm-fwd", "8,256", &tn).contains("options of --kernel matmul"));
+    }
+}
