@@ -80,7 +80,10 @@ impl<'d> Buffers<'d> {
     }
 }
 
-pub(super) fn failed(case: &Case, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CliError {
+pub(super) fn failed(
+    case: &Case,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> CliError {
     CliError::Bench {
         bench: "bench kernels",
         what: Some(case.name().to_string()),
