@@ -32,7 +32,7 @@ use self::prices::Prices;
 use self::record::{Config, PriceRecord, Protocol, Record, Spread, Status};
 use self::results::Results;
 use self::run::Ended;
-use crate::error::CliError;
+use crate::error::{CliError, Context};
 use crate::flags::{path, text, UsageError};
 use crate::train::cost::PriceUnits;
 use crate::train::metrics::{duration, human};
@@ -275,7 +275,7 @@ pub fn run(flags: SweepFlags) -> Result<(), CliError> {
 /// plans on each backend's device, opened once here and closed before any
 /// run starts, so runs find the device as they would alone).
 fn plan_points(plan: &Plan, configs: Vec<Config>) -> Result<Vec<Point>, CliError> {
-    let mut devices: Vec<(String, Result<Device, String>)> = Vec::new();
+    let mut devices: Vec<(String, Device)> = Vec::new();
     let mut points = Vec::with_capacity(configs.len());
     for config in configs {
         let mut words: Vec<OsString> = vec!["frugal".into(), "train".into()];
@@ -306,26 +306,17 @@ fn plan_points(plan: &Plan, configs: Vec<Config>) -> Result<Vec<Point>, CliError
                     } else {
                         DeviceSpec::Cuda(0)
                     };
-                    devices.push((
-                        backend.to_string(),
-                        Device::open(spec).map_err(|e| e.to_string()),
-                    ));
+                    // A device that does not open stops the sweep before anything
+                    // is recorded: every configuration on it would fail alike.
+                    let device = Device::open(spec)
+                        .with_context(|| format!("sweep: --device {backend}"))?;
+                    devices.push((backend.to_string(), device));
                 }
                 let (_, device) = devices
                     .iter()
                     .find(|(b, _)| b == backend)
                     .ok_or_else(|| usage(format!("sweep: no device for {backend}")))?;
-                match device {
-                    Ok(d) => (fit::gpu(d, &opts, config.devices), Some(d.name())),
-                    Err(why) => (
-                        Fit {
-                            planned: None,
-                            capacity: None,
-                            refused: Some(Refusal::Cannot(format!("--device {backend}: {why}"))),
-                        },
-                        None,
-                    ),
-                }
+                (fit::gpu(device, &opts, config.devices), Some(device.name()))
             }
         };
         points.push(Point {
