@@ -308,8 +308,8 @@ fn plan_points(plan: &Plan, configs: Vec<Config>) -> Result<Vec<Point>, CliError
                     };
                     // A device that does not open stops the sweep before anything
                     // is recorded: every configuration on it would fail alike.
-                    let device = Device::open(spec)
-                        .with_context(|| format!("sweep: --device {backend}"))?;
+                    let device =
+                        Device::open(spec).with_context(|| format!("sweep: --device {backend}"))?;
                     devices.push((backend.to_string(), device));
                 }
                 let (_, device) = devices
