@@ -20,7 +20,8 @@
 //! On the emulator every time and TFLOP/s is host emulation speed, labelled EMULATED.
 
 use super::counters::{self, with_counters, Summary};
-use super::kernels::{human_bytes, json_str, rate};
+use super::kernels::{human_bytes, rate};
+use super::shared::json_str;
 use super::shared::{kernel_device, open_kernel_device, Repeats};
 use crate::error::CliError;
 use crate::flags::text;

@@ -8,7 +8,7 @@ use frugal_ptx::emu::{Counters, Profiling};
 use frugal_ptx::kernels::Launch;
 use frugal_runtime::device::{Device, DeviceSpec};
 
-use super::kernels::json_str;
+use super::shared::json_str;
 use crate::cmd::profile::predict::{ratios, Ratios};
 use crate::error::CliError;
 

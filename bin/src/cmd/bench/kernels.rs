@@ -23,7 +23,7 @@
 //! labelled as such; it says nothing about a GPU.
 
 use super::counters::{with_counters, Summary};
-use super::shared::{kernel_device, open_kernel_device};
+use super::shared::{json_str, kernel_device, open_kernel_device};
 use crate::error::CliError;
 use crate::flags::text;
 use crate::train::options::MAX_DIM;
@@ -412,22 +412,6 @@ pub fn measure(
         counters: counted,
         profile: op.profile_words(),
     })
-}
-
-/// A JSON string literal (quotes, backslashes and control characters escaped); shared by
-/// the `--json` lines of every `frugal bench` subcommand.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// One JSON object for `row` measured on `device` with timing labelled `timing`.

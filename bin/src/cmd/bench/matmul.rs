@@ -26,7 +26,7 @@
 //! those, so its list of shapes is this one.
 
 use super::counters::{self, with_counters, Summary};
-use super::kernels::json_str;
+use super::shared::json_str;
 use super::shared::kernel_device;
 use crate::error::CliError;
 use crate::flags::text;

@@ -78,3 +78,11 @@ pub struct Repeats {
     /// Untimed runs first (module loads, caches, clocks).
     pub warmup: usize,
 }
+
+/// A JSON string literal (escaped as the metrics file escapes it); shared by the
+/// `--json` lines of every `frugal bench` subcommand.
+pub(crate) fn json_str(s: &str) -> String {
+    let mut out = String::new();
+    crate::train::metrics::push_json_string(&mut out, s);
+    out
+}
