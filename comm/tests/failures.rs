@@ -128,7 +128,14 @@ fn wait_for_steps(child: &mut Child, n: usize) {
         match lines.next() {
             Some(Ok(l)) if l.starts_with("step") => seen += 1,
             Some(Ok(_)) => {}
-            _ => panic!("rank exited before {n} steps"),
+            _ => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("rank exited before {n} steps; its stderr:\n{err}")
+            }
         }
     }
     // Keep draining so the rank never blocks on a full stdout pipe.
@@ -194,7 +201,10 @@ fn kill_one_during(
     transport: SameHost,
     op: Op,
 ) {
-    let timeout = Duration::from_secs(3);
+    // Long enough that a rank starved of CPU (the tests of this file run in
+    // parallel, each with several ranks, on as few as 2 cores) does not time out
+    // before the victim is stopped; a frozen victim costs the test this long.
+    let timeout = Duration::from_secs(8);
     let mut ranks = spawn_ranks(test_name, world, timeout, lanes, transport, op);
     for c in ranks.iter_mut() {
         wait_for_steps(c, 2);
