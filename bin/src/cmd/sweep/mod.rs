@@ -516,8 +516,14 @@ fn summary(r: &Record) -> String {
                 0.0
             };
             let per_money = r.tokens_per_dollar.map_or("unknown".to_string(), human);
+            // The emulator's speed is the host's, not a GPU's: said on every line.
+            let emulated = if r.config.device == "emu" {
+                " [emulated, not GPU speed]"
+            } else {
+                ""
+            };
             format!(
-                "{} tok/s ± {spread:.1}% ({} per device), {per_money} tok/{}",
+                "{} tok/s ± {spread:.1}% ({} per device){emulated}, {per_money} tok/{}",
                 human(t.mean),
                 human(t.mean / r.config.devices as f64),
                 r.money_label()
