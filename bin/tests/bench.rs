@@ -483,9 +483,80 @@ fn counters_on_the_emulator_are_printed_and_in_the_json() {
     );
 }
 
+/// `bench step --counters`: one more step counted; sampled (at most 4 CTAs a launch, the
+/// default) it extrapolates to within a few percent of counting every CTA, and the optimizer's
+/// launches are counted even though a sampled gradient norm is meaningless.
+#[test]
+fn step_counters_sampled_agree_with_every_cta() {
+    let step = |sample: &str| {
+        let (out, _) = ok(&frugal(&[
+            "bench",
+            "step",
+            "--device",
+            "emu",
+            "--batch",
+            "1",
+            "--seq",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--counters",
+            "--sample-ctas",
+            sample,
+            "--json",
+        ]));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let c = counters_of(out.trim());
+        let tokens = 32.0;
+        // The tensor cores do at least the step's matmul and attention FLOPs (whole tiles:
+        // more at this small shape), and not wildly more.
+        let flops = v["train_flops_per_token"].as_f64().unwrap_or(0.0) * tokens;
+        let tensor = c["tensor_flops"].as_f64().unwrap_or(0.0);
+        assert!(
+            tensor >= flops && tensor < 4.0 * flops,
+            "{tensor} vs {flops}: {out}"
+        );
+        c
+    };
+    let (sampled, full) = (step("4"), step("0"));
+    assert_eq!(sampled["tensor_flops"], full["tensor_flops"]);
+    for key in ["instructions", "dram_read_sectors", "dram_write_sectors"] {
+        let (s, f) = (
+            sampled[key].as_f64().unwrap_or(0.0),
+            full[key].as_f64().unwrap_or(0.0),
+        );
+        assert!(
+            (s - f).abs() <= 0.15 * f,
+            "{key}: sampled {s} vs every CTA {f}"
+        );
+    }
+    // As text: the summary line, and where the per-kernel view is.
+    let (out, _) = ok(&frugal(&[
+        "bench",
+        "step",
+        "--device",
+        "emu",
+        "--batch",
+        "1",
+        "--seq",
+        "32",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--counters",
+    ]));
+    assert!(out.contains("counters (emulated): sectors/req"), "{out}");
+    assert!(out.contains("extrapolated from at most 4 CTAs"), "{out}");
+    assert!(out.contains("frugal profile"), "{out}");
+}
+
 #[test]
 fn counters_off_the_emulator_are_a_usage_error_pointing_at_nsight() {
-    for bench in ["matmul", "attention", "kernels"] {
+    for bench in ["matmul", "attention", "kernels", "step"] {
         for device in ["cpu", "cuda"] {
             let o = frugal(&["bench", bench, "--device", device, "--counters"]);
             assert_eq!(o.status.code(), Some(2), "{bench} {device}");

@@ -96,7 +96,7 @@ fn sampled_ctas_are_said_and_the_text_says_predicted() {
     assert_ok(&o);
     let (out, _) = text(&o);
     assert!(out.contains("PREDICTED for A100-SXM-80GB"), "{out}");
-    assert!(out.contains("extrapolated from 1 CTAs"), "{out}");
+    assert!(out.contains("extrapolated from at most 1 CTAs"), "{out}");
     assert!(
         out.contains("step: predicted") && out.contains("(predicted)"),
         "{out}"

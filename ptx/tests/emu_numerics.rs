@@ -7,9 +7,11 @@
 //!   model of MMA-Sim (arXiv 2511.10909), consistent with Fasi, Higham, Mikaitis and Pranesh,
 //!   "Numerical behavior of NVIDIA tensor cores" (PeerJ Comput. Sci. 7:e330, 2021): exact
 //!   products, k in two groups of 8, each group's addends aligned to its largest exponent
-//!   and truncated to 24 fraction bits, summed exactly, the sum truncated to f32. Each case
-//!   below derives both modes' results by hand; [`MmaNumerics::Exact`] (one f32
-//!   round-to-nearest addition per product, k order) must stay as it was.
+//!   and truncated to 24 fraction bits, summed exactly, the sum truncated to f32; and under
+//!   [`MmaNumerics::HardwareSm90`] MMA-Sim's Hopper model of `mma.sync`: one group of 16 and
+//!   25 fraction bits. Each case below derives every mode's result by hand;
+//!   [`MmaNumerics::Exact`] (one f32 round-to-nearest addition per product, k order) must
+//!   stay as it was.
 //!
 //! Every value here is a power of two or a short sum of them, so the derivations are exact.
 
@@ -324,21 +326,21 @@ impl Mma {
     }
 }
 
-/// Runs a one-element case in both modes; asserts D[row][col] bit for bit in each, and that
-/// every other element is +0.
+/// Runs a one-element case in every mode; asserts D[row][col] bit for bit in each (`want`:
+/// exact, sm_80, sm_90), and that every other element is +0.
 #[track_caller]
 fn check_element(
     what: &str,
     (row, col): (usize, usize),
     c: f32,
     products: &[(usize, f32, f32)],
-    exact: f32,
-    hardware: f32,
+    [exact, sm80, sm90]: [f32; 3],
 ) {
     let m = Mma::element(row, col, c, products);
     for (mma, want) in [
         (MmaNumerics::Exact, exact),
-        (MmaNumerics::Hardware, hardware),
+        (MmaNumerics::Hardware, sm80),
+        (MmaNumerics::HardwareSm90, sm90),
     ] {
         let d = m.run(mma);
         for (r, d_row) in d.iter().enumerate() {
@@ -358,8 +360,9 @@ fn check_element(
 fn tiny_products_before_a_large_one_are_truncated_away() {
     // Seven products 2^-13 · 2^-12 = 2^-25 at k = 0..6, then 1 · 1 at k = 7; C = 0; exact sum
     // 1 + 7 · 2^-25. Exact: the tiny ones add exactly to 7 · 2^-25, then 1 + 7 · 2^-25 =
-    // 1 + 1.75 · 2^-23 rounds to nearest, 1 + 2^-22. Hardware: one group, aligned to 1
-    // (exponent 0), units 2^-24: each 2^-25 truncates to 0, D = 1.
+    // 1 + 1.75 · 2^-23 rounds to nearest, 1 + 2^-22. sm_80: one group, aligned to 1
+    // (exponent 0), units 2^-24: each 2^-25 truncates to 0, D = 1. sm_90: units 2^-25 keep
+    // all seven; 1 + 1.75 · 2^-23 truncates to 1 + 2^-23.
     let mut products: Vec<(usize, f32, f32)> = (0..7).map(|k| (k, p2(-13), p2(-12))).collect();
     products.push((7, 1.0, 1.0));
     check_element(
@@ -367,8 +370,7 @@ fn tiny_products_before_a_large_one_are_truncated_away() {
         (5, 3),
         0.0,
         &products,
-        1.0 + p2(-22),
-        1.0,
+        [1.0 + p2(-22), 1.0, 1.0 + p2(-23)],
     );
 }
 
@@ -377,23 +379,22 @@ fn the_result_is_truncated_not_rounded() {
     // 1 · 2 + 1 · (2^-23 + 2^-24) (Fasi et al.'s round-down test), C = 0. Exact: 2 +
     // 1.5 · 2^-23 rounds to nearest at exponent 1 (ulp 2^-22): 2 + 2^-22. Hardware: aligned
     // to exponent 1, units 2^-23: the small product keeps ⌊1.5⌋ = 1 unit; 2 + 2^-23
-    // truncates to f32 at exponent 1: 2. Negated: −2 (toward zero, not down).
+    // truncates to f32 at exponent 1: 2. Negated: −2 (toward zero, not down). sm_90: units
+    // 2^-24 keep all 3 of them, and 2 + 0.75 · 2^-22 truncates to 2 all the same.
     let small = p2(-23) + p2(-24);
     check_element(
         "2 + 1.5·2^-23",
         (0, 0),
         0.0,
         &[(0, 1.0, 2.0), (1, 1.0, small)],
-        2.0 + p2(-22),
-        2.0,
+        [2.0 + p2(-22), 2.0, 2.0],
     );
     check_element(
         "−2 − 1.5·2^-23",
         (15, 7),
         0.0,
         &[(0, 1.0, -2.0), (1, 1.0, -small)],
-        -2.0 - p2(-22),
-        -2.0,
+        [-2.0 - p2(-22), -2.0, -2.0],
     );
 }
 
@@ -402,59 +403,58 @@ fn normalisation_happens_once_per_group() {
     // C = 1 + 2^-22 + 2^-23 and four products 1 · 1 (Fasi et al.'s carry-out test): exact
     // 5 + 3 · 2^-23. Exact, k order: C + 1 = 2 + 1.5 · 2^-22 ties to 2 + 2^-21; + 1, + 1,
     // + 1 stay exact: 5 + 2^-21. Hardware: every addend aligned to exponent 0 and kept,
-    // the exact sum truncated at exponent 2 (ulp 2^-21): 5.
+    // the exact sum truncated at exponent 2 (ulp 2^-21): 5. sm_90 likewise.
     let c = 1.0 + p2(-22) + p2(-23);
     let ones: Vec<(usize, f32, f32)> = (0..4).map(|k| (k, 1.0, 1.0)).collect();
-    check_element("4 + C", (9, 2), c, &ones, 5.0 + p2(-21), 5.0);
+    check_element("4 + C", (9, 2), c, &ones, [5.0 + p2(-21), 5.0, 5.0]);
 }
 
 #[test]
 fn cancellation_loses_what_alignment_dropped() {
     // 2^10 · 2^10 − 2^10 · 2^10 + 2^-5 · 1 at k = 0, 1, 2 (one group), C = 0: exact 2^-5.
-    // Exact, k order: 2^20 − 2^20 = 0, then + 2^-5 = 2^-5. Hardware: aligned to 2^20, units
-    // 2^-4: 2^-5 is half a unit and truncates to 0; the large ones cancel: D = +0.
+    // Exact, k order: 2^20 − 2^20 = 0, then + 2^-5 = 2^-5. sm_80: aligned to 2^20, units
+    // 2^-4: 2^-5 is half a unit and truncates to 0; the large ones cancel: D = +0. sm_90:
+    // units 2^-5 keep it: 2^-5.
     check_element(
         "2^20 − 2^20 + 2^-5, one group",
         (3, 6),
         0.0,
         &[(0, p2(10), p2(10)), (1, p2(10), -p2(10)), (2, p2(-5), 1.0)],
-        p2(-5),
-        0.0,
+        [p2(-5), 0.0, p2(-5)],
     );
-    // The same with 2^-5 at k = 8: the second group starts from the first's result, +0, so
-    // it aligns to 2^-5 itself and keeps it: the groups are k 0..8 and 8..16.
+    // The same with 2^-5 at k = 8: on sm_80 the second group starts from the first's
+    // result, +0, so it aligns to 2^-5 itself and keeps it: the groups are k 0..8 and 8..16.
     check_element(
         "2^20 − 2^20, then 2^-5 in the second group",
         (3, 6),
         0.0,
         &[(0, p2(10), p2(10)), (1, p2(10), -p2(10)), (8, p2(-5), 1.0)],
-        p2(-5),
-        p2(-5),
+        [p2(-5), p2(-5), p2(-5)],
     );
-    // And with the cancelling pair split across the groups, 2^-5 in the first: the first
-    // group gives 2^20 (2^-5 truncated), the second 2^20 − 2^20 = +0.
+    // And with the cancelling pair split across sm_80's groups, 2^-5 in the first: the first
+    // group gives 2^20 (2^-5 truncated), the second 2^20 − 2^20 = +0. Exact, k order:
+    // 2^20 + 2^-5 rounds to 2^20 (ulp 2^-3), then 0. sm_90 adds all 16 at once, in units of
+    // 2^-5: 2^-5. Only one k group tells sm_90 from sm_80 here.
     check_element(
         "2^20 and 2^-5, then −2^20 in the second group",
         (3, 6),
         0.0,
         &[(0, p2(10), p2(10)), (1, p2(-5), 1.0), (8, p2(10), -p2(10))],
-        0.0,
-        0.0,
+        [0.0, 0.0, p2(-5)],
     );
 }
 
 #[test]
 fn alignment_keeps_one_bit_beyond_f32() {
     // 1 · 1 − (1 − 2^-24) (Fasi et al.'s extra-bit test): C has exponent −1 and needs 24
-    // fraction bits at exponent 0, which sm_80 keeps: D = 2^-24 in both modes (a model
-    // keeping f32's 23 bits would give 2^-23).
+    // fraction bits at exponent 0, which sm_80 (24) and sm_90 (25) keep: D = 2^-24 in every
+    // mode (a model keeping f32's 23 bits would give 2^-23).
     check_element(
         "1 − (1 − 2^-24)",
         (8, 4),
         -(1.0 - p2(-24)),
         &[(15, 1.0, 1.0)],
-        p2(-24),
-        p2(-24),
+        [p2(-24), p2(-24), p2(-24)],
     );
 }
 
@@ -467,7 +467,9 @@ fn hardware_accumulation_is_not_monotonic_in_c() {
     // Exact (k order, onto C): (1 − 2^-24) + 2^-25 is half an ulp (2^-24 at exponent −1)
     // below 1, a tie that goes to the even 1; then each 2^-25 is a quarter ulp of 1 (lost)
     // and 1.5 · 2^-24 is 0.75 ulp (rounds up): 1 + 2^-23. From C = 1 the same last steps:
-    // 1 + 2^-23. Round to nearest is monotonic; the truncating sum is not.
+    // 1 + 2^-23. Round to nearest is monotonic; the truncating sum is not. sm_90's 25 bits
+    // keep every product from C = 1 too (units 2^-25): 1 + 1.5 · 2^-23 truncates to
+    // 1 + 2^-23, so this case does not show it there.
     let products = [
         (0, 0.5, p2(-24)),
         (1, 0.5, p2(-24)),
@@ -479,10 +481,15 @@ fn hardware_accumulation_is_not_monotonic_in_c() {
         (1, 1),
         1.0 - p2(-24),
         &products,
-        1.0 + p2(-23),
-        1.0 + p2(-23),
+        [1.0 + p2(-23); 3],
     );
-    check_element("C = 1", (1, 1), 1.0, &products, 1.0 + p2(-23), 1.0);
+    check_element(
+        "C = 1",
+        (1, 1),
+        1.0,
+        &products,
+        [1.0 + p2(-23), 1.0, 1.0 + p2(-23)],
+    );
 }
 
 #[test]
@@ -495,7 +502,7 @@ fn nan_results_are_canonical_in_both_modes() {
     m.a[2][5] = f32::from_bits(0xFFC1_0000); // a bf16 NaN (low half zero): row 2 is NaN where B's k=5 row is used
     m.b[5][3] = 2.0;
     m.c[4][4] = f32::from_bits(0x7F80_0001);
-    for mma in [MmaNumerics::Exact, MmaNumerics::Hardware] {
+    for mma in MmaNumerics::ALL {
         let d = m.run(mma);
         assert_eq!(d[0][1], f32::INFINITY, "{mma:?}");
         for (r, n) in [(0, 0), (0, 7), (2, 0), (2, 3), (4, 4)] {
@@ -510,9 +517,13 @@ fn mma_numerics_names_and_defaults() {
     assert_eq!(Checks::default().mma, MmaNumerics::Exact);
     assert_eq!(Checks::none().mma, MmaNumerics::Exact);
     assert_eq!(MmaNumerics::default(), MmaNumerics::Exact);
-    for m in [MmaNumerics::Exact, MmaNumerics::Hardware] {
+    for m in MmaNumerics::ALL {
         assert_eq!(MmaNumerics::from_name(m.name()), Some(m));
     }
+    assert_eq!(
+        MmaNumerics::from_name("HARDWARE-SM80"),
+        Some(MmaNumerics::Hardware)
+    );
     assert_eq!(
         MmaNumerics::from_name(" Hardware\n"),
         Some(MmaNumerics::Hardware)

@@ -67,7 +67,12 @@ impl Case {
 
 /// Runs `case` under the emulator with counting on and returns its counters.
 fn profile(case: &Case) -> Counters {
-    let g = case.gemm();
+    profile_gemm(case, &case.gemm(), None)
+}
+
+/// Runs `case`'s kernel on the product `g`, every CTA or a sample of `sample` CTAs.
+fn profile_gemm(case: &Case, g: &Gemm, sample: Option<u32>) -> Counters {
+    let g = *g;
     let choice = Choice {
         kernel: KernelKind::MmaSync(case.cfg),
         split_k: None,
@@ -95,7 +100,7 @@ fn profile(case: &Case) -> Counters {
     let l = matmul::launch(&choice, &g, pa, pb, pc).unwrap_or_else(|e| panic!("{e}"));
     let profiling = Profiling {
         count: true,
-        sample_ctas: None,
+        sample_ctas: sample,
     };
     let (_, counters) = launch_profiled(
         &module,
@@ -236,3 +241,53 @@ fn shipped_matmuls_coalesce_and_have_no_bank_conflicts() {
 
 /// Global store sectors / ideal of the vector epilogue (C's rows 8-byte aligned).
 const EPILOGUE_BOUND: f64 = 1.0;
+
+/// A sampled launch's distinct DRAM sectors: the panels of A and B that a grid row or column
+/// of CTAs shares are seen shared by the sampled sub-grid and counted once per row or column,
+/// so the estimate equals the full run's count; scaling every sector by total/sampled CTAs
+/// (the sectors seen x 16 here) would overstate the operands 4-fold.
+#[test]
+fn sampled_dram_sectors_match_the_full_run_for_shared_operands() {
+    for layout in [Layout::Nn, Layout::Nt, Layout::Tn] {
+        let case = Case {
+            cfg: TILE_64X64,
+            layout,
+            out: OutType::F32,
+            epilogue: Epilogue::Overwrite,
+            pad: 0,
+            ldc_pad: 0,
+        };
+        // An 8 x 8 grid of 64 x 64 tiles.
+        let g = Gemm::dense(layout, OutType::F32, 512, 512, 64);
+        let full = profile_gemm(&case, &g, None);
+        let sampled = profile_gemm(&case, &g, Some(4));
+        let name = case.name();
+        assert_eq!((full.ctas_total, sampled.ctas_run), (64, 4), "{name}");
+        // A and B: 512 x 64 bf16 each, read whole; C: 512 x 512 f32 written whole.
+        let operand_sectors = 2 * 512 * 64 * 2 / 32;
+        assert_eq!(full.dram_read_sectors, operand_sectors, "{name}");
+        assert_eq!(full.dram_write_sectors, 512 * 512 * 4 / 32, "{name}");
+        assert_eq!(sampled.dram_read_sectors, full.dram_read_sectors, "{name}");
+        assert_eq!(
+            sampled.dram_write_sectors, full.dram_write_sectors,
+            "{name}"
+        );
+        // The 4 sampled CTAs read 2 panels of A and 2 of B, and wrote 4 tiles of C.
+        assert_eq!(
+            sampled.dram_read_sectors_seen,
+            operand_sectors / 4,
+            "{name}"
+        );
+        assert_eq!(
+            sampled.dram_write_sectors_seen,
+            4 * 64 * 64 * 4 / 32,
+            "{name}"
+        );
+        println!(
+            "{name}: DRAM read sectors full {}, sampled estimate {}, scaled by CTAs {}",
+            full.dram_read_sectors,
+            sampled.dram_read_sectors,
+            sampled.dram_read_sectors_seen * 16
+        );
+    }
+}

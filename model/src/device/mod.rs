@@ -273,6 +273,8 @@ pub struct DeviceModel {
     /// rank's part without reading the device, which would wait for the kernels in
     /// flight: on `cuda` the next unit's gather then overlaps the current unit's kernels.
     own_bf16: Vec<half::bf16>,
+    /// Run AdamW whatever the gradient norm ([`DeviceModel::set_update_always`]).
+    update_always: bool,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -506,6 +508,7 @@ impl DeviceModel {
             step: 0,
             shard: options.sharding.range(cfg.param_count(), 0),
             own_bf16: Vec::new(),
+            update_always: false,
         };
         model.upload_tables()?;
         Ok(model)
@@ -561,6 +564,14 @@ impl DeviceModel {
 
     fn addr(&self, id: usize) -> u64 {
         self.arena.buffer.ptr() + self.offsets[id]
+    }
+
+    /// With `on`, the optimizer step launches AdamW even when the gradient norm is not
+    /// finite (normally it skips the update and returns the norm). For profiling with
+    /// sampled CTAs, whose outputs are partial: the norm is then meaningless, and the
+    /// update must still run to be counted.
+    pub fn set_update_always(&mut self, on: bool) {
+        self.update_always = on;
     }
 
     /// The device.
@@ -1069,7 +1080,7 @@ impl DeviceModel {
         let mut bytes = [0u8; 8];
         self.read_at(ids.norm_value, 0, &mut bytes, "reading the gradient norm")?;
         let value = f64::from_le_bytes(bytes);
-        if !value.is_finite() {
+        if !value.is_finite() && !self.update_always {
             return Ok(value);
         }
         let h = adamw::AdamwHyper {

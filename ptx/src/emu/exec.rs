@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use super::counters::{Counters, Profiling, Recorder};
+use super::counters::{sample_grid, Counters, Profiling, Recorder};
 use super::inst::{Inst, Kernel, Op, Reg, Src, Sreg};
 use super::types::width_mask;
 use super::warp::{Warp, WarpState, NO_PC};
@@ -191,46 +191,43 @@ fn launch_limited(
             issued: 0,
         })
         .collect();
-    let ctas_run = sample.unwrap_or(ctas_total);
+    // The CTAs to run, in increasing linear order: all, or a sampled sub-grid.
+    let coords = match sample {
+        Some(n) => sample_grid(dims.grid, n),
+        None => std::array::from_fn(|d| (0..dims.grid[d]).collect()),
+    };
+    let ctas_run: u64 = coords.iter().map(|c| c.len() as u64).product();
+    let per_dim: [f64; 3] =
+        std::array::from_fn(|d| f64::from(dims.grid[d]) / coords[d].len() as f64);
     let counting = cta.recorder.is_some();
-    for i in 0..ctas_run {
-        let linear = match sample {
-            Some(n) => sampled_cta(i, n, ctas_total),
-            None => i,
-        };
-        let (gx, gy) = (u64::from(dims.grid[0]), u64::from(dims.grid[1]));
-        // Each coordinate is below its grid dimension, a u32.
-        let ctaid = [
-            (linear % gx) as u32,
-            (linear / gx % gy) as u32,
-            (linear / (gx * gy)) as u32,
-        ];
-        cta.reset(ctaid, &mut warps);
-        if counting {
-            cta.run::<true>(&mut warps, mem)?;
-        } else {
-            cta.run::<false>(&mut warps, mem)?;
+    for &z in &coords[2] {
+        for &y in &coords[1] {
+            for &x in &coords[0] {
+                let ctaid = [x, y, z];
+                cta.reset(ctaid, &mut warps);
+                if counting {
+                    cta.run::<true>(&mut warps, mem)?;
+                } else {
+                    cta.run::<false>(&mut warps, mem)?;
+                }
+                cta.stats.ctas += 1;
+                cta.stats.warps += u64::from(nwarps);
+            }
         }
-        cta.stats.ctas += 1;
-        cta.stats.warps += u64::from(nwarps);
     }
-    let counters = cta.recorder.take().map(|r| r.finish(ctas_total, ctas_run));
+    let counters = cta
+        .recorder
+        .take()
+        .map(|r| r.finish(ctas_total, ctas_run, per_dim));
     Ok((cta.stats, counters))
-}
-
-/// Linear index of the `i`-th of `n` CTAs sampled from `total` (`n < total`): the first,
-/// the last, and evenly spaced between (rounded down), in increasing order.
-fn sampled_cta(i: u64, n: u64, total: u64) -> u64 {
-    if n <= 1 {
-        return 0;
-    }
-    // Steps of (total-1)/(n-1) > 1 never round two samples onto one CTA.
-    (u128::from(i) * u128::from(total - 1) / u128::from(n - 1)) as u64
 }
 
 impl Cta<'_> {
     fn reset(&mut self, ctaid: [u32; 3], warps: &mut [Warp]) {
         self.ctaid = ctaid;
+        if let Some(r) = self.recorder.as_mut() {
+            r.cta = ctaid;
+        }
         self.shared.fill(0);
         self.pending.fill(0);
         self.barrier_time = self.stats.instructions;

@@ -118,7 +118,7 @@ mod parse;
 mod rounding;
 mod types;
 
-pub use counters::{Counters, InstClass, Profiling};
+pub use counters::{sample_grid, Counters, InstClass, Profiling};
 pub use memory::DeviceMemory;
 
 use crate::error::PtxError;
@@ -233,22 +233,35 @@ pub enum MmaNumerics {
     ///   beyond the f32 range, infinity); a NaN or infinite operand gives what the IEEE sum
     ///   of the exact products would (NaN canonical).
     ///
-    /// sm_90's `mma.sync` (H100) adds all 16 products in one group with 25 fraction bits
-    /// (MMA-Sim): fewer truncations of finer steps, so its worst-case error is below this
-    /// mode's, and a tolerance derived from this mode's bound covers it.
+    /// Selected by `hardware` or `hardware-sm80`.
     Hardware,
+    /// The tensor-core datapath of sm_90 (H100) running `mma.sync`, as MMA-Sim models
+    /// Hopper (its `arch_accum_fractional_bits` and split-k rule): as [`MmaNumerics::Hardware`]
+    /// but all 16 products and c in one fused dot-add (no split of k), aligned with 25
+    /// fraction bits. Selected by `hardware-sm90`.
+    HardwareSm90,
 }
 
 impl MmaNumerics {
-    /// The environment variable that selects the numerics for a whole run: `exact` or
-    /// `hardware` (any case); unset or empty means [`MmaNumerics::Exact`].
+    /// The environment variable that selects the numerics for a whole run: `exact`,
+    /// `hardware` (`hardware-sm80`) or `hardware-sm90` (any case); unset or empty means
+    /// [`MmaNumerics::Exact`].
     pub const ENV: &'static str = "FRUGAL_EMU_MMA";
 
-    /// The numerics called `name` (`exact` or `hardware`, any case, spaces around ignored).
+    /// Every mode, the default first.
+    pub const ALL: [MmaNumerics; 3] = [
+        MmaNumerics::Exact,
+        MmaNumerics::Hardware,
+        MmaNumerics::HardwareSm90,
+    ];
+
+    /// The numerics called `name` (`exact`, `hardware`, `hardware-sm80` or `hardware-sm90`,
+    /// any case, spaces around ignored).
     pub fn from_name(name: &str) -> Option<MmaNumerics> {
         match name.trim().to_ascii_lowercase().as_str() {
             "exact" => Some(MmaNumerics::Exact),
-            "hardware" => Some(MmaNumerics::Hardware),
+            "hardware" | "hardware-sm80" => Some(MmaNumerics::Hardware),
+            "hardware-sm90" => Some(MmaNumerics::HardwareSm90),
             _ => None,
         }
     }
@@ -258,6 +271,7 @@ impl MmaNumerics {
         match self {
             MmaNumerics::Exact => "exact",
             MmaNumerics::Hardware => "hardware",
+            MmaNumerics::HardwareSm90 => "hardware-sm90",
         }
     }
 
@@ -271,7 +285,7 @@ impl MmaNumerics {
             Ok(v) if v.trim().is_empty() => Ok(MmaNumerics::Exact),
             Ok(v) => Self::from_name(&v).ok_or_else(|| {
                 format!(
-                    "{}='{v}' names no mma numerics: use 'exact' or 'hardware'",
+                    "{}='{v}' names no mma numerics: use 'exact', 'hardware' (sm_80) or 'hardware-sm90'",
                     Self::ENV
                 )
             }),

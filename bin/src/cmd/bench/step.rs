@@ -26,7 +26,10 @@ use frugal_model::device::{DeviceModel, OptimHyper, StepOptions};
 use frugal_model::init::try_init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
+use frugal_ptx::emu::{Counters, Profiling};
 use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
+
+use super::counters::{check_device, with_counters, Summary};
 use frugal_runtime::host::{memory_limit, try_zeroed_vec};
 
 /// What `frugal bench step --help` says first.
@@ -67,6 +70,14 @@ pub struct StepFlags {
     /// one JSON object with the figures instead of the text report
     #[arg(long)]
     json: bool,
+    /// emu only: after the timed steps, one more step with the emulator's hardware
+    /// counters on, summed over its launches (per kernel: `frugal profile`)
+    #[arg(long)]
+    counters: bool,
+    /// with --counters: emulate at most N CTAs of each launch and extrapolate
+    /// (0 = every CTA)
+    #[arg(long, value_name = "N", default_value = "4", value_parser = text::<u32>())]
+    sample_ctas: u32,
 }
 
 /// Learning rate of the timed updates: small, so that the random-token steps stay
@@ -103,6 +114,22 @@ pub struct StepBench {
     pub steps: usize,
     /// Untimed steps first.
     pub warmup: usize,
+    /// `--counters`: count one more step with at most this many CTAs per launch (`None`
+    /// = every CTA); emu only.
+    pub counters: Option<Option<u32>>,
+}
+
+/// The counters of one more step (`--counters`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepCounters {
+    /// Summed over the step's launches.
+    pub summary: Summary,
+    /// Launches in the step.
+    pub launches: usize,
+    /// Launches whose counters were extrapolated from a sample of their CTAs.
+    pub extrapolated: usize,
+    /// The sample size asked for (`None`: every CTA).
+    pub sample_ctas: Option<u32>,
 }
 
 /// The measured figures.
@@ -134,6 +161,8 @@ pub struct StepStats {
     pub device_name: String,
     /// Achieved FLOP/s ÷ the device's dense bf16 peak, when the device is in the facts table.
     pub mfu: Option<f64>,
+    /// `--counters`: the counted step's.
+    pub counters: Option<StepCounters>,
 }
 
 /// Mean, sample standard deviation, min and max of `xs` (non-empty).
@@ -183,6 +212,7 @@ fn stats(
         timing,
         device_name,
         mfu: peak_flops.map(|p| tokens_per_s * flops_per_token / p),
+        counters: None,
     }
 }
 
@@ -314,7 +344,60 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
             losses.push(loss);
         }
     }
-    Ok(stats(b, step_ms, &losses, timing, device_name, peak))
+    let mut figures = stats(b, step_ms, &losses, timing, device_name, peak);
+    if let Some(sample_ctas) = b.counters {
+        draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
+        figures.counters = Some(count_step(&mut model, sample_ctas, &inputs, &targets)?);
+    }
+    Ok(figures)
+}
+
+/// The emulated device of `model`, which `--counters` needs.
+fn emu_of(model: &DeviceModel) -> Result<&frugal_runtime::device::emu::EmuDevice, CliError> {
+    match model.device() {
+        Device::Emu(emu) => Ok(emu),
+        _ => Err(super::shared::usage(
+            "bench step",
+            "--counters: hardware counters come from the PTX emulator (--device emu)".to_string(),
+        )),
+    }
+}
+
+/// One more step, untimed, with the emulator's counters on (sampling at most
+/// `sample_ctas` CTAs per launch), summed over its launches.
+fn count_step(
+    model: &mut DeviceModel,
+    sample_ctas: Option<u32>,
+    inputs: &[u32],
+    targets: &[u32],
+) -> Result<StepCounters, CliError> {
+    // Records of the timed steps are not the counted step's.
+    emu_of(model)?.take_launch_records();
+    // A sampled launch's outputs are partial: the norm may not be finite, and the update
+    // is counted all the same. (Nothing is timed after this step.)
+    model.set_update_always(true);
+    emu_of(model)?.set_profiling(Profiling {
+        count: true,
+        sample_ctas,
+    });
+    let ran = model
+        .zero_grads()
+        .and_then(|()| model.forward_backward(inputs, targets, 1.0, None))
+        .and_then(|_| model.optimizer_step(BENCH_LR, CLIP));
+    let emu = emu_of(model)?;
+    emu.set_profiling(Profiling::default());
+    let records = emu.take_launch_records();
+    ran.map_err(failed)?;
+    let mut total = Counters::default();
+    for r in &records {
+        total.add(&r.counters);
+    }
+    Ok(StepCounters {
+        summary: Summary::of(&total),
+        launches: records.len(),
+        extrapolated: records.iter().filter(|r| r.counters.extrapolated()).count(),
+        sample_ctas,
+    })
 }
 
 /// The CPU step: `CpuModel` and host AdamW.
@@ -436,7 +519,10 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         steps,
         warmup,
         json,
+        counters,
+        sample_ctas,
     } = flags;
+    check_device("bench step", counters, device)?;
     let threads = threads.unwrap_or_else(default_threads);
     let usage = |m: String| super::shared::usage("bench step", m);
     // The step runs where it is told: `auto` would hide which step was timed.
@@ -485,6 +571,7 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         steps,
         warmup,
         config,
+        counters: counters.then_some((sample_ctas > 0).then_some(sample_ctas)),
     };
     let where_ = match bench.device {
         DeviceSpec::Cpu => format!("CPU training step, {} threads", bench.threads),
@@ -512,7 +599,11 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
     }
     let s = measure(&bench)?;
     if json {
-        println!("{}", json_line(&bench, &s));
+        let line = json_line(&bench, &s);
+        println!(
+            "{}",
+            with_counters(line, s.counters.as_ref().map(|c| &c.summary))
+        );
     } else {
         println!(
             "{:>12} {:>12} {:>12} {:>12} {:>14} {:>10}",
@@ -535,6 +626,18 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
             _ => "host clock",
         };
         println!("device: {}; timing: {timing}; {mfu}", s.device_name);
+        if let Some(c) = &s.counters {
+            let sampled = match c.sample_ctas {
+                Some(n) if c.extrapolated > 0 => format!(
+                    "{} of {} launches extrapolated from at most {n} CTAs each",
+                    c.extrapolated, c.launches
+                ),
+                _ => format!("{} launches, every CTA emulated", c.launches),
+            };
+            println!("one more step, {sampled}:");
+            println!("  {}", c.summary.text());
+            println!("  per kernel, with predicted times on a GPU model: frugal profile");
+        }
     }
     Ok(())
 }
@@ -577,6 +680,7 @@ mod tests {
             threads: 1,
             steps: 3,
             warmup: 1,
+            counters: None,
         };
         let s = measure(&b).unwrap();
         assert_eq!(s.step_ms.len(), 3);

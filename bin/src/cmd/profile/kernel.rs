@@ -291,23 +291,23 @@ pub fn report(
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Vec<Row>, f64, f64)> = gpus
         .iter()
         .map(|(gpu, line)| {
-            let rows = predict::rows(&p.records, gpu, line, calibration, DramEstimate::Scaled);
+            let rows = predict::rows(&p.records, gpu, line, calibration, DramEstimate::Estimated);
             let total = predict::total(&rows);
-            let low = predict::total(&predict::rows(
+            let upper = predict::total(&predict::rows(
                 &p.records,
                 gpu,
                 line,
                 calibration,
-                DramEstimate::SampledOnly,
+                DramEstimate::AllPrivate,
             ));
-            (*gpu, *line, rows, total, low)
+            (*gpu, *line, rows, total, upper)
         })
         .collect();
     let tflops = |t: f64| target.flops().filter(|_| t > 0.0).map(|f| f / t / 1e12);
     if json {
         let gpus: Vec<serde_json::Value> = per_gpu
             .iter()
-            .map(|(gpu, _, rows, total, low)| {
+            .map(|(gpu, _, rows, total, upper)| {
                 serde_json::json!({
                     "gpu": gpu.label,
                     "name": gpu.name,
@@ -315,7 +315,7 @@ pub fn report(
                     "total": {
                         "predicted_s": total,
                         "tflops": tflops(*total),
-                        "predicted_s_dram_sampled_only": low,
+                        "predicted_s_dram_upper": upper,
                     },
                 })
             })
@@ -340,7 +340,7 @@ pub fn report(
         p.records.len(),
         p.emulation_s
     );
-    for (gpu, line, rows, total, low) in &per_gpu {
+    for (gpu, line, rows, total, upper) in &per_gpu {
         s += &format!(
             "\nPREDICTED for {} ({}; {} SMs at {:.2} GHz; roofline, not a measurement):\n",
             gpu.label, gpu.name, line.sms, line.boost_clock_ghz
@@ -354,13 +354,13 @@ pub fn report(
             s += &format!(", {tf:.1} TFLOP/s (predicted)");
         }
         s += "\n";
-        if *low < total * 0.999 {
+        if *upper > total * 1.001 {
             s += &format!(
-                "  total if sampled launches read from DRAM only what their sampled CTAs touched \
-                 (CTAs sharing data, as a matmul's do): {:.1} us",
-                low * 1e6
+                "  total if no data were shared between CTAs beyond what the sampled CTAs showed \
+                 (DRAM traffic at its upper estimate): {:.1} us",
+                upper * 1e6
             );
-            if let Some(tf) = tflops(*low) {
+            if let Some(tf) = tflops(*upper) {
                 s += &format!(", {tf:.1} TFLOP/s");
             }
             s += " (predicted)\n";

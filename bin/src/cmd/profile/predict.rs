@@ -18,18 +18,20 @@ pub type Calibration = Vec<(String, f64)>;
 
 /// How the DRAM traffic of a launch whose CTAs were sampled is estimated.
 ///
-/// The emulator scales the distinct sectors the sampled CTAs touched to the
-/// whole grid. That is right for kernels whose CTAs touch disjoint data (the
-/// element-wise ones) and too high for those whose CTAs share it (a matmul's
-/// CTAs of one row read the same panel of A, which DRAM serves once): the
-/// sampled CTAs, spread over the grid, rarely share. The sampled CTAs' own
-/// sectors are a lower bound. A profile predicts with both and says the range.
+/// The emulator runs a sub-grid of CTAs and weighs each distinct sector by the
+/// sharing it showed: a sector CTAs at two sampled coordinates of a grid
+/// dimension both touched is shared along that dimension (a matmul's panel of A
+/// along a grid row) and is not scaled along it ([`Counters::dram_read_sectors`]).
+/// That is exact for data private to a CTA or shared along whole grid rows,
+/// columns or planes. The upper end scales every sector the sample touched to
+/// the whole grid as if no CTA shared it. A profile predicts with the estimate
+/// and says the upper end where it differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DramEstimate {
-    /// The counters as extrapolated (an upper estimate for shared data).
-    Scaled,
-    /// Only what the sampled CTAs touched (a lower bound).
-    SampledOnly,
+    /// The emulator's sharing-aware estimate.
+    Estimated,
+    /// Every sampled sector scaled by total/sampled CTAs (no sharing): an upper estimate.
+    AllPrivate,
 }
 
 /// The kernel family a calibration factor applies to: the name's first word
@@ -55,12 +57,12 @@ pub fn work(
     dram: DramEstimate,
 ) -> (KernelWork, Option<Occupancy>) {
     let c = &r.counters;
-    let dram_sectors = (c.dram_read_sectors + c.dram_write_sectors) as f64;
     let dram_sectors = match dram {
-        DramEstimate::SampledOnly if c.extrapolated() && c.ctas_total > 0 => {
-            dram_sectors * c.ctas_run as f64 / c.ctas_total as f64
+        DramEstimate::AllPrivate if c.extrapolated() && c.ctas_run > 0 => {
+            (c.dram_read_sectors_seen + c.dram_write_sectors_seen) as f64 * c.ctas_total as f64
+                / c.ctas_run as f64
         }
-        _ => dram_sectors,
+        _ => (c.dram_read_sectors + c.dram_write_sectors) as f64,
     };
     let threads = r.dims.block.iter().product::<u32>();
     let occ = resources::usage(usage_sm(gpu.sm), &r.kernel).and_then(|u| {

@@ -25,7 +25,7 @@
 //! are the largest number of distinct words any one bank must serve. `ldmatrix` is served
 //! the same way with one phase per 8×8 matrix: its 8 row addresses of 16 bytes each.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 mod geometry;
@@ -91,13 +91,19 @@ impl InstClass {
 pub struct Profiling {
     /// Count [`Counters`] for the launch.
     pub count: bool,
-    /// Run only this many CTAs, spread evenly over the grid (first, last, and evenly between,
-    /// in linear CTA order), and extrapolate the counters to the whole grid: each count is
-    /// scaled by total/sampled CTAs and rounded. The distinct-sector counts scale the same
-    /// way, which is exact when each CTA touches its own data and overstates data many CTAs
-    /// share (a matmul's operands: a sample of CTAs may already read all of B). `None` =
-    /// every CTA. Sampling applies with counting off too. The CTAs not run write nothing, so
-    /// a sampled launch's outputs are partial, and its `LaunchStats` count the CTAs run.
+    /// Run at most this many CTAs and extrapolate the counters to the whole grid. The sample
+    /// is a sub-grid ([`sample_grid`]): along each grid dimension a few coordinates, the first,
+    /// the last and evenly between, and every CTA at their crossings; at least two along each
+    /// dimension the budget allows, so that data shared along a dimension is seen shared. Each
+    /// count is scaled by total/sampled CTAs and rounded, except the distinct DRAM sectors:
+    /// a sector that CTAs at two sampled coordinates of a dimension both touched stands for
+    /// data shared along that dimension (a matmul's panel of A along a grid row) and is not
+    /// scaled along it; along every other dimension it is scaled by grid size / sampled
+    /// coordinates. Exact for data private to a CTA or shared along whole grid rows, columns
+    /// or planes; data shared by part of a dimension (heads of one GQA group) is counted as
+    /// if private along it, an overestimate. `None` = every CTA. Sampling applies with
+    /// counting off too. The CTAs not run write nothing, so a sampled launch's outputs are
+    /// partial, and its `LaunchStats` count the CTAs run.
     pub sample_ctas: Option<u32>,
 }
 
@@ -184,12 +190,17 @@ pub struct Counters {
 
     /// Distinct 32-byte global sectors read over the whole launch (loads, atomics,
     /// `cp.async`): a lower bound on `dram__sectors_read.sum` (every byte fetched at least
-    /// once, none evicted and refetched); extrapolated from a sample it may exceed that
-    /// bound (see [`Profiling::sample_ctas`]).
+    /// once, none evicted and refetched); estimated from a sample by the sharing each sector
+    /// showed (see [`Profiling::sample_ctas`]).
     pub dram_read_sectors: u64,
     /// Distinct 32-byte global sectors written over the whole launch (stores, atomics): a
-    /// lower bound on `dram__sectors_write.sum`.
+    /// lower bound on `dram__sectors_write.sum`; estimated as reads are when sampled.
     pub dram_write_sectors: u64,
+    /// Distinct sectors read by the CTAs that ran, not extrapolated: equal to
+    /// [`Counters::dram_read_sectors`] when every CTA ran, a lower bound on it when sampled.
+    pub dram_read_sectors_seen: u64,
+    /// Distinct sectors written by the CTAs that ran, not extrapolated.
+    pub dram_write_sectors_seen: u64,
 
     /// CTAs in the grid.
     pub ctas_total: u64,
@@ -273,6 +284,8 @@ impl Counters {
             &mut self.barriers,
             &mut self.dram_read_sectors,
             &mut self.dram_write_sectors,
+            &mut self.dram_read_sectors_seen,
+            &mut self.dram_write_sectors_seen,
         ]);
         v
     }
@@ -301,8 +314,18 @@ const SECTOR_BYTES: u64 = 32;
 #[derive(Default)]
 pub(super) struct Recorder {
     pub(super) counters: Counters,
-    read_sectors: SectorSet,
-    written_sectors: SectorSet,
+    read_sectors: SectorMap,
+    written_sectors: SectorMap,
+    /// The CTA running now (`%ctaid`): the sector maps note which CTAs touched a sector.
+    pub(super) cta: [u32; 3],
+}
+
+/// Which CTAs touched a sector: the first one's coordinates, and a bit per grid dimension
+/// set once a CTA at another coordinate of that dimension touched it too.
+#[derive(Clone, Copy)]
+struct Touch {
+    first: [u32; 3],
+    shared_along: u8,
 }
 
 /// Sector numbers are plain integers, mostly consecutive: a multiplicative hash
@@ -330,7 +353,45 @@ impl Hasher for SectorHasher {
     }
 }
 
-type SectorSet = HashSet<u64, BuildHasherDefault<SectorHasher>>;
+type SectorMap = HashMap<u64, Touch, BuildHasherDefault<SectorHasher>>;
+
+/// Notes that the CTA at `cta` touched each of `sectors`.
+fn touch(map: &mut SectorMap, sectors: &[u64], cta: [u32; 3]) {
+    for &s in sectors {
+        let t = map.entry(s).or_insert(Touch {
+            first: cta,
+            shared_along: 0,
+        });
+        for (d, (&first, &now)) in t.first.iter().zip(&cta).enumerate() {
+            if first != now {
+                t.shared_along |= 1 << d;
+            }
+        }
+    }
+}
+
+/// The distinct sectors of the whole grid that `map`'s sampled sectors stand for: each is
+/// scaled by `per_dim[d]` (grid size / sampled coordinates) along every dimension it was
+/// not seen shared along.
+fn estimate_distinct(map: &SectorMap, per_dim: [f64; 3]) -> u64 {
+    // Sectors fall into at most 8 sharing classes: count them, then weigh each class once.
+    let mut by_class = [0u64; 8];
+    for t in map.values() {
+        by_class[usize::from(t.shared_along)] += 1;
+    }
+    let total: f64 = by_class
+        .iter()
+        .enumerate()
+        .map(|(class, &n)| {
+            let weight: f64 = (0..3)
+                .filter(|d| class & (1 << d) == 0)
+                .map(|d| per_dim[d])
+                .product();
+            n as f64 * weight
+        })
+        .sum();
+    total.round() as u64
+}
 
 impl Recorder {
     /// One global request: `lanes` holds each active lane's (address, bytes).
@@ -364,10 +425,10 @@ impl Recorder {
         *ideal_count += ideal;
         let touched = &sectors[..n];
         if kind != GlobalKind::Store {
-            self.read_sectors.extend(touched);
+            touch(&mut self.read_sectors, touched, self.cta);
         }
         if kind != GlobalKind::Load {
-            self.written_sectors.extend(touched);
+            touch(&mut self.written_sectors, touched, self.cta);
         }
     }
 
@@ -382,7 +443,7 @@ impl Recorder {
         c.cp_async_bytes += bytes;
         c.cp_async_sectors += n as u64;
         c.cp_async_sectors_ideal += distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
-        self.read_sectors.extend(&sectors[..n]);
+        touch(&mut self.read_sectors, &sectors[..n], self.cta);
     }
 
     /// One shared request: each active lane's (lane, address in shared memory), all of
@@ -416,20 +477,67 @@ impl Recorder {
     }
 
     /// The counters of the launch, with the distinct sectors taken and, when only
-    /// `ctas_run` of `ctas_total` CTAs ran, every count extrapolated to the whole grid.
-    pub(super) fn finish(mut self, ctas_total: u64, ctas_run: u64) -> Counters {
+    /// `ctas_run` of `ctas_total` CTAs ran, every count extrapolated to the whole grid;
+    /// `per_dim[d]` is grid size / sampled coordinates along dimension `d` (all 1 when every
+    /// CTA ran).
+    pub(super) fn finish(mut self, ctas_total: u64, ctas_run: u64, per_dim: [f64; 3]) -> Counters {
         let mut c = std::mem::take(&mut self.counters);
-        c.dram_read_sectors = self.read_sectors.len() as u64;
-        c.dram_write_sectors = self.written_sectors.len() as u64;
         if ctas_run > 0 && ctas_run < ctas_total {
             for x in c.counts_mut() {
                 *x = scale_rounded(*x, ctas_total, ctas_run);
             }
         }
+        c.dram_read_sectors_seen = self.read_sectors.len() as u64;
+        c.dram_write_sectors_seen = self.written_sectors.len() as u64;
+        c.dram_read_sectors = estimate_distinct(&self.read_sectors, per_dim);
+        c.dram_write_sectors = estimate_distinct(&self.written_sectors, per_dim);
         c.ctas_total = ctas_total;
         c.ctas_run = ctas_run;
         c
     }
+}
+
+/// The sub-grid a launch of `grid` samples with a budget of `budget` CTAs: for each
+/// dimension, the coordinates that run (increasing; the CTAs run are their crossings).
+/// Dimensions get two coordinates each, largest first, while the budget allows, then
+/// more go to the dimension with the most CTAs per coordinate; coordinates are the first,
+/// the last and evenly spaced between (rounded down). A budget of at least the grid's size
+/// runs every CTA.
+pub fn sample_grid(grid: [u32; 3], budget: u64) -> [Vec<u32>; 3] {
+    let mut take = [1u64; 3];
+    let mut order = [0usize, 1, 2];
+    order.sort_by_key(|&d| std::cmp::Reverse(grid[d]));
+    for &d in &order {
+        if grid[d] >= 2 && take.iter().product::<u64>() * 2 <= budget {
+            take[d] = 2;
+        }
+    }
+    loop {
+        let used: u64 = take.iter().product();
+        let next = (0..3)
+            .filter(|&d| take[d] < u64::from(grid[d]))
+            .filter(|&d| used / take[d] * (take[d] + 1) <= budget)
+            .max_by(|&a, &b| {
+                let per = |d: usize| f64::from(grid[d]) / take[d] as f64;
+                per(a).total_cmp(&per(b)).then(b.cmp(&a))
+            });
+        match next {
+            Some(d) => take[d] += 1,
+            None => break,
+        }
+    }
+    std::array::from_fn(|d| {
+        let (n, g) = (take[d], u64::from(grid[d]));
+        (0..n)
+            .map(|i| {
+                if n <= 1 {
+                    0
+                } else {
+                    (i * (g - 1) / (n - 1)) as u32
+                }
+            })
+            .collect()
+    })
 }
 
 /// `x · total / run`, rounded to nearest (halves up), without overflow.
@@ -459,7 +567,7 @@ mod tests {
         let mut r = Recorder::default();
         r.counters.instructions = 10;
         r.global(GlobalKind::Load, &[(0, 4), (32, 4)]);
-        let c = r.finish(10, 5);
+        let c = r.finish(10, 5, [2.0, 1.0, 1.0]);
         assert_eq!(c.instructions, 20);
         assert_eq!(c.global_load_sectors, 4);
         assert_eq!(c.dram_read_sectors, 4);
@@ -467,11 +575,58 @@ mod tests {
     }
 
     #[test]
+    fn sample_grids_take_two_per_dimension_then_the_longest_strides() {
+        assert_eq!(
+            sample_grid([32, 32, 1], 4),
+            [vec![0, 31], vec![0, 31], vec![0]]
+        );
+        assert_eq!(
+            sample_grid([1000, 1, 1], 4),
+            [vec![0, 333, 666, 999], vec![0], vec![0]]
+        );
+        // Two each for the two largest dimensions; a third would need 8.
+        assert_eq!(
+            sample_grid([8, 12, 4], 4),
+            [vec![0, 7], vec![0, 11], vec![0]]
+        );
+        assert_eq!(
+            sample_grid([8, 12, 4], 8),
+            [vec![0, 7], vec![0, 11], vec![0, 3]]
+        );
+        // A budget of the whole grid runs all of it.
+        assert_eq!(
+            sample_grid([3, 2, 1], 6),
+            [vec![0, 1, 2], vec![0, 1], vec![0]]
+        );
+        assert_eq!(sample_grid([5, 1, 1], 1), [vec![0], vec![0], vec![0]]);
+    }
+
+    #[test]
+    fn distinct_sectors_are_scaled_only_along_dimensions_they_were_not_seen_shared() {
+        // A 2 x 2 sample of a 16 x 8 grid: sector 1 read by (0,0) and (15,0): shared along
+        // x, so one per sampled y coordinate, x 4 = 8 rows of them; sector 2 read by one
+        // CTA: private, x 32; sector 3 read by (0,0) and (15,7): shared along both, x 1.
+        let mut r = Recorder::default();
+        for (cta, sectors) in [
+            ([0, 0, 0], vec![1u64, 2, 3]),
+            ([15, 0, 0], vec![1]),
+            ([15, 7, 0], vec![3]),
+        ] {
+            r.cta = cta;
+            let lanes: Vec<(u64, u32)> = sectors.iter().map(|&s| (s * 32, 4)).collect();
+            r.global(GlobalKind::Load, &lanes);
+        }
+        let c = r.finish(128, 4, [8.0, 4.0, 1.0]);
+        assert_eq!(c.dram_read_sectors_seen, 3);
+        assert_eq!(c.dram_read_sectors, 4 + 32 + 1);
+    }
+
+    #[test]
     fn add_sums_every_count() {
         let mut r = Recorder::default();
         r.counters.instructions_by_class[InstClass::Tensor as usize] = 2;
         r.global(GlobalKind::Atomic, &[(0, 4)]);
-        let one = r.finish(3, 3);
+        let one = r.finish(3, 3, [1.0; 3]);
         let mut sum = one.clone();
         sum.add(&one);
         assert_eq!(sum.class(InstClass::Tensor), 4);

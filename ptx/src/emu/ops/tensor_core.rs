@@ -33,6 +33,14 @@ pub(crate) const SM80: TensorCoreModel = TensorCoreModel {
     fraction_bits: 24,
 };
 
+/// sm_90 (H100) `mma.sync.m16n8k16` with f16 or bf16 inputs and f32 accumulation: all 16
+/// products in one fused dot-add, 25 fraction bits (MMA-Sim's Hopper model: no split-k, one
+/// more alignment bit than Ampere).
+pub(crate) const SM90: TensorCoreModel = TensorCoreModel {
+    group: 16,
+    fraction_bits: 25,
+};
+
 /// A finite operand as the adder sees it: its exact value and the exponent it is aligned
 /// on (the encoded one: the format's minimum for subnormals, -126 for zeros as in MMA-Sim;
 /// a product's is the sum of its factors').
@@ -103,8 +111,8 @@ fn fused_finite(model: &TensorCoreModel, a: &[Operand], b: &[Operand], c: &Opera
     // Each addend in units of 2^(max_exp − fraction_bits), truncated toward zero. Exact in
     // f64: products of 16-bit inputs have at most 22 significant bits, the scale stays
     // within [2^-230, 2^150] and every scaled product above 2^-400, and each truncated
-    // addend is an integer below 2^26 in magnitude, so the sum of 17 is exact (and exactly
-    // an f64 again).
+    // addend is an integer below 2^(fraction_bits + 2) ≤ 2^27 in magnitude, so the sum of
+    // 17 is exact (and exactly an f64 again).
     // (`as i64` truncates toward zero in one instruction where `f64::trunc` may be a call.)
     let up = pow2(model.fraction_bits - max_exp);
     let mut units = (c.value * up) as i64;
@@ -387,7 +395,7 @@ mod tests {
     /// is (sign, integer significand, alignment exponent, fraction bits); aligned, it is
     /// ⌊significand · 2^(24 + exp − max_exp − fraction bits)⌋ units of 2^(max_exp − 24).
     /// Returns the truncated f32 (finite inputs).
-    fn twin_group(ty: MmaType, a: &[u16], b: &[u16], c: f32) -> f32 {
+    fn twin_group(ty: MmaType, a: &[u16], b: &[u16], c: f32, kept: i32) -> f32 {
         // (negative, significand, exponent, fraction bits)
         let split = |bits: u32, frac: u32, exp_bits: u32, bias: i32| {
             let field = ((bits >> frac) & ((1 << exp_bits) - 1)) as i32;
@@ -413,7 +421,7 @@ mod tests {
         let max_exp = terms.iter().map(|t| t.2).max().unwrap_or(-126);
         let mut sum: i128 = 0;
         for &(neg, m, e, f) in &terms {
-            let shift = 24 + e - max_exp - f;
+            let shift = kept + e - max_exp - f;
             let mag = if shift >= 0 {
                 i128::from(m) << shift
             } else if shift > -100 {
@@ -429,7 +437,7 @@ mod tests {
         // Normalise: keep 24 significant bits (fewer below 2^-126), truncating.
         let negative = sum < 0;
         let mut mag = sum.unsigned_abs();
-        let mut scale = max_exp - 24; // value = mag · 2^scale
+        let mut scale = max_exp - kept; // value = mag · 2^scale
         let lead = 127 - mag.leading_zeros() as i32;
         let quantum = (lead + scale - 23).max(-149);
         if quantum > scale {
@@ -486,13 +494,13 @@ mod tests {
                     1 => f32::from_bits(next() as u32 & 0xFF7F_FFFF),
                     _ => f32::from_bits((next() as u32 & 0x83FF_FFFF) | 0x3C00_0000),
                 };
-                for len in [8, 16] {
+                for (len, kept) in [(8, 24), (16, 24), (16, 25)] {
                     let model = TensorCoreModel {
                         group: len,
-                        fraction_bits: 24,
+                        fraction_bits: kept,
                     };
                     let got = fused_dot_add(&model, ty, &a[..len], &b[..len], c);
-                    let want = twin_group(ty, &a[..len], &b[..len], c);
+                    let want = twin_group(ty, &a[..len], &b[..len], c, kept);
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),
@@ -506,11 +514,17 @@ mod tests {
                     1 => f32::NAN,
                     _ => c,
                 };
-                let slow = dot_add(&SM80, ty, &a, &b, c);
-                let fa = a.map(|x| input(ty, x).expect("finite input"));
-                let fb = b.map(|x| input(ty, x).expect("finite input"));
-                let fast = dot_add_finite(&SM80, &fa, &fb, c);
-                assert_eq!(fast.to_bits(), slow.to_bits(), "{ty:?} case {case}");
+                for model in [SM80, SM90] {
+                    let slow = dot_add(&model, ty, &a, &b, c);
+                    let fa = a.map(|x| input(ty, x).expect("finite input"));
+                    let fb = b.map(|x| input(ty, x).expect("finite input"));
+                    let fast = dot_add_finite(&model, &fa, &fb, c);
+                    assert_eq!(
+                        fast.to_bits(),
+                        slow.to_bits(),
+                        "{ty:?} {model:?} case {case}"
+                    );
+                }
             }
         }
     }
