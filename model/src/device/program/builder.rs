@@ -125,7 +125,10 @@ impl Builder {
         self.push(label.to_string(), work, kind, uses);
     }
 
-    /// `c = a·bᵀ`-style products through the dispatcher (see [`matmul::plan`]).
+    /// `c = a·bᵀ`-style products through the dispatcher ([`matmul::choose`]): split-K
+    /// where the dispatch asks for it (a product whose tiles fill under half the GPU, the
+    /// weight gradients of small models), with its f32 workspace a buffer of this op alone
+    /// (so the planner reuses its bytes), else one launch.
     pub fn matmul(
         &mut self,
         label: impl Into<String>,
@@ -134,8 +137,21 @@ impl Builder {
         b: At,
         c: At,
     ) -> Result<(), ModelError> {
+        let label = label.into();
         let arch = self.arch;
-        let emit = move |r: Resolve| Ok(vec![matmul::plan(arch, &gemm, r(a), r(b), r(c))?.1]);
+        let choice = matmul::choose(
+            arch,
+            &gemm,
+            gemm.alignment(fake_address(a), fake_address(b)),
+        );
+        let workspace = matmul::workspace_bytes(&choice, &gemm) as u64;
+        if workspace > 0 {
+            let ws = At::start(self.ws(format!("{label} split-K partials"), workspace));
+            let emit =
+                move |r: Resolve| matmul::launch_split(&choice, &gemm, r(a), r(b), r(c), r(ws));
+            return self.kernels(label, Work::Matmul(gemm), emit);
+        }
+        let emit = move |r: Resolve| Ok(vec![matmul::launch(&choice, &gemm, r(a), r(b), r(c))?]);
         let low = |at: At| at.byte % 256;
         let key = format!("{gemm:?} {} {} {}", low(a), low(b), low(c));
         if !self.checked_matmuls.contains(&key) {
@@ -149,7 +165,7 @@ impl Builder {
             emit: Box::new(emit),
         };
         let uses = vec![a.buf, b.buf, c.buf];
-        self.push(label.into(), Work::Matmul(gemm), kind, uses);
+        self.push(label, Work::Matmul(gemm), kind, uses);
         Ok(())
     }
 }
