@@ -87,8 +87,11 @@ pub enum Command {
     /// planned: the cheapest configuration for a budget
     #[command(hide = true, disable_help_flag = true)]
     Plan(Words),
-    /// planned: export a checkpoint
-    #[command(hide = true, disable_help_flag = true)]
+    /// mean loss and perplexity of a checkpoint over every window of some data
+    Eval(Words),
+    /// generate text from a checkpoint
+    Sample(Words),
+    /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
     Export(Words),
 }
 
