@@ -88,7 +88,8 @@ pub enum Command {
     #[command(hide = true, disable_help_flag = true)]
     Plan(Words),
     /// mean loss and perplexity of a checkpoint over every window of some data
-    Eval(Words),
+    #[command(long_about = cmd::eval::ABOUT)]
+    Eval(cmd::eval::EvalFlags),
     /// generate text from a checkpoint
     Sample(Words),
     /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
