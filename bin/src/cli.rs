@@ -91,7 +91,8 @@ pub enum Command {
     #[command(long_about = cmd::eval::ABOUT)]
     Eval(cmd::eval::EvalFlags),
     /// generate text from a checkpoint
-    Sample(Words),
+    #[command(long_about = cmd::sample::ABOUT)]
+    Sample(cmd::sample::SampleFlags),
     /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
     Export(Words),
 }
