@@ -173,7 +173,10 @@ pub fn run(flags: EvalFlags) -> Result<(), CliError> {
     // Bits per byte only when a token is a byte; an unreadable --tokenizer is an error.
     let byte_level = match Codec::for_checkpoint(&path, flags.tokenizer.as_deref(), cfg.vocab_size)
     {
-        Ok(codec) => matches!(codec, Codec::Bytes),
+        // A byte-level codec and data read as bytes (a text file, which the
+        // dataset's description says): not shards nor the embedded corpus,
+        // whose tokens are not bytes.
+        Ok(codec) => matches!(codec, Codec::Bytes) && data.describe().contains("byte-level"),
         Err(e) if flags.tokenizer.is_some() => return Err(e),
         Err(_) => false,
     };
@@ -271,7 +274,10 @@ fn data_error(e: ModelError, path: &Path, ckpt: &Checkpoint) -> CliError {
 
 /// The trainer's forward and loss, on the CPU or a device, at one micro-batch shape.
 enum EvalModel {
-    Cpu { model: CpuModel, params: Vec<f32> },
+    Cpu {
+        model: Box<CpuModel>,
+        params: Vec<f32>,
+    },
     Device(Box<DeviceModel>),
 }
 
@@ -289,6 +295,7 @@ impl EvalModel {
                     CpuModel::new(cfg, batch, cfg.seq_len, threads).context("the CPU model")?;
                 let name = format!("cpu ({threads} threads)");
                 let params = ckpt.params.clone();
+                let model = Box::new(model);
                 return Ok((EvalModel::Cpu { model, params }, name));
             }
             EvalDevice::Cuda => DeviceSpec::Cuda(0),
