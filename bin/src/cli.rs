@@ -87,8 +87,13 @@ pub enum Command {
     /// planned: the cheapest configuration for a budget
     #[command(hide = true, disable_help_flag = true)]
     Plan(Words),
-    /// planned: export a checkpoint
-    #[command(hide = true, disable_help_flag = true)]
+    /// mean loss and perplexity of a checkpoint over every window of some data
+    #[command(long_about = cmd::eval::ABOUT)]
+    Eval(cmd::eval::EvalFlags),
+    /// generate text from a checkpoint
+    #[command(long_about = cmd::sample::ABOUT)]
+    Sample(cmd::sample::SampleFlags),
+    /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
     Export(Words),
 }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod cmd;
+mod codec;
 mod error;
 mod flags;
 mod logger;
@@ -100,7 +101,9 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Sweep(flags) => cmd::sweep::run(flags),
         Command::Profile(flags) => cmd::profile::run(flags),
         Command::Plan(_) => planned("plan"),
-        Command::Export(_) => planned("export"),
+        Command::Eval(flags) => cmd::eval::run(flags),
+        Command::Sample(flags) => cmd::sample::run(flags),
+        Command::Export(flags) => cmd::export::run(flags),
     }
 }
 

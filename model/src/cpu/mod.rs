@@ -24,6 +24,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod embedding;
 pub mod fastmath;
 pub mod matmul;
@@ -287,6 +288,13 @@ impl CpuModel {
     /// (B, T, V) logits of the last forward.
     pub fn logits(&self) -> &[f32] {
         &self.logits
+    }
+
+    /// (B, T) per-token losses of the last [`CpuModel::loss`] (0 where the
+    /// target is ignored): an evaluation sums them per window in f64, so its
+    /// result does not depend on how the windows were batched.
+    pub fn row_losses(&self) -> &[f32] {
+        &self.row_loss
     }
 
     /// Forward only: the mean cross-entropy over targets that are not

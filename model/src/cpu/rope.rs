@@ -32,13 +32,21 @@ impl RopeTable {
         }
     }
 
-    /// Rotates every head of every row of x (N, width) by ±angle(pos, pair).
-    fn apply(&self, x: &mut [f32], width: usize, direction: Direction, threads: usize) {
+    /// Rotates every head of every row of x (N, width) by ±angle(pos, pair), the
+    /// row at index `row` being at position `(first_pos + row) % T`.
+    fn apply(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        first_pos: usize,
+        direction: Direction,
+        threads: usize,
+    ) {
         let rows = x.len() / width;
         let hs = 2 * self.half;
         par::split1(threads, rows, x, width, |range, x| {
             for (i, row) in range.enumerate() {
-                let pos = row % self.seq;
+                let pos = (first_pos + row) % self.seq;
                 let cos = &self.cos[pos * self.half..(pos + 1) * self.half];
                 let sin = &self.sin[pos * self.half..(pos + 1) * self.half];
                 for head in x[i * width..(i + 1) * width].chunks_exact_mut(hs) {
@@ -58,12 +66,19 @@ impl RopeTable {
 
     /// Rotates x (N, width) in place by +angle; width is a multiple of HS.
     pub fn forward(&self, x: &mut [f32], width: usize, threads: usize) {
-        self.apply(x, width, Direction::Forward, threads);
+        self.apply(x, width, 0, Direction::Forward, threads);
+    }
+
+    /// Rotates x (N, width) in place by +angle, its rows at positions
+    /// `first_pos, first_pos + 1, ..` (below T): one sequence continued, as a
+    /// decoder with a KV cache feeds it new tokens.
+    pub fn forward_from(&self, x: &mut [f32], width: usize, first_pos: usize, threads: usize) {
+        self.apply(x, width, first_pos, Direction::Forward, threads);
     }
 
     /// Rotates the gradient dx (N, width) in place by −angle.
     pub fn backward(&self, dx: &mut [f32], width: usize, threads: usize) {
-        self.apply(dx, width, Direction::Backward, threads);
+        self.apply(dx, width, 0, Direction::Backward, threads);
     }
 }
 

@@ -48,6 +48,7 @@ pub mod loader;
 pub mod shard;
 pub mod synthetic;
 pub mod text;
+pub mod windows;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -61,6 +62,7 @@ use std::sync::Arc;
 use crate::error::ModelError;
 
 pub use loader::{Loader, LoaderState};
+pub use windows::{OrderedWindows, Scope};
 
 /// The share of each source's tokens (its tail) held out for validation when
 /// the files do not name their split.

@@ -1013,6 +1013,19 @@ impl DeviceModel {
         Ok(self.read_loss()?)
     }
 
+    /// Copies the (B·T) f32 per-token losses of the last [`DeviceModel::loss`] to
+    /// the host (0 where the target is ignored), for an evaluation that sums them
+    /// per window. Valid until the next step: the forward-only program runs no
+    /// operation after the loss that could reuse their memory.
+    ///
+    /// # Errors
+    /// [`ModelError::ShapeMismatch`] when `out` is not B·T long; device errors.
+    pub fn read_row_losses(&self, out: &mut [f32]) -> Result<(), ModelError> {
+        let (b, t) = self.batch_shape();
+        Self::check_len("per-token losses", b * t, out.len())?;
+        self.read_at(self.ids.loss_rows, 0, out, "reading the per-token losses")
+    }
+
     /// Copies the f32 gradients to the host.
     ///
     /// # Errors
