@@ -92,7 +92,8 @@ pub enum Command {
     /// generate text from a checkpoint
     Sample(Words),
     /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
-    Export(Words),
+    #[command(long_about = cmd::export::ABOUT)]
+    Export(cmd::export::ExportFlags),
 }
 
 /// A planned command's words, untouched.
