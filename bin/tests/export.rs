@@ -440,3 +440,48 @@ fn an_existing_out_is_never_written_into() {
     let o = run(&["train", "--resume", "auto", "--init-from"], &[&hf]);
     assert_refused(&o, 2, &["--init-from", "--resume"]);
 }
+
+/// Not a check of its own: the frugal side of `scripts/hf/parity.sh` while `frugal
+/// eval --dump-logits` is not built. With FRUGAL_PARITY_CKPT (a checkpoint),
+/// FRUGAL_PARITY_IDS (B windows of T+1 token ids, little-endian u32, T the model's
+/// sequence length) and FRUGAL_PARITY_OUT set, it runs frugal's CPU forward on the
+/// windows (inputs: the first T ids, targets: the last T) and writes the logits
+/// (little-endian f32, [B, T, V]) to FRUGAL_PARITY_OUT and `{"loss": mean}` to
+/// FRUGAL_PARITY_OUT.json.
+#[test]
+#[ignore = "a tool for scripts/hf/parity.sh, driven by FRUGAL_PARITY_* variables"]
+fn parity_forward_dump() {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .unwrap_or_else(|| panic!("{name} is not set (see scripts/hf/parity.sh)"))
+    };
+    let ckpt = checkpoint::load(Path::new(&var("FRUGAL_PARITY_CKPT"))).unwrap();
+    let ids: Vec<u32> = std::fs::read(var("FRUGAL_PARITY_IDS"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let t = ckpt.config.seq_len;
+    assert!(
+        !ids.is_empty() && ids.len() % (t + 1) == 0,
+        "ids are not windows of {} tokens",
+        t + 1
+    );
+    let b = ids.len() / (t + 1);
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for w in ids.chunks_exact(t + 1) {
+        inputs.extend_from_slice(&w[..t]);
+        targets.extend_from_slice(&w[1..]);
+    }
+    let mut model = frugal_model::cpu::CpuModel::new(&ckpt.config, b, t, 1).unwrap();
+    let loss = model.loss(&ckpt.params, &inputs, &targets).unwrap();
+    let out = PathBuf::from(var("FRUGAL_PARITY_OUT"));
+    let bytes: Vec<u8> = model
+        .logits()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    std::fs::write(&out, bytes).unwrap();
+    let summary = serde_json::json!({"loss": loss, "logits_shape": [b, t, ckpt.config.vocab_size]});
+    std::fs::write(out.with_extension("json"), summary.to_string()).unwrap();
+}
