@@ -463,7 +463,7 @@ fn parity_forward_dump() {
         .collect();
     let t = ckpt.config.seq_len;
     assert!(
-        !ids.is_empty() && ids.len() % (t + 1) == 0,
+        !ids.is_empty() && ids.len().is_multiple_of(t + 1),
         "ids are not windows of {} tokens",
         t + 1
     );
