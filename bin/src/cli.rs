@@ -94,7 +94,8 @@ pub enum Command {
     #[command(long_about = cmd::sample::ABOUT)]
     Sample(cmd::sample::SampleFlags),
     /// write a checkpoint as a Hugging Face LlamaForCausalLM folder
-    Export(Words),
+    #[command(long_about = cmd::export::ABOUT)]
+    Export(cmd::export::ExportFlags),
 }
 
 /// A planned command's words, untouched.

@@ -35,6 +35,12 @@ pub enum CliError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A Hugging Face folder or file (`export`, `train --init-from`) that cannot be
+    /// written or read as one: "{path}: {why}", the tensor or field named in `why`.
+    Hf {
+        path: PathBuf,
+        why: String,
+    },
     /// The host could not allocate `bytes` for `what`.
     HostMemory {
         bytes: usize,
@@ -336,6 +342,7 @@ impl fmt::Display for CliError {
                 path,
                 source,
             } => write!(f, "cannot {action} {}: {source}", path.display()),
+            CliError::Hf { path, why } => write!(f, "{}: {why}", path.display()),
             CliError::HostMemory { bytes, what } => {
                 write!(f, "cannot allocate {bytes} bytes of host memory for {what}")
             }

@@ -10,6 +10,7 @@ mod cmd;
 mod codec;
 mod error;
 mod flags;
+mod hf;
 mod logger;
 mod train;
 mod units;

@@ -713,6 +713,10 @@ fn manifest(opts: &TrainOptions, id: &RunIdentity<'_>, out: &Path) -> serde_json
             }),
             "step": step,
         })),
+        // A fresh run that took its weights from a Hugging Face folder (`--init-from`).
+        "initialised_from": opts.init_from.as_deref().map(|p| {
+            p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+        }),
         "lineage": run_dir::lineage_json(lineage),
         "history": history,
         "world_size": world,

@@ -3,7 +3,7 @@
 //! line is validated here, so a bad flag is a usage error (exit 2) and never a
 //! panic later.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
@@ -134,6 +134,9 @@ pub struct TrainOptions {
     pub mem_target: Option<f64>,
     pub out: PathBuf,
     pub resume: Option<Resume>,
+    /// `--init-from`: the Hugging Face folder a fresh run takes its weights (and
+    /// dimensions) from.
+    pub init_from: Option<PathBuf>,
     pub metrics: Option<PathBuf>,
     pub dry_run: bool,
     pub price_per_gpu_hour: Option<f64>,
@@ -192,6 +195,11 @@ pub struct TrainFlags {
     /// override the sequence length
     #[arg(long, value_name = "T", value_parser = text::<usize>(), help_heading = "model")]
     pub seq: Option<usize>,
+    /// start from a Hugging Face LlamaForCausalLM folder (config.json and safetensors,
+    /// e.g. from frugal export): its dimensions replace the preset's, its weights the
+    /// random init; the optimizer starts afresh. --seq may shorten the context
+    #[arg(long, value_name = "DIR", value_parser = path(), help_heading = "model")]
+    pub init_from: Option<PathBuf>,
 
     /// training data: the embedded corpus, llm.c shards or text (default: default)
     // Paths are taken as the OS gives them: a file name need not be UTF-8.
@@ -428,7 +436,10 @@ impl TrainOptions {
             .take()
             .unwrap_or_else(|| DEFAULT_MODEL.to_string());
         let preset = Preset::by_name(&model).map_err(|e| usage(e.to_string()))?;
-        let (config, overrides) = overridden(preset.config(), &args)?;
+        let (config, overrides) = match &args.init_from {
+            Some(dir) => init_from_config(dir, &args)?,
+            None => overridden(preset.config(), &args)?,
+        };
 
         let data = match args.data.take() {
             None => DataSpec::Default,
@@ -458,6 +469,14 @@ impl TrainOptions {
         let job_token = args.job_token.clone();
 
         let (resume, metrics) = resume_and_metrics(&mut args)?;
+        let init_from = args.init_from.take();
+        if init_from.is_some() && resume.is_some() {
+            return Err(usage(
+                "--init-from starts a new run from a Hugging Face folder and --resume continues \
+                 a run: give one of them"
+                    .into(),
+            ));
+        }
         let dry_run = args.dry_run;
         let (price_per_gpu_hour, price_per_core_hour, price_units) = price_flags(&args)?;
 
@@ -498,6 +517,7 @@ impl TrainOptions {
             mem_target,
             out,
             resume,
+            init_from,
             metrics,
             dry_run,
             price_per_gpu_hour,
@@ -565,6 +585,9 @@ impl TrainOptions {
             c.vocab_size,
             c.seq_len
         );
+        if let Some(dir) = &self.init_from {
+            s += &format!("  weights from {} (--init-from)\n", dir.display());
+        }
         s += &format!("data: {}\n", self.data);
         s += &format!(
             "steps: {}  batch: {}  grad-accum: {}  tokens/step/device: {}\n",
@@ -667,6 +690,56 @@ fn overridden(mut config: Config, flags: &TrainFlags) -> Result<(Config, Overrid
             return Err(usage(format!("--{name} {v} is more than {MAX_DIM}")));
         }
     }
+    Ok((config, overrides))
+}
+
+/// The config of `--init-from DIR` (its config.json), with every dimension listed as
+/// overridden (so the default --out names its hash). A dimension flag that
+/// contradicts the folder is refused naming both; `--seq` may shorten the context.
+fn init_from_config(dir: &Path, flags: &TrainFlags) -> Result<(Config, Overrides), UsageError> {
+    let file = dir.join(crate::hf::CONFIG_FILE);
+    let mut config = crate::hf::config::read(&file)?;
+    for (flag, given, field, value) in [
+        ("layers", flags.layers, "num_hidden_layers", config.n_layers),
+        ("hidden", flags.hidden, "hidden_size", config.dim),
+        ("heads", flags.heads, "num_attention_heads", config.n_heads),
+        (
+            "kv-heads",
+            flags.kv_heads,
+            "num_key_value_heads",
+            config.n_kv_heads,
+        ),
+        ("ffn", flags.ffn, "intermediate_size", config.ffn_dim),
+        ("vocab", flags.vocab, "vocab_size", config.vocab_size),
+    ] {
+        if let Some(v) = given.filter(|&v| v != value) {
+            return Err(usage(format!(
+                "--{flag} {v} contradicts {field} {value} in {}; the model's dimensions come \
+                 from --init-from: leave --{flag} out",
+                file.display()
+            )));
+        }
+    }
+    if let Some(seq) = flags.seq {
+        if seq > config.seq_len {
+            return Err(usage(format!(
+                "--seq {seq} is longer than max_position_embeddings {} in {}; use at most {}",
+                config.seq_len,
+                file.display(),
+                config.seq_len
+            )));
+        }
+        config.seq_len = positive("seq", seq)?;
+    }
+    let overrides = vec![
+        ("layers", config.n_layers),
+        ("hidden", config.dim),
+        ("heads", config.n_heads),
+        ("kv-heads", config.n_kv_heads),
+        ("ffn", config.ffn_dim),
+        ("vocab", config.vocab_size),
+        ("seq", config.seq_len),
+    ];
     Ok((config, overrides))
 }
 

@@ -240,6 +240,15 @@ pub enum Outcome {
     Stopped { summary: RunSummary, signal: i32 },
 }
 
+/// The weights a fresh run starts from: a Hugging Face folder's (`--init-from`),
+/// else the seeded random init.
+fn initial_params(opts: &TrainOptions) -> Result<Vec<f32>, CliError> {
+    match &opts.init_from {
+        Some(dir) => crate::hf::tensors::read_params(dir, &opts.config),
+        None => Ok(try_init_params(&opts.config, opts.seed)?),
+    }
+}
+
 impl Trainer<'_> {
     /// Builds the starting point from a fresh start or from `resume_from`:
     /// the initial weights, or the checkpoint's weights with the data order
@@ -258,7 +267,7 @@ impl Trainer<'_> {
             .context("training data")?;
         let (optim, state) = match resume_from {
             None => (
-                OptimState::fresh(try_init_params(cfg, opts.seed)?)?,
+                OptimState::fresh(initial_params(opts)?)?,
                 State {
                     loader,
                     steps_done: 0,
