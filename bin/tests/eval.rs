@@ -146,14 +146,17 @@ fn dump_logits_writes_the_first_batch_and_says_its_shape() {
     assert_eq!(j["logits_shape"], serde_json::json!([3, 32, 256]));
     let bytes = std::fs::read(&file).unwrap();
     assert_eq!(bytes.len(), 3 * 32 * 256 * 4);
-    // The first window's inputs are the first 32 tokens of the val split.
+    // The batch's windows are the val split's first three, in order: 32 inputs each at
+    // stride 32.
     let text = std::fs::read(&data).unwrap();
     let val_start = text.len() - (text.len() as f64 * 0.05).ceil() as usize;
-    let ids: Vec<u64> = text[val_start..val_start + 32]
-        .iter()
-        .map(|&b| b as u64)
+    let windows: Vec<Vec<u64>> = (0..3)
+        .map(|w| {
+            let at = val_start + 32 * w;
+            text[at..at + 32].iter().map(|&b| b as u64).collect()
+        })
         .collect();
-    assert_eq!(j["first_window_input_ids"], serde_json::json!(ids));
+    assert_eq!(j["first_batch_input_ids"], serde_json::json!(windows));
     let finite = bytes
         .chunks_exact(4)
         .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());

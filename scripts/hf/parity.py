@@ -4,17 +4,14 @@ with frugal's own logits on the same token windows, in f32 on the CPU.
 
 Run by scripts/hf/parity.sh, which trains, exports and produces frugal's side; by hand:
 
-  python parity.py windows --text FILE --batch B --seq T --out ids.bin
-      B windows of T+1 byte-level ids from FILE (little-endian u32), the input of the
-      frugal forward dump (bin/tests/export.rs, parity_forward_dump).
-  python parity.py compare --hf DIR --logits FILE --json FILE [--ids ids.bin] [--tol 1e-4]
-      FILE: raw little-endian f32 [B, T, V] logits from frugal; the JSON has "logits_shape"
-      and either --ids (all B windows, with targets: the mean losses are compared too) or
-      "first_window_ids" (what `frugal eval --json --dump-logits` writes: window 0's input
-      ids; only window 0 is compared, and the loss over its first T-1 targets).
+  python parity.py --hf DIR --logits FILE --json FILE [--tol 1e-4]
+      FILE: raw little-endian f32 [B, T, V] logits and the JSON object that
+      `frugal eval CKPT --data D --json --dump-logits FILE` writes ("logits_shape" and
+      "first_batch_input_ids", the [B, T] inputs of those logits).
 
-Agreement is max |frugal - hf| / max |hf| over the compared logits; the script exits 1
-above --tol (default 1e-4).
+Agreement is max |frugal - hf| / max |hf| over every logit of the B windows, and the mean
+loss of the windows' first T-1 targets (their next ids) from each side's logits; the script
+exits 1 when either is above --tol (default 1e-4).
 """
 
 import argparse
@@ -22,15 +19,6 @@ import json
 import sys
 
 import numpy as np
-
-
-def windows(args):
-    data = open(args.text, "rb").read()
-    need = args.batch * (args.seq + 1)
-    if len(data) < need:
-        sys.exit(f"{args.text} has {len(data)} bytes, {need} are needed")
-    ids = np.frombuffer(data[:need], dtype=np.uint8).astype("<u4")
-    ids.tofile(args.out)
 
 
 def last_json(path):
@@ -66,13 +54,9 @@ def compare(args):
     if frugal.size != b * t * v:
         sys.exit(f"{args.logits} holds {frugal.size} floats, logits_shape says {b}x{t}x{v}")
     frugal = frugal.reshape(b, t, v)
-    if args.ids:
-        ids = np.fromfile(args.ids, dtype="<u4").astype(np.int64).reshape(b, t + 1)
-        inputs, targets = ids[:, :t], ids[:, 1:]
-    else:
-        inputs = np.asarray(meta["first_window_ids"], dtype=np.int64).reshape(1, t)
-        frugal = frugal[:1]
-        targets = None
+    inputs = np.asarray(meta["first_batch_input_ids"], dtype=np.int64)
+    if inputs.shape != (b, t):
+        sys.exit(f"first_batch_input_ids is {inputs.shape}, logits_shape says {b}x{t}")
 
     torch.manual_seed(0)
     model = LlamaForCausalLM.from_pretrained(args.hf, torch_dtype=torch.float32,
@@ -84,44 +68,29 @@ def compare(args):
     diff = np.abs(hf - frugal).max()
     scale = np.abs(hf).max()
     rel = float(diff / scale)
-    print(f"windows {hf.shape[0]} x {t} tokens, vocab {v}: max |frugal - hf| = {diff:.3e}, "
+    print(f"windows {b} x {t} tokens, vocab {v}: max |frugal - hf| = {diff:.3e}, "
           f"max |hf| = {scale:.3e}, relative {rel:.3e} (tolerance {args.tol:g})")
-    ok = rel <= args.tol
-    if targets is not None:
-        hf_loss = cross_entropy(hf.reshape(-1, v), targets.reshape(-1))
-        frugal_loss = float(meta["loss"])
-        print(f"mean loss: frugal {frugal_loss:.6f}, hf {hf_loss:.6f}, "
-              f"|diff| {abs(frugal_loss - hf_loss):.2e}")
-        ok = ok and abs(frugal_loss - hf_loss) <= args.tol * max(1.0, abs(hf_loss))
-    else:
-        # Window 0's targets are its next ids: known for all but the last position.
-        tg = inputs[0, 1:]
-        hf_loss = cross_entropy(hf[0, :-1], tg)
-        frugal_loss = cross_entropy(frugal[0, :-1], tg)
-        print(f"window 0 loss over {t - 1} targets: frugal {frugal_loss:.6f}, hf {hf_loss:.6f}")
-        if "loss" in meta:
-            print(f"(frugal eval's mean loss over every window: {meta['loss']})")
-        ok = ok and abs(frugal_loss - hf_loss) <= args.tol * max(1.0, abs(hf_loss))
+    # Each window's targets are its next ids: known inside the window for all but the last.
+    targets = inputs[:, 1:].reshape(-1)
+    hf_loss = cross_entropy(hf[:, :-1].reshape(-1, v), targets)
+    frugal_loss = cross_entropy(frugal[:, :-1].reshape(-1, v), targets)
+    print(f"mean loss over {b} x {t - 1} targets: frugal {frugal_loss:.6f}, hf {hf_loss:.6f}, "
+          f"|diff| {abs(frugal_loss - hf_loss):.2e}")
+    if "loss" in meta:
+        print(f"(frugal eval's mean loss over every window of the split: {meta['loss']})")
+    ok = rel <= args.tol and abs(frugal_loss - hf_loss) <= args.tol * max(1.0, abs(hf_loss))
     print("parity: OK" if ok else "parity: FAILED")
     sys.exit(0 if ok else 1)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("windows", help="byte-level windows of a text file")
-    w.add_argument("--text", required=True)
-    w.add_argument("--batch", type=int, required=True)
-    w.add_argument("--seq", type=int, required=True)
-    w.add_argument("--out", required=True)
-    c = sub.add_parser("compare", help="HF logits against frugal's")
-    c.add_argument("--hf", required=True)
-    c.add_argument("--logits", required=True)
-    c.add_argument("--json", required=True)
-    c.add_argument("--ids")
-    c.add_argument("--tol", type=float, default=1e-4)
-    args = p.parse_args()
-    windows(args) if args.cmd == "windows" else compare(args)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf", required=True, help="the frugal export folder")
+    p.add_argument("--logits", required=True, help="frugal eval --dump-logits's file")
+    p.add_argument("--json", required=True, help="frugal eval --json's output")
+    p.add_argument("--tol", type=float, default=1e-4)
+    compare(p.parse_args())
 
 
 if __name__ == "__main__":

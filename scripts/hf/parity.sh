@@ -15,8 +15,7 @@
 #   PARITY_STEPS    training steps before the export (default 30)
 #
 # frugal's logits come from `frugal eval CKPT --data FILE --batch B --json --dump-logits FILE`
-# when this build has it; otherwise from frugal's CPU forward run by the ignored test
-# `parity_forward_dump` in bin/tests/export.rs (cargo test --profile opt-test).
+# (the first B windows of the text's validation split).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,20 +52,8 @@ ckpt=$(ls -d "$work"/run/step-*.ckpt | tail -n 1)
 # Text the windows come from: any text works; the repository's README is at hand.
 cp "$root/README.md" "$work/parity.txt"
 
-if "$FRUGAL_BIN" eval --help 2>/dev/null | grep -q -- '--dump-logits'; then
-    "$FRUGAL_BIN" eval "$ckpt" --data "$work/parity.txt" --batch 1 --json \
-        --dump-logits "$work/frugal.logits" > "$work/eval.json"
-    "$py" "$root/scripts/hf/parity.py" compare --hf "$work/hf" \
-        --logits "$work/frugal.logits" --json "$work/eval.json"
-else
-    echo "frugal eval --dump-logits is not in this build: frugal's CPU forward via bin/tests/export.rs"
-    "$py" "$root/scripts/hf/parity.py" windows --text "$work/parity.txt" --batch "$batch" \
-        --seq "$seq" --out "$work/ids.bin"
-    (cd "$root" && FRUGAL_PARITY_CKPT="$ckpt" FRUGAL_PARITY_IDS="$work/ids.bin" \
-        FRUGAL_PARITY_OUT="$work/frugal.logits" \
-        cargo test -q -p frugal --profile opt-test --test export parity_forward_dump \
-        -- --ignored --exact > "$work/dump.log" 2>&1) || { cat "$work/dump.log"; exit 1; }
-    "$py" "$root/scripts/hf/parity.py" compare --hf "$work/hf" --logits "$work/frugal.logits" \
-        --json "$work/frugal.json" --ids "$work/ids.bin"
-fi
+"$FRUGAL_BIN" eval "$ckpt" --data "$work/parity.txt" --batch "$batch" --json \
+    --dump-logits "$work/frugal.logits" > "$work/eval.json"
+"$py" "$root/scripts/hf/parity.py" --hf "$work/hf" --logits "$work/frugal.logits" \
+    --json "$work/eval.json"
 echo "work folder: $work"

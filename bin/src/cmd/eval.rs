@@ -211,7 +211,9 @@ pub fn run(flags: EvalFlags) -> Result<(), CliError> {
             obj["logits_file"] = file.display().to_string().into();
             obj["logits_shape"] = serde_json::json!(logits_shape);
             obj["logits_dtype"] = "f32-le".into();
-            obj["first_window_input_ids"] = serde_json::json!(totals.first_inputs);
+            // Row-major [B, T]: the inputs whose logits the file holds.
+            obj["first_batch_input_ids"] =
+                serde_json::json!(totals.first_inputs.chunks(t.max(1)).collect::<Vec<_>>());
         }
         println!("{obj}");
     } else {
@@ -231,7 +233,12 @@ pub fn run(flags: EvalFlags) -> Result<(), CliError> {
             println!("bits/byte   {bpb:.4}");
         }
         if let Some(file) = &flags.dump_logits {
-            let ids: Vec<String> = totals.first_inputs.iter().map(u32::to_string).collect();
+            let ids: Vec<String> = totals
+                .first_inputs
+                .iter()
+                .take(t)
+                .map(u32::to_string)
+                .collect();
             println!(
                 "logits      {}: f32 little-endian, shape [{}, {}, {}] (B, T, V)",
                 file.display(),
@@ -401,7 +408,7 @@ fn evaluate(
         }
         if next == 0 {
             totals.first_batch = real;
-            totals.first_inputs = inputs[..t].to_vec();
+            totals.first_inputs = inputs[..real * t].to_vec();
             if let Some(file) = dump_logits {
                 let logits = model.logits().unwrap_or_default();
                 let v = logits.len() / (batch * t);

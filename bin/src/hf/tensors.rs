@@ -194,7 +194,16 @@ pub fn read_params(dir: &Path, cfg: &Config) -> Result<Vec<f32>, CliError> {
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("cannot map: {e}")))?;
         let st = SafeTensors::deserialize(&map)
             .map_err(|e| bad(format!("not a valid safetensors file (its header: {e})")))?;
-        for (name, view) in st.iter() {
+        // In frugal's parameter order (the file's own order is a hash map's), so that the
+        // first bad tensor reported is the same every run.
+        let mut views: Vec<_> = st.iter().collect();
+        views.sort_by_key(|(name, _)| {
+            (
+                expected.get(*name).map_or(usize::MAX, |t| t.range.start),
+                name.to_string(),
+            )
+        });
+        for (name, view) in views {
             let Some(t) = expected.get(name) else {
                 // Old exports saved RoPE's frequency table; it is derived, not trained.
                 if name.ends_with("rotary_emb.inv_freq") {
