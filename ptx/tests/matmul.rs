@@ -915,3 +915,31 @@ fn ptxas_matmul_variants_do_not_spill() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The built-in split-K heuristic on the weight gradients of the paper's smallest model
+/// (K = 32 × 1024 tokens) and of the tiny preset: it splits where whole waves of shorter
+/// CTAs finish sooner on both an A100 and an H100 (a roofline argument, not a measurement),
+/// and leaves alone what already fills an H100.
+#[test]
+fn split_heuristic_splits_products_that_leave_sms_idle() {
+    let dw = |m, n, k| {
+        Gemm::dense(Layout::Tn, OutType::F32, m, n, k).with_epilogue(Epilogue::Accumulate, 1.0)
+    };
+    let split = |g: &Gemm| matmul::choose(80, g, 16);
+    for (g, want) in [
+        // paper-100m's attention dW (832 x 832): 91 tiles of 128 x 64, two resident per SM.
+        (dw(832, 832, 32768), true),
+        // Its FFN dW (832 x 2332): 259 tiles already fill an H100's slots.
+        (dw(832, 2332, 32768), false),
+        // The tiny preset's (256 x 256 over 2048 tokens): a handful of tiles.
+        (dw(256, 256, 2048), true),
+        // A short K is never cut below 512.
+        (dw(256, 256, 800), false),
+    ] {
+        let c = split(&g);
+        assert_eq!(c.split_k.is_some(), want, "{}x{}x{}: {c:?}", g.m, g.n, g.k);
+        if let Some(s) = c.split_k {
+            assert!(s >= 2 && g.k / s as usize >= 512, "{c:?}");
+        }
+    }
+}

@@ -601,29 +601,87 @@ pub fn feasible(kernel: KernelKind, arch: u32, alignment: u32) -> bool {
     }
 }
 
-/// SMs of the largest part the heuristic plans for (H100 SXM: 132).
-const SPLIT_TARGET_CTAS: usize = 132;
+/// The parts the split heuristic plans for, (SMs, architecture): the A100 (108 SMs,
+/// sm_80) and the H100 SXM (132, sm_90). A split must pay on both.
+const SPLIT_PARTS: [(u32, u32); 2] = [(108, 80), (132, 90)];
 /// The shortest K slice worth a partial pass (the reduce reads split*M*N*4 bytes).
 const SPLIT_MIN_SLICE: usize = 512;
+/// `mma.sync` FLOPs per DRAM byte where a part turns from memory- to compute-bound: about
+/// 150 on the A100 (312 TFLOP/s over 2.0 TB/s) and 200 on the H100 SXM (`mma.sync`'s two
+/// thirds of 989 TFLOP/s over 3.35 TB/s); the reduce's bytes are priced with it.
+const SPLIT_RIDGE_FLOPS_PER_BYTE: f64 = 200.0;
+/// A split is taken only when it predicts at most this share of the unsplit time on every
+/// part in [`SPLIT_PARTS`].
+const SPLIT_MIN_GAIN: f64 = 0.85;
+/// Resident CTAs per SM the heuristic counts at most: one CTA of 4 warps leaves each SM
+/// sub-partition a single warp to hide `mma` and load latency, two are taken to keep the
+/// tensor cores busy. (Counting every resident CTA, as the roofline's wave model does, would
+/// split products that already give each SM two tiles.)
+const SPLIT_MAX_BLOCKS_PER_SM: u32 = 2;
 
-/// The built-in split-K heuristic (unmeasured): split an unbatched tensor-core product whose
-/// tiles fill less than half of a 132-SM GPU, into as many K slices as fill it, at most
-/// [`table::MAX_SPLIT`], each at least 512 long. `None` = no split.
+/// CTAs of `cfg`'s kernel for `g` resident at once on one SM of architecture `sm`, from
+/// the registers and shared memory ptxas reports (1 when the kernel is not in the table).
+fn blocks_per_sm(cfg: TileConfig, g: &Gemm, sm: u32) -> u32 {
+    let name = cfg.entry_name(g.layout, g.out);
+    crate::resources::usage(sm, &name)
+        .and_then(|u| {
+            let smem = u32::try_from(u.shared_bytes)
+                .unwrap_or(u32::MAX)
+                .saturating_add(cfg.shared_bytes(g.layout));
+            crate::occupancy::occupancy(sm, cfg.threads(), u.registers, smem)
+        })
+        .map_or(1, |o| o.blocks_per_sm.max(1))
+}
+
+/// The time of `g` cut into `split` K slices on a part with `slots` CTA slots (SMs ×
+/// resident CTAs), in units of one CTA's unsplit work: whole waves of CTAs each doing
+/// 1/split of K, plus the reduce's DRAM traffic ((split + 2) × M × N × 4 bytes: the slices
+/// read, C read and written) at [`SPLIT_RIDGE_FLOPS_PER_BYTE`].
+fn split_cost(ctas: usize, split: usize, slots: usize, g: &Gemm, tile_elems: usize) -> f64 {
+    let waves = (ctas * split).div_ceil(slots) as f64 / split as f64;
+    if split == 1 {
+        return waves;
+    }
+    let reduce_bytes = (split + 2) as f64 * (g.m * g.n) as f64 * 4.0;
+    // The unit, one CTA's unsplit work (2·tile·K FLOPs) at 1/slots of the part's rate R,
+    // takes 2·tile·K·slots/R; the reduce takes bytes/bandwidth = bytes·ridge/R.
+    let unit_flops = 2.0 * tile_elems as f64 * g.k as f64 * slots as f64;
+    waves + reduce_bytes * SPLIT_RIDGE_FLOPS_PER_BYTE / unit_flops
+}
+
+/// The built-in split-K heuristic (a roofline model, not measured on a GPU): cut an
+/// unbatched tensor-core product's K into `split` slices (at most [`table::MAX_SPLIT`],
+/// each at least 512 long) when whole waves of the more, shorter CTAs plus the reduce are
+/// predicted at most [`SPLIT_MIN_GAIN`] of the unsplit time on both an A100 and an H100,
+/// counting the CTAs each SM holds at once. Products whose tiles leave the GPU part-idle
+/// (the weight gradients of small models: few output tiles, K = every token of the batch)
+/// are the ones that split. `None` = no split.
 pub fn builtin_split(kernel: KernelKind, g: &Gemm) -> Option<u32> {
     let KernelKind::MmaSync(cfg) = kernel else {
         return None;
     };
-    if g.batch != 1 {
+    if g.batch != 1 || g.m == 0 || g.n == 0 {
         return None;
     }
     let ctas = g.m.div_ceil(cfg.bm as usize) * g.n.div_ceil(cfg.bn as usize);
-    if 2 * ctas > SPLIT_TARGET_CTAS {
-        return None;
-    }
-    let split = (SPLIT_TARGET_CTAS / ctas.max(1))
-        .min(g.k / SPLIT_MIN_SLICE)
-        .min(table::MAX_SPLIT as usize);
-    (split >= 2).then_some(split as u32)
+    let tile = (cfg.bm * cfg.bn) as usize;
+    let most = (g.k / SPLIT_MIN_SLICE).min(table::MAX_SPLIT as usize);
+    let slots: Vec<usize> = SPLIT_PARTS
+        .iter()
+        .map(|&(sms, sm)| (sms * blocks_per_sm(cfg, g, sm).min(SPLIT_MAX_BLOCKS_PER_SM)) as usize)
+        .collect();
+    // The worst part's time relative to unsplit, for each split; the smallest wins (the
+    // fewest slices on a tie).
+    let (best, ratio) = (2..=most)
+        .map(|split| {
+            let worst = slots
+                .iter()
+                .map(|&n| split_cost(ctas, split, n, g, tile) / split_cost(ctas, 1, n, g, tile))
+                .fold(0.0, f64::max);
+            (split, worst)
+        })
+        .fold((1, 1.0), |b, c| if c.1 < b.1 { c } else { b });
+    (best >= 2 && ratio <= SPLIT_MIN_GAIN).then_some(best as u32)
 }
 
 /// The built-in rules alone ([`DISPATCH`]).
