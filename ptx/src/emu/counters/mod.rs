@@ -499,17 +499,24 @@ impl Recorder {
 
 /// The sub-grid a launch of `grid` samples with a budget of `budget` CTAs: for each
 /// dimension, the coordinates that run (increasing; the CTAs run are their crossings).
-/// Dimensions get two coordinates each, largest first, while the budget allows, then
-/// more go to the dimension with the most CTAs per coordinate; coordinates are the first,
-/// the last and evenly spaced between (rounded down). A budget of at least the grid's size
-/// runs every CTA.
+///
+/// Dimensions get two coordinates each, x then y, while the budget allows; then x gets four
+/// if the budget allows it, then z two; then more go to the dimension with the most CTAs
+/// per coordinate. (x is where the shipped kernels tile the sequence or a matrix's columns,
+/// z where they put the batch, whose data is private: one coordinate of z costs nothing.)
+/// Two coordinates are the first and the last; three add the middle; four or more are
+/// adjacent pairs at both ends (0, 1, .., G-2, G-1) with the rest evenly between. The
+/// pairs are what let a causal kernel's data be seen shared: attention's query blocks G-1
+/// and G-2 read the same keys and values (all but one block of them), as do blocks 0 and 1
+/// in a backward pass that walks the other way; a pair at one end only would see that data
+/// as private to the last block and scale it by the grid. A budget of at least the grid's
+/// size runs every CTA.
 pub fn sample_grid(grid: [u32; 3], budget: u64) -> [Vec<u32>; 3] {
     let mut take = [1u64; 3];
-    let mut order = [0usize, 1, 2];
-    order.sort_by_key(|&d| std::cmp::Reverse(grid[d]));
-    for &d in &order {
-        if grid[d] >= 2 && take.iter().product::<u64>() * 2 <= budget {
-            take[d] = 2;
+    for (d, want) in [(0, 2), (1, 2), (0, 4), (2, 2)] {
+        let others: u64 = (0..3).filter(|&o| o != d).map(|o| take[o]).product();
+        if u64::from(grid[d]) >= want && take[d] < want && others * want <= budget {
+            take[d] = want;
         }
     }
     loop {
@@ -526,18 +533,25 @@ pub fn sample_grid(grid: [u32; 3], budget: u64) -> [Vec<u32>; 3] {
             None => break,
         }
     }
-    std::array::from_fn(|d| {
-        let (n, g) = (take[d], u64::from(grid[d]));
-        (0..n)
-            .map(|i| {
-                if n <= 1 {
-                    0
-                } else {
-                    (i * (g - 1) / (n - 1)) as u32
-                }
-            })
-            .collect()
-    })
+    std::array::from_fn(|d| coordinates(take[d], u64::from(grid[d])))
+}
+
+/// `n` of the coordinates `0..g` (`n <= g`), as [`sample_grid`] places them.
+fn coordinates(n: u64, g: u64) -> Vec<u32> {
+    let pick: Vec<u64> = match n {
+        0 | 1 => vec![0],
+        2 | 3 => (0..n).map(|i| i * (g - 1) / (n - 1)).collect(),
+        _ => {
+            // 0 and 1, then n - 4 strictly between 1 and g - 2, then g - 2 and g - 1.
+            let inner = n - 4;
+            let mut v = vec![0, 1];
+            v.extend((1..=inner).map(|i| 1 + i * (g - 3) / (inner + 1)));
+            v.extend([g - 2, g - 1]);
+            v
+        }
+    };
+    // Each coordinate is below `g`, a u32.
+    pick.into_iter().map(|c| c as u32).collect()
 }
 
 /// `x · total / run`, rounded to nearest (halves up), without overflow.
@@ -575,28 +589,46 @@ mod tests {
     }
 
     #[test]
-    fn sample_grids_take_two_per_dimension_then_the_longest_strides() {
+    fn sample_grids_take_two_per_dimension_then_pairs_along_x() {
         assert_eq!(
             sample_grid([32, 32, 1], 4),
             [vec![0, 31], vec![0, 31], vec![0]]
         );
         assert_eq!(
             sample_grid([1000, 1, 1], 4),
-            [vec![0, 333, 666, 999], vec![0], vec![0]]
+            [vec![0, 1, 998, 999], vec![0], vec![0]]
         );
+        assert_eq!(
+            sample_grid([1000, 1, 1], 6),
+            [vec![0, 1, 333, 665, 998, 999], vec![0], vec![0]]
+        );
+        assert_eq!(sample_grid([9, 1, 1], 3), [vec![0, 4, 8], vec![0], vec![0]]);
         // Two each for the two largest dimensions; a third would need 8.
         assert_eq!(
             sample_grid([8, 12, 4], 4),
             [vec![0, 7], vec![0, 11], vec![0]]
         );
+        // Then pairs at both ends of x before a second z.
         assert_eq!(
             sample_grid([8, 12, 4], 8),
-            [vec![0, 7], vec![0, 11], vec![0, 3]]
+            [vec![0, 1, 6, 7], vec![0, 11], vec![0]]
+        );
+        assert_eq!(
+            sample_grid([8, 12, 4], 16),
+            [vec![0, 1, 6, 7], vec![0, 11], vec![0, 3]]
+        );
+        assert_eq!(
+            sample_grid([16, 12, 1], 8),
+            [vec![0, 1, 14, 15], vec![0, 11], vec![0]]
         );
         // A budget of the whole grid runs all of it.
         assert_eq!(
             sample_grid([3, 2, 1], 6),
             [vec![0, 1, 2], vec![0, 1], vec![0]]
+        );
+        assert_eq!(
+            sample_grid([6, 1, 1], 6),
+            [vec![0, 1, 2, 3, 4, 5], vec![0], vec![0]]
         );
         assert_eq!(sample_grid([5, 1, 1], 1), [vec![0], vec![0], vec![0]]);
     }
