@@ -11,6 +11,7 @@ mod codec;
 mod error;
 mod flags;
 mod logger;
+mod shard_tokens;
 mod train;
 mod units;
 

@@ -487,7 +487,10 @@ mod tests {
     fn uint16_writes_refuse_wide_ids_and_formats_are_chosen_by_vocab() {
         assert_eq!(Format::for_vocab(65_536), Format::U16);
         assert_eq!(Format::for_vocab(65_537), Format::U32);
-        assert_eq!(encode_as(&[1, 65_535, 65_536], Format::U16), Err((2, 65_536)));
+        assert_eq!(
+            encode_as(&[1, 65_535, 65_536], Format::U16),
+            Err((2, 65_536))
+        );
         let narrow = encode_as(&[1, 2, 65_535], Format::U16).unwrap();
         assert_eq!(narrow, encode(&[1, 2, 65_535]));
     }
@@ -519,6 +522,9 @@ mod tests {
             matches!(e, ModelError::ShardVersion { found: 1, .. }),
             "{e}"
         );
-        assert!(e.to_string().contains("version 7 after magic 20240801"), "{e}");
+        assert!(
+            e.to_string().contains("version 7 after magic 20240801"),
+            "{e}"
+        );
     }
 }
