@@ -124,7 +124,13 @@ impl Codec {
             .values()
             .max()
             .map_or(0, |&m| m as usize + 1);
-        let vocab = most.max(tokenizer.get_vocab_size(true));
+        // The post-processor's special tokens (a TemplateProcessing's BOS) carry
+        // ids of their own, which a damaged file may put past the vocabulary.
+        let specials = tokenizer
+            .encode("", true)
+            .map(|e| e.get_ids().iter().max().map_or(0, |&m| m as usize + 1))
+            .unwrap_or(0);
+        let vocab = most.max(specials).max(tokenizer.get_vocab_size(true));
         if vocab == 0 {
             return Err(CliError::Tokenizer {
                 path: path.to_path_buf(),

@@ -106,6 +106,19 @@ pub fn encode_text(codec: &Codec, path: &Path, text: &str) -> Result<Vec<u32>, C
             ids.extend_from_slice(&piece);
         }
     }
+    // Shards are checked against V when trained on; a tokenizer that emits an
+    // id past its own vocabulary is refused here, where the cause is known.
+    let vocab = codec.vocab_size();
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(CliError::Tokenizer {
+            path: codec.path().unwrap_or(path).to_path_buf(),
+            why: format!(
+                "encoding {} gave id {bad}, past the tokenizer's vocabulary of {vocab} ids; \
+                 the tokenizer file is inconsistent",
+                path.display()
+            ),
+        });
+    }
     Ok(ids)
 }
 
