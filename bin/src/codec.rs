@@ -17,6 +17,10 @@
 //! tokenizers use no regex (a `Metaspace` pre-tokenizer or a `Prepend` +
 //! `Replace` normalizer).
 
+// `sample` and `eval` (other branches of issue 17) call the decoding half;
+// on this branch only `data` and the tests do. Remove once they are merged.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
