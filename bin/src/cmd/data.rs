@@ -42,7 +42,7 @@ pub const ABOUT: &str = "Writes llm.c-format token shards from text files: byte-
     override_usage = "frugal data --text FILE... --out DIR [--tokenizer FILE | --train-tokenizer --vocab N] \
                       [--shard-tokens N] [--val-fraction F] [--name NAME]",
     after_help = "Examples:\n  \
-        frugal data --text book.txt --out shards                          (byte-level: train with --vocab 256 or more)\n  \
+        frugal data --text book.txt --out shards      (byte-level tokens, V 256)\n  \
         frugal data --text a.txt b.txt --out shards --tokenizer tokenizer.json\n  \
         frugal data --text corpus.txt --out shards --train-tokenizer --vocab 8192\n\
         Then train on them: frugal train --data 'shards/*.bin'   (V comes from the tokenizer)"
