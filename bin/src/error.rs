@@ -224,6 +224,11 @@ pub enum CliError {
     },
     /// `frugal data`: the text files are empty.
     NoText,
+    /// A tokenizer file, or text or shards tied to one, is unusable: "{path}: {why}".
+    Tokenizer {
+        path: PathBuf,
+        why: String,
+    },
     /// `frugal doctor` found these problems.
     DoctorProblems(Vec<String>),
     /// `frugal kernels`: ptxas refused a module or a kernel spills.
@@ -389,6 +394,7 @@ impl fmt::Display for CliError {
                 "{} is not a frugal run manifest ({why})",
                 path.display()
             ),
+            CliError::Tokenizer { path, why } => write!(f, "{}: {why}", path.display()),
             CliError::Thread { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }

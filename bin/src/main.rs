@@ -12,6 +12,7 @@ mod error;
 mod flags;
 mod hf;
 mod logger;
+mod shard_tokens;
 mod train;
 mod units;
 

@@ -8,6 +8,11 @@
 
 use std::fmt;
 
+/// The largest vocabulary a config may have. Token ids are u32 everywhere
+/// (the loader, the devices, llm.c's uint32 shards); 2^24 is far above any
+/// real tokenizer (LLaMA 3: 128,256), low enough to catch a typo.
+pub const MAX_VOCAB: usize = 1 << 24;
+
 /// The architecture of one LLaMA-style model: untied input and output
 /// embeddings, RMSNorm, RoPE, multi-head (or grouped-query) attention, SwiGLU.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,7 +48,7 @@ pub enum ConfigError {
     KvHeadsDoNotDivide { n_heads: usize, n_kv_heads: usize },
     /// RoPE rotates pairs of channels, so HS must be even.
     OddHeadSize { head_dim: usize },
-    /// Token ids are stored as u16 in shards and on devices (llm.c format).
+    /// More than [`MAX_VOCAB`] ids: far beyond any tokenizer, so a typo.
     VocabTooLarge { vocab_size: usize },
     /// No preset has this name.
     UnknownPreset { name: String },
@@ -71,7 +76,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::VocabTooLarge { vocab_size } => write!(
                 f,
-                "vocabulary {vocab_size} is larger than 65536; token ids are 16-bit"
+                "vocabulary {vocab_size} is larger than {MAX_VOCAB}; no tokenizer has that many ids"
             ),
             ConfigError::HostMemory { what, bytes } => write!(
                 f,
@@ -284,7 +289,7 @@ impl Config {
                 head_dim: self.head_dim(),
             });
         }
-        if self.vocab_size > 65536 {
+        if self.vocab_size > MAX_VOCAB {
             return Err(ConfigError::VocabTooLarge {
                 vocab_size: self.vocab_size,
             });

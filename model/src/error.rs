@@ -177,13 +177,14 @@ impl fmt::Display for ModelError {
             ModelError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             ModelError::ShardMagic { path, offset, found } => write!(
                 f,
-                "{}: byte {offset}: magic number is {found}, expected 20240520; this is not an llm.c token shard \
+                "{}: byte {offset}: magic number is {found}, expected 20240520 (uint16 tokens) or 20240801 (uint32 tokens); this is not an llm.c token shard \
                  (write shards with 'frugal data', or pass a text file without the .bin extension)",
                 path.display()
             ),
             ModelError::ShardVersion { path, offset, found } => write!(
                 f,
-                "{}: byte {offset}: shard version is {found}, only version 1 (uint16 tokens) is supported",
+                "{}: byte {offset}: shard version is {found}; frugal reads version 1 after magic 20240520 (uint16 tokens) \
+                 and version 7 after magic 20240801 (uint32 tokens)",
                 path.display()
             ),
             ModelError::ShardLength { path, offset, header_tokens, expected_bytes, file_bytes } => write!(

@@ -25,8 +25,9 @@ use crate::train::options::default_threads;
 
 pub const ABOUT: &str = "\
 Generate text from a checkpoint: the prompt is fed at once, then one token per step with a
-KV cache, on the CPU, printed as it comes. Stops after --max-tokens or when the model's
-context (its training sequence length) is full. Temperature 0 is greedy; otherwise top-k,
+KV cache, on the CPU, printed as it comes. Stops after --max-tokens, when the model's
+context (its training sequence length) is full, or when it emits its tokenizer's end of
+text (</s>, <|endoftext|>, ...; byte-level text has none). Temperature 0 is greedy; otherwise top-k,
 then top-p, on the temperature-scaled distribution, drawn with --seed (the same seed gives
 the same text on every machine and thread count).
 
@@ -225,14 +226,17 @@ pub fn run(flags: SampleFlags) -> Result<(), CliError> {
         .to_vec();
     let prefill_s = start.elapsed().as_secs_f64();
     let mut generated = Vec::new();
-    let mut text = String::new();
     let mut stop = "max-tokens";
+    let end_ids = codec.end_ids();
     let decode_start = Instant::now();
     while generated.len() < flags.max_tokens {
         let id = pick(&logits, sampling, &mut rng);
+        if end_ids.contains(&id) {
+            stop = "end-of-text";
+            break;
+        }
         generated.push(id);
         let piece = text_out.push(id);
-        text.push_str(&piece);
         if !flags.json {
             write!(out, "{piece}").and_then(|()| out.flush()).ok();
         }
@@ -249,7 +253,6 @@ pub fn run(flags: SampleFlags) -> Result<(), CliError> {
             .to_vec();
     }
     let rest = text_out.finish();
-    text.push_str(&rest);
     let decode_s = decode_start.elapsed().as_secs_f64();
     // Steps after the first token: each one a forward of one token over the cache.
     let steps = generated.len().saturating_sub(1);
@@ -260,7 +263,7 @@ pub fn run(flags: SampleFlags) -> Result<(), CliError> {
             "checkpoint_step": ckpt.step,
             "prompt_tokens": prompt,
             "tokens": generated,
-            "text": text,
+            "text": codec.decode(&generated)?,
             "stopped": stop,
             "seed": flags.seed,
             "temperature": flags.temperature,
@@ -272,6 +275,9 @@ pub fn run(flags: SampleFlags) -> Result<(), CliError> {
         writeln!(out, "{obj}").ok();
     } else {
         writeln!(out, "{rest}").ok();
+        if stop == "end-of-text" {
+            eprintln!("stopped: the model ended the text (its tokenizer's end-of-text token)");
+        }
         if stop == "context" {
             eprintln!(
                 "stopped: the model's context of {context} tokens is full ({} prompt + {} generated)",

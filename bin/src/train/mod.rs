@@ -125,6 +125,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         None
     };
     if let Some(dir) = &run_dir {
+        crate::shard_tokens::adopt_tokenizer(dir.path(), opts.data_tokens.as_ref())?;
         let mut notes = notes;
         notes.extend(job_notes(&opts, &priced, world));
         print_header(&opts, &first_line, world, &price, &notes, dir);

@@ -14,6 +14,7 @@ use frugal_runtime::device::DeviceSpec;
 
 use crate::flags::UsageError;
 use crate::flags::{path, text};
+use crate::shard_tokens::{self, DataTokens, Tokenization};
 use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
 pub use crate::train::every::Every;
 
@@ -112,6 +113,8 @@ pub struct TrainOptions {
     /// Which preset dimensions were overridden (flag name, value), for printing.
     pub overrides: Overrides,
     pub data: DataSpec,
+    /// The tokenizer the data's shards record, when they do (`DIR/NAME.tokens.json`).
+    pub data_tokens: Option<DataTokens>,
     /// Optimizer steps of the whole run (the schedule's length).
     pub steps: usize,
     /// Stop this invocation after this many steps (the schedule still spans `steps`).
@@ -189,7 +192,7 @@ pub struct TrainFlags {
     /// override the SwiGLU width
     #[arg(long, value_name = "F", value_parser = text::<usize>(), help_heading = "model")]
     pub ffn: Option<usize>,
-    /// override the vocabulary size (at most 65536)
+    /// override the vocabulary size (default: the preset's, or the data's tokenizer's)
     #[arg(long, value_name = "V", value_parser = text::<usize>(), help_heading = "model")]
     pub vocab: Option<usize>,
     /// override the sequence length
@@ -431,12 +434,13 @@ impl TrainOptions {
     /// A [`UsageError`] naming the flag and what would be accepted.
     pub fn from_flags(flags: TrainFlags) -> Result<TrainOptions, UsageError> {
         let mut args = flags;
+        let model_named = args.model.is_some();
         let model: String = args
             .model
             .take()
             .unwrap_or_else(|| DEFAULT_MODEL.to_string());
         let preset = Preset::by_name(&model).map_err(|e| usage(e.to_string()))?;
-        let (config, overrides) = match &args.init_from {
+        let (mut config, mut overrides) = match &args.init_from {
             Some(dir) => init_from_config(dir, &args)?,
             None => overridden(preset.config(), &args)?,
         };
@@ -444,6 +448,16 @@ impl TrainOptions {
         let data = match args.data.take() {
             None => DataSpec::Default,
             Some(p) => DataSpec::from_os(p.as_os_str()).map_err(|e| usage(e.to_string()))?,
+        };
+        let data_tokens = match &args.init_from {
+            Some(dir) => init_from_tokens(&data, dir, &config)?,
+            None => data_vocab(
+                &data,
+                &args,
+                model_named.then_some(model.as_str()),
+                &mut config,
+                &mut overrides,
+            )?,
         };
 
         let steps = positive("steps", args.steps.unwrap_or(DEFAULT_STEPS))?;
@@ -501,6 +515,7 @@ impl TrainOptions {
             config,
             overrides,
             data,
+            data_tokens,
             steps,
             stop_after,
             batch,
@@ -588,7 +603,11 @@ impl TrainOptions {
         if let Some(dir) = &self.init_from {
             s += &format!("  weights from {} (--init-from)\n", dir.display());
         }
-        s += &format!("data: {}\n", self.data);
+        s += &format!(
+            "data: {}{}\n",
+            self.data,
+            tokens_note(self.data_tokens.as_ref())
+        );
         s += &format!(
             "steps: {}  batch: {}  grad-accum: {}  tokens/step/device: {}\n",
             self.steps,
@@ -741,6 +760,74 @@ fn init_from_config(dir: &Path, flags: &TrainFlags) -> Result<(Config, Overrides
         ("seq", config.seq_len),
     ];
     Ok((config, overrides))
+}
+
+/// The data's tokenizer for a run whose model comes from `--init-from DIR`: its V is the
+/// folder's, so a tokenizer with more ids is refused naming both (nothing is resized).
+fn init_from_tokens(
+    data: &DataSpec,
+    dir: &Path,
+    config: &Config,
+) -> Result<Option<DataTokens>, UsageError> {
+    let tokens = shard_tokens::for_data(data).map_err(|e| usage(format!("--data: {e}")))?;
+    if let Some(t) = &tokens {
+        if t.vocab_size > config.vocab_size {
+            return Err(usage(format!(
+                "the data's tokenizer, {}, has more ids than vocab_size {} of --init-from {}: \
+                 train on data written with that model's tokenizer",
+                t.describe(),
+                config.vocab_size,
+                dir.display()
+            )));
+        }
+    }
+    Ok(tokens)
+}
+
+/// V against the tokenizer the data's shards record (`DIR/NAME.tokens.json`):
+/// `--vocab`, or a preset named by `--model`, must hold its ids (refused
+/// naming both sizes); without either, V is the tokenizer's (the default
+/// preset's V is replaced, and listed as an override). Byte-level shards need
+/// V ≥ 256 and leave the preset's V as it is. The data's tokenizer, if any.
+fn data_vocab(
+    data: &DataSpec,
+    flags: &TrainFlags,
+    model_named: Option<&str>,
+    config: &mut Config,
+    overrides: &mut Overrides,
+) -> Result<Option<DataTokens>, UsageError> {
+    let Some(tokens) = shard_tokens::for_data(data).map_err(|e| usage(format!("--data: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let need = tokens.vocab_size;
+    let byte_level = tokens.tokenization == Tokenization::Bytes;
+    if let Some(v) = flags.vocab {
+        if v < need {
+            return Err(usage(format!(
+                "--vocab {v} is smaller than the data's tokenizer, {}: give --vocab {need} or more, \
+                 or leave --vocab out to take V from the tokenizer",
+                tokens.describe()
+            )));
+        }
+    } else if let Some(name) = model_named.filter(|_| config.vocab_size < need) {
+        return Err(usage(format!(
+            "--model {name} has vocabulary {}, smaller than the data's tokenizer, {}: \
+             add --vocab {need} (or more)",
+            config.vocab_size,
+            tokens.describe()
+        )));
+    } else if model_named.is_none() && (!byte_level || config.vocab_size < need) {
+        config.vocab_size = need;
+        overrides.push(("vocab", need));
+        config.validate().map_err(|e| usage(e.to_string()))?;
+    }
+    Ok(Some(tokens))
+}
+
+/// ", tokenizer sha256 0123456789ab (V ids, recorded in FILE)" for `describe`.
+fn tokens_note(tokens: Option<&DataTokens>) -> String {
+    tokens.map_or_else(String::new, |t| format!("  ({})", t.describe()))
 }
 
 /// `--batch` (default: the preset's `default_batch`) and `--grad-accum`,

@@ -9,6 +9,9 @@
 //!   checkpoints descend from, with the step each started at), config, data
 //!   fingerprint, world size and hyper-parameters. Rewritten atomically when
 //!   a run starts.
+//! - `tokenizer.json`: a copy of the data's tokenizer (when its shards record
+//!   one), written atomically at the start, so a checkpoint finds it beside
+//!   itself; a run on data of another tokenizer is refused.
 //! - Nothing is ever deleted but this run's own older checkpoints (`--keep`;
 //!   a sharded checkpoint, a `step-N.shards` folder, goes whole).
 //!   Checkpoints that are not part of this run's history — another run's, or
@@ -171,7 +174,8 @@ fn remove_stale_temporaries(out: &Path) -> usize {
         }
         let ours = checkpoint::is_temporary(&name)
             || bytes.starts_with(format!(".{MANIFEST}.tmp-").as_bytes())
-            || bytes.starts_with(b".probe-");
+            || bytes.starts_with(b".probe-")
+            || bytes.starts_with(format!(".{}.tmp-", crate::codec::TOKENIZER_FILE).as_bytes());
         if ours && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }

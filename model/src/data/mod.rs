@@ -3,7 +3,8 @@
 //!
 //! Three sources, chosen by `--data default|FILE|GLOB` ([`DataSpec`]):
 //! - llm.c token shards ([`shard`]): a 256 × int32 header (magic 20240520,
-//!   version 1, token count) then uint16 tokens; several files by a glob
+//!   version 1, token count) then uint16 tokens, or llm.c's wider variant
+//!   (magic 20240801, version 7) with uint32 tokens; several files by a glob
 //!   whose `*` and `?` apply to the file name ([`glob`]). A `.bin` file, or
 //!   any file that starts with the magic, is read as a shard.
 //! - Any other file is plain text read as byte-level tokens ([`text`]); V ≥ 256.
@@ -147,6 +148,8 @@ impl Split {
 pub(crate) enum TokenWidth {
     /// llm.c shards: little-endian uint16.
     U16,
+    /// llm.c's uint32 shards: little-endian uint32.
+    U32,
     /// Byte-level text: the byte is the token.
     Byte,
 }
@@ -155,6 +158,7 @@ impl TokenWidth {
     fn bytes(self) -> usize {
         match self {
             TokenWidth::U16 => 2,
+            TokenWidth::U32 => 4,
             TokenWidth::Byte => 1,
         }
     }
@@ -220,6 +224,11 @@ impl Tokens {
                     TokenWidth::U16 => {
                         for (o, b) in out.iter_mut().zip(scratch.chunks_exact(2)) {
                             *o = u16::from_le_bytes([b[0], b[1]]) as u32;
+                        }
+                    }
+                    TokenWidth::U32 => {
+                        for (o, b) in out.iter_mut().zip(scratch.chunks_exact(4)) {
+                            *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                         }
                     }
                     TokenWidth::Byte => {
