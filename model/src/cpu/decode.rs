@@ -281,14 +281,16 @@ fn linear(
         .enumerate()
         .map(|(i, ys)| (i * COLUMN_CHUNK, ys))
         .collect();
+    // A matrix-vector product: one dot per output straight from W's rows (the
+    // training GEMM would pack all of W into panels first, for one row of use).
     par::run_tasks(threads, tasks, |(first, ys)| {
-        let cols = ys.len();
-        let dims = LinearDims {
-            rows: 1,
-            inp,
-            out: cols,
-        };
-        linear_forward(ys, x, &w[first * inp..(first + cols) * inp], dims, acc, 1);
+        for (j, y) in (first..).zip(ys.iter_mut()) {
+            let d = fastmath::dot(x, &w[j * inp..(j + 1) * inp]);
+            *y = match acc {
+                Accumulate::Add => *y + d,
+                Accumulate::Overwrite => d,
+            };
+        }
     });
 }
 
