@@ -37,6 +37,7 @@ pub mod backend;
 pub mod cost;
 pub mod every;
 pub mod metrics;
+mod model_flags;
 pub mod optim;
 pub mod options;
 pub mod prepare;
