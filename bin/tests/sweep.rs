@@ -378,6 +378,10 @@ fn bad_grids_are_usage_errors() {
 #[test]
 fn failed_and_timed_out_runs_are_recorded_and_the_sweep_goes_on() {
     let out = scratch("failed2");
+    // A shard that exists (so the flags are valid) but is not one: each run fails opening it.
+    let bad = scratch("failed2-data").join("shard.bin");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, vec![7u8; 100]).unwrap();
     let o = frugal()
         .arg("sweep")
         .arg("--out")
@@ -393,7 +397,8 @@ fn failed_and_timed_out_runs_are_recorded_and_the_sweep_goes_on() {
             "1",
         ])
         .args(DIMS)
-        .args(["--data", "/nonexistent/shard.bin"])
+        .arg("--data")
+        .arg(&bad)
         .output()
         .unwrap();
     assert_ok(&o);
@@ -403,8 +408,7 @@ fn failed_and_timed_out_runs_are_recorded_and_the_sweep_goes_on() {
         assert_eq!(r["status"], "failed", "{r}");
         let reason = r["reason"].as_str().unwrap();
         assert!(
-            reason.starts_with("repeat 1: exit status 1")
-                && reason.contains("/nonexistent/shard.bin"),
+            reason.starts_with("repeat 1: exit status 1") && reason.contains("shard.bin"),
             "{reason}"
         );
     }
