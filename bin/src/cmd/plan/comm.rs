@@ -153,22 +153,21 @@ mod tests {
     }
 
     #[test]
-    fn full_sharding_gathers_the_weights_twice_grad_op_once() {
+    fn full_sharding_gathers_the_weights_per_pass_grad_op_once() {
         let (full, params) = program(ShardMode::Full, 4);
         let c = step_comm(&full, params, ShardMode::Full, 4, &LINK, 0.0, 0.0);
+        let grads = params as f64 * 4.0;
         let weights = params as f64 * 2.0;
+        // Every unit before its forward, again before its backward except the units
+        // whose gather buffer still holds them (the LM head's, next to the loss).
+        let gathered = c.bytes - grads;
         assert!(
-            (c.bytes - (params as f64 * 4.0 + 2.0 * weights)).abs() < 1.0,
-            "{}",
-            c.bytes
+            gathered > 1.5 * weights && gathered < 2.0 * weights,
+            "{gathered} {weights}"
         );
         let (grad_op, _) = program(ShardMode::GradOp, 4);
         let g = step_comm(&grad_op, params, ShardMode::GradOp, 4, &LINK, 0.0, 0.0);
-        assert!(
-            (g.bytes - (params as f64 * 4.0 + weights)).abs() < 1.0,
-            "{}",
-            g.bytes
-        );
+        assert!((g.bytes - (grads + weights)).abs() < 1.0, "{}", g.bytes);
         assert!(g.total_s < c.total_s);
     }
 }

@@ -176,7 +176,7 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
         if n == 0 {
             return Err("'0': a job needs at least 1 GPU".into());
         }
-        if n > NODE_SIZE && n % NODE_SIZE != 0 {
+        if n > NODE_SIZE && !n.is_multiple_of(NODE_SIZE) {
             return Err(format!(
                 "'{n}': across nodes the GPUs must fill whole nodes of {NODE_SIZE} \
                  (a multiple of {NODE_SIZE}, e.g. {} or {})",
