@@ -84,9 +84,9 @@ pub enum Command {
     /// measure a grid of training configurations into results.jsonl
     #[command(long_about = cmd::sweep::ABOUT)]
     Sweep(cmd::sweep::SweepFlags),
-    /// planned: the cheapest configuration for a budget
-    #[command(hide = true, disable_help_flag = true)]
-    Plan(Words),
+    /// predict memory, tokens/s and tokens per dollar on GPUs and cluster sizes you do not have
+    #[command(long_about = cmd::plan::ABOUT)]
+    Plan(cmd::plan::PlanFlags),
     /// mean loss and perplexity of a checkpoint over every window of some data
     #[command(long_about = cmd::eval::ABOUT)]
     Eval(cmd::eval::EvalFlags),

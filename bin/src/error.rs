@@ -92,10 +92,6 @@ pub enum CliError {
         to: PathBuf,
         source: io::Error,
     },
-    /// A subcommand that is named but not built yet.
-    Planned {
-        command: &'static str,
-    },
     /// `frugal launch` could not reserve a port for the ranks to meet on.
     NoFreePort {
         command: &'static str,
@@ -398,8 +394,7 @@ impl fmt::Display for CliError {
             CliError::Thread { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }
-            CliError::Planned { .. }
-            | CliError::NoFreePort { .. }
+            CliError::NoFreePort { .. }
             | CliError::CurrentExe(_)
             | CliError::CatchSignal { .. }
             | CliError::RankStart { .. }
@@ -490,10 +485,6 @@ impl CliError {
     /// planned command; `fmt` sends only those here.
     fn fmt_command(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Planned { command } => write!(
-                f,
-                "'frugal {command}' is planned but not built yet; use 'frugal train' and 'frugal bench' for now"
-            ),
             CliError::NoFreePort { command, source } => {
                 write!(f, "{command}: no free local port: {source}")
             }

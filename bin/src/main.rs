@@ -102,15 +102,11 @@ fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Sweep(flags) => cmd::sweep::run(flags),
         Command::Profile(flags) => cmd::profile::run(flags),
-        Command::Plan(_) => planned("plan"),
+        Command::Plan(flags) => cmd::plan::run(flags),
         Command::Eval(flags) => cmd::eval::run(flags),
         Command::Sample(flags) => cmd::sample::run(flags),
         Command::Export(flags) => cmd::export::run(flags),
     }
-}
-
-fn planned(command: &'static str) -> Result<(), CliError> {
-    Err(CliError::Planned { command })
 }
 
 /// A report printed into a pipe that closes early (`frugal arena ... | head`) ends the

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 pub mod kernels;
 pub mod launch;
+pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod sample;

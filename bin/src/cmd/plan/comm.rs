@@ -1,0 +1,173 @@
+//! What one step communicates, as the trainer does it (bin/src/train/sync.rs,
+//! model/src/device/shard_step.rs), and how much of it backward and forward hide.
+//!
+//! - `--shard none` (DDP): the f32 gradients (4 bytes per parameter) are all-reduced in
+//!   buckets of `--bucket-mb` (default `default_bucket_bytes`), each started as soon as
+//!   backward has filled it.
+//! - `--shard grad-op`: the same buckets are reduce-scattered (each rank keeps its shard);
+//!   after the optimizer, the bf16 weights (2 bytes per parameter) are all-gathered unit by
+//!   unit, and the next forward waits for each unit before it runs (`AwaitWeights`).
+//! - `--shard full`: as grad-op for the gradients; the bf16 weights of each unit are
+//!   all-gathered before the unit's forward and again before its backward
+//!   (`GatherWeights` in the step program, counted from it).
+//! - Every step also all-reduces the loss (and, sharded, gathers the gradient norm's
+//!   partials): a few bytes, latency only, never hidden.
+//!
+//! Overlap, as the brief of the trainer's buckets says: every bucket but the last
+//! overlaps with backward compute, so the exposed time of the gradients is the last
+//! bucket's collective plus whatever of the others exceeds backward. Weight gathers of the
+//! forward (and grad-op's post-optimizer gathers, which the next forward waits on) overlap
+//! with forward compute; full's backward gathers share the backward's link with the
+//! buckets. Exposed = what exceeds the compute it overlaps with.
+
+use frugal_comm::ShardMode;
+use frugal_model::device::program::{Program, Work};
+
+use super::links::{all_gather_s, all_reduce_s, reduce_scatter_s, Link};
+use crate::train::options::default_bucket_bytes;
+
+/// Bytes of one loss value and of the norm partials: small enough to be latency only.
+const SCALAR_BYTES: f64 = 8.0;
+
+/// Predicted communication of one step on one rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepComm {
+    /// Seconds of every collective of the step, back to back.
+    pub total_s: f64,
+    /// Seconds not hidden behind compute: what the step time adds.
+    pub exposed_s: f64,
+    /// Bytes each rank's collectives cover (gradients, then weights), whole vectors.
+    pub bytes: f64,
+}
+
+/// The step's collectives over `n` ranks on `link`, with `forward_s` and `backward_s`
+/// of compute to hide behind. `params` is the model's parameter count.
+pub fn step_comm(
+    program: &Program,
+    params: usize,
+    shard: ShardMode,
+    n: usize,
+    link: &Link,
+    forward_s: f64,
+    backward_s: f64,
+) -> StepComm {
+    if n <= 1 {
+        return StepComm::default();
+    }
+    let grad_bytes = params as f64 * 4.0;
+    let bucket = default_bucket_bytes(params) as f64;
+    let full_buckets = (grad_bytes / bucket).floor();
+    let rest = grad_bytes - full_buckets * bucket;
+    let (others, last) = if rest > 0.0 {
+        (full_buckets, rest)
+    } else {
+        (full_buckets - 1.0, bucket)
+    };
+    let bucket_s = |bytes: f64| match shard {
+        ShardMode::None => all_reduce_s(bytes, n, link),
+        ShardMode::GradOp | ShardMode::Full => reduce_scatter_s(bytes, n, link),
+    };
+    let last_s = bucket_s(last);
+    let others_s = others * bucket_s(bucket);
+
+    // Weight gathers, by the units the step program gathers or awaits.
+    let backward_start = program.backward_start() as usize;
+    let (mut gather_fwd_s, mut gather_bwd_s, mut weight_bytes) = (0.0, 0.0, 0.0);
+    for (i, op) in program.ops().enumerate() {
+        let range = match op.work() {
+            Work::GatherWeights(r) | Work::AwaitWeights(r) => r,
+            _ => continue,
+        };
+        let bytes = range.len() as f64 * 2.0;
+        weight_bytes += bytes;
+        let t = all_gather_s(bytes, n, link);
+        if i < backward_start {
+            gather_fwd_s += t;
+        } else {
+            gather_bwd_s += t;
+        }
+    }
+    let scalars_s = match shard {
+        ShardMode::None => all_reduce_s(SCALAR_BYTES, n, link),
+        _ => all_reduce_s(SCALAR_BYTES, n, link) + all_gather_s(SCALAR_BYTES * n as f64, n, link),
+    };
+
+    let exposed_fwd = (gather_fwd_s - forward_s).max(0.0);
+    let exposed_bwd = last_s + (others_s + gather_bwd_s - backward_s).max(0.0);
+    StepComm {
+        total_s: gather_fwd_s + gather_bwd_s + others_s + last_s + scalars_s,
+        exposed_s: exposed_fwd + exposed_bwd + scalars_s,
+        bytes: grad_bytes + weight_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frugal_model::config::{Attention, Preset};
+    use frugal_model::device::StepOptions;
+
+    const LINK: Link = Link {
+        name: "test",
+        bytes_per_s: 1e9,
+        latency_s: 1e-3,
+        source: "",
+    };
+
+    fn program(shard: ShardMode, world: usize) -> (Program, usize) {
+        let cfg = Preset::by_name("tiny").unwrap().config();
+        let options = StepOptions {
+            sharding: crate::train::target::sharding(shard, world),
+            ..StepOptions::deterministic(Attention::Vanilla)
+        };
+        let p = Program::plan_only(&cfg, 2, cfg.seq_len, options).unwrap();
+        (p, cfg.param_count())
+    }
+
+    #[test]
+    fn ddp_all_reduces_the_gradients_by_bucket() {
+        let (prog, params) = program(ShardMode::None, 4);
+        // No compute to hide behind: everything is exposed.
+        let c = step_comm(&prog, params, ShardMode::None, 4, &LINK, 0.0, 0.0);
+        let bucket = default_bucket_bytes(params) as f64;
+        let grads = params as f64 * 4.0;
+        let buckets = (grads / bucket).ceil();
+        // Bandwidth term of the whole vector, latency per bucket, plus the loss.
+        let expected = 2.0 * 0.75 * grads / 1e9 + buckets * 6e-3 + all_reduce_s(8.0, 4, &LINK);
+        assert!(
+            (c.total_s - expected).abs() < 1e-9,
+            "{} {expected}",
+            c.total_s
+        );
+        assert!((c.exposed_s - c.total_s).abs() < 1e-12);
+        assert_eq!(c.bytes, grads);
+        // With ample backward, only the last bucket and the loss are exposed.
+        let hidden = step_comm(&prog, params, ShardMode::None, 4, &LINK, 0.0, 1e3);
+        assert!(hidden.exposed_s < c.exposed_s);
+        assert!(hidden.exposed_s >= all_reduce_s(8.0, 4, &LINK));
+        // One rank: nothing moves.
+        assert_eq!(
+            step_comm(&prog, params, ShardMode::None, 1, &LINK, 0.0, 0.0),
+            StepComm::default()
+        );
+    }
+
+    #[test]
+    fn full_sharding_gathers_the_weights_per_pass_grad_op_once() {
+        let (full, params) = program(ShardMode::Full, 4);
+        let c = step_comm(&full, params, ShardMode::Full, 4, &LINK, 0.0, 0.0);
+        let grads = params as f64 * 4.0;
+        let weights = params as f64 * 2.0;
+        // Every unit before its forward, again before its backward except the units
+        // whose gather buffer still holds them (the LM head's, next to the loss).
+        let gathered = c.bytes - grads;
+        assert!(
+            gathered > 1.5 * weights && gathered < 2.0 * weights,
+            "{gathered} {weights}"
+        );
+        let (grad_op, _) = program(ShardMode::GradOp, 4);
+        let g = step_comm(&grad_op, params, ShardMode::GradOp, 4, &LINK, 0.0, 0.0);
+        assert!((g.bytes - (grads + weights)).abs() < 1.0, "{}", g.bytes);
+        assert!(g.total_s < c.total_s);
+    }
+}

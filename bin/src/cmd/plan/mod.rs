@@ -1,0 +1,264 @@
+//! `frugal plan`: predicts, without the GPUs, the memory, step time, tokens/s and tokens per
+//! dollar of training configurations on GPU types and cluster sizes, from what frugal knows
+//! exactly (the step program's arena plan and the shapes of every kernel) and from tables
+//! it cites (the GPUs' roofline figures and prices, the links' bandwidths).
+//!
+//! Files: [`memory`] (the arena plan per rank, the largest batch that fits), [`compute`]
+//! (the roofline of every operation of the step), [`links`] (interconnects, networks and
+//! the ring formulas), [`comm`] (what a step communicates and how much is hidden),
+//! [`predict`] (one configuration's row), [`output`] (the table and JSON).
+
+pub mod comm;
+pub mod compute;
+pub mod links;
+pub mod memory;
+pub mod output;
+pub mod predict;
+
+use std::path::PathBuf;
+
+use frugal_comm::ShardMode;
+use frugal_model::config::{Attention, Preset};
+use frugal_runtime::facts::DeviceFacts;
+use frugal_runtime::roofline::{known_gpu_names, lookup_gpu};
+
+use crate::cmd::sweep::prices::Prices;
+use crate::error::CliError;
+use crate::flags::text;
+use crate::train::cost::PriceUnits;
+use links::{Interconnect, Link, NODE_SIZE};
+
+/// What `frugal plan --help` says first.
+pub const ABOUT: &str = "\
+Predicts, for every combination of the lists given, one rank's memory (the step
+program's arena plan, as train --dry-run plans it), the step time (each kernel of
+the step on the GPU's roofline, plus the collectives of a ring that backward does
+not hide), tokens/s, MFU, price per hour and tokens per dollar. Rows are sorted by
+tokens per dollar; configurations that do not fit are listed last and never
+recommended; then the best configuration per model and GPU type. Every figure is a
+PREDICTION from cited tables (printed with the plan), not a measurement.
+
+Example:
+  frugal plan --model paper-100m,paper-1b --gpus a100-40,a100-80,h100-sxm \\
+              --devices 1,8,32,64 --batch 8,16,32 --top 10";
+
+/// `frugal plan`'s flags.
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "\
+frugal plan --model M[,M...] --gpus G[,G...] --devices N[,N...]
+                   [--batch B,...] [--attention flash,vanilla] [--shard none,grad-op,full]
+                   [--interconnect nvlink|pcie] [--network 100g|200g|400g-ib|ethernet-25g]
+                   [--prices FILE] [--top N] [--json]")]
+pub struct PlanFlags {
+    /// model presets, comma-separated (tiny, small, paper-100m, paper-500m,
+    /// paper-1b, paper-2b)
+    #[arg(long, value_name = "M,...", value_parser = text::<String>(), verbatim_doc_comment)]
+    model: String,
+    /// GPU types, comma-separated: labels (H100-SXM-80GB), aliases
+    /// (h100-sxm, a100-40, a100-80, l4, ...) or driver names
+    #[arg(long, value_name = "G,...", value_parser = text::<String>(), verbatim_doc_comment)]
+    gpus: String,
+    /// GPUs per job, comma-separated; above 8 (one node) a multiple of 8
+    #[arg(long, value_name = "N,...", value_parser = text::<String>())]
+    devices: String,
+    /// micro-batch per device, comma-separated
+    #[arg(long, value_name = "B,...", default_value = "4,8,16,32,64", value_parser = text::<String>())]
+    batch: String,
+    /// attention kernels, comma-separated: flash, vanilla
+    #[arg(long, value_name = "A,...", default_value = "flash", value_parser = text::<String>())]
+    attention: String,
+    /// how model state is sharded over the devices, comma-separated:
+    /// none (DDP), grad-op (ZeRO-2), full (ZeRO-3)
+    #[arg(long, value_name = "S,...", default_value = "none", value_parser = text::<String>(), verbatim_doc_comment)]
+    shard: String,
+    /// what joins the 8 GPUs of a node: nvlink (SXM parts only) or pcie
+    #[arg(long, value_name = "I", default_value = "nvlink", value_parser = text::<Interconnect>())]
+    interconnect: Interconnect,
+    /// what joins nodes, per GPU: 100g, 200g, 400g-ib or ethernet-25g
+    #[arg(long, value_name = "NET", default_value = "200g", value_parser = text::<String>())]
+    network: String,
+    /// prices per GPU-hour, a JSON object as frugal sweep --prices takes
+    /// (default: the built-in table, each price with its source)
+    #[arg(long, value_name = "FILE", value_parser = text::<PathBuf>(), verbatim_doc_comment)]
+    prices: Option<PathBuf>,
+    /// print only the N best configurations that fit (the per-GPU best
+    /// and the configurations that do not fit are still listed)
+    #[arg(long, value_name = "N", value_parser = text::<usize>(), verbatim_doc_comment)]
+    top: Option<usize>,
+    /// print one JSON object instead of the tables
+    #[arg(long)]
+    json: bool,
+}
+
+/// One model of the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct Model {
+    pub preset: &'static Preset,
+}
+
+/// One GPU type of the grid, with the links its jobs use.
+#[derive(Clone, Copy, Debug)]
+pub struct Gpu {
+    pub facts: &'static DeviceFacts,
+    /// The interconnect inside a node (None: one GPU per job only, so it is never used).
+    pub inside: Option<Link>,
+}
+
+/// Every list of the command line, checked.
+#[derive(Debug)]
+pub struct Grid {
+    pub models: Vec<Model>,
+    pub gpus: Vec<Gpu>,
+    pub devices: Vec<usize>,
+    pub batches: Vec<usize>,
+    pub attentions: Vec<Attention>,
+    pub shards: Vec<ShardMode>,
+    pub interconnect: Interconnect,
+    pub network: Link,
+}
+
+/// Short names of the paper's A100s that `frugal profile`'s aliases spell with "gb"
+/// (`a100-40gb`): the issue's and the paper's grids write them `a100-40`, `a100-80`.
+const PLAN_ALIASES: &[(&str, &str)] = &[("a100-40", "a100-40gb"), ("a100-80", "a100-80gb")];
+
+/// The GPU called `name` (see [`PLAN_ALIASES`] and `lookup_gpu`).
+fn gpu_named(name: &str) -> Option<&'static DeviceFacts> {
+    let name = PLAN_ALIASES
+        .iter()
+        .find(|(short, _)| short.eq_ignore_ascii_case(name.trim()))
+        .map_or(name, |(_, long)| long);
+    lookup_gpu(name).filter(|f| f.roofline.is_some())
+}
+
+/// Splits `value` of `--flag` at commas and parses each item, refusing an empty list
+/// or an empty item.
+fn list<T>(
+    flag: &str,
+    value: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, CliError> {
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if items.iter().all(|s| s.is_empty()) {
+        return Err(CliError::usage(format!(
+            "plan: --{flag} is empty; give one value or more, comma-separated"
+        )));
+    }
+    let mut out = Vec::new();
+    for item in items {
+        if item.is_empty() {
+            return Err(CliError::usage(format!(
+                "plan: --{flag} '{value}' has an empty item; separate values with single commas"
+            )));
+        }
+        out.push(parse(item).map_err(|why| CliError::usage(format!("plan: --{flag} {why}")))?);
+    }
+    Ok(out)
+}
+
+/// The command line's grid, or exit 2 naming the value refused.
+fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
+    let models = list("model", &flags.model, |s| {
+        Preset::by_name(s)
+            .map(|preset| Model { preset })
+            .map_err(|e| format!("'{s}': {e}"))
+    })?;
+    let network = links::network(&flags.network).ok_or_else(|| {
+        CliError::usage(format!(
+            "plan: --network '{}' is not one of {}",
+            flags.network,
+            links::network_names().join(", ")
+        ))
+    })?;
+    let devices = list("devices", &flags.devices, |s| {
+        let n: usize = s
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number of GPUs"))?;
+        if n == 0 {
+            return Err("'0': a job needs at least 1 GPU".into());
+        }
+        if n > NODE_SIZE && !n.is_multiple_of(NODE_SIZE) {
+            return Err(format!(
+                "'{n}': across nodes the GPUs must fill whole nodes of {NODE_SIZE} \
+                 (a multiple of {NODE_SIZE}, e.g. {} or {})",
+                n / NODE_SIZE * NODE_SIZE,
+                (n / NODE_SIZE + 1) * NODE_SIZE
+            ));
+        }
+        if n > crate::train::options::MAX_PLAN_WORLD {
+            return Err(format!(
+                "'{n}' is more than {} GPUs",
+                crate::train::options::MAX_PLAN_WORLD
+            ));
+        }
+        Ok(n)
+    })?;
+    let several = devices.iter().any(|&n| n > 1);
+    let gpus = list("gpus", &flags.gpus, |s| {
+        let facts = gpu_named(s).ok_or_else(|| {
+            let short = PLAN_ALIASES.iter().map(|(a, _)| *a);
+            format!(
+                "'{s}' is not a GPU frugal has figures for; known: {}",
+                known_gpu_names()
+                    .into_iter()
+                    .chain(short)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let inside = links::interconnect(flags.interconnect, facts.sm, facts.label);
+        if several && inside.is_none() {
+            return Err(format!(
+                "'{s}': {} has no NVLink switch board; use --interconnect pcie for jobs of more than one GPU",
+                facts.label
+            ));
+        }
+        Ok(Gpu { facts, inside })
+    })?;
+    let batches = list("batch", &flags.batch, |s| match s.parse::<usize>() {
+        Ok(0) => Err("'0': the micro-batch must be at least 1".into()),
+        Ok(b) if b > memory::MAX_SEARCHED_BATCH => {
+            Err(format!("'{b}' is more than {}", memory::MAX_SEARCHED_BATCH))
+        }
+        Ok(b) => Ok(b),
+        Err(_) => Err(format!("'{s}' is not a batch size")),
+    })?;
+    let attentions = list("attention", &flags.attention, |s| {
+        s.parse::<Attention>()
+            .map_err(|_| format!("'{s}' is not flash or vanilla"))
+    })?;
+    let shards = list("shard", &flags.shard, |s| {
+        s.parse::<ShardMode>()
+            .map_err(|_| format!("'{s}' is not one of none, grad-op, full"))
+    })?;
+    if flags.top == Some(0) {
+        return Err(CliError::usage(
+            "plan: --top 0 would print nothing; give 1 or more",
+        ));
+    }
+    Ok(Grid {
+        models,
+        gpus,
+        devices,
+        batches,
+        attentions,
+        shards,
+        interconnect: flags.interconnect,
+        network,
+    })
+}
+
+pub fn run(flags: PlanFlags) -> Result<(), CliError> {
+    let grid = grid(&flags)?;
+    let prices = match &flags.prices {
+        Some(path) => Prices::load(path, PriceUnits::Usd)?,
+        None => Prices::builtin(PriceUnits::Usd),
+    };
+    let rows = predict::rows(&grid, &prices)?;
+    let report = output::Report::new(&grid, rows, flags.top);
+    if flags.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The plan as tables or one JSON object. Rows that fit come first, by tokens per dollar
+//! (best first; rows without a price after those with one, by tokens/s); rows that do not
+//! fit come last, and only rows that fit are ever named best.
+
+use serde_json::{json, Value};
+
+use super::links::NODE_SIZE;
+use super::memory::RESERVED_BYTES;
+use super::predict::Row;
+use super::Grid;
+
+/// What every plan rests on, printed with it.
+pub const ASSUMPTIONS: &[&str] = &[
+    "every figure is predicted, none measured",
+    "memory: one rank's arena plan of the device step (as train --dry-run), against the GPU's nominal memory less 1.5 GiB for the CUDA context and driver",
+    "compute: each operation of the step on the roofline of frugal profile (frugal's mma.sync kernels: 2/3 of Hopper's wgmma peak), work derived from shapes, one launch per operation, no wave quantisation: a floor",
+    "communication: NCCL-style rings at nominal link rates (a floor), one network adapter per GPU, 8 GPUs per node; all gradient buckets but the last overlap with backward",
+    "MFU: 3x the forward FLOPs per token (as the trainer counts) over the GPU's dense BF16 peak",
+    "prices: one provider's on-demand list price per GPU-hour (see each source), or --prices",
+];
+
+pub struct Report<'a> {
+    grid: &'a Grid,
+    /// Fitting rows in order, then the rest.
+    rows: Vec<Row>,
+    top: Option<usize>,
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Orders rows: fitting before not, then tokens per dollar (descending), then tokens/s.
+fn order(a: &Row, b: &Row) -> std::cmp::Ordering {
+    let key = |r: &Row| {
+        (
+            r.fits(),
+            r.tokens_per_usd().unwrap_or(f64::NEG_INFINITY),
+            r.speed.map_or(f64::NEG_INFINITY, |s| s.tokens_per_s),
+        )
+    };
+    let (ka, kb) = (key(a), key(b));
+    kb.0.cmp(&ka.0)
+        .then(kb.1.total_cmp(&ka.1))
+        .then(kb.2.total_cmp(&ka.2))
+}
+
+impl<'a> Report<'a> {
+    pub fn new(grid: &'a Grid, mut rows: Vec<Row>, top: Option<usize>) -> Report<'a> {
+        rows.sort_by(order);
+        Report { grid, rows, top }
+    }
+
+    /// The best fitting row per (model, GPU type), in the grid's order.
+    pub fn best(&self) -> Vec<&Row> {
+        let mut best = Vec::new();
+        for m in &self.grid.models {
+            for g in &self.grid.gpus {
+                // Rows are sorted: the first fitting one of the pair is its best.
+                if let Some(r) = self.rows.iter().find(|r| {
+                    r.fits()
+                        && r.config.model.preset.name == m.preset.name
+                        && r.config.gpu.facts.label == g.facts.label
+                }) {
+                    best.push(r);
+                }
+            }
+        }
+        best
+    }
+
+    fn shown(&self) -> impl Iterator<Item = &Row> {
+        let fitting = self.rows.iter().filter(|r| r.fits());
+        let n = self.top.unwrap_or(usize::MAX);
+        fitting
+            .take(n)
+            .chain(self.rows.iter().filter(|r| !r.fits()))
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::from(
+            "PREDICTED by frugal plan (no figure below is measured; see the assumptions at the end)\n\n",
+        );
+        s += &header();
+        for r in self.shown() {
+            s += &line(r);
+        }
+        let hidden = self.rows.iter().filter(|r| r.fits()).count();
+        if let Some(n) = self.top.filter(|&n| n < hidden) {
+            s += &format!(
+                "({} more configurations that fit not shown: --top {n})\n",
+                hidden - n
+            );
+        }
+        s += "\nbest configuration per model and GPU type (predicted, by tokens per dollar):\n";
+        s += &header();
+        let best = self.best();
+        for r in &best {
+            s += &line(r);
+        }
+        for m in &self.grid.models {
+            for g in &self.grid.gpus {
+                let any = best.iter().any(|r| {
+                    r.config.model.preset.name == m.preset.name
+                        && r.config.gpu.facts.label == g.facts.label
+                });
+                if !any {
+                    s += &format!(
+                        "{:<11} {:<14} no configuration of the grid fits\n",
+                        m.preset.name, g.facts.label
+                    );
+                }
+            }
+        }
+        s += "\nlinks:\n";
+        for g in &self.grid.gpus {
+            if let Some(l) = g.inside {
+                s += &format!(
+                    "  {} {} inside a node of {NODE_SIZE}: {:.1} GB/s, {:.0} us per hop ({})\n",
+                    g.facts.label,
+                    l.name,
+                    l.bytes_per_s / 1e9,
+                    l.latency_s * 1e6,
+                    l.source
+                );
+            }
+        }
+        let n = self.grid.network;
+        s += &format!(
+            "  network {} between nodes: {:.3} GB/s per GPU, {:.0} us per hop ({})\n",
+            n.name,
+            n.bytes_per_s / 1e9,
+            n.latency_s * 1e6,
+            n.source
+        );
+        s += "prices (per GPU-hour):\n";
+        for g in &self.grid.gpus {
+            if let Some(r) = self
+                .rows
+                .iter()
+                .find(|r| r.config.gpu.facts.label == g.facts.label)
+            {
+                match (r.usd_per_hour, &r.price_source) {
+                    (Some(p), Some(src)) => {
+                        s += &format!(
+                            "  {}: ${:.3} ({src})\n",
+                            g.facts.label,
+                            p / r.config.devices as f64
+                        )
+                    }
+                    _ => s += &format!("  {}: unknown (give --prices)\n", g.facts.label),
+                }
+            }
+        }
+        s += "assumptions:\n";
+        for a in ASSUMPTIONS {
+            s += &format!("  - {a}\n");
+        }
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self.shown().map(row_json).collect();
+        let best: Vec<Value> = self.best().into_iter().map(row_json).collect();
+        let links: Vec<Value> = self
+            .grid
+            .gpus
+            .iter()
+            .filter_map(|g| {
+                g.inside.map(|l| {
+                    json!({"gpu": g.facts.label, "interconnect": l.name,
+                           "bytes_per_s": l.bytes_per_s, "latency_s": l.latency_s, "source": l.source})
+                })
+            })
+            .collect();
+        let n = self.grid.network;
+        json!({
+            "predicted": true,
+            "rows": rows,
+            "best": best,
+            "interconnect": match self.grid.interconnect {
+                super::links::Interconnect::NvLink => "nvlink",
+                super::links::Interconnect::Pcie => "pcie",
+            },
+            "interconnects": links,
+            "network": {"name": n.name, "bytes_per_s": n.bytes_per_s, "latency_s": n.latency_s, "source": n.source},
+            "reserved_bytes": RESERVED_BYTES,
+            "assumptions": ASSUMPTIONS,
+        })
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<11} {:<14} {:>4} {:>5} {:<7} {:<7} {:>10} {:>5} {:>9} {:>10} {:>9} {:>6} {:>8} {:>10} {}\n",
+        "model", "gpu", "devs", "batch", "attn", "shard", "mem/rank", "max b", "step ms",
+        "tok/s", "tok/s/dev", "MFU", "$/hour", "tokens/$", "limit (all predicted)"
+    )
+}
+
+fn line(r: &Row) -> String {
+    let c = &r.config;
+    let largest = r.largest_batch.map_or("-".to_string(), |b| b.to_string());
+    let head = format!(
+        "{:<11} {:<14} {:>4} {:>5} {:<7} {:<7} {:>10} {:>5}",
+        c.model.preset.name,
+        c.gpu.facts.label,
+        c.devices,
+        c.batch,
+        c.attention.name(),
+        c.shard.name(),
+        gib(r.peak_bytes).replace(" GiB", "G"),
+        largest
+    );
+    let price = r
+        .usd_per_hour
+        .map_or("?".to_string(), |p| format!("{p:.2}"));
+    match r.speed {
+        Some(s) => format!(
+            "{head} {:>9.1} {:>10.0} {:>9.0} {:>6} {:>8} {:>10} {}\n",
+            s.step_s * 1e3,
+            s.tokens_per_s,
+            s.tokens_per_s_per_device,
+            s.mfu.map_or("?".into(), |m| format!("{:.1}%", m * 100.0)),
+            price,
+            r.tokens_per_usd()
+                .map_or("?".into(), |t| format!("{:.3e}", t)),
+            s.limit.as_str()
+        ),
+        None => format!(
+            "{head} does not fit ({} of {})\n",
+            gib(r.peak_bytes),
+            gib(r.usable_bytes)
+        ),
+    }
+}
+
+fn row_json(r: &Row) -> Value {
+    let c = &r.config;
+    let mut v = json!({
+        "model": c.model.preset.name,
+        "gpu": c.gpu.facts.label,
+        "devices": c.devices,
+        "batch": c.batch,
+        "attention": c.attention.name(),
+        "shard": c.shard.name(),
+        "fits": r.fits(),
+        "predicted_peak_bytes": r.peak_bytes,
+        "usable_bytes": r.usable_bytes,
+        "predicted_largest_batch": r.largest_batch,
+        "usd_per_hour": r.usd_per_hour,
+        "price_source": r.price_source,
+    });
+    if let (Some(s), Value::Object(map)) = (r.speed, &mut v) {
+        let more = json!({
+            "predicted_step_s": s.step_s,
+            "predicted_forward_s": s.compute.forward_s,
+            "predicted_backward_s": s.compute.backward_s,
+            "predicted_optimizer_s": s.compute.optimizer_s,
+            "predicted_comm_s": s.comm.total_s,
+            "predicted_comm_exposed_s": s.comm.exposed_s,
+            "predicted_tokens_per_s": s.tokens_per_s,
+            "predicted_tokens_per_s_per_device": s.tokens_per_s_per_device,
+            "predicted_mfu": s.mfu,
+            "predicted_tokens_per_usd": r.tokens_per_usd(),
+            "limit": s.limit.as_str(),
+            "link": s.link.name,
+        });
+        if let Value::Object(m) = more {
+            map.extend(m);
+        }
+    }
+    v
+}

@@ -1,0 +1,211 @@
+//! One row of the plan: a configuration (model, GPU type, devices, batch, attention,
+//! shard) with its predicted memory, step time, throughput and cost.
+//!
+//! Step time = the rank's kernels back to back (forward, backward, optimizer) + the
+//! communication not hidden behind them. The limiting part is the largest of: time in
+//! compute-bound kernels, time in memory-bound kernels, exposed communication.
+
+use frugal_comm::ShardMode;
+use frugal_model::config::Attention;
+
+use super::comm::{step_comm, StepComm};
+use super::compute::{predict_step, Limit, StepCompute};
+use super::links::{ring_link, Link};
+use super::memory::{self, Planner};
+use super::{Gpu, Grid, Model};
+use crate::cmd::sweep::prices::Prices;
+use crate::error::CliError;
+
+/// A configuration of the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub model: Model,
+    pub gpu: Gpu,
+    pub devices: usize,
+    pub batch: usize,
+    pub attention: Attention,
+    pub shard: ShardMode,
+}
+
+/// The predicted speed of a configuration that fits.
+#[derive(Clone, Copy, Debug)]
+pub struct Speed {
+    pub compute: StepCompute,
+    pub comm: StepComm,
+    /// The link the ring moves at.
+    pub link: Link,
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    pub tokens_per_s_per_device: f64,
+    /// Model FLOPs (3x the forward's, as the trainer counts) over the GPU's dense BF16
+    /// peak; None where the GPU has no published peak.
+    pub mfu: Option<f64>,
+    pub limit: Limit,
+}
+
+/// One configuration's predictions.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub config: Config,
+    /// Peak bytes of one rank's arena plan.
+    pub peak_bytes: u64,
+    /// What the arena may use on this GPU ([`memory::usable_bytes`]).
+    pub usable_bytes: u64,
+    /// The largest micro-batch whose plan fits (None: not even 1).
+    pub largest_batch: Option<usize>,
+    /// None when the plan does not fit: such a row has no speed and is never recommended.
+    pub speed: Option<Speed>,
+    /// Price of all the job's GPUs for one hour (None: no price known).
+    pub usd_per_hour: Option<f64>,
+    /// Where the price comes from.
+    pub price_source: Option<String>,
+}
+
+impl Row {
+    pub fn fits(&self) -> bool {
+        self.speed.is_some()
+    }
+
+    /// Tokens per dollar, where the row fits and has a price.
+    pub fn tokens_per_usd(&self) -> Option<f64> {
+        let s = self.speed?;
+        let per_hour = self.usd_per_hour.filter(|p| *p > 0.0)?;
+        Some(s.tokens_per_s * 3600.0 / per_hour)
+    }
+}
+
+/// Predicts every configuration of `grid`.
+///
+/// # Errors
+/// A configuration the step cannot be built for (a failure naming it).
+pub fn rows(grid: &Grid, prices: &Prices) -> Result<Vec<Row>, CliError> {
+    let mut planner = Planner::default();
+    let mut out = Vec::new();
+    for &model in &grid.models {
+        for &gpu in &grid.gpus {
+            for &devices in &grid.devices {
+                for &attention in &grid.attentions {
+                    for &shard in &grid.shards {
+                        for &batch in &grid.batches {
+                            let config = Config {
+                                model,
+                                gpu,
+                                devices,
+                                batch,
+                                attention,
+                                shard,
+                            };
+                            out.push(row(&mut planner, grid, config, prices)?);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Predicts one configuration.
+pub fn row(
+    planner: &mut Planner,
+    grid: &Grid,
+    config: Config,
+    prices: &Prices,
+) -> Result<Row, CliError> {
+    let Config {
+        model,
+        gpu,
+        devices,
+        batch,
+        attention,
+        shard,
+    } = config;
+    let name = model.preset.name;
+    let cfg = model.preset.config();
+    let facts = gpu.facts;
+    let usable_bytes = memory::usable_bytes(facts.memory_bytes_nominal);
+    let peak_bytes = planner.peak(name, &cfg, batch, attention, shard, devices)?;
+    let largest_batch =
+        planner.largest_batch(name, &cfg, attention, shard, devices, usable_bytes)?;
+    let price = prices.gpu(facts.name, false);
+    let usd_per_hour = price.as_ref().map(|p| p.per_device_hour * devices as f64);
+    let price_source = price.map(|p| p.source);
+    let speed = if peak_bytes <= usable_bytes {
+        Some(speed(grid, config)?)
+    } else {
+        None
+    };
+    Ok(Row {
+        config,
+        peak_bytes,
+        usable_bytes,
+        largest_batch,
+        speed,
+        usd_per_hour,
+        price_source,
+    })
+}
+
+fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
+    let Config {
+        model,
+        gpu,
+        devices,
+        batch,
+        attention,
+        shard,
+    } = config;
+    let cfg = model.preset.config();
+    let roofline = gpu.facts.roofline.ok_or_else(|| {
+        CliError::usage(format!("plan: {} has no roofline figures", gpu.facts.label))
+    })?;
+    let program = memory::program(model.preset.name, &cfg, batch, attention, shard, devices)?;
+    let compute = predict_step(&program, &roofline);
+    // A job of one GPU uses no link; its placeholder is never read.
+    let link = match gpu.inside {
+        Some(inside) => ring_link(devices, inside, grid.network),
+        None => grid.network,
+    };
+    let comm = step_comm(
+        &program,
+        cfg.param_count(),
+        shard,
+        devices,
+        &link,
+        compute.forward_s,
+        compute.backward_s,
+    );
+    let step_s = compute.total_s() + comm.exposed_s;
+    let tokens_per_step = (batch * cfg.seq_len) as f64;
+    let tokens_per_s_per_device = tokens_per_step / step_s;
+    let mfu = gpu
+        .facts
+        .bf16_dense_flops
+        .map(|peak| cfg.train_flops_per_token(cfg.seq_len) * tokens_per_s_per_device / peak);
+    let parts = [
+        (Limit::Compute, compute.compute_bound_s),
+        (Limit::Memory, compute.memory_bound_s),
+        (Limit::Communication, comm.exposed_s),
+    ];
+    let limit = parts
+        .iter()
+        .copied()
+        .fold((Limit::Compute, f64::NEG_INFINITY), |best, p| {
+            if p.1 > best.1 {
+                p
+            } else {
+                best
+            }
+        })
+        .0;
+    Ok(Speed {
+        compute,
+        comm,
+        link,
+        step_s,
+        tokens_per_s: tokens_per_s_per_device * devices as f64,
+        tokens_per_s_per_device,
+        mfu,
+        limit,
+    })
+}
