@@ -98,13 +98,6 @@ pub enum Command {
     Export(cmd::export::ExportFlags),
 }
 
-/// A planned command's words, untouched.
-#[derive(Debug, clap::Args)]
-pub struct Words {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub words: Vec<OsString>,
-}
-
 /// A subcommand's help, as `frugal <name> --help` prints it, for usage errors
 /// found after parsing that show it. `name` may be a path: "bench matmul".
 pub fn help_of(name: &str) -> String {
