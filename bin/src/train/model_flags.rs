@@ -6,9 +6,38 @@ use std::path::Path;
 use frugal_model::config::Config;
 use frugal_model::data::DataSpec;
 
-use super::options::{positive, usage, TrainFlags, MAX_DIM};
 use crate::flags::UsageError;
 use crate::shard_tokens::{self, DataTokens, Tokenization};
+
+/// The largest value accepted for any one dimension, batch or accumulation
+/// count: far above any real model, low enough that products of a few of them
+/// cannot overflow the size arithmetic.
+pub const MAX_DIM: usize = 1 << 20;
+
+/// A usage error of `frugal train`.
+pub(super) fn usage(msg: String) -> UsageError {
+    UsageError(format!("train: {msg}"))
+}
+
+/// `v`, refused when 0.
+pub(super) fn positive(name: &str, v: usize) -> Result<usize, UsageError> {
+    if v == 0 {
+        return Err(usage(format!("--{name} must be at least 1")));
+    }
+    Ok(v)
+}
+
+/// The model-shape flags of `frugal train` (`--layers` .. `--seq`), as given.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DimFlags {
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub ffn: Option<usize>,
+    pub vocab: Option<usize>,
+    pub seq: Option<usize>,
+}
 
 /// The dimensions a run overrode, as (flag name, value).
 pub type Overrides = Vec<(&'static str, usize)>;
@@ -17,7 +46,7 @@ pub type Overrides = Vec<(&'static str, usize)>;
 /// overrides given (flag name, value) for printing.
 pub(super) fn overridden(
     mut config: Config,
-    flags: &TrainFlags,
+    flags: &DimFlags,
 ) -> Result<(Config, Overrides), UsageError> {
     let mut overrides = Vec::new();
     for (name, v) in [
@@ -77,7 +106,7 @@ pub(super) fn overridden(
 /// contradicts the folder is refused naming both; `--seq` may shorten the context.
 pub(super) fn init_from_config(
     dir: &Path,
-    flags: &TrainFlags,
+    flags: &DimFlags,
 ) -> Result<(Config, Overrides), UsageError> {
     let file = dir.join(crate::hf::CONFIG_FILE);
     let mut config = crate::hf::config::read(&file)?;
@@ -154,7 +183,7 @@ pub(super) fn init_from_tokens(
 /// V ≥ 256 and leave the preset's V as it is. The data's tokenizer, if any.
 pub(super) fn data_vocab(
     data: &DataSpec,
-    flags: &TrainFlags,
+    flags: &DimFlags,
     model_named: Option<&str>,
     config: &mut Config,
     overrides: &mut Overrides,

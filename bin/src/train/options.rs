@@ -18,7 +18,8 @@ use crate::shard_tokens::DataTokens;
 use crate::train::cost::{PriceUnits, DEFAULT_PRICE_PER_CORE_HOUR};
 pub use crate::train::every::Every;
 use crate::train::model_flags::{
-    data_vocab, init_from_config, init_from_tokens, overridden, tokens_note, Overrides,
+    data_vocab, init_from_config, init_from_tokens, overridden, positive, tokens_note, usage,
+    DimFlags, Overrides,
 };
 
 /// The preset `frugal train` uses when `--model` is not given.
@@ -38,10 +39,7 @@ pub const DEFAULT_WEIGHT_DECAY: f64 = 0.1;
 pub const DEFAULT_CLIP: f64 = 1.0;
 pub const DEFAULT_KEEP: usize = 3;
 pub const DEFAULT_VAL_BATCHES: usize = 4;
-/// The largest value accepted for any one dimension, batch or accumulation
-/// count: far above any real model, low enough that products of a few of them
-/// cannot overflow the size arithmetic.
-pub const MAX_DIM: usize = 1 << 20;
+pub use crate::train::model_flags::MAX_DIM;
 /// Configurations whose rough memory need exceeds this (256 TiB) are refused
 /// before anything is sized or allocated.
 const MAX_ROUGH_BYTES: u128 = 1 << 48;
@@ -355,17 +353,6 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-pub(super) fn usage(msg: String) -> UsageError {
-    UsageError(format!("train: {msg}"))
-}
-
-pub(super) fn positive(name: &str, v: usize) -> Result<usize, UsageError> {
-    if v == 0 {
-        return Err(usage(format!("--{name} must be at least 1")));
-    }
-    Ok(v)
-}
-
 fn finite_nonneg(name: &str, v: f64) -> Result<f64, UsageError> {
     if !v.is_finite() || v < 0.0 {
         return Err(usage(format!(
@@ -443,9 +430,18 @@ impl TrainOptions {
             .take()
             .unwrap_or_else(|| DEFAULT_MODEL.to_string());
         let preset = Preset::by_name(&model).map_err(|e| usage(e.to_string()))?;
+        let dims = DimFlags {
+            layers: args.layers,
+            hidden: args.hidden,
+            heads: args.heads,
+            kv_heads: args.kv_heads,
+            ffn: args.ffn,
+            vocab: args.vocab,
+            seq: args.seq,
+        };
         let (mut config, mut overrides) = match &args.init_from {
-            Some(dir) => init_from_config(dir, &args)?,
-            None => overridden(preset.config(), &args)?,
+            Some(dir) => init_from_config(dir, &dims)?,
+            None => overridden(preset.config(), &dims)?,
         };
 
         let data = match args.data.take() {
@@ -456,7 +452,7 @@ impl TrainOptions {
             Some(dir) => init_from_tokens(&data, dir, &config)?,
             None => data_vocab(
                 &data,
-                &args,
+                &dims,
                 model_named.then_some(model.as_str()),
                 &mut config,
                 &mut overrides,
