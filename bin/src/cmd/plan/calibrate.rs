@@ -3,9 +3,8 @@
 //! Each measured point (a `frugal sweep` record of status ok, or a `frugal bench step
 //! --json` line) is matched to the plan's configuration (model, device type, devices,
 //! batch, attention, shard; on the CPU its threads) and predicted as the plan predicts it.
-//! One efficiency factor per device type is then fitted: the geometric mean of measured ÷
-//! predicted step time (least squares in log space, so a point twice too slow and one
-//! twice too fast cancel). The factors multiply the predicted step times of every row of
+//! One efficiency factor per device type is then fitted: the one that minimises the mean
+//! absolute percentage error of its points (see [`fit`]). The factors multiply the predicted step times of every row of
 //! their device type. Points that cannot be matched are listed as skipped with the reason.
 
 use std::path::{Path, PathBuf};
@@ -49,7 +48,7 @@ pub struct Skipped {
 pub struct Factor {
     /// [`Gpu::kind`].
     pub kind: &'static str,
-    /// Measured ÷ predicted step time, the geometric mean over `points`.
+    /// What the predicted step times are multiplied by (see [`fit`]).
     pub factor: f64,
     pub points: usize,
 }
@@ -269,9 +268,11 @@ fn match_record(
             }
             *gpu
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "device {other}: the emulator's times are not a GPU's; calibrate with cpu or cuda runs"
-        )),
+        ))
+        }
     };
     let (model, attention, shard) = axes(&c.model, &c.attention, &c.shard)?;
     let seq = model.preset.config().seq_len;
@@ -390,7 +391,13 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-/// Fits one factor per device type: exp(mean(ln(measured ÷ predicted))).
+/// Fits one factor per device type: the factor f that minimises the mean absolute
+/// percentage error Σ|f·predicted − measured| ÷ measured over its points, the error the
+/// plan reports. That sum is Σ wᵢ·|f − rᵢ| with rᵢ = measured ÷ predicted and
+/// wᵢ = predicted ÷ measured, so f is the wᵢ-weighted median of the rᵢ; f = 1 is one of
+/// the candidates, so the error after the fit is never above the error before it. (The
+/// geometric mean of the rᵢ, the least-squares fit in log space, can raise the reported
+/// error when the points scatter both ways.)
 pub fn fit(points: Vec<Point>, skipped: Vec<Skipped>) -> Calibration {
     let mut factors: Vec<Factor> = Vec::new();
     for p in &points {
@@ -398,16 +405,15 @@ pub fn fit(points: Vec<Point>, skipped: Vec<Skipped>) -> Calibration {
         if factors.iter().any(|f| f.kind == kind) {
             continue;
         }
-        let logs: Vec<f64> = points
+        let mut ratios: Vec<(f64, f64)> = points
             .iter()
             .filter(|q| q.config.gpu.kind() == kind)
-            .map(|q| (q.measured_s / q.predicted_s).ln())
+            .map(|q| (q.measured_s / q.predicted_s, q.predicted_s / q.measured_s))
             .collect();
-        let mean = logs.iter().sum::<f64>() / logs.len() as f64;
         factors.push(Factor {
             kind,
-            factor: mean.exp(),
-            points: logs.len(),
+            factor: weighted_median(&mut ratios),
+            points: ratios.len(),
         });
     }
     Calibration {
@@ -415,6 +421,21 @@ pub fn fit(points: Vec<Point>, skipped: Vec<Skipped>) -> Calibration {
         skipped,
         factors,
     }
+}
+
+/// The smallest value whose weight, with the weights of the values below it, reaches
+/// half of all the weight: a minimiser of Σ weight·|f − value|. 1 for no values.
+fn weighted_median(values: &mut [(f64, f64)]) -> f64 {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = values.iter().map(|v| v.1).sum();
+    let mut below = 0.0;
+    for &(value, weight) in values.iter() {
+        below += weight;
+        if below >= total / 2.0 {
+            return value;
+        }
+    }
+    1.0
 }
 
 /// Multiplies the predicted step time of every row of a fitted device type by its factor
@@ -431,5 +452,23 @@ pub fn apply(rows: &mut [Row], calibration: &Calibration) {
             s.mfu = s.mfu.map(|m| m / factor);
         }
         row.calibration = Some(factor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weighted_median;
+
+    #[test]
+    fn the_weighted_median_minimises_the_weighted_distance() {
+        let cost = |v: &[(f64, f64)], f: f64| v.iter().map(|(x, w)| w * (f - x).abs()).sum::<f64>();
+        let mut v = vec![(0.5, 2.0), (1.5, 0.5), (1.2, 1.0), (3.0, 0.2)];
+        let m = weighted_median(&mut v);
+        assert_eq!(m, 0.5);
+        for f in [0.4, 0.5, 0.9, 1.1, 1.3, 1.5, 2.0, 3.0] {
+            assert!(cost(&v, m) <= cost(&v, f) + 1e-12, "{f}");
+        }
+        assert_eq!(weighted_median(&mut [(1.5, 1.0), (1.5, 3.0)]), 1.5);
+        assert_eq!(weighted_median(&mut []), 1.0);
     }
 }

@@ -1,6 +1,7 @@
 //! `--gpus cpu`: the CPU backend as a device of the plan. Ranks are processes on this
 //! host (as `frugal sweep --devices N` and `frugal launch` start them), each with its
-//! threads, talking over loopback sockets.
+//! threads, joined by the socket communicator's same-host path (shared memory by default,
+//! loopback sockets with `--same-host unix|tcp`).
 //!
 //! - Memory: what `train` checks before it allocates (bin/src/train/prepare.rs):
 //!   [`CpuState`] (f32 params, grads, AdamW moments, mask, snapshot; sharded as the
@@ -12,7 +13,7 @@
 //!   on the core, its vector units and its caches): these are documented starting figures
 //!   that `--calibrate` fits to measured steps. Ranks that ask for more threads than the
 //!   host has share its cores.
-//! - Communication: the trainer's socket ring over [`LOOPBACK`], bucketed and overlapped
+//! - Communication: the trainer's ring over [`SAME_HOST`], bucketed and overlapped
 //!   with backward as on a GPU; the CPU gathers f32 weights (4 bytes each) under
 //!   `--shard grad-op` (once per step, before the next forward) and `full` (before each
 //!   unit's forward and again before its backward).
@@ -45,13 +46,14 @@ pub const BYTES_PER_CORE: f64 = 8e9;
 /// moments read, param and moments written (28), and the gradient read again for the norm.
 const OPTIMIZER_BYTES_PER_PARAM: f64 = 32.0;
 
-/// The socket ring between ranks on one host.
-pub const LOOPBACK: Link = Link {
-    name: "loopback socket",
-    bytes_per_s: 2e9,
-    latency_s: 30e-6,
-    source: "estimate: TCP over loopback, a copy into and out of the kernel per hop, the \
-             reduction on each rank's communication thread; compare frugal bench allreduce",
+/// The ring between ranks on one host: the socket communicator's default same-host
+/// transport, collectives through a shared-memory segment (`--same-host shm`).
+pub const SAME_HOST: Link = Link {
+    name: "same-host shared memory",
+    bytes_per_s: 4e9,
+    latency_s: 10e-6,
+    source: "estimate: each hop copies into and out of a shared segment and adds on the \
+             rank's communication thread, a few GB/s per core; compare frugal bench allreduce",
 };
 
 /// The cores this process may use (as `frugal sweep` divides them among a job's ranks).
@@ -161,7 +163,7 @@ fn speed(config: Config, threads: usize) -> Speed {
     Speed {
         compute,
         comm,
-        link: LOOPBACK,
+        link: SAME_HOST,
         step_s,
         tokens_per_s: tokens_per_s_per_device * devices as f64,
         tokens_per_s_per_device,
@@ -176,7 +178,7 @@ fn comm(params: usize, shard: ShardMode, n: usize, forward_s: f64, backward_s: f
     if n <= 1 {
         return StepComm::default();
     }
-    let link = &LOOPBACK;
+    let link = &SAME_HOST;
     let (others_s, last_s) = gradient_buckets(params, shard, n, link);
     let weights = params as f64 * 4.0;
     let gather_s = all_gather_s(weights, n, link);

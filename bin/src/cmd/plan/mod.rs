@@ -302,7 +302,7 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
                 .iter()
                 .map(|&threads| Gpu {
                     hw: Hardware::Cpu { threads },
-                    inside: Some(cpu::LOOPBACK),
+                    inside: Some(cpu::SAME_HOST),
                 })
                 .collect(),
         })

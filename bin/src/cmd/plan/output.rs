@@ -182,10 +182,10 @@ impl<'a> Report<'a> {
                 super::cpu::host_cores(),
                 super::cpu::FLOPS_PER_CORE / 1e9,
                 super::cpu::BYTES_PER_CORE / 1e9,
-                super::cpu::LOOPBACK.name,
-                super::cpu::LOOPBACK.bytes_per_s / 1e9,
-                super::cpu::LOOPBACK.latency_s * 1e6,
-                super::cpu::LOOPBACK.source
+                super::cpu::SAME_HOST.name,
+                super::cpu::SAME_HOST.bytes_per_s / 1e9,
+                super::cpu::SAME_HOST.latency_s * 1e6,
+                super::cpu::SAME_HOST.source
             );
         }
         s += "assumptions:\n";
@@ -355,7 +355,7 @@ fn calibration_text(c: &Calibration) -> String {
     }
     for f in &c.factors {
         s += &format!(
-            "factor {}: {:.4} (measured / predicted, geometric mean of {} point(s))\n",
+            "factor {}: {:.4} (fitted to {} point(s): the factor with the least mean absolute percentage error)\n",
             f.kind, f.factor, f.points
         );
     }
