@@ -14,7 +14,8 @@
 //!   that `--calibrate` fits to measured steps. Ranks that ask for more threads than the
 //!   host has share its cores.
 //! - Communication: the trainer's ring over [`SAME_HOST`], bucketed and overlapped
-//!   with backward as on a GPU; the CPU gathers f32 weights (4 bytes each) under
+//!   with backward as on a GPU, its bandwidth shared by the ranks when they outnumber the
+//!   cores ([`same_host_link`]); the CPU gathers f32 weights (4 bytes each) under
 //!   `--shard grad-op` (once per step, before the next forward) and `full` (before each
 //!   unit's forward and again before its backward).
 
@@ -55,6 +56,17 @@ pub const SAME_HOST: Link = Link {
     source: "estimate: each hop copies into and out of a shared segment and adds on the \
              rank's communication thread, a few GB/s per core; compare frugal bench allreduce",
 };
+
+/// The link of a job of `ranks` ranks on this host: [`SAME_HOST`], its bandwidth shared
+/// when there are more ranks than cores (each hop's copy and sum runs on a rank's
+/// communication thread, and a rank without a core of its own waits for one).
+pub fn same_host_link(ranks: usize) -> Link {
+    let share = (host_cores() as f64 / ranks.max(1) as f64).min(1.0);
+    Link {
+        bytes_per_s: SAME_HOST.bytes_per_s * share,
+        ..SAME_HOST
+    }
+}
 
 /// The cores this process may use (as `frugal sweep` divides them among a job's ranks).
 pub fn host_cores() -> usize {
@@ -163,7 +175,7 @@ fn speed(config: Config, threads: usize) -> Speed {
     Speed {
         compute,
         comm,
-        link: SAME_HOST,
+        link: same_host_link(devices),
         step_s,
         tokens_per_s: tokens_per_s_per_device * devices as f64,
         tokens_per_s_per_device,
@@ -178,7 +190,7 @@ fn comm(params: usize, shard: ShardMode, n: usize, forward_s: f64, backward_s: f
     if n <= 1 {
         return StepComm::default();
     }
-    let link = &SAME_HOST;
+    let link = &same_host_link(n);
     let (others_s, last_s) = gradient_buckets(params, shard, n, link);
     let weights = params as f64 * 4.0;
     let gather_s = all_gather_s(weights, n, link);
