@@ -565,3 +565,60 @@ fn bad_calibration_files_exit_1_and_useless_ones_exit_2() {
     let err = text(&o).1;
     assert!(err.contains("add cpu to --gpus"), "{err}");
 }
+
+#[test]
+fn gpu_records_calibrate_their_gpu_type_alone() {
+    let grid = [
+        "--model",
+        "paper-100m",
+        "--gpus",
+        "h100-sxm,cpu",
+        "--devices",
+        "1",
+        "--batch",
+        "8",
+    ];
+    let before = plan_json(&grid);
+    let h100 = rows(&before)
+        .iter()
+        .find(|r| r["gpu"] == "H100-SXM-80GB")
+        .unwrap();
+    let step_s = 2.0 * f(h100, "predicted_step_s");
+    let tokens = 8 * 1024;
+    let record = |devices: u64, comm: &str| {
+        let tps = (tokens * devices) as f64 / step_s;
+        format!(
+            r#"{{"key":"k","config":{{"model":"paper-100m","devices":{devices},"batch":8,"attention":"flash","shard":"none","comm":"{comm}","device":"cuda","threads":null}},"train_flags":[],"status":"ok","protocol":{{"repeats":1,"warmup_steps":1,"steps":3}},"tokens_per_step":{},"tokens_per_s":{{"mean":{tps},"std":0.0,"each":[{tps}]}},"device_name":"NVIDIA H100 80GB HBM3","frugal_version":"0.1.0","commit":"test","finished_at":"2026-01-01T00:00:00Z","wall_s":1.0}}"#,
+            tokens * devices
+        )
+    };
+    let dir = scratch_in("plan", "calibrate-gpu");
+    let file = dir.join("results.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n", record(1, "nccl"), record(2, "socket")),
+    )
+    .unwrap();
+    let mut args = grid.to_vec();
+    args.extend(["--calibrate", file.to_str().unwrap()]);
+    let after = plan_json(&args);
+    let c = &after["calibration"];
+    let factors = c["factors"].as_array().unwrap();
+    assert_eq!(factors.len(), 1, "{c}");
+    assert_eq!(factors[0]["device"], "H100-SXM-80GB");
+    assert!((f(&factors[0], "factor") - 2.0).abs() < 1e-9, "{c}");
+    let skipped = c["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{c}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("NCCL"));
+    for r in rows(&after) {
+        let b = rows(&before).iter().find(|b| b["gpu"] == r["gpu"]).unwrap();
+        let ratio = f(r, "predicted_step_s") / f(b, "predicted_step_s");
+        if r["gpu"] == "H100-SXM-80GB" {
+            assert!((ratio - 2.0).abs() < 1e-9, "{r}");
+        } else {
+            // The CPU had no measurement: its prediction is untouched.
+            assert_eq!(ratio, 1.0, "{r}");
+            assert_eq!(r["calibration_factor"], Value::Null);
+        }
+    }
+}
