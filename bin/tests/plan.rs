@@ -319,6 +319,11 @@ fn bad_input_is_a_usage_error_naming_the_value() {
         (&["--shard", "zero3"], "'zero3'"),
         (&["--attention", "sdpa"], "'sdpa'"),
         (&["--top", "0"], "--top 0"),
+        (&["--threads", "2"], "add cpu to --gpus"),
+        (
+            &["--gpus", "cpu", "--threads", "0"],
+            "'0' is not a number of threads",
+        ),
     ];
     for (change, needle) in cases {
         let mut args = vec!["plan"];
