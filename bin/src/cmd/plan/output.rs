@@ -90,9 +90,12 @@ impl<'a> Report<'a> {
     }
 
     pub fn text(&self) -> String {
-        let mut s = String::from(
-            "PREDICTED by frugal plan (no figure below is measured; see the assumptions at the end)\n",
-        );
+        let mut s = String::from(if self.calibration.is_some() {
+            "PREDICTED by frugal plan (only the calibration's \"measured ms\" column is measured; \
+             see the assumptions at the end)\n"
+        } else {
+            "PREDICTED by frugal plan (no figure below is measured; see the assumptions at the end)\n"
+        });
         if let Some(c) = &self.calibration {
             s += &calibration_text(c);
             for f in &c.factors {
