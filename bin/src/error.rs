@@ -290,6 +290,13 @@ pub enum CliError {
     FailingOnPurpose {
         rank: usize,
     },
+    /// Line `line` of `plan --calibrate {path}` is neither a sweep record nor a
+    /// `bench step --json` line.
+    CalibrationLine {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     /// `arena --buffers FILE` cannot be read.
     BufferList {
         file: String,
@@ -454,6 +461,12 @@ impl fmt::Display for CliError {
                 f,
                 "bench matmul: --compare {path}:{line}: {why} (expected the JSON lines of \
                  `frugal bench matmul --json` or scripts/torch/matmul.py)"
+            ),
+            CliError::CalibrationLine { path, line, why } => write!(
+                f,
+                "plan: --calibrate {}:{line}: {why} (expected the lines of a `frugal sweep` \
+                 results.jsonl or of `frugal bench step --json`)",
+                path.display()
             ),
             CliError::ResultsLine { path, line, why } => write!(
                 f,

@@ -319,6 +319,11 @@ fn bad_input_is_a_usage_error_naming_the_value() {
         (&["--shard", "zero3"], "'zero3'"),
         (&["--attention", "sdpa"], "'sdpa'"),
         (&["--top", "0"], "--top 0"),
+        (&["--threads", "2"], "add cpu to --gpus"),
+        (
+            &["--gpus", "cpu", "--threads", "0"],
+            "'0' is not a number of threads",
+        ),
     ];
     for (change, needle) in cases {
         let mut args = vec!["plan"];
@@ -345,4 +350,280 @@ fn bad_input_is_a_usage_error_naming_the_value() {
         help.contains("Example") && help.contains("--network"),
         "{help}"
     );
+}
+
+/// The total `frugal train --dry-run` plans for one CPU rank.
+fn cpu_dry_run_total(model: &str, batch: &str, shard: &str, world: &str) -> u64 {
+    let o = frugal(&[
+        "train",
+        "--dry-run",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--model",
+        model,
+        "--batch",
+        batch,
+        "--shard",
+        shard,
+        "--world",
+        world,
+    ]);
+    assert_ok(&o);
+    let out = text(&o).0;
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("total "))
+        .unwrap_or_else(|| panic!("no total line in\n{out}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn cpu_rows_have_the_cpu_planners_memory() {
+    let v = plan_json(&[
+        "--model",
+        "tiny,small",
+        "--gpus",
+        "cpu",
+        "--threads",
+        "1",
+        "--devices",
+        "1,2",
+        "--batch",
+        "2,4",
+        "--shard",
+        "none,grad-op,full",
+    ]);
+    let rows = rows(&v);
+    assert_eq!(rows.len(), 2 * 2 * 2 * 3);
+    for r in rows {
+        assert_eq!(r["gpu"], "CPU-1t", "{r}");
+        let total = cpu_dry_run_total(
+            r["model"].as_str().unwrap(),
+            &u(r, "batch").to_string(),
+            r["shard"].as_str().unwrap(),
+            &u(r, "devices").to_string(),
+        );
+        assert_eq!(u(r, "predicted_peak_bytes"), total, "{r}");
+        assert!(r["fits"].as_bool().unwrap(), "{r}");
+        assert!(f(r, "predicted_step_s") > 0.0, "{r}");
+        assert_eq!(r["calibration_factor"], Value::Null);
+    }
+    assert_eq!(v["calibrated"], false);
+}
+
+/// A `frugal sweep` record of a CPU configuration whose whole-job step took `step_s`.
+fn cpu_record(devices: u64, batch: u64, step_s: f64, status: &str) -> String {
+    let key = format!(
+        "model=tiny,device=cpu,devices={devices},batch={batch},attention=flash,shard=none,comm=socket,threads=1"
+    );
+    let tokens = batch * 256 * devices;
+    let tps = tokens as f64 / step_s;
+    let spread = format!(r#"{{"mean":{tps},"std":0.0,"each":[{tps}]}}"#);
+    let measured = if status == "ok" {
+        format!(r#""tokens_per_s":{spread},"#)
+    } else {
+        r#""reason":"oom (planned 9 GiB of 1 GiB)","#.to_string()
+    };
+    format!(
+        r#"{{"key":"{key}","config":{{"model":"tiny","devices":{devices},"batch":{batch},"attention":"flash","shard":"none","comm":"socket","device":"cpu","threads":1}},"train_flags":[],"status":"{status}",{measured}"protocol":{{"repeats":1,"warmup_steps":1,"steps":3}},"tokens_per_step":{tokens},"frugal_version":"0.1.0","commit":"test","finished_at":"2026-01-01T00:00:00Z","wall_s":1.0}}"#
+    )
+}
+
+const CPU_GRID: [&str; 10] = [
+    "--model",
+    "tiny",
+    "--gpus",
+    "cpu",
+    "--threads",
+    "1",
+    "--devices",
+    "1,2",
+    "--batch",
+    "2,4",
+];
+
+#[test]
+fn calibration_recovers_the_factor_of_synthetic_measurements() {
+    let before = plan_json(&CPU_GRID);
+    let dir = scratch_in("plan", "calibrate");
+    let file = dir.join("results.jsonl");
+    let mut lines = Vec::new();
+    for r in rows(&before) {
+        lines.push(cpu_record(
+            u(r, "devices"),
+            u(r, "batch"),
+            1.5 * f(r, "predicted_step_s"),
+            "ok",
+        ));
+    }
+    // A bench step line of one of the points, and lines that must be skipped.
+    let one = rows(&before)
+        .iter()
+        .find(|r| u(r, "devices") == 1 && u(r, "batch") == 2)
+        .unwrap();
+    lines.push(format!(
+        r#"{{"model": "tiny", "device": "cpu", "timing": "host clock", "attention": "flash", "batch": 2, "seq": 256, "threads": 1, "step_ms_mean": {}}}"#,
+        1.5e3 * f(one, "predicted_step_s")
+    ));
+    lines.push(cpu_record(1, 64, 1.0, "oom"));
+    lines.push(
+        cpu_record(1, 2, 1.0, "ok")
+            .replace(r#""device":"cpu""#, r#""device":"emu""#)
+            .replace("device=cpu", "device=emu"),
+    );
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    let mut args = CPU_GRID.to_vec();
+    args.extend(["--calibrate", file.to_str().unwrap()]);
+    let after = plan_json(&args);
+    let c = &after["calibration"];
+    assert_eq!(after["calibrated"], true);
+    let factors = c["factors"].as_array().unwrap();
+    assert_eq!(factors.len(), 1, "{c}");
+    assert_eq!(factors[0]["device"], "CPU");
+    assert_eq!(u(&factors[0], "points"), 5);
+    assert!((f(&factors[0], "factor") - 1.5).abs() < 1e-9, "{c}");
+    assert!(f(c, "mape_after_percent") < 1e-6, "{c}");
+    // Every prediction was 1/1.5 of the measurement: 33.3% too fast.
+    assert!(
+        (f(c, "mape_before_percent") - 100.0 / 3.0).abs() < 1e-6,
+        "{c}"
+    );
+    for p in c["points"].as_array().unwrap() {
+        assert!((f(p, "error_percent") + 100.0 / 3.0).abs() < 1e-6, "{p}");
+    }
+    let skipped = c["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 2, "{c}");
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("status oom"));
+    assert!(skipped[1]["reason"].as_str().unwrap().contains("emu"));
+    assert!(skipped[1]["source"].as_str().unwrap().ends_with(":7"));
+    // The factor is applied to every row of the device type.
+    for (b, a) in rows(&before).iter().zip(rows(&after)) {
+        assert_eq!(b["batch"], a["batch"]);
+        assert_eq!(b["devices"], a["devices"]);
+        let ratio = f(a, "predicted_step_s") / f(b, "predicted_step_s");
+        assert!((ratio - 1.5).abs() < 1e-9, "{a}");
+        assert!((f(a, "calibration_factor") - 1.5).abs() < 1e-9);
+    }
+    // The table says what it did.
+    let mut text_args = vec!["plan"];
+    text_args.extend(&args);
+    let o = frugal(&text_args);
+    assert_ok(&o);
+    let out = text(&o).0;
+    assert!(out.contains("CALIBRATED"), "{out}");
+    assert!(out.contains("skipped 2 measured line(s)"), "{out}");
+    assert!(out.contains("0.0% after"), "{out}");
+}
+
+#[test]
+fn bad_calibration_files_exit_1_and_useless_ones_exit_2() {
+    let dir = scratch_in("plan", "bad-calibrate");
+    let run = |file: &std::path::Path, gpus: &str| {
+        let mut args = vec!["plan"];
+        args.extend(CPU_GRID);
+        args[4] = gpus;
+        args.extend(["--calibrate", file.to_str().unwrap()]);
+        if gpus != "cpu" {
+            args.retain(|a| *a != "--threads" && *a != "1");
+        }
+        frugal(&args)
+    };
+    let missing = dir.join("missing.jsonl");
+    let o = run(&missing, "cpu");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("missing.jsonl"), "{}", text(&o).1);
+
+    let garbled = dir.join("garbled.jsonl");
+    std::fs::write(&garbled, cpu_record(1, 2, 1.0, "ok") + "\nnot json\n").unwrap();
+    let o = run(&garbled, "cpu");
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains("garbled.jsonl:2"), "{err}");
+
+    let stranger = dir.join("stranger.jsonl");
+    std::fs::write(&stranger, "{\"hello\": 1}\n").unwrap();
+    let o = run(&stranger, "cpu");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("stranger.jsonl:1"));
+
+    let oom = dir.join("oom.jsonl");
+    std::fs::write(&oom, cpu_record(1, 64, 1.0, "oom") + "\n").unwrap();
+    let o = run(&oom, "cpu");
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o).1;
+    assert!(
+        err.contains("oom.jsonl") && err.contains("no measured point"),
+        "{err}"
+    );
+
+    // CPU measurements with no CPU in the plan.
+    let cpu_only = dir.join("cpu.jsonl");
+    std::fs::write(&cpu_only, cpu_record(1, 2, 1.0, "ok") + "\n").unwrap();
+    let o = run(&cpu_only, "h100-sxm");
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o).1;
+    assert!(err.contains("add cpu to --gpus"), "{err}");
+}
+
+#[test]
+fn gpu_records_calibrate_their_gpu_type_alone() {
+    let grid = [
+        "--model",
+        "paper-100m",
+        "--gpus",
+        "h100-sxm,cpu",
+        "--devices",
+        "1",
+        "--batch",
+        "8",
+    ];
+    let before = plan_json(&grid);
+    let h100 = rows(&before)
+        .iter()
+        .find(|r| r["gpu"] == "H100-SXM-80GB")
+        .unwrap();
+    let step_s = 2.0 * f(h100, "predicted_step_s");
+    let tokens = 8 * 1024;
+    let record = |devices: u64, comm: &str| {
+        let tps = (tokens * devices) as f64 / step_s;
+        format!(
+            r#"{{"key":"k","config":{{"model":"paper-100m","devices":{devices},"batch":8,"attention":"flash","shard":"none","comm":"{comm}","device":"cuda","threads":null}},"train_flags":[],"status":"ok","protocol":{{"repeats":1,"warmup_steps":1,"steps":3}},"tokens_per_step":{},"tokens_per_s":{{"mean":{tps},"std":0.0,"each":[{tps}]}},"device_name":"NVIDIA H100 80GB HBM3","frugal_version":"0.1.0","commit":"test","finished_at":"2026-01-01T00:00:00Z","wall_s":1.0}}"#,
+            tokens * devices
+        )
+    };
+    let dir = scratch_in("plan", "calibrate-gpu");
+    let file = dir.join("results.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n", record(1, "nccl"), record(2, "socket")),
+    )
+    .unwrap();
+    let mut args = grid.to_vec();
+    args.extend(["--calibrate", file.to_str().unwrap()]);
+    let after = plan_json(&args);
+    let c = &after["calibration"];
+    let factors = c["factors"].as_array().unwrap();
+    assert_eq!(factors.len(), 1, "{c}");
+    assert_eq!(factors[0]["device"], "H100-SXM-80GB");
+    assert!((f(&factors[0], "factor") - 2.0).abs() < 1e-9, "{c}");
+    let skipped = c["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{c}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("NCCL"));
+    for r in rows(&after) {
+        let b = rows(&before).iter().find(|b| b["gpu"] == r["gpu"]).unwrap();
+        let ratio = f(r, "predicted_step_s") / f(b, "predicted_step_s");
+        if r["gpu"] == "H100-SXM-80GB" {
+            assert!((ratio - 2.0).abs() < 1e-9, "{r}");
+        } else {
+            // The CPU had no measurement: its prediction is untouched.
+            assert_eq!(ratio, 1.0, "{r}");
+            assert_eq!(r["calibration_factor"], Value::Null);
+        }
+    }
 }

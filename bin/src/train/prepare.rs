@@ -301,9 +301,17 @@ pub struct CpuState {
 
 impl CpuState {
     pub fn new(opts: &TrainOptions, world: usize) -> CpuState {
-        let cfg = &opts.config;
+        CpuState::for_model(&opts.config, opts.shard, world)
+    }
+
+    /// [`CpuState::new`] from the model and the shard mode alone (`frugal plan`).
+    pub fn for_model(
+        cfg: &frugal_model::config::Config,
+        shard_mode: frugal_comm::ShardMode,
+        world: usize,
+    ) -> CpuState {
         let n = cfg.param_count();
-        let sharded = opts.shard.shards_optimizer() && world > 1;
+        let sharded = shard_mode.shards_optimizer() && world > 1;
         let shard = if sharded {
             frugal_comm::Shards::new(n, world, CPU_SHARD_ALIGN)
                 .range(0)
@@ -312,7 +320,7 @@ impl CpuState {
             n
         } as u64;
         let f32_bytes = std::mem::size_of::<f32>() as u64;
-        let full = sharded && opts.shard == frugal_comm::ShardMode::Full;
+        let full = sharded && shard_mode == frugal_comm::ShardMode::Full;
         let (params, gathered) = if full {
             let head = cfg.vocab_size.saturating_mul(cfg.dim) as u64;
             let mut one = cfg.clone();
@@ -325,7 +333,7 @@ impl CpuState {
         };
         CpuState {
             world,
-            shard: opts.shard,
+            shard: shard_mode,
             params,
             gathered,
             grads: (n as u64).saturating_mul(f32_bytes),

@@ -55,20 +55,7 @@ pub fn step_comm(
         return StepComm::default();
     }
     let grad_bytes = params as f64 * 4.0;
-    let bucket = default_bucket_bytes(params) as f64;
-    let full_buckets = (grad_bytes / bucket).floor();
-    let rest = grad_bytes - full_buckets * bucket;
-    let (others, last) = if rest > 0.0 {
-        (full_buckets, rest)
-    } else {
-        (full_buckets - 1.0, bucket)
-    };
-    let bucket_s = |bytes: f64| match shard {
-        ShardMode::None => all_reduce_s(bytes, n, link),
-        ShardMode::GradOp | ShardMode::Full => reduce_scatter_s(bytes, n, link),
-    };
-    let last_s = bucket_s(last);
-    let others_s = others * bucket_s(bucket);
+    let (others_s, last_s) = gradient_buckets(params, shard, n, link);
 
     // Weight gathers, by the units the step program gathers or awaits.
     let backward_start = program.backward_start() as usize;
@@ -87,10 +74,7 @@ pub fn step_comm(
             gather_bwd_s += t;
         }
     }
-    let scalars_s = match shard {
-        ShardMode::None => all_reduce_s(SCALAR_BYTES, n, link),
-        _ => all_reduce_s(SCALAR_BYTES, n, link) + all_gather_s(SCALAR_BYTES * n as f64, n, link),
-    };
+    let scalars_s = scalars_s(shard, n, link);
 
     let exposed_fwd = (gather_fwd_s - forward_s).max(0.0);
     let exposed_bwd = last_s + (others_s + gather_bwd_s - backward_s).max(0.0);
@@ -98,6 +82,34 @@ pub fn step_comm(
         total_s: gather_fwd_s + gather_bwd_s + others_s + last_s + scalars_s,
         exposed_s: exposed_fwd + exposed_bwd + scalars_s,
         bytes: grad_bytes + weight_bytes,
+    }
+}
+
+/// Seconds of the f32 gradients' buckets of `--bucket-mb` (the default for `params`):
+/// (every bucket but the last, the last), all-reduced under `--shard none`,
+/// reduce-scattered otherwise.
+pub fn gradient_buckets(params: usize, shard: ShardMode, n: usize, link: &Link) -> (f64, f64) {
+    let grad_bytes = params as f64 * 4.0;
+    let bucket = default_bucket_bytes(params) as f64;
+    let full_buckets = (grad_bytes / bucket).floor();
+    let rest = grad_bytes - full_buckets * bucket;
+    let (others, last) = if rest > 0.0 {
+        (full_buckets, rest)
+    } else {
+        (full_buckets - 1.0, bucket)
+    };
+    let bucket_s = |bytes: f64| match shard {
+        ShardMode::None => all_reduce_s(bytes, n, link),
+        ShardMode::GradOp | ShardMode::Full => reduce_scatter_s(bytes, n, link),
+    };
+    (others * bucket_s(bucket), bucket_s(last))
+}
+
+/// Seconds of the per-step scalars (the loss; sharded, the gradient norm's partials).
+pub fn scalars_s(shard: ShardMode, n: usize, link: &Link) -> f64 {
+    match shard {
+        ShardMode::None => all_reduce_s(SCALAR_BYTES, n, link),
+        _ => all_reduce_s(SCALAR_BYTES, n, link) + all_gather_s(SCALAR_BYTES * n as f64, n, link),
     }
 }
 

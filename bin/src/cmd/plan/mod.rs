@@ -6,10 +6,14 @@
 //! Files: [`memory`] (the arena plan per rank, the largest batch that fits), [`compute`]
 //! (the roofline of every operation of the step), [`links`] (interconnects, networks and
 //! the ring formulas), [`comm`] (what a step communicates and how much is hidden),
-//! [`predict`] (one configuration's row), [`output`] (the table and JSON).
+//! [`predict`] (one configuration's row), [`output`] (the table and JSON), [`cpu`] (the
+//! CPU backend as a device: `--gpus cpu`), [`calibrate`] (fitting the predictions to
+//! measured steps: `--calibrate`).
 
+pub mod calibrate;
 pub mod comm;
 pub mod compute;
+pub mod cpu;
 pub mod links;
 pub mod memory;
 pub mod output;
@@ -38,9 +42,17 @@ tokens per dollar; configurations that do not fit are listed last and never
 recommended; then the best configuration per model and GPU type. Every figure is a
 PREDICTION from cited tables (printed with the plan), not a measurement.
 
-Example:
+--gpus cpu plans the CPU backend (ranks as processes on this host, --threads each).
+--calibrate fits one efficiency factor per device type to measured steps (frugal sweep
+results.jsonl, frugal bench step --json lines), prints measured against predicted for
+every point with the mean absolute percentage error before and after the fit, and
+applies the factors to the predictions.
+
+Examples:
   frugal plan --model paper-100m,paper-1b --gpus a100-40,a100-80,h100-sxm \\
-              --devices 1,8,32,64 --batch 8,16,32 --top 10";
+              --devices 1,8,32,64 --batch 8,16,32 --top 10
+  frugal plan --model tiny --gpus cpu --devices 1,2 --batch 2,4 --threads 1 \\
+              --calibrate sweeps/tiny-cpu/results.jsonl";
 
 /// `frugal plan`'s flags.
 #[derive(Debug, clap::Args)]
@@ -48,6 +60,7 @@ Example:
 frugal plan --model M[,M...] --gpus G[,G...] --devices N[,N...]
                    [--batch B,...] [--attention flash,vanilla] [--shard none,grad-op,full]
                    [--interconnect nvlink|pcie] [--network 100g|200g|400g-ib|ethernet-25g]
+                   [--threads T,...] [--calibrate FILE...]
                    [--prices FILE] [--top N] [--json]")]
 pub struct PlanFlags {
     /// model presets, comma-separated (tiny, small, paper-100m, paper-500m,
@@ -55,7 +68,8 @@ pub struct PlanFlags {
     #[arg(long, value_name = "M,...", value_parser = text::<String>(), verbatim_doc_comment)]
     model: String,
     /// GPU types, comma-separated: labels (H100-SXM-80GB), aliases
-    /// (h100-sxm, a100-40, a100-80, l4, ...) or driver names
+    /// (h100-sxm, a100-40, a100-80, l4, ...) or driver names; cpu for
+    /// the CPU backend on this host
     #[arg(long, value_name = "G,...", value_parser = text::<String>(), verbatim_doc_comment)]
     gpus: String,
     /// GPUs per job, comma-separated; above 8 (one node) a multiple of 8
@@ -77,6 +91,15 @@ pub struct PlanFlags {
     /// what joins nodes, per GPU: 100g, 200g, 400g-ib or ethernet-25g
     #[arg(long, value_name = "NET", default_value = "200g", value_parser = text::<String>())]
     network: String,
+    /// CPU threads per rank (--gpus cpu), comma-separated (default: this
+    /// host's cores divided among the ranks, as frugal sweep does)
+    #[arg(long, value_name = "T,...", value_parser = text::<String>(), verbatim_doc_comment)]
+    threads: Option<String>,
+    /// measured steps to fit the predictions to: frugal sweep results.jsonl
+    /// files and/or files of frugal bench step --json lines (several files:
+    /// repeat the flag or list them after it)
+    #[arg(long, value_name = "FILE", num_args = 1.., value_parser = text::<PathBuf>(), verbatim_doc_comment)]
+    calibrate: Vec<PathBuf>,
     /// prices per GPU-hour, a JSON object as frugal sweep --prices takes
     /// (default: the built-in table, each price with its source)
     #[arg(long, value_name = "FILE", value_parser = text::<PathBuf>(), verbatim_doc_comment)]
@@ -96,12 +119,50 @@ pub struct Model {
     pub preset: &'static Preset,
 }
 
-/// One GPU type of the grid, with the links its jobs use.
+/// What a device of the grid is.
+#[derive(Clone, Copy, Debug)]
+pub enum Hardware {
+    /// A GPU of the runtime's table.
+    Gpu(&'static DeviceFacts),
+    /// The CPU backend on this host: each rank a process with `threads` worker threads
+    /// (`None`: the cores divided among the ranks).
+    Cpu { threads: Option<usize> },
+}
+
+/// One device type of the grid, with the links its jobs use.
 #[derive(Clone, Copy, Debug)]
 pub struct Gpu {
-    pub facts: &'static DeviceFacts,
+    pub hw: Hardware,
     /// The interconnect inside a node (None: one GPU per job only, so it is never used).
     pub inside: Option<Link>,
+}
+
+impl Gpu {
+    /// The device type calibration fits one factor for: the GPU's label, or "CPU" (one
+    /// factor for every thread count: it scales the per-core figure).
+    pub fn kind(&self) -> &'static str {
+        match self.hw {
+            Hardware::Gpu(facts) => facts.label,
+            Hardware::Cpu { .. } => cpu::KIND,
+        }
+    }
+
+    /// The name in tables: the kind, with the threads per rank where they were given.
+    pub fn label(&self) -> String {
+        match self.hw {
+            Hardware::Gpu(facts) => facts.label.to_string(),
+            Hardware::Cpu { threads: Some(t) } => format!("{}-{t}t", cpu::KIND),
+            Hardware::Cpu { threads: None } => cpu::KIND.to_string(),
+        }
+    }
+
+    /// The GPU's figures (None on the CPU).
+    pub fn facts(&self) -> Option<&'static DeviceFacts> {
+        match self.hw {
+            Hardware::Gpu(facts) => Some(facts),
+            Hardware::Cpu { .. } => None,
+        }
+    }
 }
 
 /// Every list of the command line, checked.
@@ -122,7 +183,7 @@ pub struct Grid {
 const PLAN_ALIASES: &[(&str, &str)] = &[("a100-40", "a100-40gb"), ("a100-80", "a100-80gb")];
 
 /// The GPU called `name` (see [`PLAN_ALIASES`] and `lookup_gpu`).
-fn gpu_named(name: &str) -> Option<&'static DeviceFacts> {
+pub fn gpu_named(name: &str) -> Option<&'static DeviceFacts> {
     let name = PLAN_ALIASES
         .iter()
         .find(|(short, _)| short.eq_ignore_ascii_case(name.trim()))
@@ -193,7 +254,18 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
         Ok(n)
     })?;
     let several = devices.iter().any(|&n| n > 1);
+    let threads = match &flags.threads {
+        None => vec![None],
+        Some(t) => list("threads", t, |s| match s.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("'{s}' is not a number of threads (1 or more)")),
+            Ok(n) => Ok(Some(n)),
+        })?,
+    };
     let gpus = list("gpus", &flags.gpus, |s| {
+        if s.eq_ignore_ascii_case(cpu::KIND) {
+            // Expanded below, one entry per thread count.
+            return Ok(None);
+        }
         let facts = gpu_named(s).ok_or_else(|| {
             let short = PLAN_ALIASES.iter().map(|(a, _)| *a);
             format!(
@@ -212,8 +284,29 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
                 facts.label
             ));
         }
-        Ok(Gpu { facts, inside })
+        Ok(Some(Gpu {
+            hw: Hardware::Gpu(facts),
+            inside,
+        }))
     })?;
+    if flags.threads.is_some() && gpus.iter().all(Option::is_some) {
+        return Err(CliError::usage(
+            "plan: --threads sets the CPU's threads per rank; add cpu to --gpus",
+        ));
+    }
+    let gpus: Vec<Gpu> = gpus
+        .into_iter()
+        .flat_map(|g| match g {
+            Some(g) => vec![g],
+            None => threads
+                .iter()
+                .map(|&threads| Gpu {
+                    hw: Hardware::Cpu { threads },
+                    inside: Some(cpu::SAME_HOST),
+                })
+                .collect(),
+        })
+        .collect();
     let batches = list("batch", &flags.batch, |s| match s.parse::<usize>() {
         Ok(0) => Err("'0': the micro-batch must be at least 1".into()),
         Ok(b) if b > memory::MAX_SEARCHED_BATCH => {
@@ -253,8 +346,15 @@ pub fn run(flags: PlanFlags) -> Result<(), CliError> {
         Some(path) => Prices::load(path, PriceUnits::Usd)?,
         None => Prices::builtin(PriceUnits::Usd),
     };
-    let rows = predict::rows(&grid, &prices)?;
-    let report = output::Report::new(&grid, rows, flags.top);
+    let mut rows = predict::rows(&grid, &prices)?;
+    let calibration = if flags.calibrate.is_empty() {
+        None
+    } else {
+        let calibration = calibrate::read_all(&flags.calibrate, &grid, &prices)?;
+        calibrate::apply(&mut rows, &calibration);
+        Some(calibration)
+    };
+    let report = output::Report::new(&grid, rows, flags.top, calibration);
     if flags.json {
         println!("{}", report.json());
     } else {

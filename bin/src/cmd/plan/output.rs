@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::calibrate::{percent_error, Calibration};
 use super::links::NODE_SIZE;
 use super::memory::RESERVED_BYTES;
 use super::predict::Row;
@@ -24,6 +25,7 @@ pub struct Report<'a> {
     /// Fitting rows in order, then the rest.
     rows: Vec<Row>,
     top: Option<usize>,
+    calibration: Option<Calibration>,
 }
 
 fn gib(bytes: u64) -> String {
@@ -46,9 +48,19 @@ fn order(a: &Row, b: &Row) -> std::cmp::Ordering {
 }
 
 impl<'a> Report<'a> {
-    pub fn new(grid: &'a Grid, mut rows: Vec<Row>, top: Option<usize>) -> Report<'a> {
+    pub fn new(
+        grid: &'a Grid,
+        mut rows: Vec<Row>,
+        top: Option<usize>,
+        calibration: Option<Calibration>,
+    ) -> Report<'a> {
         rows.sort_by(order);
-        Report { grid, rows, top }
+        Report {
+            grid,
+            rows,
+            top,
+            calibration,
+        }
     }
 
     /// The best fitting row per (model, GPU type), in the grid's order.
@@ -60,7 +72,7 @@ impl<'a> Report<'a> {
                 if let Some(r) = self.rows.iter().find(|r| {
                     r.fits()
                         && r.config.model.preset.name == m.preset.name
-                        && r.config.gpu.facts.label == g.facts.label
+                        && r.config.gpu.label() == g.label()
                 }) {
                     best.push(r);
                 }
@@ -78,9 +90,22 @@ impl<'a> Report<'a> {
     }
 
     pub fn text(&self) -> String {
-        let mut s = String::from(
-            "PREDICTED by frugal plan (no figure below is measured; see the assumptions at the end)\n\n",
-        );
+        let mut s = String::from(if self.calibration.is_some() {
+            "PREDICTED by frugal plan (only the calibration's \"measured ms\" column is measured; \
+             see the assumptions at the end)\n"
+        } else {
+            "PREDICTED by frugal plan (no figure below is measured; see the assumptions at the end)\n"
+        });
+        if let Some(c) = &self.calibration {
+            s += &calibration_text(c);
+            for f in &c.factors {
+                s += &format!(
+                    "CALIBRATED: the {} step times below are the prediction x {:.3} (fitted to {} measured point(s))\n",
+                    f.kind, f.factor, f.points
+                );
+            }
+        }
+        s += "\n";
         s += &header();
         for r in self.shown() {
             s += &line(r);
@@ -101,23 +126,23 @@ impl<'a> Report<'a> {
         for m in &self.grid.models {
             for g in &self.grid.gpus {
                 let any = best.iter().any(|r| {
-                    r.config.model.preset.name == m.preset.name
-                        && r.config.gpu.facts.label == g.facts.label
+                    r.config.model.preset.name == m.preset.name && r.config.gpu.label() == g.label()
                 });
                 if !any {
                     s += &format!(
                         "{:<11} {:<14} no configuration of the grid fits\n",
-                        m.preset.name, g.facts.label
+                        m.preset.name,
+                        g.label()
                     );
                 }
             }
         }
         s += "\nlinks:\n";
-        for g in &self.grid.gpus {
+        for g in self.grid.gpus.iter().filter(|g| g.facts().is_some()) {
             if let Some(l) = g.inside {
                 s += &format!(
                     "  {} {} inside a node of {NODE_SIZE}: {:.1} GB/s, {:.0} us per hop ({})\n",
-                    g.facts.label,
+                    g.label(),
                     l.name,
                     l.bytes_per_s / 1e9,
                     l.latency_s * 1e6,
@@ -135,22 +160,36 @@ impl<'a> Report<'a> {
         );
         s += "prices (per GPU-hour):\n";
         for g in &self.grid.gpus {
-            if let Some(r) = self
-                .rows
-                .iter()
-                .find(|r| r.config.gpu.facts.label == g.facts.label)
-            {
+            if let Some(r) = self.rows.iter().find(|r| r.config.gpu.label() == g.label()) {
                 match (r.usd_per_hour, &r.price_source) {
                     (Some(p), Some(src)) => {
                         s += &format!(
                             "  {}: ${:.3} ({src})\n",
-                            g.facts.label,
+                            g.label(),
                             p / r.config.devices as f64
                         )
                     }
-                    _ => s += &format!("  {}: unknown (give --prices)\n", g.facts.label),
+                    _ => s += &format!("  {}: unknown (give --prices)\n", g.label()),
                 }
             }
+        }
+        if self
+            .grid
+            .gpus
+            .iter()
+            .any(|g| matches!(g.hw, super::Hardware::Cpu { .. }))
+        {
+            s += &format!(
+                "CPU (this host, {} core(s)): {:.0} GFLOP/s and {:.0} GB/s per core for the \
+                 optimizer before calibration; ranks over {} ({:.1} GB/s, {:.0} us per hop: {})\n",
+                super::cpu::host_cores(),
+                super::cpu::FLOPS_PER_CORE / 1e9,
+                super::cpu::BYTES_PER_CORE / 1e9,
+                super::cpu::SAME_HOST.name,
+                super::cpu::SAME_HOST.bytes_per_s / 1e9,
+                super::cpu::SAME_HOST.latency_s * 1e6,
+                super::cpu::SAME_HOST.source
+            );
         }
         s += "assumptions:\n";
         for a in ASSUMPTIONS {
@@ -168,7 +207,7 @@ impl<'a> Report<'a> {
             .iter()
             .filter_map(|g| {
                 g.inside.map(|l| {
-                    json!({"gpu": g.facts.label, "interconnect": l.name,
+                    json!({"gpu": g.label(), "interconnect": l.name,
                            "bytes_per_s": l.bytes_per_s, "latency_s": l.latency_s, "source": l.source})
                 })
             })
@@ -186,6 +225,8 @@ impl<'a> Report<'a> {
             "network": {"name": n.name, "bytes_per_s": n.bytes_per_s, "latency_s": n.latency_s, "source": n.source},
             "reserved_bytes": RESERVED_BYTES,
             "assumptions": ASSUMPTIONS,
+            "calibrated": self.calibration.is_some(),
+            "calibration": self.calibration.as_ref().map(calibration_json),
         })
     }
 }
@@ -204,7 +245,7 @@ fn line(r: &Row) -> String {
     let head = format!(
         "{:<11} {:<14} {:>4} {:>5} {:<7} {:<7} {:>10} {:>5}",
         c.model.preset.name,
-        c.gpu.facts.label,
+        c.gpu.label(),
         c.devices,
         c.batch,
         c.attention.name(),
@@ -239,7 +280,7 @@ fn row_json(r: &Row) -> Value {
     let c = &r.config;
     let mut v = json!({
         "model": c.model.preset.name,
-        "gpu": c.gpu.facts.label,
+        "gpu": c.gpu.label(),
         "devices": c.devices,
         "batch": c.batch,
         "attention": c.attention.name(),
@@ -250,6 +291,7 @@ fn row_json(r: &Row) -> Value {
         "predicted_largest_batch": r.largest_batch,
         "usd_per_hour": r.usd_per_hour,
         "price_source": r.price_source,
+        "calibration_factor": r.calibration,
     });
     if let (Some(s), Value::Object(map)) = (r.speed, &mut v) {
         let more = json!({
@@ -271,4 +313,108 @@ fn row_json(r: &Row) -> Value {
         }
     }
     v
+}
+
+/// The measured points against the prediction, before and after the fit.
+fn calibration_text(c: &Calibration) -> String {
+    let mut s = String::from("\ncalibration: measured step time against the plan's\n");
+    s += &format!(
+        "{:<11} {:<10} {:>4} {:>5} {:<7} {:<7} {:>11} {:>12} {:>8} {:>13} {:>8}  {}\n",
+        "model",
+        "device",
+        "devs",
+        "batch",
+        "attn",
+        "shard",
+        "measured ms",
+        "predicted ms",
+        "error",
+        "calibrated ms",
+        "error",
+        "source"
+    );
+    for p in &c.points {
+        let cfg = &p.config;
+        let device = match p.threads {
+            Some(t) => format!("{}-{t}t", cfg.gpu.kind()),
+            None => cfg.gpu.kind().to_string(),
+        };
+        let after = c.calibrated_s(p);
+        s += &format!(
+            "{:<11} {:<10} {:>4} {:>5} {:<7} {:<7} {:>11.1} {:>12.1} {:>7.1}% {:>13.1} {:>7.1}%  {}\n",
+            cfg.model.preset.name,
+            device,
+            cfg.devices,
+            cfg.batch,
+            cfg.attention.name(),
+            cfg.shard.name(),
+            p.measured_s * 1e3,
+            p.predicted_s * 1e3,
+            percent_error(p.predicted_s, p.measured_s),
+            after * 1e3,
+            percent_error(after, p.measured_s),
+            p.source
+        );
+    }
+    for f in &c.factors {
+        s += &format!(
+            "factor {}: {:.4} (fitted to {} point(s): the factor with the least mean absolute percentage error)\n",
+            f.kind, f.factor, f.points
+        );
+    }
+    s += &format!(
+        "mean absolute percentage error: {:.1}% before calibration, {:.1}% after\n",
+        c.mape(false),
+        c.mape(true)
+    );
+    if !c.skipped.is_empty() {
+        s += &format!("skipped {} measured line(s):\n", c.skipped.len());
+        for k in &c.skipped {
+            s += &format!("  {} {}: {}\n", k.source, k.what, k.reason);
+        }
+    }
+    s
+}
+
+fn calibration_json(c: &Calibration) -> Value {
+    let points: Vec<Value> = c
+        .points
+        .iter()
+        .map(|p| {
+            let cfg = &p.config;
+            let after = c.calibrated_s(p);
+            json!({
+                "source": p.source,
+                "model": cfg.model.preset.name,
+                "device": cfg.gpu.kind(),
+                "threads": p.threads,
+                "devices": cfg.devices,
+                "batch": cfg.batch,
+                "attention": cfg.attention.name(),
+                "shard": cfg.shard.name(),
+                "measured_step_s": p.measured_s,
+                "predicted_step_s": p.predicted_s,
+                "error_percent": percent_error(p.predicted_s, p.measured_s),
+                "calibrated_step_s": after,
+                "calibrated_error_percent": percent_error(after, p.measured_s),
+            })
+        })
+        .collect();
+    let factors: Vec<Value> = c
+        .factors
+        .iter()
+        .map(|f| json!({"device": f.kind, "factor": f.factor, "points": f.points}))
+        .collect();
+    let skipped: Vec<Value> = c
+        .skipped
+        .iter()
+        .map(|k| json!({"source": k.source, "what": k.what, "reason": k.reason}))
+        .collect();
+    json!({
+        "factors": factors,
+        "points": points,
+        "skipped": skipped,
+        "mape_before_percent": c.mape(false),
+        "mape_after_percent": c.mape(true),
+    })
 }

@@ -12,7 +12,7 @@ use super::comm::{step_comm, StepComm};
 use super::compute::{predict_step, Limit, StepCompute};
 use super::links::{ring_link, Link};
 use super::memory::{self, Planner};
-use super::{Gpu, Grid, Model};
+use super::{cpu, Gpu, Grid, Hardware, Model};
 use crate::cmd::sweep::prices::Prices;
 use crate::error::CliError;
 
@@ -59,6 +59,8 @@ pub struct Row {
     pub usd_per_hour: Option<f64>,
     /// Where the price comes from.
     pub price_source: Option<String>,
+    /// The factor `--calibrate` multiplied the step time by (None: not calibrated).
+    pub calibration: Option<f64>,
 }
 
 impl Row {
@@ -120,9 +122,12 @@ pub fn row(
         attention,
         shard,
     } = config;
+    let facts = match gpu.hw {
+        Hardware::Gpu(facts) => facts,
+        Hardware::Cpu { threads } => return Ok(cpu::row(config, threads, prices)),
+    };
     let name = model.preset.name;
     let cfg = model.preset.config();
-    let facts = gpu.facts;
     let usable_bytes = memory::usable_bytes(facts.memory_bytes_nominal);
     let peak_bytes = planner.peak(name, &cfg, batch, attention, shard, devices)?;
     let largest_batch =
@@ -143,6 +148,7 @@ pub fn row(
         speed,
         usd_per_hour,
         price_source,
+        calibration: None,
     })
 }
 
@@ -156,9 +162,12 @@ fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
         shard,
     } = config;
     let cfg = model.preset.config();
-    let roofline = gpu.facts.roofline.ok_or_else(|| {
-        CliError::usage(format!("plan: {} has no roofline figures", gpu.facts.label))
-    })?;
+    let facts = gpu
+        .facts()
+        .ok_or_else(|| CliError::usage(format!("plan: {} has no roofline", gpu.label())))?;
+    let roofline = facts
+        .roofline
+        .ok_or_else(|| CliError::usage(format!("plan: {} has no roofline figures", facts.label)))?;
     let program = memory::program(model.preset.name, &cfg, batch, attention, shard, devices)?;
     let compute = predict_step(&program, &roofline);
     // A job of one GPU uses no link; its placeholder is never read.
@@ -178,8 +187,7 @@ fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
     let step_s = compute.total_s() + comm.exposed_s;
     let tokens_per_step = (batch * cfg.seq_len) as f64;
     let tokens_per_s_per_device = tokens_per_step / step_s;
-    let mfu = gpu
-        .facts
+    let mfu = facts
         .bf16_dense_flops
         .map(|peak| cfg.train_flops_per_token(cfg.seq_len) * tokens_per_s_per_device / peak);
     let parts = [
