@@ -45,6 +45,26 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// The part of a step that takes longest: its compute-bound kernels, its memory-bound
+    /// kernels, or the communication `exposed_comm_s` not hidden behind them (the first on a
+    /// tie).
+    pub fn of_step(compute: &StepCompute, exposed_comm_s: f64) -> Limit {
+        [
+            (Limit::Compute, compute.compute_bound_s),
+            (Limit::Memory, compute.memory_bound_s),
+            (Limit::Communication, exposed_comm_s),
+        ]
+        .into_iter()
+        .fold((Limit::Compute, f64::NEG_INFINITY), |best, p| {
+            if p.1 > best.1 {
+                p
+            } else {
+                best
+            }
+        })
+        .0
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::Compute => "compute",

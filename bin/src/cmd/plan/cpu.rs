@@ -156,22 +156,7 @@ fn speed(config: Config, threads: usize) -> Speed {
     );
     let step_s = compute.total_s() + comm.exposed_s;
     let tokens_per_s_per_device = tokens / step_s;
-    let parts = [
-        (Limit::Compute, compute.compute_bound_s),
-        (Limit::Memory, compute.memory_bound_s),
-        (Limit::Communication, comm.exposed_s),
-    ];
-    let limit = parts
-        .iter()
-        .copied()
-        .fold((Limit::Compute, f64::NEG_INFINITY), |best, p| {
-            if p.1 > best.1 {
-                p
-            } else {
-                best
-            }
-        })
-        .0;
+    let limit = Limit::of_step(&compute, comm.exposed_s);
     Speed {
         compute,
         comm,

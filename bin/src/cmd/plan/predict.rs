@@ -190,22 +190,7 @@ fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
     let mfu = facts
         .bf16_dense_flops
         .map(|peak| cfg.train_flops_per_token(cfg.seq_len) * tokens_per_s_per_device / peak);
-    let parts = [
-        (Limit::Compute, compute.compute_bound_s),
-        (Limit::Memory, compute.memory_bound_s),
-        (Limit::Communication, comm.exposed_s),
-    ];
-    let limit = parts
-        .iter()
-        .copied()
-        .fold((Limit::Compute, f64::NEG_INFINITY), |best, p| {
-            if p.1 > best.1 {
-                p
-            } else {
-                best
-            }
-        })
-        .0;
+    let limit = Limit::of_step(&compute, comm.exposed_s);
     Ok(Speed {
         compute,
         comm,
