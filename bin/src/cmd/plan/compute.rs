@@ -26,12 +26,29 @@
 //!   communication is modelled separately (see `comm`).
 
 use frugal_model::device::program::{Program, Work};
+use frugal_ptx::flash::AttnShape;
 use frugal_ptx::matmul::{Epilogue, OutType};
 use frugal_runtime::facts::Roofline;
 use frugal_runtime::roofline::{predict, Bound, KernelWork};
 
 const BF16: f64 = 2.0;
 const F32: f64 = 4.0;
+
+/// Bytes of Q (and O) and of K (and V) in bf16, the T×T score count over every head, and
+/// the head size, of one attention shape.
+fn attention_sizes(shape: &AttnShape) -> (f64, f64, f64, f64) {
+    let f = |x: usize| x as f64;
+    let (b, t, nh, nkv, hs) = (
+        f(shape.b),
+        f(shape.t),
+        f(shape.nh),
+        f(shape.nkv),
+        f(shape.hs),
+    );
+    let qo = b * t * nh * hs * BF16;
+    let kv = b * t * nkv * hs * BF16;
+    (qo, kv, b * nh * t * t, hs)
+}
 
 /// What bounds a share of the step's time, as the plan's table names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,16 +173,7 @@ pub fn kernel_work(work: &Work) -> Option<KernelWork> {
             w(2.0 * m * n * k * batch, 0.0, bytes)
         }
         Work::Attention { attention, shape } => {
-            let (b, t, nh, nkv, hs) = (
-                f(shape.b),
-                f(shape.t),
-                f(shape.nh),
-                f(shape.nkv),
-                f(shape.hs),
-            );
-            let qo = b * t * nh * hs * BF16;
-            let kv = b * t * nkv * hs * BF16;
-            let scores = b * nh * t * t;
+            let (qo, kv, scores, hs) = attention_sizes(&shape);
             match attention {
                 frugal_model::config::Attention::Flash => {
                     w(2.0 * scores * hs, 5.0 * scores / 2.0, 2.0 * qo + 2.0 * kv)
@@ -180,16 +188,7 @@ pub fn kernel_work(work: &Work) -> Option<KernelWork> {
         Work::AttentionBackward {
             attention, shape, ..
         } => {
-            let (b, t, nh, nkv, hs) = (
-                f(shape.b),
-                f(shape.t),
-                f(shape.nh),
-                f(shape.nkv),
-                f(shape.hs),
-            );
-            let qo = b * t * nh * hs * BF16;
-            let kv = b * t * nkv * hs * BF16;
-            let scores = b * nh * t * t;
+            let (qo, kv, scores, hs) = attention_sizes(&shape);
             match attention {
                 // Q, O, dO read and dQ written; K, V read and dK, dV written.
                 frugal_model::config::Attention::Flash => {
