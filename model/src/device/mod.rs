@@ -93,6 +93,7 @@
 //! weights by range, gathered and awaited passes, the optimizer step from all ranks' norm
 //! partials), this file (the model, its unsharded step and the step runner).
 
+mod overlap;
 mod place;
 pub mod program;
 mod shard_step;
@@ -110,6 +111,7 @@ use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
+use frugal_runtime::stream::StreamKind;
 pub use sharding::{ShardState, Sharding};
 
 use crate::config::{Config, ParamKind, ParamLayout};
@@ -275,6 +277,10 @@ pub struct DeviceModel {
     own_bf16: Vec<half::bf16>,
     /// Run AdamW whatever the gradient norm ([`DeviceModel::set_update_always`]).
     update_always: bool,
+    /// Copy finished gradient ranges on the copy stream ([`DeviceModel::set_overlap`]).
+    overlap: bool,
+    /// The staging buffers and copies in flight of the overlapped hand-over.
+    grad_copies: overlap::GradCopies,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -509,6 +515,8 @@ impl DeviceModel {
             shard: options.sharding.range(cfg.param_count(), 0),
             own_bf16: Vec::new(),
             update_always: false,
+            overlap: true,
+            grad_copies: overlap::GradCopies::default(),
         };
         model.upload_tables()?;
         Ok(model)
@@ -572,6 +580,14 @@ impl DeviceModel {
     /// update must still run to be counted.
     pub fn set_update_always(&mut self, on: bool) {
         self.update_always = on;
+    }
+
+    /// With `on` (the default), each finished gradient range goes to `on_ready` through an
+    /// asynchronous copy on the copy stream that overlaps the rest of backward; off, through
+    /// a synchronous copy that waits for the kernels before it. The values are the same
+    /// bits either way.
+    pub fn set_overlap(&mut self, on: bool) {
+        self.overlap = on;
     }
 
     /// The device.
@@ -790,9 +806,13 @@ impl DeviceModel {
         })
     }
 
+    /// Queues `launches` on the compute stream (asynchronous on `cuda` and `emu`; the next
+    /// synchronous copy or host wait is ordered after them).
     fn launch_all(&self, label: &str, launches: &[Launch]) -> Result<(), ModelError> {
         for l in launches {
-            self.device.run(l).map_err(device_err(label))?;
+            self.device
+                .run_on(StreamKind::Compute, l)
+                .map_err(device_err(label))?;
         }
         Ok(())
     }
@@ -812,10 +832,13 @@ impl DeviceModel {
         let ids = self.ids;
         let mut host = Vec::new();
         let mut staged = Vec::new();
-        // The steps are taken out for the run (gathers write the arena) and put back
-        // whatever happens.
+        // The steps and the copies are taken out for the run (gathers write the arena)
+        // and put back whatever happens.
         let steps = std::mem::take(&mut self.steps);
+        let mut copies = std::mem::take(&mut self.grad_copies);
         let mut result = Ok(());
+        // The ordinal of the gradient range: its staging buffer.
+        let mut slot = 0;
         // The NVTX range of the current phase, ended when the phase changes.
         let mut phase: Option<(&str, nvtx::Range)> = None;
         for (name, step) in &steps[range] {
@@ -841,14 +864,45 @@ impl DeviceModel {
                 drop(phase.take()); // end the previous range before opening the next
                 phase = Some((name.as_str(), nvtx::range(name)));
             }
-            result = self
-                .run_step(step, n, ids, info, &mut on_ready, &mut host)
-                .map_err(E::from);
+            result = match (step, on_ready.as_deref_mut()) {
+                (Step::GradsReady(r), Some(f)) if self.overlap => {
+                    slot += 1;
+                    let byte = (self.offsets[ids.grads] + r.start as u64 * 4) as usize;
+                    copies
+                        .start(&self.device, &self.arena.buffer, byte, r.clone(), slot - 1)
+                        .and_then(|()| copies.poll(f))
+                        .map_err(device_err("copying a finished gradient range"))
+                        .map_err(E::from)
+                }
+                _ => self
+                    .run_step(step, n, ids, info, &mut on_ready, &mut host)
+                    .map_err(E::from),
+            };
+            // Hand over the copies done by now, between launches.
+            if result.is_ok() && copies.busy() {
+                if let Some(f) = on_ready.as_deref_mut() {
+                    result = copies
+                        .poll(f)
+                        .map_err(device_err("copying a finished gradient range"))
+                        .map_err(E::from);
+                }
+            }
             if result.is_err() {
                 break;
             }
         }
         drop(phase);
+        if result.is_ok() && copies.busy() {
+            if let Some(f) = on_ready.as_deref_mut() {
+                let _range = nvtx::range("gradient copies");
+                result = copies
+                    .drain(f)
+                    .map_err(device_err("copying a finished gradient range"))
+                    .map_err(E::from);
+            }
+        }
+        copies.abandon();
+        self.grad_copies = copies;
         self.steps = steps;
         result
     }
