@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use frugal_runtime::buffer::{DeviceBuffer, PinnedHostBuffer};
 use frugal_runtime::device::Device;
+use frugal_runtime::nvtx;
 use frugal_runtime::stream::{HostTransfer, StreamKind, DEFAULT_WAIT};
 use frugal_runtime::RuntimeError;
 
@@ -120,6 +121,14 @@ impl GradCopies {
             return Ok(());
         };
         let mut buffer = transfer.wait(COPY_WAIT)?;
+        // The callback starts the collective (DDP's ring): its own range in Nsight, next
+        // to the copy-stream work it waited for.
+        let _range = nvtx::enabled().then(|| {
+            nvtx::range(&format!(
+                "hand over gradients {}..{}",
+                range.start, range.end
+            ))
+        });
         on_ready(range, buffer.as_mut::<f32>()?);
         self.staging[slot] = Some(buffer);
         Ok(())
