@@ -227,7 +227,7 @@ done
 graph_ms() { grep -Eo '"step_ms_mean": [0-9.]+' "$logdir/bench_step-graphs-$1.log" 2>/dev/null | awk '{print $2}' | head -n 1; }
 off_ms="$(graph_ms off)"; on_ms="$(graph_ms on)"
 if [ -n "$off_ms" ] && [ -n "$on_ms" ]; then
-  saved="$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.3f ms/step (%.1f%%)", a - b, a > 0 ? 100 * (a - b) / a : 0 }')"
+  saved="$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.3f ms/step (%.1f%%)", a - b, (a > 0 ? 100 * (a - b) / a : 0) }')"
   echo "gpu-check: launch overhead removed by graphs: $saved; off ${off_ms} ms, on ${on_ms} ms"
   [ "$mode" = emu ] && saved="$saved, emulated: not GPU time"
   rows+=("graphs: off-on step time|$saved|0")
