@@ -188,7 +188,13 @@ impl EmuDevice {
 
     /// Counts (and with `sample_ctas` samples) the launches that follow, as
     /// `profiling` says; `Profiling::default()` turns it off again.
+    ///
+    /// Work already queued on the streams runs first, under the setting it was queued
+    /// under (a failure among it is recorded for the next synchronize).
     pub fn set_profiling(&self, profiling: Profiling) {
+        if let Err(e) = self.inner.flush() {
+            self.inner.errors.record(format!("queued work: {e}"));
+        }
         *lock(&self.inner.profiling) = profiling;
     }
 
