@@ -176,7 +176,10 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo, RuntimeError> {
 struct LoadedModule {
     name: String,
     handle: sys::CUmodule,
-    functions: Mutex<HashMap<String, sys::CUfunction>>,
+    /// Each function used so far, with the largest dynamic shared memory its attribute
+    /// was raised to (set once, not per launch: a driver call per launch is overhead,
+    /// and none is made while a graph is being captured once the step has warmed up).
+    functions: Mutex<HashMap<String, (sys::CUfunction, u32)>>,
 }
 
 /// Shared state of a CUDA device; buffers, events and pinned memory hold an `Arc`.
@@ -664,8 +667,8 @@ impl CudaInner {
                 ),
             })?;
         let mut cache = m.functions.lock().unwrap_or_else(|p| p.into_inner());
-        let f = match cache.get(kernel) {
-            Some(&f) => f,
+        let (f, raised) = match cache.get(kernel) {
+            Some(&known) => known,
             None => {
                 let cname = CString::new(kernel).map_err(|_| RuntimeError::UnknownKernel {
                     kernel: kernel.to_string(),
@@ -676,11 +679,11 @@ impl CudaInner {
                 ck("cuModuleGetFunction", unsafe {
                     sys::cuModuleGetFunction(&mut f, m.handle, cname.as_ptr())
                 })?;
-                cache.insert(kernel.to_string(), f);
-                f
+                cache.insert(kernel.to_string(), (f, 0));
+                (f, 0)
             }
         };
-        if dynamic_shared > limits::DEFAULT_DYNAMIC_SHARED {
+        if dynamic_shared > limits::DEFAULT_DYNAMIC_SHARED && dynamic_shared > raised {
             // SAFETY: valid function handle; the value is within the hardware limit
             // checked by check_dims (the driver refuses more than the device has).
             ck("cuFuncSetAttribute", unsafe {
@@ -690,6 +693,7 @@ impl CudaInner {
                     dynamic_shared as i32,
                 )
             })?;
+            cache.insert(kernel.to_string(), (f, dynamic_shared));
         }
         Ok(f)
     }
