@@ -36,7 +36,7 @@ cd "$root"
 profile="${PROFILE:-release}"
 out="$root/gpu-bin"
 # Keep in step with gpu-check.sh: the test binaries that exercise a GPU.
-gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.(device_step|device_sharded)|frugal-comm\.(nccl|ddp))\$}"
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels|streams)|frugal-model\.(device_step|device_sharded|device_graphs|device_overlap)|frugal-comm\.(nccl|ddp))\$}"
 if [ "${ALL_TESTS:-0}" = 1 ]; then
   packages=(--workspace)
 else

@@ -28,6 +28,8 @@
 #      PREDICTS from the emulator's counters (run here on the CPU), and
 #      calibration.json = per kernel family the median of measured/predicted, for
 #      `frugal profile --calibration` (copied to OUT too);
+#   3d. the training step with --cuda-graphs off and on: the launch overhead graphs remove
+#      (difference of the mean step times; GRAPH_ARGS: its bench step flags);
 #   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
 #      (same JSON schema), joined with frugal's lines into ratio columns;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
@@ -117,7 +119,7 @@ run() {
 run doctor 60 "$bin/frugal" doctor
 
 # 2. Tests on the device.
-gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels)|frugal-model\.(device_step|device_sharded)|frugal-comm\.(nccl|ddp))\$}"
+gpu_tests="${GPU_TESTS:-^(frugal-runtime\.(cuda|cuda_missing|device_kernels|streams)|frugal-model\.(device_step|device_sharded|device_graphs|device_overlap)|frugal-comm\.(nccl|ddp))\$}"
 threads="${TEST_THREADS:-4}"
 skipped=0
 # The kernel tests first (the most telling minutes), then the step, then the rest.
@@ -207,6 +209,31 @@ fi
 # shellcheck disable=SC2086  # word splitting of the flag list is intended
 run "train:shard-bits" "$limit_bench" "$root/scripts/shard-check.sh" "$bin/frugal" \
   "$shard_device" "$logdir/shard" ${SHARD_ARGS-$shard_args}
+
+# 3d. CUDA graphs: the same step with plain launches and replayed from graphs
+# (--cuda-graphs off, on); the difference of the mean step times is the launch overhead
+# the graphs remove. Two warm-up steps: the first runs plainly, the second captures.
+# (frugal-model.device_graphs, with the tests above, checks replay == launches bit for bit.)
+if [ "$mode" = emu ]; then
+  graph_args="--model tiny --batch 1 --seq 32 --steps 1 --warmup 2"
+else
+  graph_args="--model paper-100m --steps 10 --warmup 3"
+fi
+for g in off on; do
+  # shellcheck disable=SC2086  # word splitting of the flag list is intended
+  run "bench:step-graphs-$g" "$limit_bench" "$bin/frugal" bench step --device "$device" --json \
+    --cuda-graphs "$g" ${GRAPH_ARGS-$graph_args}
+done
+graph_ms() { grep -Eo '"step_ms_mean": [0-9.]+' "$logdir/bench_step-graphs-$1.log" 2>/dev/null | awk '{print $2}' | head -n 1; }
+off_ms="$(graph_ms off)"; on_ms="$(graph_ms on)"
+if [ -n "$off_ms" ] && [ -n "$on_ms" ]; then
+  saved="$(awk -v a="$off_ms" -v b="$on_ms" 'BEGIN { printf "%.3f ms/step (%.1f%%)", a - b, (a > 0 ? 100 * (a - b) / a : 0) }')"
+  echo "gpu-check: launch overhead removed by graphs: $saved; off ${off_ms} ms, on ${on_ms} ms"
+  [ "$mode" = emu ] && saved="$saved, emulated: not GPU time"
+  rows+=("graphs: off-on step time|$saved|0")
+else
+  rows+=("graphs: off-on step time|no figures (see bench:step-graphs-*)|0")
+fi
 
 # 4. PyTorch on the same shapes, joined with frugal's lines.
 join="$root/scripts/bench-join.py"

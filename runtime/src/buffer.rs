@@ -173,7 +173,7 @@ impl DeviceBuffer {
         }
     }
 
-    fn range_check(
+    pub(crate) fn range_check(
         &self,
         what: &'static str,
         offset: usize,
@@ -205,7 +205,7 @@ impl DeviceBuffer {
                 Ok(())
             }
             Backing::Cuda(inner) => inner.copy_htod(self.ptr + offset as u64, bytes),
-            Backing::Emu(inner) => inner.write(&self.label, self.ptr + offset as u64, bytes),
+            Backing::Emu(inner) => inner.host_write(&self.label, self.ptr + offset as u64, bytes),
         }
     }
 
@@ -224,7 +224,7 @@ impl DeviceBuffer {
                 Ok(())
             }
             Backing::Cuda(inner) => inner.copy_dtoh(self.ptr + offset as u64, bytes),
-            Backing::Emu(inner) => inner.read(&self.label, self.ptr + offset as u64, bytes),
+            Backing::Emu(inner) => inner.host_read(&self.label, self.ptr + offset as u64, bytes),
         }
     }
 

@@ -169,6 +169,30 @@ pub enum RuntimeError {
         /// Bytes asked for.
         bytes: u64,
     },
+    /// A host-side wait (an event, a stream, an asynchronous copy) did not finish in time.
+    WaitTimeout {
+        /// What was waited for, e.g. "event 'grads 3' on the compute stream".
+        what: String,
+        /// How long the host waited, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The emulated GPU saw a copy or collective on one stream read bytes that a kernel
+    /// queued on the compute stream, not ordered before it, changed afterwards: a
+    /// missing `wait` on an event (on a GPU the result would depend on timing).
+    Race {
+        /// The copy that read too early.
+        reader: String,
+        /// Its stream.
+        stream: &'static str,
+        /// The compute-stream kernels it was not ordered after (the first few).
+        kernels: String,
+    },
+    /// Stream capture into a graph (CUDA graphs, or the emulator's launch list) failed
+    /// or was used wrongly.
+    Capture {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The first few library names tried, and how many more.
@@ -286,6 +310,18 @@ impl fmt::Display for RuntimeError {
                  --batch or --seq, or raise the limit",
                 gib(*bytes)
             ),
+            RuntimeError::WaitTimeout { what, waited_ms } => write!(
+                f,
+                "timed out after {waited_ms} ms waiting for {what}: the device did not finish it \
+                 (a hung kernel, a dead peer in a collective, or a missing record of the event)"
+            ),
+            RuntimeError::Race { reader, stream, kernels } => write!(
+                f,
+                "race on the emulated GPU: {reader} on the {stream} read bytes that compute-stream \
+                 work queued before it and not waited for ({kernels}) changed afterwards; the \
+                 {stream} must wait on an event recorded after that work"
+            ),
+            RuntimeError::Capture { reason } => write!(f, "graph capture: {reason}"),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! frugal-runtime: devices (CPU, CUDA through cudarc, the emulated GPU), buffers,
+//! streams and events ([`stream`]), graph capture ([`graph`]),
 //! kernel launch, the statically planned memory arena, NVTX, and device facts.
 //!
 //! A walkthrough on the emulated GPU (the same code runs on `cuda`): plan the
@@ -30,11 +31,13 @@ pub mod device;
 pub mod dylib;
 pub mod error;
 pub mod facts;
+pub mod graph;
 pub mod host;
 pub mod launch;
 pub mod modules;
 pub mod nvtx;
 pub mod profile;
 pub mod roofline;
+pub mod stream;
 
 pub use error::RuntimeError;

@@ -10,6 +10,7 @@ use clap::error::ErrorKind;
 use frugal_comm::{ShardMode, Transport};
 use frugal_model::config::{Config, Preset};
 use frugal_model::data::DataSpec;
+use frugal_model::device::GraphMode;
 use frugal_runtime::device::DeviceSpec;
 
 use crate::flags::UsageError;
@@ -96,6 +97,14 @@ pub fn parse_attention_dq(value: Option<&str>) -> Result<AttentionDq, UsageError
     }
 }
 
+/// Parses `--cuda-graphs` (None: auto).
+///
+/// # Errors
+/// A usage error listing the choices.
+pub fn parse_cuda_graphs(value: Option<&str>) -> Result<GraphMode, UsageError> {
+    value.map_or(Ok(GraphMode::Auto), |v| v.parse().map_err(usage))
+}
+
 /// Which checkpoint to resume from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resume {
@@ -135,6 +144,8 @@ pub struct TrainOptions {
     /// Flash attention's dQ summation; atomic is faster on GPUs and not bitwise
     /// reproducible run to run.
     pub attention_dq: AttentionDq,
+    /// `--cuda-graphs`: the step's fixed launches captured once and replayed.
+    pub cuda_graphs: GraphMode,
     pub mem_target: Option<f64>,
     pub out: PathBuf,
     pub resume: Option<Resume>,
@@ -257,6 +268,11 @@ pub struct TrainFlags {
     /// run (flash only)
     #[arg(long, value_name = "deterministic|atomic", value_parser = text::<String>(), help_heading = "device")]
     pub attention_dq: Option<String>,
+    /// GPU step: capture the step's fixed launches once and replay them as CUDA graphs
+    /// (on), or launch each kernel (off); auto (default): on for cuda when capture works
+    /// (a failure is logged and the run goes on with launches), off on emu
+    #[arg(long, value_name = "off|on|auto", value_parser = text::<String>(), help_heading = "device")]
+    pub cuda_graphs: Option<String>,
     #[arg(long, value_name = "F", value_parser = text::<f64>(), help_heading = "device",
           help = format!("GPU/emu: use the largest micro-batch (up to {MEM_TARGET_MAX_BATCH}) whose \
                           memory plan fits in F of free device memory, 0 < F <= 1 \
@@ -475,6 +491,7 @@ impl TrainOptions {
         let seed: u64 = args.seed.unwrap_or(DEFAULT_SEED);
         let device = device_flag(&args)?;
         let (attention, attention_dq) = attention_flags(&args)?;
+        let cuda_graphs = parse_cuda_graphs(args.cuda_graphs.as_deref())?;
         let mem_target = mem_target_flag(&args)?;
         let profile_steps = profile_steps_flag(&args, steps)?;
         let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
@@ -528,6 +545,7 @@ impl TrainOptions {
             device,
             attention,
             attention_dq,
+            cuda_graphs,
             mem_target,
             out,
             resume,

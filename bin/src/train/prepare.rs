@@ -217,7 +217,7 @@ pub fn prepare_gpu(
         eps: ADAM_EPS,
         weight_decay: opts.weight_decay as f32,
     };
-    let model = DeviceModel::new_with(
+    let mut model = DeviceModel::new_with(
         device,
         &opts.config,
         opts.batch,
@@ -226,6 +226,7 @@ pub fn prepare_gpu(
         hyper,
     )
     .context("setting up the device step")?;
+    model.set_graphs(opts.cuda_graphs);
     let layout = ParamLayout::new(&opts.config);
     Ok(Some(Prepared {
         backend: Box::new(DeviceStep::new(model, &layout)),

@@ -56,10 +56,18 @@
 //! 1024 layers.
 //!
 //! # Overlap
-//! `on_ready` gets each finished range as soon as its backward is done, copied to the host
-//! with a synchronous copy (which waits for the kernels before it): the hand-over order is
-//! right for an all-reduce that overlaps backward, but the copy itself does not yet overlap
-//! the kernels that follow.
+//! Kernels are queued on the device's compute stream ([`frugal_runtime::stream`]). With
+//! `on_ready`, each finished gradient range is copied on the copy stream, after an event
+//! recorded behind the range's last gradient kernel, into a page-locked host buffer while
+//! the next layers' backward runs; the callback gets the ranges in the order they finished,
+//! polled between launches and drained before the pass returns ([`overlap`];
+//! [`DeviceModel::set_overlap`] turns it off for the synchronous copy). The same bits
+//! either way.
+//!
+//! # Graphs
+//! `--cuda-graphs` ([`GraphMode`], [`DeviceModel::set_graphs`]): the runs of fixed launches
+//! are captured once and replayed; the cross-entropy, the embedding backward and the
+//! optimizer stay plain launches (see [`graphs`]).
 //!
 //! # `--shard grad-op` (ZeRO-2)
 //! The rank holds the whole bf16 weights but updates only its shard of them. Its program
@@ -88,13 +96,17 @@
 //! that point, and on `emu` (synchronous launches) nothing overlaps. The bf16 values the
 //! kernels read are the unsharded step's bytes, so the step trains the same bits.
 //!
-//! Rooms: `program/` (the step's ops and buffers), `sharding.rs` (the shard arithmetic the
+//! Rooms: `program/` (the step's ops and buffers), `overlap.rs` (the gradient copies),
+//! `graphs.rs` (capture and replay), `sharding.rs` (the shard arithmetic the
 //! plan and the step share), `shard_step.rs` (the sharded side of [`DeviceModel`]: shard,
 //! weights by range, gathered and awaited passes, the optimizer step from all ranks' norm
 //! partials), this file (the model, its unsharded step and the step runner).
 
+mod graphs;
+mod overlap;
 mod place;
 pub mod program;
+mod runner;
 mod shard_step;
 pub mod sharding;
 mod vanilla;
@@ -103,13 +115,13 @@ use std::ops::Range;
 
 pub use crate::config::Attention;
 pub use frugal_ptx::flash::DqMode;
-use frugal_ptx::kernels::cross_entropy::{CrossEntropyBufs, CrossEntropyShape};
 use frugal_ptx::kernels::{adamw, cross_entropy, embedding, Launch};
 use frugal_runtime::arena::{plan as plan_arena, BufferRequest, Category, Plan};
 use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
+pub use graphs::GraphMode;
 pub use sharding::{ShardState, Sharding};
 
 use crate::config::{Config, ParamKind, ParamLayout};
@@ -275,6 +287,12 @@ pub struct DeviceModel {
     own_bf16: Vec<half::bf16>,
     /// Run AdamW whatever the gradient norm ([`DeviceModel::set_update_always`]).
     update_always: bool,
+    /// Copy finished gradient ranges on the copy stream ([`DeviceModel::set_overlap`]).
+    overlap: bool,
+    /// The staging buffers and copies in flight of the overlapped hand-over.
+    grad_copies: overlap::GradCopies,
+    /// The fixed launches' graphs ([`DeviceModel::set_graphs`]).
+    graphs: graphs::StepGraphs,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -509,7 +527,11 @@ impl DeviceModel {
             shard: options.sharding.range(cfg.param_count(), 0),
             own_bf16: Vec::new(),
             update_always: false,
+            overlap: true,
+            grad_copies: overlap::GradCopies::default(),
+            graphs: graphs::StepGraphs::default(),
         };
+        model.set_graphs(GraphMode::Auto);
         model.upload_tables()?;
         Ok(model)
     }
@@ -572,6 +594,33 @@ impl DeviceModel {
     /// update must still run to be counted.
     pub fn set_update_always(&mut self, on: bool) {
         self.update_always = on;
+    }
+
+    /// With `on` (the default), each finished gradient range goes to `on_ready` through an
+    /// asynchronous copy on the copy stream that overlaps the rest of backward; off, through
+    /// a synchronous copy that waits for the kernels before it. The values are the same
+    /// bits either way.
+    pub fn set_overlap(&mut self, on: bool) {
+        self.overlap = on;
+    }
+
+    /// Whether the step's fixed launches are captured into graphs and replayed (see
+    /// [`graphs`]); drops the graphs captured so far. `Auto` (what `new` sets): on for
+    /// `cuda`, off on `emu`.
+    pub fn set_graphs(&mut self, mode: GraphMode) {
+        let fixed: Vec<bool> = self
+            .steps
+            .iter()
+            .map(|(_, s)| matches!(s, Step::Launches { .. }))
+            .collect();
+        let boundaries = [self.forward_end, self.optimizer];
+        self.graphs = graphs::StepGraphs::new(mode, &self.device, &fixed, &boundaries);
+    }
+
+    /// Whether steps are replayed from graphs now (`Auto` turns it off after a failed
+    /// capture), and how many graphs are captured.
+    pub fn graphs_in_use(&self) -> (bool, usize) {
+        (self.graphs.enabled(), self.graphs.captured())
     }
 
     /// The device.
@@ -788,164 +837,6 @@ impl DeviceModel {
             distinct: index.rows.len(),
             grad_scale: 1.0,
         })
-    }
-
-    fn launch_all(&self, label: &str, launches: &[Launch]) -> Result<(), ModelError> {
-        for l in launches {
-            self.device.run(l).map_err(device_err(label))?;
-        }
-        Ok(())
-    }
-
-    /// Runs `steps[range]` (the upload must have been done). With `launch` false, runs
-    /// only the weight gathers and awaits (a micro-batch with nothing to compute still
-    /// gathers with the other ranks, which do, and still takes the updated weights).
-    fn run_steps<E: From<ModelError>>(
-        &mut self,
-        range: Range<usize>,
-        info: &BatchInfo,
-        mut on_ready: OnReady,
-        mut weights: WeightHooks<'_, '_, E>,
-        launch: bool,
-    ) -> Result<(), E> {
-        let n = self.batch * self.seq;
-        let ids = self.ids;
-        let mut host = Vec::new();
-        let mut staged = Vec::new();
-        // The steps are taken out for the run (gathers write the arena) and put back
-        // whatever happens.
-        let steps = std::mem::take(&mut self.steps);
-        let mut result = Ok(());
-        // The NVTX range of the current phase, ended when the phase changes.
-        let mut phase: Option<(&str, nvtx::Range)> = None;
-        for (name, step) in &steps[range] {
-            if let Step::GatherWeights { range, buf } = step {
-                let gather = weights.gather.as_deref_mut();
-                result = self.gather_unit(range, *buf, &mut staged, gather);
-                if result.is_err() {
-                    break;
-                }
-                continue;
-            }
-            if let Step::AwaitWeights(range) = step {
-                result = self.await_unit(range, &mut staged, weights.awaits.as_deref_mut());
-                if result.is_err() {
-                    break;
-                }
-                continue;
-            }
-            if !launch {
-                continue;
-            }
-            if phase.as_ref().is_none_or(|(p, _)| *p != name.as_str()) {
-                drop(phase.take()); // end the previous range before opening the next
-                phase = Some((name.as_str(), nvtx::range(name)));
-            }
-            result = self
-                .run_step(step, n, ids, info, &mut on_ready, &mut host)
-                .map_err(E::from);
-            if result.is_err() {
-                break;
-            }
-        }
-        drop(phase);
-        self.steps = steps;
-        result
-    }
-
-    /// One step that is not a gather.
-    fn run_step(
-        &self,
-        step: &Step,
-        n: usize,
-        ids: Ids,
-        info: &BatchInfo,
-        on_ready: &mut OnReady,
-        host: &mut Vec<f32>,
-    ) -> Result<(), ModelError> {
-        {
-            match step {
-                Step::Launches { label, launches } => self.launch_all(label, launches)?,
-                Step::Upload
-                | Step::Optimizer
-                | Step::GatherWeights { .. }
-                | Step::AwaitWeights(_) => {}
-                Step::CrossEntropy => {
-                    let (logits, loss) = (self.addr(ids.logits), self.addr(ids.loss_rows));
-                    let launches = [
-                        cross_entropy::forward_backward(
-                            CrossEntropyBufs {
-                                logits,
-                                targets: self.addr(ids.tokens_tgt),
-                                loss,
-                                dlogits: logits,
-                            },
-                            CrossEntropyShape {
-                                rows: n,
-                                v: self.cfg.vocab_size,
-                                num_valid: info.num_valid,
-                            },
-                            info.grad_scale,
-                        )
-                        .map_err(kernel_err("cross-entropy"))?,
-                        cross_entropy::mean(loss, n, info.num_valid, self.addr(ids.loss_mean))
-                            .map_err(kernel_err("mean loss"))?,
-                    ];
-                    self.launch_all("cross-entropy", &launches)?;
-                }
-                Step::EmbeddingBackward => {
-                    let emb = self.layout.tok_embedding().offset as u64 * 4;
-                    let launch = embedding::backward(
-                        self.addr(ids.emb_rows),
-                        self.addr(ids.emb_offsets),
-                        self.addr(ids.emb_positions),
-                        self.addr(ids.dresid),
-                        self.addr(ids.grads) + emb,
-                        info.distinct,
-                        self.cfg.dim,
-                    )
-                    .map_err(kernel_err("embedding backward"))?;
-                    self.launch_all("embedding backward", &[launch])?;
-                }
-                Step::GradsReady(r) => {
-                    if let Some(f) = on_ready.as_mut() {
-                        host.resize(r.len(), 0.0f32);
-                        self.read_at(
-                            ids.grads,
-                            r.start as u64 * 4,
-                            host,
-                            "reading a finished gradient range",
-                        )?;
-                        f(r.clone(), host);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn read_loss(&self) -> Result<f32, ModelError> {
-        let mut mean = [0.0f32];
-        self.read_at(self.ids.loss_mean, 0, &mut mean, "reading the loss")?;
-        Ok(mean[0])
-    }
-
-    /// Hands every gradient range over unchanged (a micro-batch with no counted target).
-    fn ready_unchanged(&self, on_ready: OnReady) -> Result<(), ModelError> {
-        let Some(f) = on_ready else { return Ok(()) };
-        for (_, step) in &self.steps[..self.optimizer] {
-            if let Step::GradsReady(r) = step {
-                let mut host = vec![0.0f32; r.len()];
-                self.read_at(
-                    self.ids.grads,
-                    r.start as u64 * 4,
-                    &mut host,
-                    "reading gradients",
-                )?;
-                f(r.clone(), &host);
-            }
-        }
-        Ok(())
     }
 
     /// Forward and backward of one micro-batch (`inputs`, `targets`: B*T tokens),

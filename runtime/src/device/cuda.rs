@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::sys;
 
 use crate::buffer::{Backing, DeviceBuffer, ErrorSlot, PinnedHostBuffer, PinnedOwner};
+use crate::device::cuda_stream::create_stream;
 use crate::device::MemoryInfo;
 use crate::dylib;
 use crate::error::RuntimeError;
@@ -30,7 +31,7 @@ use crate::launch::{limits, LaunchDims};
 use crate::modules::{check_ptx_isa, ModuleSet};
 
 /// Turns a driver status into a `Result`, naming the call.
-fn ck(call: &'static str, r: sys::CUresult) -> Result<(), RuntimeError> {
+pub(super) fn ck(call: &'static str, r: sys::CUresult) -> Result<(), RuntimeError> {
     r.result().map_err(|e| RuntimeError::Driver {
         call,
         message: format!("{e:?}"),
@@ -175,7 +176,10 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo, RuntimeError> {
 struct LoadedModule {
     name: String,
     handle: sys::CUmodule,
-    functions: Mutex<HashMap<String, sys::CUfunction>>,
+    /// Each function used so far, with the largest dynamic shared memory its attribute
+    /// was raised to (set once, not per launch: a driver call per launch is overhead,
+    /// and none is made while a graph is being captured once the step has warmed up).
+    functions: Mutex<HashMap<String, (sys::CUfunction, u32)>>,
 }
 
 /// Shared state of a CUDA device; buffers, events and pinned memory hold an `Arc`.
@@ -183,7 +187,11 @@ pub struct CudaInner {
     info: DeviceInfo,
     device: sys::CUdevice,
     context: sys::CUcontext,
-    stream: sys::CUstream,
+    /// The compute stream: kernels and the synchronous copies.
+    pub(super) stream: sys::CUstream,
+    /// The copy and comm streams ([`crate::stream`]), null until created in `open`.
+    pub(super) copy_stream: sys::CUstream,
+    pub(super) comm_stream: sys::CUstream,
     driver_version: i32,
     parsed: ModuleSet,
     loaded: Vec<LoadedModule>,
@@ -204,8 +212,8 @@ pub struct CudaDevice {
 
 /// A recorded CUDA event (destroyed on drop).
 pub struct CudaEvent {
-    event: sys::CUevent,
-    inner: Arc<CudaInner>,
+    pub(super) event: sys::CUevent,
+    pub(super) inner: Arc<CudaInner>,
 }
 
 impl Drop for CudaEvent {
@@ -380,11 +388,15 @@ impl CudaDevice {
             device,
             context,
             stream,
+            copy_stream: std::ptr::null_mut(),
+            comm_stream: std::ptr::null_mut(),
             driver_version,
             parsed,
             loaded: Vec::new(),
             errors: ErrorSlot::default(),
         };
+        inner.copy_stream = create_stream()?;
+        inner.comm_stream = create_stream()?;
         for m in &inner.parsed.modules {
             let Some((text, target)) = module_text_for(m.source, inner.info.sm) else {
                 log::info!(
@@ -406,6 +418,10 @@ impl CudaDevice {
         Ok(CudaDevice {
             inner: Arc::new(inner),
         })
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<CudaInner> {
+        &self.inner
     }
 
     /// The driver's name for the device.
@@ -489,19 +505,21 @@ impl CudaDevice {
         &self.inner.parsed
     }
 
-    /// Launches `kernel` of module `module` (an index into [`CudaDevice::modules`]) on the
-    /// device's stream (asynchronous) with the packed parameter bytes `params` (checked
+    /// Launches `kernel` of module `module` (an index into [`CudaDevice::modules`]) on
+    /// `stream` (asynchronous) with the packed parameter bytes `params` (checked
     /// against the kernel's declaration by `Device`'s launch).
     ///
     /// # Errors
     /// `BadLaunch`, driver errors.
     pub(crate) fn launch(
         &self,
+        stream: crate::stream::StreamKind,
         kernel: &str,
         module: usize,
         dims: &LaunchDims,
         params: &[u8],
     ) -> Result<(), RuntimeError> {
+        let stream = self.inner.stream_of(stream);
         let module_name = self.inner.parsed.modules[module].source.name;
         let function = self
             .inner
@@ -531,7 +549,7 @@ impl CudaDevice {
                 dims.block[1],
                 dims.block[2],
                 dims.dynamic_shared_bytes,
-                self.inner.stream,
+                stream,
                 std::ptr::null_mut(),
                 extra.as_mut_ptr(),
             )
@@ -545,16 +563,22 @@ impl CudaDevice {
         })
     }
 
-    /// Waits for the stream, then reports errors recorded in drops.
+    /// Waits for the three streams, then reports errors recorded in drops.
     ///
     /// # Errors
     /// Driver errors (including faults of earlier kernels); `Deferred`.
     pub fn synchronize(&self) -> Result<(), RuntimeError> {
         self.inner.make_current()?;
-        // SAFETY: the stream is live for as long as `inner`.
-        ck("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(self.inner.stream)
-        })?;
+        for stream in [
+            self.inner.stream,
+            self.inner.copy_stream,
+            self.inner.comm_stream,
+        ] {
+            // SAFETY: the streams are live for as long as `inner`.
+            ck("cuStreamSynchronize", unsafe {
+                sys::cuStreamSynchronize(stream)
+            })?;
+        }
         self.inner.errors.take()
     }
 
@@ -619,7 +643,7 @@ impl CudaInner {
         &self.errors
     }
 
-    fn make_current(&self) -> Result<(), RuntimeError> {
+    pub(super) fn make_current(&self) -> Result<(), RuntimeError> {
         // SAFETY: the primary context stays retained for as long as `self` lives.
         ck("cuCtxSetCurrent", unsafe {
             sys::cuCtxSetCurrent(self.context)
@@ -643,8 +667,8 @@ impl CudaInner {
                 ),
             })?;
         let mut cache = m.functions.lock().unwrap_or_else(|p| p.into_inner());
-        let f = match cache.get(kernel) {
-            Some(&f) => f,
+        let (f, raised) = match cache.get(kernel) {
+            Some(&known) => known,
             None => {
                 let cname = CString::new(kernel).map_err(|_| RuntimeError::UnknownKernel {
                     kernel: kernel.to_string(),
@@ -655,11 +679,11 @@ impl CudaInner {
                 ck("cuModuleGetFunction", unsafe {
                     sys::cuModuleGetFunction(&mut f, m.handle, cname.as_ptr())
                 })?;
-                cache.insert(kernel.to_string(), f);
-                f
+                cache.insert(kernel.to_string(), (f, 0));
+                (f, 0)
             }
         };
-        if dynamic_shared > limits::DEFAULT_DYNAMIC_SHARED {
+        if dynamic_shared > limits::DEFAULT_DYNAMIC_SHARED && dynamic_shared > raised {
             // SAFETY: valid function handle; the value is within the hardware limit
             // checked by check_dims (the driver refuses more than the device has).
             ck("cuFuncSetAttribute", unsafe {
@@ -669,10 +693,13 @@ impl CudaInner {
                     dynamic_shared as i32,
                 )
             })?;
+            cache.insert(kernel.to_string(), (f, dynamic_shared));
         }
         Ok(f)
     }
+}
 
+impl CudaInner {
     /// Starts a copy of `src` to `dst` on the stream and records an event after it;
     /// the caller keeps `src` borrowed until the event completes.
     pub(crate) fn copy_htod_async(
@@ -774,11 +801,16 @@ impl Drop for CudaInner {
                 log::warn!("unloading module '{}': {e}", m.name);
             }
         }
-        // SAFETY: the stream was created on this context and is destroyed once.
-        if let Err(e) = ck("cuStreamDestroy", unsafe {
-            sys::cuStreamDestroy_v2(self.stream)
-        }) {
-            log::warn!("{e}");
+        for stream in [self.stream, self.copy_stream, self.comm_stream] {
+            if stream.is_null() {
+                continue;
+            }
+            // SAFETY: the stream was created on this context and is destroyed once.
+            if let Err(e) = ck("cuStreamDestroy", unsafe {
+                sys::cuStreamDestroy_v2(stream)
+            }) {
+                log::warn!("{e}");
+            }
         }
         // SAFETY: releases the reference taken in open_context.
         if let Err(e) = ck("cuDevicePrimaryCtxRelease", unsafe {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use frugal_ptx::emu::{self, Checks, Counters, DeviceMemory, LaunchStats, MmaNumerics, Profiling};
 
 use crate::buffer::{Backing, DeviceBuffer, ErrorSlot};
+use crate::device::emu_queue::{EmuQueues, QueuedLaunch};
 use crate::device::MemoryInfo;
 use crate::error::RuntimeError;
 use crate::launch::LaunchDims;
@@ -35,6 +36,8 @@ pub struct EmuInner {
     profiling: Mutex<Profiling>,
     /// What each counted launch did, in launch order, until taken.
     profile: Mutex<Vec<LaunchRecord>>,
+    /// Work queued on the streams ([`crate::device::emu_queue`]); locked before `memory`.
+    queues: Mutex<EmuQueues>,
 }
 
 /// One counted launch: which kernel, its shape, and the emulator's counters
@@ -58,6 +61,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EmuInner {
+    pub(crate) fn errors_slot(&self) -> &ErrorSlot {
+        &self.errors
+    }
+
+    pub(crate) fn lock_queues(&self) -> MutexGuard<'_, EmuQueues> {
+        lock(&self.queues)
+    }
+
+    /// A synchronous host write: ordered after all queued work, as CUDA's synchronous
+    /// copies are (refused while the compute stream captures).
+    pub(crate) fn host_write(
+        &self,
+        label: &str,
+        addr: u64,
+        bytes: &[u8],
+    ) -> Result<(), RuntimeError> {
+        self.flush_for(&format!("a synchronous copy to '{label}'"))?;
+        self.write(label, addr, bytes)
+    }
+
+    /// A synchronous host read, after all queued work.
+    pub(crate) fn host_read(
+        &self,
+        label: &str,
+        addr: u64,
+        out: &mut [u8],
+    ) -> Result<(), RuntimeError> {
+        self.flush_for(&format!("a synchronous copy from '{label}'"))?;
+        self.read(label, addr, out)
+    }
+
     pub(crate) fn write(&self, label: &str, addr: u64, bytes: &[u8]) -> Result<(), RuntimeError> {
         lock(&self.memory)
             .write(addr, bytes)
@@ -77,6 +111,11 @@ impl EmuInner {
     }
 
     pub(crate) fn free(&self, addr: u64, bytes: usize, label: &str) {
+        // Queued work may still use the buffer: run it first (cuMemFree waits too).
+        if let Err(e) = self.flush() {
+            self.errors
+                .record(format!("work queued before freeing '{label}': {e}"));
+        }
         match lock(&self.memory).free(addr) {
             Ok(()) => {
                 let mut used = lock(&self.used);
@@ -142,18 +181,29 @@ impl EmuDevice {
                 used: Mutex::new(0),
                 profiling: Mutex::new(Profiling::default()),
                 profile: Mutex::new(Vec::new()),
+                queues: Mutex::new(EmuQueues::default()),
             }),
         })
     }
 
     /// Counts (and with `sample_ctas` samples) the launches that follow, as
     /// `profiling` says; `Profiling::default()` turns it off again.
+    ///
+    /// Work already queued on the streams runs first, under the setting it was queued
+    /// under (a failure among it is recorded for the next synchronize).
     pub fn set_profiling(&self, profiling: Profiling) {
+        if let Err(e) = self.inner.flush() {
+            self.inner.errors.record(format!("queued work: {e}"));
+        }
         *lock(&self.inner.profiling) = profiling;
     }
 
-    /// The counted launches since the last call, in launch order.
+    /// The counted launches since the last call, in launch order (queued launches are
+    /// run first; a failure among them is recorded for the next synchronize).
     pub fn take_launch_records(&self) -> Vec<LaunchRecord> {
+        if let Err(e) = self.inner.flush() {
+            self.inner.errors.record(format!("queued work: {e}"));
+        }
         std::mem::take(&mut *lock(&self.inner.profile))
     }
 
@@ -193,10 +243,12 @@ impl EmuDevice {
     }
 
     /// Runs `kernel` of module `module` (an index into [`EmuDevice::modules`]) to
-    /// completion with the packed parameter bytes `params` (checked by `Device`'s launch).
+    /// completion with the packed parameter bytes `params` (checked by `Device`'s launch),
+    /// after the work queued on the streams; while the compute stream captures, the launch
+    /// is recorded instead (and reports no statistics).
     ///
     /// # Errors
-    /// Sanitizer findings and emulator errors as `Emulator`.
+    /// Sanitizer findings and emulator errors as `Emulator`; the first failure of queued work.
     pub(crate) fn launch(
         &self,
         kernel: &str,
@@ -204,24 +256,56 @@ impl EmuDevice {
         dims: &LaunchDims,
         params: &[u8],
     ) -> Result<LaunchStats, RuntimeError> {
-        let module = &self.inner.modules.modules[module].parsed;
-        let profiling = *lock(&self.inner.profiling);
-        let mut mem = lock(&self.inner.memory);
+        let capturing = self.inner.lock_queues().capturing();
+        if capturing {
+            self.inner.queue_launch(
+                crate::stream::StreamKind::Compute,
+                QueuedLaunch {
+                    kernel: kernel.to_string(),
+                    module,
+                    dims: *dims,
+                    params: params.to_vec(),
+                },
+            )?;
+            return Ok(LaunchStats::default());
+        }
+        self.inner.flush()?;
+        self.inner.run_launch(kernel, module, dims, params)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<EmuInner> {
+        &self.inner
+    }
+}
+
+impl EmuInner {
+    /// Runs one launch now.
+    pub(crate) fn run_launch(
+        &self,
+        kernel: &str,
+        module: usize,
+        dims: &LaunchDims,
+        params: &[u8],
+    ) -> Result<LaunchStats, RuntimeError> {
+        let module = &self.modules.modules[module].parsed;
+        let profiling = *lock(&self.profiling);
+        let mut mem = lock(&self.memory);
         let (stats, counters) = emu::launch_profiled(
             module,
             kernel,
             dims,
             params,
             &mut mem,
-            &self.inner.checks,
+            &self.checks,
             &profiling,
         )
         .map_err(|e| RuntimeError::Emulator {
             kernel: kernel.to_string(),
             source: Box::new(e),
         })?;
+        drop(mem);
         if let Some(counters) = counters {
-            lock(&self.inner.profile).push(LaunchRecord {
+            lock(&self.profile).push(LaunchRecord {
                 kernel: kernel.to_string(),
                 dims: *dims,
                 stats,

@@ -7,7 +7,9 @@
 //! crate runs its own Rust kernels there).
 
 pub mod cuda;
+pub(crate) mod cuda_stream;
 pub mod emu;
+pub mod emu_queue;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,6 +22,7 @@ use crate::error::RuntimeError;
 use crate::facts::{self, DeviceFacts};
 use crate::launch::{self, check_dims, Arg, LaunchDims};
 use crate::modules::ModuleSet;
+use crate::stream::StreamKind;
 
 /// What `--device` asked for: every command's one device choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,9 +358,10 @@ impl Device {
         dims: &LaunchDims,
         args: &[Arg],
     ) -> Result<LaunchReport, RuntimeError> {
-        self.launch_packed(kernel, dims, |declared| {
+        self.launch_packed(None, kernel, dims, |declared| {
             Ok(Cow::Owned(launch::pack(kernel, declared, args)?))
         })
+        .map(|r| r.unwrap_or_default())
     }
 
     /// Runs a typed launch from `frugal_ptx` (a kernel family's launcher built it:
@@ -367,21 +371,64 @@ impl Device {
     /// # Errors
     /// As [`Device::launch`].
     pub fn run(&self, launch: &frugal_ptx::kernels::Launch) -> Result<LaunchReport, RuntimeError> {
-        self.launch_packed(launch.kernel, &launch.dims, |declared| {
+        self.run_packed(None, launch).map(|r| r.unwrap_or_default())
+    }
+
+    /// Queues `kernel` (packed as [`Device::launch`] packs it) on `stream`; as
+    /// [`Device::run_on`].
+    ///
+    /// # Errors
+    /// As [`Device::launch`], for what is checked before queueing.
+    pub fn launch_on(
+        &self,
+        stream: StreamKind,
+        kernel: &str,
+        dims: &LaunchDims,
+        args: &[Arg],
+    ) -> Result<(), RuntimeError> {
+        self.launch_packed(Some(stream), kernel, dims, |declared| {
+            Ok(Cow::Owned(launch::pack(kernel, declared, args)?))
+        })
+        .map(|_| ())
+    }
+
+    /// Queues a typed launch on `stream` (see [`crate::stream`]): asynchronous on `cuda`
+    /// and on `emu` (where it runs when the stream rules let it, and a failure is
+    /// reported by the next synchronisation, query or synchronous copy).
+    ///
+    /// # Errors
+    /// As [`Device::launch`], for what is checked before queueing.
+    pub fn run_on(
+        &self,
+        stream: StreamKind,
+        launch: &frugal_ptx::kernels::Launch,
+    ) -> Result<(), RuntimeError> {
+        self.run_packed(Some(stream), launch).map(|_| ())
+    }
+
+    fn run_packed(
+        &self,
+        stream: Option<StreamKind>,
+        launch: &frugal_ptx::kernels::Launch,
+    ) -> Result<Option<LaunchReport>, RuntimeError> {
+        self.launch_packed(stream, launch.kernel, &launch.dims, |declared| {
             launch::check_packed(launch.kernel, declared, &launch.params)?;
             Ok(Cow::Borrowed(&launch.params))
         })
     }
 
-    /// What [`Device::launch`] and [`Device::run`] share: the shape check, the kernel's
-    /// module and declaration, then `params` (which packs or checks the bytes against
-    /// that declaration) and the backend's launch of those bytes.
+    /// What [`Device::launch`], [`Device::run`] and [`Device::run_on`] share: the shape
+    /// check, the kernel's module and declaration, then `params` (which packs or checks
+    /// the bytes against that declaration) and the backend's launch of those bytes: on
+    /// `stream` (queued; no report), or with `None` the plain launch (on the compute
+    /// stream; on `emu` run at once after the queued work, with its report).
     fn launch_packed<'a>(
         &self,
+        stream: Option<StreamKind>,
         kernel: &str,
         dims: &LaunchDims,
         params: impl FnOnce(&[launch::ParamInfo]) -> Result<Cow<'a, [u8]>, RuntimeError>,
-    ) -> Result<LaunchReport, RuntimeError> {
+    ) -> Result<Option<LaunchReport>, RuntimeError> {
         let prepare = |modules: &ModuleSet| {
             check_dims(kernel, dims)?;
             let (module, declared) = modules.find(kernel)?;
@@ -394,15 +441,30 @@ impl Device {
             }),
             Device::Cuda(d) => {
                 let (module, bytes) = prepare(d.modules())?;
-                d.launch(kernel, module, dims, &bytes)?;
-                Ok(LaunchReport::default())
+                let on = stream.unwrap_or(StreamKind::Compute);
+                d.launch(on, kernel, module, dims, &bytes)?;
+                Ok(stream.is_none().then(LaunchReport::default))
             }
             Device::Emu(d) => {
                 let (module, bytes) = prepare(d.modules())?;
-                let stats = d.launch(kernel, module, dims, &bytes)?;
-                Ok(LaunchReport {
-                    emulated: Some(stats),
-                })
+                match stream {
+                    Some(on) => {
+                        let queued = emu_queue::QueuedLaunch {
+                            kernel: kernel.to_string(),
+                            module,
+                            dims: *dims,
+                            params: bytes.into_owned(),
+                        };
+                        d.inner().queue_launch(on, queued)?;
+                        Ok(None)
+                    }
+                    None => {
+                        let stats = d.launch(kernel, module, dims, &bytes)?;
+                        Ok(Some(LaunchReport {
+                            emulated: Some(stats),
+                        }))
+                    }
+                }
             }
         }
     }
@@ -416,7 +478,10 @@ impl Device {
         match self {
             Device::Cpu(_) => Ok(()),
             Device::Cuda(d) => d.synchronize(),
-            Device::Emu(d) => d.errors().take(),
+            Device::Emu(d) => {
+                d.inner().flush()?;
+                d.errors().take()
+            }
         }
     }
 

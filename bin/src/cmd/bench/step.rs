@@ -22,7 +22,7 @@ use crate::flags::text;
 use crate::train::options::{default_threads, dq_name, parse_attention_dq, Attention, AttentionDq};
 use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
-use frugal_model::device::{DeviceModel, OptimHyper, StepOptions};
+use frugal_model::device::{DeviceModel, GraphMode, OptimHyper, StepOptions};
 use frugal_model::init::try_init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
@@ -58,6 +58,11 @@ pub struct StepFlags {
     /// bitwise reproducible run to run), on cuda and emu
     #[arg(long, value_name = "M", value_parser = text::<String>())]
     attention_dq: Option<String>,
+    /// GPU step: replay the step's fixed launches as CUDA graphs (on), launch each
+    /// kernel (off), or auto (default: on for cuda when capture works, off on emu);
+    /// compare off and on for the launch overhead
+    #[arg(long, value_name = "off|on|auto", value_parser = text::<String>())]
+    cuda_graphs: Option<String>,
     /// CPU worker threads, cpu only (default: the cores available)
     #[arg(long, value_name = "N", value_parser = text::<usize>())]
     threads: Option<usize>,
@@ -100,6 +105,8 @@ pub struct StepBench {
     pub attention: Attention,
     /// Flash attention's dQ mode (device steps only).
     pub attention_dq: AttentionDq,
+    /// `--cuda-graphs` (device steps only).
+    pub cuda_graphs: GraphMode,
     /// Preset name.
     pub model: String,
     /// The model (T = `seq`).
@@ -313,6 +320,7 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
     // The arena is planned, and refused if it does not fit, before it is allocated.
     let mut model =
         DeviceModel::new_with(device, cfg, b.batch, b.seq, options, hyper).map_err(failed)?;
+    model.set_graphs(b.cuda_graphs);
     let params = try_init_params(cfg, 1).map_err(failed)?;
     let zeros: Vec<f32> = host(params.len(), "the AdamW moments' zeros")?;
     model
@@ -476,7 +484,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
     let steps: Vec<String> = s.step_ms.iter().map(|x| format!("{x:.3}")).collect();
     format!(
         "{{\"model\": \"{}\", \"device\": \"{}\", \"timing\": \"{}\", \"attention\": \"{}\", \"attention_dq\": \"{}\", \
-         \"batch\": {}, \
+         \"cuda_graphs\": \"{}\", \"batch\": {}, \
          \"seq\": {}, \"threads\": {}, \"params\": {}, \"warmup\": {}, \"steps\": {}, \
          \"step_ms_mean\": {:.4}, \"step_ms_stddev\": {:.4}, \"step_ms_min\": {:.4}, \
          \"step_ms_max\": {:.4}, \"tokens_per_s\": {:.2}, \"train_flops_per_token\": {:.0}, \
@@ -486,6 +494,7 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
         timing_name(s.timing),
         b.attention,
         dq_name(b.attention_dq),
+        b.cuda_graphs.as_str(),
         b.batch,
         b.seq,
         b.threads,
@@ -515,6 +524,7 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         seq,
         attention,
         attention_dq,
+        cuda_graphs,
         threads,
         steps,
         warmup,
@@ -541,6 +551,10 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         }
     };
     let attention_dq = parse_attention_dq(attention_dq.as_deref()).map_err(|e| usage(e.0))?;
+    let cuda_graphs = cuda_graphs
+        .as_deref()
+        .map_or(Ok(GraphMode::Auto), str::parse)
+        .map_err(usage)?;
     if attention == Attention::Vanilla && attention_dq == AttentionDq::Atomic {
         return Err(usage(
             "--attention-dq atomic needs --attention flash (vanilla has no atomic dQ)".into(),
@@ -564,6 +578,7 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         device,
         attention,
         attention_dq,
+        cuda_graphs,
         model: preset.name.to_string(),
         batch: batch.unwrap_or(preset.default_batch),
         seq,
@@ -581,9 +596,10 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
             dq_name(bench.attention_dq)
         ),
         spec => format!(
-            "GPU training step on {spec}, attention {} (dQ {})",
+            "GPU training step on {spec}, attention {} (dQ {}), CUDA graphs {}",
             bench.attention,
-            dq_name(bench.attention_dq)
+            dq_name(bench.attention_dq),
+            bench.cuda_graphs.as_str()
         ),
     };
     if !json {
@@ -673,6 +689,7 @@ mod tests {
             device: DeviceSpec::Cpu,
             attention: Attention::Flash,
             attention_dq: AttentionDq::Deterministic,
+            cuda_graphs: GraphMode::Auto,
             model: "custom".into(),
             config: cfg.clone(),
             batch: 2,
