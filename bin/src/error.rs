@@ -465,7 +465,7 @@ impl fmt::Display for CliError {
             CliError::CalibrationLine { path, line, why } => write!(
                 f,
                 "plan: --calibrate {}:{line}: {why} (expected the lines of a `frugal sweep` \
-                 results.jsonl or of `frugal bench step --json`)",
+                 results.jsonl, of `frugal bench step --json` or of `frugal bench allreduce --json`)",
                 path.display()
             ),
             CliError::ResultsLine { path, line, why } => write!(

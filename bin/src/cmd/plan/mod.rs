@@ -12,12 +12,17 @@
 
 pub mod calibrate;
 pub mod comm;
+pub mod comm_fit;
 pub mod compute;
 pub mod cpu;
+pub mod efficiency;
+pub mod host;
 pub mod links;
 pub mod memory;
+pub mod names;
 pub mod output;
 pub mod predict;
+pub mod profile;
 
 use std::path::PathBuf;
 
@@ -60,6 +65,7 @@ Examples:
 frugal plan --model M[,M...] --gpus G[,G...] --devices N[,N...]
                    [--batch B,...] [--attention flash,vanilla] [--shard none,grad-op,full]
                    [--interconnect nvlink|pcie] [--network 100g|200g|400g-ib|ethernet-25g]
+                   [--comm nccl|socket|shm] [--profile FILE...]
                    [--threads T,...] [--calibrate FILE...]
                    [--prices FILE] [--top N] [--json]")]
 pub struct PlanFlags {
@@ -91,6 +97,13 @@ pub struct PlanFlags {
     /// what joins nodes, per GPU: 100g, 200g, 400g-ib or ethernet-25g
     #[arg(long, value_name = "NET", default_value = "200g", value_parser = text::<String>())]
     network: String,
+    /// the collectives: nccl (NCCL rings, device to device), socket
+    /// (frugal's TCP ring: loopback inside a node, the network between
+    /// nodes) or shm (frugal's shared memory inside a node, the TCP ring
+    /// between nodes); socket and shm stage GPU gradients through host
+    /// memory. CPU ranks use shm unless socket is given
+    #[arg(long, value_name = "C", default_value = "nccl", value_parser = text::<host::CommKind>(), verbatim_doc_comment)]
+    comm: host::CommKind,
     /// CPU threads per rank (--gpus cpu), comma-separated (default: this
     /// host's cores divided among the ranks, as frugal sweep does)
     #[arg(long, value_name = "T,...", value_parser = text::<String>(), verbatim_doc_comment)]
@@ -100,6 +113,11 @@ pub struct PlanFlags {
     /// repeat the flag or list them after it)
     #[arg(long, value_name = "FILE", num_args = 1.., value_parser = text::<PathBuf>(), verbatim_doc_comment)]
     calibrate: Vec<PathBuf>,
+    /// frugal profile --json files: the compute time of the configurations
+    /// each covers (its model, GPUs, batch and attention, unsharded) is the
+    /// sum of its kernels' predicted times instead of the plan's own model
+    #[arg(long, value_name = "FILE", num_args = 1.., value_parser = text::<PathBuf>(), verbatim_doc_comment)]
+    profile: Vec<PathBuf>,
     /// prices per GPU-hour, a JSON object as frugal sweep --prices takes
     /// (default: the built-in table, each price with its source)
     #[arg(long, value_name = "FILE", value_parser = text::<PathBuf>(), verbatim_doc_comment)]
@@ -176,6 +194,9 @@ pub struct Grid {
     pub shards: Vec<ShardMode>,
     pub interconnect: Interconnect,
     pub network: Link,
+    pub comm: host::CommKind,
+    /// The steps `--profile` gives (read after the grid is checked).
+    pub profiles: Vec<profile::ProfiledStep>,
 }
 
 /// Short names of the paper's A100s that `frugal profile`'s aliases spell with "gb"
@@ -302,7 +323,7 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
                 .iter()
                 .map(|&threads| Gpu {
                     hw: Hardware::Cpu { threads },
-                    inside: Some(cpu::SAME_HOST),
+                    inside: Some(host::cpu_path(flags.comm, 1, 1).link),
                 })
                 .collect(),
         })
@@ -337,11 +358,14 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
         shards,
         interconnect: flags.interconnect,
         network,
+        comm: flags.comm,
+        profiles: Vec::new(),
     })
 }
 
 pub fn run(flags: PlanFlags) -> Result<(), CliError> {
-    let grid = grid(&flags)?;
+    let mut grid = grid(&flags)?;
+    grid.profiles = profile::read_all(&flags.profile, &grid)?;
     let prices = match &flags.prices {
         Some(path) => Prices::load(path, PriceUnits::Usd)?,
         None => Prices::builtin(PriceUnits::Usd),
