@@ -231,4 +231,28 @@ mod tests {
         assert!((g.bytes - (grads + weights)).abs() < 1.0, "{}", g.bytes);
         assert!(g.total_s < c.total_s);
     }
+
+    #[test]
+    fn staging_adds_its_copies_and_a_faster_host_link_never_slows_it() {
+        let (prog, params) = program(ShardMode::None, 4);
+        let pcie = |bytes_per_s: f64| Link {
+            name: "pcie",
+            bytes_per_s,
+            latency_s: 1e-5,
+            source: "",
+        };
+        let staged = |bw: f64| Path {
+            staging: Some(pcie(bw)),
+            ..RING
+        };
+        let plain = step_comm(&prog, params, ShardMode::None, 4, &RING, 0.0, 1e3);
+        let slow = step_comm(&prog, params, ShardMode::None, 4, &staged(1e9), 0.0, 1e3);
+        let fast = step_comm(&prog, params, ShardMode::None, 4, &staged(1e10), 0.0, 1e3);
+        // Every gradient goes down and back up once (4 bytes each way), all exposed.
+        let grads = params as f64 * 4.0;
+        assert!(slow.staging_s > 2.0 * grads / 1e9, "{}", slow.staging_s);
+        assert!((slow.exposed_s - plain.exposed_s - slow.staging_s).abs() < 1e-9);
+        assert!(fast.exposed_s < slow.exposed_s);
+        assert_eq!(plain.staging_s, 0.0);
+    }
 }

@@ -4,9 +4,10 @@
 //! Each line (bytes, ranks, time_ms, op, and `same_host`: shm or tcp) is predicted as the
 //! plan predicts a CPU job's collective on this host (`host::cpu_path`: the transport's
 //! table figures, slowed by ranks that outnumber the cores). Then, per transport, one
-//! latency and one bandwidth are fitted: the pair that minimises the sum of squared
-//! relative errors (a linear least-squares problem in latency and 1/bandwidth, as the
-//! model is `time = (latencies x latency + bytes / bandwidth) x oversubscription`). Every
+//! latency and one bandwidth are fitted: least squares on the relative errors (linear in
+//! latency and 1/bandwidth, as the
+//! model is `time = (latencies x latency + bytes / bandwidth) x oversubscription`),
+//! reweighted towards the least mean absolute percentage error, the error reported. Every
 //! point is printed with its measured time, the table's prediction and the fitted one.
 
 use serde::Deserialize;
@@ -129,7 +130,7 @@ pub fn fit(mut points: Vec<CommPoint>) -> CommCalibration {
         }
         let table = cpu_path(transport, 1, 1);
         let (latency_s, inverse_bw) =
-            least_squares(&mine, table.link.latency_s, 1.0 / table.link.bytes_per_s);
+            fit_pair(&mine, table.link.latency_s, 1.0 / table.link.bytes_per_s);
         let mape = |f: &dyn Fn(&CommPoint) -> f64| {
             mine.iter()
                 .map(|p| percent_error(f(p), p.measured_s).abs())
@@ -153,51 +154,59 @@ pub fn fit(mut points: Vec<CommPoint>) -> CommCalibration {
     CommCalibration { points, fits }
 }
 
-/// (latency, 1/bandwidth) minimising Σ((a·L + b·β − t)/t)² over the points, both kept
-/// positive: where the unconstrained minimum has one of them negative, the other is
-/// fitted alone (the table's latency is kept where the bandwidth alone explains nothing).
-fn least_squares(points: &[&CommPoint], table_latency: f64, table_inverse_bw: f64) -> (f64, f64) {
-    // Rows scaled by 1/t: minimise Σ(x·L + y·β − 1)².
+/// (latency, 1/bandwidth) with the least mean absolute percentage error over the points
+/// (the error the plan reports), both positive: iteratively reweighted least squares on
+/// the relative errors, started from the plain least-squares fit, keeping the best pair
+/// seen and the table's own where nothing beats it (so the error after the fit is never
+/// above the error before).
+fn fit_pair(points: &[&CommPoint], table_latency: f64, table_inverse_bw: f64) -> (f64, f64) {
+    // Rows scaled by 1/t: the relative error of (L, β) at row i is x·L + y·β − 1.
     let rows: Vec<(f64, f64)> = points
         .iter()
         .map(|p| (p.terms.0 / p.measured_s, p.terms.1 / p.measured_s))
         .collect();
-    let (sxx, sxy, syy) = rows.iter().fold((0.0, 0.0, 0.0), |(a, b, c), (x, y)| {
-        (a + x * x, b + x * y, c + y * y)
-    });
-    let (sx, sy) = rows
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let mape = |(l, b): (f64, f64)| {
+        rows.iter()
+            .map(|(x, y)| (x * l + y * b - 1.0).abs())
+            .sum::<f64>()
+    };
+    let mut best = (table_latency, table_inverse_bw);
+    let mut weights = vec![1.0; rows.len()];
+    for _ in 0..50 {
+        let Some(candidate) = weighted_least_squares(&rows, &weights) else {
+            break;
+        };
+        if mape(candidate) < mape(best) {
+            best = candidate;
+        }
+        for (w, (x, y)) in weights.iter_mut().zip(&rows) {
+            *w = 1.0 / (x * candidate.0 + y * candidate.1 - 1.0).abs().max(1e-6);
+        }
+    }
+    best
+}
+
+/// (L, β) > 0 minimising Σ wᵢ(xᵢ·L + yᵢ·β − 1)²; where the minimum has a term ≤ 0, the
+/// other fitted alone; None if neither is positive.
+fn weighted_least_squares(rows: &[(f64, f64)], weights: &[f64]) -> Option<(f64, f64)> {
+    let (mut sxx, mut sxy, mut syy, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for ((x, y), w) in rows.iter().zip(weights) {
+        sxx += w * x * x;
+        sxy += w * x * y;
+        syy += w * y * y;
+        sx += w * x;
+        sy += w * y;
+    }
     let det = sxx * syy - sxy * sxy;
     if det.abs() > 1e-12 * sxx * syy {
         let latency = (sx * syy - sy * sxy) / det;
         let inverse_bw = (sxx * sy - sxy * sx) / det;
         if latency > 0.0 && inverse_bw > 0.0 {
-            return (latency, inverse_bw);
+            return Some((latency, inverse_bw));
         }
     }
-    // One term alone: the better of latency only (β at the table's) and bandwidth only.
-    let alone = |s: f64, ss: f64| if ss > 0.0 { (s / ss).max(0.0) } else { 0.0 };
-    let error = |l: f64, b: f64| {
-        rows.iter()
-            .map(|(x, y)| (x * l + y * b - 1.0).powi(2))
-            .sum::<f64>()
-    };
-    let bw_only = (0.0, alone(sy, syy));
-    let remaining_latency = {
-        let s: f64 = rows
-            .iter()
-            .map(|(x, y)| x * (1.0 - y * table_inverse_bw))
-            .sum();
-        (alone(s, sxx), table_inverse_bw)
-    };
-    let mut best = (table_latency, table_inverse_bw);
-    for c in [bw_only, remaining_latency] {
-        if c.1 > 0.0 && error(c.0, c.1) < error(best.0, best.1) {
-            best = c;
-        }
-    }
-    best
+    // Bandwidth alone (no latency) is the only other physical answer.
+    (syy > 0.0 && sy > 0.0).then(|| (0.0, sy / syy))
 }
 
 fn name(t: CommKind) -> &'static str {
