@@ -8,7 +8,10 @@
 //! the ring formulas), [`comm`] (what a step communicates and how much is hidden),
 //! [`predict`] (one configuration's row), [`output`] (the table and JSON), [`cpu`] (the
 //! CPU backend as a device: `--gpus cpu`), [`calibrate`] (fitting the predictions to
-//! measured steps: `--calibrate`).
+//! measured steps: `--calibrate`), [`host`] (`--comm`: frugal's own collectives and the
+//! host staging of GPU gradients), [`comm_fit`] (`--calibrate` with `bench allreduce`
+//! lines), [`profile`] (`--profile`), [`efficiency`] (the per-family factors),
+//! [`names`] (driver GPU names onto the device table).
 
 pub mod calibrate;
 pub mod comm;
@@ -41,23 +44,30 @@ use links::{Interconnect, Link, NODE_SIZE};
 pub const ABOUT: &str = "\
 Predicts, for every combination of the lists given, one rank's memory (the step
 program's arena plan, as train --dry-run plans it), the step time (each kernel of
-the step on the GPU's roofline, plus the collectives of a ring that backward does
-not hide), tokens/s, MFU, price per hour and tokens per dollar. Rows are sorted by
+the step on the GPU's roofline times the GPU's efficiency factor for its kernel
+family, or a --profile's kernel times, plus the collectives that backward does not
+hide), tokens/s, MFU, price per hour and tokens per dollar. Rows are sorted by
 tokens per dollar; configurations that do not fit are listed last and never
 recommended; then the best configuration per model and GPU type. Every figure is a
 PREDICTION from cited tables (printed with the plan), not a measurement.
 
+--comm nccl models NCCL's rings; socket and shm frugal's own TCP ring and shared
+memory, with GPU gradients staged through host memory.
 --gpus cpu plans the CPU backend (ranks as processes on this host, --threads each).
 --calibrate fits one efficiency factor per device type to measured steps (frugal sweep
-results.jsonl, frugal bench step --json lines), prints measured against predicted for
-every point with the mean absolute percentage error before and after the fit, and
-applies the factors to the predictions.
+results.jsonl, frugal bench step --json lines, GPU lines mapped by their GPU's name)
+and a latency and bandwidth per transport to frugal bench allreduce --json lines;
+it prints measured against predicted for every point with the mean absolute
+percentage error before and after the fit, and applies the step factors.
 
 Examples:
   frugal plan --model paper-100m,paper-1b --gpus a100-40,a100-80,h100-sxm \\
               --devices 1,8,32,64 --batch 8,16,32 --top 10
+  frugal profile --model paper-100m --batch 8 --gpu h100-sxm --json > p.json
+  frugal plan --model paper-100m --gpus h100-sxm --devices 1,8 --batch 8 \\
+              --comm shm --profile p.json
   frugal plan --model tiny --gpus cpu --devices 1,2 --batch 2,4 --threads 1 \\
-              --calibrate sweeps/tiny-cpu/results.jsonl";
+              --calibrate sweeps/tiny-cpu/results.jsonl allreduce.jsonl";
 
 /// `frugal plan`'s flags.
 #[derive(Debug, clap::Args)]

@@ -14,7 +14,7 @@ use super::Grid;
 pub const ASSUMPTIONS: &[&str] = &[
     "every figure is predicted, none measured",
     "memory: one rank's arena plan of the device step (as train --dry-run), against the GPU's nominal memory less 1.5 GiB for the CUDA context and driver",
-    "compute: each operation of the step on the roofline of frugal profile (frugal's mma.sync kernels: 2/3 of Hopper's wgmma peak), work derived from shapes, one launch per operation, no wave quantisation: a floor",
+    "compute: each operation of the step on the roofline of frugal profile (frugal's mma.sync kernels: 2/3 of Hopper's wgmma peak), work derived from shapes, one launch per operation (the floor), times the GPU's efficiency factor for its kernel family derived from frugal profile runs (factors); a --profile's kernel times where it covers the row (profile)",
     "communication: rings (NCCL's, or frugal's TCP ring) or frugal's shared memory as --comm says, at the link rates of the links section (nominal for GPU links: a floor), one network adapter per GPU, 8 GPUs per node; all gradient buckets but the last overlap with backward; staged copies between device and host never overlap",
     "MFU: 3x the forward FLOPs per token (as the trainer counts) over the GPU's dense BF16 peak",
     "prices: one provider's on-demand list price per GPU-hour (see each source), or --prices",
