@@ -280,6 +280,39 @@ fn allreduce_lines_calibrate_the_communication_model() {
     let skipped = v["calibration"]["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0]["reason"].as_str().unwrap().contains("unix"));
+    // What frugal bench allreduce writes is read as it is.
+    let o = frugal(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "2",
+        "--sizes",
+        "4K",
+        "--iters",
+        "3",
+        "--same-host",
+        "tcp",
+        "--json",
+    ]);
+    assert_ok(&o);
+    let real = dir.join("real.jsonl");
+    std::fs::write(&real, &o.stdout).unwrap();
+    let v = plan_json(&[
+        "--model",
+        "tiny",
+        "--gpus",
+        "cpu",
+        "--devices",
+        "2",
+        "--batch",
+        "2",
+        "--calibrate",
+        real.to_str().unwrap(),
+    ]);
+    let p = &v["calibration"]["communication"]["points"][0];
+    assert_eq!(p["same_host"], "tcp", "{v}");
+    assert_eq!(p["bytes"], 4096);
+    assert!(f(p, "measured_s") > 0.0 && f(p, "predicted_s") > 0.0, "{p}");
 }
 
 #[test]
