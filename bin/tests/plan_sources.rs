@@ -212,7 +212,10 @@ fn bad_profiles_are_refused_naming_the_file() {
     let o = run("tiny", "2", &garbled);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o).1;
-    assert!(err.contains("garbled.json:3"), "{err}");
+    assert!(
+        err.contains("garbled.json:3") && err.contains("frugal profile --json"),
+        "{err}"
+    );
     let missing = dir.join("missing.json");
     let o = run("tiny", "2", &missing);
     assert_eq!(o.status.code(), Some(1));

@@ -114,13 +114,10 @@ fn read(path: &Path, grid: &Grid) -> Result<Vec<ProfiledStep>, CliError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let bad = |e: serde_json::Error| CliError::CalibrationLine {
+    let bad = |e: serde_json::Error| CliError::ProfileFile {
         path: path.to_path_buf(),
         line: e.line(),
-        why: format!(
-            "not the output of frugal profile --json ({e}); make it with frugal profile \
-             --model M --batch B --gpu G --json > FILE"
-        ),
+        why: e.to_string(),
     };
     let p: ProfileFile = serde_json::from_str(&text).map_err(bad)?;
     let refuse =
