@@ -279,6 +279,12 @@ pub enum CliError {
         line: usize,
         why: String,
     },
+    /// `plan --profile FILE` is not `frugal profile --json` output (line `line`).
+    ProfileFile {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     /// A rank of `bench allreduce` ended badly: "bench allreduce: rank {rank} of
     /// {ranks} failed ({status}); see its output above".
     BenchRankFailed {
@@ -465,7 +471,7 @@ impl fmt::Display for CliError {
             CliError::CalibrationLine { path, line, why } => write!(
                 f,
                 "plan: --calibrate {}:{line}: {why} (expected the lines of a `frugal sweep` \
-                 results.jsonl or of `frugal bench step --json`)",
+                 results.jsonl, of `frugal bench step --json` or of `frugal bench allreduce --json`)",
                 path.display()
             ),
             CliError::ResultsLine { path, line, why } => write!(
@@ -473,6 +479,12 @@ impl fmt::Display for CliError {
                 "{}:{line}: not a sweep record ({why}); each line is one configuration as \
                  `frugal sweep` wrote it: restore the line or delete it (the sweep, re-run, \
                  measures a deleted configuration again)",
+                path.display()
+            ),
+            CliError::ProfileFile { path, line, why } => write!(
+                f,
+                "plan: --profile {}:{line}: not the output of frugal profile --json ({why}); \
+                 make it with frugal profile --model M --batch B --gpu G --json > FILE",
                 path.display()
             ),
             CliError::BenchRankFailed {

@@ -63,7 +63,8 @@ pub struct AllreduceFlags {
     /// the collective to time: all-reduce, reduce-scatter or all-gather
     #[arg(long, value_name = "OP", default_value = "all-reduce", value_parser = text::<String>())]
     op: String,
-    /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms, op
+    /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms,
+    /// op, same_host
     #[arg(long)]
     json: bool,
     /// run as one rank of the measurement (what the parent starts)
@@ -294,7 +295,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             let busbw = algbw * op.bus_factor(n);
             if json {
                 println!(
-                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}, \"op\": \"{}\"}}",
+                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}, \"op\": \"{}\", \"same_host\": \"{same_host}\"}}",
                     bytes as u64, iters as u64, op.name()
                 );
             } else {

@@ -27,7 +27,7 @@ use frugal_model::init::try_init_params;
 use frugal_model::optim::{clip_scale, grad_norm, AdamW};
 use frugal_model::rng::Rng;
 use frugal_ptx::emu::{Counters, Profiling};
-use frugal_runtime::device::{Device, DeviceSpec, TimingSource};
+use frugal_runtime::device::{Backend, Device, DeviceSpec, TimingSource};
 
 use super::counters::{check_device, with_counters, Summary};
 use frugal_runtime::host::{memory_limit, try_zeroed_vec};
@@ -166,6 +166,9 @@ pub struct StepStats {
     pub timing: TimingSource,
     /// The device's name, e.g. "CPU (2 threads)" or the driver's GPU name.
     pub device_name: String,
+    /// The GPU's total memory as the driver reports it (`cuda` only): with the name, what
+    /// `frugal plan --calibrate` maps a line onto its device table by.
+    pub device_memory_bytes: Option<u64>,
     /// Achieved FLOP/s ÷ the device's dense bf16 peak, when the device is in the facts table.
     pub mfu: Option<f64>,
     /// `--counters`: the counted step's.
@@ -218,6 +221,7 @@ fn stats(
         step_ms,
         timing,
         device_name,
+        device_memory_bytes: None,
         mfu: peak_flops.map(|p| tokens_per_s * flops_per_token / p),
         counters: None,
     }
@@ -304,6 +308,10 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         _ => TimingSource::HostClock,
     };
     let device_name = device.name();
+    let device_memory_bytes = match device.backend() {
+        Backend::Cuda => device.memory_info().ok().map(|m| m.total),
+        _ => None,
+    };
     let peak = device.facts().and_then(|f| f.bf16_dense_flops);
     let hyper = OptimHyper {
         beta1: BETA1,
@@ -353,6 +361,7 @@ fn measure_device(b: &StepBench, spec: DeviceSpec) -> Result<StepStats, CliError
         }
     }
     let mut figures = stats(b, step_ms, &losses, timing, device_name, peak);
+    figures.device_memory_bytes = device_memory_bytes;
     if let Some(sample_ctas) = b.counters {
         draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
         figures.counters = Some(count_step(&mut model, sample_ctas, &inputs, &targets)?);
@@ -483,7 +492,7 @@ fn timing_name(t: TimingSource) -> &'static str {
 pub fn json_line(b: &StepBench, s: &StepStats) -> String {
     let steps: Vec<String> = s.step_ms.iter().map(|x| format!("{x:.3}")).collect();
     format!(
-        "{{\"model\": \"{}\", \"device\": \"{}\", \"timing\": \"{}\", \"attention\": \"{}\", \"attention_dq\": \"{}\", \
+        "{{\"model\": \"{}\", \"device\": \"{}\", \"device_name\": {}, \"device_memory_bytes\": {}, \"timing\": \"{}\", \"attention\": \"{}\", \"attention_dq\": \"{}\", \
          \"cuda_graphs\": \"{}\", \"batch\": {}, \
          \"seq\": {}, \"threads\": {}, \"params\": {}, \"warmup\": {}, \"steps\": {}, \
          \"step_ms_mean\": {:.4}, \"step_ms_stddev\": {:.4}, \"step_ms_min\": {:.4}, \
@@ -491,6 +500,9 @@ pub fn json_line(b: &StepBench, s: &StepStats) -> String {
          \"gflops\": {:.4}, \"mfu\": {}, \"first_loss\": {:.6}, \"last_loss\": {:.6}, \"step_ms\": [{}]}}",
         b.model,
         b.device,
+        serde_json::Value::from(s.device_name.as_str()),
+        s.device_memory_bytes
+            .map_or("null".to_string(), |m| m.to_string()),
         timing_name(s.timing),
         b.attention,
         dq_name(b.attention_dq),

@@ -14,9 +14,12 @@ use frugal_model::config::{Attention, Preset};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::comm_fit::{self, AllreduceLine, CommCalibration};
+use super::host::CommKind;
 use super::memory::Planner;
+use super::names::gpu_of_driver_name;
 use super::predict::{self, Config, Row};
-use super::{cpu, gpu_named, Gpu, Grid, Hardware, Model};
+use super::{cpu, Gpu, Grid, Hardware, Model};
 use crate::cmd::sweep::prices::Prices;
 use crate::cmd::sweep::record::{Record, Status};
 use crate::error::CliError;
@@ -59,6 +62,8 @@ pub struct Calibration {
     pub points: Vec<Point>,
     pub skipped: Vec<Skipped>,
     pub factors: Vec<Factor>,
+    /// The communication model against `frugal bench allreduce` lines (empty without).
+    pub comm: CommCalibration,
 }
 
 impl Calibration {
@@ -109,6 +114,13 @@ struct BenchStep {
     seq: usize,
     threads: usize,
     step_ms_mean: f64,
+    /// The GPU as its driver names it (absent from lines of older builds and from CPU
+    /// lines, where it is "CPU (N threads)").
+    #[serde(default)]
+    device_name: Option<String>,
+    /// The GPU's total memory (`cuda` lines only).
+    #[serde(default)]
+    device_memory_bytes: Option<u64>,
 }
 
 /// Reads and matches every point of `files`.
@@ -120,6 +132,7 @@ struct BenchStep {
 pub fn read_all(files: &[PathBuf], grid: &Grid, prices: &Prices) -> Result<Calibration, CliError> {
     let mut planner = Planner::default();
     let mut points = Vec::new();
+    let mut comm_points = Vec::new();
     let mut skipped = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
@@ -127,7 +140,7 @@ pub fn read_all(files: &[PathBuf], grid: &Grid, prices: &Prices) -> Result<Calib
             path: path.clone(),
             source,
         })?;
-        let before = points.len();
+        let before = points.len() + comm_points.len();
         let mut lines = 0;
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -144,6 +157,14 @@ pub fn read_all(files: &[PathBuf], grid: &Grid, prices: &Prices) -> Result<Calib
                         reason,
                     }),
                 },
+                Measured::Allreduce(a) => match comm_fit::point(&a, source.clone(), grid.comm) {
+                    Ok(p) => comm_points.push(p),
+                    Err(reason) => skipped.push(Skipped {
+                        source,
+                        what: "bench allreduce".into(),
+                        reason,
+                    }),
+                },
                 Measured::Bench(b) => match match_bench(&mut planner, grid, prices, &b) {
                     Ok(p) => points.push(Point { source, ..p }),
                     Err(reason) => skipped.push(Skipped {
@@ -157,7 +178,7 @@ pub fn read_all(files: &[PathBuf], grid: &Grid, prices: &Prices) -> Result<Calib
                 },
             }
         }
-        if points.len() == before {
+        if points.len() + comm_points.len() == before {
             let why: Vec<String> = skipped
                 .iter()
                 .rev()
@@ -166,21 +187,24 @@ pub fn read_all(files: &[PathBuf], grid: &Grid, prices: &Prices) -> Result<Calib
                 .collect();
             return Err(CliError::usage(format!(
                 "plan: --calibrate {}: no measured point the plan can use ({lines} line(s){}{}); \
-                 a point is a frugal sweep record of status ok, or a frugal bench step --json \
+                 a point is a frugal sweep record of status ok, a frugal bench step --json \
                  line, of a model preset on a device type given in --gpus (cpu, or the GPU the \
-                 record names)",
+                 record names), or a frugal bench allreduce --json line",
                 path.display(),
                 if why.is_empty() { "" } else { ", e.g. " },
                 why.join("; ")
             )));
         }
     }
-    Ok(fit(points, skipped))
+    let mut calibration = fit(points, skipped);
+    calibration.comm = comm_fit::fit(comm_points);
+    Ok(calibration)
 }
 
 enum Measured {
     Record(Box<Record>),
     Bench(BenchStep),
+    Allreduce(AllreduceLine),
 }
 
 fn parse_line(path: &Path, line: usize, text: &str) -> Result<Measured, CliError> {
@@ -200,9 +224,14 @@ fn parse_line(path: &Path, line: usize, text: &str) -> Result<Measured, CliError
         serde_json::from_value::<BenchStep>(value)
             .map(Measured::Bench)
             .map_err(|e| bad(format!("not a bench step line: {e}")))
+    } else if has("busbw_GBps") {
+        serde_json::from_value::<AllreduceLine>(value)
+            .map(Measured::Allreduce)
+            .map_err(|e| bad(format!("not a bench allreduce line: {e}")))
     } else {
         Err(bad(
-            "neither a sweep record (no key and config) nor a bench step line (no step_ms_mean)"
+            "neither a sweep record (no key and config), a bench step line (no step_ms_mean) \
+             nor a bench allreduce line (no busbw_GBps)"
                 .into(),
         ))
     }
@@ -253,17 +282,24 @@ fn match_record(
                 .device_name
                 .as_deref()
                 .ok_or("the record does not name its GPU")?;
-            let facts = gpu_named(name)
-                .ok_or_else(|| format!("GPU '{name}' has no figures in frugal's table"))?;
+            let facts = gpu_of_driver_name(name, None)?;
             let gpu = grid
                 .gpus
                 .iter()
                 .find(|g| g.kind() == facts.label)
                 .ok_or_else(|| format!("a {} measurement: add it to --gpus", facts.label))?;
-            if c.comm != "nccl" && c.devices > 1 {
+            // The trainer's --comm socket is the plan's socket (TCP ring) or shm (its
+            // default on one host).
+            let planned = match grid.comm {
+                CommKind::Nccl => "nccl",
+                CommKind::Socket | CommKind::Shm => "socket",
+            };
+            if c.devices > 1 && c.comm != planned {
                 return Err(format!(
-                    "comm {}: the plan models NCCL rings between GPUs",
-                    c.comm
+                    "comm {}: this plan models {} (NCCL rings are --comm nccl, frugal's \
+                     socket communicator --comm socket or shm); give plan the run's --comm",
+                    c.comm,
+                    grid.comm.name()
                 ));
             }
             *gpu
@@ -308,14 +344,30 @@ fn match_bench(
     prices: &Prices,
     b: &BenchStep,
 ) -> Result<Point, String> {
-    if b.device != "cpu" {
-        return Err(format!(
-            "device {}: a bench step line does not record which GPU it ran on; calibrate GPUs \
-             with frugal sweep results",
-            b.device
-        ));
-    }
-    let gpu = cpu_in_grid(grid, Some(b.threads)).ok_or(NO_CPU)?;
+    let (gpu, threads) = match b.device.as_str() {
+        "cpu" => (
+            cpu_in_grid(grid, Some(b.threads)).ok_or(NO_CPU)?,
+            Some(b.threads),
+        ),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let name = b.device_name.as_deref().ok_or(
+                "a GPU line without device_name (from a frugal older than the field); rerun \
+                 frugal bench step --json",
+            )?;
+            let facts = gpu_of_driver_name(name, b.device_memory_bytes)?;
+            let gpu = grid
+                .gpus
+                .iter()
+                .find(|g| g.kind() == facts.label)
+                .ok_or_else(|| format!("a {} measurement: add it to --gpus", facts.label))?;
+            (*gpu, None)
+        }
+        other => {
+            return Err(format!(
+            "device {other}: the emulator's times are not a GPU's; calibrate with cpu or cuda runs"
+        ))
+        }
+    };
     let (model, attention, shard) = axes(&b.model, &b.attention, "none")?;
     let seq = model.preset.config().seq_len;
     if b.seq != seq {
@@ -335,14 +387,7 @@ fn match_bench(
         attention,
         shard,
     };
-    predicted(
-        planner,
-        grid,
-        prices,
-        config,
-        Some(b.threads),
-        b.step_ms_mean / 1e3,
-    )
+    predicted(planner, grid, prices, config, threads, b.step_ms_mean / 1e3)
 }
 
 fn axes(
@@ -420,6 +465,7 @@ pub fn fit(points: Vec<Point>, skipped: Vec<Skipped>) -> Calibration {
         points,
         skipped,
         factors,
+        comm: CommCalibration::default(),
     }
 }
 

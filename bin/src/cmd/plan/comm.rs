@@ -23,7 +23,8 @@
 use frugal_comm::ShardMode;
 use frugal_model::device::program::{Program, Work};
 
-use super::links::{all_gather_s, all_reduce_s, reduce_scatter_s, Link};
+use super::host::{Path, HOST_COPY};
+use super::links::Link;
 use crate::train::options::default_bucket_bytes;
 
 /// Bytes of one loss value and of the norm partials: small enough to be latency only.
@@ -38,16 +39,26 @@ pub struct StepComm {
     pub exposed_s: f64,
     /// Bytes each rank's collectives cover (gradients, then weights), whole vectors.
     pub bytes: f64,
+    /// Of the total, the seconds of copies between device and host memory (staged paths),
+    /// all exposed.
+    pub staging_s: f64,
 }
 
-/// The step's collectives over `n` ranks on `link`, with `forward_s` and `backward_s`
+/// The step's collectives over `n` ranks on `path`, with `forward_s` and `backward_s`
 /// of compute to hide behind. `params` is the model's parameter count.
+///
+/// Staged through the host (`path.staging`, see `host`): each finished gradient range is
+/// copied device -> host and into its bucket on the training thread, which the step
+/// waits for, while the buckets already full are reduced; after the last bucket the
+/// averaged gradients (the rank's shard when sharded) go host -> device before the
+/// optimizer, also waited for. A gathered weight unit adds its rank's part device ->
+/// host and the whole unit host -> device to its gather.
 pub fn step_comm(
     program: &Program,
     params: usize,
     shard: ShardMode,
     n: usize,
-    link: &Link,
+    path: &Path,
     forward_s: f64,
     backward_s: f64,
 ) -> StepComm {
@@ -55,40 +66,72 @@ pub fn step_comm(
         return StepComm::default();
     }
     let grad_bytes = params as f64 * 4.0;
-    let (others_s, last_s) = gradient_buckets(params, shard, n, link);
+    let (others_s, last_s) = gradient_buckets(params, shard, n, path);
+    let copy = |bytes: f64, link: &Link| link.latency_s + bytes / link.bytes_per_s;
 
-    // Weight gathers, by the units the step program gathers or awaits.
+    // Weight gathers, by the units the step program gathers or awaits; and, staged, the
+    // gradient ranges backward hands over.
     let backward_start = program.backward_start() as usize;
     let (mut gather_fwd_s, mut gather_bwd_s, mut weight_bytes) = (0.0, 0.0, 0.0);
+    let mut handover_s = 0.0;
     for (i, op) in program.ops().enumerate() {
         let range = match op.work() {
             Work::GatherWeights(r) | Work::AwaitWeights(r) => r,
+            Work::GradsReady(r) => {
+                if let Some(pcie) = &path.staging {
+                    let bytes = r.len() as f64 * 4.0;
+                    handover_s += copy(bytes, pcie) + copy(bytes, &HOST_COPY);
+                }
+                continue;
+            }
             _ => continue,
         };
         let bytes = range.len() as f64 * 2.0;
         weight_bytes += bytes;
-        let t = all_gather_s(bytes, n, link);
+        let staged = path.staging.map_or(0.0, |pcie| {
+            copy(bytes / n as f64, &pcie) + copy(bytes, &pcie)
+        });
+        let t = path.all_gather_s(bytes, n) + staged;
         if i < backward_start {
             gather_fwd_s += t;
         } else {
             gather_bwd_s += t;
         }
     }
-    let scalars_s = scalars_s(shard, n, link);
+    // The averaged gradients back on the device: all of them, or the rank's shard.
+    let upload_s = path.staging.map_or(0.0, |pcie| {
+        let bytes = if shard == ShardMode::None {
+            grad_bytes
+        } else {
+            grad_bytes / n as f64
+        };
+        copy(bytes, &pcie)
+    });
+    let scalars_s = scalars_s(shard, n, path);
 
+    // The hand-overs stop backward (the step waits for them) while the communication
+    // thread goes on: they lengthen the window the buckets hide in, and the step.
     let exposed_fwd = (gather_fwd_s - forward_s).max(0.0);
-    let exposed_bwd = last_s + (others_s + gather_bwd_s - backward_s).max(0.0);
+    let window = backward_s + handover_s;
+    let exposed_bwd = last_s + (others_s + gather_bwd_s - window).max(0.0);
     StepComm {
-        total_s: gather_fwd_s + gather_bwd_s + others_s + last_s + scalars_s,
-        exposed_s: exposed_fwd + exposed_bwd + scalars_s,
+        total_s: gather_fwd_s
+            + gather_bwd_s
+            + others_s
+            + last_s
+            + scalars_s
+            + handover_s
+            + upload_s,
+        exposed_s: exposed_fwd + exposed_bwd + scalars_s + handover_s + upload_s,
         bytes: grad_bytes + weight_bytes,
+        staging_s: handover_s + upload_s,
     }
 }
 
 /// Seconds of the f32 gradients' buckets of `--bucket-mb` (the default for `params`):
 /// (every bucket but the last, the last), all-reduced under `--shard none`,
 /// reduce-scattered otherwise.
-pub fn gradient_buckets(params: usize, shard: ShardMode, n: usize, link: &Link) -> (f64, f64) {
+pub fn gradient_buckets(params: usize, shard: ShardMode, n: usize, path: &Path) -> (f64, f64) {
     let grad_bytes = params as f64 * 4.0;
     let bucket = default_bucket_bytes(params) as f64;
     let full_buckets = (grad_bytes / bucket).floor();
@@ -99,17 +142,17 @@ pub fn gradient_buckets(params: usize, shard: ShardMode, n: usize, link: &Link) 
         (full_buckets - 1.0, bucket)
     };
     let bucket_s = |bytes: f64| match shard {
-        ShardMode::None => all_reduce_s(bytes, n, link),
-        ShardMode::GradOp | ShardMode::Full => reduce_scatter_s(bytes, n, link),
+        ShardMode::None => path.all_reduce_s(bytes, n),
+        ShardMode::GradOp | ShardMode::Full => path.reduce_scatter_s(bytes, n),
     };
     (others * bucket_s(bucket), bucket_s(last))
 }
 
 /// Seconds of the per-step scalars (the loss; sharded, the gradient norm's partials).
-pub fn scalars_s(shard: ShardMode, n: usize, link: &Link) -> f64 {
+pub fn scalars_s(shard: ShardMode, n: usize, path: &Path) -> f64 {
     match shard {
-        ShardMode::None => all_reduce_s(SCALAR_BYTES, n, link),
-        _ => all_reduce_s(SCALAR_BYTES, n, link) + all_gather_s(SCALAR_BYTES * n as f64, n, link),
+        ShardMode::None => path.all_reduce_s(SCALAR_BYTES, n),
+        _ => path.all_reduce_s(SCALAR_BYTES, n) + path.all_gather_s(SCALAR_BYTES * n as f64, n),
     }
 }
 
@@ -124,6 +167,12 @@ mod tests {
         bytes_per_s: 1e9,
         latency_s: 1e-3,
         source: "",
+    };
+    const RING: Path = Path {
+        link: LINK,
+        shared_memory: false,
+        staging: None,
+        oversubscribed: 1.0,
     };
 
     fn program(shard: ShardMode, world: usize) -> (Program, usize) {
@@ -140,12 +189,12 @@ mod tests {
     fn ddp_all_reduces_the_gradients_by_bucket() {
         let (prog, params) = program(ShardMode::None, 4);
         // No compute to hide behind: everything is exposed.
-        let c = step_comm(&prog, params, ShardMode::None, 4, &LINK, 0.0, 0.0);
+        let c = step_comm(&prog, params, ShardMode::None, 4, &RING, 0.0, 0.0);
         let bucket = default_bucket_bytes(params) as f64;
         let grads = params as f64 * 4.0;
         let buckets = (grads / bucket).ceil();
         // Bandwidth term of the whole vector, latency per bucket, plus the loss.
-        let expected = 2.0 * 0.75 * grads / 1e9 + buckets * 6e-3 + all_reduce_s(8.0, 4, &LINK);
+        let expected = 2.0 * 0.75 * grads / 1e9 + buckets * 6e-3 + RING.all_reduce_s(8.0, 4);
         assert!(
             (c.total_s - expected).abs() < 1e-9,
             "{} {expected}",
@@ -154,12 +203,12 @@ mod tests {
         assert!((c.exposed_s - c.total_s).abs() < 1e-12);
         assert_eq!(c.bytes, grads);
         // With ample backward, only the last bucket and the loss are exposed.
-        let hidden = step_comm(&prog, params, ShardMode::None, 4, &LINK, 0.0, 1e3);
+        let hidden = step_comm(&prog, params, ShardMode::None, 4, &RING, 0.0, 1e3);
         assert!(hidden.exposed_s < c.exposed_s);
-        assert!(hidden.exposed_s >= all_reduce_s(8.0, 4, &LINK));
+        assert!(hidden.exposed_s >= RING.all_reduce_s(8.0, 4));
         // One rank: nothing moves.
         assert_eq!(
-            step_comm(&prog, params, ShardMode::None, 1, &LINK, 0.0, 0.0),
+            step_comm(&prog, params, ShardMode::None, 1, &RING, 0.0, 0.0),
             StepComm::default()
         );
     }
@@ -167,7 +216,7 @@ mod tests {
     #[test]
     fn full_sharding_gathers_the_weights_per_pass_grad_op_once() {
         let (full, params) = program(ShardMode::Full, 4);
-        let c = step_comm(&full, params, ShardMode::Full, 4, &LINK, 0.0, 0.0);
+        let c = step_comm(&full, params, ShardMode::Full, 4, &RING, 0.0, 0.0);
         let grads = params as f64 * 4.0;
         let weights = params as f64 * 2.0;
         // Every unit before its forward, again before its backward except the units
@@ -178,8 +227,32 @@ mod tests {
             "{gathered} {weights}"
         );
         let (grad_op, _) = program(ShardMode::GradOp, 4);
-        let g = step_comm(&grad_op, params, ShardMode::GradOp, 4, &LINK, 0.0, 0.0);
+        let g = step_comm(&grad_op, params, ShardMode::GradOp, 4, &RING, 0.0, 0.0);
         assert!((g.bytes - (grads + weights)).abs() < 1.0, "{}", g.bytes);
         assert!(g.total_s < c.total_s);
+    }
+
+    #[test]
+    fn staging_adds_its_copies_and_a_faster_host_link_never_slows_it() {
+        let (prog, params) = program(ShardMode::None, 4);
+        let pcie = |bytes_per_s: f64| Link {
+            name: "pcie",
+            bytes_per_s,
+            latency_s: 1e-5,
+            source: "",
+        };
+        let staged = |bw: f64| Path {
+            staging: Some(pcie(bw)),
+            ..RING
+        };
+        let plain = step_comm(&prog, params, ShardMode::None, 4, &RING, 0.0, 1e3);
+        let slow = step_comm(&prog, params, ShardMode::None, 4, &staged(1e9), 0.0, 1e3);
+        let fast = step_comm(&prog, params, ShardMode::None, 4, &staged(1e10), 0.0, 1e3);
+        // Every gradient goes down and back up once (4 bytes each way), all exposed.
+        let grads = params as f64 * 4.0;
+        assert!(slow.staging_s > 2.0 * grads / 1e9, "{}", slow.staging_s);
+        assert!((slow.exposed_s - plain.exposed_s - slow.staging_s).abs() < 1e-9);
+        assert!(fast.exposed_s < slow.exposed_s);
+        assert_eq!(plain.staging_s, 0.0);
     }
 }

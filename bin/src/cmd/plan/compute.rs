@@ -115,8 +115,16 @@ impl StepCompute {
     }
 }
 
-/// Predicts every operation of `program` on `gpu` and sums them by phase.
+#[cfg(test)]
+/// Predicts every operation of `program` on `gpu` and sums them by phase: the roofline
+/// floor (every family at factor 1).
 pub fn predict_step(program: &Program, gpu: &Roofline) -> StepCompute {
+    predict_step_with(program, gpu, &[1.0; 4])
+}
+
+/// As [`predict_step`], each operation's time multiplied by its [`Family`]'s factor (in
+/// [`Family::ALL`]'s order).
+pub fn predict_step_with(program: &Program, gpu: &Roofline, factors: &[f64; 4]) -> StepCompute {
     let backward_start = program.backward_start() as usize;
     let mut out = StepCompute::default();
     for (i, op) in program.ops().enumerate() {
@@ -124,18 +132,78 @@ pub fn predict_step(program: &Program, gpu: &Roofline) -> StepCompute {
             continue;
         };
         let p = predict(gpu, &work);
+        let time_s = p.time_s * factors[family(op.work()) as usize];
         match op.work() {
-            Work::Optimizer { .. } => out.optimizer_s += p.time_s,
-            _ if i < backward_start => out.forward_s += p.time_s,
-            _ => out.backward_s += p.time_s,
+            Work::Optimizer { .. } => out.optimizer_s += time_s,
+            _ if i < backward_start => out.forward_s += time_s,
+            _ => out.backward_s += time_s,
         }
         match p.bound {
-            Bound::Dram | Bound::L2 => out.memory_bound_s += p.time_s,
-            _ => out.compute_bound_s += p.time_s,
+            Bound::Dram | Bound::L2 => out.memory_bound_s += time_s,
+            _ => out.compute_bound_s += time_s,
         }
         out.tensor_flops += work.tensor_flops;
     }
     out
+}
+
+/// The roofline floor of `program` on `gpu` by [`Family`] (in [`Family::ALL`]'s order).
+pub fn floor_by_family(program: &Program, gpu: &Roofline) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for op in program.ops() {
+        if let Some(work) = kernel_work(op.work()) {
+            out[family(op.work()) as usize] += predict(gpu, &work).time_s;
+        }
+    }
+    out
+}
+
+/// The kernel families an efficiency factor is kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Matrix products (and their split-K reductions); vanilla attention, mostly products.
+    Matmul = 0,
+    /// Flash attention's forward.
+    FlashForward = 1,
+    /// Flash attention's backward (with its preprocessing).
+    FlashBackward = 2,
+    /// Norms, RoPE, SwiGLU, the embedding, the loss, the gradient norm and AdamW.
+    Elementwise = 3,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [
+        Family::Matmul,
+        Family::FlashForward,
+        Family::FlashBackward,
+        Family::Elementwise,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Matmul => "matmul",
+            Family::FlashForward => "flash-fwd",
+            Family::FlashBackward => "flash-bwd",
+            Family::Elementwise => "elementwise",
+        }
+    }
+}
+
+/// The family of an operation of the step program.
+pub fn family(work: &Work) -> Family {
+    match work {
+        Work::Matmul(_) => Family::Matmul,
+        Work::Attention {
+            attention: frugal_model::config::Attention::Flash,
+            ..
+        } => Family::FlashForward,
+        Work::AttentionBackward {
+            attention: frugal_model::config::Attention::Flash,
+            ..
+        } => Family::FlashBackward,
+        Work::Attention { .. } | Work::AttentionBackward { .. } => Family::Matmul,
+        _ => Family::Elementwise,
+    }
 }
 
 /// The roofline's view of one operation (see the module notes); `None` for operations

@@ -13,9 +13,10 @@
 //!   on the core, its vector units and its caches): these are documented starting figures
 //!   that `--calibrate` fits to measured steps. Ranks that ask for more threads than the
 //!   host has share its cores.
-//! - Communication: the trainer's ring over [`SAME_HOST`], bucketed and overlapped
-//!   with backward as on a GPU, its bandwidth shared by the ranks when they outnumber the
-//!   cores ([`same_host_link`]); the CPU gathers f32 weights (4 bytes each) under
+//! - Communication: the socket communicator on this host (`host::cpu_path`: shared
+//!   memory, or the loopback TCP ring with `--comm socket`), bucketed and overlapped
+//!   with backward as on a GPU, slowed by the ranks' sharing of the cores when they
+//!   outnumber them; the CPU gathers f32 weights (4 bytes each) under
 //!   `--shard grad-op` (once per step, before the next forward) and `full` (before each
 //!   unit's forward and again before its backward).
 
@@ -24,9 +25,9 @@ use frugal_model::cpu::CpuModel;
 
 use super::comm::{gradient_buckets, scalars_s, StepComm};
 use super::compute::{Limit, StepCompute};
-use super::links::{all_gather_s, Link};
+use super::host::{cpu_path, CommKind, Path};
 use super::memory::MAX_SEARCHED_BATCH;
-use super::predict::{Config, Row, Speed};
+use super::predict::{ComputeSource, Config, Row, Speed};
 use crate::cmd::sweep::prices::Prices;
 use crate::train::prepare::CpuState;
 
@@ -47,27 +48,6 @@ pub const BYTES_PER_CORE: f64 = 8e9;
 /// moments read, param and moments written (28), and the gradient read again for the norm.
 const OPTIMIZER_BYTES_PER_PARAM: f64 = 32.0;
 
-/// The ring between ranks on one host: the socket communicator's default same-host
-/// transport, collectives through a shared-memory segment (`--same-host shm`).
-pub const SAME_HOST: Link = Link {
-    name: "same-host shared memory",
-    bytes_per_s: 4e9,
-    latency_s: 10e-6,
-    source: "estimate: each hop copies into and out of a shared segment and adds on the \
-             rank's communication thread, a few GB/s per core; compare frugal bench allreduce",
-};
-
-/// The link of a job of `ranks` ranks on this host: [`SAME_HOST`], its bandwidth shared
-/// when there are more ranks than cores (each hop's copy and sum runs on a rank's
-/// communication thread, and a rank without a core of its own waits for one).
-pub fn same_host_link(ranks: usize) -> Link {
-    let share = (host_cores() as f64 / ranks.max(1) as f64).min(1.0);
-    Link {
-        bytes_per_s: SAME_HOST.bytes_per_s * share,
-        ..SAME_HOST
-    }
-}
-
 /// The cores this process may use (as `frugal sweep` divides them among a job's ranks).
 pub fn host_cores() -> usize {
     crate::train::options::default_threads()
@@ -80,7 +60,7 @@ pub fn threads_per_rank(threads: Option<usize>, devices: usize) -> usize {
 }
 
 /// One CPU configuration's predictions (`threads` as the grid gives them).
-pub fn row(config: Config, threads: Option<usize>, prices: &Prices) -> Row {
+pub fn row(config: Config, threads: Option<usize>, comm: CommKind, prices: &Prices) -> Row {
     let Config {
         model,
         devices,
@@ -103,7 +83,7 @@ pub fn row(config: Config, threads: Option<usize>, prices: &Prices) -> Row {
     let price = prices.cpu(threads);
     let usd_per_hour = price.as_ref().map(|p| p.per_device_hour * devices as f64);
     let price_source = price.map(|p| p.source);
-    let speed = (peak_bytes <= usable_bytes).then(|| speed(config, threads));
+    let speed = (peak_bytes <= usable_bytes).then(|| speed(config, threads, comm));
     Row {
         config,
         peak_bytes,
@@ -117,7 +97,7 @@ pub fn row(config: Config, threads: Option<usize>, prices: &Prices) -> Row {
 }
 
 /// The predicted step of one rank with `threads` threads.
-fn speed(config: Config, threads: usize) -> Speed {
+fn speed(config: Config, threads: usize, kind: CommKind) -> Speed {
     let Config {
         model,
         devices,
@@ -147,10 +127,12 @@ fn speed(config: Config, threads: usize) -> Speed {
         memory_bound_s: optimizer_s,
         tensor_flops: 0.0,
     };
+    let path = cpu_path(kind, devices, host_cores());
     let comm = comm(
         params,
         shard,
         devices,
+        &path,
         compute.forward_s,
         compute.backward_s,
     );
@@ -160,36 +142,44 @@ fn speed(config: Config, threads: usize) -> Speed {
     Speed {
         compute,
         comm,
-        link: same_host_link(devices),
+        link: path.link,
         step_s,
         tokens_per_s: tokens_per_s_per_device * devices as f64,
         tokens_per_s_per_device,
         // No table of CPU peaks: MFU is unknown, as train reports it.
         mfu: None,
         limit,
+        compute_source: ComputeSource::Cpu,
     }
 }
 
 /// The CPU job's communication per step (see the module notes).
-fn comm(params: usize, shard: ShardMode, n: usize, forward_s: f64, backward_s: f64) -> StepComm {
+fn comm(
+    params: usize,
+    shard: ShardMode,
+    n: usize,
+    path: &Path,
+    forward_s: f64,
+    backward_s: f64,
+) -> StepComm {
     if n <= 1 {
         return StepComm::default();
     }
-    let link = &same_host_link(n);
-    let (others_s, last_s) = gradient_buckets(params, shard, n, link);
+    let (others_s, last_s) = gradient_buckets(params, shard, n, path);
     let weights = params as f64 * 4.0;
-    let gather_s = all_gather_s(weights, n, link);
+    let gather_s = path.all_gather_s(weights, n);
     let (gather_fwd_s, gather_bwd_s, gathered) = match shard {
         ShardMode::None => (0.0, 0.0, 0.0),
         ShardMode::GradOp => (gather_s, 0.0, weights),
         ShardMode::Full => (gather_s, gather_s, 2.0 * weights),
     };
-    let scalars = scalars_s(shard, n, link);
+    let scalars = scalars_s(shard, n, path);
     let exposed_fwd = (gather_fwd_s - forward_s).max(0.0);
     let exposed_bwd = last_s + (others_s + gather_bwd_s - backward_s).max(0.0);
     StepComm {
         total_s: gather_fwd_s + gather_bwd_s + others_s + last_s + scalars,
         exposed_s: exposed_fwd + exposed_bwd + scalars,
         bytes: params as f64 * 4.0 + gathered,
+        staging_s: 0.0,
     }
 }

@@ -1,15 +1,19 @@
 //! The links a job's collectives cross, and the ring model of their time.
 //!
+//! The ring's time (`host::Path::terms`): an all-reduce of B bytes over n ranks is a
+//! reduce-scatter then an all-gather, n−1 steps each, every step moving B/n bytes and
+//! paying one latency: 2(n−1)/n · B / bandwidth + 2(n−1) · latency.
+//!
 //! A node holds [`NODE_SIZE`] GPUs joined by the interconnect (NVLink through NVSwitch on
 //! SXM boards, or PCIe); nodes are joined by the network. Every figure below is a nominal
 //! (data-sheet) rate in one direction, so a predicted collective is a floor: NCCL's measured
 //! bus bandwidth is typically 70-85 % of these (NVIDIA's nccl-tests report ~230 GB/s of
-//! A100 NVLink's 300 and ~370 of H100's 450). `frugal plan --calibrate` (not built yet)
+//! A100 NVLink's 300 and ~370 of H100's 450). `frugal plan --calibrate`
 //! is where such a factor would be fitted.
 //!
 //! Assumptions, each printed by `frugal plan`:
-//! - The collectives are NCCL's rings (`--comm nccl`; frugal's socket ring stages through
-//!   host memory and is not modelled).
+//! - With `--comm nccl` the collectives are NCCL's rings on these links (frugal's own
+//!   collectives, `--comm socket|shm`, are in `host`).
 //! - One network adapter of the `--network` speed per GPU, as on DGX/HGX A100 and H100
 //!   nodes (8 adapters per node), so each GPU's share of a ring across nodes gets the whole
 //!   adapter. A node with one adapter for 8 GPUs would get an eighth of it.
@@ -154,35 +158,20 @@ pub fn ring_link(devices: usize, inside: Link, network: Link) -> Link {
     }
 }
 
-/// Ring all-reduce of `bytes` over `n` ranks: 2(n-1)/n · bytes / bw + 2(n-1) · latency
-/// (a reduce-scatter then an all-gather, n-1 steps each). 0 on one rank.
-pub fn all_reduce_s(bytes: f64, n: usize, link: &Link) -> f64 {
-    2.0 * half_ring_s(bytes, n, link)
-}
-
-/// Ring reduce-scatter of `bytes` (the whole vector) over `n` ranks:
-/// (n-1)/n · bytes / bw + (n-1) · latency. 0 on one rank.
-pub fn reduce_scatter_s(bytes: f64, n: usize, link: &Link) -> f64 {
-    half_ring_s(bytes, n, link)
-}
-
-/// Ring all-gather of `bytes` (the whole gathered vector) over `n` ranks: as a
-/// reduce-scatter of the same bytes.
-pub fn all_gather_s(bytes: f64, n: usize, link: &Link) -> f64 {
-    half_ring_s(bytes, n, link)
-}
-
-fn half_ring_s(bytes: f64, n: usize, link: &Link) -> f64 {
-    if n <= 1 {
-        return 0.0;
-    }
-    let steps = (n - 1) as f64;
-    steps / n as f64 * bytes / link.bytes_per_s + steps * link.latency_s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::plan::host::Path;
+
+    fn all_reduce_s(bytes: f64, n: usize, link: &Link) -> f64 {
+        Path::ring(*link).all_reduce_s(bytes, n)
+    }
+    fn reduce_scatter_s(bytes: f64, n: usize, link: &Link) -> f64 {
+        Path::ring(*link).reduce_scatter_s(bytes, n)
+    }
+    fn all_gather_s(bytes: f64, n: usize, link: &Link) -> f64 {
+        Path::ring(*link).all_gather_s(bytes, n)
+    }
 
     /// 1 GB/s and 1 ms: every time below is worked out by hand.
     const ROUND: Link = Link {

@@ -8,16 +8,24 @@
 //! the ring formulas), [`comm`] (what a step communicates and how much is hidden),
 //! [`predict`] (one configuration's row), [`output`] (the table and JSON), [`cpu`] (the
 //! CPU backend as a device: `--gpus cpu`), [`calibrate`] (fitting the predictions to
-//! measured steps: `--calibrate`).
+//! measured steps: `--calibrate`), [`host`] (`--comm`: frugal's own collectives and the
+//! host staging of GPU gradients), [`comm_fit`] (`--calibrate` with `bench allreduce`
+//! lines), [`profile`] (`--profile`), [`efficiency`] (the per-family factors),
+//! [`names`] (driver GPU names onto the device table).
 
 pub mod calibrate;
 pub mod comm;
+pub mod comm_fit;
 pub mod compute;
 pub mod cpu;
+pub mod efficiency;
+pub mod host;
 pub mod links;
 pub mod memory;
+pub mod names;
 pub mod output;
 pub mod predict;
+pub mod profile;
 
 use std::path::PathBuf;
 
@@ -36,23 +44,30 @@ use links::{Interconnect, Link, NODE_SIZE};
 pub const ABOUT: &str = "\
 Predicts, for every combination of the lists given, one rank's memory (the step
 program's arena plan, as train --dry-run plans it), the step time (each kernel of
-the step on the GPU's roofline, plus the collectives of a ring that backward does
-not hide), tokens/s, MFU, price per hour and tokens per dollar. Rows are sorted by
+the step on the GPU's roofline times the GPU's efficiency factor for its kernel
+family, or a --profile's kernel times, plus the collectives that backward does not
+hide), tokens/s, MFU, price per hour and tokens per dollar. Rows are sorted by
 tokens per dollar; configurations that do not fit are listed last and never
 recommended; then the best configuration per model and GPU type. Every figure is a
 PREDICTION from cited tables (printed with the plan), not a measurement.
 
+--comm nccl models NCCL's rings; socket and shm frugal's own TCP ring and shared
+memory, with GPU gradients staged through host memory.
 --gpus cpu plans the CPU backend (ranks as processes on this host, --threads each).
 --calibrate fits one efficiency factor per device type to measured steps (frugal sweep
-results.jsonl, frugal bench step --json lines), prints measured against predicted for
-every point with the mean absolute percentage error before and after the fit, and
-applies the factors to the predictions.
+results.jsonl, frugal bench step --json lines, GPU lines mapped by their GPU's name)
+and a latency and bandwidth per transport to frugal bench allreduce --json lines;
+it prints measured against predicted for every point with the mean absolute
+percentage error before and after the fit, and applies the step factors.
 
 Examples:
   frugal plan --model paper-100m,paper-1b --gpus a100-40,a100-80,h100-sxm \\
               --devices 1,8,32,64 --batch 8,16,32 --top 10
+  frugal profile --model paper-100m --batch 8 --gpu h100-sxm --json > p.json
+  frugal plan --model paper-100m --gpus h100-sxm --devices 1,8 --batch 8 \\
+              --comm shm --profile p.json
   frugal plan --model tiny --gpus cpu --devices 1,2 --batch 2,4 --threads 1 \\
-              --calibrate sweeps/tiny-cpu/results.jsonl";
+              --calibrate sweeps/tiny-cpu/results.jsonl allreduce.jsonl";
 
 /// `frugal plan`'s flags.
 #[derive(Debug, clap::Args)]
@@ -60,6 +75,7 @@ Examples:
 frugal plan --model M[,M...] --gpus G[,G...] --devices N[,N...]
                    [--batch B,...] [--attention flash,vanilla] [--shard none,grad-op,full]
                    [--interconnect nvlink|pcie] [--network 100g|200g|400g-ib|ethernet-25g]
+                   [--comm nccl|socket|shm] [--profile FILE...]
                    [--threads T,...] [--calibrate FILE...]
                    [--prices FILE] [--top N] [--json]")]
 pub struct PlanFlags {
@@ -91,6 +107,13 @@ pub struct PlanFlags {
     /// what joins nodes, per GPU: 100g, 200g, 400g-ib or ethernet-25g
     #[arg(long, value_name = "NET", default_value = "200g", value_parser = text::<String>())]
     network: String,
+    /// the collectives: nccl (NCCL rings, device to device), socket
+    /// (frugal's TCP ring: loopback inside a node, the network between
+    /// nodes) or shm (frugal's shared memory inside a node, the TCP ring
+    /// between nodes); socket and shm stage GPU gradients through host
+    /// memory. CPU ranks use shm unless socket is given
+    #[arg(long, value_name = "C", default_value = "nccl", value_parser = text::<host::CommKind>(), verbatim_doc_comment)]
+    comm: host::CommKind,
     /// CPU threads per rank (--gpus cpu), comma-separated (default: this
     /// host's cores divided among the ranks, as frugal sweep does)
     #[arg(long, value_name = "T,...", value_parser = text::<String>(), verbatim_doc_comment)]
@@ -100,6 +123,11 @@ pub struct PlanFlags {
     /// repeat the flag or list them after it)
     #[arg(long, value_name = "FILE", num_args = 1.., value_parser = text::<PathBuf>(), verbatim_doc_comment)]
     calibrate: Vec<PathBuf>,
+    /// frugal profile --json files: the compute time of the configurations
+    /// each covers (its model, GPUs, batch and attention, unsharded) is the
+    /// sum of its kernels' predicted times instead of the plan's own model
+    #[arg(long, value_name = "FILE", num_args = 1.., value_parser = text::<PathBuf>(), verbatim_doc_comment)]
+    profile: Vec<PathBuf>,
     /// prices per GPU-hour, a JSON object as frugal sweep --prices takes
     /// (default: the built-in table, each price with its source)
     #[arg(long, value_name = "FILE", value_parser = text::<PathBuf>(), verbatim_doc_comment)]
@@ -176,6 +204,9 @@ pub struct Grid {
     pub shards: Vec<ShardMode>,
     pub interconnect: Interconnect,
     pub network: Link,
+    pub comm: host::CommKind,
+    /// The steps `--profile` gives (read after the grid is checked).
+    pub profiles: Vec<profile::ProfiledStep>,
 }
 
 /// Short names of the paper's A100s that `frugal profile`'s aliases spell with "gb"
@@ -302,7 +333,7 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
                 .iter()
                 .map(|&threads| Gpu {
                     hw: Hardware::Cpu { threads },
-                    inside: Some(cpu::SAME_HOST),
+                    inside: Some(host::cpu_path(flags.comm, 1, 1).link),
                 })
                 .collect(),
         })
@@ -337,11 +368,14 @@ fn grid(flags: &PlanFlags) -> Result<Grid, CliError> {
         shards,
         interconnect: flags.interconnect,
         network,
+        comm: flags.comm,
+        profiles: Vec::new(),
     })
 }
 
 pub fn run(flags: PlanFlags) -> Result<(), CliError> {
-    let grid = grid(&flags)?;
+    let mut grid = grid(&flags)?;
+    grid.profiles = profile::read_all(&flags.profile, &grid)?;
     let prices = match &flags.prices {
         Some(path) => Prices::load(path, PriceUnits::Usd)?,
         None => Prices::builtin(PriceUnits::Usd),

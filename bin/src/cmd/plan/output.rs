@@ -14,8 +14,8 @@ use super::Grid;
 pub const ASSUMPTIONS: &[&str] = &[
     "every figure is predicted, none measured",
     "memory: one rank's arena plan of the device step (as train --dry-run), against the GPU's nominal memory less 1.5 GiB for the CUDA context and driver",
-    "compute: each operation of the step on the roofline of frugal profile (frugal's mma.sync kernels: 2/3 of Hopper's wgmma peak), work derived from shapes, one launch per operation, no wave quantisation: a floor",
-    "communication: NCCL-style rings at nominal link rates (a floor), one network adapter per GPU, 8 GPUs per node; all gradient buckets but the last overlap with backward",
+    "compute: each operation of the step on the roofline of frugal profile (frugal's mma.sync kernels: 2/3 of Hopper's wgmma peak), work derived from shapes, one launch per operation (the floor), times the GPU's efficiency factor for its kernel family derived from frugal profile runs (factors); a --profile's kernel times where it covers the row (profile)",
+    "communication: rings (NCCL's, or frugal's TCP ring) or frugal's shared memory as --comm says, at the link rates of the links section (nominal for GPU links: a floor), one network adapter per GPU, 8 GPUs per node; all gradient buckets but the last overlap with backward; staged copies between device and host never overlap",
     "MFU: 3x the forward FLOPs per token (as the trainer counts) over the GPU's dense BF16 peak",
     "prices: one provider's on-demand list price per GPU-hour (see each source), or --prices",
 ];
@@ -137,6 +137,7 @@ impl<'a> Report<'a> {
                 }
             }
         }
+        s += &profiles_text(self.grid);
         s += "\nlinks:\n";
         for g in self.grid.gpus.iter().filter(|g| g.facts().is_some()) {
             if let Some(l) = g.inside {
@@ -150,6 +151,11 @@ impl<'a> Report<'a> {
                 );
             }
         }
+        s += &format!(
+            "  collectives: --comm {}: {}\n",
+            self.grid.comm.name(),
+            comm_note(self.grid.comm)
+        );
         let n = self.grid.network;
         s += &format!(
             "  network {} between nodes: {:.3} GB/s per GPU, {:.0} us per hop ({})\n",
@@ -179,16 +185,22 @@ impl<'a> Report<'a> {
             .iter()
             .any(|g| matches!(g.hw, super::Hardware::Cpu { .. }))
         {
+            let path = super::host::cpu_path(self.grid.comm, 1, 1);
             s += &format!(
                 "CPU (this host, {} core(s)): {:.0} GFLOP/s and {:.0} GB/s per core for the \
-                 optimizer before calibration; ranks over {} ({:.1} GB/s, {:.0} us per hop: {})\n",
+                 optimizer before calibration; ranks over {} ({:.1} GB/s, {:.0} us per {}: {})\n",
                 super::cpu::host_cores(),
                 super::cpu::FLOPS_PER_CORE / 1e9,
                 super::cpu::BYTES_PER_CORE / 1e9,
-                super::cpu::SAME_HOST.name,
-                super::cpu::SAME_HOST.bytes_per_s / 1e9,
-                super::cpu::SAME_HOST.latency_s * 1e6,
-                super::cpu::SAME_HOST.source
+                path.link.name,
+                path.link.bytes_per_s / 1e9,
+                path.link.latency_s * 1e6,
+                if path.shared_memory {
+                    "barrier"
+                } else {
+                    "ring step"
+                },
+                path.link.source
             );
         }
         s += "assumptions:\n";
@@ -222,20 +234,101 @@ impl<'a> Report<'a> {
                 super::links::Interconnect::Pcie => "pcie",
             },
             "interconnects": links,
+            "comm": self.grid.comm.name(),
+            "comm_note": comm_note(self.grid.comm),
             "network": {"name": n.name, "bytes_per_s": n.bytes_per_s, "latency_s": n.latency_s, "source": n.source},
             "reserved_bytes": RESERVED_BYTES,
             "assumptions": ASSUMPTIONS,
+            "profiles": self.grid.profiles.iter().map(|p| json!({
+                "source": p.source, "model": p.model, "gpu": p.gpu, "batch": p.batch,
+                "attention": p.attention, "predicted_s": p.total_s,
+                "implied_factors": family_json(&p.implied_factors()),
+            })).collect::<Vec<_>>(),
+            "efficiency_factors": super::efficiency::TABLE.iter().map(|f| json!({
+                "gpu": f.gpu, "factors": family_json(&f.factors),
+            })).collect::<Vec<_>>(),
             "calibrated": self.calibration.is_some(),
             "calibration": self.calibration.as_ref().map(calibration_json),
         })
     }
 }
 
+/// The compute sources, and what each `--profile` implies.
+fn profiles_text(grid: &Grid) -> String {
+    use super::efficiency;
+    let mut s = String::from(
+        "\ncompute: profile = a --profile's kernel times; factors = the roofline of each \
+         operation x the GPU's efficiency factors per family; floor = the roofline alone\n",
+    );
+    for g in &grid.gpus {
+        if let Some(f) = g.facts().and_then(|f| efficiency::of(f.label)) {
+            s += &format!("  factors {}: {}\n", g.label(), efficiency::describe(f));
+        }
+    }
+    for p in &grid.profiles {
+        s += &format!(
+            "  profile {} ({} batch {} {}, {}): {:.3} ms predicted; the profile implies factors {}\n",
+            p.source,
+            p.model,
+            p.batch,
+            p.attention,
+            p.gpu,
+            p.total_s * 1e3,
+            efficiency::describe(&p.implied_factors())
+        );
+    }
+    s
+}
+
+fn family_json(factors: &[f64; 4]) -> Value {
+    let map: serde_json::Map<String, Value> = super::compute::Family::ALL
+        .iter()
+        .zip(factors)
+        .map(|(f, x)| (f.name().to_string(), json!(x)))
+        .collect();
+    Value::Object(map)
+}
+
+/// What `--comm` models, for the links section.
+fn comm_note(comm: super::host::CommKind) -> String {
+    use super::host::{pcie_host, CommKind, LOOPBACK_TCP, SHARED_MEMORY};
+    let staged = format!(
+        "GPU gradients staged through host memory: device -> host per finished range, \
+         reduced on the host, host -> device before the optimizer ({}; {})",
+        pcie_host(80).source,
+        pcie_host(90).source
+    );
+    let link = |l: super::links::Link| {
+        format!(
+            "{}: {:.2} GB/s, {:.0} us ({})",
+            l.name,
+            l.bytes_per_s / 1e9,
+            l.latency_s * 1e6,
+            l.source
+        )
+    };
+    match comm {
+        CommKind::Nccl => "NCCL rings on the GPUs' links, device to device (frugal's trainer \
+             stages --comm nccl through host memory for now: compare --comm socket/shm)"
+            .to_string(),
+        CommKind::Socket => format!(
+            "frugal's TCP ring, one lane, loopback inside a node ({}), the network between \
+             nodes; {staged}",
+            link(LOOPBACK_TCP)
+        ),
+        CommKind::Shm => format!(
+            "frugal's shared-memory collectives inside a node, 1 MiB pieces, 2 barriers per \
+             all-reduce piece ({}), the TCP ring between nodes; {staged}",
+            link(SHARED_MEMORY)
+        ),
+    }
+}
+
 fn header() -> String {
     format!(
-        "{:<11} {:<14} {:>4} {:>5} {:<7} {:<7} {:>10} {:>5} {:>9} {:>10} {:>9} {:>6} {:>8} {:>10} {}\n",
+        "{:<11} {:<14} {:>4} {:>5} {:<7} {:<7} {:>10} {:>5} {:>9} {:>10} {:>9} {:>6} {:>8} {:>10} {:<9} {}\n",
         "model", "gpu", "devs", "batch", "attn", "shard", "mem/rank", "max b", "step ms",
-        "tok/s", "tok/s/dev", "MFU", "$/hour", "tokens/$", "limit (all predicted)"
+        "tok/s", "tok/s/dev", "MFU", "$/hour", "tokens/$", "compute", "limit (all predicted)"
     )
 }
 
@@ -258,7 +351,7 @@ fn line(r: &Row) -> String {
         .map_or("?".to_string(), |p| format!("{p:.2}"));
     match r.speed {
         Some(s) => format!(
-            "{head} {:>9.1} {:>10.0} {:>9.0} {:>6} {:>8} {:>10} {}\n",
+            "{head} {:>9.1} {:>10.0} {:>9.0} {:>6} {:>8} {:>10} {:<9} {}\n",
             s.step_s * 1e3,
             s.tokens_per_s,
             s.tokens_per_s_per_device,
@@ -266,6 +359,7 @@ fn line(r: &Row) -> String {
             price,
             r.tokens_per_usd()
                 .map_or("?".into(), |t| format!("{:.3e}", t)),
+            s.compute_source.as_str(),
             s.limit.as_str()
         ),
         None => format!(
@@ -301,6 +395,8 @@ fn row_json(r: &Row) -> Value {
             "predicted_optimizer_s": s.compute.optimizer_s,
             "predicted_comm_s": s.comm.total_s,
             "predicted_comm_exposed_s": s.comm.exposed_s,
+            "predicted_staging_s": s.comm.staging_s,
+            "compute_source": s.compute_source.as_str(),
             "predicted_tokens_per_s": s.tokens_per_s,
             "predicted_tokens_per_s_per_device": s.tokens_per_s_per_device,
             "predicted_mfu": s.mfu,
@@ -317,7 +413,14 @@ fn row_json(r: &Row) -> Value {
 
 /// The measured points against the prediction, before and after the fit.
 fn calibration_text(c: &Calibration) -> String {
-    let mut s = String::from("\ncalibration: measured step time against the plan's\n");
+    let mut s = String::new();
+    if !c.comm.points.is_empty() {
+        s += &super::comm_fit::text(&c.comm);
+    }
+    if c.points.is_empty() {
+        return s + &skipped_text(c);
+    }
+    s += "\ncalibration: measured step time against the plan's\n";
     s += &format!(
         "{:<11} {:<10} {:>4} {:>5} {:<7} {:<7} {:>11} {:>12} {:>8} {:>13} {:>8}  {}\n",
         "model",
@@ -367,6 +470,11 @@ fn calibration_text(c: &Calibration) -> String {
         c.mape(false),
         c.mape(true)
     );
+    s + &skipped_text(c)
+}
+
+fn skipped_text(c: &Calibration) -> String {
+    let mut s = String::new();
     if !c.skipped.is_empty() {
         s += &format!("skipped {} measured line(s):\n", c.skipped.len());
         for k in &c.skipped {
@@ -416,5 +524,6 @@ fn calibration_json(c: &Calibration) -> Value {
         "skipped": skipped,
         "mape_before_percent": c.mape(false),
         "mape_after_percent": c.mape(true),
+        "communication": super::comm_fit::json(&c.comm),
     })
 }

@@ -9,10 +9,12 @@ use frugal_comm::ShardMode;
 use frugal_model::config::Attention;
 
 use super::comm::{step_comm, StepComm};
-use super::compute::{predict_step, Limit, StepCompute};
-use super::links::{ring_link, Link};
+use super::compute::{predict_step_with, Limit, StepCompute};
+use super::host::gpu_path;
+use super::links::Link;
 use super::memory::{self, Planner};
 use super::{cpu, Gpu, Grid, Hardware, Model};
+use super::{efficiency, profile};
 use crate::cmd::sweep::prices::Prices;
 use crate::error::CliError;
 
@@ -41,6 +43,33 @@ pub struct Speed {
     /// peak; None where the GPU has no published peak.
     pub mfu: Option<f64>,
     pub limit: Limit,
+    /// Where the compute time comes from.
+    pub compute_source: ComputeSource,
+}
+
+/// Where a row's compute time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeSource {
+    /// A `--profile` that covers the configuration: its kernels' predicted times.
+    Profile,
+    /// The plan's per-operation roofline times the GPU's family factors
+    /// (`efficiency::TABLE`).
+    Factors,
+    /// The plan's roofline floor (a GPU without factors).
+    Floor,
+    /// The CPU model (`cpu`).
+    Cpu,
+}
+
+impl ComputeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeSource::Profile => "profile",
+            ComputeSource::Factors => "factors",
+            ComputeSource::Floor => "floor",
+            ComputeSource::Cpu => "cpu model",
+        }
+    }
 }
 
 /// One configuration's predictions.
@@ -124,7 +153,7 @@ pub fn row(
     } = config;
     let facts = match gpu.hw {
         Hardware::Gpu(facts) => facts,
-        Hardware::Cpu { threads } => return Ok(cpu::row(config, threads, prices)),
+        Hardware::Cpu { threads } => return Ok(cpu::row(config, threads, grid.comm, prices)),
     };
     let name = model.preset.name;
     let cfg = model.preset.config();
@@ -169,18 +198,40 @@ fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
         .roofline
         .ok_or_else(|| CliError::usage(format!("plan: {} has no roofline figures", facts.label)))?;
     let program = memory::program(model.preset.name, &cfg, batch, attention, shard, devices)?;
-    let compute = predict_step(&program, &roofline);
-    // A job of one GPU uses no link; its placeholder is never read.
-    let link = match gpu.inside {
-        Some(inside) => ring_link(devices, inside, grid.network),
-        None => grid.network,
+    let factors = efficiency::of(facts.label);
+    let modelled = predict_step_with(&program, &roofline, factors.unwrap_or(&[1.0; 4]));
+    // A profile is of one rank's unsharded step: it covers a sharded job only at one rank.
+    let profiled = (shard == ShardMode::None || devices == 1)
+        .then(|| {
+            profile::find(
+                &grid.profiles,
+                model.preset.name,
+                facts.label,
+                batch,
+                attention.name(),
+            )
+        })
+        .flatten();
+    let (compute, compute_source) = match (profiled, factors) {
+        (Some(p), _) => (profile::apply(&modelled, p), ComputeSource::Profile),
+        (None, Some(_)) => (modelled, ComputeSource::Factors),
+        (None, None) => (modelled, ComputeSource::Floor),
     };
+    // A job of one GPU uses no link; its placeholder is never read.
+    let path = gpu_path(
+        grid.comm,
+        devices,
+        gpu.inside.unwrap_or(grid.network),
+        grid.network,
+        facts.sm,
+    );
+    let link = path.link;
     let comm = step_comm(
         &program,
         cfg.param_count(),
         shard,
         devices,
-        &link,
+        &path,
         compute.forward_s,
         compute.backward_s,
     );
@@ -200,5 +251,6 @@ fn speed(grid: &Grid, config: Config) -> Result<Speed, CliError> {
         tokens_per_s_per_device,
         mfu,
         limit,
+        compute_source,
     })
 }
