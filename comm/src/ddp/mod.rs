@@ -287,6 +287,11 @@ impl Ddp {
     }
 
     /// Number of ranks.
+    /// How long a wait on the communication thread (and so on the peers) may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn world(&self) -> usize {
         self.world
     }
@@ -364,6 +369,7 @@ impl Ddp {
                     addr: "the DDP communication thread".into(),
                     waiting_for: what.to_string(),
                     timeout: self.timeout,
+                    phase: crate::error::TimeoutPhase::Collective,
                 }))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
