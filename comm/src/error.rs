@@ -182,6 +182,32 @@ impl AbortCause {
     }
 }
 
+/// The verdict on which rank failed: seen by this rank or by another one
+/// (`reported_by`), whose news came round the ring. Names the failed rank's
+/// host and address, so an operator goes to the right machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFailure {
+    /// This rank.
+    pub rank: usize,
+    /// The rank that failed.
+    pub failed_rank: usize,
+    /// The failed rank's host name ("" when unknown) and address.
+    pub failed_host: String,
+    /// The failed rank's ring address.
+    pub failed_addr: String,
+    /// How it failed.
+    pub cause: AbortCause,
+    /// The rank that first saw the failure (the judge), and its host name.
+    pub reported_by: usize,
+    /// The judge's host name ("" when unknown).
+    pub reporter_host: String,
+    /// The neighbour this rank heard it from (`rank` itself when it judged).
+    pub relayed_by: usize,
+    /// What this rank saw itself, when that is not the verdict (e.g. it
+    /// timed out on a healthy neighbour that was waiting too).
+    pub own: Option<String>,
+}
+
 /// Everything that can fail in frugal-comm.
 #[derive(Debug)]
 pub enum CommError {
@@ -226,25 +252,8 @@ pub enum CommError {
         addr: SocketAddr,
         during: String,
     },
-    /// The verdict on which rank failed: seen by this rank or by another one
-    /// (`reported_by`), whose news came round the ring. Names the failed rank's
-    /// host and address, so an operator goes to the right machine.
-    PeerFailed {
-        rank: usize,
-        failed_rank: usize,
-        /// The failed rank's host name ("" when unknown) and address.
-        failed_host: String,
-        failed_addr: String,
-        cause: AbortCause,
-        /// The rank that first saw the failure (the judge), and its host name.
-        reported_by: usize,
-        reporter_host: String,
-        /// The neighbour this rank heard it from (`rank` itself when it judged).
-        relayed_by: usize,
-        /// What this rank saw itself, when that is not the verdict (e.g. it
-        /// timed out on a healthy neighbour that was waiting too).
-        own: Option<String>,
-    },
+    /// The verdict on which rank failed (boxed: it is large and rare).
+    PeerFailed(Box<PeerFailure>),
     /// A socket call failed.
     Io {
         rank: usize,
@@ -292,7 +301,7 @@ impl CommError {
         match self {
             CommError::Connect { peer, .. } | CommError::PeerClosed { peer, .. } => Some(*peer),
             CommError::Timeout { peer, .. } => *peer,
-            CommError::PeerFailed { failed_rank, .. } => Some(*failed_rank),
+            CommError::PeerFailed(p) => Some(p.failed_rank),
             CommError::Io { peer, .. } => *peer,
             _ => None,
         }
@@ -330,17 +339,18 @@ impl fmt::Display for CommError {
                 f,
                 "rank {rank}: rank {peer} at {addr} closed the connection during {during}; rank {peer} has probably died (see its output)"
             ),
-            CommError::PeerFailed {
-                rank,
-                failed_rank,
-                failed_host,
-                failed_addr,
-                cause,
-                reported_by,
-                reporter_host,
-                relayed_by,
-                own,
-            } => {
+            CommError::PeerFailed(p) => {
+                let PeerFailure {
+                    rank,
+                    failed_rank,
+                    failed_host,
+                    failed_addr,
+                    cause,
+                    reported_by,
+                    reporter_host,
+                    relayed_by,
+                    own,
+                } = &**p;
                 write!(f, "rank {rank}: rank {failed_rank}")?;
                 if !failed_host.is_empty() {
                     write!(f, " on host {failed_host}")?;

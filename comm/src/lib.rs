@@ -107,7 +107,7 @@ pub mod socket;
 mod wait;
 
 pub use ddp::{CommStats, Ddp, Reduce, Ticket, DEFAULT_BUCKET_BYTES};
-pub use error::{CommError, FrameProblem, Refusal};
+pub use error::{AbortCause, CommError, FrameProblem, PeerFailure, Refusal, TimeoutPhase};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;
 pub use ops::{chunk_range, ring_order_sum, ring_order_sum_in, Communicator, Transport};

@@ -44,7 +44,7 @@
 //! its neighbours learn of it too. Every wait is bounded by the timeout and
 //! its error names the rank waited for.
 
-use crate::error::{AbortCause, CommError};
+use crate::error::{AbortCause, CommError, PeerFailure};
 use crate::ops::chunk_range;
 use crate::wait;
 use half::bf16;
@@ -428,7 +428,7 @@ impl Segment {
         let failed_rank = ((w & 0xffff_ffff) >> 1) as usize;
         let reported_by = ((w >> 32) & 0xff_ffff) as usize;
         // Host names are filled in by the caller, which holds the rendezvous table.
-        Some(CommError::PeerFailed {
+        Some(CommError::PeerFailed(Box::new(PeerFailure {
             rank: self.rank,
             failed_rank,
             failed_host: String::new(),
@@ -438,7 +438,7 @@ impl Segment {
             reporter_host: String::new(),
             relayed_by: reported_by,
             own: None,
-        })
+        })))
     }
 
     /// Waits until every rank reached this barrier.

@@ -11,7 +11,7 @@
 
 use super::link::Link;
 use super::ring::{Combine, LaneData, Plan};
-use crate::error::{AbortCause, CommError, FrameProblem};
+use crate::error::{AbortCause, CommError, FrameProblem, PeerFailure};
 use crate::frame::{self, Header, OpCode, HEADER_BYTES};
 use crate::wait;
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
@@ -59,7 +59,7 @@ pub(super) struct Failure {
     /// Whether `next` can still be written to.
     pub next_usable: bool,
     /// Where the stream from `prev` stands, so later abort frames can be read.
-    pub prev_at: PrevAt,
+    pub prev_at: Box<PrevAt>,
     /// The error is only a suspicion of `prev`: nothing came from it for the
     /// timeout, which is also what a healthy `prev` waiting on its own
     /// predecessor looks like.
@@ -96,7 +96,7 @@ pub(super) struct LanesFailed {
     /// Per lane: (bytes owed of a half-written frame, whether `next` is still writable).
     pub states: Vec<(usize, bool)>,
     /// Where lane 0's stream from `prev` stands.
-    pub prev_at: PrevAt,
+    pub prev_at: Box<PrevAt>,
     /// Whether `error` is only a suspicion of `prev` (see [`Failure::suspect`]).
     pub suspect: bool,
 }
@@ -110,7 +110,7 @@ pub(super) fn run_lanes(
     lanes: &mut [Lane],
     parts: Vec<LaneData<'_>>,
     call: &Call,
-) -> Result<(), LanesFailed> {
+) -> Result<(), Box<LanesFailed>> {
     let used = parts.len().min(lanes.len());
     let abort = AtomicBool::new(false);
     let watch = (used > 1).then_some(&abort);
@@ -155,7 +155,7 @@ pub(super) fn run_lanes(
                         }),
                         owed_bytes: 0,
                         next_usable: false,
-                        prev_at: PrevAt::unusable(),
+                        prev_at: Box::new(PrevAt::unusable()),
                         suspect: false,
                     })
                 };
@@ -175,7 +175,7 @@ pub(super) fn run_lanes(
     let mut states = vec![(0usize, true); lanes.len()];
     let mut errors = Vec::new();
     // Lane 0 finished: its stream from `prev` is at a frame boundary.
-    let mut prev_at = PrevAt::default();
+    let mut prev_at = Box::<PrevAt>::default();
     for (i, r) in results.into_iter().enumerate() {
         if let Err(f) = r {
             states[i] = (f.owed_bytes, f.next_usable);
@@ -189,7 +189,7 @@ pub(super) fn run_lanes(
     // any lane got one, else a certain observation, else the first lane's.
     let pick = errors
         .iter()
-        .position(|(e, _)| matches!(e, CommError::PeerFailed { .. }))
+        .position(|(e, _)| matches!(e, CommError::PeerFailed(_)))
         .or_else(|| errors.iter().position(|(_, suspect)| !suspect))
         .unwrap_or(0);
     let (error, suspect) = if pick < errors.len() {
@@ -203,12 +203,12 @@ pub(super) fn run_lanes(
             false,
         )
     };
-    Err(LanesFailed {
+    Err(Box::new(LanesFailed {
         error,
         states,
         prev_at,
         suspect,
-    })
+    }))
 }
 
 /// Builds the error for an I/O failure on a link.
@@ -283,7 +283,7 @@ fn check_header(
             cause,
         }) => {
             // Host names and addresses are filled in by the caller, which holds the table.
-            return Some(CommError::PeerFailed {
+            return Some(CommError::PeerFailed(Box::new(PeerFailure {
                 rank,
                 failed_rank: failed_rank as usize,
                 failed_host: String::new(),
@@ -293,7 +293,7 @@ fn check_header(
                 reporter_host: String::new(),
                 relayed_by: prev.peer,
                 own: None,
-            });
+            })));
         }
         Ok(h) => match frame::check_data(h, op, seq, len) {
             Ok(()) => return None,
@@ -355,7 +355,7 @@ impl Cursor<'_> {
             error: Some(error),
             owed_bytes: self.owed(),
             next_usable: self.send_failed.is_none(),
-            prev_at: PrevAt::unusable(),
+            prev_at: Box::new(PrevAt::unusable()),
             suspect: false,
         }
     }
@@ -479,7 +479,7 @@ impl Cursor<'_> {
                     if before < HEADER_BYTES && self.recv_off >= HEADER_BYTES {
                         if let Some(e) = check_header(&self.header_in, call, len, prev) {
                             let mut failure = self.failure(e);
-                            if matches!(failure.error, Some(CommError::PeerFailed { .. })) {
+                            if matches!(failure.error, Some(CommError::PeerFailed(_))) {
                                 // An abort frame: the stream stays in step; bytes read past
                                 // the header (a later abort) are kept for `verdict.rs`.
                                 let extra = self.recv_off - HEADER_BYTES;
@@ -491,10 +491,10 @@ impl Cursor<'_> {
                                         bytemuck::cast_slice::<f32, u8>(scratch)[..extra].to_vec()
                                     }
                                 };
-                                failure.prev_at = PrevAt {
+                                failure.prev_at = Box::new(PrevAt {
                                     leftover,
                                     ..PrevAt::default()
-                                };
+                                });
                             }
                             return Err(failure);
                         }
@@ -546,7 +546,7 @@ impl Cursor<'_> {
                 error: Some(link_error(call.rank, prev, "poll", e)),
                 owed_bytes: self.owed(),
                 next_usable: false,
-                prev_at: PrevAt::unusable(),
+                prev_at: Box::new(PrevAt::unusable()),
                 suspect: false,
             }),
         }
@@ -577,7 +577,7 @@ impl Cursor<'_> {
             owed_bytes: self.owed(),
             // The abort frame gets a bounded try (`verdict::send_abort`).
             next_usable: self.send_failed.is_none(),
-            prev_at: self.prev_at(),
+            prev_at: Box::new(self.prev_at()),
             suspect,
         }
     }
@@ -624,7 +624,7 @@ fn event_loop(
                     error: Some(e),
                     owed_bytes: 0,
                     next_usable: false,
-                    prev_at: at.prev_at(),
+                    prev_at: Box::new(at.prev_at()),
                     suspect: false,
                 });
             }
@@ -641,7 +641,7 @@ fn event_loop(
                 error: None,
                 owed_bytes: at.owed(),
                 next_usable: at.send_failed.is_none(),
-                prev_at: at.prev_at(),
+                prev_at: Box::new(at.prev_at()),
                 suspect: false,
             });
         }

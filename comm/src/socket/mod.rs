@@ -49,7 +49,7 @@ pub use options::{
     SameHost, SocketOptions, CORES_PER_AUTO_LANE, DEFAULT_LANES, LANE_MIN_BYTES, MAX_AUTO_LANES,
 };
 
-use crate::error::CommError;
+use crate::error::{CommError, PeerFailure};
 use crate::frame::OpCode;
 use crate::ops::{check_bounds, chunk_range, even_bounds, Communicator, Transport};
 use crate::rendezvous::{self, Peers, Rendezvous};
@@ -296,12 +296,15 @@ impl SocketComm {
         };
         match event_loop::run_lanes(&mut self.lanes, parts, &call) {
             Ok(()) => Ok(()),
-            Err(LanesFailed {
-                error,
-                states,
-                prev_at,
-                suspect,
-            }) => Err(self.fail(error, &states, prev_at, suspect)),
+            Err(failed) => {
+                let LanesFailed {
+                    error,
+                    states,
+                    prev_at,
+                    suspect,
+                } = *failed;
+                Err(self.fail(error, &states, *prev_at, suspect))
+            }
         }
     }
 
@@ -363,14 +366,14 @@ impl SocketComm {
             error
         } else {
             let own = match &error {
-                CommError::PeerFailed { .. } => None,
+                CommError::PeerFailed(_) => None,
                 e => {
                     let text = e.to_string();
                     let prefix = format!("rank {}: ", self.rank);
                     Some(text.strip_prefix(&prefix).unwrap_or(&text).to_string())
                 }
             };
-            CommError::PeerFailed {
+            CommError::PeerFailed(Box::new(PeerFailure {
                 rank: self.rank,
                 failed_rank: v.failed,
                 failed_host: self.host_of(v.failed),
@@ -380,7 +383,7 @@ impl SocketComm {
                 reporter_host: self.host_of(v.reporter),
                 relayed_by: v.relayed_by,
                 own,
-            }
+            }))
         };
         self.broken = Some(error.to_string());
         error

@@ -83,17 +83,11 @@ pub(super) fn judge(rank: usize, error: &CommError, suspect: bool) -> Judgement 
         })
     };
     match *error {
-        CommError::PeerFailed {
-            failed_rank,
-            cause,
-            reported_by,
-            relayed_by,
-            ..
-        } => Judgement::Heard(Verdict {
-            failed: failed_rank,
-            cause,
-            reporter: reported_by,
-            relayed_by,
+        CommError::PeerFailed(ref p) => Judgement::Heard(Verdict {
+            failed: p.failed_rank,
+            cause: p.cause,
+            reporter: p.reported_by,
+            relayed_by: p.relayed_by,
         }),
         CommError::Timeout {
             peer: Some(peer),

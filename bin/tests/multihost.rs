@@ -1,0 +1,608 @@
+//! Multi-host jobs on one machine: each "host" is a Linux network namespace
+//! with its own host name (a UTS namespace per rank) and one private address,
+//! all joined by a bridge in a namespace of its own, so nothing touches the
+//! machine's real network. One rank per host, over TCP as between machines.
+//!
+//! - DDP training on 2 and 4 hosts gives the same bits as the same job on one host.
+//! - A link down, a killed rank, a frozen rank (SIGSTOP) and a killed host (every
+//!   process of its namespace) make every other rank exit non-zero within the
+//!   timeout plus a second, naming the right rank and host.
+//! - A link flap shorter than the timeout is survived.
+//! - A `tc tbf` rate limit: the all-reduce's bus bandwidth reaches the limit.
+//!
+//! Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`, `tc`, `unshare`;
+//! where namespaces cannot be made the tests print why and pass without
+//! running. Every namespace is removed on exit, also when a check fails
+//! ([`Net`]'s Drop), and every wait is bounded.
+
+mod common;
+
+use common::{losses, params_bits, scratch_in};
+use frugal_model::checkpoint::Checkpoint;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_frugal");
+/// The communication timeout of the fault tests: short, so the file runs in seconds.
+const TIMEOUT_S: f64 = 3.0;
+/// Slack over "the timeout plus a second" for a loaded 2-core machine.
+const SLACK_S: f64 = 1.0;
+const PORT: &str = "29400";
+
+/// One test at a time: each runs several ranks, and a starved rank would time out.
+static SERIAL: Mutex<()> = Mutex::new(());
+static NETS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `ip`/`tc`-style commands; Err carries the command and its stderr.
+fn sh(program: &str, args: &[&str]) -> Result<(), String> {
+    let o = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+/// N hosts on a bridge. Dropping it kills every process in its namespaces and
+/// removes them (the veths and the bridge go with them).
+struct Net {
+    prefix: String,
+    hosts: usize,
+    made: Vec<String>,
+}
+
+impl Net {
+    /// Makes `hosts` namespaces on a bridge, or says why it cannot.
+    fn new(hosts: usize) -> Result<Net, String> {
+        let k = NETS.fetch_add(1, Ordering::Relaxed);
+        let mut net = Net {
+            prefix: format!("frugal{}n{k}", std::process::id()),
+            hosts,
+            made: Vec::new(),
+        };
+        let sw = net.switch();
+        net.add_ns(&sw)?;
+        sh("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        sh("ip", &["-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 0..hosts {
+            let ns = net.ns(i);
+            net.add_ns(&ns)?;
+            let v = format!("v{i}");
+            sh(
+                "ip",
+                &[
+                    "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns",
+                    &ns,
+                ],
+            )?;
+            sh("ip", &["-n", &sw, "link", "set", &v, "master", "br0", "up"])?;
+            let addr = format!("{}/24", net.ip(i));
+            sh("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+            sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), String> {
+        sh("ip", &["netns", "add", name])?;
+        self.made.push(name.to_string());
+        Ok(())
+    }
+
+    fn switch(&self) -> String {
+        format!("{}sw", self.prefix)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}h{i}", self.prefix)
+    }
+
+    fn ip(&self, i: usize) -> String {
+        format!("10.231.0.{}", i + 1)
+    }
+
+    /// `frugal args` on host `i`, as host name `h{i}`, with `env`.
+    fn frugal(&self, i: usize, args: &[&str], env: &[(&str, String)]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(i), "unshare", "--uts", "sh", "-c"])
+            .arg(format!("hostname h{i} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args);
+        for v in [
+            "FRUGAL_COMM_TIMEOUT",
+            "FRUGAL_JOB_TOKEN",
+            "RANK",
+            "WORLD_SIZE",
+        ] {
+            c.env_remove(v);
+        }
+        c.env_remove("FRUGAL_PRICE_PER_GPU_HOUR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// torchrun's variables for rank `i` of a job of one rank per host.
+    fn rank_env(&self, i: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("RANK", i.to_string()),
+            ("WORLD_SIZE", self.hosts.to_string()),
+            ("LOCAL_RANK", "0".into()),
+            ("MASTER_ADDR", self.ip(0)),
+            ("MASTER_PORT", PORT.into()),
+            ("FRUGAL_JOB_TOKEN", "multihost".into()),
+        ]
+    }
+
+    fn link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let ns = self.ns(i);
+        if let Err(e) = sh("ip", &["-n", &ns, "link", "set", "eth0", state]) {
+            panic!("{e}");
+        }
+    }
+
+    /// The processes in host `i`'s namespace.
+    fn pids(&self, i: usize) -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.ns(i)])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn kill_host(&self, i: usize) {
+        for pid in self.pids(i) {
+            // SAFETY: a process of our own test namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 0..self.hosts {
+            // SIGCONT first: a stopped process cannot die of SIGKILL until resumed.
+            for pid in self.pids(i) {
+                // SAFETY: processes of our own test namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGCONT);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        for ns in self.made.iter().rev() {
+            let _ = sh("ip", &["netns", "del", ns]);
+        }
+    }
+}
+
+/// The net, or None after saying why the test is skipped.
+fn net_or_skip(hosts: usize) -> Option<Net> {
+    match Net::new(hosts) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: cannot make network namespaces here (needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN, and ip/unshare): {e}"
+            );
+            None
+        }
+    }
+}
+
+/// Waits for `child` with a bound; kills it and panics past `limit`.
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> (Output, f64) {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let secs = start.elapsed().as_secs_f64();
+            let o = child.wait_with_output().expect("collect output");
+            return (o, secs);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().ok();
+            panic!(
+                "{what} still running after {limit:?}; stderr: {}",
+                o.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn train_args<'a>(out: &'a str, metrics: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--val-every",
+        "0",
+        "--val-batches",
+        "1",
+        "--comm-timeout",
+        "60",
+        "--out",
+        out,
+        "--metrics",
+        metrics,
+    ]
+}
+
+/// DDP training with one rank per host gives the bits of the same job on one host.
+fn train_matches_one_host(hosts: usize) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(net) = net_or_skip(hosts) else {
+        return;
+    };
+    let dir = scratch_in("multihost", &format!("train{hosts}"));
+    let (out_net, m_net) = (dir.join("net"), dir.join("net.jsonl"));
+    let (out_one, m_one) = (dir.join("one"), dir.join("one.jsonl"));
+    let (o, m) = (out_net.to_str().unwrap(), m_net.to_str().unwrap());
+    let ranks: Vec<Child> = (0..hosts)
+        .map(|i| {
+            net.frugal(i, &train_args(o, m), &net.rank_env(i))
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect();
+    for (i, r) in ranks.into_iter().enumerate() {
+        let (out, _) = wait_bounded(r, Duration::from_secs(300), "a training rank");
+        assert!(
+            out.status.success(),
+            "host {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same job on this host: `frugal launch` on loopback.
+    let nproc = hosts.to_string();
+    let (o1, m1) = (out_one.to_str().unwrap(), m_one.to_str().unwrap());
+    let mut args = vec!["launch", "--nproc", &nproc, "--"];
+    args.extend(train_args(o1, m1));
+    let one = Command::new(BIN)
+        .args(&args)
+        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
+        .env_remove("FRUGAL_COMM_TIMEOUT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start launch");
+    let (out, _) = wait_bounded(one, Duration::from_secs(300), "the one-host job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (l_net, l_one) = (losses(&m_net), losses(&m_one));
+    assert_eq!(l_net.len(), 2, "{l_net:?}");
+    assert_eq!(l_net, l_one, "losses over {hosts} hosts vs one host");
+    let ck = Checkpoint::file_name(2);
+    assert_eq!(
+        params_bits(&out_net.join(&ck)),
+        params_bits(&out_one.join(&ck)),
+        "parameters over {hosts} hosts vs one host"
+    );
+    eprintln!("{hosts} hosts: losses {l_net:?} bitwise equal to one host");
+}
+
+#[test]
+fn ddp_training_on_2_hosts_is_bitwise_the_one_host_job() {
+    train_matches_one_host(2);
+}
+
+#[test]
+fn ddp_training_on_4_hosts_is_bitwise_the_one_host_job() {
+    train_matches_one_host(4);
+}
+
+/// How a fault is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    LinkDown,
+    KilledRank,
+    FrozenRank,
+    KilledHost,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::LinkDown => "link down",
+            Fault::KilledRank => "killed rank",
+            Fault::FrozenRank => "frozen rank (SIGSTOP)",
+            Fault::KilledHost => "killed host",
+        }
+    }
+}
+
+/// The all-reduce workload of the fault tests, forever (until the fault):
+/// `bench allreduce` as one rank of the job, directly or under `frugal launch`.
+fn start_bench(net: &Net, i: usize, under_launch: bool, iters: &str, size: &str) -> Child {
+    let timeout = TIMEOUT_S.to_string();
+    let bench = [
+        "bench",
+        "allreduce",
+        "--sizes",
+        size,
+        "--iters",
+        iters,
+        "--comm-timeout",
+        &timeout,
+    ];
+    if under_launch {
+        let (nnodes, node) = (net.hosts.to_string(), i.to_string());
+        let master = format!("{}:{PORT}", net.ip(0));
+        let mut args = vec![
+            "launch",
+            "--nproc",
+            "1",
+            "--nnodes",
+            &nnodes,
+            "--node-rank",
+            &node,
+            "--master",
+            &master,
+            "--job-token",
+            "multihost",
+            "--comm-timeout",
+            &timeout,
+            "--",
+        ];
+        args.extend(bench);
+        net.frugal(i, &args, &[]).spawn().expect("start launch")
+    } else {
+        net.frugal(i, &bench, &net.rank_env(i))
+            .spawn()
+            .expect("start a rank")
+    }
+}
+
+/// Waits until rank 0 (host 0) has joined the job and the ring carries
+/// all-reduces; returns the reader of the rest of rank 0's stderr.
+fn wait_running(rank0: &mut Child) -> std::thread::JoinHandle<String> {
+    let err = rank0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut joined = false;
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if !joined && l.contains("bench allreduce: rank 0 of") {
+                joined = true;
+                let _ = tx.send(true);
+            }
+            text.push_str(&l);
+            text.push('\n');
+        }
+        let _ = tx.send(false);
+        text
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(true) => {}
+        Ok(false) => panic!("rank 0 stopped before joining: {:?}", reader.join()),
+        Err(_) => panic!("rank 0 did not join within 60 s"),
+    }
+    // Some all-reduces in.
+    std::thread::sleep(Duration::from_millis(1500));
+    reader
+}
+
+/// Sends `sig` to `child`, which runs `frugal` itself (the wrappers exec it).
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: the pid of our own child, not yet waited for, so not reused.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// One fault on host `victim` of 4; returns the table rows (fault, rank, exit, s, message).
+fn fault_case(fault: Fault, victim: usize) -> Vec<String> {
+    let hosts = 4;
+    let Some(net) = net_or_skip(hosts) else {
+        return Vec::new();
+    };
+    let under_launch = fault == Fault::KilledHost;
+    let mut ranks: Vec<Child> = (0..hosts)
+        .map(|i| start_bench(&net, i, under_launch, "1000000", "1M"))
+        .collect();
+    let mut rank0_err = Some(wait_running(&mut ranks[0]));
+    let at = Instant::now();
+    match fault {
+        Fault::LinkDown => net.link(victim, false),
+        Fault::KilledRank => signal(&ranks[victim], libc::SIGKILL),
+        Fault::FrozenRank => signal(&ranks[victim], libc::SIGSTOP),
+        Fault::KilledHost => net.kill_host(victim),
+    }
+    let limit = Duration::from_secs_f64(TIMEOUT_S * 3.0 + 10.0);
+    let mut rows = Vec::new();
+    let victim_host = format!("rank {victim} on host h{victim} ({}:", net.ip(victim));
+    for (i, mut child) in ranks.into_iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let reader = match (i, rank0_err.take()) {
+            (0, Some(r)) => r,
+            _ => {
+                let err = child.stderr.take();
+                std::thread::spawn(move || {
+                    let mut stderr = String::new();
+                    if let Some(mut e) = err {
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    stderr
+                })
+            }
+        };
+        let (out, _) = wait_bounded(child, limit, "a surviving rank");
+        let secs = at.elapsed().as_secs_f64();
+        let stderr = reader.join().unwrap_or_default();
+        let message = stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or("")
+            .to_string();
+        rows.push(format!(
+            "| {} | {i} (h{i}) | {} | {secs:.2} | {} |",
+            fault.name(),
+            out.status.code().map_or("signal".into(), |c| c.to_string()),
+            message.replace('|', "/")
+        ));
+        assert!(
+            !out.status.success(),
+            "{fault:?}: host {i} should fail: {stderr}"
+        );
+        assert!(
+            message.contains(&victim_host),
+            "{fault:?}: host {i} should name {victim_host}: {stderr}"
+        );
+        assert!(
+            secs < TIMEOUT_S + 1.0 + SLACK_S,
+            "{fault:?}: host {i} took {secs:.2} s: {stderr}"
+        );
+    }
+    rows
+}
+
+#[test]
+fn every_fault_makes_every_other_rank_fail_naming_the_right_host() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut table = vec![
+        "| fault | rank (host) | exit | seconds | message |".to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    for fault in [
+        Fault::LinkDown,
+        Fault::KilledRank,
+        Fault::FrozenRank,
+        Fault::KilledHost,
+    ] {
+        let rows = fault_case(fault, 2);
+        if rows.is_empty() {
+            return;
+        }
+        table.extend(rows);
+    }
+    eprintln!("FAULT TABLE (4 hosts, host 2 fails, --comm-timeout {TIMEOUT_S} s)");
+    for row in table {
+        eprintln!("{row}");
+    }
+}
+
+#[test]
+fn a_link_flap_shorter_than_the_timeout_is_survived() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(net) = net_or_skip(2) else {
+        return;
+    };
+    // 1 s down; TCP retransmits within the timeout (backoff 0.2, 0.4, 0.8 s ...).
+    let mut ranks: Vec<Child> = (0..2)
+        .map(|i| start_bench(&net, i, false, "300", "1M"))
+        .collect();
+    let _rank0_err = wait_running(&mut ranks[0]);
+    net.link(1, false);
+    std::thread::sleep(Duration::from_secs(1));
+    net.link(1, true);
+    for (i, r) in ranks.into_iter().enumerate() {
+        let (out, _) = wait_bounded(r, Duration::from_secs(120), "a rank after the flap");
+        assert!(
+            out.status.success(),
+            "host {i} should survive a 1 s flap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_rate_limited_link_is_saturated_by_the_all_reduce() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(net) = net_or_skip(2) else {
+        return;
+    };
+    let mbit = 200.0;
+    for i in 0..2 {
+        let ns = net.ns(i);
+        let rate = format!("{mbit}mbit");
+        if let Err(e) = sh(
+            "tc",
+            &[
+                "-n", &ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst",
+                "256kb", "latency", "100ms",
+            ],
+        ) {
+            eprintln!("SKIPPED: cannot set a tbf rate limit here: {e}");
+            return;
+        }
+    }
+    // Each rank sends size · 2(n−1)/n bytes per all-reduce: busbw is its link's rate.
+    let timeout = "30";
+    let ranks: Vec<Child> = (0..2)
+        .map(|i| {
+            net.frugal(
+                i,
+                &[
+                    "bench",
+                    "allreduce",
+                    "--sizes",
+                    "8M",
+                    "--iters",
+                    "6",
+                    "--json",
+                    "--comm-timeout",
+                    timeout,
+                ],
+                &net.rank_env(i),
+            )
+            .spawn()
+            .expect("start a rank")
+        })
+        .collect();
+    let mut json = String::new();
+    for r in ranks {
+        let (out, _) = wait_bounded(r, Duration::from_secs(120), "a rate-limited rank");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let busbw: f64 = json
+        .split("\"busbw_GBps\": ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no busbw in {json}"));
+    let limit = mbit * 1e6 / 8.0;
+    let share = busbw * 1e9 / limit;
+    eprintln!(
+        "TBF: limit {mbit} Mbit/s = {:.1} MB/s per link; all-reduce busbw {:.1} MB/s = {:.0}% of it",
+        limit / 1e6,
+        busbw * 1e3,
+        share * 100.0
+    );
+    assert!(
+        (0.7..=1.05).contains(&share),
+        "busbw {busbw} GB/s vs the limit {limit} B/s"
+    );
+}
