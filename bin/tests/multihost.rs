@@ -606,3 +606,126 @@ fn a_rate_limited_link_is_saturated_by_the_all_reduce() {
         "busbw {busbw} GB/s vs the limit {limit} B/s"
     );
 }
+
+/// The tiny preset's DDP bucket: 3,475,712 parameters · 4 bytes / 8 (train's
+/// default of 1/8 of the gradients, between 1 and 25 MiB).
+const TINY_BUCKET_BYTES: &str = "1737856";
+
+/// One `bench allreduce` over 2 hosts × 2 ranks (`frugal launch` per host):
+/// rank 0's (time_ms, busbw_GBps) and its first stderr line.
+fn measure_2x2(net: &Net, algo: &str, size: &str, iters: &str) -> (f64, f64, String) {
+    let master = format!("{}:{PORT}", net.ip(0));
+    let launches: Vec<Child> = (0..2)
+        .map(|i| {
+            let node = i.to_string();
+            let args = [
+                "launch",
+                "--nproc",
+                "2",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                &node,
+                "--master",
+                &master,
+                "--job-token",
+                "multihost",
+                "--comm-timeout",
+                "60",
+                "--",
+                "bench",
+                "allreduce",
+                "--sizes",
+                size,
+                "--iters",
+                iters,
+                "--algo",
+                algo,
+                "--json",
+            ];
+            net.frugal(i, &args, &[]).spawn().expect("start launch")
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for l in launches {
+        let (o, _) = wait_bounded(l, Duration::from_secs(180), "a 2x2 bench");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{algo} {size}: {err}");
+        outs.push((String::from_utf8_lossy(&o.stdout).into_owned(), err));
+    }
+    let (out, err) = &outs[0];
+    let field = |name: &str| -> f64 {
+        out.split(&format!("\"{name}\": "))
+            .nth(1)
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let said = err
+        .lines()
+        .find(|l| l.contains("bench allreduce: rank 0 of"))
+        .unwrap_or("")
+        .to_string();
+    (field("time_ms"), field("busbw_GBps"), said)
+}
+
+#[test]
+fn hierarchical_all_reduce_against_the_flat_ring_on_2_hosts_by_2_ranks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(net) = net_or_skip(2) else {
+        return;
+    };
+    let mut table = vec![
+        "| link between hosts | size | flat ms | hierarchical ms | flat busbw GB/s | hierarchical busbw GB/s |".to_string(),
+        "|---|---|---|---|---|---|".to_string(),
+    ];
+    let mut limited_64m = None;
+    for limit in [None, Some("1gbit")] {
+        if let Some(rate) = limit {
+            for i in 0..2 {
+                let ns = net.ns(i);
+                if let Err(e) = sh(
+                    "tc",
+                    &[
+                        "-n", &ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
+                        "burst", "512kb", "latency", "100ms",
+                    ],
+                ) {
+                    eprintln!("SKIPPED the rate-limited rows: {e}");
+                    break;
+                }
+            }
+        }
+        for (size, iters, label) in [
+            (TINY_BUCKET_BYTES, "20", "1.66 MiB (tiny's bucket)"),
+            ("64M", "3", "64 MiB"),
+        ] {
+            let (flat_ms, flat_bw, said_flat) = measure_2x2(&net, "flat", size, iters);
+            let (hier_ms, hier_bw, said_hier) = measure_2x2(&net, "hierarchical", size, iters);
+            assert!(said_flat.contains("flat all-reduce"), "{said_flat}");
+            assert!(said_hier.contains("hierarchical all-reduce"), "{said_hier}");
+            table.push(format!(
+                "| {} | {label} | {flat_ms:.2} | {hier_ms:.2} | {flat_bw:.3} | {hier_bw:.3} |",
+                limit.unwrap_or("veth, no limit")
+            ));
+            if limit.is_some() && size == "64M" {
+                limited_64m = Some((flat_ms, hier_ms));
+            }
+        }
+    }
+    // `auto` picks the hierarchy for 2 hosts × 2 ranks.
+    let (_, _, said_auto) = measure_2x2(&net, "auto", "4K", "3");
+    assert!(said_auto.contains("hierarchical all-reduce"), "{said_auto}");
+    eprintln!("HIERARCHICAL vs flat all-reduce, 2 hosts x 2 ranks (rank 0's figures)");
+    for row in &table {
+        eprintln!("{row}");
+    }
+    // Over a 1 Gbit/s link the leaders' ring carries 2(h−1)/h = 1× the buffer
+    // between hosts, the flat ring 2(n−1)/n = 1.5×: the hierarchy must win.
+    if let Some((flat_ms, hier_ms)) = limited_64m {
+        assert!(
+            hier_ms < flat_ms,
+            "64 MiB over 1 Gbit/s: hierarchical {hier_ms} ms vs flat {flat_ms} ms"
+        );
+    }
+}

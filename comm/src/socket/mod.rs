@@ -90,6 +90,9 @@ pub struct SocketComm {
     /// naming a failed rank.
     hosts: Vec<String>,
     addrs: Vec<SocketAddr>,
+    /// The job's rank of each rank of this ring, when it is a sub-ring of a
+    /// larger job (the hierarchical all-reduce's); errors name those.
+    job_ranks: Vec<usize>,
 }
 
 impl SocketComm {
@@ -154,6 +157,7 @@ impl SocketComm {
             shm: None,
             hosts: Vec::new(),
             addrs: Vec::new(),
+            job_ranks: Vec::new(),
         }
     }
 
@@ -216,6 +220,26 @@ impl SocketComm {
             self.shm = setup::setup_shm(rv, &self.options, lane, peers)?;
         }
         Ok(())
+    }
+
+    /// Every rank's host name, from the rendezvous (empty in a one-rank job).
+    pub fn host_names(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// Rank `r`'s ring address as the rendezvous gave it.
+    pub fn ring_addr(&self, r: usize) -> Option<SocketAddr> {
+        self.addrs.get(r).copied()
+    }
+
+    /// Makes this ring a sub-ring of a job: its rank `i` is the job's rank
+    /// `job_ranks[i]`, which the verdict of a failure names.
+    pub fn set_job_ranks(&mut self, job_ranks: Vec<usize>) {
+        self.job_ranks = job_ranks;
+    }
+
+    fn job_rank(&self, r: usize) -> usize {
+        self.job_ranks.get(r).copied().unwrap_or(r)
     }
 
     /// Whether all-reduces, reduce-scatters and all-gathers go through shared
@@ -374,14 +398,14 @@ impl SocketComm {
                 }
             };
             CommError::PeerFailed(Box::new(PeerFailure {
-                rank: self.rank,
-                failed_rank: v.failed,
+                rank: self.job_rank(self.rank),
+                failed_rank: self.job_rank(v.failed),
                 failed_host: self.host_of(v.failed),
                 failed_addr: self.addr_of(v.failed),
                 cause: v.cause,
-                reported_by: v.reporter,
+                reported_by: self.job_rank(v.reporter),
                 reporter_host: self.host_of(v.reporter),
-                relayed_by: v.relayed_by,
+                relayed_by: self.job_rank(v.relayed_by),
                 own,
             }))
         };

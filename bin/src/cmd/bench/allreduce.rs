@@ -22,7 +22,7 @@
 use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
 use crate::error::CliError;
 use crate::flags::text;
-use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
+use frugal_comm::{Algorithm, Communicator, Rendezvous, SameHost, SocketOptions};
 use std::time::Instant;
 
 /// What `frugal bench allreduce --help` says first.
@@ -85,6 +85,13 @@ pub struct AllreduceFlags {
     /// one JSON object per (ranks, size): bytes, ranks, time_ms, algbw_GBps, busbw_GBps, cpu_ms, op
     #[arg(long)]
     json: bool,
+    /// the all-reduce when hosts run several ranks: auto (hierarchical when some
+    /// host runs more than one rank and there are several hosts), flat (one ring
+    /// over every rank) or hierarchical (within each host over shared memory,
+    /// then a ring of one leader per host, then a broadcast within the host);
+    /// wins over FRUGAL_ALLREDUCE
+    #[arg(long, value_name = "ALGO", value_parser = text::<String>(), verbatim_doc_comment)]
+    algo: Option<String>,
     /// seconds a rank waits for the others (joining, and for no progress in a
     /// collective) before failing naming the silent rank; wins over
     /// FRUGAL_COMM_TIMEOUT (default 60)
@@ -133,7 +140,11 @@ impl Op {
     }
 
     /// One call on `buf` (the even split over ranks).
-    fn run(self, comm: &mut SocketComm, buf: &mut [f32]) -> Result<(), frugal_comm::CommError> {
+    fn run(
+        self,
+        comm: &mut dyn Communicator,
+        buf: &mut [f32],
+    ) -> Result<(), frugal_comm::CommError> {
         match self {
             Op::AllReduce => comm.all_reduce_sum_f32(buf),
             Op::ReduceScatter => comm.reduce_scatter_sum_f32(buf).map(|_| ()),
@@ -191,6 +202,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         same_host,
         op: op_name,
         json,
+        algo,
         comm_timeout,
     } = flags;
     let usage = |m: String| super::shared::usage("bench allreduce", m);
@@ -229,6 +241,10 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
                 .map_err(|e| usage(format!("--comm-timeout: {e}")))?,
         ),
     };
+    let algorithm = match algo.as_deref() {
+        Some(a) => Algorithm::parse(a).map_err(|e| usage(format!("--algo: {e}")))?,
+        None => Algorithm::from_env()?,
+    };
     let child = std::env::var_os(CHILD_ENV).is_some();
     if child || crate::train::sync::launched_as_job() {
         let report = if child {
@@ -243,7 +259,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             same_host: same_host_mode,
             shm_slot_bytes: shm_slot,
         };
-        return run_rank(op, &sizes, iters, options, timeout, report);
+        return run_rank(op, &sizes, iters, options, (timeout, algorithm), report);
     }
     if !json {
         print_table_header();
@@ -283,6 +299,9 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         }
         if let Some(t) = timeout {
             child.extend(["--comm-timeout".into(), t.as_secs_f64().to_string()]);
+        }
+        if let Some(a) = &algo {
+            child.extend(["--algo".into(), a.clone()]);
         }
         let env = move |local: usize| {
             vec![
@@ -360,7 +379,11 @@ enum Report {
 }
 
 /// The largest `x` over ranks: an all-gather of one value per rank.
-fn max_over_ranks(comm: &mut SocketComm, scratch: &mut [f32], x: f64) -> Result<f64, CliError> {
+fn max_over_ranks(
+    comm: &mut dyn Communicator,
+    scratch: &mut [f32],
+    x: f64,
+) -> Result<f64, CliError> {
     scratch.iter_mut().for_each(|v| *v = 0.0);
     scratch[comm.rank()] = x as f32;
     comm.all_gather_f32(scratch)?;
@@ -398,7 +421,7 @@ fn run_rank(
     sizes: &[usize],
     iters: Option<usize>,
     options: SocketOptions,
-    timeout: Option<std::time::Duration>,
+    (timeout, algorithm): (Option<std::time::Duration>, Algorithm),
     report: Report,
 ) -> Result<(), CliError> {
     let rv = Rendezvous::from_env_timeout(None, timeout)?;
@@ -410,12 +433,14 @@ fn run_rank(
     {
         return Err(CliError::FailingOnPurpose { rank: rv.rank });
     }
-    let mut comm = SocketComm::connect(&rv, options)?;
+    let (mut comm, hierarchical) = frugal_comm::hier::connect(&rv, options, algorithm)?;
+    let comm = comm.as_mut();
     if comm.rank() == 0 {
         eprintln!(
-            "bench allreduce: rank 0 of {}, comm timeout {} s",
+            "bench allreduce: rank 0 of {}, comm timeout {} s, {} all-reduce",
             comm.world(),
-            rv.timeout.as_secs_f64()
+            rv.timeout.as_secs_f64(),
+            if hierarchical { "hierarchical" } else { "flat" }
         );
         if let Report::Table { json: false } = report {
             print_table_header();
@@ -427,14 +452,14 @@ fn run_rank(
         let iters = iters.unwrap_or_else(|| default_iters(bytes));
         let warmup = (iters / 10).clamp(1, 20);
         for _ in 0..warmup {
-            op.run(&mut comm, &mut buf)?;
+            op.run(comm, &mut buf)?;
         }
         comm.barrier()?;
         let t = Instant::now();
         let cpu = cpu_seconds();
         let delay = run_delay_seconds();
         for _ in 0..iters {
-            op.run(&mut comm, &mut buf)?;
+            op.run(comm, &mut buf)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
@@ -444,8 +469,8 @@ fn run_rank(
         }
         // The slowest rank's time: gather everyone's, one element each.
         let (slowest, busiest) = (
-            max_over_ranks(&mut comm, &mut times, ms)?,
-            max_over_ranks(&mut comm, &mut times, cpu_ms)?,
+            max_over_ranks(comm, &mut times, ms)?,
+            max_over_ranks(comm, &mut times, cpu_ms)?,
         );
         if comm.rank() == 0 {
             let bytes = (bytes / 4) * 4;
