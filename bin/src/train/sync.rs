@@ -124,6 +124,9 @@ impl GradSync {
         if rv.world == 1 {
             return Ok(single);
         }
+        // A bad FRUGAL_ALLREDUCE is a usage error too (read again by `connect`).
+        frugal_comm::Algorithm::from_env()
+            .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
         let comm = connect(transport, &rv).context("joining the job")?;
         // `none` too is cut by the aligned partition: its all-reduce then sums
         // each element on the rank that owns it under grad-op and full, so the

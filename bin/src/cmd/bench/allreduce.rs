@@ -90,12 +90,12 @@ pub struct AllreduceFlags {
     /// over every rank) or hierarchical (within each host over shared memory,
     /// then a ring of one leader per host, then a broadcast within the host);
     /// wins over FRUGAL_ALLREDUCE
-    #[arg(long, value_name = "ALGO", value_parser = text::<String>(), verbatim_doc_comment)]
+    #[arg(long, value_name = "ALGO", value_parser = text::<String>())]
     algo: Option<String>,
     /// seconds a rank waits for the others (joining, and for no progress in a
     /// collective) before failing naming the silent rank; wins over
     /// FRUGAL_COMM_TIMEOUT (default 60)
-    #[arg(long, value_name = "SECONDS", value_parser = text::<String>(), verbatim_doc_comment)]
+    #[arg(long, value_name = "SECONDS", value_parser = text::<String>())]
     comm_timeout: Option<String>,
 }
 
@@ -243,7 +243,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
     };
     let algorithm = match algo.as_deref() {
         Some(a) => Algorithm::parse(a).map_err(|e| usage(format!("--algo: {e}")))?,
-        None => Algorithm::from_env()?,
+        None => Algorithm::from_env().map_err(|e| usage(e.to_string()))?,
     };
     let child = std::env::var_os(CHILD_ENV).is_some();
     if child || crate::train::sync::launched_as_job() {
