@@ -729,3 +729,93 @@ fn hierarchical_all_reduce_against_the_flat_ring_on_2_hosts_by_2_ranks() {
         );
     }
 }
+
+/// The pid of job rank `rank` among host `i`'s processes (from its environment).
+fn pid_of_rank(net: &Net, i: usize, rank: usize) -> Option<i32> {
+    let want = format!("RANK={rank}");
+    net.pids(i).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn with_the_hierarchy_every_rank_names_the_failed_host() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 2 hosts x 2 ranks: host 1 runs ranks 2 (its leader) and 3.
+    for (victim, sig) in [(2, libc::SIGKILL), (3, libc::SIGKILL), (2, libc::SIGSTOP)] {
+        let Some(net) = net_or_skip(2) else {
+            return;
+        };
+        let master = format!("{}:{PORT}", net.ip(0));
+        let timeout = TIMEOUT_S.to_string();
+        let mut launches: Vec<Child> = (0..2)
+            .map(|i| {
+                let node = i.to_string();
+                let args = [
+                    "launch",
+                    "--nproc",
+                    "2",
+                    "--nnodes",
+                    "2",
+                    "--node-rank",
+                    &node,
+                    "--master",
+                    &master,
+                    "--job-token",
+                    "multihost",
+                    "--comm-timeout",
+                    &timeout,
+                    "--",
+                    "bench",
+                    "allreduce",
+                    "--sizes",
+                    "1M",
+                    "--iters",
+                    "1000000",
+                    "--algo",
+                    "hierarchical",
+                ];
+                net.frugal(i, &args, &[]).spawn().expect("start launch")
+            })
+            .collect();
+        let host0_err = wait_running(&mut launches[0]);
+        let pid = pid_of_rank(&net, 1, victim).expect("the victim's pid");
+        // SAFETY: a process of our own test namespace.
+        unsafe { libc::kill(pid, sig) };
+        let at = Instant::now();
+        let mut launches = launches.into_iter();
+        let (Some(host0), Some(host1)) = (launches.next(), launches.next()) else {
+            unreachable!("two launches were started")
+        };
+        let (out0, _) = wait_bounded(host0, Duration::from_secs(30), "host 0's launch");
+        let secs = at.elapsed().as_secs_f64();
+        let err0 = host0_err.join().unwrap_or_default();
+        assert!(!out0.status.success(), "{err0}");
+        // Both ranks of host 0 name host 1; so does host 1's survivor.
+        for r in [0, 1] {
+            let line = err0
+                .lines()
+                .find(|l| l.starts_with(&format!("[rank {r}] error:")))
+                .unwrap_or_else(|| panic!("rank {r} printed no error: {err0}"));
+            assert!(line.contains(" on host h1 ("), "victim {victim}: {line}");
+            eprintln!(
+                "| hierarchical, rank {victim} signal {sig} | {r} (h0) | {secs:.2} | {line} |"
+            );
+        }
+        assert!(secs < TIMEOUT_S + 1.0 + SLACK_S, "{secs} s: {err0}");
+        if sig == libc::SIGSTOP {
+            // SAFETY: as above; let the victim die with its namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let (out1, _) = wait_bounded(host1, Duration::from_secs(30), "host 1's launch");
+        let err1 = String::from_utf8_lossy(&out1.stderr);
+        let survivor = 5 - victim;
+        let line = err1
+            .lines()
+            .find(|l| l.starts_with(&format!("[rank {survivor}] error:")))
+            .unwrap_or_else(|| panic!("rank {survivor} printed no error: {err1}"));
+        assert!(line.contains(" on host h1 ("), "victim {victim}: {line}");
+    }
+}

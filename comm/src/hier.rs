@@ -20,11 +20,15 @@
 //! ring). Only the f32 all-reduce goes this way; bf16 all-reduces,
 //! reduce-scatters, all-gathers, broadcasts and barriers use the flat ring.
 //!
+//! Failure: when the leaders' ring fails, each leader tells its host's ranks
+//! the verdict (a small broadcast that precedes every result's), so every
+//! rank names the failed rank and host, as on the flat ring.
+//!
 //! [`Algorithm::Auto`] chooses it when some host runs more than one rank and
 //! there is more than one host (e.g. 2 hosts × 2 ranks, or 3 + 1);
 //! FRUGAL_ALLREDUCE=flat|hierarchical forces either.
 
-use crate::error::CommError;
+use crate::error::{AbortCause, CommError, PeerFailure};
 use crate::ops::{Communicator, Transport};
 use crate::rendezvous::{LaunchedBy, Rendezvous};
 use crate::socket::{SocketComm, SocketOptions};
@@ -32,6 +36,11 @@ use half::bf16;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::time::Duration;
+
+/// How much longer than the job's timeout a host's ranks wait on their
+/// leader: when the leaders' ring fails, a leader needs the timeout plus the
+/// verdict's linger (0.6 s) before it can tell them who failed.
+pub const HOST_RING_GRACE: Duration = Duration::from_secs(1);
 
 /// The environment variable that forces the all-reduce algorithm.
 pub const ALGORITHM_ENV: &str = "FRUGAL_ALLREDUCE";
@@ -185,7 +194,11 @@ impl HierComm {
             master_host: host,
             master_port: port as u16,
             token: [rv.token.as_slice(), tag.as_bytes()].concat(),
-            timeout: rv.timeout,
+            timeout: if tag == "/host" {
+                rv.timeout + HOST_RING_GRACE
+            } else {
+                rv.timeout
+            },
             launched_by: LaunchedBy::Explicit,
         };
         let local = if members.len() > 1 {
@@ -198,7 +211,7 @@ impl HierComm {
                 "/host",
             );
             let mut c = SocketComm::connect(&srv, options)?;
-            c.set_job_ranks(members.clone());
+            c.set_job_ranks(members.clone(), "this host's ring");
             Some(c)
         } else {
             None
@@ -209,7 +222,7 @@ impl HierComm {
                 let master = master.unwrap_or_else(|| rv.master_host.clone());
                 let srv = sub(index, leaders.len(), master, ports[1], "/leaders");
                 let mut c = SocketComm::connect(&srv, options)?;
-                c.set_job_ranks(leaders.clone());
+                c.set_job_ranks(leaders.clone(), "the ring of host leaders");
                 Some(c)
             }
             _ => None,
@@ -226,13 +239,63 @@ impl HierComm {
         if let Some(local) = self.local.as_mut() {
             local.all_reduce_sum_f32(data)?;
         }
-        if let Some(cross) = self.cross.as_mut() {
-            cross.all_reduce_sum_f32(data)?;
+        let across = match self.cross.as_mut() {
+            Some(cross) => cross.all_reduce_sum_f32(data),
+            None => Ok(()),
+        };
+        let Some(local) = self.local.as_mut() else {
+            return across;
+        };
+        // The leader first says whether the leaders' ring worked, and if not
+        // whose failure it was, so that the host's other ranks name the failed
+        // host instead of their leader, who then leaves (ranks are exact in f32).
+        let mut status = [0f32; 4];
+        if let Err(e) = &across {
+            let me = self.flat.rank() as f32;
+            status = match e {
+                CommError::PeerFailed(p) => [
+                    1.0,
+                    p.failed_rank as f32,
+                    p.reported_by as f32,
+                    p.cause.code() as f32,
+                ],
+                _ => [1.0, me, me, AbortCause::Failed.code() as f32],
+            };
         }
-        if let Some(local) = self.local.as_mut() {
-            local.broadcast_f32(data, 0)?;
+        local.broadcast_f32(&mut status, 0)?;
+        if status[0] != 0.0 {
+            return match across {
+                Err(e) => Err(e),
+                Ok(()) => Err(self.heard_from_leader(&status)),
+            };
         }
-        Ok(())
+        local.broadcast_f32(data, 0)?;
+        across
+    }
+
+    /// The verdict this host's leader broadcast after the leaders' ring failed.
+    fn heard_from_leader(&self, status: &[f32; 4]) -> CommError {
+        let rank = self.flat.rank();
+        let (failed, reporter) = (status[1] as usize, status[2] as usize);
+        let host = |r: usize| self.flat.host_names().get(r).cloned().unwrap_or_default();
+        let hosts = hosts_of(self.flat.host_names());
+        let leader = (0..hosts.len())
+            .find(|&r| hosts.get(rank) == Some(&hosts[r]))
+            .unwrap_or(rank);
+        CommError::PeerFailed(Box::new(PeerFailure {
+            rank,
+            failed_rank: failed,
+            failed_host: host(failed),
+            failed_addr: self
+                .flat
+                .ring_addr(failed)
+                .map_or_else(|| "address unknown".into(), |a| a.to_string()),
+            cause: AbortCause::from_code(status[3] as u16),
+            reported_by: reporter,
+            reporter_host: host(reporter),
+            relayed_by: leader,
+            own: None,
+        }))
     }
 }
 

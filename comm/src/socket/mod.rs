@@ -91,8 +91,10 @@ pub struct SocketComm {
     hosts: Vec<String>,
     addrs: Vec<SocketAddr>,
     /// The job's rank of each rank of this ring, when it is a sub-ring of a
-    /// larger job (the hierarchical all-reduce's); errors name those.
+    /// larger job (the hierarchical all-reduce's); errors name those, and
+    /// `ring_name` says which ring a rank's own message counts in.
     job_ranks: Vec<usize>,
+    ring_name: &'static str,
 }
 
 impl SocketComm {
@@ -158,6 +160,7 @@ impl SocketComm {
             hosts: Vec::new(),
             addrs: Vec::new(),
             job_ranks: Vec::new(),
+            ring_name: "",
         }
     }
 
@@ -232,10 +235,11 @@ impl SocketComm {
         self.addrs.get(r).copied()
     }
 
-    /// Makes this ring a sub-ring of a job: its rank `i` is the job's rank
-    /// `job_ranks[i]`, which the verdict of a failure names.
-    pub fn set_job_ranks(&mut self, job_ranks: Vec<usize>) {
+    /// Makes this ring (`name`, for messages) a sub-ring of a job: its rank
+    /// `i` is the job's rank `job_ranks[i]`, which the verdict of a failure names.
+    pub fn set_job_ranks(&mut self, job_ranks: Vec<usize>, name: &'static str) {
         self.job_ranks = job_ranks;
+        self.ring_name = name;
     }
 
     fn job_rank(&self, r: usize) -> usize {
@@ -394,7 +398,15 @@ impl SocketComm {
                 e => {
                     let text = e.to_string();
                     let prefix = format!("rank {}: ", self.rank);
-                    Some(text.strip_prefix(&prefix).unwrap_or(&text).to_string())
+                    let text = text.strip_prefix(&prefix).unwrap_or(&text);
+                    Some(if self.job_ranks.is_empty() {
+                        text.to_string()
+                    } else {
+                        format!(
+                            "in {}, whose ranks are the job's ranks {:?}: {text}",
+                            self.ring_name, self.job_ranks
+                        )
+                    })
                 }
             };
             CommError::PeerFailed(Box::new(PeerFailure {
