@@ -13,7 +13,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test -p frugal --profile opt-test --test multihost -- --nocapture --test-threads 1 >"$log" 2>&1
 status=$?
-grep -E '^\||FAULT TABLE|HIERARCHICAL|TBF:|SKIPPED|[0-9]+ hosts: losses' "$log"
+# A test's first line shares its line with cargo's "test NAME ... ": cut that off.
+grep -E '\||FAULT TABLE|HIERARCHICAL|TBF:|SKIPPED|[0-9]+ hosts: losses' "$log" | sed -E 's/^test [a-z0-9_]+ \.\.\. //'
+
 grep -E '^test result' "$log"
 if [ "$status" -ne 0 ]; then
   grep -E 'panicked|FAILED' "$log" >&2
