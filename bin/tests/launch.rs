@@ -446,3 +446,44 @@ fn rendezvous_timeout_says_which_timeout_expired_and_its_value() {
         start.elapsed()
     );
 }
+
+#[test]
+fn train_names_its_comm_timeout_in_the_first_line() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("launch-comm-timeout");
+    let _ = std::fs::remove_dir_all(&out);
+    let out = out.to_str().expect("utf-8 path").to_string();
+    // FRUGAL_COMM_TIMEOUT=20 is set by `frugal`; train's own flag wins.
+    let mut args = vec!["launch", "--nproc", "2", "--", "train"];
+    args.extend([
+        "--layers",
+        "1",
+        "--hidden",
+        "64",
+        "--heads",
+        "2",
+        "--ffn",
+        "96",
+        "--seq",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--val-every",
+        "0",
+        "--val-batches",
+        "1",
+    ]);
+    args.extend(["--comm-timeout", "9", "--out", &out]);
+    let o = frugal(&args, &[("FRUGAL_PRICE_PER_GPU_HOUR", "1")]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "stdout: {stdout}\nstderr: {err}");
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("[rank 0] "))
+        .unwrap_or_default();
+    assert!(
+        first.contains("comm timeout 9 s (--comm-timeout)"),
+        "the first line: {first}"
+    );
+}

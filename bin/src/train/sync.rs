@@ -185,7 +185,7 @@ impl GradSync {
     pub fn comm_timeout(&self) -> Option<std::time::Duration> {
         match &self.link {
             Link::Single => None,
-            Link::Ddp { ddp, .. } => Some(ddp.timeout()),
+            Link::Ddp { ddp, .. } => Some(ddp.comm_timeout()),
         }
     }
 
