@@ -472,7 +472,7 @@ fn hierarchical_all_reduce_against_the_flat_ring_on_2_hosts_by_2_ranks() {
         "|---|---|---|---|---|---|".to_string(),
     ];
     let mut limited_64m = None;
-    for limit in [None, Some("1gbit")] {
+    'limits: for limit in [None, Some("1gbit")] {
         if let Some(rate) = limit {
             for i in 0..2 {
                 let ns = net.ns(i);
@@ -484,7 +484,7 @@ fn hierarchical_all_reduce_against_the_flat_ring_on_2_hosts_by_2_ranks() {
                     ],
                 ) {
                     eprintln!("SKIPPED the rate-limited rows: {e}");
-                    break;
+                    break 'limits;
                 }
             }
         }

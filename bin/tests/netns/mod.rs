@@ -57,6 +57,8 @@ impl Net {
         };
         let sw = net.switch();
         net.add_ns(&sw)?;
+        // Each rank gets its own host name: that needs CAP_SYS_ADMIN too.
+        sh("ip", &["netns", "exec", &sw, "unshare", "--uts", "true"])?;
         sh("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         sh("ip", &["-n", &sw, "link", "set", "br0", "up"])?;
         for i in 0..hosts {
