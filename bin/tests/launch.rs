@@ -35,7 +35,6 @@ fn launch_runs_every_rank_and_prefixes_their_output() {
             "--",
             "bench",
             "allreduce",
-            "--worker",
             "--sizes",
             "4K,1M",
             "--iters",
@@ -45,13 +44,18 @@ fn launch_runs_every_rank_and_prefixes_their_output() {
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
-    // Rank 0 prints one result per size; every line carries its rank.
+    // Rank 0 of the launched job prints the table: one row per size, every
+    // line carrying its rank.
     let results: Vec<&str> = out
         .lines()
-        .filter(|l| l.contains("allreduce-result"))
+        .filter(|l| l.contains(" KiB ") || l.contains(" MiB "))
         .collect();
     assert_eq!(results.len(), 2, "{out}");
-    assert!(results.iter().all(|l| l.starts_with("[rank 0] ")), "{out}");
+    assert!(
+        results.iter().all(|l| l.starts_with("[rank 0]     3 ")),
+        "{out}"
+    );
+    assert!(out.contains("[rank 0] ranks "), "the header: {out}");
     assert!(err.contains("starting ranks 0..2 of 3"), "{err}");
 }
 
@@ -65,7 +69,6 @@ fn a_failing_rank_stops_the_others_and_is_named() {
             "--",
             "bench",
             "allreduce",
-            "--worker",
             "--sizes",
             "4K",
             "--iters",
@@ -100,7 +103,6 @@ fn max_restarts_starts_every_rank_again() {
             "--",
             "bench",
             "allreduce",
-            "--worker",
             "--sizes",
             "4K",
             "--iters",
@@ -241,7 +243,7 @@ fn waiting_ranks(nproc: usize) -> Vec<String> {
     let master = format!("127.0.0.1:{}", free_port());
     let words = format!(
         "launch --nproc {nproc} --nnodes 2 --node-rank 1 --master {master} --job-token t \
-         -- bench allreduce --worker --sizes 4K --iters 1"
+         -- bench allreduce --sizes 4K --iters 1"
     );
     words.split_whitespace().map(String::from).collect()
 }
@@ -357,5 +359,131 @@ fn a_rank_failing_at_once_stops_the_starting_of_the_rest() {
     assert!(
         started < 256,
         "launch went on starting ranks after one failed: {err}"
+    );
+}
+
+#[test]
+fn comm_timeout_flag_wins_over_the_variable_and_is_logged() {
+    // FRUGAL_COMM_TIMEOUT=20 is set by `frugal`; the flag's 7.5 must win.
+    let o = frugal(
+        &[
+            "launch",
+            "--nproc",
+            "2",
+            "--comm-timeout",
+            "7.5",
+            "--",
+            "bench",
+            "allreduce",
+            "--sizes",
+            "4K",
+            "--iters",
+            "1",
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("comm timeout 7.5 s)"),
+        "launch's first line: {err}"
+    );
+    assert!(
+        err.contains("[rank 0] bench allreduce: rank 0 of 2, comm timeout 7.5 s"),
+        "{err}"
+    );
+    let bad = frugal(
+        &[
+            "launch",
+            "--nproc",
+            "2",
+            "--comm-timeout",
+            "-1",
+            "--",
+            "bench",
+            "allreduce",
+        ],
+        &[],
+    );
+    let (_, err) = text(&bad);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--comm-timeout: '-1' is not a timeout"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rendezvous_timeout_says_which_timeout_expired_and_its_value() {
+    // One rank of a two-rank job whose rank 1 never comes, as torchrun would start it.
+    let port = free_port().to_string();
+    let start = Instant::now();
+    let o = frugal(
+        &[
+            "bench",
+            "allreduce",
+            "--sizes",
+            "4K",
+            "--comm-timeout",
+            "1.5",
+        ],
+        &[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", &port),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("the rendezvous timeout (1.5 s) expired") && err.contains("ranks 1 to join"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn train_names_its_comm_timeout_in_the_first_line() {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("launch-comm-timeout");
+    let _ = std::fs::remove_dir_all(&out);
+    let out = out.to_str().expect("utf-8 path").to_string();
+    // FRUGAL_COMM_TIMEOUT=20 is set by `frugal`; train's own flag wins.
+    let mut args = vec!["launch", "--nproc", "2", "--", "train"];
+    args.extend([
+        "--layers",
+        "1",
+        "--hidden",
+        "64",
+        "--heads",
+        "2",
+        "--ffn",
+        "96",
+        "--seq",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--val-every",
+        "0",
+        "--val-batches",
+        "1",
+    ]);
+    args.extend(["--comm-timeout", "9", "--out", &out]);
+    let o = frugal(&args, &[("FRUGAL_PRICE_PER_GPU_HOUR", "1")]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "stdout: {stdout}\nstderr: {err}");
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("[rank 0] "))
+        .unwrap_or_default();
+    assert!(
+        first.contains("comm timeout 9 s (--comm-timeout)"),
+        "the first line: {first}"
     );
 }

@@ -122,6 +122,92 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// Which of the job's waits a [`CommError::Timeout`] expired in: both use the
+/// one timeout (`--comm-timeout`, FRUGAL_COMM_TIMEOUT), but an operator fixes
+/// them differently (a rank that never started vs. one that stopped answering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Meeting rank 0 and forming the ring.
+    Rendezvous,
+    /// Inside a collective (all-reduce, broadcast, ...), after the ring formed.
+    Collective,
+}
+
+impl TimeoutPhase {
+    fn name(self) -> &'static str {
+        match self {
+            TimeoutPhase::Rendezvous => "rendezvous",
+            TimeoutPhase::Collective => "collective",
+        }
+    }
+}
+
+/// How the failed rank of a [`CommError::PeerFailed`] verdict failed, as its
+/// judge (the neighbour that saw it) observed. Travels in abort frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortCause {
+    /// It stopped answering: no byte from it (or none taken by it) for the timeout.
+    Silent,
+    /// Its connection closed or reset: its process probably died.
+    Closed,
+    /// It failed itself and said so (its own error is in its output).
+    Failed,
+}
+
+impl AbortCause {
+    /// The code carried in an abort frame.
+    pub fn code(self) -> u16 {
+        match self {
+            AbortCause::Silent => 1,
+            AbortCause::Closed => 2,
+            AbortCause::Failed => 3,
+        }
+    }
+
+    /// The cause for a wire code (unknown codes read as `Failed`).
+    pub fn from_code(code: u16) -> AbortCause {
+        match code {
+            1 => AbortCause::Silent,
+            2 => AbortCause::Closed,
+            _ => AbortCause::Failed,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            AbortCause::Silent => "stopped answering (hung, frozen, or its network is down)",
+            AbortCause::Closed => "closed its connections (its process probably died)",
+            AbortCause::Failed => "failed",
+        }
+    }
+}
+
+/// The verdict on which rank failed: seen by this rank or by another one
+/// (`reported_by`), whose news came round the ring. Names the failed rank's
+/// host and address, so an operator goes to the right machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFailure {
+    /// This rank.
+    pub rank: usize,
+    /// The rank that failed.
+    pub failed_rank: usize,
+    /// The failed rank's host name ("" when unknown) and address.
+    pub failed_host: String,
+    /// The failed rank's ring address.
+    pub failed_addr: String,
+    /// How it failed.
+    pub cause: AbortCause,
+    /// The rank that first saw the failure (the judge), and its host name.
+    pub reported_by: usize,
+    /// The judge's host name ("" when unknown).
+    pub reporter_host: String,
+    /// The neighbour this rank heard it from (`rank` itself when it judged).
+    pub relayed_by: usize,
+    /// What this rank saw itself, when that is not the verdict (e.g. it
+    /// timed out on a healthy neighbour that was waiting too).
+    pub own: Option<String>,
+}
+
 /// Everything that can fail in frugal-comm.
 #[derive(Debug)]
 pub enum CommError {
@@ -156,6 +242,8 @@ pub enum CommError {
         addr: String,
         waiting_for: String,
         timeout: Duration,
+        /// Which wait expired.
+        phase: TimeoutPhase,
     },
     /// The peer closed the connection (its process probably died).
     PeerClosed {
@@ -164,13 +252,8 @@ pub enum CommError {
         addr: SocketAddr,
         during: String,
     },
-    /// Another rank failed; a neighbour relayed the news around the ring.
-    PeerFailed {
-        rank: usize,
-        failed_rank: usize,
-        reported_by: usize,
-        reporter_addr: SocketAddr,
-    },
+    /// The verdict on which rank failed (boxed: it is large and rare).
+    PeerFailed(Box<PeerFailure>),
     /// A socket call failed.
     Io {
         rank: usize,
@@ -218,7 +301,7 @@ impl CommError {
         match self {
             CommError::Connect { peer, .. } | CommError::PeerClosed { peer, .. } => Some(*peer),
             CommError::Timeout { peer, .. } => *peer,
-            CommError::PeerFailed { failed_rank, .. } => Some(*failed_rank),
+            CommError::PeerFailed(p) => Some(p.failed_rank),
             CommError::Io { peer, .. } => *peer,
             _ => None,
         }
@@ -240,24 +323,56 @@ impl fmt::Display for CommError {
                 "rank {rank}: could not connect to rank {peer} at {addr} within {:.1} s: {source} (is rank {peer} running, and is the address reachable from here?)",
                 timeout.as_secs_f64()
             ),
-            CommError::Timeout { rank, peer: Some(peer), addr, waiting_for, timeout } => write!(
+            CommError::Timeout { rank, peer: Some(peer), addr, waiting_for, timeout, phase } => write!(
                 f,
-                "rank {rank}: timed out after {:.1} s waiting for rank {peer} at {addr} ({waiting_for}); rank {peer} is hung or dead (raise the timeout with FRUGAL_COMM_TIMEOUT if it is only slow)",
+                "rank {rank}: the {} timeout ({:.1} s) expired waiting for rank {peer} at {addr} ({waiting_for}); rank {peer} is hung or dead (if it is only slow, raise the timeout with --comm-timeout or FRUGAL_COMM_TIMEOUT)",
+                phase.name(),
                 timeout.as_secs_f64()
             ),
-            CommError::Timeout { rank, peer: None, addr, waiting_for, timeout } => write!(
+            CommError::Timeout { rank, peer: None, addr, waiting_for, timeout, phase } => write!(
                 f,
-                "rank {rank}: timed out after {:.1} s at {addr} waiting for {waiting_for} (did every rank start? raise the timeout with FRUGAL_COMM_TIMEOUT)",
+                "rank {rank}: the {} timeout ({:.1} s) expired at {addr} waiting for {waiting_for} (did every rank start? raise the timeout with --comm-timeout or FRUGAL_COMM_TIMEOUT)",
+                phase.name(),
                 timeout.as_secs_f64()
             ),
             CommError::PeerClosed { rank, peer, addr, during } => write!(
                 f,
                 "rank {rank}: rank {peer} at {addr} closed the connection during {during}; rank {peer} has probably died (see its output)"
             ),
-            CommError::PeerFailed { rank, failed_rank, reported_by, reporter_addr } => write!(
-                f,
-                "rank {rank}: rank {failed_rank} failed (reported by rank {reported_by} at {reporter_addr}); see rank {failed_rank}'s output"
-            ),
+            CommError::PeerFailed(p) => {
+                let PeerFailure {
+                    rank,
+                    failed_rank,
+                    failed_host,
+                    failed_addr,
+                    cause,
+                    reported_by,
+                    reporter_host,
+                    relayed_by,
+                    own,
+                } = &**p;
+                write!(f, "rank {rank}: rank {failed_rank}")?;
+                if !failed_host.is_empty() {
+                    write!(f, " on host {failed_host}")?;
+                }
+                write!(f, " ({failed_addr}) {}", cause.describe())?;
+                if reported_by == rank {
+                    write!(f, "; this rank saw it")?;
+                } else {
+                    write!(f, "; first reported by rank {reported_by}")?;
+                    if !reporter_host.is_empty() {
+                        write!(f, " on host {reporter_host}")?;
+                    }
+                    if relayed_by != reported_by {
+                        write!(f, ", relayed by rank {relayed_by}")?;
+                    }
+                }
+                if let Some(own) = own {
+                    write!(f, " [{own}]")?;
+                }
+                let host = if failed_host.is_empty() { failed_addr } else { failed_host };
+                write!(f, "; check host {host} and rank {failed_rank}'s output")
+            }
             CommError::Io { rank, peer: Some(peer), addr, during, source } => {
                 write!(f, "rank {rank}: socket error with rank {peer} at {addr} during {during}: {source}")
             }

@@ -13,7 +13,11 @@
 //!                                | world × (family u8 | ip [u8; 16] | port u16) | blob bytes
 //! Header (12 bytes):             kind u8 | op u8 | 0u16 | a u32 | b u32
 //!                                Data:  a = sequence number of the collective, b = payload bytes
-//!                                Abort: a = the rank that failed,              b = the rank reporting it
+//!                                Abort: a = the rank that failed,              b = the rank that saw it
+//!                                       (the 0u16 carries the cause: silent, closed, failed)
+//! Rendezvous extras: after its Hello a joining rank sends its host name
+//! (len u8 | bytes); rank 0's blob on the wire is
+//! user_len u32 | user blob | world × (len u8 | host name bytes).
 //! ```
 //! A data header is followed by exactly `b` payload bytes; the receiver knows
 //! from the collective's schedule how many it expects and rejects anything else.
@@ -25,13 +29,22 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 pub const MAGIC: [u8; 4] = *b"FRGL";
 /// Bumped whenever the wire format changes; peers must agree exactly.
 /// 2: after the ring forms, lane 0 carries the shared-memory vote and verdict.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: host names in the rendezvous; the abort header carries its cause.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The longest host name sent in the rendezvous (longer ones are cut).
+pub const MAX_HOST_BYTES: usize = 255;
 /// The longest job token accepted.
 pub const MAX_TOKEN_BYTES: usize = 256;
 /// The largest world size the protocol accepts.
 pub const MAX_WORLD: usize = 1 << 16;
 /// The largest opaque blob handed out by the rendezvous (an NCCL unique id is 128 bytes).
 pub const MAX_BLOB_BYTES: usize = 4096;
+
+/// The largest blob a reply for `world` ranks may carry on the wire: the
+/// caller's blob, its length, and every rank's host name.
+pub fn max_wire_blob(world: usize) -> usize {
+    MAX_BLOB_BYTES + 4 + world * (1 + MAX_HOST_BYTES)
+}
 /// The largest payload of one data frame.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 /// Bytes of the fixed part of a `Hello`.
@@ -219,10 +232,10 @@ pub fn encode_reply(
     table: &[SocketAddr],
     blob: &[u8],
 ) -> Result<Vec<u8>, FrameProblem> {
-    if blob.len() > MAX_BLOB_BYTES {
+    if blob.len() > max_wire_blob(table.len()) {
         return Err(FrameProblem::TooLong {
             field: "blob",
-            limit: MAX_BLOB_BYTES,
+            limit: max_wire_blob(table.len()),
             got: blob.len(),
         });
     }
@@ -283,10 +296,10 @@ pub fn decode_reply_fixed(
                 got: world,
             });
         }
-        if blob_len > MAX_BLOB_BYTES {
+        if blob_len > max_wire_blob(world) {
             return Err(FrameProblem::TooLong {
                 field: "blob",
-                limit: MAX_BLOB_BYTES,
+                limit: max_wire_blob(world),
                 got: blob_len,
             });
         }
@@ -372,8 +385,13 @@ const KIND_ABORT: u8 = 0xAB;
 pub enum Header {
     /// `len` payload bytes of collective `op` number `seq` follow.
     Data { op: u8, seq: u32, len: usize },
-    /// The sender gave up because `failed_rank` failed; nothing follows.
-    Abort { failed_rank: u32, reporter: u32 },
+    /// The sender gave up because `failed_rank` failed, as `reporter` saw it
+    /// (`cause`: an [`AbortCause`](crate::error::AbortCause) code); nothing follows.
+    Abort {
+        failed_rank: u32,
+        reporter: u32,
+        cause: u16,
+    },
 }
 
 /// Encodes a data header.
@@ -387,9 +405,10 @@ pub fn encode_data_header(op: OpCode, seq: u32, len: u32) -> [u8; HEADER_BYTES] 
 }
 
 /// Encodes an abort header.
-pub fn encode_abort_header(failed_rank: u32, reporter: u32) -> [u8; HEADER_BYTES] {
+pub fn encode_abort_header(failed_rank: u32, reporter: u32, cause: u16) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0] = KIND_ABORT;
+    h[2..4].copy_from_slice(&cause.to_le_bytes());
     h[4..8].copy_from_slice(&failed_rank.to_le_bytes());
     h[8..12].copy_from_slice(&reporter.to_le_bytes());
     h
@@ -416,6 +435,7 @@ pub fn decode_header(b: &[u8; HEADER_BYTES]) -> Result<Header, FrameProblem> {
         KIND_ABORT => Ok(Header::Abort {
             failed_rank: u32_at(b, 4),
             reporter: u32_at(b, 8),
+            cause: u16_at(b, 2),
         }),
         other => Err(FrameProblem::UnexpectedKind {
             expected: "data or abort",

@@ -230,6 +230,7 @@ impl<'a, S: PeerStream> HelloGate<'a, S> {
                     addr: local,
                     waiting_for: waiting_for.into(),
                     timeout: deadline.timeout,
+                    phase: crate::error::TimeoutPhase::Rendezvous,
                 });
             }
             let next_expiry = self

@@ -87,7 +87,7 @@
 //! # Layout
 //!
 //! Each module uses only modules to its left (no cycles):
-//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`.
+//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- hier <- nccl <- ddp`.
 //! `wait` bounds every wait on a peer (poll, connect, accept, read, write, the
 //! timeouts); `handshake` is the one accept-by-identity, used by rank 0's
 //! rendezvous and by every ring listener; `socket/` is the ring in rooms
@@ -97,6 +97,7 @@ pub mod ddp;
 pub mod error;
 pub mod frame;
 mod handshake;
+pub mod hier;
 pub mod nccl;
 pub mod nodelist;
 pub mod ops;
@@ -107,7 +108,8 @@ pub mod socket;
 mod wait;
 
 pub use ddp::{CommStats, Ddp, Reduce, Ticket, DEFAULT_BUCKET_BYTES};
-pub use error::{CommError, FrameProblem, Refusal};
+pub use error::{AbortCause, CommError, FrameProblem, PeerFailure, Refusal, TimeoutPhase};
+pub use hier::{Algorithm, HierComm, ALGORITHM_ENV};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;
 pub use ops::{chunk_range, ring_order_sum, ring_order_sum_in, Communicator, Transport};
@@ -116,13 +118,14 @@ pub use shard::{ShardMode, Shards};
 pub use socket::{SameHost, SocketComm, SocketOptions};
 pub use wait::{DEFAULT_TIMEOUT, TIMEOUT_ENV};
 
-/// Joins the job over the chosen transport (`local_rank` picks the GPU for NCCL).
+/// Joins the job over the chosen transport (`local_rank` picks the GPU for NCCL);
+/// over sockets with the all-reduce FRUGAL_ALLREDUCE chooses ([`Algorithm`]).
 ///
 /// # Errors
 /// Whatever the transport's `connect` reports.
 pub fn connect(transport: Transport, rv: &Rendezvous) -> Result<Box<dyn Communicator>, CommError> {
     Ok(match transport {
-        Transport::Socket => Box::new(SocketComm::connect(rv, SocketOptions::default())?),
+        Transport::Socket => hier::connect(rv, SocketOptions::default(), Algorithm::from_env()?)?.0,
         Transport::Nccl => Box::new(NcclComm::connect(rv, rv.local_rank)?),
     })
 }

@@ -104,6 +104,42 @@ impl Rendezvous {
         Self::from_lookup(|name| std::env::var(name).ok(), job_token)
     }
 
+    /// Like [`Rendezvous::from_env`] with the timeout given by the caller
+    /// (`--comm-timeout`), which then wins over FRUGAL_COMM_TIMEOUT (not read
+    /// at all); `None` reads the variable, else [`DEFAULT_TIMEOUT`].
+    ///
+    /// # Errors
+    /// As [`Rendezvous::from_env`].
+    pub fn from_env_timeout(
+        job_token: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Rendezvous, CommError> {
+        Self::from_lookup_timeout(|name| std::env::var(name).ok(), job_token, timeout)
+    }
+
+    /// [`Rendezvous::from_env_timeout`], reading variables through `lookup`.
+    pub fn from_lookup_timeout(
+        lookup: impl Fn(&str) -> Option<String>,
+        job_token: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Rendezvous, CommError> {
+        let skip_env = timeout.is_some();
+        let mut rv = Self::from_lookup(
+            |name| {
+                if skip_env && name == TIMEOUT_ENV {
+                    None
+                } else {
+                    lookup(name)
+                }
+            },
+            job_token,
+        )?;
+        if let Some(t) = timeout {
+            rv.timeout = t;
+        }
+        Ok(rv)
+    }
+
     /// Like [`Rendezvous::from_env`], reading variables through `lookup` (testable).
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
@@ -111,13 +147,13 @@ impl Rendezvous {
     ) -> Result<Rendezvous, CommError> {
         let timeout = match lookup(TIMEOUT_ENV) {
             None => DEFAULT_TIMEOUT,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
-                _ => {
+            Some(v) => match parse_timeout(&v) {
+                Ok(t) => t,
+                Err(reason) => {
                     return Err(CommError::Env {
                         var: TIMEOUT_ENV,
                         value: Some(v),
-                        reason: "expected a positive number of seconds, e.g. 60".into(),
+                        reason,
                     })
                 }
             },
@@ -348,6 +384,21 @@ fn parse_port(
     }
 }
 
+/// Parses a communication timeout in seconds (`--comm-timeout`,
+/// FRUGAL_COMM_TIMEOUT): a positive number below 10 million, fractions allowed.
+///
+/// # Errors
+/// What is wrong with it, for the caller to name the flag or variable.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e7 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "'{}' is not a timeout: expected a positive number of seconds, e.g. 60 or 2.5",
+            text.trim()
+        )),
+    }
+}
+
 /// What the rendezvous hands each rank.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peers {
@@ -357,6 +408,73 @@ pub struct Peers {
     pub blob: Vec<u8>,
     /// Connections rank 0 refused while waiting (wrong token, version, rank).
     pub refused: usize,
+    /// Every rank's host name, indexed by rank (so an error can name the machine).
+    pub hosts: Vec<String>,
+}
+
+/// This machine's host name (empty when the OS will not say), at most
+/// [`frame::MAX_HOST_BYTES`] bytes.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is passed; the
+    // name is NUL-terminated within it when the call succeeds (the last byte
+    // stays 0 because only len - 1 is offered).
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if r != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let mut name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    while name.len() > frame::MAX_HOST_BYTES {
+        name.pop();
+    }
+    name
+}
+
+/// A host name as sent on the wire: one length byte, then the bytes.
+fn host_section(name: &str) -> Vec<u8> {
+    let b = &name.as_bytes()[..name.len().min(frame::MAX_HOST_BYTES)];
+    let mut out = Vec::with_capacity(1 + b.len());
+    out.push(b.len() as u8);
+    out.extend_from_slice(b);
+    out
+}
+
+/// Rank 0's blob on the wire: the caller's blob, then every rank's host name.
+fn wire_blob(blob: &[u8], hosts: &[String]) -> Vec<u8> {
+    let mut out = (blob.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(blob);
+    for h in hosts {
+        out.extend(host_section(h));
+    }
+    out
+}
+
+/// Splits a wire blob into the caller's blob and `world` host names.
+fn split_wire_blob(wire: &[u8], world: usize) -> Result<(Vec<u8>, Vec<String>), FrameProblem> {
+    let truncated = |needed: usize| FrameProblem::Truncated {
+        needed,
+        got: wire.len(),
+    };
+    let user_len = wire
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or(truncated(4))?;
+    let blob = wire
+        .get(4..4 + user_len)
+        .ok_or(truncated(4 + user_len))?
+        .to_vec();
+    let mut at = 4 + user_len;
+    let mut hosts = Vec::with_capacity(world);
+    for _ in 0..world {
+        let len = *wire.get(at).ok_or(truncated(at + 1))? as usize;
+        let name = wire
+            .get(at + 1..at + 1 + len)
+            .ok_or(truncated(at + 1 + len))?;
+        hosts.push(String::from_utf8_lossy(name).into_owned());
+        at += 1 + len;
+    }
+    Ok((blob, hosts))
 }
 
 /// Meets every rank through rank 0. `listen_port` is this rank's ring
@@ -374,6 +492,7 @@ pub fn exchange(rv: &Rendezvous, listen_port: u16, blob: &[u8]) -> Result<Peers,
             ring_addrs: vec![SocketAddr::new(ip, listen_port)],
             blob: blob.to_vec(),
             refused: 0,
+            hosts: vec![host_name()],
         });
     }
     let deadline = Deadline::after(rv.timeout);
@@ -399,6 +518,8 @@ fn serve(
     })?;
     let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..rv.world).map(|_| None).collect();
     let mut missing = rv.world - 1;
+    let mut hosts = vec![String::new(); rv.world];
+    hosts[0] = host_name();
     let mut gate = HelloGate::<TcpStream>::new(rv.identity(), "rendezvous");
     while missing > 0 {
         let waiting = format!(
@@ -430,10 +551,32 @@ fn serve(
             during: "rendezvous".into(),
             source,
         })?;
+        let mut stream = stream;
+        let mut len = [0u8; 1];
+        let what = format!("rank {}'s host name", hello.rank);
+        wait::read_exact_by(
+            &mut stream,
+            &mut len,
+            deadline,
+            0,
+            Some(hello.rank as usize),
+            &what,
+        )?;
+        let mut name = vec![0u8; len[0] as usize];
+        wait::read_exact_by(
+            &mut stream,
+            &mut name,
+            deadline,
+            0,
+            Some(hello.rank as usize),
+            &what,
+        )?;
+        hosts[hello.rank as usize] = String::from_utf8_lossy(&name).into_owned();
         joined[hello.rank as usize] =
             Some((stream, SocketAddr::new(peer_ip.ip(), hello.listen_port)));
         missing -= 1;
     }
+    let wire = wire_blob(blob, &hosts);
     let mut table: Vec<SocketAddr> = joined
         .iter()
         .map(|j| {
@@ -451,7 +594,7 @@ fn serve(
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
             table[0] = SocketAddr::new(me, listen_port);
             let bytes =
-                frame::encode_reply(Ok(()), &table, blob).map_err(|problem| CommError::Frame {
+                frame::encode_reply(Ok(()), &table, &wire).map_err(|problem| CommError::Frame {
                     rank: 0,
                     peer: Some(r),
                     addr: "-".into(),
@@ -479,6 +622,7 @@ fn serve(
         ring_addrs: table,
         blob: blob.to_vec(),
         refused: gate.turned_away(),
+        hosts,
     })
 }
 
@@ -501,12 +645,13 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers,
         during: "rendezvous".into(),
         source,
     };
-    let bytes = hello.encode().map_err(|problem| CommError::Frame {
+    let mut bytes = hello.encode().map_err(|problem| CommError::Frame {
         rank: rv.rank,
         peer: Some(0),
         addr: master.to_string(),
         problem,
     })?;
+    bytes.extend(host_section(&host_name()));
     wait::write_all_within(&mut stream, &bytes, rv.timeout).map_err(io)?;
     let mut fixed = [0u8; REPLY_FIXED_BYTES];
     wait::read_exact_by(
@@ -542,10 +687,13 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers,
         "rank 0's rendezvous table",
     )?;
     let ring_addrs = frame::decode_table(&body, reply.world).map_err(frame_err)?;
-    let blob = body[reply.world * frame::TABLE_ENTRY_BYTES..].to_vec();
+    let (blob, hosts) =
+        split_wire_blob(&body[reply.world * frame::TABLE_ENTRY_BYTES..], reply.world)
+            .map_err(frame_err)?;
     Ok(Peers {
         ring_addrs,
         blob,
         refused: 0,
+        hosts,
     })
 }

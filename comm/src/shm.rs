@@ -44,7 +44,7 @@
 //! its neighbours learn of it too. Every wait is bounded by the timeout and
 //! its error names the rank waited for.
 
-use crate::error::CommError;
+use crate::error::{AbortCause, CommError, PeerFailure};
 use crate::ops::chunk_range;
 use crate::wait;
 use half::bf16;
@@ -406,8 +406,12 @@ impl Segment {
     }
 
     /// Tells every rank that `failed_rank` failed (the first report wins).
-    pub fn post_abort(&self, failed_rank: usize) {
-        let word = 1 | ((failed_rank as u64) << 1 & 0xffff_fffe) | ((self.rank as u64) << 32);
+    /// `reporter` is the rank that saw it and `cause` how it failed.
+    pub fn post_abort(&self, failed_rank: usize, reporter: usize, cause: AbortCause) {
+        let word = 1
+            | ((failed_rank as u64) << 1 & 0xffff_fffe)
+            | (((reporter as u64) & 0xff_ffff) << 32)
+            | ((cause.code() as u64) << 56);
         let _ = self
             .abort_word()
             .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire);
@@ -422,13 +426,19 @@ impl Segment {
             return None;
         }
         let failed_rank = ((w & 0xffff_ffff) >> 1) as usize;
-        let reported_by = (w >> 32) as usize;
-        Some(CommError::PeerFailed {
+        let reported_by = ((w >> 32) & 0xff_ffff) as usize;
+        // Host names are filled in by the caller, which holds the rendezvous table.
+        Some(CommError::PeerFailed(Box::new(PeerFailure {
             rank: self.rank,
             failed_rank,
+            failed_host: String::new(),
+            failed_addr: self.addr(failed_rank).to_string(),
+            cause: AbortCause::from_code((w >> 56) as u16),
             reported_by,
-            reporter_addr: self.addr(reported_by),
-        })
+            reporter_host: String::new(),
+            relayed_by: reported_by,
+            own: None,
+        })))
     }
 
     /// Waits until every rank reached this barrier.
@@ -489,6 +499,7 @@ impl Segment {
                     addr: self.addr(peer).to_string(),
                     waiting_for: format!("{what}: shared-memory barrier {k}"),
                     timeout: self.timeout,
+                    phase: crate::error::TimeoutPhase::Collective,
                 });
             }
             futex_wait(counter, v, WAIT_SLICE);

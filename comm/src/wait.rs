@@ -244,6 +244,7 @@ pub(crate) fn read_exact_by<S: PeerStream>(
                 addr,
                 waiting_for: what.to_string(),
                 timeout: deadline.timeout,
+                phase: crate::error::TimeoutPhase::Rendezvous,
             });
         }
         stream

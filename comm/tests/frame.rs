@@ -96,7 +96,7 @@ fn reply_lengths_are_checked_against_expectations() {
         decode_reply_fixed(&fixed, 1),
         Err(FrameProblem::TooLong { field: "blob", .. })
     ));
-    assert!(encode_reply(Ok(()), &[], &vec![0u8; MAX_BLOB_BYTES + 1]).is_err());
+    assert!(encode_reply(Ok(()), &[], &vec![0u8; max_wire_blob(0) + 1]).is_err());
 }
 
 #[test]
@@ -143,12 +143,13 @@ fn data_headers_round_trip_and_oversized_payloads_are_refused() {
             ..
         })
     ));
-    let a = encode_abort_header(2, 3);
+    let a = encode_abort_header(2, 3, 1);
     assert_eq!(
         decode_header(&a),
         Ok(Header::Abort {
             failed_rank: 2,
-            reporter: 3
+            reporter: 3,
+            cause: 1
         })
     );
     let mut junk = a;
@@ -195,7 +196,7 @@ proptest! {
         let reply: [u8; REPLY_FIXED_BYTES] = fixed[..REPLY_FIXED_BYTES].try_into().expect("16 of 20");
         if let Ok(r) = decode_reply_fixed(&reply, 3) {
             if r.status.is_ok() {
-                prop_assert!(r.blob_len <= MAX_BLOB_BYTES && r.world == 3);
+                prop_assert!(r.blob_len <= max_wire_blob(3) && r.world == 3);
             }
         }
     }

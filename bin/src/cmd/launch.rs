@@ -44,7 +44,7 @@ pub const ABOUT: &str =
 #[command(
     allow_negative_numbers = true,
     override_usage = "frugal launch --nproc N [--nnodes M --node-rank R --master HOST:PORT]
-                     [--max-restarts K] [--job-token T] -- <command> [flags]",
+                     [--max-restarts K] [--job-token T] [--comm-timeout S] -- <command> [flags]",
     after_help = SIGNALS
 )]
 pub struct LaunchFlags {
@@ -67,6 +67,11 @@ pub struct LaunchFlags {
     /// required across nodes)
     #[arg(long, value_name = "T", value_parser = text::<String>())]
     job_token: Option<String>,
+    /// seconds every rank waits for the others (joining, and for no progress in
+    /// a collective) before failing and naming the silent rank; passed to the
+    /// ranks as FRUGAL_COMM_TIMEOUT, so it wins over the variable (default 60)
+    #[arg(long, value_name = "SECONDS", value_parser = text::<String>())]
+    comm_timeout: Option<String>,
     /// the command each rank runs, e.g. 'train --model tiny'
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -102,6 +107,8 @@ pub struct LaunchPlan {
     pub token: String,
     /// The children's arguments (after `--`).
     pub command: Vec<String>,
+    /// `--comm-timeout`, passed to every rank as FRUGAL_COMM_TIMEOUT.
+    pub comm_timeout: Option<std::time::Duration>,
 }
 
 pub fn run(flags: LaunchFlags) -> Result<(), CliError> {
@@ -112,8 +119,16 @@ pub fn run(flags: LaunchFlags) -> Result<(), CliError> {
         master,
         max_restarts,
         job_token: token,
+        comm_timeout,
         command,
     } = flags;
+    let comm_timeout = match comm_timeout.as_deref() {
+        None => None,
+        Some(t) => Some(
+            frugal_comm::rendezvous::parse_timeout(t)
+                .map_err(|e| usage(format!("--comm-timeout: {e}")))?,
+        ),
+    };
     let nproc = nproc.ok_or_else(|| usage("--nproc is required".into()))?;
     let command = command
         .into_iter()
@@ -126,7 +141,7 @@ pub fn run(flags: LaunchFlags) -> Result<(), CliError> {
             })
         })
         .collect::<Result<Vec<String>, CliError>>()?;
-    let plan = plan(
+    let mut plan = plan(
         nproc,
         nnodes,
         node_rank,
@@ -135,6 +150,7 @@ pub fn run(flags: LaunchFlags) -> Result<(), CliError> {
         token,
         command,
     )?;
+    plan.comm_timeout = comm_timeout;
     catch_stop_signals()?;
     match launch(&plan)? {
         Ended::Finished => Ok(()),
@@ -237,6 +253,7 @@ pub fn plan(
         max_restarts,
         token,
         command,
+        comm_timeout: None,
     })
 }
 
@@ -827,8 +844,9 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
         let token = plan.token.clone();
         let nproc = plan.nproc;
         let node_rank = plan.node_rank;
+        let timeout = plan.comm_timeout;
         let env = move |local: usize| {
-            vec![
+            let mut vars = vec![
                 ("RANK".to_string(), (first_rank + local).to_string()),
                 ("WORLD_SIZE".to_string(), world.to_string()),
                 ("LOCAL_RANK".to_string(), local.to_string()),
@@ -840,10 +858,24 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
                     frugal_comm::rendezvous::TOKEN_ENV.to_string(),
                     token.clone(),
                 ),
-            ]
+            ];
+            if let Some(t) = timeout {
+                vars.push((
+                    frugal_comm::TIMEOUT_ENV.to_string(),
+                    t.as_secs_f64().to_string(),
+                ));
+            }
+            vars
+        };
+        let timeout_note = match plan.comm_timeout {
+            Some(t) => format!(", comm timeout {} s", t.as_secs_f64()),
+            None => match std::env::var(frugal_comm::TIMEOUT_ENV) {
+                Ok(v) => format!(", comm timeout {v} s from {}", frugal_comm::TIMEOUT_ENV),
+                Err(_) => String::new(),
+            },
         };
         eprintln!(
-            "launch: starting ranks {}..{} of {world} (master {}:{port}){}: frugal {}",
+            "launch: starting ranks {}..{} of {world} (master {}:{port}{timeout_note}){}: frugal {}",
             first_rank,
             first_rank + plan.nproc - 1,
             plan.master_host,

@@ -101,6 +101,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
     let mut sync = GradSync::join(
         opts.comm,
         opts.job_token.as_deref(),
+        opts.comm_timeout,
         opts.config.param_count(),
         opts.bucket_bytes,
         opts.shard,
@@ -129,6 +130,13 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         crate::shard_tokens::adopt_tokenizer(dir.path(), opts.data_tokens.as_ref())?;
         let mut notes = notes;
         notes.extend(job_notes(&opts, &priced, world));
+        let first_line = match sync.comm_timeout() {
+            Some(t) => format!(
+                "{first_line}; {}",
+                comm_timeout_note(t, opts.comm_timeout.is_some())
+            ),
+            None => first_line,
+        };
         print_header(&opts, &first_line, world, &price, &notes, dir);
     }
     let (dataset, data_fingerprint) = open_data(&opts, leader, world)?;
@@ -222,6 +230,19 @@ fn open_device(
 
 /// The leader's first lines: the device, the resolved flags, the job, the
 /// price and what to note.
+/// What the first log line of a multi-rank job says of its timeout, and where
+/// the value came from.
+fn comm_timeout_note(t: std::time::Duration, from_flag: bool) -> String {
+    let source = if from_flag {
+        "--comm-timeout"
+    } else if std::env::var_os(frugal_comm::TIMEOUT_ENV).is_some() {
+        frugal_comm::TIMEOUT_ENV
+    } else {
+        "default; set with --comm-timeout or FRUGAL_COMM_TIMEOUT"
+    };
+    format!("comm timeout {} s ({source})", t.as_secs_f64())
+}
+
 fn print_header(
     opts: &TrainOptions,
     first_line: &str,

@@ -165,6 +165,9 @@ pub struct TrainOptions {
     /// `--world N`: the number of ranks a `--dry-run` plans for (without a launch).
     pub plan_world: Option<usize>,
     pub job_token: Option<String>,
+    /// `--comm-timeout`: the rendezvous and collective timeout, when given
+    /// (else FRUGAL_COMM_TIMEOUT, else 60 s).
+    pub comm_timeout: Option<std::time::Duration>,
     /// DDP bucket size in bytes: finished gradients are all-reduced in
     /// buckets of about this size while backward continues.
     pub bucket_bytes: usize,
@@ -299,6 +302,11 @@ pub struct TrainFlags {
     /// shared secret of a multi-rank job
     #[arg(long, value_name = "T", value_parser = text::<String>(), help_heading = "device")]
     pub job_token: Option<String>,
+    /// seconds a rank waits for the others (joining the job, and for no
+    /// progress in any collective) before it fails naming the silent rank;
+    /// wins over FRUGAL_COMM_TIMEOUT (default 60)
+    #[arg(long, value_name = "SECONDS", value_parser = text::<String>(), help_heading = "device")]
+    pub comm_timeout: Option<String>,
     /// DDP gradient bucket size in MiB (default: 25, or 1/8 of the gradients
     /// when that is smaller, at least 1)
     #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "device")]
@@ -497,6 +505,13 @@ impl TrainOptions {
         let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
         let (shard, plan_world) = shard_flags(&args)?;
         let job_token = args.job_token.clone();
+        let comm_timeout = match args.comm_timeout.as_deref() {
+            None => None,
+            Some(t) => Some(
+                frugal_comm::rendezvous::parse_timeout(t)
+                    .map_err(|e| usage(format!("--comm-timeout: {e}")))?,
+            ),
+        };
 
         let (resume, metrics) = resume_and_metrics(&mut args)?;
         let init_from = args.init_from.take();
@@ -560,6 +575,7 @@ impl TrainOptions {
             shard,
             plan_world,
             job_token,
+            comm_timeout,
             bucket_bytes,
             threads,
             keep,

@@ -104,6 +104,7 @@ impl GradSync {
     pub fn join(
         transport: Transport,
         job_token: Option<&str>,
+        comm_timeout: Option<std::time::Duration>,
         n_params: usize,
         bucket_bytes: usize,
         shard: ShardMode,
@@ -118,11 +119,14 @@ impl GradSync {
             return Ok(single);
         }
         // Every error of from_env is about the variables themselves.
-        let rv = Rendezvous::from_env(job_token)
+        let rv = Rendezvous::from_env_timeout(job_token, comm_timeout)
             .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
         if rv.world == 1 {
             return Ok(single);
         }
+        // A bad FRUGAL_ALLREDUCE is a usage error too (read again by `connect`).
+        frugal_comm::Algorithm::from_env()
+            .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
         let comm = connect(transport, &rv).context("joining the job")?;
         // `none` too is cut by the aligned partition: its all-reduce then sums
         // each element on the rank that owns it under grad-op and full, so the
@@ -174,6 +178,14 @@ impl GradSync {
         match &self.link {
             Link::Single => 1,
             Link::Ddp { ddp, .. } => ddp.world(),
+        }
+    }
+
+    /// The rendezvous and collective timeout of a multi-rank job.
+    pub fn comm_timeout(&self) -> Option<std::time::Duration> {
+        match &self.link {
+            Link::Single => None,
+            Link::Ddp { ddp, .. } => Some(ddp.comm_timeout()),
         }
     }
 

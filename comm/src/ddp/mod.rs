@@ -142,6 +142,8 @@ pub struct Ddp {
     /// Bucket `b`'s chunks: `shards.bounds_in(layout.range(b))`.
     bucket_bounds: Arc<Vec<Vec<usize>>>,
     timeout: Duration,
+    /// The communicator's timeout, for the log.
+    comm_timeout: Duration,
     jobs: Option<mpsc::Sender<Job>>,
     replies: mpsc::Receiver<Reply>,
     worker: Option<JoinHandle<Box<dyn Communicator>>>,
@@ -224,7 +226,8 @@ impl Ddp {
         }
         // Longer than the communicator's own limit, so that a hung peer is
         // reported by the communicator, which names it.
-        let timeout = comm.timeout() * 2 + Duration::from_secs(5);
+        let comm_timeout = comm.timeout();
+        let timeout = comm_timeout * 2 + Duration::from_secs(5);
         let layout = Layout::new(shards.len(), bucket_bytes / 4);
         let bucket_bounds: Arc<Vec<Vec<usize>>> = Arc::new(
             (0..layout.count())
@@ -255,6 +258,7 @@ impl Ddp {
             layout,
             bucket_bounds,
             timeout,
+            comm_timeout,
             jobs: Some(job_tx),
             replies: reply_rx,
             worker: Some(worker),
@@ -287,6 +291,12 @@ impl Ddp {
     }
 
     /// Number of ranks.
+    /// The communicator's own timeout (`--comm-timeout`): what a rank waits
+    /// on a peer before failing.
+    pub fn comm_timeout(&self) -> Duration {
+        self.comm_timeout
+    }
+
     pub fn world(&self) -> usize {
         self.world
     }
@@ -364,6 +374,7 @@ impl Ddp {
                     addr: "the DDP communication thread".into(),
                     waiting_for: what.to_string(),
                     timeout: self.timeout,
+                    phase: crate::error::TimeoutPhase::Collective,
                 }))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {

@@ -11,7 +11,7 @@
 
 use super::link::Link;
 use super::ring::{Combine, LaneData, Plan};
-use crate::error::{CommError, FrameProblem};
+use crate::error::{AbortCause, CommError, FrameProblem, PeerFailure};
 use crate::frame::{self, Header, OpCode, HEADER_BYTES};
 use crate::wait;
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
@@ -58,6 +58,35 @@ pub(super) struct Failure {
     pub owed_bytes: usize,
     /// Whether `next` can still be written to.
     pub next_usable: bool,
+    /// Where the stream from `prev` stands, so later abort frames can be read.
+    pub prev_at: Box<PrevAt>,
+    /// The error is only a suspicion of `prev`: nothing came from it for the
+    /// timeout, which is also what a healthy `prev` waiting on its own
+    /// predecessor looks like.
+    pub suspect: bool,
+}
+
+/// Where the stream from `prev` stands after a failure, for reading the abort
+/// frames that may follow (see `verdict.rs`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct PrevAt {
+    /// The stream can no longer be read (closed, or out of step with the frames).
+    pub unusable: bool,
+    /// The first bytes of a header read so far.
+    pub header: Vec<u8>,
+    /// Payload bytes of the current data frame still to skip.
+    pub payload_left: usize,
+    /// Bytes already read past the last frame, to be parsed first.
+    pub leftover: Vec<u8>,
+}
+
+impl PrevAt {
+    pub fn unusable() -> PrevAt {
+        PrevAt {
+            unusable: true,
+            ..PrevAt::default()
+        }
+    }
 }
 
 /// How the lanes of a failed collective stood.
@@ -66,6 +95,10 @@ pub(super) struct LanesFailed {
     pub error: CommError,
     /// Per lane: (bytes owed of a half-written frame, whether `next` is still writable).
     pub states: Vec<(usize, bool)>,
+    /// Where lane 0's stream from `prev` stands.
+    pub prev_at: Box<PrevAt>,
+    /// Whether `error` is only a suspicion of `prev` (see [`Failure::suspect`]).
+    pub suspect: bool,
 }
 
 /// Runs the plans of the first `parts.len()` lanes, each over its part of the
@@ -77,7 +110,7 @@ pub(super) fn run_lanes(
     lanes: &mut [Lane],
     parts: Vec<LaneData<'_>>,
     call: &Call,
-) -> Result<(), LanesFailed> {
+) -> Result<(), Box<LanesFailed>> {
     let used = parts.len().min(lanes.len());
     let abort = AtomicBool::new(false);
     let watch = (used > 1).then_some(&abort);
@@ -122,6 +155,8 @@ pub(super) fn run_lanes(
                         }),
                         owed_bytes: 0,
                         next_usable: false,
+                        prev_at: Box::new(PrevAt::unusable()),
+                        suspect: false,
                     })
                 };
                 results.push(match h {
@@ -139,27 +174,41 @@ pub(super) fn run_lanes(
     }
     let mut states = vec![(0usize, true); lanes.len()];
     let mut errors = Vec::new();
+    // Lane 0 finished: its stream from `prev` is at a frame boundary.
+    let mut prev_at = Box::<PrevAt>::default();
     for (i, r) in results.into_iter().enumerate() {
         if let Err(f) = r {
             states[i] = (f.owed_bytes, f.next_usable);
-            errors.extend(f.error);
+            if i == 0 {
+                prev_at = f.prev_at;
+            }
+            errors.extend(f.error.map(|e| (e, f.suspect)));
         }
     }
     // The error that names the rank that failed first: a relayed abort if
-    // any lane got one, else the first lane's own error.
+    // any lane got one, else a certain observation, else the first lane's.
     let pick = errors
         .iter()
-        .position(|e| matches!(e, CommError::PeerFailed { .. }))
+        .position(|(e, _)| matches!(e, CommError::PeerFailed(_)))
+        .or_else(|| errors.iter().position(|(_, suspect)| !suspect))
         .unwrap_or(0);
-    let error = if pick < errors.len() {
+    let (error, suspect) = if pick < errors.len() {
         errors.swap_remove(pick)
     } else {
-        CommError::CommThread {
-            rank: call.rank,
-            reason: "a lane stopped without an error".into(),
-        }
+        (
+            CommError::CommThread {
+                rank: call.rank,
+                reason: "a lane stopped without an error".into(),
+            },
+            false,
+        )
     };
-    Err(LanesFailed { error, states })
+    Err(Box::new(LanesFailed {
+        error,
+        states,
+        prev_at,
+        suspect,
+    }))
 }
 
 /// Builds the error for an I/O failure on a link.
@@ -231,13 +280,20 @@ fn check_header(
         Ok(Header::Abort {
             failed_rank,
             reporter,
+            cause,
         }) => {
-            return Some(CommError::PeerFailed {
+            // Host names and addresses are filled in by the caller, which holds the table.
+            return Some(CommError::PeerFailed(Box::new(PeerFailure {
                 rank,
                 failed_rank: failed_rank as usize,
+                failed_host: String::new(),
+                failed_addr: String::new(),
+                cause: AbortCause::from_code(cause),
                 reported_by: reporter as usize,
-                reporter_addr: prev.addr,
-            })
+                reporter_host: String::new(),
+                relayed_by: prev.peer,
+                own: None,
+            })));
         }
         Ok(h) => match frame::check_data(h, op, seq, len) {
             Ok(()) => return None,
@@ -292,12 +348,34 @@ impl Cursor<'_> {
         }
     }
 
-    /// A failure with `error`, this cursor's send side as it stands.
+    /// A failure with `error`, this cursor's send side as it stands; the
+    /// stream from `prev` is left unusable (the error came from it).
     fn failure(&self, error: CommError) -> Failure {
         Failure {
             error: Some(error),
             owed_bytes: self.owed(),
             next_usable: self.send_failed.is_none(),
+            prev_at: Box::new(PrevAt::unusable()),
+            suspect: false,
+        }
+    }
+
+    /// Where the stream from `prev` stands, for a failure that did not come from it.
+    fn prev_at(&self) -> PrevAt {
+        if self.recvs_done() {
+            return PrevAt::default();
+        }
+        let len = self.plan.recvs[self.recv_item].0.len();
+        if self.recv_off < HEADER_BYTES {
+            PrevAt {
+                header: self.header_in[..self.recv_off].to_vec(),
+                ..PrevAt::default()
+            }
+        } else {
+            PrevAt {
+                payload_left: HEADER_BYTES + len - self.recv_off,
+                ..PrevAt::default()
+            }
         }
     }
 
@@ -400,7 +478,25 @@ impl Cursor<'_> {
                     progressed = true;
                     if before < HEADER_BYTES && self.recv_off >= HEADER_BYTES {
                         if let Some(e) = check_header(&self.header_in, call, len, prev) {
-                            return Err(self.failure(e));
+                            let mut failure = self.failure(e);
+                            if matches!(failure.error, Some(CommError::PeerFailed(_))) {
+                                // An abort frame: the stream stays in step; bytes read past
+                                // the header (a later abort) are kept for `verdict.rs`.
+                                let extra = self.recv_off - HEADER_BYTES;
+                                let leftover = match combine {
+                                    Combine::Copy => {
+                                        data.bytes(range.start..range.start + extra).to_vec()
+                                    }
+                                    Combine::SumF32 => {
+                                        bytemuck::cast_slice::<f32, u8>(scratch)[..extra].to_vec()
+                                    }
+                                };
+                                failure.prev_at = Box::new(PrevAt {
+                                    leftover,
+                                    ..PrevAt::default()
+                                });
+                            }
+                            return Err(failure);
                         }
                     }
                     if self.recv_off == HEADER_BYTES + len {
@@ -450,6 +546,8 @@ impl Cursor<'_> {
                 error: Some(link_error(call.rank, prev, "poll", e)),
                 owed_bytes: self.owed(),
                 next_usable: false,
+                prev_at: Box::new(PrevAt::unusable()),
+                suspect: false,
             }),
         }
     }
@@ -458,7 +556,8 @@ impl Cursor<'_> {
     fn timed_out(&self, call: &Call, next: &Link, prev: &Link) -> Failure {
         let name = op_name(call.op);
         let seq = call.seq;
-        let (peer, waiting_for) = if !self.recvs_done() {
+        let suspect = !self.recvs_done();
+        let (peer, waiting_for) = if suspect {
             (prev, format!("{name} #{seq} data from rank {}", prev.peer))
         } else {
             (
@@ -473,9 +572,13 @@ impl Cursor<'_> {
                 addr: peer.addr.to_string(),
                 waiting_for,
                 timeout: call.timeout,
+                phase: crate::error::TimeoutPhase::Collective,
             }),
             owed_bytes: self.owed(),
-            next_usable: false,
+            // The abort frame gets a bounded try (`verdict::send_abort`).
+            next_usable: self.send_failed.is_none(),
+            prev_at: Box::new(self.prev_at()),
+            suspect,
         }
     }
 }
@@ -521,6 +624,8 @@ fn event_loop(
                     error: Some(e),
                     owed_bytes: 0,
                     next_usable: false,
+                    prev_at: Box::new(at.prev_at()),
+                    suspect: false,
                 });
             }
         }
@@ -536,6 +641,8 @@ fn event_loop(
                 error: None,
                 owed_bytes: at.owed(),
                 next_usable: at.send_failed.is_none(),
+                prev_at: Box::new(at.prev_at()),
+                suspect: false,
             });
         }
         // Nothing moved: sleep until a socket is ready or the timeout runs out.

@@ -43,27 +43,28 @@ mod link;
 mod options;
 mod ring;
 mod setup;
+mod verdict;
 
 pub use options::{
     SameHost, SocketOptions, CORES_PER_AUTO_LANE, DEFAULT_LANES, LANE_MIN_BYTES, MAX_AUTO_LANES,
 };
 
-use crate::error::CommError;
-use crate::frame::{self, OpCode};
+use crate::error::{CommError, PeerFailure};
+use crate::frame::OpCode;
 use crate::ops::{check_bounds, chunk_range, even_bounds, Communicator, Transport};
 use crate::rendezvous::{self, Peers, Rendezvous};
 use crate::shm;
-use event_loop::{Call, Lane, LanesFailed};
+use event_loop::{Call, Lane, LanesFailed, PrevAt};
 use half::bf16;
 use link::set_buffers;
 use options::lanes_wanted;
 use ring::{split_lanes, LaneData, Layout, Phases};
 use setup::RingListeners;
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use verdict::{Judgement, Verdict};
 
 /// The TCP ring communicator. See the module docs.
 #[derive(Debug)]
@@ -85,6 +86,15 @@ pub struct SocketComm {
     /// The shared-memory segment the reducing and gathering collectives go
     /// through, when every rank is on this host.
     shm: Option<shm::Segment>,
+    /// Every rank's host name and ring address (from the rendezvous), for
+    /// naming a failed rank.
+    hosts: Vec<String>,
+    addrs: Vec<SocketAddr>,
+    /// The job's rank of each rank of this ring, when it is a sub-ring of a
+    /// larger job (the hierarchical all-reduce's); errors name those, and
+    /// `ring_name` says which ring a rank's own message counts in.
+    job_ranks: Vec<usize>,
+    ring_name: &'static str,
 }
 
 impl SocketComm {
@@ -147,6 +157,10 @@ impl SocketComm {
             refused: 0,
             broken: None,
             shm: None,
+            hosts: Vec::new(),
+            addrs: Vec::new(),
+            job_ranks: Vec::new(),
+            ring_name: "",
         }
     }
 
@@ -200,6 +214,8 @@ impl SocketComm {
         listeners: RingListeners,
         peers: &Peers,
     ) -> Result<(), CommError> {
+        self.hosts = peers.hosts.clone();
+        self.addrs = peers.ring_addrs.clone();
         let ring = setup::join_ring(rv, listeners, peers, &self.options)?;
         self.refused += ring.turned_away;
         self.lanes = ring.lanes;
@@ -207,6 +223,27 @@ impl SocketComm {
             self.shm = setup::setup_shm(rv, &self.options, lane, peers)?;
         }
         Ok(())
+    }
+
+    /// Every rank's host name, from the rendezvous (empty in a one-rank job).
+    pub fn host_names(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// Rank `r`'s ring address as the rendezvous gave it.
+    pub fn ring_addr(&self, r: usize) -> Option<SocketAddr> {
+        self.addrs.get(r).copied()
+    }
+
+    /// Makes this ring (`name`, for messages) a sub-ring of a job: its rank
+    /// `i` is the job's rank `job_ranks[i]`, which the verdict of a failure names.
+    pub fn set_job_ranks(&mut self, job_ranks: Vec<usize>, name: &'static str) {
+        self.job_ranks = job_ranks;
+        self.ring_name = name;
+    }
+
+    fn job_rank(&self, r: usize) -> usize {
+        self.job_ranks.get(r).copied().unwrap_or(r)
     }
 
     /// Whether all-reduces, reduce-scatters and all-gathers go through shared
@@ -248,8 +285,9 @@ impl SocketComm {
         match f(seg, &watch, &format!("{name} #{seq}")) {
             Ok(()) => Ok(()),
             Err(e) => {
+                // The ring's sockets carry nothing during a shared-memory collective.
                 let states = vec![(0usize, true); self.lanes.len()];
-                Err(self.fail(e, &states))
+                Err(self.fail(e, &states, PrevAt::default(), false))
             }
         }
     }
@@ -286,48 +324,116 @@ impl SocketComm {
         };
         match event_loop::run_lanes(&mut self.lanes, parts, &call) {
             Ok(()) => Ok(()),
-            Err(LanesFailed { error, states }) => Err(self.fail(error, &states)),
+            Err(failed) => {
+                let LanesFailed {
+                    error,
+                    states,
+                    prev_at,
+                    suspect,
+                } = *failed;
+                Err(self.fail(error, &states, *prev_at, suspect))
+            }
         }
     }
 
-    /// Relays the failure to the next rank on every lane (finishing a half-written
-    /// frame first so the abort header lands on a frame boundary; `states[lane]` =
-    /// (bytes owed, whether `next` is still writable)), closes every link, and
-    /// remembers the error.
-    fn fail(&mut self, error: CommError, states: &[(usize, bool)]) -> CommError {
-        let failed_rank = error.failed_peer().unwrap_or(self.rank);
+    /// Tells the other ranks who failed and breaks the communicator: the
+    /// verdict of `error` (see `verdict.rs`) goes to the next rank on every lane
+    /// (finishing a half-written frame first; `states[lane]` = (bytes owed,
+    /// whether `next` is still writable)); unless it is certain, this rank
+    /// then reads its predecessor (standing at `prev_at`) for a better one for
+    /// [`verdict::LINGER`], passing each on. Returns the verdict as an error
+    /// naming the failed rank's host and address, and remembers it.
+    fn fail(
+        &mut self,
+        error: CommError,
+        states: &[(usize, bool)],
+        prev_at: PrevAt,
+        suspect: bool,
+    ) -> CommError {
+        let mut judgement = verdict::judge(self.rank, &error, suspect);
+        let first = judgement.verdict();
         // Shared memory first: ranks that are not our neighbours learn of it there,
         // and our neighbours read it before they notice the sockets close.
         if let Some(shm) = &self.shm {
-            shm.post_abort(failed_rank);
+            shm.post_abort(first.failed, first.reporter, first.cause);
         }
-        for (lane, &(owed_bytes, next_usable)) in self.lanes.iter_mut().zip(states) {
-            if next_usable {
-                let s = &mut lane.next.stream;
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                let zeros = [0u8; 4096];
-                let mut owed = owed_bytes;
-                while owed > 0 {
-                    match s.write(&zeros[..owed.min(zeros.len())]) {
-                        Ok(n) if n > 0 => owed -= n,
-                        _ => break,
-                    }
-                }
-                if owed == 0 {
-                    let _ = s.write_all(&frame::encode_abort_header(
-                        failed_rank as u32,
-                        self.rank as u32,
-                    ));
-                }
+        let mut states: Vec<verdict::SendState> = states.to_vec();
+        states.resize(self.lanes.len(), (0, false));
+        let mut nexts = Vec::with_capacity(self.lanes.len());
+        let mut prev0 = None;
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            nexts.push(&mut lane.next);
+            if i == 0 {
+                prev0 = Some(&mut lane.prev);
             }
+        }
+        let mut tell = |v: Verdict| {
+            for (next, state) in nexts.iter_mut().zip(states.iter_mut()) {
+                verdict::send_abort(next, state, v);
+            }
+        };
+        tell(first);
+        // One host: the shared-memory abort word already reached every rank.
+        if let (true, None, Some(prev)) = (judgement.open(), &self.shm, prev0) {
+            let until = Instant::now() + verdict::LINGER;
+            verdict::linger(prev, prev_at, until, |v| {
+                let now = judgement.verdict();
+                if (v.failed, v.reporter, v.cause) != (now.failed, now.reporter, now.cause) {
+                    judgement = Judgement::Heard(v);
+                    tell(v);
+                }
+            });
         }
         for lane in &self.lanes {
             let _ = lane.next.stream.shutdown(Shutdown::Both);
             let _ = lane.prev.stream.shutdown(Shutdown::Both);
         }
+        let v = judgement.verdict();
+        let error = if v.failed == self.rank && v.reporter == self.rank {
+            // This rank's own failure: its error says what happened.
+            error
+        } else {
+            let own = match &error {
+                CommError::PeerFailed(_) => None,
+                e => {
+                    let text = e.to_string();
+                    let prefix = format!("rank {}: ", self.rank);
+                    let text = text.strip_prefix(&prefix).unwrap_or(&text);
+                    Some(if self.job_ranks.is_empty() {
+                        text.to_string()
+                    } else {
+                        format!(
+                            "in {}, whose ranks are the job's ranks {:?}: {text}",
+                            self.ring_name, self.job_ranks
+                        )
+                    })
+                }
+            };
+            CommError::PeerFailed(Box::new(PeerFailure {
+                rank: self.job_rank(self.rank),
+                failed_rank: self.job_rank(v.failed),
+                failed_host: self.host_of(v.failed),
+                failed_addr: self.addr_of(v.failed),
+                cause: v.cause,
+                reported_by: self.job_rank(v.reporter),
+                reporter_host: self.host_of(v.reporter),
+                relayed_by: self.job_rank(v.relayed_by),
+                own,
+            }))
+        };
         self.broken = Some(error.to_string());
         error
+    }
+
+    fn host_of(&self, rank: usize) -> String {
+        self.hosts.get(rank).cloned().unwrap_or_default()
+    }
+
+    fn addr_of(&self, rank: usize) -> String {
+        self.addrs
+            .get(rank)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "address unknown".into())
     }
 
     /// How many lanes a collective of `bytes` uses (the same on every rank, as

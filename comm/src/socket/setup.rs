@@ -363,6 +363,7 @@ pub(super) fn setup_shm(
                 addr: prev_addr.to_string(),
                 waiting_for: what.to_string(),
                 timeout,
+                phase: crate::error::TimeoutPhase::Rendezvous,
             },
             _ => io(prev, prev_addr)(e),
         })

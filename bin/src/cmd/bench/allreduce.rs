@@ -6,10 +6,14 @@
 //! calls; the even split over ranks), with busbw = algbw · (n−1)/n, where
 //! bytes is the whole buffer, as nccl-tests count them.
 //!
-//! The parent starts n local rank processes (this executable with `--worker`,
-//! the same variables `frugal launch` sets) for each rank count; rank 0 prints
+//! Run plainly, it starts n local rank processes for each rank count (this
+//! executable again, with the variables `frugal launch` sets); rank 0 prints
 //! one result line per size, which the parent collects and prints as a table
 //! or, with `--json`, one JSON object per (ranks, size).
+//!
+//! Started with a job's variables (under `frugal launch`, torchrun or srun:
+//! RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, or Slurm's), each process is one
+//! rank of that job instead, which may span hosts; rank 0 prints the table.
 //! Time per size: the slowest rank's mean over the timed iterations, after warm-up.
 //! `cpu_ms` is the busiest rank's CPU time (user + system) per iteration: on an
 //! oversubscribed machine time_ms ≫ cpu_ms, and the figures say more about the
@@ -18,7 +22,7 @@
 use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
 use crate::error::CliError;
 use crate::flags::text;
-use frugal_comm::{Communicator, Rendezvous, SameHost, SocketComm, SocketOptions};
+use frugal_comm::{Algorithm, Communicator, Rendezvous, SameHost, SocketOptions};
 use std::time::Instant;
 
 /// What `frugal bench allreduce --help` says first.
@@ -28,8 +32,23 @@ pub const ABOUT: &str =
 
 /// What `frugal bench allreduce --help` says last.
 pub const DELAY_NOTE: &str = "\
+Across hosts: start it as one rank per process of a job, as for 'train': under
+'frugal launch --nnodes M --node-rank R --master HOST:PORT --job-token T -- bench allreduce',
+torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or srun (SLURM_PROCID, SLURM_NTASKS,
+SLURM_NODELIST). Each process is then one rank of that job (--ranks is not used) and rank 0
+prints the table, e.g. on two hosts:
+  frugal launch --nproc 1 --nnodes 2 --node-rank 0 --master 10.0.0.1:29500 --job-token s3cret \\
+      -- bench allreduce --sizes 1M,64M --comm-timeout 10
+  (and --node-rank 1 on the other host)
+--comm-timeout wins over FRUGAL_COMM_TIMEOUT (default 60 s); a rank that waits longer on a
+peer fails naming it.
+
 With FRUGAL_BENCH_DELAY=1 each rank also prints, per size, how long its main thread
 waited runnable for a CPU (Linux schedstat): on a loaded machine, most of time_ms.";
+
+/// Set by the parent for the local ranks it starts: they print tagged result
+/// lines for the parent instead of a table.
+const CHILD_ENV: &str = "FRUGAL_BENCH_ALLREDUCE_CHILD";
 
 /// `frugal bench allreduce`'s flags.
 #[derive(Debug, clap::Args)]
@@ -67,9 +86,18 @@ pub struct AllreduceFlags {
     /// op, same_host
     #[arg(long)]
     json: bool,
-    /// run as one rank of the measurement (what the parent starts)
-    #[arg(long, hide = true)]
-    worker: bool,
+    /// the all-reduce when hosts run several ranks: auto (hierarchical when some
+    /// host runs more than one rank and there are several hosts), flat (one ring
+    /// over every rank) or hierarchical (within each host over shared memory,
+    /// then a ring of one leader per host, then a broadcast within the host);
+    /// wins over FRUGAL_ALLREDUCE
+    #[arg(long, value_name = "ALGO", value_parser = text::<String>())]
+    algo: Option<String>,
+    /// seconds a rank waits for the others (joining, and for no progress in a
+    /// collective) before failing naming the silent rank; wins over
+    /// FRUGAL_COMM_TIMEOUT (default 60)
+    #[arg(long, value_name = "SECONDS", value_parser = text::<String>())]
+    comm_timeout: Option<String>,
 }
 
 const RESULT_TAG: &str = "allreduce-result";
@@ -113,7 +141,11 @@ impl Op {
     }
 
     /// One call on `buf` (the even split over ranks).
-    fn run(self, comm: &mut SocketComm, buf: &mut [f32]) -> Result<(), frugal_comm::CommError> {
+    fn run(
+        self,
+        comm: &mut dyn Communicator,
+        buf: &mut [f32],
+    ) -> Result<(), frugal_comm::CommError> {
         match self {
             Op::AllReduce => comm.all_reduce_sum_f32(buf),
             Op::ReduceScatter => comm.reduce_scatter_sum_f32(buf).map(|_| ()),
@@ -171,7 +203,8 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         same_host,
         op: op_name,
         json,
-        worker,
+        algo,
+        comm_timeout,
     } = flags;
     let usage = |m: String| super::shared::usage("bench allreduce", m);
     let ranks: Vec<usize> = parse_list(&ranks, |p| {
@@ -202,25 +235,35 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         return Err(usage("--iters must be at least 1".into()));
     }
     let op = Op::parse(&op_name).map_err(usage)?;
-    if worker {
-        return run_worker(
-            op,
-            &sizes,
-            iters,
-            SocketOptions {
-                slice_bytes: slice,
-                socket_buffer_bytes: sockbuf,
-                lanes,
-                same_host: same_host_mode,
-                shm_slot_bytes: shm_slot,
-            },
-        );
+    let timeout = match comm_timeout.as_deref() {
+        None => None,
+        Some(t) => Some(
+            frugal_comm::rendezvous::parse_timeout(t)
+                .map_err(|e| usage(format!("--comm-timeout: {e}")))?,
+        ),
+    };
+    let algorithm = match algo.as_deref() {
+        Some(a) => Algorithm::parse(a).map_err(|e| usage(format!("--algo: {e}")))?,
+        None => Algorithm::from_env().map_err(|e| usage(e.to_string()))?,
+    };
+    let child = std::env::var_os(CHILD_ENV).is_some();
+    if child || crate::train::sync::launched_as_job() {
+        let report = if child {
+            Report::Tagged
+        } else {
+            Report::Table { json }
+        };
+        let options = SocketOptions {
+            slice_bytes: slice,
+            socket_buffer_bytes: sockbuf,
+            lanes,
+            same_host: same_host_mode,
+            shm_slot_bytes: shm_slot,
+        };
+        return run_rank(op, &sizes, iters, options, (timeout, algorithm), report);
     }
     if !json {
-        println!(
-            "{:>5} {:>10} {:>7} {:>12} {:>12} {:>12} {:>10}",
-            "ranks", "size", "iters", "time_ms", "algbw_GB/s", "busbw_GB/s", "cpu_ms"
-        );
+        print_table_header();
     }
     for &n in &ranks {
         let port = free_port().map_err(|e| CliError::Bench {
@@ -229,7 +272,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             source: Box::new(e),
         })?;
         let token = random_token();
-        let mut child = vec!["bench".to_string(), "allreduce".into(), "--worker".into()];
+        let mut child = vec!["bench".to_string(), "allreduce".into()];
         child.extend([
             "--sizes".into(),
             sizes
@@ -255,6 +298,12 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         if let Some(i) = iters {
             child.extend(["--iters".into(), i.to_string()]);
         }
+        if let Some(t) = timeout {
+            child.extend(["--comm-timeout".into(), t.as_secs_f64().to_string()]);
+        }
+        if let Some(a) = &algo {
+            child.extend(["--algo".into(), a.clone()]);
+        }
         let env = move |local: usize| {
             vec![
                 ("RANK".to_string(), local.to_string()),
@@ -266,6 +315,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
                     frugal_comm::rendezvous::TOKEN_ENV.to_string(),
                     token.clone(),
                 ),
+                (CHILD_ENV.to_string(), "1".to_string()),
             ]
         };
         let set = RankSet {
@@ -291,27 +341,59 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             let [bytes, iters, ms, cpu_ms] = f[..] else {
                 continue;
             };
-            let algbw = bytes / (ms * 1e-3) / 1e9;
-            let busbw = algbw * op.bus_factor(n);
-            if json {
-                println!(
-                    "{{\"bytes\": {}, \"ranks\": {n}, \"iters\": {}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}, \"op\": \"{}\", \"same_host\": \"{same_host}\"}}",
-                    bytes as u64, iters as u64, op.name()
-                );
-            } else {
-                println!(
-                    "{n:>5} {:>10} {:>7} {ms:>12.4} {algbw:>12.3} {busbw:>12.3} {cpu_ms:>10.4}",
-                    human(bytes as usize),
-                    iters as u64
-                );
-            }
+            print_row(op, n, bytes as usize, iters as usize, (ms, cpu_ms), (&same_host, json));
         }
     }
     Ok(())
 }
 
+fn print_table_header() {
+    println!(
+        "{:>5} {:>10} {:>7} {:>12} {:>12} {:>12} {:>10}",
+        "ranks", "size", "iters", "time_ms", "algbw_GB/s", "busbw_GB/s", "cpu_ms"
+    );
+}
+
+/// One result: a table row, or with `json` one JSON object.
+/// One row of the table (or one JSON line); `same_host` is the --same-host transport
+/// ("shm", "unix" or "tcp"), so `plan --calibrate` can model the path that was timed.
+fn print_row(
+    op: Op,
+    n: usize,
+    bytes: usize,
+    iters: usize,
+    (ms, cpu_ms): (f64, f64),
+    (same_host, json): (&str, bool),
+) {
+    let algbw = bytes as f64 / (ms * 1e-3) / 1e9;
+    let busbw = algbw * op.bus_factor(n);
+    if json {
+        println!(
+            "{{\"bytes\": {bytes}, \"ranks\": {n}, \"iters\": {iters}, \"time_ms\": {ms:.6}, \"algbw_GBps\": {algbw:.4}, \"busbw_GBps\": {busbw:.4}, \"cpu_ms\": {cpu_ms:.6}, \"op\": \"{}\", \"same_host\": \"{same_host}\"}}",
+            op.name()
+        );
+    } else {
+        println!(
+            "{n:>5} {:>10} {iters:>7} {ms:>12.4} {algbw:>12.3} {busbw:>12.3} {cpu_ms:>10.4}",
+            human(bytes)
+        );
+    }
+}
+
+/// How rank 0 reports: tagged lines for the parent that started it, or the
+/// table itself when it is one rank of an externally launched job.
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    Tagged,
+    Table { json: bool },
+}
+
 /// The largest `x` over ranks: an all-gather of one value per rank.
-fn max_over_ranks(comm: &mut SocketComm, scratch: &mut [f32], x: f64) -> Result<f64, CliError> {
+fn max_over_ranks(
+    comm: &mut dyn Communicator,
+    scratch: &mut [f32],
+    x: f64,
+) -> Result<f64, CliError> {
     scratch.iter_mut().for_each(|v| *v = 0.0);
     scratch[comm.rank()] = x as f32;
     comm.all_gather_f32(scratch)?;
@@ -343,14 +425,25 @@ fn run_delay_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One rank: time each size, print rank 0's line for the parent.
-fn run_worker(
+/// One rank: time each size; rank 0 reports as `report` says.
+/// The --same-host value that selects `mode`.
+fn same_host_name(mode: SameHost) -> &'static str {
+    match mode {
+        SameHost::SharedMemory => "shm",
+        SameHost::UnixSocket => "unix",
+        SameHost::Tcp => "tcp",
+    }
+}
+
+fn run_rank(
     op: Op,
     sizes: &[usize],
     iters: Option<usize>,
     options: SocketOptions,
+    (timeout, algorithm): (Option<std::time::Duration>, Algorithm),
+    report: Report,
 ) -> Result<(), CliError> {
-    let rv = Rendezvous::from_env(None)?;
+    let rv = Rendezvous::from_env_timeout(None, timeout)?;
     // Fault injection for the launch tests: this rank fails at once.
     if std::env::var("FRUGAL_BENCH_FAIL_RANK")
         .ok()
@@ -359,21 +452,33 @@ fn run_worker(
     {
         return Err(CliError::FailingOnPurpose { rank: rv.rank });
     }
-    let mut comm = SocketComm::connect(&rv, options)?;
+    let (mut comm, hierarchical) = frugal_comm::hier::connect(&rv, options, algorithm)?;
+    let comm = comm.as_mut();
+    if comm.rank() == 0 {
+        eprintln!(
+            "bench allreduce: rank 0 of {}, comm timeout {} s, {} all-reduce",
+            comm.world(),
+            rv.timeout.as_secs_f64(),
+            if hierarchical { "hierarchical" } else { "flat" }
+        );
+        if let Report::Table { json: false } = report {
+            print_table_header();
+        }
+    }
     let mut times = vec![0.0f32; comm.world()];
     for &bytes in sizes {
         let mut buf = vec![1e-7f32; bytes / 4];
         let iters = iters.unwrap_or_else(|| default_iters(bytes));
         let warmup = (iters / 10).clamp(1, 20);
         for _ in 0..warmup {
-            op.run(&mut comm, &mut buf)?;
+            op.run(comm, &mut buf)?;
         }
         comm.barrier()?;
         let t = Instant::now();
         let cpu = cpu_seconds();
         let delay = run_delay_seconds();
         for _ in 0..iters {
-            op.run(&mut comm, &mut buf)?;
+            op.run(comm, &mut buf)?;
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
         let cpu_ms = (cpu_seconds() - cpu) * 1e3 / iters as f64;
@@ -383,14 +488,26 @@ fn run_worker(
         }
         // The slowest rank's time: gather everyone's, one element each.
         let (slowest, busiest) = (
-            max_over_ranks(&mut comm, &mut times, ms)?,
-            max_over_ranks(&mut comm, &mut times, cpu_ms)?,
+            max_over_ranks(comm, &mut times, ms)?,
+            max_over_ranks(comm, &mut times, cpu_ms)?,
         );
         if comm.rank() == 0 {
-            println!(
-                "{RESULT_TAG} {} {iters} {slowest:.6} {busiest:.6}",
-                (bytes / 4) * 4
-            );
+            let bytes = (bytes / 4) * 4;
+            match report {
+                Report::Tagged => {
+                    println!("{RESULT_TAG} {bytes} {iters} {slowest:.6} {busiest:.6}")
+                }
+                Report::Table { json } => {
+                    print_row(
+                        op,
+                        comm.world(),
+                        bytes,
+                        iters,
+                        (slowest, busiest),
+                        (same_host_name(options.same_host), json),
+                    );
+                }
+            }
         }
     }
     comm.barrier()?;
