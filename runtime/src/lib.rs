@@ -27,6 +27,7 @@
 
 pub mod arena;
 pub mod buffer;
+pub mod collective;
 pub mod device;
 pub mod dylib;
 pub mod error;
