@@ -94,10 +94,12 @@
 //! (options, link, setup, ring, event_loop).
 
 pub mod ddp;
+pub mod device_reduce;
 pub mod error;
 pub mod frame;
 mod handshake;
 pub mod nccl;
+mod nccl_device;
 pub mod nodelist;
 pub mod ops;
 pub mod rendezvous;
@@ -107,6 +109,7 @@ pub mod socket;
 mod wait;
 
 pub use ddp::{CommStats, Ddp, Reduce, Ticket, DEFAULT_BUCKET_BYTES};
+pub use device_reduce::{HostRingCollective, NcclDeviceCollective};
 pub use error::{CommError, FrameProblem, Refusal};
 pub use nccl::NcclComm;
 pub use nodelist::parse_nodelist;

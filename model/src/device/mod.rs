@@ -106,6 +106,7 @@ mod graphs;
 mod overlap;
 mod place;
 pub mod program;
+mod reduce;
 mod runner;
 mod shard_step;
 pub mod sharding;
@@ -293,6 +294,8 @@ pub struct DeviceModel {
     grad_copies: overlap::GradCopies,
     /// The fixed launches' graphs ([`DeviceModel::set_graphs`]).
     graphs: graphs::StepGraphs,
+    /// The device collective and its step's state ([`DeviceModel::set_collective`]).
+    reduce: reduce::DeviceReduce,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -530,6 +533,7 @@ impl DeviceModel {
             overlap: true,
             grad_copies: overlap::GradCopies::default(),
             graphs: graphs::StepGraphs::default(),
+            reduce: reduce::DeviceReduce::default(),
         };
         model.set_graphs(GraphMode::Auto);
         model.upload_tables()?;
@@ -965,7 +969,9 @@ impl DeviceModel {
         let (partials, grads) = (self.addr(ids.norm_partials), self.addr(ids.grads));
         let launch =
             adamw::grad_norm_partial(grads, p, partials).map_err(kernel_err("gradient norm"))?;
+        self.order_after_reductions()?;
         self.launch_all("gradient norm", &[launch])?;
+        self.await_reductions()?;
         self.finish_and_update(lr, max_norm)
     }
 

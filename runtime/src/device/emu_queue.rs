@@ -457,8 +457,9 @@ impl EmuInner {
         Self::take_error(q)
     }
 
-    /// Flushes, unless the compute stream is capturing: then a synchronous copy or launch
-    /// is refused, as on CUDA.
+    /// Runs the queued work a synchronous copy or launch is ordered after (all of it but
+    /// collectives' pending write-backs and what follows them on their stream), unless
+    /// the compute stream is capturing: then it is refused, as on CUDA.
     pub(crate) fn flush_for(&self, what: &str) -> Result<(), RuntimeError> {
         let mut q = self.lock_queues();
         if q.capturing() {
@@ -469,7 +470,20 @@ impl EmuInner {
                 ),
             });
         }
-        self.flush_locked(&mut q)
+        // A synchronous copy is ordered after the compute stream's work (and, here, the
+        // copy stream's), not after collectives nobody waited for: CUDA's synchronous
+        // copies do not wait for other non-blocking streams either. So a read of a range
+        // a pending collective will write back sees the bytes from before it.
+        for stream in KINDS {
+            let s = index(stream);
+            while let Some(head) = q.streams[s].front() {
+                if matches!(head, Work::WriteBack { .. }) {
+                    break;
+                }
+                self.step_stream(&mut q, s, 0)?;
+            }
+        }
+        Self::take_error(&mut q)
     }
 
     pub(crate) fn queue_launch(
