@@ -3,10 +3,17 @@
 //! in place on the emulated comm stream (`HostRingCollective`, the code path NCCL takes
 //! on `cuda`), and training gives the bits of the host-staged path (the DDP engine) and
 //! of one process at the same global batch. A peer that dies mid-step makes the other
-//! rank fail naming it, within the timeout.
+//! rank fail naming it, within the timeout. End to end, `frugal launch` of 2 emu ranks
+//! with `FRUGAL_DEVICE_COLLECTIVE=1` trains the bits of the host-staged run.
 
 use std::ops::Range;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use frugal_model::checkpoint::Checkpoint;
+
+mod common;
+use common::*;
 
 use frugal_comm::{
     Communicator, Ddp, HostRingCollective, Reduce, Rendezvous, Shards, SocketComm, SocketOptions,
@@ -190,5 +197,96 @@ fn a_peer_dying_mid_step_fails_the_other_rank_naming_it_within_the_timeout() {
         start.elapsed() < Duration::from_secs(30),
         "{:?}",
         start.elapsed()
+    );
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_frugal");
+
+/// The smallest model the device kernels run (head size 64).
+const SMALL: &[&str] = &[
+    "--layers", "1", "--hidden", "128", "--heads", "2", "--ffn", "256", "--seq", "32", "--batch",
+    "2",
+];
+
+fn launch(force: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["launch", "--nproc", "2", "--", "train", "--device", "emu"])
+        .args(SMALL)
+        .args(args)
+        .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
+        .env_remove("FRUGAL_JOB_TOKEN")
+        .env("FRUGAL_COMM_TIMEOUT", "120")
+        .env("FRUGAL_EMU_MEMORY_GIB", "16")
+        .env("FRUGAL_DEVICE_COLLECTIVE", force)
+        .output()
+        .expect("run frugal launch")
+}
+
+#[test]
+fn launched_emu_ranks_forced_onto_the_device_path_train_the_host_paths_bits() {
+    let dir = scratch_in("device-collective", "launch");
+    let mut runs = Vec::new();
+    for force in ["0", "1"] {
+        let out = dir.join(format!("force-{force}"));
+        let metrics = dir.join(format!("force-{force}.jsonl"));
+        let o = launch(
+            force,
+            &[
+                "--steps",
+                "2",
+                "--val-every",
+                "0",
+                "--ckpt-every",
+                "2",
+                "--bucket-mb",
+                "0.1",
+                "--out",
+                out.to_str().unwrap(),
+                "--metrics",
+                metrics.to_str().unwrap(),
+            ],
+        );
+        assert_ok(&o);
+        let steps: Vec<_> = metrics_lines(&metrics)
+            .into_iter()
+            .filter(|l| l.contains_key("loss"))
+            .collect();
+        // The host engine sends gradients only on the host-staged path (the device
+        // path's bytes are not counted in comm_sent_bytes).
+        let sent: u64 = steps
+            .iter()
+            .map(|l| l["comm_sent_bytes"].parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(
+            sent == 0,
+            force == "1",
+            "comm_sent_bytes {sent} with force {force}"
+        );
+        let norms: Vec<String> = steps.iter().map(|l| l["grad_norm"].clone()).collect();
+        runs.push((
+            (losses(&metrics), norms),
+            params_bits(&out.join(Checkpoint::file_name(2))),
+        ));
+    }
+    assert_eq!(runs[0].0 .0.len(), 2, "{:?}", runs[0].0);
+    assert_eq!(runs[0].0, runs[1].0, "losses or norms differ");
+    assert!(runs[0].1 == runs[1].1, "weights differ");
+}
+
+#[test]
+fn a_bad_force_value_or_a_sharded_forced_run_is_a_usage_error() {
+    // The ranks exit 2 (usage); `launch` reports that and fails.
+    let o = launch("yes", &["--steps", "1"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("exit status 2") && err.contains("FRUGAL_DEVICE_COLLECTIVE=\"yes\""),
+        "{err}"
+    );
+    let o = launch("1", &["--steps", "1", "--shard", "grad-op"]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("exit status 2") && err.contains("--shard none"),
+        "{err}"
     );
 }

@@ -125,4 +125,15 @@ pub trait StepBackend {
 
     /// The device, for the profiler window (the CPU device never captures).
     fn device(&self) -> &Device;
+
+    /// Takes the collective that averages the gradients on the device from now on
+    /// ([`super::device_sync`]); false (the collective dropped) for a backend whose
+    /// gradients are not on a device.
+    fn attach_collective(
+        &mut self,
+        collective: Box<dyn frugal_runtime::collective::DeviceCollective>,
+    ) -> bool {
+        drop(collective);
+        false
+    }
 }
