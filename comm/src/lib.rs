@@ -87,7 +87,9 @@
 //! # Layout
 //!
 //! Each module uses only modules to its left (no cycles):
-//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`.
+//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- nccl <- ddp`;
+//! `nccl_device` and `device_reduce` (the runtime's `DeviceCollective`: NCCL on the
+//! device's comm stream, the host ring on the emulator's) use `nccl` and `ops`.
 //! `wait` bounds every wait on a peer (poll, connect, accept, read, write, the
 //! timeouts); `handshake` is the one accept-by-identity, used by rank 0's
 //! rendezvous and by every ring listener; `socket/` is the ring in rooms

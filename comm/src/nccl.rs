@@ -10,7 +10,9 @@
 //!
 //! The [`Communicator`] methods take host slices (copy in, reduce on the
 //! device, copy out) so the trait is the same as the socket ring's; the
-//! device-side entry point is [`NcclComm::all_reduce_device_f32`].
+//! device-side entry point is [`NcclComm::all_reduce_device_f32`] (on NCCL's own
+//! stream); the training step's in-place gradient average on the runtime's comm
+//! stream is [`crate::NcclDeviceCollective`].
 //!
 //! Chunks: NCCL's own reduce-scatter and all-gather need equal chunks, and
 //! frugal's differ (by one element for the even split, arbitrarily for a

@@ -14,7 +14,6 @@ use frugal_runtime::RuntimeError;
 use crate::error::CommError;
 use crate::nccl::{check_available, exchange_id, nccl_err};
 use crate::rendezvous::Rendezvous;
-use crate::wait::DEFAULT_TIMEOUT;
 
 /// A raw `ncclComm_t` used on the device's comm stream (see the module docs).
 pub struct NcclDeviceCollective {
@@ -32,16 +31,13 @@ unsafe impl Send for NcclDeviceCollective {}
 impl NcclDeviceCollective {
     /// Joins the job's NCCL communicator on `device` (a `cuda` device; its context is
     /// made current): rank 0's unique id through the rendezvous, then
-    /// `ncclCommInitRank`. `timeout` bounds every host wait on a collective.
+    /// `ncclCommInitRank`. The rendezvous's timeout (`FRUGAL_COMM_TIMEOUT`) bounds
+    /// every host wait on a collective.
     ///
     /// # Errors
     /// [`CommError::NcclUnavailable`] without the libraries; the device is not `cuda`;
     /// rendezvous and NCCL errors.
-    pub fn connect(
-        rv: &Rendezvous,
-        device: &Device,
-        timeout: Option<Duration>,
-    ) -> Result<Self, CommError> {
+    pub fn connect(rv: &Rendezvous, device: &Device) -> Result<Self, CommError> {
         check_available()?;
         let rank = rv.rank;
         // Makes the device's context current: NCCL binds the communicator to it.
@@ -66,7 +62,7 @@ impl NcclDeviceCollective {
             comm,
             rank,
             world: rv.world,
-            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout: rv.timeout,
             aborted: None,
         })
     }

@@ -90,7 +90,7 @@ pub fn attach(
         .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
     let context = "joining the job for gradients averaged on the device";
     let collective: Box<dyn DeviceCollective> = if nccl {
-        Box::new(NcclDeviceCollective::connect(&rv, device, None).context(context)?)
+        Box::new(NcclDeviceCollective::connect(&rv, device).context(context)?)
     } else {
         let comm = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
         // The host DDP's partition: each element summed from the same owner, same bits.

@@ -62,7 +62,10 @@
 //! the next layers' backward runs; the callback gets the ranges in the order they finished,
 //! polled between launches and drained before the pass returns ([`overlap`];
 //! [`DeviceModel::set_overlap`] turns it off for the synchronous copy). The same bits
-//! either way.
+//! either way. With a [`frugal_runtime::collective::DeviceCollective`]
+//! ([`DeviceModel::forward_backward_reduced`]), each range is instead averaged over the
+//! ranks in place on the comm stream after its event, and the optimizer waits for the
+//! last one (`reduce.rs`).
 //!
 //! # Graphs
 //! `--cuda-graphs` ([`GraphMode`], [`DeviceModel::set_graphs`]): the runs of fixed launches
@@ -97,6 +100,7 @@
 //! kernels read are the unsharded step's bytes, so the step trains the same bits.
 //!
 //! Rooms: `program/` (the step's ops and buffers), `overlap.rs` (the gradient copies),
+//! `reduce.rs` (the gradients averaged on the device),
 //! `graphs.rs` (capture and replay), `sharding.rs` (the shard arithmetic the
 //! plan and the step share), `shard_step.rs` (the sharded side of [`DeviceModel`]: shard,
 //! weights by range, gathered and awaited passes, the optimizer step from all ranks' norm
