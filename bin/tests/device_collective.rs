@@ -225,7 +225,7 @@ fn launch(force: &str, args: &[&str]) -> Output {
 #[test]
 fn launched_emu_ranks_forced_onto_the_device_path_train_the_host_paths_bits() {
     let dir = scratch_in("device-collective", "launch");
-    let mut runs = Vec::new();
+    let (mut runs, mut runs_sent) = (Vec::new(), Vec::new());
     for force in ["0", "1"] {
         let out = dir.join(format!("force-{force}"));
         let metrics = dir.join(format!("force-{force}.jsonl"));
@@ -251,17 +251,12 @@ fn launched_emu_ranks_forced_onto_the_device_path_train_the_host_paths_bits() {
             .into_iter()
             .filter(|l| l.contains_key("loss"))
             .collect();
-        // The host engine sends gradients only on the host-staged path (the device
-        // path's bytes are not counted in comm_sent_bytes).
-        let sent: u64 = steps
+        // Both paths count the gradient bytes they send as the ring sends them.
+        let sent: Vec<u64> = steps
             .iter()
-            .map(|l| l["comm_sent_bytes"].parse::<u64>().unwrap())
-            .sum();
-        assert_eq!(
-            sent == 0,
-            force == "1",
-            "comm_sent_bytes {sent} with force {force}"
-        );
+            .map(|l| l["comm_sent_bytes"].parse().unwrap())
+            .collect();
+        runs_sent.push(sent);
         let norms: Vec<String> = steps.iter().map(|l| l["grad_norm"].clone()).collect();
         runs.push((
             (losses(&metrics), norms),
@@ -271,6 +266,8 @@ fn launched_emu_ranks_forced_onto_the_device_path_train_the_host_paths_bits() {
     assert_eq!(runs[0].0 .0.len(), 2, "{:?}", runs[0].0);
     assert_eq!(runs[0].0, runs[1].0, "losses or norms differ");
     assert!(runs[0].1 == runs[1].1, "weights differ");
+    assert!(runs_sent[0].iter().all(|&b| b > 0), "{runs_sent:?}");
+    assert_eq!(runs_sent[0], runs_sent[1], "bytes sent");
 }
 
 #[test]

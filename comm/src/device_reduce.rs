@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::collective::DeviceCollective;
+use frugal_runtime::collective::{ring_all_reduce_sent, CollectiveCounts, DeviceCollective};
 use frugal_runtime::device::Device;
 use frugal_runtime::stream::{Event, StreamKind};
 use frugal_runtime::RuntimeError;
@@ -39,6 +39,7 @@ pub struct HostRingCollective {
     rank: usize,
     world: usize,
     timeout: Duration,
+    counts: CollectiveCounts,
 }
 
 impl HostRingCollective {
@@ -65,6 +66,7 @@ impl HostRingCollective {
             rank,
             world,
             timeout,
+            counts: CollectiveCounts::default(),
         })
     }
 }
@@ -92,6 +94,10 @@ impl DeviceCollective for HostRingCollective {
     ) -> Result<Event, RuntimeError> {
         let what = label(&elems);
         let bounds = self.shards.bounds_in(elems.clone());
+        let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += elems.len() * 4;
+        self.counts.sent_bytes += ring_all_reduce_sent(&chunks, self.rank, 4);
         let comm = self.comm.clone();
         let (rank, w) = (self.rank, self.world as f32);
         device.wait(StreamKind::Comm, after)?;
@@ -135,6 +141,10 @@ impl DeviceCollective for HostRingCollective {
             },
             other => other,
         })
+    }
+
+    fn take_counts(&mut self) -> CollectiveCounts {
+        std::mem::take(&mut self.counts)
     }
 }
 

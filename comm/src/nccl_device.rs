@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::nccl::{result, sys};
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::collective::DeviceCollective;
+use frugal_runtime::collective::{ring_all_reduce_sent, CollectiveCounts, DeviceCollective};
 use frugal_runtime::device::Device;
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::stream::{Event, StreamKind};
@@ -23,6 +23,7 @@ pub struct NcclDeviceCollective {
     timeout: Duration,
     /// Set once aborted: later calls fail instead of touching a dead communicator.
     aborted: Option<String>,
+    counts: CollectiveCounts,
 }
 
 // SAFETY: the handle is used by one caller at a time (`&mut self`), as NCCL allows.
@@ -64,6 +65,7 @@ impl NcclDeviceCollective {
             world: rv.world,
             timeout: rv.timeout,
             aborted: None,
+            counts: CollectiveCounts::default(),
         })
     }
 
@@ -183,7 +185,18 @@ impl DeviceCollective for NcclDeviceCollective {
                 Arg::F32(1.0 / self.world as f32),
             ],
         )?;
+        // As a ring over even chunks would send them (NCCL picks its own algorithm).
+        let chunks: Vec<usize> = (0..self.world)
+            .map(|c| crate::ops::chunk_range(len, self.world, c).len())
+            .collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += len * 4;
+        self.counts.sent_bytes += ring_all_reduce_sent(&chunks, self.rank, 4);
         device.record(StreamKind::Comm, &what)
+    }
+
+    fn take_counts(&mut self) -> CollectiveCounts {
+        std::mem::take(&mut self.counts)
     }
 
     fn wait(&mut self, _device: &Device, event: &Event) -> Result<(), RuntimeError> {

@@ -14,7 +14,7 @@ use common::*;
 use frugal_model::config::ParamLayout;
 use frugal_model::device::{Attention, DeviceModel};
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::collective::DeviceCollective;
+use frugal_runtime::collective::{CollectiveCounts, DeviceCollective};
 use frugal_runtime::device::Device;
 use frugal_runtime::stream::{Event, StreamKind};
 use frugal_runtime::RuntimeError;
@@ -79,6 +79,9 @@ impl DeviceCollective for Halve {
     }
     fn wait(&mut self, _device: &Device, event: &Event) -> Result<(), RuntimeError> {
         event.synchronize(std::time::Duration::from_secs(60))
+    }
+    fn take_counts(&mut self) -> CollectiveCounts {
+        CollectiveCounts::default()
     }
 }
 

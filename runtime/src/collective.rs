@@ -28,6 +28,19 @@ use crate::stream::{Event, StreamKind};
 /// synchronisation as [`RuntimeError::Collective`].
 pub type InPlaceOp = Box<dyn FnOnce(&mut [u8]) -> Result<(), String> + Send>;
 
+/// What a [`DeviceCollective`] queued since it was last asked ([`DeviceCollective::take_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CollectiveCounts {
+    /// Collectives queued.
+    pub collectives: usize,
+    /// Bytes of the vector they reduce.
+    pub bytes: usize,
+    /// Bytes this rank sends for them, as a ring sends them (reduce-scatter: all but its
+    /// own chunk; all-gather: all but chunk rank+1's); NCCL's own algorithm may send
+    /// otherwise.
+    pub sent_bytes: usize,
+}
+
 /// Reduces ranges of a device f32 vector over the ranks of a job, in place, on the
 /// device's comm stream. Every rank must make the same calls in the same order.
 pub trait DeviceCollective: Send {
@@ -62,6 +75,21 @@ pub trait DeviceCollective: Send {
     /// # Errors
     /// [`RuntimeError::Collective`] (failure or timeout); device errors.
     fn wait(&mut self, device: &Device, event: &Event) -> Result<(), RuntimeError>;
+
+    /// What was queued since the last call (then zero again).
+    fn take_counts(&mut self) -> CollectiveCounts;
+}
+
+/// [`CollectiveCounts::sent_bytes`] of one all-reduce of `chunks` (chunk `c` reduced on
+/// rank `c`; element counts) by `rank`, `elem_bytes` bytes an element.
+pub fn ring_all_reduce_sent(chunks: &[usize], rank: usize, elem_bytes: usize) -> usize {
+    let total: usize = chunks.iter().sum();
+    if chunks.len() < 2 {
+        return 0;
+    }
+    let own = chunks.get(rank).copied().unwrap_or(0);
+    let next = chunks.get((rank + 1) % chunks.len()).copied().unwrap_or(0);
+    (2 * total - own - next) * elem_bytes
 }
 
 impl Device {

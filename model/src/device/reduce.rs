@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use frugal_runtime::collective::DeviceCollective;
+use frugal_runtime::collective::{CollectiveCounts, DeviceCollective};
 use frugal_runtime::stream::{Event, StreamKind};
 
 use super::{device_err, DeviceModel, Step};
@@ -44,6 +44,15 @@ impl DeviceModel {
     pub fn set_collective(&mut self, collective: Option<Box<dyn DeviceCollective>>) {
         self.reduce.collective = collective;
         self.reduce.last = None;
+    }
+
+    /// What the collective queued since the last call (zero without one).
+    pub fn take_collective_counts(&mut self) -> CollectiveCounts {
+        self.reduce
+            .collective
+            .as_mut()
+            .map(|c| c.take_counts())
+            .unwrap_or_default()
     }
 
     /// Whether a collective is set.

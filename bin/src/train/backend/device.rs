@@ -355,8 +355,16 @@ impl StepBackend for DeviceStep {
             return sync.step(&mut [], loss);
         }
         if std::mem::take(&mut self.reduced_on_device) {
-            // Averaged on the device; the optimizer step waits for it.
-            return sync.step_loss_only(loss);
+            // Averaged on the device; the optimizer step waits for it (so the
+            // host's wait for it is in the step's time, not in comm_wait_ms).
+            let c = self.model.take_collective_counts();
+            let stats = CommStats {
+                bytes: c.bytes,
+                sent_bytes: c.sent_bytes,
+                buckets: c.collectives,
+                ..CommStats::default()
+            };
+            return sync.step_loss_only(loss, stats);
         }
         self.staged.resize(self.n_params, 0.0);
         // The all-reduce takes what backward did not hand over from the host
