@@ -17,6 +17,7 @@
 use std::ops::Range;
 
 use frugal_runtime::collective::{CollectiveCounts, DeviceCollective};
+use frugal_runtime::nvtx;
 use frugal_runtime::stream::{Event, StreamKind};
 
 use super::{device_err, DeviceModel, Step};
@@ -122,6 +123,8 @@ impl DeviceModel {
         let Some(c) = self.reduce.collective.as_mut() else {
             return Ok(());
         };
+        // The host side of the hand-over, next to the comm-stream work in Nsight.
+        let _range = nvtx::enabled().then(|| nvtx::range(&what));
         let done = c
             .all_reduce_mean_f32(&self.device, &self.arena.buffer, byte, r, &written)
             .map_err(device_err(what))?;
