@@ -87,18 +87,22 @@
 //! # Layout
 //!
 //! Each module uses only modules to its left (no cycles):
-//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- hier <- nccl <- ddp`.
+//! `error <- wait <- ops <- shard <- frame <- nodelist <- handshake <- rendezvous <- shm <- socket <- hier <- nccl <- ddp`;
+//! `nccl_device` and `device_reduce` (the runtime's `DeviceCollective`: NCCL on the
+//! device's comm stream, the host ring on the emulator's) use `nccl` and `ops`.
 //! `wait` bounds every wait on a peer (poll, connect, accept, read, write, the
 //! timeouts); `handshake` is the one accept-by-identity, used by rank 0's
 //! rendezvous and by every ring listener; `socket/` is the ring in rooms
 //! (options, link, setup, ring, event_loop).
 
 pub mod ddp;
+pub mod device_reduce;
 pub mod error;
 pub mod frame;
 mod handshake;
 pub mod hier;
 pub mod nccl;
+mod nccl_device;
 pub mod nodelist;
 pub mod ops;
 pub mod rendezvous;
@@ -108,6 +112,7 @@ pub mod socket;
 mod wait;
 
 pub use ddp::{CommStats, Ddp, Reduce, Ticket, DEFAULT_BUCKET_BYTES};
+pub use device_reduce::{HostRingCollective, NcclDeviceCollective};
 pub use error::{AbortCause, CommError, FrameProblem, PeerFailure, Refusal, TimeoutPhase};
 pub use hier::{Algorithm, HierComm, ALGORITHM_ENV};
 pub use nccl::NcclComm;

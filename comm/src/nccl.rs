@@ -10,7 +10,9 @@
 //!
 //! The [`Communicator`] methods take host slices (copy in, reduce on the
 //! device, copy out) so the trait is the same as the socket ring's; the
-//! device-side entry point is [`NcclComm::all_reduce_device_f32`].
+//! device-side entry point is [`NcclComm::all_reduce_device_f32`] (on NCCL's own
+//! stream); the training step's in-place gradient average on the runtime's comm
+//! stream is [`crate::NcclDeviceCollective`].
 //!
 //! Chunks: NCCL's own reduce-scatter and all-gather need equal chunks, and
 //! frugal's differ (by one element for the even split, arbitrarily for a
@@ -125,7 +127,7 @@ pub struct NcclComm {
     host: Vec<f32>,
 }
 
-fn nccl_err(
+pub(crate) fn nccl_err(
     rank: usize,
     call: &'static str,
 ) -> impl Fn(cudarc::nccl::result::NcclError) -> CommError {
@@ -144,6 +146,32 @@ fn cuda_err(rank: usize, call: &'static str) -> impl Fn(cudarc::driver::DriverEr
     }
 }
 
+/// Rank 0 makes NCCL's unique id and hands it out through the rendezvous; every rank
+/// gets it (the caller checked that the libraries load).
+pub(crate) fn exchange_id(rv: &Rendezvous) -> Result<[std::ffi::c_char; 128], CommError> {
+    let rank = rv.rank;
+    let id_bytes: Vec<u8> = if rank == 0 {
+        let id = Id::new().map_err(nccl_err(rank, "ncclGetUniqueId"))?;
+        id.internal().iter().map(|&c| c as u8).collect()
+    } else {
+        Vec::new()
+    };
+    let peers = rendezvous::exchange(rv, 0, &id_bytes)?;
+    let mut internal = [0 as std::ffi::c_char; 128];
+    if peers.blob.len() != internal.len() {
+        return Err(CommError::InvalidArgument {
+            what: format!(
+                "rank {rank}: NCCL unique id from rank 0 has {} bytes, expected 128",
+                peers.blob.len()
+            ),
+        });
+    }
+    for (d, s) in internal.iter_mut().zip(&peers.blob) {
+        *d = *s as std::ffi::c_char;
+    }
+    Ok(internal)
+}
+
 impl NcclComm {
     /// Joins the job on GPU `device`: rank 0 makes NCCL's unique id and hands it
     /// out through the rendezvous, then every rank initialises its communicator.
@@ -153,25 +181,7 @@ impl NcclComm {
     pub fn connect(rv: &Rendezvous, device: usize) -> Result<NcclComm, CommError> {
         check_available()?;
         let rank = rv.rank;
-        let id_bytes: Vec<u8> = if rank == 0 {
-            let id = Id::new().map_err(nccl_err(rank, "ncclGetUniqueId"))?;
-            id.internal().iter().map(|&c| c as u8).collect()
-        } else {
-            Vec::new()
-        };
-        let peers = rendezvous::exchange(rv, 0, &id_bytes)?;
-        let mut internal = [0 as std::ffi::c_char; 128];
-        if peers.blob.len() != internal.len() {
-            return Err(CommError::InvalidArgument {
-                what: format!(
-                    "rank {rank}: NCCL unique id from rank 0 has {} bytes, expected 128",
-                    peers.blob.len()
-                ),
-            });
-        }
-        for (d, s) in internal.iter_mut().zip(&peers.blob) {
-            *d = *s as std::ffi::c_char;
-        }
+        let internal = exchange_id(rv)?;
         let ctx = CudaContext::new(device).map_err(cuda_err(rank, "cuCtxCreate"))?;
         let stream = ctx.new_stream().map_err(cuda_err(rank, "cuStreamCreate"))?;
         let comm = Comm::from_rank(stream.clone(), rank, rv.world, Id::uninit(internal))

@@ -53,3 +53,43 @@ fn nccl_is_a_clear_error_without_its_libraries_and_works_with_them() {
         }
     }
 }
+
+/// The gradient average in place on the device's comm stream
+/// (`NcclDeviceCollective`): without NCCL a clear error; with NCCL and a GPU, a
+/// one-rank job averages a range of a device buffer (the identity) after an event
+/// and hands back an event the host waits for.
+#[test]
+fn the_device_collective_averages_in_place_on_the_comm_stream() {
+    use frugal_comm::NcclDeviceCollective;
+    use frugal_runtime::collective::DeviceCollective;
+    use frugal_runtime::device::{Device, DeviceSpec};
+    use frugal_runtime::stream::StreamKind;
+
+    let rv = Rendezvous::single();
+    if frugal_comm::nccl::check_available().is_err() {
+        let emu = Device::open(DeviceSpec::Emu).unwrap();
+        let e = NcclDeviceCollective::connect(&rv, &emu)
+            .err()
+            .expect("no NCCL");
+        assert!(matches!(e, CommError::NcclUnavailable { .. }), "{e}");
+        return;
+    }
+    let Ok(dev) = Device::open(DeviceSpec::Cuda(0)) else {
+        eprintln!("NCCL loads but no CUDA device opens: nothing more to check");
+        return;
+    };
+    let mut c = NcclDeviceCollective::connect(&rv, &dev).expect("one-rank NCCL job");
+    assert_eq!((c.rank(), c.world()), (0, 1));
+    let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let mut buf = dev.alloc(values.len() * 4, "grads").unwrap();
+    buf.write(0, &values).unwrap();
+    let written = dev.record(StreamKind::Compute, "grads written").unwrap();
+    let done = c
+        .all_reduce_mean_f32(&dev, &buf, 40, 10..610, &written)
+        .expect("queue the all-reduce");
+    c.wait(&dev, &done).expect("the all-reduce finishes");
+    assert_eq!(buf.to_vec::<f32>().unwrap(), values);
+    // A range past the buffer is refused before anything is queued.
+    let e = c.all_reduce_mean_f32(&dev, &buf, 3600, 0..200, &written);
+    assert!(e.is_err());
+}

@@ -193,6 +193,14 @@ pub enum RuntimeError {
         /// What went wrong.
         reason: String,
     },
+    /// A collective on device memory failed (the communicator's error, which names the
+    /// rank and, where the transport can tell, the peer), or was aborted after a timeout.
+    Collective {
+        /// The collective, e.g. "all-reduce of gradients 0..4096".
+        what: String,
+        /// The communicator's error.
+        message: String,
+    },
 }
 
 /// The first few library names tried, and how many more.
@@ -322,6 +330,7 @@ impl fmt::Display for RuntimeError {
                  {stream} must wait on an event recorded after that work"
             ),
             RuntimeError::Capture { reason } => write!(f, "graph capture: {reason}"),
+            RuntimeError::Collective { what, message } => write!(f, "{what}: {message}"),
         }
     }
 }

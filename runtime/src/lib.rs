@@ -1,5 +1,6 @@
 //! frugal-runtime: devices (CPU, CUDA through cudarc, the emulated GPU), buffers,
-//! streams and events ([`stream`]), graph capture ([`graph`]),
+//! streams and events ([`stream`]), graph capture ([`graph`]), the contract of
+//! collectives on device memory ([`collective`]),
 //! kernel launch, the statically planned memory arena, NVTX, and device facts.
 //!
 //! A walkthrough on the emulated GPU (the same code runs on `cuda`): plan the
@@ -27,6 +28,7 @@
 
 pub mod arena;
 pub mod buffer;
+pub mod collective;
 pub mod device;
 pub mod dylib;
 pub mod error;

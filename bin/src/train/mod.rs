@@ -35,6 +35,7 @@ macro_rules! say_raw {
 
 pub mod backend;
 pub mod cost;
+pub mod device_sync;
 pub mod every;
 pub mod metrics;
 mod model_flags;
@@ -106,6 +107,14 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         opts.bucket_bytes,
         opts.shard,
         backend.norm_align(),
+    )?;
+    let mut backend = backend;
+    device_sync::attach(
+        backend.as_mut(),
+        &sync,
+        opts.comm,
+        opts.job_token.as_deref(),
+        opts.config.param_count(),
     )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {

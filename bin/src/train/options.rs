@@ -285,9 +285,11 @@ pub struct TrainFlags {
     /// (nsys --capture-range=cudaProfilerApi); nothing to capture on cpu/emu
     #[arg(long, value_name = "A:B", value_parser = text::<String>(), help_heading = "device")]
     pub profile_steps: Option<String>,
-    /// all-reduce backend for multi-rank runs (default socket); on GPUs both
-    /// stage gradients through host memory for now (device -> host, all-reduce,
-    /// host -> device)
+    /// all-reduce backend for multi-rank runs (default socket); on cuda with
+    /// --shard none, nccl averages gradients in place on the GPU's comm stream
+    /// while backward runs; socket, and nccl under grad-op|full, stage them
+    /// through host memory (FRUGAL_DEVICE_COLLECTIVE=1 forces the in-place
+    /// path on --device emu, for testing)
     #[arg(long, value_name = "socket|nccl", value_parser = CommParser, help_heading = "device")]
     pub comm: Option<Transport>,
     /// how ranks share model state (default none = DDP): grad-op shards

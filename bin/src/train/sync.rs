@@ -451,6 +451,29 @@ impl GradSync {
         self.agree_on_loss(loss, Some(stats))
     }
 
+    /// The step's end when the gradients were averaged on the device: only
+    /// the loss (and the stop requests) go through the host, as
+    /// [`GradSync::step`] averages them; `stats` are the device collectives'.
+    ///
+    /// # Errors
+    /// A peer's failure or a timeout.
+    pub fn step_loss_only(
+        &mut self,
+        loss: f32,
+        stats: CommStats,
+    ) -> Result<(f32, Option<CommStats>), CliError> {
+        let stats = match &mut self.link {
+            Link::Single => None,
+            Link::Ddp { deferred, .. } => {
+                if let Some(e) = deferred.take() {
+                    return Err(e);
+                }
+                Some(stats)
+            }
+        };
+        self.agree_on_loss(loss, stats)
+    }
+
     /// The loss averaged over the ranks, with the stop requests riding along.
     fn agree_on_loss(
         &mut self,

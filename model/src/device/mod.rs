@@ -62,7 +62,10 @@
 //! the next layers' backward runs; the callback gets the ranges in the order they finished,
 //! polled between launches and drained before the pass returns ([`overlap`];
 //! [`DeviceModel::set_overlap`] turns it off for the synchronous copy). The same bits
-//! either way.
+//! either way. With a [`frugal_runtime::collective::DeviceCollective`]
+//! ([`DeviceModel::forward_backward_reduced`]), each range is instead averaged over the
+//! ranks in place on the comm stream after its event, and the optimizer waits for the
+//! last one (`reduce.rs`).
 //!
 //! # Graphs
 //! `--cuda-graphs` ([`GraphMode`], [`DeviceModel::set_graphs`]): the runs of fixed launches
@@ -97,6 +100,7 @@
 //! kernels read are the unsharded step's bytes, so the step trains the same bits.
 //!
 //! Rooms: `program/` (the step's ops and buffers), `overlap.rs` (the gradient copies),
+//! `reduce.rs` (the gradients averaged on the device),
 //! `graphs.rs` (capture and replay), `sharding.rs` (the shard arithmetic the
 //! plan and the step share), `shard_step.rs` (the sharded side of [`DeviceModel`]: shard,
 //! weights by range, gathered and awaited passes, the optimizer step from all ranks' norm
@@ -106,6 +110,7 @@ mod graphs;
 mod overlap;
 mod place;
 pub mod program;
+mod reduce;
 mod runner;
 mod shard_step;
 pub mod sharding;
@@ -293,6 +298,8 @@ pub struct DeviceModel {
     grad_copies: overlap::GradCopies,
     /// The fixed launches' graphs ([`DeviceModel::set_graphs`]).
     graphs: graphs::StepGraphs,
+    /// The device collective and its step's state ([`DeviceModel::set_collective`]).
+    reduce: reduce::DeviceReduce,
 }
 
 fn device_err(what: impl Into<String>) -> impl FnOnce(frugal_runtime::RuntimeError) -> ModelError {
@@ -530,6 +537,7 @@ impl DeviceModel {
             overlap: true,
             grad_copies: overlap::GradCopies::default(),
             graphs: graphs::StepGraphs::default(),
+            reduce: reduce::DeviceReduce::default(),
         };
         model.set_graphs(GraphMode::Auto);
         model.upload_tables()?;
@@ -965,7 +973,9 @@ impl DeviceModel {
         let (partials, grads) = (self.addr(ids.norm_partials), self.addr(ids.grads));
         let launch =
             adamw::grad_norm_partial(grads, p, partials).map_err(kernel_err("gradient norm"))?;
+        self.order_after_reductions()?;
         self.launch_all("gradient norm", &[launch])?;
+        self.await_reductions()?;
         self.finish_and_update(lr, max_norm)
     }
 

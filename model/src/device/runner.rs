@@ -105,6 +105,9 @@ impl DeviceModel {
                 phase = Some((name.as_str(), nvtx::range(name)));
             }
             result = match (step, on_ready.as_deref_mut()) {
+                (Step::GradsReady(r), _) if self.reduce.active() => {
+                    self.reduce_range(r.clone()).map_err(E::from)
+                }
                 (Step::GradsReady(r), Some(f)) if self.overlap => {
                     slot += 1;
                     let byte = (self.offsets[ids.grads] + r.start as u64 * 4) as usize;

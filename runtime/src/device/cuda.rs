@@ -643,7 +643,7 @@ impl CudaInner {
         &self.errors
     }
 
-    pub(super) fn make_current(&self) -> Result<(), RuntimeError> {
+    pub(crate) fn make_current(&self) -> Result<(), RuntimeError> {
         // SAFETY: the primary context stays retained for as long as `self` lives.
         ck("cuCtxSetCurrent", unsafe {
             sys::cuCtxSetCurrent(self.context)

@@ -17,12 +17,20 @@
 //! [`RuntimeError::Race`] naming the copy and the kernels. (Writes are not watched: a
 //! host-to-device copy racing a kernel that reads its bytes gives a wrong value only.)
 //!
+//! Collectives (an operation over device bytes queued with `Device::queue_in_place`)
+//! read their range as early as the rules allow, watched like a copy, and write their
+//! result back as LATE as they allow (only when a wait, a host wait or a
+//! synchronisation needs it): a kernel that reads the range without waiting for the
+//! collective's event reads the bytes from before it, and one that wrote the range
+//! between the read and the write-back is reported as a race.
+//!
 //! Graph capture: while the compute stream captures, its launches are recorded (not run)
 //! and anything else on it is refused, as CUDA refuses synchronous work on a capturing
 //! stream; replay queues the recorded launches.
 
 use std::collections::{HashSet, VecDeque};
 
+use crate::collective::InPlaceOp;
 use crate::device::emu::EmuInner;
 use crate::error::RuntimeError;
 use crate::launch::LaunchDims;
@@ -49,6 +57,27 @@ unsafe impl Send for HostPtr {}
 
 enum Work {
     Launch(QueuedLaunch),
+    /// Reads the device bytes and runs the operation on a copy, as early as its waits
+    /// allow (like a copy); the result is written back by the `WriteBack` it leaves at
+    /// the head of its stream.
+    InPlace {
+        label: String,
+        addr: u64,
+        len: usize,
+        op: InPlaceOp,
+        /// Compute items queued before it: the work it must be ordered after (later
+        /// compute work is ordered by the waits on its event, checked at the write-back).
+        queued_at: u64,
+    },
+    /// The result of an `InPlace`, written back as LATE as the rules allow (only when a
+    /// wait or a synchronisation needs it), so that a kernel that reads the range without
+    /// waiting for the collective's event reads the bytes from before it.
+    WriteBack {
+        label: String,
+        addr: u64,
+        read: Vec<u8>,
+        result: Vec<u8>,
+    },
     Record(u64),
     Wait {
         event: u64,
@@ -74,6 +103,9 @@ impl Work {
             Work::Record(_) => "an event record".into(),
             Work::Wait { .. } => "an event wait".into(),
             Work::ToHost { label, .. } | Work::FromHost { label, .. } => format!("copy '{label}'"),
+            Work::InPlace { label, .. } | Work::WriteBack { label, .. } => {
+                format!("collective '{label}'")
+            }
         }
     }
 }
@@ -124,6 +156,8 @@ impl EmuQueues {
         match self.streams[s].front() {
             None => false,
             Some(Work::Wait { event }) => self.event_done(*event),
+            // Runs only when something needs it (see Work::WriteBack).
+            Some(Work::WriteBack { .. }) => false,
             Some(_) => true,
         }
     }
@@ -219,10 +253,105 @@ impl EmuInner {
                     q.fail(e);
                 }
             }
+            Work::InPlace {
+                label,
+                addr,
+                len,
+                op,
+                queued_at,
+            } => self.exec_in_place(q, s, label, (addr, len), op, queued_at),
+            Work::WriteBack {
+                label,
+                addr,
+                read,
+                result,
+            } => self.exec_write_back(q, s, label, addr, &read, result),
         }
         if s == 0 {
             q.compute_run += 1;
             self.check_watches(q);
+        }
+    }
+
+    /// Reads the range (watched like a copy when compute work queued before it is still
+    /// pending), runs the operation and leaves its write-back at the head of stream `s`.
+    fn exec_in_place(
+        &self,
+        q: &mut EmuQueues,
+        s: usize,
+        label: String,
+        (addr, len): (u64, usize),
+        op: InPlaceOp,
+        queued_at: u64,
+    ) {
+        let mut read = vec![0u8; len];
+        if let Err(e) = self.read(&label, addr, &mut read) {
+            q.fail(e);
+            return;
+        }
+        if s != 0 && queued_at > q.compute_run {
+            q.watches.push(Watch {
+                label: label.clone(),
+                stream: KINDS[s],
+                src: addr,
+                bytes: read.clone(),
+                until: queued_at,
+                kernels: pending_kernels(&q.streams[0]),
+            });
+        }
+        let mut result = read.clone();
+        match op(&mut result) {
+            Ok(()) => q.streams[s].push_front(Work::WriteBack {
+                label,
+                addr,
+                read,
+                result,
+            }),
+            Err(message) => q.fail(RuntimeError::Collective {
+                what: label,
+                message,
+            }),
+        }
+    }
+
+    /// Writes a collective's result back; bytes changed since it read them mean a kernel
+    /// wrote the range between the two without being ordered by events (a race).
+    fn exec_write_back(
+        &self,
+        q: &mut EmuQueues,
+        s: usize,
+        label: String,
+        addr: u64,
+        read: &[u8],
+        result: Vec<u8>,
+    ) {
+        let mut now = vec![0u8; read.len()];
+        match self.read(&label, addr, &mut now) {
+            Ok(()) if now != read => {
+                q.fail(RuntimeError::Race {
+                    reader: format!("collective '{label}'"),
+                    stream: KINDS[s].name(),
+                    kernels: "compute-stream work that ran between its read and its write".into(),
+                });
+                return;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                q.fail(e);
+                return;
+            }
+        }
+        if let Err(e) = self.write(&label, addr, &result) {
+            q.fail(e);
+            return;
+        }
+        // A watch on the read now expects the written bytes: only a kernel's change is a race.
+        for w in q
+            .watches
+            .iter_mut()
+            .filter(|w| w.src == addr && w.bytes == read)
+        {
+            w.bytes.clone_from(&result);
         }
     }
 
@@ -328,8 +457,9 @@ impl EmuInner {
         Self::take_error(q)
     }
 
-    /// Flushes, unless the compute stream is capturing: then a synchronous copy or launch
-    /// is refused, as on CUDA.
+    /// Runs the queued work a synchronous copy or launch is ordered after (all of it but
+    /// collectives' pending write-backs and what follows them on their stream), unless
+    /// the compute stream is capturing: then it is refused, as on CUDA.
     pub(crate) fn flush_for(&self, what: &str) -> Result<(), RuntimeError> {
         let mut q = self.lock_queues();
         if q.capturing() {
@@ -340,7 +470,20 @@ impl EmuInner {
                 ),
             });
         }
-        self.flush_locked(&mut q)
+        // A synchronous copy is ordered after the compute stream's work (and, here, the
+        // copy stream's), not after collectives nobody waited for: CUDA's synchronous
+        // copies do not wait for other non-blocking streams either. So a read of a range
+        // a pending collective will write back sees the bytes from before it.
+        for stream in KINDS {
+            let s = index(stream);
+            while let Some(head) = q.streams[s].front() {
+                if matches!(head, Work::WriteBack { .. }) {
+                    break;
+                }
+                self.step_stream(&mut q, s, 0)?;
+            }
+        }
+        Self::take_error(&mut q)
     }
 
     pub(crate) fn queue_launch(
@@ -374,8 +517,16 @@ impl EmuInner {
     /// own, the emulator only when asked), so that a host polling loop ends.
     pub(crate) fn query_event(&self, event: u64) -> Result<bool, RuntimeError> {
         let mut q = self.lock_queues();
-        if !q.event_done(event) && q.runnable(0) {
-            self.exec(&mut q, 0);
+        if !q.event_done(event) {
+            // One compute item, or else a pending write-back (a GPU finishes both on its
+            // own), so that a host polling loop ends.
+            let lazy =
+                (1..3).find(|&s| matches!(q.streams[s].front(), Some(Work::WriteBack { .. })));
+            if q.runnable(0) {
+                self.exec(&mut q, 0);
+            } else if let Some(s) = lazy {
+                self.exec(&mut q, s);
+            }
             self.progress(&mut q);
         }
         Self::take_error(&mut q)?;
@@ -427,6 +578,25 @@ impl EmuInner {
             dst,
             src,
             len,
+        };
+        self.enqueue(&mut q, stream, work)
+    }
+
+    pub(crate) fn queue_in_place(
+        &self,
+        stream: StreamKind,
+        label: &str,
+        addr: u64,
+        len: usize,
+        op: InPlaceOp,
+    ) -> Result<(), RuntimeError> {
+        let mut q = self.lock_queues();
+        let work = Work::InPlace {
+            label: label.to_string(),
+            addr,
+            len,
+            op,
+            queued_at: q.compute_queued,
         };
         self.enqueue(&mut q, stream, work)
     }

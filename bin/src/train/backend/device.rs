@@ -60,6 +60,8 @@ pub struct DeviceStep {
     handed_over: usize,
     /// `--shard grad-op` over several ranks; `None` when every rank holds everything.
     sharded: Option<GradOp>,
+    /// This step's gradients were averaged on the device ([`super::super::device_sync`]).
+    reduced_on_device: bool,
 }
 
 /// What a grad-op rank keeps between the calls of a step.
@@ -155,6 +157,7 @@ impl DeviceStep {
             staged: Vec::new(),
             handed_over: 0,
             sharded: None,
+            reduced_on_device: false,
         }
     }
 }
@@ -326,6 +329,13 @@ impl StepBackend for DeviceStep {
                 .forward_backward(inputs, targets, grad_scale, None)
                 .map_err(CliError::from);
         }
+        if self.model.has_collective() {
+            self.reduced_on_device = true;
+            return self
+                .model
+                .forward_backward_reduced(inputs, targets, grad_scale)
+                .map_err(CliError::from);
+        }
         let handed_over = &mut self.handed_over;
         let mut ready = |range: Range<usize>, values: &[f32]| {
             *handed_over += range.len();
@@ -343,6 +353,18 @@ impl StepBackend for DeviceStep {
     ) -> Result<(f32, Option<CommStats>), CliError> {
         if sync.world() == 1 {
             return sync.step(&mut [], loss);
+        }
+        if std::mem::take(&mut self.reduced_on_device) {
+            // Averaged on the device; the optimizer step waits for it (so the
+            // host's wait for it is in the step's time, not in comm_wait_ms).
+            let c = self.model.take_collective_counts();
+            let stats = CommStats {
+                bytes: c.bytes,
+                sent_bytes: c.sent_bytes,
+                buckets: c.collectives,
+                ..CommStats::default()
+            };
+            return sync.step_loss_only(loss, stats);
         }
         self.staged.resize(self.n_params, 0.0);
         // The all-reduce takes what backward did not hand over from the host
@@ -462,6 +484,17 @@ impl StepBackend for DeviceStep {
             step: self.model.optimizer_step_count(),
             range: self.model.shard(),
         })
+    }
+
+    fn attach_collective(
+        &mut self,
+        collective: Box<dyn frugal_runtime::collective::DeviceCollective>,
+    ) -> bool {
+        if self.sharded.is_some() {
+            return false;
+        }
+        self.model.set_collective(Some(collective));
+        true
     }
 
     fn norm_align(&self) -> usize {

@@ -11,8 +11,10 @@
 //!   to the host (in reverse layer order) and on to the all-reduce while it
 //!   goes on with earlier layers; the averaged gradients go back to the device
 //!   before the optimizer step. This host-staged path (device → host, ring
-//!   all-reduce, host → device) serves `--comm socket` and, for now,
-//!   `--comm nccl` too (NCCL then reduces host-staged buffers as well).
+//!   all-reduce, host → device) serves `--comm socket` and the sharded runs;
+//!   with `--comm nccl` on `cuda` and `--shard none` (or on `emu` with
+//!   `FRUGAL_DEVICE_COLLECTIVE=1`) each range is averaged in place on the
+//!   device's comm stream instead ([`super::device_sync`]).
 //!
 //! Per step the loop calls: [`StepBackend::zero_grads`], then per micro-batch
 //! [`StepBackend::forward_backward`] (the last one handing finished ranges to
@@ -125,4 +127,15 @@ pub trait StepBackend {
 
     /// The device, for the profiler window (the CPU device never captures).
     fn device(&self) -> &Device;
+
+    /// Takes the collective that averages the gradients on the device from now on
+    /// ([`super::device_sync`]); false (the collective dropped) for a backend whose
+    /// gradients are not on a device.
+    fn attach_collective(
+        &mut self,
+        collective: Box<dyn frugal_runtime::collective::DeviceCollective>,
+    ) -> bool {
+        drop(collective);
+        false
+    }
 }

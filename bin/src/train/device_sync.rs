@@ -1,0 +1,101 @@
+//! Gradients averaged on the device (issue 19 part 2): which runs take the path, and
+//! the second communicator it runs on.
+//!
+//! A multi-rank device run with `--shard none` averages each finished gradient range in
+//! place on the device's comm stream ([`frugal_model::device::DeviceModel::forward_backward_reduced`])
+//! instead of staging it through the host:
+//!
+//! - `--device cuda --comm nccl`: always, with NCCL on the runtime's comm stream
+//!   ([`NcclDeviceCollective`]);
+//! - `--device emu`: when `FRUGAL_DEVICE_COLLECTIVE=1` (for testing the step's
+//!   ordering: the emulated comm stream runs the socket ring, [`HostRingCollective`],
+//!   with the host DDP's summation order, so the bits are the host path's).
+//!
+//! The device path gets its own communicator, joined right after the host one (every
+//! rank in the same order): the DDP engine's thread keeps the host one for the loss,
+//! the stop requests, the broadcasts and the checks. What still stages through the
+//! host: `--shard grad-op|full` (the reduce-scatter of gradients, the norm's partials
+//! and the weight gathers), and every run on `cpu` or `--comm socket` on `cuda`.
+
+use frugal_comm::{
+    HostRingCollective, NcclDeviceCollective, Rendezvous, ShardMode, Shards, SocketComm,
+    SocketOptions, Transport,
+};
+use frugal_runtime::collective::DeviceCollective;
+use frugal_runtime::device::Device;
+
+use super::backend::StepBackend;
+use super::sync::GradSync;
+use crate::error::{CliError, Context};
+
+/// Forces the device-collective path on `emu` ("1"; "0" or unset: the host-staged path).
+pub const FORCE_ENV: &str = "FRUGAL_DEVICE_COLLECTIVE";
+
+/// Whether `FRUGAL_DEVICE_COLLECTIVE` asks for the device path.
+fn forced() -> Result<bool, CliError> {
+    match std::env::var(FORCE_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Ok(v) if v.is_empty() || v == "0" => Ok(false),
+        Ok(v) if v == "1" => Ok(true),
+        Ok(v) => Err(CliError::usage(format!(
+            "train: {FORCE_ENV}={v:?}: use 1 (average gradients on the emulated device) or 0"
+        ))),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::usage(format!(
+            "train: {FORCE_ENV} is not valid UTF-8: use 1 or 0"
+        ))),
+    }
+}
+
+/// Joins the device path's communicator and gives it to `backend` when this run takes
+/// the path (see the module docs); returns whether it does.
+///
+/// # Errors
+/// A bad `FRUGAL_DEVICE_COLLECTIVE` or one set for a run that cannot take the path
+/// (usage, exit 2); the communicator's errors.
+pub fn attach(
+    backend: &mut dyn StepBackend,
+    sync: &GradSync,
+    transport: Transport,
+    job_token: Option<&str>,
+    n_params: usize,
+) -> Result<bool, CliError> {
+    let forced = forced()?;
+    let device = backend.device();
+    let emu = matches!(device, Device::Emu(_));
+    let nccl = matches!(device, Device::Cuda(_)) && transport == Transport::Nccl;
+    if forced && !emu {
+        return Err(CliError::usage(format!(
+            "train: {FORCE_ENV}=1 is for --device emu (on cuda, --comm nccl takes the device \
+             path by itself)"
+        )));
+    }
+    if sync.world() == 1 || !(nccl || (emu && forced)) {
+        return Ok(false);
+    }
+    if sync.shard_mode() != ShardMode::None {
+        if forced {
+            return Err(CliError::usage(format!(
+                "train: {FORCE_ENV}=1 with --shard {}: sharded runs still reduce-scatter \
+                 through the host; use --shard none",
+                sync.shard_mode()
+            )));
+        }
+        log::info!(
+            "--shard {}: gradients stage through the host (the device path is for --shard none)",
+            sync.shard_mode()
+        );
+        return Ok(false);
+    }
+    let rv = Rendezvous::from_env(job_token)
+        .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
+    let context = "joining the job for gradients averaged on the device";
+    let collective: Box<dyn DeviceCollective> = if nccl {
+        Box::new(NcclDeviceCollective::connect(&rv, device).context(context)?)
+    } else {
+        let comm = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
+        // The host DDP's partition: each element summed from the same owner, same bits.
+        let shards = Shards::new(n_params, rv.world, backend.norm_align());
+        Box::new(HostRingCollective::new(Box::new(comm), shards).context(context)?)
+    };
+    Ok(backend.attach_collective(collective))
+}

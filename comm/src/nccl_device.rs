@@ -1,0 +1,224 @@
+//! NCCL on the runtime's comm stream: see [`crate::device_reduce`].
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use cudarc::nccl::{result, sys};
+use frugal_runtime::buffer::DeviceBuffer;
+use frugal_runtime::collective::{ring_all_reduce_sent, CollectiveCounts, DeviceCollective};
+use frugal_runtime::device::Device;
+use frugal_runtime::launch::{dims_1d, Arg};
+use frugal_runtime::stream::{Event, StreamKind};
+use frugal_runtime::RuntimeError;
+
+use crate::error::CommError;
+use crate::nccl::{check_available, exchange_id, nccl_err};
+use crate::rendezvous::Rendezvous;
+
+/// A raw `ncclComm_t` used on the device's comm stream (see the module docs).
+pub struct NcclDeviceCollective {
+    comm: sys::ncclComm_t,
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    /// Set once aborted: later calls fail instead of touching a dead communicator.
+    aborted: Option<String>,
+    counts: CollectiveCounts,
+}
+
+// SAFETY: the handle is used by one caller at a time (`&mut self`), as NCCL allows.
+unsafe impl Send for NcclDeviceCollective {}
+
+impl NcclDeviceCollective {
+    /// Joins the job's NCCL communicator on `device` (a `cuda` device; its context is
+    /// made current): rank 0's unique id through the rendezvous, then
+    /// `ncclCommInitRank`. The rendezvous's timeout (`FRUGAL_COMM_TIMEOUT`) bounds
+    /// every host wait on a collective.
+    ///
+    /// # Errors
+    /// [`CommError::NcclUnavailable`] without the libraries; the device is not `cuda`;
+    /// rendezvous and NCCL errors.
+    pub fn connect(rv: &Rendezvous, device: &Device) -> Result<Self, CommError> {
+        check_available()?;
+        let rank = rv.rank;
+        // Makes the device's context current: NCCL binds the communicator to it.
+        device
+            .cuda_stream(StreamKind::Comm)
+            .map_err(|e| CommError::InvalidArgument {
+                what: format!("rank {rank}: NCCL on device buffers needs a cuda device: {e}"),
+            })?;
+        let internal = exchange_id(rv)?;
+        let id = sys::ncclUniqueId { internal };
+        let mut comm = std::mem::MaybeUninit::uninit();
+        let world = i32::try_from(rv.world).map_err(|_| CommError::InvalidArgument {
+            what: format!("rank {rank}: {} ranks is more than NCCL takes", rv.world),
+        })?;
+        // SAFETY: `comm` is written by a successful call; rank < world was checked by the rendezvous.
+        let comm = unsafe {
+            result::comm_init_rank(comm.as_mut_ptr(), world, id, rank as i32)
+                .map_err(nccl_err(rank, "ncclCommInitRank"))?;
+            comm.assume_init()
+        };
+        Ok(NcclDeviceCollective {
+            comm,
+            rank,
+            world: rv.world,
+            timeout: rv.timeout,
+            aborted: None,
+            counts: CollectiveCounts::default(),
+        })
+    }
+
+    /// Aborts the communicator (its kernels end, the streams they held go on) and
+    /// remembers why; returns the error to report.
+    fn abort(&mut self, what: String, why: String) -> RuntimeError {
+        if self.aborted.is_none() {
+            // SAFETY: a live communicator, aborted once; never used afterwards.
+            if let Err(e) = unsafe { result::comm_abort(self.comm) } {
+                log::warn!("rank {}: ncclCommAbort: {e:?}", self.rank);
+            }
+            self.aborted = Some(why.clone());
+        }
+        RuntimeError::Collective {
+            what,
+            message: format!(
+                "rank {}: {why}; NCCL was aborted (it does not say which peer failed: see \
+                 the other ranks' errors)",
+                self.rank
+            ),
+        }
+    }
+
+    fn check_alive(&self, what: &str) -> Result<(), RuntimeError> {
+        match &self.aborted {
+            Some(why) => Err(RuntimeError::Collective {
+                what: what.to_string(),
+                message: format!("rank {}: NCCL was aborted earlier: {why}", self.rank),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// NCCL's asynchronous error, if any.
+    fn async_error(&self) -> Option<String> {
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: a live communicator; writes one result code.
+        let r = unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
+        match (r, state) {
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess)
+            | (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => None,
+            (sys::ncclResult_t::ncclSuccess, e) => Some(format!("NCCL reported {e:?}")),
+            (e, _) => Some(format!("ncclCommGetAsyncError failed: {e:?}")),
+        }
+    }
+}
+
+impl Drop for NcclDeviceCollective {
+    fn drop(&mut self) {
+        if self.aborted.is_none() {
+            // SAFETY: a live communicator, destroyed once, never used afterwards.
+            if let Err(e) = unsafe { result::comm_destroy(self.comm) } {
+                log::warn!("rank {}: ncclCommDestroy: {e:?}", self.rank);
+            }
+        }
+    }
+}
+
+impl DeviceCollective for NcclDeviceCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_mean_f32(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        elems: Range<usize>,
+        after: &Event,
+    ) -> Result<Event, RuntimeError> {
+        let what = format!(
+            "NCCL all-reduce of gradients {}..{}",
+            elems.start, elems.end
+        );
+        self.check_alive(&what)?;
+        let len = elems.len();
+        if byte + len * 4 > buf.bytes() {
+            return Err(RuntimeError::CopySize {
+                what: "NCCL all-reduce range",
+                bytes: byte + len * 4,
+                capacity: buf.bytes(),
+            });
+        }
+        device.wait(StreamKind::Comm, after)?;
+        let stream = device.cuda_stream(StreamKind::Comm)?;
+        let ptr = (buf.ptr() + byte as u64) as *mut std::ffi::c_void;
+        // SAFETY: `ptr` addresses `len` f32 of a live device buffer (checked above), kept
+        // alive by the caller until the returned event is done; in place is allowed.
+        let r = unsafe {
+            result::all_reduce(
+                ptr,
+                ptr,
+                len,
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                stream as sys::cudaStream_t,
+            )
+        };
+        if let Err(e) = r {
+            return Err(self.abort(what, format!("ncclAllReduce: {e:?}")));
+        }
+        let view = buf.as_view::<f32>();
+        let dims = dims_1d(len as u64, 256, 4, 1024);
+        device.launch_on(
+            StreamKind::Comm,
+            "scale_f32",
+            &dims,
+            &[
+                Arg::Ptr(view.ptr + byte as u64),
+                Arg::U64(len as u64),
+                Arg::F32(1.0 / self.world as f32),
+            ],
+        )?;
+        // As a ring over even chunks would send them (NCCL picks its own algorithm).
+        let chunks: Vec<usize> = (0..self.world)
+            .map(|c| crate::ops::chunk_range(len, self.world, c).len())
+            .collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += len * 4;
+        self.counts.sent_bytes += ring_all_reduce_sent(&chunks, self.rank, 4);
+        device.record(StreamKind::Comm, &what)
+    }
+
+    fn take_counts(&mut self) -> CollectiveCounts {
+        std::mem::take(&mut self.counts)
+    }
+
+    fn wait(&mut self, _device: &Device, event: &Event) -> Result<(), RuntimeError> {
+        let what = format!("waiting for {}", event.label());
+        self.check_alive(&what)?;
+        let start = Instant::now();
+        loop {
+            if event.query()? {
+                return Ok(());
+            }
+            if let Some(why) = self.async_error() {
+                return Err(self.abort(what, why));
+            }
+            let waited = start.elapsed();
+            if waited >= self.timeout {
+                let why = format!(
+                    "no progress in {} ms (a dead or stuck peer)",
+                    waited.as_millis()
+                );
+                return Err(self.abort(what, why));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
