@@ -119,11 +119,11 @@ unsafe fn kernel_avx2_fma(kc: usize, a: *const f32, b: *const f32, out: TileOut)
             }
         }
     }
-    if out.rows == MR && out.cols == NR {
+    if out.cols == NR {
         let p = out.c.as_mut_ptr();
-        for (i, ci) in c.iter().enumerate() {
-            // SAFETY: C holds (MR−1)·ldc + NR elements from p (checked by the caller):
-            // row i's NR start at i·ldc.
+        for (i, ci) in c.iter().enumerate().take(out.rows) {
+            // SAFETY: C holds (rows−1)·ldc + NR elements from p (checked by the caller):
+            // row i < rows has its NR at i·ldc.
             unsafe {
                 let row = p.add(i * out.ldc);
                 let (v0, v1) = match out.acc {
@@ -172,11 +172,11 @@ unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, out: TileOut) {
             }
         }
     }
-    if out.rows == MR && out.cols == NR {
+    if out.cols == NR {
         let p = out.c.as_mut_ptr();
-        for (i, ci) in c.iter().enumerate() {
-            // SAFETY: C holds (MR−1)·ldc + NR elements from p (checked by the caller):
-            // row i's NR start at i·ldc.
+        for (i, ci) in c.iter().enumerate().take(out.rows) {
+            // SAFETY: C holds (rows−1)·ldc + NR elements from p (checked by the caller):
+            // row i < rows has its NR at i·ldc.
             unsafe {
                 let row = p.add(i * out.ldc);
                 let (v0, v1) = match out.acc {
