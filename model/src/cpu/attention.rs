@@ -18,7 +18,8 @@
 //! overwrites out and lse; backward overwrites dq, dk, dv (each thread zeroes and
 //! then accumulates its own sequences' rows of dk and dv, in place).
 
-use super::fastmath;
+#[path = "attention_rows.rs"]
+mod rows;
 use super::matmul::{gemm, Accumulate, Gemm, Kernel, View, ViewMut};
 use super::par;
 
@@ -154,15 +155,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: Qkv, d: AttnDims
                         let blk = QueryBlock { h, t0, rows: bq };
                         scores(d, blk, qb, kb, s, kernel);
                         for (r, row) in s.chunks_exact_mut(kv_len).enumerate() {
-                            let valid = t0 + r + 1;
-                            let scale = d.scale();
-                            row[..valid].iter_mut().for_each(|x| *x *= scale);
-                            let max = fastmath::max(&row[..valid]);
-                            let sum = fastmath::exp_shifted_sum(&mut row[..valid], max);
-                            let inv = 1.0 / sum;
-                            row[..valid].iter_mut().for_each(|x| *x *= inv);
-                            row[valid..].iter_mut().for_each(|x| *x = 0.0);
-                            lse_h[t0 + r] = max + sum.ln();
+                            lse_h[t0 + r] = rows::softmax(row, t0 + r + 1, d.scale());
                         }
                         let p = View {
                             data: s,
@@ -259,20 +252,10 @@ pub fn attention_backward(
                         let ds_out = ViewMut::row_major(ds, kv_len);
                         gemm(shape, do_blk, vt, ds_out, Accumulate::Overwrite, kernel);
                         for r in 0..bq {
-                            let valid = t0 + r + 1;
-                            let l = lse_b[h * t + t0 + r];
                             let prow = &mut p[r * kv_len..(r + 1) * kv_len];
                             let dsrow = &mut ds[r * kv_len..(r + 1) * kv_len];
-                            let scale = d.scale();
-                            prow[..valid]
-                                .iter_mut()
-                                .for_each(|x| *x = fastmath::exp(*x * scale - l));
-                            let pdp = fastmath::dot(&prow[..valid], &dsrow[..valid]);
-                            for (ds, &p) in dsrow[..valid].iter_mut().zip(&prow[..valid]) {
-                                *ds = p * (*ds - pdp) * scale;
-                            }
-                            prow[valid..].iter_mut().for_each(|x| *x = 0.0);
-                            dsrow[valid..].iter_mut().for_each(|x| *x = 0.0);
+                            let l = lse_b[h * t + t0 + r];
+                            rows::softmax_backward(prow, dsrow, t0 + r + 1, d.scale(), l);
                         }
                         let ds_v = View {
                             data: ds,
