@@ -15,14 +15,22 @@
 //! Threads: one sequence b at a time per thread (fixed ranges of b), so every
 //! output row is written by one thread, and dK/dV of a kv head sum over its query
 //! heads and blocks in a fixed order (so at most B threads work here). Forward
-//! overwrites out and lse; backward overwrites dq, dk, dv.
+//! overwrites out and lse; backward overwrites dq, dk, dv (each thread zeroes and
+//! then accumulates its own sequences' rows of dk and dv, in place).
 
-use super::fastmath;
+#[path = "attention_rows.rs"]
+mod rows;
 use super::matmul::{gemm, Accumulate, Gemm, Kernel, View, ViewMut};
 use super::par;
 
 /// Query rows per block.
 const BQ: usize = 64;
+
+thread_local! {
+    /// Per-thread score and probability rows (2·BQ·T floats at most), kept between
+    /// calls so that the thread that runs the step does not allocate them every layer.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -127,7 +135,11 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: Qkv, d: AttnDims
         lse,
         d.nh * t,
         |range, out, lse| {
-            let mut s = vec![0.0f32; BQ * t];
+            let mut scratch = SCRATCH.with(|cell| cell.take());
+            if scratch.len() < BQ * t {
+                scratch.resize(BQ * t, 0.0);
+            }
+            let s = &mut scratch[..BQ * t];
             for (bi, b) in range.enumerate() {
                 let qb = &q[b * t * c..(b + 1) * t * c];
                 let kb = &k[b * t * kv..(b + 1) * t * kv];
@@ -143,15 +155,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: Qkv, d: AttnDims
                         let blk = QueryBlock { h, t0, rows: bq };
                         scores(d, blk, qb, kb, s, kernel);
                         for (r, row) in s.chunks_exact_mut(kv_len).enumerate() {
-                            let valid = t0 + r + 1;
-                            let scale = d.scale();
-                            row[..valid].iter_mut().for_each(|x| *x *= scale);
-                            let max = fastmath::max(&row[..valid]);
-                            let sum = fastmath::exp_shifted_sum(&mut row[..valid], max);
-                            let inv = 1.0 / sum;
-                            row[..valid].iter_mut().for_each(|x| *x *= inv);
-                            row[valid..].iter_mut().for_each(|x| *x = 0.0);
-                            lse_h[t0 + r] = max + sum.ln();
+                            lse_h[t0 + r] = rows::softmax(row, t0 + r + 1, d.scale());
                         }
                         let p = View {
                             data: s,
@@ -176,6 +180,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: Qkv, d: AttnDims
                     }
                 }
             }
+            SCRATCH.with(|cell| cell.replace(scratch));
         },
     );
 }
@@ -193,20 +198,23 @@ pub fn attention_backward(
     let Qkv { q, k, v } = qkv;
     let kernel = Kernel::detect();
     let (c, kv, t) = (d.c(), d.kv(), d.t);
-    // dk and dv are handed out per sequence alongside dq: pair them in one buffer
-    // split so that each thread gets its own sequences' rows of all three.
+    // Each sequence's rows of dq, dk and dv go to the thread that takes it.
     let per_seq_kv = t * kv;
-    let mut dkv = vec![0.0f32; 2 * d.b * per_seq_kv];
-    par::split2(
+    par::split3(
         threads,
         d.b,
-        dq,
-        t * c,
-        &mut dkv,
-        2 * per_seq_kv,
-        |range, dq, dkv| {
-            let mut p = vec![0.0f32; BQ * t];
-            let mut ds = vec![0.0f32; BQ * t];
+        (dq, t * c),
+        (dk, per_seq_kv),
+        (dv, per_seq_kv),
+        |range, dq, dk, dv| {
+            // dK and dV accumulate over heads and blocks, from zero.
+            dk.iter_mut().for_each(|x| *x = 0.0);
+            dv.iter_mut().for_each(|x| *x = 0.0);
+            let mut scratch = SCRATCH.with(|cell| cell.take());
+            if scratch.len() < 2 * BQ * t {
+                scratch.resize(2 * BQ * t, 0.0);
+            }
+            let (p, ds) = scratch[..2 * BQ * t].split_at_mut(BQ * t);
             for (bi, b) in range.enumerate() {
                 let qb = &q[b * t * c..(b + 1) * t * c];
                 let kb = &k[b * t * kv..(b + 1) * t * kv];
@@ -214,8 +222,8 @@ pub fn attention_backward(
                 let dob = &dout[b * t * c..(b + 1) * t * c];
                 let lse_b = &lse[b * d.nh * t..(b + 1) * d.nh * t];
                 let dqb = &mut dq[bi * t * c..(bi + 1) * t * c];
-                let (dkb, dvb) =
-                    dkv[bi * 2 * per_seq_kv..(bi + 1) * 2 * per_seq_kv].split_at_mut(per_seq_kv);
+                let dkb = &mut dk[bi * per_seq_kv..(bi + 1) * per_seq_kv];
+                let dvb = &mut dv[bi * per_seq_kv..(bi + 1) * per_seq_kv];
                 for h in 0..d.nh {
                     let kvh = h / (d.nh / d.nkv);
                     for t0 in (0..t).step_by(BQ) {
@@ -244,20 +252,10 @@ pub fn attention_backward(
                         let ds_out = ViewMut::row_major(ds, kv_len);
                         gemm(shape, do_blk, vt, ds_out, Accumulate::Overwrite, kernel);
                         for r in 0..bq {
-                            let valid = t0 + r + 1;
-                            let l = lse_b[h * t + t0 + r];
                             let prow = &mut p[r * kv_len..(r + 1) * kv_len];
                             let dsrow = &mut ds[r * kv_len..(r + 1) * kv_len];
-                            let scale = d.scale();
-                            prow[..valid]
-                                .iter_mut()
-                                .for_each(|x| *x = fastmath::exp(*x * scale - l));
-                            let pdp = fastmath::dot(&prow[..valid], &dsrow[..valid]);
-                            for (ds, &p) in dsrow[..valid].iter_mut().zip(&prow[..valid]) {
-                                *ds = p * (*ds - pdp) * scale;
-                            }
-                            prow[valid..].iter_mut().for_each(|x| *x = 0.0);
-                            dsrow[valid..].iter_mut().for_each(|x| *x = 0.0);
+                            let l = lse_b[h * t + t0 + r];
+                            rows::softmax_backward(prow, dsrow, t0 + r + 1, d.scale(), l);
                         }
                         let ds_v = View {
                             data: ds,
@@ -314,12 +312,7 @@ pub fn attention_backward(
                     }
                 }
             }
+            SCRATCH.with(|cell| cell.replace(scratch));
         },
     );
-    // Unpack the per-sequence (dk, dv) pairs into the (N, KV) outputs.
-    for b in 0..d.b {
-        let pair = &dkv[b * 2 * per_seq_kv..(b + 1) * 2 * per_seq_kv];
-        dk[b * per_seq_kv..(b + 1) * per_seq_kv].copy_from_slice(&pair[..per_seq_kv]);
-        dv[b * per_seq_kv..(b + 1) * per_seq_kv].copy_from_slice(&pair[per_seq_kv..]);
-    }
 }

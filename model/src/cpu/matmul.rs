@@ -16,11 +16,14 @@
 //! multiply-add, the portable one twice, so their bits differ (each is
 //! deterministic).
 //!
-//! Threads: M is cut into contiguous row chunks that the threads claim in
-//! turn; each chunk is a whole GEMM on its rows. Each element of C is computed
-//! by exactly one thread with the same sequence of operations (k in order
-//! within KC blocks, the blocks in order), so results are bitwise independent
-//! of the thread count and of which thread took which chunk.
+//! Threads: each B block is packed once, by the calling thread, and shared;
+//! its product is cut into row tasks (whole register tiles, at most one A block
+//! each) that the threads claim in turn, each packing only its own rows of A, so
+//! no thread repeats another's packing. Each element of C is computed by exactly
+//! one thread with the same sequence of operations (k in order within KC blocks,
+//! the blocks in order), so results are bitwise independent of the thread count
+//! and of which thread took which task, and the same as [`gemm`] on one thread.
+//! The micro-kernels write whole tiles into C from their registers.
 //!
 //! Layouts, with rows = tokens (B·T), inp/out the linear's widths, W (out, inp):
 //! - forward:          Y (rows, out)  = X (rows, inp) · Wᵀ          (overwrite or add)
@@ -30,6 +33,9 @@
 use std::cell::RefCell;
 
 use super::par;
+
+mod kernels;
+use kernels::{micro_kernel, pack_a, pack_b, TileOut};
 
 /// Whether a product overwrites its output or is added to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,10 +198,37 @@ const KC: usize = 256;
 const MC: usize = 96;
 /// Columns of a packed B block (1 MB at KC = 256).
 const NC: usize = 1024;
+/// Depth of a parallel region's packed B (8 MB at NC = 1024): its KC-deep blocks are
+/// packed before the threads start, so that a product spawns once per region.
+const KS: usize = 8 * KC;
 
 thread_local! {
-    /// Per-thread packing buffers, reused across calls.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread buffer for packed A blocks, reused across calls.
+    static APACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread buffer for packed B blocks (the calling thread's), reused across calls.
+    static BPACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Panics unless the views and C hold an (m, k)·(k, n) → (m, n) product and the kernel
+/// runs here.
+fn check_shapes(shape: Gemm, a: &View, b: &View, c: &ViewMut, kernel: Kernel) {
+    let Gemm { m, n, k } = shape;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        c.rs >= n && (m - 1) * c.rs + n <= c.data.len(),
+        "C: ({m}, {n}) with ldc {} needs {} elements, has {}",
+        c.rs,
+        (m - 1) * c.rs + n,
+        c.data.len()
+    );
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    assert!(
+        kernel.is_available(),
+        "{kernel:?} is not available on this CPU"
+    );
 }
 
 /// C (M, N) (=|+=) A (M, K) · B (K, N) on the calling thread.
@@ -204,24 +237,43 @@ thread_local! {
 /// If a view or C is too short for its shape, or `kernel` is not available on
 /// this CPU (both are programming errors).
 pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: Kernel) {
+    check_shapes(shape, &a, &b, &c, kernel);
+    blocked(shape, a, b, c, acc, kernel, 1);
+}
+
+/// The packed B of one parallel region: columns jc..jc+nc, depths ps..ps+ks, as
+/// consecutive KC-deep blocks (block q holds depths ps+q·KC.., `nc_pad·kc` floats).
+#[derive(Clone, Copy)]
+struct Region<'p> {
+    bpack: &'p [f32],
+    jc: usize,
+    nc: usize,
+    ps: usize,
+    ks: usize,
+    /// How the product writes C (its first depth block; later ones add).
+    acc: Accumulate,
+}
+
+/// The BLIS loops over checked operands. B is packed by the calling thread in regions
+/// of NC columns × up to KS depths (each KC-deep block packed once, shared by all
+/// threads); a region's rows are cut into tasks (whole register tiles, at most one A
+/// block) that up to `threads` threads claim, each packing only its own rows of A: one
+/// spawn per region, no packing repeated. Every element of C gets the same operations
+/// in the same order (depth blocks in order) whatever the thread count.
+fn blocked(
+    shape: Gemm,
+    a: View,
+    b: View,
+    c: ViewMut,
+    acc: Accumulate,
+    kernel: Kernel,
+    threads: usize,
+) {
     let Gemm { m, n, k } = shape;
     let ViewMut { data: c, rs: ldc } = c;
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        ldc >= n && (m - 1) * ldc + n <= c.len(),
-        "C: ({m}, {n}) with ldc {ldc} needs {} elements, has {}",
-        (m - 1) * ldc + n,
-        c.len()
-    );
-    a.check(m, k, "A");
-    b.check(k, n, "B");
-    assert!(
-        kernel.is_available(),
-        "{kernel:?} is not available on this CPU"
-    );
-    let nr = kernel.nr();
     if k == 0 {
         if acc == Accumulate::Overwrite {
             for i in 0..m {
@@ -230,268 +282,138 @@ pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: 
         }
         return;
     }
-    PACK.with(|cell| {
-        let mut bufs = cell.borrow_mut();
-        let (apack, bpack) = &mut *bufs;
-        // Only as large as this product needs: threads are spawned per call, so
-        // their buffers start empty and every byte requested is also touched.
-        let apack_len = MC.min(m).div_ceil(MR) * MR * KC.min(k);
-        let bpack_len = NC.min(n).div_ceil(nr) * nr * KC.min(k);
-        if apack.len() < apack_len {
-            apack.resize(apack_len, 0.0);
-        }
-        if bpack.len() < bpack_len {
-            bpack.resize(bpack_len, 0.0);
+    let nr = kernel.nr();
+    BPACK.with(|cell| {
+        let mut bpack = cell.borrow_mut();
+        let need = NC.min(n).div_ceil(nr) * nr * KS.min(k);
+        if bpack.len() < need {
+            bpack.resize(need, 0.0);
         }
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                pack_b(b.at(pc, jc), kc, nc, nr, bpack);
-                let write = if pc == 0 { acc } else { Accumulate::Add };
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
-                    pack_a(a.at(ic, pc), mc, kc, apack);
-                    for jr in (0..nc).step_by(nr) {
-                        let bpanel = &bpack[jr / nr * kc * nr..][..kc * nr];
-                        for ir in (0..mc).step_by(MR) {
-                            let apanel = &apack[ir / MR * kc * MR..][..kc * MR];
-                            let mut tile = [0.0f32; MR * NR_MAX];
-                            micro_kernel(kernel, kc, apanel, bpanel, &mut tile);
-                            let rows = MR.min(mc - ir);
-                            let cols = nr.min(nc - jr);
-                            for i in 0..rows {
-                                let row0 = (ic + ir + i) * ldc + jc + jr;
-                                let crow = &mut c[row0..row0 + cols];
-                                let trow = &tile[i * nr..i * nr + cols];
-                                match write {
-                                    Accumulate::Overwrite => crow.copy_from_slice(trow),
-                                    Accumulate::Add => {
-                                        crow.iter_mut().zip(trow).for_each(|(c, t)| *c += t)
-                                    }
-                                }
-                            }
-                        }
-                    }
+            let nc_pad = nc.div_ceil(nr) * nr;
+            for ps in (0..k).step_by(KS) {
+                let ks = KS.min(k - ps);
+                for pc in (ps..ps + ks).step_by(KC) {
+                    let kc = KC.min(ps + ks - pc);
+                    let off = (pc - ps) * nc_pad;
+                    pack_b(b.at(pc, jc), kc, nc, nr, &mut bpack[off..off + kc * nc_pad]);
                 }
+                let region = Region {
+                    bpack: &bpack[..ks * nc_pad],
+                    jc,
+                    nc,
+                    ps,
+                    ks,
+                    acc: if ps == 0 { acc } else { Accumulate::Add },
+                };
+                if threads <= 1 {
+                    for ic in (0..m).step_by(MC) {
+                        let mc = MC.min(m - ic);
+                        row_task(a, ic, mc, region, &mut c[ic * ldc..], ldc, kernel);
+                    }
+                    continue;
+                }
+                let step = task_rows(m, threads);
+                let mut tasks = Vec::with_capacity(m.div_ceil(step));
+                let mut rest: &mut [f32] = &mut c[..];
+                for ic in (0..m).step_by(step) {
+                    let mc = step.min(m - ic);
+                    let take = if ic + mc < m { mc * ldc } else { rest.len() };
+                    let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                    rest = tail;
+                    tasks.push((ic, mc, mine));
+                }
+                par::run_tasks(threads, tasks, |(ic, mc, mine)| {
+                    row_task(a, ic, mc, region, mine, ldc, kernel)
+                });
             }
         }
     });
 }
 
-/// Packs the top-left mc × kc block of `a` (the caller offsets the view to the
-/// block) into MR-row panels: `apack[p·kc·MR + kk·MR + i]`, rows past `mc` zero.
-fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
-    for (p, ir) in (0..mc).step_by(MR).enumerate() {
-        let panel = &mut apack[p * kc * MR..(p + 1) * kc * MR];
-        let rows = MR.min(mc - ir);
-        if rows < MR {
-            panel.iter_mut().for_each(|x| *x = 0.0);
-        }
-        if a.cs == 1 {
-            // Row-major A: read each row contiguously.
-            for i in 0..rows {
-                let src = &a.data[(ir + i) * a.rs..][..kc];
-                for (kk, &x) in src.iter().enumerate() {
-                    panel[kk * MR + i] = x;
-                }
-            }
-        } else {
-            // Column-major A (a transposed row-major matrix): read MR rows of one column.
-            for kk in 0..kc {
-                let base = ir * a.rs + kk * a.cs;
-                for i in 0..rows {
-                    panel[kk * MR + i] = a.data[base + i * a.rs];
-                }
-            }
-        }
-    }
+/// Rows per task when `threads` share M rows: about [`TASKS_PER_THREAD`] tasks per
+/// thread (so that a descheduled thread's share is taken over), a multiple of MR, at
+/// most MC (one A block) and at least [`MIN_TASK_ROWS`] (each B panel is loaded once
+/// per task). Tasks never repeat work: each packs only its own rows of A.
+fn task_rows(m: usize, threads: usize) -> usize {
+    let even = m.div_ceil(threads * TASKS_PER_THREAD).div_ceil(MR) * MR;
+    even.clamp(MIN_TASK_ROWS, MC)
 }
 
-/// Packs the top-left kc × nc block of `b` (the caller offsets the view to the
-/// block) into nr-column panels: `bpack[p·kc·nr + kk·nr + j]`, columns past `nc` zero.
-fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]) {
-    for (p, jr) in (0..nc).step_by(nr).enumerate() {
-        let panel = &mut bpack[p * kc * nr..(p + 1) * kc * nr];
-        let cols = nr.min(nc - jr);
-        if cols < nr {
-            panel.iter_mut().for_each(|x| *x = 0.0);
-        }
-        if b.cs == 1 {
-            for kk in 0..kc {
-                let src = &b.data[kk * b.rs + jr..][..cols];
-                panel[kk * nr..kk * nr + cols].copy_from_slice(src);
-            }
-        } else {
-            // B is a transposed row-major matrix (W for Y = X·Wᵀ): each column is contiguous.
-            for j in 0..cols {
-                let src = &b.data[(jr + j) * b.cs..][..(kc - 1) * b.rs + 1];
-                for kk in 0..kc {
-                    panel[kk * nr + j] = src[kk * b.rs];
-                }
-            }
-        }
-    }
-}
+/// Tasks per thread a product's rows are cut into, where it has enough rows.
+const TASKS_PER_THREAD: usize = 4;
 
-/// tile (MR × nr, row-major, nr = kernel's width) = Σ_kk apanel[kk] ⊗ bpanel[kk].
-fn micro_kernel(
+/// The fewest rows of a task (four register tiles).
+const MIN_TASK_ROWS: usize = 4 * MR;
+
+/// Rows ic..ic+mc (mc ≤ MC) of one region's product: for each KC-deep block in order,
+/// packs A's (mc × kc) block and runs the micro-kernel over every tile. `c` starts at
+/// row ic, column 0.
+fn row_task(
+    a: View,
+    ic: usize,
+    mc: usize,
+    region: Region,
+    c: &mut [f32],
+    ldc: usize,
     kernel: Kernel,
-    kc: usize,
-    apanel: &[f32],
-    bpanel: &[f32],
-    tile: &mut [f32; MR * NR_MAX],
 ) {
-    assert!(apanel.len() >= kc * MR && bpanel.len() >= kc * kernel.nr());
-    match kernel {
-        Kernel::Portable => kernel_portable(kc, apanel, bpanel, tile),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `gemm` asserted the CPU has AVX2 and FMA for this kernel; the
-        // panels hold kc·MR and kc·16 elements (asserted above).
-        Kernel::Avx2Fma => unsafe { kernel_avx2_fma(kc, apanel.as_ptr(), bpanel.as_ptr(), tile) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `gemm` asserted the CPU has AVX-512F for this kernel; the
-        // panels hold kc·MR and kc·32 elements (asserted above).
-        Kernel::Avx512 => unsafe { kernel_avx512(kc, apanel.as_ptr(), bpanel.as_ptr(), tile) },
-        #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma | Kernel::Avx512 => unreachable!("x86 kernels are never available here"),
-    }
-}
-
-/// Portable 6×16 tile.
-const NR_PORTABLE: usize = 16;
-
-fn kernel_portable(kc: usize, apanel: &[f32], bpanel: &[f32], tile: &mut [f32; MR * NR_MAX]) {
-    let mut acc = [[0.0f32; NR_PORTABLE]; MR];
-    for (ap, bp) in apanel
-        .chunks_exact(MR)
-        .zip(bpanel.chunks_exact(NR_PORTABLE))
-        .take(kc)
-    {
-        for i in 0..MR {
-            for j in 0..NR_PORTABLE {
-                acc[i][j] += ap[i] * bp[j];
+    let Region {
+        bpack,
+        jc,
+        nc,
+        ps,
+        ks,
+        acc,
+    } = region;
+    let nr = kernel.nr();
+    let nc_pad = nc.div_ceil(nr) * nr;
+    APACK.with(|cell| {
+        let mut apack = cell.borrow_mut();
+        let need = mc.div_ceil(MR) * MR * KC.min(ks);
+        if apack.len() < need {
+            apack.resize(need, 0.0);
+        }
+        for pc in (ps..ps + ks).step_by(KC) {
+            let kc = KC.min(ps + ks - pc);
+            let bblock = &bpack[(pc - ps) * nc_pad..][..kc * nc_pad];
+            let write = if pc == ps { acc } else { Accumulate::Add };
+            let len = mc.div_ceil(MR) * MR * kc;
+            pack_a(a.at(ic, pc), mc, kc, &mut apack[..len]);
+            for jr in (0..nc).step_by(nr) {
+                let bpanel = &bblock[jr / nr * kc * nr..][..kc * nr];
+                let cols = nr.min(nc - jr);
+                for ir in (0..mc).step_by(MR) {
+                    let apanel = &apack[ir / MR * kc * MR..][..kc * MR];
+                    let out = TileOut {
+                        c: &mut c[ir * ldc + jc + jr..],
+                        ldc,
+                        rows: MR.min(mc - ir),
+                        cols,
+                        acc: write,
+                    };
+                    micro_kernel(kernel, kc, apanel, bpanel, out);
+                }
             }
         }
-    }
-    for i in 0..MR {
-        tile[i * NR_PORTABLE..(i + 1) * NR_PORTABLE].copy_from_slice(&acc[i]);
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA; `a` must point at `kc·MR` and `b` at
-/// `kc·16` readable f32s.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2_fma(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR_MAX]) {
-    const NR: usize = 16;
-    use std::arch::x86_64::*;
-    let mut c = [[_mm256_setzero_ps(); 2]; MR];
-    for kk in 0..kc {
-        // SAFETY: kk < kc, so the NR floats at b + kk·NR and the MR floats at
-        // a + kk·MR are inside the panels (caller's contract).
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.add(kk * MR + i));
-                ci[0] = _mm256_fmadd_ps(ai, b0, ci[0]);
-                ci[1] = _mm256_fmadd_ps(ai, b1, ci[1]);
-            }
-        }
-    }
-    for (i, ci) in c.iter().enumerate() {
-        // SAFETY: tile has MR·32 ≥ MR·NR floats; row i's 16 start at i·NR.
-        unsafe {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), ci[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), ci[1]);
-        }
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX-512F; `a` must point at `kc·MR` and `b` at `kc·32`
-/// readable f32s.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR_MAX]) {
-    use std::arch::x86_64::*;
-    const NR: usize = 32;
-    let mut c = [[_mm512_setzero_ps(); 2]; MR];
-    for kk in 0..kc {
-        // SAFETY: kk < kc, so the NR floats at b + kk·NR and the MR floats at
-        // a + kk·MR are inside the panels (caller's contract).
-        unsafe {
-            let b0 = _mm512_loadu_ps(b.add(kk * NR));
-            let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
-            for (i, ci) in c.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(kk * MR + i));
-                ci[0] = _mm512_fmadd_ps(ai, b0, ci[0]);
-                ci[1] = _mm512_fmadd_ps(ai, b1, ci[1]);
-            }
-        }
-    }
-    for (i, ci) in c.iter().enumerate() {
-        // SAFETY: tile has MR·NR floats; row i's 32 start at i·NR.
-        unsafe {
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), ci[0]);
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), ci[1]);
-        }
-    }
+    });
 }
 
 /// Below this many multiply-adds a product runs on one thread: spawning costs
 /// tens of microseconds. (Thread count never changes results, only speed.)
 const MIN_MACS_PER_THREAD: usize = 1 << 18;
 
-/// Rows below which a product is not cut into more chunks than threads.
-const MIN_CHUNK_ROWS: usize = 128;
-
-/// [`gemm`] with M cut into row chunks (multiples of MR, up to 4 per thread,
-/// at least [`MIN_CHUNK_ROWS`] rows unless that leaves a thread idle) that
-/// `threads` scoped threads claim in turn. Results are bitwise the same for
-/// any `threads` and any claiming order.
+/// [`gemm`] over `threads` scoped threads: each packed B block's row blocks are shared
+/// out (see [`blocked`]). Results are bitwise the same for any `threads` and any
+/// claiming order.
 pub fn gemm_parallel(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, threads: usize) {
     let kernel = Kernel::detect();
     let Gemm { m, n, k } = shape;
+    check_shapes(shape, &a, &b, &c, kernel);
     let by_work = (m * n * k / MIN_MACS_PER_THREAD).max(1);
-    let parts = threads.max(1).min(m.div_ceil(MR)).min(by_work);
-    if parts <= 1 || m == 0 || n == 0 {
-        gemm(shape, a, b, c, acc, kernel);
-        return;
-    }
-    let ViewMut { data: c, rs: ldc } = c;
-    // Every chunk packs all of B (k × n) for itself, a cost of about 1/rows of
-    // its multiply-adds: chunks of at least MIN_CHUNK_ROWS keep that small. (The
-    // weight gradient has m = out features, often only a few hundred.)
-    let chunks = (parts * 4)
-        .min(m / MIN_CHUNK_ROWS)
-        .max(parts)
-        .min(m.div_ceil(MR));
-    let rows_per = m.div_ceil(chunks).div_ceil(MR) * MR;
-    let mut tasks = Vec::with_capacity(chunks);
-    let mut rest: &mut [f32] = c;
-    let mut i0 = 0;
-    while i0 < m {
-        let rows = rows_per.min(m - i0);
-        let take = if i0 + rows < m {
-            rows * ldc
-        } else {
-            rest.len()
-        };
-        let (mine, tail) = rest.split_at_mut(take);
-        rest = tail;
-        tasks.push((i0, rows, mine));
-        i0 += rows;
-    }
-    par::run_tasks(parts, tasks, |(i0, rows, mine)| {
-        let c = ViewMut {
-            data: mine,
-            rs: ldc,
-        };
-        gemm(Gemm { m: rows, n, k }, a.at(i0, 0), b, c, acc, kernel)
-    });
+    let parts = threads.max(1).min(m.div_ceil(MIN_TASK_ROWS)).min(by_work);
+    blocked(shape, a, b, c, acc, kernel, parts);
 }
 
 /// Forward of a linear layer: y (rows, out) (=|+=) x (rows, inp) · wᵀ, w (out, inp).

@@ -229,7 +229,8 @@ impl CpuModel {
     }
 
     /// Bytes of activation and scratch buffers this instance holds (the
-    /// attention backward adds 2·B·T·KV + threads·2·64·T floats while it runs).
+    /// attention keeps up to 2·64·T floats per thread that runs it, and the matmul
+    /// its packing buffers, at most 96·256 + 2048·1024 floats per thread).
     pub fn activation_bytes(&self) -> usize {
         let l = &self.layers;
         let per_layer: usize = l.first().map_or(0, |a| {

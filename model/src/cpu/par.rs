@@ -65,41 +65,62 @@ pub fn split2<A: Send, B: Send, F>(
 ) where
     F: Fn(Range<usize>, &mut [A], &mut [B]) + Sync,
 {
+    split3::<A, B, u8, _>(
+        threads,
+        items,
+        (a, a_per),
+        (b, b_per),
+        (&mut [], 0),
+        |r, a, b, _| f(r, a, b),
+    );
+}
+
+/// [`split2`] with three output buffers, each given with its elements per item.
+pub fn split3<A: Send, B: Send, C: Send, F>(
+    threads: usize,
+    items: usize,
+    a: (&mut [A], usize),
+    b: (&mut [B], usize),
+    c: (&mut [C], usize),
+    f: F,
+) where
+    F: Fn(Range<usize>, &mut [A], &mut [B], &mut [C]) + Sync,
+{
     let threads = threads.max(1);
     let chunks = if threads == 1 {
         1
     } else {
         (threads * CHUNKS_PER_THREAD).min(items.max(1))
     };
+    let ((a, a_per), (b, b_per), (c, c_per)) = (a, b, c);
     if chunks == 1 {
-        f(0..items, a, b);
+        f(0..items, a, b, c);
         return;
     }
     let per = items.div_ceil(chunks);
     let mut tasks = Vec::with_capacity(chunks);
-    let (mut a_rest, mut b_rest) = (a, b);
+    let (mut a_rest, mut b_rest, mut c_rest) = (a, b, c);
     let mut start = 0;
     while start < items {
         let end = (start + per).min(items);
         let last = end == items;
-        let a_take = if last {
-            a_rest.len()
-        } else {
-            ((end - start) * a_per).min(a_rest.len())
+        let take = |rest_len: usize, per_item: usize| {
+            if last {
+                rest_len
+            } else {
+                ((end - start) * per_item).min(rest_len)
+            }
         };
-        let b_take = if last {
-            b_rest.len()
-        } else {
-            ((end - start) * b_per).min(b_rest.len())
-        };
-        let (a_mine, a_tail) = a_rest.split_at_mut(a_take);
-        let (b_mine, b_tail) = b_rest.split_at_mut(b_take);
+        let (a_mine, a_tail) = a_rest.split_at_mut(take(a_rest.len(), a_per));
+        let (b_mine, b_tail) = b_rest.split_at_mut(take(b_rest.len(), b_per));
+        let (c_mine, c_tail) = c_rest.split_at_mut(take(c_rest.len(), c_per));
         a_rest = a_tail;
         b_rest = b_tail;
-        tasks.push((start..end, a_mine, b_mine));
+        c_rest = c_tail;
+        tasks.push((start..end, a_mine, b_mine, c_mine));
         start = end;
     }
-    run_tasks(threads, tasks, |(r, a, b)| f(r, a, b));
+    run_tasks(threads, tasks, |(r, a, b, c)| f(r, a, b, c));
 }
 
 /// [`split2`] with one output buffer.

@@ -1,6 +1,10 @@
 //! SwiGLU: `act = silu(gate) ⊙ up`, silu(g) = g·σ(g). Shapes: gate, up, act (N, F).
 //! Forward overwrites act. Backward overwrites dgate and dup (activation
 //! gradients), using silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
+//!
+//! The loops run over zipped slices (no index checks, so they vectorise), compiled
+//! twice: for the baseline target and with AVX2 (eight lanes), chosen at run time.
+//! Rust never fuses a multiply and an add, so both give the same bits.
 
 use super::{fastmath, par};
 
@@ -9,15 +13,71 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fastmath::exp(-x))
 }
 
+#[inline(always)]
+fn forward_rows(act: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+        *a = g * sigmoid(g) * u;
+    }
+}
+
+#[inline(always)]
+fn backward_rows(dgate: &mut [f32], dup: &mut [f32], dact: &[f32], gate: &[f32], up: &[f32]) {
+    let inputs = dact.iter().zip(gate).zip(up);
+    for ((dg, du), ((&d, &g), &u)) in dgate.iter_mut().zip(dup.iter_mut()).zip(inputs) {
+        let s = sigmoid(g);
+        let silu = g * s;
+        *du = d * silu;
+        *dg = d * u * (s + silu * (1.0 - s));
+    }
+}
+
+/// Whether this CPU runs the AVX2 copies.
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn forward_rows_avx2(act: &mut [f32], gate: &[f32], up: &[f32]) {
+    forward_rows(act, gate, up)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn backward_rows_avx2(
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    dact: &[f32],
+    gate: &[f32],
+    up: &[f32],
+) {
+    backward_rows(dgate, dup, dact, gate, up)
+}
+
 /// act = silu(gate) ⊙ up.
 pub fn swiglu_forward(act: &mut [f32], gate: &[f32], up: &[f32], f: usize, threads: usize) {
     let rows = act.len() / f;
     par::split1(threads, rows, act, f, |range, act| {
-        let base = range.start * f;
-        for (i, a) in act.iter_mut().enumerate() {
-            let (g, u) = (gate[base + i], up[base + i]);
-            *a = g * sigmoid(g) * u;
+        let part = range.start * f..range.start * f + act.len();
+        let (gate, up) = (&gate[part.clone()], &up[part]);
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: avx2() saw the feature on this CPU.
+            return unsafe { forward_rows_avx2(act, gate, up) };
         }
+        forward_rows(act, gate, up)
     });
 }
 
@@ -33,13 +93,47 @@ pub fn swiglu_backward(
 ) {
     let rows = dgate.len() / f;
     par::split2(threads, rows, dgate, f, dup, f, |range, dgate, dup| {
-        let base = range.start * f;
-        for i in 0..dgate.len() {
-            let (g, u, d) = (gate[base + i], up[base + i], dact[base + i]);
-            let s = sigmoid(g);
-            let silu = g * s;
-            dup[i] = d * silu;
-            dgate[i] = d * u * (s + silu * (1.0 - s));
+        let part = range.start * f..range.start * f + dgate.len();
+        let (dact, gate, up) = (&dact[part.clone()], &gate[part.clone()], &up[part]);
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: avx2() saw the feature on this CPU.
+            return unsafe { backward_rows_avx2(dgate, dup, dact, gate, up) };
         }
+        backward_rows(dgate, dup, dact, gate, up)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_avx2_copies_give_the_baseline_bits() {
+        if !avx2() {
+            return;
+        }
+        let n = 1000;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let u: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let d: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+        let (mut a1, mut a2) = (vec![0.0; n], vec![0.0; n]);
+        forward_rows(&mut a1, &g, &u);
+        // SAFETY: avx2() is true.
+        unsafe { forward_rows_avx2(&mut a2, &g, &u) };
+        assert!(a1.iter().zip(&a2).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let (mut dg1, mut du1, mut dg2, mut du2) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        backward_rows(&mut dg1, &mut du1, &d, &g, &u);
+        // SAFETY: avx2() is true.
+        unsafe { backward_rows_avx2(&mut dg2, &mut du2, &d, &g, &u) };
+        assert!(dg1
+            .iter()
+            .zip(&dg2)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert!(du1
+            .iter()
+            .zip(&du2)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
 }

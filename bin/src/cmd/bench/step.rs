@@ -30,11 +30,20 @@ use frugal_ptx::emu::{Counters, Profiling};
 use frugal_runtime::device::{Backend, Device, DeviceSpec, TimingSource};
 
 use super::counters::{check_device, with_counters, Summary};
+
+#[path = "step/compare.rs"]
+mod compare;
 use frugal_runtime::host::{memory_limit, try_zeroed_vec};
 
 /// What `frugal bench step --help` says first.
 pub const ABOUT: &str =
-    "Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.";
+    "Times the training step (forward, backward, grad norm and clip, AdamW) on random tokens.\n\n\
+     With --device cpu --compare, the same step in PyTorch eager (fp32, same dimensions and \
+     threads; scripts/torch/cpu_step.py, run by $FRUGAL_TORCH_PYTHON or python3) alternates \
+     with frugal's for --rounds rounds, and the ratio of tokens/s is printed.\n\n\
+     Examples:\n  frugal bench step --model tiny --steps 5\n  \
+     frugal bench step --device cpu --compare --layers 4 --hidden 256 --heads 4 --ffn 688 \
+     --vocab 256 --seq 256 --batch 8 --threads 2";
 
 /// `frugal bench step`'s flags.
 #[derive(Debug, clap::Args)]
@@ -63,6 +72,31 @@ pub struct StepFlags {
     /// compare off and on for the launch overhead
     #[arg(long, value_name = "off|on|auto", value_parser = text::<String>())]
     cuda_graphs: Option<String>,
+    /// layers (overrides the preset's)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    layers: Option<usize>,
+    /// model width C (overrides the preset's)
+    #[arg(long, value_name = "C", value_parser = text::<usize>())]
+    hidden: Option<usize>,
+    /// attention heads (overrides the preset's; key/value heads follow unless --kv-heads)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    heads: Option<usize>,
+    /// key/value heads, a divisor of --heads (grouped-query attention)
+    #[arg(long, value_name = "N", value_parser = text::<usize>())]
+    kv_heads: Option<usize>,
+    /// MLP width F (overrides the preset's)
+    #[arg(long, value_name = "F", value_parser = text::<usize>())]
+    ffn: Option<usize>,
+    /// vocabulary size V (overrides the preset's)
+    #[arg(long, value_name = "V", value_parser = text::<usize>())]
+    vocab: Option<usize>,
+    /// cpu only: also time PyTorch eager's step at the same dimensions and threads
+    /// (needs a python with torch: $FRUGAL_TORCH_PYTHON, else python3) and print the ratio
+    #[arg(long)]
+    compare: bool,
+    /// with --compare: rounds of (frugal, PyTorch), alternated
+    #[arg(long, value_name = "N", default_value = "1", value_parser = text::<usize>())]
+    rounds: usize,
     /// CPU worker threads, cpu only (default: the cores available)
     #[arg(long, value_name = "N", value_parser = text::<usize>())]
     threads: Option<usize>,
@@ -543,6 +577,14 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         json,
         counters,
         sample_ctas,
+        layers,
+        hidden,
+        heads,
+        kv_heads,
+        ffn,
+        vocab,
+        compare,
+        rounds,
     } = flags;
     check_device("bench step", counters, device)?;
     let threads = threads.unwrap_or_else(default_threads);
@@ -577,6 +619,13 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
         ("seq", seq.unwrap_or(1)),
         ("threads", threads),
         ("steps", steps),
+        ("rounds", rounds),
+        ("layers", layers.unwrap_or(1)),
+        ("hidden", hidden.unwrap_or(1)),
+        ("heads", heads.unwrap_or(1)),
+        ("kv-heads", kv_heads.unwrap_or(1)),
+        ("ffn", ffn.unwrap_or(1)),
+        ("vocab", vocab.unwrap_or(1)),
     ] {
         if v == 0 {
             return Err(usage(format!("--{name} must be at least 1")));
@@ -586,12 +635,48 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
     let mut config = preset.config();
     let seq = seq.unwrap_or(preset.seq_len);
     config.seq_len = seq;
+    if let Some(v) = layers {
+        config.n_layers = v;
+    }
+    if let Some(v) = hidden {
+        config.dim = v;
+    }
+    if let Some(v) = heads {
+        config.n_heads = v;
+        config.n_kv_heads = v;
+    }
+    if let Some(v) = kv_heads {
+        config.n_kv_heads = v;
+    }
+    if let Some(v) = ffn {
+        config.ffn_dim = v;
+    }
+    if let Some(v) = vocab {
+        config.vocab_size = v;
+    }
+    config.validate().map_err(|e| usage(e.to_string()))?;
+    if compare && device != DeviceSpec::Cpu {
+        return Err(usage(format!(
+            "--compare times PyTorch's CPU step: it needs --device cpu, not '{device}'"
+        )));
+    }
+    if compare && counters {
+        return Err(usage("--compare and --counters do not go together".into()));
+    }
     let bench = StepBench {
         device,
         attention,
         attention_dq,
         cuda_graphs,
-        model: preset.name.to_string(),
+        // A preset with its dimensions overridden is no longer that preset.
+        model: if [layers, hidden, heads, kv_heads, ffn, vocab]
+            .iter()
+            .any(Option::is_some)
+        {
+            format!("custom (from {})", preset.name)
+        } else {
+            preset.name.to_string()
+        },
         batch: batch.unwrap_or(preset.default_batch),
         seq,
         threads,
@@ -624,6 +709,9 @@ pub fn run(flags: StepFlags) -> Result<(), CliError> {
             bench.steps,
             bench.warmup
         );
+    }
+    if compare {
+        return compare::run(&bench, rounds, json);
     }
     let s = measure(&bench)?;
     if json {

@@ -1,0 +1,141 @@
+//! The CPU GEMM against the machine's FMA peak, without criterion (quick, one table).
+//!
+//! Peak: a loop of independent FMAs on `Kernel::detect()`'s vector width (ten
+//! accumulators, so that latency never limits it) gives flops per second per core;
+//! the peak of T threads is T times that (measured on one thread while the others
+//! idle, so it is the clock the machine reaches, turbo included). Then the three
+//! layouts of a linear layer at the shapes the issue names (rows = B·T tokens), on 1
+//! and on all threads: best of `FRUGAL_GEMM_REPS` (default 5) runs, GFLOP/s = 2·M·N·K / time.
+//!
+//! Run: `cargo bench -p frugal-model --bench gemm_peak`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use frugal_model::cpu::matmul::{
+    linear_backward_input, linear_backward_weight, linear_forward, Accumulate, Kernel, LinearDims,
+};
+
+/// FLOP/s of one core's FMA units: 10 independent accumulator chains, 2 flops per lane.
+fn fma_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Kernel::detect() != Kernel::Portable {
+            // SAFETY: detect() saw AVX2 and FMA (AVX-512 machines have both too).
+            return unsafe { fma_peak_avx2() };
+        }
+    }
+    f64::NAN
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_peak_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    let iters = 20_000_000u64;
+    let mut acc = [_mm256_set1_ps(0.0); 10];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    black_box(acc);
+    let lanes = if Kernel::detect() == Kernel::Avx512 {
+        16.0
+    } else {
+        8.0
+    };
+    // With AVX-512 the 256-bit loop measures the clock; the zmm peak doubles the lanes.
+    (iters * 10) as f64 * 8.0 * 2.0 / best * (lanes / 8.0)
+}
+
+fn random(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let reps: usize = std::env::var("FRUGAL_GEMM_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let peak = fma_peak();
+    println!(
+        "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1})",
+        Kernel::detect(),
+        peak / 1e9,
+        all,
+        peak * all as f64 / 1e9
+    );
+    println!(
+        "{:<34} {:>8} {:>10} {:>8}",
+        "product (rows x inp x out)", "threads", "GFLOP/s", "% peak"
+    );
+    let mut seed = 1u64;
+    // (rows, inp, out): the issue's two shapes, B·T = 2048 rows each.
+    for (rows, inp, out) in [
+        (2048, 256, 256),
+        (2048, 256, 688),
+        (2048, 688, 256),
+        (2048, 512, 512),
+        (2048, 512, 1376),
+        (2048, 1376, 512),
+    ] {
+        let x = random(rows * inp, &mut seed);
+        let w = random(out * inp, &mut seed);
+        let dy = random(rows * out, &mut seed);
+        let (mut y, mut dx, mut dw) = (
+            vec![0.0f32; rows * out],
+            vec![0.0f32; rows * inp],
+            vec![0.0f32; out * inp],
+        );
+        let dims = LinearDims { rows, inp, out };
+        let flops = 2.0 * (rows * inp * out) as f64;
+        for threads in [1, all] {
+            let fwd = best_of(reps, || {
+                linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads)
+            });
+            let bwi = best_of(reps, || {
+                linear_backward_input(&mut dx, &dy, &w, dims, Accumulate::Overwrite, threads)
+            });
+            let bww = best_of(reps, || {
+                linear_backward_weight(&mut dw, &dy, &x, dims, threads)
+            });
+            for (what, s) in [("fwd", fwd), ("bwd-in", bwi), ("bwd-w", bww)] {
+                let g = flops / s;
+                println!(
+                    "{:<34} {:>8} {:>10.1} {:>7.0}%",
+                    format!("{what} {rows}x{inp}x{out}"),
+                    threads,
+                    g / 1e9,
+                    100.0 * g / (peak * threads as f64)
+                );
+            }
+        }
+        black_box((&y, &dx, &dw));
+    }
+}

@@ -1,0 +1,285 @@
+//! The register-tile micro-kernels and the packing of A and B panels for them.
+//!
+//! A micro-kernel computes one MR×nr tile of a block's product over kc, starting from
+//! zero, and then writes it into C (first depth block: [`Accumulate::Overwrite`]) or
+//! adds it to C (`c + tile`, one rounding), straight from its registers when the tile is
+//! whole and through a small buffer at the edges: the same operations either way, so an
+//! edge element has the bits it would have inside. The AVX2 and AVX-512 kernels have the
+//! same structure (two vectors of B per k, MR broadcasts of A, 2·MR accumulators, one
+//! FMA per multiply-add, k in order), so they give the same bits; only their width
+//! differs (16 and 32 columns).
+
+use super::{Accumulate, Kernel, View, MR, NR_MAX};
+
+/// Where a tile goes: C's top-left element of the tile at `c[0]`, row stride `ldc`;
+/// only `rows`×`cols` of the MR×nr tile exist in C.
+pub(super) struct TileOut<'c> {
+    pub c: &'c mut [f32],
+    pub ldc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub acc: Accumulate,
+}
+
+/// C tile (=|+=) Σ_kk apanel[kk] ⊗ bpanel[kk] over kc, with the kernel's width nr.
+///
+/// # Panics
+/// If a panel is shorter than kc·MR or kc·nr, the tile's extent is out of range or
+/// C too short for it (programming errors).
+pub(super) fn micro_kernel(
+    kernel: Kernel,
+    kc: usize,
+    apanel: &[f32],
+    bpanel: &[f32],
+    out: TileOut,
+) {
+    let nr = kernel.nr();
+    assert!(apanel.len() >= kc * MR && bpanel.len() >= kc * nr);
+    assert!(out.rows >= 1 && out.rows <= MR && out.cols >= 1 && out.cols <= nr);
+    assert!(out.c.len() >= (out.rows - 1) * out.ldc + out.cols);
+    assert!(out.ldc >= out.cols);
+    match kernel {
+        Kernel::Portable => {
+            let mut tile = [0.0f32; MR * NR_MAX];
+            kernel_portable(kc, apanel, bpanel, &mut tile);
+            write_tile(&tile, NR_PORTABLE, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `gemm` asserted the CPU has AVX2 and FMA for this kernel; the
+        // panels hold kc·MR and kc·16 elements and C the tile's extent (asserted above).
+        Kernel::Avx2Fma => unsafe { kernel_avx2_fma(kc, apanel.as_ptr(), bpanel.as_ptr(), out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `gemm` asserted the CPU has AVX-512F for this kernel; the panels
+        // hold kc·MR and kc·32 elements and C the tile's extent (asserted above).
+        Kernel::Avx512 => unsafe { kernel_avx512(kc, apanel.as_ptr(), bpanel.as_ptr(), out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma | Kernel::Avx512 => unreachable!("x86 kernels are never available here"),
+    }
+}
+
+/// Writes the valid part of a row-major tile of width `nr` into C.
+fn write_tile(tile: &[f32; MR * NR_MAX], nr: usize, out: TileOut) {
+    let TileOut {
+        c,
+        ldc,
+        rows,
+        cols,
+        acc,
+    } = out;
+    for i in 0..rows {
+        let crow = &mut c[i * ldc..i * ldc + cols];
+        let trow = &tile[i * nr..i * nr + cols];
+        match acc {
+            Accumulate::Overwrite => crow.copy_from_slice(trow),
+            Accumulate::Add => crow.iter_mut().zip(trow).for_each(|(c, t)| *c += t),
+        }
+    }
+}
+
+/// Portable 6×16 tile.
+const NR_PORTABLE: usize = 16;
+
+fn kernel_portable(kc: usize, apanel: &[f32], bpanel: &[f32], tile: &mut [f32; MR * NR_MAX]) {
+    let mut acc = [[0.0f32; NR_PORTABLE]; MR];
+    for (ap, bp) in apanel
+        .chunks_exact(MR)
+        .zip(bpanel.chunks_exact(NR_PORTABLE))
+        .take(kc)
+    {
+        for i in 0..MR {
+            for j in 0..NR_PORTABLE {
+                acc[i][j] += ap[i] * bp[j];
+            }
+        }
+    }
+    for i in 0..MR {
+        tile[i * NR_PORTABLE..(i + 1) * NR_PORTABLE].copy_from_slice(&acc[i]);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` must point at `kc·MR` and `b` at `kc·16`
+/// readable f32s; `out` must be checked as [`micro_kernel`] does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2_fma(kc: usize, a: *const f32, b: *const f32, out: TileOut) {
+    const NR: usize = 16;
+    use std::arch::x86_64::*;
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    for kk in 0..kc {
+        // SAFETY: kk < kc, so the NR floats at b + kk·NR and the MR floats at
+        // a + kk·MR are inside the panels (caller's contract).
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(kk * MR + i));
+                ci[0] = _mm256_fmadd_ps(ai, b0, ci[0]);
+                ci[1] = _mm256_fmadd_ps(ai, b1, ci[1]);
+            }
+        }
+    }
+    if out.cols == NR {
+        let p = out.c.as_mut_ptr();
+        for (i, ci) in c.iter().enumerate().take(out.rows) {
+            // SAFETY: C holds (rows−1)·ldc + NR elements from p (checked by the caller):
+            // row i < rows has its NR at i·ldc.
+            unsafe {
+                let row = p.add(i * out.ldc);
+                let (v0, v1) = match out.acc {
+                    Accumulate::Overwrite => (ci[0], ci[1]),
+                    Accumulate::Add => (
+                        _mm256_add_ps(_mm256_loadu_ps(row), ci[0]),
+                        _mm256_add_ps(_mm256_loadu_ps(row.add(8)), ci[1]),
+                    ),
+                };
+                _mm256_storeu_ps(row, v0);
+                _mm256_storeu_ps(row.add(8), v1);
+            }
+        }
+        return;
+    }
+    let mut tile = [0.0f32; MR * NR_MAX];
+    for (i, ci) in c.iter().enumerate() {
+        // SAFETY: tile has MR·32 ≥ MR·NR floats; row i's 16 start at i·NR.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), ci[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), ci[1]);
+        }
+    }
+    write_tile(&tile, NR, out);
+}
+
+/// # Safety
+/// The CPU must support AVX-512F; `a` must point at `kc·MR` and `b` at `kc·32`
+/// readable f32s; `out` must be checked as [`micro_kernel`] does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, out: TileOut) {
+    use std::arch::x86_64::*;
+    const NR: usize = 32;
+    let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..kc {
+        // SAFETY: kk < kc, so the NR floats at b + kk·NR and the MR floats at
+        // a + kk·MR are inside the panels (caller's contract).
+        unsafe {
+            let b0 = _mm512_loadu_ps(b.add(kk * NR));
+            let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+            for (i, ci) in c.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(kk * MR + i));
+                ci[0] = _mm512_fmadd_ps(ai, b0, ci[0]);
+                ci[1] = _mm512_fmadd_ps(ai, b1, ci[1]);
+            }
+        }
+    }
+    if out.cols == NR {
+        let p = out.c.as_mut_ptr();
+        for (i, ci) in c.iter().enumerate().take(out.rows) {
+            // SAFETY: C holds (rows−1)·ldc + NR elements from p (checked by the caller):
+            // row i < rows has its NR at i·ldc.
+            unsafe {
+                let row = p.add(i * out.ldc);
+                let (v0, v1) = match out.acc {
+                    Accumulate::Overwrite => (ci[0], ci[1]),
+                    Accumulate::Add => (
+                        _mm512_add_ps(_mm512_loadu_ps(row), ci[0]),
+                        _mm512_add_ps(_mm512_loadu_ps(row.add(16)), ci[1]),
+                    ),
+                };
+                _mm512_storeu_ps(row, v0);
+                _mm512_storeu_ps(row.add(16), v1);
+            }
+        }
+        return;
+    }
+    let mut tile = [0.0f32; MR * NR_MAX];
+    for (i, ci) in c.iter().enumerate() {
+        // SAFETY: tile has MR·NR floats; row i's 32 start at i·NR.
+        unsafe {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), ci[0]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), ci[1]);
+        }
+    }
+    write_tile(&tile, NR, out);
+}
+
+/// Packs the top-left mc × kc block of `a` (the caller offsets the view to the
+/// block) into MR-row panels: `apack[p·kc·MR + kk·MR + i]`, rows past `mc` zero.
+pub(super) fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
+    for (p, ir) in (0..mc).step_by(MR).enumerate() {
+        let panel = &mut apack[p * kc * MR..(p + 1) * kc * MR];
+        let rows = MR.min(mc - ir);
+        if rows < MR {
+            panel.iter_mut().for_each(|x| *x = 0.0);
+        }
+        if a.cs == 1 && rows == MR {
+            // Row-major A, a whole panel: MR contiguous rows read side by side, each
+            // panel line written whole.
+            let r: [&[f32]; MR] = std::array::from_fn(|i| &a.data[(ir + i) * a.rs..][..kc]);
+            for (kk, line) in panel.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    line[i] = r[i][kk];
+                }
+            }
+        } else if a.cs == 1 {
+            for i in 0..rows {
+                let src = &a.data[(ir + i) * a.rs..][..kc];
+                for (kk, &x) in src.iter().enumerate() {
+                    panel[kk * MR + i] = x;
+                }
+            }
+        } else if a.rs == 1 {
+            // Column-major A (a transposed row-major matrix): MR contiguous values per column.
+            for kk in 0..kc {
+                let src = &a.data[ir + kk * a.cs..][..rows];
+                panel[kk * MR..kk * MR + rows].copy_from_slice(src);
+            }
+        } else {
+            for kk in 0..kc {
+                let base = ir * a.rs + kk * a.cs;
+                for i in 0..rows {
+                    panel[kk * MR + i] = a.data[base + i * a.rs];
+                }
+            }
+        }
+    }
+}
+
+/// Packs the top-left kc × nc block of `b` (the caller offsets the view to the
+/// block) into nr-column panels: `bpack[p·kc·nr + kk·nr + j]`, columns past `nc` zero.
+pub(super) fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]) {
+    for (p, jr) in (0..nc).step_by(nr).enumerate() {
+        let panel = &mut bpack[p * kc * nr..(p + 1) * kc * nr];
+        let cols = nr.min(nc - jr);
+        if cols < nr {
+            panel.iter_mut().for_each(|x| *x = 0.0);
+        }
+        if b.cs == 1 {
+            for kk in 0..kc {
+                let src = &b.data[kk * b.rs + jr..][..cols];
+                panel[kk * nr..kk * nr + cols].copy_from_slice(src);
+            }
+        } else if b.rs == 1 {
+            // B is a transposed row-major matrix (W for Y = X·Wᵀ): each column is
+            // contiguous. Runs of 8 depths of every column, so that the reads of a
+            // column stay in one cache line and the writes fill whole panel lines.
+            let col = |j: usize| &b.data[(jr + j) * b.cs..][..kc];
+            for k0 in (0..kc).step_by(8) {
+                let kn = 8.min(kc - k0);
+                for j in 0..cols {
+                    let src = &col(j)[k0..k0 + kn];
+                    for (t, &x) in src.iter().enumerate() {
+                        panel[(k0 + t) * nr + j] = x;
+                    }
+                }
+            }
+        } else {
+            for j in 0..cols {
+                let src = &b.data[(jr + j) * b.cs..][..(kc - 1) * b.rs + 1];
+                for kk in 0..kc {
+                    panel[kk * nr + j] = src[kk * b.rs];
+                }
+            }
+        }
+    }
+}
