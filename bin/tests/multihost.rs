@@ -611,3 +611,110 @@ fn with_the_hierarchy_every_rank_names_the_failed_host() {
         assert!(line.contains(" on host h1 ("), "victim {victim}: {line}");
     }
 }
+
+/// Reads all of `r` on a thread (a rank's pipes must be drained while it runs: a
+/// training rank prints a line per step).
+fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// The fault that only the ring's verdict can place, in a real DDP job: host 2 of 4
+/// freezes (SIGSTOP) while `train` runs; every other rank fails within the timeout
+/// plus a second, naming host 2 (the fault table above times `bench allreduce`).
+#[test]
+fn a_frozen_host_during_training_is_named_by_every_other_rank() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (hosts, victim) = (4, 2);
+    let Some(net) = net_or_skip(hosts) else {
+        return;
+    };
+    let dir = scratch_in("multihost", "frozen-train");
+    let (out, metrics) = (dir.join("out"), dir.join("m.jsonl"));
+    let timeout = TIMEOUT_S.to_string();
+    let args = [
+        "train",
+        "--model",
+        "tiny",
+        "--steps",
+        "100000",
+        "--val-every",
+        "0",
+        "--comm-timeout",
+        &timeout,
+        "--out",
+        out.to_str().expect("utf-8 scratch path"),
+        "--metrics",
+        metrics.to_str().expect("utf-8 scratch path"),
+    ];
+    let mut ranks: Vec<Child> = (0..hosts)
+        .map(|i| {
+            net.frugal(i, &args, &net.rank_env(i))
+                .spawn()
+                .expect("start a rank")
+        })
+        .collect();
+    // Wait for rank 0's third step line, so the ring carries gradient buckets.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout0 = ranks[0].stdout.take().expect("stdout");
+    let reader0 = std::thread::spawn(move || {
+        let mut sent = false;
+        for l in BufReader::new(stdout0).lines().map_while(Result::ok) {
+            // "step      3/100000 | ...": the step number is padded to the total's width.
+            let third = l
+                .strip_prefix("step")
+                .is_some_and(|r| r.trim_start().starts_with("3/"));
+            if !sent && third {
+                sent = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    let pipes: Vec<_> = ranks
+        .iter_mut()
+        .map(|c| (drain(c.stdout.take()), drain(c.stderr.take())))
+        .collect();
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        panic!("rank 0 did not reach step 3 within 120 s");
+    }
+    let at = Instant::now();
+    signal(&ranks[victim], libc::SIGSTOP);
+    let victim_host = format!("rank {victim} on host h{victim} ({}:", net.ip(victim));
+    let limit = Duration::from_secs_f64(TIMEOUT_S * 3.0 + 30.0);
+    let mut waited = Vec::new();
+    for (i, child) in ranks.into_iter().enumerate() {
+        if i == victim {
+            continue; // stopped; Net's Drop kills it
+        }
+        let (o, _) = wait_bounded(child, limit, "a surviving training rank");
+        waited.push((i, o.status, at.elapsed().as_secs_f64()));
+    }
+    let _ = reader0.join();
+    let mut stderrs: Vec<String> = Vec::new();
+    for (i, (o, e)) in pipes.into_iter().enumerate() {
+        if i == victim {
+            stderrs.push(String::new());
+            continue;
+        }
+        let _ = o.join();
+        stderrs.push(e.join().unwrap_or_default());
+    }
+    for (i, status, secs) in waited {
+        let stderr = &stderrs[i];
+        assert!(!status.success(), "host {i} should fail: {stderr}");
+        assert!(
+            stderr.contains(&victim_host),
+            "host {i} should name {victim_host}: {stderr}"
+        );
+        assert!(
+            secs < TIMEOUT_S + 1.0 + SLACK_S,
+            "host {i} took {secs:.2} s after the freeze: {stderr}"
+        );
+        eprintln!("train, frozen host {victim}: rank {i} exit {status} after {secs:.2} s");
+    }
+}

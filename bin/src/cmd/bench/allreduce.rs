@@ -341,7 +341,14 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             let [bytes, iters, ms, cpu_ms] = f[..] else {
                 continue;
             };
-            print_row(op, n, bytes as usize, iters as usize, (ms, cpu_ms), (&same_host, json));
+            print_row(
+                op,
+                n,
+                bytes as usize,
+                iters as usize,
+                (ms, cpu_ms),
+                (&same_host, json),
+            );
         }
     }
     Ok(())

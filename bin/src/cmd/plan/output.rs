@@ -308,8 +308,8 @@ fn comm_note(comm: super::host::CommKind) -> String {
         )
     };
     match comm {
-        CommKind::Nccl => "NCCL rings on the GPUs' links, device to device (frugal's trainer \
-             stages --comm nccl through host memory for now: compare --comm socket/shm)"
+        CommKind::Nccl => "NCCL rings on the GPUs' links, device to device (as frugal's trainer \
+             runs them with --shard none; its sharded modes still stage through host memory)"
             .to_string(),
         CommKind::Socket => format!(
             "frugal's TCP ring, one lane, loopback inside a node ({}), the network between \
