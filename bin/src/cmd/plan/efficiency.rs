@@ -9,10 +9,10 @@
 //! Each row was derived with (docs/plan.md has the full procedure):
 //!
 //! ```text
-//! frugal profile --model paper-100m --batch 4 --gpu a100-40gb,a100-80gb,h100-sxm \
-//!     --sample-ctas 2 --json > p100m-b4.json
-//! frugal plan --model paper-100m --gpus a100-40,a100-80,h100-sxm --devices 1 --batch 4 \
-//!     --profile p100m-b4.json
+//! frugal profile --model paper-100m --batch 16 --gpu a100-40gb,a100-80gb,h100-sxm \
+//!     --sample-ctas 8 --json > p100m-b16.json
+//! frugal plan --model paper-100m --gpus a100-40,a100-80,h100-sxm --devices 1 --batch 16 \
+//!     --profile p100m-b16.json
 //! ```
 //!
 //! which prints, per GPU, "the profile implies factors ...": the numbers below, rounded
@@ -28,22 +28,23 @@ pub struct Factors {
 }
 
 /// The table (see the module notes for the command that reproduces each row; paper-100m,
-/// batch 4, flash attention, `--sample-ctas 2`). The same procedure at paper-100m batch 2
-/// gives factors within 6 % of these for matmul and flash-bwd and within 14 % for
-/// flash-fwd and elementwise; tiny (a quarter of the width) gives matmul 2.0-2.8 and
-/// elementwise 2.0-2.7, its kernels being too small to fill the GPU.
+/// batch 16, flash attention, `--sample-ctas 8`). Fewer sampled CTAs over-count DRAM
+/// traffic that neighbouring CTAs share (causal attention above all): `--sample-ctas 2` at
+/// batch 4 implied factors up to 2.8x these. Batch 32 implies factors within 3 % of these
+/// (flash-fwd within 5 % on the H100); batch 4 within 10 % except flash-bwd on the H100 and
+/// matmul on the A100s (9-20 % higher: small products fill the GPU less).
 pub const TABLE: &[Factors] = &[
     Factors {
         gpu: "A100-SXM-40GB",
-        factors: [2.392, 3.082, 3.131, 1.164],
+        factors: [1.377, 1.116, 2.065, 0.957],
     },
     Factors {
         gpu: "A100-SXM-80GB",
-        factors: [1.919, 2.379, 2.424, 1.230],
+        factors: [1.372, 1.116, 2.024, 0.986],
     },
     Factors {
         gpu: "H100-SXM-80GB",
-        factors: [2.326, 2.791, 3.332, 1.250],
+        factors: [1.978, 1.504, 2.666, 1.024],
     },
 ];
 
