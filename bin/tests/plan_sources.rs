@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{assert_ok, scratch_in, text};
+use common::{assert_ok, plan_json, plan_rows as rows, scratch_in, text};
 use serde_json::Value;
 
 fn frugal(args: &[&str]) -> Output {
@@ -15,19 +15,6 @@ fn frugal(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn plan_json(args: &[&str]) -> Value {
-    let mut all = vec!["plan"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let o = frugal(&all);
-    assert_ok(&o);
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o).0))
-}
-
-fn rows(v: &Value) -> &Vec<Value> {
-    v["rows"].as_array().expect("rows")
 }
 
 fn f(v: &Value, key: &str) -> f64 {

@@ -9,8 +9,11 @@
 //!
 //! Run: `cargo bench -p frugal-model --bench gemm_peak`
 
+mod timing;
+
 use std::hint::black_box;
 use std::time::Instant;
+use timing::{best_of, random};
 
 use frugal_model::cpu::matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, Kernel, LinearDims,
@@ -53,28 +56,6 @@ unsafe fn fma_peak_avx2() -> f64 {
     };
     // With AVX-512 the 256-bit loop measures the clock; the zmm peak doubles the lanes.
     (iters * 10) as f64 * 8.0 * 2.0 / best * (lanes / 8.0)
-}
-
-fn random(n: usize, seed: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
-
-fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {

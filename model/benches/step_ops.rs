@@ -8,8 +8,10 @@
 //!
 //! Run: `FRUGAL_OPS_SHAPE=8,512,8,1376,256,512,4 cargo bench -p frugal-model --bench step_ops`
 
+mod timing;
+
 use std::hint::black_box;
-use std::time::Instant;
+use timing::{best_of, random};
 
 use frugal_model::config::Config;
 use frugal_model::cpu::attention::{
@@ -24,28 +26,6 @@ use frugal_model::cpu::swiglu::{swiglu_backward, swiglu_forward};
 use frugal_model::cpu::{cross_entropy, CpuModel};
 use frugal_model::init::init_params;
 use frugal_model::optim::AdamW;
-
-fn random(n: usize, seed: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
-
-fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())

@@ -143,3 +143,21 @@ pub const SMALL: &[&str] = &[
     "--threads",
     "1",
 ];
+
+/// `frugal plan ARGS --json`, parsed (asserting it succeeded).
+pub fn plan_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["plan"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(&all)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o).0))
+}
+
+/// The configuration rows of a [`plan_json`] answer.
+pub fn plan_rows(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["rows"].as_array().expect("rows")
+}
