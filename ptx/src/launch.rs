@@ -3,7 +3,7 @@
 //! Every launch, whether a typed launcher's [`crate::kernels::KernelSpec`] built it or a
 //! caller names a kernel and its arguments by hand (the runtime's `Device::launch`, checked
 //! against the parsed module's declarations), packs its parameters here: each parameter at
-//! the previous end rounded up to its alignment (the PTX rule), little-endian. CUDA receives
+//! the offset the layout rule ([`layout`], ptxas's) gives it, little-endian. CUDA receives
 //! that buffer as `CU_LAUNCH_PARAM_BUFFER_POINTER`; the emulator receives the same bytes.
 
 use crate::emu::ParamInfo;
@@ -130,9 +130,72 @@ impl<'a> Param<'a> {
     }
 }
 
-/// `at` rounded up to a multiple of `align` (the PTX parameter placement rule).
+/// `at` rounded up to a multiple of `align`.
 pub fn align_up(at: usize, align: usize) -> usize {
     at.div_ceil(align.max(1)) * align.max(1)
+}
+
+/// The compute capability whose parameter layout a module gets when nothing else says
+/// (a module without a `.target`, and every typed launcher's spec): sm_80.
+pub const DEFAULT_SM: u32 = 80;
+
+/// Where kernel parameters start in constant bank 0 on compute capability `sm` (major*10 +
+/// minor), modulo the largest alignment the layout needs: 0x160 up to sm_89, 0x210 on
+/// sm_90, a multiple of 1024 from sm_100 on (as ptxas 12.9 lays them out; read from its
+/// cubins by `ptx/tests/param_layout.rs`).
+///
+/// It matters because ptxas aligns a parameter's address in the bank, not its offset in
+/// the parameter buffer: a `.param .align 64 .b8 tmap[128]` after one `.u32` sits at
+/// offset 32 on sm_80 (0x160 + 32 = 6 x 64) and at 48 on sm_90 (0x210 + 48 = 9 x 64).
+/// Alignments up to 16 come out the same on every target (each base is a multiple of 16).
+pub fn param_bank_base(sm: u32) -> usize {
+    match sm {
+        0..=89 => 0x160,
+        90..=99 => 0x210,
+        _ => 0,
+    }
+}
+
+/// A parameter's alignment: its declared `.align` (written before the type:
+/// `.param .align 64 .b8 tmap[128]`) or the natural alignment of its element type,
+/// whichever is larger (ptxas never places a `.u64` at less than 8, whatever `.align 2`
+/// says). The `.align N` of a pointer parameter (`.param .u64 .ptr .global .align 16 p`)
+/// is the alignment of the memory it points to and does not enter here: the parser
+/// keeps it apart.
+pub fn param_align(element_size: usize, declared: Option<usize>) -> usize {
+    element_size.max(declared.unwrap_or(1)).max(1)
+}
+
+/// The offset of a parameter of alignment `align` that follows bytes `0..end` of the
+/// parameter buffer, on compute capability `sm`: the first offset at or after `end` whose
+/// address in constant bank 0 ([`param_bank_base`]) is a multiple of `align`.
+pub fn place(end: usize, align: usize, sm: u32) -> usize {
+    let base = param_bank_base(sm);
+    align_up(base + end, align) - base
+}
+
+/// The layout of a kernel's parameters on compute capability `sm`: each `(name, size,
+/// align)` (align as [`param_align`] gives it) placed after the previous one by
+/// [`place`]. The one layout rule: the emulator's parser, [`crate::emu::Module::params_for`]
+/// and every spec's offsets ([`crate::kernels::KernelSpec::offsets`]) come from here.
+pub fn layout<'a, I>(params: I, sm: u32) -> Vec<ParamInfo>
+where
+    I: IntoIterator<Item = (&'a str, usize, usize)>,
+{
+    let mut end = 0usize;
+    params
+        .into_iter()
+        .map(|(name, size, align)| {
+            let offset = place(end, align, sm);
+            end = offset + size;
+            ParamInfo {
+                name: name.to_string(),
+                size,
+                align,
+                offset,
+            }
+        })
+        .collect()
 }
 
 /// Packs `args` (one per parameter, in order) for `kernel` whose parameters are `params`.
@@ -178,13 +241,22 @@ where
                 given.name()
             )));
         }
-        let at = align_up(buf.len(), p.align);
-        if let Some(declared) = p.declared_offset.filter(|&d| d != at) {
-            return Err(bad(format!(
-                "parameter '{}' is declared at offset {} but packs at {} (align {})",
-                p.name, declared, at, p.align
-            )));
-        }
+        // A parsed declaration's offset already follows the layout rule for the target the
+        // module was laid out for; a spec's parameters (natural alignment, at most 8) land
+        // where every target puts them.
+        let at = match p.declared_offset {
+            Some(declared) if declared < buf.len() || declared % p.align.clamp(1, 16) != 0 => {
+                return Err(bad(format!(
+                    "parameter '{}' is declared at offset {} but the previous one ends at {} (align {})",
+                    p.name,
+                    declared,
+                    buf.len(),
+                    p.align
+                )));
+            }
+            Some(declared) => declared,
+            None => place(buf.len(), p.align, DEFAULT_SM),
+        };
         buf.resize(at + p.size, 0);
         a.write(&mut buf[at..]);
     }
@@ -251,7 +323,33 @@ mod tests {
         let e = pack_declared(&skewed, &[Arg::Ptr(1), Arg::U64(3)])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("declared at offset 12 but packs at 8"), "{e}");
+        assert!(
+            e.contains("declared at offset 12 but the previous one ends at 8 (align 8)"),
+            "{e}"
+        );
+        let overlapping = [info("ptr", 8, 8, 0), info("n", 8, 8, 4)];
+        let e = pack_declared(&overlapping, &[Arg::Ptr(1), Arg::U64(3)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("declared at offset 4 but the previous one ends at 8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn layout_aligns_the_address_in_the_constant_bank() {
+        // One u32, then a 64-byte aligned 128-byte array (a CUtensorMap), then a u8.
+        let shapes = [("a", 4, 4), ("tmap", 128, 64), ("c", 1, 1)];
+        let offsets = |sm| -> Vec<usize> { layout(shapes, sm).iter().map(|p| p.offset).collect() };
+        // 0x160 + 32 = 384 = 6 x 64 on sm_80; 0x210 + 48 = 576 = 9 x 64 on sm_90.
+        assert_eq!(offsets(80), [0, 32, 160]);
+        assert_eq!(offsets(90), [0, 48, 176]);
+        assert_eq!(offsets(100), [0, 64, 192]);
+        // Natural alignment is a floor; a larger declared one wins.
+        assert_eq!(param_align(8, Some(2)), 8);
+        assert_eq!(param_align(1, Some(64)), 64);
+        assert_eq!(param_align(2, None), 2);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `cuda` and `emu` backends so that emulator tests cover the real launch code.
 //!
 //! Parameters are packed once, by `frugal_ptx::launch::pack`, into one byte buffer,
-//! each at `align_up(previous end, align)`: a typed launcher's bytes are checked here
+//! each where ptxas places it (`frugal_ptx::launch::layout`; on `cuda` laid out for the
+//! device's compute capability, as its JIT compiles the module): a typed launcher's bytes are checked here
 //! against the kernel's PTX declaration (as the emulator's parser reports it), a
 //! kernel named by hand is packed against that declaration. CUDA receives that buffer through
 //! `cuLaunchKernel`'s `extra` argument (`CU_LAUNCH_PARAM_BUFFER_POINTER` and

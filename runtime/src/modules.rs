@@ -38,13 +38,23 @@ impl ModuleSet {
         Ok(ModuleSet { modules })
     }
 
-    /// The index of the module defining `kernel` and the kernel's parameters.
+    /// The index of the module defining `kernel` and the kernel's parameters, laid out
+    /// for compute capability `sm` (the device's on `cuda`, where the driver's JIT
+    /// places them; `None`: the module's own `.target`, as the emulator runs it).
     ///
     /// # Errors
     /// `UnknownKernel` when no module defines it.
-    pub fn find(&self, kernel: &str) -> Result<(usize, Vec<ParamInfo>), RuntimeError> {
+    pub fn find(
+        &self,
+        kernel: &str,
+        sm: Option<u32>,
+    ) -> Result<(usize, Vec<ParamInfo>), RuntimeError> {
         for (i, m) in self.modules.iter().enumerate() {
-            if let Ok(params) = m.parsed.params(kernel) {
+            let params = match sm {
+                Some(sm) => m.parsed.params_for(kernel, sm),
+                None => m.parsed.params(kernel),
+            };
+            if let Ok(params) = params {
                 return Ok((i, params));
             }
         }

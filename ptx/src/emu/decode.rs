@@ -15,8 +15,8 @@ use super::operands::{Ctx, Dec, Mods, Var};
 use super::ops::{control, convert, float, integer, memory, sync, tensor};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
-use super::ParamInfo;
 use crate::error::PtxError;
+use crate::launch;
 
 pub(crate) fn decode_module(ast: &Ast) -> Result<Vec<Kernel>, PtxError> {
     let mut out: Vec<Kernel> = Vec::new();
@@ -24,7 +24,11 @@ pub(crate) fn decode_module(ast: &Ast) -> Result<Vec<Kernel>, PtxError> {
         if out.iter().any(|k| k.name == e.name) {
             return Err(perr(e.pos, e.name.clone(), "kernel defined twice"));
         }
-        out.push(decode_entry(e, &ast.module_vars)?);
+        out.push(decode_entry(
+            e,
+            &ast.module_vars,
+            ast.sm.unwrap_or(launch::DEFAULT_SM),
+        )?);
     }
     Ok(out)
 }
@@ -33,34 +37,34 @@ fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a.max(1)).saturating_mul(a.max(1))
 }
 
-fn decode_entry(e: &Entry, module_vars: &[VarDecl]) -> Result<Kernel, PtxError> {
-    // Parameters: packed, each at align_up(previous end, align).
-    let mut params = Vec::new();
+fn decode_entry(e: &Entry, module_vars: &[VarDecl], sm: u32) -> Result<Kernel, PtxError> {
+    // Parameters: laid out by the one rule (`launch::layout`) for the module's target.
     let mut vars: HashMap<&str, Var> = HashMap::new();
-    let mut end = 0u64;
+    let mut shapes = Vec::with_capacity(e.params.len());
     for p in &e.params {
         let elem = parse::type_size(&p.ty).unwrap_or(1);
         let size = elem.saturating_mul(p.count);
-        let align = p.align.unwrap_or(elem).max(1);
-        if !align.is_power_of_two() || size > parse::MAX_VAR_BYTES {
+        let declared = p.align.filter(|a| a.is_power_of_two() && *a <= 1 << 16);
+        if p.align.is_some() != declared.is_some() || size > parse::MAX_VAR_BYTES {
             return Err(perr(
                 p.pos,
                 p.name.clone(),
-                "parameter alignment must be a power of two and its size sane",
+                "parameter alignment must be a power of two (at most 65536) and its size sane",
             ));
         }
-        let offset = align_up(end, align);
-        end = offset + size;
-        if vars.insert(&p.name, Var::Param(offset)).is_some() {
+        let align = launch::param_align(elem as usize, declared.map(|a| a as usize));
+        shapes.push((p.name.as_str(), size as usize, align));
+    }
+    let params = launch::layout(shapes, sm);
+    for (p, info) in e.params.iter().zip(&params) {
+        if vars
+            .insert(&p.name, Var::Param(info.offset as u64))
+            .is_some()
+        {
             return Err(perr(p.pos, p.name.clone(), "parameter declared twice"));
         }
-        params.push(ParamInfo {
-            name: p.name.clone(),
-            size: size as usize,
-            align: align as usize,
-            offset: offset as usize,
-        });
     }
+    let end = launch::declared_size(&params) as u64;
     // Shared and local variables; extern shared ones all alias the dynamic region.
     let mut shared_end = 0u64;
     let mut local_end = 0u64;

@@ -126,19 +126,26 @@ use crate::error::PtxError;
 /// A parsed and decoded PTX module: its kernels (`.entry` functions), ready to launch.
 pub struct Module {
     kernels: Vec<inst::Kernel>,
+    /// The compute capability of the `.target` (sm_80 when there is none): the
+    /// parameter layout of [`Module::params`] is this target's.
+    sm: u32,
 }
 
 /// One kernel parameter's place in the packed parameter buffer.
 ///
-/// Each parameter sits at `align_up(previous end, align)`; this is the buffer the CUDA
-/// launch passes via `CU_LAUNCH_PARAM_BUFFER_POINTER`, and the one [`launch`] takes.
+/// Each parameter sits where ptxas puts it ([`crate::launch::layout`]: the previous end
+/// rounded up so that its address in constant bank 0 is a multiple of its alignment);
+/// this is the buffer the CUDA launch passes via `CU_LAUNCH_PARAM_BUFFER_POINTER`, and the
+/// one [`launch`] takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamInfo {
     /// Parameter name as declared.
     pub name: String,
     /// Size in bytes.
     pub size: usize,
-    /// Alignment in bytes.
+    /// Alignment in bytes: the parameter's own (`.param .align 64 .b8 t[128]`) or its
+    /// type's, whichever is larger; never a pointer's pointee alignment
+    /// (`.param .u64 .ptr .global .align 16 p` is aligned to 8).
     pub align: usize,
     /// Offset in the packed buffer.
     pub offset: usize,
@@ -315,7 +322,16 @@ impl Module {
     pub fn parse(text: &str) -> Result<Module, PtxError> {
         let ast = parse::parse(text)?;
         let kernels = decode::decode_module(&ast)?;
-        Ok(Module { kernels })
+        Ok(Module {
+            kernels,
+            sm: ast.sm.unwrap_or(crate::launch::DEFAULT_SM),
+        })
+    }
+
+    /// The compute capability the module's `.target` names (`sm_90a` gives 90; sm_80
+    /// when it has none).
+    pub fn sm(&self) -> u32 {
+        self.sm
     }
 
     /// The names of the module's kernels, in the order they are defined.
@@ -327,8 +343,24 @@ impl Module {
     ///
     /// # Errors
     /// `UnknownKernel` if the module does not define `kernel`.
+    /// They are laid out for the module's own target ([`Module::sm`]), which is how the
+    /// emulator runs it.
     pub fn params(&self, kernel: &str) -> Result<Vec<ParamInfo>, PtxError> {
         Ok(self.kernel(kernel)?.params.clone())
+    }
+
+    /// The parameters of `kernel` laid out as the driver's JIT lays them out for a device
+    /// of compute capability `sm` (the same as [`Module::params`] unless a parameter is
+    /// aligned to more than 16 bytes: see [`crate::launch::param_bank_base`]).
+    ///
+    /// # Errors
+    /// `UnknownKernel` if the module does not define `kernel`.
+    pub fn params_for(&self, kernel: &str, sm: u32) -> Result<Vec<ParamInfo>, PtxError> {
+        let params = &self.kernel(kernel)?.params;
+        Ok(crate::launch::layout(
+            params.iter().map(|p| (p.name.as_str(), p.size, p.align)),
+            sm,
+        ))
     }
 
     pub(crate) fn kernel(&self, name: &str) -> Result<&inst::Kernel, PtxError> {

@@ -97,6 +97,7 @@ pub(crate) struct VarDecl {
 pub(crate) struct ParamDecl {
     pub name: String,
     pub ty: String,
+    /// The parameter's own `.align` (not a pointer's pointee alignment).
     pub align: Option<u64>,
     pub count: u64,
     pub pos: Pos,
@@ -122,6 +123,8 @@ pub(crate) struct Entry {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ast {
     pub entries: Vec<Entry>,
+    /// The compute capability of the first `.target` name (`sm_90a` gives 90), if any.
+    pub sm: Option<u32>,
     /// Module-scope `.shared` variables (visible to every kernel).
     pub module_vars: Vec<VarDecl>,
 }
@@ -243,7 +246,11 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
             }
             ".target" => {
                 p.bump();
-                p.ident()?;
+                let (first, _) = p.ident()?;
+                ast.sm = first
+                    .strip_prefix("sm_")
+                    .map(|n| n.trim_end_matches(|c: char| c.is_ascii_alphabetic()))
+                    .and_then(|n| n.parse().ok());
                 while p.eat_punct(',') {
                     p.ident()?;
                 }
@@ -340,18 +347,25 @@ fn parse_param(p: &mut Parser) -> Result<ParamDecl, PtxError> {
     p.bump();
     let mut align = None;
     let mut ty = None;
+    // After `.ptr`, `.align N` is the alignment of the memory the pointer points to (PTX
+    // ISA, kernel parameter attributes), not the parameter's: it does not move the
+    // parameter, so it is read and dropped.
+    let mut pointer = false;
     loop {
         match p.peek() {
             Some(Tok::Ident(d)) if d == ".align" => {
                 p.bump();
-                align = Some(p.int()?);
+                let a = p.int()?;
+                if !pointer {
+                    align = Some(a);
+                }
+            }
+            Some(Tok::Ident(d)) if d == ".ptr" => {
+                pointer = true;
+                p.bump()
             }
             Some(Tok::Ident(d))
-                if d == ".ptr"
-                    || d == ".global"
-                    || d == ".shared"
-                    || d == ".const"
-                    || d == ".local" =>
+                if d == ".global" || d == ".shared" || d == ".const" || d == ".local" =>
             {
                 p.bump()
             }

@@ -9,8 +9,8 @@
 //! `params` as `CU_LAUNCH_PARAM_BUFFER_POINTER`, the emulator path passes it to
 //! [`crate::emu::launch`] (see [`Launch::run_emu`]).
 //!
-//! Parameters are packed by [`crate::launch::pack`] from each spec with the PTX rule (each
-//! parameter at the previous end rounded up to its alignment); a test checks every spec against the
+//! Parameters are packed by [`crate::launch::pack`] from each spec with ptxas's layout rule
+//! ([`crate::launch::layout`]); a test checks every spec against the
 //! offsets the emulator's parser derives from the shipped text, so the two cannot drift.
 
 pub mod adamw;
@@ -47,14 +47,14 @@ pub struct KernelSpec {
 impl KernelSpec {
     /// Byte offset of each parameter in the packed buffer, and the buffer's size.
     pub fn offsets(&self) -> (Vec<usize>, usize) {
-        let mut offsets = Vec::with_capacity(self.params.len());
-        let mut end = 0usize;
-        for &(_, kind) in self.params {
-            let at = launch::align_up(end, kind.size());
-            offsets.push(at);
-            end = at + kind.size();
-        }
-        (offsets, end)
+        let laid = launch::layout(
+            self.params
+                .iter()
+                .map(|&(name, kind)| (name, kind.size(), kind.size())),
+            launch::DEFAULT_SM,
+        );
+        let end = launch::declared_size(&laid);
+        (laid.into_iter().map(|p| p.offset).collect(), end)
     }
 
     /// Packs `args` (one per parameter, in order) into the parameter buffer.

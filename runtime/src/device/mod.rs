@@ -429,9 +429,9 @@ impl Device {
         dims: &LaunchDims,
         params: impl FnOnce(&[launch::ParamInfo]) -> Result<Cow<'a, [u8]>, RuntimeError>,
     ) -> Result<Option<LaunchReport>, RuntimeError> {
-        let prepare = |modules: &ModuleSet| {
+        let prepare = |modules: &ModuleSet, sm: Option<u32>| {
             check_dims(kernel, dims)?;
-            let (module, declared) = modules.find(kernel)?;
+            let (module, declared) = modules.find(kernel, sm)?;
             Ok::<_, RuntimeError>((module, params(&declared)?))
         };
         match self {
@@ -440,13 +440,13 @@ impl Device {
                 what: format!("PTX kernel '{kernel}'"),
             }),
             Device::Cuda(d) => {
-                let (module, bytes) = prepare(d.modules())?;
+                let (module, bytes) = prepare(d.modules(), Some(d.info().sm))?;
                 let on = stream.unwrap_or(StreamKind::Compute);
                 d.launch(on, kernel, module, dims, &bytes)?;
                 Ok(stream.is_none().then(LaunchReport::default))
             }
             Device::Emu(d) => {
-                let (module, bytes) = prepare(d.modules())?;
+                let (module, bytes) = prepare(d.modules(), None)?;
                 match stream {
                     Some(on) => {
                         let queued = emu_queue::QueuedLaunch {
