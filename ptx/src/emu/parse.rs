@@ -10,6 +10,8 @@ use crate::error::PtxError;
 
 /// Registers one kernel may declare (after expanding `%r<N>`); guards memory on hostile input.
 pub(crate) const MAX_REGS: u64 = 1 << 14;
+/// Elements of one vector operand (`wgmma`'s m64n256 f32 accumulator has 128).
+pub(crate) const MAX_VECTOR: usize = 128;
 /// Bytes one shared/local/param declaration may span.
 pub(crate) const MAX_VAR_BYTES: u64 = 1 << 26;
 
@@ -38,8 +40,17 @@ pub(crate) enum Operand {
         offset: i64,
         pos: Pos,
     },
-    /// `{a, b, ...}`; elements are `Name`, `Imm` or `Sink`.
+    /// `{a, b, ...}`; elements are `Name`, `Imm` or `Sink`. A one-element `{a}` parses as
+    /// `a` itself.
     Vector(Vec<Operand>, Pos),
+    /// `[base+offset, {c0, c1, ...}]`: a tensor map's address and the coordinates
+    /// (`cp.async.bulk.tensor`); elements as in `Vector`.
+    TensorAddr {
+        base: Option<String>,
+        offset: i64,
+        coords: Vec<Operand>,
+        pos: Pos,
+    },
     /// `_`.
     Sink(Pos),
 }
@@ -53,7 +64,7 @@ impl Operand {
             | Operand::Imm(_, p)
             | Operand::Vector(_, p)
             | Operand::Sink(p) => *p,
-            Operand::Addr { pos, .. } => *pos,
+            Operand::Addr { pos, .. } | Operand::TensorAddr { pos, .. } => *pos,
         }
     }
 }
@@ -133,6 +144,8 @@ struct Parser {
     toks: Vec<Token>,
     i: usize,
     end_pos: Pos,
+    /// Nested `{ }` blocks seen so far (names their scope-local registers and labels).
+    scopes: u32,
 }
 
 impl Parser {
@@ -230,6 +243,7 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
             line: lines,
             col: 1,
         },
+        scopes: 0,
     };
     let mut ast = Ast::default();
     while let Some(tok) = p.peek() {
@@ -494,16 +508,54 @@ fn parse_var(p: &mut Parser) -> Result<VarDecl, PtxError> {
     })
 }
 
+/// Parses statements up to the `}` that closes the block. Registers and labels declared
+/// in a nested block (depth > 0) are local to it: they may repeat names of the enclosing
+/// blocks or of sibling blocks (compilers' inline-asm blocks all declare the same names),
+/// so at the block's end they are renamed apart, in the block's declarations and in
+/// every use inside it (uses in inner blocks were renamed first by their own scopes).
 fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError> {
     if depth > 64 {
         return Err(p.err("blocks nested too deeply"));
     }
+    let (regs_start, body_start) = (e.regs.len(), e.body.len());
+    let mut local: Vec<String> = Vec::new();
     loop {
         let pos = p.pos();
         match p.peek() {
             None => return Err(p.err("unexpected end of input: missing `}`")),
             Some(Tok::Punct('}')) => {
                 p.bump();
+                if depth > 0 {
+                    p.scopes += 1;
+                    let scope = p.scopes;
+                    for r in &e.regs[regs_start..] {
+                        if !r.name.contains('@') {
+                            local.push(r.name.clone());
+                        }
+                    }
+                    for s in &e.body[body_start..] {
+                        if let Stmt::Label(l, _) = s {
+                            if !l.contains('@') {
+                                local.push(l.clone());
+                            }
+                        }
+                    }
+                    let renamed: std::collections::HashMap<String, String> = local
+                        .into_iter()
+                        .map(|n| {
+                            let fresh = format!("{n}@{scope}");
+                            (n, fresh)
+                        })
+                        .collect();
+                    if !renamed.is_empty() {
+                        for r in &mut e.regs[regs_start..] {
+                            rename(&mut r.name, &renamed);
+                        }
+                        for s in &mut e.body[body_start..] {
+                            rename_stmt(s, &renamed);
+                        }
+                    }
+                }
                 return Ok(());
             }
             Some(Tok::Punct('{')) => {
@@ -581,6 +633,49 @@ fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError
     }
 }
 
+fn rename(name: &mut String, renamed: &std::collections::HashMap<String, String>) {
+    if let Some(fresh) = renamed.get(name.as_str()) {
+        name.clone_from(fresh);
+    }
+}
+
+fn rename_operand(o: &mut Operand, renamed: &std::collections::HashMap<String, String>) {
+    match o {
+        Operand::Name(n, _) | Operand::Not(n, _) => rename(n, renamed),
+        Operand::Pair(a, b, _) => {
+            rename(a, renamed);
+            rename(b, renamed);
+        }
+        Operand::Addr { base, .. } => {
+            if let Some(b) = base {
+                rename(b, renamed);
+            }
+        }
+        Operand::TensorAddr { base, coords, .. } => {
+            if let Some(b) = base {
+                rename(b, renamed);
+            }
+            coords.iter_mut().for_each(|c| rename_operand(c, renamed));
+        }
+        Operand::Vector(v, _) => v.iter_mut().for_each(|c| rename_operand(c, renamed)),
+        Operand::Imm(..) | Operand::Sink(_) => {}
+    }
+}
+
+fn rename_stmt(s: &mut Stmt, renamed: &std::collections::HashMap<String, String>) {
+    match s {
+        Stmt::Label(l, _) => rename(l, renamed),
+        Stmt::Inst(i) => {
+            if let Some((g, _, _)) = &mut i.guard {
+                rename(g, renamed);
+            }
+            i.operands
+                .iter_mut()
+                .for_each(|o| rename_operand(o, renamed));
+        }
+    }
+}
+
 fn parse_inst(p: &mut Parser) -> Result<InstAst, PtxError> {
     let pos = p.pos();
     let mut guard = None;
@@ -635,6 +730,21 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
                 }
                 _ => offset = parse_signed_int(p)?,
             }
+            // `[tensorMap, {c0, c1}]`: a tensor map and coordinates (cp.async.bulk.tensor).
+            if p.eat_punct(',') {
+                let coords = parse_operand(p, true)?;
+                p.expect_punct(']')?;
+                let coords = match coords {
+                    Operand::Vector(v, _) => v,
+                    one => vec![one],
+                };
+                return Ok(Operand::TensorAddr {
+                    base,
+                    offset,
+                    coords,
+                    pos,
+                });
+            }
             p.expect_punct(']')?;
             Ok(Operand::Addr { base, offset, pos })
         }
@@ -646,10 +756,16 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
                 if p.eat_punct('}') {
                     break;
                 }
-                if elems.len() >= 8 {
-                    return Err(p.err("vector operand with more than 8 elements"));
+                if elems.len() >= MAX_VECTOR {
+                    return Err(p.err(format!(
+                        "vector operand with more than {MAX_VECTOR} elements"
+                    )));
                 }
                 p.expect_punct(',')?;
+            }
+            // `{%r1}` (as compilers write a scalar load's destination) is the register.
+            if elems.len() == 1 && !matches!(elems[0], Operand::Sink(_)) {
+                return Ok(elems.remove(0));
             }
             Ok(Operand::Vector(elems, pos))
         }
