@@ -11,6 +11,7 @@
 mod json;
 
 use frugal_ptx::emu::{launch, Checks, DeviceMemory, LaunchDims, Module};
+use frugal_ptx::error::PtxError;
 use frugal_ptx::launch::{pack, Arg, Param};
 use half::{bf16, f16};
 use json::Json;
@@ -328,5 +329,50 @@ fn matmul_bf16_to_f32_matches_on_ragged_shapes() {
                 e % shape.1
             );
         }
+    }
+}
+
+/// The instructions `README.md` lists under `### <fixture>` (the backquoted text of each
+/// `- ` line).
+fn listed_needs(readme: &str, fixture: &str) -> Vec<String> {
+    let heading = format!("### {fixture}");
+    let mut lines = readme.lines().skip_while(|l| l.trim() != heading).skip(1);
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        if line.starts_with('#') {
+            break;
+        }
+        if let Some(rest) = line.trim().strip_prefix("- `") {
+            out.push(rest.split('`').next().unwrap_or("").to_string());
+        }
+    }
+    assert!(!out.is_empty(), "README.md lists nothing under {heading}");
+    out.sort();
+    out
+}
+
+#[test]
+fn sm90_fixtures_need_exactly_the_listed_instructions() {
+    let readme = read("README.md");
+    for fixture in ["matmul_f16_sm90", "matmul_tma_ws_sm90"] {
+        let text = read(&format!("{fixture}.ptx"));
+        // Everything but the Hopper instructions decodes: declarations, scopes, vectors,
+        // tensor addresses, the parameter list.
+        let failures = Module::unsupported_instructions(&text)
+            .unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        let mut missing: Vec<String> = failures
+            .iter()
+            .map(|e| match e {
+                PtxError::Parse { text, .. } => text.clone(),
+                other => panic!("{fixture}: {other}"),
+            })
+            .collect();
+        missing.sort();
+        missing.dedup();
+        assert_eq!(
+            missing,
+            listed_needs(&readme, fixture),
+            "{fixture}: the instructions the emulator does not decode (left) differ from README.md's list (right)"
+        );
     }
 }

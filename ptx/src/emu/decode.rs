@@ -28,16 +28,39 @@ pub(crate) fn decode_module(ast: &Ast) -> Result<Vec<Kernel>, PtxError> {
             e,
             &ast.module_vars,
             ast.sm.unwrap_or(launch::DEFAULT_SM),
+            None,
         )?);
     }
     Ok(out)
+}
+
+/// Every instruction of every kernel that does not decode (unsupported opcode, modifier
+/// or operand shape), in order; an error for anything else (declarations, labels).
+pub(crate) fn decode_failures(ast: &Ast) -> Result<Vec<PtxError>, PtxError> {
+    let mut failures = Vec::new();
+    for e in &ast.entries {
+        decode_entry(
+            e,
+            &ast.module_vars,
+            ast.sm.unwrap_or(launch::DEFAULT_SM),
+            Some(&mut failures),
+        )?;
+    }
+    Ok(failures)
 }
 
 fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a.max(1)).saturating_mul(a.max(1))
 }
 
-fn decode_entry(e: &Entry, module_vars: &[VarDecl], sm: u32) -> Result<Kernel, PtxError> {
+/// Decodes one kernel. With `failures`, an instruction that does not decode is recorded
+/// there and skipped instead of failing the kernel (for [`decode_failures`]).
+fn decode_entry(
+    e: &Entry,
+    module_vars: &[VarDecl],
+    sm: u32,
+    mut failures: Option<&mut Vec<PtxError>>,
+) -> Result<Kernel, PtxError> {
     // Parameters: laid out by the one rule (`launch::layout`) for the module's target.
     let mut vars: HashMap<&str, Var> = HashMap::new();
     let mut shapes = Vec::with_capacity(e.params.len());
@@ -135,7 +158,11 @@ fn decode_entry(e: &Entry, module_vars: &[VarDecl], sm: u32) -> Result<Kernel, P
     let mut insts = Vec::with_capacity(n as usize + 1);
     for s in &e.body {
         if let Stmt::Inst(i) = s {
-            insts.push(decode_inst(&ctx, i)?);
+            match (decode_inst(&ctx, i), failures.as_deref_mut()) {
+                (Ok(inst), _) => insts.push(inst),
+                (Err(err), Some(failures)) => failures.push(err),
+                (Err(err), None) => return Err(err),
+            }
         }
     }
     // Falling off the end of the body returns.

@@ -328,6 +328,18 @@ impl Module {
         })
     }
 
+    /// The instructions of `text` that the emulator cannot run, one error each (with line,
+    /// column, instruction and reason), in order; empty when [`Module::parse`] would
+    /// succeed. Unlike [`Module::parse`] it goes on past the first such instruction, so it
+    /// tells at once everything a compiler's output needs that the emulator lacks.
+    ///
+    /// # Errors
+    /// `PtxError::Parse` for what is not an instruction: malformed text, unsupported
+    /// directives or declarations.
+    pub fn unsupported_instructions(text: &str) -> Result<Vec<PtxError>, PtxError> {
+        decode::decode_failures(&parse::parse(text)?)
+    }
+
     /// The compute capability the module's `.target` names (`sm_90a` gives 90; sm_80
     /// when it has none).
     pub fn sm(&self) -> u32 {
