@@ -358,8 +358,8 @@ fn sm90_fixtures_need_exactly_the_listed_instructions() {
         let text = read(&format!("{fixture}.ptx"));
         // Everything but the Hopper instructions decodes: declarations, scopes, vectors,
         // tensor addresses, the parameter list.
-        let failures = Module::unsupported_instructions(&text)
-            .unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        let failures =
+            Module::unsupported_instructions(&text).unwrap_or_else(|e| panic!("{fixture}: {e}"));
         let mut missing: Vec<String> = failures
             .iter()
             .map(|e| match e {

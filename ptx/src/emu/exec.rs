@@ -584,6 +584,7 @@ impl Cta<'_> {
             Op::Lop3(i) => self.exec_lop3(w, exec, i),
             Op::Bfe(i) => self.exec_bfe(w, exec, i),
             Op::Bfi(i) => self.exec_bfi(w, exec, i),
+            Op::IntExt(i) => self.exec_int_ext(w, exec, i),
             Op::Float(i) => self.exec_float(w, exec, i),
             Op::Fma(i) => self.exec_fma(w, exec, i),
             Op::FloatUn(i) => self.exec_float_un(w, exec, i),

@@ -21,6 +21,7 @@ fn class_of(op: &Op) -> InstClass {
         | Op::Lop3(_)
         | Op::Bfe(_)
         | Op::Bfi(_)
+        | Op::IntExt(_)
         | Op::Cvta(_) => InstClass::Integer,
         Op::Setp(s) if s.ty.is_float() => InstClass::Float,
         Op::Set(s) if s.sty.is_float() => InstClass::Float,

@@ -9,6 +9,7 @@ pub(super) mod control;
 pub(super) mod convert;
 pub(super) mod float;
 pub(super) mod integer;
+pub(super) mod integer_ext;
 pub(super) mod memory;
 pub(super) mod sync;
 pub(super) mod tensor;
