@@ -477,6 +477,8 @@ pub(crate) struct Ldmatrix {
     pub trans: bool,
     pub d: [Reg; 4],
     pub addr: Addr,
+    /// The address is generic (no `.shared`): it must fall in the shared window.
+    pub generic: bool,
 }
 
 /// `redux.sync.op.type d, a, membermask`.

@@ -223,6 +223,22 @@ impl Parser {
         }
         Err(self.err("expected `;`"))
     }
+    /// Skips to just after the `}` that closes a block whose `{` was just read.
+    fn skip_braces(&mut self) -> Result<(), PtxError> {
+        let mut depth = 1u32;
+        while let Some(t) = self.peek() {
+            match t {
+                Tok::Punct('{') => depth += 1,
+                Tok::Punct('}') => depth -= 1,
+                _ => {}
+            }
+            self.bump();
+            if depth == 0 {
+                return Ok(());
+            }
+        }
+        Err(self.err("unexpected end of input: missing `}`"))
+    }
     /// Skips the rest of the current line (for `.loc`/`.file`, which have no `;`).
     fn skip_line(&mut self) {
         let line = self.pos().line;
@@ -282,6 +298,13 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
             }
             ".file" | ".loc" => p.skip_line(),
             ".pragma" => p.skip_statement()?,
+            // Debug information (`.section .debug_info { .b8 1 ... }`): ignored.
+            ".section" => {
+                p.bump();
+                p.ident()?;
+                p.expect_punct('{')?;
+                p.skip_braces()?;
+            }
             ".visible" | ".weak" | ".entry" => {
                 while p.is_ident(".visible") || p.is_ident(".weak") {
                     p.bump();

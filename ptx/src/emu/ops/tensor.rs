@@ -296,9 +296,10 @@ pub(in crate::emu) fn decode_ldmatrix(d: &mut Dec, m: &mut Mods) -> Result<Op, P
         None => return Err(m.err("ldmatrix needs .x1, .x2 or .x4")),
     };
     let trans = m.has("trans");
+    // A generic address must point into shared memory (checked when it runs).
     let space = m.space();
-    if space != MemSpace::Shared {
-        return Err(m.err("ldmatrix reads .shared"));
+    if !matches!(space, MemSpace::Shared | MemSpace::Generic) {
+        return Err(m.err("ldmatrix reads .shared (or a generic address of shared memory)"));
     }
     if m.one_type()? != Ty::B16 {
         return Err(m.err("ldmatrix takes .b16"));
@@ -309,12 +310,13 @@ pub(in crate::emu) fn decode_ldmatrix(d: &mut Dec, m: &mut Mods) -> Result<Op, P
     for (k, r) in dd.iter().take(num as usize).enumerate() {
         dr[k] = r.ok_or_else(|| m.err("ldmatrix destinations must be registers"))?;
     }
-    let addr = d.addr(1, MemSpace::Shared)?;
+    let addr = d.addr(1, space)?;
     Ok(Op::Ldmatrix(Ldmatrix {
         num,
         trans,
         d: dr,
         addr,
+        generic: space == MemSpace::Generic,
     }))
 }
 
@@ -371,6 +373,7 @@ impl Cta<'_> {
             trans,
             d,
             addr,
+            generic,
         } = i;
         if exec != u32::MAX {
             return Err(self.divergence(w, line, "ldmatrix", exec, u32::MAX));
@@ -378,6 +381,14 @@ impl Cta<'_> {
         let mut rows = [0u64; 32];
         for (l, r) in rows.iter_mut().enumerate() {
             *r = self.addr_of(w, addr, l);
+            if *generic {
+                // Out of the shared window, the raw address fails the shared bounds check
+                // below and is reported with the shared memory's extent.
+                *r = match Self::resolve(MemSpace::Generic, *r) {
+                    (Space::Shared, offset) => offset,
+                    _ => *r,
+                };
+            }
         }
         let mut call = 0usize;
         let this = &*self;
