@@ -68,6 +68,9 @@ impl KernelUsage {
 pub struct PtxasReport {
     /// One entry per kernel, in the order ptxas reported them.
     pub kernels: Vec<KernelUsage>,
+    /// The module's device functions (`.func`) that ptxas reports properties for (stack
+    /// frame and spills; registers are counted in the kernels that call them).
+    pub functions: Vec<KernelUsage>,
     /// ptxas's warning lines, verbatim.
     pub warnings: Vec<String>,
 }
@@ -229,8 +232,10 @@ impl Ptxas {
 /// Other lines are ignored, except `ptxas warning` lines, which are kept verbatim.
 pub fn parse_report(output: &str) -> PtxasReport {
     let mut report = PtxasReport::default();
-    // Index into report.kernels of the kernel the next property lines belong to.
+    // Index into report.kernels (or, for a device function, report.functions) of the one
+    // the next property lines belong to.
     let mut current: Option<usize> = None;
+    let mut in_function = false;
     for line in output.lines() {
         let body = line
             .split_once(':')
@@ -241,10 +246,23 @@ pub fn parse_report(output: &str) -> PtxasReport {
         } else if let Some(rest) = body.strip_prefix("Compiling entry function ") {
             let name = rest.split('\'').nth(1).unwrap_or(rest).to_string();
             current = Some(kernel_slot(&mut report.kernels, &name));
+            in_function = false;
         } else if let Some(rest) = body.strip_prefix("Function properties for ") {
-            current = Some(kernel_slot(&mut report.kernels, rest.trim()));
+            // Properties of a name no "Compiling entry function" announced: a `.func`.
+            let name = rest.trim();
+            in_function = !report.kernels.iter().any(|k| k.kernel == name);
+            current = Some(if in_function {
+                kernel_slot(&mut report.functions, name)
+            } else {
+                kernel_slot(&mut report.kernels, name)
+            });
         } else if line.starts_with("ptxas info") && body.starts_with("Used ") {
-            if let Some(k) = current.and_then(|i| report.kernels.get_mut(i)) {
+            let list = if in_function {
+                &mut report.functions
+            } else {
+                &mut report.kernels
+            };
+            if let Some(k) = current.and_then(|i| list.get_mut(i)) {
                 for part in body.split(',') {
                     let words: Vec<&str> = part.split_whitespace().collect();
                     match words.as_slice() {
@@ -259,7 +277,12 @@ pub fn parse_report(output: &str) -> PtxasReport {
                 }
             }
         } else if line.contains("bytes stack frame") {
-            if let Some(k) = current.and_then(|i| report.kernels.get_mut(i)) {
+            let list = if in_function {
+                &mut report.functions
+            } else {
+                &mut report.kernels
+            };
+            if let Some(k) = current.and_then(|i| list.get_mut(i)) {
                 for part in line.split(',') {
                     let words: Vec<&str> = part.split_whitespace().collect();
                     match words.as_slice() {
@@ -327,9 +350,30 @@ ptxas info    : Used 22 registers, used 0 barriers
             ]
         );
         assert!(r.kernels[0].spills() && !r.kernels[1].spills());
+        assert!(r.functions.is_empty());
         assert_eq!(
             r.warnings,
             vec!["ptxas warning : Unresolved extern function 'x'".to_string()]
         );
+    }
+
+    #[test]
+    fn device_functions_are_not_kernels() {
+        let out = "ptxas info    : Compiling entry function 'k' for 'sm_80'
+ptxas info    : Function properties for k
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers, used 1 barriers, 512 bytes smem, 368 bytes cmem[0]
+ptxas info    : Function properties for helper
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+";
+        let r = parse_report(out);
+        assert_eq!(r.kernels.len(), 1);
+        assert_eq!(
+            (r.kernels[0].kernel.as_str(), r.kernels[0].registers),
+            ("k", 18)
+        );
+        assert_eq!(r.functions.len(), 1);
+        assert_eq!(r.functions[0].kernel, "helper");
+        assert!(r.functions[0].spills() && r.functions[0].stack_bytes == 8);
     }
 }

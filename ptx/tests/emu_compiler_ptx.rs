@@ -376,3 +376,156 @@ fn sm90_fixtures_need_exactly_the_listed_instructions() {
         );
     }
 }
+
+/// `tests/kernels/compiler_constructs.ptx` (see its header for each output).
+const CONSTRUCTS: &str = include_str!("kernels/compiler_constructs.ptx");
+
+#[test]
+fn calls_scopes_vectors_data_and_sections_run_as_compilers_mean_them() {
+    let module = Module::parse(CONSTRUCTS).unwrap_or_else(|e| panic!("{e}"));
+    let n = 64usize;
+    let mut rng = Rng(23);
+    let mut x: Vec<u32> = (0..n).map(|_| (rng.next() * 2e9) as i32 as u32).collect();
+    x[0] = 0;
+    x[1] = 0x0100_00FF;
+    let mut mem = DeviceMemory::new();
+    let dx = upload(&mut mem, &x, "x");
+    let out = upload(&mut mem, &vec![0u32; 8 * n], "out");
+    let params = [out.to_le_bytes(), dx.to_le_bytes()].concat();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [n as u32, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    let twice = |v: u32| if v % 2 == 1 { v } else { v.wrapping_mul(2) };
+    for launch_no in 1..=2u32 {
+        launch(
+            &module,
+            "constructs",
+            &dims,
+            &params,
+            &mut mem,
+            &Checks::default(),
+        )
+        .unwrap_or_else(|e| panic!("launch {launch_no}: {e}"));
+        let got: Vec<u32> = download(&mem, out, 8 * n);
+        for t in 0..n {
+            let v = x[t];
+            let lane = (t % 32) as u32;
+            let (row, col) = (lane / 4, 2 * (lane % 4));
+            let quad = t & !3;
+            let want = [
+                twice(v).wrapping_mul([5, 7, 11, 13][t % 4]).wrapping_add(3),
+                v.wrapping_add(100),
+                if t < 32 { twice(v) } else { 0 },
+                v.to_le_bytes().iter().map(|&b| u32::from(b)).sum(),
+                v.rotate_right(16),
+                (quad..quad + 4).fold(0u32, |s, k| s.wrapping_add(x[k])),
+                (16 * row + col) | ((16 * row + col + 1) << 16),
+                launch_no,
+            ];
+            assert_eq!(
+                &got[8 * t..8 * t + 8],
+                &want,
+                "launch {launch_no}, thread {t}, v {v:#x}"
+            );
+        }
+    }
+}
+
+fn kernel_with(decls: &str, body: &str) -> String {
+    format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n{decls}\n.visible .entry k()\n{{\n .reg .b32 %r<4>;\n{body}\n}}\n"
+    )
+}
+
+#[test]
+fn what_the_emulator_cannot_link_or_inline_is_refused_by_name() {
+    let cases = [
+        (
+            kernel_with(
+                ".extern .func (.param .b32 r) vprintf(.param .b64 f, .param .b64 a);",
+                " { .param .b64 p0; .param .b64 p1; .param .b32 rv;\n call.uni (rv), vprintf, (p0, p1);\n }",
+            ),
+            "calls `vprintf`, which is declared without a body",
+        ),
+        (
+            kernel_with(
+                ".func f()\n{\n call.uni f;\n ret;\n}",
+                " call.uni f;",
+            ),
+            "recursive call of `f`",
+        ),
+        (
+            kernel_with(".func f(.param .b32 a)\n{\n ret;\n}", " call.uni f;"),
+            "`f` takes 1 argument(s) and returns 0 value(s); the call passes 0",
+        ),
+        (kernel_with("", " call.uni g;"), "calls `g`, which the module does not define"),
+        (
+            kernel_with(".extern .global .u32 shared_elsewhere;", ""),
+            "defined in another module",
+        ),
+        (
+            kernel_with(".global .u32 two[2] = {1, 2, 3};", ""),
+            "more initial values than elements",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = match Module::parse(&text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(want), "{e}\nfor:\n{text}");
+    }
+}
+
+#[test]
+fn initialised_data_has_its_bytes_and_types() {
+    // Each kind of initialiser, read back through ld.global / ld.const into out.
+    let text = kernel_with(
+        ".global .align 8 .f32 f[3] = {1.5, 0f40490FDB, -2};\n\
+         .const .align 8 .s16 h[2][2] = {{-1, 2}, {3, -4}};\n\
+         .global .u64 big = 0x123456789ABCDEF0;\n\
+         .global .f64 d = 0.25;",
+        "",
+    )
+    .replace(
+        ".visible .entry k()\n{\n .reg .b32 %r<4>;\n",
+        ".visible .entry k(.param .u64 out)\n{\n .reg .b32 %r<8>;\n .reg .b16 %rs<2>;\n .reg .b64 %rd<4>;\n\
+         ld.param.u64 %rd1, [out];\n\
+         ld.global.u32 %r1, [f+4];\n st.global.u32 [%rd1], %r1;\n\
+         ld.global.u32 %r2, [f+8];\n st.global.u32 [%rd1+4], %r2;\n\
+         ld.const.s16 %rs1, [h+6];\n cvt.s32.s16 %r3, %rs1;\n st.global.u32 [%rd1+8], %r3;\n\
+         ld.global.u64 %rd2, [big];\n st.global.u64 [%rd1+16], %rd2;\n\
+         ld.global.u64 %rd3, [d];\n st.global.u64 [%rd1+24], %rd3;\n",
+    );
+    let module = Module::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut mem = DeviceMemory::new();
+    let out = mem.alloc(32, "out");
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [1, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    launch(
+        &module,
+        "k",
+        &dims,
+        &out.to_le_bytes(),
+        &mut mem,
+        &Checks::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<u32> = download(&mem, out, 8);
+    assert_eq!(got[0], std::f32::consts::PI.to_bits());
+    assert_eq!(got[1], (-2.0f32).to_bits());
+    assert_eq!(got[2] as i32, -4);
+    assert_eq!(
+        u64::from(got[4]) | (u64::from(got[5]) << 32),
+        0x1234_5678_9ABC_DEF0
+    );
+    assert_eq!(
+        u64::from(got[6]) | (u64::from(got[7]) << 32),
+        0.25f64.to_bits()
+    );
+}

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::calls;
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
@@ -18,29 +19,176 @@ use super::types::Ty;
 use crate::error::PtxError;
 use crate::launch;
 
-pub(crate) fn decode_module(ast: &Ast) -> Result<Vec<Kernel>, PtxError> {
+/// A module's `.global` and `.const` variables as one block of device memory: where it
+/// goes and what it holds before the first launch.
+#[derive(Clone, Debug)]
+pub(crate) struct ModuleData {
+    pub base: u64,
+    pub image: Vec<u8>,
+    /// Names the block in sanitizer reports, and tells this module's block from another's.
+    pub label: String,
+}
+
+/// Where module data blocks go: below the first address `DeviceMemory` hands out, each
+/// parsed module its own block (after this region is used up the addresses repeat, and a
+/// `DeviceMemory` that held another module's block there gets this one's instead).
+const DATA_REGION: std::ops::Range<u64> = 0x4000_0000..0xF000_0000;
+/// Unused bytes after each block (a red zone, as between allocations).
+const DATA_RED_ZONE: u64 = 4096;
+
+/// Each `.global`/`.const` variable's address, by name.
+type DataAddrs = HashMap<String, u64>;
+
+/// Lays out the module's `.global`/`.const` variables in one block and gives it an
+/// address; returns the block and each variable's address.
+fn layout_data(ast: &Ast) -> Result<Option<(ModuleData, DataAddrs)>, PtxError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(DATA_REGION.start);
+    static MODULES: AtomicU64 = AtomicU64::new(0);
+    if ast.data.is_empty() {
+        return Ok(None);
+    }
+    let mut image = Vec::new();
+    let mut offsets = Vec::with_capacity(ast.data.len());
+    for d in &ast.data {
+        let at = align_up(image.len() as u64, d.align) as usize;
+        if (at + d.bytes.len()) as u64 > parse::MAX_DATA_BYTES {
+            return Err(perr(
+                d.pos,
+                d.name.clone(),
+                format!(
+                    ".global/.const variables take more than {} bytes",
+                    parse::MAX_DATA_BYTES
+                ),
+            ));
+        }
+        image.resize(at, 0);
+        image.extend_from_slice(&d.bytes);
+        offsets.push(at as u64);
+    }
+    let span = align_up(image.len() as u64 + DATA_RED_ZONE, 4096);
+    let base = loop {
+        let base = NEXT.fetch_add(span, Ordering::Relaxed);
+        if base + span <= DATA_REGION.end {
+            break base;
+        }
+        // Used up: start again at the bottom (one thread wins the reset).
+        let _ = NEXT.compare_exchange(
+            base + span,
+            DATA_REGION.start,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    };
+    let mut addrs = HashMap::new();
+    for (d, off) in ast.data.iter().zip(offsets) {
+        if addrs.insert(d.name.clone(), base + off).is_some() {
+            return Err(perr(d.pos, d.name.clone(), "variable declared twice"));
+        }
+    }
+    let id = MODULES.fetch_add(1, Ordering::Relaxed);
+    let names: Vec<&str> = ast.data.iter().map(|d| d.name.as_str()).collect();
+    let data = ModuleData {
+        base,
+        image,
+        label: format!(".global/.const data of module #{id} ({})", names.join(", ")),
+    };
+    Ok(Some((data, addrs)))
+}
+
+/// The entry with its uses of `.global`/`.const` variables resolved to their addresses
+/// (a name is the variable's address; `[name+k]` the address plus k), and `.const` state
+/// spaces read as global memory (where the block lives).
+fn resolve_data<'a>(
+    e: std::borrow::Cow<'a, Entry>,
+    addrs: &HashMap<String, u64>,
+) -> std::borrow::Cow<'a, Entry> {
+    if addrs.is_empty() {
+        return e;
+    }
+    let mut e = e.into_owned();
+    // Registers and the kernel's own variables shadow module data of the same name.
+    let mut shadowed: std::collections::HashSet<&str> =
+        e.regs.iter().map(|r| r.name.as_str()).collect();
+    shadowed.extend(e.vars.iter().map(|v| v.name.as_str()));
+    shadowed.extend(e.params.iter().map(|p| p.name.as_str()));
+    let lookup = |n: &str| -> Option<u64> {
+        if shadowed.contains(n) {
+            None
+        } else {
+            addrs.get(n).copied()
+        }
+    };
+    let mut body = std::mem::take(&mut e.body);
+    for s in &mut body {
+        let Stmt::Inst(i) = s else { continue };
+        for o in &mut i.operands {
+            resolve_operand(o, &lookup);
+        }
+        let parts: Vec<&str> = i.opcode.split('.').collect();
+        if matches!(parts.first(), Some(&"ld") | Some(&"ldu") | Some(&"cvta"))
+            && parts.contains(&"const")
+        {
+            i.opcode = parts
+                .iter()
+                .map(|p| if *p == "const" { "global" } else { p })
+                .collect::<Vec<_>>()
+                .join(".");
+        }
+    }
+    e.body = body;
+    std::borrow::Cow::Owned(e)
+}
+
+fn resolve_operand(o: &mut parse::Operand, lookup: &impl Fn(&str) -> Option<u64>) {
+    use parse::{Lit, Operand};
+    match o {
+        Operand::Name(n, pos) => {
+            if let Some(a) = lookup(n) {
+                *o = Operand::Imm(Lit::Int(a), *pos);
+            }
+        }
+        Operand::Addr { base, offset, .. } => {
+            if let Some(a) = base.as_deref().and_then(lookup) {
+                *offset = (a as i64).wrapping_add(*offset);
+                *base = None;
+            }
+        }
+        Operand::Vector(v, _) => v.iter_mut().for_each(|x| resolve_operand(x, lookup)),
+        _ => {}
+    }
+}
+
+pub(crate) fn decode_module(ast: &Ast) -> Result<(Vec<Kernel>, Option<ModuleData>), PtxError> {
+    let (data, addrs) = match layout_data(ast)? {
+        Some((d, a)) => (Some(d), a),
+        None => (None, HashMap::new()),
+    };
     let mut out: Vec<Kernel> = Vec::new();
     for e in &ast.entries {
         if out.iter().any(|k| k.name == e.name) {
             return Err(perr(e.pos, e.name.clone(), "kernel defined twice"));
         }
+        let e = resolve_data(calls::inline_calls(e, ast)?, &addrs);
         out.push(decode_entry(
-            e,
+            &e,
             &ast.module_vars,
             ast.sm.unwrap_or(launch::DEFAULT_SM),
             None,
         )?);
     }
-    Ok(out)
+    Ok((out, data))
 }
 
 /// Every instruction of every kernel that does not decode (unsupported opcode, modifier
 /// or operand shape), in order; an error for anything else (declarations, labels).
 pub(crate) fn decode_failures(ast: &Ast) -> Result<Vec<PtxError>, PtxError> {
     let mut failures = Vec::new();
+    let addrs = layout_data(ast)?.map(|(_, a)| a).unwrap_or_default();
     for e in &ast.entries {
+        let e = resolve_data(calls::inline_calls(e, ast)?, &addrs);
         decode_entry(
-            e,
+            &e,
             &ast.module_vars,
             ast.sm.unwrap_or(launch::DEFAULT_SM),
             Some(&mut failures),
@@ -108,7 +256,8 @@ fn decode_entry(
                 shared_end = off + bytes;
                 Var::Shared(off)
             }
-            (VarSpace::Local, _) => {
+            // Call-site `.param` variables are local memory (`calls` made them so).
+            (VarSpace::Local | VarSpace::Param, _) => {
                 let off = align_up(local_end, align);
                 local_end = off + bytes;
                 Var::Local(off)

@@ -90,6 +90,35 @@ impl DeviceMemory {
         addr
     }
 
+    /// Places a module's `.global`/`.const` block (`image`, labelled `label`) at `addr`,
+    /// below the addresses [`DeviceMemory::alloc`] hands out, unless that block is
+    /// already there: a module's variables keep what earlier launches wrote, as on a GPU.
+    pub(crate) fn ensure_module_data(&mut self, addr: u64, image: &[u8], label: &str) {
+        let present = self
+            .allocs
+            .get(&addr)
+            .is_some_and(|a| a.label == label && a.data.len() == image.len());
+        if !present {
+            // A different module's block can only sit here after the data region wrapped.
+            let overlapping: Vec<u64> = self
+                .allocs
+                .range(addr..addr + image.len() as u64 + RED_ZONE)
+                .map(|(&a, _)| a)
+                .filter(|&a| a < FIRST_ADDR)
+                .collect();
+            for a in overlapping {
+                self.allocs.remove(&a);
+            }
+            self.allocs.insert(
+                addr,
+                Allocation {
+                    label: label.to_string(),
+                    data: image.to_vec(),
+                },
+            );
+        }
+    }
+
     /// Frees the allocation that starts at `addr`.
     ///
     /// # Errors

@@ -106,6 +106,7 @@
 #[macro_use]
 mod warp;
 mod access;
+mod calls;
 mod counters;
 mod decode;
 mod exec;
@@ -126,6 +127,8 @@ use crate::error::PtxError;
 /// A parsed and decoded PTX module: its kernels (`.entry` functions), ready to launch.
 pub struct Module {
     kernels: Vec<inst::Kernel>,
+    /// The `.global`/`.const` variables, placed in device memory at the first launch.
+    data: Option<decode::ModuleData>,
     /// The compute capability of the `.target` (sm_80 when there is none): the
     /// parameter layout of [`Module::params`] is this target's.
     sm: u32,
@@ -321,9 +324,10 @@ impl Module {
     /// or unsupported. Never panics, whatever the input.
     pub fn parse(text: &str) -> Result<Module, PtxError> {
         let ast = parse::parse(text)?;
-        let kernels = decode::decode_module(&ast)?;
+        let (kernels, data) = decode::decode_module(&ast)?;
         Ok(Module {
             kernels,
+            data,
             sm: ast.sm.unwrap_or(crate::launch::DEFAULT_SM),
         })
     }
@@ -469,5 +473,9 @@ pub fn launch_profiled(
     profiling: &Profiling,
 ) -> Result<(LaunchStats, Option<Counters>), PtxError> {
     let k = module.kernel(kernel)?;
+    if let Some(d) = &module.data {
+        // Placed once per `DeviceMemory`: later launches see what earlier ones wrote.
+        mem.ensure_module_data(d.base, &d.image, &d.label);
+    }
     exec::launch(k, dims, params, mem, checks, profiling)
 }

@@ -88,6 +88,9 @@ pub(crate) enum Stmt {
 pub(crate) enum VarSpace {
     Shared,
     Local,
+    /// A `.param` variable declared in a body: a call's argument or return value (per
+    /// thread, like local memory).
+    Param,
 }
 
 /// A `.shared` / `.local` variable.
@@ -131,6 +134,26 @@ pub(crate) struct Entry {
     pub body: Vec<Stmt>,
 }
 
+/// A module-scope `.global` or `.const` variable and its initial bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct DataDecl {
+    pub align: u64,
+    pub name: String,
+    /// The initial contents (zero where no initialiser covers), `size` bytes.
+    pub bytes: Vec<u8>,
+    pub pos: Pos,
+}
+
+/// Bytes all `.global`/`.const` variables of a module may take together.
+pub(crate) const MAX_DATA_BYTES: u64 = 1 << 24;
+
+/// A `.func`: its return parameters, and the rest as an entry's (parameters, body).
+#[derive(Clone, Debug)]
+pub(crate) struct Func {
+    pub rets: Vec<ParamDecl>,
+    pub body: Entry,
+}
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ast {
     pub entries: Vec<Entry>,
@@ -138,6 +161,12 @@ pub(crate) struct Ast {
     pub sm: Option<u32>,
     /// Module-scope `.shared` variables (visible to every kernel).
     pub module_vars: Vec<VarDecl>,
+    /// Module-scope `.global` and `.const` variables, with their initial values.
+    pub data: Vec<DataDecl>,
+    /// `.func` definitions (declarations without a body are not kept).
+    pub funcs: Vec<Func>,
+    /// Names of `.func` declared without a body (`.extern .func vprintf(...)`).
+    pub func_decls: Vec<(String, Pos)>,
 }
 
 struct Parser {
@@ -305,15 +334,40 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
                 p.expect_punct('{')?;
                 p.skip_braces()?;
             }
-            ".visible" | ".weak" | ".entry" => {
-                while p.is_ident(".visible") || p.is_ident(".weak") {
+            ".visible" | ".weak" | ".extern" | ".entry" | ".func"
+                if {
+                    // Past the linkage directives: a kernel or a function?
+                    let mut k = 0;
+                    while matches!(p.peek_at(k), Some(Tok::Ident(l)) if matches!(l.as_str(), ".visible" | ".weak" | ".extern"))
+                    {
+                        k += 1;
+                    }
+                    matches!(p.peek_at(k), Some(Tok::Ident(f)) if f == ".entry" || f == ".func")
+                } =>
+            {
+                while p.is_ident(".visible") || p.is_ident(".weak") || p.is_ident(".extern") {
                     p.bump();
                 }
-                if !p.is_ident(".entry") {
-                    return Err(p.err("only .entry functions are supported (no .func or calls)"));
+                if p.is_ident(".entry") {
+                    p.bump();
+                    ast.entries.push(parse_entry(&mut p)?);
+                } else {
+                    p.bump();
+                    parse_func(&mut p, &mut ast)?;
                 }
-                p.bump();
-                ast.entries.push(parse_entry(&mut p)?);
+            }
+            ".visible" | ".weak" | ".extern" | ".global" | ".const"
+                if {
+                    let mut k = 0;
+                    while matches!(p.peek_at(k), Some(Tok::Ident(l)) if matches!(l.as_str(), ".visible" | ".weak" | ".extern"))
+                    {
+                        k += 1;
+                    }
+                    matches!(p.peek_at(k), Some(Tok::Ident(f)) if f == ".global" || f == ".const")
+                } =>
+            {
+                let v = parse_data(&mut p)?;
+                ast.data.push(v);
             }
             ".shared" | ".extern" | ".align" => {
                 let v = parse_var(&mut p)?;
@@ -325,8 +379,8 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
     Ok(ast)
 }
 
-fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
-    let (name, pos) = p.ident()?;
+/// A parenthesised `.param` list, if one follows (`(` already not consumed).
+fn parse_params(p: &mut Parser) -> Result<Vec<ParamDecl>, PtxError> {
     let mut params = Vec::new();
     if p.eat_punct('(') && !p.eat_punct(')') {
         loop {
@@ -337,6 +391,47 @@ fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
             p.expect_punct(',')?;
         }
     }
+    Ok(params)
+}
+
+/// `.func [(rets)] name[(params)] [directives] { body }` or the same ending in `;` (a
+/// declaration; the function is then external, or defined later in the module).
+fn parse_func(p: &mut Parser, ast: &mut Ast) -> Result<(), PtxError> {
+    let rets = if p.is_punct('(') {
+        parse_params(p)?
+    } else {
+        Vec::new()
+    };
+    let (name, pos) = p.ident()?;
+    let params = parse_params(p)?;
+    while let Some(Tok::Ident(d)) = p.peek() {
+        match d.as_str() {
+            ".noreturn" => p.bump(),
+            ".pragma" => p.skip_statement()?,
+            _ => return Err(p.err("unsupported function directive")),
+        }
+    }
+    if p.eat_punct(';') {
+        ast.func_decls.push((name, pos));
+        return Ok(());
+    }
+    let mut body = Entry {
+        name,
+        pos,
+        params,
+        regs: Vec::new(),
+        vars: Vec::new(),
+        body: Vec::new(),
+    };
+    p.expect_punct('{')?;
+    parse_block(p, &mut body, 0)?;
+    ast.funcs.push(Func { rets, body });
+    Ok(())
+}
+
+fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
+    let (name, pos) = p.ident()?;
+    let params = parse_params(p)?;
     // Performance directives between the parameter list and the body.
     loop {
         match p.peek() {
@@ -445,6 +540,154 @@ pub(crate) fn type_size(t: &str) -> Option<u64> {
     })
 }
 
+/// `[linkage] (.global|.const) [.align N] .type name[[N]...] [= initialiser];`
+fn parse_data(p: &mut Parser) -> Result<DataDecl, PtxError> {
+    let pos = p.pos();
+    let mut align = None;
+    let mut ty = None;
+    loop {
+        match p.peek() {
+            Some(Tok::Ident(d)) if d == ".visible" || d == ".weak" => p.bump(),
+            Some(Tok::Ident(d)) if d == ".extern" => {
+                return Err(p.err(
+                    ".extern .global/.const variables are defined in another module, which the emulator cannot link",
+                ))
+            }
+            // `.const` data is kept with the `.global` data (`decode`).
+            Some(Tok::Ident(d)) if d == ".global" || d == ".const" => p.bump(),
+            Some(Tok::Ident(d)) if d == ".align" => {
+                p.bump();
+                align = Some(p.int()?);
+            }
+            Some(Tok::Ident(d)) if d.starts_with('.') && type_size(&d[1..]).is_some() => {
+                ty = Some(d[1..].to_string());
+                p.bump();
+            }
+            Some(Tok::Ident(d)) if d.starts_with('.') => {
+                return Err(p.err("unsupported .global/.const declaration"))
+            }
+            _ => break,
+        }
+    }
+    let ty = ty.ok_or_else(|| p.err("variable needs a type such as .u32"))?;
+    let elem = type_size(&ty).unwrap_or(1);
+    let (name, _) = p.ident()?;
+    let mut count = 1u64;
+    let mut array = false;
+    while p.eat_punct('[') {
+        array = true;
+        let n = p.int()?;
+        p.expect_punct(']')?;
+        count = count.saturating_mul(n);
+    }
+    let size = count.saturating_mul(elem);
+    if size > MAX_DATA_BYTES {
+        return Err(perr(
+            pos,
+            name,
+            format!("variable is larger than {MAX_DATA_BYTES} bytes"),
+        ));
+    }
+    let align = align.unwrap_or(elem);
+    if align == 0 || !align.is_power_of_two() || align > 4096 {
+        return Err(perr(
+            pos,
+            name,
+            "alignment must be a power of two up to 4096",
+        ));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    if p.eat_punct('=') {
+        let mut values = Vec::new();
+        parse_initialiser(p, &mut values, 0)?;
+        if !array && values.len() != 1 {
+            return Err(perr(pos, name, "a scalar takes one initial value"));
+        }
+        if values.len() as u64 > count {
+            return Err(perr(pos, name, "more initial values than elements"));
+        }
+        for (k, (lit, lpos)) in values.iter().enumerate() {
+            let v = init_bits(&ty, *lit).ok_or_else(|| {
+                perr(
+                    *lpos,
+                    format!("{lit:?}"),
+                    "initial value does not fit the type",
+                )
+            })?;
+            let at = k * elem as usize;
+            bytes[at..at + elem as usize].copy_from_slice(&v.to_le_bytes()[..elem as usize]);
+        }
+    }
+    p.expect_punct(';')?;
+    Ok(DataDecl {
+        align,
+        name,
+        bytes,
+        pos,
+    })
+}
+
+/// The literals of an initialiser, flattened in order (`{ {1, 2}, {3, 4} }` as 1 2 3 4).
+fn parse_initialiser(
+    p: &mut Parser,
+    out: &mut Vec<(Lit, Pos)>,
+    depth: u32,
+) -> Result<(), PtxError> {
+    if depth > 8 {
+        return Err(p.err("initialiser nested too deeply"));
+    }
+    if p.eat_punct('{') {
+        if p.eat_punct('}') {
+            return Ok(());
+        }
+        loop {
+            parse_initialiser(p, out, depth + 1)?;
+            if p.eat_punct('}') {
+                return Ok(());
+            }
+            p.expect_punct(',')?;
+        }
+    }
+    if out.len() as u64 >= MAX_DATA_BYTES {
+        return Err(p.err("initialiser too long"));
+    }
+    match parse_operand(p, false)? {
+        Operand::Imm(lit, pos) => {
+            out.push((lit, pos));
+            Ok(())
+        }
+        o => Err(perr(
+            o.pos(),
+            "initialiser",
+            "only numeric initial values are supported (no addresses of variables)",
+        )),
+    }
+}
+
+/// The bits of `lit` as an element of type `ty` (floats rounded to nearest).
+fn init_bits(ty: &str, lit: Lit) -> Option<u64> {
+    let float = |v: f64| -> Option<u64> {
+        match ty {
+            "f32" => Some(u64::from((v as f32).to_bits())),
+            "f64" => Some(v.to_bits()),
+            "f16" => Some(u64::from(half::f16::from_f64(v).to_bits())),
+            "bf16" => Some(u64::from(half::bf16::from_f64(v).to_bits())),
+            _ => None,
+        }
+    };
+    match lit {
+        Lit::Int(v) if ty.starts_with('f') || ty == "bf16" => float(v as i64 as f64),
+        Lit::Int(v) => Some(v),
+        Lit::Float(v) => float(v),
+        Lit::F32Bits(b) if ty == "f32" || ty == "b32" || ty == "u32" || ty == "s32" => {
+            Some(u64::from(b))
+        }
+        Lit::F32Bits(b) => float(f64::from(f32::from_bits(b))),
+        Lit::F64Bits(b) if ty == "f64" || ty == "b64" || ty == "u64" || ty == "s64" => Some(b),
+        Lit::F64Bits(b) => float(f64::from_bits(b)),
+    }
+}
+
 fn parse_var(p: &mut Parser) -> Result<VarDecl, PtxError> {
     let pos = p.pos();
     let mut is_extern = false;
@@ -540,7 +783,7 @@ fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError
     if depth > 64 {
         return Err(p.err("blocks nested too deeply"));
     }
-    let (regs_start, body_start) = (e.regs.len(), e.body.len());
+    let (regs_start, vars_start, body_start) = (e.regs.len(), e.vars.len(), e.body.len());
     let mut local: Vec<String> = Vec::new();
     loop {
         let pos = p.pos();
@@ -554,6 +797,11 @@ fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError
                     for r in &e.regs[regs_start..] {
                         if !r.name.contains('@') {
                             local.push(r.name.clone());
+                        }
+                    }
+                    for v in &e.vars[vars_start..] {
+                        if !v.name.contains('@') {
+                            local.push(v.name.clone());
                         }
                     }
                     for s in &e.body[body_start..] {
@@ -573,6 +821,9 @@ fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError
                     if !renamed.is_empty() {
                         for r in &mut e.regs[regs_start..] {
                             rename(&mut r.name, &renamed);
+                        }
+                        for v in &mut e.vars[vars_start..] {
+                            rename(&mut v.name, &renamed);
                         }
                         for s in &mut e.body[body_start..] {
                             rename_stmt(s, &renamed);
@@ -637,6 +888,20 @@ fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError
                 let v = parse_var(p)?;
                 e.vars.push(v);
             }
+            // A call's argument or return value.
+            Some(Tok::Ident(d)) if d == ".param" => {
+                let decl = parse_param(p)?;
+                p.expect_punct(';')?;
+                e.vars.push(VarDecl {
+                    space: VarSpace::Param,
+                    is_extern: false,
+                    align: decl.align,
+                    ty: decl.ty,
+                    name: decl.name,
+                    count: Some(decl.count),
+                    pos: decl.pos,
+                });
+            }
             Some(Tok::Ident(d)) if d == ".pragma" => p.skip_statement()?,
             Some(Tok::Ident(d)) if d == ".loc" || d == ".file" => p.skip_line(),
             Some(Tok::Ident(d)) if d.starts_with('.') => {
@@ -685,7 +950,7 @@ fn rename_operand(o: &mut Operand, renamed: &std::collections::HashMap<String, S
     }
 }
 
-fn rename_stmt(s: &mut Stmt, renamed: &std::collections::HashMap<String, String>) {
+pub(crate) fn rename_stmt(s: &mut Stmt, renamed: &std::collections::HashMap<String, String>) {
     match s {
         Stmt::Label(l, _) => rename(l, renamed),
         Stmt::Inst(i) => {
@@ -709,7 +974,9 @@ fn parse_inst(p: &mut Parser) -> Result<InstAst, PtxError> {
     }
     let (opcode, _) = p.ident()?;
     let mut operands = Vec::new();
-    if !p.eat_punct(';') {
+    if opcode == "call" || opcode.starts_with("call.") {
+        operands = parse_call_operands(p)?;
+    } else if !p.eat_punct(';') {
         loop {
             operands.push(parse_operand(p, true)?);
             if p.eat_punct(';') {
@@ -727,6 +994,46 @@ fn parse_inst(p: &mut Parser) -> Result<InstAst, PtxError> {
         operands,
         pos,
     })
+}
+
+/// The operands of `call`: the return list (a `Vector`, empty without one), the function
+/// name and the argument list (a `Vector`), through the `;`. List elements are names.
+fn parse_call_operands(p: &mut Parser) -> Result<Vec<Operand>, PtxError> {
+    let list = |p: &mut Parser| -> Result<Operand, PtxError> {
+        let pos = p.pos();
+        p.expect_punct('(')?;
+        let mut names = Vec::new();
+        if !p.eat_punct(')') {
+            loop {
+                let (n, npos) = p.ident()?;
+                names.push(Operand::Name(n, npos));
+                if names.len() > MAX_VECTOR {
+                    return Err(p.err("too many call arguments"));
+                }
+                if p.eat_punct(')') {
+                    break;
+                }
+                p.expect_punct(',')?;
+            }
+        }
+        Ok(Operand::Vector(names, pos))
+    };
+    let pos = p.pos();
+    let rets = if p.is_punct('(') {
+        let r = list(p)?;
+        p.expect_punct(',')?;
+        r
+    } else {
+        Operand::Vector(Vec::new(), pos)
+    };
+    let (name, npos) = p.ident()?;
+    let args = if p.eat_punct(',') {
+        list(p)?
+    } else {
+        Operand::Vector(Vec::new(), p.pos())
+    };
+    p.expect_punct(';')?;
+    Ok(vec![rets, Operand::Name(name, npos), args])
 }
 
 fn parse_signed_int(p: &mut Parser) -> Result<i64, PtxError> {
