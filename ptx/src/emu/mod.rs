@@ -12,12 +12,13 @@
 //!
 //! | Instructions | File |
 //! |---|---|
-//! | `add` `sub` `mul` `mad` `min` `max` `div` `rem` `and` `or` `xor` `shl` `shr` `abs` `neg` `not` `cnot` `popc` `clz` `brev` `prmt` `lop3` `bfe` `bfi` on integers | `ops/integer.rs` |
+//! | `add` `sub` `mul` `mad` `min` `max` `div` `rem` `and` `or` `xor` `shl` `shr` `abs` `neg` `not` `cnot` `popc` `clz` `brev` `prmt` (every mode) `lop3` `bfe` `bfi` on integers | `ops/integer.rs` |
+//! | `mul24` `mad24` `shf` `bfind` `bmsk` `dp4a` `dp2a`, and the carry chains `add.cc` `addc` `sub.cc` `subc` `mad.cc` `madc` | `ops/integer_ext.rs` |
 //! | `add` `sub` `mul` `div` `min` `max` `copysign` `fma`/`mad` `abs` `neg` `sqrt` `rsqrt` `rcp` `ex2` `lg2` `sin` `cos` `tanh` on floats | `ops/float.rs` |
 //! | `mov`, `cvt` | `ops/convert.rs` |
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
 //! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
-//! | `mma` `ldmatrix` | `ops/tensor.rs` |
+//! | `mma` `ldmatrix` (`.shared` or a generic address of shared memory) | `ops/tensor.rs` |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
@@ -29,8 +30,10 @@
 //! | What | File |
 //! |---|---|
 //! | tokens, source positions, the `Parse` error | `lex.rs` |
-//! | syntax tree of the text | `parse.rs` |
-//! | opcode table, parameters, variables, labels | `decode.rs` |
+//! | syntax tree of the text, blocks and their scopes, instructions | `parse.rs` |
+//! | declarations: kernel and function headers, variables, initialised `.global`/`.const` data | `parse_decl.rs` |
+//! | `.func` and `call`: each call replaced by a renamed copy of the function (inlining) | `calls.rs` |
+//! | opcode table, parameters (laid out by [`crate::launch::layout`]), variables, module data, labels | `decode.rs` |
 //! | reading modifiers and operands (`Dec`, `Mods`; families use them, not `decode`) | `operands.rs` |
 //! | the decoded instruction (`Op`, one struct per operation) | `inst.rs` |
 //! | scalar types, float formats, rounding modes | `types.rs` |
@@ -53,7 +56,12 @@
 //!
 //! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
 //! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the
-//! thread's local memory. `cp.async` reads its source when issued and writes shared memory
+//! thread's local memory. A module's `.global` and `.const` variables are one block of
+//! device memory below the allocations, placed with its initial values by the module's
+//! first launch on a [`DeviceMemory`] and kept across launches (as a loaded module's
+//! variables are on a GPU); `.const` data is read as global memory there, so a store to
+//! it through a generic pointer is not caught. A call's `.param` arguments and return
+//! values are per-thread local memory. `cp.async` reads its source when issued and writes shared memory
 //! when the thread's `cp.async.wait_group`/`wait_all` completes the group, so a kernel that
 //! reads too early sees the old contents (and the race check reports it).
 //!
@@ -66,10 +74,29 @@
 //! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
-//! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
-//! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
-//! packed (x2) comparisons, `wgmma`, TMA and `cp.async.bulk`, mma shapes other than
-//! m16n8k16 row.col with f32 accumulators.
+//! Accepted as compilers write it (nvcc, Triton; see `tests/emu_compiler_ptx.rs`):
+//! `.section` debug blocks and `.file`/`.loc` (ignored), `.func` with `call` (inlined),
+//! initialised `.global`/`.const` data with `ld.const`/`ld.global` of it, registers,
+//! labels and `.param` variables re-declared in nested `{ }` blocks, vector operands
+//! (`{%r1, %r2}`, `{ %r1 }` for a scalar, `.v2`/`.v4`, up to 128 elements), tensor
+//! addresses `[map, {x, y}]` (parsed; no instruction runs them yet), and
+//! `.ptr .global .align N` parameters (N is the pointee's alignment).
+//!
+//! Not supported (a parse error that names the line; [`Module::unsupported_instructions`]
+//! lists every such instruction of a text at once): `wgmma`, `mbarrier`, TMA and
+//! `cp.async.bulk` (`.tensor`, `commit_group`, `wait_group`), `fence.proxy.async`,
+//! `elect`, `setmaxnreg`, `stmatrix`, `cvta.param`, `bar.arrive`/`bar.red`, `barrier.cluster`
+//! and the cluster instructions (`mapa`, `getctarank`); `mma` shapes other than m16n8k16
+//! row.col with f32 accumulators, `mma.sp`, `wmma`, `movmatrix`; textures and surfaces
+//! (`tex`, `tld4`, `txq`, `suld`, `sust`, `sured`, `suq`, `istypep` and their
+//! declarations); `.b128` values; packed (x2) comparisons; `sad`, `fns`, `szext`,
+//! `slct`, `testp`, `isspacep`, `cvt.pack`, `match`, `nanosleep`, `brkpt`, `pmevent`,
+//! `griddepcontrol`, `multimem`, `st.async`/`red.async`, `applypriority`, `discard`,
+//! `createpolicy`, `tensormap`, `tcgen05`, `brx.idx`, `alloca`/`stacksave`/`stackrestore`
+//! and the video instructions (`vadd`, `vabsdiff`, ...); recursion, calls of functions
+//! declared without a body (`.extern .func`, e.g. `vprintf`), indirect calls
+//! (`.callprototype`); `.extern .global`/`.const` variables and initialisers holding
+//! addresses of variables (`generic(x)`); module-scope `.local` variables.
 //!
 //! # Examples
 //! ```
@@ -116,6 +143,7 @@ mod memory;
 mod operands;
 mod ops;
 mod parse;
+mod parse_decl;
 mod rounding;
 mod types;
 

@@ -1,11 +1,17 @@
-//! Parser for the PTX subset the project's kernels use (ISA 8.x).
+//! Parser for the PTX the emulator runs (ISA 8.x, as the project and compilers write it).
 //!
 //! It reads the tokens of `lex`; the output is a syntax tree close to the text (names,
-//! opcodes as dotted strings); `decode` turns it into the interpreter's compact form. Every failure is a
+//! opcodes as dotted strings); `decode` turns it into the interpreter's compact form.
+//! Declarations (kernel and function headers, variables, initialised data) are read by
+//! `parse_decl`; this file holds the tree, the module and block structure (with the
+//! renaming that scopes registers, labels and `.param` variables to nested blocks) and
+//! instructions with their operands. Every failure is a
 //! `PtxError::Parse` with line and column; no input makes this module panic (it is
 //! fuzzed through `Module::parse`): all indexing is checked and sizes are capped.
 
 use super::lex::{lex, perr, Pos, Tok, Token};
+pub(crate) use super::parse_decl::type_size;
+use super::parse_decl::{parse_data, parse_entry, parse_func, parse_param, parse_var};
 use crate::error::PtxError;
 
 /// Registers one kernel may declare (after expanding `%r<N>`); guards memory on hostile input.
@@ -169,7 +175,7 @@ pub(crate) struct Ast {
     pub func_decls: Vec<(String, Pos)>,
 }
 
-struct Parser {
+pub(super) struct Parser {
     toks: Vec<Token>,
     i: usize,
     end_pos: Pos,
@@ -178,31 +184,31 @@ struct Parser {
 }
 
 impl Parser {
-    fn peek(&self) -> Option<&Tok> {
+    pub(super) fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.i).map(|t| &t.tok)
     }
-    fn peek_at(&self, k: usize) -> Option<&Tok> {
+    pub(super) fn peek_at(&self, k: usize) -> Option<&Tok> {
         self.toks.get(self.i + k).map(|t| &t.tok)
     }
-    fn pos(&self) -> Pos {
+    pub(super) fn pos(&self) -> Pos {
         self.toks.get(self.i).map(|t| t.pos).unwrap_or(self.end_pos)
     }
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         self.toks
             .get(self.i)
             .map(|t| t.text.clone())
             .unwrap_or_else(|| "end of input".to_string())
     }
-    fn err(&self, message: impl Into<String>) -> PtxError {
+    pub(super) fn err(&self, message: impl Into<String>) -> PtxError {
         perr(self.pos(), self.text(), message)
     }
-    fn bump(&mut self) {
+    pub(super) fn bump(&mut self) {
         self.i += 1;
     }
-    fn is_punct(&self, c: char) -> bool {
+    pub(super) fn is_punct(&self, c: char) -> bool {
         self.peek() == Some(&Tok::Punct(c))
     }
-    fn eat_punct(&mut self, c: char) -> bool {
+    pub(super) fn eat_punct(&mut self, c: char) -> bool {
         if self.is_punct(c) {
             self.bump();
             true
@@ -210,17 +216,17 @@ impl Parser {
             false
         }
     }
-    fn expect_punct(&mut self, c: char) -> Result<(), PtxError> {
+    pub(super) fn expect_punct(&mut self, c: char) -> Result<(), PtxError> {
         if self.eat_punct(c) {
             Ok(())
         } else {
             Err(self.err(format!("expected `{c}`")))
         }
     }
-    fn is_ident(&self, s: &str) -> bool {
+    pub(super) fn is_ident(&self, s: &str) -> bool {
         matches!(self.peek(), Some(Tok::Ident(x)) if x == s)
     }
-    fn ident(&mut self) -> Result<(String, Pos), PtxError> {
+    pub(super) fn ident(&mut self) -> Result<(String, Pos), PtxError> {
         let pos = self.pos();
         match self.peek() {
             Some(Tok::Ident(s)) => {
@@ -231,7 +237,7 @@ impl Parser {
             _ => Err(self.err("expected a name")),
         }
     }
-    fn int(&mut self) -> Result<u64, PtxError> {
+    pub(super) fn int(&mut self) -> Result<u64, PtxError> {
         match self.peek() {
             Some(Tok::Int(v)) => {
                 let v = *v;
@@ -242,7 +248,7 @@ impl Parser {
         }
     }
     /// Skips to just after the next `;` (for directives the emulator ignores).
-    fn skip_statement(&mut self) -> Result<(), PtxError> {
+    pub(super) fn skip_statement(&mut self) -> Result<(), PtxError> {
         while let Some(t) = self.peek() {
             if *t == Tok::Punct(';') {
                 self.bump();
@@ -253,7 +259,7 @@ impl Parser {
         Err(self.err("expected `;`"))
     }
     /// Skips to just after the `}` that closes a block whose `{` was just read.
-    fn skip_braces(&mut self) -> Result<(), PtxError> {
+    pub(super) fn skip_braces(&mut self) -> Result<(), PtxError> {
         let mut depth = 1u32;
         while let Some(t) = self.peek() {
             match t {
@@ -269,7 +275,7 @@ impl Parser {
         Err(self.err("unexpected end of input: missing `}`"))
     }
     /// Skips the rest of the current line (for `.loc`/`.file`, which have no `;`).
-    fn skip_line(&mut self) {
+    pub(super) fn skip_line(&mut self) {
         let line = self.pos().line;
         while self.i < self.toks.len() && self.toks[self.i].pos.line == line {
             self.bump();
@@ -379,407 +385,12 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
     Ok(ast)
 }
 
-/// A parenthesised `.param` list, if one follows (`(` already not consumed).
-fn parse_params(p: &mut Parser) -> Result<Vec<ParamDecl>, PtxError> {
-    let mut params = Vec::new();
-    if p.eat_punct('(') && !p.eat_punct(')') {
-        loop {
-            params.push(parse_param(p)?);
-            if p.eat_punct(')') {
-                break;
-            }
-            p.expect_punct(',')?;
-        }
-    }
-    Ok(params)
-}
-
-/// `.func [(rets)] name[(params)] [directives] { body }` or the same ending in `;` (a
-/// declaration; the function is then external, or defined later in the module).
-fn parse_func(p: &mut Parser, ast: &mut Ast) -> Result<(), PtxError> {
-    let rets = if p.is_punct('(') {
-        parse_params(p)?
-    } else {
-        Vec::new()
-    };
-    let (name, pos) = p.ident()?;
-    let params = parse_params(p)?;
-    while let Some(Tok::Ident(d)) = p.peek() {
-        match d.as_str() {
-            ".noreturn" => p.bump(),
-            ".pragma" => p.skip_statement()?,
-            _ => return Err(p.err("unsupported function directive")),
-        }
-    }
-    if p.eat_punct(';') {
-        ast.func_decls.push((name, pos));
-        return Ok(());
-    }
-    let mut body = Entry {
-        name,
-        pos,
-        params,
-        regs: Vec::new(),
-        vars: Vec::new(),
-        body: Vec::new(),
-    };
-    p.expect_punct('{')?;
-    parse_block(p, &mut body, 0)?;
-    ast.funcs.push(Func { rets, body });
-    Ok(())
-}
-
-fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
-    let (name, pos) = p.ident()?;
-    let params = parse_params(p)?;
-    // Performance directives between the parameter list and the body.
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d))
-                if matches!(
-                    d.as_str(),
-                    ".maxntid"
-                        | ".reqntid"
-                        | ".minnctapersm"
-                        | ".maxnctapersm"
-                        | ".maxnreg"
-                        | ".reqnctapercluster"
-                        | ".maxclusterrank"
-                ) =>
-            {
-                p.bump();
-                p.int()?;
-                while p.eat_punct(',') {
-                    p.int()?;
-                }
-            }
-            Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),
-            Some(Tok::Ident(d)) if d == ".pragma" => p.skip_statement()?,
-            _ => break,
-        }
-    }
-    let mut e = Entry {
-        name,
-        pos,
-        params,
-        regs: Vec::new(),
-        vars: Vec::new(),
-        body: Vec::new(),
-    };
-    p.expect_punct('{')?;
-    parse_block(p, &mut e, 0)?;
-    Ok(e)
-}
-
-fn parse_param(p: &mut Parser) -> Result<ParamDecl, PtxError> {
-    let pos = p.pos();
-    if !p.is_ident(".param") {
-        return Err(p.err("expected .param"));
-    }
-    p.bump();
-    let mut align = None;
-    let mut ty = None;
-    // After `.ptr`, `.align N` is the alignment of the memory the pointer points to (PTX
-    // ISA, kernel parameter attributes), not the parameter's: it does not move the
-    // parameter, so it is read and dropped.
-    let mut pointer = false;
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d)) if d == ".align" => {
-                p.bump();
-                let a = p.int()?;
-                if !pointer {
-                    align = Some(a);
-                }
-            }
-            Some(Tok::Ident(d)) if d == ".ptr" => {
-                pointer = true;
-                p.bump()
-            }
-            Some(Tok::Ident(d))
-                if d == ".global" || d == ".shared" || d == ".const" || d == ".local" =>
-            {
-                p.bump()
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') => {
-                let t = d[1..].to_string();
-                if type_size(&t).is_none() {
-                    return Err(p.err("unsupported parameter type"));
-                }
-                ty = Some(t);
-                p.bump();
-            }
-            _ => break,
-        }
-    }
-    let ty = ty.ok_or_else(|| p.err("parameter needs a type such as .u64"))?;
-    let (name, _) = p.ident()?;
-    let mut count = 1;
-    if p.eat_punct('[') {
-        count = p.int()?;
-        p.expect_punct(']')?;
-    }
-    Ok(ParamDecl {
-        name,
-        ty,
-        align,
-        count,
-        pos,
-    })
-}
-
-/// Size in bytes of a scalar PTX type name (without the dot).
-pub(crate) fn type_size(t: &str) -> Option<u64> {
-    Some(match t {
-        "b8" | "u8" | "s8" | "pred" => 1,
-        "b16" | "u16" | "s16" | "f16" | "bf16" => 2,
-        "b32" | "u32" | "s32" | "f32" | "f16x2" | "bf16x2" => 4,
-        "b64" | "u64" | "s64" | "f64" => 8,
-        "b128" => 16,
-        _ => return None,
-    })
-}
-
-/// `[linkage] (.global|.const) [.align N] .type name[[N]...] [= initialiser];`
-fn parse_data(p: &mut Parser) -> Result<DataDecl, PtxError> {
-    let pos = p.pos();
-    let mut align = None;
-    let mut ty = None;
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d)) if d == ".visible" || d == ".weak" => p.bump(),
-            Some(Tok::Ident(d)) if d == ".extern" => {
-                return Err(p.err(
-                    ".extern .global/.const variables are defined in another module, which the emulator cannot link",
-                ))
-            }
-            // `.const` data is kept with the `.global` data (`decode`).
-            Some(Tok::Ident(d)) if d == ".global" || d == ".const" => p.bump(),
-            Some(Tok::Ident(d)) if d == ".align" => {
-                p.bump();
-                align = Some(p.int()?);
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') && type_size(&d[1..]).is_some() => {
-                ty = Some(d[1..].to_string());
-                p.bump();
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') => {
-                return Err(p.err("unsupported .global/.const declaration"))
-            }
-            _ => break,
-        }
-    }
-    let ty = ty.ok_or_else(|| p.err("variable needs a type such as .u32"))?;
-    let elem = type_size(&ty).unwrap_or(1);
-    let (name, _) = p.ident()?;
-    let mut count = 1u64;
-    let mut array = false;
-    while p.eat_punct('[') {
-        array = true;
-        let n = p.int()?;
-        p.expect_punct(']')?;
-        count = count.saturating_mul(n);
-    }
-    let size = count.saturating_mul(elem);
-    if size > MAX_DATA_BYTES {
-        return Err(perr(
-            pos,
-            name,
-            format!("variable is larger than {MAX_DATA_BYTES} bytes"),
-        ));
-    }
-    let align = align.unwrap_or(elem);
-    if align == 0 || !align.is_power_of_two() || align > 4096 {
-        return Err(perr(
-            pos,
-            name,
-            "alignment must be a power of two up to 4096",
-        ));
-    }
-    let mut bytes = vec![0u8; size as usize];
-    if p.eat_punct('=') {
-        let mut values = Vec::new();
-        parse_initialiser(p, &mut values, 0)?;
-        if !array && values.len() != 1 {
-            return Err(perr(pos, name, "a scalar takes one initial value"));
-        }
-        if values.len() as u64 > count {
-            return Err(perr(pos, name, "more initial values than elements"));
-        }
-        for (k, (lit, lpos)) in values.iter().enumerate() {
-            let v = init_bits(&ty, *lit).ok_or_else(|| {
-                perr(
-                    *lpos,
-                    format!("{lit:?}"),
-                    "initial value does not fit the type",
-                )
-            })?;
-            let at = k * elem as usize;
-            bytes[at..at + elem as usize].copy_from_slice(&v.to_le_bytes()[..elem as usize]);
-        }
-    }
-    p.expect_punct(';')?;
-    Ok(DataDecl {
-        align,
-        name,
-        bytes,
-        pos,
-    })
-}
-
-/// The literals of an initialiser, flattened in order (`{ {1, 2}, {3, 4} }` as 1 2 3 4).
-fn parse_initialiser(
-    p: &mut Parser,
-    out: &mut Vec<(Lit, Pos)>,
-    depth: u32,
-) -> Result<(), PtxError> {
-    if depth > 8 {
-        return Err(p.err("initialiser nested too deeply"));
-    }
-    if p.eat_punct('{') {
-        if p.eat_punct('}') {
-            return Ok(());
-        }
-        loop {
-            parse_initialiser(p, out, depth + 1)?;
-            if p.eat_punct('}') {
-                return Ok(());
-            }
-            p.expect_punct(',')?;
-        }
-    }
-    if out.len() as u64 >= MAX_DATA_BYTES {
-        return Err(p.err("initialiser too long"));
-    }
-    match parse_operand(p, false)? {
-        Operand::Imm(lit, pos) => {
-            out.push((lit, pos));
-            Ok(())
-        }
-        o => Err(perr(
-            o.pos(),
-            "initialiser",
-            "only numeric initial values are supported (no addresses of variables)",
-        )),
-    }
-}
-
-/// The bits of `lit` as an element of type `ty` (floats rounded to nearest).
-fn init_bits(ty: &str, lit: Lit) -> Option<u64> {
-    let float = |v: f64| -> Option<u64> {
-        match ty {
-            "f32" => Some(u64::from((v as f32).to_bits())),
-            "f64" => Some(v.to_bits()),
-            "f16" => Some(u64::from(half::f16::from_f64(v).to_bits())),
-            "bf16" => Some(u64::from(half::bf16::from_f64(v).to_bits())),
-            _ => None,
-        }
-    };
-    match lit {
-        Lit::Int(v) if ty.starts_with('f') || ty == "bf16" => float(v as i64 as f64),
-        Lit::Int(v) => Some(v),
-        Lit::Float(v) => float(v),
-        Lit::F32Bits(b) if ty == "f32" || ty == "b32" || ty == "u32" || ty == "s32" => {
-            Some(u64::from(b))
-        }
-        Lit::F32Bits(b) => float(f64::from(f32::from_bits(b))),
-        Lit::F64Bits(b) if ty == "f64" || ty == "b64" || ty == "u64" || ty == "s64" => Some(b),
-        Lit::F64Bits(b) => float(f64::from_bits(b)),
-    }
-}
-
-fn parse_var(p: &mut Parser) -> Result<VarDecl, PtxError> {
-    let pos = p.pos();
-    let mut is_extern = false;
-    let mut align = None;
-    let mut space = None;
-    let mut ty = None;
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d)) if d == ".extern" => {
-                is_extern = true;
-                p.bump();
-            }
-            Some(Tok::Ident(d)) if d == ".align" => {
-                p.bump();
-                align = Some(p.int()?);
-            }
-            Some(Tok::Ident(d)) if d == ".shared" || d == ".shared::cta" => {
-                space = Some(VarSpace::Shared);
-                p.bump();
-            }
-            Some(Tok::Ident(d)) if d == ".local" => {
-                space = Some(VarSpace::Local);
-                p.bump();
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') && type_size(&d[1..]).is_some() => {
-                ty = Some(d[1..].to_string());
-                p.bump();
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') => {
-                return Err(
-                    p.err("unsupported variable declaration (only .shared and .local variables)")
-                );
-            }
-            _ => break,
-        }
-    }
-    let space = space.ok_or_else(|| p.err("expected .shared or .local"))?;
-    let ty = ty.ok_or_else(|| p.err("variable needs a type such as .b8"))?;
-    if let Some(a) = align {
-        if a == 0 || !a.is_power_of_two() || a > 4096 {
-            return Err(perr(
-                pos,
-                a.to_string(),
-                "alignment must be a power of two up to 4096",
-            ));
-        }
-    }
-    let (name, _) = p.ident()?;
-    let mut count = Some(1);
-    if p.eat_punct('[') {
-        if p.eat_punct(']') {
-            count = None;
-        } else {
-            count = Some(p.int()?);
-            p.expect_punct(']')?;
-        }
-    }
-    if count.is_none() && !is_extern {
-        return Err(perr(
-            pos,
-            name,
-            "only .extern variables may have unsized `[]`",
-        ));
-    }
-    let bytes = count
-        .unwrap_or(0)
-        .saturating_mul(type_size(&ty).unwrap_or(1));
-    if bytes > MAX_VAR_BYTES {
-        return Err(perr(
-            pos,
-            name,
-            format!("variable is larger than {MAX_VAR_BYTES} bytes"),
-        ));
-    }
-    p.expect_punct(';')?;
-    Ok(VarDecl {
-        space,
-        is_extern,
-        align,
-        ty,
-        name,
-        count,
-        pos,
-    })
-}
-
 /// Parses statements up to the `}` that closes the block. Registers and labels declared
 /// in a nested block (depth > 0) are local to it: they may repeat names of the enclosing
 /// blocks or of sibling blocks (compilers' inline-asm blocks all declare the same names),
 /// so at the block's end they are renamed apart, in the block's declarations and in
 /// every use inside it (uses in inner blocks were renamed first by their own scopes).
-fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError> {
+pub(super) fn parse_block(p: &mut Parser, e: &mut Entry, depth: u32) -> Result<(), PtxError> {
     if depth > 64 {
         return Err(p.err("blocks nested too deeply"));
     }
@@ -1042,7 +653,7 @@ fn parse_signed_int(p: &mut Parser) -> Result<i64, PtxError> {
     Ok(if neg { v.wrapping_neg() } else { v })
 }
 
-fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError> {
+pub(super) fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError> {
     let pos = p.pos();
     match p.peek() {
         Some(Tok::Punct('[')) => {
