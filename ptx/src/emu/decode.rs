@@ -13,7 +13,7 @@ use super::calls;
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
-use super::ops::{control, convert, float, integer, integer_ext, memory, sync, tensor};
+use super::ops::{control, convert, float, integer, memory, sync, tensor};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
 use crate::error::PtxError;
@@ -293,7 +293,7 @@ fn decode_entry(
     }
     // The carry flag (`CC.CF`) of `add.cc`/`addc` and kin: one hidden register.
     let carry = reg_names.len() as Reg;
-    regs.insert(integer_ext::CARRY_REG, (carry, Ty::U32));
+    regs.insert(super::ops::integer_ext::CARRY_REG, (carry, Ty::U32));
     reg_names.push("CC.CF (the carry flag)".to_string());
     let mut labels = HashMap::new();
     let mut n = 0u32;
@@ -388,9 +388,11 @@ fn decode_op(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
         "cvt" => convert::decode_cvt(d, m),
         // The arithmetic opcodes name integer and float operations alike; the type decides.
         // Extended-precision arithmetic with the carry flag.
-        "add" | "sub" | "mad" if m.parts.contains(&"cc") => integer_ext::decode(d, m, base),
+        "add" | "sub" | "mad" if m.parts.contains(&"cc") => {
+            super::ops::integer_ext::decode(d, m, base)
+        }
         "addc" | "subc" | "madc" | "mul24" | "mad24" | "shf" | "bfind" | "bmsk" | "dp4a"
-        | "dp2a" => integer_ext::decode(d, m, base),
+        | "dp2a" => super::ops::integer_ext::decode(d, m, base),
         "add" | "sub" | "mul" | "min" | "max" | "div" | "rem" | "and" | "or" | "xor" | "shl"
         | "shr" | "copysign" => {
             if m.names_float_type() {

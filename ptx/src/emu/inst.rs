@@ -453,6 +453,61 @@ pub(crate) struct Bfi {
     pub e: Src,
 }
 
+/// The operations of `ops/integer_ext.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IntExtOp {
+    Mul24Lo,
+    Mul24Hi,
+    Mad24Lo,
+    Mad24Hi,
+    /// `shf.{l,r}.{clamp,wrap}.b32`.
+    Shf {
+        left: bool,
+        clamp: bool,
+    },
+    Bfind {
+        shiftamt: bool,
+    },
+    /// `bmsk.{clamp,wrap}.b32`.
+    Bmsk {
+        clamp: bool,
+    },
+    Dp4a {
+        a_signed: bool,
+        b_signed: bool,
+    },
+    Dp2a {
+        a_signed: bool,
+        b_signed: bool,
+        hi: bool,
+    },
+    /// `add.cc`, `addc`, `sub.cc`, `subc`.
+    AddCarry {
+        sub: bool,
+        carry_in: bool,
+    },
+    /// `mad.{lo,hi}.cc`, `madc.{lo,hi}`.
+    MadCarry {
+        hi: bool,
+        carry_in: bool,
+    },
+}
+
+/// One operation of `ops/integer_ext.rs`: `d = op(a, b, c)` (unused operands are 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct IntExt {
+    pub op: IntExtOp,
+    pub ty: Ty,
+    pub d: Reg,
+    pub a: Src,
+    pub b: Src,
+    pub c: Src,
+    /// The carry flag's register, where the operation reads or writes it.
+    pub cc: Option<Reg>,
+    /// Whether it writes the carry flag (`.cc`).
+    pub carry_out: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct CpAsync {
     pub dst: Addr,
@@ -534,6 +589,8 @@ pub(crate) enum Op {
     Lop3(Lop3),
     Bfe(Bfe),
     Bfi(Bfi),
+    /// `mul24`, `shf`, `bfind`, `bmsk`, `dp4a`, carries... (`ops/integer_ext.rs`).
+    IntExt(IntExt),
     CpAsync(CpAsync),
     CpCommit,
     CpWait {
@@ -549,63 +606,6 @@ pub(crate) enum Op {
     },
     /// `redux.sync.op.type d, a, membermask`.
     Redux(Redux),
-    /// `mul24`, `shf`, `bfind`, `bmsk`, `dp4a`, carries... (`ops/integer_ext.rs`).
-    IntExt(IntExt),
-}
-
-/// The operations of `ops/integer_ext.rs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum IntExtOp {
-    Mul24Lo,
-    Mul24Hi,
-    Mad24Lo,
-    Mad24Hi,
-    /// `shf.{l,r}.{clamp,wrap}.b32`.
-    Shf {
-        left: bool,
-        clamp: bool,
-    },
-    Bfind {
-        shiftamt: bool,
-    },
-    /// `bmsk.{clamp,wrap}.b32`.
-    Bmsk {
-        clamp: bool,
-    },
-    Dp4a {
-        a_signed: bool,
-        b_signed: bool,
-    },
-    Dp2a {
-        a_signed: bool,
-        b_signed: bool,
-        hi: bool,
-    },
-    /// `add.cc`, `addc`, `sub.cc`, `subc`.
-    AddCarry {
-        sub: bool,
-        carry_in: bool,
-    },
-    /// `mad.{lo,hi}.cc`, `madc.{lo,hi}`.
-    MadCarry {
-        hi: bool,
-        carry_in: bool,
-    },
-}
-
-/// One operation of `ops/integer_ext.rs`: `d = op(a, b, c)` (unused operands are 0).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct IntExt {
-    pub op: IntExtOp,
-    pub ty: Ty,
-    pub d: Reg,
-    pub a: Src,
-    pub b: Src,
-    pub c: Src,
-    /// The carry flag's register, where the operation reads or writes it.
-    pub cc: Option<Reg>,
-    /// Whether it writes the carry flag (`.cc`).
-    pub carry_out: bool,
 }
 
 /// One decoded instruction.

@@ -18,7 +18,7 @@
 //! | `mov`, `cvt` | `ops/convert.rs` |
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
 //! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
-//! | `mma` `ldmatrix` (`.shared` or a generic address of shared memory) | `ops/tensor.rs` |
+//! | `mma` `ldmatrix` | `ops/tensor.rs` |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
@@ -30,7 +30,8 @@
 //! | What | File |
 //! |---|---|
 //! | tokens, source positions, the `Parse` error | `lex.rs` |
-//! | syntax tree of the text, blocks and their scopes, instructions | `parse.rs` |
+//! | syntax tree of the text | `ast.rs` |
+//! | parsing: modules, blocks and their scopes, instructions and operands | `parse.rs` |
 //! | declarations: kernel and function headers, variables, initialised `.global`/`.const` data | `parse_decl.rs` |
 //! | `.func` and `call`: each call replaced by a renamed copy of the function (inlining) | `calls.rs` |
 //! | opcode table, parameters (laid out by [`crate::launch::layout`]), variables, module data, labels | `decode.rs` |
@@ -79,8 +80,9 @@
 //! initialised `.global`/`.const` data with `ld.const`/`ld.global` of it, registers,
 //! labels and `.param` variables re-declared in nested `{ }` blocks, vector operands
 //! (`{%r1, %r2}`, `{ %r1 }` for a scalar, `.v2`/`.v4`, up to 128 elements), tensor
-//! addresses `[map, {x, y}]` (parsed; no instruction runs them yet), and
-//! `.ptr .global .align N` parameters (N is the pointee's alignment).
+//! addresses `[map, {x, y}]` (parsed; no instruction runs them yet), `ldmatrix` with a
+//! generic address of shared memory, and `.ptr .global .align N` parameters (N is the
+//! pointee's alignment).
 //!
 //! Not supported (a parse error that names the line; [`Module::unsupported_instructions`]
 //! lists every such instruction of a text at once): `wgmma`, `mbarrier`, TMA and
@@ -133,6 +135,7 @@
 #[macro_use]
 mod warp;
 mod access;
+mod ast;
 mod calls;
 mod counters;
 mod decode;

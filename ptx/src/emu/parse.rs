@@ -1,17 +1,20 @@
 //! Parser for the PTX the emulator runs (ISA 8.x, as the project and compilers write it).
 //!
-//! It reads the tokens of `lex`; the output is a syntax tree close to the text (names,
-//! opcodes as dotted strings); `decode` turns it into the interpreter's compact form.
-//! Declarations (kernel and function headers, variables, initialised data) are read by
-//! `parse_decl`; this file holds the tree, the module and block structure (with the
-//! renaming that scopes registers, labels and `.param` variables to nested blocks) and
-//! instructions with their operands. Every failure is a
+//! It reads the tokens of `lex`; the output is the syntax tree of `ast` (names, opcodes as
+//! dotted strings); `decode` turns it into the interpreter's compact form. This file reads
+//! the module and block structure (with the renaming that scopes registers, labels and
+//! `.param` variables to nested blocks), kernel headers and instructions with their
+//! operands; `parse_decl` reads the other declarations (functions, variables, initialised
+//! data). Every failure is a
 //! `PtxError::Parse` with line and column; no input makes this module panic (it is
 //! fuzzed through `Module::parse`): all indexing is checked and sizes are capped.
 
+pub(crate) use super::ast::{
+    Ast, DataDecl, Entry, Func, InstAst, Lit, Operand, ParamDecl, RegDecl, Stmt, VarDecl, VarSpace,
+    MAX_DATA_BYTES,
+};
 use super::lex::{lex, perr, Pos, Tok, Token};
-pub(crate) use super::parse_decl::type_size;
-use super::parse_decl::{parse_data, parse_entry, parse_func, parse_param, parse_var};
+use super::parse_decl::{parse_data, parse_func, parse_params, parse_var};
 use crate::error::PtxError;
 
 /// Registers one kernel may declare (after expanding `%r<N>`); guards memory on hostile input.
@@ -20,160 +23,6 @@ pub(crate) const MAX_REGS: u64 = 1 << 14;
 pub(crate) const MAX_VECTOR: usize = 128;
 /// Bytes one shared/local/param declaration may span.
 pub(crate) const MAX_VAR_BYTES: u64 = 1 << 26;
-
-/// A literal immediate as written.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Lit {
-    Int(u64),
-    Float(f64),
-    F32Bits(u32),
-    F64Bits(u64),
-}
-
-/// An instruction operand as written.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Operand {
-    /// A register, special register, variable, parameter or label name.
-    Name(String, Pos),
-    /// `!%p` (negated predicate source).
-    Not(String, Pos),
-    /// `%r|%p` (value and predicate destinations).
-    Pair(String, String, Pos),
-    Imm(Lit, Pos),
-    /// `[base+offset]`; base is a name or absent (`[imm]`).
-    Addr {
-        base: Option<String>,
-        offset: i64,
-        pos: Pos,
-    },
-    /// `{a, b, ...}`; elements are `Name`, `Imm` or `Sink`. A one-element `{a}` parses as
-    /// `a` itself.
-    Vector(Vec<Operand>, Pos),
-    /// `[base+offset, {c0, c1, ...}]`: a tensor map's address and the coordinates
-    /// (`cp.async.bulk.tensor`); elements as in `Vector`.
-    TensorAddr {
-        base: Option<String>,
-        offset: i64,
-        coords: Vec<Operand>,
-        pos: Pos,
-    },
-    /// `_`.
-    Sink(Pos),
-}
-
-impl Operand {
-    pub(crate) fn pos(&self) -> Pos {
-        match self {
-            Operand::Name(_, p)
-            | Operand::Not(_, p)
-            | Operand::Pair(_, _, p)
-            | Operand::Imm(_, p)
-            | Operand::Vector(_, p)
-            | Operand::Sink(p) => *p,
-            Operand::Addr { pos, .. } | Operand::TensorAddr { pos, .. } => *pos,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct InstAst {
-    /// `@p` / `@!p`: predicate name and whether it is negated.
-    pub guard: Option<(String, bool, Pos)>,
-    pub opcode: String,
-    pub operands: Vec<Operand>,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) enum Stmt {
-    Label(String, Pos),
-    Inst(InstAst),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum VarSpace {
-    Shared,
-    Local,
-    /// A `.param` variable declared in a body: a call's argument or return value (per
-    /// thread, like local memory).
-    Param,
-}
-
-/// A `.shared` / `.local` variable.
-#[derive(Clone, Debug)]
-pub(crate) struct VarDecl {
-    pub space: VarSpace,
-    pub is_extern: bool,
-    pub align: Option<u64>,
-    /// Element type without the dot (`b8`, `f32`).
-    pub ty: String,
-    pub name: String,
-    /// Element count: 1 without brackets, `None` for `[]`.
-    pub count: Option<u64>,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct ParamDecl {
-    pub name: String,
-    pub ty: String,
-    /// The parameter's own `.align` (not a pointer's pointee alignment).
-    pub align: Option<u64>,
-    pub count: u64,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct RegDecl {
-    pub ty: String,
-    pub name: String,
-    pub pos: Pos,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Entry {
-    pub name: String,
-    pub pos: Pos,
-    pub params: Vec<ParamDecl>,
-    pub regs: Vec<RegDecl>,
-    pub vars: Vec<VarDecl>,
-    pub body: Vec<Stmt>,
-}
-
-/// A module-scope `.global` or `.const` variable and its initial bytes.
-#[derive(Clone, Debug)]
-pub(crate) struct DataDecl {
-    pub align: u64,
-    pub name: String,
-    /// The initial contents (zero where no initialiser covers), `size` bytes.
-    pub bytes: Vec<u8>,
-    pub pos: Pos,
-}
-
-/// Bytes all `.global`/`.const` variables of a module may take together.
-pub(crate) const MAX_DATA_BYTES: u64 = 1 << 24;
-
-/// A `.func`: its return parameters, and the rest as an entry's (parameters, body).
-#[derive(Clone, Debug)]
-pub(crate) struct Func {
-    pub rets: Vec<ParamDecl>,
-    pub body: Entry,
-}
-
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Ast {
-    pub entries: Vec<Entry>,
-    /// The compute capability of the first `.target` name (`sm_90a` gives 90), if any.
-    pub sm: Option<u32>,
-    /// Module-scope `.shared` variables (visible to every kernel).
-    pub module_vars: Vec<VarDecl>,
-    /// Module-scope `.global` and `.const` variables, with their initial values.
-    pub data: Vec<DataDecl>,
-    /// `.func` definitions (declarations without a body are not kept).
-    pub funcs: Vec<Func>,
-    /// Names of `.func` declared without a body (`.extern .func vprintf(...)`).
-    pub func_decls: Vec<(String, Pos)>,
-}
 
 pub(super) struct Parser {
     toks: Vec<Token>,
@@ -385,6 +234,117 @@ pub(crate) fn parse(text: &str) -> Result<Ast, PtxError> {
     Ok(ast)
 }
 
+fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
+    let (name, pos) = p.ident()?;
+    let params = parse_params(p)?;
+    // Performance directives between the parameter list and the body.
+    loop {
+        match p.peek() {
+            Some(Tok::Ident(d))
+                if matches!(
+                    d.as_str(),
+                    ".maxntid"
+                        | ".reqntid"
+                        | ".minnctapersm"
+                        | ".maxnctapersm"
+                        | ".maxnreg"
+                        | ".reqnctapercluster"
+                        | ".maxclusterrank"
+                ) =>
+            {
+                p.bump();
+                p.int()?;
+                while p.eat_punct(',') {
+                    p.int()?;
+                }
+            }
+            Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),
+            Some(Tok::Ident(d)) if d == ".pragma" => p.skip_statement()?,
+            _ => break,
+        }
+    }
+    let mut e = Entry {
+        name,
+        pos,
+        params,
+        regs: Vec::new(),
+        vars: Vec::new(),
+        body: Vec::new(),
+    };
+    p.expect_punct('{')?;
+    parse_block(p, &mut e, 0)?;
+    Ok(e)
+}
+
+pub(super) fn parse_param(p: &mut Parser) -> Result<ParamDecl, PtxError> {
+    let pos = p.pos();
+    if !p.is_ident(".param") {
+        return Err(p.err("expected .param"));
+    }
+    p.bump();
+    let mut align = None;
+    let mut ty = None;
+    // After `.ptr`, `.align N` is the alignment of the memory the pointer points to (PTX
+    // ISA, kernel parameter attributes), not the parameter's: it does not move the
+    // parameter, so it is read and dropped.
+    let mut pointer = false;
+    loop {
+        match p.peek() {
+            Some(Tok::Ident(d)) if d == ".align" => {
+                p.bump();
+                let a = p.int()?;
+                if !pointer {
+                    align = Some(a);
+                }
+            }
+            Some(Tok::Ident(d)) if d == ".ptr" => {
+                pointer = true;
+                p.bump()
+            }
+            Some(Tok::Ident(d))
+                if d == ".global" || d == ".shared" || d == ".const" || d == ".local" =>
+            {
+                p.bump()
+            }
+            Some(Tok::Ident(d)) if d.starts_with('.') => {
+                let t = d[1..].to_string();
+                if type_size(&t).is_none() {
+                    return Err(p.err("unsupported parameter type"));
+                }
+                ty = Some(t);
+                p.bump();
+            }
+            _ => break,
+        }
+    }
+    let ty = ty.ok_or_else(|| p.err("parameter needs a type such as .u64"))?;
+    let (name, _) = p.ident()?;
+    let mut count = 1;
+    if p.eat_punct('[') {
+        count = p.int()?;
+        p.expect_punct(']')?;
+    }
+    Ok(ParamDecl {
+        name,
+        ty,
+        align,
+        count,
+        pos,
+    })
+}
+
+/// Size in bytes of a scalar PTX type name (without the dot).
+pub(crate) fn type_size(t: &str) -> Option<u64> {
+    Some(match t {
+        "b8" | "u8" | "s8" | "pred" => 1,
+        "b16" | "u16" | "s16" | "f16" | "bf16" => 2,
+        "b32" | "u32" | "s32" | "f32" | "f16x2" | "bf16x2" => 4,
+        "b64" | "u64" | "s64" | "f64" => 8,
+        "b128" => 16,
+        _ => return None,
+    })
+}
+
 /// Parses statements up to the `}` that closes the block. Registers and labels declared
 /// in a nested block (depth > 0) are local to it: they may repeat names of the enclosing
 /// blocks or of sibling blocks (compilers' inline-asm blocks all declare the same names),
@@ -550,12 +510,6 @@ fn rename_operand(o: &mut Operand, renamed: &std::collections::HashMap<String, S
                 rename(b, renamed);
             }
         }
-        Operand::TensorAddr { base, coords, .. } => {
-            if let Some(b) = base {
-                rename(b, renamed);
-            }
-            coords.iter_mut().for_each(|c| rename_operand(c, renamed));
-        }
         Operand::Vector(v, _) => v.iter_mut().for_each(|c| rename_operand(c, renamed)),
         Operand::Imm(..) | Operand::Sink(_) => {}
     }
@@ -671,20 +625,15 @@ pub(super) fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operan
                 }
                 _ => offset = parse_signed_int(p)?,
             }
-            // `[tensorMap, {c0, c1}]`: a tensor map and coordinates (cp.async.bulk.tensor).
-            if p.eat_punct(',') {
+            // `[tensorMap, {c0, c1, ..}]` (cp.async.bulk.tensor): the address and the
+            // coordinate vector, as a two-element vector operand.
+            if base.is_some() && p.eat_punct(',') {
                 let coords = parse_operand(p, true)?;
                 p.expect_punct(']')?;
-                let coords = match coords {
-                    Operand::Vector(v, _) => v,
-                    one => vec![one],
-                };
-                return Ok(Operand::TensorAddr {
-                    base,
-                    offset,
-                    coords,
+                return Ok(Operand::Vector(
+                    vec![Operand::Addr { base, offset, pos }, coords],
                     pos,
-                });
+                ));
             }
             p.expect_punct(']')?;
             Ok(Operand::Addr { base, offset, pos })
@@ -697,10 +646,9 @@ pub(super) fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operan
                 if p.eat_punct('}') {
                     break;
                 }
-                if elems.len() >= MAX_VECTOR {
-                    return Err(p.err(format!(
-                        "vector operand with more than {MAX_VECTOR} elements"
-                    )));
+                // wgmma's accumulator vectors hold up to 128 registers (m64n256, f32).
+                if elems.len() >= 128 {
+                    return Err(p.err("vector operand with more than 128 elements"));
                 }
                 p.expect_punct(',')?;
             }
@@ -749,6 +697,11 @@ pub(super) fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operan
         }
         Some(Tok::Ident(s)) if s == "_" => {
             p.bump();
+            // `_|%p` (elect.sync with the lane index discarded).
+            if p.eat_punct('|') {
+                let (q, _) = p.ident()?;
+                return Ok(Operand::Pair("_".into(), q, pos));
+            }
             Ok(Operand::Sink(pos))
         }
         Some(Tok::Ident(_)) => {

@@ -4,8 +4,8 @@
 
 use super::lex::{perr, Pos, Tok};
 use super::parse::{
-    parse_block, parse_operand, Ast, DataDecl, Entry, Func, Lit, Operand, ParamDecl, Parser,
-    VarDecl, VarSpace, MAX_DATA_BYTES, MAX_VAR_BYTES,
+    parse_block, parse_operand, parse_param, type_size, Ast, DataDecl, Entry, Func, Lit, Operand,
+    ParamDecl, Parser, VarDecl, VarSpace, MAX_DATA_BYTES, MAX_VAR_BYTES,
 };
 use crate::error::PtxError;
 
@@ -57,117 +57,6 @@ pub(super) fn parse_func(p: &mut Parser, ast: &mut Ast) -> Result<(), PtxError> 
     parse_block(p, &mut body, 0)?;
     ast.funcs.push(Func { rets, body });
     Ok(())
-}
-
-pub(super) fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
-    let (name, pos) = p.ident()?;
-    let params = parse_params(p)?;
-    // Performance directives between the parameter list and the body.
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d))
-                if matches!(
-                    d.as_str(),
-                    ".maxntid"
-                        | ".reqntid"
-                        | ".minnctapersm"
-                        | ".maxnctapersm"
-                        | ".maxnreg"
-                        | ".reqnctapercluster"
-                        | ".maxclusterrank"
-                ) =>
-            {
-                p.bump();
-                p.int()?;
-                while p.eat_punct(',') {
-                    p.int()?;
-                }
-            }
-            Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),
-            Some(Tok::Ident(d)) if d == ".pragma" => p.skip_statement()?,
-            _ => break,
-        }
-    }
-    let mut e = Entry {
-        name,
-        pos,
-        params,
-        regs: Vec::new(),
-        vars: Vec::new(),
-        body: Vec::new(),
-    };
-    p.expect_punct('{')?;
-    parse_block(p, &mut e, 0)?;
-    Ok(e)
-}
-
-pub(super) fn parse_param(p: &mut Parser) -> Result<ParamDecl, PtxError> {
-    let pos = p.pos();
-    if !p.is_ident(".param") {
-        return Err(p.err("expected .param"));
-    }
-    p.bump();
-    let mut align = None;
-    let mut ty = None;
-    // After `.ptr`, `.align N` is the alignment of the memory the pointer points to (PTX
-    // ISA, kernel parameter attributes), not the parameter's: it does not move the
-    // parameter, so it is read and dropped.
-    let mut pointer = false;
-    loop {
-        match p.peek() {
-            Some(Tok::Ident(d)) if d == ".align" => {
-                p.bump();
-                let a = p.int()?;
-                if !pointer {
-                    align = Some(a);
-                }
-            }
-            Some(Tok::Ident(d)) if d == ".ptr" => {
-                pointer = true;
-                p.bump()
-            }
-            Some(Tok::Ident(d))
-                if d == ".global" || d == ".shared" || d == ".const" || d == ".local" =>
-            {
-                p.bump()
-            }
-            Some(Tok::Ident(d)) if d.starts_with('.') => {
-                let t = d[1..].to_string();
-                if type_size(&t).is_none() {
-                    return Err(p.err("unsupported parameter type"));
-                }
-                ty = Some(t);
-                p.bump();
-            }
-            _ => break,
-        }
-    }
-    let ty = ty.ok_or_else(|| p.err("parameter needs a type such as .u64"))?;
-    let (name, _) = p.ident()?;
-    let mut count = 1;
-    if p.eat_punct('[') {
-        count = p.int()?;
-        p.expect_punct(']')?;
-    }
-    Ok(ParamDecl {
-        name,
-        ty,
-        align,
-        count,
-        pos,
-    })
-}
-
-/// Size in bytes of a scalar PTX type name (without the dot).
-pub(crate) fn type_size(t: &str) -> Option<u64> {
-    Some(match t {
-        "b8" | "u8" | "s8" | "pred" => 1,
-        "b16" | "u16" | "s16" | "f16" | "bf16" => 2,
-        "b32" | "u32" | "s32" | "f32" | "f16x2" | "bf16x2" => 4,
-        "b64" | "u64" | "s64" | "f64" => 8,
-        "b128" => 16,
-        _ => return None,
-    })
 }
 
 /// `[linkage] (.global|.const) [.align N] .type name[[N]...] [= initialiser];`
