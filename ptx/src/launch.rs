@@ -208,6 +208,20 @@ pub fn pack<'a, I>(kernel: &str, params: I, args: &[Arg]) -> Result<Vec<u8>, Ptx
 where
     I: ExactSizeIterator<Item = Param<'a>> + Clone,
 {
+    pack_for(kernel, params, args, DEFAULT_SM)
+}
+
+/// [`pack`] for a kernel that runs on compute capability `sm`: parameters without a
+/// declared offset (a spec's) are placed by [`place`] for `sm`. Only a parameter aligned
+/// to more than 16 bytes (a tensor map, `.align 64`) lands differently on different
+/// targets, so specs of such kernels must be packed for the device's `sm`.
+///
+/// # Errors
+/// As [`pack`].
+pub fn pack_for<'a, I>(kernel: &str, params: I, args: &[Arg], sm: u32) -> Result<Vec<u8>, PtxError>
+where
+    I: ExactSizeIterator<Item = Param<'a>> + Clone,
+{
     let bad = |reason: String| PtxError::BadLaunch {
         kernel: kernel.to_string(),
         reason,
@@ -255,7 +269,7 @@ where
                 )));
             }
             Some(declared) => declared,
-            None => place(buf.len(), p.align, DEFAULT_SM),
+            None => place(buf.len(), p.align, sm),
         };
         buf.resize(at + p.size, 0);
         a.write(&mut buf[at..]);
@@ -350,6 +364,28 @@ mod tests {
         assert_eq!(param_align(8, Some(2)), 8);
         assert_eq!(param_align(1, Some(64)), 64);
         assert_eq!(param_align(2, None), 2);
+    }
+
+    #[test]
+    fn undeclared_offsets_follow_the_target() {
+        // A u32 then a 64-byte aligned 8-byte parameter (as a spec would give it).
+        let params = || {
+            [
+                Param::typed("n", ParamKind::U32),
+                Param {
+                    name: "wide",
+                    size: 8,
+                    align: 64,
+                    declared_offset: None,
+                    kind: None,
+                },
+            ]
+            .into_iter()
+        };
+        let args = [Arg::U32(1), Arg::U64(2)];
+        assert_eq!(pack_for("k", params(), &args, 80).unwrap().len(), 40);
+        assert_eq!(pack_for("k", params(), &args, 90).unwrap().len(), 56);
+        assert_eq!(pack("k", params(), &args).unwrap().len(), 40);
     }
 
     #[test]

@@ -12,7 +12,8 @@ Python of a virtual environment outside the repository that has Triton installed
 For each kernel it writes `<name>.ptx` and a line of `fixtures.json`: the entry name, the
 target, the launch block (Triton's num_warps x 32 threads), the dynamic shared memory
 Triton asks for, the parameters in order (Triton's signature types, then the two global
-scratch pointers Triton 3.x appends to every kernel), the compile-time constants, and for
+scratch pointers Triton 3.x appends to every kernel; a tensor descriptor is its CUtensorMap
+followed by the tensor's shape and strides), the compile-time constants, and for
 tensor-descriptor parameters the descriptor encoding Triton expects the host to build.
 """
 
@@ -96,7 +97,19 @@ def main():
         with open(os.path.join(OUT, f"{name}.ptx"), "w") as f:
             f.write(ptx)
         md = kernel.metadata
-        params = [{"name": k, "type": v} for k, v in sig.items() if v != "constexpr"]
+        params = []
+        for k, v in sig.items():
+            if v == "constexpr":
+                continue
+            if v.startswith("tensordesc"):
+                # Triton passes a host tensor descriptor as the 128-byte CUtensorMap, then
+                # the tensor's shape (i32 each) and strides (i64 each, in elements).
+                rank = v.count(",") + 1
+                params.append({"name": k, "type": "tensormap"})
+                params += [{"name": f"{k}_shape{i}", "type": "i32"} for i in range(rank)]
+                params += [{"name": f"{k}_stride{i}", "type": "i64"} for i in range(rank)]
+            else:
+                params.append({"name": k, "type": v})
         params += [{"name": "global_scratch", "type": "*i8"}, {"name": "profile_scratch", "type": "*i8"}]
         records.append({
             "fixture": name,
