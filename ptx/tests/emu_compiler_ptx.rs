@@ -469,6 +469,14 @@ fn what_the_emulator_cannot_link_or_inline_is_refused_by_name() {
             kernel_with(".global .u32 two[2] = {1, 2, 3};", ""),
             "more initial values than elements",
         ),
+        (
+            kernel_with(".global .b128 wide = 1;", ""),
+            ".b128 values are not supported",
+        ),
+        (
+            kernel_with(".global .u64 p = generic(x);", ""),
+            "only numeric initial values",
+        ),
     ];
     for (text, want) in cases {
         let e = match Module::parse(&text) {

@@ -23,7 +23,7 @@ use crate::error::PtxError;
 
 /// Statements a kernel may have after inlining (guards memory on hostile input, where
 /// functions calling each other twice per level multiply).
-const MAX_INLINED_STATEMENTS: usize = 1 << 20;
+const MAX_INLINED_STATEMENTS: usize = 1 << 18;
 /// Calls nested inside one another.
 const MAX_CALL_DEPTH: usize = 32;
 

@@ -90,6 +90,9 @@ pub(super) fn parse_data(p: &mut Parser) -> Result<DataDecl, PtxError> {
     }
     let ty = ty.ok_or_else(|| p.err("variable needs a type such as .u32"))?;
     let elem = type_size(&ty).unwrap_or(1);
+    if elem > 8 {
+        return Err(p.err(".b128 values are not supported"));
+    }
     let (name, _) = p.ident()?;
     let mut count = 1u64;
     let mut array = false;
