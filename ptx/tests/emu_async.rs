@@ -354,7 +354,7 @@ fn stmatrix_writes_the_ldmatrix_fragment_layout() {
         let got: &[u16] = bytemuck::cast_slice(&b);
         // Register j of lane l: low half (l << 8) | (j + 1), high half 0x80 | j.
         let reg = |lane: usize, j: usize| -> u32 {
-            ((lane as u32) << 8) + ((j as u32) << 24) + (j as u32 + 1) | 0x0080_0000
+            (((lane as u32) << 8) + ((j as u32) << 24) + (j as u32 + 1)) | 0x0080_0000
         };
         for j in 0..4 {
             for r in 0..8 {
@@ -428,7 +428,7 @@ fn elect_sync_picks_the_lowest_lane_of_the_mask() {
     let mut b = vec![0u8; 132];
     mem.read(out, &mut b).unwrap();
     let got: &[u32] = bytemuck::cast_slice(&b);
-    for l in 0..32 {
+    for (l, &g) in got[..32].iter().enumerate() {
         let want = if l < 5 {
             99
         } else if l == 5 {
@@ -436,7 +436,7 @@ fn elect_sync_picks_the_lowest_lane_of_the_mask() {
         } else {
             5
         };
-        assert_eq!(got[l], want, "lane {l}");
+        assert_eq!(g, want, "lane {l}");
     }
     assert_eq!(got[32], 0, "the full-mask election picks lane 0");
 }
