@@ -441,6 +441,7 @@ impl Cta<'_> {
             Sreg::SmId => 0,
             Sreg::DynSmemSize => self.dims.dynamic_shared_bytes,
             Sreg::TotalSmemSize => self.shared.len() as u32,
+            Sreg::Fixed(v) => v,
         })
     }
 
