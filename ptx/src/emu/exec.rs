@@ -238,8 +238,12 @@ impl Cta<'_> {
         self.warp_sync_time.fill(self.barrier_time);
         self.shadow.fill(0);
         self.local.fill(0);
-        self.hop
-            .reset(self.nthreads, self.nwarps, self.barrier_time);
+        self.hop.reset(
+            self.nthreads,
+            self.nwarps,
+            self.shared.len(),
+            self.barrier_time,
+        );
         for a in &mut self.asyncs {
             a.open.clear();
             a.committed.clear();
