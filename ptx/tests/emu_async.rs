@@ -132,7 +132,7 @@ CWAIT:
     add.u32 %r31, %r31, %r21;
     st.shared.u32 [%r29+512], %r31;
     fence.proxy.async.shared::cta;
-    bar.sync 1, 128;
+    barrier.sync.aligned 1, 128;
     setp.eq.u32 %p8, %r20, 0;
     add.u32 %r32, %r28, 512;
     @%p8 cp.async.bulk.global.shared::cta.bulk_group [%rd1], [%r32], 512;

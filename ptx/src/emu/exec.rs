@@ -312,8 +312,6 @@ impl Cta<'_> {
                 continue;
             }
             if self.open_barriers(warps) {
-                // A barrier orders shared memory: writes before it are visible to reads after.
-                self.barrier_time = self.stats.instructions;
                 continue;
             }
             if !self.hop.loads.is_empty() {

@@ -68,8 +68,12 @@
 //! specialisation (a producer warp parked on an mbarrier while consumer warps run;
 //! `setmaxnreg` checked but without a register budget). Clusters have one CTA:
 //! `.shared::cluster` addresses are the CTA's own shared memory and `.reqnctapercluster`
-//! above 1 is refused. The race check knows mbarrier waits: a thread that waited for a
-//! phase sees every write made before that phase completed.
+//! above 1 is refused. The race check knows the partial orderings: a thread released by
+//! a named barrier (`bar.sync id, n`), or that waited for an mbarrier phase, sees every
+//! write made before the barrier opened or the phase completed; a thread that only
+//! arrives (`bar.arrive`, `mbarrier.arrive`) gains nothing. That is coarser than
+//! happens-before (a write made before the phase completed by a thread that had already
+//! arrived counts as ordered too), so some races through a third thread go unreported.
 //!
 //! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
 //! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the

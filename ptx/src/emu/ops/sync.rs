@@ -231,7 +231,8 @@ pub(in crate::emu) fn decode_redux(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxE
 
 impl Cta<'_> {
     /// Opens every named barrier whose expected threads have all arrived (waiting at
-    /// `bar.sync` or counted by `bar.arrive`); whether one opened.
+    /// `bar.sync` or counted by `bar.arrive`), and orders shared memory for the threads it
+    /// releases; whether one opened.
     pub(in crate::emu) fn open_barriers(&mut self, warps: &mut [Warp]) -> bool {
         let live_threads: u32 = warps
             .iter()
@@ -258,10 +259,23 @@ impl Cta<'_> {
                 continue;
             }
             if arrived >= expected.unwrap_or(live_threads) {
+                // The waiters see every write made before the barrier opened (those of the
+                // threads that arrived among them); threads not at the barrier gain nothing.
+                let now = self.stats.instructions;
                 for w in warps.iter_mut() {
                     if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
                         w.state = WarpState::Running;
+                        let first = w.base as usize;
+                        for t in &mut self.hop.sync_time
+                            [first..first + 32.min((self.nthreads - w.base) as usize)]
+                        {
+                            *t = (*t).max(now);
+                        }
                     }
+                }
+                if expected.is_none() {
+                    // A CTA-wide barrier: the fast path of the race check.
+                    self.barrier_time = now;
                 }
                 self.hop.bar_arrived[id as usize] = 0;
                 self.hop.bar_count[id as usize] = None;
