@@ -381,6 +381,30 @@ fn the_map_may_sit_in_global_memory_but_a_param_address_must_be_made_generic() {
 }
 
 #[test]
+fn a_swizzled_chunk_past_the_end_of_shared_memory_is_reported() {
+    // A 48-byte box at shared 128 with the 128B swizzle: line 1 moves chunk 2 to chunk 3,
+    // bytes 176..192, past the 176 bytes the kernel declared.
+    let text = load_kernel(2, 48, "%rd4", "")
+        .replace("smem[48]", "smem[176]")
+        .replace("::bytes [smem], [%rd4", "::bytes [smem+128], [%rd4");
+    let mut m = map(
+        TensorDataType::U32,
+        &[4, 3],
+        &[4, 3],
+        Swizzle::B128,
+        OobFill::None,
+    );
+    let (g, _) = global_for(&m);
+    match run_load(&text, &mut m, &g, &[0, 0], 48) {
+        Err(PtxError::OutOfBounds { addr, .. }) => assert_eq!(addr, 176),
+        other => panic!(
+            "expected an out-of-bounds chunk, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
+#[test]
 fn reading_the_box_before_the_wait_sees_it_not_landed() {
     let mut m = map(
         TensorDataType::F32,

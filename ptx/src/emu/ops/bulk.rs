@@ -668,6 +668,11 @@ impl Cta<'_> {
             let esize = map.data_type.bytes() as usize;
             let swz = map.swizzle;
             let place = |o: u32| swz.apply(u64::from(so + o)) as u32;
+            // The swizzle keeps a chunk in its 128-byte line, which may reach past a box
+            // that ends mid-line: every placed chunk must be in shared memory.
+            for k in 0..box_bytes as u32 / 16 {
+                self.shared_range(Site::lane(w, l, line), u64::from(place(16 * k)), 16)?;
+            }
             // The box's elements in shared order: (global address if in bounds, offset).
             let counts: Vec<u64> = (0..map.rank())
                 .map(|k| u64::from(map.box_count(k)))
@@ -689,7 +694,8 @@ impl Cta<'_> {
                         } else {
                             map.strides[k - 1]
                         };
-                        addr = Some(a.wrapping_add(g as u64 * stride));
+                        // A huge map wraps to an address no allocation holds (reported).
+                        addr = Some(a.wrapping_add((g as u64).wrapping_mul(stride)));
                     }
                 }
                 elems.push(addr);
