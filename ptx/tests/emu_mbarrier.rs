@@ -380,6 +380,21 @@ END:",
 }
 
 #[test]
+fn a_bulk_copy_over_a_live_barrier_is_reported() {
+    // 16 bytes copied from the buffer onto bar[0..16], where the barrier at bar+8 lives.
+    let d = misuse(
+        "    setp.eq.u32 %p7, %r3, 0;
+    @!%p7 bra END;
+    mbarrier.init.shared::cta.b64 [bar+8], 1;
+    mbarrier.arrive.expect_tx.shared::cta.b64 %rd5, [bar+8], 16;
+    cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [bar], [%rd1], 16, [bar+8];
+END:",
+        32,
+    );
+    assert!(d.contains("touches the live mbarrier at 0x8"), "{d}");
+}
+
+#[test]
 fn reading_data_without_waiting_on_the_barrier_is_a_race() {
     // The exchange, but the wait is skipped: the neighbour's store is unordered.
     let text = kernel(&exchange_rounds("setp.eq.u32 %p1, 1, 1;"));

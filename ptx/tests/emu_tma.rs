@@ -382,11 +382,16 @@ fn the_map_may_sit_in_global_memory_but_a_param_address_must_be_made_generic() {
 
 #[test]
 fn a_swizzled_chunk_past_the_end_of_shared_memory_is_reported() {
-    // A 48-byte box at shared 128 with the 128B swizzle: line 1 moves chunk 2 to chunk 3,
-    // bytes 176..192, past the 176 bytes the kernel declared.
+    // Shared memory: bar at 0, smem at 1024..1200 (the end of shared memory). A 48-byte
+    // box at smem+128 (line 9) with the 128B swizzle: chunk 2 moves to chunk 3, bytes
+    // 1200..1216.
     let text = load_kernel(2, 48, "%rd4", "")
-        .replace("smem[48]", "smem[176]")
+        .replace(
+            "    .shared .align 1024 .b8 smem[48];\n    .shared .align 8 .b8 bar[8];",
+            "    .shared .align 8 .b8 bar[8];\n    .shared .align 1024 .b8 smem[176];",
+        )
         .replace("::bytes [smem], [%rd4", "::bytes [smem+128], [%rd4");
+    assert!(text.contains("smem[176]") && text.contains("[smem+128]"));
     let mut m = map(
         TensorDataType::U32,
         &[4, 3],
@@ -396,7 +401,7 @@ fn a_swizzled_chunk_past_the_end_of_shared_memory_is_reported() {
     );
     let (g, _) = global_for(&m);
     match run_load(&text, &mut m, &g, &[0, 0], 48) {
-        Err(PtxError::OutOfBounds { addr, .. }) => assert_eq!(addr, 176),
+        Err(PtxError::OutOfBounds { addr, .. }) => assert_eq!(addr, 1200),
         other => panic!(
             "expected an out-of-bounds chunk, got {:?}",
             other.map(|_| ())

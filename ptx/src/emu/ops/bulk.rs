@@ -567,6 +567,8 @@ impl Cta<'_> {
                 let mb = i.mbar.as_ref().expect("loads have an mbarrier");
                 let mbar = self.mbar_addr(w, l, line, MemSpace::Shared, mb)?;
                 self.live_bulk_mbar(tid, line, mbar)?;
+                let site = Site::lane(w, l, line);
+                self.check_not_mbarrier(site, u64::from(so), size as u32, "a bulk copy's write")?;
                 let data = match mem.slice(ga, size) {
                     Some(s) => s.to_vec(),
                     None => return Err(self.oob_global(tid, line, ga, size, mem)),
@@ -671,7 +673,16 @@ impl Cta<'_> {
             // The swizzle keeps a chunk in its 128-byte line, which may reach past a box
             // that ends mid-line: every placed chunk must be in shared memory.
             for k in 0..box_bytes as u32 / 16 {
-                self.shared_range(Site::lane(w, l, line), u64::from(place(16 * k)), 16)?;
+                let at = u64::from(place(16 * k));
+                self.shared_range(Site::lane(w, l, line), at, 16)?;
+                if !i.store {
+                    self.check_not_mbarrier(
+                        Site::lane(w, l, line),
+                        at,
+                        16,
+                        "a tensor copy's write",
+                    )?;
+                }
             }
             // The box's elements in shared order: (global address if in bounds, offset).
             let counts: Vec<u64> = (0..map.rank())
