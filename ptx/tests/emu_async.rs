@@ -278,6 +278,23 @@ fn a_named_barrier_count_nobody_reaches_is_a_deadlock() {
 }
 
 #[test]
+fn a_producer_reading_what_consumers_write_after_their_last_arrive_is_a_race() {
+    // After its loop the producer waits for the consumers to release the last tile
+    // (empty[0], phase 1, with 2 stages and 3 tiles) and then reads red[0]: consumer 0
+    // writes it after that arrive, with no barrier between them. (Consumer warp 4 writes
+    // before warp 7's arrive completes the phase: only happens-before, not the time of
+    // completion, tells this apart from an ordered read.)
+    let text = ws_kernel(2, 3).replace(
+        "    bar.arrive 2, 160;\n    bra.uni EXIT;",
+        "    mov.u32 %r40, empty;\nLAST:\n    mbarrier.try_wait.parity.shared::cta.b64 %p6, [%r40], 1;\n    @!%p6 bra LAST;\n    mov.u32 %r40, red;\n    ld.shared.u32 %r41, [%r40];\n    bar.arrive 2, 160;\n    bra.uni EXIT;",
+    );
+    match run_ws(&text, 3, Swizzle::B128) {
+        Err(PtxError::SharedRace { .. }) => {}
+        other => panic!("expected a race, got {other:?}"),
+    }
+}
+
+#[test]
 fn setmaxnreg_must_agree_within_a_warpgroup() {
     // Warp 1 asks for 48 where warp 0 asked for 40.
     let text = ws_kernel(2, 3).replace(

@@ -395,6 +395,47 @@ END:",
 }
 
 #[test]
+fn ordering_chains_through_a_third_warp() {
+    // Warp 0 writes data and arrives on bar (count 32); warp 1 waits for it, then arrives
+    // on bar+8 (count 32); warp 2 waits on bar+8 and reads warp 0's data: ordered through
+    // warp 1, so no race, and it sees the values.
+    let body = "
+    setp.eq.u32 %p7, %r3, 0;
+    @%p7 mbarrier.init.shared::cta.b64 [bar], 32;
+    @%p7 mbarrier.init.shared::cta.b64 [bar+8], 32;
+    bar.sync 0;
+    shr.u32 %r4, %r3, 5;
+    and.b32 %r5, %r3, 31;
+    shl.b32 %r6, %r5, 2;
+    mov.u32 %r7, data;
+    add.u32 %r7, %r7, %r6;
+    setp.eq.u32 %p1, %r4, 0;
+    @!%p1 bra W1;
+    add.u32 %r8, %r3, 500;
+    st.shared.u32 [%r7], %r8;
+    mbarrier.arrive.shared::cta.b64 %rd5, [bar];
+    bra.uni END;
+W1:
+    setp.eq.u32 %p1, %r4, 1;
+    @!%p1 bra W2;
+S1:
+    mbarrier.try_wait.parity.shared::cta.b64 %p2, [bar], 0;
+    @!%p2 bra S1;
+    mbarrier.arrive.shared::cta.b64 %rd5, [bar+8];
+    bra.uni END;
+W2:
+S2:
+    mbarrier.try_wait.parity.shared::cta.b64 %p2, [bar+8], 0;
+    @!%p2 bra S2;
+    ld.shared.u32 %r9, [%r7];
+    st.global.u32 [%rd2], %r9;
+END:";
+    let out = run(&kernel(body), 96, &[0u8; 384]).unwrap();
+    let w = words(&out);
+    assert_eq!(&w[64..], &(500..532).collect::<Vec<u32>>()[..]);
+}
+
+#[test]
 fn reading_data_without_waiting_on_the_barrier_is_a_race() {
     // The exchange, but the wait is skipped: the neighbour's store is unordered.
     let text = kernel(&exchange_rounds("setp.eq.u32 %p1, 1, 1;"));

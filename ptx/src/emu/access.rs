@@ -157,13 +157,11 @@ impl Cta<'_> {
         if !self.checks.races {
             return Ok(());
         }
-        // Writes up to the last CTA barrier, or up to the completion of the last mbarrier
-        // phase this thread waited for, are ordered before its reads.
-        let synced = self.barrier_time.max(self.hop.sync_time[me as usize]);
+        let synced = self.barrier_time;
         for i in range {
             let s = self.shadow[i];
             // Fast path: no pending copy, and the last write (if any) precedes the last
-            // barrier (a never-written byte has time 0).
+            // CTA-wide barrier (a never-written byte has time 0).
             if self.pending[i] == 0 && s >> 16 <= synced {
                 continue;
             }
@@ -189,8 +187,17 @@ impl Cta<'_> {
                 });
             }
             let (time, writer) = (s >> 16, ((s & WRITER_MASK) as u32).wrapping_sub(1));
+            // Ordered: the reader's own write, its warp's before a bar.warp.sync, or one
+            // the reader's warp acquired (named barriers, mbarrier waits).
+            let acquired = self
+                .hop
+                .vc
+                .get((me / 32) as usize * self.hop.nwarps + (writer / 32) as usize)
+                .copied()
+                .unwrap_or(0);
             let ordered = writer == me
-                || (writer / 32 == me / 32 && time <= self.warp_sync_time[(me / 32) as usize]);
+                || (writer / 32 == me / 32 && time <= self.warp_sync_time[(me / 32) as usize])
+                || time <= acquired;
             if !ordered {
                 return Err(PtxError::SharedRace {
                     kernel: self.k.name.clone(),

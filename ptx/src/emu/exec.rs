@@ -238,12 +238,8 @@ impl Cta<'_> {
         self.warp_sync_time.fill(self.barrier_time);
         self.shadow.fill(0);
         self.local.fill(0);
-        self.hop.reset(
-            self.nthreads,
-            self.nwarps,
-            self.shared.len(),
-            self.barrier_time,
-        );
+        self.hop
+            .reset(self.nthreads, self.nwarps, self.shared.len());
         for a in &mut self.asyncs {
             a.open.clear();
             a.committed.clear();
@@ -529,6 +525,10 @@ impl Cta<'_> {
                     }
                     self.hop.bar_arrived[id as usize] += w.live.count_ones();
                     self.hop.bar_count[id as usize] = Some(count);
+                    let now = self.stats.instructions;
+                    let mut rel = std::mem::take(&mut self.hop.bar_releases[id as usize]);
+                    self.hop.release_into(&mut rel, w.index, now);
+                    self.hop.bar_releases[id as usize] = rel;
                     w.advance();
                     continue;
                 }

@@ -68,12 +68,14 @@
 //! specialisation (a producer warp parked on an mbarrier while consumer warps run;
 //! `setmaxnreg` checked but without a register budget). Clusters have one CTA:
 //! `.shared::cluster` addresses are the CTA's own shared memory and `.reqnctapercluster`
-//! above 1 is refused. The race check knows the partial orderings: a thread released by
-//! a named barrier (`bar.sync id, n`), or that waited for an mbarrier phase, sees every
-//! write made before the barrier opened or the phase completed; a thread that only
-//! arrives (`bar.arrive`, `mbarrier.arrive`) gains nothing. That is coarser than
-//! happens-before (a write made before the phase completed by a thread that had already
-//! arrived counts as ordered too), so some races through a third thread go unreported.
+//! above 1 is refused. The race check follows happens-before at warp granularity: each
+//! warp keeps, per writer warp, the time up to which it has acquired that warp's writes
+//! (a vector clock). A named barrier (`bar.sync id, n`) gives the warps it releases the
+//! writes its participants made before arriving (`bar.arrive` included); an mbarrier
+//! phase carries each warp's last arrive (and the landing of the copies it issued) to the
+//! warps whose wait sees the phase complete, each release carrying what the releasing
+//! warp had itself acquired (orderings chain through third warps); a CTA-wide barrier
+//! orders everything. A thread that only arrives acquires nothing.
 //!
 //! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
 //! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the

@@ -56,6 +56,11 @@ pub(in crate::emu) struct Mbarrier {
     pub completed_at: u64,
     /// PTX line of the `init`.
     pub init_line: u32,
+    /// Per warp: the time of its last release into the current phase (an arrive, or a
+    /// copy it issued landing); a waiter acquires these when the phase completes.
+    pub rel: Vec<u64>,
+    /// Per warp: the releases of the phases completed so far (their maximum).
+    pub done_rel: Vec<u64>,
 }
 
 /// Where a parked warp waits.
@@ -82,13 +87,18 @@ pub(in crate::emu) struct Hopper {
     pub reading: Vec<u16>,
     /// Sum of `reading` (0: no bulk store is reading shared memory).
     pub reading_bytes: u64,
-    /// Per thread: writes up to this time are ordered before the thread's reads (the
-    /// completion of the mbarrier phases it waited for).
-    pub sync_time: Vec<u64>,
+    /// Warps of the CTA.
+    pub nwarps: usize,
+    /// Per (reader warp, writer warp), `reader * nwarps + writer`: writes by the writer up
+    /// to this time are ordered before the reader's reads (what the reader acquired
+    /// through named barriers and mbarrier waits; CTA-wide barriers are `barrier_time`).
+    pub vc: Vec<u64>,
     /// Per thread: time of its last `fence.proxy.async` (0: never).
     pub proxy_fence: Vec<u64>,
-    /// Per named barrier: threads that arrived with `bar.arrive` and the count they gave.
+    /// Per named barrier: threads that arrived with `bar.arrive` and the count they gave,
+    /// and (warp, time) of each such arrival (what the waiters acquire).
     pub bar_arrived: [u32; 16],
+    pub bar_releases: [Vec<u64>; 16],
     pub bar_count: [Option<u32>; 16],
     /// Per warp: the values of its `setmaxnreg`s so far (checked warpgroup-uniform).
     pub maxnreg: Vec<Vec<u32>>,
@@ -98,7 +108,7 @@ pub(in crate::emu) struct Hopper {
 }
 
 impl Hopper {
-    pub(in crate::emu) fn reset(&mut self, nthreads: u32, nwarps: u32, shared: usize, now: u64) {
+    pub(in crate::emu) fn reset(&mut self, nthreads: u32, nwarps: u32, shared: usize) {
         self.mbars.clear();
         self.reading.clear();
         self.reading.resize(shared, 0);
@@ -106,8 +116,13 @@ impl Hopper {
         self.loads.clear();
         self.stores.clear();
         self.stores.resize_with(nthreads as usize, Vec::new);
-        self.sync_time.clear();
-        self.sync_time.resize(nthreads as usize, now);
+        self.nwarps = nwarps as usize;
+        self.vc.clear();
+        self.vc.resize(self.nwarps * self.nwarps, 0);
+        for r in &mut self.bar_releases {
+            r.clear();
+            r.resize(self.nwarps, 0);
+        }
         self.proxy_fence.clear();
         self.proxy_fence.resize(nthreads as usize, 0);
         self.bar_arrived = [0; 16];
@@ -122,6 +137,28 @@ impl Hopper {
     #[inline]
     pub(in crate::emu) fn async_in_flight(&self) -> bool {
         !self.loads.is_empty() || self.reading_bytes > 0
+    }
+
+    /// Joins into `into` what warp `w` releases at time `t`: its own writes up to `t` and
+    /// everything it had acquired (so orderings chain through third warps).
+    pub(in crate::emu) fn release_into(&self, into: &mut [u64], w: u32, t: u64) {
+        let n = self.nwarps;
+        for (d, &v) in into
+            .iter_mut()
+            .zip(&self.vc[w as usize * n..(w as usize + 1) * n])
+        {
+            *d = (*d).max(v);
+        }
+        into[w as usize] = into[w as usize].max(t);
+    }
+
+    /// Reader warp `r` acquires the releases `rel` (per writer warp).
+    pub(in crate::emu) fn acquire(&mut self, r: u32, rel: &[u64]) {
+        let n = self.nwarps;
+        let row = &mut self.vc[r as usize * n..(r as usize + 1) * n];
+        for (v, &t) in row.iter_mut().zip(rel) {
+            *v = (*v).max(t);
+        }
     }
 
     /// The barrier at `addr` overlapping `[a, a + size)`, if any.
@@ -336,6 +373,10 @@ impl Cta<'_> {
                 b.phase = b.phase.wrapping_add(1);
                 b.pending = b.expected;
                 b.completed_at = now;
+                for (d, r) in b.done_rel.iter_mut().zip(b.rel.iter_mut()) {
+                    *d = (*d).max(*r);
+                    *r = 0;
+                }
                 self.hop.epoch += 1;
             }
         }
@@ -362,6 +403,14 @@ impl Cta<'_> {
             ));
         }
         b.tx = tx;
+        // The bytes a copy landed (or what the thread wrote before complete_tx) are
+        // released to the phase's waiters.
+        let now = self.stats.instructions;
+        let mut rel = std::mem::take(&mut b.rel);
+        self.hop.release_into(&mut rel, tid / 32, now);
+        if let Some(b) = self.hop.mbars.get_mut(&addr) {
+            b.rel = rel;
+        }
         self.hop.epoch += 1;
         self.maybe_complete(addr);
         Ok(())
@@ -401,6 +450,8 @@ impl Cta<'_> {
                             phase: 0,
                             completed_at: 0,
                             init_line: line,
+                            rel: vec![0; self.hop.nwarps],
+                            done_rel: vec![0; self.hop.nwarps],
                         },
                     );
                 }
@@ -442,6 +493,11 @@ impl Cta<'_> {
                     let token =
                         (u64::from(b.phase) << 32) | TOKEN_TAG | u64::from(b.pending - count);
                     b.pending -= count;
+                    let mut rel = std::mem::take(&mut b.rel);
+                    let now = self.stats.instructions;
+                    self.hop.release_into(&mut rel, w.index, now);
+                    let b = self.hop.mbars.get_mut(&addr).expect("checked live");
+                    b.rel = rel;
                     if drop {
                         b.expected = b.expected.saturating_sub(count);
                     }
@@ -516,9 +572,8 @@ impl Cta<'_> {
                 (b.phase != phase, phase)
             };
             if done {
-                let t = b.completed_at;
-                let st = &mut self.hop.sync_time[tid as usize];
-                *st = (*st).max(t);
+                let rel = b.done_rel.clone();
+                self.hop.acquire(w.index, &rel);
             } else if park.is_none() {
                 park = Some(Park {
                     addr,

@@ -259,18 +259,23 @@ impl Cta<'_> {
                 continue;
             }
             if arrived >= expected.unwrap_or(live_threads) {
-                // The waiters see every write made before the barrier opened (those of the
-                // threads that arrived among them); threads not at the barrier gain nothing.
+                // The waiters see the writes the participants made before arriving (a
+                // waiter's arrival is now: it wrote nothing since); others gain nothing.
                 let now = self.stats.instructions;
+                // What bar.arrive-ers released, joined with the waiters' releases.
+                let mut rel = std::mem::replace(
+                    &mut self.hop.bar_releases[id as usize],
+                    vec![0; self.hop.nwarps],
+                );
+                for w in warps.iter() {
+                    if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
+                        self.hop.release_into(&mut rel, w.index, now);
+                    }
+                }
                 for w in warps.iter_mut() {
                     if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
                         w.state = WarpState::Running;
-                        let first = w.base as usize;
-                        for t in &mut self.hop.sync_time
-                            [first..first + 32.min((self.nthreads - w.base) as usize)]
-                        {
-                            *t = (*t).max(now);
-                        }
+                        self.hop.acquire(w.index, &rel);
                     }
                 }
                 if expected.is_none() {
