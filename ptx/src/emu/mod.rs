@@ -18,7 +18,8 @@
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
 //! | `bar`/`barrier` (`.sync`, `.arrive`, thread counts) `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` `elect` `setmaxnreg` | `ops/sync.rs` |
 //! | `mbarrier` (all operations) and the CTA's asynchronous state | `ops/mbarrier.rs` |
-//! | `cp.async.bulk` (and `.tensor`, `.prefetch`, its commit/wait), `fence.proxy.async` | `ops/bulk.rs` |
+//! | `cp.async.bulk` (and `.prefetch`, its commit/wait), `fence.proxy.async` | `ops/bulk.rs` |
+//! | `cp.async.bulk.tensor` (tensor operand, map lookup, box walk) | `ops/bulk_tensor.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
 //! | `stmatrix` | `ops/stmatrix.rs` |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |

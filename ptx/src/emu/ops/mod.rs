@@ -6,6 +6,7 @@
 //! (sync) steps with the integer family's `int_bin`.
 
 pub(super) mod bulk;
+pub(super) mod bulk_tensor;
 pub(super) mod control;
 pub(super) mod convert;
 pub(super) mod float;
