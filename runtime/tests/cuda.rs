@@ -99,3 +99,32 @@ fn pinned_buffers_and_bad_launches() {
     assert!(matches!(e, RuntimeError::BadArguments { .. }), "{e}");
     dev.synchronize().unwrap();
 }
+
+#[test]
+fn the_driver_encodes_tensor_maps_and_refuses_what_the_rules_refuse() {
+    use frugal_ptx::emu::swizzle::Swizzle;
+    use frugal_runtime::tensor_map::{
+        encode_tensor_map, Interleave, L2Promotion, OobFill, TensorDataType, TensorMap,
+    };
+    let Some(dev) = gpu() else { return };
+    let buf = dev.alloc(64 * 64 * 2, "tile").unwrap();
+    let mut map = TensorMap {
+        data_type: TensorDataType::Bf16,
+        global_address: buf.ptr(),
+        dims: vec![64, 64],
+        strides: vec![128],
+        box_dims: vec![64, 8],
+        element_strides: vec![1, 1],
+        interleave: Interleave::None,
+        swizzle: Swizzle::B128,
+        l2_promotion: L2Promotion::B128,
+        oob_fill: OobFill::None,
+    };
+    let bytes = encode_tensor_map(&dev, &map).unwrap();
+    // The driver's own layout, not the emulator's.
+    assert_ne!(&bytes[..4], b"FTM1");
+    assert!(bytes.iter().any(|&b| b != 0));
+    map.strides[0] = 120;
+    let e = encode_tensor_map(&dev, &map).unwrap_err();
+    assert!(matches!(e, RuntimeError::BadTensorMap { .. }), "{e}");
+}

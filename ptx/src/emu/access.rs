@@ -3,10 +3,17 @@
 //! The memory and tensor families go through here; nothing else touches the bytes.
 
 use super::exec::Cta;
-use super::inst::{Addr, MemSpace, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use super::inst::{Addr, MemSpace, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use super::warp::Warp;
 use super::DeviceMemory;
 use crate::error::{BufferInfo, PtxError, Space, ThreadPos};
+
+/// Flag in `Cta::pending_tid`: the pending write is a bulk or tensor copy's.
+pub(super) const BULK_PENDING: u32 = 1 << 31;
+/// Flag in a shadow tag: the async proxy (a bulk or tensor copy) wrote the byte.
+pub(super) const ASYNC_WRITE: u64 = 1 << 15;
+/// The writer's `tid + 1` in a shadow tag.
+pub(super) const WRITER_MASK: u64 = ASYNC_WRITE - 1;
 
 /// The thread an access is made for and the PTX line making it: what an error report names.
 #[derive(Clone, Copy)]
@@ -47,7 +54,7 @@ impl Cta<'_> {
     /// Resolves an address of `space` to a concrete space and offset (generic addresses
     /// fall into the shared or local window, else global).
     #[inline]
-    pub(super) fn resolve(space: MemSpace, addr: u64) -> (Space, u64) {
+    pub(super) fn resolve(&self, space: MemSpace, addr: u64) -> (Space, u64) {
         match space {
             MemSpace::Global => (Space::Global, addr),
             MemSpace::Shared => (Space::Shared, addr),
@@ -58,6 +65,10 @@ impl Cta<'_> {
                     (Space::Shared, addr - SHARED_WINDOW)
                 } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) {
                     (Space::Local, addr - LOCAL_WINDOW)
+                } else if (PARAM_WINDOW + self.k.param_bank..PARAM_WINDOW + WINDOW_SIZE)
+                    .contains(&addr)
+                {
+                    (Space::Param, addr - PARAM_WINDOW - self.k.param_bank)
                 } else {
                     (Space::Global, addr)
                 }
@@ -148,12 +159,24 @@ impl Cta<'_> {
         if !self.checks.races {
             return Ok(());
         }
+        let synced = self.barrier_time;
         for i in range {
             let s = self.shadow[i];
             // Fast path: no pending copy, and the last write (if any) precedes the last
-            // barrier (a never-written byte has time 0).
-            if self.pending[i] == 0 && s >> 16 <= self.barrier_time {
+            // CTA-wide barrier (a never-written byte has time 0).
+            if self.pending[i] == 0 && s >> 16 <= synced {
                 continue;
+            }
+            if self.pending[i] != 0 && self.pending_tid[i] & BULK_PENDING != 0 {
+                let issuer = self.pending_tid[i] & !BULK_PENDING;
+                return Err(self.async_misuse(
+                    me,
+                    at.line,
+                    format!(
+                        "shared memory at {i:#x} is the destination of a cp.async.bulk by thread {:?} that has not landed; wait on its mbarrier (mbarrier.try_wait) for the phase the copy completes before reading it",
+                        self.tid(issuer)
+                    ),
+                ));
             }
             if self.pending[i] != 0 {
                 return Err(PtxError::SharedRace {
@@ -165,9 +188,18 @@ impl Cta<'_> {
                     pending_async: true,
                 });
             }
-            let (time, writer) = (s >> 16, ((s & 0xFFFF) as u32).wrapping_sub(1));
+            let (time, writer) = (s >> 16, ((s & WRITER_MASK) as u32).wrapping_sub(1));
+            // Ordered: the reader's own write, its warp's before a bar.warp.sync, or one
+            // the reader's warp acquired (named barriers, mbarrier waits).
+            let acquired = self
+                .hop
+                .vc
+                .get((me / 32) as usize * self.hop.nwarps + (writer / 32) as usize)
+                .copied()
+                .unwrap_or(0);
             let ordered = writer == me
-                || (writer / 32 == me / 32 && time <= self.warp_sync_time[(me / 32) as usize]);
+                || (writer / 32 == me / 32 && time <= self.warp_sync_time[(me / 32) as usize])
+                || time <= acquired;
             if !ordered {
                 return Err(PtxError::SharedRace {
                     kernel: self.k.name.clone(),
@@ -180,6 +212,29 @@ impl Cta<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An ordinary access must not touch a live mbarrier's 8 bytes (the ISA leaves their
+    /// contents to the mbarrier instructions).
+    #[inline]
+    pub(super) fn check_not_mbarrier(
+        &self,
+        at: Site,
+        a: u64,
+        size: u32,
+        what: &str,
+    ) -> Result<(), PtxError> {
+        if self.hop.mbars.is_empty() {
+            return Ok(());
+        }
+        match self.hop.mbar_at(a, size) {
+            Some(b) => Err(self.async_misuse(
+                at.tid,
+                at.line,
+                format!("{what} of {size} bytes at shared {a:#x} touches the live mbarrier at {b:#x}; use the mbarrier instructions (or mbarrier.inval it first)"),
+            )),
+            None => Ok(()),
+        }
     }
 
     #[inline]
@@ -202,7 +257,7 @@ impl Cta<'_> {
         size: u32,
         mem: &DeviceMemory,
     ) -> Result<u128, PtxError> {
-        let (sp, a) = Self::resolve(space, addr);
+        let (sp, a) = self.resolve(space, addr);
         let acc = Access {
             space: sp,
             addr: a,
@@ -218,6 +273,7 @@ impl Cta<'_> {
             },
             Space::Shared => {
                 let r = self.shared_range(at, a, size)?;
+                self.check_not_mbarrier(at, a, size, "ld")?;
                 self.check_shared_read(at, r.clone())?;
                 buf[..n].copy_from_slice(&self.shared[r]);
             }
@@ -251,7 +307,7 @@ impl Cta<'_> {
         value: u128,
         mem: &mut DeviceMemory,
     ) -> Result<(), PtxError> {
-        let (sp, a) = Self::resolve(space, addr);
+        let (sp, a) = self.resolve(space, addr);
         let acc = Access {
             space: sp,
             addr: a,
@@ -267,6 +323,10 @@ impl Cta<'_> {
             },
             Space::Shared => {
                 let r = self.shared_range(at, a, size)?;
+                self.check_not_mbarrier(at, a, size, "st")?;
+                if self.hop.async_in_flight() {
+                    self.check_bulk_overwrite(at, r.clone())?;
+                }
                 self.shared[r.clone()].copy_from_slice(&bytes[..n]);
                 self.mark_shared_write(at.tid, r);
             }

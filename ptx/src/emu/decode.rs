@@ -13,7 +13,9 @@ use super::calls;
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
-use super::ops::{control, convert, float, integer, memory, sync, tensor};
+use super::ops::{
+    bulk, control, convert, float, integer, mbarrier, memory, stmatrix, sync, tensor,
+};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
 use crate::error::PtxError;
@@ -334,6 +336,7 @@ fn decode_entry(
         reg_names,
         dyn_shared_base: dyn_base as u32,
         local_bytes: local_end as u32,
+        param_bank: launch::param_bank_base(sm) as u64,
     })
 }
 
@@ -428,7 +431,12 @@ fn decode_op(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
         "ld" | "st" | "ldu" => memory::decode_ld_st(d, m, base),
         "cvta" => memory::decode_cvta(d, m),
         "atom" | "red" => memory::decode_atom(d, m, base),
+        "cp" if d.inst.opcode.starts_with("cp.async.bulk") => bulk::decode_bulk(d, m),
         "cp" => memory::decode_cp(d, m),
+        "mbarrier" => mbarrier::decode_mbarrier(d, m),
+        "elect" => sync::decode_elect(d, m),
+        "setmaxnreg" => sync::decode_setmaxnreg(d, m),
+        "stmatrix" => stmatrix::decode_stmatrix(d, m),
         "prefetch" | "prefetchu" => memory::decode_prefetch(m),
         "bar" | "barrier" => sync::decode_bar(d, m, base),
         "membar" | "fence" => sync::decode_fence(m),

@@ -17,13 +17,18 @@
 //! | `add` `sub` `mul` `div` `min` `max` `copysign` `fma`/`mad` `abs` `neg` `sqrt` `rsqrt` `rcp` `ex2` `lg2` `sin` `cos` `tanh` on floats | `ops/float.rs` |
 //! | `mov`, `cvt` | `ops/convert.rs` |
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
-//! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
+//! | `bar`/`barrier` (`.sync`, `.arrive`, thread counts) `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` `elect` `setmaxnreg` | `ops/sync.rs` |
+//! | `mbarrier` (all operations) and the CTA's asynchronous state | `ops/mbarrier.rs` |
+//! | `cp.async.bulk` (and `.prefetch`, its commit/wait), `fence.proxy.async` | `ops/bulk.rs` |
+//! | `cp.async.bulk.tensor` (tensor operand, map lookup, box walk) | `ops/bulk_tensor.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
+//! | `stmatrix` | `ops/stmatrix.rs` |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
 //! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
-//! `exit` and `bar.sync` are decoded in their family but run by the scheduler in `exec`.
+//! `exit`, `bar.sync`/`bar.arrive` and the mbarrier waits are decoded in their family but
+//! run by the scheduler in `exec`.
 //!
 //! Around the families:
 //!
@@ -43,6 +48,7 @@
 //! | a warp's registers, per-lane PCs, min-PC regrouping | `warp.rs` |
 //! | sanitized loads and stores (bounds, alignment, races) | `access.rs` |
 //! | global memory ([`DeviceMemory`]) | `memory.rs` |
+//! | shared-memory swizzle patterns of TMA and wgmma ([`swizzle::Swizzle`]) | `swizzle.rs` |
 //! | hardware counters of a launch ([`Profiling`], [`Counters`], [`launch_profiled`]) | `counters/` |
 //!
 //! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
@@ -51,9 +57,30 @@
 //! code the project emits (forward branches for if/else, backward branches for loops)
 //! a group that is ahead waits at its higher PC until the others catch up, which is
 //! exactly reconvergence at the immediate post-dominator, without needing a CFG. Each warp
-//! runs until it reaches a barrier or exits; when every live warp waits, the barrier
-//! opens. A warp reaching `bar.sync` with only part of its live lanes is an error, as is a
-//! set of warps that can never all arrive (deadlock).
+//! runs until it reaches a barrier, fails an mbarrier wait or exits. When no warp can run,
+//! the scheduler, in this order: wakes the warps whose mbarrier has moved to another phase;
+//! opens the named barriers whose threads have all arrived (`bar.sync`, and `bar.arrive`
+//! counts); lands the bulk copies in flight (whose transaction bytes may complete
+//! phases); wakes the parked warps once, in case one polled without spinning. A warp
+//! reaching `bar.sync` with only part of its live lanes is an error, as is a state from
+//! which nothing can progress (deadlock: the report names each warp's barrier, and for an
+//! mbarrier its address, the phase waited for and its counts).
+//!
+//! Hopper's asynchronous machinery (sm_90): `mbarrier` phases and transaction counts as
+//! the ISA defines them (`ops/mbarrier.rs`); bulk and tensor copies (TMA) that read their
+//! source when issued and land only when the scheduler completes them, with tensor maps
+//! in frugal's encoding ([`crate::tensor_map`]) and the swizzle of [`swizzle`]; warp
+//! specialisation (a producer warp parked on an mbarrier while consumer warps run;
+//! `setmaxnreg` checked but without a register budget). Clusters have one CTA:
+//! `.shared::cluster` addresses are the CTA's own shared memory and `.reqnctapercluster`
+//! above 1 is refused. The race check follows happens-before at warp granularity: each
+//! warp keeps, per writer warp, the time up to which it has acquired that warp's writes
+//! (a vector clock). A named barrier (`bar.sync id, n`) gives the warps it releases the
+//! writes its participants made before arriving (`bar.arrive` included); an mbarrier
+//! phase carries each warp's last arrive (and the landing of the copies it issued) to the
+//! warps whose wait sees the phase complete, each release carrying what the releasing
+//! warp had itself acquired (orderings chain through third warps); a CTA-wide barrier
+//! orders everything. A thread that only arrives acquires nothing.
 //!
 //! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
 //! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the
@@ -80,16 +107,18 @@
 //! initialised `.global`/`.const` data with `ld.const`/`ld.global` of it, registers,
 //! labels and `.param` variables re-declared in nested `{ }` blocks, vector operands
 //! (`{%r1, %r2}`, `{ %r1 }` for a scalar, `.v2`/`.v4`, up to 128 elements), tensor
-//! addresses `[map, {x, y}]` (parsed; no instruction runs them yet), `ldmatrix` with a
-//! generic address of shared memory, and `.ptr .global .align N` parameters (N is the
-//! pointee's alignment).
+//! addresses `[map, {x, y}]`, `ldmatrix` with a generic address of shared memory, and
+//! `.ptr .global .align N` parameters (N is the pointee's alignment).
 //!
 //! Not supported (a parse error that names the line; [`Module::unsupported_instructions`]
-//! lists every such instruction of a text at once): `wgmma`, `mbarrier`, TMA and
-//! `cp.async.bulk` (`.tensor`, `commit_group`, `wait_group`), `fence.proxy.async`,
-//! `elect`, `setmaxnreg`, `stmatrix`, `cvta.param`, `bar.arrive`/`bar.red`, `barrier.cluster`
-//! and the cluster instructions (`mapa`, `getctarank`); `mma` shapes other than m16n8k16
-//! row.col with f32 accumulators, `mma.sp`, `wmma`, `movmatrix`; textures and surfaces
+//! lists every such instruction of a text at once): `wgmma`, `bar.red`, `barrier.cluster`
+//! and the cluster instructions (`mapa`, `getctarank`); of the sm_90 asynchronous
+//! instructions: clusters of more than one CTA (`.multicast::cluster`, distributed shared
+//! memory, shared::cta→shared::cluster bulk copies), `cp.async.bulk.tensor` in im2col mode,
+//! `cp.reduce.async.bulk`, tensor maps passed by parameter name (ptxas refuses that too:
+//! take the address with `mov` + `cvta.param`), the Blackwell swizzle atoms, `stmatrix`
+//! shapes other than m8n8.b16; `mma` shapes other than m16n8k16 row.col with f32
+//! accumulators, `mma.sp`, `wmma`, `movmatrix`; textures and surfaces
 //! (`tex`, `tld4`, `txq`, `suld`, `sust`, `sured`, `suq`, `istypep` and their
 //! declarations); `.b128` values; packed (x2) comparisons; `sad`, `fns`, `szext`,
 //! `slct`, `testp`, `isspacep`, `cvt.pack`, `match`, `nanosleep`, `brkpt`, `pmevent`,
@@ -148,6 +177,7 @@ mod ops;
 mod parse;
 mod parse_decl;
 mod rounding;
+pub mod swizzle;
 mod types;
 
 pub use counters::{sample_grid, Counters, InstClass, Profiling};

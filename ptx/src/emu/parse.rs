@@ -252,10 +252,17 @@ fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
                         | ".maxclusterrank"
                 ) =>
             {
+                // Clusters run as single CTAs: a kernel that needs more is refused.
+                let cluster = d == ".reqnctapercluster";
                 p.bump();
-                p.int()?;
+                let mut size = p.int()?;
                 while p.eat_punct(',') {
-                    p.int()?;
+                    size = size.saturating_mul(p.int()?);
+                }
+                if cluster && size != 1 {
+                    return Err(p.err(
+                        ".reqnctapercluster above 1: the emulator runs clusters of one CTA only",
+                    ));
                 }
             }
             Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),
@@ -628,7 +635,11 @@ pub(super) fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operan
             // `[tensorMap, {c0, c1, ..}]` (cp.async.bulk.tensor): the address and the
             // coordinate vector, as a two-element vector operand.
             if base.is_some() && p.eat_punct(',') {
-                let coords = parse_operand(p, true)?;
+                // A one-coordinate `{%r}` stays a vector here (elsewhere it is the register).
+                let coords = match parse_operand(p, true)? {
+                    v @ Operand::Vector(..) => v,
+                    one => Operand::Vector(vec![one], pos),
+                };
                 p.expect_punct(']')?;
                 return Ok(Operand::Vector(
                     vec![Operand::Addr { base, offset, pos }, coords],

@@ -384,7 +384,7 @@ impl Cta<'_> {
             if *generic {
                 // Out of the shared window, the raw address fails the shared bounds check
                 // below and is reported with the shared memory's extent.
-                *r = match Self::resolve(MemSpace::Generic, *r) {
+                *r = match self.resolve(MemSpace::Generic, *r) {
                     (Space::Shared, offset) => offset,
                     _ => *r,
                 };
