@@ -204,6 +204,22 @@ pub enum PtxError {
         /// Which warps wait where.
         detail: String,
     },
+    /// A `wgmma` rule was broken: the warpgroup's four warps do not issue `wgmma.mma_async`
+    /// together, a `wgmma.fence` is missing, an accumulator or A register of a wgmma is
+    /// touched before `wgmma.wait_group` retires it, a warp exits with wgmma outstanding, or
+    /// a descriptor or operand is invalid.
+    Wgmma {
+        /// Kernel name.
+        kernel: String,
+        /// CTA index.
+        cta: [u32; 3],
+        /// Warp index inside the CTA.
+        warp: u32,
+        /// PTX source line.
+        line: u32,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// A thread executed `trap`.
     Trap {
         /// Kernel name.
@@ -313,6 +329,11 @@ impl fmt::Display for PtxError {
             PtxError::Deadlock { kernel, cta, detail } => write!(
                 f,
                 "kernel '{kernel}', CTA ({},{},{}): deadlock, no warp can make progress: {detail}",
+                cta[0], cta[1], cta[2]
+            ),
+            PtxError::Wgmma { kernel, cta, warp, line, problem } => write!(
+                f,
+                "kernel '{kernel}', CTA ({},{},{}) warp {warp}, PTX line {line}: {problem}",
                 cta[0], cta[1], cta[2]
             ),
             PtxError::Trap { kernel, at, line } => {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
-use super::ops::{control, convert, float, integer, memory, sync, tensor};
+use super::ops::{control, convert, float, integer, memory, sync, tensor, wgmma};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
 use super::ParamInfo;
@@ -248,6 +248,7 @@ fn decode_op(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
         "redux" => sync::decode_redux(d, m),
         "mma" => tensor::decode_mma(d, m),
         "ldmatrix" => tensor::decode_ldmatrix(d, m),
+        "wgmma" => wgmma::decode_wgmma(d, m),
         _ => Err(perr(
             d.inst.pos,
             d.inst.opcode.clone(),
