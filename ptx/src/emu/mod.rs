@@ -18,11 +18,13 @@
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
 //! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
+//! | `wgmma.mma_async` `wgmma.fence` `wgmma.commit_group` `wgmma.wait_group` | `ops/wgmma.rs` (decoding, arithmetic), `ops/wgmma_exec.rs` (the warpgroup), `ops/wgmma_desc.rs` (matrix descriptors) |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
 //! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
-//! `exit` and `bar.sync` are decoded in their family but run by the scheduler in `exec`.
+//! `exit` and `bar.sync` are decoded in their family but run by the scheduler in `exec`, as
+//! is `wgmma.mma_async`, which a warp waits at until its warpgroup's four warps arrive.
 //!
 //! Around the families:
 //!
@@ -67,10 +69,20 @@
 //! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
+//! `wgmma.mma_async` (m64nNk16, N = 8..256 step 8, `.f32.bf16.bf16`, `.f32.f16.f16` and
+//! `.f16.f16.f16`) is issued by the four warps of a warpgroup together: the shared-memory
+//! operands are read then and the result held pending until a `wgmma.wait_group` retires its
+//! group; touching its accumulator or A registers before that, a missing `wgmma.fence`, a
+//! warp exiting with wgmmas pending, or a warpgroup that does not issue it together is an
+//! error (`PtxError::Wgmma`). It accumulates as `mma.sync` does under [`Checks::mma`], k = 16
+//! per instruction.
+//!
 //! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
 //! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
-//! packed (x2) comparisons, `wgmma`, TMA and `cp.async.bulk`, mma shapes other than
-//! m16n8k16 row.col with f32 accumulators.
+//! packed (x2) comparisons, TMA and `cp.async.bulk`, mma shapes other than m16n8k16 row.col
+//! with f32 accumulators, sparse wgmma (`.sp`) and wgmma on tf32, fp8 (e4m3/e5m2), integer
+//! and b1 inputs. Refused at run time: wgmma descriptors with a base offset, or with unused
+//! bits set, or a swizzled tile not aligned to its pattern's repeat (1024/512/256 bytes).
 //!
 //! # Examples
 //! ```
