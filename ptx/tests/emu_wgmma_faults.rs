@@ -281,6 +281,71 @@ fn descriptors_must_be_uniform_and_swizzled_tiles_aligned() {
     );
 }
 
+/// A warpgroup issuing `count` chained m64n8k16 wgmmas (A and B all zeros) and then
+/// committing and waiting once.
+fn chain_kernel(count: u32) -> String {
+    format!(
+        ".version 8.0
+.target sm_90a
+.address_size 64
+.visible .entry chain(.param .u64 out)
+{{
+    .shared .align 1024 .b8 smem[4096];
+    .reg .pred %p<2>;
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<4>;
+    .reg .f32 %f<5>;
+    mov.b64 %rd2, 0x0000001000080000;
+    mov.f32 %f1, 0f00000000;
+    mov.f32 %f2, 0f00000000;
+    mov.f32 %f3, 0f00000000;
+    mov.f32 %f4, 0f00000000;
+    mov.u32 %r1, 0;
+    wgmma.fence.sync.aligned;
+LOOP:
+    wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {{%f1, %f2, %f3, %f4}}, %rd2, %rd2, 1, 1, 1, 0, 0;
+    add.u32 %r1, %r1, 1;
+    setp.lt.u32 %p1, %r1, {count};
+    @%p1 bra LOOP;
+    wgmma.commit_group.sync.aligned;
+    wgmma.wait_group.sync.aligned 0;
+    ld.param.u64 %rd1, [out];
+    st.global.f32 [%rd1], %f1;
+    ret;
+}}
+"
+    )
+}
+
+#[test]
+fn wgmmas_never_waited_for_are_bounded() {
+    let run = |count| {
+        let module = Module::parse(&chain_kernel(count)).unwrap();
+        let mut mem = DeviceMemory::new();
+        let out = mem.alloc(4, "out");
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [128, 1, 1],
+            dynamic_shared_bytes: 0,
+        };
+        launch(
+            &module,
+            "chain",
+            &dims,
+            &out.to_le_bytes(),
+            &mut mem,
+            &Checks::default(),
+        )
+    };
+    // A long chain in flight is fine; an unbounded one is reported, not grown without end.
+    run(200).unwrap();
+    let err = run(2000).unwrap_err();
+    assert!(
+        matches!(&err, PtxError::Wgmma { problem, .. } if problem.contains("are pending")),
+        "{err}"
+    );
+}
+
 #[test]
 fn mini_kernels_assemble_for_sm90a() {
     let ptxas = Ptxas::locate().unwrap_or_else(|e| panic!("{e}"));
@@ -293,5 +358,8 @@ fn mini_kernels_assemble_for_sm90a() {
         if let Err(e) = ptxas.assemble("wgmma_mini", &mini_kernel(v), Target::Sm90a) {
             panic!("{v:?}: {e}");
         }
+    }
+    if let Err(e) = ptxas.assemble("wgmma_chain", &chain_kernel(2000), Target::Sm90a) {
+        panic!("chain: {e}");
     }
 }

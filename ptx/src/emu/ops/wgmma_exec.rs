@@ -39,6 +39,10 @@ use crate::emu::inst::{Inst, Op, Reg, Src, Wgmma, WgmmaA};
 use crate::emu::warp::{Warp, WarpState};
 use crate::error::PtxError;
 
+/// Pending wgmmas one warp may hold: far more than a pipeline keeps in flight (a few k-steps),
+/// and a bound on the memory a kernel that never waits can take.
+const MAX_PENDING: usize = 1024;
+
 /// One warp's slice of an issued, not yet retired `wgmma.mma_async`.
 struct Pending {
     line: u32,
@@ -61,7 +65,7 @@ pub(in crate::emu) struct WgmmaWarp {
     /// Committed groups, oldest first.
     committed: VecDeque<Vec<Pending>>,
     /// Per register: how many pending wgmmas name it (accumulator or A).
-    busy: Vec<u16>,
+    busy: Vec<u32>,
     /// Pending wgmmas (open and committed).
     pending: usize,
 }
@@ -396,6 +400,15 @@ impl Cta<'_> {
         // The fence rule, warp by warp.
         for w in ws.iter() {
             let st = &self.wgmma[w.index as usize];
+            if st.pending >= MAX_PENDING {
+                return Err(self.wgmma_error(
+                    w.index,
+                    line,
+                    format!(
+                        "{MAX_PENDING} wgmma.mma_async are pending in this warp; retire them with                          wgmma.commit_group and wgmma.wait_group"
+                    ),
+                ));
+            }
             let Some(fence) = st.fence else {
                 return Err(self.wgmma_error(
                     w.index,
