@@ -267,6 +267,7 @@ fn kernels_assemble_for_sm90a() {
         Fault::NoWait,
         Fault::SkipWarp3,
         Fault::SplitLanes,
+        Fault::NoProxyFence,
     ] {
         cases.push(Case {
             fault,
@@ -277,6 +278,207 @@ fn kernels_assemble_for_sm90a() {
         let text = kernel_text(c, smem_of(c));
         if let Err(e) = ptxas.assemble(&format!("wgmma_case_{i}"), &text, Target::Sm90a) {
             panic!("{c:?}: {e}");
+        }
+    }
+}
+
+/// B's storage in the TMA test: K-major (global Bᵀ, N×K) or N-major (global B, K×N).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BStore {
+    KMajor,
+    NMajor,
+}
+
+/// One CTA loads A (64×K) and B with `cp.async.bulk.tensor.2d` into shared memory swizzled
+/// `swz` (one box each, K = W/2 elements: one swizzle span per row), waits on the mbarrier,
+/// and runs the K/16 wgmmas over descriptors of the same swizzle: the TMA unit's layout and
+/// the descriptors' must agree for D to be right.
+fn tma_kernel(swz: Swz, n: usize, b: BStore) -> String {
+    let w = swz.width();
+    let kt = w / 2;
+    let ksteps = kt / 16;
+    let a_bytes = 64 * w;
+    let b_bytes = n * w;
+    let nd = n / 2;
+    let dregs: Vec<String> = (0..nd).map(|j| format!("%d{j}")).collect();
+    let dvec = format!("{{{}}}", dregs.join(", "));
+    // A: K-major rows of W bytes, SBO 8 rows. B: K-major the same; N-major, 64 N per
+    // 128-byte row with K rows, SBO 8 rows, a k-step 16 rows on.
+    let a_hi = ((16u64 >> 4) << 16) | (((8 * w) as u64 >> 4) << 32) | (swz.layout_code() << 62);
+    let b_hi = a_hi;
+    let (b_step, trans_b) = match b {
+        BStore::KMajor => (32, 0),
+        BStore::NMajor => (16 * w, 1),
+    };
+    let mut steps = String::new();
+    for s in 0..ksteps {
+        steps += &format!(
+            "    add.s64 %rd10, %rd8, {a_adv};
+    add.s64 %rd11, %rd9, {b_adv};
+    wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {dvec}, %rd10, %rd11, {scale}, 1, 1, 0, {trans_b};\n",
+            a_adv = (32 * s) >> 4,
+            b_adv = (b_step * s) >> 4,
+            scale = u8::from(s > 0),
+        );
+    }
+    let stores: String = dregs
+        .iter()
+        .enumerate()
+        .map(|(j, d)| format!("    st.global.f32 [%rd3+{}], {d};\n", 4 * j))
+        .collect();
+    format!(
+        ".version 8.0
+.target sm_90a
+.address_size 64
+.visible .entry tma_wg(.param .align 64 .b8 tmap_a[128], .param .align 64 .b8 tmap_b[128], .param .u64 out)
+{{
+    .reg .pred %p<4>;
+    .reg .b32 %r<8>;
+    .reg .b64 %rd<16>;
+    .reg .f32 %d<{nd}>;
+    .shared .align 1024 .b8 smem_a[{a_bytes}];
+    .shared .align 1024 .b8 smem_b[{b_bytes}];
+    .shared .align 8 .b8 bar[8];
+    mov.u64 %rd4, tmap_a;
+    cvta.param.u64 %rd4, %rd4;
+    mov.u64 %rd5, tmap_b;
+    cvta.param.u64 %rd5, %rd5;
+    mov.u32 %r1, %tid.x;
+    mov.u32 %r2, 0;
+    setp.eq.u32 %p3, %r1, 0;
+    @%p3 mbarrier.init.shared::cta.b64 [bar], 1;
+    bar.sync 0;
+    @%p3 mbarrier.arrive.expect_tx.shared::cta.b64 %rd6, [bar], {tx};
+    @%p3 cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [smem_a], [%rd4, {{%r2, %r2}}], [bar];
+    @%p3 cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [smem_b], [%rd5, {{%r2, %r2}}], [bar];
+WAIT:
+    mbarrier.try_wait.parity.shared::cta.b64 %p1, [bar], 0;
+    @!%p1 bra WAIT;
+    mov.u32 %r3, smem_a;
+    cvt.u64.u32 %rd8, %r3;
+    shr.u64 %rd8, %rd8, 4;
+    or.b64 %rd8, %rd8, {a_hi};
+    mov.u32 %r4, smem_b;
+    cvt.u64.u32 %rd9, %r4;
+    shr.u64 %rd9, %rd9, 4;
+    or.b64 %rd9, %rd9, {b_hi};
+    wgmma.fence.sync.aligned;
+{steps}    wgmma.commit_group.sync.aligned;
+    wgmma.wait_group.sync.aligned 0;
+    ld.param.u64 %rd1, [out];
+    mul.wide.u32 %rd2, %r1, {row_bytes};
+    add.s64 %rd3, %rd1, %rd2;
+{stores}    ret;
+}}
+",
+        tx = a_bytes + b_bytes,
+        row_bytes = 4 * nd,
+    )
+}
+
+/// Runs [`tma_kernel`] on integer inputs; the elements of D that differ from A·B.
+fn run_tma(swz: Swz, n: usize, b: BStore) -> usize {
+    use frugal_ptx::emu::swizzle::Swizzle;
+    use frugal_ptx::tensor_map::{Interleave, L2Promotion, OobFill, TensorDataType, TensorMap};
+    let w = swz.width();
+    let kt = w / 2;
+    let mut g = frugal_ptx::testing::Gen(u64::from(w as u32) * 1000 + n as u64);
+    let mut small = || half::bf16::from_f32((g.next_u64() % 7) as f32 - 3.0).to_bits();
+    let a: Vec<u16> = (0..64 * kt).map(|_| small()).collect(); // A[m][k] at m·kt + k
+    let bm: Vec<u16> = (0..kt * n).map(|_| small()).collect(); // B[k][c] at k·n + c
+                                                               // Global B as stored: Bᵀ (N×K) for K-major, B (K×N) for N-major.
+    let b_global: Vec<u16> = match b {
+        BStore::KMajor => (0..n * kt).map(|i| bm[(i % kt) * n + i / kt]).collect(),
+        BStore::NMajor => bm.clone(),
+    };
+    let swizzle = match swz {
+        Swz::None => Swizzle::None,
+        Swz::B32 => Swizzle::B32,
+        Swz::B64 => Swizzle::B64,
+        Swz::B128 => Swizzle::B128,
+    };
+    let map = |addr: u64, inner: usize, outer: usize| {
+        TensorMap {
+            data_type: TensorDataType::Bf16,
+            global_address: addr,
+            dims: vec![inner as u64, outer as u64],
+            strides: vec![inner as u64 * 2],
+            box_dims: vec![inner as u32, outer as u32],
+            element_strides: vec![1, 1],
+            interleave: Interleave::None,
+            swizzle,
+            l2_promotion: L2Promotion::None,
+            oob_fill: OobFill::None,
+        }
+        .encode()
+        .unwrap()
+    };
+    let module = Module::parse(&tma_kernel(swz, n, b)).unwrap();
+    let mut mem = DeviceMemory::new();
+    let bytes = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ga = mem.alloc(a.len() * 2, "a");
+    mem.write(ga, &bytes(&a)).unwrap();
+    let gb = mem.alloc(b_global.len() * 2, "b");
+    mem.write(gb, &bytes(&b_global)).unwrap();
+    let out = mem.alloc(128 * n * 2, "out");
+    let (b_inner, b_outer) = match b {
+        BStore::KMajor => (kt, n),
+        BStore::NMajor => (n, kt),
+    };
+    let p = module.params("tma_wg").unwrap();
+    let mut buf = vec![0u8; p[2].offset + 8];
+    buf[p[0].offset..p[0].offset + 128].copy_from_slice(&map(ga, kt, 64));
+    buf[p[1].offset..p[1].offset + 128].copy_from_slice(&map(gb, b_inner, b_outer));
+    buf[p[2].offset..p[2].offset + 8].copy_from_slice(&out.to_le_bytes());
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [128, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    launch(&module, "tma_wg", &dims, &buf, &mut mem, &Checks::default())
+        .unwrap_or_else(|e| panic!("{swz:?} n{n} {b:?}: {e}"));
+    let mut raw = vec![0u8; 128 * n * 2];
+    mem.read(out, &mut raw).unwrap();
+    let widen = |x: u16| f64::from(f32::from_bits(u32::from(x) << 16));
+    let mut bad = 0;
+    for t in 0..128 {
+        let (warp, lane) = (t / 32, t % 32);
+        for i in 0..n / 2 {
+            let row = 16 * warp + lane / 4 + 8 * ((i / 2) % 2);
+            let col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+            let at = (t * n / 2 + i) * 4;
+            let got = f64::from(f32::from_le_bytes(raw[at..at + 4].try_into().unwrap()));
+            let want: f64 = (0..kt)
+                .map(|k| widen(a[row * kt + k]) * widen(bm[k * n + col]))
+                .sum();
+            bad += usize::from(got != want);
+        }
+    }
+    bad
+}
+
+#[test]
+fn tma_swizzled_tiles_feed_wgmma_descriptors_of_the_same_mode() {
+    // TMA writes each box through the same swizzle function wgmma's descriptors read with;
+    // K-major A and B in every swizzle mode, and an N-major 128B-swizzled B.
+    for swz in [Swz::B32, Swz::B64, Swz::B128] {
+        for n in [64, 128] {
+            assert_eq!(run_tma(swz, n, BStore::KMajor), 0, "{swz:?} n{n} K-major");
+        }
+    }
+    assert_eq!(run_tma(Swz::B128, 64, BStore::NMajor), 0, "N-major B");
+}
+
+#[test]
+fn tma_kernels_assemble_for_sm90a() {
+    let ptxas = Ptxas::locate().unwrap_or_else(|e| panic!("{e}"));
+    for (swz, n, b) in [
+        (Swz::B32, 64, BStore::KMajor),
+        (Swz::B128, 128, BStore::KMajor),
+        (Swz::B128, 64, BStore::NMajor),
+    ] {
+        if let Err(e) = ptxas.assemble("wgmma_tma", &tma_kernel(swz, n, b), Target::Sm90a) {
+            panic!("{swz:?} n{n} {b:?}: {e}");
         }
     }
 }

@@ -129,6 +129,7 @@ fn planted_synchronisation_faults_are_reported() {
     assert!(wgmma_error(&c(Fault::ReadBeforeWait)).contains("read before wgmma.wait_group"));
     assert!(wgmma_error(&c(Fault::NoWait)).contains("exited with"));
     assert!(wgmma_error(&c(Fault::SkipWarp3)).contains("all four warps must issue it"));
+    assert!(wgmma_error(&c(Fault::NoProxyFence)).contains("no fence.proxy.async"));
     // A from registers, reloaded for step 1 while step 0's wgmma is still pending.
     let overwrite = Case {
         a_regs: true,

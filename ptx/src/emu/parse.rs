@@ -308,10 +308,17 @@ fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
                         | ".maxclusterrank"
                 ) =>
             {
+                // Clusters run as single CTAs: a kernel that needs more is refused.
+                let cluster = d == ".reqnctapercluster";
                 p.bump();
-                p.int()?;
+                let mut size = p.int()?;
                 while p.eat_punct(',') {
-                    p.int()?;
+                    size = size.saturating_mul(p.int()?);
+                }
+                if cluster && size != 1 {
+                    return Err(p.err(
+                        ".reqnctapercluster above 1: the emulator runs clusters of one CTA only",
+                    ));
                 }
             }
             Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),
@@ -621,6 +628,16 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
                 }
                 _ => offset = parse_signed_int(p)?,
             }
+            // `[tensorMap, {c0, c1, ..}]` (cp.async.bulk.tensor): the address and the
+            // coordinate vector, as a two-element vector operand.
+            if base.is_some() && p.eat_punct(',') {
+                let coords = parse_operand(p, true)?;
+                p.expect_punct(']')?;
+                return Ok(Operand::Vector(
+                    vec![Operand::Addr { base, offset, pos }, coords],
+                    pos,
+                ));
+            }
             p.expect_punct(']')?;
             Ok(Operand::Addr { base, offset, pos })
         }
@@ -679,6 +696,11 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
         }
         Some(Tok::Ident(s)) if s == "_" => {
             p.bump();
+            // `_|%p` (elect.sync with the lane index discarded).
+            if p.eat_punct('|') {
+                let (q, _) = p.ident()?;
+                return Ok(Operand::Pair("_".into(), q, pos));
+            }
             Ok(Operand::Sink(pos))
         }
         Some(Tok::Ident(_)) => {

@@ -200,6 +200,8 @@ pub enum Fault {
     SkipWarp3,
     /// Odd lanes branch around the wgmma.
     SplitLanes,
+    /// No `fence.proxy.async` between the threads' stores to shared memory and the wgmma.
+    NoProxyFence,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -391,8 +393,7 @@ COPY:
     add.u32 %r2, %r2, 128;
     bra COPY;
 COPIED:
-    bar.sync 0;
-    fence.proxy.async;
+    {proxy_fence}bar.sync 0;
     mov.u32 %r2, %tid.x;
     ld.param.u64 %rd4, [starts];
     cvta.to.global.u64 %rd4, %rd4;
@@ -430,6 +431,12 @@ STEP:
 ",
         n = c.n,
         ksteps = c.ksteps,
+        proxy_fence = if c.fault == Fault::NoProxyFence {
+            ""
+        } else {
+            // The writers' generic stores become visible to wgmma's async proxy.
+            "fence.proxy.async;\n    "
+        },
         row_bytes = 4 * nd,
     )
 }

@@ -23,17 +23,15 @@
 //!   wgmmas not retired;
 //! - a descriptor the emulator refuses (`wgmma_desc`), and shared reads out of bounds or
 //!   racing with a write since the last barrier (the sanitizer's race check, as the
-//!   warpgroup's first thread).
-//!
-//! Shared-memory writes by ordinary instructions need `fence.proxy.async` before a wgmma
-//! reads them (the ISA's async-proxy rule); that fence is the TMA family's, and this file
-//! does not check it.
+//!   warpgroup's first thread);
+//! - shared bytes an ordinary store wrote without the writing thread's `fence.proxy.async`
+//!   after it (wgmma reads through the async proxy, as TMA stores do; with the race check).
 
 use std::collections::VecDeque;
 
 use super::wgmma::{a_rows_from_registers, f16_element, to_f16_bits, warp_slice};
 use super::wgmma_desc::{Descriptor, Major};
-use crate::emu::access::Site;
+use crate::emu::access::{Site, ASYNC_WRITE, WRITER_MASK};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{Inst, Op, Reg, Src, Wgmma, WgmmaA};
 use crate::emu::warp::{Warp, WarpState};
@@ -376,10 +374,44 @@ impl Cta<'_> {
         let addr = desc.element_addr(major, mn, k);
         let r = self.shared_range(at, addr, 2)?;
         self.check_shared_read(at, r.clone())?;
+        self.check_async_proxy_read(at, r.clone())?;
         Ok(u16::from_le_bytes([
             self.shared[r.start],
             self.shared[r.start + 1],
         ]))
+    }
+
+    /// wgmma reads shared memory through the async proxy: bytes an ordinary store wrote must
+    /// each have been followed by the writing thread's `fence.proxy.async` (the ISA's rule;
+    /// bytes a TMA or bulk copy wrote are the async proxy's own).
+    fn check_async_proxy_read(
+        &self,
+        at: Site,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), PtxError> {
+        if !self.checks.races {
+            return Ok(());
+        }
+        for i in range {
+            let s = self.shadow[i];
+            if s == 0 || s & ASYNC_WRITE != 0 {
+                continue;
+            }
+            let (time, writer) = (s >> 16, ((s & WRITER_MASK) as u32).wrapping_sub(1));
+            if self.hop.proxy_fence[writer as usize] < time {
+                return Err(self.wgmma_error(
+                    at.tid / 32,
+                    at.line,
+                    format!(
+                        "wgmma.mma_async reads shared {i:#x}, which thread {:?} wrote with an \
+                         ordinary store and no fence.proxy.async after it; fence.proxy.async \
+                         (then a barrier) between the store and the wgmma",
+                        self.tid(writer)
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn descriptor(
