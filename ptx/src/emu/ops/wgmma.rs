@@ -40,55 +40,77 @@ pub(crate) fn d_index(row: usize, col: usize) -> (usize, usize) {
     (lane, element)
 }
 
+/// Rows of 16-bit inputs in k order (A's rows or B's columns) with the forms the
+/// accumulation reads, prepared once per instruction: widened to f32 (exactly), and split
+/// for the fused model (`None` for a row holding an infinity or a NaN).
+pub(crate) struct Rows {
+    bits: Vec<[u16; 16]>,
+    wide: Vec<[f32; 16]>,
+    split: Vec<Option<[tensor_core::Operand; 16]>>,
+}
+
+impl Rows {
+    pub(crate) fn new(numerics: MmaNumerics, ty: MmaType, bits: Vec<[u16; 16]>) -> Rows {
+        let wide = bits.iter().map(|r| r.map(|x| ty.to_f32(x))).collect();
+        let split = match numerics {
+            MmaNumerics::Exact => Vec::new(),
+            MmaNumerics::Hardware | MmaNumerics::HardwareSm90 => bits
+                .iter()
+                .map(|row| {
+                    let mut out = [tensor_core::Operand::ZERO; 16];
+                    for (o, &x) in out.iter_mut().zip(row) {
+                        *o = tensor_core::input(ty, x)?;
+                    }
+                    Some(out)
+                })
+                .collect(),
+        };
+        Rows { bits, wide, split }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bits.len()
+    }
+}
+
 /// One warp's slice of `wgmma.mma_async`: `d[lane][i]` = Σ_k a[row][k]·b[col][k] + c[lane][i]
 /// for every (row, col) of the 16×N slice, (lane, i) = [`d_index`]`(row, col)`.
 ///
-/// `a` holds the slice's 16 rows of A and `b` the N columns of B, both as 16-bit values in
-/// k order; `c` each lane's N/2 accumulator values (zeros for `D = A·B`).
+/// The slice's rows of A are `a`'s rows `a_first .. a_first + 16`; `b` holds the N columns of
+/// B; `c` each lane's N/2 accumulator values (zeros for `D = A·B`).
 pub(crate) fn warp_slice(
     numerics: MmaNumerics,
     ty: MmaType,
-    a: &[[u16; 16]; 16],
-    b: &[[u16; 16]],
+    a: &Rows,
+    a_first: usize,
+    b: &Rows,
     c: &[Vec<f32>],
 ) -> Vec<Vec<f32>> {
     let n = b.len();
     let mut d = vec![vec![0f32; n / 2]; 32];
-    // The fused model aligns on encoded exponents: split each finite input once.
     let model = match numerics {
         MmaNumerics::Exact => None,
         MmaNumerics::Hardware => Some(&tensor_core::SM80),
         MmaNumerics::HardwareSm90 => Some(&tensor_core::SM90),
     };
-    let split = |bits: &[u16; 16]| -> Option<[tensor_core::Operand; 16]> {
-        let mut out = [tensor_core::Operand::ZERO; 16];
-        for (o, &x) in out.iter_mut().zip(bits) {
-            *o = tensor_core::input(ty, x)?;
-        }
-        Some(out)
-    };
-    let (a_split, b_split): (Vec<_>, Vec<_>) = match model {
-        Some(_) => (a.iter().map(split).collect(), b.iter().map(split).collect()),
-        None => (Vec::new(), Vec::new()),
-    };
-    let a_f32: Vec<[f32; 16]> = a.iter().map(|r| r.map(|x| ty.to_f32(x))).collect();
-    let b_f32: Vec<[f32; 16]> = b.iter().map(|r| r.map(|x| ty.to_f32(x))).collect();
     for row in 0..16 {
+        let ar = a_first + row;
         for col in 0..n {
             let (lane, i) = d_index(row, col);
             let acc = c[lane][i];
             let v = match model {
                 None => {
                     // Products of two 16-bit values are exact in f32; one rounding per add.
+                    let (x, y) = (&a.wide[ar], &b.wide[col]);
                     let mut acc = acc;
                     for k in 0..16 {
-                        acc += a_f32[row][k] * b_f32[col][k];
+                        acc += x[k] * y[k];
                     }
                     acc
                 }
-                Some(m) => match (&a_split[row], &b_split[col]) {
+                Some(m) => match (&a.split[ar], &b.split[col]) {
                     (Some(x), Some(y)) => tensor_core::dot_add_finite(m, x, y, acc),
-                    _ => tensor_core::dot_add(m, ty, &a[row], &b[col], acc),
+                    _ => tensor_core::dot_add(m, ty, &a.bits[ar], &b.bits[col], acc),
                 },
             };
             d[lane][i] = if v.is_nan() {
@@ -317,7 +339,11 @@ mod tests {
                 .map(|_| (0..n / 2).map(|_| next()).collect())
                 .collect();
             for numerics in MmaNumerics::ALL {
-                let d = warp_slice(numerics, ty, &a, &b, &c);
+                let (ra, rb) = (
+                    Rows::new(numerics, ty, a.to_vec()),
+                    Rows::new(numerics, ty, b.clone()),
+                );
+                let d = warp_slice(numerics, ty, &ra, 0, &rb, &c);
                 for row in 0..16 {
                     for col in 0..n {
                         let (lane, i) = d_index(row, col);

@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use super::wgmma::{a_rows_from_registers, f16_element, to_f16_bits, warp_slice};
+use super::wgmma::{a_rows_from_registers, f16_element, to_f16_bits, warp_slice, Rows};
 use super::wgmma_desc::{Descriptor, Major};
 use crate::emu::access::{Site, ASYNC_WRITE, WRITER_MASK};
 use crate::emu::exec::Cta;
@@ -482,33 +482,42 @@ impl Cta<'_> {
                 );
             }
         }
+        let numerics = self.checks.mma;
+        // Each operand is read and prepared once; A from registers is each warp's own 16 rows.
+        let b = Rows::new(numerics, i.ty, b);
         let a_shared = match i.a {
             WgmmaA::Desc(s) => {
                 let a_desc = self.descriptor(ws, s, "A's descriptor", line)?;
                 let a_major = if i.trans_a { Major::Mn } else { Major::K };
-                let mut rows = [[0u16; 16]; 64];
+                let mut rows = vec![[0u16; 16]; 64];
                 for (m, row) in rows.iter_mut().enumerate() {
                     for (k, e) in row.iter_mut().enumerate() {
-                        *e = self.read_operand(at, &a_desc, a_major, m as u64, k as u64)?;
+                        *e = flip(
+                            self.read_operand(at, &a_desc, a_major, m as u64, k as u64)?,
+                            i.negate_a,
+                        );
                     }
                 }
-                Some(rows)
+                Some(Rows::new(numerics, i.ty, rows))
             }
             WgmmaA::Regs(_) => None,
         };
         for (rank, w) in ws.iter().enumerate() {
-            let mut a = match (&a_shared, i.a) {
-                (Some(rows), _) => std::array::from_fn(|r| rows[16 * rank + r]),
+            let a_regs;
+            let (a, a_first) = match (&a_shared, i.a) {
+                (Some(rows), _) => (rows, 16 * rank),
                 (None, WgmmaA::Regs(regs)) => {
                     let frag: [[u32; 4]; 32] =
                         std::array::from_fn(|l| regs.map(|r| w.regs[r as usize * 32 + l] as u32));
-                    a_rows_from_registers(&frag)
+                    let mut rows = a_rows_from_registers(&frag).to_vec();
+                    if i.negate_a {
+                        rows.iter_mut().flatten().for_each(|x| *x = flip(*x, true));
+                    }
+                    a_regs = Rows::new(numerics, i.ty, rows);
+                    (&a_regs, 0)
                 }
                 (None, WgmmaA::Desc(_)) => unreachable!("a descriptor A was read above"),
             };
-            if i.negate_a {
-                a.iter_mut().flatten().for_each(|x| *x = flip(*x, true));
-            }
             let st = &self.wgmma[w.index as usize];
             // The accumulators' current values: the newest pending result, else the registers.
             let mut c = vec![vec![0f32; n / 2]; 32];
@@ -545,7 +554,7 @@ impl Cta<'_> {
                     }
                 }
             }
-            let d = warp_slice(self.checks.mma, i.ty, &a, &b, &c);
+            let d = warp_slice(numerics, i.ty, a, a_first, &b, &c);
             let mut values = vec![[0u64; 32]; i.d.len()];
             for (l, lane) in d.iter().enumerate() {
                 for (j, vals) in values.iter_mut().enumerate() {
