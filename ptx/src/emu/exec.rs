@@ -296,9 +296,11 @@ impl Cta<'_> {
         mem: &mut DeviceMemory,
     ) -> Result<(), PtxError> {
         self.step_limit = self.stats.instructions.saturating_add(self.step_budget);
-        // The warp states and barrier epoch when parked warps were last woken without their
-        // barrier having moved on: the same again means nothing can progress.
-        let mut forced: Option<(Vec<WarpState>, u64)> = None;
+        // The warps (state and a fingerprint of registers and PCs) and barrier epoch when
+        // parked warps were last woken without their barrier having moved on: the same
+        // again means nothing can progress (a spin loop), while a bounded poll that counts
+        // its tries changes a register and goes on.
+        let mut forced: Option<(Vec<(WarpState, u64)>, u64)> = None;
         loop {
             for w in warps.iter_mut() {
                 if w.state == WarpState::Running {
@@ -342,8 +344,11 @@ impl Cta<'_> {
                 self.land_bulk_loads()?;
                 continue;
             }
-            let states: Vec<WarpState> = warps.iter().map(|w| w.state).collect();
-            let parked = states.iter().any(|s| matches!(s, WarpState::Parked(_)));
+            let states: Vec<(WarpState, u64)> =
+                warps.iter().map(|w| (w.state, w.fingerprint())).collect();
+            let parked = states
+                .iter()
+                .any(|(s, _)| matches!(s, WarpState::Parked(_)));
             if parked && forced.as_ref() != Some(&(states.clone(), self.hop.epoch)) {
                 forced = Some((states, self.hop.epoch));
                 for w in warps.iter_mut() {
@@ -379,47 +384,6 @@ impl Cta<'_> {
                 detail,
             });
         }
-    }
-
-    /// Opens every named barrier whose expected threads have all arrived (waiting at
-    /// `bar.sync` or counted by `bar.arrive`); whether one opened.
-    fn open_barriers(&mut self, warps: &mut [Warp]) -> bool {
-        let live_threads: u32 = warps
-            .iter()
-            .filter(|w| w.state != WarpState::Done)
-            .map(|w| w.live.count_ones())
-            .sum();
-        let mut released = false;
-        for id in 0..16u32 {
-            let mut arrived = self.hop.bar_arrived[id as usize];
-            let mut expected = self.hop.bar_count[id as usize];
-            let mut waiters = false;
-            for w in warps.iter() {
-                if let WarpState::AtBarrier { id: wid, count, .. } = w.state {
-                    if wid == id {
-                        waiters = true;
-                        arrived += w.live.count_ones();
-                        if count.is_some() {
-                            expected = count;
-                        }
-                    }
-                }
-            }
-            if !waiters && arrived == 0 {
-                continue;
-            }
-            if arrived >= expected.unwrap_or(live_threads) {
-                for w in warps.iter_mut() {
-                    if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
-                        w.state = WarpState::Running;
-                    }
-                }
-                self.hop.bar_arrived[id as usize] = 0;
-                self.hop.bar_count[id as usize] = None;
-                released = true;
-            }
-        }
-        released
     }
 
     #[inline(always)]
@@ -468,6 +432,7 @@ impl Cta<'_> {
             Sreg::SmId => 0,
             Sreg::DynSmemSize => self.dims.dynamic_shared_bytes,
             Sreg::TotalSmemSize => self.shared.len() as u32,
+            Sreg::Fixed(v) => v,
         })
     }
 
