@@ -280,6 +280,9 @@ fn kernels_assemble_for_sm90a() {
             panic!("{c:?}: {e}");
         }
     }
+    if let Err(e) = ptxas.assemble("wgmma_mma_twin", MMA_KERNEL, Target::Sm90a) {
+        panic!("mma twin: {e}");
+    }
 }
 
 /// B's storage in the TMA test: K-major (global Bᵀ, N×K) or N-major (global B, K×N).
@@ -481,4 +484,118 @@ fn tma_kernels_assemble_for_sm90a() {
             panic!("{swz:?} n{n} {b:?}: {e}");
         }
     }
+}
+
+/// One warp's `mma.sync.m16n8k16` (bf16, f32 accumulators): lane l loads its A, B fragments
+/// from `a`[16l..], `b`[8l..], starts from C = 7 and stores D to `d`[16l..].
+const MMA_KERNEL: &str = ".version 8.0
+.target sm_90a
+.address_size 64
+.visible .entry mma(.param .u64 a, .param .u64 b, .param .u64 d)
+{
+    .reg .b32 %r<8>;
+    .reg .f32 %f<9>;
+    .reg .b64 %rd<8>;
+    ld.param.u64 %rd1, [a];
+    ld.param.u64 %rd2, [b];
+    ld.param.u64 %rd3, [d];
+    mov.u32 %r1, %tid.x;
+    mul.wide.u32 %rd4, %r1, 16;
+    add.s64 %rd5, %rd1, %rd4;
+    ld.global.v4.u32 {%r2, %r3, %r4, %r5}, [%rd5];
+    mul.wide.u32 %rd6, %r1, 8;
+    add.s64 %rd7, %rd2, %rd6;
+    ld.global.v2.u32 {%r6, %r7}, [%rd7];
+    mov.f32 %f1, 0f40E00000;
+    mov.f32 %f2, 0f40E00000;
+    mov.f32 %f3, 0f40E00000;
+    mov.f32 %f4, 0f40E00000;
+    mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f5, %f6, %f7, %f8}, {%r2, %r3, %r4, %r5}, {%r6, %r7}, {%f1, %f2, %f3, %f4};
+    add.s64 %rd5, %rd3, %rd4;
+    st.global.v4.f32 [%rd5], {%f5, %f6, %f7, %f8};
+    ret;
+}
+";
+
+#[test]
+fn wgmma_rounds_exactly_as_mma_sync_does() {
+    // The same random 16×16 A rows, 16×8 B columns and C = 7 through wgmma (rows 0-15 of a
+    // m64n8k16) and mma.sync m16n8k16: bit-identical D under every accumulation numerics.
+    let c = Case {
+        ksteps: 1,
+        ..Case::new(8)
+    };
+    let seed = 61;
+    // run_case's draws: A (64×16) then B (8×16), row-major in k.
+    let mut g = frugal_ptx::testing::Gen(seed);
+    let a: Vec<u16> = (0..64 * 16).map(|_| draw(&mut g, false, false)).collect();
+    let b: Vec<u16> = (0..8 * 16).map(|_| draw(&mut g, false, false)).collect();
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    for lane in 0..32 {
+        let (group, tig) = (lane / 4, lane % 4);
+        for j in 0..4 {
+            let e = |h: usize| {
+                let e = 2 * j + h;
+                a[(group + 8 * ((e / 2) % 2)) * 16 + 2 * tig + e % 2 + 8 * (e / 4)]
+            };
+            fa.extend_from_slice(&(u32::from(e(0)) | u32::from(e(1)) << 16).to_le_bytes());
+        }
+        for j in 0..2 {
+            // B element e = 2j + h of the mma fragment: k = 2·tig + e%2 + 8·(e/2), n = group.
+            let e = |h: usize| {
+                let e = 2 * j + h;
+                b[group * 16 + 2 * tig + e % 2 + 8 * (e / 2)]
+            };
+            fb.extend_from_slice(&(u32::from(e(0)) | u32::from(e(1)) << 16).to_le_bytes());
+        }
+    }
+    let module = Module::parse(MMA_KERNEL).unwrap();
+    let mut per_mode = Vec::new();
+    for numerics in MmaNumerics::ALL {
+        let mut mem = DeviceMemory::new();
+        let (da, db, dd) = (
+            mem.alloc(fa.len(), "a"),
+            mem.alloc(fb.len(), "b"),
+            mem.alloc(32 * 16, "d"),
+        );
+        mem.write(da, &fa).unwrap();
+        mem.write(db, &fb).unwrap();
+        let params = [da.to_le_bytes(), db.to_le_bytes(), dd.to_le_bytes()].concat();
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            dynamic_shared_bytes: 0,
+        };
+        let checks = Checks {
+            mma: numerics,
+            ..Checks::default()
+        };
+        launch(&module, "mma", &dims, &params, &mut mem, &checks).unwrap();
+        let mut raw = vec![0u8; 32 * 16];
+        mem.read(dd, &mut raw).unwrap();
+        let wg = run_case(&c, seed, false, numerics).unwrap();
+        for lane in 0..32 {
+            for i in 0..4 {
+                let (row, col) = (lane / 4 + 8 * (i / 2), 2 * (lane % 4) + i % 2);
+                let at = (4 * lane + i) * 4;
+                let mma = f32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
+                let wgmma = wg.d[row * 8 + col] as f32;
+                assert_eq!(
+                    mma.to_bits(),
+                    wgmma.to_bits(),
+                    "{numerics:?} D[{row}][{col}]"
+                );
+            }
+        }
+        per_mode.push(raw);
+    }
+    // The inputs tell the modes apart, so agreeing in each mode means following each mode.
+    assert_ne!(
+        per_mode[0], per_mode[1],
+        "exact and sm_80 hardware numerics agree here"
+    );
+    assert_ne!(
+        per_mode[0], per_mode[2],
+        "exact and sm_90 hardware numerics agree here"
+    );
 }
