@@ -3,9 +3,10 @@
 //! leaves unused, a missing `wgmma.fence`, registers written after it, accumulators read
 //! before `wgmma.wait_group` (also with `wait_group 1` leaving the newest group pending), A
 //! registers overwritten while their wgmma is pending, warps exiting with wgmmas pending, a
-//! warpgroup whose warps or lanes do not issue together, non-uniform descriptors and
-//! misaligned swizzled tiles. The kernels are assembled with ptxas for sm_90a (needs
-//! `$FRUGAL_PTXAS` or `ptxas` on PATH; `scripts/ensure-ptxas.sh` fetches it).
+//! warpgroup whose warps or lanes do not issue together, shared stores without
+//! `fence.proxy.async`, non-uniform descriptors and misaligned swizzled tiles; and what the
+//! profiler counts for a wgmma kernel. The kernels are assembled with ptxas for sm_90a
+//! (needs `$FRUGAL_PTXAS` or `ptxas` on PATH; `scripts/ensure-ptxas.sh` fetches it).
 
 mod wgmma_harness;
 
@@ -266,6 +267,39 @@ fn wait_group_retires_all_but_the_newest_groups() {
         matches!(&err, PtxError::Wgmma { problem, .. } if problem.contains("%f5") && problem.contains("read before wgmma.wait_group")),
         "{err}"
     );
+}
+
+#[test]
+fn the_profiler_counts_wgmma_as_tensor_work() {
+    use frugal_ptx::emu::{launch_profiled, InstClass, Profiling};
+    let module = Module::parse(&mini_kernel(Mini::WaitInTurn)).unwrap();
+    let mut mem = DeviceMemory::new();
+    let out = mem.alloc(128 * 32, "out");
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [128, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    let profiling = Profiling {
+        count: true,
+        sample_ctas: None,
+    };
+    let (_, counters) = launch_profiled(
+        &module,
+        "mini",
+        &dims,
+        &out.to_le_bytes(),
+        &mut mem,
+        &Checks::default(),
+        &profiling,
+    )
+    .unwrap();
+    let c = counters.unwrap();
+    // Two m64n8k16: 2·64·8·16 flops each, issued by each of the 4 warps.
+    assert_eq!(c.tensor_flops, 2 * 2 * 64 * 8 * 16);
+    assert_eq!(c.class(InstClass::Tensor), 2 * 4);
+    // fence, two commits and two waits per warp.
+    assert!(c.class(InstClass::Sync) >= 5 * 4);
 }
 
 #[test]
