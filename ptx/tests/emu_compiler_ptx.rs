@@ -10,9 +10,11 @@
 #[path = "compiler_ptx/json.rs"]
 mod json;
 
+use frugal_ptx::emu::swizzle::Swizzle;
 use frugal_ptx::emu::{launch, Checks, DeviceMemory, LaunchDims, Module};
 use frugal_ptx::error::PtxError;
 use frugal_ptx::launch::{pack, Arg, Param};
+use frugal_ptx::tensor_map::{Interleave, L2Promotion, OobFill, TensorDataType, TensorMap};
 use half::{bf16, f16};
 use json::Json;
 use std::path::PathBuf;
@@ -332,48 +334,179 @@ fn matmul_bf16_to_f32_matches_on_ragged_shapes() {
     }
 }
 
-/// The instructions `README.md` lists under `### <fixture>` (the backquoted text of each
-/// `- ` line).
-fn listed_needs(readme: &str, fixture: &str) -> Vec<String> {
-    let heading = format!("### {fixture}");
-    let mut lines = readme.lines().skip_while(|l| l.trim() != heading).skip(1);
-    let mut out = Vec::new();
-    for line in lines.by_ref() {
-        if line.starts_with('#') {
-            break;
-        }
-        if let Some(rest) = line.trim().strip_prefix("- `") {
-            out.push(rest.split('`').next().unwrap_or("").to_string());
-        }
+#[test]
+fn sm90_fixtures_decode_fully() {
+    // Triton's Hopper output: wgmma, mbarrier, TMA, elect, setmaxnreg, stmatrix, cvta.param.
+    for fixture in ["matmul_f16_sm90", "matmul_tma_ws_sm90"] {
+        let text = read(&format!("{fixture}.ptx"));
+        let failures =
+            Module::unsupported_instructions(&text).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        assert!(failures.is_empty(), "{fixture}: {failures:?}");
     }
-    assert!(!out.is_empty(), "README.md lists nothing under {heading}");
-    out.sort();
-    out
+}
+
+/// The largest error of an f16 result `g` against the f64 sum `s` of products whose
+/// magnitudes sum to `t`: half an f16 ulp of the result plus the f32 accumulation's.
+fn f16_close(g: f64, s: f64, t: f64) -> bool {
+    let ulp = f64::from(f16::from_f64(s).to_f32()).abs().max(6.1e-5) * 2f64.powi(-10);
+    (g - s).abs() <= ulp + t * 1e-6
 }
 
 #[test]
-fn sm90_fixtures_need_exactly_the_listed_instructions() {
-    let readme = read("README.md");
-    for fixture in ["matmul_f16_sm90", "matmul_tma_ws_sm90"] {
-        let text = read(&format!("{fixture}.ptx"));
-        // Everything but the Hopper instructions decodes: declarations, scopes, vectors,
-        // tensor addresses, the parameter list.
-        let failures =
-            Module::unsupported_instructions(&text).unwrap_or_else(|e| panic!("{fixture}: {e}"));
-        let mut missing: Vec<String> = failures
-            .iter()
-            .map(|e| match e {
-                PtxError::Parse { text, .. } => text.clone(),
-                other => panic!("{fixture}: {other}"),
-            })
-            .collect();
-        missing.sort();
-        missing.dedup();
-        assert_eq!(
-            missing,
-            listed_needs(&readme, fixture),
-            "{fixture}: the instructions the emulator does not decode (left) differ from README.md's list (right)"
+fn matmul_f16_sm90_wgmma_matches_on_ragged_shapes() {
+    let fx = Fixture::load("matmul_f16_sm90");
+    for (shape, seed) in [
+        ((70, 45, 50), 3),
+        ((64, 64, 32), 4),
+        ((5, 130, 17), 5),
+        ((128, 128, 64), 9),
+    ] {
+        let (got, want, mag) = run_matmul(
+            &fx,
+            shape,
+            |v| f16::from_f32(v).to_bits(),
+            |b| f16::from_bits(b).to_f32(),
+            2,
+            seed,
         );
+        let bad: Vec<usize> = (0..got.len())
+            .filter(|&e| !f16_close(got[e], want[e], mag[e]))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{shape:?}: {} wrong, first c[{}] = {} want {}",
+            bad.len(),
+            bad[0],
+            got[bad[0]],
+            want[bad[0]]
+        );
+    }
+}
+
+/// Runs Triton's warp-specialised TMA matmul (`C = A B`, f16, row-major; three host tensor
+/// descriptors, each a 128-byte map, 2 i32 dims and 2 i64 strides, then K) on `m x n x k`.
+fn run_tma_ws(
+    m: usize,
+    n: usize,
+    k: usize,
+    seed: u64,
+    swizzle: Swizzle,
+) -> Result<(Vec<u16>, Vec<u16>, Vec<u16>), PtxError> {
+    let fx = Fixture::load("matmul_tma_ws_sm90");
+    let mut rng = Rng(seed);
+    let a: Vec<u16> = rng
+        .vec(m * k)
+        .into_iter()
+        .map(|v| f16::from_f32(v).to_bits())
+        .collect();
+    let b: Vec<u16> = rng
+        .vec(k * n)
+        .into_iter()
+        .map(|v| f16::from_f32(v).to_bits())
+        .collect();
+    let mut mem = DeviceMemory::new();
+    let (da, db) = (upload(&mut mem, &a, "a"), upload(&mut mem, &b, "b"));
+    let dc = upload(&mut mem, &vec![0xFFu8; m * n * 2], "c");
+    let map = |addr: u64, rows: usize, cols: usize| {
+        TensorMap {
+            data_type: TensorDataType::F16,
+            global_address: addr,
+            dims: vec![cols as u64, rows as u64],
+            strides: vec![cols as u64 * 2],
+            box_dims: vec![64, 64],
+            element_strides: vec![1, 1],
+            interleave: Interleave::None,
+            swizzle,
+            l2_promotion: L2Promotion::None,
+            oob_fill: OobFill::None,
+        }
+        .encode()
+        .expect("a valid tensor map")
+    };
+    let maps = [
+        (map(da, m, k), m, k),
+        (map(db, k, n), k, n),
+        (map(dc, m, n), m, n),
+    ];
+    // At the offsets ptxas gives them on sm_90 (each map 64-byte aligned in the bank).
+    let declared = fx.module.params(fx.entry())?;
+    let end = declared
+        .iter()
+        .map(|p| p.offset + p.size)
+        .max()
+        .unwrap_or(0);
+    let mut bytes = vec![0u8; end];
+    for (i, (tm, rows, cols)) in maps.iter().enumerate() {
+        let p = &declared[5 * i..5 * i + 5];
+        bytes[p[0].offset..p[0].offset + 128].copy_from_slice(tm);
+        bytes[p[1].offset..p[1].offset + 4].copy_from_slice(&(*rows as u32).to_le_bytes());
+        bytes[p[2].offset..p[2].offset + 4].copy_from_slice(&(*cols as u32).to_le_bytes());
+        bytes[p[3].offset..p[3].offset + 8].copy_from_slice(&(*cols as u64).to_le_bytes());
+        bytes[p[4].offset..p[4].offset + 8].copy_from_slice(&1u64.to_le_bytes());
+    }
+    let kp = &declared[15];
+    bytes[kp.offset..kp.offset + 4].copy_from_slice(&(k as u32).to_le_bytes());
+    let dims = LaunchDims {
+        grid: [m.div_ceil(64) as u32, n.div_ceil(64) as u32, 1],
+        block: [fx.field("threads").num().unwrap_or(0.0) as u32, 1, 1],
+        dynamic_shared_bytes: fx.field("dynamic_shared_bytes").num().unwrap_or(0.0) as u32,
+    };
+    launch(
+        &fx.module,
+        fx.entry(),
+        &dims,
+        &bytes,
+        &mut mem,
+        &Checks::default(),
+    )?;
+    Ok((a, b, download(&mem, dc, m * n)))
+}
+
+#[test]
+fn matmul_tma_warp_specialised_sm90_matches_on_ragged_shapes() {
+    for (m, n, k, seed) in [(128usize, 128usize, 192usize, 1u64), (70, 104, 88, 2)] {
+        let (a, b, c) =
+            run_tma_ws(m, n, k, seed, Swizzle::B128).unwrap_or_else(|e| panic!("{m}x{n}x{k}: {e}"));
+        let mut bad = 0;
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut t) = (0f64, 0f64);
+                for p in 0..k {
+                    let prod = f64::from(f16::from_bits(a[i * k + p]).to_f32())
+                        * f64::from(f16::from_bits(b[p * n + j]).to_f32());
+                    s += prod;
+                    t += prod.abs();
+                }
+                bad += usize::from(!f16_close(
+                    f64::from(f16::from_bits(c[i * n + j]).to_f32()),
+                    s,
+                    t,
+                ));
+            }
+        }
+        assert_eq!(bad, 0, "{m}x{n}x{k}: {bad} wrong elements");
+    }
+}
+
+#[test]
+fn the_tma_matmul_with_maps_of_the_wrong_swizzle_is_wrong() {
+    // The kernel's wgmma descriptors assume 128-byte swizzled tiles; unswizzled ones must
+    // not pass (the check above is sensitive to the layout TMA writes).
+    match run_tma_ws(128, 128, 64, 7, Swizzle::None) {
+        Err(_) => {}
+        Ok((a, b, c)) => {
+            let wrong = (0..128 * 128).any(|e| {
+                let (i, j) = (e / 128, e % 128);
+                let s: f64 = (0..64)
+                    .map(|p| {
+                        f64::from(f16::from_bits(a[i * 64 + p]).to_f32())
+                            * f64::from(f16::from_bits(b[p * 128 + j]).to_f32())
+                    })
+                    .sum();
+                !f16_close(f64::from(f16::from_bits(c[e]).to_f32()), s, s.abs() + 1.0)
+            });
+            assert!(wrong, "unswizzled tiles gave the 128-byte-swizzled result");
+        }
     }
 }
 

@@ -23,12 +23,14 @@
 //! | `cp.async.bulk.tensor` (tensor operand, map lookup, box walk) | `ops/bulk_tensor.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
 //! | `stmatrix` | `ops/stmatrix.rs` |
+//! | `wgmma.mma_async` `wgmma.fence` `wgmma.commit_group` `wgmma.wait_group` | `ops/wgmma.rs` (decoding, arithmetic), `ops/wgmma_exec.rs` (the warpgroup), `ops/wgmma_desc.rs` (matrix descriptors) |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
 //! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
 //! `exit`, `bar.sync`/`bar.arrive` and the mbarrier waits are decoded in their family but
-//! run by the scheduler in `exec`.
+//! run by the scheduler in `exec`, as is `wgmma.mma_async`, which a warp waits at until its
+//! warpgroup's four warps arrive.
 //!
 //! Around the families:
 //!
@@ -57,8 +59,10 @@
 //! code the project emits (forward branches for if/else, backward branches for loops)
 //! a group that is ahead waits at its higher PC until the others catch up, which is
 //! exactly reconvergence at the immediate post-dominator, without needing a CFG. Each warp
-//! runs until it reaches a barrier, fails an mbarrier wait or exits. When no warp can run,
-//! the scheduler, in this order: wakes the warps whose mbarrier has moved to another phase;
+//! runs until it reaches a barrier, fails an mbarrier wait, reaches a `wgmma.mma_async` or
+//! exits. When no warp can run, the scheduler, in this order: issues the `wgmma.mma_async`
+//! of each warpgroup whose four warps all wait at it; wakes the warps whose mbarrier has
+//! moved to another phase;
 //! opens the named barriers whose threads have all arrived (`bar.sync`, and `bar.arrive`
 //! counts); lands the bulk copies in flight (whose transaction bytes may complete
 //! phases); wakes the parked warps once, in case one polled without spinning. A warp
@@ -102,6 +106,14 @@
 //! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
+//! `wgmma.mma_async` (m64nNk16, N = 8..256 step 8, `.f32.bf16.bf16`, `.f32.f16.f16` and
+//! `.f16.f16.f16`) is issued by the four warps of a warpgroup together: the shared-memory
+//! operands are read then and the result held pending until a `wgmma.wait_group` retires its
+//! group; touching its accumulator or A registers before that, a missing `wgmma.fence`, a
+//! warp exiting with wgmmas pending, or a warpgroup that does not issue it together is an
+//! error (`PtxError::Wgmma`). It accumulates as `mma.sync` does under [`Checks::mma`], k = 16
+//! per instruction.
+//!
 //! Accepted as compilers write it (nvcc, Triton; see `tests/emu_compiler_ptx.rs`):
 //! `.section` debug blocks and `.file`/`.loc` (ignored), `.func` with `call` (inlined),
 //! initialised `.global`/`.const` data with `ld.const`/`ld.global` of it, registers,
@@ -111,7 +123,7 @@
 //! `.ptr .global .align N` parameters (N is the pointee's alignment).
 //!
 //! Not supported (a parse error that names the line; [`Module::unsupported_instructions`]
-//! lists every such instruction of a text at once): `wgmma`, `bar.red`, `barrier.cluster`
+//! lists every such instruction of a text at once): `bar.red`, `barrier.cluster`
 //! and the cluster instructions (`mapa`, `getctarank`); of the sm_90 asynchronous
 //! instructions: clusters of more than one CTA (`.multicast::cluster`, distributed shared
 //! memory, shared::cta→shared::cluster bulk copies), `cp.async.bulk.tensor` in im2col mode,
@@ -127,7 +139,10 @@
 //! and the video instructions (`vadd`, `vabsdiff`, ...); recursion, calls of functions
 //! declared without a body (`.extern .func`, e.g. `vprintf`), indirect calls
 //! (`.callprototype`); `.extern .global`/`.const` variables and initialisers holding
-//! addresses of variables (`generic(x)`); module-scope `.local` variables.
+//! addresses of variables (`generic(x)`); module-scope `.local` variables; sparse wgmma
+//! (`.sp`) and wgmma on tf32, fp8 (e4m3/e5m2), integer and b1 inputs. Refused at run time:
+//! wgmma descriptors with a base offset, or with unused bits set, or a swizzled tile not
+//! aligned to its pattern's repeat (1024/512/256 bytes).
 //!
 //! # Examples
 //! ```
