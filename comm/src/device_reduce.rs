@@ -9,6 +9,10 @@
 //!   for the collective reads unreduced values), and the sums are the host-staged DDP's:
 //!   element `i` is summed in the ring's order starting after its owner in the job's
 //!   [`Shards`], then divided by the world size, so the two paths give the same bits.
+//!   The sharded modes' collectives are the host-staged engine's too: the reduce-scatter
+//!   of a range sums each element of this rank's chunk in the ring's order
+//!   ([`Communicator::reduce_scatter_sum_f32_in`]) and leaves the other chunks as they
+//!   were; the all-gather copies each owner's bytes ([`Communicator::all_gather_bytes_in`]).
 //! - [`NcclDeviceCollective`] (`cuda`): `ncclAllReduce` in place on the runtime's comm
 //!   stream, through cudarc's raw `result` layer (cudarc's `Comm` runs on its own
 //!   stream), then a scale by 1/world on the same stream. Host waits poll the event and
@@ -17,13 +21,24 @@
 //!   waiting, and the error names this rank. NCCL does not say which peer failed (its
 //!   asynchronous error is a code: a remote or system error), so the error cannot name
 //!   it; the peer's own process reports its failure.
+//!   The sharded modes' chunks are the job's shards, which differ in length by up to a
+//!   norm chunk and cut the gradient ranges anywhere: `ncclReduceScatter` and
+//!   `ncclAllGather` take equal chunks only (they would need padded copies), so a
+//!   reduce-scatter is one `ncclReduce` per non-empty chunk, rooted at its owner, and an
+//!   all-gather one `ncclBroadcast` per chunk from its owner, each set in one NCCL group
+//!   (one launch, NCCL schedules them together), in place on the comm stream; the
+//!   owner's chunk is then scaled by 1/world there. Every rank reads only its own
+//!   chunk's sums and the owners' broadcast bits, so every rank ends with the same bits.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::collective::{ring_all_reduce_sent, CollectiveCounts, DeviceCollective};
+use frugal_runtime::collective::{
+    check_bounds, ring_all_gather_sent, ring_all_reduce_sent, ring_reduce_scatter_sent,
+    CollectiveCounts, DeviceCollective,
+};
 use frugal_runtime::device::Device;
 use frugal_runtime::stream::{Event, StreamKind};
 use frugal_runtime::RuntimeError;
@@ -34,7 +49,7 @@ use crate::shard::Shards;
 
 /// A host communicator run by operations queued on the emulated comm stream.
 pub struct HostRingCollective {
-    comm: Arc<Mutex<Box<dyn Communicator>>>,
+    comm: Shared,
     shards: Shards,
     rank: usize,
     world: usize,
@@ -103,13 +118,8 @@ impl DeviceCollective for HostRingCollective {
         device.wait(StreamKind::Comm, after)?;
         let op = move |bytes: &mut [u8]| -> Result<(), String> {
             // The bytes need not be f32-aligned: reduce a copy.
-            let mut values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let mut comm = comm
-                .lock()
-                .map_err(|_| format!("rank {rank}: the communicator was poisoned by a panic"))?;
+            let mut values = f32s(bytes);
+            let mut comm = lock(&comm, rank)?;
             comm.all_reduce_sum_f32_in(&mut values, &bounds)
                 .map_err(|e| format!("rank {rank}: {e}"))?;
             for v in &mut values {
@@ -146,6 +156,140 @@ impl DeviceCollective for HostRingCollective {
     fn take_counts(&mut self) -> CollectiveCounts {
         std::mem::take(&mut self.counts)
     }
+
+    fn reduce_scatter_mean_f32(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        elems: Range<usize>,
+        bounds: &[usize],
+        after: &Event,
+    ) -> Result<Event, RuntimeError> {
+        let what = format!("reduce-scatter of gradients {}..{}", elems.start, elems.end);
+        check_bounds(bounds, elems.len(), self.world, &what)?;
+        // The host-staged sharded DDP sums each element from its owner in the job's
+        // shards: other bounds would give other bits (and another owner).
+        if self.shards.bounds_in(elems.clone()) != bounds {
+            return Err(RuntimeError::Collective {
+                what,
+                message: format!(
+                    "rank {}: chunk bounds {bounds:?} are not the job's shards {:?} of the range",
+                    self.rank,
+                    self.shards.bounds_in(elems.clone())
+                ),
+            });
+        }
+        let bounds = bounds.to_vec();
+        let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += elems.len() * 4;
+        self.counts.sent_bytes += ring_reduce_scatter_sent(&chunks, self.rank, 4);
+        let comm = self.comm.clone();
+        let (rank, w) = (self.rank, self.world as f32);
+        device.wait(StreamKind::Comm, after)?;
+        let op = move |bytes: &mut [u8]| -> Result<(), String> {
+            let mut values = f32s(bytes);
+            let mut comm = lock(&comm, rank)?;
+            comm.reduce_scatter_sum_f32_in(&mut values, &bounds)
+                .map_err(|e| format!("rank {rank}: {e}"))?;
+            // Only this rank's chunk is reduced; the rest keeps its own values.
+            let own = bounds[rank]..bounds[rank + 1];
+            let out = bytes[own.start * 4..own.end * 4].chunks_exact_mut(4);
+            for (c, v) in out.zip(&values[own]) {
+                c.copy_from_slice(&(v / w).to_le_bytes());
+            }
+            Ok(())
+        };
+        device.queue_in_place(
+            StreamKind::Comm,
+            buf,
+            byte,
+            elems.len() * 4,
+            &what,
+            Box::new(op),
+        )?;
+        device.record(StreamKind::Comm, &what)
+    }
+
+    fn all_gather_bytes(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        bounds: &[usize],
+        own: Option<usize>,
+        after: &Event,
+        what: &str,
+    ) -> Result<Event, RuntimeError> {
+        let what = format!("all-gather of {what}");
+        let len = bounds.last().copied().unwrap_or(0);
+        check_bounds(bounds, len, self.world, &what)?;
+        let bounds = bounds.to_vec();
+        let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += len;
+        self.counts.sent_bytes += ring_all_gather_sent(&chunks, self.rank);
+        let rank = self.rank;
+        let mine = bounds[rank]..bounds[rank + 1];
+        device.wait(StreamKind::Comm, after)?;
+        // A chunk kept elsewhere is read by an operation of its own on the comm stream
+        // (an emulated operation sees one range), just before the gather.
+        let taken: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        if let Some(src) = own.filter(|_| !mine.is_empty()) {
+            let into = taken.clone();
+            let read = move |bytes: &mut [u8]| -> Result<(), String> {
+                let mut into = into
+                    .lock()
+                    .map_err(|_| format!("rank {rank}: a gather's chunk was poisoned"))?;
+                *into = Some(bytes.to_vec());
+                Ok(())
+            };
+            device.queue_in_place(
+                StreamKind::Comm,
+                buf,
+                src,
+                mine.len(),
+                &format!("{what}: this rank's chunk"),
+                Box::new(read),
+            )?;
+        }
+        let comm = self.comm.clone();
+        let from_elsewhere = own.is_some() && !mine.is_empty();
+        let op = move |bytes: &mut [u8]| -> Result<(), String> {
+            if from_elsewhere {
+                let chunk = taken
+                    .lock()
+                    .map_err(|_| format!("rank {rank}: a gather's chunk was poisoned"))?
+                    .take()
+                    .ok_or_else(|| format!("rank {rank}: this rank's chunk was not read"))?;
+                bytes[mine.clone()].copy_from_slice(&chunk);
+            }
+            let mut comm = lock(&comm, rank)?;
+            comm.all_gather_bytes_in(bytes, &bounds)
+                .map_err(|e| format!("rank {rank}: {e}"))
+        };
+        device.queue_in_place(StreamKind::Comm, buf, byte, len, &what, Box::new(op))?;
+        device.record(StreamKind::Comm, &what)
+    }
+}
+
+/// The f32 values of `bytes` (which need not be f32-aligned).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+type Shared = Arc<Mutex<Box<dyn Communicator>>>;
+
+fn lock(
+    comm: &Shared,
+    rank: usize,
+) -> Result<std::sync::MutexGuard<'_, Box<dyn Communicator>>, String> {
+    comm.lock()
+        .map_err(|_| format!("rank {rank}: the communicator was poisoned by a panic"))
 }
 
 pub use crate::nccl_device::NcclDeviceCollective;

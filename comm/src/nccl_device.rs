@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use cudarc::nccl::{result, sys};
 use frugal_runtime::buffer::DeviceBuffer;
-use frugal_runtime::collective::{ring_all_reduce_sent, CollectiveCounts, DeviceCollective};
+use frugal_runtime::collective::{
+    check_bounds, ring_all_gather_sent, ring_all_reduce_sent, ring_reduce_scatter_sent,
+    CollectiveCounts, DeviceCollective,
+};
 use frugal_runtime::device::Device;
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::stream::{Event, StreamKind};
@@ -199,6 +202,136 @@ impl DeviceCollective for NcclDeviceCollective {
         std::mem::take(&mut self.counts)
     }
 
+    fn reduce_scatter_mean_f32(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        elems: Range<usize>,
+        bounds: &[usize],
+        after: &Event,
+    ) -> Result<Event, RuntimeError> {
+        let what = format!(
+            "NCCL reduce-scatter of gradients {}..{}",
+            elems.start, elems.end
+        );
+        self.check_alive(&what)?;
+        check_bounds(bounds, elems.len(), self.world, &what)?;
+        check_range(buf, byte, elems.len() * 4, "NCCL reduce-scatter range")?;
+        device.wait(StreamKind::Comm, after)?;
+        let stream = device.cuda_stream(StreamKind::Comm)? as sys::cudaStream_t;
+        let comm = self.comm;
+        // One ncclReduce per chunk, rooted at its owner (see the module docs).
+        let r = grouped(|| {
+            for (c, w) in bounds.windows(2).enumerate() {
+                if w[0] == w[1] {
+                    continue;
+                }
+                let ptr = (buf.ptr() + (byte + w[0] * 4) as u64) as *mut std::ffi::c_void;
+                // SAFETY: the chunk lies in a live device buffer (checked above), kept
+                // alive by the caller until the returned event is done; in place is
+                // allowed (only the root's receive buffer is written).
+                unsafe {
+                    result::reduce(
+                        ptr,
+                        ptr,
+                        w[1] - w[0],
+                        sys::ncclDataType_t::ncclFloat32,
+                        sys::ncclRedOp_t::ncclSum,
+                        c as i32,
+                        comm,
+                        stream,
+                    )
+                }
+                .map_err(|e| format!("ncclReduce: {e:?}"))?;
+            }
+            Ok(())
+        });
+        if let Err(why) = r {
+            return Err(self.abort(what, why));
+        }
+        let own = bounds[self.rank]..bounds[self.rank + 1];
+        if !own.is_empty() {
+            let view = buf.as_view::<f32>();
+            device.launch_on(
+                StreamKind::Comm,
+                "scale_f32",
+                &dims_1d(own.len() as u64, 256, 4, 1024),
+                &[
+                    Arg::Ptr(view.ptr + (byte + own.start * 4) as u64),
+                    Arg::U64(own.len() as u64),
+                    Arg::F32(1.0 / self.world as f32),
+                ],
+            )?;
+        }
+        let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += elems.len() * 4;
+        self.counts.sent_bytes += ring_reduce_scatter_sent(&chunks, self.rank, 4);
+        device.record(StreamKind::Comm, &what)
+    }
+
+    fn all_gather_bytes(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        bounds: &[usize],
+        own: Option<usize>,
+        after: &Event,
+        what: &str,
+    ) -> Result<Event, RuntimeError> {
+        let what = format!("NCCL all-gather of {what}");
+        self.check_alive(&what)?;
+        let len = bounds.last().copied().unwrap_or(0);
+        check_bounds(bounds, len, self.world, &what)?;
+        check_range(buf, byte, len, "NCCL all-gather range")?;
+        let mine = bounds[self.rank]..bounds[self.rank + 1];
+        if let Some(src) = own {
+            check_range(buf, src, mine.len(), "NCCL all-gather source chunk")?;
+        }
+        device.wait(StreamKind::Comm, after)?;
+        let stream = device.cuda_stream(StreamKind::Comm)? as sys::cudaStream_t;
+        let (comm, rank) = (self.comm, self.rank);
+        // One ncclBroadcast per chunk from its owner (see the module docs).
+        let r = grouped(|| {
+            for (c, w) in bounds.windows(2).enumerate() {
+                if w[0] == w[1] {
+                    continue;
+                }
+                let at = (buf.ptr() + (byte + w[0]) as u64) as *mut std::ffi::c_void;
+                let from = match own {
+                    Some(src) if c == rank => (buf.ptr() + src as u64) as *const std::ffi::c_void,
+                    _ => at as *const std::ffi::c_void,
+                };
+                // SAFETY: both ranges lie in a live device buffer (checked above), kept
+                // alive by the caller until the returned event is done; only the root
+                // reads its send buffer, and in place is allowed.
+                unsafe {
+                    result::broadcast(
+                        from,
+                        at,
+                        w[1] - w[0],
+                        sys::ncclDataType_t::ncclUint8,
+                        c as i32,
+                        comm,
+                        stream,
+                    )
+                }
+                .map_err(|e| format!("ncclBroadcast: {e:?}"))?;
+            }
+            Ok(())
+        });
+        if let Err(why) = r {
+            return Err(self.abort(what, why));
+        }
+        let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += len;
+        self.counts.sent_bytes += ring_all_gather_sent(&chunks, self.rank);
+        device.record(StreamKind::Comm, &what)
+    }
+
     fn wait(&mut self, _device: &Device, event: &Event) -> Result<(), RuntimeError> {
         let what = format!("waiting for {}", event.label());
         self.check_alive(&what)?;
@@ -221,4 +354,30 @@ impl DeviceCollective for NcclDeviceCollective {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+}
+
+/// Runs `calls` between `ncclGroupStart` and `ncclGroupEnd` (the group is ended
+/// whatever happens, so that NCCL is not left inside it).
+fn grouped(calls: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    result::group_start().map_err(|e| format!("ncclGroupStart: {e:?}"))?;
+    let r = calls();
+    let end = result::group_end().map_err(|e| format!("ncclGroupEnd: {e:?}"));
+    r.and(end.map(|_| ()))
+}
+
+/// `CopySize` when `len` bytes from `byte` are not all in `buf`.
+fn check_range(
+    buf: &DeviceBuffer,
+    byte: usize,
+    len: usize,
+    what: &'static str,
+) -> Result<(), RuntimeError> {
+    if byte + len > buf.bytes() {
+        return Err(RuntimeError::CopySize {
+            what,
+            bytes: byte + len,
+            capacity: buf.bytes(),
+        });
+    }
+    Ok(())
 }

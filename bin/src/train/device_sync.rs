@@ -1,9 +1,11 @@
 //! Gradients averaged on the device (issue 19 part 2): which runs take the path, and
 //! the second communicator it runs on.
 //!
-//! A multi-rank device run with `--shard none` averages each finished gradient range in
-//! place on the device's comm stream ([`frugal_model::device::DeviceModel::forward_backward_reduced`])
-//! instead of staging it through the host:
+//! A multi-rank device run averages each finished gradient range in place on the
+//! device's comm stream ([`frugal_model::device::DeviceModel::forward_backward_reduced`])
+//! instead of staging it through the host; `--shard grad-op|full` reduce-scatter each
+//! range there, all-gather the norm's partials there and gather the bf16 weights there
+//! (grad-op: after the optimizer; full: before each unit's use, the next unit's ahead):
 //!
 //! - `--device cuda --comm nccl`: always, with NCCL on the runtime's comm stream
 //!   ([`NcclDeviceCollective`]);
@@ -14,12 +16,12 @@
 //! The device path gets its own communicator, joined right after the host one (every
 //! rank in the same order): the DDP engine's thread keeps the host one for the loss,
 //! the stop requests, the broadcasts and the checks. What still stages through the
-//! host: `--shard grad-op|full` (the reduce-scatter of gradients, the norm's partials
-//! and the weight gathers), and every run on `cpu` or `--comm socket` on `cuda`.
+//! host: every run on `cpu` or `--comm socket` on `cuda`, and `emu` without
+//! `FRUGAL_DEVICE_COLLECTIVE=1`.
 
 use frugal_comm::{
-    HostRingCollective, NcclDeviceCollective, Rendezvous, ShardMode, Shards, SocketComm,
-    SocketOptions, Transport,
+    HostRingCollective, NcclDeviceCollective, Rendezvous, Shards, SocketComm, SocketOptions,
+    Transport,
 };
 use frugal_runtime::collective::DeviceCollective;
 use frugal_runtime::device::Device;
@@ -72,20 +74,6 @@ pub fn attach(
     if sync.world() == 1 || !(nccl || (emu && forced)) {
         return Ok(false);
     }
-    if sync.shard_mode() != ShardMode::None {
-        if forced {
-            return Err(CliError::usage(format!(
-                "train: {FORCE_ENV}=1 with --shard {}: sharded runs still reduce-scatter \
-                 through the host; use --shard none",
-                sync.shard_mode()
-            )));
-        }
-        log::info!(
-            "--shard {}: gradients stage through the host (the device path is for --shard none)",
-            sync.shard_mode()
-        );
-        return Ok(false);
-    }
     let rv = Rendezvous::from_env(job_token)
         .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
     let context = "joining the job for gradients averaged on the device";
@@ -93,7 +81,8 @@ pub fn attach(
         Box::new(NcclDeviceCollective::connect(&rv, device).context(context)?)
     } else {
         let comm = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
-        // The host DDP's partition: each element summed from the same owner, same bits.
+        // The host DDP's partition (the sharded modes' shards): each element summed from
+        // the same owner, same bits.
         let shards = Shards::new(n_params, rv.world, backend.norm_align());
         Box::new(HostRingCollective::new(Box::new(comm), shards).context(context)?)
     };
