@@ -364,3 +364,108 @@ fn launched_sharded_emu_ranks_on_the_device_path_train_the_host_staged_bits() {
         assert!(runs[0].1 == runs[1].1, "{shard}: weights differ");
     }
 }
+
+fn wait_for(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A rank killed in the middle of a 3-rank grad-op run on the device path (steps back
+/// to back, so it dies inside one: a reduce-scatter, the norm's gather or a weight
+/// gather on the emulated comm stream is almost always in flight): each other rank
+/// fails on its own, exit 1, naming rank 1, within the communicator's timeout (10 s)
+/// and its verdict's linger. Ranks are started by hand, not by `frugal launch`, which
+/// would stop the others itself.
+#[test]
+fn a_rank_killed_mid_collective_on_the_device_path_is_named_by_every_other_rank() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = scratch_in("device-collective-shard", "killed");
+    let port = free_port().to_string();
+    let world = 3;
+    let mut children: Vec<Option<std::process::Child>> = (0..world)
+        .map(|rank| {
+            let out = dir.join(format!("rank{rank}"));
+            let mut cmd = Command::new(BIN);
+            cmd.args(["train", "--device", "emu"])
+                .args([
+                    "--layers",
+                    "1",
+                    "--hidden",
+                    "128",
+                    "--heads",
+                    "2",
+                    "--ffn",
+                    "256",
+                    "--seq",
+                    "32",
+                    "--batch",
+                    "1",
+                    "--steps",
+                    "100000",
+                    "--val-every",
+                    "0",
+                    "--ckpt-every",
+                    "0",
+                    "--shard",
+                    "grad-op",
+                ])
+                .args(["--out", out.to_str().unwrap()])
+                .env_remove("FRUGAL_PRICE_PER_GPU_HOUR")
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("FRUGAL_JOB_TOKEN", "device-shard-kill-test")
+                .env("FRUGAL_COMM_TIMEOUT", "10")
+                .env("FRUGAL_EMU_MEMORY_GIB", "16")
+                .env("FRUGAL_DEVICE_COLLECTIVE", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            Some(cmd.spawn().unwrap())
+        })
+        .collect();
+    // Rank 0 logs each step: once step 2 is logged, the ranks are training.
+    let stdout = children[0].as_mut().unwrap().stdout.take().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("step") && line.contains(" 2/100000 ") {
+                let _ = seen_tx.send(());
+            }
+        }
+    });
+    let training = seen_rx.recv_timeout(Duration::from_secs(180));
+    let mut victim = children[1].take().unwrap();
+    victim.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let _ = victim.wait();
+    assert!(training.is_ok(), "rank 0 never logged step 2");
+    for (rank, child) in children.into_iter().enumerate() {
+        let Some(child) = child else { continue };
+        let o = wait_for(child, Duration::from_secs(90), &format!("rank {rank}"));
+        let err = assert_fails_cleanly(&o);
+        assert!(
+            err.contains("rank 1"),
+            "rank {rank} does not name rank 1:\n{err}"
+        );
+        // The timeout (10 s), the verdict's linger, a step's compute on a loaded machine.
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "rank {rank} failed {:?} after the kill",
+            killed.elapsed()
+        );
+    }
+    let _ = reader.join();
+}

@@ -121,7 +121,7 @@ impl DeviceCollective for HostRingCollective {
             let mut values = f32s(bytes);
             let mut comm = lock(&comm, rank)?;
             comm.all_reduce_sum_f32_in(&mut values, &bounds)
-                .map_err(|e| format!("rank {rank}: {e}"))?;
+                .map_err(|e| named(rank, &e))?;
             for v in &mut values {
                 *v /= w;
             }
@@ -192,7 +192,7 @@ impl DeviceCollective for HostRingCollective {
             let mut values = f32s(bytes);
             let mut comm = lock(&comm, rank)?;
             comm.reduce_scatter_sum_f32_in(&mut values, &bounds)
-                .map_err(|e| format!("rank {rank}: {e}"))?;
+                .map_err(|e| named(rank, &e))?;
             // Only this rank's chunk is reduced; the rest keeps its own values.
             let own = bounds[rank]..bounds[rank + 1];
             let out = bytes[own.start * 4..own.end * 4].chunks_exact_mut(4);
@@ -267,7 +267,7 @@ impl DeviceCollective for HostRingCollective {
             }
             let mut comm = lock(&comm, rank)?;
             comm.all_gather_bytes_in(bytes, &bounds)
-                .map_err(|e| format!("rank {rank}: {e}"))
+                .map_err(|e| named(rank, &e))
         };
         device.queue_in_place(StreamKind::Comm, buf, byte, len, &what, Box::new(op))?;
         device.record(StreamKind::Comm, &what)
@@ -293,3 +293,15 @@ fn lock(
 }
 
 pub use crate::nccl_device::NcclDeviceCollective;
+
+/// `e`'s message, starting with "rank N:" once (most communicator errors name this
+/// rank already).
+fn named(rank: usize, e: &CommError) -> String {
+    let message = e.to_string();
+    let prefix = format!("rank {rank}:");
+    if message.starts_with(&prefix) {
+        message
+    } else {
+        format!("{prefix} {message}")
+    }
+}
