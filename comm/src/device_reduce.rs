@@ -19,8 +19,10 @@
 //!   NCCL's asynchronous error with the communicator's timeout; on an error or a timeout
 //!   the communicator is aborted (`ncclCommAbort`) so that no kernel of it keeps the GPU
 //!   waiting, and the error names this rank. NCCL does not say which peer failed (its
-//!   asynchronous error is a code: a remote or system error), so the error cannot name
-//!   it; the peer's own process reports its failure.
+//!   asynchronous error is a code: a remote or system error), so after the abort the
+//!   collective asks its host side ([`Liveness`]: a socket communicator joined next to
+//!   NCCL's, whose errors name a peer that died or froze) and the error says what it
+//!   answered.
 //!   The sharded modes' chunks are the job's shards, which differ in length by up to a
 //!   norm chunk and cut the gradient ranges anywhere: `ncclReduceScatter` and
 //!   `ncclAllGather` take equal chunks only (they would need padded copies), so a
@@ -303,5 +305,42 @@ fn named(rank: usize, e: &CommError) -> String {
         message
     } else {
         format!("{prefix} {message}")
+    }
+}
+
+/// Which peer is gone when a device collective fails: the host side of the device path
+/// (a socket communicator joined next to NCCL's), asked once. NCCL's asynchronous error
+/// is a code and its timeout is silence, neither names a rank; the socket ring's errors
+/// do (a closed connection is seen for certain, a frozen rank is found by the ring's
+/// suspicion and verdict relay: `socket/verdict.rs`).
+pub struct Liveness {
+    comm: Box<dyn Communicator>,
+    /// The answer, once asked (the communicator is spent then).
+    answer: Option<String>,
+}
+
+impl Liveness {
+    /// Asks over `comm` (every rank of the job must hold one, joined in the same order).
+    pub fn new(comm: Box<dyn Communicator>) -> Liveness {
+        Liveness { comm, answer: None }
+    }
+
+    /// Every rank that asks enters a barrier on the host communicator: one whose peer
+    /// died or froze fails naming it, at most the communicator's timeout and the
+    /// verdict's linger later; one that every rank enters says that no peer process is
+    /// gone. Every rank whose device collective failed asks (the others' fail in turn
+    /// once NCCL is aborted here, and ask too). Later calls repeat the first answer.
+    pub fn ask(&mut self) -> String {
+        if let Some(a) = &self.answer {
+            return a.clone();
+        }
+        let answer = match self.comm.barrier() {
+            Ok(()) => "every rank's host side answered a barrier: no peer process is gone (a \
+                       device or NCCL failure: see each rank's output)"
+                .to_string(),
+            Err(e) => format!("the host side says: {e}"),
+        };
+        self.answer = Some(answer.clone());
+        answer
     }
 }

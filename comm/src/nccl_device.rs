@@ -14,6 +14,7 @@ use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::stream::{Event, StreamKind};
 use frugal_runtime::RuntimeError;
 
+use crate::device_reduce::Liveness;
 use crate::error::CommError;
 use crate::nccl::{check_available, exchange_id, nccl_err};
 use crate::rendezvous::Rendezvous;
@@ -27,6 +28,8 @@ pub struct NcclDeviceCollective {
     /// Set once aborted: later calls fail instead of touching a dead communicator.
     aborted: Option<String>,
     counts: CollectiveCounts,
+    /// The host side asked which peer is gone when a collective fails.
+    liveness: Option<Liveness>,
 }
 
 // SAFETY: the handle is used by one caller at a time (`&mut self`), as NCCL allows.
@@ -69,7 +72,15 @@ impl NcclDeviceCollective {
             timeout: rv.timeout,
             aborted: None,
             counts: CollectiveCounts::default(),
+            liveness: None,
         })
+    }
+
+    /// Pairs the collective with the host side's liveness: on a failure or a timeout,
+    /// after `ncclCommAbort`, the error says which peer the host ring found gone.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// Aborts the communicator (its kernels end, the streams they held go on) and
@@ -82,13 +93,15 @@ impl NcclDeviceCollective {
             }
             self.aborted = Some(why.clone());
         }
+        // Asked after the abort: the other ranks' collectives then fail at once (NCCL's
+        // asynchronous error) and they ask too, so the barrier completes when nobody died.
+        let who = match self.liveness.as_mut() {
+            Some(l) => l.ask(),
+            None => "NCCL does not say which peer failed: see the other ranks' errors".into(),
+        };
         RuntimeError::Collective {
             what,
-            message: format!(
-                "rank {}: {why}; NCCL was aborted (it does not say which peer failed: see \
-                 the other ranks' errors)",
-                self.rank
-            ),
+            message: format!("rank {}: {why}; NCCL was aborted; {who}", self.rank),
         }
     }
 

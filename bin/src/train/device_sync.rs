@@ -15,10 +15,13 @@
 //!
 //! The device path gets its own communicator, joined right after the host one (every
 //! rank in the same order): the DDP engine's thread keeps the host one for the loss,
-//! the stop requests, the broadcasts and the checks. What still stages through the
+//! the stop requests, the broadcasts and the checks. NCCL's is paired with a socket
+//! communicator of its own, asked which peer is gone when a collective fails or times
+//! out (after `ncclCommAbort`), so that the error names the dead rank. What still stages through the
 //! host: every run on `cpu` or `--comm socket` on `cuda`, and `emu` without
 //! `FRUGAL_DEVICE_COLLECTIVE=1`.
 
+use frugal_comm::device_reduce::Liveness;
 use frugal_comm::{
     HostRingCollective, NcclDeviceCollective, Rendezvous, Shards, SocketComm, SocketOptions,
     Transport,
@@ -78,7 +81,10 @@ pub fn attach(
         .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
     let context = "joining the job for gradients averaged on the device";
     let collective: Box<dyn DeviceCollective> = if nccl {
-        Box::new(NcclDeviceCollective::connect(&rv, device).context(context)?)
+        let nccl = NcclDeviceCollective::connect(&rv, device).context(context)?;
+        // The host side that names a dead peer when NCCL fails (NCCL cannot).
+        let host = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
+        Box::new(nccl.with_liveness(Liveness::new(Box::new(host))))
     } else {
         let comm = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
         // The host DDP's partition (the sharded modes' shards): each element summed from
