@@ -5,7 +5,8 @@
 //! partials and the bf16 weights all-gathered there. Training gives the bits of the
 //! device path's `--shard none` (itself the host path's and one process's:
 //! `device_collective.rs`), with grad-accum 2 (a micro-batch that hands nothing over
-//! still gathers) and validation after every step. A planted missing wait (the
+//! still gathers), validation after every step and the sharded runs replayed from CUDA
+//! graphs (as on `cuda` by default). A planted missing wait (the
 //! forward not waiting for a unit's weight gather) changes the bits. End to end, `frugal
 //! launch` of 2 emu ranks with `FRUGAL_DEVICE_COLLECTIVE=1` trains the host-staged
 //! sharded run's bits.
@@ -19,7 +20,9 @@ use frugal_comm::{
 };
 use frugal_model::checkpoint::Checkpoint;
 use frugal_model::config::{Config, ParamLayout};
-use frugal_model::device::{Attention, DeviceModel, OptimHyper, ShardState, Sharding, StepOptions};
+use frugal_model::device::{
+    Attention, DeviceModel, GraphMode, OptimHyper, ShardState, Sharding, StepOptions,
+};
 use frugal_model::rng::Rng;
 use frugal_ptx::kernels::adamw::NORM_CHUNK;
 use frugal_runtime::buffer::DeviceBuffer;
@@ -116,7 +119,13 @@ fn host_ring(comm: Box<dyn Communicator>) -> HostRingCollective {
 }
 
 /// Two micro-batches a step (the first hands nothing over), the optimizer, validation.
-fn train(mut dm: DeviceModel, rank: usize, collective: Box<dyn DeviceCollective>) -> Bits {
+fn train(
+    mut dm: DeviceModel,
+    rank: usize,
+    collective: Box<dyn DeviceCollective>,
+    graphs: GraphMode,
+) -> Bits {
+    dm.set_graphs(graphs);
     dm.set_collective(Some(collective));
     let mut numbers = Vec::new();
     for step in 0..STEPS {
@@ -145,8 +154,8 @@ fn train(mut dm: DeviceModel, rank: usize, collective: Box<dyn DeviceCollective>
     (numbers, state, dm.shard())
 }
 
-fn run(mode: ShardState) -> Vec<Bits> {
-    two_ranks(move |rank, comm| train(model(mode, rank), rank, Box::new(host_ring(comm))))
+fn run(mode: ShardState, graphs: GraphMode) -> Vec<Bits> {
+    two_ranks(move |rank, comm| train(model(mode, rank), rank, Box::new(host_ring(comm)), graphs))
 }
 
 /// The whole run's shard `range` of the state bits of an unsharded rank.
@@ -159,7 +168,7 @@ fn shard_of(whole: &[u32], range: &Range<usize>) -> Vec<u32> {
 
 #[test]
 fn sharded_modes_on_device_buffers_train_the_bits_of_shard_none() {
-    let none = run(ShardState::None);
+    let none = run(ShardState::None, GraphMode::Off);
     // The norms and validation losses (the micro-batches' losses are the rank's own).
     let shared = |b: &Bits| -> Vec<u64> { b.0.chunks(4).flat_map(|c| [c[2], c[3]]).collect() };
     assert_eq!(
@@ -172,7 +181,9 @@ fn sharded_modes_on_device_buffers_train_the_bits_of_shard_none() {
         "shard none: the ranks' weights differ"
     );
     for mode in [ShardState::GradOp, ShardState::Full] {
-        let sharded = run(mode);
+        // Replayed from graphs (as on `cuda` by default): the waits for the gathers and
+        // the hand-overs fall between the replayed runs of launches.
+        let sharded = run(mode, GraphMode::On);
         for (rank, got) in sharded.iter().enumerate() {
             assert_eq!(got.0, none[rank].0, "{mode:?} rank {rank}: losses, norms");
             assert!(got.2.len() < p(), "{mode:?}: rank {rank} holds a shard");
@@ -248,13 +259,13 @@ impl DeviceCollective for EarlyGather {
 
 #[test]
 fn a_forward_not_waiting_for_a_unit_s_weight_gather_is_caught() {
-    let good = run(ShardState::GradOp);
+    let good = run(ShardState::GradOp, GraphMode::Off);
     for mode in [ShardState::GradOp, ShardState::Full] {
         let planted = two_ranks(move |rank, comm| {
             let c = EarlyGather(host_ring(comm));
             let dm = model(mode, rank);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train(dm, rank, Box::new(c))
+                train(dm, rank, Box::new(c), GraphMode::Off)
             }))
             .ok()
         });
