@@ -9,6 +9,12 @@
 //!   for the collective reads unreduced values), and the sums are the host-staged DDP's:
 //!   element `i` is summed in the ring's order starting after its owner in the job's
 //!   [`Shards`], then divided by the world size, so the two paths give the same bits.
+//!   bf16 buckets ([`DeviceCollective::set_bf16_buckets`]): each rank's values are
+//!   rounded to bf16, summed in f32 in the same order, the average rounded to bf16 (the
+//!   same bits on every rank; per element at most 2^-8 of the mean of the ranks' |g|
+//!   plus 2^-8 of |result| from the f32 average). The emulated ring carries f32 partial
+//!   sums of those values: the numerics of bf16 buckets, not their bytes (its counts
+//!   say 4 bytes an element).
 //!   The sharded modes' collectives are the host-staged engine's too: the reduce-scatter
 //!   of a range sums each element of this rank's chunk in the ring's order
 //!   ([`Communicator::reduce_scatter_sum_f32_in`]) and leaves the other chunks as they
@@ -31,6 +37,14 @@
 //!   (one launch, NCCL schedules them together), in place on the comm stream; the
 //!   owner's chunk is then scaled by 1/world there. Every rank reads only its own
 //!   chunk's sums and the owners' broadcast bits, so every rank ends with the same bits.
+//!   bf16 buckets: the range is cast to bf16 (round to nearest even) into a scratch
+//!   buffer on the comm stream and reduced there with `ncclBfloat16` and `ncclAvg` (half
+//!   the bytes of f32), then cast back. That is NCCL's bf16 arithmetic, not an f32
+//!   sum: NCCL adds in f32 but stores each partial sum it passes on as bf16, so a ring of
+//!   w ranks may round up to w - 1 times (about (w - 1) * 2^-8 of the sum of |g|
+//!   relative, against the emulator's f32 sum and one rounding); the result is the
+//!   owner's (a broadcast), the same bits on every rank. Only correct by construction:
+//!   it has not run on a GPU.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -57,6 +71,8 @@ pub struct HostRingCollective {
     world: usize,
     timeout: Duration,
     counts: CollectiveCounts,
+    /// bf16 buckets ([`DeviceCollective::set_bf16_buckets`]).
+    bf16: bool,
 }
 
 impl HostRingCollective {
@@ -84,6 +100,7 @@ impl HostRingCollective {
             world,
             timeout,
             counts: CollectiveCounts::default(),
+            bf16: false,
         })
     }
 }
@@ -116,17 +133,19 @@ impl DeviceCollective for HostRingCollective {
         self.counts.bytes += elems.len() * 4;
         self.counts.sent_bytes += ring_all_reduce_sent(&chunks, self.rank, 4);
         let comm = self.comm.clone();
-        let (rank, w) = (self.rank, self.world as f32);
+        let (rank, w, bf16) = (self.rank, self.world as f32, self.bf16);
         device.wait(StreamKind::Comm, after)?;
         let op = move |bytes: &mut [u8]| -> Result<(), String> {
             // The bytes need not be f32-aligned: reduce a copy.
             let mut values = f32s(bytes);
+            round_if(bf16, &mut values);
             let mut comm = lock(&comm, rank)?;
             comm.all_reduce_sum_f32_in(&mut values, &bounds)
                 .map_err(|e| named(rank, &e))?;
             for v in &mut values {
                 *v /= w;
             }
+            round_if(bf16, &mut values);
             for (c, v) in bytes.chunks_exact_mut(4).zip(&values) {
                 c.copy_from_slice(&v.to_le_bytes());
             }
@@ -159,6 +178,11 @@ impl DeviceCollective for HostRingCollective {
         std::mem::take(&mut self.counts)
     }
 
+    fn set_bf16_buckets(&mut self, bf16: bool) -> bool {
+        self.bf16 = bf16;
+        true
+    }
+
     fn reduce_scatter_mean_f32(
         &mut self,
         device: &Device,
@@ -188,18 +212,21 @@ impl DeviceCollective for HostRingCollective {
         self.counts.bytes += elems.len() * 4;
         self.counts.sent_bytes += ring_reduce_scatter_sent(&chunks, self.rank, 4);
         let comm = self.comm.clone();
-        let (rank, w) = (self.rank, self.world as f32);
+        let (rank, w, bf16) = (self.rank, self.world as f32, self.bf16);
         device.wait(StreamKind::Comm, after)?;
         let op = move |bytes: &mut [u8]| -> Result<(), String> {
             let mut values = f32s(bytes);
+            round_if(bf16, &mut values);
             let mut comm = lock(&comm, rank)?;
             comm.reduce_scatter_sum_f32_in(&mut values, &bounds)
                 .map_err(|e| named(rank, &e))?;
             // Only this rank's chunk is reduced; the rest keeps its own values.
             let own = bounds[rank]..bounds[rank + 1];
+            let mut mine: Vec<f32> = values[own.clone()].iter().map(|v| v / w).collect();
+            round_if(bf16, &mut mine);
             let out = bytes[own.start * 4..own.end * 4].chunks_exact_mut(4);
-            for (c, v) in out.zip(&values[own]) {
-                c.copy_from_slice(&(v / w).to_le_bytes());
+            for (c, v) in out.zip(&mine) {
+                c.copy_from_slice(&v.to_le_bytes());
             }
             Ok(())
         };
@@ -273,6 +300,15 @@ impl DeviceCollective for HostRingCollective {
         };
         device.queue_in_place(StreamKind::Comm, buf, byte, len, &what, Box::new(op))?;
         device.record(StreamKind::Comm, &what)
+    }
+}
+
+/// With `bf16`, rounds each value to the nearest bf16 (ties to even), in place.
+fn round_if(bf16: bool, values: &mut [f32]) {
+    if bf16 {
+        for v in values {
+            *v = half::bf16::from_f32(*v).to_f32();
+        }
     }
 }
 

@@ -30,6 +30,14 @@ pub struct NcclDeviceCollective {
     counts: CollectiveCounts,
     /// The host side asked which peer is gone when a collective fails.
     liveness: Option<Liveness>,
+    /// bf16 buckets ([`DeviceCollective::set_bf16_buckets`]).
+    bf16: bool,
+    /// bf16 buckets: where a range is cast to bf16 and reduced (reused range after range:
+    /// the comm stream runs them one after another).
+    scratch: Option<DeviceBuffer>,
+    /// Scratch buffers replaced by a larger one, kept until a host wait has seen the
+    /// collectives queued on them done.
+    retired: Vec<DeviceBuffer>,
 }
 
 // SAFETY: the handle is used by one caller at a time (`&mut self`), as NCCL allows.
@@ -73,7 +81,42 @@ impl NcclDeviceCollective {
             aborted: None,
             counts: CollectiveCounts::default(),
             liveness: None,
+            bf16: false,
+            scratch: None,
+            retired: Vec::new(),
         })
+    }
+
+    /// The bf16 scratch, at least `elems` long, and its address.
+    fn scratch_for(&mut self, device: &Device, elems: usize) -> Result<u64, RuntimeError> {
+        if self.scratch.as_ref().is_none_or(|b| b.bytes() < elems * 2) {
+            let fresh = device.alloc(elems * 2, "bf16 gradient bucket")?;
+            if let Some(old) = self.scratch.replace(fresh) {
+                self.retired.push(old);
+            }
+        }
+        Ok(self.scratch.as_ref().map_or(0, |b| b.ptr()))
+    }
+
+    /// Queues `kernel` (`cast_f32_bf16` or `cast_bf16_f32`: source, destination, count)
+    /// on the comm stream.
+    fn cast(
+        device: &Device,
+        kernel: &str,
+        src: u64,
+        dst: u64,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        if n == 0 {
+            return Ok(());
+        }
+        device.launch_on(
+            StreamKind::Comm,
+            kernel,
+            &dims_1d(n as u64, 256, 4, 1024),
+            &[Arg::Ptr(src), Arg::Ptr(dst), Arg::U64(n as u64)],
+        )?;
+        Ok(())
     }
 
     /// Pairs the collective with the host side's liveness: on a failure or a timeout,
@@ -129,6 +172,48 @@ impl NcclDeviceCollective {
     }
 }
 
+impl NcclDeviceCollective {
+    /// bf16 buckets: the range cast to bf16 in the scratch, `ncclAllReduce` with
+    /// `ncclBfloat16` and `ncclAvg` in place there, cast back (see the module docs).
+    fn all_reduce_bf16(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        len: usize,
+        what: String,
+    ) -> Result<Event, RuntimeError> {
+        let at = buf.ptr() + byte as u64;
+        let scratch = self.scratch_for(device, len)?;
+        Self::cast(device, "cast_f32_bf16", at, scratch, len)?;
+        let stream = device.cuda_stream(StreamKind::Comm)? as sys::cudaStream_t;
+        let ptr = scratch as *mut std::ffi::c_void;
+        // SAFETY: the scratch holds `len` bf16 and lives until a host wait saw this done.
+        let r = unsafe {
+            result::all_reduce(
+                ptr,
+                ptr,
+                len,
+                sys::ncclDataType_t::ncclBfloat16,
+                sys::ncclRedOp_t::ncclAvg,
+                self.comm,
+                stream,
+            )
+        };
+        if let Err(e) = r {
+            return Err(self.abort(what, format!("ncclAllReduce (bf16): {e:?}")));
+        }
+        Self::cast(device, "cast_bf16_f32", scratch, at, len)?;
+        let chunks: Vec<usize> = (0..self.world)
+            .map(|c| crate::ops::chunk_range(len, self.world, c).len())
+            .collect();
+        self.counts.collectives += 1;
+        self.counts.bytes += len * 2;
+        self.counts.sent_bytes += ring_all_reduce_sent(&chunks, self.rank, 2);
+        device.record(StreamKind::Comm, &what)
+    }
+}
+
 impl Drop for NcclDeviceCollective {
     fn drop(&mut self) {
         if self.aborted.is_none() {
@@ -172,6 +257,9 @@ impl DeviceCollective for NcclDeviceCollective {
         }
         device.wait(StreamKind::Comm, after)?;
         let stream = device.cuda_stream(StreamKind::Comm)?;
+        if self.bf16 {
+            return self.all_reduce_bf16(device, buf, byte, len, what);
+        }
         let ptr = (buf.ptr() + byte as u64) as *mut std::ffi::c_void;
         // SAFETY: `ptr` addresses `len` f32 of a live device buffer (checked above), kept
         // alive by the caller until the returned event is done; in place is allowed.
@@ -215,6 +303,11 @@ impl DeviceCollective for NcclDeviceCollective {
         std::mem::take(&mut self.counts)
     }
 
+    fn set_bf16_buckets(&mut self, bf16: bool) -> bool {
+        self.bf16 = bf16;
+        true
+    }
+
     fn reduce_scatter_mean_f32(
         &mut self,
         device: &Device,
@@ -232,6 +325,17 @@ impl DeviceCollective for NcclDeviceCollective {
         check_bounds(bounds, elems.len(), self.world, &what)?;
         check_range(buf, byte, elems.len() * 4, "NCCL reduce-scatter range")?;
         device.wait(StreamKind::Comm, after)?;
+        let at = buf.ptr() + byte as u64;
+        // bf16 buckets: reduced in the scratch, averaged there (ncclAvg), cast back.
+        let (base, elem, dtype, op) = if self.bf16 {
+            let scratch = self.scratch_for(device, elems.len())?;
+            Self::cast(device, "cast_f32_bf16", at, scratch, elems.len())?;
+            let dtype = sys::ncclDataType_t::ncclBfloat16;
+            (scratch, 2, dtype, sys::ncclRedOp_t::ncclAvg)
+        } else {
+            let dtype = sys::ncclDataType_t::ncclFloat32;
+            (at, 4, dtype, sys::ncclRedOp_t::ncclSum)
+        };
         let stream = device.cuda_stream(StreamKind::Comm)? as sys::cudaStream_t;
         let comm = self.comm;
         // One ncclReduce per chunk, rooted at its owner (see the module docs).
@@ -240,23 +344,12 @@ impl DeviceCollective for NcclDeviceCollective {
                 if w[0] == w[1] {
                     continue;
                 }
-                let ptr = (buf.ptr() + (byte + w[0] * 4) as u64) as *mut std::ffi::c_void;
+                let ptr = (base + (w[0] * elem) as u64) as *mut std::ffi::c_void;
                 // SAFETY: the chunk lies in a live device buffer (checked above), kept
                 // alive by the caller until the returned event is done; in place is
                 // allowed (only the root's receive buffer is written).
-                unsafe {
-                    result::reduce(
-                        ptr,
-                        ptr,
-                        w[1] - w[0],
-                        sys::ncclDataType_t::ncclFloat32,
-                        sys::ncclRedOp_t::ncclSum,
-                        c as i32,
-                        comm,
-                        stream,
-                    )
-                }
-                .map_err(|e| format!("ncclReduce: {e:?}"))?;
+                unsafe { result::reduce(ptr, ptr, w[1] - w[0], dtype, op, c as i32, comm, stream) }
+                    .map_err(|e| format!("ncclReduce: {e:?}"))?;
             }
             Ok(())
         });
@@ -264,7 +357,10 @@ impl DeviceCollective for NcclDeviceCollective {
             return Err(self.abort(what, why));
         }
         let own = bounds[self.rank]..bounds[self.rank + 1];
-        if !own.is_empty() {
+        if self.bf16 {
+            let (src, dst) = (base + own.start as u64 * 2, at + own.start as u64 * 4);
+            Self::cast(device, "cast_bf16_f32", src, dst, own.len())?;
+        } else if !own.is_empty() {
             let view = buf.as_view::<f32>();
             device.launch_on(
                 StreamKind::Comm,
@@ -278,9 +374,10 @@ impl DeviceCollective for NcclDeviceCollective {
             )?;
         }
         let chunks: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        let elem = if self.bf16 { 2 } else { 4 };
         self.counts.collectives += 1;
-        self.counts.bytes += elems.len() * 4;
-        self.counts.sent_bytes += ring_reduce_scatter_sent(&chunks, self.rank, 4);
+        self.counts.bytes += elems.len() * elem;
+        self.counts.sent_bytes += ring_reduce_scatter_sent(&chunks, self.rank, elem);
         device.record(StreamKind::Comm, &what)
     }
 
@@ -351,6 +448,11 @@ impl DeviceCollective for NcclDeviceCollective {
         let start = Instant::now();
         loop {
             if event.query()? {
+                // Everything queued before the event is done: the replaced scratch too
+                // (the waits are on the comm stream's last events).
+                if event.stream() == StreamKind::Comm {
+                    self.retired.clear();
+                }
                 return Ok(());
             }
             if let Some(why) = self.async_error() {

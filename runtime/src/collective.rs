@@ -79,6 +79,17 @@ pub trait DeviceCollective: Send {
     /// What was queued since the last call (then zero again).
     fn take_counts(&mut self) -> CollectiveCounts;
 
+    /// Makes the gradient collectives ([`DeviceCollective::all_reduce_mean_f32`],
+    /// [`DeviceCollective::reduce_scatter_mean_f32`]) carry bf16 buckets (`true`) or f32
+    /// (`false`, the default); every rank must ask the same. With bf16 each rank's values
+    /// are rounded to bf16 before they are communicated and the average is rounded to
+    /// bf16 once, every rank ending with the same bits; how the sum is taken is the
+    /// implementation's to document. Returns whether the collective does it (the
+    /// default: only f32).
+    fn set_bf16_buckets(&mut self, bf16: bool) -> bool {
+        !bf16
+    }
+
     /// Queues, on `device`'s comm stream after `after`, the reduce-scatter of the f32
     /// elements `elems` of the job's vector (from byte `byte` of `buf`): chunk `c` =
     /// `bounds[c]..bounds[c + 1]` (`world + 1` non-decreasing bounds from 0 to

@@ -13,6 +13,9 @@
 //!   ordering: the emulated comm stream runs the socket ring, [`HostRingCollective`],
 //!   with the host DDP's summation order, so the bits are the host path's).
 //!
+//! `--bucket-dtype bf16` makes its gradient collectives carry bf16 (the collective's
+//! docs say how each sums); it is a usage error on a run that does not take the path.
+//!
 //! The device path gets its own communicator, joined right after the host one (every
 //! rank in the same order): the DDP engine's thread keeps the host one for the loss,
 //! the stop requests, the broadcasts and the checks. NCCL's is paired with a socket
@@ -63,6 +66,7 @@ pub fn attach(
     transport: Transport,
     job_token: Option<&str>,
     n_params: usize,
+    bf16_buckets: bool,
 ) -> Result<bool, CliError> {
     let forced = forced()?;
     let device = backend.device();
@@ -74,13 +78,21 @@ pub fn attach(
              path by itself)"
         )));
     }
-    if sync.world() == 1 || !(nccl || (emu && forced)) {
+    let takes_path = sync.world() > 1 && (nccl || (emu && forced));
+    if bf16_buckets && !takes_path {
+        return Err(CliError::usage(format!(
+            "train: --bucket-dtype bf16 is for gradients averaged on the device: a multi-rank \
+             run with --comm nccl on cuda, or {FORCE_ENV}=1 on emu (the host-staged path \
+             sends f32)"
+        )));
+    }
+    if !takes_path {
         return Ok(false);
     }
     let rv = Rendezvous::from_env(job_token)
         .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
     let context = "joining the job for gradients averaged on the device";
-    let collective: Box<dyn DeviceCollective> = if nccl {
+    let mut collective: Box<dyn DeviceCollective> = if nccl {
         let nccl = NcclDeviceCollective::connect(&rv, device).context(context)?;
         // The host side that names a dead peer when NCCL fails (NCCL cannot).
         let host = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
@@ -92,5 +104,10 @@ pub fn attach(
         let shards = Shards::new(n_params, rv.world, backend.norm_align());
         Box::new(HostRingCollective::new(Box::new(comm), shards).context(context)?)
     };
+    if !collective.set_bf16_buckets(bf16_buckets) {
+        return Err(CliError::usage(
+            "train: --bucket-dtype bf16: this device collective carries f32 only".to_string(),
+        ));
+    }
     Ok(backend.attach_collective(collective))
 }
