@@ -1,7 +1,8 @@
 //! Collectives on device memory, ordered by the device's streams: the contract the
 //! training step uses to reduce each finished gradient range in place on the comm
-//! stream while backward goes on ([`DeviceCollective`]), and what an implementation
-//! needs from the runtime.
+//! stream while backward goes on ([`DeviceCollective`]: all-reduce, or for the sharded
+//! modes reduce-scatter, then all-gathers of the norm's partials and of the bf16
+//! weights), and what an implementation needs from the runtime.
 //!
 //! The runtime knows streams but no communicator; the communication crate implements
 //! the trait (NCCL on the `cuda` comm stream; on `emu`, a host communicator run by an
