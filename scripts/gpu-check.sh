@@ -21,7 +21,9 @@
 #   3. frugal bench kernels|matmul|attention|step --device cuda --json (a subcommand or
 #      device the build does not have yet is skipped with a note); a short training run;
 #      scripts/shard-check.sh: --shard none, grad-op and full on 2 ranks of the one GPU
-#      give the same losses, bit for bit (SHARD_ARGS: its train flags);
+#      give the same losses, bit for bit (SHARD_ARGS: its train flags); then the same on
+#      device buffers (3c': --comm nccl on 2 GPUs, one rank each, with graphs; skipped on
+#      one GPU, where frugal-comm.nccl runs the device collectives on a 1-rank job);
 #   3a. calibration (scripts/calibrate.py): for a fixed list of the benches' rows (the
 #      matmul products, flash forward and forward+backward, a few other kernels), the
 #      MEASURED time next to the time `frugal profile --kernel ... --gpu <this GPU>`
@@ -209,6 +211,26 @@ fi
 # shellcheck disable=SC2086  # word splitting of the flag list is intended
 run "train:shard-bits" "$limit_bench" "$root/scripts/shard-check.sh" "$bin/frugal" \
   "$shard_device" "$logdir/shard" ${SHARD_ARGS-$shard_args}
+
+# 3c'. Sharding on device buffers: the same three modes with every collective on the
+# comm stream (reduce-scatters of the gradients, the norm's partials and the weight
+# gathers: NCCL's on cuda) must log the same bits too, the steps replayed from graphs
+# (--cuda-graphs on). NCCL refuses two ranks on one GPU, so on cuda this needs two GPUs
+# (--comm nccl, one rank on each); the emulator runs the same step path with
+# FRUGAL_DEVICE_COLLECTIVE=1 (the socket ring on the emulated comm stream).
+gpu_count() { grep -c '^GPU ' "$logdir/nvidia-smi.log" 2>/dev/null || echo 0; }
+if [ "$mode" = emu ]; then
+  # shellcheck disable=SC2086  # word splitting of the flag list is intended
+  run "train:shard-bits-device" "$limit_bench" env FRUGAL_DEVICE_COLLECTIVE=1 \
+    "$root/scripts/shard-check.sh" "$bin/frugal" emu "$logdir/shard-device" \
+    --cuda-graphs on ${SHARD_ARGS-$shard_args}
+elif [ "$(gpu_count)" -ge 2 ]; then
+  # shellcheck disable=SC2086  # word splitting of the flag list is intended
+  run "train:shard-bits-nccl" "$limit_bench" "$root/scripts/shard-check.sh" "$bin/frugal" \
+    cuda "$logdir/shard-nccl" --comm nccl --cuda-graphs on ${SHARD_ARGS-$shard_args}
+else
+  rows+=("train:shard-bits-nccl|skipped: needs 2 GPUs (NCCL refuses 2 ranks on one; frugal-comm.nccl ran the collectives on 1)|0")
+fi
 
 # 3d. CUDA graphs: the same step with plain launches and replayed from graphs
 # (--cuda-graphs off, on); the difference of the mean step times is the launch overhead

@@ -93,3 +93,48 @@ fn the_device_collective_averages_in_place_on_the_comm_stream() {
     let e = c.all_reduce_mean_f32(&dev, &buf, 3600, 0..200, &written);
     assert!(e.is_err());
 }
+
+/// The sharded modes' collectives on the comm stream (`NcclDeviceCollective`): with NCCL
+/// and a GPU, a one-rank job's reduce-scatter (one `ncclReduce` per chunk in a group,
+/// then the owner's scale by 1/world) leaves the range as it was, its all-gather (one
+/// `ncclBroadcast` per chunk) copies this rank's chunk from where it is kept (`own`)
+/// into place; bounds that do not split the range are refused before anything is
+/// queued. Without NCCL, nothing to run (the error is the first test's).
+#[test]
+fn the_device_collective_reduce_scatters_and_gathers_in_place() {
+    use frugal_comm::NcclDeviceCollective;
+    use frugal_runtime::collective::DeviceCollective;
+    use frugal_runtime::device::{Device, DeviceSpec};
+    use frugal_runtime::stream::StreamKind;
+
+    if frugal_comm::nccl::check_available().is_err() {
+        return;
+    }
+    let Ok(dev) = Device::open(DeviceSpec::Cuda(0)) else {
+        eprintln!("NCCL loads but no CUDA device opens: nothing more to check");
+        return;
+    };
+    let rv = Rendezvous::single();
+    let mut c = NcclDeviceCollective::connect(&rv, &dev).expect("one-rank NCCL job");
+    let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 9.0).collect();
+    let mut buf = dev.alloc(values.len() * 4, "grads").unwrap();
+    buf.write(0, &values).unwrap();
+    let written = dev.record(StreamKind::Compute, "grads written").unwrap();
+    let done = c
+        .reduce_scatter_mean_f32(&dev, &buf, 40, 10..610, &[0, 600], &written)
+        .expect("queue the reduce-scatter");
+    c.wait(&dev, &done).expect("the reduce-scatter finishes");
+    assert_eq!(buf.to_vec::<f32>().unwrap(), values);
+    // Bytes 0..400 (this rank's whole chunk) gathered into place from byte 2000.
+    let done = c
+        .all_gather_bytes(&dev, &buf, 0, &[0, 400], Some(2000), &done, "a test range")
+        .expect("queue the all-gather");
+    c.wait(&dev, &done).expect("the all-gather finishes");
+    let got = buf.to_vec::<f32>().unwrap();
+    assert_eq!(&got[..100], &values[500..600]);
+    assert_eq!(&got[100..], &values[100..]);
+    let bad = c.reduce_scatter_mean_f32(&dev, &buf, 0, 0..10, &[0, 9], &written);
+    assert!(bad.is_err());
+    let bad = c.all_gather_bytes(&dev, &buf, 0, &[0, 8, 9], None, &written, "bad");
+    assert!(bad.is_err());
+}

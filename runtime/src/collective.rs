@@ -1,7 +1,8 @@
 //! Collectives on device memory, ordered by the device's streams: the contract the
 //! training step uses to reduce each finished gradient range in place on the comm
-//! stream while backward goes on ([`DeviceCollective`]), and what an implementation
-//! needs from the runtime.
+//! stream while backward goes on ([`DeviceCollective`]: all-reduce, or for the sharded
+//! modes reduce-scatter, then all-gathers of the norm's partials and of the bf16
+//! weights), and what an implementation needs from the runtime.
 //!
 //! The runtime knows streams but no communicator; the communication crate implements
 //! the trait (NCCL on the `cuda` comm stream; on `emu`, a host communicator run by an
@@ -78,6 +79,123 @@ pub trait DeviceCollective: Send {
 
     /// What was queued since the last call (then zero again).
     fn take_counts(&mut self) -> CollectiveCounts;
+
+    /// Makes the gradient collectives ([`DeviceCollective::all_reduce_mean_f32`],
+    /// [`DeviceCollective::reduce_scatter_mean_f32`]) carry bf16 buckets (`true`) or f32
+    /// (`false`, the default); every rank must ask the same. With bf16 each rank's values
+    /// are rounded to bf16 before they are communicated and the average is rounded to
+    /// bf16 once, every rank ending with the same bits; how the sum is taken is the
+    /// implementation's to document. Returns whether the collective does it (the
+    /// default: only f32).
+    fn set_bf16_buckets(&mut self, bf16: bool) -> bool {
+        !bf16
+    }
+
+    /// Queues, on `device`'s comm stream after `after`, the reduce-scatter of the f32
+    /// elements `elems` of the job's vector (from byte `byte` of `buf`): chunk `c` =
+    /// `bounds[c]..bounds[c + 1]` (`world + 1` non-decreasing bounds from 0 to
+    /// `elems.len()`, relative to `elems.start`; chunks may be empty) ends on rank `c`
+    /// holding the average over ranks, the bits [`DeviceCollective::all_reduce_mean_f32`]
+    /// gives it; the rest of the range keeps this rank's own values. Returns the event
+    /// after it on the comm stream.
+    ///
+    /// # Errors
+    /// Bounds that do not split the range; as [`DeviceCollective::all_reduce_mean_f32`];
+    /// `Unsupported` by default (a collective that only all-reduces).
+    fn reduce_scatter_mean_f32(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        elems: Range<usize>,
+        bounds: &[usize],
+        after: &Event,
+    ) -> Result<Event, RuntimeError> {
+        let _ = (buf, byte, bounds, after);
+        Err(RuntimeError::Unsupported {
+            backend: device.backend().as_str(),
+            what: format!(
+                "a reduce-scatter of gradients {}..{} (this collective only all-reduces)",
+                elems.start, elems.end
+            ),
+        })
+    }
+
+    /// Queues, on `device`'s comm stream after `after`, the all-gather of the
+    /// `bounds[world]` bytes from byte `byte` of `buf`: chunk `c` = bytes
+    /// `bounds[c]..bounds[c + 1]` of rank `c` is copied bit for bit to every rank. This
+    /// rank's chunk is read from byte `own` of `buf` when given (a shard kept elsewhere:
+    /// `--shard full`'s bf16 weights), else from its place. `what` names it in errors
+    /// and profiles. Returns the event after it on the comm stream.
+    ///
+    /// # Errors
+    /// Bounds that do not split the range; queueing errors (failures of the collective
+    /// itself as in [`DeviceCollective::all_reduce_mean_f32`]); `Unsupported` by default.
+    #[allow(clippy::too_many_arguments)] // the contract's signature
+    fn all_gather_bytes(
+        &mut self,
+        device: &Device,
+        buf: &DeviceBuffer,
+        byte: usize,
+        bounds: &[usize],
+        own: Option<usize>,
+        after: &Event,
+        what: &str,
+    ) -> Result<Event, RuntimeError> {
+        let _ = (buf, byte, bounds, own, after);
+        Err(RuntimeError::Unsupported {
+            backend: device.backend().as_str(),
+            what: format!("an all-gather of {what} (this collective only all-reduces)"),
+        })
+    }
+}
+
+/// Checks that `bounds` splits `len` units over `world` ranks (`world + 1`
+/// non-decreasing values from 0 to `len`), for the sharded collectives.
+///
+/// # Errors
+/// [`RuntimeError::Collective`] naming `what` and the bounds.
+pub fn check_bounds(
+    bounds: &[usize],
+    len: usize,
+    world: usize,
+    what: &str,
+) -> Result<(), RuntimeError> {
+    let ok = bounds.len() == world + 1
+        && bounds.first() == Some(&0)
+        && bounds.last() == Some(&len)
+        && bounds.windows(2).all(|w| w[0] <= w[1]);
+    if ok {
+        return Ok(());
+    }
+    Err(RuntimeError::Collective {
+        what: what.to_string(),
+        message: format!(
+            "chunk bounds {bounds:?} do not split {len} into {world} chunks (need {} \
+             non-decreasing values from 0 to {len})",
+            world + 1
+        ),
+    })
+}
+
+/// [`CollectiveCounts::sent_bytes`] of one reduce-scatter of `chunks` (element counts)
+/// by `rank` as a ring sends it: every chunk but its own.
+pub fn ring_reduce_scatter_sent(chunks: &[usize], rank: usize, elem_bytes: usize) -> usize {
+    if chunks.len() < 2 {
+        return 0;
+    }
+    let total: usize = chunks.iter().sum();
+    (total - chunks.get(rank).copied().unwrap_or(0)) * elem_bytes
+}
+
+/// [`CollectiveCounts::sent_bytes`] of one all-gather of `chunks` (byte counts) by
+/// `rank` as a ring sends it: every chunk but the next rank's.
+pub fn ring_all_gather_sent(chunks: &[usize], rank: usize) -> usize {
+    if chunks.len() < 2 {
+        return 0;
+    }
+    let total: usize = chunks.iter().sum();
+    total - chunks.get((rank + 1) % chunks.len()).copied().unwrap_or(0)
 }
 
 /// [`CollectiveCounts::sent_bytes`] of one all-reduce of `chunks` (chunk `c` reduced on

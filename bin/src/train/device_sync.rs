@@ -1,9 +1,11 @@
 //! Gradients averaged on the device (issue 19 part 2): which runs take the path, and
 //! the second communicator it runs on.
 //!
-//! A multi-rank device run with `--shard none` averages each finished gradient range in
-//! place on the device's comm stream ([`frugal_model::device::DeviceModel::forward_backward_reduced`])
-//! instead of staging it through the host:
+//! A multi-rank device run averages each finished gradient range in place on the
+//! device's comm stream ([`frugal_model::device::DeviceModel::forward_backward_reduced`])
+//! instead of staging it through the host; `--shard grad-op|full` reduce-scatter each
+//! range there, all-gather the norm's partials there and gather the bf16 weights there
+//! (grad-op: after the optimizer; full: before each unit's use, the next unit's ahead):
 //!
 //! - `--device cuda --comm nccl`: always, with NCCL on the runtime's comm stream
 //!   ([`NcclDeviceCollective`]);
@@ -11,15 +13,21 @@
 //!   ordering: the emulated comm stream runs the socket ring, [`HostRingCollective`],
 //!   with the host DDP's summation order, so the bits are the host path's).
 //!
+//! `--bucket-dtype bf16` makes its gradient collectives carry bf16 (the collective's
+//! docs say how each sums); it is a usage error on a run that does not take the path.
+//!
 //! The device path gets its own communicator, joined right after the host one (every
 //! rank in the same order): the DDP engine's thread keeps the host one for the loss,
-//! the stop requests, the broadcasts and the checks. What still stages through the
-//! host: `--shard grad-op|full` (the reduce-scatter of gradients, the norm's partials
-//! and the weight gathers), and every run on `cpu` or `--comm socket` on `cuda`.
+//! the stop requests, the broadcasts and the checks. NCCL's is paired with a socket
+//! communicator of its own, asked which peer is gone when a collective fails or times
+//! out (after `ncclCommAbort`), so that the error names the dead rank. What still stages through the
+//! host: every run on `cpu` or `--comm socket` on `cuda`, and `emu` without
+//! `FRUGAL_DEVICE_COLLECTIVE=1`.
 
+use frugal_comm::device_reduce::Liveness;
 use frugal_comm::{
-    HostRingCollective, NcclDeviceCollective, Rendezvous, ShardMode, Shards, SocketComm,
-    SocketOptions, Transport,
+    HostRingCollective, NcclDeviceCollective, Rendezvous, Shards, SocketComm, SocketOptions,
+    Transport,
 };
 use frugal_runtime::collective::DeviceCollective;
 use frugal_runtime::device::Device;
@@ -58,6 +66,7 @@ pub fn attach(
     transport: Transport,
     job_token: Option<&str>,
     n_params: usize,
+    bf16_buckets: bool,
 ) -> Result<bool, CliError> {
     let forced = forced()?;
     let device = backend.device();
@@ -69,33 +78,36 @@ pub fn attach(
              path by itself)"
         )));
     }
-    if sync.world() == 1 || !(nccl || (emu && forced)) {
-        return Ok(false);
+    let takes_path = sync.world() > 1 && (nccl || (emu && forced));
+    if bf16_buckets && !takes_path {
+        return Err(CliError::usage(format!(
+            "train: --bucket-dtype bf16 is for gradients averaged on the device: a multi-rank \
+             run with --comm nccl on cuda, or {FORCE_ENV}=1 on emu (the host-staged path \
+             sends f32)"
+        )));
     }
-    if sync.shard_mode() != ShardMode::None {
-        if forced {
-            return Err(CliError::usage(format!(
-                "train: {FORCE_ENV}=1 with --shard {}: sharded runs still reduce-scatter \
-                 through the host; use --shard none",
-                sync.shard_mode()
-            )));
-        }
-        log::info!(
-            "--shard {}: gradients stage through the host (the device path is for --shard none)",
-            sync.shard_mode()
-        );
+    if !takes_path {
         return Ok(false);
     }
     let rv = Rendezvous::from_env(job_token)
         .map_err(|e| CliError::usage(format!("train: joining the job: {e}")))?;
     let context = "joining the job for gradients averaged on the device";
-    let collective: Box<dyn DeviceCollective> = if nccl {
-        Box::new(NcclDeviceCollective::connect(&rv, device).context(context)?)
+    let mut collective: Box<dyn DeviceCollective> = if nccl {
+        let nccl = NcclDeviceCollective::connect(&rv, device).context(context)?;
+        // The host side that names a dead peer when NCCL fails (NCCL cannot).
+        let host = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
+        Box::new(nccl.with_liveness(Liveness::new(Box::new(host))))
     } else {
         let comm = SocketComm::connect(&rv, SocketOptions::default()).context(context)?;
-        // The host DDP's partition: each element summed from the same owner, same bits.
+        // The host DDP's partition (the sharded modes' shards): each element summed from
+        // the same owner, same bits.
         let shards = Shards::new(n_params, rv.world, backend.norm_align());
         Box::new(HostRingCollective::new(Box::new(comm), shards).context(context)?)
     };
+    if !collective.set_bf16_buckets(bf16_buckets) {
+        return Err(CliError::usage(
+            "train: --bucket-dtype bf16: this device collective carries f32 only".to_string(),
+        ));
+    }
     Ok(backend.attach_collective(collective))
 }

@@ -115,6 +115,7 @@ pub fn run(flags: TrainFlags) -> Result<(), CliError> {
         opts.comm,
         opts.job_token.as_deref(),
         opts.config.param_count(),
+        opts.bf16_buckets,
     )?;
     let (rank, world) = (sync.rank(), sync.world());
     if world > 1 {

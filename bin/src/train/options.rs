@@ -171,6 +171,8 @@ pub struct TrainOptions {
     /// DDP bucket size in bytes: finished gradients are all-reduced in
     /// buckets of about this size while backward continues.
     pub bucket_bytes: usize,
+    /// `--bucket-dtype bf16`: the device path's gradient collectives carry bf16.
+    pub bf16_buckets: bool,
     /// CPU worker threads.
     pub threads: usize,
     /// Checkpoints kept in `out`.
@@ -285,11 +287,12 @@ pub struct TrainFlags {
     /// (nsys --capture-range=cudaProfilerApi); nothing to capture on cpu/emu
     #[arg(long, value_name = "A:B", value_parser = text::<String>(), help_heading = "device")]
     pub profile_steps: Option<String>,
-    /// all-reduce backend for multi-rank runs (default socket); on cuda with
-    /// --shard none, nccl averages gradients in place on the GPU's comm stream
-    /// while backward runs; socket, and nccl under grad-op|full, stage them
-    /// through host memory (FRUGAL_DEVICE_COLLECTIVE=1 forces the in-place
-    /// path on --device emu, for testing)
+    /// all-reduce backend for multi-rank runs (default socket); on cuda, nccl
+    /// averages gradients in place on the GPU's comm stream while backward
+    /// runs (grad-op|full: reduce-scatters them and gathers the weights
+    /// there too); socket stages them through host memory
+    /// (FRUGAL_DEVICE_COLLECTIVE=1 forces the in-place path on --device emu,
+    /// for testing)
     #[arg(long, value_name = "socket|nccl", value_parser = CommParser, help_heading = "device")]
     pub comm: Option<Transport>,
     /// how ranks share model state (default none = DDP): grad-op shards
@@ -313,6 +316,13 @@ pub struct TrainFlags {
     /// when that is smaller, at least 1)
     #[arg(long, value_name = "X", value_parser = text::<f64>(), help_heading = "device")]
     pub bucket_mb: Option<f64>,
+    /// what gradients travel in between ranks averaged on the device (default
+    /// f32): bf16 rounds each rank's values to bf16 and the average once more,
+    /// the same bits on every rank (with --comm nccl: NCCL's bf16 sums, half
+    /// the bytes); needs the device path (--comm nccl on cuda, or
+    /// FRUGAL_DEVICE_COLLECTIVE=1 on emu)
+    #[arg(long, value_name = "f32|bf16", value_parser = text::<String>(), help_heading = "device")]
+    pub bucket_dtype: Option<String>,
 
     /// run folder: checkpoints, run.json, a lock held while training
     /// (default runs/<model>-seed<S>, with a config hash if overridden)
@@ -505,6 +515,15 @@ impl TrainOptions {
         let mem_target = mem_target_flag(&args)?;
         let profile_steps = profile_steps_flag(&args, steps)?;
         let (comm, bucket_bytes) = comm_flags(&args, config.param_count())?;
+        let bf16_buckets = match args.bucket_dtype.as_deref() {
+            None | Some("f32") => false,
+            Some("bf16") => true,
+            Some(other) => {
+                return Err(usage(format!(
+                    "--bucket-dtype '{other}' is not one of f32, bf16"
+                )))
+            }
+        };
         let (shard, plan_world) = shard_flags(&args)?;
         let job_token = args.job_token.clone();
         let comm_timeout = match args.comm_timeout.as_deref() {
@@ -579,6 +598,7 @@ impl TrainOptions {
             job_token,
             comm_timeout,
             bucket_bytes,
+            bf16_buckets,
             threads,
             keep,
             val_every,

@@ -624,6 +624,15 @@ impl GradSync {
         })
     }
 
+    /// Adds `sent_bytes` that collectives outside the engine sent for the step's
+    /// optimizer (the device path's gather of the norm's partials) to the step's
+    /// [`GradSync::step_stats`], as [`GradSync::gather_norm_partials`] adds its own.
+    pub fn add_optimizer_sent_bytes(&mut self, sent_bytes: usize) {
+        if let Link::Ddp { extra, .. } = &mut self.link {
+            extra.sent_bytes += sent_bytes;
+        }
+    }
+
     /// The mean of `x` over the ranks (validation loss).
     ///
     /// # Errors

@@ -112,6 +112,7 @@ mod place;
 pub mod program;
 mod reduce;
 mod runner;
+mod shard_reduce;
 mod shard_step;
 pub mod sharding;
 mod vanilla;
@@ -962,6 +963,9 @@ impl DeviceModel {
     pub fn optimizer_step(&mut self, lr: f32, max_norm: f64) -> Result<f64, ModelError> {
         let _range = nvtx::range("optimizer");
         let p = self.layout.total();
+        if self.shard.len() != p && self.gathers_on_device() {
+            return self.optimizer_step_on_device(lr, max_norm);
+        }
         if self.shard.len() != p {
             return Err(ModelError::DeviceUnsupported {
                 what: "a sharded optimizer step needs every rank's norm partials: call \

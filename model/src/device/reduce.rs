@@ -20,7 +20,7 @@ use frugal_runtime::collective::{CollectiveCounts, DeviceCollective};
 use frugal_runtime::nvtx;
 use frugal_runtime::stream::{Event, StreamKind};
 
-use super::{device_err, DeviceModel, Step};
+use super::{device_err, DeviceModel};
 use crate::error::ModelError;
 
 /// The collective and the state of the current step's reductions.
@@ -30,12 +30,38 @@ pub(super) struct DeviceReduce {
     /// Set while [`DeviceModel::forward_backward_reduced`] runs its pass.
     active: bool,
     /// The event after the step's last collective, until the optimizer waited for it.
-    last: Option<Event>,
+    pub(super) last: Option<Event>,
+    /// Sharded steps: the event after the last reduce-scatter of a range that meets
+    /// this rank's shard (what the optimizer's kernels wait for).
+    pub(super) own_last: Option<Event>,
+    /// `--shard grad-op`: the units' weight gathers queued after the last update and not
+    /// yet waited for by a forward (`shard_reduce.rs`).
+    pub(super) pending: Vec<(Range<usize>, Event)>,
+    /// `--shard full`: the next unit's gather queued ahead of use (its step, its event).
+    pub(super) prefetched: Option<(usize, Event)>,
+    /// The last gather the current pass's kernels waited for.
+    pub(super) gathered: Option<Event>,
+    /// What the last sharded optimizer step queued for the norm's partials (its weight
+    /// gathers stay in the collective's counts, for the next step, as the host path
+    /// counts a gather when the forward waits for it).
+    pub(super) optimizer_counts: CollectiveCounts,
 }
 
 impl DeviceReduce {
     pub(super) fn active(&self) -> bool {
         self.active && self.collective.is_some()
+    }
+
+    pub(super) fn has_collective(&self) -> bool {
+        self.collective.is_some()
+    }
+
+    pub(super) fn collective_mut(&mut self) -> Result<&mut Box<dyn DeviceCollective>, ModelError> {
+        self.collective
+            .as_mut()
+            .ok_or_else(|| ModelError::DeviceUnsupported {
+                what: "a device collective was needed but none is set (set_collective)".into(),
+            })
     }
 }
 
@@ -43,8 +69,12 @@ impl DeviceModel {
     /// Gives the model the collective that [`DeviceModel::forward_backward_reduced`]
     /// averages the gradients with (None: back to the host-staged hand-over only).
     pub fn set_collective(&mut self, collective: Option<Box<dyn DeviceCollective>>) {
-        self.reduce.collective = collective;
-        self.reduce.last = None;
+        self.reduce = DeviceReduce {
+            collective,
+            ..DeviceReduce::default()
+        };
+        // The host copy of the bf16 shard is not kept up to date on the device path.
+        self.own_bf16.clear();
     }
 
     /// What the collective queued since the last call (zero without one).
@@ -54,6 +84,12 @@ impl DeviceModel {
             .as_mut()
             .map(|c| c.take_counts())
             .unwrap_or_default()
+    }
+
+    /// What the last optimizer step's own collectives queued (a sharded step on the
+    /// device: the gather of the norm's partials), then zero again.
+    pub fn take_optimizer_collective_counts(&mut self) -> CollectiveCounts {
+        std::mem::take(&mut self.reduce.optimizer_counts)
     }
 
     /// Whether a collective is set.
@@ -66,9 +102,12 @@ impl DeviceModel {
     /// module docs) instead of handed to the host. The next
     /// [`DeviceModel::optimizer_step`] waits for the reductions.
     ///
+    /// On a sharded step (`--shard grad-op|full`) each range is reduce-scattered instead,
+    /// and every pass's weight gathers run on the device too (`shard_reduce.rs`).
+    ///
     /// # Errors
-    /// [`ModelError::DeviceUnsupported`] without a collective or on a sharded step (whose
-    /// reduce-scatter still stages through the host); as [`DeviceModel::forward_backward`].
+    /// [`ModelError::DeviceUnsupported`] without a collective; as
+    /// [`DeviceModel::forward_backward`].
     pub fn forward_backward_reduced(
         &mut self,
         inputs: &[u32],
@@ -80,33 +119,14 @@ impl DeviceModel {
                 what: "a device reduction needs a collective (set_collective)".into(),
             });
         }
-        if self.shard.len() != self.layout.total() || self.options.sharding.shards_weights() {
-            return Err(ModelError::DeviceUnsupported {
-                what: "device reductions of a sharded step (its reduce-scatter stages through \
-                       the host)"
-                    .into(),
-            });
-        }
         self.reduce.last = None;
+        self.reduce.own_last = None;
         self.reduce.active = true;
+        // A micro-batch with no counted target runs no kernel but still hands every range
+        // to the collective (the other ranks' do): `run_steps` does both.
         let r = self.forward_backward(inputs, targets, grad_scale, None);
         self.reduce.active = false;
-        let loss = r?;
-        if self.reduce.last.is_none() {
-            // No counted target: nothing ran, every range still goes to the collective
-            // (the other ranks' do).
-            let ranges: Vec<Range<usize>> = self.steps[..self.optimizer]
-                .iter()
-                .filter_map(|(_, s)| match s {
-                    Step::GradsReady(r) => Some(r.clone()),
-                    _ => None,
-                })
-                .collect();
-            for r in ranges {
-                self.reduce_range(r)?;
-            }
-        }
-        Ok(loss)
+        r
     }
 
     /// Hands gradient range `r` to the collective after the compute work queued so far.
@@ -120,13 +140,32 @@ impl DeviceModel {
             )
             .map_err(device_err(what.clone()))?;
         let byte = (self.offsets[self.ids.grads] + r.start as u64 * 4) as usize;
+        let sharded = self.options.sharding.shards_optimizer();
+        let bounds = if sharded {
+            self.shard_bounds(&r)
+        } else {
+            Vec::new()
+        };
+        let own = r.start < self.shard.end && self.shard.start < r.end;
         let Some(c) = self.reduce.collective.as_mut() else {
             return Ok(());
         };
         // The host side of the hand-over, next to the comm-stream work in Nsight.
         let _range = nvtx::enabled().then(|| nvtx::range(&what));
+        let (device, buf) = (&self.device, &self.arena.buffer);
+        if sharded {
+            let done = c
+                .reduce_scatter_mean_f32(device, buf, byte, r, &bounds, &written)
+                .map_err(device_err(what))?;
+            if own {
+                self.reduce.own_last = Some(done);
+            } else {
+                self.reduce.last = Some(done);
+            }
+            return Ok(());
+        }
         let done = c
-            .all_reduce_mean_f32(&self.device, &self.arena.buffer, byte, r, &written)
+            .all_reduce_mean_f32(device, buf, byte, r, &written)
             .map_err(device_err(what))?;
         self.reduce.last = Some(done);
         Ok(())

@@ -50,6 +50,9 @@ impl DeviceModel {
         // The NVTX range of the current phase, ended when the phase changes.
         let mut phase: Option<(&str, nvtx::Range)> = None;
         let mut graphs = std::mem::take(&mut self.graphs);
+        // The sharded step's gathers run on the device (`shard_reduce.rs`).
+        let on_device = self.gathers_on_device();
+        self.reduce.prefetched = None;
         let mut at = range.start;
         while at < range.end {
             let (name, step) = &steps[at];
@@ -82,22 +85,39 @@ impl DeviceModel {
                     }
                 }
             }
-            if let Step::GatherWeights { range, buf } = step {
-                let gather = weights.gather.as_deref_mut();
-                result = self.gather_unit(range, *buf, &mut staged, gather);
+            if let Step::GatherWeights { range: unit, buf } = step {
+                result = if on_device {
+                    self.gather_unit_on_device(&steps, at - 1, range.end, unit, *buf)
+                        .map_err(E::from)
+                } else {
+                    let gather = weights.gather.as_deref_mut();
+                    self.gather_unit(unit, *buf, &mut staged, gather)
+                };
                 if result.is_err() {
                     break;
                 }
                 continue;
             }
-            if let Step::AwaitWeights(range) = step {
-                result = self.await_unit(range, &mut staged, weights.awaits.as_deref_mut());
+            if let Step::AwaitWeights(unit) = step {
+                result = if on_device {
+                    self.await_unit_on_device(unit).map_err(E::from)
+                } else {
+                    self.await_unit(unit, &mut staged, weights.awaits.as_deref_mut())
+                };
                 if result.is_err() {
                     break;
                 }
                 continue;
             }
             if !launch {
+                // Nothing to compute, but every range still goes to the device collective
+                // (the other ranks' do).
+                if let (Step::GradsReady(r), true) = (step, self.reduce.active()) {
+                    result = self.reduce_range(r.clone()).map_err(E::from);
+                    if result.is_err() {
+                        break;
+                    }
+                }
                 continue;
             }
             if phase.as_ref().is_none_or(|(p, _)| *p != name.as_str()) {
@@ -148,6 +168,9 @@ impl DeviceModel {
         self.graphs = graphs;
         self.grad_copies = copies;
         self.steps = steps;
+        if on_device && result.is_ok() {
+            result = self.await_gathers().map_err(E::from);
+        }
         result
     }
 

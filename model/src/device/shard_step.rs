@@ -52,7 +52,7 @@ impl DeviceModel {
     /// `--shard full`: reads this rank's bf16 weights into the host copy the unit
     /// gathers take their part from (nothing otherwise).
     pub(super) fn refresh_own_bf16(&mut self) -> Result<(), ModelError> {
-        if !self.options.sharding.shards_weights() {
+        if !self.options.sharding.shards_weights() || self.gathers_on_device() {
             return Ok(());
         }
         let mut own = std::mem::take(&mut self.own_bf16);

@@ -35,6 +35,12 @@
 //! waited for at once: on `cuda` it overlaps the kernels of the unit before,
 //! which were queued asynchronously; nothing is prefetched further ahead.
 //! After the optimizer nothing is gathered (each unit is, before its use).
+//!
+//! With a device collective attached ([`crate::train::device_sync`]) every
+//! mode's collectives run on the device instead (`frugal_model`'s
+//! `shard_reduce.rs`: reduce-scatters in place on the comm stream, the norm's
+//! partials and the weights all-gathered there); the engine then averages
+//! only the loss.
 
 use std::ops::Range;
 
@@ -279,6 +285,21 @@ impl StepBackend for DeviceStep {
         sync: &mut GradSync,
         hand_over: bool,
     ) -> Result<f32, CliError> {
+        if self.model.has_collective() && sync.world() > 1 {
+            // Every collective of the step runs on the device's comm stream, sharded
+            // or not (the weight gathers of a sharded step in every pass).
+            if !hand_over {
+                return self
+                    .model
+                    .forward_backward(inputs, targets, grad_scale, None)
+                    .map_err(CliError::from);
+            }
+            self.reduced_on_device = true;
+            return self
+                .model
+                .forward_backward_reduced(inputs, targets, grad_scale)
+                .map_err(CliError::from);
+        }
         if let Some(g) = self.sharded.as_mut().filter(|g| g.full) {
             // The gathers and the hand-over both talk to the engine, one call
             // at a time: the sync is shared through a cell.
@@ -327,13 +348,6 @@ impl StepBackend for DeviceStep {
             return self
                 .model
                 .forward_backward(inputs, targets, grad_scale, None)
-                .map_err(CliError::from);
-        }
-        if self.model.has_collective() {
-            self.reduced_on_device = true;
-            return self
-                .model
-                .forward_backward_reduced(inputs, targets, grad_scale)
                 .map_err(CliError::from);
         }
         let handed_over = &mut self.handed_over;
@@ -399,11 +413,17 @@ impl StepBackend for DeviceStep {
     }
 
     fn optimizer_step(&mut self, lr: f32, clip: f64, sync: &mut GradSync) -> Result<f64, CliError> {
-        let Some(g) = self.sharded.as_mut() else {
-            return self
+        let on_device = self.model.has_collective() && sync.world() > 1;
+        let Some(g) = self.sharded.as_mut().filter(|_| !on_device) else {
+            // Unsharded, or sharded with the norm's partials and the weight gathers
+            // on the device.
+            let norm = self
                 .model
                 .optimizer_step(lr, clip)
-                .map_err(|e| device_failed("optimizer step", e));
+                .map_err(|e| device_failed("optimizer step", e))?;
+            let c = self.model.take_optimizer_collective_counts();
+            sync.add_optimizer_sent_bytes(c.sent_bytes);
+            return Ok(norm);
         };
         let (chunks, partials) = self
             .model
@@ -445,6 +465,9 @@ impl StepBackend for DeviceStep {
         targets: &[u32],
         sync: &mut GradSync,
     ) -> Result<f32, CliError> {
+        if self.model.has_collective() && sync.world() > 1 {
+            return self.model.loss(inputs, targets).map_err(CliError::from);
+        }
         if let Some(g) = self.sharded.as_mut().filter(|g| g.full) {
             let unit = &mut g.unit;
             let shard = g.shard.clone();
@@ -490,9 +513,6 @@ impl StepBackend for DeviceStep {
         &mut self,
         collective: Box<dyn frugal_runtime::collective::DeviceCollective>,
     ) -> bool {
-        if self.sharded.is_some() {
-            return false;
-        }
         self.model.set_collective(Some(collective));
         true
     }

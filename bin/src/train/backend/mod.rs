@@ -11,10 +11,10 @@
 //!   to the host (in reverse layer order) and on to the all-reduce while it
 //!   goes on with earlier layers; the averaged gradients go back to the device
 //!   before the optimizer step. This host-staged path (device → host, ring
-//!   all-reduce, host → device) serves `--comm socket` and the sharded runs;
-//!   with `--comm nccl` on `cuda` and `--shard none` (or on `emu` with
-//!   `FRUGAL_DEVICE_COLLECTIVE=1`) each range is averaged in place on the
-//!   device's comm stream instead ([`super::device_sync`]).
+//!   all-reduce, host → device) serves `--comm socket`; with `--comm nccl` on
+//!   `cuda` (or on `emu` with `FRUGAL_DEVICE_COLLECTIVE=1`) each range is
+//!   averaged (sharded: reduce-scattered) in place on the device's comm stream
+//!   instead, and a sharded step's gathers run there too ([`super::device_sync`]).
 //!
 //! Per step the loop calls: [`StepBackend::zero_grads`], then per micro-batch
 //! [`StepBackend::forward_backward`] (the last one handing finished ranges to
