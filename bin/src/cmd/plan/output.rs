@@ -309,7 +309,7 @@ fn comm_note(comm: super::host::CommKind) -> String {
     };
     match comm {
         CommKind::Nccl => "NCCL rings on the GPUs' links, device to device (as frugal's trainer \
-             runs them with --shard none; its sharded modes still stage through host memory)"
+             runs them in every shard mode)"
             .to_string(),
         CommKind::Socket => format!(
             "frugal's TCP ring, one lane, loopback inside a node ({}), the network between \
