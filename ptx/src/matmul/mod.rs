@@ -51,6 +51,7 @@ pub mod emit;
 pub mod simt;
 pub mod splitk;
 pub mod table;
+pub mod wgmma;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
