@@ -9,6 +9,9 @@ use frugal_ptx::catalogue::Target;
 use frugal_ptx::matmul::wgmma::{self, WGMMA_CONFIGS};
 use frugal_ptx::matmul::{Layout, OutType};
 use frugal_ptx::ptxas::Ptxas;
+use sm90::performance_notes;
+
+mod sm90;
 
 const OUTS: [OutType; 2] = [OutType::F32, OutType::Bf16];
 
@@ -45,30 +48,4 @@ fn every_variant_assembles_for_sm90a_without_spills_or_warnings() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// ptxas's "info" lines that say the wgmma pipeline lost something: serialised wgmma
-/// (C7510..C7520 "Potential Performance Loss") or an injected `warpgroup.arrive` (C7519: a
-/// register was touched between wgmmas without the kernel's own `wgmma.fence`). The
-/// [`Ptxas`] report keeps only warnings, so this runs the binary itself.
-fn performance_notes(ptxas: &Ptxas, name: &str, text: &str) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!("frugal-wgmma-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let src = dir.join(format!("{name}.ptx"));
-    std::fs::write(&src, text).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
-    let out = std::process::Command::new(ptxas.path())
-        .args(["--gpu-name", "sm_90a", "-v", "-o"])
-        .arg(dir.join(format!("{name}.cubin")))
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", ptxas.path().display()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let log =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    log.lines()
-        .filter(|l| {
-            l.contains("Performance Loss") || l.contains("injected") || l.contains("serializ")
-        })
-        .map(|l| format!("{name}: {l}"))
-        .collect()
 }

@@ -45,6 +45,7 @@
 pub mod emit;
 pub mod emit_bwd;
 pub mod tile;
+pub mod wgmma_fwd;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;
