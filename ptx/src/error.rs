@@ -204,6 +204,20 @@ pub enum PtxError {
         /// Which warps wait where.
         detail: String,
     },
+    /// Misuse of Hopper's asynchronous machinery that the sanitizer caught: an `mbarrier`
+    /// used uninitialised or beyond its counts, a bulk copy or tensor copy the ISA forbids
+    /// (bad tensor map, missing `fence.proxy.async`), `setmaxnreg` out of range or not
+    /// warpgroup-uniform, ordinary loads and stores of a live barrier's bytes.
+    AsyncMisuse {
+        /// Kernel name.
+        kernel: String,
+        /// The thread whose instruction it was.
+        at: ThreadPos,
+        /// PTX source line.
+        line: u32,
+        /// What is wrong and what the kernel must do instead.
+        detail: String,
+    },
     /// A thread executed `trap`.
     Trap {
         /// Kernel name.
@@ -315,6 +329,9 @@ impl fmt::Display for PtxError {
                 "kernel '{kernel}', CTA ({},{},{}): deadlock, no warp can make progress: {detail}",
                 cta[0], cta[1], cta[2]
             ),
+            PtxError::AsyncMisuse { kernel, at, line, detail } => {
+                write!(f, "kernel '{kernel}', {at}, PTX line {line}: {detail}")
+            }
             PtxError::Trap { kernel, at, line } => {
                 write!(f, "kernel '{kernel}', {at}, PTX line {line}: trap executed")
             }

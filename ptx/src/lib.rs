@@ -57,6 +57,7 @@ pub mod occupancy;
 mod ptx_text;
 pub mod ptxas;
 pub mod resources;
+pub mod tensor_map;
 /// Kernel-test support shared by this crate's tests and the runtime's device tests:
 /// per-family cases over a [`testing::Runner`] (the emulator here, any device there).
 #[doc(hidden)]

@@ -3,10 +3,17 @@
 //! The memory and tensor families go through here; nothing else touches the bytes.
 
 use super::exec::Cta;
-use super::inst::{Addr, MemSpace, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use super::inst::{Addr, MemSpace, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use super::warp::Warp;
 use super::DeviceMemory;
 use crate::error::{BufferInfo, PtxError, Space, ThreadPos};
+
+/// Flag in `Cta::pending_tid`: the pending write is a bulk or tensor copy's.
+pub(super) const BULK_PENDING: u32 = 1 << 31;
+/// Flag in a shadow tag: the async proxy (a bulk or tensor copy) wrote the byte.
+pub(super) const ASYNC_WRITE: u64 = 1 << 15;
+/// The writer's `tid + 1` in a shadow tag.
+pub(super) const WRITER_MASK: u64 = ASYNC_WRITE - 1;
 
 /// The thread an access is made for and the PTX line making it: what an error report names.
 #[derive(Clone, Copy)]
@@ -58,6 +65,8 @@ impl Cta<'_> {
                     (Space::Shared, addr - SHARED_WINDOW)
                 } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW_SIZE).contains(&addr) {
                     (Space::Local, addr - LOCAL_WINDOW)
+                } else if (PARAM_WINDOW..PARAM_WINDOW + WINDOW_SIZE).contains(&addr) {
+                    (Space::Param, addr - PARAM_WINDOW)
                 } else {
                     (Space::Global, addr)
                 }
@@ -148,12 +157,26 @@ impl Cta<'_> {
         if !self.checks.races {
             return Ok(());
         }
+        // Writes up to the last CTA barrier, or up to the completion of the last mbarrier
+        // phase this thread waited for, are ordered before its reads.
+        let synced = self.barrier_time.max(self.hop.sync_time[me as usize]);
         for i in range {
             let s = self.shadow[i];
             // Fast path: no pending copy, and the last write (if any) precedes the last
             // barrier (a never-written byte has time 0).
-            if self.pending[i] == 0 && s >> 16 <= self.barrier_time {
+            if self.pending[i] == 0 && s >> 16 <= synced {
                 continue;
+            }
+            if self.pending[i] != 0 && self.pending_tid[i] & BULK_PENDING != 0 {
+                let issuer = self.pending_tid[i] & !BULK_PENDING;
+                return Err(self.async_misuse(
+                    me,
+                    at.line,
+                    format!(
+                        "shared memory at {i:#x} is the destination of a cp.async.bulk by thread {:?} that has not landed; wait on its mbarrier (mbarrier.try_wait) for the phase the copy completes before reading it",
+                        self.tid(issuer)
+                    ),
+                ));
             }
             if self.pending[i] != 0 {
                 return Err(PtxError::SharedRace {
@@ -165,7 +188,7 @@ impl Cta<'_> {
                     pending_async: true,
                 });
             }
-            let (time, writer) = (s >> 16, ((s & 0xFFFF) as u32).wrapping_sub(1));
+            let (time, writer) = (s >> 16, ((s & WRITER_MASK) as u32).wrapping_sub(1));
             let ordered = writer == me
                 || (writer / 32 == me / 32 && time <= self.warp_sync_time[(me / 32) as usize]);
             if !ordered {
@@ -180,6 +203,29 @@ impl Cta<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An ordinary access must not touch a live mbarrier's 8 bytes (the ISA leaves their
+    /// contents to the mbarrier instructions).
+    #[inline]
+    pub(super) fn check_not_mbarrier(
+        &self,
+        at: Site,
+        a: u64,
+        size: u32,
+        what: &str,
+    ) -> Result<(), PtxError> {
+        if self.hop.mbars.is_empty() {
+            return Ok(());
+        }
+        match self.hop.mbar_at(a, size) {
+            Some(b) => Err(self.async_misuse(
+                at.tid,
+                at.line,
+                format!("{what} of {size} bytes at shared {a:#x} touches the live mbarrier at {b:#x}; use the mbarrier instructions (or mbarrier.inval it first)"),
+            )),
+            None => Ok(()),
+        }
     }
 
     #[inline]
@@ -218,6 +264,7 @@ impl Cta<'_> {
             },
             Space::Shared => {
                 let r = self.shared_range(at, a, size)?;
+                self.check_not_mbarrier(at, a, size, "ld")?;
                 self.check_shared_read(at, r.clone())?;
                 buf[..n].copy_from_slice(&self.shared[r]);
             }
@@ -267,6 +314,7 @@ impl Cta<'_> {
             },
             Space::Shared => {
                 let r = self.shared_range(at, a, size)?;
+                self.check_not_mbarrier(at, a, size, "st")?;
                 self.shared[r.clone()].copy_from_slice(&bytes[..n]);
                 self.mark_shared_write(at.tid, r);
             }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
-use super::ops::{control, convert, float, integer, memory, sync, tensor};
+use super::ops::{
+    bulk, control, convert, float, integer, mbarrier, memory, stmatrix, sync, tensor,
+};
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
 use super::ParamInfo;
@@ -238,7 +240,12 @@ fn decode_op(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
         "ld" | "st" | "ldu" => memory::decode_ld_st(d, m, base),
         "cvta" => memory::decode_cvta(d, m),
         "atom" | "red" => memory::decode_atom(d, m, base),
+        "cp" if d.inst.opcode.starts_with("cp.async.bulk") => bulk::decode_bulk(d, m),
         "cp" => memory::decode_cp(d, m),
+        "mbarrier" => mbarrier::decode_mbarrier(d, m),
+        "elect" => sync::decode_elect(d, m),
+        "setmaxnreg" => sync::decode_setmaxnreg(d, m),
+        "stmatrix" => stmatrix::decode_stmatrix(d, m),
         "prefetch" | "prefetchu" => memory::decode_prefetch(m),
         "bar" | "barrier" => sync::decode_bar(d, m, base),
         "membar" | "fence" => sync::decode_fence(m),

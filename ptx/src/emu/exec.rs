@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 
 use super::counters::{sample_grid, Counters, Profiling, Recorder};
 use super::inst::{Inst, Kernel, Op, Reg, Src, Sreg};
+use super::ops::mbarrier::Hopper;
 use super::types::width_mask;
 use super::warp::{Warp, WarpState, NO_PC};
 use super::{Checks, DeviceMemory, LaunchDims, LaunchStats};
@@ -73,6 +74,8 @@ pub(super) struct Cta<'a> {
     pub(super) stats: LaunchStats,
     /// The launch's counters while counting (`Profiling::count`); `None` otherwise.
     pub(super) recorder: Option<Box<Recorder>>,
+    /// mbarriers, bulk copies in flight and the other sm_90 asynchronous state.
+    pub(super) hop: Hopper,
 }
 
 pub(crate) fn launch(
@@ -175,6 +178,7 @@ fn launch_limited(
         nwarps,
         stats: LaunchStats::default(),
         recorder: profiling.count.then(Box::default),
+        hop: Hopper::default(),
     };
     let mut warps: Vec<Warp> = (0..nwarps)
         .map(|w| Warp {
@@ -234,6 +238,8 @@ impl Cta<'_> {
         self.warp_sync_time.fill(self.barrier_time);
         self.shadow.fill(0);
         self.local.fill(0);
+        self.hop
+            .reset(self.nthreads, self.nwarps, self.barrier_time);
         for a in &mut self.asyncs {
             a.open.clear();
             a.committed.clear();
@@ -269,6 +275,9 @@ impl Cta<'_> {
         mem: &mut DeviceMemory,
     ) -> Result<(), PtxError> {
         self.step_limit = self.stats.instructions.saturating_add(self.step_budget);
+        // The warp states and barrier epoch when parked warps were last woken without their
+        // barrier having moved on: the same again means nothing can progress.
+        let mut forced: Option<(Vec<WarpState>, u64)> = None;
         loop {
             for w in warps.iter_mut() {
                 if w.state == WarpState::Running {
@@ -277,71 +286,108 @@ impl Cta<'_> {
             }
             if warps.iter().all(|w| w.state == WarpState::Done) {
                 // Copies never waited for still land (the CTA is over; nobody can read them).
+                self.land_bulk_loads()?;
+                self.finish_bulk_stores(mem)?;
                 return Ok(());
             }
-            // Every warp is done or waiting: open the barriers whose threads have all arrived.
-            let live_threads: u32 = warps
+            // Nothing runs. In order: wake the warps whose mbarrier moved on, open the
+            // barriers whose threads have all arrived, land the bulk copies in flight, wake
+            // parked warps that may not be spinning; else nothing can progress.
+            let mut woke = false;
+            for w in warps.iter_mut() {
+                if let WarpState::Parked(p) = w.state {
+                    if self.park_over(&p) {
+                        w.state = WarpState::Running;
+                        woke = true;
+                    }
+                }
+            }
+            if woke {
+                continue;
+            }
+            if self.open_barriers(warps) {
+                // A barrier orders shared memory: writes before it are visible to reads after.
+                self.barrier_time = self.stats.instructions;
+                continue;
+            }
+            if !self.hop.loads.is_empty() {
+                self.land_bulk_loads()?;
+                continue;
+            }
+            let states: Vec<WarpState> = warps.iter().map(|w| w.state).collect();
+            let parked = states.iter().any(|s| matches!(s, WarpState::Parked(_)));
+            if parked && forced.as_ref() != Some(&(states.clone(), self.hop.epoch)) {
+                forced = Some((states, self.hop.epoch));
+                for w in warps.iter_mut() {
+                    if matches!(w.state, WarpState::Parked(_)) {
+                        w.state = WarpState::Running;
+                    }
+                }
+                continue;
+            }
+            let detail = warps
                 .iter()
-                .filter(|w| w.state != WarpState::Done)
-                .map(|w| w.live.count_ones())
-                .sum();
-            let mut released = false;
-            let mut ids: Vec<u32> = warps
-                .iter()
-                .filter_map(|w| match w.state {
-                    WarpState::AtBarrier { id, .. } => Some(id),
-                    _ => None,
+                .map(|w| match w.state {
+                    WarpState::AtBarrier { id, count, line } => format!(
+                        "warp {} waits at barrier {id}{} (line {line})",
+                        w.index,
+                        count
+                            .map(|c| format!(" for {c} threads"))
+                            .unwrap_or_default()
+                    ),
+                    WarpState::Parked(p) => format!("warp {} {}", w.index, self.park_detail(&p)),
+                    WarpState::Done => format!("warp {} has exited", w.index),
+                    WarpState::Running => format!("warp {} is running", w.index),
                 })
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            for id in ids {
-                let mut arrived = 0u32;
-                let mut expected = live_threads;
-                for w in warps.iter() {
-                    if let WarpState::AtBarrier { id: wid, count, .. } = w.state {
-                        if wid == id {
-                            arrived += w.live.count_ones();
-                            if let Some(c) = count {
-                                expected = c;
-                            }
-                        }
-                    }
-                }
-                if arrived >= expected {
-                    for w in warps.iter_mut() {
-                        if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
-                            w.state = WarpState::Running;
-                        }
-                    }
-                    released = true;
-                }
-            }
-            if !released {
-                let detail = warps
-                    .iter()
-                    .map(|w| match w.state {
-                        WarpState::AtBarrier { id, count, line } => format!(
-                            "warp {} waits at barrier {id}{} (line {line})",
-                            w.index,
-                            count
-                                .map(|c| format!(" for {c} threads"))
-                                .unwrap_or_default()
-                        ),
-                        WarpState::Done => format!("warp {} has exited", w.index),
-                        WarpState::Running => format!("warp {} is running", w.index),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(PtxError::Deadlock {
-                    kernel: self.k.name.clone(),
-                    cta: self.ctaid,
-                    detail,
-                });
-            }
-            // A barrier orders shared memory: writes before it are visible to reads after.
-            self.barrier_time = self.stats.instructions;
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(PtxError::Deadlock {
+                kernel: self.k.name.clone(),
+                cta: self.ctaid,
+                detail,
+            });
         }
+    }
+
+    /// Opens every named barrier whose expected threads have all arrived (waiting at
+    /// `bar.sync` or counted by `bar.arrive`); whether one opened.
+    fn open_barriers(&mut self, warps: &mut [Warp]) -> bool {
+        let live_threads: u32 = warps
+            .iter()
+            .filter(|w| w.state != WarpState::Done)
+            .map(|w| w.live.count_ones())
+            .sum();
+        let mut released = false;
+        for id in 0..16u32 {
+            let mut arrived = self.hop.bar_arrived[id as usize];
+            let mut expected = self.hop.bar_count[id as usize];
+            let mut waiters = false;
+            for w in warps.iter() {
+                if let WarpState::AtBarrier { id: wid, count, .. } = w.state {
+                    if wid == id {
+                        waiters = true;
+                        arrived += w.live.count_ones();
+                        if count.is_some() {
+                            expected = count;
+                        }
+                    }
+                }
+            }
+            if !waiters && arrived == 0 {
+                continue;
+            }
+            if arrived >= expected.unwrap_or(live_threads) {
+                for w in warps.iter_mut() {
+                    if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
+                        w.state = WarpState::Running;
+                    }
+                }
+                self.hop.bar_arrived[id as usize] = 0;
+                self.hop.bar_count[id as usize] = None;
+                released = true;
+            }
+        }
+        released
     }
 
     #[inline(always)]
@@ -504,6 +550,37 @@ impl Cta<'_> {
                     };
                     return Ok(());
                 }
+                Op::BarArrive { id, count } => {
+                    if exec != w.live || active != w.live {
+                        return Err(self.divergence(w, inst.line, "bar.arrive", exec, w.live));
+                    }
+                    let l0 = exec.trailing_zeros() as usize;
+                    let id = self.val(w, *id, l0) as u32;
+                    let count = self.val(w, *count, l0) as u32;
+                    if id > 15 {
+                        return Err(self.oob_special(w, l0, inst.line, "barrier id above 15"));
+                    }
+                    self.hop.bar_arrived[id as usize] += w.live.count_ones();
+                    self.hop.bar_count[id as usize] = Some(count);
+                    w.advance();
+                    continue;
+                }
+                Op::MbarWait(i) => {
+                    let park = if exec != 0 {
+                        self.exec_mbar_wait(w, exec, inst.line, i)?
+                    } else {
+                        None
+                    };
+                    for &r in inst.defs.iter() {
+                        w.written[r as usize] |= exec;
+                    }
+                    w.advance();
+                    if let Some(p) = park {
+                        w.state = WarpState::Parked(p);
+                        return Ok(());
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if exec != 0 {
@@ -606,9 +683,21 @@ impl Cta<'_> {
             Op::Redux(i) => self.exec_redux(w, exec, line, i),
             Op::Mma(i) => self.exec_mma(w, exec, line, i),
             Op::Ldmatrix(i) => self.exec_ldmatrix(w, exec, line, i),
+            Op::Mbar(i) => self.exec_mbar(w, exec, line, i),
+            Op::MbarPending { d, state } => self.exec_mbar_pending(w, exec, *d, *state),
+            Op::Bulk(i) => self.exec_bulk(w, exec, line, i, mem),
+            Op::BulkTensor(i) => self.exec_bulk_tensor(w, exec, line, i, mem),
+            Op::BulkCommit => self.exec_bulk_commit(w, exec),
+            Op::BulkWait { n, read } => self.exec_bulk_wait(w, exec, *n, *read, mem),
+            Op::ProxyFence => self.exec_proxy_fence(w, exec),
+            Op::Elect { d, p, mask } => self.exec_elect(w, exec, line, *d, *p, *mask),
+            Op::SetMaxNReg { inc, n } => self.exec_setmaxnreg(w, exec, line, *inc, *n),
+            Op::Stmatrix(i) => self.exec_stmatrix(w, exec, line, i),
             Op::Nop => Ok(()),
             // The scheduler runs these itself (`run_warp`).
-            Op::Bra { .. } | Op::Exit | Op::Bar { .. } => Ok(()),
+            Op::Bra { .. } | Op::Exit | Op::Bar { .. } | Op::BarArrive { .. } | Op::MbarWait(_) => {
+                Ok(())
+            }
         }
     }
 }

@@ -14,6 +14,9 @@ use super::ParamInfo;
 pub(crate) const SHARED_WINDOW: u64 = 0x0000_7E00_0000_0000;
 /// Start of the generic-address window that maps to the thread's local memory.
 pub(crate) const LOCAL_WINDOW: u64 = 0x0000_7D00_0000_0000;
+/// Start of the generic-address window that maps to the kernel's parameters
+/// (`cvta.param`; where a `__grid_constant__` tensor map is addressed from).
+pub(crate) const PARAM_WINDOW: u64 = 0x0000_7C00_0000_0000;
 /// Size of each window.
 pub(crate) const WINDOW_SIZE: u64 = 1 << 32;
 
@@ -489,6 +492,87 @@ pub(crate) struct Redux {
     pub mask: Src,
 }
 
+/// What an `mbarrier` instruction other than a wait does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MbarKind {
+    /// `mbarrier.init [a], count`.
+    Init,
+    /// `mbarrier.inval [a]`.
+    Inval,
+    /// `mbarrier.expect_tx [a], tx`.
+    ExpectTx,
+    /// `mbarrier.complete_tx [a], tx`.
+    CompleteTx,
+    /// `mbarrier.arrive{_drop}{.expect_tx}{.noComplete} state, [a]{, tx}{, count}`.
+    Arrive {
+        drop: bool,
+        expect_tx: bool,
+        no_complete: bool,
+    },
+}
+
+/// `mbarrier.*` other than the waits: `count` is the arrival count (1 when absent), `tx`
+/// the transaction bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Mbar {
+    pub kind: MbarKind,
+    pub space: MemSpace,
+    pub addr: Addr,
+    /// The state destination of `arrive` (None for `_`).
+    pub d: Option<Reg>,
+    pub count: Option<Src>,
+    pub tx: Option<Src>,
+}
+
+/// `mbarrier.{test,try}_wait{.parity}.b64 p, [a], state-or-parity{, hint}`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct MbarWait {
+    pub space: MemSpace,
+    pub addr: Addr,
+    pub p: Option<Reg>,
+    /// The state token, or the phase parity with `parity`.
+    pub token: Src,
+    pub parity: bool,
+    /// `try_wait` (potentially blocking) rather than `test_wait`.
+    pub try_wait: bool,
+}
+
+/// `cp.async.bulk` (non-tensor): global→shared with an mbarrier, or shared→global in a
+/// bulk group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bulk {
+    /// Shared→global (bulk group) rather than global→shared (mbarrier).
+    pub store: bool,
+    pub dst: Addr,
+    pub src: Addr,
+    pub size: Src,
+    pub mbar: Option<Addr>,
+}
+
+/// `cp.async.bulk.tensor.{1..5}d` in tile mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct BulkTensor {
+    /// Shared→global (bulk group) rather than global→shared (mbarrier).
+    pub store: bool,
+    pub rank: u8,
+    /// The tensor map: a param-space offset (a parameter named directly) or an address.
+    pub tmap: Addr,
+    /// The map is a `.param` name (offset in the parameter buffer).
+    pub tmap_param: bool,
+    pub coords: [Src; 5],
+    pub smem: Addr,
+    pub mbar: Option<Addr>,
+}
+
+/// `stmatrix.sync.aligned.m8n8.x{num}{.trans}.shared.b16 [a], {r..}`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Stmatrix {
+    pub num: u8,
+    pub trans: bool,
+    pub srcs: [Src; 4],
+    pub addr: Addr,
+}
+
 /// One decoded instruction's operation.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
@@ -547,6 +631,44 @@ pub(crate) enum Op {
     },
     /// `redux.sync.op.type d, a, membermask`.
     Redux(Redux),
+    Mbar(Mbar),
+    /// `mbarrier.pending_count.b64 d, state`.
+    MbarPending {
+        d: Reg,
+        state: Src,
+    },
+    /// Run by the scheduler: a failed wait parks the warp (`exec`).
+    MbarWait(MbarWait),
+    Bulk(Bulk),
+    BulkTensor(BulkTensor),
+    /// `cp.async.bulk.commit_group`.
+    BulkCommit,
+    /// `cp.async.bulk.wait_group{.read} n`.
+    BulkWait {
+        n: u32,
+        read: bool,
+    },
+    /// `fence.proxy.async`: the thread's generic-proxy writes so far become visible to the
+    /// async proxy (bulk and tensor copies reading shared memory).
+    ProxyFence,
+    /// `elect.sync d|p, membermask`.
+    Elect {
+        d: Option<Reg>,
+        p: Option<Reg>,
+        mask: Src,
+    },
+    /// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`.
+    SetMaxNReg {
+        inc: bool,
+        n: u32,
+    },
+    Stmatrix(Stmatrix),
+    /// `bar.arrive id, count` / `barrier.arrive`: counts towards barrier `id` without waiting
+    /// (run by the scheduler).
+    BarArrive {
+        id: Src,
+        count: Src,
+    },
 }
 
 /// One decoded instruction.

@@ -39,6 +39,7 @@
 //! | a warp's registers, per-lane PCs, min-PC regrouping | `warp.rs` |
 //! | sanitized loads and stores (bounds, alignment, races) | `access.rs` |
 //! | global memory ([`DeviceMemory`]) | `memory.rs` |
+//! | shared-memory swizzle patterns of TMA and wgmma ([`swizzle::Swizzle`]) | `swizzle.rs` |
 //! | hardware counters of a launch ([`Profiling`], [`Counters`], [`launch_profiled`]) | `counters/` |
 //!
 //! Execution model: CTAs run one after another; inside a CTA, warps of 32 threads run in
@@ -116,6 +117,7 @@ mod operands;
 mod ops;
 mod parse;
 mod rounding;
+pub mod swizzle;
 mod types;
 
 pub use counters::{sample_grid, Counters, InstClass, Profiling};

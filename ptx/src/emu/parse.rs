@@ -621,6 +621,16 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
                 }
                 _ => offset = parse_signed_int(p)?,
             }
+            // `[tensorMap, {c0, c1, ..}]` (cp.async.bulk.tensor): the address and the
+            // coordinate vector, as a two-element vector operand.
+            if base.is_some() && p.eat_punct(',') {
+                let coords = parse_operand(p, true)?;
+                p.expect_punct(']')?;
+                return Ok(Operand::Vector(
+                    vec![Operand::Addr { base, offset, pos }, coords],
+                    pos,
+                ));
+            }
             p.expect_punct(']')?;
             Ok(Operand::Addr { base, offset, pos })
         }
@@ -678,6 +688,11 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
         }
         Some(Tok::Ident(s)) if s == "_" => {
             p.bump();
+            // `_|%p` (elect.sync with the lane index discarded).
+            if p.eat_punct('|') {
+                let (q, _) = p.ident()?;
+                return Ok(Operand::Pair("_".into(), q, pos));
+            }
             Ok(Operand::Sink(pos))
         }
         Some(Tok::Ident(_)) => {

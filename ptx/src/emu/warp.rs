@@ -3,6 +3,7 @@
 //! and the lane loops the instruction families run over it.
 
 use super::inst::Reg;
+use super::ops::mbarrier::Park;
 
 /// No program counter: past the end, or no lane waiting.
 pub(super) const NO_PC: u32 = u32::MAX;
@@ -27,6 +28,8 @@ pub(super) enum WarpState {
         count: Option<u32>,
         line: u32,
     },
+    /// A `test_wait`/`try_wait` failed: waits until the barrier's phase changes.
+    Parked(Park),
     Done,
 }
 

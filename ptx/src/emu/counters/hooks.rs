@@ -30,6 +30,19 @@ fn class_of(op: &Op) -> InstClass {
             InstClass::ConvertMove
         }
         Op::Ld(_) | Op::St(_) | Op::Atom(_) | Op::CpAsync(_) | Op::Ldmatrix(_) => InstClass::Memory,
+        // The sm_90 asynchronous units: bulk copies and stmatrix move data; mbarriers,
+        // elect, setmaxnreg and the proxy fence synchronise. (Their memory traffic is not
+        // counted in the request/sector counters yet.)
+        Op::Bulk(_) | Op::BulkTensor(_) | Op::Stmatrix(_) => InstClass::Memory,
+        Op::Mbar(_)
+        | Op::MbarPending { .. }
+        | Op::MbarWait(_)
+        | Op::BulkCommit
+        | Op::BulkWait { .. }
+        | Op::ProxyFence
+        | Op::Elect { .. }
+        | Op::SetMaxNReg { .. }
+        | Op::BarArrive { .. } => InstClass::Sync,
         Op::Bar { .. }
         | Op::BarWarp { .. }
         | Op::Shfl(_)

@@ -5,7 +5,8 @@
 use crate::emu::access::{Access, Site};
 use crate::emu::exec::{AsyncCopy, Cta};
 use crate::emu::inst::{
-    Atom, AtomOp, CpAsync, Cvta, Ld, MemSpace, Op, Src, St, LOCAL_WINDOW, SHARED_WINDOW,
+    Atom, AtomOp, CpAsync, Cvta, Ld, MemSpace, Op, Src, St, LOCAL_WINDOW, PARAM_WINDOW,
+    SHARED_WINDOW,
 };
 use crate::emu::operands::{Dec, Mods};
 use crate::emu::parse::Operand;
@@ -67,8 +68,11 @@ pub(in crate::emu) fn decode_ld_st(d: &mut Dec, m: &mut Mods, base: &str) -> Res
 pub(in crate::emu) fn decode_cvta(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
     let to = m.has("to");
     let space = m.space();
-    if !matches!(space, MemSpace::Global | MemSpace::Shared | MemSpace::Local) {
-        return Err(m.err("cvta takes .global, .shared or .local"));
+    if !matches!(
+        space,
+        MemSpace::Global | MemSpace::Shared | MemSpace::Local | MemSpace::Param
+    ) {
+        return Err(m.err("cvta takes .global, .shared, .local or .param"));
     }
     let ty = m.one_type()?;
     if !matches!(ty, Ty::U32 | Ty::U64) {
@@ -293,6 +297,7 @@ impl Cta<'_> {
         let window = match space {
             MemSpace::Shared => SHARED_WINDOW,
             MemSpace::Local => LOCAL_WINDOW,
+            MemSpace::Param => PARAM_WINDOW,
             _ => 0,
         };
         lanes!(exec, l, {

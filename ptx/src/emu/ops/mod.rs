@@ -5,11 +5,14 @@
 //! interpreter's warp state (`exec`, `access`), not on each other, except that `redux`
 //! (sync) steps with the integer family's `int_bin`.
 
+pub(super) mod bulk;
 pub(super) mod control;
 pub(super) mod convert;
 pub(super) mod float;
 pub(super) mod integer;
+pub(super) mod mbarrier;
 pub(super) mod memory;
+pub(super) mod stmatrix;
 pub(super) mod sync;
 pub(super) mod tensor;
 pub(super) mod tensor_core;

@@ -11,7 +11,8 @@ use crate::emu::types::Ty;
 use crate::emu::warp::Warp;
 use crate::error::PtxError;
 
-/// `bar.sync`, `barrier.sync` (optionally with a thread count) and `bar.warp.sync`.
+/// `bar.sync`, `barrier.sync` (optionally with a thread count), `bar.arrive`/
+/// `barrier.arrive` (with a thread count) and `bar.warp.sync`.
 pub(in crate::emu) fn decode_bar(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
     Ok(if m.has("warp") {
         m.has("sync");
@@ -19,13 +20,22 @@ pub(in crate::emu) fn decode_bar(d: &mut Dec, m: &mut Mods, base: &str) -> Resul
         Op::BarWarp {
             mask: d.src(0, Ty::B32)?,
         }
-    } else {
-        // `.sync` was dropped as ignorable; `bar.arrive`/`bar.red` are not supported.
+    } else if m.has("arrive") {
         if !m.parts.is_empty() {
-            return Err(m.err("only bar.sync / barrier.sync are supported"));
+            return Err(m.err("bar.arrive takes no modifiers other than .aligned"));
+        }
+        d.count(2)?;
+        Op::BarArrive {
+            id: d.src(0, Ty::U32)?,
+            count: d.src(1, Ty::U32)?,
+        }
+    } else {
+        // `.sync` (and `.aligned`) were dropped as ignorable; `bar.red` is not supported.
+        if !m.parts.is_empty() {
+            return Err(m.err("only bar.sync / barrier.sync / bar.arrive are supported"));
         }
         if !m.inst.opcode.contains(".sync") && base == "bar" {
-            return Err(m.err("only bar.sync / barrier.sync are supported"));
+            return Err(m.err("only bar.sync / barrier.sync / bar.arrive are supported"));
         }
         let id = d.src(0, Ty::U32)?;
         let count = if d.inst.operands.len() > 1 {
@@ -40,16 +50,77 @@ pub(in crate::emu) fn decode_bar(d: &mut Dec, m: &mut Mods, base: &str) -> Resul
     })
 }
 
-/// `membar` and `fence`: ordering only, which the emulator's sequential run already gives.
+/// `membar` and `fence`: ordering only, which the emulator's sequential run already gives,
+/// except `fence.proxy.async`, which the bulk copies' proxy check needs to see.
 pub(in crate::emu) fn decode_fence(m: &mut Mods) -> Result<Op, PtxError> {
+    let proxy_async = m.parts.first() == Some(&"proxy") && m.parts.get(1) == Some(&"async");
     m.parts.retain(|p| {
-        !p.starts_with("proxy")
-            && !matches!(
-                *p,
-                "async" | "acq_rel" | "sc" | "gl" | "acquire" | "release"
-            )
+        !matches!(
+            *p,
+            "proxy"
+                | "async"
+                | "alias"
+                | "tensormap::generic"
+                | "mbarrier_init"
+                | "shared::cta"
+                | "shared::cluster"
+                | "global"
+                | "acq_rel"
+                | "sc"
+                | "gl"
+                | "acquire"
+                | "release"
+        )
     });
-    Ok(Op::Nop)
+    Ok(if proxy_async { Op::ProxyFence } else { Op::Nop })
+}
+
+/// `elect.sync d|p, membermask` (`_|p` discards the lane index).
+pub(in crate::emu) fn decode_elect(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
+    if !m.inst.opcode.starts_with("elect.sync") {
+        return Err(m.err("elect takes .sync"));
+    }
+    d.count(2)?;
+    let (r, p) = match d.operand(0)? {
+        Operand::Pair(a, b, pos) => {
+            let r = if a == "_" {
+                None
+            } else {
+                let (r, _) = d.reg_named(a, *pos)?;
+                d.defs.push(r);
+                Some(r)
+            };
+            let (p, ty) = d.reg_named(b, *pos)?;
+            if ty != Ty::Pred {
+                return Err(m.err("elect.sync's second destination is a predicate"));
+            }
+            d.defs.push(p);
+            (r, Some(p))
+        }
+        Operand::Sink(_) => (None, None),
+        _ => (Some(d.dst(0)?), None),
+    };
+    let mask = d.src(1, Ty::B32)?;
+    Ok(Op::Elect { d: r, p, mask })
+}
+
+/// `setmaxnreg.{inc,dec}.sync.aligned.u32 n`.
+pub(in crate::emu) fn decode_setmaxnreg(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
+    let inc = match m.one_of(&["inc", "dec"]) {
+        Some(k) => k == "inc",
+        None => return Err(m.err("setmaxnreg needs .inc or .dec")),
+    };
+    if m.one_type()? != Ty::U32 {
+        return Err(m.err("setmaxnreg takes .u32"));
+    }
+    d.count(1)?;
+    let n = d.imm_u64(0)?;
+    if !(24..=256).contains(&n) || !n.is_multiple_of(8) {
+        return Err(m.err(format!(
+            "setmaxnreg register count {n} must be a multiple of 8 in 24..=256"
+        )));
+    }
+    Ok(Op::SetMaxNReg { inc, n: n as u32 })
 }
 
 /// `shfl.sync.{up,down,bfly,idx}`.
@@ -157,6 +228,74 @@ pub(in crate::emu) fn decode_redux(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxE
 }
 
 impl Cta<'_> {
+    /// `elect.sync`: the lowest lane of `membermask` is the leader; every lane of the mask
+    /// (that has not exited) must execute it.
+    pub(in crate::emu) fn exec_elect(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        d: Option<Reg>,
+        p: Option<Reg>,
+        mask: Src,
+    ) -> Result<(), PtxError> {
+        let l0 = exec.trailing_zeros() as usize;
+        let mask = self.val(w, mask, l0) as u32;
+        let need = mask & w.live;
+        if exec & need != need || exec & !mask != 0 {
+            return Err(self.divergence(w, line, "elect.sync", exec, need));
+        }
+        let leader = need.trailing_zeros() as u64;
+        lanes!(exec, l, {
+            if let Some(r) = d {
+                w.set(r, l, leader);
+            }
+            if let Some(q) = p {
+                w.set(q, l, u64::from(l as u64 == leader));
+            }
+        });
+        Ok(())
+    }
+
+    /// `setmaxnreg`: the emulator has no register budget, but the ISA's rules are checked:
+    /// the whole warp executes it (`.aligned`) and all warps of a warpgroup ask for the same
+    /// count in the same order.
+    pub(in crate::emu) fn exec_setmaxnreg(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        inc: bool,
+        n: u32,
+    ) -> Result<(), PtxError> {
+        if exec != u32::MAX {
+            return Err(self.divergence(w, line, "setmaxnreg", exec, u32::MAX));
+        }
+        let me = w.index as usize;
+        let k = self.hop.maxnreg[me].len();
+        let group = me / 4 * 4;
+        let value = n | if inc { 1 << 31 } else { 0 };
+        for other in group..(group + 4).min(self.hop.maxnreg.len()) {
+            if let Some(&v) = self.hop.maxnreg[other].get(k) {
+                if v != value {
+                    return Err(self.async_misuse(
+                        w.base,
+                        line,
+                        format!(
+                            "setmaxnreg.{}.{n} in warp {me}, but warp {other} of the same warpgroup made its setmaxnreg number {} .{}.{}: a warpgroup's warps must agree",
+                            if inc { "inc" } else { "dec" },
+                            k + 1,
+                            if v >> 31 == 1 { "inc" } else { "dec" },
+                            v & 0x7FFF_FFFF
+                        ),
+                    ));
+                }
+            }
+        }
+        self.hop.maxnreg[me].push(value);
+        Ok(())
+    }
+
     pub(in crate::emu) fn exec_bar_warp(
         &mut self,
         w: &mut Warp,

@@ -1,0 +1,731 @@
+//! Bulk-copy family (the TMA unit of sm_90): `cp.async.bulk` global→shared with an
+//! mbarrier and shared→global in bulk groups, `cp.async.bulk.tensor.{1..5}d` in tile mode
+//! with a tensor map (`crate::tensor_map`), their `commit_group`/`wait_group{.read}`,
+//! `cp.async.bulk.prefetch{.tensor}` (accepted, no effect) and `fence.proxy.async`.
+//!
+//! Asynchrony is observable, as on hardware: a load reads global memory when issued but
+//! its bytes land in shared memory only when the scheduler completes it — when no warp
+//! can run (every live warp waits on a barrier), or when the CTA ends — and only then do
+//! its transaction bytes reach the mbarrier. Until then its destination bytes are pending
+//! and a read of them is reported. A store reads shared memory when issued (after checking
+//! that every byte a thread wrote through the generic proxy was followed by that thread's
+//! `fence.proxy.async`) and writes global memory at `wait_group` (not `.read`) or at the
+//! end of the CTA.
+//!
+//! Tensor copies: a box of `box_dims / element_strides` elements starting at the signed
+//! coordinates; elements outside the tensor read as zero (or the canonical NaN with
+//! `NAN_REQUEST_ZERO_FMA`) and are not written by stores. In shared memory the box is
+//! dense, innermost dimension first, starting at the destination (128-byte aligned), and
+//! each 16-byte chunk is placed at `swizzle.apply(address)` (`crate::emu::swizzle`). The
+//! transaction bytes are the whole box, filled elements included.
+
+use crate::emu::access::{Site, ASYNC_WRITE, BULK_PENDING, WRITER_MASK};
+use crate::emu::exec::Cta;
+use crate::emu::inst::{Addr, Bulk, BulkTensor, MemSpace, Op, Src};
+use crate::emu::operands::{Dec, Mods, Var};
+use crate::emu::parse::Operand;
+use crate::emu::types::Ty;
+use crate::emu::warp::Warp;
+use crate::emu::DeviceMemory;
+use crate::error::{PtxError, Space};
+use crate::tensor_map::{OobFill, TensorMap, TENSOR_MAP_BYTES};
+
+/// A global→shared copy in flight.
+pub(in crate::emu) struct BulkLoad {
+    pub tid: u32,
+    pub line: u32,
+    pub mbar: u32,
+    /// Transaction bytes it completes on the barrier.
+    pub bytes: u32,
+    /// 16-byte chunks and their (swizzled) shared destinations.
+    pub chunks: Vec<(u32, [u8; 16])>,
+}
+
+/// A thread's shared→global bulk group: the writes it will make.
+#[derive(Default)]
+pub(in crate::emu) struct BulkStoreGroup {
+    pub writes: Vec<(u64, Vec<u8>)>,
+    pub committed: bool,
+}
+
+/// `cp.async.bulk.*`.
+pub(in crate::emu) fn decode_bulk(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxError> {
+    if !(m.has("async") && m.has("bulk")) {
+        return Err(m.err("expected cp.async.bulk"));
+    }
+    let hint = d.inst.opcode.contains("L2::cache_hint");
+    if m.has("prefetch") {
+        // A cache hint: operands are read (for the uninitialised-register check) and dropped.
+        m.parts.clear();
+        for i in 0..d.inst.operands.len() {
+            read_operand(d, i)?;
+        }
+        return Ok(Op::Nop);
+    }
+    if m.has("commit_group") {
+        d.count(0)?;
+        return Ok(Op::BulkCommit);
+    }
+    if m.has("wait_group") {
+        let read = m.has("read");
+        d.count(1)?;
+        let n = d.imm_u64(0)?.min(u64::from(u32::MAX)) as u32;
+        return Ok(Op::BulkWait { n, read });
+    }
+    if m.parts.iter().any(|p| p.starts_with("multicast")) {
+        return Err(
+            m.err(".multicast::cluster is not supported (clusters have one CTA in the emulator)")
+        );
+    }
+    let tensor = m.has("tensor");
+    let rank = if tensor {
+        match m.one_of(&["1d", "2d", "3d", "4d", "5d"]) {
+            Some(r) => r.as_bytes()[0] - b'0',
+            None => return Err(m.err("cp.async.bulk.tensor needs .1d to .5d")),
+        }
+    } else {
+        0
+    };
+    if tensor && (m.has("im2col") || m.has("im2col_no_offs")) {
+        return Err(m.err("only the .tile mode of cp.async.bulk.tensor is supported"));
+    }
+    let _ = m.has("tile");
+    // Destination then source state space.
+    let dst_shared = if m.has("shared::cluster") || m.has("shared::cta") {
+        true
+    } else if m.has("global") {
+        false
+    } else {
+        return Err(m.err("cp.async.bulk needs .shared::cluster.global or .global.shared::cta"));
+    };
+    let store = !dst_shared;
+    if store {
+        if !(m.has("shared::cta") || m.has("shared")) || !m.has("bulk_group") {
+            return Err(m.err("a shared→global cp.async.bulk is .global.shared::cta.bulk_group"));
+        }
+    } else if !m.has("global") {
+        return Err(m.err(
+            "only global→shared cp.async.bulk loads are supported (not shared::cta→shared::cluster)",
+        ));
+    } else if !m.has("mbarrier::complete_tx::bytes") {
+        return Err(
+            m.err("a global→shared cp.async.bulk completes on .mbarrier::complete_tx::bytes")
+        );
+    }
+    let n = d.inst.operands.len();
+    let want = match (tensor, store) {
+        (false, false) => 4,
+        (false, true) => 3,
+        (true, false) => 3,
+        (true, true) => 2,
+    } + usize::from(hint);
+    if n != want {
+        return Err(m.err(format!(
+            "expected {want} operands{}, found {n}",
+            if hint { " (with the cache policy)" } else { "" }
+        )));
+    }
+    if hint {
+        d.src(n - 1, Ty::B64)?;
+    }
+    if !tensor {
+        let dst = d.addr(
+            0,
+            if store {
+                MemSpace::Global
+            } else {
+                MemSpace::Shared
+            },
+        )?;
+        let src = d.addr(
+            1,
+            if store {
+                MemSpace::Shared
+            } else {
+                MemSpace::Global
+            },
+        )?;
+        let size = d.src(2, Ty::U32)?;
+        let mbar = if store {
+            None
+        } else {
+            Some(d.addr(3, MemSpace::Shared)?)
+        };
+        return Ok(Op::Bulk(Bulk {
+            store,
+            dst,
+            src,
+            size,
+            mbar,
+        }));
+    }
+    let (ti, si) = if store { (0, 1) } else { (1, 0) };
+    let (tmap, tmap_param, coords) = tensor_operand(d, ti, rank)?;
+    let smem = d.addr(si, MemSpace::Shared)?;
+    let mbar = if store {
+        None
+    } else {
+        Some(d.addr(2, MemSpace::Shared)?)
+    };
+    Ok(Op::BulkTensor(BulkTensor {
+        store,
+        rank,
+        tmap,
+        tmap_param,
+        coords,
+        smem,
+        mbar,
+    }))
+}
+
+/// Reads operand `i` of a prefetch for its registers.
+fn read_operand(d: &mut Dec, i: usize) -> Result<(), PtxError> {
+    match d.operand(i)? {
+        Operand::Vector(v, _) => {
+            if let Some(Operand::Vector(cs, _)) = v.get(1) {
+                for c in cs {
+                    d.src_of(c, Ty::B32)?;
+                }
+            }
+            if let Some(Operand::Addr {
+                base: Some(b), pos, ..
+            }) = v.first()
+            {
+                if d.ctx.regs.contains_key(b.as_str()) {
+                    d.name_src(b, *pos)?;
+                }
+            }
+        }
+        Operand::Addr { .. } => {
+            d.addr(i, MemSpace::Global)?;
+        }
+        o => {
+            let o = o.clone();
+            d.src_of(&o, Ty::B64)?;
+        }
+    }
+    Ok(())
+}
+
+/// `[tensorMap, {c0, ..}]`: the map's address (a parameter or a register) and `rank`
+/// coordinates.
+fn tensor_operand(d: &mut Dec, i: usize, rank: u8) -> Result<(Addr, bool, [Src; 5]), PtxError> {
+    let op = d.operand(i)?;
+    let (base, offset, pos, coords) = match op {
+        Operand::Vector(v, _) => match (v.first(), v.get(1), v.len()) {
+            (
+                Some(Operand::Addr {
+                    base: Some(b),
+                    offset,
+                    pos,
+                }),
+                Some(Operand::Vector(cs, _)),
+                2,
+            ) => (b, *offset, *pos, cs),
+            _ => {
+                return Err(d.err_at(
+                    op.pos(),
+                    d.inst.opcode.clone(),
+                    "expected [tensorMap, {coordinates}]",
+                ))
+            }
+        },
+        _ => {
+            return Err(d.err_at(
+                op.pos(),
+                d.inst.opcode.clone(),
+                "expected [tensorMap, {coordinates}]",
+            ))
+        }
+    };
+    if coords.len() != rank as usize {
+        return Err(d.err_at(
+            pos,
+            d.inst.opcode.clone(),
+            format!(
+                "a .{rank}d tensor copy takes {rank} coordinates, not {}",
+                coords.len()
+            ),
+        ));
+    }
+    let mut cs = [Src::Imm(0); 5];
+    for (k, c) in coords.iter().enumerate() {
+        cs[k] = d.src_of(c, Ty::S32)?;
+    }
+    if let Some(&(r, ty)) = d.ctx.regs.get(base.as_str()) {
+        if !(ty.is_int() && ty.bits() == 64) {
+            return Err(d.err_at(pos, base.clone(), "a tensor-map address is 64 bits"));
+        }
+        d.uses.push(r);
+        return Ok((
+            Addr {
+                base: Some(r),
+                offset,
+            },
+            false,
+            cs,
+        ));
+    }
+    match d.ctx.vars.get(base.as_str()) {
+        Some(Var::Param(o)) => Ok((
+            Addr {
+                base: None,
+                offset: (*o as i64).wrapping_add(offset),
+            },
+            true,
+            cs,
+        )),
+        _ => Err(d.err_at(
+            pos,
+            base.clone(),
+            "the tensor map must be a kernel parameter or a register holding its address",
+        )),
+    }
+}
+
+impl Cta<'_> {
+    /// Checks a shared range a bulk copy touches: in bounds and `align`-aligned.
+    fn bulk_shared(
+        &self,
+        w: &Warp,
+        l: usize,
+        line: u32,
+        a: &Addr,
+        size: u64,
+        align: u64,
+    ) -> Result<u32, PtxError> {
+        let tid = w.base + l as u32;
+        let (sp, off) = Self::resolve(MemSpace::Shared, self.addr_of(w, a, l));
+        debug_assert_eq!(sp, Space::Shared);
+        if !off.is_multiple_of(align) {
+            return Err(self.async_misuse(
+                tid,
+                line,
+                format!("bulk copy shared address {off:#x} is not {align}-byte aligned"),
+            ));
+        }
+        let size32 = u32::try_from(size).unwrap_or(u32::MAX);
+        self.shared_range(Site::lane(w, l, line), off, size32)?;
+        Ok(off as u32)
+    }
+
+    /// The thread's generic-proxy writes to `range` must each be followed by its
+    /// `fence.proxy.async` before the async proxy reads them.
+    fn check_proxy_fence(
+        &self,
+        tid: u32,
+        line: u32,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), PtxError> {
+        if !self.checks.races {
+            return Ok(());
+        }
+        for i in range {
+            let s = self.shadow[i];
+            if s == 0 || s & ASYNC_WRITE != 0 {
+                continue;
+            }
+            let (time, writer) = (s >> 16, ((s & WRITER_MASK) as u32).wrapping_sub(1));
+            if self.hop.proxy_fence[writer as usize] < time {
+                return Err(self.async_misuse(
+                    tid,
+                    line,
+                    format!(
+                        "a bulk copy reads shared {i:#x}, which thread {:?} wrote with an ordinary store and no fence.proxy.async after it; fence.proxy.async.shared::cta (then a barrier) before the copy",
+                        self.tid(writer)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a load of `data` into shared memory at `dst` (swizzled by `place`),
+    /// completing `bytes` on the mbarrier at `mbar`.
+    fn queue_load(
+        &mut self,
+        tid: u32,
+        line: u32,
+        mbar: u32,
+        data: &[u8],
+        place: impl Fn(u32) -> u32,
+    ) {
+        let mut chunks = Vec::with_capacity(data.len() / 16);
+        for (k, c) in data.chunks_exact(16).enumerate() {
+            let at = place(16 * k as u32);
+            let mut b = [0u8; 16];
+            b.copy_from_slice(c);
+            for i in at as usize..at as usize + 16 {
+                self.pending[i] += 1;
+                self.pending_tid[i] = tid | BULK_PENDING;
+            }
+            chunks.push((at, b));
+        }
+        self.hop.loads.push(super::bulk::BulkLoad {
+            tid,
+            line,
+            mbar,
+            bytes: data.len() as u32,
+            chunks,
+        });
+        self.hop.epoch += 1;
+    }
+
+    /// Lands every load in flight, oldest first, and completes their transaction bytes.
+    pub(in crate::emu) fn land_bulk_loads(&mut self) -> Result<(), PtxError> {
+        let loads = std::mem::take(&mut self.hop.loads);
+        for ld in loads {
+            let tag = (self.stats.instructions << 16) | ASYNC_WRITE | u64::from(ld.tid + 1);
+            for (at, b) in &ld.chunks {
+                let r = *at as usize..*at as usize + 16;
+                self.shared[r.clone()].copy_from_slice(b);
+                for p in &mut self.pending[r.clone()] {
+                    *p = p.saturating_sub(1);
+                }
+                if self.checks.races {
+                    self.shadow[r].fill(tag);
+                }
+            }
+            self.mbar_complete_tx(ld.tid, ld.line, ld.mbar, ld.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a load in flight completes on the barrier at `addr`.
+    pub(in crate::emu) fn pending_bulk_to(&self, addr: u32) -> bool {
+        self.hop.loads.iter().any(|l| l.mbar == addr)
+    }
+
+    /// Writes every bulk store still queued (the CTA has ended).
+    pub(in crate::emu) fn finish_bulk_stores(
+        &mut self,
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
+        for tid in 0..self.hop.stores.len() {
+            self.complete_bulk_stores(tid as u32, 0, mem, true)?;
+        }
+        Ok(())
+    }
+
+    /// Completes thread `tid`'s oldest bulk groups until `keep` committed ones remain
+    /// (`all`: the open one too).
+    fn complete_bulk_stores(
+        &mut self,
+        tid: u32,
+        keep: usize,
+        mem: &mut DeviceMemory,
+        all: bool,
+    ) -> Result<(), PtxError> {
+        let groups = &mut self.hop.stores[tid as usize];
+        let committed = groups.iter().filter(|g| g.committed).count();
+        let mut drop = committed.saturating_sub(keep);
+        let mut out = Vec::new();
+        groups.retain_mut(|g| {
+            if (g.committed && drop > 0) || all {
+                if g.committed {
+                    drop = drop.saturating_sub(1);
+                }
+                out.append(&mut g.writes);
+                false
+            } else {
+                true
+            }
+        });
+        for (a, bytes) in out {
+            match mem.slice_mut(a, bytes.len() as u64) {
+                Some(s) => s.copy_from_slice(&bytes),
+                None => {
+                    return Err(PtxError::OutOfBounds {
+                        kernel: self.k.name.clone(),
+                        at: self.thread_pos(tid),
+                        line: 0,
+                        space: Space::Global,
+                        addr: a,
+                        size: bytes.len() as u32,
+                        nearest: mem.nearest(a),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a global write to thread `tid`'s open bulk group.
+    fn queue_store(&mut self, tid: u32, addr: u64, bytes: Vec<u8>) {
+        let groups = &mut self.hop.stores[tid as usize];
+        if groups.last().is_none_or(|g| g.committed) {
+            groups.push(BulkStoreGroup::default());
+        }
+        if let Some(g) = groups.last_mut() {
+            g.writes.push((addr, bytes));
+        }
+    }
+
+    pub(in crate::emu) fn exec_bulk(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        i: &Bulk,
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
+        lanes!(exec, l, {
+            let tid = w.base + l as u32;
+            let size = self.val(w, i.size, l) & 0xFFFF_FFFF;
+            if size == 0 || !size.is_multiple_of(16) {
+                return Err(self.async_misuse(
+                    tid,
+                    line,
+                    format!("cp.async.bulk size {size} is not a positive multiple of 16"),
+                ));
+            }
+            let ga = self.addr_of(w, if i.store { &i.dst } else { &i.src }, l);
+            let (gsp, ga) = Self::resolve(MemSpace::Global, ga);
+            debug_assert_eq!(gsp, Space::Global);
+            if !ga.is_multiple_of(16) {
+                return Err(self.async_misuse(
+                    tid,
+                    line,
+                    format!("cp.async.bulk global address {ga:#x} is not 16-byte aligned"),
+                ));
+            }
+            let sm = if i.store { &i.src } else { &i.dst };
+            let so = self.bulk_shared(w, l, line, sm, size, 16)?;
+            let srange = so as usize..so as usize + size as usize;
+            if i.store {
+                self.check_proxy_fence(tid, line, srange.clone())?;
+                self.check_shared_read(Site::lane(w, l, line), srange.clone())?;
+                if mem.slice(ga, size).is_none() {
+                    return Err(self.oob_global(tid, line, ga, size, mem));
+                }
+                let data = self.shared[srange].to_vec();
+                self.queue_store(tid, ga, data);
+            } else {
+                let mb = i.mbar.as_ref().expect("loads have an mbarrier");
+                let mbar = self.mbar_addr(w, l, line, MemSpace::Shared, mb)?;
+                self.live_bulk_mbar(tid, line, mbar)?;
+                let data = match mem.slice(ga, size) {
+                    Some(s) => s.to_vec(),
+                    None => return Err(self.oob_global(tid, line, ga, size, mem)),
+                };
+                self.queue_load(tid, line, mbar, &data, |o| so + o);
+            }
+        });
+        Ok(())
+    }
+
+    fn live_bulk_mbar(&self, tid: u32, line: u32, mbar: u32) -> Result<(), PtxError> {
+        if self.hop.mbars.contains_key(&mbar) {
+            return Ok(());
+        }
+        Err(self.async_misuse(
+            tid,
+            line,
+            format!(
+                "bulk copy completes on shared {mbar:#x}, which is not an initialised mbarrier"
+            ),
+        ))
+    }
+
+    fn oob_global(&self, tid: u32, line: u32, a: u64, size: u64, mem: &DeviceMemory) -> PtxError {
+        PtxError::OutOfBounds {
+            kernel: self.k.name.clone(),
+            at: self.thread_pos(tid),
+            line,
+            space: Space::Global,
+            addr: a,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            nearest: mem.nearest(a),
+        }
+    }
+
+    /// The tensor map lane `l` names, decoded.
+    fn tensor_map(
+        &self,
+        w: &Warp,
+        l: usize,
+        line: u32,
+        i: &BulkTensor,
+        mem: &DeviceMemory,
+    ) -> Result<TensorMap, PtxError> {
+        let tid = w.base + l as u32;
+        let a = self.addr_of(w, &i.tmap, l);
+        let n = TENSOR_MAP_BYTES as u64;
+        let bytes: Option<&[u8]> = if i.tmap_param {
+            self.params.get(a as usize..(a + n) as usize)
+        } else {
+            match Self::resolve(MemSpace::Generic, a) {
+                (Space::Global, g) => mem
+                    .slice(g, n)
+                    // A parameter's address as `mov.u64 %rd, param` gives it.
+                    .or_else(|| self.params.get(g as usize..(g.saturating_add(n)) as usize)),
+                (Space::Param, p) => self.params.get(p as usize..(p.saturating_add(n)) as usize),
+                _ => None,
+            }
+        };
+        let bytes = bytes.ok_or_else(|| {
+            self.async_misuse(
+                tid,
+                line,
+                format!("the tensor map at {a:#x} is not 128 readable bytes of the parameters or of global memory"),
+            )
+        })?;
+        if !a.is_multiple_of(64) && !i.tmap_param {
+            return Err(self.async_misuse(
+                tid,
+                line,
+                format!("the tensor map at {a:#x} is not 64-byte aligned"),
+            ));
+        }
+        let map = TensorMap::decode(bytes)
+            .map_err(|e| self.async_misuse(tid, line, format!("bad tensor map: {e}")))?;
+        if map.rank() != usize::from(i.rank) {
+            return Err(self.async_misuse(
+                tid,
+                line,
+                format!(
+                    "a .{}d tensor copy with a rank-{} tensor map",
+                    i.rank,
+                    map.rank()
+                ),
+            ));
+        }
+        Ok(map)
+    }
+
+    pub(in crate::emu) fn exec_bulk_tensor(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        line: u32,
+        i: &BulkTensor,
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
+        lanes!(exec, l, {
+            let tid = w.base + l as u32;
+            let map = self.tensor_map(w, l, line, i, mem)?;
+            let coords: Vec<i64> = (0..map.rank())
+                .map(|k| i64::from(self.val(w, i.coords[k], l) as u32 as i32))
+                .collect();
+            let box_bytes = map.box_bytes();
+            let so = self.bulk_shared(w, l, line, &i.smem, box_bytes, 128)?;
+            let esize = map.data_type.bytes() as usize;
+            let swz = map.swizzle;
+            let place = |o: u32| swz.apply(u64::from(so + o)) as u32;
+            // The box's elements in shared order: (global address if in bounds, offset).
+            let counts: Vec<u64> = (0..map.rank())
+                .map(|k| u64::from(map.box_count(k)))
+                .collect();
+            let total: u64 = counts.iter().product();
+            let mut elems = Vec::with_capacity(total as usize);
+            for lin in 0..total {
+                let mut rest = lin;
+                let mut addr = Some(map.global_address);
+                for k in 0..map.rank() {
+                    let idx = rest % counts[k];
+                    rest /= counts[k];
+                    let g = coords[k] + (idx * u64::from(map.element_strides[k])) as i64;
+                    if g < 0 || g as u64 >= map.dims[k] {
+                        addr = None;
+                    } else if let Some(a) = addr {
+                        let stride = if k == 0 {
+                            esize as u64
+                        } else {
+                            map.strides[k - 1]
+                        };
+                        addr = Some(a.wrapping_add(g as u64 * stride));
+                    }
+                }
+                elems.push(addr);
+            }
+            if i.store {
+                // Read the box through the swizzle, one 16-byte chunk at a time.
+                let mut data = vec![0u8; box_bytes as usize];
+                for (k, c) in data.chunks_exact_mut(16).enumerate() {
+                    let at = place(16 * k as u32) as usize;
+                    self.check_proxy_fence(tid, line, at..at + 16)?;
+                    self.check_shared_read(Site::lane(w, l, line), at..at + 16)?;
+                    c.copy_from_slice(&self.shared[at..at + 16]);
+                }
+                for (e, g) in elems.iter().enumerate() {
+                    if let Some(g) = *g {
+                        if mem.slice(g, esize as u64).is_none() {
+                            return Err(self.oob_global(tid, line, g, esize as u64, mem));
+                        }
+                        self.queue_store(tid, g, data[e * esize..(e + 1) * esize].to_vec());
+                    }
+                }
+            } else {
+                let mb = i.mbar.as_ref().expect("loads have an mbarrier");
+                let mbar = self.mbar_addr(w, l, line, MemSpace::Shared, mb)?;
+                self.live_bulk_mbar(tid, line, mbar)?;
+                let fill = match map.oob_fill {
+                    OobFill::None => vec![0u8; esize],
+                    OobFill::NanRequestZeroFma => map.data_type.nan_bytes(),
+                };
+                let mut data = Vec::with_capacity(box_bytes as usize);
+                for g in &elems {
+                    match *g {
+                        Some(g) => match mem.slice(g, esize as u64) {
+                            Some(s) => data.extend_from_slice(s),
+                            None => return Err(self.oob_global(tid, line, g, esize as u64, mem)),
+                        },
+                        None => data.extend_from_slice(&fill),
+                    }
+                }
+                self.queue_load(tid, line, mbar, &data, place);
+            }
+        });
+        Ok(())
+    }
+
+    pub(in crate::emu) fn exec_bulk_commit(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+    ) -> Result<(), PtxError> {
+        lanes!(exec, l, {
+            let groups = &mut self.hop.stores[(w.base + l as u32) as usize];
+            match groups.last_mut() {
+                Some(g) if !g.committed => g.committed = true,
+                // An empty group still counts for wait_group.
+                _ => groups.push(BulkStoreGroup {
+                    writes: Vec::new(),
+                    committed: true,
+                }),
+            }
+        });
+        Ok(())
+    }
+
+    /// `wait_group n`: the thread's older groups complete (their global writes land);
+    /// `.read` only promises the shared sources were read, which happened at issue.
+    pub(in crate::emu) fn exec_bulk_wait(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+        n: u32,
+        read: bool,
+        mem: &mut DeviceMemory,
+    ) -> Result<(), PtxError> {
+        if read {
+            return Ok(());
+        }
+        lanes!(exec, l, {
+            self.complete_bulk_stores(w.base + l as u32, n as usize, mem, false)?;
+        });
+        Ok(())
+    }
+
+    pub(in crate::emu) fn exec_proxy_fence(
+        &mut self,
+        w: &mut Warp,
+        exec: u32,
+    ) -> Result<(), PtxError> {
+        let now = self.stats.instructions;
+        lanes!(exec, l, {
+            self.hop.proxy_fence[(w.base + l as u32) as usize] = now;
+        });
+        Ok(())
+    }
+}
