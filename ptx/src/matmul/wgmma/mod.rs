@@ -45,7 +45,14 @@
 
 pub mod emit;
 
-use super::{Gemm, Layout, OutType, TileConfig};
+use super::{Epilogue, Gemm, Layout, OutType, TileConfig};
+use crate::emu::swizzle::Swizzle;
+use crate::emu::{LaunchDims, ParamInfo};
+use crate::error::PtxError;
+use crate::kernels::Launch;
+use crate::tensor_map::{
+    Interleave, L2Promotion, OobFill, TensorDataType, TensorMap, TENSOR_MAP_BYTES,
+};
 
 /// Registers per thread the producer warpgroup keeps (`setmaxnreg.dec`).
 pub const PRODUCER_REGS: u32 = 40;
@@ -95,9 +102,6 @@ pub const PARAM_NAMES: [&str; 11] = [
     "alpha",
     "accumulate",
 ];
-
-/// Bytes of one `CUtensorMap` parameter.
-pub const TENSOR_MAP_BYTES: u32 = 128;
 
 /// Consumer warpgroups of `cfg` (64 rows each).
 pub fn consumers(cfg: &TileConfig) -> u32 {
@@ -162,42 +166,43 @@ pub fn check(cfg: &TileConfig) -> Result<(), String> {
     }
 }
 
-/// How an operand's tensor map is laid out: the 3-D view (contiguous dimension, rows, batch)
-/// of the operand as stored, and the box the kernel loads. The launcher encodes it with
-/// `cuTensorMapEncodeTiled` (bf16, interleave none, swizzle 128B, OOB fill zeros).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TensorMapSpec {
-    /// Elements per dimension, innermost first: (contiguous, rows, batch).
-    pub dims: [u64; 3],
-    /// Byte strides of dimensions 1 and 2 (dimension 0 is contiguous).
-    pub strides: [u64; 2],
-    /// Box elements per dimension, innermost first.
-    pub box_dims: [u32; 3],
-}
-
-/// The tensor maps of A and B for `g` and `cfg`.
-pub fn tensor_maps(cfg: &TileConfig, g: &Gemm) -> (TensorMapSpec, TensorMapSpec) {
-    let view = |k_contiguous: bool, mn: usize, ld: usize, batch_stride: usize, tile: u32| {
-        let (inner, rows, box_rows) = if k_contiguous {
-            (g.k, mn, tile)
-        } else {
-            (mn, g.k, cfg.bk)
+/// The tensor maps of A and B for `g` on `cfg`'s kernel, A at device address `a`, B at `b`:
+/// each operand as stored, viewed 3-D (contiguous dimension, rows, batch), bf16, boxes of 64
+/// along the contiguous dimension (128 bytes: the 128B swizzle's span) by the tile's rows
+/// (K-contiguous operand: BM or BN) or 64 K rows (M/N-contiguous: one box per 64-wide
+/// block), swizzle 128B, out-of-bounds elements filled with zeros. The caller encodes them
+/// (`TensorMap::encode` for the emulator, the driver's `cuTensorMapEncodeTiled` on a GPU).
+pub fn tensor_maps(cfg: &TileConfig, g: &Gemm, a: u64, b: u64) -> (TensorMap, TensorMap) {
+    let view =
+        |addr: u64, k_contiguous: bool, mn: usize, ld: usize, batch_stride: usize, tile: u32| {
+            let (inner, rows, box_rows) = if k_contiguous {
+                (g.k, mn, tile)
+            } else {
+                (mn, g.k, cfg.bk)
+            };
+            // A size-1 batch still needs a legal stride: the matrix's own extent, rounded up to
+            // the 16 bytes TMA requires.
+            let bstride = if g.batch > 1 {
+                batch_stride
+            } else {
+                (rows * ld).div_ceil(8) * 8
+            };
+            TensorMap {
+                data_type: TensorDataType::Bf16,
+                global_address: addr,
+                dims: vec![inner as u64, rows as u64, g.batch as u64],
+                strides: vec![2 * ld as u64, 2 * bstride as u64],
+                box_dims: vec![BOX_INNER, box_rows, 1],
+                element_strides: vec![1; 3],
+                interleave: Interleave::None,
+                swizzle: Swizzle::B128,
+                l2_promotion: L2Promotion::B128,
+                oob_fill: OobFill::None,
+            }
         };
-        // A size-1 batch still needs a legal stride: the matrix's own extent, rounded up to
-        // the 16 bytes TMA requires.
-        let bstride = if g.batch > 1 {
-            batch_stride
-        } else {
-            (rows * ld).div_ceil(8) * 8
-        };
-        TensorMapSpec {
-            dims: [inner as u64, rows as u64, g.batch as u64],
-            strides: [2 * ld as u64, 2 * bstride as u64],
-            box_dims: [BOX_INNER, box_rows, 1],
-        }
-    };
     (
         view(
+            a,
             g.layout.a_k_contiguous(),
             g.m,
             g.lda,
@@ -205,6 +210,7 @@ pub fn tensor_maps(cfg: &TileConfig, g: &Gemm) -> (TensorMapSpec, TensorMapSpec)
             cfg.bm,
         ),
         view(
+            b,
             g.layout.b_k_contiguous(),
             g.n,
             g.ldb,
@@ -225,6 +231,157 @@ pub fn grid_ctas(cfg: &TileConfig, g: &Gemm, sms: u32) -> u32 {
     tiles(cfg, g).min(sms.max(1) as usize).max(1) as u32
 }
 
+/// The module (and entry) names as `'static` strings, in [`WGMMA_CONFIGS`] x
+/// [`Layout::ALL`] x (f32, bf16) order ([`Launch`] names its kernel by a `'static` str).
+const NAMES: [&str; 12] = [
+    "matmul_wgmma_128x128x64_nt_f32",
+    "matmul_wgmma_128x128x64_nt_bf16",
+    "matmul_wgmma_128x128x64_nn_f32",
+    "matmul_wgmma_128x128x64_nn_bf16",
+    "matmul_wgmma_128x128x64_tn_f32",
+    "matmul_wgmma_128x128x64_tn_bf16",
+    "matmul_wgmma_128x256x64_nt_f32",
+    "matmul_wgmma_128x256x64_nt_bf16",
+    "matmul_wgmma_128x256x64_nn_f32",
+    "matmul_wgmma_128x256x64_nn_bf16",
+    "matmul_wgmma_128x256x64_tn_f32",
+    "matmul_wgmma_128x256x64_tn_bf16",
+];
+
+/// The `'static` name of a shipped variant ([`entry_name`]), `None` for other configs.
+pub fn static_name(cfg: &TileConfig, layout: Layout, out: OutType) -> Option<&'static str> {
+    let c = WGMMA_CONFIGS.iter().position(|x| x == cfg)?;
+    let l = Layout::ALL.iter().position(|&x| x == layout)?;
+    let o = usize::from(out == OutType::Bf16);
+    Some(NAMES[c * 6 + l * 2 + o])
+}
+
+/// Each parameter's (name, bytes, alignment) as declared, in order: the input of the
+/// parameter layout rule (`ParamInfo` offsets for the device, which [`launch`] takes).
+pub const PARAM_DECLS: [(&str, usize, usize); 11] = [
+    ("tma_a", TENSOR_MAP_BYTES, 64),
+    ("tma_b", TENSOR_MAP_BYTES, 64),
+    ("c", 8, 8),
+    ("m", 4, 4),
+    ("n", 4, 4),
+    ("k", 4, 4),
+    ("ldc", 8, 8),
+    ("c_sb", 8, 8),
+    ("batch", 4, 4),
+    ("alpha", 4, 4),
+    ("accumulate", 4, 4),
+];
+
+/// What [`launch`] needs to encode a tensor map: `TensorMap::encode` under the emulator,
+/// the driver's `cuTensorMapEncodeTiled` on a GPU.
+pub type EncodeTensorMap<'a> =
+    dyn FnMut(&TensorMap) -> Result<[u8; TENSOR_MAP_BYTES], PtxError> + 'a;
+
+/// The launch of `g` on the wgmma kernel `cfg` (A, B, C at device addresses `a`, `b`, `c`)
+/// on a part with `sms` SMs: tensor maps of A and B ([`tensor_maps`]) through `encode`, the
+/// parameters packed at the offsets of `layout` (the kernel's parameters as the device's
+/// layout rule places them: `Module::params` of the parsed module under the emulator), grid
+/// [`grid_ctas`], block [`threads`], [`shared_bytes`] of dynamic shared memory.
+///
+/// # Errors
+/// `BadLaunch` naming the kernel when: `cfg` is not a shipped wgmma config; M, N, K or
+/// batch is 0 or above 2^31; a leading dimension is shorter than its row; A, B, their
+/// leading dimensions or batch strides are not 16-byte granular ([`Gemm::alignment`] < 16:
+/// TMA's rule; use the `mma.sync` kernels); C is not element-aligned; `layout` does not
+/// declare this kernel's parameters; or `encode` fails.
+#[allow(clippy::too_many_arguments)]
+pub fn launch(
+    cfg: &TileConfig,
+    g: &Gemm,
+    a: u64,
+    b: u64,
+    c: u64,
+    sms: u32,
+    layout: &[ParamInfo],
+    encode: &mut EncodeTensorMap,
+) -> Result<Launch, PtxError> {
+    let name = static_name(cfg, g.layout, g.out).ok_or_else(|| PtxError::BadLaunch {
+        kernel: "matmul_wgmma".into(),
+        reason: format!("{cfg:?} is not a shipped wgmma tile config (WGMMA_CONFIGS)"),
+    })?;
+    let bad = |reason: String| PtxError::BadLaunch {
+        kernel: name.to_string(),
+        reason,
+    };
+    for (what, v) in [("M", g.m), ("N", g.n), ("K", g.k), ("batch", g.batch)] {
+        if v == 0 || v > i32::MAX as usize {
+            return Err(bad(format!(
+                "{what} = {v} must be in 1..2^31 (TMA coordinates are signed 32-bit)"
+            )));
+        }
+    }
+    let a_cols = if g.layout.a_k_contiguous() { g.k } else { g.m };
+    let b_cols = if g.layout.b_k_contiguous() { g.k } else { g.n };
+    if g.lda < a_cols || g.ldb < b_cols || g.ldc < g.n {
+        return Err(bad(format!(
+            "leading dimensions lda {} ldb {} ldc {} are shorter than their rows ({a_cols}, \
+             {b_cols}, {})",
+            g.lda, g.ldb, g.ldc, g.n
+        )));
+    }
+    let align = g.alignment(a, b);
+    if align < 16 {
+        return Err(bad(format!(
+            "TMA needs 16-byte operands (A, B 16-byte aligned; lda, ldb and batch strides \
+             multiples of 8 elements); these are {align}-byte: use KernelKind::MmaSync \
+             (select() does)"
+        )));
+    }
+    if !c.is_multiple_of(g.out.size() as u64) {
+        return Err(bad(format!(
+            "C at {c:#x} is not {}-byte aligned",
+            g.out.size()
+        )));
+    }
+    let names: Vec<&str> = layout.iter().map(|p| p.name.as_str()).collect();
+    let declared: Vec<&str> = PARAM_DECLS.iter().map(|d| d.0).collect();
+    let sizes_ok = layout
+        .iter()
+        .zip(PARAM_DECLS)
+        .all(|(p, d)| p.size == d.1 && p.offset.is_multiple_of(d.2.min(16)));
+    if names != declared || !sizes_ok {
+        return Err(bad(format!(
+            "the parameter layout given ({names:?}) is not this kernel's ({declared:?})"
+        )));
+    }
+    let (ma, mb) = tensor_maps(cfg, g, a, b);
+    let (ea, eb) = (encode(&ma)?, encode(&mb)?);
+    let accumulate = u32::from(g.epilogue == Epilogue::Accumulate);
+    let values: [&[u8]; 11] = [
+        &ea,
+        &eb,
+        &c.to_le_bytes(),
+        &(g.m as u32).to_le_bytes(),
+        &(g.n as u32).to_le_bytes(),
+        &(g.k as u32).to_le_bytes(),
+        &(g.ldc as u64).to_le_bytes(),
+        &(g.batch_stride_c as u64).to_le_bytes(),
+        &(g.batch as u32).to_le_bytes(),
+        &g.alpha.to_le_bytes(),
+        &accumulate.to_le_bytes(),
+    ];
+    let end = layout.iter().map(|p| p.offset + p.size).max().unwrap_or(0);
+    let mut params = vec![0u8; end];
+    for (p, v) in layout.iter().zip(values) {
+        params[p.offset..p.offset + p.size].copy_from_slice(v);
+    }
+    Ok(Launch {
+        module: name,
+        kernel: name,
+        dims: LaunchDims {
+            grid: [grid_ctas(cfg, g, sms), 1, 1],
+            block: [threads(cfg), 1, 1],
+            dynamic_shared_bytes: shared_bytes(cfg),
+        },
+        params,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,19 +398,39 @@ mod tests {
 
     #[test]
     fn tensor_maps_view_each_layout_as_stored() {
-        let g = Gemm::dense(Layout::Tn, OutType::F32, 100, 200, 300).batched(3);
-        let (a, b) = tensor_maps(&WGMMA_128X128, &g);
+        let g = Gemm::dense(Layout::Tn, OutType::F32, 104, 200, 300).batched(3);
+        let (a, b) = tensor_maps(&WGMMA_128X128, &g, 0x1000, 0x8000);
         // A stored (K, M): rows are K, contiguous M, boxes 64 x 64.
-        assert_eq!(a.dims, [100, 300, 3]);
-        assert_eq!(a.strides, [200, 2 * 30000]);
+        assert_eq!(a.dims, [104, 300, 3]);
+        assert_eq!(a.strides, [208, 2 * 31200]);
         assert_eq!(a.box_dims, [64, 64, 1]);
         assert_eq!(b.dims, [200, 300, 3]);
+        assert_eq!(b.global_address, 0x8000);
+        a.validate().unwrap_or_else(|e| panic!("{e}"));
+        b.validate().unwrap_or_else(|e| panic!("{e}"));
         let g = Gemm::dense(Layout::Nt, OutType::Bf16, 100, 200, 304);
-        let (a, b) = tensor_maps(&WGMMA_128X256, &g);
+        let (a, b) = tensor_maps(&WGMMA_128X256, &g, 0x1000, 0x8000);
         assert_eq!(a.dims, [304, 100, 1]);
         assert_eq!(a.box_dims, [64, 128, 1]);
         assert_eq!(b.box_dims, [64, 256, 1]);
-        assert!(a.strides[1].is_multiple_of(16) && b.strides[1].is_multiple_of(16));
+        a.validate().unwrap_or_else(|e| panic!("{e}"));
+        b.validate().unwrap_or_else(|e| panic!("{e}"));
+        // Every box is a whole number of 1024-byte swizzle periods.
+        assert!(a.box_bytes().is_multiple_of(1024) && b.box_bytes().is_multiple_of(1024));
         assert_eq!(grid_ctas(&WGMMA_128X256, &g, 132), 1);
+    }
+
+    #[test]
+    fn static_names_are_the_entry_names() {
+        for cfg in WGMMA_CONFIGS {
+            for layout in Layout::ALL {
+                for out in [OutType::F32, OutType::Bf16] {
+                    assert_eq!(
+                        static_name(&cfg, layout, out),
+                        Some(entry_name(&cfg, layout, out).as_str())
+                    );
+                }
+            }
+        }
     }
 }
