@@ -49,3 +49,42 @@ fn every_variant_assembles_for_sm90a_without_spills_or_warnings() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+fn tma_dispatch_takes_wgmma_on_sm90_only_where_tma_can_read_the_operands() {
+    use frugal_ptx::matmul::wgmma::dispatch::select_tma;
+    use frugal_ptx::matmul::{select, KernelKind};
+    let wg = |arch, m, n, k, align| {
+        matches!(
+            select_tma(arch, Layout::Nt, m, n, k, align).kernel,
+            KernelKind::Wgmma(_)
+        )
+    };
+    // A paper-sized forward product: 128x256 tiles on sm_90, never on sm_80.
+    assert_eq!(
+        select_tma(90, Layout::Nt, 8192, 3072, 768, 16).kernel,
+        KernelKind::Wgmma(wgmma::WGMMA_128X256)
+    );
+    assert_eq!(
+        select_tma(90, Layout::Tn, 768, 768, 8192, 16).kernel,
+        KernelKind::Wgmma(wgmma::WGMMA_128X128)
+    );
+    assert!(!wg(80, 8192, 3072, 768, 16));
+    // TMA needs 16-byte granular operands; 8-byte ones (paper-100m's F = 2332) stay on mma.sync.
+    assert!(!wg(90, 8192, 2332, 768, 8));
+    assert_eq!(
+        select_tma(90, Layout::Nt, 8192, 2332, 768, 8),
+        select(90, Layout::Nt, 8192, 2332, 768, 8)
+    );
+    // Small products keep the 64x64 mma.sync tiles.
+    assert!(!wg(90, 64, 64, 64, 16));
+    // The address-only dispatch never picks wgmma (its callers cannot encode tensor maps).
+    for (m, n, k) in [(8192, 3072, 768), (768, 768, 8192), (256, 128, 64)] {
+        for layout in Layout::ALL {
+            assert!(!matches!(
+                select(90, layout, m, n, k, 16).kernel,
+                KernelKind::Wgmma(_)
+            ));
+        }
+    }
+}

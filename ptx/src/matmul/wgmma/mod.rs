@@ -43,6 +43,7 @@
 //! driver's `CUtensorMap`, described by [`tensor_maps`]), then c, m, n, k, ldc, c_sb, batch,
 //! alpha, accumulate. Grid: ([`grid_ctas`], 1, 1).
 
+pub mod dispatch;
 pub mod emit;
 
 use super::{Epilogue, Gemm, Layout, OutType, TileConfig};
