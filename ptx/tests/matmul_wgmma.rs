@@ -6,9 +6,14 @@
 //! ptxas test fails and says so, as tests/ptxas.rs does.
 
 use frugal_ptx::catalogue::Target;
+use frugal_ptx::emu::{DeviceMemory, Module};
+use frugal_ptx::error::PtxError;
 use frugal_ptx::matmul::wgmma::{self, WGMMA_CONFIGS};
-use frugal_ptx::matmul::{Layout, OutType};
+use frugal_ptx::matmul::{Epilogue, Gemm, Layout, OutType, TileConfig};
 use frugal_ptx::ptxas::Ptxas;
+use frugal_ptx::tensor_map::TensorMap;
+use frugal_ptx::testing::matmul::expected;
+use frugal_ptx::testing::{bf, emu_checks, for_each_mma, Gen};
 use sm90::performance_notes;
 
 mod sm90;
@@ -86,5 +91,183 @@ fn tma_dispatch_takes_wgmma_on_sm90_only_where_tma_can_read_the_operands() {
                 KernelKind::Wgmma(_)
             ));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Under the emulator, against the f64 reference (`frugal_ptx::testing::matmul::expected`).
+//
+// These need the emulator's wgmma (branch r19-wgmma) and its 64/128-register accumulator
+// vector operands (r19-compiler); until both are merged they are ignored. Run them with
+// `cargo test -p frugal-ptx --profile opt-test --test matmul_wgmma -- --ignored`.
+
+/// Poison for C (NaN bits): any element the kernel should write and does not fails.
+const POISON_F32: u32 = 0x7FC0_0001;
+const POISON_BF16: u16 = 0x7FC1;
+/// Sentinel in C's row padding (ldc > N): must survive.
+const PAD_F32: u32 = 0x4242_4242;
+const PAD_BF16: u16 = 0x4242;
+
+/// Runs `g` on the wgmma kernel `cfg` under the emulator (every sanitizer check on, a
+/// persistent grid of `sms` CTAs) with each mma numerics, and checks every element of C.
+fn check_emulated(cfg: TileConfig, g: &Gemm, sms: u32, seed: u64) {
+    let name = wgmma::entry_name(&cfg, g.layout, g.out);
+    let module = Module::parse(&wgmma::emit::emit_module(cfg, g.layout, g.out))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let layout = module
+        .params(&name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    for_each_mma(|_| {
+        let mut gen = Gen(seed);
+        let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
+        let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
+        let c_len = g.c_elements();
+        let a = gen.bf16s(a_len, 1.0);
+        let b = gen.bf16s(b_len, 1.0);
+        let mut mem = DeviceMemory::new();
+        let pa = mem.alloc(2 * a_len, "a");
+        let pb = mem.alloc(2 * b_len, "b");
+        let pc = mem.alloc(g.out.size() * c_len, "c");
+        mem.write(pa, bytemuck::cast_slice(&a))
+            .unwrap_or_else(|e| panic!("{e}"));
+        mem.write(pb, bytemuck::cast_slice(&b))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut inside = vec![false; c_len];
+        for z in 0..g.batch {
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    inside[z * g.batch_stride_c + i * g.ldc + j] = true;
+                }
+            }
+        }
+        let accumulate = g.epilogue == Epilogue::Accumulate;
+        let mut c_old = vec![0f64; c_len];
+        let mut c_bytes = Vec::new();
+        for (idx, &ins) in inside.iter().enumerate() {
+            let v = gen.unit();
+            match g.out {
+                OutType::F32 => {
+                    let bits = match (ins, accumulate) {
+                        (false, _) => PAD_F32,
+                        (true, true) => {
+                            c_old[idx] = f64::from(v);
+                            v.to_bits()
+                        }
+                        (true, false) => POISON_F32,
+                    };
+                    c_bytes.extend_from_slice(&bits.to_le_bytes());
+                }
+                OutType::Bf16 => {
+                    let bits = match (ins, accumulate) {
+                        (false, _) => PAD_BF16,
+                        (true, true) => {
+                            let h = half::bf16::from_f32(v).to_bits();
+                            c_old[idx] = bf(h);
+                            h
+                        }
+                        (true, false) => POISON_BF16,
+                    };
+                    c_bytes.extend_from_slice(&bits.to_le_bytes());
+                }
+            }
+        }
+        mem.write(pc, &c_bytes).unwrap_or_else(|e| panic!("{e}"));
+        let mut encode = |m: &TensorMap| {
+            m.encode().map_err(|reason| PtxError::BadLaunch {
+                kernel: name.clone(),
+                reason,
+            })
+        };
+        let launch = wgmma::launch(&cfg, g, pa, pb, pc, sms, &layout, &mut encode)
+            .unwrap_or_else(|e| panic!("{e}"));
+        launch
+            .run_emu(&module, &mut mem, &emu_checks())
+            .unwrap_or_else(|e| panic!("{name} {g:?}: {e}"));
+        let mut got = vec![0u8; c_bytes.len()];
+        mem.read(pc, &mut got).unwrap_or_else(|e| panic!("{e}"));
+        for (idx, &ins) in inside.iter().enumerate() {
+            let value = match g.out {
+                OutType::F32 => {
+                    let bits = u32::from_le_bytes([
+                        got[4 * idx],
+                        got[4 * idx + 1],
+                        got[4 * idx + 2],
+                        got[4 * idx + 3],
+                    ]);
+                    if !ins {
+                        assert_eq!(bits, PAD_F32, "{name} wrote C padding at {idx}");
+                        continue;
+                    }
+                    f64::from(f32::from_bits(bits))
+                }
+                OutType::Bf16 => {
+                    let bits = u16::from_le_bytes([got[2 * idx], got[2 * idx + 1]]);
+                    if !ins {
+                        assert_eq!(bits, PAD_BF16, "{name} wrote C padding at {idx}");
+                        continue;
+                    }
+                    bf(bits)
+                }
+            };
+            let z = if g.batch == 1 {
+                0
+            } else {
+                idx / g.batch_stride_c
+            };
+            let rem = idx - z * g.batch_stride_c;
+            let (i, j) = (rem / g.ldc, rem % g.ldc);
+            let (want, tol) = expected(g, &a, &b, c_old[idx], [z, i, j]);
+            assert!(
+                (value - want).abs() <= tol,
+                "{name} {g:?}: C[{z}][{i}][{j}] = {value}, want {want} (tolerance {tol})"
+            );
+        }
+    });
+}
+
+/// A dense product of `layout`/`out`, leading dimensions padded by 8 elements (16 bytes: what
+/// TMA needs), C's rows by 3.
+fn padded(layout: Layout, out: OutType, m: usize, n: usize, k: usize) -> Gemm {
+    let mut g = Gemm::dense(layout, out, m, n, k);
+    g.lda += 8;
+    g.ldb += 8;
+    g.ldc += 3;
+    g
+}
+
+#[test]
+#[ignore = "needs the emulator's wgmma (r19-wgmma) and long vector operands (r19-compiler)"]
+fn wgmma_128x128_matches_reference_on_ragged_shapes_every_layout_and_output() {
+    // M, N ragged against the 128 tile, K against the 64-wide k tile (a multiple of 8:
+    // TMA's 16-byte strides for the K-contiguous operands); 2 CTAs for 4 tiles, so the
+    // persistent loop and the ring's phases carry across tiles.
+    for (s, layout) in Layout::ALL.into_iter().enumerate() {
+        for out in OUTS {
+            let g = padded(layout, out, 136, 200, 88);
+            check_emulated(wgmma::WGMMA_128X128, &g, 2, 11 + s as u64);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the emulator's wgmma (r19-wgmma) and long vector operands (r19-compiler)"]
+fn wgmma_accumulate_alpha_and_batches_match_reference() {
+    for (s, layout) in Layout::ALL.into_iter().enumerate() {
+        let g = padded(layout, OutType::F32, 72, 136, 200)
+            .with_epilogue(Epilogue::Accumulate, 0.5)
+            .batched(2);
+        check_emulated(wgmma::WGMMA_128X128, &g, 3, 21 + s as u64);
+    }
+    let g = Gemm::dense(Layout::Nn, OutType::Bf16, 64, 64, 64)
+        .with_epilogue(Epilogue::Accumulate, -2.0);
+    check_emulated(wgmma::WGMMA_128X128, &g, 1, 31);
+}
+
+#[test]
+#[ignore = "needs the emulator's wgmma (r19-wgmma) and long vector operands (r19-compiler)"]
+fn wgmma_128x256_matches_reference() {
+    for (s, layout) in Layout::ALL.into_iter().enumerate() {
+        let g = padded(layout, OutType::Bf16, 136, 264, 136);
+        check_emulated(wgmma::WGMMA_128X256, &g, 2, 41 + s as u64);
     }
 }
