@@ -555,10 +555,8 @@ pub(crate) struct BulkTensor {
     /// Shared→global (bulk group) rather than global→shared (mbarrier).
     pub store: bool,
     pub rank: u8,
-    /// The tensor map: a param-space offset (a parameter named directly) or an address.
+    /// The tensor map's generic address (parameter window or global memory).
     pub tmap: Addr,
-    /// The map is a `.param` name (offset in the parameter buffer).
-    pub tmap_param: bool,
     pub coords: [Src; 5],
     pub smem: Addr,
     pub mbar: Option<Addr>,

@@ -308,10 +308,17 @@ fn parse_entry(p: &mut Parser) -> Result<Entry, PtxError> {
                         | ".maxclusterrank"
                 ) =>
             {
+                // Clusters run as single CTAs: a kernel that needs more is refused.
+                let cluster = d == ".reqnctapercluster";
                 p.bump();
-                p.int()?;
+                let mut size = p.int()?;
                 while p.eat_punct(',') {
-                    p.int()?;
+                    size = size.saturating_mul(p.int()?);
+                }
+                if cluster && size != 1 {
+                    return Err(p.err(
+                        ".reqnctapercluster above 1: the emulator runs clusters of one CTA only",
+                    ));
                 }
             }
             Some(Tok::Ident(d)) if d == ".noreturn" || d == ".explicitcluster" => p.bump(),

@@ -22,7 +22,7 @@
 use crate::emu::access::{Site, ASYNC_WRITE, BULK_PENDING, WRITER_MASK};
 use crate::emu::exec::Cta;
 use crate::emu::inst::{Addr, Bulk, BulkTensor, MemSpace, Op, Src};
-use crate::emu::operands::{Dec, Mods, Var};
+use crate::emu::operands::{Dec, Mods};
 use crate::emu::parse::Operand;
 use crate::emu::types::Ty;
 use crate::emu::warp::Warp;
@@ -90,20 +90,23 @@ pub(in crate::emu) fn decode_bulk(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxEr
         return Err(m.err("only the .tile mode of cp.async.bulk.tensor is supported"));
     }
     let _ = m.has("tile");
-    // Destination then source state space.
-    let dst_shared = if m.has("shared::cluster") || m.has("shared::cta") {
-        true
-    } else if m.has("global") {
-        false
-    } else {
-        return Err(m.err("cp.async.bulk needs .shared::cluster.global or .global.shared::cta"));
+    // Destination then source state space: the first one named is the destination.
+    let global_at = m.parts.iter().position(|p| *p == "global");
+    let shared_at = m.parts.iter().position(|p| p.starts_with("shared"));
+    let store = match (global_at, shared_at) {
+        (Some(g), Some(s)) => g < s,
+        _ => {
+            return Err(m.err("cp.async.bulk needs .shared::cluster.global or .global.shared::cta"))
+        }
     };
-    let store = !dst_shared;
+    m.has("global");
     if store {
         if !(m.has("shared::cta") || m.has("shared")) || !m.has("bulk_group") {
             return Err(m.err("a shared→global cp.async.bulk is .global.shared::cta.bulk_group"));
         }
-    } else if !m.has("global") {
+    } else if !(m.has("shared::cluster") || m.has("shared::cta")) {
+        return Err(m.err("a cp.async.bulk load writes .shared::cluster or .shared::cta"));
+    } else if m.parts.iter().any(|p| p.starts_with("shared")) {
         return Err(m.err(
             "only global→shared cp.async.bulk loads are supported (not shared::cta→shared::cluster)",
         ));
@@ -160,7 +163,7 @@ pub(in crate::emu) fn decode_bulk(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxEr
         }));
     }
     let (ti, si) = if store { (0, 1) } else { (1, 0) };
-    let (tmap, tmap_param, coords) = tensor_operand(d, ti, rank)?;
+    let (tmap, coords) = tensor_operand(d, ti, rank)?;
     let smem = d.addr(si, MemSpace::Shared)?;
     let mbar = if store {
         None
@@ -171,7 +174,6 @@ pub(in crate::emu) fn decode_bulk(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxEr
         store,
         rank,
         tmap,
-        tmap_param,
         coords,
         smem,
         mbar,
@@ -209,7 +211,7 @@ fn read_operand(d: &mut Dec, i: usize) -> Result<(), PtxError> {
 
 /// `[tensorMap, {c0, ..}]`: the map's address (a parameter or a register) and `rank`
 /// coordinates.
-fn tensor_operand(d: &mut Dec, i: usize, rank: u8) -> Result<(Addr, bool, [Src; 5]), PtxError> {
+fn tensor_operand(d: &mut Dec, i: usize, rank: u8) -> Result<(Addr, [Src; 5]), PtxError> {
     let op = d.operand(i)?;
     let (base, offset, pos, coords) = match op {
         Operand::Vector(v, _) => match (v.first(), v.get(1), v.len()) {
@@ -262,25 +264,16 @@ fn tensor_operand(d: &mut Dec, i: usize, rank: u8) -> Result<(Addr, bool, [Src; 
                 base: Some(r),
                 offset,
             },
-            false,
             cs,
         ));
     }
-    match d.ctx.vars.get(base.as_str()) {
-        Some(Var::Param(o)) => Ok((
-            Addr {
-                base: None,
-                offset: (*o as i64).wrapping_add(offset),
-            },
-            true,
-            cs,
-        )),
-        _ => Err(d.err_at(
-            pos,
-            base.clone(),
-            "the tensor map must be a kernel parameter or a register holding its address",
-        )),
-    }
+    // ptxas rejects a parameter named here ("state space mismatch"): the map's generic
+    // address (`mov.u64` of the parameter, then `cvta.param.u64`) goes in a register.
+    Err(d.err_at(
+        pos,
+        base.clone(),
+        "the tensor map must be a register holding its generic address (mov.u64 %rd, param; cvta.param.u64 %rd, %rd)",
+    ))
 }
 
 impl Cta<'_> {
@@ -551,26 +544,19 @@ impl Cta<'_> {
         let tid = w.base + l as u32;
         let a = self.addr_of(w, &i.tmap, l);
         let n = TENSOR_MAP_BYTES as u64;
-        let bytes: Option<&[u8]> = if i.tmap_param {
-            self.params.get(a as usize..(a + n) as usize)
-        } else {
-            match Self::resolve(MemSpace::Generic, a) {
-                (Space::Global, g) => mem
-                    .slice(g, n)
-                    // A parameter's address as `mov.u64 %rd, param` gives it.
-                    .or_else(|| self.params.get(g as usize..(g.saturating_add(n)) as usize)),
-                (Space::Param, p) => self.params.get(p as usize..(p.saturating_add(n)) as usize),
-                _ => None,
-            }
+        let bytes: Option<&[u8]> = match Self::resolve(MemSpace::Generic, a) {
+            (Space::Global, g) => mem.slice(g, n),
+            (Space::Param, p) => self.params.get(p as usize..(p.saturating_add(n)) as usize),
+            _ => None,
         };
         let bytes = bytes.ok_or_else(|| {
             self.async_misuse(
                 tid,
                 line,
-                format!("the tensor map at {a:#x} is not 128 readable bytes of the parameters or of global memory"),
+                format!("the tensor map at {a:#x} is not 128 readable bytes of the parameters or of global memory (a parameter's address needs cvta.param.u64 to be generic)"),
             )
         })?;
-        if !a.is_multiple_of(64) && !i.tmap_param {
+        if !a.is_multiple_of(64) {
             return Err(self.async_misuse(
                 tid,
                 line,
