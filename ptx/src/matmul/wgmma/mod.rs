@@ -339,7 +339,12 @@ pub fn launch(
             g.out.size()
         )));
     }
-    let names: Vec<&str> = layout.iter().map(|p| p.name.as_str()).collect();
+    // Declared names carry the `<entry>_param_` prefix.
+    let prefix = format!("{name}_param_");
+    let names: Vec<&str> = layout
+        .iter()
+        .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name))
+        .collect();
     let declared: Vec<&str> = PARAM_DECLS.iter().map(|d| d.0).collect();
     let sizes_ok = layout
         .iter()
