@@ -25,7 +25,14 @@
 //! arrive as zeros: their keys only occur in the diagonal tile, where the causal mask already
 //! removes them for every stored query row (the FA-2 kernel's argument).
 
+use super::{AttnShape, FlashFwd};
+use crate::emu::swizzle::Swizzle;
+use crate::emu::{LaunchDims, ParamInfo};
+use crate::error::PtxError;
+use crate::kernels::Launch;
+use crate::matmul::wgmma::EncodeTensorMap;
 use crate::ptx_text::{Ptx, F32_LN2, F32_NEG_INF, F32_ZERO};
+use crate::tensor_map::{Interleave, L2Promotion, OobFill, TensorDataType, TensorMap};
 
 /// Query rows per CTA (2 consumer warpgroups x 64).
 pub const BLOCK_Q: u32 = 128;
@@ -61,6 +68,149 @@ const SBO: u64 = 1024;
 /// `.entry` and module name for head size `hs`.
 pub fn entry_name(hs: u32) -> String {
     format!("flash_attn_fwd_wgmma_hs{hs}")
+}
+
+/// [`entry_name`] as a `'static` str, for the shipped head sizes.
+pub fn static_name(hs: usize) -> Option<&'static str> {
+    match hs {
+        64 => Some("flash_attn_fwd_wgmma_hs64"),
+        128 => Some("flash_attn_fwd_wgmma_hs128"),
+        _ => None,
+    }
+}
+
+/// The tensor maps of Q, K and V (module docs): 4-D (HS, heads, T, B), boxes of 64 channels
+/// x 1 head x 128 rows, bf16, swizzle 128B, zeros out of bounds.
+pub fn tensor_maps(shape: AttnShape, bufs: &FlashFwd) -> [TensorMap; 3] {
+    let map = |addr: u64, heads: usize| {
+        let row = (heads * shape.hs * 2) as u64;
+        TensorMap {
+            data_type: TensorDataType::Bf16,
+            global_address: addr,
+            dims: vec![
+                shape.hs as u64,
+                heads as u64,
+                shape.t as u64,
+                shape.b as u64,
+            ],
+            strides: vec![(shape.hs * 2) as u64, row, row * shape.t as u64],
+            box_dims: vec![64, 1, BLOCK_Q, 1],
+            element_strides: vec![1; 4],
+            interleave: Interleave::None,
+            swizzle: Swizzle::B128,
+            l2_promotion: L2Promotion::B128,
+            oob_fill: OobFill::None,
+        }
+    };
+    [
+        map(bufs.q, shape.nh),
+        map(bufs.k, shape.nkv),
+        map(bufs.v, shape.nkv),
+    ]
+}
+
+/// The launch of the forward for `shape`: tensor maps through `encode`, parameters at
+/// `layout`'s offsets (the kernel's parameters as the device lays them out), grid
+/// (ceil(T/128), NH, B), block [`THREADS`], [`shared_bytes`].
+///
+/// # Errors
+/// `BadLaunch` naming the kernel for a head size other than 64 or 128, a zero size, NKV not
+/// dividing NH, sizes past the kernel's 32-bit indices or CUDA's grid limits, Q, K or V not
+/// 16-byte aligned (TMA), O or LSE not 4-byte aligned, a `layout` that is not this kernel's,
+/// or a failed `encode`.
+pub fn launch(
+    shape: AttnShape,
+    bufs: &FlashFwd,
+    layout: &[ParamInfo],
+    encode: &mut EncodeTensorMap,
+) -> Result<Launch, PtxError> {
+    let name = static_name(shape.hs).ok_or_else(|| PtxError::BadLaunch {
+        kernel: "flash_attn_fwd_wgmma".into(),
+        reason: format!("head size {} has no wgmma forward (64 or 128)", shape.hs),
+    })?;
+    let bad = |reason: String| PtxError::BadLaunch {
+        kernel: name.to_string(),
+        reason,
+    };
+    for (what, n) in [
+        ("B", shape.b),
+        ("T", shape.t),
+        ("NH", shape.nh),
+        ("NKV", shape.nkv),
+    ] {
+        if n == 0 {
+            return Err(bad(format!("{what} must be positive")));
+        }
+    }
+    if !shape.nh.is_multiple_of(shape.nkv) {
+        return Err(bad(format!(
+            "NKV = {} does not divide NH = {}; GQA needs whole groups of query heads",
+            shape.nkv, shape.nh
+        )));
+    }
+    let rows = shape.b.saturating_mul(shape.t).saturating_mul(shape.nh);
+    let tiles = shape.t.div_ceil(BLOCK_Q as usize);
+    if rows > u32::MAX as usize
+        || shape.t > i32::MAX as usize
+        || shape.nh > 65535
+        || shape.b > 65535
+    {
+        return Err(bad(format!(
+            "B*T*NH = {rows} must fit 32 bits and NH, B the grid's 65535; split the batch"
+        )));
+    }
+    for (what, addr, align) in [
+        ("Q", bufs.q, 16),
+        ("K", bufs.k, 16),
+        ("V", bufs.v, 16),
+        ("O", bufs.o, 4),
+        ("LSE", bufs.lse, 4),
+    ] {
+        if !addr.is_multiple_of(align) {
+            return Err(bad(format!(
+                "{what} at {addr:#x} is not {align}-byte aligned"
+            )));
+        }
+    }
+    let prefix = format!("{name}_param_");
+    let names: Vec<&str> = layout
+        .iter()
+        .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name))
+        .collect();
+    let sizes: Vec<usize> = layout.iter().map(|p| p.size).collect();
+    if names != PARAMS || sizes != [128, 128, 128, 8, 8, 4, 4, 4, 4] {
+        return Err(bad(format!(
+            "the parameter layout given ({names:?}) is not this kernel's ({PARAMS:?})"
+        )));
+    }
+    let [mq, mk, mv] = tensor_maps(shape, bufs);
+    let (eq, ek, ev) = (encode(&mq)?, encode(&mk)?, encode(&mv)?);
+    let values: [&[u8]; 9] = [
+        &eq,
+        &ek,
+        &ev,
+        &bufs.o.to_le_bytes(),
+        &bufs.lse.to_le_bytes(),
+        &(shape.t as u32).to_le_bytes(),
+        &(shape.nh as u32).to_le_bytes(),
+        &(shape.nkv as u32).to_le_bytes(),
+        &shape.scale_log2().to_le_bytes(),
+    ];
+    let end = layout.iter().map(|p| p.offset + p.size).max().unwrap_or(0);
+    let mut params = vec![0u8; end];
+    for (p, v) in layout.iter().zip(values) {
+        params[p.offset..p.offset + p.size].copy_from_slice(v);
+    }
+    Ok(Launch {
+        module: name,
+        kernel: name,
+        dims: LaunchDims {
+            grid: [tiles as u32, shape.nh as u32, shape.b as u32],
+            block: [THREADS, 1, 1],
+            dynamic_shared_bytes: shared_bytes(shape.hs as u32),
+        },
+        params,
+    })
 }
 
 /// Bytes of one 128-row tile (Q, K or V) of head size `hs`.
