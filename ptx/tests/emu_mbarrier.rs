@@ -168,6 +168,36 @@ SPIN:
 }
 
 #[test]
+fn a_bounded_poll_that_gives_up_is_not_taken_for_a_deadlock() {
+    // Count 32: only warp 0 arrives, and only after polling five times in vain; warp 1
+    // spins until the phase completes. Each failed poll parks warp 0; its counter changes,
+    // so the scheduler keeps waking it until it gives up and arrives.
+    let body = format!(
+        "{}
+    setp.ge.u32 %p2, %r3, 32;
+    @%p2 bra SPIN;
+    mov.u32 %r10, 0;
+POLL:
+    mbarrier.test_wait.parity.shared::cta.b64 %p1, [bar], 0;
+    @%p1 bra ARRIVE;
+    add.u32 %r10, %r10, 1;
+    setp.lt.u32 %p3, %r10, 5;
+    @%p3 bra POLL;
+ARRIVE:
+    mbarrier.arrive.shared::cta.b64 %rd5, [bar];
+    st.global.u32 [%rd2], %r10;
+SPIN:
+    mbarrier.try_wait.parity.shared::cta.b64 %p1, [bar], 0;
+    @!%p1 bra SPIN;",
+        init(32)
+    );
+    let out = run(&kernel(&body), 64, &[0u8; 256]).unwrap();
+    let w = words(&out);
+    assert_eq!(&w[..32], &[5u32; 32][..]);
+    assert_eq!(&w[32..], &[0u32; 32][..]);
+}
+
+#[test]
 fn expect_tx_holds_the_phase_until_complete_tx_and_pending_count_reads_the_state() {
     // One thread: init(1), arrive.expect_tx(32) (arrivals 0 but 32 bytes owed), the
     // phase stays open; complete_tx 16 twice closes it. pending_count of a state from an

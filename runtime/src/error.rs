@@ -193,6 +193,12 @@ pub enum RuntimeError {
         /// What went wrong.
         reason: String,
     },
+    /// A tensor map (`CUtensorMap`) that breaks the driver's encoding rules, or that the
+    /// driver refused.
+    BadTensorMap {
+        /// Which rule, with the offending value, or the driver's status.
+        reason: String,
+    },
     /// A collective on device memory failed (the communicator's error, which names the
     /// rank and, where the transport can tell, the peer), or was aborted after a timeout.
     Collective {
@@ -331,6 +337,7 @@ impl fmt::Display for RuntimeError {
             ),
             RuntimeError::Capture { reason } => write!(f, "graph capture: {reason}"),
             RuntimeError::Collective { what, message } => write!(f, "{what}: {message}"),
+            RuntimeError::BadTensorMap { reason } => write!(f, "cannot encode the tensor map: {reason}"),
         }
     }
 }

@@ -41,5 +41,6 @@ pub mod nvtx;
 pub mod profile;
 pub mod roofline;
 pub mod stream;
+pub mod tensor_map;
 
 pub use error::RuntimeError;

@@ -275,9 +275,11 @@ impl Cta<'_> {
         mem: &mut DeviceMemory,
     ) -> Result<(), PtxError> {
         self.step_limit = self.stats.instructions.saturating_add(self.step_budget);
-        // The warp states and barrier epoch when parked warps were last woken without their
-        // barrier having moved on: the same again means nothing can progress.
-        let mut forced: Option<(Vec<WarpState>, u64)> = None;
+        // The warps (state and a fingerprint of registers and PCs) and barrier epoch when
+        // parked warps were last woken without their barrier having moved on: the same
+        // again means nothing can progress (a spin loop), while a bounded poll that counts
+        // its tries changes a register and goes on.
+        let mut forced: Option<(Vec<(WarpState, u64)>, u64)> = None;
         loop {
             for w in warps.iter_mut() {
                 if w.state == WarpState::Running {
@@ -314,8 +316,11 @@ impl Cta<'_> {
                 self.land_bulk_loads()?;
                 continue;
             }
-            let states: Vec<WarpState> = warps.iter().map(|w| w.state).collect();
-            let parked = states.iter().any(|s| matches!(s, WarpState::Parked(_)));
+            let states: Vec<(WarpState, u64)> =
+                warps.iter().map(|w| (w.state, fingerprint(w))).collect();
+            let parked = states
+                .iter()
+                .any(|(s, _)| matches!(s, WarpState::Parked(_)));
             if parked && forced.as_ref() != Some(&(states.clone(), self.hop.epoch)) {
                 forced = Some((states, self.hop.epoch));
                 for w in warps.iter_mut() {
@@ -700,6 +705,22 @@ impl Cta<'_> {
             }
         }
     }
+}
+
+/// A hash of a warp's registers, written masks and PCs (FNV-1a over 64-bit words):
+/// equal for a warp that spins without changing anything.
+fn fingerprint(w: &Warp) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64;
+    let mut mix = |x: u64| {
+        h ^= x;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    };
+    w.regs.iter().for_each(|&r| mix(r));
+    w.written.iter().for_each(|&m| mix(u64::from(m)));
+    w.pcs.iter().for_each(|&p| mix(u64::from(p)));
+    mix(u64::from(w.pc));
+    mix(u64::from(w.active));
+    h
 }
 
 #[cfg(test)]

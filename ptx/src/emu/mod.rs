@@ -16,13 +16,17 @@
 //! | `add` `sub` `mul` `div` `min` `max` `copysign` `fma`/`mad` `abs` `neg` `sqrt` `rsqrt` `rcp` `ex2` `lg2` `sin` `cos` `tanh` on floats | `ops/float.rs` |
 //! | `mov`, `cvt` | `ops/convert.rs` |
 //! | `ld` `ldu` `st` `cvta` `atom` `red` `cp.async` (and its commit/wait) `prefetch` | `ops/memory.rs` |
-//! | `bar`/`barrier` `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` | `ops/sync.rs` |
+//! | `bar`/`barrier` (`.sync`, `.arrive`, thread counts) `bar.warp.sync` `membar`/`fence` `shfl` `vote` `activemask` `redux` `elect` `setmaxnreg` | `ops/sync.rs` |
+//! | `mbarrier` (all operations) and the CTA's asynchronous state | `ops/mbarrier.rs` |
+//! | `cp.async.bulk` (and `.tensor`, `.prefetch`, its commit/wait), `fence.proxy.async` | `ops/bulk.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
+//! | `stmatrix` | `ops/stmatrix.rs` |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
 //! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
-//! `exit` and `bar.sync` are decoded in their family but run by the scheduler in `exec`.
+//! `exit`, `bar.sync`/`bar.arrive` and the mbarrier waits are decoded in their family but
+//! run by the scheduler in `exec`.
 //!
 //! Around the families:
 //!
@@ -48,9 +52,24 @@
 //! code the project emits (forward branches for if/else, backward branches for loops)
 //! a group that is ahead waits at its higher PC until the others catch up, which is
 //! exactly reconvergence at the immediate post-dominator, without needing a CFG. Each warp
-//! runs until it reaches a barrier or exits; when every live warp waits, the barrier
-//! opens. A warp reaching `bar.sync` with only part of its live lanes is an error, as is a
-//! set of warps that can never all arrive (deadlock).
+//! runs until it reaches a barrier, fails an mbarrier wait or exits. When no warp can run,
+//! the scheduler, in this order: wakes the warps whose mbarrier has moved to another phase;
+//! opens the named barriers whose threads have all arrived (`bar.sync`, and `bar.arrive`
+//! counts); lands the bulk copies in flight (whose transaction bytes may complete
+//! phases); wakes the parked warps once, in case one polled without spinning. A warp
+//! reaching `bar.sync` with only part of its live lanes is an error, as is a state from
+//! which nothing can progress (deadlock: the report names each warp's barrier, and for an
+//! mbarrier its address, the phase waited for and its counts).
+//!
+//! Hopper's asynchronous machinery (sm_90): `mbarrier` phases and transaction counts as
+//! the ISA defines them (`ops/mbarrier.rs`); bulk and tensor copies (TMA) that read their
+//! source when issued and land only when the scheduler completes them, with tensor maps
+//! in frugal's encoding ([`crate::tensor_map`]) and the swizzle of [`swizzle`]; warp
+//! specialisation (a producer warp parked on an mbarrier while consumer warps run;
+//! `setmaxnreg` checked but without a register budget). Clusters have one CTA:
+//! `.shared::cluster` addresses are the CTA's own shared memory and `.reqnctapercluster`
+//! above 1 is refused. The race check knows mbarrier waits: a thread that waited for a
+//! phase sees every write made before that phase completed.
 //!
 //! Memory: global addresses are the ones [`DeviceMemory::alloc`] hands out; generic
 //! addresses map a window to the CTA's shared memory (`cvta.shared`) and another to the
@@ -68,9 +87,14 @@
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
 //! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
-//! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.arrive`/`bar.red`,
-//! packed (x2) comparisons, `wgmma`, TMA and `cp.async.bulk`, mma shapes other than
-//! m16n8k16 row.col with f32 accumulators.
+//! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.red`,
+//! packed (x2) comparisons, `wgmma`, mma shapes other than m16n8k16 row.col with f32
+//! accumulators; of the sm_90 asynchronous instructions: clusters of more than one CTA
+//! (`.multicast::cluster`, `mapa`, `%cluster_*` registers, distributed shared memory,
+//! shared::cta→shared::cluster bulk copies), `cp.async.bulk.tensor` in im2col mode,
+//! `cp.reduce.async.bulk`, tensor maps passed by parameter name (ptxas refuses that too:
+//! take the address with `mov` + `cvta.param`), the Blackwell swizzle atoms, `stmatrix`
+//! shapes other than m8n8.b16.
 //!
 //! # Examples
 //! ```

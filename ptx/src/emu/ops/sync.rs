@@ -1,6 +1,8 @@
-//! Synchronisation and warp-collective family: `bar.sync`/`barrier.sync` (decoded here,
-//! waited for by the scheduler in `exec`), `bar.warp.sync`, `membar`/`fence`, `shfl.sync`,
-//! `vote`, `activemask` and `redux.sync`: decoding and execution.
+//! Synchronisation and warp-collective family: `bar.sync`/`barrier.sync` and
+//! `bar.arrive` with thread counts (decoded here, waited for and counted by the scheduler
+//! in `exec`), `bar.warp.sync`, `membar`/`fence` (`fence.proxy.async` becomes the bulk
+//! family's `ProxyFence`), `shfl.sync`, `vote`, `activemask`, `redux.sync`, `elect.sync`
+//! and `setmaxnreg`: decoding and execution.
 
 use crate::emu::exec::Cta;
 use crate::emu::inst::{IntOp, Op, Redux, Reg, Shfl, ShflMode, Src, Vote, VoteMode};
