@@ -39,7 +39,7 @@ pub const BLOCK_Q: u32 = 128;
 /// Keys per K/V tile.
 pub const BLOCK_KV: u32 = 128;
 /// K/V ring stages.
-pub const STAGES: u32 = 2;
+pub const STAGES: u32 = 3;
 /// Threads per CTA.
 pub const THREADS: u32 = 384;
 /// Head sizes shipped.
@@ -289,9 +289,9 @@ impl Fwd {
             format!(".reg .f32 %o<{no}>;"),
             format!(".reg .b32 %pf<{}>;", ns / 2),
             ".reg .b32 %tidx, %wg, %warp, %lane, %g, %tq, %smem, %bars, %qt, %h, %b, %t, %nh, %nkv;".into(),
-            ".reg .b32 %kvh, %q0, %ntiles, %j, %stage, %phase, %bar, %sk, %sv, %row, %d0;".into(),
-            ".reg .b64 %tma_q, %tma_k, %tma_v, %po, %plse, %desc_q, %desc_k, %desc_v, %dq, %dk, %dv, %addr;".into(),
-            ".reg .f32 %sl2, %m0, %m1, %l0, %l1, %mx, %tmp, %alpha, %nm, %sum, %inv;".into(),
+            ".reg .b32 %kvh, %q0, %ntiles, %j, %stage, %phase, %bar, %sk, %sv, %row, %d0, %prev;".into(),
+            ".reg .b64 %tma_q, %tma_k, %tma_v, %po, %plse, %desc_q, %desc_k, %desc_v, %dq, %dk, %dv, %dvp, %addr;".into(),
+            ".reg .f32 %sl2, %m0, %m1, %l0, %l1, %mx, %tmp, %alpha0, %alpha1, %nm, %sum, %inv;".into(),
         ]);
         self.setup();
         self.p.line("setp.ne.u32 %p0, %wg, 0;");
@@ -479,35 +479,75 @@ impl Fwd {
         self.wait("C_WAIT_Q", "0");
         self.p
             .lines(["mov.u32 %stage, 0;", "mov.u32 %phase, 0;", "mov.u32 %j, 0;"]);
-        self.p.label("C_KV");
-        self.stage_bar(true, "%bar");
-        self.wait("C_WAIT_FULL", "%phase");
-        self.p.lines([
-            format!("mul.lo.u32 %r0, %stage, {};", (2 * tb) >> 4),
-            "cvt.u64.u32 %rd1, %r0;".to_string(),
-            "add.u64 %dk, %desc_k, %rd1;".into(),
-            "add.u64 %dv, %desc_v, %rd1;".into(),
-        ]);
-        self.mma_qk();
-        self.mask_diagonal();
-        self.softmax();
-        self.mma_pv();
-        self.p.comment("P V has read the stage: release it");
-        self.stage_bar(false, "%r1");
         self.p
-            .line("@%p2 mbarrier.arrive.shared::cta.b64 _, [%r1];");
-        self.advance_stage();
-        self.p.lines([
-            "add.u32 %j, %j, 1;",
-            "setp.lt.u32 %p0, %j, %ntiles;",
-            "@%p0 bra C_KV;",
-        ]);
+            .comment("tile 0: S = Q K0^T, its softmax, P0 (nothing to overlap yet)");
+        self.wait_tile(tb);
+        self.issue_qk();
+        self.p.line("wgmma.wait_group.sync.aligned 0;");
+        self.mask_diagonal();
+        self.softmax_scores();
+        self.rescale_and_pack();
+        self.next_tile();
+        self.p.label("C_KV");
+        self.p
+            .lines(["setp.ge.u32 %p0, %j, %ntiles;", "@%p0 bra C_TAIL;"]);
+        self.p
+            .comment("tile j: S = Q Kj^T and O += P(j-1) V(j-1) in flight together; the");
+        self.p
+            .comment("softmax of S overlaps the PV product, then O is rescaled once PV is done");
+        self.wait_tile(tb);
+        self.issue_qk();
+        self.issue_pv();
+        self.p.line("wgmma.wait_group.sync.aligned 1;");
+        self.mask_diagonal();
+        self.softmax_scores();
+        self.p.line("wgmma.wait_group.sync.aligned 0;");
+        self.release_prev();
+        self.rescale_and_pack();
+        self.next_tile();
+        self.p.line("bra C_KV;");
+        self.p.label("C_TAIL");
+        self.p.comment("the last tile's O += P V");
+        self.issue_pv();
+        self.p.line("wgmma.wait_group.sync.aligned 0;");
+        self.release_prev();
         self.store_output();
         self.p.line("ret;");
     }
 
+    /// Waits for tile `%j`'s K and V (stage `%stage`); `%dk`, `%dv` their descriptors.
+    fn wait_tile(&mut self, tb: u32) {
+        self.stage_bar(true, "%bar");
+        let n = self.p.label_id();
+        self.wait(&format!("C_WAIT_FULL_{n}"), "%phase");
+        self.p.lines([
+            format!("mul.lo.u32 %r0, %stage, {};", (2 * tb) >> 4),
+            "cvt.u64.u32 %rd1, %r0;".into(),
+            "add.u64 %dk, %desc_k, %rd1;".into(),
+            "add.u64 %dv, %desc_v, %rd1;".into(),
+        ]);
+    }
+
+    /// Tile `%j` done with its scores: its stage and V descriptor are the next PV's.
+    fn next_tile(&mut self) {
+        self.p
+            .lines(["mov.u32 %prev, %stage;", "mov.b64 %dvp, %dv;"]);
+        self.advance_stage();
+        self.p.line("add.u32 %j, %j, 1;");
+    }
+
+    /// The PV product that read stage `%prev` is complete: lane 0 of each warp releases it.
+    fn release_prev(&mut self) {
+        self.p.lines([
+            "shl.b32 %r0, %prev, 3;".to_string(),
+            "add.u32 %r1, %bars, %r0;".into(),
+            format!("add.u32 %r1, %r1, {};", 8 * (1 + STAGES)),
+            "@%p2 mbarrier.arrive.shared::cta.b64 _, [%r1];".into(),
+        ]);
+    }
+
     /// S = Q K^T: HS/16 k16 steps; step s reads channel box s/4 at +32*(s%4) bytes.
-    fn mma_qk(&mut self) {
+    fn issue_qk(&mut self) {
         let accs: Vec<String> = (0..BLOCK_KV / 2).map(|i| format!("%s{i}")).collect();
         let accs = accs.join(", ");
         self.p.comment("S = Q K^T (the first step overwrites S)");
@@ -526,19 +566,19 @@ impl Fwd {
                 self.p.line("setp.eq.u32 %pz, %j, %j;");
             }
         }
-        self.p.lines([
-            "wgmma.commit_group.sync.aligned;",
-            "wgmma.wait_group.sync.aligned 0;",
-        ]);
+        self.p.line("wgmma.commit_group.sync.aligned;");
     }
 
     /// The last tile (the diagonal): key > query -> -inf. Register 4i + 2h + e holds row
     /// 64(wg-1) + 16 warp + g + 8h, key 8i + 2 tq + e of the tile.
     fn mask_diagonal(&mut self) {
+        let done = format!("MASK_DONE_{}", self.p.label_id());
         self.p.lines([
-            "add.u32 %r0, %j, 1;",
-            "setp.lt.u32 %p0, %r0, %ntiles;",
-            "@%p0 bra MASK_DONE;",
+            "add.u32 %r0, %j, 1;".to_string(),
+            "setp.lt.u32 %p0, %r0, %ntiles;".into(),
+            format!("@%p0 bra {done};"),
+        ]);
+        self.p.lines([
             "// d0 = first key of the lane - row of h = 0",
             "shl.b32 %r0, %tq, 1;",
             "shl.b32 %r1, %j, 7;",
@@ -563,11 +603,13 @@ impl Fwd {
                 ]);
             }
         }
-        self.p.label("MASK_DONE");
+        self.p.label(&done);
     }
 
-    /// Online softmax of the tile, rows g and g+8 of the lane (the FA-2 kernel's update).
-    fn softmax(&mut self) {
+    /// Online softmax of the tile's scores, rows g and g+8 of the lane (the FA-2 kernel's
+    /// update without touching O, which a PV wgmma may still be writing): running max m,
+    /// exponentials in place in S, l = alpha*l + sum, alpha per row in %alpha0/%alpha1.
+    fn softmax_scores(&mut self) {
         for row in 0..2u32 {
             let (m, l) = (format!("%m{row}"), format!("%l{row}"));
             let regs: Vec<u32> = (0..BLOCK_KV / 8)
@@ -588,7 +630,7 @@ impl Fwd {
                 "mul.f32 %mx, %mx, %sl2;".to_string(),
                 format!("max.f32 %mx, %mx, {m};"),
                 format!("sub.f32 %tmp, {m}, %mx;"),
-                "ex2.approx.ftz.f32 %alpha, %tmp;".into(),
+                format!("ex2.approx.ftz.f32 %alpha{row}, %tmp;"),
                 format!("mov.f32 {m}, %mx;"),
                 "neg.f32 %nm, %mx;".into(),
                 format!("mov.f32 %sum, {F32_ZERO};"),
@@ -600,22 +642,22 @@ impl Fwd {
                     format!("add.f32 %sum, %sum, %s{r};"),
                 ]);
             }
-            self.p.line(format!("fma.rn.f32 {l}, {l}, %alpha, %sum;"));
-            for nt in 0..self.hs / 8 {
-                for e in 0..2 {
-                    let o = 4 * nt + 2 * row + e;
-                    self.p.line(format!("mul.f32 %o{o}, %o{o}, %alpha;"));
-                }
-            }
+            self.p
+                .line(format!("fma.rn.f32 {l}, {l}, %alpha{row}, %sum;"));
         }
     }
 
-    /// O += P V: BLOCK_KV/16 k16 steps, A = P from registers (step kk: S registers 8kk..8kk+7
-    /// as bf16 pairs), B = V, MN-major (channel blocks BOX_BYTES apart, k16 step 2048 bytes).
-    fn mma_pv(&mut self) {
-        self.p.comment(
-            "P to bf16 A fragments: {row g keys 2tq.., row g+8, row g keys 2tq+8.., row g+8}",
-        );
+    /// Once no wgmma reads them: O *= 2^(m_old - m_new) per row, and P (the exponentials in
+    /// S) rounded to bf16 A fragments: k16 step kk takes S registers 8kk..8kk+7, as
+    /// {row g keys 2tq.., row g+8, row g keys 2tq+8.., row g+8}.
+    fn rescale_and_pack(&mut self) {
+        for nt in 0..self.hs / 8 {
+            for r in 0..4u32 {
+                let o = 4 * nt + r;
+                self.p
+                    .line(format!("mul.f32 %o{o}, %o{o}, %alpha{};", r / 2));
+            }
+        }
         for kk in 0..BLOCK_KV / 16 {
             let s0 = 8 * kk;
             for (r, (hi, lo)) in [
@@ -633,6 +675,12 @@ impl Fwd {
                 ));
             }
         }
+    }
+
+    /// Issues O += P V for the previous tile (V descriptor `%dvp`): BLOCK_KV/16 k16 steps, A
+    /// = P from registers, B = V MN-major (channel blocks BOX_BYTES apart, k16 step 2048
+    /// bytes); one commit group.
+    fn issue_pv(&mut self) {
         let accs: Vec<String> = (0..self.hs / 2).map(|i| format!("%o{i}")).collect();
         let accs = accs.join(", ");
         self.p.comment("O += P V");
@@ -640,7 +688,7 @@ impl Fwd {
         self.p.line("wgmma.fence.sync.aligned;");
         for kk in 0..BLOCK_KV / 16 {
             self.p.lines([
-                format!("add.u64 %rd2, %dv, {};", (kk * 2048) >> 4),
+                format!("add.u64 %rd2, %dvp, {};", (kk * 2048) >> 4),
                 format!(
                     "wgmma.mma_async.sync.aligned.m64n{}k16.f32.bf16.bf16 {{{accs}}}, {{%pf{}, %pf{}, %pf{}, %pf{}}}, %rd2, %pz, 1, 1, 1;",
                     self.hs,
@@ -651,10 +699,7 @@ impl Fwd {
                 ),
             ]);
         }
-        self.p.lines([
-            "wgmma.commit_group.sync.aligned;",
-            "wgmma.wait_group.sync.aligned 0;",
-        ]);
+        self.p.line("wgmma.commit_group.sync.aligned;");
     }
 
     fn store_output(&mut self) {
