@@ -412,7 +412,8 @@ impl Kernel {
         self.p.line("ret;");
     }
 
-    /// C = alpha*acc (+ C): per element, predicated on row < M and column < N.
+    /// C = alpha*acc (+ C) (accumulate when `%paccum`), in f32, rounded once for bf16 C: a
+    /// vector path for interior tiles, a predicated scalar one for the edges.
     fn epilogue(&mut self) {
         let size = self.out.size();
         self.p
@@ -434,15 +435,87 @@ impl Kernel {
             "cvt.u64.u32 %rd3, %r1;".into(),
             "add.u64 %rd2, %rd2, %rd3;".into(),
         ]);
+        // Interior tiles of a C whose element pairs are aligned (C, ldc and c_sb multiples of
+        // 2 elements): each lane's two adjacent columns in one vector store, no predicates.
+        let n = self.p.label_id();
+        let pair_mask = 2 * size as u64 - 1;
+        self.p.lines([
+            "// vector path: the whole tile inside M and N, element pairs aligned".to_string(),
+            format!("add.u32 %r3, %m0, {};", self.cfg.bm),
+            "setp.le.u32 %p4, %r3, %m;".into(),
+            format!("add.u32 %r3, %n0, {};", self.cfg.bn),
+            "setp.le.and.u32 %p4, %r3, %n, %p4;".into(),
+            format!("shl.b64 %rd5, %ldc, {};", size.trailing_zeros()),
+            format!("shl.b64 %rd3, %c_sb, {};", size.trailing_zeros()),
+            "or.b64 %rd5, %rd5, %rd3;".into(),
+            "or.b64 %rd5, %rd5, %c;".into(),
+            format!("and.b64 %rd5, %rd5, {pair_mask};"),
+            "setp.eq.and.u64 %p4, %rd5, 0, %p4;".into(),
+            format!("@!%p4 bra EPI_SCALAR_{n};"),
+        ]);
+        self.epilogue_vector();
+        self.p.line(format!("bra EPI_DONE_{n};"));
+        self.p.label(&format!("EPI_SCALAR_{n}"));
+        self.epilogue_scalar();
+        self.p.label(&format!("EPI_DONE_{n}"));
+    }
+
+    /// `%rd4` = &C[row of half h][column of i = 0] (`%r0` row of h = 0, `%rd2` = batch
+    /// offset + column, in elements); `%p4` = that row < M.
+    fn epilogue_row(&mut self, h: u32) {
+        let size = self.out.size();
+        self.p.lines([
+            format!("add.u32 %r3, %r0, {};", 8 * h),
+            "setp.lt.u32 %p4, %r3, %m;".to_string(),
+            "cvt.u64.u32 %rd4, %r3;".into(),
+            "mad.lo.u64 %rd4, %rd4, %ldc, %rd2;".into(),
+            format!("shl.b64 %rd4, %rd4, {};", size.trailing_zeros()),
+            "add.u64 %rd4, %rd4, %c;                 // &C[row][column of i = 0]".into(),
+        ]);
+    }
+
+    /// Every element in range and pairs aligned: per (h, i) one 8-byte (f32) or 4-byte
+    /// (bf16) store of columns 8i + 2(lane%4) + {0, 1}; the old pair read the same way when
+    /// accumulating.
+    fn epilogue_vector(&mut self) {
+        let size = self.out.size() as u32;
         for h in 0..2u32 {
-            self.p.lines([
-                format!("add.u32 %r3, %r0, {};", 8 * h),
-                "setp.lt.u32 %p4, %r3, %m;".to_string(),
-                "cvt.u64.u32 %rd4, %r3;".into(),
-                "mad.lo.u64 %rd4, %rd4, %ldc, %rd2;".into(),
-                format!("shl.b64 %rd4, %rd4, {};", size.trailing_zeros()),
-                "add.u64 %rd4, %rd4, %c;                 // &C[row][column of i = 0]".into(),
-            ]);
+            self.epilogue_row(h);
+            for i in 0..self.cfg.bn / 8 {
+                let (a0, a1) = (4 * i + 2 * h, 4 * i + 2 * h + 1);
+                let off = 8 * i * size;
+                self.p.lines([
+                    format!("mov.f32 %f1, {F32_ZERO};"),
+                    format!("mov.f32 %f2, {F32_ZERO};"),
+                ]);
+                match self.out {
+                    OutType::F32 => self.p.lines([
+                        format!("@%paccum ld.global.v2.f32 {{%f1, %f2}}, [%rd4+{off}];"),
+                        format!("fma.rn.f32 %f0, %acc{a0}, %alpha, %f1;"),
+                        format!("fma.rn.f32 %f3, %acc{a1}, %alpha, %f2;"),
+                        format!("st.global.v2.f32 [%rd4+{off}], {{%f0, %f3}};"),
+                    ]),
+                    OutType::Bf16 => self.p.lines([
+                        format!("@%paccum ld.global.b32 %r4, [%rd4+{off}];"),
+                        "@%paccum mov.b32 {%h0, %h1}, %r4;".to_string(),
+                        "@%paccum cvt.f32.bf16 %f1, %h0;".into(),
+                        "@%paccum cvt.f32.bf16 %f2, %h1;".into(),
+                        format!("fma.rn.f32 %f0, %acc{a0}, %alpha, %f1;"),
+                        format!("fma.rn.f32 %f3, %acc{a1}, %alpha, %f2;"),
+                        "// cvt.rn.bf16x2.f32 d, hi, lo: the odd column is the upper half".into(),
+                        "cvt.rn.bf16x2.f32 %r4, %f3, %f0;".into(),
+                        format!("st.global.b32 [%rd4+{off}], %r4;"),
+                    ]),
+                }
+            }
+        }
+    }
+
+    /// Ragged or unaligned: per element, predicated on row < M and column < N.
+    fn epilogue_scalar(&mut self) {
+        let size = self.out.size();
+        for h in 0..2u32 {
+            self.epilogue_row(h);
             for i in 0..self.cfg.bn / 8 {
                 for e in 0..2u32 {
                     let acc = format!("%acc{}", 4 * i + 2 * h + e);
