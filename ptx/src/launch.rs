@@ -24,14 +24,25 @@ pub enum ParamKind {
     I64,
     /// `.f32`.
     F32,
+    /// A tensor map, `.param .align 64 .b8 name[128]` (for `cp.async.bulk.tensor`).
+    TensorMap,
 }
 
 impl ParamKind {
-    /// Size (and alignment) in bytes.
+    /// Size in bytes.
     pub fn size(self) -> usize {
         match self {
             ParamKind::Ptr | ParamKind::U64 | ParamKind::I64 => 8,
             ParamKind::U32 | ParamKind::I32 | ParamKind::F32 => 4,
+            ParamKind::TensorMap => crate::tensor_map::TENSOR_MAP_BYTES,
+        }
+    }
+
+    /// Alignment in bytes (the size, except the 64-byte-aligned tensor map).
+    pub fn align(self) -> usize {
+        match self {
+            ParamKind::TensorMap => 64,
+            k => k.size(),
         }
     }
 
@@ -44,6 +55,7 @@ impl ParamKind {
             ParamKind::U64 => "u64",
             ParamKind::I64 => "i64",
             ParamKind::F32 => "f32",
+            ParamKind::TensorMap => "tensor map",
         }
     }
 }
@@ -63,6 +75,8 @@ pub enum Arg {
     I64(i64),
     /// 32-bit float.
     F32(f32),
+    /// The 128 bytes of a tensor map (`frugal_runtime::tensor_map::encode_tensor_map`).
+    TensorMap([u8; 128]),
 }
 
 impl Arg {
@@ -75,6 +89,7 @@ impl Arg {
             Arg::U64(_) => ParamKind::U64,
             Arg::I64(_) => ParamKind::I64,
             Arg::F32(_) => ParamKind::F32,
+            Arg::TensorMap(_) => ParamKind::TensorMap,
         }
     }
 
@@ -86,6 +101,7 @@ impl Arg {
             Arg::U32(v) => out.copy_from_slice(&v.to_le_bytes()),
             Arg::I32(v) => out.copy_from_slice(&v.to_le_bytes()),
             Arg::F32(v) => out.copy_from_slice(&v.to_le_bytes()),
+            Arg::TensorMap(b) => out.copy_from_slice(&b),
         }
     }
 }
@@ -112,7 +128,7 @@ impl<'a> Param<'a> {
         Param {
             name,
             size: kind.size(),
-            align: kind.size(),
+            align: kind.align(),
             declared_offset: None,
             kind: Some(kind),
         }
@@ -228,6 +244,27 @@ mod tests {
         assert_eq!(&buf[4..8], &[0, 0, 0, 0]);
         assert_eq!(&buf[8..16], &0x1122u64.to_le_bytes());
         assert_eq!(&buf[16..20], &2.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_tensor_map_packs_at_64_byte_alignment() {
+        let params = [
+            info("n", 4, 4, 0),
+            info("tmap", 128, 64, 64),
+            info("p", 8, 8, 192),
+        ];
+        let mut map = [0u8; 128];
+        map[0] = 0xAB;
+        map[127] = 0xCD;
+        let buf = pack_declared(&params, &[Arg::U32(3), Arg::TensorMap(map), Arg::Ptr(9)]).unwrap();
+        assert_eq!(buf.len(), 200);
+        assert_eq!((buf[64], buf[191]), (0xAB, 0xCD));
+        let typed = [
+            Param::typed("n", ParamKind::U32),
+            Param::typed("tmap", ParamKind::TensorMap),
+        ];
+        let buf = pack("k", typed.into_iter(), &[Arg::U32(3), Arg::TensorMap(map)]).unwrap();
+        assert_eq!((buf.len(), buf[64]), (192, 0xAB));
     }
 
     #[test]

@@ -291,9 +291,10 @@ fn setmaxnreg_must_agree_within_a_warpgroup() {
     assert!(e.contains("multiple of 8 in 24..=256"), "{e}");
 }
 
-/// One warp: lane l holds register j = (j << 24) | (l << 8) | (half data), stores four
+/// One warp: lane l holds register j = (j << 24) | (l << 8) | (half data), stores `num`
 /// 8×8 matrices with stmatrix (rows at 16·lane), then copies the 512 shared bytes out.
-fn stmatrix_kernel(trans: bool) -> String {
+fn stmatrix_kernel(num: usize, trans: bool) -> String {
+    let regs = ["%r10", "%r11", "%r12", "%r13"][..num].join(", ");
     format!(
         "{HEADER}
 .visible .entry st(.param .u64 out)
@@ -316,7 +317,7 @@ fn stmatrix_kernel(trans: bool) -> String {
     shl.b32 %r3, %r1, 4;
     mov.u32 %r4, smem;
     add.u32 %r4, %r4, %r3;
-    stmatrix.sync.aligned.m8n8.x4{t}.shared.b16 [%r4], {{%r10, %r11, %r12, %r13}};
+    stmatrix.sync.aligned.m8n8.x{num}{t}.shared.b16 [%r4], {{{regs}}};
     bar.warp.sync 0xffffffff;
     ld.shared.v4.u32 {{%r20, %r21, %r22, %r23}}, [%r4];
     cvt.u64.u32 %rd2, %r3;
@@ -331,8 +332,8 @@ fn stmatrix_kernel(trans: bool) -> String {
 
 #[test]
 fn stmatrix_writes_the_ldmatrix_fragment_layout() {
-    for trans in [false, true] {
-        let module = Module::parse(&stmatrix_kernel(trans)).unwrap();
+    for (num, trans) in [(1, false), (2, true), (4, false), (4, true)] {
+        let module = Module::parse(&stmatrix_kernel(num, trans)).unwrap();
         let mut mem = DeviceMemory::new();
         let out = mem.alloc(512, "out");
         let dims = LaunchDims {
@@ -363,12 +364,16 @@ fn stmatrix_writes_the_ldmatrix_fragment_layout() {
                     // first); .trans swaps row and column.
                     let (row, col) = if trans { (c, r) } else { (r, c) };
                     let lane = row * 4 + col / 2;
-                    let v = reg(lane, j) >> (16 * (col % 2));
+                    let v = if j < num {
+                        reg(lane, j) >> (16 * (col % 2))
+                    } else {
+                        0
+                    };
                     // Row r of matrix j sits at the address lane 8j + r gave: 16·(8j + r).
                     assert_eq!(
                         got[(8 * j + r) * 8 + c],
                         v as u16,
-                        "trans {trans} matrix {j} ({r},{c})"
+                        "x{num} trans {trans} matrix {j} ({r},{c})"
                     );
                 }
             }
@@ -441,14 +446,74 @@ fn elect_sync_picks_the_lowest_lane_of_the_mask() {
     assert_eq!(got[32], 0, "the full-mask election picks lane 0");
 }
 
+/// The cluster registers of a one-CTA cluster, and mbarriers through generic addresses.
+fn cluster_kernel() -> String {
+    format!(
+        "{HEADER}
+.visible .entry cl(.param .u64 out)
+.reqnctapercluster 1, 1, 1
+{{
+    .reg .pred %p<4>;
+    .reg .b32 %r<16>;
+    .reg .b64 %rd<8>;
+    .shared .align 8 .b8 bar[8];
+    ld.param.u64 %rd1, [out];
+    mov.u32 %r1, %cluster_ctarank;
+    mov.u32 %r2, %cluster_nctarank;
+    mov.u32 %r3, %clusterid.x;
+    mov.u32 %r4, %cluster_nctaid.x;
+    st.global.v4.u32 [%rd1], {{%r1, %r2, %r3, %r4}};
+    mov.u64 %rd2, bar;
+    cvta.shared.u64 %rd2, %rd2;
+    mbarrier.init.b64 [%rd2], 1;
+    mbarrier.arrive.b64 %rd3, [%rd2];
+    mbarrier.test_wait.b64 %p1, [%rd2], %rd3;
+    selp.u32 %r5, 1, 0, %p1;
+    st.global.u32 [%rd1+16], %r5;
+    ret;
+}}
+"
+    )
+}
+
+#[test]
+fn clusters_have_one_cta_and_mbarriers_take_generic_addresses() {
+    let module = Module::parse(&cluster_kernel()).unwrap();
+    let mut mem = DeviceMemory::new();
+    let out = mem.alloc(20, "out");
+    let dims = LaunchDims {
+        grid: [3, 1, 1],
+        block: [1, 1, 1],
+        dynamic_shared_bytes: 0,
+    };
+    launch(
+        &module,
+        "cl",
+        &dims,
+        &out.to_le_bytes(),
+        &mut mem,
+        &Checks::default(),
+    )
+    .unwrap();
+    let mut b = vec![0u8; 20];
+    mem.read(out, &mut b).unwrap();
+    // The last CTA wrote last: cluster id 2.
+    assert_eq!(bytemuck::cast_slice::<u8, u32>(&b), &[0, 1, 2, 1, 1]);
+    let two = cluster_kernel().replace(".reqnctapercluster 1, 1, 1", ".reqnctapercluster 2, 1, 1");
+    let e = Module::parse(&two).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("clusters of one CTA only"), "{e}");
+}
+
 #[test]
 fn all_kernels_assemble_for_sm90a() {
     let ptxas = Ptxas::locate().unwrap_or_else(|e| panic!("{e}"));
     let texts = [
         ws_kernel(2, 7),
         ws_kernel(4, 7),
-        stmatrix_kernel(false),
-        stmatrix_kernel(true),
+        stmatrix_kernel(1, false),
+        stmatrix_kernel(2, true),
+        stmatrix_kernel(4, true),
+        cluster_kernel(),
         elect_kernel(),
     ];
     for (i, text) in texts.iter().enumerate() {

@@ -443,8 +443,15 @@ fn a_map_the_emulator_did_not_encode_is_refused() {
 
 /// Bulk (non-tensor) copies: 512 bytes global→shared on an mbarrier, each thread adds 1
 /// to its 16 bytes, then fence.proxy.async (unless `fence` is false), bar.sync, and a
-/// shared→global bulk store with commit and wait_group 0.
+/// shared→global bulk store with commit and wait_group 0; thread 0 then overwrites the
+/// buffer's first word, before the `wait_group.read` with `early`, after it otherwise.
 fn bulk_kernel(fence: bool) -> String {
+    bulk_kernel_reusing(fence, false)
+}
+
+fn bulk_kernel_reusing(fence: bool, early: bool) -> String {
+    let reuse = "@%p7 st.shared.u32 [smem], %r3;";
+    let (before, after) = if early { (reuse, "") } else { ("", reuse) };
     format!(
         "{HEADER}
 .visible .entry k(.param .u64 src, .param .u64 dst)
@@ -479,7 +486,9 @@ WAIT:
     bar.sync 0;
     @%p7 cp.async.bulk.global.shared::cta.bulk_group [%rd2], [smem], 512;
     @%p7 cp.async.bulk.commit_group;
+    {before}
     @%p7 cp.async.bulk.wait_group.read 0;
+    {after}
     @%p7 cp.async.bulk.wait_group 0;
     ret;
 }}
@@ -493,8 +502,11 @@ WAIT:
 }
 
 fn run_bulk(fence: bool) -> Result<Vec<u32>, PtxError> {
-    let text = bulk_kernel(fence);
-    let module = Module::parse(&text).unwrap_or_else(|e| panic!("parse: {e}"));
+    run_bulk_text(&bulk_kernel(fence))
+}
+
+fn run_bulk_text(text: &str) -> Result<Vec<u32>, PtxError> {
+    let module = Module::parse(text).unwrap_or_else(|e| panic!("parse: {e}"));
     let mut mem = DeviceMemory::new();
     let src_words: Vec<u32> = (0..128u32).map(|i| i * 11 + 5).collect();
     let src = mem.alloc(512, "src");
@@ -517,6 +529,38 @@ fn bulk_copies_round_trip_through_shared_memory() {
     let out = run_bulk(true).unwrap();
     let want: Vec<u32> = (0..128u32).map(|i| i * 11 + 6).collect();
     assert_eq!(out, want);
+}
+
+#[test]
+fn a_bulk_store_source_reused_before_wait_group_read_is_reported() {
+    match run_bulk_text(&bulk_kernel_reusing(true, true)) {
+        Err(PtxError::AsyncMisuse { detail, .. }) => {
+            assert!(detail.contains("still reads"), "{detail}")
+        }
+        other => panic!("expected the early reuse to be reported, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_store_into_a_bulk_load_in_flight_is_reported() {
+    let text = load_kernel(2, 1024, "%rd4", "    @%p7 st.shared.u32 [smem+16], %r3;");
+    let mut m = map(
+        TensorDataType::F32,
+        &[64, 8],
+        &[32, 8],
+        Swizzle::B128,
+        OobFill::None,
+    );
+    let (g, _) = global_for(&m);
+    match run_load(&text, &mut m, &g, &[0, 0], 1024) {
+        Err(PtxError::AsyncMisuse { detail, .. }) => {
+            assert!(detail.contains("in flight will overwrite"), "{detail}")
+        }
+        other => panic!(
+            "expected the store to be reported, got {:?}",
+            other.map(|_| ())
+        ),
+    }
 }
 
 #[test]

@@ -315,6 +315,9 @@ impl Cta<'_> {
             Space::Shared => {
                 let r = self.shared_range(at, a, size)?;
                 self.check_not_mbarrier(at, a, size, "st")?;
+                if self.hop.async_in_flight() {
+                    self.check_bulk_overwrite(at, r.clone())?;
+                }
                 self.shared[r.clone()].copy_from_slice(&bytes[..n]);
                 self.mark_shared_write(at.tid, r);
             }

@@ -238,8 +238,12 @@ impl Cta<'_> {
         self.warp_sync_time.fill(self.barrier_time);
         self.shadow.fill(0);
         self.local.fill(0);
-        self.hop
-            .reset(self.nthreads, self.nwarps, self.barrier_time);
+        self.hop.reset(
+            self.nthreads,
+            self.nwarps,
+            self.shared.len(),
+            self.barrier_time,
+        );
         for a in &mut self.asyncs {
             a.open.clear();
             a.committed.clear();
@@ -317,7 +321,7 @@ impl Cta<'_> {
                 continue;
             }
             let states: Vec<(WarpState, u64)> =
-                warps.iter().map(|w| (w.state, fingerprint(w))).collect();
+                warps.iter().map(|w| (w.state, w.fingerprint())).collect();
             let parked = states
                 .iter()
                 .any(|(s, _)| matches!(s, WarpState::Parked(_)));
@@ -352,47 +356,6 @@ impl Cta<'_> {
                 detail,
             });
         }
-    }
-
-    /// Opens every named barrier whose expected threads have all arrived (waiting at
-    /// `bar.sync` or counted by `bar.arrive`); whether one opened.
-    fn open_barriers(&mut self, warps: &mut [Warp]) -> bool {
-        let live_threads: u32 = warps
-            .iter()
-            .filter(|w| w.state != WarpState::Done)
-            .map(|w| w.live.count_ones())
-            .sum();
-        let mut released = false;
-        for id in 0..16u32 {
-            let mut arrived = self.hop.bar_arrived[id as usize];
-            let mut expected = self.hop.bar_count[id as usize];
-            let mut waiters = false;
-            for w in warps.iter() {
-                if let WarpState::AtBarrier { id: wid, count, .. } = w.state {
-                    if wid == id {
-                        waiters = true;
-                        arrived += w.live.count_ones();
-                        if count.is_some() {
-                            expected = count;
-                        }
-                    }
-                }
-            }
-            if !waiters && arrived == 0 {
-                continue;
-            }
-            if arrived >= expected.unwrap_or(live_threads) {
-                for w in warps.iter_mut() {
-                    if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
-                        w.state = WarpState::Running;
-                    }
-                }
-                self.hop.bar_arrived[id as usize] = 0;
-                self.hop.bar_count[id as usize] = None;
-                released = true;
-            }
-        }
-        released
     }
 
     #[inline(always)]
@@ -441,6 +404,7 @@ impl Cta<'_> {
             Sreg::SmId => 0,
             Sreg::DynSmemSize => self.dims.dynamic_shared_bytes,
             Sreg::TotalSmemSize => self.shared.len() as u32,
+            Sreg::Fixed(v) => v,
         })
     }
 
@@ -705,22 +669,6 @@ impl Cta<'_> {
             }
         }
     }
-}
-
-/// A hash of a warp's registers, written masks and PCs (FNV-1a over 64-bit words):
-/// equal for a warp that spins without changing anything.
-fn fingerprint(w: &Warp) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    let mut mix = |x: u64| {
-        h ^= x;
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    };
-    w.regs.iter().for_each(|&r| mix(r));
-    w.written.iter().for_each(|&m| mix(u64::from(m)));
-    w.pcs.iter().for_each(|&p| mix(u64::from(p)));
-    mix(u64::from(w.pc));
-    mix(u64::from(w.active));
-    h
 }
 
 #[cfg(test)]

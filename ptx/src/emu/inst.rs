@@ -43,6 +43,9 @@ pub(crate) enum Sreg {
     SmId,
     DynSmemSize,
     TotalSmemSize,
+    /// A register with one value in every launch (the cluster registers: clusters have
+    /// one CTA in the emulator).
+    Fixed(u32),
 }
 
 /// A source operand.

@@ -433,6 +433,11 @@ fn sreg(n: &str) -> Option<Sreg> {
             "%ntid" => Sreg::Ntid(d),
             "%ctaid" => Sreg::Ctaid(d),
             "%nctaid" => Sreg::Nctaid(d),
+            // Clusters have one CTA: the cluster grid is the CTA grid.
+            "%clusterid" => Sreg::Ctaid(d),
+            "%nclusterid" => Sreg::Nctaid(d),
+            "%cluster_ctaid" => Sreg::Fixed(0),
+            "%cluster_nctaid" => Sreg::Fixed(1),
             _ => return None,
         });
     }
@@ -449,6 +454,9 @@ fn sreg(n: &str) -> Option<Sreg> {
         "%smid" => Sreg::SmId,
         "%dynamic_smem_size" => Sreg::DynSmemSize,
         "%total_smem_size" => Sreg::TotalSmemSize,
+        "%cluster_ctarank" => Sreg::Fixed(0),
+        "%cluster_nctarank" => Sreg::Fixed(1),
+        "%is_explicit_cluster" => Sreg::Fixed(0),
         _ => return None,
     })
 }

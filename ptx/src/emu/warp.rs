@@ -54,6 +54,22 @@ pub(super) struct Warp {
 }
 
 impl Warp {
+    /// A hash of a warp's registers, written masks and PCs (FNV-1a over 64-bit words):
+    /// equal for a warp that spins without changing anything.
+    pub(super) fn fingerprint(&self) -> u64 {
+        let mut h = 0xCBF2_9CE4_8422_2325u64;
+        let mut mix = |x: u64| {
+            h ^= x;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        };
+        self.regs.iter().for_each(|&r| mix(r));
+        self.written.iter().for_each(|&m| mix(u64::from(m)));
+        self.pcs.iter().for_each(|&p| mix(u64::from(p)));
+        mix(u64::from(self.pc));
+        mix(u64::from(self.active));
+        h
+    }
+
     /// Writes `v` to register `r` of lane `l`.
     #[inline(always)]
     pub(super) fn set(&mut self, r: Reg, l: usize, v: u64) {

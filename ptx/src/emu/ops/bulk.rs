@@ -41,10 +41,13 @@ pub(in crate::emu) struct BulkLoad {
     pub chunks: Vec<(u32, [u8; 16])>,
 }
 
-/// A thread's shared→global bulk group: the writes it will make.
+/// A thread's shared→global bulk group: the writes it will make, and the shared bytes
+/// its copies read until the thread's `wait_group.read` lets them go.
 #[derive(Default)]
 pub(in crate::emu) struct BulkStoreGroup {
     pub writes: Vec<(u64, Vec<u8>)>,
+    /// Shared ranges (start, length) still being read.
+    pub reads: Vec<(u32, u32)>,
     pub committed: bool,
 }
 
@@ -409,6 +412,7 @@ impl Cta<'_> {
         mem: &mut DeviceMemory,
         all: bool,
     ) -> Result<(), PtxError> {
+        self.release_bulk_reads(tid, keep, all);
         let groups = &mut self.hop.stores[tid as usize];
         let committed = groups.iter().filter(|g| g.committed).count();
         let mut drop = committed.saturating_sub(keep);
@@ -438,6 +442,71 @@ impl Cta<'_> {
                         nearest: mem.nearest(a),
                     })
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared sources of thread `tid`'s oldest committed groups, all but `keep` (all
+    /// groups with `all`), are read: ordinary stores may overwrite them again.
+    fn release_bulk_reads(&mut self, tid: u32, keep: usize, all: bool) {
+        let groups = &mut self.hop.stores[tid as usize];
+        let committed = groups.iter().filter(|g| g.committed).count();
+        let mut release = committed.saturating_sub(keep);
+        let reading = &mut self.hop.reading;
+        let reading_bytes = &mut self.hop.reading_bytes;
+        for g in groups.iter_mut() {
+            if (g.committed && release > 0) || all {
+                if g.committed {
+                    release = release.saturating_sub(1);
+                }
+                for (start, len) in g.reads.drain(..) {
+                    for r in &mut reading[start as usize..(start + len) as usize] {
+                        *r = r.saturating_sub(1);
+                    }
+                    *reading_bytes = reading_bytes.saturating_sub(u64::from(len));
+                }
+            }
+        }
+    }
+
+    /// Marks `len` shared bytes at `start` as read by thread `tid`'s open bulk group.
+    fn queue_read(&mut self, tid: u32, start: u32, len: u32) {
+        for r in &mut self.hop.reading[start as usize..(start + len) as usize] {
+            *r += 1;
+        }
+        self.hop.reading_bytes += u64::from(len);
+        let groups = &mut self.hop.stores[tid as usize];
+        if groups.last().is_none_or(|g| g.committed) {
+            groups.push(BulkStoreGroup::default());
+        }
+        if let Some(g) = groups.last_mut() {
+            g.reads.push((start, len));
+        }
+    }
+
+    /// An ordinary store must not overwrite shared bytes a bulk store still reads (before
+    /// the issuing thread's `cp.async.bulk.wait_group.read`), nor bytes a bulk load will
+    /// write.
+    pub(in crate::emu) fn check_bulk_overwrite(
+        &self,
+        at: Site,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), PtxError> {
+        for i in range {
+            if self.hop.reading.get(i).is_some_and(|&r| r > 0) {
+                return Err(self.async_misuse(
+                    at.tid,
+                    at.line,
+                    format!("a store to shared {i:#x}, which a cp.async.bulk store still reads; cp.async.bulk.wait_group.read (then a barrier) before reusing the buffer"),
+                ));
+            }
+            if self.pending[i] != 0 && self.pending_tid[i] & BULK_PENDING != 0 {
+                return Err(self.async_misuse(
+                    at.tid,
+                    at.line,
+                    format!("a store to shared {i:#x}, which a cp.async.bulk load in flight will overwrite; wait on its mbarrier first"),
+                ));
             }
         }
         Ok(())
@@ -493,6 +562,7 @@ impl Cta<'_> {
                 }
                 let data = self.shared[srange].to_vec();
                 self.queue_store(tid, ga, data);
+                self.queue_read(tid, so, size as u32);
             } else {
                 let mb = i.mbar.as_ref().expect("loads have an mbarrier");
                 let mbar = self.mbar_addr(w, l, line, MemSpace::Shared, mb)?;
@@ -633,6 +703,9 @@ impl Cta<'_> {
                     self.check_shared_read(Site::lane(w, l, line), at..at + 16)?;
                     c.copy_from_slice(&self.shared[at..at + 16]);
                 }
+                for k in 0..box_bytes as u32 / 16 {
+                    self.queue_read(tid, place(16 * k), 16);
+                }
                 for (e, g) in elems.iter().enumerate() {
                     if let Some(g) = *g {
                         if mem.slice(g, esize as u64).is_none() {
@@ -676,8 +749,8 @@ impl Cta<'_> {
                 Some(g) if !g.committed => g.committed = true,
                 // An empty group still counts for wait_group.
                 _ => groups.push(BulkStoreGroup {
-                    writes: Vec::new(),
                     committed: true,
+                    ..BulkStoreGroup::default()
                 }),
             }
         });
@@ -694,11 +767,13 @@ impl Cta<'_> {
         read: bool,
         mem: &mut DeviceMemory,
     ) -> Result<(), PtxError> {
-        if read {
-            return Ok(());
-        }
         lanes!(exec, l, {
-            self.complete_bulk_stores(w.base + l as u32, n as usize, mem, false)?;
+            let tid = w.base + l as u32;
+            if read {
+                self.release_bulk_reads(tid, n as usize, false);
+            } else {
+                self.complete_bulk_stores(tid, n as usize, mem, false)?;
+            }
         });
         Ok(())
     }

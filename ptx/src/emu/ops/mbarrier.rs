@@ -78,6 +78,10 @@ pub(in crate::emu) struct Hopper {
     pub loads: Vec<BulkLoad>,
     /// Per thread: shared→global bulk groups, the open one last.
     pub stores: Vec<Vec<BulkStoreGroup>>,
+    /// Per shared byte: bulk-store groups still reading it.
+    pub reading: Vec<u16>,
+    /// Sum of `reading` (0: no bulk store is reading shared memory).
+    pub reading_bytes: u64,
     /// Per thread: writes up to this time are ordered before the thread's reads (the
     /// completion of the mbarrier phases it waited for).
     pub sync_time: Vec<u64>,
@@ -94,8 +98,11 @@ pub(in crate::emu) struct Hopper {
 }
 
 impl Hopper {
-    pub(in crate::emu) fn reset(&mut self, nthreads: u32, nwarps: u32, now: u64) {
+    pub(in crate::emu) fn reset(&mut self, nthreads: u32, nwarps: u32, shared: usize, now: u64) {
         self.mbars.clear();
+        self.reading.clear();
+        self.reading.resize(shared, 0);
+        self.reading_bytes = 0;
         self.loads.clear();
         self.stores.clear();
         self.stores.resize_with(nthreads as usize, Vec::new);
@@ -108,6 +115,13 @@ impl Hopper {
         self.maxnreg.clear();
         self.maxnreg.resize_with(nwarps as usize, Vec::new);
         self.epoch = 0;
+    }
+
+    /// Whether a bulk copy is in flight (a load not landed, or a store's shared source
+    /// not released): ordinary stores then check they do not overwrite its bytes.
+    #[inline]
+    pub(in crate::emu) fn async_in_flight(&self) -> bool {
+        !self.loads.is_empty() || self.reading_bytes > 0
     }
 
     /// The barrier at `addr` overlapping `[a, a + size)`, if any.

@@ -82,6 +82,9 @@ impl Cta<'_> {
                 )?;
                 let range = self.shared_range(at, a, 16)?;
                 self.check_not_mbarrier(at, a, 16, "stmatrix")?;
+                if self.hop.async_in_flight() {
+                    self.check_bulk_overwrite(at, range.clone())?;
+                }
                 for (e, v) in row.iter().enumerate() {
                     self.shared[range.start + 2 * e..range.start + 2 * e + 2]
                         .copy_from_slice(&v.to_le_bytes());

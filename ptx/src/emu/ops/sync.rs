@@ -10,7 +10,7 @@ use crate::emu::operands::{Dec, Mods};
 use crate::emu::ops::integer::int_bin;
 use crate::emu::parse::Operand;
 use crate::emu::types::Ty;
-use crate::emu::warp::Warp;
+use crate::emu::warp::{Warp, WarpState};
 use crate::error::PtxError;
 
 /// `bar.sync`, `barrier.sync` (optionally with a thread count), `bar.arrive`/
@@ -230,6 +230,47 @@ pub(in crate::emu) fn decode_redux(d: &mut Dec, m: &mut Mods) -> Result<Op, PtxE
 }
 
 impl Cta<'_> {
+    /// Opens every named barrier whose expected threads have all arrived (waiting at
+    /// `bar.sync` or counted by `bar.arrive`); whether one opened.
+    pub(in crate::emu) fn open_barriers(&mut self, warps: &mut [Warp]) -> bool {
+        let live_threads: u32 = warps
+            .iter()
+            .filter(|w| w.state != WarpState::Done)
+            .map(|w| w.live.count_ones())
+            .sum();
+        let mut released = false;
+        for id in 0..16u32 {
+            let mut arrived = self.hop.bar_arrived[id as usize];
+            let mut expected = self.hop.bar_count[id as usize];
+            let mut waiters = false;
+            for w in warps.iter() {
+                if let WarpState::AtBarrier { id: wid, count, .. } = w.state {
+                    if wid == id {
+                        waiters = true;
+                        arrived += w.live.count_ones();
+                        if count.is_some() {
+                            expected = count;
+                        }
+                    }
+                }
+            }
+            if !waiters && arrived == 0 {
+                continue;
+            }
+            if arrived >= expected.unwrap_or(live_threads) {
+                for w in warps.iter_mut() {
+                    if matches!(w.state, WarpState::AtBarrier { id: wid, .. } if wid == id) {
+                        w.state = WarpState::Running;
+                    }
+                }
+                self.hop.bar_arrived[id as usize] = 0;
+                self.hop.bar_count[id as usize] = None;
+                released = true;
+            }
+        }
+        released
+    }
+
     /// `elect.sync`: the lowest lane of `membermask` is the leader; every lane of the mask
     /// (that has not exited) must execute it.
     pub(in crate::emu) fn exec_elect(
