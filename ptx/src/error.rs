@@ -204,6 +204,22 @@ pub enum PtxError {
         /// Which warps wait where.
         detail: String,
     },
+    /// A `wgmma` rule was broken: the warpgroup's four warps do not issue `wgmma.mma_async`
+    /// together, a `wgmma.fence` is missing, an accumulator or A register of a wgmma is
+    /// touched before `wgmma.wait_group` retires it, a warp exits with wgmma outstanding, or
+    /// a descriptor or operand is invalid.
+    Wgmma {
+        /// Kernel name.
+        kernel: String,
+        /// CTA index.
+        cta: [u32; 3],
+        /// Warp index inside the CTA.
+        warp: u32,
+        /// PTX source line.
+        line: u32,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// Misuse of Hopper's asynchronous machinery that the sanitizer caught: an `mbarrier`
     /// used uninitialised or beyond its counts, a bulk copy or tensor copy the ISA forbids
     /// (bad tensor map, missing `fence.proxy.async`), `setmaxnreg` out of range or not
@@ -327,6 +343,11 @@ impl fmt::Display for PtxError {
             PtxError::Deadlock { kernel, cta, detail } => write!(
                 f,
                 "kernel '{kernel}', CTA ({},{},{}): deadlock, no warp can make progress: {detail}",
+                cta[0], cta[1], cta[2]
+            ),
+            PtxError::Wgmma { kernel, cta, warp, line, problem } => write!(
+                f,
+                "kernel '{kernel}', CTA ({},{},{}) warp {warp}, PTX line {line}: {problem}",
                 cta[0], cta[1], cta[2]
             ),
             PtxError::AsyncMisuse { kernel, at, line, detail } => {

@@ -13,7 +13,7 @@ use super::inst::{Inst, Kernel, Op, Reg};
 use super::lex::perr;
 use super::operands::{Ctx, Dec, Mods, Var};
 use super::ops::{
-    bulk, control, convert, float, integer, mbarrier, memory, stmatrix, sync, tensor,
+    bulk, control, convert, float, integer, mbarrier, memory, stmatrix, sync, tensor, wgmma,
 };
 use super::parse::{self, Ast, Entry, InstAst, Stmt, VarDecl, VarSpace};
 use super::types::Ty;
@@ -255,6 +255,7 @@ fn decode_op(d: &mut Dec, m: &mut Mods, base: &str) -> Result<Op, PtxError> {
         "redux" => sync::decode_redux(d, m),
         "mma" => tensor::decode_mma(d, m),
         "ldmatrix" => tensor::decode_ldmatrix(d, m),
+        "wgmma" => wgmma::decode_wgmma(d, m),
         _ => Err(perr(
             d.inst.pos,
             d.inst.opcode.clone(),

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use super::counters::{sample_grid, Counters, Profiling, Recorder};
 use super::inst::{Inst, Kernel, Op, Reg, Src, Sreg};
 use super::ops::mbarrier::Hopper;
+use super::ops::wgmma_exec::WgmmaWarp;
 use super::types::width_mask;
 use super::warp::{Warp, WarpState, NO_PC};
 use super::{Checks, DeviceMemory, LaunchDims, LaunchStats};
@@ -76,6 +77,11 @@ pub(super) struct Cta<'a> {
     pub(super) recorder: Option<Box<Recorder>>,
     /// mbarriers, bulk copies in flight and the other sm_90 asynchronous state.
     pub(super) hop: Hopper,
+    /// Whether the kernel has `wgmma` instructions (their per-warp state and checks run only
+    /// then).
+    pub(super) wgmma_used: bool,
+    /// Per warp, its wgmma state (empty when `wgmma_used` is false).
+    pub(super) wgmma: Vec<WgmmaWarp>,
 }
 
 pub(crate) fn launch(
@@ -154,6 +160,12 @@ fn launch_limited(
     let nthreads = nthreads as u32;
     let nwarps = nthreads.div_ceil(32);
     let nregs = k.reg_names.len();
+    let wgmma_used = k.insts.iter().any(|i| {
+        matches!(
+            i.op,
+            Op::Wgmma(_) | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait { .. }
+        )
+    });
     let mut cta = Cta {
         k,
         checks,
@@ -179,6 +191,12 @@ fn launch_limited(
         stats: LaunchStats::default(),
         recorder: profiling.count.then(Box::default),
         hop: Hopper::default(),
+        wgmma_used,
+        wgmma: if wgmma_used {
+            (0..nwarps).map(|_| WgmmaWarp::new(nregs)).collect()
+        } else {
+            Vec::new()
+        },
     };
     let mut warps: Vec<Warp> = (0..nwarps)
         .map(|w| Warp {
@@ -248,6 +266,9 @@ impl Cta<'_> {
             a.open.clear();
             a.committed.clear();
         }
+        for s in &mut self.wgmma {
+            s.reset();
+        }
         for w in warps.iter_mut() {
             w.regs.fill(0);
             w.written.fill(0);
@@ -288,6 +309,13 @@ impl Cta<'_> {
             for w in warps.iter_mut() {
                 if w.state == WarpState::Running {
                     self.run_warp::<COUNT>(w, mem)?;
+                }
+            }
+            if self.wgmma_used {
+                self.wgmma_check_exits(warps)?;
+                // A warpgroup that has gathered at a wgmma runs on before anything else.
+                if self.release_warpgroups(warps)? {
+                    continue;
                 }
             }
             if warps.iter().all(|w| w.state == WarpState::Done) {
@@ -345,6 +373,10 @@ impl Cta<'_> {
                             .unwrap_or_default()
                     ),
                     WarpState::Parked(p) => format!("warp {} {}", w.index, self.park_detail(&p)),
+                    WarpState::AtWgmma { line } => format!(
+                        "warp {} waits for its warpgroup at wgmma.mma_async (line {line})",
+                        w.index
+                    ),
                     WarpState::Done => format!("warp {} has exited", w.index),
                     WarpState::Running => format!("warp {} is running", w.index),
                 })
@@ -464,6 +496,9 @@ impl Cta<'_> {
                     }
                 }
             }
+            if self.wgmma_used {
+                self.wgmma_check_access(w, inst)?;
+            }
             match &inst.op {
                 Op::Bra { target } => {
                     let t = *target;
@@ -519,6 +554,20 @@ impl Cta<'_> {
                     };
                     return Ok(());
                 }
+                Op::Wgmma(_) if exec != 0 => {
+                    // Issued by the whole warpgroup at once (`release_warpgroups`): wait there.
+                    if exec != u32::MAX {
+                        return Err(self.divergence(
+                            w,
+                            inst.line,
+                            "wgmma.mma_async",
+                            exec,
+                            u32::MAX,
+                        ));
+                    }
+                    w.state = WarpState::AtWgmma { line: inst.line };
+                    return Ok(());
+                }
                 Op::BarArrive { id, count } => {
                     if exec != w.live || active != w.live {
                         return Err(self.divergence(w, inst.line, "bar.arrive", exec, w.live));
@@ -559,6 +608,13 @@ impl Cta<'_> {
                 self.exec(w, inst, exec, mem)?;
                 for &r in inst.defs.iter() {
                     w.written[r as usize] |= exec;
+                }
+                if self.wgmma_used {
+                    // For the wgmma.fence rule: when ordinary instructions last wrote each register.
+                    let st = &mut self.wgmma[w.index as usize];
+                    for &r in inst.defs.iter() {
+                        st.def_time[r as usize] = w.issued;
+                    }
                 }
             }
             w.advance();
@@ -652,6 +708,9 @@ impl Cta<'_> {
             Op::Redux(i) => self.exec_redux(w, exec, line, i),
             Op::Mma(i) => self.exec_mma(w, exec, line, i),
             Op::Ldmatrix(i) => self.exec_ldmatrix(w, exec, line, i),
+            Op::WgmmaFence => self.exec_wgmma_fence(w, exec, line),
+            Op::WgmmaCommit => self.exec_wgmma_commit(w, exec, line),
+            Op::WgmmaWait { n } => self.exec_wgmma_wait(w, exec, line, *n),
             Op::Mbar(i) => self.exec_mbar(w, exec, line, i),
             Op::MbarPending { d, state } => self.exec_mbar_pending(w, exec, *d, *state),
             Op::Bulk(i) => self.exec_bulk(w, exec, line, i, mem),
@@ -664,9 +723,12 @@ impl Cta<'_> {
             Op::Stmatrix(i) => self.exec_stmatrix(w, exec, line, i),
             Op::Nop => Ok(()),
             // The scheduler runs these itself (`run_warp`).
-            Op::Bra { .. } | Op::Exit | Op::Bar { .. } | Op::BarArrive { .. } | Op::MbarWait(_) => {
-                Ok(())
-            }
+            Op::Bra { .. }
+            | Op::Exit
+            | Op::Bar { .. }
+            | Op::BarArrive { .. }
+            | Op::MbarWait(_)
+            | Op::Wgmma(_) => Ok(()),
         }
     }
 }

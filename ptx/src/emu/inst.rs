@@ -485,6 +485,41 @@ pub(crate) struct Ldmatrix {
     pub addr: Addr,
 }
 
+/// Where `wgmma.mma_async` reads matrix A.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum WgmmaA {
+    /// Four `.b32` registers per thread, in the ISA's fragment layout.
+    Regs([Reg; 4]),
+    /// A 64-bit shared-memory matrix descriptor.
+    Desc(Src),
+}
+
+/// `wgmma.mma_async.sync.aligned.m64nNk16.{f32,f16}.{bf16,f16}.{bf16,f16}`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Wgmma {
+    /// N of the shape (8..=256, a multiple of 8).
+    pub n: u16,
+    /// Input element type (A and B alike).
+    pub ty: MmaType,
+    /// `.f16` accumulators (`N/4` `.f16x2` registers) instead of `.f32` (`N/2`).
+    pub f16_out: bool,
+    /// The accumulator registers in operand order.
+    pub d: Box<[Reg]>,
+    pub a: WgmmaA,
+    /// B's descriptor.
+    pub b: Src,
+    /// `scale-d`: nonzero adds D (`D = A·B + D`); a predicate or an immediate.
+    pub scale_d: Src,
+    /// `!p` as scale-d.
+    pub scale_d_negated: bool,
+    /// `imm-scale-a` / `imm-scale-b` of -1.
+    pub negate_a: bool,
+    pub negate_b: bool,
+    /// `imm-trans-a` / `imm-trans-b` of 1: the matrix is M-/N-major in shared memory.
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
 /// `redux.sync.op.type d, a, membermask`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Redux {
@@ -632,6 +667,16 @@ pub(crate) enum Op {
     },
     /// `redux.sync.op.type d, a, membermask`.
     Redux(Redux),
+    /// `wgmma.mma_async`: run by the scheduler once the warpgroup's four warps arrive.
+    Wgmma(Box<Wgmma>),
+    /// `wgmma.fence.sync.aligned`.
+    WgmmaFence,
+    /// `wgmma.commit_group.sync.aligned`.
+    WgmmaCommit,
+    /// `wgmma.wait_group.sync.aligned n`.
+    WgmmaWait {
+        n: u32,
+    },
     Mbar(Mbar),
     /// `mbarrier.pending_count.b64 d, state`.
     MbarPending {

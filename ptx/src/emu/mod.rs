@@ -21,12 +21,14 @@
 //! | `cp.async.bulk` (and `.tensor`, `.prefetch`, its commit/wait), `fence.proxy.async` | `ops/bulk.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
 //! | `stmatrix` | `ops/stmatrix.rs` |
+//! | `wgmma.mma_async` `wgmma.fence` `wgmma.commit_group` `wgmma.wait_group` | `ops/wgmma.rs` (decoding, arithmetic), `ops/wgmma_exec.rs` (the warpgroup), `ops/wgmma_desc.rs` (matrix descriptors) |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
 //! its type; the opcode table in `decode` sends it to the family accordingly. `bra`,
 //! `exit`, `bar.sync`/`bar.arrive` and the mbarrier waits are decoded in their family but
-//! run by the scheduler in `exec`.
+//! run by the scheduler in `exec`, as is `wgmma.mma_async`, which a warp waits at until its
+//! warpgroup's four warps arrive.
 //!
 //! Around the families:
 //!
@@ -52,8 +54,10 @@
 //! code the project emits (forward branches for if/else, backward branches for loops)
 //! a group that is ahead waits at its higher PC until the others catch up, which is
 //! exactly reconvergence at the immediate post-dominator, without needing a CFG. Each warp
-//! runs until it reaches a barrier, fails an mbarrier wait or exits. When no warp can run,
-//! the scheduler, in this order: wakes the warps whose mbarrier has moved to another phase;
+//! runs until it reaches a barrier, fails an mbarrier wait, reaches a `wgmma.mma_async` or
+//! exits. When no warp can run, the scheduler, in this order: issues the `wgmma.mma_async`
+//! of each warpgroup whose four warps all wait at it; wakes the warps whose mbarrier has
+//! moved to another phase;
 //! opens the named barriers whose threads have all arrived (`bar.sync`, and `bar.arrive`
 //! counts); lands the bulk copies in flight (whose transaction bytes may complete
 //! phases); wakes the parked warps once, in case one polled without spinning. A warp
@@ -86,15 +90,26 @@
 //! says the hardware does. `mma.sync` accumulates as [`Checks::mma`] says ([`MmaNumerics`]):
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
+//! `wgmma.mma_async` (m64nNk16, N = 8..256 step 8, `.f32.bf16.bf16`, `.f32.f16.f16` and
+//! `.f16.f16.f16`) is issued by the four warps of a warpgroup together: the shared-memory
+//! operands are read then and the result held pending until a `wgmma.wait_group` retires its
+//! group; touching its accumulator or A registers before that, a missing `wgmma.fence`, a
+//! warp exiting with wgmmas pending, or a warpgroup that does not issue it together is an
+//! error (`PtxError::Wgmma`). It accumulates as `mma.sync` does under [`Checks::mma`], k = 16
+//! per instruction.
+//!
 //! Not supported (a parse error that names the line): `.func` and calls, `.global`/`.const`
 //! variables and `ld.const`, textures and surfaces, `.b128` values, `bar.red`,
-//! packed (x2) comparisons, `wgmma`, mma shapes other than m16n8k16 row.col with f32
-//! accumulators; of the sm_90 asynchronous instructions: clusters of more than one CTA
+//! packed (x2) comparisons, mma shapes other than m16n8k16 row.col with f32 accumulators,
+//! sparse wgmma (`.sp`) and wgmma on tf32, fp8 (e4m3/e5m2), integer and b1 inputs; of the
+//! sm_90 asynchronous instructions: clusters of more than one CTA
 //! (`.multicast::cluster`, `mapa`, `%cluster_*` registers, distributed shared memory,
 //! shared::cta→shared::cluster bulk copies), `cp.async.bulk.tensor` in im2col mode,
 //! `cp.reduce.async.bulk`, tensor maps passed by parameter name (ptxas refuses that too:
 //! take the address with `mov` + `cvta.param`), the Blackwell swizzle atoms, `stmatrix`
-//! shapes other than m8n8.b16.
+//! shapes other than m8n8.b16. Refused at run time: wgmma descriptors with a base offset, or
+//! with unused bits set, or a swizzled tile not aligned to its pattern's repeat
+//! (1024/512/256 bytes).
 //!
 //! # Examples
 //! ```

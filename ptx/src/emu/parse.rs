@@ -649,8 +649,9 @@ fn parse_operand(p: &mut Parser, allow_vector: bool) -> Result<Operand, PtxError
                 if p.eat_punct('}') {
                     break;
                 }
-                if elems.len() >= 8 {
-                    return Err(p.err("vector operand with more than 8 elements"));
+                // wgmma's accumulator vectors hold up to 128 registers (m64n256, f32).
+                if elems.len() >= 128 {
+                    return Err(p.err("vector operand with more than 128 elements"));
                 }
                 p.expect_punct(',')?;
             }

@@ -28,6 +28,10 @@ pub(super) enum WarpState {
         count: Option<u32>,
         line: u32,
     },
+    /// At a `wgmma.mma_async` (the warp's `pc`), waiting for its warpgroup's other warps.
+    AtWgmma {
+        line: u32,
+    },
     /// A `test_wait`/`try_wait` failed: waits until the barrier's phase changes.
     Parked(Park),
     Done,

@@ -52,7 +52,8 @@ fn class_of(op: &Op) -> InstClass {
         | Op::CpCommit
         | Op::CpWait { .. }
         | Op::CpWaitAll => InstClass::Sync,
-        Op::Mma(_) => InstClass::Tensor,
+        Op::Mma(_) | Op::Wgmma(_) => InstClass::Tensor,
+        Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait { .. } => InstClass::Sync,
         Op::Bra { .. } | Op::Exit | Op::Trap | Op::Nop => InstClass::Control,
     }
 }

@@ -48,9 +48,9 @@ pub enum InstClass {
     /// `ld`, `st`, `atom`, `red`, `cp.async`, `ldmatrix`.
     Memory = 3,
     /// `bar.sync`, `bar.warp.sync`, `shfl`, `vote`, `activemask`, `redux`, `cp.async`'s
-    /// commit and wait.
+    /// commit and wait, `wgmma.fence`/`commit_group`/`wait_group`.
     Sync = 4,
-    /// `mma`.
+    /// `mma`, `wgmma.mma_async` (one per warp of the warpgroup).
     Tensor = 5,
     /// `bra`, `exit`/`ret`, `trap`, and instructions without effect here (`prefetch`,
     /// `membar`/`fence`, which the decoder folds into one no-op).
@@ -179,8 +179,9 @@ pub struct Counters {
 
     /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
     pub mma_instructions: u64,
-    /// Floating-point operations of those `mma`s: 2·M·N·K each (2·16·8·16 = 4096 for
-    /// m16n8k16), one multiply and one add per product term.
+    /// Floating-point operations of those `mma`s and of `wgmma.mma_async` (counted once per
+    /// warpgroup): 2·M·N·K each (2·16·8·16 = 4096 for m16n8k16, 2·64·N·16 for m64nNk16), one
+    /// multiply and one add per product term.
     pub tensor_flops: u64,
 
     /// `bar.sync`/`barrier.sync` executed, per warp: the `BAR` instructions among

@@ -16,3 +16,6 @@ pub(super) mod stmatrix;
 pub(super) mod sync;
 pub(super) mod tensor;
 pub(super) mod tensor_core;
+pub(super) mod wgmma;
+pub(super) mod wgmma_desc;
+pub(super) mod wgmma_exec;
