@@ -37,11 +37,8 @@ fn every_head_size_assembles_for_sm90a_without_spills_or_warnings() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Under the emulator, against the f64 attention reference (`frugal_ptx::testing::attention`).
-// They need the emulator's wgmma (r19-wgmma) next to r19-tma's mbarrier and TMA; the two
-// branches conflict, so until the lead merges both these are ignored (they pass on a local
-// integration of both, branch scratch-integ):
-// `cargo test -p frugal-ptx --profile opt-test --test flash_wgmma -- --ignored`.
+// Under the emulator (its wgmma, mbarrier and TMA), against the f64 attention reference
+// (`frugal_ptx::testing::attention`), every sanitizer check on.
 
 use frugal_ptx::emu::{DeviceMemory, Module};
 use frugal_ptx::error::PtxError;
@@ -132,7 +129,6 @@ fn check_forward(shape: AttnShape, seed: u64) {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_forward_matches_reference_hs64_ragged_gqa() {
     // T ragged against the 128-row tiles (2 query tiles, the second with 72 rows past T),
     // 2 query heads on 1 kv head, 2 sequences.
@@ -149,7 +145,6 @@ fn wgmma_forward_matches_reference_hs64_ragged_gqa() {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_forward_matches_reference_hs128() {
     check_forward(
         AttnShape {

@@ -95,13 +95,8 @@ fn tma_dispatch_takes_wgmma_on_sm90_only_where_tma_can_read_the_operands() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Under the emulator, against the f64 reference (`frugal_ptx::testing::matmul::expected`).
-//
-// These need the emulator's wgmma (branch r19-wgmma) next to r19-tma's mbarrier and TMA;
-// the two branches conflict in emu/{exec,decode,inst,warp}.rs and error.rs, so until the
-// lead merges both they are ignored (they pass on a local integration of both, branch
-// scratch-integ). Run them with
-// `cargo test -p frugal-ptx --profile opt-test --test matmul_wgmma -- --ignored`.
+// Under the emulator (its wgmma, mbarrier and TMA), against the f64 reference
+// (`frugal_ptx::testing::matmul::expected`), every sanitizer check on.
 
 /// Poison for C (NaN bits): any element the kernel should write and does not fails.
 const POISON_F32: u32 = 0x7FC0_0001;
@@ -251,7 +246,6 @@ fn padded(layout: Layout, out: OutType, m: usize, n: usize, k: usize) -> Gemm {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_128x128_matches_reference_on_ragged_shapes_every_layout_and_output() {
     // M, N ragged against the 128 tile, K against the 64-wide k tile (a multiple of 8:
     // TMA's 16-byte strides for the K-contiguous operands); 2 CTAs for 4 tiles, so the
@@ -265,7 +259,6 @@ fn wgmma_128x128_matches_reference_on_ragged_shapes_every_layout_and_output() {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_accumulate_alpha_and_batches_match_reference() {
     for (s, layout) in Layout::ALL.into_iter().enumerate() {
         let g = padded(layout, OutType::F32, 72, 136, 200)
@@ -279,7 +272,6 @@ fn wgmma_accumulate_alpha_and_batches_match_reference() {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_128x256_matches_reference() {
     for (s, layout) in Layout::ALL.into_iter().enumerate() {
         let g = padded(layout, OutType::Bf16, 136, 264, 136);
@@ -288,7 +280,6 @@ fn wgmma_128x256_matches_reference() {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn planted_faults_in_the_wgmma_matmul_are_caught() {
     let cfg = wgmma::WGMMA_128X128;
     let g = padded(Layout::Tn, OutType::F32, 136, 200, 88);
@@ -332,7 +323,6 @@ fn planted_faults_in_the_wgmma_matmul_are_caught() {
 }
 
 #[test]
-#[ignore = "needs r19-wgmma merged with r19-tma (passes on a local integration of both)"]
 fn wgmma_vector_epilogue_on_interior_tiles_matches_reference() {
     // Even ldc and C aligned: the interior tile (0, 0) takes the vector stores, the ragged
     // edge tiles the predicated scalar ones; overwrite and accumulate, both outputs.
