@@ -335,3 +335,25 @@ fn wgmma_vector_epilogue_on_interior_tiles_matches_reference() {
         }
     }
 }
+
+#[test]
+fn every_wgmma_module_ships_for_sm90a_only() {
+    for cfg in WGMMA_CONFIGS {
+        for layout in Layout::ALL {
+            for out in OUTS {
+                let name = wgmma::static_name(&cfg, layout, out)
+                    .unwrap_or_else(|| panic!("{cfg:?} {layout:?} {out:?} has no static name"));
+                let m = frugal_ptx::catalogue::module(name)
+                    .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+                assert_eq!(m.targets, [Target::Sm90a], "{name}");
+                assert_eq!(m.entries(), [name]);
+            }
+        }
+    }
+    for hs in frugal_ptx::flash::wgmma_fwd::HEAD_SIZES {
+        let name = frugal_ptx::flash::wgmma_fwd::entry_name(hs);
+        let m = frugal_ptx::catalogue::module(&name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+        assert_eq!(m.targets, [Target::Sm90a], "{name}");
+    }
+}

@@ -30,7 +30,8 @@ use crate::emu::swizzle::Swizzle;
 use crate::emu::{LaunchDims, ParamInfo};
 use crate::error::PtxError;
 use crate::kernels::Launch;
-use crate::matmul::wgmma::EncodeTensorMap;
+use crate::launch::Arg;
+use crate::matmul::wgmma::{pack_at, EncodeTensorMap, LaunchArgs};
 use crate::ptx_text::{Ptx, F32_LN2, F32_NEG_INF, F32_ZERO};
 use crate::tensor_map::{Interleave, L2Promotion, OobFill, TensorDataType, TensorMap};
 
@@ -109,21 +110,19 @@ pub fn tensor_maps(shape: AttnShape, bufs: &FlashFwd) -> [TensorMap; 3] {
     ]
 }
 
-/// The launch of the forward for `shape`: tensor maps through `encode`, parameters at
-/// `layout`'s offsets (the kernel's parameters as the device lays them out), grid
-/// (ceil(T/128), NH, B), block [`THREADS`], [`shared_bytes`].
+/// The arguments of the forward for `shape` (the runtime packs them against the kernel's
+/// declaration): tensor maps through `encode`, grid (ceil(T/128), NH, B), block
+/// [`THREADS`], [`shared_bytes`].
 ///
 /// # Errors
 /// `BadLaunch` naming the kernel for a head size other than 64 or 128, a zero size, NKV not
 /// dividing NH, sizes past the kernel's 32-bit indices or CUDA's grid limits, Q, K or V not
-/// 16-byte aligned (TMA), O or LSE not 4-byte aligned, a `layout` that is not this kernel's,
-/// or a failed `encode`.
-pub fn launch(
+/// 16-byte aligned (TMA), O or LSE not 4-byte aligned, or a failed `encode`.
+pub fn launch_args(
     shape: AttnShape,
     bufs: &FlashFwd,
-    layout: &[ParamInfo],
     encode: &mut EncodeTensorMap,
-) -> Result<Launch, PtxError> {
+) -> Result<LaunchArgs, PtxError> {
     let name = static_name(shape.hs).ok_or_else(|| PtxError::BadLaunch {
         kernel: "flash_attn_fwd_wgmma".into(),
         reason: format!("head size {} has no wgmma forward (64 or 128)", shape.hs),
@@ -172,45 +171,41 @@ pub fn launch(
             )));
         }
     }
-    let prefix = format!("{name}_param_");
-    let names: Vec<&str> = layout
-        .iter()
-        .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name))
-        .collect();
-    let sizes: Vec<usize> = layout.iter().map(|p| p.size).collect();
-    if names != PARAMS || sizes != [128, 128, 128, 8, 8, 4, 4, 4, 4] {
-        return Err(bad(format!(
-            "the parameter layout given ({names:?}) is not this kernel's ({PARAMS:?})"
-        )));
-    }
     let [mq, mk, mv] = tensor_maps(shape, bufs);
     let (eq, ek, ev) = (encode(&mq)?, encode(&mk)?, encode(&mv)?);
-    let values: [&[u8]; 9] = [
-        &eq,
-        &ek,
-        &ev,
-        &bufs.o.to_le_bytes(),
-        &bufs.lse.to_le_bytes(),
-        &(shape.t as u32).to_le_bytes(),
-        &(shape.nh as u32).to_le_bytes(),
-        &(shape.nkv as u32).to_le_bytes(),
-        &shape.scale_log2().to_le_bytes(),
-    ];
-    let end = layout.iter().map(|p| p.offset + p.size).max().unwrap_or(0);
-    let mut params = vec![0u8; end];
-    for (p, v) in layout.iter().zip(values) {
-        params[p.offset..p.offset + p.size].copy_from_slice(v);
-    }
-    Ok(Launch {
-        module: name,
+    Ok(LaunchArgs {
         kernel: name,
         dims: LaunchDims {
             grid: [tiles as u32, shape.nh as u32, shape.b as u32],
             block: [THREADS, 1, 1],
             dynamic_shared_bytes: shared_bytes(shape.hs as u32),
         },
-        params,
+        args: vec![
+            Arg::TensorMap(eq),
+            Arg::TensorMap(ek),
+            Arg::TensorMap(ev),
+            Arg::Ptr(bufs.o),
+            Arg::Ptr(bufs.lse),
+            Arg::U32(shape.t as u32),
+            Arg::U32(shape.nh as u32),
+            Arg::U32(shape.nkv as u32),
+            Arg::F32(shape.scale_log2()),
+        ],
     })
+}
+
+/// [`launch_args`] packed at the offsets of `layout` (the kernel's parameters as the device
+/// lays them out: `Module::params` of the parsed module under the emulator).
+///
+/// # Errors
+/// As [`launch_args`]; `BadLaunch` when `layout` does not declare this kernel's parameters.
+pub fn launch(
+    shape: AttnShape,
+    bufs: &FlashFwd,
+    layout: &[ParamInfo],
+    encode: &mut EncodeTensorMap,
+) -> Result<Launch, PtxError> {
+    pack_at(launch_args(shape, bufs, encode)?, layout)
 }
 
 /// Bytes of one 128-row tile (Q, K or V) of head size `hs`.

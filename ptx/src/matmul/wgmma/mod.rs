@@ -51,6 +51,7 @@ use crate::emu::swizzle::Swizzle;
 use crate::emu::{LaunchDims, ParamInfo};
 use crate::error::PtxError;
 use crate::kernels::Launch;
+use crate::launch::{Arg, Param};
 use crate::tensor_map::{
     Interleave, L2Promotion, OobFill, TensorDataType, TensorMap, TENSOR_MAP_BYTES,
 };
@@ -257,50 +258,44 @@ pub fn static_name(cfg: &TileConfig, layout: Layout, out: OutType) -> Option<&'s
     Some(NAMES[c * 6 + l * 2 + o])
 }
 
-/// Each parameter's (name, bytes, alignment) as declared, in order: the input of the
-/// parameter layout rule (`ParamInfo` offsets for the device, which [`launch`] takes).
-pub const PARAM_DECLS: [(&str, usize, usize); 11] = [
-    ("tma_a", TENSOR_MAP_BYTES, 64),
-    ("tma_b", TENSOR_MAP_BYTES, 64),
-    ("c", 8, 8),
-    ("m", 4, 4),
-    ("n", 4, 4),
-    ("k", 4, 4),
-    ("ldc", 8, 8),
-    ("c_sb", 8, 8),
-    ("batch", 4, 4),
-    ("alpha", 4, 4),
-    ("accumulate", 4, 4),
-];
-
 /// What [`launch`] needs to encode a tensor map: `TensorMap::encode` under the emulator,
 /// the driver's `cuTensorMapEncodeTiled` on a GPU.
 pub type EncodeTensorMap<'a> =
     dyn FnMut(&TensorMap) -> Result<[u8; TENSOR_MAP_BYTES], PtxError> + 'a;
 
-/// The launch of `g` on the wgmma kernel `cfg` (A, B, C at device addresses `a`, `b`, `c`)
-/// on a part with `sms` SMs: tensor maps of A and B ([`tensor_maps`]) through `encode`, the
-/// parameters packed at the offsets of `layout` (the kernel's parameters as the device's
-/// layout rule places them: `Module::params` of the parsed module under the emulator), grid
-/// [`grid_ctas`], block [`threads`], [`shared_bytes`] of dynamic shared memory.
+/// A wgmma launch before packing: the kernel (also its catalogue module), the shape and the
+/// arguments in parameter order (the tensor maps as [`Arg::TensorMap`]). The runtime packs
+/// them against the kernel's declaration for its device (`Device::launch`); [`launch`] packs
+/// them at the offsets of a given layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchArgs {
+    /// `.entry` and catalogue module name.
+    pub kernel: &'static str,
+    /// Grid, block and dynamic shared memory.
+    pub dims: LaunchDims,
+    /// One argument per parameter, in order.
+    pub args: Vec<Arg>,
+}
+
+/// The arguments of `g` on the wgmma kernel `cfg` (A, B, C at device addresses `a`, `b`,
+/// `c`) on a part with `sms` SMs: tensor maps of A and B ([`tensor_maps`]) through
+/// `encode`, grid [`grid_ctas`], block [`threads`], [`shared_bytes`] of dynamic shared
+/// memory.
 ///
 /// # Errors
 /// `BadLaunch` naming the kernel when: `cfg` is not a shipped wgmma config; M, N, K or
 /// batch is 0 or above 2^31; a leading dimension is shorter than its row; A, B, their
 /// leading dimensions or batch strides are not 16-byte granular ([`Gemm::alignment`] < 16:
-/// TMA's rule; use the `mma.sync` kernels); C is not element-aligned; `layout` does not
-/// declare this kernel's parameters; or `encode` fails.
-#[allow(clippy::too_many_arguments)]
-pub fn launch(
+/// TMA's rule; use the `mma.sync` kernels); C is not element-aligned; or `encode` fails.
+pub fn launch_args(
     cfg: &TileConfig,
     g: &Gemm,
     a: u64,
     b: u64,
     c: u64,
     sms: u32,
-    layout: &[ParamInfo],
     encode: &mut EncodeTensorMap,
-) -> Result<Launch, PtxError> {
+) -> Result<LaunchArgs, PtxError> {
     let name = static_name(cfg, g.layout, g.out).ok_or_else(|| PtxError::BadLaunch {
         kernel: "matmul_wgmma".into(),
         reason: format!("{cfg:?} is not a shipped wgmma tile config (WGMMA_CONFIGS)"),
@@ -339,51 +334,69 @@ pub fn launch(
             g.out.size()
         )));
     }
-    // Declared names carry the `<entry>_param_` prefix.
-    let prefix = format!("{name}_param_");
-    let names: Vec<&str> = layout
-        .iter()
-        .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name))
-        .collect();
-    let declared: Vec<&str> = PARAM_DECLS.iter().map(|d| d.0).collect();
-    let sizes_ok = layout
-        .iter()
-        .zip(PARAM_DECLS)
-        .all(|(p, d)| p.size == d.1 && p.offset.is_multiple_of(d.2.min(16)));
-    if names != declared || !sizes_ok {
-        return Err(bad(format!(
-            "the parameter layout given ({names:?}) is not this kernel's ({declared:?})"
-        )));
-    }
     let (ma, mb) = tensor_maps(cfg, g, a, b);
     let (ea, eb) = (encode(&ma)?, encode(&mb)?);
-    let accumulate = u32::from(g.epilogue == Epilogue::Accumulate);
-    let values: [&[u8]; 11] = [
-        &ea,
-        &eb,
-        &c.to_le_bytes(),
-        &(g.m as u32).to_le_bytes(),
-        &(g.n as u32).to_le_bytes(),
-        &(g.k as u32).to_le_bytes(),
-        &(g.ldc as u64).to_le_bytes(),
-        &(g.batch_stride_c as u64).to_le_bytes(),
-        &(g.batch as u32).to_le_bytes(),
-        &g.alpha.to_le_bytes(),
-        &accumulate.to_le_bytes(),
-    ];
-    let end = layout.iter().map(|p| p.offset + p.size).max().unwrap_or(0);
-    let mut params = vec![0u8; end];
-    for (p, v) in layout.iter().zip(values) {
-        params[p.offset..p.offset + p.size].copy_from_slice(v);
-    }
-    Ok(Launch {
-        module: name,
+    Ok(LaunchArgs {
         kernel: name,
         dims: LaunchDims {
             grid: [grid_ctas(cfg, g, sms), 1, 1],
             block: [threads(cfg), 1, 1],
             dynamic_shared_bytes: shared_bytes(cfg),
         },
+        args: vec![
+            Arg::TensorMap(ea),
+            Arg::TensorMap(eb),
+            Arg::Ptr(c),
+            Arg::U32(g.m as u32),
+            Arg::U32(g.n as u32),
+            Arg::U32(g.k as u32),
+            Arg::U64(g.ldc as u64),
+            Arg::U64(g.batch_stride_c as u64),
+            Arg::U32(g.batch as u32),
+            Arg::F32(g.alpha),
+            Arg::U32(u32::from(g.epilogue == Epilogue::Accumulate)),
+        ],
+    })
+}
+
+/// [`launch_args`] packed at the offsets of `layout` (the kernel's parameters as the device
+/// lays them out: `Module::params` of the parsed module under the emulator) into a
+/// [`Launch`].
+///
+/// # Errors
+/// As [`launch_args`]; `BadLaunch` when `layout` does not declare this kernel's parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn launch(
+    cfg: &TileConfig,
+    g: &Gemm,
+    a: u64,
+    b: u64,
+    c: u64,
+    sms: u32,
+    layout: &[ParamInfo],
+    encode: &mut EncodeTensorMap,
+) -> Result<Launch, PtxError> {
+    let l = launch_args(cfg, g, a, b, c, sms, encode)?;
+    pack_at(l, layout)
+}
+
+/// Packs `l` at `layout`'s offsets, after checking that `layout` declares `l.kernel`'s
+/// parameters (names without the `<entry>_param_` prefix, sizes).
+pub(crate) fn pack_at(l: LaunchArgs, layout: &[ParamInfo]) -> Result<Launch, PtxError> {
+    let prefix = format!("{}_param_", l.kernel);
+    let names: Vec<&str> = layout
+        .iter()
+        .map(|p| p.name.strip_prefix(&prefix).unwrap_or(&p.name))
+        .collect();
+    let params = crate::launch::pack(l.kernel, layout.iter().map(Param::declared), &l.args)
+        .map_err(|e| PtxError::BadLaunch {
+            kernel: l.kernel.to_string(),
+            reason: format!("{e} (the layout given declares {names:?})"),
+        })?;
+    Ok(Launch {
+        module: l.kernel,
+        kernel: l.kernel,
+        dims: l.dims,
         params,
     })
 }
