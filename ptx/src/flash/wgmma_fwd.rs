@@ -1,5 +1,5 @@
-//! FlashAttention forward on sm_90a with `wgmma` and TMA (the FA-3 structure, without its
-//! intra-warpgroup overlap yet): modules `flash_attn_fwd_wgmma_hs<HS>` written by
+//! FlashAttention forward on sm_90a with `wgmma` and TMA (FlashAttention-3's structure:
+//! warp-specialised producer, intra-warpgroup overlap of softmax and matmuls): modules `flash_attn_fwd_wgmma_hs<HS>` written by
 //! [`emit_module`], the same inputs, outputs and causal semantics as the FA-2 forward
 //! ([`super::forward`]): Q (B, T, NH, HS), K and V (B, T, NKV, HS) bf16, O (B, T, NH, HS)
 //! bf16, LSE (B, NH, T) f32 (natural log), GQA query head h reading kv head h / (NH/NKV).
@@ -9,15 +9,20 @@
 //! - Warpgroup 0, the producer (`setmaxnreg.dec` 24): one elected thread loads the Q tile
 //!   (once, on its own mbarrier) and streams K/V tiles of [`BLOCK_KV`] keys 0..=diagonal through
 //!   a [`STAGES`]-stage ring of full/empty mbarriers with `cp.async.bulk.tensor.4d`.
-//! - Warpgroups 1 and 2, the consumers (`setmaxnreg.inc` 240), 64 query rows each: per K/V
-//!   tile, S = Q K^T (`wgmma` m64n128k16, Q and K from 128B-swizzled K-major descriptors,
-//!   HS/16 steps), wait; the diagonal tile masked (key > query = -inf); online softmax in
-//!   fp32 exactly as the FA-2 kernel (ex2 of scale*log2e-scaled scores, running max m and
-//!   per-lane partial sums l, O rescaled by 2^(m_old - m_new)); P rounded to bf16 straight
-//!   from the S accumulators into wgmma A-fragment registers (the m64nNk16 accumulator and A
-//!   fragment layouts put the same (row, key) pairs in the same thread); O += P V (`wgmma`
-//!   m64n<HS>k16, A from registers, V from an MN-major descriptor, imm-trans-b 1), wait,
-//!   release the stage. Epilogue: O / l to bf16, LSE = (m + log2 l) ln 2, rows < T only.
+//! - Warpgroups 1 and 2, the consumers (`setmaxnreg.inc` 240), 64 query rows each. Per K/V
+//!   tile j they issue S = Q Kj^T (`wgmma` m64n128k16, Q and K from 128B-swizzled K-major
+//!   descriptors, HS/16 steps) and, in the same breath, O += P(j-1) V(j-1) of the previous
+//!   tile (`wgmma` `m64n<HS>k16`, A = P from registers, V from an MN-major descriptor,
+//!   imm-trans-b 1); `wgmma.wait_group 1` retires S alone, so the diagonal mask (key > query
+//!   = -inf) and the online softmax of tile j (fp32, exactly the FA-2 kernel's: ex2 of
+//!   scale*log2e-scaled scores, running max m, per-lane partial sums l) run while the PV
+//!   product is still on the tensor cores; then `wait_group 0`, the stage of tile j-1 is
+//!   released, O is rescaled by 2^(m_old - m_new) and P(j) rounded to bf16 straight from the
+//!   S accumulators into A-fragment registers (the m64nNk16 accumulator and A fragment
+//!   layouts put the same (row, key) pairs in the same thread). The last tile's PV follows
+//!   the loop. Epilogue: O / l to bf16, LSE = (m + log2 l) ln 2, rows < T only.
+//! - Tile 0's K/V stage is held until its PV is done (one tile later), so the ring has 3
+//!   stages: the producer still loads one tile ahead.
 //!
 //! Tensor maps (4-D, innermost first): (HS, heads, T, B) with byte strides (HS*2, heads*HS*2,
 //! T*heads*HS*2), box (64, 1, 128, 1), swizzle 128B, OOB zero fill: one box is 128 rows of one

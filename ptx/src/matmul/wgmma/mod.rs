@@ -41,7 +41,13 @@
 //!
 //! Parameters ([`PARAM_NAMES`]): the A and B tensor maps (`.param .align 64 .b8 [128]`, the
 //! driver's `CUtensorMap`, described by [`tensor_maps`]), then c, m, n, k, ldc, c_sb, batch,
-//! alpha, accumulate. Grid: ([`grid_ctas`], 1, 1).
+//! alpha, accumulate. Grid: ([`grid_ctas`], 1, 1). [`launch_args`] gives the arguments
+//! (tensor maps through the caller's encoder: the runtime's `encode_tensor_map`) for the
+//! runtime to pack per device; [`launch`] packs them at a given layout.
+//!
+//! Epilogue: interior tiles whose C rows keep element pairs aligned store each lane's two
+//! adjacent columns with one vector store (f32 pairs, or bf16 pairs packed once); edge
+//! tiles predicate every element on row < M and column < N.
 
 pub mod dispatch;
 pub mod emit;
