@@ -290,7 +290,8 @@ pub struct LaunchArgs {
 ///
 /// # Errors
 /// `BadLaunch` naming the kernel when: `cfg` is not a shipped wgmma config; M, N, K or
-/// batch is 0 or above 2^31; a leading dimension is shorter than its row; A, B, their
+/// batch is 0 or above 2^31; there are 2^32 tiles or more; a leading dimension is shorter
+/// than its row; A, B, their
 /// leading dimensions or batch strides are not 16-byte granular ([`Gemm::alignment`] < 16:
 /// TMA's rule; use the `mma.sync` kernels); C is not element-aligned; or `encode` fails.
 pub fn launch_args(
@@ -316,6 +317,13 @@ pub fn launch_args(
                 "{what} = {v} must be in 1..2^31 (TMA coordinates are signed 32-bit)"
             )));
         }
+    }
+    // The kernel walks tiles by a 32-bit linear index.
+    if u32::try_from(tiles(cfg, g)).is_err() {
+        return Err(bad(format!(
+            "{} output tiles do not fit the kernel's 32-bit tile index; split the batch",
+            tiles(cfg, g)
+        )));
     }
     let a_cols = if g.layout.a_k_contiguous() { g.k } else { g.m };
     let b_cols = if g.layout.b_k_contiguous() { g.k } else { g.n };
