@@ -304,8 +304,26 @@ if [ "$mode" = gpu ] && [ "$have_torch" = 1 ]; then
     "$logdir/torch-matmul-1b.jsonl" torch
 fi
 
+# The sm_90a wgmma + TMA matmul (`frugal bench matmul --tma`: the TMA dispatch's pick,
+# wgmma where its rules hold) against the same cuBLAS lines (paper-100m). On a GPU older
+# than sm_90 --tma picks the mma.sync kernels, so the line then repeats the plain bench. On
+# the emulator: a shape set where every product picks wgmma, joined with itself.
+if [ "$mode" = gpu ] && [ "$have_torch" = 1 ] && [ -s "$logdir/torch-matmul.jsonl" ]; then
+  run "bench:matmul-tma" "$limit_bench" "$bin/frugal" bench matmul --device "$device" --json \
+    --tma --model paper-100m
+  grep -E '^\{' "$logdir/bench_matmul-tma.log" > "$logdir/frugal-matmul-tma.jsonl" 2>/dev/null || true
+  run "compare:matmul-tma" 30 python3 "$join" matmul "$logdir/frugal-matmul-tma.jsonl" \
+    "$logdir/torch-matmul.jsonl" torch
+elif [ "$mode" = emu ]; then
+  run "bench:matmul-tma" "$limit_bench" "$bin/frugal" bench matmul --device "$device" --json \
+    --tma --model tiny --batch 2 --seq 128 --iters 1 --warmup 0
+  grep -E '^\{' "$logdir/bench_matmul-tma.log" > "$logdir/frugal-matmul-tma.jsonl" 2>/dev/null || true
+  run "compare:matmul-tma" 30 python3 "$join" matmul "$logdir/frugal-matmul-tma.jsonl" \
+    "$logdir/frugal-matmul-tma.jsonl" self
+fi
+
 echo
-for what in matmul attention matmul-1b; do
+for what in matmul attention matmul-1b matmul-tma; do
   [ -f "$logdir/compare_$what.log" ] && cat "$logdir/compare_$what.log" && echo
 done
 [ -f "$logdir/calibrate.log" ] && cat "$logdir/calibrate.log" && echo

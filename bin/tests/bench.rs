@@ -408,6 +408,22 @@ fn matmul_list_names_every_product_with_its_shape() {
     }
 }
 
+/// `bench matmul --tma` on the emulator plans for sm_90: with tiny's dimensions at B*T = 256
+/// every product takes the wgmma + TMA kernel (tensor maps encoded for the device, packed
+/// by the runtime's launch path), and each line names it.
+#[test]
+fn matmul_tma_runs_every_product_on_the_wgmma_kernel() {
+    let (out, _) = ok(&frugal(&[
+        "bench", "matmul", "--device", "emu", "--json", "--tma", "--model", "tiny", "--batch", "2",
+        "--seq", "128",
+    ]));
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("\"product\":")).collect();
+    assert!(!lines.is_empty(), "{out}");
+    for line in lines {
+        assert!(line.contains("matmul_wgmma_128x128x64_"), "{line}");
+    }
+}
+
 /// The counters of a `--counters` JSON line, checked for the figures every kernel has.
 fn counters_of(line: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -128,9 +128,13 @@ pub fn entry_names(text: &str) -> Vec<&str> {
 }
 
 const BOTH: &[Target] = &[Target::Sm80, Target::Sm90a];
+/// Modules that use sm_90a-only instructions (wgmma, TMA, mbarrier transactions).
+const SM90A: &[Target] = &[Target::Sm90a];
 
 /// Expands the module list below into [`KernelModule`] rows, in order. `hand NAME` embeds
-/// `ptx/kernels/NAME.ptx`; `generated NAME` embeds `ptx/kernels/generated/NAME.ptx`;
+/// `ptx/kernels/NAME.ptx`; `generated NAME` embeds `ptx/kernels/generated/NAME.ptx`
+/// (`generated_sm90a NAME` the same, shipped for sm_90a only; `matmul_wgmma [TILE, ..]` the
+/// sm_90a wgmma matmul of every tile x layout x output type);
 /// `matmul_tc [TILE, ..]` embeds the tensor-core module of every tile x layout (nt, nn, tn) x
 /// output type (f32, bf16), as `matmul_tc_<TILE>_<layout>_<out>`. Names must be literals
 /// (`include_str!` takes literal paths), so the generated ones repeat the emitters'
@@ -143,6 +147,34 @@ macro_rules! module_table {
     };
     (@rows [$($row:expr,)*] generated $name:literal, $($rest:tt)*) => {
         module_table!(@rows [$($row,)* module_table!(@row $name, "generated/", true),] $($rest)*)
+    };
+    (@rows [$($row:expr,)*] generated_sm90a $name:literal, $($rest:tt)*) => {
+        module_table!(@rows [$($row,)* KernelModule {
+            name: $name,
+            text: include_str!(concat!("../kernels/generated/", $name, ".ptx")),
+            targets: SM90A,
+            generated: true,
+        },] $($rest)*)
+    };
+    (@rows [$($row:expr,)*] matmul_wgmma [$($tile:literal),* $(,)?], $($rest:tt)*) => {
+        module_table!(@rows [$($row,)* $(
+            module_table!(@wg $tile, "nt", "f32"),
+            module_table!(@wg $tile, "nt", "bf16"),
+            module_table!(@wg $tile, "nn", "f32"),
+            module_table!(@wg $tile, "nn", "bf16"),
+            module_table!(@wg $tile, "tn", "f32"),
+            module_table!(@wg $tile, "tn", "bf16"),
+        )*] $($rest)*)
+    };
+    (@wg $tile:literal, $layout:literal, $out:literal) => {
+        KernelModule {
+            name: concat!("matmul_wgmma_", $tile, "_", $layout, "_", $out),
+            text: include_str!(concat!(
+                "../kernels/generated/matmul_wgmma_", $tile, "_", $layout, "_", $out, ".ptx"
+            )),
+            targets: SM90A,
+            generated: true,
+        }
     };
     (@rows [$($row:expr,)*] matmul_tc [$($tile:literal),* $(,)?], $($rest:tt)*) => {
         module_table!(@rows [$($row,)* $(
@@ -201,6 +233,11 @@ static MODULES: &[KernelModule] = module_table! {
         "64x64x32_rs",
     ],
     generated "matmul_splitk_reduce",
+    // sm_90a only: the wgmma + TMA matmuls (`crate::matmul::wgmma::WGMMA_CONFIGS`) and the
+    // wgmma flash forward (`crate::flash::wgmma_fwd`).
+    matmul_wgmma ["128x128x64", "128x256x64"],
+    generated_sm90a "flash_attn_fwd_wgmma_hs64",
+    generated_sm90a "flash_attn_fwd_wgmma_hs128",
 };
 
 /// Every shipped module.

@@ -1,13 +1,13 @@
 //! The generated PTX modules: the one list of every module an emitter writes (flash forward
 //! and backward, the SIMT matmul, each tensor-core tile config x layout x output type, the
-//! split-K reduce), in catalogue order, each with the emitter call that writes its text.
+//! split-K reduce, the sm_90a wgmma matmuls and flash forward), in catalogue order, each with the emitter call that writes its text.
 //!
 //! Their files live in `ptx/kernels/generated/` ([`DIR`]); the catalogue embeds them, and
 //! `tests/generated.rs` checks that the folder holds exactly these modules, each equal to its
 //! emitter's output (`FRUGAL_BLESS_PTX=1` rewrites them all; see the crate docs).
 
-use crate::flash::{emit, emit_bwd};
-use crate::matmul::{self, simt, splitk, Layout, OutType, TileConfig};
+use crate::flash::{emit, emit_bwd, wgmma_fwd};
+use crate::matmul::{self, simt, splitk, wgmma, Layout, OutType, TileConfig};
 
 /// Folder of the generated modules, relative to the `frugal-ptx` crate root.
 pub const DIR: &str = "kernels/generated";
@@ -28,6 +28,10 @@ pub enum Generated {
     MatmulTc(TileConfig, Layout, OutType),
     /// `matmul_splitk_reduce`: the split-K second pass, both output types.
     MatmulSplitkReduce,
+    /// One sm_90a wgmma matmul module: tile config, operand layout, output type.
+    MatmulWgmma(TileConfig, Layout, OutType),
+    /// The sm_90a wgmma FlashAttention forward of one head size.
+    FlashFwdWgmma(u32),
 }
 
 impl Generated {
@@ -39,6 +43,8 @@ impl Generated {
             Generated::MatmulSimt => simt::MODULE.to_string(),
             Generated::MatmulTc(cfg, layout, out) => cfg.entry_name(*layout, *out),
             Generated::MatmulSplitkReduce => splitk::MODULE.to_string(),
+            Generated::MatmulWgmma(cfg, layout, out) => wgmma::entry_name(cfg, *layout, *out),
+            Generated::FlashFwdWgmma(hs) => wgmma_fwd::entry_name(*hs),
         }
     }
 
@@ -50,6 +56,10 @@ impl Generated {
             Generated::MatmulSimt => simt::emit_module(),
             Generated::MatmulTc(cfg, layout, out) => matmul::emit::emit_module(*cfg, *layout, *out),
             Generated::MatmulSplitkReduce => splitk::emit_module(),
+            Generated::MatmulWgmma(cfg, layout, out) => {
+                wgmma::emit::emit_module(*cfg, *layout, *out)
+            }
+            Generated::FlashFwdWgmma(hs) => wgmma_fwd::emit_module(*hs),
         }
     }
 }
@@ -69,5 +79,16 @@ pub fn all() -> Vec<Generated> {
         }
     }
     all.push(Generated::MatmulSplitkReduce);
+    // The sm_90a modules (catalogue targets sm_90a only).
+    for cfg in wgmma::WGMMA_CONFIGS {
+        for layout in Layout::ALL {
+            for out in MATMUL_OUTS {
+                all.push(Generated::MatmulWgmma(cfg, layout, out));
+            }
+        }
+    }
+    for hs in wgmma_fwd::HEAD_SIZES {
+        all.push(Generated::FlashFwdWgmma(hs));
+    }
     all
 }

@@ -14,6 +14,8 @@ pub(crate) mod counters;
 pub(crate) mod kernels;
 #[path = "bench/matmul.rs"]
 pub(crate) mod matmul;
+// `frugal bench matmul --tma`: the sm_90a wgmma kernel through the TMA dispatch.
+mod matmul_tma;
 #[path = "bench/shared.rs"]
 mod shared;
 #[path = "bench/step.rs"]

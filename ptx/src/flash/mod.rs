@@ -12,7 +12,8 @@
 //! over K/V instead of two, but the float atomics make dQ's bits depend on timing.
 //!
 //! The vanilla path (materialised scores, "FlashAttention off") with the same inputs and
-//! outputs is [`crate::vanilla`].
+//! outputs is [`crate::vanilla`]. On sm_90a, [`wgmma_fwd`] is the same forward on `wgmma`
+//! and TMA (tensor maps: launched with an encoder, not from addresses alone).
 //!
 //! Forward: `O = softmax(scale * Q K^T + causal mask) V` and the per-row natural-log
 //! `LSE = log sum_k exp(scale * q.k)` the backward recomputes P from; scale = 1/sqrt(HS), as
@@ -45,6 +46,7 @@
 pub mod emit;
 pub mod emit_bwd;
 pub mod tile;
+pub mod wgmma_fwd;
 
 use crate::emu::LaunchDims;
 use crate::error::PtxError;

@@ -34,8 +34,12 @@
 //!   fetched by predicated scalar loads into registers: any alignment and leading dimension
 //!   (odd widths such as paper-2b's F = 6739). Dispatch picks it only where no `cp.async`
 //!   variant can read the operands, so on sm_80+ no product of a preset needs SIMT.
-//! - [`KernelKind::Wgmma`]: the sm_90a `wgmma` + TMA slot, reserved (not implemented; no table
-//!   row selects it yet).
+//! - [`KernelKind::Wgmma`] (`matmul_wgmma_<BM>x<BN>x64_<layout>_<out>`, sm_90a, [`wgmma`]):
+//!   TMA loads into 128B-swizzled shared memory, an mbarrier ring, a producer warp and
+//!   consumer warpgroups on `wgmma`, persistent over tiles. Its parameters are tensor maps, so
+//!   it is launched by [`wgmma::launch`] / [`wgmma::dispatch::launch_tma`] with an encoder, and
+//!   picked only by [`wgmma::dispatch::select_tma`]: [`select`], [`choose`] and [`launch`]
+//!   (whose callers pass addresses alone) never use it.
 //!
 //! Dispatch: [`select`] consults the embedded measured table ([`table`],
 //! `dispatch_table.txt`, written by `frugal bench matmul --autotune`) and then the built-in
@@ -51,6 +55,7 @@ pub mod emit;
 pub mod simt;
 pub mod splitk;
 pub mod table;
+pub mod wgmma;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -462,8 +467,9 @@ pub enum KernelKind {
     Simt,
     /// `mma.sync` tensor-core kernel with this tile config (sm_80+).
     MmaSync(TileConfig),
-    /// Reserved slot for the sm_90a `wgmma` + TMA kernel (a later issue); [`launch`]
-    /// refuses it.
+    /// The sm_90a `wgmma` + TMA kernel with this tile config ([`wgmma::WGMMA_CONFIGS`]);
+    /// launched by [`wgmma::launch`] (its tensor maps need an encoder), which [`launch`] is
+    /// not.
     Wgmma(TileConfig),
 }
 
@@ -597,6 +603,8 @@ pub fn feasible(kernel: KernelKind, arch: u32, alignment: u32) -> bool {
     match kernel {
         KernelKind::Simt => true,
         KernelKind::MmaSync(cfg) => arch >= 80 && alignment >= cfg.load_bytes,
+        // Callers of the table and the built-in rules launch from addresses alone; the
+        // wgmma kernel needs encoded tensor maps (wgmma::dispatch::select_tma picks it).
         KernelKind::Wgmma(_) => false,
     }
 }
@@ -736,7 +744,10 @@ pub fn kernel_spec(kind: KernelKind, layout: Layout, out: OutType) -> Result<Ker
         KernelKind::Wgmma(_) => {
             return Err(PtxError::BadLaunch {
                 kernel: "matmul_wgmma".into(),
-                reason: "the sm_90a wgmma matmul is not implemented yet; select MmaSync".into(),
+                reason: "the sm_90a wgmma matmul takes tensor maps, not the 16 matmul \
+                         parameters: launch it with matmul::wgmma::launch (or \
+                         wgmma::dispatch::launch_tma) and an encoder"
+                    .into(),
             })
         }
     };

@@ -101,6 +101,11 @@ pub struct MatmulFlags {
     /// sectors, printed under the row and in its --json line
     #[arg(long, conflicts_with = "list")]
     counters: bool,
+    /// pick with the sm_90a TMA dispatch: the wgmma + TMA kernel where its shape and
+    /// 16-byte alignment rules hold (tensor maps encoded for the device), the usual pick
+    /// elsewhere; the emulator then plans for sm_90
+    #[arg(long, conflicts_with_all = ["variants", "autotune", "counters"])]
+    tma: bool,
 }
 
 /// The dispatch table file `--autotune` writes by default (relative to the repository root).
@@ -620,6 +625,8 @@ struct Bench {
     json: bool,
     /// `--counters`: count one more launch of each pick.
     counters: bool,
+    /// `--tma`: the TMA dispatch's pick (wgmma on sm_90).
+    tma: bool,
     preset: &'static Preset,
     cfg: Config,
     b: usize,
@@ -660,6 +667,8 @@ impl Bench {
         let emulated = dev.backend() == Backend::Emu;
         // The emulator runs the sm_80 code path (it implements mma.sync, ldmatrix, cp.async).
         let arch = dev.facts().map_or(80, |f| f.sm);
+        // --tma on the emulator plans for sm_90 (it runs wgmma and TMA too).
+        let arch = if flags.tma && emulated { 90 } else { arch };
         let preset = match &flags.model {
             Some(m) => m.as_str(),
             None if emulated => "tiny",
@@ -685,6 +694,7 @@ impl Bench {
             emulated,
             json: flags.json,
             counters: flags.counters,
+            tma: flags.tma,
             preset,
             cfg,
             b,
@@ -778,7 +788,21 @@ impl Bench {
             .max()
             .unwrap_or(0);
         let ops = operands(dev, g, workspace)?;
-        let mut picked = measure(dev, arch, p, &ops, None, self.iters, self.warmup)?;
+        let wgmma = if self.tma {
+            let at = [ops.a.ptr(), ops.b.ptr(), ops.c.ptr()];
+            super::matmul_tma::time_wgmma(dev, arch, g, at, self.iters, self.warmup, &p.name)?
+        } else {
+            None
+        };
+        let mut picked = match wgmma {
+            Some((choice, kernel, us)) => Row {
+                kernel,
+                choice,
+                us,
+                counters: None,
+            },
+            None => measure(dev, arch, p, &ops, None, self.iters, self.warmup)?,
+        };
         if self.counters {
             let (_, launches) = plan(arch, g, &ops, Some(picked.choice), &p.name)?;
             let c = counters::count("bench matmul", dev, &launches)?;
