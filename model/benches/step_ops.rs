@@ -20,6 +20,7 @@ use frugal_model::cpu::attention::{
 use frugal_model::cpu::matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
 };
+use frugal_model::cpu::par::Pool;
 use frugal_model::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward, RmsNormGrads};
 use frugal_model::cpu::rope::RopeTable;
 use frugal_model::cpu::swiglu::{swiglu_backward, swiglu_forward};
@@ -32,9 +33,14 @@ fn env_usize(name: &str) -> Option<usize> {
 }
 
 fn main() {
-    let reps = env_usize("FRUGAL_OPS_REPS").unwrap_or(3);
     let threads = env_usize("FRUGAL_OPS_THREADS")
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The ops run on a pool of parked workers, as inside a model's step.
+    Pool::new(threads).install(|| run(threads));
+}
+
+fn run(threads: usize) {
+    let reps = env_usize("FRUGAL_OPS_REPS").unwrap_or(3);
     let shape: Vec<usize> = std::env::var("FRUGAL_OPS_SHAPE")
         .unwrap_or_else(|_| "4,256,4,688,256,256,8".into())
         .split(',')

@@ -314,18 +314,11 @@ fn blocked(
                     }
                     continue;
                 }
+                // Task i: rows i·step.. of C (whole rows, the last task's to C's end).
                 let step = task_rows(m, threads);
-                let mut tasks = Vec::with_capacity(m.div_ceil(step));
-                let mut rest: &mut [f32] = &mut c[..];
-                for ic in (0..m).step_by(step) {
-                    let mc = step.min(m - ic);
-                    let take = if ic + mc < m { mc * ldc } else { rest.len() };
-                    let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
-                    rest = tail;
-                    tasks.push((ic, mc, mine));
-                }
-                par::run_tasks(threads, tasks, |(ic, mc, mine)| {
-                    row_task(a, ic, mc, region, mine, ldc, kernel)
+                par::for_each_part(threads, m.div_ceil(step), c, step * ldc, |task, mine| {
+                    let ic = task * step;
+                    row_task(a, ic, step.min(m - ic), region, mine, ldc, kernel)
                 });
             }
         }
