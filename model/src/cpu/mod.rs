@@ -735,7 +735,7 @@ impl CpuModel {
                 k: &la.k,
                 v: &la.v,
             };
-            attention::attention_backward(grads_qkv, &s.dout, qkv, &la.lse, dims, th);
+            attention::attention_backward(grads_qkv, &s.dout, qkv, &la.o, &la.lse, dims, th);
             self.rope.backward(&mut s.dq, c, th);
             self.rope.backward(&mut s.dk, kv, th);
             linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, lin(c, c), th);
