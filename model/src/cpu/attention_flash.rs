@@ -17,7 +17,8 @@
 //!
 //! Every element of every output is computed by one task with a fixed sequence of
 //! operations (blocks in order, sums in [`fastmath`]'s fixed lane order or [`tile`]'s
-//! k order), so the results do not depend on the thread count. Against the materialised
+//! k order; D in the order of dP's products, so that it cancels dP exactly where a row
+//! sees a single key), so the results do not depend on the thread count. Against the materialised
 //! algorithm (whole rows of scores, one softmax per row) the bits change: the softmax
 //! is taken block by block with rescaling, and D comes from dO·O rather than P·dP.
 
@@ -236,7 +237,10 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
             let h = kvh * group + g;
             for i in 0..t {
                 let at = (b * t + i) * c + h * hs;
-                dsum[g * t + i] = fastmath::dot(&dout[at..at + hs], &out[at..at + hs]);
+                // In dP's own arithmetic (one running sum over the head's columns in
+                // order): where a row sees one key, O is that key's V exactly and D
+                // equals dP bit for bit, so dS is exactly 0 as it is in exact arithmetic.
+                dsum[g * t + i] = T::dot(dout[at..].as_ptr(), out[at..].as_ptr(), hs);
             }
         }
         for j0 in (0..t).step_by(BK) {

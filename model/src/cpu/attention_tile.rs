@@ -35,6 +35,13 @@ pub(super) trait Tile {
     /// Every element the operands name must be in bounds (C's writable, not aliased by
     /// A or B), and the CPU must have the kernel's instructions.
     unsafe fn mm(p: Mm);
+
+    /// Σ a[i]·b[i] for i in 0..n as one running sum in order, with the arithmetic of
+    /// [`Tile::mm`] (so a dot product equals the matching element of a product bit for bit).
+    ///
+    /// # Safety
+    /// `a` and `b` hold n elements each; the CPU has the kernel's instructions.
+    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32;
 }
 
 /// Plain Rust, vectorised over C's columns by the compiler: a separate multiply and add.
@@ -57,6 +64,15 @@ impl Tile for Portable {
             }
         }
     }
+
+    #[inline(always)]
+    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let mut acc = 0.0f32;
+        for i in 0..n {
+            acc += *a.add(i) * *b.add(i);
+        }
+        acc
+    }
 }
 
 /// Rows of a register tile.
@@ -74,10 +90,25 @@ macro_rules! simd_tile {
             unsafe fn mm(p: Mm) {
                 $name::run(p)
             }
+
+            #[inline(always)]
+            unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+                $name::dot_fma(a, b, n)
+            }
         }
 
         #[cfg(target_arch = "x86_64")]
         impl $name {
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn dot_fma(a: *const f32, b: *const f32, n: usize) -> f32 {
+                let mut acc = 0.0f32;
+                for i in 0..n {
+                    acc = (*a.add(i)).mul_add(*b.add(i), acc);
+                }
+                acc
+            }
+
             #[target_feature(enable = $feature)]
             unsafe fn run(p: Mm) {
                 let mut i = 0;
