@@ -6,6 +6,8 @@
 //! Shape: `FRUGAL_OPS_SHAPE` = "L,C,NH,F,V,T,B" (default the first shape,
 //! 4,256,4,688,256,256,8); threads: `FRUGAL_OPS_THREADS` (default: the cores available).
 //!
+//! `FRUGAL_OPS_ONLY=WORD`: only the ops whose names contain WORD (for callgrind).
+//!
 //! Run: `FRUGAL_OPS_SHAPE=8,512,8,1376,256,512,4 cargo bench -p frugal-model --bench step_ops`
 
 mod timing;
@@ -20,6 +22,7 @@ use frugal_model::cpu::attention::{
 use frugal_model::cpu::matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
 };
+use frugal_model::cpu::par::Pool;
 use frugal_model::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward, RmsNormGrads};
 use frugal_model::cpu::rope::RopeTable;
 use frugal_model::cpu::swiglu::{swiglu_backward, swiglu_forward};
@@ -32,9 +35,14 @@ fn env_usize(name: &str) -> Option<usize> {
 }
 
 fn main() {
-    let reps = env_usize("FRUGAL_OPS_REPS").unwrap_or(3);
     let threads = env_usize("FRUGAL_OPS_THREADS")
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The ops run on a pool of parked workers, as inside a model's step.
+    Pool::new(threads).install(|| run(threads));
+}
+
+fn run(threads: usize) {
+    let reps = env_usize("FRUGAL_OPS_REPS").unwrap_or(3);
     let shape: Vec<usize> = std::env::var("FRUGAL_OPS_SHAPE")
         .unwrap_or_else(|_| "4,256,4,688,256,256,8".into())
         .split(',')
@@ -52,88 +60,75 @@ fn main() {
     let (g, xf, dyf) = (r(c), r(n * f), r(n * f));
     let (mut y_c, mut y_f, mut dw) = (vec![0.0; n * c], vec![0.0; n * f], vec![0.0; f * c]);
     let mut rows: Vec<(String, usize, f64)> = Vec::new();
-    let mut add = |name: &str, calls: usize, secs: f64| rows.push((name.to_string(), calls, secs));
+    // FRUGAL_OPS_ONLY=word times only the ops whose names contain it (and not the whole
+    // step): one op alone under `valgrind --tool=callgrind`, for instruction counts.
+    let only = std::env::var("FRUGAL_OPS_ONLY").ok();
+    let mut add = |name: &str, calls: usize, time: &mut dyn FnMut() -> f64| {
+        if only.as_deref().is_none_or(|o| name.contains(o)) {
+            rows.push((name.to_string(), calls, time()))
+        }
+    };
     let lin = |inp, out| LinearDims { rows: n, inp, out };
     let ov = Accumulate::Overwrite;
 
     // Matmuls, per layer: forward q,k,v,o (C×C) and gate, up (C→F), down (F→C); the
     // backward the same products' input and weight gradients. The head: C→V.
-    add(
-        "matmul fwd CxC",
-        4 * l,
+    add("matmul fwd CxC", 4 * l, &mut || {
         best_of(reps, || {
             linear_forward(&mut y_c, &x, &w_cc, lin(c, c), ov, threads)
-        }),
-    );
-    add(
-        "matmul fwd C->F",
-        2 * l,
+        })
+    });
+    add("matmul fwd C->F", 2 * l, &mut || {
         best_of(reps, || {
             linear_forward(&mut y_f, &x, &w_cf, lin(c, f), ov, threads)
-        }),
-    );
-    add(
-        "matmul fwd F->C",
-        l,
+        })
+    });
+    add("matmul fwd F->C", l, &mut || {
         best_of(reps, || {
             linear_forward(&mut y_c, &xf, &w_fc, lin(f, c), ov, threads)
-        }),
-    );
-    add(
-        "matmul bwd-in CxC",
-        4 * l,
+        })
+    });
+    add("matmul bwd-in CxC", 4 * l, &mut || {
         best_of(reps, || {
             linear_backward_input(&mut y_c, &x, &w_cc, lin(c, c), ov, threads)
-        }),
-    );
-    add(
-        "matmul bwd-in C->F",
-        2 * l,
+        })
+    });
+    add("matmul bwd-in C->F", 2 * l, &mut || {
         best_of(reps, || {
             linear_backward_input(&mut y_c, &dyf, &w_cf, lin(c, f), ov, threads)
-        }),
-    );
-    add(
-        "matmul bwd-in F->C",
-        l,
+        })
+    });
+    add("matmul bwd-in F->C", l, &mut || {
         best_of(reps, || {
             linear_backward_input(&mut y_f, &x, &w_fc, lin(f, c), ov, threads)
-        }),
-    );
-    add(
-        "matmul bwd-w CxC",
-        4 * l,
+        })
+    });
+    add("matmul bwd-w CxC", 4 * l, &mut || {
         best_of(reps, || {
             linear_backward_weight(&mut dw[..c * c], &x, &x, lin(c, c), threads)
-        }),
-    );
-    add(
-        "matmul bwd-w C->F",
-        2 * l,
+        })
+    });
+    add("matmul bwd-w C->F", 2 * l, &mut || {
         best_of(reps, || {
             linear_backward_weight(&mut dw, &dyf, &x, lin(c, f), threads)
-        }),
-    );
-    add(
-        "matmul bwd-w F->C",
-        l,
+        })
+    });
+    add("matmul bwd-w F->C", l, &mut || {
         best_of(reps, || {
             linear_backward_weight(&mut dw, &x, &xf, lin(f, c), threads)
-        }),
-    );
+        })
+    });
     let w_cv = random(v * c, &mut 9);
     let mut logits = vec![0.0; n * v];
     let dlog = random(n * v, &mut 10);
     let mut dwv = vec![0.0; v * c];
-    add(
-        "matmul head fwd+bwd",
-        1,
+    add("matmul head fwd+bwd", 1, &mut || {
         best_of(reps, || {
             linear_forward(&mut logits, &x, &w_cv, lin(c, v), ov, threads);
             linear_backward_input(&mut y_c, &dlog, &w_cv, lin(c, v), ov, threads);
             linear_backward_weight(&mut dwv, &dlog, &x, lin(c, v), threads);
-        }),
-    );
+        })
+    });
 
     // Attention (NKV = NH), with q, k, v of N(0, 1/4)-ish values.
     let d = AttnDims {
@@ -156,79 +151,61 @@ fn main() {
         k: &k,
         v: &vv,
     };
-    add(
-        "attention fwd",
-        l,
+    add("attention fwd", l, &mut || {
         best_of(reps, || {
             attention_forward(&mut o, &mut lse, qkv, d, threads)
-        }),
-    );
+        })
+    });
     let (mut dq, mut dk, mut dv) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n * c]);
-    add(
-        "attention bwd",
-        l,
+    add("attention bwd", l, &mut || {
         best_of(reps, || {
             let grads = AttentionGrads {
                 dq: &mut dq,
                 dk: &mut dk,
                 dv: &mut dv,
             };
-            attention_backward(grads, &dout, qkv, &lse, d, threads)
-        }),
-    );
+            attention_backward(grads, &dout, qkv, &o, &lse, d, threads)
+        })
+    });
 
     // Element-wise and row ops.
     let mut rstd = vec![0.0; n];
-    add(
-        "rmsnorm fwd",
-        2 * l + 1,
+    add("rmsnorm fwd", 2 * l + 1, &mut || {
         best_of(reps, || {
             rmsnorm_forward(&mut y_c, &mut rstd, &x, &g, c, 1e-5, threads)
-        }),
-    );
+        })
+    });
     let (mut dx, mut dg) = (vec![0.0; n * c], vec![0.0; c]);
-    add(
-        "rmsnorm bwd",
-        2 * l + 1,
+    add("rmsnorm bwd", 2 * l + 1, &mut || {
         best_of(reps, || {
             let grads = RmsNormGrads {
                 dx: &mut dx,
                 dg: &mut dg,
             };
             rmsnorm_backward(grads, &x, &x, &rstd, &g, c, threads)
-        }),
-    );
+        })
+    });
     let rope = RopeTable::new(t, hs, 10000.0);
-    add(
-        "rope fwd (q, k)",
-        2 * l,
-        best_of(reps, || rope.forward(&mut y_c, c, threads)),
-    );
-    add(
-        "rope bwd (q, k)",
-        2 * l,
-        best_of(reps, || rope.backward(&mut y_c, c, threads)),
-    );
+    add("rope fwd (q, k)", 2 * l, &mut || {
+        best_of(reps, || rope.forward(&mut y_c, c, threads))
+    });
+    add("rope bwd (q, k)", 2 * l, &mut || {
+        best_of(reps, || rope.backward(&mut y_c, c, threads))
+    });
     let mut act = vec![0.0; n * f];
     // The backward recomputes silu(gate)·up: two forwards per layer.
-    add(
-        "swiglu fwd",
-        2 * l,
-        best_of(reps, || swiglu_forward(&mut act, &xf, &dyf, f, threads)),
-    );
+    add("swiglu fwd", 2 * l, &mut || {
+        best_of(reps, || swiglu_forward(&mut act, &xf, &dyf, f, threads))
+    });
     let (mut dgate, mut dup) = (vec![0.0; n * f], vec![0.0; n * f]);
-    add(
-        "swiglu bwd",
-        l,
+    add("swiglu bwd", l, &mut || {
         best_of(reps, || {
             swiglu_backward(&mut dgate, &mut dup, &act, &xf, &dyf, f, threads)
-        }),
-    );
+        })
+    });
     let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
     let (mut row_loss, mut dlogits) = (vec![0.0; n], vec![0.0; n * v]);
-    add(
-        "cross-entropy fwd+bwd",
-        1,
+    add("cross-entropy fwd+bwd", 1, &mut || {
         best_of(reps, || {
             cross_entropy::cross_entropy(
                 &mut row_loss,
@@ -238,13 +215,11 @@ fn main() {
                 v,
                 threads,
             )
-        }),
-    );
-    add(
-        "residual copies (N·C)",
-        4 * l,
-        best_of(reps, || y_c.copy_from_slice(&x)),
-    );
+        })
+    });
+    add("residual copies (N·C)", 4 * l, &mut || {
+        best_of(reps, || y_c.copy_from_slice(&x))
+    });
 
     let cfg = Config {
         vocab_size: v,
@@ -261,11 +236,9 @@ fn main() {
     let mut grads = vec![0.0f32; params.len()];
     let mask = vec![true; params.len()];
     let mut opt = AdamW::new(params.len(), 0.9, 0.95, 1e-8, 0.1);
-    add(
-        "AdamW",
-        1,
-        best_of(reps, || opt.update(&mut params, &grads, 1e-4, &mask)),
-    );
+    add("AdamW", 1, &mut || {
+        best_of(reps, || opt.update(&mut params, &grads, 1e-4, &mask))
+    });
 
     let total: f64 = rows.iter().map(|(_, calls, s)| *calls as f64 * s).sum();
     println!(
@@ -291,6 +264,9 @@ fn main() {
         "",
         total * 1e3
     );
+    if std::env::var_os("FRUGAL_OPS_ONLY").is_some() {
+        return;
+    }
     let Ok(mut model) = CpuModel::new(&cfg, b, t, threads) else {
         return;
     };

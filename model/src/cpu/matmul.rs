@@ -16,7 +16,8 @@
 //! multiply-add, the portable one twice, so their bits differ (each is
 //! deterministic).
 //!
-//! Threads: each B block is packed once, by the calling thread, and shared;
+//! Threads: each B block is packed once (the threads share out its KC-deep
+//! blocks) and shared;
 //! its product is cut into row tasks (whole register tiles, at most one A block
 //! each) that the threads claim in turn, each packing only its own rows of A, so
 //! no thread repeats another's packing. Each element of C is computed by exactly
@@ -199,7 +200,7 @@ const MC: usize = 96;
 /// Columns of a packed B block (1 MB at KC = 256).
 const NC: usize = 1024;
 /// Depth of a parallel region's packed B (8 MB at NC = 1024): its KC-deep blocks are
-/// packed before the threads start, so that a product spawns once per region.
+/// packed together (one per thread at a time) before the product's row tasks start.
 const KS: usize = 8 * KC;
 
 thread_local! {
@@ -254,11 +255,11 @@ struct Region<'p> {
     acc: Accumulate,
 }
 
-/// The BLIS loops over checked operands. B is packed by the calling thread in regions
-/// of NC columns × up to KS depths (each KC-deep block packed once, shared by all
-/// threads); a region's rows are cut into tasks (whole register tiles, at most one A
-/// block) that up to `threads` threads claim, each packing only its own rows of A: one
-/// spawn per region, no packing repeated. Every element of C gets the same operations
+/// The BLIS loops over checked operands. B is packed in regions of NC columns × up to
+/// KS depths (each KC-deep block packed once, by one of the threads, then shared by
+/// all); a region's rows are cut into tasks (whole register tiles, at most one A block)
+/// that up to `threads` threads claim, each packing only its own rows of A: two
+/// parallel regions per B region, no packing repeated. Every element of C gets the same operations
 /// in the same order (depth blocks in order) whatever the thread count.
 fn blocked(
     shape: Gemm,
@@ -294,11 +295,21 @@ fn blocked(
             let nc_pad = nc.div_ceil(nr) * nr;
             for ps in (0..k).step_by(KS) {
                 let ks = KS.min(k - ps);
-                for pc in (ps..ps + ks).step_by(KC) {
-                    let kc = KC.min(ps + ks - pc);
-                    let off = (pc - ps) * nc_pad;
-                    pack_b(b.at(pc, jc), kc, nc, nr, &mut bpack[off..off + kc * nc_pad]);
-                }
+                // The region's KC-deep blocks of B are packed by the threads together
+                // (one task per block: a weight gradient's B has up to KS = 2048 rows of
+                // activations, too much to pack on one thread while the others wait).
+                let blocks = ks.div_ceil(KC);
+                par::for_each_part(
+                    threads,
+                    blocks,
+                    &mut bpack[..ks * nc_pad],
+                    KC * nc_pad,
+                    |q, part| {
+                        let pc = ps + q * KC;
+                        let kc = KC.min(ps + ks - pc);
+                        pack_b(b.at(pc, jc), kc, nc, nr, &mut part[..kc * nc_pad]);
+                    },
+                );
                 let region = Region {
                     bpack: &bpack[..ks * nc_pad],
                     jc,
@@ -314,18 +325,11 @@ fn blocked(
                     }
                     continue;
                 }
+                // Task i: rows i·step.. of C (whole rows, the last task's to C's end).
                 let step = task_rows(m, threads);
-                let mut tasks = Vec::with_capacity(m.div_ceil(step));
-                let mut rest: &mut [f32] = &mut c[..];
-                for ic in (0..m).step_by(step) {
-                    let mc = step.min(m - ic);
-                    let take = if ic + mc < m { mc * ldc } else { rest.len() };
-                    let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
-                    rest = tail;
-                    tasks.push((ic, mc, mine));
-                }
-                par::run_tasks(threads, tasks, |(ic, mc, mine)| {
-                    row_task(a, ic, mc, region, mine, ldc, kernel)
+                par::for_each_part(threads, m.div_ceil(step), c, step * ldc, |task, mine| {
+                    let ic = task * step;
+                    row_task(a, ic, step.min(m - ic), region, mine, ldc, kernel)
                 });
             }
         }

@@ -1,6 +1,6 @@
 //! The CPU backend: the LLaMA forward and backward in f32, written out by hand
-//! (no autograd), one file per op, multi-threaded with scoped threads over
-//! fixed partitions, and deterministic: the same inputs give the same bits for
+//! (no autograd), one file per op, multi-threaded over fixed partitions on a
+//! pool of parked workers that each model owns ([`par::Pool`]), and deterministic: the same inputs give the same bits for
 //! any thread count (every element is computed by one thread with a fixed
 //! sequence of operations; sums over rows use fixed chunks added in order).
 //! Across machines: the AVX-512 and AVX2 matmul kernels give the same bits
@@ -115,6 +115,8 @@ pub struct CpuModel {
     batch: usize,
     seq: usize,
     threads: usize,
+    /// The `threads − 1` parked workers every parallel region of a step runs on.
+    pool: std::sync::Arc<par::Pool>,
     rope: rope::RopeTable,
     layers: Vec<LayerActs>,
     /// (N, C) residual stream after the last layer
@@ -217,6 +219,7 @@ impl CpuModel {
             batch,
             seq,
             threads: threads.max(1),
+            pool: std::sync::Arc::new(par::Pool::new(threads)),
             rope: rope::RopeTable::new(seq, cfg.head_dim(), cfg.rope_theta),
             layers,
             x_final: z(n * c)?,
@@ -229,7 +232,8 @@ impl CpuModel {
     }
 
     /// Bytes of activation and scratch buffers this instance holds (the
-    /// attention keeps up to 2·64·T floats per thread that runs it, and the matmul
+    /// attention keeps 4·64·HS + 2·64² + (NH/NKV)·T floats per thread that runs it
+    /// (its backward's blocks), and the matmul
     /// its packing buffers, at most 96·256 + 2048·1024 floats per thread).
     pub fn activation_bytes(&self) -> usize {
         let l = &self.layers;
@@ -328,16 +332,19 @@ impl CpuModel {
         targets: &[u32],
     ) -> Result<f32, ModelError> {
         check_tokens(inputs, targets, self.batch, self.seq, self.cfg.vocab_size)?;
-        self.forward(weights, inputs)?;
-        cross_entropy::cross_entropy(
-            &mut self.row_loss,
-            None,
-            &self.logits,
-            targets,
-            self.cfg.vocab_size,
-            self.threads,
-        );
-        Ok(cross_entropy::mean_loss(&self.row_loss, targets))
+        let pool = std::sync::Arc::clone(&self.pool);
+        pool.install(|| {
+            self.forward(weights, inputs)?;
+            cross_entropy::cross_entropy(
+                &mut self.row_loss,
+                None,
+                &self.logits,
+                targets,
+                self.cfg.vocab_size,
+                self.threads,
+            );
+            Ok(cross_entropy::mean_loss(&self.row_loss, targets))
+        })
     }
 
     /// Forward and backward. Parameter gradients accumulate:
@@ -412,19 +419,22 @@ impl CpuModel {
                 found: grads.len(),
             });
         }
-        self.forward(weights, inputs)?;
-        let v = self.cfg.vocab_size;
-        cross_entropy::cross_entropy(
-            &mut self.row_loss,
-            Some((&mut self.scratch.dlogits, grad_scale)),
-            &self.logits,
-            targets,
-            v,
-            self.threads,
-        );
-        let loss = cross_entropy::mean_loss(&self.row_loss, targets);
-        self.backward(weights, inputs, grads, on_ready)?;
-        Ok(loss)
+        let pool = std::sync::Arc::clone(&self.pool);
+        pool.install(|| {
+            self.forward(weights, inputs)?;
+            let v = self.cfg.vocab_size;
+            cross_entropy::cross_entropy(
+                &mut self.row_loss,
+                Some((&mut self.scratch.dlogits, grad_scale)),
+                &self.logits,
+                targets,
+                v,
+                self.threads,
+            );
+            let loss = cross_entropy::mean_loss(&self.row_loss, targets);
+            self.backward(weights, inputs, grads, on_ready)?;
+            Ok(loss)
+        })
     }
 
     /// The flat path's own check; the tokens are checked by the `_units` call.
@@ -726,7 +736,7 @@ impl CpuModel {
                 k: &la.k,
                 v: &la.v,
             };
-            attention::attention_backward(grads_qkv, &s.dout, qkv, &la.lse, dims, th);
+            attention::attention_backward(grads_qkv, &s.dout, qkv, &la.o, &la.lse, dims, th);
             self.rope.backward(&mut s.dq, c, th);
             self.rope.backward(&mut s.dk, kv, th);
             linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, lin(c, c), th);

@@ -1,0 +1,477 @@
+//! The fused, tiled causal attention (FlashAttention's algorithm on the CPU): no score
+//! matrix larger than one BQ×BK block exists, and the backward recomputes each block's
+//! probabilities from the forward's log-sum-exp.
+//!
+//! Forward, one task per (sequence, head, query block of BQ rows), heaviest (latest)
+//! blocks first: for each key block of BK keys in the causal prefix, S = Q·Kᵀ into a
+//! BQ×BK block (K's block transposed into a small panel first), each row scaled by
+//! 1/√HS, its running max m raised, P = exp(S − m) (keys past the row's own position
+//! set to 0), the running sum l and the output accumulator O rescaled by exp(m_old −
+//! m_new) and O += P·V. At the end O/l is written and lse = m + ln l.
+//!
+//! Backward, one task per (sequence, KV head): D = rowsum(dO ⊙ O) for the group's query
+//! heads; then for each key block, zeroed dK and dV accumulators, and for each query head
+//! of the group and each query block that sees the key block: S = Q·Kᵀ, P = exp(S/√HS −
+//! lse), dP = dO·Vᵀ, dS = P ⊙ (dP − D)/√HS; dV += Pᵀ·dO, dK += dSᵀ·Q, dQ (=|+=) dS·K
+//! (overwritten at the first key block); the key block's dK and dV are then written.
+//!
+//! Every element of every output is computed by one task with a fixed sequence of
+//! operations (blocks in order, sums in [`fastmath`]'s fixed lane order or [`tile`]'s
+//! k order; D in the order of dP's products, so that it cancels dP exactly where a row
+//! sees a single key), so the results do not depend on the thread count. Against the materialised
+//! algorithm (whole rows of scores, one softmax per row) the bits change: the softmax
+//! is taken block by block with rescaling, and D comes from dO·O rather than P·dP.
+
+use super::super::fastmath;
+use super::super::matmul::Kernel;
+use super::super::par;
+#[cfg(target_arch = "x86_64")]
+use super::tile::{Avx2Fma, Avx512};
+use super::tile::{Mm, Portable, Tile};
+use super::{AttentionGrads, AttnDims, Qkv};
+
+/// Query rows per block.
+pub(super) const BQ: usize = 64;
+/// Keys per block.
+pub(super) const BK: usize = 64;
+
+thread_local! {
+    /// Per-thread block buffers, kept between calls (no allocation inside a step).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with at least `len` floats of this thread's scratch.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut s = SCRATCH.with(|c| c.take());
+    if s.len() < len {
+        s.resize(len, 0.0);
+    }
+    let r = f(&mut s[..len]);
+    SCRATCH.with(|c| c.replace(s));
+    r
+}
+
+/// An output buffer that tasks write disjoint elements of.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes only its own elements (see the callers), and the buffer is
+// borrowed mutably for the whole region.
+unsafe impl Send for Out {}
+// SAFETY: as for Send.
+unsafe impl Sync for Out {}
+
+/// The operands of one forward task.
+#[derive(Clone, Copy)]
+struct FwdTask<'a> {
+    d: AttnDims,
+    qkv: Qkv<'a>,
+    out: Out,
+    lse: Out,
+    b: usize,
+    h: usize,
+    t0: usize,
+}
+
+/// `kt[dd·BK + jj] = x[(row0 + jj)·stride + col0 + dd]`: a key or value block transposed.
+#[inline(always)]
+fn transpose_block(
+    kt: &mut [f32],
+    x: &[f32],
+    row0: usize,
+    rows: usize,
+    stride: usize,
+    col0: usize,
+    hs: usize,
+) {
+    for jj in 0..rows {
+        let src = &x[(row0 + jj) * stride + col0..][..hs];
+        for (dd, &v) in src.iter().enumerate() {
+            kt[dd * BK + jj] = v;
+        }
+    }
+}
+
+/// Keys of the block starting at `j0` (of `bk`) that query position `pos` sees.
+#[inline(always)]
+fn visible(pos: usize, j0: usize, bk: usize) -> usize {
+    (pos + 1).saturating_sub(j0).min(bk)
+}
+
+/// One forward task (see the module note).
+///
+/// # Safety
+/// The task's rows of `out` (its head's columns) and of `lse` are written by no other
+/// task; the CPU has `T`'s instructions.
+#[inline(always)]
+unsafe fn forward_task<T: Tile>(task: FwdTask) {
+    let FwdTask {
+        d,
+        qkv,
+        out,
+        lse,
+        b,
+        h,
+        t0,
+    } = task;
+    let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
+    let kvh = h / (d.nh / d.nkv);
+    let bq = BQ.min(t - t0);
+    let scale = d.scale();
+    with_scratch(hs * BK + BQ * BK + BQ * hs + 2 * BQ, |sc| {
+        let (kt, rest) = sc.split_at_mut(hs * BK);
+        let (s, rest) = rest.split_at_mut(BQ * BK);
+        let (o, rest) = rest.split_at_mut(BQ * hs);
+        let (m, l) = rest.split_at_mut(BQ);
+        o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
+        m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+        l.iter_mut().for_each(|x| *x = 0.0);
+        let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
+        for j0 in (0..t0 + bq).step_by(BK) {
+            let bk = BK.min(t0 + bq - j0);
+            transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
+            T::mm(Mm {
+                m: bq,
+                n: bk,
+                k: hs,
+                a: q_blk,
+                ars: c,
+                acs: 1,
+                b: kt.as_ptr(),
+                brs: BK,
+                c: s.as_mut_ptr(),
+                ldc: BK,
+                add: false,
+            });
+            for r in 0..bq {
+                let (live, masked) = s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
+                masked.iter_mut().for_each(|x| *x = 0.0);
+                if live.is_empty() {
+                    continue;
+                }
+                live.iter_mut().for_each(|x| *x *= scale);
+                let m_old = m[r];
+                let m_new = m_old.max(fastmath::max(live));
+                let sum = fastmath::exp_shifted_sum(live, m_new);
+                if m_old == f32::NEG_INFINITY {
+                    l[r] = sum;
+                } else {
+                    let alpha = fastmath::exp(m_old - m_new);
+                    l[r] = l[r] * alpha + sum;
+                    if alpha != 1.0 {
+                        o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
+                    }
+                }
+                m[r] = m_new;
+            }
+            T::mm(Mm {
+                m: bq,
+                n: hs,
+                k: bk,
+                a: s.as_ptr(),
+                ars: BK,
+                acs: 1,
+                b: qkv.v.as_ptr().add((b * t + j0) * kv + kvh * hs),
+                brs: kv,
+                c: o.as_mut_ptr(),
+                ldc: hs,
+                add: true,
+            });
+        }
+        for r in 0..bq {
+            let inv = 1.0 / l[r];
+            let dst = std::slice::from_raw_parts_mut(out.0.add((b * t + t0 + r) * c + h * hs), hs);
+            for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
+                *y = x * inv;
+            }
+            *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
+        }
+    });
+}
+
+/// The operands of one backward task.
+#[derive(Clone, Copy)]
+struct BwdTask<'a> {
+    d: AttnDims,
+    qkv: Qkv<'a>,
+    out: &'a [f32],
+    dout: &'a [f32],
+    lse: &'a [f32],
+    dq: Out,
+    dk: Out,
+    dv: Out,
+    b: usize,
+    kvh: usize,
+}
+
+/// One backward task (see the module note).
+///
+/// # Safety
+/// The task's rows of dq (its group's heads' columns), dk and dv (its KV head's
+/// columns) are written by no other task; the CPU has `T`'s instructions.
+#[inline(always)]
+unsafe fn backward_task<T: Tile>(task: BwdTask) {
+    let BwdTask {
+        d,
+        qkv,
+        out,
+        dout,
+        lse,
+        dq,
+        dk,
+        dv,
+        b,
+        kvh,
+    } = task;
+    let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
+    let group = d.nh / d.nkv;
+    let scale = d.scale();
+    let len = 2 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t;
+    with_scratch(len, |sc| {
+        let (kt, rest) = sc.split_at_mut(hs * BK);
+        let (vt, rest) = rest.split_at_mut(hs * BK);
+        let (s, rest) = rest.split_at_mut(BQ * BK);
+        let (dp, rest) = rest.split_at_mut(BQ * BK);
+        let (dk_acc, rest) = rest.split_at_mut(BK * hs);
+        let (dv_acc, dsum) = rest.split_at_mut(BK * hs);
+        for g in 0..group {
+            let h = kvh * group + g;
+            for i in 0..t {
+                let at = (b * t + i) * c + h * hs;
+                // In dP's own arithmetic (one running sum over the head's columns in
+                // order): where a row sees one key, O is that key's V exactly and D
+                // equals dP bit for bit, so dS is exactly 0 as it is in exact arithmetic.
+                dsum[g * t + i] = T::dot(dout[at..].as_ptr(), out[at..].as_ptr(), hs);
+            }
+        }
+        for j0 in (0..t).step_by(BK) {
+            let bk = BK.min(t - j0);
+            transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
+            transpose_block(vt, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            dk_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
+            dv_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
+            for g in 0..group {
+                let h = kvh * group + g;
+                let lse_h = &lse[(b * d.nh + h) * t..][..t];
+                for i0 in ((j0 / BQ) * BQ..t).step_by(BQ) {
+                    let bq = BQ.min(t - i0);
+                    let q_blk = qkv.q.as_ptr().add((b * t + i0) * c + h * hs);
+                    let do_blk = dout.as_ptr().add((b * t + i0) * c + h * hs);
+                    let scores = |a, bt: &[f32], dst: &mut [f32]| Mm {
+                        m: bq,
+                        n: bk,
+                        k: hs,
+                        a,
+                        ars: c,
+                        acs: 1,
+                        b: bt.as_ptr(),
+                        brs: BK,
+                        c: dst.as_mut_ptr(),
+                        ldc: BK,
+                        add: false,
+                    };
+                    T::mm(scores(q_blk, kt, s));
+                    T::mm(scores(do_blk, vt, dp));
+                    for r in 0..bq {
+                        let pos = i0 + r;
+                        let n = visible(pos, j0, bk);
+                        let (p, p_masked) = s[r * BK..r * BK + bk].split_at_mut(n);
+                        let (ds, ds_masked) = dp[r * BK..r * BK + bk].split_at_mut(n);
+                        let (l, dd) = (lse_h[pos], dsum[g * t + pos]);
+                        p.iter_mut()
+                            .for_each(|x| *x = fastmath::exp(*x * scale - l));
+                        for (x, &pv) in ds.iter_mut().zip(p.iter()) {
+                            *x = pv * (*x - dd) * scale;
+                        }
+                        p_masked.iter_mut().for_each(|x| *x = 0.0);
+                        ds_masked.iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    // dV += Pᵀ·dO, dK += dSᵀ·Q: A is the block read down its columns.
+                    let transposed = |a: &[f32], rhs, acc: &mut [f32]| Mm {
+                        m: bk,
+                        n: hs,
+                        k: bq,
+                        a: a.as_ptr(),
+                        ars: 1,
+                        acs: BK,
+                        b: rhs,
+                        brs: c,
+                        c: acc.as_mut_ptr(),
+                        ldc: hs,
+                        add: true,
+                    };
+                    T::mm(transposed(s, do_blk, dv_acc));
+                    T::mm(transposed(dp, q_blk, dk_acc));
+                    T::mm(Mm {
+                        m: bq,
+                        n: hs,
+                        k: bk,
+                        a: dp.as_ptr(),
+                        ars: BK,
+                        acs: 1,
+                        b: qkv.k.as_ptr().add((b * t + j0) * kv + kvh * hs),
+                        brs: kv,
+                        c: dq.0.add((b * t + i0) * c + h * hs),
+                        ldc: c,
+                        add: j0 > 0,
+                    });
+                }
+            }
+            for jj in 0..bk {
+                let at = (b * t + j0 + jj) * kv + kvh * hs;
+                let row = jj * hs..(jj + 1) * hs;
+                std::ptr::copy_nonoverlapping(dk_acc[row.clone()].as_ptr(), dk.0.add(at), hs);
+                std::ptr::copy_nonoverlapping(dv_acc[row].as_ptr(), dv.0.add(at), hs);
+            }
+        }
+    });
+}
+
+/// [`forward_task`] compiled for AVX2+FMA.
+///
+/// # Safety
+/// As [`forward_task`]; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_avx2(task: FwdTask) {
+    forward_task::<Avx2Fma>(task)
+}
+
+/// [`forward_task`] compiled for AVX-512F.
+///
+/// # Safety
+/// As [`forward_task`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn forward_avx512(task: FwdTask) {
+    forward_task::<Avx512>(task)
+}
+
+/// [`backward_task`] compiled for AVX2+FMA.
+///
+/// # Safety
+/// As [`backward_task`]; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_avx2(task: BwdTask) {
+    backward_task::<Avx2Fma>(task)
+}
+
+/// [`backward_task`] compiled for AVX-512F.
+///
+/// # Safety
+/// As [`backward_task`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn backward_avx512(task: BwdTask) {
+    backward_task::<Avx512>(task)
+}
+
+/// out, lse = causal attention(q, k, v) with `kernel`'s products.
+pub(super) fn forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: Qkv,
+    d: AttnDims,
+    threads: usize,
+    kernel: Kernel,
+) {
+    let (c, t) = (d.c(), d.t);
+    assert!(out.len() >= d.b * t * c && lse.len() >= d.b * d.nh * t);
+    assert!(
+        qkv.q.len() >= d.b * t * c
+            && qkv.k.len() >= d.b * t * d.kv()
+            && qkv.v.len() >= d.b * t * d.kv()
+    );
+    assert!(
+        kernel.is_available(),
+        "{kernel:?} is not available on this CPU"
+    );
+    let blocks = t.div_ceil(BQ);
+    let (out, lse) = (Out(out.as_mut_ptr()), Out(lse.as_mut_ptr()));
+    par::run_indexed(threads, d.b * d.nh * blocks, |i| {
+        // Latest query blocks (the most keys) first, so the cheap ones even out the end.
+        let (late, bh) = (i / (d.b * d.nh), i % (d.b * d.nh));
+        let task = FwdTask {
+            d,
+            qkv,
+            out,
+            lse,
+            b: bh / d.nh,
+            h: bh % d.nh,
+            t0: (blocks - 1 - late) * BQ,
+        };
+        // SAFETY: task (b, h, t0) writes only rows t0.. of head h in sequence b; the
+        // buffers' sizes were asserted above, and `kernel` runs on this CPU.
+        unsafe {
+            match kernel {
+                Kernel::Portable => forward_task::<Portable>(task),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2Fma => forward_avx2(task),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => forward_avx512(task),
+                #[cfg(not(target_arch = "x86_64"))]
+                Kernel::Avx2Fma | Kernel::Avx512 => {
+                    unreachable!("x86 kernels are never available here")
+                }
+            }
+        }
+    });
+}
+
+/// dq, dk, dv from dout, the forward's inputs, its output and lse, with `kernel`'s products.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    grads: AttentionGrads,
+    dout: &[f32],
+    qkv: Qkv,
+    out: &[f32],
+    lse: &[f32],
+    d: AttnDims,
+    threads: usize,
+    kernel: Kernel,
+) {
+    let AttentionGrads { dq, dk, dv } = grads;
+    let (n, c, kv) = (d.b * d.t, d.c(), d.kv());
+    assert!(dq.len() >= n * c && dk.len() >= n * kv && dv.len() >= n * kv);
+    assert!(dout.len() >= n * c && out.len() >= n * c && lse.len() >= d.b * d.nh * d.t);
+    assert!(qkv.q.len() >= n * c && qkv.k.len() >= n * kv && qkv.v.len() >= n * kv);
+    assert!(
+        kernel.is_available(),
+        "{kernel:?} is not available on this CPU"
+    );
+    let (dq, dk, dv) = (
+        Out(dq.as_mut_ptr()),
+        Out(dk.as_mut_ptr()),
+        Out(dv.as_mut_ptr()),
+    );
+    par::run_indexed(threads, d.b * d.nkv, |i| {
+        let task = BwdTask {
+            d,
+            qkv,
+            out,
+            dout,
+            lse,
+            dq,
+            dk,
+            dv,
+            b: i / d.nkv,
+            kvh: i % d.nkv,
+        };
+        // SAFETY: task (b, kvh) writes only sequence b's rows of its KV head's columns
+        // of dk and dv and of its query heads' columns of dq; the sizes were asserted
+        // above, and `kernel` runs on this CPU.
+        unsafe {
+            match kernel {
+                Kernel::Portable => backward_task::<Portable>(task),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2Fma => backward_avx2(task),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => backward_avx512(task),
+                #[cfg(not(target_arch = "x86_64"))]
+                Kernel::Avx2Fma | Kernel::Avx512 => {
+                    unreachable!("x86 kernels are never available here")
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,210 @@
+//! The small products inside the fused attention: C (m × n) (=|+=) A (m × k) · B (k × n)
+//! over strided operands, with every block's operands already in L1/L2, so nothing is
+//! packed. Each element of C is one running sum over k in order, started from 0 (or
+//! from C's value when adding), one rounding per multiply-add in the FMA kernels (two
+//! in the portable one).
+//!
+//! The AVX2+FMA and AVX-512 kernels come from one macro body, so their structure is the
+//! same: 4-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
+//! then single columns with a scalar FMA; vector lanes are columns of C, so no sum is
+//! ever split across lanes and both widths give the same bits. (The AVX-512 copy
+//! compiles everywhere but runs only on a CPU that has it.)
+
+/// One product's operands: A's element (i, p) at `a[i·ars + p·acs]`, B's (p, j) at
+/// `b[p·brs + j]`, C's (i, j) at `c[i·ldc + j]`; `add` adds to C instead of overwriting.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Mm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: *const f32,
+    pub ars: usize,
+    pub acs: usize,
+    pub b: *const f32,
+    pub brs: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub add: bool,
+}
+
+/// A kernel for [`Mm`] products.
+pub(super) trait Tile {
+    /// Computes the product.
+    ///
+    /// # Safety
+    /// Every element the operands name must be in bounds (C's writable, not aliased by
+    /// A or B), and the CPU must have the kernel's instructions.
+    unsafe fn mm(p: Mm);
+
+    /// Σ a[i]·b[i] for i in 0..n as one running sum in order, with the arithmetic of
+    /// [`Tile::mm`] (so a dot product equals the matching element of a product bit for bit).
+    ///
+    /// # Safety
+    /// `a` and `b` hold n elements each; the CPU has the kernel's instructions.
+    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32;
+}
+
+/// Plain Rust, vectorised over C's columns by the compiler: a separate multiply and add.
+pub(super) struct Portable;
+
+impl Tile for Portable {
+    #[inline(always)]
+    unsafe fn mm(p: Mm) {
+        for i in 0..p.m {
+            let crow = std::slice::from_raw_parts_mut(p.c.add(i * p.ldc), p.n);
+            if !p.add {
+                crow.iter_mut().for_each(|x| *x = 0.0);
+            }
+            for q in 0..p.k {
+                let aiq = *p.a.add(i * p.ars + q * p.acs);
+                let brow = std::slice::from_raw_parts(p.b.add(q * p.brs), p.n);
+                for (c, &b) in crow.iter_mut().zip(brow) {
+                    *c += aiq * b;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let mut acc = 0.0f32;
+        for i in 0..n {
+            acc += *a.add(i) * *b.add(i);
+        }
+        acc
+    }
+}
+
+/// Rows of a register tile.
+const TILE_ROWS: usize = 4;
+
+macro_rules! simd_tile {
+    ($name:ident, $feature:literal, $width:expr,
+     $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        pub(super) struct $name;
+
+        #[cfg(target_arch = "x86_64")]
+        impl Tile for $name {
+            #[inline(always)]
+            unsafe fn mm(p: Mm) {
+                $name::run(p)
+            }
+
+            #[inline(always)]
+            unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+                $name::dot_fma(a, b, n)
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        impl $name {
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn dot_fma(a: *const f32, b: *const f32, n: usize) -> f32 {
+                let mut acc = 0.0f32;
+                for i in 0..n {
+                    acc = (*a.add(i)).mul_add(*b.add(i), acc);
+                }
+                acc
+            }
+
+            #[target_feature(enable = $feature)]
+            unsafe fn run(p: Mm) {
+                let mut i = 0;
+                while i + TILE_ROWS <= p.m {
+                    Self::rows::<TILE_ROWS>(p, i);
+                    i += TILE_ROWS;
+                }
+                match p.m - i {
+                    3 => Self::rows::<3>(p, i),
+                    2 => Self::rows::<2>(p, i),
+                    1 => Self::rows::<1>(p, i),
+                    _ => {}
+                }
+            }
+
+            /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn rows<const R: usize>(p: Mm, i: usize) {
+                let mut j = 0;
+                while j + 2 * $width <= p.n {
+                    Self::block::<R, 2>(p, i, j);
+                    j += 2 * $width;
+                }
+                if j + $width <= p.n {
+                    Self::block::<R, 1>(p, i, j);
+                    j += $width;
+                }
+                for r in i..i + R {
+                    for jj in j..p.n {
+                        let cp = p.c.add(r * p.ldc + jj);
+                        let mut acc = if p.add { *cp } else { 0.0 };
+                        for q in 0..p.k {
+                            let a = *p.a.add(r * p.ars + q * p.acs);
+                            acc = a.mul_add(*p.b.add(q * p.brs + jj), acc);
+                        }
+                        *cp = acc;
+                    }
+                }
+            }
+
+            /// The R × (V·width) tile at (i, j), in registers over all of k.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn block<const R: usize, const V: usize>(p: Mm, i: usize, j: usize) {
+                use std::arch::x86_64::*;
+                let mut acc = [[$zero(); V]; R];
+                if p.add {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                            *acc_rv = $load(p.c.add((i + r) * p.ldc + j + v * $width));
+                        }
+                    }
+                }
+                let a0 = p.a.add(i * p.ars);
+                for q in 0..p.k {
+                    let bq = p.b.add(q * p.brs + j);
+                    let mut bv = [$zero(); V];
+                    for (v, bvv) in bv.iter_mut().enumerate() {
+                        *bvv = $load(bq.add(v * $width));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = $set1(*a0.add(r * p.ars + q * p.acs));
+                        for (acc_rv, &b) in acc_r.iter_mut().zip(&bv) {
+                            *acc_rv = $fmadd(av, b, *acc_rv);
+                        }
+                    }
+                }
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (v, &x) in acc_r.iter().enumerate() {
+                        $store(p.c.add((i + r) * p.ldc + j + v * $width), x);
+                    }
+                }
+            }
+        }
+    };
+}
+
+simd_tile!(
+    Avx2Fma,
+    "avx2,fma",
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps
+);
+
+simd_tile!(
+    Avx512,
+    "avx512f,avx2,fma",
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps
+);
