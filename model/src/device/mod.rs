@@ -485,8 +485,9 @@ impl DeviceModel {
     /// (sm_80 on `emu` and on GPUs frugal has no facts for).
     ///
     /// # Errors
-    /// As [`DeviceModel::new_with`]; [`ModelError::DeviceUnsupported`] for a `target`
-    /// other than a `cuda` device's own architecture (its driver runs only its own).
+    /// As [`DeviceModel::new_with`]; [`ModelError::DeviceUnsupported`] on `cuda` for a
+    /// `target` above the GPU's architecture, or an sm_90a one other than its own (the
+    /// arch-specific code runs on that architecture only).
     pub fn new_for(
         device: Device,
         cfg: &Config,
@@ -512,11 +513,15 @@ impl DeviceModel {
                 .map_or(StepTarget::DEFAULT_SMS, |r| r.sms),
         };
         let target = match target {
-            Some(t) if device.backend() == Backend::Cuda && t.arch != own.arch => {
+            // A GPU runs the sm_80 kernels from sm_80 up, but sm_90a code only on sm_90.
+            Some(t)
+                if device.backend() == Backend::Cuda
+                    && (t.arch > own.arch || (t.arch >= 90 && t.arch != own.arch)) =>
+            {
                 return Err(ModelError::DeviceUnsupported {
                     what: format!(
-                        "a step planned for sm_{} on this sm_{} GPU; leave the architecture \
-                         to the device",
+                        "a step planned for sm_{} on this sm_{} GPU; plan for sm_80 or the \
+                         GPU's own architecture",
                         t.arch, own.arch
                     ),
                 })
@@ -709,7 +714,8 @@ impl DeviceModel {
         &self.plan
     }
 
-    /// The matmul dispatch architecture the launches were planned for (80 on `emu`).
+    /// The architecture the launches were planned for (80 on `emu` unless
+    /// [`DeviceModel::new_for`] named another).
     pub fn arch(&self) -> u32 {
         self.arch
     }
