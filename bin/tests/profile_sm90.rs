@@ -80,3 +80,39 @@ fn h100_rows_show_the_wgmma_kernels_with_their_flops_and_tma_bytes() {
     assert!(a100.iter().all(|k| !k.contains("wgmma")), "{a100:?}");
     assert!(a100.iter().any(|k| k.starts_with("matmul_tc_")), "{a100:?}");
 }
+
+#[test]
+fn kernel_matmul_on_h100_is_the_wgmma_kernel_with_exact_flops_and_tma_bytes() {
+    let o = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["profile", "--kernel", "matmul", "--shape", "256,256,128"])
+        .args([
+            "--gpu",
+            "h100-sxm,a100-80gb",
+            "--sample-ctas",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gpus = v["gpus"].as_array().unwrap();
+    let h100 = &gpus[0]["kernels"][0];
+    assert_eq!(h100["kernel"], "matmul_wgmma_128x128x64_nt_bf16", "{v}");
+    let c = &h100["counters"];
+    assert_eq!(f(&c["tensor_flops"]), 2.0 * 256.0 * 256.0 * 128.0);
+    // 2 x 2 tiles of 128 x 128, each reading a 128-row panel of A and of B over K = 128
+    // in bf16 by TMA: 4 x 2 x 128 x 128 x 2 bytes; every byte in bounds.
+    assert_eq!(
+        f(&c["bulk_global_read_bytes"]),
+        4.0 * 2.0 * 128.0 * 128.0 * 2.0
+    );
+    assert_eq!(
+        f(&c["bulk_sectors"]) * 32.0,
+        f(&c["bulk_global_read_bytes"])
+    );
+    // Distinct DRAM bytes: A and B once each.
+    assert_eq!(f(&c["dram_read_sectors"]) * 32.0, 2.0 * 256.0 * 128.0 * 2.0);
+    let a100 = gpus[1]["kernels"][0]["kernel"].as_str().unwrap();
+    assert!(a100.starts_with("matmul_tc_"), "{a100}");
+}

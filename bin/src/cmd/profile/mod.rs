@@ -119,7 +119,14 @@ pub fn run(flags: ProfileFlags) -> Result<(), CliError> {
             accumulate: flags.accumulate,
         };
         let target = kernel::parse(name, shape, &words)?;
-        let profiled = kernel::profile(&target, sample, opts.attention_dq)?;
+        // One run per architecture among the GPUs: an sm_90 part runs the wgmma kernels.
+        let mut profiled: Vec<(u32, kernel::Profiled)> = Vec::new();
+        for (facts, _) in &gpus {
+            if !profiled.iter().any(|(sm, _)| *sm == facts.sm) {
+                let p = kernel::profile(&target, sample, opts.attention_dq, facts.sm)?;
+                profiled.push((facts.sm, p));
+            }
+        }
         return kernel::report(&target, sample, &profiled, &gpus, &calibration, flags.json);
     }
     // The step each GPU runs is the one planned for its architecture (the wgmma kernels on
