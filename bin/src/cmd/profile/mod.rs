@@ -6,7 +6,9 @@
 //!
 //! The step is the one `frugal train` runs (zero the gradients, forward and
 //! backward over one micro-batch of random tokens, the norm, AdamW), with the
-//! same step program and memory plan. Each launch runs a sample of its CTAs
+//! same step program and memory plan, planned for each --gpu's architecture
+//! (`DeviceModel::new_for`: an sm_90 part's step runs the wgmma + TMA matmul and
+//! flash forward where they apply); one step is emulated per distinct target. Each launch runs a sample of its CTAs
 //! (`--sample-ctas`, spread over the grid) and its counters are extrapolated
 //! to the whole grid; `--sample-ctas 0` runs every CTA.
 
