@@ -127,6 +127,7 @@ use frugal_runtime::buffer::DeviceArena;
 use frugal_runtime::device::{Backend, Device};
 use frugal_runtime::launch::{dims_1d, Arg};
 use frugal_runtime::nvtx;
+use frugal_runtime::tensor_map::{encode_tensor_map, TensorMap};
 pub use graphs::GraphMode;
 pub use sharding::{ShardState, Sharding};
 
@@ -213,6 +214,21 @@ pub struct MemoryFloor {
     pub by_category: Vec<(Category, u64)>,
     /// Their sum: no plan of the step needs less.
     pub bytes: u64,
+}
+
+/// The GPU a step's kernels are chosen for: compute capability (`arch`, e.g. 90) and SMs
+/// (the persistent wgmma grids' size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepTarget {
+    /// Compute capability, major·10 + minor.
+    pub arch: u32,
+    /// Streaming multiprocessors.
+    pub sms: u32,
+}
+
+impl StepTarget {
+    /// SMs assumed when the device's facts do not say (an H100 SXM's 132).
+    pub const DEFAULT_SMS: u32 = 132;
 }
 
 /// The matmul dispatch architecture assumed by [`DeviceModel::requests`] (which has no
@@ -459,16 +475,63 @@ impl DeviceModel {
         options: StepOptions,
         hyper: OptimHyper,
     ) -> Result<DeviceModel, ModelError> {
+        Self::new_for(device, cfg, batch, seq, options, hyper, None)
+    }
+
+    /// [`DeviceModel::new_with`] with the step's kernels chosen for `target` instead of the
+    /// device's own architecture: on `emu` (which runs every catalogue module, sm_90a
+    /// included) a step as a GPU of that architecture runs it, e.g. the sm_90 step with
+    /// the wgmma kernels for `frugal profile --gpu h100-sxm`. `None`: the device's own
+    /// (sm_80 on `emu` and on GPUs frugal has no facts for).
+    ///
+    /// # Errors
+    /// As [`DeviceModel::new_with`]; [`ModelError::DeviceUnsupported`] on `cuda` for a
+    /// `target` above the GPU's architecture, or an sm_90a one other than its own (the
+    /// arch-specific code runs on that architecture only).
+    pub fn new_for(
+        device: Device,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        options: StepOptions,
+        hyper: OptimHyper,
+        target: Option<StepTarget>,
+    ) -> Result<DeviceModel, ModelError> {
         if device.backend() == Backend::Cpu {
             return Err(ModelError::DeviceUnsupported {
                 what: "the cpu device runs no PTX kernels; the CPU model (crate::cpu) trains there"
                     .into(),
             });
         }
-        // The emulator runs the sm_80 code path; a GPU its own architecture (unknown
-        // devices get sm_80 kernels, which every supported GPU runs).
-        let arch = device.facts().map_or(80, |f| f.sm);
-        let prog = program::build(cfg, Shape { b: batch, t: seq }, options, arch)?;
+        // The emulator runs the sm_80 code path unless told otherwise; a GPU its own
+        // architecture (unknown devices get sm_80 kernels, which every supported GPU runs).
+        let own = StepTarget {
+            arch: device.facts().map_or(80, |f| f.sm),
+            sms: device
+                .facts()
+                .and_then(|f| f.roofline.as_ref())
+                .map_or(StepTarget::DEFAULT_SMS, |r| r.sms),
+        };
+        let target = match target {
+            // A GPU runs the sm_80 kernels from sm_80 up, but sm_90a code only on sm_90.
+            Some(t)
+                if device.backend() == Backend::Cuda
+                    && (t.arch > own.arch || (t.arch >= 90 && t.arch != own.arch)) =>
+            {
+                return Err(ModelError::DeviceUnsupported {
+                    what: format!(
+                        "a step planned for sm_{} on this sm_{} GPU; plan for sm_80 or the \
+                         GPU's own architecture",
+                        t.arch, own.arch
+                    ),
+                })
+            }
+            Some(t) => t,
+            None => own,
+        };
+        let arch = target.arch;
+        let shape = Shape { b: batch, t: seq };
+        let prog = program::build_for(cfg, shape, options, arch, target.sms)?;
         let requests = prog.requests();
         let plan = plan_arena(&requests).map_err(device_err("planning the arena"))?;
         let arena = device
@@ -490,6 +553,14 @@ impl DeviceModel {
             offsets.push(placed.offset);
         }
         let resolve = |at: At| base + offsets[at.buf] + at.byte;
+        // The sm_90a kernels' tensor maps, encoded once for this device (by the driver
+        // on `cuda`): the arena's addresses are fixed from here on.
+        let mut encode = |map: &TensorMap| {
+            encode_tensor_map(&device, map).map_err(|e| frugal_ptx::error::PtxError::BadLaunch {
+                kernel: "tensor map".into(),
+                reason: e.to_string(),
+            })
+        };
         let Program {
             ops,
             ids,
@@ -502,7 +573,8 @@ impl DeviceModel {
             let step = match op.kind {
                 OpKind::Kernels { emit } => {
                     let label = op.label;
-                    let launches = emit(&resolve).map_err(kernel_err(label.clone()))?;
+                    let launches =
+                        emit(&resolve, &mut encode).map_err(kernel_err(label.clone()))?;
                     Step::Launches { label, launches }
                 }
                 OpKind::UploadBatch => Step::Upload,
@@ -642,7 +714,8 @@ impl DeviceModel {
         &self.plan
     }
 
-    /// The matmul dispatch architecture the launches were planned for (80 on `emu`).
+    /// The architecture the launches were planned for (80 on `emu` unless
+    /// [`DeviceModel::new_for`] named another).
     pub fn arch(&self) -> u32 {
         self.arch
     }
@@ -668,6 +741,19 @@ impl DeviceModel {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// The kernels of the step's fixed launches, in schedule order, one entry per launch
+    /// (which kernels the dispatch chose, e.g. the wgmma ones of an sm_90 step).
+    pub fn step_kernels(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Step::Launches { launches, .. } => Some(launches.iter().map(|l| l.kernel)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     fn check_len(what: &'static str, expected: usize, found: usize) -> Result<(), ModelError> {

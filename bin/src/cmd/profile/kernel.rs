@@ -8,11 +8,15 @@ use std::time::Instant;
 
 use frugal_model::config::Attention;
 use frugal_ptx::emu::{Checks, MmaNumerics, Profiling};
+use frugal_ptx::error::PtxError;
 use frugal_ptx::flash::{AttnShape, DqMode};
 use frugal_ptx::kernels::Launch;
-use frugal_ptx::matmul::{Epilogue, Gemm, Layout, OutType};
+use frugal_ptx::matmul::wgmma::{self, dispatch::select_tma};
+use frugal_ptx::matmul::{Epilogue, Gemm, KernelKind, Layout, OutType, TileConfig};
+use frugal_ptx::tensor_map::TensorMap;
 use frugal_runtime::device::emu::{EmuDevice, LaunchRecord};
 use frugal_runtime::device::Device;
+use frugal_runtime::tensor_map::encode_tensor_map;
 
 use frugal_runtime::facts::{DeviceFacts, Roofline};
 
@@ -215,8 +219,15 @@ fn launch_failed(what: String, e: impl Into<Box<dyn std::error::Error + Send + S
     }
 }
 
-/// Runs `target` once on a fresh emulated GPU with counting on, `sample` CTAs per launch.
-pub fn profile(target: &Target, sample: Option<u32>, dq: DqMode) -> Result<Profiled, CliError> {
+/// Runs `target` once on a fresh emulated GPU with counting on, `sample` CTAs per launch,
+/// with the kernels a GPU of compute capability `arch` runs (from sm_90 a matmul's pick is
+/// the TMA dispatch's, `select_tma`: the wgmma kernel where it applies).
+pub fn profile(
+    target: &Target,
+    sample: Option<u32>,
+    dq: DqMode,
+    arch: u32,
+) -> Result<Profiled, CliError> {
     // As the step profile: sanitizer off, the tensor cores' numerics as FRUGAL_EMU_MMA says.
     let checks = Checks {
         mma: MmaNumerics::from_env().map_err(|e| usage(e.to_string()))?,
@@ -224,8 +235,6 @@ pub fn profile(target: &Target, sample: Option<u32>, dq: DqMode) -> Result<Profi
     };
     let emu = EmuDevice::with_checks(checks).context("opening the emulated device")?;
     let dev = Device::Emu(emu);
-    // The emulator runs the sm_80 path (mma.sync, ldmatrix, cp.async), as bench does.
-    let arch = dev.facts().map_or(80, |f| f.sm);
     let Device::Emu(emu) = &dev else {
         return Err(usage("the profile is not on the emulated device".into()));
     };
@@ -242,6 +251,14 @@ pub fn profile(target: &Target, sample: Option<u32>, dq: DqMode) -> Result<Profi
     };
     let started = Instant::now();
     let records = match target {
+        Target::Matmul(g) if wgmma_pick(arch, g).is_some() => {
+            emu.set_profiling(Profiling {
+                count: true,
+                sample_ctas: sample,
+            });
+            run_wgmma(&dev, arch, g, &what)?;
+            emu.take_launch_records()
+        }
         Target::Matmul(g) => {
             let ops = matmul::operands(&dev, g, matmul::pick_workspace(arch, g))?;
             let (_, list) = matmul::plan(arch, g, &ops, None, &what)?;
@@ -277,24 +294,77 @@ pub fn profile(target: &Target, sample: Option<u32>, dq: DqMode) -> Result<Profi
     })
 }
 
+/// The wgmma tile the TMA dispatch picks for `g` on `arch`, if it picks one (operands
+/// placed by the allocator, whose addresses are 256-byte aligned).
+fn wgmma_pick(arch: u32, g: &Gemm) -> Option<TileConfig> {
+    match select_tma(arch, g.layout, g.m, g.n, g.k, g.alignment(0, 0)).kernel {
+        KernelKind::Wgmma(cfg) => Some(cfg),
+        _ => None,
+    }
+}
+
+/// Runs the wgmma matmul on `g` once, as a GPU runs it: zeroed operands (the counters do
+/// not depend on the values), tensor maps encoded for the device, arguments packed against
+/// the kernel's declaration, a persistent grid over an H100 SXM's SMs.
+fn run_wgmma(dev: &Device, arch: u32, g: &Gemm, what: &str) -> Result<(), CliError> {
+    let cfg = wgmma_pick(arch, g).ok_or_else(|| usage(format!("{what}: no wgmma pick")))?;
+    let bytes = |elems: usize, out: OutType| elems * if out == OutType::F32 { 4 } else { 2 };
+    let a_len = (g.batch - 1) * g.batch_stride_a + g.a_elements();
+    let b_len = (g.batch - 1) * g.batch_stride_b + g.b_elements();
+    let alloc = |n: usize, name: &str| {
+        dev.alloc(n.max(4), name)
+            .map_err(|e| launch_failed(format!("{what}: allocating {name}"), e))
+    };
+    let a = alloc(bytes(a_len, OutType::Bf16), "a")?;
+    let b = alloc(bytes(b_len, OutType::Bf16), "b")?;
+    let c = alloc(bytes(g.c_elements(), g.out), "c")?;
+    let mut encode = |map: &TensorMap| {
+        encode_tensor_map(dev, map).map_err(|e| PtxError::BadLaunch {
+            kernel: "matmul_wgmma".into(),
+            reason: e.to_string(),
+        })
+    };
+    let l = wgmma::launch_args(&cfg, g, a.ptr(), b.ptr(), c.ptr(), WGMMA_SMS, &mut encode)
+        .map_err(|e| launch_failed(what.to_string(), e))?;
+    dev.launch(l.kernel, &l.dims, &l.args)
+        .map_err(|e| launch_failed(what.to_string(), e))?;
+    Ok(())
+}
+
+/// SMs the persistent wgmma grid is sized for: an H100 SXM's.
+const WGMMA_SMS: u32 = 132;
+
 /// Prints the prediction of `p` on each GPU: the per-kernel table (or `--json`), its
 /// total and, where the op counts its FLOPs, the predicted TFLOP/s.
+///
+/// `profiled` holds one run per architecture among the GPUs (`(sm, run)`); each GPU is
+/// predicted from its own architecture's run.
 pub fn report(
     target: &Target,
     sample: Option<u32>,
-    p: &Profiled,
+    profiled: &[(u32, Profiled)],
     gpus: &[(&'static DeviceFacts, &'static Roofline)],
     calibration: &Calibration,
     json: bool,
 ) -> Result<(), CliError> {
-    let sampling = super::sampled(sample, p.records.iter());
+    let all: Vec<&LaunchRecord> = profiled.iter().flat_map(|(_, p)| &p.records).collect();
+    let sampling = super::sampled(sample, all.iter().copied());
+    let p = Profiled {
+        records: all.into_iter().cloned().collect(),
+        emulation_s: profiled.iter().map(|(_, p)| p.emulation_s).sum(),
+    };
+    let none = Vec::new();
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Vec<Row>, f64, f64)> = gpus
         .iter()
         .map(|(gpu, line)| {
-            let rows = predict::rows(&p.records, gpu, line, calibration, DramEstimate::Estimated);
+            let records = profiled
+                .iter()
+                .find(|(sm, _)| *sm == gpu.sm)
+                .map_or(&none, |(_, p)| &p.records);
+            let rows = predict::rows(records, gpu, line, calibration, DramEstimate::Estimated);
             let total = predict::total(&rows);
             let upper = predict::total(&predict::rows(
-                &p.records,
+                records,
                 gpu,
                 line,
                 calibration,

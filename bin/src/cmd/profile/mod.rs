@@ -6,7 +6,9 @@
 //!
 //! The step is the one `frugal train` runs (zero the gradients, forward and
 //! backward over one micro-batch of random tokens, the norm, AdamW), with the
-//! same step program and memory plan. Each launch runs a sample of its CTAs
+//! same step program and memory plan, planned for each --gpu's architecture
+//! (`DeviceModel::new_for`: an sm_90 part's step runs the wgmma + TMA matmul and
+//! flash forward where they apply); one step is emulated per distinct target. Each launch runs a sample of its CTAs
 //! (`--sample-ctas`, spread over the grid) and its counters are extrapolated
 //! to the whole grid; `--sample-ctas 0` runs every CTA.
 
@@ -16,7 +18,7 @@ pub mod predict;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use frugal_model::device::{DeviceModel, OptimHyper};
+use frugal_model::device::{DeviceModel, OptimHyper, StepTarget};
 use frugal_model::init::try_init_params;
 use frugal_model::rng::Rng;
 use frugal_ptx::emu::{Checks, MmaNumerics, Profiling};
@@ -119,26 +121,82 @@ pub fn run(flags: ProfileFlags) -> Result<(), CliError> {
             accumulate: flags.accumulate,
         };
         let target = kernel::parse(name, shape, &words)?;
-        let profiled = kernel::profile(&target, sample, opts.attention_dq)?;
+        // One run per architecture among the GPUs: an sm_90 part runs the wgmma kernels.
+        let mut profiled: Vec<(u32, kernel::Profiled)> = Vec::new();
+        for (facts, _) in &gpus {
+            if !profiled.iter().any(|(sm, _)| *sm == facts.sm) {
+                let p = kernel::profile(&target, sample, opts.attention_dq, facts.sm)?;
+                profiled.push((facts.sm, p));
+            }
+        }
         return kernel::report(&target, sample, &profiled, &gpus, &calibration, flags.json);
     }
-    let profiled = profile_step(&opts, sample, &gpus)?;
+    // The step each GPU runs is the one planned for its architecture (the wgmma kernels on
+    // sm_90): one emulated step per distinct target among the --gpu list.
+    let mut profiled: Vec<(StepTarget, Profiled)> = Vec::new();
+    for (facts, line) in &gpus {
+        let t = step_target(facts, line);
+        if !profiled.iter().any(|(p, _)| *p == t) {
+            profiled.push((t, profile_step(&opts, sample, &gpus, t)?));
+        }
+    }
     let per_gpu: Vec<(&DeviceFacts, &Roofline, Step)> = gpus
         .iter()
         .map(|(facts, line)| {
-            (
+            let t = step_target(facts, line);
+            let p = profiled
+                .iter()
+                .find(|(p, _)| *p == t)
+                .map(|(_, p)| p)
+                .ok_or_else(|| usage(format!("profile: internal: no step for {t:?}")))?;
+            Ok((
                 *facts,
                 *line,
-                predict_step(&opts, &profiled, facts, line, &calibration),
-            )
+                predict_step(&opts, p, facts, line, &calibration),
+            ))
         })
-        .collect();
+        .collect::<Result<_, CliError>>()?;
+    let all = Profiled::merged(&profiled);
     if flags.json {
-        println!("{}", json(&opts, sample, &profiled, &per_gpu));
+        println!("{}", json(&opts, sample, &all, &per_gpu));
     } else {
-        print!("{}", text_report(&opts, sample, &profiled, &per_gpu));
+        print!("{}", text_report(&opts, sample, &all, &per_gpu));
     }
     Ok(())
+}
+
+/// The GPU the step is planned for when predicting `facts`: its compute capability (so
+/// an sm_90 part runs the wgmma kernels) and, from sm_90, its SMs (the persistent wgmma
+/// grids' size; older parts' kernels do not depend on it).
+fn step_target(facts: &DeviceFacts, line: &Roofline) -> StepTarget {
+    StepTarget {
+        arch: facts.sm,
+        sms: if facts.sm >= 90 {
+            line.sms
+        } else {
+            StepTarget::DEFAULT_SMS
+        },
+    }
+}
+
+impl Profiled {
+    /// Every step's launches and emulation time together (what the report's header and
+    /// sampling note speak of).
+    fn merged(all: &[(StepTarget, Profiled)]) -> Profiled {
+        let mut m = Profiled {
+            zero: Vec::new(),
+            micro: Vec::new(),
+            update: Vec::new(),
+            emulation_s: 0.0,
+        };
+        for (_, p) in all {
+            m.zero.extend(p.zero.iter().cloned());
+            m.micro.extend(p.micro.iter().cloned());
+            m.update.extend(p.update.iter().cloned());
+            m.emulation_s += p.emulation_s;
+        }
+        m
+    }
 }
 
 /// `--gpu`'s models, each with its roofline.
@@ -196,6 +254,7 @@ fn profile_step(
     opts: &TrainOptions,
     sample: Option<u32>,
     gpus: &[(&DeviceFacts, &Roofline)],
+    target: StepTarget,
 ) -> Result<Profiled, CliError> {
     let cfg = &opts.config;
     // The sanitizer is off (a profile is of kernels the tests check), the
@@ -223,13 +282,14 @@ fn profile_step(
         eps: crate::train::optim::ADAM_EPS,
         weight_decay: opts.weight_decay as f32,
     };
-    let mut model = DeviceModel::new_with(
+    let mut model = DeviceModel::new_for(
         device,
         cfg,
         planned.batch,
         cfg.seq_len,
         target::step_options(opts, 1),
         hyper,
+        Some(target),
     )
     .context("setting up the device step")?;
     let params = try_init_params(cfg, opts.seed).context("initial weights")?;
@@ -411,7 +471,7 @@ fn text_report(
 ) -> String {
     let cfg = &opts.config;
     let mut s = format!(
-        "profile: {} ({} parameters), batch {} x seq {}{}, attention {}; one step emulated in {:.1} s ({})\n",
+        "profile: {} ({} parameters), batch {} x seq {}{}, attention {}; emulated in {:.1} s ({})\n",
         opts.model,
         cfg.param_count(),
         opts.batch,
@@ -427,8 +487,9 @@ fn text_report(
     );
     for (gpu, line, step) in per_gpu {
         s += &format!(
-            "\nPREDICTED for {} ({}; {} SMs at {:.2} GHz; roofline, not a measurement):\n",
-            gpu.label, gpu.name, line.sms, line.boost_clock_ghz
+            "\nPREDICTED for {} ({}; {} SMs at {:.2} GHz; the sm_{} step; roofline, not a \
+             measurement):\n",
+            gpu.label, gpu.name, line.sms, line.boost_clock_ghz, gpu.sm
         );
         s += &table_head();
         for r in &step.rows {
@@ -489,6 +550,11 @@ fn row_json(r: &Row, total_s: f64) -> serde_json::Value {
             "shared_store_bank_conflicts": c.shared_store_bank_conflicts(),
             "ldmatrix_bank_conflicts": c.ldmatrix_bank_conflicts(),
             "cp_async_bytes": c.cp_async_bytes,
+            "bulk_requests": c.bulk_requests,
+            "bulk_global_read_bytes": c.bulk_global_read_bytes,
+            "bulk_global_write_bytes": c.bulk_global_write_bytes,
+            "bulk_sectors": c.bulk_sectors,
+            "bulk_shared_write_bytes": c.bulk_shared_write_bytes,
             "tensor_flops": c.tensor_flops,
             "barriers": c.barriers,
             "dram_read_sectors": c.dram_read_sectors,
@@ -511,6 +577,7 @@ fn json(
             serde_json::json!({
                 "gpu": gpu.label,
                 "name": gpu.name,
+                "step_arch": gpu.sm,
                 "kernels": kernels,
                 "step": {
                     "predicted_s": step.time_s,

@@ -40,6 +40,9 @@ pub fn family(kernel: &str) -> &str {
     kernel.split('_').next().unwrap_or(kernel)
 }
 
+/// Bytes of shared memory one wavefront moves (32 banks x 4 bytes).
+const SHARED_LINE: u64 = 128;
+
 /// The resource table's answer for `sm` (sm_86/89 take sm_80's figures; the
 /// table is assembled for sm_80 and sm_90a).
 fn usage_sm(sm: u32) -> u32 {
@@ -81,14 +84,19 @@ pub fn work(
         // bound of the FP32 work (an FMA counts once, not twice).
         fp32_flops: float_warp_insts * 32.0,
         dram_bytes: dram_sectors * SECTOR,
+        // TMA and bulk copies go through L2 like the threads' loads: their sectors count.
         l2_bytes: (c.global_load_sectors
             + c.global_store_sectors
             + c.global_atomic_sectors
-            + c.cp_async_sectors) as f64
+            + c.cp_async_sectors
+            + c.bulk_sectors) as f64
             * SECTOR,
+        // A bulk copy moves whole 128-byte lines of shared memory: one wavefront each.
+        // (wgmma's reads of its shared-memory operands are not counted.)
         shared_wavefronts: c.shared_load_wavefronts
             + c.shared_store_wavefronts
-            + c.ldmatrix_wavefronts,
+            + c.ldmatrix_wavefronts
+            + (c.bulk_shared_write_bytes + c.bulk_shared_read_bytes).div_ceil(SHARED_LINE),
         occupancy: occ.map(|o| o.fraction),
         blocks_per_sm: occ.map(|o| o.blocks_per_sm),
     };

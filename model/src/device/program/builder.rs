@@ -3,13 +3,18 @@
 //! operations (RMSNorm, SwiGLU, RoPE) every part of the step repeats.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use frugal_ptx::catalogue;
+use frugal_ptx::emu::{Module, ParamInfo};
 use frugal_ptx::error::PtxError;
 use frugal_ptx::kernels::rmsnorm::{RmsNormBwd, RmsNormFwd, RmsNormResidualFwd};
 use frugal_ptx::kernels::rope::{RopeBufs, RopeShape};
 use frugal_ptx::kernels::{rmsnorm, rope, swiglu, Launch};
-use frugal_ptx::matmul::{self, Epilogue, Gemm, Layout, OutType};
+use frugal_ptx::matmul::wgmma::{self, dispatch::select_tma, EncodeTensorMap};
+use frugal_ptx::matmul::{self, Epilogue, Gemm, KernelKind, Layout, OutType, TileConfig};
+use frugal_ptx::tensor_map::TensorMap;
 use frugal_runtime::arena::Category;
 
 use super::{Decl, Op, OpKind, Work};
@@ -26,12 +31,32 @@ fn fake_address(at: At) -> u64 {
     ((at.buf as u64 + 1) << 40) + at.byte
 }
 
+/// The tensor-map encoder used while recording: the emulator's encoding, which checks a map
+/// by the same rules as the driver's (`TensorMap::validate`), so a map the device would
+/// refuse is refused when the step is built.
+fn check_map(map: &TensorMap) -> Result<[u8; frugal_ptx::tensor_map::TENSOR_MAP_BYTES], PtxError> {
+    map.encode().map_err(|reason| PtxError::BadLaunch {
+        kernel: "tensor map".into(),
+        reason,
+    })
+}
+
+/// SMs the persistent wgmma grids are sized for when the caller does not say (an H100
+/// SXM's 132).
+pub(crate) const DEFAULT_SMS: u32 = crate::device::StepTarget::DEFAULT_SMS;
+
 pub(super) struct Builder {
     pub decls: Vec<Decl>,
     pub ops: Vec<Op>,
     phase: String,
-    /// Matmul dispatch architecture used to validate launches while recording.
+    /// Matmul dispatch architecture used to validate launches while recording: from 90 up
+    /// the sm_90a kernels (wgmma matmul, wgmma flash forward) where they apply.
     pub arch: u32,
+    /// SMs of the target GPU: the persistent wgmma matmul's grid.
+    pub sms: u32,
+    /// Parameter layouts of the TMA kernels used so far, by entry name (parsed once from
+    /// the catalogue: their launches are packed here, at the kernel's declared offsets).
+    tma_params: HashMap<&'static str, Arc<[ParamInfo]>>,
     /// Matmuls whose launch was already built and checked while recording, by shape and
     /// the operands' low address bits (all a launch's checks can see of an address, the
     /// arena's offsets being 256-byte aligned): every layer repeats the same products, and
@@ -40,14 +65,45 @@ pub(super) struct Builder {
 }
 
 impl Builder {
-    pub fn new(arch: u32) -> Builder {
+    pub fn new(arch: u32, sms: u32) -> Builder {
         Builder {
             decls: Vec::new(),
             ops: Vec::new(),
             phase: "forward".into(),
             arch,
+            sms,
+            tma_params: HashMap::new(),
             checked_matmuls: HashSet::new(),
         }
+    }
+
+    /// Whether the sm_90a (wgmma, TMA) kernels may be used.
+    pub fn hopper(&self) -> bool {
+        self.arch >= 90
+    }
+
+    /// The declared parameters of catalogue kernel `kernel` (module and entry of one name,
+    /// as every sm_90a module is).
+    pub fn tma_params(&mut self, kernel: &'static str) -> Result<Arc<[ParamInfo]>, ModelError> {
+        if let Some(p) = self.tma_params.get(kernel) {
+            return Ok(p.clone());
+        }
+        let err = |source: PtxError| ModelError::Kernel {
+            what: format!("the parameters of {kernel}"),
+            source: Box::new(source),
+        };
+        let module = catalogue::module(kernel).ok_or_else(|| {
+            err(PtxError::BadLaunch {
+                kernel: kernel.to_string(),
+                reason: "not in the PTX catalogue".into(),
+            })
+        })?;
+        let params: Arc<[ParamInfo]> = Module::parse(module.text)
+            .and_then(|m| m.params(kernel))
+            .map_err(err)?
+            .into();
+        self.tma_params.insert(kernel, params.clone());
+        Ok(params)
     }
 
     pub fn declare(
@@ -103,13 +159,25 @@ impl Builder {
         work: Work,
         emit: impl Fn(Resolve) -> Result<Vec<Launch>, PtxError> + 'static,
     ) -> Result<(), ModelError> {
+        self.tma_kernels(label, work, move |r, _| emit(r))
+    }
+
+    /// [`Builder::kernels`] for launches with tensor maps (the sm_90a kernels): `emit`
+    /// encodes them through the encoder it is given (while recording, the emulator's
+    /// encoding, which checks each map as the driver would).
+    pub fn tma_kernels(
+        &mut self,
+        label: impl Into<String>,
+        work: Work,
+        emit: impl Fn(Resolve, &mut EncodeTensorMap) -> Result<Vec<Launch>, PtxError> + 'static,
+    ) -> Result<(), ModelError> {
         let label = label.into();
         let used = RefCell::new(Vec::new());
         let record = |at: At| {
             used.borrow_mut().push(at.buf);
             fake_address(at)
         };
-        emit(&record).map_err(|source| ModelError::Kernel {
+        emit(&record, &mut check_map).map_err(|source| ModelError::Kernel {
             what: label.clone(),
             source: Box::new(source),
         })?;
@@ -125,10 +193,12 @@ impl Builder {
         self.push(label.to_string(), work, kind, uses);
     }
 
-    /// `c = a·bᵀ`-style products through the dispatcher ([`matmul::choose`]): split-K
-    /// where the dispatch asks for it (a product whose tiles fill under half the GPU, the
-    /// weight gradients of small models), with its f32 workspace a buffer of this op alone
-    /// (so the planner reuses its bytes), else one launch.
+    /// `c = a·bᵀ`-style products: on sm_90 the wgmma + TMA kernel where
+    /// [`select_tma`] picks it ([`Builder::wgmma_matmul`]), else through the `mma.sync`
+    /// dispatcher ([`matmul::choose`]): split-K where the dispatch asks for it (a product
+    /// whose tiles fill under half the GPU, the weight gradients of small models), with its
+    /// f32 workspace a buffer of this op alone (so the planner reuses its bytes), else one
+    /// launch.
     pub fn matmul(
         &mut self,
         label: impl Into<String>,
@@ -139,11 +209,13 @@ impl Builder {
     ) -> Result<(), ModelError> {
         let label = label.into();
         let arch = self.arch;
-        let choice = matmul::choose(
-            arch,
-            &gemm,
-            gemm.alignment(fake_address(a), fake_address(b)),
-        );
+        let alignment = gemm.alignment(fake_address(a), fake_address(b));
+        if let KernelKind::Wgmma(cfg) =
+            select_tma(arch, gemm.layout, gemm.m, gemm.n, gemm.k, alignment).kernel
+        {
+            return self.wgmma_matmul(label, gemm, cfg, [a, b, c]);
+        }
+        let choice = matmul::choose(arch, &gemm, alignment);
         let workspace = matmul::workspace_bytes(&choice, &gemm) as u64;
         if workspace > 0 {
             let ws = At::start(self.ws(format!("{label} split-K partials"), workspace));
@@ -162,11 +234,38 @@ impl Builder {
         // The launch of a shape already checked: its uses are its three operands (those
         // `emit` resolves), so recording them needs no second catalogue lookup.
         let kind = OpKind::Kernels {
-            emit: Box::new(emit),
+            emit: Box::new(move |r, _| emit(r)),
         };
         let uses = vec![a.buf, b.buf, c.buf];
         self.push(label, Work::Matmul(gemm), kind, uses);
         Ok(())
+    }
+
+    /// One launch of the sm_90a wgmma matmul `cfg`: its tensor maps encoded when the
+    /// launch is built (once, the arena's addresses being fixed), packed at the kernel's
+    /// declared parameter offsets, a persistent grid over [`Builder::sms`] SMs.
+    fn wgmma_matmul(
+        &mut self,
+        label: String,
+        gemm: Gemm,
+        cfg: TileConfig,
+        [a, b, c]: [At; 3],
+    ) -> Result<(), ModelError> {
+        let kernel =
+            wgmma::static_name(&cfg, gemm.layout, gemm.out).ok_or_else(|| ModelError::Kernel {
+                what: label.clone(),
+                source: Box::new(PtxError::BadLaunch {
+                    kernel: wgmma::entry_name(&cfg, gemm.layout, gemm.out),
+                    reason: "the TMA dispatch picked a tile config that is not shipped".into(),
+                }),
+            })?;
+        let params = self.tma_params(kernel)?;
+        let sms = self.sms;
+        let emit = move |r: Resolve, encode: &mut EncodeTensorMap| {
+            let l = wgmma::launch(&cfg, &gemm, r(a), r(b), r(c), sms, &params, encode)?;
+            Ok(vec![l])
+        };
+        self.tma_kernels(label, Work::Matmul(gemm), emit)
     }
 }
 

@@ -1,7 +1,7 @@
 //! One transformer layer of the step: its forward (norm, Q/K/V, RoPE, attention, output
 //! projection, norm, SwiGLU MLP) and, in reverse, its backward (MLP, then attention).
 
-use frugal_ptx::flash::{self, DqMode, FlashBwd, FlashFwd};
+use frugal_ptx::flash::{self, wgmma_fwd, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::{rmsnorm, rope, swiglu};
 use frugal_ptx::matmul::Epilogue;
 use frugal_ptx::vanilla::{VanillaBwd, VanillaFwd};
@@ -12,7 +12,7 @@ use super::builder::{
 };
 use super::{Ctx, Work};
 use crate::config::{Attention, LayerTensor};
-use crate::device::place::At;
+use crate::device::place::{At, Resolve};
 use crate::device::vanilla;
 use crate::error::ModelError;
 
@@ -175,16 +175,26 @@ fn attention_forward(
     match d.attention {
         Attention::Flash => {
             let lse = bld.act(name("attn.lse"), (d.b * d.nh * d.t) as u64 * F32); // (B, NH, T)
-            bld.kernels(name("flash attention"), work, move |r| {
-                let bufs = FlashFwd {
-                    q: r(At::start(q)),
-                    k: r(At::start(k)),
-                    v: r(At::start(v)),
-                    o: r(At::start(o)),
-                    lse: r(At::start(lse)),
-                };
-                Ok(vec![flash::forward(&bufs, attn)?])
-            })?;
+            let bufs = move |r: Resolve| FlashFwd {
+                q: r(At::start(q)),
+                k: r(At::start(k)),
+                v: r(At::start(v)),
+                o: r(At::start(o)),
+                lse: r(At::start(lse)),
+            };
+            // On sm_90 the wgmma forward (same inputs, outputs and LSE as the FA-2 one,
+            // which the backward reads), for the head sizes it ships.
+            match wgmma_fwd::static_name(attn.hs).filter(|_| bld.hopper()) {
+                Some(kernel) => {
+                    let params = bld.tma_params(kernel)?;
+                    bld.tma_kernels(name("flash attention"), work, move |r, encode| {
+                        Ok(vec![wgmma_fwd::launch(attn, &bufs(r), &params, encode)?])
+                    })?;
+                }
+                None => bld.kernels(name("flash attention"), work, move |r| {
+                    Ok(vec![flash::forward(&bufs(r), attn)?])
+                })?,
+            }
             Ok((lse, None))
         }
         Attention::Vanilla => {

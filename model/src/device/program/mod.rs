@@ -492,9 +492,27 @@ pub(crate) fn build(
     opts: StepOptions,
     arch: u32,
 ) -> Result<Program, ModelError> {
+    build_for(cfg, shape, opts, arch, builder::DEFAULT_SMS)
+}
+
+/// [`build`] for a GPU of compute capability `arch` with `sms` SMs. From sm_90 the step
+/// uses the sm_90a kernels where they apply: the wgmma + TMA matmul where
+/// `select_tma` picks it, and the wgmma flash forward for head sizes 64 and 128; the
+/// `mma.sync` family everywhere else. Their tensor maps are encoded when the launches are
+/// built ([`Emit`]), once: the arena's addresses never change.
+///
+/// # Errors
+/// As [`build`].
+pub(crate) fn build_for(
+    cfg: &Config,
+    shape: Shape,
+    opts: StepOptions,
+    arch: u32,
+    sms: u32,
+) -> Result<Program, ModelError> {
     let dims = dims(cfg, shape, opts)?;
     let layout = ParamLayout::new(cfg);
-    let mut bld = Builder::new(arch);
+    let mut bld = Builder::new(arch, sms);
     // State and constant tables: the whole schedule.
     let sizes = StateBytes::new(cfg, opts.sharding);
     let weights = bld.state("weights.bf16", Category::Params, sizes.weights);

@@ -31,9 +31,9 @@ fn class_of(op: &Op) -> InstClass {
             InstClass::ConvertMove
         }
         Op::Ld(_) | Op::St(_) | Op::Atom(_) | Op::CpAsync(_) | Op::Ldmatrix(_) => InstClass::Memory,
-        // The sm_90 asynchronous units: bulk copies and stmatrix move data; mbarriers,
-        // elect, setmaxnreg and the proxy fence synchronise. (Their memory traffic is not
-        // counted in the request/sector counters yet.)
+        // The sm_90 asynchronous units: bulk copies and stmatrix move data (the copies'
+        // traffic in the `bulk_*` counters, [`Cta::count_bulk`]); mbarriers, elect,
+        // setmaxnreg and the proxy fence synchronise.
         Op::Bulk(_) | Op::BulkTensor(_) | Op::Stmatrix(_) => InstClass::Memory,
         Op::Mbar(_)
         | Op::MbarPending { .. }
@@ -136,6 +136,21 @@ impl Cta<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// One lane's bulk copy (`cp.async.bulk`, or one `cp.async.bulk.tensor` box) when
+    /// counting: `global` the (address, bytes) runs it reads or (`store`) writes in global
+    /// memory, in-bounds elements only; `shared_bytes` what it moves in shared memory.
+    /// Called by the copy as it is issued (the data it moves is fixed then).
+    pub(in crate::emu) fn count_bulk(
+        &mut self,
+        store: bool,
+        global: impl Iterator<Item = (u64, u64)>,
+        shared_bytes: u64,
+    ) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.bulk(store, global, shared_bytes);
         }
     }
 

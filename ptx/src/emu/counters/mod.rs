@@ -177,6 +177,22 @@ pub struct Counters {
     /// ceil(distinct bytes read / 32) per `cp.async` request.
     pub cp_async_sectors_ideal: u64,
 
+    /// Bulk copies issued, `cp.async.bulk` and `cp.async.bulk.tensor` (TMA), thread-level:
+    /// one per issuing lane (SASS `UBLKCP`/`UTMALDG`/`UTMASTG`).
+    pub bulk_requests: u64,
+    /// Bytes bulk copies read from global memory: a tensor box's in-bounds elements only
+    /// (the copy engine fetches nothing for elements it fills).
+    pub bulk_global_read_bytes: u64,
+    /// Bytes bulk copies wrote to global memory (a tensor store's in-bounds elements).
+    pub bulk_global_write_bytes: u64,
+    /// Distinct 32-byte global sectors each bulk copy touches, summed over copies: its
+    /// L2 traffic (`lts__t_sectors_srcunit_tex` of the TMA unit).
+    pub bulk_sectors: u64,
+    /// Bytes bulk loads wrote into shared memory (a tensor box whole, fill included).
+    pub bulk_shared_write_bytes: u64,
+    /// Bytes bulk stores read from shared memory.
+    pub bulk_shared_read_bytes: u64,
+
     /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
     pub mma_instructions: u64,
     /// Floating-point operations of those `mma`s and of `wgmma.mma_async` (counted once per
@@ -190,11 +206,12 @@ pub struct Counters {
     pub barriers: u64,
 
     /// Distinct 32-byte global sectors read over the whole launch (loads, atomics,
-    /// `cp.async`): a lower bound on `dram__sectors_read.sum` (every byte fetched at least
+    /// `cp.async`, bulk and tensor loads): a lower bound on `dram__sectors_read.sum` (every byte fetched at least
     /// once, none evicted and refetched); estimated from a sample by the sharing each sector
     /// showed (see [`Profiling::sample_ctas`]).
     pub dram_read_sectors: u64,
-    /// Distinct 32-byte global sectors written over the whole launch (stores, atomics): a
+    /// Distinct 32-byte global sectors written over the whole launch (stores, atomics, bulk
+    /// and tensor stores): a
     /// lower bound on `dram__sectors_write.sum`; estimated as reads are when sampled.
     pub dram_write_sectors: u64,
     /// Distinct sectors read by the CTAs that ran, not extrapolated: equal to
@@ -280,6 +297,12 @@ impl Counters {
             &mut self.cp_async_bytes,
             &mut self.cp_async_sectors,
             &mut self.cp_async_sectors_ideal,
+            &mut self.bulk_requests,
+            &mut self.bulk_global_read_bytes,
+            &mut self.bulk_global_write_bytes,
+            &mut self.bulk_sectors,
+            &mut self.bulk_shared_write_bytes,
+            &mut self.bulk_shared_read_bytes,
             &mut self.mma_instructions,
             &mut self.tensor_flops,
             &mut self.barriers,
@@ -445,6 +468,39 @@ impl Recorder {
         c.cp_async_sectors += n as u64;
         c.cp_async_sectors_ideal += distinct_bytes(lanes).div_ceil(SECTOR_BYTES);
         touch(&mut self.read_sectors, &sectors[..n], self.cta);
+    }
+
+    /// One bulk copy (`cp.async.bulk`, or a `cp.async.bulk.tensor` box) of one lane:
+    /// `global` holds the (address, bytes) runs it reads (a load) or writes (`store`) in
+    /// global memory, in-bounds elements only; `shared_bytes` what it writes into (a load)
+    /// or reads from shared memory.
+    pub(super) fn bulk(
+        &mut self,
+        store: bool,
+        global: impl Iterator<Item = (u64, u64)>,
+        shared_bytes: u64,
+    ) {
+        let mut sectors = Vec::new();
+        let mut bytes = 0u64;
+        for (addr, len) in global.filter(|&(_, len)| len > 0) {
+            bytes += len;
+            let last = addr.saturating_add(len - 1) / SECTOR_BYTES;
+            sectors.extend(addr / SECTOR_BYTES..=last);
+        }
+        sectors.sort_unstable();
+        sectors.dedup();
+        let c = &mut self.counters;
+        c.bulk_requests += 1;
+        c.bulk_sectors += sectors.len() as u64;
+        if store {
+            c.bulk_global_write_bytes += bytes;
+            c.bulk_shared_read_bytes += shared_bytes;
+            touch(&mut self.written_sectors, &sectors, self.cta);
+        } else {
+            c.bulk_global_read_bytes += bytes;
+            c.bulk_shared_write_bytes += shared_bytes;
+            touch(&mut self.read_sectors, &sectors, self.cta);
+        }
     }
 
     /// One shared request: each active lane's (lane, address in shared memory), all of

@@ -487,6 +487,7 @@ impl Cta<'_> {
             let sm = if i.store { &i.src } else { &i.dst };
             let so = self.bulk_shared(w, l, line, sm, size, 16)?;
             let srange = so as usize..so as usize + size as usize;
+            self.count_bulk(i.store, std::iter::once((ga, size)), size);
             if i.store {
                 self.check_proxy_fence(tid, line, srange.clone())?;
                 self.check_shared_read(Site::lane(w, l, line), srange.clone())?;

@@ -192,6 +192,8 @@ impl Cta<'_> {
                 }
                 elems.push(addr);
             }
+            let runs = elems.iter().flatten().map(|&g| (g, esize as u64));
+            self.count_bulk(i.store, runs, box_bytes);
             if i.store {
                 // Read the box through the swizzle, one 16-byte chunk at a time.
                 let mut data = vec![0u8; box_bytes as usize];
