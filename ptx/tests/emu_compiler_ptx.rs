@@ -383,6 +383,9 @@ fn matmul_f16_sm90_wgmma_matches_on_ragged_shapes() {
     }
 }
 
+/// A, B and the C the kernel wrote (f16 bits, row-major).
+type Operands = (Vec<u16>, Vec<u16>, Vec<u16>);
+
 /// Runs Triton's warp-specialised TMA matmul (`C = A B`, f16, row-major; three host tensor
 /// descriptors, each a 128-byte map, 2 i32 dims and 2 i64 strides, then K) on `m x n x k`.
 fn run_tma_ws(
@@ -391,7 +394,7 @@ fn run_tma_ws(
     k: usize,
     seed: u64,
     swizzle: Swizzle,
-) -> Result<(Vec<u16>, Vec<u16>, Vec<u16>), PtxError> {
+) -> Result<Operands, PtxError> {
     let fx = Fixture::load("matmul_tma_ws_sm90");
     let mut rng = Rng(seed);
     let a: Vec<u16> = rng
