@@ -353,8 +353,13 @@ impl SocketComm {
         let mut judgement = verdict::judge(self.rank, &error, suspect);
         let first = judgement.verdict();
         // Shared memory first: ranks that are not our neighbours learn of it there,
-        // and our neighbours read it before they notice the sockets close.
-        if let Some(shm) = &self.shm {
+        // and our neighbours read it before they notice the sockets close. Its word
+        // is first-writer-wins, so a mere suspicion (a silent predecessor, which may
+        // itself be waiting on the frozen rank) is posted only after the linger below
+        // has had the chance to replace it: else two ranks timing out together race,
+        // and a healthy rank could be named to the whole host.
+        let suspicion = matches!(judgement, Judgement::Suspect(_));
+        if let (Some(shm), false) = (&self.shm, suspicion) {
             shm.post_abort(first.failed, first.reporter, first.cause);
         }
         let mut states: Vec<verdict::SendState> = states.to_vec();
@@ -373,8 +378,10 @@ impl SocketComm {
             }
         };
         tell(first);
-        // One host: the shared-memory abort word already reached every rank.
-        if let (true, None, Some(prev)) = (judgement.open(), &self.shm, prev0) {
+        // One host: a certain or heard verdict already reached every rank through the
+        // shared-memory abort word; a suspicion lingers as it does across hosts.
+        let linger = judgement.open() && (self.shm.is_none() || suspicion);
+        if let (true, Some(prev)) = (linger, prev0) {
             let until = Instant::now() + verdict::LINGER;
             verdict::linger(prev, prev_at, until, |v| {
                 let now = judgement.verdict();
@@ -384,11 +391,14 @@ impl SocketComm {
                 }
             });
         }
+        let v = judgement.verdict();
+        if let (Some(shm), true) = (&self.shm, suspicion) {
+            shm.post_abort(v.failed, v.reporter, v.cause);
+        }
         for lane in &self.lanes {
             let _ = lane.next.stream.shutdown(Shutdown::Both);
             let _ = lane.prev.stream.shutdown(Shutdown::Both);
         }
-        let v = judgement.verdict();
         let error = if v.failed == self.rank && v.reporter == self.rank {
             // This rank's own failure: its error says what happened.
             error
