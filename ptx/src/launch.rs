@@ -349,8 +349,23 @@ mod tests {
             Param::typed("n", ParamKind::U32),
             Param::typed("tmap", ParamKind::TensorMap),
         ];
-        let buf = pack("k", typed.into_iter(), &[Arg::U32(3), Arg::TensorMap(map)]).unwrap();
-        assert_eq!((buf.len(), buf[64]), (192, 0xAB));
+        // Placed where its address in constant bank 0 is 64-byte aligned, as ptxas does:
+        // offset 32 on sm_80 (bank base 0x160), 48 on sm_90 (0x210).
+        let buf = pack(
+            "k",
+            typed.clone().into_iter(),
+            &[Arg::U32(3), Arg::TensorMap(map)],
+        )
+        .unwrap();
+        assert_eq!((buf.len(), buf[32], buf[159]), (160, 0xAB, 0xCD));
+        let buf = pack_for(
+            "k",
+            typed.into_iter(),
+            &[Arg::U32(3), Arg::TensorMap(map)],
+            90,
+        )
+        .unwrap();
+        assert_eq!((buf.len(), buf[48], buf[175]), (176, 0xAB, 0xCD));
     }
 
     #[test]
