@@ -230,9 +230,20 @@ pub(super) fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
             }
         } else if a.rs == 1 {
             // Column-major A (a transposed row-major matrix): MR contiguous values per column.
-            for kk in 0..kc {
-                let src = &a.data[ir + kk * a.cs..][..rows];
-                panel[kk * MR..kk * MR + rows].copy_from_slice(src);
+            // A whole panel copies MR floats per depth as a fixed-size array, which the
+            // compiler inlines (a variable-length copy is a memcpy call per depth).
+            if rows == MR {
+                for (kk, line) in panel.chunks_exact_mut(MR).enumerate() {
+                    let src: &[f32; MR] = a.data[ir + kk * a.cs..][..MR]
+                        .try_into()
+                        .expect("MR floats");
+                    line.copy_from_slice(src);
+                }
+            } else {
+                for kk in 0..kc {
+                    let src = &a.data[ir + kk * a.cs..][..rows];
+                    panel[kk * MR..kk * MR + rows].copy_from_slice(src);
+                }
             }
         } else {
             for kk in 0..kc {
@@ -254,7 +265,14 @@ pub(super) fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]
         if cols < nr {
             panel.iter_mut().for_each(|x| *x = 0.0);
         }
-        if b.cs == 1 {
+        if b.cs == 1 && cols == nr {
+            // Whole panel lines as fixed-size copies (inlined; see pack_a).
+            match nr {
+                16 => copy_lines::<16>(b, jr, panel),
+                32 => copy_lines::<32>(b, jr, panel),
+                _ => unreachable!("register tiles are 16 or 32 columns"),
+            }
+        } else if b.cs == 1 {
             for kk in 0..kc {
                 let src = &b.data[kk * b.rs + jr..][..cols];
                 panel[kk * nr..kk * nr + cols].copy_from_slice(src);
@@ -281,5 +299,15 @@ pub(super) fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]
                 }
             }
         }
+    }
+}
+
+/// Copies row-major B's NR columns from `jr` of every depth into a panel of NR-wide lines.
+fn copy_lines<const NR: usize>(b: View, jr: usize, panel: &mut [f32]) {
+    for (kk, line) in panel.chunks_exact_mut(NR).enumerate() {
+        let src: &[f32; NR] = b.data[kk * b.rs + jr..][..NR]
+            .try_into()
+            .expect("NR floats");
+        line.copy_from_slice(src);
     }
 }
