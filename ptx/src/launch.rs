@@ -353,7 +353,7 @@ mod tests {
         // offset 32 on sm_80 (bank base 0x160), 48 on sm_90 (0x210).
         let buf = pack(
             "k",
-            typed.clone().into_iter(),
+            typed.into_iter(),
             &[Arg::U32(3), Arg::TensorMap(map)],
         )
         .unwrap();
