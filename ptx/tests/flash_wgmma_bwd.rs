@@ -9,16 +9,17 @@
 //! one): without it the test fails and says so, as tests/ptxas.rs does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use frugal_ptx::catalogue::{self, Target};
-use frugal_ptx::emu::{DeviceMemory, Module};
+use frugal_ptx::emu::{DeviceMemory, Module, ParamInfo};
 use frugal_ptx::error::PtxError;
 use frugal_ptx::flash::wgmma_bwd::{self, Variant, HEAD_SIZES};
 use frugal_ptx::flash::{AttnShape, DqMode, FlashBwd};
 use frugal_ptx::ptxas::Ptxas;
 use frugal_ptx::tensor_map::TensorMap;
 use frugal_ptx::testing::attention::{check_grad, reference, reference_backward, Slack};
-use frugal_ptx::testing::{bf, emu_checks, upload_mem, Gen};
+use frugal_ptx::testing::{bf, emu_checks, for_each_mma, upload_mem, Gen};
 use sm90::performance_notes;
 
 mod sm90;
@@ -108,26 +109,36 @@ fn run_backward(shape: AttnShape, mode: DqMode, seed: u64, plant: Plant) -> Resu
             DqMode::Atomic => upload_mem(&mut mem, &vec![f32::NAN; nq], "dq_accum"),
         },
     };
-    let variant = wgmma_bwd::variant(mode);
-    let name = wgmma_bwd::entry_name(variant, hs as u32);
-    let mut text = wgmma_bwd::emit_module(variant, hs as u32);
-    if let Some((from, to)) = plant {
-        assert!(
-            text.contains(from),
-            "{name}: the plant {from:?} does not occur"
-        );
-        text = text.replace(from, to);
-    }
+    // The wgmma kernels of the mode, the plant applied to the first whose text has it.
     let mut modules: HashMap<String, Module> = HashMap::new();
-    let wgmma = Module::parse(&text).map_err(|e| format!("{name}: {e}"))?;
-    let layout = wgmma.params(&name).map_err(|e| format!("{name}: {e}"))?;
-    modules.insert(name.clone(), wgmma);
+    let mut layouts: HashMap<Variant, Arc<[ParamInfo]>> = HashMap::new();
+    let mut planted = plant.is_none();
+    for &variant in wgmma_bwd::variants(mode) {
+        let name = wgmma_bwd::entry_name(variant, hs as u32);
+        let mut text = wgmma_bwd::emit_module(variant, hs as u32);
+        if let Some((from, to)) = plant.filter(|_| !planted) {
+            if text.contains(from) {
+                text = text.replace(from, to);
+                planted = true;
+            }
+        }
+        let module = Module::parse(&text).map_err(|e| format!("{name}: {e}"))?;
+        let params = module.params(&name).map_err(|e| format!("{name}: {e}"))?;
+        layouts.insert(variant, params.into());
+        modules.insert(name, module);
+    }
+    assert!(
+        planted,
+        "the plant {plant:?} occurs in no kernel of {mode:?}"
+    );
+    let name = wgmma_bwd::entry_name(wgmma_bwd::variants(mode)[0], hs as u32);
     let mut encode = |m: &TensorMap| {
         m.encode().map_err(|reason| PtxError::BadLaunch {
-            kernel: name.clone(),
+            kernel: "tensor map".into(),
             reason,
         })
     };
+    let layout = |v: Variant| layouts.get(&v).cloned();
     let launches = wgmma_bwd::backward(mode, shape, &bufs, &layout, &mut encode)
         .unwrap_or_else(|e| panic!("launchers refused {shape:?}: {e}"));
     for l in &launches {
@@ -174,6 +185,16 @@ fn deterministic_hs64_ragged_gqa_matches_and_repeats_bit_for_bit() {
         first == again,
         "deterministic mode changed bits between runs"
     );
+}
+
+#[test]
+fn every_mma_numerics_mode_matches() {
+    // The emulator's three wgmma accumulation models (as for mma.sync), both dQ modes.
+    for_each_mma(|_| {
+        for mode in [DqMode::Deterministic, DqMode::Atomic] {
+            run_backward(shape(1, 70, 1, 1, 64), mode, 13, None).unwrap_or_else(|e| panic!("{e}"));
+        }
+    });
 }
 
 #[test]

@@ -48,6 +48,7 @@ pub mod emit;
 pub mod emit_bwd;
 pub mod tile;
 pub mod wgmma_bwd;
+mod wgmma_bwd_dq;
 mod wgmma_bwd_emit;
 pub mod wgmma_fwd;
 

@@ -1,6 +1,7 @@
 //! FlashAttention backward on sm_90a with `wgmma` and TMA (FlashAttention-3's structure:
 //! key-parallel CTAs, K/V resident in shared memory, a warp-specialised producer streaming the
-//! query-side tiles): modules `flash_attn_bwd_wgmma_hs<HS>` (dK, dV) and
+//! query-side tiles): modules `flash_attn_bwd_wgmma_hs<HS>` (dK, dV),
+//! `flash_attn_bwd_wgmma_dq_hs<HS>` (dQ, deterministic) and
 //! `flash_attn_bwd_wgmma_dq_atomic_hs<HS>` (dK, dV and dQ added into an f32 accumulator),
 //! written by [`emit_module`]. Same inputs, outputs and causal semantics as the FA-2 backward
 //! ([`super::backward`]), whose preprocess (D = rowsum(dO * O)) runs first.
@@ -21,17 +22,23 @@
 //!   the whole group and all query blocks: summed over the group's query heads in a fixed
 //!   order, deterministic. Epilogue: dK * scale and dV in bf16, key rows < T.
 //! - [`Variant::DqAtomic`] also writes dS^T to shared memory in the 128B-swizzled layout a
-//!   descriptor reads (then `fence.proxy.async` and a warpgroup barrier), computes
+//!   descriptor reads (two buffers alternating by ring stage; then `fence.proxy.async` and a
+//!   warpgroup barrier), computes
 //!   dQ = dS K (m64n64k16, A = dS MN-major from shared, B = K MN-major, 64 channels at a time)
 //!   and adds dQ * scale into the f32 accumulator with `red.global.add.f32` (FA-2's atomic
 //!   mode: one pass, but the order of the float adds depends on timing).
-//! - [`Variant::DkDv`] leaves dQ to the deterministic query-parallel `mma.sync` pass
-//!   ([`super::backward_dq`]): [`backward`] lists it after this kernel.
+//! - [`Variant::DkDv`] leaves dQ to [`Variant::Dq`], the deterministic query-parallel pass
+//!   (the FA-2 backward's split, `wgmma_bwd_dq.rs`): per CTA 64 query rows whose Q, dO, LSE
+//!   and D are loaded once while the producer streams K/V tiles 0..=diagonal; S = Q K^T,
+//!   dP = dO V^T, dS, and dQ += dS K with dS as register A fragments. Every dQ element is
+//!   summed by one thread in key order: same bits every run.
 //!
 //! Tensor maps: Q, dO (HS, NH, T, B) and K, V (HS, NKV, T, B) bf16, box (64, 1, 64, 1),
 //! swizzle 128B, zeros out of bounds (rows past T). LSE and D: 1-D over the flat (B*NH*T) f32
 //! arrays, box 64 (a row stride of T*4 bytes need not be a multiple of 16); a tile that runs
 //! past T reads the next head's values, which the kernel masks.
+
+use std::sync::Arc;
 
 use super::{AttnShape, DqMode, FlashBwd};
 use crate::emu::swizzle::Swizzle;
@@ -65,15 +72,17 @@ const _: () = assert!(
 /// The two kernels of each head size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Variant {
-    /// dK and dV ([`DqMode::Deterministic`]: dQ from the separate `mma.sync` pass).
+    /// dK and dV (key-parallel; [`DqMode::Deterministic`] with [`Variant::Dq`]).
     DkDv,
     /// dK, dV, and dQ into the f32 accumulator with float atomics ([`DqMode::Atomic`]).
     DqAtomic,
+    /// dQ alone, query-parallel (each element summed by one thread in key order).
+    Dq,
 }
 
 impl Variant {
-    /// Both variants, in catalogue order.
-    pub const ALL: [Variant; 2] = [Variant::DkDv, Variant::DqAtomic];
+    /// Every variant, in catalogue order.
+    pub const ALL: [Variant; 3] = [Variant::DkDv, Variant::DqAtomic, Variant::Dq];
 }
 
 /// `.entry` and module name.
@@ -81,6 +90,7 @@ pub fn entry_name(variant: Variant, hs: u32) -> String {
     match variant {
         Variant::DkDv => format!("flash_attn_bwd_wgmma_hs{hs}"),
         Variant::DqAtomic => format!("flash_attn_bwd_wgmma_dq_atomic_hs{hs}"),
+        Variant::Dq => format!("flash_attn_bwd_wgmma_dq_hs{hs}"),
     }
 }
 
@@ -91,18 +101,16 @@ pub fn static_name(variant: Variant, hs: usize) -> Option<&'static str> {
         (Variant::DkDv, 128) => "flash_attn_bwd_wgmma_hs128",
         (Variant::DqAtomic, 64) => "flash_attn_bwd_wgmma_dq_atomic_hs64",
         (Variant::DqAtomic, 128) => "flash_attn_bwd_wgmma_dq_atomic_hs128",
+        (Variant::Dq, 64) => "flash_attn_bwd_wgmma_dq_hs64",
+        (Variant::Dq, 128) => "flash_attn_bwd_wgmma_dq_hs128",
         _ => return None,
     })
 }
 
 /// Parameter names, in order: the six tensor maps, the outputs, then the sizes.
 pub fn params(variant: Variant) -> Vec<&'static str> {
-    let mut p = vec![
-        "tma_q", "tma_k", "tma_v", "tma_do", "tma_lse", "tma_d", "dk", "dv",
-    ];
-    if variant == Variant::DqAtomic {
-        p.push("dq_accum");
-    }
+    let mut p = vec!["tma_q", "tma_k", "tma_v", "tma_do", "tma_lse", "tma_d"];
+    p.extend(outputs(variant));
     p.extend(["t", "nh", "nkv", "scale_log2"]);
     p
 }
@@ -112,16 +120,32 @@ pub fn tile_bytes(hs: u32) -> u32 {
     (hs / 64) * BOX_BYTES
 }
 
-/// Bytes of one ring stage: Q and dO tiles, then 64 LSE and 64 D floats, padded so every
+/// The output parameters of `variant`.
+fn outputs(variant: Variant) -> &'static [&'static str] {
+    match variant {
+        Variant::DkDv => &["dk", "dv"],
+        Variant::DqAtomic => &["dk", "dv", "dq_accum"],
+        Variant::Dq => &["dq"],
+    }
+}
+
+/// Bytes of one ring stage of the key-parallel variants: Q and dO tiles, then 64 LSE and 64 D floats, padded so every
 /// stage starts on the 1024-byte swizzle period.
 pub fn stage_bytes(hs: u32) -> u32 {
     2 * tile_bytes(hs) + 1024
 }
 
-/// Dynamic shared memory: K, V, the dS^T tile, the ring, 1 + 2*STAGES barriers, and 1024
-/// bytes of slack to align the base to the swizzle period.
-pub fn shared_bytes(hs: u32) -> u32 {
-    2 * tile_bytes(hs) + BOX_BYTES + STAGES * stage_bytes(hs) + 8 * (1 + 2 * STAGES) + 1024
+/// Dynamic shared memory: the tiles loaded once (K, V and two dS^T tiles; or Q, dO, LSE, D
+/// for [`Variant::Dq`]), the ring, 1 + 2*STAGES barriers, and 1024 bytes of slack to align
+/// the base to the swizzle period.
+pub fn shared_bytes(variant: Variant, hs: u32) -> u32 {
+    let bars = match variant {
+        Variant::DkDv | Variant::DqAtomic => {
+            2 * tile_bytes(hs) + 2 * BOX_BYTES + STAGES * stage_bytes(hs)
+        }
+        Variant::Dq => super::wgmma_bwd_dq::bars_offset(hs),
+    };
+    bars + 8 * (1 + 2 * STAGES) + 1024
 }
 
 /// The tensor maps of Q, K, V, dO, LSE and D (module docs).
@@ -215,20 +239,25 @@ pub fn launch_args(
             "B*T*NH = {rows} must fit 31 bits and NKV, B the grid's 65535; split the batch"
         )));
     }
-    let mut aligned = vec![
+    let out_ptrs: Vec<(&str, u64)> = outputs(variant)
+        .iter()
+        .map(|&o| match o {
+            "dk" => ("dK", bufs.dk),
+            "dv" => ("dV", bufs.dv),
+            "dq" => ("dQ", bufs.dq),
+            _ => ("dQ accumulator", bufs.dq_accum),
+        })
+        .collect();
+    let inputs = [
         ("Q", bufs.q, 16),
         ("K", bufs.k, 16),
         ("V", bufs.v, 16),
         ("dO", bufs.dout, 16),
         ("LSE", bufs.lse, 16),
         ("D", bufs.d, 16),
-        ("dK", bufs.dk, 4),
-        ("dV", bufs.dv, 4),
     ];
-    if variant == Variant::DqAtomic {
-        aligned.push(("dQ accumulator", bufs.dq_accum, 4));
-    }
-    for (what, addr, align) in aligned {
+    let outs = out_ptrs.iter().map(|&(what, addr)| (what, addr, 4));
+    for (what, addr, align) in inputs.into_iter().chain(outs) {
         if !addr.is_multiple_of(align) {
             return Err(bad(format!(
                 "{what} at {addr:#x} is not {align}-byte aligned"
@@ -240,10 +269,7 @@ pub fn launch_args(
     for m in &maps {
         args.push(Arg::TensorMap(encode(m)?));
     }
-    args.extend([Arg::Ptr(bufs.dk), Arg::Ptr(bufs.dv)]);
-    if variant == Variant::DqAtomic {
-        args.push(Arg::Ptr(bufs.dq_accum));
-    }
+    args.extend(out_ptrs.iter().map(|&(_, addr)| Arg::Ptr(addr)));
     args.extend([
         Arg::U32(shape.t as u32),
         Arg::U32(shape.nh as u32),
@@ -255,11 +281,14 @@ pub fn launch_args(
         dims: LaunchDims {
             grid: [
                 shape.t.div_ceil(BLOCK_KV as usize) as u32,
-                shape.nkv as u32,
+                match variant {
+                    Variant::Dq => shape.nh as u32,
+                    _ => shape.nkv as u32,
+                },
                 shape.b as u32,
             ],
             block: [THREADS, 1, 1],
-            dynamic_shared_bytes: shared_bytes(shape.hs as u32),
+            dynamic_shared_bytes: shared_bytes(variant, shape.hs as u32),
         },
         args,
     })
@@ -280,37 +309,47 @@ pub fn launch(
     pack_at(launch_args(variant, shape, bufs, encode)?, layout)
 }
 
-/// The wgmma kernel `mode` uses.
-pub fn variant(mode: DqMode) -> Variant {
+/// The wgmma kernels of `mode`, in launch order.
+pub fn variants(mode: DqMode) -> &'static [Variant] {
     match mode {
-        DqMode::Deterministic => Variant::DkDv,
-        DqMode::Atomic => Variant::DqAtomic,
+        DqMode::Deterministic => &[Variant::DkDv, Variant::Dq],
+        DqMode::Atomic => &[Variant::DqAtomic],
     }
 }
 
-/// Every launch of the backward with the wgmma kernel, in order on one stream (the same
-/// buffers and results as [`super::backward`]): the preprocess, then
-/// - [`DqMode::Deterministic`]: the wgmma dK/dV kernel and the `mma.sync` dQ pass;
-/// - [`DqMode::Atomic`]: zero the f32 accumulator, the wgmma kernel, the cast of dQ to bf16.
+/// Every launch of the backward on the wgmma kernels, in order on one stream (the same
+/// buffers and results as [`super::backward`]): the preprocess (D = rowsum(dO * O)), then
+/// - [`DqMode::Deterministic`]: [`Variant::DkDv`] and [`Variant::Dq`];
+/// - [`DqMode::Atomic`]: zero the f32 accumulator, [`Variant::DqAtomic`], the cast of dQ to
+///   bf16.
 ///
-/// `layout` is the wgmma kernel's parameter layout ([`variant`] of `mode`).
+/// `layout(variant)` is that kernel's parameter layout (as the device lays it out).
 ///
 /// # Errors
-/// As the launchers it calls.
+/// As the launchers it calls; `BadLaunch` when `layout` has none for a kernel.
 pub fn backward(
     mode: DqMode,
     shape: AttnShape,
     bufs: &FlashBwd,
-    layout: &[ParamInfo],
+    layout: &dyn Fn(Variant) -> Option<Arc<[ParamInfo]>>,
     encode: &mut EncodeTensorMap,
 ) -> Result<Vec<Launch>, PtxError> {
-    let wgmma = launch(variant(mode), shape, bufs, layout, encode)?;
-    let mut fa2 = super::backward(mode, bufs, shape)?;
-    match mode {
-        // [pre, dkdv, dq] -> [pre, wgmma, dq]
-        DqMode::Deterministic => fa2[1] = wgmma,
-        // [pre, zero, atomic, cast] -> [pre, zero, wgmma, cast]
-        DqMode::Atomic => fa2[2] = wgmma,
+    let mut wgmma = Vec::new();
+    for &v in variants(mode) {
+        let params = layout(v).ok_or_else(|| PtxError::BadLaunch {
+            kernel: entry_name(v, shape.hs as u32),
+            reason: "no parameter layout was given for this kernel".into(),
+        })?;
+        wgmma.push(launch(v, shape, bufs, &params, encode)?);
     }
-    Ok(fa2)
+    let pre = super::backward_preprocess(bufs, shape)?;
+    Ok(match mode {
+        DqMode::Deterministic => std::iter::once(pre).chain(wgmma).collect(),
+        DqMode::Atomic => {
+            // [pre, zero, FA-2 atomic, cast]: the wgmma kernel takes the FA-2 one's place.
+            let mut fa2 = super::backward(mode, bufs, shape)?;
+            fa2.splice(2..3, wgmma);
+            fa2
+        }
+    })
 }

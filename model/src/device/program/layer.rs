@@ -446,15 +446,21 @@ fn attention_core_backward(
                 dv: r(At::start(dv)),
                 dq_accum: accum.map_or(0, |a| r(At::start(a))),
             };
-            // On sm_90 the wgmma backward (dK, dV, and dQ in the atomic mode; the same
-            // preprocess and, in the deterministic mode, the same mma.sync dQ pass), for
-            // the head sizes it ships; the FA-2 kernels otherwise.
-            let variant = wgmma_bwd::variant(mode);
-            match wgmma_bwd::static_name(variant, attn.hs).filter(|_| bld.hopper()) {
-                Some(kernel) => {
-                    let params = bld.tma_params(kernel)?;
+            // On sm_90 the wgmma backward (the same preprocess; dK/dV and the dQ pass, or
+            // the atomic-dQ kernel), for the head sizes it ships; the FA-2 kernels otherwise.
+            let kernels: Option<Vec<_>> = wgmma_bwd::variants(mode)
+                .iter()
+                .map(|&v| wgmma_bwd::static_name(v, attn.hs).map(|k| (v, k)))
+                .collect();
+            match kernels.filter(|_| bld.hopper()) {
+                Some(kernels) => {
+                    let mut params = Vec::new();
+                    for (v, kernel) in kernels {
+                        params.push((v, bld.tma_params(kernel)?));
+                    }
+                    let layout = move |v| params.iter().find(|p| p.0 == v).map(|p| p.1.clone());
                     bld.tma_kernels(name("flash attention backward"), work, move |r, encode| {
-                        wgmma_bwd::backward(mode, attn, &bufs(r), &params, encode)
+                        wgmma_bwd::backward(mode, attn, &bufs(r), &layout, encode)
                     })?;
                 }
                 None => bld.kernels(name("flash attention backward"), work, move |r| {
