@@ -205,11 +205,82 @@ fn atomic_hs64_ragged_gqa_matches() {
 
 #[test]
 fn both_modes_hs128_match() {
-    // T = 64: exactly one block (no ragged edge); T = 90: ragged.
-    run_backward(shape(1, 64, 2, 2, 128), DqMode::Deterministic, 7, None)
+    // Deterministic: T = 100 ragged, 2 query heads on 1 kv head. Atomic: T = 64, exactly one
+    // block (no ragged edge), no GQA.
+    run_backward(shape(1, 100, 2, 1, 128), DqMode::Deterministic, 7, None)
         .unwrap_or_else(|e| panic!("{e}"));
-    run_backward(shape(1, 90, 2, 1, 128), DqMode::Atomic, 9, None)
+    run_backward(shape(1, 64, 2, 2, 128), DqMode::Atomic, 9, None)
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn sequences_shorter_than_a_block_match() {
+    // T = 1 (one row: P = 1, dS = 0) and T = 17, every row in one partial block.
+    for t in [1, 17] {
+        for mode in [DqMode::Deterministic, DqMode::Atomic] {
+            run_backward(shape(2, t, 2, 2, 64), mode, 17 + t as u64, None)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+#[test]
+fn launchers_refuse_what_the_kernels_cannot_take() {
+    let ok = shape(1, 100, 4, 2, 64);
+    let bufs = FlashBwd {
+        q: 0x1000,
+        k: 0x2000,
+        v: 0x3000,
+        o: 0x4000,
+        dout: 0x5000,
+        lse: 0x6000,
+        d: 0x7000,
+        dq: 0x8000,
+        dk: 0x9000,
+        dv: 0xa000,
+        dq_accum: 0xb000,
+    };
+    let mut encode = |m: &TensorMap| {
+        m.encode().map_err(|reason| PtxError::BadLaunch {
+            kernel: "tensor map".into(),
+            reason,
+        })
+    };
+    for v in Variant::ALL {
+        let args = wgmma_bwd::launch_args(v, ok, &bufs, &mut encode)
+            .unwrap_or_else(|e| panic!("{v:?} refused {ok:?}: {e}"));
+        let heads = if v == Variant::Dq { 4 } else { 2 };
+        assert_eq!(args.dims.grid, [2, heads, 1], "{v:?}");
+        assert_eq!(args.dims.block, [wgmma_bwd::THREADS, 1, 1]);
+        let refused = |s: AttnShape, b: &FlashBwd, enc: &mut dyn FnMut(&TensorMap) -> _| {
+            wgmma_bwd::launch_args(v, s, b, enc)
+                .map(|_| ())
+                .expect_err("accepted")
+                .to_string()
+        };
+        let e = refused(shape(1, 100, 4, 2, 96), &bufs, &mut encode);
+        assert!(e.contains("head size 96"), "{e}");
+        let e = refused(shape(1, 100, 4, 3, 64), &bufs, &mut encode);
+        assert!(e.contains("does not divide"), "{e}");
+        let e = refused(shape(1, 0, 4, 2, 64), &bufs, &mut encode);
+        assert!(e.contains("T must be positive"), "{e}");
+        // LSE and D are read by TMA: 16-byte aligned, unlike the FA-2 kernels' 4.
+        let e = refused(
+            ok,
+            &FlashBwd {
+                lse: 0x6004,
+                ..bufs
+            },
+            &mut encode,
+        );
+        assert!(e.contains("LSE at 0x6004 is not 16-byte aligned"), "{e}");
+        let e = refused(ok, &FlashBwd { q: 0x1008, ..bufs }, &mut encode);
+        assert!(e.contains("Q at 0x1008"), "{e}");
+    }
+    let no_layout = |_: Variant| None;
+    let e = wgmma_bwd::backward(DqMode::Atomic, ok, &bufs, &no_layout, &mut encode)
+        .expect_err("backward without parameter layouts");
+    assert!(e.to_string().contains("no parameter layout"), "{e}");
 }
 
 #[test]
