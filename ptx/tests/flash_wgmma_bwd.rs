@@ -131,7 +131,11 @@ fn run_backward(shape: AttnShape, mode: DqMode, seed: u64, plant: Plant) -> Resu
         planted,
         "the plant {plant:?} occurs in no kernel of {mode:?}"
     );
-    let name = wgmma_bwd::entry_name(wgmma_bwd::variants(mode)[0], hs as u32);
+    let name: Vec<String> = wgmma_bwd::variants(mode)
+        .iter()
+        .map(|&v| wgmma_bwd::entry_name(v, hs as u32))
+        .collect();
+    let name = name.join(" + ");
     let mut encode = |m: &TensorMap| {
         m.encode().map_err(|reason| PtxError::BadLaunch {
             kernel: "tensor map".into(),
@@ -288,7 +292,7 @@ fn planted_faults_are_caught() {
     // Three query blocks per CTA in the first key block: the 2-stage ring wraps, so a wrong
     // parity waits on a phase already complete.
     let s = shape(1, 150, 1, 1, 64);
-    let plants: [(&str, DqMode, (&str, &str)); 3] = [
+    let plants: [(&str, DqMode, (&str, &str)); 5] = [
         (
             "no fence.proxy.async before wgmma reads dS from shared",
             DqMode::Atomic,
@@ -309,6 +313,19 @@ fn planted_faults_are_caught() {
             "dS stored without the 128B swizzle the descriptor reads",
             DqMode::Atomic,
             ("xor.b32 %r2, %g, ", "mov.u32 %r2, "),
+        ),
+        (
+            "the dK/dV kernel's causal mask also drops the diagonal",
+            DqMode::Deterministic,
+            (
+                "setp.gt.u32 %pm, %r3, %qrow;",
+                "setp.ge.u32 %pm, %r3, %qrow;",
+            ),
+        ),
+        (
+            "the dQ pass admits one key past the diagonal",
+            DqMode::Deterministic,
+            ("setp.gt.s32 %pm, %d00, 0;", "setp.gt.s32 %pm, %d00, 1;"),
         ),
     ];
     for (what, mode, plant) in plants {
