@@ -20,7 +20,11 @@
 //!   register A fragments straight from the accumulators (keys are the M rows, so no transpose
 //!   through shared memory), dO and Q as MN-major descriptors. dK and dV stay in registers over
 //!   the whole group and all query blocks: summed over the group's query heads in a fixed
-//!   order, deterministic. Epilogue: dK * scale and dV in bf16, key rows < T.
+//!   order, deterministic. At HS 64 a block's dV/dK products stay in flight while the next
+//!   block's S^T and dP^T are issued (the stage is released one block later, after the
+//!   `wait_group` that retires both); at HS 128 that would leave too few registers and
+//!   ptxas would serialise the wgmmas, so each block waits for its own. Epilogue: dK * scale
+//!   and dV in bf16, key rows < T.
 //! - [`Variant::DqAtomic`] also writes dS^T to shared memory in the 128B-swizzled layout a
 //!   descriptor reads (two buffers alternating by ring stage; then `fence.proxy.async` and a
 //!   warpgroup barrier), computes
@@ -30,8 +34,9 @@
 //! - [`Variant::DkDv`] leaves dQ to [`Variant::Dq`], the deterministic query-parallel pass
 //!   (the FA-2 backward's split, `wgmma_bwd_dq.rs`): per CTA 64 query rows whose Q, dO, LSE
 //!   and D are loaded once while the producer streams K/V tiles 0..=diagonal; S = Q K^T,
-//!   dP = dO V^T, dS, and dQ += dS K with dS as register A fragments. Every dQ element is
-//!   summed by one thread in key order: same bits every run.
+//!   dP = dO V^T, dS, and dQ += dS K with dS as register A fragments (in flight into the
+//!   next key block's S and dP, as above). Every dQ element is summed by one thread in key
+//!   order: same bits every run.
 //!
 //! Tensor maps: Q, dO (HS, NH, T, B) and K, V (HS, NKV, T, B) bf16, box (64, 1, 64, 1),
 //! swizzle 128B, zeros out of bounds (rows past T). LSE and D: 1-D over the flat (B*NH*T) f32

@@ -12,8 +12,8 @@
 
 use super::wgmma_bwd::{tile_bytes, Variant, BLOCK_KV, BLOCK_Q, BOX_BYTES, STAGES};
 use super::wgmma_bwd_emit::{
-    advance_stage, declare, desc_const, load_tile, setup, stage_bar, wait, CONSUMER_REGS,
-    F32_LOG2E, PRODUCER_REGS, ROW_K16,
+    advance_stage, declare, desc_const, load_tile, release_prev, setup, stage_bar, wait,
+    CONSUMER_REGS, F32_LOG2E, PRODUCER_REGS, ROW_K16,
 };
 use crate::ptx_text::{Ptx, F32_ZERO};
 
@@ -45,7 +45,7 @@ impl DqPass {
         let (na, nd) = (BLOCK_KV / 2, hs / 2);
         self.p.lines([
             ".reg .pred %p<8>;".to_string(),
-            ".reg .pred %pwait, %pz, %pm, %pt0, %pt1;".into(),
+            ".reg .pred %pwait, %pz, %pm, %pt0, %pt1, %pprev, %prel;".into(),
             ".reg .b32 %r<8>;".into(),
             ".reg .b64 %rd<6>;".into(),
             format!(".reg .f32 %s<{na}>;"),
@@ -53,7 +53,7 @@ impl DqPass {
             format!(".reg .f32 %dqa<{nd}>;"),
             format!(".reg .b32 %pd<{}>;", na / 2),
             ".reg .b32 %tidx, %wg, %warp, %lane, %g, %tq, %smem, %bars, %qb, %q0, %h, %kvh, %b, %t, %nh, %nkv;".into(),
-            ".reg .b32 %kb, %k0, %stage, %phase, %bar, %sb, %row, %d00, %d01;".into(),
+            ".reg .b32 %kb, %k0, %stage, %phase, %bar, %sb, %row, %d00, %d01, %prev;".into(),
             ".reg .b64 %tma_q, %tma_k, %tma_v, %tma_do, %tma_lse, %tma_d, %pdq, %addr;".into(),
             ".reg .b64 %desc_q, %desc_do, %dk, %dkm, %dv, %da, %db;".into(),
             ".reg .f32 %sl2, %scale, %lse0, %lse1, %dd0, %dd1, %x, %tmp;".into(),
@@ -183,6 +183,8 @@ impl DqPass {
             "mov.u32 %stage, 0;".into(),
             "mov.u32 %phase, 0;".into(),
             "mov.u32 %kb, 0;".into(),
+            "setp.ne.u32 %pprev, %tidx, %tidx;".into(),
+            "mov.u32 %prev, 0;".into(),
         ]);
         self.p.label("C_LOOP");
         stage_bar(&mut self.p, true);
@@ -197,19 +199,24 @@ impl DqPass {
             format!("add.u64 %dv, %dk, {};", tb >> 4),
         ]);
         self.scores();
+        release_prev(&mut self.p);
         self.probabilities();
         self.issue_dq();
-        self.p
-            .comment("K and V of this stage are no longer read: release it");
-        stage_bar(&mut self.p, false);
-        self.p
-            .line("@%p2 mbarrier.arrive.shared::cta.b64 _, [%bar];");
+        self.p.comment(
+            "dQ stays in flight into the next block's S/dP; that block releases this stage",
+        );
+        self.p.lines([
+            "mov.u32 %prev, %stage;",
+            "setp.eq.u32 %pprev, %tidx, %tidx;",
+        ]);
         advance_stage(&mut self.p);
         self.p.lines([
             "add.u32 %kb, %kb, 1;",
             "setp.le.u32 %p0, %kb, %qb;",
             "@%p0 bra C_LOOP;",
         ]);
+        self.p.line("wgmma.wait_group.sync.aligned 0;");
+        release_prev(&mut self.p);
         self.store_dq();
         self.p.line("ret;");
     }
@@ -303,10 +310,7 @@ impl DqPass {
                 ),
             ]);
         }
-        self.p.lines([
-            "wgmma.commit_group.sync.aligned;",
-            "wgmma.wait_group.sync.aligned 0;",
-        ]);
+        self.p.line("wgmma.commit_group.sync.aligned;");
     }
 
     /// dQ * scale to bf16, rows < T; register 4n + 2h + e: row g + 8h, channel 8n + 2tq + e.

@@ -58,6 +58,18 @@ pub(super) fn wait(p: &mut Ptx, label: &str, parity: &str) {
     ]);
 }
 
+/// Once every wgmma group so far has retired (after a `wait_group 0`): lane 0 of each
+/// consumer warp releases ring stage `%prev` if `%pprev` (a block is pending release).
+pub(super) fn release_prev(p: &mut Ptx) {
+    p.lines([
+        "shl.b32 %r0, %prev, 3;".to_string(),
+        "add.u32 %r1, %bars, %r0;".into(),
+        format!("add.u32 %r1, %r1, {};", 8 * (1 + STAGES)),
+        "and.pred %prel, %pprev, %p2;".into(),
+        "@%prel mbarrier.arrive.shared::cta.b64 _, [%r1];".into(),
+    ]);
+}
+
 /// Next ring stage; the phase bit flips on wrapping.
 pub(super) fn advance_stage(p: &mut Ptx) {
     p.lines([
@@ -215,6 +227,14 @@ impl Smem {
 }
 
 impl Bwd {
+    /// Whether the block's dV/dK products stay in flight while the next block's S^T and dP^T
+    /// are issued (its stage released one block later). Not with the atomic dQ, which waits
+    /// for its own product anyway, and not at HS 128: with the 128 dV/dK accumulators still
+    /// live, ptxas serialises the wgmmas for lack of registers.
+    fn overlap(&self) -> bool {
+        !self.atomic && self.hs == 64
+    }
+
     fn emit(&mut self) {
         let name = self.name.clone();
         let variant = if self.atomic {
@@ -226,7 +246,7 @@ impl Bwd {
         let (na, nd) = (BLOCK_Q / 2, self.hs / 2);
         self.p.lines([
             ".reg .pred %p<8>;".to_string(),
-            ".reg .pred %pwait, %pz, %pm, %pm2;".into(),
+            ".reg .pred %pwait, %pz, %pm, %pm2, %pprev, %prel;".into(),
             ".reg .b32 %r<8>;".into(),
             ".reg .b64 %rd<6>;".into(),
             format!(".reg .f32 %s<{na}>;"),
@@ -237,7 +257,7 @@ impl Bwd {
             format!(".reg .b32 %pp<{}>;", na / 2),
             format!(".reg .b32 %pd<{}>;", na / 2),
             ".reg .b32 %tidx, %wg, %warp, %lane, %g, %tq, %smem, %bars, %kb, %k0, %kvh, %b, %t, %nh, %nkv;".into(),
-            ".reg .b32 %grp, %hq, %hend, %qb, %nqb, %q0, %stage, %phase, %bar, %sb, %col, %key, %qrow;".into(),
+            ".reg .b32 %grp, %hq, %hend, %qb, %nqb, %q0, %stage, %phase, %bar, %sb, %col, %key, %qrow, %prev;".into(),
             ".reg .b64 %tma_q, %tma_k, %tma_v, %tma_do, %tma_lse, %tma_d, %pdk, %pdv, %pdq, %addr;".into(),
             ".reg .b64 %desc_k, %desc_v, %desc_kb, %desc_ds, %dsb, %dq, %dqm, %ddo, %ddom, %da, %db;".into(),
             ".reg .f32 %sl2, %scale, %lse2, %dd, %x, %tmp;".into(),
@@ -383,6 +403,8 @@ impl Bwd {
             "add.u32 %key, %key, %k0;",
         ]);
         wait(&mut self.p, "C_WAIT_KV", "0");
+        self.p
+            .lines(["setp.ne.u32 %pprev, %tidx, %tidx;", "mov.u32 %prev, 0;"]);
         self.loop_head("C_LOOP");
         stage_bar(&mut self.p, true);
         wait(&mut self.p, "C_WAIT_FULL", "%phase");
@@ -397,23 +419,40 @@ impl Bwd {
             format!("add.u64 %ddom, %dqm, {};", tb >> 4),
         ]);
         self.scores();
+        if self.overlap() {
+            release_prev(&mut self.p);
+        }
         self.probabilities();
         self.pack();
         if self.atomic {
             self.stage_ds();
         }
         self.issue_dv_dk();
-        if self.atomic {
-            self.dq_atomic();
+        if !self.overlap() {
+            if self.atomic {
+                self.dq_atomic();
+            } else {
+                self.p.line("wgmma.wait_group.sync.aligned 0;");
+            }
+            self.p
+                .comment("Q, dO, LSE, D of this stage are no longer read: release it");
+            stage_bar(&mut self.p, false);
+            self.p
+                .line("@%p2 mbarrier.arrive.shared::cta.b64 _, [%bar];");
         } else {
-            self.p.line("wgmma.wait_group.sync.aligned 0;");
+            self.p.comment(
+                "dV/dK stay in flight into the next block's S^T/dP^T; that block releases this stage",
+            );
+            self.p.lines([
+                "mov.u32 %prev, %stage;",
+                "setp.eq.u32 %pprev, %tidx, %tidx;",
+            ]);
         }
-        self.p
-            .comment("Q, dO, LSE, D of this stage are no longer read: release it");
-        stage_bar(&mut self.p, false);
-        self.p
-            .line("@%p2 mbarrier.arrive.shared::cta.b64 _, [%bar];");
         self.loop_tail("C_LOOP");
+        if self.overlap() {
+            self.p.line("wgmma.wait_group.sync.aligned 0;");
+            release_prev(&mut self.p);
+        }
         self.store_dk_dv();
         self.p.line("ret;");
     }
