@@ -234,10 +234,17 @@ static MODULES: &[KernelModule] = module_table! {
     ],
     generated "matmul_splitk_reduce",
     // sm_90a only: the wgmma + TMA matmuls (`crate::matmul::wgmma::WGMMA_CONFIGS`) and the
-    // wgmma flash forward (`crate::flash::wgmma_fwd`).
+    // wgmma flash forward (`crate::flash::wgmma_fwd`) and backward.
     matmul_wgmma ["128x128x64", "128x256x64"],
     generated_sm90a "flash_attn_fwd_wgmma_hs64",
     generated_sm90a "flash_attn_fwd_wgmma_hs128",
+    // and backward (`crate::flash::wgmma_bwd`): dK/dV, the atomic-dQ variant, the dQ pass.
+    generated_sm90a "flash_attn_bwd_wgmma_hs64",
+    generated_sm90a "flash_attn_bwd_wgmma_hs128",
+    generated_sm90a "flash_attn_bwd_wgmma_dq_atomic_hs64",
+    generated_sm90a "flash_attn_bwd_wgmma_dq_atomic_hs128",
+    generated_sm90a "flash_attn_bwd_wgmma_dq_hs64",
+    generated_sm90a "flash_attn_bwd_wgmma_dq_hs128",
 };
 
 /// Every shipped module.

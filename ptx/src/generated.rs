@@ -1,12 +1,12 @@
 //! The generated PTX modules: the one list of every module an emitter writes (flash forward
 //! and backward, the SIMT matmul, each tensor-core tile config x layout x output type, the
-//! split-K reduce, the sm_90a wgmma matmuls and flash forward), in catalogue order, each with the emitter call that writes its text.
+//! split-K reduce, the sm_90a wgmma matmuls and flash forward and backward), in catalogue order, each with the emitter call that writes its text.
 //!
 //! Their files live in `ptx/kernels/generated/` ([`DIR`]); the catalogue embeds them, and
 //! `tests/generated.rs` checks that the folder holds exactly these modules, each equal to its
 //! emitter's output (`FRUGAL_BLESS_PTX=1` rewrites them all; see the crate docs).
 
-use crate::flash::{emit, emit_bwd, wgmma_fwd};
+use crate::flash::{emit, emit_bwd, wgmma_bwd, wgmma_fwd};
 use crate::matmul::{self, simt, splitk, wgmma, Layout, OutType, TileConfig};
 
 /// Folder of the generated modules, relative to the `frugal-ptx` crate root.
@@ -32,6 +32,8 @@ pub enum Generated {
     MatmulWgmma(TileConfig, Layout, OutType),
     /// The sm_90a wgmma FlashAttention forward of one head size.
     FlashFwdWgmma(u32),
+    /// The sm_90a wgmma FlashAttention backward of one variant and head size.
+    FlashBwdWgmma(wgmma_bwd::Variant, u32),
 }
 
 impl Generated {
@@ -45,6 +47,7 @@ impl Generated {
             Generated::MatmulSplitkReduce => splitk::MODULE.to_string(),
             Generated::MatmulWgmma(cfg, layout, out) => wgmma::entry_name(cfg, *layout, *out),
             Generated::FlashFwdWgmma(hs) => wgmma_fwd::entry_name(*hs),
+            Generated::FlashBwdWgmma(v, hs) => wgmma_bwd::entry_name(*v, *hs),
         }
     }
 
@@ -60,6 +63,7 @@ impl Generated {
                 wgmma::emit::emit_module(*cfg, *layout, *out)
             }
             Generated::FlashFwdWgmma(hs) => wgmma_fwd::emit_module(*hs),
+            Generated::FlashBwdWgmma(v, hs) => wgmma_bwd::emit_module(*v, *hs),
         }
     }
 }
@@ -89,6 +93,11 @@ pub fn all() -> Vec<Generated> {
     }
     for hs in wgmma_fwd::HEAD_SIZES {
         all.push(Generated::FlashFwdWgmma(hs));
+    }
+    for v in wgmma_bwd::Variant::ALL {
+        for hs in wgmma_bwd::HEAD_SIZES {
+            all.push(Generated::FlashBwdWgmma(v, hs));
+        }
     }
     all
 }

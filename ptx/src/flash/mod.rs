@@ -13,7 +13,9 @@
 //!
 //! The vanilla path (materialised scores, "FlashAttention off") with the same inputs and
 //! outputs is [`crate::vanilla`]. On sm_90a, [`wgmma_fwd`] is the same forward on `wgmma`
-//! and TMA (tensor maps: launched with an encoder, not from addresses alone).
+//! and TMA (tensor maps: launched with an encoder, not from addresses alone), and
+//! [`wgmma_bwd`] the backward on `wgmma` after the same preprocess (dK/dV and a dQ pass, or
+//! dK/dV with atomic dQ).
 //!
 //! Forward: `O = softmax(scale * Q K^T + causal mask) V` and the per-row natural-log
 //! `LSE = log sum_k exp(scale * q.k)` the backward recomputes P from; scale = 1/sqrt(HS), as
@@ -46,6 +48,9 @@
 pub mod emit;
 pub mod emit_bwd;
 pub mod tile;
+pub mod wgmma_bwd;
+mod wgmma_bwd_dq;
+mod wgmma_bwd_emit;
 pub mod wgmma_fwd;
 
 use crate::emu::LaunchDims;

@@ -1,7 +1,7 @@
 //! One transformer layer of the step: its forward (norm, Q/K/V, RoPE, attention, output
 //! projection, norm, SwiGLU MLP) and, in reverse, its backward (MLP, then attention).
 
-use frugal_ptx::flash::{self, wgmma_fwd, DqMode, FlashBwd, FlashFwd};
+use frugal_ptx::flash::{self, wgmma_bwd, wgmma_fwd, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::{rmsnorm, rope, swiglu};
 use frugal_ptx::matmul::Epilogue;
 use frugal_ptx::vanilla::{VanillaBwd, VanillaFwd};
@@ -433,22 +433,40 @@ fn attention_core_backward(
                     flash::dq_accum_bytes(attn, mode) as u64,
                 )),
             };
-            bld.kernels(name("flash attention backward"), work, move |r| {
-                let bufs = FlashBwd {
-                    q: r(At::start(s.q)),
-                    k: r(At::start(s.k)),
-                    v: r(At::start(s.v)),
-                    o: r(At::start(s.o)),
-                    dout: r(At::start(dout)),
-                    lse: r(At::start(s.lse)),
-                    d: r(At::start(rowsum)),
-                    dq: r(At::start(dq)),
-                    dk: r(At::start(dk)),
-                    dv: r(At::start(dv)),
-                    dq_accum: accum.map_or(0, |a| r(At::start(a))),
-                };
-                flash::backward(mode, &bufs, attn)
-            })?;
+            let bufs = move |r: Resolve| FlashBwd {
+                q: r(At::start(s.q)),
+                k: r(At::start(s.k)),
+                v: r(At::start(s.v)),
+                o: r(At::start(s.o)),
+                dout: r(At::start(dout)),
+                lse: r(At::start(s.lse)),
+                d: r(At::start(rowsum)),
+                dq: r(At::start(dq)),
+                dk: r(At::start(dk)),
+                dv: r(At::start(dv)),
+                dq_accum: accum.map_or(0, |a| r(At::start(a))),
+            };
+            // On sm_90 the wgmma backward (the same preprocess; dK/dV and the dQ pass, or
+            // the atomic-dQ kernel), for the head sizes it ships; the FA-2 kernels otherwise.
+            let kernels: Option<Vec<_>> = wgmma_bwd::variants(mode)
+                .iter()
+                .map(|&v| wgmma_bwd::static_name(v, attn.hs).map(|k| (v, k)))
+                .collect();
+            match kernels.filter(|_| bld.hopper()) {
+                Some(kernels) => {
+                    let mut params = Vec::new();
+                    for (v, kernel) in kernels {
+                        params.push((v, bld.tma_params(kernel)?));
+                    }
+                    let layout = move |v| params.iter().find(|p| p.0 == v).map(|p| p.1.clone());
+                    bld.tma_kernels(name("flash attention backward"), work, move |r, encode| {
+                        wgmma_bwd::backward(mode, attn, &bufs(r), &layout, encode)
+                    })?;
+                }
+                None => bld.kernels(name("flash attention backward"), work, move |r| {
+                    flash::backward(mode, &bufs(r), attn)
+                })?,
+            }
         }
         Some(probs) => {
             let bufs = vanilla::declare_backward(
