@@ -5,7 +5,7 @@
 //! in the portable one).
 //!
 //! The AVX2+FMA and AVX-512 kernels come from one macro body, so their structure is the
-//! same: 4-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
+//! same: 6-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
 //! then single columns with a scalar FMA; vector lanes are columns of C, so no sum is
 //! ever split across lanes and both widths give the same bits. (The AVX-512 copy
 //! compiles everywhere but runs only on a CPU that has it.)
@@ -42,6 +42,32 @@ pub(super) trait Tile {
     /// # Safety
     /// `a` and `b` hold n elements each; the CPU has the kernel's instructions.
     unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32;
+
+    /// `out[r] = Σ a[r·stride + i]·b[r·stride + i]` for i in 0..n, each exactly
+    /// [`Tile::dot`] of row r; the R sums advance together, so their FMAs overlap
+    /// instead of waiting on one chain's latency.
+    ///
+    /// # Safety
+    /// Rows 0..R of both operands hold n elements each at `stride`; the CPU has the
+    /// kernel's instructions.
+    #[inline(always)]
+    unsafe fn dot_rows<const R: usize>(
+        a: *const f32,
+        b: *const f32,
+        stride: usize,
+        n: usize,
+    ) -> [f32; R] {
+        let mut acc = [0.0f32; R];
+        for i in 0..n {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                *acc_r = Self::madd(*a.add(r * stride + i), *b.add(r * stride + i), *acc_r);
+            }
+        }
+        acc
+    }
+
+    /// `acc + x·y` in the kernel's arithmetic: fused where [`Tile::mm`] fuses.
+    fn madd(x: f32, y: f32, acc: f32) -> f32;
 }
 
 /// Plain Rust, vectorised over C's columns by the compiler: a separate multiply and add.
@@ -73,10 +99,18 @@ impl Tile for Portable {
         }
         acc
     }
+
+    #[inline(always)]
+    fn madd(x: f32, y: f32, acc: f32) -> f32 {
+        acc + x * y
+    }
 }
 
-/// Rows of a register tile.
-const TILE_ROWS: usize = 4;
+/// Rows of a register tile: 6 rows × 2 vectors are 12 accumulators, which with the two
+/// B vectors and one broadcast fill AVX2's 16 registers and keep 12 independent FMA
+/// chains in flight (enough to cover the FMA latency on two pipes, where 4 rows' 8 were
+/// just enough and left the loads of B and A — 6 per 8 FMAs — close to the limit).
+const TILE_ROWS: usize = 6;
 
 macro_rules! simd_tile {
     ($name:ident, $feature:literal, $width:expr,
@@ -94,6 +128,11 @@ macro_rules! simd_tile {
             #[inline(always)]
             unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
                 $name::dot_fma(a, b, n)
+            }
+
+            #[inline(always)]
+            fn madd(x: f32, y: f32, acc: f32) -> f32 {
+                x.mul_add(y, acc)
             }
         }
 
@@ -117,6 +156,8 @@ macro_rules! simd_tile {
                     i += TILE_ROWS;
                 }
                 match p.m - i {
+                    5 => Self::rows::<5>(p, i),
+                    4 => Self::rows::<4>(p, i),
                     3 => Self::rows::<3>(p, i),
                     2 => Self::rows::<2>(p, i),
                     1 => Self::rows::<1>(p, i),
