@@ -27,7 +27,7 @@ use super::super::matmul::Kernel;
 use super::super::par;
 #[cfg(target_arch = "x86_64")]
 use super::tile::{Avx2Fma, Avx512};
-use super::tile::{Mm, Portable, Tile};
+use super::tile::{Causal, Mm, Portable, Tile};
 use super::{AttentionGrads, AttnDims, Qkv};
 
 /// Query rows per block.
@@ -146,6 +146,7 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
                     c: s.as_mut_ptr(),
                     ldc: BK,
                     add: false,
+                    causal: Causal::Cols(t0 - j0),
                 });
                 for r in 0..bq {
                     let (live, masked) =
@@ -181,6 +182,7 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
                     c: o.as_mut_ptr(),
                     ldc: hs,
                     add: true,
+                    causal: Causal::KUpTo(t0 - j0),
                 });
             }
             for r in 0..bq {
@@ -284,6 +286,7 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         c: dst.as_mut_ptr(),
                         ldc: BK,
                         add: false,
+                        causal: Causal::Cols(i0 - j0),
                     };
                     T::mm(scores(q_blk, kt, s));
                     T::mm(scores(do_blk, vt, dp));
@@ -314,6 +317,7 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         c: acc.as_mut_ptr(),
                         ldc: hs,
                         add: true,
+                        causal: Causal::KFrom(i0 - j0),
                     };
                     T::mm(transposed(s, do_blk, dv_acc));
                     T::mm(transposed(dp, q_blk, dk_acc));
@@ -329,6 +333,7 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         c: dq.0.add((b * t + i0) * c + h * hs),
                         ldc: c,
                         add: j0 > 0,
+                        causal: Causal::KUpTo(i0 - j0),
                     });
                 }
             }

@@ -6,12 +6,34 @@
 //!
 //! The AVX2+FMA and AVX-512 kernels come from one macro body, so their structure is the
 //! same: 6-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
-//! then single columns with a scalar FMA; vector lanes are columns of C, so no sum is
+//! then single columns with a scalar FMA, each skipping what a causal block's hint
+//! ([`Causal`]) says is not needed; vector lanes are columns of C, so no sum is
 //! ever split across lanes and both widths give the same bits. (The AVX-512 copy
 //! compiles everywhere but runs only on a CPU that has it.)
 
+/// What a causal block lets a product skip (every product in the attention has a
+/// place in the triangle; off ≥ the block's size makes it dense), with `off` = the block's first query
+/// position minus its first key position (query row i sees key column j where j ≤ i + off).
+/// Register tiles wholly outside the triangle are skipped; a tile that straddles it is
+/// computed whole, so each element it keeps is the same sum as without the hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Causal {
+    /// Only C(i, j) with j ≤ i + off is wanted; the rest of C is left unspecified (the
+    /// caller masks it).
+    Cols(usize),
+    /// A(i, p) is zero where p > i + off: row i's sum stops after p = i + off.
+    KUpTo(usize),
+    /// A(i, p) is zero where p < i − off: row i's sum starts at p = i − off.
+    KFrom(usize),
+}
+
 /// One product's operands: A's element (i, p) at `a[i·ars + p·acs]`, B's (p, j) at
-/// `b[p·brs + j]`, C's (i, j) at `c[i·ldc + j]`; `add` adds to C instead of overwriting.
+/// `b[p·brs + j]`, C's (i, j) at `c[i·ldc + j]`; `add` adds to C instead of overwriting;
+/// `causal` what the kernel may skip (the portable kernel ignores it).
+///
+/// Skipping the zero terms of a [`Causal::KUpTo`] or [`Causal::KFrom`] sum leaves its
+/// bits as they were (x + 0·b = x) for finite B, except that a sum that is exactly −0
+/// stays −0 where adding +0 would have made it +0.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Mm {
     pub m: usize,
@@ -25,6 +47,19 @@ pub(super) struct Mm {
     pub c: *mut f32,
     pub ldc: usize,
     pub add: bool,
+    pub causal: Causal,
+}
+
+impl Mm {
+    /// The k range of the sums of rows i..i+rows, and the columns they need.
+    #[inline(always)]
+    fn ranges(&self, i: usize, rows: usize) -> (usize, usize, usize) {
+        match self.causal {
+            Causal::Cols(off) => (0, self.k, self.n.min(i + rows + off)),
+            Causal::KUpTo(off) => (0, self.k.min(i + rows + off), self.n),
+            Causal::KFrom(off) => (i.saturating_sub(off).min(self.k), self.k, self.n),
+        }
+    }
 }
 
 /// A kernel for [`Mm`] products.
@@ -165,24 +200,26 @@ macro_rules! simd_tile {
                 }
             }
 
-            /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns.
+            /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns
+            /// (those the causal hint leaves; each over its k range).
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn rows<const R: usize>(p: Mm, i: usize) {
+                let (k0, k1, n) = p.ranges(i, R);
                 let mut j = 0;
-                while j + 2 * $width <= p.n {
-                    Self::block::<R, 2>(p, i, j);
+                while j + 2 * $width <= p.n && j < n {
+                    Self::block::<R, 2>(p, i, j, k0, k1);
                     j += 2 * $width;
                 }
-                if j + $width <= p.n {
-                    Self::block::<R, 1>(p, i, j);
+                if j + $width <= p.n && j < n {
+                    Self::block::<R, 1>(p, i, j, k0, k1);
                     j += $width;
                 }
                 for r in i..i + R {
-                    for jj in j..p.n {
+                    for jj in j..n {
                         let cp = p.c.add(r * p.ldc + jj);
                         let mut acc = if p.add { *cp } else { 0.0 };
-                        for q in 0..p.k {
+                        for q in k0..k1 {
                             let a = *p.a.add(r * p.ars + q * p.acs);
                             acc = a.mul_add(*p.b.add(q * p.brs + jj), acc);
                         }
@@ -191,10 +228,16 @@ macro_rules! simd_tile {
                 }
             }
 
-            /// The R × (V·width) tile at (i, j), in registers over all of k.
+            /// The R × (V·width) tile at (i, j), in registers over k0..k1.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn block<const R: usize, const V: usize>(p: Mm, i: usize, j: usize) {
+            unsafe fn block<const R: usize, const V: usize>(
+                p: Mm,
+                i: usize,
+                j: usize,
+                k0: usize,
+                k1: usize,
+            ) {
                 use std::arch::x86_64::*;
                 let mut acc = [[$zero(); V]; R];
                 if p.add {
@@ -205,7 +248,7 @@ macro_rules! simd_tile {
                     }
                 }
                 let a0 = p.a.add(i * p.ars);
-                for q in 0..p.k {
+                for q in k0..k1 {
                     let bq = p.b.add(q * p.brs + j);
                     let mut bv = [$zero(); V];
                     for (v, bvv) in bv.iter_mut().enumerate() {
