@@ -90,6 +90,24 @@ fn transpose_block(
     }
 }
 
+/// `dst[jj·hs + dd] = x[(row0 + jj)·stride + col0 + dd]`: a block of a head's rows,
+/// contiguous. Read in place as a product's B, rows a power-of-two stride apart (2 KiB
+/// at C = 512) fall in a few L1 sets and evict each other between uses.
+#[inline(always)]
+fn pack_rows(
+    dst: &mut [f32],
+    x: &[f32],
+    row0: usize,
+    rows: usize,
+    stride: usize,
+    col0: usize,
+    hs: usize,
+) {
+    for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
+        d.copy_from_slice(&x[(row0 + jj) * stride + col0..][..hs]);
+    }
+}
+
 /// Keys of the block starting at `j0` (of `bk`) that query position `pos` sees.
 #[inline(always)]
 fn visible(pos: usize, j0: usize, bk: usize) -> usize {
@@ -117,8 +135,9 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
     let kvh = h / (d.nh / d.nkv);
     let scale = d.scale();
     let panels = t.div_ceil(BK);
-    with_scratch(panels * hs * BK + BQ * BK + BQ * hs + 2 * BQ, |sc| {
+    with_scratch(2 * panels * hs * BK + BQ * BK + BQ * hs + 2 * BQ, |sc| {
         let (kt, rest) = sc.split_at_mut(panels * hs * BK);
+        let (vp, rest) = rest.split_at_mut(panels * BK * hs);
         let (s, rest) = rest.split_at_mut(BQ * BK);
         let (o, rest) = rest.split_at_mut(BQ * hs);
         let (m, l) = rest.split_at_mut(BQ);
@@ -128,6 +147,15 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
             // transposed (BQ = BK, so query block i reaches key blocks 0..=i).
             let kt_new = &mut kt[(t0 / BK) * hs * BK..][..hs * BK];
             transpose_block(kt_new, qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
+            pack_rows(
+                &mut vp[(t0 / BK) * BK * hs..],
+                qkv.v,
+                b * t + t0,
+                bq,
+                kv,
+                kvh * hs,
+                hs,
+            );
             o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
             m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
             l.iter_mut().for_each(|x| *x = 0.0);
@@ -177,8 +205,8 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
                     a: s.as_ptr(),
                     ars: BK,
                     acs: 1,
-                    b: qkv.v.as_ptr().add((b * t + j0) * kv + kvh * hs),
-                    brs: kv,
+                    b: vp[(j0 / BK) * BK * hs..].as_ptr(),
+                    brs: hs,
                     c: o.as_mut_ptr(),
                     ldc: hs,
                     add: true,
@@ -235,10 +263,13 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
     let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
     let group = d.nh / d.nkv;
     let scale = d.scale();
-    let len = 2 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t;
+    let len = 3 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t + 2 * group * t * hs;
     with_scratch(len, |sc| {
         let (kt, rest) = sc.split_at_mut(hs * BK);
         let (vt, rest) = rest.split_at_mut(hs * BK);
+        let (kp, rest) = rest.split_at_mut(BK * hs);
+        let (qp, rest) = rest.split_at_mut(group * t * hs);
+        let (dop, rest) = rest.split_at_mut(group * t * hs);
         let (s, rest) = rest.split_at_mut(BQ * BK);
         let (dp, rest) = rest.split_at_mut(BQ * BK);
         let (dk_acc, rest) = rest.split_at_mut(BK * hs);
@@ -260,11 +291,15 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                 let at = (b * t + i) * c + h * hs;
                 dsum[g * t + i] = T::dot(dout[at..].as_ptr(), out[at..].as_ptr(), hs);
             }
+            // The head's Q and dO rows, contiguous (see pack_rows).
+            pack_rows(&mut qp[g * t * hs..], qkv.q, b * t, t, c, h * hs, hs);
+            pack_rows(&mut dop[g * t * hs..], dout, b * t, t, c, h * hs, hs);
         }
         for j0 in (0..t).step_by(BK) {
             let bk = BK.min(t - j0);
             transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
             transpose_block(vt, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            pack_rows(kp, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
             dk_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             dv_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             for g in 0..group {
@@ -272,14 +307,14 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                 let lse_h = &lse[(b * d.nh + h) * t..][..t];
                 for i0 in ((j0 / BQ) * BQ..t).step_by(BQ) {
                     let bq = BQ.min(t - i0);
-                    let q_blk = qkv.q.as_ptr().add((b * t + i0) * c + h * hs);
-                    let do_blk = dout.as_ptr().add((b * t + i0) * c + h * hs);
+                    let q_blk = qp.as_ptr().add((g * t + i0) * hs);
+                    let do_blk = dop.as_ptr().add((g * t + i0) * hs);
                     let scores = |a, bt: &[f32], dst: &mut [f32]| Mm {
                         m: bq,
                         n: bk,
                         k: hs,
                         a,
-                        ars: c,
+                        ars: hs,
                         acs: 1,
                         b: bt.as_ptr(),
                         brs: BK,
@@ -313,7 +348,7 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         ars: 1,
                         acs: BK,
                         b: rhs,
-                        brs: c,
+                        brs: hs,
                         c: acc.as_mut_ptr(),
                         ldc: hs,
                         add: true,
@@ -328,8 +363,8 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         a: dp.as_ptr(),
                         ars: BK,
                         acs: 1,
-                        b: qkv.k.as_ptr().add((b * t + j0) * kv + kvh * hs),
-                        brs: kv,
+                        b: kp.as_ptr(),
+                        brs: hs,
                         c: dq.0.add((b * t + i0) * c + h * hs),
                         ldc: c,
                         add: j0 > 0,
