@@ -253,8 +253,11 @@ fn run(threads: usize) {
     let mut grads = vec![0.0f32; params.len()];
     let mask = vec![true; params.len()];
     let mut opt = AdamW::new(params.len(), 0.9, 0.95, 1e-8, 0.1);
+    // As the trainer's step: the clip factor folded in, on the model's threads.
     add("AdamW", 1, &mut || {
-        best_of(reps, || opt.update(&mut params, &grads, 1e-4, &mask))
+        best_of(reps, || {
+            opt.update_with(&mut params, &grads, 0.5, 1e-4, &mask, threads)
+        })
     });
 
     let total: f64 = rows.iter().map(|(_, calls, s)| *calls as f64 * s).sum();

@@ -231,6 +231,11 @@ impl CpuModel {
         })
     }
 
+    /// Threads the model's ops run on (what the step's other host work may use too).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Bytes of activation and scratch buffers this instance holds (the
     /// attention keeps 4·64·HS + 2·64² + (NH/NKV)·T floats per thread that runs it
     /// (its backward's blocks), and the matmul
