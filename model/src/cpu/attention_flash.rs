@@ -135,95 +135,104 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
     let kvh = h / (d.nh / d.nkv);
     let scale = d.scale();
     let panels = t.div_ceil(BK);
-    with_scratch(2 * panels * hs * BK + BQ * BK + BQ * hs + 2 * BQ, |sc| {
-        let (kt, rest) = sc.split_at_mut(panels * hs * BK);
-        let (vp, rest) = rest.split_at_mut(panels * BK * hs);
-        let (s, rest) = rest.split_at_mut(BQ * BK);
-        let (o, rest) = rest.split_at_mut(BQ * hs);
-        let (m, l) = rest.split_at_mut(BQ);
-        for t0 in (0..t).step_by(BQ) {
-            let bq = BQ.min(t - t0);
-            // The key block on this query block's diagonal: the only one not yet
-            // transposed (BQ = BK, so query block i reaches key blocks 0..=i).
-            let kt_new = &mut kt[(t0 / BK) * hs * BK..][..hs * BK];
-            transpose_block(kt_new, qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
-            pack_rows(
-                &mut vp[(t0 / BK) * BK * hs..],
-                qkv.v,
-                b * t + t0,
-                bq,
-                kv,
-                kvh * hs,
-                hs,
-            );
-            o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
-            m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-            l.iter_mut().for_each(|x| *x = 0.0);
-            let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
-            for j0 in (0..t0 + bq).step_by(BK) {
-                let bk = BK.min(t0 + bq - j0);
-                T::mm(Mm {
-                    m: bq,
-                    n: bk,
-                    k: hs,
-                    a: q_blk,
-                    ars: c,
-                    acs: 1,
-                    b: kt[(j0 / BK) * hs * BK..].as_ptr(),
-                    brs: BK,
-                    c: s.as_mut_ptr(),
-                    ldc: BK,
-                    add: false,
-                    causal: Causal::Cols(t0 - j0),
-                });
-                for r in 0..bq {
-                    let (live, masked) =
-                        s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
-                    masked.iter_mut().for_each(|x| *x = 0.0);
-                    if live.is_empty() {
-                        continue;
-                    }
-                    live.iter_mut().for_each(|x| *x *= scale);
-                    let m_old = m[r];
-                    let m_new = m_old.max(fastmath::max(live));
-                    let sum = fastmath::exp_shifted_sum(live, m_new);
-                    if m_old == f32::NEG_INFINITY {
-                        l[r] = sum;
-                    } else {
-                        let alpha = fastmath::exp(m_old - m_new);
-                        l[r] = l[r] * alpha + sum;
-                        if alpha != 1.0 {
-                            o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
+    with_scratch(
+        2 * panels * hs * BK + BK * hs + BQ * BK + BQ * hs + 2 * BQ,
+        |sc| {
+            let (kt, rest) = sc.split_at_mut(panels * hs * BK);
+            let (vp, rest) = rest.split_at_mut(panels * BK * hs);
+            let (kp, rest) = rest.split_at_mut(BK * hs);
+            let (s, rest) = rest.split_at_mut(BQ * BK);
+            let (o, rest) = rest.split_at_mut(BQ * hs);
+            let (m, l) = rest.split_at_mut(BQ);
+            for t0 in (0..t).step_by(BQ) {
+                let bq = BQ.min(t - t0);
+                // The key block on this query block's diagonal: the only one not yet
+                // transposed (BQ = BK, so query block i reaches key blocks 0..=i).
+                // Copied first, then transposed from the copy: the strided reads from
+                // memory go through whole-row copies rather than scalar loads.
+                pack_rows(kp, qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
+                let kt_new = &mut kt[(t0 / BK) * hs * BK..][..hs * BK];
+                transpose_block(kt_new, kp, 0, bq, hs, 0, hs);
+                pack_rows(
+                    &mut vp[(t0 / BK) * BK * hs..],
+                    qkv.v,
+                    b * t + t0,
+                    bq,
+                    kv,
+                    kvh * hs,
+                    hs,
+                );
+                o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
+                m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                l.iter_mut().for_each(|x| *x = 0.0);
+                let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
+                for j0 in (0..t0 + bq).step_by(BK) {
+                    let bk = BK.min(t0 + bq - j0);
+                    T::mm(Mm {
+                        m: bq,
+                        n: bk,
+                        k: hs,
+                        a: q_blk,
+                        ars: c,
+                        acs: 1,
+                        b: kt[(j0 / BK) * hs * BK..].as_ptr(),
+                        brs: BK,
+                        c: s.as_mut_ptr(),
+                        ldc: BK,
+                        add: false,
+                        causal: Causal::Cols(t0 - j0),
+                    });
+                    for r in 0..bq {
+                        let (live, masked) =
+                            s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
+                        masked.iter_mut().for_each(|x| *x = 0.0);
+                        if live.is_empty() {
+                            continue;
                         }
+                        live.iter_mut().for_each(|x| *x *= scale);
+                        let m_old = m[r];
+                        let m_new = m_old.max(fastmath::max(live));
+                        let sum = fastmath::exp_shifted_sum(live, m_new);
+                        if m_old == f32::NEG_INFINITY {
+                            l[r] = sum;
+                        } else {
+                            let alpha = fastmath::exp(m_old - m_new);
+                            l[r] = l[r] * alpha + sum;
+                            if alpha != 1.0 {
+                                o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
+                            }
+                        }
+                        m[r] = m_new;
                     }
-                    m[r] = m_new;
+                    T::mm(Mm {
+                        m: bq,
+                        n: hs,
+                        k: bk,
+                        a: s.as_ptr(),
+                        ars: BK,
+                        acs: 1,
+                        b: vp[(j0 / BK) * BK * hs..].as_ptr(),
+                        brs: hs,
+                        c: o.as_mut_ptr(),
+                        ldc: hs,
+                        add: true,
+                        causal: Causal::KUpTo(t0 - j0),
+                    });
                 }
-                T::mm(Mm {
-                    m: bq,
-                    n: hs,
-                    k: bk,
-                    a: s.as_ptr(),
-                    ars: BK,
-                    acs: 1,
-                    b: vp[(j0 / BK) * BK * hs..].as_ptr(),
-                    brs: hs,
-                    c: o.as_mut_ptr(),
-                    ldc: hs,
-                    add: true,
-                    causal: Causal::KUpTo(t0 - j0),
-                });
-            }
-            for r in 0..bq {
-                let inv = 1.0 / l[r];
-                let dst =
-                    std::slice::from_raw_parts_mut(out.0.add((b * t + t0 + r) * c + h * hs), hs);
-                for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
-                    *y = x * inv;
+                for r in 0..bq {
+                    let inv = 1.0 / l[r];
+                    let dst = std::slice::from_raw_parts_mut(
+                        out.0.add((b * t + t0 + r) * c + h * hs),
+                        hs,
+                    );
+                    for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
+                        *y = x * inv;
+                    }
+                    *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
                 }
-                *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
             }
-        }
-    });
+        },
+    );
 }
 
 /// The operands of one backward task.
@@ -263,11 +272,12 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
     let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
     let group = d.nh / d.nkv;
     let scale = d.scale();
-    let len = 3 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t + 2 * group * t * hs;
+    let len = 4 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t + 2 * group * t * hs;
     with_scratch(len, |sc| {
         let (kt, rest) = sc.split_at_mut(hs * BK);
         let (vt, rest) = rest.split_at_mut(hs * BK);
         let (kp, rest) = rest.split_at_mut(BK * hs);
+        let (vp, rest) = rest.split_at_mut(BK * hs);
         let (qp, rest) = rest.split_at_mut(group * t * hs);
         let (dop, rest) = rest.split_at_mut(group * t * hs);
         let (s, rest) = rest.split_at_mut(BQ * BK);
@@ -297,9 +307,11 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
         }
         for j0 in (0..t).step_by(BK) {
             let bk = BK.min(t - j0);
-            transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
-            transpose_block(vt, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            // Whole-row copies first, the transposes from the copies (as the forward).
             pack_rows(kp, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
+            pack_rows(vp, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            transpose_block(kt, kp, 0, bk, hs, 0, hs);
+            transpose_block(vt, vp, 0, bk, hs, 0, hs);
             dk_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             dv_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             for g in 0..group {
