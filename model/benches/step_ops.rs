@@ -167,6 +167,23 @@ fn run(threads: usize) {
             attention_backward(grads, &dout, qkv, &o, &lse, d, threads)
         })
     });
+    // FRUGAL_OPS_BITS=1: a hash of the attention's outputs' bits, to show that a change
+    // of kernel or blocking keeps them (run with FRUGAL_OPS_ONLY=attention).
+    if std::env::var_os("FRUGAL_OPS_BITS").is_some() {
+        let hash = |xs: &[f32]| {
+            xs.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+                (h ^ x.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        println!(
+            "attention bits: out {:016x} lse {:016x} dq {:016x} dk {:016x} dv {:016x}",
+            hash(&o),
+            hash(&lse),
+            hash(&dq),
+            hash(&dk),
+            hash(&dv)
+        );
+    }
 
     // Element-wise and row ops.
     let mut rstd = vec![0.0; n];
@@ -236,8 +253,11 @@ fn run(threads: usize) {
     let mut grads = vec![0.0f32; params.len()];
     let mask = vec![true; params.len()];
     let mut opt = AdamW::new(params.len(), 0.9, 0.95, 1e-8, 0.1);
+    // As the trainer's step: the clip factor folded in, on the model's threads.
     add("AdamW", 1, &mut || {
-        best_of(reps, || opt.update(&mut params, &grads, 1e-4, &mask))
+        best_of(reps, || {
+            opt.update_with(&mut params, &grads, 0.5, 1e-4, &mask, threads)
+        })
     });
 
     let total: f64 = rows.iter().map(|(_, calls, s)| *calls as f64 * s).sum();

@@ -1,6 +1,7 @@
 //! AdamW against hand-computed steps, the cosine schedule's shape, and the
 //! global gradient norm and clipping; the norm by blocks and AdamW by shards give
-//! the whole vector's bits (what sharded data parallelism relies on).
+//! the whole vector's bits (what sharded data parallelism relies on), and AdamW on
+//! threads with the clip factor folded in gives scaling-then-one-thread's bits.
 
 use std::ops::Range;
 
@@ -281,4 +282,43 @@ proptest! {
         }
         prop_assert_eq!(bits(&shard_p), bits(&whole_p));
     }
+}
+
+#[test]
+fn adamw_on_threads_with_a_clip_factor_equals_scaling_then_one_thread() {
+    // Past the size below which update_with stays on one thread, and not a multiple of
+    // any chunk; three steps so the moments and the bias correction move.
+    let n = 3 * (1 << 16) + 77;
+    let params0 = spread(n, 2);
+    let mask: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+    let scale = clip_scale(7.5, 1.0);
+    let mut want_p = params0.clone();
+    let mut want = AdamW::new(n, 0.9, 0.95, 1e-8, 0.1);
+    let mut steps = Vec::new();
+    for s in 0..3 {
+        let g = spread(n, 10 + s);
+        let mut scaled = g.clone();
+        scaled.iter_mut().for_each(|x| *x *= scale);
+        want.update(&mut want_p, &scaled, 1e-3, &mask);
+        steps.push(g);
+    }
+    for threads in [1, 2, 3] {
+        let mut p = params0.clone();
+        let mut opt = AdamW::new(n, 0.9, 0.95, 1e-8, 0.1);
+        for g in &steps {
+            opt.update_with(&mut p, g, scale, 1e-3, &mask, threads);
+        }
+        assert_eq!(bits(&p), bits(&want_p), "params, {threads} threads");
+        assert_eq!(bits(opt.m()), bits(want.m()), "m, {threads} threads");
+        assert_eq!(bits(opt.v()), bits(want.v()), "v, {threads} threads");
+    }
+    // A factor of 1 is no scaling at all.
+    let (mut a, mut b) = (params0.clone(), params0.clone());
+    let (mut oa, mut ob) = (
+        AdamW::new(n, 0.9, 0.95, 1e-8, 0.1),
+        AdamW::new(n, 0.9, 0.95, 1e-8, 0.1),
+    );
+    oa.update(&mut a, &steps[0], 1e-3, &mask);
+    ob.update_with(&mut b, &steps[0], 1.0, 1e-3, &mask, 2);
+    assert_eq!(bits(&a), bits(&b));
 }

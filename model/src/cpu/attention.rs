@@ -10,8 +10,8 @@
 //! or AVX2+FMA register tiles where the CPU has them (chosen at run time, the same
 //! bits on both), or on portable Rust.
 //!
-//! Threads: the forward's tasks are (sequence, head, query block), the backward's
-//! (sequence, KV head); every output element is written by one task, with the same
+//! Threads: the forward's tasks are (sequence, head), the backward's (sequence, KV
+//! head); every output element is written by one task, with the same
 //! operations whatever the thread count. Forward overwrites out and lse; backward
 //! overwrites dq, dk, dv.
 //!

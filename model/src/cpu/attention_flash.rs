@@ -2,10 +2,10 @@
 //! matrix larger than one BQ×BK block exists, and the backward recomputes each block's
 //! probabilities from the forward's log-sum-exp.
 //!
-//! Forward, one task per (sequence, head, query block of BQ rows), heaviest (latest)
-//! blocks first: for each key block of BK keys in the causal prefix, S = Q·Kᵀ into a
-//! BQ×BK block (K's block transposed into a small panel first), each row scaled by
-//! 1/√HS, its running max m raised, P = exp(S − m) (keys past the row's own position
+//! Forward, one task per (sequence, head), its query blocks of BQ rows in order (each
+//! key block transposed into a small panel once, when the first query block reaches
+//! it): for each key block of BK keys in the causal prefix, S = Q·Kᵀ into a BQ×BK
+//! block, each row scaled by 1/√HS, its running max m raised, P = exp(S − m) (keys past the row's own position
 //! set to 0), the running sum l and the output accumulator O rescaled by exp(m_old −
 //! m_new) and O += P·V. At the end O/l is written and lse = m + ln l.
 //!
@@ -27,13 +27,13 @@ use super::super::matmul::Kernel;
 use super::super::par;
 #[cfg(target_arch = "x86_64")]
 use super::tile::{Avx2Fma, Avx512};
-use super::tile::{Mm, Portable, Tile};
+use super::tile::{Causal, Mm, Portable, Tile};
 use super::{AttentionGrads, AttnDims, Qkv};
 
 /// Query rows per block.
 pub(super) const BQ: usize = 64;
-/// Keys per block.
-pub(super) const BK: usize = 64;
+/// Keys per block; equal to BQ, so a query block's diagonal is one key block.
+pub(super) const BK: usize = BQ;
 
 thread_local! {
     /// Per-thread block buffers, kept between calls (no allocation inside a step).
@@ -69,7 +69,6 @@ struct FwdTask<'a> {
     lse: Out,
     b: usize,
     h: usize,
-    t0: usize,
 }
 
 /// `kt[dd·BK + jj] = x[(row0 + jj)·stride + col0 + dd]`: a key or value block transposed.
@@ -91,13 +90,33 @@ fn transpose_block(
     }
 }
 
+/// `dst[jj·hs + dd] = x[(row0 + jj)·stride + col0 + dd]`: a block of a head's rows,
+/// contiguous. Read in place as a product's B, rows a power-of-two stride apart (2 KiB
+/// at C = 512) fall in a few L1 sets and evict each other between uses.
+#[inline(always)]
+fn pack_rows(
+    dst: &mut [f32],
+    x: &[f32],
+    row0: usize,
+    rows: usize,
+    stride: usize,
+    col0: usize,
+    hs: usize,
+) {
+    for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
+        d.copy_from_slice(&x[(row0 + jj) * stride + col0..][..hs]);
+    }
+}
+
 /// Keys of the block starting at `j0` (of `bk`) that query position `pos` sees.
 #[inline(always)]
 fn visible(pos: usize, j0: usize, bk: usize) -> usize {
     (pos + 1).saturating_sub(j0).min(bk)
 }
 
-/// One forward task (see the module note).
+/// One forward task (see the module note): every query block of head `h` in sequence
+/// `b`, in order, so that each key block is transposed once for all the query blocks
+/// that read it (each query block transposes the one new key block it reaches).
 ///
 /// # Safety
 /// The task's rows of `out` (its head's columns) and of `lse` are written by no other
@@ -111,81 +130,109 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
         lse,
         b,
         h,
-        t0,
     } = task;
     let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
     let kvh = h / (d.nh / d.nkv);
-    let bq = BQ.min(t - t0);
     let scale = d.scale();
-    with_scratch(hs * BK + BQ * BK + BQ * hs + 2 * BQ, |sc| {
-        let (kt, rest) = sc.split_at_mut(hs * BK);
-        let (s, rest) = rest.split_at_mut(BQ * BK);
-        let (o, rest) = rest.split_at_mut(BQ * hs);
-        let (m, l) = rest.split_at_mut(BQ);
-        o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
-        m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-        l.iter_mut().for_each(|x| *x = 0.0);
-        let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
-        for j0 in (0..t0 + bq).step_by(BK) {
-            let bk = BK.min(t0 + bq - j0);
-            transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
-            T::mm(Mm {
-                m: bq,
-                n: bk,
-                k: hs,
-                a: q_blk,
-                ars: c,
-                acs: 1,
-                b: kt.as_ptr(),
-                brs: BK,
-                c: s.as_mut_ptr(),
-                ldc: BK,
-                add: false,
-            });
-            for r in 0..bq {
-                let (live, masked) = s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
-                masked.iter_mut().for_each(|x| *x = 0.0);
-                if live.is_empty() {
-                    continue;
-                }
-                live.iter_mut().for_each(|x| *x *= scale);
-                let m_old = m[r];
-                let m_new = m_old.max(fastmath::max(live));
-                let sum = fastmath::exp_shifted_sum(live, m_new);
-                if m_old == f32::NEG_INFINITY {
-                    l[r] = sum;
-                } else {
-                    let alpha = fastmath::exp(m_old - m_new);
-                    l[r] = l[r] * alpha + sum;
-                    if alpha != 1.0 {
-                        o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
+    let panels = t.div_ceil(BK);
+    with_scratch(
+        2 * panels * hs * BK + BK * hs + BQ * BK + BQ * hs + 2 * BQ,
+        |sc| {
+            let (kt, rest) = sc.split_at_mut(panels * hs * BK);
+            let (vp, rest) = rest.split_at_mut(panels * BK * hs);
+            let (kp, rest) = rest.split_at_mut(BK * hs);
+            let (s, rest) = rest.split_at_mut(BQ * BK);
+            let (o, rest) = rest.split_at_mut(BQ * hs);
+            let (m, l) = rest.split_at_mut(BQ);
+            for t0 in (0..t).step_by(BQ) {
+                let bq = BQ.min(t - t0);
+                // The key block on this query block's diagonal: the only one not yet
+                // transposed (BQ = BK, so query block i reaches key blocks 0..=i).
+                // Copied first, then transposed from the copy: the strided reads from
+                // memory go through whole-row copies rather than scalar loads.
+                pack_rows(kp, qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
+                let kt_new = &mut kt[(t0 / BK) * hs * BK..][..hs * BK];
+                transpose_block(kt_new, kp, 0, bq, hs, 0, hs);
+                pack_rows(
+                    &mut vp[(t0 / BK) * BK * hs..],
+                    qkv.v,
+                    b * t + t0,
+                    bq,
+                    kv,
+                    kvh * hs,
+                    hs,
+                );
+                o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
+                m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                l.iter_mut().for_each(|x| *x = 0.0);
+                let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
+                for j0 in (0..t0 + bq).step_by(BK) {
+                    let bk = BK.min(t0 + bq - j0);
+                    T::mm(Mm {
+                        m: bq,
+                        n: bk,
+                        k: hs,
+                        a: q_blk,
+                        ars: c,
+                        acs: 1,
+                        b: kt[(j0 / BK) * hs * BK..].as_ptr(),
+                        brs: BK,
+                        c: s.as_mut_ptr(),
+                        ldc: BK,
+                        add: false,
+                        causal: Causal::Cols(t0 - j0),
+                    });
+                    for r in 0..bq {
+                        let (live, masked) =
+                            s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
+                        masked.iter_mut().for_each(|x| *x = 0.0);
+                        if live.is_empty() {
+                            continue;
+                        }
+                        live.iter_mut().for_each(|x| *x *= scale);
+                        let m_old = m[r];
+                        let m_new = m_old.max(fastmath::max(live));
+                        let sum = fastmath::exp_shifted_sum(live, m_new);
+                        if m_old == f32::NEG_INFINITY {
+                            l[r] = sum;
+                        } else {
+                            let alpha = fastmath::exp(m_old - m_new);
+                            l[r] = l[r] * alpha + sum;
+                            if alpha != 1.0 {
+                                o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
+                            }
+                        }
+                        m[r] = m_new;
                     }
+                    T::mm(Mm {
+                        m: bq,
+                        n: hs,
+                        k: bk,
+                        a: s.as_ptr(),
+                        ars: BK,
+                        acs: 1,
+                        b: vp[(j0 / BK) * BK * hs..].as_ptr(),
+                        brs: hs,
+                        c: o.as_mut_ptr(),
+                        ldc: hs,
+                        add: true,
+                        causal: Causal::KUpTo(t0 - j0),
+                    });
                 }
-                m[r] = m_new;
+                for r in 0..bq {
+                    let inv = 1.0 / l[r];
+                    let dst = std::slice::from_raw_parts_mut(
+                        out.0.add((b * t + t0 + r) * c + h * hs),
+                        hs,
+                    );
+                    for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
+                        *y = x * inv;
+                    }
+                    *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
+                }
             }
-            T::mm(Mm {
-                m: bq,
-                n: hs,
-                k: bk,
-                a: s.as_ptr(),
-                ars: BK,
-                acs: 1,
-                b: qkv.v.as_ptr().add((b * t + j0) * kv + kvh * hs),
-                brs: kv,
-                c: o.as_mut_ptr(),
-                ldc: hs,
-                add: true,
-            });
-        }
-        for r in 0..bq {
-            let inv = 1.0 / l[r];
-            let dst = std::slice::from_raw_parts_mut(out.0.add((b * t + t0 + r) * c + h * hs), hs);
-            for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
-                *y = x * inv;
-            }
-            *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
-        }
-    });
+        },
+    );
 }
 
 /// The operands of one backward task.
@@ -225,28 +272,46 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
     let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
     let group = d.nh / d.nkv;
     let scale = d.scale();
-    let len = 2 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t;
+    let len = 4 * hs * BK + 2 * BQ * BK + 2 * BK * hs + group * t + 2 * group * t * hs;
     with_scratch(len, |sc| {
         let (kt, rest) = sc.split_at_mut(hs * BK);
         let (vt, rest) = rest.split_at_mut(hs * BK);
+        let (kp, rest) = rest.split_at_mut(BK * hs);
+        let (vp, rest) = rest.split_at_mut(BK * hs);
+        let (qp, rest) = rest.split_at_mut(group * t * hs);
+        let (dop, rest) = rest.split_at_mut(group * t * hs);
         let (s, rest) = rest.split_at_mut(BQ * BK);
         let (dp, rest) = rest.split_at_mut(BQ * BK);
         let (dk_acc, rest) = rest.split_at_mut(BK * hs);
         let (dv_acc, dsum) = rest.split_at_mut(BK * hs);
         for g in 0..group {
             let h = kvh * group + g;
-            for i in 0..t {
+            // In dP's own arithmetic (one running sum over the head's columns in
+            // order): where a row sees one key, O is that key's V exactly and D
+            // equals dP bit for bit, so dS is exactly 0 as it is in exact arithmetic.
+            // Eight rows at a time, so that eight sums' FMAs overlap.
+            let mut i = 0;
+            while i + 8 <= t {
                 let at = (b * t + i) * c + h * hs;
-                // In dP's own arithmetic (one running sum over the head's columns in
-                // order): where a row sees one key, O is that key's V exactly and D
-                // equals dP bit for bit, so dS is exactly 0 as it is in exact arithmetic.
+                let ds = T::dot_rows::<8>(dout[at..].as_ptr(), out[at..].as_ptr(), c, hs);
+                dsum[g * t + i..g * t + i + 8].copy_from_slice(&ds);
+                i += 8;
+            }
+            for i in i..t {
+                let at = (b * t + i) * c + h * hs;
                 dsum[g * t + i] = T::dot(dout[at..].as_ptr(), out[at..].as_ptr(), hs);
             }
+            // The head's Q and dO rows, contiguous (see pack_rows).
+            pack_rows(&mut qp[g * t * hs..], qkv.q, b * t, t, c, h * hs, hs);
+            pack_rows(&mut dop[g * t * hs..], dout, b * t, t, c, h * hs, hs);
         }
         for j0 in (0..t).step_by(BK) {
             let bk = BK.min(t - j0);
-            transpose_block(kt, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
-            transpose_block(vt, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            // Whole-row copies first, the transposes from the copies (as the forward).
+            pack_rows(kp, qkv.k, b * t + j0, bk, kv, kvh * hs, hs);
+            pack_rows(vp, qkv.v, b * t + j0, bk, kv, kvh * hs, hs);
+            transpose_block(kt, kp, 0, bk, hs, 0, hs);
+            transpose_block(vt, vp, 0, bk, hs, 0, hs);
             dk_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             dv_acc[..bk * hs].iter_mut().for_each(|x| *x = 0.0);
             for g in 0..group {
@@ -254,20 +319,21 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                 let lse_h = &lse[(b * d.nh + h) * t..][..t];
                 for i0 in ((j0 / BQ) * BQ..t).step_by(BQ) {
                     let bq = BQ.min(t - i0);
-                    let q_blk = qkv.q.as_ptr().add((b * t + i0) * c + h * hs);
-                    let do_blk = dout.as_ptr().add((b * t + i0) * c + h * hs);
+                    let q_blk = qp.as_ptr().add((g * t + i0) * hs);
+                    let do_blk = dop.as_ptr().add((g * t + i0) * hs);
                     let scores = |a, bt: &[f32], dst: &mut [f32]| Mm {
                         m: bq,
                         n: bk,
                         k: hs,
                         a,
-                        ars: c,
+                        ars: hs,
                         acs: 1,
                         b: bt.as_ptr(),
                         brs: BK,
                         c: dst.as_mut_ptr(),
                         ldc: BK,
                         add: false,
+                        causal: Causal::Cols(i0 - j0),
                     };
                     T::mm(scores(q_blk, kt, s));
                     T::mm(scores(do_blk, vt, dp));
@@ -294,10 +360,11 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         ars: 1,
                         acs: BK,
                         b: rhs,
-                        brs: c,
+                        brs: hs,
                         c: acc.as_mut_ptr(),
                         ldc: hs,
                         add: true,
+                        causal: Causal::KFrom(i0 - j0),
                     };
                     T::mm(transposed(s, do_blk, dv_acc));
                     T::mm(transposed(dp, q_blk, dk_acc));
@@ -308,11 +375,12 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
                         a: dp.as_ptr(),
                         ars: BK,
                         acs: 1,
-                        b: qkv.k.as_ptr().add((b * t + j0) * kv + kvh * hs),
-                        brs: kv,
+                        b: kp.as_ptr(),
+                        brs: hs,
                         c: dq.0.add((b * t + i0) * c + h * hs),
                         ldc: c,
                         add: j0 > 0,
+                        causal: Causal::KUpTo(i0 - j0),
                     });
                 }
             }
@@ -386,21 +454,19 @@ pub(super) fn forward(
         kernel.is_available(),
         "{kernel:?} is not available on this CPU"
     );
-    let blocks = t.div_ceil(BQ);
     let (out, lse) = (Out(out.as_mut_ptr()), Out(lse.as_mut_ptr()));
-    par::run_indexed(threads, d.b * d.nh * blocks, |i| {
-        // Latest query blocks (the most keys) first, so the cheap ones even out the end.
-        let (late, bh) = (i / (d.b * d.nh), i % (d.b * d.nh));
+    // One task per (sequence, head), all the same size, so claiming them in order
+    // keeps the threads even.
+    par::run_indexed(threads, d.b * d.nh, |i| {
         let task = FwdTask {
             d,
             qkv,
             out,
             lse,
-            b: bh / d.nh,
-            h: bh % d.nh,
-            t0: (blocks - 1 - late) * BQ,
+            b: i / d.nh,
+            h: i % d.nh,
         };
-        // SAFETY: task (b, h, t0) writes only rows t0.. of head h in sequence b; the
+        // SAFETY: task (b, h) writes only head h's columns of sequence b's rows; the
         // buffers' sizes were asserted above, and `kernel` runs on this CPU.
         unsafe {
             match kernel {

@@ -5,13 +5,35 @@
 //! in the portable one).
 //!
 //! The AVX2+FMA and AVX-512 kernels come from one macro body, so their structure is the
-//! same: 4-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
-//! then single columns with a scalar FMA; vector lanes are columns of C, so no sum is
+//! same: 6-row tiles of two vectors of B per k (16 or 32 columns), then one vector,
+//! then single columns with a scalar FMA, each skipping what a causal block's hint
+//! ([`Causal`]) says is not needed; vector lanes are columns of C, so no sum is
 //! ever split across lanes and both widths give the same bits. (The AVX-512 copy
 //! compiles everywhere but runs only on a CPU that has it.)
 
+/// What a causal block lets a product skip (every product in the attention has a
+/// place in the triangle; off ≥ the block's size makes it dense), with `off` = the block's first query
+/// position minus its first key position (query row i sees key column j where j ≤ i + off).
+/// Register tiles wholly outside the triangle are skipped; a tile that straddles it is
+/// computed whole, so each element it keeps is the same sum as without the hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Causal {
+    /// Only C(i, j) with j ≤ i + off is wanted; the rest of C is left unspecified (the
+    /// caller masks it).
+    Cols(usize),
+    /// A(i, p) is zero where p > i + off: row i's sum stops after p = i + off.
+    KUpTo(usize),
+    /// A(i, p) is zero where p < i − off: row i's sum starts at p = i − off.
+    KFrom(usize),
+}
+
 /// One product's operands: A's element (i, p) at `a[i·ars + p·acs]`, B's (p, j) at
-/// `b[p·brs + j]`, C's (i, j) at `c[i·ldc + j]`; `add` adds to C instead of overwriting.
+/// `b[p·brs + j]`, C's (i, j) at `c[i·ldc + j]`; `add` adds to C instead of overwriting;
+/// `causal` what the kernel may skip (the portable kernel ignores it).
+///
+/// Skipping the zero terms of a [`Causal::KUpTo`] or [`Causal::KFrom`] sum leaves its
+/// bits as they were (x + 0·b = x) for finite B, except that a sum that is exactly −0
+/// stays −0 where adding +0 would have made it +0.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Mm {
     pub m: usize,
@@ -25,6 +47,19 @@ pub(super) struct Mm {
     pub c: *mut f32,
     pub ldc: usize,
     pub add: bool,
+    pub causal: Causal,
+}
+
+impl Mm {
+    /// The k range of the sums of rows i..i+rows, and the columns they need.
+    #[inline(always)]
+    fn ranges(&self, i: usize, rows: usize) -> (usize, usize, usize) {
+        match self.causal {
+            Causal::Cols(off) => (0, self.k, self.n.min(i + rows + off)),
+            Causal::KUpTo(off) => (0, self.k.min(i + rows + off), self.n),
+            Causal::KFrom(off) => (i.saturating_sub(off).min(self.k), self.k, self.n),
+        }
+    }
 }
 
 /// A kernel for [`Mm`] products.
@@ -42,6 +77,32 @@ pub(super) trait Tile {
     /// # Safety
     /// `a` and `b` hold n elements each; the CPU has the kernel's instructions.
     unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32;
+
+    /// `out[r] = Σ a[r·stride + i]·b[r·stride + i]` for i in 0..n, each exactly
+    /// [`Tile::dot`] of row r; the R sums advance together, so their FMAs overlap
+    /// instead of waiting on one chain's latency.
+    ///
+    /// # Safety
+    /// Rows 0..R of both operands hold n elements each at `stride`; the CPU has the
+    /// kernel's instructions.
+    #[inline(always)]
+    unsafe fn dot_rows<const R: usize>(
+        a: *const f32,
+        b: *const f32,
+        stride: usize,
+        n: usize,
+    ) -> [f32; R] {
+        let mut acc = [0.0f32; R];
+        for i in 0..n {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                *acc_r = Self::madd(*a.add(r * stride + i), *b.add(r * stride + i), *acc_r);
+            }
+        }
+        acc
+    }
+
+    /// `acc + x·y` in the kernel's arithmetic: fused where [`Tile::mm`] fuses.
+    fn madd(x: f32, y: f32, acc: f32) -> f32;
 }
 
 /// Plain Rust, vectorised over C's columns by the compiler: a separate multiply and add.
@@ -73,10 +134,18 @@ impl Tile for Portable {
         }
         acc
     }
+
+    #[inline(always)]
+    fn madd(x: f32, y: f32, acc: f32) -> f32 {
+        acc + x * y
+    }
 }
 
-/// Rows of a register tile.
-const TILE_ROWS: usize = 4;
+/// Rows of a register tile: 6 rows × 2 vectors are 12 accumulators, which with the two
+/// B vectors and one broadcast fill AVX2's 16 registers and keep 12 independent FMA
+/// chains in flight (enough to cover the FMA latency on two pipes, where 4 rows' 8 were
+/// just enough and left the loads of B and A — 6 per 8 FMAs — close to the limit).
+const TILE_ROWS: usize = 6;
 
 macro_rules! simd_tile {
     ($name:ident, $feature:literal, $width:expr,
@@ -94,6 +163,11 @@ macro_rules! simd_tile {
             #[inline(always)]
             unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
                 $name::dot_fma(a, b, n)
+            }
+
+            #[inline(always)]
+            fn madd(x: f32, y: f32, acc: f32) -> f32 {
+                x.mul_add(y, acc)
             }
         }
 
@@ -117,6 +191,8 @@ macro_rules! simd_tile {
                     i += TILE_ROWS;
                 }
                 match p.m - i {
+                    5 => Self::rows::<5>(p, i),
+                    4 => Self::rows::<4>(p, i),
                     3 => Self::rows::<3>(p, i),
                     2 => Self::rows::<2>(p, i),
                     1 => Self::rows::<1>(p, i),
@@ -124,24 +200,26 @@ macro_rules! simd_tile {
                 }
             }
 
-            /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns.
+            /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns
+            /// (those the causal hint leaves; each over its k range).
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn rows<const R: usize>(p: Mm, i: usize) {
+                let (k0, k1, n) = p.ranges(i, R);
                 let mut j = 0;
-                while j + 2 * $width <= p.n {
-                    Self::block::<R, 2>(p, i, j);
+                while j + 2 * $width <= p.n && j < n {
+                    Self::block::<R, 2>(p, i, j, k0, k1);
                     j += 2 * $width;
                 }
-                if j + $width <= p.n {
-                    Self::block::<R, 1>(p, i, j);
+                if j + $width <= p.n && j < n {
+                    Self::block::<R, 1>(p, i, j, k0, k1);
                     j += $width;
                 }
                 for r in i..i + R {
-                    for jj in j..p.n {
+                    for jj in j..n {
                         let cp = p.c.add(r * p.ldc + jj);
                         let mut acc = if p.add { *cp } else { 0.0 };
-                        for q in 0..p.k {
+                        for q in k0..k1 {
                             let a = *p.a.add(r * p.ars + q * p.acs);
                             acc = a.mul_add(*p.b.add(q * p.brs + jj), acc);
                         }
@@ -150,10 +228,16 @@ macro_rules! simd_tile {
                 }
             }
 
-            /// The R × (V·width) tile at (i, j), in registers over all of k.
+            /// The R × (V·width) tile at (i, j), in registers over k0..k1.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn block<const R: usize, const V: usize>(p: Mm, i: usize, j: usize) {
+            unsafe fn block<const R: usize, const V: usize>(
+                p: Mm,
+                i: usize,
+                j: usize,
+                k0: usize,
+                k1: usize,
+            ) {
                 use std::arch::x86_64::*;
                 let mut acc = [[$zero(); V]; R];
                 if p.add {
@@ -164,7 +248,7 @@ macro_rules! simd_tile {
                     }
                 }
                 let a0 = p.a.add(i * p.ars);
-                for q in 0..p.k {
+                for q in k0..k1 {
                     let bq = p.b.add(q * p.brs + j);
                     let mut bv = [$zero(); V];
                     for (v, bvv) in bv.iter_mut().enumerate() {

@@ -231,9 +231,14 @@ impl CpuModel {
         })
     }
 
+    /// Threads the model's ops run on (what the step's other host work may use too).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Bytes of activation and scratch buffers this instance holds (the
-    /// attention keeps 4·64·HS + 2·64² + (NH/NKV)·T floats per thread that runs it
-    /// (its backward's blocks), and the matmul
+    /// attention keeps 6·64·HS + 2·64² + (NH/NKV)·T·(1 + 2·HS) floats per thread that
+    /// runs it (its backward's blocks and the group's Q and dO rows), and the matmul
     /// its packing buffers, at most 96·256 + 2048·1024 floats per thread).
     pub fn activation_bytes(&self) -> usize {
         let l = &self.layers;

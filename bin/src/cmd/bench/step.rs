@@ -491,11 +491,9 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
                 norm,
             });
         }
+        // As the trainer: the clip factor applied inside the update, on the threads.
         let scale = clip_scale(norm, CLIP);
-        if scale != 1.0 {
-            grads.iter_mut().for_each(|g| *g *= scale);
-        }
-        opt.update(&mut params, &grads, BENCH_LR, &decay_mask);
+        opt.update_with(&mut params, &grads, scale, BENCH_LR, &decay_mask, b.threads);
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if i >= b.warmup {
             step_ms.push(ms);

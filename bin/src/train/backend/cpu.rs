@@ -141,7 +141,7 @@ fn shard_update(
     opt: &mut AdamW,
     params: &mut [f32],
     decay_mask: &[bool],
-    (lr, clip): (f32, f64),
+    (lr, clip, threads): (f32, f64, usize),
 ) -> Result<f64, CliError> {
     let mine = norm_block_sums(&shard.grads);
     let all = sync.gather_norm_partials(&mine, &shard.blocks_per_rank)?;
@@ -150,10 +150,8 @@ fn shard_update(
         return Ok(norm);
     }
     let scale = clip_scale(norm, clip);
-    if scale != 1.0 {
-        shard.grads.iter_mut().for_each(|g| *g *= scale);
-    }
-    opt.update(params, &shard.grads, lr, &decay_mask[shard.range.clone()]);
+    let mask = &decay_mask[shard.range.clone()];
+    opt.update_with(params, &shard.grads, scale, lr, mask, threads);
     Ok(norm)
 }
 
@@ -298,17 +296,18 @@ impl StepBackend for CpuStep {
     }
 
     fn optimizer_step(&mut self, lr: f32, clip: f64, sync: &mut GradSync) -> Result<f64, CliError> {
+        let threads = self.model.threads();
         match &mut self.held {
             Held::Whole(params) => {
                 let norm = grad_norm(&self.grads);
                 if !norm.is_finite() {
                     return Ok(norm);
                 }
+                // The clip factor is applied inside the update (same bits, one pass
+                // over the gradients fewer), on the model's threads.
                 let scale = clip_scale(norm, clip);
-                if scale != 1.0 {
-                    self.grads.iter_mut().for_each(|g| *g *= scale);
-                }
-                self.opt.update(params, &self.grads, lr, &self.decay_mask);
+                self.opt
+                    .update_with(params, &self.grads, scale, lr, &self.decay_mask, threads);
                 Ok(norm)
             }
             Held::GradOp {
@@ -323,7 +322,7 @@ impl StepBackend for CpuStep {
                     &mut self.opt,
                     mine,
                     &self.decay_mask,
-                    (lr, clip),
+                    (lr, clip, threads),
                 )?;
                 if !norm.is_finite() {
                     return Ok(norm);
@@ -340,7 +339,7 @@ impl StepBackend for CpuStep {
                 &mut self.opt,
                 master,
                 &self.decay_mask,
-                (lr, clip),
+                (lr, clip, threads),
             ),
         }
     }
