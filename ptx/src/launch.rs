@@ -351,12 +351,7 @@ mod tests {
         ];
         // Placed where its address in constant bank 0 is 64-byte aligned, as ptxas does:
         // offset 32 on sm_80 (bank base 0x160), 48 on sm_90 (0x210).
-        let buf = pack(
-            "k",
-            typed.into_iter(),
-            &[Arg::U32(3), Arg::TensorMap(map)],
-        )
-        .unwrap();
+        let buf = pack("k", typed.into_iter(), &[Arg::U32(3), Arg::TensorMap(map)]).unwrap();
         assert_eq!((buf.len(), buf[32], buf[159]), (160, 0xAB, 0xCD));
         let buf = pack_for(
             "k",

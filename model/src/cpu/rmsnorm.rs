@@ -57,15 +57,41 @@ pub fn rmsnorm_backward(
     threads: usize,
 ) {
     let RmsNormGrads { dx, dg } = grads;
+    let chunks = rstd.len().div_ceil(ROW_CHUNK);
+    PARTIAL.with(|cell| {
+        let mut partial = cell.borrow_mut();
+        partial.clear();
+        partial.resize(chunks * c, 0.0);
+        backward_rows(dx, dg, dy, x, rstd, g, c, threads, &mut partial);
+    });
+}
+
+thread_local! {
+    /// The per-chunk gain-gradient partials, reused across calls: at a step's shapes they
+    /// are above the allocator's mmap threshold, so a fresh vector per call was a fresh
+    /// mapping and its page faults, 17 times per step.
+    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    dx: &mut [f32],
+    dg: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    rstd: &[f32],
+    g: &[f32],
+    c: usize,
+    threads: usize,
+    partial: &mut [f32],
+) {
     let rows = rstd.len();
-    let chunks = rows.div_ceil(ROW_CHUNK);
-    let mut partial = vec![0.0f32; chunks * c];
     par::split2(
         threads,
-        chunks,
+        rows.div_ceil(ROW_CHUNK),
         dx,
         ROW_CHUNK * c,
-        &mut partial,
+        partial,
         c,
         |range, dx, partial| {
             let first_row = range.start * ROW_CHUNK;
