@@ -507,10 +507,13 @@ impl Cta<'_> {
         let numerics = self.checks.mma;
         // Each operand is read and prepared once; A from registers is each warp's own 16 rows.
         let b = Rows::new(numerics, i.ty, b);
+        let mut a_desc = None;
         let a_shared = match i.a {
             WgmmaA::Desc(s) => {
-                let a_desc = self.descriptor(ws, s, "A's descriptor", line)?;
+                let desc = self.descriptor(ws, s, "A's descriptor", line)?;
                 let a_major = if i.trans_a { Major::Mn } else { Major::K };
+                a_desc = Some((desc, a_major));
+                let a_desc = desc;
                 let mut rows = vec![[0u16; 16]; 64];
                 for (m, row) in rows.iter_mut().enumerate() {
                     for (k, e) in row.iter_mut().enumerate() {
@@ -609,7 +612,26 @@ impl Cta<'_> {
         }
         if let Some(r) = self.recorder.as_mut() {
             r.counters.tensor_flops += 2 * 64 * 16 * n as u64;
+            let mut rows = Vec::with_capacity(2 * (n + 64) / 8);
+            core_rows(&b_desc, b_major, n as u64, &mut rows);
+            if let Some((d, major)) = a_desc {
+                core_rows(&d, major, 64, &mut rows);
+            }
+            self.count_wgmma(&rows);
         }
         Ok(())
+    }
+}
+
+/// Appends the 16-byte row addresses of each core matrix (8 rows of 8 elements contiguous in
+/// memory: along K for K-major, along M/N for MN-major) of the `mn`×16 operand `desc` holds.
+fn core_rows(desc: &Descriptor, major: Major, mn: u64, out: &mut Vec<[u64; 8]>) {
+    for i in 0..mn / 8 {
+        for j in 0..2 {
+            out.push(std::array::from_fn(|r| match major {
+                Major::K => desc.element_addr(major, 8 * i + r as u64, 8 * j),
+                Major::Mn => desc.element_addr(major, 8 * i, 8 * j + r as u64),
+            }));
+        }
     }
 }
