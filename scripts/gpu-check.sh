@@ -33,7 +33,9 @@
 #   3d. the training step with --cuda-graphs off and on: the launch overhead graphs remove
 #      (difference of the mean step times; GRAPH_ARGS: its bench step flags);
 #   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
-#      (same JSON schema), joined with frugal's lines into ratio columns;
+#      (same JSON schema), joined with frugal's lines into ratio columns; then the sm_90a
+#      kernels against the same torch lines: the wgmma + TMA matmul (bench matmul --tma)
+#      vs cuBLAS, the wgmma flash forward (bench attention --tma) vs SDPA's flash backend;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
 # Per-step limits: LIMIT_TEST, LIMIT_BENCH, LIMIT_TORCH (seconds); extra flags per bench:
 # BENCH_ARGS_<WHAT> (e.g. BENCH_ARGS_MATMUL="--model paper-500m"), TORCH_ARGS_<WHAT>.
@@ -322,8 +324,27 @@ elif [ "$mode" = emu ]; then
     "$logdir/frugal-matmul-tma.jsonl" self
 fi
 
+# The sm_90a wgmma FlashAttention forward (`frugal bench attention --tma`: flash rows on the
+# wgmma forward, fwd_bwd adding FA-2's backward as the sm_90 step does) against torch SDPA's
+# flash backend on the same shapes (the torch lines of the attention comparison above). Before
+# sm_90 the bench says so and times FA-2 again. On the emulator: joined with itself.
+if [ "$mode" = gpu ] && [ "$have_torch" = 1 ] && [ -s "$logdir/torch-attention.jsonl" ]; then
+  # shellcheck disable=SC2086  # word splitting of the flag list is intended
+  run "bench:attention-wgmma" "$limit_bench" "$bin/frugal" bench attention --device "$device" \
+    --json --tma --attention flash ${BENCH_ARGS_ATTENTION-}
+  grep -E '^\{' "$logdir/bench_attention-wgmma.log" > "$logdir/frugal-attention-wgmma.jsonl" 2>/dev/null || true
+  run "compare:attention-wgmma" 30 python3 "$join" attention \
+    "$logdir/frugal-attention-wgmma.jsonl" "$logdir/torch-attention.jsonl" torch
+elif [ "$mode" = emu ]; then
+  run "bench:attention-wgmma" "$limit_bench" "$bin/frugal" bench attention --device "$device" \
+    --json --tma --attention flash --batch 1 --seq 128 --iters 1 --warmup 0
+  grep -E '^\{' "$logdir/bench_attention-wgmma.log" > "$logdir/frugal-attention-wgmma.jsonl" 2>/dev/null || true
+  run "compare:attention-wgmma" 30 python3 "$join" attention \
+    "$logdir/frugal-attention-wgmma.jsonl" "$logdir/frugal-attention-wgmma.jsonl" self
+fi
+
 echo
-for what in matmul attention matmul-1b matmul-tma; do
+for what in matmul attention matmul-1b matmul-tma attention-wgmma; do
   [ -f "$logdir/compare_$what.log" ] && cat "$logdir/compare_$what.log" && echo
 done
 [ -f "$logdir/calibrate.log" ] && cat "$logdir/calibrate.log" && echo
