@@ -458,11 +458,7 @@ pub fn measure(
             let list = if wgmma.is_some() { &all[1..] } else { &all[..] };
             let time_ms = time_launches(dev, wgmma.as_ref(), list, repeats, &what)?;
             let counted = if counters && wgmma.is_none() {
-                Some(Summary::of(&counters::count(
-                    "bench attention",
-                    dev,
-                    &list,
-                )?))
+                Some(Summary::of(&counters::count("bench attention", dev, list)?))
             } else {
                 None
             };
