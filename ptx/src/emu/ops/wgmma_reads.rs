@@ -73,10 +73,10 @@ impl WgmmaReads {
     /// A fresh state for a CTA of `nwarps` warps; `active` false leaves it inert (no wgmma
     /// in the kernel, or no race check).
     pub(in crate::emu) fn reset(&mut self, active: bool, nwarps: u32) {
-        self.any = false;
         self.records.clear();
         if !active {
             self.nwg = 0;
+            self.any = false;
             return;
         }
         self.nwg = (nwarps as usize).div_ceil(4);
@@ -84,9 +84,13 @@ impl WgmmaReads {
         self.issued.resize_with(self.nwg, Vec::new);
         self.retired.clear();
         self.retired.resize_with(nwarps as usize, Vec::new);
-        // Allocated at the first issue: most CTAs of most kernels never need them.
-        self.live.clear();
-        self.done.clear();
+        // Allocated at the first issue (a launch's CTAs share the size) and cleared only
+        // after a CTA that used them.
+        if self.any {
+            self.live.fill(0);
+            self.done.fill(0);
+        }
+        self.any = false;
     }
 
     fn active(&self) -> bool {
@@ -131,7 +135,7 @@ impl Cta<'_> {
         if !r.active() {
             return 0;
         }
-        if r.live.len() != shared {
+        if r.live.len() != shared || r.done.len() != shared * r.nwg {
             r.live = vec![0; shared];
             r.done = vec![0; shared * r.nwg];
         }
