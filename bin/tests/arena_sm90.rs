@@ -101,3 +101,30 @@ fn plan_peaks_are_the_step_of_each_gpu() {
     assert_eq!(peak("H100-SXM-80GB"), h100);
     assert_eq!(peak("A100-SXM-80GB"), a100);
 }
+
+#[test]
+fn gpu_is_for_a_model_step_and_must_be_known() {
+    let o = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["arena", "--model", "tiny", "--gpu", "h900"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--gpu 'h900'") && err.contains("h100-sxm"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("frugal-arena-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("buffers.txt");
+    std::fs::write(&list, "a params 1K 0 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["arena", "--buffers"])
+        .arg(&list)
+        .args(["--gpu", "h100-sxm"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--gpu plans a --model's step"));
+}

@@ -197,6 +197,11 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
     }
 
     match (buffers, model) {
+        (Some(_), None) if gpu_target.is_some() => Err(UsageError(
+            "arena: --gpu plans a --model's step for that GPU; a --buffers list is planned as given"
+                .into(),
+        )
+        .into()),
         (Some(file), None) => {
             let text = std::fs::read_to_string(&file).map_err(|source| CliError::BufferList {
                 file: file.clone(),
