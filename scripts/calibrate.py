@@ -56,6 +56,19 @@ def read_jsonl(path):
     return out
 
 
+def attention_rows(logdir):
+    """bench attention's lines, each replaced by the `--tma` bench's line of the same shape
+    and pass where that one ran the wgmma forward (it names its "kernel": an sm_90 GPU), since
+    `profile --kernel flash-fwd` on sm_90 predicts the wgmma forward, as the step runs it."""
+    def key(r):
+        return tuple(r.get(f) for f in (
+            "attention", "pass", "model", "batch", "heads", "kv_heads", "seq", "head_dim", "dq"))
+    wgmma = {key(r): r for r in read_jsonl(os.path.join(logdir, "frugal-attention-wgmma.jsonl"))
+             if r.get("kernel")}
+    return [wgmma.get(key(r), r)
+            for r in read_jsonl(os.path.join(logdir, "frugal-attention.jsonl"))]
+
+
 def cases(logdir):
     """(family, label, [profile argument lists], measured seconds) for each row to compare.
 
@@ -71,7 +84,7 @@ def cases(logdir):
             args.append("--accumulate")
         label = f"matmul {r['m']}x{r['n']}x{r['k']} {r['layout']} {r['out']} ({r.get('kernel', '?')})"
         out.append(("matmul", label, [args], r["us"] * 1e-6))
-    for r in read_jsonl(os.path.join(logdir, "frugal-attention.jsonl")):
+    for r in attention_rows(logdir):
         if r.get("attention") != "flash" or "time_ms" not in r:
             continue
         shape = f"{r['batch']},{r['heads']},{r['seq']},{r['head_dim']},{r['kv_heads']}"
@@ -206,6 +219,17 @@ def self_test():
             assert len(f.readlines()) == 4
         assert calibrate([("a", 1.0, 0.0), ("a", 2.0, 1.0)]) == {"a": 2.0}
         assert calibrate([("a", 1.0, 1.0), ("a", 3.0, 1.0), ("a", 9.0, 1.0)]) == {"a": 3.0}
+        # An sm_90 GPU's --tma lines (naming the wgmma kernel) replace the FA-2 ones of
+        # the same shape and pass; a line without a kernel (FA-2 again) does not.
+        write("frugal-attention-wgmma.jsonl", [
+            {"attention": "flash", "pass": "fwd", "batch": 1, "heads": 2, "kv_heads": 2,
+             "seq": 64, "head_dim": 64, "dq": "deterministic", "time_ms": 0.01,
+             "kernel": "flash_attn_fwd_wgmma_hs64"},
+            {"attention": "flash", "pass": "fwd_bwd", "batch": 1, "heads": 2, "kv_heads": 2,
+             "seq": 64, "head_dim": 64, "dq": "deterministic", "time_ms": 0.5, "kernel": None},
+        ])
+        got = cases(d)
+        assert abs(got[2][3] - 0.01e-3) < 1e-12 and abs(got[3][3] - 0.09e-3) < 1e-12, got
         empty = os.path.join(d, "empty")
         os.mkdir(empty)
         assert run("frugal", "h100-sxm", empty, out, fake) == 1

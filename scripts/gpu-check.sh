@@ -32,8 +32,12 @@
 #      `frugal profile --calibration` (copied to OUT too);
 #   3d. the training step with --cuda-graphs off and on: the launch overhead graphs remove
 #      (difference of the mean step times; GRAPH_ARGS: its bench step flags);
+#   3'. on an sm_90 GPU: bench attention --tma (the flash rows on the wgmma forward, what
+#      the sm_90 step runs; the calibration uses them for its flash rows there);
 #   4. if `python3 -c "import torch"` works: scripts/torch/matmul.py and attention.py
-#      (same JSON schema), joined with frugal's lines into ratio columns;
+#      (same JSON schema), joined with frugal's lines into ratio columns; then the sm_90a
+#      kernels against the same torch lines: the wgmma + TMA matmul (bench matmul --tma)
+#      vs cuBLAS, the wgmma flash forward (3') vs SDPA's flash backend;
 # then prints a table: step, status, seconds. Exit status 1 if any step failed.
 # Per-step limits: LIMIT_TEST, LIMIT_BENCH, LIMIT_TORCH (seconds); extra flags per bench:
 # BENCH_ARGS_<WHAT> (e.g. BENCH_ARGS_MATMUL="--model paper-500m"), TORCH_ARGS_<WHAT>.
@@ -173,6 +177,28 @@ for what in kernels matmul attention step; do
   # The JSON lines (one object per line) for the comparison below.
   grep -E '^\{' "$logdir/bench_$what.log" > "$logdir/frugal-$what.jsonl" 2>/dev/null || true
 done
+
+# 3'. On an sm_90 GPU, the flash rows again on the sm_90a wgmma forward (bench attention
+# --tma: what the sm_90 step runs), before the calibration (whose flash-fwd predictions are
+# of that kernel there) and for the SDPA comparison below.
+# The emulator runs sm_90a: the smoke check times it with tiny sizes.
+wgmma_attention=1
+wgmma_attention_args=""
+if [ "$mode" = emu ]; then
+  wgmma_attention_args="--batch 1 --seq 128 --iters 1 --warmup 0"
+elif nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
+    | head -n 1 | grep -q '^9\.'; then
+  wgmma_attention_args="${BENCH_ARGS_ATTENTION-}"
+else
+  wgmma_attention=0
+  rows+=("bench:attention-wgmma|skipped: not an sm_90 GPU|0")
+fi
+if [ "$wgmma_attention" = 1 ]; then
+  # shellcheck disable=SC2086  # word splitting of the flag list is intended
+  run "bench:attention-wgmma" "$limit_bench" "$bin/frugal" bench attention --device "$device" \
+    --json --tma --attention flash $wgmma_attention_args
+  grep -E '^\{' "$logdir/bench_attention-wgmma.log" > "$logdir/frugal-attention-wgmma.jsonl" 2>/dev/null || true
+fi
 
 # 3a. Calibration: predicted (the emulator's counters on this GPU's roofline) next to
 # measured (the bench lines above). On the emulator the "measured" times are emulation
@@ -322,8 +348,21 @@ elif [ "$mode" = emu ]; then
     "$logdir/frugal-matmul-tma.jsonl" self
 fi
 
+# The sm_90a wgmma FlashAttention forward (timed in 3' on an sm_90 GPU: flash rows on the
+# wgmma forward, fwd_bwd adding FA-2's backward as the sm_90 step does) against torch SDPA's
+# flash backend on the same shapes (the torch lines of the attention comparison above).
+# Before sm_90 there is no such row. On the emulator: joined with itself.
+if [ "$mode" = gpu ] && [ "$have_torch" = 1 ] && [ -s "$logdir/torch-attention.jsonl" ] \
+    && [ -s "$logdir/frugal-attention-wgmma.jsonl" ]; then
+  run "compare:attention-wgmma" 30 python3 "$join" attention \
+    "$logdir/frugal-attention-wgmma.jsonl" "$logdir/torch-attention.jsonl" torch
+elif [ "$mode" = emu ]; then
+  run "compare:attention-wgmma" 30 python3 "$join" attention \
+    "$logdir/frugal-attention-wgmma.jsonl" "$logdir/frugal-attention-wgmma.jsonl" self
+fi
+
 echo
-for what in matmul attention matmul-1b matmul-tma; do
+for what in matmul attention matmul-1b matmul-tma attention-wgmma; do
   [ -f "$logdir/compare_$what.log" ] && cat "$logdir/compare_$what.log" && echo
 done
 [ -f "$logdir/calibrate.log" ] && cat "$logdir/calibrate.log" && echo

@@ -320,6 +320,34 @@ fn planted_faults_in_the_wgmma_matmul_are_caught() {
     let bad = desc_b.replace(&konst.to_string(), &(konst - sbo / 2).to_string());
     let e = planted(&desc_b, &bad);
     assert!(e.contains("want"), "{e}");
+    // The consumers release the previous stage to the producer before `wait_group 1` has
+    // retired the group reading it: the emulator computes at issue, so the result is right,
+    // but the producer's TMA load into that stage is ordered only after the arrive, not after
+    // the wait (on a GPU it may overwrite operands the tensor cores are still reading).
+    let wait = text
+        .lines()
+        .find(|l| l.trim() == "wgmma.wait_group.sync.aligned 1;")
+        .unwrap_or_else(|| panic!("no wait_group 1 in the module"))
+        .to_string();
+    let arrive = text
+        .lines()
+        .find(|l| l.trim() == "@%p3 mbarrier.arrive.shared::cta.b64 _, [%r0];")
+        .unwrap_or_else(|| panic!("no release of the previous stage in the module"))
+        .to_string();
+    let early = text.replacen(&format!("{wait}\n"), "", 1).replacen(
+        &arrive,
+        &format!("{arrive}\n{wait}"),
+        1,
+    );
+    // Seven k tiles through four stages: the producer reloads released stages.
+    let deep = padded(Layout::Tn, OutType::F32, 72, 72, 392);
+    run_emulated(&text, cfg, &deep, 1, 4).unwrap_or_else(|e| panic!("unplanted: {e}"));
+    let e = run_emulated(&early, cfg, &deep, 1, 4)
+        .expect_err("releasing a stage before wait_group retired its reads went unnoticed");
+    assert!(
+        e.contains("write-after-read race on a wgmma operand") && e.contains("not ordered"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -7,9 +7,10 @@
 use frugal_comm::ShardMode;
 use frugal_model::config::{Attention, Config, Preset};
 use frugal_model::device::program::Program;
-use frugal_model::device::StepOptions;
+use frugal_model::device::{StepOptions, StepTarget};
 use frugal_runtime::arena::{self, plan, plan_fits, BufferRequest, Category, Plan};
 use frugal_runtime::device::{Device, DeviceSpec};
+use frugal_runtime::roofline::{known_gpu_names, lookup_gpu};
 use frugal_runtime::RuntimeError;
 
 use crate::error::CliError;
@@ -44,7 +45,7 @@ pub const BUFFERS_FORMAT: &str = "\
 #[command(override_usage = "\
 frugal arena --buffers FILE [--available BYTES] [--summary]
        frugal arena --model PRESET [--batch B] [--seq T] [--attention flash|vanilla]
-                    [--shard none|grad-op|full --world N]
+                    [--gpu NAME] [--shard none|grad-op|full --world N]
                     [--comm-bucket BYTES] [--available BYTES] [--summary]
        frugal arena --model PRESET --mem-target F [--device auto|cpu|cuda[:N]|emu] [...]")]
 pub struct ArenaFlags {
@@ -74,6 +75,13 @@ pub struct ArenaFlags {
     /// with --model: the ranks of the job --shard splits the state over (default 1)
     #[arg(long, value_name = "N", value_parser = text::<usize>())]
     world: Option<usize>,
+    /// with --model: plan the step a GPU of this model runs (h100-sxm,
+    /// a100-80gb, ...): its architecture's kernels, e.g. on sm_90 the
+    /// wgmma matmul and flash forward, which allocate differently (no
+    /// split-K workspace); default: the sm_80 step, or with --mem-target
+    /// the --device's own. Example: --model small --gpu h100-sxm
+    #[arg(long, value_name = "NAME", value_parser = text::<String>(), verbatim_doc_comment)]
+    gpu: Option<String>,
     /// bytes of one gradient all-reduce bucket (default 0: one device)
     #[arg(long, value_name = "N", value_parser = text::<String>())]
     comm_bucket: Option<String>,
@@ -133,7 +141,20 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
         mem_target,
         device,
         summary,
+        gpu,
     } = flags;
+    let gpu_target = match gpu {
+        None => None,
+        Some(word) => {
+            let facts = lookup_gpu(&word).ok_or_else(|| {
+                UsageError(format!(
+                    "arena: --gpu '{word}' is not a GPU frugal knows; known: {}",
+                    known_gpu_names().join(", ")
+                ))
+            })?;
+            Some((facts.label, crate::cmd::plan::memory::target(facts)))
+        }
+    };
     let shard = match shard {
         None => ShardMode::None,
         Some(word) => word.parse::<ShardMode>().map_err(|_| {
@@ -176,6 +197,11 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
     }
 
     match (buffers, model) {
+        (Some(_), None) if gpu_target.is_some() => Err(UsageError(
+            "arena: --gpu plans a --model's step for that GPU; a --buffers list is planned as given"
+                .into(),
+        )
+        .into()),
         (Some(file), None) => {
             let text = std::fs::read_to_string(&file).map_err(|source| CliError::BufferList {
                 file: file.clone(),
@@ -211,13 +237,14 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
             }
             let mut cfg = cfg;
             cfg.seq_len = seq;
-            let step = StepRequests {
+            let mut step = StepRequests {
                 cfg: &cfg,
                 options: StepOptions {
                     sharding,
                     ..StepOptions::deterministic(attention)
                 },
                 bucket,
+                target: gpu_target.map(|(_, t)| t),
             };
             // Built once up front so that a config the step cannot run is refused with the
             // step's own words (the batch search only passes runtime errors on).
@@ -225,15 +252,20 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
 
             if let Some(f) = mem_target {
                 let dev = Device::open(device)?;
+                // The step this device runs, unless --gpu names another.
+                if step.target.is_none() {
+                    step.target = dev.facts().map(crate::cmd::plan::memory::target);
+                }
                 let budget = dev.mem_budget(f)?;
                 let (b, p) = arena::largest_batch_that_fits(1024, budget, |b| step.searched(b))?;
                 let p = p.labelled(sharding.labels());
                 let batch = b;
                 println!(
-                    "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the step program's buffers, planned without a device)",
+                    "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the {} step program's buffers, planned without a device)",
                     preset.name,
                     cfg.param_count(),
-                    attention
+                    attention,
+                    step.arch_words()
                 );
                 println!("{}", sharding.describe());
                 print_plan(&p, summary);
@@ -245,10 +277,12 @@ pub fn run(flags: ArenaFlags) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the step program's buffers, planned without a device)",
+                "model {} (parameters: {}), batch {batch}, seq {seq}, attention {} (the {} step program's buffers{}, planned without a device)",
                 preset.name,
                 cfg.param_count(),
-                attention
+                attention,
+                step.arch_words(),
+                gpu_target.map_or(String::new(), |(label, _)| format!(" for {label}"))
             );
             println!("{}", sharding.describe());
             match available {
@@ -281,11 +315,22 @@ struct StepRequests<'a> {
     cfg: &'a Config,
     options: StepOptions,
     bucket: u64,
+    /// The GPU whose step is planned (`None`: the sm_80 step).
+    target: Option<StepTarget>,
 }
 
 impl StepRequests<'_> {
+    /// Which step the plan is of, for the header ("sm_90").
+    fn arch_words(&self) -> String {
+        format!("sm_{}", self.target.map_or(80, |t| t.arch))
+    }
+
     fn at(&self, batch: usize) -> Result<Vec<BufferRequest>, frugal_model::ModelError> {
-        let prog = Program::plan_only(self.cfg, batch, self.cfg.seq_len, self.options)?;
+        let seq = self.cfg.seq_len;
+        let prog = match self.target {
+            Some(t) => Program::plan_only_for(self.cfg, batch, seq, self.options, t)?,
+            None => Program::plan_only(self.cfg, batch, seq, self.options)?,
+        };
         let mut requests = prog.requests();
         if self.bucket > 0 {
             let last = requests.iter().map(|r| r.last_use).max().unwrap_or(0);

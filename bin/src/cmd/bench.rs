@@ -6,6 +6,7 @@
 mod allreduce;
 #[path = "bench/attention.rs"]
 pub(crate) mod attention;
+mod attention_tma;
 #[path = "bench/case_words.rs"]
 pub(crate) mod case_words;
 #[path = "bench/counters.rs"]

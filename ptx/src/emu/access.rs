@@ -327,6 +327,7 @@ impl Cta<'_> {
                 if self.hop.async_in_flight() {
                     self.check_bulk_overwrite(at, r.clone())?;
                 }
+                self.check_wgmma_overwrite(at, r.clone(), "st")?;
                 self.shared[r.clone()].copy_from_slice(&bytes[..n]);
                 self.mark_shared_write(at.tid, r);
             }

@@ -19,6 +19,7 @@ use super::counters::{sample_grid, Counters, Profiling, Recorder};
 use super::inst::{Inst, Kernel, Op, Reg, Src, Sreg};
 use super::ops::mbarrier::Hopper;
 use super::ops::wgmma_exec::WgmmaWarp;
+use super::ops::wgmma_reads::WgmmaReads;
 use super::types::width_mask;
 use super::warp::{Warp, WarpState, NO_PC};
 use super::{Checks, DeviceMemory, LaunchDims, LaunchStats};
@@ -82,6 +83,8 @@ pub(super) struct Cta<'a> {
     pub(super) wgmma_used: bool,
     /// Per warp, its wgmma state (empty when `wgmma_used` is false).
     pub(super) wgmma: Vec<WgmmaWarp>,
+    /// The shared bytes wgmmas read asynchronously (the write-after-read race check).
+    pub(super) wgmma_reads: WgmmaReads,
 }
 
 pub(crate) fn launch(
@@ -197,6 +200,7 @@ fn launch_limited(
         } else {
             Vec::new()
         },
+        wgmma_reads: WgmmaReads::default(),
     };
     let mut warps: Vec<Warp> = (0..nwarps)
         .map(|w| Warp {
@@ -265,6 +269,8 @@ impl Cta<'_> {
         for s in &mut self.wgmma {
             s.reset();
         }
+        self.wgmma_reads
+            .reset(self.wgmma_used && self.checks.races, self.nwarps);
         for w in warps.iter_mut() {
             w.regs.fill(0);
             w.written.fill(0);

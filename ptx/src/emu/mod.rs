@@ -23,7 +23,7 @@
 //! | `cp.async.bulk.tensor` (tensor operand, map lookup, box walk) | `ops/bulk_tensor.rs` |
 //! | `mma` `ldmatrix` | `ops/tensor.rs` |
 //! | `stmatrix` | `ops/stmatrix.rs` |
-//! | `wgmma.mma_async` `wgmma.fence` `wgmma.commit_group` `wgmma.wait_group` | `ops/wgmma.rs` (decoding, arithmetic), `ops/wgmma_exec.rs` (the warpgroup), `ops/wgmma_desc.rs` (matrix descriptors) |
+//! | `wgmma.mma_async` `wgmma.fence` `wgmma.commit_group` `wgmma.wait_group` | `ops/wgmma.rs` (decoding, arithmetic), `ops/wgmma_exec.rs` (the warpgroup), `ops/wgmma_desc.rs` (matrix descriptors), `ops/wgmma_reads.rs` (the operands' asynchronous reads) |
 //! | `setp` `set` `selp` `bra` `ret`/`exit` `trap` | `ops/control.rs` |
 //!
 //! An arithmetic opcode (`add`, `mad`, `abs`, ...) names an integer or a float operation by
@@ -107,11 +107,13 @@
 //! exactly rounded k-order additions, or the tensor cores' truncating fused sum.
 //!
 //! `wgmma.mma_async` (m64nNk16, N = 8..256 step 8, `.f32.bf16.bf16`, `.f32.f16.f16` and
-//! `.f16.f16.f16`) is issued by the four warps of a warpgroup together: the shared-memory
-//! operands are read then and the result held pending until a `wgmma.wait_group` retires its
-//! group; touching its accumulator or A registers before that, a missing `wgmma.fence`, a
-//! warp exiting with wgmmas pending, or a warpgroup that does not issue it together is an
-//! error (`PtxError::Wgmma`). It accumulates as `mma.sync` does under [`Checks::mma`], k = 16
+//! `.f16.f16.f16`) is issued by the four warps of a warpgroup together: the product is
+//! computed then and held pending until a `wgmma.wait_group` retires its group; touching its
+//! accumulator or A registers before that, a missing `wgmma.fence`, a warp exiting with
+//! wgmmas pending, or a warpgroup that does not issue it together is an error
+//! (`PtxError::Wgmma`). Its shared operands count as read asynchronously until the wait: a
+//! write into them before it, or not ordered after it, is a reported race
+//! (`ops/wgmma_reads.rs`). It accumulates as `mma.sync` does under [`Checks::mma`], k = 16
 //! per instruction.
 //!
 //! Accepted as compilers write it (nvcc, Triton; see `tests/emu_compiler_ptx.rs`):

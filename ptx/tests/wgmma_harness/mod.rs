@@ -202,6 +202,11 @@ pub enum Fault {
     SplitLanes,
     /// No `fence.proxy.async` between the threads' stores to shared memory and the wgmma.
     NoProxyFence,
+    /// Every thread stores to A's first bytes between commit and wait (the wgmma may still
+    /// be reading them).
+    StoreBeforeWait,
+    /// Control for `StoreBeforeWait`: the same store after the wait (not a fault).
+    StoreAfterWait,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -332,8 +337,13 @@ pub fn kernel_text(c: &Case, smem: usize) -> String {
         }
         _ => "",
     };
-    let store_early = if c.fault == Fault::ReadBeforeWait {
-        "    st.global.b32 [%rd16], %d0;\n"
+    let store_early = match c.fault {
+        Fault::ReadBeforeWait => "    st.global.b32 [%rd16], %d0;\n",
+        Fault::StoreBeforeWait => "    st.shared.u32 [%r3], %r2;\n",
+        _ => "",
+    };
+    let store_late = if c.fault == Fault::StoreAfterWait {
+        "    st.shared.u32 [%r3], %r2;\n"
     } else {
         ""
     };
@@ -348,7 +358,10 @@ pub fn kernel_text(c: &Case, smem: usize) -> String {
     let (step_sync, end_sync) = if c.wait_each {
         (format!("{commit}{wait}"), String::new())
     } else {
-        (String::new(), format!("{commit}{store_early}{wait}"))
+        (
+            String::new(),
+            format!("{commit}{store_early}{wait}{store_late}"),
+        )
     };
     // Without a wait the stores would read pending accumulators: leave them out so the warps
     // reach their exit with the wgmmas pending.

@@ -30,6 +30,7 @@ use frugal_model::config::{Attention, Preset};
 use frugal_model::rng::Rng;
 use frugal_ptx::flash::{self, AttnShape, DqMode, FlashBwd, FlashFwd};
 use frugal_ptx::kernels::Launch;
+use frugal_ptx::matmul::wgmma::LaunchArgs;
 use frugal_ptx::vanilla::{self, VanillaBuffers, VanillaBwd, VanillaFwd};
 use frugal_runtime::buffer::DeviceBuffer;
 use frugal_runtime::device::{Backend, Device, DeviceSpec};
@@ -75,6 +76,12 @@ pub struct AttentionFlags {
     /// untimed repetitions first (default 3 on a GPU, 0 on the emulator)
     #[arg(long, value_name = "N", value_parser = text::<usize>())]
     warmup: Option<usize>,
+    /// flash rows run the sm_90a wgmma forward (TMA + wgmma, what the sm_90 step runs,
+    /// head sizes 64 and 128) instead of FlashAttention-2's; forward+backward adds FA-2's
+    /// backward, as the step does. Before sm_90 the rows stay FA-2's (with a note); the
+    /// emulator runs sm_90a. --counters leaves these rows uncounted
+    #[arg(long)]
+    tma: bool,
     /// one JSON object per row instead of the table
     #[arg(long)]
     json: bool,
@@ -135,6 +142,8 @@ pub struct Row {
     pub time_ms: f64,
     /// `--counters`: one counted repetition's figures (all its launches summed).
     pub counters: Option<Summary>,
+    /// The forward kernel when `--tma` ran the wgmma one (`None`: the usual launches).
+    pub kernel: Option<&'static str>,
 }
 
 impl Row {
@@ -383,12 +392,16 @@ pub(crate) fn launches(
 /// ones; ms per repetition.
 fn time_launches(
     dev: &Device,
+    first: Option<&LaunchArgs>,
     list: &[Launch],
     repeats: Repeats,
     what: &str,
 ) -> Result<f64, CliError> {
     let Repeats { iters, warmup } = repeats;
     let run_all = || -> Result<(), CliError> {
+        if let Some(l) = first {
+            super::attention_tma::run(dev, l, what)?;
+        }
         for l in list {
             dev.run(l).map_err(|e| failed(what, e))?;
         }
@@ -420,20 +433,32 @@ pub fn measure(
     dq_mode: DqMode,
     repeats: Repeats,
     counters: bool,
+    tma: bool,
 ) -> Result<Vec<Row>, CliError> {
     let m = operands(dev, shape, which, dq_mode)?;
     let mut rows = Vec::new();
     for &attention in which {
         for pass in [Pass::Forward, Pass::ForwardBackward] {
-            let list = launches(arch, shape, &m, attention, pass, dq_mode)?;
+            let all = launches(arch, shape, &m, attention, pass, dq_mode)?;
             let what = format!("{model} {} {}", attention.name(), pass.name());
-            let time_ms = time_launches(dev, &list, repeats, &what)?;
-            let counted = if counters {
-                Some(Summary::of(&counters::count(
-                    "bench attention",
-                    dev,
-                    &list,
-                )?))
+            // --tma: the wgmma forward replaces FA-2's (the list's first launch).
+            let fwd = FlashFwd {
+                q: m.q,
+                k: m.k,
+                v: m.v,
+                o: m.o,
+                lse: m.lse,
+            };
+            let wgmma = match attention {
+                Attention::Flash if tma => {
+                    super::attention_tma::forward_args(dev, shape, &fwd, &what)?
+                }
+                _ => None,
+            };
+            let list = if wgmma.is_some() { &all[1..] } else { &all[..] };
+            let time_ms = time_launches(dev, wgmma.as_ref(), list, repeats, &what)?;
+            let counted = if counters && wgmma.is_none() {
+                Some(Summary::of(&counters::count("bench attention", dev, list)?))
             } else {
                 None
             };
@@ -442,7 +467,7 @@ pub fn measure(
                 shape,
                 attention,
                 pass,
-                launches: list.len(),
+                launches: list.len() + usize::from(wgmma.is_some()),
                 extra_bytes: match attention {
                     Attention::Flash => m.extra_flash,
                     Attention::Vanilla => m.extra_vanilla,
@@ -450,6 +475,7 @@ pub fn measure(
                 iters: repeats.iters.max(1),
                 time_ms,
                 counters: counted,
+                kernel: wgmma.map(|l| l.kernel),
             });
         }
     }
@@ -473,7 +499,7 @@ pub fn json_line(row: &Row, device: &str, timing: &str, emulated: bool, dq_mode:
          \"head_dim\": {}, \"causal\": true, \"impl\": \"frugal\", \"dq\": {dq}, \
          \"device\": {}, \"timing\": {}, \"emulated\": {emulated}, \"launches\": {}, \
          \"extra_bytes\": {}, \"iters\": {}, \"flops\": {:.0}, \"time_ms\": {:.6}, \
-         \"tflops\": {:.6e}}}",
+         \"tflops\": {:.6e}, \"kernel\": {}}}",
         json_str(&format!(
             "{} {} {}",
             row.model,
@@ -496,6 +522,7 @@ pub fn json_line(row: &Row, device: &str, timing: &str, emulated: bool, dq_mode:
         flops(s, row.pass),
         row.time_ms,
         row.tflops(),
+        row.kernel.map_or("null".to_string(), json_str),
     )
 }
 
@@ -512,6 +539,7 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
         dq,
         iters,
         warmup,
+        tma,
         json,
         counters,
     } = flags;
@@ -568,6 +596,8 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
     let iters = iters.unwrap_or(if emulated { 1 } else { 20 });
     let warmup = warmup.unwrap_or(if emulated { 0 } else { 3 });
     let arch = dev.facts().map_or(80, |f| f.sm);
+    // --tma needs sm_90a: an sm_90 GPU, or the emulator (which runs it).
+    let tma_runs = tma && (emulated || arch == 90);
     let mut shapes = Vec::new();
     for name in &names {
         let preset = Preset::by_name(name).map_err(|e| usage(e.to_string()))?;
@@ -597,6 +627,14 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
                 DqMode::Atomic => "atomic",
             }
         ),
+        if tma && !tma_runs {
+            format!(
+                "--tma: this sm_{arch} GPU cannot run the sm_90a wgmma forward; the flash rows \
+                 are FlashAttention-2's"
+            )
+        } else {
+            String::new()
+        },
         if emulated {
             "EMULATED: times and TFLOP/s below measure the PTX emulator on the host; they are \
              meaningless for GPU speed (this run checks that the launches work)"
@@ -633,6 +671,7 @@ pub fn run(flags: AttentionFlags) -> Result<(), CliError> {
             dq_mode,
             Repeats { iters, warmup },
             counters,
+            tma_runs,
         )?;
         for row in &rows {
             if json {
@@ -716,6 +755,7 @@ mod tests {
                 warmup: 0,
             },
             true,
+            false,
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(rows.len(), 4);

@@ -158,9 +158,11 @@ pub fn row(
     let name = model.preset.name;
     let cfg = model.preset.config();
     let usable_bytes = memory::usable_bytes(facts.memory_bytes_nominal);
-    let peak_bytes = planner.peak(name, &cfg, batch, attention, shard, devices)?;
+    // The step this GPU runs (from sm_90 the wgmma kernels) is what its memory holds.
+    let target = memory::target(facts);
+    let peak_bytes = planner.peak(name, &cfg, batch, attention, shard, devices, target)?;
     let largest_batch =
-        planner.largest_batch(name, &cfg, attention, shard, devices, usable_bytes)?;
+        planner.largest_batch(name, &cfg, attention, shard, devices, target, usable_bytes)?;
     let price = prices.gpu(facts.name, false);
     let usd_per_hour = price.as_ref().map(|p| p.per_device_hour * devices as f64);
     let price_source = price.map(|p| p.source);

@@ -9,7 +9,7 @@ use std::time::Instant;
 use frugal_model::config::Attention;
 use frugal_ptx::emu::{Checks, MmaNumerics, Profiling};
 use frugal_ptx::error::PtxError;
-use frugal_ptx::flash::{AttnShape, DqMode};
+use frugal_ptx::flash::{wgmma_fwd, AttnShape, DqMode, FlashFwd};
 use frugal_ptx::kernels::Launch;
 use frugal_ptx::matmul::wgmma::{self, dispatch::select_tma};
 use frugal_ptx::matmul::{Epilogue, Gemm, KernelKind, Layout, OutType, TileConfig};
@@ -33,7 +33,8 @@ use crate::train::options::MAX_DIM;
 pub enum Target {
     /// The dispatcher's pick (split-K included) for the product.
     Matmul(Gemm),
-    /// FlashAttention-2's forward, or its backward launches (the forward runs first,
+    /// FlashAttention's forward (FA-2's, or from sm_90 the wgmma forward the step runs for
+    /// head sizes 64 and 128), or FA-2's backward launches (the forward runs first,
     /// uncounted, to give them their inputs).
     Flash { shape: AttnShape, backward: bool },
     /// One `bench kernels` case.
@@ -264,6 +265,17 @@ pub fn profile(
             let (_, list) = matmul::plan(arch, g, &ops, None, &what)?;
             run(&list)?
         }
+        Target::Flash {
+            shape,
+            backward: false,
+        } if wgmma_fwd_applies(arch, *shape) => {
+            emu.set_profiling(Profiling {
+                count: true,
+                sample_ctas: sample,
+            });
+            run_wgmma_fwd(&dev, *shape, &what)?;
+            emu.take_launch_records()
+        }
         Target::Flash { shape, backward } => {
             let ops = attention::operands(&dev, *shape, &[Attention::Flash], dq)?;
             let fwd = attention::launches(arch, *shape, &ops, Attention::Flash, Pass::Forward, dq)?;
@@ -325,6 +337,49 @@ fn run_wgmma(dev: &Device, arch: u32, g: &Gemm, what: &str) -> Result<(), CliErr
         })
     };
     let l = wgmma::launch_args(&cfg, g, a.ptr(), b.ptr(), c.ptr(), WGMMA_SMS, &mut encode)
+        .map_err(|e| launch_failed(what.to_string(), e))?;
+    dev.launch(l.kernel, &l.dims, &l.args)
+        .map_err(|e| launch_failed(what.to_string(), e))?;
+    Ok(())
+}
+
+/// Whether the step on `arch` runs the wgmma FlashAttention forward for `shape` (sm_90 and
+/// up, a head size it ships), as the device step's layer program decides.
+fn wgmma_fwd_applies(arch: u32, shape: AttnShape) -> bool {
+    arch >= 90 && wgmma_fwd::static_name(shape.hs).is_some()
+}
+
+/// Runs the wgmma FlashAttention forward on `shape` once, as the sm_90 step does: zeroed
+/// Q, K, V (the counters do not depend on the values), tensor maps encoded for the device,
+/// arguments packed against the kernel's declaration.
+fn run_wgmma_fwd(dev: &Device, shape: AttnShape, what: &str) -> Result<(), CliError> {
+    let nq = shape.b * shape.t * shape.nh * shape.hs;
+    let nk = shape.b * shape.t * shape.nkv * shape.hs;
+    let rows = shape.b * shape.nh * shape.t;
+    let alloc = |n: usize, name: &str| {
+        dev.alloc(n.max(16), name)
+            .map_err(|e| launch_failed(format!("{what}: allocating {name}"), e))
+    };
+    let (q, k, v) = (
+        alloc(2 * nq, "q")?,
+        alloc(2 * nk, "k")?,
+        alloc(2 * nk, "v")?,
+    );
+    let (o, lse) = (alloc(2 * nq, "o")?, alloc(4 * rows, "lse")?);
+    let bufs = FlashFwd {
+        q: q.ptr(),
+        k: k.ptr(),
+        v: v.ptr(),
+        o: o.ptr(),
+        lse: lse.ptr(),
+    };
+    let mut encode = |map: &TensorMap| {
+        encode_tensor_map(dev, map).map_err(|e| PtxError::BadLaunch {
+            kernel: "flash_attn_fwd_wgmma".into(),
+            reason: e.to_string(),
+        })
+    };
+    let l = wgmma_fwd::launch_args(shape, &bufs, &mut encode)
         .map_err(|e| launch_failed(what.to_string(), e))?;
     dev.launch(l.kernel, &l.dims, &l.args)
         .map_err(|e| launch_failed(what.to_string(), e))?;

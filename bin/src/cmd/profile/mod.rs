@@ -62,7 +62,8 @@ pub struct ProfileFlags {
     pub json: bool,
     /// profile one kernel (or one op's launches) at --shape instead of a training step:
     /// matmul, flash-fwd, flash-bwd, rmsnorm-fwd, cross-entropy, adamw, ... (a wrong
-    /// name lists them all with their shapes)
+    /// name lists them all with their shapes); each --gpu runs its architecture's kernels
+    /// (on sm_90: the wgmma matmul and the wgmma flash forward where they apply)
     #[arg(long, value_name = "NAME", value_parser = text::<String>(), requires = "shape", help_heading = "profile --kernel")]
     pub kernel: Option<String>,
     /// the kernel's sizes, a comma list: matmul M,N,K; flash-fwd/-bwd B,NH,T,HS[,NKV];
@@ -555,6 +556,10 @@ fn row_json(r: &Row, total_s: f64) -> serde_json::Value {
             "bulk_global_write_bytes": c.bulk_global_write_bytes,
             "bulk_sectors": c.bulk_sectors,
             "bulk_shared_write_bytes": c.bulk_shared_write_bytes,
+            "wgmma_requests": c.wgmma_requests,
+            "wgmma_shared_read_bytes": c.wgmma_shared_read_bytes,
+            "wgmma_shared_wavefronts": c.wgmma_shared_wavefronts,
+            "wgmma_shared_bank_conflicts": c.wgmma_shared_bank_conflicts(),
             "tensor_flops": c.tensor_flops,
             "barriers": c.barriers,
             "dram_read_sectors": c.dram_read_sectors,

@@ -92,10 +92,11 @@ pub fn work(
             + c.bulk_sectors) as f64
             * SECTOR,
         // A bulk copy moves whole 128-byte lines of shared memory: one wavefront each.
-        // (wgmma's reads of its shared-memory operands are not counted.)
+        // wgmma's descriptor reads count by core matrix (the emulator's model).
         shared_wavefronts: c.shared_load_wavefronts
             + c.shared_store_wavefronts
             + c.ldmatrix_wavefronts
+            + c.wgmma_shared_wavefronts
             + (c.bulk_shared_write_bytes + c.bulk_shared_read_bytes).div_ceil(SHARED_LINE),
         occupancy: occ.map(|o| o.fraction),
         blocks_per_sm: occ.map(|o| o.blocks_per_sm),
@@ -116,7 +117,7 @@ pub struct Row {
     pub sectors_per_request: Option<f64>,
     /// Ideal ÷ actual global sectors: 1 is perfectly coalesced.
     pub coalescing: Option<f64>,
-    /// Shared-memory bank conflicts per request (ld, st, ldmatrix).
+    /// Shared-memory bank conflicts per request (ld, st, ldmatrix, wgmma operand reads).
     pub conflicts_per_request: Option<f64>,
     /// Theoretical occupancy (fraction of the SM's warps), from the resource table.
     pub occupancy: Option<Occupancy>,
@@ -138,7 +139,7 @@ pub struct Ratios {
     pub sectors_per_request: Option<f64>,
     /// Ideal ÷ actual global sectors: 1 is perfectly coalesced.
     pub coalescing: Option<f64>,
-    /// Shared-memory bank conflicts per request (ld, st, ldmatrix).
+    /// Shared-memory bank conflicts per request (ld, st, ldmatrix, wgmma's operand reads).
     pub conflicts_per_request: Option<f64>,
 }
 
@@ -148,10 +149,12 @@ pub fn ratios(c: &Counters) -> Ratios {
     let sectors = c.global_load_sectors + c.global_store_sectors + c.global_atomic_sectors;
     let ideal =
         c.global_load_sectors_ideal + c.global_store_sectors_ideal + c.global_atomic_sectors_ideal;
-    let shared_requests = c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests;
+    let shared_requests =
+        c.shared_load_requests + c.shared_store_requests + c.ldmatrix_requests + c.wgmma_requests;
     let conflicts = c.shared_load_bank_conflicts()
         + c.shared_store_bank_conflicts()
-        + c.ldmatrix_bank_conflicts();
+        + c.ldmatrix_bank_conflicts()
+        + c.wgmma_shared_bank_conflicts();
     Ratios {
         sectors_per_request: ratio(sectors, requests),
         coalescing: ratio(ideal, sectors),

@@ -670,6 +670,29 @@ impl Program {
         build(cfg, Shape { b: batch, t: seq }, options, PLANNING_ARCH)
     }
 
+    /// [`Program::plan_only`] with the kernels a GPU of `target` runs (from sm_90 the
+    /// wgmma matmul, which needs no split-K workspace, and the wgmma flash forward): the
+    /// buffers [`DeviceModel::new_for`](crate::device::DeviceModel::new_for) plans and
+    /// allocates for that target, for `frugal plan` and `frugal arena --gpu`.
+    ///
+    /// # Errors
+    /// As [`Program::plan_only`].
+    pub fn plan_only_for(
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        options: StepOptions,
+        target: crate::device::StepTarget,
+    ) -> Result<Program, ModelError> {
+        build_for(
+            cfg,
+            Shape { b: batch, t: seq },
+            options,
+            target.arch,
+            target.sms,
+        )
+    }
+
     /// The schedule index of the backward's first operation (`ops()` before it compute
     /// the loss).
     pub fn backward_start(&self) -> u32 {

@@ -127,6 +127,12 @@ pub(super) fn ldmatrix_wavefronts(num: usize, rows: &[u64; 32]) -> u64 {
         .sum()
 }
 
+/// Wavefronts of one core matrix of a wgmma operand: its 8 rows of 16 bytes at `rows`, served
+/// like one `ldmatrix` matrix.
+pub(super) fn core_matrix_wavefronts(rows: &[u64; 8]) -> u64 {
+    phase_wavefronts(rows, 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +169,22 @@ mod tests {
         // Only lanes 0-7 active with 16 bytes: one phase.
         let first_quarter: Vec<_> = (0..8).map(|l| (l, 16 * l as u64)).collect();
         assert_eq!(shared_wavefronts(&first_quarter, 16), (1, 1));
+    }
+
+    #[test]
+    fn core_matrices_are_one_wavefront_unless_rows_share_banks() {
+        // Contiguous (no swizzle), and 128-byte rows with the 128B swizzle's chunk XOR.
+        assert_eq!(
+            core_matrix_wavefronts(&std::array::from_fn(|r| 16 * r as u64)),
+            1
+        );
+        let swizzled = std::array::from_fn(|r| 128 * r as u64 + 16 * (r as u64 ^ 3));
+        assert_eq!(core_matrix_wavefronts(&swizzled), 1);
+        // 128-byte rows without the XOR: all 8 rows in banks 0-3.
+        assert_eq!(
+            core_matrix_wavefronts(&std::array::from_fn(|r| 128 * r as u64)),
+            8
+        );
     }
 
     #[test]

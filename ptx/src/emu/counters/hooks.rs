@@ -139,6 +139,14 @@ impl Cta<'_> {
         }
     }
 
+    /// One `wgmma.mma_async` when counting: `core_rows` the 16-byte row addresses of each
+    /// core matrix its descriptors read.
+    pub(in crate::emu) fn count_wgmma(&mut self, core_rows: &[[u64; 8]]) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.wgmma(core_rows);
+        }
+    }
+
     /// One lane's bulk copy (`cp.async.bulk`, or one `cp.async.bulk.tensor` box) when
     /// counting: `global` the (address, bytes) runs it reads or (`store`) writes in global
     /// memory, in-bounds elements only; `shared_bytes` what it moves in shared memory.

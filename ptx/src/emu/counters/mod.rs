@@ -31,7 +31,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 mod geometry;
 mod hooks;
 
-use geometry::{distinct_bytes, distinct_sectors, ldmatrix_wavefronts, shared_wavefronts};
+use geometry::{
+    core_matrix_wavefronts, distinct_bytes, distinct_sectors, ldmatrix_wavefronts,
+    shared_wavefronts,
+};
 
 /// The kinds of warp-level instruction the counters tell apart.
 ///
@@ -193,6 +196,27 @@ pub struct Counters {
     /// Bytes bulk stores read from shared memory.
     pub bulk_shared_read_bytes: u64,
 
+    /// `wgmma.mma_async` issued, once per warpgroup (SASS `HGMMA`).
+    pub wgmma_requests: u64,
+    /// Bytes `wgmma.mma_async` read from shared memory through its matrix descriptors, per
+    /// warpgroup issue: A's 64×16 and B's N×16 16-bit elements (2048 + 32·N bytes; B's alone
+    /// when A is in registers). Counted per instruction: a tile that several wgmmas read is
+    /// read again by each, as the tensor cores do.
+    pub wgmma_shared_read_bytes: u64,
+    /// Wavefronts of those reads. Model: the operand is read by core matrix (8 rows of 16
+    /// contiguous bytes, the unit of the ISA's canonical layouts), and one core matrix takes
+    /// as many wavefronts as the most distinct 4-byte words one bank must serve among its 8
+    /// rows — the rule `ldmatrix` follows for its 8×8 matrices, and a wavefront moves at most
+    /// 128 bytes (32 banks × 4). A 128-byte-swizzled tile's 8 rows of one core matrix lie 128
+    /// bytes apart with their 16-byte chunks XOR-permuted into distinct banks, so each core
+    /// matrix is one wavefront (bytes / 128 in all); the canonical layouts all come out
+    /// conflict-free this way, and the count shows a descriptor that is not. Nsight Compute
+    /// has no documented per-wavefront metric for GMMA's operand reads; this is the bank
+    /// arithmetic the swizzle modes are designed around.
+    pub wgmma_shared_wavefronts: u64,
+    /// Conflict-free wavefronts of those reads: one per core matrix (bytes / 128).
+    pub wgmma_shared_wavefronts_ideal: u64,
+
     /// `mma` instructions (`smsp__inst_executed_pipe_tensor_op_hmma.sum`).
     pub mma_instructions: u64,
     /// Floating-point operations of those `mma`s and of `wgmma.mma_async` (counted once per
@@ -269,6 +293,12 @@ impl Counters {
             .saturating_sub(self.ldmatrix_wavefronts_ideal)
     }
 
+    /// wgmma operand-read wavefronts beyond the conflict-free ones (one per core matrix).
+    pub fn wgmma_shared_bank_conflicts(&self) -> u64 {
+        self.wgmma_shared_wavefronts
+            .saturating_sub(self.wgmma_shared_wavefronts_ideal)
+    }
+
     /// Every count except the CTA numbers, in declaration order: what [`Counters::add`] sums
     /// and extrapolation scales.
     fn counts_mut(&mut self) -> Vec<&mut u64> {
@@ -303,6 +333,10 @@ impl Counters {
             &mut self.bulk_sectors,
             &mut self.bulk_shared_write_bytes,
             &mut self.bulk_shared_read_bytes,
+            &mut self.wgmma_requests,
+            &mut self.wgmma_shared_read_bytes,
+            &mut self.wgmma_shared_wavefronts,
+            &mut self.wgmma_shared_wavefronts_ideal,
             &mut self.mma_instructions,
             &mut self.tensor_flops,
             &mut self.barriers,
@@ -523,6 +557,16 @@ impl Recorder {
                 c.shared_store_wavefronts_ideal += ideal;
             }
         }
+    }
+
+    /// One `wgmma.mma_async` (per warpgroup) whose descriptor operands are the core
+    /// matrices with the 16-byte row addresses `core_rows`.
+    pub(super) fn wgmma(&mut self, core_rows: &[[u64; 8]]) {
+        let c = &mut self.counters;
+        c.wgmma_requests += 1;
+        c.wgmma_shared_read_bytes += 128 * core_rows.len() as u64;
+        c.wgmma_shared_wavefronts += core_rows.iter().map(core_matrix_wavefronts).sum::<u64>();
+        c.wgmma_shared_wavefronts_ideal += core_rows.len() as u64;
     }
 
     /// One `ldmatrix` of `num` matrices whose row addresses are `rows[..8 * num]`.

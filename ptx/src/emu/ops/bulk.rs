@@ -271,6 +271,10 @@ impl Cta<'_> {
 
     /// Queues a load of `data` into shared memory at `dst` (swizzled by `place`),
     /// completing `bytes` on the mbarrier at `mbar`.
+    ///
+    /// # Errors
+    /// The destination holds a wgmma operand not yet retired, or one the issuing thread is
+    /// not ordered after (the copy may land any time after its issue).
     pub(super) fn queue_load(
         &mut self,
         tid: u32,
@@ -278,10 +282,15 @@ impl Cta<'_> {
         mbar: u32,
         data: &[u8],
         place: impl Fn(u32) -> u32,
-    ) {
+    ) -> Result<(), PtxError> {
         let mut chunks = Vec::with_capacity(data.len() / 16);
         for (k, c) in data.chunks_exact(16).enumerate() {
             let at = place(16 * k as u32);
+            self.check_wgmma_overwrite(
+                Site { tid, line },
+                at as usize..at as usize + 16,
+                "a bulk or TMA load (cp.async.bulk)",
+            )?;
             let mut b = [0u8; 16];
             b.copy_from_slice(c);
             for i in at as usize..at as usize + 16 {
@@ -298,6 +307,7 @@ impl Cta<'_> {
             chunks,
         });
         self.hop.epoch += 1;
+        Ok(())
     }
 
     /// Lands every load in flight, oldest first, and completes their transaction bytes.
@@ -507,7 +517,7 @@ impl Cta<'_> {
                     Some(s) => s.to_vec(),
                     None => return Err(self.oob_global(tid, line, ga, size, mem)),
                 };
-                self.queue_load(tid, line, mbar, &data, |o| so + o);
+                self.queue_load(tid, line, mbar, &data, |o| so + o)?;
             }
         });
         Ok(())

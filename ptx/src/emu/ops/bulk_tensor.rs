@@ -232,7 +232,7 @@ impl Cta<'_> {
                         None => data.extend_from_slice(&fill),
                     }
                 }
-                self.queue_load(tid, line, mbar, &data, place);
+                self.queue_load(tid, line, mbar, &data, place)?;
             }
         });
         Ok(())

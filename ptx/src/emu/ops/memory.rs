@@ -358,6 +358,7 @@ impl Cta<'_> {
             let new = atom_apply(*op, *ty, sp, old, bv, cv);
             if sp == Space::Shared {
                 let r = self.shared_range(at, off, size)?;
+                self.check_wgmma_overwrite(at, r.clone(), "atom")?;
                 self.shared[r.clone()].copy_from_slice(&new.to_le_bytes()[..size as usize]);
                 self.mark_shared_write(at.tid, r);
             } else {
@@ -427,6 +428,8 @@ impl Cta<'_> {
                     }
                 }
             }
+            // The copy may land any time after its issue.
+            self.check_wgmma_overwrite(at, range.clone(), "cp.async")?;
             let tid = at.tid;
             for i in range.clone() {
                 self.pending[i] = self.pending[i].saturating_add(1);

@@ -21,3 +21,4 @@ pub(super) mod tensor_core;
 pub(super) mod wgmma;
 pub(super) mod wgmma_desc;
 pub(super) mod wgmma_exec;
+pub(super) mod wgmma_reads;

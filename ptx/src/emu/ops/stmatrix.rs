@@ -85,6 +85,7 @@ impl Cta<'_> {
                 if self.hop.async_in_flight() {
                     self.check_bulk_overwrite(at, range.clone())?;
                 }
+                self.check_wgmma_overwrite(at, range.clone(), "stmatrix")?;
                 for (e, v) in row.iter().enumerate() {
                     self.shared[range.start + 2 * e..range.start + 2 * e + 2]
                         .copy_from_slice(&v.to_le_bytes());

@@ -6,7 +6,9 @@
 //! warps of its warpgroup (warps `4g .. 4g+4` of the CTA) reach the same instruction; the
 //! scheduler then calls [`Cta::release_warpgroups`], which issues it for all four: the
 //! shared-memory operands are read then, the product is computed at once, and each warp's
-//! slice of D is held pending, not written. `wgmma.commit_group` closes the warp's open
+//! slice of D is held pending, not written. The bytes read stay recorded as in use until the
+//! wait (`wgmma_reads`): writing them earlier is a reported race, as on hardware the tensor
+//! cores may read them at any point before the wait. `wgmma.commit_group` closes the warp's open
 //! wgmmas into a group; `wgmma.wait_group N` retires all but the N newest groups, and only
 //! then are the accumulator registers written. A later `wgmma.mma_async` on the same
 //! accumulators adds onto the pending value, as the hardware orders same-shape wgmmas.
@@ -25,7 +27,8 @@
 //!   racing with a write since the last barrier (the sanitizer's race check, as the
 //!   warpgroup's first thread);
 //! - shared bytes an ordinary store wrote without the writing thread's `fence.proxy.async`
-//!   after it (wgmma reads through the async proxy, as TMA stores do; with the race check).
+//!   after it (wgmma reads through the async proxy, as TMA stores do; with the race check);
+//! - a write into the operands before the wait retires them (`wgmma_reads`).
 
 use std::collections::VecDeque;
 
@@ -44,6 +47,8 @@ const MAX_PENDING: usize = 1024;
 /// One warp's slice of an issued, not yet retired `wgmma.mma_async`.
 struct Pending {
     line: u32,
+    /// The wgmma's number in its warpgroup's issue order (`wgmma_reads`; 0 when unchecked).
+    seq: u32,
     /// Accumulator registers and their values to write (per register, the 32 lanes).
     d: Box<[Reg]>,
     values: Vec<[u64; 32]>,
@@ -66,6 +71,8 @@ pub(in crate::emu) struct WgmmaWarp {
     busy: Vec<u32>,
     /// Pending wgmmas (open and committed).
     pending: usize,
+    /// `commit_group`s so far (numbers the groups in reports).
+    commits: u32,
 }
 
 impl WgmmaWarp {
@@ -86,6 +93,7 @@ impl WgmmaWarp {
         self.committed.clear();
         self.busy.fill(0);
         self.pending = 0;
+        self.commits = 0;
     }
 
     /// The newest pending value of accumulator `r`, if a pending wgmma writes it.
@@ -225,6 +233,7 @@ impl Cta<'_> {
         let st = &mut self.wgmma[w.index as usize];
         let group = std::mem::take(&mut st.open);
         st.committed.push_back(group);
+        st.commits += 1;
         Ok(())
     }
 
@@ -241,6 +250,7 @@ impl Cta<'_> {
             return Err(self.divergence(w, line, "wgmma.wait_group", exec, u32::MAX));
         }
         let st = &mut self.wgmma[w.index as usize];
+        let mut retired = 0;
         while st.committed.len() > n as usize {
             let Some(group) = st.committed.pop_front() else {
                 break;
@@ -253,8 +263,10 @@ impl Cta<'_> {
                 }
                 st.mark(&p, false);
                 st.pending -= 1;
+                retired = retired.max(p.seq);
             }
         }
+        self.wgmma_reads_retire(w.index, retired);
         Ok(())
     }
 
@@ -329,7 +341,7 @@ impl Cta<'_> {
             let Op::Wgmma(i) = &self.k.insts[pc as usize].op else {
                 unreachable!("a warp waits at wgmma only on a wgmma instruction");
             };
-            self.issue_wgmma(&mut warps[lo..hi], i, line)?;
+            self.issue_wgmma(&mut warps[lo..hi], i, pc, line)?;
             for w in &mut warps[lo..hi] {
                 w.advance();
                 w.state = WarpState::Running;
@@ -363,6 +375,7 @@ impl Cta<'_> {
 
     /// Reads the 16-bit element (`mn`, `k`) of the matrix `desc` describes, checked as a
     /// shared read by the warpgroup's first thread.
+    /// The element's address is added to `addrs` (the reads `wgmma_reads` tracks).
     fn read_operand(
         &self,
         at: Site,
@@ -370,11 +383,13 @@ impl Cta<'_> {
         major: Major,
         mn: u64,
         k: u64,
+        addrs: &mut Vec<u32>,
     ) -> Result<u16, PtxError> {
         let addr = desc.element_addr(major, mn, k);
         let r = self.shared_range(at, addr, 2)?;
         self.check_shared_read(at, r.clone())?;
         self.check_async_proxy_read(at, r.clone())?;
+        addrs.push(r.start as u32);
         Ok(u16::from_le_bytes([
             self.shared[r.start],
             self.shared[r.start + 1],
@@ -427,7 +442,13 @@ impl Cta<'_> {
     }
 
     /// Issues `i` for the warpgroup `ws` (four warps, all at it).
-    fn issue_wgmma(&mut self, ws: &mut [Warp], i: &Wgmma, line: u32) -> Result<(), PtxError> {
+    fn issue_wgmma(
+        &mut self,
+        ws: &mut [Warp],
+        i: &Wgmma,
+        pc: u32,
+        line: u32,
+    ) -> Result<(), PtxError> {
         let n = usize::from(i.n);
         // The fence rule, warp by warp.
         for w in ws.iter() {
@@ -473,11 +494,12 @@ impl Cta<'_> {
         let b_desc = self.descriptor(ws, i.b, "B's descriptor", line)?;
         let b_major = if i.trans_b { Major::Mn } else { Major::K };
         let flip = |bits: u16, negate: bool| if negate { bits ^ 0x8000 } else { bits };
+        let mut addrs = Vec::with_capacity(16 * (n + 64));
         let mut b = vec![[0u16; 16]; n];
         for (col, b_col) in b.iter_mut().enumerate() {
             for (k, e) in b_col.iter_mut().enumerate() {
                 *e = flip(
-                    self.read_operand(at, &b_desc, b_major, col as u64, k as u64)?,
+                    self.read_operand(at, &b_desc, b_major, col as u64, k as u64, &mut addrs)?,
                     i.negate_b,
                 );
             }
@@ -485,15 +507,20 @@ impl Cta<'_> {
         let numerics = self.checks.mma;
         // Each operand is read and prepared once; A from registers is each warp's own 16 rows.
         let b = Rows::new(numerics, i.ty, b);
+        let mut a_desc = None;
         let a_shared = match i.a {
             WgmmaA::Desc(s) => {
-                let a_desc = self.descriptor(ws, s, "A's descriptor", line)?;
+                let desc = self.descriptor(ws, s, "A's descriptor", line)?;
                 let a_major = if i.trans_a { Major::Mn } else { Major::K };
+                a_desc = Some((desc, a_major));
+                let a_desc = desc;
                 let mut rows = vec![[0u16; 16]; 64];
                 for (m, row) in rows.iter_mut().enumerate() {
                     for (k, e) in row.iter_mut().enumerate() {
                         *e = flip(
-                            self.read_operand(at, &a_desc, a_major, m as u64, k as u64)?,
+                            self.read_operand(
+                                at, &a_desc, a_major, m as u64, k as u64, &mut addrs,
+                            )?,
                             i.negate_a,
                         );
                     }
@@ -502,6 +529,9 @@ impl Cta<'_> {
             }
             WgmmaA::Regs(_) => None,
         };
+        let wg = ws[0].index / 4;
+        let group = self.wgmma[ws[0].index as usize].commits;
+        let seq = self.wgmma_reads_issue(wg, pc, line, group, addrs);
         for (rank, w) in ws.iter().enumerate() {
             let a_regs;
             let (a, a_first) = match (&a_shared, i.a) {
@@ -567,6 +597,7 @@ impl Cta<'_> {
             }
             let pending = Pending {
                 line,
+                seq,
                 d: i.d.clone(),
                 values,
                 a: match i.a {
@@ -581,7 +612,26 @@ impl Cta<'_> {
         }
         if let Some(r) = self.recorder.as_mut() {
             r.counters.tensor_flops += 2 * 64 * 16 * n as u64;
+            let mut rows = Vec::with_capacity(2 * (n + 64) / 8);
+            core_rows(&b_desc, b_major, n as u64, &mut rows);
+            if let Some((d, major)) = a_desc {
+                core_rows(&d, major, 64, &mut rows);
+            }
+            self.count_wgmma(&rows);
         }
         Ok(())
+    }
+}
+
+/// Appends the 16-byte row addresses of each core matrix (8 rows of 8 elements contiguous in
+/// memory: along K for K-major, along M/N for MN-major) of the `mn`×16 operand `desc` holds.
+fn core_rows(desc: &Descriptor, major: Major, mn: u64, out: &mut Vec<[u64; 8]>) {
+    for i in 0..mn / 8 {
+        for j in 0..2 {
+            out.push(std::array::from_fn(|r| match major {
+                Major::K => desc.element_addr(major, 8 * i + r as u64, 8 * j),
+                Major::Mn => desc.element_addr(major, 8 * i, 8 * j + r as u64),
+            }));
+        }
     }
 }
