@@ -343,10 +343,11 @@ fn run_wgmma(dev: &Device, arch: u32, g: &Gemm, what: &str) -> Result<(), CliErr
     Ok(())
 }
 
-/// Whether the step on `arch` runs the wgmma FlashAttention forward for `shape` (sm_90 and
-/// up, a head size it ships), as the device step's layer program decides.
+/// Whether the step on `arch` runs the wgmma FlashAttention forward for `shape` (sm_90
+/// only: sm_90a code does not run on later GPUs; a head size it ships), as the device
+/// step's layer program decides.
 fn wgmma_fwd_applies(arch: u32, shape: AttnShape) -> bool {
-    arch >= 90 && wgmma_fwd::static_name(shape.hs).is_some()
+    arch == 90 && wgmma_fwd::static_name(shape.hs).is_some()
 }
 
 /// Runs the wgmma FlashAttention forward on `shape` once, as the sm_90 step does: zeroed

@@ -77,9 +77,11 @@ impl Builder {
         }
     }
 
-    /// Whether the sm_90a (wgmma, TMA) kernels may be used.
+    /// Whether the sm_90a (wgmma, TMA) kernels may be used: on compute capability 9.0
+    /// only, since architecture-specific (`a`) PTX does not run on later GPUs; those take
+    /// the sm_80 kernels, which every GPU from sm_80 runs.
     pub fn hopper(&self) -> bool {
-        self.arch >= 90
+        self.arch == 90
     }
 
     /// The declared parameters of catalogue kernel `kernel` (module and entry of one name,
