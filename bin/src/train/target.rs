@@ -8,7 +8,10 @@
 
 use frugal_comm::ShardMode;
 use frugal_model::config::Config;
-use frugal_model::device::{DeviceModel, MemoryFloor, ShardState, Sharding, StepOptions};
+use frugal_model::device::program::Program;
+use frugal_model::device::{
+    DeviceModel, MemoryFloor, ShardState, Sharding, StepOptions, StepTarget,
+};
 use frugal_model::error::ModelError;
 use frugal_runtime::arena::{self, BufferRequest, Plan};
 use frugal_runtime::device::{self, cuda, Device, DeviceSpec, MemoryInfo, TimingSource};
@@ -194,10 +197,12 @@ pub struct MemoryPlan {
 fn requests_at(
     cfg: &Config,
     options: StepOptions,
+    target: StepTarget,
     batch: usize,
     first_error: &mut Option<ModelError>,
 ) -> Result<Vec<BufferRequest>, RuntimeError> {
-    DeviceModel::requests_with(cfg, batch, cfg.seq_len, options).map_err(|e| {
+    let planned = Program::plan_only_for(cfg, batch, cfg.seq_len, options, target);
+    planned.map(|p| p.requests()).map_err(|e| {
         let text = e.to_string();
         first_error.get_or_insert(e);
         RuntimeError::BadRequest {
@@ -255,6 +260,9 @@ pub fn plan_memory(
 ) -> Result<MemoryPlan, MemoryError> {
     let cfg = &opts.config;
     let options = step_options(opts, world);
+    // The step this device will run (from sm_90 the wgmma kernels' buffers), as
+    // `DeviceModel::new_for` builds it with no explicit target.
+    let target = StepTarget::of(device);
     let mut model_error = None;
     let available = match opts.mem_target {
         Some(f) => device.mem_budget(f),
@@ -274,7 +282,7 @@ pub fn plan_memory(
         let largest_batch = match largest_floor_that_fits(opts, options, below, available)? {
             0 => None,
             _ => arena::largest_batch_that_fits(below, available, |b| {
-                requests_at(cfg, options, b, &mut model_error)
+                requests_at(cfg, options, target, b, &mut model_error)
             })
             .ok()
             .map(|(b, _)| b),
@@ -296,10 +304,10 @@ pub fn plan_memory(
     }
     let result = match opts.mem_target {
         Some(_) => arena::largest_batch_that_fits(MEM_TARGET_MAX_BATCH, available, |b| {
-            requests_at(cfg, options, b, &mut model_error)
+            requests_at(cfg, options, target, b, &mut model_error)
         }),
         None => arena::plan_for_batch(opts.batch, available, |b| {
-            requests_at(cfg, options, b, &mut model_error)
+            requests_at(cfg, options, target, b, &mut model_error)
         })
         .map(|plan| (opts.batch, plan)),
     };

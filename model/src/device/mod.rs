@@ -229,6 +229,18 @@ pub struct StepTarget {
 impl StepTarget {
     /// SMs assumed when the device's facts do not say (an H100 SXM's 132).
     pub const DEFAULT_SMS: u32 = 132;
+
+    /// The architecture `device` runs its own step for: its facts' compute capability and
+    /// SMs (sm_80 on `emu` and on GPUs frugal has no facts for).
+    pub fn of(device: &Device) -> StepTarget {
+        StepTarget {
+            arch: device.facts().map_or(80, |f| f.sm),
+            sms: device
+                .facts()
+                .and_then(|f| f.roofline.as_ref())
+                .map_or(StepTarget::DEFAULT_SMS, |r| r.sms),
+        }
+    }
 }
 
 /// The matmul dispatch architecture assumed by [`DeviceModel::requests`] (which has no
@@ -505,13 +517,7 @@ impl DeviceModel {
         }
         // The emulator runs the sm_80 code path unless told otherwise; a GPU its own
         // architecture (unknown devices get sm_80 kernels, which every supported GPU runs).
-        let own = StepTarget {
-            arch: device.facts().map_or(80, |f| f.sm),
-            sms: device
-                .facts()
-                .and_then(|f| f.roofline.as_ref())
-                .map_or(StepTarget::DEFAULT_SMS, |r| r.sms),
-        };
+        let own = StepTarget::of(&device);
         let target = match target {
             // A GPU runs the sm_80 kernels from sm_80 up, but sm_90a code only on sm_90.
             Some(t)
