@@ -6,6 +6,11 @@
 //! idle, so it is the clock the machine reaches, turbo included). Then the three
 //! layouts of a linear layer at the shapes the issue names (rows = B·T tokens), on 1
 //! and on all threads: best of `FRUGAL_GEMM_REPS` (default 5) runs, GFLOP/s = 2·M·N·K / time.
+//! Several threads run on a [`Pool`] of parked workers, as inside a model's step.
+//!
+//! `FRUGAL_GEMM_THREADS=1,2` picks the thread counts (default 1 and all cores);
+//! `FRUGAL_GEMM_ONLY=WORD` keeps the rows whose name contains WORD (e.g. `bwd-w`,
+//! `512x1376`), for A/B runs of two builds on a shared machine.
 //!
 //! Run: `cargo bench -p frugal-model --bench gemm_peak`
 
@@ -18,6 +23,7 @@ use timing::{best_of, random};
 use frugal_model::cpu::matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, Kernel, LinearDims,
 };
+use frugal_model::cpu::par::Pool;
 
 /// FLOP/s of one core's FMA units: 10 independent accumulator chains, 2 flops per lane.
 fn fma_peak() -> f64 {
@@ -64,6 +70,17 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let thread_counts: Vec<usize> = match std::env::var("FRUGAL_GEMM_THREADS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .filter(|&t| t >= 1)
+            .collect(),
+        Err(_) => vec![1, all],
+    };
+    let only = std::env::var("FRUGAL_GEMM_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let pool = Pool::new(thread_counts.iter().copied().max().unwrap_or(1));
     let peak = fma_peak();
     println!(
         "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1})",
@@ -96,21 +113,34 @@ fn main() {
         );
         let dims = LinearDims { rows, inp, out };
         let flops = 2.0 * (rows * inp * out) as f64;
-        for threads in [1, all] {
-            let fwd = best_of(reps, || {
-                linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads)
-            });
-            let bwi = best_of(reps, || {
-                linear_backward_input(&mut dx, &dy, &w, dims, Accumulate::Overwrite, threads)
-            });
-            let bww = best_of(reps, || {
-                linear_backward_weight(&mut dw, &dy, &x, dims, threads)
-            });
-            for (what, s) in [("fwd", fwd), ("bwd-in", bwi), ("bwd-w", bww)] {
+        for &threads in &thread_counts {
+            for what in ["fwd", "bwd-in", "bwd-w"] {
+                let name = format!("{what} {rows}x{inp}x{out}");
+                if !wanted(&name) {
+                    continue;
+                }
+                let s = pool.install(|| match what {
+                    "fwd" => best_of(reps, || {
+                        linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads)
+                    }),
+                    "bwd-in" => best_of(reps, || {
+                        linear_backward_input(
+                            &mut dx,
+                            &dy,
+                            &w,
+                            dims,
+                            Accumulate::Overwrite,
+                            threads,
+                        )
+                    }),
+                    _ => best_of(reps, || {
+                        linear_backward_weight(&mut dw, &dy, &x, dims, threads)
+                    }),
+                });
                 let g = flops / s;
                 println!(
                     "{:<34} {:>8} {:>10.1} {:>7.0}%",
-                    format!("{what} {rows}x{inp}x{out}"),
+                    name,
                     threads,
                     g / 1e9,
                     100.0 * g / (peak * threads as f64)
