@@ -112,12 +112,19 @@ fn main() {
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let pool = Pool::new(thread_counts.iter().copied().max().unwrap_or(1));
     let peak = fma_peak();
+    // The same loop on every core at once: where the clock drops with all cores busy
+    // (or another job shares them), this is below `all` times the one-core figure.
+    let together: f64 = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..all).map(|_| s.spawn(fma_peak)).collect();
+        runs.into_iter().map(|r| r.join().unwrap_or(f64::NAN)).sum()
+    });
     println!(
-        "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1})",
+        "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1}; measured on all at once: {:.1})",
         Kernel::detect(),
         peak / 1e9,
         all,
-        peak * all as f64 / 1e9
+        peak * all as f64 / 1e9,
+        together / 1e9
     );
     println!(
         "{:<34} {:>8} {:>10} {:>8} {:>12} {:>8}",
