@@ -14,6 +14,9 @@
 //! does not count, so it compares two builds more steadily than wall time does
 //! (spinning while another thread finishes still counts). NaN where unavailable.
 //!
+//! `FRUGAL_GEMM_NO_PEAK=1` skips the peak loops (for callgrind: the products' instruction
+//! counts without minutes of emulated FMAs).
+//!
 //! `FRUGAL_GEMM_THREADS=1,2` picks the thread counts (default 1 and all cores);
 //! `FRUGAL_GEMM_ONLY=WORD` keeps the rows whose name contains WORD (e.g. `bwd-w`,
 //! `512x1376`), for A/B runs of two builds on a shared machine.
@@ -111,11 +114,14 @@ fn main() {
     let only = std::env::var("FRUGAL_GEMM_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let pool = Pool::new(thread_counts.iter().copied().max().unwrap_or(1));
-    let peak = fma_peak();
+    // FRUGAL_GEMM_NO_PEAK=1 skips the FMA loops (slow under callgrind): % peak is NaN.
+    let skip_peak = std::env::var_os("FRUGAL_GEMM_NO_PEAK").is_some();
+    let peak_of = || if skip_peak { f64::NAN } else { fma_peak() };
+    let peak = peak_of();
     // The same loop on every core at once: where the clock drops with all cores busy
     // (or another job shares them), this is below `all` times the one-core figure.
     let together: f64 = std::thread::scope(|s| {
-        let runs: Vec<_> = (0..all).map(|_| s.spawn(fma_peak)).collect();
+        let runs: Vec<_> = (0..all).map(|_| s.spawn(peak_of)).collect();
         runs.into_iter().map(|r| r.join().unwrap_or(f64::NAN)).sum()
     });
     println!(

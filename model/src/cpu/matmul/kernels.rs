@@ -268,7 +268,14 @@ pub(super) fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
             // Row-major A, a whole panel: MR contiguous rows read side by side, each
             // panel line written whole.
             let r: [&[f32]; MR] = std::array::from_fn(|i| &a.data[(ir + i) * a.rs..][..kc]);
-            for (kk, line) in panel.chunks_exact_mut(MR).enumerate() {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the CPU has AVX2 (checked); each row holds kc floats and the
+                // panel kc·MR (sliced above).
+                done = unsafe { transpose_rows_avx2(&r, kc, panel) };
+            }
+            for (kk, line) in panel.chunks_exact_mut(MR).enumerate().skip(done) {
                 for i in 0..MR {
                     line[i] = r[i][kk];
                 }
@@ -306,6 +313,81 @@ pub(super) fn pack_a(a: View, mc: usize, kc: usize, apack: &mut [f32]) {
             }
         }
     }
+}
+
+/// Whether the CPU has AVX2 (cached by the standard library after the first check).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// Writes the panel lines of MR row-major rows for depths 0..8·⌊kc/8⌋ (line kk =
+/// the rows' kk-th values): eight depths at a time, six rows loaded whole and
+/// transposed in registers, instead of one scalar load and store per value. Returns
+/// the depths written; the caller does the rest. Copies only: the same values.
+///
+/// # Safety
+/// The CPU must support AVX2; every row must hold `kc` floats and `panel` kc·MR.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_rows_avx2(rows: &[&[f32]; MR], kc: usize, panel: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    const _: () = assert!(MR == 6, "the transpose is written for six rows");
+    assert!(rows.iter().all(|r| r.len() >= kc) && panel.len() >= kc * MR);
+    let whole = kc / 8 * 8;
+    let out = panel.as_mut_ptr();
+    for k0 in (0..whole).step_by(8) {
+        // SAFETY: k0 + 8 ≤ kc floats of each row, and lines k0..k0+8 (48 floats from
+        // k0·MR) of the panel (asserted above).
+        unsafe {
+            let r: [__m256; MR] =
+                std::array::from_fn(|i| _mm256_loadu_ps(rows[i].as_ptr().add(k0)));
+            // Pairs of rows interleaved: (r0 r1)[0], (r0 r1)[1] | [4], [5], and so on.
+            let (t0, t1) = (
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+            );
+            let (t2, t3) = (
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+            );
+            let (t4, t5) = (
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+            );
+            // Rows 0–3 of depth j in lane j / 4 of s[j % 4].
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+            ];
+            // Rows 4–5 of depth j: the low (j even) or high (j odd) pair of lane j / 4
+            // of t4 (j % 4 < 2) or t5.
+            let pairs = [t4, t5];
+            for j in 0..8 {
+                let line = out.add((k0 + j) * MR);
+                let (lo4, pair) = if j < 4 {
+                    (
+                        _mm256_castps256_ps128(s[j % 4]),
+                        _mm256_castps256_ps128(pairs[j % 4 / 2]),
+                    )
+                } else {
+                    (
+                        _mm256_extractf128_ps::<1>(s[j % 4]),
+                        _mm256_extractf128_ps::<1>(pairs[j % 4 / 2]),
+                    )
+                };
+                _mm_storeu_ps(line, lo4);
+                if j % 2 == 0 {
+                    _mm_storel_pd(line.add(4) as *mut f64, _mm_castps_pd(pair));
+                } else {
+                    _mm_storeh_pd(line.add(4) as *mut f64, _mm_castps_pd(pair));
+                }
+            }
+        }
+    }
+    whole
 }
 
 /// Packs the top-left kc × nc block of `b` (the caller offsets the view to the
@@ -361,5 +443,54 @@ fn copy_lines<const NR: usize>(b: View, jr: usize, panel: &mut [f32]) {
             .try_into()
             .expect("NR floats");
         line.copy_from_slice(src);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every packing path (row-major whole panels through the AVX2 transpose where the
+    /// CPU has it, ragged panels, column-major, strided) gives the documented layout.
+    #[test]
+    fn pack_a_lays_out_panels_of_mr_rows() {
+        for (mc, kc) in [(6, 8), (12, 37), (17, 64), (5, 3), (30, 1), (6, 250)] {
+            let lda = kc + 3;
+            let data: Vec<f32> = (0..mc * lda).map(|x| x as f32).collect();
+            let trans: Vec<f32> = (0..kc * mc).map(|x| x as f32).collect();
+            let wide: Vec<f32> = (0..2 * kc * mc).map(|x| x as f32).collect();
+            let views = [
+                (View::row_major(&data, lda), &data, lda, 1),
+                (View::transposed(&trans, mc), &trans, 1, mc),
+                (
+                    View {
+                        data: &wide,
+                        rs: 2,
+                        cs: 2 * mc,
+                    },
+                    &wide,
+                    2,
+                    2 * mc,
+                ),
+            ];
+            for (view, src, rs, cs) in views {
+                let mut apack = vec![f32::NAN; mc.div_ceil(MR) * MR * kc];
+                pack_a(view, mc, kc, &mut apack);
+                for p in 0..mc.div_ceil(MR) {
+                    for kk in 0..kc {
+                        for i in 0..MR {
+                            let row = p * MR + i;
+                            let want = if row < mc {
+                                src[row * rs + kk * cs]
+                            } else {
+                                0.0
+                            };
+                            let got = apack[p * kc * MR + kk * MR + i];
+                            assert_eq!(got, want, "mc {mc} kc {kk}/{kc} row {row}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
