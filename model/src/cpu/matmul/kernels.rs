@@ -390,6 +390,59 @@ unsafe fn transpose_rows_avx2(rows: &[&[f32]; MR], kc: usize, panel: &mut [f32])
     whole
 }
 
+/// Writes the panel lines of `cols.len()` (a multiple of 8) contiguous columns for
+/// depths 0..8·⌊kc/8⌋ (line kk = the columns' kk-th values), as 8×8 transposes in
+/// registers (eight columns by eight depths), instead of one scalar load and store per
+/// value. Returns the depths written; the caller does the rest. Copies only.
+///
+/// # Safety
+/// The CPU must support AVX2; every column must hold `kc` floats and `panel`
+/// kc·cols.len().
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_cols_avx2(cols: &[&[f32]], kc: usize, panel: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let nr = cols.len();
+    assert!(nr.is_multiple_of(8) && cols.iter().all(|c| c.len() >= kc) && panel.len() >= kc * nr);
+    let whole = kc / 8 * 8;
+    let out = panel.as_mut_ptr();
+    for g in (0..nr).step_by(8) {
+        for k0 in (0..whole).step_by(8) {
+            // SAFETY: columns g..g+8 hold depths k0..k0+8 ≤ kc, and lines k0..k0+8 of
+            // the panel have columns g..g+8 (asserted above).
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|c| _mm256_loadu_ps(cols[g + c].as_ptr().add(k0)));
+                let t: [__m256; 8] = std::array::from_fn(|i| {
+                    let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_ps(x, y)
+                    } else {
+                        _mm256_unpackhi_ps(x, y)
+                    }
+                });
+                // u[h·4 + d]: columns 4h..4h+4 of depths d and d + 4 (lanes 0, 1).
+                let u: [__m256; 8] = std::array::from_fn(|i| {
+                    let (h, d) = (i / 4, i % 4);
+                    let (x, y) = (t[h * 4 + d / 2], t[h * 4 + d / 2 + 2]);
+                    if d % 2 == 0 {
+                        _mm256_shuffle_ps::<0x44>(x, y)
+                    } else {
+                        _mm256_shuffle_ps::<0xEE>(x, y)
+                    }
+                });
+                for d in 0..4 {
+                    let lo = _mm256_permute2f128_ps::<0x20>(u[d], u[4 + d]);
+                    let hi = _mm256_permute2f128_ps::<0x31>(u[d], u[4 + d]);
+                    _mm256_storeu_ps(out.add((k0 + d) * nr + g), lo);
+                    _mm256_storeu_ps(out.add((k0 + d + 4) * nr + g), hi);
+                }
+            }
+        }
+    }
+    whole
+}
+
 /// Packs the top-left kc × nc block of `b` (the caller offsets the view to the
 /// block) into nr-column panels: `bpack[p·kc·nr + kk·nr + j]`, columns past `nc` zero.
 pub(super) fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]) {
@@ -416,7 +469,15 @@ pub(super) fn pack_b(b: View, kc: usize, nc: usize, nr: usize, bpack: &mut [f32]
             // contiguous. Runs of 8 depths of every column, so that the reads of a
             // column stay in one cache line and the writes fill whole panel lines.
             let col = |j: usize| &b.data[(jr + j) * b.cs..][..kc];
-            for k0 in (0..kc).step_by(8) {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if cols == nr && avx2() {
+                let cols: [&[f32]; NR_MAX] = std::array::from_fn(|j| col(j.min(nr - 1)));
+                // SAFETY: the CPU has AVX2 (checked); the first nr columns hold kc
+                // floats each and the panel kc·nr (sliced above); nr is 16 or 32.
+                done = unsafe { transpose_cols_avx2(&cols[..nr], kc, panel) };
+            }
+            for k0 in (done..kc).step_by(8) {
                 let kn = 8.min(kc - k0);
                 for j in 0..cols {
                     let src = &col(j)[k0..k0 + kn];
@@ -449,6 +510,52 @@ fn copy_lines<const NR: usize>(b: View, jr: usize, panel: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every packing path of B (row-major, transposed through the AVX2 transpose where
+    /// the CPU has it, ragged panels, strided) gives the documented layout.
+    #[test]
+    fn pack_b_lays_out_panels_of_nr_columns() {
+        for nr in [16, 32] {
+            for (kc, nc) in [(8, 16), (37, 40), (64, 32), (3, 5), (1, 70), (250, 33)] {
+                let ldb = nc + 3;
+                let data: Vec<f32> = (0..kc * ldb).map(|x| x as f32).collect();
+                let trans: Vec<f32> = (0..nc * (kc + 2)).map(|x| x as f32).collect();
+                let wide: Vec<f32> = (0..2 * kc * nc).map(|x| x as f32).collect();
+                let views = [
+                    (View::row_major(&data, ldb), &data, ldb, 1),
+                    (View::transposed(&trans, kc + 2), &trans, 1, kc + 2),
+                    (
+                        View {
+                            data: &wide,
+                            rs: 2 * nc,
+                            cs: 2,
+                        },
+                        &wide,
+                        2 * nc,
+                        2,
+                    ),
+                ];
+                for (view, src, rs, cs) in views {
+                    let mut bpack = vec![f32::NAN; nc.div_ceil(nr) * nr * kc];
+                    pack_b(view, kc, nc, nr, &mut bpack);
+                    for p in 0..nc.div_ceil(nr) {
+                        for kk in 0..kc {
+                            for j in 0..nr {
+                                let col = p * nr + j;
+                                let want = if col < nc {
+                                    src[kk * rs + col * cs]
+                                } else {
+                                    0.0
+                                };
+                                let got = bpack[p * kc * nr + kk * nr + j];
+                                assert_eq!(got, want, "nr {nr} nc {nc} kc {kk}/{kc} col {col}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Every packing path (row-major whole panels through the AVX2 transpose where the
     /// CPU has it, ragged panels, column-major, strided) gives the documented layout.
