@@ -12,7 +12,9 @@
 //! every thread of the process, from Linux's `/proc/self/task/*/schedstat`, divided
 //! by the threads): on a machine shared with other jobs a descheduled thread's wait
 //! does not count, so it compares two builds more steadily than wall time does
-//! (spinning while another thread finishes still counts). NaN where unavailable.
+//! (spinning while another thread finishes still counts). NaN where unavailable, and
+//! where a run takes under 20 ms of CPU time: schedstat of a running thread is only
+//! brought up to date at scheduler ticks, so short runs read far too fast (or zero).
 //!
 //! `FRUGAL_GEMM_NO_PEAK=1` skips the peak loops (for callgrind: the products' instruction
 //! counts without minutes of emulated FMAs).
@@ -45,7 +47,7 @@ fn cpu_ns() -> Option<u64> {
 }
 
 /// The fewest CPU seconds of `reps` runs of `f` (after a warm-up), NaN where
-/// `cpu_ns` is unavailable.
+/// `cpu_ns` is unavailable or the fewest is under 20 ms (tick-grained, see above).
 fn least_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::INFINITY;
@@ -55,7 +57,11 @@ fn least_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
         };
         best = best.min((t1 - t0) as f64 * 1e-9);
     }
-    best
+    if best < 0.02 {
+        f64::NAN
+    } else {
+        best
+    }
 }
 
 /// FLOP/s of one core's FMA units: 10 independent accumulator chains, 2 flops per lane.
