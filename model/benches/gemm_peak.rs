@@ -12,9 +12,10 @@
 //! every thread of the process, from Linux's `/proc/self/task/*/schedstat`, divided
 //! by the threads): on a machine shared with other jobs a descheduled thread's wait
 //! does not count, so it compares two builds more steadily than wall time does
-//! (spinning while another thread finishes still counts). NaN where unavailable, and
-//! where a run takes under 20 ms of CPU time: schedstat of a running thread is only
-//! brought up to date at scheduler ticks, so short runs read far too fast (or zero).
+//! (spinning while another thread finishes still counts). It is the mean over at
+//! least 200 ms of CPU time: schedstat of a running thread is only brought up to date
+//! at scheduler ticks, so one short run reads far too fast (or zero). NaN where
+//! unavailable.
 //!
 //! `FRUGAL_GEMM_NO_PEAK=1` skips the peak loops (for callgrind: the products' instruction
 //! counts without minutes of emulated FMAs).
@@ -46,21 +47,25 @@ fn cpu_ns() -> Option<u64> {
     Some(total)
 }
 
-/// The fewest CPU seconds of `reps` runs of `f` (after a warm-up), NaN where
-/// `cpu_ns` is unavailable or the fewest is under 20 ms (tick-grained, see above).
-fn least_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Mean CPU seconds per run, over as many runs (after a warm-up) as take at least
+/// 200 ms of CPU time and at least `reps` (tick-grained, see above); NaN where
+/// `cpu_ns` is unavailable.
+fn mean_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let (Some(t0), _, Some(t1)) = (cpu_ns(), f(), cpu_ns()) else {
+    let Some(t0) = cpu_ns() else {
+        return f64::NAN;
+    };
+    let mut runs = 0;
+    loop {
+        f();
+        runs += 1;
+        let Some(t1) = cpu_ns() else {
             return f64::NAN;
         };
-        best = best.min((t1 - t0) as f64 * 1e-9);
-    }
-    if best < 0.02 {
-        f64::NAN
-    } else {
-        best
+        let spent = (t1 - t0) as f64 * 1e-9;
+        if runs >= reps && spent >= 0.2 {
+            return spent / runs as f64;
+        }
     }
 }
 
@@ -177,7 +182,7 @@ fn main() {
                     _ => linear_backward_weight(&mut dw, &dy, &x, dims, threads),
                 };
                 let wall = pool.install(|| best_of(reps, &mut product));
-                let cpu = pool.install(|| least_cpu(reps, &mut product)) / threads as f64;
+                let cpu = pool.install(|| mean_cpu(reps, &mut product)) / threads as f64;
                 let (g, gc) = (flops / wall, flops / cpu);
                 let t_peak = peak * threads as f64;
                 println!(
