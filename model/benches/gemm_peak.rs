@@ -6,6 +6,23 @@
 //! idle, so it is the clock the machine reaches, turbo included). Then the three
 //! layouts of a linear layer at the shapes the issue names (rows = B·T tokens), on 1
 //! and on all threads: best of `FRUGAL_GEMM_REPS` (default 5) runs, GFLOP/s = 2·M·N·K / time.
+//! Several threads run on a [`Pool`] of parked workers, as inside a model's step.
+//!
+//! A second figure counts CPU time instead of wall time (the on-CPU nanoseconds of
+//! every thread of the process, from Linux's `/proc/self/task/*/schedstat`, divided
+//! by the threads): on a machine shared with other jobs a descheduled thread's wait
+//! does not count, so it compares two builds more steadily than wall time does
+//! (spinning while another thread finishes still counts). It is the mean over at
+//! least 200 ms of CPU time: schedstat of a running thread is only brought up to date
+//! at scheduler ticks, so one short run reads far too fast (or zero). NaN where
+//! unavailable.
+//!
+//! `FRUGAL_GEMM_NO_PEAK=1` skips the peak loops (for callgrind: the products' instruction
+//! counts without minutes of emulated FMAs).
+//!
+//! `FRUGAL_GEMM_THREADS=1,2` picks the thread counts (default 1 and all cores);
+//! `FRUGAL_GEMM_ONLY=WORD` keeps the rows whose name contains WORD (e.g. `bwd-w`,
+//! `512x1376`), for A/B runs of two builds on a shared machine.
 //!
 //! Run: `cargo bench -p frugal-model --bench gemm_peak`
 
@@ -18,6 +35,39 @@ use timing::{best_of, random};
 use frugal_model::cpu::matmul::{
     linear_backward_input, linear_backward_weight, linear_forward, Accumulate, Kernel, LinearDims,
 };
+use frugal_model::cpu::par::Pool;
+
+/// On-CPU nanoseconds of all this process's threads so far (None off Linux).
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Mean CPU seconds per run, over as many runs (after a warm-up) as take at least
+/// 200 ms of CPU time and at least `reps` (tick-grained, see above); NaN where
+/// `cpu_ns` is unavailable.
+fn mean_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let Some(t0) = cpu_ns() else {
+        return f64::NAN;
+    };
+    let mut runs = 0;
+    loop {
+        f();
+        runs += 1;
+        let Some(t1) = cpu_ns() else {
+            return f64::NAN;
+        };
+        let spent = (t1 - t0) as f64 * 1e-9;
+        if runs >= reps && spent >= 0.2 {
+            return spent / runs as f64;
+        }
+    }
+}
 
 /// FLOP/s of one core's FMA units: 10 independent accumulator chains, 2 flops per lane.
 fn fma_peak() -> f64 {
@@ -64,17 +114,38 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let peak = fma_peak();
+    let thread_counts: Vec<usize> = match std::env::var("FRUGAL_GEMM_THREADS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .filter(|&t| t >= 1)
+            .collect(),
+        Err(_) => vec![1, all],
+    };
+    let only = std::env::var("FRUGAL_GEMM_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let pool = Pool::new(thread_counts.iter().copied().max().unwrap_or(1));
+    // FRUGAL_GEMM_NO_PEAK=1 skips the FMA loops (slow under callgrind): % peak is NaN.
+    let skip_peak = std::env::var_os("FRUGAL_GEMM_NO_PEAK").is_some();
+    let peak_of = || if skip_peak { f64::NAN } else { fma_peak() };
+    let peak = peak_of();
+    // The same loop on every core at once: where the clock drops with all cores busy
+    // (or another job shares them), this is below `all` times the one-core figure.
+    let together: f64 = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..all).map(|_| s.spawn(peak_of)).collect();
+        runs.into_iter().map(|r| r.join().unwrap_or(f64::NAN)).sum()
+    });
     println!(
-        "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1})",
+        "kernel {:?}; FMA peak per core {:.1} GFLOP/s ({} threads: {:.1}; measured on all at once: {:.1})",
         Kernel::detect(),
         peak / 1e9,
         all,
-        peak * all as f64 / 1e9
+        peak * all as f64 / 1e9,
+        together / 1e9
     );
     println!(
-        "{:<34} {:>8} {:>10} {:>8}",
-        "product (rows x inp x out)", "threads", "GFLOP/s", "% peak"
+        "{:<34} {:>8} {:>10} {:>8} {:>12} {:>8}",
+        "product (rows x inp x out)", "threads", "GFLOP/s", "% peak", "cpu GFLOP/s", "% peak"
     );
     let mut seed = 1u64;
     // (rows, inp, out): the issue's two shapes, B·T = 2048 rows each.
@@ -96,24 +167,32 @@ fn main() {
         );
         let dims = LinearDims { rows, inp, out };
         let flops = 2.0 * (rows * inp * out) as f64;
-        for threads in [1, all] {
-            let fwd = best_of(reps, || {
-                linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads)
-            });
-            let bwi = best_of(reps, || {
-                linear_backward_input(&mut dx, &dy, &w, dims, Accumulate::Overwrite, threads)
-            });
-            let bww = best_of(reps, || {
-                linear_backward_weight(&mut dw, &dy, &x, dims, threads)
-            });
-            for (what, s) in [("fwd", fwd), ("bwd-in", bwi), ("bwd-w", bww)] {
-                let g = flops / s;
+        for &threads in &thread_counts {
+            for what in ["fwd", "bwd-in", "bwd-w"] {
+                let name = format!("{what} {rows}x{inp}x{out}");
+                if !wanted(&name) {
+                    continue;
+                }
+                let mut product = || match what {
+                    "fwd" => linear_forward(&mut y, &x, &w, dims, Accumulate::Overwrite, threads),
+                    "bwd-in" => {
+                        let acc = Accumulate::Overwrite;
+                        linear_backward_input(&mut dx, &dy, &w, dims, acc, threads)
+                    }
+                    _ => linear_backward_weight(&mut dw, &dy, &x, dims, threads),
+                };
+                let wall = pool.install(|| best_of(reps, &mut product));
+                let cpu = pool.install(|| mean_cpu(reps, &mut product)) / threads as f64;
+                let (g, gc) = (flops / wall, flops / cpu);
+                let t_peak = peak * threads as f64;
                 println!(
-                    "{:<34} {:>8} {:>10.1} {:>7.0}%",
-                    format!("{what} {rows}x{inp}x{out}"),
+                    "{:<34} {:>8} {:>10.1} {:>7.0}% {:>12.1} {:>7.0}%",
+                    name,
                     threads,
                     g / 1e9,
-                    100.0 * g / (peak * threads as f64)
+                    100.0 * g / t_peak,
+                    gc / 1e9,
+                    100.0 * gc / t_peak
                 );
             }
         }

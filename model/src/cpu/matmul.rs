@@ -16,14 +16,15 @@
 //! multiply-add, the portable one twice, so their bits differ (each is
 //! deterministic).
 //!
-//! Threads: each B block is packed once (the threads share out its KC-deep
-//! blocks) and shared;
-//! its product is cut into row tasks (whole register tiles, at most one A block
-//! each) that the threads claim in turn, each packing only its own rows of A, so
-//! no thread repeats another's packing. Each element of C is computed by exactly
-//! one thread with the same sequence of operations (k in order within KC blocks,
-//! the blocks in order), so results are bitwise independent of the thread count
-//! and of which thread took which task, and the same as [`gemm`] on one thread.
+//! Threads: each B region is packed once (the threads share out its KC-deep blocks
+//! and, within a block, runs of panels) and shared; its product is cut into
+//! near-equal row tasks (whole register tiles, at most one A block each, a multiple
+//! of the threads in number) that the threads claim in turn, each packing only its
+//! own rows of A, so no thread repeats another's packing. Each element of C is
+//! computed by exactly one thread with the same sequence of operations (k in order
+//! within KC blocks, the blocks in order), so results are bitwise independent of the
+//! thread count and of which thread took which task, and the same as [`gemm`] on one
+//! thread.
 //! The micro-kernels write whole tiles into C from their registers.
 //!
 //! Layouts, with rows = tokens (B·T), inp/out the linear's widths, W (out, inp):
@@ -36,6 +37,8 @@ use std::cell::RefCell;
 use super::par;
 
 mod kernels;
+#[cfg(test)]
+mod parallel_tests;
 use kernels::{micro_kernel, pack_a, pack_b, TileOut};
 
 /// Whether a product overwrites its output or is added to it.
@@ -256,8 +259,8 @@ struct Region<'p> {
 }
 
 /// The BLIS loops over checked operands. B is packed in regions of NC columns × up to
-/// KS depths (each KC-deep block packed once, by one of the threads, then shared by
-/// all); a region's rows are cut into tasks (whole register tiles, at most one A block)
+/// KS depths (each panel packed once, by one of the threads, then shared by all; see
+/// [`pack_region_b`]); a region's rows are cut into tasks (whole register tiles, at most one A block)
 /// that up to `threads` threads claim, each packing only its own rows of A: two
 /// parallel regions per B region, no packing repeated. Every element of C gets the same operations
 /// in the same order (depth blocks in order) whatever the thread count.
@@ -295,23 +298,10 @@ fn blocked(
             let nc_pad = nc.div_ceil(nr) * nr;
             for ps in (0..k).step_by(KS) {
                 let ks = KS.min(k - ps);
-                // The region's KC-deep blocks of B are packed by the threads together
-                // (one task per block: a weight gradient's B has up to KS = 2048 rows of
-                // activations, too much to pack on one thread while the others wait).
-                let blocks = ks.div_ceil(KC);
-                par::for_each_part(
-                    threads,
-                    blocks,
-                    &mut bpack[..ks * nc_pad],
-                    KC * nc_pad,
-                    |q, part| {
-                        let pc = ps + q * KC;
-                        let kc = KC.min(ps + ks - pc);
-                        pack_b(b.at(pc, jc), kc, nc, nr, &mut part[..kc * nc_pad]);
-                    },
-                );
+                let bregion = &mut bpack[..ks * nc_pad];
+                pack_region_b(b.at(ps, jc), ks, nc, nr, bregion, threads);
                 let region = Region {
-                    bpack: &bpack[..ks * nc_pad],
+                    bpack: bregion,
                     jc,
                     nc,
                     ps,
@@ -325,24 +315,101 @@ fn blocked(
                     }
                     continue;
                 }
-                // Task i: rows i·step.. of C (whole rows, the last task's to C's end).
-                let step = task_rows(m, threads);
-                par::for_each_part(threads, m.div_ceil(step), c, step * ldc, |task, mine| {
-                    let ic = task * step;
-                    row_task(a, ic, step.min(m - ic), region, mine, ldc, kernel)
+                // Task i: register-tile rows tiles·i/tasks.. of C, so tasks differ by
+                // at most one tile and the last round of claims ends together.
+                let tiles = m.div_ceil(MR);
+                let tasks = row_tasks(tiles, threads);
+                let out = Disjoint::new(c);
+                par::run_indexed(threads, tasks, |task| {
+                    let ic = tiles * task / tasks * MR;
+                    let end = (tiles * (task + 1) / tasks * MR).min(m);
+                    // SAFETY: tasks own disjoint row ranges of C; the region outlives them.
+                    let mine = unsafe { out.range(ic * ldc..(end * ldc).min(out.len)) };
+                    row_task(a, ic, end - ic, region, mine, ldc, kernel)
                 });
             }
         }
     });
 }
 
-/// Rows per task when `threads` share M rows: about [`TASKS_PER_THREAD`] tasks per
-/// thread (so that a descheduled thread's share is taken over), a multiple of MR, at
-/// most MC (one A block) and at least [`MIN_TASK_ROWS`] (each B panel is loaded once
-/// per task). Tasks never repeat work: each packs only its own rows of A.
-fn task_rows(m: usize, threads: usize) -> usize {
-    let even = m.div_ceil(threads * TASKS_PER_THREAD).div_ceil(MR) * MR;
-    even.clamp(MIN_TASK_ROWS, MC)
+/// Packs a region of B (the view starts at the region's first depth and column): `ks`
+/// depths × `nc` columns as consecutive KC-deep blocks of nr-column panels (block q
+/// at `q·KC·nc_pad`, see [`pack_b`]). The threads share it out by block and by runs of
+/// panels within a block, about [`TASKS_PER_THREAD`] tasks per thread, so that a
+/// region of one or two blocks (K ≤ 512: most forward products) is not packed by one
+/// thread while the others wait.
+fn pack_region_b(b: View, ks: usize, nc: usize, nr: usize, bregion: &mut [f32], threads: usize) {
+    let nc_pad = nc.div_ceil(nr) * nr;
+    let blocks = ks.div_ceil(KC);
+    let panels = nc_pad / nr;
+    let groups = if threads <= 1 {
+        1
+    } else {
+        (threads * TASKS_PER_THREAD).div_ceil(blocks).min(panels)
+    };
+    let out = Disjoint::new(bregion);
+    par::run_indexed(threads, blocks * groups, |task| {
+        let (q, g) = (task / groups, task % groups);
+        let kc = KC.min(ks - q * KC);
+        let (p0, p1) = (panels * g / groups, panels * (g + 1) / groups);
+        let at = q * KC * nc_pad + p0 * kc * nr;
+        // SAFETY: each (block, panel run) owns its own panels of its own block.
+        let part = unsafe { out.range(at..at + (p1 - p0) * kc * nr) };
+        let cols = (p1 * nr).min(nc) - p0 * nr;
+        pack_b(b.at(q * KC, p0 * nr), kc, cols, nr, part);
+    });
+}
+
+/// A buffer whose disjoint ranges the tasks of one parallel region write.
+struct Disjoint {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks only touch disjoint ranges (see `range`), within a region that the
+// buffer's borrow outlives.
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn new(data: &mut [f32]) -> Disjoint {
+        Disjoint {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+        }
+    }
+
+    /// The elements `r` of the buffer.
+    ///
+    /// # Safety
+    /// No two live results may overlap, and the buffer must outlive them.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, r: std::ops::Range<usize>) -> &mut [f32] {
+        assert!(
+            r.start <= r.end && r.end <= self.len,
+            "range {r:?} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
+    }
+}
+
+/// How many row tasks `threads` share `tiles` register-tile rows in: about
+/// [`TASKS_PER_THREAD`] per thread (so that a descheduled thread's share is taken
+/// over), at most [`MC`] rows (one A block) and, where there are enough rows, at least
+/// [`MIN_TASK_ROWS`] each (each B panel is loaded once per task); then rounded up to a
+/// multiple of the threads, so that with near-equal tasks no thread waits at the end.
+/// Tasks never repeat work: each packs only its own rows of A.
+fn row_tasks(tiles: usize, threads: usize) -> usize {
+    let fewest = tiles.div_ceil(MC / MR);
+    let most = (tiles / (MIN_TASK_ROWS / MR)).max(fewest).max(1);
+    let tasks = (threads * TASKS_PER_THREAD).clamp(fewest.max(1), most);
+    let rounded = tasks.div_ceil(threads) * threads;
+    if rounded <= tiles {
+        rounded
+    } else {
+        tasks
+    }
 }
 
 /// Tasks per thread a product's rows are cut into, where it has enough rows.

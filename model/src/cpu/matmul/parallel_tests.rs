@@ -1,0 +1,145 @@
+//! The parallel driver against one thread: every layout's strides, ragged shapes,
+//! several depth blocks and B regions, 1 to 4 threads, on scoped threads and on a
+//! [`Pool`]: the bits never depend on the thread count, and the products are right.
+
+use super::*;
+use crate::cpu::par::Pool;
+use crate::rng::Rng;
+use proptest::prelude::*;
+
+fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+/// A (m, k) matrix stored row-major or transposed: the view and its storage's width.
+fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> View<'_> {
+    if transposed {
+        View::transposed(data, rows)
+    } else {
+        View::row_major(data, cols)
+    }
+}
+
+/// C (m, n) += A·B through `blocked` on `threads` (no small-product shortcut), with C
+/// padded to ldc = n + 3 (the padding must stay as it was).
+#[allow(clippy::too_many_arguments)]
+fn product(
+    shape: Gemm,
+    a: &[f32],
+    at: bool,
+    b: &[f32],
+    bt: bool,
+    prior: &[f32],
+    acc: Accumulate,
+    threads: usize,
+) -> Vec<f32> {
+    let Gemm { m, n, k } = shape;
+    let mut c = prior.to_vec();
+    let (av, bv) = (view(a, m, k, at), view(b, k, n, bt));
+    let cv = ViewMut {
+        data: &mut c,
+        rs: n + 3,
+    };
+    let kernel = Kernel::detect();
+    check_shapes(shape, &av, &bv, &cv, kernel);
+    blocked(shape, av, bv, cv, acc, kernel, threads);
+    c
+}
+
+/// Runs every thread count from 1 to 4 (on a pool when `pooled`) and checks that all
+/// give one thread's bits, and one thread's result against f64 on sampled elements.
+#[allow(clippy::too_many_arguments)]
+fn same_bits_for_any_threads(
+    shape: Gemm,
+    at: bool,
+    bt: bool,
+    acc: Accumulate,
+    pooled: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let Gemm { m, n, k } = shape;
+    let mut rng = Rng::new(seed);
+    let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
+    let ldc = n + 3;
+    let prior = random(m * ldc, &mut rng);
+    let one = product(shape, &a, at, &b, bt, &prior, acc, 1);
+    let (av, bv) = (view(&a, m, k, at), view(&b, k, n, bt));
+    let el = |v: View, i: usize, j: usize| v.data[i * v.rs + j * v.cs] as f64;
+    for s in 0..16 {
+        let (i, j) = ((s * 7919) % m, (s * 104_729) % n);
+        let base = if acc == Accumulate::Add {
+            prior[i * ldc + j] as f64
+        } else {
+            0.0
+        };
+        let want = base + (0..k).map(|p| el(av, i, p) * el(bv, p, j)).sum::<f64>();
+        let got = one[i * ldc + j] as f64;
+        prop_assert!(
+            (got - want).abs() <= 1e-5 * k as f64 + 1e-6,
+            "({i}, {j}): {got} vs {want}"
+        );
+    }
+    for i in 0..m {
+        prop_assert!(one[i * ldc + n..(i + 1) * ldc] == prior[i * ldc + n..(i + 1) * ldc]);
+    }
+    for threads in 2..=4 {
+        let run = || product(shape, &a, at, &b, bt, &prior, acc, threads);
+        let many = if pooled {
+            Pool::new(threads).install(run)
+        } else {
+            run()
+        };
+        prop_assert!(
+            one.iter()
+                .zip(&many)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{threads} threads differ from one ({shape:?}, A transposed {at}, B transposed {bt})"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parallel_products_have_one_threads_bits(
+        m in 1usize..200, n in 1usize..90, k in 1usize..700,
+        at in any::<bool>(), bt in any::<bool>(), add in any::<bool>(), pooled in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let acc = if add { Accumulate::Add } else { Accumulate::Overwrite };
+        same_bits_for_any_threads(Gemm { m, n, k }, at, bt, acc, pooled, seed)?;
+    }
+}
+
+/// Past one B region both ways: more than NC columns and more than KS depths.
+#[test]
+fn several_b_regions_have_one_threads_bits() {
+    let shape = Gemm {
+        m: 31,
+        n: NC + 37,
+        k: KS + 300,
+    };
+    for (at, bt) in [(false, false), (true, true)] {
+        same_bits_for_any_threads(shape, at, bt, Accumulate::Add, true, 5).unwrap();
+    }
+}
+
+#[test]
+fn row_tasks_are_whole_tiles_in_multiples_of_the_threads() {
+    for tiles in 1..400 {
+        for threads in 1..=4 {
+            let tasks = row_tasks(tiles, threads);
+            assert!(tasks >= 1 && tasks <= tiles, "{tiles} tiles: {tasks} tasks");
+            // At most one A block per task.
+            assert!(
+                tiles.div_ceil(tasks) * MR <= MC,
+                "{tiles} tiles, {tasks} tasks"
+            );
+            if !tasks.is_multiple_of(threads) {
+                assert!(tasks.div_ceil(threads) * threads > tiles);
+            }
+        }
+    }
+}
