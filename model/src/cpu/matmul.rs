@@ -213,6 +213,19 @@ thread_local! {
     static BPACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The first `len` floats of `buffer` from a 64-byte boundary, growing it as needed.
+/// Every B panel line is 16 or 32 floats (64 or 128 bytes), so from an aligned start no
+/// vector load of a panel straddles two cache lines (the allocator only promises 16
+/// bytes, at which one 32-byte load in four would, depending on where the buffer lands).
+fn cache_aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const LINE_FLOATS: usize = 64 / std::mem::size_of::<f32>();
+    if buffer.len() < len + LINE_FLOATS {
+        buffer.resize(len + LINE_FLOATS, 0.0);
+    }
+    let skip = buffer.as_ptr().align_offset(64).min(LINE_FLOATS);
+    &mut buffer[skip..skip + len]
+}
+
 /// Panics unless the views and C hold an (m, k)·(k, n) → (m, n) product and the kernel
 /// runs here.
 fn check_shapes(shape: Gemm, a: &View, b: &View, c: &ViewMut, kernel: Kernel) {
@@ -288,11 +301,9 @@ fn blocked(
     }
     let nr = kernel.nr();
     BPACK.with(|cell| {
-        let mut bpack = cell.borrow_mut();
+        let mut buffer = cell.borrow_mut();
         let need = NC.min(n).div_ceil(nr) * nr * KS.min(k);
-        if bpack.len() < need {
-            bpack.resize(need, 0.0);
-        }
+        let bpack = cache_aligned(&mut buffer, need);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let nc_pad = nc.div_ceil(nr) * nr;
@@ -441,11 +452,9 @@ fn row_task(
     let nr = kernel.nr();
     let nc_pad = nc.div_ceil(nr) * nr;
     APACK.with(|cell| {
-        let mut apack = cell.borrow_mut();
+        let mut buffer = cell.borrow_mut();
         let need = mc.div_ceil(MR) * MR * KC.min(ks);
-        if apack.len() < need {
-            apack.resize(need, 0.0);
-        }
+        let apack = cache_aligned(&mut buffer, need);
         for pc in (ps..ps + ks).step_by(KC) {
             let kc = KC.min(ps + ks - pc);
             let bblock = &bpack[(pc - ps) * nc_pad..][..kc * nc_pad];
