@@ -12,8 +12,8 @@
 
 use super::wgmma_bwd::{tile_bytes, Variant, BLOCK_KV, BLOCK_Q, BOX_BYTES, STAGES};
 use super::wgmma_bwd_emit::{
-    advance_stage, declare, desc_const, load_tile, release_prev, setup, stage_bar, wait,
-    CONSUMER_REGS, F32_LOG2E, PRODUCER_REGS, ROW_K16,
+    advance_stage, declare, desc_const, load_tile, release_prev, score_products, setup, stage_bar,
+    wait, CONSUMER_REGS, F32_LOG2E, PRODUCER_REGS, ROW_K16,
 };
 use crate::ptx_text::{Ptx, F32_ZERO};
 
@@ -223,32 +223,14 @@ impl DqPass {
 
     /// S = Q K^T and dP = dO V^T (M = 64 queries, N = 64 keys): HS/16 k16 steps each.
     fn scores(&mut self) {
-        let s: Vec<String> = (0..BLOCK_KV / 2).map(|i| format!("%s{i}")).collect();
-        let dp: Vec<String> = (0..BLOCK_KV / 2).map(|i| format!("%dp{i}")).collect();
-        self.p
-            .comment("S = Q K^T, dP = dO V^T (the first step overwrites)");
-        self.p.line("wgmma.fence.sync.aligned;");
-        for (accs, a, b) in [(&s, "%desc_q", "%dk"), (&dp, "%desc_do", "%dv")] {
-            let accs = accs.join(", ");
-            self.p.line("setp.ne.u32 %pz, %kb, %kb;");
-            for st in 0..self.hs / 16 {
-                let off = ((st / 4) * BOX_BYTES + (st % 4) * 32) >> 4;
-                self.p.lines([
-                    format!("add.u64 %da, {a}, {off};"),
-                    format!("add.u64 %db, {b}, {off};"),
-                    format!(
-                        "wgmma.mma_async.sync.aligned.m64n{BLOCK_KV}k16.f32.bf16.bf16 {{{accs}}}, %da, %db, %pz, 1, 1, 0, 0;"
-                    ),
-                ]);
-                if st == 0 {
-                    self.p.line("setp.eq.u32 %pz, %kb, %kb;");
-                }
-            }
-        }
-        self.p.lines([
-            "wgmma.commit_group.sync.aligned;",
-            "wgmma.wait_group.sync.aligned 0;",
-        ]);
+        score_products(
+            &mut self.p,
+            self.hs,
+            BLOCK_KV,
+            [("%desc_q", "%dk"), ("%desc_do", "%dv")],
+            "%kb",
+            "S = Q K^T, dP = dO V^T (the first step overwrites)",
+        );
     }
 
     /// dS = P (dP - D) with P = 2^(S scale log2e - LSE log2e), packed to bf16 A fragments

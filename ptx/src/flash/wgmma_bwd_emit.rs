@@ -69,6 +69,46 @@ pub(super) fn release_prev(p: &mut Ptx) {
         "@%prel mbarrier.arrive.shared::cta.b64 _, [%r1];".into(),
     ]);
 }
+/// Two products of one block on wgmma, both operands 128B-swizzled K-major (step s reads
+/// channel box s/4 at +32*(s%4) bytes), HS/16 k16 steps each: `%s*` from the first
+/// descriptor pair and `%dp*` from the second (n/2 f32 accumulators each, m64nNk16), the
+/// first step overwriting (scale-d from `%pz`, set from `counter` so ptxas cannot fold
+/// it), then committed and waited for. The dK/dV kernel's S^T, dP^T and the dQ pass's
+/// S, dP.
+pub(super) fn score_products(
+    p: &mut Ptx,
+    hs: u32,
+    n: u32,
+    operands: [(&str, &str); 2],
+    counter: &str,
+    what: &str,
+) {
+    let s: Vec<String> = (0..n / 2).map(|i| format!("%s{i}")).collect();
+    let dp: Vec<String> = (0..n / 2).map(|i| format!("%dp{i}")).collect();
+    p.comment(what);
+    p.line("wgmma.fence.sync.aligned;");
+    for (accs, (a, b)) in [(&s, operands[0]), (&dp, operands[1])] {
+        let accs = accs.join(", ");
+        p.line(format!("setp.ne.u32 %pz, {counter}, {counter};"));
+        for st in 0..hs / 16 {
+            let off = ((st / 4) * BOX_BYTES + (st % 4) * 32) >> 4;
+            p.lines([
+                format!("add.u64 %da, {a}, {off};"),
+                format!("add.u64 %db, {b}, {off};"),
+                format!(
+                    "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{accs}}}, %da, %db, %pz, 1, 1, 0, 0;"
+                ),
+            ]);
+            if st == 0 {
+                p.line(format!("setp.eq.u32 %pz, {counter}, {counter};"));
+            }
+        }
+    }
+    p.lines([
+        "wgmma.commit_group.sync.aligned;",
+        "wgmma.wait_group.sync.aligned 0;",
+    ]);
+}
 
 /// Next ring stage; the phase bit flips on wrapping.
 pub(super) fn advance_stage(p: &mut Ptx) {
@@ -460,32 +500,14 @@ impl Bwd {
     /// S^T = K Q^T and dP^T = V dO^T (M = 64 keys, N = 64 queries): HS/16 k16 steps each,
     /// both operands 128B-swizzled K-major; step s reads channel box s/4 at +32*(s%4) bytes.
     fn scores(&mut self) {
-        let s: Vec<String> = (0..BLOCK_Q / 2).map(|i| format!("%s{i}")).collect();
-        let dp: Vec<String> = (0..BLOCK_Q / 2).map(|i| format!("%dp{i}")).collect();
-        self.p
-            .comment("S^T = K Q^T, dP^T = V dO^T (the first step overwrites)");
-        self.p.line("wgmma.fence.sync.aligned;");
-        for (accs, a, b) in [(&s, "%desc_k", "%dq"), (&dp, "%desc_v", "%ddo")] {
-            let accs = accs.join(", ");
-            self.p.line("setp.ne.u32 %pz, %qb, %qb;");
-            for st in 0..self.hs / 16 {
-                let off = ((st / 4) * BOX_BYTES + (st % 4) * 32) >> 4;
-                self.p.lines([
-                    format!("add.u64 %da, {a}, {off};"),
-                    format!("add.u64 %db, {b}, {off};"),
-                    format!(
-                        "wgmma.mma_async.sync.aligned.m64n{BLOCK_Q}k16.f32.bf16.bf16 {{{accs}}}, %da, %db, %pz, 1, 1, 0, 0;"
-                    ),
-                ]);
-                if st == 0 {
-                    self.p.line("setp.eq.u32 %pz, %qb, %qb;");
-                }
-            }
-        }
-        self.p.lines([
-            "wgmma.commit_group.sync.aligned;",
-            "wgmma.wait_group.sync.aligned 0;",
-        ]);
+        score_products(
+            &mut self.p,
+            self.hs,
+            BLOCK_Q,
+            [("%desc_k", "%dq"), ("%desc_v", "%ddo")],
+            "%qb",
+            "S^T = K Q^T, dP^T = V dO^T (the first step overwrites)",
+        );
     }
 
     /// In place: S -> P = 2^(S scale log2e - LSE log2e), dP -> dS = P (dP - D); register
