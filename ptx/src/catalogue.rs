@@ -42,6 +42,17 @@ impl Target {
         }
     }
 
+    /// Whether a GPU of compute capability `arch` (major·10 + minor) runs this target's
+    /// code. `sm_80` runs on every GPU from 8.0; architecture-specific `sm_90a` code
+    /// (`wgmma`, TMA) only on 9.0: it does not carry forward to later GPUs, which take the
+    /// `sm_80` kernels. Every choice of a kernel by architecture asks this.
+    pub fn runs_on(self, arch: u32) -> bool {
+        match self {
+            Target::Sm80 => arch >= 80,
+            Target::Sm90a => arch == 90,
+        }
+    }
+
     /// Parses a name as [`Target::as_str`] writes it.
     pub fn parse(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.as_str() == name)
@@ -260,6 +271,21 @@ pub fn module(name: &str) -> Option<&'static KernelModule> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sm90a_code_is_chosen_on_sm90_only() {
+        use crate::matmul::wgmma::dispatch::select_tma;
+        use crate::matmul::{KernelKind, Layout};
+        assert!(Target::Sm80.runs_on(80) && Target::Sm80.runs_on(100) && !Target::Sm80.runs_on(75));
+        assert!(Target::Sm90a.runs_on(90));
+        assert!(!Target::Sm90a.runs_on(89) && !Target::Sm90a.runs_on(100));
+        // A product the wgmma rules take on an H100 goes to the mma.sync family elsewhere.
+        let pick = |arch| select_tma(arch, Layout::Nt, 8192, 4096, 2048, 16).kernel;
+        assert!(matches!(pick(90), KernelKind::Wgmma(_)));
+        for arch in [80, 89, 100, 120] {
+            assert!(!matches!(pick(arch), KernelKind::Wgmma(_)), "sm_{arch}");
+        }
+    }
 
     #[test]
     fn names_are_unique_and_match_entries() {

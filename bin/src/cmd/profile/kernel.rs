@@ -347,7 +347,7 @@ fn run_wgmma(dev: &Device, arch: u32, g: &Gemm, what: &str) -> Result<(), CliErr
 /// only: sm_90a code does not run on later GPUs; a head size it ships), as the device
 /// step's layer program decides.
 fn wgmma_fwd_applies(arch: u32, shape: AttnShape) -> bool {
-    arch == 90 && wgmma_fwd::static_name(shape.hs).is_some()
+    frugal_ptx::catalogue::Target::Sm90a.runs_on(arch) && wgmma_fwd::static_name(shape.hs).is_some()
 }
 
 /// Runs the wgmma FlashAttention forward on `shape` once, as the sm_90 step does: zeroed

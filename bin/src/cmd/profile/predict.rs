@@ -46,7 +46,7 @@ const SHARED_LINE: u64 = 128;
 /// The resource table's answer for `sm` (sm_86/89 take sm_80's figures; the
 /// table is assembled for sm_80 and sm_90a; later GPUs run the sm_80 kernels).
 fn usage_sm(sm: u32) -> u32 {
-    if sm == 90 {
+    if frugal_ptx::catalogue::Target::Sm90a.runs_on(sm) {
         90
     } else {
         80

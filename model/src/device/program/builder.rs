@@ -81,7 +81,7 @@ impl Builder {
     /// only, since architecture-specific (`a`) PTX does not run on later GPUs; those take
     /// the sm_80 kernels, which every GPU from sm_80 runs.
     pub fn hopper(&self) -> bool {
-        self.arch == 90
+        frugal_ptx::catalogue::Target::Sm90a.runs_on(self.arch)
     }
 
     /// The declared parameters of catalogue kernel `kernel` (module and entry of one name,

@@ -11,7 +11,7 @@
 //! the measured table, which holds no wgmma measurements yet: 128x256 where M and N give a
 //! full wave of those tiles on a 132-SM H100 at the usual M = B*T, 128x128 for narrower
 //! products; small products keep the 64x64 `mma.sync` tiles (more CTAs than a wave of
-//! 128-row tiles). Preconditions: sm_90+, operands 16-byte granular ([`Gemm::alignment`]
+//! 128-row tiles). Preconditions: sm_90 exactly (sm_90a code does not run on later GPUs), operands 16-byte granular ([`Gemm::alignment`]
 //! 16: TMA's global-address and stride rule).
 
 use super::{launch as wgmma_launch, EncodeTensorMap, WGMMA_128X128, WGMMA_128X256};
@@ -55,6 +55,7 @@ pub fn select_tma(
         .iter()
         .find(|r| {
             arch >= r.min_arch
+                && crate::catalogue::Target::Sm90a.runs_on(arch)
                 && r.layout.is_none_or(|l| l == layout)
                 && alignment >= r.min_alignment
                 && m >= r.min_m
