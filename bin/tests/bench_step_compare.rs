@@ -43,14 +43,14 @@ fn run(args: &[&str], python: &str) -> Output {
 }
 
 /// A stand-in python in a fresh directory: reads the script from stdin, checks that the
-/// flags carry the model's dimensions, and prints `tokens_per_s` 1000.
+/// flags carry the model's dimensions, and prints `tokens_per_s` 1000 (fastest step 15 ms).
 fn fake_python(dir: &std::path::Path) -> String {
     let path = dir.join("python");
     let body = r#"#!/bin/sh
 script=$(cat)
 case "$script" in *"def main"*) ;; *) echo "no script on stdin" >&2; exit 3;; esac
 case "$*" in *"--layers 1 --hidden 32 --heads 2 --kv-heads 2 --ffn 48 --vocab 64 --seq 8 --batch 2 --threads 1"*) ;; *) echo "wrong flags: $*" >&2; exit 4;; esac
-echo '{"impl": "pytorch-eager", "torch": "0.0-fake", "step_ms_mean": 16.0, "tokens_per_s": 1000.0}'
+echo '{"impl": "pytorch-eager", "torch": "0.0-fake", "step_ms_mean": 16.0, "step_ms_min": 15.0, "tokens_per_s": 1000.0}'
 "#;
     std::fs::write(&path, body).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -94,6 +94,15 @@ fn compare_prints_both_sides_and_their_ratio() {
     let (ours, ratio) = (num("frugal_tokens_per_s"), num("ratio"));
     assert!(
         ours > 0.0 && (ratio - ours / 1000.0).abs() < 1e-3,
+        "{summary}"
+    );
+    // The fastest steps' ratio: PyTorch's 15 ms ÷ frugal's fastest step (as printed, to
+    // 3 decimals of a millisecond, so to within its rounding).
+    let (ours_min, fastest) = (num("frugal_step_ms_min"), num("fastest_step_ratio"));
+    assert!(num("torch_step_ms_min") == 15.0, "{summary}");
+    assert!(
+        ours_min > 0.0
+            && (fastest - 15.0 / ours_min).abs() <= 15.0 / (ours_min - 5e-4) - 15.0 / ours_min,
         "{summary}"
     );
     let _ = std::fs::remove_dir_all(dir);
