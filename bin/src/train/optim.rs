@@ -1,7 +1,7 @@
 //! The AdamW settings and the optimizer state that the step backends, the
 //! loop and the checkpoint writer share.
 
-use frugal_runtime::host::try_zeroed_vec;
+use frugal_runtime::host::try_zeroed_vec_written;
 
 use crate::error::CliError;
 
@@ -34,7 +34,9 @@ impl OptimState {
     /// The host cannot allocate the moments (the message names the bytes).
     pub fn fresh(params: Vec<f32>) -> Result<OptimState, CliError> {
         let n = params.len();
-        let zeroed = |what| try_zeroed_vec::<f32>(n, what);
+        // Written now: the first update reads each moment before writing it (see
+        // `try_zeroed_vec_written`).
+        let zeroed = |what| try_zeroed_vec_written::<f32>(n, what);
         Ok(OptimState {
             m: zeroed("the AdamW first moment")?,
             v: zeroed("the AdamW second moment")?,

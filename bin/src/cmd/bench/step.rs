@@ -33,7 +33,7 @@ use super::counters::{check_device, with_counters, Summary};
 
 #[path = "step/compare.rs"]
 mod compare;
-use frugal_runtime::host::{memory_limit, try_zeroed_vec};
+use frugal_runtime::host::{memory_limit, try_zeroed_vec, try_zeroed_vec_written};
 
 /// What `frugal bench step --help` says first.
 pub const ABOUT: &str =
@@ -468,7 +468,9 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
             decay_mask[t.range()].fill(true);
         }
     }
-    let (m, v) = (host(p, "AdamW's m")?, host(p, "AdamW's v")?);
+    // Written now, as a training run's fresh moments are (see `try_zeroed_vec_written`).
+    let written = |what| try_zeroed_vec_written::<f32>(p, what).map_err(failed);
+    let (m, v) = (written("AdamW's m")?, written("AdamW's v")?);
     let mut opt = AdamW::from_state(BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY, m, v, 0)
         .ok_or_else(|| failed("AdamW's two moments differ in length"))?;
     let mut rng = Rng::new(0x5354_4550);
