@@ -73,6 +73,10 @@ fn mean_cpu(reps: usize, mut f: impl FnMut()) -> f64 {
 fn fma_peak() -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
+        if Kernel::detect() == Kernel::Avx512 {
+            // SAFETY: detect() saw AVX-512F.
+            return unsafe { fma_peak_avx512() };
+        }
         if Kernel::detect() != Kernel::Portable {
             // SAFETY: detect() saw AVX2 and FMA (AVX-512 machines have both too).
             return unsafe { fma_peak_avx2() };
@@ -106,6 +110,29 @@ unsafe fn fma_peak_avx2() -> f64 {
     };
     // With AVX-512 the 256-bit loop measures the clock; the zmm peak doubles the lanes.
     (iters * 10) as f64 * 8.0 * 2.0 / best * (lanes / 8.0)
+}
+
+/// The zmm FMA loop itself: where a core has one 512-bit FMA unit (or a lower clock
+/// for 512-bit work) this is what the AVX-512 kernels can reach, not twice the ymm loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_peak_avx512() -> f64 {
+    use std::arch::x86_64::*;
+    let iters = 20_000_000u64;
+    let mut acc = [_mm512_set1_ps(0.0); 12];
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    black_box(acc);
+    (iters * 12) as f64 * 16.0 * 2.0 / best
 }
 
 fn main() {
