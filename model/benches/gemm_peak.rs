@@ -85,55 +85,51 @@ fn fma_peak() -> f64 {
     f64::NAN
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_peak_avx2() -> f64 {
-    use std::arch::x86_64::*;
-    let iters = 20_000_000u64;
-    let mut acc = [_mm256_set1_ps(0.0); 10];
-    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
+/// A peak loop: `$accs` independent accumulator chains of one vector FMA each, best of
+/// three timed runs, in FLOP/s (`$lanes` lanes, 2 flops per lane).
+macro_rules! fma_peak_loop {
+    ($name:ident, $feature:literal, $set1:ident, $fmadd:ident, $accs:expr, $lanes:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name() -> f64 {
+            use std::arch::x86_64::*;
+            let iters = 20_000_000u64;
+            let mut acc = [$set1(0.0); $accs];
+            let (a, b) = ($set1(0.999_999), $set1(1e-7));
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    for x in acc.iter_mut() {
+                        *x = $fmadd(*x, a, b);
+                    }
+                }
+                best = best.min(t.elapsed().as_secs_f64());
             }
+            black_box(acc);
+            (iters * $accs) as f64 * $lanes as f64 * 2.0 / best
         }
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    black_box(acc);
-    let lanes = if Kernel::detect() == Kernel::Avx512 {
-        16.0
-    } else {
-        8.0
     };
-    // With AVX-512 the 256-bit loop measures the clock; the zmm peak doubles the lanes.
-    (iters * 10) as f64 * 8.0 * 2.0 / best * (lanes / 8.0)
 }
 
-/// The zmm FMA loop itself: where a core has one 512-bit FMA unit (or a lower clock
-/// for 512-bit work) this is what the AVX-512 kernels can reach, not twice the ymm loop.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_peak_avx512() -> f64 {
-    use std::arch::x86_64::*;
-    let iters = 20_000_000u64;
-    let mut acc = [_mm512_set1_ps(0.0); 12];
-    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let t = Instant::now();
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    black_box(acc);
-    (iters * 12) as f64 * 16.0 * 2.0 / best
-}
+fma_peak_loop!(
+    fma_peak_avx2,
+    "avx2,fma",
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    10,
+    8
+);
+// The zmm loop itself, not twice the ymm loop: where a core has one 512-bit FMA unit (or
+// a lower clock for 512-bit work) this is what the AVX-512 kernels can reach.
+fma_peak_loop!(
+    fma_peak_avx512,
+    "avx512f",
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    12,
+    16
+);
 
 fn main() {
     let reps: usize = std::env::var("FRUGAL_GEMM_REPS")
