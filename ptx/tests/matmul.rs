@@ -250,7 +250,8 @@ fn matmul_modules() -> Vec<String> {
     generated::all()
         .iter()
         // The sm_90a wgmma modules take tensor maps (their own parameter list) and are
-        // assembled and checked in tests/matmul_wgmma.rs and tests/flash_wgmma.rs.
+        // assembled and checked in tests/matmul_wgmma.rs, tests/flash_wgmma.rs and
+        // tests/flash_wgmma_bwd.rs.
         .filter(|g| {
             !matches!(
                 g,
@@ -258,6 +259,7 @@ fn matmul_modules() -> Vec<String> {
                     | Generated::FlashBackward
                     | Generated::MatmulWgmma(..)
                     | Generated::FlashFwdWgmma(_)
+                    | Generated::FlashBwdWgmma(..)
             )
         })
         .map(|g| g.name())
