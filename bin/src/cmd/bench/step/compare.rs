@@ -8,8 +8,8 @@
 //!
 //! Two summaries: the median over rounds of each side's mean step, and each side's
 //! fastest step over all rounds. On a machine shared with other jobs (a cloud VM whose
-//! cores' other hyperthreads run someone else's work) load only ever adds time, and by
-//! tens of percent from one second to the next, so the fastest steps are the steadier
+//! cores other tenants' work also uses) load only ever adds time, and by tens of
+//! percent from one second to the next, so the fastest steps are the steadier
 //! comparison of the two programs; the medians say what a run sees.
 
 use std::io::{Read, Write};
