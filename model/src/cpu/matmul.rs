@@ -16,8 +16,8 @@
 //! multiply-add, the portable one twice, so their bits differ (each is
 //! deterministic).
 //!
-//! Threads: each B region is packed once (the threads share out its KC-deep blocks
-//! and, within a block, runs of panels) and shared; its product is cut into
+//! Threads: each KC×NC block of B is packed once (the threads share out runs of its
+//! panels) and shared; its product is cut into
 //! near-equal row tasks (whole register tiles, at most one A block each, a multiple
 //! of the threads in number) that the threads claim in turn, each packing only its
 //! own rows of A, so no thread repeats another's packing. Each element of C is
@@ -200,11 +200,12 @@ const NR_MAX: usize = 32;
 const KC: usize = 256;
 /// Rows of a packed A block (96 KB at KC = 256, in L2).
 const MC: usize = 96;
-/// Columns of a packed B block (1 MB at KC = 256).
+/// Columns of a packed B block (1 MB at KC = 256, in L2 or L3). Each KC-deep block is
+/// its own parallel region: packed, then multiplied by every row task before the next
+/// is packed, so a thread's tasks find it in cache. (Packing eight blocks ahead and
+/// running each task through all of them, as before, streamed up to 8 MB of B from
+/// memory per task on the deep weight gradients: 5–20% slower there, the same elsewhere.)
 const NC: usize = 1024;
-/// Depth of a parallel region's packed B (8 MB at NC = 1024): its KC-deep blocks are
-/// packed together (one per thread at a time) before the product's row tasks start.
-const KS: usize = 8 * KC;
 
 thread_local! {
     /// Per-thread buffer for packed A blocks, reused across calls.
@@ -258,25 +259,25 @@ pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: 
     blocked(shape, a, b, c, acc, kernel, 1);
 }
 
-/// The packed B of one parallel region: columns jc..jc+nc, depths ps..ps+ks, as
-/// consecutive KC-deep blocks (block q holds depths ps+q·KC.., `nc_pad·kc` floats).
+/// One packed block of B, a parallel region's: columns jc..jc+nc, depths pc..pc+kc,
+/// as nr-column panels of `kc·nr` floats.
 #[derive(Clone, Copy)]
 struct Region<'p> {
     bpack: &'p [f32],
     jc: usize,
     nc: usize,
-    ps: usize,
-    ks: usize,
-    /// How the product writes C (its first depth block; later ones add).
+    pc: usize,
+    kc: usize,
+    /// How the product writes C: the product's own mode on its first depth block, then add.
     acc: Accumulate,
 }
 
-/// The BLIS loops over checked operands. B is packed in regions of NC columns × up to
-/// KS depths (each panel packed once, by one of the threads, then shared by all; see
-/// [`pack_region_b`]); a region's rows are cut into tasks (whole register tiles, at most one A block)
-/// that up to `threads` threads claim, each packing only its own rows of A: two
-/// parallel regions per B region, no packing repeated. Every element of C gets the same operations
-/// in the same order (depth blocks in order) whatever the thread count.
+/// The BLIS loops over checked operands. B is packed a KC×NC block at a time (each
+/// panel packed once, by one of the threads, then shared by all; see [`pack_block_b`]);
+/// a block's rows are cut into tasks (whole register tiles, at most one A block) that up
+/// to `threads` threads claim, each packing only its own rows of A: two parallel regions
+/// per block of B, no packing repeated. Every element of C gets the same operations in
+/// the same order (depth blocks in order) whatever the thread count.
 fn blocked(
     shape: Gemm,
     a: View,
@@ -302,22 +303,22 @@ fn blocked(
     let nr = kernel.nr();
     BPACK.with(|cell| {
         let mut buffer = cell.borrow_mut();
-        let need = NC.min(n).div_ceil(nr) * nr * KS.min(k);
+        let need = NC.min(n).div_ceil(nr) * nr * KC.min(k);
         let bpack = cache_aligned(&mut buffer, need);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let nc_pad = nc.div_ceil(nr) * nr;
-            for ps in (0..k).step_by(KS) {
-                let ks = KS.min(k - ps);
-                let bregion = &mut bpack[..ks * nc_pad];
-                pack_region_b(b.at(ps, jc), ks, nc, nr, bregion, threads);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bblock = &mut bpack[..kc * nc_pad];
+                pack_block_b(b.at(pc, jc), kc, nc, nr, bblock, threads);
                 let region = Region {
-                    bpack: bregion,
+                    bpack: bblock,
                     jc,
                     nc,
-                    ps,
-                    ks,
-                    acc: if ps == 0 { acc } else { Accumulate::Add },
+                    pc,
+                    kc,
+                    acc: if pc == 0 { acc } else { Accumulate::Add },
                 };
                 if threads <= 1 {
                     for ic in (0..m).step_by(MC) {
@@ -343,31 +344,21 @@ fn blocked(
     });
 }
 
-/// Packs a region of B (the view starts at the region's first depth and column): `ks`
-/// depths × `nc` columns as consecutive KC-deep blocks of nr-column panels (block q
-/// at `q·KC·nc_pad`, see [`pack_b`]). The threads share it out by block and by runs of
-/// panels within a block, about [`TASKS_PER_THREAD`] tasks per thread, so that a
-/// region of one or two blocks (K ≤ 512: most forward products) is not packed by one
-/// thread while the others wait.
-fn pack_region_b(b: View, ks: usize, nc: usize, nr: usize, bregion: &mut [f32], threads: usize) {
-    let nc_pad = nc.div_ceil(nr) * nr;
-    let blocks = ks.div_ceil(KC);
-    let panels = nc_pad / nr;
-    let groups = if threads <= 1 {
-        1
-    } else {
-        (threads * TASKS_PER_THREAD).div_ceil(blocks).min(panels)
-    };
-    let out = Disjoint::new(bregion);
-    par::run_indexed(threads, blocks * groups, |task| {
-        let (q, g) = (task / groups, task % groups);
-        let kc = KC.min(ks - q * KC);
+/// Packs a block of B (the view starts at the block's first depth and column): `kc`
+/// depths × `nc` columns as nr-column panels (see [`pack_b`]). The threads share it out
+/// by runs of panels, about [`TASKS_PER_THREAD`] runs per thread, so that it is not
+/// packed by one thread while the others wait.
+fn pack_block_b(b: View, kc: usize, nc: usize, nr: usize, bblock: &mut [f32], threads: usize) {
+    let panels = nc.div_ceil(nr);
+    let groups = (threads.max(1) * TASKS_PER_THREAD).min(panels);
+    let groups = if threads <= 1 { 1 } else { groups };
+    let out = Disjoint::new(bblock);
+    par::run_indexed(threads, groups, |g| {
         let (p0, p1) = (panels * g / groups, panels * (g + 1) / groups);
-        let at = q * KC * nc_pad + p0 * kc * nr;
-        // SAFETY: each (block, panel run) owns its own panels of its own block.
-        let part = unsafe { out.range(at..at + (p1 - p0) * kc * nr) };
+        // SAFETY: each run of panels owns its own part of the block.
+        let part = unsafe { out.range(p0 * kc * nr..p1 * kc * nr) };
         let cols = (p1 * nr).min(nc) - p0 * nr;
-        pack_b(b.at(q * KC, p0 * nr), kc, cols, nr, part);
+        pack_b(b.at(0, p0 * nr), kc, cols, nr, part);
     });
 }
 
@@ -429,9 +420,8 @@ const TASKS_PER_THREAD: usize = 4;
 /// The fewest rows of a task (four register tiles).
 const MIN_TASK_ROWS: usize = 4 * MR;
 
-/// Rows ic..ic+mc (mc ≤ MC) of one region's product: for each KC-deep block in order,
-/// packs A's (mc × kc) block and runs the micro-kernel over every tile. `c` starts at
-/// row ic, column 0.
+/// Rows ic..ic+mc (mc ≤ MC) of one block's product: packs A's (mc × kc) block and runs
+/// the micro-kernel over every tile. `c` starts at row ic, column 0.
 fn row_task(
     a: View,
     ic: usize,
@@ -445,36 +435,28 @@ fn row_task(
         bpack,
         jc,
         nc,
-        ps,
-        ks,
+        pc,
+        kc,
         acc,
     } = region;
     let nr = kernel.nr();
-    let nc_pad = nc.div_ceil(nr) * nr;
     APACK.with(|cell| {
         let mut buffer = cell.borrow_mut();
-        let need = mc.div_ceil(MR) * MR * KC.min(ks);
-        let apack = cache_aligned(&mut buffer, need);
-        for pc in (ps..ps + ks).step_by(KC) {
-            let kc = KC.min(ps + ks - pc);
-            let bblock = &bpack[(pc - ps) * nc_pad..][..kc * nc_pad];
-            let write = if pc == ps { acc } else { Accumulate::Add };
-            let len = mc.div_ceil(MR) * MR * kc;
-            pack_a(a.at(ic, pc), mc, kc, &mut apack[..len]);
-            for jr in (0..nc).step_by(nr) {
-                let bpanel = &bblock[jr / nr * kc * nr..][..kc * nr];
-                let cols = nr.min(nc - jr);
-                for ir in (0..mc).step_by(MR) {
-                    let apanel = &apack[ir / MR * kc * MR..][..kc * MR];
-                    let out = TileOut {
-                        c: &mut c[ir * ldc + jc + jr..],
-                        ldc,
-                        rows: MR.min(mc - ir),
-                        cols,
-                        acc: write,
-                    };
-                    micro_kernel(kernel, kc, apanel, bpanel, out);
-                }
+        let apack = cache_aligned(&mut buffer, mc.div_ceil(MR) * MR * kc);
+        pack_a(a.at(ic, pc), mc, kc, apack);
+        for jr in (0..nc).step_by(nr) {
+            let bpanel = &bpack[jr / nr * kc * nr..][..kc * nr];
+            let cols = nr.min(nc - jr);
+            for ir in (0..mc).step_by(MR) {
+                let apanel = &apack[ir / MR * kc * MR..][..kc * MR];
+                let out = TileOut {
+                    c: &mut c[ir * ldc + jc + jr..],
+                    ldc,
+                    rows: MR.min(mc - ir),
+                    cols,
+                    acc,
+                };
+                micro_kernel(kernel, kc, apanel, bpanel, out);
             }
         }
     });

@@ -113,13 +113,13 @@ proptest! {
     }
 }
 
-/// Past one B region both ways: more than NC columns and more than KS depths.
+/// Past one B block both ways: more than NC columns and several KC-deep blocks.
 #[test]
-fn several_b_regions_have_one_threads_bits() {
+fn several_b_blocks_have_one_threads_bits() {
     let shape = Gemm {
         m: 31,
         n: NC + 37,
-        k: KS + 300,
+        k: 3 * KC + 77,
     };
     for (at, bt) in [(false, false), (true, true)] {
         same_bits_for_any_threads(shape, at, bt, Accumulate::Add, true, 5).unwrap();
