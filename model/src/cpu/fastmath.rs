@@ -40,6 +40,7 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// xs[i] = exp(xs[i] − shift); returns the sum of the results (eight lanes, in a fixed order).
+#[inline(always)]
 pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     for x in xs.iter_mut() {
         *x = exp(*x - shift);
@@ -48,6 +49,7 @@ pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
 }
 
 /// Σ xs with eight independent lanes added in a fixed order (vectorisable).
+#[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut it = xs.chunks_exact(8);
@@ -64,6 +66,7 @@ pub fn sum(xs: &[f32]) -> f32 {
 }
 
 /// Σ a·b with eight independent lanes added in a fixed order (vectorisable).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -82,6 +85,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// max of xs (−∞ for an empty slice), eight lanes.
+#[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut it = xs.chunks_exact(8);

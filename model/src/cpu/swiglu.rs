@@ -44,12 +44,48 @@ fn avx2() -> bool {
     }
 }
 
+/// Whether this CPU runs the AVX-512 copies (twice the AVX2 copies' lanes, the same
+/// operations on each element, so the same bits).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn forward_rows_avx2(act: &mut [f32], gate: &[f32], up: &[f32]) {
     forward_rows(act, gate, up)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_rows_avx512(act: &mut [f32], gate: &[f32], up: &[f32]) {
+    forward_rows(act, gate, up)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn backward_rows_avx512(
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    dact: &[f32],
+    gate: &[f32],
+    up: &[f32],
+) {
+    backward_rows(dgate, dup, dact, gate, up)
 }
 
 /// # Safety
@@ -72,6 +108,11 @@ pub fn swiglu_forward(act: &mut [f32], gate: &[f32], up: &[f32], f: usize, threa
     par::split1(threads, rows, act, f, |range, act| {
         let part = range.start * f..range.start * f + act.len();
         let (gate, up) = (&gate[part.clone()], &up[part]);
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: avx512() saw the feature on this CPU.
+            return unsafe { forward_rows_avx512(act, gate, up) };
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: avx2() saw the feature on this CPU.
@@ -96,6 +137,11 @@ pub fn swiglu_backward(
         let part = range.start * f..range.start * f + dgate.len();
         let (dact, gate, up) = (&dact[part.clone()], &gate[part.clone()], &up[part]);
         #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: avx512() saw the feature on this CPU.
+            return unsafe { backward_rows_avx512(dgate, dup, dact, gate, up) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: avx2() saw the feature on this CPU.
             return unsafe { backward_rows_avx2(dgate, dup, dact, gate, up) };
@@ -108,32 +154,46 @@ pub fn swiglu_backward(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_avx2_copies_give_the_baseline_bits() {
-        if !avx2() {
-            return;
+    type Forward = unsafe fn(&mut [f32], &[f32], &[f32]);
+    type Backward = unsafe fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32]);
+
+    /// The SIMD copies this CPU runs, by name.
+    fn simd_copies() -> Vec<(&'static str, Forward, Backward)> {
+        let mut copies: Vec<(&'static str, Forward, Backward)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2() {
+                copies.push(("avx2", forward_rows_avx2, backward_rows_avx2));
+            }
+            if avx512() {
+                copies.push(("avx512", forward_rows_avx512, backward_rows_avx512));
+            }
         }
+        copies
+    }
+
+    #[test]
+    fn the_simd_copies_give_the_baseline_bits() {
+        // 1000 = 62·16 + 8: whole vectors of both widths and a tail.
         let n = 1000;
         let g: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) * 0.037).collect();
         let u: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
         let d: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
-        let (mut a1, mut a2) = (vec![0.0; n], vec![0.0; n]);
+        let mut a1 = vec![0.0; n];
         forward_rows(&mut a1, &g, &u);
-        // SAFETY: avx2() is true.
-        unsafe { forward_rows_avx2(&mut a2, &g, &u) };
-        assert!(a1.iter().zip(&a2).all(|(x, y)| x.to_bits() == y.to_bits()));
-        let (mut dg1, mut du1, mut dg2, mut du2) =
-            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut dg1, mut du1) = (vec![0.0; n], vec![0.0; n]);
         backward_rows(&mut dg1, &mut du1, &d, &g, &u);
-        // SAFETY: avx2() is true.
-        unsafe { backward_rows_avx2(&mut dg2, &mut du2, &d, &g, &u) };
-        assert!(dg1
-            .iter()
-            .zip(&dg2)
-            .all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert!(du1
-            .iter()
-            .zip(&du2)
-            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
+        for (name, forward, backward) in simd_copies() {
+            let mut a2 = vec![0.0; n];
+            let (mut dg2, mut du2) = (vec![0.0; n], vec![0.0; n]);
+            // SAFETY: simd_copies() lists only the copies this CPU runs.
+            unsafe {
+                forward(&mut a2, &g, &u);
+                backward(&mut dg2, &mut du2, &d, &g, &u);
+            }
+            assert!(same(&a1, &a2), "{name} forward");
+            assert!(same(&dg1, &dg2) && same(&du1, &du2), "{name} backward");
+        }
     }
 }
