@@ -20,7 +20,8 @@ use frugal_model::cpu::attention::{
     attention_backward, attention_forward, AttentionGrads, AttnDims, Qkv,
 };
 use frugal_model::cpu::matmul::{
-    linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
+    linear_backward_input, linear_backward_weight, linear_backward_weights, linear_forward,
+    Accumulate, LinearDims, WeightGrad,
 };
 use frugal_model::cpu::par::Pool;
 use frugal_model::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward, RmsNormGrads};
@@ -103,14 +104,40 @@ fn run(threads: usize) {
             linear_backward_input(&mut y_f, &x, &w_fc, lin(f, c), ov, threads)
         })
     });
-    add("matmul bwd-w CxC", 4 * l, &mut || {
+    // The model's weight gradients: q, k and v in one call (they share x), o alone;
+    // gate and up in one call. FRUGAL_OPS_SEPARATE=1 times each gradient alone instead.
+    let separate = std::env::var_os("FRUGAL_OPS_SEPARATE").is_some();
+    let (mut dw3, mut dw2) = (vec![0.0; 3 * c * c], vec![0.0; 2 * f * c]);
+    let dy2 = random(n * f, &mut 15);
+    add("matmul bwd-w q,k,v", l, &mut || {
+        best_of(reps, || {
+            let (dq, rest) = dw3.split_at_mut(c * c);
+            let (dk, dv) = rest.split_at_mut(c * c);
+            if separate {
+                for dw in [dq, dk, dv] {
+                    linear_backward_weight(dw, &x, &x, lin(c, c), threads);
+                }
+                return;
+            }
+            let grads = [dq, dk, dv].map(|dw| WeightGrad { dw, dy: &x, out: c });
+            linear_backward_weights(&mut { grads }, &x, n, c, threads)
+        })
+    });
+    add("matmul bwd-w o", l, &mut || {
         best_of(reps, || {
             linear_backward_weight(&mut dw[..c * c], &x, &x, lin(c, c), threads)
         })
     });
-    add("matmul bwd-w C->F", 2 * l, &mut || {
+    add("matmul bwd-w gate,up", l, &mut || {
         best_of(reps, || {
-            linear_backward_weight(&mut dw, &dyf, &x, lin(c, f), threads)
+            let (dg, du) = dw2.split_at_mut(f * c);
+            if separate {
+                linear_backward_weight(dg, &dyf, &x, lin(c, f), threads);
+                linear_backward_weight(du, &dy2, &x, lin(c, f), threads);
+                return;
+            }
+            let grads = [(dg, &dyf), (du, &dy2)].map(|(dw, dy)| WeightGrad { dw, dy, out: f });
+            linear_backward_weights(&mut { grads }, &x, n, c, threads)
         })
     });
     add("matmul bwd-w F->C", l, &mut || {

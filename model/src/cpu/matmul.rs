@@ -138,6 +138,13 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// The view of no elements (an unused slot).
+    const EMPTY: View<'static> = View {
+        data: &[],
+        rs: 0,
+        cs: 0,
+    };
+
     /// A row-major (rows, cols) matrix.
     pub fn row_major(data: &'a [f32], cols: usize) -> View<'a> {
         View {
@@ -258,7 +265,8 @@ fn check_shapes(shape: Gemm, a: &View, b: &View, c: &ViewMut, kernel: Kernel) {
 /// this CPU (both are programming errors).
 pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: Kernel) {
     check_shapes(shape, &a, &b, &c, kernel);
-    blocked(shape, a, b, c, acc, kernel, 1);
+    let Gemm { m, n, k } = shape;
+    blocked(&mut [Part { a, c, m }], b, n, k, acc, kernel, 1);
 }
 
 /// One packed block of B, a parallel region's: columns jc..jc+nc, depths pc..pc+kc,
@@ -274,35 +282,72 @@ struct Region<'p> {
     acc: Accumulate,
 }
 
-/// The BLIS loops over checked operands. B is packed a KC×NC block at a time (each
-/// panel packed once, by one of the threads, then shared by all; see [`pack_block_b`]);
-/// a block's rows are cut into tasks (whole register tiles, at most one A block) that up
-/// to `threads` threads claim, each packing only its own rows of A: two parallel regions
-/// per block of B, no packing repeated. Every element of C gets the same operations in
-/// the same order (depth blocks in order) whatever the thread count.
+/// One of the products of a [`blocked`] call: C (m, N) (=|+=) A (m, K) · B, with B
+/// (K, N) shared by all the call's parts.
+#[derive(Debug)]
+struct Part<'a> {
+    a: View<'a>,
+    c: ViewMut<'a>,
+    m: usize,
+}
+
+/// The most products one [`blocked`] call takes (a layer's q, k and v).
+const MAX_PARTS: usize = 3;
+
+/// The BLIS loops over checked operands, for one or several products that share B
+/// (the weight gradients of q, k and v read the same input: one packing of B serves
+/// all three). B is packed a KC×NC block at a time (each panel packed once, by one of
+/// the threads, then shared by all; see [`pack_block_b`]); a block's rows (every
+/// part's) are cut into tasks (whole register tiles of one part, at most one A block)
+/// that up to `threads` threads claim, each packing only its own rows of A: two
+/// parallel regions per block of B, no packing repeated. Every element of C gets the
+/// same operations in the same order (depth blocks in order) whatever the thread count
+/// and whichever products share the call.
 fn blocked(
-    shape: Gemm,
-    a: View,
+    parts: &mut [Part],
     b: View,
-    c: ViewMut,
+    n: usize,
+    k: usize,
     acc: Accumulate,
     kernel: Kernel,
     threads: usize,
 ) {
-    let Gemm { m, n, k } = shape;
-    let ViewMut { data: c, rs: ldc } = c;
-    if m == 0 || n == 0 {
+    assert!(
+        parts.len() <= MAX_PARTS,
+        "{} products share one B",
+        parts.len()
+    );
+    if n == 0 || parts.iter().all(|p| p.m == 0) {
         return;
     }
     if k == 0 {
         if acc == Accumulate::Overwrite {
-            for i in 0..m {
-                c[i * ldc..i * ldc + n].iter_mut().for_each(|x| *x = 0.0);
+            for part in parts.iter_mut() {
+                let ldc = part.c.rs;
+                for i in 0..part.m {
+                    part.c.data[i * ldc..i * ldc + n]
+                        .iter_mut()
+                        .for_each(|x| *x = 0.0);
+                }
             }
         }
         return;
     }
     let nr = kernel.nr();
+    // Each part's A, C and register-tile rows, and its share of the row tasks: the
+    // tasks of all rows as for one product, shared out by rows, at most MC rows each.
+    let a: [View; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(View::EMPTY, |q| q.a));
+    let ldc: [usize; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(0, |q| q.c.rs));
+    let m: [usize; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(0, |q| q.m));
+    let tiles = m.map(|m| m.div_ceil(MR));
+    let all_tiles: usize = tiles.iter().sum();
+    let all_tasks = row_tasks(all_tiles, threads);
+    let tasks = tiles.map(|t| (all_tasks * t / all_tiles).max(t.div_ceil(MC / MR)));
+    let out: [Disjoint; MAX_PARTS] = std::array::from_fn(|p| {
+        parts
+            .get_mut(p)
+            .map_or(Disjoint::EMPTY, |q| Disjoint::new(q.c.data))
+    });
     BPACK.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let need = NC.min(n).div_ceil(nr) * nr * KC.min(k);
@@ -323,23 +368,32 @@ fn blocked(
                     acc: if pc == 0 { acc } else { Accumulate::Add },
                 };
                 if threads <= 1 {
-                    for ic in (0..m).step_by(MC) {
-                        let mc = MC.min(m - ic);
-                        row_task(a, ic, mc, region, &mut c[ic * ldc..], ldc, kernel);
+                    for p in 0..parts.len() {
+                        for ic in (0..m[p]).step_by(MC) {
+                            let mc = MC.min(m[p] - ic);
+                            // SAFETY: one task at a time, each its own rows of C.
+                            let mine = unsafe { out[p].range(ic * ldc[p]..out[p].len) };
+                            row_task(a[p], ic, mc, region, mine, ldc[p], kernel);
+                        }
                     }
                     continue;
                 }
-                // Task i: register-tile rows tiles·i/tasks.. of C, so tasks differ by
-                // at most one tile and the last round of claims ends together.
-                let tiles = m.div_ceil(MR);
-                let tasks = row_tasks(tiles, threads);
-                let out = Disjoint::new(c);
-                par::run_indexed(threads, tasks, |task| {
-                    let ic = tiles * task / tasks * MR;
-                    let end = (tiles * (task + 1) / tasks * MR).min(m);
-                    // SAFETY: tasks own disjoint row ranges of C; the region outlives them.
-                    let mine = unsafe { out.range(ic * ldc..(end * ldc).min(out.len)) };
-                    row_task(a, ic, end - ic, region, mine, ldc, kernel)
+                // Task i of a part: register-tile rows tiles·i/tasks.. of its C, so its
+                // tasks differ by at most one tile and the last round of claims ends
+                // together.
+                par::run_indexed(threads, tasks.iter().sum(), |task| {
+                    let (mut p, mut i) = (0, task);
+                    while i >= tasks[p] {
+                        i -= tasks[p];
+                        p += 1;
+                    }
+                    let ic = tiles[p] * i / tasks[p] * MR;
+                    let end = (tiles[p] * (i + 1) / tasks[p] * MR).min(m[p]);
+                    let rows = ic * ldc[p]..(end * ldc[p]).min(out[p].len);
+                    // SAFETY: tasks own disjoint row ranges of their part's C; the
+                    // region outlives them.
+                    let mine = unsafe { out[p].range(rows) };
+                    row_task(a[p], ic, end - ic, region, mine, ldc[p], kernel)
                 });
             }
         }
@@ -375,6 +429,12 @@ struct Disjoint {
 unsafe impl Sync for Disjoint {}
 
 impl Disjoint {
+    /// A buffer of no elements (an unused slot).
+    const EMPTY: Disjoint = Disjoint {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+    };
+
     fn new(data: &mut [f32]) -> Disjoint {
         Disjoint {
             ptr: data.as_mut_ptr(),
@@ -468,6 +528,12 @@ fn row_task(
 /// tens of microseconds. (Thread count never changes results, only speed.)
 const MIN_MACS_PER_THREAD: usize = 1 << 18;
 
+/// How many of `threads` a product of `m` rows and `m·n·k` multiply-adds is worth.
+fn used_threads(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    let by_work = (m * n * k / MIN_MACS_PER_THREAD).max(1);
+    threads.max(1).min(m.div_ceil(MIN_TASK_ROWS)).min(by_work)
+}
+
 /// [`gemm`] over `threads` scoped threads: each packed B block's row blocks are shared
 /// out (see [`blocked`]). Results are bitwise the same for any `threads` and any
 /// claiming order.
@@ -475,9 +541,15 @@ pub fn gemm_parallel(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate,
     let kernel = Kernel::detect();
     let Gemm { m, n, k } = shape;
     check_shapes(shape, &a, &b, &c, kernel);
-    let by_work = (m * n * k / MIN_MACS_PER_THREAD).max(1);
-    let parts = threads.max(1).min(m.div_ceil(MIN_TASK_ROWS)).min(by_work);
-    blocked(shape, a, b, c, acc, kernel, parts);
+    blocked(
+        &mut [Part { a, c, m }],
+        b,
+        n,
+        k,
+        acc,
+        kernel,
+        used_threads(m, n, k, threads),
+    );
 }
 
 /// Forward of a linear layer: y (rows, out) (=|+=) x (rows, inp) · wᵀ, w (out, inp).
@@ -549,6 +621,71 @@ pub fn linear_backward_weight(
         Accumulate::Add,
         threads,
     );
+}
+
+/// One weight gradient of [`linear_backward_weights`]: dw (out, inp) += dyᵀ · x,
+/// dy (rows, out).
+#[derive(Debug)]
+pub struct WeightGrad<'a> {
+    pub dw: &'a mut [f32],
+    pub dy: &'a [f32],
+    pub out: usize,
+}
+
+/// The weight gradients of up to three linear layers that read the same input x
+/// (rows, inp) — a layer's q, k and v, or its gate and up — in one call: x's blocks are
+/// packed once for all of them and their row tasks shared out together (each alone
+/// has too few rows to amortise that packing). Each dw gets exactly the bits
+/// [`linear_backward_weight`] would give it.
+///
+/// # Panics
+/// With more than three gradients, or a buffer too short for its shape (programming
+/// errors).
+pub fn linear_backward_weights(
+    grads: &mut [WeightGrad],
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    threads: usize,
+) {
+    let kernel = Kernel::detect();
+    let b = View::row_major(x, inp);
+    let mut all_rows = 0;
+    for g in grads.iter_mut() {
+        let shape = Gemm {
+            m: g.out,
+            n: inp,
+            k: rows,
+        };
+        let c = ViewMut::row_major(g.dw, inp);
+        check_shapes(shape, &View::transposed(g.dy, g.out), &b, &c, kernel);
+        all_rows += g.out;
+    }
+    fn part<'g>(g: &'g mut WeightGrad<'_>, inp: usize) -> Part<'g> {
+        Part {
+            a: View::transposed(g.dy, g.out),
+            c: ViewMut::row_major(g.dw, inp),
+            m: g.out,
+        }
+    }
+    let threads = used_threads(all_rows, inp, rows, threads);
+    let add = Accumulate::Add;
+    match grads {
+        [] => {}
+        [g] => blocked(&mut [part(g, inp)], b, inp, rows, add, kernel, threads),
+        [g0, g1] => {
+            let mut parts = [part(g0, inp), part(g1, inp)];
+            blocked(&mut parts, b, inp, rows, add, kernel, threads)
+        }
+        [g0, g1, g2] => {
+            let mut parts = [part(g0, inp), part(g1, inp), part(g2, inp)];
+            blocked(&mut parts, b, inp, rows, add, kernel, threads)
+        }
+        _ => panic!(
+            "{} weight gradients share one input; at most {MAX_PARTS}",
+            grads.len()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ use crate::error::TokenRole;
 use crate::{ModelError, IGNORE_INDEX};
 use attention::{AttentionGrads, AttnDims, Qkv};
 use matmul::{
-    linear_backward_input, linear_backward_weight, linear_forward, Accumulate, LinearDims,
+    linear_backward_input, linear_backward_weight, linear_backward_weights, linear_forward,
+    Accumulate, LinearDims, WeightGrad,
 };
 use rmsnorm::RmsNormGrads;
 use weights::UnitRanges;
@@ -671,18 +672,25 @@ impl CpuModel {
                 th,
             );
             swiglu::swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &la.gate, &la.up, f, th);
-            linear_backward_weight(
-                &mut grads[r(LayerTensor::WGate)],
-                &s.dgate,
+            let [dw_gate, dw_up] = grads
+                .get_disjoint_mut([r(LayerTensor::WGate), r(LayerTensor::WUp)])
+                .expect("a layer's tensors are disjoint ranges of the gradients");
+            linear_backward_weights(
+                &mut [
+                    WeightGrad {
+                        dw: dw_gate,
+                        dy: &s.dgate,
+                        out: f,
+                    },
+                    WeightGrad {
+                        dw: dw_up,
+                        dy: &s.dup,
+                        out: f,
+                    },
+                ],
                 &la.m,
-                lin(c, f),
-                th,
-            );
-            linear_backward_weight(
-                &mut grads[r(LayerTensor::WUp)],
-                &s.dup,
-                &la.m,
-                lin(c, f),
+                n,
+                c,
                 th,
             );
             linear_backward_input(
@@ -744,9 +752,32 @@ impl CpuModel {
             attention::attention_backward(grads_qkv, &s.dout, qkv, &la.o, &la.lse, dims, th);
             self.rope.backward(&mut s.dq, c, th);
             self.rope.backward(&mut s.dk, kv, th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wq)], &s.dq, &la.a, lin(c, c), th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wk)], &s.dk, &la.a, lin(c, kv), th);
-            linear_backward_weight(&mut grads[r(LayerTensor::Wv)], &s.dv, &la.a, lin(c, kv), th);
+            let [dw_q, dw_k, dw_v] = grads
+                .get_disjoint_mut([r(LayerTensor::Wq), r(LayerTensor::Wk), r(LayerTensor::Wv)])
+                .expect("a layer's tensors are disjoint ranges of the gradients");
+            linear_backward_weights(
+                &mut [
+                    WeightGrad {
+                        dw: dw_q,
+                        dy: &s.dq,
+                        out: c,
+                    },
+                    WeightGrad {
+                        dw: dw_k,
+                        dy: &s.dk,
+                        out: kv,
+                    },
+                    WeightGrad {
+                        dw: dw_v,
+                        dy: &s.dv,
+                        out: kv,
+                    },
+                ],
+                &la.a,
+                n,
+                c,
+                th,
+            );
             linear_backward_input(
                 &mut s.dnorm,
                 &s.dq,

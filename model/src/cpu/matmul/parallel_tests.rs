@@ -42,7 +42,15 @@ fn product(
     };
     let kernel = Kernel::detect();
     check_shapes(shape, &av, &bv, &cv, kernel);
-    blocked(shape, av, bv, cv, acc, kernel, threads);
+    blocked(
+        &mut [Part { a: av, c: cv, m }],
+        bv,
+        n,
+        k,
+        acc,
+        kernel,
+        threads,
+    );
     c
 }
 
@@ -123,6 +131,39 @@ fn several_b_blocks_have_one_threads_bits() {
     };
     for (at, bt) in [(false, false), (true, true)] {
         same_bits_for_any_threads(shape, at, bt, Accumulate::Add, true, 5).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Weight gradients that share their input, in one call, have the bits each gets
+    /// alone, on any thread count; nothing outside each dw is touched.
+    #[test]
+    fn weight_gradients_sharing_x_have_their_own_bits(
+        outs in proptest::collection::vec(1usize..140, 1..=3),
+        rows in 1usize..600, inp in 1usize..90, threads in 1usize..5, seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let x = random(rows * inp, &mut rng);
+        let dys: Vec<Vec<f32>> = outs.iter().map(|&o| random(rows * o, &mut rng)).collect();
+        let priors: Vec<Vec<f32>> = outs.iter().map(|&o| random(o * inp, &mut rng)).collect();
+        let mut alone = priors.clone();
+        for ((dw, dy), &out) in alone.iter_mut().zip(&dys).zip(&outs) {
+            linear_backward_weight(dw, dy, &x, LinearDims { rows, inp, out }, 1);
+        }
+        // One buffer holding the gradients back to back, as a layer's q, k and v are.
+        let mut together: Vec<f32> = priors.concat();
+        let mut rest = &mut together[..];
+        let mut grads = Vec::new();
+        for (dy, &out) in dys.iter().zip(&outs) {
+            let (dw, tail) = rest.split_at_mut(out * inp);
+            grads.push(WeightGrad { dw, dy, out });
+            rest = tail;
+        }
+        Pool::new(threads).install(|| linear_backward_weights(&mut grads, &x, rows, inp, threads));
+        let want = alone.concat();
+        prop_assert!(together.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
