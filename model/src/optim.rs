@@ -216,6 +216,45 @@ pub fn grad_norm(grads: &[f32]) -> f64 {
     root_of_sum(grads.chunks(NORM_BLOCK).map(block_sum))
 }
 
+/// [`grad_norm`] on up to `threads` threads (the model's pool where one is current),
+/// with the same bits: the blocks' sums are computed in parallel, four blocks at a
+/// time on each thread (four independent chains of additions, where one block's
+/// four lanes wait on each other's latency), then added in order.
+pub fn grad_norm_threads(grads: &[f32], threads: usize) -> f64 {
+    let blocks = grads.len().div_ceil(NORM_BLOCK);
+    let threads = threads.min(grads.len().div_ceil(UPDATE_MIN_CHUNK)).max(1);
+    let mut sums = vec![0.0f64; blocks];
+    crate::cpu::par::split1(threads, blocks, &mut sums, 1, |range, sums| {
+        let part = &grads[range.start * NORM_BLOCK..(range.end * NORM_BLOCK).min(grads.len())];
+        // Runs of four whole blocks, then the rest (a short last block among them) alone.
+        let fours = sums.len().min(part.len() / NORM_BLOCK) / 4;
+        for (s, four) in sums
+            .chunks_exact_mut(4)
+            .zip(part.chunks_exact(4 * NORM_BLOCK))
+            .take(fours)
+        {
+            let b: [&[f32]; 4] = std::array::from_fn(|i| &four[i * NORM_BLOCK..][..NORM_BLOCK]);
+            s.copy_from_slice(&four_block_sums(b));
+        }
+        let done = 4 * fours;
+        for (s, block) in sums[done..]
+            .iter_mut()
+            .zip(part[done * NORM_BLOCK..].chunks(NORM_BLOCK))
+        {
+            *s = block_sum(block);
+        }
+    });
+    norm_from_block_sums(&sums)
+}
+
+/// Sets every gradient to zero on up to `threads` threads (the model's pool where one
+/// is current): a step's first pass over them, which one core's stores do not
+/// saturate the memory with.
+pub fn zero_grads(grads: &mut [f32], threads: usize) {
+    let threads = threads.min(grads.len().div_ceil(UPDATE_MIN_CHUNK)).max(1);
+    crate::cpu::par::split1(threads, grads.len(), grads, 1, |_, part| part.fill(0.0));
+}
+
 /// Σ g² of each block of [`NORM_BLOCK`] elements (the last may be shorter), in f64,
 /// in order. For a vector split at multiples of `NORM_BLOCK`, the pieces' block sums
 /// concatenated are the whole's, so ranks owning such pieces can gather these and
@@ -252,6 +291,21 @@ fn block_sum(block: &[f32]) -> f64 {
         lanes[j] += g as f64 * g as f64;
     }
     (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+}
+
+/// [`block_sum`] of four whole blocks at once: each block's four lanes in the same
+/// order, so the same bits, with the four blocks' additions independent of each other.
+fn four_block_sums(blocks: [&[f32]; 4]) -> [f64; 4] {
+    let mut lanes = [[0.0f64; 4]; 4];
+    for i in (0..NORM_BLOCK).step_by(4) {
+        for (lane, block) in lanes.iter_mut().zip(&blocks) {
+            let q: &[f32; 4] = block[i..i + 4].try_into().expect("four floats");
+            for j in 0..4 {
+                lane[j] += q[j] as f64 * q[j] as f64;
+            }
+        }
+    }
+    lanes.map(|l| (l[0] + l[1]) + (l[2] + l[3]))
 }
 
 /// The factor to multiply gradients by so their norm is at most `max_norm`:

@@ -5,8 +5,10 @@
 
 use std::ops::Range;
 
+use frugal_model::cpu::par::Pool;
 use frugal_model::optim::{
-    clip_scale, grad_norm, norm_block_sums, norm_from_block_sums, AdamW, NORM_BLOCK,
+    clip_scale, grad_norm, grad_norm_threads, norm_block_sums, norm_from_block_sums, zero_grads,
+    AdamW, NORM_BLOCK,
 };
 use frugal_model::rng::Rng;
 use frugal_model::schedule::CosineSchedule;
@@ -225,6 +227,27 @@ proptest! {
         let norm = grad_norm(&g);
         prop_assert_eq!(norm_from_block_sums(&joined).to_bits(), norm.to_bits());
         prop_assert_eq!(norm.to_bits(), grad_norm_as_before(&g).to_bits());
+    }
+
+    /// On threads (enough elements to use them: past 16 blocks), four blocks at a time:
+    /// the one-thread norm's bits; zeroing on threads clears every element.
+    #[test]
+    fn the_norm_on_threads_has_one_threads_bits_and_zeroing_clears_all(
+        len in 0usize..40 * NORM_BLOCK + 77,
+        threads in 1usize..5,
+        pooled in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut g = spread(len, seed);
+        let run = |g: &mut Vec<f32>| {
+            let norm = grad_norm_threads(g, threads);
+            zero_grads(g, threads);
+            norm
+        };
+        let want = grad_norm(&g);
+        let norm = if pooled { Pool::new(threads).install(|| run(&mut g)) } else { run(&mut g) };
+        prop_assert_eq!(norm.to_bits(), want.to_bits());
+        prop_assert!(g.iter().all(|&x| x.to_bits() == 0));
     }
 
     #[test]

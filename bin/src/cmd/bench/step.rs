@@ -24,7 +24,7 @@ use frugal_model::config::{Config, ParamKind, ParamLayout, Preset};
 use frugal_model::cpu::CpuModel;
 use frugal_model::device::{DeviceModel, GraphMode, OptimHyper, StepOptions};
 use frugal_model::init::try_init_params;
-use frugal_model::optim::{clip_scale, grad_norm, AdamW};
+use frugal_model::optim::{clip_scale, grad_norm_threads, zero_grads, AdamW};
 use frugal_model::rng::Rng;
 use frugal_ptx::emu::{Counters, Profiling};
 use frugal_runtime::device::{Backend, Device, DeviceSpec, TimingSource};
@@ -481,11 +481,11 @@ fn measure_cpu(b: &StepBench) -> Result<StepStats, CliError> {
     for i in 0..b.warmup + b.steps {
         draw_tokens(&mut rng, cfg.vocab_size, &mut inputs, &mut targets);
         let started = Instant::now();
-        grads.iter_mut().for_each(|g| *g = 0.0);
+        zero_grads(&mut grads, b.threads);
         let loss = model
             .forward_backward(&params, &inputs, &targets, &mut grads, 1.0, &mut |_| {})
             .map_err(failed)?;
-        let norm = grad_norm(&grads);
+        let norm = grad_norm_threads(&grads, b.threads);
         if !loss.is_finite() || !norm.is_finite() {
             return Err(CliError::StepDiverged {
                 step: i + 1,

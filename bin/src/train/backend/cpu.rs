@@ -23,7 +23,8 @@ use frugal_comm::{CommStats, ShardMode};
 use frugal_model::config::{ParamLayout, Unit};
 use frugal_model::cpu::CpuModel;
 use frugal_model::optim::{
-    clip_scale, grad_norm, norm_block_sums, norm_from_block_sums, AdamW, NORM_BLOCK,
+    clip_scale, grad_norm_threads, norm_block_sums, norm_from_block_sums, zero_grads, AdamW,
+    NORM_BLOCK,
 };
 use frugal_runtime::device::Device;
 use frugal_runtime::host::try_zeroed_vec;
@@ -202,7 +203,7 @@ impl StepBackend for CpuStep {
     }
 
     fn zero_grads(&mut self) -> Result<(), CliError> {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        zero_grads(&mut self.grads, self.model.threads());
         Ok(())
     }
 
@@ -299,7 +300,7 @@ impl StepBackend for CpuStep {
         let threads = self.model.threads();
         match &mut self.held {
             Held::Whole(params) => {
-                let norm = grad_norm(&self.grads);
+                let norm = grad_norm_threads(&self.grads, threads);
                 if !norm.is_finite() {
                     return Ok(norm);
                 }
