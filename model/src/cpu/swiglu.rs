@@ -58,49 +58,35 @@ fn avx512() -> bool {
     }
 }
 
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn forward_rows_avx2(act: &mut [f32], gate: &[f32], up: &[f32]) {
-    forward_rows(act, gate, up)
+/// The row functions compiled for one instruction set: the same code, so the same bits.
+macro_rules! simd_copies {
+    ($forward:ident, $backward:ident, $feature:literal) => {
+        /// # Safety
+        /// The CPU must have the copy's instruction set.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $forward(act: &mut [f32], gate: &[f32], up: &[f32]) {
+            forward_rows(act, gate, up)
+        }
+
+        /// # Safety
+        /// The CPU must have the copy's instruction set.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $backward(
+            dgate: &mut [f32],
+            dup: &mut [f32],
+            dact: &[f32],
+            gate: &[f32],
+            up: &[f32],
+        ) {
+            backward_rows(dgate, dup, dact, gate, up)
+        }
+    };
 }
 
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_rows_avx512(act: &mut [f32], gate: &[f32], up: &[f32]) {
-    forward_rows(act, gate, up)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn backward_rows_avx512(
-    dgate: &mut [f32],
-    dup: &mut [f32],
-    dact: &[f32],
-    gate: &[f32],
-    up: &[f32],
-) {
-    backward_rows(dgate, dup, dact, gate, up)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn backward_rows_avx2(
-    dgate: &mut [f32],
-    dup: &mut [f32],
-    dact: &[f32],
-    gate: &[f32],
-    up: &[f32],
-) {
-    backward_rows(dgate, dup, dact, gate, up)
-}
+simd_copies!(forward_rows_avx2, backward_rows_avx2, "avx2");
+simd_copies!(forward_rows_avx512, backward_rows_avx512, "avx512f");
 
 /// act = silu(gate) ⊙ up.
 pub fn swiglu_forward(act: &mut [f32], gate: &[f32], up: &[f32], f: usize, threads: usize) {
