@@ -226,25 +226,30 @@ pub fn grad_norm_threads(grads: &[f32], threads: usize) -> f64 {
     let mut sums = vec![0.0f64; blocks];
     crate::cpu::par::split1(threads, blocks, &mut sums, 1, |range, sums| {
         let part = &grads[range.start * NORM_BLOCK..(range.end * NORM_BLOCK).min(grads.len())];
-        // Runs of four whole blocks, then the rest (a short last block among them) alone.
-        let fours = sums.len().min(part.len() / NORM_BLOCK) / 4;
-        for (s, four) in sums
-            .chunks_exact_mut(4)
-            .zip(part.chunks_exact(4 * NORM_BLOCK))
-            .take(fours)
-        {
-            let b: [&[f32]; 4] = std::array::from_fn(|i| &four[i * NORM_BLOCK..][..NORM_BLOCK]);
-            s.copy_from_slice(&four_block_sums(b));
-        }
-        let done = 4 * fours;
-        for (s, block) in sums[done..]
-            .iter_mut()
-            .zip(part[done * NORM_BLOCK..].chunks(NORM_BLOCK))
-        {
-            *s = block_sum(block);
-        }
+        block_sums_into(part, sums);
     });
     norm_from_block_sums(&sums)
+}
+
+/// `sums[b]` = [`block_sum`] of block b of `part` (one per block, the last may be
+/// shorter): runs of four whole blocks at once, then the rest alone.
+fn block_sums_into(part: &[f32], sums: &mut [f64]) {
+    let fours = sums.len().min(part.len() / NORM_BLOCK) / 4;
+    for (s, four) in sums
+        .chunks_exact_mut(4)
+        .zip(part.chunks_exact(4 * NORM_BLOCK))
+        .take(fours)
+    {
+        let b: [&[f32]; 4] = std::array::from_fn(|i| &four[i * NORM_BLOCK..][..NORM_BLOCK]);
+        s.copy_from_slice(&four_block_sums(b));
+    }
+    let done = 4 * fours;
+    for (s, block) in sums[done..]
+        .iter_mut()
+        .zip(part[done * NORM_BLOCK..].chunks(NORM_BLOCK))
+    {
+        *s = block_sum(block);
+    }
 }
 
 /// Sets every gradient to zero on up to `threads` threads (the model's pool where one
@@ -260,7 +265,9 @@ pub fn zero_grads(grads: &mut [f32], threads: usize) {
 /// concatenated are the whole's, so ranks owning such pieces can gather these and
 /// get [`grad_norm`]'s bits from [`norm_from_block_sums`].
 pub fn norm_block_sums(grads: &[f32]) -> Vec<f64> {
-    grads.chunks(NORM_BLOCK).map(block_sum).collect()
+    let mut sums = vec![0.0f64; grads.len().div_ceil(NORM_BLOCK)];
+    block_sums_into(grads, &mut sums);
+    sums
 }
 
 /// √ of the block sums added in order from 0 (the order [`grad_norm`] uses).

@@ -209,11 +209,12 @@ const KC: usize = 256;
 const MC: usize = 96;
 /// Columns of a packed B block (1.5 MB at KC = 256, in L2 or L3): at 1536 rather than
 /// 1024 the FFN's 1376-wide products are one block, so A is packed once, not twice
-/// (1.5–3% faster on them in paired runs, the rest unchanged). Each KC-deep block is
+/// (1–7% faster on them in paired runs, the rest unchanged). Each KC-deep block is
 /// its own parallel region: packed, then multiplied by every row task before the next
 /// is packed, so a thread's tasks find it in cache. (Packing eight blocks ahead and
 /// running each task through all of them, as before, streamed up to 8 MB of B from
-/// memory per task on the deep weight gradients: 5–20% slower there, the same elsewhere.)
+/// memory per task on the deep weight gradients: 3–23% slower there, within ±5%
+/// elsewhere.)
 const NC: usize = 1536;
 
 thread_local! {
@@ -406,8 +407,11 @@ fn blocked(
 /// packed by one thread while the others wait.
 fn pack_block_b(b: View, kc: usize, nc: usize, nr: usize, bblock: &mut [f32], threads: usize) {
     let panels = nc.div_ceil(nr);
-    let groups = (threads.max(1) * TASKS_PER_THREAD).min(panels);
-    let groups = if threads <= 1 { 1 } else { groups };
+    let groups = if threads <= 1 {
+        1
+    } else {
+        (threads * TASKS_PER_THREAD).min(panels)
+    };
     let out = Disjoint::new(bblock);
     par::run_indexed(threads, groups, |g| {
         let (p0, p1) = (panels * g / groups, panels * (g + 1) / groups);
