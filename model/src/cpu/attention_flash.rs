@@ -3,11 +3,12 @@
 //! probabilities from the forward's log-sum-exp.
 //!
 //! Forward, one task per (sequence, head), its query blocks of BQ rows in order (each
-//! key block transposed into a small panel once, when the first query block reaches
-//! it): for each key block of BK keys in the causal prefix, S = Q·Kᵀ into a BQ×BK
-//! block, each row scaled by 1/√HS, its running max m raised, P = exp(S − m) (keys past the row's own position
-//! set to 0), the running sum l and the output accumulator O rescaled by exp(m_old −
-//! m_new) and O += P·V. At the end O/l is written and lse = m + ln l.
+//! key block packed into a small panel once, when the first query block reaches it;
+//! each query block transposed once): for each key block of BK keys in the causal
+//! prefix, Sᵀ = K·Qᵀ into a BK×BQ block (a column per query), each query's scores
+//! scaled by 1/√HS, its running max m raised, P = exp(S − m) (keys past the query's own
+//! position set to 0), the running sum l and the output accumulator O rescaled by
+//! exp(m_old − m_new) and O += P·V. At the end O/l is written and lse = m + ln l.
 //!
 //! Backward, one task per (sequence, KV head): D = rowsum(dO ⊙ O) for the group's query
 //! heads; then for each key block, zeroed dK and dV accumulators, and for each query head
@@ -103,8 +104,48 @@ fn pack_rows(
     col0: usize,
     hs: usize,
 ) {
-    for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
-        d.copy_from_slice(&x[(row0 + jj) * stride + col0..][..hs]);
+    // The common head sizes as fixed-size copies, which compile to a few vector moves
+    // (a copy of run-time length is a library call per row: 7% of the forward).
+    match hs {
+        64 => pack_rows_of::<64>(dst, x, row0, rows, stride, col0),
+        128 => pack_rows_of::<128>(dst, x, row0, rows, stride, col0),
+        _ => {
+            for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
+                d.copy_from_slice(&x[(row0 + jj) * stride + col0..][..hs]);
+            }
+        }
+    }
+}
+
+/// `dst[..src.len()] = src`, the common head sizes as fixed-size copies (see [`pack_rows`]).
+///
+/// # Safety
+/// `dst` is valid for `src.len()` writes and does not overlap `src`.
+#[inline(always)]
+unsafe fn copy_row(dst: *mut f32, src: &[f32]) {
+    match src.len() {
+        64 => *(dst as *mut [f32; 64]) = *(src.as_ptr() as *const [f32; 64]),
+        128 => *(dst as *mut [f32; 128]) = *(src.as_ptr() as *const [f32; 128]),
+        n => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n),
+    }
+}
+
+/// [`pack_rows`] for head size `HS`.
+#[inline(always)]
+fn pack_rows_of<const HS: usize>(
+    dst: &mut [f32],
+    x: &[f32],
+    row0: usize,
+    rows: usize,
+    stride: usize,
+    col0: usize,
+) {
+    for (jj, d) in dst[..rows * HS].chunks_exact_mut(HS).enumerate() {
+        let d: &mut [f32; HS] = d.try_into().expect("HS floats");
+        let src: &[f32; HS] = x[(row0 + jj) * stride + col0..][..HS]
+            .try_into()
+            .expect("HS floats");
+        *d = *src;
     }
 }
 
@@ -114,9 +155,21 @@ fn visible(pos: usize, j0: usize, bk: usize) -> usize {
     (pos + 1).saturating_sub(j0).min(bk)
 }
 
+/// Each query's sum kept in this many partial sums, key j into partial j % 8, added at
+/// the end by [`fastmath::sum_lanes`]: [`fastmath::sum`]'s order over a row's keys.
+const SUM_LANES: usize = 8;
+
 /// One forward task (see the module note): every query block of head `h` in sequence
-/// `b`, in order, so that each key block is transposed once for all the query blocks
-/// that read it (each query block transposes the one new key block it reaches).
+/// `b`, in order, so that each key block is packed once for all the query blocks that
+/// read it (each query block packs the one new key block it reaches).
+///
+/// The scores are computed transposed, Sᵀ = K·Qᵀ (a row per key, a column per query),
+/// so that the online softmax runs down the columns: every step of it (the scaling,
+/// the running max, exp, the sums, the rescale factors) is element-wise across 64
+/// queries at once, vectors with no horizontal reductions and no per-row call, where
+/// row by row it cost a third of the forward at T = 512. The values are those of row
+/// by row: each score is the same sum, the max is exact, each exp the same, and each
+/// query's sum is taken in [`fastmath::sum`]'s lanes and order.
 ///
 /// # Safety
 /// The task's rows of `out` (its head's columns) and of `lse` are written by no other
@@ -135,104 +188,128 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
     let kvh = h / (d.nh / d.nkv);
     let scale = d.scale();
     let panels = t.div_ceil(BK);
-    with_scratch(
-        2 * panels * hs * BK + BK * hs + BQ * BK + BQ * hs + 2 * BQ,
-        |sc| {
-            let (kt, rest) = sc.split_at_mut(panels * hs * BK);
-            let (vp, rest) = rest.split_at_mut(panels * BK * hs);
-            let (kp, rest) = rest.split_at_mut(BK * hs);
-            let (s, rest) = rest.split_at_mut(BQ * BK);
-            let (o, rest) = rest.split_at_mut(BQ * hs);
-            let (m, l) = rest.split_at_mut(BQ);
-            for t0 in (0..t).step_by(BQ) {
-                let bq = BQ.min(t - t0);
-                // The key block on this query block's diagonal: the only one not yet
-                // transposed (BQ = BK, so query block i reaches key blocks 0..=i).
-                // Copied first, then transposed from the copy: the strided reads from
-                // memory go through whole-row copies rather than scalar loads.
-                pack_rows(kp, qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
-                let kt_new = &mut kt[(t0 / BK) * hs * BK..][..hs * BK];
-                transpose_block(kt_new, kp, 0, bq, hs, 0, hs);
-                pack_rows(
-                    &mut vp[(t0 / BK) * BK * hs..],
-                    qkv.v,
-                    b * t + t0,
-                    bq,
-                    kv,
-                    kvh * hs,
-                    hs,
-                );
-                o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
-                m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                l.iter_mut().for_each(|x| *x = 0.0);
-                let q_blk = qkv.q.as_ptr().add((b * t + t0) * c + h * hs);
-                for j0 in (0..t0 + bq).step_by(BK) {
-                    let bk = BK.min(t0 + bq - j0);
-                    T::mm(Mm {
-                        m: bq,
-                        n: bk,
-                        k: hs,
-                        a: q_blk,
-                        ars: c,
-                        acs: 1,
-                        b: kt[(j0 / BK) * hs * BK..].as_ptr(),
-                        brs: BK,
-                        c: s.as_mut_ptr(),
-                        ldc: BK,
-                        add: false,
-                        causal: Causal::Cols(t0 - j0),
-                    });
-                    for r in 0..bq {
-                        let (live, masked) =
-                            s[r * BK..r * BK + bk].split_at_mut(visible(t0 + r, j0, bk));
-                        masked.iter_mut().for_each(|x| *x = 0.0);
-                        if live.is_empty() {
-                            continue;
-                        }
-                        live.iter_mut().for_each(|x| *x *= scale);
-                        let m_old = m[r];
-                        let m_new = m_old.max(fastmath::max(live));
-                        let sum = fastmath::exp_shifted_sum(live, m_new);
-                        if m_old == f32::NEG_INFINITY {
-                            l[r] = sum;
-                        } else {
-                            let alpha = fastmath::exp(m_old - m_new);
-                            l[r] = l[r] * alpha + sum;
-                            if alpha != 1.0 {
-                                o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= alpha);
-                            }
-                        }
-                        m[r] = m_new;
-                    }
-                    T::mm(Mm {
-                        m: bq,
-                        n: hs,
-                        k: bk,
-                        a: s.as_ptr(),
-                        ars: BK,
-                        acs: 1,
-                        b: vp[(j0 / BK) * BK * hs..].as_ptr(),
-                        brs: hs,
-                        c: o.as_mut_ptr(),
-                        ldc: hs,
-                        add: true,
-                        causal: Causal::KUpTo(t0 - j0),
-                    });
-                }
-                for r in 0..bq {
-                    let inv = 1.0 / l[r];
-                    let dst = std::slice::from_raw_parts_mut(
-                        out.0.add((b * t + t0 + r) * c + h * hs),
-                        hs,
-                    );
-                    for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
-                        *y = x * inv;
-                    }
-                    *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
-                }
+    let len = 2 * panels * BK * hs + 2 * BQ * hs + BK * BQ + BQ * hs + (4 + SUM_LANES) * BQ;
+    with_scratch(len, |sc| {
+        let (kr, rest) = sc.split_at_mut(panels * BK * hs);
+        let (vp, rest) = rest.split_at_mut(panels * BK * hs);
+        let (qr, rest) = rest.split_at_mut(BQ * hs);
+        let (qt, rest) = rest.split_at_mut(hs * BQ);
+        let (st, rest) = rest.split_at_mut(BK * BQ);
+        let (o, rest) = rest.split_at_mut(BQ * hs);
+        let (m, rest) = rest.split_at_mut(BQ);
+        let (l, rest) = rest.split_at_mut(BQ);
+        let (mx, rest) = rest.split_at_mut(BQ);
+        let (alpha, lanes) = rest.split_at_mut(BQ);
+        let m: &mut [f32; BQ] = m.try_into().expect("BQ floats");
+        let l: &mut [f32; BQ] = l.try_into().expect("BQ floats");
+        let mx: &mut [f32; BQ] = mx.try_into().expect("BQ floats");
+        let alpha: &mut [f32; BQ] = alpha.try_into().expect("BQ floats");
+        for t0 in (0..t).step_by(BQ) {
+            let bq = BQ.min(t - t0);
+            // The key block on this query block's diagonal is the only one not yet
+            // packed (BQ = BK, so query block i reaches key blocks 0..=i).
+            let panel = (t0 / BK) * BK * hs;
+            pack_rows(&mut kr[panel..], qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
+            pack_rows(&mut vp[panel..], qkv.v, b * t + t0, bq, kv, kvh * hs, hs);
+            // Qᵀ of the block, from a contiguous copy; past a short block's queries its
+            // columns are zero, so the unused lanes below stay finite.
+            pack_rows(qr, qkv.q, b * t + t0, bq, c, h * hs, hs);
+            if bq < BQ {
+                qt.iter_mut().for_each(|x| *x = 0.0);
             }
-        },
-    );
+            transpose_block(qt, qr, 0, bq, hs, 0, hs);
+            o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
+            m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            l.iter_mut().for_each(|x| *x = 0.0);
+            for j0 in (0..t0 + bq).step_by(BK) {
+                let bk = BK.min(t0 + bq - j0);
+                // Query i sees key j of the block where j ≤ i + off.
+                let off = t0 - j0;
+                T::mm(Mm {
+                    m: bk,
+                    n: bq,
+                    k: hs,
+                    a: kr[(j0 / BK) * BK * hs..].as_ptr(),
+                    ars: hs,
+                    acs: 1,
+                    b: qt.as_ptr(),
+                    brs: BQ,
+                    c: st.as_mut_ptr(),
+                    ldc: BQ,
+                    add: false,
+                    causal: Causal::ColsFrom(off),
+                });
+                // Scale; the running max over the keys each query sees (masked keys −∞).
+                mx.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                for (j, row) in st.chunks_exact_mut(BQ).take(bk).enumerate() {
+                    let row: &mut [f32; BQ] = row.try_into().expect("BQ floats");
+                    row.iter_mut().for_each(|x| *x *= scale);
+                    row[..j.saturating_sub(off)]
+                        .iter_mut()
+                        .for_each(|x| *x = f32::NEG_INFINITY);
+                    for (acc, &x) in mx.iter_mut().zip(row.iter()) {
+                        *acc = if x > *acc { x } else { *acc };
+                    }
+                }
+                for ((a, mi), &x) in alpha.iter_mut().zip(m.iter_mut()).zip(mx.iter()) {
+                    let m_new = mi.max(x);
+                    // exp(−∞) is the clamp's tiny value, times the 0 of l and O: 0.
+                    *a = fastmath::exp(*mi - m_new);
+                    *mi = m_new;
+                }
+                // P = exp(S − m), masked keys 0; the sums in partials by key.
+                lanes.iter_mut().for_each(|x| *x = 0.0);
+                for (j, row) in st.chunks_exact_mut(BQ).take(bk).enumerate() {
+                    let row: &mut [f32; BQ] = row.try_into().expect("BQ floats");
+                    for (x, &mi) in row.iter_mut().zip(m.iter()) {
+                        *x = fastmath::exp(*x - mi);
+                    }
+                    row[..j.saturating_sub(off)]
+                        .iter_mut()
+                        .for_each(|x| *x = 0.0);
+                    let lane = &mut lanes[(j % SUM_LANES) * BQ..][..BQ];
+                    for (acc, &x) in lane.iter_mut().zip(row.iter()) {
+                        *acc += x;
+                    }
+                }
+                let part: [&[f32; BQ]; SUM_LANES] =
+                    std::array::from_fn(|k| lanes[k * BQ..][..BQ].try_into().expect("BQ floats"));
+                for i in 0..BQ {
+                    let sum = fastmath::sum_lanes(&std::array::from_fn(|k| part[k][i]));
+                    l[i] = l[i] * alpha[i] + sum;
+                }
+                for (r, orow) in o.chunks_exact_mut(hs).take(bq).enumerate() {
+                    let a = alpha[r];
+                    if a != 1.0 {
+                        orow.iter_mut().for_each(|x| *x *= a);
+                    }
+                }
+                T::mm(Mm {
+                    m: bq,
+                    n: hs,
+                    k: bk,
+                    a: st.as_ptr(),
+                    ars: 1,
+                    acs: BQ,
+                    b: vp[(j0 / BK) * BK * hs..].as_ptr(),
+                    brs: hs,
+                    c: o.as_mut_ptr(),
+                    ldc: hs,
+                    add: true,
+                    causal: Causal::KUpTo(off),
+                });
+            }
+            for r in 0..bq {
+                let inv = 1.0 / l[r];
+                let dst =
+                    std::slice::from_raw_parts_mut(out.0.add((b * t + t0 + r) * c + h * hs), hs);
+                for (y, &x) in dst.iter_mut().zip(&o[r * hs..(r + 1) * hs]) {
+                    *y = x * inv;
+                }
+                *lse.0.add((b * d.nh + h) * t + t0 + r) = m[r] + l[r].ln();
+            }
+        }
+    });
 }
 
 /// The operands of one backward task.
@@ -387,8 +464,8 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
             for jj in 0..bk {
                 let at = (b * t + j0 + jj) * kv + kvh * hs;
                 let row = jj * hs..(jj + 1) * hs;
-                std::ptr::copy_nonoverlapping(dk_acc[row.clone()].as_ptr(), dk.0.add(at), hs);
-                std::ptr::copy_nonoverlapping(dv_acc[row].as_ptr(), dv.0.add(at), hs);
+                copy_row(dk.0.add(at), &dk_acc[row.clone()]);
+                copy_row(dv.0.add(at), &dv_acc[row]);
             }
         }
     });

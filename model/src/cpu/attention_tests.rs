@@ -177,3 +177,100 @@ fn one_token_sequences_give_exactly_zero_query_and_key_gradients() {
         assert!(got.dv.iter().any(|&x| x != 0.0));
     }
 }
+
+/// The forward's algorithm query by query in plain scalar code, key blocks of BK in
+/// order with the online softmax's rescaling, sums in [`fastmath`]'s order, and the
+/// kernel's arithmetic for the products (`fused`: one FMA per term, else a multiply
+/// and an add; terms in order): what the fused forward must give bit for bit, whatever
+/// layout it computes its blocks in.
+fn forward_by_query(d: AttnDims, qkv: Qkv, fused: bool) -> (Vec<f32>, Vec<f32>) {
+    use super::super::fastmath;
+    let (c, kv, t, hs) = (d.c(), d.kv(), d.t, d.hs);
+    let madd = |x: f32, y: f32, acc: f32| {
+        if fused {
+            x.mul_add(y, acc)
+        } else {
+            acc + x * y
+        }
+    };
+    let mut out = vec![0.0f32; d.b * t * c];
+    let mut lse = vec![0.0f32; d.b * d.nh * t];
+    for b in 0..d.b {
+        for h in 0..d.nh {
+            let kvh = h / (d.nh / d.nkv);
+            let row = |x: &[f32], i: usize, width: usize, head: usize| {
+                x[(b * t + i) * width + head * hs..][..hs].to_vec()
+            };
+            for i in 0..t {
+                let q = row(qkv.q, i, c, h);
+                let (mut m, mut l, mut o) = (f32::NEG_INFINITY, 0.0f32, vec![0.0f32; hs]);
+                for j0 in (0..=i / flash::BQ * flash::BQ).step_by(flash::BK) {
+                    let keys = j0..(i + 1).min(j0 + flash::BK);
+                    let mut s: Vec<f32> = keys
+                        .clone()
+                        .map(|j| {
+                            let k = row(qkv.k, j, d.kv(), kvh);
+                            q.iter().zip(&k).fold(0.0, |acc, (&x, &y)| madd(x, y, acc)) * d.scale()
+                        })
+                        .collect();
+                    let m_new = m.max(fastmath::max(&s));
+                    let sum = fastmath::exp_shifted_sum(&mut s, m_new);
+                    if m == f32::NEG_INFINITY {
+                        l = sum;
+                    } else {
+                        let alpha = fastmath::exp(m - m_new);
+                        l = l * alpha + sum;
+                        o.iter_mut().for_each(|x| *x *= alpha);
+                    }
+                    m = m_new;
+                    for (j, &p) in keys.zip(&s) {
+                        let v = row(qkv.v, j, kv, kvh);
+                        o.iter_mut().zip(&v).for_each(|(x, &y)| *x = madd(p, y, *x));
+                    }
+                }
+                let dst = &mut out[(b * t + i) * c + h * hs..][..hs];
+                dst.iter_mut()
+                    .zip(&o)
+                    .for_each(|(y, &x)| *y = x * (1.0 / l));
+                lse[(b * d.nh + h) * t + i] = m + l.ln();
+            }
+        }
+    }
+    (out, lse)
+}
+
+#[test]
+fn the_fused_forward_gives_the_bits_of_the_softmax_taken_query_by_query() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    // T under, at and past the blocks (a short last block), grouped heads, head sizes
+    // under, off and at the vector widths and at the fixed-size copies' 64.
+    for (b, t, nh, nkv, hs) in [
+        (1, 1, 1, 1, 8),
+        (2, 37, 4, 2, 16),
+        (1, 64, 2, 1, 64),
+        (1, 150, 4, 2, 64),
+        (2, 129, 2, 2, 20),
+        (1, 200, 1, 1, 72),
+    ] {
+        let d = AttnDims { b, t, nh, nkv, hs };
+        let n = b * t;
+        let (q, k, v) = (
+            random(n * d.c(), &mut seed),
+            random(n * d.kv(), &mut seed),
+            random(n * d.kv(), &mut seed),
+        );
+        let qkv = Qkv {
+            q: &q,
+            k: &k,
+            v: &v,
+        };
+        for kernel in Kernel::available() {
+            let (want_out, want_lse) = forward_by_query(d, qkv, kernel != Kernel::Portable);
+            let mut out = vec![f32::NAN; n * d.c()];
+            let mut lse = vec![f32::NAN; b * nh * t];
+            flash::forward(&mut out, &mut lse, qkv, d, 2, kernel);
+            assert_eq!(bits(&out), bits(&want_out), "{d:?} {kernel:?} out");
+            assert_eq!(bits(&lse), bits(&want_lse), "{d:?} {kernel:?} lse");
+        }
+    }
+}

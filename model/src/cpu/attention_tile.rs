@@ -21,6 +21,9 @@ pub(super) enum Causal {
     /// Only C(i, j) with j ≤ i + off is wanted; the rest of C is left unspecified (the
     /// caller masks it).
     Cols(usize),
+    /// Only C(i, j) with j ≥ i − off is wanted (the transposed triangle: rows are keys,
+    /// columns queries); the rest of C is left unspecified.
+    ColsFrom(usize),
     /// A(i, p) is zero where p > i + off: row i's sum stops after p = i + off.
     KUpTo(usize),
     /// A(i, p) is zero where p < i − off: row i's sum starts at p = i − off.
@@ -51,13 +54,14 @@ pub(super) struct Mm {
 }
 
 impl Mm {
-    /// The k range of the sums of rows i..i+rows, and the columns they need.
+    /// The k range of the sums of rows i..i+rows, and the columns they need (from, to).
     #[inline(always)]
-    fn ranges(&self, i: usize, rows: usize) -> (usize, usize, usize) {
+    fn ranges(&self, i: usize, rows: usize) -> (usize, usize, usize, usize) {
         match self.causal {
-            Causal::Cols(off) => (0, self.k, self.n.min(i + rows + off)),
-            Causal::KUpTo(off) => (0, self.k.min(i + rows + off), self.n),
-            Causal::KFrom(off) => (i.saturating_sub(off).min(self.k), self.k, self.n),
+            Causal::Cols(off) => (0, self.k, 0, self.n.min(i + rows + off)),
+            Causal::ColsFrom(off) => (0, self.k, i.saturating_sub(off).min(self.n), self.n),
+            Causal::KUpTo(off) => (0, self.k.min(i + rows + off), 0, self.n),
+            Causal::KFrom(off) => (i.saturating_sub(off).min(self.k), self.k, 0, self.n),
         }
     }
 }
@@ -201,12 +205,13 @@ macro_rules! simd_tile {
             }
 
             /// Rows i..i+R of C: two-vector blocks, a one-vector block, single columns
-            /// (those the causal hint leaves; each over its k range).
+            /// (those the causal hint leaves, from a whole vector's start; each over its
+            /// k range).
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn rows<const R: usize>(p: Mm, i: usize) {
-                let (k0, k1, n) = p.ranges(i, R);
-                let mut j = 0;
+                let (k0, k1, from, n) = p.ranges(i, R);
+                let mut j = from / $width * $width;
                 while j + 2 * $width <= p.n && j < n {
                     Self::block::<R, 2>(p, i, j, k0, k1);
                     j += 2 * $width;

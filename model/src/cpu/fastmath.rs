@@ -48,6 +48,13 @@ pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     sum(xs)
 }
 
+/// The eight lanes of [`sum`] and [`dot`] added in their fixed order (a tree).
+#[inline(always)]
+pub fn sum_lanes(lanes: &[f32; 8]) -> f32 {
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
+
 /// Σ xs with eight independent lanes added in a fixed order (vectorisable).
 #[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
@@ -61,8 +68,7 @@ pub fn sum(xs: &[f32]) -> f32 {
     for (j, &v) in it.remainder().iter().enumerate() {
         lanes[j] += v;
     }
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    sum_lanes(&lanes)
 }
 
 /// Σ a·b with eight independent lanes added in a fixed order (vectorisable).
@@ -80,8 +86,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (j, (&x, &y)) in ia.remainder().iter().zip(ib.remainder()).enumerate() {
         lanes[j] += x * y;
     }
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    sum_lanes(&lanes)
 }
 
 /// max of xs (−∞ for an empty slice), eight lanes.
