@@ -638,6 +638,7 @@ impl CpuModel {
             RmsNormGrads {
                 dx: &mut s.dx,
                 dg: &mut grads[fnorm.clone()],
+                residual: None,
             },
             &s.dnorm,
             &self.x_final,
@@ -654,15 +655,8 @@ impl CpuModel {
             let base = lay.layer_range(l).start;
             let p = |t: LayerTensor| &w[within(lay.layer(l, t), base)];
             let r = |t: LayerTensor| lay.layer(l, t).range();
-            // MLP: x_out = x_mid + act·w_downᵀ, s.dx = ∂/∂x_out.
-            swiglu::swiglu_forward(&mut s.act, &la.gate, &la.up, f, th);
-            linear_backward_weight(
-                &mut grads[r(LayerTensor::WDown)],
-                &s.dx,
-                &s.act,
-                lin(f, c),
-                th,
-            );
+            // MLP: x_out = x_mid + act·w_downᵀ, s.dx = ∂/∂x_out. SwiGLU's backward
+            // recomputes act too, before w_down's gradient reads it.
             linear_backward_input(
                 &mut s.dact,
                 &s.dx,
@@ -671,7 +665,19 @@ impl CpuModel {
                 Accumulate::Overwrite,
                 th,
             );
-            swiglu::swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &la.gate, &la.up, f, th);
+            let swiglu_out = swiglu::SwigluBackward {
+                dgate: &mut s.dgate,
+                dup: &mut s.dup,
+                act: &mut s.act,
+            };
+            swiglu::swiglu_backward(swiglu_out, &s.dact, &la.gate, &la.up, f, th);
+            linear_backward_weight(
+                &mut grads[r(LayerTensor::WDown)],
+                &s.dx,
+                &s.act,
+                lin(f, c),
+                th,
+            );
             let [dw_gate, dw_up] = grads
                 .get_disjoint_mut([r(LayerTensor::WGate), r(LayerTensor::WUp)])
                 .expect("a layer's tensors are disjoint ranges of the gradients");
@@ -709,11 +715,11 @@ impl CpuModel {
                 Accumulate::Add,
                 th,
             );
-            s.dx_mid.copy_from_slice(&s.dx);
             rmsnorm::rmsnorm_backward(
                 RmsNormGrads {
                     dx: &mut s.dx_mid,
                     dg: &mut grads[r(LayerTensor::MlpNorm)],
+                    residual: Some(&s.dx),
                 },
                 &s.dnorm,
                 &la.x_mid,
@@ -802,11 +808,11 @@ impl CpuModel {
                 Accumulate::Add,
                 th,
             );
-            s.dx.copy_from_slice(&s.dx_mid);
             rmsnorm::rmsnorm_backward(
                 RmsNormGrads {
                     dx: &mut s.dx,
                     dg: &mut grads[r(LayerTensor::AttnNorm)],
+                    residual: Some(&s.dx_mid),
                 },
                 &s.dnorm,
                 &la.x_in,
