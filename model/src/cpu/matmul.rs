@@ -17,7 +17,7 @@
 //! deterministic).
 //!
 //! Threads: each KC×NC block of B is packed once (the threads share out runs of its
-//! panels) and shared; its product is cut into
+//! panels, during the previous block's product) and shared; its product is cut into
 //! near-equal row tasks (whole register tiles, at most one A block each, a multiple
 //! of the threads in number) that the threads claim in turn, each packing only its
 //! own rows of A, so no thread repeats another's packing. Each element of C is
@@ -210,8 +210,8 @@ const MC: usize = 96;
 /// Columns of a packed B block (1.5 MB at KC = 256, in L2 or L3): at 1536 rather than
 /// 1024 the FFN's 1376-wide products are one block, so A is packed once, not twice
 /// (1–7% faster on them in paired runs, the rest unchanged). Each KC-deep block is
-/// its own parallel region: packed, then multiplied by every row task before the next
-/// is packed, so a thread's tasks find it in cache. (Packing eight blocks ahead and
+/// its own parallel region: multiplied by every row task while the next block is
+/// packed, so a thread's tasks find it in cache. (Packing eight blocks ahead and
 /// running each task through all of them, as before, streamed up to 8 MB of B from
 /// memory per task on the deep weight gradients: 3–23% slower there, within ±5%
 /// elsewhere.)
@@ -298,10 +298,14 @@ const MAX_PARTS: usize = 3;
 /// The BLIS loops over checked operands, for one or several products that share B
 /// (the weight gradients of q, k and v read the same input: one packing of B serves
 /// all three). B is packed a KC×NC block at a time (each panel packed once, by one of
-/// the threads, then shared by all; see [`pack_block_b`]); a block's rows (every
+/// the threads, then shared by all; see [`pack_group`]); a block's rows (every
 /// part's) are cut into tasks (whole register tiles of one part, at most one A block)
-/// that up to `threads` threads claim, each packing only its own rows of A: two
-/// parallel regions per block of B, no packing repeated. Every element of C gets the
+/// that up to `threads` threads claim, each packing only its own rows of A, and after
+/// them in the same region the next block's packing, which the threads that finish
+/// first take: one parallel region per block of B (two for the first), no packing
+/// repeated, and no thread idle at a region's end while another packs alone (paired
+/// in one process, 2 threads, N = 2048: weight gradients 1–9% faster, the others
+/// within ±3%). Every element of C gets the
 /// same operations in the same order (depth blocks in order) whatever the thread count
 /// and whichever products share the call.
 fn blocked(
@@ -349,40 +353,79 @@ fn blocked(
             .get_mut(p)
             .map_or(Disjoint::EMPTY, |q| Disjoint::new(q.c.data))
     });
+    // The blocks of B in order: (jc, nc, pc, kc).
+    let blocks = (0..n).step_by(NC).flat_map(|jc| {
+        (0..k)
+            .step_by(KC)
+            .map(move |pc| (jc, NC.min(n - jc), pc, KC.min(k - pc)))
+    });
     BPACK.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let need = NC.min(n).div_ceil(nr) * nr * KC.min(k);
-        let bpack = cache_aligned(&mut buffer, need);
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            let nc_pad = nc.div_ceil(nr) * nr;
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let bblock = &mut bpack[..kc * nc_pad];
-                pack_block_b(b.at(pc, jc), kc, nc, nr, bblock, threads);
-                let region = Region {
-                    bpack: bblock,
-                    jc,
-                    nc,
-                    pc,
-                    kc,
-                    acc: if pc == 0 { acc } else { Accumulate::Add },
-                };
-                if threads <= 1 {
-                    for p in 0..parts.len() {
-                        for ic in (0..m[p]).step_by(MC) {
-                            let mc = MC.min(m[p] - ic);
-                            // SAFETY: one task at a time, each its own rows of C.
-                            let mine = unsafe { out[p].range(ic * ldc[p]..out[p].len) };
-                            row_task(a[p], ic, mc, region, mine, ldc[p], kernel);
-                        }
-                    }
-                    continue;
+        // Two blocks' room: while one block's product runs, the threads that finish
+        // their row tasks first pack the next block into the other.
+        let both = cache_aligned(&mut buffer, 2 * need);
+        let (mut cur, mut next) = both.split_at_mut(need);
+        let mut blocks = blocks.peekable();
+        let Some(&(jc0, nc0, pc0, kc0)) = blocks.peek() else {
+            return;
+        };
+        let groups_of = |nc: usize| {
+            if threads <= 1 {
+                1
+            } else {
+                (threads * TASKS_PER_THREAD).min(nc.div_ceil(nr))
+            }
+        };
+        {
+            let first = Disjoint::new(&mut cur[..kc0 * nc0.div_ceil(nr) * nr]);
+            let groups = groups_of(nc0);
+            par::run_indexed(threads, groups, |g| {
+                pack_group(b.at(pc0, jc0), kc0, nc0, nr, &first, groups, g)
+            });
+        }
+        while let Some((jc, nc, pc, kc)) = blocks.next() {
+            let region = Region {
+                bpack: &cur[..kc * nc.div_ceil(nr) * nr],
+                jc,
+                nc,
+                pc,
+                kc,
+                acc: if pc == 0 { acc } else { Accumulate::Add },
+            };
+            let upcoming = blocks.peek().copied();
+            let (to_pack, groups) = match upcoming {
+                Some((_, nc1, _, kc1)) => (
+                    Disjoint::new(&mut next[..kc1 * nc1.div_ceil(nr) * nr]),
+                    groups_of(nc1),
+                ),
+                None => (Disjoint::EMPTY, 0),
+            };
+            let pack_next = |g: usize| {
+                if let Some((jc1, nc1, pc1, kc1)) = upcoming {
+                    pack_group(b.at(pc1, jc1), kc1, nc1, nr, &to_pack, groups, g);
                 }
+            };
+            if threads <= 1 {
+                for p in 0..parts.len() {
+                    for ic in (0..m[p]).step_by(MC) {
+                        let mc = MC.min(m[p] - ic);
+                        // SAFETY: one task at a time, each its own rows of C.
+                        let mine = unsafe { out[p].range(ic * ldc[p]..out[p].len) };
+                        row_task(a[p], ic, mc, region, mine, ldc[p], kernel);
+                    }
+                }
+                (0..groups).for_each(pack_next);
+            } else {
                 // Task i of a part: register-tile rows tiles·i/tasks.. of its C, so its
                 // tasks differ by at most one tile and the last round of claims ends
-                // together.
-                par::run_indexed(threads, tasks.iter().sum(), |task| {
+                // together; then the next block's packing, claimed by whichever thread
+                // is free first.
+                let row_tasks: usize = tasks.iter().sum();
+                par::run_indexed(threads, row_tasks + groups, |task| {
+                    if task >= row_tasks {
+                        return pack_next(task - row_tasks);
+                    }
                     let (mut p, mut i) = (0, task);
                     while i >= tasks[p] {
                         i -= tasks[p];
@@ -397,29 +440,30 @@ fn blocked(
                     row_task(a[p], ic, end - ic, region, mine, ldc[p], kernel)
                 });
             }
+            std::mem::swap(&mut cur, &mut next);
         }
     });
 }
 
-/// Packs a block of B (the view starts at the block's first depth and column): `kc`
-/// depths × `nc` columns as nr-column panels (see [`pack_b`]). The threads share it out
-/// by runs of panels, about [`TASKS_PER_THREAD`] runs per thread, so that it is not
-/// packed by one thread while the others wait.
-fn pack_block_b(b: View, kc: usize, nc: usize, nr: usize, bblock: &mut [f32], threads: usize) {
+/// Packs run `g` of `groups` runs of panels of a block of B (the view starts at the
+/// block's first depth and column; `kc` depths × `nc` columns as nr-column panels, see
+/// [`pack_b`]) into its place in `bblock`. The threads share a block out by runs of
+/// panels, about [`TASKS_PER_THREAD`] runs per thread, so that no thread packs it alone.
+fn pack_group(
+    b: View,
+    kc: usize,
+    nc: usize,
+    nr: usize,
+    bblock: &Disjoint,
+    groups: usize,
+    g: usize,
+) {
     let panels = nc.div_ceil(nr);
-    let groups = if threads <= 1 {
-        1
-    } else {
-        (threads * TASKS_PER_THREAD).min(panels)
-    };
-    let out = Disjoint::new(bblock);
-    par::run_indexed(threads, groups, |g| {
-        let (p0, p1) = (panels * g / groups, panels * (g + 1) / groups);
-        // SAFETY: each run of panels owns its own part of the block.
-        let part = unsafe { out.range(p0 * kc * nr..p1 * kc * nr) };
-        let cols = (p1 * nr).min(nc) - p0 * nr;
-        pack_b(b.at(0, p0 * nr), kc, cols, nr, part);
-    });
+    let (p0, p1) = (panels * g / groups, panels * (g + 1) / groups);
+    // SAFETY: each run of panels owns its own part of the block.
+    let part = unsafe { bblock.range(p0 * kc * nr..p1 * kc * nr) };
+    let cols = (p1 * nr).min(nc) - p0 * nr;
+    pack_b(b.at(0, p0 * nr), kc, cols, nr, part);
 }
 
 /// A buffer whose disjoint ranges the tasks of one parallel region write.
