@@ -269,10 +269,6 @@ fn run(threads: usize) {
             )
         })
     });
-    // The forward's two per layer (x_mid and the next x_in start as the stream).
-    add("residual copies (N·C)", 2 * l, &mut || {
-        best_of(reps, || y_c.copy_from_slice(&x))
-    });
 
     let cfg = Config {
         vocab_size: v,

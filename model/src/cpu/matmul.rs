@@ -33,6 +33,7 @@
 //! - backward weight:  dW (out, inp) += dYᵀ (out, rows) · X          (accumulates)
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::par;
 
@@ -267,7 +268,20 @@ fn check_shapes(shape: Gemm, a: &View, b: &View, c: &ViewMut, kernel: Kernel) {
 pub fn gemm(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate, kernel: Kernel) {
     check_shapes(shape, &a, &b, &c, kernel);
     let Gemm { m, n, k } = shape;
-    blocked(&mut [Part { a, c, m }], b, n, k, acc, kernel, 1);
+    blocked(
+        &mut [Part {
+            a,
+            c,
+            m,
+            base: None,
+        }],
+        b,
+        n,
+        k,
+        acc,
+        kernel,
+        1,
+    );
 }
 
 /// One packed block of B, a parallel region's: columns jc..jc+nc, depths pc..pc+kc,
@@ -284,12 +298,14 @@ struct Region<'p> {
 }
 
 /// One of the products of a [`blocked`] call: C (m, N) (=|+=) A (m, K) · B, with B
-/// (K, N) shared by all the call's parts.
+/// (K, N) shared by all the call's parts; where `base` is given (a matrix laid out as
+/// C), C = base + A·B instead.
 #[derive(Debug)]
 struct Part<'a> {
     a: View<'a>,
     c: ViewMut<'a>,
     m: usize,
+    base: Option<&'a [f32]>,
 }
 
 /// The most products one [`blocked`] call takes (a layer's q, k and v).
@@ -326,13 +342,14 @@ fn blocked(
         return;
     }
     if k == 0 {
-        if acc == Accumulate::Overwrite {
-            for part in parts.iter_mut() {
-                let ldc = part.c.rs;
-                for i in 0..part.m {
-                    part.c.data[i * ldc..i * ldc + n]
-                        .iter_mut()
-                        .for_each(|x| *x = 0.0);
+        for part in parts.iter_mut() {
+            let ldc = part.c.rs;
+            for i in 0..part.m {
+                let row = &mut part.c.data[i * ldc..i * ldc + n];
+                match (part.base, acc) {
+                    (Some(base), _) => row.copy_from_slice(&base[i * ldc..i * ldc + n]),
+                    (None, Accumulate::Overwrite) => row.iter_mut().for_each(|x| *x = 0.0),
+                    (None, Accumulate::Add) => {}
                 }
             }
         }
@@ -344,6 +361,29 @@ fn blocked(
     let a: [View; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(View::EMPTY, |q| q.a));
     let ldc: [usize; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(0, |q| q.c.rs));
     let m: [usize; MAX_PARTS] = std::array::from_fn(|p| parts.get(p).map_or(0, |q| q.m));
+    let base: [Option<&[f32]>; MAX_PARTS] =
+        std::array::from_fn(|p| parts.get(p).and_then(|q| q.base));
+    // A part with a base starts its C as the base, row task by row task, just before its
+    // first depth block adds into those rows (in cache then, where a separate copy first
+    // went through memory).
+    let acc = if base.iter().any(Option::is_some) {
+        assert!(
+            base.iter().zip(&m).all(|(b, &m)| b.is_some() || m == 0),
+            "every part of a call has a base, or none"
+        );
+        Accumulate::Add
+    } else {
+        acc
+    };
+    let start_from_base = |p: usize, rows: Range<usize>, region: &Region, c: &mut [f32]| {
+        if let (Some(base), 0) = (base[p], region.pc) {
+            let (ldc, cols) = (ldc[p], region.jc..region.jc + region.nc);
+            for (local, i) in rows.enumerate() {
+                let at = |i: usize| i * ldc + cols.start..i * ldc + cols.end;
+                c[at(local)].copy_from_slice(&base[at(i)]);
+            }
+        }
+    };
     let tiles = m.map(|m| m.div_ceil(MR));
     let all_tiles: usize = tiles.iter().sum();
     let all_tasks = row_tasks(all_tiles, threads);
@@ -412,6 +452,7 @@ fn blocked(
                         let mc = MC.min(m[p] - ic);
                         // SAFETY: one task at a time, each its own rows of C.
                         let mine = unsafe { out[p].range(ic * ldc[p]..out[p].len) };
+                        start_from_base(p, ic..ic + mc, &region, mine);
                         row_task(a[p], ic, mc, region, mine, ldc[p], kernel);
                     }
                 }
@@ -437,6 +478,7 @@ fn blocked(
                     // SAFETY: tasks own disjoint row ranges of their part's C; the
                     // region outlives them.
                     let mine = unsafe { out[p].range(rows) };
+                    start_from_base(p, ic..end, &region, mine);
                     row_task(a[p], ic, end - ic, region, mine, ldc[p], kernel)
                 });
             }
@@ -590,13 +632,64 @@ pub fn gemm_parallel(shape: Gemm, a: View, b: View, c: ViewMut, acc: Accumulate,
     let Gemm { m, n, k } = shape;
     check_shapes(shape, &a, &b, &c, kernel);
     blocked(
-        &mut [Part { a, c, m }],
+        &mut [Part {
+            a,
+            c,
+            m,
+            base: None,
+        }],
         b,
         n,
         k,
         acc,
         kernel,
         used_threads(m, n, k, threads),
+    );
+}
+
+/// Forward of a linear layer added to a residual stream: y (rows, out) = base (rows,
+/// out) + x (rows, inp) · wᵀ, with the bits of copying base into y and then adding the
+/// product, without the copy's pass through memory.
+pub fn linear_forward_residual(
+    y: &mut [f32],
+    base: &[f32],
+    x: &[f32],
+    w: &[f32],
+    dims: LinearDims,
+    threads: usize,
+) {
+    let LinearDims { rows, inp, out } = dims;
+    let shape = Gemm {
+        m: rows,
+        n: out,
+        k: inp,
+    };
+    let (a, b, c) = (
+        View::row_major(x, inp),
+        View::transposed(w, inp),
+        ViewMut::row_major(y, out),
+    );
+    let kernel = Kernel::detect();
+    check_shapes(shape, &a, &b, &c, kernel);
+    assert!(
+        base.len() >= rows * out,
+        "the base: ({rows}, {out}) needs {} elements, has {}",
+        rows * out,
+        base.len()
+    );
+    blocked(
+        &mut [Part {
+            a,
+            c,
+            m: rows,
+            base: Some(base),
+        }],
+        b,
+        out,
+        inp,
+        Accumulate::Add,
+        kernel,
+        used_threads(rows, out, inp, threads),
     );
 }
 
@@ -711,6 +804,7 @@ pub fn linear_backward_weights(
     }
     fn part<'g>(g: &'g mut WeightGrad<'_>, inp: usize) -> Part<'g> {
         Part {
+            base: None,
             a: View::transposed(g.dy, g.out),
             c: ViewMut::row_major(g.dw, inp),
             m: g.out,

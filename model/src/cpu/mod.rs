@@ -42,7 +42,7 @@ use crate::{ModelError, IGNORE_INDEX};
 use attention::{AttentionGrads, AttnDims, Qkv};
 use matmul::{
     linear_backward_input, linear_backward_weight, linear_backward_weights, linear_forward,
-    Accumulate, LinearDims, WeightGrad,
+    linear_forward_residual, Accumulate, LinearDims, WeightGrad,
 };
 use rmsnorm::RmsNormGrads;
 use weights::UnitRanges;
@@ -534,13 +534,12 @@ impl CpuModel {
                 v: &la.v,
             };
             attention::attention_forward(&mut la.o, &mut la.lse, qkv, dims, th);
-            la.x_mid.copy_from_slice(&la.x_in);
-            linear_forward(
+            linear_forward_residual(
                 &mut la.x_mid,
+                &la.x_in,
                 &la.o,
                 p(LayerTensor::Wo),
                 lin(c, c),
-                Accumulate::Add,
                 th,
             );
             rmsnorm::rmsnorm_forward(
@@ -573,15 +572,7 @@ impl CpuModel {
                 Some(nl) => &mut nl.x_in,
                 None => &mut self.x_final,
             };
-            next.copy_from_slice(&la.x_mid);
-            linear_forward(
-                next,
-                act,
-                p(LayerTensor::WDown),
-                lin(f, c),
-                Accumulate::Add,
-                th,
-            );
+            linear_forward_residual(next, &la.x_mid, act, p(LayerTensor::WDown), lin(f, c), th);
         }
         let head = unit_weights(weights, lay, Unit::Head, Pass::Forward)?;
         let base = lay.unit_range(Unit::Head).start;

@@ -43,7 +43,12 @@ fn product(
     let kernel = Kernel::detect();
     check_shapes(shape, &av, &bv, &cv, kernel);
     blocked(
-        &mut [Part { a: av, c: cv, m }],
+        &mut [Part {
+            a: av,
+            c: cv,
+            m,
+            base: None,
+        }],
         bv,
         n,
         k,
@@ -164,6 +169,31 @@ proptest! {
         Pool::new(threads).install(|| linear_backward_weights(&mut grads, &x, rows, inp, threads));
         let want = alone.concat();
         prop_assert!(together.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A forward from a residual base has the bits of copying the base and adding the
+    /// product, on any thread count (several B blocks both ways where the shape has them).
+    #[test]
+    fn a_forward_from_a_base_is_the_copy_then_the_add(
+        rows in 1usize..300, inp in 0usize..600, out in 1usize..1700, threads in 1usize..5,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let (x, w, base) = (
+            random(rows * inp, &mut rng),
+            random(out * inp, &mut rng),
+            random(rows * out, &mut rng),
+        );
+        let dims = LinearDims { rows, inp, out };
+        let mut want = base.clone();
+        linear_forward(&mut want, &x, &w, dims, Accumulate::Add, 1);
+        let mut got = vec![f32::NAN; rows * out];
+        Pool::new(threads).install(|| linear_forward_residual(&mut got, &base, &x, &w, dims, threads));
+        prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
