@@ -104,49 +104,31 @@ fn pack_rows(
     col0: usize,
     hs: usize,
 ) {
-    // The common head sizes as fixed-size copies, which compile to a few vector moves
-    // (a copy of run-time length is a library call per row: 7% of the forward).
-    match hs {
-        64 => pack_rows_of::<64>(dst, x, row0, rows, stride, col0),
-        128 => pack_rows_of::<128>(dst, x, row0, rows, stride, col0),
-        _ => {
-            for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
-                d.copy_from_slice(&x[(row0 + jj) * stride + col0..][..hs]);
-            }
-        }
+    for (jj, d) in dst[..rows * hs].chunks_exact_mut(hs).enumerate() {
+        copy_row(d, &x[(row0 + jj) * stride + col0..][..hs]);
     }
 }
 
-/// `dst[..src.len()] = src`, the common head sizes as fixed-size copies (see [`pack_rows`]).
-///
-/// # Safety
-/// `dst` is valid for `src.len()` writes and does not overlap `src`.
+/// `dst.copy_from_slice(src)`, the common head sizes as fixed-size copies, which compile
+/// to a few vector moves (a copy of run-time length is a library call per row: 7% of
+/// the forward).
 #[inline(always)]
-unsafe fn copy_row(dst: *mut f32, src: &[f32]) {
-    match src.len() {
-        64 => *(dst as *mut [f32; 64]) = *(src.as_ptr() as *const [f32; 64]),
-        128 => *(dst as *mut [f32; 128]) = *(src.as_ptr() as *const [f32; 128]),
-        n => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n),
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    if let (Ok(d), Ok(s)) = (
+        <&mut [f32; 64]>::try_from(&mut *dst),
+        <&[f32; 64]>::try_from(src),
+    ) {
+        *d = *s;
+        return;
     }
-}
-
-/// [`pack_rows`] for head size `HS`.
-#[inline(always)]
-fn pack_rows_of<const HS: usize>(
-    dst: &mut [f32],
-    x: &[f32],
-    row0: usize,
-    rows: usize,
-    stride: usize,
-    col0: usize,
-) {
-    for (jj, d) in dst[..rows * HS].chunks_exact_mut(HS).enumerate() {
-        let d: &mut [f32; HS] = d.try_into().expect("HS floats");
-        let src: &[f32; HS] = x[(row0 + jj) * stride + col0..][..HS]
-            .try_into()
-            .expect("HS floats");
-        *d = *src;
+    if let (Ok(d), Ok(s)) = (
+        <&mut [f32; 128]>::try_from(&mut *dst),
+        <&[f32; 128]>::try_from(src),
+    ) {
+        *d = *s;
+        return;
     }
+    dst.copy_from_slice(src);
 }
 
 /// Keys of the block starting at `j0` (of `bk`) that query position `pos` sees.
@@ -464,8 +446,14 @@ unsafe fn backward_task<T: Tile>(task: BwdTask) {
             for jj in 0..bk {
                 let at = (b * t + j0 + jj) * kv + kvh * hs;
                 let row = jj * hs..(jj + 1) * hs;
-                copy_row(dk.0.add(at), &dk_acc[row.clone()]);
-                copy_row(dv.0.add(at), &dv_acc[row]);
+                copy_row(
+                    std::slice::from_raw_parts_mut(dk.0.add(at), hs),
+                    &dk_acc[row.clone()],
+                );
+                copy_row(
+                    std::slice::from_raw_parts_mut(dv.0.add(at), hs),
+                    &dv_acc[row],
+                );
             }
         }
     });

@@ -16,6 +16,34 @@ fn random(len: usize, seed: &mut u64) -> Vec<f32> {
         .collect()
 }
 
+/// (B, T, NH, NKV, HS): T = 1, under, at and past the 64-row blocks (short last
+/// blocks); grouped heads; head sizes under, off and at the vector widths and at the
+/// fixed-size copies' 64.
+const SHAPES: [(usize, usize, usize, usize, usize); 8] = [
+    (1, 1, 1, 1, 8),
+    (2, 37, 4, 2, 16),
+    (1, 64, 2, 1, 64),
+    (3, 65, 2, 2, 20),
+    (1, 150, 4, 1, 32),
+    (1, 150, 4, 2, 64),
+    (2, 129, 2, 2, 4),
+    (1, 200, 1, 1, 72),
+];
+
+fn dims((b, t, nh, nkv, hs): (usize, usize, usize, usize, usize)) -> AttnDims {
+    AttnDims { b, t, nh, nkv, hs }
+}
+
+/// Random q, k, v for `d`.
+fn inputs(d: AttnDims, seed: &mut u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = d.b * d.t;
+    (
+        random(n * d.c(), seed),
+        random(n * d.kv(), seed),
+        random(n * d.kv(), seed),
+    )
+}
+
 /// Everything one algorithm computes for one input.
 struct Run {
     out: Vec<f32>,
@@ -74,25 +102,9 @@ fn bits(x: &[f32]) -> Vec<u32> {
 #[test]
 fn the_fused_attention_matches_the_materialised_one_and_its_bits_do_not_depend_on_threads() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    // (B, T, NH, NKV, HS): T = 1, under, at and past the 64-row blocks; grouped heads;
-    // head sizes under, off and at the vector widths.
-    let shapes = [
-        (1, 1, 1, 1, 8),
-        (2, 37, 4, 2, 16),
-        (1, 64, 2, 1, 64),
-        (3, 65, 2, 2, 20),
-        (1, 150, 4, 1, 32),
-        (2, 129, 2, 2, 4),
-        (1, 200, 1, 1, 72),
-    ];
-    for (b, t, nh, nkv, hs) in shapes {
-        let d = AttnDims { b, t, nh, nkv, hs };
-        let n = b * t;
-        let (q, k, v) = (
-            random(n * d.c(), &mut seed),
-            random(n * d.kv(), &mut seed),
-            random(n * d.kv(), &mut seed),
-        );
+    for d in SHAPES.map(dims) {
+        let n = d.b * d.t;
+        let (q, k, v) = inputs(d, &mut seed);
         let dout = random(n * d.c(), &mut seed);
         let qkv = Qkv {
             q: &q,
@@ -242,23 +254,9 @@ fn forward_by_query(d: AttnDims, qkv: Qkv, fused: bool) -> (Vec<f32>, Vec<f32>) 
 #[test]
 fn the_fused_forward_gives_the_bits_of_the_softmax_taken_query_by_query() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    // T under, at and past the blocks (a short last block), grouped heads, head sizes
-    // under, off and at the vector widths and at the fixed-size copies' 64.
-    for (b, t, nh, nkv, hs) in [
-        (1, 1, 1, 1, 8),
-        (2, 37, 4, 2, 16),
-        (1, 64, 2, 1, 64),
-        (1, 150, 4, 2, 64),
-        (2, 129, 2, 2, 20),
-        (1, 200, 1, 1, 72),
-    ] {
-        let d = AttnDims { b, t, nh, nkv, hs };
-        let n = b * t;
-        let (q, k, v) = (
-            random(n * d.c(), &mut seed),
-            random(n * d.kv(), &mut seed),
-            random(n * d.kv(), &mut seed),
-        );
+    for d in SHAPES.map(dims) {
+        let (b, t, nh, n) = (d.b, d.t, d.nh, d.b * d.t);
+        let (q, k, v) = inputs(d, &mut seed);
         let qkv = Qkv {
             q: &q,
             k: &k,
