@@ -72,7 +72,8 @@ struct FwdTask<'a> {
     h: usize,
 }
 
-/// `kt[dd·BK + jj] = x[(row0 + jj)·stride + col0 + dd]`: a key or value block transposed.
+/// `kt[dd·BK + jj] = x[(row0 + jj)·stride + col0 + dd]`: a key, value or (BQ = BK)
+/// query block transposed.
 #[inline(always)]
 fn transpose_block(
     kt: &mut [f32],
@@ -151,7 +152,9 @@ const SUM_LANES: usize = 8;
 /// queries at once, vectors with no horizontal reductions and no per-row call, where
 /// row by row it cost a third of the forward at T = 512. The values are those of row
 /// by row: each score is the same sum, the max is exact, each exp the same, and each
-/// query's sum is taken in [`fastmath::sum`]'s lanes and order.
+/// query's sum is taken in [`fastmath::sum`]'s lanes and order. (One exception, where
+/// every score a query sees in its first key block is −∞ or NaN, i.e. q·k overflowed:
+/// its lse is NaN here where row by row's reset of l kept it finite; out is NaN in both.)
 ///
 /// # Safety
 /// The task's rows of `out` (its head's columns) and of `lse` are written by no other
@@ -193,12 +196,10 @@ unsafe fn forward_task<T: Tile>(task: FwdTask) {
             let panel = (t0 / BK) * BK * hs;
             pack_rows(&mut kr[panel..], qkv.k, b * t + t0, bq, kv, kvh * hs, hs);
             pack_rows(&mut vp[panel..], qkv.v, b * t + t0, bq, kv, kvh * hs, hs);
-            // Qᵀ of the block, from a contiguous copy; past a short block's queries its
-            // columns are zero, so the unused lanes below stay finite.
+            // Qᵀ of the block, from a contiguous copy. Past a short block's queries the
+            // lanes below hold stale values that nothing reads: every step is per query
+            // (column), and the rescale of O and P·V stop at bq.
             pack_rows(qr, qkv.q, b * t + t0, bq, c, h * hs, hs);
-            if bq < BQ {
-                qt.iter_mut().for_each(|x| *x = 0.0);
-            }
             transpose_block(qt, qr, 0, bq, hs, 0, hs);
             o[..bq * hs].iter_mut().for_each(|x| *x = 0.0);
             m.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);

@@ -18,8 +18,8 @@ fn random(len: usize, seed: &mut u64) -> Vec<f32> {
 
 /// (B, T, NH, NKV, HS): T = 1, under, at and past the 64-row blocks (short last
 /// blocks); grouped heads; head sizes under, off and at the vector widths and at the
-/// fixed-size copies' 64.
-const SHAPES: [(usize, usize, usize, usize, usize); 8] = [
+/// fixed-size copies' 64 and 128.
+const SHAPES: [(usize, usize, usize, usize, usize); 9] = [
     (1, 1, 1, 1, 8),
     (2, 37, 4, 2, 16),
     (1, 64, 2, 1, 64),
@@ -28,6 +28,7 @@ const SHAPES: [(usize, usize, usize, usize, usize); 8] = [
     (1, 150, 4, 2, 64),
     (2, 129, 2, 2, 4),
     (1, 200, 1, 1, 72),
+    (1, 130, 2, 1, 128),
 ];
 
 fn dims((b, t, nh, nkv, hs): (usize, usize, usize, usize, usize)) -> AttnDims {

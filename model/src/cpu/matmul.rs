@@ -208,7 +208,8 @@ const NR_MAX: usize = 32;
 const KC: usize = 256;
 /// Rows of a packed A block (96 KB at KC = 256, in L2).
 const MC: usize = 96;
-/// Columns of a packed B block (1.5 MB at KC = 256, in L2 or L3): at 1536 rather than
+/// Columns of a packed B block (1.5 MB at KC = 256, in L2 or L3; two of them are kept,
+/// the one multiplied and the next being packed): at 1536 rather than
 /// 1024 the FFN's 1376-wide products are one block, so A is packed once, not twice
 /// (1–7% faster on them in paired runs, the rest unchanged). Each KC-deep block is
 /// its own parallel region: multiplied by every row task while the next block is
@@ -402,9 +403,10 @@ fn blocked(
     BPACK.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let need = NC.min(n).div_ceil(nr) * nr * KC.min(k);
-        // Two blocks' room: while one block's product runs, the threads that finish
-        // their row tasks first pack the next block into the other.
-        let both = cache_aligned(&mut buffer, 2 * need);
+        // Two blocks' room (where there are two): while one block's product runs, the
+        // threads that finish their row tasks first pack the next block into the other.
+        let room = if n > NC || k > KC { 2 * need } else { need };
+        let both = cache_aligned(&mut buffer, room);
         let (mut cur, mut next) = both.split_at_mut(need);
         let mut blocks = blocks.peekable();
         let Some(&(jc0, nc0, pc0, kc0)) = blocks.peek() else {

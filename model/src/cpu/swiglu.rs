@@ -6,7 +6,7 @@
 //! N = 2048, F = 1376).
 //!
 //! The loops run over zipped slices (no index checks, so they vectorise), compiled
-//! twice: for the baseline target and with AVX2 (eight lanes), chosen at run time.
+//! three times: for the baseline target, with AVX2 and with AVX-512, chosen at run time.
 //! Rust never fuses a multiply and an add, so both give the same bits.
 
 use super::{fastmath, par};
