@@ -479,13 +479,7 @@ fn grad_accum_trains() {
 
 /// Runs `train` as a two-rank job on loopback, rank r with `--out outs[r]`.
 fn two_ranks(outs: [&Path; 2], extra: &[&str]) -> Vec<Output> {
-    // A free port for rank 0's rendezvous: bound, read, released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let children: Vec<_> = (0..2)
         .map(|rank| {
             let mut cmd = Command::new(BIN);

@@ -97,11 +97,6 @@ fn one_process() -> Bits {
     finish(&dm, norms)
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn connect(rank: usize, port: u16, timeout: Duration) -> Box<dyn Communicator> {
     let rv = Rendezvous::loopback(rank, 2, port, "device-collective-test", timeout);
     Box::new(SocketComm::connect(&rv, SocketOptions::default()).unwrap())

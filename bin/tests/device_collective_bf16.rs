@@ -25,11 +25,6 @@ const N: usize = 5000;
 /// The range reduced: not aligned, cut by the shards' boundary.
 const RANGE: std::ops::Range<usize> = 37..4937;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Rank `rank`'s gradient values: magnitudes over several binades, both signs.
 fn grads(rank: usize) -> Vec<f32> {
     let mut rng = Rng::new(77 + rank as u64);

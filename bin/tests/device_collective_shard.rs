@@ -92,11 +92,6 @@ fn batch(step: u64, rank: usize, micro: usize) -> (Vec<u32>, Vec<u32>) {
 /// master weights and moments (bits) and its range.
 type Bits = (Vec<u64>, Vec<u32>, Range<usize>);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Runs `f(rank, comm)` on two threads joined over loopback.
 fn two_ranks<R: Send + 'static>(
     f: impl Fn(usize, Box<dyn Communicator>) -> R + Send + Sync + Copy + 'static,

@@ -5,6 +5,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../comm/tests/common/port.rs"]
+mod port;
+use port::free_port;
+
 fn frugal(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_frugal"));
     cmd.args(args);
@@ -211,14 +215,6 @@ fn bench_allreduce_prints_json_per_ranks_and_size() {
             "{line}: busbw {bus} vs {want}"
         );
     }
-}
-
-/// A loopback port nothing listens on (bound a moment ago and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Waits for `child` up to `limit`; kills it and fails the test after that.

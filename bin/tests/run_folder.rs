@@ -449,16 +449,6 @@ fn resuming_from_an_older_checkpoint_moves_the_repeated_metrics_lines_out() {
     assert!(kept);
 }
 
-/// A port that was free a moment ago, for a job's rendezvous.
-fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string()
-}
-
 /// Makes `c` rank `rank` of a two-rank job on this host (each test its own token).
 fn as_rank(c: &mut Command, rank: usize, port: &str, token: &str) {
     c.env("RANK", rank.to_string())
@@ -475,7 +465,7 @@ fn as_rank(c: &mut Command, rank: usize, port: &str, token: &str) {
 #[test]
 fn a_signal_to_one_rank_stops_the_whole_job_at_one_step() {
     let dir = scratch("signal-ddp");
-    let port = free_port();
+    let port = free_port().to_string();
     let outs = [dir.join("r0"), dir.join("r1")];
     let rank_cmd = |rank: usize| {
         let mut c = cmd(&[
@@ -552,7 +542,7 @@ fn a_resume_names_changed_settings() {
 #[test]
 fn ranks_with_different_settings_are_refused() {
     let dir = scratch("ranks-differ");
-    let port = free_port();
+    let port = free_port().to_string();
     let children: Vec<Guard> = (0..2)
         .map(|rank| {
             let lr = if rank == 0 { "0.003" } else { "0.001" };
@@ -734,7 +724,7 @@ fn sigterm_to_launch_saves_the_job_and_exits_143() {
 #[test]
 fn a_second_signal_stops_at_once() {
     let dir = scratch("second-signal");
-    let port = free_port();
+    let port = free_port().to_string();
     let mut c = cmd(&["--steps", "10", "--out", s(&dir.join("run"))]);
     as_rank(&mut c, 0, &port, "run-folder-second");
     c.env("FRUGAL_COMM_TIMEOUT", "60")

@@ -270,12 +270,7 @@ fn wait_for(mut child: Child, limit: Duration, what: &str) -> Output {
 #[test]
 fn a_rank_killed_during_a_grad_op_step_makes_the_others_fail_naming_it() {
     let dir = scratch("killed");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let world = 3;
     let mut children: Vec<Option<Child>> = (0..world)
         .map(|rank| {

@@ -456,11 +456,7 @@ fn failed_and_timed_out_runs_are_recorded_and_the_sweep_goes_on() {
 #[test]
 fn inside_a_launched_job_every_rank_sweeps_and_rank_0_records() {
     let out = scratch("job");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
             frugal()

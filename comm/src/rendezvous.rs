@@ -15,6 +15,12 @@
 //!
 //! Rank 0 waits for the ranks through a `HelloGate` (`handshake.rs`), as the
 //! ring listeners do, so a silent stranger delays no one.
+//!
+//! Under `frugal launch` on one host, rank 0 does not bind MASTER_PORT itself:
+//! the launcher binds a port, keeps it bound, and hands rank 0 the listening
+//! socket ([`LISTENER_FD_ENV`]). A port that a launcher finds free and releases
+//! is in the kernel's ephemeral range, where any outgoing connection on the
+//! machine may take it before rank 0 binds it ("address already in use").
 
 use crate::error::{CommError, FrameProblem, Refusal};
 use crate::frame::{self, Hello, Purpose, REPLY_FIXED_BYTES};
@@ -22,12 +28,18 @@ use crate::handshake::{Awaited, HelloGate, Identity};
 use crate::nodelist::first_host;
 use crate::wait::{self, Deadline, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The environment variable holding the job token.
 pub const TOKEN_ENV: &str = "FRUGAL_JOB_TOKEN";
 /// The environment variable that overrides the rendezvous port (else MASTER_PORT).
 pub const PORT_ENV: &str = "FRUGAL_MASTER_PORT";
+/// The environment variable through which a launcher hands rank 0 the rendezvous
+/// listener it bound (a descriptor number, inherited across exec). Rank 0 serves on
+/// it when it listens on exactly the address rank 0 would bind; otherwise it binds.
+pub const LISTENER_FD_ENV: &str = "FRUGAL_RENDEZVOUS_FD";
 
 /// Where the rank numbers came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,11 +523,18 @@ fn serve(
     deadline: &Deadline,
 ) -> Result<Peers, CommError> {
     let bind = SocketAddr::new(rv.bind_ip()?, rv.master_port);
-    let listener = TcpListener::bind(bind).map_err(|source| CommError::Bind {
-        rank: 0,
-        addr: bind.to_string(),
-        source,
-    })?;
+    let bound;
+    let listener = match inherited_listener().filter(|l| l.local_addr().ok() == Some(bind)) {
+        Some(held) => held,
+        None => {
+            bound = TcpListener::bind(bind).map_err(|source| CommError::Bind {
+                rank: 0,
+                addr: bind.to_string(),
+                source,
+            })?;
+            &bound
+        }
+    };
     let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..rv.world).map(|_| None).collect();
     let mut missing = rv.world - 1;
     let mut hosts = vec![String::new(); rv.world];
@@ -538,7 +557,7 @@ fn serve(
             rank: None,
             waiting_for: &waiting,
         };
-        let (stream, hello) = gate.accept(&[&listener], awaited, deadline, |h| {
+        let (stream, hello) = gate.accept(&[listener], awaited, deadline, |h| {
             match joined[h.rank as usize] {
                 Some(_) => Err(Refusal::DuplicateRank),
                 None => Ok(()),
@@ -626,6 +645,86 @@ fn serve(
     })
 }
 
+/// The listener this process inherited through [`LISTENER_FD_ENV`], adopted on
+/// first use and kept for the process's life: both of a rank's exchanges (NCCL's
+/// id, then the socket ring) serve on it, and a static is never dropped, so the
+/// descriptor is never closed twice even if the variable named one the process
+/// already owned.
+fn inherited_listener() -> Option<&'static TcpListener> {
+    static HELD: OnceLock<Option<TcpListener>> = OnceLock::new();
+    HELD.get_or_init(|| {
+        let text = std::env::var(LISTENER_FD_ENV).ok()?;
+        adopt_listener(&text)
+            .map_err(|why| {
+                log::warn!("{LISTENER_FD_ENV}='{text}' not used ({why}); binding the port")
+            })
+            .ok()
+    })
+    .as_ref()
+}
+
+/// The listening TCP socket whose descriptor number is `text`, marked
+/// close-on-exec so the ranks' own children do not inherit it.
+///
+/// # Errors
+/// Why the descriptor is not one: not a number, a standard stream, not open,
+/// not a socket, not TCP, or not listening.
+fn adopt_listener(text: &str) -> Result<TcpListener, String> {
+    let fd: RawFd = text
+        .trim()
+        .parse()
+        .map_err(|_| "not a descriptor number".to_string())?;
+    if fd <= 2 {
+        return Err(format!("descriptor {fd} is a standard stream"));
+    }
+    let int_opt = |name: libc::c_int| -> Result<libc::c_int, String> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are live locals of the sizes passed; getsockopt
+        // writes at most `len` bytes and fails cleanly on a descriptor that is not
+        // an open socket.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(format!(
+                "descriptor {fd}: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    };
+    let domain = int_opt(libc::SO_DOMAIN)?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(format!("descriptor {fd} is not an IP socket"));
+    }
+    if int_opt(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(format!("descriptor {fd} is not a TCP socket"));
+    }
+    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(format!("descriptor {fd} is not listening"));
+    }
+    // SAFETY: fcntl on a descriptor just shown to be an open socket; it changes
+    // only that descriptor's close-on-exec flag.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(format!(
+            "descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` is an open, listening TCP socket, handed over for this purpose
+    // by the process that started this one; the caller keeps the result for the
+    // process's life (see `inherited_listener`), so it is never closed twice.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
+}
+
 /// Ranks other than 0: say hello to rank 0 and wait for the table.
 fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers, CommError> {
     let master = rv.master_addr()?;
@@ -696,4 +795,51 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers,
         refused: 0,
         hosts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adopt_listener;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn a_listening_tcp_socket_is_adopted_and_serves() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fd = listener.into_raw_fd();
+        // SAFETY: clear close-on-exec as an inheriting process would find it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let adopted = adopt_listener(&format!(" {fd}\n")).expect("adopted");
+        assert_eq!(adopted.local_addr().expect("addr"), addr);
+        // SAFETY: reads the flags of a descriptor `adopted` owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let _client = TcpStream::connect(addr).expect("connect");
+        adopted.accept().expect("accept");
+    }
+
+    #[test]
+    fn anything_but_a_listening_tcp_socket_is_refused_with_the_reason() {
+        let refused = |text: &str, why: &str| {
+            let e = adopt_listener(text).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+        };
+        refused("three", "not a descriptor number");
+        refused("-1", "standard stream");
+        refused("2", "standard stream");
+        refused("1000000", "descriptor 1000000");
+        let file = std::fs::File::open("/proc/self/status").expect("open a file");
+        refused(
+            &file.as_raw_fd().to_string(),
+            "Socket operation on non-socket",
+        );
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        refused(&udp.as_raw_fd().to_string(), "not a TCP socket");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        refused(&stream.as_raw_fd().to_string(), "not listening");
+        let (unix, _other) = std::os::unix::net::UnixStream::pair().expect("pair");
+        refused(&unix.as_raw_fd().to_string(), "not an IP socket");
+    }
 }

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use frugal_comm::device_reduce::Liveness;
 use frugal_comm::{Communicator, Rendezvous, SocketComm, SocketOptions};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+#[path = "common/port.rs"]
+mod port;
+use port::free_port;
 
 fn connect(rank: usize, world: usize, port: u16, timeout: Duration) -> Box<dyn Communicator> {
     let rv = Rendezvous::loopback(rank, world, port, "liveness-test", timeout);

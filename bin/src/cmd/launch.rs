@@ -8,7 +8,9 @@
 //! rank; with `--max-restarts K` all ranks are started again, up to K times,
 //! and a `train` command gets `--resume auto` so it continues from its newest
 //! valid checkpoint. A rank that cannot be started (or fails while the others
-//! are still being started) stops the launch at once.
+//! are still being started) stops the launch at once. Without `--master`,
+//! launch binds rank 0's rendezvous port itself and rank 0 inherits the
+//! listening socket ([`MasterListener`]).
 //!
 //! SIGINT and SIGTERM are passed on to every rank (a `train` rank finishes its
 //! step, saves a checkpoint and exits 130 or 143); launch waits for them up to
@@ -20,8 +22,10 @@
 use crate::error::CliError;
 use crate::flags::text;
 use crate::units::signal_name;
+use frugal_comm::rendezvous::LISTENER_FD_ENV;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
@@ -99,7 +103,8 @@ pub struct LaunchPlan {
     pub node_rank: usize,
     /// Rank 0's host.
     pub master_host: String,
-    /// Rank 0's port.
+    /// Rank 0's port; 0 when launch picks it (on loopback, a fresh one for each
+    /// start of the ranks, bound by launch and handed to rank 0).
     pub master_port: u16,
     /// Restarts allowed after a failure.
     pub max_restarts: usize,
@@ -226,13 +231,8 @@ pub fn plan(
                 "--master HOST:PORT is required with --nnodes > 1 (the address of node 0)".into(),
             ))
         }
-        None => (
-            "127.0.0.1".to_string(),
-            free_port().map_err(|source| CliError::NoFreePort {
-                command: "launch",
-                source,
-            })?,
-        ),
+        // Port 0: `launch` binds one itself for each start (see `MasterListener`).
+        None => ("127.0.0.1".to_string(), 0),
     };
     let token = match token.or_else(|| std::env::var(frugal_comm::rendezvous::TOKEN_ENV).ok()) {
         Some(t) => t,
@@ -257,11 +257,31 @@ pub fn plan(
     })
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Rank 0's rendezvous listener on loopback when launch picks the port: bound
+/// here and held until the ranks have ended, and inherited by rank 0, which
+/// serves on it ([`frugal_comm::rendezvous::LISTENER_FD_ENV`]). A port found free
+/// and released instead lies in the kernel's ephemeral range until rank 0 binds
+/// it, and any connection opened on the machine meanwhile may take it.
+pub struct MasterListener {
+    listener: std::net::TcpListener,
+    port: u16,
+}
+
+impl MasterListener {
+    /// Binds 127.0.0.1 on a port the kernel picks.
+    ///
+    /// # Errors
+    /// [`CliError::NoFreePort`] naming `command`.
+    pub fn bind_loopback(command: &'static str) -> Result<MasterListener, CliError> {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| Ok((listener.local_addr()?.port(), listener)));
+        let (port, listener) = bound.map_err(|source| CliError::NoFreePort { command, source })?;
+        Ok(MasterListener { listener, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// 128 random bits as hex, from the kernel; the clock and pid if that fails.
@@ -324,6 +344,8 @@ pub struct RankSet<'a> {
     pub first_rank: usize,
     /// Prefix output with `[rank r]` (else: stdout of rank `first_rank` is captured and returned).
     pub prefix_output: bool,
+    /// The listener global rank 0 inherits for the rendezvous, where launch bound it.
+    pub master_listener: Option<&'a MasterListener>,
 }
 
 /// How long the ranks get, after the first stop signal, to finish their step,
@@ -475,6 +497,10 @@ fn start_ranks(
         for (k, v) in (set.env)(local) {
             cmd.env(k, v);
         }
+        cmd.env_remove(LISTENER_FD_ENV);
+        if let (0, Some(held)) = (rank, set.master_listener) {
+            hand_over(&mut cmd, held.listener.as_raw_fd());
+        }
         die_with_parent(&mut cmd);
         let started = children.len();
         let mut child = cmd
@@ -585,6 +611,25 @@ fn pump(
 }
 
 /// The child is killed if launch dies, so no rank outlives its launcher.
+/// Lets `cmd`'s process inherit the listening socket `fd` (launch's own stays
+/// close-on-exec for every other child) and names it in [`LISTENER_FD_ENV`].
+fn hand_over(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    cmd.env(LISTENER_FD_ENV, fd.to_string());
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // fcntl, which is async-signal-safe, on a descriptor the child inherited from
+    // launch (the held listener, open until the ranks have ended).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec and only calls
@@ -827,8 +872,14 @@ pub enum Ended {
 /// Runs the job, restarting all ranks after a failure up to `max_restarts` times.
 pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
     let world = plan.nproc * plan.nnodes;
-    let mut port = plan.master_port;
     for attempt in 0..=plan.max_restarts {
+        // A fresh listener for each start: the last one's queue may hold
+        // connections from ranks that have died since.
+        let held = match plan.master_port {
+            0 => Some(MasterListener::bind_loopback("launch")?),
+            _ => None,
+        };
+        let port = held.as_ref().map_or(plan.master_port, MasterListener::port);
         if RECEIVED.count() > 0 {
             // A stop signal between attempts: start nothing more.
             let signal = RECEIVED.last();
@@ -892,6 +943,7 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
             count: plan.nproc,
             first_rank,
             prefix_output: true,
+            master_listener: held.as_ref(),
         };
         match run_ranks(&set)?.0 {
             Outcome::Success => return Ok(Ended::Finished),
@@ -926,10 +978,6 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
                     attempt + 1,
                     plan.max_restarts
                 );
-                if plan.nnodes == 1 {
-                    // A fresh port: the old one may still be held by a dying rank.
-                    port = free_port().unwrap_or(port);
-                }
             }
         }
     }
@@ -1016,6 +1064,7 @@ mod tests {
             count,
             first_rank: 0,
             prefix_output: false,
+            master_listener: None,
         };
         let at = signal_after.to_vec();
         let started = Instant::now();
@@ -1029,6 +1078,48 @@ mod tests {
         let took = started.elapsed();
         noter.join().expect("noter");
         (outcome, out, took)
+    }
+
+    #[test]
+    fn rank_0_alone_inherits_the_held_listener() {
+        let held = MasterListener::bind_loopback("test").expect("bind loopback");
+        let fd = held.listener.as_raw_fd();
+        let args = vec![
+            "-c".to_string(),
+            // Rank 0: the variable names an open socket. Other ranks: no variable,
+            // and launch's descriptor is not open in them.
+            "mine=$(readlink /proc/$$/fd/$HELD_FD 2>/dev/null); \
+             if [ \"$RANK\" = 0 ]; then \
+               [ \"$FRUGAL_RENDEZVOUS_FD\" = \"$HELD_FD\" ] || exit 3; \
+               case $mine in socket:*) echo rank 0 has it;; *) exit 4;; esac; \
+             else \
+               [ -z \"${FRUGAL_RENDEZVOUS_FD+set}\" ] || exit 5; \
+               case $mine in socket:*) exit 6;; esac; \
+             fi"
+            .to_string(),
+        ];
+        let env = |local: usize| {
+            vec![
+                ("RANK".to_string(), local.to_string()),
+                ("HELD_FD".to_string(), fd.to_string()),
+                // As if launch itself had been handed one: the other ranks lose it.
+                (LISTENER_FD_ENV.to_string(), "7".to_string()),
+            ]
+        };
+        let set = RankSet {
+            args: &args,
+            env: &env,
+            count: 3,
+            first_rank: 0,
+            prefix_output: false,
+            master_listener: Some(&held),
+        };
+        let (outcome, out) =
+            run_program(Path::new("/bin/sh"), &set, &Signals::new()).expect("ranks start");
+        assert!(matches!(outcome, Outcome::Success), "{outcome:?}");
+        assert_eq!(out, "rank 0 has it\n");
+        // Held until dropped: the port cannot be bound meanwhile.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", held.port())).is_err());
     }
 
     #[test]

@@ -8,6 +8,11 @@ use std::process::Output;
 
 use frugal_model::checkpoint;
 
+#[path = "../../../comm/tests/common/port.rs"]
+mod port;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use port::free_port;
+
 /// A fresh folder `<prefix>-<name>` under the target dir, removed first if a previous
 /// run left it.
 pub fn scratch_in(prefix: &str, name: &str) -> PathBuf {

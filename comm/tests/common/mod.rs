@@ -5,11 +5,9 @@
 use frugal_comm::{CommError, Rendezvous, SocketComm, SocketOptions};
 use std::time::Duration;
 
-/// A port that was free a moment ago (bind 127.0.0.1:0 and release it).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
+mod port;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use port::free_port;
 
 /// Runs `f(rank, comm)` on `world` threads joined into one loopback job and
 /// returns each rank's result, in rank order.

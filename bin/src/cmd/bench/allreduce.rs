@@ -19,7 +19,7 @@
 //! oversubscribed machine time_ms ≫ cpu_ms, and the figures say more about the
 //! other load than about the ring.
 
-use crate::cmd::launch::{free_port, random_token, run_ranks, Outcome, RankSet};
+use crate::cmd::launch::{random_token, run_ranks, MasterListener, Outcome, RankSet};
 use crate::error::CliError;
 use crate::flags::text;
 use frugal_comm::{Algorithm, Communicator, Rendezvous, SameHost, SocketOptions};
@@ -266,11 +266,8 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
         print_table_header();
     }
     for &n in &ranks {
-        let port = free_port().map_err(|e| CliError::Bench {
-            bench: "bench allreduce",
-            what: Some("no free local port".into()),
-            source: Box::new(e),
-        })?;
+        let held = MasterListener::bind_loopback("bench allreduce")?;
+        let port = held.port();
         let token = random_token();
         let mut child = vec!["bench".to_string(), "allreduce".into()];
         child.extend([
@@ -324,6 +321,7 @@ pub fn run(flags: AllreduceFlags) -> Result<(), CliError> {
             count: n,
             first_rank: 0,
             prefix_output: false,
+            master_listener: Some(&held),
         };
         let (outcome, out) = run_ranks(&set)?;
         if let Outcome::Failed { rank, status } = outcome {
