@@ -297,3 +297,142 @@ simd_tile!(
     _mm512_set1_ps,
     _mm512_fmadd_ps
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+
+    /// The one product the hints describe, element by element: a running sum over all
+    /// of k in order with `T::madd`, from C's value when adding.
+    fn reference<T: Tile>(p: &Mm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
+        let mut c = c0.to_vec();
+        for i in 0..p.m {
+            for j in 0..p.n {
+                let mut acc = if p.add { c0[i * p.ldc + j] } else { 0.0 };
+                for q in 0..p.k {
+                    acc = T::madd(a[i * p.ars + q * p.acs], b[q * p.brs + j], acc);
+                }
+                c[i * p.ldc + j] = acc;
+            }
+        }
+        c
+    }
+
+    /// Whether the hint asks for C(i, j).
+    fn wanted(causal: Causal, i: usize, j: usize) -> bool {
+        match causal {
+            Causal::Cols(off) => j <= i + off,
+            Causal::ColsFrom(off) => j + off >= i,
+            Causal::KUpTo(_) | Causal::KFrom(_) => true,
+        }
+    }
+
+    /// Whether A(i, q) may be nonzero under the hint (the K hints' contract).
+    fn in_sum(causal: Causal, i: usize, q: usize) -> bool {
+        match causal {
+            Causal::KUpTo(off) => q <= i + off,
+            Causal::KFrom(off) => q + off >= i,
+            Causal::Cols(_) | Causal::ColsFrom(_) => true,
+        }
+    }
+
+    /// Runs `T` on a product with the hint and checks every element it asks for against
+    /// [`reference`], bit for bit, and that nothing outside C's m × n (in its padding)
+    /// was written.
+    fn check<T: Tile>(
+        (m, n, k): (usize, usize, usize),
+        causal: Causal,
+        add: bool,
+        a_transposed: bool,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let mut random =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
+        // Strided operands with padding past each row, as the attention's blocks are.
+        let (ars, acs) = if a_transposed { (1, m + 3) } else { (k + 5, 1) };
+        let (brs, ldc) = (n + 7, n + 2);
+        let mut a = random(m.max(1) * ars + k * acs);
+        for i in 0..m {
+            for q in 0..k {
+                if !in_sum(causal, i, q) {
+                    a[i * ars + q * acs] = 0.0;
+                }
+            }
+        }
+        let b = random(k * brs + n);
+        let c0 = random(m * ldc);
+        let mut c = c0.clone();
+        let p = Mm {
+            m,
+            n,
+            k,
+            a: a.as_ptr(),
+            ars,
+            acs,
+            b: b.as_ptr(),
+            brs,
+            c: c.as_mut_ptr(),
+            ldc,
+            add,
+            causal,
+        };
+        let want = reference::<T>(&p, &a, &b, &c0);
+        // SAFETY: every index the product names is inside the buffers (strides above);
+        // the caller checked the CPU's features.
+        unsafe { T::mm(p) };
+        for i in 0..m {
+            for j in 0..ldc {
+                let (got, e) = (c[i * ldc + j], i * ldc + j);
+                if j >= n {
+                    assert_eq!(got.to_bits(), c0[e].to_bits(), "padding ({i}, {j}) written");
+                } else if wanted(causal, i, j) {
+                    assert_eq!(
+                        got.to_bits(),
+                        want[e].to_bits(),
+                        "C({i}, {j}) of {m}×{n}×{k}, {causal:?}, add {add}: {got} vs {}",
+                        want[e]
+                    );
+                }
+            }
+        }
+    }
+
+    fn hint(kind: usize, off: usize) -> Causal {
+        match kind {
+            0 => Causal::Cols(off),
+            1 => Causal::ColsFrom(off),
+            2 => Causal::KUpTo(off),
+            _ => Causal::KFrom(off),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Every kernel this CPU runs, every hint, tiles that straddle the triangle or lie
+        /// wholly on either side of it, ragged edges in all three sizes.
+        #[test]
+        fn every_hint_keeps_the_bits_of_the_whole_product_where_it_asks(
+            m in 1usize..70, n in 1usize..70, k in 1usize..70, kind in 0usize..4,
+            off in 0usize..80, add in any::<bool>(), a_transposed in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let causal = hint(kind, off);
+            let case = ((m, n, k), causal, add, a_transposed, seed);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    check::<Avx2Fma>(case.0, case.1, case.2, case.3, case.4);
+                }
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    check::<Avx512>(case.0, case.1, case.2, case.3, case.4);
+                }
+            }
+            // The portable kernel ignores hints: it computes the whole product.
+            check::<Portable>(case.0, case.1, case.2, case.3, case.4);
+        }
+    }
+}
