@@ -30,10 +30,10 @@
 
 use crate::error::{AbortCause, CommError, PeerFailure};
 use crate::ops::{Communicator, Transport};
-use crate::rendezvous::{LaunchedBy, Rendezvous};
+use crate::rendezvous::{reserve_port, LaunchedBy, Rendezvous};
 use crate::socket::{SocketComm, SocketOptions};
 use half::bf16;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -144,19 +144,6 @@ pub fn connect(
     Ok((Box::new(HierComm::over(flat, &hosts, rv, options)?), true))
 }
 
-/// A port that was free a moment ago on `ip`.
-fn free_port(ip: IpAddr, rank: usize) -> Result<u16, CommError> {
-    let bind = SocketAddr::new(ip, 0);
-    TcpListener::bind(bind)
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| CommError::Bind {
-            rank,
-            addr: bind.to_string(),
-            source,
-        })
-}
-
 impl HierComm {
     /// Builds the host and leader rings beside `flat`, `hosts[r]` being rank
     /// r's host (the same on every rank).
@@ -180,10 +167,10 @@ impl HierComm {
         // ring, gathered over the flat ring (ports are exact in f32).
         let mut ports = vec![0f32; 2 * world];
         if rank == leader && members.len() > 1 {
-            ports[2 * rank] = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST), rank)? as f32;
+            ports[2 * rank] = reserve_port(IpAddr::V4(Ipv4Addr::LOCALHOST), rank)? as f32;
         }
         if rank == 0 {
-            ports[1] = free_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED), rank)? as f32;
+            ports[1] = reserve_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED), rank)? as f32;
         }
         let bounds: Vec<usize> = (0..=world).map(|r| 2 * r).collect();
         flat.all_gather_f32_in(&mut ports, &bounds)?;

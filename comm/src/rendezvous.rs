@@ -29,7 +29,7 @@ use crate::nodelist::first_host;
 use crate::wait::{self, Deadline, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The environment variable holding the job token.
@@ -524,14 +524,17 @@ fn serve(
 ) -> Result<Peers, CommError> {
     let bind = SocketAddr::new(rv.bind_ip()?, rv.master_port);
     let bound;
-    let listener = match inherited_listener().filter(|l| l.local_addr().ok() == Some(bind)) {
+    let listener = match inherited_listener(bind) {
         Some(held) => held,
         None => {
-            bound = TcpListener::bind(bind).map_err(|source| CommError::Bind {
-                rank: 0,
-                addr: bind.to_string(),
-                source,
-            })?;
+            bound = match take_reserved(bind) {
+                Some(reserved) => reserved,
+                None => TcpListener::bind(bind).map_err(|source| CommError::Bind {
+                    rank: 0,
+                    addr: bind.to_string(),
+                    source,
+                })?,
+            };
             &bound
         }
     };
@@ -645,31 +648,70 @@ fn serve(
     })
 }
 
-/// The listener this process inherited through [`LISTENER_FD_ENV`], adopted on
-/// first use and kept for the process's life: both of a rank's exchanges (NCCL's
-/// id, then the socket ring) serve on it, and a static is never dropped, so the
-/// descriptor is never closed twice even if the variable named one the process
-/// already owned.
-fn inherited_listener() -> Option<&'static TcpListener> {
+/// Binds `ip` on a port the kernel picks and keeps the listener for this process's
+/// next rendezvous served on that port, whose number it returns (for the numbers a
+/// rank hands its peers before it serves, as the hierarchical rings' are). A port
+/// found free and released instead lies in the kernel's ephemeral range until it is
+/// bound again, and any connection opened on the machine meanwhile may take it.
+///
+/// # Errors
+/// [`CommError::Bind`] naming `rank`.
+pub fn reserve_port(ip: IpAddr, rank: usize) -> Result<u16, CommError> {
+    let bind = SocketAddr::new(ip, 0);
+    let bound = TcpListener::bind(bind).and_then(|l| Ok((l.local_addr()?.port(), l)));
+    let (port, listener) = bound.map_err(|source| CommError::Bind {
+        rank,
+        addr: bind.to_string(),
+        source,
+    })?;
+    reserved().push(listener);
+    Ok(port)
+}
+
+fn reserved() -> std::sync::MutexGuard<'static, Vec<TcpListener>> {
+    static RESERVED: Mutex<Vec<TcpListener>> = Mutex::new(Vec::new());
+    // A panic elsewhere while it was held leaves the list itself whole.
+    RESERVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The listener [`reserve_port`] keeps for `bind`'s port, taken out: bound to `bind`'s
+/// address or to the unspecified one, which takes `bind`'s connections too.
+fn take_reserved(bind: SocketAddr) -> Option<TcpListener> {
+    let mut held = reserved();
+    let at = held.iter().position(|l| {
+        l.local_addr().is_ok_and(|a| {
+            a.port() == bind.port() && (a.ip() == bind.ip() || a.ip().is_unspecified())
+        })
+    })?;
+    Some(held.swap_remove(at))
+}
+
+/// The listener this process inherited through [`LISTENER_FD_ENV`] when it listens on
+/// `bind`, adopted on first use and kept for the process's life: both of a rank's
+/// exchanges (NCCL's id, then the socket ring) serve on it. A descriptor that is not
+/// a TCP socket listening on `bind` (the variable came from elsewhere, or the port
+/// was overridden) is left alone, never owned.
+fn inherited_listener(bind: SocketAddr) -> Option<&'static TcpListener> {
     static HELD: OnceLock<Option<TcpListener>> = OnceLock::new();
     HELD.get_or_init(|| {
         let text = std::env::var(LISTENER_FD_ENV).ok()?;
-        adopt_listener(&text)
-            .map_err(|why| {
-                log::warn!("{LISTENER_FD_ENV}='{text}' not used ({why}); binding the port")
-            })
+        adopt_listener(&text, bind)
+            .map_err(|why| log::info!("{LISTENER_FD_ENV}='{text}' not used: {why}"))
             .ok()
     })
     .as_ref()
+    .filter(|l| l.local_addr().ok() == Some(bind))
 }
 
-/// The listening TCP socket whose descriptor number is `text`, marked
-/// close-on-exec so the ranks' own children do not inherit it.
+/// The TCP socket whose descriptor number is `text`, if it listens on `want`,
+/// adopted and marked close-on-exec so the rank's own children do not inherit it.
 ///
 /// # Errors
-/// Why the descriptor is not one: not a number, a standard stream, not open,
-/// not a socket, not TCP, or not listening.
-fn adopt_listener(text: &str) -> Result<TcpListener, String> {
+/// Why the descriptor is not one to adopt: not a number, a standard stream, not
+/// open, not a socket, not TCP, not listening, or listening elsewhere.
+fn adopt_listener(text: &str, want: SocketAddr) -> Result<TcpListener, String> {
     let fd: RawFd = text
         .trim()
         .parse()
@@ -677,7 +719,7 @@ fn adopt_listener(text: &str) -> Result<TcpListener, String> {
     if fd <= 2 {
         return Err(format!("descriptor {fd} is a standard stream"));
     }
-    let int_opt = |name: libc::c_int| -> Result<libc::c_int, String> {
+    let int_opt = |level: libc::c_int, name: libc::c_int| -> Result<libc::c_int, String> {
         let mut value: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: `value` and `len` are live locals of the sizes passed; getsockopt
@@ -686,7 +728,7 @@ fn adopt_listener(text: &str) -> Result<TcpListener, String> {
         let rc = unsafe {
             libc::getsockopt(
                 fd,
-                libc::SOL_SOCKET,
+                level,
                 name,
                 (&mut value as *mut libc::c_int).cast(),
                 &mut len,
@@ -695,21 +737,33 @@ fn adopt_listener(text: &str) -> Result<TcpListener, String> {
         if rc == 0 {
             Ok(value)
         } else {
-            Err(format!(
-                "descriptor {fd}: {}",
-                std::io::Error::last_os_error()
-            ))
+            let e = std::io::Error::last_os_error();
+            Err(match e.raw_os_error() {
+                Some(libc::ENOTSOCK) => format!("descriptor {fd} is not a socket"),
+                Some(libc::EBADF) => format!("descriptor {fd} is not open"),
+                _ => format!("descriptor {fd}: {e}"),
+            })
         }
     };
-    let domain = int_opt(libc::SO_DOMAIN)?;
+    let domain = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     if domain != libc::AF_INET && domain != libc::AF_INET6 {
         return Err(format!("descriptor {fd} is not an IP socket"));
     }
-    if int_opt(libc::SO_TYPE)? != libc::SOCK_STREAM {
+    if int_opt(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM
+        || int_opt(libc::SOL_SOCKET, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+    {
         return Err(format!("descriptor {fd} is not a TCP socket"));
     }
-    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
+    if int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0 {
         return Err(format!("descriptor {fd} is not listening"));
+    }
+    // SAFETY: `fd` is an open TCP socket (checked above); ManuallyDrop borrows it
+    // for getsockname without taking it over: it is never closed here.
+    let at = std::mem::ManuallyDrop::new(unsafe { TcpListener::from_raw_fd(fd) }).local_addr();
+    match at {
+        Ok(at) if at == want => {}
+        Ok(at) => return Err(format!("descriptor {fd} listens on {at}, not {want}")),
+        Err(e) => return Err(format!("descriptor {fd}: {e}")),
     }
     // SAFETY: fcntl on a descriptor just shown to be an open socket; it changes
     // only that descriptor's close-on-exec flag.
@@ -719,8 +773,9 @@ fn adopt_listener(text: &str) -> Result<TcpListener, String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: `fd` is an open, listening TCP socket, handed over for this purpose
-    // by the process that started this one; the caller keeps the result for the
+    // SAFETY: `fd` is an open TCP socket listening on the address this rank serves
+    // on, which the process that started this one bound and handed over under
+    // LISTENER_FD_ENV for this purpose; the caller keeps the result for the
     // process's life (see `inherited_listener`), so it is never closed twice.
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
@@ -799,18 +854,18 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers,
 
 #[cfg(test)]
 mod tests {
-    use super::adopt_listener;
-    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use super::{adopt_listener, reserve_port, take_reserved};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
     use std::os::fd::{AsRawFd, IntoRawFd};
 
     #[test]
-    fn a_listening_tcp_socket_is_adopted_and_serves() {
+    fn a_tcp_socket_listening_where_asked_is_adopted_and_serves() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let fd = listener.into_raw_fd();
         // SAFETY: clear close-on-exec as an inheriting process would find it.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-        let adopted = adopt_listener(&format!(" {fd}\n")).expect("adopted");
+        let adopted = adopt_listener(&format!(" {fd}\n"), addr).expect("adopted");
         assert_eq!(adopted.local_addr().expect("addr"), addr);
         // SAFETY: reads the flags of a descriptor `adopted` owns.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -820,26 +875,58 @@ mod tests {
     }
 
     #[test]
-    fn anything_but_a_listening_tcp_socket_is_refused_with_the_reason() {
-        let refused = |text: &str, why: &str| {
-            let e = adopt_listener(text).expect_err(text);
+    fn anything_else_is_left_alone_with_the_reason() {
+        let any: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let refused = |text: &str, want: SocketAddr, why: &str| {
+            let e = adopt_listener(text, want).expect_err(text);
             assert!(e.contains(why), "{text}: {e}");
         };
-        refused("three", "not a descriptor number");
-        refused("-1", "standard stream");
-        refused("2", "standard stream");
-        refused("1000000", "descriptor 1000000");
+        refused("three", any, "not a descriptor number");
+        refused("-1", any, "standard stream");
+        refused("2", any, "standard stream");
+        refused("1000000", any, "descriptor 1000000 is not open");
         let file = std::fs::File::open("/proc/self/status").expect("open a file");
-        refused(
-            &file.as_raw_fd().to_string(),
-            "Socket operation on non-socket",
-        );
+        refused(&file.as_raw_fd().to_string(), any, "is not a socket");
         let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        refused(&udp.as_raw_fd().to_string(), "not a TCP socket");
+        refused(&udp.as_raw_fd().to_string(), any, "not a TCP socket");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        refused(&stream.as_raw_fd().to_string(), "not listening");
+        let at = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(at).expect("connect");
+        refused(&stream.as_raw_fd().to_string(), any, "not listening");
         let (unix, _other) = std::os::unix::net::UnixStream::pair().expect("pair");
-        refused(&unix.as_raw_fd().to_string(), "not an IP socket");
+        refused(&unix.as_raw_fd().to_string(), any, "not an IP socket");
+        // Listening, but not where this rank serves: not taken over, still open.
+        refused(
+            &listener.as_raw_fd().to_string(),
+            any,
+            &format!("listens on {at}"),
+        );
+        let _client = TcpStream::connect(at).expect("still listening");
+        listener.accept().expect("and still ours");
+    }
+
+    #[test]
+    fn a_reserved_port_stays_bound_until_its_rendezvous_takes_it() {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let port = reserve_port(loopback, 0).expect("reserve");
+        assert!(TcpListener::bind((loopback, port)).is_err(), "held");
+        // Another port, or another address, is not this reservation.
+        assert!(take_reserved(SocketAddr::new(loopback, port.wrapping_add(1))).is_none());
+        let elsewhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port);
+        assert!(take_reserved(elsewhere).is_none());
+        let taken = take_reserved(SocketAddr::new(loopback, port)).expect("taken");
+        assert!(
+            take_reserved(SocketAddr::new(loopback, port)).is_none(),
+            "once"
+        );
+        drop(taken);
+        assert!(
+            TcpListener::bind((loopback, port)).is_ok(),
+            "released with it"
+        );
+        // One on every address also serves loopback.
+        let any = reserve_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("reserve");
+        let taken = take_reserved(SocketAddr::new(loopback, any)).expect("covers loopback");
+        assert!(taken.local_addr().expect("addr").ip().is_unspecified());
     }
 }

@@ -610,7 +610,6 @@ fn pump(
         })
 }
 
-/// The child is killed if launch dies, so no rank outlives its launcher.
 /// Lets `cmd`'s process inherit the listening socket `fd` (launch's own stays
 /// close-on-exec for every other child) and names it in [`LISTENER_FD_ENV`].
 fn hand_over(cmd: &mut Command, fd: std::os::fd::RawFd) {
@@ -630,6 +629,7 @@ fn hand_over(cmd: &mut Command, fd: std::os::fd::RawFd) {
     }
 }
 
+/// The child is killed if launch dies, so no rank outlives its launcher.
 pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec and only calls
@@ -873,13 +873,6 @@ pub enum Ended {
 pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
     let world = plan.nproc * plan.nnodes;
     for attempt in 0..=plan.max_restarts {
-        // A fresh listener for each start: the last one's queue may hold
-        // connections from ranks that have died since.
-        let held = match plan.master_port {
-            0 => Some(MasterListener::bind_loopback("launch")?),
-            _ => None,
-        };
-        let port = held.as_ref().map_or(plan.master_port, MasterListener::port);
         if RECEIVED.count() > 0 {
             // A stop signal between attempts: start nothing more.
             let signal = RECEIVED.last();
@@ -889,6 +882,13 @@ pub fn launch(plan: &LaunchPlan) -> Result<Ended, CliError> {
             );
             return Ok(Ended::Stopped { code: 128 + signal });
         }
+        // A fresh listener for each start: the last one's queue may hold
+        // connections from ranks that have died since.
+        let held = match plan.master_port {
+            0 => Some(MasterListener::bind_loopback("launch")?),
+            _ => None,
+        };
+        let port = held.as_ref().map_or(plan.master_port, MasterListener::port);
         let args = child_args(&plan.command, attempt);
         let first_rank = plan.node_rank * plan.nproc;
         let host = plan.master_host.clone();

@@ -427,7 +427,10 @@ mod tests {
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     check::<Avx2Fma>(case.0, case.1, case.2, case.3, case.4);
                 }
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
                     check::<Avx512>(case.0, case.1, case.2, case.3, case.4);
                 }
             }
