@@ -30,10 +30,10 @@
 
 use crate::error::{AbortCause, CommError, PeerFailure};
 use crate::ops::{Communicator, Transport};
-use crate::rendezvous::{reserve_port, LaunchedBy, Rendezvous};
+use crate::rendezvous::{release_reserved, reserve_port, LaunchedBy, Rendezvous};
 use crate::socket::{SocketComm, SocketOptions};
 use half::bf16;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -144,6 +144,16 @@ pub fn connect(
     Ok((Box::new(HierComm::over(flat, &hosts, rv, options)?), true))
 }
 
+/// Addresses this rank reserved for its rings' rendezvous: whichever no rendezvous
+/// took (one that failed first) are released when [`HierComm::over`] returns.
+struct Reserved(Vec<SocketAddr>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        release_reserved(&self.0);
+    }
+}
+
 impl HierComm {
     /// Builds the host and leader rings beside `flat`, `hosts[r]` being rank
     /// r's host (the same on every rank).
@@ -165,12 +175,23 @@ impl HierComm {
         let leader = members[0];
         // Each leader's port for its host's ring, and rank 0's for the leaders'
         // ring, gathered over the flat ring (ports are exact in f32).
+        // Each is kept bound until its ring's rendezvous takes it (see
+        // `reserve_port`), on the address that rendezvous serves on: loopback for a
+        // host's ring, and for the leaders' ring what rank 0's own does (the others
+        // reach rank 0 at the address they reached it at for the job).
         let mut ports = vec![0f32; 2 * world];
+        let mut reserved = Reserved(Vec::new());
         if rank == leader && members.len() > 1 {
-            ports[2 * rank] = reserve_port(IpAddr::V4(Ipv4Addr::LOCALHOST), rank)? as f32;
+            let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let port = reserve_port(ip, rank)?;
+            reserved.0.push(SocketAddr::new(ip, port));
+            ports[2 * rank] = port as f32;
         }
-        if rank == 0 {
-            ports[1] = reserve_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED), rank)? as f32;
+        if rank == 0 && leaders.len() > 1 {
+            let ip = rv.bind_ip()?;
+            let port = reserve_port(ip, rank)?;
+            reserved.0.push(SocketAddr::new(ip, port));
+            ports[1] = port as f32;
         }
         let bounds: Vec<usize> = (0..=world).map(|r| 2 * r).collect();
         flat.all_gather_f32_in(&mut ports, &bounds)?;

@@ -524,7 +524,13 @@ fn serve(
 ) -> Result<Peers, CommError> {
     let bind = SocketAddr::new(rv.bind_ip()?, rv.master_port);
     let bound;
-    let listener = match inherited_listener(bind) {
+    // A launcher's listener only for the job the environment describes; the
+    // rendezvous a rank starts itself (the hierarchical rings') have reserved theirs.
+    let inherited = match rv.launched_by {
+        LaunchedBy::Explicit => None,
+        LaunchedBy::Torchrun | LaunchedBy::Slurm => inherited_listener(bind),
+    };
+    let listener = match inherited {
         Some(held) => held,
         None => {
             bound = match take_reserved(bind) {
@@ -676,33 +682,46 @@ fn reserved() -> std::sync::MutexGuard<'static, Vec<TcpListener>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The listener [`reserve_port`] keeps for `bind`'s port, taken out: bound to `bind`'s
-/// address or to the unspecified one, which takes `bind`'s connections too.
+/// The listener [`reserve_port`] keeps for `bind` (address and port), taken out.
 fn take_reserved(bind: SocketAddr) -> Option<TcpListener> {
     let mut held = reserved();
-    let at = held.iter().position(|l| {
-        l.local_addr().is_ok_and(|a| {
-            a.port() == bind.port() && (a.ip() == bind.ip() || a.ip().is_unspecified())
-        })
-    })?;
+    let at = held
+        .iter()
+        .position(|l| l.local_addr().ok() == Some(bind))?;
     Some(held.swap_remove(at))
 }
 
+/// Closes the listeners [`reserve_port`] keeps for `addrs` that no rendezvous took
+/// (one that failed before its serve): a peer's connect is then refused, not left
+/// waiting on a listener nobody accepts from.
+pub fn release_reserved(addrs: &[SocketAddr]) {
+    reserved().retain(|l| l.local_addr().map_or(true, |a| !addrs.contains(&a)));
+}
+
 /// The listener this process inherited through [`LISTENER_FD_ENV`] when it listens on
-/// `bind`, adopted on first use and kept for the process's life: both of a rank's
-/// exchanges (NCCL's id, then the socket ring) serve on it. A descriptor that is not
-/// a TCP socket listening on `bind` (the variable came from elsewhere, or the port
-/// was overridden) is left alone, never owned.
+/// `bind`, adopted on the first such call and kept for the process's life: both of a
+/// rank's exchanges (NCCL's id, then the socket ring) serve on it. A descriptor that is
+/// not a TCP socket listening on `bind` (the variable came from elsewhere, or the port
+/// was overridden) is left alone, never owned, and looked at again on the next call.
 fn inherited_listener(bind: SocketAddr) -> Option<&'static TcpListener> {
-    static HELD: OnceLock<Option<TcpListener>> = OnceLock::new();
-    HELD.get_or_init(|| {
+    static ADOPTED: OnceLock<TcpListener> = OnceLock::new();
+    static ADOPTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = ADOPTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if ADOPTED.get().is_none() {
         let text = std::env::var(LISTENER_FD_ENV).ok()?;
-        adopt_listener(&text, bind)
-            .map_err(|why| log::info!("{LISTENER_FD_ENV}='{text}' not used: {why}"))
-            .ok()
-    })
-    .as_ref()
-    .filter(|l| l.local_addr().ok() == Some(bind))
+        match adopt_listener(&text, bind) {
+            Ok(listener) => {
+                let _ = ADOPTED.set(listener);
+            }
+            Err(why) => {
+                log::info!("{LISTENER_FD_ENV}='{text}' not used: {why}");
+                return None;
+            }
+        }
+    }
+    ADOPTED.get().filter(|l| l.local_addr().ok() == Some(bind))
 }
 
 /// The TCP socket whose descriptor number is `text`, if it listens on `want`,
@@ -854,8 +873,8 @@ fn join(rv: &Rendezvous, listen_port: u16, deadline: &Deadline) -> Result<Peers,
 
 #[cfg(test)]
 mod tests {
-    use super::{adopt_listener, reserve_port, take_reserved};
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+    use super::{adopt_listener, release_reserved, reserve_port, take_reserved};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
     use std::os::fd::{AsRawFd, IntoRawFd};
 
     #[test]
@@ -910,23 +929,24 @@ mod tests {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let port = reserve_port(loopback, 0).expect("reserve");
         assert!(TcpListener::bind((loopback, port)).is_err(), "held");
-        // Another port, or another address, is not this reservation.
+        // Another port, another address or another family is not this reservation.
         assert!(take_reserved(SocketAddr::new(loopback, port.wrapping_add(1))).is_none());
         let elsewhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port);
         assert!(take_reserved(elsewhere).is_none());
+        assert!(take_reserved(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).is_none());
+        assert!(take_reserved(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)).is_none());
         let taken = take_reserved(SocketAddr::new(loopback, port)).expect("taken");
+        assert_eq!(
+            taken.local_addr().expect("addr"),
+            SocketAddr::new(loopback, port)
+        );
         assert!(
             take_reserved(SocketAddr::new(loopback, port)).is_none(),
             "once"
         );
-        drop(taken);
-        assert!(
-            TcpListener::bind((loopback, port)).is_ok(),
-            "released with it"
-        );
-        // One on every address also serves loopback.
-        let any = reserve_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("reserve");
-        let taken = take_reserved(SocketAddr::new(loopback, any)).expect("covers loopback");
-        assert!(taken.local_addr().expect("addr").ip().is_unspecified());
+        // One no rendezvous took is dropped on release (closed: no other owner).
+        let left = reserve_port(loopback, 0).expect("reserve");
+        release_reserved(&[SocketAddr::new(loopback, left)]);
+        assert!(take_reserved(SocketAddr::new(loopback, left)).is_none());
     }
 }
