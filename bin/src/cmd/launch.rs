@@ -19,13 +19,15 @@
 //! [`FORCED_STOP_GRACE`]. Each rank runs in its own process group, so that a
 //! terminal's Ctrl-C reaches the ranks once, through launch, and not twice.
 
+mod master;
+
 use crate::error::CliError;
 use crate::flags::text;
 use crate::units::signal_name;
 use frugal_comm::rendezvous::LISTENER_FD_ENV;
+pub use master::MasterListener;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
@@ -257,33 +259,6 @@ pub fn plan(
     })
 }
 
-/// Rank 0's rendezvous listener on loopback when launch picks the port: bound
-/// here and held until the ranks have ended, and inherited by rank 0, which
-/// serves on it ([`frugal_comm::rendezvous::LISTENER_FD_ENV`]). A port found free
-/// and released instead lies in the kernel's ephemeral range until rank 0 binds
-/// it, and any connection opened on the machine meanwhile may take it.
-pub struct MasterListener {
-    listener: std::net::TcpListener,
-    port: u16,
-}
-
-impl MasterListener {
-    /// Binds 127.0.0.1 on a port the kernel picks.
-    ///
-    /// # Errors
-    /// [`CliError::NoFreePort`] naming `command`.
-    pub fn bind_loopback(command: &'static str) -> Result<MasterListener, CliError> {
-        let bound = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| Ok((listener.local_addr()?.port(), listener)));
-        let (port, listener) = bound.map_err(|source| CliError::NoFreePort { command, source })?;
-        Ok(MasterListener { listener, port })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-}
-
 /// 128 random bits as hex, from the kernel; the clock and pid if that fails.
 pub fn random_token() -> String {
     let mut b = [0u8; 16];
@@ -499,7 +474,7 @@ fn start_ranks(
         }
         cmd.env_remove(LISTENER_FD_ENV);
         if let (0, Some(held)) = (rank, set.master_listener) {
-            hand_over(&mut cmd, held.listener.as_raw_fd());
+            held.hand_over(&mut cmd);
         }
         die_with_parent(&mut cmd);
         let started = children.len();
@@ -608,25 +583,6 @@ fn pump(
             }
             captured
         })
-}
-
-/// Lets `cmd`'s process inherit the listening socket `fd` (launch's own stays
-/// close-on-exec for every other child) and names it in [`LISTENER_FD_ENV`].
-fn hand_over(cmd: &mut Command, fd: std::os::fd::RawFd) {
-    use std::os::unix::process::CommandExt;
-    cmd.env(LISTENER_FD_ENV, fd.to_string());
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // fcntl, which is async-signal-safe, on a descriptor the child inherited from
-    // launch (the held listener, open until the ranks have ended).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
 }
 
 /// The child is killed if launch dies, so no rank outlives its launcher.
@@ -1083,7 +1039,7 @@ mod tests {
     #[test]
     fn rank_0_alone_inherits_the_held_listener() {
         let held = MasterListener::bind_loopback("test").expect("bind loopback");
-        let fd = held.listener.as_raw_fd();
+        let fd = held.fd();
         let args = vec![
             "-c".to_string(),
             // Rank 0: the variable names an open socket. Other ranks: no variable,
